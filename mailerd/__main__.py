@@ -1,0 +1,7 @@
+"""``python -m mailerd``."""
+
+import sys
+
+from mailerd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""The ``mailerd`` command: argparse, logging, the event loop and signals live here only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from mailerd import config as config_mod
+from mailerd import logs
+
+
+def _loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop where available: the daemon's throughput depends on it."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional on platforms without it
+    except ImportError:  # pragma: no cover
+        return asyncio.run
+    return uvloop.run  # type: ignore[no-any-return]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"TOML configuration (default: $MAILERD_CONFIG or {config_mod.DEFAULT_CONFIG_PATH})",
+    )
+    parser = argparse.ArgumentParser(prog="mailerd", description="Email campaign delivery daemon.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the daemon until SIGTERM")
+    sub.add_parser("migrate", parents=[common], help="apply pending database migrations")
+    p = sub.add_parser("partitions", parents=[common], help="create partitions ahead, drop old ones")
+    p.add_argument("--days", type=int, default=None, help="days ahead to create (default: config, 7)")
+    sub.add_parser("check-config", parents=[common], help="print the resolved configuration, redacted")
+
+    segment = sub.add_parser("segment", help="segment tools").add_subparsers(dest="segment_command", required=True)
+    p = segment.add_parser("count", parents=[common], help="count the leads a segment matches")
+    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("segment", help="the segment as JSON")
+
+    leads = sub.add_parser("leads", help="lead tools").add_subparsers(dest="leads_command", required=True)
+    p = leads.add_parser("import", parents=[common], help="import leads from .csv or .jsonl")
+    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--types", default=None, help="column types, e.g. age=number,vip=boolean,zip=string")
+    p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected row here")
+    p.add_argument("file", help="a .csv (with a header row) or .jsonl file")
+
+    campaign = sub.add_parser("campaign", help="campaigns").add_subparsers(dest="campaign_command", required=True)
+    p = campaign.add_parser("create", parents=[common], help="create a campaign")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--segment", required=True, help="segment JSON")
+    p.add_argument("--subject", required=True, help="subject template")
+    p.add_argument("--html", required=True, metavar="FILE", help="HTML body template file")
+    p.add_argument("--text", required=True, metavar="FILE", help="text body template file")
+    p.add_argument("--from", dest="from_address", required=True, metavar="ADDRESS")
+    p.add_argument("--provider", required=True, help="a [providers.NAME] of the configuration")
+    p.add_argument("--rate", type=float, default=None, help="per-campaign cap, recipients per second")
+    p.add_argument("--resend-uncertain", action="store_true", help="re-send leads in flight at a crash")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--start", action="store_true", help="start sending now")
+    when.add_argument("--send-at", default=None, metavar="TIME", help="ISO-8601 time to start")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = campaign.add_parser("show", parents=[common], help="status and counts of a campaign")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+    p = sub.add_parser("sink", help="run the loopback SES v2 emulator")
+    p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
+    p.add_argument("--record", default=None, metavar="FILE.jsonl", help="append accepted recipients")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")
+    p.add_argument("--throttle-rate", type=float, default=0.0, help="recipients/s before 429 (0: never)")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of per-entry failures")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+
+    p = sub.add_parser("demo", parents=[common], help="run a whole campaign on an embedded database")
+    p.add_argument("--leads", type=int, default=100_000, help="leads to generate (default 100000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("--data-dir", default=None, help="embedded Postgres data directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sink":
+            logs.configure()
+            return _loop_runner()(_with_stop(lambda stop: _sink(args, stop)))
+        config = config_mod.load(args.config)
+        logs.configure(config.logging.level, config.logging.format)
+        handler = _HANDLERS[_command_key(args)]
+        return _loop_runner()(handler(args, config))
+    except config_mod.ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _command_key(args: argparse.Namespace) -> str:
+    for attr in ("segment_command", "leads_command", "campaign_command"):
+        value = getattr(args, attr, None)
+        if value:
+            return f"{args.command} {value}"
+    return str(args.command)
+
+
+async def _with_stop(body: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run ``body`` with a stop event that SIGTERM/SIGINT set; a second signal exits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            print(f"mailerd: second {signal.Signals(signum).name}, exiting now", file=sys.stderr)
+            if task is not None:
+                task.cancel()
+            return
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await body(stop)
+    except asyncio.CancelledError:
+        return 1
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+@contextlib.asynccontextmanager
+async def _connection(config: config_mod.Config) -> AsyncIterator[asyncpg.Connection]:
+    from mailerd.db import connect  # noqa: PLC0415 - keep `mailerd --help` light
+
+    async with connect.resolved_dsn(config.database) as dsn:
+        conn = await connect.connect(dsn)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+async def _migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.db import migrate  # noqa: PLC0415
+
+    async with _connection(config) as conn:
+        done = await migrate.migrate(conn)
+    for migration in done:
+        print(f"applied {migration.version:04d}_{migration.name}")
+    if not done:
+        print("nothing to do: the schema is up to date")
+    return 0
+
+
+async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.db import partitions  # noqa: PLC0415
+
+    ahead = args.days if args.days is not None else config.retention.partitions_ahead_days
+    if ahead < 1:
+        print("mailerd partitions: --days must be at least 1", file=sys.stderr)
+        return 1
+    async with _connection(config) as conn:
+        actions = await partitions.maintain(conn, ahead_days=ahead, retention_days=config.retention.days)
+    for action in actions:
+        print(action)
+    if not actions:
+        print(f"nothing to do: partitions exist for the next {ahead} days, none past retention")
+    return 0
+
+
+async def _check_config(args: argparse.Namespace, config: config_mod.Config) -> int:
+    sys.stdout.write(orjson.dumps(config_mod.redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+async def _segment_count(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import segments  # noqa: PLC0415
+    from mailerd.db import leads  # noqa: PLC0415
+
+    try:
+        segment = segments.parse(args.segment)
+    except segments.SegmentError as exc:
+        print(f"mailerd segment count: {exc}", file=sys.stderr)
+        return 2
+    async with _connection(config) as conn:
+        count = await leads.count_matching(conn, args.account, segment)
+    print(count)
+    return 0
+
+
+async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import importer  # noqa: PLC0415
+
+    async with _connection(config) as conn:
+        return await importer.run_cli(
+            conn,
+            account_id=args.account,
+            path=Path(args.file),
+            types=args.types,
+            rejects=Path(args.rejects) if args.rejects else None,
+        )
+
+
+async def _campaign_create(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import campaigns  # noqa: PLC0415
+
+    return await campaigns.cli_create(args, config)
+
+
+async def _campaign_show(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import campaigns  # noqa: PLC0415
+
+    return await campaigns.cli_show(args, config)
+
+
+async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import app  # noqa: PLC0415
+
+    return await _with_stop(lambda stop: app.run(config, stop))
+
+
+async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from mailerd import sink  # noqa: PLC0415
+
+    host, port = config_mod.parse_listen(args.listen)
+    await sink.serve(
+        host=host,
+        port=port,
+        record=Path(args.record) if args.record else None,
+        latency_ms=args.latency_ms,
+        throttle_rate=args.throttle_rate,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+        stop=stop,
+    )
+    return 0
+
+
+async def _demo(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import demo  # noqa: PLC0415
+
+    return await _with_stop(lambda stop: demo.run(args, stop))
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine[Any, Any, int]]] = {
+    "run": _run,
+    "migrate": _migrate,
+    "partitions": _partitions,
+    "check-config": _check_config,
+    "segment count": _segment_count,
+    "leads import": _leads_import,
+    "campaign create": _campaign_create,
+    "campaign show": _campaign_show,
+    "demo": _demo,
+}

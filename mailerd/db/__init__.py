@@ -1,0 +1,1 @@
+"""Postgres access: connections, the embedded server, migrations, partitions and named queries."""

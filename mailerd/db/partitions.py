@@ -1,0 +1,130 @@
+"""Daily partitions of the append-only tables: create ahead, drop past retention.
+
+Both ``email_log`` and ``email_events`` are range-partitioned by day (UTC) with a default
+partition, so a row is never refused even when the daemon has not created its day yet. When a
+day is created after rows already landed for it in the default partition, those rows are moved
+into the new partition in the same transaction, so nothing is lost and lookups keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+
+import asyncpg
+
+# table -> partition key column
+PARTITIONED = {"email_log": "sent_at", "email_events": "received_at"}
+_DAY = dt.timedelta(days=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Action:
+    """One thing :func:`maintain` did, for the CLI to print and the daemon to log."""
+
+    verb: str  # "created", "moved", "dropped", "purged"
+    table: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.table} {self.detail}".rstrip()
+
+
+def partition_name(table: str, day: dt.date) -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def _bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    return start, start + _DAY
+
+
+async def existing_days(conn: asyncpg.Connection, table: str) -> list[dt.date]:
+    """The days that have their own partition of ``table``."""
+    rows = await conn.fetch(
+        """SELECT c.relname FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_class p ON p.oid = i.inhparent
+           WHERE p.relname = $1""",
+        table,
+    )
+    pattern = re.compile(rf"^{table}_p(\d{{8}})$")
+    days = []
+    for row in rows:
+        match = pattern.match(row["relname"])
+        if match:
+            days.append(dt.datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=dt.UTC).date())
+    return sorted(days)
+
+
+async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list[Action]:
+    """Create the partition of ``table`` for ``day`` unless it exists; move stray rows into it."""
+    column = PARTITIONED[table]
+    name = partition_name(table, day)
+    low, high = _bounds(day)
+    actions: list[Action] = []
+    async with conn.transaction():
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+            return actions
+        stray = await conn.fetchval(
+            f"SELECT count(*) FROM {table}_default WHERE {column} >= $1 AND {column} < $2", low, high
+        )
+        if stray:
+            await conn.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+            await conn.execute(
+                f"""WITH moved AS (DELETE FROM {table}_default
+                                   WHERE {column} >= $1 AND {column} < $2 RETURNING *)
+                    INSERT INTO {name} SELECT * FROM moved""",
+                low,
+                high,
+            )
+            await conn.execute(
+                f"ALTER TABLE {table} ATTACH PARTITION {name} "
+                f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
+            )
+            actions.append(Action("moved", table, f"{stray} rows from {table}_default to {name}"))
+        else:
+            await conn.execute(
+                f"CREATE TABLE {name} PARTITION OF {table} "
+                f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
+            )
+        actions.append(Action("created", table, name))
+    return actions
+
+
+async def drop_before(conn: asyncpg.Connection, table: str, cutoff: dt.date) -> list[Action]:
+    """Detach and drop the partitions of days before ``cutoff``; purge older default rows."""
+    actions: list[Action] = []
+    for day in await existing_days(conn, table):
+        if day >= cutoff:
+            continue
+        name = partition_name(table, day)
+        async with conn.transaction():
+            await conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
+            await conn.execute(f"DROP TABLE {name}")
+        actions.append(Action("dropped", table, name))
+    low, _ = _bounds(cutoff)
+    column = PARTITIONED[table]
+    status = await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", low)
+    purged = int(status.split()[-1])
+    if purged:
+        actions.append(Action("purged", table, f"{purged} rows older than {cutoff} from {table}_default"))
+    return actions
+
+
+async def maintain(
+    conn: asyncpg.Connection,
+    *,
+    ahead_days: int,
+    retention_days: int,
+    today: dt.date | None = None,
+) -> list[Action]:
+    """Create today's and the next ``ahead_days - 1`` days; drop days older than retention."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    actions: list[Action] = []
+    for table in PARTITIONED:
+        for offset in range(ahead_days):
+            actions += await create_day(conn, table, today + offset * _DAY)
+        actions += await drop_before(conn, table, today - retention_days * _DAY)
+    return actions

@@ -1,0 +1,121 @@
+"""The nouns the stages pass to each other. Pure data: no I/O here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class CampaignStatus(enum.StrEnum):
+    """draft -> scheduled -> running <-> paused -> finished | cancelled | failed."""
+
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class LogStatus(enum.IntEnum):
+    """``email_log.status``: the one final outcome of one email."""
+
+    SENT = 1
+    FAILED = 2
+    UNKNOWN = 3  # possibly sent: its batch was in flight when a node died
+    SUPPRESSED = 4  # matched, but on the account's suppression list when its window was read
+
+
+class Outcome(enum.IntEnum):
+    """A provider's answer for one recipient."""
+
+    SENT = 1
+    FAILED = 2  # permanent: do not retry
+    RETRY = 3  # transient: retry with backoff
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Campaign:
+    """What the pipeline needs of a campaign row (content already validated at creation)."""
+
+    id: int
+    account_id: int
+    name: str
+    status: CampaignStatus
+    segment: Any
+    from_address: str
+    subject: str
+    html_body: str
+    text_body: str
+    provider: str
+    rate_per_s: float | None = None
+    resend_uncertain: bool = False
+    status_reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lead:
+    """One recipient as streamed from a window."""
+
+    id: int
+    email: str
+    attributes: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The provider's answer for one recipient of a batch."""
+
+    outcome: Outcome
+    message_id: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Batch:
+    """Up to ``batch_size`` leads of one campaign shard, sent in one provider call.
+
+    ``seq`` orders the batches of a shard; ``upto`` is the lead id up to which this batch
+    accounts for the shard's id range (the last batch of a window covers the window's end).
+    """
+
+    campaign: Campaign
+    shard_no: int
+    seq: int
+    leads: list[Lead]
+    upto: int
+    attempts: int = 0
+
+    @property
+    def last_lead_id(self) -> int:
+        return self.leads[-1].id if self.leads else self.upto
+
+
+# One email_log row: (sent_at, campaign_id, lead_id, status, provider_message_id, error).
+LogRow = tuple[Any, int, int, int, str | None, str | None]
+
+
+class ProviderError(Exception):
+    """A whole provider call failed; subclasses say what to do about it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RetryableError(ProviderError):
+    """Throttling, 5xx, timeouts, resets: retry the whole call after backoff."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """The call can never succeed as it is (bad request): fail every recipient with the reason."""
+
+
+class HaltError(ProviderError):
+    """The provider account cannot send (sending paused, suspended): pause the campaign."""

@@ -1,0 +1,30 @@
+"""The one interface every email provider implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mailerd.models import Batch, Campaign, RecipientResult
+
+
+class Provider(Protocol):
+    """Sends batches for campaigns; one instance per configured provider, shared by campaigns.
+
+    ``send`` returns one :class:`RecipientResult` per lead of the batch, in order, or raises a
+    :class:`~mailerd.models.ProviderError` subclass when the whole call failed.
+    """
+
+    name: str
+    max_batch_size: int
+
+    async def prepare(self, campaign: Campaign) -> None:
+        """Get ready to send ``campaign`` (e.g. create its provider-side template); idempotent."""
+
+    async def send(self, batch: Batch) -> list[RecipientResult]:
+        """Send one batch; per-recipient outcomes in the order of ``batch.leads``."""
+
+    async def max_send_rate(self) -> float | None:
+        """The account's own send-rate ceiling, if the provider publishes one."""
+
+    async def close(self) -> None:
+        """Release connections."""
