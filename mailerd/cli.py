@@ -21,10 +21,10 @@ from mailerd import logs
 def _loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     """uvloop where available: the daemon's throughput depends on it."""
     try:
-        import uvloop  # noqa: PLC0415 - optional on platforms without it
+        import uvloop  # optional on platforms without it
     except ImportError:  # pragma: no cover
         return asyncio.run
-    return uvloop.run  # type: ignore[no-any-return]
+    return uvloop.run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=None, help="days ahead to create (default: config, 7)")
     sub.add_parser("check-config", parents=[common], help="print the resolved configuration, redacted")
 
-    segment = sub.add_parser("segment", help="segment tools").add_subparsers(dest="segment_command", required=True)
+    segment = sub.add_parser("segment", help="segment tools").add_subparsers(
+        dest="segment_command", required=True
+    )
     p = segment.add_parser("count", parents=[common], help="count the leads a segment matches")
     p.add_argument("--account", type=int, required=True, help="account id")
     p.add_argument("segment", help="the segment as JSON")
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected row here")
     p.add_argument("file", help="a .csv (with a header row) or .jsonl file")
 
-    campaign = sub.add_parser("campaign", help="campaigns").add_subparsers(dest="campaign_command", required=True)
+    campaign = sub.add_parser("campaign", help="campaigns").add_subparsers(
+        dest="campaign_command", required=True
+    )
     p = campaign.add_parser("create", parents=[common], help="create a campaign")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--name", required=True)
@@ -143,7 +147,7 @@ async def _with_stop(body: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) 
 
 @contextlib.asynccontextmanager
 async def _connection(config: config_mod.Config) -> AsyncIterator[asyncpg.Connection]:
-    from mailerd.db import connect  # noqa: PLC0415 - keep `mailerd --help` light
+    from mailerd.db import connect  # keep `mailerd --help` light
 
     async with connect.resolved_dsn(config.database) as dsn:
         conn = await connect.connect(dsn)
@@ -154,7 +158,7 @@ async def _connection(config: config_mod.Config) -> AsyncIterator[asyncpg.Connec
 
 
 async def _migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd.db import migrate  # noqa: PLC0415
+    from mailerd.db import migrate
 
     async with _connection(config) as conn:
         done = await migrate.migrate(conn)
@@ -166,7 +170,7 @@ async def _migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd.db import partitions  # noqa: PLC0415
+    from mailerd.db import partitions
 
     ahead = args.days if args.days is not None else config.retention.partitions_ahead_days
     if ahead < 1:
@@ -187,8 +191,8 @@ async def _check_config(args: argparse.Namespace, config: config_mod.Config) -> 
 
 
 async def _segment_count(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import segments  # noqa: PLC0415
-    from mailerd.db import leads  # noqa: PLC0415
+    from mailerd import segments
+    from mailerd.db import leads
 
     try:
         segment = segments.parse(args.segment)
@@ -202,7 +206,7 @@ async def _segment_count(args: argparse.Namespace, config: config_mod.Config) ->
 
 
 async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import importer  # noqa: PLC0415
+    from mailerd import importer
 
     async with _connection(config) as conn:
         return await importer.run_cli(
@@ -215,25 +219,25 @@ async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> 
 
 
 async def _campaign_create(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns  # noqa: PLC0415
+    from mailerd import campaigns
 
     return await campaigns.cli_create(args, config)
 
 
 async def _campaign_show(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns  # noqa: PLC0415
+    from mailerd import campaigns
 
     return await campaigns.cli_show(args, config)
 
 
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import app  # noqa: PLC0415
+    from mailerd import app
 
     return await _with_stop(lambda stop: app.run(config, stop))
 
 
 async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from mailerd import sink  # noqa: PLC0415
+    from mailerd import sink
 
     host, port = config_mod.parse_listen(args.listen)
     await sink.serve(
@@ -250,7 +254,7 @@ async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
 
 async def _demo(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import demo  # noqa: PLC0415
+    from mailerd import demo
 
     return await _with_stop(lambda stop: demo.run(args, stop))
 

@@ -278,7 +278,7 @@ def _check_inline_secrets(data: dict[str, Any], source: str) -> None:
             if key in hints and _is_secret_type(hints[key]) and _SECRET_FIELDS.get((name, key), True):
                 raise ConfigError(
                     f"config error: {source}: [{section}] {key}: secrets may not be written in "
-                    f"the file; use {key}_file = \"/path\" or the environment "
+                    f'the file; use {key}_file = "/path" or the environment '
                     f"({_env_name(section, key)})"
                 )
 
@@ -437,7 +437,10 @@ def _validate(config: Config) -> None:
         (config.scheduler.queue_batches >= 1, "[scheduler] queue_batches: must be at least 1"),
         (config.scheduler.max_shards_per_node >= 1, "[scheduler] max_shards_per_node: must be at least 1"),
         (config.retention.days >= 1, "[retention] days: must be at least 1"),
-        (config.retention.partitions_ahead_days >= 1, "[retention] partitions_ahead_days: must be at least 1"),
+        (
+            config.retention.partitions_ahead_days >= 1,
+            "[retention] partitions_ahead_days: must be at least 1",
+        ),
         (config.node.shutdown_grace_s > 0, "[node] shutdown_grace_s: must be positive"),
     ]
     for provider in config.providers.values():

@@ -13,14 +13,20 @@ from mailerd import config as config_mod
 from mailerd.db import embedded
 
 
-def _jsonb_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _jsonb_encode(value: Any) -> bytes:
+    # jsonb's binary wire format: a version byte (1), then the JSON text.
+    return b"\x01" + orjson.dumps(value)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Per-connection setup: jsonb in and out as Python objects via orjson, UTC timestamps."""
+    """Per-connection setup: jsonb in and out as Python objects via orjson (binary format, so
+    COPY can carry it too)."""
     await conn.set_type_codec(
-        "jsonb", encoder=_jsonb_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
     )
 
 

@@ -22,11 +22,12 @@ class EmbeddedUnavailable(RuntimeError):
     """pgserver is not installed (it is the ``embedded`` extra)."""
 
 
-def _start(data_dir: Path) -> Any:
+def _start(data_dir: str | Path) -> Any:
+    data_dir = Path(data_dir).expanduser()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-            import pgserver  # noqa: PLC0415 - optional dependency, imported only when asked for
+            import pgserver  # optional dependency, imported only when asked for
     except ImportError as exc:
         raise EmbeddedUnavailable(
             "database.dsn = \"embedded\" needs pgserver: pip install 'mailerd[embedded]'"
@@ -34,18 +35,18 @@ def _start(data_dir: Path) -> Any:
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pgserver.get_server(data_dir, cleanup_mode="stop")
+        return pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
 
 
 @contextlib.asynccontextmanager
 async def embedded_postgres(data_dir: str | Path) -> AsyncIterator[str]:
     """Start (or join) the embedded server in ``data_dir``; yield its DSN; stop it on exit."""
-    path = Path(data_dir).expanduser()
+    path = str(data_dir)
     server = await asyncio.to_thread(_start, path)
     dsn: str = server.get_uri()
-    log.info("embedded_postgres_started", data_dir=str(path))
+    log.info("embedded_postgres_started", data_dir=path)
     try:
         yield dsn
     finally:
         await asyncio.to_thread(server.cleanup)
-        log.info("embedded_postgres_stopped", data_dir=str(path))
+        log.info("embedded_postgres_stopped", data_dir=path)

@@ -50,6 +50,9 @@ CREATE TABLE campaign_shards (
     epoch          bigint  NOT NULL DEFAULT 0,
     state          text    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done')),
     owner          text,
+    -- true when the last owner let go cleanly: leads in (checkpoint, reserved_upto] without a
+    -- log row were certainly not sent (re-dispatch them); false after a crash (log them unknown).
+    released_clean boolean NOT NULL DEFAULT true,
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (campaign_id, shard_no),
     CHECK (checkpoint <= reserved_upto)

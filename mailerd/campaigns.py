@@ -1,0 +1,209 @@
+"""Campaigns: validated creation, status and counts. Shared by the CLI (and the admin API)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from mailerd import content, segments
+from mailerd.config import Config
+
+
+class CampaignError(ValueError):
+    """A field of a new campaign is invalid; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewCampaign:
+    """What a user gives to create a campaign."""
+
+    account_id: int
+    name: str
+    segment: Any
+    subject: str
+    html_body: str
+    text_body: str
+    from_address: str
+    provider: str
+    start: bool = False
+    send_at: dt.datetime | None = None
+    rate_per_s: float | None = None
+    resend_uncertain: bool = False
+
+
+def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
+    """Every problem of ``new``, one per field (empty when it can be created)."""
+    errors: list[CampaignError] = []
+    if not new.name.strip():
+        errors.append(CampaignError("name", "must not be empty"))
+    try:
+        segments.parse(new.segment)
+    except segments.SegmentError as exc:
+        errors.append(CampaignError("segment", str(exc)))
+    try:
+        content.compile_content(new.subject, new.html_body, new.text_body)
+    except content.TemplateError as exc:
+        errors.append(CampaignError(_template_field(exc.part), str(exc)))
+    if "@" not in new.from_address or len(new.from_address) > 320:
+        errors.append(CampaignError("from", f"not an email address: {new.from_address!r}"))
+    if new.provider not in config.providers:
+        known = ", ".join(sorted(config.providers)) or "none configured"
+        errors.append(CampaignError("provider", f"unknown provider {new.provider!r} (configured: {known})"))
+    if new.rate_per_s is not None and new.rate_per_s <= 0:
+        errors.append(CampaignError("rate", "must be a positive number of recipients per second"))
+    if new.send_at is not None and new.send_at.tzinfo is None:
+        errors.append(CampaignError("send_at", "needs a time zone (e.g. 2026-12-01T09:00:00Z)"))
+    return errors
+
+
+def _template_field(part: str) -> str:
+    return {"subject": "subject", "html": "html", "text": "text"}.get(part, part)
+
+
+async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> int:
+    """Validate and insert; raise the first :class:`CampaignError` if invalid. Returns the id."""
+    errors = validate(new, config)
+    if errors:
+        raise errors[0]
+    if new.start:
+        status, send_at = "scheduled", dt.datetime.now(dt.UTC)
+    elif new.send_at is not None:
+        status, send_at = "scheduled", new.send_at
+    else:
+        status, send_at = "draft", None
+    segment = new.segment if not isinstance(new.segment, str | bytes) else orjson.loads(new.segment)
+    campaign_id: int = await conn.fetchval(
+        """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
+                                  html_body, text_body, provider, rate_per_s, resend_uncertain, send_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
+        new.account_id,
+        new.name,
+        status,
+        segment,
+        new.from_address,
+        new.subject,
+        new.html_body,
+        new.text_body,
+        new.provider,
+        new.rate_per_s,
+        new.resend_uncertain,
+        send_at,
+    )
+    await conn.execute(
+        "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
+    )
+    return campaign_id
+
+
+async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | None:
+    """Status and counters of one campaign (reads ``campaign_stats``, never the hot log)."""
+    row = await conn.fetchrow(
+        """SELECT c.id, c.account_id, c.name, c.status, c.status_reason, c.provider, c.created_at,
+                  c.send_at, c.started_at, c.finished_at,
+                  coalesce(s.matched, 0) AS matched, coalesce(s.sent, 0) AS sent,
+                  coalesce(s.failed, 0) AS failed, coalesce(s.unknown, 0) AS unknown,
+                  coalesce(s.suppressed, 0) AS suppressed, coalesce(s.retried, 0) AS retried,
+                  coalesce(s.delivered, 0) AS delivered, coalesce(s.bounced, 0) AS bounced,
+                  coalesce(s.complained, 0) AS complained,
+                  coalesce(s.unsubscribed, 0) AS unsubscribed,
+                  (SELECT count(*) FROM campaign_shards h WHERE h.campaign_id = c.id) AS shards,
+                  (SELECT count(*) FROM campaign_shards h
+                   WHERE h.campaign_id = c.id AND h.state = 'done') AS shards_done
+           FROM campaigns c LEFT JOIN campaign_stats s ON s.campaign_id = c.id
+           WHERE c.id = $1""",
+        campaign_id,
+    )
+    if row is None:
+        return None
+    result = dict(row)
+    result["processed"] = result["sent"] + result["failed"] + result["unknown"] + result["suppressed"]
+    result["reason"] = result.pop("status_reason")
+    return result
+
+
+def _read_template(path: str, field: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError(field, f"cannot read {path}: {exc}") from None
+
+
+async def cli_create(args: argparse.Namespace, config: Config) -> int:
+    """``mailerd campaign create``: prints the new id (a JSON object with ``--json``)."""
+    from mailerd.cli import _connection  # shares the CLI's connection setup
+
+    try:
+        send_at = None
+        if args.send_at:
+            try:
+                send_at = dt.datetime.fromisoformat(args.send_at)
+            except ValueError:
+                raise CampaignError("send_at", f"not an ISO-8601 time: {args.send_at!r}") from None
+        try:
+            segment = orjson.loads(args.segment)
+        except orjson.JSONDecodeError as exc:
+            raise CampaignError("segment", f"not valid JSON: {exc}") from None
+        new = NewCampaign(
+            account_id=args.account,
+            name=args.name,
+            segment=segment,
+            subject=args.subject,
+            html_body=_read_template(args.html, "html"),
+            text_body=_read_template(args.text, "text"),
+            from_address=args.from_address,
+            provider=args.provider,
+            start=args.start,
+            send_at=send_at,
+            rate_per_s=args.rate,
+            resend_uncertain=args.resend_uncertain,
+        )
+        errors = validate(new, config)
+        if errors:
+            for error in errors:
+                print(f"mailerd campaign create: {error}", file=sys.stderr)
+            return 2
+        async with _connection(config) as conn:
+            campaign_id = await create(conn, new, config)
+    except CampaignError as exc:
+        print(f"mailerd campaign create: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps({"id": campaign_id}).decode())
+    else:
+        print(campaign_id)
+    return 0
+
+
+async def cli_show(args: argparse.Namespace, config: Config) -> int:
+    """``mailerd campaign show ID``."""
+    from mailerd.cli import _connection
+
+    async with _connection(config) as conn:
+        info = await show(conn, args.id)
+    if info is None:
+        print(f"mailerd campaign show: no campaign {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(info, default=str).decode())
+        return 0
+    print(f"campaign {info['id']} {info['name']!r} (account {info['account_id']}): {info['status']}")
+    if info["reason"]:
+        print(f"  reason: {info['reason']}")
+    print(
+        "  matched {matched:,}  sent {sent:,}  failed {failed:,}  unknown {unknown:,}  "
+        "suppressed {suppressed:,}  retried {retried:,}".format(**info)
+    )
+    print(f"  shards {info['shards_done']}/{info['shards']} done")
+    return 0

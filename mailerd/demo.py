@@ -1,0 +1,244 @@
+"""``mailerd demo``: the whole pipeline on a laptop, with nothing installed but Python.
+
+An embedded Postgres, generated leads with realistic attributes, a few suppressed addresses, the
+loopback SES emulator, a campaign with a segment sent end to end by the real daemon stages, a
+progress bar, and a report at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from mailerd import app, campaigns, logs, sink
+from mailerd import config as config_mod
+from mailerd.db import connect, embedded, migrate
+
+log = structlog.get_logger(__name__)
+
+ACCOUNT_ID = 1
+DEMO_DATABASE = "mailerd_demo"
+SEGMENT = {
+    "all": [
+        {"field": "attributes.plan", "op": "in", "value": ["pro", "business", "enterprise"]},
+        {"not": {"field": "attributes.country", "op": "eq", "value": "FR"}},
+        {"field": "attributes.newsletter", "op": "eq", "value": True},
+    ]
+}
+_FIRST = ["Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger"]
+_COUNTRIES = ["US", "DE", "FR", "GB", "IN", "BR", "JP", "NL", "ES", "CA"]
+_PLANS = ["free", "free", "free", "pro", "pro", "business", "enterprise"]
+
+
+def generate_leads(count: int, seed: int = 7) -> list[tuple[int, str, dict[str, Any]]]:
+    """Deterministic fake leads: (account_id, email, attributes)."""
+    rng = random.Random(seed)
+    start = dt.date(2022, 1, 1)
+    leads = []
+    for number in range(count):
+        first = rng.choice(_FIRST)
+        attributes = {
+            "first_name": first,
+            "country": rng.choice(_COUNTRIES),
+            "plan": rng.choice(_PLANS),
+            "age": rng.randint(18, 80),
+            "score": round(rng.random() * 100, 1),
+            "newsletter": rng.random() < 0.8,
+            "signup_date": (start + dt.timedelta(days=rng.randint(0, 1400))).isoformat(),
+        }
+        leads.append((ACCOUNT_ID, f"{first.lower()}.{number}@example.com", attributes))
+    return leads
+
+
+async def _fresh_database(admin_dsn: str) -> str:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    finally:
+        await admin.close()
+    return _with_database(admin_dsn, DEMO_DATABASE)
+
+
+def _with_database(dsn: str, name: str) -> str:
+    head, _, query = dsn.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+async def _seed(conn: asyncpg.Connection, count: int) -> int:
+    leads = generate_leads(count)
+    await conn.copy_records_to_table(
+        "leads",
+        records=leads,
+        columns=("account_id", "email", "attributes"),
+    )
+    # A handful of addresses that bounced in an earlier life: every campaign skips them.
+    suppressed = [e for _, e, _ in leads[:: max(1, count // 200)]]
+    await conn.executemany(
+        "INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, $2, 'hard_bounce', 'demo')",
+        [(ACCOUNT_ID, e) for e in suppressed],
+    )
+    await conn.execute("ANALYZE leads")
+    return len(suppressed)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; a line every few seconds elsewhere."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = max(total, 1)
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.started = time.monotonic()
+        self._last_line = 0.0
+
+    def update(self, done: int, extra: str = "") -> None:
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        share = min(done / self.total, 1.0)
+        if self.tty:
+            bar = "#" * int(share * 30)
+            self.stream.write(
+                f"\r[{bar:<30}] {done:,}/{self.total:,} {share:4.0%}  {rate:,.0f} emails/s  {extra}   "
+            )
+            self.stream.flush()
+        elif elapsed - self._last_line >= 2 or done >= self.total:
+            self._last_line = elapsed
+            self.stream.write(f"progress {done:,}/{self.total:,} ({share:.0%}) {rate:,.0f} emails/s\n")
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+async def run(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Run the demo; returns the exit status."""
+    logs.configure("warning", "console" if sys.stderr.isatty() else "json")
+    data_dir = args.data_dir or str(Path(tempfile.gettempdir()) / "mailerd-demo-pg")
+    async with embedded.embedded_postgres(data_dir) as admin_dsn:
+        dsn = await _fresh_database(admin_dsn)
+        return await _run_demo(dsn, args.leads, args.json, stop)
+
+
+async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Event) -> int:
+    say = (lambda *_: None) if as_json else (lambda text: print(text, file=sys.stderr))
+    conn = await connect.connect(dsn)
+    try:
+        await migrate.migrate(conn)
+        say(f"seeding {lead_count:,} leads ...")
+        suppressed = await _seed(conn, lead_count)
+    finally:
+        await conn.close()
+
+    emulator = sink.Sink(seed=1)
+    port = await emulator.start()
+    config = config_mod.from_mapping(
+        {
+            "http": {"listen": "127.0.0.1:0"},
+            "providers": {"sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}", "concurrency": 8}},
+            "scheduler": {"shard_size": 25_000, "max_shards_per_node": 4},
+            "node": {"name": "demo"},
+        }
+    )
+    daemon_stop = asyncio.Event()
+    daemon = asyncio.create_task(app.run_with_dsn(config, dsn, daemon_stop), name="daemon")
+    started = time.monotonic()
+    try:
+        conn = await connect.connect(dsn)
+        try:
+            campaign_id = await campaigns.create(
+                conn,
+                campaigns.NewCampaign(
+                    account_id=ACCOUNT_ID,
+                    name="Winter launch",
+                    segment=SEGMENT,
+                    subject="{{ lead.attributes.first_name }}, our winter launch is here",
+                    html_body="<p>Hello {{ lead.attributes.first_name }},</p><p>It is here.</p>",
+                    text_body="Hello {{ lead.attributes.first_name }}, it is here.",
+                    from_address="news@example.com",
+                    provider="sink",
+                    start=True,
+                ),
+                config,
+            )
+            say(f"campaign {campaign_id} started: {orjson.dumps(SEGMENT).decode()}")
+            info = await _follow(conn, campaign_id, daemon, stop, as_json)
+        finally:
+            await conn.close()
+    finally:
+        daemon_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon
+        await emulator.close()
+    elapsed = time.monotonic() - started
+    if info is None:
+        return 1
+    report = {
+        "leads": lead_count,
+        "matched": info["matched"],
+        "sent": info["sent"],
+        "failed": info["failed"],
+        "unknown": info["unknown"],
+        "suppressed": info["suppressed"],
+        "suppression_list": suppressed,
+        "status": info["status"],
+        "elapsed_s": round(elapsed, 2),
+        "emails_per_s": round(info["processed"] / elapsed, 1) if elapsed else 0.0,
+        "provider_calls": emulator.counters.calls,
+    }
+    if as_json:
+        print(orjson.dumps(report).decode())
+    else:
+        print(
+            f"\ncampaign {campaign_id} {info['status']} in {elapsed:.1f} s\n"
+            f"  leads       {lead_count:>10,}\n"
+            f"  matched     {info['matched']:>10,}\n"
+            f"  sent        {info['sent']:>10,}\n"
+            f"  failed      {info['failed']:>10,}\n"
+            f"  unknown     {info['unknown']:>10,}\n"
+            f"  suppressed  {info['suppressed']:>10,}\n"
+            f"  throughput  {report['emails_per_s']:>10,.0f} emails/s"
+        )
+    return 0 if info["status"] == "finished" else 1
+
+
+async def _follow(
+    conn: asyncpg.Connection,
+    campaign_id: int,
+    daemon: asyncio.Task[int],
+    stop: asyncio.Event,
+    as_json: bool,
+) -> dict[str, Any] | None:
+    """Poll the campaign's counters until it finishes (or the user interrupts)."""
+    progress: Progress | None = None
+    info = await campaigns.show(conn, campaign_id)
+    while not stop.is_set() and not daemon.done():
+        info = await campaigns.show(conn, campaign_id)
+        assert info is not None
+        if info["shards"] and progress is None and not as_json:
+            progress = Progress(info["matched"])
+        if progress is not None:
+            progress.update(info["processed"])
+        if info["status"] in ("finished", "cancelled", "failed", "paused"):
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await stop.wait()
+    if progress is not None:
+        progress.close()
+    if daemon.done() and daemon.exception() is not None:
+        raise daemon.exception()  # type: ignore[misc]
+    return info

@@ -1,0 +1,44 @@
+"""Prometheus metrics. Names carry the ``mailerd_`` prefix and units; labels are bounded sets
+(provider names come from the configuration, statuses from fixed enums)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["Counter", "Gauge", "Histogram"]
+
+EMAILS = Counter(
+    "mailerd_emails_total",
+    "Emails by final outcome as logged (sent, failed, unknown, suppressed).",
+    ["provider", "status"],
+)
+RETRIES = Counter(
+    "mailerd_provider_retries_total",
+    "Recipients retried, by reason (throttled, error, entry).",
+    ["provider", "reason"],
+)
+PROVIDER_CALLS = Histogram(
+    "mailerd_provider_call_seconds",
+    "Duration of one provider call (one batch).",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCHES_IN_FLIGHT = Gauge("mailerd_batches_in_flight", "Batches being sent now.", ["provider"])
+QUEUE_DEPTH = Gauge("mailerd_queue_depth_batches", "Batches waiting for a sender.", ["provider"])
+RATE_LIMIT_WAIT = Counter(
+    "mailerd_ratelimit_wait_seconds_total", "Time senders waited on the rate limiter.", ["provider"]
+)
+FLUSH_SECONDS = Histogram(
+    "mailerd_writer_flush_seconds",
+    "Duration of one writer flush (COPY + stats + checkpoints, one transaction).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+FLUSH_ROWS = Histogram(
+    "mailerd_writer_flush_rows",
+    "Rows written by one writer flush.",
+    buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000),
+)
+FLUSH_FAILURES = Counter("mailerd_writer_flush_failures_total", "Writer flushes that failed and will retry.")
+WRITER_BUFFER_ROWS = Gauge("mailerd_writer_buffer_rows", "Rows waiting in the writer's buffer.")
+SHARDS_CLAIMED = Gauge("mailerd_shards_claimed", "Campaign shards this node holds.")
+SHARDS_LOST = Counter("mailerd_shards_lost_total", "Shards fenced out or whose claim connection dropped.")

@@ -1,0 +1,648 @@
+"""The scheduler: starts due campaigns, splits them into shards, claims shards and streams leads.
+
+A shard is claimed with a session-level ``pg_try_advisory_lock`` on a dedicated connection: if
+this node dies, the lock dies with its connection and another node claims the shard. Each claim
+bumps the shard's ``epoch``, the fencing token the writer checks on every flush.
+
+A claimed shard streams its matching leads window by window (an id range read through a
+server-side cursor in its own short transaction, so no transaction waits on a queue) into the
+provider's bounded queue of batches. Leads on the suppression list are logged ``suppressed``
+without being sent.
+
+On claim, if the previous owner crashed (``released_clean`` false) with leads reserved but not
+logged, those leads are logged ``unknown`` (or re-sent when the campaign says
+``resend_uncertain``); if it let go cleanly, they were certainly not sent and are re-dispatched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import structlog
+
+from mailerd import metrics, segments
+from mailerd.config import Config
+from mailerd.db import connect
+from mailerd.ledger import Ledger
+from mailerd.models import Batch, Campaign, CampaignStatus, Lead, LogRow, LogStatus
+from mailerd.providers.base import Provider
+from mailerd.writer import Writer
+
+log = structlog.get_logger(__name__)
+
+QueueItem = tuple["ShardRun", Batch] | None  # None: end marker, one per sender worker
+
+
+class ShardLostError(Exception):
+    """The claim on a shard is gone (connection dropped or fenced out by a newer epoch)."""
+
+
+@dataclasses.dataclass(slots=True)
+class ProviderLane:
+    """A provider with its bounded batch queue; shared by every campaign using it."""
+
+    name: str
+    provider: Provider
+    queue: asyncio.Queue[QueueItem]
+    batch_size: int
+    workers: int
+    reservation_step: int
+
+
+def campaign_from_row(row: asyncpg.Record) -> Campaign:
+    """A campaigns row as the pipeline's :class:`Campaign` (segment parsed and validated)."""
+    return Campaign(
+        id=row["id"],
+        account_id=row["account_id"],
+        name=row["name"],
+        status=CampaignStatus(row["status"]),
+        segment=segments.parse(row["segment"]),
+        from_address=row["from_address"],
+        subject=row["subject"],
+        html_body=row["html_body"],
+        text_body=row["text_body"],
+        provider=row["provider"],
+        rate_per_s=row["rate_per_s"],
+        resend_uncertain=row["resend_uncertain"],
+        status_reason=row["status_reason"],
+    )
+
+
+def _window_sql(segment: segments.Segment, *, skip_logged: bool) -> tuple[str, list[Any]]:
+    """Leads of one id window: ``$1`` account, ``$2`` exclusive start, ``$3`` inclusive end,
+    ``$4`` campaign (for ``skip_logged``), then the segment's parameters."""
+    condition, params = segments.compile(segment, first_param=5, alias="l")
+    skip = (
+        "AND NOT EXISTS (SELECT 1 FROM email_log e WHERE e.campaign_id = $4 AND e.lead_id = l.id)"
+        if skip_logged
+        else "AND $4::bigint IS NOT NULL"
+    )
+    sql = f"""SELECT l.id, l.email, l.attributes,
+                     EXISTS (SELECT 1 FROM suppressions s
+                             WHERE s.account_id = l.account_id AND s.email = lower(l.email)) AS suppressed
+              FROM leads l
+              WHERE l.account_id = $1 AND l.id > $2 AND l.id <= $3 AND ({condition}) {skip}
+              ORDER BY l.id"""
+    return sql, params
+
+
+class ShardRun:
+    """One claimed shard: recover, stream windows into the provider lane, release."""
+
+    def __init__(
+        self,
+        *,
+        campaign: Campaign,
+        row: asyncpg.Record,
+        claim: asyncpg.Connection,
+        pool: asyncpg.Pool,
+        lane: ProviderLane,
+        writer: Writer,
+        window_size: int,
+        node: str,
+    ) -> None:
+        self.campaign = campaign
+        self.campaign_id: int = row["campaign_id"]
+        self.shard_no: int = row["shard_no"]
+        self.lead_id_from: int = row["lead_id_from"]
+        self.lead_id_to: int = row["lead_id_to"]
+        self.epoch: int = row["epoch"]
+        self.reserved_upto: int = row["reserved_upto"]
+        self.ledger = Ledger(row["checkpoint"])
+        self.provider_name = lane.name
+        self._claim = claim
+        self._pool = pool
+        self._lane = lane
+        self._writer = writer
+        self._window_size = window_size
+        self._node = node
+        self._seq = 0
+        self._reserve_lock = asyncio.Lock()
+        self._resolved = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.lost = False
+        self.done = False
+        self.stop_reason = ""
+        self.log = log.bind(campaign_id=self.campaign_id, shard_no=self.shard_no, epoch=self.epoch)
+        claim.add_termination_listener(self._on_claim_closed)
+
+    # --- called by the sender and the writer --------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopped.is_set()
+
+    def stop(self, reason: str) -> None:
+        """Dispatch nothing more; batches still queued are discarded by the senders."""
+        if not self.stopped.is_set():
+            self.stop_reason = reason
+            self.stopped.set()
+            self.log.info("shard_stopping", reason=reason)
+
+    def discard(self, seq: int) -> None:
+        """A batch that was not sent (stopping shard, halted provider)."""
+        self.ledger.discard(seq)
+        self._check_resolved()
+
+    def on_logged(self, checkpoint: int, done: bool) -> None:
+        if done:
+            self.done = True
+        self._check_resolved()
+
+    def on_lost(self) -> None:
+        if not self.lost:
+            self.lost = True
+            metrics.SHARDS_LOST.inc()
+            self.stop("fenced out by a newer owner")
+        self._resolved.set()
+
+    async def ensure_reserved(self, batch: Batch) -> None:
+        """Raise ``reserved_upto`` (committed) before this batch's leads may be sent."""
+        if batch.last_lead_id <= self.reserved_upto:
+            return
+        async with self._reserve_lock:
+            if batch.last_lead_id <= self.reserved_upto:
+                return
+            if self.lost or self._claim.is_closed():
+                raise ShardLostError("claim connection is gone")
+            ahead = max(1, self._lane.reservation_step // max(1, self._lane.batch_size))
+            target = min(self.lead_id_to, max(batch.last_lead_id, self.ledger.upto_ahead(batch.seq, ahead)))
+            try:
+                status = await self._claim.execute(
+                    """UPDATE campaign_shards
+                       SET reserved_upto = GREATEST(reserved_upto, $1), updated_at = now()
+                       WHERE campaign_id = $2 AND shard_no = $3 AND epoch = $4""",
+                    target,
+                    self.campaign_id,
+                    self.shard_no,
+                    self.epoch,
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.on_lost()
+                raise ShardLostError(f"reservation failed: {exc}") from exc
+            if status != "UPDATE 1":
+                self.on_lost()
+                raise ShardLostError("fenced out")
+            self.reserved_upto = target
+
+    # --- the shard's own task -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Recover, dispatch every window, wait for the in-flight batches, release the claim."""
+        clean = False
+        try:
+            checkpoint = self.ledger.checkpoint
+            if checkpoint < self.reserved_upto:
+                await self._dispatch_range(checkpoint, self.reserved_upto, skip_logged=True)
+            position = max(self.reserved_upto, checkpoint)
+            while position < self.lead_id_to and not self.stopping:
+                end = min(position + self._window_size, self.lead_id_to)
+                await self._dispatch_range(position, end, skip_logged=False)
+                position = end
+            if position >= self.lead_id_to and self.ledger.unresolved == 0 and len(self.ledger) == 0:
+                # Nothing dispatched at all (e.g. recovered to the end): make the checkpoint final.
+                await self._submit(
+                    Batch(self.campaign, self.shard_no, self._next_seq(), [], self.lead_id_to), []
+                )
+            await self._wait_resolved()
+            clean = not self.lost
+        finally:
+            await self._release(clean)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _dispatch_range(self, start: int, end: int, *, skip_logged: bool) -> None:
+        """Read leads in ``(start, end]`` and hand them on, in lead-id order."""
+        sql, params = _window_sql(self.campaign.segment, skip_logged=skip_logged)
+        rows: list[asyncpg.Record] = []
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = conn.cursor(
+                sql,
+                self.campaign.account_id,
+                start,
+                end,
+                self.campaign_id,
+                *params,
+                prefetch=min(self._window_size, 10_000),
+            )
+            async for row in cursor:
+                rows.append(row)
+        now = dt.datetime.now(dt.UTC)
+        suppressed: list[LogRow] = []
+        leads: list[Lead] = []
+        for row in rows:
+            if row["suppressed"]:
+                suppressed.append(
+                    (now, self.campaign_id, row["id"], LogStatus.SUPPRESSED, None, "suppressed")
+                )
+            else:
+                leads.append(Lead(row["id"], row["email"], row["attributes"]))
+        size = self._lane.batch_size
+        chunks = [leads[i : i + size] for i in range(0, len(leads), size)]
+        if suppressed or not chunks:
+            upto = start if chunks else end
+            batch = Batch(self.campaign, self.shard_no, self._next_seq(), [], upto)
+            await self._submit(batch, suppressed)
+        for index, chunk in enumerate(chunks):
+            upto = end if index == len(chunks) - 1 else chunk[-1].id
+            batch = Batch(self.campaign, self.shard_no, self._next_seq(), chunk, upto)
+            self.ledger.add(batch.seq, batch.upto)
+            self._resolved.clear()
+            if not await self._put(batch):
+                self.discard(batch.seq)
+                return
+
+    async def _submit(self, batch: Batch, rows: list[LogRow]) -> None:
+        """Rows that need no sending (suppressed leads, empty windows) go straight to the writer."""
+        self.ledger.add(batch.seq, batch.upto)
+        self._resolved.clear()
+        await self._writer.submit(self, batch.seq, rows)
+
+    async def _put(self, batch: Batch) -> bool:
+        """Enqueue for the senders unless the shard stops first."""
+        if self.stopping:
+            return False
+        queue = self._lane.queue
+        if not queue.full():
+            queue.put_nowait((self, batch))
+            return True
+        put = asyncio.ensure_future(queue.put((self, batch)))
+        stop = asyncio.ensure_future(self.stopped.wait())
+        try:
+            await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not put.done():
+                put.cancel()
+        return put.done() and not put.cancelled()
+
+    def _check_resolved(self) -> None:
+        if self.ledger.unresolved == 0:
+            self._resolved.set()
+
+    def _on_claim_closed(self, _conn: Any) -> None:
+        self.log.warning("shard_claim_connection_closed")
+        self.on_lost()
+
+    async def _wait_resolved(self) -> None:
+        self._check_resolved()
+        while self.ledger.unresolved and not self.lost:
+            self._resolved.clear()
+            self._check_resolved()
+            await self._resolved.wait()
+
+    async def _release(self, clean: bool) -> None:
+        try:
+            if clean and not self._claim.is_closed():
+                await self._claim.execute(
+                    """UPDATE campaign_shards SET released_clean = true, owner = NULL, updated_at = now()
+                       WHERE campaign_id = $1 AND shard_no = $2 AND epoch = $3""",
+                    self.campaign_id,
+                    self.shard_no,
+                    self.epoch,
+                )
+                await self._claim.execute(
+                    "SELECT pg_advisory_unlock($1::int, $2::int)", self.campaign_id, self.shard_no
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.log.warning("shard_release_failed", error=str(exc))
+        finally:
+            self._claim.remove_termination_listener(self._on_claim_closed)
+            with contextlib.suppress(Exception):
+                await self._claim.close(timeout=5)
+            self.log.info("shard_released", clean=clean, done=self.done, checkpoint=self.ledger.checkpoint)
+
+
+class Scheduler:
+    """Claims work for this node and runs its shards until ``stop`` is set."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        dsn: str,
+        pool: asyncpg.Pool,
+        lanes: dict[str, ProviderLane],
+        writer: Writer,
+        stop: asyncio.Event,
+        on_halt: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._dsn = dsn
+        self._pool = pool
+        self._lanes = lanes
+        self._writer = writer
+        self._stop = stop
+        self._runs: dict[tuple[int, int], ShardRun] = {}
+        self._prepared: set[tuple[str, int]] = set()
+        self._wakeup = asyncio.Event()
+        self.node = config.node.name or "node"
+
+    @property
+    def runs(self) -> dict[tuple[int, int], ShardRun]:
+        return self._runs
+
+    def wake(self) -> None:
+        """Look for work now (a shard finished, a campaign changed)."""
+        self._wakeup.set()
+
+    def stop_campaign(self, campaign_id: int, reason: str) -> None:
+        """Stop this node's shards of a campaign (paused, cancelled, halted)."""
+        for run in self._runs.values():
+            if run.campaign_id == campaign_id:
+                run.stop(reason)
+
+    async def run(self) -> None:
+        """Loop until stopped; then stop every shard, wait for them, and close the lanes."""
+        interval = self._config.scheduler.poll_interval_s
+        try:
+            async with asyncio.TaskGroup() as group:
+                while not self._stop.is_set():
+                    try:
+                        await self._tick(group)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        log.warning("scheduler_tick_failed", error=str(exc))
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(interval):
+                            await _first(self._stop.wait(), self._wakeup.wait())
+                for run in self._runs.values():
+                    run.stop("node draining")
+        except BaseException:
+            for lane in self._lanes.values():
+                with contextlib.suppress(asyncio.QueueFull):
+                    for _ in range(lane.workers):
+                        lane.queue.put_nowait(None)
+            raise
+        for lane in self._lanes.values():
+            for _ in range(lane.workers):
+                await lane.queue.put(None)
+
+    async def _tick(self, group: asyncio.TaskGroup) -> None:
+        await self._activate_due()
+        await self._watch_statuses()
+        capacity = self._config.scheduler.max_shards_per_node - len(self._runs)
+        if capacity > 0:
+            await self._claim(group, capacity)
+
+    async def _activate_due(self) -> None:
+        async with self._pool.acquire() as conn:
+            started = await conn.fetch(
+                """UPDATE campaigns SET status = 'running', started_at = coalesce(started_at, now()),
+                                        updated_at = now()
+                   WHERE status = 'scheduled' AND send_at <= now() RETURNING id"""
+            )
+            for row in started:
+                log.info("campaign_started", campaign_id=row["id"])
+            unsplit = await conn.fetch(
+                """SELECT id FROM campaigns c WHERE status = 'running'
+                   AND NOT EXISTS (SELECT 1 FROM campaign_shards s WHERE s.campaign_id = c.id)"""
+            )
+            for row in unsplit:
+                await split_campaign(conn, row["id"], self._config.scheduler.shard_size)
+
+    async def _watch_statuses(self) -> None:
+        """Periodic re-read of the status of campaigns this node is sending."""
+        if not self._runs:
+            return
+        ids = sorted({run.campaign_id for run in self._runs.values()})
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch("SELECT id, status FROM campaigns WHERE id = ANY($1::bigint[])", ids)
+        status = {r["id"]: r["status"] for r in rows}
+        for campaign_id in ids:
+            current = status.get(campaign_id)
+            if current != CampaignStatus.RUNNING and current != CampaignStatus.FINISHED:
+                self.stop_campaign(campaign_id, f"campaign {current or 'deleted'}")
+
+    async def _claim(self, group: asyncio.TaskGroup, capacity: int) -> None:
+        async with self._pool.acquire() as conn:
+            candidates = await conn.fetch(
+                """SELECT s.campaign_id, s.shard_no FROM campaign_shards s
+                   JOIN campaigns c ON c.id = s.campaign_id
+                   WHERE c.status = 'running' AND s.state = 'pending'
+                   ORDER BY s.campaign_id, s.shard_no LIMIT 1000"""
+            )
+        for candidate in candidates:
+            if capacity <= 0 or self._stop.is_set():
+                return
+            key = (candidate["campaign_id"], candidate["shard_no"])
+            if key in self._runs:
+                continue
+            run = await self._try_claim(*key)
+            if run is None:
+                continue
+            capacity -= 1
+            self._runs[key] = run
+            metrics.SHARDS_CLAIMED.set(len(self._runs))
+            group.create_task(self._run_shard(key, run), name=f"shard-{key[0]}-{key[1]}")
+
+    async def _run_shard(self, key: tuple[int, int], run: ShardRun) -> None:
+        try:
+            await run.run()
+        finally:
+            del self._runs[key]
+            metrics.SHARDS_CLAIMED.set(len(self._runs))
+            self._wakeup.set()
+
+    async def _try_claim(self, campaign_id: int, shard_no: int) -> ShardRun | None:
+        claim = await connect.connect(self._dsn)
+        try:
+            locked = await claim.fetchval(
+                "SELECT pg_try_advisory_lock($1::int, $2::int)", campaign_id, shard_no
+            )
+            if not locked:
+                await claim.close()
+                return None
+            async with claim.transaction():
+                row = await claim.fetchrow(
+                    """UPDATE campaign_shards SET epoch = epoch + 1, owner = $3, updated_at = now()
+                       WHERE campaign_id = $1 AND shard_no = $2 AND state = 'pending'
+                       RETURNING *""",
+                    campaign_id,
+                    shard_no,
+                    self.node,
+                )
+                campaign_row = await claim.fetchrow("SELECT * FROM campaigns WHERE id = $1", campaign_id)
+                if row is None or campaign_row is None or campaign_row["status"] != "running":
+                    raise _NotClaimable
+                campaign = campaign_from_row(campaign_row)
+                lane = self._lanes.get(campaign.provider)
+                if lane is None:
+                    log.error(
+                        "campaign_provider_unknown",
+                        campaign_id=campaign_id,
+                        provider=campaign.provider,
+                    )
+                    raise _NotClaimable
+                resend = campaign.resend_uncertain or self._config.scheduler.resend_uncertain
+                if row["checkpoint"] < row["reserved_upto"] and not row["released_clean"] and not resend:
+                    row = await _log_uncertain(claim, campaign, row)
+                await claim.execute(
+                    """UPDATE campaign_shards SET released_clean = false
+                       WHERE campaign_id = $1 AND shard_no = $2""",
+                    campaign_id,
+                    shard_no,
+                )
+        except _NotClaimable:
+            await claim.close()
+            return None
+        except BaseException:
+            await claim.close()
+            raise
+        if (lane.name, campaign_id) not in self._prepared:
+            try:
+                await lane.provider.prepare(campaign)
+            except Exception as exc:
+                log.warning("campaign_prepare_failed", campaign_id=campaign_id, error=str(exc))
+                await claim.close()
+                return None
+            self._prepared.add((lane.name, campaign_id))
+        run = ShardRun(
+            campaign=campaign,
+            row=row,
+            claim=claim,
+            pool=self._pool,
+            lane=lane,
+            writer=self._writer,
+            window_size=self._config.scheduler.window_size,
+            node=self.node,
+        )
+        run.log.info("shard_claimed", checkpoint=row["checkpoint"], reserved_upto=row["reserved_upto"])
+        return run
+
+
+class _NotClaimable(Exception):
+    pass
+
+
+async def _log_uncertain(
+    claim: asyncpg.Connection, campaign: Campaign, row: asyncpg.Record
+) -> asyncpg.Record:
+    """After a crash: leads reserved but not logged were possibly sent; log them ``unknown``."""
+    condition, params = segments.compile(campaign.segment, first_param=5, alias="l")
+    inserted = await claim.fetch(
+        f"""INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id, error)
+            SELECT now(), $4, l.id,
+                   CASE WHEN EXISTS (SELECT 1 FROM suppressions s WHERE s.account_id = l.account_id
+                                     AND s.email = lower(l.email)) THEN {int(LogStatus.SUPPRESSED)}
+                        ELSE {int(LogStatus.UNKNOWN)} END,
+                   NULL, 'in flight when its node stopped'
+            FROM leads l
+            WHERE l.account_id = $1 AND l.id > $2 AND l.id <= $3 AND ({condition})
+              AND NOT EXISTS (SELECT 1 FROM email_log e WHERE e.campaign_id = $4 AND e.lead_id = l.id)
+            RETURNING status""",
+        campaign.account_id,
+        row["checkpoint"],
+        row["reserved_upto"],
+        campaign.id,
+        *params,
+    )
+    unknown = sum(1 for r in inserted if r["status"] == LogStatus.UNKNOWN)
+    suppressed = len(inserted) - unknown
+    await claim.execute(
+        """INSERT INTO campaign_stats AS cs (campaign_id, unknown, suppressed) VALUES ($1, $2, $3)
+           ON CONFLICT (campaign_id) DO UPDATE SET unknown = cs.unknown + $2,
+                suppressed = cs.suppressed + $3, updated_at = now()""",
+        campaign.id,
+        unknown,
+        suppressed,
+    )
+    updated = await claim.fetchrow(
+        """UPDATE campaign_shards SET checkpoint = reserved_upto
+           WHERE campaign_id = $1 AND shard_no = $2 RETURNING *""",
+        campaign.id,
+        row["shard_no"],
+    )
+    log.warning(
+        "shard_recovered_uncertain",
+        campaign_id=campaign.id,
+        shard_no=row["shard_no"],
+        unknown=unknown,
+        suppressed=suppressed,
+    )
+    assert updated is not None
+    return updated
+
+
+async def split_campaign(conn: asyncpg.Connection, campaign_id: int, shard_size: int) -> int:
+    """Cut a running campaign into shards of about ``shard_size`` leads; count its matches.
+
+    Idempotent across nodes: the campaign row is locked and shards are made only once.
+    Returns the number of shards.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1 FOR UPDATE", campaign_id)
+        if row is None:
+            return 0
+        existing = await conn.fetchval(
+            "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
+        )
+        if existing:
+            return int(existing)
+        campaign = campaign_from_row(row)
+        bounds = await conn.fetch(
+            """SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n
+                               FROM leads WHERE account_id = $1) AS numbered
+               WHERE n % $2 = 0 ORDER BY id""",
+            campaign.account_id,
+            shard_size,
+        )
+        last = await conn.fetchval("SELECT max(id) FROM leads WHERE account_id = $1", campaign.account_id)
+        condition, params = segments.compile(campaign.segment, first_param=2, alias="l")
+        matched = await conn.fetchval(
+            f"SELECT count(*) FROM leads l WHERE l.account_id = $1 AND ({condition})",
+            campaign.account_id,
+            *params,
+        )
+        await conn.execute(
+            """INSERT INTO campaign_stats (campaign_id, matched) VALUES ($1, $2)
+               ON CONFLICT (campaign_id) DO UPDATE SET matched = $2, updated_at = now()""",
+            campaign_id,
+            matched,
+        )
+        if last is None:
+            await conn.execute(
+                """UPDATE campaigns SET status = 'finished', finished_at = now(), updated_at = now()
+                   WHERE id = $1""",
+                campaign_id,
+            )
+            log.info("campaign_finished_empty", campaign_id=campaign_id)
+            return 0
+        edges = [r["id"] for r in bounds if r["id"] < last] + [last]
+        low = 0
+        shards = []
+        for number, high in enumerate(edges):
+            shards.append((campaign_id, number, low, high, low, low))
+            low = high
+        await conn.copy_records_to_table(
+            "campaign_shards",
+            records=shards,
+            columns=(
+                "campaign_id",
+                "shard_no",
+                "lead_id_from",
+                "lead_id_to",
+                "checkpoint",
+                "reserved_upto",
+            ),
+        )
+        log.info("campaign_split", campaign_id=campaign_id, shards=len(shards), matched=matched)
+        return len(shards)
+
+
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of ``awaitables`` completes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,219 @@
+"""The sender: concurrent workers per provider take batches, respect the rate limits, call the
+provider, retry what may be retried, and hand one row per recipient to the writer.
+
+A batch is sent only after its shard has reserved its leads (``reserved_upto``, committed), so a
+crash can never hide a send. Retries keep the batch's worker: the per-provider ``concurrency`` is
+the number of calls that may be outstanding, retries included. A worker never waits for the
+writer's commit, only for buffer space (back-pressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from mailerd import backoff, metrics
+from mailerd.config import ProviderConfig
+from mailerd.models import (
+    Batch,
+    HaltError,
+    LogRow,
+    LogStatus,
+    Outcome,
+    PermanentError,
+    RecipientResult,
+    RetryableError,
+)
+from mailerd.ratelimit import TokenBucket
+from mailerd.scheduler import ProviderLane, ShardLostError, ShardRun
+from mailerd.writer import Writer
+
+log = structlog.get_logger(__name__)
+
+HaltCallback = Callable[[int, str], Awaitable[None]]
+
+
+class ProviderSender:
+    """The workers of one provider lane, with the provider's shared token bucket."""
+
+    def __init__(
+        self,
+        lane: ProviderLane,
+        config: ProviderConfig,
+        writer: Writer,
+        on_halt: HaltCallback,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.lane = lane
+        self.config = config
+        self.bucket = TokenBucket(config.rate_per_s, config.burst or None)
+        self._campaign_buckets: dict[int, TokenBucket] = {}
+        self._writer = writer
+        self._on_halt = on_halt
+        self._rng = rng or random.Random()
+        name = lane.name
+        self._in_flight = metrics.BATCHES_IN_FLIGHT.labels(name)
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(name)
+        self._call_seconds = metrics.PROVIDER_CALLS.labels(name)
+        self._waits = metrics.RATE_LIMIT_WAIT.labels(name)
+        self._retries = {r: metrics.RETRIES.labels(name, r) for r in ("throttled", "error", "entry")}
+
+    async def run(self) -> None:
+        """Run ``concurrency`` workers until each has taken an end marker."""
+        async with asyncio.TaskGroup() as group:
+            for number in range(self.lane.workers):
+                group.create_task(self._worker(), name=f"sender-{self.lane.name}-{number}")
+
+    async def _worker(self) -> None:
+        queue = self.lane.queue
+        while True:
+            item = await queue.get()
+            self._queue_depth.set(queue.qsize())
+            if item is None:
+                return
+            run, batch = item
+            if run.stopping:
+                run.discard(batch.seq)
+                continue
+            try:
+                await run.ensure_reserved(batch)
+            except ShardLostError as exc:
+                run.log.warning("batch_not_reserved", seq=batch.seq, error=str(exc))
+                run.discard(batch.seq)
+                continue
+            self._in_flight.inc()
+            try:
+                await self._send(run, batch)
+            finally:
+                self._in_flight.dec()
+
+    def _campaign_bucket(self, batch: Batch) -> TokenBucket | None:
+        rate = batch.campaign.rate_per_s
+        if not rate:
+            return None
+        bucket = self._campaign_buckets.get(batch.campaign.id)
+        if bucket is None:
+            bucket = self._campaign_buckets[batch.campaign.id] = TokenBucket(rate)
+        return bucket
+
+    async def _acquire(self, count: int, batch: Batch) -> None:
+        waits = [self.bucket.reserve(count)]
+        campaign_bucket = self._campaign_bucket(batch)
+        if campaign_bucket is not None:
+            waits.append(campaign_bucket.reserve(count))
+        wait = max(waits)
+        if wait > 0:
+            self._waits.inc(wait)
+            await asyncio.sleep(wait)
+
+    async def _send(self, run: ShardRun, batch: Batch) -> None:
+        """Send one batch to completion (with retries) and hand its rows to the writer."""
+        leads = batch.leads
+        results: list[RecipientResult | None] = [None] * len(leads)
+        pending = list(range(len(leads)))
+        attempt = 0
+        retried = 0
+        last_reason = ""
+        complete = True
+        while pending:
+            if attempt and run.stopping:
+                complete = False  # leave the unsent for whoever resumes the shard
+                break
+            await self._acquire(len(pending), batch)
+            part = batch if len(pending) == len(leads) else _sub_batch(batch, pending)
+            started = time.perf_counter()
+            retry_after: float | None = None
+            try:
+                answers = await self.lane.provider.send(part)
+            except RetryableError as exc:
+                answers = None
+                last_reason = exc.reason
+                retry_after = exc.retry_after
+                reason = "throttled" if _is_throttle(exc.reason) else "error"
+                self._retries[reason].inc(len(pending))
+            except PermanentError as exc:
+                for index in pending:
+                    results[index] = RecipientResult(Outcome.FAILED, error=exc.reason)
+                pending = []
+                break
+            except HaltError as exc:
+                run.log.error("provider_halted", reason=exc.reason)
+                complete = False
+                await self._on_halt(batch.campaign.id, exc.reason)
+                break
+            finally:
+                self._call_seconds.observe(time.perf_counter() - started)
+            if answers is not None:
+                still = []
+                for index, answer in zip(pending, answers, strict=True):
+                    if answer.outcome == Outcome.RETRY:
+                        still.append(index)
+                        last_reason = answer.error or "retryable"
+                    else:
+                        results[index] = answer
+                if still:
+                    self._retries["entry"].inc(len(still))
+                pending = still
+            if not pending:
+                break
+            attempt += 1
+            if attempt >= self.config.max_attempts:
+                for index in pending:
+                    results[index] = RecipientResult(
+                        Outcome.FAILED, error=f"gave up after {attempt} attempts: {last_reason}"
+                    )
+                pending = []
+                break
+            retried += len(pending)
+            delay = backoff.delay(
+                attempt,
+                base=self.config.backoff_base_s,
+                cap=self.config.backoff_max_s,
+                retry_after=retry_after,
+                rng=self._rng,
+            )
+            await _sleep_unless(delay, run.stopped)
+        now = dt.datetime.now(dt.UTC)
+        rows: list[LogRow] = []
+        campaign_id = batch.campaign.id
+        for lead, result in zip(leads, results, strict=True):
+            if result is None:
+                continue
+            if result.outcome == Outcome.SENT:
+                rows.append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
+            else:
+                rows.append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, result.error))
+        await self._writer.submit(run, batch.seq, rows, retried=retried, complete=complete)
+
+
+def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:
+    return Batch(
+        batch.campaign,
+        batch.shard_no,
+        batch.seq,
+        [batch.leads[i] for i in indexes],
+        batch.upto,
+        batch.attempts,
+    )
+
+
+def _is_throttle(reason: str) -> bool:
+    lowered = reason.lower()
+    return "throttl" in lowered or "toomanyrequests" in lowered or "429" in lowered
+
+
+async def _sleep_unless(delay: float, event: asyncio.Event) -> None:
+    """Sleep ``delay`` seconds, or less if ``event`` is set meanwhile."""
+    if delay <= 0:
+        return
+    try:
+        async with asyncio.timeout(delay):
+            await event.wait()
+    except TimeoutError:
+        pass

@@ -1,0 +1,303 @@
+"""The writer: buffers one row per email and flushes with COPY, one short transaction per flush.
+
+Each flush, in one transaction: raise each shard's checkpoint (fenced by the shard's epoch, so a
+node that lost a shard cannot write for it), COPY the rows into ``email_log``, upsert one
+``campaign_stats`` row per campaign, and finish campaigns whose shards are all done.
+
+Back-pressure: :meth:`Writer.submit` waits while the buffer holds ``max_buffer_rows``, so when
+Postgres is slow or down the senders stop sending (nothing is sent that cannot be logged). A
+failed flush keeps its rows and retries with backoff; nothing is dropped except the rows of a
+shard that was fenced out (its new owner has already accounted for those leads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from mailerd import metrics
+from mailerd.config import WriterConfig
+from mailerd.ledger import Ledger
+from mailerd.models import LogRow, LogStatus
+
+log = structlog.get_logger(__name__)
+
+_COLUMNS = ("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error")
+_STAT_COLUMNS = {
+    LogStatus.SENT: "sent",
+    LogStatus.FAILED: "failed",
+    LogStatus.UNKNOWN: "unknown",
+    LogStatus.SUPPRESSED: "suppressed",
+}
+
+
+class ShardHandle(Protocol):
+    """What the writer needs of a claimed shard (implemented by the scheduler's ShardRun)."""
+
+    campaign_id: int
+    shard_no: int
+    epoch: int
+    lead_id_to: int
+    ledger: Ledger
+    provider_name: str
+
+    def on_logged(self, checkpoint: int, done: bool) -> None:
+        """Rows committed; the checkpoint is now ``checkpoint``; ``done``: shard complete."""
+
+    def on_lost(self) -> None:
+        """The shard's epoch no longer matches: another node owns it now."""
+
+
+class ShardLost(Exception):
+    """The rows were dropped because their shard was fenced out."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    shard: ShardHandle | None
+    seq: int
+    rows: list[LogRow]
+    retried: int
+    complete: bool
+    done: asyncio.Future[None]
+
+
+class Writer:
+    """One per process. Run :meth:`run` in the TaskGroup; :meth:`close` ends it after a last flush."""
+
+    def __init__(self, pool: asyncpg.Pool, config: WriterConfig) -> None:
+        self._pool = pool
+        self._config = config
+        self._buffer: list[_Entry] = []
+        self._rows = 0
+        self._first_at = 0.0
+        self._closed = False
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Condition()
+        self.healthy = True
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._rows
+
+    async def submit(
+        self,
+        shard: ShardHandle | None,
+        seq: int,
+        rows: list[LogRow],
+        *,
+        retried: int = 0,
+        complete: bool = True,
+    ) -> asyncio.Future[None]:
+        """Queue a batch's rows; wait only while the buffer is full. The returned future
+        resolves when the rows are committed (or raises :class:`ShardLost`)."""
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        if self._rows >= self._config.max_buffer_rows:
+            async with self._space:
+                await self._space.wait_for(lambda: self._rows < self._config.max_buffer_rows)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._buffer:
+            self._first_at = time.monotonic()
+        self._buffer.append(_Entry(shard, seq, rows, retried, complete, future))
+        self._rows += len(rows)
+        metrics.WRITER_BUFFER_ROWS.set(self._rows)
+        if self._rows >= self._config.flush_rows or len(self._buffer) == 1:
+            self._wakeup.set()
+        return future
+
+    def close(self) -> None:
+        """No more submissions: flush what is buffered, then :meth:`run` returns."""
+        self._closed = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Flush on size or time until closed and empty."""
+        interval = self._config.flush_interval_ms / 1000
+        failures = 0
+        while True:
+            if not self._buffer:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            remaining = self._first_at + interval - time.monotonic()
+            if remaining > 0 and self._rows < self._config.flush_rows and not self._closed:
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+                continue
+            entries, self._buffer = self._buffer, []
+            try:
+                await self._flush(entries)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                failures += 1
+                self.healthy = False
+                metrics.FLUSH_FAILURES.inc()
+                self._buffer = entries + self._buffer
+                delay = min(0.1 * 2 ** min(failures, 6), 5.0)
+                log.warning("flush_failed", error=str(exc), rows=self._rows, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                log.info("flush_recovered", after_failures=failures)
+            failures = 0
+            self.healthy = True
+            self._rows -= sum(len(e.rows) for e in entries)
+            metrics.WRITER_BUFFER_ROWS.set(self._rows)
+            if self._buffer:
+                self._first_at = time.monotonic()
+            async with self._space:
+                self._space.notify_all()
+
+    async def _flush(self, entries: list[_Entry]) -> None:
+        started = time.perf_counter()
+        by_shard: dict[tuple[int, int], list[_Entry]] = collections.defaultdict(list)
+        for entry in entries:
+            if entry.shard is not None:
+                by_shard[(entry.shard.campaign_id, entry.shard.shard_no)].append(entry)
+        while True:
+            lost = await self._flush_once(entries, by_shard)
+            if not lost:
+                break
+            # Drop the rows of fenced-out shards and write the rest.
+            for key in lost:
+                for entry in by_shard.pop(key):
+                    if not entry.done.done():
+                        entry.done.set_exception(ShardLost(f"shard {key} was fenced out"))
+                        entry.done.exception()  # retrieved: nobody has to await it
+                    assert entry.shard is not None
+                    entry.shard.on_lost()
+            entries = [
+                e for e in entries if e.shard is None or (e.shard.campaign_id, e.shard.shard_no) in by_shard
+            ]
+        rows = sum(len(e.rows) for e in entries)
+        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.FLUSH_ROWS.observe(rows)
+        for entry in entries:
+            if not entry.done.done():
+                entry.done.set_result(None)
+
+    async def _flush_once(
+        self, entries: list[_Entry], by_shard: dict[tuple[int, int], list[_Entry]]
+    ) -> set[tuple[int, int]]:
+        """One transaction; returns the shards found fenced out (then nothing was written)."""
+        plans: list[_Plan] = []
+        for key, shard_entries in by_shard.items():
+            shard = shard_entries[0].shard
+            assert shard is not None
+            seqs = {e.seq for e in shard_entries}
+            complete = {e.seq for e in shard_entries if e.complete}
+            checkpoint = shard.ledger.checkpoint_if_logged(complete)
+            plans.append((key, shard, seqs, complete, checkpoint, checkpoint >= shard.lead_id_to))
+        stats: dict[int, list[int]] = {}
+        records: list[LogRow] = []
+        for entry in entries:
+            records.extend(entry.rows)
+            for row in entry.rows:
+                counts = stats.get(row[1])
+                if counts is None:
+                    counts = stats[row[1]] = [0, 0, 0, 0, 0]
+                counts[row[3] - 1] += 1
+            if entry.retried and entry.rows:
+                counts = stats.setdefault(entry.rows[0][1], [0, 0, 0, 0, 0])
+                counts[4] += entry.retried
+        try:
+            await self._transaction(plans, records, stats)
+        except _Rollback as rollback:
+            return rollback.lost
+        for _, shard, seqs, complete, _, done in plans:
+            checkpoint = shard.ledger.mark_logged(seqs, complete)
+            shard.on_logged(checkpoint, done)
+        for entry in entries:
+            if entry.shard is not None and entry.rows:
+                counters = _status_counters(entry.shard.provider_name)
+                for row in entry.rows:
+                    counters[row[3]].inc()
+        return set()
+
+    async def _transaction(
+        self, plans: list[_Plan], records: list[LogRow], stats: dict[int, list[int]]
+    ) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if plans:
+                fenced = await conn.fetch(
+                    """UPDATE campaign_shards s
+                       SET checkpoint = GREATEST(s.checkpoint, v.checkpoint),
+                           reserved_upto = GREATEST(s.reserved_upto, v.checkpoint),
+                           state = CASE WHEN v.done THEN 'done' ELSE s.state END,
+                           updated_at = now()
+                       FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bool[])
+                            AS v(campaign_id, shard_no, epoch, checkpoint, done)
+                       WHERE s.campaign_id = v.campaign_id AND s.shard_no = v.shard_no
+                             AND s.epoch = v.epoch
+                       RETURNING s.campaign_id, s.shard_no""",
+                    [p[1].campaign_id for p in plans],
+                    [p[1].shard_no for p in plans],
+                    [p[1].epoch for p in plans],
+                    [p[4] for p in plans],
+                    [p[5] for p in plans],
+                )
+                matched = {(r["campaign_id"], r["shard_no"]) for r in fenced}
+                lost = {p[0] for p in plans} - matched
+                if lost:
+                    log.warning("shards_fenced_out", shards=sorted(lost))
+                    raise _Rollback(lost)
+            if records:
+                await conn.copy_records_to_table("email_log", records=records, columns=_COLUMNS)
+            if stats:
+                ids = list(stats)
+                await conn.execute(
+                    """INSERT INTO campaign_stats AS cs
+                           (campaign_id, sent, failed, unknown, suppressed, retried)
+                       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                            $5::bigint[], $6::bigint[])
+                       ON CONFLICT (campaign_id) DO UPDATE SET
+                           sent = cs.sent + EXCLUDED.sent,
+                           failed = cs.failed + EXCLUDED.failed,
+                           unknown = cs.unknown + EXCLUDED.unknown,
+                           suppressed = cs.suppressed + EXCLUDED.suppressed,
+                           retried = cs.retried + EXCLUDED.retried,
+                           updated_at = now()""",
+                    ids,
+                    *([stats[c][i] for c in ids] for i in range(5)),
+                )
+            finished = sorted({p[1].campaign_id for p in plans if p[5]})
+            if finished:
+                await conn.execute(
+                    """UPDATE campaigns c SET status = 'finished', finished_at = now(), updated_at = now()
+                       WHERE c.id = ANY($1::bigint[]) AND c.status IN ('running', 'paused')
+                         AND NOT EXISTS (SELECT 1 FROM campaign_shards s
+                                         WHERE s.campaign_id = c.id AND s.state <> 'done')""",
+                    finished,
+                )
+
+
+_Plan = tuple[tuple[int, int], ShardHandle, set[int], set[int], int, bool]
+_COUNTERS: dict[str, dict[int, metrics.Counter]] = {}
+
+
+def _status_counters(provider: str) -> dict[int, metrics.Counter]:
+    """Label children cached per provider: ``labels()`` is too slow for once per row."""
+    counters = _COUNTERS.get(provider)
+    if counters is None:
+        counters = _COUNTERS[provider] = {
+            int(status): metrics.EMAILS.labels(provider, status.name.lower()) for status in LogStatus
+        }
+    return counters
+
+
+class _Rollback(Exception):
+    def __init__(self, lost: set[tuple[int, int]]) -> None:
+        super().__init__("fenced out")
+        self.lost = lost
