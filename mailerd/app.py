@@ -17,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import http, providers
+from mailerd import campaigns, http, providers
 from mailerd.config import Config
 from mailerd.db import connect, migrate, partitions
 from mailerd.scheduler import ProviderLane, Scheduler
@@ -86,7 +86,7 @@ async def run_with_dsn(
         senders = [ProviderSender(lanes[name], config.provider(name), writer, on_halt) for name in lanes]
         health = http.Health()
         host, port = config.http.host_port
-        runner = await http.start(http.build_app(health), host, port)
+        runner = await http.start(http.build_app(http.Services(pool, config, health)), host, port)
         health.started = True
         bound = http.bound_port(runner)
         log.info("daemon_started", listen=f"{host}:{bound}", providers=sorted(lanes), node=scheduler.node)
@@ -132,13 +132,13 @@ async def _schema_ready(conn: asyncpg.Connection, *, auto_migrate: bool) -> bool
 
 
 async def _pause_campaign(pool: asyncpg.Pool, campaign_id: int, reason: str) -> None:
+    """Pause on every node (the provider halted, or too many errors), with the reason."""
     async with pool.acquire() as conn:
-        await conn.execute(
-            """UPDATE campaigns SET status = 'paused', status_reason = $2, updated_at = now()
-               WHERE id = $1 AND status = 'running'""",
-            campaign_id,
-            reason,
-        )
+        try:
+            await campaigns.transition(conn, campaign_id, "pause", reason)
+        except campaigns.TransitionError as exc:
+            log.info("campaign_pause_skipped", campaign_id=campaign_id, reason=str(exc))
+            return
     log.warning("campaign_paused", campaign_id=campaign_id, reason=reason)
 
 

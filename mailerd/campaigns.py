@@ -104,7 +104,56 @@ async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> 
     await conn.execute(
         "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
     )
+    if status == "scheduled":
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {status}")
     return campaign_id
+
+
+NOTIFY_CHANNEL = "mailerd_campaigns"
+
+# action -> (statuses it may start from, status it leads to)
+TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({"draft", "scheduled"}), "scheduled"),
+    "pause": (frozenset({"scheduled", "running"}), "paused"),
+    "resume": (frozenset({"paused"}), "running"),
+    "cancel": (frozenset({"draft", "scheduled", "running", "paused"}), "cancelled"),
+}
+
+
+class TransitionError(Exception):
+    """The action is not allowed from the campaign's current status (or it does not exist)."""
+
+    def __init__(self, campaign_id: int, action: str, current: str | None) -> None:
+        what = "no such campaign" if current is None else f"campaign is {current}"
+        super().__init__(f"cannot {action} campaign {campaign_id}: {what}")
+        self.current = current
+
+
+async def transition(
+    conn: asyncpg.Connection, campaign_id: int, action: str, reason: str | None = None
+) -> str:
+    """Apply ``action`` (start, pause, resume, cancel) and tell every node at once (NOTIFY).
+
+    Returns the new status; raises :class:`TransitionError` when not allowed.
+    """
+    allowed, target = TRANSITIONS[action]
+    async with conn.transaction():
+        status = await conn.fetchval(
+            """UPDATE campaigns SET status = $2, updated_at = now(),
+                   status_reason = $4,
+                   send_at = CASE WHEN $2 = 'scheduled' THEN now() ELSE send_at END,
+                   finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE finished_at END
+               WHERE id = $1 AND status = ANY($3::text[]) RETURNING status""",
+            campaign_id,
+            target,
+            sorted(allowed),
+            reason,
+        )
+        if status is None:
+            current = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
+            raise TransitionError(campaign_id, action, current)
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {status}")
+    return str(status)
 
 
 async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | None:

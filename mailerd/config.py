@@ -138,7 +138,7 @@ class RetentionConfig:
 class LoggingConfig:
     """``format = "auto"`` means console output on a terminal and JSON lines elsewhere."""
 
-    level: str = "info"
+    level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
@@ -295,7 +295,14 @@ def _env_name(section: str, key: str) -> str:
     return ENV_PREFIX + "__".join([*section.upper().split("."), key.upper()])
 
 
+class _EnvText(str):
+    """A raw environment value; :func:`_coerce` reads it as TOML unless the key takes text."""
+
+    __slots__ = ()
+
+
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # A section or provider that is not a table in the file is left for _build to report.
     if "MAILERD_DSN" in env:
         data.setdefault("database", {})["dsn"] = env["MAILERD_DSN"]
     if "MAILERD_ADMIN_TOKEN" in env:
@@ -309,11 +316,16 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if parts[0] == "providers" and len(parts) == 3:
             # Provider names are case-sensitive in TOML; match an existing one case-insensitively.
             providers = data.setdefault("providers", {})
+            if not isinstance(providers, dict):
+                continue
             existing = {n.lower(): n for n in providers}
             target = providers.setdefault(existing.get(parts[1], parts[1]), {})
-            target[parts[2]] = _env_value(value)
+            if isinstance(target, dict):
+                target[parts[2]] = _EnvText(value)
         elif len(parts) == 2 and parts[0] in _SECTIONS:
-            data.setdefault(parts[0], {})[parts[1]] = _env_value(value)
+            section = data.setdefault(parts[0], {})
+            if isinstance(section, dict):
+                section[parts[1]] = _EnvText(value)
         else:
             raise ConfigError(f"config error: environment: {key}: not a known setting")
 
@@ -383,6 +395,11 @@ def _coerce(section: str, key: str, tp: Any, value: Any) -> Any:
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"[{section}] {key}: expected {expected}, got {_show(value)}")
 
+    if isinstance(value, _EnvText):
+        # "12345" is a fine API key and "042" a fine node name: text keys take the raw text
+        # unless it is written as a TOML string ("\"a b\""); other keys take it as TOML.
+        parsed = _env_value(value)
+        value = str(value) if _takes_text(tp) and not isinstance(parsed, str) else parsed
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (types.UnionType, typing.Union):
@@ -421,6 +438,14 @@ def _coerce(section: str, key: str, tp: Any, value: Any) -> Any:
             raise fail("a string")
         return value
     raise ConfigError(f"[{section}] {key}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _takes_text(tp: Any) -> bool:
+    if tp in (str, Secret) or typing.get_origin(tp) is Literal:
+        return True
+    if typing.get_origin(tp) in (types.UnionType, typing.Union, tuple):
+        return any(_takes_text(a) for a in typing.get_args(tp) if a not in (type(None), Ellipsis))
+    return False
 
 
 def _validate(config: Config) -> None:

@@ -134,7 +134,10 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
 
 async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Event) -> int:
-    say = (lambda *_: None) if as_json else (lambda text: print(text, file=sys.stderr))
+    def say(text: str) -> None:
+        if not as_json:
+            print(text, file=sys.stderr)
+
     conn = await connect.connect(dsn)
     try:
         await migrate.migrate(conn)

@@ -34,6 +34,7 @@ class Outcome(enum.IntEnum):
     SENT = 1
     FAILED = 2  # permanent: do not retry
     RETRY = 3  # transient: retry with backoff
+    UNKNOWN = 4  # the call may have been carried out: log unknown, do not re-send
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,6 +112,14 @@ class RetryableError(ProviderError):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class UncertainError(ProviderError):
+    """The request went out but no answer came (timeout, reset): the provider may have sent.
+
+    Not retried (that could email a lead twice) unless the campaign says ``resend_uncertain``;
+    its recipients are logged ``unknown``.
+    """
 
 
 class PermanentError(ProviderError):

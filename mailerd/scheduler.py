@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from mailerd import metrics, segments
+from mailerd import campaigns, metrics, segments
 from mailerd.config import Config
 from mailerd.db import connect
 from mailerd.ledger import Ledger
@@ -365,6 +365,7 @@ class Scheduler:
         interval = self._config.scheduler.poll_interval_s
         try:
             async with asyncio.TaskGroup() as group:
+                listener = group.create_task(self._listen(), name="campaign-listener")
                 while not self._stop.is_set():
                     try:
                         await self._tick(group)
@@ -374,6 +375,7 @@ class Scheduler:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(interval):
                             await _first(self._stop.wait(), self._wakeup.wait())
+                listener.cancel()
                 for run in self._runs.values():
                     run.stop("node draining")
         except BaseException:
@@ -385,6 +387,41 @@ class Scheduler:
         for lane in self._lanes.values():
             for _ in range(lane.workers):
                 await lane.queue.put(None)
+
+    async def _listen(self) -> None:
+        """LISTEN for campaign changes so pause/cancel reach this node at once; reconnect on loss.
+
+        The periodic status re-read in :meth:`_watch_statuses` covers notifications lost while
+        the listening connection was down.
+        """
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect.connect(self._dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, event=closed: event.set())
+                await conn.add_listener(campaigns.NOTIFY_CHANNEL, self._on_notify)
+                await closed.wait()
+                log.warning("campaign_listener_disconnected")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("campaign_listener_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            campaign_id_text, status = payload.split(" ", 1)
+            campaign_id = int(campaign_id_text)
+        except ValueError:
+            log.warning("campaign_notification_malformed", payload=payload)
+            return
+        if status in (CampaignStatus.PAUSED, CampaignStatus.CANCELLED, CampaignStatus.FAILED):
+            self.stop_campaign(campaign_id, f"campaign {status}")
+        else:
+            self._wakeup.set()
 
     async def _tick(self, group: asyncio.TaskGroup) -> None:
         await self._activate_due()

@@ -28,6 +28,7 @@ from mailerd.models import (
     PermanentError,
     RecipientResult,
     RetryableError,
+    UncertainError,
 )
 from mailerd.ratelimit import TokenBucket
 from mailerd.scheduler import ProviderLane, ShardLostError, ShardRun
@@ -137,6 +138,17 @@ class ProviderSender:
                 retry_after = exc.retry_after
                 reason = "throttled" if _is_throttle(exc.reason) else "error"
                 self._retries[reason].inc(len(pending))
+            except UncertainError as exc:
+                if batch.campaign.resend_uncertain:
+                    answers = None
+                    last_reason = exc.reason
+                    self._retries["error"].inc(len(pending))
+                else:
+                    run.log.warning("batch_outcome_uncertain", seq=batch.seq, reason=exc.reason)
+                    for index in pending:
+                        results[index] = RecipientResult(Outcome.UNKNOWN, error=f"uncertain: {exc.reason}")
+                    pending = []
+                    break
             except PermanentError as exc:
                 for index in pending:
                     results[index] = RecipientResult(Outcome.FAILED, error=exc.reason)
@@ -187,6 +199,8 @@ class ProviderSender:
                 continue
             if result.outcome == Outcome.SENT:
                 rows.append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
+            elif result.outcome == Outcome.UNKNOWN:
+                rows.append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, result.error))
             else:
                 rows.append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, result.error))
         await self._writer.submit(run, batch.seq, rows, retried=retried, complete=complete)

@@ -16,6 +16,8 @@ import asyncpg
 
 # table -> partition key column
 PARTITIONED = {"email_log": "sent_at", "email_events": "received_at"}
+# Serialises partition DDL between nodes (two CREATE ... PARTITION OF at once deadlock).
+PARTITION_LOCK_KEY = 0x6D61696C7074  # "mailpt"
 _DAY = dt.timedelta(days=1)
 
 
@@ -65,6 +67,7 @@ async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list
     low, high = _bounds(day)
     actions: list[Action] = []
     async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
         if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
             return actions
         stray = await conn.fetchval(
@@ -101,6 +104,9 @@ async def drop_before(conn: asyncpg.Connection, table: str, cutoff: dt.date) -> 
             continue
         name = partition_name(table, day)
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                continue
             await conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
             await conn.execute(f"DROP TABLE {name}")
         actions.append(Action("dropped", table, name))

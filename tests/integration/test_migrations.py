@@ -33,8 +33,6 @@ async def test_two_concurrent_migrations_apply_each_file_once(empty_dsn: str) ->
 
 
 async def test_email_log_has_only_the_campaign_lead_index(conn) -> None:  # type: ignore[no-untyped-def]
-    indexes = await conn.fetch(
-        "SELECT indexdef FROM pg_indexes WHERE tablename = 'email_log'"
-    )
+    indexes = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = 'email_log'")
     assert len(indexes) == 1
     assert "(campaign_id, lead_id)" in indexes[0]["indexdef"]

@@ -1,0 +1,153 @@
+"""Benchmark `mailerd leads import` against a bare COPY of the same CSV.
+
+    python bench/import.py --rows 1000000 [--dsn DSN] [--bad-pct 1.5] [--json] [--keep FILE]
+
+Creates a fresh database on the server (``--dsn``, else ``$MAILERD_TEST_DSN``, else the local
+default), migrates it, then times (a) ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` of the file into
+an unindexed table of text columns and (b) the mailerd import of the same file into ``leads``.
+Bad rows (``--bad-pct``) are invalid addresses only, so that the bare COPY still accepts the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+
+from mailerd import importer
+from mailerd.db import connect as db_connect
+from mailerd.db import migrate
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+COLUMNS = ["email", "first_name", "country", "plan", "age", "score", "vip", "signup_date"]
+FIRST_NAMES = [
+    "Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
+    "Zoë", "José", "Søren", "Chloé", "Łukasz", "O'Brien", "Anne-Marie", "Jean Luc", "Yuki", "Amir",
+]  # fmt: skip
+COUNTRIES = ["US", "GB", "FR", "DE", "ES", "IT", "NL", "SE", "PL", "JP", "BR", "IN", "CA", "AU"]
+PLANS = ["free", "free", "free", "starter", "pro", "team", "enterprise"]
+DOMAINS = ["example.com", "mail.example.org", "corp.example.net", "example.co.uk", "test.example"]
+BAD_ADDRESSES = ["not-an-address", "two@@example.com", "space in@example.com", "x@nodot", ""]
+
+
+def generate(path: Path, rows: int, bad_pct: float, seed: int = 42) -> int:
+    """Write a realistic CSV of ``rows`` data rows; return how many have a bad address."""
+    rng = random.Random(seed)
+    bad = 0
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for i in range(rows):
+            name = rng.choice(FIRST_NAMES)
+            if bad_pct and rng.random() * 100 < bad_pct:
+                email = rng.choice(BAD_ADDRESSES)
+                bad += 1
+            else:
+                local = f"{name.split()[0].lower()}.{i}"
+                email = f"{local}@{rng.choice(DOMAINS)}"
+                if i % 10 == 0:
+                    email = email.title()
+            age = "" if rng.random() < 0.1 else str(rng.randint(18, 90))
+            score = f"{rng.random() * 100:.2f}"
+            vip = "true" if rng.random() < 0.05 else "false"
+            day = f"20{rng.randint(15, 24)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+            writer.writerow([email, name, rng.choice(COUNTRIES), rng.choice(PLANS), age, score, vip, day])
+    return bad
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def bench(dsn: str, path: Path, rows: int) -> dict[str, Any]:
+    name = f"mailerd_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        conn = await db_connect.connect(with_database(dsn, name))
+        try:
+            await migrate.migrate(conn)
+            columns = ", ".join(f'"{c}" text' for c in COLUMNS)
+            await conn.execute(f"CREATE TABLE bare_copy ({columns})")
+            await conn.execute("CHECKPOINT")
+            started = time.perf_counter()
+            await conn.copy_to_table("bare_copy", source=path, format="csv", header=True)
+            copy_s = time.perf_counter() - started
+            await conn.execute("DROP TABLE bare_copy")
+            await conn.execute("CHECKPOINT")
+
+            started = time.perf_counter()
+            result = await importer.import_file(conn, account_id=1, path=path)
+            import_s = time.perf_counter() - started
+            stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
+        finally:
+            await conn.close()
+    finally:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    return {
+        "rows": rows,
+        "copy_s": round(copy_s, 3),
+        "copy_rows_per_s": round(rows / copy_s),
+        "import_s": round(import_s, 3),
+        "import_rows_per_s": round(rows / import_s),
+        "ratio": round(copy_s / import_s, 3),
+        "imported": result.imported,
+        "rejected": result.rejected,
+        "leads_stored": stored,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dsn", default=None, help="admin DSN of the Postgres server to use")
+    parser.add_argument("--bad-pct", type=float, default=0.0, help="share of rows with bad addresses")
+    parser.add_argument("--keep", default=None, metavar="FILE", help="write the CSV here and keep it")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    dsn = args.dsn or os.environ.get("MAILERD_TEST_DSN") or DEFAULT_DSN
+
+    with tempfile.TemporaryDirectory(prefix="mailerd-bench-") as tmp:
+        path = Path(args.keep) if args.keep else Path(tmp) / "leads.csv"
+        started = time.perf_counter()
+        generate(path, args.rows, args.bad_pct)
+        generate_s = time.perf_counter() - started
+        result = asyncio.run(bench(dsn, path, args.rows))
+        result["file_mb"] = round(path.stat().st_size / 1e6, 1)
+    result["generate_s"] = round(generate_s, 2)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        print(f"rows:        {result['rows']:,} ({result['file_mb']} MB)")
+        print(f"bare COPY:   {result['copy_rows_per_s']:>10,} rows/s  ({result['copy_s']:.2f} s)")
+        print(f"mailerd:     {result['import_rows_per_s']:>10,} rows/s  ({result['import_s']:.2f} s)")
+        print(f"ratio:       {result['ratio']:.2f} (mailerd / bare COPY)")
+        print(
+            f"imported {result['imported']:,}, rejected {result['rejected']:,}, "
+            f"stored {result['leads_stored']:,}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

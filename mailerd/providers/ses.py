@@ -1,0 +1,404 @@
+"""Amazon SES v2: ``SendBulkEmail`` with one SES template per campaign, signed with SigV4.
+
+Kind ``sink`` is the same client pointed at the loopback emulator (:mod:`mailerd.sink`), where
+missing credentials are replaced by dummy ones.
+
+Each recipient carries our ids as message tags (``mailerd_campaign``, ``mailerd_lead``) so
+SES events and the sink map back to a lead without a lookup. The daemon does not render
+bodies when the campaign's templates only print plain variables: SES fills its own template
+from each recipient's ``ReplacementTemplateData`` (see :mod:`mailerd.content`).
+
+How answers are classified (SES v2 API reference, ``BulkEmailEntryResult.Status`` and the
+``SendBulkEmail`` errors):
+
+- ``SUCCESS`` -> sent; ``TRANSIENT_FAILURE``, ``ACCOUNT_THROTTLED`` -> retry;
+  ``TEMPLATE_NOT_FOUND`` -> retry (the template is created again first);
+  ``MESSAGE_REJECTED``, ``INVALID_PARAMETER``, ``FAILED`` (the non-transient catch-all) and any
+  status this code does not know -> failed, reason ``STATUS: Error``.
+- Account or configuration states that no retry fixes (``ACCOUNT_SUSPENDED``,
+  ``ACCOUNT_SENDING_PAUSED``, ``CONFIGURATION_SET_SENDING_PAUSED``,
+  ``ACCOUNT_DAILY_QUOTA_EXCEEDED``, ``MAIL_FROM_DOMAIN_NOT_VERIFIED``,
+  ``CONFIGURATION_SET_NOT_FOUND``, ``INVALID_SENDING_POOL_NAME``) halt the campaign when no
+  entry of the call succeeded; beside successes they are retried (the retry then halts), so a
+  sent recipient is never reported as anything but sent.
+- Whole call: 429, ``TooManyRequestsException``, ``LimitExceededException``, 5xx, timeouts and
+  connection errors -> :class:`RetryableError`; ``SendingPausedException``,
+  ``AccountSuspendedException``, ``MailFromDomainNotVerifiedException``, 401/403 ->
+  :class:`HaltError`; ``NotFoundException`` -> retryable (template re-created); other 4xx ->
+  :class:`PermanentError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import aiohttp
+import orjson
+import structlog
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from mailerd import content as content_mod
+from mailerd.config import ConfigError, ProviderConfig
+from mailerd.models import (
+    Batch,
+    Campaign,
+    HaltError,
+    Outcome,
+    PermanentError,
+    ProviderError,
+    RecipientResult,
+    RetryableError,
+    UncertainError,
+)
+
+log = structlog.get_logger(__name__)
+
+SEND_BULK_PATH: Final = "/v2/email/outbound-bulk-emails"
+TEMPLATES_PATH: Final = "/v2/email/templates"
+ACCOUNT_PATH: Final = "/v2/email/account"
+CAMPAIGN_TAG: Final = "mailerd_campaign"
+LEAD_TAG: Final = "mailerd_lead"
+MAX_BATCH_SIZE: Final = 50
+DEFAULT_SINK_ENDPOINT: Final = "http://127.0.0.1:8026"
+
+RETRY_STATUSES: Final = frozenset(
+    {"TRANSIENT_FAILURE", "ACCOUNT_THROTTLED", "TEMPLATE_NOT_FOUND", "TEMPLATE_DOES_NOT_EXIST"}
+)
+TEMPLATE_MISSING_STATUSES: Final = frozenset({"TEMPLATE_NOT_FOUND", "TEMPLATE_DOES_NOT_EXIST"})
+HALT_STATUSES: Final = frozenset(
+    {
+        "ACCOUNT_SUSPENDED",
+        "ACCOUNT_SENDING_PAUSED",
+        "CONFIGURATION_SET_SENDING_PAUSED",
+        "ACCOUNT_DAILY_QUOTA_EXCEEDED",
+        "MAIL_FROM_DOMAIN_NOT_VERIFIED",
+        "CONFIGURATION_SET_NOT_FOUND",
+        "CONFIGURATION_SET_DOES_NOT_EXIST",
+        "INVALID_SENDING_POOL_NAME",
+    }
+)
+RETRY_ERRORS: Final = frozenset(
+    {
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "InternalServiceErrorException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ConcurrentModificationException",
+        "NotFoundException",  # the campaign's template vanished: re-created before the retry
+    }
+)
+HALT_ERRORS: Final = frozenset(
+    {"SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException"}
+)
+
+
+# --- pure: classification ---------------------------------------------------------------------
+
+
+def classify_entry(status: str | None, error: str | None, message_id: str | None = None) -> RecipientResult:
+    """One ``BulkEmailEntryResult`` as our outcome; halting statuses come back as RETRY."""
+    if status == "SUCCESS":
+        return RecipientResult(Outcome.SENT, message_id=message_id)
+    reason = f"{status}: {error}" if error else str(status)
+    if status in RETRY_STATUSES or status in HALT_STATUSES:
+        return RecipientResult(Outcome.RETRY, error=reason)
+    return RecipientResult(Outcome.FAILED, error=reason)
+
+
+def parse_results(entries: Sequence[Mapping[str, Any]], expected: int) -> list[RecipientResult]:
+    """``BulkEmailEntryResults`` -> one result per entry sent; raises HaltError (see module doc).
+
+    A missing result is reported failed, never retried: SES may have sent that email.
+    """
+    results: list[RecipientResult] = []
+    halt: str | None = None
+    any_sent = False
+    for entry in entries[:expected]:
+        status = entry.get("Status")
+        result = classify_entry(status, entry.get("Error"), entry.get("MessageId"))
+        if result.outcome is Outcome.SENT:
+            any_sent = True
+        elif halt is None and status in HALT_STATUSES:
+            halt = result.error
+        results.append(result)
+    if halt is not None and not any_sent:
+        raise HaltError(halt)
+    missing = RecipientResult(Outcome.FAILED, error="FAILED: no result from SES for this entry")
+    results.extend(missing for _ in range(expected - len(results)))
+    return results
+
+
+def classify_error(
+    http_status: int, error_type: str | None, message: str | None, retry_after: float | None
+) -> ProviderError:
+    """A failed call (non-2xx) as the error the sender acts on."""
+    reason = f"{error_type or f'HTTP {http_status}'}: {message}" if message else None
+    reason = reason or error_type or f"HTTP {http_status}"
+    if error_type in HALT_ERRORS or http_status in (401, 403):
+        return HaltError(reason)
+    if error_type in RETRY_ERRORS or http_status == 429 or http_status >= 500:
+        return RetryableError(reason, retry_after)
+    return PermanentError(reason)
+
+
+def parse_error(
+    http_status: int, headers: Mapping[str, str], body: bytes
+) -> tuple[str | None, str | None, float | None]:
+    """``(error_type, message, retry_after)`` of an error response (header first, then body)."""
+    error_type = headers.get("x-amzn-ErrorType") or None
+    message: str | None = None
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        raw = data.get("message") or data.get("Message")
+        message = str(raw) if raw is not None else None
+        if error_type is None:
+            found = data.get("__type") or data.get("code") or data.get("Code")
+            error_type = str(found) if found else None
+    elif body and http_status >= 400:
+        message = body[:200].decode("utf-8", "replace")
+    if error_type:
+        error_type = error_type.split(":", 1)[0].rsplit("#", 1)[-1]
+    return error_type, message, parse_retry_after(headers.get("Retry-After"))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def template_name(campaign_id: int) -> str:
+    return f"mailerd-campaign-{campaign_id}"
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What ``send`` needs of a campaign, computed once."""
+
+    content: content_mod.Content
+    template: content_mod.SesTemplate
+    default_content: dict[str, Any]
+    campaign_tag: dict[str, str]
+
+
+class SesProvider:
+    """SES v2 over one keep-alive aiohttp session; see the module docstring for outcomes."""
+
+    max_batch_size: int = MAX_BATCH_SIZE
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name or config.kind
+        self._config = config
+        default = DEFAULT_SINK_ENDPOINT if config.kind == "sink" else ""
+        endpoint = config.endpoint or default or f"https://email.{config.region}.amazonaws.com"
+        self._endpoint = endpoint.rstrip("/")
+        key, secret = config.access_key_id, config.secret_access_key
+        if key is None or secret is None:
+            if config.kind != "sink":
+                raise ConfigError(
+                    f"[providers.{self.name}] access_key_id and secret_access_key are required for kind ses"
+                )
+            credentials = Credentials("AKIDMAILERDSINK", "mailerd-sink-dummy-secret")
+        else:
+            credentials = Credentials(key.reveal(), secret.reveal())
+        self._signer = SigV4Auth(credentials, "ses", config.region)
+        self._session: aiohttp.ClientSession | None = None
+        self._prepared: dict[int, _Prepared] = {}
+        self._prepare_lock = asyncio.Lock()
+
+    # Provider protocol --------------------------------------------------------------------
+
+    async def prepare(self, campaign: Campaign) -> None:
+        """Compile the content and create (or update) the campaign's SES template."""
+        async with self._prepare_lock:
+            if campaign.id in self._prepared:
+                return
+            try:
+                content = content_mod.compile_content(
+                    campaign.subject, campaign.html_body, campaign.text_body
+                )
+            except content_mod.TemplateError as exc:
+                raise PermanentError(f"template error: {exc}") from None
+            template = content_mod.ses_template(content)
+            name = template_name(campaign.id)
+            await self._put_template(name, template)
+            default_content: dict[str, Any] = {"Template": {"TemplateName": name, "TemplateData": "{}"}}
+            self._prepared[campaign.id] = _Prepared(
+                content,
+                template,
+                default_content,
+                {"Name": CAMPAIGN_TAG, "Value": str(campaign.id)},
+            )
+            log.info(
+                "ses_template_prepared",
+                campaign_id=campaign.id,
+                template=name,
+                generic=template.generic,
+                variables=len(template.variables),
+            )
+
+    async def send(self, batch: Batch) -> list[RecipientResult]:
+        """One ``SendBulkEmail`` call for the batch; render failures fail only their lead."""
+        if len(batch.leads) > MAX_BATCH_SIZE:
+            raise ValueError(f"SES takes at most {MAX_BATCH_SIZE} recipients per call")
+        campaign = batch.campaign
+        prepared = self._prepared.get(campaign.id)
+        if prepared is None:
+            await self.prepare(campaign)
+            prepared = self._prepared[campaign.id]
+        results: list[RecipientResult | None] = [None] * len(batch.leads)
+        entries: list[dict[str, Any]] = []
+        positions: list[int] = []
+        template, content, campaign_tag = prepared.template, prepared.content, prepared.campaign_tag
+        template_data, dumps = content_mod.template_data, orjson.dumps
+        for position, lead in enumerate(batch.leads):
+            try:
+                data = template_data(template, content, lead, campaign)
+            except content_mod.RenderError as exc:
+                results[position] = RecipientResult(Outcome.FAILED, error=f"render failed: {exc}")
+                continue
+            entries.append(
+                {
+                    "Destination": {"ToAddresses": [lead.email]},
+                    "ReplacementTags": [campaign_tag, {"Name": LEAD_TAG, "Value": str(lead.id)}],
+                    "ReplacementEmailContent": {
+                        "ReplacementTemplate": {"ReplacementTemplateData": dumps(data).decode()}
+                    },
+                }
+            )
+            positions.append(position)
+        if entries:
+            request: dict[str, Any] = {
+                "FromEmailAddress": campaign.from_address,
+                "DefaultContent": prepared.default_content,
+                "BulkEmailEntries": entries,
+            }
+            if self._config.configuration_set:
+                request["ConfigurationSetName"] = self._config.configuration_set
+            try:
+                answer = await self._call("POST", SEND_BULK_PATH, request, idempotent=False)
+            except RetryableError as exc:
+                if exc.reason.startswith("NotFoundException"):
+                    self._prepared.pop(campaign.id, None)
+                raise
+            sent = self._entry_results(answer, len(entries), campaign.id)
+            for position, result in zip(positions, sent, strict=True):
+                results[position] = result
+        return [r for r in results if r is not None]
+
+    async def max_send_rate(self) -> float | None:
+        """``GetAccount`` -> ``SendQuota.MaxSendRate`` (emails per second)."""
+        answer = await self._call("GET", ACCOUNT_PATH, None)
+        quota = answer.get("SendQuota") if isinstance(answer, dict) else None
+        rate = quota.get("MaxSendRate") if isinstance(quota, dict) else None
+        return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # internals ----------------------------------------------------------------------------
+
+    def _entry_results(self, answer: Any, expected: int, campaign_id: int) -> list[RecipientResult]:
+        entries = answer.get("BulkEmailEntryResults") if isinstance(answer, dict) else None
+        if not isinstance(entries, list):
+            # The call succeeded, so SES may have sent: never retry, report each one failed.
+            reason = "FAILED: unreadable SendBulkEmail response"
+            return [RecipientResult(Outcome.FAILED, error=reason)] * expected
+        results = parse_results(entries, expected)
+        if any(e.get("Status") in TEMPLATE_MISSING_STATUSES for e in entries[:expected]):
+            self._prepared.pop(campaign_id, None)
+        return results
+
+    async def _put_template(self, name: str, template: content_mod.SesTemplate) -> None:
+        """CreateEmailTemplate; when it exists (a restart, another node) overwrite its content.
+
+        Overwriting matters: a template left by an older database with the same campaign id
+        must not be sent in place of this campaign's content.
+        """
+        template_content = {
+            "Subject": template.subject,
+            "Html": template.html,
+            "Text": template.text,
+        }
+        try:
+            await self._call(
+                "POST", TEMPLATES_PATH, {"TemplateName": name, "TemplateContent": template_content}
+            )
+        except PermanentError as exc:
+            if not exc.reason.startswith("AlreadyExistsException"):
+                raise
+            await self._call("PUT", f"{TEMPLATES_PATH}/{name}", {"TemplateContent": template_content})
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=max(1, self._config.concurrency) + 2, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def _call(
+        self, method: str, path: str, payload: dict[str, Any] | None, *, idempotent: bool = True
+    ) -> Any:
+        """Sign and send one request; the decoded JSON answer, or a ProviderError."""
+        url = self._endpoint + path
+        body = orjson.dumps(payload) if payload is not None else b""
+        headers = self._sign(method, url, body)
+        try:
+            async with self._http().request(method, url, data=body, headers=headers) as response:
+                raw = await response.read()
+                status = response.status
+                if status >= 300:
+                    error_type, message, retry_after = parse_error(status, response.headers, raw)
+                    raise classify_error(status, error_type, message, retry_after)
+        except aiohttp.ClientConnectorError as exc:
+            # Not connected: the request never left, so trying again is always safe.
+            raise RetryableError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The request may have gone out: SES may have sent. Only idempotent calls retry.
+            reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            if idempotent:
+                raise RetryableError(reason) from exc
+            raise UncertainError(reason) from exc
+        if not raw:
+            return {}
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+
+    def _sign(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        """SigV4 over host, x-amz-date and content-type only: fewer headers, less hashing."""
+        request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
+        self._signer.add_auth(request)
+        return dict(request.headers.items())

@@ -1,0 +1,90 @@
+"""Shared pieces of the pipeline tests: leads, a daemon in-process, waiting for a campaign."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from mailerd import app, campaigns
+from mailerd import config as config_mod
+
+
+async def add_leads(conn: asyncpg.Connection, account_id: int, count: int, start: int = 0) -> None:
+    """``count`` leads numbered from ``start``; every third one on plan "pro"."""
+    await conn.copy_records_to_table(
+        "leads",
+        records=[
+            (account_id, f"user{n}@example.com", {"n": n, "plan": "pro" if n % 3 == 0 else "free"})
+            for n in range(start, start + count)
+        ],
+        columns=("account_id", "email", "attributes"),
+    )
+
+
+def daemon_config(sink_port: int, **sections: Any) -> config_mod.Config:
+    """A configuration for a daemon in the test process, talking to a sink."""
+    provider = {"kind": "sink", "endpoint": f"http://127.0.0.1:{sink_port}", "concurrency": 4}
+    provider.update(sections.pop("provider", {}))
+    raw: dict[str, Any] = {
+        "http": {"listen": "127.0.0.1:0"},
+        "providers": {"sink": provider},
+        "scheduler": {"shard_size": 1000, "window_size": 500, "poll_interval_s": 0.2},
+        "writer": {"flush_interval_ms": 50},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return config_mod.from_mapping(raw, env={})
+
+
+def new_campaign(**overrides: Any) -> campaigns.NewCampaign:
+    fields: dict[str, Any] = {
+        "account_id": 1,
+        "name": "test",
+        "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"},
+        "subject": "Hi {{ lead.attributes.n }}",
+        "html_body": "<p>Hello {{ lead.email }}</p>",
+        "text_body": "Hello {{ lead.email }}",
+        "from_address": "news@example.com",
+        "provider": "sink",
+        "start": True,
+    }
+    fields.update(overrides)
+    return campaigns.NewCampaign(**fields)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(config: config_mod.Config, dsn: str) -> AsyncIterator[asyncio.Event]:
+    """The daemon's stages in this process until the block ends (then a clean drain)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run_with_dsn(config, dsn, stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def wait_for_status(
+    conn: asyncpg.Connection, campaign_id: int, statuses: tuple[str, ...] = ("finished",), timeout: float = 30
+) -> dict[str, Any]:
+    """Poll ``campaigns.show`` until the campaign reaches one of ``statuses``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await campaigns.show(conn, campaign_id)
+            assert info is not None
+            if info["status"] in statuses:
+                return info
+            await asyncio.sleep(0.05)
+
+
+def read_record(path: Path) -> list[dict[str, Any]]:
+    """The sink's record: one JSON object per accepted recipient."""
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

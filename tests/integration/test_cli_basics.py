@@ -1,0 +1,183 @@
+"""The CLI as a subprocess: migrate, partitions, check-config, and configuration errors."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mailerd import config
+from mailerd.db import partitions
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "mailerd.example.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any MAILERD_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
+    env.update(extra)
+    return env
+
+
+async def mailerd(*args: str, env: dict[str, str]) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(60):
+            stdout, stderr = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mailerd.toml"
+    path.write_text('[logging]\nformat = "json"\n', encoding="utf-8")
+    return path
+
+
+async def test_migrate_on_a_migrated_database_has_nothing_to_do(dsn: str, config_file: Path) -> None:
+    result = await mailerd("migrate", env=base_env(MAILERD_DSN=dsn, MAILERD_CONFIG=str(config_file)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nothing to do: the schema is up to date\n"
+
+
+async def test_migrate_on_an_empty_database_applies_everything(empty_dsn: str, config_file: Path) -> None:
+    result = await mailerd("migrate", "--config", str(config_file), env=base_env(MAILERD_DSN=empty_dsn))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "applied 0001_initial"
+    assert all(line.startswith("applied ") for line in result.stdout.splitlines())
+
+
+async def test_partitions_prints_what_it_created(dsn: str, config_file: Path) -> None:
+    env = base_env(MAILERD_DSN=dsn, MAILERD_CONFIG=str(config_file))
+    before = dt.datetime.now(dt.UTC).date()
+    result = await mailerd("partitions", "--days", "3", env=env)
+    after = dt.datetime.now(dt.UTC).date()
+    assert result.returncode == 0, result.stderr
+    # The run may straddle midnight UTC: accept either day as "today".
+    expected = [
+        [
+            f"created {table} {partitions.partition_name(table, today + dt.timedelta(days=d))}"
+            for table in partitions.PARTITIONED
+            for d in range(3)
+        ]
+        for today in {before, after}
+    ]
+    assert result.stdout.splitlines() in expected
+
+    again = await mailerd("partitions", "--days", "3", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to do: partitions exist for the next 3 days")
+
+
+async def test_partitions_refuses_zero_days(config_file: Path) -> None:
+    result = await mailerd("partitions", "--days", "0", env=base_env(MAILERD_CONFIG=str(config_file)))
+    assert result.returncode == 1
+    assert "--days must be at least 1" in result.stderr
+
+
+@pytest.fixture
+def config_with_secret_file(tmp_path: Path) -> Path:
+    key_file = tmp_path / "api_key"
+    key_file.write_text("sk-very-secret\n", encoding="utf-8")
+    path = tmp_path / "with-secret.toml"
+    path.write_text(
+        f'[providers.sink]\nkind = "sink"\nendpoint = "http://127.0.0.1:8026"\n'
+        f'api_key_file = "{key_file}"\n[writer]\nflush_rows = 123\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def bad_config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text('[providers.ses]\nrate_per_s = "fast"\n', encoding="utf-8")
+    return path
+
+
+async def test_check_config_prints_redacted_json(config_with_secret_file: Path) -> None:
+    config_file = config_with_secret_file
+    env = base_env(
+        MAILERD_CONFIG=str(config_file),
+        MAILERD_ADMIN_TOKEN="supersecret",
+        MAILERD_DSN="postgresql://mailerd:pw-hidden@db.internal/mailerd",
+    )
+    result = await mailerd("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    for secret in ("supersecret", "sk-very-secret", "pw-hidden"):
+        assert secret not in result.stdout
+        assert secret not in result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["source"] == str(config_file)
+    assert data["http"]["admin_tokens"] == ["**********"]
+    assert data["providers"]["sink"]["api_key"] == "**********"
+    assert data["providers"]["sink"]["endpoint"] == "http://127.0.0.1:8026"
+    assert data["database"]["dsn"] == "postgresql://mailerd:**********@db.internal/mailerd"
+    assert data["writer"]["flush_rows"] == 123
+
+
+async def test_check_config_accepts_the_example_file() -> None:
+    result = await mailerd("check-config", "--config", str(EXAMPLE), env=base_env())
+    assert result.returncode == 0, result.stderr
+    assert sorted(orjson.loads(result.stdout)["providers"]) == ["ses", "sink"]
+
+
+@pytest.mark.skipif(Path(config.DEFAULT_CONFIG_PATH).exists(), reason="this machine has a default config")
+async def test_check_config_without_a_file_shows_the_defaults() -> None:
+    result = await mailerd("check-config", env=base_env())
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["source"] == "<defaults>"
+    assert data["database"]["dsn"] == "embedded"
+
+
+async def test_bad_config_file_exits_1_with_the_error_on_stderr(bad_config_file: Path) -> None:
+    bad = bad_config_file
+    for args, env in [
+        (("check-config", "--config", str(bad)), base_env()),
+        (("migrate",), base_env(MAILERD_CONFIG=str(bad))),
+    ]:
+        result = await mailerd(*args, env=env)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr == (
+            f'config error: {bad}: [providers.ses] rate_per_s: expected a number, got "fast"\n'
+        )
+
+
+async def test_missing_config_file_and_bad_environment_exit_1(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.toml"
+    result = await mailerd("check-config", "--config", str(missing), env=base_env())
+    assert (result.returncode, result.stderr) == (1, f"config error: {missing}: no such file\n")
+    result = await mailerd("check-config", env=base_env(MAILERD_CONFIG=str(missing)))
+    assert (result.returncode, result.stderr) == (1, f"config error: {missing}: no such file\n")
+    result = await mailerd("check-config", env=base_env(MAILERD_WRITER__FLUSH_ROWZ="1"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("config error: ")
+    assert "flush_rowz" in result.stderr

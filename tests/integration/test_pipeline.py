@@ -1,0 +1,188 @@
+"""The delivery pipeline end to end in one process: real Postgres, the loopback SES emulator."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns, sink
+from mailerd.models import LogStatus
+from tests.integration.helpers import (
+    add_leads,
+    daemon_config,
+    new_campaign,
+    read_record,
+    running_daemon,
+    wait_for_status,
+)
+
+
+async def _log_rows(conn: asyncpg.Connection, campaign_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT lead_id, status, provider_message_id, error FROM email_log WHERE campaign_id = $1",
+        campaign_id,
+    )
+
+
+async def _matched_ids(conn: asyncpg.Connection, plan: str = "pro") -> set[int]:
+    rows = await conn.fetch("SELECT id FROM leads WHERE attributes->>'plan' = $1", plan)
+    return {r["id"] for r in rows}
+
+
+async def test_every_matched_lead_gets_exactly_one_row_and_one_email(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 6000)
+    await add_leads(conn, 2, 300, start=10_000)  # another account: never part of this campaign
+    suppressed = await conn.fetch(
+        "SELECT lower(email) AS email FROM leads WHERE account_id = 1 AND attributes->>'plan' = 'pro' LIMIT 25"
+    )
+    await conn.executemany(
+        "INSERT INTO suppressions (account_id, email, reason) VALUES (1, $1, 'hard_bounce')",
+        [(r["email"],) for r in suppressed],
+    )
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=3)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+
+    matched = {
+        r["id"]
+        for r in await conn.fetch("SELECT id FROM leads WHERE account_id = 1 AND attributes->>'plan' = 'pro'")
+    }
+    rows = await _log_rows(conn, campaign_id)
+    per_lead = collections.Counter(r["lead_id"] for r in rows)
+    assert set(per_lead) == matched
+    assert max(per_lead.values()) == 1
+    suppressed_ids = {r["lead_id"] for r in rows if r["status"] == LogStatus.SUPPRESSED}
+    assert len(suppressed_ids) == 25
+
+    sent = read_record(record)
+    sent_ids = collections.Counter(int(line["lead_id"]) for line in sent)
+    assert max(sent_ids.values()) == 1
+    assert set(sent_ids) == matched - suppressed_ids
+    assert all(int(line["campaign_id"]) == campaign_id for line in sent)
+    message_ids = {r["lead_id"]: r["provider_message_id"] for r in rows if r["status"] == LogStatus.SENT}
+    assert all(message_ids[int(line["lead_id"])] == line["message_id"] for line in sent)
+
+    assert info["matched"] == len(matched)
+    assert info["sent"] == len(matched) - 25
+    assert info["suppressed"] == 25
+    assert info["failed"] == info["unknown"] == 0
+    shards = await conn.fetch("SELECT * FROM campaign_shards WHERE campaign_id = $1", campaign_id)
+    assert len(shards) == 6
+    assert all(s["state"] == "done" and s["checkpoint"] == s["lead_id_to"] for s in shards)
+
+
+async def test_throttling_is_retried_and_loses_nothing(conn: asyncpg.Connection, dsn: str) -> None:
+    await add_leads(conn, 1, 3000)
+    emulator = sink.Sink(throttle_rate=400, seed=5)
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port, provider={"max_attempts": 50, "backoff_base_s": 0.02, "backoff_max_s": 0.2}
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id)
+    finally:
+        await emulator.close()
+    assert emulator.counters.throttled_calls > 0
+    assert info["sent"] == 1000
+    assert info["failed"] == 0
+    assert info["retried"] > 0
+    assert emulator.counters.accepted == 1000
+
+
+async def test_per_entry_failures_are_logged_with_their_reason(conn: asyncpg.Connection, dsn: str) -> None:
+    await add_leads(conn, 1, 1500)
+    emulator = sink.Sink(fail_rate=0.3, seed=11)
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port, provider={"max_attempts": 8, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id)
+    finally:
+        await emulator.close()
+    rows = await _log_rows(conn, campaign_id)
+    failed = [r for r in rows if r["status"] == LogStatus.FAILED]
+    assert failed, "a 30% failure rate must reject some recipients permanently"
+    assert all(r["error"] and "MESSAGE_REJECTED" in r["error"] for r in failed)
+    assert info["failed"] == len(failed)
+    assert info["sent"] + info["failed"] == 500
+    assert info["sent"] == emulator.counters.accepted
+
+
+async def test_provider_rate_limit_holds_in_real_time(conn: asyncpg.Connection, dsn: str) -> None:
+    await add_leads(conn, 1, 4500)  # 1500 matched
+    emulator = sink.Sink()
+    port = await emulator.start()
+    rate = 1000.0
+    try:
+        config = daemon_config(port, provider={"rate_per_s": rate, "burst": 50})
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            await wait_for_status(conn, campaign_id, ("running",))
+            started = time.monotonic()
+            info = await wait_for_status(conn, campaign_id)
+            elapsed = time.monotonic() - started
+    finally:
+        await emulator.close()
+    assert info["sent"] == 1500
+    achieved = (1500 - 50) / elapsed
+    assert achieved <= rate * 1.05, f"{achieved:.0f}/s exceeds the limit of {rate:.0f}/s"
+    assert achieved >= rate * 0.6, f"{achieved:.0f}/s is far below the limit"
+
+
+async def test_template_error_is_refused_at_creation(conn: asyncpg.Connection) -> None:
+    config = daemon_config(1)
+    with pytest.raises(campaigns.CampaignError) as raised:
+        await campaigns.create(conn, new_campaign(html_body="<p>\n{{ lead.email }\n</p>"), config)
+    assert raised.value.field == "html"
+    assert "line" in str(raised.value)
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+async def test_two_nodes_share_a_campaign_without_duplicates(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 9000)
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, latency_ms=5)
+    port = await emulator.start()
+    try:
+        first = daemon_config(
+            port, scheduler={"max_shards_per_node": 2, "shard_size": 600}, node={"name": "a"}
+        )
+        second = daemon_config(
+            port, scheduler={"max_shards_per_node": 2, "shard_size": 600}, node={"name": "b"}
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(), first)
+        async with running_daemon(first, dsn), running_daemon(second, dsn):
+            info = await wait_for_status(conn, campaign_id)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
+    assert len(sent) == 3000 and max(sent.values()) == 1
+    rows = await _log_rows(conn, campaign_id)
+    assert len(rows) == len({r["lead_id"] for r in rows}) == 3000
+    owners = await conn.fetch(
+        "SELECT DISTINCT owner FROM campaign_shards WHERE campaign_id = $1", campaign_id
+    )
+    assert info["sent"] == 3000
+    del owners

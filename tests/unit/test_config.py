@@ -1,0 +1,488 @@
+"""Configuration: TOML + environment, errors that name the file and key, secrets kept secret."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailerd import config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "mailerd.example.toml"
+
+FULL = """
+[database]
+dsn = "postgresql://mailerd@db.internal:5432/mailerd"
+embedded_data_dir = "/var/lib/mailerd/pg"
+pool_min_size = 1
+pool_max_size = 20
+command_timeout_s = 5
+
+[http]
+listen = "0.0.0.0:9000"
+max_body_bytes = 2048
+public_url = "https://mailer.example.com"
+
+[writer]
+flush_rows = 500
+flush_interval_ms = 50
+max_buffer_rows = 1000
+
+[scheduler]
+shard_size = 1000
+max_shards_per_node = 2
+window_size = 100
+queue_batches = 8
+poll_interval_s = 0.5
+reservation_step = 400
+resend_uncertain = true
+
+[retention]
+days = 30
+partitions_ahead_days = 3
+
+[logging]
+level = "debug"
+format = "json"
+
+[node]
+name = "node-a"
+shutdown_grace_s = 10
+
+[providers.ses]
+kind = "ses"
+region = "eu-west-1"
+rate_per_s = 14
+burst = 28
+concurrency = 4
+batch_size = 50
+max_attempts = 3
+timeout_s = 10
+backoff_base_s = 0.1
+backoff_max_s = 5
+max_error_rate = 0.2
+configuration_set = "mailerd-events"
+seed_rate_from_account = true
+
+[providers.sink]
+kind = "sink"
+endpoint = "http://127.0.0.1:8026"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "mailerd.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(path: Path, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path, env=env or {})
+    return str(info.value)
+
+
+# --- defaults and a full file ----------------------------------------------------------------
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    loaded = config.load(env={})
+    assert loaded == config.Config()
+    assert loaded.source == "<defaults>"
+    assert loaded.database.is_embedded
+    assert loaded.http.host_port == ("127.0.0.1", 8025)
+    assert dict(loaded.providers) == {}
+    assert loaded.writer.flush_rows == 10_000
+    assert loaded.retention == config.RetentionConfig(days=90, partitions_ahead_days=7)
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL)
+    loaded = config.load(path, env={})
+    assert loaded.source == str(path)
+    assert loaded.database.dsn.reveal() == "postgresql://mailerd@db.internal:5432/mailerd"
+    assert not loaded.database.is_embedded
+    assert loaded.database.command_timeout_s == 5.0
+    assert isinstance(loaded.database.command_timeout_s, float)
+    assert loaded.http.host_port == ("0.0.0.0", 9000)
+    assert loaded.writer == config.WriterConfig(500, 50, 1000)
+    assert loaded.scheduler.resend_uncertain is True
+    assert loaded.scheduler.reservation_step == 400
+    assert loaded.retention.days == 30
+    assert loaded.logging == config.LoggingConfig("debug", "json")
+    assert loaded.node == config.NodeConfig("node-a", 10.0)
+    assert sorted(loaded.providers) == ["ses", "sink"]
+    ses = loaded.provider("ses")
+    assert (ses.name, ses.kind, ses.region, ses.rate_per_s, ses.burst) == (
+        "ses",
+        "ses",
+        "eu-west-1",
+        14.0,
+        28,
+    )
+    assert ses.seed_rate_from_account is True
+    assert ses.api_key is None
+    sink = loaded.provider("sink")
+    assert (sink.kind, sink.endpoint, sink.batch_size) == ("sink", "http://127.0.0.1:8026", 50)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    loaded = config.load(write(tmp_path, FULL), env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.writer.flush_rows = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        loaded.providers["x"] = config.ProviderConfig()  # type: ignore[index]
+
+
+def test_unknown_provider_names_the_configured_ones(tmp_path: Path) -> None:
+    loaded = config.load(write(tmp_path, FULL), env={})
+    with pytest.raises(config.ConfigError, match=r"unknown provider 'nope' \(configured: ses, sink\)"):
+        loaded.provider("nope")
+    with pytest.raises(config.ConfigError, match="none configured"):
+        config.Config().provider("ses")
+
+
+def test_ipv6_listen() -> None:
+    assert config.parse_listen("[::1]:8025") == ("::1", 8025)
+
+
+# --- errors name the file and the key ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[providers.ses]\nrate_per_s = "fast"', '[providers.ses] rate_per_s: expected a number, got "fast"'),
+        ("[bogus]\nx = 1", "[bogus]: unknown section"),
+        ("[writer]\nflush_rowz = 1", "[writer] flush_rowz: unknown key"),
+        ("[providers.ses]\nspeed = 1", "[providers.ses] speed: unknown key"),
+        ("[writer]\nflush_rows = 1.5", "[writer] flush_rows: expected a whole number, got 1.5"),
+        ("[writer]\nflush_rows = true", "[writer] flush_rows: expected a whole number, got true"),
+        ("[scheduler]\nresend_uncertain = 1", "[scheduler] resend_uncertain: expected true or false, got 1"),
+        ("[node]\nname = 7", "[node] name: expected a string, got 7"),
+        (
+            '[logging]\nformat = "xml"',
+            "[logging] format: expected one of 'auto', 'json', 'console', got \"xml\"",
+        ),
+        ('[providers.x]\nkind = "pigeon"', "[providers.x] kind: expected one of ses, sendgrid, mailgun"),
+        ("writer = 3", "[writer]: expected a table"),
+        ("providers = 3", "[providers]: expected a table of providers"),
+        ("[providers]\nses = 3", "[providers.ses]: expected a table"),
+        ('[node]\nname_file = "/x"', "[node] name_file: only secrets can be read from a file"),
+        ('[http]\nlisten_file = "/x"', "[http] listen_file: only secrets can be read from a file"),
+        ("[providers.ses]\napi_key_file = 3", "[providers.ses] api_key_file: expected a file path, got 3"),
+    ],
+)
+def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    error = load_error(path)
+    assert error.startswith(f"config error: {path}: {message}")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[providers.ses]\nbatch_size = 0", "[providers.ses] batch_size: must be from 1 to 1000"),
+        ("[providers.ses]\nbatch_size = 1001", "[providers.ses] batch_size: must be from 1 to 1000"),
+        ("[providers.ses]\nrate_per_s = -1", "[providers.ses] rate_per_s: must be 0 (unlimited) or more"),
+        ("[providers.ses]\nconcurrency = 0", "[providers.ses] concurrency: must be at least 1"),
+        ("[providers.ses]\nmax_attempts = 0", "[providers.ses] max_attempts: must be at least 1"),
+        ("[providers.ses]\nburst = -1", "[providers.ses] burst: must be 0 (one second of rate) or more"),
+        ("[providers.ses]\nmax_error_rate = 0", "[providers.ses] max_error_rate: must be in (0, 1]"),
+        ('[http]\nlisten = "localhost"', "listen: expected HOST:PORT, got 'localhost'"),
+        ('[http]\nlisten = "host:99999"', "listen: expected HOST:PORT, got 'host:99999'"),
+        ("[writer]\nflush_rows = 0", "[writer] flush_rows: must be at least 1"),
+        (
+            "[writer]\nflush_rows = 10\nmax_buffer_rows = 5",
+            "[writer] max_buffer_rows: must be at least flush_rows",
+        ),
+        ("[writer]\nflush_interval_ms = 0", "[writer] flush_interval_ms: must be at least 1"),
+        ("[scheduler]\nshard_size = 0", "[scheduler] shard_size: must be at least 1"),
+        ("[scheduler]\nwindow_size = 0", "[scheduler] window_size: must be at least 1"),
+        ("[scheduler]\nqueue_batches = 0", "[scheduler] queue_batches: must be at least 1"),
+        ("[scheduler]\nmax_shards_per_node = 0", "[scheduler] max_shards_per_node: must be at least 1"),
+        ("[retention]\ndays = 0", "[retention] days: must be at least 1"),
+        ("[retention]\npartitions_ahead_days = 0", "[retention] partitions_ahead_days: must be at least 1"),
+        ("[node]\nshutdown_grace_s = 0", "[node] shutdown_grace_s: must be positive"),
+    ],
+)
+def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    assert load_error(path) == f"config error: {path}: {message}"
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[writer\nflush_rows = 1")
+    assert load_error(path).startswith(f"config error: {path}: ")
+
+
+def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
+    assert load_error(tmp_path) == f"config error: {tmp_path}: Is a directory"
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    assert load_error(path) == f"config error: {path}: no such file"
+    with pytest.raises(config.ConfigError, match="no such file"):
+        config.load(env={"MAILERD_CONFIG": str(path)})
+
+
+def test_missing_default_file_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    assert config.load(env={}).source == "<defaults>"
+
+
+def test_mailerd_config_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL)
+    assert config.load(env={"MAILERD_CONFIG": str(path)}).source == str(path)
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "env_name"),
+    [
+        ('[providers.ses]\napi_key = "sk-123"', "MAILERD_PROVIDERS__SES__API_KEY"),
+        ('[providers.ses]\nsecret_access_key = "x"', "MAILERD_PROVIDERS__SES__SECRET_ACCESS_KEY"),
+        ('[providers.ses]\naccess_key_id = "x"', "MAILERD_PROVIDERS__SES__ACCESS_KEY_ID"),
+        ('[http]\nadmin_tokens = ["t"]', "MAILERD_HTTP__ADMIN_TOKENS"),
+    ],
+)
+def test_inline_secrets_are_refused(tmp_path: Path, text: str, env_name: str) -> None:
+    path = write(tmp_path, text)
+    error = load_error(path)
+    assert error.startswith(f"config error: {path}: [")
+    assert "secrets may not be written in the file" in error
+    assert env_name in error
+    assert "sk-123" not in error
+
+
+def test_an_inline_dsn_is_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\nreports_dsn = "postgresql://replica/mailerd"')
+    assert config.load(path, env={}).database.reports_dsn == config.Secret("postgresql://replica/mailerd")
+
+
+def test_secret_files_are_read_and_redacted(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("sk-live-abc\n", encoding="utf-8")
+    (tmp_path / "tokens").write_text("tok-one, tok-two\n", encoding="utf-8")
+    (tmp_path / "dsn").write_text("postgresql://mailerd:pw-xyz@db/mailerd\n", encoding="utf-8")
+    path = write(
+        tmp_path,
+        f"""
+[database]
+dsn_file = "{tmp_path / "dsn"}"
+[http]
+admin_tokens_file = "{tmp_path / "tokens"}"
+[providers.pm]
+kind = "postmark"
+api_key_file = "{tmp_path / "key"}"
+""",
+    )
+    loaded = config.load(path, env={})
+    assert loaded.provider("pm").api_key == config.Secret("sk-live-abc")
+    assert [t.reveal() for t in loaded.http.admin_tokens] == ["tok-one", "tok-two"]
+    assert loaded.database.dsn.reveal() == "postgresql://mailerd:pw-xyz@db/mailerd"
+    shown = repr(loaded) + str(loaded) + repr(config.redacted(loaded))
+    for secret in ("sk-live-abc", "tok-one", "tok-two", "pw-xyz"):
+        assert secret not in shown
+    data = config.redacted(loaded)
+    assert data["providers"]["pm"]["api_key"] == "**********"
+    assert data["http"]["admin_tokens"] == ["**********", "**********"]
+    # The DSN keeps what an operator needs (user, host, database), not the password.
+    assert data["database"]["dsn"] == "postgresql://mailerd:**********@db/mailerd"
+    assert data["providers"]["pm"]["kind"] == "postmark"
+    assert data["writer"]["flush_rows"] == 10_000
+
+
+def test_secret_repr_and_str() -> None:
+    secret = config.Secret("hunter2")
+    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", repr([secret])):
+        assert "hunter2" not in text
+    assert secret.reveal() == "hunter2"
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[providers.ses]\napi_key_file = "{tmp_path / "nope"}"')
+    assert load_error(path) == (
+        f"config error: {path}: [providers.ses] api_key_file: "
+        f"cannot read {tmp_path / 'nope'}: No such file or directory"
+    )
+
+
+def test_redact_dsn() -> None:
+    assert config.redact_dsn("postgresql://u:p@h:5432/d") == "postgresql://u:**********@h:5432/d"
+    assert config.redact_dsn("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert config.redact_dsn("embedded") == "embedded"
+
+
+# --- environment -------------------------------------------------------------------------
+
+
+def test_env_dsn_and_admin_tokens(tmp_path: Path) -> None:
+    env = {"MAILERD_DSN": "postgresql://u:pw-xyz@h/d", "MAILERD_ADMIN_TOKEN": " tok-1 ,tok-2,, "}
+    loaded = config.load(write(tmp_path, FULL), env=env)
+    assert loaded.database.dsn.reveal() == "postgresql://u:pw-xyz@h/d"
+    assert [t.reveal() for t in loaded.http.admin_tokens] == ["tok-1", "tok-2"]
+    for secret in ("pw-xyz", "tok-1", "tok-2"):
+        assert secret not in repr(loaded)
+
+
+def test_env_section_overrides_take_toml_values(tmp_path: Path) -> None:
+    env = {
+        "MAILERD_WRITER__FLUSH_ROWS": "700",
+        "mailerd_scheduler__resend_uncertain": "true",
+        "MAILERD_LOGGING__FORMAT": "console",  # not TOML: read as a plain string
+        "MAILERD_HTTP__LISTEN": '"127.0.0.1:1234"',
+        "MAILERD_NODE__SHUTDOWN_GRACE_S": "2.5",
+    }
+    loaded = config.load(write(tmp_path, FULL), env=env)
+    assert loaded.writer.flush_rows == 700
+    assert loaded.writer.flush_interval_ms == 50  # the file's other keys stay
+    assert loaded.scheduler.resend_uncertain is True
+    assert loaded.logging.format == "console"
+    assert loaded.http.listen == "127.0.0.1:1234"
+    assert loaded.node.shutdown_grace_s == 2.5
+
+
+def test_env_provider_overrides(tmp_path: Path) -> None:
+    env = {
+        "MAILERD_PROVIDERS__SES__RATE_PER_S": "20",
+        "MAILERD_PROVIDERS__SES__SECRET_ACCESS_KEY": "aws-secret/xyz",
+        "MAILERD_PROVIDERS__NEW__KIND": "sink",
+    }
+    loaded = config.load(write(tmp_path, FULL), env=env)
+    ses = loaded.provider("ses")
+    assert ses.rate_per_s == 20.0
+    assert ses.region == "eu-west-1"
+    assert ses.secret_access_key == config.Secret("aws-secret/xyz")
+    assert loaded.provider("new").kind == "sink"
+    assert "aws-secret" not in repr(loaded)
+
+
+def test_env_provider_name_matches_case_insensitively(tmp_path: Path) -> None:
+    path = write(tmp_path, '[providers.MySES]\nkind = "ses"')
+    loaded = config.load(path, env={"MAILERD_PROVIDERS__MYSES__RATE_PER_S": "3"})
+    assert list(loaded.providers) == ["MySES"]
+    assert loaded.provider("MySES").rate_per_s == 3.0
+
+
+def test_env_without_double_underscore_is_ignored(tmp_path: Path) -> None:
+    env = {"MAILERD_CONFIG_X": "1", "MAILERD_TEST_DSN": "x", "OTHER__THING": "1"}
+    assert config.load(write(tmp_path, FULL), env=env).writer.flush_rows == 500
+
+
+@pytest.mark.parametrize("name", ["MAILERD_BOGUS__X", "MAILERD_PROVIDERS__SES", "MAILERD_WRITER__A__B"])
+def test_env_unknown_setting(tmp_path: Path, name: str) -> None:
+    assert load_error(write(tmp_path, ""), {name: "1"}) == (
+        f"config error: environment: {name}: not a known setting"
+    )
+
+
+def test_env_unknown_key_and_bad_value_are_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    assert load_error(path, {"MAILERD_WRITER__NOPE": "1"}).endswith("[writer] nope: unknown key")
+    assert load_error(path, {"MAILERD_PROVIDERS__SES__RATE_PER_S": "fast"}).endswith(
+        '[providers.ses] rate_per_s: expected a number, got "fast"'
+    )
+    assert load_error(path, {"MAILERD_PROVIDERS__SES__BATCH_SIZE": "0"}).endswith(
+        "[providers.ses] batch_size: must be from 1 to 1000"
+    )
+
+
+def test_from_mapping_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILERD_WRITER__FLUSH_ROWS", "3")
+    assert config.from_mapping({}).writer.flush_rows == 10_000
+
+
+def test_env_string_settings_that_look_like_numbers(tmp_path: Path) -> None:
+    env = {"MAILERD_PROVIDERS__SES__API_KEY": "12345", "MAILERD_NODE__NAME": "42"}
+    loaded = config.load(write(tmp_path, ""), env=env)
+    assert loaded.provider("ses").api_key == config.Secret("12345")
+    assert loaded.node.name == "42"
+
+
+def test_env_override_of_a_non_table_section_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "writer = 3")
+    with pytest.raises(config.ConfigError):
+        config.load(path, env={"MAILERD_WRITER__FLUSH_ROWS": "5"})
+
+
+def test_unknown_log_level_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[logging]\nlevel = "verbose"')
+    assert load_error(path).startswith(f"config error: {path}: [logging] level: expected one of")
+
+
+# --- the example file --------------------------------------------------------------------
+
+
+def test_example_file_loads_and_shows_the_defaults() -> None:
+    loaded = config.load(EXAMPLE, env={})
+    for field in dataclasses.fields(config.Config):
+        if field.name in ("providers", "source"):
+            continue
+        assert getattr(loaded, field.name) == field.default, field.name
+    assert loaded.provider("ses").kind == "ses"
+    assert dataclasses.replace(loaded.provider("ses"), name="") == config.ProviderConfig()
+    sink = loaded.provider("sink")
+    assert (sink.kind, sink.endpoint) == ("sink", "http://127.0.0.1:8026")
+
+
+def test_example_secret_lines_work_when_uncommented(tmp_path: Path) -> None:
+    """Every commented ``*_file`` line of the example is valid once its file exists."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    lines = re.findall(r"^# ((\w+)_file) = \"([^\"]+)\"$", text, flags=re.MULTILINE)
+    assert {key for key, _, _ in lines} >= {
+        "dsn_file", "reports_dsn_file", "admin_tokens_file",
+        "access_key_id_file", "secret_access_key_file", "api_key_file",
+    }  # fmt: skip
+    for key, _, original in lines:
+        secret = tmp_path / key
+        secret.write_text(f"value-of-{key}\n", encoding="utf-8")
+        text = text.replace(f'# {key} = "{original}"', f'{key} = "{secret}"')
+    loaded = config.load(write(tmp_path, text), env={})
+    ses = loaded.provider("ses")
+    assert ses.api_key == config.Secret("value-of-api_key_file")
+    assert ses.secret_access_key == config.Secret("value-of-secret_access_key_file")
+    assert loaded.database.reports_dsn == config.Secret("value-of-reports_dsn_file")
+    assert loaded.http.admin_tokens == (config.Secret("value-of-admin_tokens_file"),)
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The example's text per ``[table]`` header, comments included."""
+    parts = re.split(r"^\[([\w.]+)\]\s*$", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _documented(body: str, key: str) -> bool:
+    """``key = ...`` or ``key_file = ...``, set or commented out, with a comment above."""
+    match = re.search(rf"^(?:# )?{key}(?:_file)? = ", body, flags=re.MULTILINE)
+    if not match:
+        return False
+    before = body[: match.start()].rstrip("\n").splitlines()
+    return bool(before) and before[-1].startswith("#")
+
+
+def test_example_documents_every_key() -> None:
+    sections = _sections(EXAMPLE.read_text(encoding="utf-8"))
+    hints = typing.get_type_hints(config.Config)
+    expected: dict[str, type[Any]] = {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(config.Config)
+        if f.name not in ("providers", "source")
+    }
+    expected["providers.ses"] = config.ProviderConfig
+    missing = []
+    for section, cls in expected.items():
+        assert section in sections, f"[{section}] missing from the example"
+        for field in dataclasses.fields(cls):
+            if cls is config.ProviderConfig and field.name == "name":
+                continue  # the name is the table's own name: [providers.NAME]
+            if not _documented(sections[section], field.name):
+                missing.append(f"[{section}] {field.name}")
+    assert missing == []

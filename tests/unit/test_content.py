@@ -1,0 +1,255 @@
+"""Campaign content: compile errors, rendering, and the SES template translation."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import markupsafe
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailerd import content
+from mailerd.models import Campaign, CampaignStatus, Lead
+
+CAMPAIGN = Campaign(
+    id=12,
+    account_id=7,
+    name="Spring <sale>",
+    status=CampaignStatus.RUNNING,
+    segment=None,
+    from_address="news@example.com",
+    subject="",
+    html_body="",
+    text_body="",
+    provider="sink",
+)
+LEAD = Lead(id=42, email="ann@example.com", attributes={"first_name": "Ann & Bo", "n": 3})
+
+
+def compile_(subject: str = "s", html: str = "h", text: str = "t") -> content.Content:
+    return content.compile_content(subject, html, text)
+
+
+# --- compile errors ----------------------------------------------------------------------------
+
+
+def test_syntax_error_names_part_and_line() -> None:
+    with pytest.raises(content.TemplateError) as info:
+        compile_(html="<p>\nhello\n{{ lead.email }</p>")
+    assert info.value.part == "html"
+    assert info.value.line == 3
+    assert str(info.value) == f"html line 3: {info.value.reason}"
+    assert "unexpected '}'" in info.value.reason
+
+
+def test_unclosed_block_in_text() -> None:
+    with pytest.raises(content.TemplateError, match=r"^text line 2: .*endif"):
+        compile_(text="a\n{% if lead.id %}")
+
+
+def test_unknown_variable_is_rejected_with_its_line() -> None:
+    with pytest.raises(content.TemplateError) as info:
+        compile_(subject="Hi", html="<p>\n\n{{ leads.email }}</p>")
+    assert (info.value.part, info.value.line) == ("html", 3)
+    assert "unknown variable 'leads'" in info.value.reason
+
+
+def test_variables_set_inside_the_template_are_known() -> None:
+    compiled = compile_(text="{% set who = lead.email %}{% for x in [1] %}{{ who }}{{ x }}{% endfor %}")
+    assert compiled.render(LEAD, CAMPAIGN)[2] == "ann@example.com1"
+
+
+@pytest.mark.parametrize("source", ["{% include 'x' %}", "{% extends 'x' %}", "{% import 'x' as y %}"])
+def test_template_loading_is_rejected(source: str) -> None:
+    with pytest.raises(content.TemplateError, match=r"^subject line 1: \w+ is not supported"):
+        compile_(subject=source)
+
+
+def test_template_error_is_a_value_error() -> None:
+    assert issubclass(content.TemplateError, ValueError)
+
+
+# --- render ------------------------------------------------------------------------------------
+
+
+def test_render_escapes_html_only() -> None:
+    compiled = compile_(
+        "Hi {{ lead.attributes.first_name }}",
+        "<b>{{ lead.attributes.first_name }}</b> {{ campaign.name }}",
+        "{{ lead.attributes.first_name }} / {{ campaign.name }} / {{ campaign.id }}",
+    )
+    subject, html, text = compiled.render(LEAD, CAMPAIGN)
+    assert subject == "Hi Ann & Bo"
+    assert html == "<b>Ann &amp; Bo</b> Spring &lt;sale&gt;"
+    assert text == "Ann & Bo / Spring <sale> / 12"
+
+
+def test_missing_values_render_empty() -> None:
+    compiled = compile_(text="[{{ lead.attributes.nope }}|{{ lead.attributes.a.b.c }}]")
+    assert compiled.render(LEAD, CAMPAIGN)[2] == "[|]"
+
+
+def test_unsubscribe_url_and_campaign_fields() -> None:
+    compiled = compile_(text="{{ unsubscribe_url }} {{ campaign.account_id }}")
+    assert compiled.render(LEAD, CAMPAIGN, "https://u/1")[2] == "https://u/1 7"
+
+
+def test_sandbox_blocks_unsafe_attributes() -> None:
+    compiled = compile_(text="{{ lead.__class__.__mro__ }}")
+    # The sandbox turns unsafe attributes into undefined values, rendered empty.
+    assert compiled.render(LEAD, CAMPAIGN)[2] == ""
+
+
+def test_runtime_failure_is_a_render_error() -> None:
+    compiled = compile_(subject="{{ lead.id // 0 }}")
+    with pytest.raises(content.RenderError) as info:
+        compiled.render(LEAD, CAMPAIGN)
+    assert info.value.part == "subject"
+    assert "ZeroDivisionError" in info.value.reason
+
+
+# --- SES templates -----------------------------------------------------------------------------
+
+
+def test_simple_templates_translate_to_ses_variables() -> None:
+    compiled = compile_(
+        "Hi {{ lead.attributes.first_name }}",
+        "<p>{{ lead.attributes.first_name }} {{ lead.email }}</p>\n<a href='{{ unsubscribe_url }}'>x</a>",
+        "{{ campaign.name }} {{ lead.attributes['first-name'] }} {{ lead.id }}\n",
+    )
+    ses = content.ses_template(compiled)
+    assert not ses.generic
+    assert ses.subject == "Hi {{{lead_attributes_first_name}}}"
+    assert ses.html == (
+        "<p>{{lead_attributes_first_name}} {{lead_email}}</p>\n<a href='{{unsubscribe_url}}'>x</a>"
+    )
+    # Jinja drops one trailing newline; so does the translation (it works from the parsed AST).
+    assert ses.text == "{{{campaign_name}}} {{{lead_attributes_first_name_2}}} {{{lead_id}}}"
+    assert ses.variables == {
+        "lead_attributes_first_name": ("lead", "attributes", "first_name"),
+        "lead_email": ("lead", "email"),
+        "unsubscribe_url": ("unsubscribe_url",),
+        "campaign_name": ("campaign", "name"),
+        "lead_attributes_first_name_2": ("lead", "attributes", "first-name"),
+        "lead_id": ("lead", "id"),
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ lead.email | upper }}",
+        "{% if lead.attributes.vip %}VIP{% endif %}",
+        "{% for x in [1, 2] %}{{ x }}{% endfor %}",
+        "{{ lead.attributes }}",
+        "{{ lead }}",
+        "{{ campaign.from_address }}",
+        "{{ lead.attributes.items }}",
+        "{{ '{{' }}",
+        "{% raw %}{{ literal }}{% endraw %}",
+        "back\\{{ lead.email }}",
+        "{{ lead.attributes[0] }}",
+        "{{ 'x' }}",
+        "{{ lead.attributes.a | default('x', true) }}",
+        "{{ lead.attributes.a | default(lead.email) }}",
+        "{{ lead.attributes.a | default(3) }}",
+    ],
+)
+def test_anything_but_plain_variables_falls_back_to_the_generic_template(text: str) -> None:
+    ses = content.ses_template(compile_(text=text))
+    assert ses.generic
+    assert (ses.subject, ses.html, ses.text) == ("{{{subject}}}", "{{{html}}}", "{{{text}}}")
+    assert ses.variables == {}
+
+
+def test_default_literal_stays_simple() -> None:
+    compiled = compile_(
+        "Hi {{ lead.attributes.first_name | default('there') }}",
+        "<p>{{ lead.attributes.first_name | d('<you>') }} {{ lead.email | default('x') }}</p>",
+        "{{ lead.attributes.first_name }}",
+    )
+    ses = content.ses_template(compiled)
+    assert not ses.generic
+    assert ses.subject == "Hi {{{lead_attributes_first_name_or_default}}}"
+    assert ses.html == "<p>{{lead_attributes_first_name_or_default_2}} {{lead_email}}</p>"
+    assert ses.defaults == {
+        "lead_attributes_first_name_or_default": "there",
+        "lead_attributes_first_name_or_default_2": "<you>",
+    }
+    data = content.template_data(ses, compiled, Lead(1, "a@b.c", {}), CAMPAIGN)
+    assert data == {
+        "lead_attributes_first_name_or_default": "there",
+        "lead_attributes_first_name_or_default_2": "<you>",
+        "lead_email": "a@b.c",
+        "lead_attributes_first_name": "",
+    }
+
+
+def test_css_braces_stay_simple() -> None:
+    ses = content.ses_template(compile_(html="<style>@media x { p { color: red }}</style>"))
+    assert not ses.generic
+
+
+def test_template_data_for_simple_templates() -> None:
+    compiled = compile_(
+        "{{ lead.attributes.first_name }}",
+        "{{ lead.attributes.n }}{{ lead.attributes.none }}{{ lead.attributes.missing }}",
+        "{{ lead.attributes.deep.er }} {{ lead.id }} {{ campaign.account_id }} {{ unsubscribe_url }}",
+    )
+    ses = content.ses_template(compiled)
+    lead = Lead(5, "b@example.com", {"first_name": "Bo", "n": 3, "none": None, "deep": {"er": True}})
+    data = content.template_data(ses, compiled, lead, CAMPAIGN, "https://u")
+    assert data == {
+        "lead_attributes_first_name": "Bo",
+        "lead_attributes_n": "3",
+        "lead_attributes_none": "None",
+        "lead_attributes_missing": "",
+        "lead_attributes_deep_er": "True",
+        "lead_id": "5",
+        "campaign_account_id": "7",
+        "unsubscribe_url": "https://u",
+    }
+
+
+def test_template_data_for_the_generic_template_renders_with_jinja() -> None:
+    compiled = compile_("{{ lead.email | upper }}", "<i>{{ campaign.name }}</i>", "t")
+    data = content.template_data(content.ses_template(compiled), compiled, LEAD, CAMPAIGN)
+    assert data == {
+        "subject": "ANN@EXAMPLE.COM",
+        "html": "<i>Spring &lt;sale&gt;</i>",
+        "text": "t",
+    }
+
+
+def _handlebars(template: str, data: dict[str, str]) -> str:
+    """Just enough Handlebars: ``{{{x}}}`` raw, ``{{x}}`` HTML-escaped."""
+
+    def value(match: re.Match[str]) -> str:
+        raw, escaped = match.group(1), match.group(2)
+        return data[raw] if raw else str(markupsafe.escape(data[escaped]))
+
+    return re.sub(r"\{\{\{(\w+)\}\}\}|\{\{(\w+)\}\}", value, template)
+
+
+attribute_values: Any = st.one_of(
+    st.text(max_size=20), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False)
+)
+
+
+# The first draw of text strategies can be slow on a loaded machine; the property is cheap.
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(attributes=st.dictionaries(st.sampled_from(["first_name", "city"]), attribute_values))
+def test_ses_rendering_matches_jinja_for_simple_templates(attributes: dict[str, Any]) -> None:
+    compiled = compile_(
+        "Hi {{ lead.attributes.first_name | default('you') }} from {{ lead.attributes.city }}",
+        "<p>{{ lead.attributes.first_name }} &amp; {{ lead.email }} in {{ campaign.name }}</p>",
+        "{{ lead.attributes.city | d('<nowhere>') }} {{ lead.id }} {{ lead.attributes.x.y }}",
+    )
+    ses = content.ses_template(compiled)
+    lead = Lead(9, "x<y@example.com", attributes)
+    data = content.template_data(ses, compiled, lead, CAMPAIGN)
+    expected = compiled.render(lead, CAMPAIGN)
+    actual = tuple(_handlebars(part, data) for part in (ses.subject, ses.html, ses.text))
+    assert actual == expected
