@@ -190,69 +190,111 @@ def _read_template(path: str, field: str) -> str:
 
 
 async def cli_create(args: argparse.Namespace, config: Config) -> int:
-    """``mailerd campaign create``: prints the new id (a JSON object with ``--json``)."""
-    from mailerd.cli import _connection  # shares the CLI's connection setup
+    """``mailerd campaign create``: through the admin API; prints the new id (JSON with ``--json``)."""
+    from mailerd import client
 
     try:
-        send_at = None
-        if args.send_at:
-            try:
-                send_at = dt.datetime.fromisoformat(args.send_at)
-            except ValueError:
-                raise CampaignError("send_at", f"not an ISO-8601 time: {args.send_at!r}") from None
         try:
             segment = orjson.loads(args.segment)
         except orjson.JSONDecodeError as exc:
             raise CampaignError("segment", f"not valid JSON: {exc}") from None
-        new = NewCampaign(
-            account_id=args.account,
-            name=args.name,
-            segment=segment,
-            subject=args.subject,
-            html_body=_read_template(args.html, "html"),
-            text_body=_read_template(args.text, "text"),
-            from_address=args.from_address,
-            provider=args.provider,
-            start=args.start,
-            send_at=send_at,
-            rate_per_s=args.rate,
-            resend_uncertain=args.resend_uncertain,
-        )
-        errors = validate(new, config)
-        if errors:
-            for error in errors:
-                print(f"mailerd campaign create: {error}", file=sys.stderr)
-            return 2
-        async with _connection(config) as conn:
-            campaign_id = await create(conn, new, config)
+        body: dict[str, Any] = {
+            "account_id": args.account,
+            "name": args.name,
+            "segment": segment,
+            "subject": args.subject,
+            "html": _read_template(args.html, "html"),
+            "text": _read_template(args.text, "text"),
+            "from": args.from_address,
+            "provider": args.provider,
+            "start": bool(args.start),
+            "resend_uncertain": bool(args.resend_uncertain),
+        }
+        if args.send_at:
+            body["send_at"] = args.send_at
+        if args.rate is not None:
+            body["rate"] = args.rate
     except CampaignError as exc:
         print(f"mailerd campaign create: {exc}", file=sys.stderr)
         return 2
+    url = client.base_url(args, config)
+    try:
+        created = await client.call("POST", f"{url}/api/campaigns", client.token(args, config), body)
+    except client.ApiFailure as failure:
+        return client.report_failure("campaign create", failure)
     if args.json:
-        print(orjson.dumps({"id": campaign_id}).decode())
+        print(orjson.dumps({"id": created["id"], "status": created["status"]}).decode())
     else:
-        print(campaign_id)
+        print(created["id"])
     return 0
 
 
 async def cli_show(args: argparse.Namespace, config: Config) -> int:
-    """``mailerd campaign show ID``."""
-    from mailerd.cli import _connection
+    """``mailerd campaign show ID``: status and counts, through the admin API."""
+    from mailerd import client
 
-    async with _connection(config) as conn:
-        info = await show(conn, args.id)
-    if info is None:
-        print(f"mailerd campaign show: no campaign {args.id}", file=sys.stderr)
-        return 1
+    url = client.base_url(args, config)
+    try:
+        info = await client.call("GET", f"{url}/api/campaigns/{args.id}", client.token(args, config))
+    except client.ApiFailure as failure:
+        return client.report_failure("campaign show", failure)
     if args.json:
-        print(orjson.dumps(info, default=str).decode())
+        print(orjson.dumps(info).decode())
         return 0
     print(f"campaign {info['id']} {info['name']!r} (account {info['account_id']}): {info['status']}")
-    if info["reason"]:
+    if info.get("reason"):
         print(f"  reason: {info['reason']}")
     print(
         "  matched {matched:,}  sent {sent:,}  failed {failed:,}  unknown {unknown:,}  "
         "suppressed {suppressed:,}  retried {retried:,}".format(**info)
     )
-    print(f"  shards {info['shards_done']}/{info['shards']} done")
+    eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") is not None else ""
+    print(f"  shards {info['shards_done']}/{info['shards']} done, {info['rate_per_s']:,.0f} emails/s{eta}")
+    return 0
+
+
+async def cli_action(args: argparse.Namespace, config: Config) -> int:
+    """``mailerd campaign start|pause|resume|cancel ID``."""
+    from mailerd import client
+
+    url = client.base_url(args, config)
+    action = args.campaign_command
+    body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    try:
+        info = await client.call(
+            "POST", f"{url}/api/campaigns/{args.id}/{action}", client.token(args, config), body
+        )
+    except client.ApiFailure as failure:
+        return client.report_failure(f"campaign {action}", failure)
+    print(f"campaign {info['id']}: {info['status']}")
+    return 0
+
+
+async def cli_list(args: argparse.Namespace, config: Config) -> int:
+    """``mailerd campaign list [--status S] [--account ID]``: every page, one line each."""
+    from mailerd import client
+
+    url = client.base_url(args, config)
+    after = 0
+    bearer = client.token(args, config)
+    rows: list[dict[str, Any]] = []
+    try:
+        while True:
+            query = f"after={after}&limit=500"
+            if args.status:
+                query += f"&status={args.status}"
+            if args.account is not None:
+                query += f"&account_id={args.account}"
+            page = await client.call("GET", f"{url}/api/campaigns?{query}", bearer)
+            rows.extend(page["campaigns"])
+            if page["next_after"] is None:
+                break
+            after = page["next_after"]
+    except client.ApiFailure as failure:
+        return client.report_failure("campaign list", failure)
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return 0
+    for row in rows:
+        print(f"{row['id']:>8}  {row['status']:<10} {row['sent']:>10,}/{row['matched']:<10,} {row['name']}")
     return 0

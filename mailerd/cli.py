@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"TOML configuration (default: $MAILERD_CONFIG or {config_mod.DEFAULT_CONFIG_PATH})",
     )
+    api = argparse.ArgumentParser(add_help=False, parents=[common])
+    api.add_argument("--url", default=None, help="admin API base URL (default: from [http] listen)")
+    api.add_argument("--token", default=None, help="admin token (default: $MAILERD_ADMIN_TOKEN)")
     parser = argparse.ArgumentParser(prog="mailerd", description="Email campaign delivery daemon.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -60,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     campaign = sub.add_parser("campaign", help="campaigns").add_subparsers(
         dest="campaign_command", required=True
     )
-    p = campaign.add_parser("create", parents=[common], help="create a campaign")
+    p = campaign.add_parser("create", parents=[api], help="create a campaign")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--segment", required=True, help="segment JSON")
@@ -75,9 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     when.add_argument("--start", action="store_true", help="start sending now")
     when.add_argument("--send-at", default=None, metavar="TIME", help="ISO-8601 time to start")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p = campaign.add_parser("show", parents=[common], help="status and counts of a campaign")
+    p = campaign.add_parser("show", parents=[api], help="status and counts of a campaign")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = campaign.add_parser("list", parents=[api], help="list campaigns")
+    p.add_argument("--status", default=None)
+    p.add_argument("--account", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    for action in ("start", "pause", "resume", "cancel"):
+        p = campaign.add_parser(action, parents=[api], help=f"{action} a campaign on every node")
+        p.add_argument("id", type=int)
+        if action in ("pause", "cancel"):
+            p.add_argument("--reason", default=None, help="recorded with the status")
 
     p = sub.add_parser("sink", help="run the loopback SES v2 emulator")
     p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
@@ -230,6 +242,18 @@ async def _campaign_show(args: argparse.Namespace, config: config_mod.Config) ->
     return await campaigns.cli_show(args, config)
 
 
+async def _campaign_action(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import campaigns
+
+    return await campaigns.cli_action(args, config)
+
+
+async def _campaign_list(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import campaigns
+
+    return await campaigns.cli_list(args, config)
+
+
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd import app
 
@@ -268,5 +292,10 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "leads import": _leads_import,
     "campaign create": _campaign_create,
     "campaign show": _campaign_show,
+    "campaign list": _campaign_list,
+    "campaign start": _campaign_action,
+    "campaign pause": _campaign_action,
+    "campaign resume": _campaign_action,
+    "campaign cancel": _campaign_action,
     "demo": _demo,
 }

@@ -97,6 +97,7 @@ class ProviderConfig:
     backoff_base_s: float = 0.2
     backoff_max_s: float = 20.0
     max_error_rate: float = 0.5
+    error_window: int = 500
     access_key_id: Secret | None = None
     secret_access_key: Secret | None = None
     api_key: Secret | None = None
@@ -251,6 +252,43 @@ def redacted(config: Config) -> dict[str, Any]:
 def redact_dsn(dsn: str) -> str:
     """Hide the password of a libpq URL, keep the rest (host, database) for operators."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1**********@", dsn)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SystemdSettings:
+    """What systemd told this process through its environment (all unset outside systemd).
+
+    ``notify_socket`` is ``$NOTIFY_SOCKET`` as given (a leading ``@`` names an abstract
+    socket); ``watchdog_usec`` is ``$WATCHDOG_USEC`` (None when unset or 0);
+    ``watchdog_pid`` is ``$WATCHDOG_PID``, the process the watchdog settings are meant for.
+    """
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+    watchdog_pid: int | None = None
+
+
+def systemd_settings(env: Mapping[str, str] | None = None) -> SystemdSettings:
+    """Read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` (``os.environ`` by default).
+
+    A malformed number raises :class:`ConfigError`: silently ignoring it would get the unit
+    killed by the watchdog it asked for.
+    """
+    env = os.environ if env is None else env
+
+    def number(key: str) -> int | None:
+        text = env.get(key, "").strip()
+        if not text:
+            return None
+        if not text.isdigit():
+            raise ConfigError(f"config error: environment: {key}: expected a whole number, got {text!r}")
+        return int(text) or None
+
+    return SystemdSettings(
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=number("WATCHDOG_USEC"),
+        watchdog_pid=number("WATCHDOG_PID"),
+    )
 
 
 # --- internals -------------------------------------------------------------------------------
@@ -477,6 +515,7 @@ def _validate(config: Config) -> None:
             (provider.max_attempts >= 1, f"{section} max_attempts: must be at least 1"),
             (provider.burst >= 0, f"{section} burst: must be 0 (one second of rate) or more"),
             (0 < provider.max_error_rate <= 1, f"{section} max_error_rate: must be in (0, 1]"),
+            (provider.error_window >= 10, f"{section} error_window: must be at least 10"),
         ]
     for ok, message in checks:
         if not ok:

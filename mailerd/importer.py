@@ -39,9 +39,6 @@ from typing import IO, Any, Protocol, TextIO
 
 import asyncpg
 import orjson
-import structlog
-
-log = structlog.get_logger(__name__)
 
 STAGING = "mailerd_import_rows"
 CHUNK_CHARS = 1 << 20  # about 1 MB of input per chunk handed to COPY
@@ -583,7 +580,7 @@ INSERT INTO leads AS l (account_id, email, attributes)
 ON CONFLICT (account_id, lower(email)) DO UPDATE
 SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
 """
-_SELECT_FAST = f"SELECT $1::bigint, lower(s.email), {{attributes}} FROM {STAGING} s"
+_SELECT_FAST = f"SELECT $1::bigint, lower(s.email), {{attributes}} FROM {STAGING} s ORDER BY 2"
 # Several lines for one address: fold them in file order (a later key wins), then upsert once.
 _SELECT_FOLDED = f"""
 SELECT $1::bigint, r.address,
@@ -655,7 +652,6 @@ async def import_file(
         if reject_stream is not None:
             reject_stream.close()
     seconds = time.perf_counter() - started
-    log.debug("leads_imported", account_id=account_id, imported=imported, rejected=sink.count)
     return ImportResult(imported, sink.count, sink.first, seconds)
 
 

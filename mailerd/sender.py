@@ -10,6 +10,7 @@ writer's commit, only for buffer space (back-pressure).
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import random
 import time
@@ -39,6 +40,31 @@ log = structlog.get_logger(__name__)
 HaltCallback = Callable[[int, str], Awaitable[None]]
 
 
+class ErrorRate:
+    """Permanent failures among the last ``window`` recipients of one campaign (pure)."""
+
+    __slots__ = ("_failed", "_outcomes", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._outcomes: collections.deque[bool] = collections.deque(maxlen=window)
+        self._failed = 0
+
+    def add(self, failed: bool) -> None:
+        if len(self._outcomes) == self.window:
+            self._failed -= self._outcomes[0]
+        self._outcomes.append(failed)
+        self._failed += failed
+
+    @property
+    def full(self) -> bool:
+        return len(self._outcomes) == self.window
+
+    @property
+    def rate(self) -> float:
+        return self._failed / len(self._outcomes) if self._outcomes else 0.0
+
+
 class ProviderSender:
     """The workers of one provider lane, with the provider's shared token bucket."""
 
@@ -55,6 +81,7 @@ class ProviderSender:
         self.config = config
         self.bucket = TokenBucket(config.rate_per_s, config.burst or None)
         self._campaign_buckets: dict[int, TokenBucket] = {}
+        self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
         self._on_halt = on_halt
         self._rng = rng or random.Random()
@@ -204,6 +231,23 @@ class ProviderSender:
             else:
                 rows.append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, result.error))
         await self._writer.submit(run, batch.seq, rows, retried=retried, complete=complete)
+        await self._check_error_rate(batch, rows)
+
+    async def _check_error_rate(self, batch: Batch, rows: list[LogRow]) -> None:
+        """Pause a campaign whose permanent failures pass ``max_error_rate`` over the window."""
+        errors = self._error_rates.get(batch.campaign.id)
+        if errors is None:
+            errors = self._error_rates[batch.campaign.id] = ErrorRate(self.config.error_window)
+        for row in rows:
+            if row[3] in (LogStatus.SENT, LogStatus.FAILED):
+                errors.add(row[3] == LogStatus.FAILED)
+        if errors.full and errors.rate > self.config.max_error_rate:
+            reason = (
+                f"error rate {errors.rate:.0%} over the last {errors.window} recipients "
+                f"exceeds max_error_rate {self.config.max_error_rate:.0%}"
+            )
+            self._error_rates.pop(batch.campaign.id, None)
+            await self._on_halt(batch.campaign.id, reason)
 
 
 def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,25 @@ def new_campaign(**overrides: Any) -> campaigns.NewCampaign:
     return campaigns.NewCampaign(**fields)
 
 
+@dataclasses.dataclass
+class Daemon:
+    """A daemon running in the test process."""
+
+    stop: asyncio.Event
+    port: int
+
+
 @contextlib.asynccontextmanager
-async def running_daemon(config: config_mod.Config, dsn: str) -> AsyncIterator[asyncio.Event]:
+async def running_daemon(config: config_mod.Config, dsn: str) -> AsyncIterator[Daemon]:
     """The daemon's stages in this process until the block ends (then a clean drain)."""
     stop = asyncio.Event()
-    task = asyncio.create_task(app.run_with_dsn(config, dsn, stop))
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result))
     try:
-        yield stop
+        done, _ = await asyncio.wait({task, bound}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            raise RuntimeError(f"the daemon stopped at start: {task.result()}")
+        yield Daemon(stop, bound.result())
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0

@@ -1,0 +1,108 @@
+"""`mailerd campaign ...` commands talk to a running daemon's admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from mailerd import config as config_mod
+from mailerd import sink
+from tests.integration.helpers import add_leads, running_daemon, wait_for_status
+
+TOKEN = "cli-test-token"
+
+
+async def _mailerd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILERD_")}, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_create_show_pause_resume_through_the_api(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 300)
+    html = tmp_path / "body.html"
+    html.write_text("<p>Hello {{ lead.email }}</p>")
+    text = tmp_path / "body.txt"
+    text.write_text("Hello {{ lead.email }}")
+    emulator = sink.Sink()
+    port = await emulator.start()
+    try:
+        config = config_mod.from_mapping(
+            {
+                "http": {"listen": "127.0.0.1:0"},
+                "providers": {"sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}"}},
+                "scheduler": {"poll_interval_s": 0.2},
+            },
+            env={"MAILERD_ADMIN_TOKEN": TOKEN},
+        )
+        async with running_daemon(config, dsn) as daemon:
+            api = ["--url", f"http://127.0.0.1:{daemon.port}", "--token", TOKEN]
+            common = [
+                "--account",
+                "1",
+                "--name",
+                "cli",
+                "--subject",
+                "Hi",
+                "--html",
+                str(html),
+                "--text",
+                str(text),
+                "--from",
+                "news@example.com",
+                "--provider",
+                "sink",
+            ]
+            segment = '{"field": "attributes.plan", "op": "eq", "value": "pro"}'
+            code, out, err = await _mailerd(
+                "campaign", "create", *api, *common, "--segment", segment, "--json"
+            )
+            assert code == 0, err
+            campaign_id = orjson.loads(out)["id"]
+            code, out, err = await _mailerd("campaign", "pause", *api, str(campaign_id))
+            assert code == 2 and "draft" in err  # not started yet: 409
+            code, out, _ = await _mailerd("campaign", "start", *api, str(campaign_id))
+            assert code == 0 and "scheduled" in out
+            info = await wait_for_status(conn, campaign_id)
+            code, out, _ = await _mailerd("campaign", "show", *api, str(campaign_id), "--json")
+            assert code == 0
+            assert orjson.loads(out)["sent"] == info["sent"] == 100
+
+            code, _, err = await _mailerd(
+                "campaign",
+                "create",
+                *api,
+                *common,
+                "--segment",
+                '{"field": "attributes.plan", "op": "gtt", "value": 1}',
+            )
+            assert code == 2 and "segment" in err and "gtt" in err
+            code, _, err = await _mailerd(
+                "campaign",
+                "show",
+                "--url",
+                f"http://127.0.0.1:{daemon.port}",
+                "--token",
+                "wrong",
+                str(campaign_id),
+            )
+            assert code == 1 and "Bearer" in err
+    finally:
+        await emulator.close()
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 1
