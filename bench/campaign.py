@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -91,8 +92,10 @@ _FIRST = [
     "Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
     "Zoë", "José", "Søren", "Chloé", "Łukasz", "Anne-Marie", "Yuki", "Amir", "Priya", "Olusegun",
 ]  # fmt: skip
-_LAST = ["Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie",
-         "Allen", "Dijkstra", "O'Neil", "García", "Kierkegaard", "Nakamura", "Kowalski", "Okafor"]  # fmt: skip
+_LAST = [
+    "Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie",
+    "Allen", "Dijkstra", "O'Neil", "García", "Kierkegaard", "Nakamura", "Kowalski", "Okafor",
+]  # fmt: skip
 _COUNTRIES = ["US", "DE", "FR", "GB", "IN", "BR", "JP", "NL", "ES", "CA", "PL", "SE", "AU", "IT"]
 _PLANS = ["free", "free", "free", "starter", "pro", "pro", "business", "enterprise"]
 _DOMAINS = ["example.com", "mail.example.org", "corp.example.net", "example.co.uk", "test.example"]
@@ -163,7 +166,9 @@ async def _lead_chunks(count: int, seed: int, chunk: int = 50_000) -> AsyncItera
             if number % 10:
                 attributes["age"] = 18 + number % 63
             email = f"{firsts[i].lower()}.{lasts[i].lower()}.{number}@{domains[i]}"
-            lines.append(f"{ACCOUNT_ID},{_csv_field(email)},{_csv_field(orjson.dumps(attributes).decode())}\n")
+            lines.append(
+                f"{ACCOUNT_ID},{_csv_field(email)},{_csv_field(orjson.dumps(attributes).decode())}\n"
+            )
         yield "".join(lines).encode()
         await asyncio.sleep(0)
 
@@ -197,27 +202,101 @@ async def seed(dsn: str, count: int) -> dict[str, Any]:
 
 @dataclasses.dataclass(slots=True)
 class WalMark:
-    """A point in the WAL and the redo point of the last checkpoint, to measure a window."""
+    """A point in the WAL and the redo point of the last checkpoint, to measure a window.
+
+    A temporary physical replication slot keeps the window's WAL on disk until
+    :meth:`since` has read it with ``pg_waldump`` (a checkpoint would recycle it otherwise).
+    """
 
     lsn: str
     redo: str
+    slot: str | None
 
     @classmethod
-    async def take(cls, conn: asyncpg.Connection) -> WalMark:
+    async def take(cls, conn: asyncpg.Connection, *, keep: bool = True) -> WalMark:
+        slot = None
+        if keep:
+            slot = f"mailerd_bench_{uuid.uuid4().hex[:10]}"
+            # Temporary: dropped with the session even if the bench dies.
+            await conn.execute("SELECT pg_create_physical_replication_slot($1, true, true)", slot)
         row = await conn.fetchrow(
             """SELECT pg_current_wal_lsn()::text AS lsn,
                       (SELECT redo_lsn::text FROM pg_control_checkpoint()) AS redo"""
         )
         assert row is not None
-        return cls(row["lsn"], row["redo"])
+        return cls(row["lsn"], row["redo"], slot)
 
-    async def since(self, conn: asyncpg.Connection) -> tuple[int, bool]:
-        """(WAL bytes written from this mark until now, whether a checkpoint began meanwhile)."""
-        after = await WalMark.take(conn)
+    async def since(self, conn: asyncpg.Connection) -> dict[str, Any]:
+        """WAL written from this mark until now: ``bytes`` (server-wide, pg_current_wal_lsn),
+        ``db_bytes`` (the records of this database and its transactions, from pg_waldump; None
+        when pg_waldump cannot read the WAL), ``checkpointed`` (a checkpoint began meanwhile)."""
+        after = await WalMark.take(conn, keep=False)
         wal = await conn.fetchval(
             "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)", after.lsn, self.lsn
         )
-        return int(wal), after.redo != self.redo
+        try:
+            db_bytes = await wal_of_database(conn, self.lsn, after.lsn)
+        finally:
+            if self.slot is not None:
+                await conn.execute("SELECT pg_drop_replication_slot($1)", self.slot)
+        return {"bytes": int(wal), "db_bytes": db_bytes, "checkpointed": after.redo != self.redo}
+
+
+_WALDUMP_RECORD = re.compile(rb"len \(rec/tot\):\s*\d+/\s*(\d+), tx:\s*(\d+),")
+_WALDUMP_REL = re.compile(rb" rel \d+/(\d+)/")
+
+
+async def wal_of_database(conn: asyncpg.Connection, start: str, end: str) -> int | None:
+    """Sum the WAL records in [start, end) that belong to this database: those on its relations
+    and the commit records of transactions that wrote them. Other databases of the same server
+    (and server-wide records: checkpoints, running-xacts snapshots) are left out."""
+    if start == end:
+        return 0
+    waldump = Path(await conn.fetchval("SELECT setting FROM pg_config() WHERE name = 'BINDIR'") or "")
+    waldump = waldump / "pg_waldump"
+    data_dir = await conn.fetchval("SHOW data_directory")
+    oid = str(await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()"))
+    if not waldump.exists() or not os.access(Path(data_dir) / "pg_wal", os.R_OK):
+        return None
+    process = await asyncio.create_subprocess_exec(
+        str(waldump), "-p", str(Path(data_dir) / "pg_wal"), "-s", start, "-e", end,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    ours = oid.encode()
+    xids: set[bytes] = set()
+    total = 0
+    async for line in process.stdout:
+        record = _WALDUMP_RECORD.search(line)
+        if record is None:
+            continue
+        length, xid = record.groups()
+        rel = _WALDUMP_REL.search(line)
+        if rel is not None:
+            if rel.group(1) != ours:
+                continue
+            if xid != b"0":
+                xids.add(xid)
+        elif xid == b"0" or xid not in xids:
+            continue
+        total += int(length)
+    errors = await process.stderr.read()
+    if await process.wait() != 0:
+        raise BenchError(f"pg_waldump failed: {errors.decode(errors='replace')}")
+    return total
+
+
+def wal_fields(prefix: str, wal: dict[str, Any], rows: int) -> dict[str, Any]:
+    """WAL per email: this database's records when pg_waldump could read them (the server may
+    be shared), else everything the server wrote in the window."""
+    own = wal["db_bytes"]
+    return {
+        f"{prefix}wal_bytes_per_email": round((own if own is not None else wal["bytes"]) / rows, 1),
+        f"{prefix}wal_bytes_per_email_server": round(wal["bytes"] / rows, 1),
+        f"{prefix}wal_source": "pg_waldump" if own is not None else "lsn",
+        f"{prefix}wal_checkpointed": wal["checkpointed"],
+    }
 
 
 async def checkpoint(conn: asyncpg.Connection) -> None:
@@ -252,6 +331,11 @@ def machine_cpu() -> tuple[int, int]:
     return total - idle, total
 
 
+def loadavg() -> str:
+    """The one-minute load average: others' work on the machine skews every figure."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -263,13 +347,13 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
 
 
-async def stop_process(process: asyncio.subprocess.Process, timeout: float = 60.0) -> int | None:
-    """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
+async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
+    """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(grace_s):
                 await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
@@ -376,7 +460,7 @@ async def end_to_end(
     workdir: Path,
     settings: DaemonSettings,
     *,
-    timeout: float,
+    limit_s: float,
     profile: str | None = None,
     profile_out: str | None = None,
 ) -> dict[str, Any]:
@@ -405,6 +489,7 @@ async def end_to_end(
             out = profile_out or str(workdir / "daemon.svg")
             spy = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--rate", "200",
+                "--format", "raw" if out.endswith(".txt") else "flamegraph",
                 "-o", out, "--pid", str(daemon.pid),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=(workdir / "py-spy.log").open("wb"),
@@ -433,13 +518,13 @@ async def end_to_end(
                 ),
                 config,
             )
-            info = await _wait_finished(conn, campaign_id, daemon, daemon_log, timeout)
+            info = await _wait_finished(conn, campaign_id, daemon, daemon_log, limit_s)
             elapsed = time.perf_counter() - started
             cpu_after = proc_cpu_s(daemon.pid)
             sink_cpu_after = proc_cpu_s(sink.pid)
             machine_after = machine_cpu()
             peak_rss_kb = proc_status_kb(daemon.pid, "VmHWM")
-            wal, checkpointed = await wal_mark.since(conn)
+            wal = await wal_mark.since(conn)
             server_s = await conn.fetchval(
                 "SELECT extract(epoch FROM finished_at - created_at)::float8 FROM campaigns WHERE id = $1",
                 campaign_id,
@@ -455,8 +540,8 @@ async def end_to_end(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
                     await spy.wait()
-            await stop_process(spy, timeout=5)
-        await stop_process(sink, timeout=10)
+            await stop_process(spy, grace_s=5)
+        await stop_process(sink, grace_s=10)
     if codes and codes[0] != 0:
         raise BenchError(f"the daemon exited with {codes[0]} after SIGTERM:\n{tail(daemon_log)}")
     processed = info["processed"]
@@ -479,9 +564,7 @@ async def end_to_end(
         "daemon_peak_rss_mb": round(peak_rss_kb / 1024, 1),
         "sink_cpu_us_per_email": round((sink_cpu_after - sink_cpu_before) * 1e6 / processed, 2),
         "machine_cpu_busy": round(busy, 2),
-        "wal_bytes": wal,
-        "wal_bytes_per_email": round(wal / processed, 1),
-        "wal_checkpointed": checkpointed,
+        **wal_fields("", wal, processed),
     }
 
 
@@ -490,11 +573,11 @@ async def _wait_finished(
     campaign_id: int,
     daemon: asyncio.subprocess.Process,
     daemon_log: Path,
-    timeout: float,
+    limit_s: float,
 ) -> dict[str, Any]:
     """Poll ``campaigns.show`` every 100 ms until the campaign is finished."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_s):
             while True:
                 info = await campaigns.show(conn, campaign_id)
                 assert info is not None
@@ -508,7 +591,7 @@ async def _wait_finished(
     except TimeoutError:
         info = await campaigns.show(conn, campaign_id) or {}
         raise BenchError(
-            f"campaign not finished after {timeout:.0f} s ({info.get('processed')} processed)"
+            f"campaign not finished after {limit_s:.0f} s ({info.get('processed')} processed)"
         ) from None
 
 
@@ -567,7 +650,7 @@ async def naive_baseline(dsn: str, rows: Sequence[SentRow], campaign_id: int) ->
             for conn in connections:
                 group.create_task(task(conn))
         elapsed = time.perf_counter() - started
-        wal, checkpointed = await mark.since(admin)
+        wal = await mark.since(admin)
         stored = await admin.fetchval("SELECT count(*) FROM email")
         size = await admin.fetchval("SELECT pg_total_relation_size('email')")
     finally:
@@ -579,8 +662,7 @@ async def naive_baseline(dsn: str, rows: Sequence[SentRow], campaign_id: int) ->
         "naive_rows": len(rows),
         "naive_s": round(elapsed, 3),
         "naive_rows_per_s": round(len(rows) / elapsed),
-        "naive_wal_bytes_per_email": round(wal / len(rows), 1),
-        "naive_wal_checkpointed": checkpointed,
+        **wal_fields("naive_", wal, len(rows)),
         "naive_table_mb": round(size / 1e6, 1),
     }
 
@@ -614,7 +696,7 @@ async def writer_path(dsn: str, rows: Sequence[SentRow]) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             writer.close()
             await run
-        wal, checkpointed = await mark.since(admin)
+        wal = await mark.since(admin)
         stored = await admin.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
         counted = await admin.fetchval(
             "SELECT sent + suppressed FROM campaign_stats WHERE campaign_id = $1", campaign_id
@@ -627,8 +709,7 @@ async def writer_path(dsn: str, rows: Sequence[SentRow]) -> dict[str, Any]:
         "writer_rows": len(rows),
         "writer_s": round(elapsed, 3),
         "writer_rows_per_s": round(len(rows) / elapsed),
-        "writer_wal_bytes_per_email": round(wal / len(rows), 1),
-        "writer_wal_checkpointed": checkpointed,
+        **wal_fields("writer_", wal, len(rows)),
     }
 
 
@@ -655,17 +736,21 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "leads": args.leads,
         "nproc": os.cpu_count(),
-        "loadavg_before": Path("/proc/loadavg").read_text().split()[0],
+        "loadavg_before": loadavg(),
         "settings": dataclasses.asdict(settings),
         "postgres": await server_settings(admin_dsn),
     }
     with tempfile.TemporaryDirectory(prefix="mailerd-bench-") as tmp:
         workdir = Path(tmp)
         if args.check_growth:
-            small = max(10_000, args.leads // 10)
+            # Every shard slot busy in both runs: the RSS difference then shows growth with N,
+            # not the number of shards in flight (max_shards x window_size leads are in memory).
+            small = max(settings.shard_size * settings.max_shards_per_node, args.leads // 4)
+            if small >= args.leads:
+                small = max(1_000, args.leads // 4)
             async with fresh_database(admin_dsn) as dsn:
                 await seed(dsn, small)
-                growth = await end_to_end(dsn, small, workdir, settings, timeout=args.timeout)
+                growth = await end_to_end(dsn, small, workdir, settings, limit_s=args.timeout)
             result["growth"] = {
                 "leads": [small, args.leads],
                 "daemon_peak_rss_mb": [growth["daemon_peak_rss_mb"]],
@@ -678,7 +763,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 args.leads,
                 workdir,
                 settings,
-                timeout=args.timeout,
+                limit_s=args.timeout,
                 profile=args.profile,
                 profile_out=args.profile_out,
             )
@@ -695,7 +780,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if "growth" in result:
         result["growth"]["daemon_peak_rss_mb"].append(result["daemon_peak_rss_mb"])
         result["growth"]["emails_per_s"].append(result["emails_per_s"])
-    result["loadavg_after"] = Path("/proc/loadavg").read_text().split()[0]
+    result["loadavg_after"] = loadavg()
     result["targets"] = targets(result)
     return result
 
@@ -717,6 +802,13 @@ def targets(r: dict[str, Any]) -> dict[str, bool]:
     return met
 
 
+def _wal_note(r: dict[str, Any], prefix: str) -> str:
+    note = f"{r[prefix + 'wal_source']}; whole server {r[prefix + 'wal_bytes_per_email_server']:.0f} B"
+    if r[prefix + "wal_checkpointed"]:
+        note += "; a checkpoint began in the window"
+    return f"({note})"
+
+
 def print_table(r: dict[str, Any]) -> None:
     def line(label: str, value: str, note: str = "") -> None:
         print(f"  {label:<34}{value:>14}  {note}")
@@ -731,7 +823,7 @@ def print_table(r: dict[str, Any]) -> None:
     line("daemon peak RSS", f"{r['daemon_peak_rss_mb']:.0f} MB")
     line("sink CPU per email", f"{r['sink_cpu_us_per_email']:.1f} µs")
     line("machine CPU busy", f"{r['machine_cpu_busy']:.0%}")
-    line("WAL per email", f"{r['wal_bytes_per_email']:.0f} B", f"(checkpoint in window: {r['wal_checkpointed']})")
+    line("WAL per email", f"{r['wal_bytes_per_email']:.0f} B", _wal_note(r, ""))
     if "growth" in r:
         g = r["growth"]
         line("peak RSS at " + " / ".join(f"{n:,}" for n in g["leads"]),
@@ -741,9 +833,8 @@ def print_table(r: dict[str, Any]) -> None:
         line("naive rows/s", f"{r['naive_rows_per_s']:,}", f"({r['naive_s']:.1f} s)")
         line("mailerd writer rows/s", f"{r['writer_rows_per_s']:,}", f"({r['writer_s']:.1f} s)")
         line("write speedup", f"{r['write_speedup']:.1f}x")
-        line("naive WAL per email", f"{r['naive_wal_bytes_per_email']:.0f} B",
-             f"(checkpoint in window: {r['naive_wal_checkpointed']})")  # fmt: skip
-        line("writer WAL per email", f"{r['writer_wal_bytes_per_email']:.0f} B")
+        line("naive WAL per email", f"{r['naive_wal_bytes_per_email']:.0f} B", _wal_note(r, "naive_"))
+        line("writer WAL per email", f"{r['writer_wal_bytes_per_email']:.0f} B", _wal_note(r, "writer_"))
         line("WAL ratio (end to end / naive)", f"{r['wal_ratio']:.3f}")
     print("targets")
     for name, ok in r["targets"].items():
@@ -755,15 +846,21 @@ def main() -> int:
     parser.add_argument("--leads", type=int, default=1_000_000)
     parser.add_argument("--dsn", default=None, help="admin DSN of the Postgres server to use")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--check-growth", action="store_true", help="also run at leads/10 to compare RSS")
+    parser.add_argument(
+        "--check-growth", action="store_true", help="also run a smaller campaign to compare RSS"
+    )
     parser.add_argument("--skip-baseline", action="store_true", help="end to end only")
     defaults = DaemonSettings()
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size)
     parser.add_argument("--max-shards", type=int, default=defaults.max_shards_per_node)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a campaign may take")
-    parser.add_argument("--profile", choices=["cprofile", "py-spy"], default=None,
-                        help="profile the daemon (slows it down: figures are not representative)")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        choices=["cprofile", "py-spy"],
+        default=None,
+        help="profile the daemon (it runs slower: the figures are not representative)",
+    )
     parser.add_argument("--profile-out", default=None, metavar="PATH", help="where the profile goes")
     args = parser.parse_args()
     if args.profile and not args.profile_out:

@@ -17,9 +17,10 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, http, providers
-from mailerd.config import Config
+from mailerd import campaigns, http, providers, systemd
+from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
+from mailerd.providers.webhooks import WebhookHandler
 from mailerd.scheduler import ProviderLane, Scheduler
 from mailerd.sender import ProviderSender
 from mailerd.writer import Writer
@@ -31,8 +32,12 @@ PARTITION_MAINTENANCE_S = 3600.0
 
 async def run(config: Config, stop: asyncio.Event) -> int:
     """``mailerd run``: resolve the database (embedded or not) and run until ``stop``."""
-    async with connect.resolved_dsn(config.database) as dsn:
-        return await run_with_dsn(config, dsn, stop)
+    notifier = systemd.Notifier(systemd_settings())
+    try:
+        async with connect.resolved_dsn(config.database) as dsn:
+            return await run_with_dsn(config, dsn, stop, notifier=notifier)
+    finally:
+        notifier.close()
 
 
 async def run_with_dsn(
@@ -41,11 +46,15 @@ async def run_with_dsn(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[int], None] | None = None,
+    notifier: systemd.Notifier | None = None,
 ) -> int:
     """Run the daemon against ``dsn`` until ``stop`` is set and the drain is over.
 
-    ``on_ready(port)`` is called once migrations are checked and the HTTP port is bound.
+    ``on_ready(port)`` is called once migrations are checked and the HTTP port is bound; then
+    ``notifier`` (systemd) hears READY=1, STOPPING=1 when the drain begins, and WATCHDOG=1 from
+    this event loop.
     """
+    notifier = notifier or systemd.Notifier()
     pool = await connect.create_pool(
         dsn,
         min_size=config.database.pool_min_size,
@@ -53,6 +62,8 @@ async def run_with_dsn(
         command_timeout=config.database.command_timeout_s,
     )
     lanes: dict[str, ProviderLane] = {}
+    webhook_handlers: dict[str, WebhookHandler] = {}
+    reports_pool: asyncpg.Pool | None = None
     runner = None
     try:
         async with pool.acquire() as conn:
@@ -76,7 +87,9 @@ async def run_with_dsn(
                 reservation_step=config.scheduler.reservation_step
                 or provider_config.concurrency * batch_size,
             )
-        writer = Writer(pool, config.writer)
+        writer = Writer(pool, config.writer, config.webhooks)
+        webhook_handlers = providers.create_webhook_handlers(config)
+        _warn_unverified(config)
         scheduler = Scheduler(config=config, dsn=dsn, pool=pool, lanes=lanes, writer=writer, stop=stop)
 
         async def on_halt(campaign_id: int, reason: str) -> None:
@@ -84,22 +97,35 @@ async def run_with_dsn(
             scheduler.stop_campaign(campaign_id, f"provider halted: {reason}")
 
         senders = [ProviderSender(lanes[name], config.provider(name), writer, on_halt) for name in lanes]
+        for sender in senders:
+            await _seed_rate(sender)
         health = http.Health()
         host, port = config.http.host_port
-        runner = await http.start(http.build_app(http.Services(pool, config, health)), host, port)
+        if config.database.reports_dsn is not None:
+            reports_pool = await connect.create_pool(
+                config.database.reports_dsn.reveal(), min_size=1, max_size=4
+            )
+        services = http.Services(
+            pool, config, health, writer=writer, webhooks=webhook_handlers, reports_pool=reports_pool
+        )
+        runner = await http.start(http.build_app(services), host, port)
         health.started = True
         bound = http.bound_port(runner)
         log.info("daemon_started", listen=f"{host}:{bound}", providers=sorted(lanes), node=scheduler.node)
         if on_ready is not None:
             on_ready(bound)
+        notifier.ready(f"listening on {host}:{bound}, node {scheduler.node}")
 
         main = asyncio.current_task()
         async with asyncio.TaskGroup() as group:
             writer_task = group.create_task(writer.run(), name="writer")
             sender_tasks = [group.create_task(s.run(), name=f"sender-{s.lane.name}") for s in senders]
             group.create_task(_partition_loop(pool, config, stop), name="partitions")
-            watchdog = group.create_task(_drain_deadline(stop, health, config, main), name="drain-deadline")
+            watchdog = group.create_task(
+                _drain_deadline(stop, health, config, main, notifier), name="drain-deadline"
+            )
             group.create_task(_health_loop(health, writer, stop), name="health")
+            group.create_task(systemd.watchdog_loop(notifier, stop), name="systemd-watchdog")
             await scheduler.run()
             await asyncio.gather(*sender_tasks)
             writer.close()
@@ -111,9 +137,44 @@ async def run_with_dsn(
         for lane in lanes.values():
             with contextlib.suppress(Exception):
                 await lane.provider.close()
+        for handler in webhook_handlers.values():
+            with contextlib.suppress(Exception):
+                await handler.close()
         if runner is not None:
             await runner.cleanup()
+        if reports_pool is not None:
+            await reports_pool.close()
         await pool.close()
+
+
+async def _seed_rate(sender: ProviderSender) -> None:
+    """``seed_rate_from_account``: take the provider's own ceiling (SES MaxSendRate) when lower."""
+    if not sender.config.seed_rate_from_account:
+        return
+    try:
+        ceiling = await sender.lane.provider.max_send_rate()
+    except Exception as exc:  # the daemon still runs on the configured rate
+        log.warning("provider_rate_unknown", provider=sender.lane.name, error=str(exc))
+        return
+    if ceiling:
+        configured = sender.config.rate_per_s
+        rate = min(ceiling, configured) if configured else ceiling
+        sender.bucket.set_rate(rate)
+        log.info("provider_rate_seeded", provider=sender.lane.name, max_send_rate=ceiling, rate_per_s=rate)
+
+
+def _warn_unverified(config: Config) -> None:
+    hooks = config.webhooks
+    for name, section in (
+        ("ses", hooks.ses),
+        ("sendgrid", hooks.sendgrid),
+        ("mailgun", hooks.mailgun),
+        ("postmark", hooks.postmark),
+    ):
+        if not section.verify_signatures:
+            log.warning("webhook_verification_disabled", provider=name, hint="for local testing only")
+    if config.unsubscribe.secret is None:
+        log.warning("unsubscribe_secret_missing", hint="emails carry no List-Unsubscribe header")
 
 
 async def _schema_ready(conn: asyncpg.Connection, *, auto_migrate: bool) -> bool:
@@ -172,11 +233,16 @@ async def _health_loop(health: http.Health, writer: Writer, stop: asyncio.Event)
 
 
 async def _drain_deadline(
-    stop: asyncio.Event, health: http.Health, config: Config, main: asyncio.Task[object] | None
+    stop: asyncio.Event,
+    health: http.Health,
+    config: Config,
+    main: asyncio.Task[object] | None,
+    notifier: systemd.Notifier,
 ) -> None:
     """On stop: report draining; past the grace period, cancel the drain."""
     await stop.wait()
     health.draining = True
+    notifier.stopping(f"draining, up to {config.node.shutdown_grace_s:g} s")
     log.info("drain_started", grace_s=config.node.shutdown_grace_s)
     await asyncio.sleep(config.node.shutdown_grace_s)
     log.error("drain_deadline_passed", grace_s=config.node.shutdown_grace_s)

@@ -142,6 +142,8 @@ async def transition(
             """UPDATE campaigns SET status = $2, updated_at = now(),
                    status_reason = $4,
                    send_at = CASE WHEN $2 = 'scheduled' THEN now() ELSE send_at END,
+                   started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now())
+                                     ELSE started_at END,
                    finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE finished_at END
                WHERE id = $1 AND status = ANY($3::text[]) RETURNING status""",
             campaign_id,

@@ -60,6 +60,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected row here")
     p.add_argument("file", help="a .csv (with a header row) or .jsonl file")
 
+    # --- suppressions ---
+    suppress = sub.add_parser("suppressions", help="the suppression list").add_subparsers(
+        dest="suppressions_command", required=True
+    )
+    p = suppress.add_parser("import", parents=[common], help="import addresses (one a line, or CSV)")
+    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--reason", default=None, help="reason recorded (default: imported; CSV column wins)")
+    p.add_argument("file", help="one address per line, or a CSV with an 'email' (and 'reason') column")
+    p = suppress.add_parser("list", parents=[common], help="list an account's suppressions")
+    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--after", default="", help="start after this address (keyset pagination)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    for action in ("add", "remove"):
+        p = suppress.add_parser(action, parents=[common], help=f"{action} one address")
+        p.add_argument("--account", type=int, required=True, help="account id")
+        p.add_argument("--reason", required=action == "remove", default=None, help="why (required to remove)")
+        p.add_argument("email")
+
     campaign = sub.add_parser("campaign", help="campaigns").add_subparsers(
         dest="campaign_command", required=True
     )
@@ -98,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--throttle-rate", type=float, default=0.0, help="recipients/s before 429 (0: never)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of per-entry failures")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--webhook-url", default=None, help="daemon base URL to post bounce/complaint webhooks to")
+    p.add_argument("--webhook-format", default="ses", choices=("ses", "sendgrid", "mailgun", "postmark"))
+    p.add_argument("--bounce-rate", type=float, default=0.0, help="share of recipients that hard-bounce")
+    p.add_argument("--complaint-rate", type=float, default=0.0, help="share of recipients that complain")
+    p.add_argument(
+        "--webhook-settings",
+        default=None,
+        metavar="DIR",
+        help="write the daemon's verification settings here",
+    )
 
     p = sub.add_parser("demo", parents=[common], help="run a whole campaign on an embedded database")
     p.add_argument("--leads", type=int, default=100_000, help="leads to generate (default 100000)")
@@ -125,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command_key(args: argparse.Namespace) -> str:
-    for attr in ("segment_command", "leads_command", "campaign_command"):
+    for attr in ("segment_command", "leads_command", "campaign_command", "suppressions_command"):
         value = getattr(args, attr, None)
         if value:
             return f"{args.command} {value}"
@@ -230,6 +259,43 @@ async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> 
         )
 
 
+# --- suppressions ---
+
+
+async def _suppressions_import(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import suppressions
+
+    async with _connection(config) as conn:
+        return await suppressions.run_import_cli(
+            conn, account_id=args.account, path=Path(args.file), reason=args.reason
+        )
+
+
+async def _suppressions_list(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import suppressions
+
+    if not 1 <= args.limit <= 10_000:
+        print("mailerd suppressions list: --limit must be from 1 to 10000", file=sys.stderr)
+        return 1
+    async with _connection(config) as conn:
+        return await suppressions.run_list_cli(
+            conn, account_id=args.account, after=args.after, limit=args.limit, as_json=args.json
+        )
+
+
+async def _suppressions_change(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import suppressions
+
+    async with _connection(config) as conn:
+        return await suppressions.run_change_cli(
+            conn,
+            action=args.suppressions_command,
+            account_id=args.account,
+            email=args.email,
+            reason=args.reason,
+        )
+
+
 async def _campaign_create(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd import campaigns
 
@@ -273,6 +339,11 @@ async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
         fail_rate=args.fail_rate,
         seed=args.seed,
         stop=stop,
+        webhook_url=args.webhook_url,
+        webhook_format=args.webhook_format,
+        bounce_rate=args.bounce_rate,
+        complaint_rate=args.complaint_rate,
+        webhook_settings=Path(args.webhook_settings) if args.webhook_settings else None,
     )
     return 0
 
@@ -298,4 +369,9 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "campaign resume": _campaign_action,
     "campaign cancel": _campaign_action,
     "demo": _demo,
+    # --- suppressions ---
+    "suppressions import": _suppressions_import,
+    "suppressions list": _suppressions_list,
+    "suppressions add": _suppressions_change,
+    "suppressions remove": _suppressions_change,
 }

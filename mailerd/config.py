@@ -152,6 +152,69 @@ class NodeConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SesWebhookConfig:
+    """SES notifications through SNS: signature versions 1 and 2 over the canonical string."""
+
+    cert_dir: str = ""
+    confirm_subscriptions: bool = True
+    topic_arns: tuple[str, ...] = ()
+    max_age_s: float = 3600.0
+    verify_signatures: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendgridWebhookConfig:
+    """SendGrid's Signed Event Webhook: ECDSA P-256 over timestamp + raw body."""
+
+    public_key: str = ""
+    max_age_s: float = 600.0
+    verify_signatures: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MailgunWebhookConfig:
+    """Mailgun: HMAC-SHA256 of timestamp + token with the webhook signing key."""
+
+    signing_key: Secret | None = None
+    max_age_s: float = 600.0
+    verify_signatures: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PostmarkWebhookConfig:
+    """Postmark: HTTP basic auth and an optional source-IP allow-list."""
+
+    username: str = ""
+    password: Secret | None = None
+    allowed_ips: tuple[str, ...] = ()
+    max_age_s: float = 0.0
+    verify_signatures: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """Bounce, complaint and unsubscribe webhooks, and what they do to the suppression list."""
+
+    soft_bounce_limit: int = 3
+    soft_bounce_window: str = "7d"
+    ses: SesWebhookConfig = SesWebhookConfig()
+    sendgrid: SendgridWebhookConfig = SendgridWebhookConfig()
+    mailgun: MailgunWebhookConfig = MailgunWebhookConfig()
+    postmark: PostmarkWebhookConfig = PostmarkWebhookConfig()
+
+    @property
+    def soft_bounce_window_s(self) -> float:
+        return parse_duration(self.soft_bounce_window)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnsubscribeConfig:
+    """RFC 8058 one-click unsubscribe: the HMAC key of the tokens in List-Unsubscribe URLs."""
+
+    secret: Secret | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """The resolved configuration of one mailerd process."""
 
@@ -163,6 +226,8 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     node: NodeConfig = NodeConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
     source: str = "<defaults>"
 
     def provider(self, name: str) -> ProviderConfig:
@@ -181,7 +246,28 @@ _SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionConfig,
     "logging": LoggingConfig,
     "node": NodeConfig,
+    "unsubscribe": UnsubscribeConfig,
 }
+_WEBHOOK_SECTIONS: dict[str, type[Any]] = {
+    "ses": SesWebhookConfig,
+    "sendgrid": SendgridWebhookConfig,
+    "mailgun": MailgunWebhookConfig,
+    "postmark": PostmarkWebhookConfig,
+}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"72h"``, ``"7d"`` or a plain number of seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ConfigError(f"expected a duration such as 72h or 7d, got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _WebhookScalars:
+    soft_bounce_limit: int = 3
+    soft_bounce_window: str = "7d"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -327,6 +413,10 @@ def _check_inline_secrets(data: dict[str, Any], source: str) -> None:
             for pname, pvalues in values.items():
                 if isinstance(pvalues, Mapping):
                     check(f"providers.{pname}", pvalues, ProviderConfig)
+        elif name == "webhooks" and isinstance(values, Mapping):
+            for wname, wvalues in values.items():
+                if wname in _WEBHOOK_SECTIONS and isinstance(wvalues, Mapping):
+                    check(f"webhooks.{wname}", wvalues, _WEBHOOK_SECTIONS[wname])
 
 
 def _env_name(section: str, key: str) -> str:
@@ -360,6 +450,15 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             target = providers.setdefault(existing.get(parts[1], parts[1]), {})
             if isinstance(target, dict):
                 target[parts[2]] = _EnvText(value)
+        elif parts[0] == "webhooks" and len(parts) in (2, 3):
+            webhooks = data.setdefault("webhooks", {})
+            if isinstance(webhooks, dict):
+                if len(parts) == 3:
+                    sub = webhooks.setdefault(parts[1], {})
+                    if isinstance(sub, dict):
+                        sub[parts[2]] = _EnvText(value)
+                else:
+                    webhooks[parts[1]] = _EnvText(value)
         elif len(parts) == 2 and parts[0] in _SECTIONS:
             section = data.setdefault(parts[0], {})
             if isinstance(section, dict):
@@ -393,6 +492,20 @@ def _build(data: Mapping[str, Any], source: str) -> Config:
                     )
                 providers[pname] = provider
             kwargs["providers"] = types.MappingProxyType(providers)
+        elif name == "webhooks":
+            if not isinstance(values, Mapping):
+                raise ConfigError("[webhooks]: expected a table")
+            scalars = {k: v for k, v in values.items() if k not in _WEBHOOK_SECTIONS}
+            subs: dict[str, Any] = {}
+            for wname, wcls in _WEBHOOK_SECTIONS.items():
+                if wname in values:
+                    if not isinstance(values[wname], Mapping):
+                        raise ConfigError(f"[webhooks.{wname}]: expected a table")
+                    subs[wname] = _section(f"webhooks.{wname}", wcls, values[wname])
+            top = _section("webhooks", _WebhookScalars, scalars)
+            kwargs["webhooks"] = WebhooksConfig(
+                soft_bounce_limit=top.soft_bounce_limit, soft_bounce_window=top.soft_bounce_window, **subs
+            )
         elif name in _SECTIONS:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"[{name}]: expected a table")
@@ -505,6 +618,7 @@ def _validate(config: Config) -> None:
             "[retention] partitions_ahead_days: must be at least 1",
         ),
         (config.node.shutdown_grace_s > 0, "[node] shutdown_grace_s: must be positive"),
+        (config.webhooks.soft_bounce_limit >= 1, "[webhooks] soft_bounce_limit: must be at least 1"),
     ]
     for provider in config.providers.values():
         section = f"[providers.{provider.name}]"
@@ -517,6 +631,10 @@ def _validate(config: Config) -> None:
             (0 < provider.max_error_rate <= 1, f"{section} max_error_rate: must be in (0, 1]"),
             (provider.error_window >= 10, f"{section} error_window: must be at least 10"),
         ]
+    try:
+        parse_duration(config.webhooks.soft_bounce_window)
+    except ConfigError as exc:
+        raise ConfigError(f"[webhooks] soft_bounce_window: {exc}") from None
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

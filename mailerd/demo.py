@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import asyncpg
 import orjson
 import structlog
 
-from mailerd import app, campaigns, logs, sink
+from mailerd import app, campaigns, logs, sink, sink_webhooks
 from mailerd import config as config_mod
 from mailerd.db import connect, embedded, migrate
 
@@ -142,80 +143,169 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
     try:
         await migrate.migrate(conn)
         say(f"seeding {lead_count:,} leads ...")
-        suppressed = await _seed(conn, lead_count)
+        preexisting = await _seed(conn, lead_count)
     finally:
         await conn.close()
 
-    emulator = sink.Sink(seed=1)
-    port = await emulator.start()
-    config = config_mod.from_mapping(
-        {
-            "http": {"listen": "127.0.0.1:0"},
-            "providers": {"sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}", "concurrency": 8}},
-            "scheduler": {"shard_size": 25_000, "max_shards_per_node": 4},
-            "node": {"name": "demo"},
-        }
-    )
-    daemon_stop = asyncio.Event()
-    daemon = asyncio.create_task(app.run_with_dsn(config, dsn, daemon_stop), name="daemon")
-    started = time.monotonic()
-    try:
-        conn = await connect.connect(dsn)
+    with tempfile.TemporaryDirectory(prefix="mailerd-demo-") as work_dir:
+        # The emulator bounces 2% and gets complaints for 0.2% of what it accepts, posting them
+        # back as signed SNS notifications, exactly as SES would through SNS.
+        poster = sink_webhooks.WebhookPoster(
+            "http://127.0.0.1:1", "ses", bounce_rate=0.02, complaint_rate=0.002, seed=1
+        )
+        webhook_settings = poster.signer.daemon_settings(Path(work_dir))
+        emulator = sink.Sink(seed=1, webhooks=poster)
+        port = await emulator.start()
+        config = config_mod.from_mapping(
+            {
+                "http": {"listen": "127.0.0.1:0"},
+                "providers": {
+                    "sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}", "concurrency": 8}
+                },
+                "scheduler": {"shard_size": 25_000, "max_shards_per_node": 4},
+                "node": {"name": "demo"},
+                "webhooks": {"ses": webhook_settings},
+            },
+            env={"MAILERD_UNSUBSCRIBE__SECRET": secrets.token_hex(32)},
+        )
+        daemon_stop = asyncio.Event()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        daemon = asyncio.create_task(
+            app.run_with_dsn(config, dsn, daemon_stop, on_ready=ready.set_result), name="daemon"
+        )
+        reports: list[dict[str, Any]] = []
         try:
-            campaign_id = await campaigns.create(
-                conn,
-                campaigns.NewCampaign(
-                    account_id=ACCOUNT_ID,
-                    name="Winter launch",
-                    segment=SEGMENT,
-                    subject="{{ lead.attributes.first_name }}, our winter launch is here",
-                    html_body="<p>Hello {{ lead.attributes.first_name }},</p><p>It is here.</p>",
-                    text_body="Hello {{ lead.attributes.first_name }}, it is here.",
-                    from_address="news@example.com",
-                    provider="sink",
-                    start=True,
-                ),
-                config,
-            )
-            say(f"campaign {campaign_id} started: {orjson.dumps(SEGMENT).decode()}")
-            info = await _follow(conn, campaign_id, daemon, stop, as_json)
+            poster.url = f"http://127.0.0.1:{await _ready(ready, daemon)}/webhooks/ses"
+            conn = await connect.connect(dsn)
+            try:
+                for number, name in enumerate(("Winter launch", "Winter launch, second wave")):
+                    started = time.monotonic()
+                    campaign_id = await campaigns.create(conn, _campaign(name), config)
+                    say(f"\ncampaign {campaign_id} {name!r}: {orjson.dumps(SEGMENT).decode()}")
+                    info = await _follow(conn, campaign_id, daemon, stop, as_json)
+                    if info is None or info["status"] != "finished":
+                        return 1
+                    elapsed = time.monotonic() - started
+                    if number == 0:
+                        say("waiting for the bounces and complaints to come back by webhook ...")
+                        await _settle_webhooks(conn, poster, campaign_id, stop)
+                        info = await campaigns.show(conn, campaign_id) or info
+                    suppression_list = await conn.fetchval(
+                        "SELECT count(*) FROM suppressions WHERE account_id = $1", ACCOUNT_ID
+                    )
+                    reports.append(_report(campaign_id, name, info, elapsed, suppression_list))
+                    say(_describe(reports[-1]))
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
-    finally:
-        daemon_stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await daemon
-        await emulator.close()
-    elapsed = time.monotonic() - started
-    if info is None:
-        return 1
-    report = {
+            daemon_stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await daemon
+            await emulator.close()
+    first, second = reports
+    summary = {
         "leads": lead_count,
+        "matched": first["matched"],
+        "sent": first["sent"],
+        "failed": first["failed"],
+        "unknown": first["unknown"],
+        "suppressed": first["suppressed"],
+        "elapsed_s": first["elapsed_s"],
+        "emails_per_s": first["emails_per_s"],
+        "bounced": first["bounced"],
+        "complained": first["complained"],
+        "suppression_list_before": preexisting,
+        "suppression_list_after": first["suppression_list"],
+        "second_campaign": second,
+        "provider_calls": emulator.counters.calls,
+        "webhooks_posted": poster.counters.posted,
+    }
+    if as_json:
+        print(orjson.dumps(summary).decode())
+    else:
+        print(
+            f"\nThe second campaign skipped {second['suppressed']:,} suppressed addresses "
+            f"({first['suppressed']:,} before the first one ran): bounces and complaints "
+            "reported by webhook keep every later campaign off bad addresses."
+        )
+    return 0
+
+
+def _campaign(name: str) -> campaigns.NewCampaign:
+    return campaigns.NewCampaign(
+        account_id=ACCOUNT_ID,
+        name=name,
+        segment=SEGMENT,
+        subject="{{ lead.attributes.first_name }}, our winter launch is here",
+        html_body=(
+            "<p>Hello {{ lead.attributes.first_name }},</p><p>It is here.</p>"
+            '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+        ),
+        text_body="Hello {{ lead.attributes.first_name }}, it is here.\nUnsubscribe: {{ unsubscribe_url }}",
+        from_address="news@example.com",
+        provider="sink",
+        start=True,
+    )
+
+
+async def _ready(ready: asyncio.Future[int], daemon: asyncio.Task[int]) -> int:
+    await asyncio.wait({ready, daemon}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        raise RuntimeError(f"the daemon stopped at start (exit {daemon.result()})")
+    return ready.result()
+
+
+async def _settle_webhooks(
+    conn: asyncpg.Connection, poster: sink_webhooks.WebhookPoster, campaign_id: int, stop: asyncio.Event
+) -> None:
+    """Wait until the emulator has posted every bounce and complaint and the counts settle."""
+    expected = poster.counters.bounces + poster.counters.complaints
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60):
+            while not stop.is_set():
+                info = await campaigns.show(conn, campaign_id)
+                assert info is not None
+                if (
+                    poster.pending == 0
+                    and info["bounced"] + info["complained"] >= expected - poster.counters.failed
+                ):
+                    return
+                await asyncio.sleep(0.1)
+
+
+def _report(
+    campaign_id: int, name: str, info: dict[str, Any], elapsed: float, suppression_list: int
+) -> dict[str, Any]:
+    return {
+        "id": campaign_id,
+        "name": name,
+        "status": info["status"],
         "matched": info["matched"],
         "sent": info["sent"],
         "failed": info["failed"],
         "unknown": info["unknown"],
         "suppressed": info["suppressed"],
-        "suppression_list": suppressed,
-        "status": info["status"],
+        "bounced": info["bounced"],
+        "complained": info["complained"],
         "elapsed_s": round(elapsed, 2),
         "emails_per_s": round(info["processed"] / elapsed, 1) if elapsed else 0.0,
-        "provider_calls": emulator.counters.calls,
+        "suppression_list": suppression_list,
     }
-    if as_json:
-        print(orjson.dumps(report).decode())
-    else:
-        print(
-            f"\ncampaign {campaign_id} {info['status']} in {elapsed:.1f} s\n"
-            f"  leads       {lead_count:>10,}\n"
-            f"  matched     {info['matched']:>10,}\n"
-            f"  sent        {info['sent']:>10,}\n"
-            f"  failed      {info['failed']:>10,}\n"
-            f"  unknown     {info['unknown']:>10,}\n"
-            f"  suppressed  {info['suppressed']:>10,}\n"
-            f"  throughput  {report['emails_per_s']:>10,.0f} emails/s"
-        )
-    return 0 if info["status"] == "finished" else 1
+
+
+def _describe(report: dict[str, Any]) -> str:
+    return (
+        f"campaign {report['id']} {report['status']} in {report['elapsed_s']:.1f} s "
+        f"({report['emails_per_s']:,.0f} emails/s)\n"
+        f"  matched     {report['matched']:>10,}\n"
+        f"  sent        {report['sent']:>10,}\n"
+        f"  failed      {report['failed']:>10,}\n"
+        f"  unknown     {report['unknown']:>10,}\n"
+        f"  suppressed  {report['suppressed']:>10,}   (skipped: on the suppression list)\n"
+        f"  bounced     {report['bounced']:>10,}   (reported back by webhook)\n"
+        f"  complained  {report['complained']:>10,}\n"
+        f"  suppression list now holds {report['suppression_list']:,} addresses"
+    )
 
 
 async def _follow(

@@ -8,6 +8,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime as dt
@@ -21,10 +22,13 @@ import orjson
 import prometheus_client
 from aiohttp import web
 
-from mailerd import campaigns, segments
+from mailerd import campaigns, metrics, segments, suppressions, unsubscribe
 from mailerd.config import Config
 from mailerd.db import leads
-from mailerd.models import CampaignStatus
+from mailerd.models import CampaignStatus, Event, EventKind, LogStatus
+from mailerd.providers import webhooks as webhooks_mod
+from mailerd.providers.webhooks import WebhookError, WebhookHandler, WebhookRequest
+from mailerd.writer import Writer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,6 +52,9 @@ class Services:
     pool: asyncpg.Pool | None
     config: Config
     health: Health
+    writer: Writer | None = None
+    reports_pool: asyncpg.Pool | None = None
+    webhooks: dict[str, WebhookHandler] = dataclasses.field(default_factory=dict)
     rates: dict[int, collections.deque[tuple[float, int]]] = dataclasses.field(default_factory=dict)
 
 
@@ -125,7 +132,7 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"ready": ready}, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus exposition of the default registry."""
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
@@ -320,6 +327,37 @@ def _rate_and_eta(services: Services, info: dict[str, Any]) -> dict[str, Any]:
     return {"rate_per_s": round(rate, 1), "eta_s": eta}
 
 
+async def campaign_emails(request: web.Request) -> web.Response:
+    """GET /api/campaigns/{id}/emails?after=&limit=&status=: who got the campaign, one row per
+    lead, read through email_log's (campaign_id, lead_id) index with keyset pagination (on the
+    reports database when ``[database] reports_dsn`` is set)."""
+    services = request.app[SERVICES]
+    campaign_id = _campaign_id(request)
+    after = _int_param(request, "after", 0, 0, 2**63 - 1)
+    limit = _int_param(request, "limit", 1000, 1, 10_000)
+    status_name = request.query.get("status") or None
+    status = None
+    if status_name is not None:
+        try:
+            status = LogStatus[status_name.upper()]
+        except KeyError:
+            raise ApiError(422, "invalid", f"status: unknown status {status_name!r}", "status") from None
+    pool = services.reports_pool or _pool(request)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT lead_id, status, sent_at, provider_message_id, error FROM email_log
+               WHERE campaign_id = $1 AND lead_id > $2 AND ($3::smallint IS NULL OR status = $3)
+               ORDER BY lead_id LIMIT $4""",
+            campaign_id,
+            after,
+            status,
+            limit,
+        )
+    emails = [{**dict(r), "status": LogStatus(r["status"]).name.lower()} for r in rows]
+    next_after = emails[-1]["lead_id"] if len(emails) == limit else None
+    return _json({"emails": emails, "next_after": next_after})
+
+
 async def campaign_action(request: web.Request) -> web.Response:
     """POST /api/campaigns/{id}/start|pause|resume|cancel; 409 with the current status."""
     campaign_id = _campaign_id(request)
@@ -361,6 +399,176 @@ async def preview_segment(request: web.Request) -> web.Response:
     return _json({"count": count, "sample": sample})
 
 
+# --- webhooks --------------------------------------------------------------------------------
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """POST /webhooks/{provider}: verify, normalise, map, and answer 2xx only once committed."""
+    services = request.app[SERVICES]
+    provider = request.match_info["provider"]
+    handler = services.webhooks.get(provider)
+    if handler is None:
+        raise ApiError(404, "not_found", f"no webhook for provider {provider!r}", "provider")
+    if services.writer is None:
+        raise ApiError(503, "unavailable", "events cannot be recorded right now")
+    body = await request.read()
+    hook_request = WebhookRequest(body, request.headers, request.remote, request.content_type)
+    try:
+        events = await handler.parse(hook_request)
+    except WebhookError as exc:
+        metrics.WEBHOOK_REJECTED.labels(provider, str(exc.status)).inc()
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    if events:
+        async with _pool(request).acquire() as conn:
+            events = await webhooks_mod.resolve(conn, events)
+        await await_commit(await services.writer.submit_events(events))
+    for event in events:
+        metrics.WEBHOOK_EVENTS.labels(provider, str(event.kind)).inc()
+    return _json({"received": len(events)})
+
+
+async def await_commit(future: Awaitable[None]) -> None:
+    """Wait for the writer's commit (shielded: a client that hangs up does not cancel it)."""
+    await asyncio.shield(future)
+
+
+# --- suppressions ----------------------------------------------------------------------------
+
+_SUPPRESSION_FIELDS = frozenset({"account_id", "email", "reason"})
+
+
+def _suppression_body(data: dict[str, Any], *, reason_required: bool) -> tuple[int, str, str | None]:
+    """``(account_id, normalised email, reason)`` of a POST/DELETE body; 422 naming the field."""
+    for key in data:
+        if key not in _SUPPRESSION_FIELDS:
+            raise ApiError(422, "invalid", f"{key}: unknown field", key)
+    account_id = data.get("account_id")
+    if isinstance(account_id, bool) or not isinstance(account_id, int) or not 0 <= account_id < 2**63:
+        raise ApiError(422, "invalid", "account_id: expected a non-negative integer", "account_id")
+    email = data.get("email")
+    if not isinstance(email, str):
+        raise ApiError(422, "invalid", "email: expected a string", "email")
+    normalised = suppressions.normalise(email)
+    if normalised is None:
+        raise ApiError(422, "invalid", f"email: not an email address: {email[:100]!r}", "email")
+    reason = data.get("reason")
+    if reason is None:
+        if reason_required:
+            raise ApiError(422, "invalid", "reason: is required (why the address is removed)", "reason")
+        return account_id, normalised, None
+    if not isinstance(reason, str) or not reason.strip():
+        raise ApiError(422, "invalid", "reason: expected a non-empty string", "reason")
+    if len(reason) > suppressions.MAX_REASON_LENGTH:
+        raise ApiError(
+            422, "invalid", f"reason: at most {suppressions.MAX_REASON_LENGTH} characters", "reason"
+        )
+    return account_id, normalised, reason.strip()
+
+
+async def list_suppressions(request: web.Request) -> web.Response:
+    """GET /api/suppressions?account_id=&after=&limit= (keyset pagination by address)."""
+    account_id = _int_param(request, "account_id", None, 0, 2**63 - 1)
+    if account_id is None:
+        raise ApiError(422, "invalid", "account_id: is required", "account_id")
+    after = request.query.get("after", "").strip().lower()
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    assert limit is not None
+    async with _pool(request).acquire() as conn:
+        rows = await suppressions.page(conn, account_id, after=after, limit=limit)
+    next_after = rows[-1].email if len(rows) == limit else None
+    return _json({"suppressions": [r.as_dict() for r in rows], "next_after": next_after})
+
+
+async def add_suppression(request: web.Request) -> web.Response:
+    """POST /api/suppressions {"account_id", "email", "reason"?}: 201 added, 200 already there."""
+    account_id, email, reason = _suppression_body(await _body(request), reason_required=False)
+    async with _pool(request).acquire() as conn:
+        row, created = await suppressions.add(conn, account_id, email, reason or "manual", "api")
+    return _json({**row.as_dict(), "created": created}, status=201 if created else 200)
+
+
+async def remove_suppression(request: web.Request) -> web.Response:
+    """DELETE /api/suppressions {"account_id", "email", "reason"}: 404 when not suppressed."""
+    account_id, email, reason = _suppression_body(await _body(request), reason_required=True)
+    assert reason is not None
+    async with _pool(request).acquire() as conn:
+        row = await suppressions.remove(conn, account_id, email, reason, "api")
+    if row is None:
+        raise ApiError(404, "not_found", f"{email} is not suppressed in account {account_id}", "email")
+    return _json({"removed": row.as_dict(), "reason": reason})
+
+
+# --- one-click unsubscribe -------------------------------------------------------------------
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def _unsubscribe_secret(request: web.Request) -> bytes:
+    secret = request.app[SERVICES].config.unsubscribe.secret
+    if secret is None:
+        raise ApiError(404, "not_found", "one-click unsubscribe is not configured")
+    return secret.reveal().encode()
+
+
+async def unsubscribe_page(request: web.Request) -> web.Response:
+    """GET /u/{token}: a page with a button; changes nothing (mail scanners prefetch links)."""
+    try:
+        unsubscribe.read_token(_unsubscribe_secret(request), request.match_info["token"])
+    except unsubscribe.BadToken:
+        return _html(unsubscribe.invalid_page(), status=400)
+    return _html(unsubscribe.confirm_page())
+
+
+async def unsubscribe_one_click(request: web.Request) -> web.Response:
+    """POST /u/{token} with ``List-Unsubscribe=One-Click`` (RFC 8058): unsubscribe, answer 200.
+
+    Recorded as an ``unsubscribe`` event whose receipt is ``campaign:lead``, so a repeat is
+    recorded once; answered only once committed, never with a redirect.
+    """
+    services = request.app[SERVICES]
+    try:
+        account_id, campaign_id, lead_id = unsubscribe.read_token(
+            _unsubscribe_secret(request), request.match_info["token"]
+        )
+    except unsubscribe.BadToken:
+        return _html(unsubscribe.invalid_page(), status=400)
+    try:
+        form = await request.post()  # application/x-www-form-urlencoded or multipart/form-data
+    except ValueError:
+        return _html(unsubscribe.not_one_click_page(), status=400)
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    if not unsubscribe.is_one_click(fields):
+        return _html(unsubscribe.not_one_click_page(), status=400)
+    if services.writer is None:
+        raise ApiError(503, "unavailable", "events cannot be recorded right now")
+    async with _pool(request).acquire() as conn:
+        email = await conn.fetchval(
+            "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
+        )
+    event = Event(
+        provider="list-unsubscribe",
+        kind=EventKind.UNSUBSCRIBE,
+        occurred_at=dt.datetime.now(dt.UTC),
+        email=email,
+        receipt=f"{campaign_id}:{lead_id}",
+        campaign_id=campaign_id,
+        lead_id=lead_id,
+        account_id=account_id,
+        provider_type="one-click",
+    )
+    await await_commit(await services.writer.submit_events([event]))
+    metrics.WEBHOOK_EVENTS.labels("list-unsubscribe", str(EventKind.UNSUBSCRIBE)).inc()
+    return _html(unsubscribe.done_page())
+
+
 async def openapi(request: web.Request) -> web.Response:
     """GET /api/openapi.json"""
     return _json(OPENAPI)
@@ -374,13 +582,22 @@ def build_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_post("/api/campaigns", create_campaign)
     app.router.add_get("/api/campaigns", list_campaigns)
     app.router.add_get("/api/campaigns/{id}", get_campaign)
+    app.router.add_get("/api/campaigns/{id}/emails", campaign_emails)
     app.router.add_post("/api/campaigns/{id}/{action}", campaign_action)
     app.router.add_post("/api/segments/preview", preview_segment)
+    app.router.add_post("/webhooks/{provider}", webhook)
+    # --- suppressions ---
+    app.router.add_get("/api/suppressions", list_suppressions)
+    app.router.add_post("/api/suppressions", add_suppression)
+    app.router.add_delete("/api/suppressions", remove_suppression)
+    # --- one-click unsubscribe ---
+    app.router.add_get("/u/{token}", unsubscribe_page)
+    app.router.add_post("/u/{token}", unsubscribe_one_click)
     return app
 
 
@@ -465,6 +682,11 @@ OPENAPI: dict[str, Any] = {
         "/api/campaigns/{id}": {
             "get": _op("A campaign's status, counts, rate and ETA", responses=(200, 404))
         },
+        "/api/campaigns/{id}/emails": {
+            "get": _op(
+                "Who got the campaign: email_log rows by lead id (after, limit, status)", responses=(200, 422)
+            )
+        },
         **{
             f"/api/campaigns/{{id}}/{action}": {
                 "post": _op(f"{action.capitalize()} a campaign", responses=(200, 404, 409))
@@ -475,4 +697,22 @@ OPENAPI: dict[str, Any] = {
             "post": _op("Count and ten sample leads of a segment", body="Preview", responses=(200, 400, 422))
         },
     },
+}
+
+
+# --- suppressions (OpenAPI) ------------------------------------------------------------------
+
+OPENAPI["components"]["schemas"]["Suppression"] = {
+    "type": "object",
+    "required": ["account_id", "email"],
+    "properties": {
+        "account_id": {"type": "integer"},
+        "email": {"type": "string", "format": "email"},
+        "reason": {"type": "string", "description": "required on DELETE: why it is removed"},
+    },
+}
+OPENAPI["paths"]["/api/suppressions"] = {
+    "get": _op("List an account's suppressions (account_id, after, limit)", responses=(200, 422)),
+    "post": _op("Suppress an address (idempotent)", body="Suppression", responses=(200, 201, 400, 422)),
+    "delete": _op("Remove an address, with a reason", body="Suppression", responses=(200, 400, 404, 422)),
 }

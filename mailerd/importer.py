@@ -580,7 +580,7 @@ INSERT INTO leads AS l (account_id, email, attributes)
 ON CONFLICT (account_id, lower(email)) DO UPDATE
 SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
 """
-_SELECT_FAST = f"SELECT $1::bigint, lower(s.email), {{attributes}} FROM {STAGING} s ORDER BY 2"
+_SELECT_FAST = f"SELECT $1::bigint, lower(s.email), {{attributes}} FROM {STAGING} s"
 # Several lines for one address: fold them in file order (a later key wins), then upsert once.
 _SELECT_FOLDED = f"""
 SELECT $1::bigint, r.address,

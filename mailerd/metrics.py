@@ -42,3 +42,9 @@ FLUSH_FAILURES = Counter("mailerd_writer_flush_failures_total", "Writer flushes 
 WRITER_BUFFER_ROWS = Gauge("mailerd_writer_buffer_rows", "Rows waiting in the writer's buffer.")
 SHARDS_CLAIMED = Gauge("mailerd_shards_claimed", "Campaign shards this node holds.")
 SHARDS_LOST = Counter("mailerd_shards_lost_total", "Shards fenced out or whose claim connection dropped.")
+WEBHOOK_EVENTS = Counter(
+    "mailerd_webhook_events_total", "Provider events received by webhook, by kind.", ["provider", "kind"]
+)
+WEBHOOK_REJECTED = Counter(
+    "mailerd_webhook_rejected_total", "Webhook requests refused, by HTTP status.", ["provider", "status"]
+)

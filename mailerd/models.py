@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 from typing import Any
 
@@ -128,3 +129,42 @@ class PermanentError(ProviderError):
 
 class HaltError(ProviderError):
     """The provider account cannot send (sending paused, suspended): pause the campaign."""
+
+
+class EventKind(enum.StrEnum):
+    """What a provider told us happened to an email after it was sent."""
+
+    DELIVERED = "delivered"
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+SUPPRESSING_KINDS = frozenset({EventKind.HARD_BOUNCE, EventKind.COMPLAINT, EventKind.UNSUBSCRIBE})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One provider event about one recipient, normalised.
+
+    ``receipt`` is the de-duplication key: the provider's own event id (SNS MessageId, SendGrid
+    sg_event_id, Mailgun event id, Postmark record id) plus the recipient, so the same delivery of
+    a webhook twice is recorded once. ``campaign_id``/``lead_id``/``account_id`` come from the
+    metadata our providers send, else from the provider's message id, else from the address.
+    ``suppress`` forces suppression whatever the kind (e.g. Postmark ``Inactive: true``).
+    """
+
+    provider: str
+    kind: EventKind
+    occurred_at: dt.datetime
+    email: str | None
+    receipt: str
+    provider_message_id: str | None = None
+    campaign_id: int | None = None
+    lead_id: int | None = None
+    account_id: int | None = None
+    provider_type: str | None = None
+    reason: str | None = None
+    smtp_status: str | None = None
+    suppress: bool = False

@@ -37,6 +37,7 @@ from mailerd.writer import Writer
 log = structlog.get_logger(__name__)
 
 QueueItem = tuple["ShardRun", Batch] | None  # None: end marker, one per sender worker
+CLAIM_COMMAND_TIMEOUT_S = 15.0  # a claim connection that cannot answer in time counts as lost
 
 
 class ShardLostError(Exception):
@@ -106,8 +107,10 @@ class ShardRun:
         writer: Writer,
         window_size: int,
         node: str,
+        logged_upto: int = 0,
     ) -> None:
         self.campaign = campaign
+        self._logged_upto = logged_upto
         self.campaign_id: int = row["campaign_id"]
         self.shard_no: int = row["shard_no"]
         self.lead_id_from: int = row["lead_id_from"]
@@ -203,7 +206,7 @@ class ShardRun:
             position = max(self.reserved_upto, checkpoint)
             while position < self.lead_id_to and not self.stopping:
                 end = min(position + self._window_size, self.lead_id_to)
-                await self._dispatch_range(position, end, skip_logged=False)
+                await self._dispatch_range(position, end, skip_logged=position < self._logged_upto)
                 position = end
             if position >= self.lead_id_to and self.ledger.unresolved == 0 and len(self.ledger) == 0:
                 # Nothing dispatched at all (e.g. recovered to the end): make the checkpoint final.
@@ -310,7 +313,7 @@ class ShardRun:
                     self.epoch,
                 )
                 await self._claim.execute(
-                    "SELECT pg_advisory_unlock($1::int, $2::int)", self.campaign_id, self.shard_no
+                    "SELECT pg_advisory_unlock($1::int, $2::int)", _lock_key(self.campaign_id), self.shard_no
                 )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self.log.warning("shard_release_failed", error=str(exc))
@@ -490,14 +493,30 @@ class Scheduler:
             self._wakeup.set()
 
     async def _try_claim(self, campaign_id: int, shard_no: int) -> ShardRun | None:
-        claim = await connect.connect(self._dsn)
+        claim = await connect.connect(self._dsn, command_timeout=CLAIM_COMMAND_TIMEOUT_S)
         try:
             locked = await claim.fetchval(
-                "SELECT pg_try_advisory_lock($1::int, $2::int)", campaign_id, shard_no
+                "SELECT pg_try_advisory_lock($1::int, $2::int)", _lock_key(campaign_id), shard_no
             )
             if not locked:
-                await claim.close()
-                return None
+                raise _NotClaimable
+            campaign_row = await claim.fetchrow("SELECT * FROM campaigns WHERE id = $1", campaign_id)
+            if campaign_row is None or campaign_row["status"] != "running":
+                raise _NotClaimable
+            campaign = campaign_from_row(campaign_row)
+            lane = self._lanes.get(campaign.provider)
+            if lane is None:
+                await _fail_campaign(claim, campaign_id, f"provider {campaign.provider!r} is not configured")
+                raise _NotClaimable
+            # Prepare (e.g. the SES template) before touching the shard, so a provider error
+            # leaves the shard exactly as the last owner left it.
+            if (lane.name, campaign_id) not in self._prepared:
+                try:
+                    await lane.provider.prepare(campaign)
+                except Exception as exc:
+                    log.warning("campaign_prepare_failed", campaign_id=campaign_id, error=str(exc))
+                    raise _NotClaimable from exc
+                self._prepared.add((lane.name, campaign_id))
             async with claim.transaction():
                 row = await claim.fetchrow(
                     """UPDATE campaign_shards SET epoch = epoch + 1, owner = $3, updated_at = now()
@@ -507,17 +526,7 @@ class Scheduler:
                     shard_no,
                     self.node,
                 )
-                campaign_row = await claim.fetchrow("SELECT * FROM campaigns WHERE id = $1", campaign_id)
-                if row is None or campaign_row is None or campaign_row["status"] != "running":
-                    raise _NotClaimable
-                campaign = campaign_from_row(campaign_row)
-                lane = self._lanes.get(campaign.provider)
-                if lane is None:
-                    log.error(
-                        "campaign_provider_unknown",
-                        campaign_id=campaign_id,
-                        provider=campaign.provider,
-                    )
+                if row is None:
                     raise _NotClaimable
                 resend = campaign.resend_uncertain or self._config.scheduler.resend_uncertain
                 if row["checkpoint"] < row["reserved_upto"] and not row["released_clean"] and not resend:
@@ -528,20 +537,21 @@ class Scheduler:
                     campaign_id,
                     shard_no,
                 )
+                # Leads past the checkpoint may already have rows (batches logged out of order,
+                # suppressed leads logged when their window was read): skip those up to here.
+                logged_upto = await claim.fetchval(
+                    """SELECT max(lead_id) FROM email_log
+                       WHERE campaign_id = $1 AND lead_id > $2 AND lead_id <= $3""",
+                    campaign_id,
+                    row["checkpoint"],
+                    row["lead_id_to"],
+                )
         except _NotClaimable:
             await claim.close()
             return None
         except BaseException:
             await claim.close()
             raise
-        if (lane.name, campaign_id) not in self._prepared:
-            try:
-                await lane.provider.prepare(campaign)
-            except Exception as exc:
-                log.warning("campaign_prepare_failed", campaign_id=campaign_id, error=str(exc))
-                await claim.close()
-                return None
-            self._prepared.add((lane.name, campaign_id))
         run = ShardRun(
             campaign=campaign,
             row=row,
@@ -551,9 +561,27 @@ class Scheduler:
             writer=self._writer,
             window_size=self._config.scheduler.window_size,
             node=self.node,
+            logged_upto=logged_upto or 0,
         )
         run.log.info("shard_claimed", checkpoint=row["checkpoint"], reserved_upto=row["reserved_upto"])
         return run
+
+
+def _lock_key(campaign_id: int) -> int:
+    """The advisory lock's first int4 key. Ids past 2^31 wrap: two shards sharing a lock only
+    serialise, they never share an owner."""
+    return campaign_id % 2_147_483_647
+
+
+async def _fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:
+    await conn.execute(
+        """UPDATE campaigns SET status = 'failed', status_reason = $2, updated_at = now()
+           WHERE id = $1 AND status = 'running'""",
+        campaign_id,
+        reason,
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", campaigns.NOTIFY_CHANNEL, f"{campaign_id} failed")
+    log.error("campaign_failed", campaign_id=campaign_id, reason=reason)
 
 
 class _NotClaimable(Exception):
@@ -584,6 +612,8 @@ async def _log_uncertain(
     )
     unknown = sum(1 for r in inserted if r["status"] == LogStatus.UNKNOWN)
     suppressed = len(inserted) - unknown
+    metrics.EMAILS.labels(campaign.provider, "unknown").inc(unknown)
+    metrics.EMAILS.labels(campaign.provider, "suppressed").inc(suppressed)
     await claim.execute(
         """INSERT INTO campaign_stats AS cs (campaign_id, unknown, suppressed) VALUES ($1, $2, $3)
            ON CONFLICT (campaign_id) DO UPDATE SET unknown = cs.unknown + $2,

@@ -32,6 +32,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from mailerd.sink_webhooks import WebhookPoster
+
 log = structlog.get_logger(__name__)
 
 FLUSH_INTERVAL_S: Final = 0.1
@@ -154,6 +156,7 @@ class Sink:
         fail_rate: float = 0.0,
         seed: int | None = None,
         max_send_rate: float = 50_000.0,
+        webhooks: WebhookPoster | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -170,6 +173,7 @@ class Sink:
         self._message_seq = 0
         self._recorder: Recorder | None = None
         self._runner: web.AppRunner | None = None
+        self.webhooks = webhooks
 
     @property
     def throttle_rate(self) -> float:
@@ -193,6 +197,8 @@ class Sink:
         app.router.add_post("/v2/email/templates", self._create_template)
         app.router.add_put("/v2/email/templates/{name}", self._update_template)
         app.router.add_get("/v2/email/account", self._get_account)
+        if self.webhooks is not None:
+            await self.webhooks.start()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -209,6 +215,8 @@ class Sink:
         if self._recorder is not None:
             await self._recorder.close()
             self._recorder = None
+        if self.webhooks is not None:
+            await self.webhooks.close()
         log.info("sink_stopped", **dataclasses.asdict(self.counters))
 
     async def flush(self) -> None:
@@ -277,6 +285,8 @@ class Sink:
                     option=orjson.OPT_APPEND_NEWLINE,
                 )
             )
+        if self.webhooks is not None:
+            self.webhooks.offer(email, _int(campaign_id), _int(lead_id), message_id)
         return {"Status": "SUCCESS", "MessageId": message_id}
 
     async def _create_template(self, request: web.Request) -> web.Response:
@@ -398,6 +408,13 @@ def _template_content(body: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in parts.items() if isinstance(v, str)}
 
 
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _int_or_none(value: str | None) -> int | str | None:
     if value is not None and value.isdigit():
         return int(value)
@@ -430,11 +447,23 @@ async def serve(
     fail_rate: float,
     seed: int | None,
     stop: asyncio.Event,
+    webhook_url: str | None = None,
+    webhook_format: str = "ses",
+    bounce_rate: float = 0.0,
+    complaint_rate: float = 0.0,
+    webhook_settings: Path | None = None,
 ) -> None:
     """Run the sink until ``stop`` is set, then flush the record and return.
 
     Prints ``sink listening on HOST:PORT`` on stdout once bound (port 0 picks a free port).
     """
+    poster = None
+    if webhook_url and (bounce_rate > 0 or complaint_rate > 0):
+        poster = WebhookPoster(
+            webhook_url, webhook_format, bounce_rate=bounce_rate, complaint_rate=complaint_rate, seed=seed
+        )
+        if webhook_settings is not None:
+            write_daemon_settings(poster, webhook_settings)
     sink = Sink(
         host,
         port,
@@ -443,6 +472,7 @@ async def serve(
         throttle_rate=throttle_rate,
         fail_rate=fail_rate,
         seed=seed,
+        webhooks=poster,
     )
     bound = await sink.start()
     try:
@@ -451,3 +481,16 @@ async def serve(
         await stop.wait()
     finally:
         await sink.close()
+
+
+def write_daemon_settings(poster: WebhookPoster, directory: Path) -> Path:
+    """Write ``webhooks.toml``: the ``[webhooks.<provider>]`` section a daemon needs to verify
+    the sink's webhooks (certificates and key files go in the same directory)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = poster.signer.daemon_settings(directory)
+    lines = [f"[webhooks.{poster.format}]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {orjson.dumps(value).decode()}")
+    path = directory / "webhooks.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -65,8 +65,8 @@ class Notifier:
     this process (the environment was inherited), the notifier stays silent, watchdog included.
     """
 
-    def __init__(self, settings: SystemdSettings, *, pid: int | None = None) -> None:
-        self.settings = settings
+    def __init__(self, settings: SystemdSettings | None = None, *, pid: int | None = None) -> None:
+        self.settings = settings or SystemdSettings()  # None: not under systemd, a no-op
         self._pid = os.getpid() if pid is None else pid
         self._socket: socket.socket | None = None
 

@@ -21,10 +21,11 @@ from typing import Protocol
 import asyncpg
 import structlog
 
+from mailerd import events as events_mod
 from mailerd import metrics
-from mailerd.config import WriterConfig
+from mailerd.config import WebhooksConfig, WriterConfig
 from mailerd.ledger import Ledger
-from mailerd.models import LogRow, LogStatus
+from mailerd.models import Event, LogRow, LogStatus
 
 log = structlog.get_logger(__name__)
 
@@ -66,14 +67,22 @@ class _Entry:
     retried: int
     complete: bool
     done: asyncio.Future[None]
+    events: list[Event] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + (len(self.events) if self.events else 0)
 
 
 class Writer:
     """One per process. Run :meth:`run` in the TaskGroup; :meth:`close` ends it after a last flush."""
 
-    def __init__(self, pool: asyncpg.Pool, config: WriterConfig) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, config: WriterConfig, webhooks: WebhooksConfig | None = None
+    ) -> None:
         self._pool = pool
         self._config = config
+        self._webhooks = webhooks or WebhooksConfig()
         self._buffer: list[_Entry] = []
         self._rows = 0
         self._first_at = 0.0
@@ -107,6 +116,23 @@ class Writer:
             self._first_at = time.monotonic()
         self._buffer.append(_Entry(shard, seq, rows, retried, complete, future))
         self._rows += len(rows)
+        metrics.WRITER_BUFFER_ROWS.set(self._rows)
+        if self._rows >= self._config.flush_rows or len(self._buffer) == 1:
+            self._wakeup.set()
+        return future
+
+    async def submit_events(self, events: list[Event]) -> asyncio.Future[None]:
+        """Queue provider events for the next flush; the future resolves once they commit."""
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        if self._rows >= self._config.max_buffer_rows:
+            async with self._space:
+                await self._space.wait_for(lambda: self._rows < self._config.max_buffer_rows)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._buffer:
+            self._first_at = time.monotonic()
+        self._buffer.append(_Entry(None, 0, [], 0, True, future, events))
+        self._rows += len(events)
         metrics.WRITER_BUFFER_ROWS.set(self._rows)
         if self._rows >= self._config.flush_rows or len(self._buffer) == 1:
             self._wakeup.set()
@@ -153,7 +179,7 @@ class Writer:
                 log.info("flush_recovered", after_failures=failures)
             failures = 0
             self.healthy = True
-            self._rows -= sum(len(e.rows) for e in entries)
+            self._rows -= sum(e.size for e in entries)
             metrics.WRITER_BUFFER_ROWS.set(self._rows)
             if self._buffer:
                 self._first_at = time.monotonic()
@@ -212,8 +238,9 @@ class Writer:
             if entry.retried and entry.rows:
                 counts = stats.setdefault(entry.rows[0][1], [0, 0, 0, 0, 0])
                 counts[4] += entry.retried
+        events = [event for entry in entries if entry.events for event in entry.events]
         try:
-            await self._transaction(plans, records, stats)
+            await self._transaction(plans, records, stats, events)
         except _Rollback as rollback:
             return rollback.lost
         for _, shard, seqs, complete, _, done in plans:
@@ -227,7 +254,11 @@ class Writer:
         return set()
 
     async def _transaction(
-        self, plans: list[_Plan], records: list[LogRow], stats: dict[int, list[int]]
+        self,
+        plans: list[_Plan],
+        records: list[LogRow],
+        stats: dict[int, list[int]],
+        events: list[Event],
     ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             if plans:
@@ -280,6 +311,13 @@ class Writer:
                          AND NOT EXISTS (SELECT 1 FROM campaign_shards s
                                          WHERE s.campaign_id = c.id AND s.state <> 'done')""",
                     finished,
+                )
+            if events:
+                await events_mod.record(
+                    conn,
+                    events,
+                    soft_bounce_limit=self._webhooks.soft_bounce_limit,
+                    soft_bounce_window_s=self._webhooks.soft_bounce_window_s,
                 )
 
 

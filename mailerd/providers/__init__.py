@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mailerd.config import ProviderConfig
+from mailerd.config import Config, ProviderConfig
 from mailerd.providers.base import Provider
+from mailerd.providers.webhooks import WebhookHandler
 
 
 def create(config: ProviderConfig) -> Provider:
@@ -13,3 +14,17 @@ def create(config: ProviderConfig) -> Provider:
 
         return ses.SesProvider(config)
     raise NotImplementedError(f"provider kind {config.kind!r} is not implemented yet")
+
+
+def create_webhook_handlers(config: Config) -> dict[str, WebhookHandler]:
+    """The webhook handler of every provider, keyed by the path segment of ``/webhooks/NAME``."""
+    from mailerd.providers import mailgun, postmark, sendgrid, ses
+
+    hooks = config.webhooks
+    handlers: list[WebhookHandler] = [
+        ses.SnsWebhook(hooks.ses),
+        sendgrid.SendgridWebhook(hooks.sendgrid),
+        mailgun.MailgunWebhook(hooks.mailgun),
+        postmark.PostmarkWebhook(hooks.postmark),
+    ]
+    return {handler.provider: handler for handler in handlers}

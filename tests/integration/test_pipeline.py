@@ -40,7 +40,8 @@ async def test_every_matched_lead_gets_exactly_one_row_and_one_email(
     await add_leads(conn, 1, 6000)
     await add_leads(conn, 2, 300, start=10_000)  # another account: never part of this campaign
     suppressed = await conn.fetch(
-        "SELECT lower(email) AS email FROM leads WHERE account_id = 1 AND attributes->>'plan' = 'pro' LIMIT 25"
+        "SELECT lower(email) AS email FROM leads"
+        " WHERE account_id = 1 AND attributes->>'plan' = 'pro' LIMIT 25"
     )
     await conn.executemany(
         "INSERT INTO suppressions (account_id, email, reason) VALUES (1, $1, 'hard_bounce')",

@@ -210,7 +210,7 @@ async def test_record_is_flushed_by_time(sink: sink_mod.Sink, provider: ses.SesP
     assert sink.record is not None
     async with asyncio.timeout(5):
         # The file is the observable: nothing in the sink signals a timed flush.
-        while len(sink.record.read_bytes().splitlines()) < 5:  # noqa: ASYNC110
+        while len(sink.record.read_bytes().splitlines()) < 5:
             await asyncio.sleep(0.02)
 
 

@@ -474,9 +474,12 @@ def test_example_documents_every_key() -> None:
     expected: dict[str, type[Any]] = {
         f.name: hints[f.name]
         for f in dataclasses.fields(config.Config)
-        if f.name not in ("providers", "source")
+        if f.name not in ("providers", "source", "webhooks")
     }
     expected["providers.ses"] = config.ProviderConfig
+    expected["webhooks"] = config._WebhookScalars
+    for name, cls in config._WEBHOOK_SECTIONS.items():
+        expected[f"webhooks.{name}"] = cls
     missing = []
     for section, cls in expected.items():
         assert section in sections, f"[{section}] missing from the example"

@@ -1,0 +1,366 @@
+"""Postmark webhooks: authentication, normalisation, and the emulator's signer.
+
+Postmark signs nothing; its webhooks are secured with HTTP basic auth in the webhook URL
+(``username``/``password``, both compared in constant time) and, optionally, by the address the
+request comes from (``allowed_ips``: addresses or CIDR networks, checked against the peer
+address). At least one of the two must be configured (else 403). Wrong or missing credentials ->
+401, a source outside the allow-list -> 403 (see :mod:`mailerd.providers.webhook_auth`). With
+``max_age_s`` > 0, a record whose own time (``BouncedAt``, ``DeliveredAt``, ``ChangedAt``) is older
+than that is refused (401); off by default, because Postmark retries a failed post for hours.
+
+The body is ONE JSON record. ``RecordType``:
+
+- ``Bounce``: classified by ``Type`` after Postmark's bounce type table (see :data:`BOUNCE_KINDS`):
+  ``HardBounce``, ``BadEmailAddress``, ``ManuallyDeactivated`` -> hard_bounce; ``Unsubscribe`` ->
+  unsubscribe; ``SpamComplaint`` -> complaint; ``Transient``, ``SoftBounce``, ``DnsError``,
+  ``SpamNotification``, ``Blocked``, ``DMARCPolicy``, ``Unknown`` and the rest -> soft_bounce;
+  ``AutoResponder``, ``Subscribe``, ``ChallengeVerification``, ``OpenRelayTest``,
+  ``InboundError`` (replies and tests, not failures) -> no event. ``Inactive: true`` means Postmark
+  deactivated the address: the event is kept whatever the type, with ``suppress=True``.
+- ``SpamComplaint`` -> complaint.
+- ``SubscriptionChange``: ``SuppressSending: true`` puts the address on Postmark's suppression
+  list; by ``SuppressionReason`` -> hard_bounce (``HardBounce``), complaint (``SpamComplaint``),
+  else unsubscribe (``Unsubscribe``, ``ManualSuppression``), always with ``suppress=True``.
+  ``SuppressSending: false`` (a reactivation) -> no event, logged.
+- ``Delivery`` -> delivered. ``Open``, ``Click`` and others -> no event.
+
+``receipt`` = ``ID:recipient`` for bounce records, else ``RecordType:MessageID:time:recipient``.
+Our ids come from ``Metadata`` (``mailerd_campaign``, ``mailerd_lead``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import ipaddress
+import os
+import random
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import structlog
+
+from mailerd.config import ConfigError, PostmarkWebhookConfig
+from mailerd.models import Event, EventKind
+from mailerd.providers import webhook_auth as auth
+from mailerd.providers.webhooks import WebhookRequest
+
+log = structlog.get_logger(__name__)
+
+PROVIDER: Final = "postmark"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Postmark's bounce types (API reference, "Bounce types") -> our kind; None: not a failure.
+BOUNCE_KINDS: Final[dict[str, EventKind | None]] = {
+    "HardBounce": EventKind.HARD_BOUNCE,
+    "BadEmailAddress": EventKind.HARD_BOUNCE,
+    "ManuallyDeactivated": EventKind.HARD_BOUNCE,
+    "Unsubscribe": EventKind.UNSUBSCRIBE,
+    "SpamComplaint": EventKind.COMPLAINT,
+    "Transient": EventKind.SOFT_BOUNCE,
+    "SoftBounce": EventKind.SOFT_BOUNCE,
+    "DnsError": EventKind.SOFT_BOUNCE,
+    "SpamNotification": EventKind.SOFT_BOUNCE,
+    "Blocked": EventKind.SOFT_BOUNCE,
+    "DMARCPolicy": EventKind.SOFT_BOUNCE,
+    "AddressChange": EventKind.SOFT_BOUNCE,
+    "VirusNotification": EventKind.SOFT_BOUNCE,
+    "Unconfirmed": EventKind.SOFT_BOUNCE,
+    "SMTPApiError": EventKind.SOFT_BOUNCE,
+    "TemplateRenderingFailed": EventKind.SOFT_BOUNCE,
+    "Unknown": EventKind.SOFT_BOUNCE,
+    "AutoResponder": None,
+    "Subscribe": None,
+    "ChallengeVerification": None,
+    "OpenRelayTest": None,
+    "InboundError": None,
+}
+SUPPRESSION_REASONS: Final = {
+    "HardBounce": EventKind.HARD_BOUNCE,
+    "SpamComplaint": EventKind.COMPLAINT,
+}
+
+
+def parse_networks(values: tuple[str, ...]) -> tuple[Network, ...]:
+    """``allowed_ips`` as networks (a bare address is a /32 or /128); ValueError when invalid."""
+    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in values)
+
+
+def address_allowed(remote: str | None, networks: tuple[Network, ...]) -> bool:
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """``(username, password)`` of an ``Authorization: Basic`` header, None if absent or garbled."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    username, colon, password = decoded.partition(":")
+    return (username, password) if colon else None
+
+
+def _record_time(record: dict[str, Any], key: str) -> dt.datetime:
+    if key not in record:
+        raise auth.bad_request("invalid_body", f"{key}: missing")
+    return auth.event_time(record[key], key)
+
+
+def parse_record(record: dict[str, Any]) -> list[Event]:
+    """The event of one (authenticated) record: none, or one."""
+    record_type = record.get("RecordType")
+    if not isinstance(record_type, str) or not record_type:
+        raise auth.bad_request("invalid_body", "RecordType: missing")
+    campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
+    message_id = auth.optional_text(record, "MessageID")
+    suppress = False
+    if record_type in ("Bounce", "SpamComplaint"):
+        email = auth.need_address(record, "Email", "record")
+        occurred_at = _record_time(record, "BouncedAt")
+        if record_type == "Bounce":
+            provider_type = auth.need_text(record, "Type", "record")
+        else:
+            provider_type = auth.optional_text(record, "Type") or record_type
+        inactive = record.get("Inactive") is True
+        if record_type == "SpamComplaint":
+            kind: EventKind | None = EventKind.COMPLAINT
+        else:
+            kind = BOUNCE_KINDS.get(provider_type, EventKind.SOFT_BOUNCE)
+        if kind is None:
+            if not inactive:
+                return []
+            kind = EventKind.SOFT_BOUNCE
+        suppress = inactive
+        bounce_id = auth.optional_text(record, "ID")
+        key = bounce_id or f"{record_type}:{message_id}:{record['BouncedAt']}"
+        details = auth.optional_text(record, "Details")
+        reason = details or auth.optional_text(record, "Description")
+        smtp_status = auth.enhanced_status(details, auth.optional_text(record, "Content"))
+    elif record_type == "SubscriptionChange":
+        email = auth.need_address(record, "Recipient", "record")
+        occurred_at = _record_time(record, "ChangedAt")
+        suppress_sending = record.get("SuppressSending")
+        if not isinstance(suppress_sending, bool):
+            raise auth.bad_request("invalid_body", "SuppressSending: expected true or false")
+        why = auth.optional_text(record, "SuppressionReason") or "Unknown"
+        if not suppress_sending:
+            log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
+            return []
+        kind = SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE)
+        suppress = True
+        provider_type = f"SubscriptionChange/{why}"
+        key = f"{record_type}:{message_id}:{record['ChangedAt']}"
+        reason = auth.optional_text(record, "Origin")
+        smtp_status = None
+    elif record_type == "Delivery":
+        email = auth.need_address(record, "Recipient", "record")
+        occurred_at = _record_time(record, "DeliveredAt")
+        kind = EventKind.DELIVERED
+        provider_type = "Delivery"
+        key = f"{record_type}:{message_id}:{record['DeliveredAt']}"
+        reason = smtp_status = None
+    else:
+        return []
+    return [
+        Event(
+            provider=PROVIDER,
+            kind=kind,
+            occurred_at=occurred_at,
+            email=email,
+            receipt=f"{key}:{email}",
+            provider_message_id=message_id,
+            campaign_id=campaign_id,
+            lead_id=lead_id,
+            provider_type=provider_type,
+            reason=auth.clip(reason),
+            smtp_status=smtp_status,
+            suppress=suppress,
+        )
+    ]
+
+
+class PostmarkWebhook:
+    """``POST /webhooks/postmark``: source address and basic auth, then normalise."""
+
+    provider = PROVIDER
+
+    def __init__(self, config: PostmarkWebhookConfig, *, clock: auth.Clock = time.time) -> None:
+        self._config = config
+        self._clock = clock
+        self._password = config.password.reveal() if config.password is not None else ""
+        try:
+            self._networks = parse_networks(config.allowed_ips)
+        except ValueError as exc:
+            raise ConfigError(f"[webhooks.postmark] allowed_ips: {exc}") from None
+
+    async def parse(self, request: WebhookRequest) -> list[Event]:
+        if self._config.verify_signatures:
+            self._authenticate(request)
+        record = auth.need_object(auth.json_body(request.body), "body")
+        events = parse_record(record)
+        if self._config.verify_signatures and self._config.max_age_s > 0:
+            now = self._clock()
+            for event in events:
+                auth.check_fresh(event.occurred_at.timestamp(), now, self._config.max_age_s, "record time")
+        return events
+
+    async def close(self) -> None:
+        return None
+
+    def _authenticate(self, request: WebhookRequest) -> None:
+        if not self._password and not self._networks:
+            raise auth.forbidden(
+                "not_configured", "no [webhooks.postmark] password or allowed_ips is configured"
+            )
+        if self._networks and not address_allowed(request.remote, self._networks):
+            raise auth.forbidden("source_not_allowed", "the source address is not in allowed_ips")
+        if not self._password:
+            return
+        credentials = basic_credentials(request.headers.get("Authorization"))
+        if credentials is None:
+            raise auth.unauthorized("missing_credentials", "HTTP basic credentials are required")
+        # Both compared, always: the time taken says nothing about which one was wrong.
+        user_ok = auth.equal(credentials[0], self._config.username)
+        password_ok = auth.equal(credentials[1], self._password)
+        if not (user_ok & password_ok):
+            raise auth.unauthorized("bad_credentials", "the HTTP basic credentials are wrong")
+
+
+# --- the emulator side (used by mailerd.sink) --------------------------------------------------
+
+
+class PostmarkEmulatorSigner:
+    """Posts webhooks as Postmark does: one record per post, basic auth with random credentials."""
+
+    def __init__(self) -> None:
+        self.username = "mailerd-sink"
+        self.password = secrets.token_urlsafe(24)
+        self._next_id = random.SystemRandom().randrange(10**9, 10**12)
+
+    def record(
+        self,
+        kind: EventKind,
+        *,
+        email: str,
+        campaign_id: int,
+        lead_id: int,
+        message_id: str,
+        occurred_at: dt.datetime,
+    ) -> dict[str, Any]:
+        """One record as Postmark writes it for ``kind``."""
+        at = occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        metadata = {"mailerd_campaign": str(campaign_id), "mailerd_lead": str(lead_id)}
+        common: dict[str, Any] = {
+            "MessageID": message_id,
+            "ServerID": 1,
+            "MessageStream": "broadcast",
+            "Tag": f"campaign-{campaign_id}",
+            "Metadata": metadata,
+        }
+        if kind is EventKind.DELIVERED:
+            return {
+                "RecordType": "Delivery",
+                **common,
+                "Recipient": email,
+                "DeliveredAt": at,
+                "Details": "smtp;250 2.0.0 OK",
+            }
+        if kind is EventKind.UNSUBSCRIBE:
+            return {
+                "RecordType": "SubscriptionChange",
+                **common,
+                "ChangedAt": at,
+                "Recipient": email,
+                "Origin": "Recipient",
+                "SuppressSending": True,
+                "SuppressionReason": "Unsubscribe",
+            }
+        self._next_id += 1
+        bounce = {
+            "ID": self._next_id,
+            **common,
+            "Email": email,
+            "From": "sender@mailerd.sink",
+            "BouncedAt": at,
+            "DumpAvailable": False,
+            "Subject": "",
+        }
+        if kind is EventKind.COMPLAINT:
+            return {
+                "RecordType": "SpamComplaint",
+                **bounce,
+                "Type": "SpamComplaint",
+                "TypeCode": 512,
+                "Name": "Spam complaint",
+                "Description": "The subscriber explicitly marked this message as spam.",
+                "Details": "Test spam complaint details",
+                "Inactive": True,
+                "CanActivate": False,
+            }
+        hard = kind is EventKind.HARD_BOUNCE
+        return {
+            "RecordType": "Bounce",
+            **bounce,
+            "Type": "HardBounce" if hard else "SoftBounce",
+            "TypeCode": 1 if hard else 4096,
+            "Name": "Hard bounce" if hard else "Soft bounce/Undeliverable",
+            "Description": "The server was unable to deliver your message (ex: unknown user, "
+            "mailbox not found)."
+            if hard
+            else "Unable to temporarily deliver this email.",
+            "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist"
+            if hard
+            else "smtp;452 4.2.2 The email account that you tried to reach is over quota",
+            "Inactive": hard,
+            "CanActivate": True,
+        }
+
+    def request(
+        self,
+        kind: EventKind,
+        *,
+        email: str,
+        campaign_id: int,
+        lead_id: int,
+        message_id: str,
+        occurred_at: dt.datetime,
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and body of one authenticated POST."""
+        record = self.record(
+            kind,
+            email=email,
+            campaign_id=campaign_id,
+            lead_id=lead_id,
+            message_id=message_id,
+            occurred_at=occurred_at,
+        )
+        return self.headers(), orjson.dumps(record)
+
+    def headers(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
+
+    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
+        """The ``[webhooks.postmark]`` values that accept this signer: the password in a file."""
+        path = Path(work_dir) / "postmark-webhook-password"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(self.password + "\n")
+        return {"username": self.username, "password_file": str(path)}

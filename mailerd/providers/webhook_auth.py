@@ -1,0 +1,213 @@
+"""Pieces the ESP webhook handlers share: freshness, constant-time compares, replay memory, parsing.
+
+Pure: no I/O. Status codes are the same for every provider (SendGrid, Mailgun, Postmark):
+
+- 400: the body is not what the provider sends (not JSON, wrong shape, a field missing or of the
+  wrong type); the message names the field.
+- 401: the request could not be authenticated as coming from the provider: credentials or signature
+  missing, malformed or wrong, a timestamp outside the freshness window, a replayed token.
+- 403: authentication cannot succeed whatever the request says: the source address is not on the
+  allow-list, or the daemon has no verification key configured for this provider.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import orjson
+
+from mailerd.providers.webhooks import WebhookError
+
+Clock = Callable[[], float]
+
+CAMPAIGN_KEY: Final = "mailerd_campaign"
+LEAD_KEY: Final = "mailerd_lead"
+# An RFC 3463 enhanced status code ("5.1.1") inside a diagnostic text.
+_ENHANCED_STATUS = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def unauthorized(code: str, message: str) -> WebhookError:
+    return WebhookError(401, code, message)
+
+
+def bad_request(code: str, message: str) -> WebhookError:
+    return WebhookError(400, code, message)
+
+
+def forbidden(code: str, message: str) -> WebhookError:
+    return WebhookError(403, code, message)
+
+
+def equal(a: str | bytes, b: str | bytes) -> bool:
+    """Constant-time equality (for signatures and passwords); text is compared as UTF-8."""
+    left = a.encode() if isinstance(a, str) else a
+    right = b.encode() if isinstance(b, str) else b
+    return hmac.compare_digest(left, right)
+
+
+def unix_time(value: Any, field: str) -> float:
+    """A Unix timestamp given as a number or decimal text, else a 401 (it is a credential)."""
+    if isinstance(value, bool):
+        raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return float(value.strip())
+    raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
+
+
+def check_fresh(timestamp: float, now: float, max_age_s: float, field: str) -> None:
+    """Refuse (401) a signed timestamp more than ``max_age_s`` from now, either way; 0 = no limit."""
+    if max_age_s > 0 and abs(now - timestamp) > max_age_s:
+        raise unauthorized(
+            "stale_timestamp", f"{field}: {int(now - timestamp)} s from now, window is {max_age_s:g} s"
+        )
+
+
+class ReplayGuard:
+    """Remembers recently seen one-time tokens (bounded), each with a digest of what it signed.
+
+    A token seen again with a different digest is a replay (the caller refuses it). The same token
+    with the same digest is the same request delivered again (a provider retry after a failed
+    commit): it is let through, and the event-id de-duplication in the database records it once.
+    Memory is per process: a multi-node deployment relies on that database de-duplication too.
+    """
+
+    def __init__(self, window_s: float, capacity: int = 100_000) -> None:
+        self._window_s = window_s
+        self._capacity = capacity
+        self._seen: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, token: str, digest: bytes, now: float) -> bool:
+        """True if the token is new (or a byte-identical repeat); remembers it. False: a replay."""
+        self._expire(now)
+        seen = self._seen.get(token)
+        if seen is not None:
+            return hmac.compare_digest(seen[1], digest)
+        self._seen[token] = (now, digest)
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def _expire(self, now: float) -> None:
+        if self._window_s <= 0:
+            return
+        horizon = now - self._window_s
+        while self._seen:
+            token, (seen_at, _) = next(iter(self._seen.items()))
+            if seen_at >= horizon:
+                break
+            del self._seen[token]
+
+
+# --- body parsing -------------------------------------------------------------------------------
+
+
+def json_body(body: bytes) -> Any:
+    """The decoded JSON body, or a 400."""
+    if not body:
+        raise bad_request("empty_body", "the request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("invalid_json", f"the body is not JSON: {exc}") from None
+
+
+def need_object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad_request("invalid_body", f"{field}: expected an object")
+    return value
+
+
+def need_text(data: Mapping[str, Any], key: str, field: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        what = "missing" if value is None else "expected a non-empty string"
+        raise bad_request("invalid_body", f"{field}.{key}: {what}")
+    return value
+
+
+def optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def need_address(data: Mapping[str, Any], key: str, field: str) -> str:
+    value = need_text(data, key, field).strip()
+    if "@" not in value:
+        raise bad_request("invalid_body", f"{field}.{key}: not an email address")
+    return value.lower()
+
+
+def event_time(value: Any, field: str) -> dt.datetime:
+    """A Unix timestamp (number) or ISO 8601 text as an aware UTC datetime, else a 400."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(float(value), dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    elif isinstance(value, str) and value:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            return parsed.astimezone(dt.UTC)
+    raise bad_request("invalid_body", f"{field}: not a timestamp")
+
+
+def metadata_id(value: Any) -> int | None:
+    """One of our ids from provider metadata ("12", 12, ["12"]); None when absent or unusable."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 < value < 2**63 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+        return number if 0 < number < 2**63 else None
+    return None
+
+
+def campaign_and_lead(metadata: Any) -> tuple[int | None, int | None]:
+    """``(campaign_id, lead_id)`` from a metadata mapping; both or neither."""
+    if not isinstance(metadata, Mapping):
+        return None, None
+    campaign_id = metadata_id(metadata.get(CAMPAIGN_KEY))
+    lead_id = metadata_id(metadata.get(LEAD_KEY))
+    if campaign_id is None or lead_id is None:
+        return None, None
+    return campaign_id, lead_id
+
+
+def enhanced_status(*texts: str | None) -> str | None:
+    """The first RFC 3463 status code ("5.1.1") found in the given diagnostic texts."""
+    for text in texts:
+        if text:
+            found = _ENHANCED_STATUS.search(text)
+            if found:
+                return found.group(1)
+    return None
+
+
+def clip(text: str | None, limit: int = 1000) -> str | None:
+    """Diagnostic text trimmed for storage (bounce dumps can be large)."""
+    if text is None:
+        return None
+    text = text.strip()
+    return text[:limit] if text else None

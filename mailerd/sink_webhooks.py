@@ -1,0 +1,175 @@
+"""The emulator's webhooks: bounces and complaints posted back in a provider's real format.
+
+For a settable share of the recipients the sink accepts, a bounce or a complaint is posted to the
+daemon's ``/webhooks/<provider>`` endpoint, signed the provider's way by the provider module's
+emulator signer (SNS certificates, SendGrid ECDSA, Mailgun HMAC, Postmark basic auth). Posting
+runs in the background with a bounded backlog, so the send path is never slowed by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+import random
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from mailerd.models import EventKind
+
+log = structlog.get_logger(__name__)
+
+FORMATS = ("ses", "sendgrid", "mailgun", "postmark")
+MAX_BACKLOG = 100_000
+POSTERS = 4
+
+
+class EmulatorSigner(Protocol):
+    """The emulator side of a provider's webhook (see each provider module)."""
+
+    def request(
+        self,
+        kind: EventKind,
+        *,
+        email: str,
+        campaign_id: int,
+        lead_id: int,
+        message_id: str,
+        occurred_at: dt.datetime,
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and body of one signed webhook POST."""
+
+    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
+        """The ``[webhooks.<provider>]`` values a daemon needs to verify these requests."""
+
+
+def create_signer(fmt: str) -> EmulatorSigner:
+    """A fresh signer (new keys) for webhook format ``fmt``."""
+    from mailerd.providers import mailgun, postmark, sendgrid, sns
+
+    signers: dict[str, type[Any]] = {
+        "ses": sns.SnsEmulatorSigner,
+        "sendgrid": sendgrid.SendgridEmulatorSigner,
+        "mailgun": mailgun.MailgunEmulatorSigner,
+        "postmark": postmark.PostmarkEmulatorSigner,
+    }
+    if fmt not in signers:
+        raise ValueError(f"unknown webhook format {fmt!r} (one of {', '.join(FORMATS)})")
+    signer: EmulatorSigner = signers[fmt]()
+    return signer
+
+
+@dataclasses.dataclass(slots=True)
+class WebhookCounters:
+    """What the poster did."""
+
+    bounces: int = 0
+    complaints: int = 0
+    posted: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class WebhookPoster:
+    """Decides which accepted recipients bounce or complain, and posts those events."""
+
+    def __init__(
+        self,
+        url: str,
+        fmt: str,
+        *,
+        bounce_rate: float,
+        complaint_rate: float,
+        seed: int | None = None,
+        signer: EmulatorSigner | None = None,
+    ) -> None:
+        base = url.rstrip("/")
+        # A daemon's base URL gets the provider's path; a full webhook URL is taken as it is.
+        self.url = base if "/webhooks/" in base else f"{base}/webhooks/{fmt}"
+        self.format = fmt
+        self.bounce_rate = bounce_rate
+        self.complaint_rate = complaint_rate
+        self.signer = signer or create_signer(fmt)
+        self.counters = WebhookCounters()
+        self._random = random.Random(seed)
+        self._backlog: collections.deque[tuple[EventKind, str, int, int, str]] = collections.deque()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._closing = False
+
+    def offer(self, email: str, campaign_id: int | None, lead_id: int | None, message_id: str) -> None:
+        """Called for each accepted recipient: maybe queue a bounce or a complaint for it."""
+        if campaign_id is None or lead_id is None:
+            return
+        draw = self._random.random()
+        if draw < self.bounce_rate:
+            kind = EventKind.HARD_BOUNCE
+            self.counters.bounces += 1
+        elif draw < self.bounce_rate + self.complaint_rate:
+            kind = EventKind.COMPLAINT
+            self.counters.complaints += 1
+        else:
+            return
+        if len(self._backlog) >= MAX_BACKLOG:
+            self.counters.dropped += 1
+            return
+        self._backlog.append((kind, email, campaign_id, lead_id, message_id))
+        self._ready.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self._tasks = [
+            asyncio.create_task(self._post_loop(), name=f"sink-webhooks-{n}") for n in range(POSTERS)
+        ]
+
+    async def close(self, drain_s: float = 5.0) -> None:
+        """Post what is queued (up to ``drain_s``), then stop."""
+        self._closing = True
+        self._ready.set()
+        try:
+            async with asyncio.timeout(drain_s):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def pending(self) -> int:
+        return len(self._backlog)
+
+    async def _post_loop(self) -> None:
+        assert self._session is not None
+        while True:
+            if not self._backlog:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            kind, email, campaign_id, lead_id, message_id = self._backlog.popleft()
+            headers, body = self.signer.request(
+                kind,
+                email=email,
+                campaign_id=campaign_id,
+                lead_id=lead_id,
+                message_id=message_id,
+                occurred_at=dt.datetime.now(dt.UTC),
+            )
+            try:
+                async with self._session.post(self.url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status < 300:
+                        self.counters.posted += 1
+                        continue
+                    log.warning("sink_webhook_refused", status=response.status, url=self.url)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("sink_webhook_failed", error=str(exc), url=self.url)
+            self.counters.failed += 1

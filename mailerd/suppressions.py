@@ -1,0 +1,370 @@
+"""The suppression list: addresses no campaign of an account may send to.
+
+Events put addresses on it (see :mod:`mailerd.events`); this module is the operator's side: list,
+add and remove (admin API), and import lists brought from elsewhere (``mailerd suppressions
+import``). Addresses are trimmed and lower-cased; every change is recorded in
+``suppression_audit`` with its reason and source, in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import itertools
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import asyncpg
+import orjson
+
+from mailerd.importer import is_valid_email
+
+MAX_REASON_LENGTH = 500
+STDERR_REJECTS = 20
+IMPORT_CHUNK_ROWS = 50_000
+DEFAULT_IMPORT_REASON = "imported"
+STAGING = "mailerd_suppression_import"
+
+
+def normalise(address: str) -> str | None:
+    """The stored form of an address (trimmed, lower-cased), or None when it is not one."""
+    address = address.strip().lower()
+    return address if is_valid_email(address) else None
+
+
+# --- one address at a time (admin API) -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suppression:
+    """One row of the list."""
+
+    account_id: int
+    email: str
+    reason: str
+    source: str | None
+    at: dt.datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _row(record: asyncpg.Record) -> Suppression:
+    return Suppression(
+        record["account_id"], record["email"], record["reason"], record["source"], record["at"]
+    )
+
+
+async def add(
+    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
+) -> tuple[Suppression, bool]:
+    """Suppress ``email`` (already normalised); returns the row and whether it is new.
+
+    Idempotent: an address already on the list keeps its first reason, and nothing is audited.
+    """
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, $2, $3, $4)
+               ON CONFLICT DO NOTHING RETURNING *""",
+            account_id,
+            email,
+            reason,
+            source,
+        )
+        if record is not None:
+            await _audit(conn, account_id, email, "added", reason, source)
+            return _row(record), True
+        record = await conn.fetchrow(
+            "SELECT * FROM suppressions WHERE account_id = $1 AND email = $2", account_id, email
+        )
+    assert record is not None  # suppressions are never deleted but through remove()
+    return _row(record), False
+
+
+async def remove(
+    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
+) -> Suppression | None:
+    """Take ``email`` off the list, auditing ``reason``; None when it was not on it."""
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            "DELETE FROM suppressions WHERE account_id = $1 AND email = $2 RETURNING *",
+            account_id,
+            email,
+        )
+        if record is None:
+            return None
+        await _audit(conn, account_id, email, "removed", reason, source)
+    return _row(record)
+
+
+async def page(
+    conn: asyncpg.Connection, account_id: int, *, after: str = "", limit: int = 100
+) -> list[Suppression]:
+    """Up to ``limit`` rows of the account with ``email > after``, by address (the primary key)."""
+    rows = await conn.fetch(
+        """SELECT * FROM suppressions WHERE account_id = $1 AND email > $2
+           ORDER BY email LIMIT $3""",
+        account_id,
+        after,
+        limit,
+    )
+    return [_row(r) for r in rows]
+
+
+async def _audit(
+    conn: asyncpg.Connection, account_id: int, email: str, action: str, reason: str, source: str
+) -> None:
+    await conn.execute(
+        """INSERT INTO suppression_audit (account_id, email, action, reason, source)
+           VALUES ($1, $2, $3, $4, $5)""",
+        account_id,
+        email,
+        action,
+        reason,
+        source,
+    )
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reject:
+    """A line that is not an address (line numbers are physical lines, from 1)."""
+
+    line: int
+    reason: str
+
+
+@dataclasses.dataclass(slots=True)
+class ImportResult:
+    """What an import did. ``already`` counts addresses on the list before, and repeats in the file."""
+
+    imported: int = 0
+    already: int = 0
+    rejected: int = 0
+    first_rejects: list[Reject] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return f"imported {self.imported}, already suppressed {self.already}, rejected {self.rejected}"
+
+
+class ImportFailed(Exception):
+    """The file cannot be imported at all (unreadable, or a CSV without an ``email`` column)."""
+
+
+class _Parser:
+    """Reads an address list: one address per line, or a CSV whose header has ``email``.
+
+    Which one is decided by the first non-blank line: a CSV header naming an ``email`` column
+    (and optionally ``reason``) makes it a CSV; else every non-blank line that does not start
+    with ``#`` is an address. Yields ``(line, email, reason)``; rejects go to ``result``.
+    """
+
+    def __init__(self, stream: TextIO, default_reason: str, result: ImportResult) -> None:
+        self._stream = stream
+        self._default_reason = default_reason
+        self._result = result
+
+    def _reject(self, line: int, reason: str) -> None:
+        self._result.rejected += 1
+        if len(self._result.first_rejects) < STDERR_REJECTS:
+            self._result.first_rejects.append(Reject(line, reason))
+
+    def rows(self) -> Iterator[tuple[int, str, str]]:
+        lines = enumerate(self._stream, start=1)
+        for number, text in lines:
+            if text.strip():
+                header = _csv_header(text)
+                if header is None:
+                    yield from self._plain(itertools.chain([(number, text)], lines))
+                else:
+                    yield from self._csv(number, header)
+                return
+
+    def _plain(self, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str, str]]:
+        for number, text in lines:
+            text = text.strip()
+            if not text or text.startswith("#"):
+                continue
+            email = normalise(text)
+            if email is None:
+                self._reject(number, f"not an email address: {_shown(text)}")
+            else:
+                yield number, email, self._default_reason
+
+    def _csv(self, header_line: int, header: tuple[int, int | None, int]) -> Iterator[tuple[int, str, str]]:
+        email_index, reason_index, width = header
+        reader = csv.reader(self._stream, strict=True)
+        offset = header_line  # reader.line_num counts lines after the header
+        previous_end = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                self._reject(offset + reader.line_num, f"unreadable CSV: {exc}")
+                previous_end = reader.line_num
+                continue
+            first_line = offset + previous_end + 1
+            previous_end = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != width:
+                self._reject(first_line, f"expected {width} fields, got {len(row)}")
+                continue
+            email = normalise(row[email_index])
+            if email is None:
+                self._reject(first_line, f"not an email address: {_shown(row[email_index])}")
+                continue
+            reason = row[reason_index].strip() if reason_index is not None else ""
+            if len(reason) > MAX_REASON_LENGTH:
+                self._reject(first_line, f"reason longer than {MAX_REASON_LENGTH} characters")
+                continue
+            yield first_line, email, reason or self._default_reason
+
+
+def _csv_header(text: str) -> tuple[int, int | None, int] | None:
+    """``(email column, reason column, width)`` when the line is a CSV header with ``email``."""
+    try:
+        cells = next(csv.reader([text]))
+    except (csv.Error, StopIteration):
+        return None
+    names = [cell.strip().lower() for cell in cells]
+    if "email" not in names:
+        return None
+    return names.index("email"), names.index("reason") if "reason" in names else None, len(names)
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+async def import_file(
+    conn: asyncpg.Connection,
+    account_id: int,
+    path: Path,
+    *,
+    reason: str = DEFAULT_IMPORT_REASON,
+    source: str = "import",
+) -> ImportResult:
+    """Add every valid address of ``path`` to the account's list, in one transaction.
+
+    Streams the file through ``COPY`` into a temporary table, then one ``INSERT ... ON CONFLICT
+    DO NOTHING`` (first occurrence in the file wins) that also writes the audit rows.
+    """
+    started = time.perf_counter()
+    result = ImportResult()
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as stream:
+            parser = _Parser(stream, reason, result)
+            async with conn.transaction():
+                await conn.execute(
+                    f"CREATE TEMP TABLE {STAGING} (line bigint, email text, reason text) ON COMMIT DROP"
+                )
+                valid = 0
+                for chunk in _chunks(parser.rows(), IMPORT_CHUNK_ROWS):
+                    await conn.copy_records_to_table(
+                        STAGING, records=chunk, columns=("line", "email", "reason")
+                    )
+                    valid += len(chunk)
+                status = await conn.execute(
+                    f"""WITH added AS (
+                            INSERT INTO suppressions (account_id, email, reason, source)
+                            SELECT DISTINCT ON (email) $1::bigint, email, reason, $2::text
+                            FROM {STAGING} ORDER BY email, line
+                            ON CONFLICT DO NOTHING
+                            RETURNING account_id, email, reason, source)
+                        INSERT INTO suppression_audit (account_id, email, action, reason, source)
+                        SELECT account_id, email, 'added', reason, source FROM added""",
+                    account_id,
+                    source,
+                )
+    except OSError as exc:
+        raise ImportFailed(f"{path}: {exc.strerror or exc}") from None
+    result.imported = int(status.rsplit(" ", 1)[-1])
+    result.already = valid - result.imported
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _chunks(rows: Iterator[tuple[int, str, str]], size: int) -> Iterator[list[tuple[int, str, str]]]:
+    chunk: list[tuple[int, str, str]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def run_import_cli(conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None) -> int:
+    """``mailerd suppressions import``: 0 nothing rejected, 2 some rejected, 1 nothing valid."""
+    if reason is not None and not reason.strip():
+        print("mailerd suppressions import: --reason must not be empty", file=sys.stderr)
+        return 1
+    try:
+        result = await import_file(conn, account_id, path, reason=(reason or DEFAULT_IMPORT_REASON).strip())
+    except ImportFailed as exc:
+        print(f"mailerd suppressions import: {exc}", file=sys.stderr)
+        return 1
+    if result.imported + result.already + result.rejected == 0:
+        print(f"mailerd suppressions import: {path}: no addresses in the file", file=sys.stderr)
+        return 1
+    for reject in result.first_rejects:
+        print(f"{path}:{reject.line}: {reject.reason}", file=sys.stderr)
+    if result.rejected > len(result.first_rejects):
+        print(f"... and {result.rejected - len(result.first_rejects)} more", file=sys.stderr)
+    print(result.summary())
+    if result.rejected:
+        return 1 if result.imported + result.already == 0 else 2
+    return 0
+
+
+async def run_list_cli(
+    conn: asyncpg.Connection, *, account_id: int, after: str, limit: int, as_json: bool
+) -> int:
+    """``mailerd suppressions list``: one page, by address; prints ``next: ADDRESS`` if more."""
+    rows = await page(conn, account_id, after=after.strip().lower(), limit=limit)
+    if as_json:
+        sys.stdout.write(orjson.dumps([r.as_dict() for r in rows]).decode() + "\n")
+        return 0
+    for row in rows:
+        print(f"{row.email}\t{row.reason}\t{row.source or ''}\t{row.at.isoformat()}")
+    if len(rows) == limit:
+        print(f"next: --after {rows[-1].email}", file=sys.stderr)
+    return 0
+
+
+async def run_change_cli(
+    conn: asyncpg.Connection, *, action: str, account_id: int, email: str, reason: str | None
+) -> int:
+    """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid, 3 not suppressed."""
+    address = normalise(email)
+    if address is None:
+        print(f"mailerd suppressions {action}: not an email address: {email!r}", file=sys.stderr)
+        return 1
+    if reason is not None and (not reason.strip() or len(reason) > MAX_REASON_LENGTH):
+        print(f"mailerd suppressions {action}: --reason must be 1 to 500 characters", file=sys.stderr)
+        return 1
+    if action == "add":
+        row, created = await add(conn, account_id, address, (reason or "manual").strip(), "cli")
+        print(f"{'added' if created else 'already suppressed'}: {row.email} ({row.reason})")
+        return 0
+    if reason is None:
+        print("mailerd suppressions remove: --reason is required", file=sys.stderr)
+        return 1
+    removed = await remove(conn, account_id, address, reason.strip(), "cli")
+    if removed is None:
+        print(f"not suppressed: {address}", file=sys.stderr)
+        return 3
+    print(f"removed: {removed.email}")
+    return 0

@@ -1,0 +1,226 @@
+"""SendGrid, Mailgun and Postmark webhooks through the real HTTP route, writer and database."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mailerd import campaigns, http
+from mailerd import config as config_mod
+from mailerd.models import EventKind
+from mailerd.providers import mailgun, postmark, sendgrid
+from mailerd.providers.webhooks import WebhookHandler
+from mailerd.writer import Writer
+from tests.integration.helpers import add_leads, new_campaign
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks"
+ACCOUNT = 3
+
+
+class Signer(Protocol):
+    def request(
+        self,
+        kind: EventKind,
+        *,
+        email: str,
+        campaign_id: int,
+        lead_id: int,
+        message_id: str,
+        occurred_at: dt.datetime,
+    ) -> tuple[dict[str, str], bytes]: ...
+
+
+class Env:
+    """A running route, its signers, and the campaign and leads the events are about."""
+
+    def __init__(self, client: TestClient[Any, Any], signers: dict[str, Any], campaign_id: int) -> None:
+        self.client = client
+        self.signers = signers
+        self.campaign_id = campaign_id
+
+    async def post(self, provider: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        response = await self.client.post(f"/webhooks/{provider}", data=body, headers=headers)
+        return response.status, await response.json()
+
+    def signed(self, provider: str, kind: EventKind, lead: tuple[int, int]) -> tuple[dict[str, str], bytes]:
+        """A signed post about lead ``(n, id)`` (address ``user<n>@example.com``)."""
+        signer: Signer = self.signers[provider]
+        return signer.request(
+            kind,
+            email=f"user{lead[0]}@example.com",
+            campaign_id=self.campaign_id,
+            lead_id=lead[1],
+            message_id=f"msg-{provider}-{lead[1]}",
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+
+
+@pytest.fixture
+async def env(pool: asyncpg.Pool, conn: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Env]:
+    signers: dict[str, Any] = {
+        "sendgrid": sendgrid.SendgridEmulatorSigner(),
+        "mailgun": mailgun.MailgunEmulatorSigner(),
+        "postmark": postmark.PostmarkEmulatorSigner(),
+    }
+    config = config_mod.from_mapping(
+        {
+            "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
+            "writer": {"flush_interval_ms": 20},
+            "webhooks": {name: s.daemon_settings(tmp_path) for name, s in signers.items()},
+        },
+        env={},
+    )
+    await add_leads(conn, ACCOUNT, 10)
+    campaign_id = await campaigns.create(conn, new_campaign(account_id=ACCOUNT, start=False), config)
+    hooks = config.webhooks
+    handlers: dict[str, WebhookHandler] = {
+        "sendgrid": sendgrid.SendgridWebhook(hooks.sendgrid),
+        "mailgun": mailgun.MailgunWebhook(hooks.mailgun),
+        "postmark": postmark.PostmarkWebhook(hooks.postmark),
+    }
+    writer = Writer(pool, config.writer, config.webhooks)
+    task = asyncio.create_task(writer.run(), name="writer")
+    services = http.Services(pool, config, http.Health(started=True), writer=writer, webhooks=handlers)
+    try:
+        async with TestClient(TestServer(http.build_app(services))) as client:
+            yield Env(client, signers, campaign_id)
+    finally:
+        writer.close()
+        async with asyncio.timeout(10):
+            await task
+
+
+async def _lead(conn: asyncpg.Connection, n: int) -> tuple[int, int]:
+    lead_id: int = await conn.fetchval(
+        "SELECT id FROM leads WHERE account_id = $1 AND email = $2", ACCOUNT, f"user{n}@example.com"
+    )
+    return n, lead_id
+
+
+async def _stored(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM email_events) AS events,
+                  (SELECT count(*) FROM webhook_receipts) AS receipts,
+                  (SELECT count(*) FROM suppressions) AS suppressions"""
+    )
+    assert row is not None
+    return row["events"], row["receipts"], row["suppressions"]
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun", "postmark"])
+async def test_signed_event_is_recorded_once_and_suppresses(
+    env: Env, conn: asyncpg.Connection, provider: str
+) -> None:
+    lead = await _lead(conn, 4)
+    headers, body = env.signed(provider, EventKind.HARD_BOUNCE, lead)
+    assert await env.post(provider, headers, body) == (200, {"received": 1})
+    # The same delivery again (a provider retry): answered 2xx, recorded once.
+    assert (await env.post(provider, headers, body))[0] == 200
+    rows = await conn.fetch(
+        "SELECT account_id, campaign_id, lead_id, email, kind, provider, provider_message_id "
+        "FROM email_events"
+    )
+    assert [tuple(r) for r in rows] == [
+        (
+            ACCOUNT,
+            env.campaign_id,
+            lead[1],
+            "user4@example.com",
+            "hard_bounce",
+            provider,
+            f"msg-{provider}-{lead[1]}",
+        )
+    ]
+    suppressed = await conn.fetch("SELECT account_id, email FROM suppressions")
+    assert [tuple(r) for r in suppressed] == [(ACCOUNT, rows[0]["email"])]
+    stats = await conn.fetchrow("SELECT bounced FROM campaign_stats WHERE campaign_id = $1", env.campaign_id)
+    assert stats is not None and stats["bounced"] == 1
+
+
+async def test_every_kind_through_every_provider(env: Env, conn: asyncpg.Connection) -> None:
+    lead = await _lead(conn, 1)
+    for provider in ("sendgrid", "mailgun", "postmark"):
+        for kind in EventKind:
+            headers, body = env.signed(provider, kind, lead)
+            assert await env.post(provider, headers, body) == (200, {"received": 1}), (provider, kind)
+    rows = await conn.fetch("SELECT provider, kind, count(*) AS n FROM email_events GROUP BY 1, 2")
+    assert {(r["provider"], r["kind"]): r["n"] for r in rows} == {
+        (provider, str(kind)): 1 for provider in ("sendgrid", "mailgun", "postmark") for kind in EventKind
+    }
+
+
+async def test_sendgrid_batch_and_documented_samples(env: Env, conn: asyncpg.Connection) -> None:
+    signer: sendgrid.SendgridEmulatorSigner = env.signers["sendgrid"]
+    samples = json.loads((FIXTURES / "sendgrid" / "events.json").read_text())
+    headers, body = signer.signed(samples)
+    assert await env.post("sendgrid", headers, body) == (200, {"received": 11})
+    assert await env.post("sendgrid", headers, body) == (200, {"received": 11})
+    assert (await _stored(conn))[:2] == (11, 11)
+
+
+async def test_mailgun_token_reused_with_other_data_is_refused(env: Env, conn: asyncpg.Connection) -> None:
+    lead = await _lead(conn, 2)
+    headers, body = env.signed("mailgun", EventKind.DELIVERED, lead)
+    assert (await env.post("mailgun", headers, body))[0] == 200
+    forged = orjson.loads(body)
+    forged["event-data"].update(event="complained", id="forged-event")
+    status, answer = await env.post("mailgun", headers, orjson.dumps(forged))
+    assert (status, answer["error"]["code"]) == (401, "replayed_token")
+    assert (await _stored(conn))[:2] == (1, 1)
+
+
+def _broken_requests(env: Env, lead: tuple[int, int]) -> list[tuple[str, dict[str, str], bytes, int]]:
+    """(provider, headers, body, expected status): one of each class of bad request."""
+    cases: list[tuple[str, dict[str, str], bytes, int]] = []
+    # What each provider authenticates, altered by one byte, and then left out.
+    headers, body = env.signed("sendgrid", EventKind.HARD_BOUNCE, lead)
+    altered = bytearray(body)
+    altered[body.index(b"example.com")] ^= 0x01
+    cases.append(("sendgrid", headers, bytes(altered), 401))
+    cases.append(("sendgrid", {"Content-Type": "application/json"}, body, 401))
+    headers, body = env.signed("mailgun", EventKind.HARD_BOUNCE, lead)
+    data = orjson.loads(body)
+    hexdigest = data["signature"]["signature"]
+    data["signature"]["signature"] = hexdigest[:-1] + ("0" if hexdigest[-1] != "0" else "1")
+    cases.append(("mailgun", headers, orjson.dumps(data), 401))
+    del data["signature"]
+    cases.append(("mailgun", headers, orjson.dumps(data), 401))
+    headers, body = env.signed("postmark", EventKind.HARD_BOUNCE, lead)
+    pm_signer: postmark.PostmarkEmulatorSigner = env.signers["postmark"]
+    wrong = pm_signer.password[:-1] + ("x" if pm_signer.password[-1] != "x" else "y")
+    token = base64.b64encode(f"{pm_signer.username}:{wrong}".encode()).decode()
+    cases.append(("postmark", {**headers, "Authorization": f"Basic {token}"}, body, 401))
+    cases.append(("postmark", {"Content-Type": "application/json"}, body, 401))
+    signer: sendgrid.SendgridEmulatorSigner = env.signers["sendgrid"]
+    for bad in (b"not json", b'{"event": "bounce"}', b'[{"event": "bounce"}]'):
+        headers, body = signer.signed([])
+        headers[sendgrid.SIGNATURE_HEADER] = signer.sign(bad, headers[sendgrid.TIMESTAMP_HEADER])
+        cases.append(("sendgrid", headers, bad, 400))
+    mg: mailgun.MailgunEmulatorSigner = env.signers["mailgun"]
+    cases.append(("mailgun", {}, b"not json", 400))
+    headers, body = mg.signed({"event": "failed", "id": "x", "recipient": "a@b.c", "timestamp": 1})
+    cases.append(("mailgun", headers, body, 400))
+    pm: postmark.PostmarkEmulatorSigner = env.signers["postmark"]
+    cases.append(("postmark", pm.headers(), b"not json", 400))
+    cases.append(("postmark", pm.headers(), b'{"RecordType": "Bounce", "Email": "a@b.c"}', 400))
+    cases.append(("postmark", {**pm.headers(), "Authorization": "Basic bWU6eW91"}, b"{}", 401))
+    return cases
+
+
+async def test_bad_requests_are_4xx_and_store_nothing(env: Env, conn: asyncpg.Connection) -> None:
+    lead = await _lead(conn, 5)
+    for provider, headers, body, expected in _broken_requests(env, lead):
+        status, answer = await env.post(provider, headers, body)
+        assert status == expected, (provider, body[:60], answer)
+        assert set(answer["error"]) >= {"code", "message"}
+    assert await _stored(conn) == (0, 0, 0)

@@ -1,0 +1,290 @@
+"""`mailerd leads import` against a real Postgres: inference, upsert, rejects, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from mailerd import importer
+
+ACCOUNT = 7
+
+
+async def attributes_by_email(conn: asyncpg.Connection, account: int = ACCOUNT) -> dict[str, Any]:
+    rows = await conn.fetch("SELECT email, attributes FROM leads WHERE account_id = $1 ORDER BY id", account)
+    return {r["email"]: r["attributes"] for r in rows}
+
+
+async def run(
+    conn: asyncpg.Connection,
+    path: Path,
+    *,
+    types: str | None = None,
+    rejects: Path | None = None,
+    account: int = ACCOUNT,
+) -> int:
+    return await importer.run_cli(conn, account_id=account, path=path, types=types, rejects=rejects)
+
+
+def read_rejects(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def test_csv_infers_types_and_skips_empty_values(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        "Email,name,age,score,vip,zip,note\n"
+        "  Ada@Example.COM ,Ada,36,1.50,true,007,\n"
+        'grace@example.com,Grace,,2e3,FALSE,12345,"likes, commas"\n'
+        'linus@example.org,,54,-0.25,,00501,"two\nlines"\n',
+        encoding="utf-8",
+    )
+    assert await run(conn, path) == 0
+    leads = await attributes_by_email(conn)
+    assert leads == {
+        "ada@example.com": {"name": "Ada", "age": 36, "score": 1.5, "vip": True, "zip": "007"},
+        "grace@example.com": {
+            "name": "Grace",
+            "score": 2000,
+            "vip": False,
+            "zip": "12345",
+            "note": "likes, commas",
+        },
+        "linus@example.org": {"age": 54, "score": -0.25, "zip": "00501", "note": "two\nlines"},
+    }
+    # Numbers keep their exact decimal text.
+    assert (
+        await conn.fetchval("SELECT attributes->>'score' FROM leads WHERE email = 'ada@example.com'")
+        == "1.50"
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("imported 3, rejected 0, in ")
+
+
+async def test_types_override_and_forced_type_rejects(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        "email,age,code,flag\na@example.com,42,17,true\nb@example.com,43,x1,yes\n",
+        encoding="utf-8",
+    )
+    rejects = tmp_path / "rejects.jsonl"
+    status = await run(conn, path, types="age=string, code=number,flag=boolean", rejects=rejects)
+    assert status == 2
+    assert await attributes_by_email(conn) == {"a@example.com": {"age": "42", "code": 17, "flag": True}}
+    [reject] = read_rejects(rejects)
+    assert reject["line"] == 3
+    assert "'code'" in reject["reason"] and "not a number" in reject["reason"]
+
+
+async def test_jsonl(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "leads.jsonl"
+    lines = [
+        {"email": "Ada@Example.com", "attributes": {"plan": "pro", "tags": ["a", "b"], "n": 1.5}},
+        {"email": "grace@example.com"},
+    ]
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n\n")
+    assert await run(conn, path) == 0
+    assert await attributes_by_email(conn) == {
+        "ada@example.com": {"plan": "pro", "tags": ["a", "b"], "n": 1.5},
+        "grace@example.com": {},
+    }
+
+
+async def test_upsert_merges_attributes_case_insensitively(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes, updated_at)"
+        " VALUES ($1, 'ada@example.com', $2, now() - interval '1 day'),"
+        "        ($3, 'ada@example.com', $4, now())",
+        ACCOUNT,
+        {"plan": "free", "city": "London"},
+        ACCOUNT + 1,
+        {"other": "account"},
+    )
+    path = tmp_path / "leads.csv"
+    path.write_text("email,plan,score\nADA@example.com,pro,3\nnew@example.com,free,1\n", encoding="utf-8")
+    assert await run(conn, path) == 0
+    leads = await attributes_by_email(conn)
+    assert leads == {
+        "ada@example.com": {"plan": "pro", "city": "London", "score": 3},
+        "new@example.com": {"plan": "free", "score": 1},
+    }
+    assert await attributes_by_email(conn, ACCOUNT + 1) == {"ada@example.com": {"other": "account"}}
+    fresh = await conn.fetchval(
+        "SELECT updated_at > now() - interval '1 minute' FROM leads"
+        " WHERE account_id = $1 AND email = 'ada@example.com'",
+        ACCOUNT,
+    )
+    assert fresh
+
+
+async def test_later_line_for_same_address_wins(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes) VALUES ($1, 'ada@example.com', $2)",
+        ACCOUNT,
+        {"keep": "me", "plan": "old"},
+    )
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        "email,plan,city\n"
+        "ada@example.com,free,Paris\n"
+        "bob@example.com,free,\n"
+        "Ada@Example.com,pro,\n"
+        "BOB@example.com,,Rome\n",
+        encoding="utf-8",
+    )
+    assert await run(conn, path) == 0
+    assert await attributes_by_email(conn) == {
+        "ada@example.com": {"keep": "me", "plan": "pro", "city": "Paris"},
+        "bob@example.com": {"plan": "free", "city": "Rome"},
+    }
+
+
+async def test_bad_csv_rows_are_rejected_with_lines_and_reasons(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_bytes(
+        b"email,name\n"
+        b"good@example.com,Good\n"  # 2
+        b"not-an-address,Bad\n"  # 3
+        b"two@@example.com,Bad\n"  # 4
+        b"short@example.com\n"  # 5
+        b"long@example.com,a,b\n"  # 6
+        b"bytes@example.com,\xff\xfe\n"  # 7
+        b"nul@example.com,a\x00b\n"  # 8
+        b"\n"  # 9: blank, ignored
+        b"also@example.com,Fine\n"  # 10
+    )
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    assert set(await attributes_by_email(conn)) == {"good@example.com", "also@example.com"}
+    found = {r["line"]: r["reason"] for r in read_rejects(rejects)}
+    assert sorted(found) == [3, 4, 5, 6, 7, 8]
+    assert "invalid email address" in found[3] and "invalid email address" in found[4]
+    assert found[5] == "expected 2 columns, found 1"
+    assert found[6] == "expected 2 columns, found 3"
+    assert "invalid UTF-8" in found[7]
+    assert "NUL" in found[8]
+    captured = capsys.readouterr()
+    assert f"{path}:3: invalid email address" in captured.err
+    assert captured.out.startswith("imported 2, rejected 6, in ")
+
+
+async def test_bad_jsonl_rows_are_rejected(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "leads.jsonl"
+    path.write_bytes(
+        b'{"email": "ok@example.com", "attributes": {"a": 1}}\n'
+        b'{"email": "ok2@example.com", "attributes": {"a": 1}\n'
+        b'{"email": "x@example.com", "attributes": [1, 2]}\n'
+        b'{"email": "bad address@example.com"}\n'
+        b'{"email": "y@example.com", "attributes": {"n": "\xff"}}\n'
+        b"[1, 2]\n"
+        b'{"email": "z@example.com", "first_name": "Z"}\n'
+        b'{"attributes": {}}\n'
+    )
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    assert await attributes_by_email(conn) == {"ok@example.com": {"a": 1}}
+    found = {r["line"]: r["reason"] for r in read_rejects(rejects)}
+    assert sorted(found) == [2, 3, 4, 5, 6, 7, 8]
+    assert found[2].startswith("invalid JSON")
+    assert found[3] == "attributes is not an object"
+    assert found[4].startswith("invalid email address")
+    assert found[5].startswith("invalid UTF-8")
+    assert found[6] == "not a JSON object"
+    assert found[7].startswith("unexpected key(s) first_name")
+    assert found[8] == "missing email"
+
+
+@pytest.mark.parametrize(
+    ("content", "types", "message"),
+    [
+        (None, None, "No such file"),
+        (b"name,city\nAda,London\n", None, "no email column"),
+        (b"", None, "empty file"),
+        (b"email,\xffname\na@example.com,x\n", None, "unreadable header"),
+        (b"email,email\na@example.com,b@example.com\n", None, "repeats column"),
+        (b"email,age\na@example.com,1\n", "size=number", "not in the header"),
+        (b"email,age\na@example.com,1\n", "age=date", "unknown type"),
+    ],
+)
+async def test_fatal_errors_import_nothing(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    types: str | None,
+    message: str,
+) -> None:
+    path = tmp_path / "leads.csv"
+    if content is not None:
+        path.write_bytes(content)
+    assert await run(conn, path, types=types) == 1
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+    err = capsys.readouterr().err
+    assert message in err
+    assert "leads.csv" in err or "--types" in err
+
+
+async def test_many_rows_cross_chunks(
+    conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks so that fast and slow chunks alternate and a quoted field spans a chunk end.
+    monkeypatch.setattr(importer, "CHUNK_CHARS", 200)
+    lines = ["email,n,note"]
+    for i in range(500):
+        note = f'"multi\nline {i}"' if i % 97 == 0 else f"n{i}"
+        email = f"user{i}@example.com" if i % 50 else f"bad{i}"
+        lines.append(f"{email},{i},{note}")
+    path = tmp_path / "leads.csv"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 490
+    assert await conn.fetchval("SELECT attributes FROM leads WHERE email = 'user194@example.com'") == {
+        "n": 194,
+        "note": "multi\nline 194",
+    }
+    rejected = read_rejects(rejects)
+    assert len(rejected) == 10
+    # Line numbers are physical lines: the multi-line records before shift them.
+    first = rejected[0]
+    assert first["line"] == 2 and first["raw"].startswith("bad0,0,")
+    assert rejected[1]["line"] == 2 + 50 + 1
+
+
+async def test_cli_subprocess(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text("email,plan\na@example.com,pro\nbroken,free\n", encoding="utf-8")
+    env = {**os.environ, "MAILERD_DSN": dsn, "MAILERD_CONFIG": str(tmp_path / "none.toml")}
+    (tmp_path / "none.toml").write_text("", encoding="utf-8")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        "leads",
+        "import",
+        "--account",
+        str(ACCOUNT),
+        "--rejects",
+        str(tmp_path / "rejects.jsonl"),
+        str(path),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode == 2, err.decode()
+    assert out.decode().startswith("imported 1, rejected 1, in ")
+    assert f"{path}:3: invalid email address 'broken'" in err.decode()
+    assert await attributes_by_email(conn) == {"a@example.com": {"plan": "pro"}}

@@ -1,0 +1,229 @@
+"""``POST /webhooks/ses`` through the real route, writer and database: SNS-signed SES events."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mailerd import campaigns, http
+from mailerd import config as config_mod
+from mailerd.models import EventKind
+from mailerd.providers import ses, sns
+from mailerd.writer import Writer
+from tests.integration.helpers import add_leads, new_campaign
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "ses"
+SUBSCRIBE_URL = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=abc123"
+TEXT = {"Content-Type": "text/plain; charset=UTF-8"}
+
+
+class Fetcher:
+    """Stands in for the TLS fetch: records the URL, never touches the network."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    async def __call__(self, url: str) -> bytes:
+        self.urls.append(url)
+        return b"<ConfirmSubscriptionResponse/>"
+
+
+@dataclasses.dataclass
+class Env:
+    client: TestClient[Any, Any]
+    signer: sns.SnsEmulatorSigner
+    fetch: Fetcher
+    config: config_mod.Config
+
+
+@pytest.fixture
+async def env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
+    signer = sns.SnsEmulatorSigner()
+    settings = {**signer.daemon_settings(tmp_path), "topic_arns": [signer.topic_arn]}
+    config = config_mod.from_mapping(
+        {
+            "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
+            "writer": {"flush_interval_ms": 10},
+            "webhooks": {"ses": settings},
+        },
+        env={},
+    )
+    fetch = Fetcher()
+    handler = ses.SnsWebhook(config.webhooks.ses, fetch=fetch)
+    writer = Writer(pool, config.writer, config.webhooks)
+    task = asyncio.create_task(writer.run(), name="writer")
+    services = http.Services(
+        pool, config, http.Health(started=True), writer=writer, webhooks={"ses": handler}
+    )
+    try:
+        async with TestClient(TestServer(http.build_app(services))) as client:
+            yield Env(client, signer, fetch, config)
+    finally:
+        writer.close()
+        async with asyncio.timeout(10):
+            await task
+        await handler.close()
+
+
+async def post(
+    env: Env, body: bytes | dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    data = orjson.dumps(body) if isinstance(body, dict) else body
+    response = await env.client.post("/webhooks/ses", data=data, headers=headers or TEXT)
+    return response.status, await response.json()
+
+
+async def counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM email_events) AS events,
+                  (SELECT count(*) FROM webhook_receipts) AS receipts,
+                  (SELECT count(*) FROM suppressions) AS suppressed"""
+    )
+    assert row is not None
+    return row["events"], row["receipts"], row["suppressed"]
+
+
+async def campaign_with_leads(conn: asyncpg.Connection, env: Env) -> tuple[int, dict[str, int]]:
+    await add_leads(conn, 1, 6)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), env.config)
+    rows = await conn.fetch("SELECT id, email FROM leads WHERE account_id = 1")
+    return campaign_id, {r["email"]: r["id"] for r in rows}
+
+
+async def test_bounce_is_recorded_once_suppressed_and_counted(env: Env, conn: asyncpg.Connection) -> None:
+    campaign_id, leads = await campaign_with_leads(conn, env)
+    headers, body = env.signer.request(
+        EventKind.HARD_BOUNCE,
+        email="user3@example.com",
+        campaign_id=campaign_id,
+        lead_id=leads["user3@example.com"],
+        message_id="0100018f-sink-3",
+        occurred_at=dt.datetime.now(dt.UTC),
+    )
+    for _ in range(2):  # the second POST is SNS redelivering the same message
+        assert await post(env, body, headers) == (200, {"received": 1})
+    rows = await conn.fetch("SELECT * FROM email_events")
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["kind"], row["account_id"], row["campaign_id"], row["lead_id"]) == (
+        "hard_bounce",
+        1,
+        campaign_id,
+        leads["user3@example.com"],
+    )
+    assert (row["provider"], row["provider_type"], row["smtp_status"], row["provider_message_id"]) == (
+        "ses",
+        "Permanent/General",
+        "5.1.1",
+        "0100018f-sink-3",
+    )
+    assert row["provider_event_id"] == f"{headers['x-amz-sns-message-id']}:user3@example.com"
+    assert await conn.fetchval("SELECT bounced FROM campaign_stats WHERE campaign_id = $1", campaign_id) == 1
+    suppressed = await conn.fetch("SELECT account_id, email, reason FROM suppressions")
+    assert [tuple(r) for r in suppressed] == [(1, "user3@example.com", "hard_bounce")]
+
+
+async def test_every_kind_through_the_route(env: Env, conn: asyncpg.Connection) -> None:
+    campaign_id, leads = await campaign_with_leads(conn, env)
+    for number, kind in enumerate(EventKind):
+        email = f"user{number}@example.com"
+        headers, body = env.signer.request(
+            kind,
+            email=email,
+            campaign_id=campaign_id,
+            lead_id=leads[email],
+            message_id=f"m-{number}",
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+        assert await post(env, body, headers) == (200, {"received": 1})
+    kinds = await conn.fetch("SELECT email, kind FROM email_events ORDER BY email")
+    assert [(r["email"], r["kind"]) for r in kinds] == [
+        (f"user{n}@example.com", str(kind)) for n, kind in enumerate(EventKind)
+    ]
+    stats = await conn.fetchrow(
+        "SELECT delivered, bounced, complained, unsubscribed FROM campaign_stats WHERE campaign_id = $1",
+        campaign_id,
+    )
+    assert tuple(stats or ()) == (1, 2, 1, 1)
+    suppressed = await conn.fetch("SELECT email, reason FROM suppressions ORDER BY email")
+    # delivered and one soft bounce suppress nobody; hard bounce, complaint, unsubscribe do.
+    assert {r["reason"] for r in suppressed} == {"hard_bounce", "complaint", "unsubscribe"}
+
+
+async def test_identity_notification_with_several_recipients(env: Env, conn: asyncpg.Connection) -> None:
+    await conn.executemany(
+        "INSERT INTO leads (account_id, email, attributes) VALUES ($1, $2, '{}')",
+        [(1, "jane@example.com"), (1, "Richard@example.com"), (2, "jane@example.com")],
+    )
+    record = (FIXTURES / "ses-docs" / "identity-bounce-no-dsn.json").read_text()
+    message = env.signer.envelope(record, version="1")  # SHA1withRSA through the route too
+    assert await post(env, message) == (200, {"received": 3})  # jane in two accounts + richard
+    rows = await conn.fetch("SELECT account_id, email FROM suppressions ORDER BY account_id, email")
+    assert [tuple(r) for r in rows] == [
+        (1, "jane@example.com"),
+        (1, "richard@example.com"),
+        (2, "jane@example.com"),
+    ]
+    assert await post(env, message) == (200, {"received": 3})
+    assert await conn.fetchval("SELECT count(*) FROM email_events") == 3
+
+
+async def test_malformed_and_forged_requests_store_nothing(env: Env, conn: asyncpg.Connection) -> None:
+    signer = env.signer
+    good = signer.envelope(
+        (FIXTURES / "ses-docs" / "event-bounce.json").read_text(), Subject="Amazon SES Email Event"
+    )
+    no_recipients = orjson.loads((FIXTURES / "ses-docs" / "event-bounce.json").read_bytes())
+    no_recipients["bounce"]["bouncedRecipients"] = []
+    cases: list[tuple[str, bytes | dict[str, Any], dict[str, str] | None, int]] = [
+        ("not JSON", b"hello", None, 400),
+        ("empty", b"", None, 400),
+        ("not an envelope", b'{"notificationType": "Bounce"}', None, 400),
+        ("missing Signature", {k: v for k, v in good.items() if k != "Signature"}, None, 400),
+        ("header mismatch", good, {**TEXT, "x-amz-sns-message-type": "UnsubscribeConfirmation"}, 400),
+        ("one byte altered", {**good, "Message": good["Message"].replace("5.1.1", "5.1.2", 1)}, None, 401),
+        ("subject altered", {**good, "Subject": "Amazon SES Email Event!"}, None, 401),
+        ("version 3", {**good, "SignatureVersion": "3"}, None, 401),
+        ("http cert", {**good, "SigningCertURL": good["SigningCertURL"].replace("https", "http")}, None, 401),
+        (
+            "lookalike host",
+            {**good, "SigningCertURL": good["SigningCertURL"].replace(".com/", ".com.evil.com/")},
+            None,
+            401,
+        ),
+        (
+            "stale",
+            signer.envelope("{}", timestamp=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)),
+            None,
+            401,
+        ),
+        ("other topic", signer.envelope("{}", topic_arn="arn:aws:sns:us-east-1:000000000000:x"), None, 403),
+        ("SES without recipients", signer.envelope(orjson.dumps(no_recipients).decode()), None, 400),
+    ]
+    for name, body, headers, status in cases:
+        answer_status, answer = await post(env, body, headers)
+        assert answer_status == status, name
+        assert set(answer["error"]) >= {"code", "message"}, name
+    assert await counts(conn) == (0, 0, 0)
+    assert env.fetch.urls == []
+    assert await post(env, good) == (200, {"received": 1})  # the unaltered message is fine
+
+
+async def test_confirmations_over_http(env: Env, conn: asyncpg.Connection) -> None:
+    for kind in (sns.SUBSCRIPTION_CONFIRMATION, sns.UNSUBSCRIBE_CONFIRMATION):
+        message = env.signer.envelope(
+            "You have chosen to subscribe.", type=kind, SubscribeURL=SUBSCRIBE_URL, Token="abc123"
+        )
+        headers = {**TEXT, "x-amz-sns-message-type": kind}
+        assert await post(env, message, headers) == (200, {"received": 0})
+    assert env.fetch.urls == [SUBSCRIBE_URL]  # confirmed once; the unsubscribe is only logged
+    assert await counts(conn) == (0, 0, 0)

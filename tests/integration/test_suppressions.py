@@ -1,0 +1,316 @@
+"""The suppression list: admin API, import, audit, and running campaigns skipping new entries."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mailerd import campaigns, http, sink, suppressions
+from mailerd import config as config_mod
+from mailerd.models import LogStatus
+from tests.integration.helpers import (
+    add_leads,
+    daemon_config,
+    new_campaign,
+    read_record,
+    running_daemon,
+    wait_for_status,
+)
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
+    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+    app = http.build_app(http.Services(pool, config, http.Health(started=True)))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def _audit(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    rows = await conn.fetch(
+        "SELECT account_id, email, action, reason, source FROM suppression_audit ORDER BY id"
+    )
+    return [tuple(r) for r in rows]
+
+
+# --- admin API -------------------------------------------------------------------------------
+
+
+async def test_add_is_idempotent_and_audited(client: TestClient[Any, Any], conn: asyncpg.Connection) -> None:
+    body = {"account_id": 7, "email": "  Ada@Example.COM ", "reason": "asked by phone"}
+    first = await client.post("/api/suppressions", json=body, headers=AUTH)
+    assert first.status == 201
+    created = await first.json()
+    assert created["email"] == "ada@example.com"
+    assert created["reason"] == "asked by phone" and created["source"] == "api" and created["created"]
+    again = await client.post("/api/suppressions", json={**body, "reason": "other"}, headers=AUTH)
+    assert again.status == 200
+    existing = await again.json()
+    assert existing["created"] is False and existing["reason"] == "asked by phone"
+    # No reason: recorded as a manual suppression.
+    assert (
+        await client.post(
+            "/api/suppressions", json={"account_id": 7, "email": "bob@example.com"}, headers=AUTH
+        )
+    ).status == 201
+    assert await _audit(conn) == [
+        (7, "ada@example.com", "added", "asked by phone", "api"),
+        (7, "bob@example.com", "added", "manual", "api"),
+    ]
+    rows = await conn.fetch("SELECT account_id, email FROM suppressions ORDER BY email")
+    assert [tuple(r) for r in rows] == [(7, "ada@example.com"), (7, "bob@example.com")]
+
+
+async def test_delete_needs_a_reason_and_an_existing_entry(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    await client.post("/api/suppressions", json={"account_id": 1, "email": "ada@example.com"}, headers=AUTH)
+    no_reason = await client.delete(
+        "/api/suppressions", json={"account_id": 1, "email": "ada@example.com"}, headers=AUTH
+    )
+    assert no_reason.status == 422
+    assert (await no_reason.json())["error"]["field"] == "reason"
+    other_account = await client.delete(
+        "/api/suppressions",
+        json={"account_id": 2, "email": "ada@example.com", "reason": "typo"},
+        headers=AUTH,
+    )
+    assert other_account.status == 404
+    removed = await client.delete(
+        "/api/suppressions",
+        json={"account_id": 1, "email": "ADA@example.com", "reason": "bounced by mistake"},
+        headers=AUTH,
+    )
+    assert removed.status == 200
+    assert (await removed.json())["removed"]["email"] == "ada@example.com"
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert (await _audit(conn))[-1] == (1, "ada@example.com", "removed", "bounced by mistake", "api")
+    gone = await client.delete(
+        "/api/suppressions",
+        json={"account_id": 1, "email": "ada@example.com", "reason": "again"},
+        headers=AUTH,
+    )
+    assert gone.status == 404
+    assert len(await _audit(conn)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "a@example.com"}, "account_id"),
+        ({"account_id": "1", "email": "a@example.com"}, "account_id"),
+        ({"account_id": True, "email": "a@example.com"}, "account_id"),
+        ({"account_id": -1, "email": "a@example.com"}, "account_id"),
+        ({"account_id": 1}, "email"),
+        ({"account_id": 1, "email": 5}, "email"),
+        ({"account_id": 1, "email": "not-an-address"}, "email"),
+        ({"account_id": 1, "email": "a@example.com", "reason": ""}, "reason"),
+        ({"account_id": 1, "email": "a@example.com", "reason": 3}, "reason"),
+        ({"account_id": 1, "email": "a@example.com", "reason": "x" * 501}, "reason"),
+        ({"account_id": 1, "email": "a@example.com", "source": "me"}, "source"),
+    ],
+)
+async def test_invalid_bodies_name_the_field_and_change_nothing(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, body: dict[str, Any], field: str
+) -> None:
+    for method in ("POST", "DELETE"):
+        answer = await client.request(method, "/api/suppressions", json=body, headers=AUTH)
+        assert answer.status == 422, method
+        assert (await answer.json())["error"]["field"] == field
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert await _audit(conn) == []
+
+
+async def test_non_json_and_unauthenticated_requests(client: TestClient[Any, Any]) -> None:
+    assert (await client.post("/api/suppressions", data=b"{", headers=AUTH)).status == 400
+    assert (await client.get("/api/suppressions?account_id=1")).status == 401
+    body = {"account_id": 1, "email": "a@example.com", "reason": "x"}
+    assert (await client.post("/api/suppressions", json=body)).status == 401
+    assert (await client.delete("/api/suppressions", json=body)).status == 401
+
+
+async def test_list_is_keyset_paginated_within_an_account(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    await conn.executemany(
+        "INSERT INTO suppressions (account_id, email, reason) VALUES ($1, $2, 'hard_bounce')",
+        [(1, f"user{n:02d}@example.com") for n in range(25)] + [(2, "other@example.com")],
+    )
+    seen: list[str] = []
+    after = ""
+    pages = 0
+    while True:
+        answer = await client.get(f"/api/suppressions?account_id=1&limit=10&after={after}", headers=AUTH)
+        assert answer.status == 200
+        data = await answer.json()
+        seen += [row["email"] for row in data["suppressions"]]
+        assert all(row["account_id"] == 1 and row["reason"] == "hard_bounce" for row in data["suppressions"])
+        pages += 1
+        if data["next_after"] is None:
+            break
+        after = data["next_after"]
+    assert seen == [f"user{n:02d}@example.com" for n in range(25)]
+    assert pages == 3
+    for query, field in (
+        ("", "account_id"),
+        ("account_id=x", "account_id"),
+        ("account_id=1&limit=0", "limit"),
+    ):
+        answer = await client.get(f"/api/suppressions?{query}", headers=AUTH)
+        assert answer.status == 422
+        assert (await answer.json())["error"]["field"] == field
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+async def test_import_plain_list(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await suppressions.add(conn, 1, "known@example.com", "complaint", "webhook")
+    path = tmp_path / "list.txt"
+    path.write_text(
+        "# exported from the old system\n"
+        "Ada@Example.com\n"
+        "\n"
+        "known@example.com\n"
+        "not an address\n"
+        "bob@example.com  \n"
+        "ada@example.com\n"
+        "@example.com\n"
+    )
+    result = await suppressions.import_file(conn, 1, path, reason="legacy list")
+    assert (result.imported, result.already, result.rejected) == (2, 2, 2)
+    assert [(r.line, r.reason.split(":")[0]) for r in result.first_rejects] == [
+        (5, "not an email address"),
+        (8, "not an email address"),
+    ]
+    rows = await conn.fetch(
+        "SELECT email, reason, source FROM suppressions WHERE account_id = 1 ORDER BY email"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("ada@example.com", "legacy list", "import"),
+        ("bob@example.com", "legacy list", "import"),
+        ("known@example.com", "complaint", "webhook"),
+    ]
+    audit = await _audit(conn)
+    assert sorted(a for a in audit if a[4] == "import") == [
+        (1, "ada@example.com", "added", "legacy list", "import"),
+        (1, "bob@example.com", "added", "legacy list", "import"),
+    ]
+
+
+async def test_import_csv_with_reasons(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(
+        'name,Email,reason\n"Ada, L",ada@example.com,hard bounce\n'
+        "Bob,bob@example.com,\n"
+        'Multi,"carol@example.com","a reason\nover two lines"\n'
+        "Bad,nope,x\n"
+        "Short,dan@example.com\n"
+    )
+    result = await suppressions.import_file(conn, 4, path)
+    assert (result.imported, result.already, result.rejected) == (3, 0, 2)
+    assert [(r.line, r.reason.split(":")[0]) for r in result.first_rejects] == [
+        (6, "not an email address"),
+        (7, "expected 3 fields, got 2"),
+    ]
+    rows = await conn.fetch("SELECT email, reason FROM suppressions WHERE account_id = 4 ORDER BY email")
+    assert [tuple(r) for r in rows] == [
+        ("ada@example.com", "hard bounce"),
+        ("bob@example.com", "imported"),
+        ("carol@example.com", "a reason\nover two lines"),
+    ]
+
+
+async def test_import_cli_exit_codes_and_summary(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(f"user{n}@example.com" for n in range(1000)) + "\n")
+    assert await suppressions.run_import_cli(conn, account_id=1, path=good, reason=None) == 0
+    assert capsys.readouterr().out.strip() == "imported 1000, already suppressed 0, rejected 0"
+    # Again: nothing new, nothing wrong.
+    assert await suppressions.run_import_cli(conn, account_id=1, path=good, reason=None) == 0
+    assert capsys.readouterr().out.strip() == "imported 0, already suppressed 1000, rejected 0"
+
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("new@example.com\n" + "bad\n" * 25)
+    assert await suppressions.run_import_cli(conn, account_id=1, path=mixed, reason="x") == 2
+    out = capsys.readouterr()
+    assert out.out.strip() == "imported 1, already suppressed 0, rejected 25"
+    errors = out.err.splitlines()
+    assert errors[0] == f"{mixed}:2: not an email address: 'bad'"
+    assert len(errors) == 21 and errors[-1] == "... and 5 more"
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("bad\nworse\n")
+    assert await suppressions.run_import_cli(conn, account_id=1, path=bad, reason=None) == 1
+    assert "imported 0, already suppressed 0, rejected 2" in capsys.readouterr().out
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert await suppressions.run_import_cli(conn, account_id=1, path=empty, reason=None) == 1
+    assert await suppressions.run_import_cli(conn, account_id=1, path=tmp_path / "missing", reason=None) == 1
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1001
+    assert await conn.fetchval("SELECT count(*) FROM suppression_audit") == 1001
+
+
+# --- effect on running campaigns -------------------------------------------------------------
+
+
+async def test_running_campaign_skips_addresses_suppressed_mid_campaign(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 3000)  # 1000 match (plan "pro")
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record)
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port,
+            provider={"rate_per_s": 1000, "burst": 50},
+            scheduler={"shard_size": 100_000, "window_size": 300, "queue_batches": 2},
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            async with asyncio.timeout(30):
+                while True:  # the first window is logged: the campaign is under way
+                    if await conn.fetchval(
+                        "SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id
+                    ):
+                        break
+                    await asyncio.sleep(0.02)
+            # The last 60 matched leads: far ahead of what the scheduler has read (a small queue).
+            late = await conn.fetch(
+                """SELECT id, lower(email) AS email FROM leads
+                   WHERE account_id = 1 AND attributes->>'plan' = 'pro' ORDER BY id DESC LIMIT 60"""
+            )
+            for row in late:
+                await suppressions.add(conn, 1, row["email"], "asked", "api")
+            logged = await conn.fetchval(
+                "SELECT count(*) FROM email_log WHERE campaign_id = $1 AND lead_id = ANY($2::bigint[])",
+                campaign_id,
+                [r["id"] for r in late],
+            )
+            assert logged == 0, "the suppression must land while the campaign is running"
+            info = await wait_for_status(conn, campaign_id)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    late_ids = {r["id"] for r in late}
+    rows = await conn.fetch("SELECT lead_id, status FROM email_log WHERE campaign_id = $1", campaign_id)
+    statuses = {r["lead_id"]: r["status"] for r in rows}
+    assert len(rows) == len(statuses) == 1000
+    assert {lead for lead, status in statuses.items() if status == LogStatus.SUPPRESSED} == late_ids
+    sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
+    assert not late_ids & set(sent)
+    assert len(sent) == 940 and max(sent.values()) == 1
+    assert info["suppressed"] == 60 and info["sent"] == 940

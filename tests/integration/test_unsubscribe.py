@@ -1,0 +1,165 @@
+"""RFC 8058 one-click unsubscribe through the real routes, writer and database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mailerd import campaigns, http, unsubscribe
+from mailerd import config as config_mod
+from mailerd.writer import Writer
+from tests.integration.helpers import add_leads, new_campaign
+
+SECRET = "unsubscribe-test-secret-0123456789"
+
+
+def _config() -> config_mod.Config:
+    return config_mod.from_mapping(
+        {
+            "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
+            "writer": {"flush_interval_ms": 10},
+        },
+        env={"MAILERD_UNSUBSCRIBE__SECRET": SECRET, "MAILERD_ADMIN_TOKEN": "admin"},
+    )
+
+
+@pytest.fixture
+async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
+    config = _config()
+    writer = Writer(pool, config.writer, config.webhooks)
+    task = asyncio.create_task(writer.run())
+    app = http.build_app(http.Services(pool, config, http.Health(started=True), writer=writer))
+    try:
+        async with TestClient(TestServer(app)) as test_client:
+            yield test_client
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def lead(conn: asyncpg.Connection) -> tuple[int, int, int, str]:
+    """``(account_id, campaign_id, lead_id, email)`` of a lead of a campaign."""
+    await add_leads(conn, 5, 3)
+    campaign_id = await campaigns.create(conn, new_campaign(account_id=5, start=False), _config())
+    row = await conn.fetchrow("SELECT id, email FROM leads WHERE account_id = 5 ORDER BY id LIMIT 1")
+    assert row is not None
+    return 5, campaign_id, row["id"], row["email"]
+
+
+def _path(account_id: int, campaign_id: int, lead_id: int) -> str:
+    return "/u/" + unsubscribe.make_token(SECRET.encode(), account_id, campaign_id, lead_id)
+
+
+async def _state(conn: asyncpg.Connection, campaign_id: int) -> tuple[Any, ...]:
+    return (
+        [tuple(r) for r in await conn.fetch("SELECT account_id, email, reason, source FROM suppressions")],
+        [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT account_id, campaign_id, lead_id, email, kind, provider FROM email_events"
+            )
+        ],
+        await conn.fetchval("SELECT unsubscribed FROM campaign_stats WHERE campaign_id = $1", campaign_id),
+        await conn.fetchval("SELECT count(*) FROM suppression_audit"),
+    )
+
+
+async def test_get_shows_a_button_and_changes_nothing(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    account_id, campaign_id, lead_id, _ = lead
+    before = await _state(conn, campaign_id)
+    for _ in range(3):  # scanners prefetch, sometimes repeatedly
+        answer = await client.get(_path(account_id, campaign_id, lead_id), allow_redirects=False)
+        assert answer.status == 200
+        assert answer.content_type == "text/html"
+        page = await answer.text()
+        assert '<form method="post">' in page
+        assert 'name="List-Unsubscribe" value="One-Click"' in page
+    assert await _state(conn, campaign_id) == before
+    assert before[0] == [] and before[1] == []
+
+
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+async def test_one_click_post_unsubscribes_once(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str], encoding: str
+) -> None:
+    account_id, campaign_id, lead_id, email = lead
+    path = _path(account_id, campaign_id, lead_id)
+    for _ in range(2):
+        if encoding == "urlencoded":
+            body: Any = {"List-Unsubscribe": "One-Click"}
+        else:
+            body = aiohttp.FormData({"List-Unsubscribe": "One-Click"}, default_to_multipart=True)
+        answer = await client.post(path, data=body, allow_redirects=False)
+        assert answer.status == 200
+        assert answer.content_type == "text/html"
+        assert "Location" not in answer.headers
+        assert "unsubscribed" in await answer.text()
+    suppressed, events, unsubscribed, audited = await _state(conn, campaign_id)
+    assert suppressed == [(account_id, email.lower(), "unsubscribe", "list-unsubscribe")]
+    assert events == [(account_id, campaign_id, lead_id, email.lower(), "unsubscribe", "list-unsubscribe")]
+    assert unsubscribed == 1
+    assert audited == 1
+
+
+async def test_the_page_button_works(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    """What a browser does with the page's form: POST the hidden field to the same URL."""
+    account_id, campaign_id, lead_id, email = lead
+    path = _path(account_id, campaign_id, lead_id)
+    assert 'method="post"' in await (await client.get(path)).text()
+    answer = await client.post(
+        path,
+        data="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status == 200
+    assert await conn.fetchval("SELECT count(*) FROM suppressions WHERE email = $1", email.lower()) == 1
+
+
+async def test_forged_altered_and_garbage_tokens_get_400(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    account_id, campaign_id, lead_id, _ = lead
+    good = unsubscribe.make_token(SECRET.encode(), account_id, campaign_id, lead_id)
+    altered = good[:10] + ("A" if good[10] != "A" else "B") + good[11:]
+    forged = unsubscribe.make_token(b"guessed-secret", account_id, campaign_id, lead_id)
+    before = await _state(conn, campaign_id)
+    for token in (altered, forged, "garbage", good + "A"):
+        for method in ("GET", "POST"):
+            answer = await client.request(
+                method, f"/u/{token}", data={"List-Unsubscribe": "One-Click"}, allow_redirects=False
+            )
+            assert answer.status == 400, (method, token)
+            assert answer.content_type == "text/html"
+    assert await _state(conn, campaign_id) == before
+
+
+async def test_post_without_the_one_click_field_changes_nothing(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    account_id, campaign_id, lead_id, _ = lead
+    path = _path(account_id, campaign_id, lead_id)
+    before = await _state(conn, campaign_id)
+    for data in (None, {"List-Unsubscribe": "yes"}, b'{"List-Unsubscribe": "One-Click"}'):
+        answer = await client.post(path, data=data)
+        assert answer.status == 400
+    assert await _state(conn, campaign_id) == before
+
+
+async def test_routes_are_off_without_a_secret(pool: asyncpg.Pool) -> None:
+    config = config_mod.from_mapping({}, env={})
+    app = http.build_app(http.Services(pool, config, http.Health(started=True)))
+    token = unsubscribe.make_token(SECRET.encode(), 1, 2, 3)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get(f"/u/{token}")).status == 404
+        assert (await client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})).status == 404

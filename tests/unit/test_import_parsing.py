@@ -1,0 +1,161 @@
+"""Pure parsing helpers of the lead importer: addresses, numbers, type inference, headers."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailerd import importer
+from mailerd.importer import ColumnFlags, ColumnType, ImportFailed
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["a@b.co", "ada.lovelace+news@mail.example.org", "x@sub-domain.example.museum", "zoë@exämple.de"],
+)
+def test_valid_addresses(address: str) -> None:
+    assert importer.is_valid_email(address)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "plain",
+        "a@b",
+        "two@@example.com",
+        "a@b@example.com",
+        "with space@example.com",
+        " a@example.com",
+        "a@example.c",
+        "a@example.123",
+        "a@.example.com",
+        "a@example..com",
+        "x" * 65 + "@example.com",
+        "a@" + "b" * 250 + ".com",
+        "<a>@example.com",
+    ],
+)
+def test_invalid_addresses(address: str) -> None:
+    assert not importer.is_valid_email(address)
+
+
+@pytest.mark.parametrize("value", ["0", "42", "-7", "1.5", "0.25", "2e3", "1.5E-4", "-0.0"])
+def test_numbers(value: str) -> None:
+    assert importer.is_number(value)
+    assert importer.all_numbers([value, "1"])
+
+
+@pytest.mark.parametrize(
+    "value", ["", "007", "+1", "1.", ".5", "1e", "1e99999", "1,5", " 1", "NaN", "inf", "0x10"]
+)
+def test_not_numbers(value: str) -> None:
+    assert not importer.is_number(value)
+    assert not importer.all_numbers(["1", value])
+
+
+@given(st.integers() | st.floats(allow_nan=False, allow_infinity=False))
+def test_json_numbers_are_numbers(number: int | float) -> None:
+    text = json.dumps(number)
+    assert importer.is_number(text)
+
+
+def test_booleans_any_case() -> None:
+    assert importer.all_booleans(["true", "FALSE", "True"])
+    assert not importer.all_booleans(["true", "yes"])
+
+
+def test_column_flags_inference() -> None:
+    numbers, booleans, strings, empty, codes = (ColumnFlags() for _ in range(5))
+    numbers.update({"1", "", "2.5"})
+    numbers.update({"-3"})
+    booleans.update({"true", "False", ""})
+    strings.update({"1", "x"})
+    strings.update({"2"})
+    empty.update({""})
+    codes.update({"007", "12"})
+    assert numbers.result() is ColumnType.NUMBER
+    assert booleans.result() is ColumnType.BOOLEAN
+    assert strings.result() is ColumnType.STRING and not strings.undecided
+    assert empty.result() is ColumnType.STRING
+    assert codes.result() is ColumnType.STRING
+
+
+def test_parse_types() -> None:
+    assert importer.parse_types(None) == {}
+    assert importer.parse_types(" zip=string, age=NUMBER,vip=boolean") == {
+        "zip": ColumnType.STRING,
+        "age": ColumnType.NUMBER,
+        "vip": ColumnType.BOOLEAN,
+    }
+    for bad in ("zip", "=string", "zip=date"):
+        with pytest.raises(ImportFailed):
+            importer.parse_types(bad)
+
+
+def test_parse_header() -> None:
+    header = importer.parse_header(["name", " EMAIL ", "age"], {"age": ColumnType.STRING}, "f.csv:1")
+    assert header.email_index == 1
+    assert header.attribute_indexes == [0, 2]
+    assert header.forced == {2: ColumnType.STRING}
+    with pytest.raises(ImportFailed, match="no email column"):
+        importer.parse_header(["name"], {}, "f.csv:1")
+    with pytest.raises(ImportFailed, match="email column"):
+        importer.parse_header(["email"], {"email": ColumnType.STRING}, "f.csv:1")
+    with pytest.raises(ImportFailed, match="empty column name"):
+        importer.parse_header(["email", ""], {}, "f.csv:1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"email": " A@Example.com ", "attributes": {"x": 1}}', ("A@Example.com", {"x": 1})),
+        (b'{"email": "a@example.com"}', ("a@example.com", {})),
+        (b'{"email": "a@example.com", "attributes": null}', "attributes is not an object"),
+        (b'{"email": 5}', "email is not a string"),
+        (b'{"email": "a@example.com", "attributes": {"x": "\\u0000"}}', "NUL character"),
+        (b'"a@example.com"', "not a JSON object"),
+        (b"{not json", "invalid JSON"),
+        (b'{"email": "\xff@example.com"}', "invalid UTF-8 at byte 12"),
+    ],
+)
+def test_check_jsonl_line(raw: bytes, expected: object) -> None:
+    result = importer.check_jsonl_line(raw)
+    if isinstance(expected, str):
+        assert isinstance(result, str) and result.startswith(expected)
+    else:
+        assert result == expected
+
+
+def _csv_source(text: str, chunk: int = 1 << 20) -> tuple[importer.CsvSource, list[bytes]]:
+    stream = io.StringIO(text, newline="")
+    header_line = stream.readline()
+    header = importer.parse_header(header_line.rstrip("\r\n").split(","), {}, "t.csv:1")
+    source = importer.CsvSource(stream, header, 1, importer.RejectSink(None))
+    chunks = []
+    while (data := source.next_chunk()) is not None:
+        chunks.append(data)
+    return source, chunks
+
+
+def test_csv_source_fast_path_passes_lines_through() -> None:
+    source, chunks = _csv_source("email,n\n a@example.com ,1\nbad,2\nb@example.com,x\n")
+    assert b"".join(chunks) == b"a@example.com,1\nb@example.com,x\n"
+    assert source.rows == 2
+    assert source.column_types() == {1: ColumnType.STRING}
+    assert [(r.line, r.reason) for r in source.sink.first] == [(3, "invalid email address 'bad'")]
+
+
+def test_csv_source_slow_path_reemits_quoted_rows() -> None:
+    # "\udcff" is how the file reader (errors="surrogateescape") presents an undecodable byte.
+    text = 'email,note\na@example.com,"x, ""y""\nz"\r\nb@example.com,\udcff\n'
+    source, chunks = _csv_source(text)
+    assert b"".join(chunks) == b'a@example.com,"x, ""y""\nz"\n'
+    [reject] = source.sink.first
+    assert reject.line == 4
+    assert reject.reason == "invalid UTF-8 (byte 0xff at column 15)"
+    assert reject.raw == "b@example.com,\\xff"
