@@ -17,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, http, providers, systemd
+from mailerd import campaigns, http, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
 from mailerd.providers.webhooks import WebhookHandler
@@ -75,8 +75,13 @@ async def run_with_dsn(
                 retention_days=config.retention.days,
             ):
                 log.info("partition_maintained", action=str(action))
+        unsubscribe_url = None
+        if config.unsubscribe.secret is not None:
+            unsubscribe_url = unsubscribe.url_builder(
+                config.unsubscribe.secret.reveal().encode(), config.http.public_url
+            )
         for name, provider_config in config.providers.items():
-            provider = providers.create(provider_config)
+            provider = providers.create(provider_config, unsubscribe=unsubscribe_url)
             batch_size = min(provider_config.batch_size, provider.max_batch_size)
             lanes[name] = ProviderLane(
                 name=name,
@@ -175,6 +180,8 @@ def _warn_unverified(config: Config) -> None:
             log.warning("webhook_verification_disabled", provider=name, hint="for local testing only")
     if config.unsubscribe.secret is None:
         log.warning("unsubscribe_secret_missing", hint="emails carry no List-Unsubscribe header")
+    elif not config.http.public_url.startswith("https://"):
+        log.warning("unsubscribe_url_not_https", public_url=config.http.public_url, hint="RFC 8058: https")
 
 
 async def _schema_ready(conn: asyncpg.Connection, *, auto_migrate: bool) -> bool:

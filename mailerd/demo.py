@@ -198,10 +198,10 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
             finally:
                 await conn.close()
         finally:
+            await emulator.close()  # first: its last webhooks still reach the daemon
             daemon_stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await daemon
-            await emulator.close()
     first, second = reports
     summary = {
         "leads": lead_count,

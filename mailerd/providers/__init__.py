@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mailerd.config import Config, ProviderConfig
+from mailerd.models import Campaign, Lead
 from mailerd.providers.base import Provider
 from mailerd.providers.webhooks import WebhookHandler
 
 
-def create(config: ProviderConfig) -> Provider:
-    """Build the provider a ``[providers.NAME]`` section describes."""
+def create(config: ProviderConfig, unsubscribe: Callable[[Campaign, Lead], str] | None = None) -> Provider:
+    """Build the provider a ``[providers.NAME]`` section describes.
+
+    ``unsubscribe`` builds each email's one-click URL (List-Unsubscribe, ``{{ unsubscribe_url }}``).
+    """
     if config.kind in ("ses", "sink"):
         from mailerd.providers import ses  # each provider loads only if configured
 
-        return ses.SesProvider(config)
+        return ses.SesProvider(config, unsubscribe=unsubscribe)
     raise NotImplementedError(f"provider kind {config.kind!r} is not implemented yet")
 
 
