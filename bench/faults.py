@@ -94,7 +94,7 @@ async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
             await asyncio.to_thread(server.start)
             with tempfile.TemporaryDirectory(prefix="mailerd-faults-") as workdir:
                 outage = await procs.run_outage(
-                    server, Path(workdir), outage_s=args.outage_s, leads=max(9000, args.rounds * 3000)
+                    server, Path(workdir), outage_s=args.outage_s, leads=max(9000, args.rounds * 4500)
                 )
             figures = outage.figures()
         except Exception as exc:  # e.g. the daemon died during the outage

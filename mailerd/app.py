@@ -226,7 +226,7 @@ async def _partition_loop(pool: asyncpg.Pool, config: Config, stop: asyncio.Even
                     retention_days=config.retention.days,
                 ):
                     log.info("partition_maintained", action=str(action))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             log.warning("partition_maintenance_failed", error=str(exc))
 
 

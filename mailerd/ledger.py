@@ -74,6 +74,15 @@ class Ledger:
             del self._entries[seq]
         return self.checkpoint
 
+    def pending_before(self, seq: int) -> int:
+        """Entries older than ``seq`` that hold the checkpoint back (dispatched, not all logged)."""
+        count = 0
+        for entry_seq in self._entries:
+            if entry_seq >= seq:
+                break
+            count += 1
+        return count
+
     def upto_ahead(self, seq: int, count: int) -> int:
         """The ``upto`` of the entry ``count`` places after ``seq`` (or the last one added)."""
         found = False

@@ -128,8 +128,10 @@ class ShardRun:
         self._seq = 0
         self._reserve_lock = asyncio.Lock()
         self._resolved = asyncio.Event()
+        self._progress = asyncio.Event()
         self.stopped = asyncio.Event()
         self.lost = False
+        self.fenced = False
         self.done = False
         self.stop_reason = ""
         self.log = log.bind(campaign_id=self.campaign_id, shard_no=self.shard_no, epoch=self.epoch)
@@ -151,30 +153,48 @@ class ShardRun:
     def discard(self, seq: int) -> None:
         """A batch that was not sent (stopping shard, halted provider)."""
         self.ledger.discard(seq)
+        self._progress.set()
         self._check_resolved()
 
     def on_logged(self, checkpoint: int, done: bool) -> None:
         if done:
             self.done = True
+        self._progress.set()
         self._check_resolved()
 
     def on_lost(self) -> None:
+        """Fenced out (epoch mismatch): the new owner accounts for this shard's leads."""
+        self.fenced = True
+        self._lose("fenced out by a newer owner")
+
+    def _lose(self, reason: str) -> None:
+        """The claim is gone: dispatch nothing more. Unless fenced, in-flight rows still commit."""
         if not self.lost:
             self.lost = True
             metrics.SHARDS_LOST.inc()
-            self.stop("fenced out by a newer owner")
+            self.stop(reason)
+        self._progress.set()
         self._resolved.set()
 
     async def ensure_reserved(self, batch: Batch) -> None:
         """Raise ``reserved_upto`` (committed) before this batch's leads may be sent."""
         if batch.last_lead_id <= self.reserved_upto:
             return
+        ahead = max(1, self._lane.reservation_step // max(1, self._lane.batch_size))
+        # Flow control: reserve past the checkpoint only while fewer than `ahead` older batches
+        # are uncommitted, so a crash leaves at most about 2 x reservation_step uncertain. The
+        # oldest batch never waits here, so the window always drains.
+        while self.ledger.pending_before(batch.seq) >= ahead and not self.stopping:
+            self._progress.clear()
+            self._writer.flush_soon()
+            await self._progress.wait()
+        if self.stopping:
+            raise ShardLostError("shard stopping")
         async with self._reserve_lock:
             if batch.last_lead_id <= self.reserved_upto:
                 return
             if self.lost or self._claim.is_closed():
                 raise ShardLostError("claim connection is gone")
-            ahead = max(1, self._lane.reservation_step // max(1, self._lane.batch_size))
             target = min(self.lead_id_to, max(batch.last_lead_id, self.ledger.upto_ahead(batch.seq, ahead)))
             try:
                 status = await self._claim.execute(
@@ -186,8 +206,13 @@ class ShardRun:
                     self.shard_no,
                     self.epoch,
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.on_lost()
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
+                self._lose("reservation failed")
                 raise ShardLostError(f"reservation failed: {exc}") from exc
             if status != "UPDATE 1":
                 self.on_lost()
@@ -200,23 +225,34 @@ class ShardRun:
         """Recover, dispatch every window, wait for the in-flight batches, release the claim."""
         clean = False
         try:
-            checkpoint = self.ledger.checkpoint
-            if checkpoint < self.reserved_upto:
-                await self._dispatch_range(checkpoint, self.reserved_upto, skip_logged=True)
-            position = max(self.reserved_upto, checkpoint)
-            while position < self.lead_id_to and not self.stopping:
-                end = min(position + self._window_size, self.lead_id_to)
-                await self._dispatch_range(position, end, skip_logged=position < self._logged_upto)
-                position = end
-            if position >= self.lead_id_to and self.ledger.unresolved == 0 and len(self.ledger) == 0:
-                # Nothing dispatched at all (e.g. recovered to the end): make the checkpoint final.
-                await self._submit(
-                    Batch(self.campaign, self.shard_no, self._next_seq(), [], self.lead_id_to), []
-                )
+            try:
+                await self._dispatch_all()
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
+                self._lose(f"reading leads failed: {exc}")
             await self._wait_resolved()
-            clean = not self.lost
+            # Every dispatched batch is logged or was not sent: a clean release, even if the claim
+            # connection dropped meanwhile (then the next claim re-sends, nothing is uncertain).
+            clean = not self.fenced and self.ledger.unresolved == 0
         finally:
             await self._release(clean)
+
+    async def _dispatch_all(self) -> None:
+        checkpoint = self.ledger.checkpoint
+        if checkpoint < self.reserved_upto:
+            await self._dispatch_range(checkpoint, self.reserved_upto, skip_logged=True)
+        position = max(self.reserved_upto, checkpoint)
+        while position < self.lead_id_to and not self.stopping:
+            end = min(position + self._window_size, self.lead_id_to)
+            await self._dispatch_range(position, end, skip_logged=position < self._logged_upto)
+            position = end
+        if position >= self.lead_id_to and self.ledger.unresolved == 0 and len(self.ledger) == 0:
+            # Nothing dispatched at all (e.g. recovered to the end): make the checkpoint final.
+            await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], self.lead_id_to), [])
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -293,16 +329,19 @@ class ShardRun:
 
     def _on_claim_closed(self, _conn: Any) -> None:
         self.log.warning("shard_claim_connection_closed")
-        self.on_lost()
+        self._lose("claim connection closed")
 
     async def _wait_resolved(self) -> None:
         self._check_resolved()
-        while self.ledger.unresolved and not self.lost:
+        while self.ledger.unresolved and not self.fenced:
             self._resolved.clear()
             self._check_resolved()
             await self._resolved.wait()
 
     async def _release(self, clean: bool) -> None:
+        if clean and self._claim.is_closed():
+            await self._release_clean_without_claim()
+            clean = False  # nothing left to do on the claim connection
         try:
             if clean and not self._claim.is_closed():
                 await self._claim.execute(
@@ -315,13 +354,41 @@ class ShardRun:
                 await self._claim.execute(
                     "SELECT pg_advisory_unlock($1::int, $2::int)", _lock_key(self.campaign_id), self.shard_no
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             self.log.warning("shard_release_failed", error=str(exc))
         finally:
             self._claim.remove_termination_listener(self._on_claim_closed)
             with contextlib.suppress(Exception):
                 await self._claim.close(timeout=5)
             self.log.info("shard_released", clean=clean, done=self.done, checkpoint=self.ledger.checkpoint)
+
+    async def _release_clean_without_claim(self) -> None:
+        """The claim connection dropped but every batch is resolved: say so through the pool
+        (fenced by epoch), retrying until Postgres answers, so the next owner re-sends the
+        reserved leads that were never sent instead of logging them ``unknown``."""
+        delay = 0.2
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.execute(
+                        """UPDATE campaign_shards SET released_clean = true, owner = NULL,
+                                  updated_at = now()
+                           WHERE campaign_id = $1 AND shard_no = $2 AND epoch = $3""",
+                        self.campaign_id,
+                        self.shard_no,
+                        self.epoch,
+                    )
+                self.log.info("shard_released_clean_after_disconnect")
+                return
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
+                self.log.warning("shard_release_retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
 
 class Scheduler:
@@ -372,7 +439,12 @@ class Scheduler:
                 while not self._stop.is_set():
                     try:
                         await self._tick(group)
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    except (
+                        OSError,
+                        asyncpg.PostgresError,
+                        asyncpg.InterfaceError,
+                        asyncpg.InternalClientError,
+                    ) as exc:
                         log.warning("scheduler_tick_failed", error=str(exc))
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -406,7 +478,12 @@ class Scheduler:
                 await conn.add_listener(campaigns.NOTIFY_CHANNEL, self._on_notify)
                 await closed.wait()
                 log.warning("campaign_listener_disconnected")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
                 log.warning("campaign_listener_failed", error=str(exc))
                 await asyncio.sleep(1.0)
             finally:

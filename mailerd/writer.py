@@ -88,6 +88,7 @@ class Writer:
         self._first_at = 0.0
         self._closed = False
         self._wakeup = asyncio.Event()
+        self._urgent = False
         self._space = asyncio.Condition()
         self.healthy = True
 
@@ -138,6 +139,11 @@ class Writer:
             self._wakeup.set()
         return future
 
+    def flush_soon(self) -> None:
+        """A sender waits for a commit (its shard's uncertain window is full): flush now."""
+        self._urgent = True
+        self._wakeup.set()
+
     def close(self) -> None:
         """No more submissions: flush what is buffered, then :meth:`run` returns."""
         self._closed = True
@@ -155,7 +161,12 @@ class Writer:
                 await self._wakeup.wait()
                 continue
             remaining = self._first_at + interval - time.monotonic()
-            if remaining > 0 and self._rows < self._config.flush_rows and not self._closed:
+            if (
+                remaining > 0
+                and self._rows < self._config.flush_rows
+                and not self._closed
+                and not self._urgent
+            ):
                 self._wakeup.clear()
                 try:
                     async with asyncio.timeout(remaining):
@@ -164,9 +175,16 @@ class Writer:
                     pass
                 continue
             entries, self._buffer = self._buffer, []
+            self._urgent = False
             try:
                 await self._flush(entries)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                TimeoutError,
+            ) as exc:
                 failures += 1
                 self.healthy = False
                 metrics.FLUSH_FAILURES.inc()
