@@ -30,7 +30,7 @@ def _check_bound(result: procs.ScenarioResult) -> None:
 
 
 async def test_single_node_survives_repeated_sigkill(dsn: str, tmp_path: Path) -> None:
-    scenario = procs.Scenario("single", kills=4, seed=11)
+    scenario = procs.Scenario("single", leads=15000, kills=4, seed=11)
     result = await procs.run_scenario(dsn, tmp_path, scenario)
     assert result.crashes >= 3, result.figures()
     _check_exactly_once(result)
@@ -56,7 +56,7 @@ async def test_pauses_and_resumes_between_crashes(dsn: str, tmp_path: Path) -> N
 
 
 async def test_resend_uncertain_resends_instead_of_logging_unknown(dsn: str, tmp_path: Path) -> None:
-    scenario = procs.Scenario("resend-uncertain", kills=3, resend_uncertain=True, seed=14)
+    scenario = procs.Scenario("resend-uncertain", leads=12000, kills=3, resend_uncertain=True, seed=14)
     result = await procs.run_scenario(dsn, tmp_path, scenario)
     audit = result.audit
     figures = result.figures()
