@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 QueueItem = tuple["ShardRun", Batch] | None  # None: end marker, one per sender worker
 CLAIM_COMMAND_TIMEOUT_S = 15.0  # a claim connection that cannot answer in time counts as lost
+WINDOW_FETCH_ROWS = 2_000  # rows per round trip on a window's server-side cursor
 
 
 class ShardLostError(Exception):
@@ -263,27 +264,21 @@ class ShardRun:
         sql, params = _window_sql(self.campaign.segment, skip_logged=skip_logged)
         rows: list[asyncpg.Record] = []
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            cursor = conn.cursor(
-                sql,
-                self.campaign.account_id,
-                start,
-                end,
-                self.campaign_id,
-                *params,
-                prefetch=min(self._window_size, 10_000),
-            )
-            async for row in cursor:
-                rows.append(row)
+            cursor = await conn.cursor(sql, self.campaign.account_id, start, end, self.campaign_id, *params)
+            while True:
+                chunk = await cursor.fetch(WINDOW_FETCH_ROWS)
+                rows.extend(chunk)
+                if len(chunk) < WINDOW_FETCH_ROWS:
+                    break
         now = dt.datetime.now(dt.UTC)
         suppressed: list[LogRow] = []
         leads: list[Lead] = []
-        for row in rows:
-            if row["suppressed"]:
-                suppressed.append(
-                    (now, self.campaign_id, row["id"], LogStatus.SUPPRESSED, None, "suppressed")
-                )
+        campaign_id = self.campaign_id
+        for lead_id, email, attributes, is_suppressed in rows:
+            if is_suppressed:
+                suppressed.append((now, campaign_id, lead_id, LogStatus.SUPPRESSED, None, "suppressed"))
             else:
-                leads.append(Lead(row["id"], row["email"], row["attributes"]))
+                leads.append(Lead(lead_id, email, attributes))
         size = self._lane.batch_size
         chunks = [leads[i : i + size] for i in range(0, len(leads), size)]
         if suppressed or not chunks:

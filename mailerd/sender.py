@@ -41,28 +41,35 @@ HaltCallback = Callable[[int, str], Awaitable[None]]
 
 
 class ErrorRate:
-    """Permanent failures among the last ``window`` recipients of one campaign (pure)."""
+    """Permanent failures among (about) the last ``window`` recipients of one campaign (pure).
 
-    __slots__ = ("_failed", "_outcomes", "window")
+    Counted per batch, not per recipient: the hot path adds one pair per batch.
+    """
+
+    __slots__ = ("_batches", "_failed", "_total", "window")
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self._outcomes: collections.deque[bool] = collections.deque(maxlen=window)
+        self._batches: collections.deque[tuple[int, int]] = collections.deque()
+        self._total = 0
         self._failed = 0
 
-    def add(self, failed: bool) -> None:
-        if len(self._outcomes) == self.window:
-            self._failed -= self._outcomes[0]
-        self._outcomes.append(failed)
+    def add(self, total: int, failed: int) -> None:
+        self._batches.append((total, failed))
+        self._total += total
         self._failed += failed
+        while self._batches and self._total - self._batches[0][0] >= self.window:
+            old_total, old_failed = self._batches.popleft()
+            self._total -= old_total
+            self._failed -= old_failed
 
     @property
     def full(self) -> bool:
-        return len(self._outcomes) == self.window
+        return self._total >= self.window
 
     @property
     def rate(self) -> float:
-        return self._failed / len(self._outcomes) if self._outcomes else 0.0
+        return self._failed / self._total if self._total else 0.0
 
 
 class ProviderSender:
@@ -238,9 +245,14 @@ class ProviderSender:
         errors = self._error_rates.get(batch.campaign.id)
         if errors is None:
             errors = self._error_rates[batch.campaign.id] = ErrorRate(self.config.error_window)
+        failed = sent = 0
         for row in rows:
-            if row[3] in (LogStatus.SENT, LogStatus.FAILED):
-                errors.add(row[3] == LogStatus.FAILED)
+            status = row[3]
+            if status == LogStatus.SENT:
+                sent += 1
+            elif status == LogStatus.FAILED:
+                failed += 1
+        errors.add(sent + failed, failed)
         if errors.full and errors.rate > self.config.max_error_rate:
             reason = (
                 f"error rate {errors.rate:.0%} over the last {errors.window} recipients "

@@ -264,11 +264,14 @@ class Writer:
         for _, shard, seqs, complete, _, done in plans:
             checkpoint = shard.ledger.mark_logged(seqs, complete)
             shard.on_logged(checkpoint, done)
+        per_status: collections.Counter[tuple[str, int]] = collections.Counter()
         for entry in entries:
             if entry.shard is not None and entry.rows:
-                counters = _status_counters(entry.shard.provider_name)
+                name = entry.shard.provider_name
                 for row in entry.rows:
-                    counters[row[3]].inc()
+                    per_status[(name, row[3])] += 1
+        for (name, status), count in per_status.items():
+            _status_counters(name)[status].inc(count)
         return set()
 
     async def _transaction(

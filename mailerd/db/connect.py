@@ -19,7 +19,7 @@ def _jsonb_encode(value: Any) -> bytes:
 
 
 def _jsonb_decode(data: bytes) -> Any:
-    return orjson.loads(data[1:])
+    return orjson.loads(memoryview(data)[1:])
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
