@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 import prometheus_client
+import structlog
 from aiohttp import web
 
 from mailerd import campaigns, metrics, segments, suppressions, unsubscribe
@@ -31,6 +32,7 @@ from mailerd.providers.webhooks import WebhookError, WebhookHandler, WebhookRequ
 from mailerd.writer import Writer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass(slots=True)
@@ -417,11 +419,19 @@ async def webhook(request: web.Request) -> web.Response:
         events = await handler.parse(hook_request)
     except WebhookError as exc:
         metrics.WEBHOOK_REJECTED.labels(provider, str(exc.status)).inc()
+        log.info(
+            "webhook_refused", provider=provider, status=exc.status, code=exc.code, remote=request.remote
+        )
         raise ApiError(exc.status, exc.code, exc.message) from None
     if events:
-        async with _pool(request).acquire() as conn:
-            events = await webhooks_mod.resolve(conn, events)
-        await await_commit(await services.writer.submit_events(events))
+        try:
+            async with _pool(request).acquire() as conn:
+                events = await webhooks_mod.resolve(conn, events)
+            await await_commit(await services.writer.submit_events(events))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            # The provider retries on 5xx: nothing is lost by refusing now.
+            log.warning("webhook_not_recorded", provider=provider, error=str(exc))
+            raise ApiError(503, "unavailable", "events cannot be recorded right now; retry") from None
     for event in events:
         metrics.WEBHOOK_EVENTS.labels(provider, str(event.kind)).inc()
     return _json({"received": len(events)})

@@ -578,7 +578,8 @@ class Scheduler:
             campaign = campaign_from_row(campaign_row)
             lane = self._lanes.get(campaign.provider)
             if lane is None:
-                await _fail_campaign(claim, campaign_id, f"provider {campaign.provider!r} is not configured")
+                # Another node may have it configured: skip, do not fail the campaign for all.
+                log.error("campaign_provider_unknown", campaign_id=campaign_id, provider=campaign.provider)
                 raise _NotClaimable
             # Prepare (e.g. the SES template) before touching the shard, so a provider error
             # leaves the shard exactly as the last owner left it.
@@ -643,17 +644,6 @@ def _lock_key(campaign_id: int) -> int:
     """The advisory lock's first int4 key. Ids past 2^31 wrap: two shards sharing a lock only
     serialise, they never share an owner."""
     return campaign_id % 2_147_483_647
-
-
-async def _fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:
-    await conn.execute(
-        """UPDATE campaigns SET status = 'failed', status_reason = $2, updated_at = now()
-           WHERE id = $1 AND status = 'running'""",
-        campaign_id,
-        reason,
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", campaigns.NOTIFY_CHANNEL, f"{campaign_id} failed")
-    log.error("campaign_failed", campaign_id=campaign_id, reason=reason)
 
 
 class _NotClaimable(Exception):

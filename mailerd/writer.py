@@ -29,6 +29,8 @@ from mailerd.models import Event, LogRow, LogStatus
 
 log = structlog.get_logger(__name__)
 
+EVENT_FLUSH_S = 0.02  # webhook events wait at most this long for their flush
+
 _COLUMNS = ("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error")
 _STAT_COLUMNS = {
     LogStatus.SENT: "sent",
@@ -85,7 +87,7 @@ class Writer:
         self._webhooks = webhooks or WebhooksConfig()
         self._buffer: list[_Entry] = []
         self._rows = 0
-        self._first_at = 0.0
+        self._deadline = 0.0
         self._closed = False
         self._wakeup = asyncio.Event()
         self._urgent = False
@@ -107,37 +109,35 @@ class Writer:
     ) -> asyncio.Future[None]:
         """Queue a batch's rows; wait only while the buffer is full. The returned future
         resolves when the rows are committed (or raises :class:`ShardLost`)."""
-        if self._closed:
-            raise RuntimeError("writer is closed")
-        if self._rows >= self._config.max_buffer_rows:
-            async with self._space:
-                await self._space.wait_for(lambda: self._rows < self._config.max_buffer_rows)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self._buffer:
-            self._first_at = time.monotonic()
-        self._buffer.append(_Entry(shard, seq, rows, retried, complete, future))
-        self._rows += len(rows)
-        metrics.WRITER_BUFFER_ROWS.set(self._rows)
-        if self._rows >= self._config.flush_rows or len(self._buffer) == 1:
-            self._wakeup.set()
-        return future
+        return await self._enqueue(_Entry(shard, seq, rows, retried, complete, self._future()))
 
     async def submit_events(self, events: list[Event]) -> asyncio.Future[None]:
-        """Queue provider events for the next flush; the future resolves once they commit."""
+        """Queue provider events for a flush within ``EVENT_FLUSH_S`` (a webhook is waiting for
+        the commit); the future resolves once they commit."""
+        return await self._enqueue(_Entry(None, 0, [], 0, True, self._future(), events), EVENT_FLUSH_S)
+
+    @staticmethod
+    def _future() -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, entry: _Entry, within_s: float | None = None) -> asyncio.Future[None]:
         if self._closed:
             raise RuntimeError("writer is closed")
         if self._rows >= self._config.max_buffer_rows:
             async with self._space:
                 await self._space.wait_for(lambda: self._rows < self._config.max_buffer_rows)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        now = time.monotonic()
         if not self._buffer:
-            self._first_at = time.monotonic()
-        self._buffer.append(_Entry(None, 0, [], 0, True, future, events))
-        self._rows += len(events)
+            self._deadline = now + self._config.flush_interval_ms / 1000
+        if within_s is not None and now + within_s < self._deadline:
+            self._deadline = now + within_s
+            self._wakeup.set()
+        self._buffer.append(entry)
+        self._rows += entry.size
         metrics.WRITER_BUFFER_ROWS.set(self._rows)
         if self._rows >= self._config.flush_rows or len(self._buffer) == 1:
             self._wakeup.set()
-        return future
+        return entry.done
 
     def flush_soon(self) -> None:
         """A sender waits for a commit (its shard's uncertain window is full): flush now."""
@@ -151,7 +151,6 @@ class Writer:
 
     async def run(self) -> None:
         """Flush on size or time until closed and empty."""
-        interval = self._config.flush_interval_ms / 1000
         failures = 0
         while True:
             if not self._buffer:
@@ -160,7 +159,7 @@ class Writer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            remaining = self._first_at + interval - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if (
                 remaining > 0
                 and self._rows < self._config.flush_rows
@@ -199,8 +198,6 @@ class Writer:
             self.healthy = True
             self._rows -= sum(e.size for e in entries)
             metrics.WRITER_BUFFER_ROWS.set(self._rows)
-            if self._buffer:
-                self._first_at = time.monotonic()
             async with self._space:
                 self._space.notify_all()
 

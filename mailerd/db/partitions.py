@@ -133,4 +133,16 @@ async def maintain(
         for offset in range(ahead_days):
             actions += await create_day(conn, table, today + offset * _DAY)
         actions += await drop_before(conn, table, today - retention_days * _DAY)
+    actions += await prune_receipts(conn, today - retention_days * _DAY)
     return actions
+
+
+async def prune_receipts(conn: asyncpg.Connection, cutoff: dt.date) -> list[Action]:
+    """Forget webhook de-duplication keys older than the retention period (the events they
+    guarded are gone with their partitions)."""
+    low, _ = _bounds(cutoff)
+    if not await conn.fetchval("SELECT to_regclass('webhook_receipts') IS NOT NULL"):
+        return []
+    status = await conn.execute("DELETE FROM webhook_receipts WHERE received_at < $1", low)
+    purged = int(status.split()[-1])
+    return [Action("purged", "webhook_receipts", f"{purged} receipts older than {cutoff}")] if purged else []

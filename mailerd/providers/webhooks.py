@@ -73,8 +73,15 @@ async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
         )
         accounts = {r["id"]: r["account_id"] for r in rows}
     pending_by_message: list[int] = []
+    events = [
+        # Metadata naming a campaign we do not have is not ours (or forged): drop it.
+        dataclasses.replace(event, campaign_id=None, lead_id=None)
+        if event.campaign_id is not None and event.campaign_id not in accounts
+        else event
+        for event in events
+    ]
     for index, event in enumerate(events):
-        if event.campaign_id is not None and event.campaign_id in accounts:
+        if event.campaign_id is not None:
             resolved[index] = dataclasses.replace(event, account_id=accounts[event.campaign_id])
         elif event.provider_message_id:
             pending_by_message.append(index)
