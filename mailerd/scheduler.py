@@ -408,6 +408,7 @@ class Scheduler:
         self._stop = stop
         self._runs: dict[tuple[int, int], ShardRun] = {}
         self._prepared: set[tuple[str, int]] = set()
+        self._warned_providers: set[int] = set()
         self._wakeup = asyncio.Event()
         self.node = config.node.name or "node"
 
@@ -536,12 +537,23 @@ class Scheduler:
 
     async def _claim(self, group: asyncio.TaskGroup, capacity: int) -> None:
         async with self._pool.acquire() as conn:
+            # Only campaigns whose provider this node has: the others are for other nodes.
             candidates = await conn.fetch(
                 """SELECT s.campaign_id, s.shard_no FROM campaign_shards s
                    JOIN campaigns c ON c.id = s.campaign_id
-                   WHERE c.status = 'running' AND s.state = 'pending'
-                   ORDER BY s.campaign_id, s.shard_no LIMIT 1000"""
+                   WHERE c.status = 'running' AND s.state = 'pending' AND c.provider = ANY($1::text[])
+                   ORDER BY s.campaign_id, s.shard_no LIMIT 1000""",
+                sorted(self._lanes),
             )
+            orphaned = await conn.fetch(
+                """SELECT id, provider FROM campaigns
+                   WHERE status = 'running' AND NOT (provider = ANY($1::text[]))""",
+                sorted(self._lanes),
+            )
+        for row in orphaned:
+            if row["id"] not in self._warned_providers:
+                self._warned_providers.add(row["id"])
+                log.error("campaign_provider_unknown", campaign_id=row["id"], provider=row["provider"])
         for candidate in candidates:
             if capacity <= 0 or self._stop.is_set():
                 return
