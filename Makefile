@@ -1,36 +1,46 @@
 # The two commands of the README contract: `make demo` and `make test`.
-# Each creates .venv on first use and installs what it needs.
+# Each creates .venv on first use and installs what it needs (and again when pyproject.toml changes).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,test]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the package and the embedded Postgres only.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $@
+
+# The tests need the linters, pytest and the test servers too.
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[embedded,test]'
+	touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
 	$(BIN)/mailerd demo
 
 test: lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(VENV)/.installed-test
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/import.py --rows 1000000
-	$(BIN)/python bench/campaign.py --leads 1000000 --json
+	$(BIN)/python bench/campaign.py --leads 1000000
+	$(BIN)/python bench/nodes.py
+	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
