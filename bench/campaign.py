@@ -27,8 +27,6 @@ import datetime as dt
 import os
 import random
 import re
-import signal
-import socket
 import sys
 import tempfile
 import time
@@ -36,54 +34,46 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
 import orjson
+from common import (
+    ACCOUNT_ID,
+    NAIVE_SCHEMA,
+    BenchError,
+    Daemon,
+    check_stopped,
+    checkpoint,
+    daemon_toml,
+    free_port,
+    fresh_database,
+    loadavg,
+    machine_busy,
+    machine_cpu,
+    migrated,
+    proc_cpu_s,
+    proc_status_kb,
+    server_dsn,
+    start_campaign,
+    start_daemon,
+    start_sink,
+    stop_daemons,
+    stop_process,
+    vacuum_analyze,
+    wait_finished,
+)
 
-from mailerd import campaigns
 from mailerd import config as config_mod
 from mailerd.config import WriterConfig
 from mailerd.db import connect as db_connect
-from mailerd.db import migrate
 from mailerd.models import LogRow, LogStatus
 from mailerd.writer import Writer
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-ACCOUNT_ID = 1
 SEGMENT = {"field": "attributes.first_name", "op": "exists", "value": True}
 SUPPRESS_EVERY = 1000  # one lead in this many is on the suppression list (logged, not sent)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 NAIVE_TASKS = 4
 NAIVE_BATCH = 50
-NAIVE_SCHEMA = """
-CREATE TABLE email (
-    id                  bigserial PRIMARY KEY,
-    campaign_id         bigint NOT NULL,
-    lead_id             bigint NOT NULL,
-    account_id          bigint NOT NULL,
-    email               text NOT NULL,
-    status              text NOT NULL,
-    provider_message_id text,
-    error               text,
-    sent_at             timestamptz,
-    opened_at           timestamptz,
-    clicked_at          timestamptz,
-    bounced_at          timestamptz,
-    bounce_reason       text,
-    created_at          timestamptz NOT NULL DEFAULT now(),
-    updated_at          timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX email_campaign_id_idx ON email (campaign_id);
-CREATE INDEX email_lead_id_idx ON email (lead_id);
-CREATE INDEX email_account_id_idx ON email (account_id);
-CREATE INDEX email_email_idx ON email (email);
-CREATE INDEX email_provider_message_id_idx ON email (provider_message_id);
-CREATE INDEX email_status_campaign_idx ON email (status, campaign_id);
-"""
 NAIVE_INSERT = """INSERT INTO email (campaign_id, lead_id, account_id, email, status,
                                      provider_message_id, sent_at)
                   VALUES ($1, $2, $3, $4, $5, $6, $7)"""
@@ -102,35 +92,7 @@ _DOMAINS = ["example.com", "mail.example.org", "corp.example.net", "example.co.u
 _TAGS = ["beta", "webinar", "newsletter", "churn-risk", "partner", "trial", "vip", "event-2024"]
 
 
-class BenchError(Exception):
-    """The benchmark could not complete (a child died, a timeout passed)."""
-
-
 # --- database -------------------------------------------------------------------------------
-
-
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
-    """A new empty database for the block; dropped afterwards whatever happens."""
-    name = f"mailerd_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(admin_dsn, name)
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def _csv_field(text: str) -> str:
@@ -177,9 +139,7 @@ async def seed(dsn: str, count: int) -> dict[str, Any]:
     """Migrate, COPY ``count`` leads, suppress a few, VACUUM ANALYZE (leads are old data in
     production: their hint bits are set, so reading them writes nothing)."""
     started = time.perf_counter()
-    conn = await db_connect.connect(dsn)
-    try:
-        await migrate.migrate(conn)
+    async with migrated(dsn) as conn:
         await conn.copy_to_table(
             "leads",
             source=_lead_chunks(count, seed=7),
@@ -193,10 +153,7 @@ async def seed(dsn: str, count: int) -> dict[str, Any]:
             ACCOUNT_ID,
             SUPPRESS_EVERY,
         )
-        await conn.execute("VACUUM ANALYZE leads")
-        await conn.execute("VACUUM ANALYZE suppressions")
-    finally:
-        await conn.close()
+        await vacuum_analyze(conn, "leads", "suppressions")
     return {"seed_s": round(time.perf_counter() - started, 2)}
 
 
@@ -299,95 +256,7 @@ def wal_fields(prefix: str, wal: dict[str, Any], rows: int) -> dict[str, Any]:
     }
 
 
-async def checkpoint(conn: asyncpg.Connection) -> None:
-    """Start each measured window right after a checkpoint: every window then pays its own
-    full-page images, none inherits or escapes them by luck of timing."""
-    await conn.execute("CHECKPOINT")
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    """A ``kB`` line of /proc/PID/status (VmHWM: peak resident set size)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])
-    return total - idle, total
-
-
-def loadavg() -> str:
-    """The one-minute load average: others' work on the machine skews every figure."""
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    """The children read only their config file: no MAILERD_* override leaks in."""
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
-
-
-async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace_s):
-                await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    return process.returncode
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-async def start_sink(workdir: Path) -> tuple[asyncio.subprocess.Process, int]:
-    """``mailerd sink --listen 127.0.0.1:0``; the bound port is read from its first line."""
-    log_path = workdir / "sink.log"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailerd", "sink", "--listen", "127.0.0.1:0", "--seed", "1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=log_path.open("wb"),
-        env=child_env(),
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(30):
-            line = (await process.stdout.readline()).decode()
-    except TimeoutError:
-        await stop_process(process)
-        raise BenchError(f"the sink did not report its port:\n{tail(log_path)}") from None
-    if not line.startswith("sink listening on "):
-        await stop_process(process)
-        raise BenchError(f"unexpected sink output {line!r}:\n{tail(log_path)}")
-    return process, int(line.rsplit(":", 1)[1])
+# --- the daemon -----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -403,52 +272,28 @@ class DaemonSettings:
     poll_interval_s: float = 0.25
 
 
-def daemon_toml(dsn: str, http_port: int, sink_port: int, s: DaemonSettings) -> str:
-    return f"""\
-[database]
-dsn = "{dsn}"
-
-[http]
-listen = "127.0.0.1:{http_port}"
-
-[providers.sink]
-kind = "sink"
-endpoint = "http://127.0.0.1:{sink_port}"
-concurrency = {s.concurrency}
-batch_size = {s.batch_size}
-
-[scheduler]
-shard_size = {s.shard_size}
-max_shards_per_node = {s.max_shards_per_node}
-window_size = {s.window_size}
-queue_batches = {s.queue_batches}
-poll_interval_s = {s.poll_interval_s}
-
-[writer]
-flush_rows = {s.flush_rows}
-flush_interval_ms = {s.flush_interval_ms}
-
-[logging]
-level = "warning"
-format = "json"
-
-[node]
-name = "bench"
-"""
-
-
-async def wait_healthy(port: int, process: asyncio.subprocess.Process, log_path: Path) -> None:
-    """Poll /healthz until it answers 200 (the daemon checked migrations and bound HTTP)."""
-    url = f"http://127.0.0.1:{port}/healthz"
-    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
-        while True:
-            if process.returncode is not None:
-                raise BenchError(f"the daemon exited with {process.returncode}:\n{tail(log_path)}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
+def daemon_config(dsn: str, http_port: int, sink_port: int, s: DaemonSettings) -> str:
+    return daemon_toml(
+        dsn,
+        http_port,
+        "bench",
+        {
+            "providers.sink": {
+                "kind": "sink",
+                "endpoint": f"http://127.0.0.1:{sink_port}",
+                "concurrency": s.concurrency,
+                "batch_size": s.batch_size,
+            },
+            "scheduler": {
+                "shard_size": s.shard_size,
+                "max_shards_per_node": s.max_shards_per_node,
+                "window_size": s.window_size,
+                "queue_batches": s.queue_batches,
+                "poll_interval_s": s.poll_interval_s,
+            },
+            "writer": {"flush_rows": s.flush_rows, "flush_interval_ms": s.flush_interval_ms},
+        },
+    )
 
 
 # --- 1. end to end --------------------------------------------------------------------------
@@ -466,25 +311,19 @@ async def end_to_end(
 ) -> dict[str, Any]:
     """Run one campaign over every lead with the daemon and the sink as separate processes."""
     sink, sink_port = await start_sink(workdir)
-    daemon: asyncio.subprocess.Process | None = None
+    daemon: Daemon | None = None
     spy: asyncio.subprocess.Process | None = None
-    daemon_log = workdir / "daemon.log"
     try:
         http_port = free_port()
         config_path = workdir / "mailerd.toml"
-        config_path.write_text(daemon_toml(dsn, http_port, sink_port, settings))
+        config_path.write_text(daemon_config(dsn, http_port, sink_port, settings))
         config = config_mod.load(config_path, env={})
-        command = [sys.executable, "-m", "mailerd", "run", "--config", str(config_path)]
+        interpreter_args: list[str] = []
         if profile == "cprofile":
-            out = profile_out or str(workdir / "daemon.prof")
-            command = [sys.executable, "-m", "cProfile", "-o", out, *command[1:]]
-        daemon = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=daemon_log.open("wb"),
-            stderr=asyncio.subprocess.STDOUT,
-            env=child_env(),
+            interpreter_args = ["-m", "cProfile", "-o", profile_out or str(workdir / "daemon.prof")]
+        daemon = await start_daemon(
+            config_path, workdir / "daemon.log", http_port, interpreter_args=interpreter_args
         )
-        await wait_healthy(http_port, daemon, daemon_log)
         if profile == "py-spy":
             out = profile_out or str(workdir / "daemon.svg")
             spy = await asyncio.create_subprocess_exec(
@@ -503,22 +342,16 @@ async def end_to_end(
             sink_cpu_before = proc_cpu_s(sink.pid)
             machine_before = machine_cpu()
             started = time.perf_counter()
-            campaign_id = await campaigns.create(
+            campaign_id = await start_campaign(
                 conn,
-                campaigns.NewCampaign(
-                    account_id=ACCOUNT_ID,
-                    name="bench",
-                    segment=SEGMENT,
-                    subject="{{ lead.attributes.first_name }}, our spring release is here",
-                    html_body="<p>Hello {{ lead.attributes.first_name }},</p><p>It is here.</p>",
-                    text_body="Hello {{ lead.attributes.first_name }}, it is here.",
-                    from_address="news@example.com",
-                    provider="sink",
-                    start=True,
-                ),
                 config,
+                name="bench",
+                segment=SEGMENT,
+                subject="{{ lead.attributes.first_name }}, our spring release is here",
+                html_body="<p>Hello {{ lead.attributes.first_name }},</p><p>It is here.</p>",
+                text_body="Hello {{ lead.attributes.first_name }}, it is here.",
             )
-            info = await _wait_finished(conn, campaign_id, daemon, daemon_log, limit_s)
+            info = await wait_finished(conn, campaign_id, [daemon], limit_s, poll_s=0.1)
             elapsed = time.perf_counter() - started
             cpu_after = proc_cpu_s(daemon.pid)
             sink_cpu_after = proc_cpu_s(sink.pid)
@@ -533,21 +366,18 @@ async def end_to_end(
         finally:
             await conn.close()
     finally:
-        codes = []
-        if daemon is not None:
-            codes.append(await stop_process(daemon))
+        codes = await stop_daemons([daemon] if daemon is not None else [])
         if spy is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
                     await spy.wait()
             await stop_process(spy, grace_s=5)
         await stop_process(sink, grace_s=10)
-    if codes and codes[0] != 0:
-        raise BenchError(f"the daemon exited with {codes[0]} after SIGTERM:\n{tail(daemon_log)}")
+    assert daemon is not None
+    check_stopped([daemon], codes)
     processed = info["processed"]
     if logged != processed or processed != leads:
         raise BenchError(f"{leads} leads, {processed} processed, {logged} email_log rows: mismatch")
-    busy = (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1])
     return {
         "leads": leads,
         "campaign_id": campaign_id,
@@ -563,36 +393,9 @@ async def end_to_end(
         "daemon_cpu_share": round((cpu_after - cpu_before) / elapsed, 2),
         "daemon_peak_rss_mb": round(peak_rss_kb / 1024, 1),
         "sink_cpu_us_per_email": round((sink_cpu_after - sink_cpu_before) * 1e6 / processed, 2),
-        "machine_cpu_busy": round(busy, 2),
+        "machine_cpu_busy": round(machine_busy(machine_before, machine_after), 2),
         **wal_fields("", wal, processed),
     }
-
-
-async def _wait_finished(
-    conn: asyncpg.Connection,
-    campaign_id: int,
-    daemon: asyncio.subprocess.Process,
-    daemon_log: Path,
-    limit_s: float,
-) -> dict[str, Any]:
-    """Poll ``campaigns.show`` every 100 ms until the campaign is finished."""
-    try:
-        async with asyncio.timeout(limit_s):
-            while True:
-                info = await campaigns.show(conn, campaign_id)
-                assert info is not None
-                if info["status"] == "finished":
-                    return info
-                if info["status"] in ("cancelled", "failed", "paused"):
-                    raise BenchError(f"campaign {info['status']}: {info['reason']}\n{tail(daemon_log)}")
-                if daemon.returncode is not None:
-                    raise BenchError(f"the daemon exited with {daemon.returncode}:\n{tail(daemon_log)}")
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        info = await campaigns.show(conn, campaign_id) or {}
-        raise BenchError(
-            f"campaign not finished after {limit_s:.0f} s ({info.get('processed')} processed)"
-        ) from None
 
 
 # --- 2. naive baseline and 3. mailerd's writer, same rows ----------------------------------
@@ -727,7 +530,7 @@ async def server_settings(admin_dsn: str) -> dict[str, str]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    admin_dsn = args.dsn or os.environ.get("MAILERD_TEST_DSN") or DEFAULT_DSN
+    admin_dsn = server_dsn(args.dsn)
     settings = DaemonSettings(
         concurrency=args.concurrency,
         shard_size=args.shard_size,

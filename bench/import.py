@@ -13,24 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import os
 import random
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import orjson
+from common import checkpoint, fresh_database, migrated, server_dsn
 
 from mailerd import importer
-from mailerd.db import connect as db_connect
-from mailerd.db import migrate
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 COLUMNS = ["email", "first_name", "country", "plan", "age", "score", "vip", "signup_date"]
 FIRST_NAMES = [
     "Ada", "Alan", "Grace", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
@@ -67,43 +61,21 @@ def generate(path: Path, rows: int, bad_pct: float, seed: int = 42) -> int:
     return bad
 
 
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+async def bench(admin_dsn: str, path: Path, rows: int) -> dict[str, Any]:
+    async with fresh_database(admin_dsn) as dsn, migrated(dsn) as conn:
+        columns = ", ".join(f'"{c}" text' for c in COLUMNS)
+        await conn.execute(f"CREATE TABLE bare_copy ({columns})")
+        await checkpoint(conn)
+        started = time.perf_counter()
+        await conn.copy_to_table("bare_copy", source=path, format="csv", header=True)
+        copy_s = time.perf_counter() - started
+        await conn.execute("DROP TABLE bare_copy")
+        await checkpoint(conn)
 
-
-async def bench(dsn: str, path: Path, rows: int) -> dict[str, Any]:
-    name = f"mailerd_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        conn = await db_connect.connect(with_database(dsn, name))
-        try:
-            await migrate.migrate(conn)
-            columns = ", ".join(f'"{c}" text' for c in COLUMNS)
-            await conn.execute(f"CREATE TABLE bare_copy ({columns})")
-            await conn.execute("CHECKPOINT")
-            started = time.perf_counter()
-            await conn.copy_to_table("bare_copy", source=path, format="csv", header=True)
-            copy_s = time.perf_counter() - started
-            await conn.execute("DROP TABLE bare_copy")
-            await conn.execute("CHECKPOINT")
-
-            started = time.perf_counter()
-            result = await importer.import_file(conn, account_id=1, path=path)
-            import_s = time.perf_counter() - started
-            stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
-        finally:
-            await conn.close()
-    finally:
-        admin = await asyncpg.connect(dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        started = time.perf_counter()
+        result = await importer.import_file(conn, account_id=1, path=path)
+        import_s = time.perf_counter() - started
+        stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
     return {
         "rows": rows,
         "copy_s": round(copy_s, 3),
@@ -125,7 +97,7 @@ def main() -> int:
     parser.add_argument("--keep", default=None, metavar="FILE", help="write the CSV here and keep it")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    dsn = args.dsn or os.environ.get("MAILERD_TEST_DSN") or DEFAULT_DSN
+    dsn = server_dsn(args.dsn)
 
     with tempfile.TemporaryDirectory(prefix="mailerd-bench-") as tmp:
         path = Path(args.keep) if args.keep else Path(tmp) / "leads.csv"

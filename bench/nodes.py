@@ -24,201 +24,88 @@ import asyncio
 import collections
 import contextlib
 import os
-import signal
-import socket
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-import asyncpg
 import orjson
+from common import (
+    BenchError,
+    Daemon,
+    check_stopped,
+    copy_leads,
+    daemon_toml,
+    free_port,
+    fresh_database,
+    machine_busy,
+    machine_cpu,
+    migrated,
+    server_dsn,
+    start_campaign,
+    start_daemon,
+    start_sink,
+    stop_daemons,
+    stop_process,
+    tail,
+    vacuum_analyze,
+    wait_finished,
+)
 
-from mailerd import campaigns
 from mailerd import config as config_mod
 from mailerd.db import connect as db_connect
-from mailerd.db import migrate
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-ACCOUNT_ID = 1
 SEGMENT = {"field": "attributes.n", "op": "exists", "value": True}
 BATCH_SIZE = 50
-
-
-class BenchError(Exception):
-    """The benchmark could not complete (a child died, a check failed, a timeout passed)."""
 
 
 # --- database -------------------------------------------------------------------------------
 
 
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
-    """A new empty database for the block; dropped afterwards whatever happens."""
-    name = f"mailerd_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(admin_dsn, name)
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 async def seed(dsn: str, count: int) -> None:
     """Migrate and COPY ``count`` leads of one account."""
-    conn = await db_connect.connect(dsn)
-    try:
-        await migrate.migrate(conn)
-        await conn.copy_records_to_table(
-            "leads",
-            records=[
-                (ACCOUNT_ID, f"lead{n}@example.com", {"n": n, "first_name": "Ada"}) for n in range(count)
-            ],
-            columns=("account_id", "email", "attributes"),
+    async with migrated(dsn) as conn:
+        await copy_leads(
+            conn, ((f"lead{n}@example.com", {"n": n, "first_name": "Ada"}) for n in range(count))
         )
-        await conn.execute("VACUUM ANALYZE leads")
-    finally:
-        await conn.close()
+        await vacuum_analyze(conn, "leads")
 
 
 # --- processes ------------------------------------------------------------------------------
 
 
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])
-    return total - idle, total
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    """The children read only their config file: no MAILERD_* override leaks in."""
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
-
-
-async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace_s):
-                await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    return process.returncode
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-async def start_sink(
-    workdir: Path, latency_ms: float, record: Path
-) -> tuple[asyncio.subprocess.Process, int]:
-    """``mailerd sink --listen 127.0.0.1:0``; the bound port is read from its first line."""
-    log_path = workdir / "sink.log"
-    with log_path.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailerd", "sink", "--listen", "127.0.0.1:0",
-            "--latency-ms", str(latency_ms), "--record", str(record), "--seed", "1",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            env=child_env(),
-        )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(30):
-            line = (await process.stdout.readline()).decode()
-    except TimeoutError:
-        await stop_process(process)
-        raise BenchError(f"the sink did not report its port:\n{tail(log_path)}") from None
-    if not line.startswith("sink listening on "):
-        await stop_process(process)
-        raise BenchError(f"unexpected sink output {line!r}:\n{tail(log_path)}")
-    return process, int(line.rsplit(":", 1)[1])
-
-
-def daemon_toml(dsn: str, node: str, http_port: int, sink_port: int, args: argparse.Namespace) -> str:
-    return f"""\
-[database]
-dsn = "{dsn}"
-
-[http]
-listen = "127.0.0.1:{http_port}"
-
-[providers.sink]
-kind = "sink"
-endpoint = "http://127.0.0.1:{sink_port}"
-concurrency = {args.concurrency}
-batch_size = {BATCH_SIZE}
-
-[scheduler]
-shard_size = {args.shard_size}
-max_shards_per_node = {args.max_shards_per_node}
-window_size = {min(5000, args.shard_size)}
-poll_interval_s = 0.25
-
-[writer]
-flush_interval_ms = 100
-
-[logging]
-level = "info"
-format = "json"
-
-[node]
-name = "{node}"
-"""
-
-
-async def wait_healthy(port: int, process: asyncio.subprocess.Process, log_path: Path) -> None:
-    """Poll /healthz until it answers 200 (the daemon checked migrations and bound HTTP)."""
-    url = f"http://127.0.0.1:{port}/healthz"
-    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
-        while True:
-            if process.returncode is not None:
-                raise BenchError(f"the daemon exited with {process.returncode}:\n{tail(log_path)}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
+def daemon_config(dsn: str, node: str, http_port: int, sink_port: int, args: argparse.Namespace) -> str:
+    return daemon_toml(
+        dsn,
+        http_port,
+        node,
+        {
+            "providers.sink": {
+                "kind": "sink",
+                "endpoint": f"http://127.0.0.1:{sink_port}",
+                "concurrency": args.concurrency,
+                "batch_size": BATCH_SIZE,
+            },
+            "scheduler": {
+                "shard_size": args.shard_size,
+                "max_shards_per_node": args.max_shards_per_node,
+                "window_size": min(5000, args.shard_size),
+                "poll_interval_s": 0.25,
+            },
+            "writer": {"flush_interval_ms": 100},
+        },
+        level="info",
+    )
 
 
 @contextlib.asynccontextmanager
 async def daemons(
     dsn: str, count: int, sink_port: int, workdir: Path, args: argparse.Namespace
-) -> AsyncIterator[tuple[config_mod.Config, list[tuple[asyncio.subprocess.Process, Path]]]]:
+) -> AsyncIterator[tuple[config_mod.Config, list[Daemon]]]:
     """``count`` healthy ``mailerd run`` processes; on exit each gets SIGTERM and must exit 0."""
-    started: list[tuple[asyncio.subprocess.Process, Path]] = []
+    started: list[Daemon] = []
     config: config_mod.Config | None = None
     ok = False
     try:
@@ -226,83 +113,41 @@ async def daemons(
             node = f"node-{index}"
             port = free_port()
             config_path = workdir / f"{node}.toml"
-            config_path.write_text(daemon_toml(dsn, node, port, sink_port, args), encoding="utf-8")
+            config_path.write_text(daemon_config(dsn, node, port, sink_port, args), encoding="utf-8")
             config = config_mod.load(config_path, env={})
-            log_path = workdir / f"{node}.log"
-            with log_path.open("wb") as log_file:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "mailerd", "run", "--config", str(config_path),
-                    stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(),
-                )  # fmt: skip
-            started.append((process, log_path))
-            await wait_healthy(port, process, log_path)
+            started.append(await start_daemon(config_path, workdir / f"{node}.log", port))
         assert config is not None
         yield config, started
         ok = True
     finally:
-        codes = await asyncio.gather(*(stop_process(p) for p, _ in started))
+        codes = await stop_daemons(started)
         if ok:
-            for code, (_, log_path) in zip(codes, started, strict=True):
-                if code != 0:
-                    raise BenchError(f"a daemon exited with {code} after SIGTERM:\n{tail(log_path)}")
+            check_stopped(started, codes)
 
 
 # --- one run --------------------------------------------------------------------------------
 
 
-async def wait_finished(
-    conn: asyncpg.Connection,
-    campaign_id: int,
-    nodes: list[tuple[asyncio.subprocess.Process, Path]],
-    limit_s: float,
-) -> dict[str, Any]:
-    """Poll ``campaigns.show`` every 20 ms until the campaign is finished."""
-    try:
-        async with asyncio.timeout(limit_s):
-            while True:
-                info = await campaigns.show(conn, campaign_id)
-                assert info is not None
-                if info["status"] == "finished":
-                    return info
-                if info["status"] in ("cancelled", "failed", "paused"):
-                    raise BenchError(f"campaign {info['status']}: {info['reason']}")
-                for process, log_path in nodes:
-                    if process.returncode is not None:
-                        raise BenchError(f"a daemon exited with {process.returncode}:\n{tail(log_path)}")
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        info = await campaigns.show(conn, campaign_id) or {}
-        raise BenchError(
-            f"campaign not finished after {limit_s:.0f} s ({info.get('processed')} processed)"
-        ) from None
-
-
 async def run_campaign(dsn: str, count: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Send one campaign over every lead with ``count`` nodes; time it and check the record."""
     record = workdir / f"record-{count}.jsonl"
-    sink, sink_port = await start_sink(workdir, args.latency_ms, record)
+    sink, sink_port = await start_sink(workdir, latency_ms=args.latency_ms, record=record)
     try:
         async with daemons(dsn, count, sink_port, workdir, args) as (config, nodes):
             conn = await db_connect.connect(dsn)
             try:
                 cpu_before = machine_cpu()
                 started = time.perf_counter()
-                campaign_id = await campaigns.create(
+                campaign_id = await start_campaign(
                     conn,
-                    campaigns.NewCampaign(
-                        account_id=ACCOUNT_ID,
-                        name=f"bench {count} node(s)",
-                        segment=SEGMENT,
-                        subject="{{ lead.attributes.first_name }}, hello",
-                        html_body="<p>Hello {{ lead.attributes.first_name }}</p>",
-                        text_body="Hello {{ lead.attributes.first_name }}",
-                        from_address="news@example.com",
-                        provider="sink",
-                        start=True,
-                    ),
                     config,
+                    name=f"bench {count} node(s)",
+                    segment=SEGMENT,
+                    subject="{{ lead.attributes.first_name }}, hello",
+                    html_body="<p>Hello {{ lead.attributes.first_name }}</p>",
+                    text_body="Hello {{ lead.attributes.first_name }}",
                 )
-                info = await wait_finished(conn, campaign_id, nodes, args.limit_s)
+                info = await wait_finished(conn, campaign_id, nodes, args.limit_s, poll_s=0.02)
                 elapsed = time.perf_counter() - started
                 cpu_after = machine_cpu()
                 logged = await conn.fetchrow(
@@ -319,7 +164,7 @@ async def run_campaign(dsn: str, count: int, workdir: Path, args: argparse.Names
         orjson.loads(line)["lead_id"] for line in record.read_bytes().splitlines() if line.strip()
     )
     duplicates = sum(n - 1 for n in accepted.values())
-    shards_by_node = {log_path.stem: shards_done(log_path, campaign_id) for _, log_path in nodes}
+    shards_by_node = {d.log_path.stem: shards_done(d.log_path, campaign_id) for d in nodes}
     if info["sent"] != args.leads or len(accepted) != args.leads:
         raise BenchError(f"{args.leads} leads: {info['sent']} sent, {len(accepted)} accepted by the sink")
     if logged is None or logged["rows"] != args.leads or logged["leads"] != args.leads:
@@ -329,7 +174,7 @@ async def run_campaign(dsn: str, count: int, workdir: Path, args: argparse.Names
         "emails_per_s": round(args.leads / elapsed),
         # With every process on one machine, a busy machine (near 1.0) caps the speedup, not
         # the provider.
-        "machine_cpu_busy": round((cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1]), 2),
+        "machine_cpu_busy": round(machine_busy(cpu_before, cpu_after), 2),
         "sent": info["sent"],
         "duplicates": duplicates,
         "shards": info["shards"],
@@ -395,7 +240,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=2, help="nodes of the second run (default 2)")
     parser.add_argument(
         "--dsn",
-        default=os.environ.get("MAILERD_TEST_DSN", DEFAULT_DSN),
+        default=server_dsn(None),
         help="admin DSN of the server (default $MAILERD_TEST_DSN or the local server)",
     )
     parser.add_argument("--latency-ms", type=float, default=50.0, help="sink latency per call (default 50)")

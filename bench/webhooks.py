@@ -38,17 +38,31 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import campaign as pipeline_bench  # bench/campaign.py: shared helpers and the naive DDL
+from common import (
+    ACCOUNT_ID,
+    NAIVE_SCHEMA,
+    BenchError,
+    check_stopped,
+    checkpoint,
+    copy_leads,
+    daemon_toml,
+    free_port,
+    fresh_database,
+    loadavg,
+    migrated,
+    proc_cpu_s,
+    server_dsn,
+    start_daemon,
+    stop_daemons,
+    vacuum_analyze,
+    wal_bytes_since,
+    wal_lsn,
+)
 
 from mailerd.db import connect as db_connect
-from mailerd.db import migrate
 from mailerd.models import EventKind
 from mailerd.providers.sendgrid import SendgridEmulatorSigner
 
-ACCOUNT_ID = 1
 NAIVE_UPDATE = """UPDATE email SET status = 'bounced', bounced_at = $2, bounce_reason = $3,
                                    updated_at = now()
                   WHERE provider_message_id = $1"""
@@ -61,14 +75,8 @@ def message_id(lead_id: int) -> str:
 async def seed(dsn: str, leads: int) -> tuple[int, list[tuple[int, str]], dict[str, Any]]:
     """Leads, a campaign, its email_log rows, and the naive table with the same emails."""
     started = time.perf_counter()
-    conn = await db_connect.connect(dsn)
-    try:
-        await migrate.migrate(conn)
-        await conn.copy_records_to_table(
-            "leads",
-            records=((ACCOUNT_ID, f"user{n}@example.com", {"n": n}) for n in range(leads)),
-            columns=("account_id", "email", "attributes"),
-        )
+    async with migrated(dsn) as conn:
+        await copy_leads(conn, ((f"user{n}@example.com", {"n": n}) for n in range(leads)))
         campaign_id = await conn.fetchval(
             """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
                                       provider, started_at, finished_at)
@@ -87,7 +95,7 @@ async def seed(dsn: str, leads: int) -> tuple[int, list[tuple[int, str]], dict[s
             records=((now, campaign_id, r["id"], 1, message_id(r["id"]), None) for r in rows),
             columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
         )
-        await conn.execute(pipeline_bench.NAIVE_SCHEMA)
+        await conn.execute(NAIVE_SCHEMA)
         await conn.copy_records_to_table(
             "email",
             records=(
@@ -103,36 +111,21 @@ async def seed(dsn: str, leads: int) -> tuple[int, list[tuple[int, str]], dict[s
                 "sent_at",
             ),
         )
-        for table in ("leads", "email_log", "email", "campaigns", "campaign_stats"):
-            await conn.execute(f"VACUUM ANALYZE {table}")
-    finally:
-        await conn.close()
+        await vacuum_analyze(conn, "leads", "email_log", "email", "campaigns", "campaign_stats")
     return campaign_id, lead_list, {"seed_s": round(time.perf_counter() - started, 2)}
 
 
-def daemon_toml(dsn: str, http_port: int, public_key: str, flush_interval_ms: int) -> str:
-    return f"""\
-[database]
-dsn = "{dsn}"
-
-[http]
-listen = "127.0.0.1:{http_port}"
-max_body_bytes = 4194304
-
-[writer]
-flush_interval_ms = {flush_interval_ms}
-
-[webhooks.sendgrid]
-public_key = "{public_key}"
-verify_signatures = true
-
-[logging]
-level = "warning"
-format = "json"
-
-[node]
-name = "bench-webhooks"
-"""
+def daemon_config(dsn: str, http_port: int, public_key: str, flush_interval_ms: int) -> str:
+    return daemon_toml(
+        dsn,
+        http_port,
+        "bench-webhooks",
+        {
+            "http": {"max_body_bytes": 4194304},
+            "writer": {"flush_interval_ms": flush_interval_ms},
+            "webhooks.sendgrid": {"public_key": public_key, "verify_signatures": True},
+        },
+    )
 
 
 def build_requests(
@@ -180,9 +173,7 @@ async def post_all(
                 async with session.post(url, data=body, headers=headers) as response:
                     answer = await response.read()
                     if response.status != 200:
-                        raise pipeline_bench.BenchError(
-                            f"webhook answered {response.status}: {answer[:300]!r}"
-                        )
+                        raise BenchError(f"webhook answered {response.status}: {answer[:300]!r}")
                 latencies.append(time.perf_counter() - sent)
 
         started = time.perf_counter()
@@ -197,30 +188,21 @@ async def webhook_run(
     dsn: str, campaign_id: int, leads: list[tuple[int, str]], args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     signer = SendgridEmulatorSigner()
-    http_port = pipeline_bench.free_port()
+    http_port = free_port()
     config_path = workdir / "mailerd.toml"
-    config_path.write_text(daemon_toml(dsn, http_port, signer.public_key, args.flush_interval_ms))
-    daemon_log = workdir / "daemon.log"
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailerd", "run", "--config", str(config_path),
-        stdout=daemon_log.open("wb"),
-        stderr=asyncio.subprocess.STDOUT,
-        env=pipeline_bench.child_env(),
-    )  # fmt: skip
+    config_path.write_text(daemon_config(dsn, http_port, signer.public_key, args.flush_interval_ms))
+    daemon = await start_daemon(config_path, workdir / "daemon.log", http_port)
     try:
-        await pipeline_bench.wait_healthy(http_port, daemon, daemon_log)
         url = f"http://127.0.0.1:{http_port}/webhooks/sendgrid"
         requests = build_requests(signer, campaign_id, leads[: args.events], args.batch)
         conn = await db_connect.connect(dsn)
         try:
-            await pipeline_bench.checkpoint(conn)
-            wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
-            cpu_before = pipeline_bench.proc_cpu_s(daemon.pid)
+            await checkpoint(conn)
+            wal_before = await wal_lsn(conn)
+            cpu_before = proc_cpu_s(daemon.pid)
             elapsed, latencies = await post_all(url, requests, args.clients)
-            cpu = pipeline_bench.proc_cpu_s(daemon.pid) - cpu_before
-            wal = await conn.fetchval(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", wal_before
-            )
+            cpu = proc_cpu_s(daemon.pid) - cpu_before
+            wal = await wal_bytes_since(conn, wal_before)
             events = await conn.fetchval("SELECT count(*) FROM email_events")
             suppressed = await conn.fetchval("SELECT count(*) FROM suppressions")
             bounced = await conn.fetchval(
@@ -229,12 +211,11 @@ async def webhook_run(
         finally:
             await conn.close()
     finally:
-        code = await pipeline_bench.stop_process(daemon)
-    if code != 0:
-        raise pipeline_bench.BenchError(f"the daemon exited with {code}:\n{pipeline_bench.tail(daemon_log)}")
+        codes = await stop_daemons([daemon])
+    check_stopped([daemon], codes)
     total = min(args.events, len(leads))
     if not events == suppressed == bounced == total:
-        raise pipeline_bench.BenchError(
+        raise BenchError(
             f"{total} events posted; {events} recorded, {suppressed} suppressed, {bounced} counted"
         )
     latencies.sort()
@@ -250,7 +231,7 @@ async def webhook_run(
         "answer_ms_p99": round(percentile(latencies, 0.99) * 1000, 1),
         "answer_ms_max": round(latencies[-1] * 1000, 1),
         "daemon_cpu_us_per_event": round(cpu / total * 1e6, 1),
-        "wal_bytes_per_event_server": round(float(wal) / total, 1),
+        "wal_bytes_per_event_server": round(wal / total, 1),
     }
 
 
@@ -270,8 +251,8 @@ async def naive_run(dsn: str, leads: list[tuple[int, str]], args: argparse.Names
     latencies: list[float] = []
     connections = [await db_connect.connect(dsn) for _ in range(args.naive_connections)]
     try:
-        await pipeline_bench.checkpoint(connections[0])
-        wal_before = await connections[0].fetchval("SELECT pg_current_wal_lsn()::text")
+        await checkpoint(connections[0])
+        wal_before = await wal_lsn(connections[0])
 
         async def worker(conn: asyncpg.Connection) -> None:
             while not queue.empty():
@@ -286,15 +267,13 @@ async def naive_run(dsn: str, leads: list[tuple[int, str]], args: argparse.Names
             for conn in connections:
                 group.create_task(worker(conn))
         elapsed = time.perf_counter() - started
-        wal = await connections[0].fetchval(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", wal_before
-        )
+        wal = await wal_bytes_since(connections[0], wal_before)
         updated = await connections[0].fetchval("SELECT count(*) FROM email WHERE status = 'bounced'")
     finally:
         for conn in connections:
             await conn.close()
     if updated != total:
-        raise pipeline_bench.BenchError(f"{total} bounces applied, {updated} rows updated")
+        raise BenchError(f"{total} bounces applied, {updated} rows updated")
     latencies.sort()
     return {
         "naive_events_per_s": round(total / elapsed),
@@ -302,14 +281,14 @@ async def naive_run(dsn: str, leads: list[tuple[int, str]], args: argparse.Names
         "naive_connections": args.naive_connections,
         "naive_ms_per_update": round(elapsed * args.naive_connections / total * 1000, 3),
         "naive_batch_ms_p99": round(percentile(latencies, 0.99) * 1000, 1),
-        "naive_wal_bytes_per_event_server": round(float(wal) / total, 1),
+        "naive_wal_bytes_per_event_server": round(wal / total, 1),
     }
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    admin_dsn = args.dsn or os.environ.get("MAILERD_TEST_DSN") or pipeline_bench.DEFAULT_DSN
-    result: dict[str, Any] = {"loadavg_before": pipeline_bench.loadavg(), "cpus": os.cpu_count()}
-    async with pipeline_bench.fresh_database(admin_dsn) as dsn:
+    admin_dsn = server_dsn(args.dsn)
+    result: dict[str, Any] = {"loadavg_before": loadavg(), "cpus": os.cpu_count()}
+    async with fresh_database(admin_dsn) as dsn:
         campaign_id, leads, seeded = await seed(dsn, max(args.leads, args.events))
         result.update(seeded)
         with tempfile.TemporaryDirectory(prefix="mailerd-bench-webhooks-") as tmp:
@@ -317,7 +296,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         result["table_rows"] = len(leads)
         result.update(await naive_run(dsn, leads, args))
     result["speedup"] = round(result["events_per_s"] / result["naive_events_per_s"], 1)
-    result["loadavg_after"] = pipeline_bench.loadavg()
+    result["loadavg_after"] = loadavg()
     return result
 
 
@@ -338,7 +317,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         result = asyncio.run(bench(args))
-    except pipeline_bench.BenchError as exc:
+    except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     if args.json:

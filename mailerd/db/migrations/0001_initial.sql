@@ -13,8 +13,9 @@ CREATE TABLE leads (
     -- on their own (identity).
     PRIMARY KEY (account_id, id)
 );
--- One lead per address and account, whatever the case of the address.
-CREATE UNIQUE INDEX leads_account_email_key ON leads (account_id, lower(email));
+-- One lead per address and account, whatever the case of the address. The address leads, so
+-- the same index also finds an address in every account (webhooks matched by address alone).
+CREATE UNIQUE INDEX leads_email_account_key ON leads (lower(email), account_id);
 
 CREATE TABLE campaigns (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -11,8 +11,8 @@ CREATE TABLE webhook_receipts (
 CREATE INDEX webhook_receipts_received_at_idx ON webhook_receipts (received_at);
 
 -- An event with no metadata and no known message id is matched by address alone, in every
--- account that has the address as a lead.
-CREATE INDEX leads_email_idx ON leads (lower(email));
+-- account that has the address as a lead: leads_email_account_key (lower(email), account_id)
+-- serves that look-up, so leads keep two indexes.
 
 -- Soft bounces of an address within the window decide its suppression.
 CREATE INDEX email_events_soft_bounce_idx ON email_events (account_id, email, received_at)

@@ -1,0 +1,397 @@
+"""What the benchmark scripts share: a fresh database, the sink and daemon processes, /proc readers.
+
+The scripts run as ``python bench/X.py``, which puts this folder first on ``sys.path``: they
+import this module as ``common``. bench/faults.py uses tests/e2e/procs.py instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import orjson
+
+from mailerd import campaigns
+from mailerd import config as config_mod
+from mailerd.db import connect as db_connect
+from mailerd.db import migrate
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ACCOUNT_ID = 1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# The naive system's email table (bench/campaign.py inserts into it, bench/webhooks.py updates it).
+NAIVE_SCHEMA = """
+CREATE TABLE email (
+    id                  bigserial PRIMARY KEY,
+    campaign_id         bigint NOT NULL,
+    lead_id             bigint NOT NULL,
+    account_id          bigint NOT NULL,
+    email               text NOT NULL,
+    status              text NOT NULL,
+    provider_message_id text,
+    error               text,
+    sent_at             timestamptz,
+    opened_at           timestamptz,
+    clicked_at          timestamptz,
+    bounced_at          timestamptz,
+    bounce_reason       text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX email_campaign_id_idx ON email (campaign_id);
+CREATE INDEX email_lead_id_idx ON email (lead_id);
+CREATE INDEX email_account_id_idx ON email (account_id);
+CREATE INDEX email_email_idx ON email (email);
+CREATE INDEX email_provider_message_id_idx ON email (provider_message_id);
+CREATE INDEX email_status_campaign_idx ON email (status, campaign_id);
+"""
+
+
+class BenchError(Exception):
+    """The benchmark could not complete (a child died, a check failed, a timeout passed)."""
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+def server_dsn(dsn: str | None) -> str:
+    """The admin DSN: ``--dsn``, else ``$MAILERD_TEST_DSN``, else the local server."""
+    return dsn or os.environ.get("MAILERD_TEST_DSN") or DEFAULT_DSN
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new empty database ``mailerd_bench_<random>`` for the block; dropped afterwards
+    whatever happens."""
+    name = f"mailerd_bench_{uuid.uuid4().hex[:10]}"
+    await _on_server(admin_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(admin_dsn, name)
+    finally:
+        await _on_server(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _on_server(admin_dsn: str, statement: str) -> None:
+    """One statement on a short-lived admin connection."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to ``dsn`` once the migrations have run; closed at the end."""
+    conn = await db_connect.connect(dsn)
+    try:
+        await migrate.migrate(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def copy_leads(conn: asyncpg.Connection, leads: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """COPY ``(email, attributes)`` pairs into ``leads`` for :data:`ACCOUNT_ID`."""
+    await conn.copy_records_to_table(
+        "leads",
+        records=((ACCOUNT_ID, email, attributes) for email, attributes in leads),
+        columns=("account_id", "email", "attributes"),
+    )
+
+
+async def vacuum_analyze(conn: asyncpg.Connection, *tables: str) -> None:
+    """Seeded rows get their hint bits set and statistics, like old production data: reading
+    them in the measured window then writes no WAL and plans as in production."""
+    for table in tables:
+        await conn.execute(f"VACUUM ANALYZE {table}")
+
+
+async def checkpoint(conn: asyncpg.Connection) -> None:
+    """Start each measured window right after a checkpoint: every window then pays its own
+    full-page images, none inherits or escapes them by luck of timing."""
+    await conn.execute("CHECKPOINT")
+
+
+async def wal_lsn(conn: asyncpg.Connection) -> str:
+    """The server's current WAL position."""
+    return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+
+
+async def wal_bytes_since(conn: asyncpg.Connection, lsn: str) -> float:
+    """WAL the whole server wrote since ``lsn`` (from :func:`wal_lsn`)."""
+    return float(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", lsn))
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A ``kB`` line of /proc/PID/status (VmHWM: peak resident set size)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of all CPUs busy between two :func:`machine_cpu` readings."""
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def loadavg() -> str:
+    """The one-minute load average: others' work on the machine skews every figure."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    """The children read only their config file: no MAILERD_* override leaks in."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
+    """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace_s):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    return process.returncode
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def start_sink(
+    workdir: Path, *, latency_ms: float | None = None, record: Path | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
+    """``mailerd sink --listen 127.0.0.1:0 --seed 1`` logging to ``workdir/sink.log``; the bound
+    port is read from its first line."""
+    log_path = workdir / "sink.log"
+    options = ["--seed", "1"]
+    if latency_ms is not None:
+        options += ["--latency-ms", str(latency_ms)]
+    if record is not None:
+        options += ["--record", str(record)]
+    with log_path.open("ab") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailerd", "sink", "--listen", "127.0.0.1:0", *options,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+            env=child_env(),
+        )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await process.stdout.readline()).decode()
+    except TimeoutError:
+        await stop_process(process)
+        raise BenchError(f"the sink did not report its port:\n{tail(log_path)}") from None
+    if not line.startswith("sink listening on "):
+        await stop_process(process)
+        raise BenchError(f"unexpected sink output {line!r}:\n{tail(log_path)}")
+    return process, int(line.rsplit(":", 1)[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(str(value)).decode()
+
+
+def daemon_toml(
+    dsn: str,
+    http_port: int,
+    node: str,
+    sections: Mapping[str, Mapping[str, Any]],
+    *,
+    level: str = "warning",
+) -> str:
+    """A ``mailerd run`` config: the database, HTTP on ``127.0.0.1:http_port``, ``sections``
+    (``{"providers.sink": {...}, "http": {more keys}}``), JSON logs at ``level``, the node name."""
+    layout: dict[str, dict[str, Any]] = {
+        "database": {"dsn": dsn},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+    }
+    for name, values in sections.items():
+        layout.setdefault(name, {}).update(values)
+    layout.setdefault("logging", {}).update({"level": level, "format": "json"})
+    layout.setdefault("node", {}).update({"name": node})
+    return "\n".join(
+        f"[{name}]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in values.items())
+        for name, values in layout.items()
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Daemon:
+    """A healthy ``mailerd run`` child process and the file its output goes to."""
+
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+async def start_daemon(
+    config_path: Path, log_path: Path, http_port: int, *, interpreter_args: Sequence[str] = ()
+) -> Daemon:
+    """``python [interpreter_args] -m mailerd run --config FILE`` with its output in
+    ``log_path``, once ``/healthz`` answers on ``http_port``; stopped again if it never does."""
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *interpreter_args, "-m", "mailerd", "run", "--config", str(config_path),
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            env=child_env(),
+        )  # fmt: skip
+    try:
+        await wait_healthy(http_port, process, log_path)
+    except BaseException:
+        await stop_process(process)
+        raise
+    return Daemon(process, log_path)
+
+
+async def wait_healthy(port: int, process: asyncio.subprocess.Process, log_path: Path) -> None:
+    """Poll /healthz until it answers 200 (the daemon checked migrations and bound HTTP)."""
+    url = f"http://127.0.0.1:{port}/healthz"
+    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+        while True:
+            if process.returncode is not None:
+                raise BenchError(f"the daemon exited with {process.returncode}:\n{tail(log_path)}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+
+
+async def stop_daemons(daemons: Sequence[Daemon]) -> list[int | None]:
+    """SIGTERM every daemon at once (SIGKILL after a grace period); their exit codes."""
+    return list(await asyncio.gather(*(stop_process(d.process) for d in daemons)))
+
+
+def check_stopped(daemons: Sequence[Daemon], codes: Sequence[int | None]) -> None:
+    """A daemon that did not exit 0 after SIGTERM failed the run."""
+    for code, daemon in zip(codes, daemons, strict=True):
+        if code != 0:
+            which = "the" if len(daemons) == 1 else "a"
+            raise BenchError(f"{which} daemon exited with {code} after SIGTERM:\n{tail(daemon.log_path)}")
+
+
+async def wait_finished(
+    conn: asyncpg.Connection,
+    campaign_id: int,
+    daemons: Sequence[Daemon],
+    limit_s: float,
+    *,
+    poll_s: float,
+) -> dict[str, Any]:
+    """Poll ``campaigns.show`` every ``poll_s`` until the campaign is finished; fail as soon as
+    it stops otherwise or a daemon exits."""
+    which = "the" if len(daemons) == 1 else "a"
+    try:
+        async with asyncio.timeout(limit_s):
+            while True:
+                info = await campaigns.show(conn, campaign_id)
+                assert info is not None
+                if info["status"] == "finished":
+                    return info
+                if info["status"] in ("cancelled", "failed", "paused"):
+                    logs = "".join(f"\n{tail(d.log_path)}" for d in daemons)
+                    raise BenchError(f"campaign {info['status']}: {info['reason']}{logs}")
+                for daemon in daemons:
+                    if daemon.process.returncode is not None:
+                        raise BenchError(
+                            f"{which} daemon exited with {daemon.process.returncode}:\n"
+                            f"{tail(daemon.log_path)}"
+                        )
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        info = await campaigns.show(conn, campaign_id) or {}
+        raise BenchError(
+            f"campaign not finished after {limit_s:.0f} s ({info.get('processed')} processed)"
+        ) from None
+
+
+async def start_campaign(
+    conn: asyncpg.Connection,
+    config: config_mod.Config,
+    *,
+    name: str,
+    segment: dict[str, Any],
+    subject: str,
+    html_body: str,
+    text_body: str,
+) -> int:
+    """Create a campaign of :data:`ACCOUNT_ID` through the ``sink`` provider, started now."""
+    return await campaigns.create(
+        conn,
+        campaigns.NewCampaign(
+            account_id=ACCOUNT_ID,
+            name=name,
+            segment=segment,
+            subject=subject,
+            html_body=html_body,
+            text_body=text_body,
+            from_address="news@example.com",
+            provider="sink",
+            start=True,
+        ),
+        config,
+    )
