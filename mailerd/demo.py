@@ -158,7 +158,8 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
         port = await emulator.start()
         config = config_mod.from_mapping(
             {
-                "http": {"listen": "127.0.0.1:0"},
+                # The emails go to the emulator; nobody follows their unsubscribe links.
+                "http": {"listen": "127.0.0.1:0", "public_url": "https://mailerd.invalid"},
                 "providers": {
                     "sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}", "concurrency": 8}
                 },
