@@ -225,33 +225,15 @@ class ProviderSender:
                 rng=self._rng,
             )
             await _sleep_unless(delay, run.stopped)
-        now = dt.datetime.now(dt.UTC)
-        rows: list[LogRow] = []
-        campaign_id = batch.campaign.id
-        for lead, result in zip(leads, results, strict=True):
-            if result is None:
-                continue
-            if result.outcome == Outcome.SENT:
-                rows.append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
-            elif result.outcome == Outcome.UNKNOWN:
-                rows.append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, result.error))
-            else:
-                rows.append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, result.error))
-        await self._writer.submit(run, batch.seq, rows, retried=retried, complete=complete)
-        await self._check_error_rate(batch, rows)
+        rows, counts = _log_rows(batch, results)
+        await self._writer.submit(run, batch.seq, rows, retried=retried, complete=complete, counts=counts)
+        await self._check_error_rate(batch, sent=counts[0], failed=counts[1])
 
-    async def _check_error_rate(self, batch: Batch, rows: list[LogRow]) -> None:
+    async def _check_error_rate(self, batch: Batch, *, sent: int, failed: int) -> None:
         """Pause a campaign whose permanent failures pass ``max_error_rate`` over the window."""
         errors = self._error_rates.get(batch.campaign.id)
         if errors is None:
             errors = self._error_rates[batch.campaign.id] = ErrorRate(self.config.error_window)
-        failed = sent = 0
-        for row in rows:
-            status = row[3]
-            if status == LogStatus.SENT:
-                sent += 1
-            elif status == LogStatus.FAILED:
-                failed += 1
         errors.add(sent + failed, failed)
         if errors.full and errors.rate > self.config.max_error_rate:
             reason = (
@@ -260,6 +242,31 @@ class ProviderSender:
             )
             self._error_rates.pop(batch.campaign.id, None)
             await self._on_halt(batch.campaign.id, reason)
+
+
+def _log_rows(
+    batch: Batch, results: list[RecipientResult | None]
+) -> tuple[list[LogRow], tuple[int, int, int, int]]:
+    """One email_log row per recipient with an outcome, and the counts (sent, failed, unknown,
+    suppressed) the writer and the error rate need, in one pass."""
+    now = dt.datetime.now(dt.UTC)
+    campaign_id = batch.campaign.id
+    rows: list[LogRow] = []
+    append = rows.append
+    failed = unknown = 0
+    for lead, result in zip(batch.leads, results, strict=True):
+        if result is None:
+            continue
+        outcome = result.outcome
+        if outcome is Outcome.SENT:
+            append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
+        elif outcome is Outcome.UNKNOWN:
+            unknown += 1
+            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, result.error))
+        else:
+            failed += 1
+            append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, result.error))
+    return rows, (len(rows) - failed - unknown, failed, unknown, 0)
 
 
 def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:

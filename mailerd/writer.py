@@ -70,6 +70,7 @@ class _Entry:
     complete: bool
     done: asyncio.Future[None]
     events: list[Event] | None = None
+    counts: tuple[int, int, int, int] | None = None  # sent, failed, unknown, suppressed
 
     @property
     def size(self) -> int:
@@ -106,10 +107,11 @@ class Writer:
         *,
         retried: int = 0,
         complete: bool = True,
+        counts: tuple[int, int, int, int] | None = None,
     ) -> asyncio.Future[None]:
         """Queue a batch's rows; wait only while the buffer is full. The returned future
         resolves when the rows are committed (or raises :class:`ShardLost`)."""
-        return await self._enqueue(_Entry(shard, seq, rows, retried, complete, self._future()))
+        return await self._enqueue(_Entry(shard, seq, rows, retried, complete, self._future(), counts=counts))
 
     async def submit_events(self, events: list[Event]) -> asyncio.Future[None]:
         """Queue provider events for a flush within ``EVENT_FLUSH_S`` (a webhook is waiting for
@@ -243,16 +245,20 @@ class Writer:
             plans.append((key, shard, seqs, complete, checkpoint, checkpoint >= shard.lead_id_to))
         stats: dict[int, list[int]] = {}
         records: list[LogRow] = []
+        per_entry: list[tuple[_Entry, tuple[int, int, int, int]]] = []
         for entry in entries:
+            if not entry.rows:
+                continue
             records.extend(entry.rows)
-            for row in entry.rows:
-                counts = stats.get(row[1])
-                if counts is None:
-                    counts = stats[row[1]] = [0, 0, 0, 0, 0]
-                counts[row[3] - 1] += 1
-            if entry.retried and entry.rows:
-                counts = stats.setdefault(entry.rows[0][1], [0, 0, 0, 0, 0])
-                counts[4] += entry.retried
+            entry_counts = entry.counts or _count_statuses(entry.rows)
+            per_entry.append((entry, entry_counts))
+            # Every row of an entry belongs to one campaign (one batch, or one window).
+            counts = stats.get(entry.rows[0][1])
+            if counts is None:
+                counts = stats[entry.rows[0][1]] = [0, 0, 0, 0, 0]
+            for index, count in enumerate(entry_counts):
+                counts[index] += count
+            counts[4] += entry.retried
         events = [event for entry in entries if entry.events for event in entry.events]
         try:
             await self._transaction(plans, records, stats, events)
@@ -262,13 +268,13 @@ class Writer:
             checkpoint = shard.ledger.mark_logged(seqs, complete)
             shard.on_logged(checkpoint, done)
         per_status: collections.Counter[tuple[str, int]] = collections.Counter()
-        for entry in entries:
-            if entry.shard is not None and entry.rows:
-                name = entry.shard.provider_name
-                for row in entry.rows:
-                    per_status[(name, row[3])] += 1
+        for entry, entry_counts in per_entry:
+            if entry.shard is not None:
+                for index, count in enumerate(entry_counts):
+                    per_status[(entry.shard.provider_name, index + 1)] += count
         for (name, status), count in per_status.items():
-            _status_counters(name)[status].inc(count)
+            if count:
+                _status_counters(name)[status].inc(count)
         return set()
 
     async def _transaction(
@@ -351,6 +357,14 @@ def _status_counters(provider: str) -> dict[int, metrics.Counter]:
             int(status): metrics.EMAILS.labels(provider, status.name.lower()) for status in LogStatus
         }
     return counters
+
+
+def _count_statuses(rows: list[LogRow]) -> tuple[int, int, int, int]:
+    """(sent, failed, unknown, suppressed) of rows whose submitter did not count them."""
+    counts = [0, 0, 0, 0]
+    for row in rows:
+        counts[row[3] - 1] += 1
+    return counts[0], counts[1], counts[2], counts[3]
 
 
 class _Rollback(Exception):

@@ -133,14 +133,19 @@ def parse_results(entries: Sequence[Mapping[str, Any]], expected: int) -> list[R
     results: list[RecipientResult] = []
     halt: str | None = None
     any_sent = False
+    append = results.append
     for entry in entries[:expected]:
         status = entry.get("Status")
+        if status == "SUCCESS":  # the common case, inline
+            any_sent = True
+            append(RecipientResult(Outcome.SENT, entry.get("MessageId")))
+            continue
         result = classify_entry(status, entry.get("Error"), entry.get("MessageId"))
         if result.outcome is Outcome.SENT:
             any_sent = True
         elif halt is None and status in HALT_STATUSES:
             halt = result.error
-        results.append(result)
+        append(result)
     if halt is not None and not any_sent:
         raise HaltError(halt)
     missing = RecipientResult(Outcome.FAILED, error="FAILED: no result from SES for this entry")
