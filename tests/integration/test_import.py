@@ -288,3 +288,61 @@ async def test_cli_subprocess(dsn: str, conn: asyncpg.Connection, tmp_path: Path
     assert out.decode().startswith("imported 1, rejected 1, in ")
     assert f"{path}:3: invalid email address 'broken'" in err.decode()
     assert await attributes_by_email(conn) == {"a@example.com": {"plan": "pro"}}
+
+
+async def test_batches_merge_in_file_order(
+    conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny chunks and batches: repeats within a batch, across batches, and existing leads in
+    # later batches (the plain insert meets a unique violation and falls back to the upsert).
+    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes)"
+        " SELECT $1, 'old' || i || '@example.com', jsonb_build_object('keep', i, 'n', -1)"
+        " FROM generate_series(0, 9) i",
+        ACCOUNT,
+    )
+    lines = ["email,n,tag"]
+    expected: dict[str, dict[str, Any]] = {f"old{i}@example.com": {"keep": i, "n": -1} for i in range(10)}
+    for i in range(120):
+        address = f"old{i % 10}@example.com" if i % 7 == 0 else f"u{i % 40}@example.com"
+        tag = "" if i % 3 else f"t{i}"
+        lines.append(f"{address.upper() if i % 2 else address},{i},{tag}")
+        attributes = expected.setdefault(address, {})
+        attributes["n"] = i
+        if tag:
+            attributes["tag"] = tag
+    path = tmp_path / "leads.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert await run(conn, path) == 0
+    assert await attributes_by_email(conn) == expected
+
+
+async def test_column_that_turns_string_late_restarts_the_run(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The first batches are merged with "code" as a number; a late "x9" makes it a string
+    # column, so the run starts over and every code is stored as the text it was.
+    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    lines = ["email,code,flag"]
+    for i in range(60):
+        email = "broken" if i == 3 else f"u{i}@example.com"
+        lines.append(f"{email},{'x9' if i == 50 else f'{i}.50'},{'TRUE' if i % 2 else 'false'}")
+    path = tmp_path / "leads.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    leads = await attributes_by_email(conn)
+    assert len(leads) == 59
+    assert leads["u1@example.com"] == {"code": "1.50", "flag": True}
+    assert leads["u50@example.com"] == {"code": "x9", "flag": False}
+    # Rejects are reported once, by the run that counted.
+    assert [r["line"] for r in read_rejects(rejects)] == [5]
+    captured = capsys.readouterr()
+    assert captured.err.count("invalid email address") == 1
+    assert captured.out.startswith("imported 59, rejected 1, in ")
