@@ -17,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, http, providers, systemd, unsubscribe
+from mailerd import campaigns, db, http, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
 from mailerd.providers.webhooks import WebhookHandler
@@ -226,7 +226,7 @@ async def _partition_loop(pool: asyncpg.Pool, config: Config, stop: asyncio.Even
                     retention_days=config.retention.days,
                 ):
                     log.info("partition_maintained", action=str(action))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        except db.DB_ERRORS as exc:
             log.warning("partition_maintenance_failed", error=str(exc))
 
 

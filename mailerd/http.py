@@ -23,7 +23,7 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
-from mailerd import campaigns, metrics, segments, suppressions, unsubscribe
+from mailerd import campaigns, db, metrics, segments, suppressions, unsubscribe
 from mailerd.config import Config
 from mailerd.db import leads
 from mailerd.models import CampaignStatus, Event, EventKind, LogStatus
@@ -428,7 +428,7 @@ async def webhook(request: web.Request) -> web.Response:
             async with _pool(request).acquire() as conn:
                 events = await webhooks_mod.resolve(conn, events)
             await await_commit(await services.writer.submit_events(events))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        except db.DB_ERRORS as exc:
             # The provider retries on 5xx: nothing is lost by refusing now.
             log.warning("webhook_not_recorded", provider=provider, error=str(exc))
             raise ApiError(503, "unavailable", "events cannot be recorded right now; retry") from None

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from mailerd import campaigns, metrics, segments
+from mailerd import campaigns, db, metrics, segments
 from mailerd.config import Config
 from mailerd.db import connect
 from mailerd.ledger import Ledger
@@ -207,12 +207,7 @@ class ShardRun:
                     self.shard_no,
                     self.epoch,
                 )
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except db.DB_ERRORS as exc:
                 self._lose("reservation failed")
                 raise ShardLostError(f"reservation failed: {exc}") from exc
             if status != "UPDATE 1":
@@ -228,12 +223,7 @@ class ShardRun:
         try:
             try:
                 await self._dispatch_all()
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except db.DB_ERRORS as exc:
                 self._lose(f"reading leads failed: {exc}")
             await self._wait_resolved()
             # Every dispatched batch is logged or was not sent: a clean release, even if the claim
@@ -349,7 +339,7 @@ class ShardRun:
                 await self._claim.execute(
                     "SELECT pg_advisory_unlock($1::int, $2::int)", _lock_key(self.campaign_id), self.shard_no
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        except db.DB_ERRORS as exc:
             self.log.warning("shard_release_failed", error=str(exc))
         finally:
             self._claim.remove_termination_listener(self._on_claim_closed)
@@ -375,12 +365,7 @@ class ShardRun:
                     )
                 self.log.info("shard_released_clean_after_disconnect")
                 return
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except db.DB_ERRORS as exc:
                 self.log.warning("shard_release_retrying", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -435,12 +420,7 @@ class Scheduler:
                 while not self._stop.is_set():
                     try:
                         await self._tick(group)
-                    except (
-                        OSError,
-                        asyncpg.PostgresError,
-                        asyncpg.InterfaceError,
-                        asyncpg.InternalClientError,
-                    ) as exc:
+                    except db.DB_ERRORS as exc:
                         log.warning("scheduler_tick_failed", error=str(exc))
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -474,12 +454,7 @@ class Scheduler:
                 await conn.add_listener(campaigns.NOTIFY_CHANNEL, self._on_notify)
                 await closed.wait()
                 log.warning("campaign_listener_disconnected")
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except db.DB_ERRORS as exc:
                 log.warning("campaign_listener_failed", error=str(exc))
                 await asyncio.sleep(1.0)
             finally:

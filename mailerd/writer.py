@@ -21,8 +21,8 @@ from typing import Protocol
 import asyncpg
 import structlog
 
+from mailerd import db, metrics
 from mailerd import events as events_mod
-from mailerd import metrics
 from mailerd.config import WebhooksConfig, WriterConfig
 from mailerd.ledger import Ledger
 from mailerd.models import Event, LogRow, LogStatus
@@ -179,13 +179,7 @@ class Writer:
             self._urgent = False
             try:
                 await self._flush(entries)
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                TimeoutError,
-            ) as exc:
+            except db.DB_ERRORS_OR_TIMEOUT as exc:
                 failures += 1
                 self.healthy = False
                 metrics.FLUSH_FAILURES.inc()
