@@ -95,13 +95,26 @@ async def run_with_dsn(
         writer = Writer(pool, config.writer, config.webhooks)
         webhook_handlers = providers.create_webhook_handlers(config)
         _warn_unverified(config)
-        scheduler = Scheduler(config=config, dsn=dsn, pool=pool, lanes=lanes, writer=writer, stop=stop)
+        senders_by_lane: dict[str, ProviderSender] = {}
+
+        def on_idle(lane_name: str, campaign_id: int) -> None:
+            lanes[lane_name].provider.forget(campaign_id)
+            senders_by_lane[lane_name].forget(campaign_id)
+
+        scheduler = Scheduler(
+            config=config, dsn=dsn, pool=pool, lanes=lanes, writer=writer, stop=stop, on_idle=on_idle
+        )
 
         async def on_halt(campaign_id: int, reason: str) -> None:
-            await _pause_campaign(pool, campaign_id, reason)
+            # Stop here first: pausing everywhere needs the database, which may be down.
             scheduler.stop_campaign(campaign_id, f"provider halted: {reason}")
+            try:
+                await _pause_campaign(pool, campaign_id, reason)
+            except db.DB_ERRORS as exc:
+                log.error("campaign_pause_failed", campaign_id=campaign_id, reason=reason, error=str(exc))
 
         senders = [ProviderSender(lanes[name], config.provider(name), writer, on_halt) for name in lanes]
+        senders_by_lane.update((sender.lane.name, sender) for sender in senders)
         for sender in senders:
             await _seed_rate(sender)
         health = http.Health()

@@ -46,8 +46,20 @@ class NewCampaign:
 def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
     """Every problem of ``new``, one per field (empty when it can be created)."""
     errors: list[CampaignError] = []
+    if not 0 <= new.account_id < 2**63:
+        errors.append(CampaignError("account_id", "must be a non-negative 64-bit integer"))
     if not new.name.strip():
         errors.append(CampaignError("name", "must not be empty"))
+    for field, value in (
+        ("name", new.name),
+        ("subject", new.subject),
+        ("html", new.html_body),
+        ("text", new.text_body),
+        ("from", new.from_address),
+        ("provider", new.provider),
+    ):
+        if "\x00" in value:
+            errors.append(CampaignError(field, "must not contain NUL characters"))
     try:
         segments.parse(new.segment)
     except segments.SegmentError as exc:

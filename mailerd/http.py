@@ -29,7 +29,7 @@ from mailerd.db import leads
 from mailerd.models import CampaignStatus, Event, EventKind, LogStatus
 from mailerd.providers import webhooks as webhooks_mod
 from mailerd.providers.webhooks import WebhookError, WebhookHandler, WebhookRequest
-from mailerd.writer import Writer
+from mailerd.writer import EventsRefused, Writer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger(__name__)
@@ -175,10 +175,10 @@ def _int_param(request: web.Request, name: str, default: int | None, low: int, h
 
 
 def _campaign_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise ApiError(404, "not_found", "no such campaign", "id") from None
+    text = request.match_info["id"]
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+        raise ApiError(404, "not_found", "no such campaign", "id")
+    return int(text)
 
 
 _CREATE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -387,8 +387,8 @@ async def preview_segment(request: web.Request) -> web.Response:
     """POST /api/segments/preview {"account_id", "segment"} -> count and ten sample leads."""
     data = await _body(request)
     account_id = data.get("account_id")
-    if isinstance(account_id, bool) or not isinstance(account_id, int):
-        raise ApiError(422, "invalid", "account_id: expected an integer", "account_id")
+    if isinstance(account_id, bool) or not isinstance(account_id, int) or not 0 <= account_id < 2**63:
+        raise ApiError(422, "invalid", "account_id: expected a non-negative integer", "account_id")
     if "segment" not in data:
         raise ApiError(422, "invalid", "segment: is required", "segment")
     try:
@@ -424,10 +424,11 @@ async def webhook(request: web.Request) -> web.Response:
         )
         raise ApiError(exc.status, exc.code, exc.message) from None
     if events:
+        events = webhooks_mod.scrub(events)
         try:
             async with _pool(request).acquire() as conn:
                 events = await webhooks_mod.resolve(conn, events)
-            await await_commit(await services.writer.submit_events(events))
+            await record_events(services.writer, events)
         except db.DB_ERRORS as exc:
             # The provider retries on 5xx: nothing is lost by refusing now.
             log.warning("webhook_not_recorded", provider=provider, error=str(exc))
@@ -440,6 +441,16 @@ async def webhook(request: web.Request) -> web.Response:
 async def await_commit(future: Awaitable[None]) -> None:
     """Wait for the writer's commit (shielded: a client that hangs up does not cancel it)."""
     await asyncio.shield(future)
+
+
+async def record_events(writer: Writer, events: list[Event]) -> None:
+    """Hand events to the writer and wait for their commit; errors as JSON answers."""
+    try:
+        await await_commit(await writer.submit_events(events))
+    except EventsRefused as exc:
+        raise ApiError(400, "unstorable", f"the events hold data that cannot be stored: {exc}") from None
+    except RuntimeError:  # the writer closed: the node is at the end of its drain
+        raise ApiError(503, "unavailable", "this node is shutting down; retry") from None
 
 
 # --- suppressions ----------------------------------------------------------------------------
@@ -574,7 +585,7 @@ async def unsubscribe_one_click(request: web.Request) -> web.Response:
         account_id=account_id,
         provider_type="one-click",
     )
-    await await_commit(await services.writer.submit_events([event]))
+    await record_events(services.writer, [event])
     metrics.WEBHOOK_EVENTS.labels("list-unsubscribe", str(EventKind.UNSUBSCRIBE)).inc()
     return _html(unsubscribe.done_page())
 

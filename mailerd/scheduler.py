@@ -149,6 +149,7 @@ class ShardRun:
         if not self.stopped.is_set():
             self.stop_reason = reason
             self.stopped.set()
+            self._progress.set()  # wake workers waiting in reservation flow control
             self.log.info("shard_stopping", reason=reason)
 
     def discard(self, seq: int) -> None:
@@ -324,6 +325,7 @@ class ShardRun:
             await self._resolved.wait()
 
     async def _release(self, clean: bool) -> None:
+        self.stop("released")  # whatever ended the run, queued batches must not go out now
         if clean and self._claim.is_closed():
             await self._release_clean_without_claim()
             clean = False  # nothing left to do on the claim connection
@@ -383,7 +385,7 @@ class Scheduler:
         lanes: dict[str, ProviderLane],
         writer: Writer,
         stop: asyncio.Event,
-        on_halt: Callable[[int, str], None] | None = None,
+        on_idle: Callable[[str, int], None] | None = None,
     ) -> None:
         self._config = config
         self._dsn = dsn
@@ -391,6 +393,7 @@ class Scheduler:
         self._lanes = lanes
         self._writer = writer
         self._stop = stop
+        self._on_idle = on_idle
         self._runs: dict[tuple[int, int], ShardRun] = {}
         self._prepared: set[tuple[str, int]] = set()
         self._warned_providers: set[int] = set()
@@ -476,10 +479,27 @@ class Scheduler:
 
     async def _tick(self, group: asyncio.TaskGroup) -> None:
         await self._activate_due()
+        await self._finish_done()
         await self._watch_statuses()
         capacity = self._config.scheduler.max_shards_per_node - len(self._runs)
         if capacity > 0:
             await self._claim(group, capacity)
+
+    async def _finish_done(self) -> None:
+        """Finish campaigns whose shards are all done. The writer does it in the flush that
+        completes the last shard; two nodes completing the last two shards at once can each miss
+        the other's, so this sweep closes that gap."""
+        async with self._pool.acquire() as conn:
+            finished = await conn.fetch(
+                """UPDATE campaigns c SET status = 'finished', finished_at = now(), updated_at = now()
+                   WHERE c.status IN ('running', 'paused')
+                     AND EXISTS (SELECT 1 FROM campaign_shards s WHERE s.campaign_id = c.id)
+                     AND NOT EXISTS (SELECT 1 FROM campaign_shards s
+                                     WHERE s.campaign_id = c.id AND s.state <> 'done')
+                   RETURNING c.id"""
+            )
+        for row in finished:
+            log.info("campaign_finished", campaign_id=row["id"])
 
     async def _activate_due(self) -> None:
         async with self._pool.acquire() as conn:
@@ -495,7 +515,10 @@ class Scheduler:
                    AND NOT EXISTS (SELECT 1 FROM campaign_shards s WHERE s.campaign_id = c.id)"""
             )
             for row in unsplit:
-                await split_campaign(conn, row["id"], self._config.scheduler.shard_size)
+                try:
+                    await split_campaign(conn, row["id"], self._config.scheduler.shard_size)
+                except segments.SegmentError as exc:
+                    await fail_campaign(conn, row["id"], f"segment no longer valid: {exc}")
 
     async def _watch_statuses(self) -> None:
         """Periodic re-read of the status of campaigns this node is sending."""
@@ -550,6 +573,12 @@ class Scheduler:
             del self._runs[key]
             metrics.SHARDS_CLAIMED.set(len(self._runs))
             self._wakeup.set()
+            if not any(other.campaign_id == run.campaign_id for other in self._runs.values()):
+                # This node holds nothing of the campaign now: forget what was cached for it.
+                self._prepared.discard((run.provider_name, run.campaign_id))
+                self._warned_providers.discard(run.campaign_id)
+                if self._on_idle is not None:
+                    self._on_idle(run.provider_name, run.campaign_id)
 
     async def _try_claim(self, campaign_id: int, shard_no: int) -> ShardRun | None:
         claim = await connect.connect(self._dsn, command_timeout=CLAIM_COMMAND_TIMEOUT_S)
@@ -562,7 +591,11 @@ class Scheduler:
             campaign_row = await claim.fetchrow("SELECT * FROM campaigns WHERE id = $1", campaign_id)
             if campaign_row is None or campaign_row["status"] != "running":
                 raise _NotClaimable
-            campaign = campaign_from_row(campaign_row)
+            try:
+                campaign = campaign_from_row(campaign_row)
+            except segments.SegmentError as exc:
+                await fail_campaign(claim, campaign_id, f"segment no longer valid: {exc}")
+                raise _NotClaimable from exc
             lane = self._lanes.get(campaign.provider)
             if lane is None:
                 # Another node may have it configured: skip, do not fail the campaign for all.
@@ -631,6 +664,19 @@ def _lock_key(campaign_id: int) -> int:
     """The advisory lock's first int4 key. Ids past 2^31 wrap: two shards sharing a lock only
     serialise, they never share an owner."""
     return campaign_id % 2_147_483_647
+
+
+async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:
+    """A campaign that can never be sent as stored (its segment no longer parses): ``failed``,
+    with the reason, on every node."""
+    await conn.execute(
+        """UPDATE campaigns SET status = 'failed', status_reason = $2, updated_at = now()
+           WHERE id = $1 AND status IN ('running', 'scheduled', 'paused')""",
+        campaign_id,
+        reason,
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", campaigns.NOTIFY_CHANNEL, f"{campaign_id} failed")
+    log.error("campaign_failed", campaign_id=campaign_id, reason=reason)
 
 
 class _NotClaimable(Exception):

@@ -137,15 +137,26 @@ class ProviderSender:
             bucket = self._campaign_buckets[batch.campaign.id] = TokenBucket(rate)
         return bucket
 
-    async def _acquire(self, count: int, batch: Batch) -> None:
-        waits = [self.bucket.reserve(count)]
+    async def _acquire(self, count: int, batch: Batch, stopped: asyncio.Event) -> bool:
+        """Wait for the rate limits; False (tokens given back) if the shard stops meanwhile."""
+        buckets = [self.bucket]
         campaign_bucket = self._campaign_bucket(batch)
         if campaign_bucket is not None:
-            waits.append(campaign_bucket.reserve(count))
-        wait = max(waits)
+            buckets.append(campaign_bucket)
+        wait = max(bucket.reserve(count) for bucket in buckets)
         if wait > 0:
             self._waits.inc(wait)
-            await asyncio.sleep(wait)
+            await _sleep_unless(wait, stopped)
+        if stopped.is_set():
+            for bucket in buckets:
+                bucket.refund(count)
+            return False
+        return True
+
+    def forget(self, campaign_id: int) -> None:
+        """This node sends nothing of the campaign any more: drop its cap and error window."""
+        self._campaign_buckets.pop(campaign_id, None)
+        self._error_rates.pop(campaign_id, None)
 
     async def _send(self, run: ShardRun, batch: Batch) -> None:
         """Send one batch to completion (with retries) and hand its rows to the writer."""
@@ -157,10 +168,9 @@ class ProviderSender:
         last_reason = ""
         complete = True
         while pending:
-            if attempt and run.stopping:
+            if run.stopping or not await self._acquire(len(pending), batch, run.stopped):
                 complete = False  # leave the unsent for whoever resumes the shard
                 break
-            await self._acquire(len(pending), batch)
             part = batch if len(pending) == len(leads) else _sub_batch(batch, pending)
             started = time.perf_counter()
             retry_after: float | None = None

@@ -57,6 +57,10 @@ class ShardHandle(Protocol):
         """The shard's epoch no longer matches: another node owns it now."""
 
 
+class EventsRefused(Exception):
+    """The database refused these events' data (not a transient error): nothing of them stored."""
+
+
 class ShardLost(Exception):
     """The rows were dropped because their shard was fenced out."""
 
@@ -128,6 +132,8 @@ class Writer:
         if self._rows >= self._config.max_buffer_rows:
             async with self._space:
                 await self._space.wait_for(lambda: self._rows < self._config.max_buffer_rows)
+            if self._closed:
+                raise RuntimeError("writer is closed")
         now = time.monotonic()
         if not self._buffer:
             self._deadline = now + self._config.flush_interval_ms / 1000
@@ -179,6 +185,20 @@ class Writer:
             self._urgent = False
             try:
                 await self._flush(entries)
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                # Not transient: retrying the same data fails the same way. Webhook events are
+                # the only outside data here: refuse them (their senders answer an error and the
+                # provider may retry), keep the email rows and flush again.
+                refused = [e for e in entries if e.events]
+                if not refused:
+                    raise
+                log.error("events_refused", error=str(exc), entries=len(refused))
+                for entry in refused:
+                    entry.done.set_exception(EventsRefused(str(exc)))
+                    entry.done.exception()
+                self._rows -= sum(e.size for e in refused)
+                self._buffer = [e for e in entries if not e.events] + self._buffer
+                continue
             except db.DB_ERRORS_OR_TIMEOUT as exc:
                 failures += 1
                 self.healthy = False
@@ -199,10 +219,12 @@ class Writer:
 
     async def _flush(self, entries: list[_Entry]) -> None:
         started = time.perf_counter()
-        by_shard: dict[tuple[int, int], list[_Entry]] = collections.defaultdict(list)
+        # Keyed by the claim (epoch too): late rows of an earlier claim of the same shard on this
+        # node must be fenced on their own, never mixed into the current claim's ledger.
+        by_shard: dict[_ShardKey, list[_Entry]] = collections.defaultdict(list)
         for entry in entries:
             if entry.shard is not None:
-                by_shard[(entry.shard.campaign_id, entry.shard.shard_no)].append(entry)
+                by_shard[_key(entry.shard)].append(entry)
         while True:
             lost = await self._flush_once(entries, by_shard)
             if not lost:
@@ -215,9 +237,7 @@ class Writer:
                         entry.done.exception()  # retrieved: nobody has to await it
                     assert entry.shard is not None
                     entry.shard.on_lost()
-            entries = [
-                e for e in entries if e.shard is None or (e.shard.campaign_id, e.shard.shard_no) in by_shard
-            ]
+            entries = [e for e in entries if e.shard is None or _key(e.shard) in by_shard]
         rows = sum(len(e.rows) for e in entries)
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.FLUSH_ROWS.observe(rows)
@@ -226,8 +246,8 @@ class Writer:
                 entry.done.set_result(None)
 
     async def _flush_once(
-        self, entries: list[_Entry], by_shard: dict[tuple[int, int], list[_Entry]]
-    ) -> set[tuple[int, int]]:
+        self, entries: list[_Entry], by_shard: dict[_ShardKey, list[_Entry]]
+    ) -> set[_ShardKey]:
         """One transaction; returns the shards found fenced out (then nothing was written)."""
         plans: list[_Plan] = []
         for key, shard_entries in by_shard.items():
@@ -290,14 +310,14 @@ class Writer:
                             AS v(campaign_id, shard_no, epoch, checkpoint, done)
                        WHERE s.campaign_id = v.campaign_id AND s.shard_no = v.shard_no
                              AND s.epoch = v.epoch
-                       RETURNING s.campaign_id, s.shard_no""",
+                       RETURNING s.campaign_id, s.shard_no, s.epoch""",
                     [p[1].campaign_id for p in plans],
                     [p[1].shard_no for p in plans],
                     [p[1].epoch for p in plans],
                     [p[4] for p in plans],
                     [p[5] for p in plans],
                 )
-                matched = {(r["campaign_id"], r["shard_no"]) for r in fenced}
+                matched = {(r["campaign_id"], r["shard_no"], r["epoch"]) for r in fenced}
                 lost = {p[0] for p in plans} - matched
                 if lost:
                     log.warning("shards_fenced_out", shards=sorted(lost))
@@ -339,7 +359,14 @@ class Writer:
                 )
 
 
-_Plan = tuple[tuple[int, int], ShardHandle, set[int], set[int], int, bool]
+_ShardKey = tuple[int, int, int]  # campaign, shard, epoch: one claim
+_Plan = tuple[_ShardKey, ShardHandle, set[int], set[int], int, bool]
+
+
+def _key(shard: ShardHandle) -> _ShardKey:
+    return (shard.campaign_id, shard.shard_no, shard.epoch)
+
+
 _COUNTERS: dict[str, dict[int, metrics.Counter]] = {}
 
 
@@ -362,6 +389,6 @@ def _count_statuses(rows: list[LogRow]) -> tuple[int, int, int, int]:
 
 
 class _Rollback(Exception):
-    def __init__(self, lost: set[tuple[int, int]]) -> None:
+    def __init__(self, lost: set[_ShardKey]) -> None:
         super().__init__("fenced out")
         self.lost = lost

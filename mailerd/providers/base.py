@@ -23,6 +23,9 @@ class Provider(Protocol):
     async def send(self, batch: Batch) -> list[RecipientResult]:
         """Send one batch; per-recipient outcomes in the order of ``batch.leads``."""
 
+    def forget(self, campaign_id: int) -> None:
+        """This node sends nothing of the campaign now: drop what was prepared for it."""
+
     async def max_send_rate(self) -> float | None:
         """The account's own send-rate ceiling, if the provider publishes one."""
 

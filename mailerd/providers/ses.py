@@ -334,6 +334,10 @@ class SesProvider:
                 results[position] = result
         return [r for r in results if r is not None]
 
+    def forget(self, campaign_id: int) -> None:
+        """Drop the compiled content and template of a campaign this node no longer sends."""
+        self._prepared.pop(campaign_id, None)
+
     async def max_send_rate(self) -> float | None:
         """``GetAccount`` -> ``SendQuota.MaxSendRate`` (emails per second)."""
         answer = await self._call("GET", ACCOUNT_PATH, None)

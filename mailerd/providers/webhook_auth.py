@@ -56,7 +56,7 @@ def unix_time(value: Any, field: str) -> float:
         raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
     if isinstance(value, int | float):
         return float(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return float(value.strip())
     raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
 
@@ -166,7 +166,10 @@ def event_time(value: Any, field: str) -> dt.datetime:
         else:
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=dt.UTC)
-            return parsed.astimezone(dt.UTC)
+            try:
+                return parsed.astimezone(dt.UTC)
+            except OverflowError:
+                pass
     raise bad_request("invalid_body", f"{field}: not a timestamp")
 
 
@@ -178,7 +181,7 @@ def metadata_id(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if 0 < value < 2**63 else None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value.strip())
         return number if 0 < number < 2**63 else None
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
@@ -55,6 +55,22 @@ class WebhookHandler(Protocol):
 
     async def close(self) -> None:
         """Release resources (HTTP sessions for certificate fetches, ...)."""
+
+
+_TEXT_FIELDS = ("email", "receipt", "provider_message_id", "provider_type", "reason", "smtp_status")
+
+
+def scrub(events: list[Event]) -> list[Event]:
+    """Replace NUL characters (Postgres text cannot hold them) in what providers sent."""
+    cleaned = []
+    for event in events:
+        changes: dict[str, Any] = {
+            name: value.replace("\x00", "\ufffd")
+            for name in _TEXT_FIELDS
+            if isinstance(value := getattr(event, name), str) and "\x00" in value
+        }
+        cleaned.append(dataclasses.replace(event, **changes) if changes else event)
+    return cleaned
 
 
 async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:

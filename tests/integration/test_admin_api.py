@@ -130,6 +130,12 @@ async def test_malformed_and_oversized_bodies(client: TestClient[Any, Any], conn
     assert response.status == 422
     assert (await response.json())["error"]["field"] == "limit"
     assert (await client.get("/api/campaigns/999", headers=AUTH)).status == 404
+    huge = await client.get(f"/api/campaigns/{2**70}", headers=AUTH)
+    assert huge.status == 404 and (await huge.json())["error"]["field"] == "id"
+    response = await client.post("/api/campaigns", json=_campaign(name="bad\x00name"), headers=AUTH)
+    assert response.status == 422 and (await response.json())["error"]["field"] == "name"
+    response = await client.post("/api/campaigns", json=_campaign(account_id=2**70), headers=AUTH)
+    assert response.status == 422 and (await response.json())["error"]["field"] == "account_id"
     assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
 
 

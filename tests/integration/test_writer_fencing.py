@@ -1,0 +1,88 @@
+"""The writer fences each claim on its own, and finished campaigns are always closed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns
+from mailerd import config as config_mod
+from mailerd.ledger import Ledger
+from mailerd.models import LogStatus
+from mailerd.scheduler import Scheduler
+from mailerd.writer import ShardLost, Writer
+from tests.integration.helpers import add_leads, daemon_config, new_campaign
+
+
+@dataclasses.dataclass
+class Claim:
+    """A stand-in for one claim of a shard (what the writer needs of a ShardRun)."""
+
+    campaign_id: int
+    shard_no: int
+    epoch: int
+    lead_id_to: int
+    ledger: Ledger
+    provider_name: str = "sink"
+    lost: bool = False
+
+    def on_logged(self, checkpoint: int, done: bool) -> None:
+        pass
+
+    def on_lost(self) -> None:
+        self.lost = True
+
+
+async def _campaign_with_shard(conn: asyncpg.Connection, epoch: int) -> int:
+    await add_leads(conn, 1, 30)
+    campaign_id = await campaigns.create(conn, new_campaign(), daemon_config(1))
+    await conn.execute(
+        """INSERT INTO campaign_shards
+               (campaign_id, shard_no, lead_id_from, lead_id_to, checkpoint, reserved_upto, epoch)
+           VALUES ($1, 0, 0, 1000, 0, 1000, $2)""",
+        campaign_id,
+        epoch,
+    )
+    return campaign_id
+
+
+async def test_rows_of_an_earlier_claim_are_fenced_apart_from_the_current_one(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    campaign_id = await _campaign_with_shard(conn, epoch=2)
+    stale = Claim(campaign_id, 0, 1, 1000, Ledger(0))
+    current = Claim(campaign_id, 0, 2, 1000, Ledger(0))
+    stale.ledger.add(1, 10)
+    current.ledger.add(1, 20)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=10))
+    task = asyncio.create_task(writer.run())
+    now = dt.datetime.now(dt.UTC)
+    late = await writer.submit(stale, 1, [(now, campaign_id, 5, LogStatus.SENT, "m-old", None)])
+    fresh = await writer.submit(current, 1, [(now, campaign_id, 15, LogStatus.SENT, "m-new", None)])
+    await fresh
+    with pytest.raises(ShardLost):
+        await late
+    writer.close()
+    await task
+    assert stale.lost and not current.lost
+    rows = await conn.fetch("SELECT lead_id FROM email_log WHERE campaign_id = $1", campaign_id)
+    assert [r["lead_id"] for r in rows] == [15]
+    assert current.ledger.checkpoint == 20
+
+
+async def test_a_campaign_whose_shards_are_all_done_is_finished_by_the_sweep(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    campaign_id = await _campaign_with_shard(conn, epoch=1)
+    await conn.execute("UPDATE campaigns SET status = 'running' WHERE id = $1", campaign_id)
+    await conn.execute("UPDATE campaign_shards SET state = 'done' WHERE campaign_id = $1", campaign_id)
+    config = daemon_config(1)
+    scheduler = Scheduler(
+        config=config, dsn=dsn, pool=pool, lanes={}, writer=Writer(pool, config.writer), stop=asyncio.Event()
+    )
+    await scheduler._finish_done()
+    assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "finished"
