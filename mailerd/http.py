@@ -570,10 +570,13 @@ async def unsubscribe_one_click(request: web.Request) -> web.Response:
         return _html(unsubscribe.not_one_click_page(), status=400)
     if services.writer is None:
         raise ApiError(503, "unavailable", "events cannot be recorded right now")
-    async with _pool(request).acquire() as conn:
-        email = await conn.fetchval(
-            "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
-        )
+    try:
+        async with _pool(request).acquire() as conn:
+            email = await conn.fetchval(
+                "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
+            )
+    except db.DB_ERRORS:
+        raise ApiError(503, "unavailable", "cannot unsubscribe right now; please try again") from None
     event = Event(
         provider="list-unsubscribe",
         kind=EventKind.UNSUBSCRIBE,

@@ -272,11 +272,16 @@ def _log_rows(
             append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
         elif outcome is Outcome.UNKNOWN:
             unknown += 1
-            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, result.error))
+            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, _storable(result.error)))
         else:
             failed += 1
-            append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, result.error))
+            append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, _storable(result.error)))
     return rows, (len(rows) - failed - unknown, failed, unknown, 0)
+
+
+def _storable(text: str | None) -> str | None:
+    """Provider error text as Postgres can store it (no NUL characters)."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:
