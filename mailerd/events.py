@@ -65,15 +65,21 @@ async def record(
     events = unique(events)
     if not events:
         return []
+    keys = {(e.provider, e.receipt) for e in events}
+    keys.update((e.provider, e.guard) for e in events if e.guard)
     claimed = await conn.fetch(
         """INSERT INTO webhook_receipts (provider, receipt)
            SELECT * FROM unnest($1::text[], $2::text[])
            ON CONFLICT DO NOTHING RETURNING provider, receipt""",
-        [e.provider for e in events],
-        [e.receipt for e in events],
+        [k[0] for k in keys],
+        [k[1] for k in keys],
     )
     new_keys = {(r["provider"], r["receipt"]) for r in claimed}
-    fresh = [e for e in events if (e.provider, e.receipt) in new_keys]
+    fresh = [
+        e
+        for e in events
+        if (e.provider, e.receipt) in new_keys and (e.guard is None or (e.provider, e.guard) in new_keys)
+    ]
     if not fresh:
         return []
     now = dt.datetime.now(dt.UTC)

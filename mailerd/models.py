@@ -168,3 +168,4 @@ class Event:
     reason: str | None = None
     smtp_status: str | None = None
     suppress: bool = False
+    guard: str | None = None  # a second key that must also be new (Mailgun: its signature token)

@@ -10,8 +10,9 @@ with other data: each token is remembered (bounded, for the freshness window) wi
 its ``event-data``, and the same token with different data is refused (401). The same request
 again (same token, same data) is let through: Mailgun retries a webhook whose answer was not 2xx,
 and refusing the retry of a post whose commit failed would lose the event; the receipt
-de-duplication in the database records it once. That memory is per process, so a multi-node
-deployment relies on the database de-duplication as well.
+de-duplication in the database records it once. That memory is per process; the database
+also claims each token (``Event.guard``) with the events, so a replay with other data on another
+node, or after a restart, records nothing.
 
 Events:
 
@@ -31,6 +32,7 @@ else ``delivery-status.code`` (``550``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -146,7 +148,15 @@ class MailgunWebhook:
         data = body.get("event-data")
         if self._config.verify_signatures:
             self._verify(body.get("signature"), data)
-        return parse_event(auth.need_object(data, "event-data"))
+        events = parse_event(auth.need_object(data, "event-data"))
+        block = body.get("signature")
+        token = block.get("token") if isinstance(block, dict) else None
+        if isinstance(token, str) and token:
+            # Mailgun signs only timestamp + token: the database also remembers each token, so
+            # a captured signature replayed with other data on another node (or after a restart)
+            # is not recorded either.
+            events = [dataclasses.replace(e, guard=f"token:{token}") for e in events]
+        return events
 
     async def close(self) -> None:
         return None

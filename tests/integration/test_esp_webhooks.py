@@ -176,7 +176,8 @@ async def test_mailgun_token_reused_with_other_data_is_refused(env: Env, conn: a
     forged["event-data"].update(event="complained", id="forged-event")
     status, answer = await env.post("mailgun", headers, orjson.dumps(forged))
     assert (status, answer["error"]["code"]) == (401, "replayed_token")
-    assert (await _stored(conn))[:2] == (1, 1)
+    # One event; two receipts: its event id and the signature token it came with.
+    assert (await _stored(conn))[:2] == (1, 2)
 
 
 def _broken_requests(env: Env, lead: tuple[int, int]) -> list[tuple[str, dict[str, str], bytes, int]]:
@@ -224,3 +225,22 @@ async def test_bad_requests_are_4xx_and_store_nothing(env: Env, conn: asyncpg.Co
         assert status == expected, (provider, body[:60], answer)
         assert set(answer["error"]) >= {"code", "message"}
     assert await _stored(conn) == (0, 0, 0)
+
+
+async def test_mailgun_token_replayed_on_another_node_is_not_recorded(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    lead = await _lead(conn, 3)
+    headers, body = env.signed("mailgun", EventKind.DELIVERED, lead)
+    assert (await env.post("mailgun", headers, body))[0] == 200
+    # Another node (or this one after a restart) has not seen the token in memory...
+    services = env.client.app[http.SERVICES]  # type: ignore[index]
+    services.webhooks["mailgun"] = mailgun.MailgunWebhook(services.config.webhooks.mailgun)
+    forged = orjson.loads(body)
+    forged["event-data"].update(event="complained", id="forged-on-node-b")
+    status, _ = await env.post("mailgun", headers, orjson.dumps(forged))
+    # ...but the database has: the forged event is not recorded, nothing is suppressed.
+    assert status == 200
+    kinds = await conn.fetch("SELECT kind FROM email_events WHERE provider = 'mailgun'")
+    assert [r["kind"] for r in kinds] == ["delivered"]
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
