@@ -16,6 +16,7 @@ import asyncio
 import collections
 import dataclasses
 import time
+import uuid
 from typing import Protocol
 
 import asyncpg
@@ -96,6 +97,7 @@ class Writer:
         self._closed = False
         self._wakeup = asyncio.Event()
         self._urgent = False
+        self._retry: tuple[uuid.UUID, list[_Entry]] | None = None
         self._space = asyncio.Condition()
         self.healthy = True
 
@@ -161,7 +163,7 @@ class Writer:
         """Flush on size or time until closed and empty."""
         failures = 0
         while True:
-            if not self._buffer:
+            if not self._buffer and self._retry is None:
                 if self._closed:
                     return
                 self._wakeup.clear()
@@ -181,10 +183,16 @@ class Writer:
                 except TimeoutError:
                     pass
                 continue
-            entries, self._buffer = self._buffer, []
+            retrying = self._retry is not None
+            if self._retry is not None:
+                flush_id, entries = self._retry
+            else:
+                flush_id, entries = uuid.uuid4(), self._buffer
+                self._buffer = []
+            self._retry = None
             self._urgent = False
             try:
-                await self._flush(entries)
+                await self._flush(entries, flush_id, retrying=retrying)
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 # Not transient: retrying the same data fails the same way. Webhook events are
                 # the only outside data here: refuse them (their senders answer an error and the
@@ -197,13 +205,15 @@ class Writer:
                     entry.done.set_exception(EventsRefused(str(exc)))
                     entry.done.exception()
                 self._rows -= sum(e.size for e in refused)
-                self._buffer = [e for e in entries if not e.events] + self._buffer
+                # That transaction failed for sure: the rest goes again under a new id.
+                self._retry = (uuid.uuid4(), [e for e in entries if not e.events])
                 continue
             except db.DB_ERRORS_OR_TIMEOUT as exc:
                 failures += 1
                 self.healthy = False
                 metrics.FLUSH_FAILURES.inc()
-                self._buffer = entries + self._buffer
+                # Retried alone and under the same id: it may have committed after all.
+                self._retry = (flush_id, entries)
                 delay = min(0.1 * 2 ** min(failures, 6), 5.0)
                 log.warning("flush_failed", error=str(exc), rows=self._rows, retry_in_s=delay)
                 await asyncio.sleep(delay)
@@ -217,8 +227,19 @@ class Writer:
             async with self._space:
                 self._space.notify_all()
 
-    async def _flush(self, entries: list[_Entry]) -> None:
+    async def _flush(self, entries: list[_Entry], flush_id: uuid.UUID, *, retrying: bool = False) -> None:
         started = time.perf_counter()
+        committed = False
+        if retrying:
+            async with self._pool.acquire() as conn:
+                committed = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM writer_flushes WHERE id = $1)", flush_id
+                )
+            if committed:
+                # The last attempt committed before its connection died: only the bookkeeping
+                # is left, writing again would log the same emails twice.
+                log.warning("flush_found_committed", flush_id=str(flush_id))
+                entries = [e for e in entries if not e.done.done()]
         # Keyed by the claim (epoch too): late rows of an earlier claim of the same shard on this
         # node must be fenced on their own, never mixed into the current claim's ledger.
         by_shard: dict[_ShardKey, list[_Entry]] = collections.defaultdict(list)
@@ -226,7 +247,7 @@ class Writer:
             if entry.shard is not None:
                 by_shard[_key(entry.shard)].append(entry)
         while True:
-            lost = await self._flush_once(entries, by_shard)
+            lost = await self._flush_once(entries, by_shard, flush_id, write=not committed)
             if not lost:
                 break
             # Drop the rows of fenced-out shards and write the rest.
@@ -246,7 +267,12 @@ class Writer:
                 entry.done.set_result(None)
 
     async def _flush_once(
-        self, entries: list[_Entry], by_shard: dict[_ShardKey, list[_Entry]]
+        self,
+        entries: list[_Entry],
+        by_shard: dict[_ShardKey, list[_Entry]],
+        flush_id: uuid.UUID,
+        *,
+        write: bool = True,
     ) -> set[_ShardKey]:
         """One transaction; returns the shards found fenced out (then nothing was written)."""
         plans: list[_Plan] = []
@@ -275,7 +301,8 @@ class Writer:
             counts[4] += entry.retried
         events = [event for entry in entries if entry.events for event in entry.events]
         try:
-            await self._transaction(plans, records, stats, events)
+            if write:
+                await self._transaction(flush_id, plans, records, stats, events)
         except _Rollback as rollback:
             return rollback.lost
         for _, shard, seqs, complete, _, done in plans:
@@ -293,12 +320,14 @@ class Writer:
 
     async def _transaction(
         self,
+        flush_id: uuid.UUID,
         plans: list[_Plan],
         records: list[LogRow],
         stats: dict[int, list[int]],
         events: list[Event],
     ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO writer_flushes (id) VALUES ($1)", flush_id)
             if plans:
                 fenced = await conn.fetch(
                     """UPDATE campaign_shards s

@@ -145,4 +145,7 @@ async def prune_receipts(conn: asyncpg.Connection, cutoff: dt.date) -> list[Acti
         return []
     status = await conn.execute("DELETE FROM webhook_receipts WHERE received_at < $1", low)
     purged = int(status.split()[-1])
+    if await conn.fetchval("SELECT to_regclass('writer_flushes') IS NOT NULL"):
+        # Flush ids only matter while a flush is being retried: a day is plenty.
+        await conn.execute("DELETE FROM writer_flushes WHERE at < now() - interval '1 day'")
     return [Action("purged", "webhook_receipts", f"{purged} receipts older than {cutoff}")] if purged else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import uuid
 
 import asyncpg
 import pytest
@@ -14,7 +15,7 @@ from mailerd import config as config_mod
 from mailerd.ledger import Ledger
 from mailerd.models import LogStatus
 from mailerd.scheduler import Scheduler
-from mailerd.writer import ShardLost, Writer
+from mailerd.writer import ShardLost, Writer, _Entry
 from tests.integration.helpers import add_leads, daemon_config, new_campaign
 
 
@@ -86,3 +87,32 @@ async def test_a_campaign_whose_shards_are_all_done_is_finished_by_the_sweep(
     )
     await scheduler._finish_done()
     assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "finished"
+
+
+async def test_a_retried_flush_that_had_committed_is_not_written_twice(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """The connection died during COMMIT, after the server committed: the retry finds the flush
+    id, does only the bookkeeping, and writes no second row."""
+    campaign_id = await _campaign_with_shard(conn, epoch=1)
+    claim = Claim(campaign_id, 0, 1, 1000, Ledger(0))
+    claim.ledger.add(1, 10)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=10))
+    now = dt.datetime.now(dt.UTC)
+    row = (now, campaign_id, 5, LogStatus.SENT, "m-1", None)
+    await conn.copy_records_to_table(
+        "email_log",
+        records=[row],
+        columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
+    )
+    flush_id = uuid.uuid4()
+    await conn.execute("INSERT INTO writer_flushes (id) VALUES ($1)", flush_id)
+    entry = _Entry(claim, 1, [row], 0, True, asyncio.get_running_loop().create_future())
+    writer._retry = (flush_id, [entry])
+    writer._rows = 1
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(entry.done, 5)
+    writer.close()
+    await task
+    assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id) == 1
+    assert claim.ledger.checkpoint == 10
