@@ -262,6 +262,10 @@ async def cli_show(args: argparse.Namespace, config: Config) -> int:
         "  matched {matched:,}  sent {sent:,}  failed {failed:,}  unknown {unknown:,}  "
         "suppressed {suppressed:,}  retried {retried:,}".format(**info)
     )
+    print(
+        "  delivered {delivered:,}  bounced {bounced:,}  complained {complained:,}  "
+        "unsubscribed {unsubscribed:,}".format(**info)
+    )
     eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") is not None else ""
     print(f"  shards {info['shards_done']}/{info['shards']} done, {info['rate_per_s']:,.0f} emails/s{eta}")
     return 0
