@@ -62,6 +62,7 @@ from common import (
 from mailerd.db import connect as db_connect
 from mailerd.models import EventKind
 from mailerd.providers.sendgrid import SendgridEmulatorSigner
+from mailerd.providers.webhook_auth import SentEmail
 
 NAIVE_UPDATE = """UPDATE email SET status = 'bounced', bounced_at = $2, bounce_reason = $3,
                                    updated_at = now()
@@ -138,11 +139,13 @@ def build_requests(
         items = [
             signer.event(
                 EventKind.HARD_BOUNCE,
-                email=email,
-                campaign_id=campaign_id,
-                lead_id=lead_id,
-                message_id=message_id(lead_id),
-                occurred_at=occurred,
+                SentEmail(
+                    email=email,
+                    campaign_id=campaign_id,
+                    lead_id=lead_id,
+                    message_id=message_id(lead_id),
+                    occurred_at=occurred,
+                ),
             )
             for lead_id, email in leads[low : low + batch]
         ]

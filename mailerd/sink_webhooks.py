@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 
 from mailerd.models import EventKind
+from mailerd.providers.webhook_auth import SentEmail
 
 log = structlog.get_logger(__name__)
 
@@ -31,16 +32,7 @@ POSTERS = 4
 class EmulatorSigner(Protocol):
     """The emulator side of a provider's webhook (see each provider module)."""
 
-    def request(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> tuple[dict[str, str], bytes]:
+    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
         """Headers and body of one signed webhook POST."""
 
     def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
@@ -157,11 +149,13 @@ class WebhookPoster:
             kind, email, campaign_id, lead_id, message_id = self._backlog.popleft()
             headers, body = self.signer.request(
                 kind,
-                email=email,
-                campaign_id=campaign_id,
-                lead_id=lead_id,
-                message_id=message_id,
-                occurred_at=dt.datetime.now(dt.UTC),
+                SentEmail(
+                    email=email,
+                    campaign_id=campaign_id,
+                    lead_id=lead_id,
+                    message_id=message_id,
+                    occurred_at=dt.datetime.now(dt.UTC),
+                ),
             )
             try:
                 async with self._session.post(self.url, data=body, headers=headers) as response:

@@ -33,7 +33,6 @@ else ``delivery-status.code`` (``550``).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import hmac
 import os
@@ -194,17 +193,9 @@ class MailgunEmulatorSigner:
         self.signing_key = secrets.token_hex(16)
         self._clock = clock
 
-    def event_data(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> dict[str, Any]:
+    def event_data(self, kind: EventKind, sent: auth.SentEmail) -> dict[str, Any]:
         """One ``event-data`` object as Mailgun writes it for ``kind``."""
+        email, campaign_id, lead_id, message_id, occurred_at = sent
         data: dict[str, Any] = {
             "id": secrets.token_urlsafe(16),
             "timestamp": occurred_at.timestamp(),
@@ -244,25 +235,9 @@ class MailgunEmulatorSigner:
             data.update(event="unsubscribed")
         return data
 
-    def request(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> tuple[dict[str, str], bytes]:
+    def request(self, kind: EventKind, sent: auth.SentEmail) -> tuple[dict[str, str], bytes]:
         """Headers and body of one signed POST."""
-        data = self.event_data(
-            kind,
-            email=email,
-            campaign_id=campaign_id,
-            lead_id=lead_id,
-            message_id=message_id,
-            occurred_at=occurred_at,
-        )
+        data = self.event_data(kind, sent)
         return self.signed(data)
 
     def signed(self, data: dict[str, Any], *, token: str | None = None) -> tuple[dict[str, str], bytes]:

@@ -254,17 +254,9 @@ class PostmarkEmulatorSigner:
         self.password = secrets.token_urlsafe(24)
         self._next_id = random.SystemRandom().randrange(10**9, 10**12)
 
-    def record(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> dict[str, Any]:
+    def record(self, kind: EventKind, sent: auth.SentEmail) -> dict[str, Any]:
         """One record as Postmark writes it for ``kind``."""
+        email, campaign_id, lead_id, message_id, occurred_at = sent
         at = occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
         metadata = {"mailerd_campaign": str(campaign_id), "mailerd_lead": str(lead_id)}
         common: dict[str, Any] = {
@@ -332,25 +324,9 @@ class PostmarkEmulatorSigner:
             "CanActivate": True,
         }
 
-    def request(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> tuple[dict[str, str], bytes]:
+    def request(self, kind: EventKind, sent: auth.SentEmail) -> tuple[dict[str, str], bytes]:
         """Headers and body of one authenticated POST."""
-        record = self.record(
-            kind,
-            email=email,
-            campaign_id=campaign_id,
-            lead_id=lead_id,
-            message_id=message_id,
-            occurred_at=occurred_at,
-        )
+        record = self.record(kind, sent)
         return self.headers(), orjson.dumps(record)
 
     def headers(self) -> dict[str, str]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import secrets
 import time
 from pathlib import Path
@@ -227,17 +226,9 @@ class SendgridEmulatorSigner:
         signature = self._private_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         return base64.b64encode(signature).decode()
 
-    def event(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> dict[str, Any]:
+    def event(self, kind: EventKind, sent: auth.SentEmail) -> dict[str, Any]:
         """One event object as SendGrid writes it for ``kind``."""
+        email, campaign_id, lead_id, message_id, occurred_at = sent
         item: dict[str, Any] = {
             "email": email,
             "timestamp": int(occurred_at.timestamp()),
@@ -269,25 +260,9 @@ class SendgridEmulatorSigner:
             item.update(event="unsubscribe")
         return item
 
-    def request(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> tuple[dict[str, str], bytes]:
+    def request(self, kind: EventKind, sent: auth.SentEmail) -> tuple[dict[str, str], bytes]:
         """Headers and body of one signed POST carrying one event."""
-        item = self.event(
-            kind,
-            email=email,
-            campaign_id=campaign_id,
-            lead_id=lead_id,
-            message_id=message_id,
-            occurred_at=occurred_at,
-        )
+        item = self.event(kind, sent)
         return self.signed([item])
 
     def signed(self, items: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:

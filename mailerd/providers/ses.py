@@ -646,16 +646,9 @@ class SnsWebhook:
 SnsEmulatorSigner = sns.SnsEmulatorSigner
 
 
-def ses_event_record(
-    kind: EventKind,
-    *,
-    email: str,
-    campaign_id: int,
-    lead_id: int,
-    message_id: str,
-    occurred_at: dt.datetime,
-) -> dict[str, Any]:
+def ses_event_record(kind: EventKind, sent: webhook_auth.SentEmail) -> dict[str, Any]:
     """An SES event-publishing record in the documented shape, tagged with our ids."""
+    email, campaign_id, lead_id, message_id, occurred_at = sent
     when = sns.iso_timestamp(occurred_at)
     mail = {
         "timestamp": when,

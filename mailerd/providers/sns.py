@@ -452,27 +452,11 @@ class SnsEmulatorSigner:
             )
         return fields
 
-    def request(
-        self,
-        kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
-    ) -> tuple[dict[str, str], bytes]:
+    def request(self, kind: EventKind, sent: webhook_auth.SentEmail) -> tuple[dict[str, str], bytes]:
         """Headers and body of one SNS delivery of an SES event record about ``email``."""
         from mailerd.providers import ses  # the SES record inside; ses imports this module
 
-        record = ses.ses_event_record(
-            kind,
-            email=email,
-            campaign_id=campaign_id,
-            lead_id=lead_id,
-            message_id=message_id,
-            occurred_at=occurred_at,
-        )
+        record = ses.ses_event_record(kind, sent)
         fields = self.envelope(orjson.dumps(record).decode())
         headers = {
             "Content-Type": "text/plain; charset=UTF-8",

@@ -19,6 +19,7 @@ from mailerd import campaigns, http
 from mailerd import config as config_mod
 from mailerd.models import EventKind
 from mailerd.providers import mailgun, postmark, sendgrid
+from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookHandler
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
@@ -31,12 +32,7 @@ class Signer(Protocol):
     def request(
         self,
         kind: EventKind,
-        *,
-        email: str,
-        campaign_id: int,
-        lead_id: int,
-        message_id: str,
-        occurred_at: dt.datetime,
+        sent: SentEmail,
     ) -> tuple[dict[str, str], bytes]: ...
 
 
@@ -57,11 +53,13 @@ class Env:
         signer: Signer = self.signers[provider]
         return signer.request(
             kind,
-            email=f"user{lead[0]}@example.com",
-            campaign_id=self.campaign_id,
-            lead_id=lead[1],
-            message_id=f"msg-{provider}-{lead[1]}",
-            occurred_at=dt.datetime.now(dt.UTC),
+            SentEmail(
+                email=f"user{lead[0]}@example.com",
+                campaign_id=self.campaign_id,
+                lead_id=lead[1],
+                message_id=f"msg-{provider}-{lead[1]}",
+                occurred_at=dt.datetime.now(dt.UTC),
+            ),
         )
 
 

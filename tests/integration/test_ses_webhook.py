@@ -18,6 +18,7 @@ from mailerd import campaigns, http
 from mailerd import config as config_mod
 from mailerd.models import EventKind
 from mailerd.providers import ses, sns
+from mailerd.providers.webhook_auth import SentEmail
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
 
@@ -103,11 +104,13 @@ async def test_bounce_is_recorded_once_suppressed_and_counted(env: Env, conn: as
     campaign_id, leads = await campaign_with_leads(conn, env)
     headers, body = env.signer.request(
         EventKind.HARD_BOUNCE,
-        email="user3@example.com",
-        campaign_id=campaign_id,
-        lead_id=leads["user3@example.com"],
-        message_id="0100018f-sink-3",
-        occurred_at=dt.datetime.now(dt.UTC),
+        SentEmail(
+            email="user3@example.com",
+            campaign_id=campaign_id,
+            lead_id=leads["user3@example.com"],
+            message_id="0100018f-sink-3",
+            occurred_at=dt.datetime.now(dt.UTC),
+        ),
     )
     for _ in range(2):  # the second POST is SNS redelivering the same message
         assert await post(env, body, headers) == (200, {"received": 1})
@@ -138,11 +141,13 @@ async def test_every_kind_through_the_route(env: Env, conn: asyncpg.Connection) 
         email = f"user{number}@example.com"
         headers, body = env.signer.request(
             kind,
-            email=email,
-            campaign_id=campaign_id,
-            lead_id=leads[email],
-            message_id=f"m-{number}",
-            occurred_at=dt.datetime.now(dt.UTC),
+            SentEmail(
+                email=email,
+                campaign_id=campaign_id,
+                lead_id=leads[email],
+                message_id=f"m-{number}",
+                occurred_at=dt.datetime.now(dt.UTC),
+            ),
         )
         assert await post(env, body, headers) == (200, {"received": 1})
     kinds = await conn.fetch("SELECT email, kind FROM email_events ORDER BY email")

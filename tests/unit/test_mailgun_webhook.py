@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from mailerd import config as config_mod
 from mailerd.models import EventKind
 from mailerd.providers import mailgun
+from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "mailgun"
@@ -243,7 +244,14 @@ async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path
     handler = mailgun.MailgunWebhook(config.webhooks.mailgun, clock=lambda: now)
     when = dt.datetime(2024, 1, 2, 3, 4, 5, 250000, tzinfo=dt.UTC)
     headers, body = signer.request(
-        kind, email="Lead@Example.com", campaign_id=7, lead_id=9, message_id="m-1@x", occurred_at=when
+        kind,
+        SentEmail(
+            email="Lead@Example.com",
+            campaign_id=7,
+            lead_id=9,
+            message_id="m-1@x",
+            occurred_at=when,
+        ),
     )
     request = WebhookRequest(body, CIMultiDict(headers), "127.0.0.1")
     (event,) = await handler.parse(request)

@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from mailerd import config as config_mod
 from mailerd.models import EventKind
 from mailerd.providers import sendgrid
+from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "sendgrid"
@@ -249,7 +250,14 @@ async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path
     handler = _handler(now + 1, **signer.daemon_settings(tmp_path))
     when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     headers, body = signer.request(
-        kind, email="Lead@Example.com", campaign_id=7, lead_id=9, message_id="m-1", occurred_at=when
+        kind,
+        SentEmail(
+            email="Lead@Example.com",
+            campaign_id=7,
+            lead_id=9,
+            message_id="m-1",
+            occurred_at=when,
+        ),
     )
     (event,) = await handler.parse(_request(body, headers))
     assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "lead@example.com", 7, 9)

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from mailerd.config import SesWebhookConfig
 from mailerd.models import Event, EventKind
 from mailerd.providers import ses, sns
+from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "ses"
@@ -616,7 +617,10 @@ async def test_emulator_requests_parse_back(
 ) -> None:
     when = NOW - dt.timedelta(seconds=5)
     headers, body = signer.request(
-        kind, email="Lead@Example.com", campaign_id=7, lead_id=99, message_id="sink-msg-1", occurred_at=when
+        kind,
+        SentEmail(
+            email="Lead@Example.com", campaign_id=7, lead_id=99, message_id="sink-msg-1", occurred_at=when
+        ),
     )
     assert headers["Content-Type"] == "text/plain; charset=UTF-8"
     assert headers["x-amz-sns-message-type"] == "Notification"
