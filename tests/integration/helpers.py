@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from mailerd import app, campaigns
+from mailerd import app, campaigns, sink
 from mailerd import config as config_mod
 
 
@@ -101,3 +101,25 @@ def read_record(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+async def run_campaign(
+    conn: asyncpg.Connection,
+    dsn: str,
+    emulator: sink.Sink,
+    *,
+    until: tuple[str, ...] = ("finished",),
+    **sections: Any,
+) -> tuple[int, dict[str, Any]]:
+    """Start ``emulator``, send the default campaign through a daemon configured with
+    ``sections`` until it reaches ``until``, then flush and close the emulator."""
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, **sections)
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id, until)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    return campaign_id, info

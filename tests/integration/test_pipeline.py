@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     daemon_config,
     new_campaign,
     read_record,
+    run_campaign,
     running_daemon,
     wait_for_status,
 )
@@ -49,15 +50,7 @@ async def test_every_matched_lead_gets_exactly_one_row_and_one_email(
     )
     record = tmp_path / "record.jsonl"
     emulator = sink.Sink(record=record, seed=3)
-    port = await emulator.start()
-    try:
-        config = daemon_config(port)
-        campaign_id = await campaigns.create(conn, new_campaign(), config)
-        async with running_daemon(config, dsn):
-            info = await wait_for_status(conn, campaign_id)
-        await emulator.flush()
-    finally:
-        await emulator.close()
+    campaign_id, info = await run_campaign(conn, dsn, emulator)
 
     matched = {
         r["id"]
@@ -90,16 +83,9 @@ async def test_every_matched_lead_gets_exactly_one_row_and_one_email(
 async def test_throttling_is_retried_and_loses_nothing(conn: asyncpg.Connection, dsn: str) -> None:
     await add_leads(conn, 1, 3000)
     emulator = sink.Sink(throttle_rate=400, seed=5)
-    port = await emulator.start()
-    try:
-        config = daemon_config(
-            port, provider={"max_attempts": 50, "backoff_base_s": 0.02, "backoff_max_s": 0.2}
-        )
-        campaign_id = await campaigns.create(conn, new_campaign(), config)
-        async with running_daemon(config, dsn):
-            info = await wait_for_status(conn, campaign_id)
-    finally:
-        await emulator.close()
+    _, info = await run_campaign(
+        conn, dsn, emulator, provider={"max_attempts": 50, "backoff_base_s": 0.02, "backoff_max_s": 0.2}
+    )
     assert emulator.counters.throttled_calls > 0
     assert info["sent"] == 1000
     assert info["failed"] == 0
@@ -110,16 +96,9 @@ async def test_throttling_is_retried_and_loses_nothing(conn: asyncpg.Connection,
 async def test_per_entry_failures_are_logged_with_their_reason(conn: asyncpg.Connection, dsn: str) -> None:
     await add_leads(conn, 1, 1500)
     emulator = sink.Sink(fail_rate=0.3, seed=11)
-    port = await emulator.start()
-    try:
-        config = daemon_config(
-            port, provider={"max_attempts": 8, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
-        )
-        campaign_id = await campaigns.create(conn, new_campaign(), config)
-        async with running_daemon(config, dsn):
-            info = await wait_for_status(conn, campaign_id)
-    finally:
-        await emulator.close()
+    campaign_id, info = await run_campaign(
+        conn, dsn, emulator, provider={"max_attempts": 8, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
+    )
     rows = await _log_rows(conn, campaign_id)
     failed = [r for r in rows if r["status"] == LogStatus.FAILED]
     assert failed, "a 30% failure rate must reject some recipients permanently"
@@ -219,17 +198,13 @@ async def test_a_halting_provider_pauses_the_campaign_with_the_reason(
 async def test_a_high_error_rate_pauses_the_campaign(conn: asyncpg.Connection, dsn: str) -> None:
     await add_leads(conn, 1, 3000)
     emulator = sink.Sink(fail_rate=1.0, seed=2)
-    port = await emulator.start()
-    try:
-        config = daemon_config(
-            port,
-            provider={"max_attempts": 2, "backoff_base_s": 0.01, "error_window": 100, "max_error_rate": 0.3},
-        )
-        campaign_id = await campaigns.create(conn, new_campaign(), config)
-        async with running_daemon(config, dsn):
-            info = await wait_for_status(conn, campaign_id, ("paused",))
-    finally:
-        await emulator.close()
+    _, info = await run_campaign(
+        conn,
+        dsn,
+        emulator,
+        until=("paused",),
+        provider={"max_attempts": 2, "backoff_base_s": 0.01, "error_window": 100, "max_error_rate": 0.3},
+    )
     assert "error rate" in info["reason"] and "max_error_rate 30%" in info["reason"]
     assert info["processed"] < 1000
 
