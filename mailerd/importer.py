@@ -1,23 +1,25 @@
 """Lead import (`mailerd leads import`): .csv or .jsonl into ``leads``, upserted by address.
 
-How it runs: a worker thread parses, validates and re-emits good rows as CSV, in batches of
-about :data:`BATCH_ROWS` rows. Each batch is streamed through ``COPY`` into a temporary staging
-table and merged into ``leads`` while the thread parses the next ones, so Python (one core) and
-Postgres (the other) work at the same time. Everything runs in one transaction: a run imports
-all its good rows or none of them.
+How it runs: a worker thread parses and validates the file and writes each good row as COPY
+text input, ``account_id, email, attributes`` with the attributes already as JSON text (see
+:class:`RowEncoder`), cut into batches of about :data:`BATCH_ROWS` rows. While it parses, the
+event loop writes the batches parsed before, so Python (one core) and Postgres (the other)
+work at the same time, and Postgres has nothing to compute per row beyond reading the jsonb
+and maintaining the two indexes of ``leads`` (``bench/import.py`` measures that floor).
+Everything runs in one transaction: a run imports all its good rows or none of them.
 
-- A batch is merged with the CSV column types known when it was parsed (inferred from the rows
-  so far; only per-column flags are kept). Inference only ever widens a column to string, so
-  if a later row turns a column that was already stored as number or boolean into a string
-  column, the run rolls back, finishes reading the file for the final types, and runs again
+- A batch of new addresses is copied straight into ``leads`` in a savepoint. A unique
+  violation (an address exists, or repeats) rolls it back; the batch is then copied into a
+  staging table and upserted (``INSERT ... ON CONFLICT DO UPDATE``), and a batch that repeats
+  an address folds its lines in file order first. After a few violations the run stops trying
+  the direct copy. Batches are written in file order, so later lines still win.
+- Values are written with the column types known when their chunk was parsed (inferred from
+  the rows so far; only per-column flags are kept). Inference only ever widens a column to
+  string, so if a later row turns a column already written as number or boolean into a string
+  column, the run rolls back, reads the file to its end for the final types, and runs again
   with them (rejects are reported once, by the second run). Most files pay nothing for this.
-- A batch first tries a plain ``INSERT ... SELECT`` in a savepoint (new addresses only: about a
-  quarter cheaper for Postgres than ``ON CONFLICT``); on a unique violation (the address exists
-  or repeats) it falls back to ``INSERT ... ON CONFLICT DO UPDATE``, and a batch that repeats
-  an address goes straight to folding its lines in file order. After a few fallbacks the run
-  stops trying the plain insert. Batches merge in file order, so later lines still win.
 
-Semantics (also in ``docs``):
+Semantics (for users in docs/runbook.md, "Importing leads"):
 - addresses are trimmed and lower-cased; one lead per (account, lower(email));
 - existing attributes are merged with the new ones, the file's values win; within one file a
   later line for the same address wins (as if the lines were applied one after another);
@@ -36,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import enum
-import io
 import itertools
 import operator
 import re
@@ -52,9 +53,9 @@ import orjson
 
 STAGING = "mailerd_import_rows"
 CHUNK_CHARS = 1 << 20  # about 1 MB of input per chunk handed to COPY
-BATCH_ROWS = 50_000  # rows staged and merged at a time (pipeline fill vs. statement overhead)
+BATCH_ROWS = 50_000  # rows written at a time (pipeline fill vs. statement overhead)
 QUEUE_CHUNKS = 16  # parsed chunks the worker thread may run ahead of the database
-PLAIN_INSERT_FAILURES = 3  # stop trying the plain insert after this many unique violations
+DIRECT_COPY_FAILURES = 3  # stop copying straight into leads after this many unique violations
 STDERR_REJECTS = 20
 MAX_EMAIL_LENGTH = 254
 
@@ -336,24 +337,136 @@ class Addresses:
 
 
 class Source(Protocol):
-    """A parser feeding COPY."""
+    """A parser feeding COPY: each chunk is ``account_id, email, attributes`` rows in COPY text."""
 
     rows: int
     bytes_read: int
     addresses: Addresses
+    retype: bool
 
     def next_chunk(self) -> bytes | None: ...
 
-    def batch_types(self) -> dict[int, ColumnType]: ...
+
+def _copy_text(document: str) -> str:
+    """JSON text as a COPY text-format field (the one character to escape is the backslash:
+    JSON text has no raw tab, newline or other control character)."""
+    return document.replace("\\", "\\\\") if "\\" in document else document
+
+
+def _lead_address(address: str) -> str:
+    """The address as stored: lower-cased, one character at a time as Postgres's ``lower()``
+    does (no final sigma, no one-to-two mappings such as ``İ``; such an address is stored as
+    written). Every lookup matches ``lower(email)`` anyway: this only makes the stored spelling
+    the one the upsert path stores."""
+    if address.isascii():
+        return address.lower()
+    lowered = "".join(map(str.lower, address))
+    return lowered if len(lowered) == len(address) else address
+
+
+class RowEncoder:
+    """CSV fields to a COPY text row ``account_id, email, attributes`` (attributes as JSON text).
+
+    The attributes are written as text here, on the worker thread's core, so that Postgres has
+    no per-row work beyond reading the jsonb. Values are numbers written verbatim, ``true`` /
+    ``false``, or strings. :meth:`verbatim` is the fast path for rows whose values need no
+    escaping (checked per chunk); :meth:`escaped` takes any row.
+    """
+
+    def __init__(self, header: Header, account_id: int) -> None:
+        self.header = header
+        self.prefix = f"{int(account_id)}\t"
+        # In jsonb's own key order (shorter first, then by bytes): Postgres then finds them sorted.
+        order = sorted(header.attribute_indexes, key=lambda i: _jsonb_key_order(header.names[i]))
+        self.keys = {i: orjson.dumps(header.names[i]).decode() for i in order}
+        self.templates: dict[tuple[tuple[tuple[int, ColumnType], ...], tuple[int, ...]], str] = {}
+
+    def template(self, types: dict[int, ColumnType], empty: tuple[int, ...]) -> str:
+        """A ``str.format`` template for rows with these types and these empty fields."""
+        key = (tuple(sorted(types.items())), empty)
+        found = self.templates.get(key)
+        if found is not None:
+            return found
+        members: list[str] = []
+        for index, name in self.keys.items():
+            kind = types.get(index)
+            if kind is None or index in empty:  # no value: the attribute is absent
+                continue
+            slot = "{" + str(index) + "}"
+            value = f'"{slot}"' if kind is ColumnType.STRING else slot
+            members.append(_format_literal(_copy_text(name)) + ":" + value)
+        email = "{" + str(self.header.email_index) + "}"
+        template = f"{_format_literal(self.prefix)}{email}\t{{{{{','.join(members)}}}}}\n"
+        if len(self.templates) > 1024:  # a file with very many combinations of empty fields
+            self.templates.clear()
+        self.templates[key] = template
+        return template
+
+    def verbatim(self, rows: list[list[str]], types: dict[int, ColumnType]) -> list[str]:
+        """Rows whose values hold no ``"``, backslash or control character, emails trimmed and
+        valid, boolean values lower-case."""
+        email_index = self.header.email_index
+        full = self.template(types, ())
+        lines: list[str] = []
+        append = lines.append
+        for fields in rows:
+            fields[email_index] = _lead_address(fields[email_index])
+            if "" in fields:
+                empty = tuple(i for i, value in enumerate(fields) if not value)
+                append(self.template(types, empty).format(*fields))
+            else:
+                append(full.format(*fields))
+        return lines
+
+    def escaped(self, rows: list[list[str]], types: dict[int, ColumnType]) -> list[str]:
+        """Any rows (quoted fields with quotes, backslashes, new lines...), emails trimmed and
+        valid: each string value goes through the JSON encoder."""
+        email_index = self.header.email_index
+        lines: list[str] = []
+        for fields in rows:
+            members: list[str] = []
+            for index, name in self.keys.items():
+                value = fields[index]
+                if not value:
+                    continue
+                kind = types.get(index, ColumnType.STRING)
+                if kind is ColumnType.STRING:
+                    value = orjson.dumps(value).decode()
+                elif kind is ColumnType.BOOLEAN:
+                    value = value.lower()
+                members.append(f"{name}:{value}")
+            document = _copy_text("{" + ",".join(members) + "}")
+            lines.append(f"{self.prefix}{_lead_address(fields[email_index])}\t{document}\n")
+        return lines
+
+
+def _jsonb_key_order(name: str) -> tuple[int, bytes]:
+    encoded = name.encode("utf-8", "surrogateescape")
+    return len(encoded), encoded
+
+
+def _format_literal(text: str) -> str:
+    """``text`` as literal text inside a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# What keeps a chunk off the fast path: CSV quoting, and what a JSON string or a COPY text field
+# would have to escape (backslash, control characters; "\r\n" is normalised to "\n" first).
+_NOT_VERBATIM = re.compile(r'["\\\x00-\x09\x0b-\x1f]')
 
 
 class CsvSource:
     """CSV rows to COPY input, inferring column types on the way.
 
-    Fast path (a chunk with no quote, no stray CR, no NUL, valid UTF-8): split lines on commas
-    and pass good lines through unchanged. Otherwise the chunk goes through :mod:`csv`, which
-    also handles quoted fields spanning lines (even across chunk ends), and good rows are
-    re-emitted with :func:`csv.writer`.
+    Fast path (a chunk with no quote, backslash, control character or invalid UTF-8): split
+    lines on commas and fill each row into a template. Otherwise the chunk goes through
+    :mod:`csv`, which also handles quoted fields spanning lines (even across chunk ends), and
+    values are escaped one by one.
+
+    Values are written with the column types known after the chunk (only per-column flags are
+    kept). Inference only ever widens a column to string: when a column already written as
+    number or boolean turns out to be a string column, :attr:`retype` is set and the source only
+    reads on (writing nothing) so that the run can start over with the final types.
     """
 
     def __init__(
@@ -362,18 +475,22 @@ class CsvSource:
         header: Header,
         header_lines: int,
         sink: RejectSink,
+        account_id: int,
         preset: dict[int, ColumnType] | None = None,
     ) -> None:
         self.stream = stream
         self.header = header
         self.sink = sink
         self.preset = preset  # the final types, known from an earlier run over the same file
+        self.encoder = RowEncoder(header, account_id)
         self.width = len(header.names)
         self.line = header_lines  # physical lines consumed so far
         self.rows = 0
         self.bytes_read = 0
         self.addresses = Addresses()
         self.flags = {i: ColumnFlags() for i in header.attribute_indexes if i not in header.forced}
+        self.written: dict[int, ColumnType] = {}  # the type each column's values were written as
+        self.retype = False
 
     def column_types(self) -> dict[int, ColumnType]:
         """Final type of every attribute column (forced or inferred)."""
@@ -382,8 +499,8 @@ class CsvSource:
         return types
 
     def batch_types(self) -> dict[int, ColumnType]:
-        """Types to store the rows read so far with: of the columns that had a value (columns
-        without one have nothing to store yet), or the preset types."""
+        """Types to write the rows read so far with: of the columns that had a value (columns
+        without one have nothing to write yet), or the preset types."""
         if self.preset is not None:
             return dict(self.preset)
         types = {i: flags.result() for i, flags in self.flags.items() if flags.seen_value}
@@ -395,16 +512,28 @@ class CsvSource:
         if not lines:
             return None
         text = "".join(lines)
-        fast = '"' not in text and not _has_bad_text(text)
-        if fast and "\r" in text:
-            fast = text.count("\r") == text.count("\r\n")
+        if "\r" in text and text.count("\r") == text.count("\r\n"):
             text = text.replace("\r\n", "\n")
-        if fast:
+        if _NOT_VERBATIM.search(text) is None and not _has_bad_text(text):
             self.bytes_read += len(text)
-            return self._fast(text)
-        return self._slow(lines)
+            rows, out = self._fast(text), self.encoder.verbatim
+        else:
+            rows, out = self._slow(lines), self.encoder.escaped
+        self.addresses.note([row[self.header.email_index] for row in rows])
+        self.rows += len(rows)
+        types = self._types_to_write()
+        if self.retype or not rows:
+            return b""
+        return "".join(out(rows, types)).encode("utf-8")
 
-    def _fast(self, text: str) -> bytes:
+    def _types_to_write(self) -> dict[int, ColumnType]:
+        types = self.batch_types()
+        for index, kind in types.items():
+            if self.written.setdefault(index, kind) is not kind:
+                self.retype = True
+        return types
+
+    def _fast(self, text: str) -> list[list[str]]:
         email_index, width, match = self.header.email_index, self.width, _EMAIL.match
         parts = text.split("\n")
         if parts[-1] == "":
@@ -428,20 +557,13 @@ class CsvSource:
                     self.sink.add(line, f"invalid email address {stripped!r}", part)
                     continue
                 fields[email_index] = stripped
-                part = ",".join(fields)
             good.append(part)
             rows.append(fields)
             starts.append(line)
         self.line = line
-        keep = self._check_values(rows, starts, good)
-        if keep is not None:
-            good = [g for g, k in zip(good, keep, strict=True) if k]
-            rows = [r for r, k in zip(rows, keep, strict=True) if k]
-        self.addresses.note([r[email_index] for r in rows])
-        self.rows += len(good)
-        return ("\n".join(good) + "\n").encode("utf-8") if good else b""
+        return self._check_values(rows, starts, good, lower_booleans=True)
 
-    def _slow(self, lines: list[str]) -> bytes:
+    def _slow(self, lines: list[str]) -> list[list[str]]:
         record: list[str] = []
 
         def tap() -> Iterator[str]:
@@ -484,22 +606,18 @@ class CsvSource:
             starts.append(start)
             raws.append(raw)
         self.line += reader.line_num
-        keep = self._check_values(rows, starts, raws)
-        if keep is not None:
-            rows = [r for r, k in zip(rows, keep, strict=True) if k]
-        self.addresses.note([r[self.header.email_index] for r in rows])
-        self.rows += len(rows)
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(rows)
-        return out.getvalue().encode("utf-8")
+        return self._check_values(rows, starts, raws, lower_booleans=False)
 
-    def _check_values(self, rows: list[list[str]], lines: list[int], raws: list[str]) -> list[bool] | None:
-        """Fold the chunk into type inference; reject rows that break a forced type.
+    def _check_values(
+        self, rows: list[list[str]], lines: list[int], raws: list[str], *, lower_booleans: bool
+    ) -> list[list[str]]:
+        """Fold the chunk into type inference; drop (and reject) rows that break a forced type.
 
-        Returns which rows to keep, or None when all are kept.
+        With ``lower_booleans``, boolean values not yet in lower case are lowered in place (the
+        fast path writes values as they are).
         """
         if not rows:
-            return None
+            return rows
         for index, flags in self.flags.items():
             if flags.undecided:
                 flags.update(set(map(operator.itemgetter(index), rows)))
@@ -519,29 +637,46 @@ class CsvSource:
                     name = self.header.names[index]
                     reason = f"column {name!r}: {row[index]!r} is not a {kind.value}"
                     self.sink.add(lines[n], reason, raws[n])
-        return keep
+        if keep is not None:
+            rows = [r for r, k in zip(rows, keep, strict=True) if k]
+        if lower_booleans:
+            self._lower_booleans(rows)
+        return rows
+
+    def _lower_booleans(self, rows: list[list[str]]) -> None:
+        for index, kind in self.batch_types().items():
+            if kind is not ColumnType.BOOLEAN:
+                continue
+            values = set(map(operator.itemgetter(index), rows))
+            if values <= _WRITTEN_BOOLEANS:
+                continue
+            for row in rows:
+                row[index] = row[index].lower()
+
+
+_WRITTEN_BOOLEANS = frozenset({"true", "false", ""})
 
 
 class JsonlSource:
     """JSONL lines to COPY input (address, attributes as JSON text)."""
 
-    def __init__(self, stream: IO[bytes], sink: RejectSink) -> None:
+    retype = False  # JSONL values carry their own types
+
+    def __init__(self, stream: IO[bytes], sink: RejectSink, account_id: int) -> None:
         self.stream = stream
         self.sink = sink
+        self.prefix = f"{int(account_id)}\t"
         self.line = 0
         self.rows = 0
         self.bytes_read = 0
         self.addresses = Addresses()
 
-    def batch_types(self) -> dict[int, ColumnType]:
-        """JSONL values carry their own types."""
-        return {}
-
     def next_chunk(self) -> bytes | None:
         lines = self.stream.readlines(CHUNK_CHARS)
         if not lines:
             return None
-        out: list[tuple[str, str]] = []
+        out: list[str] = []
+        addresses: list[str] = []
         for raw in lines:
             self.line += 1
             self.bytes_read += len(raw)
@@ -551,12 +686,13 @@ class JsonlSource:
             if isinstance(parsed, str):
                 self.sink.add(self.line, parsed, raw.decode("utf-8", "surrogateescape"))
                 continue
-            out.append((parsed[0], orjson.dumps(parsed[1]).decode()))
-        self.addresses.note([address for address, _ in out])
+            address = _lead_address(parsed[0])
+            addresses.append(address)
+            document = _copy_text(orjson.dumps(parsed[1]).decode())
+            out.append(f"{self.prefix}{address}\t{document}\n")
+        self.addresses.note(addresses)
         self.rows += len(out)
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(out)
-        return buffer.getvalue().encode("utf-8")
+        return "".join(out).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,23 +739,32 @@ class _Piece:
 
     data: bytes
     rows: int
-    types: dict[int, ColumnType]  # the source's batch types after this chunk
     batch_end: bool  # merge after this chunk
     repeats: bool  # (at a batch end) the batch repeats an address
     eof: bool = False
 
 
 class _Retype(Exception):
-    """A column stored as number or boolean turned out to be a string column: start over."""
+    """A column written as number or boolean turned out to be a string column: start over."""
 
     def __init__(self, types: dict[int, ColumnType]) -> None:
         super().__init__("column types changed")
         self.types = types
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The COPY input of one batch, kept whole: a batch refused by ``leads`` is staged instead."""
+
+    chunks: list[bytes]
+    rows: int
+    repeats: bool
+    last: bool
+
+
 class _Pipeline:
     """Parse in a worker thread (running ahead through a bounded queue) while the event loop
-    streams the parsed chunks into the staging table and merges each batch."""
+    writes the batches parsed before."""
 
     def __init__(self, source: Source, progress: Progress) -> None:
         self.source = source
@@ -628,20 +773,18 @@ class _Pipeline:
         self.pending: asyncio.Future[_Piece] | None = None
         self.counted = 0
         self.batch_rows = 0
-        self.staged = 0
-        self.last = _Piece(b"", 0, {}, True, False)
 
     def _next_piece(self) -> _Piece:
         """Runs in the worker thread: the next chunk, cut into batches by rows."""
         source = self.source
         data = source.next_chunk()
         if data is None:
-            repeats = source.addresses.repeated
-            return _Piece(b"", 0, source.batch_types(), True, repeats, eof=True)
+            return _Piece(b"", 0, True, source.addresses.repeated, eof=True)
         rows, self.counted = source.rows - self.counted, source.rows
         self.batch_rows += rows
-        end = self.batch_rows >= BATCH_ROWS
-        piece = _Piece(data, rows, source.batch_types(), end, source.addresses.repeated)
+        # The first chunk is a batch of its own, so that Postgres starts while this thread parses on.
+        end = self.batch_rows >= BATCH_ROWS or self.counted == rows
+        piece = _Piece(data, rows, end, source.addresses.repeated)
         if end:
             self.batch_rows = 0
             source.addresses.clear()
@@ -657,32 +800,28 @@ class _Pipeline:
             if piece.eof:
                 return
 
-    async def _batch(self) -> AsyncIterator[bytes]:
-        """COPY input up to the end of the next batch (noted in ``last`` and ``staged``)."""
-        self.staged = 0
+    async def _batch(self) -> _Batch:
+        """The next batch, whole (the worker thread is meanwhile parsing the ones after)."""
+        chunks: list[bytes] = []
+        rows = 0
         while True:
             piece = await self.queue.get()
             self.progress.update(self.source.bytes_read, self.source.rows)
-            self.staged += piece.rows
+            rows += piece.rows
             if piece.data:
-                yield piece.data
+                chunks.append(piece.data)
             if piece.batch_end:
-                self.last = piece
-                return
+                return _Batch(chunks, rows, piece.repeats, piece.eof)
 
-    async def run(self, conn: asyncpg.Connection, columns: list[str], merger: _Merger) -> None:
-        """Stage and merge batch after batch until the file ends."""
+    async def run(self, writer: _LeadWriter) -> None:
+        """Write batch after batch until the file ends (only read on once a retype is due)."""
         producer = asyncio.create_task(self._produce())
         try:
             while True:
-                if merger.retype is None:
-                    await conn.copy_to_table(STAGING, source=self._batch(), columns=columns, format="csv")
-                    if self.staged:
-                        await merger.merge(self.last)
-                else:  # the run will start over: only read on, for the final column types
-                    async for _ in self._batch():
-                        pass
-                if self.last.eof:
+                batch = await self._batch()
+                if batch.rows and not self.source.retype:
+                    await writer.write(batch)
+                if batch.last:
                     break
         finally:
             producer.cancel()
@@ -691,101 +830,80 @@ class _Pipeline:
                 await asyncio.gather(self.pending, return_exceptions=True)
 
 
-class _Merger:
-    """Merges the staged batch into ``leads``, then empties the staging table."""
+async def _stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
-    def __init__(self, conn: asyncpg.Connection, account_id: int, header: Header | None) -> None:
+
+class _LeadWriter:
+    """Writes each batch into ``leads``, in file order.
+
+    A batch of new addresses is copied straight into ``leads`` (in a savepoint): COPY is the
+    cheapest way in. A unique violation (an address exists already, or repeats) rolls the
+    savepoint back, and the batch is staged and upserted instead; a batch known to repeat an
+    address goes straight to folding its lines in file order. After a few unique violations the
+    run stops trying the direct COPY (the file is mostly updates).
+    """
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
-        self.account_id = account_id
-        self.header = header  # None: JSONL (attributes staged as jsonb)
-        self.used: dict[int, ColumnType] = {}
-        self.retype: dict[int, ColumnType] | None = None
-        self.plain_failures = 0
-        self.seconds = 0.0
+        self.direct_failures = 0
+        self.staging = False
 
-    async def merge(self, piece: _Piece) -> None:
-        started = time.perf_counter()
-        if self.header is None:
-            attributes, keys = "s.attributes", list[str]()
-        else:
-            if any(self.used.get(i, kind) is not kind for i, kind in piece.types.items()):
-                self.retype = piece.types  # stop merging; the final types come at the end
-                return
-            self.used.update(piece.types)
-            types = dict.fromkeys(self.header.attribute_indexes, ColumnType.STRING)
-            types.update(piece.types)
-            attributes, keys = _attributes_sql(self.header, types)
-        await self._merge(attributes, keys, repeats=piece.repeats)
-        await self.conn.execute(f"TRUNCATE {STAGING}")
-        self.seconds += time.perf_counter() - started
-
-    async def _merge(self, attributes: str, keys: list[str], *, repeats: bool) -> None:
-        conn, args = self.conn, (self.account_id, *keys)
-        if not repeats and self.plain_failures < PLAIN_INSERT_FAILURES:
+    async def write(self, batch: _Batch) -> None:
+        if not batch.repeats and self.direct_failures < DIRECT_COPY_FAILURES:
             try:
-                async with conn.transaction():
-                    await conn.execute(_INSERT.format(attributes=attributes), *args)
-                return
-            except asyncpg.UniqueViolationError:
-                # An address exists already (or repeats, or a concurrent import added it).
-                self.plain_failures += 1
-        if not repeats:
-            try:
-                async with conn.transaction():
-                    await conn.execute(
-                        _UPSERT.format(select=_SELECT_FAST.format(attributes=attributes)), *args
+                async with self.conn.transaction():
+                    await self.conn.copy_to_table(
+                        "leads", source=_stream(batch.chunks), columns=COPY_COLUMNS, format="text"
                     )
                 return
+            except asyncpg.UniqueViolationError:
+                self.direct_failures += 1
+        await self._stage(batch)
+        await self._upsert(folded=batch.repeats)
+        await self.conn.execute(f"TRUNCATE {STAGING}")
+
+    async def _upsert(self, *, folded: bool) -> None:
+        if not folded:
+            try:
+                async with self.conn.transaction():
+                    await self.conn.execute(_UPSERT.format(select=_SELECT_STAGED))
+                return
             except asyncpg.CardinalityViolationError:
-                # "ON CONFLICT DO UPDATE command cannot affect row a second time": the batch repeats
-                # an address after all (Postgres lower-cased two spellings alike).
+                # "ON CONFLICT DO UPDATE command cannot affect row a second time": the batch
+                # repeats an address after all (Postgres lower-cased two spellings alike).
                 pass
-        await conn.execute(_UPSERT.format(select=_SELECT_FOLDED.format(attributes=attributes)), *args)
+        await self.conn.execute(_UPSERT.format(select=_SELECT_FOLDED))
+
+    async def _stage(self, batch: _Batch) -> None:
+        if not self.staging:
+            await self.conn.execute(
+                f"CREATE TEMP TABLE {STAGING} (account_id bigint, email text, attributes jsonb)"
+                " ON COMMIT DROP"
+            )
+            self.staging = True
+        await self.conn.copy_to_table(
+            STAGING, source=_stream(batch.chunks), columns=COPY_COLUMNS, format="text"
+        )
 
 
-def _attributes_sql(header: Header, types: dict[int, ColumnType]) -> tuple[str, list[str]]:
-    """SQL building the attributes object from staging columns, and its key parameters."""
-    parts: list[str] = []
-    keys: list[str] = []
-    pairs: list[str] = []
-    for index in header.attribute_indexes:
-        keys.append(header.names[index])
-        column = f"s.c{index}"
-        kind = types[index]
-        if kind is ColumnType.NUMBER:
-            column += "::numeric"
-        elif kind is ColumnType.BOOLEAN:
-            column += "::boolean"
-        pairs.append(f"${len(keys) + 1}::text, {column}")
-        if len(pairs) == 50:  # a function takes at most 100 arguments
-            parts.append(f"jsonb_build_object({', '.join(pairs)})")
-            pairs = []
-    if pairs:
-        parts.append(f"jsonb_build_object({', '.join(pairs)})")
-    if not parts:
-        return "'{}'::jsonb", keys
-    return f"jsonb_strip_nulls({' || '.join(parts)})", keys
-
-
-# New addresses only: a unique violation sends the batch to the upsert below.
-_INSERT = f"""
-INSERT INTO leads (account_id, email, attributes)
-SELECT $1::bigint, lower(s.email), {{attributes}} FROM {STAGING} s
-"""
+COPY_COLUMNS = ["account_id", "email", "attributes"]
 _UPSERT = """
 INSERT INTO leads AS l (account_id, email, attributes)
 {select}
 ON CONFLICT (account_id, lower(email)) DO UPDATE
 SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
 """
-_SELECT_FAST = f"SELECT $1::bigint, lower(s.email), {{attributes}} FROM {STAGING} s"
+_SELECT_STAGED = f"SELECT s.account_id, lower(s.email), s.attributes FROM {STAGING} s"
 # Several lines for one address: fold them in file order (a later key wins), then upsert once.
 # File order is ctid order: each batch is one COPY into the freshly truncated staging table.
 _SELECT_FOLDED = f"""
-SELECT $1::bigint, r.address,
+SELECT min(r.account_id), r.address,
        coalesce(jsonb_object_agg(e.key, e.value ORDER BY r.ord) FILTER (WHERE e.key IS NOT NULL),
-                '{{{{}}}}'::jsonb)
-FROM (SELECT lower(s.email) AS address, s.ctid AS ord, {{attributes}} AS attributes FROM {STAGING} s) r
+                '{{}}'::jsonb)
+FROM (SELECT s.account_id, lower(s.email) AS address, s.ctid AS ord, s.attributes
+      FROM {STAGING} s) r
 LEFT JOIN LATERAL jsonb_each(r.attributes) e ON true
 GROUP BY r.address
 """
@@ -860,12 +978,10 @@ async def _import_csv(
         except csv.Error as exc:
             raise ImportFailed(f"{path}:1: unreadable header: {exc}") from None
         header = parse_header(row, types, f"{path}:1")
-        source = CsvSource(f, header, reader.line_num, sink, preset)
-        columns = ["email" if i == header.email_index else f"c{i}" for i in range(len(header.names))]
-        definition = ", ".join(f"{c} text" for c in columns)
+        source = CsvSource(f, header, reader.line_num, sink, account_id, preset)
         try:
             async with conn.transaction():
-                await _stage_and_merge(conn, account_id, source, header, definition, columns, progress)
+                await _write_all(conn, source, progress)
         except _Retype as retype:
             preset = retype.types
             f.seek(0)
@@ -881,28 +997,16 @@ async def _import_jsonl(
     sink: RejectSink,
     progress: Progress,
 ) -> int:
-    source = JsonlSource(f, sink)
+    source = JsonlSource(f, sink, account_id)
     async with conn.transaction():
-        await _stage_and_merge(
-            conn, account_id, source, None, "email text, attributes jsonb", ["email", "attributes"], progress
-        )
+        await _write_all(conn, source, progress)
     return source.rows
 
 
-async def _stage_and_merge(
-    conn: asyncpg.Connection,
-    account_id: int,
-    source: Source,
-    header: Header | None,
-    definition: str,
-    columns: list[str],
-    progress: Progress,
-) -> None:
-    """Inside the import's transaction: stage and merge every batch; raise :class:`_Retype`."""
-    await conn.execute(f"CREATE TEMP TABLE {STAGING} ({definition}) ON COMMIT DROP")
-    merger = _Merger(conn, account_id, header)
-    await _Pipeline(source, progress).run(conn, columns, merger)
-    if merger.retype is not None and isinstance(source, CsvSource):
+async def _write_all(conn: asyncpg.Connection, source: Source, progress: Progress) -> None:
+    """Inside the import's transaction: write every batch; raise :class:`_Retype`."""
+    await _Pipeline(source, progress).run(_LeadWriter(conn))
+    if source.retype and isinstance(source, CsvSource):
         raise _Retype(source.column_types())
 
 

@@ -90,12 +90,14 @@ async def test_jsonl(conn: asyncpg.Connection, tmp_path: Path) -> None:
     lines = [
         {"email": "Ada@Example.com", "attributes": {"plan": "pro", "tags": ["a", "b"], "n": 1.5}},
         {"email": "grace@example.com"},
+        {"email": "ken@example.com", "attributes": {"note": 'say "hi"\\\n\tbye', "gone": None}},
     ]
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n\n")
     assert await run(conn, path) == 0
     assert await attributes_by_email(conn) == {
         "ada@example.com": {"plan": "pro", "tags": ["a", "b"], "n": 1.5},
         "grace@example.com": {},
+        "ken@example.com": {"note": 'say "hi"\\\n\tbye', "gone": None},
     }
 
 
@@ -346,3 +348,21 @@ async def test_column_that_turns_string_late_restarts_the_run(
     captured = capsys.readouterr()
     assert captured.err.count("invalid email address") == 1
     assert captured.out.startswith("imported 59, rejected 1, in ")
+
+
+async def test_non_ascii_addresses_are_one_lead_whatever_their_case(
+    conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # The first file is copied straight into leads, the second meets them and is upserted.
+    first = tmp_path / "first.csv"
+    first.write_text("email,n\nZOË@Exämple.de,1\nΣΑΣ@example.gr,1\n", encoding="utf-8")
+    assert await run(conn, first) == 0
+    second = tmp_path / "second.csv"
+    second.write_text("email,m\nzoë@exämple.de,2\nσασ@EXAMPLE.gr,2\n", encoding="utf-8")
+    assert await run(conn, second) == 0
+    assert await attributes_by_email(conn) == {
+        "zoë@exämple.de": {"n": 1, "m": 2},
+        "σασ@example.gr": {"n": 1, "m": 2},
+    }
+    lowered = await conn.fetchval("SELECT bool_and(email = lower(email)) FROM leads")
+    assert lowered

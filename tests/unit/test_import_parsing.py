@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -131,31 +133,95 @@ def test_check_jsonl_line(raw: bytes, expected: object) -> None:
         assert result == expected
 
 
-def _csv_source(text: str, chunk: int = 1 << 20) -> tuple[importer.CsvSource, list[bytes]]:
+def _csv_source(text: str) -> tuple[importer.CsvSource, list[bytes]]:
     stream = io.StringIO(text, newline="")
     header_line = stream.readline()
     header = importer.parse_header(header_line.rstrip("\r\n").split(","), {}, "t.csv:1")
-    source = importer.CsvSource(stream, header, 1, importer.RejectSink(None))
+    source = importer.CsvSource(stream, header, 1, importer.RejectSink(None), account_id=7)
     chunks = []
     while (data := source.next_chunk()) is not None:
         chunks.append(data)
     return source, chunks
 
 
-def test_csv_source_fast_path_passes_lines_through() -> None:
-    source, chunks = _csv_source("email,n\n a@example.com ,1\nbad,2\nb@example.com,x\n")
-    assert b"".join(chunks) == b"a@example.com,1\nb@example.com,x\n"
+def _copy_rows(chunks: list[bytes]) -> list[tuple[str, str, object]]:
+    """COPY text rows back to (account, email, attributes), undoing the text-format escaping."""
+    rows = []
+    for line in b"".join(chunks).decode().split("\n")[:-1]:
+        account, email, document = line.split("\t")
+        rows.append((account, email, orjson.loads(document.replace("\\\\", "\\"))))
+    return rows
+
+
+def test_csv_source_fast_path_fills_json_templates() -> None:
+    text = "email,n,flag,tag\n A@Example.com ,1.50,TRUE,x\nbad,2,true,y\nb@example.com,,false,\n"
+    source, chunks = _csv_source(text)
+    assert b"".join(chunks) == (
+        b'7\ta@example.com\t{"n":1.50,"tag":"x","flag":true}\n7\tb@example.com\t{"flag":false}\n'
+    )
     assert source.rows == 2
-    assert source.column_types() == {1: ColumnType.STRING}
+    assert source.column_types() == {1: ColumnType.NUMBER, 2: ColumnType.BOOLEAN, 3: ColumnType.STRING}
     assert [(r.line, r.reason) for r in source.sink.first] == [(3, "invalid email address 'bad'")]
 
 
-def test_csv_source_slow_path_reemits_quoted_rows() -> None:
+def test_csv_source_slow_path_escapes_values() -> None:
     # "\udcff" is how the file reader (errors="surrogateescape") presents an undecodable byte.
-    text = 'email,note\na@example.com,"x, ""y""\nz"\r\nb@example.com,\udcff\n'
+    text = 'email,note,n\na@example.com,"x, ""y""\\\nz\t{0}",3\r\nb@example.com,\udcff,4\nc@example.com,,\n'
     source, chunks = _csv_source(text)
-    assert b"".join(chunks) == b'a@example.com,"x, ""y""\nz"\n'
+    assert _copy_rows(chunks) == [
+        ("7", "a@example.com", {"note": 'x, "y"\\\nz\t{0}', "n": 3}),
+        ("7", "c@example.com", {}),
+    ]
     [reject] = source.sink.first
     assert reject.line == 4
     assert reject.reason == "invalid UTF-8 (byte 0xff at column 15)"
-    assert reject.raw == "b@example.com,\\xff"
+    assert reject.raw == "b@example.com,\\xff,4"
+
+
+def test_csv_source_marks_a_retype_and_writes_nothing_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importer, "CHUNK_CHARS", 1)  # one line per chunk
+    source, chunks = _csv_source("email,code\na@example.com,1\nb@example.com,x\nc@example.com,2\n")
+    assert chunks == [b'7\ta@example.com\t{"code":1}\n', b"", b""]
+    assert source.retype
+    assert source.rows == 3
+    assert source.column_types() == {1: ColumnType.STRING}
+
+
+def test_row_encoder_templates_escape_names_and_order_keys_like_jsonb() -> None:
+    header = importer.parse_header(["email", "{x}", "a\\b", "zz", "y"], {}, "t.csv:1")
+    encoder = importer.RowEncoder(header, 3)
+    types = {1: ColumnType.STRING, 2: ColumnType.NUMBER, 3: ColumnType.BOOLEAN, 4: ColumnType.STRING}
+    [line] = encoder.verbatim([["u@example.com", "v", "1", "true", "w"]], types)
+    assert line == '3\tu@example.com\t{"y":"w","zz":true,"a\\\\\\\\b":1,"{x}":"v"}\n'
+    [escaped] = encoder.escaped([["u@example.com", "v", "1", "true", "w"]], types)
+    assert escaped == line
+
+
+_ANY_VALUE = st.one_of(
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=6),
+    st.sampled_from(["", "0", "1", "-2.50", "1e5", "true", "FALSE", "007", "{0}", "a\\b", '"', "\t"]),
+)
+
+
+@given(st.lists(st.tuples(_ANY_VALUE, _ANY_VALUE), min_size=1, max_size=20))
+def test_csv_source_writes_every_value_back_as_read(values: list[tuple[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)  # (lines end in "\r\n", so values with "\r" are quoted)
+    writer.writerow(["email", "a", "b"])
+    writer.writerows([f"u{n}@example.com", a, b] for n, (a, b) in enumerate(values))
+    source, chunks = _csv_source(buffer.getvalue())
+    types = source.column_types()
+
+    def typed(index: int, value: str) -> object:
+        if types[index] is ColumnType.NUMBER:
+            return orjson.loads(value)
+        if types[index] is ColumnType.BOOLEAN:
+            return value.lower() == "true"
+        return value
+
+    expected = [
+        ("7", f"u{n}@example.com", {k: typed(i, v) for i, k, v in ((1, "a", a), (2, "b", b)) if v})
+        for n, (a, b) in enumerate(values)
+    ]
+    assert _copy_rows(chunks) == expected
+    assert not source.retype
