@@ -894,6 +894,7 @@ INSERT INTO leads AS l (account_id, email, attributes)
 {select}
 ON CONFLICT (account_id, lower(email)) DO UPDATE
 SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
+WHERE l.attributes || EXCLUDED.attributes IS DISTINCT FROM l.attributes  -- re-imports: no dead rows
 """
 _SELECT_STAGED = f"SELECT s.account_id, lower(s.email), s.attributes FROM {STAGING} s"
 # Several lines for one address: fold them in file order (a later key wins), then upsert once.

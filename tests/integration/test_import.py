@@ -111,21 +111,31 @@ async def test_upsert_merges_attributes_case_insensitively(conn: asyncpg.Connect
         ACCOUNT + 1,
         {"other": "account"},
     )
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes, updated_at)"
+        " VALUES ($1, 'same@example.com', '{\"plan\": \"free\", \"n\": 1}', now() - interval '1 day')",
+        ACCOUNT,
+    )
     path = tmp_path / "leads.csv"
-    path.write_text("email,plan,score\nADA@example.com,pro,3\nnew@example.com,free,1\n", encoding="utf-8")
+    path.write_text(
+        "email,plan,score\nADA@example.com,pro,3\nnew@example.com,free,1\nSame@example.com,free,\n",
+        encoding="utf-8",
+    )
     assert await run(conn, path) == 0
     leads = await attributes_by_email(conn)
     assert leads == {
         "ada@example.com": {"plan": "pro", "city": "London", "score": 3},
+        "same@example.com": {"plan": "free", "n": 1},
         "new@example.com": {"plan": "free", "score": 1},
     }
     assert await attributes_by_email(conn, ACCOUNT + 1) == {"ada@example.com": {"other": "account"}}
-    fresh = await conn.fetchval(
-        "SELECT updated_at > now() - interval '1 minute' FROM leads"
-        " WHERE account_id = $1 AND email = 'ada@example.com'",
+    # A lead the file changes is marked updated; one it leaves as it was is not touched.
+    fresh = await conn.fetch(
+        "SELECT email, updated_at > now() - interval '1 minute' AS fresh FROM leads"
+        " WHERE account_id = $1 AND email <> 'new@example.com' ORDER BY email",
         ACCOUNT,
     )
-    assert fresh
+    assert [tuple(r) for r in fresh] == [("ada@example.com", True), ("same@example.com", False)]
 
 
 async def test_later_line_for_same_address_wins(conn: asyncpg.Connection, tmp_path: Path) -> None:
