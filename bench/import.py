@@ -80,7 +80,8 @@ def prepare_rows(path: Path, halves: list[Path]) -> None:
         sinks = [stack.enter_context(half.open("wb")) for half in halves]
         reader = csv.reader(f)
         header = importer.parse_header(next(reader), {}, str(path))
-        source = importer.CsvSource(f, header, reader.line_num, importer.RejectSink(None), account_id=1)
+        sink = importer.RejectSink(None)
+        source = importer.CsvSource(f, header, reader.line_num, sink, account_id=1, lower_ascii=True)
         for n in itertools.count():
             chunk = source.next_chunk()
             if chunk is None:

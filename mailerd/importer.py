@@ -20,7 +20,8 @@ Everything runs in one transaction: a run imports all its good rows or none of t
   with them (rejects are reported once, by the second run). Most files pay nothing for this.
 
 Semantics (for users in docs/runbook.md, "Importing leads"):
-- addresses are trimmed and lower-cased; one lead per (account, lower(email));
+- addresses are trimmed; one lead per (account, lower(email)); a new lead's address is stored
+  lower-cased when ASCII, as first written otherwise (see :func:`_lead_address`);
 - existing attributes are merged with the new ones, the file's values win; within one file a
   later line for the same address wins (as if the lines were applied one after another);
 - CSV: empty value = attribute absent; values are taken verbatim (not trimmed); a column whose
@@ -44,6 +45,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO
@@ -121,7 +123,10 @@ def is_number(value: str) -> bool:
 
 def all_numbers(values: Iterable[str]) -> bool:
     """True when every value is a number (one regex scan over the joined values)."""
+    values = tuple(values)
     joined = "\n".join(values)
+    if joined.count("\n") >= len(values):  # a value spans lines: not a number
+        return False
     return not joined or _NUMBERS_RE.fullmatch(joined) is not None
 
 
@@ -353,15 +358,21 @@ def _copy_text(document: str) -> str:
     return document.replace("\\", "\\\\") if "\\" in document else document
 
 
-def _lead_address(address: str) -> str:
-    """The address as stored: lower-cased, one character at a time as Postgres's ``lower()``
-    does (no final sigma, no one-to-two mappings such as ``İ``; such an address is stored as
-    written). Every lookup matches ``lower(email)`` anyway: this only makes the stored spelling
-    the one the upsert path stores."""
-    if address.isascii():
-        return address.lower()
-    lowered = "".join(map(str.lower, address))
-    return lowered if len(lowered) == len(address) else address
+def _lead_address(address: str, lower_ascii: bool) -> str:
+    """The address as stored. Every lookup (the unique index included) matches
+    ``lower(email)``, so the stored spelling is cosmetic; Python lower-cases only what it
+    lower-cases exactly as the database does: ASCII addresses, when ``lower_ascii`` (see
+    :func:`lowers_ascii_like_python`). Other addresses are stored as written."""
+    return address.lower() if lower_ascii and address.isascii() else address
+
+
+_UPPER_ASCII = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+async def lowers_ascii_like_python(conn: asyncpg.Connection) -> bool:
+    """Whether the database's ``lower()`` maps A-Z to a-z (not so under a Turkish locale)."""
+    lowered: str = await conn.fetchval("SELECT lower($1::text)", _UPPER_ASCII)
+    return lowered == _UPPER_ASCII.lower()
 
 
 class RowEncoder:
@@ -373,9 +384,10 @@ class RowEncoder:
     escaping (checked per chunk); :meth:`escaped` takes any row.
     """
 
-    def __init__(self, header: Header, account_id: int) -> None:
+    def __init__(self, header: Header, account_id: int, *, lower_ascii: bool) -> None:
         self.header = header
         self.prefix = f"{int(account_id)}\t"
+        self.lower_ascii = lower_ascii
         # In jsonb's own key order (shorter first, then by bytes): Postgres then finds them sorted.
         order = sorted(header.attribute_indexes, key=lambda i: _jsonb_key_order(header.names[i]))
         self.keys = {i: orjson.dumps(header.names[i]).decode() for i in order}
@@ -405,12 +417,14 @@ class RowEncoder:
     def verbatim(self, rows: list[list[str]], types: dict[int, ColumnType]) -> list[str]:
         """Rows whose values hold no ``"``, backslash or control character, emails trimmed and
         valid, boolean values lower-case."""
-        email_index = self.header.email_index
+        email_index, lower_ascii = self.header.email_index, self.lower_ascii
         full = self.template(types, ())
         lines: list[str] = []
         append = lines.append
         for fields in rows:
-            fields[email_index] = _lead_address(fields[email_index])
+            email = fields[email_index]
+            if lower_ascii and email.isascii():
+                fields[email_index] = email.lower()
             if "" in fields:
                 empty = tuple(i for i, value in enumerate(fields) if not value)
                 append(self.template(types, empty).format(*fields))
@@ -436,7 +450,8 @@ class RowEncoder:
                     value = value.lower()
                 members.append(f"{name}:{value}")
             document = _copy_text("{" + ",".join(members) + "}")
-            lines.append(f"{self.prefix}{_lead_address(fields[email_index])}\t{document}\n")
+            address = _lead_address(fields[email_index], self.lower_ascii)
+            lines.append(f"{self.prefix}{address}\t{document}\n")
         return lines
 
 
@@ -477,12 +492,14 @@ class CsvSource:
         sink: RejectSink,
         account_id: int,
         preset: dict[int, ColumnType] | None = None,
+        *,
+        lower_ascii: bool,
     ) -> None:
         self.stream = stream
         self.header = header
         self.sink = sink
         self.preset = preset  # the final types, known from an earlier run over the same file
-        self.encoder = RowEncoder(header, account_id)
+        self.encoder = RowEncoder(header, account_id, lower_ascii=lower_ascii)
         self.width = len(header.names)
         self.line = header_lines  # physical lines consumed so far
         self.rows = 0
@@ -662,10 +679,11 @@ class JsonlSource:
 
     retype = False  # JSONL values carry their own types
 
-    def __init__(self, stream: IO[bytes], sink: RejectSink, account_id: int) -> None:
+    def __init__(self, stream: IO[bytes], sink: RejectSink, account_id: int, *, lower_ascii: bool) -> None:
         self.stream = stream
         self.sink = sink
         self.prefix = f"{int(account_id)}\t"
+        self.lower_ascii = lower_ascii
         self.line = 0
         self.rows = 0
         self.bytes_read = 0
@@ -686,7 +704,7 @@ class JsonlSource:
             if isinstance(parsed, str):
                 self.sink.add(self.line, parsed, raw.decode("utf-8", "surrogateescape"))
                 continue
-            address = _lead_address(parsed[0])
+            address = _lead_address(parsed[0], self.lower_ascii)
             addresses.append(address)
             document = _copy_text(orjson.dumps(parsed[1]).decode())
             out.append(f"{self.prefix}{address}\t{document}\n")
@@ -770,7 +788,8 @@ class _Pipeline:
         self.source = source
         self.progress = progress
         self.queue: asyncio.Queue[_Piece] = asyncio.Queue(QUEUE_CHUNKS)
-        self.pending: asyncio.Future[_Piece] | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="mailerd-import")
+        self.pending: Future[_Piece] | None = None  # the chunk the thread is parsing
         self.counted = 0
         self.batch_rows = 0
 
@@ -791,10 +810,9 @@ class _Pipeline:
         return piece
 
     async def _produce(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            self.pending = loop.run_in_executor(None, self._next_piece)
-            piece = await self.pending
+            self.pending = self.executor.submit(self._next_piece)
+            piece = await asyncio.wrap_future(self.pending)
             self.pending = None
             await self.queue.put(piece)
             if piece.eof:
@@ -826,8 +844,9 @@ class _Pipeline:
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
-            if self.pending is not None:  # let the thread finish before the file closes
-                await asyncio.gather(self.pending, return_exceptions=True)
+            if self.pending is not None:  # a running chunk cannot be cancelled: wait, the file closes next
+                await asyncio.gather(asyncio.wrap_future(self.pending), return_exceptions=True)
+            self.executor.shutdown(wait=False)
 
 
 async def _stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
@@ -896,14 +915,14 @@ ON CONFLICT (account_id, lower(email)) DO UPDATE
 SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
 WHERE l.attributes || EXCLUDED.attributes IS DISTINCT FROM l.attributes  -- re-imports: no dead rows
 """
-_SELECT_STAGED = f"SELECT s.account_id, lower(s.email), s.attributes FROM {STAGING} s"
+_SELECT_STAGED = f"SELECT s.account_id, s.email, s.attributes FROM {STAGING} s"
 # Several lines for one address: fold them in file order (a later key wins), then upsert once.
 # File order is ctid order: each batch is one COPY into the freshly truncated staging table.
 _SELECT_FOLDED = f"""
-SELECT min(r.account_id), r.address,
+SELECT min(r.account_id), (array_agg(r.email ORDER BY r.ord))[1],
        coalesce(jsonb_object_agg(e.key, e.value ORDER BY r.ord) FILTER (WHERE e.key IS NOT NULL),
                 '{{}}'::jsonb)
-FROM (SELECT s.account_id, lower(s.email) AS address, s.ctid AS ord, s.attributes
+FROM (SELECT s.account_id, s.email, lower(s.email) AS address, s.ctid AS ord, s.attributes
       FROM {STAGING} s) r
 LEFT JOIN LATERAL jsonb_each(r.attributes) e ON true
 GROUP BY r.address
@@ -970,6 +989,7 @@ async def _import_csv(
     progress: Progress,
 ) -> int:
     preset: dict[int, ColumnType] | None = None
+    lower_ascii = await lowers_ascii_like_python(conn)
     while True:
         reader = csv.reader(f, strict=False)
         try:
@@ -979,7 +999,7 @@ async def _import_csv(
         except csv.Error as exc:
             raise ImportFailed(f"{path}:1: unreadable header: {exc}") from None
         header = parse_header(row, types, f"{path}:1")
-        source = CsvSource(f, header, reader.line_num, sink, account_id, preset)
+        source = CsvSource(f, header, reader.line_num, sink, account_id, preset, lower_ascii=lower_ascii)
         try:
             async with conn.transaction():
                 await _write_all(conn, source, progress)
@@ -998,7 +1018,7 @@ async def _import_jsonl(
     sink: RejectSink,
     progress: Progress,
 ) -> int:
-    source = JsonlSource(f, sink, account_id)
+    source = JsonlSource(f, sink, account_id, lower_ascii=await lowers_ascii_like_python(conn))
     async with conn.transaction():
         await _write_all(conn, source, progress)
     return source.rows
@@ -1057,6 +1077,7 @@ __all__ = [
     "import_file",
     "is_number",
     "is_valid_email",
+    "lowers_ascii_like_python",
     "parse_header",
     "parse_types",
     "run_cli",

@@ -137,7 +137,7 @@ def _csv_source(text: str) -> tuple[importer.CsvSource, list[bytes]]:
     stream = io.StringIO(text, newline="")
     header_line = stream.readline()
     header = importer.parse_header(header_line.rstrip("\r\n").split(","), {}, "t.csv:1")
-    source = importer.CsvSource(stream, header, 1, importer.RejectSink(None), account_id=7)
+    source = importer.CsvSource(stream, header, 1, importer.RejectSink(None), account_id=7, lower_ascii=True)
     chunks = []
     while (data := source.next_chunk()) is not None:
         chunks.append(data)
@@ -189,7 +189,7 @@ def test_csv_source_marks_a_retype_and_writes_nothing_after(monkeypatch: pytest.
 
 def test_row_encoder_templates_escape_names_and_order_keys_like_jsonb() -> None:
     header = importer.parse_header(["email", "{x}", "a\\b", "zz", "y"], {}, "t.csv:1")
-    encoder = importer.RowEncoder(header, 3)
+    encoder = importer.RowEncoder(header, 3, lower_ascii=True)
     types = {1: ColumnType.STRING, 2: ColumnType.NUMBER, 3: ColumnType.BOOLEAN, 4: ColumnType.STRING}
     [line] = encoder.verbatim([["u@example.com", "v", "1", "true", "w"]], types)
     assert line == '3\tu@example.com\t{"y":"w","zz":true,"a\\\\\\\\b":1,"{x}":"v"}\n'
@@ -225,3 +225,21 @@ def test_csv_source_writes_every_value_back_as_read(values: list[tuple[str, str]
     ]
     assert _copy_rows(chunks) == expected
     assert not source.retype
+
+
+def test_a_value_spanning_lines_is_not_a_number() -> None:
+    assert not importer.all_numbers(["1\n2"])
+    assert not importer.all_numbers(["3", "1\n2"])
+    assert importer.all_numbers(["3", "-1.5"])
+    source, chunks = _csv_source('email,n\na@example.com,1\nb@example.com,"1\n2"\n')
+    assert source.column_types() == {1: ColumnType.STRING}
+    assert _copy_rows(chunks) == [("7", "a@example.com", {"n": "1"}), ("7", "b@example.com", {"n": "1\n2"})]
+
+
+def test_row_encoder_leaves_addresses_as_written_unless_told_to_lower_ascii() -> None:
+    header = importer.parse_header(["email"], {}, "t.csv:1")
+    rows = [["Ada@Example.com"], ["ZOË@Exämple.de"]]
+    lowered = importer.RowEncoder(header, 1, lower_ascii=True).verbatim([list(r) for r in rows], {})
+    assert lowered == ["1\tada@example.com\t{}\n", "1\tZOË@Exämple.de\t{}\n"]
+    as_written = importer.RowEncoder(header, 1, lower_ascii=False).escaped([list(r) for r in rows], {})
+    assert as_written == ["1\tAda@Example.com\t{}\n", "1\tZOË@Exämple.de\t{}\n"]
