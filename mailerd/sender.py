@@ -201,7 +201,11 @@ class ProviderSender:
             except HaltError as exc:
                 run.log.error("provider_halted", reason=exc.reason)
                 complete = False
-                await self._on_halt(batch.campaign.id, exc.reason)
+                # Only a claim still sending pauses the campaign: in a stopped one (an earlier
+                # halt of a concurrent batch, a pause) the news is old, and pausing again could
+                # undo a resume the operator made since.
+                if not run.stopping:
+                    await self._on_halt(batch.campaign.id, exc.reason)
                 break
             finally:
                 self._call_seconds.observe(time.perf_counter() - started)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from mailerd import campaigns, sink
 from mailerd.models import LogStatus
@@ -191,6 +192,53 @@ async def test_a_halting_provider_pauses_the_campaign_with_the_reason(
         await emulator.close()
     assert info["sent"] == 200 and info["unknown"] == 0
     assert emulator.counters.accepted == 200
+    rows = await _log_rows(conn, campaign_id)
+    assert len(rows) == len({r["lead_id"] for r in rows}) == 200
+
+
+class _HeldHalts(sink.Sink):
+    """The emulator, answering its first call only once a second one has come in, and holding
+    every later answer (decided when the call came) until the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+        self.second_call = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _send_bulk_email(self, request: web.Request) -> web.Response:
+        self.seen += 1
+        first = self.seen == 1
+        if not first:
+            self.second_call.set()
+        answer = await super()._send_bulk_email(request)
+        async with asyncio.timeout(10):
+            await (self.second_call if first else self.release).wait()
+        return answer
+
+
+async def test_a_stale_halt_does_not_undo_a_resume(conn: asyncpg.Connection, dsn: str) -> None:
+    # Batches sent together all come back halted. The first pauses the campaign; the operator
+    # fixes the account and resumes; the other answers, decided before the fix, arrive only
+    # then. They must not pause the campaign again.
+    await add_leads(conn, 1, 600)
+    emulator = _HeldHalts()
+    emulator.force_error = (400, "SendingPausedException", "Sending is paused for this account")
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            await wait_for_status(conn, campaign_id, ("paused",))
+            emulator.force_error = None
+            await campaigns.transition(conn, campaign_id, "resume")
+            held = emulator.seen - 1
+            emulator.release.set()
+            info = await wait_for_status(conn, campaign_id, timeout=15)
+    finally:
+        await emulator.close()
+    assert held >= 1
+    assert info["status"] == "finished" and info["sent"] == 200 and info["unknown"] == 0
     rows = await _log_rows(conn, campaign_id)
     assert len(rows) == len({r["lead_id"] for r in rows}) == 200
 
