@@ -59,7 +59,6 @@ BATCH_ROWS = 50_000  # rows written at a time (pipeline fill vs. statement overh
 QUEUE_CHUNKS = 16  # parsed chunks the worker thread may run ahead of the database
 DIRECT_COPY_FAILURES = 3  # stop copying straight into leads after this many unique violations
 STDERR_REJECTS = 20
-MAX_EMAIL_LENGTH = 254
 
 # Pragmatic, cheap: one @, no spaces, a dotted domain ending in a letters-only (or punycode) TLD.
 _EMAIL = re.compile(
