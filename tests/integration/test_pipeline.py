@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -170,26 +172,40 @@ async def test_two_nodes_share_a_campaign_without_duplicates(
     del owners
 
 
-async def test_a_halting_provider_pauses_the_campaign_with_the_reason(
-    conn: asyncpg.Connection, dsn: str
-) -> None:
+_SENDING_PAUSED = (400, "SendingPausedException", "Sending is paused for this account")
+
+
+async def _halt_then_resume(
+    conn: asyncpg.Connection, dsn: str, emulator: sink.Sink, after_resume: Callable[[], None] = lambda: None
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """200 leads sent while the provider says sending is paused; once the campaign pauses, the
+    provider is fixed and the campaign resumed (then ``after_resume``). Returns the campaign as
+    paused, as finished, and its id."""
     await add_leads(conn, 1, 600)
-    emulator = sink.Sink()
-    emulator.force_error = (400, "SendingPausedException", "Sending is paused for this account")
+    emulator.force_error = _SENDING_PAUSED
     port = await emulator.start()
     try:
         config = daemon_config(port)
         campaign_id = await campaigns.create(conn, new_campaign(), config)
         async with running_daemon(config, dsn):
-            info = await wait_for_status(conn, campaign_id, ("paused",))
-            assert "SendingPaused" in info["reason"]
-            assert info["sent"] == info["failed"] == 0
-            # Fixed on the provider side, resumed by the operator: everything goes out once.
+            paused = await wait_for_status(conn, campaign_id, ("paused",))
             emulator.force_error = None
             await campaigns.transition(conn, campaign_id, "resume")
-            info = await wait_for_status(conn, campaign_id)
+            after_resume()
+            finished = await wait_for_status(conn, campaign_id, timeout=15)
     finally:
         await emulator.close()
+    return paused, finished, campaign_id
+
+
+async def test_a_halting_provider_pauses_the_campaign_with_the_reason(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    emulator = sink.Sink()
+    # Fixed on the provider side, resumed by the operator: everything goes out once.
+    paused, info, campaign_id = await _halt_then_resume(conn, dsn, emulator)
+    assert "SendingPaused" in paused["reason"]
+    assert paused["sent"] == paused["failed"] == 0
     assert info["sent"] == 200 and info["unknown"] == 0
     assert emulator.counters.accepted == 200
     rows = await _log_rows(conn, campaign_id)
@@ -203,8 +219,13 @@ class _HeldHalts(sink.Sink):
     def __init__(self) -> None:
         super().__init__()
         self.seen = 0
+        self.held = 0
         self.second_call = asyncio.Event()
         self.release = asyncio.Event()
+
+    def release_held(self) -> None:
+        self.held = self.seen - 1
+        self.release.set()
 
     async def _send_bulk_email(self, request: web.Request) -> web.Response:
         self.seen += 1
@@ -221,23 +242,9 @@ async def test_a_stale_halt_does_not_undo_a_resume(conn: asyncpg.Connection, dsn
     # Batches sent together all come back halted. The first pauses the campaign; the operator
     # fixes the account and resumes; the other answers, decided before the fix, arrive only
     # then. They must not pause the campaign again.
-    await add_leads(conn, 1, 600)
     emulator = _HeldHalts()
-    emulator.force_error = (400, "SendingPausedException", "Sending is paused for this account")
-    port = await emulator.start()
-    try:
-        config = daemon_config(port)
-        campaign_id = await campaigns.create(conn, new_campaign(), config)
-        async with running_daemon(config, dsn):
-            await wait_for_status(conn, campaign_id, ("paused",))
-            emulator.force_error = None
-            await campaigns.transition(conn, campaign_id, "resume")
-            held = emulator.seen - 1
-            emulator.release.set()
-            info = await wait_for_status(conn, campaign_id, timeout=15)
-    finally:
-        await emulator.close()
-    assert held >= 1
+    _, info, campaign_id = await _halt_then_resume(conn, dsn, emulator, emulator.release_held)
+    assert emulator.held >= 1
     assert info["status"] == "finished" and info["sent"] == 200 and info["unknown"] == 0
     rows = await _log_rows(conn, campaign_id)
     assert len(rows) == len({r["lead_id"] for r in rows}) == 200
