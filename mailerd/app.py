@@ -21,8 +21,9 @@ from mailerd import campaigns, db, http, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
 from mailerd.providers.webhooks import WebhookHandler
-from mailerd.scheduler import ProviderLane, Scheduler
+from mailerd.scheduler import Scheduler
 from mailerd.sender import ProviderSender
+from mailerd.stages import ProviderLane
 from mailerd.writer import Writer
 
 log = structlog.get_logger(__name__)
@@ -102,7 +103,7 @@ async def run_with_dsn(
             senders_by_lane[lane_name].forget(campaign_id)
 
         scheduler = Scheduler(
-            config=config, dsn=dsn, pool=pool, lanes=lanes, writer=writer, stop=stop, on_idle=on_idle
+            config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=on_idle
         )
 
         async def on_halt(campaign_id: int, reason: str) -> None:

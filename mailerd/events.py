@@ -1,35 +1,33 @@
-"""Recording provider events: append-only, de-duplicated, feeding suppressions and stats.
+"""Provider events after verification: mapped to their lead, then recorded once.
 
-Called by the writer inside its flush transaction, so a webhook's events commit together with
-whatever else that flush carries, and the webhook is answered only after that commit. Nothing
-here UPDATEs ``email_log``: events are appended to ``email_events``; counters go to
-``campaign_stats``; suppressions are inserted.
+:func:`resolve` runs in the webhook handler (before the events go to the writer): it fills each
+event's campaign, lead and account from the ids mailerd put in the provider's metadata, else
+from the provider's message id in the recent log, else from the address. :func:`record` runs
+inside the writer's flush transaction, so a webhook's events commit together with whatever else
+that flush carries, and the webhook is answered only after that commit. Nothing here UPDATEs
+``email_log``: events are appended, counters added, suppressions inserted.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 
 import asyncpg
+import structlog
 
+from mailerd.db import events as events_db
+from mailerd.db import stats as stats_db
+from mailerd.db import suppressions as suppressions_db
 from mailerd.models import SUPPRESSING_KINDS, Event, EventKind
 
-_EVENT_COLUMNS = (
-    "received_at",
-    "occurred_at",
-    "account_id",
-    "campaign_id",
-    "lead_id",
-    "email",
-    "kind",
-    "provider",
-    "provider_event_id",
-    "provider_message_id",
-    "provider_type",
-    "reason",
-    "smtp_status",
-)
+log = structlog.get_logger(__name__)
+
+# How far back a provider message id is looked for in email_log (it has no index on it: the
+# metadata our providers send is the normal path, this is the fallback).
+MESSAGE_ID_LOOKBACK = dt.timedelta(days=3)
+
 _STAT_FOR_KIND = {
     EventKind.DELIVERED: 0,
     EventKind.HARD_BOUNCE: 1,
@@ -67,14 +65,7 @@ async def record(
         return []
     keys = {(e.provider, e.receipt) for e in events}
     keys.update((e.provider, e.guard) for e in events if e.guard)
-    claimed = await conn.fetch(
-        """INSERT INTO webhook_receipts (provider, receipt)
-           SELECT * FROM unnest($1::text[], $2::text[])
-           ON CONFLICT DO NOTHING RETURNING provider, receipt""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
-    new_keys = {(r["provider"], r["receipt"]) for r in claimed}
+    new_keys = await events_db.claim_receipts(conn, keys)
     fresh = [
         e
         for e in events
@@ -82,31 +73,9 @@ async def record(
     ]
     if not fresh:
         return []
-    now = dt.datetime.now(dt.UTC)
-    await conn.copy_records_to_table(
-        "email_events",
-        records=[
-            (
-                now,
-                e.occurred_at,
-                e.account_id,
-                e.campaign_id,
-                e.lead_id,
-                e.email.lower() if e.email else None,
-                str(e.kind),
-                e.provider,
-                e.receipt,
-                e.provider_message_id,
-                e.provider_type,
-                e.reason,
-                e.smtp_status,
-            )
-            for e in fresh
-        ],
-        columns=_EVENT_COLUMNS,
-    )
+    await events_db.append(conn, fresh, dt.datetime.now(dt.UTC))
     await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)
-    await _count(conn, fresh)
+    await stats_db.add_events(conn, _counts(fresh))
     return fresh
 
 
@@ -124,54 +93,84 @@ async def _suppress(
         elif event.kind == EventKind.SOFT_BOUNCE:
             soft.add(key)
     if soft:
-        rows = await conn.fetch(
-            """SELECT e.account_id, e.email FROM email_events e
-               JOIN unnest($1::bigint[], $2::text[]) AS v(account_id, email)
-                 ON e.account_id = v.account_id AND e.email = v.email
-               WHERE e.kind = 'soft_bounce' AND e.received_at > now() - make_interval(secs => $3)
-               GROUP BY e.account_id, e.email HAVING count(*) >= $4""",
-            [k[0] for k in soft],
-            [k[1] for k in soft],
-            window_s,
-            soft_bounce_limit,
-        )
-        for row in rows:
-            direct.setdefault((row["account_id"], row["email"]), ("soft_bounce_limit", "webhook"))
-    if not direct:
-        return
-    keys = list(direct)
-    added = await conn.fetch(
-        """INSERT INTO suppressions (account_id, email, reason, source)
-           SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
-           ON CONFLICT DO NOTHING RETURNING account_id, email, reason, source""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [direct[k][0] for k in keys],
-        [direct[k][1] for k in keys],
-    )
-    if added:
-        await conn.copy_records_to_table(
-            "suppression_audit",
-            records=[(r["account_id"], r["email"], "added", r["reason"], r["source"]) for r in added],
-            columns=("account_id", "email", "action", "reason", "source"),
-        )
+        for key in await events_db.repeated_soft_bounces(conn, soft, window_s, soft_bounce_limit):
+            direct.setdefault(key, ("soft_bounce_limit", "webhook"))
+    await suppressions_db.add_many(conn, direct)
 
 
-async def _count(conn: asyncpg.Connection, events: list[Event]) -> None:
+def _counts(events: list[Event]) -> dict[int, list[int]]:
+    """(delivered, bounced, complained, unsubscribed) per campaign."""
     counts: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
     for event in events:
         if event.campaign_id is not None:
             counts[event.campaign_id][_STAT_FOR_KIND[event.kind]] += 1
-    if not counts:
-        return
-    ids = list(counts)
-    await conn.execute(
-        """UPDATE campaign_stats cs SET delivered = cs.delivered + v.delivered,
-                  bounced = cs.bounced + v.bounced, complained = cs.complained + v.complained,
-                  unsubscribed = cs.unsubscribed + v.unsubscribed, updated_at = now()
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-                AS v(campaign_id, delivered, bounced, complained, unsubscribed)
-           WHERE cs.campaign_id = v.campaign_id""",
-        ids,
-        *([counts[c][i] for c in ids] for i in range(4)),
-    )
+    return counts
+
+
+async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """Fill ``campaign_id``/``lead_id``/``account_id``: metadata, else message id, else address.
+
+    An event matched by address alone becomes one event per account that has the address as a
+    lead; an event that matches nothing is kept as it is (unmatched).
+    """
+    events = await _by_metadata(conn, events)
+    events = await _by_message_id(conn, events)
+    return await _by_address(conn, events)
+
+
+def _matched(event: Event) -> bool:
+    return event.account_id is not None
+
+
+async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """Campaign and lead ids travelled with the email: only the account is needed. Metadata
+    naming a campaign we do not have is not ours (or forged): it is dropped."""
+    campaign_ids = {e.campaign_id for e in events if e.campaign_id is not None}
+    if not campaign_ids:
+        return events
+    accounts = await events_db.campaign_accounts(conn, campaign_ids)
+    result = []
+    for event in events:
+        if event.campaign_id is None:
+            result.append(event)
+        elif event.campaign_id in accounts:
+            result.append(dataclasses.replace(event, account_id=accounts[event.campaign_id]))
+        else:
+            result.append(dataclasses.replace(event, campaign_id=None, lead_id=None))
+    return result
+
+
+async def _by_message_id(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """The provider's message id, in the recent email_log partitions."""
+    wanted = {e.provider_message_id for e in events if not _matched(e) and e.provider_message_id}
+    if not wanted:
+        return events
+    found = await events_db.by_message_id(conn, wanted, MESSAGE_ID_LOOKBACK)
+    result = []
+    for event in events:
+        hit = None if _matched(event) else found.get(event.provider_message_id or "")
+        if hit is None:
+            result.append(event)
+        else:
+            result.append(dataclasses.replace(event, campaign_id=hit[0], lead_id=hit[1], account_id=hit[2]))
+    return result
+
+
+async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """The address, in every account that has it as a lead."""
+    wanted = {e.email.lower() for e in events if not _matched(e) and e.email}
+    owners = await events_db.leads_by_address(conn, wanted) if wanted else {}
+    result: list[Event] = []
+    for event in events:
+        if _matched(event) or not event.email:
+            result.append(event)
+            continue
+        matches = owners.get(event.email.lower(), [])
+        if not matches:
+            result.append(event)
+            log.info("webhook_event_unmatched", provider=event.provider, kind=str(event.kind))
+            continue
+        for account_id, lead_id in matches:
+            receipt = f"{event.receipt}@{account_id}" if len(matches) > 1 else event.receipt
+            result.append(dataclasses.replace(event, account_id=account_id, lead_id=lead_id, receipt=receipt))
+    return result

@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from mailerd import campaigns, db, metrics, segments, suppressions, unsubscribe
+from mailerd import events as events_mod
 from mailerd.config import Config
 from mailerd.db import leads
 from mailerd.models import CampaignStatus, Event, EventKind, LogStatus
@@ -427,7 +428,7 @@ async def webhook(request: web.Request) -> web.Response:
         events = webhooks_mod.scrub(events)
         try:
             async with _pool(request).acquire() as conn:
-                events = await webhooks_mod.resolve(conn, events)
+                events = await events_mod.resolve(conn, events)
             await record_events(services.writer, events)
         except db.DB_ERRORS as exc:
             # The provider retries on 5xx: nothing is lost by refusing now.

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from mailerd import backoff, metrics
+from mailerd import aio, backoff, metrics
 from mailerd.config import ProviderConfig
 from mailerd.models import (
     Batch,
@@ -32,8 +32,7 @@ from mailerd.models import (
     UncertainError,
 )
 from mailerd.ratelimit import TokenBucket
-from mailerd.scheduler import ProviderLane, ShardLostError, ShardRun
-from mailerd.writer import Writer
+from mailerd.stages import ClaimedShard, ProviderLane, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +78,7 @@ class ProviderSender:
         self,
         lane: ProviderLane,
         config: ProviderConfig,
-        writer: Writer,
+        writer: RowSink,
         on_halt: HaltCallback,
         *,
         rng: random.Random | None = None,
@@ -146,7 +145,7 @@ class ProviderSender:
         wait = max(bucket.reserve(count) for bucket in buckets)
         if wait > 0:
             self._waits.inc(wait)
-            await _sleep_unless(wait, stopped)
+            await aio.sleep_unless(wait, stopped)
         if stopped.is_set():
             for bucket in buckets:
                 bucket.refund(count)
@@ -158,90 +157,78 @@ class ProviderSender:
         self._campaign_buckets.pop(campaign_id, None)
         self._error_rates.pop(campaign_id, None)
 
-    async def _send(self, run: ShardRun, batch: Batch) -> None:
+    async def _send(self, run: ClaimedShard, batch: Batch) -> None:
         """Send one batch to completion (with retries) and hand its rows to the writer."""
-        leads = batch.leads
-        results: list[RecipientResult | None] = [None] * len(leads)
-        pending = list(range(len(leads)))
+        delivery = _Delivery(batch)
         attempt = 0
-        retried = 0
-        last_reason = ""
-        complete = True
-        while pending:
-            if run.stopping or not await self._acquire(len(pending), batch, run.stopped):
-                complete = False  # leave the unsent for whoever resumes the shard
+        while delivery.pending:
+            if run.stopping or not await self._acquire(len(delivery.pending), batch, run.stopped):
+                delivery.complete = False  # leave the unsent for whoever resumes the shard
                 break
-            part = batch if len(pending) == len(leads) else _sub_batch(batch, pending)
-            started = time.perf_counter()
-            retry_after: float | None = None
-            try:
-                answers = await self.lane.provider.send(part)
-            except RetryableError as exc:
-                answers = None
-                last_reason = exc.reason
-                retry_after = exc.retry_after
-                reason = "throttled" if _is_throttle(exc.reason) else "error"
-                self._retries[reason].inc(len(pending))
-            except UncertainError as exc:
-                if batch.campaign.resend_uncertain:
-                    answers = None
-                    last_reason = exc.reason
-                    self._retries["error"].inc(len(pending))
-                else:
-                    run.log.warning("batch_outcome_uncertain", seq=batch.seq, reason=exc.reason)
-                    for index in pending:
-                        results[index] = RecipientResult(Outcome.UNKNOWN, error=f"uncertain: {exc.reason}")
-                    pending = []
-                    break
-            except PermanentError as exc:
-                for index in pending:
-                    results[index] = RecipientResult(Outcome.FAILED, error=exc.reason)
-                pending = []
-                break
-            except HaltError as exc:
-                run.log.error("provider_halted", reason=exc.reason)
-                complete = False
-                # Only a claim still sending pauses the campaign: in a stopped one (an earlier
-                # halt of a concurrent batch, a pause) the news is old, and pausing again could
-                # undo a resume the operator made since.
-                if not run.stopping:
-                    await self._on_halt(batch.campaign.id, exc.reason)
-                break
-            finally:
-                self._call_seconds.observe(time.perf_counter() - started)
-            if answers is not None:
-                still = []
-                for index, answer in zip(pending, answers, strict=True):
-                    if answer.outcome == Outcome.RETRY:
-                        still.append(index)
-                        last_reason = answer.error or "retryable"
-                    else:
-                        results[index] = answer
-                if still:
-                    self._retries["entry"].inc(len(still))
-                pending = still
-            if not pending:
+            if not await self._call(run, delivery) or not delivery.pending:
                 break
             attempt += 1
             if attempt >= self.config.max_attempts:
-                for index in pending:
-                    results[index] = RecipientResult(
-                        Outcome.FAILED, error=f"gave up after {attempt} attempts: {last_reason}"
-                    )
-                pending = []
+                delivery.settle_pending(
+                    Outcome.FAILED, f"gave up after {attempt} attempts: {delivery.last_reason}"
+                )
                 break
-            retried += len(pending)
+            delivery.retried += len(delivery.pending)
             delay = backoff.delay(
                 attempt,
                 base=self.config.backoff_base_s,
                 cap=self.config.backoff_max_s,
-                retry_after=retry_after,
+                retry_after=delivery.retry_after,
                 rng=self._rng,
             )
-            await _sleep_unless(delay, run.stopped)
-        rows, counts = _log_rows(batch, results)
-        await self._writer.submit(run, batch.seq, rows, retried=retried, complete=complete, counts=counts)
+            await aio.sleep_unless(delay, run.stopped)
+        rows, counts = _log_rows(batch, delivery.results)
+        await self._writer.submit(
+            run, batch.seq, rows, retried=delivery.retried, complete=delivery.complete, counts=counts
+        )
         await self._check_error_rate(batch, sent=counts[0], failed=counts[1])
+
+    async def _call(self, run: ClaimedShard, delivery: _Delivery) -> bool:
+        """One provider call for the pending recipients; False when the batch is settled (or
+        must stop), True when some recipients are to be retried."""
+        batch = delivery.batch
+        pending = delivery.pending
+        part = batch if len(pending) == len(batch.leads) else _sub_batch(batch, pending)
+        delivery.retry_after = None
+        started = time.perf_counter()
+        try:
+            answers = await self.lane.provider.send(part)
+        except RetryableError as exc:
+            delivery.last_reason = exc.reason
+            delivery.retry_after = exc.retry_after
+            self._retries["throttled" if _is_throttle(exc.reason) else "error"].inc(len(pending))
+            return True
+        except UncertainError as exc:
+            if batch.campaign.resend_uncertain:
+                delivery.last_reason = exc.reason
+                self._retries["error"].inc(len(pending))
+                return True
+            run.log.warning("batch_outcome_uncertain", seq=batch.seq, reason=exc.reason)
+            delivery.settle_pending(Outcome.UNKNOWN, f"uncertain: {exc.reason}")
+            return False
+        except PermanentError as exc:
+            delivery.settle_pending(Outcome.FAILED, exc.reason)
+            return False
+        except HaltError as exc:
+            run.log.error("provider_halted", reason=exc.reason)
+            delivery.complete = False
+            # Only a claim still sending pauses the campaign: in a stopped one (an earlier
+            # halt of a concurrent batch, a pause) the news is old, and pausing again could
+            # undo a resume the operator made since.
+            if not run.stopping:
+                await self._on_halt(batch.campaign.id, exc.reason)
+            return False
+        finally:
+            self._call_seconds.observe(time.perf_counter() - started)
+        retrying = delivery.take_answers(answers)
+        if retrying:
+            self._retries["entry"].inc(retrying)
+        return True
 
     async def _check_error_rate(self, batch: Batch, *, sent: int, failed: int) -> None:
         """Pause a campaign whose permanent failures pass ``max_error_rate`` over the window."""
@@ -256,6 +243,38 @@ class ProviderSender:
             )
             self._error_rates.pop(batch.campaign.id, None)
             await self._on_halt(batch.campaign.id, reason)
+
+
+class _Delivery:
+    """One batch on its way: who is settled, who is still to be sent, and why they wait."""
+
+    __slots__ = ("batch", "complete", "last_reason", "pending", "results", "retried", "retry_after")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.results: list[RecipientResult | None] = [None] * len(batch.leads)
+        self.pending = list(range(len(batch.leads)))
+        self.retried = 0
+        self.last_reason = ""
+        self.retry_after: float | None = None
+        self.complete = True
+
+    def settle_pending(self, outcome: Outcome, error: str) -> None:
+        for index in self.pending:
+            self.results[index] = RecipientResult(outcome, error=error)
+        self.pending = []
+
+    def take_answers(self, answers: list[RecipientResult]) -> int:
+        """Record a call's answers; the recipients to retry stay pending. Returns their count."""
+        still = []
+        for index, answer in zip(self.pending, answers, strict=True):
+            if answer.outcome == Outcome.RETRY:
+                still.append(index)
+                self.last_reason = answer.error or "retryable"
+            else:
+                self.results[index] = answer
+        self.pending = still
+        return len(still)
 
 
 def _log_rows(
@@ -302,14 +321,3 @@ def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:
 def _is_throttle(reason: str) -> bool:
     lowered = reason.lower()
     return "throttl" in lowered or "toomanyrequests" in lowered or "429" in lowered
-
-
-async def _sleep_unless(delay: float, event: asyncio.Event) -> None:
-    """Sleep ``delay`` seconds, or less if ``event`` is set meanwhile."""
-    if delay <= 0:
-        return
-    try:
-        async with asyncio.timeout(delay):
-            await event.wait()
-    except TimeoutError:
-        pass

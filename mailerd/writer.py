@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import time
 import uuid
-from typing import Protocol
 
 import asyncpg
 import structlog
@@ -25,37 +24,18 @@ import structlog
 from mailerd import db, metrics
 from mailerd import events as events_mod
 from mailerd.config import WebhooksConfig, WriterConfig
-from mailerd.ledger import Ledger
+from mailerd.db import campaigns as campaigns_db
+from mailerd.db import email_log as email_log_db
+from mailerd.db import shards as shards_db
+from mailerd.db import stats as stats_db
 from mailerd.models import Event, LogRow, LogStatus
+from mailerd.stages import ShardHandle, StatusCounts
 
 log = structlog.get_logger(__name__)
 
+_ShardKey = tuple[int, int, int]  # campaign, shard, epoch: one claim
+
 EVENT_FLUSH_S = 0.02  # webhook events wait at most this long for their flush
-
-_COLUMNS = ("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error")
-_STAT_COLUMNS = {
-    LogStatus.SENT: "sent",
-    LogStatus.FAILED: "failed",
-    LogStatus.UNKNOWN: "unknown",
-    LogStatus.SUPPRESSED: "suppressed",
-}
-
-
-class ShardHandle(Protocol):
-    """What the writer needs of a claimed shard (implemented by the scheduler's ShardRun)."""
-
-    campaign_id: int
-    shard_no: int
-    epoch: int
-    lead_id_to: int
-    ledger: Ledger
-    provider_name: str
-
-    def on_logged(self, checkpoint: int, done: bool) -> None:
-        """Rows committed; the checkpoint is now ``checkpoint``; ``done``: shard complete."""
-
-    def on_lost(self) -> None:
-        """The shard's epoch no longer matches: another node owns it now."""
 
 
 class EventsRefused(Exception):
@@ -75,7 +55,7 @@ class _Entry:
     complete: bool
     done: asyncio.Future[None]
     events: list[Event] | None = None
-    counts: tuple[int, int, int, int] | None = None  # sent, failed, unknown, suppressed
+    counts: StatusCounts | None = None  # sent, failed, unknown, suppressed
 
     @property
     def size(self) -> int:
@@ -113,7 +93,7 @@ class Writer:
         *,
         retried: int = 0,
         complete: bool = True,
-        counts: tuple[int, int, int, int] | None = None,
+        counts: StatusCounts | None = None,
     ) -> asyncio.Future[None]:
         """Queue a batch's rows; wait only while the buffer is full. The returned future
         resolves when the rows are committed (or raises :class:`ShardLost`)."""
@@ -232,9 +212,7 @@ class Writer:
         committed = False
         if retrying:
             async with self._pool.acquire() as conn:
-                committed = await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM writer_flushes WHERE id = $1)", flush_id
-                )
+                committed = await email_log_db.flush_recorded(conn, flush_id)
             if committed:
                 # The last attempt committed before its connection died: only the bookkeeping
                 # is left, writing again would log the same emails twice.
@@ -275,47 +253,17 @@ class Writer:
         write: bool = True,
     ) -> set[_ShardKey]:
         """One transaction; returns the shards found fenced out (then nothing was written)."""
-        plans: list[_Plan] = []
-        for key, shard_entries in by_shard.items():
-            shard = shard_entries[0].shard
-            assert shard is not None
-            seqs = {e.seq for e in shard_entries}
-            complete = {e.seq for e in shard_entries if e.complete}
-            checkpoint = shard.ledger.checkpoint_if_logged(complete)
-            plans.append((key, shard, seqs, complete, checkpoint, checkpoint >= shard.lead_id_to))
-        stats: dict[int, list[int]] = {}
-        records: list[LogRow] = []
-        per_entry: list[tuple[_Entry, tuple[int, int, int, int]]] = []
-        for entry in entries:
-            if not entry.rows:
-                continue
-            records.extend(entry.rows)
-            entry_counts = entry.counts or _count_statuses(entry.rows)
-            per_entry.append((entry, entry_counts))
-            # Every row of an entry belongs to one campaign (one batch, or one window).
-            counts = stats.get(entry.rows[0][1])
-            if counts is None:
-                counts = stats[entry.rows[0][1]] = [0, 0, 0, 0, 0]
-            for index, count in enumerate(entry_counts):
-                counts[index] += count
-            counts[4] += entry.retried
+        plans = [_plan(key, shard_entries) for key, shard_entries in by_shard.items()]
+        records, stats, per_entry = _gather_rows(entries)
         events = [event for entry in entries if entry.events for event in entry.events]
         try:
             if write:
                 await self._transaction(flush_id, plans, records, stats, events)
         except _Rollback as rollback:
             return rollback.lost
-        for _, shard, seqs, complete, _, done in plans:
-            checkpoint = shard.ledger.mark_logged(seqs, complete)
-            shard.on_logged(checkpoint, done)
-        per_status: collections.Counter[tuple[str, int]] = collections.Counter()
-        for entry, entry_counts in per_entry:
-            if entry.shard is not None:
-                for index, count in enumerate(entry_counts):
-                    per_status[(entry.shard.provider_name, index + 1)] += count
-        for (name, status), count in per_status.items():
-            if count:
-                _status_counters(name)[status].inc(count)
+        for plan in plans:
+            plan.shard.on_logged(plan.seqs, plan.complete)
+        _count_emails(per_entry)
         return set()
 
     async def _transaction(
@@ -327,58 +275,22 @@ class Writer:
         events: list[Event],
     ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO writer_flushes (id) VALUES ($1)", flush_id)
+            await email_log_db.record_flush(conn, flush_id)
             if plans:
-                fenced = await conn.fetch(
-                    """UPDATE campaign_shards s
-                       SET checkpoint = GREATEST(s.checkpoint, v.checkpoint),
-                           reserved_upto = GREATEST(s.reserved_upto, v.checkpoint),
-                           state = CASE WHEN v.done THEN 'done' ELSE s.state END,
-                           updated_at = now()
-                       FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bool[])
-                            AS v(campaign_id, shard_no, epoch, checkpoint, done)
-                       WHERE s.campaign_id = v.campaign_id AND s.shard_no = v.shard_no
-                             AND s.epoch = v.epoch
-                       RETURNING s.campaign_id, s.shard_no, s.epoch""",
-                    [p[1].campaign_id for p in plans],
-                    [p[1].shard_no for p in plans],
-                    [p[1].epoch for p in plans],
-                    [p[4] for p in plans],
-                    [p[5] for p in plans],
+                matched = await shards_db.advance(
+                    conn,
+                    [(p.key[0], p.key[1], p.key[2], p.checkpoint, p.done) for p in plans],
                 )
-                matched = {(r["campaign_id"], r["shard_no"], r["epoch"]) for r in fenced}
-                lost = {p[0] for p in plans} - matched
+                lost = {p.key for p in plans} - matched
                 if lost:
                     log.warning("shards_fenced_out", shards=sorted(lost))
                     raise _Rollback(lost)
             if records:
-                await conn.copy_records_to_table("email_log", records=records, columns=_COLUMNS)
-            if stats:
-                ids = list(stats)
-                await conn.execute(
-                    """INSERT INTO campaign_stats AS cs
-                           (campaign_id, sent, failed, unknown, suppressed, retried)
-                       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                                            $5::bigint[], $6::bigint[])
-                       ON CONFLICT (campaign_id) DO UPDATE SET
-                           sent = cs.sent + EXCLUDED.sent,
-                           failed = cs.failed + EXCLUDED.failed,
-                           unknown = cs.unknown + EXCLUDED.unknown,
-                           suppressed = cs.suppressed + EXCLUDED.suppressed,
-                           retried = cs.retried + EXCLUDED.retried,
-                           updated_at = now()""",
-                    ids,
-                    *([stats[c][i] for c in ids] for i in range(5)),
-                )
-            finished = sorted({p[1].campaign_id for p in plans if p[5]})
+                await email_log_db.copy_rows(conn, records)
+            await stats_db.add_outcomes(conn, stats)
+            finished = sorted({p.key[0] for p in plans if p.done})
             if finished:
-                await conn.execute(
-                    """UPDATE campaigns c SET status = 'finished', finished_at = now(), updated_at = now()
-                       WHERE c.id = ANY($1::bigint[]) AND c.status IN ('running', 'paused')
-                         AND NOT EXISTS (SELECT 1 FROM campaign_shards s
-                                         WHERE s.campaign_id = c.id AND s.state <> 'done')""",
-                    finished,
-                )
+                await campaigns_db.finish_done(conn, finished)
             if events:
                 await events_mod.record(
                     conn,
@@ -388,8 +300,59 @@ class Writer:
                 )
 
 
-_ShardKey = tuple[int, int, int]  # campaign, shard, epoch: one claim
-_Plan = tuple[_ShardKey, ShardHandle, set[int], set[int], int, bool]
+@dataclasses.dataclass(slots=True)
+class _Plan:
+    """What one flush does for one claim: the batches it logs and the checkpoint they allow."""
+
+    key: _ShardKey
+    shard: ShardHandle
+    seqs: set[int]
+    complete: set[int]
+    checkpoint: int
+    done: bool
+
+
+def _plan(key: _ShardKey, entries: list[_Entry]) -> _Plan:
+    shard = entries[0].shard
+    assert shard is not None
+    complete = {e.seq for e in entries if e.complete}
+    checkpoint, done = shard.checkpoint_if_logged(complete)
+    return _Plan(key, shard, {e.seq for e in entries}, complete, checkpoint, done)
+
+
+def _gather_rows(
+    entries: list[_Entry],
+) -> tuple[list[LogRow], dict[int, list[int]], list[tuple[_Entry, StatusCounts]]]:
+    """All rows of a flush, the counters per campaign (sent, failed, unknown, suppressed,
+    retried), and each entry's status counts (for the metrics once committed)."""
+    stats: dict[int, list[int]] = {}
+    records: list[LogRow] = []
+    per_entry: list[tuple[_Entry, StatusCounts]] = []
+    for entry in entries:
+        if not entry.rows:
+            continue
+        records.extend(entry.rows)
+        entry_counts = entry.counts or _count_statuses(entry.rows)
+        per_entry.append((entry, entry_counts))
+        # Every row of an entry belongs to one campaign (one batch, or one window).
+        counts = stats.get(entry.rows[0][1])
+        if counts is None:
+            counts = stats[entry.rows[0][1]] = [0, 0, 0, 0, 0]
+        for index, count in enumerate(entry_counts):
+            counts[index] += count
+        counts[4] += entry.retried
+    return records, stats, per_entry
+
+
+def _count_emails(per_entry: list[tuple[_Entry, StatusCounts]]) -> None:
+    per_status: collections.Counter[tuple[str, int]] = collections.Counter()
+    for entry, entry_counts in per_entry:
+        if entry.shard is not None:
+            for index, count in enumerate(entry_counts):
+                per_status[(entry.shard.provider_name, index + 1)] += count
+    for (name, status), count in per_status.items():
+        if count:
+            _status_counters(name)[status].inc(count)
 
 
 def _key(shard: ShardHandle) -> _ShardKey:
@@ -409,7 +372,7 @@ def _status_counters(provider: str) -> dict[int, metrics.Counter]:
     return counters
 
 
-def _count_statuses(rows: list[LogRow]) -> tuple[int, int, int, int]:
+def _count_statuses(rows: list[LogRow]) -> StatusCounts:
     """(sent, failed, unknown, suppressed) of rows whose submitter did not count them."""
     counts = [0, 0, 0, 0]
     for row in rows:

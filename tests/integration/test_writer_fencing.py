@@ -12,9 +12,9 @@ import pytest
 
 from mailerd import campaigns
 from mailerd import config as config_mod
-from mailerd.ledger import Ledger
 from mailerd.models import LogStatus
 from mailerd.scheduler import Scheduler
+from mailerd.shard import Ledger
 from mailerd.writer import ShardLost, Writer, _Entry
 from tests.integration.helpers import add_leads, daemon_config, new_campaign
 
@@ -31,8 +31,12 @@ class Claim:
     provider_name: str = "sink"
     lost: bool = False
 
-    def on_logged(self, checkpoint: int, done: bool) -> None:
-        pass
+    def checkpoint_if_logged(self, complete: set[int]) -> tuple[int, bool]:
+        checkpoint = self.ledger.checkpoint_if_logged(complete)
+        return checkpoint, checkpoint >= self.lead_id_to
+
+    def on_logged(self, seqs: set[int], complete: set[int]) -> None:
+        self.ledger.mark_logged(seqs, complete)
 
     def on_lost(self) -> None:
         self.lost = True
@@ -83,7 +87,7 @@ async def test_a_campaign_whose_shards_are_all_done_is_finished_by_the_sweep(
     await conn.execute("UPDATE campaign_shards SET state = 'done' WHERE campaign_id = $1", campaign_id)
     config = daemon_config(1)
     scheduler = Scheduler(
-        config=config, dsn=dsn, pool=pool, lanes={}, writer=Writer(pool, config.writer), stop=asyncio.Event()
+        config=config, dsn=dsn, pool=pool, lanes={}, sink=Writer(pool, config.writer), stop=asyncio.Event()
     )
     await scheduler._finish_done()
     assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "finished"

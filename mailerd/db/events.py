@@ -1,0 +1,124 @@
+"""``email_events`` and ``webhook_receipts``: provider events, appended once each.
+
+``webhook_receipts`` is the de-duplication memory (a unique key cannot live on the partitioned
+``email_events``: it would have to include the partition key). Also the look-ups that map an
+event to its campaign, lead and account.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Sequence
+
+import asyncpg
+
+from mailerd.models import Event
+
+COLUMNS = (
+    "received_at",
+    "occurred_at",
+    "account_id",
+    "campaign_id",
+    "lead_id",
+    "email",
+    "kind",
+    "provider",
+    "provider_event_id",
+    "provider_message_id",
+    "provider_type",
+    "reason",
+    "smtp_status",
+)
+
+
+async def claim_receipts(conn: asyncpg.Connection, keys: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Insert the ``(provider, receipt)`` keys; return those that were new."""
+    rows = await conn.fetch(
+        """INSERT INTO webhook_receipts (provider, receipt)
+           SELECT * FROM unnest($1::text[], $2::text[])
+           ON CONFLICT DO NOTHING RETURNING provider, receipt""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["provider"], r["receipt"]) for r in rows}
+
+
+async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at: dt.datetime) -> None:
+    """COPY the events into ``email_events`` (addresses stored lower-cased)."""
+    await conn.copy_records_to_table(
+        "email_events",
+        records=[
+            (
+                received_at,
+                e.occurred_at,
+                e.account_id,
+                e.campaign_id,
+                e.lead_id,
+                e.email.lower() if e.email else None,
+                str(e.kind),
+                e.provider,
+                e.receipt,
+                e.provider_message_id,
+                e.provider_type,
+                e.reason,
+                e.smtp_status,
+            )
+            for e in events
+        ],
+        columns=COLUMNS,
+    )
+
+
+async def repeated_soft_bounces(
+    conn: asyncpg.Connection, keys: Collection[tuple[int, str]], window_s: float, limit: int
+) -> list[tuple[int, str]]:
+    """The ``(account_id, email)`` of ``keys`` with at least ``limit`` soft bounces in the window."""
+    rows = await conn.fetch(
+        """SELECT e.account_id, e.email FROM email_events e
+           JOIN unnest($1::bigint[], $2::text[]) AS v(account_id, email)
+             ON e.account_id = v.account_id AND e.email = v.email
+           WHERE e.kind = 'soft_bounce' AND e.received_at > now() - make_interval(secs => $3)
+           GROUP BY e.account_id, e.email HAVING count(*) >= $4""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        window_s,
+        limit,
+    )
+    return [(r["account_id"], r["email"]) for r in rows]
+
+
+async def campaign_accounts(conn: asyncpg.Connection, campaign_ids: Collection[int]) -> dict[int, int]:
+    """campaign id -> account id, for the campaigns that exist."""
+    rows = await conn.fetch(
+        "SELECT id, account_id FROM campaigns WHERE id = ANY($1::bigint[])", list(campaign_ids)
+    )
+    return {r["id"]: r["account_id"] for r in rows}
+
+
+async def by_message_id(
+    conn: asyncpg.Connection, message_ids: Collection[str], lookback: dt.timedelta
+) -> dict[str, tuple[int, int, int]]:
+    """provider message id -> (campaign_id, lead_id, account_id), from the recent log partitions
+    (the log has no index on the message id: this is the fallback path)."""
+    rows = await conn.fetch(
+        """SELECT e.provider_message_id, e.campaign_id, e.lead_id, c.account_id
+           FROM email_log e JOIN campaigns c ON c.id = e.campaign_id
+           WHERE e.provider_message_id = ANY($1::text[]) AND e.sent_at > now() - $2::interval""",
+        list(message_ids),
+        lookback,
+    )
+    return {r["provider_message_id"]: (r["campaign_id"], r["lead_id"], r["account_id"]) for r in rows}
+
+
+async def leads_by_address(
+    conn: asyncpg.Connection, emails: Collection[str]
+) -> dict[str, list[tuple[int, int]]]:
+    """lower-cased address -> [(account_id, lead_id)] in every account that has it."""
+    rows = await conn.fetch(
+        "SELECT account_id, id, lower(email) AS email FROM leads WHERE lower(email) = ANY($1::text[])",
+        list(emails),
+    )
+    owners: dict[str, list[tuple[int, int]]] = {}
+    for row in rows:
+        owners.setdefault(row["email"], []).append((row["account_id"], row["id"]))
+    return owners

@@ -1,0 +1,165 @@
+"""``campaign_shards``: the unit of work a node claims, with its checkpoint and reservation.
+
+A claim is a session-level advisory lock on a dedicated connection plus ``epoch = epoch + 1``
+(the claim's fencing token). Every later write for the claim carries that epoch in its WHERE
+clause, so a node that lost the shard can no longer move it. Invariant, enforced by a CHECK:
+``lead_id_from <= checkpoint <= reserved_upto``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+
+def lock_key(campaign_id: int) -> int:
+    """The advisory lock's first int4 key. Ids past 2^31 wrap: two shards sharing a lock only
+    serialise, they never share an owner."""
+    return campaign_id % 2_147_483_647
+
+
+async def try_lock(claim: asyncpg.Connection, campaign_id: int, shard_no: int) -> bool:
+    """Take the shard's session-level advisory lock on ``claim`` if nobody holds it."""
+    return bool(
+        await claim.fetchval("SELECT pg_try_advisory_lock($1::int, $2::int)", lock_key(campaign_id), shard_no)
+    )
+
+
+async def unlock(claim: asyncpg.Connection, campaign_id: int, shard_no: int) -> None:
+    await claim.execute("SELECT pg_advisory_unlock($1::int, $2::int)", lock_key(campaign_id), shard_no)
+
+
+async def pending(
+    conn: asyncpg.Connection, providers: Sequence[str], limit: int = 1000
+) -> list[tuple[int, int]]:
+    """``(campaign_id, shard_no)`` of pending shards of running campaigns these providers send."""
+    rows = await conn.fetch(
+        """SELECT s.campaign_id, s.shard_no FROM campaign_shards s
+           JOIN campaigns c ON c.id = s.campaign_id
+           WHERE c.status = 'running' AND s.state = 'pending' AND c.provider = ANY($1::text[])
+           ORDER BY s.campaign_id, s.shard_no LIMIT $2""",
+        list(providers),
+        limit,
+    )
+    return [(r["campaign_id"], r["shard_no"]) for r in rows]
+
+
+async def take(
+    claim: asyncpg.Connection, campaign_id: int, shard_no: int, owner: str
+) -> asyncpg.Record | None:
+    """Bump the epoch of a still-pending shard (inside the claim transaction); its new row."""
+    row: asyncpg.Record | None = await claim.fetchrow(
+        """UPDATE campaign_shards SET epoch = epoch + 1, owner = $3, updated_at = now()
+           WHERE campaign_id = $1 AND shard_no = $2 AND state = 'pending'
+           RETURNING *""",
+        campaign_id,
+        shard_no,
+        owner,
+    )
+    return row
+
+
+async def mark_unclean(claim: asyncpg.Connection, campaign_id: int, shard_no: int) -> None:
+    """From now until a clean release, a crash leaves the reserved leads uncertain."""
+    await claim.execute(
+        "UPDATE campaign_shards SET released_clean = false WHERE campaign_id = $1 AND shard_no = $2",
+        campaign_id,
+        shard_no,
+    )
+
+
+async def checkpoint_to_reservation(
+    claim: asyncpg.Connection, campaign_id: int, shard_no: int
+) -> asyncpg.Record:
+    """After logging the uncertain leads: everything up to the reservation is accounted for."""
+    row: asyncpg.Record | None = await claim.fetchrow(
+        """UPDATE campaign_shards SET checkpoint = reserved_upto
+           WHERE campaign_id = $1 AND shard_no = $2 RETURNING *""",
+        campaign_id,
+        shard_no,
+    )
+    assert row is not None
+    return row
+
+
+async def reserve(claim: asyncpg.Connection, campaign_id: int, shard_no: int, epoch: int, upto: int) -> bool:
+    """Raise ``reserved_upto`` to ``upto`` (committed) for this claim; False when fenced out."""
+    status = await claim.execute(
+        """UPDATE campaign_shards
+           SET reserved_upto = GREATEST(reserved_upto, $1), updated_at = now()
+           WHERE campaign_id = $2 AND shard_no = $3 AND epoch = $4""",
+        upto,
+        campaign_id,
+        shard_no,
+        epoch,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def release_clean(conn: asyncpg.Connection, campaign_id: int, shard_no: int, epoch: int) -> None:
+    """Every batch of the claim is logged or was never sent: the next owner need not doubt."""
+    await conn.execute(
+        """UPDATE campaign_shards SET released_clean = true, owner = NULL, updated_at = now()
+           WHERE campaign_id = $1 AND shard_no = $2 AND epoch = $3""",
+        campaign_id,
+        shard_no,
+        epoch,
+    )
+
+
+Checkpoint = tuple[int, int, int, int, bool]  # campaign_id, shard_no, epoch, checkpoint, done
+
+
+async def advance(conn: asyncpg.Connection, checkpoints: Sequence[Checkpoint]) -> set[tuple[int, int, int]]:
+    """Move each claim's checkpoint (and reservation, to keep the invariant), fenced by epoch;
+    mark shards done. Returns the ``(campaign_id, shard_no, epoch)`` claims that matched."""
+    rows = await conn.fetch(
+        """UPDATE campaign_shards s
+           SET checkpoint = GREATEST(s.checkpoint, v.checkpoint),
+               reserved_upto = GREATEST(s.reserved_upto, v.checkpoint),
+               state = CASE WHEN v.done THEN 'done' ELSE s.state END,
+               updated_at = now()
+           FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bool[])
+                AS v(campaign_id, shard_no, epoch, checkpoint, done)
+           WHERE s.campaign_id = v.campaign_id AND s.shard_no = v.shard_no AND s.epoch = v.epoch
+           RETURNING s.campaign_id, s.shard_no, s.epoch""",
+        *([c[i] for c in checkpoints] for i in range(5)),
+    )
+    return {(r["campaign_id"], r["shard_no"], r["epoch"]) for r in rows}
+
+
+async def count(conn: asyncpg.Connection, campaign_id: int) -> int:
+    return int(
+        await conn.fetchval("SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id)
+    )
+
+
+async def boundaries(conn: asyncpg.Connection, account_id: int, shard_size: int) -> list[int]:
+    """Upper lead-id bounds of shards of about ``shard_size`` of the account's leads, in order
+    (the last is the account's highest lead id); empty when the account has no leads."""
+    bounds = await conn.fetch(
+        """SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n
+                           FROM leads WHERE account_id = $1) AS numbered
+           WHERE n % $2 = 0 ORDER BY id""",
+        account_id,
+        shard_size,
+    )
+    last = await conn.fetchval("SELECT max(id) FROM leads WHERE account_id = $1", account_id)
+    if last is None:
+        return []
+    return [r["id"] for r in bounds if r["id"] < last] + [last]
+
+
+async def create(conn: asyncpg.Connection, campaign_id: int, edges: Sequence[int]) -> None:
+    """Shard ``n`` covers ``(edges[n-1], edges[n]]``; the first starts at 0."""
+    low = 0
+    shards = []
+    for number, high in enumerate(edges):
+        shards.append((campaign_id, number, low, high, low, low))
+        low = high
+    await conn.copy_records_to_table(
+        "campaign_shards",
+        records=shards,
+        columns=("campaign_id", "shard_no", "lead_id_from", "lead_id_to", "checkpoint", "reserved_upto"),
+    )

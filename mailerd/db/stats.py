@@ -1,0 +1,63 @@
+"""``campaign_stats``: one row of counters per campaign, kept by the writer, one upsert per
+campaign per flush. Reports and guards read these, never the hot log."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+
+async def set_matched(conn: asyncpg.Connection, campaign_id: int, matched: int) -> None:
+    """How many leads the campaign's segment matched when it was split into shards."""
+    await conn.execute(
+        """INSERT INTO campaign_stats (campaign_id, matched) VALUES ($1, $2)
+           ON CONFLICT (campaign_id) DO UPDATE SET matched = $2, updated_at = now()""",
+        campaign_id,
+        matched,
+    )
+
+
+async def ensure(conn: asyncpg.Connection, campaign_id: int) -> None:
+    """A zero row for a new campaign."""
+    await conn.execute(
+        "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
+    )
+
+
+async def add_outcomes(conn: asyncpg.Connection, counts: Mapping[int, Sequence[int]]) -> None:
+    """Add (sent, failed, unknown, suppressed, retried) per campaign id."""
+    if not counts:
+        return
+    ids = list(counts)
+    await conn.execute(
+        """INSERT INTO campaign_stats AS cs (campaign_id, sent, failed, unknown, suppressed, retried)
+           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                $5::bigint[], $6::bigint[])
+           ON CONFLICT (campaign_id) DO UPDATE SET
+               sent = cs.sent + EXCLUDED.sent,
+               failed = cs.failed + EXCLUDED.failed,
+               unknown = cs.unknown + EXCLUDED.unknown,
+               suppressed = cs.suppressed + EXCLUDED.suppressed,
+               retried = cs.retried + EXCLUDED.retried,
+               updated_at = now()""",
+        ids,
+        *([counts[c][i] for c in ids] for i in range(5)),
+    )
+
+
+async def add_events(conn: asyncpg.Connection, counts: Mapping[int, Sequence[int]]) -> None:
+    """Add (delivered, bounced, complained, unsubscribed) per campaign id."""
+    if not counts:
+        return
+    ids = list(counts)
+    await conn.execute(
+        """UPDATE campaign_stats cs SET delivered = cs.delivered + v.delivered,
+                  bounced = cs.bounced + v.bounced, complained = cs.complained + v.complained,
+                  unsubscribed = cs.unsubscribed + v.unsubscribed, updated_at = now()
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+                AS v(campaign_id, delivered, bounced, complained, unsubscribed)
+           WHERE cs.campaign_id = v.campaign_id""",
+        ids,
+        *([counts[c][i] for c in ids] for i in range(4)),
+    )

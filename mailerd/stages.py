@@ -1,0 +1,105 @@
+"""The joints between the pipeline's stages: what each stage sees of the others.
+
+The scheduler claims shards (:mod:`mailerd.shard`) and puts their batches on a provider lane;
+the sender's workers take them off, send, and hand rows to the writer; the writer commits them
+and tells the shard. No stage imports another: each sees the others only through the protocols
+here, so "no lead is emailed twice" can be checked in :mod:`mailerd.shard` (reservations, the
+ledger, release) and :mod:`mailerd.writer` (the fenced checkpoint) alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any, Protocol
+
+from mailerd.models import Batch, LogRow
+from mailerd.providers.base import Provider
+
+StatusCounts = tuple[int, int, int, int]  # sent, failed, unknown, suppressed
+
+
+class ShardLostError(Exception):
+    """The claim on a shard is gone (connection dropped or fenced out by a newer epoch)."""
+
+
+class ShardHandle(Protocol):
+    """What the writer needs of a claimed shard: who it is, and how to tell it rows committed."""
+
+    campaign_id: int
+    shard_no: int
+    epoch: int
+    provider_name: str
+
+    def checkpoint_if_logged(self, complete: set[int]) -> tuple[int, bool]:
+        """The checkpoint (and whether the shard would be done) if ``complete`` were logged now."""
+
+    def on_logged(self, seqs: set[int], complete: set[int]) -> None:
+        """The rows of ``seqs`` committed; those not in ``complete`` were only partly sent."""
+
+    def on_lost(self) -> None:
+        """The shard's epoch no longer matches: another claim owns it now."""
+
+
+class SendingShard(Protocol):
+    """What a sender worker needs of the shard a batch came from."""
+
+    campaign_id: int
+    stopped: asyncio.Event
+    log: Any  # a structlog logger bound to the shard
+
+    @property
+    def stopping(self) -> bool:
+        """Dispatch nothing more: paused, cancelled, halted, lost or draining."""
+
+    async def ensure_reserved(self, batch: Batch) -> None:
+        """Raise the committed reservation past this batch; :class:`ShardLostError` if gone."""
+
+    def discard(self, seq: int) -> None:
+        """The batch was not (fully) sent: it must not count as logged."""
+
+
+class ClaimedShard(ShardHandle, SendingShard, Protocol):
+    """A shard as it travels with its batches: seen by the sender, then by the writer."""
+
+
+class RowSink(Protocol):
+    """What the shard and the sender need of the writer."""
+
+    async def submit(
+        self,
+        shard: ShardHandle | None,
+        seq: int,
+        rows: list[LogRow],
+        *,
+        retried: int = 0,
+        complete: bool = True,
+        counts: StatusCounts | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue rows; wait only for buffer space; the future resolves at their commit."""
+
+    def flush_soon(self) -> None:
+        """Somebody waits for a commit: flush now instead of at the next interval."""
+
+
+QueueItem = tuple[ClaimedShard, Batch] | None  # None: end marker, one per sender worker
+
+
+@dataclasses.dataclass(slots=True)
+class ProviderLane:
+    """A provider with its bounded batch queue; shared by every campaign using it.
+
+    The scheduler's shards put batches on ``queue``; the provider's sender workers take them.
+    """
+
+    name: str
+    provider: Provider
+    queue: asyncio.Queue[QueueItem]
+    batch_size: int
+    workers: int
+    reservation_step: int
+
+    @property
+    def batches_ahead(self) -> int:
+        """How many batches one reservation covers (and flow control lets be uncommitted)."""
+        return max(1, self.reservation_step // max(1, self.batch_size))
