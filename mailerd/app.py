@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -20,7 +20,6 @@ import structlog
 from mailerd import campaigns, db, http, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
-from mailerd.providers.webhooks import WebhookHandler
 from mailerd.scheduler import Scheduler
 from mailerd.sender import ProviderSender
 from mailerd.stages import ProviderLane
@@ -53,117 +52,159 @@ async def run_with_dsn(
 
     ``on_ready(port)`` is called once migrations are checked and the HTTP port is bound; then
     ``notifier`` (systemd) hears READY=1, STOPPING=1 when the drain begins, and WATCHDOG=1 from
-    this event loop.
+    this event loop. Resources close in the reverse order they were opened (HTTP first, the
+    pool last), whatever ends the run.
     """
     notifier = notifier or systemd.Notifier()
-    pool = await connect.create_pool(
-        dsn,
-        min_size=config.database.pool_min_size,
-        max_size=config.database.pool_max_size,
-        command_timeout=config.database.command_timeout_s,
-    )
-    lanes: dict[str, ProviderLane] = {}
-    webhook_handlers: dict[str, WebhookHandler] = {}
-    reports_pool: asyncpg.Pool | None = None
-    runner = None
-    try:
-        async with pool.acquire() as conn:
-            if not await _schema_ready(conn, auto_migrate=config.database.is_embedded):
-                return 1
-            for action in await partitions.maintain(
-                conn,
-                ahead_days=config.retention.partitions_ahead_days,
-                retention_days=config.retention.days,
-            ):
-                log.info("partition_maintained", action=str(action))
-        unsubscribe_url = None
-        if config.unsubscribe.secret is not None:
-            unsubscribe_url = unsubscribe.url_builder(
-                config.unsubscribe.secret.reveal().encode(), config.http.public_url
-            )
-        for name, provider_config in config.providers.items():
-            provider = providers.create(provider_config, unsubscribe=unsubscribe_url)
-            batch_size = min(provider_config.batch_size, provider.max_batch_size)
-            lanes[name] = ProviderLane(
-                name=name,
-                provider=provider,
-                queue=asyncio.Queue(maxsize=config.scheduler.queue_batches),
-                batch_size=batch_size,
-                workers=provider_config.concurrency,
-                reservation_step=config.scheduler.reservation_step
-                or provider_config.concurrency * batch_size,
-            )
+    async with contextlib.AsyncExitStack() as resources:
+        pool = await connect.create_pool(
+            dsn,
+            min_size=config.database.pool_min_size,
+            max_size=config.database.pool_max_size,
+            command_timeout=config.database.command_timeout_s,
+        )
+        resources.push_async_callback(pool.close)
+        if not await _prepare_database(pool, config):
+            return 1
+        lanes = _open_lanes(config, resources)
         writer = Writer(pool, config.writer, config.webhooks)
         webhook_handlers = providers.create_webhook_handlers(config)
+        for name, handler in webhook_handlers.items():
+            resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")
         _warn_unverified(config)
-        senders_by_lane: dict[str, ProviderSender] = {}
-
-        def on_idle(lane_name: str, campaign_id: int) -> None:
-            lanes[lane_name].provider.forget(campaign_id)
-            senders_by_lane[lane_name].forget(campaign_id)
-
-        scheduler = Scheduler(
-            config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=on_idle
-        )
-
-        async def on_halt(campaign_id: int, reason: str) -> None:
-            # Stop here first: pausing everywhere needs the database, which may be down.
-            scheduler.stop_campaign(campaign_id, f"provider halted: {reason}")
-            try:
-                await _pause_campaign(pool, campaign_id, reason)
-            except db.DB_ERRORS as exc:
-                log.error("campaign_pause_failed", campaign_id=campaign_id, reason=reason, error=str(exc))
-
-        senders = [ProviderSender(lanes[name], config.provider(name), writer, on_halt) for name in lanes]
-        senders_by_lane.update((sender.lane.name, sender) for sender in senders)
-        for sender in senders:
+        stages = _Stages(config, dsn, pool, lanes, writer, stop)
+        for sender in stages.senders.values():
             await _seed_rate(sender)
-        health = http.Health()
-        host, port = config.http.host_port
+        reports_pool = None
         if config.database.reports_dsn is not None:
             reports_pool = await connect.create_pool(
                 config.database.reports_dsn.reveal(), min_size=1, max_size=4
             )
+            resources.push_async_callback(reports_pool.close)
+        health = http.Health()
         services = http.Services(
             pool, config, health, writer=writer, webhooks=webhook_handlers, reports_pool=reports_pool
         )
+        host, port = config.http.host_port
         runner = await http.start(http.build_app(services), host, port)
+        resources.push_async_callback(runner.cleanup)
         health.started = True
         bound = http.bound_port(runner)
-        log.info("daemon_started", listen=f"{host}:{bound}", providers=sorted(lanes), node=scheduler.node)
+        log.info(
+            "daemon_started", listen=f"{host}:{bound}", providers=sorted(lanes), node=stages.scheduler.node
+        )
         if on_ready is not None:
             on_ready(bound)
-        notifier.ready(f"listening on {host}:{bound}, node {scheduler.node}")
+        notifier.ready(f"listening on {host}:{bound}, node {stages.scheduler.node}")
+        await stages.run(health, notifier)
+        log.info("daemon_stopped")
+    return 0
 
+
+class _Stages:
+    """The pipeline of one node: scheduler -> provider lanes -> senders -> writer."""
+
+    def __init__(
+        self,
+        config: Config,
+        dsn: str,
+        pool: asyncpg.Pool,
+        lanes: dict[str, ProviderLane],
+        writer: Writer,
+        stop: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.lanes = lanes
+        self.writer = writer
+        self.stop = stop
+        self.scheduler = Scheduler(
+            config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=self._on_idle
+        )
+        self.senders = {
+            name: ProviderSender(lane, config.provider(name), writer, self._on_halt)
+            for name, lane in lanes.items()
+        }
+
+    def _on_idle(self, lane_name: str, campaign_id: int) -> None:
+        """This node holds nothing of the campaign now: forget what was cached for it."""
+        self.lanes[lane_name].provider.forget(campaign_id)
+        self.senders[lane_name].forget(campaign_id)
+
+    async def _on_halt(self, campaign_id: int, reason: str) -> None:
+        # Stop here first: pausing everywhere needs the database, which may be down.
+        self.scheduler.stop_campaign(campaign_id, f"provider halted: {reason}")
+        try:
+            await _pause_campaign(self.pool, campaign_id, reason)
+        except db.DB_ERRORS as exc:
+            log.error("campaign_pause_failed", campaign_id=campaign_id, reason=reason, error=str(exc))
+
+    async def run(self, health: http.Health, notifier: systemd.Notifier) -> None:
+        """Run every stage until ``stop`` and the drain: shutdown flows downstream, the writer
+        flushes last; the drain deadline is the only cancellation."""
         main = asyncio.current_task()
         async with asyncio.TaskGroup() as group:
-            writer_task = group.create_task(writer.run(), name="writer")
-            sender_tasks = [group.create_task(s.run(), name=f"sender-{s.lane.name}") for s in senders]
-            group.create_task(_partition_loop(pool, config, stop), name="partitions")
-            watchdog = group.create_task(
-                _drain_deadline(stop, health, config, main, notifier), name="drain-deadline"
+            writer_task = group.create_task(self.writer.run(), name="writer")
+            sender_tasks = [
+                group.create_task(s.run(), name=f"sender-{name}") for name, s in self.senders.items()
+            ]
+            group.create_task(_partition_loop(self.pool, self.config, self.stop), name="partitions")
+            deadline = group.create_task(
+                _drain_deadline(self.stop, health, self.config, main, notifier), name="drain-deadline"
             )
-            group.create_task(_health_loop(health, writer, stop), name="health")
-            group.create_task(systemd.watchdog_loop(notifier, stop), name="systemd-watchdog")
-            await scheduler.run()
-            await asyncio.gather(*sender_tasks)
-            writer.close()
+            group.create_task(_health_loop(health, self.writer, self.stop), name="health")
+            group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
+            await self.scheduler.run()
+            for task in sender_tasks:
+                await task
+            self.writer.close()
             await writer_task
-            watchdog.cancel()
-        log.info("daemon_stopped")
-        return 0
-    finally:
-        for lane in lanes.values():
-            with contextlib.suppress(Exception):
-                await lane.provider.close()
-        for handler in webhook_handlers.values():
-            with contextlib.suppress(Exception):
-                await handler.close()
-        if runner is not None:
-            await runner.cleanup()
-        if reports_pool is not None:
-            await reports_pool.close()
-        await pool.close()
+            deadline.cancel()
+
+
+def _open_lanes(config: Config, resources: contextlib.AsyncExitStack) -> dict[str, ProviderLane]:
+    """One provider client and bounded batch queue per configured provider."""
+    unsubscribe_url = None
+    if config.unsubscribe.secret is not None:
+        unsubscribe_url = unsubscribe.url_builder(
+            config.unsubscribe.secret.reveal().encode(), config.http.public_url
+        )
+    lanes: dict[str, ProviderLane] = {}
+    for name, provider_config in config.providers.items():
+        provider = providers.create(provider_config, unsubscribe=unsubscribe_url)
+        resources.push_async_callback(_close_quietly, provider.close, f"provider {name}")
+        batch_size = min(provider_config.batch_size, provider.max_batch_size)
+        lanes[name] = ProviderLane(
+            name=name,
+            provider=provider,
+            queue=asyncio.Queue(maxsize=config.scheduler.queue_batches),
+            batch_size=batch_size,
+            workers=provider_config.concurrency,
+            reservation_step=config.scheduler.reservation_step or provider_config.concurrency * batch_size,
+        )
+    return lanes
+
+
+async def _close_quietly(close: Callable[[], Awaitable[None]], what: str) -> None:
+    """Closing a client at exit must not stop the others from closing: log and go on."""
+    try:
+        await close()
+    except Exception as exc:  # a failing close of one client must not skip the rest
+        log.warning("close_failed", what=what, error=str(exc))
+
+
+async def _prepare_database(pool: asyncpg.Pool, config: Config) -> bool:
+    """Migrations applied (or refuse to start), partitions for the days ahead created."""
+    async with pool.acquire() as conn:
+        if not await _schema_ready(conn, auto_migrate=config.database.is_embedded):
+            return False
+        for action in await partitions.maintain(
+            conn,
+            ahead_days=config.retention.partitions_ahead_days,
+            retention_days=config.retention.days,
+        ):
+            log.info("partition_maintained", action=str(action))
+    return True
 
 
 async def _seed_rate(sender: ProviderSender) -> None:
