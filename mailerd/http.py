@@ -35,6 +35,8 @@ from mailerd.writer import EventsRefused, Writer
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger(__name__)
 
+HTTP_SHUTDOWN_S = 3.0
+
 
 @dataclasses.dataclass(slots=True)
 class Health:
@@ -628,7 +630,9 @@ def build_app(services: Services) -> web.Application:
 
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Bind and serve; returns the runner to clean up at the very end of the shutdown."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # By the time the runner is cleaned up the drain is over: requests still running get a few
+    # seconds, not aiohttp's default minute (every waiting webhook has had its answer by then).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -48,3 +48,9 @@ WEBHOOK_EVENTS = Counter(
 WEBHOOK_REJECTED = Counter(
     "mailerd_webhook_rejected_total", "Webhook requests refused, by HTTP status.", ["provider", "status"]
 )
+DEAD_LETTERS = Counter(
+    "mailerd_writer_dead_letters_total",
+    "Rows or events the writer could not store and kept in dead_letters (kind emails or events; "
+    "emails_unrecorded / events_unrecorded: not even the dead letter could be stored, see the log).",
+    ["kind"],
+)

@@ -2,12 +2,19 @@
 
 Each flush, in one transaction: raise each shard's checkpoint (fenced by the shard's epoch, so a
 node that lost a shard cannot write for it), COPY the rows into ``email_log``, upsert one
-``campaign_stats`` row per campaign, and finish campaigns whose shards are all done.
+``campaign_stats`` row per campaign, finish campaigns whose shards are all done, and record the
+provider events of the webhooks waiting for it.
 
 Back-pressure: :meth:`Writer.submit` waits while the buffer holds ``max_buffer_rows``, so when
-Postgres is slow or down the senders stop sending (nothing is sent that cannot be logged). A
-failed flush keeps its rows and retries with backoff; nothing is dropped except the rows of a
-shard that was fenced out (its new owner has already accounted for those leads).
+Postgres is slow or down the senders stop sending (nothing is sent that cannot be logged).
+
+Failures: a flush that fails because the database is unavailable (see
+:func:`mailerd.db.is_transient`) keeps its rows and is retried with backoff, under the same
+flush id, since it may have committed after all. A flush that fails for any other reason fails
+because of something in it (a value Postgres refuses, a key too large for its index, a campaign
+deleted under it): it is split in halves until the entries that cause it are found; each is
+dead-lettered (:mod:`mailerd.deadletter`) and the rest commits. Nothing is dropped except the
+rows of a shard that was fenced out (its new owner has already accounted for those leads).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import uuid
 import asyncpg
 import structlog
 
-from mailerd import db, metrics
+from mailerd import db, deadletter, metrics
 from mailerd import events as events_mod
 from mailerd.config import WebhooksConfig, WriterConfig
 from mailerd.db import campaigns as campaigns_db
@@ -36,6 +43,7 @@ log = structlog.get_logger(__name__)
 _ShardKey = tuple[int, int, int]  # campaign, shard, epoch: one claim
 
 EVENT_FLUSH_S = 0.02  # webhook events wait at most this long for their flush
+_RETRY_MAX_S = 5.0
 
 
 class EventsRefused(Exception):
@@ -46,8 +54,14 @@ class ShardLost(Exception):
     """The rows were dropped because their shard was fenced out."""
 
 
+class WriterClosed(RuntimeError):
+    """The writer has stopped: nothing more is accepted, and what it still held was abandoned."""
+
+
 @dataclasses.dataclass(slots=True)
-class _Entry:
+class Entry:
+    """One submission: a batch's rows (with its shard) or one webhook's events."""
+
     shard: ShardHandle | None
     seq: int
     rows: list[LogRow]
@@ -62,6 +76,14 @@ class _Entry:
         return len(self.rows) + (len(self.events) if self.events else 0)
 
 
+class _Poisoned(Exception):
+    """A flush failed because of its data, not because the database is unavailable."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Writer:
     """One per process. Run :meth:`run` in the TaskGroup; :meth:`close` ends it after a last flush."""
 
@@ -71,14 +93,16 @@ class Writer:
         self._pool = pool
         self._config = config
         self._webhooks = webhooks or WebhooksConfig()
-        self._buffer: list[_Entry] = []
+        self._buffer: list[Entry] = []
         self._rows = 0
         self._deadline = 0.0
         self._closed = False
         self._wakeup = asyncio.Event()
         self._urgent = False
-        self._retry: tuple[uuid.UUID, list[_Entry]] | None = None
-        self._space = asyncio.Condition()
+        # A flush that failed transiently, to be retried first and under its id.
+        self._retry: tuple[uuid.UUID, list[Entry]] | None = None
+        self._flushing: list[Entry] = []  # the entries of the flush under way
+        self._space = asyncio.Event()  # set whenever the buffer shrinks or the writer stops
         self.healthy = True
 
     @property
@@ -97,25 +121,26 @@ class Writer:
     ) -> asyncio.Future[None]:
         """Queue a batch's rows; wait only while the buffer is full. The returned future
         resolves when the rows are committed (or raises :class:`ShardLost`)."""
-        return await self._enqueue(_Entry(shard, seq, rows, retried, complete, self._future(), counts=counts))
+        return await self._enqueue(Entry(shard, seq, rows, retried, complete, self._future(), counts=counts))
 
     async def submit_events(self, events: list[Event]) -> asyncio.Future[None]:
         """Queue provider events for a flush within ``EVENT_FLUSH_S`` (a webhook is waiting for
-        the commit); the future resolves once they commit."""
-        return await self._enqueue(_Entry(None, 0, [], 0, True, self._future(), events), EVENT_FLUSH_S)
+        the commit); the future resolves once they commit, or raises :class:`EventsRefused`
+        (their data cannot be stored) or :class:`WriterClosed`."""
+        return await self._enqueue(Entry(None, 0, [], 0, True, self._future(), events), EVENT_FLUSH_S)
 
     @staticmethod
     def _future() -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()
 
-    async def _enqueue(self, entry: _Entry, within_s: float | None = None) -> asyncio.Future[None]:
+    async def _enqueue(self, entry: Entry, within_s: float | None = None) -> asyncio.Future[None]:
         if self._closed:
-            raise RuntimeError("writer is closed")
-        if self._rows >= self._config.max_buffer_rows:
-            async with self._space:
-                await self._space.wait_for(lambda: self._rows < self._config.max_buffer_rows)
-            if self._closed:
-                raise RuntimeError("writer is closed")
+            raise WriterClosed("writer is closed")
+        while self._rows >= self._config.max_buffer_rows and not self._closed:
+            self._space.clear()
+            await self._space.wait()
+        if self._closed:
+            raise WriterClosed("writer is closed")
         now = time.monotonic()
         if not self._buffer:
             self._deadline = now + self._config.flush_interval_ms / 1000
@@ -140,74 +165,138 @@ class Writer:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Flush on size or time until closed and empty."""
-        failures = 0
-        while True:
-            if not self._buffer and self._retry is None:
-                if self._closed:
+        """Flush on size or time until closed and empty. However it ends (closed, or cancelled by
+        the drain deadline), whatever is still buffered is abandoned at once: a webhook waiting
+        for its commit answers 503 instead of waiting for a flush that will not come."""
+        try:
+            while True:
+                work = await self._next_flush()
+                if work is None:
                     return
+                flush_id, entries, retrying = work
+                self._flushing = entries
+                await self._commit(flush_id, entries, retrying=retrying)
+                self._flushing = []
+                self._rows -= sum(e.size for e in entries)
+                metrics.WRITER_BUFFER_ROWS.set(self._rows)
+                self._space.set()
+        finally:
+            self._abandon()
+
+    async def _next_flush(self) -> tuple[uuid.UUID, list[Entry], bool] | None:
+        """Wait until a flush is due (size, time, urgency, close); None when closed and empty."""
+        while True:
+            if self._retry is not None:
+                flush_id, entries = self._retry
+                self._retry = None
+                return flush_id, entries, True
+            if not self._buffer:
+                if self._closed:
+                    return None
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             remaining = self._deadline - time.monotonic()
-            if (
-                remaining > 0
-                and self._rows < self._config.flush_rows
-                and not self._closed
-                and not self._urgent
-            ):
-                self._wakeup.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    pass
-                continue
-            retrying = self._retry is not None
-            if self._retry is not None:
-                flush_id, entries = self._retry
-            else:
-                flush_id, entries = uuid.uuid4(), self._buffer
-                self._buffer = []
-            self._retry = None
-            self._urgent = False
+            if remaining <= 0 or self._rows >= self._config.flush_rows or self._closed or self._urgent:
+                entries, self._buffer = self._buffer, []
+                self._urgent = False
+                return uuid.uuid4(), entries, False
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _abandon(self) -> None:
+        self._closed = True
+        leftover = [e for e in self._flushing + self._buffer if not e.done.done()]
+        self._buffer, self._retry, self._flushing = [], None, []
+        for entry in leftover:
+            _fail(entry, WriterClosed("the writer stopped before these rows were committed"))
+        if leftover:
+            log.warning("writer_abandoned", entries=len(leftover), rows=sum(e.size for e in leftover))
+        self._space.set()  # whoever waits for buffer space hears that the writer is gone
+
+    async def _commit(self, flush_id: uuid.UUID, entries: list[Entry], *, retrying: bool) -> None:
+        """Commit ``entries``; split on a failure caused by their data, until the entries that
+        cause it are found and dead-lettered."""
+        groups = [(flush_id, entries, retrying)]
+        while groups:
+            group_id, group, group_retrying = groups.pop()
+            try:
+                await self._flush_until_done(group_id, group, retrying=group_retrying)
+            except _Poisoned as poisoned:
+                live = [e for e in group if not e.done.done()]
+                if len(live) > 1:
+                    half = len(live) // 2
+                    log.warning("flush_split", entries=len(live), error=str(poisoned.error))
+                    groups.append((uuid.uuid4(), live[half:], False))
+                    groups.append((uuid.uuid4(), live[:half], False))
+                elif live:
+                    await self._dead_letter(live[0], poisoned.error)
+
+    async def _flush_until_done(self, flush_id: uuid.UUID, entries: list[Entry], *, retrying: bool) -> None:
+        """Flush, retrying transient failures forever under the same id (it may have committed);
+        raise :class:`_Poisoned` for any other failure."""
+        failures = 0
+        while True:
             try:
                 await self._flush(entries, flush_id, retrying=retrying)
-            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-                # Not transient: retrying the same data fails the same way. Webhook events are
-                # the only outside data here: refuse them (their senders answer an error and the
-                # provider may retry), keep the email rows and flush again.
-                refused = [e for e in entries if e.events]
-                if not refused:
-                    raise
-                log.error("events_refused", error=str(exc), entries=len(refused))
-                for entry in refused:
-                    entry.done.set_exception(EventsRefused(str(exc)))
-                    entry.done.exception()
-                self._rows -= sum(e.size for e in refused)
-                # That transaction failed for sure: the rest goes again under a new id.
-                self._retry = (uuid.uuid4(), [e for e in entries if not e.events])
-                continue
-            except db.DB_ERRORS_OR_TIMEOUT as exc:
+                break
+            except Exception as exc:
+                if not db.is_transient(exc):
+                    raise _Poisoned(exc) from exc
                 failures += 1
+                retrying = True
                 self.healthy = False
                 metrics.FLUSH_FAILURES.inc()
-                # Retried alone and under the same id: it may have committed after all.
-                self._retry = (flush_id, entries)
-                delay = min(0.1 * 2 ** min(failures, 6), 5.0)
+                delay = min(0.1 * 2 ** min(failures, 6), _RETRY_MAX_S)
                 log.warning("flush_failed", error=str(exc), rows=self._rows, retry_in_s=delay)
                 await asyncio.sleep(delay)
-                continue
-            if failures:
-                log.info("flush_recovered", after_failures=failures)
-            failures = 0
-            self.healthy = True
-            self._rows -= sum(e.size for e in entries)
-            metrics.WRITER_BUFFER_ROWS.set(self._rows)
-            async with self._space:
-                self._space.notify_all()
+        if failures:
+            log.info("flush_recovered", after_failures=failures)
+        self.healthy = True
 
-    async def _flush(self, entries: list[_Entry], flush_id: uuid.UUID, *, retrying: bool = False) -> None:
+    async def _dead_letter(self, entry: Entry, error: BaseException) -> None:
+        """Keep one entry that cannot be stored where an operator sees it, and go on. A batch's
+        rows count as logged for its shard (in the same transaction as the dead letter), so its
+        leads are never sent again; a webhook's events are refused."""
+        letter = entry_letter(entry, error)
+        # Counted as logged even if the batch was only partly sent: its sent leads have no
+        # email_log row, so the checkpoint must pass them or a next owner would send them again.
+        plans = [_plan(_key(entry.shard), [dataclasses.replace(entry, complete=True)])] if entry.shard else []
+        while True:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    lost = await advance_checkpoints(conn, plans)
+                    if not lost:
+                        await deadletter.record(conn, letter)
+                break
+            except Exception as exc:
+                if db.is_transient(exc):
+                    log.warning("dead_letter_failed", error=str(exc), retry_in_s=_RETRY_MAX_S)
+                    await asyncio.sleep(_RETRY_MAX_S)
+                    continue
+                deadletter.lost(letter, exc)
+                _fail(entry, EventsRefused(str(error)) if entry.events else ShardLost(str(error)))
+                if entry.shard is not None:
+                    entry.shard.on_lost()  # released unclean: its leads become `unknown`, never re-sent
+                return
+        if lost:
+            _fail(entry, ShardLost("shard fenced out"))
+            assert entry.shard is not None
+            entry.shard.on_lost()
+            return
+        deadletter.recorded(letter)
+        for plan in plans:
+            plan.shard.on_logged(plan.seqs, plan.complete)
+        if entry.events:
+            _fail(entry, EventsRefused(str(error)))
+        elif not entry.done.done():
+            entry.done.set_result(None)
+
+    async def _flush(self, entries: list[Entry], flush_id: uuid.UUID, *, retrying: bool = False) -> None:
         started = time.perf_counter()
         committed = False
         if retrying:
@@ -220,7 +309,7 @@ class Writer:
                 entries = [e for e in entries if not e.done.done()]
         # Keyed by the claim (epoch too): late rows of an earlier claim of the same shard on this
         # node must be fenced on their own, never mixed into the current claim's ledger.
-        by_shard: dict[_ShardKey, list[_Entry]] = collections.defaultdict(list)
+        by_shard: dict[_ShardKey, list[Entry]] = collections.defaultdict(list)
         for entry in entries:
             if entry.shard is not None:
                 by_shard[_key(entry.shard)].append(entry)
@@ -231,23 +320,20 @@ class Writer:
             # Drop the rows of fenced-out shards and write the rest.
             for key in lost:
                 for entry in by_shard.pop(key):
-                    if not entry.done.done():
-                        entry.done.set_exception(ShardLost(f"shard {key} was fenced out"))
-                        entry.done.exception()  # retrieved: nobody has to await it
+                    _fail(entry, ShardLost(f"shard {key} was fenced out"))
                     assert entry.shard is not None
                     entry.shard.on_lost()
             entries = [e for e in entries if e.shard is None or _key(e.shard) in by_shard]
-        rows = sum(len(e.rows) for e in entries)
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
-        metrics.FLUSH_ROWS.observe(rows)
+        metrics.FLUSH_ROWS.observe(sum(len(e.rows) for e in entries))
         for entry in entries:
             if not entry.done.done():
                 entry.done.set_result(None)
 
     async def _flush_once(
         self,
-        entries: list[_Entry],
-        by_shard: dict[_ShardKey, list[_Entry]],
+        entries: list[Entry],
+        by_shard: dict[_ShardKey, list[Entry]],
         flush_id: uuid.UUID,
         *,
         write: bool = True,
@@ -269,28 +355,20 @@ class Writer:
     async def _transaction(
         self,
         flush_id: uuid.UUID,
-        plans: list[_Plan],
+        plans: list[Plan],
         records: list[LogRow],
         stats: dict[int, list[int]],
         events: list[Event],
     ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             await email_log_db.record_flush(conn, flush_id)
-            if plans:
-                matched = await shards_db.advance(
-                    conn,
-                    [(p.key[0], p.key[1], p.key[2], p.checkpoint, p.done) for p in plans],
-                )
-                lost = {p.key for p in plans} - matched
-                if lost:
-                    log.warning("shards_fenced_out", shards=sorted(lost))
-                    raise _Rollback(lost)
+            lost = await advance_checkpoints(conn, plans)
+            if lost:
+                log.warning("shards_fenced_out", shards=sorted(lost))
+                raise _Rollback(lost)
             if records:
                 await email_log_db.copy_rows(conn, records)
             await stats_db.add_outcomes(conn, stats)
-            finished = sorted({p.key[0] for p in plans if p.done})
-            if finished:
-                await campaigns_db.finish_done(conn, finished)
             if events:
                 await events_mod.record(
                     conn,
@@ -301,7 +379,7 @@ class Writer:
 
 
 @dataclasses.dataclass(slots=True)
-class _Plan:
+class Plan:
     """What one flush does for one claim: the batches it logs and the checkpoint they allow."""
 
     key: _ShardKey
@@ -312,22 +390,36 @@ class _Plan:
     done: bool
 
 
-def _plan(key: _ShardKey, entries: list[_Entry]) -> _Plan:
+def _plan(key: _ShardKey, entries: list[Entry]) -> Plan:
     shard = entries[0].shard
     assert shard is not None
     complete = {e.seq for e in entries if e.complete}
     checkpoint, done = shard.checkpoint_if_logged(complete)
-    return _Plan(key, shard, {e.seq for e in entries}, complete, checkpoint, done)
+    return Plan(key, shard, {e.seq for e in entries}, complete, checkpoint, done)
+
+
+async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> set[_ShardKey]:
+    """Move the claims' checkpoints, fenced by epoch, and finish campaigns whose shards are now
+    all done. Returns the claims that were fenced out (the caller rolls back)."""
+    if not plans:
+        return set()
+    matched = await shards_db.advance(conn, [(*p.key, p.checkpoint, p.done) for p in plans])
+    lost = {p.key for p in plans} - matched
+    if not lost:
+        finished = sorted({p.key[0] for p in plans if p.done})
+        if finished:
+            await campaigns_db.finish_done(conn, finished)
+    return lost
 
 
 def _gather_rows(
-    entries: list[_Entry],
-) -> tuple[list[LogRow], dict[int, list[int]], list[tuple[_Entry, StatusCounts]]]:
+    entries: list[Entry],
+) -> tuple[list[LogRow], dict[int, list[int]], list[tuple[Entry, StatusCounts]]]:
     """All rows of a flush, the counters per campaign (sent, failed, unknown, suppressed,
     retried), and each entry's status counts (for the metrics once committed)."""
     stats: dict[int, list[int]] = {}
     records: list[LogRow] = []
-    per_entry: list[tuple[_Entry, StatusCounts]] = []
+    per_entry: list[tuple[Entry, StatusCounts]] = []
     for entry in entries:
         if not entry.rows:
             continue
@@ -344,7 +436,7 @@ def _gather_rows(
     return records, stats, per_entry
 
 
-def _count_emails(per_entry: list[tuple[_Entry, StatusCounts]]) -> None:
+def _count_emails(per_entry: list[tuple[Entry, StatusCounts]]) -> None:
     per_status: collections.Counter[tuple[str, int]] = collections.Counter()
     for entry, entry_counts in per_entry:
         if entry.shard is not None:
@@ -355,8 +447,27 @@ def _count_emails(per_entry: list[tuple[_Entry, StatusCounts]]) -> None:
             _status_counters(name)[status].inc(count)
 
 
+def _fail(entry: Entry, error: Exception) -> None:
+    if not entry.done.done():
+        entry.done.set_exception(error)
+        entry.done.exception()  # retrieved: nobody has to await it
+
+
 def _key(shard: ShardHandle) -> _ShardKey:
     return (shard.campaign_id, shard.shard_no, shard.epoch)
+
+
+def entry_letter(entry: Entry, error: BaseException) -> deadletter.Letter:
+    """What is kept of an entry that cannot be stored."""
+    shard = entry.shard
+    return deadletter.Letter(
+        kind="events" if entry.events else "emails",
+        campaign_id=shard.campaign_id if shard is not None else None,
+        shard_no=shard.shard_no if shard is not None else None,
+        seq=entry.seq if shard is not None else None,
+        items=list(entry.events) if entry.events else list(entry.rows),
+        error=error,
+    )
 
 
 _COUNTERS: dict[str, dict[int, metrics.Counter]] = {}

@@ -1,4 +1,5 @@
-"""Postgres access: connections, the embedded server, migrations, partitions and named queries."""
+"""Postgres access: connections, the embedded server, migrations, partitions and the queries of
+each table (one module per table)."""
 
 import asyncpg
 
@@ -11,3 +12,22 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 DB_ERRORS_OR_TIMEOUT: tuple[type[BaseException], ...] = (*DB_ERRORS, TimeoutError)
+
+# SQLSTATE classes that say "the database cannot do this now", not "this data is wrong":
+# connection exceptions, transaction rollback (serialization, deadlock), insufficient resources,
+# object not in prerequisite state (lock not available), operator intervention (shutdown,
+# cancel), system errors, configuration file errors, internal errors.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "F0", "XX"})
+_READ_ONLY = "25006"  # a standby after a failover: the next connection may reach the primary
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same statement later can succeed (a reconnect, a restarted server,
+    a promoted standby), as opposed to a failure caused by the data itself, which fails the same
+    way every time (a value Postgres refuses, a key too large for its index, a constraint)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _TRANSIENT_CLASSES or state == _READ_ONLY
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return False  # asyncpg's client-side DataError: a value it cannot encode
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError))

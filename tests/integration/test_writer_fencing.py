@@ -15,7 +15,7 @@ from mailerd import config as config_mod
 from mailerd.models import LogStatus
 from mailerd.scheduler import Scheduler
 from mailerd.shard import Ledger
-from mailerd.writer import ShardLost, Writer, _Entry
+from mailerd.writer import Entry, ShardLost, Writer
 from tests.integration.helpers import add_leads, daemon_config, new_campaign
 
 
@@ -111,7 +111,7 @@ async def test_a_retried_flush_that_had_committed_is_not_written_twice(
     )
     flush_id = uuid.uuid4()
     await conn.execute("INSERT INTO writer_flushes (id) VALUES ($1)", flush_id)
-    entry = _Entry(claim, 1, [row], 0, True, asyncio.get_running_loop().create_future())
+    entry = Entry(claim, 1, [row], 0, True, asyncio.get_running_loop().create_future())
     writer._retry = (flush_id, [entry])
     writer._rows = 1
     task = asyncio.create_task(writer.run())
