@@ -28,6 +28,9 @@ log = structlog.get_logger(__name__)
 # metadata our providers send is the normal path, this is the fallback).
 MESSAGE_ID_LOOKBACK = dt.timedelta(days=3)
 
+# Given to one sender, not a fact about the mailbox: never carried across accounts.
+CONSENT_KINDS = frozenset({EventKind.COMPLAINT, EventKind.UNSUBSCRIBE})
+
 _STAT_FOR_KIND = {
     EventKind.DELIVERED: 0,
     EventKind.HARD_BOUNCE: 1,
@@ -110,8 +113,12 @@ def _counts(events: list[Event]) -> dict[int, list[int]]:
 async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """Fill ``campaign_id``/``lead_id``/``account_id``: metadata, else message id, else address.
 
-    An event matched by address alone becomes one event per account that has the address as a
-    lead; an event that matches nothing is kept as it is (unmatched).
+    Accounts stay apart. Metadata counts only when its campaign exists and its lead belongs to
+    that campaign's account. An event matched by address alone is a fact about the mailbox when
+    it is a bounce (it becomes one event per account that has the address); a complaint or an
+    unsubscribe is consent withdrawn from one sender, so by address alone it is attributed only
+    when exactly one account has the address. An event that matches nothing is kept as it is
+    (unmatched: recorded, suppressing nothing).
     """
     events = await _by_metadata(conn, events)
     events = await _by_message_id(conn, events)
@@ -124,19 +131,34 @@ def _matched(event: Event) -> bool:
 
 async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """Campaign and lead ids travelled with the email: only the account is needed. Metadata
-    naming a campaign we do not have is not ours (or forged): it is dropped."""
+    naming a campaign we do not have, or a lead of another account, is not ours (or forged):
+    it is dropped, and the event is mapped the other ways."""
     campaign_ids = {e.campaign_id for e in events if e.campaign_id is not None}
     if not campaign_ids:
         return events
     accounts = await events_db.campaign_accounts(conn, campaign_ids)
+    lead_ids = {e.lead_id for e in events if e.campaign_id in accounts and e.lead_id is not None}
+    lead_accounts = await events_db.lead_accounts(conn, lead_ids) if lead_ids else {}
     result = []
     for event in events:
         if event.campaign_id is None:
             result.append(event)
-        elif event.campaign_id in accounts:
-            result.append(dataclasses.replace(event, account_id=accounts[event.campaign_id]))
-        else:
-            result.append(dataclasses.replace(event, campaign_id=None, lead_id=None))
+            continue
+        account_id = accounts.get(event.campaign_id)
+        if account_id is not None and (
+            event.lead_id is None or lead_accounts.get(event.lead_id) == account_id
+        ):
+            result.append(dataclasses.replace(event, account_id=account_id))
+            continue
+        if account_id is not None:
+            log.warning(
+                "webhook_metadata_refused",
+                provider=event.provider,
+                campaign_id=event.campaign_id,
+                lead_id=event.lead_id,
+                reason="lead not in the campaign's account",
+            )
+        result.append(dataclasses.replace(event, campaign_id=None, lead_id=None))
     return result
 
 
@@ -157,7 +179,8 @@ async def _by_message_id(conn: asyncpg.Connection, events: list[Event]) -> list[
 
 
 async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
-    """The address, in every account that has it as a lead."""
+    """The address, in every account that has it as a lead (for a complaint or an unsubscribe,
+    only in the one account that has it)."""
     wanted = {e.email.lower() for e in events if not _matched(e) and e.email}
     owners = await events_db.leads_by_address(conn, wanted) if wanted else {}
     result: list[Event] = []
@@ -166,6 +189,14 @@ async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Eve
             result.append(event)
             continue
         matches = owners.get(event.email.lower(), [])
+        if len(matches) > 1 and event.kind in CONSENT_KINDS:
+            log.info(
+                "webhook_event_ambiguous",
+                provider=event.provider,
+                kind=str(event.kind),
+                accounts=len(matches),
+            )
+            matches = []
         if not matches:
             result.append(event)
             log.info("webhook_event_unmatched", provider=event.provider, kind=str(event.kind))

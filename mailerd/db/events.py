@@ -95,6 +95,12 @@ async def campaign_accounts(conn: asyncpg.Connection, campaign_ids: Collection[i
     return {r["id"]: r["account_id"] for r in rows}
 
 
+async def lead_accounts(conn: asyncpg.Connection, lead_ids: Collection[int]) -> dict[int, int]:
+    """lead id -> account id, for the leads that exist (lead ids are unique across accounts)."""
+    rows = await conn.fetch("SELECT id, account_id FROM leads WHERE id = ANY($1::bigint[])", list(lead_ids))
+    return {r["id"]: r["account_id"] for r in rows}
+
+
 async def by_message_id(
     conn: asyncpg.Connection, message_ids: Collection[str], lookback: dt.timedelta
 ) -> dict[str, tuple[int, int, int]]:

@@ -1,0 +1,97 @@
+"""Issue 9, "Accounts stay apart": a provider event suppresses only where it may.
+
+A hard bounce says the mailbox does not exist: every account that has the address suppresses it.
+A complaint or an unsubscribe is consent withdrawn from one sender: by address alone it is
+attributed only when one account has the address, and metadata naming a lead of another
+account than the campaign's is not trusted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns, events
+from mailerd.models import Event, EventKind
+from tests.integration.helpers import daemon_config, new_campaign
+
+ADDRESS = "shared@example.com"
+
+
+async def _lead(conn: asyncpg.Connection, account_id: int, email: str) -> int:
+    lead_id: int = await conn.fetchval(
+        "INSERT INTO leads (account_id, email) VALUES ($1, $2) RETURNING id", account_id, email
+    )
+    return lead_id
+
+
+def _event(kind: EventKind, *, campaign_id: int | None = None, lead_id: int | None = None) -> Event:
+    return Event(
+        provider="sendgrid",
+        kind=kind,
+        occurred_at=dt.datetime.now(dt.UTC),
+        email=ADDRESS,
+        receipt=f"evt-{kind}",
+        campaign_id=campaign_id,
+        lead_id=lead_id,
+    )
+
+
+async def _record(conn: asyncpg.Connection, event: Event) -> list[Event]:
+    resolved = await events.resolve(conn, [event])
+    async with conn.transaction():
+        await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=86400)
+    return resolved
+
+
+async def _suppressed_in(conn: asyncpg.Connection) -> set[int]:
+    rows = await conn.fetch("SELECT account_id FROM suppressions WHERE email = $1", ADDRESS)
+    return {r["account_id"] for r in rows}
+
+
+@pytest.mark.parametrize("kind", [EventKind.COMPLAINT, EventKind.UNSUBSCRIBE])
+async def test_consent_by_address_alone_crosses_no_account(conn: asyncpg.Connection, kind: EventKind) -> None:
+    await _lead(conn, 1, ADDRESS)
+    await _lead(conn, 2, ADDRESS)
+    resolved = await _record(conn, _event(kind))
+    assert [e.account_id for e in resolved] == [None]
+    assert await _suppressed_in(conn) == set()
+    stored = await conn.fetch("SELECT account_id, kind FROM email_events")
+    assert [(r["account_id"], r["kind"]) for r in stored] == [(None, str(kind))]
+
+
+async def test_consent_by_address_in_the_only_account_that_has_it(conn: asyncpg.Connection) -> None:
+    await _lead(conn, 1, ADDRESS)
+    await _lead(conn, 2, "other@example.com")
+    await _record(conn, _event(EventKind.COMPLAINT))
+    assert await _suppressed_in(conn) == {1}
+
+
+async def test_a_hard_bounce_by_address_suppresses_in_every_account(conn: asyncpg.Connection) -> None:
+    await _lead(conn, 1, ADDRESS)
+    await _lead(conn, 2, ADDRESS)
+    resolved = await _record(conn, _event(EventKind.HARD_BOUNCE))
+    assert sorted(e.account_id or 0 for e in resolved) == [1, 2]
+    assert await _suppressed_in(conn) == {1, 2}
+
+
+async def test_metadata_naming_a_lead_of_another_account_is_not_trusted(conn: asyncpg.Connection) -> None:
+    await _lead(conn, 1, ADDRESS)
+    foreign = await _lead(conn, 2, ADDRESS)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    resolved = await _record(conn, _event(EventKind.UNSUBSCRIBE, campaign_id=campaign_id, lead_id=foreign))
+    assert [(e.campaign_id, e.lead_id, e.account_id) for e in resolved] == [(None, None, None)]
+    assert await _suppressed_in(conn) == set()
+    stats = await conn.fetchrow("SELECT unsubscribed FROM campaign_stats WHERE campaign_id = $1", campaign_id)
+    assert stats["unsubscribed"] == 0
+
+
+async def test_metadata_of_the_campaigns_own_lead_is_used(conn: asyncpg.Connection) -> None:
+    own = await _lead(conn, 1, ADDRESS)
+    await _lead(conn, 2, ADDRESS)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    resolved = await _record(conn, _event(EventKind.COMPLAINT, campaign_id=campaign_id, lead_id=own))
+    assert [(e.campaign_id, e.lead_id, e.account_id) for e in resolved] == [(campaign_id, own, 1)]
+    assert await _suppressed_in(conn) == {1}
