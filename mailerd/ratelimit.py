@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -127,47 +127,16 @@ class TokenBucket:
         return f"TokenBucket(rate={self._rate:g}, burst={self._burst:g})"
 
 
-class Limiter:
-    """The provider's bucket, shared by every campaign on the node, plus optional campaign caps.
+def reserve_all(buckets: Sequence[TokenBucket], n: int) -> float:
+    """Take ``n`` tokens from every bucket at once (the provider's, a campaign's cap); the wait
+    is the longest of theirs. Pure bookkeeping, like :meth:`TokenBucket.reserve`."""
+    return max((bucket.reserve(n) for bucket in buckets), default=0.0)
 
-    :meth:`acquire` waits on the campaign's cap first and only then reserves on the provider's
-    bucket, so a campaign held back by its own cap never holds provider capacity that other
-    campaigns could use meanwhile. The returned wait is for the caller's rate-limiter metrics.
-    """
 
-    __slots__ = ("_clock", "provider")
-
-    def __init__(self, rate: float, burst: float | None = None, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self.provider = TokenBucket(rate, burst, clock)
-
-    def campaign_bucket(self, rate: float | None, burst: float | None = None) -> TokenBucket | None:
-        """A per-campaign cap on this limiter's clock; ``None`` or ``0`` means no cap."""
-        if not rate:
-            return None
-        return TokenBucket(rate, burst, self._clock)
-
-    def set_rate(self, rate: float, burst: float | None = None) -> None:
-        """Change the provider's shared rate (see :meth:`TokenBucket.set_rate`)."""
-        self.provider.set_rate(rate, burst)
-
-    async def acquire(
-        self, n: int, campaign_bucket: TokenBucket | None = None, sleep: Sleep = asyncio.sleep
-    ) -> float:
-        """Wait until ``n`` recipients may be sent under both limits; return the seconds waited.
-
-        On cancellation every token reserved by this call is refunded.
-        """
-        waited = 0.0
-        if campaign_bucket is not None:
-            waited += await campaign_bucket.acquire(n, sleep)
-        try:
-            waited += await self.provider.acquire(n, sleep)
-        except asyncio.CancelledError:
-            if campaign_bucket is not None:
-                campaign_bucket.refund(n)
-            raise
-        return waited
+def refund_all(buckets: Sequence[TokenBucket], n: int) -> None:
+    """Give ``n`` reserved tokens back to every bucket (the send was called off)."""
+    for bucket in buckets:
+        bucket.refund(n)
 
 
 def _check_rate(rate: float) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from mailerd import aio, backoff, metrics
+from mailerd import aio, backoff, metrics, ratelimit
 from mailerd.config import ProviderConfig
 from mailerd.models import (
     Batch,
@@ -142,13 +142,12 @@ class ProviderSender:
         campaign_bucket = self._campaign_bucket(batch)
         if campaign_bucket is not None:
             buckets.append(campaign_bucket)
-        wait = max(bucket.reserve(count) for bucket in buckets)
+        wait = ratelimit.reserve_all(buckets, count)
         if wait > 0:
             self._waits.inc(wait)
             await aio.sleep_unless(wait, stopped)
         if stopped.is_set():
-            for bucket in buckets:
-                bucket.refund(count)
+            ratelimit.refund_all(buckets, count)
             return False
         return True
 

@@ -227,66 +227,65 @@ async def test_refund_never_lets_the_bucket_exceed_its_burst() -> None:
     assert bucket.tokens() == pytest.approx(10)
 
 
+async def _acquire(vt: VirtualTime, buckets: list[ratelimit.TokenBucket], n: int) -> float:
+    """What a sender worker does: reserve on every bucket at once, sleep the longest wait."""
+    wait = ratelimit.reserve_all(buckets, n)
+    if wait > 0:
+        await vt.sleep(wait)
+    return wait
+
+
 async def test_campaign_cap_lower_than_provider_rate_governs() -> None:
     vt = VirtualTime()
-    limiter = ratelimit.Limiter(1000, clock=vt.clock)
-    capped = limiter.campaign_bucket(10)
-    assert capped is not None
-    assert limiter.campaign_bucket(None) is None
-    assert limiter.campaign_bucket(0) is None
+    provider = ratelimit.TokenBucket(1000, clock=vt.clock)
+    capped = ratelimit.TokenBucket(10, clock=vt.clock)
     sent: list[float] = []
 
     async def worker() -> None:
         for _ in range(10):
-            await limiter.acquire(10, capped, sleep=vt.sleep)
+            await _acquire(vt, [provider, capped], 10)
             sent.append(vt.now)
 
     await vt.run(*(worker() for _ in range(4)))
     # 400 recipients at 10/s with a burst of 10: the last batch leaves after 39 s.
     assert max(sent) == pytest.approx(39.0)
-    # The provider was charged only when each batch could really go: it stayed nearly full
-    # (just the last batch, taken this instant).
-    assert limiter.provider.tokens() == pytest.approx(990)
 
 
 async def test_provider_limit_is_shared_by_campaigns() -> None:
     vt = VirtualTime()
-    limiter = ratelimit.Limiter(20, clock=vt.clock)
-    campaigns = [limiter.campaign_bucket(100), limiter.campaign_bucket(None)]
+    provider = ratelimit.TokenBucket(20, clock=vt.clock)
+    campaigns = [[provider, ratelimit.TokenBucket(100, clock=vt.clock)], [provider]]
     waits: list[float] = []
 
-    async def worker(bucket: ratelimit.TokenBucket | None) -> None:
+    async def worker(buckets: list[ratelimit.TokenBucket]) -> None:
         for _ in range(5):
-            waits.append(await limiter.acquire(10, bucket, sleep=vt.sleep))
+            waits.append(await _acquire(vt, buckets, 10))
 
     await vt.run(*(worker(b) for b in campaigns))
     assert vt.now == pytest.approx((100 - 20) / 20)
     assert sum(waits) > 0
 
 
-async def test_limiter_refunds_both_buckets_on_cancel() -> None:
+def test_a_send_called_off_gives_its_tokens_back_to_every_bucket() -> None:
     vt = VirtualTime()
-    limiter = ratelimit.Limiter(10, clock=vt.clock)
-    capped = limiter.campaign_bucket(100)
-    assert capped is not None
-    limiter.provider.reserve(10)  # the provider is busy: the call below waits on it
-    task = asyncio.create_task(limiter.acquire(10, capped, sleep=vt.sleep))
-    await vt.until_sleeping()
+    provider = ratelimit.TokenBucket(10, clock=vt.clock)
+    capped = ratelimit.TokenBucket(100, clock=vt.clock)
+    provider.reserve(10)  # the provider is busy: the reservation below has to wait on it
+    assert ratelimit.reserve_all([provider, capped], 10) == pytest.approx(1.0)
     assert capped.tokens() == pytest.approx(90)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    ratelimit.refund_all([provider, capped], 10)
     assert capped.tokens() == pytest.approx(100)
-    assert limiter.provider.tokens() == pytest.approx(0)
+    assert provider.tokens() == pytest.approx(0)
+    assert ratelimit.reserve_all([], 10) == 0.0
 
 
-def test_limiter_set_rate_changes_the_shared_bucket() -> None:
+def test_set_rate_turns_an_unlimited_bucket_into_a_limited_one() -> None:
     vt = VirtualTime()
-    limiter = ratelimit.Limiter(0, clock=vt.clock)
-    assert limiter.provider.unlimited
-    limiter.set_rate(50)
-    assert limiter.provider.rate == 50
-    assert limiter.provider.burst == 50
+    bucket = ratelimit.TokenBucket(0, clock=vt.clock)
+    assert bucket.unlimited
+    bucket.set_rate(50)
+    assert bucket.rate == 50
+    assert bucket.burst == 50
 
 
 def test_a_clock_that_steps_back_does_not_mint_tokens() -> None:
