@@ -32,7 +32,6 @@ import dataclasses
 import datetime as dt
 import re
 import urllib.parse
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -42,12 +41,10 @@ import orjson
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 
 from mailerd.config import SesWebhookConfig
-from mailerd.models import EventKind
 from mailerd.providers import webhook_auth
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
@@ -218,12 +215,6 @@ def verify_signature(fields: Mapping[str, str], certificate: x509.Certificate, n
         raise webhook_auth.unauthorized("bad_signature", "the SNS signature does not verify") from None
 
 
-def sign(fields: Mapping[str, str], key: rsa.RSAPrivateKey, version: str = "2") -> str:
-    """The base64 ``Signature`` SNS would put on ``fields`` (emulator and tests)."""
-    data = canonical_string(fields)
-    return base64.b64encode(key.sign(data, padding.PKCS1v15(), SIGNATURE_HASHES[version]())).decode()
-
-
 def load_certificate(pem: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem)
@@ -380,95 +371,3 @@ class SnsReceiver:
     async def close(self) -> None:
         if self._owned_fetch is not None:
             await self._owned_fetch.close()
-
-
-# --- emulator side: what the loopback sink posts ------------------------------------------------
-
-SINK_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:000000000000:mailerd-sink"
-SINK_CERT_URL: Final = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-mailerd-sink.pem"
-
-
-def iso_timestamp(when: dt.datetime) -> str:
-    """SNS/SES timestamp style: ``2016-01-27T14:59:38.237Z``."""
-    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class SnsEmulatorSigner:
-    """The loopback sink's SNS: signs SES event records as SNS does (SignatureVersion 2).
-
-    It makes its own RSA-2048 key and self-signed certificate; :meth:`daemon_settings` writes
-    that certificate where the daemon's ``cert_dir`` finds it, so no network is involved.
-    """
-
-    topic_arn: Final = SINK_TOPIC_ARN
-    cert_url: Final = SINK_CERT_URL
-
-    def __init__(self, clock: Clock | None = None) -> None:
-        self._clock: Clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        now = self._clock()
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .sign(self._key, hashes.SHA256())
-        )
-
-    def certificate_pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    def envelope(
-        self,
-        message: str,
-        *,
-        type: str = NOTIFICATION,
-        version: str = "2",
-        message_id: str | None = None,
-        timestamp: dt.datetime | None = None,
-        topic_arn: str | None = None,
-        **extra: str,
-    ) -> dict[str, str]:
-        """A signed SNS message of any type (``extra``: Subject, SubscribeURL, Token, ...)."""
-        fields = {
-            "Type": type,
-            "MessageId": message_id or str(uuid.uuid4()),
-            "TopicArn": topic_arn or self.topic_arn,
-            "Message": message,
-            "Timestamp": iso_timestamp(timestamp or self._clock()),
-            "SignatureVersion": version,
-            "SigningCertURL": self.cert_url,
-            **extra,
-        }
-        fields["Signature"] = sign(fields, self._key, version)
-        if type == NOTIFICATION:
-            fields["UnsubscribeURL"] = (
-                "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe"
-                f"&SubscriptionArn={self.topic_arn}:{fields['MessageId']}"
-            )
-        return fields
-
-    def request(self, kind: EventKind, sent: webhook_auth.SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one SNS delivery of an SES event record about ``email``."""
-        from mailerd.providers import ses  # the SES record inside; ses imports this module
-
-        record = ses.ses_event_record(kind, sent)
-        fields = self.envelope(orjson.dumps(record).decode())
-        headers = {
-            "Content-Type": "text/plain; charset=UTF-8",
-            "User-Agent": "Amazon Simple Notification Service Agent",
-            "x-amz-sns-message-type": NOTIFICATION,
-            "x-amz-sns-message-id": fields["MessageId"],
-            "x-amz-sns-topic-arn": self.topic_arn,
-            "x-amz-sns-subscription-arn": f"{self.topic_arn}:00000000-0000-0000-0000-000000000000",
-        }
-        return headers, orjson.dumps(fields)
-
-    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """Write the signing certificate into ``work_dir``; the ``[webhooks.ses]`` values."""
-        (work_dir / cert_file_name(self.cert_url)).write_bytes(self.certificate_pem())
-        return {"cert_dir": str(work_dir)}

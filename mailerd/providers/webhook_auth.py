@@ -17,23 +17,13 @@ import datetime as dt
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import orjson
 
 from mailerd.providers.webhooks import WebhookError
 
 Clock = Callable[[], float]
-
-
-class SentEmail(NamedTuple):
-    """An email the emulator accepted, as its webhooks describe it (the emulator signers' input)."""
-
-    email: str
-    campaign_id: int
-    lead_id: int
-    message_id: str
-    occurred_at: dt.datetime
 
 
 CAMPAIGN_KEY: Final = "mailerd_campaign"

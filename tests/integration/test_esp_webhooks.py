@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
+from mailerd.emulator import mailgun_webhooks, postmark_webhooks, sendgrid_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import mailgun, postmark, sendgrid
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookHandler
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
@@ -66,9 +67,9 @@ class Env:
 @pytest.fixture
 async def env(pool: asyncpg.Pool, conn: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Env]:
     signers: dict[str, Any] = {
-        "sendgrid": sendgrid.SendgridEmulatorSigner(),
-        "mailgun": mailgun.MailgunEmulatorSigner(),
-        "postmark": postmark.PostmarkEmulatorSigner(),
+        "sendgrid": sendgrid_webhooks.SendgridEmulatorSigner(),
+        "mailgun": mailgun_webhooks.MailgunEmulatorSigner(),
+        "postmark": postmark_webhooks.PostmarkEmulatorSigner(),
     }
     config = config_mod.from_mapping(
         {
@@ -158,7 +159,7 @@ async def test_every_kind_through_every_provider(env: Env, conn: asyncpg.Connect
 
 
 async def test_sendgrid_batch_and_documented_samples(env: Env, conn: asyncpg.Connection) -> None:
-    signer: sendgrid.SendgridEmulatorSigner = env.signers["sendgrid"]
+    signer: sendgrid_webhooks.SendgridEmulatorSigner = env.signers["sendgrid"]
     samples = json.loads((FIXTURES / "sendgrid" / "events.json").read_text())
     headers, body = signer.signed(samples)
     assert await env.post("sendgrid", headers, body) == (200, {"received": 11})
@@ -195,21 +196,21 @@ def _broken_requests(env: Env, lead: tuple[int, int]) -> list[tuple[str, dict[st
     del data["signature"]
     cases.append(("mailgun", headers, orjson.dumps(data), 401))
     headers, body = env.signed("postmark", EventKind.HARD_BOUNCE, lead)
-    pm_signer: postmark.PostmarkEmulatorSigner = env.signers["postmark"]
+    pm_signer: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
     wrong = pm_signer.password[:-1] + ("x" if pm_signer.password[-1] != "x" else "y")
     token = base64.b64encode(f"{pm_signer.username}:{wrong}".encode()).decode()
     cases.append(("postmark", {**headers, "Authorization": f"Basic {token}"}, body, 401))
     cases.append(("postmark", {"Content-Type": "application/json"}, body, 401))
-    signer: sendgrid.SendgridEmulatorSigner = env.signers["sendgrid"]
+    signer: sendgrid_webhooks.SendgridEmulatorSigner = env.signers["sendgrid"]
     for bad in (b"not json", b'{"event": "bounce"}', b'[{"event": "bounce"}]'):
         headers, body = signer.signed([])
         headers[sendgrid.SIGNATURE_HEADER] = signer.sign(bad, headers[sendgrid.TIMESTAMP_HEADER])
         cases.append(("sendgrid", headers, bad, 400))
-    mg: mailgun.MailgunEmulatorSigner = env.signers["mailgun"]
+    mg: mailgun_webhooks.MailgunEmulatorSigner = env.signers["mailgun"]
     cases.append(("mailgun", {}, b"not json", 400))
     headers, body = mg.signed({"event": "failed", "id": "x", "recipient": "a@b.c", "timestamp": 1})
     cases.append(("mailgun", headers, body, 400))
-    pm: postmark.PostmarkEmulatorSigner = env.signers["postmark"]
+    pm: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
     cases.append(("postmark", pm.headers(), b"not json", 400))
     cases.append(("postmark", pm.headers(), b'{"RecordType": "Bounce", "Email": "a@b.c"}', 400))
     cases.append(("postmark", {**pm.headers(), "Authorization": "Basic bWU6eW91"}, b"{}", 401))

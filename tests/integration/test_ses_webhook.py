@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
+from mailerd.emulator import ses_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import ses, sns
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
 
@@ -41,14 +42,14 @@ class Fetcher:
 @dataclasses.dataclass
 class Env:
     client: TestClient[Any, Any]
-    signer: sns.SnsEmulatorSigner
+    signer: ses_webhooks.SnsEmulatorSigner
     fetch: Fetcher
     config: config_mod.Config
 
 
 @pytest.fixture
 async def env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
-    signer = sns.SnsEmulatorSigner()
+    signer = ses_webhooks.SnsEmulatorSigner()
     settings = {**signer.daemon_settings(tmp_path), "topic_arns": [signer.topic_arn]}
     config = config_mod.from_mapping(
         {

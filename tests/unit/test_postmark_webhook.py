@@ -13,9 +13,10 @@ import pytest
 from multidict import CIMultiDict
 
 from mailerd import config as config_mod
+from mailerd.emulator import postmark_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import postmark
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "postmark"
@@ -244,7 +245,7 @@ async def test_credentials_are_checked_before_the_body_is_read() -> None:
 
 @pytest.mark.parametrize("kind", list(EventKind))
 async def test_emulator_requests_authenticate_and_round_trip(kind: EventKind, tmp_path: Path) -> None:
-    signer = postmark.PostmarkEmulatorSigner()
+    signer = postmark_webhooks.PostmarkEmulatorSigner()
     settings = signer.daemon_settings(tmp_path)
     config = config_mod.from_mapping({"webhooks": {"postmark": settings}}, env={})
     handler = postmark.PostmarkWebhook(config.webhooks.postmark)
@@ -268,5 +269,5 @@ async def test_emulator_requests_authenticate_and_round_trip(kind: EventKind, tm
 
 
 def test_emulator_secret_file_is_private(tmp_path: Path) -> None:
-    settings = postmark.PostmarkEmulatorSigner().daemon_settings(tmp_path)
+    settings = postmark_webhooks.PostmarkEmulatorSigner().daemon_settings(tmp_path)
     assert (Path(settings["password_file"]).stat().st_mode & 0o777) == 0o600

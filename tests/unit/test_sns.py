@@ -16,9 +16,10 @@ from multidict import CIMultiDict
 from structlog.testing import capture_logs
 
 from mailerd.config import SesWebhookConfig
+from mailerd.emulator import ses_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import Event, EventKind
 from mailerd.providers import ses, sns
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "ses"
@@ -79,12 +80,14 @@ async def refused(webhook: ses.SnsWebhook, body: bytes | dict[str, Any], **heade
 
 
 @pytest.fixture(scope="module")
-def signer() -> sns.SnsEmulatorSigner:
-    return sns.SnsEmulatorSigner(clock=clock(NOW))
+def signer() -> ses_webhooks.SnsEmulatorSigner:
+    return ses_webhooks.SnsEmulatorSigner(clock=clock(NOW))
 
 
 @pytest.fixture
-def own(signer: sns.SnsEmulatorSigner, tmp_path: Path) -> Callable[..., tuple[ses.SnsWebhook, Fetcher]]:
+def own(
+    signer: ses_webhooks.SnsEmulatorSigner, tmp_path: Path
+) -> Callable[..., tuple[ses.SnsWebhook, Fetcher]]:
     """A webhook that trusts ``signer``'s certificate through ``cert_dir`` (no network)."""
     settings = signer.daemon_settings(tmp_path)
 
@@ -172,7 +175,7 @@ async def test_unknown_signature_version_is_refused_before_any_fetch() -> None:
 
 @pytest.mark.parametrize("version", ["1", "2"])
 async def test_own_signed_v1_and_v2_messages(
-    version: str, signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    version: str, signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     record = orjson.dumps(orjson.loads((SES_DOCS / "event-bounce.json").read_bytes())).decode()
     message = signer.envelope(record, version=version, Subject="Amazon SES Email Event Notification")
@@ -263,7 +266,9 @@ SUBSCRIBE_URL = (
 )
 
 
-def confirmation(signer: sns.SnsEmulatorSigner, kind: str, url: str = SUBSCRIBE_URL) -> dict[str, str]:
+def confirmation(
+    signer: ses_webhooks.SnsEmulatorSigner, kind: str, url: str = SUBSCRIBE_URL
+) -> dict[str, str]:
     return signer.envelope(
         f"You have chosen to subscribe to the topic {signer.topic_arn}.",
         type=kind,
@@ -273,7 +278,7 @@ def confirmation(signer: sns.SnsEmulatorSigner, kind: str, url: str = SUBSCRIBE_
 
 
 async def test_subscription_confirmation_is_confirmed(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(fetch=Fetcher({SUBSCRIBE_URL: b"<ConfirmSubscriptionResponse/>"}))
     message = confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION)
@@ -286,7 +291,7 @@ async def test_subscription_confirmation_is_confirmed(
 
 
 async def test_subscription_confirmation_log_only(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(confirm_subscriptions=False)
     with capture_logs() as logs:
@@ -296,7 +301,7 @@ async def test_subscription_confirmation_log_only(
 
 
 async def test_subscription_confirmation_checks_url_signature_and_fetch(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(fetch=Fetcher(fail=True))
     evil = confirmation(
@@ -311,7 +316,7 @@ async def test_subscription_confirmation_checks_url_signature_and_fetch(
 
 
 async def test_unsubscribe_confirmation_never_resubscribes(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own()
     with capture_logs() as logs:
@@ -324,7 +329,7 @@ async def test_unsubscribe_confirmation_never_resubscribes(
 
 
 async def test_topic_arns_restrict(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     message = signer.envelope("{}")
     webhook, _ = own(topic_arns=("arn:aws:sns:us-east-1:000000000000:other",))
@@ -335,7 +340,7 @@ async def test_topic_arns_restrict(
 
 
 async def test_freshness_window(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     message = signer.envelope("{}", timestamp=NOW - dt.timedelta(minutes=2))
     webhook, _ = own(max_age_s=60)
@@ -387,7 +392,7 @@ async def test_missing_or_mistyped_field_is_named(field: str) -> None:
 
 
 async def test_confirmation_without_token_and_bad_timestamp_and_header_mismatch(
-    signer: sns.SnsEmulatorSigner,
+    signer: ses_webhooks.SnsEmulatorSigner,
 ) -> None:
     webhook, _ = hook()
     message = confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION)
@@ -599,7 +604,7 @@ def test_malformed_delivery_and_complaint_are_400() -> None:
 
 
 async def test_sns_message_that_is_not_json_or_not_ses_is_ignored(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, _ = own()
     for text in ("plain text", "[1]", '{"hello": "world"}'):
@@ -613,7 +618,9 @@ async def test_sns_message_that_is_not_json_or_not_ses_is_ignored(
 
 @pytest.mark.parametrize("kind", list(EventKind))
 async def test_emulator_requests_parse_back(
-    kind: EventKind, signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    kind: EventKind,
+    signer: ses_webhooks.SnsEmulatorSigner,
+    own: Callable[..., tuple[ses.SnsWebhook, Fetcher]],
 ) -> None:
     when = NOW - dt.timedelta(seconds=5)
     headers, body = signer.request(
@@ -646,12 +653,11 @@ async def test_emulator_requests_parse_back(
     assert fetch.urls == []
 
 
-def test_emulator_daemon_settings(signer: sns.SnsEmulatorSigner, tmp_path: Path) -> None:
+def test_emulator_daemon_settings(signer: ses_webhooks.SnsEmulatorSigner, tmp_path: Path) -> None:
     settings = signer.daemon_settings(tmp_path)
     assert settings == {"cert_dir": str(tmp_path)}
     written = (tmp_path / "SimpleNotificationService-mailerd-sink.pem").read_bytes()
     assert sns.load_certificate(written) == signer.certificate
-    assert ses.SnsEmulatorSigner is sns.SnsEmulatorSigner
 
 
 async def test_https_fetch_refuses_redirects_errors_and_large_answers() -> None:
