@@ -8,8 +8,9 @@ What is checked, in order (a refused request is a :class:`WebhookError`):
 - ``TopicArn`` is one of ``topic_arns`` when that list is set -> else **403** (like an IP
   allow-list: no signature makes another topic acceptable).
 - ``SignatureVersion`` 1 (SHA1withRSA) or 2 (SHA256withRSA) over the canonical string of the
-  message type; ``SigningCertURL`` is https on ``sns.<region>.amazonaws.com`` (or ``.com.cn``)
-  with a path ending in ``.pem``; the certificate is within its validity dates -> else **401**,
+  message type; ``SigningCertURL`` is https on ``sns.<region>.amazonaws.com`` (China regions:
+  ``.amazonaws.com.cn``), the region of a real region's shape (:data:`SNS_HOST`), with a path
+  ending in ``.pem``; the certificate is within its validity dates -> else **401**,
   like every failed authentication of the other providers (see :mod:`webhook_auth`).
 - ``Timestamp`` within ``max_age_s`` of now, either way (0 turns this off) -> else **401**.
 - A certificate that cannot be fetched right now -> **503**, so SNS retries later.
@@ -84,7 +85,15 @@ SIGNATURE_HASHES: Final[Mapping[str, Callable[[], hashes.HashAlgorithm]]] = {
     "1": hashes.SHA1,  # SNS SignatureVersion 1 is SHA1withRSA by definition
     "2": hashes.SHA256,
 }
-SNS_HOST: Final = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# SNS's own host in a region, per partition, with the region shapes of the AWS SDKs' partition
+# data (botocore endpoints.json "regionRegex"): aws, aws-us-gov (.amazonaws.com) and aws-cn
+# (.amazonaws.com.cn). Anything looser lets other AWS hosts in: "sns.s3.amazonaws.com" and
+# "sns.s3-us-west-2.amazonaws.com" are S3 addresses of a bucket named "sns", whose owner could
+# serve a certificate and sign notifications.
+SNS_HOST: Final = re.compile(
+    r"sns\.(?:(?:us|eu|ap|sa|ca|me|af|il|mx|us-gov)-[a-z]+-\d{1,2}\.amazonaws\.com"
+    r"|cn-[a-z]+-\d{1,2}\.amazonaws\.com\.cn)"
+)
 CERT_FILE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pem")
 MAX_CERTIFICATES: Final = 64
 MAX_FETCH_BYTES: Final = 64 * 1024

@@ -193,6 +193,12 @@ GOOD_URLS = [
     "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.eu-west-3.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.eu-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.ap-southeast-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.il-central-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://SNS.US-EAST-1.AMAZONAWS.COM/SimpleNotificationService-abc.pem",  # hosts are case-blind
 ]
 BAD_URLS = [
     "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
@@ -209,6 +215,21 @@ BAD_URLS = [
     "https://sns.amazonaws.com/x.pem",
     "//sns.us-east-1.amazonaws.com/x.pem",
     "",
+    # S3 addresses of a bucket named "sns" (path-style and legacy regional): its owner serves them.
+    "https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.s3-us-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.s3.us-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.s3-website-us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.amazonaws.com.evil.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com.evil.com/x.pem",
+    "https://sns.mybucket.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.xx-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1a.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com./SimpleNotificationService-abc.pem",
+    # The partitions do not mix: China regions are only under .amazonaws.com.cn, others never.
+    "https://sns.us-east-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.cn-north-1.amazonaws.com/SimpleNotificationService-abc.pem",
 ]
 
 
