@@ -78,7 +78,9 @@ def classify(data: dict[str, Any]) -> tuple[EventKind, str] | None:
             return PERMANENT_REASONS.get(reason or "", EventKind.HARD_BOUNCE), provider_type
         if severity == "temporary":
             return EventKind.SOFT_BOUNCE, provider_type
-        raise auth.bad_request("invalid_body", "event-data.severity: expected 'permanent' or 'temporary'")
+        raise auth.bad_request(
+            "invalid_body", "event-data.severity: expected 'permanent' or 'temporary'", "event-data.severity"
+        )
     if isinstance(name, str) and name in SIMPLE_EVENTS:
         return SIMPLE_EVENTS[name], name
     return None
@@ -89,19 +91,23 @@ def parse_event(data: dict[str, Any]) -> list[Event]:
     field = "event-data"
     name = data.get("event")
     if not isinstance(name, str) or not name:
-        raise auth.bad_request("invalid_body", f"{field}.event: missing")
+        raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
     classified = classify(data)
     if classified is None:
         return []
     kind, provider_type = classified
     email = auth.need_address(data, "recipient", field)
-    event_id = auth.need_text(data, "id", field)
+    event_id = auth.need_id(data, "id", field)
     if "timestamp" not in data:
-        raise auth.bad_request("invalid_body", f"{field}.timestamp: missing")
+        raise auth.bad_request("invalid_body", f"{field}.timestamp: missing", f"{field}.timestamp")
     occurred_at = auth.event_time(data["timestamp"], f"{field}.timestamp")
     message = data.get("message")
     headers = message.get("headers") if isinstance(message, dict) else None
-    message_id = auth.optional_text(headers, "message-id") if isinstance(headers, dict) else None
+    message_id = (
+        auth.optional_id(headers, "message-id", f"{field}.message.headers")
+        if isinstance(headers, dict)
+        else None
+    )
     campaign_id, lead_id = auth.campaign_and_lead(data.get("user-variables"))
     status = data.get("delivery-status")
     reason = smtp_status = None
@@ -142,11 +148,13 @@ class MailgunWebhook:
     async def parse(self, request: WebhookRequest) -> list[Event]:
         body = auth.need_object(auth.json_body(request.body), "body")
         data = body.get("event-data")
-        if self._config.verify_signatures:
-            self._verify(body.get("signature"), data)
-        events = parse_event(auth.need_object(data, "event-data"))
         block = body.get("signature")
         token = block.get("token") if isinstance(block, dict) else None
+        if isinstance(token, str):
+            auth.bounded_id(token, "signature.token")  # before the replay memory keeps it
+        if self._config.verify_signatures:
+            self._verify(block, data)
+        events = parse_event(auth.need_object(data, "event-data"))
         if isinstance(token, str) and token:
             # Mailgun signs only timestamp + token: the database also remembers each token, so
             # a captured signature replayed with other data on another node (or after a restart)

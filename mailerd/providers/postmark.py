@@ -114,7 +114,7 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 def _record_time(record: dict[str, Any], key: str) -> dt.datetime:
     if key not in record:
-        raise auth.bad_request("invalid_body", f"{key}: missing")
+        raise auth.bad_request("invalid_body", f"{key}: missing", key)
     return auth.event_time(record[key], key)
 
 
@@ -122,9 +122,9 @@ def parse_record(record: dict[str, Any]) -> list[Event]:
     """The event of one (authenticated) record: none, or one."""
     record_type = record.get("RecordType")
     if not isinstance(record_type, str) or not record_type:
-        raise auth.bad_request("invalid_body", "RecordType: missing")
+        raise auth.bad_request("invalid_body", "RecordType: missing", "RecordType")
     campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
-    message_id = auth.optional_text(record, "MessageID")
+    message_id = auth.optional_id(record, "MessageID", "record")
     suppress = False
     if record_type in ("Bounce", "SpamComplaint"):
         email = auth.need_address(record, "Email", "record")
@@ -143,7 +143,7 @@ def parse_record(record: dict[str, Any]) -> list[Event]:
                 return []
             kind = EventKind.SOFT_BOUNCE
         suppress = inactive
-        bounce_id = auth.optional_text(record, "ID")
+        bounce_id = auth.optional_id(record, "ID", "record")
         key = bounce_id or f"{record_type}:{message_id}:{record['BouncedAt']}"
         details = auth.optional_text(record, "Details")
         reason = details or auth.optional_text(record, "Description")
@@ -153,7 +153,9 @@ def parse_record(record: dict[str, Any]) -> list[Event]:
         occurred_at = _record_time(record, "ChangedAt")
         suppress_sending = record.get("SuppressSending")
         if not isinstance(suppress_sending, bool):
-            raise auth.bad_request("invalid_body", "SuppressSending: expected true or false")
+            raise auth.bad_request(
+                "invalid_body", "SuppressSending: expected true or false", "SuppressSending"
+            )
         why = auth.optional_text(record, "SuppressionReason") or "Unknown"
         if not suppress_sending:
             log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))

@@ -124,24 +124,24 @@ def parse_events(body: bytes) -> list[Event]:
     """The events of a (verified) body; raises a 400 WebhookError for a body SendGrid never sends."""
     data = auth.json_body(body)
     if not isinstance(data, list):
-        raise auth.bad_request("invalid_body", "expected a JSON array of events")
+        raise auth.bad_request("invalid_body", "expected a JSON array of events", "body")
     events: list[Event] = []
     for index, raw in enumerate(data):
         field = f"events[{index}]"
         item = auth.need_object(raw, field)
         name = item.get("event")
         if not isinstance(name, str) or not name:
-            raise auth.bad_request("invalid_body", f"{field}.event: missing")
+            raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
         classified = classify(item)
         if classified is None:
             continue
         kind, provider_type = classified
         email = auth.need_address(item, "email", field)
-        event_id = auth.need_text(item, "sg_event_id", field)
+        event_id = auth.need_id(item, "sg_event_id", field)
         if "timestamp" not in item:
-            raise auth.bad_request("invalid_body", f"{field}.timestamp: missing")
+            raise auth.bad_request("invalid_body", f"{field}.timestamp: missing", f"{field}.timestamp")
         occurred_at = auth.event_time(item["timestamp"], f"{field}.timestamp")
-        message_id = auth.optional_text(item, "sg_message_id")
+        message_id = auth.optional_id(item, "sg_message_id", field)
         campaign_id, lead_id = auth.campaign_and_lead(item)
         reason = auth.optional_text(item, "reason") or auth.optional_text(item, "response")
         status = auth.optional_text(item, "status")

@@ -447,7 +447,7 @@ def parse_ses_message(
         log.info("ses_event_ignored", event_type=str(event_type)[:40], sns_message_id=sns_message_id)
         return []
     mail = webhook_auth.need_object(message.get("mail"), "Message.mail")
-    message_id = webhook_auth.optional_text(mail, "messageId")
+    message_id = webhook_auth.optional_id(mail, "messageId", "Message.mail")
     campaign_id, lead_id = webhook_auth.campaign_and_lead(mail.get("tags"))
     fallback = (
         webhook_auth.event_time(mail["timestamp"], "Message.mail.timestamp")
@@ -527,7 +527,7 @@ def parse_ses_message(
         return [
             event(
                 EventKind.DELIVERED,
-                _address(item, f"Message.delivery.recipients[{index}]"),
+                webhook_auth.address(item, f"Message.delivery.recipients[{index}]"),
                 when,
                 reason=response,
                 smtp_status=webhook_auth.enhanced_status(response),
@@ -544,7 +544,7 @@ def parse_ses_message(
     return [
         event(
             EventKind.UNSUBSCRIBE,
-            _address(item, f"Message.mail.destination[{index}]"),
+            webhook_auth.address(item, f"Message.mail.destination[{index}]"),
             when,
             provider_type="Subscription",
             reason=f"contact list {contact_list}" if contact_list else None,
@@ -562,14 +562,8 @@ def _recipients(part: Mapping[str, Any], key: str, field: str) -> list[Any]:
     value = part.get(key)
     if not isinstance(value, list) or not value:
         what = "missing" if value is None else "expected a non-empty list"
-        raise webhook_auth.bad_request("invalid_body", f"{field}.{key}: {what}")
+        raise webhook_auth.bad_request("invalid_body", f"{field}.{key}: {what}", f"{field}.{key}")
     return value
-
-
-def _address(value: Any, field: str) -> str:
-    if not isinstance(value, str) or "@" not in value:
-        raise webhook_auth.bad_request("invalid_body", f"{field}: not an email address")
-    return value.strip().lower()
 
 
 def _opted_out(preferences: Any) -> bool:

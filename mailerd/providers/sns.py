@@ -128,7 +128,7 @@ def parse_timestamp(value: str, field: str = "Timestamp") -> dt.datetime:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
         raise webhook_auth.bad_request(
-            "invalid_timestamp", f"{field} is not an ISO 8601 timestamp: {value[:40]!r}"
+            "invalid_timestamp", f"{field} is not an ISO 8601 timestamp: {value[:40]!r}", field
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
@@ -159,11 +159,11 @@ def parse_envelope(body: bytes, headers: Mapping[str, str] | None = None) -> Env
             continue
         if not isinstance(value, str):
             problem = "missing" if value is None else "not a string"
-            raise webhook_auth.bad_request("missing_field", f"{name} is {problem} in the SNS {kind}")
+            raise webhook_auth.bad_request("missing_field", f"{name} is {problem} in the SNS {kind}", name)
         fields[name] = value
     return Envelope(
         type=kind,
-        message_id=fields["MessageId"],
+        message_id=webhook_auth.bounded_id(fields["MessageId"], "MessageId"),
         topic_arn=fields["TopicArn"],
         message=fields["Message"],
         timestamp=parse_timestamp(fields["Timestamp"]),

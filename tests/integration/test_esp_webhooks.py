@@ -6,6 +6,8 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import random
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -243,3 +245,50 @@ async def test_mailgun_token_replayed_on_another_node_is_not_recorded(
     kinds = await conn.fetch("SELECT kind FROM email_events WHERE provider = 'mailgun'")
     assert [r["kind"] for r in kinds] == ["delivered"]
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+# About 3 KB that do not compress: too large for a webhook_receipts index entry.
+HUGE_ADDRESS = (
+    "".join(random.Random(9).choices(string.ascii_lowercase + string.digits, k=3000)) + "@example.com"
+)
+
+
+async def _post_within(env: Env, provider: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+    # Unbounded, such a field made the writer's flush fail and retry forever: the answer never came.
+    async with asyncio.timeout(15):
+        return await env.post(provider, headers, body)
+
+
+@pytest.mark.parametrize(
+    ("provider", "field"),
+    [("sendgrid", "events[0].email"), ("mailgun", "event-data.recipient"), ("postmark", "record.Email")],
+)
+async def test_an_oversized_address_is_refused_naming_the_field_and_the_next_webhook_is_recorded(
+    env: Env, conn: asyncpg.Connection, provider: str, field: str
+) -> None:
+    lead = await _lead(conn, 6)
+    signer: Signer = env.signers[provider]
+    sent = SentEmail(HUGE_ADDRESS, env.campaign_id, lead[1], f"msg-{provider}-huge", dt.datetime.now(dt.UTC))
+    headers, body = signer.request(EventKind.HARD_BOUNCE, sent)
+    status, answer = await _post_within(env, provider, headers, body)
+    assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, "too_long", field)
+    assert await _stored(conn) == (0, 0, 0)
+    headers, body = env.signed(provider, EventKind.HARD_BOUNCE, lead)
+    assert await _post_within(env, provider, headers, body) == (200, {"received": 1})
+    rows = await conn.fetch("SELECT email, kind FROM email_events")
+    assert [tuple(r) for r in rows] == [("user6@example.com", "hard_bounce")]
+
+
+async def test_an_oversized_event_id_is_refused_naming_the_field_and_the_next_webhook_is_recorded(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    lead = await _lead(conn, 7)
+    signer: sendgrid_webhooks.SendgridEmulatorSigner = env.signers["sendgrid"]
+    sent = SentEmail("user7@example.com", env.campaign_id, lead[1], "msg-sg-7", dt.datetime.now(dt.UTC))
+    item = {**signer.event(EventKind.HARD_BOUNCE, sent), "sg_event_id": HUGE_ADDRESS.replace("@", "-")}
+    headers, body = signer.signed([item])
+    status, answer = await _post_within(env, "sendgrid", headers, body)
+    assert (status, answer["error"]["field"]) == (400, "events[0].sg_event_id")
+    headers, body = signer.signed([signer.event(EventKind.HARD_BOUNCE, sent)])
+    assert await _post_within(env, "sendgrid", headers, body) == (200, {"received": 1})
+    assert (await _stored(conn))[:2] == (1, 1)
