@@ -26,12 +26,18 @@ The body is ONE JSON record. ``RecordType``:
 
 ``receipt`` = ``ID:recipient`` for bounce records, else ``RecordType:MessageID:time:recipient``.
 Our ids come from ``Metadata`` (``mailerd_campaign``, ``mailerd_lead``).
+
+Two real shapes besides the documented ones: records without ``RecordType`` (older webhooks: the
+type is inferred from the field only it has, :data:`INFERRED_TYPES`), and the "Unsubscribe
+request" bounce record, which has neither ``Email`` nor ``BouncedAt``: its event has no address,
+only the ``MessageID`` the resolver maps to a lead, and the time it was received.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import ipaddress
 import time
@@ -112,83 +118,153 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (username, password) if colon else None
 
 
+# Older webhooks (servers set up before Postmark's modular webhooks) post records without
+# RecordType; each record type has a field no other type has.
+INFERRED_TYPES: Final = (
+    ("BouncedAt", "Bounce"),
+    ("DeliveredAt", "Delivery"),
+    ("ChangedAt", "SubscriptionChange"),
+    ("FirstOpen", "Open"),
+    ("OriginalLink", "Click"),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parsed:
+    """What a record type's reader finds; :func:`parse_record` adds what every record shares."""
+
+    kind: EventKind
+    email: str | None
+    occurred_at: dt.datetime
+    provider_type: str
+    receipt: str
+    reason: str | None = None
+    smtp_status: str | None = None
+    suppress: bool = False
+
+
 def _record_time(record: dict[str, Any], key: str) -> dt.datetime:
     if key not in record:
         raise auth.bad_request("invalid_body", f"{key}: missing", key)
     return auth.event_time(record[key], key)
 
 
-def parse_record(record: dict[str, Any]) -> list[Event]:
-    """The event of one (authenticated) record: none, or one."""
-    record_type = record.get("RecordType")
-    if not isinstance(record_type, str) or not record_type:
-        raise auth.bad_request("invalid_body", "RecordType: missing", "RecordType")
-    campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
+def record_type(record: dict[str, Any]) -> str:
+    """``RecordType``, or the type its fields show when it is absent (:data:`INFERRED_TYPES`)."""
+    value = record.get("RecordType")
+    if isinstance(value, str) and value:
+        return value
+    if value is None:
+        for key, inferred in INFERRED_TYPES:
+            if key in record:
+                return inferred
+    keys = ", ".join(key for key, _ in INFERRED_TYPES)
+    raise auth.bad_request(
+        "invalid_body", f"RecordType: missing, and no {keys} to infer it from", "RecordType"
+    )
+
+
+def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetime) -> _Parsed | None:
+    """A ``Bounce`` or ``SpamComplaint`` record (see the module docstring)."""
     message_id = auth.optional_id(record, "MessageID", "record")
-    suppress = False
-    if record_type in ("Bounce", "SpamComplaint"):
+    email: str | None = None
+    if record.get("Email") not in (None, "") or message_id is None:
         email = auth.need_address(record, "Email", "record")
         occurred_at = _record_time(record, "BouncedAt")
-        if record_type == "Bounce":
-            provider_type = auth.need_text(record, "Type", "record")
-        else:
-            provider_type = auth.optional_text(record, "Type") or record_type
-        inactive = record.get("Inactive") is True
-        if record_type == "SpamComplaint":
-            kind: EventKind | None = EventKind.COMPLAINT
-        else:
-            kind = BOUNCE_KINDS.get(provider_type, EventKind.SOFT_BOUNCE)
-        if kind is None:
-            if not inactive:
-                return []
-            kind = EventKind.SOFT_BOUNCE
-        suppress = inactive
-        bounce_id = auth.optional_id(record, "ID", "record")
-        key = bounce_id or f"{record_type}:{message_id}:{record['BouncedAt']}"
-        details = auth.optional_text(record, "Details")
-        reason = details or auth.optional_text(record, "Description")
-        smtp_status = auth.enhanced_status(details, auth.optional_text(record, "Content"))
-    elif record_type == "SubscriptionChange":
-        email = auth.need_address(record, "Recipient", "record")
-        occurred_at = _record_time(record, "ChangedAt")
-        suppress_sending = record.get("SuppressSending")
-        if not isinstance(suppress_sending, bool):
-            raise auth.bad_request(
-                "invalid_body", "SuppressSending: expected true or false", "SuppressSending"
-            )
-        why = auth.optional_text(record, "SuppressionReason") or "Unknown"
-        if not suppress_sending:
-            log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
-            return []
-        kind = SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE)
-        suppress = True
-        provider_type = f"SubscriptionChange/{why}"
-        key = f"{record_type}:{message_id}:{record['ChangedAt']}"
-        reason = auth.optional_text(record, "Origin")
-        smtp_status = None
-    elif record_type == "Delivery":
-        email = auth.need_address(record, "Recipient", "record")
-        occurred_at = _record_time(record, "DeliveredAt")
-        kind = EventKind.DELIVERED
-        provider_type = "Delivery"
-        key = f"{record_type}:{message_id}:{record['DeliveredAt']}"
-        reason = smtp_status = None
+    else:
+        # The "Unsubscribe request" record has neither Email nor BouncedAt: the message id maps
+        # it to its lead later (webhooks.resolve), and it happened when it arrived.
+        occurred_at = _record_time(record, "BouncedAt") if "BouncedAt" in record else received_at
+    if kind_of_record == "Bounce":
+        provider_type = auth.need_text(record, "Type", "record")
+        kind = BOUNCE_KINDS.get(provider_type, EventKind.SOFT_BOUNCE)
+    else:
+        provider_type = auth.optional_text(record, "Type") or kind_of_record
+        kind = EventKind.COMPLAINT
+    inactive = record.get("Inactive") is True
+    if kind is None:
+        if not inactive:
+            return None
+        kind = EventKind.SOFT_BOUNCE
+    key = (
+        auth.optional_id(record, "ID", "record")
+        or f"{kind_of_record}:{message_id}:{record.get('BouncedAt', '')}"
+    )
+    details = auth.optional_text(record, "Details")
+    return _Parsed(
+        kind,
+        email,
+        occurred_at,
+        provider_type,
+        f"{key}:{email}" if email else key,
+        reason=auth.clip(details or auth.optional_text(record, "Description")),
+        smtp_status=auth.enhanced_status(details, auth.optional_text(record, "Content")),
+        suppress=inactive,
+    )
+
+
+def _subscription_change(record: dict[str, Any]) -> _Parsed | None:
+    email = auth.need_address(record, "Recipient", "record")
+    occurred_at = _record_time(record, "ChangedAt")
+    suppress_sending = record.get("SuppressSending")
+    if not isinstance(suppress_sending, bool):
+        raise auth.bad_request("invalid_body", "SuppressSending: expected true or false", "SuppressSending")
+    why = auth.optional_text(record, "SuppressionReason") or "Unknown"
+    if not suppress_sending:
+        log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
+        return None
+    message_id = auth.optional_id(record, "MessageID", "record")
+    return _Parsed(
+        SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE),
+        email,
+        occurred_at,
+        f"SubscriptionChange/{why}",
+        f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{email}",
+        reason=auth.clip(auth.optional_text(record, "Origin")),
+        suppress=True,
+    )
+
+
+def _delivery(record: dict[str, Any]) -> _Parsed:
+    email = auth.need_address(record, "Recipient", "record")
+    occurred_at = _record_time(record, "DeliveredAt")
+    message_id = auth.optional_id(record, "MessageID", "record")
+    receipt = f"Delivery:{message_id}:{record['DeliveredAt']}:{email}"
+    return _Parsed(EventKind.DELIVERED, email, occurred_at, "Delivery", receipt)
+
+
+def parse_record(record: dict[str, Any], received_at: dt.datetime | None = None) -> list[Event]:
+    """The event of one (authenticated) record: none, or one.
+
+    ``received_at`` (default: now) stands in for the time of a record that carries none.
+    """
+    kind_of_record = record_type(record)
+    parsed: _Parsed | None
+    if kind_of_record in ("Bounce", "SpamComplaint"):
+        parsed = _bounce(record, kind_of_record, received_at or dt.datetime.now(dt.UTC))
+    elif kind_of_record == "SubscriptionChange":
+        parsed = _subscription_change(record)
+    elif kind_of_record == "Delivery":
+        parsed = _delivery(record)
     else:
         return []
+    if parsed is None:
+        return []
+    campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
     return [
         Event(
             provider=PROVIDER,
-            kind=kind,
-            occurred_at=occurred_at,
-            email=email,
-            receipt=f"{key}:{email}",
-            provider_message_id=message_id,
+            kind=parsed.kind,
+            occurred_at=parsed.occurred_at,
+            email=parsed.email,
+            receipt=parsed.receipt,
+            provider_message_id=auth.optional_id(record, "MessageID", "record"),
             campaign_id=campaign_id,
             lead_id=lead_id,
-            provider_type=provider_type,
-            reason=auth.clip(reason),
-            smtp_status=smtp_status,
-            suppress=suppress,
+            provider_type=parsed.provider_type,
+            reason=parsed.reason,
+            smtp_status=parsed.smtp_status,
+            suppress=parsed.suppress,
         )
     ]
 
@@ -211,7 +287,7 @@ class PostmarkWebhook:
         if self._config.verify_signatures:
             self._authenticate(request)
         record = auth.need_object(auth.json_body(request.body), "body")
-        events = parse_record(record)
+        events = parse_record(record, dt.datetime.fromtimestamp(self._clock(), dt.UTC))
         if self._config.verify_signatures and self._config.max_age_s > 0:
             now = self._clock()
             for event in events:

@@ -292,3 +292,23 @@ async def test_an_oversized_event_id_is_refused_naming_the_field_and_the_next_we
     headers, body = signer.signed([signer.event(EventKind.HARD_BOUNCE, sent)])
     assert await _post_within(env, "sendgrid", headers, body) == (200, {"received": 1})
     assert (await _stored(conn))[:2] == (1, 1)
+
+
+async def test_postmark_unsubscribe_request_without_address_maps_through_the_message_id(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    """Postmark's "Unsubscribe request" bounce record carries neither Email nor BouncedAt."""
+    lead = await _lead(conn, 8)
+    record = json.loads((FIXTURES / "postmark" / "bounce_unsubscribe_request.json").read_text())
+    await conn.execute(
+        "INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id) "
+        "VALUES (now(), $1, $2, 1, $3)",
+        env.campaign_id,
+        lead[1],
+        record["MessageID"],
+    )
+    pm: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
+    assert await _post_within(env, "postmark", pm.headers(), orjson.dumps(record)) == (200, {"received": 1})
+    row = await conn.fetchrow("SELECT account_id, campaign_id, lead_id, email, kind FROM email_events")
+    assert row is not None
+    assert tuple(row) == (ACCOUNT, env.campaign_id, lead[1], None, "unsubscribe")
