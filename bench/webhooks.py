@@ -60,9 +60,9 @@ from common import (
 )
 
 from mailerd.db import connect as db_connect
+from mailerd.emulator.sendgrid_webhooks import SendgridEmulatorSigner
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
-from mailerd.providers.sendgrid import SendgridEmulatorSigner
-from mailerd.providers.webhook_auth import SentEmail
 
 NAIVE_UPDATE = """UPDATE email SET status = 'bounced', bounced_at = $2, bounce_reason = $3,
                                    updated_at = now()

@@ -334,7 +334,7 @@ async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from mailerd import sink
+    from mailerd.emulator import sink
 
     host, port = config_mod.parse_listen(args.listen)
     await sink.serve(

@@ -23,9 +23,11 @@ import asyncpg
 import orjson
 import structlog
 
-from mailerd import app, campaigns, logs, sink, sink_webhooks
+from mailerd import app, campaigns, logs
 from mailerd import config as config_mod
 from mailerd.db import connect, embedded, migrate
+from mailerd.emulator import sink
+from mailerd.emulator import webhooks as emulator_webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -150,7 +152,7 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
     with tempfile.TemporaryDirectory(prefix="mailerd-demo-") as work_dir:
         # The emulator bounces 2% and gets complaints for 0.2% of what it accepts, posting them
         # back as signed SNS notifications, exactly as SES would through SNS.
-        poster = sink_webhooks.WebhookPoster(
+        poster = emulator_webhooks.WebhookPoster(
             "http://127.0.0.1:1", "ses", bounce_rate=0.02, complaint_rate=0.002, seed=1
         )
         webhook_settings = poster.signer.daemon_settings(Path(work_dir))
@@ -257,7 +259,7 @@ async def _ready(ready: asyncio.Future[int], daemon: asyncio.Task[int]) -> int:
 
 
 async def _settle_webhooks(
-    conn: asyncpg.Connection, poster: sink_webhooks.WebhookPoster, campaign_id: int, stop: asyncio.Event
+    conn: asyncpg.Connection, poster: emulator_webhooks.WebhookPoster, campaign_id: int, stop: asyncio.Event
 ) -> None:
     """Wait until the emulator has posted every bounce and complaint and the counts settle."""
     expected = poster.counters.bounces + poster.counters.complaints

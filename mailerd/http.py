@@ -419,15 +419,14 @@ async def webhook(request: web.Request) -> web.Response:
     body = await request.read()
     hook_request = WebhookRequest(body, request.headers, request.remote, request.content_type)
     try:
-        events = await handler.parse(hook_request)
+        events = webhooks_mod.scrub(await handler.parse(hook_request))
     except WebhookError as exc:
         metrics.WEBHOOK_REJECTED.labels(provider, str(exc.status)).inc()
         log.info(
             "webhook_refused", provider=provider, status=exc.status, code=exc.code, remote=request.remote
         )
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
     if events:
-        events = webhooks_mod.scrub(events)
         try:
             async with _pool(request).acquire() as conn:
                 events = await events_mod.resolve(conn, events)

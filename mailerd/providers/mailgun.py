@@ -1,4 +1,4 @@
-"""Mailgun webhooks: verification, normalisation, and the emulator's signer.
+"""Mailgun webhooks: verification and normalisation (the emulator side is in :mod:`mailerd.emulator`).
 
 Verification: the body is ``{"signature": {"timestamp", "token", "signature"}, "event-data": {...}}``
 and ``signature`` is the hex HMAC-SHA256 of ``timestamp + token`` under the webhook signing key
@@ -35,10 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import os
-import secrets
 import time
-from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -81,7 +78,9 @@ def classify(data: dict[str, Any]) -> tuple[EventKind, str] | None:
             return PERMANENT_REASONS.get(reason or "", EventKind.HARD_BOUNCE), provider_type
         if severity == "temporary":
             return EventKind.SOFT_BOUNCE, provider_type
-        raise auth.bad_request("invalid_body", "event-data.severity: expected 'permanent' or 'temporary'")
+        raise auth.bad_request(
+            "invalid_body", "event-data.severity: expected 'permanent' or 'temporary'", "event-data.severity"
+        )
     if isinstance(name, str) and name in SIMPLE_EVENTS:
         return SIMPLE_EVENTS[name], name
     return None
@@ -92,19 +91,23 @@ def parse_event(data: dict[str, Any]) -> list[Event]:
     field = "event-data"
     name = data.get("event")
     if not isinstance(name, str) or not name:
-        raise auth.bad_request("invalid_body", f"{field}.event: missing")
+        raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
     classified = classify(data)
     if classified is None:
         return []
     kind, provider_type = classified
     email = auth.need_address(data, "recipient", field)
-    event_id = auth.need_text(data, "id", field)
+    event_id = auth.need_id(data, "id", field)
     if "timestamp" not in data:
-        raise auth.bad_request("invalid_body", f"{field}.timestamp: missing")
+        raise auth.bad_request("invalid_body", f"{field}.timestamp: missing", f"{field}.timestamp")
     occurred_at = auth.event_time(data["timestamp"], f"{field}.timestamp")
     message = data.get("message")
     headers = message.get("headers") if isinstance(message, dict) else None
-    message_id = auth.optional_text(headers, "message-id") if isinstance(headers, dict) else None
+    message_id = (
+        auth.optional_id(headers, "message-id", f"{field}.message.headers")
+        if isinstance(headers, dict)
+        else None
+    )
     campaign_id, lead_id = auth.campaign_and_lead(data.get("user-variables"))
     status = data.get("delivery-status")
     reason = smtp_status = None
@@ -145,11 +148,13 @@ class MailgunWebhook:
     async def parse(self, request: WebhookRequest) -> list[Event]:
         body = auth.need_object(auth.json_body(request.body), "body")
         data = body.get("event-data")
-        if self._config.verify_signatures:
-            self._verify(body.get("signature"), data)
-        events = parse_event(auth.need_object(data, "event-data"))
         block = body.get("signature")
         token = block.get("token") if isinstance(block, dict) else None
+        if isinstance(token, str):
+            auth.bounded_id(token, "signature.token")  # before the replay memory keeps it
+        if self._config.verify_signatures:
+            self._verify(block, data)
+        events = parse_event(auth.need_object(data, "event-data"))
         if isinstance(token, str) and token:
             # Mailgun signs only timestamp + token: the database also remembers each token, so
             # a captured signature replayed with other data on another node (or after a restart)
@@ -181,83 +186,3 @@ class MailgunWebhook:
         if not self._tokens.check(token, digest, now):
             log.warning("webhook_replay_refused", provider=PROVIDER)
             raise auth.unauthorized("replayed_token", "signature.token was already used")
-
-
-# --- the emulator side (used by mailerd.sink) --------------------------------------------------
-
-
-class MailgunEmulatorSigner:
-    """Signs webhook posts as Mailgun does, with a random webhook signing key."""
-
-    def __init__(self, *, clock: auth.Clock = time.time) -> None:
-        self.signing_key = secrets.token_hex(16)
-        self._clock = clock
-
-    def event_data(self, kind: EventKind, sent: auth.SentEmail) -> dict[str, Any]:
-        """One ``event-data`` object as Mailgun writes it for ``kind``."""
-        email, campaign_id, lead_id, message_id, occurred_at = sent
-        data: dict[str, Any] = {
-            "id": secrets.token_urlsafe(16),
-            "timestamp": occurred_at.timestamp(),
-            "log-level": "info",
-            "recipient": email,
-            "recipient-domain": email.rpartition("@")[2],
-            "tags": [],
-            "user-variables": {"mailerd_campaign": str(campaign_id), "mailerd_lead": str(lead_id)},
-            "message": {"headers": {"message-id": message_id, "to": email}},
-        }
-        if kind is EventKind.DELIVERED:
-            data.update(
-                event="delivered",
-                **{"delivery-status": {"code": 250, "message": "OK", "description": ""}},
-            )
-        elif kind in (EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE):
-            permanent = kind is EventKind.HARD_BOUNCE
-            data.update(
-                event="failed",
-                severity="permanent" if permanent else "temporary",
-                reason="bounce" if permanent else "generic",
-                **{"log-level": "error" if permanent else "warn"},
-                **{
-                    "delivery-status": {
-                        "code": 550 if permanent else 452,
-                        "message": "5.1.1 The email account that you tried to reach does not exist"
-                        if permanent
-                        else "4.2.2 The email account that you tried to reach is over quota",
-                        "description": "",
-                        "attempt-no": 1,
-                    }
-                },
-            )
-        elif kind is EventKind.COMPLAINT:
-            data.update(event="complained", **{"log-level": "warn"})
-        else:
-            data.update(event="unsubscribed")
-        return data
-
-    def request(self, kind: EventKind, sent: auth.SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one signed POST."""
-        data = self.event_data(kind, sent)
-        return self.signed(data)
-
-    def signed(self, data: dict[str, Any], *, token: str | None = None) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one POST of ``data`` with a fresh (or the given) token."""
-        timestamp = str(int(self._clock()))
-        token = token or secrets.token_hex(25)
-        body = {
-            "signature": {
-                "timestamp": timestamp,
-                "token": token,
-                "signature": signature_of(self.signing_key, timestamp, token),
-            },
-            "event-data": data,
-        }
-        return {"Content-Type": "application/json"}, orjson.dumps(body)
-
-    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """The ``[webhooks.mailgun]`` values that verify this signer: the key goes in a file."""
-        path = Path(work_dir) / "mailgun-signing-key"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(self.signing_key + "\n")
-        return {"signing_key_file": str(path)}

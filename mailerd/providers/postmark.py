@@ -1,4 +1,4 @@
-"""Postmark webhooks: authentication, normalisation, and the emulator's signer.
+"""Postmark webhooks: authentication and normalisation (the emulator side is in :mod:`mailerd.emulator`).
 
 Postmark signs nothing; its webhooks are secured with HTTP basic auth in the webhook URL
 (``username``/``password``, both compared in constant time) and, optionally, by the address the
@@ -26,22 +26,23 @@ The body is ONE JSON record. ``RecordType``:
 
 ``receipt`` = ``ID:recipient`` for bounce records, else ``RecordType:MessageID:time:recipient``.
 Our ids come from ``Metadata`` (``mailerd_campaign``, ``mailerd_lead``).
+
+Two real shapes besides the documented ones: records without ``RecordType`` (older webhooks: the
+type is inferred from the field only it has, :data:`INFERRED_TYPES`), and the "Unsubscribe
+request" bounce record, which has neither ``Email`` nor ``BouncedAt``: its event has no address,
+only the ``MessageID`` the resolver maps to a lead, and the time it was received.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import ipaddress
-import os
-import random
-import secrets
 import time
-from pathlib import Path
 from typing import Any, Final
 
-import orjson
 import structlog
 
 from mailerd.config import ConfigError, PostmarkWebhookConfig
@@ -117,81 +118,153 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (username, password) if colon else None
 
 
+# Older webhooks (servers set up before Postmark's modular webhooks) post records without
+# RecordType; each record type has a field no other type has.
+INFERRED_TYPES: Final = (
+    ("BouncedAt", "Bounce"),
+    ("DeliveredAt", "Delivery"),
+    ("ChangedAt", "SubscriptionChange"),
+    ("FirstOpen", "Open"),
+    ("OriginalLink", "Click"),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parsed:
+    """What a record type's reader finds; :func:`parse_record` adds what every record shares."""
+
+    kind: EventKind
+    email: str | None
+    occurred_at: dt.datetime
+    provider_type: str
+    receipt: str
+    reason: str | None = None
+    smtp_status: str | None = None
+    suppress: bool = False
+
+
 def _record_time(record: dict[str, Any], key: str) -> dt.datetime:
     if key not in record:
-        raise auth.bad_request("invalid_body", f"{key}: missing")
+        raise auth.bad_request("invalid_body", f"{key}: missing", key)
     return auth.event_time(record[key], key)
 
 
-def parse_record(record: dict[str, Any]) -> list[Event]:
-    """The event of one (authenticated) record: none, or one."""
-    record_type = record.get("RecordType")
-    if not isinstance(record_type, str) or not record_type:
-        raise auth.bad_request("invalid_body", "RecordType: missing")
-    campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
-    message_id = auth.optional_text(record, "MessageID")
-    suppress = False
-    if record_type in ("Bounce", "SpamComplaint"):
+def record_type(record: dict[str, Any]) -> str:
+    """``RecordType``, or the type its fields show when it is absent (:data:`INFERRED_TYPES`)."""
+    value = record.get("RecordType")
+    if isinstance(value, str) and value:
+        return value
+    if value is None:
+        for key, inferred in INFERRED_TYPES:
+            if key in record:
+                return inferred
+    keys = ", ".join(key for key, _ in INFERRED_TYPES)
+    raise auth.bad_request(
+        "invalid_body", f"RecordType: missing, and no {keys} to infer it from", "RecordType"
+    )
+
+
+def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetime) -> _Parsed | None:
+    """A ``Bounce`` or ``SpamComplaint`` record (see the module docstring)."""
+    message_id = auth.optional_id(record, "MessageID", "record")
+    email: str | None = None
+    if record.get("Email") not in (None, "") or message_id is None:
         email = auth.need_address(record, "Email", "record")
         occurred_at = _record_time(record, "BouncedAt")
-        if record_type == "Bounce":
-            provider_type = auth.need_text(record, "Type", "record")
-        else:
-            provider_type = auth.optional_text(record, "Type") or record_type
-        inactive = record.get("Inactive") is True
-        if record_type == "SpamComplaint":
-            kind: EventKind | None = EventKind.COMPLAINT
-        else:
-            kind = BOUNCE_KINDS.get(provider_type, EventKind.SOFT_BOUNCE)
-        if kind is None:
-            if not inactive:
-                return []
-            kind = EventKind.SOFT_BOUNCE
-        suppress = inactive
-        bounce_id = auth.optional_text(record, "ID")
-        key = bounce_id or f"{record_type}:{message_id}:{record['BouncedAt']}"
-        details = auth.optional_text(record, "Details")
-        reason = details or auth.optional_text(record, "Description")
-        smtp_status = auth.enhanced_status(details, auth.optional_text(record, "Content"))
-    elif record_type == "SubscriptionChange":
-        email = auth.need_address(record, "Recipient", "record")
-        occurred_at = _record_time(record, "ChangedAt")
-        suppress_sending = record.get("SuppressSending")
-        if not isinstance(suppress_sending, bool):
-            raise auth.bad_request("invalid_body", "SuppressSending: expected true or false")
-        why = auth.optional_text(record, "SuppressionReason") or "Unknown"
-        if not suppress_sending:
-            log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
-            return []
-        kind = SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE)
-        suppress = True
-        provider_type = f"SubscriptionChange/{why}"
-        key = f"{record_type}:{message_id}:{record['ChangedAt']}"
-        reason = auth.optional_text(record, "Origin")
-        smtp_status = None
-    elif record_type == "Delivery":
-        email = auth.need_address(record, "Recipient", "record")
-        occurred_at = _record_time(record, "DeliveredAt")
-        kind = EventKind.DELIVERED
-        provider_type = "Delivery"
-        key = f"{record_type}:{message_id}:{record['DeliveredAt']}"
-        reason = smtp_status = None
+    else:
+        # The "Unsubscribe request" record has neither Email nor BouncedAt: the message id maps
+        # it to its lead later (webhooks.resolve), and it happened when it arrived.
+        occurred_at = _record_time(record, "BouncedAt") if "BouncedAt" in record else received_at
+    if kind_of_record == "Bounce":
+        provider_type = auth.need_text(record, "Type", "record")
+        kind = BOUNCE_KINDS.get(provider_type, EventKind.SOFT_BOUNCE)
+    else:
+        provider_type = auth.optional_text(record, "Type") or kind_of_record
+        kind = EventKind.COMPLAINT
+    inactive = record.get("Inactive") is True
+    if kind is None:
+        if not inactive:
+            return None
+        kind = EventKind.SOFT_BOUNCE
+    key = (
+        auth.optional_id(record, "ID", "record")
+        or f"{kind_of_record}:{message_id}:{record.get('BouncedAt', '')}"
+    )
+    details = auth.optional_text(record, "Details")
+    return _Parsed(
+        kind,
+        email,
+        occurred_at,
+        provider_type,
+        f"{key}:{email}" if email else key,
+        reason=auth.clip(details or auth.optional_text(record, "Description")),
+        smtp_status=auth.enhanced_status(details, auth.optional_text(record, "Content")),
+        suppress=inactive,
+    )
+
+
+def _subscription_change(record: dict[str, Any]) -> _Parsed | None:
+    email = auth.need_address(record, "Recipient", "record")
+    occurred_at = _record_time(record, "ChangedAt")
+    suppress_sending = record.get("SuppressSending")
+    if not isinstance(suppress_sending, bool):
+        raise auth.bad_request("invalid_body", "SuppressSending: expected true or false", "SuppressSending")
+    why = auth.optional_text(record, "SuppressionReason") or "Unknown"
+    if not suppress_sending:
+        log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
+        return None
+    message_id = auth.optional_id(record, "MessageID", "record")
+    return _Parsed(
+        SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE),
+        email,
+        occurred_at,
+        f"SubscriptionChange/{why}",
+        f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{email}",
+        reason=auth.clip(auth.optional_text(record, "Origin")),
+        suppress=True,
+    )
+
+
+def _delivery(record: dict[str, Any]) -> _Parsed:
+    email = auth.need_address(record, "Recipient", "record")
+    occurred_at = _record_time(record, "DeliveredAt")
+    message_id = auth.optional_id(record, "MessageID", "record")
+    receipt = f"Delivery:{message_id}:{record['DeliveredAt']}:{email}"
+    return _Parsed(EventKind.DELIVERED, email, occurred_at, "Delivery", receipt)
+
+
+def parse_record(record: dict[str, Any], received_at: dt.datetime | None = None) -> list[Event]:
+    """The event of one (authenticated) record: none, or one.
+
+    ``received_at`` (default: now) stands in for the time of a record that carries none.
+    """
+    kind_of_record = record_type(record)
+    parsed: _Parsed | None
+    if kind_of_record in ("Bounce", "SpamComplaint"):
+        parsed = _bounce(record, kind_of_record, received_at or dt.datetime.now(dt.UTC))
+    elif kind_of_record == "SubscriptionChange":
+        parsed = _subscription_change(record)
+    elif kind_of_record == "Delivery":
+        parsed = _delivery(record)
     else:
         return []
+    if parsed is None:
+        return []
+    campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
     return [
         Event(
             provider=PROVIDER,
-            kind=kind,
-            occurred_at=occurred_at,
-            email=email,
-            receipt=f"{key}:{email}",
-            provider_message_id=message_id,
+            kind=parsed.kind,
+            occurred_at=parsed.occurred_at,
+            email=parsed.email,
+            receipt=parsed.receipt,
+            provider_message_id=auth.optional_id(record, "MessageID", "record"),
             campaign_id=campaign_id,
             lead_id=lead_id,
-            provider_type=provider_type,
-            reason=auth.clip(reason),
-            smtp_status=smtp_status,
-            suppress=suppress,
+            provider_type=parsed.provider_type,
+            reason=parsed.reason,
+            smtp_status=parsed.smtp_status,
+            suppress=parsed.suppress,
         )
     ]
 
@@ -214,7 +287,7 @@ class PostmarkWebhook:
         if self._config.verify_signatures:
             self._authenticate(request)
         record = auth.need_object(auth.json_body(request.body), "body")
-        events = parse_record(record)
+        events = parse_record(record, dt.datetime.fromtimestamp(self._clock(), dt.UTC))
         if self._config.verify_signatures and self._config.max_age_s > 0:
             now = self._clock()
             for event in events:
@@ -241,102 +314,3 @@ class PostmarkWebhook:
         password_ok = auth.equal(credentials[1], self._password)
         if not (user_ok & password_ok):
             raise auth.unauthorized("bad_credentials", "the HTTP basic credentials are wrong")
-
-
-# --- the emulator side (used by mailerd.sink) --------------------------------------------------
-
-
-class PostmarkEmulatorSigner:
-    """Posts webhooks as Postmark does: one record per post, basic auth with random credentials."""
-
-    def __init__(self) -> None:
-        self.username = "mailerd-sink"
-        self.password = secrets.token_urlsafe(24)
-        self._next_id = random.SystemRandom().randrange(10**9, 10**12)
-
-    def record(self, kind: EventKind, sent: auth.SentEmail) -> dict[str, Any]:
-        """One record as Postmark writes it for ``kind``."""
-        email, campaign_id, lead_id, message_id, occurred_at = sent
-        at = occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        metadata = {"mailerd_campaign": str(campaign_id), "mailerd_lead": str(lead_id)}
-        common: dict[str, Any] = {
-            "MessageID": message_id,
-            "ServerID": 1,
-            "MessageStream": "broadcast",
-            "Tag": f"campaign-{campaign_id}",
-            "Metadata": metadata,
-        }
-        if kind is EventKind.DELIVERED:
-            return {
-                "RecordType": "Delivery",
-                **common,
-                "Recipient": email,
-                "DeliveredAt": at,
-                "Details": "smtp;250 2.0.0 OK",
-            }
-        if kind is EventKind.UNSUBSCRIBE:
-            return {
-                "RecordType": "SubscriptionChange",
-                **common,
-                "ChangedAt": at,
-                "Recipient": email,
-                "Origin": "Recipient",
-                "SuppressSending": True,
-                "SuppressionReason": "Unsubscribe",
-            }
-        self._next_id += 1
-        bounce = {
-            "ID": self._next_id,
-            **common,
-            "Email": email,
-            "From": "sender@mailerd.sink",
-            "BouncedAt": at,
-            "DumpAvailable": False,
-            "Subject": "",
-        }
-        if kind is EventKind.COMPLAINT:
-            return {
-                "RecordType": "SpamComplaint",
-                **bounce,
-                "Type": "SpamComplaint",
-                "TypeCode": 512,
-                "Name": "Spam complaint",
-                "Description": "The subscriber explicitly marked this message as spam.",
-                "Details": "Test spam complaint details",
-                "Inactive": True,
-                "CanActivate": False,
-            }
-        hard = kind is EventKind.HARD_BOUNCE
-        return {
-            "RecordType": "Bounce",
-            **bounce,
-            "Type": "HardBounce" if hard else "SoftBounce",
-            "TypeCode": 1 if hard else 4096,
-            "Name": "Hard bounce" if hard else "Soft bounce/Undeliverable",
-            "Description": "The server was unable to deliver your message (ex: unknown user, "
-            "mailbox not found)."
-            if hard
-            else "Unable to temporarily deliver this email.",
-            "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist"
-            if hard
-            else "smtp;452 4.2.2 The email account that you tried to reach is over quota",
-            "Inactive": hard,
-            "CanActivate": True,
-        }
-
-    def request(self, kind: EventKind, sent: auth.SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one authenticated POST."""
-        record = self.record(kind, sent)
-        return self.headers(), orjson.dumps(record)
-
-    def headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
-
-    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """The ``[webhooks.postmark]`` values that accept this signer: the password in a file."""
-        path = Path(work_dir) / "postmark-webhook-password"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(self.password + "\n")
-        return {"username": self.username, "password_file": str(path)}

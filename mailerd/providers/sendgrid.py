@@ -1,4 +1,4 @@
-"""SendGrid's Signed Event Webhook: verification, normalisation, and the emulator's signer.
+"""SendGrid's Signed Event Webhook: verification and normalisation (emulator side: :mod:`mailerd.emulator`).
 
 Verification: ECDSA P-256 with SHA-256 over the ``X-Twilio-Email-Event-Webhook-Timestamp``
 header followed by the raw body bytes; the signature (base64 DER) is in
@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 import time
-from pathlib import Path
 from typing import Any, Final
 
-import orjson
 import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -127,24 +124,24 @@ def parse_events(body: bytes) -> list[Event]:
     """The events of a (verified) body; raises a 400 WebhookError for a body SendGrid never sends."""
     data = auth.json_body(body)
     if not isinstance(data, list):
-        raise auth.bad_request("invalid_body", "expected a JSON array of events")
+        raise auth.bad_request("invalid_body", "expected a JSON array of events", "body")
     events: list[Event] = []
     for index, raw in enumerate(data):
         field = f"events[{index}]"
         item = auth.need_object(raw, field)
         name = item.get("event")
         if not isinstance(name, str) or not name:
-            raise auth.bad_request("invalid_body", f"{field}.event: missing")
+            raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
         classified = classify(item)
         if classified is None:
             continue
         kind, provider_type = classified
         email = auth.need_address(item, "email", field)
-        event_id = auth.need_text(item, "sg_event_id", field)
+        event_id = auth.need_id(item, "sg_event_id", field)
         if "timestamp" not in item:
-            raise auth.bad_request("invalid_body", f"{field}.timestamp: missing")
+            raise auth.bad_request("invalid_body", f"{field}.timestamp: missing", f"{field}.timestamp")
         occurred_at = auth.event_time(item["timestamp"], f"{field}.timestamp")
-        message_id = auth.optional_text(item, "sg_message_id")
+        message_id = auth.optional_id(item, "sg_message_id", field)
         campaign_id, lead_id = auth.campaign_and_lead(item)
         reason = auth.optional_text(item, "reason") or auth.optional_text(item, "response")
         status = auth.optional_text(item, "status")
@@ -202,80 +199,3 @@ class SendgridWebhook:
         if not verify_signature(self._key, request.body, signature, timestamp):
             raise auth.unauthorized("bad_signature", f"{SIGNATURE_HEADER} does not verify")
         auth.check_fresh(signed_at, self._clock(), self._config.max_age_s, TIMESTAMP_HEADER)
-
-
-# --- the emulator side (used by mailerd.sink) --------------------------------------------------
-
-
-class SendgridEmulatorSigner:
-    """Signs Event Webhook posts as SendGrid does, with a P-256 key generated here."""
-
-    def __init__(self, *, clock: auth.Clock = time.time) -> None:
-        self._private_key = ec.generate_private_key(ec.SECP256R1())
-        self._clock = clock
-
-    @property
-    def public_key(self) -> str:
-        """The base64 DER verification key (what SendGrid's settings page shows)."""
-        der = self._private_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return base64.b64encode(der).decode()
-
-    def sign(self, body: bytes, timestamp: str) -> str:
-        signature = self._private_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return base64.b64encode(signature).decode()
-
-    def event(self, kind: EventKind, sent: auth.SentEmail) -> dict[str, Any]:
-        """One event object as SendGrid writes it for ``kind``."""
-        email, campaign_id, lead_id, message_id, occurred_at = sent
-        item: dict[str, Any] = {
-            "email": email,
-            "timestamp": int(occurred_at.timestamp()),
-            "smtp-id": f"<{message_id}@mailerd.sink>",
-            "sg_event_id": secrets.token_urlsafe(16),
-            "sg_message_id": f"{message_id}.filterdrecv-mailerd-sink-1-0",
-            "mailerd_campaign": str(campaign_id),
-            "mailerd_lead": str(lead_id),
-        }
-        if kind is EventKind.DELIVERED:
-            item.update(event="delivered", response="250 2.0.0 OK")
-        elif kind is EventKind.HARD_BOUNCE:
-            item.update(
-                event="bounce",
-                type="bounce",
-                status="5.1.1",
-                reason="550 5.1.1 The email account that you tried to reach does not exist.",
-            )
-        elif kind is EventKind.SOFT_BOUNCE:
-            item.update(
-                event="bounce",
-                type="blocked",
-                status="4.2.2",
-                reason="452 4.2.2 The email account that you tried to reach is over quota.",
-            )
-        elif kind is EventKind.COMPLAINT:
-            item.update(event="spamreport")
-        else:
-            item.update(event="unsubscribe")
-        return item
-
-    def request(self, kind: EventKind, sent: auth.SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one signed POST carrying one event."""
-        item = self.event(kind, sent)
-        return self.signed([item])
-
-    def signed(self, items: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one signed POST carrying ``items`` (SendGrid batches events)."""
-        body = orjson.dumps(items) + b"\r\n"
-        timestamp = str(int(self._clock()))
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: self.sign(body, timestamp),
-            TIMESTAMP_HEADER: timestamp,
-        }
-        return headers, body
-
-    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """The ``[webhooks.sendgrid]`` values that verify this signer's requests."""
-        return {"public_key": self.public_key}

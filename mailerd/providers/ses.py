@@ -1,7 +1,7 @@
 """Amazon SES v2: ``SendBulkEmail`` with one SES template per campaign, signed with SigV4.
 
-Kind ``sink`` is the same client pointed at the loopback emulator (:mod:`mailerd.sink`), where
-missing credentials are replaced by dummy ones.
+Kind ``sink`` is the same client pointed at the loopback emulator (:mod:`mailerd.emulator.sink`),
+where missing credentials are replaced by dummy ones.
 
 Each recipient carries our ids as message tags (``mailerd_campaign``, ``mailerd_lead``) so
 SES events and the sink map back to a lead without a lookup. The daemon does not render
@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import email.utils
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -45,6 +43,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from mailerd import backoff
 from mailerd import content as content_mod
 from mailerd.config import ConfigError, ProviderConfig, SesWebhookConfig
 from mailerd.models import (
@@ -186,22 +185,7 @@ def parse_error(
         message = body[:200].decode("utf-8", "replace")
     if error_type:
         error_type = error_type.split(":", 1)[0].rsplit("#", 1)[-1]
-    return error_type, message, parse_retry_after(headers.get("Retry-After"))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return error_type, message, backoff.parse_retry_after(headers.get("Retry-After"))
 
 
 def template_name(campaign_id: int) -> str:
@@ -463,7 +447,7 @@ def parse_ses_message(
         log.info("ses_event_ignored", event_type=str(event_type)[:40], sns_message_id=sns_message_id)
         return []
     mail = webhook_auth.need_object(message.get("mail"), "Message.mail")
-    message_id = webhook_auth.optional_text(mail, "messageId")
+    message_id = webhook_auth.optional_id(mail, "messageId", "Message.mail")
     campaign_id, lead_id = webhook_auth.campaign_and_lead(mail.get("tags"))
     fallback = (
         webhook_auth.event_time(mail["timestamp"], "Message.mail.timestamp")
@@ -543,7 +527,7 @@ def parse_ses_message(
         return [
             event(
                 EventKind.DELIVERED,
-                _address(item, f"Message.delivery.recipients[{index}]"),
+                webhook_auth.address(item, f"Message.delivery.recipients[{index}]"),
                 when,
                 reason=response,
                 smtp_status=webhook_auth.enhanced_status(response),
@@ -560,7 +544,7 @@ def parse_ses_message(
     return [
         event(
             EventKind.UNSUBSCRIBE,
-            _address(item, f"Message.mail.destination[{index}]"),
+            webhook_auth.address(item, f"Message.mail.destination[{index}]"),
             when,
             provider_type="Subscription",
             reason=f"contact list {contact_list}" if contact_list else None,
@@ -578,14 +562,8 @@ def _recipients(part: Mapping[str, Any], key: str, field: str) -> list[Any]:
     value = part.get(key)
     if not isinstance(value, list) or not value:
         what = "missing" if value is None else "expected a non-empty list"
-        raise webhook_auth.bad_request("invalid_body", f"{field}.{key}: {what}")
+        raise webhook_auth.bad_request("invalid_body", f"{field}.{key}: {what}", f"{field}.{key}")
     return value
-
-
-def _address(value: Any, field: str) -> str:
-    if not isinstance(value, str) or "@" not in value:
-        raise webhook_auth.bad_request("invalid_body", f"{field}: not an email address")
-    return value.strip().lower()
 
 
 def _opted_out(preferences: Any) -> bool:
@@ -638,77 +616,3 @@ class SnsWebhook:
 
     async def close(self) -> None:
         await self._sns.close()
-
-
-# --- emulator side: what the loopback sink posts -----------------------------------------------
-
-# The signer lives in :mod:`sns` (it is SNS's signing); it posts :func:`ses_event_record` bodies.
-SnsEmulatorSigner = sns.SnsEmulatorSigner
-
-
-def ses_event_record(kind: EventKind, sent: webhook_auth.SentEmail) -> dict[str, Any]:
-    """An SES event-publishing record in the documented shape, tagged with our ids."""
-    email, campaign_id, lead_id, message_id, occurred_at = sent
-    when = sns.iso_timestamp(occurred_at)
-    mail = {
-        "timestamp": when,
-        "source": "mailerd-sink@example.com",
-        "sourceArn": "arn:aws:ses:us-east-1:000000000000:identity/example.com",
-        "sendingAccountId": "000000000000",
-        "messageId": message_id,
-        "destination": [email],
-        "headersTruncated": False,
-        "tags": {
-            "ses:configuration-set": ["mailerd-sink"],
-            CAMPAIGN_TAG: [str(campaign_id)],
-            LEAD_TAG: [str(lead_id)],
-        },
-    }
-    feedback_id = f"{message_id}-feedback"
-    if kind in (EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE):
-        hard = kind == EventKind.HARD_BOUNCE
-        status, text = ("5.1.1", "550 5.1.1 user unknown") if hard else ("4.2.2", "452 4.2.2 mailbox full")
-        bounce = {
-            "bounceType": "Permanent" if hard else "Transient",
-            "bounceSubType": "General" if hard else "MailboxFull",
-            "bouncedRecipients": [
-                {
-                    "emailAddress": email,
-                    "action": "failed",
-                    "status": status,
-                    "diagnosticCode": f"smtp; {text}",
-                }
-            ],
-            "timestamp": when,
-            "feedbackId": feedback_id,
-            "reportingMTA": "dsn; sink.mailerd.invalid",
-        }
-        return {"eventType": "Bounce", "bounce": bounce, "mail": mail}
-    if kind == EventKind.COMPLAINT:
-        complaint = {
-            "complainedRecipients": [{"emailAddress": email}],
-            "timestamp": when,
-            "feedbackId": feedback_id,
-            "userAgent": "mailerd-sink",
-            "complaintFeedbackType": "abuse",
-            "arrivalDate": when,
-        }
-        return {"eventType": "Complaint", "complaint": complaint, "mail": mail}
-    if kind == EventKind.DELIVERED:
-        delivery = {
-            "timestamp": when,
-            "processingTimeMillis": 120,
-            "recipients": [email],
-            "smtpResponse": "250 2.6.0 Message received",
-            "reportingMTA": "sink.mailerd.invalid",
-        }
-        return {"eventType": "Delivery", "mail": mail, "delivery": delivery}
-    preferences = {"unsubscribeAll": True, "topicSubscriptionStatus": []}
-    subscription = {
-        "contactList": "mailerd-sink",
-        "timestamp": when,
-        "source": "UnsubscribeHeader",
-        "newTopicPreferences": preferences,
-        "oldTopicPreferences": {"unsubscribeAll": False, "topicSubscriptionStatus": []},
-    }
-    return {"eventType": "Subscription", "mail": mail, "subscription": subscription}

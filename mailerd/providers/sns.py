@@ -8,8 +8,9 @@ What is checked, in order (a refused request is a :class:`WebhookError`):
 - ``TopicArn`` is one of ``topic_arns`` when that list is set -> else **403** (like an IP
   allow-list: no signature makes another topic acceptable).
 - ``SignatureVersion`` 1 (SHA1withRSA) or 2 (SHA256withRSA) over the canonical string of the
-  message type; ``SigningCertURL`` is https on ``sns.<region>.amazonaws.com`` (or ``.com.cn``)
-  with a path ending in ``.pem``; the certificate is within its validity dates -> else **401**,
+  message type; ``SigningCertURL`` is https on ``sns.<region>.amazonaws.com`` (China regions:
+  ``.amazonaws.com.cn``), the region of a real region's shape (:data:`SNS_HOST`), with a path
+  ending in ``.pem``; the certificate is within its validity dates -> else **401**,
   like every failed authentication of the other providers (see :mod:`webhook_auth`).
 - ``Timestamp`` within ``max_age_s`` of now, either way (0 turns this off) -> else **401**.
 - A certificate that cannot be fetched right now -> **503**, so SNS retries later.
@@ -32,7 +33,6 @@ import dataclasses
 import datetime as dt
 import re
 import urllib.parse
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -42,12 +42,10 @@ import orjson
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 
 from mailerd.config import SesWebhookConfig
-from mailerd.models import EventKind
 from mailerd.providers import webhook_auth
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
@@ -87,7 +85,15 @@ SIGNATURE_HASHES: Final[Mapping[str, Callable[[], hashes.HashAlgorithm]]] = {
     "1": hashes.SHA1,  # SNS SignatureVersion 1 is SHA1withRSA by definition
     "2": hashes.SHA256,
 }
-SNS_HOST: Final = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# SNS's own host in a region, per partition, with the region shapes of the AWS SDKs' partition
+# data (botocore endpoints.json "regionRegex"): aws, aws-us-gov (.amazonaws.com) and aws-cn
+# (.amazonaws.com.cn). Anything looser lets other AWS hosts in: "sns.s3.amazonaws.com" and
+# "sns.s3-us-west-2.amazonaws.com" are S3 addresses of a bucket named "sns", whose owner could
+# serve a certificate and sign notifications.
+SNS_HOST: Final = re.compile(
+    r"sns\.(?:(?:us|eu|ap|sa|ca|me|af|il|mx|us-gov)-[a-z]+-\d{1,2}\.amazonaws\.com"
+    r"|cn-[a-z]+-\d{1,2}\.amazonaws\.com\.cn)"
+)
 CERT_FILE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.pem")
 MAX_CERTIFICATES: Final = 64
 MAX_FETCH_BYTES: Final = 64 * 1024
@@ -122,7 +128,7 @@ def parse_timestamp(value: str, field: str = "Timestamp") -> dt.datetime:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
         raise webhook_auth.bad_request(
-            "invalid_timestamp", f"{field} is not an ISO 8601 timestamp: {value[:40]!r}"
+            "invalid_timestamp", f"{field} is not an ISO 8601 timestamp: {value[:40]!r}", field
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
@@ -153,11 +159,11 @@ def parse_envelope(body: bytes, headers: Mapping[str, str] | None = None) -> Env
             continue
         if not isinstance(value, str):
             problem = "missing" if value is None else "not a string"
-            raise webhook_auth.bad_request("missing_field", f"{name} is {problem} in the SNS {kind}")
+            raise webhook_auth.bad_request("missing_field", f"{name} is {problem} in the SNS {kind}", name)
         fields[name] = value
     return Envelope(
         type=kind,
-        message_id=fields["MessageId"],
+        message_id=webhook_auth.bounded_id(fields["MessageId"], "MessageId"),
         topic_arn=fields["TopicArn"],
         message=fields["Message"],
         timestamp=parse_timestamp(fields["Timestamp"]),
@@ -216,12 +222,6 @@ def verify_signature(fields: Mapping[str, str], certificate: x509.Certificate, n
         key.verify(signature, canonical_string(fields), padding.PKCS1v15(), algorithm())
     except (binascii.Error, ValueError, InvalidSignature):
         raise webhook_auth.unauthorized("bad_signature", "the SNS signature does not verify") from None
-
-
-def sign(fields: Mapping[str, str], key: rsa.RSAPrivateKey, version: str = "2") -> str:
-    """The base64 ``Signature`` SNS would put on ``fields`` (emulator and tests)."""
-    data = canonical_string(fields)
-    return base64.b64encode(key.sign(data, padding.PKCS1v15(), SIGNATURE_HASHES[version]())).decode()
 
 
 def load_certificate(pem: bytes) -> x509.Certificate:
@@ -380,95 +380,3 @@ class SnsReceiver:
     async def close(self) -> None:
         if self._owned_fetch is not None:
             await self._owned_fetch.close()
-
-
-# --- emulator side: what the loopback sink posts ------------------------------------------------
-
-SINK_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:000000000000:mailerd-sink"
-SINK_CERT_URL: Final = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-mailerd-sink.pem"
-
-
-def iso_timestamp(when: dt.datetime) -> str:
-    """SNS/SES timestamp style: ``2016-01-27T14:59:38.237Z``."""
-    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class SnsEmulatorSigner:
-    """The loopback sink's SNS: signs SES event records as SNS does (SignatureVersion 2).
-
-    It makes its own RSA-2048 key and self-signed certificate; :meth:`daemon_settings` writes
-    that certificate where the daemon's ``cert_dir`` finds it, so no network is involved.
-    """
-
-    topic_arn: Final = SINK_TOPIC_ARN
-    cert_url: Final = SINK_CERT_URL
-
-    def __init__(self, clock: Clock | None = None) -> None:
-        self._clock: Clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        now = self._clock()
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .sign(self._key, hashes.SHA256())
-        )
-
-    def certificate_pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    def envelope(
-        self,
-        message: str,
-        *,
-        type: str = NOTIFICATION,
-        version: str = "2",
-        message_id: str | None = None,
-        timestamp: dt.datetime | None = None,
-        topic_arn: str | None = None,
-        **extra: str,
-    ) -> dict[str, str]:
-        """A signed SNS message of any type (``extra``: Subject, SubscribeURL, Token, ...)."""
-        fields = {
-            "Type": type,
-            "MessageId": message_id or str(uuid.uuid4()),
-            "TopicArn": topic_arn or self.topic_arn,
-            "Message": message,
-            "Timestamp": iso_timestamp(timestamp or self._clock()),
-            "SignatureVersion": version,
-            "SigningCertURL": self.cert_url,
-            **extra,
-        }
-        fields["Signature"] = sign(fields, self._key, version)
-        if type == NOTIFICATION:
-            fields["UnsubscribeURL"] = (
-                "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe"
-                f"&SubscriptionArn={self.topic_arn}:{fields['MessageId']}"
-            )
-        return fields
-
-    def request(self, kind: EventKind, sent: webhook_auth.SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one SNS delivery of an SES event record about ``email``."""
-        from mailerd.providers import ses  # the SES record inside; ses imports this module
-
-        record = ses.ses_event_record(kind, sent)
-        fields = self.envelope(orjson.dumps(record).decode())
-        headers = {
-            "Content-Type": "text/plain; charset=UTF-8",
-            "User-Agent": "Amazon Simple Notification Service Agent",
-            "x-amz-sns-message-type": NOTIFICATION,
-            "x-amz-sns-message-id": fields["MessageId"],
-            "x-amz-sns-topic-arn": self.topic_arn,
-            "x-amz-sns-subscription-arn": f"{self.topic_arn}:00000000-0000-0000-0000-000000000000",
-        }
-        return headers, orjson.dumps(fields)
-
-    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """Write the signing certificate into ``work_dir``; the ``[webhooks.ses]`` values."""
-        (work_dir / cert_file_name(self.cert_url)).write_bytes(self.certificate_pem())
-        return {"cert_dir": str(work_dir)}

@@ -1,9 +1,10 @@
-"""Pieces the ESP webhook handlers share: freshness, constant-time compares, replay memory, parsing.
+"""Pieces the webhook handlers share: freshness, constant-time compares, replay memory, bounded parsing.
 
 Pure: no I/O. Status codes are the same for every provider (SendGrid, Mailgun, Postmark):
 
 - 400: the body is not what the provider sends (not JSON, wrong shape, a field missing or of the
-  wrong type); the message names the field.
+  wrong type, an address or id beyond its limit: :func:`address`, :func:`bounded_id`); the
+  message names the field, and so does :attr:`WebhookError.field`.
 - 401: the request could not be authenticated as coming from the provider: credentials or signature
   missing, malformed or wrong, a timestamp outside the freshness window, a replayed token.
 - 403: authentication cannot succeed whatever the request says: the source address is not on the
@@ -17,37 +18,36 @@ import datetime as dt
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import orjson
 
+from mailerd.providers import webhooks
 from mailerd.providers.webhooks import WebhookError
 
 Clock = Callable[[], float]
-
-
-class SentEmail(NamedTuple):
-    """An email the emulator accepted, as its webhooks describe it (the emulator signers' input)."""
-
-    email: str
-    campaign_id: int
-    lead_id: int
-    message_id: str
-    occurred_at: dt.datetime
 
 
 CAMPAIGN_KEY: Final = "mailerd_campaign"
 LEAD_KEY: Final = "mailerd_lead"
 # An RFC 3463 enhanced status code ("5.1.1") inside a diagnostic text.
 _ENHANCED_STATUS = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+# One address, the way a provider writes a recipient (RFC 5321 / 6531 mailbox, UTF-8 allowed):
+# never a list, a display name, angle brackets, white space or control characters.
+_NOT_ATOM = r"\s\x00-\x1f\x7f-\x9f\"(),:;<>@\[\\\]"
+_LOCAL_ATOM = re.compile(rf"[^{_NOT_ATOM}]+")
+_LOCAL_QUOTED = re.compile(r'"(?:[^"\\\x00-\x1f\x7f-\x9f]|\\[^\x00-\x1f\x7f-\x9f])*"')
+_DOMAIN = re.compile(rf"(?:[^{_NOT_ATOM}.]{{1,63}}\.)*[^{_NOT_ATOM}.]{{1,63}}")
+_ADDRESS_LITERAL = re.compile(r"\[[^\s\x00-\x1f\x7f-\x9f\[\]\\]+\]")
+MAX_LOCAL_BYTES: Final = 64
 
 
 def unauthorized(code: str, message: str) -> WebhookError:
     return WebhookError(401, code, message)
 
 
-def bad_request(code: str, message: str) -> WebhookError:
-    return WebhookError(400, code, message)
+def bad_request(code: str, message: str, field: str | None = None) -> WebhookError:
+    return WebhookError(400, code, message, field)
 
 
 def forbidden(code: str, message: str) -> WebhookError:
@@ -134,7 +134,7 @@ def json_body(body: bytes) -> Any:
 
 def need_object(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise bad_request("invalid_body", f"{field}: expected an object")
+        raise bad_request("invalid_body", f"{field}: expected an object", field)
     return value
 
 
@@ -142,7 +142,7 @@ def need_text(data: Mapping[str, Any], key: str, field: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
         what = "missing" if value is None else "expected a non-empty string"
-        raise bad_request("invalid_body", f"{field}.{key}: {what}")
+        raise bad_request("invalid_body", f"{field}.{key}: {what}", f"{field}.{key}")
     return value
 
 
@@ -155,11 +155,64 @@ def optional_text(data: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
+def bounded_id(value: str, field: str) -> str:
+    """A provider's id as given, or a 400 naming ``field`` when it is above 255 bytes."""
+    size = webhooks.utf8_size(value)
+    if size > webhooks.MAX_ID_BYTES:
+        raise bad_request(
+            "too_long", f"{field}: {size} bytes, an id may have at most {webhooks.MAX_ID_BYTES}", field
+        )
+    return value
+
+
+def need_id(data: Mapping[str, Any], key: str, field: str) -> str:
+    """A required id (event id, record id): non-empty text of at most 255 bytes."""
+    return bounded_id(need_text(data, key, field), f"{field}.{key}")
+
+
+def optional_id(data: Mapping[str, Any], key: str, field: str) -> str | None:
+    """An optional id (text or a number, as :func:`optional_text`), at most 255 bytes."""
+    value = optional_text(data, key)
+    return None if value is None else bounded_id(value, f"{field}.{key}")
+
+
+def is_address(text: str) -> bool:
+    """Whether ``text`` (trimmed) is one mailbox ``local@domain``: see ``_LOCAL_ATOM`` and co."""
+    if text.startswith('"'):
+        quoted = _LOCAL_QUOTED.match(text)
+        if quoted is None or text[quoted.end() : quoted.end() + 1] != "@":
+            return False
+        local, domain = text[: quoted.end()], text[quoted.end() + 1 :]
+    else:
+        local, at, domain = text.partition("@")
+        if not at or _LOCAL_ATOM.fullmatch(local) is None:
+            return False
+    if webhooks.utf8_size(local) > MAX_LOCAL_BYTES:
+        return False
+    return _DOMAIN.fullmatch(domain) is not None or _ADDRESS_LITERAL.fullmatch(domain) is not None
+
+
+def address(value: Any, field: str) -> str:
+    """One email address of at most 254 bytes, lower-cased; else a 400 naming ``field``."""
+    if not isinstance(value, str) or not value.strip():
+        what = "missing" if value is None else "not an email address"
+        raise bad_request("invalid_body", f"{field}: {what}", field)
+    text = value.strip()
+    size = webhooks.utf8_size(text)
+    if size > webhooks.MAX_ADDRESS_BYTES:
+        raise bad_request(
+            "too_long",
+            f"{field}: {size} bytes, an address has at most {webhooks.MAX_ADDRESS_BYTES} bytes (RFC 5321)",
+            field,
+        )
+    if not is_address(text):
+        raise bad_request("invalid_body", f"{field}: not one email address", field)
+    return text.lower()
+
+
 def need_address(data: Mapping[str, Any], key: str, field: str) -> str:
-    value = need_text(data, key, field).strip()
-    if "@" not in value:
-        raise bad_request("invalid_body", f"{field}.{key}: not an email address")
-    return value.lower()
+    """``data[key]`` as one email address (see :func:`address`); the field is ``field.key``."""
+    return address(data.get(key), f"{field}.{key}")
 
 
 def event_time(value: Any, field: str) -> dt.datetime:
@@ -181,7 +234,7 @@ def event_time(value: Any, field: str) -> dt.datetime:
                 return parsed.astimezone(dt.UTC)
             except OverflowError:
                 pass
-    raise bad_request("invalid_body", f"{field}: not a timestamp")
+    raise bad_request("invalid_body", f"{field}: not a timestamp", field)
 
 
 def metadata_id(value: Any) -> int | None:
@@ -219,9 +272,9 @@ def enhanced_status(*texts: str | None) -> str | None:
     return None
 
 
-def clip(text: str | None, limit: int = 1000) -> str | None:
-    """Diagnostic text trimmed for storage (bounce dumps can be large)."""
+def clip(text: str | None, limit: int = webhooks.TEXT_LIMITS["reason"]) -> str | None:
+    """Diagnostic text trimmed for storage (bounce dumps can be large): at most ``limit`` bytes."""
     if text is None:
         return None
     text = text.strip()
-    return text[:limit] if text else None
+    return webhooks.clip_bytes(text, limit) if text else None

@@ -35,10 +35,11 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from mailerd import campaigns, sink
+from mailerd import campaigns
 from mailerd import config as config_mod
 from mailerd.db import connect as db_connect
 from mailerd.db import migrate
+from mailerd.emulator import sink
 from mailerd.models import LogStatus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from mailerd import app, campaigns, sink
+from mailerd import app, campaigns
 from mailerd import config as config_mod
+from mailerd.emulator import sink
 
 
 async def add_leads(conn: asyncpg.Connection, account_id: int, count: int, start: int = 0) -> None:

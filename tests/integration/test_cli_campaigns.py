@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from mailerd import config as config_mod
-from mailerd import sink
+from mailerd.emulator import sink
 from tests.integration.helpers import add_leads, running_daemon, wait_for_status
 
 TOKEN = "cli-test-token"

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import random
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,9 +19,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
+from mailerd.emulator import mailgun_webhooks, postmark_webhooks, sendgrid_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import mailgun, postmark, sendgrid
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookHandler
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
@@ -66,9 +69,9 @@ class Env:
 @pytest.fixture
 async def env(pool: asyncpg.Pool, conn: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Env]:
     signers: dict[str, Any] = {
-        "sendgrid": sendgrid.SendgridEmulatorSigner(),
-        "mailgun": mailgun.MailgunEmulatorSigner(),
-        "postmark": postmark.PostmarkEmulatorSigner(),
+        "sendgrid": sendgrid_webhooks.SendgridEmulatorSigner(),
+        "mailgun": mailgun_webhooks.MailgunEmulatorSigner(),
+        "postmark": postmark_webhooks.PostmarkEmulatorSigner(),
     }
     config = config_mod.from_mapping(
         {
@@ -158,7 +161,7 @@ async def test_every_kind_through_every_provider(env: Env, conn: asyncpg.Connect
 
 
 async def test_sendgrid_batch_and_documented_samples(env: Env, conn: asyncpg.Connection) -> None:
-    signer: sendgrid.SendgridEmulatorSigner = env.signers["sendgrid"]
+    signer: sendgrid_webhooks.SendgridEmulatorSigner = env.signers["sendgrid"]
     samples = json.loads((FIXTURES / "sendgrid" / "events.json").read_text())
     headers, body = signer.signed(samples)
     assert await env.post("sendgrid", headers, body) == (200, {"received": 11})
@@ -195,21 +198,21 @@ def _broken_requests(env: Env, lead: tuple[int, int]) -> list[tuple[str, dict[st
     del data["signature"]
     cases.append(("mailgun", headers, orjson.dumps(data), 401))
     headers, body = env.signed("postmark", EventKind.HARD_BOUNCE, lead)
-    pm_signer: postmark.PostmarkEmulatorSigner = env.signers["postmark"]
+    pm_signer: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
     wrong = pm_signer.password[:-1] + ("x" if pm_signer.password[-1] != "x" else "y")
     token = base64.b64encode(f"{pm_signer.username}:{wrong}".encode()).decode()
     cases.append(("postmark", {**headers, "Authorization": f"Basic {token}"}, body, 401))
     cases.append(("postmark", {"Content-Type": "application/json"}, body, 401))
-    signer: sendgrid.SendgridEmulatorSigner = env.signers["sendgrid"]
+    signer: sendgrid_webhooks.SendgridEmulatorSigner = env.signers["sendgrid"]
     for bad in (b"not json", b'{"event": "bounce"}', b'[{"event": "bounce"}]'):
         headers, body = signer.signed([])
         headers[sendgrid.SIGNATURE_HEADER] = signer.sign(bad, headers[sendgrid.TIMESTAMP_HEADER])
         cases.append(("sendgrid", headers, bad, 400))
-    mg: mailgun.MailgunEmulatorSigner = env.signers["mailgun"]
+    mg: mailgun_webhooks.MailgunEmulatorSigner = env.signers["mailgun"]
     cases.append(("mailgun", {}, b"not json", 400))
     headers, body = mg.signed({"event": "failed", "id": "x", "recipient": "a@b.c", "timestamp": 1})
     cases.append(("mailgun", headers, body, 400))
-    pm: postmark.PostmarkEmulatorSigner = env.signers["postmark"]
+    pm: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
     cases.append(("postmark", pm.headers(), b"not json", 400))
     cases.append(("postmark", pm.headers(), b'{"RecordType": "Bounce", "Email": "a@b.c"}', 400))
     cases.append(("postmark", {**pm.headers(), "Authorization": "Basic bWU6eW91"}, b"{}", 401))
@@ -242,3 +245,70 @@ async def test_mailgun_token_replayed_on_another_node_is_not_recorded(
     kinds = await conn.fetch("SELECT kind FROM email_events WHERE provider = 'mailgun'")
     assert [r["kind"] for r in kinds] == ["delivered"]
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+# About 3 KB that do not compress: too large for a webhook_receipts index entry.
+HUGE_ADDRESS = (
+    "".join(random.Random(9).choices(string.ascii_lowercase + string.digits, k=3000)) + "@example.com"
+)
+
+
+async def _post_within(env: Env, provider: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+    # Unbounded, such a field made the writer's flush fail and retry forever: the answer never came.
+    async with asyncio.timeout(15):
+        return await env.post(provider, headers, body)
+
+
+@pytest.mark.parametrize(
+    ("provider", "field"),
+    [("sendgrid", "events[0].email"), ("mailgun", "event-data.recipient"), ("postmark", "record.Email")],
+)
+async def test_an_oversized_address_is_refused_naming_the_field_and_the_next_webhook_is_recorded(
+    env: Env, conn: asyncpg.Connection, provider: str, field: str
+) -> None:
+    lead = await _lead(conn, 6)
+    signer: Signer = env.signers[provider]
+    sent = SentEmail(HUGE_ADDRESS, env.campaign_id, lead[1], f"msg-{provider}-huge", dt.datetime.now(dt.UTC))
+    headers, body = signer.request(EventKind.HARD_BOUNCE, sent)
+    status, answer = await _post_within(env, provider, headers, body)
+    assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, "too_long", field)
+    assert await _stored(conn) == (0, 0, 0)
+    headers, body = env.signed(provider, EventKind.HARD_BOUNCE, lead)
+    assert await _post_within(env, provider, headers, body) == (200, {"received": 1})
+    rows = await conn.fetch("SELECT email, kind FROM email_events")
+    assert [tuple(r) for r in rows] == [("user6@example.com", "hard_bounce")]
+
+
+async def test_an_oversized_event_id_is_refused_naming_the_field_and_the_next_webhook_is_recorded(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    lead = await _lead(conn, 7)
+    signer: sendgrid_webhooks.SendgridEmulatorSigner = env.signers["sendgrid"]
+    sent = SentEmail("user7@example.com", env.campaign_id, lead[1], "msg-sg-7", dt.datetime.now(dt.UTC))
+    item = {**signer.event(EventKind.HARD_BOUNCE, sent), "sg_event_id": HUGE_ADDRESS.replace("@", "-")}
+    headers, body = signer.signed([item])
+    status, answer = await _post_within(env, "sendgrid", headers, body)
+    assert (status, answer["error"]["field"]) == (400, "events[0].sg_event_id")
+    headers, body = signer.signed([signer.event(EventKind.HARD_BOUNCE, sent)])
+    assert await _post_within(env, "sendgrid", headers, body) == (200, {"received": 1})
+    assert (await _stored(conn))[:2] == (1, 1)
+
+
+async def test_postmark_unsubscribe_request_without_address_maps_through_the_message_id(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    """Postmark's "Unsubscribe request" bounce record carries neither Email nor BouncedAt."""
+    lead = await _lead(conn, 8)
+    record = json.loads((FIXTURES / "postmark" / "bounce_unsubscribe_request.json").read_text())
+    await conn.execute(
+        "INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id) "
+        "VALUES (now(), $1, $2, 1, $3)",
+        env.campaign_id,
+        lead[1],
+        record["MessageID"],
+    )
+    pm: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
+    assert await _post_within(env, "postmark", pm.headers(), orjson.dumps(record)) == (200, {"received": 1})
+    row = await conn.fetchrow("SELECT account_id, campaign_id, lead_id, email, kind FROM email_events")
+    assert row is not None
+    assert tuple(row) == (ACCOUNT, env.campaign_id, lead[1], None, "unsubscribe")

@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from mailerd import campaigns, sink
+from mailerd import campaigns
+from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
     add_leads,

@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from mailerd import sink as sink_mod
 from mailerd.config import ProviderConfig
+from mailerd.emulator import sink as sink_mod
 from mailerd.models import (
     Batch,
     Campaign,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import random
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
+from mailerd.emulator import ses_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import ses, sns
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
 
@@ -41,14 +44,14 @@ class Fetcher:
 @dataclasses.dataclass
 class Env:
     client: TestClient[Any, Any]
-    signer: sns.SnsEmulatorSigner
+    signer: ses_webhooks.SnsEmulatorSigner
     fetch: Fetcher
     config: config_mod.Config
 
 
 @pytest.fixture
 async def env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
-    signer = sns.SnsEmulatorSigner()
+    signer = ses_webhooks.SnsEmulatorSigner()
     settings = {**signer.daemon_settings(tmp_path), "topic_arns": [signer.topic_arn]}
     config = config_mod.from_mapping(
         {
@@ -232,3 +235,27 @@ async def test_confirmations_over_http(env: Env, conn: asyncpg.Connection) -> No
         assert await post(env, message, headers) == (200, {"received": 0})
     assert env.fetch.urls == [SUBSCRIBE_URL]  # confirmed once; the unsubscribe is only logged
     assert await counts(conn) == (0, 0, 0)
+
+
+async def test_an_oversized_address_is_refused_naming_the_field_and_the_next_webhook_is_recorded(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    campaign_id, leads = await campaign_with_leads(conn, env)
+    lead_id = leads["user2@example.com"]
+    # About 3 KB that do not compress: too large for a webhook_receipts index entry.
+    huge = "".join(random.Random(9).choices(string.ascii_lowercase + string.digits, k=3000)) + "@example.com"
+    now = dt.datetime.now(dt.UTC)
+    headers, body = env.signer.request(
+        EventKind.HARD_BOUNCE, SentEmail(huge, campaign_id, lead_id, "m-huge", now)
+    )
+    # Unbounded, the writer's flush failed and was retried forever: the answer never came.
+    async with asyncio.timeout(15):
+        status, answer = await post(env, body, headers)
+    assert (status, answer["error"]["code"]) == (400, "too_long")
+    assert answer["error"]["field"] == "Message.bounce.bouncedRecipients[0].emailAddress"
+    assert await counts(conn) == (0, 0, 0)
+    sent = SentEmail("user2@example.com", campaign_id, lead_id, "m-2", now)
+    headers, body = env.signer.request(EventKind.HARD_BOUNCE, sent)
+    async with asyncio.timeout(15):
+        assert await post(env, body, headers) == (200, {"received": 1})
+    assert await counts(conn) == (1, 1, 1)

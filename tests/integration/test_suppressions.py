@@ -12,8 +12,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from mailerd import campaigns, http, sink, suppressions
+from mailerd import campaigns, http, suppressions
 from mailerd import config as config_mod
+from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
     add_leads,

@@ -14,9 +14,10 @@ import pytest
 from multidict import CIMultiDict
 
 from mailerd import config as config_mod
+from mailerd.emulator import mailgun_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import mailgun
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "mailgun"
@@ -238,7 +239,7 @@ async def test_no_key_is_403_and_verification_can_be_turned_off() -> None:
 @pytest.mark.parametrize("kind", list(EventKind))
 async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path: Path) -> None:
     now = 1_700_000_000.0
-    signer = mailgun.MailgunEmulatorSigner(clock=lambda: now)
+    signer = mailgun_webhooks.MailgunEmulatorSigner(clock=lambda: now)
     settings = signer.daemon_settings(tmp_path)
     config = config_mod.from_mapping({"webhooks": {"mailgun": settings}}, env={})
     handler = mailgun.MailgunWebhook(config.webhooks.mailgun, clock=lambda: now)
@@ -264,5 +265,5 @@ async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path
 
 
 def test_emulator_secret_file_is_private(tmp_path: Path) -> None:
-    settings = mailgun.MailgunEmulatorSigner().daemon_settings(tmp_path)
+    settings = mailgun_webhooks.MailgunEmulatorSigner().daemon_settings(tmp_path)
     assert (Path(settings["signing_key_file"]).stat().st_mode & 0o777) == 0o600

@@ -13,9 +13,10 @@ import pytest
 from multidict import CIMultiDict
 
 from mailerd import config as config_mod
+from mailerd.emulator import postmark_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import postmark
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "postmark"
@@ -84,6 +85,59 @@ async def test_documented_spam_complaint_delivery_and_subscription_change() -> N
     assert change.provider_type == "SubscriptionChange/HardBounce"
     assert change.receipt.startswith("SubscriptionChange:00000000-0000-0000-0000-000000000000:")
     assert await handler.parse(_request(_sample("open"))) == []
+
+
+async def test_unsubscribe_request_without_email_maps_through_the_message_id() -> None:
+    """A real record with neither Email nor BouncedAt (anymail issue 447): no address, the
+    provider message id for the resolver, the time of receipt."""
+    received = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    (event,) = await _handler(now=received.timestamp()).parse(_request(_sample("bounce_unsubscribe_request")))
+    assert (event.kind, event.email, event.provider_message_id) == (
+        EventKind.UNSUBSCRIBE,
+        None,
+        "5555555-5555555-5555-5555555",
+    )
+    assert event.occurred_at == received
+    assert event.receipt == "555555555"
+    assert event.provider_type == "Unsubscribe"
+    assert event.reason == "Unsubscribe or Remove request."
+
+
+def test_a_bounce_without_email_needs_a_message_id() -> None:
+    record = _sample("bounce_unsubscribe_request")
+    del record["MessageID"]
+    with pytest.raises(WebhookError) as caught:
+        postmark.parse_record(record)
+    assert caught.value.status == 400
+    assert "Email" in caught.value.message
+
+
+async def test_records_without_record_type_are_inferred_from_their_fields() -> None:
+    handler = _handler()
+    (bounce,) = await handler.parse(_request(_sample("bounce_without_record_type")))
+    assert (bounce.kind, bounce.email, bounce.receipt, bounce.suppress) == (
+        EventKind.HARD_BOUNCE,
+        "john@example.com",
+        "42:john@example.com",
+        True,
+    )
+    assert bounce.occurred_at == dt.datetime(2014, 8, 1, 17, 28, 10, 273539, tzinfo=dt.UTC)
+    (delivery,) = await handler.parse(_request(_sample("delivery_without_record_type")))
+    assert (delivery.kind, delivery.email, delivery.provider_message_id) == (
+        EventKind.DELIVERED,
+        "recipeint@example.com",
+        "a94dfe84-8ab9-43cf-8a1c-ac234c296e25",
+    )
+    # The older spam complaint came through the bounce hook with Type SpamComplaint.
+    (complaint,) = await handler.parse(
+        _request(_sample("bounce_without_record_type") | {"Type": "SpamComplaint", "TypeCode": 512})
+    )
+    assert complaint.kind is EventKind.COMPLAINT
+    # Opens and clicks (constructed from the current samples without RecordType) record nothing.
+    opened = {k: v for k, v in _sample("open").items() if k != "RecordType"}
+    assert await handler.parse(_request(opened)) == []
+    clicked = {"OriginalLink": "https://example.com/", "MessageID": "m", "ReceivedAt": "2017-10-25T15:21:11Z"}
+    assert await handler.parse(_request(clicked)) == []
 
 
 @pytest.mark.parametrize(
@@ -244,7 +298,7 @@ async def test_credentials_are_checked_before_the_body_is_read() -> None:
 
 @pytest.mark.parametrize("kind", list(EventKind))
 async def test_emulator_requests_authenticate_and_round_trip(kind: EventKind, tmp_path: Path) -> None:
-    signer = postmark.PostmarkEmulatorSigner()
+    signer = postmark_webhooks.PostmarkEmulatorSigner()
     settings = signer.daemon_settings(tmp_path)
     config = config_mod.from_mapping({"webhooks": {"postmark": settings}}, env={})
     handler = postmark.PostmarkWebhook(config.webhooks.postmark)
@@ -268,5 +322,5 @@ async def test_emulator_requests_authenticate_and_round_trip(kind: EventKind, tm
 
 
 def test_emulator_secret_file_is_private(tmp_path: Path) -> None:
-    settings = postmark.PostmarkEmulatorSigner().daemon_settings(tmp_path)
+    settings = postmark_webhooks.PostmarkEmulatorSigner().daemon_settings(tmp_path)
     assert (Path(settings["password_file"]).stat().st_mode & 0o777) == 0o600

@@ -13,9 +13,10 @@ import pytest
 from multidict import CIMultiDict
 
 from mailerd import config as config_mod
+from mailerd.emulator import sendgrid_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import sendgrid
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "sendgrid"
@@ -246,7 +247,7 @@ def test_base_message_id() -> None:
 @pytest.mark.parametrize("kind", list(EventKind))
 async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path: Path) -> None:
     now = 1_700_000_000.0
-    signer = sendgrid.SendgridEmulatorSigner(clock=lambda: now)
+    signer = sendgrid_webhooks.SendgridEmulatorSigner(clock=lambda: now)
     handler = _handler(now + 1, **signer.daemon_settings(tmp_path))
     when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     headers, body = signer.request(

@@ -126,12 +126,18 @@ def test_parse_error_of_a_non_json_body() -> None:
 
 
 def test_retry_after_forms() -> None:
-    assert ses.parse_retry_after(None) is None
-    assert ses.parse_retry_after("1.5") == 1.5
-    assert ses.parse_retry_after("-4") == 0.0
-    assert ses.parse_retry_after("soon") is None
+    """An error answer's Retry-After, read by the one parser every provider uses (mailerd.backoff)."""
+
+    def retry_after(value: str | None) -> float | None:
+        return ses.parse_error(429, {} if value is None else {"Retry-After": value}, b"")[2]
+
+    assert retry_after(None) is None
+    assert retry_after("1.5") == 1.5
+    # Not delta-seconds: no floor, the sender's own backoff decides (as it did with the old 0.0).
+    assert retry_after("-4") is None
+    assert retry_after("soon") is None
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < (ses.parse_retry_after(later) or 0) <= 31
+    assert 25 < (retry_after(later) or 0) <= 31
 
 
 def test_ses_kind_needs_credentials() -> None:

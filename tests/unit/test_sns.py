@@ -16,9 +16,10 @@ from multidict import CIMultiDict
 from structlog.testing import capture_logs
 
 from mailerd.config import SesWebhookConfig
+from mailerd.emulator import ses_webhooks
+from mailerd.emulator.signer import SentEmail
 from mailerd.models import Event, EventKind
 from mailerd.providers import ses, sns
-from mailerd.providers.webhook_auth import SentEmail
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "ses"
@@ -79,12 +80,14 @@ async def refused(webhook: ses.SnsWebhook, body: bytes | dict[str, Any], **heade
 
 
 @pytest.fixture(scope="module")
-def signer() -> sns.SnsEmulatorSigner:
-    return sns.SnsEmulatorSigner(clock=clock(NOW))
+def signer() -> ses_webhooks.SnsEmulatorSigner:
+    return ses_webhooks.SnsEmulatorSigner(clock=clock(NOW))
 
 
 @pytest.fixture
-def own(signer: sns.SnsEmulatorSigner, tmp_path: Path) -> Callable[..., tuple[ses.SnsWebhook, Fetcher]]:
+def own(
+    signer: ses_webhooks.SnsEmulatorSigner, tmp_path: Path
+) -> Callable[..., tuple[ses.SnsWebhook, Fetcher]]:
     """A webhook that trusts ``signer``'s certificate through ``cert_dir`` (no network)."""
     settings = signer.daemon_settings(tmp_path)
 
@@ -172,7 +175,7 @@ async def test_unknown_signature_version_is_refused_before_any_fetch() -> None:
 
 @pytest.mark.parametrize("version", ["1", "2"])
 async def test_own_signed_v1_and_v2_messages(
-    version: str, signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    version: str, signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     record = orjson.dumps(orjson.loads((SES_DOCS / "event-bounce.json").read_bytes())).decode()
     message = signer.envelope(record, version=version, Subject="Amazon SES Email Event Notification")
@@ -190,6 +193,12 @@ GOOD_URLS = [
     "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.eu-west-3.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.eu-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.ap-southeast-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.il-central-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://SNS.US-EAST-1.AMAZONAWS.COM/SimpleNotificationService-abc.pem",  # hosts are case-blind
 ]
 BAD_URLS = [
     "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
@@ -206,6 +215,21 @@ BAD_URLS = [
     "https://sns.amazonaws.com/x.pem",
     "//sns.us-east-1.amazonaws.com/x.pem",
     "",
+    # S3 addresses of a bucket named "sns" (path-style and legacy regional): its owner serves them.
+    "https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.s3-us-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.s3.us-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.s3-website-us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.amazonaws.com.evil.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com.evil.com/x.pem",
+    "https://sns.mybucket.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.xx-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1a.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com./SimpleNotificationService-abc.pem",
+    # The partitions do not mix: China regions are only under .amazonaws.com.cn, others never.
+    "https://sns.us-east-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.cn-north-1.amazonaws.com/SimpleNotificationService-abc.pem",
 ]
 
 
@@ -263,7 +287,9 @@ SUBSCRIBE_URL = (
 )
 
 
-def confirmation(signer: sns.SnsEmulatorSigner, kind: str, url: str = SUBSCRIBE_URL) -> dict[str, str]:
+def confirmation(
+    signer: ses_webhooks.SnsEmulatorSigner, kind: str, url: str = SUBSCRIBE_URL
+) -> dict[str, str]:
     return signer.envelope(
         f"You have chosen to subscribe to the topic {signer.topic_arn}.",
         type=kind,
@@ -273,7 +299,7 @@ def confirmation(signer: sns.SnsEmulatorSigner, kind: str, url: str = SUBSCRIBE_
 
 
 async def test_subscription_confirmation_is_confirmed(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(fetch=Fetcher({SUBSCRIBE_URL: b"<ConfirmSubscriptionResponse/>"}))
     message = confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION)
@@ -286,7 +312,7 @@ async def test_subscription_confirmation_is_confirmed(
 
 
 async def test_subscription_confirmation_log_only(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(confirm_subscriptions=False)
     with capture_logs() as logs:
@@ -296,7 +322,7 @@ async def test_subscription_confirmation_log_only(
 
 
 async def test_subscription_confirmation_checks_url_signature_and_fetch(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(fetch=Fetcher(fail=True))
     evil = confirmation(
@@ -311,7 +337,7 @@ async def test_subscription_confirmation_checks_url_signature_and_fetch(
 
 
 async def test_unsubscribe_confirmation_never_resubscribes(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own()
     with capture_logs() as logs:
@@ -324,7 +350,7 @@ async def test_unsubscribe_confirmation_never_resubscribes(
 
 
 async def test_topic_arns_restrict(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     message = signer.envelope("{}")
     webhook, _ = own(topic_arns=("arn:aws:sns:us-east-1:000000000000:other",))
@@ -335,7 +361,7 @@ async def test_topic_arns_restrict(
 
 
 async def test_freshness_window(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     message = signer.envelope("{}", timestamp=NOW - dt.timedelta(minutes=2))
     webhook, _ = own(max_age_s=60)
@@ -387,7 +413,7 @@ async def test_missing_or_mistyped_field_is_named(field: str) -> None:
 
 
 async def test_confirmation_without_token_and_bad_timestamp_and_header_mismatch(
-    signer: sns.SnsEmulatorSigner,
+    signer: ses_webhooks.SnsEmulatorSigner,
 ) -> None:
     webhook, _ = hook()
     message = confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION)
@@ -599,7 +625,7 @@ def test_malformed_delivery_and_complaint_are_400() -> None:
 
 
 async def test_sns_message_that_is_not_json_or_not_ses_is_ignored(
-    signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, _ = own()
     for text in ("plain text", "[1]", '{"hello": "world"}'):
@@ -613,7 +639,9 @@ async def test_sns_message_that_is_not_json_or_not_ses_is_ignored(
 
 @pytest.mark.parametrize("kind", list(EventKind))
 async def test_emulator_requests_parse_back(
-    kind: EventKind, signer: sns.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    kind: EventKind,
+    signer: ses_webhooks.SnsEmulatorSigner,
+    own: Callable[..., tuple[ses.SnsWebhook, Fetcher]],
 ) -> None:
     when = NOW - dt.timedelta(seconds=5)
     headers, body = signer.request(
@@ -646,12 +674,11 @@ async def test_emulator_requests_parse_back(
     assert fetch.urls == []
 
 
-def test_emulator_daemon_settings(signer: sns.SnsEmulatorSigner, tmp_path: Path) -> None:
+def test_emulator_daemon_settings(signer: ses_webhooks.SnsEmulatorSigner, tmp_path: Path) -> None:
     settings = signer.daemon_settings(tmp_path)
     assert settings == {"cert_dir": str(tmp_path)}
     written = (tmp_path / "SimpleNotificationService-mailerd-sink.pem").read_bytes()
     assert sns.load_certificate(written) == signer.certificate
-    assert ses.SnsEmulatorSigner is sns.SnsEmulatorSigner
 
 
 async def test_https_fetch_refuses_redirects_errors_and_large_answers() -> None:

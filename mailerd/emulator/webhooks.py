@@ -1,9 +1,9 @@
 """The emulator's webhooks: bounces and complaints posted back in a provider's real format.
 
 For a settable share of the recipients the sink accepts, a bounce or a complaint is posted to the
-daemon's ``/webhooks/<provider>`` endpoint, signed the provider's way by the provider module's
-emulator signer (SNS certificates, SendGrid ECDSA, Mailgun HMAC, Postmark basic auth). Posting
-runs in the background with a bounded backlog, so the send path is never slowed by it.
+daemon's ``/webhooks/<provider>`` endpoint, signed the provider's way by that provider's signer in
+this package (SNS certificates, SendGrid ECDSA, Mailgun HMAC, Postmark basic auth). Posting runs
+in the background with a bounded backlog, so the send path is never slowed by it.
 """
 
 from __future__ import annotations
@@ -13,46 +13,33 @@ import collections
 import dataclasses
 import datetime as dt
 import random
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
 
 import aiohttp
 import structlog
 
+from mailerd.emulator import mailgun_webhooks, postmark_webhooks, sendgrid_webhooks, ses_webhooks
+from mailerd.emulator.signer import EmulatorSigner, SentEmail
 from mailerd.models import EventKind
-from mailerd.providers.webhook_auth import SentEmail
 
 log = structlog.get_logger(__name__)
 
-FORMATS = ("ses", "sendgrid", "mailgun", "postmark")
 MAX_BACKLOG = 100_000
 POSTERS = 4
-
-
-class EmulatorSigner(Protocol):
-    """The emulator side of a provider's webhook (see each provider module)."""
-
-    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one signed webhook POST."""
-
-    def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """The ``[webhooks.<provider>]`` values a daemon needs to verify these requests."""
+SIGNERS: dict[str, Callable[[], EmulatorSigner]] = {
+    "ses": ses_webhooks.SnsEmulatorSigner,
+    "sendgrid": sendgrid_webhooks.SendgridEmulatorSigner,
+    "mailgun": mailgun_webhooks.MailgunEmulatorSigner,
+    "postmark": postmark_webhooks.PostmarkEmulatorSigner,
+}
+FORMATS = tuple(SIGNERS)
 
 
 def create_signer(fmt: str) -> EmulatorSigner:
     """A fresh signer (new keys) for webhook format ``fmt``."""
-    from mailerd.providers import mailgun, postmark, sendgrid, sns
-
-    signers: dict[str, type[Any]] = {
-        "ses": sns.SnsEmulatorSigner,
-        "sendgrid": sendgrid.SendgridEmulatorSigner,
-        "mailgun": mailgun.MailgunEmulatorSigner,
-        "postmark": postmark.PostmarkEmulatorSigner,
-    }
-    if fmt not in signers:
+    if fmt not in SIGNERS:
         raise ValueError(f"unknown webhook format {fmt!r} (one of {', '.join(FORMATS)})")
-    signer: EmulatorSigner = signers[fmt]()
-    return signer
+    return SIGNERS[fmt]()
 
 
 @dataclasses.dataclass(slots=True)

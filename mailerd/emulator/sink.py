@@ -10,7 +10,7 @@ but a SigV4-looking ``Authorization`` header is required.
 
 Each accepted recipient can be appended to a JSON-lines record
 ``{"campaign_id", "lead_id", "email", "message_id"}`` built from the message tags the provider
-sent. Writes are buffered and flushed off the loop at least every 100 ms and on close.
+sent (:mod:`mailerd.emulator.recorder`: buffered, written off the loop every 100 ms and on close).
 
 It sits on the benchmark's hot path (about 1,000 calls/s of 50 recipients), so per-entry work
 is kept to a few dictionary reads.
@@ -19,24 +19,22 @@ is kept to a few dictionary reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import random
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import orjson
 import structlog
 from aiohttp import web
 
-from mailerd.sink_webhooks import WebhookPoster
+from mailerd import ratelimit
+from mailerd.emulator.recorder import Recorder
+from mailerd.emulator.webhooks import WebhookPoster
 
 log = structlog.get_logger(__name__)
 
-FLUSH_INTERVAL_S: Final = 0.1
 MAX_BULK_ENTRIES: Final = 50
 _JSON: Final = "application/json"
 
@@ -60,81 +58,6 @@ class Counters:
     throttled_calls: int = 0
     failed_entries: int = 0
     rejected_calls: int = 0
-
-
-class TokenBucket:
-    """Recipients per second with one second of burst (at least one full bulk call)."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self.rate = rate
-        self._tokens = self.capacity
-        self._at = clock()
-
-    @property
-    def capacity(self) -> float:
-        return max(self.rate, float(MAX_BULK_ENTRIES))
-
-    def take(self, n: int) -> bool:
-        """Take ``n`` tokens if there are that many; ``rate <= 0`` means never throttle."""
-        if self.rate <= 0:
-            return True
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= n:
-            self._tokens -= n
-            return True
-        return False
-
-
-class Recorder:
-    """Buffers record lines; a background task writes them in a worker thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._buffer = bytearray()  # one growing buffer: many small bytes objects cost more
-        self._file: IO[bytes] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()  # one write at a time, in order
-        self._closing = False
-
-    async def open(self) -> None:
-        self._file = await asyncio.to_thread(self.path.open, "ab")
-        self._task = asyncio.create_task(self._run(), name="sink-recorder")
-
-    def add(self, line: bytes) -> None:
-        self._buffer += line
-
-    async def _run(self) -> None:
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_INTERVAL_S):
-                    await self._wake.wait()
-            await self.flush()
-
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._buffer or self._file is None:
-                return
-            chunk, self._buffer = self._buffer, bytearray()
-            await asyncio.to_thread(_write, self._file, chunk)
-
-    async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        await self.flush()
-        if self._file is not None:
-            await asyncio.to_thread(self._file.close)
-            self._file = None
-
-
-def _write(file: IO[bytes], chunk: bytearray) -> None:
-    file.write(chunk)
-    file.flush()
 
 
 class Sink:
@@ -167,7 +90,8 @@ class Sink:
         self.max_send_rate = max_send_rate
         self.counters = Counters()
         self.templates: dict[str, dict[str, str]] = {}
-        self._bucket = TokenBucket(throttle_rate)
+        self._throttle_rate = throttle_rate
+        self._bucket = _throttle_bucket(throttle_rate)
         self._random = random.Random(seed)
         self._message_prefix = f"{self._random.getrandbits(64):016x}"
         self._message_seq = 0
@@ -177,11 +101,12 @@ class Sink:
 
     @property
     def throttle_rate(self) -> float:
-        return self._bucket.rate
+        return self._throttle_rate
 
     @throttle_rate.setter
     def throttle_rate(self, rate: float) -> None:
-        self._bucket = TokenBucket(rate)
+        self._throttle_rate = rate
+        self._bucket = _throttle_bucket(rate)
 
     @property
     def url(self) -> str:
@@ -259,7 +184,7 @@ class Sink:
             raise SinkError(*self.force_error)
         if name not in self.templates:
             raise SinkError(404, "NotFoundException", f"Template {name} does not exist.")
-        if not self._bucket.take(len(entries)):
+        if not _take(self._bucket, len(entries)):
             self.counters.throttled_calls += 1
             raise SinkError(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
         return {"BulkEmailEntryResults": [self._answer(*p) for p in parsed]}
@@ -336,6 +261,25 @@ class Sink:
                 },
             },
         )
+
+
+# --- throttling ----------------------------------------------------------------------------------
+
+
+def _throttle_bucket(rate: float) -> ratelimit.TokenBucket:
+    """Recipients per second with one second of burst (at least one full bulk call); <= 0: never."""
+    rate = max(rate, 0.0)
+    return ratelimit.TokenBucket(rate, burst=max(rate, float(MAX_BULK_ENTRIES)))
+
+
+def _take(bucket: ratelimit.TokenBucket, n: int) -> bool:
+    """Take ``n`` tokens if there are that many; a call that finds too few takes none (a 429)."""
+    if bucket.unlimited:
+        return True
+    if bucket.tokens() < n:
+        return False
+    bucket.reserve(n)
+    return True
 
 
 # --- request checks (per entry: a handful of dict reads) ----------------------------------------
