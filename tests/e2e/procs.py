@@ -708,7 +708,11 @@ async def _kill_round(
     rng: random.Random,
     result: ScenarioResult,
 ) -> None:
-    victim = rng.choice(daemons)
+    # A node that holds pending shards, when one does: killing an idle node (its peer claimed
+    # every shard first, as a busy machine makes likely) would test no takeover at all.
+    owners = await shard_owners(conn, campaign_id)
+    holding = [d for d in daemons if any(o == d.name and s == "pending" for o, _, s in owners.values())]
+    victim = rng.choice(holding or daemons)
     killed_at = time.monotonic()
     await victim.kill_and_reap()
     await backends_gone(conn, victim.name)
