@@ -9,25 +9,41 @@ import``). Addresses are trimmed and lower-cased; every change is recorded in
 from __future__ import annotations
 
 import csv
-import dataclasses
-import datetime as dt
 import itertools
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import asyncpg
 import orjson
 
-from mailerd.importer import is_valid_email
+from mailerd.db import suppressions as suppressions_db
+from mailerd.db.suppressions import Suppression, add, page, remove
+from mailerd.importer.parsing import is_valid_email
+from mailerd.importer.rejects import ImportFailed, ImportResult, Reject, RejectSink
 
 MAX_REASON_LENGTH = 500
-STDERR_REJECTS = 20
 IMPORT_CHUNK_ROWS = 50_000
 DEFAULT_IMPORT_REASON = "imported"
-STAGING = "mailerd_suppression_import"
+
+__all__ = [
+    "DEFAULT_IMPORT_REASON",
+    "MAX_REASON_LENGTH",
+    "ImportFailed",
+    "ImportResult",
+    "Reject",
+    "Suppression",
+    "add",
+    "import_file",
+    "normalise",
+    "page",
+    "remove",
+    "run_change_cli",
+    "run_import_cli",
+    "run_list_cli",
+]
 
 
 def normalise(address: str) -> str | None:
@@ -36,126 +52,7 @@ def normalise(address: str) -> str | None:
     return address if is_valid_email(address) else None
 
 
-# --- one address at a time (admin API) -------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Suppression:
-    """One row of the list."""
-
-    account_id: int
-    email: str
-    reason: str
-    source: str | None
-    at: dt.datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _row(record: asyncpg.Record) -> Suppression:
-    return Suppression(
-        record["account_id"], record["email"], record["reason"], record["source"], record["at"]
-    )
-
-
-async def add(
-    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
-) -> tuple[Suppression, bool]:
-    """Suppress ``email`` (already normalised); returns the row and whether it is new.
-
-    Idempotent: an address already on the list keeps its first reason, and nothing is audited.
-    """
-    async with conn.transaction():
-        record = await conn.fetchrow(
-            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, $2, $3, $4)
-               ON CONFLICT DO NOTHING RETURNING *""",
-            account_id,
-            email,
-            reason,
-            source,
-        )
-        if record is not None:
-            await _audit(conn, account_id, email, "added", reason, source)
-            return _row(record), True
-        record = await conn.fetchrow(
-            "SELECT * FROM suppressions WHERE account_id = $1 AND email = $2", account_id, email
-        )
-    assert record is not None  # suppressions are never deleted but through remove()
-    return _row(record), False
-
-
-async def remove(
-    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
-) -> Suppression | None:
-    """Take ``email`` off the list, auditing ``reason``; None when it was not on it."""
-    async with conn.transaction():
-        record = await conn.fetchrow(
-            "DELETE FROM suppressions WHERE account_id = $1 AND email = $2 RETURNING *",
-            account_id,
-            email,
-        )
-        if record is None:
-            return None
-        await _audit(conn, account_id, email, "removed", reason, source)
-    return _row(record)
-
-
-async def page(
-    conn: asyncpg.Connection, account_id: int, *, after: str = "", limit: int = 100
-) -> list[Suppression]:
-    """Up to ``limit`` rows of the account with ``email > after``, by address (the primary key)."""
-    rows = await conn.fetch(
-        """SELECT * FROM suppressions WHERE account_id = $1 AND email > $2
-           ORDER BY email LIMIT $3""",
-        account_id,
-        after,
-        limit,
-    )
-    return [_row(r) for r in rows]
-
-
-async def _audit(
-    conn: asyncpg.Connection, account_id: int, email: str, action: str, reason: str, source: str
-) -> None:
-    await conn.execute(
-        """INSERT INTO suppression_audit (account_id, email, action, reason, source)
-           VALUES ($1, $2, $3, $4, $5)""",
-        account_id,
-        email,
-        action,
-        reason,
-        source,
-    )
-
-
 # --- import ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reject:
-    """A line that is not an address (line numbers are physical lines, from 1)."""
-
-    line: int
-    reason: str
-
-
-@dataclasses.dataclass(slots=True)
-class ImportResult:
-    """What an import did. ``already`` counts addresses on the list before, and repeats in the file."""
-
-    imported: int = 0
-    already: int = 0
-    rejected: int = 0
-    first_rejects: list[Reject] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        return f"imported {self.imported}, already suppressed {self.already}, rejected {self.rejected}"
-
-
-class ImportFailed(Exception):
-    """The file cannot be imported at all (unreadable, or a CSV without an ``email`` column)."""
 
 
 class _Parser:
@@ -163,18 +60,16 @@ class _Parser:
 
     Which one is decided by the first non-blank line: a CSV header naming an ``email`` column
     (and optionally ``reason``) makes it a CSV; else every non-blank line that does not start
-    with ``#`` is an address. Yields ``(line, email, reason)``; rejects go to ``result``.
+    with ``#`` is an address. Yields ``(line, email, reason)``; rejects go to ``sink``.
     """
 
-    def __init__(self, stream: TextIO, default_reason: str, result: ImportResult) -> None:
+    def __init__(self, stream: TextIO, default_reason: str, sink: RejectSink) -> None:
         self._stream = stream
         self._default_reason = default_reason
-        self._result = result
+        self._sink = sink
 
-    def _reject(self, line: int, reason: str) -> None:
-        self._result.rejected += 1
-        if len(self._result.first_rejects) < STDERR_REJECTS:
-            self._result.first_rejects.append(Reject(line, reason))
+    def _reject(self, line: int, reason: str, raw: str = "") -> None:
+        self._sink.add(line, reason, raw)
 
     def rows(self) -> Iterator[tuple[int, str, str]]:
         lines = enumerate(self._stream, start=1)
@@ -194,7 +89,7 @@ class _Parser:
                 continue
             email = normalise(text)
             if email is None:
-                self._reject(number, f"not an email address: {_shown(text)}")
+                self._reject(number, f"not an email address: {_shown(text)}", text)
             else:
                 yield number, email, self._default_reason
 
@@ -261,38 +156,25 @@ async def import_file(
     DO NOTHING`` (first occurrence in the file wins) that also writes the audit rows.
     """
     started = time.perf_counter()
-    result = ImportResult()
+    sink = RejectSink(None)
     try:
         with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as stream:
-            parser = _Parser(stream, reason, result)
+            parser = _Parser(stream, reason, sink)
             async with conn.transaction():
-                await conn.execute(
-                    f"CREATE TEMP TABLE {STAGING} (line bigint, email text, reason text) ON COMMIT DROP"
-                )
+                await suppressions_db.create_import_staging(conn)
                 valid = 0
                 for chunk in _chunks(parser.rows(), IMPORT_CHUNK_ROWS):
-                    await conn.copy_records_to_table(
-                        STAGING, records=chunk, columns=("line", "email", "reason")
-                    )
+                    await suppressions_db.copy_import_rows(conn, chunk)
                     valid += len(chunk)
-                status = await conn.execute(
-                    f"""WITH added AS (
-                            INSERT INTO suppressions (account_id, email, reason, source)
-                            SELECT DISTINCT ON (email) $1::bigint, email, reason, $2::text
-                            FROM {STAGING} ORDER BY email, line
-                            ON CONFLICT DO NOTHING
-                            RETURNING account_id, email, reason, source)
-                        INSERT INTO suppression_audit (account_id, email, action, reason, source)
-                        SELECT account_id, email, 'added', reason, source FROM added""",
-                    account_id,
-                    source,
-                )
+                imported = await suppressions_db.merge_import(conn, account_id, source)
     except OSError as exc:
         raise ImportFailed(f"{path}: {exc.strerror or exc}") from None
-    result.imported = int(status.rsplit(" ", 1)[-1])
-    result.already = valid - result.imported
-    result.seconds = time.perf_counter() - started
-    return result
+    seconds = time.perf_counter() - started
+    return ImportResult(imported, sink.count, sink.first, seconds, already=valid - imported)
+
+
+def _summary(result: ImportResult) -> str:
+    return f"imported {result.imported}, already suppressed {result.already}, rejected {result.rejected}"
 
 
 def _chunks(rows: Iterator[tuple[int, str, str]], size: int) -> Iterator[list[tuple[int, str, str]]]:
@@ -323,7 +205,7 @@ async def run_import_cli(conn: asyncpg.Connection, *, account_id: int, path: Pat
         print(f"{path}:{reject.line}: {reject.reason}", file=sys.stderr)
     if result.rejected > len(result.first_rejects):
         print(f"... and {result.rejected - len(result.first_rejects)} more", file=sys.stderr)
-    print(result.summary())
+    print(_summary(result))
     if result.rejected:
         return 1 if result.imported + result.already == 0 else 2
     return 0

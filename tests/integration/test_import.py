@@ -14,6 +14,9 @@ import orjson
 import pytest
 
 from mailerd import importer
+from mailerd.db import leads as leads_db
+from mailerd.importer import loading
+from mailerd.importer import source as source_mod
 
 ACCOUNT = 7
 
@@ -252,7 +255,7 @@ async def test_many_rows_cross_chunks(
     conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small chunks so that fast and slow chunks alternate and a quoted field spans a chunk end.
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 200)
     lines = ["email,n,note"]
     for i in range(500):
         note = f'"multi\nline {i}"' if i % 97 == 0 else f"n{i}"
@@ -308,8 +311,8 @@ async def test_batches_merge_in_file_order(
 ) -> None:
     # Tiny chunks and batches: repeats within a batch, across batches, and existing leads in
     # later batches (the plain insert meets a unique violation and falls back to the upsert).
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
-    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 5)
     await conn.execute(
         "INSERT INTO leads (account_id, email, attributes)"
         " SELECT $1, 'old' || i || '@example.com', jsonb_build_object('keep', i, 'n', -1)"
@@ -340,8 +343,8 @@ async def test_column_that_turns_string_late_restarts_the_run(
 ) -> None:
     # The first batches are merged with "code" as a number; a late "x9" makes it a string
     # column, so the run starts over and every code is stored as the text it was.
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
-    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 5)
     lines = ["email,code,flag"]
     for i in range(60):
         email = "broken" if i == 3 else f"u{i}@example.com"
@@ -367,7 +370,7 @@ async def test_non_ascii_addresses_are_one_lead_whatever_their_case(
     # Python lower-cases ASCII addresses only (the database's lower() may differ on the rest):
     # the others keep their first spelling and are matched by lower(email) like every address.
     # The first file is copied straight into leads, the second meets them and is upserted.
-    assert await importer.lowers_ascii_like_python(conn)
+    assert await leads_db.lowers_ascii_like_python(conn)
     await conn.execute(
         "INSERT INTO leads (account_id, email, attributes) VALUES ($1, 'Élise@Example.com', '{\"old\": 1}')",
         ACCOUNT,
@@ -390,7 +393,7 @@ async def test_a_failed_import_waits_for_its_parser_thread(
 ) -> None:
     # The parser thread may be in the middle of a chunk when the import fails: the import must
     # not return (and close the file) before the thread is done with it.
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
     started: list[float] = []
     parse = importer.CsvSource.next_chunk
 
@@ -403,7 +406,7 @@ async def test_a_failed_import_waits_for_its_parser_thread(
         raise RuntimeError("refused")
 
     monkeypatch.setattr(importer.CsvSource, "next_chunk", slow_parse)
-    monkeypatch.setattr(importer._LeadWriter, "write", refuse)
+    monkeypatch.setattr(loading.LeadWriter, "write", refuse)
     path = tmp_path / "leads.csv"
     path.write_text("email,n\n" + "".join(f"u{i}@example.com,{i}\n" for i in range(100)), encoding="utf-8")
     with pytest.raises(RuntimeError, match="refused"):
