@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p = suppress.add_parser("import", parents=[common], help="import addresses (one a line, or CSV)")
     p.add_argument("--account", type=int, required=True, help="account id")
     p.add_argument("--reason", default=None, help="reason recorded (default: imported; CSV column wins)")
+    p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected line here")
     p.add_argument("file", help="one address per line, or a CSV with an 'email' (and 'reason') column")
     p = suppress.add_parser("list", parents=[common], help="list an account's suppressions")
     p.add_argument("--account", type=int, required=True, help="account id")
@@ -268,7 +269,11 @@ async def _suppressions_import(args: argparse.Namespace, config: config_mod.Conf
 
     async with _connection(config) as conn:
         return await suppressions.run_import_cli(
-            conn, account_id=args.account, path=Path(args.file), reason=args.reason
+            conn,
+            account_id=args.account,
+            path=Path(args.file),
+            reason=args.reason,
+            rejects=Path(args.rejects) if args.rejects else None,
         )
 
 

@@ -22,7 +22,14 @@ import orjson
 from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
 from mailerd.importer.parsing import is_valid_email
-from mailerd.importer.rejects import ImportFailed, ImportResult, Reject, RejectSink
+from mailerd.importer.rejects import (
+    ImportFailed,
+    ImportResult,
+    Reject,
+    RejectSink,
+    print_rejects,
+    reject_sink,
+)
 
 MAX_REASON_LENGTH = 500
 IMPORT_CHUNK_ROWS = 50_000
@@ -149,16 +156,20 @@ async def import_file(
     *,
     reason: str = DEFAULT_IMPORT_REASON,
     source: str = "import",
+    rejects: Path | None = None,
 ) -> ImportResult:
     """Add every valid address of ``path`` to the account's list, in one transaction.
 
     Streams the file through ``COPY`` into a temporary table, then one ``INSERT ... ON CONFLICT
-    DO NOTHING`` (first occurrence in the file wins) that also writes the audit rows.
+    DO NOTHING`` (first occurrence in the file wins) that also writes the audit rows. Rejected
+    lines go to ``rejects`` (one JSON object a line), when given.
     """
     started = time.perf_counter()
-    sink = RejectSink(None)
     try:
-        with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as stream:
+        with (
+            reject_sink(rejects) as sink,
+            path.open("r", encoding="utf-8-sig", errors="replace", newline="") as stream,
+        ):
             parser = _Parser(stream, reason, sink)
             async with conn.transaction():
                 await suppressions_db.create_import_staging(conn)
@@ -188,23 +199,24 @@ def _chunks(rows: Iterator[tuple[int, str, str]], size: int) -> Iterator[list[tu
         yield chunk
 
 
-async def run_import_cli(conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None) -> int:
+async def run_import_cli(
+    conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None, rejects: Path | None = None
+) -> int:
     """``mailerd suppressions import``: 0 nothing rejected, 2 some rejected, 1 nothing valid."""
     if reason is not None and not reason.strip():
         print("mailerd suppressions import: --reason must not be empty", file=sys.stderr)
         return 1
     try:
-        result = await import_file(conn, account_id, path, reason=(reason or DEFAULT_IMPORT_REASON).strip())
+        result = await import_file(
+            conn, account_id, path, reason=(reason or DEFAULT_IMPORT_REASON).strip(), rejects=rejects
+        )
     except ImportFailed as exc:
         print(f"mailerd suppressions import: {exc}", file=sys.stderr)
         return 1
     if result.imported + result.already + result.rejected == 0:
         print(f"mailerd suppressions import: {path}: no addresses in the file", file=sys.stderr)
         return 1
-    for reject in result.first_rejects:
-        print(f"{path}:{reject.line}: {reject.reason}", file=sys.stderr)
-    if result.rejected > len(result.first_rejects):
-        print(f"... and {result.rejected - len(result.first_rejects)} more", file=sys.stderr)
+    print_rejects(path, result, rejects)
     print(_summary(result))
     if result.rejected:
         return 1 if result.imported + result.already == 0 else 2

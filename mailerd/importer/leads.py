@@ -23,7 +23,7 @@ from mailerd.importer.jsonl_source import JsonlSource
 from mailerd.importer.loading import LeadWriter, Pipeline
 from mailerd.importer.parsing import ColumnType, parse_header, parse_types
 from mailerd.importer.progress import Progress
-from mailerd.importer.rejects import ImportFailed, ImportResult, RejectSink
+from mailerd.importer.rejects import ImportFailed, ImportResult, RejectSink, print_rejects, reject_sink
 from mailerd.importer.source import Source
 
 
@@ -60,27 +60,18 @@ async def import_file(
     if suffix != ".csv" and types:
         raise ImportFailed("--types applies to CSV files only")
     progress = progress or Progress(size)
-    reject_stream: IO[bytes] | None = None
     try:
-        if rejects is not None:
-            try:
-                reject_stream = rejects.open("wb")
-            except OSError as exc:
-                raise ImportFailed(f"{rejects}: {exc.strerror or exc}") from None
-        sink = RejectSink(reject_stream)
-        try:
+        with reject_sink(rejects) as sink:
             if suffix == ".csv":
                 with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
                     imported = await _import_csv(conn, account_id, path, f, types or {}, sink, progress)
             else:
                 with path.open("rb") as fb:
                     imported = await _import_jsonl(conn, account_id, fb, sink, progress)
-        except OSError as exc:
-            raise ImportFailed(f"{path}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise ImportFailed(f"{path}: {exc.strerror or exc}") from None
     finally:
         progress.close()
-        if reject_stream is not None:
-            reject_stream.close()
     seconds = time.perf_counter() - started
     return ImportResult(imported, sink.count, sink.first, seconds)
 
@@ -157,11 +148,6 @@ async def run_cli(
     except ImportFailed as exc:
         print(f"mailerd leads import: {exc}", file=sys.stderr)
         return 1
-    for reject in result.first_rejects:
-        print(f"{path}:{reject.line}: {reject.reason}", file=sys.stderr)
-    if result.rejected > len(result.first_rejects):
-        more = result.rejected - len(result.first_rejects)
-        where = f" (all in {rejects})" if rejects else " (use --rejects FILE to see all)"
-        print(f"... and {more:,} more rejected rows{where}", file=sys.stderr)
+    print_rejects(path, result, rejects)
     print(_summary(result))
     return 2 if result.rejected else 0

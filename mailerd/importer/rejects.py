@@ -2,12 +2,17 @@
 
 A run skips the lines it cannot take (:class:`Reject`, collected by a :class:`RejectSink`: all
 to the ``--rejects`` file, the first few kept for stderr), and ends with an
-:class:`ImportResult`. An error that stops the whole run is an :class:`ImportFailed`.
+:class:`ImportResult`, which :func:`print_rejects` reports on stderr the same way for both
+commands. An error that stops the whole run is an :class:`ImportFailed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import IO
 
 import orjson
@@ -73,3 +78,27 @@ class RejectSink:
         if self.stream is not None and self.stream.seekable():  # (a pipe keeps them twice)
             self.stream.seek(0)
             self.stream.truncate()
+
+
+@contextlib.contextmanager
+def reject_sink(rejects: Path | None) -> Iterator[RejectSink]:
+    """A sink writing to the ``--rejects`` file (when given), closed at the end of the run."""
+    if rejects is None:
+        yield RejectSink(None)
+        return
+    try:
+        stream = rejects.open("wb")
+    except OSError as exc:
+        raise ImportFailed(f"{rejects}: {exc.strerror or exc}") from None
+    with stream:
+        yield RejectSink(stream)
+
+
+def print_rejects(path: Path, result: ImportResult, rejects: Path | None) -> None:
+    """The first rejects on stderr as ``FILE:LINE: reason``, then how many more and where."""
+    for reject in result.first_rejects:
+        print(f"{path}:{reject.line}: {reject.reason}", file=sys.stderr)
+    more = result.rejected - len(result.first_rejects)
+    if more > 0:
+        where = f" (all in {rejects})" if rejects else " (use --rejects FILE to see all)"
+        print(f"... and {more:,} more rejected rows{where}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -249,7 +250,13 @@ async def test_import_cli_exit_codes_and_summary(
     assert out.out.strip() == "imported 1, already suppressed 0, rejected 25"
     errors = out.err.splitlines()
     assert errors[0] == f"{mixed}:2: not an email address: 'bad'"
-    assert len(errors) == 21 and errors[-1] == "... and 5 more"
+    assert len(errors) == 21 and errors[-1] == "... and 5 more rejected rows (use --rejects FILE to see all)"
+    # --rejects FILE keeps every rejected line, as the lead import does.
+    rejects = tmp_path / "rejects.jsonl"
+    assert await suppressions.run_import_cli(conn, account_id=1, path=mixed, reason="x", rejects=rejects) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"... and 5 more rejected rows (all in {rejects})"
+    kept = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    assert kept == [{"line": n, "reason": "not an email address: 'bad'", "raw": "bad"} for n in range(2, 27)]
 
     bad = tmp_path / "bad.txt"
     bad.write_text("bad\nworse\n")
