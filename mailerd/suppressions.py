@@ -27,6 +27,7 @@ from mailerd.importer.rejects import (
     ImportResult,
     Reject,
     RejectSink,
+    exit_status,
     print_rejects,
     reject_sink,
 )
@@ -218,9 +219,7 @@ async def run_import_cli(
         return 1
     print_rejects(path, result, rejects)
     print(_summary(result))
-    if result.rejected:
-        return 1 if result.imported + result.already == 0 else 2
-    return 0
+    return exit_status(result)
 
 
 async def run_list_cli(

@@ -23,7 +23,14 @@ from mailerd.importer.jsonl_source import JsonlSource
 from mailerd.importer.loading import LeadWriter, Pipeline
 from mailerd.importer.parsing import ColumnType, parse_header, parse_types
 from mailerd.importer.progress import Progress
-from mailerd.importer.rejects import ImportFailed, ImportResult, RejectSink, print_rejects, reject_sink
+from mailerd.importer.rejects import (
+    ImportFailed,
+    ImportResult,
+    RejectSink,
+    exit_status,
+    print_rejects,
+    reject_sink,
+)
 from mailerd.importer.source import Source
 
 
@@ -148,6 +155,9 @@ async def run_cli(
     except ImportFailed as exc:
         print(f"mailerd leads import: {exc}", file=sys.stderr)
         return 1
+    if result.imported + result.rejected == 0:
+        print(f"mailerd leads import: {path}: no rows to import", file=sys.stderr)
+        return 1
     print_rejects(path, result, rejects)
     print(_summary(result))
-    return 2 if result.rejected else 0
+    return exit_status(result)

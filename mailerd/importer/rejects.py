@@ -94,6 +94,14 @@ def reject_sink(rejects: Path | None) -> Iterator[RejectSink]:
         yield RejectSink(stream)
 
 
+def exit_status(result: ImportResult) -> int:
+    """The imports' exit status: 0 every row imported, 2 some rejected (the rest imported),
+    1 nothing imported (every row rejected, or none in the file)."""
+    if result.imported + result.already == 0:
+        return 1
+    return 2 if result.rejected else 0
+
+
 def print_rejects(path: Path, result: ImportResult, rejects: Path | None) -> None:
     """The first rejects on stderr as ``FILE:LINE: reason``, then how many more and where."""
     for reject in result.first_rejects:

@@ -414,3 +414,37 @@ async def test_a_failed_import_waits_for_its_parser_thread(
     returned = time.monotonic()
     await asyncio.sleep(0.5)
     assert started and max(started) <= returned
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "summary", "message"),
+    [
+        (
+            "all-bad.csv",
+            b"email,n\nbroken,1\nalso broken,2\n",
+            "imported 0, rejected 2, in ",
+            "invalid email",
+        ),
+        ("all-bad.jsonl", b'{"email": "broken"}\n[1]\n', "imported 0, rejected 2, in ", "invalid email"),
+        ("header-only.csv", b"email,n\n", "", "no rows to import"),
+        ("blank.jsonl", b"\n\n", "", "no rows to import"),
+    ],
+)
+async def test_nothing_imported_exits_1_as_documented(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+    summary: str,
+    message: str,
+) -> None:
+    # The runbook and the README: "0 every row imported, 2 some rows rejected (the rest
+    # imported), 1 nothing imported".
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert await run(conn, path) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(summary)
+    assert message in captured.err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
