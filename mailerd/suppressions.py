@@ -21,7 +21,7 @@ import orjson
 
 from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
-from mailerd.importer.parsing import is_valid_email
+from mailerd.importer.parsing import bad_text_reason, has_bad_text, is_valid_email
 from mailerd.importer.rejects import (
     ImportFailed,
     ImportResult,
@@ -29,6 +29,7 @@ from mailerd.importer.rejects import (
     RejectSink,
     exit_status,
     print_rejects,
+    printable,
     reject_sink,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "Reject",
     "Suppression",
     "add",
+    "check_reason",
     "import_file",
     "normalise",
     "page",
@@ -55,9 +57,25 @@ __all__ = [
 
 
 def normalise(address: str) -> str | None:
-    """The stored form of an address (trimmed, lower-cased), or None when it is not one."""
+    """The stored form of an address (trimmed, lower-cased), or None when it is not one.
+
+    The one address check of every way onto the list (API, CLI, import): it also refuses what a
+    text column cannot hold (NUL, invalid UTF-8) and more than 254 characters.
+    """
     address = address.strip().lower()
     return address if is_valid_email(address) else None
+
+
+def check_reason(reason: str) -> str | None:
+    """Why ``reason`` cannot be stored (empty, longer than :data:`MAX_REASON_LENGTH`, a NUL
+    character, invalid UTF-8), or None when it can."""
+    if not reason.strip():
+        return "must not be empty"
+    if len(reason) > MAX_REASON_LENGTH:
+        return f"at most {MAX_REASON_LENGTH} characters"
+    if has_bad_text(reason):
+        return "contains a NUL character" if "\x00" in reason else bad_text_reason(reason)
+    return None
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -95,6 +113,9 @@ class _Parser:
             text = text.strip()
             if not text or text.startswith("#"):
                 continue
+            if has_bad_text(text):
+                self._reject(number, bad_text_reason(text), text)
+                continue
             email = normalise(text)
             if email is None:
                 self._reject(number, f"not an email address: {_shown(text)}", text)
@@ -121,6 +142,9 @@ class _Parser:
                 continue
             if len(row) != width:
                 self._reject(first_line, f"expected {width} fields, got {len(row)}")
+                continue
+            if has_bad_text(",".join(row)):
+                self._reject(first_line, bad_text_reason(",".join(row)))
                 continue
             email = normalise(row[email_index])
             if email is None:
@@ -169,7 +193,7 @@ async def import_file(
     try:
         with (
             reject_sink(rejects) as sink,
-            path.open("r", encoding="utf-8-sig", errors="replace", newline="") as stream,
+            path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as stream,
         ):
             parser = _Parser(stream, reason, sink)
             async with conn.transaction():
@@ -204,8 +228,9 @@ async def run_import_cli(
     conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None, rejects: Path | None = None
 ) -> int:
     """``mailerd suppressions import``: 0 nothing rejected, 2 some rejected, 1 nothing valid."""
-    if reason is not None and not reason.strip():
-        print("mailerd suppressions import: --reason must not be empty", file=sys.stderr)
+    problem = check_reason(reason) if reason is not None else None
+    if problem is not None:
+        print(f"mailerd suppressions import: --reason: {problem}", file=sys.stderr)
         return 1
     try:
         result = await import_file(
@@ -226,6 +251,9 @@ async def run_list_cli(
     conn: asyncpg.Connection, *, account_id: int, after: str, limit: int, as_json: bool
 ) -> int:
     """``mailerd suppressions list``: one page, by address; prints ``next: ADDRESS`` if more."""
+    if has_bad_text(after):
+        print(f"mailerd suppressions list: --after: {bad_text_reason(after)}", file=sys.stderr)
+        return 1
     rows = await page(conn, account_id, after=after.strip().lower(), limit=limit)
     if as_json:
         sys.stdout.write(orjson.dumps([r.as_dict() for r in rows]).decode() + "\n")
@@ -243,10 +271,12 @@ async def run_change_cli(
     """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid, 3 not suppressed."""
     address = normalise(email)
     if address is None:
-        print(f"mailerd suppressions {action}: not an email address: {email!r}", file=sys.stderr)
+        shown = printable(email[:100])
+        print(f"mailerd suppressions {action}: email: not an email address: {shown!r}", file=sys.stderr)
         return 1
-    if reason is not None and (not reason.strip() or len(reason) > MAX_REASON_LENGTH):
-        print(f"mailerd suppressions {action}: --reason must be 1 to 500 characters", file=sys.stderr)
+    problem = check_reason(reason) if reason is not None else None
+    if problem is not None:
+        print(f"mailerd suppressions {action}: --reason: {problem}", file=sys.stderr)
         return 1
     if action == "add":
         row, created = await add(conn, account_id, address, (reason or "manual").strip(), "cli")

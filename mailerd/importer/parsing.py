@@ -16,10 +16,11 @@ import orjson
 
 from mailerd.importer.rejects import ImportFailed
 
-# Pragmatic, cheap: one @, no spaces, a dotted domain ending in a letters-only (or punycode) TLD.
+# Pragmatic, cheap: one @, no spaces or control characters (NUL included), a dotted domain
+# ending in a letters-only (or punycode) TLD. Undecodable bytes (read as surrogate escapes) fail.
 EMAIL = re.compile(
     r"(?=.{6,254}\Z)"
-    r"[^@\s\"(),:;<>\[\\\]]{1,64}"
+    r"[^@\s\"(),:;<>\[\\\]\x00-\x1f\x7f\ud800-\udfff]{1,64}"
     r"@(?:[\w-]{1,63}\.)+"
     r"(?:[^\W\d_]{2,63}|xn--[\w-]{1,59})\Z"
 )
@@ -40,7 +41,8 @@ class ColumnType(enum.StrEnum):
 
 
 def is_valid_email(address: str) -> bool:
-    """True for a plausible ``local@domain.tld`` (already trimmed) of at most 254 characters."""
+    """True for a plausible ``local@domain.tld`` (already trimmed) of at most 254 characters,
+    without control characters (NUL included) or undecodable bytes."""
     return EMAIL.match(address) is not None
 
 

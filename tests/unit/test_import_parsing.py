@@ -42,6 +42,9 @@ def test_valid_addresses(address: str) -> None:
         "x" * 65 + "@example.com",
         "a@" + "b" * 250 + ".com",
         "<a>@example.com",
+        "a\x00b@example.com",  # NUL: no text column can hold it
+        "a\x01b@example.com",
+        "caf\udce9@example.com",  # an undecodable byte, as the file reader presents it
     ],
 )
 def test_invalid_addresses(address: str) -> None:
