@@ -21,6 +21,7 @@ import orjson
 
 from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
+from mailerd.importer.csv_records import Record, Records
 from mailerd.importer.parsing import bad_text_reason, has_bad_text, is_valid_email
 from mailerd.importer.rejects import (
     ImportFailed,
@@ -94,7 +95,7 @@ class _Parser:
         self._default_reason = default_reason
         self._sink = sink
 
-    def _reject(self, line: int, reason: str, raw: str = "") -> None:
+    def _reject(self, line: int, reason: str, raw: str) -> None:
         self._sink.add(line, reason, raw)
 
     def rows(self) -> Iterator[tuple[int, str, str]]:
@@ -123,38 +124,41 @@ class _Parser:
                 yield number, email, self._default_reason
 
     def _csv(self, header_line: int, header: tuple[int, int | None, int]) -> Iterator[tuple[int, str, str]]:
+        email_index, _, width = header
+        records = Records(
+            self._stream,
+            self._sink,
+            lines_before=header_line,
+            width=width,
+            email_index=email_index,
+            strict=True,
+        )
+        for record in records:
+            row = self._csv_row(record, header)
+            if row is not None:
+                yield row
+
+    def _csv_row(self, record: Record, header: tuple[int, int | None, int]) -> tuple[int, str, str] | None:
+        """``(line, email, reason)`` of one CSV record; None for a blank line or a reject."""
         email_index, reason_index, width = header
-        reader = csv.reader(self._stream, strict=True)
-        offset = header_line  # reader.line_num counts lines after the header
-        previous_end = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                self._reject(offset + reader.line_num, f"unreadable CSV: {exc}")
-                previous_end = reader.line_num
-                continue
-            first_line = offset + previous_end + 1
-            previous_end = reader.line_num
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != width:
-                self._reject(first_line, f"expected {width} fields, got {len(row)}")
-                continue
-            if has_bad_text(",".join(row)):
-                self._reject(first_line, bad_text_reason(",".join(row)))
-                continue
-            email = normalise(row[email_index])
-            if email is None:
-                self._reject(first_line, f"not an email address: {_shown(row[email_index])}")
-                continue
-            reason = row[reason_index].strip() if reason_index is not None else ""
-            if len(reason) > MAX_REASON_LENGTH:
-                self._reject(first_line, f"reason longer than {MAX_REASON_LENGTH} characters")
-                continue
-            yield first_line, email, reason or self._default_reason
+        fields, line, raw = record.fields, record.line, record.raw
+        if not any(cell.strip() for cell in fields):
+            return None
+        if len(fields) != width:
+            self._reject(line, f"expected {width} fields, got {len(fields)}", raw)
+            return None
+        if has_bad_text(raw):
+            self._reject(line, bad_text_reason(raw), raw)
+            return None
+        email = normalise(fields[email_index])
+        if email is None:
+            self._reject(line, f"not an email address: {_shown(fields[email_index])}", raw)
+            return None
+        reason = fields[reason_index].strip() if reason_index is not None else ""
+        if len(reason) > MAX_REASON_LENGTH:
+            self._reject(line, f"reason longer than {MAX_REASON_LENGTH} characters", raw)
+            return None
+        return line, email, reason or self._default_reason
 
 
 def _csv_header(text: str) -> tuple[int, int | None, int] | None:

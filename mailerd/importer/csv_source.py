@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 import operator
 import re
@@ -10,6 +9,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from mailerd.importer import source
+from mailerd.importer.csv_records import Record, Records
 from mailerd.importer.encoding import RowEncoder
 from mailerd.importer.parsing import (
     EMAIL,
@@ -34,8 +34,8 @@ class CsvSource:
 
     Fast path (a chunk with no quote, backslash, control character or invalid UTF-8): split
     lines on commas and fill each row into a template. Otherwise the chunk goes through
-    :mod:`csv`, which also handles quoted fields spanning lines (even across chunk ends), and
-    values are escaped one by one.
+    :mod:`csv` (:class:`~mailerd.importer.csv_records.Records`: quoted fields spanning lines,
+    even across chunk ends, and stray quotes caught), and values are escaped one by one.
 
     Values are written with the column types known after the chunk (only per-column flags are
     kept). Inference only ever widens a column to string: when a column already written as
@@ -140,49 +140,54 @@ class CsvSource:
         return self._check_values(rows, starts, good, lower_booleans=True)
 
     def _slow(self, lines: list[str]) -> list[list[str]]:
-        record: list[str] = []
+        """Rows of a chunk that needs :mod:`csv`: its records (a record may run on past the
+        chunk's last line, into the stream)."""
 
-        def tap() -> Iterator[str]:
+        def counted() -> Iterator[str]:
             for item in itertools.chain(lines, self.stream):
                 self.bytes_read += len(item)
-                record.append(item)
                 yield item
 
-        reader = csv.reader(tap(), strict=False)
+        records = Records(
+            counted(),
+            self.sink,
+            lines_before=self.line,
+            width=self.width,
+            email_index=self.header.email_index,
+        )
+        end = self.line + len(lines)
         rows: list[list[str]] = []
         starts: list[int] = []
         raws: list[str] = []
-        while reader.line_num < len(lines):
-            start = self.line + reader.line_num + 1
-            record.clear()
-            try:
-                row = next(reader)
-            except StopIteration:
+        while records.line < end or records.pending:
+            record = records.next()
+            if record is None:
                 break
-            except csv.Error as exc:
-                self.sink.add(start, f"malformed CSV: {exc}", "".join(record))
-                continue
-            if not row:
-                continue
-            raw = "".join(record)
-            if has_bad_text(raw):
-                self.sink.add(start, bad_text_reason(raw), raw)
-                continue
-            if len(row) != self.width:
-                end = self.line + reader.line_num
-                span = f" (record spans lines {start}-{end})" if end > start else ""
-                self.sink.add(start, f"expected {self.width} columns, found {len(row)}{span}", raw)
-                continue
-            email = row[self.header.email_index].strip()
-            if not is_valid_email(email):
-                self.sink.add(start, f"invalid email address {email!r}", raw)
-                continue
-            row[self.header.email_index] = email
-            rows.append(row)
-            starts.append(start)
-            raws.append(raw)
-        self.line += reader.line_num
+            row = self._checked(record)
+            if row is not None:
+                rows.append(row)
+                starts.append(record.line)
+                raws.append(record.raw)
+        self.line = records.line
         return self._check_values(rows, starts, raws, lower_booleans=False)
+
+    def _checked(self, record: Record) -> list[str] | None:
+        """The record's fields with the address trimmed; None for a blank line or a reject."""
+        row, raw = record.fields, record.raw
+        if not row:
+            return None
+        if has_bad_text(raw):
+            self.sink.add(record.line, bad_text_reason(raw), raw)
+            return None
+        if len(row) != self.width:
+            self.sink.add(record.line, f"expected {self.width} columns, found {len(row)}", raw)
+            return None
+        email = row[self.header.email_index].strip()
+        if not is_valid_email(email):
+            self.sink.add(record.line, f"invalid email address {email!r}", raw)
+            return None
+        row[self.header.email_index] = email
+        return row
 
     def _check_values(
         self, rows: list[list[str]], lines: list[int], raws: list[str], *, lower_booleans: bool

@@ -102,6 +102,10 @@ async def _import_csv(
             raise ImportFailed(f"{path}: empty file (a header row is required)") from None
         except csv.Error as exc:
             raise ImportFailed(f"{path}:1: unreadable header: {exc}") from None
+        if reader.line_num > 1:
+            raise ImportFailed(
+                f"{path}:1: unbalanced quote: a quoted column name runs over lines 2-{reader.line_num}"
+            )
         header = parse_header(row, types, f"{path}:1")
         source = CsvSource(f, header, reader.line_num, sink, account_id, preset, lower_ascii=lower_ascii)
         try:

@@ -448,3 +448,90 @@ async def test_nothing_imported_exits_1_as_documented(
     assert captured.out.startswith(summary)
     assert message in captured.err
     assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "imported", "rejected_lines", "expected"),
+    [
+        pytest.param(
+            # No other quote in the file: the value ran to the end and swallowed every line.
+            'email,name\na@example.com,Ada\nb@example.com,"Bob\nc@example.com,Cy\nd@example.com,Di\n',
+            3,
+            [3],
+            {"c@example.com": {"name": "Cy"}, "d@example.com": {"name": "Di"}},
+            id="runs-to-the-end",
+        ),
+        pytest.param(
+            # The stray quote pairs with the opening quote of a real multi-line value further on.
+            'email,name,note\na@example.com,"Ada,x\nb@example.com,Bob,plain\n'
+            'c@example.com,Cy,"two\nlines"\nd@example.com,Di,x\n',
+            3,
+            [2],
+            {
+                "b@example.com": {"name": "Bob", "note": "plain"},
+                "c@example.com": {"name": "Cy", "note": "two\nlines"},
+            },
+            id="meets-a-real-quoted-value",
+        ),
+        pytest.param(
+            # Two stray quotes make a well-formed record of the right width: the second line is a
+            # whole row by itself, so the first one is the stray.
+            'email,name,n\na@example.com,"Ada,1\nb@example.com,Bob",2\nc@example.com,Cy,3\n',
+            2,
+            [2],
+            {"b@example.com": {"name": 'Bob"', "n": 2}, "c@example.com": {"name": "Cy", "n": 3}},
+            id="two-stray-quotes",
+        ),
+        pytest.param(
+            # Beyond the csv module's field limit (131,072 characters) the reader gave up midway.
+            'email,name\nx@example.com,"X\n'
+            + "".join(f"u{i}@example.com,name {i:06d}\n" for i in range(6000)),
+            6000,
+            [2],
+            {"u5999@example.com": {"name": "name 005999"}},
+            id="longer-than-the-field-limit",
+        ),
+    ],
+)
+async def test_a_stray_quote_rejects_its_line_and_the_lines_after_import(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    imported: int,
+    rejected_lines: list[int],
+    expected: dict[str, Any],
+) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text(content, encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    found = read_rejects(rejects)
+    assert [r["line"] for r in found] == rejected_lines
+    assert all(r["reason"].startswith("unbalanced quote") for r in found)
+    leads = await attributes_by_email(conn)
+    assert len(leads) == imported
+    assert {email: leads[email] for email in expected} == expected
+    assert capsys.readouterr().out.startswith(f"imported {imported:,}, rejected {len(rejected_lines)}, in ")
+
+
+async def test_quoted_values_over_many_lines_still_import(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    note = "\n".join(f'line {i}, with a comma and ""quotes""' for i in range(50))
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        f'email,note,n\na@example.com,"{note}",1\nb@example.com,"short\nnote",2\n', encoding="utf-8"
+    )
+    assert await run(conn, path) == 0
+    leads = await attributes_by_email(conn)
+    assert leads["a@example.com"] == {"note": note.replace('""', '"'), "n": 1}
+    assert leads["b@example.com"] == {"note": "short\nnote", "n": 2}
+
+
+async def test_a_stray_quote_in_the_header_imports_nothing(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text('email,"name\na@example.com,Ada\nb@example.com,Bob\n', encoding="utf-8")
+    assert await run(conn, path) == 1
+    assert "unbalanced quote" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0

@@ -232,6 +232,18 @@ async def test_import_csv_with_reasons(conn: asyncpg.Connection, tmp_path: Path)
     ]
 
 
+async def test_import_csv_stray_quote_rejects_its_line_only(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    # The quote opened on line 2 is never closed: it swallowed the rest of the file (and the
+    # import reported one malformed line, at the end, with nothing imported).
+    path = tmp_path / "list.csv"
+    path.write_text('email,reason\na@example.com,"bounced\nb@example.com,complaint\nc@example.com,x\n')
+    result = await suppressions.import_file(conn, 1, path)
+    assert (result.imported, result.already, result.rejected) == (2, 0, 1)
+    assert [(r.line, r.reason.split(":")[0]) for r in result.first_rejects] == [(2, "unbalanced quote")]
+    rows = await conn.fetch("SELECT email, reason FROM suppressions WHERE account_id = 1 ORDER BY email")
+    assert [tuple(r) for r in rows] == [("b@example.com", "complaint"), ("c@example.com", "x")]
+
+
 async def test_import_cli_exit_codes_and_summary(
     conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

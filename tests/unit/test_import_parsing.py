@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailerd.importer import csv_source, encoding, parsing, rejects
+from mailerd.importer import csv_records, csv_source, encoding, parsing, rejects
 from mailerd.importer import source as source_mod
 from mailerd.importer.parsing import ColumnFlags, ColumnType
 from mailerd.importer.rejects import ImportFailed
@@ -248,3 +248,45 @@ def test_row_encoder_leaves_addresses_as_written_unless_told_to_lower_ascii() ->
     assert lowered == ["1\tada@example.com\t{}\n", "1\tZOË@Exämple.de\t{}\n"]
     as_written = encoding.RowEncoder(header, 1, lower_ascii=False).escaped([list(r) for r in rows], {})
     assert as_written == ["1\tAda@Example.com\t{}\n", "1\tZOË@Exämple.de\t{}\n"]
+
+
+def _records(
+    text: str, width: int = 2, *, strict: bool = False
+) -> tuple[list[tuple[int, list[str]]], list[int]]:
+    sink = rejects.RejectSink(None)
+    lines = iter(io.StringIO(text, newline="").readlines())
+    found = csv_records.Records(lines, sink, lines_before=1, width=width, email_index=0, strict=strict)
+    return [(r.line, r.fields) for r in found if r.fields], [r.line for r in sink.first]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_records_reject_a_stray_quote_and_read_the_lines_it_swallowed(strict: bool) -> None:
+    text = 'a@example.com,"Ada\nb@example.com,Bob\nc@example.com,"two\nlines"\n\nd@example.com,"Di\n'
+    records, rejected = _records(text, strict=strict)
+    assert records == [(3, ["b@example.com", "Bob"]), (4, ["c@example.com", "two\nlines"])]
+    # Line 2 opened a value that ran into line 4's quote; line 7's value is never closed.
+    assert rejected == [2, 7]
+
+
+def test_records_keep_quoted_values_that_span_lines() -> None:
+    text = 'a@example.com,"x\ny, z\n""w"""\nb@example.com,"' + "\n" * 98 + '"\n'
+    records, rejected = _records(text)
+    assert records == [(2, ["a@example.com", 'x\ny, z\n"w"']), (5, ["b@example.com", "\n" * 98])]
+    assert rejected == []
+    # One line more than MAX_RECORD_LINES is a stray quote (and so is the closing one, alone).
+    records, rejected = _records('b@example.com,"' + "\n" * 100 + '"\nc@example.com,x\n')
+    assert rejected == [2, 102] and records == [(103, ["c@example.com", "x"])]
+
+
+def test_csv_source_reads_again_the_lines_a_stray_quote_took_across_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 40)
+    rows = [f"u{i}@example.com,{i}" for i in range(30)]
+    rows[10] = 'u10@example.com,"10'
+    source, chunks = _csv_source("email,n\n" + "\n".join(rows) + "\n")
+    assert [(r.line, r.reason.split(":")[0]) for r in source.sink.first] == [(12, "unbalanced quote")]
+    assert [email for _, email, _ in _copy_rows(chunks)] == [
+        f"u{i}@example.com" for i in range(30) if i != 10
+    ]
+    assert source.line == 31
