@@ -87,7 +87,7 @@ def prepare_rows(path: Path, halves: list[Path]) -> None:
             chunk = source.next_chunk()
             if chunk is None:
                 break
-            sinks[n % len(sinks)].write(chunk)
+            sinks[n % len(sinks)].write(chunk.data)
         if source.retype:
             raise SystemExit("bench: the generated file changed a column's type midway")
 

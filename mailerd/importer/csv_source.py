@@ -27,6 +27,8 @@ from mailerd.importer.rejects import RejectSink
 # would have to escape (backslash, control characters; "\r\n" is normalised to "\n" first).
 _NOT_VERBATIM = re.compile(r'["\\\x00-\x09\x0b-\x1f]')
 _WRITTEN_BOOLEANS = frozenset({"true", "false", ""})
+# A chunk's good rows: their fields, first physical lines and raw text.
+_Rows = tuple[list[list[str]], list[int], list[str]]
 
 
 class CsvSource:
@@ -83,7 +85,7 @@ class CsvSource:
         types.update(self.header.forced)
         return types
 
-    def next_chunk(self) -> bytes | None:
+    def next_chunk(self) -> source.Chunk | None:
         lines = self.stream.readlines(source.CHUNK_CHARS)
         if not lines:
             return None
@@ -92,15 +94,15 @@ class CsvSource:
             text = text.replace("\r\n", "\n")
         if _NOT_VERBATIM.search(text) is None and not has_bad_text(text):
             self.bytes_read += len(text)
-            rows, out = self._fast(text), self.encoder.verbatim
+            (rows, starts, raws), out = self._fast(text), self.encoder.verbatim
         else:
-            rows, out = self._slow(lines), self.encoder.escaped
+            (rows, starts, raws), out = self._slow(lines), self.encoder.escaped
         self.addresses.note([row[self.header.email_index] for row in rows])
         self.rows += len(rows)
         types = self._types_to_write()
         if self.retype or not rows:
-            return b""
-        return "".join(out(rows, types)).encode("utf-8")
+            return source.EMPTY
+        return source.Chunk("".join(out(rows, types)).encode("utf-8"), starts, raws)
 
     def _types_to_write(self) -> dict[int, ColumnType]:
         types = self.batch_types()
@@ -109,7 +111,7 @@ class CsvSource:
                 self.retype = True
         return types
 
-    def _fast(self, text: str) -> list[list[str]]:
+    def _fast(self, text: str) -> _Rows:
         email_index, width, match = self.header.email_index, self.width, EMAIL.match
         parts = text.split("\n")
         if parts[-1] == "":
@@ -139,7 +141,7 @@ class CsvSource:
         self.line = line
         return self._check_values(rows, starts, good, lower_booleans=True)
 
-    def _slow(self, lines: list[str]) -> list[list[str]]:
+    def _slow(self, lines: list[str]) -> _Rows:
         """Rows of a chunk that needs :mod:`csv`: its records (a record may run on past the
         chunk's last line, into the stream)."""
 
@@ -191,14 +193,14 @@ class CsvSource:
 
     def _check_values(
         self, rows: list[list[str]], lines: list[int], raws: list[str], *, lower_booleans: bool
-    ) -> list[list[str]]:
+    ) -> _Rows:
         """Fold the chunk into type inference; drop (and reject) rows that break a forced type.
 
         With ``lower_booleans``, boolean values not yet in lower case are lowered in place (the
         fast path writes values as they are).
         """
         if not rows:
-            return rows
+            return rows, lines, raws
         for index, flags in self.flags.items():
             if flags.undecided:
                 flags.update(set(map(operator.itemgetter(index), rows)))
@@ -219,10 +221,12 @@ class CsvSource:
                     reason = f"column {name!r}: {row[index]!r} is not a {kind.value}"
                     self.sink.add(lines[n], reason, raws[n])
         if keep is not None:
-            rows = [r for r, k in zip(rows, keep, strict=True) if k]
+            rows = list(itertools.compress(rows, keep))
+            lines = list(itertools.compress(lines, keep))
+            raws = list(itertools.compress(raws, keep))
         if lower_booleans:
             self._lower_booleans(rows)
-        return rows
+        return rows, lines, raws
 
     def _lower_booleans(self, rows: list[list[str]]) -> None:
         for index, kind in self.batch_types().items():

@@ -27,12 +27,14 @@ class JsonlSource:
         self.bytes_read = 0
         self.addresses = source.Addresses()
 
-    def next_chunk(self) -> bytes | None:
+    def next_chunk(self) -> source.Chunk | None:
         lines = self.stream.readlines(source.CHUNK_CHARS)
         if not lines:
             return None
         out: list[str] = []
         addresses: list[str] = []
+        starts: list[int] = []
+        raws: list[bytes] = []
         for raw in lines:
             self.line += 1
             self.bytes_read += len(raw)
@@ -44,8 +46,10 @@ class JsonlSource:
                 continue
             address = lead_address(parsed[0], self.lower_ascii)
             addresses.append(address)
+            starts.append(self.line)
+            raws.append(raw)
             document = copy_text(orjson.dumps(parsed[1]).decode())
             out.append(f"{self.prefix}{address}\t{document}\n")
         self.addresses.note(addresses)
         self.rows += len(out)
-        return "".join(out).encode("utf-8")
+        return source.Chunk("".join(out).encode("utf-8"), starts, raws)

@@ -110,13 +110,11 @@ async def _import_csv(
         source = CsvSource(f, header, reader.line_num, sink, account_id, preset, lower_ascii=lower_ascii)
         try:
             async with conn.transaction():
-                await _write_all(conn, source, progress)
+                return await _write_all(conn, source, progress, sink)
         except _Retype as retype:
             preset = retype.types
             f.seek(0)
             sink.reset()
-            continue
-        return source.rows
 
 
 async def _import_jsonl(
@@ -128,15 +126,20 @@ async def _import_jsonl(
 ) -> int:
     source = JsonlSource(f, sink, account_id, lower_ascii=await leads_db.lowers_ascii_like_python(conn))
     async with conn.transaction():
-        await _write_all(conn, source, progress)
-    return source.rows
+        return await _write_all(conn, source, progress, sink)
 
 
-async def _write_all(conn: asyncpg.Connection, source: Source, progress: Progress) -> None:
-    """Inside the import's transaction: write every batch; raise :class:`_Retype`."""
-    await Pipeline(source, progress).run(LeadWriter(conn))
+async def _write_all(conn: asyncpg.Connection, source: Source, progress: Progress, sink: RejectSink) -> int:
+    """Inside the import's transaction: write every batch; the number of rows imported (rows
+    the database refused are rejects). Raise :class:`_Retype`."""
+    writer = LeadWriter(conn)
+    await writer.start()
+    await Pipeline(source, progress).run(writer)
     if source.retype and isinstance(source, CsvSource):
         raise _Retype(source.column_types())
+    for reject in writer.refused:
+        sink.add(reject.line, reject.reason, reject.raw)
+    return source.rows - len(writer.refused)
 
 
 def _summary(result: ImportResult) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 CHUNK_CHARS = 1 << 20  # about 1 MB of input per chunk handed to COPY (read at call time: tests shrink it)
@@ -29,13 +31,27 @@ class Addresses:
         self.repeated = False
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Parsed rows on their way to COPY: ``data`` holds one ``account_id, email, attributes``
+    row in COPY text format per row, ``lines`` and ``raws`` the first physical line and the
+    text as read of each (so that a row the database refuses is rejected by its line)."""
+
+    data: bytes
+    lines: list[int]
+    raws: Sequence[str | bytes]
+
+
+EMPTY = Chunk(b"", [], ())
+
+
 class Source(Protocol):
-    """A parser feeding COPY (runs in a worker thread): each chunk is ``account_id, email,
-    attributes`` rows in COPY text format, ``None`` at the end of the file."""
+    """A parser feeding COPY (runs in a worker thread): the file chunk by chunk, ``None`` at
+    its end."""
 
     rows: int
     bytes_read: int
     addresses: Addresses
     retype: bool
 
-    def next_chunk(self) -> bytes | None: ...
+    def next_chunk(self) -> Chunk | None: ...

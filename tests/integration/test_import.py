@@ -397,7 +397,7 @@ async def test_a_failed_import_waits_for_its_parser_thread(
     started: list[float] = []
     parse = importer.CsvSource.next_chunk
 
-    def slow_parse(source: importer.CsvSource) -> bytes | None:
+    def slow_parse(source: importer.CsvSource) -> source_mod.Chunk | None:
         time.sleep(0.2)
         started.append(time.monotonic())
         return parse(source)
@@ -534,4 +534,85 @@ async def test_a_stray_quote_in_the_header_imports_nothing(
     path.write_text('email,"name\na@example.com,Ada\nb@example.com,Bob\n', encoding="utf-8")
     assert await run(conn, path) == 1
     assert "unbalanced quote" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_a_number_postgres_cannot_store_rejects_its_row(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Postgres numeric holds 131,072 digits before the decimal point and 16,383 after: these
+    # crashed the import with a traceback.
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        "email,n,name\n"
+        "a@example.com,1,Ada\n"
+        f"b@example.com,1{'0' * 131_072},Bob\n"  # 3
+        "c@example.com,3,Cy\n"
+        f"d@example.com,0.{'1' * 16_384},Di\n"  # 5
+        "e@example.com,5,Ed\n",
+        encoding="utf-8",
+    )
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    found = read_rejects(rejects)
+    assert [(r["line"], r["reason"]) for r in found] == [
+        (3, "refused by the database: value overflows numeric format"),
+        (5, "refused by the database: value overflows numeric format"),
+    ]
+    assert found[0]["raw"].startswith("b@example.com,1000")
+    assert await attributes_by_email(conn) == {
+        "a@example.com": {"n": 1, "name": "Ada"},
+        "c@example.com": {"n": 3, "name": "Cy"},
+        "e@example.com": {"n": 5, "name": "Ed"},
+    }
+    assert capsys.readouterr().out.startswith("imported 3, rejected 2, in ")
+
+
+async def test_rows_the_database_refuses_are_found_in_every_kind_of_batch(
+    conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small batches: refused rows in a batch copied straight into leads, in one that meets
+    # existing leads (staged and upserted), and in one that repeats an address (folded); the
+    # other rows of those batches are imported, in file order.
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 8)
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes) VALUES ($1, 'old5@example.com', '{\"keep\": 1}')",
+        ACCOUNT,
+    )
+    huge = "9" * 131_073
+    lines = ["email,n"]
+    expected: dict[str, dict[str, Any]] = {"old5@example.com": {"keep": 1}}
+    bad: list[int] = []
+    for i in range(40):
+        address = "old5@example.com" if i in (12, 30) else f"u{i % 35}@example.com"
+        value = huge if i in (3, 13, 31, 32) else str(i)
+        lines.append(f"{address},{value}")
+        if value == huge:
+            bad.append(i + 2)
+        else:
+            expected.setdefault(address, {})["n"] = i
+    path = tmp_path / "leads.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    assert sorted(r["line"] for r in read_rejects(rejects)) == bad
+    assert await attributes_by_email(conn) == expected
+
+
+async def test_many_rows_the_database_refuses_stop_the_import(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(loading, "MAX_REFUSED_ROWS", 2)
+    path = tmp_path / "leads.csv"
+    huge = "9" * 131_073
+    path.write_text(
+        f"email,n\na@example.com,1\nb@example.com,{huge}\nc@example.com,{huge}\nd@example.com,{huge}\n"
+    )
+    assert await run(conn, path) == 1
+    err = capsys.readouterr().err
+    assert "the database refused more than 2 rows" in err and "line 3: value overflows numeric format" in err
     assert await conn.fetchval("SELECT count(*) FROM leads") == 0

@@ -144,8 +144,8 @@ def _csv_source(text: str) -> tuple[csv_source.CsvSource, list[bytes]]:
     header = parsing.parse_header(header_line.rstrip("\r\n").split(","), {}, "t.csv:1")
     source = csv_source.CsvSource(stream, header, 1, rejects.RejectSink(None), account_id=7, lower_ascii=True)
     chunks = []
-    while (data := source.next_chunk()) is not None:
-        chunks.append(data)
+    while (chunk := source.next_chunk()) is not None:
+        chunks.append(chunk.data)
     return source, chunks
 
 
