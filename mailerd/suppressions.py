@@ -22,6 +22,7 @@ import orjson
 from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
 from mailerd.importer.csv_records import Record, Records
+from mailerd.importer.files import check_files
 from mailerd.importer.parsing import bad_text_reason, has_bad_text, is_valid_email
 from mailerd.importer.rejects import (
     ImportFailed,
@@ -90,7 +91,8 @@ class _Parser:
     with ``#`` is an address. Yields ``(line, email, reason)``; rejects go to ``sink``.
     """
 
-    def __init__(self, stream: TextIO, default_reason: str, sink: RejectSink) -> None:
+    def __init__(self, stream: TextIO, default_reason: str, sink: RejectSink, path: Path) -> None:
+        self._path = path
         self._stream = stream
         self._default_reason = default_reason
         self._sink = sink
@@ -102,7 +104,7 @@ class _Parser:
         lines = enumerate(self._stream, start=1)
         for number, text in lines:
             if text.strip():
-                header = _csv_header(text)
+                header = _csv_header(text, f"{self._path}:{number}")
                 if header is None:
                     yield from self._plain(itertools.chain([(number, text)], lines))
                 else:
@@ -161,8 +163,9 @@ class _Parser:
         return line, email, reason or self._default_reason
 
 
-def _csv_header(text: str) -> tuple[int, int | None, int] | None:
-    """``(email column, reason column, width)`` when the line is a CSV header with ``email``."""
+def _csv_header(text: str, where: str) -> tuple[int, int | None, int] | None:
+    """``(email column, reason column, width)`` when the line is a CSV header with ``email``;
+    raise :class:`ImportFailed` when it names either column twice (which one is meant?)."""
     try:
         cells = next(csv.reader([text]))
     except (csv.Error, StopIteration):
@@ -170,6 +173,9 @@ def _csv_header(text: str) -> tuple[int, int | None, int] | None:
     names = [cell.strip().lower() for cell in cells]
     if "email" not in names:
         return None
+    repeated = [name for name in ("email", "reason") if names.count(name) > 1]
+    if repeated:
+        raise ImportFailed(f"{where}: header repeats column(s) {', '.join(repeated)}")
     return names.index("email"), names.index("reason") if "reason" in names else None, len(names)
 
 
@@ -194,12 +200,13 @@ async def import_file(
     lines go to ``rejects`` (one JSON object a line), when given.
     """
     started = time.perf_counter()
+    check_files(path, rejects)
     try:
         with (
             reject_sink(rejects) as sink,
             path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as stream,
         ):
-            parser = _Parser(stream, reason, sink)
+            parser = _Parser(stream, reason, sink, path)
             async with conn.transaction():
                 await suppressions_db.create_import_staging(conn)
                 valid = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import IO
 
 import orjson
@@ -31,6 +32,8 @@ class JsonlSource:
         lines = self.stream.readlines(source.CHUNK_CHARS)
         if not lines:
             return None
+        if self.line == 0 and lines[0].startswith(codecs.BOM_UTF8):  # as a CSV file may start
+            lines[0] = lines[0][len(codecs.BOM_UTF8) :]
         out: list[str] = []
         addresses: list[str] = []
         starts: list[int] = []

@@ -19,6 +19,7 @@ import asyncpg
 
 from mailerd.db import leads as leads_db
 from mailerd.importer.csv_source import CsvSource
+from mailerd.importer.files import check_files
 from mailerd.importer.jsonl_source import JsonlSource
 from mailerd.importer.loading import LeadWriter, Pipeline
 from mailerd.importer.parsing import ColumnType, parse_header, parse_types
@@ -66,6 +67,7 @@ async def import_file(
     size = _file_size(path)
     if suffix != ".csv" and types:
         raise ImportFailed("--types applies to CSV files only")
+    check_files(path, rejects)
     progress = progress or Progress(size)
     try:
         with reject_sink(rejects) as sink:

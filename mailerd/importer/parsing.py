@@ -153,6 +153,9 @@ def parse_header(row: list[str], types: dict[str, ColumnType], where: str) -> He
     lowered = [n.lower() for n in names]
     if "email" not in lowered:
         raise ImportFailed(f"{where}: header has no email column (columns: {', '.join(names)})")
+    if lowered.count("email") > 1:
+        both = ", ".join(n for n in names if n.lower() == "email")
+        raise ImportFailed(f"{where}: header has more than one email column ({both})")
     email_index = lowered.index("email")
     forced: dict[int, ColumnType] = {}
     for name, kind in types.items():

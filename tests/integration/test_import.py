@@ -616,3 +616,86 @@ async def test_many_rows_the_database_refuses_stop_the_import(
     err = capsys.readouterr().err
     assert "the database refused more than 2 rows" in err and "line 3: value overflows numeric format" in err
     assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_a_byte_order_mark_starts_a_jsonl_file_too(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    # The first line was rejected as invalid JSON.
+    path = tmp_path / "leads.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"email": "a@example.com", "attributes": {"n": 1}}\n{"email": "b@example.com"}\n'
+    )
+    assert await run(conn, path) == 0
+    assert await attributes_by_email(conn) == {"a@example.com": {"n": 1}, "b@example.com": {}}
+
+
+@pytest.mark.parametrize("name", ["leads.csv", "leads.jsonl"])
+@pytest.mark.parametrize("bom", [b"\xff\xfe", b"\xfe\xff"])
+async def test_a_utf16_file_is_named_as_such(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, bom: bytes
+) -> None:
+    path = tmp_path / name
+    text = "email,n\na@example.com,1\n" if name.endswith(".csv") else '{"email": "a@example.com"}\n'
+    path.write_bytes(bom + text.encode("utf-16-le" if bom == b"\xff\xfe" else "utf-16-be"))
+    assert await run(conn, path) == 1
+    assert "UTF-16" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_two_email_columns_are_refused(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "Email" and "email" were two columns: the second one became an attribute named "email".
+    path = tmp_path / "leads.csv"
+    path.write_text("Email,name,email\na@example.com,Ada,b@example.com\n", encoding="utf-8")
+    assert await run(conn, path) == 1
+    assert "more than one email column" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_rejects_file_cannot_be_the_file_imported(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Opening the rejects file emptied the file being imported.
+    path = tmp_path / "leads.csv"
+    content = "email,n\na@example.com,1\n"
+    path.write_text(content, encoding="utf-8")
+    assert await run(conn, path, rejects=tmp_path / "." / "leads.csv") == 1
+    assert "--rejects" in capsys.readouterr().err
+    assert path.read_text(encoding="utf-8") == content
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["leads", "import", "FILE"],
+        ["segment", "count", "{}"],
+        ["suppressions", "import", "FILE"],
+        ["suppressions", "add", "a@example.com"],
+        ["suppressions", "list"],
+    ],
+)
+@pytest.mark.parametrize("account", ["9223372036854775808", "-1"])
+async def test_an_account_id_out_of_range_is_a_usage_error(
+    dsn: str, tmp_path: Path, command: list[str], account: str
+) -> None:
+    # An account id beyond bigint crashed these commands with a traceback from the driver.
+    path = tmp_path / "leads.csv"
+    path.write_text("email\na@example.com\n", encoding="utf-8")
+    (tmp_path / "none.toml").write_text("", encoding="utf-8")
+    env = {**os.environ, "MAILERD_DSN": dsn, "MAILERD_CONFIG": str(tmp_path / "none.toml")}
+    args = [str(path) if arg == "FILE" else arg for arg in command]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        *args,
+        "--account",
+        account,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await process.communicate()
+    assert process.returncode == 2, err.decode()
+    assert "argument --account: " in err.decode() and "Traceback" not in err.decode()

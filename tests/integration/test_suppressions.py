@@ -420,3 +420,37 @@ async def test_running_campaign_skips_addresses_suppressed_mid_campaign(
     assert not late_ids & set(sent)
     assert len(sent) == 940 and max(sent.values()) == 1
     assert info["suppressed"] == 60 and info["sent"] == 940
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("email,reason,Email\na@example.com,x,b@example.com\n", "header repeats column(s) email"),
+        ("reason,email,Reason\nx,a@example.com,y\n", "header repeats column(s) reason"),
+        ("\ufeffemail\na@example.com\n".encode("utf-16"), "UTF-16"),
+    ],
+)
+async def test_import_refuses_an_ambiguous_header_or_a_utf16_file(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | bytes,
+    message: str,
+) -> None:
+    path = tmp_path / "list.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=None) == 1
+    assert message in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_import_rejects_file_cannot_be_the_file_imported(
+    conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("a@example.com\n")
+    assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=None, rejects=path) == 1
+    assert path.read_text() == "a@example.com\n"
