@@ -6,12 +6,16 @@ Modules, one job each:
 - :mod:`~mailerd.importer.rejects`: what a run reports (rejected lines, the result), shared;
 - :mod:`~mailerd.importer.parsing`: addresses, numbers, booleans, type inference, the CSV
   header, one JSONL line (pure);
+- :mod:`~mailerd.importer.csv_records`: CSV records with their line numbers, and the rule that
+  catches a stray quote (shared);
+- :mod:`~mailerd.importer.files`: the input and rejects files, checked first (shared);
 - :mod:`~mailerd.importer.encoding`: parsed rows to COPY text input (attributes as JSON text);
 - :mod:`~mailerd.importer.csv_source`, :mod:`~mailerd.importer.jsonl_source`: a file, chunk by
   chunk, to COPY input (run in a worker thread; :mod:`~mailerd.importer.source` is their
   protocol);
 - :mod:`~mailerd.importer.loading`: the worker thread and the event loop working at the same
-  time, and the writes into ``leads`` (its SQL is in :mod:`mailerd.db.leads`);
+  time, and the writes into ``leads`` (its SQL is in :mod:`mailerd.db.leads`), rows the
+  database refuses found and rejected;
 - :mod:`~mailerd.importer.progress`: the progress bar;
 - :mod:`~mailerd.importer.leads`: one lead import, start to end, and its command.
 
@@ -26,7 +30,8 @@ Semantics (for users in docs/runbook.md, "Importing leads"):
   is numeric and stored exactly as written (Postgres numeric: ``1.50`` stays ``1.50``); a column
   of ``true``/``false`` (any case) is boolean; else string. ``--types col=string|number|boolean``
   overrides, and rows whose value does not fit a forced type are rejected;
-- CSV quoted fields may span lines; line numbers are physical lines (first line of the record);
+- CSV quoted fields may span lines (a stray quote is caught: see :mod:`.csv_records`); line
+  numbers are physical lines (first line of the record);
 - JSONL: ``{"email": ..., "attributes": {...}}`` per line (``attributes`` optional, other keys
   rejected); values are stored as given (including ``null``).
 """
