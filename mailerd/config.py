@@ -172,6 +172,20 @@ class SchedulerConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ContentConfig:
+    """The budget of one recipient's render of a campaign's templates (tenant content).
+
+    Enforced by :mod:`mailerd.sandbox` on every render; ``render_timeout_ms`` bounds how long
+    campaign creation waits for the render of a sample lead (see :func:`mailerd.content.check_renders`).
+    """
+
+    max_loop_iterations: int = _within(10_000, 1, 1_000_000)
+    max_output_bytes: int = _within(524_288, 1024, 10 * 1_048_576)
+    max_render_ms: int = _within(10, 1, 10_000)
+    render_timeout_ms: int = _within(2_000, 10, 60_000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """Daily partitions of the append-only tables: how far ahead, how long kept."""
 
@@ -270,6 +284,7 @@ class Config:
     providers: Mapping[str, ProviderConfig] = dataclasses.field(default_factory=dict)
     writer: WriterConfig = WriterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    content: ContentConfig = ContentConfig()
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     node: NodeConfig = NodeConfig()
@@ -290,6 +305,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "http": HttpConfig,
     "writer": WriterConfig,
     "scheduler": SchedulerConfig,
+    "content": ContentConfig,
     "retention": RetentionConfig,
     "logging": LoggingConfig,
     "node": NodeConfig,
@@ -714,10 +730,7 @@ def _validate(config: Config) -> None:
 
 def _sections_of(config: Config) -> list[tuple[str, Any]]:
     hooks = config.webhooks
-    sections: list[tuple[str, Any]] = [
-        (name, getattr(config, name))
-        for name in ("database", "http", "writer", "scheduler", "retention", "node")
-    ]
+    sections: list[tuple[str, Any]] = [(name, getattr(config, name)) for name in _SECTIONS]
     sections += [(f"providers.{name}", provider) for name, provider in config.providers.items()]
     sections += [("webhooks", hooks)]
     sections += [(f"webhooks.{name}", getattr(hooks, name)) for name in _WEBHOOK_SECTIONS]

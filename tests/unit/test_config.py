@@ -288,6 +288,14 @@ def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
         ("[webhooks]\nsoft_bounce_limit = 0", "[webhooks] soft_bounce_limit: must be at least 1"),
         ('[webhooks]\nsoft_bounce_window = "0s"', "[webhooks] soft_bounce_window: must be from 1s to 365d"),
         ('[webhooks]\nsoft_bounce_window = "400d"', "[webhooks] soft_bounce_window: must be from 1s to 365d"),
+        ("[content]\nmax_loop_iterations = 0", "[content] max_loop_iterations: must be at least 1"),
+        ("[content]\nmax_output_bytes = 100", "[content] max_output_bytes: must be at least 1024"),
+        (
+            "[content]\nmax_output_bytes = 1e6",
+            "[content] max_output_bytes: expected a whole number, got 1000000.0",
+        ),
+        ("[content]\nmax_render_ms = 0", "[content] max_render_ms: must be at least 1"),
+        ("[content]\nrender_timeout_ms = 3600000", "[content] render_timeout_ms: must be at most 60000"),
         ("[webhooks.ses]\nmax_age_s = -1", "[webhooks.ses] max_age_s: must be 0 (off) or more"),
         ("[webhooks.mailgun]\nmax_age_s = 1e10", "[webhooks.mailgun] max_age_s: must be at most 2592000"),
         (
@@ -299,6 +307,14 @@ def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
 def test_every_number_has_a_range(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     assert load_error(path) == f"config error: {path}: {message}"
+
+
+def test_content_limits_load_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[content]\nmax_loop_iterations = 500\nmax_output_bytes = 4096")
+    loaded = config.load(path, env={"MAILERD_CONTENT__MAX_RENDER_MS": "25"})
+    assert loaded.content == config.ContentConfig(
+        max_loop_iterations=500, max_output_bytes=4096, max_render_ms=25, render_timeout_ms=2000
+    )
 
 
 def test_the_range_limits_themselves_are_accepted(tmp_path: Path) -> None:
