@@ -67,7 +67,7 @@ class Meter:
             raise Overrun("max_render_ms", f"the render took more than {limit} ms of CPU")
 
     def iterate(self, count: int, what: str) -> None:
-        self.iterations_left -= count
+        self.iterations_left -= max(count, 0)  # a negative count (slice(-5)) must not refund
         if self.iterations_left < 0:
             raise Overrun(
                 "max_loop_iterations",
@@ -79,7 +79,7 @@ class Meter:
         self.countdown -= 1
         if self.countdown <= 0:
             self.check_clock()
-        self.produced_left -= characters
+        self.produced_left -= max(characters, 0)
         if self.produced_left < 0:
             raise Overrun(
                 "max_output_bytes",
@@ -89,7 +89,7 @@ class Meter:
 
     def size(self, size: int, what: str) -> None:
         # Big values took long to make: look at the clock sooner (one tick per 16 KiB).
-        self.countdown -= size >> 14
+        self.countdown -= max(size, 0) >> 14
         if self.countdown <= 0:
             self.check_clock()
         if size > self.limits.max_output_bytes:

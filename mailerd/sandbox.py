@@ -380,7 +380,7 @@ def _guard(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
                 value = list(value)  # charged while it is read; measurable from now on
             args = (*args[:at], value, *args[at + 1 :])
         if check is not None and bind is not None:
-            check(meter, bind(args, kwargs))
+            check(meter, bind(args[at:], kwargs))
         result = function(*args, **kwargs)
         if isinstance(result, _MEASURED):
             meter.size(len(result), f"the {name} filter")
@@ -390,9 +390,12 @@ def _guard(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _binder(function: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]:
-    """A fast ``inspect.Signature.bind`` with defaults, for well-formed calls (a malformed one
-    fails in the filter itself right after)."""
-    parameters = list(inspect.signature(function).parameters.values())
+    """A fast ``inspect.Signature.bind`` with defaults of a filter's arguments from its value on,
+    for well-formed calls (a malformed one fails in the filter itself right after)."""
+    inner = inspect.unwrap(function)  # Jinja's async variants wrap the filter and add a pass arg
+    parameters = list(inspect.signature(inner).parameters.values())
+    if getattr(inner, "jinja_pass_arg", None) is not None:
+        parameters = parameters[1:]
     positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
     star = next((p.name for p in parameters if p.kind is p.VAR_POSITIONAL), None)

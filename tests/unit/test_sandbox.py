@@ -153,6 +153,36 @@ def test_recursion_without_loops_is_stopped_by_time() -> None:
     )
 
 
+@pytest.mark.parametrize("refund", ["{{ [1]|slice(-10**9)|list }}", "{{ lipsum(-1000000) }}"])
+def test_negative_counts_refund_no_iterations(refund: str) -> None:
+    loops = "{% for i in range(100) %}{% for j in range(200) %}{% endfor %}{% endfor %}"
+    assert exceeded(refund + loops).limit == "max_loop_iterations"
+
+
+def test_negative_text_refunds_no_production() -> None:
+    capture = (
+        "{% set x %}{% for i in range(50) %}{% for j in range(100) %}{{ 'y' * 1000 }}{% endfor %}{% endfor %}"
+    )
+    assert exceeded("{{ [1]|mailerd_loop(-10**9) }}" + capture + "{% endset %}").limit == "max_output_bytes"
+
+
+def test_a_negative_size_does_not_put_the_clock_off() -> None:
+    calls: list[int] = []
+    lead = Lead(1, "a@b.c", {"calls": calls})
+    recursion = (
+        "{% macro f(n) %}{{ lead.attributes.calls.append(1) }}"
+        "{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}"
+    )
+    reads = iter([0.0])  # the meter reads its start, then every look at the clock says "too late"
+    compiled = content.compile_content(
+        "s", "{{ 'x' * -10**9 }}" + recursion, "t", clock=lambda: next(reads, 1e9)
+    )
+    with pytest.raises(content.BudgetExceeded) as info:
+        compiled.render(lead, CAMPAIGN)
+    assert info.value.limit == "max_render_ms"
+    assert len(calls) < meter.CHECK_CLOCK_EVERY
+
+
 def test_the_budget_is_per_recipient_across_the_three_parts() -> None:
     limits = ContentConfig(max_loop_iterations=1000, max_render_ms=10_000)
     loop = "{% for i in range(400) %}.{% endfor %}"
