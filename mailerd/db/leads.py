@@ -47,3 +47,11 @@ async def sample_matching(
         *params,
     )
     return [dict(row) for row in rows]
+
+
+async def email_of(conn: asyncpg.Connection, account_id: int, lead_id: int) -> str | None:
+    """The address of one lead of the account (None when there is no such lead)."""
+    email: str | None = await conn.fetchval(
+        "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
+    )
+    return email
