@@ -7,6 +7,8 @@ Shared by the admin API, the demo and the tests; the rows are read and written b
 from __future__ import annotations
 
 import datetime as dt
+import email.errors
+from email import headerregistry
 from typing import Annotated, Any
 
 import asyncpg
@@ -35,6 +37,12 @@ class CampaignError(ValueError):
         self.message = message
 
 
+MAX_NAME_LENGTH = 200
+MAX_REASON_LENGTH = 500  # of the reason given with an action
+MAX_FROM_LENGTH = 320
+FROM_SHAPE = "one address, optionally with a display name: news@example.com or News <news@example.com>"
+
+
 class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a user gives to create a campaign: the body of ``POST /api/campaigns``.
 
@@ -44,18 +52,27 @@ class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     account_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="owner of the leads")]
-    name: str
+    name: Annotated[
+        str, msgspec.Meta(max_length=MAX_NAME_LENGTH, pattern=decoding.NO_NUL, description="not blank")
+    ]
     segment: Annotated[
         Any,
         msgspec.Meta(description="the segment condition (see docs/segments.md), or it as a JSON string"),
     ]
-    subject: Annotated[str, msgspec.Meta(description="Jinja2 template")]
-    html_body: Annotated[str, msgspec.Meta(description="Jinja2 template (autoescaped)")] = msgspec.field(
-        name="html"
+    subject: Annotated[str, msgspec.Meta(pattern=decoding.ONE_LINE, description="Jinja2 template, one line")]
+    html_body: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="Jinja2 template (autoescaped)")
+    ] = msgspec.field(name="html")
+    text_body: Annotated[str, msgspec.Meta(pattern=decoding.NO_NUL, description="Jinja2 template")] = (
+        msgspec.field(name="text")
     )
-    text_body: Annotated[str, msgspec.Meta(description="Jinja2 template")] = msgspec.field(name="text")
-    from_address: Annotated[str, msgspec.Meta(description="sender address")] = msgspec.field(name="from")
-    provider: Annotated[str, msgspec.Meta(description="a [providers.NAME] of the node")]
+    from_address: Annotated[
+        str,
+        msgspec.Meta(max_length=MAX_FROM_LENGTH, pattern=decoding.NO_CONTROL, description=FROM_SHAPE),
+    ] = msgspec.field(name="from")
+    provider: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="a [providers.NAME] of the node")
+    ]
     start: Annotated[bool, msgspec.Meta(description="true: scheduled now")] = False
     send_at: Annotated[dt.datetime, msgspec.Meta(tz=True, description="scheduled at this time")] | None = None
     rate_per_s: (
@@ -78,16 +95,6 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
     errors: list[CampaignError] = []
     if not new.name.strip():
         errors.append(CampaignError("name", "must not be empty"))
-    for field, value in (
-        ("name", new.name),
-        ("subject", new.subject),
-        ("html", new.html_body),
-        ("text", new.text_body),
-        ("from", new.from_address),
-        ("provider", new.provider),
-    ):
-        if "\x00" in value:
-            errors.append(CampaignError(field, "must not contain NUL characters"))
     try:
         segments.parse(new.segment)
     except segments.SegmentError as exc:
@@ -96,12 +103,42 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
         content.compile_content(new.subject, new.html_body, new.text_body)
     except content.TemplateError as exc:
         errors.append(CampaignError(_template_field(exc.part), str(exc)))
-    if "@" not in new.from_address or len(new.from_address) > 320:
-        errors.append(CampaignError("from", f"not an email address: {new.from_address!r}"))
+    if not is_one_address(new.from_address):
+        errors.append(CampaignError("from", f"must be {FROM_SHAPE}; got {new.from_address[:100]!r}"))
     if new.provider not in config.providers:
         known = ", ".join(sorted(config.providers)) or "none configured"
         errors.append(CampaignError("provider", f"unknown provider {new.provider!r} (configured: {known})"))
+    if new.send_at is not None and not _storable(new.send_at):
+        errors.append(
+            CampaignError("send_at", "out of range: the time must fall in the years 1 to 9999 in UTC")
+        )
     return errors
+
+
+def is_one_address(value: str) -> bool:
+    """Whether ``value`` is exactly one mailbox (``local@domain``, optionally with a display name)
+    as a ``From`` header holds it: no group, no list, no defect, no line break."""
+    if any(ord(char) < 0x20 or char == "\x7f" for char in value):
+        return False  # a header line can never carry these; refuse before parsing
+    try:
+        header = headerregistry.HeaderRegistry()("From", value)
+    except (email.errors.HeaderParseError, IndexError, ValueError):  # IndexError: "a@" (CPython)
+        return False
+    if not isinstance(header, headerregistry.AddressHeader) or header.defects:
+        return False
+    if len(header.groups) != 1 or header.groups[0].display_name is not None:
+        return False
+    addresses = header.groups[0].addresses
+    return len(addresses) == 1 and bool(addresses[0].username) and bool(addresses[0].domain)
+
+
+def _storable(moment: dt.datetime) -> bool:
+    """Whether Postgres can be given ``moment`` (asyncpg converts it to UTC first)."""
+    try:
+        moment.astimezone(dt.UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _template_field(part: str) -> str:

@@ -20,8 +20,19 @@ import msgspec
 
 T = TypeVar("T", bound=msgspec.Struct)
 
-# Human words for the patterns the bodies use (msgspec would print the regular expression).
-PATTERN_MESSAGES: dict[str, str] = {}
+# Patterns for text that Postgres or a mail header must not receive. ``(?![\s\S])`` is "the end
+# of the text" in both Python and the ECMA dialect of JSON Schema (Python's ``$`` also matches
+# before a final newline).
+NO_NUL = r"^[^\x00]*(?![\s\S])"
+ONE_LINE = r"^[^\x00\r\n]*(?![\s\S])"
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?![\s\S])"
+
+# Human words for those patterns (msgspec would print the regular expression).
+PATTERN_MESSAGES: dict[str, str] = {
+    NO_NUL: "must not contain NUL characters",
+    ONE_LINE: "must be one line: no CR, LF or NUL characters",
+    NO_CONTROL: "must not contain control characters (CR, LF, tab, NUL, ...)",
+}
 
 _TYPE_WORDS = {
     "int": "an integer",

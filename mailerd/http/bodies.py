@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from mailerd import campaigns, suppressions
+from mailerd import campaigns, decoding, suppressions
 from mailerd.models import CampaignStatus
 
 MAX_ID = campaigns.MAX_ID
@@ -51,7 +51,17 @@ class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
 class ActionBody(msgspec.Struct, frozen=True):
     """The optional body of ``POST /api/campaigns/{id}/{action}``; other keys are ignored."""
 
-    reason: Annotated[str, msgspec.Meta(description="stored as the campaign's reason")] | None = None
+    reason: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=campaigns.MAX_REASON_LENGTH,
+                pattern=decoding.NO_NUL,
+                description="stored as the campaign's reason",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Campaign(msgspec.Struct, frozen=True):
@@ -181,12 +191,17 @@ class SuppressionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``POST`` and ``DELETE /api/suppressions`` (``reason`` is required to delete)."""
 
     account_id: AccountId
-    email: Annotated[str, msgspec.Meta(description="the address (trimmed and lower-cased)")]
+    email: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="the address (trimmed and lower-cased)")
+    ]
     reason: (
         Annotated[
             str,
             msgspec.Meta(
-                min_length=1, max_length=suppressions.MAX_REASON_LENGTH, description="why; required on DELETE"
+                min_length=1,
+                max_length=suppressions.MAX_REASON_LENGTH,
+                pattern=decoding.NO_NUL,
+                description="why; required on DELETE",
             ),
         ]
         | None
@@ -227,7 +242,9 @@ class SuppressionListQuery(msgspec.Struct, frozen=True):
     """``GET /api/suppressions`` query."""
 
     account_id: AccountId
-    after: Annotated[str, msgspec.Meta(description="keyset cursor: addresses after this one")] = ""
+    after: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="keyset cursor: addresses after this one")
+    ] = ""
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 

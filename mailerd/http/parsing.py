@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import orjson
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from mailerd import decoding
 from mailerd.http.errors import ApiError
@@ -19,9 +19,19 @@ T = TypeVar("T", bound=msgspec.Struct)
 MAX_ID = 2**63 - 1
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The body's bytes, decompressed; 400 when its ``Content-Encoding`` does not decode (413 when
+    it is larger than ``[http] max_body_bytes``, from aiohttp)."""
+    try:
+        return await request.read()
+    except (web.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ApiError(400, "invalid_body", f"the body cannot be read: {reason}") from None
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object: 400 when it is not JSON, 422 when it is not an object."""
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -58,10 +68,10 @@ def query(request: web.Request, cls: type[T]) -> T:
         if name in lowercase:
             text = text.lower()
         if int in decoding.base_types(field.type):
-            try:
+            if text.isascii() and text.isdigit():  # int() would also take "١٢", " 12 ", "1_0", "+5"
                 values[name] = int(text)
-            except ValueError:
-                problems.append(decoding.Problem(name, f"expected a whole number, got {text!r}"))
+            else:
+                problems.append(decoding.Problem(name, f"expected a whole number (digits 0-9), got {text!r}"))
         else:
             values[name] = text
     if problems:

@@ -7,7 +7,7 @@ import hmac
 from aiohttp import web
 
 from mailerd.http import openapi, routes
-from mailerd.http.errors import ApiError, Handler, errors_as_json
+from mailerd.http.errors import ApiError, Handler, JsonErrorRunner, errors_as_json
 from mailerd.http.services import SERVICES, Services
 
 
@@ -21,7 +21,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         valid = False
         if scheme.lower() == "bearer" and given:
             for token in tokens:  # check all: the time taken does not say which one matched
-                valid |= hmac.compare_digest(given.encode(), token.reveal().encode())
+                # surrogateescape: a header that is not UTF-8 compares as its bytes, never raises
+                valid |= hmac.compare_digest(given.encode(errors="surrogateescape"), token.reveal().encode())
         if not valid:
             raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer TOKEN' header is required")
     return await handler(request)
@@ -44,7 +45,7 @@ def build_app(services: Services) -> web.Application:
 
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Bind and serve; returns the runner to clean up at the very end of the shutdown."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from mailerd import db, metrics, unsubscribe
 from mailerd.db import leads
@@ -15,6 +15,17 @@ from mailerd.http.errors import ApiError
 from mailerd.http.services import SERVICES, pool
 from mailerd.http.webhooks import record_events
 from mailerd.models import Event, EventKind
+
+# What aiohttp raises on a form it cannot read: a broken part header (InvalidHeader), an
+# unknown charset (LookupError) or transfer encoding (RuntimeError), bad bytes (ValueError), a
+# body whose Content-Encoding does not decode (RequestPayloadError).
+_MALFORMED_FORM = (
+    ValueError,
+    LookupError,
+    RuntimeError,
+    http_exceptions.HttpProcessingError,
+    web.RequestPayloadError,
+)
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -58,7 +69,7 @@ async def one_click(request: web.Request) -> web.Response:
         return _html(unsubscribe.invalid_page(), status=400)
     try:
         form = await request.post()  # application/x-www-form-urlencoded or multipart/form-data
-    except ValueError:
+    except _MALFORMED_FORM:
         return _html(unsubscribe.not_one_click_page(), status=400)
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     if not unsubscribe.is_one_click(fields):

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from mailerd import db, metrics
-from mailerd.http import bodies
+from mailerd.http import bodies, parsing
 from mailerd.http.errors import ApiError, json_response
 from mailerd.http.services import SERVICES, pool
 from mailerd.models import Event
@@ -30,7 +30,7 @@ async def webhook(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no webhook for provider {provider!r}", "provider")
     if services.writer is None:
         raise ApiError(503, "unavailable", "events cannot be recorded right now")
-    body = await request.read()
+    body = await parsing.read_body(request)
     hook_request = WebhookRequest(body, request.headers, request.remote, request.content_type)
     try:
         events = await handler.parse(hook_request)
