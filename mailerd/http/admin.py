@@ -15,7 +15,7 @@ from mailerd import campaigns, decoding, segments, suppressions
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import email_log, leads
 from mailerd.http import bodies, parsing
-from mailerd.http.errors import ApiError, json_response
+from mailerd.http.errors import ApiError, Handler, json_response
 from mailerd.http.services import SERVICES, Services, pool
 from mailerd.models import LogStatus
 
@@ -108,24 +108,28 @@ async def campaign_emails(request: web.Request) -> web.Response:
     return json_response(bodies.EmailPage(emails, next_after))
 
 
-async def campaign_action(request: web.Request) -> web.Response:
-    """POST /api/campaigns/{id}/start|pause|resume|cancel; 409 with the current status."""
-    campaign_id = parsing.campaign_id(request)
-    action = request.match_info["action"]
+def campaign_action(action: str) -> Handler:
+    """The handler of POST /api/campaigns/{id}/``action`` (start, pause, resume, cancel)."""
     if action not in campaigns.TRANSITIONS:
-        raise ApiError(404, "not_found", f"unknown action {action!r}", "action")
-    reason = None
-    if request.can_read_body:
-        reason = (await parsing.body(request, bodies.ActionBody)).reason
-    async with pool(request).acquire() as conn:
-        try:
-            await campaigns.transition(conn, campaign_id, action, reason)
-        except campaigns.TransitionError as exc:
-            if exc.current is None:
-                raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id") from None
-            raise ApiError(409, "conflict", str(exc), "status") from None
-        info = await campaigns.show(conn, campaign_id)
-    return json_response(msgspec.convert(info, bodies.Campaign))
+        raise ValueError(f"unknown action {action!r}")
+
+    async def act(request: web.Request) -> web.Response:
+        """POST /api/campaigns/{id}/ACTION; 409 with the current status."""
+        campaign_id = parsing.campaign_id(request)
+        reason = None
+        if request.can_read_body:
+            reason = (await parsing.body(request, bodies.ActionBody)).reason
+        async with pool(request).acquire() as conn:
+            try:
+                await campaigns.transition(conn, campaign_id, action, reason)
+            except campaigns.TransitionError as exc:
+                if exc.current is None:
+                    raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id") from None
+                raise ApiError(409, "conflict", str(exc), "status") from None
+            info = await campaigns.show(conn, campaign_id)
+        return json_response(msgspec.convert(info, bodies.Campaign))
+
+    return act
 
 
 # --- segments --------------------------------------------------------------------------------

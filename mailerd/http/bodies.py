@@ -21,8 +21,26 @@ from mailerd.models import CampaignStatus
 MAX_ID = campaigns.MAX_ID
 
 NewCampaign = campaigns.NewCampaign
+NewCampaignExample = Annotated[
+    NewCampaign,
+    msgspec.Meta(
+        examples=[
+            {
+                "account_id": 1,
+                "name": "Spring launch",
+                "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"},
+                "subject": "Hello {{ lead.attributes.first_name }}",
+                "html": "<p>Hi</p>",
+                "text": "Hi",
+                "from": "News <news@example.com>",
+                "provider": "ses",
+                "send_at": "2030-12-01T09:00:00Z",
+            }
+        ]
+    ),
+]
 AccountId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="the account (0 to 2^63 - 1)")]
-CampaignId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="the campaign's id")]
+CampaignId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="the campaign's id", examples=[1])]
 Time = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 LogStatusName = Literal["sent", "failed", "unknown", "suppressed"]
 
@@ -62,6 +80,9 @@ class ActionBody(msgspec.Struct, frozen=True):
         ]
         | None
     ) = None
+
+
+ActionExample = Annotated[ActionBody, msgspec.Meta(examples=[{"reason": "copy check"}])]
 
 
 class Campaign(msgspec.Struct, frozen=True):
@@ -169,6 +190,14 @@ class PreviewBody(msgspec.Struct, frozen=True):
     segment: Annotated[Any, msgspec.Meta(description="the segment condition (see docs/segments.md)")]
 
 
+PreviewExample = Annotated[
+    PreviewBody,
+    msgspec.Meta(
+        examples=[{"account_id": 1, "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"}}]
+    ),
+]
+
+
 class Lead(msgspec.Struct, frozen=True):
     """A lead of a preview."""
 
@@ -206,6 +235,12 @@ class SuppressionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+
+
+SuppressionExample = Annotated[
+    SuppressionBody,
+    msgspec.Meta(examples=[{"account_id": 1, "email": "carol@example.com", "reason": "asked by phone"}]),
+]
 
 
 class Suppression(msgspec.Struct, frozen=True):

@@ -43,7 +43,7 @@ class Route:
     """One method on one path: its handler and what the document says about it.
 
     ``responses`` maps the statuses particular to the route to their body type (None: no
-    JSON body); ``expand`` documents a path parameter as one path per listed value.
+    JSON body).
     """
 
     method: str
@@ -54,7 +54,6 @@ class Route:
     body: Any = None
     body_required: bool = True
     query: type[msgspec.Struct] | None = None
-    expand: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     uses_database: bool = True
     documented: bool = True
 
@@ -69,10 +68,7 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
     schemas = _Schemas(documented)
     paths: dict[str, dict[str, Any]] = {}
     for route in documented:
-        for path, summary, fixed in _expanded(route):
-            paths.setdefault(path, {})[route.method.lower()] = _operation(
-                route, path, summary, fixed, schemas
-            )
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "mailerd API", "version": "1"},
@@ -84,20 +80,10 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
     }
 
 
-def _expanded(route: Route) -> Iterable[tuple[str, str, set[str]]]:
-    """``(path, summary, parameters fixed by the expansion)`` of each documented path."""
-    if not route.expand:
-        yield route.path, route.summary, set()
-        return
-    (name, values), *_ = route.expand.items()
-    for value in values:
-        yield route.path.replace(f"{{{name}}}", value), route.summary.format(**{name: value}), {name}
-
-
-def _operation(route: Route, path: str, summary: str, fixed: set[str], schemas: _Schemas) -> dict[str, Any]:
+def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     operation: dict[str, Any] = {
-        "summary": summary,
-        "operationId": _operation_id(route.method, path),
+        "summary": route.summary,
+        "operationId": _operation_id(route.method, route.path),
         "responses": {str(status): _response(status, kind, schemas) for status, kind in _answers(route)},
     }
     if route.needs_token:
@@ -105,7 +91,6 @@ def _operation(route: Route, path: str, summary: str, fixed: set[str], schemas: 
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": schemas.of(PATH_PARAMETERS[name])}
         for name in re.findall(r"{(\w+)}", route.path)
-        if name not in fixed
     ]
     if route.query is not None:
         parameters += [

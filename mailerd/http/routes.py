@@ -35,7 +35,7 @@ ROUTES: tuple[Route, ...] = (
         admin.create_campaign,
         "Create a campaign",
         {201: bodies.Campaign},
-        body=campaigns.NewCampaign,
+        body=bodies.NewCampaignExample,
     ),
     Route(
         "GET",
@@ -60,15 +60,17 @@ ROUTES: tuple[Route, ...] = (
         {200: bodies.EmailPage},
         query=bodies.EmailsQuery,
     ),
-    Route(
-        "POST",
-        "/api/campaigns/{id}/{action}",
-        admin.campaign_action,
-        "{action} a campaign on every node",
-        {200: bodies.Campaign, 409: bodies.ErrorBody},
-        body=bodies.ActionBody,
-        body_required=False,
-        expand={"action": tuple(campaigns.TRANSITIONS)},
+    *(
+        Route(
+            "POST",
+            f"/api/campaigns/{{id}}/{action}",
+            admin.campaign_action(action),
+            f"{action.capitalize()} a campaign on every node",
+            {200: bodies.Campaign, 409: bodies.ErrorBody},
+            body=bodies.ActionExample,
+            body_required=False,
+        )
+        for action in campaigns.TRANSITIONS
     ),
     Route(
         "POST",
@@ -76,7 +78,7 @@ ROUTES: tuple[Route, ...] = (
         admin.preview_segment,
         "Count and ten sample leads of a segment",
         {200: bodies.Preview},
-        body=bodies.PreviewBody,
+        body=bodies.PreviewExample,
     ),
     Route(
         "GET",
@@ -92,7 +94,7 @@ ROUTES: tuple[Route, ...] = (
         admin.add_suppression,
         "Suppress an address (idempotent)",
         {200: bodies.SuppressionAdded, 201: bodies.SuppressionAdded},
-        body=bodies.SuppressionBody,
+        body=bodies.SuppressionExample,
     ),
     Route(
         "DELETE",
@@ -100,7 +102,7 @@ ROUTES: tuple[Route, ...] = (
         admin.remove_suppression,
         "Take an address off the list, with a reason",
         {200: bodies.SuppressionRemoved, 404: bodies.ErrorBody},
-        body=bodies.SuppressionBody,
+        body=bodies.SuppressionExample,
     ),
     Route("POST", "/webhooks/{provider}", webhooks.webhook, "Provider events", {200: None}, documented=False),
     Route("GET", "/u/{token}", unsubscribe.page, "Unsubscribe page", {200: None}, documented=False),

@@ -189,6 +189,29 @@ async def test_health_readiness_metrics_and_openapi(client: TestClient[Any, Any]
     assert "/api/campaigns/{id}/pause" in spec["paths"]
 
 
+async def test_the_document_declares_parameters_and_every_answer(client: TestClient[Any, Any]) -> None:
+    spec = await (await client.get("/api/openapi.json", headers=AUTH)).json()
+    emails = spec["paths"]["/api/campaigns/{id}/emails"]["get"]
+    assert [(p["name"], p["in"]) for p in emails["parameters"]] == [
+        ("id", "path"),
+        ("after", "query"),
+        ("limit", "query"),
+        ("status", "query"),
+    ]
+    assert emails["parameters"][0]["schema"]["minimum"] == 1
+    assert set(emails["responses"]) == {"200", "401", "404", "422", "503"}
+    create = spec["paths"]["/api/campaigns"]["post"]
+    assert set(create["responses"]) == {"201", "400", "401", "413", "422", "503"}
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert create["responses"]["422"]["content"]["application/json"]["schema"] == error
+    new_campaign = spec["components"]["schemas"]["NewCampaign"]
+    assert new_campaign["properties"]["name"]["maxLength"] == 200
+    assert "html_body" not in new_campaign["properties"] and "html" in new_campaign["required"]
+    pause = spec["paths"]["/api/campaigns/{id}/pause"]["post"]
+    assert set(pause["responses"]) == {"200", "400", "401", "404", "409", "413", "422", "503"}
+    assert pause["requestBody"]["required"] is False
+
+
 # --- bad input gets a 4xx JSON answer naming the field, and changes nothing (issue 9) ---------
 
 
