@@ -71,3 +71,38 @@ def test_a_campaign_built_in_code_is_checked_like_a_decoded_one() -> None:
         rate_per_s=0,
     )
     assert {error.field for error in campaigns.validate(new, config)} == {"account_id", "send_at", "rate"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [
+        (decoding.ONE_LINE, "Hi\n"),
+        (decoding.ONE_LINE, "Hi\r"),
+        (decoding.NO_CONTROL, "a@b.c\n"),
+        (decoding.NO_CONTROL, "a@b.c\t"),
+        (decoding.NO_NUL, "a\x00\n"),
+    ],
+)
+def test_patterns_refuse_a_line_break_at_the_very_end(pattern: str, text: str) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(text, Annotated[str, msgspec.Meta(pattern=pattern)])
+    assert msgspec.convert("fine text", Annotated[str, msgspec.Meta(pattern=pattern)]) == "fine text"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("news@example.com", True),
+        ("News <news@example.com>", True),
+        ('"Doe, Jo" <jo@example.com>', True),
+        ("=?utf-8?q?N=C3=A9?= <news@example.com>", True),
+        ("news@example.com\n", False),
+        ("a@b.c\r\nBcc: x@y.z", False),
+        ("a@example.com, b@example.com", False),
+        ("list: a@example.com;", False),
+        ("news@", False),
+        ("", False),
+    ],
+)
+def test_from_is_one_mailbox(value: str, ok: bool) -> None:
+    assert campaigns.is_one_address(value) is ok
