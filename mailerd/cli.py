@@ -314,27 +314,27 @@ async def _suppressions_change(args: argparse.Namespace, config: config_mod.Conf
 
 
 async def _campaign_create(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_create(args, config)
+    return await campaigns.create(args, config)
 
 
 async def _campaign_show(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_show(args, config)
+    return await campaigns.show(args, config)
 
 
 async def _campaign_action(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_action(args, config)
+    return await campaigns.act(args, config)
 
 
 async def _campaign_list(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_list(args, config)
+    return await campaigns.list_all(args, config)
 
 
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:

@@ -179,3 +179,11 @@ async def upsert_staged_folded(conn: asyncpg.Connection) -> None:
 async def truncate_staging(conn: asyncpg.Connection) -> None:
     """Empty the staging table for the next batch."""
     await conn.execute(f"TRUNCATE {STAGING}")
+
+
+async def email_of(conn: asyncpg.Connection, account_id: int, lead_id: int) -> str | None:
+    """The address of one lead of the account (None when there is no such lead)."""
+    email: str | None = await conn.fetchval(
+        "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
+    )
+    return email
