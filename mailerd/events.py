@@ -122,7 +122,29 @@ async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """
     events = await _by_metadata(conn, events)
     events = await _by_message_id(conn, events)
-    return await _by_address(conn, events)
+    events = await _by_address(conn, events)
+    return await _with_addresses(conn, events)
+
+
+async def _with_addresses(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """Some events name no address (Postmark's unsubscribe record carries only the message
+    id): once matched to a lead, they take the lead's, so they can suppress it."""
+    wanted = {key for e in events if not e.email and (key := _lead_key(e)) is not None}
+    if not wanted:
+        return events
+    found = await events_db.lead_emails(conn, wanted)
+    result = []
+    for event in events:
+        key = _lead_key(event)
+        address = found.get(key) if key is not None and not event.email else None
+        result.append(dataclasses.replace(event, email=address) if address else event)
+    return result
+
+
+def _lead_key(event: Event) -> tuple[int, int] | None:
+    if event.account_id is None or event.lead_id is None:
+        return None
+    return event.account_id, event.lead_id
 
 
 def _matched(event: Event) -> bool:
