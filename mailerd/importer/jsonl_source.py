@@ -5,8 +5,6 @@ from __future__ import annotations
 import codecs
 from typing import IO
 
-import orjson
-
 from mailerd.importer import source
 from mailerd.importer.encoding import copy_text, lead_address
 from mailerd.importer.parsing import check_jsonl_line
@@ -51,8 +49,7 @@ class JsonlSource:
             addresses.append(address)
             starts.append(self.line)
             raws.append(raw)
-            document = copy_text(orjson.dumps(parsed[1]).decode())
-            out.append(f"{self.prefix}{address}\t{document}\n")
+            out.append(f"{self.prefix}{address}\t{copy_text(parsed[1])}\n")
         self.addresses.note(addresses)
         self.rows += len(out)
         return source.Chunk("".join(out).encode("utf-8"), starts, raws)

@@ -1,7 +1,8 @@
 """Parsing and type inference for imports: pure, no I/O.
 
 Addresses, numbers and booleans as the importer reads them, the per-column inference state, the
-CSV header, and one JSONL line. The suppression import validates addresses here too.
+CSV header, and one lead (a JSONL line, or the body of ``POST /api/leads``). The suppression
+import validates addresses here too.
 """
 
 from __future__ import annotations
@@ -167,8 +168,46 @@ def parse_header(row: list[str], types: dict[str, ColumnType], where: str) -> He
     return Header(names, email_index, forced)
 
 
-def check_jsonl_line(raw: bytes) -> tuple[str, dict[str, Any]] | str:
-    """Parse one JSONL line: ``(address, attributes)``, or the reason it is rejected."""
+@dataclass(frozen=True, slots=True)
+class LeadProblem:
+    """Why a lead is refused, and the key to blame."""
+
+    field: str
+    reason: str
+
+
+# A NUL character in JSON text as orjson writes it: ``\u0000`` after an even number of
+# backslashes (``\\u0000`` is an escaped backslash followed by the text ``u0000``).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+LEAD_KEYS = frozenset({"email", "attributes"})
+_SHOWN_CHARS = 300  # of an invalid address in a reason (the rest only makes the message long)
+
+
+def check_lead(doc: dict[str, Any]) -> tuple[str, str] | LeadProblem:
+    """One lead as the import (a JSONL line) and the API (``POST /api/leads``) take it:
+    ``(trimmed address, attributes as JSON text)``, or why it is refused."""
+    extra = sorted(set(doc) - LEAD_KEYS)
+    if extra:
+        reason = f'unexpected key(s) {", ".join(extra)} (attributes go under "attributes")'
+        return LeadProblem(extra[0], reason)
+    email = doc.get("email")
+    if not isinstance(email, str):
+        return LeadProblem("email", "missing email" if email is None else "email is not a string")
+    email = email.strip()
+    if not is_valid_email(email):
+        shown = email if len(email) <= _SHOWN_CHARS else email[:_SHOWN_CHARS] + "..."
+        return LeadProblem("email", f"invalid email address {shown!r}")
+    attributes = doc.get("attributes", {})
+    if not isinstance(attributes, dict):
+        return LeadProblem("attributes", "attributes is not an object")
+    document = orjson.dumps(attributes).decode()
+    if "\\u0000" in document and _NUL_ESCAPE.search(document):
+        return LeadProblem("attributes", "NUL character (\\u0000) is not supported")
+    return email, document
+
+
+def check_jsonl_line(raw: bytes) -> tuple[str, str] | str:
+    """Parse one JSONL line: ``(address, attributes as JSON text)``, or the reason it is rejected."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -179,21 +218,8 @@ def check_jsonl_line(raw: bytes) -> tuple[str, dict[str, Any]] | str:
         return f"invalid JSON: {exc}"
     if not isinstance(doc, dict):
         return "not a JSON object"
-    extra = sorted(set(doc) - {"email", "attributes"})
-    if extra:
-        return f'unexpected key(s) {", ".join(extra)} (attributes go under "attributes")'
-    email = doc.get("email")
-    if not isinstance(email, str):
-        return "missing email" if email is None else "email is not a string"
-    email = email.strip()
-    if not is_valid_email(email):
-        return f"invalid email address {email!r}"
-    attributes = doc.get("attributes", {})
-    if not isinstance(attributes, dict):
-        return "attributes is not an object"
-    if b"\\u0000" in raw:
-        return "NUL character (\\u0000) is not supported"
-    return email, attributes
+    checked = check_lead(doc)
+    return checked.reason if isinstance(checked, LeadProblem) else checked
 
 
 def has_bad_text(text: str) -> bool:

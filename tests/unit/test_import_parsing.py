@@ -120,8 +120,8 @@ def test_parse_header() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (b'{"email": " A@Example.com ", "attributes": {"x": 1}}', ("A@Example.com", {"x": 1})),
-        (b'{"email": "a@example.com"}', ("a@example.com", {})),
+        (b'{"email": " A@Example.com ", "attributes": {"x": 1}}', ("A@Example.com", '{"x":1}')),
+        (b'{"email": "a@example.com"}', ("a@example.com", "{}")),
         (b'{"email": "a@example.com", "attributes": null}', "attributes is not an object"),
         (b'{"email": 5}', "email is not a string"),
         (b'{"email": "a@example.com", "attributes": {"x": "\\u0000"}}', "NUL character"),
@@ -290,3 +290,12 @@ def test_csv_source_reads_again_the_lines_a_stray_quote_took_across_chunks(
         f"u{i}@example.com" for i in range(30) if i != 10
     ]
     assert source.line == 31
+
+
+def test_a_backslash_before_u0000_is_text_not_a_nul_character() -> None:
+    # The JSON text "C:\\u0000" is the six characters C:\u0000 (an escaped backslash), no NUL.
+    result = parsing.check_jsonl_line(b'{"email": "a@example.com", "attributes": {"path": "C:\\\\u0000"}}')
+    assert not isinstance(result, str), result
+    assert parsing.check_jsonl_line(b'{"email": "a@example.com", "attributes": {"p": "\\\\\\u0000"}}') == (
+        "NUL character (\\u0000) is not supported"
+    )
