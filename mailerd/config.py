@@ -113,6 +113,7 @@ class HttpConfig:
     listen: str = "127.0.0.1:8025"
     admin_tokens: tuple[Secret, ...] = ()
     max_body_bytes: int = _within(1_048_576, 1024, 64 * 1_048_576)
+    max_bulk_bytes: int = _within(1 << 30, 1024, 1 << 40)  # POST /api/leads/bulk, streamed
     public_url: str = "http://127.0.0.1:8025"
 
     @property

@@ -1,5 +1,5 @@
-"""Lead queries: by segment (counts, previews, the WHERE fragment other queries embed), and the
-lead import's loading (COPY, staging, upsert)."""
+"""Lead queries: by segment (counts, previews, the WHERE fragment other queries embed), the lead
+import's loading (COPY, staging, upsert), and one lead at a time (the leads API)."""
 
 from __future__ import annotations
 
@@ -112,13 +112,17 @@ STAGING = "mailerd_import_rows"
 COPY_COLUMNS = ["account_id", "email", "attributes"]
 _UPPER_ASCII = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
+# The import's rule for an address already stored (the API's single upsert shares it): merge,
+# the new values win; a row the merge leaves as it was is not written (re-imports: no dead rows).
+_ON_CONFLICT = """
+ON CONFLICT (account_id, lower(email)) DO UPDATE
+SET attributes = {merged}, updated_at = now()
+WHERE {merged} IS DISTINCT FROM l.attributes
+"""
+_MERGED = "l.attributes || EXCLUDED.attributes"
 _UPSERT = """
 INSERT INTO leads AS l (account_id, email, attributes)
-{select}
-ON CONFLICT (account_id, lower(email)) DO UPDATE
-SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
-WHERE l.attributes || EXCLUDED.attributes IS DISTINCT FROM l.attributes  -- re-imports: no dead rows
-"""
+{select}""" + _ON_CONFLICT.replace("{merged}", _MERGED)
 _SELECT_STAGED = f"SELECT s.account_id, s.email, s.attributes FROM {STAGING} s"
 # Several lines for one address: fold them in file order (a later key wins), then upsert once.
 # File order is ctid order: each batch is one COPY into the freshly truncated staging table.
@@ -187,3 +191,94 @@ async def email_of(conn: asyncpg.Connection, account_id: int, lead_id: int) -> s
         "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
     )
     return email
+
+
+# --- one lead (the leads API) -------------------------------------------------------------------
+
+# attributes as the JSON text Postgres writes (numbers keep their exact text); answered verbatim.
+LEAD_COLUMNS = "l.id, l.account_id, l.email, l.attributes::text AS attributes, l.created_at, l.updated_at"
+# The spelling a new lead is stored with, as the import's: $3 (lower-cased by Python when ASCII)
+# where the database lower-cases A-Z as Python does, else $2 as written (see lead_address).
+_SPELLING = f"CASE WHEN lower('{_UPPER_ASCII}') = '{_UPPER_ASCII.lower()}' THEN $3 ELSE $2 END"
+_UPSERT_ONE = f"""
+WITH upserted AS (
+    INSERT INTO leads AS l (account_id, email, attributes)
+    VALUES ($1, {_SPELLING}, $4::text::jsonb)
+    {{on_conflict}}
+    RETURNING {LEAD_COLUMNS}, l.xmax = 0 AS created
+)
+SELECT * FROM upserted
+UNION ALL
+SELECT {LEAD_COLUMNS}, false FROM leads l
+WHERE l.account_id = $1 AND lower(l.email) = lower($2) AND NOT EXISTS (SELECT 1 FROM upserted)
+"""
+_UPSERT_MERGE = _UPSERT_ONE.replace("{on_conflict}", _ON_CONFLICT.replace("{merged}", _MERGED))
+_UPSERT_REPLACE = _UPSERT_ONE.replace(
+    "{on_conflict}", _ON_CONFLICT.replace("{merged}", "EXCLUDED.attributes")
+)
+
+
+async def upsert_one(
+    conn: asyncpg.Connection, account_id: int, email: str, document: str, *, replace: bool
+) -> tuple[asyncpg.Record, bool]:
+    """Insert or update one lead (``document``: its attributes as JSON text), merged as the
+    import merges or replaced; the stored lead (:data:`LEAD_COLUMNS`) and whether it is new."""
+    lowered = email.lower() if email.isascii() else email
+    sql = _UPSERT_REPLACE if replace else _UPSERT_MERGE
+    for _ in range(2):
+        row = await conn.fetchrow(sql, account_id, email, lowered, document)
+        # None only when the row that made the insert conflict was committed after this
+        # statement's snapshot (a concurrent upsert of the address): the next one sees it.
+        if row is not None:
+            return row, bool(row["created"])
+    raise RuntimeError(f"lead {email!r} of account {account_id} neither inserted nor found")
+
+
+async def lead_by_id(conn: asyncpg.Connection, account_id: int, lead_id: int) -> asyncpg.Record | None:
+    """One lead of the account (:data:`LEAD_COLUMNS`), or None."""
+    return await conn.fetchrow(
+        f"SELECT {LEAD_COLUMNS} FROM leads l WHERE l.account_id = $1 AND l.id = $2", account_id, lead_id
+    )
+
+
+async def leads_page(
+    conn: asyncpg.Connection,
+    account_id: int,
+    *,
+    after: int,
+    limit: int,
+    email: str | None = None,
+    segment: segments.Segment | None = None,
+) -> list[asyncpg.Record]:
+    """The account's leads with ``id > after`` by id (:data:`LEAD_COLUMNS`), those with the
+    address ``email`` (any case) and matching ``segment`` (suppressed ones included) when given."""
+    conditions = ["l.account_id = $1", "l.id > $2"]
+    params: list[Any] = [account_id, after, limit]
+    if email is not None:
+        params.append(email)
+        conditions.append(f"lower(l.email) = lower(${len(params)})")
+    if segment is not None:
+        condition, segment_params = segments.compile(segment, first_param=len(params) + 1, alias="l")
+        conditions.append(f"({condition})")
+        params += segment_params
+    sql = f"SELECT {LEAD_COLUMNS} FROM leads l WHERE {' AND '.join(conditions)} ORDER BY l.id LIMIT $3"
+    return list(await conn.fetch(sql, *params))
+
+
+async def delete_by_id(conn: asyncpg.Connection, account_id: int, lead_id: int) -> asyncpg.Record | None:
+    """Delete one lead; the row as it was (:data:`LEAD_COLUMNS`), or None when there was none."""
+    return await conn.fetchrow(
+        f"DELETE FROM leads l WHERE l.account_id = $1 AND l.id = $2 RETURNING {LEAD_COLUMNS}",
+        account_id,
+        lead_id,
+    )
+
+
+async def delete_by_email(conn: asyncpg.Connection, account_id: int, email: str) -> asyncpg.Record | None:
+    """Delete the account's lead with this address (any case); the row as it was, or None."""
+    return await conn.fetchrow(
+        f"DELETE FROM leads l WHERE l.account_id = $1 AND lower(l.email) = lower($2)"
+        f" RETURNING {LEAD_COLUMNS}",
+        account_id,
+        email,
+    )

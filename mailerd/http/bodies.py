@@ -213,6 +213,167 @@ class Preview(msgspec.Struct, frozen=True):
     sample: list[Lead]
 
 
+# --- leads -----------------------------------------------------------------------------------
+
+LeadId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="the lead's id", examples=[1])]
+Address = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=decoding.NO_NUL,
+        description="an address (trimmed; one lead per account and address, whatever its case)",
+    ),
+]
+
+
+class LeadBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/leads``: one lead, upserted by address as the import does (the address and
+    the attributes are checked by :func:`mailerd.importer.parsing.check_lead`, as a JSONL
+    line is)."""
+
+    account_id: AccountId
+    email: Address
+    attributes: Annotated[
+        dict[str, Any],
+        msgspec.Meta(description="merged into the stored ones (these values win), or replacing them"),
+    ] = {}
+    replace: Annotated[
+        bool, msgspec.Meta(description="true: the attributes replace the stored ones instead of merging")
+    ] = False
+
+
+LeadExample = Annotated[
+    LeadBody,
+    msgspec.Meta(
+        examples=[{"account_id": 1, "email": "ada@example.com", "attributes": {"plan": "pro", "n": 1}}]
+    ),
+]
+
+
+class StoredLead(msgspec.Struct, frozen=True):
+    """A lead as stored. ``attributes`` is the stored JSON as Postgres writes it (numbers keep
+    their exact text, ``1.50`` stays ``1.50``)."""
+
+    id: int
+    account_id: int
+    email: str
+    attributes: Annotated[Any, msgspec.Meta(extra_json_schema={"type": "object"})]
+    created_at: Time
+    updated_at: Time
+
+
+class LeadPage(msgspec.Struct, frozen=True):
+    """A page of an account's leads by id; ``next_after`` is the cursor of the next page, if any."""
+
+    leads: list[StoredLead]
+    next_after: int | None
+
+
+class LeadDeleted(msgspec.Struct, frozen=True):
+    """The lead as it was when it was deleted."""
+
+    deleted: StoredLead
+
+
+class LeadListQuery(msgspec.Struct, frozen=True):
+    """``GET /api/leads`` query: the account's leads by id, those matching ``segment`` and
+    ``email`` when given."""
+
+    account_id: AccountId
+    email: Address | None = None
+    segment: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=decoding.NO_NUL,
+                description="a segment condition as JSON text (docs/segments.md); suppressed leads match too",
+                examples=['{"field": "attributes.plan", "op": "eq", "value": "pro"}'],
+            ),
+        ]
+        | None
+    ) = None
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="keyset cursor: id > after")] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class LeadQuery(msgspec.Struct, frozen=True):
+    """``GET /api/leads/{lead_id}`` query."""
+
+    account_id: AccountId
+
+
+Erase = Annotated[
+    bool,
+    msgspec.Meta(description="also erase every stored copy of the address in the account (GDPR Art. 17)"),
+]
+
+
+class LeadDeleteQuery(msgspec.Struct, frozen=True):
+    """``DELETE /api/leads/{lead_id}`` query."""
+
+    account_id: AccountId
+    erase: Erase = False
+
+
+class AddressDeleteQuery(msgspec.Struct, frozen=True):
+    """``DELETE /api/leads`` query: the lead by address."""
+
+    account_id: AccountId
+    email: Address
+    erase: Erase = False
+
+
+class BulkQuery(msgspec.Struct, frozen=True):
+    """``POST /api/leads/bulk`` query."""
+
+    account_id: AccountId
+
+
+class BulkLead(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One line of a bulk body (the importer's JSONL line; it checks them, not this type)."""
+
+    email: str
+    attributes: dict[str, Any] = {}
+
+
+BulkLines = Annotated[
+    list[BulkLead],
+    msgspec.Meta(
+        description="NDJSON, not a JSON array: one object per line, as in a .jsonl import",
+        examples=[
+            [
+                {"email": "ada@example.com", "attributes": {"plan": "pro"}},
+                {"email": "grace@example.com", "attributes": {"plan": "free", "n": 2}},
+            ]
+        ],
+    ),
+]
+
+
+class RejectedLine(msgspec.Struct, frozen=True):
+    """A line of a bulk body that was not imported: its number (from 1) and why."""
+
+    line: int
+    reason: str
+
+
+class BulkResult(msgspec.Struct, frozen=True):
+    """What a bulk import did: lines imported and rejected, and the first rejects in line order."""
+
+    imported: int
+    rejected: int
+    rejects: list[RejectedLine]
+    seconds: float
+
+
+class BulkRefused(ErrorBody, frozen=True, omit_defaults=False):
+    """422 of a bulk import: nothing imported (every line rejected, none in the body, or a run
+    the database stopped); with the counts and first rejects when lines were read."""
+
+    imported: int = 0
+    rejected: int = 0
+    rejects: list[RejectedLine] = []
+
+
 # --- suppressions ----------------------------------------------------------------------------
 
 

@@ -31,11 +31,19 @@ STATUS_TEXT = {
     409: "The transition is not allowed from the current status (code conflict)",
     413: "The body is larger than [http] max_body_bytes (code too_large)",
     422: "A field or query parameter is invalid (code invalid; error.field names it)",
+    429: "Too many requests of this kind are running on the node (code busy); retry",
     503: "The database is not available right now (code unavailable); retry",
 }
 
 # The type of each path parameter, by name.
-PATH_PARAMETERS: dict[str, Any] = {"id": bodies.CampaignId, "provider": str, "token": str}
+PATH_PARAMETERS: dict[str, Any] = {
+    "id": bodies.CampaignId,
+    "lead_id": bodies.LeadId,
+    "provider": str,
+    "token": str,
+}
+# aiohttp's "{name:regex}" is "{name}" in the document.
+_PATTERNED = re.compile(r"{(\w+):[^{}]*}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,7 +51,7 @@ class Route:
     """One method on one path: its handler and what the document says about it.
 
     ``responses`` maps the statuses particular to the route to their body type (None: no
-    JSON body).
+    JSON body); they win over the ones added for every route of a kind.
     """
 
     method: str
@@ -53,6 +61,7 @@ class Route:
     responses: Mapping[int, Any]
     body: Any = None
     body_required: bool = True
+    body_media_type: str = "application/json"
     query: type[msgspec.Struct] | None = None
     uses_database: bool = True
     documented: bool = True
@@ -61,6 +70,11 @@ class Route:
     def needs_token(self) -> bool:
         return self.path.startswith("/api/")
 
+    @property
+    def document_path(self) -> str:
+        """The path as the document writes it (without aiohttp's ``:regex``)."""
+        return _PATTERNED.sub(r"{\1}", self.path)
+
 
 def document(routes: Iterable[Route]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the documented routes."""
@@ -68,7 +82,7 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
     schemas = _Schemas(documented)
     paths: dict[str, dict[str, Any]] = {}
     for route in documented:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
+        paths.setdefault(route.document_path, {})[route.method.lower()] = _operation(route, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "mailerd API", "version": "1"},
@@ -83,14 +97,14 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
 def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
-        "operationId": _operation_id(route.method, route.path),
+        "operationId": _operation_id(route.method, route.document_path),
         "responses": {str(status): _response(status, kind, schemas) for status, kind in _answers(route)},
     }
     if route.needs_token:
         operation["security"] = [{"bearer": []}]
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": schemas.of(PATH_PARAMETERS[name])}
-        for name in re.findall(r"{(\w+)}", route.path)
+        for name in re.findall(r"{(\w+)}", route.document_path)
     ]
     if route.query is not None:
         parameters += [
@@ -107,14 +121,14 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.body is not None:
         operation["requestBody"] = {
             "required": route.body_required,
-            "content": {"application/json": {"schema": schemas.of(route.body)}},
+            "content": {route.body_media_type: {"schema": schemas.of(route.body)}},
         }
     return operation
 
 
 def _answers(route: Route) -> list[tuple[int, Any]]:
     """Every status the route can answer, with its body type."""
-    answers = dict(route.responses)
+    answers: dict[int, Any] = {}
     if route.needs_token:
         answers[401] = bodies.ErrorBody
     if route.body is not None:
@@ -125,6 +139,7 @@ def _answers(route: Route) -> list[tuple[int, Any]]:
         answers[404] = bodies.ErrorBody
     if route.uses_database:
         answers[503] = bodies.ErrorBody
+    answers.update(route.responses)
     return sorted(answers.items())
 
 

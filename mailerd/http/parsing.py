@@ -17,6 +17,7 @@ from mailerd.http.errors import ApiError
 
 T = TypeVar("T", bound=msgspec.Struct)
 MAX_ID = 2**63 - 1
+_BOOLEANS = {"true": True, "false": False}
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -72,6 +73,11 @@ def query(request: web.Request, cls: type[T]) -> T:
                 values[name] = int(text)
             else:
                 problems.append(decoding.Problem(name, f"expected a whole number (digits 0-9), got {text!r}"))
+        elif bool in decoding.base_types(field.type):
+            if text.lower() in _BOOLEANS:
+                values[name] = _BOOLEANS[text.lower()]
+            else:
+                problems.append(decoding.Problem(name, f"expected true or false, got {text!r}"))
         else:
             values[name] = text
     if problems:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailerd import campaigns
-from mailerd.http import admin, bodies, health, unsubscribe, webhooks
+from mailerd.http import admin, bodies, health, leads, unsubscribe, webhooks
 from mailerd.http.errors import json_response
 from mailerd.http.openapi import Route
 
@@ -103,6 +103,57 @@ ROUTES: tuple[Route, ...] = (
         "Take an address off the list, with a reason",
         {200: bodies.SuppressionRemoved, 404: bodies.ErrorBody},
         body=bodies.SuppressionExample,
+    ),
+    # leads; /bulk first, and ids as digits only, so that GET /api/leads/bulk is a 405, not a lead
+    Route(
+        "POST",
+        "/api/leads/bulk",
+        leads.bulk_import,
+        "Import NDJSON lines as a .jsonl file is (streamed, one transaction)",
+        {200: bodies.BulkResult, 422: bodies.BulkRefused, 429: bodies.ErrorBody},
+        body=bodies.BulkLines,
+        body_media_type="application/x-ndjson",
+        query=bodies.BulkQuery,
+    ),
+    Route(
+        "POST",
+        "/api/leads",
+        leads.upsert_lead,
+        "Insert or update one lead by address (attributes merged, or replaced)",
+        {200: bodies.StoredLead, 201: bodies.StoredLead},
+        body=bodies.LeadExample,
+    ),
+    Route(
+        "GET",
+        "/api/leads",
+        leads.list_leads,
+        "An account's leads by id (by address, by segment)",
+        {200: bodies.LeadPage},
+        query=bodies.LeadListQuery,
+    ),
+    Route(
+        "DELETE",
+        "/api/leads",
+        leads.delete_by_address,
+        "Delete the lead with an address",
+        {200: bodies.LeadDeleted, 404: bodies.ErrorBody},
+        query=bodies.AddressDeleteQuery,
+    ),
+    Route(
+        "GET",
+        r"/api/leads/{lead_id:\d+}",
+        leads.get_lead,
+        "One lead",
+        {200: bodies.StoredLead, 404: bodies.ErrorBody},
+        query=bodies.LeadQuery,
+    ),
+    Route(
+        "DELETE",
+        r"/api/leads/{lead_id:\d+}",
+        leads.delete_lead,
+        "Delete a lead",
+        {200: bodies.LeadDeleted, 404: bodies.ErrorBody},
+        query=bodies.LeadDeleteQuery,
     ),
     Route("POST", "/webhooks/{provider}", webhooks.webhook, "Provider events", {200: None}, documented=False),
     Route("GET", "/u/{token}", unsubscribe.page, "Unsubscribe page", {200: None}, documented=False),

@@ -1,9 +1,9 @@
-"""JSONL lines to COPY input: one ``{"email": ..., "attributes": {...}}`` per line."""
+"""JSONL lines to COPY input: one ``{"email": ..., "attributes": {...}}`` per line (a file, or
+the body of ``POST /api/leads/bulk``)."""
 
 from __future__ import annotations
 
 import codecs
-from typing import IO
 
 from mailerd.importer import source
 from mailerd.importer.encoding import copy_text, lead_address
@@ -12,15 +12,28 @@ from mailerd.importer.rejects import RejectSink
 
 
 class JsonlSource:
-    """JSONL lines to COPY input (address, attributes as JSON text)."""
+    """JSONL lines to COPY input (address, attributes as JSON text).
+
+    With ``max_line_bytes``, a longer line (its line end aside) is rejected: the bulk API's body
+    hands over such a line cut short (see :class:`mailerd.importer.streams.StreamLines`).
+    """
 
     retype = False  # JSONL values carry their own types
 
-    def __init__(self, stream: IO[bytes], sink: RejectSink, account_id: int, *, lower_ascii: bool) -> None:
+    def __init__(
+        self,
+        stream: source.Lines,
+        sink: RejectSink,
+        account_id: int,
+        *,
+        lower_ascii: bool,
+        max_line_bytes: int | None = None,
+    ) -> None:
         self.stream = stream
         self.sink = sink
         self.prefix = f"{int(account_id)}\t"
         self.lower_ascii = lower_ascii
+        self.max_line = max_line_bytes
         self.line = 0
         self.rows = 0
         self.bytes_read = 0
@@ -41,6 +54,8 @@ class JsonlSource:
             self.bytes_read += len(raw)
             if not raw.strip():
                 continue
+            if self.max_line is not None and len(raw) > self.max_line and self._too_long(raw):
+                continue
             parsed = check_jsonl_line(raw)
             if isinstance(parsed, str):
                 self.sink.add(self.line, parsed, raw.decode("utf-8", "surrogateescape"))
@@ -53,3 +68,11 @@ class JsonlSource:
         self.addresses.note(addresses)
         self.rows += len(out)
         return source.Chunk("".join(out).encode("utf-8"), starts, raws)
+
+    def _too_long(self, raw: bytes) -> bool:
+        assert self.max_line is not None
+        if len(raw.rstrip(b"\r\n")) <= self.max_line:
+            return False
+        reason = f"the line is longer than {self.max_line:,} bytes"
+        self.sink.add(self.line, reason, raw.decode("utf-8", "surrogateescape"))
+        return True

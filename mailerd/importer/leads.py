@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -32,7 +33,7 @@ from mailerd.importer.rejects import (
     print_rejects,
     reject_sink,
 )
-from mailerd.importer.source import Source
+from mailerd.importer.source import Lines, Source
 
 
 class _Retype(Exception):
@@ -126,17 +127,39 @@ async def _import_jsonl(
     sink: RejectSink,
     progress: Progress,
 ) -> int:
-    source = JsonlSource(f, sink, account_id, lower_ascii=await leads_db.lowers_ascii_like_python(conn))
+    return await import_lines(conn, account_id=account_id, lines=f, sink=sink, progress=progress)
+
+
+async def import_lines(
+    conn: asyncpg.Connection,
+    *,
+    account_id: int,
+    lines: Lines,
+    sink: RejectSink,
+    progress: Progress | None = None,
+    interrupt: Callable[[], None] | None = None,
+    max_line_bytes: int | None = None,
+) -> int:
+    """JSONL ``lines`` into ``leads`` in one transaction (a file, or the bulk API's body): the
+    number of rows imported; rejects go to ``sink``. Raise :class:`ImportFailed`."""
+    lower_ascii = await leads_db.lowers_ascii_like_python(conn)
+    source = JsonlSource(lines, sink, account_id, lower_ascii=lower_ascii, max_line_bytes=max_line_bytes)
     async with conn.transaction():
-        return await _write_all(conn, source, progress, sink)
+        return await _write_all(conn, source, progress, sink, interrupt)
 
 
-async def _write_all(conn: asyncpg.Connection, source: Source, progress: Progress, sink: RejectSink) -> int:
+async def _write_all(
+    conn: asyncpg.Connection,
+    source: Source,
+    progress: Progress | None,
+    sink: RejectSink,
+    interrupt: Callable[[], None] | None = None,
+) -> int:
     """Inside the import's transaction: write every batch; the number of rows imported (rows
     the database refused are rejects). Raise :class:`_Retype`."""
     writer = LeadWriter(conn)
     await writer.start()
-    await Pipeline(source, progress).run(writer)
+    await Pipeline(source, progress, interrupt).run(writer)
     if source.retype and isinstance(source, CsvSource):
         raise _Retype(source.column_types())
     for reject in writer.refused:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ class _Piece:
     batch_end: bool  # merge after this chunk
     repeats: bool  # (at a batch end) the batch repeats an address
     eof: bool = False
+    error: Exception | None = None  # the source failed (the last piece then)
 
 
 @dataclass(slots=True)
@@ -58,11 +59,22 @@ class Batch:
 
 class Pipeline:
     """Parse in a worker thread (running ahead through a bounded queue) while the event loop
-    writes the batches parsed before."""
+    writes the batches parsed before.
 
-    def __init__(self, source: Source, progress: Progress) -> None:
+    An error of the source (in the thread) is raised by :meth:`run`. ``interrupt`` is called
+    when :meth:`run` ends early, before it waits for the chunk the thread is parsing: a source
+    that waits on the event loop (the bulk API's body) gives up there instead of waiting on.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        progress: Progress | None = None,
+        interrupt: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
         self.progress = progress
+        self.interrupt = interrupt
         self.queue: asyncio.Queue[_Piece] = asyncio.Queue(QUEUE_CHUNKS)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="mailerd-import")
         self.pending: Future[_Piece] | None = None  # the chunk the thread is parsing
@@ -88,7 +100,10 @@ class Pipeline:
     async def _produce(self) -> None:
         while True:
             self.pending = self.executor.submit(self._next_piece)
-            piece = await asyncio.wrap_future(self.pending)
+            try:
+                piece = await asyncio.wrap_future(self.pending)
+            except Exception as exc:  # handed to run(), which raises it
+                piece = _Piece(Chunk(b"", [], ()), 0, True, False, eof=True, error=exc)
             self.pending = None
             await self.queue.put(piece)
             if piece.eof:
@@ -100,7 +115,10 @@ class Pipeline:
         rows = 0
         while True:
             piece = await self.queue.get()
-            self.progress.update(self.source.bytes_read, self.source.rows)
+            if piece.error is not None:
+                raise piece.error
+            if self.progress is not None:
+                self.progress.update(self.source.bytes_read, self.source.rows)
             rows += piece.rows
             if piece.chunk.data:
                 chunks.append(piece.chunk)
@@ -120,6 +138,8 @@ class Pipeline:
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
+            if self.pending is not None and self.interrupt is not None:
+                self.interrupt()
             if self.pending is not None:  # a running chunk cannot be cancelled: wait, the file closes next
                 await asyncio.gather(asyncio.wrap_future(self.pending), return_exceptions=True)
             self.executor.shutdown(wait=False)

@@ -215,11 +215,23 @@ def check_jsonl_line(raw: bytes) -> tuple[str, str] | str:
             raw.decode("utf-8")
         except UnicodeDecodeError as bad:
             return f"invalid UTF-8 at byte {bad.start + 1}"
-        return f"invalid JSON: {exc}"
+        return f"invalid JSON: {_json_error(raw, exc)}"
     if not isinstance(doc, dict):
         return "not a JSON object"
     checked = check_lead(doc)
     return checked.reason if isinstance(checked, LeadProblem) else checked
+
+
+def _json_error(raw: bytes, error: orjson.JSONDecodeError) -> str:
+    """orjson's message about the line without its line end (a file's lines keep theirs, the
+    bulk API's do not): "line 1 column 52", not "line 2 column 1"."""
+    line = raw.rstrip(b"\r\n")
+    if len(line) != len(raw):
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return str(exc)
+    return str(error)
 
 
 def has_bad_text(text: str) -> bool:

@@ -54,15 +54,24 @@ def printable(raw: str) -> str:
 
 
 class RejectSink:
-    """Rejected rows: all to the rejects file (if any), the first few kept, all counted."""
+    """Rejected rows: all to the rejects file (if any), the first few kept, all counted.
 
-    def __init__(self, stream: IO[bytes] | None, keep: int = STDERR_REJECTS) -> None:
+    ``raw_chars`` keeps only the start of each row's text (the bulk API lists no raw text, and
+    its lines may be long).
+    """
+
+    def __init__(
+        self, stream: IO[bytes] | None, keep: int = STDERR_REJECTS, raw_chars: int | None = None
+    ) -> None:
         self.stream = stream
         self.keep = keep
+        self.raw_chars = raw_chars
         self.first: list[Reject] = []
         self.count = 0
 
     def add(self, line: int, reason: str, raw: str) -> None:
+        if self.raw_chars is not None:
+            raw = raw[: self.raw_chars]
         reject = Reject(line, reason, printable(raw.rstrip("\r\n")))
         self.count += 1
         if len(self.first) < self.keep:

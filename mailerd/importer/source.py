@@ -45,6 +45,13 @@ class Chunk:
 EMPTY = Chunk(b"", [], ())
 
 
+class Lines(Protocol):
+    """What a line-based source reads: a binary file, or the bulk API's body
+    (:class:`mailerd.importer.streams.StreamLines`)."""
+
+    def readlines(self, hint: int = -1, /) -> list[bytes]: ...
+
+
 class Source(Protocol):
     """A parser feeding COPY (runs in a worker thread): the file chunk by chunk, ``None`` at
     its end."""
