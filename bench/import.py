@@ -1,6 +1,6 @@
-"""Benchmark `mailerd leads import` against a bare COPY of the same CSV.
+"""Benchmark `mailerd leads import` against a bare COPY of the same CSV, and the bulk API.
 
-    python bench/import.py --rows 1000000 [--dsn DSN] [--bad-pct 1.5] [--json] [--keep FILE]
+    python bench/import.py --rows 1000000 [--dsn DSN] [--bad-pct 1.5] [--json] [--keep FILE] [--no-api]
 
 Creates a fresh database on the server (``--dsn``, else ``$MAILERD_TEST_DSN``, else the local
 default), migrates it, then times, in the same run:
@@ -12,7 +12,11 @@ default), migrates it, then times, in the same run:
     connection can beat this: it is what Postgres itself spends on the jsonb values, the two
     indexes of ``leads`` and their WAL. Then the same split over two connections at once (both
     cores, and no parsing at all): the bound for any importer on this machine;
-(c) the mailerd import of the file into the empty ``leads`` table.
+(c) the mailerd import of the file into the empty ``leads`` table;
+(d) the same rows as JSONL: `mailerd leads import` of a .jsonl file, then (emptied again)
+    ``POST /api/leads/bulk`` of the same file to a ``mailerd run`` child process, streamed by
+    an HTTP client in 1 MiB pieces; the goal is bulk >= 0.5 of the CLI. The daemon's peak RSS
+    (VmHWM) is read after the bulk import, with its RSS before it: the body is never held whole.
 
 Bad rows (``--bad-pct``) are invalid addresses only, so that the bare COPY still accepts the file.
 """
@@ -25,15 +29,29 @@ import contextlib
 import csv
 import itertools
 import random
+import secrets
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
-from common import checkpoint, fresh_database, migrated, server_dsn
+from common import (
+    BenchError,
+    checkpoint,
+    daemon_toml,
+    free_port,
+    fresh_database,
+    migrated,
+    proc_status_kb,
+    server_dsn,
+    start_daemon,
+    stop_daemons,
+)
 
 from mailerd import importer
 from mailerd.db import leads as leads_db
@@ -72,6 +90,20 @@ def generate(path: Path, rows: int, bad_pct: float, seed: int = 42) -> int:
             day = f"20{rng.randint(15, 24)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
             writer.writerow([email, name, rng.choice(COUNTRIES), rng.choice(PLANS), age, score, vip, day])
     return bad
+
+
+def to_jsonl(csv_path: Path, jsonl_path: Path) -> None:
+    """The rows of the CSV as JSONL lines, typed as the CSV import infers them (numbers, booleans)."""
+    with csv_path.open(encoding="utf-8", newline="") as f, jsonl_path.open("wb") as out:
+        reader = csv.DictReader(f)
+        for row in reader:
+            email = row.pop("email")
+            attributes: dict[str, Any] = {key: value for key, value in row.items() if value}
+            if "age" in attributes:
+                attributes["age"] = int(attributes["age"])
+            attributes["score"] = float(attributes["score"])
+            attributes["vip"] = attributes["vip"] == "true"
+            out.write(orjson.dumps({"email": email, "attributes": attributes}) + b"\n")
 
 
 def prepare_rows(path: Path, halves: list[Path]) -> None:
@@ -117,7 +149,86 @@ async def copy_into_leads(conn: asyncpg.Connection, dsns: list[str], halves: lis
     return seconds
 
 
-async def bench(admin_dsn: str, path: Path, rows: int) -> dict[str, Any]:
+TOKEN = secrets.token_hex(16)  # the child daemon's admin token, for this run only
+
+
+async def _body(path: Path) -> AsyncIterator[bytes]:
+    """The file in 1 MiB pieces, read as they are sent (never whole)."""
+    with path.open("rb") as f:
+        while piece := f.read(1 << 20):
+            yield piece
+
+
+async def bulk_over_http(dsn: str, path: Path, workdir: Path) -> dict[str, Any]:
+    """``POST /api/leads/bulk`` of ``path`` to a ``mailerd run`` child: seconds, answer, RSS."""
+    token_file = workdir / "admin_token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    port = free_port()
+    config = workdir / "mailerd.toml"
+    config.write_text(
+        daemon_toml(dsn, port, "bench-import", {"http": {"admin_tokens_file": str(token_file)}})
+    )
+    daemon = await start_daemon(config, workdir / "daemon.log", port)
+    try:
+        rss_before_kb = proc_status_kb(daemon.pid, "VmRSS")
+        url = f"http://127.0.0.1:{port}/api/leads/bulk?account_id=1"
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"}
+        timeout = aiohttp.ClientTimeout(total=3600)
+        started = time.perf_counter()
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=_body(path), headers=headers) as response,
+        ):
+            answer = await response.json()
+        seconds = time.perf_counter() - started
+        if response.status != 200:
+            raise BenchError(f"bulk import answered {response.status}: {answer}")
+        peak_kb = proc_status_kb(daemon.pid, "VmHWM")
+    finally:
+        codes = await stop_daemons([daemon])
+    if codes != [0]:
+        raise BenchError(f"the daemon exited with {codes[0]}")
+    return {"seconds": seconds, "answer": answer, "rss_before_kb": rss_before_kb, "peak_rss_kb": peak_kb}
+
+
+async def bench_jsonl(conn: asyncpg.Connection, dsn: str, path: Path, rows: int) -> dict[str, Any]:
+    """(d): the CLI import of the JSONL file, then the bulk API of the same file, both into an
+    empty ``leads`` table."""
+    jsonl = path.with_suffix(".jsonl")
+    await asyncio.to_thread(to_jsonl, path, jsonl)
+    try:
+        await conn.execute("TRUNCATE leads")
+        await checkpoint(conn)
+        started = time.perf_counter()
+        result = await importer.import_file(conn, account_id=1, path=jsonl)
+        cli_s = time.perf_counter() - started
+        await conn.execute("TRUNCATE leads")
+        await checkpoint(conn)
+        bulk = await bulk_over_http(dsn, jsonl, path.parent)
+        stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
+        body_mb = jsonl.stat().st_size / 1e6
+    finally:
+        jsonl.unlink(missing_ok=True)
+    if (bulk["answer"]["imported"], stored) != (result.imported, result.imported):
+        raise BenchError(
+            f"bulk imported {bulk['answer']['imported']:,} ({stored:,} stored), CLI {result.imported:,}"
+        )
+    return {
+        "jsonl_mb": round(body_mb, 1),
+        "jsonl_import_s": round(cli_s, 3),
+        "jsonl_import_rows_per_s": round(rows / cli_s),
+        "bulk_api_s": round(bulk["seconds"], 3),
+        "bulk_api_rows_per_s": round(rows / bulk["seconds"]),
+        "bulk_api_ratio": round(cli_s / bulk["seconds"], 3),
+        "bulk_api_imported": bulk["answer"]["imported"],
+        "bulk_api_rejected": bulk["answer"]["rejected"],
+        "daemon_rss_before_mb": round(bulk["rss_before_kb"] / 1024, 1),
+        "daemon_peak_rss_mb": round(bulk["peak_rss_kb"] / 1024, 1),
+    }
+
+
+async def bench(admin_dsn: str, path: Path, rows: int, *, api: bool = True) -> dict[str, Any]:
     async with fresh_database(admin_dsn) as dsn, migrated(dsn) as conn:
         columns = ", ".join(f'"{c}" text' for c in COLUMNS)
         await conn.execute(f"CREATE TABLE bare_copy ({columns})")
@@ -140,7 +251,9 @@ async def bench(admin_dsn: str, path: Path, rows: int) -> dict[str, Any]:
         result = await importer.import_file(conn, account_id=1, path=path)
         import_s = time.perf_counter() - started
         stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
+        jsonl = await bench_jsonl(conn, dsn, path, rows) if api else {}
     return {
+        **jsonl,
         "rows": rows,
         "copy_s": round(copy_s, 3),
         "copy_rows_per_s": round(rows / copy_s),
@@ -165,6 +278,7 @@ def main() -> int:
     parser.add_argument("--bad-pct", type=float, default=0.0, help="share of rows with bad addresses")
     parser.add_argument("--keep", default=None, metavar="FILE", help="write the CSV here and keep it")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-api", action="store_true", help="skip (d), the JSONL import and the bulk API")
     args = parser.parse_args()
     dsn = server_dsn(args.dsn)
 
@@ -173,7 +287,7 @@ def main() -> int:
         started = time.perf_counter()
         generate(path, args.rows, args.bad_pct)
         generate_s = time.perf_counter() - started
-        result = asyncio.run(bench(dsn, path, args.rows))
+        result = asyncio.run(bench(dsn, path, args.rows, api=not args.no_api))
         result["file_mb"] = round(path.stat().st_size / 1e6, 1)
     result["generate_s"] = round(generate_s, 2)
     if args.json:
@@ -196,6 +310,20 @@ def main() -> int:
             f"imported {result['imported']:,}, rejected {result['rejected']:,}, "
             f"stored {result['leads_stored']:,}"
         )
+        if "bulk_api_s" in result:
+            print(f"JSONL:       {result['jsonl_mb']} MB, the same rows")
+            print(
+                f"  CLI:       {result['jsonl_import_rows_per_s']:>10,} rows/s"
+                f"  ({result['jsonl_import_s']:.2f} s): mailerd leads import of the .jsonl file"
+            )
+            print(
+                f"  bulk API:  {result['bulk_api_rows_per_s']:>10,} rows/s  ({result['bulk_api_s']:.2f} s):"
+                f" POST /api/leads/bulk, ratio {result['bulk_api_ratio']:.2f} (bulk / CLI; goal >= 0.5)"
+            )
+            print(
+                f"  daemon:    RSS {result['daemon_rss_before_mb']} MB before, peak"
+                f" {result['daemon_peak_rss_mb']} MB (VmHWM)"
+            )
     return 0
 
 

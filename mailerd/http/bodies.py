@@ -216,11 +216,15 @@ class Preview(msgspec.Struct, frozen=True):
 # --- leads -----------------------------------------------------------------------------------
 
 LeadId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="the lead's id", examples=[1])]
+LeadAccount = Annotated[
+    int, msgspec.Meta(ge=0, le=MAX_ID, description="the account (0 to 2^63 - 1)", examples=[1])
+]
 Address = Annotated[
     str,
     msgspec.Meta(
         pattern=decoding.NO_NUL,
         description="an address (trimmed; one lead per account and address, whatever its case)",
+        examples=["ada@example.com"],
     ),
 ]
 
@@ -230,7 +234,7 @@ class LeadBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     the attributes are checked by :func:`mailerd.importer.parsing.check_lead`, as a JSONL
     line is)."""
 
-    account_id: AccountId
+    account_id: LeadAccount
     email: Address
     attributes: Annotated[
         dict[str, Any],
@@ -278,7 +282,7 @@ class LeadListQuery(msgspec.Struct, frozen=True):
     """``GET /api/leads`` query: the account's leads by id, those matching ``segment`` and
     ``email`` when given."""
 
-    account_id: AccountId
+    account_id: LeadAccount
     email: Address | None = None
     segment: (
         Annotated[
@@ -298,7 +302,7 @@ class LeadListQuery(msgspec.Struct, frozen=True):
 class LeadQuery(msgspec.Struct, frozen=True):
     """``GET /api/leads/{lead_id}`` query."""
 
-    account_id: AccountId
+    account_id: LeadAccount
 
 
 Erase = Annotated[
@@ -310,14 +314,14 @@ Erase = Annotated[
 class LeadDeleteQuery(msgspec.Struct, frozen=True):
     """``DELETE /api/leads/{lead_id}`` query."""
 
-    account_id: AccountId
+    account_id: LeadAccount
     erase: Erase = False
 
 
 class AddressDeleteQuery(msgspec.Struct, frozen=True):
     """``DELETE /api/leads`` query: the lead by address."""
 
-    account_id: AccountId
+    account_id: LeadAccount
     email: Address
     erase: Erase = False
 
@@ -325,7 +329,7 @@ class AddressDeleteQuery(msgspec.Struct, frozen=True):
 class BulkQuery(msgspec.Struct, frozen=True):
     """``POST /api/leads/bulk`` query."""
 
-    account_id: AccountId
+    account_id: LeadAccount
 
 
 class BulkLead(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

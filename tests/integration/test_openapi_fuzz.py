@@ -24,6 +24,7 @@ from mailerd.http import openapi, routes
 from tests.integration.helpers import add_leads, new_campaign, running_daemon
 
 TOKEN = "fuzz-token"
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
@@ -91,7 +92,11 @@ async def _schemathesis(port: int, workdir: Path) -> tuple[int, str]:
         cwd=workdir,  # no schemathesis.toml of the caller's is picked up
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}, "NO_COLOR": "1"},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")},
+            "NO_COLOR": "1",
+            "SCHEMATHESIS_HOOKS": str(HOOKS),  # NDJSON bodies (POST /api/leads/bulk)
+        },
     )
     output, _ = await asyncio.wait_for(process.communicate(), 110)
     assert process.returncode is not None
