@@ -52,6 +52,7 @@ def campaign_from_row(row: asyncpg.Record) -> Campaign:
         rate_per_s=row["rate_per_s"],
         resend_uncertain=row["resend_uncertain"],
         status_reason=row["status_reason"],
+        generation=row["status_generation"],
     )
 
 
@@ -176,13 +177,13 @@ class Scheduler:
         completes the last shard; two nodes completing the last two shards at once can each miss
         the other's, so this sweep closes that gap."""
         async with self._pool.acquire() as conn:
-            finished = await campaigns_db.finish_done(conn)
+            finished = await campaigns_db.sweep(conn, "done", cause="scheduler")
         for campaign_id in finished:
             log.info("campaign_finished", campaign_id=campaign_id)
 
     async def _activate_due(self) -> None:
         async with self._pool.acquire() as conn:
-            for campaign_id in await campaigns_db.start_due(conn):
+            for campaign_id in await campaigns_db.sweep(conn, "due", cause="scheduler"):
                 log.info("campaign_started", campaign_id=campaign_id)
             for campaign_id in await campaigns_db.unsplit(conn):
                 try:
@@ -308,7 +309,11 @@ class Scheduler:
 async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:
     """A campaign that can never be sent as stored (its segment no longer parses): ``failed``,
     with the reason, on every node."""
-    await campaigns_db.fail(conn, campaign_id, reason)
+    try:
+        await campaigns_db.change_status(conn, campaign_id, "fail", reason, cause="scheduler")
+    except campaigns_db.TransitionError as exc:
+        log.info("campaign_fail_skipped", campaign_id=campaign_id, reason=str(exc))
+        return
     log.error("campaign_failed", campaign_id=campaign_id, reason=reason)
 
 
@@ -351,7 +356,7 @@ async def split_campaign(conn: asyncpg.Connection, campaign_id: int, shard_size:
         matched = await leads_db.count_segment(conn, campaign.account_id, campaign.segment)
         await stats_db.set_matched(conn, campaign_id, matched)
         if not edges:
-            await campaigns_db.finish_empty(conn, campaign_id)
+            await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
             log.info("campaign_finished_empty", campaign_id=campaign_id)
             return 0
         await shards_db.create(conn, campaign_id, edges)

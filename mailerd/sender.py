@@ -22,6 +22,8 @@ from mailerd import aio, backoff, metrics, ratelimit
 from mailerd.config import ProviderConfig
 from mailerd.models import (
     Batch,
+    Campaign,
+    CampaignBroken,
     HaltError,
     LogRow,
     LogStatus,
@@ -36,7 +38,11 @@ from mailerd.stages import ClaimedShard, ProviderLane, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
-HaltCallback = Callable[[int, str], Awaitable[None]]
+# (campaign, reason): the provider halted or the error rate passed its limit -> pause it;
+# the campaign carries the status generation this node saw, so a stale pause changes nothing.
+HaltCallback = Callable[[Campaign, str], Awaitable[None]]
+# (campaign, reason): the campaign can never be sent as it is -> fail it.
+FailCallback = Callable[[Campaign, str], Awaitable[None]]
 
 
 class ErrorRate:
@@ -80,6 +86,7 @@ class ProviderSender:
         config: ProviderConfig,
         writer: RowSink,
         on_halt: HaltCallback,
+        on_fail: FailCallback,
         *,
         rng: random.Random | None = None,
     ) -> None:
@@ -90,6 +97,7 @@ class ProviderSender:
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
         self._on_halt = on_halt
+        self._on_fail = on_fail
         self._rng = rng or random.Random()
         name = lane.name
         self._in_flight = metrics.BATCHES_IN_FLIGHT.labels(name)
@@ -213,6 +221,12 @@ class ProviderSender:
         except PermanentError as exc:
             delivery.settle_pending(Outcome.FAILED, exc.reason)
             return False
+        except CampaignBroken as exc:
+            run.log.error("campaign_broken", seq=batch.seq, reason=exc.reason)
+            delivery.complete = False  # nothing of this batch was sent
+            if not run.stopping:
+                await self._on_fail(batch.campaign, exc.reason)
+            return False
         except HaltError as exc:
             run.log.error("provider_halted", reason=exc.reason)
             delivery.complete = False
@@ -220,7 +234,7 @@ class ProviderSender:
             # halt of a concurrent batch, a pause) the news is old, and pausing again could
             # undo a resume the operator made since.
             if not run.stopping:
-                await self._on_halt(batch.campaign.id, exc.reason)
+                await self._on_halt(batch.campaign, exc.reason)
             return False
         finally:
             self._call_seconds.observe(time.perf_counter() - started)
@@ -241,7 +255,7 @@ class ProviderSender:
                 f"exceeds max_error_rate {self.config.max_error_rate:.0%}"
             )
             self._error_rates.pop(batch.campaign.id, None)
-            await self._on_halt(batch.campaign.id, reason)
+            await self._on_halt(batch.campaign, reason)
 
 
 class _Delivery:
