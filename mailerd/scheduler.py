@@ -19,11 +19,12 @@ from typing import Any
 import asyncpg
 import structlog
 
-from mailerd import aio, db, metrics, segments
+from mailerd import aio, db, erasure, metrics, segments
 from mailerd.config import Config
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
 from mailerd.db import email_log as email_log_db
+from mailerd.db import erasure as erasure_db
 from mailerd.db import leads as leads_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
@@ -245,6 +246,7 @@ class Scheduler:
             if not await shards_db.try_lock(claim, campaign_id, shard_no):
                 raise _NotClaimable
             campaign, lane = await self._claimable_campaign(claim, campaign_id)
+            erased_pads = await self._erased_pads(claim, campaign)
             async with claim.transaction():
                 row = await shards_db.take(claim, campaign_id, shard_no, self.node)
                 if row is None:
@@ -273,9 +275,27 @@ class Scheduler:
             sink=self._sink,
             window_size=self._config.scheduler.window_size,
             logged_upto=logged_upto,
+            erased_pads=erased_pads,
         )
         run.log.info("shard_claimed", checkpoint=row["checkpoint"], reserved_upto=row["reserved_upto"])
         return run
+
+    async def _erased_pads(self, claim: asyncpg.Connection, campaign: Campaign) -> tuple[bytes, bytes] | None:
+        """The erasure key's HMAC pads when the account keeps erased addresses suppressed as
+        hashes (its lead windows must check them). Without the key such a campaign is not sent
+        by this node: an erased, suppressed address imported again could be mailed."""
+        if not await erasure_db.has_erased_suppressions(claim, campaign.account_id):
+            return None
+        try:
+            return erasure.key_pads(erasure.configured_key(self._config))
+        except erasure.ErasureUnavailable as exc:
+            log.error(
+                "campaign_needs_erasure_key",
+                campaign_id=campaign.id,
+                account_id=campaign.account_id,
+                error=str(exc),
+            )
+            raise _NotClaimable from exc
 
     async def _claimable_campaign(
         self, claim: asyncpg.Connection, campaign_id: int

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -308,16 +310,41 @@ def _log_rows(
             append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
         elif outcome is Outcome.UNKNOWN:
             unknown += 1
-            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, _storable(result.error)))
+            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, _storable(result.error, lead.email)))
         else:
             failed += 1
-            append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, _storable(result.error)))
+            append(
+                (
+                    now,
+                    campaign_id,
+                    lead.id,
+                    LogStatus.FAILED,
+                    result.message_id,
+                    _storable(result.error, lead.email),
+                )
+            )
     return rows, (len(rows) - failed - unknown, failed, unknown, 0)
 
 
-def _storable(text: str | None) -> str | None:
-    """Provider error text as Postgres can store it (no NUL characters)."""
-    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+MAX_ERROR_CHARS = 1000
+
+
+def _storable(text: str | None, address: str) -> str | None:
+    """Provider error text as the log keeps it: no NUL (Postgres text cannot hold it), bounded,
+    and without the recipient's address (providers quote it; email_log holds no address, so an
+    erasure never has to touch it)."""
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if "@" in text:
+        text = _quoted_address(address).sub("<recipient>", text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_address(address: str) -> re.Pattern[str]:
+    return re.compile(re.escape(address), re.IGNORECASE)
 
 
 def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:
