@@ -21,6 +21,7 @@ from mailerd.db import campaigns as campaign_rows
 
 NOTIFY_CHANNEL = campaign_rows.NOTIFY_CHANNEL
 TRANSITIONS = campaign_rows.TRANSITIONS
+API_ACTIONS = campaign_rows.API_ACTIONS
 TransitionError = campaign_rows.TransitionError
 transition = campaign_rows.change_status
 show = campaign_rows.show

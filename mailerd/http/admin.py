@@ -110,7 +110,7 @@ async def campaign_emails(request: web.Request) -> web.Response:
 
 def campaign_action(action: str) -> Handler:
     """The handler of POST /api/campaigns/{id}/``action`` (start, pause, resume, cancel)."""
-    if action not in campaigns.TRANSITIONS:
+    if action not in campaigns.API_ACTIONS:
         raise ValueError(f"unknown action {action!r}")
 
     async def act(request: web.Request) -> web.Response:
