@@ -255,6 +255,15 @@ async def lead_by_id(conn: asyncpg.Connection, account_id: int, lead_id: int) ->
     )
 
 
+async def lead_by_email(conn: asyncpg.Connection, account_id: int, email: str) -> asyncpg.Record | None:
+    """The account's lead with this address (any case; :data:`LEAD_COLUMNS`), or None."""
+    return await conn.fetchrow(
+        f"SELECT {LEAD_COLUMNS} FROM leads l WHERE l.account_id = $1 AND lower(l.email) = lower($2)",
+        account_id,
+        email,
+    )
+
+
 async def leads_page(
     conn: asyncpg.Connection,
     account_id: int,

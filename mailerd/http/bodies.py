@@ -272,10 +272,27 @@ class LeadPage(msgspec.Struct, frozen=True):
     next_after: int | None
 
 
-class LeadDeleted(msgspec.Struct, frozen=True):
-    """The lead as it was when it was deleted."""
+class ErasureRecord(msgspec.Struct, frozen=True):
+    """What an erasure removed, as recorded in ``erasures`` (never the address itself):
+    :class:`mailerd.erasure.Erasure`."""
 
-    deleted: StoredLead
+    id: int
+    account_id: int
+    at: Time
+    email_hashes: Annotated[
+        list[str],
+        msgspec.Meta(description="hex HMAC-SHA256 ([privacy] erasure_key) of each lower-cased address"),
+    ]
+    lead_ids: list[int]
+    removed: Annotated[dict[str, int], msgspec.Meta(description="what was removed or scrubbed, per place")]
+
+
+class LeadDeleted(msgspec.Struct, frozen=True):
+    """A deletion: the lead as it was (null when an address erased had no lead), and with
+    ``erase=true`` what the erasure removed (else null)."""
+
+    deleted: StoredLead | None
+    erasure: ErasureRecord | None
 
 
 class LeadListQuery(msgspec.Struct, frozen=True):

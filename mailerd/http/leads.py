@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from mailerd import segments
+from mailerd import erasure, segments
 from mailerd.db import leads as leads_db
 from mailerd.http import bodies, parsing
 from mailerd.http.errors import ApiError, json_response
@@ -61,10 +61,12 @@ def _lead_id(request: web.Request) -> int:
     return int(text)
 
 
-def _address(text: str) -> str:
-    """An address of a query, trimmed; 422 when it cannot be a lead's."""
+def _address(text: str, *, strict: bool = True) -> str:
+    """An address of a query, trimmed; 422 when it cannot be a lead's (not ``strict``: when it
+    cannot be an address at all; an erasure reaches addresses stored from elsewhere too)."""
     address = text.strip()
-    if not lead_rules.is_valid_email(address):
+    valid = lead_rules.is_valid_email(address) if strict else "@" in address and len(address) <= 254
+    if not valid:
         raise ApiError(422, "invalid", f"email: not an email address: {address[:100]!r}", "email")
     return address
 
@@ -133,27 +135,74 @@ async def list_leads(request: web.Request) -> web.Response:
 
 
 async def delete_lead(request: web.Request) -> web.Response:
-    """DELETE /api/leads/{lead_id}?account_id=: the lead as it was; 404 when there is none."""
+    """DELETE /api/leads/{lead_id}?account_id=&erase=: the lead as it was (and with ``erase``,
+    what the erasure removed); 404 when the account has no such lead."""
     lead_id = _lead_id(request)
     query = parsing.query(request, bodies.LeadDeleteQuery)
-    async with pool(request).acquire() as conn:
-        row = await leads_db.delete_by_id(conn, query.account_id, lead_id)
+    key = _erasure_key(request) if query.erase else None
+    async with pool(request).acquire() as conn, conn.transaction():
+        if key is None:
+            row = await leads_db.delete_by_id(conn, query.account_id, lead_id)
+            done = None
+        else:
+            row = await leads_db.lead_by_id(conn, query.account_id, lead_id)
+            try:
+                done = None if row is None else await _erase(conn, query.account_id, key, lead_id=lead_id)
+            except erasure.NothingToErase:  # deleted meanwhile by another request
+                row = None
     if row is None:
         raise ApiError(404, "not_found", f"no lead {lead_id} in account {query.account_id}", "lead_id")
-    log.info("lead_deleted", account_id=query.account_id, lead_id=lead_id)
-    return json_response({"deleted": _plain(_stored(row))})
+    return _deleted(query.account_id, row, done)
 
 
 async def delete_by_address(request: web.Request) -> web.Response:
-    """DELETE /api/leads?account_id=&email=: the lead with that address as it was; 404 when none."""
+    """DELETE /api/leads?account_id=&email=&erase=: the lead with that address as it was; 404
+    when there is none. With ``erase``, every stored copy of the address in the account is
+    erased, lead or not (the answer's ``deleted`` is null when there was no lead)."""
     query = parsing.query(request, bodies.AddressDeleteQuery)
-    email = _address(query.email)
-    async with pool(request).acquire() as conn:
-        row = await leads_db.delete_by_email(conn, query.account_id, email)
-    if row is None:
+    email = _address(query.email, strict=not query.erase)
+    key = _erasure_key(request) if query.erase else None
+    async with pool(request).acquire() as conn, conn.transaction():
+        if key is None:
+            row = await leads_db.delete_by_email(conn, query.account_id, email)
+            done = None
+        else:
+            row = await leads_db.lead_by_email(conn, query.account_id, email)
+            done = await _erase(conn, query.account_id, key, emails=[email])
+    if row is None and done is None:
         raise ApiError(404, "not_found", f"no lead {email!r} in account {query.account_id}", "email")
-    log.info("lead_deleted", account_id=query.account_id, lead_id=row["id"])
-    return json_response({"deleted": _plain(_stored(row))})
+    return _deleted(query.account_id, row, done)
+
+
+def _erasure_key(request: web.Request) -> bytes:
+    """The node's erasure key; 409 when it has none (nothing is changed then)."""
+    try:
+        return erasure.configured_key(request.app[SERVICES].config)
+    except erasure.ErasureUnavailable as exc:
+        raise ApiError(409, "erasure_unavailable", str(exc), "erase") from None
+
+
+async def _erase(
+    conn: asyncpg.Connection,
+    account_id: int,
+    key: bytes,
+    *,
+    lead_id: int | None = None,
+    emails: list[str] | None = None,
+) -> erasure.Erasure:
+    return await erasure.erase(
+        conn, account_id=account_id, key=key, by="api", lead_id=lead_id, emails=emails or ()
+    )
+
+
+def _deleted(account_id: int, row: asyncpg.Record | None, done: erasure.Erasure | None) -> web.Response:
+    lead = None if row is None else _plain(_stored(row))
+    record = None if done is None else msgspec.convert(done, bodies.ErasureRecord, from_attributes=True)
+    if done is None and row is not None:
+        log.info("lead_deleted", account_id=account_id, lead_id=row["id"])
+    return json_response(
+        {"deleted": lead, "erasure": None if record is None else msgspec.to_builtins(record)}
+    )
 
 
 # --- bulk ------------------------------------------------------------------------------------

@@ -28,7 +28,10 @@ STATUS_TEXT = {
     400: "The body is not JSON (code invalid_json)",
     401: "Missing or invalid bearer token (code unauthorized)",
     404: "Not found (code not_found; error.field names the path parameter)",
-    409: "The transition is not allowed from the current status (code conflict)",
+    409: (
+        "Not possible in the current state (code conflict: a campaign transition not allowed from its"
+        " status; code erasure_unavailable: no [privacy] erasure_key on this node)"
+    ),
     413: "The body is larger than [http] max_body_bytes (code too_large)",
     422: "A field or query parameter is invalid (code invalid; error.field names it)",
     429: "Too many requests of this kind are running on the node (code busy); retry",

@@ -18,14 +18,20 @@ NDJSON = {**AUTH, "Content-Type": "application/x-ndjson"}
 
 
 @contextlib.asynccontextmanager
-async def api_client(pool: asyncpg.Pool, **limits: int) -> AsyncIterator[TestClient[Any, Any]]:
-    """A client of the admin API (``[http]`` ``limits`` such as ``max_body_bytes``)."""
+async def api_client(
+    pool: asyncpg.Pool, *, erasure_key: bytes | None = None, **limits: int
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """A client of the admin API (``[http]`` ``limits`` such as ``max_body_bytes``; with
+    ``erasure_key`` as ``[privacy] erasure_key``)."""
+    env = {"MAILERD_ADMIN_TOKEN": TOKEN}
+    if erasure_key is not None:
+        env["MAILERD_PRIVACY__ERASURE_KEY"] = erasure_key.decode()
     config = config_mod.from_mapping(
         {
             "http": {"max_body_bytes": 4096, **limits},
             "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
         },
-        env={"MAILERD_ADMIN_TOKEN": TOKEN},
+        env=env,
     )
     app = http.build_app(http.Services(pool, config, http.Health(started=True)))
     async with TestClient(TestServer(app)) as client:
