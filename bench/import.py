@@ -1,6 +1,7 @@
 """Benchmark `mailerd leads import` against a bare COPY of the same CSV, and the bulk API.
 
-    python bench/import.py --rows 1000000 [--dsn DSN] [--bad-pct 1.5] [--json] [--keep FILE] [--no-api]
+    python bench/import.py --rows 1000000 [--dsn DSN] [--bad-pct 1.5] [--json] [--keep FILE]
+                           [--parts all|csv|api]
 
 Creates a fresh database on the server (``--dsn``, else ``$MAILERD_TEST_DSN``, else the local
 default), migrates it, then times, in the same run:
@@ -228,32 +229,39 @@ async def bench_jsonl(conn: asyncpg.Connection, dsn: str, path: Path, rows: int)
     }
 
 
-async def bench(admin_dsn: str, path: Path, rows: int, *, api: bool = True) -> dict[str, Any]:
+async def bench(admin_dsn: str, path: Path, rows: int, *, parts: str = "all") -> dict[str, Any]:
+    """(a) to (c) unless ``parts`` is ``"api"``, (d) unless it is ``"csv"``."""
     async with fresh_database(admin_dsn) as dsn, migrated(dsn) as conn:
-        columns = ", ".join(f'"{c}" text' for c in COLUMNS)
-        await conn.execute(f"CREATE TABLE bare_copy ({columns})")
-        await checkpoint(conn)
-        started = time.perf_counter()
-        await conn.copy_to_table("bare_copy", source=path, format="csv", header=True)
-        copy_s = time.perf_counter() - started
-        await conn.execute("DROP TABLE bare_copy")
+        result = await bench_csv(conn, dsn, path, rows) if parts != "api" else {"rows": rows}
+        if parts != "csv":
+            result.update(await bench_jsonl(conn, dsn, path, rows))
+    return result
 
-        halves = [path.with_name(f"{path.name}.{n}.copy") for n in (1, 2)]
-        try:
-            await asyncio.to_thread(prepare_rows, path, halves)
-            floor_s = await copy_into_leads(conn, [dsn], halves)
-            floor2_s = await copy_into_leads(conn, [dsn, dsn], halves)
-        finally:
-            for half in halves:
-                half.unlink(missing_ok=True)
 
-        started = time.perf_counter()
-        result = await importer.import_file(conn, account_id=1, path=path)
-        import_s = time.perf_counter() - started
-        stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
-        jsonl = await bench_jsonl(conn, dsn, path, rows) if api else {}
+async def bench_csv(conn: asyncpg.Connection, dsn: str, path: Path, rows: int) -> dict[str, Any]:
+    """(a) the bare COPY, (b) the floor, (c) the import of the CSV."""
+    columns = ", ".join(f'"{c}" text' for c in COLUMNS)
+    await conn.execute(f"CREATE TABLE bare_copy ({columns})")
+    await checkpoint(conn)
+    started = time.perf_counter()
+    await conn.copy_to_table("bare_copy", source=path, format="csv", header=True)
+    copy_s = time.perf_counter() - started
+    await conn.execute("DROP TABLE bare_copy")
+
+    halves = [path.with_name(f"{path.name}.{n}.copy") for n in (1, 2)]
+    try:
+        await asyncio.to_thread(prepare_rows, path, halves)
+        floor_s = await copy_into_leads(conn, [dsn], halves)
+        floor2_s = await copy_into_leads(conn, [dsn, dsn], halves)
+    finally:
+        for half in halves:
+            half.unlink(missing_ok=True)
+
+    started = time.perf_counter()
+    result = await importer.import_file(conn, account_id=1, path=path)
+    import_s = time.perf_counter() - started
+    stored = await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 1")
     return {
-        **jsonl,
         "rows": rows,
         "copy_s": round(copy_s, 3),
         "copy_rows_per_s": round(rows / copy_s),
@@ -271,6 +279,40 @@ async def bench(admin_dsn: str, path: Path, rows: int, *, api: bool = True) -> d
     }
 
 
+def print_csv(result: dict[str, Any]) -> None:
+    print(f"bare COPY:   {result['copy_rows_per_s']:>10,} rows/s  ({result['copy_s']:.2f} s)")
+    print(f"mailerd:     {result['import_rows_per_s']:>10,} rows/s  ({result['import_s']:.2f} s)")
+    print(f"ratio:       {result['ratio']:.2f} (mailerd / bare COPY)")
+    print(
+        f"floor:       {result['floor_rows_per_s']:>10,} rows/s  ({result['floor_s']:.2f} s): "
+        f"the prepared rows copied straight into leads, ratio {result['floor_ratio']:.2f}"
+    )
+    print(
+        f"             {round(result['rows'] / result['floor_two_connections_s']):>10,} rows/s  "
+        f"({result['floor_two_connections_s']:.2f} s): the same on two connections at once, "
+        f"ratio {result['floor_two_connections_ratio']:.2f}"
+    )
+    print(
+        f"imported {result['imported']:,}, rejected {result['rejected']:,}, stored {result['leads_stored']:,}"
+    )
+
+
+def print_jsonl(result: dict[str, Any]) -> None:
+    print(f"JSONL:       {result['jsonl_mb']} MB, the same rows")
+    print(
+        f"  CLI:       {result['jsonl_import_rows_per_s']:>10,} rows/s"
+        f"  ({result['jsonl_import_s']:.2f} s): mailerd leads import of the .jsonl file"
+    )
+    print(
+        f"  bulk API:  {result['bulk_api_rows_per_s']:>10,} rows/s  ({result['bulk_api_s']:.2f} s):"
+        f" POST /api/leads/bulk, ratio {result['bulk_api_ratio']:.2f} (bulk / CLI; goal >= 0.5)"
+    )
+    print(
+        f"  daemon:    RSS {result['daemon_rss_before_mb']} MB before, peak"
+        f" {result['daemon_peak_rss_mb']} MB (VmHWM)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -278,7 +320,12 @@ def main() -> int:
     parser.add_argument("--bad-pct", type=float, default=0.0, help="share of rows with bad addresses")
     parser.add_argument("--keep", default=None, metavar="FILE", help="write the CSV here and keep it")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--no-api", action="store_true", help="skip (d), the JSONL import and the bulk API")
+    parser.add_argument(
+        "--parts",
+        choices=["all", "csv", "api"],
+        default="all",
+        help="csv: (a) to (c) only; api: (d) only, the JSONL import and the bulk API (default all)",
+    )
     args = parser.parse_args()
     dsn = server_dsn(args.dsn)
 
@@ -287,43 +334,17 @@ def main() -> int:
         started = time.perf_counter()
         generate(path, args.rows, args.bad_pct)
         generate_s = time.perf_counter() - started
-        result = asyncio.run(bench(dsn, path, args.rows, api=not args.no_api))
+        result = asyncio.run(bench(dsn, path, args.rows, parts=args.parts))
         result["file_mb"] = round(path.stat().st_size / 1e6, 1)
     result["generate_s"] = round(generate_s, 2)
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
-        print(f"rows:        {result['rows']:,} ({result['file_mb']} MB)")
-        print(f"bare COPY:   {result['copy_rows_per_s']:>10,} rows/s  ({result['copy_s']:.2f} s)")
-        print(f"mailerd:     {result['import_rows_per_s']:>10,} rows/s  ({result['import_s']:.2f} s)")
-        print(f"ratio:       {result['ratio']:.2f} (mailerd / bare COPY)")
-        print(
-            f"floor:       {result['floor_rows_per_s']:>10,} rows/s  ({result['floor_s']:.2f} s): "
-            f"the prepared rows copied straight into leads, ratio {result['floor_ratio']:.2f}"
-        )
-        print(
-            f"             {round(args.rows / result['floor_two_connections_s']):>10,} rows/s  "
-            f"({result['floor_two_connections_s']:.2f} s): the same on two connections at once, "
-            f"ratio {result['floor_two_connections_ratio']:.2f}"
-        )
-        print(
-            f"imported {result['imported']:,}, rejected {result['rejected']:,}, "
-            f"stored {result['leads_stored']:,}"
-        )
+        print(f"rows:        {result['rows']:,} ({result['file_mb']} MB of CSV)")
+        if "copy_s" in result:
+            print_csv(result)
         if "bulk_api_s" in result:
-            print(f"JSONL:       {result['jsonl_mb']} MB, the same rows")
-            print(
-                f"  CLI:       {result['jsonl_import_rows_per_s']:>10,} rows/s"
-                f"  ({result['jsonl_import_s']:.2f} s): mailerd leads import of the .jsonl file"
-            )
-            print(
-                f"  bulk API:  {result['bulk_api_rows_per_s']:>10,} rows/s  ({result['bulk_api_s']:.2f} s):"
-                f" POST /api/leads/bulk, ratio {result['bulk_api_ratio']:.2f} (bulk / CLI; goal >= 0.5)"
-            )
-            print(
-                f"  daemon:    RSS {result['daemon_rss_before_mb']} MB before, peak"
-                f" {result['daemon_peak_rss_mb']} MB (VmHWM)"
-            )
+            print_jsonl(result)
     return 0
 
 
