@@ -54,11 +54,13 @@ def _plain(lead: bodies.StoredLead) -> dict[str, Any]:
 
 
 def _lead_id(request: web.Request) -> int:
-    """The ``{lead_id}`` of the path (digits, by the route); 404 beyond 2^63 - 1."""
-    text = request.match_info["lead_id"]
-    if int(text) > parsing.MAX_ID:
+    """The ``{lead_id}`` of the path (ASCII digits, by the route); 404 beyond 2^63 - 1."""
+    digits = request.match_info["lead_id"].lstrip("0") or "0"
+    if (
+        len(digits) > len(str(parsing.MAX_ID)) or int(digits) > parsing.MAX_ID
+    ):  # (int() of 5,000 digits raises)
         raise ApiError(404, "not_found", "no such lead", "lead_id")
-    return int(text)
+    return int(digits)
 
 
 def _address(text: str, *, strict: bool = True) -> str:

@@ -104,7 +104,8 @@ ROUTES: tuple[Route, ...] = (
         {200: bodies.SuppressionRemoved, 404: bodies.ErrorBody},
         body=bodies.SuppressionExample,
     ),
-    # leads; /bulk first, and ids as digits only, so that GET /api/leads/bulk is a 405, not a lead
+    # leads; ids are ASCII digits ([0-9]: \d takes other scripts' digits too), so that
+    # GET /api/leads/bulk is a 405, not a lead
     Route(
         "POST",
         "/api/leads/bulk",
@@ -141,7 +142,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        r"/api/leads/{lead_id:\d+}",
+        "/api/leads/{lead_id:[0-9]+}",
         leads.get_lead,
         "One lead",
         {200: bodies.StoredLead, 404: bodies.ErrorBody},
@@ -149,7 +150,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "DELETE",
-        r"/api/leads/{lead_id:\d+}",
+        "/api/leads/{lead_id:[0-9]+}",
         leads.delete_lead,
         "Delete a lead (erase=true: erase it everywhere)",
         {200: bodies.LeadDeleted, 404: bodies.ErrorBody, 409: bodies.ErrorBody},

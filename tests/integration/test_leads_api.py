@@ -205,6 +205,9 @@ async def test_pages_by_segment(pool: asyncpg.Pool, conn: asyncpg.Connection) ->
         ("GET", "/api/leads/99999999999999999999", {"account_id": "1"}, None, 404, "lead_id"),
         ("GET", "/api/leads/abc", {"account_id": "1"}, None, 404, None),
         ("GET", "/api/leads/-1", {"account_id": "1"}, None, 404, None),
+        ("GET", "/api/leads/\u0661", {"account_id": "1"}, None, 404, None),  # an Arabic-Indic 1
+        ("GET", "/api/leads/" + "9" * 5000, {"account_id": "1"}, None, 404, "lead_id"),
+        ("DELETE", "/api/leads/" + "0" * 30 + "1", {"account_id": "1"}, None, 404, "lead_id"),
         ("DELETE", "/api/leads", {"account_id": "1"}, None, 422, "email"),
         (
             "DELETE",
