@@ -56,9 +56,8 @@ def _plain(lead: bodies.StoredLead) -> dict[str, Any]:
 def _lead_id(request: web.Request) -> int:
     """The ``{lead_id}`` of the path (ASCII digits, by the route); 404 beyond 2^63 - 1."""
     digits = request.match_info["lead_id"].lstrip("0") or "0"
-    if (
-        len(digits) > len(str(parsing.MAX_ID)) or int(digits) > parsing.MAX_ID
-    ):  # (int() of 5,000 digits raises)
+    # (the length first: int() refuses thousands of digits)
+    if len(digits) > len(str(parsing.MAX_ID)) or int(digits) > parsing.MAX_ID:
         raise ApiError(404, "not_found", "no such lead", "lead_id")
     return int(digits)
 
