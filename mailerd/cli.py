@@ -224,14 +224,14 @@ async def _migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd.db import partitions
+    from mailerd.relay import retention
 
     ahead = args.days if args.days is not None else config.retention.partitions_ahead_days
     if ahead < 1:
         print("mailerd partitions: --days must be at least 1", file=sys.stderr)
         return 1
     async with _connection(config) as conn:
-        actions = await partitions.maintain(conn, ahead_days=ahead, retention_days=config.retention.days)
+        actions = await retention.maintain(conn, config, ahead_days=ahead)
     for action in actions:
         print(action)
     if not actions:

@@ -25,7 +25,7 @@ _DAY = dt.timedelta(days=1)
 class Action:
     """One thing :func:`maintain` did, for the CLI to print and the daemon to log."""
 
-    verb: str  # "created", "moved", "dropped", "purged"
+    verb: str  # "created", "moved", "dropped", "purged", "kept"
     table: str
     detail: str
 
@@ -96,13 +96,23 @@ async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list
     return actions
 
 
-async def drop_before(conn: asyncpg.Connection, table: str, cutoff: dt.date) -> list[Action]:
-    """Detach and drop the partitions of days before ``cutoff``; purge older default rows."""
+async def drop_before(
+    conn: asyncpg.Connection, table: str, cutoff: dt.date, *, relay_floor: int | None = None
+) -> list[Action]:
+    """Detach and drop the partitions of days before ``cutoff``; purge older default rows.
+
+    With ``relay_floor`` (every transaction below it is passed by every relay destination), a
+    partition holding a row at or above it is kept (action ``kept``), and so are such rows of the
+    default partition: retention never drops what the relay has not delivered.
+    """
     actions: list[Action] = []
     for day in await existing_days(conn, table):
         if day >= cutoff:
             continue
         name = partition_name(table, day)
+        if relay_floor is not None and await _holds_tx_from(conn, name, relay_floor):
+            actions.append(Action("kept", table, f"{name}: rows the relay has not passed"))
+            continue
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
             if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
@@ -112,11 +122,22 @@ async def drop_before(conn: asyncpg.Connection, table: str, cutoff: dt.date) -> 
         actions.append(Action("dropped", table, name))
     low, _ = _bounds(cutoff)
     column = PARTITIONED[table]
-    status = await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", low)
+    if relay_floor is None:
+        status = await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", low)
+    else:
+        status = await conn.execute(
+            f"DELETE FROM {table}_default WHERE {column} < $1 AND tx < $2", low, relay_floor
+        )
     purged = int(status.split()[-1])
     if purged:
         actions.append(Action("purged", table, f"{purged} rows older than {cutoff} from {table}_default"))
     return actions
+
+
+async def _holds_tx_from(conn: asyncpg.Connection, name: str, floor: int) -> bool:
+    """Whether a partition has a row written by a transaction at or above ``floor`` (the BRIN
+    index on ``tx`` skips the ranges below it)."""
+    return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE tx >= $1)", floor))
 
 
 async def maintain(
@@ -125,14 +146,16 @@ async def maintain(
     ahead_days: int,
     retention_days: int,
     today: dt.date | None = None,
+    relay_floor: int | None = None,
 ) -> list[Action]:
-    """Create today's and the next ``ahead_days - 1`` days; drop days older than retention."""
+    """Create today's and the next ``ahead_days - 1`` days; drop days older than retention (but
+    not rows the relay has not passed: see :func:`drop_before`)."""
     today = today or dt.datetime.now(dt.UTC).date()
     actions: list[Action] = []
     for table in PARTITIONED:
         for offset in range(ahead_days):
             actions += await create_day(conn, table, today + offset * _DAY)
-        actions += await drop_before(conn, table, today - retention_days * _DAY)
+        actions += await drop_before(conn, table, today - retention_days * _DAY, relay_floor=relay_floor)
     actions += await prune_receipts(conn, today - retention_days * _DAY)
     return actions
 

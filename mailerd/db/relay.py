@@ -1,0 +1,300 @@
+"""The relay's queries: outbox reads by transaction id, positions, dead letters, replays.
+
+A read takes rows whose ``tx`` is due between a position P and a snapshot S (see
+:mod:`mailerd.relay.position`), written once here for every outbox table::
+
+    tx >= P.xmin AND tx < upper                -- upper = min(S.xmax, cutoff)
+    AND NOT tx = ANY(S.xip)                    -- ended (committed) in S
+    AND (tx >= P.xmax OR tx = ANY(P.xip))      -- not passed by P
+
+The BRIN index on ``tx`` serves the range; rows come in ``tx`` order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import asyncpg
+
+from mailerd.relay import records
+from mailerd.relay.position import Snapshot
+from mailerd.relay.records import Record
+
+_DUE = """{a}.tx >= $1 AND {a}.tx < $2 AND NOT {a}.tx = ANY($3::bigint[])
+          AND ({a}.tx >= $4 OR {a}.tx = ANY($5::bigint[]))"""
+
+_EMAIL_SELECT = """SELECT e.tx, e.campaign_id, e.lead_id, e.status, e.provider_message_id, e.error,
+                          e.sent_at, c.account_id, c.provider, l.email
+                   FROM email_log e
+                   LEFT JOIN campaigns c ON c.id = e.campaign_id
+                   LEFT JOIN leads l ON l.account_id = c.account_id AND l.id = e.lead_id"""
+_EVENT_SELECT = """SELECT v.tx, v.received_at, v.occurred_at, v.account_id, v.campaign_id, v.lead_id,
+                          v.email, v.kind, v.provider, v.provider_event_id, v.provider_message_id,
+                          v.provider_type, v.reason, v.smtp_status
+                   FROM email_events v"""
+
+
+def _email(row: asyncpg.Record) -> Record:
+    return records.email(
+        tx=row[0],
+        campaign_id=row[1],
+        lead_id=row[2],
+        status=row[3],
+        provider_message_id=row[4],
+        error=row[5],
+        sent_at=row[6],
+        account_id=row[7],
+        provider=row[8],
+        address=row[9],
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Table:
+    """One outbox table: how its rows become records of one kind."""
+
+    kind: str
+    name: str
+    alias: str
+    select: str
+    time_column: str  # what replay ranges use
+    build: Callable[[asyncpg.Record], Record]
+
+    def due_sql(self, *, limit: bool) -> str:
+        a = self.alias
+        tail = f" ORDER BY {a}.tx LIMIT $6" if limit else ""
+        return f"{self.select} WHERE {_DUE.format(a=a)}{tail}"
+
+
+TABLES: dict[str, Table] = {
+    "email": Table("email", "email_log", "e", _EMAIL_SELECT, "e.sent_at", _email),
+    "event": Table("event", "email_events", "v", _EVENT_SELECT, "v.received_at", records.event),
+}
+
+
+def register(table: Table) -> None:
+    """Add an outbox table (campaign_changes, erasures: their migrations come with them)."""
+    TABLES[table.kind] = table
+
+
+def _due_args(position: Snapshot, snapshot: Snapshot, upper: int) -> tuple[Any, ...]:
+    return (position.xmin, upper, list(snapshot.xip), position.xmax, list(position.xip))
+
+
+async def snapshot(conn: asyncpg.Connection) -> tuple[Snapshot, dt.datetime]:
+    """The current txid snapshot and the time it was taken (run it first in a REPEATABLE READ
+    transaction: the reads after it then see exactly that snapshot)."""
+    row = await conn.fetchrow("SELECT txid_current_snapshot()::text AS snap, clock_timestamp() AS at")
+    assert row is not None
+    return Snapshot.parse(row["snap"]), row["at"]
+
+
+async def read_due(
+    conn: asyncpg.Connection, table: Table, position: Snapshot, snapshot: Snapshot, upper: int, limit: int
+) -> list[Record]:
+    """Up to ``limit`` due rows of ``table`` below ``upper``, in ``tx`` order."""
+    rows = await conn.fetch(table.due_sql(limit=True), *_due_args(position, snapshot, upper), limit)
+    return [table.build(row) for row in rows]
+
+
+async def read_transaction(conn: asyncpg.Connection, table: Table, tx: int) -> list[Record]:
+    """Every row one transaction wrote to ``table`` (it held more than a batch)."""
+    a = table.alias
+    rows = await conn.fetch(f"{table.select} WHERE {a}.tx = $1", tx)
+    return [table.build(row) for row in rows]
+
+
+async def count_due(
+    conn: asyncpg.Connection, table: Table, position: Snapshot, snapshot: Snapshot, cap: int
+) -> int:
+    """How many rows of ``table`` are due (counted up to ``cap``): the lag in records."""
+    a = table.alias
+    value = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table.name} {a} WHERE {_DUE.format(a=a)} LIMIT $6) s",
+        *_due_args(position, snapshot, snapshot.xmax),
+        cap,
+    )
+    return int(value)
+
+
+# --- positions ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Position:
+    """A destination's row in ``relay_positions``."""
+
+    destination: str
+    snapshot: Snapshot
+    epoch: int
+    owner: str | None
+    as_of: dt.datetime
+    published: int
+    updated_at: dt.datetime
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+def _position(row: asyncpg.Record) -> Position:
+    return Position(
+        destination=row["destination"],
+        snapshot=Snapshot.of(row["tx_xmin"], row["tx_xmax"], row["tx_xip"]),
+        epoch=row["epoch"],
+        owner=row["owner"],
+        as_of=row["as_of"],
+        published=row["published"],
+        updated_at=row["updated_at"],
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+    )
+
+
+async def positions(conn: asyncpg.Connection, names: Collection[str] | None = None) -> list[Position]:
+    """The stored positions (of ``names``, or all), by name."""
+    rows = await conn.fetch(
+        """SELECT * FROM relay_positions WHERE $1::text[] IS NULL OR destination = ANY($1::text[])
+           ORDER BY destination""",
+        None if names is None else list(names),
+    )
+    return [_position(row) for row in rows]
+
+
+async def take_positions(
+    conn: asyncpg.Connection, names: Collection[str], start: Snapshot, owner: str
+) -> dict[str, Position]:
+    """On taking the relay lock: create missing positions at ``start``, and raise every epoch,
+    so a node that led before can no longer move them."""
+    async with conn.transaction():
+        await conn.execute(
+            """INSERT INTO relay_positions (destination, tx_xmin, tx_xmax, tx_xip)
+               SELECT unnest($1::text[]), $2, $3, $4::bigint[] ON CONFLICT (destination) DO NOTHING""",
+            list(names),
+            start.xmin,
+            start.xmax,
+            list(start.xip),
+        )
+        rows = await conn.fetch(
+            """UPDATE relay_positions SET epoch = epoch + 1, owner = $2, updated_at = now()
+               WHERE destination = ANY($1::text[]) RETURNING *""",
+            list(names),
+            owner,
+        )
+    return {row["destination"]: _position(row) for row in rows}
+
+
+async def commit_position(
+    conn: asyncpg.Connection,
+    name: str,
+    epoch: int,
+    position: Snapshot,
+    *,
+    as_of: dt.datetime,
+    published: int,
+) -> bool:
+    """Move a destination's position after its records were acknowledged; False when another
+    node has taken the relay since (epoch changed): the caller stops."""
+    status = await conn.execute(
+        """UPDATE relay_positions
+           SET tx_xmin = $3, tx_xmax = $4, tx_xip = $5::bigint[], as_of = $6,
+               published = published + $7, updated_at = now(), last_error = NULL
+           WHERE destination = $1 AND epoch = $2""",
+        name,
+        epoch,
+        position.xmin,
+        position.xmax,
+        list(position.xip),
+        as_of,
+        published,
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def record_error(conn: asyncpg.Connection, name: str, epoch: int, error: str) -> None:
+    """Remember a destination's last failure for ``mailerd relay status``."""
+    await conn.execute(
+        """UPDATE relay_positions SET last_error = $3, last_error_at = now()
+           WHERE destination = $1 AND epoch = $2""",
+        name,
+        epoch,
+        error[:2000],
+    )
+
+
+async def lowest_passed(conn: asyncpg.Connection, names: Collection[str]) -> int | None:
+    """The lowest ``tx_xmin`` over ``names`` (every tx below it is passed by all of them); None
+    when none of them has a position yet."""
+    value = await conn.fetchval(
+        "SELECT min(tx_xmin) FROM relay_positions WHERE destination = ANY($1::text[])", list(names)
+    )
+    return None if value is None else int(value)
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+async def add_dead_letters(
+    conn: asyncpg.Connection, destination: str, refused: Sequence[Record], error: str
+) -> None:
+    """Keep records a destination refused for good."""
+    await conn.executemany(
+        """INSERT INTO relay_dead_letters (destination, record_id, kind, account_id, lead_id, record, error)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        [
+            (destination, r.id, r.kind, r.account_id, r.lead_id, r.value.decode(), error[:2000])
+            for r in refused
+        ],
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    record: Record
+
+
+async def pending_dead_letters(
+    conn: asyncpg.Connection, destination: str, *, after: int, limit: int
+) -> list[DeadLetter]:
+    """Dead letters of ``destination`` not replayed yet, by id."""
+    rows = await conn.fetch(
+        """SELECT id, at, kind, record_id, record FROM relay_dead_letters
+           WHERE destination = $1 AND replayed_at IS NULL AND id > $2 ORDER BY id LIMIT $3""",
+        destination,
+        after,
+        limit,
+    )
+    return [
+        DeadLetter(row["id"], records.stored(row["kind"], row["record_id"], row["record"], row["at"]))
+        for row in rows
+    ]
+
+
+async def mark_replayed(conn: asyncpg.Connection, ids: Collection[int]) -> None:
+    await conn.execute(
+        "UPDATE relay_dead_letters SET replayed_at = now() WHERE id = ANY($1::bigint[])", list(ids)
+    )
+
+
+async def forget_leads(conn: asyncpg.Connection, account_id: int, lead_ids: Collection[int]) -> int:
+    """Erasure: drop the dead letters of these leads (they hold their addresses)."""
+    status = await conn.execute(
+        "DELETE FROM relay_dead_letters WHERE account_id = $1 AND lead_id = ANY($2::bigint[])",
+        account_id,
+        list(lead_ids),
+    )
+    return int(status.split()[-1])
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def replay_sql(table: Table, *, campaign: bool) -> str:
+    """Rows of ``table`` whose time is in ``[$1, $2)`` (and of campaign ``$3``)."""
+    column = table.time_column
+    where = f"{column} >= $1 AND {column} < $2"
+    if campaign:
+        where += f" AND {table.alias}.campaign_id = $3"
+    return f"{table.select} WHERE {where} ORDER BY {column}"
