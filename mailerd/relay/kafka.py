@@ -34,7 +34,8 @@ log = structlog.get_logger(__name__)
 _REFUSED = (
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.RecordListTooLargeError,
-    kafka_errors.CorruptRecordError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.RecordTooLargeError,
     kafka_errors.InvalidTopicError,
 )
 

@@ -83,7 +83,9 @@ async def test_a_late_committing_writer_is_read_after_it_commits(pool: asyncpg.P
     assert sorted(ids) == sorted(f"email:{campaign_id}:{lead}" for lead in leads[:3])
 
 
-async def test_capped_batches_with_concurrent_writers_read_every_row_once(pool: asyncpg.Pool, dsn: str) -> None:
+async def test_capped_batches_with_concurrent_writers_read_every_row_once(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
     """Many small flushes, some held open across polls, one flush bigger than a batch; batches of
     7 rows: every committed row read exactly once, none of an aborted transaction."""
     async with pool.acquire() as conn:
@@ -138,8 +140,9 @@ async def test_records_carry_the_lead_address_and_event_fields(pool: asyncpg.Poo
         await log_rows(conn, campaign_id, leads)
         await conn.execute("DELETE FROM leads WHERE id = $1", leads[2])
         await conn.execute(
-            """INSERT INTO email_events (occurred_at, account_id, campaign_id, lead_id, email, kind, provider,
-                                         provider_event_id, provider_message_id, provider_type, reason, smtp_status)
+            """INSERT INTO email_events (occurred_at, account_id, campaign_id, lead_id, email, kind,
+                                         provider, provider_event_id, provider_message_id,
+                                         provider_type, reason, smtp_status)
                VALUES ($1, 1, $2, $3, 'user0@example.com', 'hard_bounce', 'ses', 'evt-1/user0@example.com',
                        'msg-1', 'Permanent/General', 'no such user', '5.1.1')""",
             NOW,
@@ -149,7 +152,11 @@ async def test_records_carry_the_lead_address_and_event_fields(pool: asyncpg.Poo
     batch = await Reader(pool, {"email", "event"}, limit=100).read(position_mod.earliest())
     emails = [r for r in batch.records if r.kind == "email"]
     events = [r for r in batch.records if r.kind == "event"]
-    assert [orjson.loads(r.value)["address"] for r in emails] == ["User0@Example.com", "User1@Example.com", None]
+    assert [orjson.loads(r.value)["address"] for r in emails] == [
+        "User0@Example.com",
+        "User1@Example.com",
+        None,
+    ]
     assert emails[0].key == f"1:{leads[0]}".encode()
     event = orjson.loads(events[0].value)
     assert event["id"] == "event:ses:evt-1/user0@example.com"

@@ -41,7 +41,18 @@ def test_a_cutoff_keeps_running_transactions_below_it_unpassed() -> None:
     snapshot = Snapshot(101, 110, (101, 104))
     end = advance(position, snapshot, cutoff=103)
     assert end == Snapshot(101, 103, (101,))
-    assert [tx for tx in range(100, 112) if not end.passed(tx)] == [101, 103, 104, 105, 106, 107, 108, 109, 110, 111]
+    assert [tx for tx in range(100, 112) if not end.passed(tx)] == [
+        101,
+        103,
+        104,
+        105,
+        106,
+        107,
+        108,
+        109,
+        110,
+        111,
+    ]
 
 
 def test_a_cutoff_below_the_old_xmax_keeps_what_was_not_passed_above_it() -> None:
