@@ -1,8 +1,7 @@
 """Partition retention that waits for the relay: a partition the relay has not passed is kept.
 
-The floor is the lowest ``tx_xmin`` over the configured destinations' positions: every
-transaction below it is delivered everywhere. A partition past retention holding a row at or
-above the floor is kept (log ``partition_kept_for_relay``, gauge
+A partition past retention holding a row that one of the configured destinations' positions has
+not passed is kept (log ``partition_kept_for_relay``, gauge
 ``mailerd_partitions_kept_for_relay``) until the relay has passed it. Positions of destinations
 no longer configured do not count; a configured destination with no position yet counts from
 the start its ``[relay] start`` says.
@@ -26,16 +25,15 @@ from mailerd.relay import position as position_mod
 log = structlog.get_logger(__name__)
 
 
-async def floor(conn: asyncpg.Connection, config: Config) -> int | None:
-    """Every transaction below this is passed by every configured destination (None: no relay)."""
+async def positions(conn: asyncpg.Connection, config: Config) -> list[partitions.RelayPosition]:
+    """The positions of the configured destinations (empty: no relay, nothing to wait for)."""
     names = destinations.names(config)
     if not names:
-        return None
-    stored = await relay_db.positions(conn, names)
-    lowest = [p.snapshot.xmin for p in stored]
+        return []
+    stored = [p.snapshot for p in await relay_db.positions(conn, names)]
     if len(stored) < len(names) and config.relay.start == "earliest":
-        lowest.append(position_mod.EARLIEST_TX)
-    return min(lowest, default=None)
+        stored.append(position_mod.earliest())
+    return [(p.xmin, p.xmax, p.xip) for p in stored]
 
 
 async def maintain(
@@ -47,7 +45,7 @@ async def maintain(
         ahead_days=config.retention.partitions_ahead_days if ahead_days is None else ahead_days,
         retention_days=config.retention.days,
         today=today,
-        relay_floor=await floor(conn, config),
+        relay_positions=await positions(conn, config),
     )
     kept = collections.Counter(a.table for a in actions if a.verb == "kept")
     for table in partitions.PARTITIONED:
