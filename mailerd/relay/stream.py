@@ -77,6 +77,7 @@ class Stream:
                 return
             if batch.records or time.monotonic() - self._committed_at >= IDLE_COMMIT_S:
                 await self._commit(batch, delivered)
+                await self._erase_dead_letters(batch.records)
             else:
                 self.position = batch.end
                 self.as_of = batch.as_of or self.as_of
@@ -96,6 +97,17 @@ class Stream:
             raise LeaseLost(f"the position of {self.name} was taken over")
         self.position, self.as_of = batch.end, as_of
         self._committed_at = time.monotonic()
+
+    async def _erase_dead_letters(self, records: list[Record]) -> None:
+        """An erasure passing through also removes the erased leads' dead letters (of every
+        destination: they hold the addresses)."""
+        for record in records:
+            if record.kind == "erasure" and record.account_id is not None:
+                lead_ids = [int(lead) for lead in record.fields.get("lead_ids") or []]
+                async with self._pool.acquire() as conn:
+                    removed = await relay_db.forget_leads(conn, record.account_id, lead_ids)
+                if removed:
+                    log.info("relay_dead_letters_erased", erasure=record.id, removed=removed)
 
     def _gauges(self) -> None:
         now = time.time()
