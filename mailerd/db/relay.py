@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -26,30 +26,67 @@ from mailerd.relay.records import Record
 _DUE = """{a}.tx >= $1 AND {a}.tx < $2 AND NOT {a}.tx = ANY($3::bigint[])
           AND ({a}.tx >= $4 OR {a}.tx = ANY($5::bigint[]))"""
 
-_EMAIL_SELECT = """SELECT e.tx, e.campaign_id, e.lead_id, e.status, e.provider_message_id, e.error,
-                          e.sent_at, c.account_id, c.provider, l.email
-                   FROM email_log e
-                   LEFT JOIN campaigns c ON c.id = e.campaign_id
-                   LEFT JOIN leads l ON l.account_id = c.account_id AND l.id = e.lead_id"""
+# Rows first, their campaign and lead after (only for the rows kept: see _emails), so the read
+# itself is one range scan and the look-ups go by primary key whatever the planner expects.
+_EMAIL_SELECT = """SELECT e.tx, e.campaign_id, e.lead_id, e.status, e.provider_message_id, e.error, e.sent_at
+                   FROM email_log e"""
 _EVENT_SELECT = """SELECT v.tx, v.received_at, v.occurred_at, v.account_id, v.campaign_id, v.lead_id,
                           v.email, v.kind, v.provider, v.provider_event_id, v.provider_message_id,
                           v.provider_type, v.reason, v.smtp_status
                    FROM email_events v"""
 
 
-def _email(row: asyncpg.Record) -> Record:
-    return records.email(
-        tx=row[0],
-        campaign_id=row[1],
-        lead_id=row[2],
-        status=row[3],
-        provider_message_id=row[4],
-        error=row[5],
-        sent_at=row[6],
-        account_id=row[7],
-        provider=row[8],
-        address=row[9],
+async def _emails(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Record]:
+    """Email records, with each campaign's account and provider and each lead's address now
+    (null when the lead is gone: deleted or erased)."""
+    campaigns = {
+        row["id"]: (row["account_id"], row["provider"])
+        for row in await conn.fetch(
+            "SELECT id, account_id, provider FROM campaigns WHERE id = ANY($1::bigint[])",
+            list({r[1] for r in rows}),
+        )
+    }
+    pairs = {(campaigns.get(r[1], _NO_CAMPAIGN)[0], r[2]) for r in rows}
+    pairs.discard((None, 0))
+    found = await conn.fetch(
+        """SELECT l.account_id, l.id, l.email FROM unnest($1::bigint[], $2::bigint[]) AS v(account_id, id)
+           JOIN leads l ON l.account_id = v.account_id AND l.id = v.id""",
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
     )
+    addresses = {(row[0], row[1]): row[2] for row in found}
+    built = []
+    for tx, campaign_id, lead_id, status, message_id, error, sent_at in rows:
+        account_id, provider = campaigns.get(campaign_id, _NO_CAMPAIGN)
+        built.append(
+            records.email(
+                tx=tx,
+                campaign_id=campaign_id,
+                lead_id=lead_id,
+                status=status,
+                provider_message_id=message_id,
+                error=error,
+                sent_at=sent_at,
+                account_id=account_id,
+                provider=provider,
+                address=addresses.get((account_id, lead_id)),
+            )
+        )
+    return built
+
+
+_NO_CAMPAIGN: tuple[int | None, str | None] = (None, None)
+
+
+def _each(
+    build: Callable[[asyncpg.Record], Record],
+) -> Callable[[asyncpg.Connection, Sequence[asyncpg.Record]], Awaitable[list[Record]]]:
+    """A row-by-row builder as a batch builder (tables whose rows hold everything)."""
+
+    async def batch(_conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Record]:
+        return [build(row) for row in rows]
+
+    return batch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,7 +98,8 @@ class Table:
     alias: str
     select: str
     time_column: str  # what replay ranges use
-    build: Callable[[asyncpg.Record], Record]
+    # rows (tx first) -> records, inside the read's transaction
+    build: Callable[[asyncpg.Connection, Sequence[asyncpg.Record]], Awaitable[list[Record]]]
 
     def due_sql(self, *, limit: bool) -> str:
         a = self.alias
@@ -70,8 +108,8 @@ class Table:
 
 
 TABLES: dict[str, Table] = {
-    "email": Table("email", "email_log", "e", _EMAIL_SELECT, "e.sent_at", _email),
-    "event": Table("event", "email_events", "v", _EVENT_SELECT, "v.received_at", records.event),
+    "email": Table("email", "email_log", "e", _EMAIL_SELECT, "e.sent_at", _emails),
+    "event": Table("event", "email_events", "v", _EVENT_SELECT, "v.received_at", _each(records.event)),
 }
 
 
@@ -94,17 +132,19 @@ async def snapshot(conn: asyncpg.Connection) -> tuple[Snapshot, dt.datetime]:
 
 async def read_due(
     conn: asyncpg.Connection, table: Table, position: Snapshot, snapshot: Snapshot, upper: int, limit: int
-) -> list[Record]:
-    """Up to ``limit`` due rows of ``table`` below ``upper``, in ``tx`` order."""
-    rows = await conn.fetch(table.due_sql(limit=True), *_due_args(position, snapshot, upper), limit)
-    return [table.build(row) for row in rows]
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` due rows of ``table`` below ``upper``, in ``tx`` order (``row[0]`` is tx;
+    :attr:`Table.build` makes them records)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        table.due_sql(limit=True), *_due_args(position, snapshot, upper), limit
+    )
+    return rows
 
 
-async def read_transaction(conn: asyncpg.Connection, table: Table, tx: int) -> list[Record]:
+async def read_transaction(conn: asyncpg.Connection, table: Table, tx: int) -> list[asyncpg.Record]:
     """Every row one transaction wrote to ``table`` (it held more than a batch)."""
-    a = table.alias
-    rows = await conn.fetch(f"{table.select} WHERE {a}.tx = $1", tx)
-    return [table.build(row) for row in rows]
+    rows: list[asyncpg.Record] = await conn.fetch(f"{table.select} WHERE {table.alias}.tx = $1", tx)
+    return rows
 
 
 async def count_due(

@@ -22,10 +22,10 @@ from typing import Any
 import aiokafka
 import structlog
 from aiokafka import errors as kafka_errors
-from aiokafka.partitioner import murmur2
 
 from mailerd.config import KafkaConfig
 from mailerd.relay.destination import DeliveryRefused, DestinationUnavailable
+from mailerd.relay.partitioning import partition as partition_of
 from mailerd.relay.records import Record
 
 log = structlog.get_logger(__name__)
@@ -118,10 +118,12 @@ class KafkaDestination:
         """One batch per (topic, partition), split when full; their futures."""
         open_batches: dict[tuple[str, int], Any] = {}
         futures: list[Any] = []
+        kinds = {record.kind for record in records}
+        partitions_of = {kind: await self._partitions_of(producer, self._topics[kind]) for kind in kinds}
         for record in records:
             topic = self._topics[record.kind]
-            partitions = await self._partitions_of(producer, topic)
-            partition = partitions[(murmur2(record.key) & 0x7FFFFFFF) % len(partitions)]
+            partitions = partitions_of[record.kind]
+            partition = partitions[partition_of(record.key, len(partitions))]
             slot = (topic, partition)
             batch = open_batches.get(slot)
             if batch is None:

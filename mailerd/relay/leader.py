@@ -83,7 +83,8 @@ class Relay:
         destinations = self._destinations()
         names = [d.name for d in destinations]
         halt = asyncio.Event()
-        pool = await connect.create_pool(self._dsn, min_size=1, max_size=len(destinations) + 1)
+        # Per destination: one read ahead while a batch is delivered, one commit; plus the lag sampler.
+        pool = await connect.create_pool(self._dsn, min_size=1, max_size=2 * len(destinations) + 1)
         self.leading = True
         metrics.RELAY_LEADER.set(1)
         try:

@@ -126,7 +126,7 @@ async def replay_range(
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.cursor(relay_db.replay_sql(table, campaign=campaign_id is not None), *args)
             while rows := await cursor.fetch(batch):
-                await _deliver(destination, [table.build(row) for row in rows], result)
+                await _deliver(destination, await table.build(conn, rows), result)
     return result
 
 

@@ -67,7 +67,8 @@ class Reader:
                 assert self.span is not None
                 upper = position.xmax + self.span
             groups, cutoff = await self._read_tables(conn, position, snapshot, upper)
-        batch = [record for record in records.merged(*groups) if record.tx < cutoff]
+            built = [await table.build(conn, [r for r in rows if r[0] < cutoff]) for table, rows in groups]
+        batch = records.merged(*built)
         truncated = cutoff < upper
         self._learn(position, cutoff, truncated=truncated, bounded=bounded)
         caught_up = not truncated and not bounded
@@ -77,23 +78,24 @@ class Reader:
 
     async def _read_tables(
         self, conn: asyncpg.Connection, position: Snapshot, snapshot: Snapshot, upper: int
-    ) -> tuple[list[list[Record]], int]:
-        """Each table's due rows below the cutoff, and the cutoff (``upper`` when no table had
-        more than a batch). Later tables are read only below the cutoff found so far."""
+    ) -> tuple[list[tuple[relay_db.Table, list[asyncpg.Record]]], int]:
+        """Each table's due rows, and the cutoff (``upper`` when no table had more than a batch):
+        the caller keeps the rows below it. Later tables are read only below the cutoff found so
+        far. Rows are built into records only once kept."""
         cutoff = upper
-        groups: list[list[Record]] = []
+        groups: list[tuple[relay_db.Table, list[asyncpg.Record]]] = []
         for table in self._tables:
             rows = await relay_db.read_due(conn, table, position, snapshot, cutoff, self._limit + 1)
             if len(rows) > self._limit:
-                last = rows[-1].tx
-                rows = [row for row in rows if row.tx < last]
+                last = rows[-1][0]
+                rows = [row for row in rows if row[0] < last]
                 if rows:
                     cutoff = last
                 else:
                     # One transaction holds more than a batch: take all of it, and only it.
                     rows = await relay_db.read_transaction(conn, table, last)
                     cutoff = last + 1
-            groups.append(rows)
+            groups.append((table, rows))
         return groups, cutoff
 
     def _learn(self, position: Snapshot, cutoff: int, *, truncated: bool, bounded: bool) -> None:

@@ -68,24 +68,37 @@ class Stream:
 
     async def run(self) -> None:
         interval = self._config.poll_interval_ms / 1000
-        while not self._stop.is_set():
-            started = time.monotonic()
-            batch = await self._reader.read(self.position)
-            try:
-                delivered = await self._deliver_all(batch.records) if batch.records else 0
-            except Stopped:
-                return
-            if batch.records or time.monotonic() - self._committed_at >= IDLE_COMMIT_S:
-                await self._commit(batch, delivered)
-                await self._erase_dead_letters(batch.records)
-            else:
-                self.position = batch.end
-                self.as_of = batch.as_of or self.as_of
-            if batch.records:
-                metrics.RELAY_BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
-            self._gauges()
-            if batch.caught_up:
-                await aio.sleep_unless(interval, self._stop)
+        ahead: asyncio.Future[Batch] | None = None
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                batch = await (ahead if ahead is not None else self._reader.read(self.position))
+                # Behind: read the next batch while this one is being delivered (reading moves
+                # nothing; the position is committed in order below).
+                ahead = asyncio.ensure_future(self._reader.read(batch.end)) if not batch.caught_up else None
+                try:
+                    delivered = await self._deliver_all(batch.records) if batch.records else 0
+                except Stopped:
+                    return
+                await self._settle(batch, delivered)
+                if batch.records:
+                    metrics.RELAY_BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
+                self._gauges()
+                if batch.caught_up:
+                    await aio.sleep_unless(interval, self._stop)
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def _settle(self, batch: Batch, delivered: int) -> None:
+        """Commit the position after a delivered batch (an empty one now and then only)."""
+        if batch.records or time.monotonic() - self._committed_at >= IDLE_COMMIT_S:
+            await self._commit(batch, delivered)
+            await self._erase_dead_letters(batch.records)
+        else:
+            self.position = batch.end
+            self.as_of = batch.as_of or self.as_of
 
     async def _commit(self, batch: Batch, delivered: int) -> None:
         as_of = batch.as_of or self.as_of
