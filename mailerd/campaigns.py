@@ -18,9 +18,12 @@ import orjson
 from mailerd import content, decoding, segments
 from mailerd.config import Config
 from mailerd.db import campaigns as campaign_rows
+from mailerd.db import leads as leads_db
+from mailerd.models import Campaign, CampaignStatus, Lead
 
 NOTIFY_CHANNEL = campaign_rows.NOTIFY_CHANNEL
 TRANSITIONS = campaign_rows.TRANSITIONS
+API_ACTIONS = campaign_rows.API_ACTIONS
 TransitionError = campaign_rows.TransitionError
 transition = campaign_rows.change_status
 show = campaign_rows.show
@@ -100,7 +103,7 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
     except segments.SegmentError as exc:
         errors.append(CampaignError("segment", str(exc)))
     try:
-        content.compile_content(new.subject, new.html_body, new.text_body)
+        content.compile_content(new.subject, new.html_body, new.text_body, limits=config.content)
     except content.TemplateError as exc:
         errors.append(CampaignError(_template_field(exc.part), str(exc)))
     if not is_one_address(new.from_address):
@@ -145,11 +148,44 @@ def _template_field(part: str) -> str:
     return {"subject": "subject", "html": "html", "text": "text"}.get(part, part)
 
 
+SAMPLE_LEAD = Lead(0, "sample@example.com", {})
+
+
+async def check_content_budget(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> None:
+    """Templates are tenant content: render them for a sample lead (the first the segment
+    matches, else a blank one) off the event loop, on the send-time budget and within
+    ``[content] render_timeout_ms``; a :class:`CampaignError` naming the part if they cannot."""
+    compiled = content.compile_content(new.subject, new.html_body, new.text_body, limits=config.content)
+    sample = await leads_db.sample_matching(conn, new.account_id, segments.parse(new.segment), limit=1)
+    lead = Lead(sample[0]["id"], sample[0]["email"], sample[0]["attributes"]) if sample else SAMPLE_LEAD
+    campaign = Campaign(
+        id=0,
+        account_id=new.account_id,
+        name=new.name,
+        status=CampaignStatus.DRAFT,
+        segment=None,
+        from_address=new.from_address,
+        subject=new.subject,
+        html_body=new.html_body,
+        text_body=new.text_body,
+        provider=new.provider,
+    )
+    try:
+        await content.check_renders(
+            compiled, lead, campaign, timeout_s=config.content.render_timeout_ms / 1000
+        )
+    except content.RenderError as exc:
+        raise CampaignError(
+            _template_field(exc.part), f"cannot be rendered within its budget: {exc}"
+        ) from None
+
+
 async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> int:
     """Validate and insert; raise the first :class:`CampaignError` if invalid. Returns the id."""
     errors = validate(new, config)
     if errors:
         raise errors[0]
+    await check_content_budget(conn, new, config)
     if new.start:
         status, send_at = "scheduled", dt.datetime.now(dt.UTC)
     elif new.send_at is not None:

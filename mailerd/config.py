@@ -418,6 +418,14 @@ def _webhook_secret_ok(secret: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """Erasure (GDPR Article 17): the key of the keyed hashes that keep an erased address
+    suppressed without keeping the address. Keep it stable: a new key forgets those hashes."""
+
+    erasure_key: Secret | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """The resolved configuration of one mailerd process."""
 
@@ -432,6 +440,7 @@ class Config:
     node: NodeConfig = NodeConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     relay: RelayConfig = RelayConfig()
     kafka: KafkaConfig | None = None
     callbacks: Mapping[str, CallbackConfig] = dataclasses.field(default_factory=dict)
@@ -455,6 +464,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "node": NodeConfig,
     "unsubscribe": UnsubscribeConfig,
+    "privacy": PrivacyConfig,
     "relay": RelayConfig,
     "kafka": KafkaConfig,
 }
@@ -622,21 +632,24 @@ def _check_inline_secrets(data: dict[str, Any], source: str) -> None:
                     f"({_env_name(section, key)})"
                 )
 
+    # Tables of tables: [providers.NAME] and [callbacks.NAME] (named by the operator), and
+    # [webhooks.PROVIDER]; each sub-table's class by its name (None: not a table of secrets).
+    tables: dict[str, typing.Callable[[str], type[Any] | None]] = {
+        "providers": lambda _name: ProviderConfig,
+        "callbacks": lambda _name: CallbackConfig,
+        "webhooks": _WEBHOOK_SECTIONS.get,
+    }
     for name, values in data.items():
-        if name in _SECTIONS and isinstance(values, Mapping):
+        if not isinstance(values, Mapping):
+            continue
+        if name in _SECTIONS:
             check(name, values, _SECTIONS[name])
-        elif name == "providers" and isinstance(values, Mapping):
-            for pname, pvalues in values.items():
-                if isinstance(pvalues, Mapping):
-                    check(f"providers.{pname}", pvalues, ProviderConfig)
-        elif name == "callbacks" and isinstance(values, Mapping):
-            for cname, cvalues in values.items():
-                if isinstance(cvalues, Mapping):
-                    check(f"callbacks.{cname}", cvalues, CallbackConfig)
-        elif name == "webhooks" and isinstance(values, Mapping):
-            for wname, wvalues in values.items():
-                if wname in _WEBHOOK_SECTIONS and isinstance(wvalues, Mapping):
-                    check(f"webhooks.{wname}", wvalues, _WEBHOOK_SECTIONS[wname])
+            continue
+        class_of = tables.get(name)
+        for table, table_values in values.items():
+            cls = class_of(table) if class_of is not None else None
+            if cls is not None and isinstance(table_values, Mapping):
+                check(f"{name}.{table}", table_values, cls)
 
 
 def _env_name(section: str, key: str) -> str:

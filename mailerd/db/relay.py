@@ -14,14 +14,37 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 
-from mailerd.relay import records
-from mailerd.relay.position import Snapshot
-from mailerd.relay.records import Record
+
+class TxSnapshot(Protocol):
+    """A txid snapshot (``mailerd.relay.position.Snapshot``): passed = below xmax, not in xip."""
+
+    @property
+    def xmin(self) -> int: ...
+    @property
+    def xmax(self) -> int: ...
+    @property
+    def xip(self) -> tuple[int, ...]: ...
+
+
+class StoredRecord(Protocol):
+    """What a dead letter keeps of a record (``mailerd.relay.records.Record``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def account_id(self) -> int | None: ...
+    @property
+    def lead_id(self) -> int | None: ...
+    @property
+    def value(self) -> bytes: ...
+
 
 _DUE = """{a}.tx >= $1 AND {a}.tx < $2 AND NOT {a}.tx = ANY($3::bigint[])
           AND ({a}.tx >= $4 OR {a}.tx = ANY($5::bigint[]))"""
@@ -30,76 +53,47 @@ _DUE = """{a}.tx >= $1 AND {a}.tx < $2 AND NOT {a}.tx = ANY($3::bigint[])
 # itself is one range scan and the look-ups go by primary key whatever the planner expects.
 _EMAIL_SELECT = """SELECT e.tx, e.campaign_id, e.lead_id, e.status, e.provider_message_id, e.error, e.sent_at
                    FROM email_log e"""
+_CAMPAIGN_SELECT = """SELECT c.tx, c.campaign_id, c.generation, c.account_id, c.status, c.previous_status,
+                             c.cause, c.reason, c.at
+                      FROM campaign_changes c"""
+_ERASURE_SELECT = """SELECT r.tx, r.id, r.account_id, r.email_hashes, r.lead_ids, r.at FROM erasures r"""
 _EVENT_SELECT = """SELECT v.tx, v.received_at, v.occurred_at, v.account_id, v.campaign_id, v.lead_id,
                           v.email, v.kind, v.provider, v.provider_event_id, v.provider_message_id,
                           v.provider_type, v.reason, v.smtp_status
                    FROM email_events v"""
 
 
-async def _emails(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Record]:
-    """Email records, with each campaign's account and provider and each lead's address now
-    (null when the lead is gone: deleted or erased)."""
-    campaigns = {
-        row["id"]: (row["account_id"], row["provider"])
-        for row in await conn.fetch(
-            "SELECT id, account_id, provider FROM campaigns WHERE id = ANY($1::bigint[])",
-            list({r[1] for r in rows}),
-        )
-    }
-    pairs = {(campaigns.get(r[1], _NO_CAMPAIGN)[0], r[2]) for r in rows}
-    pairs.discard((None, 0))
-    found = await conn.fetch(
+async def campaigns_of(conn: asyncpg.Connection, ids: Collection[int]) -> dict[int, tuple[int, str]]:
+    """campaign id -> (account id, provider), for the campaigns that exist."""
+    rows = await conn.fetch(
+        "SELECT id, account_id, provider FROM campaigns WHERE id = ANY($1::bigint[])", list(ids)
+    )
+    return {row["id"]: (row["account_id"], row["provider"]) for row in rows}
+
+
+async def addresses_of(
+    conn: asyncpg.Connection, pairs: Collection[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    """(account id, lead id) -> the lead's address now, by primary key, for the leads that exist."""
+    rows = await conn.fetch(
         """SELECT l.account_id, l.id, l.email FROM unnest($1::bigint[], $2::bigint[]) AS v(account_id, id)
            JOIN leads l ON l.account_id = v.account_id AND l.id = v.id""",
         [p[0] for p in pairs],
         [p[1] for p in pairs],
     )
-    addresses = {(row[0], row[1]): row[2] for row in found}
-    built = []
-    for tx, campaign_id, lead_id, status, message_id, error, sent_at in rows:
-        account_id, provider = campaigns.get(campaign_id, _NO_CAMPAIGN)
-        built.append(
-            records.email(
-                tx=tx,
-                campaign_id=campaign_id,
-                lead_id=lead_id,
-                status=status,
-                provider_message_id=message_id,
-                error=error,
-                sent_at=sent_at,
-                account_id=account_id,
-                provider=provider,
-                address=addresses.get((account_id, lead_id)),
-            )
-        )
-    return built
-
-
-_NO_CAMPAIGN: tuple[int | None, str | None] = (None, None)
-
-
-def _each(
-    build: Callable[[asyncpg.Record], Record],
-) -> Callable[[asyncpg.Connection, Sequence[asyncpg.Record]], Awaitable[list[Record]]]:
-    """A row-by-row builder as a batch builder (tables whose rows hold everything)."""
-
-    async def batch(_conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Record]:
-        return [build(row) for row in rows]
-
-    return batch
+    return {(row[0], row[1]): row[2] for row in rows}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Table:
-    """One outbox table: how its rows become records of one kind."""
+    """One outbox table: the rows of one record kind (``tx`` first in every row)."""
 
     kind: str
     name: str
     alias: str
     select: str
     time_column: str  # what replay ranges use
-    # rows (tx first) -> records, inside the read's transaction
-    build: Callable[[asyncpg.Connection, Sequence[asyncpg.Record]], Awaitable[list[Record]]]
+    by_campaign: bool = True  # its rows name a campaign (replay --campaign)
 
     def due_sql(self, *, limit: bool) -> str:
         a = self.alias
@@ -108,33 +102,30 @@ class Table:
 
 
 TABLES: dict[str, Table] = {
-    "email": Table("email", "email_log", "e", _EMAIL_SELECT, "e.sent_at", _emails),
-    "event": Table("event", "email_events", "v", _EVENT_SELECT, "v.received_at", _each(records.event)),
+    "email": Table("email", "email_log", "e", _EMAIL_SELECT, "e.sent_at"),
+    "event": Table("event", "email_events", "v", _EVENT_SELECT, "v.received_at"),
+    "campaign": Table("campaign", "campaign_changes", "c", _CAMPAIGN_SELECT, "c.at"),
+    "erasure": Table("erasure", "erasures", "r", _ERASURE_SELECT, "r.at", by_campaign=False),
 }
 
 
-def register(table: Table) -> None:
-    """Add an outbox table (campaign_changes, erasures: their migrations come with them)."""
-    TABLES[table.kind] = table
-
-
-def _due_args(position: Snapshot, snapshot: Snapshot, upper: int) -> tuple[Any, ...]:
+def _due_args(position: TxSnapshot, snapshot: TxSnapshot, upper: int) -> tuple[Any, ...]:
     return (position.xmin, upper, list(snapshot.xip), position.xmax, list(position.xip))
 
 
-async def snapshot(conn: asyncpg.Connection) -> tuple[Snapshot, dt.datetime]:
-    """The current txid snapshot and the time it was taken (run it first in a REPEATABLE READ
-    transaction: the reads after it then see exactly that snapshot)."""
+async def snapshot(conn: asyncpg.Connection) -> tuple[str, dt.datetime]:
+    """The current txid snapshot as text (``xmin:xmax:xip,...``) and the time it was taken (run
+    it first in a REPEATABLE READ transaction: the reads after it then see exactly that snapshot)."""
     row = await conn.fetchrow("SELECT txid_current_snapshot()::text AS snap, clock_timestamp() AS at")
     assert row is not None
-    return Snapshot.parse(row["snap"]), row["at"]
+    return row["snap"], row["at"]
 
 
 async def read_due(
-    conn: asyncpg.Connection, table: Table, position: Snapshot, snapshot: Snapshot, upper: int, limit: int
+    conn: asyncpg.Connection, table: Table, position: TxSnapshot, snapshot: TxSnapshot, upper: int, limit: int
 ) -> list[asyncpg.Record]:
     """Up to ``limit`` due rows of ``table`` below ``upper``, in ``tx`` order (``row[0]`` is tx;
-    :attr:`Table.build` makes them records)."""
+    the relay makes them records)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         table.due_sql(limit=True), *_due_args(position, snapshot, upper), limit
     )
@@ -148,7 +139,7 @@ async def read_transaction(conn: asyncpg.Connection, table: Table, tx: int) -> l
 
 
 async def count_due(
-    conn: asyncpg.Connection, table: Table, position: Snapshot, snapshot: Snapshot, cap: int
+    conn: asyncpg.Connection, table: Table, position: TxSnapshot, snapshot: TxSnapshot, cap: int
 ) -> int:
     """How many rows of ``table`` are due (counted up to ``cap``): the lag in records."""
     a = table.alias
@@ -168,7 +159,9 @@ class Position:
     """A destination's row in ``relay_positions``."""
 
     destination: str
-    snapshot: Snapshot
+    tx_xmin: int
+    tx_xmax: int
+    tx_xip: tuple[int, ...]
     epoch: int
     owner: str | None
     as_of: dt.datetime
@@ -181,7 +174,9 @@ class Position:
 def _position(row: asyncpg.Record) -> Position:
     return Position(
         destination=row["destination"],
-        snapshot=Snapshot.of(row["tx_xmin"], row["tx_xmax"], row["tx_xip"]),
+        tx_xmin=row["tx_xmin"],
+        tx_xmax=row["tx_xmax"],
+        tx_xip=tuple(row["tx_xip"]),
         epoch=row["epoch"],
         owner=row["owner"],
         as_of=row["as_of"],
@@ -203,7 +198,7 @@ async def positions(conn: asyncpg.Connection, names: Collection[str] | None = No
 
 
 async def take_positions(
-    conn: asyncpg.Connection, names: Collection[str], start: Snapshot, owner: str
+    conn: asyncpg.Connection, names: Collection[str], start: TxSnapshot, owner: str
 ) -> dict[str, Position]:
     """On taking the relay lock: create missing positions at ``start``, and raise every epoch,
     so a node that led before can no longer move them."""
@@ -229,7 +224,7 @@ async def commit_position(
     conn: asyncpg.Connection,
     name: str,
     epoch: int,
-    position: Snapshot,
+    position: TxSnapshot,
     *,
     as_of: dt.datetime,
     published: int,
@@ -276,7 +271,7 @@ async def lowest_passed(conn: asyncpg.Connection, names: Collection[str]) -> int
 
 
 async def add_dead_letters(
-    conn: asyncpg.Connection, destination: str, refused: Sequence[Record], error: str
+    conn: asyncpg.Connection, destination: str, refused: Sequence[StoredRecord], error: str
 ) -> None:
     """Keep records a destination refused for good."""
     await conn.executemany(
@@ -289,27 +284,19 @@ async def add_dead_letters(
     )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DeadLetter:
-    id: int
-    record: Record
-
-
 async def pending_dead_letters(
     conn: asyncpg.Connection, destination: str, *, after: int, limit: int
-) -> list[DeadLetter]:
-    """Dead letters of ``destination`` not replayed yet, by id."""
-    rows = await conn.fetch(
+) -> list[asyncpg.Record]:
+    """Dead letters of ``destination`` not replayed yet, by id: id, at, kind, record_id, record
+    (the JSON text as sent)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT id, at, kind, record_id, record FROM relay_dead_letters
            WHERE destination = $1 AND replayed_at IS NULL AND id > $2 ORDER BY id LIMIT $3""",
         destination,
         after,
         limit,
     )
-    return [
-        DeadLetter(row["id"], records.stored(row["kind"], row["record_id"], row["record"], row["at"]))
-        for row in rows
-    ]
+    return rows
 
 
 async def mark_replayed(conn: asyncpg.Connection, ids: Collection[int]) -> None:

@@ -30,7 +30,10 @@ async def create_campaign(request: web.Request) -> web.Response:
     if errors:
         raise ApiError.invalid([decoding.Problem(error.field, error.message) for error in errors])
     async with pool(request).acquire() as conn:
-        campaign_id = await campaigns.create(conn, new, config)
+        try:
+            campaign_id = await campaigns.create(conn, new, config)
+        except campaigns.CampaignError as error:  # the content budget, checked on a sample lead
+            raise ApiError.invalid([decoding.Problem(error.field, error.message)]) from None
         info = await campaigns.show(conn, campaign_id)
     return json_response(msgspec.convert(info, bodies.Campaign), status=201)
 
@@ -110,7 +113,7 @@ async def campaign_emails(request: web.Request) -> web.Response:
 
 def campaign_action(action: str) -> Handler:
     """The handler of POST /api/campaigns/{id}/``action`` (start, pause, resume, cancel)."""
-    if action not in campaigns.TRANSITIONS:
+    if action not in campaigns.API_ACTIONS:
         raise ValueError(f"unknown action {action!r}")
 
     async def act(request: web.Request) -> web.Response:
@@ -119,7 +122,9 @@ def campaign_action(action: str) -> Handler:
         reason = None
         if request.can_read_body:
             reason = (await parsing.body(request, bodies.ActionBody)).reason
-        async with pool(request).acquire() as conn:
+        # One transaction: the answer is the campaign as the action left it (the scheduler
+        # cannot move it on before the row lock is released).
+        async with pool(request).acquire() as conn, conn.transaction():
             try:
                 await campaigns.transition(conn, campaign_id, action, reason)
             except campaigns.TransitionError as exc:

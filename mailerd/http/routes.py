@@ -70,7 +70,7 @@ ROUTES: tuple[Route, ...] = (
             body=bodies.ActionExample,
             body_required=False,
         )
-        for action in campaigns.TRANSITIONS
+        for action in campaigns.API_ACTIONS
     ),
     Route(
         "POST",

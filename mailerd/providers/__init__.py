@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mailerd.config import Config, ProviderConfig
+from mailerd.config import Config, ContentConfig, ProviderConfig
 from mailerd.models import Campaign, Lead
 from mailerd.providers.base import Provider
 from mailerd.providers.webhooks import WebhookHandler
 
 
-def create(config: ProviderConfig, unsubscribe: Callable[[Campaign, Lead], str] | None = None) -> Provider:
+def create(
+    config: ProviderConfig,
+    unsubscribe: Callable[[Campaign, Lead], str] | None = None,
+    content_limits: ContentConfig = ContentConfig(),  # noqa: B008 -- frozen, shared safely
+) -> Provider:
     """Build the provider a ``[providers.NAME]`` section describes.
 
-    ``unsubscribe`` builds each email's one-click URL (List-Unsubscribe, ``{{ unsubscribe_url }}``).
+    ``unsubscribe`` builds each email's one-click URL (List-Unsubscribe, ``{{ unsubscribe_url }}``);
+    ``content_limits`` is the template budget every per-lead render runs on.
     """
     if config.kind in ("ses", "sink"):
         from mailerd.providers import ses  # each provider loads only if configured
 
-        return ses.SesProvider(config, unsubscribe=unsubscribe)
+        return ses.SesProvider(config, unsubscribe=unsubscribe, content_limits=content_limits)
     raise NotImplementedError(f"provider kind {config.kind!r} is not implemented yet")
 
 

@@ -45,10 +45,11 @@ from botocore.credentials import Credentials
 
 from mailerd import backoff
 from mailerd import content as content_mod
-from mailerd.config import ConfigError, ProviderConfig, SesWebhookConfig
+from mailerd.config import ConfigError, ContentConfig, ProviderConfig, SesWebhookConfig
 from mailerd.models import (
     Batch,
     Campaign,
+    CampaignBroken,
     Event,
     EventKind,
     HaltError,
@@ -210,7 +211,13 @@ class SesProvider:
 
     max_batch_size: int = MAX_BATCH_SIZE
 
-    def __init__(self, config: ProviderConfig, unsubscribe: UnsubscribeUrl | None = None) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        unsubscribe: UnsubscribeUrl | None = None,
+        content_limits: ContentConfig = ContentConfig(),  # noqa: B008 -- frozen, shared safely
+    ) -> None:
+        self._content_limits = content_limits
         self.name = config.name or config.kind
         self._config = config
         self._unsubscribe = unsubscribe
@@ -240,7 +247,7 @@ class SesProvider:
                 return
             try:
                 content = content_mod.compile_content(
-                    campaign.subject, campaign.html_body, campaign.text_body
+                    campaign.subject, campaign.html_body, campaign.text_body, limits=self._content_limits
                 )
             except content_mod.TemplateError as exc:
                 raise PermanentError(f"template error: {exc}") from None
@@ -281,6 +288,10 @@ class SesProvider:
             url = unsubscribe(campaign, lead) if unsubscribe is not None else ""
             try:
                 data = template_data(template, content, lead, campaign, url)
+            except content_mod.BudgetExceeded as exc:
+                # Tenant content that passed the creation check but not this lead: sending the
+                # rest would render the same template again; the campaign fails with the reason.
+                raise CampaignBroken(f"lead {lead.id}: {exc}") from None
             except content_mod.RenderError as exc:
                 results[position] = RecipientResult(Outcome.FAILED, error=f"render failed: {exc}")
                 continue

@@ -27,6 +27,7 @@ from mailerd import aio, backoff, db, metrics
 from mailerd.config import Config
 from mailerd.db import connect
 from mailerd.db import relay as relay_db
+from mailerd.relay import outbox
 from mailerd.relay import position as position_mod
 from mailerd.relay.destination import Destination
 from mailerd.relay.stream import LeaseLost, Stream
@@ -90,7 +91,7 @@ class Relay:
         try:
             start = position_mod.earliest()
             if self._config.relay.start == "latest":
-                start, _ = await relay_db.snapshot(conn)
+                start, _ = await outbox.snapshot(conn)
             taken = await relay_db.take_positions(conn, names, start, self.node)
             log.info("relay_started", node=self.node, destinations=names)
             streams = [
@@ -99,7 +100,7 @@ class Relay:
                     pool,
                     self._config.relay,
                     epoch=taken[d.name].epoch,
-                    position=taken[d.name].snapshot,
+                    position=outbox.position_of(taken[d.name]),
                     as_of=taken[d.name].as_of,
                     stop=halt,
                 )
@@ -187,7 +188,7 @@ async def _sample_lag(pool: asyncpg.Pool, streams: list[Stream], halt: asyncio.E
 async def count_lag(conn: asyncpg.Connection, kinds: frozenset[str], position: position_mod.Snapshot) -> int:
     """Committed rows of ``kinds`` that ``position`` has not passed (counted up to LAG_CAP each)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        snapshot, _ = await relay_db.snapshot(conn)
+        snapshot, _ = await outbox.snapshot(conn)
         total = 0
         for kind in kinds:
             table = relay_db.TABLES.get(kind)

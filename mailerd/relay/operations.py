@@ -20,7 +20,7 @@ import orjson
 from mailerd import backoff
 from mailerd.config import Config
 from mailerd.db import relay as relay_db
-from mailerd.relay import destinations, records
+from mailerd.relay import destinations, outbox, records
 from mailerd.relay.destination import DeliveryRefused, Destination, DestinationUnavailable
 from mailerd.relay.leader import RELAY_LOCK_KEY, count_lag
 from mailerd.relay.records import Record
@@ -65,11 +65,11 @@ async def status(conn: asyncpg.Connection, config: Config) -> list[dict[str, Any
             entry.update(position=None, lag_records=None, lag_s=None)
         else:
             entry.update(
-                position=str(position.snapshot),
+                position=str(outbox.position_of(position)),
                 owner=position.owner,
                 as_of=position.as_of.isoformat(),
                 lag_s=round(max(0.0, (now - position.as_of).total_seconds()), 1),
-                lag_records=await count_lag(conn, destination.kinds, position.snapshot),
+                lag_records=await count_lag(conn, destination.kinds, outbox.position_of(position)),
                 published=position.published,
                 updated_at=position.updated_at.isoformat(),
                 last_error=position.last_error,
@@ -120,13 +120,17 @@ async def replay_range(
     result = ReplayResult()
     for kind in records.KINDS:
         table = relay_db.TABLES.get(kind)
-        if table is None or kind not in destination.kinds:
+        if (
+            table is None
+            or kind not in destination.kinds
+            or (campaign_id is not None and not table.by_campaign)
+        ):
             continue
         args: list[Any] = [start, end] + ([campaign_id] if campaign_id is not None else [])
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.cursor(relay_db.replay_sql(table, campaign=campaign_id is not None), *args)
             while rows := await cursor.fetch(batch):
-                await _deliver(destination, await table.build(conn, rows), result)
+                await _deliver(destination, await outbox.build(conn, table, rows), result)
     return result
 
 
@@ -137,11 +141,11 @@ async def replay_dead_letters(
     result = ReplayResult()
     after = 0
     while letters := await relay_db.pending_dead_letters(conn, destination.name, after=after, limit=batch):
-        after = letters[-1].id
+        after = letters[-1]["id"]
         before = result.refused
-        await _deliver(destination, [letter.record for letter in letters], result)
+        await _deliver(destination, [outbox.stored(letter) for letter in letters], result)
         if result.refused == before:
-            await relay_db.mark_replayed(conn, [letter.id for letter in letters])
+            await relay_db.mark_replayed(conn, [letter["id"] for letter in letters])
     return result
 
 

@@ -27,7 +27,7 @@ from collections.abc import Collection
 import asyncpg
 
 from mailerd.db import relay as relay_db
-from mailerd.relay import records
+from mailerd.relay import outbox, records
 from mailerd.relay.position import Snapshot, advance
 from mailerd.relay.records import Record
 
@@ -60,14 +60,16 @@ class Reader:
     async def read(self, position: Snapshot) -> Batch:
         """The next batch after ``position`` (possibly empty)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            snapshot, taken_at = await relay_db.snapshot(conn)
+            snapshot, taken_at = await outbox.snapshot(conn)
             upper = snapshot.xmax
             bounded = self.span is not None and position.xmax + self.span < upper
             if bounded:
                 assert self.span is not None
                 upper = position.xmax + self.span
             groups, cutoff = await self._read_tables(conn, position, snapshot, upper)
-            built = [await table.build(conn, [r for r in rows if r[0] < cutoff]) for table, rows in groups]
+            built = [
+                await outbox.build(conn, table, [r for r in rows if r[0] < cutoff]) for table, rows in groups
+            ]
         batch = records.merged(*built)
         truncated = cutoff < upper
         self._learn(position, cutoff, truncated=truncated, bounded=bounded)

@@ -161,7 +161,7 @@ def erasure(row: Mapping[str, Any]) -> Record:
         row["at"],
         {
             "account_id": row["account_id"],
-            "address_hashes": list(row["address_hashes"] or []),
+            "address_hashes": [bytes(h).hex() for h in row["email_hashes"] or []],
             "lead_ids": list(row["lead_ids"] or []),
             "at": row["at"],
         },

@@ -19,7 +19,7 @@ from mailerd import metrics
 from mailerd.config import Config
 from mailerd.db import partitions
 from mailerd.db import relay as relay_db
-from mailerd.relay import destinations
+from mailerd.relay import destinations, outbox
 from mailerd.relay import position as position_mod
 
 log = structlog.get_logger(__name__)
@@ -30,7 +30,7 @@ async def positions(conn: asyncpg.Connection, config: Config) -> list[partitions
     names = destinations.names(config)
     if not names:
         return []
-    stored = [p.snapshot for p in await relay_db.positions(conn, names)]
+    stored = [outbox.position_of(p) for p in await relay_db.positions(conn, names)]
     if len(stored) < len(names) and config.relay.start == "earliest":
         stored.append(position_mod.earliest())
     return [(p.xmin, p.xmax, p.xip) for p in stored]

@@ -11,8 +11,8 @@ from mailerd import config as config_mod
 from mailerd import metrics
 from mailerd.db import partitions
 from mailerd.db import relay as relay_db
+from mailerd.relay import outbox, retention
 from mailerd.relay import position as position_mod
-from mailerd.relay import retention
 from tests.integration.relay_rows import make_campaign
 
 TODAY = dt.date(2026, 3, 1)
@@ -39,7 +39,7 @@ async def test_a_partition_the_relay_has_not_passed_is_kept(conn: asyncpg.Connec
     assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
 
     taken = await relay_db.take_positions(conn, ["kafka"], position_mod.earliest(), "test")
-    snapshot, _ = await relay_db.snapshot(conn)
+    snapshot, _ = await outbox.snapshot(conn)
     assert await relay_db.commit_position(
         conn, "kafka", taken["kafka"].epoch, snapshot, as_of=dt.datetime.now(dt.UTC), published=5
     )
