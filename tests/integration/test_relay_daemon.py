@@ -44,9 +44,12 @@ async def expected_ids(conn: asyncpg.Connection, campaign_id: int) -> set[str]:
     """What the outbox holds for the campaign: the ids every destination must end up with."""
     emails = await conn.fetch("SELECT lead_id FROM email_log WHERE campaign_id = $1", campaign_id)
     events = await conn.fetch("SELECT provider, provider_event_id FROM email_events")
-    return {f"email:{campaign_id}:{r['lead_id']}" for r in emails} | {
-        f"event:{r['provider']}:{r['provider_event_id']}" for r in events
-    }
+    changes = await conn.fetch("SELECT generation FROM campaign_changes WHERE campaign_id = $1", campaign_id)
+    return (
+        {f"email:{campaign_id}:{r['lead_id']}" for r in emails}
+        | {f"event:{r['provider']}:{r['provider_event_id']}" for r in events}
+        | {f"campaign:{campaign_id}:{r['generation']}" for r in changes}
+    )
 
 
 async def wait_for(condition: Any, within: float) -> None:
@@ -82,7 +85,7 @@ async def test_every_email_and_event_reaches_kafka_and_the_callback(
             await wait_for_status(conn, campaign_id)
             await wait_for(lambda: poster.pending == 0 and poster.counters.posted > 0, 30)
             want = await expected_ids(conn, campaign_id)
-            assert any(i.startswith("event:") for i in want)
+            assert any(i.startswith("event:") for i in want) and any(i.startswith("campaign:") for i in want)
             await consumer.until(lambda c: want <= c.ids(), 30)
             await wait_for(lambda: want <= receiver.ids(), 30)
     finally:
@@ -93,6 +96,9 @@ async def test_every_email_and_event_reaches_kafka_and_the_callback(
     partitions: dict[bytes, set[tuple[str, int]]] = {}
     for topic, partition, key, record in consumer.messages:
         assert topic == topics[record["kind"]]
+        if record["kind"] == "campaign":
+            assert key == str(record["campaign_id"]).encode()
+            continue
         assert key == f"{record['account_id']}:{record['lead_id']}".encode()
         partitions.setdefault(key, set()).add((topic, partition))
     assert all(len({p for t, p in places if t == topics["email"]}) == 1 for places in partitions.values())
@@ -134,7 +140,7 @@ async def test_a_failing_callback_endpoint_gets_everything_once_it_recovers(
         async with running_daemon(config, dsn):
             campaign_id = await campaigns.create(conn, new_campaign(), config)
             await wait_for_status(conn, campaign_id)
-            want = await expected_ids(conn, campaign_id)
+            want = {i for i in await expected_ids(conn, campaign_id) if i.startswith("email:")}
             await wait_for(lambda: want - refused <= receiver.ids(), 30)
     finally:
         await emulator.close()

@@ -3,15 +3,21 @@ writer that took its transaction id early and commits late."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Sequence
 
 import asyncpg
 import orjson
 
+from mailerd import config, erasure
 from mailerd.db import connect
+from mailerd.db import relay as relay_db
 from mailerd.relay import position as position_mod
 from mailerd.relay.position import Snapshot
 from mailerd.relay.reader import Reader
+from mailerd.relay.records import Record
+from mailerd.relay.stream import Stream
 from tests import relay_schemas
 from tests.integration.relay_rows import NOW, log_rows, make_campaign
 
@@ -137,3 +143,52 @@ async def test_records_carry_the_lead_address_and_event_fields(pool: asyncpg.Poo
     assert (event["type"], event["bounce"], event["smtp_status"]) == ("hard_bounce", "hard", "5.1.1")
     assert batch.records[-1].kind == "event"  # written after the emails: read after them
     relay_schemas.check(orjson.loads(r.value) for r in batch.records)
+
+
+class _Collect:
+    """A destination that keeps what it is given (the stream's own logic under test)."""
+
+    name = "collect"
+    kinds = frozenset({"email", "event", "campaign", "erasure"})
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, object]] = []
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        self.records += [orjson.loads(r.value) for r in records]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_erasure_is_published_after_the_persons_records_and_drops_their_dead_letters(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 3)
+        await log_rows(conn, campaign_id, leads)
+        refused = (await Reader(pool, {"email"}, limit=10).read(position_mod.earliest())).records
+        await relay_db.add_dead_letters(conn, "callbacks.app", refused, "HTTP 400")
+        erased = await erasure.erase(conn, account_id=1, key=b"k" * 32, by="test", lead_id=leads[0])
+        taken = await relay_db.take_positions(conn, ["collect"], position_mod.earliest(), "test")
+    destination = _Collect()
+    stop = asyncio.Event()
+    stream = Stream(
+        destination, pool, config.RelayConfig(poll_interval_ms=10), epoch=taken["collect"].epoch,
+        position=position_mod.earliest(), as_of=NOW, stop=stop,
+    )  # fmt: skip
+    task = asyncio.create_task(stream.run())
+    async with asyncio.timeout(10):
+        while not any(r["kind"] == "erasure" for r in destination.records):
+            await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    kinds = [r["kind"] for r in destination.records]
+    assert kinds.index("erasure") > max(i for i, kind in enumerate(kinds) if kind == "email")
+    erasure_record = destination.records[kinds.index("erasure")]
+    assert (erasure_record["id"], erasure_record["lead_ids"]) == (f"erasure:{erased.id}", [leads[0]])
+    assert len(erasure_record["address_hashes"]) == 1
+    relay_schemas.check(destination.records)
+    async with pool.acquire() as conn:
+        left = await conn.fetch("SELECT lead_id FROM relay_dead_letters ORDER BY lead_id")
+    assert [r["lead_id"] for r in left] == leads[1:]
