@@ -72,7 +72,8 @@ class Reader:
             ]
         batch = records.merged(*built)
         truncated = cutoff < upper
-        self._learn(position, cutoff, truncated=truncated, bounded=bounded)
+        first = batch[0].tx if batch else position.xmax
+        self._learn(first, cutoff, truncated=truncated, bounded=bounded)
         caught_up = not truncated and not bounded
         end = advance(position, snapshot, None if caught_up else cutoff)
         as_of = taken_at if caught_up else max((r.at for r in batch), default=None)
@@ -100,10 +101,11 @@ class Reader:
             groups.append((table, rows))
         return groups, cutoff
 
-    def _learn(self, position: Snapshot, cutoff: int, *, truncated: bool, bounded: bool) -> None:
-        """Adapt the scanned range to what one batch holds (see the module docstring)."""
+    def _learn(self, first: int, cutoff: int, *, truncated: bool, bounded: bool) -> None:
+        """Adapt the scanned range to what one batch holds (see the module docstring): ``first``
+        is the batch's lowest tx, so the span counts the transaction ids one batch covered."""
         if truncated:
-            self.span = max(_MIN_SPAN, 2 * (cutoff - position.xmax))
+            self.span = max(_MIN_SPAN, 2 * (cutoff - first))
         elif bounded:
             assert self.span is not None
             self.span *= 2
