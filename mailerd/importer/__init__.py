@@ -17,7 +17,12 @@ Modules, one job each:
   time, and the writes into ``leads`` (its SQL is in :mod:`mailerd.db.leads`), rows the
   database refuses found and rejected;
 - :mod:`~mailerd.importer.progress`: the progress bar;
-- :mod:`~mailerd.importer.leads`: one lead import, start to end, and its command.
+- :mod:`~mailerd.importer.leads`: one lead import, start to end, and its command;
+- :mod:`~mailerd.importer.streams`: the bulk API's body (``POST /api/leads/bulk``), a JSONL
+  stream on the event loop that the parser thread reads a block at a time, imported as a file.
+
+The leads API (:mod:`mailerd.http.leads`) shares these rules: one lead is checked as a JSONL line
+(:func:`~mailerd.importer.parsing.check_lead`) and merged with the same SQL.
 
 Semantics (for users in docs/runbook.md, "Importing leads"):
 
