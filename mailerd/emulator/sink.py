@@ -19,9 +19,11 @@ is kept to a few dictionary reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import sys
+import types
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,7 +63,11 @@ class Counters:
 
 
 class Sink:
-    """The emulator as an object: ``port = await sink.start()``, knobs, counters, ``close()``.
+    """The emulator as an object: ``async with Sink(...) as sink`` (or ``port = await
+    sink.start()`` ... ``await sink.close()``), knobs, counters.
+
+    Its record and its webhook poster run their tasks in their own TaskGroups, entered on start
+    and left on close (which drains them).
 
     Knobs may change while it runs: ``latency_ms``, ``throttle_rate`` (recipients/s, 0 = never),
     ``fail_rate`` (0..1), ``force_error`` (``(status, error_type, message)`` answered to every
@@ -97,6 +103,7 @@ class Sink:
         self._message_seq = 0
         self._recorder: Recorder | None = None
         self._runner: web.AppRunner | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
         self.webhooks = webhooks
 
     @property
@@ -112,36 +119,48 @@ class Sink:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    async def __aenter__(self) -> Sink:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
     async def start(self) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        if self.record is not None:
-            self._recorder = Recorder(self.record)
-            await self._recorder.open()
-        app = web.Application(client_max_size=40 * 1024 * 1024)
-        app.router.add_post("/v2/email/outbound-bulk-emails", self._send_bulk_email)
-        app.router.add_post("/v2/email/templates", self._create_template)
-        app.router.add_put("/v2/email/templates/{name}", self._update_template)
-        app.router.add_get("/v2/email/account", self._get_account)
-        if self.webhooks is not None:
-            await self.webhooks.start()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        async with contextlib.AsyncExitStack() as resources:
+            if self.record is not None:
+                self._recorder = await resources.enter_async_context(Recorder(self.record))
+            if self.webhooks is not None:
+                await resources.enter_async_context(self.webhooks)
+            app = web.Application(client_max_size=40 * 1024 * 1024)
+            app.router.add_post("/v2/email/outbound-bulk-emails", self._send_bulk_email)
+            app.router.add_post("/v2/email/templates", self._create_template)
+            app.router.add_put("/v2/email/templates/{name}", self._update_template)
+            app.router.add_get("/v2/email/account", self._get_account)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            resources.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            await site.start()
+            self._runner = runner
+            self.port = int(runner.addresses[0][1])
+            self._resources = resources.pop_all()
         log.info("sink_started", host=self.host, port=self.port, record=str(self.record))
         return self.port
 
     async def close(self) -> None:
-        """Stop listening, then flush and close the record."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._recorder is not None:
-            await self._recorder.close()
-            self._recorder = None
-        if self.webhooks is not None:
-            await self.webhooks.close()
+        """Stop listening, then drain the webhooks and flush and close the record."""
+        if self._resources is not None:
+            resources, self._resources = self._resources, None
+            await resources.aclose()
+        self._runner = None
+        self._recorder = None
         log.info("sink_stopped", **dataclasses.asdict(self.counters))
 
     async def flush(self) -> None:

@@ -24,11 +24,11 @@ def create(config: ProviderConfig, unsubscribe: Callable[[Campaign, Lead], str] 
 
 def create_webhook_handlers(config: Config) -> dict[str, WebhookHandler]:
     """The webhook handler of every provider, keyed by the path segment of ``/webhooks/NAME``."""
-    from mailerd.providers import mailgun, postmark, sendgrid, ses
+    from mailerd.providers import mailgun, postmark, sendgrid, ses_webhook
 
     hooks = config.webhooks
     handlers: list[WebhookHandler] = [
-        ses.SnsWebhook(hooks.ses),
+        ses_webhook.SnsWebhook(hooks.ses),
         sendgrid.SendgridWebhook(hooks.sendgrid),
         mailgun.MailgunWebhook(hooks.mailgun),
         postmark.PostmarkWebhook(hooks.postmark),
