@@ -36,6 +36,7 @@ import orjson
 from common import checkpoint, fresh_database, migrated, server_dsn
 
 from mailerd import importer
+from mailerd.db import leads as leads_db
 
 COLUMNS = ["email", "first_name", "country", "plan", "age", "score", "vip", "signup_date"]
 FIRST_NAMES = [
@@ -86,7 +87,7 @@ def prepare_rows(path: Path, halves: list[Path]) -> None:
             chunk = source.next_chunk()
             if chunk is None:
                 break
-            sinks[n % len(sinks)].write(chunk)
+            sinks[n % len(sinks)].write(chunk.data)
         if source.retype:
             raise SystemExit("bench: the generated file changed a column's type midway")
 
@@ -102,7 +103,7 @@ async def copy_into_leads(conn: asyncpg.Connection, dsns: list[str], halves: lis
         async def load(worker: asyncpg.Connection, files: list[Path]) -> None:
             async with worker.transaction():
                 for file in files:
-                    await worker.copy_to_table("leads", source=file, columns=importer.COPY_COLUMNS)
+                    await worker.copy_to_table("leads", source=file, columns=leads_db.COPY_COLUMNS)
 
         shares = [halves[n :: len(connections)] for n in range(len(connections))]
         started = time.perf_counter()

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, db, http, providers, systemd, unsubscribe
+from mailerd import campaigns, db, http, looplag, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
 from mailerd.scheduler import Scheduler
@@ -154,6 +154,7 @@ class _Stages:
             )
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
+            group.create_task(looplag.monitor(self.stop), name="loop-lag")
             await self.scheduler.run()
             for task in sender_tasks:
                 await task

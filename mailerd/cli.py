@@ -28,6 +28,17 @@ def _loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     return uvloop.run
 
 
+def _account_id(text: str) -> int:
+    """An account id as the database stores it (a non-negative bigint), for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected 0 to {2**63 - 1}, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -51,12 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="segment_command", required=True
     )
     p = segment.add_parser("count", parents=[common], help="count the leads a segment matches")
-    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
     p.add_argument("segment", help="the segment as JSON")
 
     leads = sub.add_parser("leads", help="lead tools").add_subparsers(dest="leads_command", required=True)
     p = leads.add_parser("import", parents=[common], help="import leads from .csv or .jsonl")
-    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
     p.add_argument("--types", default=None, help="column types, e.g. age=number,vip=boolean,zip=string")
     p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected row here")
     p.add_argument("file", help="a .csv (with a header row) or .jsonl file")
@@ -66,17 +77,18 @@ def _parser() -> argparse.ArgumentParser:
         dest="suppressions_command", required=True
     )
     p = suppress.add_parser("import", parents=[common], help="import addresses (one a line, or CSV)")
-    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
     p.add_argument("--reason", default=None, help="reason recorded (default: imported; CSV column wins)")
+    p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected line here")
     p.add_argument("file", help="one address per line, or a CSV with an 'email' (and 'reason') column")
     p = suppress.add_parser("list", parents=[common], help="list an account's suppressions")
-    p.add_argument("--account", type=int, required=True, help="account id")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
     p.add_argument("--after", default="", help="start after this address (keyset pagination)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print a JSON array")
     for action in ("add", "remove"):
         p = suppress.add_parser(action, parents=[common], help=f"{action} one address")
-        p.add_argument("--account", type=int, required=True, help="account id")
+        p.add_argument("--account", type=_account_id, required=True, help="account id")
         p.add_argument("--reason", required=action == "remove", default=None, help="why (required to remove)")
         p.add_argument("email")
 
@@ -268,7 +280,11 @@ async def _suppressions_import(args: argparse.Namespace, config: config_mod.Conf
 
     async with _connection(config) as conn:
         return await suppressions.run_import_cli(
-            conn, account_id=args.account, path=Path(args.file), reason=args.reason
+            conn,
+            account_id=args.account,
+            path=Path(args.file),
+            reason=args.reason,
+            rejects=Path(args.rejects) if args.rejects else None,
         )
 
 

@@ -17,6 +17,7 @@ in :class:`Secret`, whose ``repr`` and ``str`` are redacted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -26,13 +27,52 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from mailerd import dsn as dsn_mod
+
 DEFAULT_CONFIG_PATH = "/etc/mailerd/mailerd.toml"
 ENV_PREFIX = "MAILERD_"
 PROVIDER_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "smtp", "sink")
+# The most recipients each provider's API takes in one call (SES SendBulkEmail: 50 destinations;
+# SendGrid: 1000 personalizations; Mailgun: 1000 recipients; Postmark's batch endpoint: 500).
+PROVIDER_MAX_BATCH = {"ses": 50, "sink": 50, "sendgrid": 1000, "mailgun": 1000, "postmark": 500, "smtp": 1000}
 
 
 class ConfigError(Exception):
     """A configuration problem, with the file and the key it concerns in the message."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Range:
+    """The values a numeric setting accepts (documented in config/mailerd.example.toml)."""
+
+    low: float
+    high: float
+    low_open: bool = False  # ``low`` itself is refused
+    below: str = ""  # the message for a value under the range, when not the generic one
+    above: str = ""
+
+    def problem(self, value: float) -> str | None:
+        if value < self.low or (self.low_open and value == self.low):
+            if self.below:
+                return self.below
+            if self.low_open:
+                return "must be positive" if self.low == 0 else f"must be more than {_number(self.low)}"
+            return f"must be at least {_number(self.low)}"
+        if value > self.high:
+            return self.above or f"must be at most {_number(self.high)}"
+        return None
+
+
+def _within(default: _N, low: float, high: float, **kwargs: Any) -> _N:
+    """A dataclass field whose value must lie in ``[low, high]`` (see :class:`_Range`)."""
+    return dataclasses.field(default=default, metadata={"range": _Range(low, high, **kwargs)})
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+_N = typing.TypeVar("_N", int, float)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,9 +97,9 @@ class DatabaseConfig:
     dsn: Secret = Secret("embedded")
     reports_dsn: Secret | None = None
     embedded_data_dir: str = "~/.local/share/mailerd/pg"
-    pool_min_size: int = 2
-    pool_max_size: int = 10
-    command_timeout_s: float = 30.0
+    pool_min_size: int = _within(2, 0, 100)
+    pool_max_size: int = _within(10, 1, 1000)
+    command_timeout_s: float = _within(30.0, 0, 86400, low_open=True)
 
     @property
     def is_embedded(self) -> bool:
@@ -72,12 +112,15 @@ class HttpConfig:
 
     listen: str = "127.0.0.1:8025"
     admin_tokens: tuple[Secret, ...] = ()
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = _within(1_048_576, 1024, 64 * 1_048_576)
     public_url: str = "http://127.0.0.1:8025"
 
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+
+_SHARE = "must be in (0, 1]"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,16 +131,16 @@ class ProviderConfig:
     kind: str = "ses"
     endpoint: str = ""
     region: str = "us-east-1"
-    rate_per_s: float = 0.0
-    burst: int = 0
-    concurrency: int = 8
-    batch_size: int = 50
-    max_attempts: int = 5
-    timeout_s: float = 30.0
-    backoff_base_s: float = 0.2
-    backoff_max_s: float = 20.0
-    max_error_rate: float = 0.5
-    error_window: int = 500
+    rate_per_s: float = _within(0.0, 0, 100_000, below="must be 0 (unlimited) or more")
+    burst: int = _within(0, 0, 1_000_000, below="must be 0 (one second of rate) or more")
+    concurrency: int = _within(8, 1, 1000)
+    batch_size: int = _within(50, 1, 1000, below="must be from 1 to 1000", above="must be from 1 to 1000")
+    max_attempts: int = _within(5, 1, 100)
+    timeout_s: float = _within(30.0, 0, 600, low_open=True)
+    backoff_base_s: float = _within(0.2, 0, 3600, low_open=True)
+    backoff_max_s: float = _within(20.0, 0, 3600, low_open=True)
+    max_error_rate: float = _within(0.5, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    error_window: int = _within(500, 10, 1_000_000)
     access_key_id: Secret | None = None
     secret_access_key: Secret | None = None
     api_key: Secret | None = None
@@ -109,30 +152,45 @@ class ProviderConfig:
 class WriterConfig:
     """Email-log buffering: flush on size or time, whichever comes first."""
 
-    flush_rows: int = 10_000
-    flush_interval_ms: int = 200
-    max_buffer_rows: int = 50_000
+    flush_rows: int = _within(10_000, 1, 1_000_000)
+    flush_interval_ms: int = _within(200, 1, 60_000)
+    max_buffer_rows: int = _within(50_000, 1, 10_000_000)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """How campaigns are split, claimed and streamed."""
 
-    shard_size: int = 50_000
-    max_shards_per_node: int = 4
-    window_size: int = 5_000
-    queue_batches: int = 64
-    poll_interval_s: float = 1.0
-    reservation_step: int = 0  # 0: derived from the provider's concurrency x batch size
+    shard_size: int = _within(50_000, 1, 10_000_000)
+    max_shards_per_node: int = _within(4, 1, 1000)
+    window_size: int = _within(5_000, 1, 1_000_000)
+    queue_batches: int = _within(64, 1, 100_000)
+    poll_interval_s: float = _within(1.0, 0.01, 3600)
+    # 0: derived from the provider's concurrency x batch size
+    reservation_step: int = _within(0, 0, 10_000_000, below="must be 0 (derived) or more")
     resend_uncertain: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContentConfig:
+    """The budget of one recipient's render of a campaign's templates (tenant content).
+
+    Enforced by :mod:`mailerd.sandbox` on every render; ``render_timeout_ms`` bounds how long
+    campaign creation waits for the render of a sample lead (see :func:`mailerd.content.check_renders`).
+    """
+
+    max_loop_iterations: int = _within(10_000, 1, 1_000_000)
+    max_output_bytes: int = _within(524_288, 1024, 10 * 1_048_576)
+    max_render_ms: int = _within(10, 1, 10_000)
+    render_timeout_ms: int = _within(2_000, 10, 60_000)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """Daily partitions of the append-only tables: how far ahead, how long kept."""
 
-    days: int = 90
-    partitions_ahead_days: int = 7
+    days: int = _within(90, 1, 36_500)
+    partitions_ahead_days: int = _within(7, 1, 366)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,7 +206,10 @@ class NodeConfig:
     """This process's identity and lifecycle."""
 
     name: str = ""
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: float = _within(30.0, 0, 3600, low_open=True)
+
+
+_MAX_AGE_S = 30 * 86400
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,7 +219,7 @@ class SesWebhookConfig:
     cert_dir: str = ""
     confirm_subscriptions: bool = True
     topic_arns: tuple[str, ...] = ()
-    max_age_s: float = 3600.0
+    max_age_s: float = _within(3600.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
     verify_signatures: bool = True
 
 
@@ -167,7 +228,7 @@ class SendgridWebhookConfig:
     """SendGrid's Signed Event Webhook: ECDSA P-256 over timestamp + raw body."""
 
     public_key: str = ""
-    max_age_s: float = 600.0
+    max_age_s: float = _within(600.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
     verify_signatures: bool = True
 
 
@@ -176,7 +237,7 @@ class MailgunWebhookConfig:
     """Mailgun: HMAC-SHA256 of timestamp + token with the webhook signing key."""
 
     signing_key: Secret | None = None
-    max_age_s: float = 600.0
+    max_age_s: float = _within(600.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
     verify_signatures: bool = True
 
 
@@ -187,7 +248,7 @@ class PostmarkWebhookConfig:
     username: str = ""
     password: Secret | None = None
     allowed_ips: tuple[str, ...] = ()
-    max_age_s: float = 0.0
+    max_age_s: float = _within(0.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
     verify_signatures: bool = True
 
 
@@ -195,7 +256,7 @@ class PostmarkWebhookConfig:
 class WebhooksConfig:
     """Bounce, complaint and unsubscribe webhooks, and what they do to the suppression list."""
 
-    soft_bounce_limit: int = 3
+    soft_bounce_limit: int = _within(3, 1, 1000)
     soft_bounce_window: str = "7d"
     ses: SesWebhookConfig = SesWebhookConfig()
     sendgrid: SendgridWebhookConfig = SendgridWebhookConfig()
@@ -223,6 +284,7 @@ class Config:
     providers: Mapping[str, ProviderConfig] = dataclasses.field(default_factory=dict)
     writer: WriterConfig = WriterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    content: ContentConfig = ContentConfig()
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     node: NodeConfig = NodeConfig()
@@ -243,6 +305,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "http": HttpConfig,
     "writer": WriterConfig,
     "scheduler": SchedulerConfig,
+    "content": ContentConfig,
     "retention": RetentionConfig,
     "logging": LoggingConfig,
     "node": NodeConfig,
@@ -295,6 +358,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error: {file_path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config error: {file_path}: not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(f"config error: {file_path}: {exc.strerror}") from None
     elif explicit:
@@ -316,7 +381,10 @@ def from_mapping(
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The configuration as plain data with every secret replaced, for ``check-config``."""
+    """The configuration as plain data with every secret replaced, for ``check-config``.
+
+    DSNs keep what an operator needs (user, hosts, database, options) without their passwords.
+    """
 
     def convert(value: Any) -> Any:
         if isinstance(value, Secret):
@@ -330,14 +398,15 @@ def redacted(config: Config) -> dict[str, Any]:
         return value
 
     result: dict[str, Any] = convert(config)
-    dsn = config.database.dsn.reveal()
-    result["database"]["dsn"] = redact_dsn(dsn)
+    result["database"]["dsn"] = redact_dsn(config.database.dsn.reveal())
+    if config.database.reports_dsn is not None:
+        result["database"]["reports_dsn"] = redact_dsn(config.database.reports_dsn.reveal())
     return result
 
 
 def redact_dsn(dsn: str) -> str:
-    """Hide the password of a libpq URL, keep the rest (host, database) for operators."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1**********@", dsn)
+    """Hide the passwords of a DSN in any form libpq accepts (see :mod:`mailerd.dsn`)."""
+    return dsn_mod.redact(dsn)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -441,30 +510,36 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if not upper.startswith(ENV_PREFIX) or "__" not in upper:
             continue
         parts = [p.lower() for p in upper[len(ENV_PREFIX) :].split("__")]
-        if parts[0] == "providers" and len(parts) == 3:
-            # Provider names are case-sensitive in TOML; match an existing one case-insensitively.
-            providers = data.setdefault("providers", {})
-            if not isinstance(providers, dict):
-                continue
-            existing = {n.lower(): n for n in providers}
-            target = providers.setdefault(existing.get(parts[1], parts[1]), {})
-            if isinstance(target, dict):
-                target[parts[2]] = _EnvText(value)
-        elif parts[0] == "webhooks" and len(parts) in (2, 3):
-            webhooks = data.setdefault("webhooks", {})
-            if isinstance(webhooks, dict):
-                if len(parts) == 3:
-                    sub = webhooks.setdefault(parts[1], {})
-                    if isinstance(sub, dict):
-                        sub[parts[2]] = _EnvText(value)
-                else:
-                    webhooks[parts[1]] = _EnvText(value)
-        elif len(parts) == 2 and parts[0] in _SECTIONS:
-            section = data.setdefault(parts[0], {})
-            if isinstance(section, dict):
-                section[parts[1]] = _EnvText(value)
-        else:
+        target = _env_target(data, parts)
+        if target is False:
             raise ConfigError(f"config error: environment: {key}: not a known setting")
+        if isinstance(target, dict):
+            target[parts[-1]] = _EnvText(value)
+
+
+def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool:
+    """The table an override's last part goes in; True: none (left for _build to report);
+    False: not a known setting."""
+    if parts[0] == "providers" and len(parts) == 3:
+        # Provider names are case-sensitive in TOML; match an existing one case-insensitively.
+        providers = data.setdefault("providers", {})
+        if not isinstance(providers, dict):
+            return True
+        existing = {n.lower(): n for n in providers}
+        return _table(providers, existing.get(parts[1], parts[1]))
+    if parts[0] == "webhooks" and len(parts) in (2, 3):
+        webhooks = data.setdefault("webhooks", {})
+        if not isinstance(webhooks, dict):
+            return True
+        return _table(webhooks, parts[1]) if len(parts) == 3 else webhooks
+    if len(parts) == 2 and parts[0] in _SECTIONS:
+        return _table(data, parts[0])
+    return False
+
+
+def _table(parent: dict[str, Any], name: str) -> dict[str, Any] | bool:
+    table = parent.setdefault(name, {})
+    return table if isinstance(table, dict) else True
 
 
 def _env_value(text: str) -> Any:
@@ -478,34 +553,9 @@ def _build(data: Mapping[str, Any], source: str) -> Config:
     kwargs: dict[str, Any] = {"source": source}
     for name, values in data.items():
         if name == "providers":
-            if not isinstance(values, Mapping):
-                raise ConfigError("[providers]: expected a table of providers")
-            providers = {}
-            for pname, pvalues in values.items():
-                if not isinstance(pvalues, Mapping):
-                    raise ConfigError(f"[providers.{pname}]: expected a table")
-                provider = _section(f"providers.{pname}", ProviderConfig, {**pvalues, "name": pname})
-                if provider.kind not in PROVIDER_KINDS:
-                    raise ConfigError(
-                        f"[providers.{pname}] kind: expected one of "
-                        f"{', '.join(PROVIDER_KINDS)}, got {provider.kind!r}"
-                    )
-                providers[pname] = provider
-            kwargs["providers"] = types.MappingProxyType(providers)
+            kwargs["providers"] = _providers(values)
         elif name == "webhooks":
-            if not isinstance(values, Mapping):
-                raise ConfigError("[webhooks]: expected a table")
-            scalars = {k: v for k, v in values.items() if k not in _WEBHOOK_SECTIONS}
-            subs: dict[str, Any] = {}
-            for wname, wcls in _WEBHOOK_SECTIONS.items():
-                if wname in values:
-                    if not isinstance(values[wname], Mapping):
-                        raise ConfigError(f"[webhooks.{wname}]: expected a table")
-                    subs[wname] = _section(f"webhooks.{wname}", wcls, values[wname])
-            top = _section("webhooks", _WebhookScalars, scalars)
-            kwargs["webhooks"] = WebhooksConfig(
-                soft_bounce_limit=top.soft_bounce_limit, soft_bounce_window=top.soft_bounce_window, **subs
-            )
+            kwargs["webhooks"] = _webhooks(values)
         elif name in _SECTIONS:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"[{name}]: expected a table")
@@ -515,6 +565,37 @@ def _build(data: Mapping[str, Any], source: str) -> Config:
     config = Config(**kwargs)
     _validate(config)
     return config
+
+
+def _providers(values: Any) -> Mapping[str, ProviderConfig]:
+    if not isinstance(values, Mapping):
+        raise ConfigError("[providers]: expected a table of providers")
+    providers = {}
+    for pname, pvalues in values.items():
+        if not isinstance(pvalues, Mapping):
+            raise ConfigError(f"[providers.{pname}]: expected a table")
+        provider = _section(f"providers.{pname}", ProviderConfig, {**pvalues, "name": pname})
+        if provider.kind not in PROVIDER_KINDS:
+            kinds = ", ".join(PROVIDER_KINDS)
+            raise ConfigError(f"[providers.{pname}] kind: expected one of {kinds}, got {provider.kind!r}")
+        providers[pname] = provider
+    return types.MappingProxyType(providers)
+
+
+def _webhooks(values: Any) -> WebhooksConfig:
+    if not isinstance(values, Mapping):
+        raise ConfigError("[webhooks]: expected a table")
+    scalars = {k: v for k, v in values.items() if k not in _WEBHOOK_SECTIONS}
+    subs: dict[str, Any] = {}
+    for wname, wcls in _WEBHOOK_SECTIONS.items():
+        if wname in values:
+            if not isinstance(values[wname], Mapping):
+                raise ConfigError(f"[webhooks.{wname}]: expected a table")
+            subs[wname] = _section(f"webhooks.{wname}", wcls, values[wname])
+    top = _section("webhooks", _WebhookScalars, scalars)
+    return WebhooksConfig(
+        soft_bounce_limit=top.soft_bounce_limit, soft_bounce_window=top.soft_bounce_window, **subs
+    )
 
 
 def _section(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
@@ -534,12 +615,26 @@ def _section(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
 
 
 def _read_secret_file(section: str, key: str, path: Any) -> str:
+    """The secret a ``<key>_file`` holds: one line of UTF-8 text, surrounding whitespace dropped."""
     if not isinstance(path, str):
         raise ConfigError(f"[{section}] {key}: expected a file path, got {_show(path)}")
     try:
-        return Path(path).expanduser().read_text(encoding="utf-8").strip()
+        value = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"[{section}] {key}: {path} not UTF-8 text (write the secret as text, "
+            "e.g. `openssl rand -hex 32`)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"[{section}] {key}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"[{section}] {key}: {path} is empty")
+    if _CONTROL.search(value):
+        raise ConfigError(f"[{section}] {key}: {path} holds control characters (one line of text expected)")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _coerce(section: str, key: str, tp: Any, value: Any) -> Any:
@@ -555,13 +650,9 @@ def _coerce(section: str, key: str, tp: Any, value: Any) -> Any:
     args = typing.get_args(tp)
     if origin in (types.UnionType, typing.Union):
         inner = [a for a in args if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(section, key, inner[0], value)
+        return None if value is None else _coerce(section, key, inner[0], value)
     if tp is Secret:
-        if not isinstance(value, str):
-            raise fail("a string")
-        return Secret(value)
+        return _secret(section, key, value, fail)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -572,23 +663,36 @@ def _coerce(section: str, key: str, tp: Any, value: Any) -> Any:
         if value not in args:
             raise fail("one of " + ", ".join(repr(a) for a in args))
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("a whole number")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    raise ConfigError(f"[{section}] {key}: unsupported type {tp!r}")  # pragma: no cover
+    return _scalar(tp, value, fail)
+
+
+def _scalar(tp: Any, value: Any, fail: typing.Callable[[str], ConfigError]) -> Any:
+    accepts, expected = _SCALARS[tp]
+    if not accepts(value):
+        raise fail(expected)
+    if tp is float and not math.isfinite(value):
+        raise fail("a finite number")
+    return float(value) if tp is float else value
+
+
+# What each scalar type accepts from TOML (a bool is not a number here, though Python says so).
+_SCALARS: dict[Any, tuple[typing.Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _secret(section: str, key: str, value: Any, fail: typing.Callable[[str], ConfigError]) -> Secret:
+    """A secret is one line of text; an empty one would crash (or weaken) the daemon later."""
+    if not isinstance(value, str):
+        raise fail("a string")
+    if not value.strip():
+        raise ConfigError(f"[{section}] {key}: must not be empty")
+    if _CONTROL.search(value):
+        raise ConfigError(f"[{section}] {key}: holds control characters (one line of text expected)")
+    return Secret(value)
 
 
 def _takes_text(tp: Any) -> bool:
@@ -600,44 +704,55 @@ def _takes_text(tp: Any) -> bool:
 
 
 def _validate(config: Config) -> None:
+    """Every number within its range, and what the ranges alone cannot say."""
     parse_listen(config.http.listen)
-    checks: list[tuple[bool, str]] = [
-        (config.writer.flush_rows >= 1, "[writer] flush_rows: must be at least 1"),
-        (config.writer.flush_interval_ms >= 1, "[writer] flush_interval_ms: must be at least 1"),
-        (
-            config.writer.max_buffer_rows >= config.writer.flush_rows,
-            "[writer] max_buffer_rows: must be at least flush_rows",
-        ),
-        (config.scheduler.shard_size >= 1, "[scheduler] shard_size: must be at least 1"),
-        (config.scheduler.window_size >= 1, "[scheduler] window_size: must be at least 1"),
-        (config.scheduler.queue_batches >= 1, "[scheduler] queue_batches: must be at least 1"),
-        (config.scheduler.max_shards_per_node >= 1, "[scheduler] max_shards_per_node: must be at least 1"),
-        (config.retention.days >= 1, "[retention] days: must be at least 1"),
-        (
-            config.retention.partitions_ahead_days >= 1,
-            "[retention] partitions_ahead_days: must be at least 1",
-        ),
-        (config.node.shutdown_grace_s > 0, "[node] shutdown_grace_s: must be positive"),
-        (config.webhooks.soft_bounce_limit >= 1, "[webhooks] soft_bounce_limit: must be at least 1"),
-    ]
-    for provider in config.providers.values():
-        section = f"[providers.{provider.name}]"
-        checks += [
-            (provider.rate_per_s >= 0, f"{section} rate_per_s: must be 0 (unlimited) or more"),
-            (provider.concurrency >= 1, f"{section} concurrency: must be at least 1"),
-            (1 <= provider.batch_size <= 1000, f"{section} batch_size: must be from 1 to 1000"),
-            (provider.max_attempts >= 1, f"{section} max_attempts: must be at least 1"),
-            (provider.burst >= 0, f"{section} burst: must be 0 (one second of rate) or more"),
-            (0 < provider.max_error_rate <= 1, f"{section} max_error_rate: must be in (0, 1]"),
-            (provider.error_window >= 10, f"{section} error_window: must be at least 10"),
-        ]
-    try:
-        parse_duration(config.webhooks.soft_bounce_window)
-    except ConfigError as exc:
-        raise ConfigError(f"[webhooks] soft_bounce_window: {exc}") from None
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    for label, section in _sections_of(config):
+        for field in dataclasses.fields(section):
+            limits = field.metadata.get("range")
+            problem = limits.problem(getattr(section, field.name)) if limits else None
+            if problem:
+                raise ConfigError(f"[{label}] {field.name}: {problem}")
+        for problem in _cross_checks(section):
+            raise ConfigError(f"[{label}] {problem}")
+    for key in ("dsn", "reports_dsn"):
+        value = getattr(config.database, key)
+        if value is None or (key == "dsn" and config.database.is_embedded):
+            continue
+        problem = dsn_mod.problem(value.reveal())
+        if problem:
+            raise ConfigError(f"[database] {key}: {problem}")
+    if not re.fullmatch(r"https?://[^\s/?#@]+(/\S*)?", config.http.public_url, flags=re.IGNORECASE):
+        raise ConfigError("[http] public_url: expected an http:// or https:// URL")
+    window = parse_duration(config.webhooks.soft_bounce_window)
+    if not 1 <= window <= 365 * 86400:
+        raise ConfigError("[webhooks] soft_bounce_window: must be from 1s to 365d")
+
+
+def _sections_of(config: Config) -> list[tuple[str, Any]]:
+    hooks = config.webhooks
+    sections: list[tuple[str, Any]] = [(name, getattr(config, name)) for name in _SECTIONS]
+    sections += [(f"providers.{name}", provider) for name, provider in config.providers.items()]
+    sections += [("webhooks", hooks)]
+    sections += [(f"webhooks.{name}", getattr(hooks, name)) for name in _WEBHOOK_SECTIONS]
+    return sections
+
+
+def _cross_checks(section: Any) -> list[str]:
+    """Problems between the keys of one section (each key is already within its own range)."""
+    if isinstance(section, DatabaseConfig) and section.pool_min_size > section.pool_max_size:
+        return ["pool_min_size: must be at most pool_max_size"]
+    if isinstance(section, WriterConfig) and section.max_buffer_rows < section.flush_rows:
+        return ["max_buffer_rows: must be at least flush_rows"]
+    if isinstance(section, ProviderConfig):
+        if re.match(r"[a-z][a-z0-9+.-]*://[^/?#]*@", section.endpoint, flags=re.IGNORECASE):
+            # Not a secret field: it is shown and logged as it is.
+            return ["endpoint: credentials do not belong in the URL; give them as api_key"]
+        most = PROVIDER_MAX_BATCH[section.kind]
+        if section.batch_size > most:
+            return [f"batch_size: must be at most {most} for kind {section.kind} (the provider's API limit)"]
+        if section.backoff_max_s < section.backoff_base_s:
+            return ["backoff_max_s: must be at least backoff_base_s"]
+    return []
 
 
 def _show(value: Any) -> str:

@@ -54,3 +54,11 @@ DEAD_LETTERS = Counter(
     "emails_unrecorded / events_unrecorded: not even the dead letter could be stored, see the log).",
     ["kind"],
 )
+LOOP_LAG = Histogram(
+    "mailerd_event_loop_lag_seconds",
+    "How late the event loop ran a timer, sampled every 0.1 s: the longest a callback waited.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LOOP_LAG_MAX = Gauge(
+    "mailerd_event_loop_lag_max_seconds", "The largest event-loop lag sampled over the last 10 seconds."
+)

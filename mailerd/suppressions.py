@@ -9,153 +9,78 @@ import``). Addresses are trimmed and lower-cased; every change is recorded in
 from __future__ import annotations
 
 import csv
-import dataclasses
-import datetime as dt
 import itertools
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import asyncpg
 import orjson
 
-from mailerd.importer import is_valid_email
+from mailerd.db import suppressions as suppressions_db
+from mailerd.db.suppressions import Suppression, add, page, remove
+from mailerd.importer.csv_records import Record, Records
+from mailerd.importer.files import check_files
+from mailerd.importer.parsing import bad_text_reason, has_bad_text, is_valid_email
+from mailerd.importer.rejects import (
+    ImportFailed,
+    ImportResult,
+    Reject,
+    RejectSink,
+    exit_status,
+    print_rejects,
+    printable,
+    reject_sink,
+)
 
 MAX_REASON_LENGTH = 500
-STDERR_REJECTS = 20
 IMPORT_CHUNK_ROWS = 50_000
 DEFAULT_IMPORT_REASON = "imported"
-STAGING = "mailerd_suppression_import"
+
+__all__ = [
+    "DEFAULT_IMPORT_REASON",
+    "MAX_REASON_LENGTH",
+    "ImportFailed",
+    "ImportResult",
+    "Reject",
+    "Suppression",
+    "add",
+    "check_reason",
+    "import_file",
+    "normalise",
+    "page",
+    "remove",
+    "run_change_cli",
+    "run_import_cli",
+    "run_list_cli",
+]
 
 
 def normalise(address: str) -> str | None:
-    """The stored form of an address (trimmed, lower-cased), or None when it is not one."""
+    """The stored form of an address (trimmed, lower-cased), or None when it is not one.
+
+    The one address check of every way onto the list (API, CLI, import): it also refuses what a
+    text column cannot hold (NUL, invalid UTF-8) and more than 254 characters.
+    """
     address = address.strip().lower()
     return address if is_valid_email(address) else None
 
 
-# --- one address at a time (admin API) -------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Suppression:
-    """One row of the list."""
-
-    account_id: int
-    email: str
-    reason: str
-    source: str | None
-    at: dt.datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _row(record: asyncpg.Record) -> Suppression:
-    return Suppression(
-        record["account_id"], record["email"], record["reason"], record["source"], record["at"]
-    )
-
-
-async def add(
-    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
-) -> tuple[Suppression, bool]:
-    """Suppress ``email`` (already normalised); returns the row and whether it is new.
-
-    Idempotent: an address already on the list keeps its first reason, and nothing is audited.
-    """
-    async with conn.transaction():
-        record = await conn.fetchrow(
-            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, $2, $3, $4)
-               ON CONFLICT DO NOTHING RETURNING *""",
-            account_id,
-            email,
-            reason,
-            source,
-        )
-        if record is not None:
-            await _audit(conn, account_id, email, "added", reason, source)
-            return _row(record), True
-        record = await conn.fetchrow(
-            "SELECT * FROM suppressions WHERE account_id = $1 AND email = $2", account_id, email
-        )
-    assert record is not None  # suppressions are never deleted but through remove()
-    return _row(record), False
-
-
-async def remove(
-    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
-) -> Suppression | None:
-    """Take ``email`` off the list, auditing ``reason``; None when it was not on it."""
-    async with conn.transaction():
-        record = await conn.fetchrow(
-            "DELETE FROM suppressions WHERE account_id = $1 AND email = $2 RETURNING *",
-            account_id,
-            email,
-        )
-        if record is None:
-            return None
-        await _audit(conn, account_id, email, "removed", reason, source)
-    return _row(record)
-
-
-async def page(
-    conn: asyncpg.Connection, account_id: int, *, after: str = "", limit: int = 100
-) -> list[Suppression]:
-    """Up to ``limit`` rows of the account with ``email > after``, by address (the primary key)."""
-    rows = await conn.fetch(
-        """SELECT * FROM suppressions WHERE account_id = $1 AND email > $2
-           ORDER BY email LIMIT $3""",
-        account_id,
-        after,
-        limit,
-    )
-    return [_row(r) for r in rows]
-
-
-async def _audit(
-    conn: asyncpg.Connection, account_id: int, email: str, action: str, reason: str, source: str
-) -> None:
-    await conn.execute(
-        """INSERT INTO suppression_audit (account_id, email, action, reason, source)
-           VALUES ($1, $2, $3, $4, $5)""",
-        account_id,
-        email,
-        action,
-        reason,
-        source,
-    )
+def check_reason(reason: str) -> str | None:
+    """Why ``reason`` cannot be stored (empty, longer than :data:`MAX_REASON_LENGTH`, a NUL
+    character, invalid UTF-8), or None when it can."""
+    if not reason.strip():
+        return "must not be empty"
+    if len(reason) > MAX_REASON_LENGTH:
+        return f"at most {MAX_REASON_LENGTH} characters"
+    if has_bad_text(reason):
+        return "contains a NUL character" if "\x00" in reason else bad_text_reason(reason)
+    return None
 
 
 # --- import ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reject:
-    """A line that is not an address (line numbers are physical lines, from 1)."""
-
-    line: int
-    reason: str
-
-
-@dataclasses.dataclass(slots=True)
-class ImportResult:
-    """What an import did. ``already`` counts addresses on the list before, and repeats in the file."""
-
-    imported: int = 0
-    already: int = 0
-    rejected: int = 0
-    first_rejects: list[Reject] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        return f"imported {self.imported}, already suppressed {self.already}, rejected {self.rejected}"
-
-
-class ImportFailed(Exception):
-    """The file cannot be imported at all (unreadable, or a CSV without an ``email`` column)."""
 
 
 class _Parser:
@@ -163,24 +88,23 @@ class _Parser:
 
     Which one is decided by the first non-blank line: a CSV header naming an ``email`` column
     (and optionally ``reason``) makes it a CSV; else every non-blank line that does not start
-    with ``#`` is an address. Yields ``(line, email, reason)``; rejects go to ``result``.
+    with ``#`` is an address. Yields ``(line, email, reason)``; rejects go to ``sink``.
     """
 
-    def __init__(self, stream: TextIO, default_reason: str, result: ImportResult) -> None:
+    def __init__(self, stream: TextIO, default_reason: str, sink: RejectSink, path: Path) -> None:
+        self._path = path
         self._stream = stream
         self._default_reason = default_reason
-        self._result = result
+        self._sink = sink
 
-    def _reject(self, line: int, reason: str) -> None:
-        self._result.rejected += 1
-        if len(self._result.first_rejects) < STDERR_REJECTS:
-            self._result.first_rejects.append(Reject(line, reason))
+    def _reject(self, line: int, reason: str, raw: str) -> None:
+        self._sink.add(line, reason, raw)
 
     def rows(self) -> Iterator[tuple[int, str, str]]:
         lines = enumerate(self._stream, start=1)
         for number, text in lines:
             if text.strip():
-                header = _csv_header(text)
+                header = _csv_header(text, f"{self._path}:{number}")
                 if header is None:
                     yield from self._plain(itertools.chain([(number, text)], lines))
                 else:
@@ -192,46 +116,56 @@ class _Parser:
             text = text.strip()
             if not text or text.startswith("#"):
                 continue
+            if has_bad_text(text):
+                self._reject(number, bad_text_reason(text), text)
+                continue
             email = normalise(text)
             if email is None:
-                self._reject(number, f"not an email address: {_shown(text)}")
+                self._reject(number, f"not an email address: {_shown(text)}", text)
             else:
                 yield number, email, self._default_reason
 
     def _csv(self, header_line: int, header: tuple[int, int | None, int]) -> Iterator[tuple[int, str, str]]:
+        email_index, _, width = header
+        records = Records(
+            self._stream,
+            self._sink,
+            lines_before=header_line,
+            width=width,
+            email_index=email_index,
+            strict=True,
+        )
+        for record in records:
+            row = self._csv_row(record, header)
+            if row is not None:
+                yield row
+
+    def _csv_row(self, record: Record, header: tuple[int, int | None, int]) -> tuple[int, str, str] | None:
+        """``(line, email, reason)`` of one CSV record; None for a blank line or a reject."""
         email_index, reason_index, width = header
-        reader = csv.reader(self._stream, strict=True)
-        offset = header_line  # reader.line_num counts lines after the header
-        previous_end = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                self._reject(offset + reader.line_num, f"unreadable CSV: {exc}")
-                previous_end = reader.line_num
-                continue
-            first_line = offset + previous_end + 1
-            previous_end = reader.line_num
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != width:
-                self._reject(first_line, f"expected {width} fields, got {len(row)}")
-                continue
-            email = normalise(row[email_index])
-            if email is None:
-                self._reject(first_line, f"not an email address: {_shown(row[email_index])}")
-                continue
-            reason = row[reason_index].strip() if reason_index is not None else ""
-            if len(reason) > MAX_REASON_LENGTH:
-                self._reject(first_line, f"reason longer than {MAX_REASON_LENGTH} characters")
-                continue
-            yield first_line, email, reason or self._default_reason
+        fields, line, raw = record.fields, record.line, record.raw
+        if not any(cell.strip() for cell in fields):
+            return None
+        if len(fields) != width:
+            self._reject(line, f"expected {width} fields, got {len(fields)}", raw)
+            return None
+        if has_bad_text(raw):
+            self._reject(line, bad_text_reason(raw), raw)
+            return None
+        email = normalise(fields[email_index])
+        if email is None:
+            self._reject(line, f"not an email address: {_shown(fields[email_index])}", raw)
+            return None
+        reason = fields[reason_index].strip() if reason_index is not None else ""
+        if len(reason) > MAX_REASON_LENGTH:
+            self._reject(line, f"reason longer than {MAX_REASON_LENGTH} characters", raw)
+            return None
+        return line, email, reason or self._default_reason
 
 
-def _csv_header(text: str) -> tuple[int, int | None, int] | None:
-    """``(email column, reason column, width)`` when the line is a CSV header with ``email``."""
+def _csv_header(text: str, where: str) -> tuple[int, int | None, int] | None:
+    """``(email column, reason column, width)`` when the line is a CSV header with ``email``;
+    raise :class:`ImportFailed` when it names either column twice (which one is meant?)."""
     try:
         cells = next(csv.reader([text]))
     except (csv.Error, StopIteration):
@@ -239,6 +173,9 @@ def _csv_header(text: str) -> tuple[int, int | None, int] | None:
     names = [cell.strip().lower() for cell in cells]
     if "email" not in names:
         return None
+    repeated = [name for name in ("email", "reason") if names.count(name) > 1]
+    if repeated:
+        raise ImportFailed(f"{where}: header repeats column(s) {', '.join(repeated)}")
     return names.index("email"), names.index("reason") if "reason" in names else None, len(names)
 
 
@@ -254,45 +191,37 @@ async def import_file(
     *,
     reason: str = DEFAULT_IMPORT_REASON,
     source: str = "import",
+    rejects: Path | None = None,
 ) -> ImportResult:
     """Add every valid address of ``path`` to the account's list, in one transaction.
 
     Streams the file through ``COPY`` into a temporary table, then one ``INSERT ... ON CONFLICT
-    DO NOTHING`` (first occurrence in the file wins) that also writes the audit rows.
+    DO NOTHING`` (first occurrence in the file wins) that also writes the audit rows. Rejected
+    lines go to ``rejects`` (one JSON object a line), when given.
     """
     started = time.perf_counter()
-    result = ImportResult()
+    check_files(path, rejects)
     try:
-        with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as stream:
-            parser = _Parser(stream, reason, result)
+        with (
+            reject_sink(rejects) as sink,
+            path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as stream,
+        ):
+            parser = _Parser(stream, reason, sink, path)
             async with conn.transaction():
-                await conn.execute(
-                    f"CREATE TEMP TABLE {STAGING} (line bigint, email text, reason text) ON COMMIT DROP"
-                )
+                await suppressions_db.create_import_staging(conn)
                 valid = 0
                 for chunk in _chunks(parser.rows(), IMPORT_CHUNK_ROWS):
-                    await conn.copy_records_to_table(
-                        STAGING, records=chunk, columns=("line", "email", "reason")
-                    )
+                    await suppressions_db.copy_import_rows(conn, chunk)
                     valid += len(chunk)
-                status = await conn.execute(
-                    f"""WITH added AS (
-                            INSERT INTO suppressions (account_id, email, reason, source)
-                            SELECT DISTINCT ON (email) $1::bigint, email, reason, $2::text
-                            FROM {STAGING} ORDER BY email, line
-                            ON CONFLICT DO NOTHING
-                            RETURNING account_id, email, reason, source)
-                        INSERT INTO suppression_audit (account_id, email, action, reason, source)
-                        SELECT account_id, email, 'added', reason, source FROM added""",
-                    account_id,
-                    source,
-                )
+                imported = await suppressions_db.merge_import(conn, account_id, source)
     except OSError as exc:
         raise ImportFailed(f"{path}: {exc.strerror or exc}") from None
-    result.imported = int(status.rsplit(" ", 1)[-1])
-    result.already = valid - result.imported
-    result.seconds = time.perf_counter() - started
-    return result
+    seconds = time.perf_counter() - started
+    return ImportResult(imported, sink.count, sink.first, seconds, already=valid - imported)
+
+
+def _summary(result: ImportResult) -> str:
+    return f"imported {result.imported}, already suppressed {result.already}, rejected {result.rejected}"
 
 
 def _chunks(rows: Iterator[tuple[int, str, str]], size: int) -> Iterator[list[tuple[int, str, str]]]:
@@ -306,33 +235,36 @@ def _chunks(rows: Iterator[tuple[int, str, str]], size: int) -> Iterator[list[tu
         yield chunk
 
 
-async def run_import_cli(conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None) -> int:
+async def run_import_cli(
+    conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None, rejects: Path | None = None
+) -> int:
     """``mailerd suppressions import``: 0 nothing rejected, 2 some rejected, 1 nothing valid."""
-    if reason is not None and not reason.strip():
-        print("mailerd suppressions import: --reason must not be empty", file=sys.stderr)
+    problem = check_reason(reason) if reason is not None else None
+    if problem is not None:
+        print(f"mailerd suppressions import: --reason: {problem}", file=sys.stderr)
         return 1
     try:
-        result = await import_file(conn, account_id, path, reason=(reason or DEFAULT_IMPORT_REASON).strip())
+        result = await import_file(
+            conn, account_id, path, reason=(reason or DEFAULT_IMPORT_REASON).strip(), rejects=rejects
+        )
     except ImportFailed as exc:
         print(f"mailerd suppressions import: {exc}", file=sys.stderr)
         return 1
     if result.imported + result.already + result.rejected == 0:
         print(f"mailerd suppressions import: {path}: no addresses in the file", file=sys.stderr)
         return 1
-    for reject in result.first_rejects:
-        print(f"{path}:{reject.line}: {reject.reason}", file=sys.stderr)
-    if result.rejected > len(result.first_rejects):
-        print(f"... and {result.rejected - len(result.first_rejects)} more", file=sys.stderr)
-    print(result.summary())
-    if result.rejected:
-        return 1 if result.imported + result.already == 0 else 2
-    return 0
+    print_rejects(path, result, rejects)
+    print(_summary(result))
+    return exit_status(result)
 
 
 async def run_list_cli(
     conn: asyncpg.Connection, *, account_id: int, after: str, limit: int, as_json: bool
 ) -> int:
     """``mailerd suppressions list``: one page, by address; prints ``next: ADDRESS`` if more."""
+    if has_bad_text(after):
+        print(f"mailerd suppressions list: --after: {bad_text_reason(after)}", file=sys.stderr)
+        return 1
     rows = await page(conn, account_id, after=after.strip().lower(), limit=limit)
     if as_json:
         sys.stdout.write(orjson.dumps([r.as_dict() for r in rows]).decode() + "\n")
@@ -350,10 +282,12 @@ async def run_change_cli(
     """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid, 3 not suppressed."""
     address = normalise(email)
     if address is None:
-        print(f"mailerd suppressions {action}: not an email address: {email!r}", file=sys.stderr)
+        shown = printable(email[:100])
+        print(f"mailerd suppressions {action}: email: not an email address: {shown!r}", file=sys.stderr)
         return 1
-    if reason is not None and (not reason.strip() or len(reason) > MAX_REASON_LENGTH):
-        print(f"mailerd suppressions {action}: --reason must be 1 to 500 characters", file=sys.stderr)
+    problem = check_reason(reason) if reason is not None else None
+    if problem is not None:
+        print(f"mailerd suppressions {action}: --reason: {problem}", file=sys.stderr)
         return 1
     if action == "add":
         row, created = await add(conn, account_id, address, (reason or "manual").strip(), "cli")

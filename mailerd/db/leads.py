@@ -1,7 +1,9 @@
-"""Lead queries by segment: counts, previews, and the WHERE fragment other queries embed."""
+"""Lead queries: by segment (counts, previews, the WHERE fragment other queries embed), and the
+lead import's loading (COPY, staging, upsert)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import asyncpg
@@ -102,3 +104,78 @@ async def count_segment(conn: asyncpg.Connection, account_id: int, segment: segm
         f"SELECT count(*) FROM leads l WHERE l.account_id = $1 AND ({condition})", account_id, *params
     )
     return int(count)
+
+
+# --- import (mailerd.importer) ----------------------------------------------------------------
+
+STAGING = "mailerd_import_rows"
+COPY_COLUMNS = ["account_id", "email", "attributes"]
+_UPPER_ASCII = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+_UPSERT = """
+INSERT INTO leads AS l (account_id, email, attributes)
+{select}
+ON CONFLICT (account_id, lower(email)) DO UPDATE
+SET attributes = l.attributes || EXCLUDED.attributes, updated_at = now()
+WHERE l.attributes || EXCLUDED.attributes IS DISTINCT FROM l.attributes  -- re-imports: no dead rows
+"""
+_SELECT_STAGED = f"SELECT s.account_id, s.email, s.attributes FROM {STAGING} s"
+# Several lines for one address: fold them in file order (a later key wins), then upsert once.
+# File order is ctid order: each batch is one COPY into the freshly truncated staging table.
+_SELECT_FOLDED = f"""
+SELECT min(r.account_id), (array_agg(r.email ORDER BY r.ord))[1],
+       coalesce(jsonb_object_agg(e.key, e.value ORDER BY r.ord) FILTER (WHERE e.key IS NOT NULL),
+                '{{}}'::jsonb)
+FROM (SELECT s.account_id, s.email, lower(s.email) AS address, s.ctid AS ord, s.attributes
+      FROM {STAGING} s) r
+LEFT JOIN LATERAL jsonb_each(r.attributes) e ON true
+GROUP BY r.address
+"""
+
+
+async def lowers_ascii_like_python(conn: asyncpg.Connection) -> bool:
+    """Whether the database's ``lower()`` maps A-Z to a-z (not so under a Turkish locale)."""
+    lowered: str = await conn.fetchval("SELECT lower($1::text)", _UPPER_ASCII)
+    return lowered == _UPPER_ASCII.lower()
+
+
+async def _stream(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def copy_into_leads(conn: asyncpg.Connection, chunks: Iterable[bytes]) -> None:
+    """COPY rows (``COPY_COLUMNS`` in text format) straight into ``leads``; a repeated or
+    existing address raises ``UniqueViolationError``."""
+    await conn.copy_to_table("leads", source=_stream(chunks), columns=COPY_COLUMNS, format="text")
+
+
+async def create_staging(conn: asyncpg.Connection) -> None:
+    """The import's staging table, dropped when the import's transaction ends."""
+    await conn.execute(
+        f"CREATE TEMP TABLE {STAGING} (account_id bigint, email text, attributes jsonb) ON COMMIT DROP"
+    )
+
+
+async def copy_into_staging(conn: asyncpg.Connection, chunks: Iterable[bytes]) -> None:
+    """COPY rows (``COPY_COLUMNS`` in text format) into the (empty) staging table."""
+    await conn.copy_to_table(STAGING, source=_stream(chunks), columns=COPY_COLUMNS, format="text")
+
+
+async def upsert_staged(conn: asyncpg.Connection) -> None:
+    """Upsert the staged rows into ``leads`` (attributes merged, the staged values win).
+
+    Raises ``CardinalityViolationError`` when two staged rows are one lead: then
+    :func:`upsert_staged_folded`.
+    """
+    await conn.execute(_UPSERT.format(select=_SELECT_STAGED))
+
+
+async def upsert_staged_folded(conn: asyncpg.Connection) -> None:
+    """Upsert the staged rows, those of one address folded first in staging order."""
+    await conn.execute(_UPSERT.format(select=_SELECT_FOLDED))
+
+
+async def truncate_staging(conn: asyncpg.Connection) -> None:
+    """Empty the staging table for the next batch."""
+    await conn.execute(f"TRUNCATE {STAGING}")

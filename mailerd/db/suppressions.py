@@ -1,11 +1,140 @@
-"""``suppressions`` and ``suppression_audit``: addresses an account must not be sent to, and
-who added or removed each, written in the same transaction as the change."""
+"""Suppression list queries: one address at a time (with its audit row), many at once (the
+webhook events' suppressions), pages, and the import's staging table and merge."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
+
+IMPORT_STAGING = "mailerd_suppression_import"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suppression:
+    """One row of the list."""
+
+    account_id: int
+    email: str
+    reason: str
+    source: str | None
+    at: dt.datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _row(record: asyncpg.Record) -> Suppression:
+    return Suppression(
+        record["account_id"], record["email"], record["reason"], record["source"], record["at"]
+    )
+
+
+async def add(
+    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
+) -> tuple[Suppression, bool]:
+    """Suppress ``email`` (already normalised); returns the row and whether it is new.
+
+    Idempotent: an address already on the list keeps its first reason, and nothing is audited.
+    """
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, $2, $3, $4)
+               ON CONFLICT DO NOTHING RETURNING *""",
+            account_id,
+            email,
+            reason,
+            source,
+        )
+        if record is not None:
+            await audit(conn, account_id, email, "added", reason, source)
+            return _row(record), True
+        record = await conn.fetchrow(
+            "SELECT * FROM suppressions WHERE account_id = $1 AND email = $2", account_id, email
+        )
+    assert record is not None  # suppressions are never deleted but through remove()
+    return _row(record), False
+
+
+async def remove(
+    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
+) -> Suppression | None:
+    """Take ``email`` off the list, auditing ``reason``; None when it was not on it."""
+    async with conn.transaction():
+        record = await conn.fetchrow(
+            "DELETE FROM suppressions WHERE account_id = $1 AND email = $2 RETURNING *",
+            account_id,
+            email,
+        )
+        if record is None:
+            return None
+        await audit(conn, account_id, email, "removed", reason, source)
+    return _row(record)
+
+
+async def page(
+    conn: asyncpg.Connection, account_id: int, *, after: str = "", limit: int = 100
+) -> list[Suppression]:
+    """Up to ``limit`` rows of the account with ``email > after``, by address (the primary key)."""
+    rows = await conn.fetch(
+        """SELECT * FROM suppressions WHERE account_id = $1 AND email > $2
+           ORDER BY email LIMIT $3""",
+        account_id,
+        after,
+        limit,
+    )
+    return [_row(r) for r in rows]
+
+
+async def audit(
+    conn: asyncpg.Connection, account_id: int, email: str, action: str, reason: str, source: str
+) -> None:
+    """Record one change of the list (``action`` is ``added`` or ``removed``)."""
+    await conn.execute(
+        """INSERT INTO suppression_audit (account_id, email, action, reason, source)
+           VALUES ($1, $2, $3, $4, $5)""",
+        account_id,
+        email,
+        action,
+        reason,
+        source,
+    )
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+async def create_import_staging(conn: asyncpg.Connection) -> None:
+    """The import's staging table ``(line, email, reason)``, dropped when its transaction ends."""
+    await conn.execute(
+        f"CREATE TEMP TABLE {IMPORT_STAGING} (line bigint, email text, reason text) ON COMMIT DROP"
+    )
+
+
+async def copy_import_rows(conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str]]) -> None:
+    """Stage ``(line, email, reason)`` rows (addresses already normalised)."""
+    await conn.copy_records_to_table(IMPORT_STAGING, records=rows, columns=("line", "email", "reason"))
+
+
+async def merge_import(conn: asyncpg.Connection, account_id: int, source: str) -> int:
+    """Add the staged addresses to the account's list (the first line of an address wins) with
+    their audit rows, in one statement; returns how many were added (new to the list)."""
+    status: str = await conn.execute(
+        f"""WITH added AS (
+                INSERT INTO suppressions (account_id, email, reason, source)
+                SELECT DISTINCT ON (email) $1::bigint, email, reason, $2::text
+                FROM {IMPORT_STAGING} ORDER BY email, line
+                ON CONFLICT DO NOTHING
+                RETURNING account_id, email, reason, source)
+            INSERT INTO suppression_audit (account_id, email, action, reason, source)
+            SELECT account_id, email, 'added', reason, source FROM added""",
+        account_id,
+        source,
+    )
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def add_many(conn: asyncpg.Connection, entries: Mapping[tuple[int, str], tuple[str, str]]) -> int:

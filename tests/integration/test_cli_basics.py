@@ -181,3 +181,52 @@ async def test_missing_config_file_and_bad_environment_exit_1(tmp_path: Path) ->
     assert result.returncode == 1
     assert result.stderr.startswith("config error: ")
     assert "flush_rowz" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        (
+            "postgresql://mailerd@db.internal/mailerd?sslmode=require&password=pw-hidden",
+            "postgresql://mailerd@db.internal/mailerd?sslmode=require&password=**********",
+        ),
+        (
+            "postgres://mailerd:pw-hidden@db1:5432,db2:5433/mailerd?pass%77ord=pw-hidden",
+            "postgres://mailerd:**********@db1:5432,db2:5433/mailerd?pass%77ord=**********",
+        ),
+    ],
+)
+async def test_check_config_hides_a_password_in_any_part_of_the_dsn(dsn: str, shown: str) -> None:
+    env = base_env(MAILERD_DSN=dsn, MAILERD_DATABASE__REPORTS_DSN=dsn)
+    result = await mailerd("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "pw-hidden" not in result.stdout + result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["database"]["dsn"] == shown
+    assert data["database"]["reports_dsn"] == shown
+
+
+async def test_a_key_value_dsn_is_a_config_error_that_does_not_show_it() -> None:
+    result = await mailerd("check-config", env=base_env(MAILERD_DSN="host=db password='pw hidden'"))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("config error: ")
+    assert "[database] dsn: expected a postgresql:// URL" in result.stderr
+    assert "hidden" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+async def test_an_empty_secret_file_is_a_config_error_at_load(tmp_path: Path, command: str) -> None:
+    secret = tmp_path / "unsubscribe_secret"
+    secret.write_text("\n", encoding="utf-8")
+    path = tmp_path / "mailerd.toml"
+    path.write_text(f'[unsubscribe]\nsecret_file = "{secret}"\n', encoding="utf-8")
+    result = await mailerd(command, "--config", str(path), env=base_env())
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"config error: {path}: [unsubscribe] secret_file: {secret} is empty\n"
+
+
+async def test_a_zero_body_limit_is_a_config_error() -> None:
+    result = await mailerd("check-config", env=base_env(MAILERD_HTTP__MAX_BODY_BYTES="0"))
+    assert result.returncode == 1
+    assert result.stderr.endswith("[http] max_body_bytes: must be at least 1024\n")

@@ -14,6 +14,9 @@ import orjson
 import pytest
 
 from mailerd import importer
+from mailerd.db import leads as leads_db
+from mailerd.importer import loading
+from mailerd.importer import source as source_mod
 
 ACCOUNT = 7
 
@@ -252,7 +255,7 @@ async def test_many_rows_cross_chunks(
     conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small chunks so that fast and slow chunks alternate and a quoted field spans a chunk end.
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 200)
     lines = ["email,n,note"]
     for i in range(500):
         note = f'"multi\nline {i}"' if i % 97 == 0 else f"n{i}"
@@ -308,8 +311,8 @@ async def test_batches_merge_in_file_order(
 ) -> None:
     # Tiny chunks and batches: repeats within a batch, across batches, and existing leads in
     # later batches (the plain insert meets a unique violation and falls back to the upsert).
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
-    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 5)
     await conn.execute(
         "INSERT INTO leads (account_id, email, attributes)"
         " SELECT $1, 'old' || i || '@example.com', jsonb_build_object('keep', i, 'n', -1)"
@@ -340,8 +343,8 @@ async def test_column_that_turns_string_late_restarts_the_run(
 ) -> None:
     # The first batches are merged with "code" as a number; a late "x9" makes it a string
     # column, so the run starts over and every code is stored as the text it was.
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
-    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 5)
     lines = ["email,code,flag"]
     for i in range(60):
         email = "broken" if i == 3 else f"u{i}@example.com"
@@ -367,7 +370,7 @@ async def test_non_ascii_addresses_are_one_lead_whatever_their_case(
     # Python lower-cases ASCII addresses only (the database's lower() may differ on the rest):
     # the others keep their first spelling and are matched by lower(email) like every address.
     # The first file is copied straight into leads, the second meets them and is upserted.
-    assert await importer.lowers_ascii_like_python(conn)
+    assert await leads_db.lowers_ascii_like_python(conn)
     await conn.execute(
         "INSERT INTO leads (account_id, email, attributes) VALUES ($1, 'Élise@Example.com', '{\"old\": 1}')",
         ACCOUNT,
@@ -390,11 +393,11 @@ async def test_a_failed_import_waits_for_its_parser_thread(
 ) -> None:
     # The parser thread may be in the middle of a chunk when the import fails: the import must
     # not return (and close the file) before the thread is done with it.
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
     started: list[float] = []
     parse = importer.CsvSource.next_chunk
 
-    def slow_parse(source: importer.CsvSource) -> bytes | None:
+    def slow_parse(source: importer.CsvSource) -> source_mod.Chunk | None:
         time.sleep(0.2)
         started.append(time.monotonic())
         return parse(source)
@@ -403,7 +406,7 @@ async def test_a_failed_import_waits_for_its_parser_thread(
         raise RuntimeError("refused")
 
     monkeypatch.setattr(importer.CsvSource, "next_chunk", slow_parse)
-    monkeypatch.setattr(importer._LeadWriter, "write", refuse)
+    monkeypatch.setattr(loading.LeadWriter, "write", refuse)
     path = tmp_path / "leads.csv"
     path.write_text("email,n\n" + "".join(f"u{i}@example.com,{i}\n" for i in range(100)), encoding="utf-8")
     with pytest.raises(RuntimeError, match="refused"):
@@ -411,3 +414,288 @@ async def test_a_failed_import_waits_for_its_parser_thread(
     returned = time.monotonic()
     await asyncio.sleep(0.5)
     assert started and max(started) <= returned
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "summary", "message"),
+    [
+        (
+            "all-bad.csv",
+            b"email,n\nbroken,1\nalso broken,2\n",
+            "imported 0, rejected 2, in ",
+            "invalid email",
+        ),
+        ("all-bad.jsonl", b'{"email": "broken"}\n[1]\n', "imported 0, rejected 2, in ", "invalid email"),
+        ("header-only.csv", b"email,n\n", "", "no rows to import"),
+        ("blank.jsonl", b"\n\n", "", "no rows to import"),
+    ],
+)
+async def test_nothing_imported_exits_1_as_documented(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+    summary: str,
+    message: str,
+) -> None:
+    # The runbook and the README: "0 every row imported, 2 some rows rejected (the rest
+    # imported), 1 nothing imported".
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert await run(conn, path) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(summary)
+    assert message in captured.err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "imported", "rejected_lines", "expected"),
+    [
+        pytest.param(
+            # No other quote in the file: the value ran to the end and swallowed every line.
+            'email,name\na@example.com,Ada\nb@example.com,"Bob\nc@example.com,Cy\nd@example.com,Di\n',
+            3,
+            [3],
+            {"c@example.com": {"name": "Cy"}, "d@example.com": {"name": "Di"}},
+            id="runs-to-the-end",
+        ),
+        pytest.param(
+            # The stray quote pairs with the opening quote of a real multi-line value further on.
+            'email,name,note\na@example.com,"Ada,x\nb@example.com,Bob,plain\n'
+            'c@example.com,Cy,"two\nlines"\nd@example.com,Di,x\n',
+            3,
+            [2],
+            {
+                "b@example.com": {"name": "Bob", "note": "plain"},
+                "c@example.com": {"name": "Cy", "note": "two\nlines"},
+            },
+            id="meets-a-real-quoted-value",
+        ),
+        pytest.param(
+            # Two stray quotes make a well-formed record of the right width: the second line is a
+            # whole row by itself, so the first one is the stray.
+            'email,name,n\na@example.com,"Ada,1\nb@example.com,Bob",2\nc@example.com,Cy,3\n',
+            2,
+            [2],
+            {"b@example.com": {"name": 'Bob"', "n": 2}, "c@example.com": {"name": "Cy", "n": 3}},
+            id="two-stray-quotes",
+        ),
+        pytest.param(
+            # Beyond the csv module's field limit (131,072 characters) the reader gave up midway.
+            'email,name\nx@example.com,"X\n'
+            + "".join(f"u{i}@example.com,name {i:06d}\n" for i in range(6000)),
+            6000,
+            [2],
+            {"u5999@example.com": {"name": "name 005999"}},
+            id="longer-than-the-field-limit",
+        ),
+    ],
+)
+async def test_a_stray_quote_rejects_its_line_and_the_lines_after_import(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    imported: int,
+    rejected_lines: list[int],
+    expected: dict[str, Any],
+) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text(content, encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    found = read_rejects(rejects)
+    assert [r["line"] for r in found] == rejected_lines
+    assert all(r["reason"].startswith("unbalanced quote") for r in found)
+    leads = await attributes_by_email(conn)
+    assert len(leads) == imported
+    assert {email: leads[email] for email in expected} == expected
+    assert capsys.readouterr().out.startswith(f"imported {imported:,}, rejected {len(rejected_lines)}, in ")
+
+
+async def test_quoted_values_over_many_lines_still_import(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    note = "\n".join(f'line {i}, with a comma and ""quotes""' for i in range(50))
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        f'email,note,n\na@example.com,"{note}",1\nb@example.com,"short\nnote",2\n', encoding="utf-8"
+    )
+    assert await run(conn, path) == 0
+    leads = await attributes_by_email(conn)
+    assert leads["a@example.com"] == {"note": note.replace('""', '"'), "n": 1}
+    assert leads["b@example.com"] == {"note": "short\nnote", "n": 2}
+
+
+async def test_a_stray_quote_in_the_header_imports_nothing(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text('email,"name\na@example.com,Ada\nb@example.com,Bob\n', encoding="utf-8")
+    assert await run(conn, path) == 1
+    assert "unbalanced quote" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_a_number_postgres_cannot_store_rejects_its_row(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Postgres numeric holds 131,072 digits before the decimal point and 16,383 after: these
+    # crashed the import with a traceback.
+    path = tmp_path / "leads.csv"
+    path.write_text(
+        "email,n,name\n"
+        "a@example.com,1,Ada\n"
+        f"b@example.com,1{'0' * 131_072},Bob\n"  # 3
+        "c@example.com,3,Cy\n"
+        f"d@example.com,0.{'1' * 16_384},Di\n"  # 5
+        "e@example.com,5,Ed\n",
+        encoding="utf-8",
+    )
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    found = read_rejects(rejects)
+    assert [(r["line"], r["reason"]) for r in found] == [
+        (3, "refused by the database: value overflows numeric format"),
+        (5, "refused by the database: value overflows numeric format"),
+    ]
+    assert found[0]["raw"].startswith("b@example.com,1000")
+    assert await attributes_by_email(conn) == {
+        "a@example.com": {"n": 1, "name": "Ada"},
+        "c@example.com": {"n": 3, "name": "Cy"},
+        "e@example.com": {"n": 5, "name": "Ed"},
+    }
+    assert capsys.readouterr().out.startswith("imported 3, rejected 2, in ")
+
+
+async def test_rows_the_database_refuses_are_found_in_every_kind_of_batch(
+    conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small batches: refused rows in a batch copied straight into leads, in one that meets
+    # existing leads (staged and upserted), and in one that repeats an address (folded); the
+    # other rows of those batches are imported, in file order.
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 8)
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes) VALUES ($1, 'old5@example.com', '{\"keep\": 1}')",
+        ACCOUNT,
+    )
+    huge = "9" * 131_073
+    lines = ["email,n"]
+    expected: dict[str, dict[str, Any]] = {"old5@example.com": {"keep": 1}}
+    bad: list[int] = []
+    for i in range(40):
+        address = "old5@example.com" if i in (12, 30) else f"u{i % 35}@example.com"
+        value = huge if i in (3, 13, 31, 32) else str(i)
+        lines.append(f"{address},{value}")
+        if value == huge:
+            bad.append(i + 2)
+        else:
+            expected.setdefault(address, {})["n"] = i
+    path = tmp_path / "leads.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, rejects=rejects) == 2
+    assert sorted(r["line"] for r in read_rejects(rejects)) == bad
+    assert await attributes_by_email(conn) == expected
+
+
+async def test_many_rows_the_database_refuses_stop_the_import(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(loading, "MAX_REFUSED_ROWS", 2)
+    path = tmp_path / "leads.csv"
+    huge = "9" * 131_073
+    path.write_text(
+        f"email,n\na@example.com,1\nb@example.com,{huge}\nc@example.com,{huge}\nd@example.com,{huge}\n"
+    )
+    assert await run(conn, path) == 1
+    err = capsys.readouterr().err
+    assert "the database refused more than 2 rows" in err and "line 3: value overflows numeric format" in err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_a_byte_order_mark_starts_a_jsonl_file_too(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    # The first line was rejected as invalid JSON.
+    path = tmp_path / "leads.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"email": "a@example.com", "attributes": {"n": 1}}\n{"email": "b@example.com"}\n'
+    )
+    assert await run(conn, path) == 0
+    assert await attributes_by_email(conn) == {"a@example.com": {"n": 1}, "b@example.com": {}}
+
+
+@pytest.mark.parametrize("name", ["leads.csv", "leads.jsonl"])
+@pytest.mark.parametrize("bom", [b"\xff\xfe", b"\xfe\xff"])
+async def test_a_utf16_file_is_named_as_such(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, bom: bytes
+) -> None:
+    path = tmp_path / name
+    text = "email,n\na@example.com,1\n" if name.endswith(".csv") else '{"email": "a@example.com"}\n'
+    path.write_bytes(bom + text.encode("utf-16-le" if bom == b"\xff\xfe" else "utf-16-be"))
+    assert await run(conn, path) == 1
+    assert "UTF-16" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_two_email_columns_are_refused(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "Email" and "email" were two columns: the second one became an attribute named "email".
+    path = tmp_path / "leads.csv"
+    path.write_text("Email,name,email\na@example.com,Ada,b@example.com\n", encoding="utf-8")
+    assert await run(conn, path) == 1
+    assert "more than one email column" in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+async def test_rejects_file_cannot_be_the_file_imported(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Opening the rejects file emptied the file being imported.
+    path = tmp_path / "leads.csv"
+    content = "email,n\na@example.com,1\n"
+    path.write_text(content, encoding="utf-8")
+    assert await run(conn, path, rejects=tmp_path / "." / "leads.csv") == 1
+    assert "--rejects" in capsys.readouterr().err
+    assert path.read_text(encoding="utf-8") == content
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["leads", "import", "FILE"],
+        ["segment", "count", "{}"],
+        ["suppressions", "import", "FILE"],
+        ["suppressions", "add", "a@example.com"],
+        ["suppressions", "list"],
+    ],
+)
+@pytest.mark.parametrize("account", ["9223372036854775808", "-1"])
+async def test_an_account_id_out_of_range_is_a_usage_error(
+    dsn: str, tmp_path: Path, command: list[str], account: str
+) -> None:
+    # An account id beyond bigint crashed these commands with a traceback from the driver.
+    path = tmp_path / "leads.csv"
+    path.write_text("email\na@example.com\n", encoding="utf-8")
+    (tmp_path / "none.toml").write_text("", encoding="utf-8")
+    env = {**os.environ, "MAILERD_DSN": dsn, "MAILERD_CONFIG": str(tmp_path / "none.toml")}
+    args = [str(path) if arg == "FILE" else arg for arg in command]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        *args,
+        "--account",
+        account,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await process.communicate()
+    assert process.returncode == 2, err.decode()
+    assert "argument --account: " in err.decode() and "Traceback" not in err.decode()

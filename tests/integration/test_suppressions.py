@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -232,6 +233,18 @@ async def test_import_csv_with_reasons(conn: asyncpg.Connection, tmp_path: Path)
     ]
 
 
+async def test_import_csv_stray_quote_rejects_its_line_only(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    # The quote opened on line 2 is never closed: it swallowed the rest of the file (and the
+    # import reported one malformed line, at the end, with nothing imported).
+    path = tmp_path / "list.csv"
+    path.write_text('email,reason\na@example.com,"bounced\nb@example.com,complaint\nc@example.com,x\n')
+    result = await suppressions.import_file(conn, 1, path)
+    assert (result.imported, result.already, result.rejected) == (2, 0, 1)
+    assert [(r.line, r.reason.split(":")[0]) for r in result.first_rejects] == [(2, "unbalanced quote")]
+    rows = await conn.fetch("SELECT email, reason FROM suppressions WHERE account_id = 1 ORDER BY email")
+    assert [tuple(r) for r in rows] == [("b@example.com", "complaint"), ("c@example.com", "x")]
+
+
 async def test_import_cli_exit_codes_and_summary(
     conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -250,7 +263,13 @@ async def test_import_cli_exit_codes_and_summary(
     assert out.out.strip() == "imported 1, already suppressed 0, rejected 25"
     errors = out.err.splitlines()
     assert errors[0] == f"{mixed}:2: not an email address: 'bad'"
-    assert len(errors) == 21 and errors[-1] == "... and 5 more"
+    assert len(errors) == 21 and errors[-1] == "... and 5 more rejected rows (use --rejects FILE to see all)"
+    # --rejects FILE keeps every rejected line, as the lead import does.
+    rejects = tmp_path / "rejects.jsonl"
+    assert await suppressions.run_import_cli(conn, account_id=1, path=mixed, reason="x", rejects=rejects) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"... and 5 more rejected rows (all in {rejects})"
+    kept = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    assert kept == [{"line": n, "reason": "not an email address: 'bad'", "raw": "bad"} for n in range(2, 27)]
 
     bad = tmp_path / "bad.txt"
     bad.write_text("bad\nworse\n")
@@ -262,6 +281,93 @@ async def test_import_cli_exit_codes_and_summary(
     assert await suppressions.run_import_cli(conn, account_id=1, path=tmp_path / "missing", reason=None) == 1
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1001
     assert await conn.fetchval("SELECT count(*) FROM suppression_audit") == 1001
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        (
+            "list.csv",
+            b"email,reason\n"
+            b"ok@example.com,fine\n"  # 2
+            b"nul\x00x@example.com,x\n"  # 3
+            b"reason@example.com,re\x00ason\n"  # 4
+            b"\xff@example.com,x\n"  # 5
+            b"latin1@example.com,caf\xe9\n"  # 6
+            b"last@example.com,\n",  # 7
+        ),
+        (
+            "list.txt",
+            b"# list\nok@example.com\nnul\x00x@example.com\nnul@example.com\x00\n\xff@example.com\n"
+            b"latin1\xe9@example.com\nlast@example.com\n",
+        ),
+    ],
+)
+async def test_import_rejects_lines_postgres_cannot_store_and_imports_the_others(
+    conn: asyncpg.Connection, tmp_path: Path, name: str, content: bytes
+) -> None:
+    # NUL characters and invalid UTF-8 cannot be stored in a text column: such lines are
+    # rejected with their line numbers (they aborted the import with a traceback, or were
+    # imported with a replacement character).
+    path = tmp_path / name
+    path.write_bytes(content)
+    rejects = tmp_path / "rejects.jsonl"
+    result = await suppressions.import_file(conn, 1, path, rejects=rejects)
+    assert (result.imported, result.already, result.rejected) == (2, 0, 4)
+    found = {r.line: r.reason for r in result.first_rejects}
+    assert sorted(found) == [3, 4, 5, 6]
+    assert "NUL" in found[3] and "NUL" in found[4]
+    assert "invalid UTF-8" in found[5] and "invalid UTF-8" in found[6]
+    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [3, 4, 5, 6]
+    rows = await conn.fetch("SELECT email FROM suppressions WHERE account_id = 1 ORDER BY email")
+    assert [r["email"] for r in rows] == ["last@example.com", "ok@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("action", "email", "reason", "message"),
+    [
+        ("add", "nul\x00x@example.com", None, "email: not an email address"),
+        ("remove", "nul\x00x@example.com", "asked", "email: not an email address"),
+        ("add", "a@example.com", "re\x00ason", "--reason: contains a NUL character"),
+        ("remove", "a@example.com", "re\x00ason", "--reason: contains a NUL character"),
+        ("add", "a@example.com", "caf\udce9", "--reason: invalid UTF-8"),
+        ("add", "a@example.com", "x" * 501, "--reason: at most 500 characters"),
+        ("add", "a@example.com", " ", "--reason: must not be empty"),
+    ],
+)
+async def test_change_cli_names_the_bad_argument_and_changes_nothing(
+    conn: asyncpg.Connection,
+    capsys: pytest.CaptureFixture[str],
+    action: str,
+    email: str,
+    reason: str | None,
+    message: str,
+) -> None:
+    await suppressions.add(conn, 1, "a@example.com", "complaint", "webhook")
+    status = await suppressions.run_change_cli(conn, action=action, account_id=1, email=email, reason=reason)
+    assert status == 1
+    assert capsys.readouterr().err.startswith(f"mailerd suppressions {action}: {message}")
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
+    assert len(await _audit(conn)) == 1
+
+
+async def test_import_cli_refuses_a_reason_postgres_cannot_store(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("a@example.com\n")
+    for reason, message in (("re\x00ason", "contains a NUL character"), ("x" * 501, "at most 500")):
+        assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=reason) == 1
+        assert capsys.readouterr().err.startswith(f"mailerd suppressions import: --reason: {message}")
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_list_cli_refuses_an_after_postgres_cannot_compare(
+    conn: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for after, message in (("a\x00", "NUL character"), ("caf\udce9", "invalid UTF-8")):
+        assert await suppressions.run_list_cli(conn, account_id=1, after=after, limit=10, as_json=False) == 1
+        assert capsys.readouterr().err.startswith(f"mailerd suppressions list: --after: {message}")
 
 
 # --- effect on running campaigns -------------------------------------------------------------
@@ -315,3 +421,37 @@ async def test_running_campaign_skips_addresses_suppressed_mid_campaign(
     assert not late_ids & set(sent)
     assert len(sent) == 940 and max(sent.values()) == 1
     assert info["suppressed"] == 60 and info["sent"] == 940
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("email,reason,Email\na@example.com,x,b@example.com\n", "header repeats column(s) email"),
+        ("reason,email,Reason\nx,a@example.com,y\n", "header repeats column(s) reason"),
+        ("\ufeffemail\na@example.com\n".encode("utf-16"), "UTF-16"),
+    ],
+)
+async def test_import_refuses_an_ambiguous_header_or_a_utf16_file(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | bytes,
+    message: str,
+) -> None:
+    path = tmp_path / "list.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=None) == 1
+    assert message in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_import_rejects_file_cannot_be_the_file_imported(
+    conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("a@example.com\n")
+    assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=None, rejects=path) == 1
+    assert path.read_text() == "a@example.com\n"

@@ -216,6 +216,143 @@ def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
     assert load_error(path) == f"config error: {path}: {message}"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # The body limit: 0 used to turn it off, negative values were accepted.
+        ("[http]\nmax_body_bytes = 0", "[http] max_body_bytes: must be at least 1024"),
+        ("[http]\nmax_body_bytes = -1", "[http] max_body_bytes: must be at least 1024"),
+        ("[http]\nmax_body_bytes = 1073741824", "[http] max_body_bytes: must be at most 67108864"),
+        (
+            '[http]\npublic_url = "mailer.example.com"',
+            "[http] public_url: expected an http:// or https:// URL",
+        ),
+        ("[database]\npool_max_size = 0", "[database] pool_max_size: must be at least 1"),
+        ("[database]\npool_min_size = -1", "[database] pool_min_size: must be at least 0"),
+        (
+            "[database]\npool_min_size = 5\npool_max_size = 4",
+            "[database] pool_min_size: must be at most pool_max_size",
+        ),
+        ("[database]\ncommand_timeout_s = 0", "[database] command_timeout_s: must be positive"),
+        ("[database]\ncommand_timeout_s = 1e9", "[database] command_timeout_s: must be at most 86400"),
+        ("[providers.ses]\nconcurrency = 100000", "[providers.ses] concurrency: must be at most 1000"),
+        ("[providers.ses]\nrate_per_s = 1e12", "[providers.ses] rate_per_s: must be at most 100000"),
+        (
+            "[providers.ses]\nrate_per_s = inf",
+            "[providers.ses] rate_per_s: expected a finite number, got inf",
+        ),
+        (
+            "[providers.ses]\nrate_per_s = nan",
+            "[providers.ses] rate_per_s: expected a finite number, got nan",
+        ),
+        (
+            "[providers.ses]\nbatch_size = 51",
+            "[providers.ses] batch_size: must be at most 50 for kind ses (the provider's API limit)",
+        ),
+        (
+            '[providers.s]\nkind = "sink"\nbatch_size = 100',
+            "[providers.s] batch_size: must be at most 50 for kind sink (the provider's API limit)",
+        ),
+        (
+            '[providers.p]\nkind = "postmark"\nbatch_size = 501',
+            "[providers.p] batch_size: must be at most 500 for kind postmark (the provider's API limit)",
+        ),
+        ("[providers.ses]\nmax_attempts = 1000", "[providers.ses] max_attempts: must be at most 100"),
+        ("[providers.ses]\ntimeout_s = 0", "[providers.ses] timeout_s: must be positive"),
+        ("[providers.ses]\ntimeout_s = -5", "[providers.ses] timeout_s: must be positive"),
+        ("[providers.ses]\nbackoff_base_s = 0", "[providers.ses] backoff_base_s: must be positive"),
+        (
+            "[providers.ses]\nbackoff_base_s = 5\nbackoff_max_s = 1",
+            "[providers.ses] backoff_max_s: must be at least backoff_base_s",
+        ),
+        ("[providers.ses]\nmax_error_rate = 1.5", "[providers.ses] max_error_rate: must be in (0, 1]"),
+        ("[providers.ses]\nerror_window = 9", "[providers.ses] error_window: must be at least 10"),
+        ("[providers.ses]\nburst = 10000000", "[providers.ses] burst: must be at most 1000000"),
+        ("[writer]\nflush_rows = -3", "[writer] flush_rows: must be at least 1"),
+        ("[writer]\nflush_interval_ms = 3600000", "[writer] flush_interval_ms: must be at most 60000"),
+        (
+            "[writer]\nflush_rows = 1000000\nmax_buffer_rows = 100000000",
+            "[writer] max_buffer_rows: must be at most 10000000",
+        ),
+        ("[scheduler]\nwindow_size = -1", "[scheduler] window_size: must be at least 1"),
+        ("[scheduler]\npoll_interval_s = 0", "[scheduler] poll_interval_s: must be at least 0.01"),
+        ("[scheduler]\npoll_interval_s = -1", "[scheduler] poll_interval_s: must be at least 0.01"),
+        ("[scheduler]\nreservation_step = -1", "[scheduler] reservation_step: must be 0 (derived) or more"),
+        ("[scheduler]\nqueue_batches = 1000000", "[scheduler] queue_batches: must be at most 100000"),
+        (
+            "[retention]\npartitions_ahead_days = 400",
+            "[retention] partitions_ahead_days: must be at most 366",
+        ),
+        ("[node]\nshutdown_grace_s = -1", "[node] shutdown_grace_s: must be positive"),
+        ("[node]\nshutdown_grace_s = 86400", "[node] shutdown_grace_s: must be at most 3600"),
+        ("[webhooks]\nsoft_bounce_limit = 0", "[webhooks] soft_bounce_limit: must be at least 1"),
+        ('[webhooks]\nsoft_bounce_window = "0s"', "[webhooks] soft_bounce_window: must be from 1s to 365d"),
+        ('[webhooks]\nsoft_bounce_window = "400d"', "[webhooks] soft_bounce_window: must be from 1s to 365d"),
+        ("[content]\nmax_loop_iterations = 0", "[content] max_loop_iterations: must be at least 1"),
+        ("[content]\nmax_output_bytes = 100", "[content] max_output_bytes: must be at least 1024"),
+        (
+            "[content]\nmax_output_bytes = 1e6",
+            "[content] max_output_bytes: expected a whole number, got 1000000.0",
+        ),
+        ("[content]\nmax_render_ms = 0", "[content] max_render_ms: must be at least 1"),
+        ("[content]\nrender_timeout_ms = 3600000", "[content] render_timeout_ms: must be at most 60000"),
+        ("[webhooks.ses]\nmax_age_s = -1", "[webhooks.ses] max_age_s: must be 0 (off) or more"),
+        ("[webhooks.mailgun]\nmax_age_s = 1e10", "[webhooks.mailgun] max_age_s: must be at most 2592000"),
+        (
+            "[webhooks.postmark]\nmax_age_s = nan",
+            "[webhooks.postmark] max_age_s: expected a finite number, got nan",
+        ),
+    ],
+)
+def test_every_number_has_a_range(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    assert load_error(path) == f"config error: {path}: {message}"
+
+
+def test_content_limits_load_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[content]\nmax_loop_iterations = 500\nmax_output_bytes = 4096")
+    loaded = config.load(path, env={"MAILERD_CONTENT__MAX_RENDER_MS": "25"})
+    assert loaded.content == config.ContentConfig(
+        max_loop_iterations=500, max_output_bytes=4096, max_render_ms=25, render_timeout_ms=2000
+    )
+
+
+def test_the_range_limits_themselves_are_accepted(tmp_path: Path) -> None:
+    text = """
+[database]
+pool_min_size = 0
+pool_max_size = 1000
+[http]
+max_body_bytes = 1024
+listen = "127.0.0.1:0"
+[providers.sg]
+kind = "sendgrid"
+batch_size = 1000
+rate_per_s = 0
+[providers.sink]
+kind = "sink"
+batch_size = 50
+[writer]
+flush_rows = 1
+flush_interval_ms = 60000
+[scheduler]
+poll_interval_s = 0.01
+[webhooks]
+soft_bounce_window = "365d"
+[webhooks.ses]
+max_age_s = 0
+"""
+    loaded = config.load(write(tmp_path, text), env={})
+    assert loaded.http.max_body_bytes == 1024
+    assert loaded.provider("sg").batch_size == 1000
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[node]\nname = "n\xe9"\n')
+    assert load_error(path) == f"config error: {path}: not UTF-8 text"
+
+
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[writer\nflush_rows = 1")
     assert load_error(path).startswith(f"config error: {path}: ")
@@ -312,6 +449,111 @@ def test_unreadable_secret_file(tmp_path: Path) -> None:
     assert load_error(path) == (
         f"config error: {path}: [providers.ses] api_key_file: "
         f"cannot read {tmp_path / 'nope'}: No such file or directory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty"),
+        (b"\n", "is empty"),
+        (b"  \n\t\n", "is empty"),
+        (b"\xff\xfe secret", "not UTF-8 text (write the secret as text, e.g. `openssl rand -hex 32`)"),
+        (b"line-one\nline-two\n", "holds control characters (one line of text expected)"),
+        (b"nul\x00here", "holds control characters (one line of text expected)"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("unsubscribe", "secret"),
+        ("providers.ses", "api_key"),
+        ("webhooks.mailgun", "signing_key"),
+        ("database", "dsn"),
+        ("http", "admin_tokens"),
+    ],
+)
+def test_a_bad_secret_file_is_a_config_error_naming_the_key(
+    tmp_path: Path, section: str, key: str, content: bytes, problem: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    path = write(tmp_path, f'[{section}]\n{key}_file = "{secret}"')
+    error = load_error(path)
+    assert error == f"config error: {path}: [{section}] {key}_file: {secret} {problem}"
+    assert "line-two" not in error
+
+
+def test_a_secret_file_that_is_a_directory(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[unsubscribe]\nsecret_file = "{tmp_path}"')
+    assert load_error(path) == (
+        f"config error: {path}: [unsubscribe] secret_file: cannot read {tmp_path}: Is a directory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("MAILERD_UNSUBSCRIBE__SECRET", "[unsubscribe] secret"),
+        ("MAILERD_PROVIDERS__SES__API_KEY", "[providers.ses] api_key"),
+        ("MAILERD_WEBHOOKS__POSTMARK__PASSWORD", "[webhooks.postmark] password"),
+        ("MAILERD_DSN", "[database] dsn"),
+    ],
+)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_secret_in_the_environment_is_a_config_error(
+    tmp_path: Path, name: str, key: str, value: str
+) -> None:
+    path = write(tmp_path, "")
+    assert load_error(path, {name: value}) == f"config error: {path}: {key}: must not be empty"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("host=db password=pw-secret", "expected a postgresql:// URL (asyncpg takes no key=value"),
+        ("postgresql://u:pw?secret@db/d", "must be percent-encoded"),
+        ("postgresql://u:pw/secret@db/d", "a port is not a number"),
+    ],
+)
+@pytest.mark.parametrize("env_name", ["MAILERD_DSN", "MAILERD_DATABASE__REPORTS_DSN"])
+def test_a_dsn_asyncpg_would_misread_is_refused_without_showing_it(
+    tmp_path: Path, env_name: str, value: str, message: str
+) -> None:
+    path = write(tmp_path, "")
+    error = load_error(path, {env_name: value})
+    key = "dsn" if env_name == "MAILERD_DSN" else "reports_dsn"
+    assert error.startswith(f"config error: {path}: [database] {key}: ")
+    assert message in error
+    assert "secret" not in error
+
+
+def test_redacted_hides_passwords_in_every_dsn_and_url(tmp_path: Path) -> None:
+    env = {
+        "MAILERD_DSN": "postgresql://u@db/d?sslmode=require&password=pw-query",
+        "MAILERD_DATABASE__REPORTS_DSN": "postgresql://r:pw-reports@replica/d",
+        "MAILERD_UNSUBSCRIBE__SECRET": "pw-unsubscribe",
+        "MAILERD_WEBHOOKS__MAILGUN__SIGNING_KEY": "pw-mailgun",
+        "MAILERD_WEBHOOKS__POSTMARK__PASSWORD": "pw-postmark",
+        "MAILERD_PROVIDERS__SES__SECRET_ACCESS_KEY": "pw-aws",
+        "MAILERD_ADMIN_TOKEN": "pw-admin",
+    }
+    loaded = config.load(write(tmp_path, ""), env=env)
+    data = config.redacted(loaded)
+    shown = repr(data) + repr(loaded) + str(loaded)
+    assert "pw-" not in shown
+    assert data["database"]["dsn"] == "postgresql://u@db/d?sslmode=require&password=**********"
+    assert data["database"]["reports_dsn"] == "postgresql://r:**********@replica/d"
+    assert data["providers"]["ses"]["secret_access_key"] == "**********"
+    assert data["unsubscribe"]["secret"] == "**********"
+
+
+def test_credentials_in_a_provider_endpoint_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    error = load_error(path, {"MAILERD_PROVIDERS__SES__ENDPOINT": "https://user:pw-endpoint@ses.example/"})
+    assert error == (
+        f"config error: {path}: [providers.ses] endpoint: credentials do not belong in the URL; "
+        "give them as api_key"
     )
 
 
@@ -443,13 +685,14 @@ def test_example_secret_lines_work_when_uncommented(tmp_path: Path) -> None:
     }  # fmt: skip
     for key, _, original in lines:
         secret = tmp_path / key
-        secret.write_text(f"value-of-{key}\n", encoding="utf-8")
+        value = f"postgresql://value-of-{key}/db" if key.endswith("dsn_file") else f"value-of-{key}"
+        secret.write_text(f"{value}\n", encoding="utf-8")
         text = text.replace(f'# {key} = "{original}"', f'{key} = "{secret}"')
     loaded = config.load(write(tmp_path, text), env={})
     ses = loaded.provider("ses")
     assert ses.api_key == config.Secret("value-of-api_key_file")
     assert ses.secret_access_key == config.Secret("value-of-secret_access_key_file")
-    assert loaded.database.reports_dsn == config.Secret("value-of-reports_dsn_file")
+    assert loaded.database.reports_dsn == config.Secret("postgresql://value-of-reports_dsn_file/db")
     assert loaded.http.admin_tokens == (config.Secret("value-of-admin_tokens_file"),)
 
 

@@ -1,8 +1,10 @@
-"""Campaign content: compile errors, rendering, and the SES template translation."""
+"""Campaign content: compile errors, rendering, the budget's API, and the SES template translation."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from typing import Any
 
 import markupsafe
@@ -11,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailerd import content
+from mailerd.config import ContentConfig
 from mailerd.models import Campaign, CampaignStatus, Lead
 
 CAMPAIGN = Campaign(
@@ -108,6 +111,105 @@ def test_runtime_failure_is_a_render_error() -> None:
         compiled.render(LEAD, CAMPAIGN)
     assert info.value.part == "subject"
     assert "ZeroDivisionError" in info.value.reason
+
+
+# --- the budget ------------------------------------------------------------------------------
+
+
+def test_budget_exceeded_is_a_render_error_naming_part_and_setting() -> None:
+    compiled = compile_(text="{% for i in range(20) %}{{ i }}{% endfor %}")
+    limited = content.compile_content("s", "h", compiled.text, limits=ContentConfig(max_loop_iterations=10))
+    with pytest.raises(content.RenderError) as info:
+        limited.render(LEAD, CAMPAIGN)
+    error = info.value
+    assert isinstance(error, content.BudgetExceeded)
+    assert (error.part, error.limit) == ("text", "max_loop_iterations")
+    assert error.detail == "range() of 20 numbers, more than the 10 loop iterations left"
+    assert str(error) == (
+        "text: template budget exceeded: range() of 20 numbers, more than the 10 loop iterations left; "
+        "[content] max_loop_iterations"
+    )
+    assert compiled.render(LEAD, CAMPAIGN)[2] == "".join(map(str, range(20)))
+
+
+def test_the_limits_come_from_the_configuration() -> None:
+    limits = ContentConfig(max_loop_iterations=5, max_output_bytes=2048, max_render_ms=7)
+    compiled = content.compile_content("s", "h", "t", limits=limits)
+    assert compiled.limits is limits
+    assert content.compile_content("s", "h", "t").limits == ContentConfig()
+
+
+def test_template_data_of_a_generic_template_is_on_the_budget_too() -> None:
+    compiled = compile_(html="{{ lead.email * 100000 }}")
+    ses = content.ses_template(compiled)
+    assert ses.generic
+    with pytest.raises(content.BudgetExceeded) as info:
+        content.template_data(ses, compiled, LEAD, CAMPAIGN)
+    assert (info.value.part, info.value.limit) == ("html", "max_output_bytes")
+
+
+async def test_check_renders_renders_the_sample_lead_off_the_loop() -> None:
+    compiled = compile_(
+        "Hi {{ lead.attributes.first_name }}",
+        "<a href='{{ unsubscribe_url }}'>{{ campaign.name }}</a>",
+        "{% for i in range(3) %}{{ i }}{% endfor %}",
+    )
+    threads: list[str] = []
+    clock = compiled.clock
+
+    def spy() -> float:
+        threads.append(threading.current_thread().name)
+        return clock()
+
+    spied = content.compile_content(compiled.subject, compiled.html, compiled.text, clock=spy)
+    parts = await content.check_renders(spied, LEAD, CAMPAIGN, timeout_s=30)
+    assert parts == (
+        "Hi Ann & Bo",
+        f"<a href='{content.SAMPLE_UNSUBSCRIBE_URL}'>Spring &lt;sale&gt;</a>",
+        "012",
+    )
+    assert threads
+    assert threading.main_thread().name not in threads
+
+
+async def test_check_renders_refuses_what_passes_the_budget() -> None:
+    compiled = compile_(html="{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}")
+    with pytest.raises(content.BudgetExceeded) as info:
+        await content.check_renders(compiled, LEAD, CAMPAIGN, timeout_s=30)
+    assert (info.value.part, info.value.limit) == ("html", "max_loop_iterations")
+    with pytest.raises(content.RenderError, match=r"^subject: ZeroDivisionError"):
+        await content.check_renders(compile_(subject="{{ 1 // 0 }}"), LEAD, CAMPAIGN, timeout_s=30)
+
+
+async def test_check_renders_stops_waiting_at_the_timeout() -> None:
+    """A render that does not come back in time is refused; its thread stops on its own."""
+    gate = threading.Event()
+    started = threading.Event()
+    stopped = threading.Event()
+
+    def stuck_clock() -> float:
+        # The render's first look at its clock waits for the test; later ones say "too late".
+        if not started.is_set():
+            started.set()
+            gate.wait(timeout=60)
+            return 0.0
+        stopped.set()
+        return 1e9
+
+    compiled = content.compile_content(
+        "s", "{% for i in range(100) %}{{ i }}{% endfor %}", "t", clock=stuck_clock
+    )
+    try:
+        with pytest.raises(content.BudgetExceeded) as info:
+            await content.check_renders(compiled, LEAD, CAMPAIGN, timeout_s=0.05)
+    finally:
+        gate.set()
+    assert (info.value.part, info.value.limit) == ("subject", "render_timeout_ms")
+    assert str(info.value) == (
+        "subject: template budget exceeded: the sample lead's render took more than 50 ms; "
+        "[content] render_timeout_ms"
+    )
+    assert await asyncio.to_thread(stopped.wait, 30)  # the thread saw its deadline and stopped
 
 
 # --- SES templates -----------------------------------------------------------------------------

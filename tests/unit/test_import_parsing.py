@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailerd import importer
-from mailerd.importer import ColumnFlags, ColumnType, ImportFailed
+from mailerd.importer import csv_records, csv_source, encoding, parsing, rejects
+from mailerd.importer import source as source_mod
+from mailerd.importer.parsing import ColumnFlags, ColumnType
+from mailerd.importer.rejects import ImportFailed
 
 
 @pytest.mark.parametrize(
@@ -20,7 +22,7 @@ from mailerd.importer import ColumnFlags, ColumnType, ImportFailed
     ["a@b.co", "ada.lovelace+news@mail.example.org", "x@sub-domain.example.museum", "zoë@exämple.de"],
 )
 def test_valid_addresses(address: str) -> None:
-    assert importer.is_valid_email(address)
+    assert parsing.is_valid_email(address)
 
 
 @pytest.mark.parametrize(
@@ -40,35 +42,38 @@ def test_valid_addresses(address: str) -> None:
         "x" * 65 + "@example.com",
         "a@" + "b" * 250 + ".com",
         "<a>@example.com",
+        "a\x00b@example.com",  # NUL: no text column can hold it
+        "a\x01b@example.com",
+        "caf\udce9@example.com",  # an undecodable byte, as the file reader presents it
     ],
 )
 def test_invalid_addresses(address: str) -> None:
-    assert not importer.is_valid_email(address)
+    assert not parsing.is_valid_email(address)
 
 
 @pytest.mark.parametrize("value", ["0", "42", "-7", "1.5", "0.25", "2e3", "1.5E-4", "-0.0"])
 def test_numbers(value: str) -> None:
-    assert importer.is_number(value)
-    assert importer.all_numbers([value, "1"])
+    assert parsing.is_number(value)
+    assert parsing.all_numbers([value, "1"])
 
 
 @pytest.mark.parametrize(
     "value", ["", "007", "+1", "1.", ".5", "1e", "1e99999", "1,5", " 1", "NaN", "inf", "0x10"]
 )
 def test_not_numbers(value: str) -> None:
-    assert not importer.is_number(value)
-    assert not importer.all_numbers(["1", value])
+    assert not parsing.is_number(value)
+    assert not parsing.all_numbers(["1", value])
 
 
 @given(st.integers() | st.floats(allow_nan=False, allow_infinity=False))
 def test_json_numbers_are_numbers(number: int | float) -> None:
     text = json.dumps(number)
-    assert importer.is_number(text)
+    assert parsing.is_number(text)
 
 
 def test_booleans_any_case() -> None:
-    assert importer.all_booleans(["true", "FALSE", "True"])
-    assert not importer.all_booleans(["true", "yes"])
+    assert parsing.all_booleans(["true", "FALSE", "True"])
+    assert not parsing.all_booleans(["true", "yes"])
 
 
 def test_column_flags_inference() -> None:
@@ -88,28 +93,28 @@ def test_column_flags_inference() -> None:
 
 
 def test_parse_types() -> None:
-    assert importer.parse_types(None) == {}
-    assert importer.parse_types(" zip=string, age=NUMBER,vip=boolean") == {
+    assert parsing.parse_types(None) == {}
+    assert parsing.parse_types(" zip=string, age=NUMBER,vip=boolean") == {
         "zip": ColumnType.STRING,
         "age": ColumnType.NUMBER,
         "vip": ColumnType.BOOLEAN,
     }
     for bad in ("zip", "=string", "zip=date"):
         with pytest.raises(ImportFailed):
-            importer.parse_types(bad)
+            parsing.parse_types(bad)
 
 
 def test_parse_header() -> None:
-    header = importer.parse_header(["name", " EMAIL ", "age"], {"age": ColumnType.STRING}, "f.csv:1")
+    header = parsing.parse_header(["name", " EMAIL ", "age"], {"age": ColumnType.STRING}, "f.csv:1")
     assert header.email_index == 1
     assert header.attribute_indexes == [0, 2]
     assert header.forced == {2: ColumnType.STRING}
     with pytest.raises(ImportFailed, match="no email column"):
-        importer.parse_header(["name"], {}, "f.csv:1")
+        parsing.parse_header(["name"], {}, "f.csv:1")
     with pytest.raises(ImportFailed, match="email column"):
-        importer.parse_header(["email"], {"email": ColumnType.STRING}, "f.csv:1")
+        parsing.parse_header(["email"], {"email": ColumnType.STRING}, "f.csv:1")
     with pytest.raises(ImportFailed, match="empty column name"):
-        importer.parse_header(["email", ""], {}, "f.csv:1")
+        parsing.parse_header(["email", ""], {}, "f.csv:1")
 
 
 @pytest.mark.parametrize(
@@ -126,21 +131,21 @@ def test_parse_header() -> None:
     ],
 )
 def test_check_jsonl_line(raw: bytes, expected: object) -> None:
-    result = importer.check_jsonl_line(raw)
+    result = parsing.check_jsonl_line(raw)
     if isinstance(expected, str):
         assert isinstance(result, str) and result.startswith(expected)
     else:
         assert result == expected
 
 
-def _csv_source(text: str) -> tuple[importer.CsvSource, list[bytes]]:
+def _csv_source(text: str) -> tuple[csv_source.CsvSource, list[bytes]]:
     stream = io.StringIO(text, newline="")
     header_line = stream.readline()
-    header = importer.parse_header(header_line.rstrip("\r\n").split(","), {}, "t.csv:1")
-    source = importer.CsvSource(stream, header, 1, importer.RejectSink(None), account_id=7, lower_ascii=True)
+    header = parsing.parse_header(header_line.rstrip("\r\n").split(","), {}, "t.csv:1")
+    source = csv_source.CsvSource(stream, header, 1, rejects.RejectSink(None), account_id=7, lower_ascii=True)
     chunks = []
-    while (data := source.next_chunk()) is not None:
-        chunks.append(data)
+    while (chunk := source.next_chunk()) is not None:
+        chunks.append(chunk.data)
     return source, chunks
 
 
@@ -179,7 +184,7 @@ def test_csv_source_slow_path_escapes_values() -> None:
 
 
 def test_csv_source_marks_a_retype_and_writes_nothing_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(importer, "CHUNK_CHARS", 1)  # one line per chunk
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 1)  # one line per chunk
     source, chunks = _csv_source("email,code\na@example.com,1\nb@example.com,x\nc@example.com,2\n")
     assert chunks == [b'7\ta@example.com\t{"code":1}\n', b"", b""]
     assert source.retype
@@ -188,8 +193,8 @@ def test_csv_source_marks_a_retype_and_writes_nothing_after(monkeypatch: pytest.
 
 
 def test_row_encoder_templates_escape_names_and_order_keys_like_jsonb() -> None:
-    header = importer.parse_header(["email", "{x}", "a\\b", "zz", "y"], {}, "t.csv:1")
-    encoder = importer.RowEncoder(header, 3, lower_ascii=True)
+    header = parsing.parse_header(["email", "{x}", "a\\b", "zz", "y"], {}, "t.csv:1")
+    encoder = encoding.RowEncoder(header, 3, lower_ascii=True)
     types = {1: ColumnType.STRING, 2: ColumnType.NUMBER, 3: ColumnType.BOOLEAN, 4: ColumnType.STRING}
     [line] = encoder.verbatim([["u@example.com", "v", "1", "true", "w"]], types)
     assert line == '3\tu@example.com\t{"y":"w","zz":true,"a\\\\\\\\b":1,"{x}":"v"}\n'
@@ -228,18 +233,60 @@ def test_csv_source_writes_every_value_back_as_read(values: list[tuple[str, str]
 
 
 def test_a_value_spanning_lines_is_not_a_number() -> None:
-    assert not importer.all_numbers(["1\n2"])
-    assert not importer.all_numbers(["3", "1\n2"])
-    assert importer.all_numbers(["3", "-1.5"])
+    assert not parsing.all_numbers(["1\n2"])
+    assert not parsing.all_numbers(["3", "1\n2"])
+    assert parsing.all_numbers(["3", "-1.5"])
     source, chunks = _csv_source('email,n\na@example.com,1\nb@example.com,"1\n2"\n')
     assert source.column_types() == {1: ColumnType.STRING}
     assert _copy_rows(chunks) == [("7", "a@example.com", {"n": "1"}), ("7", "b@example.com", {"n": "1\n2"})]
 
 
 def test_row_encoder_leaves_addresses_as_written_unless_told_to_lower_ascii() -> None:
-    header = importer.parse_header(["email"], {}, "t.csv:1")
+    header = parsing.parse_header(["email"], {}, "t.csv:1")
     rows = [["Ada@Example.com"], ["ZOË@Exämple.de"]]
-    lowered = importer.RowEncoder(header, 1, lower_ascii=True).verbatim([list(r) for r in rows], {})
+    lowered = encoding.RowEncoder(header, 1, lower_ascii=True).verbatim([list(r) for r in rows], {})
     assert lowered == ["1\tada@example.com\t{}\n", "1\tZOË@Exämple.de\t{}\n"]
-    as_written = importer.RowEncoder(header, 1, lower_ascii=False).escaped([list(r) for r in rows], {})
+    as_written = encoding.RowEncoder(header, 1, lower_ascii=False).escaped([list(r) for r in rows], {})
     assert as_written == ["1\tAda@Example.com\t{}\n", "1\tZOË@Exämple.de\t{}\n"]
+
+
+def _records(
+    text: str, width: int = 2, *, strict: bool = False
+) -> tuple[list[tuple[int, list[str]]], list[int]]:
+    sink = rejects.RejectSink(None)
+    lines = iter(io.StringIO(text, newline="").readlines())
+    found = csv_records.Records(lines, sink, lines_before=1, width=width, email_index=0, strict=strict)
+    return [(r.line, r.fields) for r in found if r.fields], [r.line for r in sink.first]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_records_reject_a_stray_quote_and_read_the_lines_it_swallowed(strict: bool) -> None:
+    text = 'a@example.com,"Ada\nb@example.com,Bob\nc@example.com,"two\nlines"\n\nd@example.com,"Di\n'
+    records, rejected = _records(text, strict=strict)
+    assert records == [(3, ["b@example.com", "Bob"]), (4, ["c@example.com", "two\nlines"])]
+    # Line 2 opened a value that ran into line 4's quote; line 7's value is never closed.
+    assert rejected == [2, 7]
+
+
+def test_records_keep_quoted_values_that_span_lines() -> None:
+    text = 'a@example.com,"x\ny, z\n""w"""\nb@example.com,"' + "\n" * 98 + '"\n'
+    records, rejected = _records(text)
+    assert records == [(2, ["a@example.com", 'x\ny, z\n"w"']), (5, ["b@example.com", "\n" * 98])]
+    assert rejected == []
+    # One line more than MAX_RECORD_LINES is a stray quote (and so is the closing one, alone).
+    records, rejected = _records('b@example.com,"' + "\n" * 100 + '"\nc@example.com,x\n')
+    assert rejected == [2, 102] and records == [(103, ["c@example.com", "x"])]
+
+
+def test_csv_source_reads_again_the_lines_a_stray_quote_took_across_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 40)
+    rows = [f"u{i}@example.com,{i}" for i in range(30)]
+    rows[10] = 'u10@example.com,"10'
+    source, chunks = _csv_source("email,n\n" + "\n".join(rows) + "\n")
+    assert [(r.line, r.reason.split(":")[0]) for r in source.sink.first] == [(12, "unbalanced quote")]
+    assert [email for _, email, _ in _copy_rows(chunks)] == [
+        f"u{i}@example.com" for i in range(30) if i != 10
+    ]
+    assert source.line == 31
