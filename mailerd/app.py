@@ -172,7 +172,7 @@ def _open_lanes(config: Config, resources: contextlib.AsyncExitStack) -> dict[st
         )
     lanes: dict[str, ProviderLane] = {}
     for name, provider_config in config.providers.items():
-        provider = providers.create(provider_config, unsubscribe=unsubscribe_url)
+        provider = providers.create(provider_config, unsubscribe=unsubscribe_url, limits=config.content)
         resources.push_async_callback(_close_quietly, provider.close, f"provider {name}")
         batch_size = min(provider_config.batch_size, provider.max_batch_size)
         lanes[name] = ProviderLane(

@@ -55,6 +55,9 @@ class Campaign:
     rate_per_s: float | None = None
     resend_uncertain: bool = False
     status_reason: str | None = None
+    reply_to: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers of every email of the campaign
+    provider_template: str | None = None  # a template stored at the provider (SendGrid, Postmark)
 
 
 @dataclasses.dataclass(slots=True)

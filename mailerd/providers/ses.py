@@ -3,7 +3,9 @@
 SES events (bounces, complaints, deliveries through SNS) are parsed in :mod:`.ses_webhook`.
 
 Kind ``sink`` is the same client pointed at the loopback emulator (:mod:`mailerd.emulator.sink`),
-where missing credentials are replaced by dummy ones.
+where missing credentials are replaced by dummy ones. Kind ``ses`` signs with ``access_key_id``
+and ``secret_access_key``, or without them with the AWS credential chain, refreshed before the
+credentials expire (:mod:`.aws_credentials`).
 
 Each recipient carries our ids as message tags (``mailerd_campaign``, ``mailerd_lead``) so
 SES events and the sink map back to a lead without a lookup. The daemon does not render
@@ -42,11 +44,11 @@ import orjson
 import structlog
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+from botocore.credentials import ReadOnlyCredentials
 
 from mailerd import backoff
 from mailerd import content as content_mod
-from mailerd.config import ConfigError, ProviderConfig
+from mailerd.config import ConfigError, ContentConfig, ProviderConfig
 from mailerd.models import (
     Batch,
     Campaign,
@@ -59,6 +61,7 @@ from mailerd.models import (
     RetryableError,
     UncertainError,
 )
+from mailerd.providers import aws_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +75,7 @@ CAMPAIGN_TAG: Final = "mailerd_campaign"
 LEAD_TAG: Final = "mailerd_lead"
 MAX_BATCH_SIZE: Final = 50
 DEFAULT_SINK_ENDPOINT: Final = "http://127.0.0.1:8026"
+DEFAULT_REGION: Final = "us-east-1"
 
 RETRY_STATUSES: Final = frozenset(
     {"TRANSIENT_FAILURE", "ACCOUNT_THROTTLED", "TEMPLATE_NOT_FOUND", "TEMPLATE_DOES_NOT_EXIST"}
@@ -207,23 +211,26 @@ class SesProvider:
 
     max_batch_size: int = MAX_BATCH_SIZE
 
-    def __init__(self, config: ProviderConfig, unsubscribe: UnsubscribeUrl | None = None) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        unsubscribe: UnsubscribeUrl | None = None,
+        limits: ContentConfig | None = None,
+    ) -> None:
         self.name = config.name or config.kind
         self._config = config
         self._unsubscribe = unsubscribe
+        self._limits = limits or ContentConfig()
         default = DEFAULT_SINK_ENDPOINT if config.kind == "sink" else ""
-        endpoint = config.endpoint or default or f"https://email.{config.region}.amazonaws.com"
+        self._region = config.region or DEFAULT_REGION
+        endpoint = config.endpoint or default or f"https://email.{self._region}.amazonaws.com"
         self._endpoint = endpoint.rstrip("/")
-        key, secret = config.access_key_id, config.secret_access_key
-        if key is None or secret is None:
-            if config.kind != "sink":
-                raise ConfigError(
-                    f"[providers.{self.name}] access_key_id and secret_access_key are required for kind ses"
-                )
-            credentials = Credentials("AKIDMAILERDSINK", "mailerd-sink-dummy-secret")
-        else:
-            credentials = Credentials(key.reveal(), secret.reveal())
-        self._signer = SigV4Auth(credentials, "ses", config.region)
+        if (config.access_key_id is None) != (config.secret_access_key is None):
+            raise ConfigError(
+                f"[providers.{self.name}] access_key_id and secret_access_key go together "
+                "(or leave both out to use the AWS credential chain)"
+            )
+        self._credentials = aws_credentials.AwsCredentials(config)
         self._session: aiohttp.ClientSession | None = None
         self._prepared: dict[int, _Prepared] = {}
         self._prepare_lock = asyncio.Lock()
@@ -237,7 +244,7 @@ class SesProvider:
                 return
             try:
                 content = content_mod.compile_content(
-                    campaign.subject, campaign.html_body, campaign.text_body
+                    campaign.subject, campaign.html_body, campaign.text_body, limits=self._limits
                 )
             except content_mod.TemplateError as exc:
                 raise PermanentError(f"template error: {exc}") from None
@@ -278,6 +285,8 @@ class SesProvider:
             url = unsubscribe(campaign, lead) if unsubscribe is not None else ""
             try:
                 data = template_data(template, content, lead, campaign, url)
+            except content_mod.BudgetExceeded:
+                raise  # the campaign's template, not this recipient: the sender fails the campaign
             except content_mod.RenderError as exc:
                 results[position] = RecipientResult(Outcome.FAILED, error=f"render failed: {exc}")
                 continue
@@ -380,7 +389,7 @@ class SesProvider:
         """Sign and send one request; the decoded JSON answer, or a ProviderError."""
         url = self._endpoint + path
         body = orjson.dumps(payload) if payload is not None else b""
-        headers = self._sign(method, url, body)
+        headers = self._sign(method, url, body, await self._credentials.current())
         try:
             async with self._http().request(method, url, data=body, headers=headers) as response:
                 raw = await response.read()
@@ -404,8 +413,8 @@ class SesProvider:
         except orjson.JSONDecodeError:
             return None
 
-    def _sign(self, method: str, url: str, body: bytes) -> dict[str, str]:
+    def _sign(self, method: str, url: str, body: bytes, credentials: ReadOnlyCredentials) -> dict[str, str]:
         """SigV4 over host, x-amz-date and content-type only: fewer headers, less hashing."""
         request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
-        self._signer.add_auth(request)
+        SigV4Auth(credentials, "ses", self._region).add_auth(request)
         return dict(request.headers.items())

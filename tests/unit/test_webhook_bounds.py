@@ -16,7 +16,10 @@ import pytest
 
 from mailerd.config import MailgunWebhookConfig
 from mailerd.models import Event, EventKind
-from mailerd.providers import mailgun, postmark, sendgrid, ses_webhook, sns
+from mailerd.providers import mailgun_webhook as mailgun
+from mailerd.providers import postmark_webhook as postmark
+from mailerd.providers import sendgrid_webhook as sendgrid
+from mailerd.providers import ses_webhook, sns
 from mailerd.providers.webhooks import WebhookError, WebhookRequest, scrub
 
 AT = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
