@@ -144,7 +144,7 @@ class Emulator:
     # for the subclasses ---------------------------------------------------------------------
 
     def arrived(self) -> None:
-        self.counters.calls += 1
+        """A sending request came in (``counters.calls`` counts those past the auth and body checks)."""
         if self.on_arrival is not None:
             self.on_arrival()
 

@@ -4,7 +4,7 @@ Checks what SendGrid checks: ``Authorization: Bearer <key>`` (401 otherwise; wit
 set, that key only), a JSON body, 1 to 1,000 ``personalizations`` each with a ``to`` address,
 ``from.email``, and ``subject`` plus ``content`` unless a ``template_id`` is given; substitutions
 up to 10,000 bytes per personalization. A refused request gets SendGrid's error body
-``{"errors": [{"message", "field", "help"}]}`` with 400. Accepted: ``202`` with an empty body
+``{"errors": [{"message", "field"}]}`` with 400. Accepted: ``202`` with an empty body
 and ``X-Message-Id``; each personalization's ``custom_args`` name the recipient's campaign and
 lead. Throttled: ``429`` with ``X-RateLimit-Limit``/``-Remaining``/``-Reset``. SendGrid answers
 for the whole request, never per recipient, so ``fail_rate`` is the share of calls answered
@@ -61,7 +61,7 @@ class SendgridEmulator(Emulator):
                 raise _Refused(500, "internal error")
         except _Refused as refused:
             self.counters.rejected_calls += 1
-            errors = [{"message": refused.message, "field": refused.field, "help": None}]
+            errors = [{"message": refused.message, "field": refused.field}]
             return web.json_response({"errors": errors}, status=refused.status, dumps=_dumps)
         message_id = self.new_message_id()
         for email, campaign_id, lead_id in recipients:

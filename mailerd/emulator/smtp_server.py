@@ -32,6 +32,7 @@ class SmtpEmulator(Emulator):
         super().__init__(*args, **kwargs)
         self.drop_rate = 0.0
         self.dropped = 0
+        self.kept: list[bytes] | None = None  # tests: set to a list to keep every message taken
 
     @property
     def url(self) -> str:
@@ -92,6 +93,8 @@ class _Handler:
         head = data.split(b"\r\n\r\n", 1)[0]
         headers = _PARSER.parsebytes(head)
         message_id = str(headers.get("Message-ID", "")).strip().strip("<>")
+        if emulator.kept is not None:
+            emulator.kept.append(data)
         for recipient in envelope.rcpt_tos:
             emulator.accept(
                 recipient, headers.get("X-Mailerd-Campaign"), headers.get("X-Mailerd-Lead"), message_id
