@@ -7,7 +7,8 @@ entered on start and left on close (which drains them). Knobs may change while i
 answer, 0 = never), ``fail_rate`` (0..1, how the provider fails: see each emulator). Every
 recipient it accepts is recorded (``{"campaign_id", "lead_id", "email", "message_id"}``, from the
 ids our clients put in the provider's metadata) and may get a bounce or complaint webhook.
-``on_arrival`` (tests) is called when a sending request arrives, before any check.
+``on_arrival`` (tests) is called when a sending request (an SMTP transaction) arrives, before
+any check; with ``arrivals`` set to a list, each arrival's monotonic time is kept there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +73,7 @@ class Emulator:
         self.api_key = api_key  # None: any well-formed credential is accepted
         self.counters = Counters()
         self.on_arrival: Callable[[], None] | None = None
+        self.arrivals: list[float] | None = None  # tests: a list keeps each arrival's monotonic time
         self._throttle_rate = throttle_rate
         self._bucket = self._throttle_bucket(throttle_rate)
         self._random = random.Random(seed)
@@ -145,8 +148,16 @@ class Emulator:
 
     def arrived(self) -> None:
         """A sending request came in (``counters.calls`` counts those past the auth and body checks)."""
+        if self.arrivals is not None:
+            self.arrivals.append(time.monotonic())
         if self.on_arrival is not None:
             self.on_arrival()
+
+    def arrivals_since(self, moment: float) -> int:
+        return sum(1 for at in self.arrivals or () if at > moment)
+
+    def last_arrival(self) -> float:
+        return self.arrivals[-1] if self.arrivals else 0.0
 
     async def delay(self) -> None:
         if self.latency_ms > 0:
