@@ -42,7 +42,9 @@ class SmtpEmulator(Emulator):
         loop = asyncio.get_running_loop()
         handler = _Handler(self)
         server = await loop.create_server(
-            lambda: SMTP(handler, hostname="mailerd-sink", ident="mailerd sink", loop=loop),
+            lambda: SMTP(
+                handler, hostname="mailerd-sink", ident="mailerd sink", enable_SMTPUTF8=True, loop=loop
+            ),
             self.host,
             self.port,
             reuse_address=True,

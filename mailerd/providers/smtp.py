@@ -15,6 +15,7 @@ How answers are classified (RFC 5321, sections 4.2.1 and 4.2.5; aiosmtplib's exc
 - ``5xx`` to MAIL FROM (the sender refused), ``530``/``535`` AUTH failures -> halt when nothing of
   the batch went out; beside sent recipients they are retried (the retry then halts).
 - A connection that could not be opened, or lost before DATA -> retry (nothing was handed over).
+- An address that is not ASCII goes with SMTPUTF8 (RFC 6531); a server without it -> failed.
 - A connection lost (or timed out) from the DATA command on, before the final reply -> unknown:
   the server may have taken the message, so it is never retried silently (``resend_uncertain``
   retries it). The rest of the batch is retried on a new connection.
@@ -121,6 +122,8 @@ class SmtpPool:
         )
         try:
             await client.connect()
+            if client.last_ehlo_response is None:
+                await client.ehlo()  # know the extensions (SMTPUTF8) before the first message
             if config.username:
                 password = config.api_key.reveal() if config.api_key is not None else ""
                 await client.login(config.username, password)
@@ -254,9 +257,15 @@ class SmtpProvider:
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, mid: str, data: bytes
     ) -> RecipientResult:
         """One transaction: MAIL, RCPT, DATA. Raises _Lost / _Halt (see the module docstring)."""
+        utf8 = not (sender.isascii() and recipient.isascii())
+        if utf8 and not client.supports_extension("smtputf8"):
+            return RecipientResult(
+                Outcome.FAILED, error="the address needs SMTPUTF8, which the server does not offer"
+            )
+        options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else (None, "ascii")
         try:
-            await client.mail(sender)
-            await client.rcpt(recipient)
+            await client.mail(sender, options=options, encoding=encoding)
+            await client.rcpt(recipient, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             await _reset(client)
             if exc.code >= 500:

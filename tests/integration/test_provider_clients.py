@@ -167,3 +167,15 @@ async def test_sendgrid_large_rendered_content_goes_in_calls_of_its_own(tmp_path
         assert [r.outcome for r in results] == [Outcome.SENT] * 4
         assert emulator.counters.calls == 3  # leads 1-2 together, 3 and 4 each alone
         assert sorted(line["lead_id"] for line in await env.record(emulator)) == [1, 2, 3, 4]
+
+
+async def test_smtp_non_ascii_address_goes_with_smtputf8(tmp_path: Path) -> None:
+    async with env.running("smtp", tmp_path) as (emulator, client):
+        batch = env.batch(env.campaign(), 2)
+        batch.leads[1] = Lead(2, "garcía.josé@example.com", {"first_name": "José"})
+        results = await client.send(batch)
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+        assert [line["email"] for line in await env.record(emulator)] == [
+            "lead1@example.com",
+            "garcía.josé@example.com",
+        ]
