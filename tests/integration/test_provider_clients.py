@@ -3,10 +3,15 @@ each answer becomes (sent, retry, failed, halt, unknown), and the template budge
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import email
 import email.policy
+import signal
+import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from mailerd import content
@@ -179,3 +184,38 @@ async def test_smtp_non_ascii_address_goes_with_smtputf8(tmp_path: Path) -> None
             "lead1@example.com",
             "garcía.josé@example.com",
         ]
+
+
+@pytest.mark.parametrize("kind", env.KINDS)
+async def test_sink_command_serves_each_kind_until_sigterm(kind: str, tmp_path: Path) -> None:
+    record = tmp_path / "cli.jsonl"
+    where = ["--smtp", "127.0.0.1:0"] if kind == "smtp" else ["--api", kind, "--listen", "127.0.0.1:0"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailerd", "sink", *where, "--record", str(record), "--api-key", env.API_KEY,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await process.stdout.readline()).decode()
+        assert line.startswith("sink listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        endpoint = f"127.0.0.1:{port}" if kind == "smtp" else f"http://127.0.0.1:{port}"
+        config = dataclasses.replace(env.provider_config(kind, SmtpEmulator()), endpoint=endpoint)
+        client = create(config)
+        try:
+            results = await client.send(env.batch(env.campaign(), 5))
+        finally:
+            await client.close()
+        assert [r.outcome for r in results] == [Outcome.SENT] * 5
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines = [orjson.loads(raw) for raw in record.read_bytes().splitlines()]
+    assert [(line["campaign_id"], line["lead_id"]) for line in lines] == [(7, i) for i in range(1, 6)]
