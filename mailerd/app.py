@@ -20,6 +20,7 @@ import structlog
 from mailerd import campaigns, db, http, looplag, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, partitions
+from mailerd.models import Campaign
 from mailerd.scheduler import Scheduler
 from mailerd.sender import ProviderSender
 from mailerd.stages import ProviderLane
@@ -122,7 +123,7 @@ class _Stages:
             config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=self._on_idle
         )
         self.senders = {
-            name: ProviderSender(lane, config.provider(name), writer, self._on_halt)
+            name: ProviderSender(lane, config.provider(name), writer, self._on_halt, self._on_fail)
             for name, lane in lanes.items()
         }
 
@@ -131,13 +132,34 @@ class _Stages:
         self.lanes[lane_name].provider.forget(campaign_id)
         self.senders[lane_name].forget(campaign_id)
 
-    async def _on_halt(self, campaign_id: int, reason: str) -> None:
-        # Stop here first: pausing everywhere needs the database, which may be down.
-        self.scheduler.stop_campaign(campaign_id, f"provider halted: {reason}")
+    async def _on_halt(self, campaign: Campaign, reason: str) -> None:
+        """Pause on every node: the provider halted, or the error rate passed its limit."""
+        await self._change(campaign, "pause", f"provider halted: {reason}", reason)
+
+    async def _on_fail(self, campaign: Campaign, reason: str) -> None:
+        """Fail on every node: the campaign can never be sent as it is."""
+        await self._change(campaign, "fail", f"campaign failed: {reason}", reason)
+
+    async def _change(self, campaign: Campaign, action: str, why: str, reason: str) -> None:
+        # Stop here first: changing the status everywhere needs the database, which may be down.
+        self.scheduler.stop_campaign(campaign.id, why)
+        reason = _bounded_reason(reason)
         try:
-            await _pause_campaign(self.pool, campaign_id, reason)
+            async with self.pool.acquire() as conn:
+                await campaigns.transition(
+                    conn, campaign.id, action, reason, cause="sender", generation=campaign.generation
+                )
+        except campaigns.TransitionError as exc:
+            log.info(f"campaign_{action}_skipped", campaign_id=campaign.id, reason=str(exc))
+            return
         except db.DB_ERRORS as exc:
-            log.error("campaign_pause_failed", campaign_id=campaign_id, reason=reason, error=str(exc))
+            log.error(f"campaign_{action}_failed", campaign_id=campaign.id, reason=reason, error=str(exc))
+            return
+        log.warning(
+            "campaign_paused" if action == "pause" else "campaign_failed",
+            campaign_id=campaign.id,
+            reason=reason,
+        )
 
     async def run(self, health: http.Health, notifier: systemd.Notifier) -> None:
         """Run every stage until ``stop`` and the drain: shutdown flows downstream, the writer
@@ -172,7 +194,9 @@ def _open_lanes(config: Config, resources: contextlib.AsyncExitStack) -> dict[st
         )
     lanes: dict[str, ProviderLane] = {}
     for name, provider_config in config.providers.items():
-        provider = providers.create(provider_config, unsubscribe=unsubscribe_url, limits=config.content)
+        provider = providers.create(
+            provider_config, unsubscribe=unsubscribe_url, content_limits=config.content
+        )
         resources.push_async_callback(_close_quietly, provider.close, f"provider {name}")
         batch_size = min(provider_config.batch_size, provider.max_batch_size)
         lanes[name] = ProviderLane(
@@ -255,15 +279,11 @@ async def _schema_ready(conn: asyncpg.Connection, *, auto_migrate: bool) -> bool
     return False
 
 
-async def _pause_campaign(pool: asyncpg.Pool, campaign_id: int, reason: str) -> None:
-    """Pause on every node (the provider halted, or too many errors), with the reason."""
-    async with pool.acquire() as conn:
-        try:
-            await campaigns.transition(conn, campaign_id, "pause", reason)
-        except campaigns.TransitionError as exc:
-            log.info("campaign_pause_skipped", campaign_id=campaign_id, reason=str(exc))
-            return
-    log.warning("campaign_paused", campaign_id=campaign_id, reason=reason)
+def _bounded_reason(reason: str) -> str:
+    """A provider's text as a status reason: one line, no NUL, at most the API's reason length."""
+    text = " ".join(reason.replace("\x00", " ").split())
+    limit = campaigns.MAX_REASON_LENGTH
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _partition_loop(pool: asyncpg.Pool, config: Config, stop: asyncio.Event) -> None:

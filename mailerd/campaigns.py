@@ -1,19 +1,34 @@
-"""Campaigns: validated creation, status and counts. Shared by the CLI (and the admin API)."""
+"""Campaigns: the creation body, its validation, creation, status changes and counts.
+
+Shared by the admin API, the demo and the tests; the rows are read and written by
+:mod:`mailerd.db.campaigns`, which alone knows the allowed status transitions.
+"""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime as dt
-import sys
-from pathlib import Path
-from typing import Any
+import email.errors
+from email import headerregistry
+from typing import Annotated, Any
 
 import asyncpg
+import msgspec
 import orjson
 
-from mailerd import content, segments
+from mailerd import content, decoding, segments
 from mailerd.config import Config
+from mailerd.db import campaigns as campaign_rows
+from mailerd.db import leads as leads_db
+from mailerd.models import Campaign, CampaignStatus, Lead
+
+NOTIFY_CHANNEL = campaign_rows.NOTIFY_CHANNEL
+TRANSITIONS = campaign_rows.TRANSITIONS
+API_ACTIONS = campaign_rows.API_ACTIONS
+TransitionError = campaign_rows.TransitionError
+transition = campaign_rows.change_status
+show = campaign_rows.show
+
+MAX_ID = 2**63 - 1
 
 
 class CampaignError(ValueError):
@@ -25,63 +40,144 @@ class CampaignError(ValueError):
         self.message = message
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NewCampaign:
-    """What a user gives to create a campaign."""
+MAX_NAME_LENGTH = 200
+MAX_REASON_LENGTH = 500  # of the reason given with an action
+MAX_FROM_LENGTH = 320
+FROM_SHAPE = "one address, optionally with a display name: news@example.com or News <news@example.com>"
 
-    account_id: int
-    name: str
-    segment: Any
-    subject: str
-    html_body: str
-    text_body: str
-    from_address: str
-    provider: str
-    start: bool = False
-    send_at: dt.datetime | None = None
-    rate_per_s: float | None = None
-    resend_uncertain: bool = False
+
+class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a user gives to create a campaign: the body of ``POST /api/campaigns``.
+
+    Python names as the code uses them, JSON names as the API spells them (``html``, ``from``,
+    ``rate``). The types and constraints are the first step of validation and the OpenAPI
+    schema; :func:`validate` adds what needs a parser or the configuration.
+    """
+
+    account_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="owner of the leads")]
+    name: Annotated[
+        str, msgspec.Meta(max_length=MAX_NAME_LENGTH, pattern=decoding.NO_NUL, description="not blank")
+    ]
+    segment: Annotated[
+        Any,
+        msgspec.Meta(description="the segment condition (see docs/segments.md), or it as a JSON string"),
+    ]
+    subject: Annotated[str, msgspec.Meta(pattern=decoding.ONE_LINE, description="Jinja2 template, one line")]
+    html_body: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="Jinja2 template (autoescaped)")
+    ] = msgspec.field(name="html")
+    text_body: Annotated[str, msgspec.Meta(pattern=decoding.NO_NUL, description="Jinja2 template")] = (
+        msgspec.field(name="text")
+    )
+    from_address: Annotated[
+        str,
+        msgspec.Meta(max_length=MAX_FROM_LENGTH, pattern=decoding.NO_CONTROL, description=FROM_SHAPE),
+    ] = msgspec.field(name="from")
+    provider: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="a [providers.NAME] of the node")
+    ]
+    start: Annotated[bool, msgspec.Meta(description="true: scheduled now")] = False
+    send_at: Annotated[dt.datetime, msgspec.Meta(tz=True, description="scheduled at this time")] | None = None
+    rate_per_s: (
+        Annotated[float, msgspec.Meta(gt=0, description="per-campaign cap, recipients per second")] | None
+    ) = msgspec.field(default=None, name="rate")
+    resend_uncertain: Annotated[
+        bool, msgspec.Meta(description="after a crash, re-send what may have been sent")
+    ] = False
 
 
 def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
-    """Every problem of ``new``, one per field (empty when it can be created)."""
+    """Every problem of ``new``, one per field (empty when it can be created).
+
+    First the types and constraints of :class:`NewCampaign` (checked again here, since code
+    builds the Struct without decoding it), then the rest if those pass.
+    """
+    shape = decoding.problems(NewCampaign, msgspec.to_builtins(new))
+    if shape:
+        return [CampaignError(problem.field, problem.message) for problem in shape]
     errors: list[CampaignError] = []
-    if not 0 <= new.account_id < 2**63:
-        errors.append(CampaignError("account_id", "must be a non-negative 64-bit integer"))
     if not new.name.strip():
         errors.append(CampaignError("name", "must not be empty"))
-    for field, value in (
-        ("name", new.name),
-        ("subject", new.subject),
-        ("html", new.html_body),
-        ("text", new.text_body),
-        ("from", new.from_address),
-        ("provider", new.provider),
-    ):
-        if "\x00" in value:
-            errors.append(CampaignError(field, "must not contain NUL characters"))
     try:
         segments.parse(new.segment)
     except segments.SegmentError as exc:
         errors.append(CampaignError("segment", str(exc)))
     try:
-        content.compile_content(new.subject, new.html_body, new.text_body)
+        content.compile_content(new.subject, new.html_body, new.text_body, limits=config.content)
     except content.TemplateError as exc:
         errors.append(CampaignError(_template_field(exc.part), str(exc)))
-    if "@" not in new.from_address or len(new.from_address) > 320:
-        errors.append(CampaignError("from", f"not an email address: {new.from_address!r}"))
+    if not is_one_address(new.from_address):
+        errors.append(CampaignError("from", f"must be {FROM_SHAPE}; got {new.from_address[:100]!r}"))
     if new.provider not in config.providers:
         known = ", ".join(sorted(config.providers)) or "none configured"
         errors.append(CampaignError("provider", f"unknown provider {new.provider!r} (configured: {known})"))
-    if new.rate_per_s is not None and new.rate_per_s <= 0:
-        errors.append(CampaignError("rate", "must be a positive number of recipients per second"))
-    if new.send_at is not None and new.send_at.tzinfo is None:
-        errors.append(CampaignError("send_at", "needs a time zone (e.g. 2026-12-01T09:00:00Z)"))
+    if new.send_at is not None and not _storable(new.send_at):
+        errors.append(
+            CampaignError("send_at", "out of range: the time must fall in the years 1 to 9999 in UTC")
+        )
     return errors
+
+
+def is_one_address(value: str) -> bool:
+    """Whether ``value`` is exactly one mailbox (``local@domain``, optionally with a display name)
+    as a ``From`` header holds it: no group, no list, no defect, no line break."""
+    if any(ord(char) < 0x20 or char == "\x7f" for char in value):
+        return False  # a header line can never carry these; refuse before parsing
+    try:
+        header = headerregistry.HeaderRegistry()("From", value)
+    except (email.errors.HeaderParseError, IndexError, ValueError):  # IndexError: "a@" (CPython)
+        return False
+    if not isinstance(header, headerregistry.AddressHeader) or header.defects:
+        return False
+    if len(header.groups) != 1 or header.groups[0].display_name is not None:
+        return False
+    addresses = header.groups[0].addresses
+    return len(addresses) == 1 and bool(addresses[0].username) and bool(addresses[0].domain)
+
+
+def _storable(moment: dt.datetime) -> bool:
+    """Whether Postgres can be given ``moment`` (asyncpg converts it to UTC first)."""
+    try:
+        moment.astimezone(dt.UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _template_field(part: str) -> str:
     return {"subject": "subject", "html": "html", "text": "text"}.get(part, part)
+
+
+SAMPLE_LEAD = Lead(0, "sample@example.com", {})
+
+
+async def check_content_budget(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> None:
+    """Templates are tenant content: render them for a sample lead (the first the segment
+    matches, else a blank one) off the event loop, on the send-time budget and within
+    ``[content] render_timeout_ms``; a :class:`CampaignError` naming the part if they cannot."""
+    compiled = content.compile_content(new.subject, new.html_body, new.text_body, limits=config.content)
+    sample = await leads_db.sample_matching(conn, new.account_id, segments.parse(new.segment), limit=1)
+    lead = Lead(sample[0]["id"], sample[0]["email"], sample[0]["attributes"]) if sample else SAMPLE_LEAD
+    campaign = Campaign(
+        id=0,
+        account_id=new.account_id,
+        name=new.name,
+        status=CampaignStatus.DRAFT,
+        segment=None,
+        from_address=new.from_address,
+        subject=new.subject,
+        html_body=new.html_body,
+        text_body=new.text_body,
+        provider=new.provider,
+    )
+    try:
+        await content.check_renders(
+            compiled, lead, campaign, timeout_s=config.content.render_timeout_ms / 1000
+        )
+    except content.RenderError as exc:
+        raise CampaignError(
+            _template_field(exc.part), f"cannot be rendered within its budget: {exc}"
+        ) from None
 
 
 async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> int:
@@ -89,6 +185,7 @@ async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> 
     errors = validate(new, config)
     if errors:
         raise errors[0]
+    await check_content_budget(conn, new, config)
     if new.start:
         status, send_at = "scheduled", dt.datetime.now(dt.UTC)
     elif new.send_at is not None:
@@ -96,223 +193,18 @@ async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> 
     else:
         status, send_at = "draft", None
     segment = new.segment if not isinstance(new.segment, str | bytes) else orjson.loads(new.segment)
-    campaign_id: int = await conn.fetchval(
-        """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
-                                  html_body, text_body, provider, rate_per_s, resend_uncertain, send_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
-        new.account_id,
-        new.name,
-        status,
-        segment,
-        new.from_address,
-        new.subject,
-        new.html_body,
-        new.text_body,
-        new.provider,
-        new.rate_per_s,
-        new.resend_uncertain,
-        send_at,
+    row = campaign_rows.CampaignRow(
+        account_id=new.account_id,
+        name=new.name,
+        status=status,
+        segment=segment,
+        from_address=new.from_address,
+        subject=new.subject,
+        html_body=new.html_body,
+        text_body=new.text_body,
+        provider=new.provider,
+        rate_per_s=new.rate_per_s,
+        resend_uncertain=new.resend_uncertain,
+        send_at=send_at,
     )
-    await conn.execute(
-        "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
-    )
-    if status == "scheduled":
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {status}")
-    return campaign_id
-
-
-NOTIFY_CHANNEL = "mailerd_campaigns"
-
-# action -> (statuses it may start from, status it leads to)
-TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
-    "start": (frozenset({"draft", "scheduled"}), "scheduled"),
-    "pause": (frozenset({"scheduled", "running"}), "paused"),
-    "resume": (frozenset({"paused"}), "running"),
-    "cancel": (frozenset({"draft", "scheduled", "running", "paused"}), "cancelled"),
-}
-
-
-class TransitionError(Exception):
-    """The action is not allowed from the campaign's current status (or it does not exist)."""
-
-    def __init__(self, campaign_id: int, action: str, current: str | None) -> None:
-        what = "no such campaign" if current is None else f"campaign is {current}"
-        super().__init__(f"cannot {action} campaign {campaign_id}: {what}")
-        self.current = current
-
-
-async def transition(
-    conn: asyncpg.Connection, campaign_id: int, action: str, reason: str | None = None
-) -> str:
-    """Apply ``action`` (start, pause, resume, cancel) and tell every node at once (NOTIFY).
-
-    Returns the new status; raises :class:`TransitionError` when not allowed.
-    """
-    allowed, target = TRANSITIONS[action]
-    async with conn.transaction():
-        status = await conn.fetchval(
-            """UPDATE campaigns SET status = $2, updated_at = now(),
-                   status_reason = $4,
-                   send_at = CASE WHEN $2 = 'scheduled' THEN now() ELSE send_at END,
-                   started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now())
-                                     ELSE started_at END,
-                   finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE finished_at END
-               WHERE id = $1 AND status = ANY($3::text[]) RETURNING status""",
-            campaign_id,
-            target,
-            sorted(allowed),
-            reason,
-        )
-        if status is None:
-            current = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
-            raise TransitionError(campaign_id, action, current)
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {status}")
-    return str(status)
-
-
-async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | None:
-    """Status and counters of one campaign (reads ``campaign_stats``, never the hot log)."""
-    row = await conn.fetchrow(
-        """SELECT c.id, c.account_id, c.name, c.status, c.status_reason, c.provider, c.created_at,
-                  c.send_at, c.started_at, c.finished_at,
-                  coalesce(s.matched, 0) AS matched, coalesce(s.sent, 0) AS sent,
-                  coalesce(s.failed, 0) AS failed, coalesce(s.unknown, 0) AS unknown,
-                  coalesce(s.suppressed, 0) AS suppressed, coalesce(s.retried, 0) AS retried,
-                  coalesce(s.delivered, 0) AS delivered, coalesce(s.bounced, 0) AS bounced,
-                  coalesce(s.complained, 0) AS complained,
-                  coalesce(s.unsubscribed, 0) AS unsubscribed,
-                  (SELECT count(*) FROM campaign_shards h WHERE h.campaign_id = c.id) AS shards,
-                  (SELECT count(*) FROM campaign_shards h
-                   WHERE h.campaign_id = c.id AND h.state = 'done') AS shards_done
-           FROM campaigns c LEFT JOIN campaign_stats s ON s.campaign_id = c.id
-           WHERE c.id = $1""",
-        campaign_id,
-    )
-    if row is None:
-        return None
-    result = dict(row)
-    result["processed"] = result["sent"] + result["failed"] + result["unknown"] + result["suppressed"]
-    result["reason"] = result.pop("status_reason")
-    return result
-
-
-def _read_template(path: str, field: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignError(field, f"cannot read {path}: {exc}") from None
-
-
-async def cli_create(args: argparse.Namespace, config: Config) -> int:
-    """``mailerd campaign create``: through the admin API; prints the new id (JSON with ``--json``)."""
-    from mailerd import client
-
-    try:
-        try:
-            segment = orjson.loads(args.segment)
-        except orjson.JSONDecodeError as exc:
-            raise CampaignError("segment", f"not valid JSON: {exc}") from None
-        body: dict[str, Any] = {
-            "account_id": args.account,
-            "name": args.name,
-            "segment": segment,
-            "subject": args.subject,
-            "html": _read_template(args.html, "html"),
-            "text": _read_template(args.text, "text"),
-            "from": args.from_address,
-            "provider": args.provider,
-            "start": bool(args.start),
-            "resend_uncertain": bool(args.resend_uncertain),
-        }
-        if args.send_at:
-            body["send_at"] = args.send_at
-        if args.rate is not None:
-            body["rate"] = args.rate
-    except CampaignError as exc:
-        print(f"mailerd campaign create: {exc}", file=sys.stderr)
-        return 2
-    url = client.base_url(args, config)
-    try:
-        created = await client.call("POST", f"{url}/api/campaigns", client.token(args, config), body)
-    except client.ApiFailure as failure:
-        return client.report_failure("campaign create", failure)
-    if args.json:
-        print(orjson.dumps({"id": created["id"], "status": created["status"]}).decode())
-    else:
-        print(created["id"])
-    return 0
-
-
-async def cli_show(args: argparse.Namespace, config: Config) -> int:
-    """``mailerd campaign show ID``: status and counts, through the admin API."""
-    from mailerd import client
-
-    url = client.base_url(args, config)
-    try:
-        info = await client.call("GET", f"{url}/api/campaigns/{args.id}", client.token(args, config))
-    except client.ApiFailure as failure:
-        return client.report_failure("campaign show", failure)
-    if args.json:
-        print(orjson.dumps(info).decode())
-        return 0
-    print(f"campaign {info['id']} {info['name']!r} (account {info['account_id']}): {info['status']}")
-    if info.get("reason"):
-        print(f"  reason: {info['reason']}")
-    print(
-        "  matched {matched:,}  sent {sent:,}  failed {failed:,}  unknown {unknown:,}  "
-        "suppressed {suppressed:,}  retried {retried:,}".format(**info)
-    )
-    print(
-        "  delivered {delivered:,}  bounced {bounced:,}  complained {complained:,}  "
-        "unsubscribed {unsubscribed:,}".format(**info)
-    )
-    eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") is not None else ""
-    print(f"  shards {info['shards_done']}/{info['shards']} done, {info['rate_per_s']:,.0f} emails/s{eta}")
-    return 0
-
-
-async def cli_action(args: argparse.Namespace, config: Config) -> int:
-    """``mailerd campaign start|pause|resume|cancel ID``."""
-    from mailerd import client
-
-    url = client.base_url(args, config)
-    action = args.campaign_command
-    body = {"reason": args.reason} if getattr(args, "reason", None) else None
-    try:
-        info = await client.call(
-            "POST", f"{url}/api/campaigns/{args.id}/{action}", client.token(args, config), body
-        )
-    except client.ApiFailure as failure:
-        return client.report_failure(f"campaign {action}", failure)
-    print(f"campaign {info['id']}: {info['status']}")
-    return 0
-
-
-async def cli_list(args: argparse.Namespace, config: Config) -> int:
-    """``mailerd campaign list [--status S] [--account ID]``: every page, one line each."""
-    from mailerd import client
-
-    url = client.base_url(args, config)
-    after = 0
-    bearer = client.token(args, config)
-    rows: list[dict[str, Any]] = []
-    try:
-        while True:
-            query = f"after={after}&limit=500"
-            if args.status:
-                query += f"&status={args.status}"
-            if args.account is not None:
-                query += f"&account_id={args.account}"
-            page = await client.call("GET", f"{url}/api/campaigns?{query}", bearer)
-            rows.extend(page["campaigns"])
-            if page["next_after"] is None:
-                break
-            after = page["next_after"]
-    except client.ApiFailure as failure:
-        return client.report_failure("campaign list", failure)
-    if args.json:
-        print(orjson.dumps(rows).decode())
-        return 0
-    for row in rows:
-        print(f"{row['id']:>8}  {row['status']:<10} {row['sent']:>10,}/{row['matched']:<10,} {row['name']}")
-    return 0
+    return await campaign_rows.insert(conn, row)

@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--types", default=None, help="column types, e.g. age=number,vip=boolean,zip=string")
     p.add_argument("--rejects", default=None, metavar="FILE", help="write every rejected row here")
     p.add_argument("file", help="a .csv (with a header row) or .jsonl file")
+    p = leads.add_parser(
+        "erase", parents=[common], help="erase people from an account everywhere mailerd keeps them (GDPR)"
+    )
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
+    p.add_argument("--by", default="cli", help="who asks (recorded with the erasure; default cli)")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS", help="the addresses to erase")
 
     # --- suppressions ---
     suppress = sub.add_parser("suppressions", help="the suppression list").add_subparsers(
@@ -282,6 +288,26 @@ async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> 
         )
 
 
+async def _leads_erase(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import erasure
+
+    try:
+        key = erasure.configured_key(config)
+    except erasure.ErasureUnavailable as exc:
+        print(f"mailerd leads erase: {exc}", file=sys.stderr)
+        return 1
+    bad = [a for a in args.addresses if "\x00" in a or "@" not in a or len(a) > 254]
+    if bad:
+        print(f"mailerd leads erase: not an email address: {bad[0]!r}", file=sys.stderr)
+        return 2
+    async with _connection(config) as conn:
+        for address in args.addresses:
+            done = await erasure.erase(conn, account_id=args.account, key=key, by=args.by, emails=[address])
+            counts = ", ".join(f"{name} {count}" for name, count in done.removed.items())
+            print(f"erased {address} from account {args.account} (erasure {done.id}): {counts}")
+    return 0
+
+
 # --- suppressions ---
 
 
@@ -324,27 +350,27 @@ async def _suppressions_change(args: argparse.Namespace, config: config_mod.Conf
 
 
 async def _campaign_create(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_create(args, config)
+    return await campaigns.create(args, config)
 
 
 async def _campaign_show(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_show(args, config)
+    return await campaigns.show(args, config)
 
 
 async def _campaign_action(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_action(args, config)
+    return await campaigns.act(args, config)
 
 
 async def _campaign_list(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import campaigns
+    from mailerd.commands import campaigns
 
-    return await campaigns.cli_list(args, config)
+    return await campaigns.list_all(args, config)
 
 
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
@@ -396,6 +422,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "check-config": _check_config,
     "segment count": _segment_count,
     "leads import": _leads_import,
+    "leads erase": _leads_erase,
     "campaign create": _campaign_create,
     "campaign show": _campaign_show,
     "campaign list": _campaign_list,

@@ -284,6 +284,14 @@ class UnsubscribeConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """Erasure (GDPR Article 17): the key of the keyed hashes that keep an erased address
+    suppressed without keeping the address. Keep it stable: a new key forgets those hashes."""
+
+    erasure_key: Secret | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """The resolved configuration of one mailerd process."""
 
@@ -298,6 +306,7 @@ class Config:
     node: NodeConfig = NodeConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     source: str = "<defaults>"
 
     def provider(self, name: str) -> ProviderConfig:
@@ -318,6 +327,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "node": NodeConfig,
     "unsubscribe": UnsubscribeConfig,
+    "privacy": PrivacyConfig,
 }
 _WEBHOOK_SECTIONS: dict[str, type[Any]] = {
     "ses": SesWebhookConfig,

@@ -336,5 +336,5 @@ async def _follow(
     if progress is not None:
         progress.close()
     if daemon.done() and daemon.exception() is not None:
-        raise daemon.exception()  # type: ignore[misc]
+        raise daemon.exception()  # type: ignore[misc]  # checked just above: not None
     return info

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import hashlib
 
 import asyncpg
 import structlog
@@ -38,6 +39,13 @@ _STAT_FOR_KIND = {
     EventKind.COMPLAINT: 2,
     EventKind.UNSUBSCRIBE: 3,
 }
+
+
+def receipt_key(receipt: str) -> str:
+    """What ``webhook_receipts`` stores of a receipt: its SHA-256, so the table holds no address
+    (a receipt is the provider's event id and the recipient) and still recognises a redelivery
+    after the recipient was erased."""
+    return hashlib.sha256(receipt.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def unique(events: list[Event]) -> list[Event]:
@@ -66,13 +74,14 @@ async def record(
     events = unique(events)
     if not events:
         return []
-    keys = {(e.provider, e.receipt) for e in events}
-    keys.update((e.provider, e.guard) for e in events if e.guard)
+    keys = {(e.provider, receipt_key(e.receipt)) for e in events}
+    keys.update((e.provider, receipt_key(e.guard)) for e in events if e.guard)
     new_keys = await events_db.claim_receipts(conn, keys)
     fresh = [
         e
         for e in events
-        if (e.provider, e.receipt) in new_keys and (e.guard is None or (e.provider, e.guard) in new_keys)
+        if (e.provider, receipt_key(e.receipt)) in new_keys
+        and (e.guard is None or (e.provider, receipt_key(e.guard)) in new_keys)
     ]
     if not fresh:
         return []
@@ -122,7 +131,29 @@ async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """
     events = await _by_metadata(conn, events)
     events = await _by_message_id(conn, events)
-    return await _by_address(conn, events)
+    events = await _by_address(conn, events)
+    return await _with_addresses(conn, events)
+
+
+async def _with_addresses(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """Some events name no address (Postmark's unsubscribe record carries only the message
+    id): once matched to a lead, they take the lead's, so they can suppress it."""
+    wanted = {key for e in events if not e.email and (key := _lead_key(e)) is not None}
+    if not wanted:
+        return events
+    found = await events_db.lead_emails(conn, wanted)
+    result = []
+    for event in events:
+        key = _lead_key(event)
+        address = found.get(key) if key is not None and not event.email else None
+        result.append(dataclasses.replace(event, email=address) if address else event)
+    return result
+
+
+def _lead_key(event: Event) -> tuple[int, int] | None:
+    if event.account_id is None or event.lead_id is None:
+        return None
+    return event.account_id, event.lead_id
 
 
 def _matched(event: Event) -> bool:

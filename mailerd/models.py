@@ -55,6 +55,7 @@ class Campaign:
     rate_per_s: float | None = None
     resend_uncertain: bool = False
     status_reason: str | None = None
+    generation: int = 0  # campaigns.status_generation when this node read it
     reply_to: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # extra headers of every email of the campaign
     provider_template: str | None = None  # a template stored at the provider (SendGrid, Postmark)
@@ -132,6 +133,11 @@ class PermanentError(ProviderError):
 
 class HaltError(ProviderError):
     """The provider account cannot send (sending paused, suspended): pause the campaign."""
+
+
+class CampaignBroken(ProviderError):
+    """The campaign can never be sent as it is (a lead's render passed the template budget):
+    send nothing more of it and fail it, with the reason."""
 
 
 class EventKind(enum.StrEnum):

@@ -19,11 +19,12 @@ from typing import Any
 import asyncpg
 import structlog
 
-from mailerd import aio, db, metrics, segments
+from mailerd import aio, db, erasure, metrics, segments
 from mailerd.config import Config
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
 from mailerd.db import email_log as email_log_db
+from mailerd.db import erasure as erasure_db
 from mailerd.db import leads as leads_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
@@ -52,6 +53,7 @@ def campaign_from_row(row: asyncpg.Record) -> Campaign:
         rate_per_s=row["rate_per_s"],
         resend_uncertain=row["resend_uncertain"],
         status_reason=row["status_reason"],
+        generation=row["status_generation"],
     )
 
 
@@ -176,13 +178,13 @@ class Scheduler:
         completes the last shard; two nodes completing the last two shards at once can each miss
         the other's, so this sweep closes that gap."""
         async with self._pool.acquire() as conn:
-            finished = await campaigns_db.finish_done(conn)
+            finished = await campaigns_db.sweep(conn, "done", cause="scheduler")
         for campaign_id in finished:
             log.info("campaign_finished", campaign_id=campaign_id)
 
     async def _activate_due(self) -> None:
         async with self._pool.acquire() as conn:
-            for campaign_id in await campaigns_db.start_due(conn):
+            for campaign_id in await campaigns_db.sweep(conn, "due", cause="scheduler"):
                 log.info("campaign_started", campaign_id=campaign_id)
             for campaign_id in await campaigns_db.unsplit(conn):
                 try:
@@ -244,6 +246,7 @@ class Scheduler:
             if not await shards_db.try_lock(claim, campaign_id, shard_no):
                 raise _NotClaimable
             campaign, lane = await self._claimable_campaign(claim, campaign_id)
+            erased_pads = await self._erased_pads(claim, campaign)
             async with claim.transaction():
                 row = await shards_db.take(claim, campaign_id, shard_no, self.node)
                 if row is None:
@@ -272,9 +275,27 @@ class Scheduler:
             sink=self._sink,
             window_size=self._config.scheduler.window_size,
             logged_upto=logged_upto,
+            erased_pads=erased_pads,
         )
         run.log.info("shard_claimed", checkpoint=row["checkpoint"], reserved_upto=row["reserved_upto"])
         return run
+
+    async def _erased_pads(self, claim: asyncpg.Connection, campaign: Campaign) -> tuple[bytes, bytes] | None:
+        """The erasure key's HMAC pads when the account keeps erased addresses suppressed as
+        hashes (its lead windows must check them). Without the key such a campaign is not sent
+        by this node: an erased, suppressed address imported again could be mailed."""
+        if not await erasure_db.has_erased_suppressions(claim, campaign.account_id):
+            return None
+        try:
+            return erasure.key_pads(erasure.configured_key(self._config))
+        except erasure.ErasureUnavailable as exc:
+            log.error(
+                "campaign_needs_erasure_key",
+                campaign_id=campaign.id,
+                account_id=campaign.account_id,
+                error=str(exc),
+            )
+            raise _NotClaimable from exc
 
     async def _claimable_campaign(
         self, claim: asyncpg.Connection, campaign_id: int
@@ -308,7 +329,11 @@ class Scheduler:
 async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:
     """A campaign that can never be sent as stored (its segment no longer parses): ``failed``,
     with the reason, on every node."""
-    await campaigns_db.fail(conn, campaign_id, reason)
+    try:
+        await campaigns_db.change_status(conn, campaign_id, "fail", reason, cause="scheduler")
+    except campaigns_db.TransitionError as exc:
+        log.info("campaign_fail_skipped", campaign_id=campaign_id, reason=str(exc))
+        return
     log.error("campaign_failed", campaign_id=campaign_id, reason=reason)
 
 
@@ -351,7 +376,7 @@ async def split_campaign(conn: asyncpg.Connection, campaign_id: int, shard_size:
         matched = await leads_db.count_segment(conn, campaign.account_id, campaign.segment)
         await stats_db.set_matched(conn, campaign_id, matched)
         if not edges:
-            await campaigns_db.finish_empty(conn, campaign_id)
+            await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
             log.info("campaign_finished_empty", campaign_id=campaign_id)
             return 0
         await shards_db.create(conn, campaign_id, edges)

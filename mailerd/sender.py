@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +24,8 @@ from mailerd import aio, backoff, metrics, ratelimit
 from mailerd.config import ProviderConfig
 from mailerd.models import (
     Batch,
+    Campaign,
+    CampaignBroken,
     HaltError,
     LogRow,
     LogStatus,
@@ -36,7 +40,11 @@ from mailerd.stages import ClaimedShard, ProviderLane, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
-HaltCallback = Callable[[int, str], Awaitable[None]]
+# (campaign, reason): the provider halted or the error rate passed its limit -> pause it;
+# the campaign carries the status generation this node saw, so a stale pause changes nothing.
+HaltCallback = Callable[[Campaign, str], Awaitable[None]]
+# (campaign, reason): the campaign can never be sent as it is -> fail it.
+FailCallback = Callable[[Campaign, str], Awaitable[None]]
 
 
 class ErrorRate:
@@ -80,6 +88,7 @@ class ProviderSender:
         config: ProviderConfig,
         writer: RowSink,
         on_halt: HaltCallback,
+        on_fail: FailCallback,
         *,
         rng: random.Random | None = None,
     ) -> None:
@@ -90,6 +99,7 @@ class ProviderSender:
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
         self._on_halt = on_halt
+        self._on_fail = on_fail
         self._rng = rng or random.Random()
         name = lane.name
         self._in_flight = metrics.BATCHES_IN_FLIGHT.labels(name)
@@ -213,6 +223,12 @@ class ProviderSender:
         except PermanentError as exc:
             delivery.settle_pending(Outcome.FAILED, exc.reason)
             return False
+        except CampaignBroken as exc:
+            run.log.error("campaign_broken", seq=batch.seq, reason=exc.reason)
+            delivery.complete = False  # nothing of this batch was sent
+            if not run.stopping:
+                await self._on_fail(batch.campaign, exc.reason)
+            return False
         except HaltError as exc:
             run.log.error("provider_halted", reason=exc.reason)
             delivery.complete = False
@@ -220,7 +236,7 @@ class ProviderSender:
             # halt of a concurrent batch, a pause) the news is old, and pausing again could
             # undo a resume the operator made since.
             if not run.stopping:
-                await self._on_halt(batch.campaign.id, exc.reason)
+                await self._on_halt(batch.campaign, exc.reason)
             return False
         finally:
             self._call_seconds.observe(time.perf_counter() - started)
@@ -241,7 +257,7 @@ class ProviderSender:
                 f"exceeds max_error_rate {self.config.max_error_rate:.0%}"
             )
             self._error_rates.pop(batch.campaign.id, None)
-            await self._on_halt(batch.campaign.id, reason)
+            await self._on_halt(batch.campaign, reason)
 
 
 class _Delivery:
@@ -294,16 +310,41 @@ def _log_rows(
             append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
         elif outcome is Outcome.UNKNOWN:
             unknown += 1
-            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, _storable(result.error)))
+            append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, _storable(result.error, lead.email)))
         else:
             failed += 1
-            append((now, campaign_id, lead.id, LogStatus.FAILED, result.message_id, _storable(result.error)))
+            append(
+                (
+                    now,
+                    campaign_id,
+                    lead.id,
+                    LogStatus.FAILED,
+                    result.message_id,
+                    _storable(result.error, lead.email),
+                )
+            )
     return rows, (len(rows) - failed - unknown, failed, unknown, 0)
 
 
-def _storable(text: str | None) -> str | None:
-    """Provider error text as Postgres can store it (no NUL characters)."""
-    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+MAX_ERROR_CHARS = 1000
+
+
+def _storable(text: str | None, address: str) -> str | None:
+    """Provider error text as the log keeps it: no NUL (Postgres text cannot hold it), bounded,
+    and without the recipient's address (providers quote it; email_log holds no address, so an
+    erasure never has to touch it)."""
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if "@" in text:
+        text = _quoted_address(address).sub("<recipient>", text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_address(address: str) -> re.Pattern[str]:
+    return re.compile(re.escape(address), re.IGNORECASE)
 
 
 def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:

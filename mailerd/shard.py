@@ -145,6 +145,7 @@ class ShardRun:
         sink: RowSink,
         window_size: int,
         logged_upto: int = 0,
+        erased_pads: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.campaign = campaign
         self._logged_upto = logged_upto
@@ -161,6 +162,7 @@ class ShardRun:
         self._lane = lane
         self._sink = sink
         self._window_size = window_size
+        self._erased_pads = erased_pads
         self._seq = 0
         self._reserve_lock = asyncio.Lock()
         self._resolved = asyncio.Event()
@@ -294,6 +296,7 @@ class ShardRun:
             start=start,
             end=end,
             skip_logged=skip_logged,
+            erased_pads=self._erased_pads,
         )
         now = dt.datetime.now(dt.UTC)
         suppressed: list[LogRow] = []

@@ -408,7 +408,7 @@ async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> se
     if not lost:
         finished = sorted({p.key[0] for p in plans if p.done})
         if finished:
-            await campaigns_db.finish_done(conn, finished)
+            await campaigns_db.sweep(conn, "done", cause="writer", ids=finished)
     return lost
 
 

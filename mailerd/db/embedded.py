@@ -35,7 +35,7 @@ def _start(data_dir: str | Path) -> Any:
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        return pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]  # pgserver ships no stubs for it
 
 
 @contextlib.asynccontextmanager

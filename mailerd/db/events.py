@@ -95,6 +95,20 @@ async def campaign_accounts(conn: asyncpg.Connection, campaign_ids: Collection[i
     return {r["id"]: r["account_id"] for r in rows}
 
 
+async def lead_emails(
+    conn: asyncpg.Connection, pairs: Collection[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    """(account_id, lead_id) -> the lead's address, for the leads that exist."""
+    rows = await conn.fetch(
+        """SELECT l.account_id, l.id, l.email FROM leads l
+           JOIN unnest($1::bigint[], $2::bigint[]) AS v(account_id, id)
+             ON l.account_id = v.account_id AND l.id = v.id""",
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return {(r["account_id"], r["id"]): r["email"] for r in rows}
+
+
 async def lead_accounts(conn: asyncpg.Connection, lead_ids: Collection[int]) -> dict[int, int]:
     """lead id -> account id, for the leads that exist (lead ids are unique across accounts)."""
     rows = await conn.fetch("SELECT id, account_id FROM leads WHERE id = ANY($1::bigint[])", list(lead_ids))

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from mailerd import segments
+from mailerd.db import erasure as erasure_db
 
 
 def matching_sql(segment: segments.Segment, *, first_param: int, alias: str = "l") -> tuple[str, list[Any]]:
@@ -54,22 +55,30 @@ async def sample_matching(
 WINDOW_FETCH_ROWS = 2_000  # rows per round trip on a window's server-side cursor
 
 
-def _window_sql(segment: segments.Segment, *, skip_logged: bool) -> tuple[str, list[Any]]:
+def _window_sql(segment: segments.Segment, *, skip_logged: bool, erased: bool) -> tuple[str, list[Any], int]:
     """Leads of one id window: ``$1`` account, ``$2`` exclusive start, ``$3`` inclusive end,
-    ``$4`` campaign (for ``skip_logged``), then the segment's parameters."""
+    ``$4`` campaign (for ``skip_logged``), then the segment's parameters; with ``erased``, the
+    two HMAC pads follow (returned: the number of the first)."""
     condition, params = segments.compile(segment, first_param=5, alias="l")
     skip = (
         "AND NOT EXISTS (SELECT 1 FROM email_log e WHERE e.campaign_id = $4 AND e.lead_id = l.id)"
         if skip_logged
         else "AND $4::bigint IS NOT NULL"
     )
+    pads = 5 + len(params)
+    hashed = ""
+    if erased:
+        keyed = erasure_db.hmac_sql("l.email", f"${pads}::bytea", f"${pads + 1}::bytea")
+        hashed = f"""OR EXISTS (SELECT 1 FROM erased_suppressions h
+                               WHERE h.account_id = l.account_id AND h.email_hash = {keyed})"""
     sql = f"""SELECT l.id, l.email, l.attributes,
                      EXISTS (SELECT 1 FROM suppressions s
-                             WHERE s.account_id = l.account_id AND s.email = lower(l.email)) AS suppressed
+                             WHERE s.account_id = l.account_id AND s.email = lower(l.email)) {hashed}
+                     AS suppressed
               FROM leads l
               WHERE l.account_id = $1 AND l.id > $2 AND l.id <= $3 AND ({condition}) {skip}
               ORDER BY l.id"""
-    return sql, params
+    return sql, params, pads
 
 
 async def read_window(
@@ -81,12 +90,17 @@ async def read_window(
     start: int,
     end: int,
     skip_logged: bool,
+    erased_pads: tuple[bytes, bytes] | None = None,
 ) -> list[asyncpg.Record]:
     """The matching leads with ids in ``(start, end]`` as ``(id, email, attributes, suppressed)``,
     in id order, read through a server-side cursor in one short read-only transaction (all rows
     are read before it ends, so no transaction waits on a queue). ``skip_logged`` leaves out
-    leads that already have an ``email_log`` row for the campaign."""
-    sql, params = _window_sql(segment, skip_logged=skip_logged)
+    leads that already have an ``email_log`` row for the campaign. ``erased_pads`` (the erasure
+    key's HMAC pads, when the account keeps erased addresses suppressed as hashes) makes an
+    address whose keyed hash is suppressed count as suppressed."""
+    sql, params, _ = _window_sql(segment, skip_logged=skip_logged, erased=erased_pads is not None)
+    if erased_pads is not None:
+        params = [*params, *erased_pads]
     rows: list[asyncpg.Record] = []
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         cursor = await conn.cursor(sql, account_id, start, end, campaign_id, *params)
@@ -179,3 +193,11 @@ async def upsert_staged_folded(conn: asyncpg.Connection) -> None:
 async def truncate_staging(conn: asyncpg.Connection) -> None:
     """Empty the staging table for the next batch."""
     await conn.execute(f"TRUNCATE {STAGING}")
+
+
+async def email_of(conn: asyncpg.Connection, account_id: int, lead_id: int) -> str | None:
+    """The address of one lead of the account (None when there is no such lead)."""
+    email: str | None = await conn.fetchval(
+        "SELECT email FROM leads WHERE account_id = $1 AND id = $2", account_id, lead_id
+    )
+    return email

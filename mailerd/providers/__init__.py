@@ -13,34 +13,34 @@ from mailerd.providers.webhooks import WebhookHandler
 def create(
     config: ProviderConfig,
     unsubscribe: Callable[[Campaign, Lead], str] | None = None,
-    limits: ContentConfig | None = None,
+    content_limits: ContentConfig | None = None,
 ) -> Provider:
     """Build the provider a ``[providers.NAME]`` section describes.
 
     ``unsubscribe`` builds each email's one-click URL (List-Unsubscribe, ``{{ unsubscribe_url }}``);
-    ``limits`` is the template budget of every render (``[content]``). Each provider module loads
+    ``content_limits`` is the template budget of every render (``[content]``). Each provider module loads
     only when configured. A key the kind needs and lacks is a :class:`ConfigError` naming it.
     """
     if config.kind in ("ses", "sink"):
         from mailerd.providers import ses
 
-        return ses.SesProvider(config, unsubscribe=unsubscribe, limits=limits)
+        return ses.SesProvider(config, unsubscribe=unsubscribe, content_limits=content_limits)
     if config.kind == "sendgrid":
         from mailerd.providers import sendgrid
 
-        return sendgrid.SendgridProvider(config, unsubscribe=unsubscribe, limits=limits)
+        return sendgrid.SendgridProvider(config, unsubscribe=unsubscribe, content_limits=content_limits)
     if config.kind == "mailgun":
         from mailerd.providers import mailgun
 
-        return mailgun.MailgunProvider(config, unsubscribe=unsubscribe, limits=limits)
+        return mailgun.MailgunProvider(config, unsubscribe=unsubscribe, content_limits=content_limits)
     if config.kind == "postmark":
         from mailerd.providers import postmark
 
-        return postmark.PostmarkProvider(config, unsubscribe=unsubscribe, limits=limits)
+        return postmark.PostmarkProvider(config, unsubscribe=unsubscribe, content_limits=content_limits)
     if config.kind == "smtp":
         from mailerd.providers import smtp
 
-        return smtp.SmtpProvider(config, unsubscribe=unsubscribe, limits=limits)
+        return smtp.SmtpProvider(config, unsubscribe=unsubscribe, content_limits=content_limits)
     raise ConfigError(f"[providers.{config.name}] kind: unknown provider kind {config.kind!r}")
 
 

@@ -3,9 +3,9 @@
 - The content: the campaign's Jinja templates compiled once per campaign (on the ``[content]``
   budget), rendered per recipient; or, when they only print plain variables, the provider's own
   substitution syntax plus each recipient's values (no render at all: see :meth:`Composer.tagged`).
-- A render that passes the template budget raises :class:`mailerd.content.BudgetExceeded` out of
-  ``send``: it is the campaign's problem, not the recipient's (the sender fails the campaign).
-  Any other render failure fails that recipient alone. Every recipient of a batch is composed
+- A render that passes the template budget raises :class:`mailerd.models.CampaignBroken` out of
+  ``send``: it is the campaign's problem, not the recipient's (the sender fails the campaign with
+  the reason). Any other render failure fails that recipient alone. Every recipient of a batch is composed
   before anything is sent, so a budget overrun never interrupts a batch halfway.
 - Headers: the campaign's own, ``Reply-To``, and per recipient ``List-Unsubscribe`` with
   ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), exactly as SES gets them.
@@ -27,7 +27,7 @@ import markupsafe
 
 from mailerd import content as content_mod
 from mailerd.config import ContentConfig
-from mailerd.models import Campaign, Lead, PermanentError
+from mailerd.models import Campaign, CampaignBroken, Lead, PermanentError
 
 CAMPAIGN_KEY: Final = "mailerd_campaign"
 LEAD_KEY: Final = "mailerd_lead"
@@ -103,12 +103,12 @@ class Composer:
         return self._unsubscribe(self.campaign, lead) if self._unsubscribe is not None else ""
 
     def render(self, lead: Lead) -> Rendered:
-        """The recipient's parts on the budget; BudgetExceeded propagates (see the module doc)."""
+        """The recipient's parts on the budget; CampaignBroken past it (see the module doc)."""
         url = self.unsubscribe_url(lead)
         try:
             subject, html, text = self.content.render(lead, self.campaign, url)
-        except content_mod.BudgetExceeded:
-            raise
+        except content_mod.BudgetExceeded as exc:
+            raise CampaignBroken(f"lead {lead.id}: {exc}") from None
         except content_mod.RenderError as exc:
             return Rendered(lead, unsubscribe_url=url, failure=f"render failed: {exc}")
         return Rendered(lead, subject, html, text, url)

@@ -111,7 +111,7 @@ class MailgunProvider:
         self,
         config: ProviderConfig,
         unsubscribe: compose.UnsubscribeUrl | None = None,
-        limits: ContentConfig | None = None,
+        content_limits: ContentConfig | None = None,
     ) -> None:
         self.name = config.name or config.kind
         if config.api_key is None:
@@ -124,7 +124,7 @@ class MailgunProvider:
         token = base64.b64encode(f"api:{config.api_key.reveal()}".encode()).decode()
         self._api = api_call.ApiSession(config, {"Authorization": f"Basic {token}"})
         self._unsubscribe = unsubscribe
-        self._limits = limits
+        self._limits = content_limits
         self._prepared: dict[int, _Prepared] = {}
 
     async def prepare(self, campaign: Campaign) -> None:

@@ -108,7 +108,7 @@ class PostmarkProvider:
         self,
         config: ProviderConfig,
         unsubscribe: compose.UnsubscribeUrl | None = None,
-        limits: ContentConfig | None = None,
+        content_limits: ContentConfig | None = None,
     ) -> None:
         self.name = config.name or config.kind
         if config.api_key is None:
@@ -128,7 +128,7 @@ class PostmarkProvider:
             },
         )
         self._unsubscribe = unsubscribe
-        self._limits = limits
+        self._limits = content_limits
         self._composers: dict[int, compose.Composer] = {}
 
     async def prepare(self, campaign: Campaign) -> None:

@@ -132,14 +132,14 @@ class SendgridProvider:
         self,
         config: ProviderConfig,
         unsubscribe: compose.UnsubscribeUrl | None = None,
-        limits: ContentConfig | None = None,
+        content_limits: ContentConfig | None = None,
     ) -> None:
         self.name = config.name or config.kind
         if config.api_key is None:
             raise ConfigError(f"[providers.{self.name}] api_key: required for kind sendgrid")
         self._url = endpoint_for(config) + SEND_PATH
         self._unsubscribe = unsubscribe
-        self._limits = limits
+        self._limits = content_limits
         self._api = api_call.ApiSession(
             config,
             {"Authorization": f"Bearer {config.api_key.reveal()}", "Content-Type": "application/json"},

@@ -52,6 +52,7 @@ from mailerd.config import ConfigError, ContentConfig, ProviderConfig
 from mailerd.models import (
     Batch,
     Campaign,
+    CampaignBroken,
     HaltError,
     Lead,
     Outcome,
@@ -215,12 +216,12 @@ class SesProvider:
         self,
         config: ProviderConfig,
         unsubscribe: UnsubscribeUrl | None = None,
-        limits: ContentConfig | None = None,
+        content_limits: ContentConfig | None = None,
     ) -> None:
         self.name = config.name or config.kind
         self._config = config
         self._unsubscribe = unsubscribe
-        self._limits = limits or ContentConfig()
+        self._limits = content_limits or ContentConfig()
         default = DEFAULT_SINK_ENDPOINT if config.kind == "sink" else ""
         self._region = config.region or DEFAULT_REGION
         endpoint = config.endpoint or default or f"https://email.{self._region}.amazonaws.com"
@@ -285,8 +286,10 @@ class SesProvider:
             url = unsubscribe(campaign, lead) if unsubscribe is not None else ""
             try:
                 data = template_data(template, content, lead, campaign, url)
-            except content_mod.BudgetExceeded:
-                raise  # the campaign's template, not this recipient: the sender fails the campaign
+            except content_mod.BudgetExceeded as exc:
+                # Tenant content that passed the creation check but not this lead: sending the
+                # rest would render the same template again; the campaign fails with the reason.
+                raise CampaignBroken(f"lead {lead.id}: {exc}") from None
             except content_mod.RenderError as exc:
                 results[position] = RecipientResult(Outcome.FAILED, error=f"render failed: {exc}")
                 continue

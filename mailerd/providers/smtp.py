@@ -171,13 +171,13 @@ class SmtpProvider:
         self,
         config: ProviderConfig,
         unsubscribe: compose.UnsubscribeUrl | None = None,
-        limits: ContentConfig | None = None,
+        content_limits: ContentConfig | None = None,
     ) -> None:
         self.name = config.name or config.kind
         self._config = config
         self._pool = SmtpPool(config)
         self._unsubscribe = unsubscribe
-        self._limits = limits
+        self._limits = content_limits
         self._composers: dict[int, compose.Composer] = {}
 
     async def prepare(self, campaign: Campaign) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mailerd import config as config_mod
 from mailerd import http
+from mailerd.db import connect as db_connect
 from tests.integration.helpers import add_leads
 
 TOKEN = "s3cret-token"
@@ -176,9 +180,213 @@ async def test_segment_preview(client: TestClient[Any, Any], conn: asyncpg.Conne
 
 async def test_health_readiness_metrics_and_openapi(client: TestClient[Any, Any]) -> None:
     assert (await client.get("/readyz")).status == 200
+    assert (await client.head("/healthz")).status == 200
     client.app[http.SERVICES].health.draining = True  # type: ignore[index]
     assert (await client.get("/readyz")).status == 503
     metrics = await (await client.get("/metrics")).text()
     assert "mailerd_emails_total" in metrics
     spec = await (await client.get("/api/openapi.json", headers=AUTH)).json()
     assert "/api/campaigns/{id}/pause" in spec["paths"]
+
+
+async def test_the_document_declares_parameters_and_every_answer(client: TestClient[Any, Any]) -> None:
+    spec = await (await client.get("/api/openapi.json", headers=AUTH)).json()
+    emails = spec["paths"]["/api/campaigns/{id}/emails"]["get"]
+    assert [(p["name"], p["in"]) for p in emails["parameters"]] == [
+        ("id", "path"),
+        ("after", "query"),
+        ("limit", "query"),
+        ("status", "query"),
+    ]
+    assert emails["parameters"][0]["schema"]["minimum"] == 1
+    assert set(emails["responses"]) == {"200", "401", "404", "422", "503"}
+    create = spec["paths"]["/api/campaigns"]["post"]
+    assert set(create["responses"]) == {"201", "400", "401", "413", "422", "503"}
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert create["responses"]["422"]["content"]["application/json"]["schema"] == error
+    new_campaign = spec["components"]["schemas"]["NewCampaign"]
+    assert new_campaign["properties"]["name"]["maxLength"] == 200
+    assert "html_body" not in new_campaign["properties"] and "html" in new_campaign["required"]
+    pause = spec["paths"]["/api/campaigns/{id}/pause"]["post"]
+    assert set(pause["responses"]) == {"200", "400", "401", "404", "409", "413", "422", "503"}
+    assert pause["requestBody"]["required"] is False
+
+
+# --- bad input gets a 4xx JSON answer naming the field, and changes nothing (issue 9) ---------
+
+
+@pytest.mark.parametrize(
+    "send_at", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "0000-01-01T00:00:00Z"]
+)
+async def test_send_at_outside_what_postgres_stores_is_refused(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, send_at: str
+) -> None:
+    response = await client.post("/api/campaigns", json=_campaign(send_at=send_at), headers=AUTH)
+    assert response.status == 422
+    assert (await response.json())["error"]["field"] == "send_at"
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "a@b.c\r\nBcc: x@y.z",
+        "news@example.com\nBcc: x@y.z",
+        "news@example.com\rBcc: x@y.z",
+        '"News\r\nBcc: x@y.z" <news@example.com>',
+        "news@example.com\x00",
+        "news@example.com\t",
+        "news@example.com, other@example.com",
+        "list: news@example.com;",
+        "News <news@example.com> trailing",
+        "news@",
+        "@example.com",
+        "news",
+    ],
+)
+async def test_from_is_exactly_one_address_without_line_breaks(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, sender: str
+) -> None:
+    response = await client.post("/api/campaigns", json=_campaign(**{"from": sender}), headers=AUTH)
+    assert response.status == 422, sender
+    assert (await response.json())["error"]["field"] == "from"
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+@pytest.mark.parametrize(
+    "sender", ["news@example.com", "News Team <news@example.com>", '"Doe, Jo" <jo@example.com>']
+)
+async def test_from_may_carry_a_display_name(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, sender: str
+) -> None:
+    response = await client.post("/api/campaigns", json=_campaign(**{"from": sender}), headers=AUTH)
+    assert response.status == 201
+    assert await conn.fetchval("SELECT from_address FROM campaigns") == sender
+
+
+async def test_the_subject_cannot_carry_a_line_break(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    for subject in ("Hi\r\nBcc: x@y.z", "Hi\nthere", "Hi\x00"):
+        response = await client.post("/api/campaigns", json=_campaign(subject=subject), headers=AUTH)
+        assert response.status == 422
+        assert (await response.json())["error"]["field"] == "subject"
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+async def test_names_and_reasons_have_length_limits(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    response = await client.post("/api/campaigns", json=_campaign(name="n" * 201), headers=AUTH)
+    assert response.status == 422 and (await response.json())["error"]["field"] == "name"
+    response = await client.post("/api/campaigns", json=_campaign(name="n" * 200), headers=AUTH)
+    assert response.status == 201
+    url = f"/api/campaigns/{(await response.json())['id']}"
+    for reason in ("r" * 501, "a\x00b"):
+        answer = await client.post(f"{url}/start", json={"reason": reason}, headers=AUTH)
+        assert answer.status == 422
+        assert (await answer.json())["error"]["field"] == "reason"
+    assert await conn.fetchval("SELECT status FROM campaigns") == "draft"
+    answer = await client.post(f"{url}/start", json={"reason": "r" * 500}, headers=AUTH)
+    assert answer.status == 200
+
+
+@pytest.mark.parametrize("text", ["١٢", " 12 ", "12 ", "1_0", "+5", "0x10", "1e2", "²"])
+async def test_query_integers_are_ascii_digits_only(client: TestClient[Any, Any], text: str) -> None:
+    for path, field in (
+        ("/api/campaigns?limit=", "limit"),
+        ("/api/campaigns?account_id=", "account_id"),
+        ("/api/campaigns/1/emails?after=", "after"),
+        ("/api/suppressions?account_id=", "account_id"),
+    ):
+        response = await client.get(path + quote(text), headers=AUTH)
+        assert response.status == 422, (path, text)
+        assert (await response.json())["error"]["field"] == field
+
+
+async def test_405_answers_keep_their_allow_header(client: TestClient[Any, Any]) -> None:
+    for method, path, allowed in (
+        ("DELETE", "/api/campaigns/1", {"GET", "HEAD"}),
+        ("PUT", "/api/campaigns", {"GET", "HEAD", "POST"}),
+        ("GET", "/api/campaigns/1/pause", {"POST"}),
+        ("PATCH", "/api/suppressions", {"GET", "HEAD", "POST", "DELETE"}),
+    ):
+        response = await client.request(method, path, headers=AUTH)
+        assert response.status == 405
+        assert {name.strip() for name in response.headers["Allow"].split(",")} == allowed
+        assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_database_that_cannot_be_reached_answers_503_json(dsn: str) -> None:
+    closed = await db_connect.create_pool(dsn, min_size=1, max_size=1)
+    await closed.close()
+    app = http.build_app(http.Services(closed, _config(), http.Health(started=True)))
+    async with TestClient(TestServer(app)) as client:
+        for method, path, body in (
+            ("GET", "/api/campaigns", None),
+            ("POST", "/api/campaigns", _campaign()),
+            ("GET", "/api/suppressions?account_id=1", None),
+        ):
+            response = await client.request(method, path, json=body, headers=AUTH)
+            assert response.status == 503, path
+            assert response.content_type == "application/json"
+            assert (await response.json())["error"]["code"] == "unavailable"
+
+
+async def _raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_protocol_errors_answer_json_too(pool: asyncpg.Pool) -> None:
+    runner = await http.start(
+        http.build_app(http.Services(pool, _config(), http.Health(started=True))), "127.0.0.1", 0
+    )
+    try:
+        port = http.bound_port(runner)
+        long_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n"
+        for request in (long_header, b"BLAH\x00 / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"):
+            status, headers, body = await _raw_request(port, request)
+            assert status == 400
+            assert headers["content-type"].startswith("application/json")
+            assert orjson.loads(body)["error"]["code"] == "bad_request"
+    finally:
+        await runner.cleanup()
+
+
+async def test_undecodable_bodies_and_headers_answer_4xx_json(pool: asyncpg.Pool) -> None:
+    runner = await http.start(
+        http.build_app(http.Services(pool, _config(), http.Health(started=True))), "127.0.0.1", 0
+    )
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    try:
+        port = http.bound_port(runner)
+        for encoding in (b"gzip", b"deflate"):
+            status, _, body = await _raw_request(
+                port,
+                b"POST /api/campaigns HTTP/1.1\r\nHost: x\r\n"
+                + auth
+                + b"Content-Encoding: "
+                + encoding
+                + b"\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            )
+            assert status == 400, encoding
+            assert orjson.loads(body)["error"]["code"] == "invalid_body"
+        not_utf8 = b"Authorization: Bearer \xff\xfe\r\n"
+        status, _, body = await _raw_request(
+            port, b"GET /api/campaigns HTTP/1.1\r\nHost: x\r\n" + not_utf8 + b"Connection: close\r\n\r\n"
+        )
+        assert status == 401
+        assert orjson.loads(body)["error"]["code"] == "unauthorized"
+    finally:
+        await runner.cleanup()

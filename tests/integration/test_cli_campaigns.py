@@ -93,6 +93,10 @@ async def test_create_show_pause_resume_through_the_api(
                 '{"field": "attributes.plan", "op": "gtt", "value": 1}',
             )
             assert code == 2 and "segment" in err and "gtt" in err
+            injected = [*common[: common.index("--from")], "--from", "news@example.com\r\nBcc: x@example.com"]
+            injected += common[common.index("--from") + 2 :]
+            code, _, err = await _mailerd("campaign", "create", *api, *injected, "--segment", segment)
+            assert code == 2 and "mailerd campaign create: from: " in err
             code, _, err = await _mailerd(
                 "campaign",
                 "show",

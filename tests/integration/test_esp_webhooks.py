@@ -313,4 +313,9 @@ async def test_postmark_unsubscribe_request_without_address_maps_through_the_mes
     assert await _post_within(env, "postmark", pm.headers(), orjson.dumps(record)) == (200, {"received": 1})
     row = await conn.fetchrow("SELECT account_id, campaign_id, lead_id, email, kind FROM email_events")
     assert row is not None
-    assert tuple(row) == (ACCOUNT, env.campaign_id, lead[1], None, "unsubscribe")
+    # Matched through the log, the event takes its lead's address and suppresses it.
+    address = f"user{lead[0]}@example.com"
+    assert tuple(row) == (ACCOUNT, env.campaign_id, lead[1], address, "unsubscribe")
+    assert await conn.fetchval(
+        "SELECT count(*) FROM suppressions WHERE account_id = $1 AND email = $2", ACCOUNT, address
+    )

@@ -8,6 +8,7 @@ account than the campaign's is not trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import asyncpg
@@ -94,4 +95,21 @@ async def test_metadata_of_the_campaigns_own_lead_is_used(conn: asyncpg.Connecti
     campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
     resolved = await _record(conn, _event(EventKind.COMPLAINT, campaign_id=campaign_id, lead_id=own))
     assert [(e.campaign_id, e.lead_id, e.account_id) for e in resolved] == [(campaign_id, own, 1)]
+    assert await _suppressed_in(conn) == {1}
+
+
+async def test_an_event_without_an_address_takes_its_leads_once_matched(conn: asyncpg.Connection) -> None:
+    """Postmark's unsubscribe record names only the message id: matched through the log, it
+    suppresses the lead's address."""
+    own = await _lead(conn, 1, ADDRESS)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
+           VALUES (now(), $1, $2, 1, 'pm-123')""",
+        campaign_id,
+        own,
+    )
+    event = dataclasses.replace(_event(EventKind.UNSUBSCRIBE), email=None, provider_message_id="pm-123")
+    resolved = await _record(conn, event)
+    assert [(e.lead_id, e.email) for e in resolved] == [(own, ADDRESS)]
     assert await _suppressed_in(conn) == {1}

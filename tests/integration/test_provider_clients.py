@@ -14,10 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mailerd import content
 from mailerd.config import ContentConfig, Secret
 from mailerd.emulator.smtp_server import SmtpEmulator
-from mailerd.models import HaltError, Lead, Outcome, RetryableError
+from mailerd.models import CampaignBroken, HaltError, Lead, Outcome, RetryableError
 from mailerd.providers import create
 from tests.integration import providers_env as env
 
@@ -98,7 +97,7 @@ async def test_a_render_over_budget_fails_the_send_before_anything_goes(kind: st
             "{% if lead.id == 3 %}{% for i in range(100) %}{{ i }}{% endfor %}{% endif %}",
             text_body="",
         )
-        with pytest.raises(content.BudgetExceeded):
+        with pytest.raises(CampaignBroken, match=r"lead 3: .*template budget exceeded"):
             await client.send(env.batch(camp, 5))
         assert emulator.counters.accepted == 0
 

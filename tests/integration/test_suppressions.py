@@ -173,6 +173,35 @@ async def test_list_is_keyset_paginated_within_an_account(
         assert (await answer.json())["error"]["field"] == field
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"account_id": 1, "email": "a\x00b@example.com", "reason": "r"}, "email"),
+        ({"account_id": 1, "email": "ab@example.com\x00", "reason": "r"}, "email"),
+        ({"account_id": 1, "email": "ab@example.com", "reason": "x\x00y"}, "reason"),
+    ],
+)
+async def test_nul_characters_are_refused_naming_the_field(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, body: dict[str, Any], field: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO suppressions (account_id, email, reason) VALUES (1, 'ab@example.com', 'x')"
+    )
+    for method in ("POST", "DELETE"):
+        answer = await client.request(method, "/api/suppressions", json=body, headers=AUTH)
+        assert answer.status == 422, method
+        assert answer.content_type == "application/json"
+        assert (await answer.json())["error"]["field"] == field
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
+    assert await _audit(conn) == []
+
+
+async def test_nul_in_the_list_cursor_is_refused(client: TestClient[Any, Any]) -> None:
+    answer = await client.get("/api/suppressions?account_id=1&after=a%00b", headers=AUTH)
+    assert answer.status == 422
+    assert (await answer.json())["error"]["field"] == "after"
+
+
 # --- import ----------------------------------------------------------------------------------
 
 

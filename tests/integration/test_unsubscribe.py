@@ -163,3 +163,39 @@ async def test_routes_are_off_without_a_secret(pool: asyncpg.Pool) -> None:
     async with TestClient(TestServer(app)) as client:
         assert (await client.get(f"/u/{token}")).status == 404
         assert (await client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})).status == 404
+
+
+MULTIPART = "multipart/form-data; boundary=x"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"--x\r\nno colon in this header line\r\n\r\nOne-Click\r\n--x--\r\n", MULTIPART),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n'
+            b"Content-Transfer-Encoding: bogus\r\n\r\nOne-Click\r\n--x--\r\n",
+            MULTIPART,
+        ),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n'
+            b"Content-Type: text/plain; charset=bogus\r\n\r\nOne-Click\r\n--x--\r\n",
+            MULTIPART,
+        ),
+        (b"List-Unsubscribe=One-Click", "application/x-www-form-urlencoded; charset=bogus"),
+    ],
+)
+async def test_a_malformed_form_gets_400_and_changes_nothing(
+    client: TestClient[Any, Any],
+    conn: asyncpg.Connection,
+    lead: tuple[int, int, int, str],
+    body: bytes,
+    content_type: str,
+) -> None:
+    account_id, campaign_id, lead_id, _ = lead
+    before = await _state(conn, campaign_id)
+    answer = await client.post(
+        _path(account_id, campaign_id, lead_id), data=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status == 400
+    assert await _state(conn, campaign_id) == before

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import secrets
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import asyncpg
 import orjson
 import pytest
 
-from mailerd import app, campaigns, db
+from mailerd import app, campaigns, db, events
 from mailerd import config as config_mod
 from mailerd.models import Event, EventKind, LogStatus
 from mailerd.shard import Ledger
@@ -86,9 +85,8 @@ async def test_an_event_postgres_refuses_is_refused_alone_and_the_rest_commits(
     writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20))
     task = await _running(writer)
     now = dt.datetime.now(dt.UTC)
-    # An incompressible receipt this long is larger than a btree row may be (SQLSTATE 54000).
-    huge = secrets.token_hex(2000)
-    poisoned = await writer.submit_events([_event(huge)])
+    # A NUL in the provider's text: Postgres text cannot hold it (SQLSTATE 22021).
+    poisoned = await writer.submit_events([dataclasses.replace(_event("bad-1"), reason="bounced\x00here")])
     good = await writer.submit_events([_event("ok-1")])
     rows = await writer.submit(claim, 1, [(now, claim.campaign_id, 5, LogStatus.SENT, "m-1", None)])
     async with asyncio.timeout(20):
@@ -102,13 +100,13 @@ async def test_an_event_postgres_refuses_is_refused_alone_and_the_rest_commits(
     await asyncio.wait_for(task, 10)
     assert writer.healthy
     receipts = {r["receipt"] for r in await conn.fetch("SELECT receipt FROM webhook_receipts")}
-    assert receipts == {"ok-1", "ok-2"}
+    assert receipts == {events.receipt_key("ok-1"), events.receipt_key("ok-2")}
     assert (
         await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", claim.campaign_id) == 1
     )
     letter = await conn.fetchrow("SELECT * FROM dead_letters")
-    assert letter["kind"] == "events" and letter["sqlstate"] == "54000" and letter["entries"] == 1
-    assert huge in letter["payload"]
+    assert letter["kind"] == "events" and letter["sqlstate"] == "22021" and letter["entries"] == 1
+    assert "bounced\\u0000here" in letter["payload"]
 
 
 async def test_rows_postgres_refuses_are_dead_lettered_and_the_shard_moves_on(

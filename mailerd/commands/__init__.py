@@ -1,0 +1,1 @@
+"""The command-line commands that need more than a few lines, one module per noun."""

@@ -1,0 +1,207 @@
+"""The admin API: campaigns, segment previews and the suppression list (``/api/...``)."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import time
+import typing
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from mailerd import campaigns, decoding, segments, suppressions
+from mailerd.db import campaigns as campaign_rows
+from mailerd.db import email_log, leads
+from mailerd.http import bodies, parsing
+from mailerd.http.errors import ApiError, Handler, json_response
+from mailerd.http.services import SERVICES, Services, pool
+from mailerd.models import LogStatus
+
+# --- campaigns -------------------------------------------------------------------------------
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    """POST /api/campaigns: 201 and the campaign; 422 naming every invalid field."""
+    config = request.app[SERVICES].config
+    new = await parsing.body(request, campaigns.NewCampaign)
+    errors = campaigns.validate(new, config)
+    if errors:
+        raise ApiError.invalid([decoding.Problem(error.field, error.message) for error in errors])
+    async with pool(request).acquire() as conn:
+        try:
+            campaign_id = await campaigns.create(conn, new, config)
+        except campaigns.CampaignError as error:  # the content budget, checked on a sample lead
+            raise ApiError.invalid([decoding.Problem(error.field, error.message)]) from None
+        info = await campaigns.show(conn, campaign_id)
+    return json_response(msgspec.convert(info, bodies.Campaign), status=201)
+
+
+async def list_campaigns(request: web.Request) -> web.Response:
+    """GET /api/campaigns?status=&account_id=&after=&limit= (keyset pagination by id)."""
+    query = parsing.query(request, bodies.CampaignListQuery)
+    async with pool(request).acquire() as conn:
+        rows = await campaign_rows.page(
+            conn,
+            after=query.after,
+            limit=query.limit,
+            status=None if query.status is None else query.status.value,
+            account_id=query.account_id,
+        )
+    items = msgspec.convert(rows, list[bodies.CampaignSummary])
+    next_after = items[-1].id if len(items) == query.limit else None
+    return json_response(bodies.CampaignPage(items, next_after))
+
+
+async def get_campaign(request: web.Request) -> web.Response:
+    """GET /api/campaigns/{id}: status, reason, counts, current rate and ETA."""
+    campaign_id = parsing.campaign_id(request)
+    async with pool(request).acquire() as conn:
+        info = await campaigns.show(conn, campaign_id)
+    if info is None:
+        raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id")
+    info.update(_rate_and_eta(request.app[SERVICES], info))
+    return json_response(msgspec.convert(info, bodies.CampaignWithRate))
+
+
+def _rate_and_eta(services: Services, info: dict[str, Any]) -> dict[str, Any]:
+    """Rate over the last minute of this node's observations (else since start), and ETA."""
+    now = time.monotonic()
+    samples = services.rates.setdefault(info["id"], collections.deque(maxlen=120))
+    samples.append((now, info["processed"]))
+    while samples and now - samples[0][0] > 60:
+        samples.popleft()
+    rate = 0.0
+    if len(samples) >= 2 and now - samples[0][0] >= 1:
+        rate = (samples[-1][1] - samples[0][1]) / (now - samples[0][0])
+    elif info["started_at"] is not None and info["status"] == "running":
+        elapsed = (dt.datetime.now(dt.UTC) - info["started_at"]).total_seconds()
+        rate = info["processed"] / elapsed if elapsed > 0 else 0.0
+    if info["status"] != "running":
+        rate = 0.0
+    remaining = max(info["matched"] - info["processed"], 0)
+    eta = round(remaining / rate, 1) if rate > 0 else None
+    return {"rate_per_s": round(rate, 1), "eta_s": eta}
+
+
+async def campaign_emails(request: web.Request) -> web.Response:
+    """GET /api/campaigns/{id}/emails?after=&limit=&status=: who got the campaign, one row per
+    lead, read through email_log's (campaign_id, lead_id) index with keyset pagination (on the
+    reports database when ``[database] reports_dsn`` is set)."""
+    services = request.app[SERVICES]
+    campaign_id = parsing.campaign_id(request)
+    query = parsing.query(request, bodies.EmailsQuery)
+    status = None if query.status is None else LogStatus[query.status.upper()]
+    async with (services.reports_pool or pool(request)).acquire() as conn:
+        rows = await email_log.campaign_page(
+            conn, campaign_id, after=query.after, limit=query.limit, status=status
+        )
+    emails = [
+        bodies.Email(
+            lead_id=row["lead_id"],
+            status=typing.cast(bodies.LogStatusName, LogStatus(row["status"]).name.lower()),
+            sent_at=row["sent_at"],
+            provider_message_id=row["provider_message_id"],
+            error=row["error"],
+        )
+        for row in rows
+    ]
+    next_after = emails[-1].lead_id if len(emails) == query.limit else None
+    return json_response(bodies.EmailPage(emails, next_after))
+
+
+def campaign_action(action: str) -> Handler:
+    """The handler of POST /api/campaigns/{id}/``action`` (start, pause, resume, cancel)."""
+    if action not in campaigns.API_ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+
+    async def act(request: web.Request) -> web.Response:
+        """POST /api/campaigns/{id}/ACTION; 409 with the current status."""
+        campaign_id = parsing.campaign_id(request)
+        reason = None
+        if request.can_read_body:
+            reason = (await parsing.body(request, bodies.ActionBody)).reason
+        # One transaction: the answer is the campaign as the action left it (the scheduler
+        # cannot move it on before the row lock is released).
+        async with pool(request).acquire() as conn, conn.transaction():
+            try:
+                await campaigns.transition(conn, campaign_id, action, reason)
+            except campaigns.TransitionError as exc:
+                if exc.current is None:
+                    raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id") from None
+                raise ApiError(409, "conflict", str(exc), "status") from None
+            info = await campaigns.show(conn, campaign_id)
+        return json_response(msgspec.convert(info, bodies.Campaign))
+
+    return act
+
+
+# --- segments --------------------------------------------------------------------------------
+
+
+async def preview_segment(request: web.Request) -> web.Response:
+    """POST /api/segments/preview {"account_id", "segment"} -> count and ten sample leads."""
+    data = await parsing.body(request, bodies.PreviewBody)
+    try:
+        segment = segments.parse(data.segment)
+    except segments.SegmentError as exc:
+        raise ApiError(422, "invalid", f"segment: {exc}", "segment") from None
+    async with pool(request).acquire() as conn:
+        count = await leads.count_matching(conn, data.account_id, segment)
+        sample = await leads.sample_matching(conn, data.account_id, segment, limit=10)
+    return json_response(bodies.Preview(count, msgspec.convert(sample, list[bodies.Lead])))
+
+
+# --- suppressions ----------------------------------------------------------------------------
+
+
+def _suppression(data: bodies.SuppressionBody, *, reason_required: bool) -> tuple[str, str | None]:
+    """``(normalised email, reason)`` of a POST/DELETE body; 422 naming the field."""
+    normalised = suppressions.normalise(data.email)
+    if normalised is None:
+        raise ApiError(422, "invalid", f"email: not an email address: {data.email[:100]!r}", "email")
+    if data.reason is None:
+        if reason_required:
+            raise ApiError(422, "invalid", "reason: is required (why the address is removed)", "reason")
+        return normalised, None
+    if not data.reason.strip():
+        raise ApiError(422, "invalid", "reason: expected a non-empty string", "reason")
+    return normalised, data.reason.strip()
+
+
+def _row(row: suppressions.Suppression) -> bodies.Suppression:
+    return bodies.Suppression(row.account_id, row.email, row.reason, row.source, row.at)
+
+
+async def list_suppressions(request: web.Request) -> web.Response:
+    """GET /api/suppressions?account_id=&after=&limit= (keyset pagination by address)."""
+    query = parsing.query(request, bodies.SuppressionListQuery)
+    async with pool(request).acquire() as conn:
+        rows = await suppressions.page(
+            conn, query.account_id, after=query.after.strip().lower(), limit=query.limit
+        )
+    next_after = rows[-1].email if len(rows) == query.limit else None
+    return json_response(bodies.SuppressionPage([_row(row) for row in rows], next_after))
+
+
+async def add_suppression(request: web.Request) -> web.Response:
+    """POST /api/suppressions {"account_id", "email", "reason"?}: 201 added, 200 already there."""
+    data = await parsing.body(request, bodies.SuppressionBody)
+    email, reason = _suppression(data, reason_required=False)
+    async with pool(request).acquire() as conn:
+        row, created = await suppressions.add(conn, data.account_id, email, reason or "manual", "api")
+    added = bodies.SuppressionAdded(row.account_id, row.email, row.reason, row.source, row.at, created)
+    return json_response(added, status=201 if created else 200)
+
+
+async def remove_suppression(request: web.Request) -> web.Response:
+    """DELETE /api/suppressions {"account_id", "email", "reason"}: 404 when not suppressed."""
+    data = await parsing.body(request, bodies.SuppressionBody)
+    email, reason = _suppression(data, reason_required=True)
+    assert reason is not None
+    async with pool(request).acquire() as conn:
+        row = await suppressions.remove(conn, data.account_id, email, reason, "api")
+    if row is None:
+        raise ApiError(404, "not_found", f"{email} is not suppressed in account {data.account_id}", "email")
+    return json_response(bodies.SuppressionRemoved(_row(row), reason))

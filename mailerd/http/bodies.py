@@ -1,0 +1,304 @@
+"""Every request and response body of the HTTP API, each defined once as a msgspec Struct.
+
+The handlers decode requests with these types (:func:`mailerd.decoding.decode`), build their
+answers through them, and :mod:`mailerd.http.openapi` derives the document from them, so the
+validation, the answers and the document cannot drift apart. ``NewCampaign`` lives in
+:mod:`mailerd.campaigns` because the demo and the tests build it without HTTP; it is the body of
+``POST /api/campaigns`` all the same. Query strings are Structs too (``...Query``): one field per
+parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from mailerd import campaigns, decoding, suppressions
+from mailerd.models import CampaignStatus
+
+MAX_ID = campaigns.MAX_ID
+
+NewCampaign = campaigns.NewCampaign
+NewCampaignExample = Annotated[
+    NewCampaign,
+    msgspec.Meta(
+        examples=[
+            {
+                "account_id": 1,
+                "name": "Spring launch",
+                "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"},
+                "subject": "Hello {{ lead.attributes.first_name }}",
+                "html": "<p>Hi</p>",
+                "text": "Hi",
+                "from": "News <news@example.com>",
+                "provider": "ses",
+                "send_at": "2030-12-01T09:00:00Z",
+            }
+        ]
+    ),
+]
+AccountId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="the account (0 to 2^63 - 1)")]
+CampaignId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="the campaign's id", examples=[1])]
+Time = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+LogStatusName = Literal["sent", "failed", "unknown", "suppressed"]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """One problem: what went wrong and, when a field is to blame, its name."""
+
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Every error answer. ``errors`` lists every problem when a body has several."""
+
+    error: Problem
+    errors: list[Problem] = []
+
+
+# --- campaigns -------------------------------------------------------------------------------
+
+
+class ActionBody(msgspec.Struct, frozen=True):
+    """The optional body of ``POST /api/campaigns/{id}/{action}``; other keys are ignored."""
+
+    reason: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=campaigns.MAX_REASON_LENGTH,
+                pattern=decoding.NO_NUL,
+                description="stored as the campaign's reason",
+            ),
+        ]
+        | None
+    ) = None
+
+
+ActionExample = Annotated[ActionBody, msgspec.Meta(examples=[{"reason": "copy check"}])]
+
+
+class Campaign(msgspec.Struct, frozen=True):
+    """A campaign's status and counters (from ``campaign_stats``, never the hot log)."""
+
+    id: int
+    account_id: int
+    name: str
+    status: CampaignStatus
+    reason: str | None
+    provider: str
+    created_at: Time
+    send_at: Time | None
+    started_at: Time | None
+    finished_at: Time | None
+    matched: int
+    sent: int
+    failed: int
+    unknown: int
+    suppressed: int
+    retried: int
+    delivered: int
+    bounced: int
+    complained: int
+    unsubscribed: int
+    shards: int
+    shards_done: int
+    processed: int
+
+
+class CampaignWithRate(Campaign, frozen=True):
+    """``GET /api/campaigns/{id}``: the campaign plus this node's view of its rate and ETA."""
+
+    rate_per_s: float
+    eta_s: float | None
+
+
+class CampaignSummary(msgspec.Struct, frozen=True):
+    """One campaign of a list."""
+
+    id: int
+    account_id: int
+    name: str
+    status: CampaignStatus
+    reason: str | None
+    provider: str
+    created_at: Time
+    started_at: Time | None
+    finished_at: Time | None
+    matched: int
+    sent: int
+    failed: int
+
+
+class CampaignPage(msgspec.Struct, frozen=True):
+    """A page of campaigns by id; ``next_after`` is the cursor of the next page, if any."""
+
+    campaigns: list[CampaignSummary]
+    next_after: int | None
+
+
+class CampaignListQuery(msgspec.Struct, frozen=True):
+    """``GET /api/campaigns`` query."""
+
+    status: CampaignStatus | None = None
+    account_id: AccountId | None = None
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="keyset cursor: id > after")] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
+
+
+class Email(msgspec.Struct, frozen=True):
+    """One ``email_log`` row of a campaign."""
+
+    lead_id: int
+    status: LogStatusName
+    sent_at: Time
+    provider_message_id: str | None
+    error: str | None
+
+
+class EmailPage(msgspec.Struct, frozen=True):
+    """A page of a campaign's log rows by lead id."""
+
+    emails: list[Email]
+    next_after: int | None
+
+
+class EmailsQuery(msgspec.Struct, frozen=True):
+    """``GET /api/campaigns/{id}/emails`` query (``status`` is case-insensitive)."""
+
+    lowercase: ClassVar[frozenset[str]] = frozenset({"status"})
+
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="keyset cursor: lead_id > after")] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    status: LogStatusName | None = None
+
+
+# --- segments --------------------------------------------------------------------------------
+
+
+class PreviewBody(msgspec.Struct, frozen=True):
+    """``POST /api/segments/preview``; other keys are ignored."""
+
+    account_id: AccountId
+    segment: Annotated[Any, msgspec.Meta(description="the segment condition (see docs/segments.md)")]
+
+
+PreviewExample = Annotated[
+    PreviewBody,
+    msgspec.Meta(
+        examples=[{"account_id": 1, "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"}}]
+    ),
+]
+
+
+class Lead(msgspec.Struct, frozen=True):
+    """A lead of a preview."""
+
+    id: int
+    email: str
+    attributes: Annotated[Any, msgspec.Meta(description="the lead's attributes, as imported")]
+
+
+class Preview(msgspec.Struct, frozen=True):
+    """How many leads match now (suppressed ones excluded) and the first ten by id."""
+
+    count: int
+    sample: list[Lead]
+
+
+# --- suppressions ----------------------------------------------------------------------------
+
+
+class SuppressionBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST`` and ``DELETE /api/suppressions`` (``reason`` is required to delete)."""
+
+    account_id: AccountId
+    email: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="the address (trimmed and lower-cased)")
+    ]
+    reason: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=suppressions.MAX_REASON_LENGTH,
+                pattern=decoding.NO_NUL,
+                description="why; required on DELETE",
+            ),
+        ]
+        | None
+    ) = None
+
+
+SuppressionExample = Annotated[
+    SuppressionBody,
+    msgspec.Meta(examples=[{"account_id": 1, "email": "carol@example.com", "reason": "asked by phone"}]),
+]
+
+
+class Suppression(msgspec.Struct, frozen=True):
+    """One row of an account's suppression list."""
+
+    account_id: int
+    email: str
+    reason: str
+    source: str | None
+    at: Time
+
+
+class SuppressionAdded(Suppression, frozen=True):
+    """The row, and whether this request added it (false: it was already there)."""
+
+    created: bool
+
+
+class SuppressionRemoved(msgspec.Struct, frozen=True):
+    """The row as it was, and the reason given for removing it."""
+
+    removed: Suppression
+    reason: str
+
+
+class SuppressionPage(msgspec.Struct, frozen=True):
+    """A page of an account's suppression list by address."""
+
+    suppressions: list[Suppression]
+    next_after: str | None
+
+
+class SuppressionListQuery(msgspec.Struct, frozen=True):
+    """``GET /api/suppressions`` query."""
+
+    account_id: AccountId
+    after: Annotated[
+        str, msgspec.Meta(pattern=decoding.NO_NUL, description="keyset cursor: addresses after this one")
+    ] = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+# --- health and webhooks ---------------------------------------------------------------------
+
+
+class Alive(msgspec.Struct, frozen=True):
+    """``GET /healthz``."""
+
+    status: Literal["ok"]
+
+
+class Ready(msgspec.Struct, frozen=True):
+    """``GET /readyz``: 200 when ready, 503 while starting, draining or unable to log."""
+
+    ready: bool
+
+
+class Received(msgspec.Struct, frozen=True):
+    """``POST /webhooks/{provider}``: how many events were committed."""
+
+    received: int

@@ -1,0 +1,174 @@
+"""The OpenAPI document, derived from the route table and the bodies (never written by hand).
+
+Each route names its request body, query Struct and answers by type; the schemas come from
+``msgspec.json.schema_components``, so the document says what the handlers decode and answer.
+Answers every route of a kind can give are added here: 401 for ``/api/`` routes (bearer
+token), 400/413/422 for a JSON body, 422 for a query, 404 for an ``{id}``, 503 for the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from mailerd.http import bodies
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    400: "The body is not JSON (code invalid_json)",
+    401: "Missing or invalid bearer token (code unauthorized)",
+    404: "Not found (code not_found; error.field names the path parameter)",
+    409: "The transition is not allowed from the current status (code conflict)",
+    413: "The body is larger than [http] max_body_bytes (code too_large)",
+    422: "A field or query parameter is invalid (code invalid; error.field names it)",
+    503: "The database is not available right now (code unavailable); retry",
+}
+
+# The type of each path parameter, by name.
+PATH_PARAMETERS: dict[str, Any] = {"id": bodies.CampaignId, "provider": str, "token": str}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    """One method on one path: its handler and what the document says about it.
+
+    ``responses`` maps the statuses particular to the route to their body type (None: no
+    JSON body).
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    responses: Mapping[int, Any]
+    body: Any = None
+    body_required: bool = True
+    query: type[msgspec.Struct] | None = None
+    uses_database: bool = True
+    documented: bool = True
+
+    @property
+    def needs_token(self) -> bool:
+        return self.path.startswith("/api/")
+
+
+def document(routes: Iterable[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the documented routes."""
+    documented = [route for route in routes if route.documented]
+    schemas = _Schemas(documented)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in documented:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailerd API", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas.components,
+        },
+        "paths": paths,
+    }
+
+
+def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": _operation_id(route.method, route.path),
+        "responses": {str(status): _response(status, kind, schemas) for status, kind in _answers(route)},
+    }
+    if route.needs_token:
+        operation["security"] = [{"bearer": []}]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": schemas.of(PATH_PARAMETERS[name])}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    if route.query is not None:
+        parameters += [
+            {
+                "name": field.encode_name,
+                "in": "query",
+                "required": field.required,
+                "schema": schemas.of(_without_none(field.type)),
+            }
+            for field in msgspec.structs.fields(route.query)
+        ]
+    if parameters:
+        operation["parameters"] = parameters
+    if route.body is not None:
+        operation["requestBody"] = {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": schemas.of(route.body)}},
+        }
+    return operation
+
+
+def _answers(route: Route) -> list[tuple[int, Any]]:
+    """Every status the route can answer, with its body type."""
+    answers = dict(route.responses)
+    if route.needs_token:
+        answers[401] = bodies.ErrorBody
+    if route.body is not None:
+        answers.update({400: bodies.ErrorBody, 413: bodies.ErrorBody, 422: bodies.ErrorBody})
+    if route.query is not None:
+        answers[422] = bodies.ErrorBody
+    if "{id}" in route.path:
+        answers[404] = bodies.ErrorBody
+    if route.uses_database:
+        answers[503] = bodies.ErrorBody
+    return sorted(answers.items())
+
+
+def _response(status: int, kind: Any, schemas: _Schemas) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": STATUS_TEXT.get(status, "")}
+    if kind is not None:
+        response["content"] = {"application/json": {"schema": schemas.of(kind)}}
+    return response
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [part.strip("{}") for part in path.split("/") if part and part != "api"]
+    return "_".join([method.lower(), *words])
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X | None`` -> ``X``: a parameter is absent, never null."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [kind for kind in typing.get_args(annotation) if kind is not type(None)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return annotation
+
+
+class _Schemas:
+    """The JSON schema of every type the routes use, with shared components."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        wanted: list[Any] = [bodies.ErrorBody, *PATH_PARAMETERS.values()]
+        for route in routes:
+            wanted += [kind for kind in route.responses.values() if kind is not None]
+            if route.body is not None:
+                wanted.append(route.body)
+            if route.query is not None:
+                wanted += [_without_none(field.type) for field in msgspec.structs.fields(route.query)]
+        self._types = wanted
+        found, self.components = msgspec.json.schema_components(
+            wanted, ref_template="#/components/schemas/{name}"
+        )
+        self._schemas = list(found)
+
+    def of(self, kind: Any) -> dict[str, Any]:
+        for index, known in enumerate(self._types):
+            if known is kind or known == kind:
+                schema: dict[str, Any] = self._schemas[index]
+                return schema
+        raise KeyError(f"no schema collected for {kind!r}")

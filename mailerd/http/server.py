@@ -1,0 +1,64 @@
+"""The aiohttp application: routes, the bearer-token and JSON-error middlewares, serving."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from mailerd.http import openapi, routes
+from mailerd.http.errors import ApiError, Handler, JsonErrorRunner, errors_as_json
+from mailerd.http.services import SERVICES, Services
+
+HTTP_SHUTDOWN_S = 3.0
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``/api/`` needs a configured admin token; compared in constant time."""
+    if request.path.startswith("/api/"):
+        tokens = request.app[SERVICES].config.http.admin_tokens
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        valid = False
+        if scheme.lower() == "bearer" and given:
+            for token in tokens:  # check all: the time taken does not say which one matched
+                # surrogateescape: a header that is not UTF-8 compares as its bytes, never raises
+                valid |= hmac.compare_digest(given.encode(errors="surrogateescape"), token.reveal().encode())
+        if not valid:
+            raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer TOKEN' header is required")
+    return await handler(request)
+
+
+def build_app(services: Services) -> web.Application:
+    """The aiohttp application of the daemon."""
+    app = web.Application(
+        middlewares=[errors_as_json, bearer_auth], client_max_size=services.config.http.max_body_bytes
+    )
+    app[SERVICES] = services
+    app[routes.OPENAPI] = openapi.document(routes.ROUTES)
+    for route in routes.ROUTES:
+        if route.method == "GET":  # and HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
+    return app
+
+
+async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Bind and serve; returns the runner to clean up at the very end of the shutdown."""
+    # By the time the runner is cleaned up the drain is over: requests still running get a few
+    # seconds, not aiohttp's default minute (every waiting webhook has had its answer by then).
+    runner = JsonErrorRunner(app, access_log=None, handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (useful with port 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("not bound")

@@ -1,0 +1,97 @@
+"""One-click unsubscribe (RFC 8058): ``GET /u/{token}`` shows a button, ``POST`` unsubscribes.
+
+The answers are HTML pages, except the JSON errors that say the node cannot act right now.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import http_exceptions, web
+
+from mailerd import db, metrics, unsubscribe
+from mailerd.db import leads
+from mailerd.http.errors import ApiError
+from mailerd.http.services import SERVICES, pool
+from mailerd.http.webhooks import record_events
+from mailerd.models import Event, EventKind
+
+# What aiohttp raises on a form it cannot read: a broken part header (InvalidHeader), an
+# unknown charset (LookupError) or transfer encoding (RuntimeError), bad bytes (ValueError), a
+# body whose Content-Encoding does not decode (RequestPayloadError).
+_MALFORMED_FORM = (
+    ValueError,
+    LookupError,
+    RuntimeError,
+    http_exceptions.HttpProcessingError,
+    web.RequestPayloadError,
+)
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def _secret(request: web.Request) -> bytes:
+    secret = request.app[SERVICES].config.unsubscribe.secret
+    if secret is None:
+        raise ApiError(404, "not_found", "one-click unsubscribe is not configured")
+    return secret.reveal().encode()
+
+
+async def page(request: web.Request) -> web.Response:
+    """GET /u/{token}: a page with a button; changes nothing (mail scanners prefetch links)."""
+    try:
+        unsubscribe.read_token(_secret(request), request.match_info["token"])
+    except unsubscribe.BadToken:
+        return _html(unsubscribe.invalid_page(), status=400)
+    return _html(unsubscribe.confirm_page())
+
+
+async def one_click(request: web.Request) -> web.Response:
+    """POST /u/{token} with ``List-Unsubscribe=One-Click`` (RFC 8058): unsubscribe, answer 200.
+
+    Recorded as an ``unsubscribe`` event whose receipt is ``campaign:lead``, so a repeat is
+    recorded once; answered only once committed, never with a redirect.
+    """
+    services = request.app[SERVICES]
+    try:
+        account_id, campaign_id, lead_id = unsubscribe.read_token(
+            _secret(request), request.match_info["token"]
+        )
+    except unsubscribe.BadToken:
+        return _html(unsubscribe.invalid_page(), status=400)
+    try:
+        form = await request.post()  # application/x-www-form-urlencoded or multipart/form-data
+    except _MALFORMED_FORM:
+        return _html(unsubscribe.not_one_click_page(), status=400)
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    if not unsubscribe.is_one_click(fields):
+        return _html(unsubscribe.not_one_click_page(), status=400)
+    if services.writer is None:
+        raise ApiError(503, "unavailable", "events cannot be recorded right now")
+    try:
+        async with pool(request).acquire() as conn:
+            email = await leads.email_of(conn, account_id, lead_id)
+    except db.DB_ERRORS:
+        raise ApiError(503, "unavailable", "cannot unsubscribe right now; please try again") from None
+    event = Event(
+        provider="list-unsubscribe",
+        kind=EventKind.UNSUBSCRIBE,
+        occurred_at=dt.datetime.now(dt.UTC),
+        email=email,
+        receipt=f"{campaign_id}:{lead_id}",
+        campaign_id=campaign_id,
+        lead_id=lead_id,
+        account_id=account_id,
+        provider_type="one-click",
+    )
+    await record_events(services.writer, [event])
+    metrics.WEBHOOK_EVENTS.labels("list-unsubscribe", str(EventKind.UNSUBSCRIBE)).inc()
+    return _html(unsubscribe.done_page())

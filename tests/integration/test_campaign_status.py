@@ -1,0 +1,101 @@
+"""Every campaign status change goes through one function: allowed transitions, a status
+generation bumped each time, a recorded change, and pauses that must match the generation they
+were decided on (issue 10: a late halt from any node can never undo an operator's resume)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns
+from mailerd.db import campaigns as campaigns_db
+from tests.integration.helpers import daemon_config, new_campaign
+
+
+async def _generation(conn: asyncpg.Connection, campaign_id: int) -> int:
+    return int(await conn.fetchval("SELECT status_generation FROM campaigns WHERE id = $1", campaign_id))
+
+
+async def _changes(
+    conn: asyncpg.Connection, campaign_id: int
+) -> list[tuple[int, str | None, str, str, str | None]]:
+    rows = await conn.fetch(
+        """SELECT generation, previous_status, status, cause, reason FROM campaign_changes
+           WHERE campaign_id = $1 ORDER BY generation""",
+        campaign_id,
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def test_each_change_bumps_the_generation_and_is_recorded(conn: asyncpg.Connection) -> None:
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    assert await _generation(conn, campaign_id) == 0
+    await campaigns_db.change_status(conn, campaign_id, "start")
+    await conn.execute(
+        "UPDATE campaigns SET send_at = now() - interval '1 second' WHERE id = $1", campaign_id
+    )
+    assert await campaigns_db.sweep(conn, "due", cause="scheduler") == [campaign_id]
+    await campaigns_db.change_status(conn, campaign_id, "pause", "checking the list")
+    await campaigns_db.change_status(conn, campaign_id, "cancel", cause="cli")
+    assert await _generation(conn, campaign_id) == 4
+    assert await _changes(conn, campaign_id) == [
+        (0, None, "draft", "created", None),
+        (1, "draft", "scheduled", "api", None),
+        (2, "scheduled", "running", "scheduler", None),
+        (3, "running", "paused", "api", "checking the list"),
+        (4, "paused", "cancelled", "cli", None),
+    ]
+    with pytest.raises(campaigns_db.TransitionError, match="campaign is cancelled"):
+        await campaigns_db.change_status(conn, campaign_id, "resume")
+    assert await _generation(conn, campaign_id) == 4
+
+
+async def test_a_stale_pause_cannot_undo_an_operators_resume(conn: asyncpg.Connection) -> None:
+    """A node claimed the campaign at generation g; meanwhile an operator paused and resumed it.
+    The node's late halt names g: it matches nothing, and the campaign keeps running."""
+    campaign_id = await campaigns.create(conn, new_campaign(start=True), daemon_config(1))
+    await conn.execute(
+        "UPDATE campaigns SET send_at = now() - interval '1 second' WHERE id = $1", campaign_id
+    )
+    await campaigns_db.sweep(conn, "due", cause="scheduler")
+    seen_at_claim = await _generation(conn, campaign_id)
+    await campaigns_db.change_status(conn, campaign_id, "pause", "operator")
+    await campaigns_db.change_status(conn, campaign_id, "resume", "operator")
+    with pytest.raises(campaigns_db.TransitionError) as refused:
+        await campaigns_db.change_status(
+            conn, campaign_id, "pause", "provider halted", cause="sender", generation=seen_at_claim
+        )
+    assert refused.value.stale and refused.value.current == "running"
+    assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "running"
+    # The same pause, decided on the current generation, is applied.
+    current = await _generation(conn, campaign_id)
+    await campaigns_db.change_status(
+        conn, campaign_id, "pause", "provider halted", cause="sender", generation=current
+    )
+    assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "paused"
+
+
+async def test_the_pipelines_own_actions_are_not_operator_actions() -> None:
+    assert set(campaigns_db.API_ACTIONS) == {"start", "pause", "resume", "cancel"}
+    assert {"run", "finish", "fail"} <= set(campaigns_db.TRANSITIONS)
+
+
+async def test_the_done_sweep_finishes_only_campaigns_whose_shards_are_all_done(
+    conn: asyncpg.Connection,
+) -> None:
+    config = daemon_config(1)
+    done_id = await campaigns.create(conn, new_campaign(start=True), config)
+    busy_id = await campaigns.create(conn, new_campaign(start=True), config)
+    for campaign_id, state in ((done_id, "done"), (busy_id, "pending")):
+        await conn.execute("UPDATE campaigns SET status = 'running' WHERE id = $1", campaign_id)
+        await conn.execute(
+            """INSERT INTO campaign_shards
+                   (campaign_id, shard_no, lead_id_from, lead_id_to, checkpoint, reserved_upto, state)
+               VALUES ($1, 0, 0, 10, 0, 0, $2)""",
+            campaign_id,
+            state,
+        )
+    assert await campaigns_db.sweep(conn, "done", cause="writer", ids=[done_id, busy_id]) == [done_id]
+    row = await conn.fetchrow("SELECT status, finished_at FROM campaigns WHERE id = $1", done_id)
+    assert row["status"] == "finished" and row["finished_at"] is not None
+    assert (await _changes(conn, done_id))[-1][1:4] == ("running", "finished", "writer")

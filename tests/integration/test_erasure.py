@@ -1,0 +1,228 @@
+"""Issue 11, erasure: a person erased from an account is gone from every table, stays
+suppressed if they were, and every erasure is recorded without the address."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hmac
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns, erasure, events
+from mailerd import config as config_mod
+from mailerd.emulator import sink
+from mailerd.models import Event, EventKind, LogStatus
+from tests.integration.helpers import (
+    add_leads,
+    daemon_config,
+    new_campaign,
+    read_record,
+    running_daemon,
+    wait_for_status,
+)
+
+KEY = b"erasure-key-for-tests-0123456789"
+ADDRESS = "Erin.Person@Example.com"
+LOWER = ADDRESS.lower()
+
+
+def _with_key(config: config_mod.Config) -> config_mod.Config:
+    return dataclasses.replace(
+        config, privacy=config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY.decode()))
+    )
+
+
+async def _lead(conn: asyncpg.Connection, account_id: int, email: str, plan: str = "pro") -> int:
+    lead_id: int = await conn.fetchval(
+        "INSERT INTO leads (account_id, email, attributes) VALUES ($1, $2, $3) RETURNING id",
+        account_id,
+        email,
+        {"plan": plan, "n": 0},
+    )
+    return lead_id
+
+
+def _event(kind: EventKind, receipt: str, **fields: object) -> Event:
+    return dataclasses.replace(
+        Event(
+            provider="sendgrid",
+            kind=kind,
+            occurred_at=dt.datetime.now(dt.UTC),
+            email=ADDRESS,
+            receipt=receipt,
+        ),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _text_hits(conn: asyncpg.Connection, needle: str) -> list[str]:
+    """Every (table, column) of every mailerd table whose text holds ``needle``, any case."""
+    columns = await conn.fetch(
+        """SELECT c.table_name, c.column_name FROM information_schema.columns c
+           JOIN information_schema.tables t ON t.table_name = c.table_name AND t.table_schema = c.table_schema
+           WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'
+             AND c.data_type IN ('text', 'character varying', 'jsonb', 'json', 'ARRAY', 'bytea')"""
+    )
+    hits = []
+    for row in columns:
+        table, column = row["table_name"], row["column_name"]
+        found = await conn.fetchval(
+            f'SELECT count(*) FROM "{table}" WHERE strpos(lower("{column}"::text), $1) > 0', needle.lower()
+        )
+        if found:
+            hits.append(f"{table}.{column}")
+    return hits
+
+
+async def _everywhere(conn: asyncpg.Connection, lead_id: int) -> int:
+    """The address stored in every place mailerd can keep it; returns a campaign id."""
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id, error)
+           VALUES (now(), $1, $2, $3, 'm-erin', NULL)""",
+        campaign_id,
+        lead_id,
+        int(LogStatus.SENT),
+    )
+    bounce = _event(
+        EventKind.HARD_BOUNCE,
+        "evt-1",
+        campaign_id=campaign_id,
+        lead_id=lead_id,
+        reason=f"550 5.1.1 <{ADDRESS}>: Recipient address rejected",
+        provider_message_id="m-erin",
+    )
+    unmatched = _event(EventKind.DELIVERED, "evt-2", email=LOWER)
+    resolved = await events.resolve(conn, [bounce, unmatched])
+    async with conn.transaction():
+        await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=3600)
+    await conn.execute(
+        """INSERT INTO dead_letters (flush_id, kind, entries, error, payload)
+           VALUES (gen_random_uuid(), 'events', 1, $1, $2)""",
+        f"refused {ADDRESS}",
+        f'[{{"email": "{LOWER}"}}]',
+    )
+    return campaign_id
+
+
+async def test_after_an_erasure_the_address_is_in_no_text_column_of_any_table(
+    conn: asyncpg.Connection,
+) -> None:
+    lead_id = await _lead(conn, 1, ADDRESS)
+    other_account_lead = await _lead(conn, 2, ADDRESS)
+    await _everywhere(conn, lead_id)
+    assert "suppressions.email" in await _text_hits(conn, ADDRESS)  # the hard bounce suppressed it
+    done = await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    assert done.lead_ids == [lead_id]
+    assert done.removed["leads_deleted"] == 1
+    assert done.removed["suppressions_kept_as_hashes"] == 1
+    assert done.removed["events_scrubbed"] == 2  # the bounce, and account 1's copy of the delivery
+    # Account 2 still has the person as a lead, and its own copy of the delivery (matched by
+    # address in both accounts): only account 1 forgot them.
+    assert sorted(await _text_hits(conn, ADDRESS)) == [
+        "email_events.email",
+        "email_events_default.email",
+        "leads.email",
+    ]
+    assert await conn.fetchval("SELECT id FROM leads WHERE email = $1", ADDRESS) == other_account_lead
+    holders = await conn.fetch("SELECT DISTINCT account_id FROM email_events WHERE email IS NOT NULL")
+    assert [r["account_id"] for r in holders] == [2]
+    # The events and their counts stay; only the address went.
+    kinds = await conn.fetch("SELECT kind, email FROM email_events WHERE account_id = 1 ORDER BY kind")
+    assert [(r["kind"], r["email"]) for r in kinds] == [("delivered", None), ("hard_bounce", None)]
+    assert await conn.fetchval("SELECT count(*) FROM email_log WHERE lead_id = $1", lead_id) == 1
+
+
+async def test_the_erasure_is_recorded_with_a_keyed_hash_not_the_address(conn: asyncpg.Connection) -> None:
+    lead_id = await _lead(conn, 1, ADDRESS)
+    done = await erasure.erase(conn, account_id=1, key=KEY, by="privacy-team", emails=[ADDRESS.upper()])
+    row = await conn.fetchrow("SELECT * FROM erasures WHERE id = $1", done.id)
+    expected = hmac.digest(KEY, LOWER.encode(), "sha256")
+    assert row["email_hashes"] == [expected] and done.email_hashes == [expected.hex()]
+    assert (row["account_id"], row["lead_ids"], row["requested_by"]) == (1, [lead_id], "privacy-team")
+    assert row["removed"]["leads_deleted"] == 1
+    assert LOWER not in str(dict(row)).lower()
+
+
+async def test_an_erased_suppressed_address_imported_again_is_not_sent_to(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    lead_id = await _lead(conn, 1, ADDRESS)
+    await conn.execute(
+        "INSERT INTO suppressions (account_id, email, reason, source) VALUES (1, $1, 'complaint', 'test')",
+        LOWER,
+    )
+    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+    # The host application adds the person again, and other leads.
+    again = await _lead(conn, 1, ADDRESS)
+    await add_leads(conn, 1, 30)
+    emulator = sink.Sink(record=tmp_path / "record.jsonl")
+    port = await emulator.start()
+    try:
+        config = _with_key(daemon_config(port))
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            await wait_for_status(conn, campaign_id)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    sent_to = {r["email"].lower() for r in read_record(tmp_path / "record.jsonl")}
+    assert LOWER not in sent_to and len(sent_to) == 10  # every third of 30 leads is on plan "pro"
+    status = await conn.fetchval(
+        "SELECT status FROM email_log WHERE campaign_id = $1 AND lead_id = $2", campaign_id, again
+    )
+    assert status == LogStatus.SUPPRESSED
+
+
+def test_without_a_key_no_erasure_is_made() -> None:
+    with pytest.raises(erasure.ErasureUnavailable, match="erasure_key"):
+        erasure.configured_key(daemon_config(1))
+
+
+async def test_leads_erase_command(conn: asyncpg.Connection, dsn: str, tmp_path: Path) -> None:
+    await _lead(conn, 1, ADDRESS)
+    config_file = tmp_path / "mailerd.toml"
+    config_file.write_text(f'[database]\ndsn = "{dsn}"\n', encoding="utf-8")
+    env = {"MAILERD_PRIVACY__ERASURE_KEY": KEY.decode(), "PATH": "/usr/bin:/bin"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        "leads",
+        "erase",
+        "--config",
+        str(config_file),
+        "--account",
+        "1",
+        ADDRESS,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert "leads_deleted 1" in out.decode()
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailerd",
+        "leads",
+        "erase",
+        "--config",
+        str(config_file),
+        "--account",
+        "1",
+        ADDRESS,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1 and b"erasure_key" in err

@@ -1,0 +1,115 @@
+"""Issue 9, templates are tenant content: one that cannot render within its budget is refused
+at creation (rendered off the event loop), a lead whose render passes the budget at send time
+fails the campaign with the reason, and the event loop stays responsive meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from mailerd import campaigns
+from mailerd import config as config_mod
+from mailerd.emulator import sink
+from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+
+TOKEN = "budget-test-token"
+NESTED_LOOPS = "{% for i in range(5000) %}{% for j in range(5000) %}x{% endfor %}{% endfor %}"
+HUGE_STRING = "{{ 'x' * 10**9 }}"
+
+
+def _body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "account_id": 1,
+        "name": "budget",
+        "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"},
+        "subject": "Hello",
+        "html": "<p>Hello {{ lead.email }}</p>",
+        "text": "Hello",
+        "from": "news@example.com",
+        "provider": "sink",
+        "start": True,
+    }
+    body.update(overrides)
+    return body
+
+
+def _lag_samples() -> tuple[float, float]:
+    """(samples over 100 ms, all samples) of the daemon's event-loop lag histogram so far."""
+    total = REGISTRY.get_sample_value("mailerd_event_loop_lag_seconds_count") or 0.0
+    within = REGISTRY.get_sample_value("mailerd_event_loop_lag_seconds_bucket", {"le": "0.1"}) or 0.0
+    return total - within, total
+
+
+async def test_over_budget_templates_are_refused_while_another_campaign_sends_and_the_loop_stays_responsive(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 6000)
+    emulator = sink.Sink(record=tmp_path / "record.jsonl")
+    port = await emulator.start()
+    try:
+        config = dataclasses.replace(
+            daemon_config(port, provider={"concurrency": 8}),
+            http=config_mod.HttpConfig(listen="127.0.0.1:0", admin_tokens=(config_mod.Secret(TOKEN),)),
+        )
+        sending = await campaigns.create(conn, new_campaign(), config)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with running_daemon(config, dsn) as daemon, aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{daemon.port}/api/campaigns"
+            slow_before, samples_before = _lag_samples()
+            answers = []
+            for html in (NESTED_LOOPS, HUGE_STRING) * 3:
+                async with session.post(url, json=_body(html=html), headers=headers) as response:
+                    answers.append((response.status, (await response.json())["error"]["field"]))
+            info = await wait_for_status(conn, sending)
+            slow_after, samples_after = _lag_samples()
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    assert answers == [(422, "html")] * 6
+    assert info["sent"] == 2000
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 1
+    assert samples_after - samples_before >= 5, "the lag monitor ran while the campaigns were refused"
+    assert slow_after - slow_before == 0, "an event-loop lag over 100 ms was sampled"
+
+
+async def test_a_lead_whose_render_passes_the_budget_fails_the_campaign(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """The sample lead (the first the segment matches) renders fine, so the campaign is created;
+    a later lead's data makes the loop run past the budget: the campaign fails, saying why."""
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes) VALUES (1, 'first@example.com', $1)",
+        {"plan": "pro", "items": [1, 2, 3]},
+    )
+    await add_leads(conn, 1, 300, start=1)
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes) VALUES (1, 'huge@example.com', $1)",
+        {"plan": "pro", "items": list(range(50_000))},
+    )
+    emulator = sink.Sink(record=tmp_path / "record.jsonl")
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        campaign_id = await campaigns.create(
+            conn, new_campaign(html_body="{% for x in lead.attributes['items'] %}{{ x }}{% endfor %}"), config
+        )
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id, ("failed",))
+    finally:
+        await emulator.close()
+    assert "loop" in info["reason"] and "lead" in info["reason"], info["reason"]
+
+
+@pytest.mark.parametrize("html", [NESTED_LOOPS, HUGE_STRING])
+async def test_creation_names_the_part_and_the_limit(conn: asyncpg.Connection, html: str) -> None:
+    with pytest.raises(campaigns.CampaignError) as refused:
+        await asyncio.wait_for(campaigns.create(conn, new_campaign(html_body=html), daemon_config(1)), 30)
+    assert refused.value.field == "html"
+    assert "budget" in str(refused.value)
