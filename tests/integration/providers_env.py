@@ -68,7 +68,7 @@ async def running(
     """The kind's emulator (recording to ``tmp_path/record.jsonl``) and a client pointed at it."""
     emulator = sink.EMULATORS[kind](record=tmp_path / "record.jsonl", seed=1, api_key=API_KEY, **knobs)
     async with emulator:
-        client = create(provider_config(kind, emulator), unsubscribe=unsubscribe_url, limits=limits)
+        client = create(provider_config(kind, emulator), unsubscribe=unsubscribe_url, content_limits=limits)
         try:
             yield emulator, client
         finally:
