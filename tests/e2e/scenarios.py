@@ -18,7 +18,9 @@ from mailerd import campaigns
 from mailerd import config as config_mod
 from mailerd.db import connect as db_connect
 from mailerd.db import migrate
+from mailerd.db.email_log import UNCERTAIN_ERROR
 from mailerd.emulator.base import Emulator
+from mailerd.models import LogStatus
 from tests.e2e.procs import (
     ACCOUNT_ID,
     API_KEY,
@@ -136,20 +138,35 @@ async def backends_gone(conn: asyncpg.Connection, name: str) -> None:
     await wait_until(gone, 10, interval=0.005)
 
 
-async def uncertain_now(conn: asyncpg.Connection, campaign_id: int, owner: str) -> int:
-    """Matched leads reserved by ``owner``'s unreleased shards and not logged: what the next
-    claim will log ``unknown`` (or re-send). Read right after the owner died."""
+async def uncertain_now(
+    conn: asyncpg.Connection, campaign_id: int, owner: str, shards: list[int], since: Any
+) -> int:
+    """What a crash of ``owner`` left uncertain, read right after it died: the matched leads its
+    unreleased shards reserved and did not log (what the next claim logs ``unknown``), plus the
+    ``unknown`` rows that claim already logged if another node was quicker than this query
+    (``shards``: the ones ``owner`` held at the kill; ``since``: the database time before it).
+    One statement, so a claim cannot fall between the two counts."""
     return int(
         await conn.fetchval(
-            """SELECT count(*) FROM campaign_shards s
-               JOIN leads l ON l.account_id = $3 AND l.id > s.checkpoint AND l.id <= s.reserved_upto
-               WHERE s.campaign_id = $1 AND s.owner = $2 AND s.state = 'pending'
-                 AND NOT s.released_clean AND l.attributes->>'plan' = 'pro'
-                 AND NOT EXISTS (SELECT 1 FROM email_log e
-                                 WHERE e.campaign_id = $1 AND e.lead_id = l.id)""",
+            """SELECT
+                 (SELECT count(*) FROM campaign_shards s
+                  JOIN leads l ON l.account_id = $3 AND l.id > s.checkpoint AND l.id <= s.reserved_upto
+                  WHERE s.campaign_id = $1 AND s.owner = $2 AND s.state = 'pending'
+                    AND NOT s.released_clean AND l.attributes->>'plan' = 'pro'
+                    AND NOT EXISTS (SELECT 1 FROM email_log e
+                                    WHERE e.campaign_id = $1 AND e.lead_id = l.id))
+               + (SELECT count(*) FROM email_log e
+                  JOIN campaign_shards s ON s.campaign_id = $1 AND s.shard_no = ANY($4::int[])
+                   AND e.lead_id > s.lead_id_from AND e.lead_id <= s.lead_id_to
+                  WHERE e.campaign_id = $1 AND e.status = $5 AND e.error = $6 AND e.sent_at >= $7
+                    AND s.owner IS DISTINCT FROM $2)""",
             campaign_id,
             owner,
             ACCOUNT_ID,
+            shards,
+            int(LogStatus.UNKNOWN),
+            UNCERTAIN_ERROR,
+            since,
         )
     )
 
@@ -281,11 +298,13 @@ async def _kill_round(
     owners = await shard_owners(conn, campaign_id)
     holding = [d for d in daemons if any(o == d.name and s == "pending" for o, _, s in owners.values())]
     victim = rng.choice(holding or daemons)
+    held = [shard for shard, (o, _, s) in owners.items() if o == victim.name and s == "pending"]
+    since = await conn.fetchval("SELECT clock_timestamp()")
     killed_at = time.monotonic()
     await victim.kill_and_reap()
     await backends_gone(conn, victim.name)
     result.crashes += 1
-    result.uncertain_per_crash.append(await uncertain_now(conn, campaign_id, victim.name))
+    result.uncertain_per_crash.append(await uncertain_now(conn, campaign_id, victim.name, held, since))
     if len(daemons) > 1 and await campaign_status(conn, campaign_id) == "running":
         took = await _takeover(conn, campaign_id, victim.name, killed_at, 15)
         if took is not None:
