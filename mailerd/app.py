@@ -19,8 +19,11 @@ import structlog
 
 from mailerd import campaigns, db, http, looplag, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
-from mailerd.db import connect, migrate, partitions
+from mailerd.db import connect, migrate
 from mailerd.models import Campaign
+from mailerd.relay import destinations as relay_destinations
+from mailerd.relay import retention as relay_retention
+from mailerd.relay.leader import Relay
 from mailerd.scheduler import Scheduler
 from mailerd.sender import ProviderSender
 from mailerd.stages import ProviderLane
@@ -115,6 +118,7 @@ class _Stages:
         stop: asyncio.Event,
     ) -> None:
         self.config = config
+        self.dsn = dsn
         self.pool = pool
         self.lanes = lanes
         self.writer = writer
@@ -126,6 +130,17 @@ class _Stages:
             name: ProviderSender(lane, config.provider(name), writer, self._on_halt, self._on_fail)
             for name, lane in lanes.items()
         }
+
+    def _relay(self) -> Relay:
+        """The event stream: runs on whichever node holds the relay lock, with its own connections."""
+        config = self.config
+        return Relay(
+            config=config,
+            dsn=self.dsn,
+            stop=self.stop,
+            destinations=lambda: relay_destinations.from_config(config),
+            node=self.scheduler.node,
+        )
 
     def _on_idle(self, lane_name: str, campaign_id: int) -> None:
         """This node holds nothing of the campaign now: forget what was cached for it."""
@@ -177,6 +192,8 @@ class _Stages:
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
+            if relay_destinations.enabled(self.config):
+                group.create_task(self._relay().run(), name="relay")
             await self.scheduler.run()
             for task in sender_tasks:
                 await task
@@ -223,11 +240,7 @@ async def _prepare_database(pool: asyncpg.Pool, config: Config) -> bool:
     async with pool.acquire() as conn:
         if not await _schema_ready(conn, auto_migrate=config.database.is_embedded):
             return False
-        for action in await partitions.maintain(
-            conn,
-            ahead_days=config.retention.partitions_ahead_days,
-            retention_days=config.retention.days,
-        ):
+        for action in await relay_retention.maintain(conn, config):
             log.info("partition_maintained", action=str(action))
     return True
 
@@ -296,11 +309,7 @@ async def _partition_loop(pool: asyncpg.Pool, config: Config, stop: asyncio.Even
             return
         try:
             async with pool.acquire() as conn:
-                for action in await partitions.maintain(
-                    conn,
-                    ahead_days=config.retention.partitions_ahead_days,
-                    retention_days=config.retention.days,
-                ):
+                for action in await relay_retention.maintain(conn, config):
                     log.info("partition_maintained", action=str(action))
         except db.DB_ERRORS as exc:
             log.warning("partition_maintenance_failed", error=str(exc))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import signal
 import sys
@@ -37,6 +38,15 @@ def _account_id(text: str) -> int:
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"expected 0 to {2**63 - 1}, got {text}")
     return value
+
+
+def _timestamp(text: str) -> dt.datetime:
+    """An ISO-8601 time for argparse (no zone: UTC)."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 time, got {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,6 +139,24 @@ def _parser() -> argparse.ArgumentParser:
         if action in ("pause", "cancel"):
             p.add_argument("--reason", default=None, help="recorded with the status")
 
+    # --- relay ---
+    relay = sub.add_parser("relay", help="the event stream (Kafka, callbacks)").add_subparsers(
+        dest="relay_command", required=True
+    )
+    p = relay.add_parser("status", parents=[common], help="each destination's position, lag and last error")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = relay.add_parser("replay", parents=[common], help="re-send records through a destination")
+    p.add_argument("--destination", required=True, help="kafka, callbacks.NAME, ...")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--from", dest="start", type=_timestamp, metavar="TIME", help="ISO-8601 start (inclusive)"
+    )
+    what.add_argument("--dead-letters", action="store_true", help="the records the destination refused")
+    p.add_argument(
+        "--to", dest="end", type=_timestamp, default=None, metavar="TIME", help="end (default now)"
+    )
+    p.add_argument("--campaign", type=int, default=None, help="only this campaign's records")
+
     p = sub.add_parser("sink", help="run a provider emulator (SES v2 by default) on a local port")
     p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
     p.add_argument(
@@ -183,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command_key(args: argparse.Namespace) -> str:
-    for attr in ("segment_command", "leads_command", "campaign_command", "suppressions_command"):
+    for attr in (
+        "segment_command",
+        "leads_command",
+        "campaign_command",
+        "suppressions_command",
+        "relay_command",
+    ):
         value = getattr(args, attr, None)
         if value:
             return f"{args.command} {value}"
@@ -240,14 +274,14 @@ async def _migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd.db import partitions
+    from mailerd.relay import retention
 
     ahead = args.days if args.days is not None else config.retention.partitions_ahead_days
     if ahead < 1:
         print("mailerd partitions: --days must be at least 1", file=sys.stderr)
         return 1
     async with _connection(config) as conn:
-        actions = await partitions.maintain(conn, ahead_days=ahead, retention_days=config.retention.days)
+        actions = await retention.maintain(conn, config, ahead_days=ahead)
     for action in actions:
         print(action)
     if not actions:
@@ -373,6 +407,47 @@ async def _campaign_list(args: argparse.Namespace, config: config_mod.Config) ->
     return await campaigns.list_all(args, config)
 
 
+async def _relay_status(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.relay import operations
+
+    async with _connection(config) as conn:
+        entries = await operations.status(conn, config)
+    operations.print_status(entries, as_json=args.json)
+    return 0
+
+
+async def _relay_replay(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.relay import operations
+
+    try:
+        destination = operations.configured(config, args.destination)
+    except operations.OperationError as exc:
+        print(f"mailerd relay replay: {exc}", file=sys.stderr)
+        return 1
+    if args.dead_letters and (args.end is not None or args.campaign is not None):
+        print("mailerd relay replay: --to and --campaign go with --from", file=sys.stderr)
+        return 1
+    end = args.end or dt.datetime.now(dt.UTC)
+    try:
+        async with _connection(config) as conn:
+            if args.dead_letters:
+                result = await operations.replay_dead_letters(
+                    conn, destination, batch=config.relay.batch_records
+                )
+            else:
+                result = await operations.replay_range(
+                    conn, destination, start=args.start, end=end, campaign_id=args.campaign,
+                    batch=config.relay.batch_records,
+                )  # fmt: skip
+    except operations.OperationError as exc:
+        print(f"mailerd relay replay: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await destination.close()
+    print(f"replayed {result.delivered} records to {destination.name}; refused {result.refused}")
+    return 0 if result.refused == 0 else 2
+
+
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd import app
 
@@ -431,6 +506,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "campaign resume": _campaign_action,
     "campaign cancel": _campaign_action,
     "demo": _demo,
+    "relay status": _relay_status,
+    "relay replay": _relay_replay,
     # --- suppressions ---
     "suppressions import": _suppressions_import,
     "suppressions list": _suppressions_list,

@@ -16,6 +16,8 @@ in :class:`Secret`, whose ``repr`` and ``str`` are redacted.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import os
@@ -283,6 +285,146 @@ class UnsubscribeConfig:
     secret: Secret | None = None
 
 
+# --- the relay: [relay], [kafka], [callbacks.NAME] (mailerd/relay/) ----------------------------
+# Self-contained: the dataclasses, their parsing (_callbacks) and their checks (_relay_problems).
+
+RELAY_KINDS = ("email", "event", "campaign", "erasure")
+RELAY_EVENT_TYPES = ("delivered", "hard_bounce", "soft_bounce", "complaint", "unsubscribe")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """How the relay reads the outbox (it runs when ``[kafka]`` or ``[callbacks.*]`` exist)."""
+
+    poll_interval_ms: int = _within(250, 10, 60_000)
+    batch_records: int = _within(5_000, 1, 1_000_000)
+    lock_retry_s: float = _within(1.0, 0.05, 60)
+    retry_base_s: float = _within(0.5, 0, 3600, low_open=True)
+    retry_max_s: float = _within(30.0, 0, 3600, low_open=True)
+    # "earliest": a new destination gets every row written since the relay's migration;
+    # "latest": only what commits after it first runs (older rows: `mailerd relay replay`).
+    start: Literal["earliest", "latest"] = "earliest"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """The Kafka destination (aiokafka producer): one topic per record kind."""
+
+    bootstrap_servers: tuple[str, ...] = ()
+    client_id: str = "mailerd"
+    kinds: tuple[str, ...] = RELAY_KINDS
+    email_topic: str = "mailerd.emails"
+    event_topic: str = "mailerd.events"
+    campaign_topic: str = "mailerd.campaigns"
+    erasure_topic: str = "mailerd.erasures"
+    acks: Literal["all", "1", "0"] = "all"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    linger_ms: int = _within(5, 0, 60_000)
+    max_batch_bytes: int = _within(524_288, 1024, 64 * 1_048_576)
+    request_timeout_ms: int = _within(30_000, 1000, 600_000)
+    enable_idempotence: bool = False
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
+    sasl_username: str = ""
+    sasl_password: Secret | None = None
+
+    def topic(self, kind: str) -> str:
+        return str(getattr(self, f"{kind}_topic"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackConfig:
+    """One HTTPS endpoint of the host application, sent batches signed the Standard Webhooks way."""
+
+    name: str = ""
+    url: str = ""
+    secret: Secret | None = None  # whsec_<base64>, as Standard Webhooks libraries take it
+    kinds: tuple[str, ...] = RELAY_KINDS
+    event_types: tuple[str, ...] = ()  # empty: every event type
+    max_records: int = _within(100, 1, 10_000)
+    timeout_s: float = _within(10.0, 0, 600, low_open=True)
+
+
+def _callbacks(values: Any) -> Mapping[str, CallbackConfig]:
+    if not isinstance(values, Mapping):
+        raise ConfigError("[callbacks]: expected a table of endpoints ([callbacks.NAME])")
+    endpoints = {}
+    for name, endpoint in values.items():
+        if not isinstance(endpoint, Mapping):
+            raise ConfigError(f"[callbacks.{name}]: expected a table")
+        endpoints[name] = _section(f"callbacks.{name}", CallbackConfig, {**endpoint, "name": name})
+    return types.MappingProxyType(endpoints)
+
+
+def _relay_problems(config: Config) -> list[str]:
+    """What the ranges alone cannot say about [relay], [kafka] and [callbacks.*]."""
+    problems = []
+    if config.relay.retry_max_s < config.relay.retry_base_s:
+        problems.append("[relay] retry_max_s: must be at least retry_base_s")
+    kafka = config.kafka
+    if kafka is not None:
+        problems += [f"[kafka] {p}" for p in _kafka_problems(kafka)]
+    for name, endpoint in config.callbacks.items():
+        problems += [f"[callbacks.{name}] {p}" for p in _callback_problems(endpoint)]
+    return problems
+
+
+def _kafka_problems(kafka: KafkaConfig) -> list[str]:
+    problems = []
+    if not kafka.bootstrap_servers:
+        problems.append('bootstrap_servers: required, e.g. ["kafka1:9092"]')
+    problems += _kind_problems(kafka.kinds, ())
+    if kafka.security_protocol.startswith("SASL_"):
+        if not kafka.sasl_mechanism:
+            problems.append(f"sasl_mechanism: required with security_protocol {kafka.security_protocol}")
+        elif not kafka.sasl_username or kafka.sasl_password is None:
+            problems.append("sasl_username and sasl_password (or sasl_password_file): required with SASL")
+    elif kafka.sasl_mechanism:
+        problems.append("sasl_mechanism: needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(kafka, key)
+        if path and not Path(path).expanduser().is_file():
+            problems.append(f"{key}: {path} is not a readable file")
+    return problems
+
+
+def _callback_problems(endpoint: CallbackConfig) -> list[str]:
+    problems = []
+    if not re.fullmatch(r"https?://[^\s/?#@]+(/\S*)?", endpoint.url, flags=re.IGNORECASE):
+        problems.append("url: expected an http:// or https:// URL without credentials")
+    if endpoint.secret is None:
+        problems.append(
+            "secret: required (secret_file or the environment), e.g. whsec_ + base64 of 32 random bytes"
+        )
+    elif not _webhook_secret_ok(endpoint.secret.reveal()):
+        problems.append("secret: expected whsec_ followed by base64 (at least 16 bytes)")
+    return problems + _kind_problems(endpoint.kinds, endpoint.event_types)
+
+
+def _kind_problems(kinds: tuple[str, ...], event_types: tuple[str, ...]) -> list[str]:
+    problems = []
+    unknown = [k for k in kinds if k not in RELAY_KINDS]
+    if unknown or not kinds:
+        problems.append(f"kinds: expected some of {', '.join(RELAY_KINDS)}, got {list(kinds)}")
+    unknown = [t for t in event_types if t not in RELAY_EVENT_TYPES]
+    if unknown:
+        problems.append(f"event_types: expected some of {', '.join(RELAY_EVENT_TYPES)}, got {unknown}")
+    if event_types and "event" not in kinds:
+        problems.append('event_types: needs "event" in kinds')
+    return problems
+
+
+def _webhook_secret_ok(secret: str) -> bool:
+    text = secret.removeprefix("whsec_")
+    try:
+        return len(base64.b64decode(text, validate=True)) >= 16
+    except (binascii.Error, ValueError):
+        return False
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PrivacyConfig:
     """Erasure (GDPR Article 17): the key of the keyed hashes that keep an erased address
@@ -307,6 +449,9 @@ class Config:
     webhooks: WebhooksConfig = WebhooksConfig()
     unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    relay: RelayConfig = RelayConfig()
+    kafka: KafkaConfig | None = None
+    callbacks: Mapping[str, CallbackConfig] = dataclasses.field(default_factory=dict)
     source: str = "<defaults>"
 
     def provider(self, name: str) -> ProviderConfig:
@@ -328,6 +473,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "node": NodeConfig,
     "unsubscribe": UnsubscribeConfig,
     "privacy": PrivacyConfig,
+    "relay": RelayConfig,
+    "kafka": KafkaConfig,
 }
 _WEBHOOK_SECTIONS: dict[str, type[Any]] = {
     "ses": SesWebhookConfig,
@@ -493,17 +640,24 @@ def _check_inline_secrets(data: dict[str, Any], source: str) -> None:
                     f"({_env_name(section, key)})"
                 )
 
+    # Tables of tables: [providers.NAME] and [callbacks.NAME] (named by the operator), and
+    # [webhooks.PROVIDER]; each sub-table's class by its name (None: not a table of secrets).
+    tables: dict[str, typing.Callable[[str], type[Any] | None]] = {
+        "providers": lambda _name: ProviderConfig,
+        "callbacks": lambda _name: CallbackConfig,
+        "webhooks": _WEBHOOK_SECTIONS.get,
+    }
     for name, values in data.items():
-        if name in _SECTIONS and isinstance(values, Mapping):
+        if not isinstance(values, Mapping):
+            continue
+        if name in _SECTIONS:
             check(name, values, _SECTIONS[name])
-        elif name == "providers" and isinstance(values, Mapping):
-            for pname, pvalues in values.items():
-                if isinstance(pvalues, Mapping):
-                    check(f"providers.{pname}", pvalues, ProviderConfig)
-        elif name == "webhooks" and isinstance(values, Mapping):
-            for wname, wvalues in values.items():
-                if wname in _WEBHOOK_SECTIONS and isinstance(wvalues, Mapping):
-                    check(f"webhooks.{wname}", wvalues, _WEBHOOK_SECTIONS[wname])
+            continue
+        class_of = tables.get(name)
+        for table, table_values in values.items():
+            cls = class_of(table) if class_of is not None else None
+            if cls is not None and isinstance(table_values, Mapping):
+                check(f"{name}.{table}", table_values, cls)
 
 
 def _env_name(section: str, key: str) -> str:
@@ -545,6 +699,12 @@ def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool
             return True
         existing = {n.lower(): n for n in providers}
         return _table(providers, existing.get(parts[1], parts[1]))
+    if parts[0] == "callbacks" and len(parts) == 3:
+        endpoints = data.setdefault("callbacks", {})
+        if not isinstance(endpoints, dict):
+            return True
+        existing = {n.lower(): n for n in endpoints}
+        return _table(endpoints, existing.get(parts[1], parts[1]))
     if parts[0] == "webhooks" and len(parts) in (2, 3):
         webhooks = data.setdefault("webhooks", {})
         if not isinstance(webhooks, dict):
@@ -574,6 +734,8 @@ def _build(data: Mapping[str, Any], source: str) -> Config:
             kwargs["providers"] = _providers(values)
         elif name == "webhooks":
             kwargs["webhooks"] = _webhooks(values)
+        elif name == "callbacks":
+            kwargs["callbacks"] = _callbacks(values)
         elif name in _SECTIONS:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"[{name}]: expected a table")
@@ -744,11 +906,16 @@ def _validate(config: Config) -> None:
     window = parse_duration(config.webhooks.soft_bounce_window)
     if not 1 <= window <= 365 * 86400:
         raise ConfigError("[webhooks] soft_bounce_window: must be from 1s to 365d")
+    for problem in _relay_problems(config):
+        raise ConfigError(problem)
 
 
 def _sections_of(config: Config) -> list[tuple[str, Any]]:
     hooks = config.webhooks
-    sections: list[tuple[str, Any]] = [(name, getattr(config, name)) for name in _SECTIONS]
+    sections: list[tuple[str, Any]] = [
+        (name, getattr(config, name)) for name in _SECTIONS if getattr(config, name) is not None
+    ]
+    sections += [(f"callbacks.{name}", endpoint) for name, endpoint in config.callbacks.items()]
     sections += [(f"providers.{name}", provider) for name, provider in config.providers.items()]
     sections += [("webhooks", hooks)]
     sections += [(f"webhooks.{name}", getattr(hooks, name)) for name in _WEBHOOK_SECTIONS]

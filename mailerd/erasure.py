@@ -104,6 +104,9 @@ async def erase(
             "suppression_audit_scrubbed": await erasure_db.scrub_audit(conn, account_id, lowered, erasure_id),
             "events_scrubbed": await erasure_db.scrub_events(conn, account_id, lowered, spellings),
             "dead_letters_scrubbed": await erasure_db.scrub_dead_letters(conn, spellings),
+            "relay_dead_letters_deleted": await erasure_db.delete_relay_dead_letters(
+                conn, account_id, lead_ids
+            ),
             "leads_deleted": await erasure_db.delete_leads(conn, account_id, lead_ids),
         }
         await erasure_db.set_removed(conn, erasure_id, removed)

@@ -62,3 +62,43 @@ LOOP_LAG = Histogram(
 LOOP_LAG_MAX = Gauge(
     "mailerd_event_loop_lag_max_seconds", "The largest event-loop lag sampled over the last 10 seconds."
 )
+
+# --- the relay (mailerd/relay/): exported by the node that holds the relay lock ---
+RELAY_LEADER = Gauge("mailerd_relay_leader", "1 on the node running the relay (one per cluster), else 0.")
+RELAY_RECORDS = Counter(
+    "mailerd_relay_records_total",
+    "Records acknowledged by a destination, by kind (email, event, campaign, erasure).",
+    ["destination", "kind"],
+)
+RELAY_FAILURES = Counter(
+    "mailerd_relay_failures_total",
+    "Failed deliveries: unavailable (retried with backoff) or refused (records dead-lettered).",
+    ["destination", "reason"],
+)
+RELAY_DEAD_LETTERS = Counter(
+    "mailerd_relay_dead_letters_total", "Records a destination refused for good.", ["destination"]
+)
+RELAY_LAG_RECORDS = Gauge(
+    "mailerd_relay_lag_records", "Committed records not yet delivered (sampled; capped).", ["destination"]
+)
+RELAY_LAG_SECONDS = Gauge(
+    "mailerd_relay_lag_seconds",
+    "Age of the newest moment up to which everything committed was delivered.",
+    ["destination"],
+)
+RELAY_POSITION_AGE = Gauge(
+    "mailerd_relay_position_age_seconds",
+    "Seconds since the destination's position was last committed.",
+    ["destination"],
+)
+RELAY_BATCH_SECONDS = Histogram(
+    "mailerd_relay_batch_seconds",
+    "One batch: read, deliver (retries included) and commit.",
+    ["destination"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PARTITIONS_KEPT_FOR_RELAY = Gauge(
+    "mailerd_partitions_kept_for_relay",
+    "Partitions past retention kept because a relay destination has not passed their rows.",
+    ["table"],
+)

@@ -150,7 +150,10 @@ async def sweep(
     action, condition = _SWEEPS[name]
     params: list[Any] = [None if ids is None else list(ids)] if "$5" in condition else []
     async with conn.transaction():
-        return await _apply(conn, action, condition, params, cause=cause, reason=None)
+        # A sweep never waits for a campaign another transaction holds (an operator's action,
+        # another node's flush): it takes the others, and the next sweep takes that one. So a
+        # writer's flush never waits on a campaign row while holding its shards' rows.
+        return await _apply(conn, action, condition, params, cause=cause, reason=None, skip_locked=True)
 
 
 async def _apply(
@@ -161,6 +164,7 @@ async def _apply(
     *,
     cause: str,
     reason: str | None,
+    skip_locked: bool = False,
 ) -> list[int]:
     """The one statement that changes statuses: lock the campaigns that ``condition`` selects
     and whose status allows ``action``, set the target status (and its timestamps), bump the
@@ -170,7 +174,7 @@ async def _apply(
         f"""WITH target AS (
                 SELECT id, status AS previous FROM campaigns
                 WHERE status = ANY($2::text[]) AND ({condition})
-                ORDER BY id FOR UPDATE),
+                ORDER BY id FOR UPDATE {"SKIP LOCKED" if skip_locked else ""}),
             changed AS (
                 UPDATE campaigns c SET
                     status = $1, status_reason = $3, status_generation = c.status_generation + 1,

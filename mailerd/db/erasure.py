@@ -158,6 +158,18 @@ async def scrub_dead_letters(conn: asyncpg.Connection, spellings: Sequence[str])
     return total
 
 
+async def delete_relay_dead_letters(
+    conn: asyncpg.Connection, account_id: int, lead_ids: Sequence[int]
+) -> int:
+    """Records a destination refused keep the lead's address: they go."""
+    status = await conn.execute(
+        "DELETE FROM relay_dead_letters WHERE account_id = $1 AND lead_id = ANY($2::bigint[])",
+        account_id,
+        list(lead_ids),
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def delete_leads(conn: asyncpg.Connection, account_id: int, lead_ids: Sequence[int]) -> int:
     status = await conn.execute(
         "DELETE FROM leads WHERE account_id = $1 AND id = ANY($2::bigint[])", account_id, list(lead_ids)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -25,7 +27,7 @@ _DAY = dt.timedelta(days=1)
 class Action:
     """One thing :func:`maintain` did, for the CLI to print and the daemon to log."""
 
-    verb: str  # "created", "moved", "dropped", "purged"
+    verb: str  # "created", "moved", "dropped", "purged", "kept"
     table: str
     detail: str
 
@@ -96,13 +98,33 @@ async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list
     return actions
 
 
-async def drop_before(conn: asyncpg.Connection, table: str, cutoff: dt.date) -> list[Action]:
-    """Detach and drop the partitions of days before ``cutoff``; purge older default rows."""
+# A relay destination's position as a txid snapshot (xmin, xmax, xip): it has passed every
+# transaction below xmax that is not in xip (see mailerd/relay/position.py).
+RelayPosition = tuple[int, int, Sequence[int]]
+
+
+async def drop_before(
+    conn: asyncpg.Connection,
+    table: str,
+    cutoff: dt.date,
+    *,
+    relay_positions: Sequence[RelayPosition] | None = None,
+) -> list[Action]:
+    """Detach and drop the partitions of days before ``cutoff``; purge older default rows.
+
+    With ``relay_positions``, a partition holding a row that one of them has not passed is kept
+    (action ``kept``), and so are such rows of the default partition: retention never drops what
+    the relay has not delivered.
+    """
+    unpassed, args = _unpassed(relay_positions or [])
     actions: list[Action] = []
     for day in await existing_days(conn, table):
         if day >= cutoff:
             continue
         name = partition_name(table, day)
+        if unpassed and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE {unpassed})", *args):
+            actions.append(Action("kept", table, f"{name}: rows the relay has not passed"))
+            continue
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
             if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
@@ -112,11 +134,29 @@ async def drop_before(conn: asyncpg.Connection, table: str, cutoff: dt.date) -> 
         actions.append(Action("dropped", table, name))
     low, _ = _bounds(cutoff)
     column = PARTITIONED[table]
-    status = await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", low)
+    if unpassed:
+        where = f"{column} < ${len(args) + 1} AND NOT ({unpassed})"
+        status = await conn.execute(f"DELETE FROM {table}_default WHERE {where}", *args, low)
+    else:
+        status = await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", low)
     purged = int(status.split()[-1])
     if purged:
         actions.append(Action("purged", table, f"{purged} rows older than {cutoff} from {table}_default"))
     return actions
+
+
+def _unpassed(positions: Sequence[RelayPosition]) -> tuple[str, list[Any]]:
+    """A condition on ``tx`` true for rows some position has not passed, and its parameters.
+    Every tx below the lowest xmin is passed by all: that bound lets the BRIN index on tx skip
+    old ranges."""
+    if not positions:
+        return "", []
+    args: list[Any] = [min(p[0] for p in positions)]
+    terms = []
+    for _, xmax, xip in positions:
+        args += [xmax, list(xip)]
+        terms.append(f"tx >= ${len(args) - 1} OR tx = ANY(${len(args)}::bigint[])")
+    return f"tx >= $1 AND ({' OR '.join(terms)})", args
 
 
 async def maintain(
@@ -125,14 +165,18 @@ async def maintain(
     ahead_days: int,
     retention_days: int,
     today: dt.date | None = None,
+    relay_positions: Sequence[RelayPosition] | None = None,
 ) -> list[Action]:
-    """Create today's and the next ``ahead_days - 1`` days; drop days older than retention."""
+    """Create today's and the next ``ahead_days - 1`` days; drop days older than retention (but
+    not rows the relay has not passed: see :func:`drop_before`)."""
     today = today or dt.datetime.now(dt.UTC).date()
     actions: list[Action] = []
     for table in PARTITIONED:
         for offset in range(ahead_days):
             actions += await create_day(conn, table, today + offset * _DAY)
-        actions += await drop_before(conn, table, today - retention_days * _DAY)
+        actions += await drop_before(
+            conn, table, today - retention_days * _DAY, relay_positions=relay_positions
+        )
     actions += await prune_receipts(conn, today - retention_days * _DAY)
     return actions
 

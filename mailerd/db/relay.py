@@ -1,0 +1,327 @@
+"""The relay's queries: outbox reads by transaction id, positions, dead letters, replays.
+
+A read takes rows whose ``tx`` is due between a position P and a snapshot S (see
+:mod:`mailerd.relay.position`), written once here for every outbox table::
+
+    tx >= P.xmin AND tx < upper                -- upper = min(S.xmax, cutoff)
+    AND NOT tx = ANY(S.xip)                    -- ended (committed) in S
+    AND (tx >= P.xmax OR tx = ANY(P.xip))      -- not passed by P
+
+The BRIN index on ``tx`` serves the range; rows come in ``tx`` order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
+
+import asyncpg
+
+
+class TxSnapshot(Protocol):
+    """A txid snapshot (``mailerd.relay.position.Snapshot``): passed = below xmax, not in xip."""
+
+    @property
+    def xmin(self) -> int: ...
+    @property
+    def xmax(self) -> int: ...
+    @property
+    def xip(self) -> tuple[int, ...]: ...
+
+
+class StoredRecord(Protocol):
+    """What a dead letter keeps of a record (``mailerd.relay.records.Record``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def account_id(self) -> int | None: ...
+    @property
+    def lead_id(self) -> int | None: ...
+    @property
+    def value(self) -> bytes: ...
+
+
+_DUE = """{a}.tx >= $1 AND {a}.tx < $2 AND NOT {a}.tx = ANY($3::bigint[])
+          AND ({a}.tx >= $4 OR {a}.tx = ANY($5::bigint[]))"""
+
+# Rows first, their campaign and lead after (only for the rows kept: see _emails), so the read
+# itself is one range scan and the look-ups go by primary key whatever the planner expects.
+_EMAIL_SELECT = """SELECT e.tx, e.campaign_id, e.lead_id, e.status, e.provider_message_id, e.error, e.sent_at
+                   FROM email_log e"""
+_CAMPAIGN_SELECT = """SELECT c.tx, c.campaign_id, c.generation, c.account_id, c.status, c.previous_status,
+                             c.cause, c.reason, c.at
+                      FROM campaign_changes c"""
+_ERASURE_SELECT = """SELECT r.tx, r.id, r.account_id, r.email_hashes, r.lead_ids, r.at FROM erasures r"""
+_EVENT_SELECT = """SELECT v.tx, v.received_at, v.occurred_at, v.account_id, v.campaign_id, v.lead_id,
+                          v.email, v.kind, v.provider, v.provider_event_id, v.provider_message_id,
+                          v.provider_type, v.reason, v.smtp_status
+                   FROM email_events v"""
+
+
+async def campaigns_of(conn: asyncpg.Connection, ids: Collection[int]) -> dict[int, tuple[int, str]]:
+    """campaign id -> (account id, provider), for the campaigns that exist."""
+    rows = await conn.fetch(
+        "SELECT id, account_id, provider FROM campaigns WHERE id = ANY($1::bigint[])", list(ids)
+    )
+    return {row["id"]: (row["account_id"], row["provider"]) for row in rows}
+
+
+async def addresses_of(
+    conn: asyncpg.Connection, pairs: Collection[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    """(account id, lead id) -> the lead's address now, by primary key, for the leads that exist."""
+    rows = await conn.fetch(
+        """SELECT l.account_id, l.id, l.email FROM unnest($1::bigint[], $2::bigint[]) AS v(account_id, id)
+           JOIN leads l ON l.account_id = v.account_id AND l.id = v.id""",
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Table:
+    """One outbox table: the rows of one record kind (``tx`` first in every row)."""
+
+    kind: str
+    name: str
+    alias: str
+    select: str
+    time_column: str  # what replay ranges use
+    by_campaign: bool = True  # its rows name a campaign (replay --campaign)
+
+    def due_sql(self, *, limit: bool) -> str:
+        a = self.alias
+        tail = f" ORDER BY {a}.tx LIMIT $6" if limit else ""
+        return f"{self.select} WHERE {_DUE.format(a=a)}{tail}"
+
+
+TABLES: dict[str, Table] = {
+    "email": Table("email", "email_log", "e", _EMAIL_SELECT, "e.sent_at"),
+    "event": Table("event", "email_events", "v", _EVENT_SELECT, "v.received_at"),
+    "campaign": Table("campaign", "campaign_changes", "c", _CAMPAIGN_SELECT, "c.at"),
+    "erasure": Table("erasure", "erasures", "r", _ERASURE_SELECT, "r.at", by_campaign=False),
+}
+
+
+def _due_args(position: TxSnapshot, snapshot: TxSnapshot, upper: int) -> tuple[Any, ...]:
+    return (position.xmin, upper, list(snapshot.xip), position.xmax, list(position.xip))
+
+
+async def snapshot(conn: asyncpg.Connection) -> tuple[str, dt.datetime]:
+    """The current txid snapshot as text (``xmin:xmax:xip,...``) and the time it was taken (run
+    it first in a REPEATABLE READ transaction: the reads after it then see exactly that snapshot)."""
+    row = await conn.fetchrow("SELECT txid_current_snapshot()::text AS snap, clock_timestamp() AS at")
+    assert row is not None
+    return row["snap"], row["at"]
+
+
+async def read_due(
+    conn: asyncpg.Connection, table: Table, position: TxSnapshot, snapshot: TxSnapshot, upper: int, limit: int
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` due rows of ``table`` below ``upper``, in ``tx`` order (``row[0]`` is tx;
+    the relay makes them records)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        table.due_sql(limit=True), *_due_args(position, snapshot, upper), limit
+    )
+    return rows
+
+
+async def read_transaction(conn: asyncpg.Connection, table: Table, tx: int) -> list[asyncpg.Record]:
+    """Every row one transaction wrote to ``table`` (it held more than a batch)."""
+    rows: list[asyncpg.Record] = await conn.fetch(f"{table.select} WHERE {table.alias}.tx = $1", tx)
+    return rows
+
+
+async def count_due(
+    conn: asyncpg.Connection, table: Table, position: TxSnapshot, snapshot: TxSnapshot, cap: int
+) -> int:
+    """How many rows of ``table`` are due (counted up to ``cap``): the lag in records."""
+    a = table.alias
+    value = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table.name} {a} WHERE {_DUE.format(a=a)} LIMIT $6) s",
+        *_due_args(position, snapshot, snapshot.xmax),
+        cap,
+    )
+    return int(value)
+
+
+# --- positions ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Position:
+    """A destination's row in ``relay_positions``."""
+
+    destination: str
+    tx_xmin: int
+    tx_xmax: int
+    tx_xip: tuple[int, ...]
+    epoch: int
+    owner: str | None
+    as_of: dt.datetime
+    published: int
+    updated_at: dt.datetime
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+def _position(row: asyncpg.Record) -> Position:
+    return Position(
+        destination=row["destination"],
+        tx_xmin=row["tx_xmin"],
+        tx_xmax=row["tx_xmax"],
+        tx_xip=tuple(row["tx_xip"]),
+        epoch=row["epoch"],
+        owner=row["owner"],
+        as_of=row["as_of"],
+        published=row["published"],
+        updated_at=row["updated_at"],
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+    )
+
+
+async def positions(conn: asyncpg.Connection, names: Collection[str] | None = None) -> list[Position]:
+    """The stored positions (of ``names``, or all), by name."""
+    rows = await conn.fetch(
+        """SELECT * FROM relay_positions WHERE $1::text[] IS NULL OR destination = ANY($1::text[])
+           ORDER BY destination""",
+        None if names is None else list(names),
+    )
+    return [_position(row) for row in rows]
+
+
+async def take_positions(
+    conn: asyncpg.Connection, names: Collection[str], start: TxSnapshot, owner: str
+) -> dict[str, Position]:
+    """On taking the relay lock: create missing positions at ``start``, and raise every epoch,
+    so a node that led before can no longer move them."""
+    async with conn.transaction():
+        await conn.execute(
+            """INSERT INTO relay_positions (destination, tx_xmin, tx_xmax, tx_xip)
+               SELECT unnest($1::text[]), $2, $3, $4::bigint[] ON CONFLICT (destination) DO NOTHING""",
+            list(names),
+            start.xmin,
+            start.xmax,
+            list(start.xip),
+        )
+        rows = await conn.fetch(
+            """UPDATE relay_positions SET epoch = epoch + 1, owner = $2, updated_at = now()
+               WHERE destination = ANY($1::text[]) RETURNING *""",
+            list(names),
+            owner,
+        )
+    return {row["destination"]: _position(row) for row in rows}
+
+
+async def commit_position(
+    conn: asyncpg.Connection,
+    name: str,
+    epoch: int,
+    position: TxSnapshot,
+    *,
+    as_of: dt.datetime,
+    published: int,
+) -> bool:
+    """Move a destination's position after its records were acknowledged; False when another
+    node has taken the relay since (epoch changed): the caller stops."""
+    status = await conn.execute(
+        """UPDATE relay_positions
+           SET tx_xmin = $3, tx_xmax = $4, tx_xip = $5::bigint[], as_of = $6,
+               published = published + $7, updated_at = now(), last_error = NULL
+           WHERE destination = $1 AND epoch = $2""",
+        name,
+        epoch,
+        position.xmin,
+        position.xmax,
+        list(position.xip),
+        as_of,
+        published,
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def record_error(conn: asyncpg.Connection, name: str, epoch: int, error: str) -> None:
+    """Remember a destination's last failure for ``mailerd relay status``."""
+    await conn.execute(
+        """UPDATE relay_positions SET last_error = $3, last_error_at = now()
+           WHERE destination = $1 AND epoch = $2""",
+        name,
+        epoch,
+        error[:2000],
+    )
+
+
+async def lowest_passed(conn: asyncpg.Connection, names: Collection[str]) -> int | None:
+    """The lowest ``tx_xmin`` over ``names`` (every tx below it is passed by all of them); None
+    when none of them has a position yet."""
+    value = await conn.fetchval(
+        "SELECT min(tx_xmin) FROM relay_positions WHERE destination = ANY($1::text[])", list(names)
+    )
+    return None if value is None else int(value)
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+async def add_dead_letters(
+    conn: asyncpg.Connection, destination: str, refused: Sequence[StoredRecord], error: str
+) -> None:
+    """Keep records a destination refused for good."""
+    await conn.executemany(
+        """INSERT INTO relay_dead_letters (destination, record_id, kind, account_id, lead_id, record, error)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        [
+            (destination, r.id, r.kind, r.account_id, r.lead_id, r.value.decode(), error[:2000])
+            for r in refused
+        ],
+    )
+
+
+async def pending_dead_letters(
+    conn: asyncpg.Connection, destination: str, *, after: int, limit: int
+) -> list[asyncpg.Record]:
+    """Dead letters of ``destination`` not replayed yet, by id: id, at, kind, record_id, record
+    (the JSON text as sent)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT id, at, kind, record_id, record FROM relay_dead_letters
+           WHERE destination = $1 AND replayed_at IS NULL AND id > $2 ORDER BY id LIMIT $3""",
+        destination,
+        after,
+        limit,
+    )
+    return rows
+
+
+async def mark_replayed(conn: asyncpg.Connection, ids: Collection[int]) -> None:
+    await conn.execute(
+        "UPDATE relay_dead_letters SET replayed_at = now() WHERE id = ANY($1::bigint[])", list(ids)
+    )
+
+
+async def forget_leads(conn: asyncpg.Connection, account_id: int, lead_ids: Collection[int]) -> int:
+    """Erasure: drop the dead letters of these leads (they hold their addresses)."""
+    status = await conn.execute(
+        "DELETE FROM relay_dead_letters WHERE account_id = $1 AND lead_id = ANY($2::bigint[])",
+        account_id,
+        list(lead_ids),
+    )
+    return int(status.split()[-1])
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def replay_sql(table: Table, *, campaign: bool) -> str:
+    """Rows of ``table`` whose time is in ``[$1, $2)`` (and of campaign ``$3``)."""
+    column = table.time_column
+    where = f"{column} >= $1 AND {column} < $2"
+    if campaign:
+        where += f" AND {table.alias}.campaign_id = $3"
+    return f"{table.select} WHERE {where} ORDER BY {column}"

@@ -1,0 +1,111 @@
+"""Callbacks: records to one HTTPS endpoint of the host application, in signed batches.
+
+Each request is a JSON ``POST`` of up to ``max_records`` records::
+
+    {"type": "mailerd.records", "timestamp": "2026-01-02T03:04:05Z", "data": {"records": [...]}}
+
+signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``;
+see :mod:`mailerd.relay.signing`). The endpoint answers 2xx once it has stored them. 408, 429,
+5xx, a timeout, a redirect or a connection failure are retried by the relay with backoff (a
+``Retry-After`` is a floor); any other 4xx refuses that request's records for good: they go to
+``relay_dead_letters`` and the stream moves on (``mailerd relay replay --dead-letters``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+
+from mailerd import backoff
+from mailerd.config import CallbackConfig
+from mailerd.relay import signing
+from mailerd.relay.destination import DeliveryRefused, DestinationUnavailable
+from mailerd.relay.records import Record
+
+USER_AGENT = "mailerd-relay/1"
+_RETRIED = frozenset({408, 429})
+
+
+class CallbackDestination:
+    """One ``[callbacks.NAME]`` endpoint."""
+
+    def __init__(self, config: CallbackConfig, *, clock: Callable[[], float] = time.time) -> None:
+        assert config.secret is not None, "validated by the configuration"
+        self.name = f"callbacks.{config.name}"
+        self.kinds = frozenset(config.kinds)
+        self._config = config
+        self._event_types = frozenset(config.event_types)
+        self._key = signing.secret_key(config.secret.reveal())
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    def wants(self, record: Record) -> bool:
+        """Its kinds, and for events its event types (all when none are configured)."""
+        if record.kind not in self.kinds:
+            return False
+        return record.kind != "event" or not self._event_types or record.event_type in self._event_types
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        """POST the wanted records in order, ``max_records`` a request."""
+        chunk: list[Record] = []
+        start = 0  # index in ``records`` of the chunk's first record
+        for index, record in enumerate(records):
+            if not self.wants(record):
+                if not chunk:
+                    start = index + 1
+                continue
+            chunk.append(record)
+            if len(chunk) == self._config.max_records:
+                await self._post(chunk, start, index + 1 - start)
+                chunk, start = [], index + 1
+        if chunk:
+            await self._post(chunk, start, len(records) - start)
+
+    async def _post(self, chunk: list[Record], acknowledged: int, span: int) -> None:
+        """One request. On failure, ``acknowledged`` records before it are done; ``span`` is how
+        many of ``records`` (wanted or not) it stands for."""
+        now = self._clock()
+        body = b"".join(
+            [
+                b'{"type":"mailerd.records","timestamp":"',
+                dt.datetime.fromtimestamp(int(now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode(),
+                b'","data":{"records":[',
+                b",".join(record.value for record in chunk),
+                b"]}}",
+            ]
+        )
+        headers = signing.headers(self._key, signing.message_id([r.id for r in chunk]), int(now), body)
+        headers["content-type"] = "application/json"
+        try:
+            async with self._client().post(
+                self._config.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                retry_after = backoff.parse_retry_after(response.headers.get("Retry-After"))
+                text = (await response.text(errors="replace"))[:200] if status >= 300 else ""
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DestinationUnavailable(
+                f"{type(exc).__name__}: {exc}".strip(), acknowledged=acknowledged
+            ) from exc
+        if 200 <= status < 300:
+            return
+        reason = f"HTTP {status}: {text}".strip()
+        if 400 <= status < 500 and status not in _RETRIED:
+            raise DeliveryRefused(reason, acknowledged=acknowledged, refused=span, kept=chunk)
+        raise DestinationUnavailable(reason, acknowledged=acknowledged, retry_after=retry_after)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                headers={"user-agent": USER_AGENT},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

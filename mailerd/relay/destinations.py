@@ -1,0 +1,29 @@
+"""The destinations the configuration asks for, by name."""
+
+from __future__ import annotations
+
+from mailerd.config import Config
+from mailerd.relay.callbacks import CallbackDestination
+from mailerd.relay.destination import Destination
+from mailerd.relay.kafka import KafkaDestination
+
+
+def names(config: Config) -> list[str]:
+    """The configured destinations' names (their positions' keys), without opening anything."""
+    found = ["kafka"] if config.kafka is not None else []
+    found += [f"callbacks.{name}" for name in config.callbacks]
+    return found
+
+
+def from_config(config: Config) -> list[Destination]:
+    """One object per configured destination (nothing connects before the first delivery)."""
+    found: list[Destination] = []
+    if config.kafka is not None:
+        found.append(KafkaDestination(config.kafka))
+    found += [CallbackDestination(endpoint) for endpoint in config.callbacks.values()]
+    return found
+
+
+def enabled(config: Config) -> bool:
+    """The relay runs when at least one destination is configured."""
+    return bool(names(config))

@@ -1,0 +1,197 @@
+"""One relay per cluster: the node holding the relay lock runs every destination's stream.
+
+Every node with destinations configured runs :meth:`Relay.run`. It tries a session-level
+``pg_try_advisory_lock`` on a dedicated connection (not a pooled one: the lock lives as long as
+that session), every ``[relay] lock_retry_s``. The winner raises every destination's epoch (a
+node that led before is fenced out of the positions), opens a small pool of its own and runs one
+:class:`~mailerd.relay.stream.Stream` per destination. When that node dies its session ends, the
+lock is free, and another node takes over within about ``lock_retry_s``. A leader whose lock
+connection closes (or stops answering) stops its streams at once.
+
+Nothing here can stop sending: the relay has its own connections, a failing destination only
+holds back its own position, and an unexpected error in a stream is logged and the stream
+restarted after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+from mailerd import aio, backoff, db, metrics
+from mailerd.config import Config
+from mailerd.db import connect
+from mailerd.db import relay as relay_db
+from mailerd.relay import outbox
+from mailerd.relay import position as position_mod
+from mailerd.relay.destination import Destination
+from mailerd.relay.stream import LeaseLost, Stream
+
+log = structlog.get_logger(__name__)
+
+RELAY_LOCK_KEY = 0x6D61696C72656C  # "mailrel": one relay per database
+LOCK_COMMAND_TIMEOUT_S = 15.0
+KEEPALIVE_S = 2.0
+LAG_SAMPLE_S = 10.0
+LAG_CAP = 1_000_000
+
+
+class Relay:
+    """Runs the relay on this node whenever it holds the relay lock, until ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        dsn: str,
+        stop: asyncio.Event,
+        destinations: Callable[[], list[Destination]],
+        node: str,
+    ) -> None:
+        self._config = config
+        self._dsn = dsn
+        self._stop = stop
+        self._destinations = destinations
+        self.node = node
+        self.leading = False
+
+    async def run(self) -> None:
+        retry = self._config.relay.lock_retry_s
+        while not self._stop.is_set():
+            try:
+                await self._try_lead()
+            except db.DB_ERRORS_OR_TIMEOUT as exc:
+                log.warning("relay_lock_failed", error=str(exc) or type(exc).__name__)
+            except Exception as exc:  # the relay must never end the daemon: log, retry
+                log.error("relay_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            await aio.sleep_unless(retry, self._stop)
+
+    async def _try_lead(self) -> None:
+        conn = await connect.connect(self._dsn, command_timeout=LOCK_COMMAND_TIMEOUT_S)
+        try:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                await self._lead(conn)
+        finally:
+            with contextlib.suppress(Exception):  # a lost connection may fail to close: it is gone
+                await conn.close(timeout=2)
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        destinations = self._destinations()
+        names = [d.name for d in destinations]
+        halt = asyncio.Event()
+        # Per destination: one read ahead while a batch is delivered, one commit; plus the lag sampler.
+        pool = await connect.create_pool(self._dsn, min_size=1, max_size=2 * len(destinations) + 1)
+        self.leading = True
+        metrics.RELAY_LEADER.set(1)
+        try:
+            start = position_mod.earliest()
+            if self._config.relay.start == "latest":
+                start, _ = await outbox.snapshot(conn)
+            taken = await relay_db.take_positions(conn, names, start, self.node)
+            log.info("relay_started", node=self.node, destinations=names)
+            streams = [
+                Stream(
+                    d,
+                    pool,
+                    self._config.relay,
+                    epoch=taken[d.name].epoch,
+                    position=outbox.position_of(taken[d.name]),
+                    as_of=taken[d.name].as_of,
+                    stop=halt,
+                )
+                for d in destinations
+            ]
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch(conn, halt), name="relay-watch")
+                group.create_task(_sample_lag(pool, streams, halt), name="relay-lag")
+                for stream in streams:
+                    group.create_task(_supervise(stream, halt), name=f"relay-{stream.name}")
+        finally:
+            self.leading = False
+            metrics.RELAY_LEADER.set(0)
+            for destination in destinations:
+                try:
+                    await destination.close()
+                except Exception as exc:  # one failing close must not skip the others
+                    log.warning(
+                        "relay_destination_close_failed", destination=destination.name, error=str(exc)
+                    )
+            await pool.close()
+            log.info("relay_stopped", node=self.node)
+
+    async def _watch(self, conn: asyncpg.Connection, halt: asyncio.Event) -> None:
+        """Set ``halt`` on stop, or as soon as the lock connection is gone."""
+        closed = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: closed.set())
+        while not halt.is_set():
+            if self._stop.is_set():
+                break
+            if closed.is_set():
+                log.error("relay_lock_lost", node=self.node)
+                break
+            try:
+                async with asyncio.timeout(KEEPALIVE_S * 2):
+                    await conn.fetchval("SELECT 1")
+            except db.DB_ERRORS_OR_TIMEOUT as exc:
+                log.error("relay_lock_lost", node=self.node, error=str(exc) or type(exc).__name__)
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEEPALIVE_S):
+                    await aio.first_completed(self._stop.wait(), closed.wait(), halt.wait())
+        halt.set()
+
+
+async def _supervise(stream: Stream, halt: asyncio.Event) -> None:
+    """Run one stream until ``halt``; a failure of it is logged and it starts again."""
+    failures = 0
+    while not halt.is_set():
+        try:
+            await stream.run()
+        except LeaseLost as exc:
+            log.error("relay_fenced_out", destination=stream.name, error=str(exc))
+            halt.set()
+            return
+        except Exception as exc:  # a bug or a database outage must never reach the sending side
+            wait = backoff.delay(min(failures, 6), base=0.5, cap=30.0)
+            failures += 1
+            log.warning(
+                "relay_stream_failed",
+                destination=stream.name,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=round(wait, 2),
+                exc_info=not isinstance(exc, db.DB_ERRORS_OR_TIMEOUT),
+            )
+            await aio.sleep_unless(wait, halt)
+        else:
+            return
+
+
+async def _sample_lag(pool: asyncpg.Pool, streams: list[Stream], halt: asyncio.Event) -> None:
+    """``mailerd_relay_lag_records``: the due rows of each destination, counted now and then."""
+    while not halt.is_set():
+        started = time.monotonic()
+        try:
+            async with pool.acquire() as conn:
+                for stream in streams:
+                    lag = await count_lag(conn, stream.destination.kinds, stream.position)
+                    metrics.RELAY_LAG_RECORDS.labels(stream.name).set(lag)
+        except Exception as exc:  # a lag sample is informational: never stop the relay for it
+            log.warning("relay_lag_unknown", error=f"{type(exc).__name__}: {exc}")
+        await aio.sleep_unless(max(LAG_SAMPLE_S, 10 * (time.monotonic() - started)), halt)
+
+
+async def count_lag(conn: asyncpg.Connection, kinds: frozenset[str], position: position_mod.Snapshot) -> int:
+    """Committed rows of ``kinds`` that ``position`` has not passed (counted up to LAG_CAP each)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        snapshot, _ = await outbox.snapshot(conn)
+        total = 0
+        for kind in kinds:
+            table = relay_db.TABLES.get(kind)
+            if table is not None:
+                total += await relay_db.count_due(conn, table, position, snapshot, LAG_CAP)
+    return total

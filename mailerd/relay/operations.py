@@ -1,0 +1,173 @@
+"""``mailerd relay status`` and ``mailerd relay replay``: what an operator sees and re-sends.
+
+Replay goes through the destination itself (the same Kafka topics, the same signed callbacks)
+without moving its position, so the live stream is untouched: a range of the log by time (to
+backfill a new warehouse, or after a consumer lost data), or the destination's dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import asyncpg
+import orjson
+
+from mailerd import backoff
+from mailerd.config import Config
+from mailerd.db import relay as relay_db
+from mailerd.relay import destinations, outbox, records
+from mailerd.relay.destination import DeliveryRefused, Destination, DestinationUnavailable
+from mailerd.relay.leader import RELAY_LOCK_KEY, count_lag
+from mailerd.relay.records import Record
+
+REPLAY_ATTEMPTS = 8
+
+
+class OperationError(Exception):
+    """A mistake in the command (an unknown destination...): its message is for the operator."""
+
+
+def configured(config: Config, name: str) -> Destination:
+    """The configured destination called ``name``."""
+    for destination in destinations.from_config(config):
+        if destination.name == name:
+            return destination
+    known = ", ".join(destinations.names(config)) or "none configured"
+    raise OperationError(f"unknown destination {name!r} (configured: {known})")
+
+
+async def status(conn: asyncpg.Connection, config: Config) -> list[dict[str, Any]]:
+    """Each configured destination's position, lag (records, seconds), last error, dead letters."""
+    stored = {p.destination: p for p in await relay_db.positions(conn, destinations.names(config))}
+    now = dt.datetime.now(dt.UTC)
+    leader = await conn.fetchval(
+        """SELECT a.application_name || ' (pid ' || l.pid || ')' FROM pg_locks l
+           JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND ((l.classid::bigint << 32) | l.objid::bigint) = $1""",
+        RELAY_LOCK_KEY,
+    )
+    result = []
+    for destination in destinations.from_config(config):
+        position = stored.get(destination.name)
+        dead = await conn.fetchval(
+            "SELECT count(*) FROM relay_dead_letters WHERE destination = $1 AND replayed_at IS NULL",
+            destination.name,
+        )
+        entry: dict[str, Any] = {"destination": destination.name, "dead_letters": dead, "relay": leader}
+        if position is None:
+            entry.update(position=None, lag_records=None, lag_s=None)
+        else:
+            entry.update(
+                position=str(outbox.position_of(position)),
+                owner=position.owner,
+                as_of=position.as_of.isoformat(),
+                lag_s=round(max(0.0, (now - position.as_of).total_seconds()), 1),
+                lag_records=await count_lag(conn, destination.kinds, outbox.position_of(position)),
+                published=position.published,
+                updated_at=position.updated_at.isoformat(),
+                last_error=position.last_error,
+                last_error_at=position.last_error_at.isoformat() if position.last_error_at else None,
+            )
+        result.append(entry)
+    return result
+
+
+def print_status(entries: list[dict[str, Any]], *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    if as_json:
+        out.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if not entries:
+        out.write("no relay destination configured ([kafka], [callbacks.NAME])\n")
+        return
+    out.write(f"relay lock held by: {entries[0]['relay'] or 'nobody'}\n")
+    for entry in entries:
+        if entry["position"] is None:
+            out.write(f"{entry['destination']}: no position yet (the relay has not run with it)\n")
+            continue
+        out.write(
+            f"{entry['destination']}: lag {entry['lag_records']:,} records, {entry['lag_s']} s; "
+            f"published {entry['published']:,}; dead letters {entry['dead_letters']:,}; "
+            f"position {entry['position']} as of {entry['as_of']}\n"
+        )
+        if entry["last_error"]:
+            out.write(f"  last error ({entry['last_error_at']}): {entry['last_error']}\n")
+
+
+@dataclasses.dataclass(slots=True)
+class ReplayResult:
+    delivered: int = 0
+    refused: int = 0
+
+
+async def replay_range(
+    conn: asyncpg.Connection,
+    destination: Destination,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    campaign_id: int | None,
+    batch: int,
+) -> ReplayResult:
+    """Re-send every record of the destination's kinds whose time is in ``[start, end)``
+    (emails by sent_at, events by received_at, ...), through the destination."""
+    result = ReplayResult()
+    for kind in records.KINDS:
+        table = relay_db.TABLES.get(kind)
+        if (
+            table is None
+            or kind not in destination.kinds
+            or (campaign_id is not None and not table.by_campaign)
+        ):
+            continue
+        args: list[Any] = [start, end] + ([campaign_id] if campaign_id is not None else [])
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.cursor(relay_db.replay_sql(table, campaign=campaign_id is not None), *args)
+            while rows := await cursor.fetch(batch):
+                await _deliver(destination, await outbox.build(conn, table, rows), result)
+    return result
+
+
+async def replay_dead_letters(
+    conn: asyncpg.Connection, destination: Destination, *, batch: int
+) -> ReplayResult:
+    """Re-send the destination's dead letters; those it takes are marked replayed."""
+    result = ReplayResult()
+    after = 0
+    while letters := await relay_db.pending_dead_letters(conn, destination.name, after=after, limit=batch):
+        after = letters[-1]["id"]
+        before = result.refused
+        await _deliver(destination, [outbox.stored(letter) for letter in letters], result)
+        if result.refused == before:
+            await relay_db.mark_replayed(conn, [letter["id"] for letter in letters])
+    return result
+
+
+async def _deliver(destination: Destination, batch: Sequence[Record], result: ReplayResult) -> None:
+    """Deliver with retries; what is refused again is counted (and stays a dead letter)."""
+    pending = batch
+    attempt = 0
+    while pending:
+        try:
+            await destination.deliver(pending)
+            result.delivered += len(pending)
+            return
+        except DeliveryRefused as exc:
+            end = len(pending) if exc.refused is None else exc.acknowledged + exc.refused
+            result.delivered += exc.acknowledged
+            result.refused += end - exc.acknowledged
+            print(f"refused: {exc.reason}", file=sys.stderr)
+            pending = pending[end:]
+        except DestinationUnavailable as exc:
+            result.delivered += exc.acknowledged
+            pending = pending[exc.acknowledged :]
+            attempt += 1
+            if attempt >= REPLAY_ATTEMPTS:
+                raise OperationError(f"{destination.name} unavailable: {exc.reason}") from exc
+            await asyncio.sleep(backoff.delay(attempt, base=0.5, cap=10.0, retry_after=exc.retry_after))

@@ -1,0 +1,191 @@
+"""The records the relay publishes: one JSON object per outbox row, with a stable id.
+
+Pure: rows in, :class:`Record` out. Every record has ``schema`` (its version), ``kind`` and an
+``id`` that is the same however often the record is delivered, so consumers de-duplicate on it.
+The fields of each kind are documented in docs/events.md and checked by the JSON Schema files in
+``mailerd/relay/schemas/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from mailerd.models import LogStatus
+
+SCHEMA_VERSION = 1
+KINDS = ("email", "event", "campaign", "erasure")
+EVENT_TYPES = ("delivered", "hard_bounce", "soft_bounce", "complaint", "unsubscribe")
+
+_STATUS_NAMES = {int(status): status.name.lower() for status in LogStatus}
+_BOUNCE = {"hard_bounce": "hard", "soft_bounce": "soft"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """One record as published: ``value`` is its JSON, ``fields`` the same data as a mapping.
+
+    ``key`` orders it in Kafka (one lead's records share a key, so they stay in one partition),
+    ``tx`` is the transaction that wrote its row, ``at`` its time (sent_at, received_at, at).
+    """
+
+    kind: str
+    id: str
+    key: bytes
+    tx: int
+    at: dt.datetime
+    fields: Mapping[str, Any]
+    value: bytes
+
+    @property
+    def account_id(self) -> int | None:
+        value = self.fields.get("account_id")
+        return value if isinstance(value, int) else None
+
+    @property
+    def lead_id(self) -> int | None:
+        value = self.fields.get("lead_id")
+        return value if isinstance(value, int) else None
+
+    @property
+    def event_type(self) -> str | None:
+        """For an ``event`` record: delivered, hard_bounce, soft_bounce, complaint, unsubscribe."""
+        value = self.fields.get("type") if self.kind == "event" else None
+        return value if isinstance(value, str) else None
+
+
+def _make(kind: str, record_id: str, key: str, tx: int, at: dt.datetime, fields: dict[str, Any]) -> Record:
+    body = {"schema": SCHEMA_VERSION, "kind": kind, "id": record_id, **fields}
+    return Record(kind, record_id, key.encode(), tx, at, body, orjson.dumps(body))
+
+
+def lead_key(account_id: int | None, lead_id: int | None) -> str:
+    """``account:lead``; an unknown part is empty (an unmatched event, a deleted campaign)."""
+    return f"{'' if account_id is None else account_id}:{'' if lead_id is None else lead_id}"
+
+
+def email(
+    *,
+    tx: int,
+    campaign_id: int,
+    lead_id: int,
+    status: int,
+    provider_message_id: str | None,
+    error: str | None,
+    sent_at: dt.datetime,
+    account_id: int | None,
+    provider: str | None,
+    address: str | None,
+) -> Record:
+    """One ``email_log`` row (with its campaign's account and provider, its lead's address).
+    Written out (not through a generic builder): the relay builds one per email sent."""
+    record_id = f"email:{campaign_id}:{lead_id}"
+    body = {
+        "schema": SCHEMA_VERSION,
+        "kind": "email",
+        "id": record_id,
+        "account_id": account_id,
+        "campaign_id": campaign_id,
+        "lead_id": lead_id,
+        "address": address,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "status": _STATUS_NAMES.get(status) or str(status),
+        "reason": error,
+        "sent_at": sent_at,
+    }
+    key = f"{'' if account_id is None else account_id}:{lead_id}".encode()
+    return Record("email", record_id, key, tx, sent_at, body, orjson.dumps(body))
+
+
+def event(row: Mapping[str, Any]) -> Record:
+    """One ``email_events`` row."""
+    kind = row["kind"]
+    return _make(
+        "event",
+        f"event:{row['provider']}:{row['provider_event_id']}",
+        lead_key(row["account_id"], row["lead_id"]),
+        row["tx"],
+        row["received_at"],
+        {
+            "type": kind,
+            "bounce": _BOUNCE.get(kind),
+            "account_id": row["account_id"],
+            "campaign_id": row["campaign_id"],
+            "lead_id": row["lead_id"],
+            "address": row["email"],
+            "provider": row["provider"],
+            "provider_event_id": row["provider_event_id"],
+            "provider_message_id": row["provider_message_id"],
+            "provider_type": row["provider_type"],
+            "reason": row["reason"],
+            "smtp_status": row["smtp_status"],
+            "occurred_at": row["occurred_at"],
+            "received_at": row["received_at"],
+        },
+    )
+
+
+def campaign(row: Mapping[str, Any]) -> Record:
+    """One ``campaign_changes`` row: a campaign's status changed."""
+    return _make(
+        "campaign",
+        f"campaign:{row['campaign_id']}:{row['generation']}",
+        str(row["campaign_id"]),
+        row["tx"],
+        row["at"],
+        {
+            "account_id": row["account_id"],
+            "campaign_id": row["campaign_id"],
+            "generation": row["generation"],
+            "status": row["status"],
+            "previous_status": row["previous_status"],
+            "cause": row["cause"],
+            "reason": row["reason"],
+            "at": row["at"],
+        },
+    )
+
+
+def erasure(row: Mapping[str, Any]) -> Record:
+    """One ``erasures`` row: a person was erased from an account; consumers erase them too."""
+    return _make(
+        "erasure",
+        f"erasure:{row['id']}",
+        str(row["account_id"]),
+        row["tx"],
+        row["at"],
+        {
+            "account_id": row["account_id"],
+            "address_hashes": [bytes(h).hex() for h in row["email_hashes"] or []],
+            "lead_ids": list(row["lead_ids"] or []),
+            "at": row["at"],
+        },
+    )
+
+
+def merged(*groups: list[Record]) -> list[Record]:
+    """Every record of every kind in commit-safe order: by transaction, then kind (an email
+    before the events about it within one transaction), then as read."""
+    rank = {kind: index for index, kind in enumerate(KINDS)}
+    everything = [record for group in groups for record in group]
+    everything.sort(key=lambda record: (record.tx, rank[record.kind]))
+    return everything
+
+
+def _key_of(kind: str, fields: Mapping[str, Any]) -> str:
+    if kind == "campaign":
+        return str(fields.get("campaign_id"))
+    if kind == "erasure":
+        return str(fields.get("account_id"))
+    return lead_key(fields.get("account_id"), fields.get("lead_id"))
+
+
+def stored(kind: str, record_id: str, text: str, at: dt.datetime) -> Record:
+    """A record kept as JSON text (a dead letter), as it was published."""
+    fields = orjson.loads(text)
+    return Record(kind, record_id, _key_of(kind, fields).encode(), 0, at, fields, text.encode())

@@ -1,0 +1,194 @@
+"""The relay's reads on real Postgres: commit-safe order, capped batches that skip nothing, a
+writer that took its transaction id early and commits late."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+import asyncpg
+import orjson
+
+from mailerd import config, erasure
+from mailerd.db import connect
+from mailerd.db import relay as relay_db
+from mailerd.relay import position as position_mod
+from mailerd.relay.position import Snapshot
+from mailerd.relay.reader import Reader
+from mailerd.relay.records import Record
+from mailerd.relay.stream import Stream
+from tests import relay_schemas
+from tests.integration.relay_rows import NOW, log_rows, make_campaign
+
+
+async def drain(reader: Reader, position: Snapshot, rounds: int = 500) -> tuple[list[str], Snapshot]:
+    """Read until caught up with nothing more to read; the ids in the order read."""
+    ids: list[str] = []
+    for _ in range(rounds):
+        batch = await reader.read(position)
+        ids += [record.id for record in batch.records]
+        relay_schemas.check(orjson.loads(record.value) for record in batch.records)
+        position = batch.end
+        if batch.caught_up and not batch.records:
+            return ids, position
+    raise AssertionError("the reader never caught up")
+
+
+async def test_a_late_committing_writer_is_read_after_it_commits(pool: asyncpg.Pool, dsn: str) -> None:
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn)
+    reader = Reader(pool, {"email", "event"}, limit=1000)
+    position = position_mod.earliest()
+    slow = await connect.connect(dsn)
+    try:
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await log_rows(slow, campaign_id, leads[:3])  # takes its xid now, commits last
+        async with pool.acquire() as conn:
+            await log_rows(conn, campaign_id, leads[3:10])
+        batch = await reader.read(position)
+        assert sorted(r.lead_id or 0 for r in batch.records) == leads[3:10]
+        assert batch.caught_up
+        position = batch.end
+        async with pool.acquire() as conn:
+            await log_rows(conn, campaign_id, leads[10:12])
+        batch = await reader.read(position)  # the relay polls past the slow writer again
+        assert sorted(r.lead_id or 0 for r in batch.records) == leads[10:12]
+        position = batch.end
+        await slow_tx.commit()
+    finally:
+        await slow.close()
+    ids, position = await drain(reader, position)
+    assert sorted(ids) == sorted(f"email:{campaign_id}:{lead}" for lead in leads[:3])
+
+
+async def test_capped_batches_with_concurrent_writers_read_every_row_once(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """Many small flushes, some held open across polls, one flush bigger than a batch; batches of
+    7 rows: every committed row read exactly once, none of an aborted transaction."""
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 400)
+    rng = random.Random(5)
+    reader = Reader(pool, {"email", "event"}, limit=7)
+    position = position_mod.earliest()
+    writers = [await connect.connect(dsn) for _ in range(3)]
+    open_tx: dict[int, tuple[asyncpg.transaction.Transaction, list[int]]] = {}
+    expected: list[int] = []
+    read: list[str] = []
+    cursor = 0
+    try:
+        while cursor < len(leads):
+            slot = rng.randrange(len(writers))
+            if slot not in open_tx:
+                tx = writers[slot].transaction()
+                await tx.start()
+                open_tx[slot] = (tx, [])
+            elif rng.random() < 0.4:
+                tx, written = open_tx.pop(slot)
+                if rng.random() < 0.2:
+                    await tx.rollback()
+                else:
+                    await tx.commit()
+                    expected += written
+            else:
+                size = 30 if cursor == 100 else rng.randint(1, 5)  # one flush bigger than a batch
+                chunk = leads[cursor : cursor + size]
+                cursor += len(chunk)
+                await log_rows(writers[slot], campaign_id, chunk)
+                open_tx[slot][1].extend(chunk)
+            if rng.random() < 0.4:
+                batch = await reader.read(position)
+                read += [r.id for r in batch.records]
+                position = batch.end
+        for tx, written in open_tx.values():
+            await tx.commit()
+            expected += written
+    finally:
+        for writer in writers:
+            await writer.close()
+    rest, _ = await drain(reader, position)
+    read += rest
+    assert len(read) == len(set(read)), "a row was read twice"
+    assert sorted(read) == sorted(f"email:{campaign_id}:{lead}" for lead in expected)
+
+
+async def test_records_carry_the_lead_address_and_event_fields(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 3)
+        await log_rows(conn, campaign_id, leads)
+        await conn.execute("DELETE FROM leads WHERE id = $1", leads[2])
+        await conn.execute(
+            """INSERT INTO email_events (occurred_at, account_id, campaign_id, lead_id, email, kind,
+                                         provider, provider_event_id, provider_message_id,
+                                         provider_type, reason, smtp_status)
+               VALUES ($1, 1, $2, $3, 'user0@example.com', 'hard_bounce', 'ses', 'evt-1/user0@example.com',
+                       'msg-1', 'Permanent/General', 'no such user', '5.1.1')""",
+            NOW,
+            campaign_id,
+            leads[0],
+        )
+    batch = await Reader(pool, {"email", "event"}, limit=100).read(position_mod.earliest())
+    emails = [r for r in batch.records if r.kind == "email"]
+    events = [r for r in batch.records if r.kind == "event"]
+    assert [orjson.loads(r.value)["address"] for r in emails] == [
+        "User0@Example.com",
+        "User1@Example.com",
+        None,
+    ]
+    assert emails[0].key == f"1:{leads[0]}".encode()
+    event = orjson.loads(events[0].value)
+    assert event["id"] == "event:ses:evt-1/user0@example.com"
+    assert (event["type"], event["bounce"], event["smtp_status"]) == ("hard_bounce", "hard", "5.1.1")
+    assert batch.records[-1].kind == "event"  # written after the emails: read after them
+    relay_schemas.check(orjson.loads(r.value) for r in batch.records)
+
+
+class _Collect:
+    """A destination that keeps what it is given (the stream's own logic under test)."""
+
+    name = "collect"
+    kinds = frozenset({"email", "event", "campaign", "erasure"})
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, object]] = []
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        self.records += [orjson.loads(r.value) for r in records]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_erasure_is_published_after_the_persons_records_and_drops_their_dead_letters(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 3)
+        await log_rows(conn, campaign_id, leads)
+        refused = (await Reader(pool, {"email"}, limit=10).read(position_mod.earliest())).records
+        await relay_db.add_dead_letters(conn, "callbacks.app", refused, "HTTP 400")
+        erased = await erasure.erase(conn, account_id=1, key=b"k" * 32, by="test", lead_id=leads[0])
+        taken = await relay_db.take_positions(conn, ["collect"], position_mod.earliest(), "test")
+    destination = _Collect()
+    stop = asyncio.Event()
+    stream = Stream(
+        destination, pool, config.RelayConfig(poll_interval_ms=10), epoch=taken["collect"].epoch,
+        position=position_mod.earliest(), as_of=NOW, stop=stop,
+    )  # fmt: skip
+    task = asyncio.create_task(stream.run())
+    async with asyncio.timeout(10):
+        while not any(r["kind"] == "erasure" for r in destination.records):
+            await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    kinds = [r["kind"] for r in destination.records]
+    assert kinds.index("erasure") > max(i for i, kind in enumerate(kinds) if kind == "email")
+    erasure_record = destination.records[kinds.index("erasure")]
+    assert (erasure_record["id"], erasure_record["lead_ids"]) == (f"erasure:{erased.id}", [leads[0]])
+    assert len(erasure_record["address_hashes"]) == 1
+    relay_schemas.check(destination.records)
+    async with pool.acquire() as conn:
+        left = await conn.fetch("SELECT lead_id FROM relay_dead_letters ORDER BY lead_id")
+    assert [r["lead_id"] for r in left] == leads[1:]
