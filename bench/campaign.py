@@ -2,6 +2,7 @@
 
     python bench/campaign.py --leads N [--dsn DSN] [--json] [--check-growth]
                              [--profile cprofile|py-spy --profile-out PATH]
+                             [--provider KIND ...]
 
 Creates a fresh database ``mailerd_bench_<random>`` on the server (``--dsn``, else
 ``$MAILERD_TEST_DSN``, else the local default), migrates it, seeds N leads with COPY, then:
@@ -12,6 +13,11 @@ Creates a fresh database ``mailerd_bench_<random>`` on the server (``--dsn``, el
 2. naive baseline: the same rows inserted one INSERT per email, in transactions of 50, by 4
    concurrent connections, into an ``email`` table with a bigserial key and six secondary indexes;
 3. mailerd's log write path: the same rows through the real :class:`mailerd.writer.Writer`.
+
+With ``--provider`` (one or more of ses, sendgrid, mailgun, postmark, smtp), step 1 runs once per
+provider kind on the same seeded leads, each through ``mailerd sink --api KIND`` (``--smtp`` for
+smtp) with that provider's bulk size per call (``PROVIDER_BATCH``), and the figures are printed
+side by side; steps 2 and 3 are skipped.
 
 The database is dropped at the end, also on failure; child processes are always stopped.
 See bench/README.md for what each figure means.
@@ -40,6 +46,7 @@ import orjson
 from common import (
     ACCOUNT_ID,
     NAIVE_SCHEMA,
+    PROVIDER_KINDS,
     BenchError,
     Daemon,
     check_stopped,
@@ -53,12 +60,14 @@ from common import (
     migrated,
     proc_cpu_s,
     proc_status_kb,
+    provider_section,
     server_dsn,
     start_campaign,
     start_daemon,
     start_sink,
     stop_daemons,
     stop_process,
+    tail,
     vacuum_analyze,
     wait_finished,
 )
@@ -70,6 +79,9 @@ from mailerd.models import LogRow, LogStatus
 from mailerd.writer import Writer
 
 SEGMENT = {"field": "attributes.first_name", "op": "exists", "value": True}
+# Recipients per call for each kind: the provider's bulk size (SES SendBulkEmail 50; SendGrid and
+# Mailgun 1,000; Postmark's batch 500); SMTP sends one message per recipient, 50 per batch.
+PROVIDER_BATCH = {"ses": 50, "sendgrid": 1000, "mailgun": 1000, "postmark": 500, "smtp": 50}
 SUPPRESS_EVERY = 1000  # one lead in this many is on the suppression list (logged, not sent)
 
 NAIVE_TASKS = 4
@@ -272,18 +284,16 @@ class DaemonSettings:
     poll_interval_s: float = 0.25
 
 
-def daemon_config(dsn: str, http_port: int, sink_port: int, s: DaemonSettings) -> str:
+def daemon_config(dsn: str, http_port: int, sink_port: int, s: DaemonSettings, kind: str = "ses") -> str:
+    extra = {"connections": s.concurrency} if kind == "smtp" else {}
     return daemon_toml(
         dsn,
         http_port,
         "bench",
         {
-            "providers.sink": {
-                "kind": "sink",
-                "endpoint": f"http://127.0.0.1:{sink_port}",
-                "concurrency": s.concurrency,
-                "batch_size": s.batch_size,
-            },
+            "providers.sink": provider_section(
+                kind, sink_port, concurrency=s.concurrency, batch_size=s.batch_size, **extra
+            ),
             "scheduler": {
                 "shard_size": s.shard_size,
                 "max_shards_per_node": s.max_shards_per_node,
@@ -308,21 +318,27 @@ async def end_to_end(
     limit_s: float,
     profile: str | None = None,
     profile_out: str | None = None,
+    kind: str = "ses",
 ) -> dict[str, Any]:
-    """Run one campaign over every lead with the daemon and the sink as separate processes."""
-    sink, sink_port = await start_sink(workdir)
+    """Run one campaign over every lead with the daemon and the ``kind`` emulator as separate
+    processes."""
+    sink, sink_port = await start_sink(workdir, kind=kind)
     daemon: Daemon | None = None
     spy: asyncio.subprocess.Process | None = None
     try:
         http_port = free_port()
         config_path = workdir / "mailerd.toml"
-        config_path.write_text(daemon_config(dsn, http_port, sink_port, settings))
-        config = config_mod.load(config_path, env={})
+        config_path.write_text(daemon_config(dsn, http_port, sink_port, settings, kind))
+        config = config_mod.load(config_path, env={"MAILERD_PROVIDERS__SINK__API_KEY": "bench"})
         interpreter_args: list[str] = []
         if profile == "cprofile":
             interpreter_args = ["-m", "cProfile", "-o", profile_out or str(workdir / "daemon.prof")]
         daemon = await start_daemon(
-            config_path, workdir / "daemon.log", http_port, interpreter_args=interpreter_args
+            config_path,
+            workdir / "daemon.log",
+            http_port,
+            interpreter_args=interpreter_args,
+            provider_key=True,
         )
         if profile == "py-spy":
             out = profile_out or str(workdir / "daemon.svg")
@@ -376,9 +392,14 @@ async def end_to_end(
     assert daemon is not None
     check_stopped([daemon], codes)
     processed = info["processed"]
-    if logged != processed or processed != leads:
-        raise BenchError(f"{leads} leads, {processed} processed, {logged} email_log rows: mismatch")
+    if logged != processed or processed != leads or info["unknown"] or info["failed"]:
+        raise BenchError(
+            f"{leads} leads, {processed} processed, {logged} email_log rows, {info['failed']} failed, "
+            f"{info['unknown']} unknown: mismatch\n{tail(workdir / 'daemon.log')}"
+        )
     return {
+        "provider": kind,
+        "batch_size": settings.batch_size,
         "leads": leads,
         "campaign_id": campaign_id,
         "sent": info["sent"],
@@ -543,6 +564,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         "postgres": await server_settings(admin_dsn),
     }
+    if args.provider:
+        return await compare_providers(args, admin_dsn, settings, result)
     with tempfile.TemporaryDirectory(prefix="mailerd-bench-") as tmp:
         workdir = Path(tmp)
         if args.check_growth:
@@ -586,6 +609,47 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     result["loadavg_after"] = loadavg()
     result["targets"] = targets(result)
     return result
+
+
+async def compare_providers(
+    args: argparse.Namespace, admin_dsn: str, settings: DaemonSettings, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Step 1 once per provider kind, on the same leads, one after another (module docstring)."""
+    result["providers"] = {}
+    async with fresh_database(admin_dsn) as dsn:
+        result.update(await seed(dsn, args.leads))
+        for kind in args.provider:
+            kind_settings = dataclasses.replace(settings, batch_size=args.batch_size or PROVIDER_BATCH[kind])
+            with tempfile.TemporaryDirectory(prefix=f"mailerd-bench-{kind}-") as tmp:
+                figures = await end_to_end(
+                    dsn, args.leads, Path(tmp), kind_settings, limit_s=args.timeout, kind=kind
+                )
+            result["providers"][kind] = figures
+            if not args.json:
+                cpu = figures["daemon_cpu_us_per_email"]
+                print(f"{kind}: {figures['emails_per_s']:,} emails/s, {cpu} µs CPU/email", flush=True)
+    result["loadavg_after"] = loadavg()
+    return result
+
+
+def print_providers(r: dict[str, Any]) -> None:
+    kinds = list(r["providers"])
+    rows = [
+        ("batch size (recipients per call)", "batch_size", "{:,}"),
+        ("elapsed", "elapsed_s", "{:.1f} s"),
+        ("emails/s", "emails_per_s", "{:,}"),
+        ("daemon CPU per email", "daemon_cpu_us_per_email", "{:.1f} µs"),
+        ("daemon CPU share", "daemon_cpu_share", "{:.2f} cores"),
+        ("daemon peak RSS", "daemon_peak_rss_mb", "{:.0f} MB"),
+        ("emulator CPU per email", "sink_cpu_us_per_email", "{:.1f} µs"),
+        ("machine CPU busy", "machine_cpu_busy", "{:.0%}"),
+        ("WAL per email", "wal_bytes_per_email", "{:.0f} B"),
+    ]
+    print(f"campaign of {r['leads']:,} leads per provider on {r['nproc']} CPUs "
+          f"(load {r['loadavg_before']} before, {r['loadavg_after']} after)")  # fmt: skip
+    print(f"  {'':<34}" + "".join(f"{kind:>12}" for kind in kinds))
+    for label, key, fmt in rows:
+        print(f"  {label:<34}" + "".join(f"{fmt.format(r['providers'][k][key]):>12}" for k in kinds))
 
 
 def targets(r: dict[str, Any]) -> dict[str, bool]:
@@ -659,6 +723,16 @@ def main() -> int:
     parser.add_argument("--max-shards", type=int, default=defaults.max_shards_per_node)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a campaign may take")
     parser.add_argument(
+        "--provider",
+        nargs="+",
+        choices=PROVIDER_KINDS,
+        default=None,
+        help="run the campaign once per provider kind, side by side (end to end only)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="with --provider: recipients per call for all"
+    )
+    parser.add_argument(
         "--profile",
         choices=["cprofile", "py-spy"],
         default=None,
@@ -675,6 +749,8 @@ def main() -> int:
         return 1
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    elif args.provider:
+        print_providers(result)
     else:
         print_table(result)
     return 0

@@ -186,9 +186,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def child_env() -> dict[str, str]:
-    """The children read only their config file: no MAILERD_* override leaks in."""
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
+def child_env(*, provider_key: bool = False) -> dict[str, str]:
+    """The children read only their config file: no MAILERD_* override leaks in. With
+    ``provider_key``, the API key of ``[providers.sink]`` (a secret: never in the file)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MAILERD_")}
+    if provider_key:
+        env["MAILERD_PROVIDERS__SINK__API_KEY"] = BENCH_API_KEY
+    return env
 
 
 async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
@@ -212,20 +216,25 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+PROVIDER_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "smtp")
+BENCH_API_KEY = "bench-provider-key"
+
+
 async def start_sink(
-    workdir: Path, *, latency_ms: float | None = None, record: Path | None = None
+    workdir: Path, *, latency_ms: float | None = None, record: Path | None = None, kind: str = "ses"
 ) -> tuple[asyncio.subprocess.Process, int]:
-    """``mailerd sink --listen 127.0.0.1:0 --seed 1`` logging to ``workdir/sink.log``; the bound
-    port is read from its first line."""
+    """``mailerd sink --listen 127.0.0.1:0 --seed 1`` (``--api KIND``, or ``--smtp`` for smtp)
+    logging to ``workdir/sink.log``; the bound port is read from its first line."""
     log_path = workdir / "sink.log"
-    options = ["--seed", "1"]
+    where = ["--smtp", "127.0.0.1:0"] if kind == "smtp" else ["--api", kind, "--listen", "127.0.0.1:0"]
+    options = [*where, "--seed", "1"]
     if latency_ms is not None:
         options += ["--latency-ms", str(latency_ms)]
     if record is not None:
         options += ["--record", str(record)]
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailerd", "sink", "--listen", "127.0.0.1:0", *options,
+            sys.executable, "-m", "mailerd", "sink", *options,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             env=child_env(),
@@ -241,6 +250,21 @@ async def start_sink(
         await stop_process(process)
         raise BenchError(f"unexpected sink output {line!r}:\n{tail(log_path)}")
     return process, int(line.rsplit(":", 1)[1])
+
+
+def provider_section(kind: str, port: int, **keys: Any) -> dict[str, Any]:
+    """``[providers.sink]`` for the ``kind`` emulator on ``port`` (named ``sink`` whatever its kind;
+    the API key goes in the environment, see :func:`child_env`)."""
+    if kind == "ses":
+        section: dict[str, Any] = {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}"}
+    elif kind == "smtp":
+        section = {"kind": "smtp", "endpoint": f"127.0.0.1:{port}", "tls": "none"}
+    else:
+        section = {"kind": kind, "endpoint": f"http://127.0.0.1:{port}"}
+        if kind == "mailgun":
+            section["domain"] = "mg.example.com"
+    section.update(keys)
+    return section
 
 
 def _toml_value(value: Any) -> str:
@@ -288,7 +312,12 @@ class Daemon:
 
 
 async def start_daemon(
-    config_path: Path, log_path: Path, http_port: int, *, interpreter_args: Sequence[str] = ()
+    config_path: Path,
+    log_path: Path,
+    http_port: int,
+    *,
+    interpreter_args: Sequence[str] = (),
+    provider_key: bool = False,
 ) -> Daemon:
     """``python [interpreter_args] -m mailerd run --config FILE`` with its output in
     ``log_path``, once ``/healthz`` answers on ``http_port``; stopped again if it never does."""
@@ -297,7 +326,7 @@ async def start_daemon(
             sys.executable, *interpreter_args, "-m", "mailerd", "run", "--config", str(config_path),
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
-            env=child_env(),
+            env=child_env(provider_key=provider_key),
         )  # fmt: skip
     try:
         await wait_healthy(http_port, process, log_path)

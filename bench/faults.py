@@ -1,7 +1,11 @@
 """Fault injection at scale: the e2e scenarios (tests/e2e) with more rounds, and the full
 30-second Postgres outage.
 
-    python bench/faults.py [--rounds N] [--outage-s S] [--only NAME ...] [--dsn DSN] [--json]
+    python bench/faults.py [--rounds N] [--outage-s S] [--only NAME ...] [--providers KIND ...]
+                           [--dsn DSN] [--json]
+
+Every scenario runs once per provider kind (``--providers``, default all: ses, sendgrid,
+mailgun, postmark, smtp), each through its emulator.
 
 Each kill/pause scenario runs on a fresh database ``mailerd_faults_<random>`` on the server
 (``--dsn``, else ``$MAILERD_TEST_DSN``, else the local default), dropped afterwards; the outage
@@ -36,19 +40,25 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mailerd.db import connect, migrate
-from tests.e2e import procs
+from tests.e2e import procs, scenarios
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 NAMES = ("single", "two-nodes", "pause-resume", "resend-uncertain", "outage")
 
 
-def _scenarios(rounds: int) -> list[procs.Scenario]:
+def _scenarios(rounds: int, kind: str) -> list[scenarios.Scenario]:
     leads = max(9000, rounds * 4500)  # a third match: about 1,500 matched leads per round
     return [
-        procs.Scenario("single", leads=leads, kills=rounds, seed=101),
-        procs.Scenario("two-nodes", leads=leads, nodes=2, kills=rounds, rate_per_s=600.0, seed=102),
-        procs.Scenario("pause-resume", leads=leads, kills=rounds // 2, pauses=rounds, seed=103),
-        procs.Scenario("resend-uncertain", leads=leads, kills=rounds // 2, resend_uncertain=True, seed=104),
+        scenarios.Scenario("single", leads=leads, kills=rounds, seed=101, kind=kind),
+        scenarios.Scenario(
+            "two-nodes", leads=leads, nodes=2, kills=rounds, rate_per_s=600.0, seed=102, kind=kind
+        ),
+        scenarios.Scenario(
+            "pause-resume", leads=leads, kills=rounds // 2, pauses=rounds, seed=103, kind=kind
+        ),
+        scenarios.Scenario(
+            "resend-uncertain", leads=leads, kills=rounds // 2, resend_uncertain=True, seed=104, kind=kind
+        ),
     ]
 
 
@@ -74,17 +84,28 @@ async def _fresh_database(admin_dsn: str) -> AsyncIterator[str]:
 async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     wanted = set(args.only or NAMES)
-    for scenario in _scenarios(args.rounds):
+    for kind in args.providers:
+        results += await _run_kind(args, kind, wanted)
+    return results
+
+
+async def _run_kind(args: argparse.Namespace, kind: str, wanted: set[str]) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for scenario in _scenarios(args.rounds, kind):
         if scenario.name not in wanted:
             continue
         try:
             async with _fresh_database(args.dsn) as dsn:
                 with tempfile.TemporaryDirectory(prefix="mailerd-faults-") as workdir:
-                    result = await procs.run_scenario(dsn, Path(workdir), scenario)
+                    result = await scenarios.run_scenario(dsn, Path(workdir), scenario)
             figures = result.figures()
             figures["unknown_per_crash"] = result.uncertain_per_crash
         except Exception as exc:  # a broken scenario is a finding: report it, run the others
-            figures = {"scenario": scenario.name, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            figures = {
+                "scenario": scenario.name,
+                "provider": kind,
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+            }
         results.append(figures)
         _progress(figures, args.json)
     if "outage" in wanted:
@@ -93,12 +114,16 @@ async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
             await asyncio.to_thread(server.init)
             await asyncio.to_thread(server.start)
             with tempfile.TemporaryDirectory(prefix="mailerd-faults-") as workdir:
-                outage = await procs.run_outage(
-                    server, Path(workdir), outage_s=args.outage_s, leads=max(9000, args.rounds * 4500)
+                outage = await scenarios.run_outage(
+                    server,
+                    Path(workdir),
+                    outage_s=args.outage_s,
+                    leads=max(9000, args.rounds * 4500),
+                    kind=kind,
                 )
             figures = outage.figures()
         except Exception as exc:  # e.g. the daemon died during the outage
-            figures = {"scenario": "outage", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            figures = {"scenario": "outage", "provider": kind, "error": f"{type(exc).__name__}: {exc}"[:2000]}
         finally:
             await asyncio.to_thread(server.cleanup)
         results.append(figures)
@@ -109,9 +134,9 @@ async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _progress(figures: dict[str, Any], quiet: bool) -> None:
     if quiet:
         return
-    print(f"\n== {figures['scenario']}")
+    print(f"\n== {figures['scenario']} ({figures.get('provider')})")
     for key, value in figures.items():
-        if key != "scenario":
+        if key not in ("scenario", "provider"):
             print(f"  {key:<26} {value}")
     sys.stdout.flush()
 
@@ -121,12 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="kills (and pauses) per scenario")
     parser.add_argument("--outage-s", type=float, default=30.0, help="Postgres outage length")
     parser.add_argument("--only", nargs="*", choices=NAMES, help="run only these scenarios")
+    parser.add_argument(
+        "--providers", nargs="*", choices=procs.KINDS, default=list(procs.KINDS), help="provider kinds to run"
+    )
     parser.add_argument("--dsn", default=os.environ.get("MAILERD_TEST_DSN", DEFAULT_DSN))
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
     results = asyncio.run(_run(args))
     failed = [
-        r["scenario"]
+        f"{r['scenario']} ({r.get('provider')})"
         for r in results
         if "error" in r
         or (r["duplicates"] and r["scenario"] != "resend-uncertain")

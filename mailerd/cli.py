@@ -157,15 +157,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--campaign", type=int, default=None, help="only this campaign's records")
 
-    p = sub.add_parser("sink", help="run the loopback SES v2 emulator")
+    p = sub.add_parser("sink", help="run a provider emulator (SES v2 by default) on a local port")
     p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
+    p.add_argument(
+        "--api", default="ses", choices=("ses", "sendgrid", "mailgun", "postmark"), help="the provider's API"
+    )
+    p.add_argument("--smtp", default=None, metavar="HOST:PORT", help="an SMTP server instead of an API")
+    p.add_argument("--api-key", default=None, help="accept only this key (default: any well-formed one)")
     p.add_argument("--record", default=None, metavar="FILE.jsonl", help="append accepted recipients")
     p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")
     p.add_argument("--throttle-rate", type=float, default=0.0, help="recipients/s before 429 (0: never)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of per-entry failures")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--webhook-url", default=None, help="daemon base URL to post bounce/complaint webhooks to")
-    p.add_argument("--webhook-format", default="ses", choices=("ses", "sendgrid", "mailgun", "postmark"))
+    p.add_argument(
+        "--webhook-format",
+        default=None,
+        choices=("ses", "sendgrid", "mailgun", "postmark"),
+        help="default: the --api's own (ses for --smtp)",
+    )
     p.add_argument("--bounce-rate", type=float, default=0.0, help="share of recipients that hard-bounce")
     p.add_argument("--complaint-rate", type=float, default=0.0, help="share of recipients that complain")
     p.add_argument(
@@ -453,10 +463,12 @@ async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
 async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from mailerd.emulator import sink
 
-    host, port = config_mod.parse_listen(args.listen)
+    host, port = config_mod.parse_listen(args.smtp or args.listen)
     await sink.serve(
         host=host,
         port=port,
+        api="smtp" if args.smtp else args.api,
+        api_key=args.api_key,
         record=Path(args.record) if args.record else None,
         latency_ms=args.latency_ms,
         throttle_rate=args.throttle_rate,

@@ -133,7 +133,7 @@ class ProviderConfig:
     name: str = ""
     kind: str = "ses"
     endpoint: str = ""
-    region: str = "us-east-1"
+    region: str = ""  # SES: the AWS region (us-east-1 when empty); SendGrid, Mailgun: "eu" or "us"
     rate_per_s: float = _within(0.0, 0, 100_000, below="must be 0 (unlimited) or more")
     burst: int = _within(0, 0, 1_000_000, below="must be 0 (one second of rate) or more")
     concurrency: int = _within(8, 1, 1000)
@@ -149,6 +149,14 @@ class ProviderConfig:
     api_key: Secret | None = None
     configuration_set: str = ""
     seed_rate_from_account: bool = False
+    # Per kind (each documented in config/mailerd.example.toml; checked when the client is built).
+    profile: str = ""  # ses: the shared-credentials profile of the AWS credential chain
+    domain: str = ""  # mailgun: the sending domain; smtp: the Message-ID domain
+    message_stream: str = "broadcast"  # postmark
+    tls: Literal["starttls", "tls", "none"] = "starttls"  # smtp (endpoint "host:port")
+    username: str = ""  # smtp AUTH (the password is api_key)
+    connections: int = _within(4, 1, 1000)  # smtp: the pool per provider
+    messages_per_connection: int = _within(100, 1, 1_000_000)  # smtp: then a new connection
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

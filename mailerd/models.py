@@ -56,6 +56,9 @@ class Campaign:
     resend_uncertain: bool = False
     status_reason: str | None = None
     generation: int = 0  # campaigns.status_generation when this node read it
+    reply_to: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers of every email of the campaign
+    provider_template: str | None = None  # a template stored at the provider (SendGrid, Postmark)
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,6 +1,6 @@
 """Mailgun webhooks as the loopback sink posts them: HMAC-signed with a random signing key.
 
-:mod:`mailerd.providers.mailgun` verifies them with the same key (written to a file).
+:mod:`mailerd.providers.mailgun_webhook` verifies them with the same key (written to a file).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import webhook_auth as auth
-from mailerd.providers.mailgun import signature_of
+from mailerd.providers.mailgun_webhook import signature_of
 
 
 class MailgunEmulatorSigner:

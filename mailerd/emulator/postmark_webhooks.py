@@ -1,6 +1,6 @@
 """Postmark webhooks as the loopback sink posts them: one record per post, basic auth.
 
-:mod:`mailerd.providers.postmark` checks the same credentials (the password written to a file).
+:mod:`mailerd.providers.postmark_webhook` checks the same credentials (the password written to a file).
 """
 
 from __future__ import annotations

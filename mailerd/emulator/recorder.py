@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import types
 from pathlib import Path
 from typing import IO, Final
 
@@ -15,20 +16,40 @@ FLUSH_INTERVAL_S: Final = 0.1
 
 
 class Recorder:
-    """Buffers record lines; a background task writes them in a worker thread."""
+    """Buffers record lines; its flushing task writes them in a worker thread.
+
+    An async context manager (``async with Recorder(path) as recorder``), or :meth:`open` and
+    :meth:`close`: the flushing task lives in a TaskGroup the recorder enters on open and leaves
+    on close, so it never outlives the recorder; close lets it finish, then writes what is left.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._buffer = bytearray()  # one growing buffer: many small bytes objects cost more
         self._file: IO[bytes] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: contextlib.AsyncExitStack | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one write at a time, in order
         self._closing = False
 
+    async def __aenter__(self) -> Recorder:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
     async def open(self) -> None:
         self._file = await asyncio.to_thread(self.path.open, "ab")
-        self._task = asyncio.create_task(self._run(), name="sink-recorder")
+        self._closing = False
+        self._tasks = contextlib.AsyncExitStack()
+        group = await self._tasks.enter_async_context(asyncio.TaskGroup())
+        group.create_task(self._run(), name="sink-recorder")
 
     def add(self, line: bytes) -> None:
         self._buffer += line
@@ -48,10 +69,12 @@ class Recorder:
             await asyncio.to_thread(_write, self._file, chunk)
 
     async def close(self) -> None:
+        """Stop the flushing task (it finishes its write), then write the rest and close."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._tasks is not None:
+            tasks, self._tasks = self._tasks, None
+            await tasks.aclose()
         await self.flush()
         if self._file is not None:
             await asyncio.to_thread(self._file.close)

@@ -1,6 +1,6 @@
 """SendGrid's Signed Event Webhook as the loopback sink posts it: events signed with ECDSA P-256.
 
-The key is generated here; :mod:`mailerd.providers.sendgrid` verifies with its public half.
+The key is generated here; :mod:`mailerd.providers.sendgrid_webhook` verifies with its public half.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import webhook_auth as auth
-from mailerd.providers.sendgrid import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from mailerd.providers.sendgrid_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 
 class SendgridEmulatorSigner:

@@ -3,16 +3,19 @@
 For a settable share of the recipients the sink accepts, a bounce or a complaint is posted to the
 daemon's ``/webhooks/<provider>`` endpoint, signed the provider's way by that provider's signer in
 this package (SNS certificates, SendGrid ECDSA, Mailgun HMAC, Postmark basic auth). Posting runs
-in the background with a bounded backlog, so the send path is never slowed by it.
+in the background with a bounded backlog, so the send path is never slowed by it: ``POSTERS``
+named tasks in a TaskGroup that the poster enters when it starts and leaves when it closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import random
+import types
 from collections.abc import Callable
 
 import aiohttp
@@ -54,7 +57,11 @@ class WebhookCounters:
 
 
 class WebhookPoster:
-    """Decides which accepted recipients bounce or complain, and posts those events."""
+    """Decides which accepted recipients bounce or complain, and posts those events.
+
+    An async context manager, or :meth:`start` and :meth:`close`: the posting tasks live in the
+    poster's own TaskGroup, and close drains the backlog (for a while) before they end.
+    """
 
     def __init__(
         self,
@@ -77,6 +84,7 @@ class WebhookPoster:
         self._random = random.Random(seed)
         self._backlog: collections.deque[tuple[EventKind, str, int, int, str]] = collections.deque()
         self._ready = asyncio.Event()
+        self._group: contextlib.AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
@@ -100,25 +108,45 @@ class WebhookPoster:
         self._backlog.append((kind, email, campaign_id, lead_id, message_id))
         self._ready.set()
 
+    async def __aenter__(self) -> WebhookPoster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
     async def start(self) -> None:
+        self._closing = False
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self._group = contextlib.AsyncExitStack()
+        group = await self._group.enter_async_context(asyncio.TaskGroup())
         self._tasks = [
-            asyncio.create_task(self._post_loop(), name=f"sink-webhooks-{n}") for n in range(POSTERS)
+            group.create_task(self._post_loop(), name=f"sink-webhooks-{n}") for n in range(POSTERS)
         ]
 
     async def close(self, drain_s: float = 5.0) -> None:
-        """Post what is queued (up to ``drain_s``), then stop."""
+        """Post what is queued (up to ``drain_s``), cancel what is still posting, then stop."""
         self._closing = True
         self._ready.set()
-        try:
-            async with asyncio.timeout(drain_s):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-        except TimeoutError:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._group is not None:
+            group, self._group = self._group, None
+            try:
+                async with asyncio.timeout(drain_s):
+                    await asyncio.wait(self._tasks)
+            except TimeoutError:
+                log.warning("sink_webhooks_not_drained", pending=len(self._backlog))
+                for task in self._tasks:
+                    task.cancel()
+            await group.aclose()
+            self._tasks = []
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     @property
     def pending(self) -> int:

@@ -1,188 +1,231 @@
-"""Mailgun webhooks: verification and normalisation (the emulator side is in :mod:`mailerd.emulator`).
+"""Mailgun Messages API (``POST /v3/{domain}/messages``): one call per batch of up to 1,000
+recipients, batch sending with ``recipient-variables``, basic auth ``api:<api_key>``. Events come
+back through :mod:`.mailgun_webhook`.
 
-Verification: the body is ``{"signature": {"timestamp", "token", "signature"}, "event-data": {...}}``
-and ``signature`` is the hex HMAC-SHA256 of ``timestamp + token`` under the webhook signing key
-(not the API key), compared in constant time. The timestamp must be within ``max_age_s`` of now
-(0 turns that off). Status codes follow :mod:`mailerd.providers.webhook_auth`.
+The form: ``from``, one ``to`` per recipient, ``recipient-variables`` (a JSON object keyed by
+address) and ``subject``/``text``/``html`` written with ``%recipient.NAME%`` placeholders, which
+Mailgun fills per recipient (and each recipient sees only its own address):
 
-The signature does not cover ``event-data``, so a captured signature block could be replayed
-with other data: each token is remembered (bounded, for the freshness window) with a digest of
-its ``event-data``, and the same token with different data is refused (401). The same request
-again (same token, same data) is let through: Mailgun retries a webhook whose answer was not 2xx,
-and refusing the retry of a post whose commit failed would lose the event; the receipt
-de-duplication in the database records it once. That memory is per process; the database
-also claims each token (``Event.guard``) with the events, so a replay with other data on another
-node, or after a restart, records nothing.
+- templates of plain variables: a placeholder per variable (``%recipient.NAME__html%`` for the
+  HTML-escaped value), the values in each recipient's variables;
+- other templates: each recipient is rendered here; its parts are its variables
+  ``mailerd_subject``/``mailerd_html``/``mailerd_text``.
 
-Events:
+Our ids: ``v:mailerd_campaign`` and ``v:mailerd_lead`` = ``%recipient.mailerd_lead%`` (they come
+back as the events' ``user-variables``); ``o:tag`` = ``mailerd-campaign-<id>``. Per recipient
+``h:List-Unsubscribe: <%recipient.mailerd_unsubscribe%>`` and ``h:List-Unsubscribe-Post``
+(RFC 8058); the campaign's headers as ``h:`` fields, its reply-to as ``h:Reply-To``.
 
-- ``failed`` with ``severity`` ``permanent`` -> hard_bounce, except the reasons
-  ``suppress-unsubscribe`` -> unsubscribe, ``suppress-complaint`` -> complaint (Mailgun dropped
-  it because the address is on that list of its own) and ``old`` -> soft_bounce (Mailgun gave up
-  after retrying temporary failures for hours: nothing says the address is bad).
-- ``failed`` with ``severity`` ``temporary`` -> soft_bounce.
-- ``complained`` -> complaint; ``unsubscribed`` -> unsubscribe; ``delivered`` -> delivered;
-  any other event (accepted, opened, clicked, ...) -> no event.
+``region = "eu"`` sends through ``https://api.eu.mailgun.net``, else ``https://api.mailgun.net``;
+``endpoint`` overrides both. ``domain`` (required) is the sending domain.
 
-``receipt`` = ``event-data.id:recipient``; ``provider_message_id`` =
-``event-data.message.headers.message-id``; our ids come from ``event-data.user-variables``.
-``smtp_status`` is the enhanced status code in the diagnostic text when there is one (``5.1.1``),
-else ``delivery-status.code`` (``550``).
+How answers are classified (Mailgun API reference, "Messages" and its "Errors" table):
+
+- ``200`` ``{"id": "<...>", "message": "Queued. Thank you."}`` -> sent, every recipient of the
+  call; the message id (without its angle brackets, as the events' ``message-id`` header has it)
+  is shared by the batch's recipients (our ids tell them apart).
+- ``429`` (rate limited) and ``5xx`` -> retry, after ``Retry-After`` when given.
+- ``401`` (bad API key), ``403`` (domain not allowed, sandbox or suspended account) and ``404``
+  (no such domain) -> halt: no retry fixes them.
+- ``400`` (a parameter refused: the ``message`` is the reason), ``413`` (too large) and other 4xx
+  -> failed, for every recipient of the call.
+- A timeout or a connection broken after the request went out -> unknown, never retried
+  silently; a connection that could not be made -> retry.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-import hashlib
-import hmac
-import time
 from typing import Any, Final
 
+import aiohttp
 import orjson
-import structlog
 
-from mailerd.config import MailgunWebhookConfig
-from mailerd.models import Event, EventKind
-from mailerd.providers import webhook_auth as auth
-from mailerd.providers.webhooks import WebhookRequest
+from mailerd import backoff
+from mailerd.config import ConfigError, ContentConfig, ProviderConfig
+from mailerd.models import (
+    Batch,
+    Campaign,
+    HaltError,
+    Outcome,
+    PermanentError,
+    ProviderError,
+    RecipientResult,
+    RetryableError,
+)
+from mailerd.providers import api_call, compose
 
-log = structlog.get_logger(__name__)
-
-PROVIDER: Final = "mailgun"
-PERMANENT_REASONS: Final = {
-    "suppress-unsubscribe": EventKind.UNSUBSCRIBE,
-    "suppress-complaint": EventKind.COMPLAINT,
-    "old": EventKind.SOFT_BOUNCE,
-}
-SIMPLE_EVENTS: Final = {
-    "complained": EventKind.COMPLAINT,
-    "unsubscribed": EventKind.UNSUBSCRIBE,
-    "delivered": EventKind.DELIVERED,
-}
-
-
-def signature_of(signing_key: str, timestamp: str, token: str) -> str:
-    """Mailgun's signature: hex HMAC-SHA256 of ``timestamp + token``."""
-    message = f"{timestamp}{token}".encode()
-    return hmac.new(signing_key.encode(), message, hashlib.sha256).hexdigest()
+MAX_BATCH_SIZE: Final = 1000
+US_ENDPOINT: Final = "https://api.mailgun.net"
+EU_ENDPOINT: Final = "https://api.eu.mailgun.net"
+UNSUBSCRIBE_VARIABLE: Final = "mailerd_unsubscribe"
+_PARTS: Final = ("subject", "html", "text")
 
 
-def classify(data: dict[str, Any]) -> tuple[EventKind, str] | None:
-    """``(kind, provider_type)`` of one event-data, or None when it is not one we record."""
-    name = data.get("event")
-    if name == "failed":
-        severity = data.get("severity")
-        reason = data.get("reason") if isinstance(data.get("reason"), str) else None
-        provider_type = f"{severity}/{reason}" if reason else str(severity)
-        if severity == "permanent":
-            return PERMANENT_REASONS.get(reason or "", EventKind.HARD_BOUNCE), provider_type
-        if severity == "temporary":
-            return EventKind.SOFT_BOUNCE, provider_type
-        raise auth.bad_request(
-            "invalid_body", "event-data.severity: expected 'permanent' or 'temporary'", "event-data.severity"
-        )
-    if isinstance(name, str) and name in SIMPLE_EVENTS:
-        return SIMPLE_EVENTS[name], name
-    return None
+def endpoint_for(config: ProviderConfig) -> str:
+    if config.region not in ("", "us", "eu"):
+        raise ConfigError(f'[providers.{config.name}] region: expected "eu", "us" or empty for kind mailgun')
+    if config.endpoint:
+        return config.endpoint.rstrip("/")
+    return EU_ENDPOINT if config.region == "eu" else US_ENDPOINT
 
 
-def parse_event(data: dict[str, Any]) -> list[Event]:
-    """The event of one ``event-data`` object (none, or one)."""
-    field = "event-data"
-    name = data.get("event")
-    if not isinstance(name, str) or not name:
-        raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
-    classified = classify(data)
-    if classified is None:
-        return []
-    kind, provider_type = classified
-    email = auth.need_address(data, "recipient", field)
-    event_id = auth.need_id(data, "id", field)
-    if "timestamp" not in data:
-        raise auth.bad_request("invalid_body", f"{field}.timestamp: missing", f"{field}.timestamp")
-    occurred_at = auth.event_time(data["timestamp"], f"{field}.timestamp")
-    message = data.get("message")
-    headers = message.get("headers") if isinstance(message, dict) else None
-    message_id = (
-        auth.optional_id(headers, "message-id", f"{field}.message.headers")
-        if isinstance(headers, dict)
-        else None
-    )
-    campaign_id, lead_id = auth.campaign_and_lead(data.get("user-variables"))
-    status = data.get("delivery-status")
-    reason = smtp_status = None
-    if isinstance(status, dict):
-        reason = auth.optional_text(status, "message") or auth.optional_text(status, "description")
-        code = auth.optional_text(status, "code")
-        smtp_status = auth.enhanced_status(reason, auth.optional_text(status, "description")) or code
-    if kind is EventKind.DELIVERED:
-        reason = None
-    return [
-        Event(
-            provider=PROVIDER,
-            kind=kind,
-            occurred_at=occurred_at,
-            email=email,
-            receipt=f"{event_id}:{email}",
-            provider_message_id=message_id.strip("<>") if message_id else None,
-            campaign_id=campaign_id,
-            lead_id=lead_id,
-            provider_type=provider_type,
-            reason=auth.clip(reason),
-            smtp_status=smtp_status,
-        )
-    ]
+def placeholder(name: str, html: bool = False) -> str:
+    return f"%recipient.{name}__html%" if html else f"%recipient.{name}%"
 
 
-class MailgunWebhook:
-    """``POST /webhooks/mailgun``: verify signature, freshness and token, then normalise."""
+def classify(answer: api_call.Answer) -> ProviderError | None:
+    """None for 200; else the error the answer means (see the module docstring)."""
+    if answer.status == 200:
+        return None
+    body = answer.json()
+    message = body.get("message") if isinstance(body, dict) else None
+    detail = str(message) if message else answer.body[:200].decode("utf-8", "replace")
+    reason = f"HTTP {answer.status}: {detail}"
+    if answer.status == 429 or answer.status >= 500:
+        return RetryableError(reason, backoff.parse_retry_after(answer.headers.get("Retry-After")))
+    if answer.status in (401, 403, 404):
+        return HaltError(reason)
+    return PermanentError(reason)
 
-    provider = PROVIDER
 
-    def __init__(self, config: MailgunWebhookConfig, *, clock: auth.Clock = time.time) -> None:
-        self._config = config
-        self._clock = clock
-        self._key = config.signing_key.reveal() if config.signing_key is not None else ""
-        self._tokens = auth.ReplayGuard(config.max_age_s)
+def message_id(answer: api_call.Answer) -> str | None:
+    body = answer.json()
+    found = body.get("id") if isinstance(body, dict) else None
+    return str(found).strip("<>") if found else None
 
-    async def parse(self, request: WebhookRequest) -> list[Event]:
-        body = auth.need_object(auth.json_body(request.body), "body")
-        data = body.get("event-data")
-        block = body.get("signature")
-        token = block.get("token") if isinstance(block, dict) else None
-        if isinstance(token, str):
-            auth.bounded_id(token, "signature.token")  # before the replay memory keeps it
-        if self._config.verify_signatures:
-            self._verify(block, data)
-        events = parse_event(auth.need_object(data, "event-data"))
-        if isinstance(token, str) and token:
-            # Mailgun signs only timestamp + token: the database also remembers each token, so
-            # a captured signature replayed with other data on another node (or after a restart)
-            # is not recorded either.
-            events = [dataclasses.replace(e, guard=f"token:{token}") for e in events]
-        return events
 
-    async def close(self) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    composer: compose.Composer
+    tagged: tuple[str, str, str] | None
+
+
+class MailgunProvider:
+    """Mailgun batch sending over one keep-alive session; see the module docstring."""
+
+    max_batch_size: int = MAX_BATCH_SIZE
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        unsubscribe: compose.UnsubscribeUrl | None = None,
+        content_limits: ContentConfig | None = None,
+    ) -> None:
+        self.name = config.name or config.kind
+        if config.api_key is None:
+            raise ConfigError(f"[providers.{self.name}] api_key: required for kind mailgun")
+        if not config.domain:
+            raise ConfigError(
+                f"[providers.{self.name}] domain: required for kind mailgun (the sending domain)"
+            )
+        self._url = f"{endpoint_for(config)}/v3/{config.domain}/messages"
+        token = base64.b64encode(f"api:{config.api_key.reveal()}".encode()).decode()
+        self._api = api_call.ApiSession(config, {"Authorization": f"Basic {token}"})
+        self._unsubscribe = unsubscribe
+        self._limits = content_limits
+        self._prepared: dict[int, _Prepared] = {}
+
+    async def prepare(self, campaign: Campaign) -> None:
+        self._prepare(campaign)
+
+    def _prepare(self, campaign: Campaign) -> _Prepared:
+        prepared = self._prepared.get(campaign.id)
+        if prepared is None:
+            composer = compose.Composer(campaign, self._unsubscribe, self._limits)
+            prepared = self._prepared[campaign.id] = _Prepared(composer, composer.tagged(placeholder))
+        return prepared
+
+    async def send(self, batch: Batch) -> list[RecipientResult]:
+        if len(batch.leads) > MAX_BATCH_SIZE:
+            raise ValueError(f"Mailgun takes at most {MAX_BATCH_SIZE} recipients per call")
+        prepared = self._prepare(batch.campaign)
+        results: list[RecipientResult | None] = [None] * len(batch.leads)
+        variables: dict[str, dict[str, str]] = {}
+        positions: list[int] = []
+        for position, lead in enumerate(batch.leads):
+            values = _recipient_variables(prepared, lead)
+            if isinstance(values, str):
+                results[position] = RecipientResult(Outcome.FAILED, error=values)
+            elif lead.email in variables:
+                # One address twice in a call would get one email: fail the second, never merge.
+                results[position] = RecipientResult(Outcome.FAILED, error="address twice in one batch")
+            else:
+                variables[lead.email] = values
+                positions.append(position)
+        if positions:
+            outcome = await self._call(_form(batch.campaign, prepared, variables), len(positions))
+            answers = api_call.combine(
+                [(range(len(positions)), outcome)],
+                len(positions),
+                resend_uncertain=batch.campaign.resend_uncertain,
+            )
+            for position, answer in zip(positions, answers, strict=True):
+                results[position] = answer
+        return [result for result in results if result is not None]
+
+    async def _call(self, form: aiohttp.FormData, count: int) -> list[RecipientResult] | ProviderError:
+        try:
+            answer = await self._api.request("POST", self._url, data=form)
+        except ProviderError as exc:
+            return exc
+        error = classify(answer)
+        if error is not None:
+            return error
+        return [RecipientResult(Outcome.SENT, message_id=message_id(answer))] * count
+
+    def forget(self, campaign_id: int) -> None:
+        self._prepared.pop(campaign_id, None)
+
+    async def max_send_rate(self) -> float | None:
         return None
 
-    def _verify(self, block: Any, data: Any) -> None:
-        if not self._key:
-            raise auth.forbidden("not_configured", "no [webhooks.mailgun] signing_key is configured")
-        if not isinstance(block, dict):
-            raise auth.unauthorized("missing_signature", "signature: missing")
-        timestamp = auth.optional_text(block, "timestamp")
-        token, signature = block.get("token"), block.get("signature")
-        if not timestamp or not isinstance(token, str) or not isinstance(signature, str):
-            raise auth.unauthorized(
-                "missing_signature", "signature.timestamp, .token and .signature are required"
-            )
-        signed_at = auth.unix_time(timestamp, "signature.timestamp")
-        expected = signature_of(self._key, timestamp, token)
-        if not auth.equal(expected, signature.strip().lower()):
-            raise auth.unauthorized("bad_signature", "signature.signature does not verify")
-        now = self._clock()
-        auth.check_fresh(signed_at, now, self._config.max_age_s, "signature.timestamp")
-        digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
-        if not self._tokens.check(token, digest, now):
-            log.warning("webhook_replay_refused", provider=PROVIDER)
-            raise auth.unauthorized("replayed_token", "signature.token was already used")
+    async def close(self) -> None:
+        await self._api.close()
+
+
+def _recipient_variables(prepared: _Prepared, lead: Any) -> dict[str, str] | str:
+    """One recipient's variables, or why it fails (a render error)."""
+    composer = prepared.composer
+    url = composer.unsubscribe_url(lead)
+    values = {compose.LEAD_KEY: str(lead.id), UNSUBSCRIBE_VARIABLE: url}
+    if prepared.tagged is not None:
+        for name, raw, escaped in composer.values(lead, url):
+            values[name] = raw
+            values[f"{name}__html"] = escaped
+        return values
+    rendered = composer.render(lead)
+    if rendered.failure is not None:
+        return rendered.failure
+    values.update(mailerd_subject=rendered.subject, mailerd_html=rendered.html, mailerd_text=rendered.text)
+    return values
+
+
+def _form(campaign: Campaign, prepared: _Prepared, variables: dict[str, dict[str, str]]) -> aiohttp.FormData:
+    if prepared.tagged is not None:
+        subject, html, text = prepared.tagged
+    else:
+        subject, html, text = (placeholder(f"mailerd_{part}") for part in _PARTS)
+    fields: list[tuple[str, str]] = [("from", campaign.from_address)]
+    fields += [("to", address) for address in variables]
+    fields += [("subject", subject), ("recipient-variables", orjson.dumps(variables).decode())]
+    if text:
+        fields.append(("text", text))
+    if html or not text:
+        fields.append(("html", html or " "))
+    fields += [
+        ("o:tag", f"mailerd-campaign-{campaign.id}"),
+        (f"v:{compose.CAMPAIGN_KEY}", str(campaign.id)),
+        (f"v:{compose.LEAD_KEY}", placeholder(compose.LEAD_KEY)),
+    ]
+    if any(values[UNSUBSCRIBE_VARIABLE] for values in variables.values()):
+        fields += [
+            ("h:List-Unsubscribe", f"<{placeholder(UNSUBSCRIBE_VARIABLE)}>"),
+            ("h:List-Unsubscribe-Post", compose.ONE_CLICK),
+        ]
+    fields += [(f"h:{name}", value) for name, value in prepared.composer.headers]
+    form = aiohttp.FormData(quote_fields=False, charset="utf-8")
+    for name, value in fields:
+        form.add_field(name, value)
+    return form

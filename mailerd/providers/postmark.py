@@ -1,316 +1,214 @@
-"""Postmark webhooks: authentication and normalisation (the emulator side is in :mod:`mailerd.emulator`).
+"""Postmark batch sending: ``POST /email/batch`` (up to 500 messages a call, each rendered here)
+or, when the campaign names a Postmark template (``provider_template``: its alias, or its numeric
+id), ``POST /email/batchWithTemplates`` with each recipient's ``TemplateModel``
+(:func:`mailerd.providers.compose.template_model`). ``X-Postmark-Server-Token: <api_key>``.
+Events come back through :mod:`.postmark_webhook`.
 
-Postmark signs nothing; its webhooks are secured with HTTP basic auth in the webhook URL
-(``username``/``password``, both compared in constant time) and, optionally, by the address the
-request comes from (``allowed_ips``: addresses or CIDR networks, checked against the peer
-address). At least one of the two must be configured (else 403). Wrong or missing credentials ->
-401, a source outside the allow-list -> 403 (see :mod:`mailerd.providers.webhook_auth`). With
-``max_age_s`` > 0, a record whose own time (``BouncedAt``, ``DeliveredAt``, ``ChangedAt``) is older
-than that is refused (401); off by default, because Postmark retries a failed post for hours.
+Each message: ``From``, ``To``, its parts, ``ReplyTo``, ``Headers`` (the campaign's, plus
+``List-Unsubscribe`` and ``List-Unsubscribe-Post`` per recipient, RFC 8058), ``Metadata`` with our
+ids (they come back in every webhook), ``Tag`` ``mailerd-campaign-<id>`` and ``MessageStream``
+(the provider's ``message_stream``: bulk mail must go through a broadcast stream).
 
-The body is ONE JSON record. ``RecordType``:
+How answers are classified (Postmark API reference, "Email API: send batch emails" and the
+"API error codes" table of the API overview):
 
-- ``Bounce``: classified by ``Type`` after Postmark's bounce type table (see :data:`BOUNCE_KINDS`):
-  ``HardBounce``, ``BadEmailAddress``, ``ManuallyDeactivated`` -> hard_bounce; ``Unsubscribe`` ->
-  unsubscribe; ``SpamComplaint`` -> complaint; ``Transient``, ``SoftBounce``, ``DnsError``,
-  ``SpamNotification``, ``Blocked``, ``DMARCPolicy``, ``Unknown`` and the rest -> soft_bounce;
-  ``AutoResponder``, ``Subscribe``, ``ChallengeVerification``, ``OpenRelayTest``,
-  ``InboundError`` (replies and tests, not failures) -> no event. ``Inactive: true`` means Postmark
-  deactivated the address: the event is kept whatever the type, with ``suppress=True``.
-- ``SpamComplaint`` -> complaint.
-- ``SubscriptionChange``: ``SuppressSending: true`` puts the address on Postmark's suppression
-  list; by ``SuppressionReason`` -> hard_bounce (``HardBounce``), complaint (``SpamComplaint``),
-  else unsubscribe (``Unsubscribe``, ``ManualSuppression``), always with ``suppress=True``.
-  ``SuppressSending: false`` (a reactivation) -> no event, logged.
-- ``Delivery`` -> delivered. ``Open``, ``Click`` and others -> no event.
-
-``receipt`` = ``ID:recipient`` for bounce records, else ``RecordType:MessageID:time:recipient``.
-Our ids come from ``Metadata`` (``mailerd_campaign``, ``mailerd_lead``).
-
-Two real shapes besides the documented ones: records without ``RecordType`` (older webhooks: the
-type is inferred from the field only it has, :data:`INFERRED_TYPES`), and the "Unsubscribe
-request" bounce record, which has neither ``Email`` nor ``BouncedAt``: its event has no address,
-only the ``MessageID`` the resolver maps to a lead, and the time it was received.
+- ``200``: one answer per message, in order. ``ErrorCode`` 0 -> sent (``MessageID``). 406
+  (inactive recipient: a hard bounce, complaint or manual suppression at Postmark), 300 (invalid
+  email request) and other codes -> failed with ``Message``. Codes that say the account or server
+  cannot send (10 bad token, 400/401 sender signature missing or unconfirmed, 405 not allowed to
+  send, 412 account pending, 413 account may not send) halt the campaign when no message of the
+  call went out; beside sent ones they are retried (the retry then halts). 429 and 100
+  (maintenance) -> retry.
+- ``401`` -> halt. ``422`` (the whole request refused: the body's ``ErrorCode``/``Message``):
+  the same codes halt, 429 and 100 retry, others fail every message. ``429`` and ``5xx`` ->
+  retry, after ``Retry-After`` when given.
+- A timeout or a connection broken after the request went out -> unknown, never retried
+  silently; a connection that could not be made -> retry.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-import datetime as dt
-import ipaddress
-import time
+from collections.abc import Sequence
 from typing import Any, Final
 
-import structlog
+import orjson
 
-from mailerd.config import ConfigError, PostmarkWebhookConfig
-from mailerd.models import Event, EventKind
-from mailerd.providers import webhook_auth as auth
-from mailerd.providers.webhooks import WebhookRequest
-
-log = structlog.get_logger(__name__)
-
-PROVIDER: Final = "postmark"
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Postmark's bounce types (API reference, "Bounce types") -> our kind; None: not a failure.
-BOUNCE_KINDS: Final[dict[str, EventKind | None]] = {
-    "HardBounce": EventKind.HARD_BOUNCE,
-    "BadEmailAddress": EventKind.HARD_BOUNCE,
-    "ManuallyDeactivated": EventKind.HARD_BOUNCE,
-    "Unsubscribe": EventKind.UNSUBSCRIBE,
-    "SpamComplaint": EventKind.COMPLAINT,
-    "Transient": EventKind.SOFT_BOUNCE,
-    "SoftBounce": EventKind.SOFT_BOUNCE,
-    "DnsError": EventKind.SOFT_BOUNCE,
-    "SpamNotification": EventKind.SOFT_BOUNCE,
-    "Blocked": EventKind.SOFT_BOUNCE,
-    "DMARCPolicy": EventKind.SOFT_BOUNCE,
-    "AddressChange": EventKind.SOFT_BOUNCE,
-    "VirusNotification": EventKind.SOFT_BOUNCE,
-    "Unconfirmed": EventKind.SOFT_BOUNCE,
-    "SMTPApiError": EventKind.SOFT_BOUNCE,
-    "TemplateRenderingFailed": EventKind.SOFT_BOUNCE,
-    "Unknown": EventKind.SOFT_BOUNCE,
-    "AutoResponder": None,
-    "Subscribe": None,
-    "ChallengeVerification": None,
-    "OpenRelayTest": None,
-    "InboundError": None,
-}
-SUPPRESSION_REASONS: Final = {
-    "HardBounce": EventKind.HARD_BOUNCE,
-    "SpamComplaint": EventKind.COMPLAINT,
-}
-
-
-def parse_networks(values: tuple[str, ...]) -> tuple[Network, ...]:
-    """``allowed_ips`` as networks (a bare address is a /32 or /128); ValueError when invalid."""
-    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in values)
-
-
-def address_allowed(remote: str | None, networks: tuple[Network, ...]) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
-
-
-def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """``(username, password)`` of an ``Authorization: Basic`` header, None if absent or garbled."""
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    username, colon, password = decoded.partition(":")
-    return (username, password) if colon else None
-
-
-# Older webhooks (servers set up before Postmark's modular webhooks) post records without
-# RecordType; each record type has a field no other type has.
-INFERRED_TYPES: Final = (
-    ("BouncedAt", "Bounce"),
-    ("DeliveredAt", "Delivery"),
-    ("ChangedAt", "SubscriptionChange"),
-    ("FirstOpen", "Open"),
-    ("OriginalLink", "Click"),
+from mailerd import backoff
+from mailerd.config import ConfigError, ContentConfig, ProviderConfig
+from mailerd.models import (
+    Batch,
+    Campaign,
+    HaltError,
+    Lead,
+    Outcome,
+    PermanentError,
+    ProviderError,
+    RecipientResult,
+    RetryableError,
 )
+from mailerd.providers import api_call, compose
+
+MAX_BATCH_SIZE: Final = 500
+DEFAULT_ENDPOINT: Final = "https://api.postmarkapp.com"
+BATCH_PATH: Final = "/email/batch"
+TEMPLATE_BATCH_PATH: Final = "/email/batchWithTemplates"
+TOKEN_HEADER: Final = "X-Postmark-Server-Token"  # noqa: S105 -- a header name, not a secret
+HALT_CODES: Final = frozenset({10, 400, 401, 405, 412, 413})
+RETRY_CODES: Final = frozenset({100, 429})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Parsed:
-    """What a record type's reader finds; :func:`parse_record` adds what every record shares."""
-
-    kind: EventKind
-    email: str | None
-    occurred_at: dt.datetime
-    provider_type: str
-    receipt: str
-    reason: str | None = None
-    smtp_status: str | None = None
-    suppress: bool = False
-
-
-def _record_time(record: dict[str, Any], key: str) -> dt.datetime:
-    if key not in record:
-        raise auth.bad_request("invalid_body", f"{key}: missing", key)
-    return auth.event_time(record[key], key)
+def classify_entry(entry: Any) -> RecipientResult:
+    """One message's answer; halting codes come back as RETRY (see :func:`parse_results`)."""
+    if not isinstance(entry, dict):
+        return RecipientResult(Outcome.FAILED, error="no answer from Postmark for this message")
+    code = entry.get("ErrorCode")
+    if code == 0:
+        found = entry.get("MessageID")
+        return RecipientResult(Outcome.SENT, message_id=str(found) if found else None)
+    reason = f"{code}: {entry.get('Message') or 'error'}"
+    if code in RETRY_CODES or code in HALT_CODES:
+        return RecipientResult(Outcome.RETRY, error=reason)
+    return RecipientResult(Outcome.FAILED, error=reason)
 
 
-def record_type(record: dict[str, Any]) -> str:
-    """``RecordType``, or the type its fields show when it is absent (:data:`INFERRED_TYPES`)."""
-    value = record.get("RecordType")
-    if isinstance(value, str) and value:
-        return value
-    if value is None:
-        for key, inferred in INFERRED_TYPES:
-            if key in record:
-                return inferred
-    keys = ", ".join(key for key, _ in INFERRED_TYPES)
-    raise auth.bad_request(
-        "invalid_body", f"RecordType: missing, and no {keys} to infer it from", "RecordType"
-    )
+def parse_results(entries: Any, expected: int) -> list[RecipientResult]:
+    """The batch answer -> one result per message; HaltError when a halting code came and no
+    message was sent. A missing answer is failed, never retried: Postmark may have sent it."""
+    if not isinstance(entries, list):
+        return [RecipientResult(Outcome.FAILED, error="unreadable Postmark batch answer")] * expected
+    results = [classify_entry(entry) for entry in entries[:expected]]
+    halting = [e for e in entries[:expected] if isinstance(e, dict) and e.get("ErrorCode") in HALT_CODES]
+    if halting and not any(r.outcome is Outcome.SENT for r in results):
+        first = halting[0]
+        raise HaltError(f"{first.get('ErrorCode')}: {first.get('Message')}")
+    missing = RecipientResult(Outcome.FAILED, error="no answer from Postmark for this message")
+    return results + [missing] * (expected - len(results))
 
 
-def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetime) -> _Parsed | None:
-    """A ``Bounce`` or ``SpamComplaint`` record (see the module docstring)."""
-    message_id = auth.optional_id(record, "MessageID", "record")
-    email: str | None = None
-    if record.get("Email") not in (None, "") or message_id is None:
-        email = auth.need_address(record, "Email", "record")
-        occurred_at = _record_time(record, "BouncedAt")
-    else:
-        # The "Unsubscribe request" record has neither Email nor BouncedAt: the message id maps
-        # it to its lead later (webhooks.resolve), and it happened when it arrived.
-        occurred_at = _record_time(record, "BouncedAt") if "BouncedAt" in record else received_at
-    if kind_of_record == "Bounce":
-        provider_type = auth.need_text(record, "Type", "record")
-        kind = BOUNCE_KINDS.get(provider_type, EventKind.SOFT_BOUNCE)
-    else:
-        provider_type = auth.optional_text(record, "Type") or kind_of_record
-        kind = EventKind.COMPLAINT
-    inactive = record.get("Inactive") is True
-    if kind is None:
-        if not inactive:
-            return None
-        kind = EventKind.SOFT_BOUNCE
-    key = (
-        auth.optional_id(record, "ID", "record")
-        or f"{kind_of_record}:{message_id}:{record.get('BouncedAt', '')}"
-    )
-    details = auth.optional_text(record, "Details")
-    return _Parsed(
-        kind,
-        email,
-        occurred_at,
-        provider_type,
-        f"{key}:{email}" if email else key,
-        reason=auth.clip(details or auth.optional_text(record, "Description")),
-        smtp_status=auth.enhanced_status(details, auth.optional_text(record, "Content")),
-        suppress=inactive,
-    )
+def classify_error(answer: api_call.Answer) -> ProviderError:
+    """A non-200 answer as the error the sender acts on."""
+    body = answer.json()
+    code = body.get("ErrorCode") if isinstance(body, dict) else None
+    message = body.get("Message") if isinstance(body, dict) else None
+    detail = f"{code}: {message}" if code is not None else answer.body[:200].decode("utf-8", "replace")
+    reason = f"HTTP {answer.status}: {detail}"
+    if answer.status == 429 or answer.status >= 500 or code in RETRY_CODES:
+        return RetryableError(reason, backoff.parse_retry_after(answer.headers.get("Retry-After")))
+    if answer.status == 401 or code in HALT_CODES:
+        return HaltError(reason)
+    return PermanentError(reason)
 
 
-def _subscription_change(record: dict[str, Any]) -> _Parsed | None:
-    email = auth.need_address(record, "Recipient", "record")
-    occurred_at = _record_time(record, "ChangedAt")
-    suppress_sending = record.get("SuppressSending")
-    if not isinstance(suppress_sending, bool):
-        raise auth.bad_request("invalid_body", "SuppressSending: expected true or false", "SuppressSending")
-    why = auth.optional_text(record, "SuppressionReason") or "Unknown"
-    if not suppress_sending:
-        log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
-        return None
-    message_id = auth.optional_id(record, "MessageID", "record")
-    return _Parsed(
-        SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE),
-        email,
-        occurred_at,
-        f"SubscriptionChange/{why}",
-        f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{email}",
-        reason=auth.clip(auth.optional_text(record, "Origin")),
-        suppress=True,
-    )
+class PostmarkProvider:
+    """Postmark batch sending over one keep-alive session; see the module docstring."""
 
+    max_batch_size: int = MAX_BATCH_SIZE
 
-def _delivery(record: dict[str, Any]) -> _Parsed:
-    email = auth.need_address(record, "Recipient", "record")
-    occurred_at = _record_time(record, "DeliveredAt")
-    message_id = auth.optional_id(record, "MessageID", "record")
-    receipt = f"Delivery:{message_id}:{record['DeliveredAt']}:{email}"
-    return _Parsed(EventKind.DELIVERED, email, occurred_at, "Delivery", receipt)
-
-
-def parse_record(record: dict[str, Any], received_at: dt.datetime | None = None) -> list[Event]:
-    """The event of one (authenticated) record: none, or one.
-
-    ``received_at`` (default: now) stands in for the time of a record that carries none.
-    """
-    kind_of_record = record_type(record)
-    parsed: _Parsed | None
-    if kind_of_record in ("Bounce", "SpamComplaint"):
-        parsed = _bounce(record, kind_of_record, received_at or dt.datetime.now(dt.UTC))
-    elif kind_of_record == "SubscriptionChange":
-        parsed = _subscription_change(record)
-    elif kind_of_record == "Delivery":
-        parsed = _delivery(record)
-    else:
-        return []
-    if parsed is None:
-        return []
-    campaign_id, lead_id = auth.campaign_and_lead(record.get("Metadata"))
-    return [
-        Event(
-            provider=PROVIDER,
-            kind=parsed.kind,
-            occurred_at=parsed.occurred_at,
-            email=parsed.email,
-            receipt=parsed.receipt,
-            provider_message_id=auth.optional_id(record, "MessageID", "record"),
-            campaign_id=campaign_id,
-            lead_id=lead_id,
-            provider_type=parsed.provider_type,
-            reason=parsed.reason,
-            smtp_status=parsed.smtp_status,
-            suppress=parsed.suppress,
+    def __init__(
+        self,
+        config: ProviderConfig,
+        unsubscribe: compose.UnsubscribeUrl | None = None,
+        content_limits: ContentConfig | None = None,
+    ) -> None:
+        self.name = config.name or config.kind
+        if config.api_key is None:
+            raise ConfigError(
+                f"[providers.{self.name}] api_key: required for kind postmark (the server token)"
+            )
+        if not config.message_stream:
+            raise ConfigError(f"[providers.{self.name}] message_stream: required for kind postmark")
+        self._endpoint = (config.endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        self._stream = config.message_stream
+        self._api = api_call.ApiSession(
+            config,
+            {
+                TOKEN_HEADER: config.api_key.reveal(),
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
         )
-    ]
+        self._unsubscribe = unsubscribe
+        self._limits = content_limits
+        self._composers: dict[int, compose.Composer] = {}
 
+    async def prepare(self, campaign: Campaign) -> None:
+        self._composer(campaign)
 
-class PostmarkWebhook:
-    """``POST /webhooks/postmark``: source address and basic auth, then normalise."""
+    def _composer(self, campaign: Campaign) -> compose.Composer:
+        composer = self._composers.get(campaign.id)
+        if composer is None:
+            composer = self._composers[campaign.id] = compose.Composer(
+                campaign, self._unsubscribe, self._limits
+            )
+        return composer
 
-    provider = PROVIDER
+    async def send(self, batch: Batch) -> list[RecipientResult]:
+        if len(batch.leads) > MAX_BATCH_SIZE:
+            raise ValueError(f"Postmark takes at most {MAX_BATCH_SIZE} messages per call")
+        composer = self._composer(batch.campaign)
+        results: list[RecipientResult | None] = [None] * len(batch.leads)
+        messages: list[dict[str, Any]] = []
+        positions: list[int] = []
+        for position, lead in enumerate(batch.leads):
+            message = self._message(composer, lead)
+            if isinstance(message, str):
+                results[position] = RecipientResult(Outcome.FAILED, error=message)
+                continue
+            messages.append(message)
+            positions.append(position)
+        if messages:
+            templated = bool(batch.campaign.provider_template)
+            path, body = (
+                (TEMPLATE_BATCH_PATH, {"Messages": messages}) if templated else (BATCH_PATH, messages)
+            )
+            for position, result in zip(positions, await self._call(path, body, len(messages)), strict=True):
+                results[position] = result
+        return [result for result in results if result is not None]
 
-    def __init__(self, config: PostmarkWebhookConfig, *, clock: auth.Clock = time.time) -> None:
-        self._config = config
-        self._clock = clock
-        self._password = config.password.reveal() if config.password is not None else ""
-        try:
-            self._networks = parse_networks(config.allowed_ips)
-        except ValueError as exc:
-            raise ConfigError(f"[webhooks.postmark] allowed_ips: {exc}") from None
+    async def _call(self, path: str, body: Any, expected: int) -> list[RecipientResult]:
+        answer = await self._api.request("POST", self._endpoint + path, data=orjson.dumps(body))
+        if answer.status != 200:
+            raise classify_error(answer)
+        return parse_results(answer.json(), expected)
 
-    async def parse(self, request: WebhookRequest) -> list[Event]:
-        if self._config.verify_signatures:
-            self._authenticate(request)
-        record = auth.need_object(auth.json_body(request.body), "body")
-        events = parse_record(record, dt.datetime.fromtimestamp(self._clock(), dt.UTC))
-        if self._config.verify_signatures and self._config.max_age_s > 0:
-            now = self._clock()
-            for event in events:
-                auth.check_fresh(event.occurred_at.timestamp(), now, self._config.max_age_s, "record time")
-        return events
+    def _message(self, composer: compose.Composer, lead: Lead) -> dict[str, Any] | str:
+        """One message of the batch, or why this recipient fails (a render error)."""
+        campaign = composer.campaign
+        url = composer.unsubscribe_url(lead)
+        message: dict[str, Any] = {"From": campaign.from_address, "To": lead.email}
+        template = campaign.provider_template
+        if template:
+            key = "TemplateId" if template.isdigit() else "TemplateAlias"
+            message[key] = int(template) if template.isdigit() else template
+            message["TemplateModel"] = compose.template_model(lead, campaign, url)
+        else:
+            rendered = composer.render(lead)
+            if rendered.failure is not None:
+                return rendered.failure
+            message["Subject"] = rendered.subject
+            if rendered.html:
+                message["HtmlBody"] = rendered.html
+            if rendered.text or not rendered.html:
+                message["TextBody"] = rendered.text or " "
+        if campaign.reply_to:
+            message["ReplyTo"] = campaign.reply_to
+        headers = [*campaign.headers, *compose.unsubscribe_headers(url)]
+        if headers:
+            message["Headers"] = _headers(headers)
+        message["Metadata"] = dict(compose.ids(campaign.id, lead.id))
+        message["Tag"] = f"mailerd-campaign-{campaign.id}"
+        message["MessageStream"] = self._stream
+        return message
+
+    def forget(self, campaign_id: int) -> None:
+        self._composers.pop(campaign_id, None)
+
+    async def max_send_rate(self) -> float | None:
+        return None
 
     async def close(self) -> None:
-        return None
+        await self._api.close()
 
-    def _authenticate(self, request: WebhookRequest) -> None:
-        if not self._password and not self._networks:
-            raise auth.forbidden(
-                "not_configured", "no [webhooks.postmark] password or allowed_ips is configured"
-            )
-        if self._networks and not address_allowed(request.remote, self._networks):
-            raise auth.forbidden("source_not_allowed", "the source address is not in allowed_ips")
-        if not self._password:
-            return
-        credentials = basic_credentials(request.headers.get("Authorization"))
-        if credentials is None:
-            raise auth.unauthorized("missing_credentials", "HTTP basic credentials are required")
-        # Both compared, always: the time taken says nothing about which one was wrong.
-        user_ok = auth.equal(credentials[0], self._config.username)
-        password_ok = auth.equal(credentials[1], self._password)
-        if not (user_ok & password_ok):
-            raise auth.unauthorized("bad_credentials", "the HTTP basic credentials are wrong")
+
+def _headers(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"Name": name, "Value": value} for name, value in pairs]

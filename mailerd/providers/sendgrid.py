@@ -1,201 +1,286 @@
-"""SendGrid's Signed Event Webhook: verification and normalisation (emulator side: :mod:`mailerd.emulator`).
+"""SendGrid v3 Mail Send (``POST /v3/mail/send``): one call per batch, one personalization per
+recipient (up to 1,000), ``Authorization: Bearer <api_key>``. Events come back through
+:mod:`.sendgrid_webhook`.
 
-Verification: ECDSA P-256 with SHA-256 over the ``X-Twilio-Email-Event-Webhook-Timestamp``
-header followed by the raw body bytes; the signature (base64 DER) is in
-``X-Twilio-Email-Event-Webhook-Signature``, the public key is the base64 DER "Verification Key"
-from SendGrid's settings. The timestamp must be within ``max_age_s`` of now (0 turns that off).
-Status codes follow :mod:`mailerd.providers.webhook_auth` (400 body, 401 authentication).
+Each personalization carries the recipient, our ids in ``custom_args`` (they come back as
+top-level keys of every event), ``List-Unsubscribe``/``List-Unsubscribe-Post`` in its own
+``headers`` (RFC 8058, per recipient), and its content:
 
-The body is a JSON array of events. How each becomes an :class:`~mailerd.models.Event`:
+- templates of plain variables: the message-level content holds a substitution tag per variable
+  (``[%name%]``, or ``[%name:html%]`` for the HTML-escaped value) and each personalization its
+  ``substitutions`` (SendGrid applies them to subject, text and HTML);
+- other templates: each recipient is rendered here and the parts travel as substitutions of
+  ``[%mailerd:subject%]`` etc.; a recipient whose substitutions pass SendGrid's 10,000 bytes per
+  personalization is sent in a call of its own with the rendered content inline;
+- a campaign with ``provider_template`` (a dynamic template id, ``d-...``): no content, each
+  personalization's ``dynamic_template_data`` is the template model (lead, campaign,
+  unsubscribe_url: :func:`mailerd.providers.compose.template_model`).
 
-- ``bounce``: ``type`` ``bounce`` (or absent, in older payloads) -> hard_bounce; ``blocked``
-  (a block by the receiving server, often reputation or content, not a bad address) -> soft_bounce.
-- ``dropped``: SendGrid did not even try. The reasons ``Bounced Address``, ``Unsubscribed
-  Address`` and ``Spam Reporting Address`` mean the address is on SendGrid's own suppression list,
-  so they map to hard_bounce, unsubscribe and complaint; any other reason -> soft_bounce.
-- ``spamreport`` -> complaint; ``unsubscribe`` and ``group_unsubscribe`` -> unsubscribe;
-  ``delivered`` -> delivered.
-- ``deferred`` -> no event. A deferral is SendGrid retrying after a temporary refusal, not a
-  bounce: SendGrid keeps trying for up to 72 hours and reports the end as ``delivered`` or as
-  ``bounce``/``dropped``. Counting each deferral as a soft bounce would count one message's
-  retries several times and could suppress an address whose mail was in the end delivered.
-- ``processed``, ``open``, ``click`` and any other event -> no event.
+``region = "eu"`` sends through ``https://api.eu.sendgrid.com`` (EU data residency), else
+``https://api.sendgrid.com``; ``endpoint`` overrides both.
 
-``receipt`` = ``sg_event_id:email``; ``provider_message_id`` = ``sg_message_id`` without its
-``.filterdrecv-...`` suffix (it names the SendGrid host that handled the message; our send
-answer's ``X-Message-Id`` is the prefix, see :func:`base_message_id`). Our ids come from the
-``custom_args`` we send, which appear as the top-level keys ``mailerd_campaign`` and
-``mailerd_lead`` of each event.
+How answers are classified (SendGrid v3 API reference, "Mail Send" responses and "Errors"; the
+rate-limit headers of "Rate Limits"):
+
+- ``202 Accepted`` -> sent, every recipient of the call: SendGrid answers for the request, never
+  per recipient (a recipient it drops later arrives as a ``dropped`` or ``bounce`` event). The
+  message id of each is the ``X-Message-Id`` header (the prefix of the events' ``sg_message_id``).
+- ``429`` -> retry, after ``X-RateLimit-Reset`` (the epoch second the limit resets) or
+  ``Retry-After``; ``5xx`` -> retry.
+- ``401`` (bad API key) and ``403`` (key without mail.send, unverified sender, account
+  suspended or over its credits) -> halt: no retry fixes them.
+- ``400`` (a field refused; the reasons are the ``errors[].message`` with their ``field``), ``413``
+  (payload too large) and other 4xx -> failed, for every recipient of the call.
+- A timeout or a connection broken after the request went out -> unknown (the mail may have
+  gone), never retried silently; a connection that could not be made -> retry.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
+import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
-import structlog
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+import orjson
 
-from mailerd.config import ConfigError, SendgridWebhookConfig
-from mailerd.models import Event, EventKind
-from mailerd.providers import webhook_auth as auth
-from mailerd.providers.webhooks import WebhookRequest
+from mailerd import backoff
+from mailerd.config import ConfigError, ContentConfig, ProviderConfig
+from mailerd.models import (
+    Batch,
+    Campaign,
+    HaltError,
+    Outcome,
+    PermanentError,
+    ProviderError,
+    RecipientResult,
+    RetryableError,
+)
+from mailerd.providers import api_call, compose
 
-log = structlog.get_logger(__name__)
-
-PROVIDER: Final = "sendgrid"
-SIGNATURE_HEADER: Final = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP_HEADER: Final = "X-Twilio-Email-Event-Webhook-Timestamp"
-
-DROPPED_REASONS: Final = {
-    "bounced address": EventKind.HARD_BOUNCE,
-    "unsubscribed address": EventKind.UNSUBSCRIBE,
-    "spam reporting address": EventKind.COMPLAINT,
-}
-SIMPLE_EVENTS: Final = {
-    "spamreport": EventKind.COMPLAINT,
-    "unsubscribe": EventKind.UNSUBSCRIBE,
-    "group_unsubscribe": EventKind.UNSUBSCRIBE,
-    "delivered": EventKind.DELIVERED,
-}
+SEND_PATH: Final = "/v3/mail/send"
+MAX_BATCH_SIZE: Final = 1000
+MAX_SUBSTITUTION_BYTES: Final = 10_000
+GLOBAL_ENDPOINT: Final = "https://api.sendgrid.com"
+EU_ENDPOINT: Final = "https://api.eu.sendgrid.com"
+_PARTS: Final = ("subject", "html", "text")
 
 
-def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
-    """The base64 DER (or PEM) verification key; ValueError if it is not a P-256 public key."""
-    text = text.strip()
-    try:
-        if text.startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(text.encode())
-        else:
-            key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
-    except (ValueError, binascii.Error, TypeError) as exc:
-        raise ValueError(f"not a public key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise ValueError("not an ECDSA P-256 public key")
-    return key
+def endpoint_for(config: ProviderConfig) -> str:
+    """The API base URL: ``endpoint``, else the EU or global one by ``region``."""
+    if config.region not in ("", "us", "global", "eu"):
+        raise ConfigError(f'[providers.{config.name}] region: expected "eu", "us" or empty for kind sendgrid')
+    if config.endpoint:
+        return config.endpoint.rstrip("/")
+    return EU_ENDPOINT if config.region == "eu" else GLOBAL_ENDPOINT
 
 
-def verify_signature(key: ec.EllipticCurvePublicKey, body: bytes, signature_b64: str, timestamp: str) -> bool:
-    """Whether ``signature_b64`` signs ``timestamp + body`` (SendGrid's SDK semantics)."""
-    try:
-        signature = base64.b64decode(signature_b64.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    try:
-        key.verify(signature, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
+def tag(name: str, html: bool) -> str:
+    """The substitution tag of a plain variable (its escaped form for the HTML part)."""
+    return f"[%{name}:html%]" if html else f"[%{name}%]"
 
 
-def base_message_id(sg_message_id: str | None) -> str | None:
-    """Our send answer's ``X-Message-Id`` in an ``sg_message_id``: the part before ``.filter...``.
-
-    Current ids have no dot of their own (``LRzXl_NHStOGhQ4kofSm_A.filterdrecv-...``); older
-    ones did (``14c5d75ce93.dfd.64b469.filter0001...``), hence the cut at ``.filter`` first.
-    """
-    if not sg_message_id:
+def classify(answer: api_call.Answer, now: float | None = None) -> ProviderError | None:
+    """None for 202; else the error the call's answer means (see the module docstring)."""
+    if answer.status in (200, 202):
         return None
-    cut = sg_message_id.find(".filter")
-    return sg_message_id[:cut] if cut > 0 else sg_message_id.split(".", 1)[0]
+    detail = error_reasons(answer.json()) or answer.body[:200].decode("utf-8", "replace")
+    reason = f"HTTP {answer.status}: {detail}"
+    if answer.status == 429:
+        return RetryableError(reason, retry_after(answer.headers, now))
+    if answer.status >= 500:
+        return RetryableError(reason, backoff.parse_retry_after(answer.headers.get("Retry-After")))
+    if answer.status in (401, 403):
+        return HaltError(reason)
+    return PermanentError(reason)
 
 
-def classify(item: dict[str, Any]) -> tuple[EventKind, str] | None:
-    """``(kind, provider_type)`` of one event, or None when it is not one we record."""
-    name = item.get("event")
-    if name == "bounce":
-        bounce_type = item.get("type")
-        if bounce_type == "blocked":
-            return EventKind.SOFT_BOUNCE, "blocked"
-        return EventKind.HARD_BOUNCE, "bounce"
-    if name == "dropped":
-        reason = str(item.get("reason") or "").strip().lower()
-        return DROPPED_REASONS.get(reason, EventKind.SOFT_BOUNCE), "dropped"
-    if isinstance(name, str) and name in SIMPLE_EVENTS:
-        return SIMPLE_EVENTS[name], name
-    return None
+def error_reasons(body: Any) -> str:
+    """``errors[].message`` (with ``field``) of an error body, joined; empty when there are none."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    reasons = []
+    for error in errors[:5]:
+        if isinstance(error, dict) and error.get("message"):
+            field = error.get("field")
+            reasons.append(f"{field}: {error['message']}" if field else str(error["message"]))
+    return "; ".join(reasons)
 
 
-def parse_events(body: bytes) -> list[Event]:
-    """The events of a (verified) body; raises a 400 WebhookError for a body SendGrid never sends."""
-    data = auth.json_body(body)
-    if not isinstance(data, list):
-        raise auth.bad_request("invalid_body", "expected a JSON array of events", "body")
-    events: list[Event] = []
-    for index, raw in enumerate(data):
-        field = f"events[{index}]"
-        item = auth.need_object(raw, field)
-        name = item.get("event")
-        if not isinstance(name, str) or not name:
-            raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
-        classified = classify(item)
-        if classified is None:
-            continue
-        kind, provider_type = classified
-        email = auth.need_address(item, "email", field)
-        event_id = auth.need_id(item, "sg_event_id", field)
-        if "timestamp" not in item:
-            raise auth.bad_request("invalid_body", f"{field}.timestamp: missing", f"{field}.timestamp")
-        occurred_at = auth.event_time(item["timestamp"], f"{field}.timestamp")
-        message_id = auth.optional_id(item, "sg_message_id", field)
-        campaign_id, lead_id = auth.campaign_and_lead(item)
-        reason = auth.optional_text(item, "reason") or auth.optional_text(item, "response")
-        status = auth.optional_text(item, "status")
-        events.append(
-            Event(
-                provider=PROVIDER,
-                kind=kind,
-                occurred_at=occurred_at,
-                email=email,
-                receipt=f"{event_id}:{email}",
-                provider_message_id=base_message_id(message_id),
-                campaign_id=campaign_id,
-                lead_id=lead_id,
-                provider_type=provider_type,
-                reason=auth.clip(reason),
-                smtp_status=status or auth.enhanced_status(reason),
-            )
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds until ``X-RateLimit-Reset`` (epoch seconds), else ``Retry-After``."""
+    reset = headers.get("X-RateLimit-Reset")
+    if reset is not None and reset.strip().isdigit():
+        return max(0.0, int(reset) - (time.time() if now is None else now))
+    return backoff.parse_retry_after(headers.get("Retry-After"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    composer: compose.Composer
+    tagged: tuple[str, str, str] | None
+
+
+class SendgridProvider:
+    """SendGrid v3 Mail Send over one keep-alive session; see the module docstring."""
+
+    max_batch_size: int = MAX_BATCH_SIZE
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        unsubscribe: compose.UnsubscribeUrl | None = None,
+        content_limits: ContentConfig | None = None,
+    ) -> None:
+        self.name = config.name or config.kind
+        if config.api_key is None:
+            raise ConfigError(f"[providers.{self.name}] api_key: required for kind sendgrid")
+        self._url = endpoint_for(config) + SEND_PATH
+        self._unsubscribe = unsubscribe
+        self._limits = content_limits
+        self._api = api_call.ApiSession(
+            config,
+            {"Authorization": f"Bearer {config.api_key.reveal()}", "Content-Type": "application/json"},
         )
-    return events
+        self._prepared: dict[int, _Prepared] = {}
 
+    async def prepare(self, campaign: Campaign) -> None:
+        """Compile the campaign's templates (nothing is stored at SendGrid)."""
+        self._prepare(campaign)
 
-class SendgridWebhook:
-    """``POST /webhooks/sendgrid``: verify the signature and freshness, then normalise."""
+    def _prepare(self, campaign: Campaign) -> _Prepared:
+        prepared = self._prepared.get(campaign.id)
+        if prepared is None:
+            composer = compose.Composer(campaign, self._unsubscribe, self._limits)
+            prepared = self._prepared[campaign.id] = _Prepared(composer, composer.tagged(tag))
+        return prepared
 
-    provider = PROVIDER
+    async def send(self, batch: Batch) -> list[RecipientResult]:
+        """One call for the batch (plus one per oversized rendered recipient)."""
+        if len(batch.leads) > MAX_BATCH_SIZE:
+            raise ValueError(f"SendGrid takes at most {MAX_BATCH_SIZE} personalizations per call")
+        prepared = self._prepare(batch.campaign)
+        builder = _Request(batch.campaign, prepared)
+        results: list[RecipientResult | None] = [None] * len(batch.leads)
+        for position, lead in enumerate(batch.leads):
+            failure = builder.add(position, lead)
+            if failure is not None:
+                results[position] = RecipientResult(Outcome.FAILED, error=failure)
+        calls = builder.calls()
+        parts = await asyncio.gather(*(self._call(body, len(positions)) for positions, body in calls))
+        combined = api_call.combine(
+            [(positions, part) for (positions, _), part in zip(calls, parts, strict=True)],
+            len(batch.leads),
+            resend_uncertain=batch.campaign.resend_uncertain,
+        )
+        return [result or combined[i] for i, result in enumerate(results)]
 
-    def __init__(self, config: SendgridWebhookConfig, *, clock: auth.Clock = time.time) -> None:
-        self._config = config
-        self._clock = clock
-        self._key: ec.EllipticCurvePublicKey | None = None
-        if config.public_key:
-            try:
-                self._key = load_public_key(config.public_key)
-            except ValueError as exc:
-                raise ConfigError(f"[webhooks.sendgrid] public_key: {exc}") from None
+    async def _call(self, body: dict[str, Any], count: int) -> list[RecipientResult] | ProviderError:
+        try:
+            answer = await self._api.request("POST", self._url, data=orjson.dumps(body))
+        except ProviderError as exc:
+            return exc
+        error = classify(answer)
+        if error is not None:
+            return error
+        message_id = answer.headers.get("X-Message-Id")
+        return [RecipientResult(Outcome.SENT, message_id=message_id)] * count
 
-    async def parse(self, request: WebhookRequest) -> list[Event]:
-        if self._config.verify_signatures:
-            self._verify(request)
-        return parse_events(request.body)
+    def forget(self, campaign_id: int) -> None:
+        self._prepared.pop(campaign_id, None)
+
+    async def max_send_rate(self) -> float | None:
+        return None  # SendGrid publishes no per-second ceiling through the API
 
     async def close(self) -> None:
+        await self._api.close()
+
+
+class _Request:
+    """The calls of one batch: the shared one, and one per recipient too big for substitutions."""
+
+    def __init__(self, campaign: Campaign, prepared: _Prepared) -> None:
+        self._campaign = campaign
+        self._composer = prepared.composer
+        self._tagged = prepared.tagged
+        self._positions: list[int] = []
+        self._personalizations: list[dict[str, Any]] = []
+        self._solo: list[tuple[list[int], dict[str, Any]]] = []
+
+    def add(self, position: int, lead: Any) -> str | None:
+        """Add one recipient; returns why it fails instead (a render error), else None."""
+        composer = self._composer
+        url = composer.unsubscribe_url(lead)
+        personalization: dict[str, Any] = {
+            "to": [{"email": lead.email}],
+            "custom_args": dict(compose.ids(self._campaign.id, lead.id)),
+        }
+        headers = dict(compose.unsubscribe_headers(url))
+        if headers:
+            personalization["headers"] = headers
+        if self._campaign.provider_template:
+            personalization["dynamic_template_data"] = compose.template_model(lead, self._campaign, url)
+        elif self._tagged is not None:
+            personalization["substitutions"] = _substitutions(composer.values(lead, url))
+        else:
+            rendered = composer.render(lead)
+            if rendered.failure is not None:
+                return rendered.failure
+            parts = dict(zip(_PARTS, (rendered.subject, rendered.html, rendered.text), strict=True))
+            substitutions = {tag(f"mailerd:{name}", False): value for name, value in parts.items()}
+            if len(orjson.dumps(substitutions)) > MAX_SUBSTITUTION_BYTES:
+                self._solo.append(([position], self._body([personalization], *parts.values())))
+                return None
+            personalization["substitutions"] = substitutions
+        self._positions.append(position)
+        self._personalizations.append(personalization)
         return None
 
-    def _verify(self, request: WebhookRequest) -> None:
-        if self._key is None:
-            raise auth.forbidden("not_configured", "no [webhooks.sendgrid] public_key is configured")
-        signature = request.headers.get(SIGNATURE_HEADER)
-        timestamp = request.headers.get(TIMESTAMP_HEADER)
-        if not signature or not timestamp:
-            raise auth.unauthorized(
-                "missing_signature", f"{SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required"
-            )
-        signed_at = auth.unix_time(timestamp, TIMESTAMP_HEADER)
-        if not verify_signature(self._key, request.body, signature, timestamp):
-            raise auth.unauthorized("bad_signature", f"{SIGNATURE_HEADER} does not verify")
-        auth.check_fresh(signed_at, self._clock(), self._config.max_age_s, TIMESTAMP_HEADER)
+    def calls(self) -> list[tuple[list[int], dict[str, Any]]]:
+        calls = list(self._solo)
+        if self._personalizations:
+            if self._tagged is not None:
+                subject, html, text = self._tagged
+            else:
+                subject, html, text = (tag(f"mailerd:{name}", False) for name in _PARTS)
+            calls.insert(0, (self._positions, self._body(self._personalizations, subject, html, text)))
+        return calls
+
+    def _body(
+        self, personalizations: list[dict[str, Any]], subject: str, html: str, text: str
+    ) -> dict[str, Any]:
+        campaign = self._campaign
+        name, address = compose.split_address(campaign.from_address)
+        body: dict[str, Any] = {
+            "personalizations": personalizations,
+            "from": {"email": address, **({"name": name} if name else {})},
+        }
+        if campaign.provider_template:
+            body["template_id"] = campaign.provider_template
+        else:
+            body["subject"] = subject
+            body["content"] = _content(html, text)
+        if campaign.reply_to:
+            reply_name, reply_address = compose.split_address(campaign.reply_to)
+            body["reply_to"] = {"email": reply_address, **({"name": reply_name} if reply_name else {})}
+        if campaign.headers:
+            body["headers"] = dict(campaign.headers)
+        return body
+
+
+def _content(html: str, text: str) -> list[dict[str, str]]:
+    """text/plain first (SendGrid's rule), then text/html; empty parts are left out."""
+    content = [{"type": "text/plain", "value": text}] if text else []
+    if html or not content:
+        content.append({"type": "text/html", "value": html or " "})
+    return content
+
+
+def _substitutions(values: list[tuple[str, str, str]]) -> dict[str, str]:
+    substitutions: dict[str, str] = {}
+    for name, raw, escaped in values:
+        substitutions[tag(name, False)] = raw
+        substitutions[tag(name, True)] = escaped
+    return substitutions

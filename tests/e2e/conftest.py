@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailerd.emulator.base import Emulator
 from tests.e2e import procs
 
 
@@ -23,9 +24,9 @@ def private_postgres() -> Iterator[procs.PrivatePostgres]:
 
 
 @pytest.fixture
-async def sink(tmp_path: Path) -> AsyncIterator[procs.TimedSink]:
+async def sink(tmp_path: Path) -> AsyncIterator[Emulator]:
     """The loopback provider in this process, recording to ``tmp_path/record.jsonl``."""
-    emulator = procs.TimedSink(record=tmp_path / "record.jsonl", latency_ms=10.0, seed=7)
+    emulator = procs.timed_emulator("ses", record=tmp_path / "record.jsonl", latency_ms=10.0, seed=7)
     await emulator.start()
     try:
         yield emulator

@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 
 from mailerd import campaigns
-from tests.e2e import procs
+from mailerd.emulator.base import Emulator
+from tests.e2e import procs, scenarios
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,11 +22,11 @@ SLOW_MS = 800.0  # sink latency during the drain, so in-flight batches outlast a
 
 
 async def _start_campaign(
-    conn: asyncpg.Connection, dsn: str, sink: procs.TimedSink, tmp_path: Path
+    conn: asyncpg.Connection, dsn: str, sink: Emulator, tmp_path: Path
 ) -> tuple[procs.Daemon, int, set[int]]:
     matched = await procs.add_leads(conn, 9000)
     campaign_id = await campaigns.create(
-        conn, procs.new_campaign(rate_per_s=800.0), procs.campaign_config(sink.port)
+        conn, scenarios.new_campaign(rate_per_s=800.0), scenarios.campaign_config(sink.port)
     )
     daemon = procs.Daemon(
         dsn=dsn,
@@ -44,7 +45,7 @@ async def _start_campaign(
     return daemon, campaign_id, matched
 
 
-async def _slow_in_flight(sink: procs.TimedSink) -> None:
+async def _slow_in_flight(sink: Emulator) -> None:
     """Make the next calls slow and wait until one is in flight."""
     sink.latency_ms = SLOW_MS
     slowed_at = time.monotonic()
@@ -56,7 +57,7 @@ async def _slow_in_flight(sink: procs.TimedSink) -> None:
 
 
 async def _finish_after_restart(
-    conn: asyncpg.Connection, daemon: procs.Daemon, sink: procs.TimedSink, campaign_id: int, matched: set[int]
+    conn: asyncpg.Connection, daemon: procs.Daemon, sink: Emulator, campaign_id: int, matched: set[int]
 ) -> procs.Audit:
     sink.latency_ms = 5.0
     await daemon.start()
@@ -68,7 +69,7 @@ async def _finish_after_restart(
 
 
 async def test_sigterm_drains_cleanly_and_a_restart_finishes(
-    conn: asyncpg.Connection, dsn: str, sink: procs.TimedSink, tmp_path: Path
+    conn: asyncpg.Connection, dsn: str, sink: Emulator, tmp_path: Path
 ) -> None:
     daemon, campaign_id, matched = await _start_campaign(conn, dsn, sink, tmp_path)
     await _slow_in_flight(sink)
@@ -102,7 +103,7 @@ async def test_sigterm_drains_cleanly_and_a_restart_finishes(
 
 
 async def test_second_sigterm_exits_at_once_and_stays_safe(
-    conn: asyncpg.Connection, dsn: str, sink: procs.TimedSink, tmp_path: Path
+    conn: asyncpg.Connection, dsn: str, sink: Emulator, tmp_path: Path
 ) -> None:
     daemon, campaign_id, matched = await _start_campaign(conn, dsn, sink, tmp_path)
     await _slow_in_flight(sink)

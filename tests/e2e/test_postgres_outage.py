@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import procs
+from tests.e2e import procs, scenarios
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(90)
 async def test_daemon_rides_out_a_postgres_outage(
     private_postgres: procs.PrivatePostgres, tmp_path: Path
 ) -> None:
-    result = await procs.run_outage(private_postgres, tmp_path, outage_s=6.0)
+    result = await scenarios.run_outage(private_postgres, tmp_path, outage_s=6.0)
     audit = result.audit
     figures = result.figures()
     assert result.calls_before_outage > 0, figures

@@ -18,7 +18,7 @@ from mailerd import campaigns
 from mailerd.db import connect as db_connect
 from mailerd.relay.leader import RELAY_LOCK_KEY
 from tests import relay_schemas
-from tests.e2e import procs
+from tests.e2e import procs, scenarios
 from tests.kafka_broker import Consumer, Tansu, topic_names
 
 KILLS = 3
@@ -85,7 +85,7 @@ async def test_relay_takeover_after_sigkill_loses_nothing(tmp_path: Path, dsn: s
     topics = topic_names()
     await broker.create_topics(topics.values())
     conn = await db_connect.connect(dsn)
-    sink_ = procs.TimedSink(record=tmp_path / "record.jsonl", latency_ms=10.0, seed=9)
+    sink_ = procs.timed_emulator("ses", record=tmp_path / "record.jsonl", latency_ms=10.0, seed=9)
     port = await sink_.start()
     options = procs.DaemonOptions(shard_size=1000, max_shards_per_node=8)
     nodes = [
@@ -104,7 +104,7 @@ async def test_relay_takeover_after_sigkill_loses_nothing(tmp_path: Path, dsn: s
     try:
         matched = await procs.add_leads(conn, 4500)
         campaign_id = await campaigns.create(
-            conn, procs.new_campaign(rate_per_s=600.0), procs.campaign_config(port)
+            conn, scenarios.new_campaign(rate_per_s=600.0), scenarios.campaign_config(port)
         )
         await asyncio.gather(*(node.start() for node in nodes))
         for round_no in range(KILLS):
@@ -114,7 +114,7 @@ async def test_relay_takeover_after_sigkill_loses_nothing(tmp_path: Path, dsn: s
             victim = next(node for node in nodes if node.name == owner)
             killed_at = time.monotonic()
             await victim.kill_and_reap()
-            await procs.backends_gone(conn, victim.name)
+            await scenarios.backends_gone(conn, victim.name)
 
             async def taken_over(victim_name: str = victim.name) -> bool:
                 return await relay_owner(conn) not in (None, victim_name)

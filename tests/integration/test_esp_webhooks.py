@@ -22,7 +22,9 @@ from mailerd import config as config_mod
 from mailerd.emulator import mailgun_webhooks, postmark_webhooks, sendgrid_webhooks
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
-from mailerd.providers import mailgun, postmark, sendgrid
+from mailerd.providers import mailgun_webhook as mailgun
+from mailerd.providers import postmark_webhook as postmark
+from mailerd.providers import sendgrid_webhook as sendgrid
 from mailerd.providers.webhooks import WebhookHandler
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign

@@ -21,7 +21,7 @@ from mailerd import config as config_mod
 from mailerd.emulator import ses_webhooks
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
-from mailerd.providers import ses, sns
+from mailerd.providers import ses_webhook, sns
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, new_campaign
 
@@ -62,7 +62,7 @@ async def env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
         env={},
     )
     fetch = Fetcher()
-    handler = ses.SnsWebhook(config.webhooks.ses, fetch=fetch)
+    handler = ses_webhook.SnsWebhook(config.webhooks.ses, fetch=fetch)
     writer = Writer(pool, config.writer, config.webhooks)
     task = asyncio.create_task(writer.run(), name="writer")
     services = http.Services(

@@ -17,7 +17,7 @@ from mailerd import config as config_mod
 from mailerd.emulator import mailgun_webhooks
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
-from mailerd.providers import mailgun
+from mailerd.providers import mailgun_webhook as mailgun
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "mailgun"

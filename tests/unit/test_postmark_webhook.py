@@ -16,7 +16,7 @@ from mailerd import config as config_mod
 from mailerd.emulator import postmark_webhooks
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
-from mailerd.providers import postmark
+from mailerd.providers import postmark_webhook as postmark
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "postmark"

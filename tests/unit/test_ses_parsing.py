@@ -140,20 +140,26 @@ def test_retry_after_forms() -> None:
     assert 25 < (retry_after(later) or 0) <= 31
 
 
-def test_ses_kind_needs_credentials() -> None:
+def test_ses_kind_takes_both_keys_or_neither() -> None:
+    """Neither key: the AWS credential chain (tests/unit/test_aws_credentials.py); one alone is a
+    configuration error naming both."""
     with pytest.raises(ConfigError, match="access_key_id and secret_access_key"):
-        ses.SesProvider(ProviderConfig(name="ses", kind="ses"))
+        ses.SesProvider(ProviderConfig(name="ses", kind="ses", access_key_id=Secret("AKID")))
+    assert ses.SesProvider(ProviderConfig(name="ses", kind="ses"))._credentials.from_chain
 
 
-def test_sink_kind_allows_missing_credentials_and_has_a_default_endpoint() -> None:
+async def test_sink_kind_allows_missing_credentials_and_has_a_default_endpoint() -> None:
     provider = ses.SesProvider(ProviderConfig(name="loop", kind="sink"))
     assert provider.name == "loop"
     assert provider.max_batch_size == 50
-    headers = provider._sign("POST", "http://127.0.0.1:8026/v2/email/outbound-bulk-emails", b"{}")
+    credentials = await provider._credentials.current()
+    headers = provider._sign(
+        "POST", "http://127.0.0.1:8026/v2/email/outbound-bulk-emails", b"{}", credentials
+    )
     assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDMAILERDSINK/")
 
 
-def test_signature_scope_and_signed_headers() -> None:
+async def test_signature_scope_and_signed_headers() -> None:
     config = ProviderConfig(
         name="ses",
         kind="ses",
@@ -162,7 +168,10 @@ def test_signature_scope_and_signed_headers() -> None:
         secret_access_key=Secret("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
     )
     provider = ses.SesProvider(config)
-    headers = provider._sign("GET", "https://email.eu-west-1.amazonaws.com/v2/email/account", b"")
+    credentials = await provider._credentials.current()
+    headers = provider._sign(
+        "GET", "https://email.eu-west-1.amazonaws.com/v2/email/account", b"", credentials
+    )
     auth = headers["Authorization"]
     assert "/eu-west-1/ses/aws4_request" in auth
     assert "SignedHeaders=content-type;host;x-amz-date" in auth

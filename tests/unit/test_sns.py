@@ -19,7 +19,7 @@ from mailerd.config import SesWebhookConfig
 from mailerd.emulator import ses_webhooks
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import Event, EventKind
-from mailerd.providers import ses, sns
+from mailerd.providers import ses_webhook, sns
 from mailerd.providers.webhooks import WebhookError, WebhookRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "ses"
@@ -67,13 +67,15 @@ def load(name: str) -> dict[str, Any]:
 
 def hook(
     now: dt.datetime = NOW, fetch: Fetcher | None = None, **settings: Any
-) -> tuple[ses.SnsWebhook, Fetcher]:
+) -> tuple[ses_webhook.SnsWebhook, Fetcher]:
     fetch = fetch or Fetcher()
     config = SesWebhookConfig(**{"cert_dir": str(FIXTURES), **settings})
-    return ses.SnsWebhook(config, fetch=fetch, clock=clock(now)), fetch
+    return ses_webhook.SnsWebhook(config, fetch=fetch, clock=clock(now)), fetch
 
 
-async def refused(webhook: ses.SnsWebhook, body: bytes | dict[str, Any], **headers: str) -> WebhookError:
+async def refused(
+    webhook: ses_webhook.SnsWebhook, body: bytes | dict[str, Any], **headers: str
+) -> WebhookError:
     with pytest.raises(WebhookError) as caught:
         await webhook.parse(request(body, **headers))
     return caught.value
@@ -87,11 +89,11 @@ def signer() -> ses_webhooks.SnsEmulatorSigner:
 @pytest.fixture
 def own(
     signer: ses_webhooks.SnsEmulatorSigner, tmp_path: Path
-) -> Callable[..., tuple[ses.SnsWebhook, Fetcher]]:
+) -> Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]:
     """A webhook that trusts ``signer``'s certificate through ``cert_dir`` (no network)."""
     settings = signer.daemon_settings(tmp_path)
 
-    def make(now: dt.datetime = NOW, **overrides: Any) -> tuple[ses.SnsWebhook, Fetcher]:
+    def make(now: dt.datetime = NOW, **overrides: Any) -> tuple[ses_webhook.SnsWebhook, Fetcher]:
         return hook(now, **{**settings, **overrides})
 
     return make
@@ -175,7 +177,9 @@ async def test_unknown_signature_version_is_refused_before_any_fetch() -> None:
 
 @pytest.mark.parametrize("version", ["1", "2"])
 async def test_own_signed_v1_and_v2_messages(
-    version: str, signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    version: str,
+    signer: ses_webhooks.SnsEmulatorSigner,
+    own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]],
 ) -> None:
     record = orjson.dumps(orjson.loads((SES_DOCS / "event-bounce.json").read_bytes())).decode()
     message = signer.envelope(record, version=version, Subject="Amazon SES Email Event Notification")
@@ -299,7 +303,7 @@ def confirmation(
 
 
 async def test_subscription_confirmation_is_confirmed(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(fetch=Fetcher({SUBSCRIBE_URL: b"<ConfirmSubscriptionResponse/>"}))
     message = confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION)
@@ -312,7 +316,7 @@ async def test_subscription_confirmation_is_confirmed(
 
 
 async def test_subscription_confirmation_log_only(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(confirm_subscriptions=False)
     with capture_logs() as logs:
@@ -322,7 +326,7 @@ async def test_subscription_confirmation_log_only(
 
 
 async def test_subscription_confirmation_checks_url_signature_and_fetch(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own(fetch=Fetcher(fail=True))
     evil = confirmation(
@@ -337,7 +341,7 @@ async def test_subscription_confirmation_checks_url_signature_and_fetch(
 
 
 async def test_unsubscribe_confirmation_never_resubscribes(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, fetch = own()
     with capture_logs() as logs:
@@ -350,7 +354,7 @@ async def test_unsubscribe_confirmation_never_resubscribes(
 
 
 async def test_topic_arns_restrict(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     message = signer.envelope("{}")
     webhook, _ = own(topic_arns=("arn:aws:sns:us-east-1:000000000000:other",))
@@ -361,7 +365,7 @@ async def test_topic_arns_restrict(
 
 
 async def test_freshness_window(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     message = signer.envelope("{}", timestamp=NOW - dt.timedelta(minutes=2))
     webhook, _ = own(max_age_s=60)
@@ -434,7 +438,7 @@ SNS_TIME = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 def parse_sample(name: str, **changes: Any) -> list[Event]:
     message: dict[str, Any] = orjson.loads((SES_DOCS / name).read_bytes())
     message.update(changes)
-    return ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+    return ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
 
 
 def at(text: str) -> dt.datetime:
@@ -534,17 +538,17 @@ def test_bounce_classification(bounce_type: str, kind: EventKind) -> None:
     message = orjson.loads((SES_DOCS / "event-bounce.json").read_bytes())
     message["bounce"]["bounceType"] = bounce_type
     message["bounce"]["bounceSubType"] = "MailboxFull"
-    (event,) = ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+    (event,) = ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
     assert (event.kind, event.provider_type) == (kind, f"{bounce_type}/MailboxFull")
 
 
 def test_tags_carry_campaign_and_lead() -> None:
     message = orjson.loads((SES_DOCS / "event-delivery.json").read_bytes())
     message["mail"]["tags"].update({"mailerd_campaign": ["12"], "mailerd_lead": ["34"]})
-    (event,) = ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+    (event,) = ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
     assert (event.campaign_id, event.lead_id) == (12, 34)
     message["mail"]["tags"]["mailerd_lead"] = ["not-a-number"]
-    (event,) = ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+    (event,) = ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
     assert (event.campaign_id, event.lead_id) == (None, None)
 
 
@@ -557,7 +561,7 @@ def test_other_event_types_are_ignored(name: str) -> None:
 
 def test_unknown_and_non_ses_types_are_ignored() -> None:
     for event_type in ("Open", "Click", "Reject", "Rendering Failure", "AmazonSnsSubscriptionSucceeded"):
-        assert ses.parse_ses_message({"eventType": event_type}, SNS_ID, SNS_TIME) == []
+        assert ses_webhook.parse_ses_message({"eventType": event_type}, SNS_ID, SNS_TIME) == []
 
 
 def test_subscription_unsubscribes_every_destination() -> None:
@@ -572,7 +576,7 @@ def test_subscription_unsubscribes_every_destination() -> None:
         "oldTopicPreferences": {"unsubscribeAll": False, "topicSubscriptionStatus": []},
     }
     message.update(eventType="Subscription", subscription=subscription)
-    events = ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+    events = ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
     assert [(e.kind, e.email, e.receipt) for e in events] == [
         (EventKind.UNSUBSCRIBE, "a@example.com", f"{SNS_ID}:a@example.com"),
         (EventKind.UNSUBSCRIBE, "b@example.com", f"{SNS_ID}:b@example.com"),
@@ -582,9 +586,9 @@ def test_subscription_unsubscribes_every_destination() -> None:
         "topicSubscriptionStatus": [{"topicName": "news", "subscriptionStatus": "OptOut"}],
     }
     subscription["newTopicPreferences"] = topic_out
-    assert len(ses.parse_ses_message(message, SNS_ID, SNS_TIME)) == 2
+    assert len(ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)) == 2
     topic_out["topicSubscriptionStatus"][0]["subscriptionStatus"] = "OptIn"  # type: ignore[index]
-    assert ses.parse_ses_message(message, SNS_ID, SNS_TIME) == []
+    assert ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME) == []
 
 
 @pytest.mark.parametrize(
@@ -605,7 +609,7 @@ def test_malformed_ses_messages_are_400(change: Callable[[dict[str, Any]], Any],
     message = orjson.loads((SES_DOCS / "event-bounce.json").read_bytes())
     change(message)
     with pytest.raises(WebhookError) as caught:
-        ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+        ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
     assert caught.value.status == 400
     assert named in caught.value.message
 
@@ -620,12 +624,12 @@ def test_malformed_delivery_and_complaint_are_400() -> None:
         message = orjson.loads((SES_DOCS / name).read_bytes())
         change(message)
         with pytest.raises(WebhookError) as caught:
-            ses.parse_ses_message(message, SNS_ID, SNS_TIME)
+            ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
         assert caught.value.status == 400
 
 
 async def test_sns_message_that_is_not_json_or_not_ses_is_ignored(
-    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses.SnsWebhook, Fetcher]]
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
 ) -> None:
     webhook, _ = own()
     for text in ("plain text", "[1]", '{"hello": "world"}'):
@@ -641,7 +645,7 @@ async def test_sns_message_that_is_not_json_or_not_ses_is_ignored(
 async def test_emulator_requests_parse_back(
     kind: EventKind,
     signer: ses_webhooks.SnsEmulatorSigner,
-    own: Callable[..., tuple[ses.SnsWebhook, Fetcher]],
+    own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]],
 ) -> None:
     when = NOW - dt.timedelta(seconds=5)
     headers, body = signer.request(

@@ -16,7 +16,10 @@ import pytest
 
 from mailerd.config import MailgunWebhookConfig
 from mailerd.models import Event, EventKind
-from mailerd.providers import mailgun, postmark, sendgrid, ses, sns
+from mailerd.providers import mailgun_webhook as mailgun
+from mailerd.providers import postmark_webhook as postmark
+from mailerd.providers import sendgrid_webhook as sendgrid
+from mailerd.providers import ses_webhook, sns
 from mailerd.providers.webhooks import WebhookError, WebhookRequest, scrub
 
 AT = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -210,18 +213,18 @@ def ses_bounce(**recipient: Any) -> dict[str, Any]:
 
 def test_ses_fields_are_bounded() -> None:
     sns_time = AT
-    error = refused(ses.parse_ses_message, ses_bounce(emailAddress=HUGE), "sns-1", sns_time)
+    error = refused(ses_webhook.parse_ses_message, ses_bounce(emailAddress=HUGE), "sns-1", sns_time)
     assert error.field == "Message.bounce.bouncedRecipients[0].emailAddress"
     message = ses_bounce()
     message["mail"]["messageId"] = HUGE_ID
-    error = refused(ses.parse_ses_message, message, "sns-1", sns_time)
+    error = refused(ses_webhook.parse_ses_message, message, "sns-1", sns_time)
     assert error.field == "Message.mail.messageId"
     delivery = {
         "eventType": "Delivery",
         "mail": {"messageId": "0100015dab"},
         "delivery": {"recipients": ["ok@example.com", HUGE]},
     }
-    error = refused(ses.parse_ses_message, delivery, "sns-1", sns_time)
+    error = refused(ses_webhook.parse_ses_message, delivery, "sns-1", sns_time)
     assert error.field == "Message.delivery.recipients[1]"
 
 

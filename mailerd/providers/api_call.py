@@ -1,0 +1,132 @@
+"""What the HTTP API clients (SendGrid, Mailgun, Postmark) share: one keep-alive session, the
+line between "not sent" and "maybe sent", and how the answers of several calls for one batch
+become the batch's outcome.
+
+A call that could not connect never left: retrying it is always safe (:class:`RetryableError`).
+A call that broke after the request went out (a timeout, a reset, a connection closed before the
+answer) may have been carried out: :class:`UncertainError`, never retried silently (the sender
+logs its recipients ``unknown`` unless the campaign says ``resend_uncertain``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mailerd.config import ProviderConfig
+from mailerd.models import (
+    HaltError,
+    Outcome,
+    PermanentError,
+    ProviderError,
+    RecipientResult,
+    RetryableError,
+    UncertainError,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer: status, headers, raw body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The decoded body, or None when it is not JSON."""
+        try:
+            return orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            return None
+
+
+class ApiSession:
+    """One aiohttp session per provider, sized for its concurrency, created on first use."""
+
+    def __init__(self, config: ProviderConfig, headers: Mapping[str, str]) -> None:
+        self._config = config
+        self._headers = dict(headers)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=max(1, self._config.concurrency) + 2, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                headers=self._headers,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def request(
+        self, method: str, url: str, *, data: Any = None, headers: Mapping[str, str] | None = None
+    ) -> Answer:
+        """One call; its answer whatever the status, or Retryable/UncertainError (module doc)."""
+        try:
+            async with self._http().request(method, url, data=data, headers=headers) as response:
+                return Answer(response.status, response.headers, await response.read())
+        except aiohttp.ClientConnectorError as exc:
+            raise RetryableError(_describe(exc)) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UncertainError(_describe(exc)) from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+Part = tuple[Sequence[int], "list[RecipientResult] | ProviderError"]
+
+
+def combine(parts: Sequence[Part], size: int, *, resend_uncertain: bool) -> list[RecipientResult]:
+    """The outcome of a batch sent in several calls (``parts``: the batch positions of each call
+    and its results or its error).
+
+    When every call failed the same way, that error is raised, so the sender treats the batch as
+    one failed call (Retry-After honoured: the longest one). Otherwise each failed call's
+    recipients get the outcome its error means: retry, failed, unknown (retry with
+    ``resend_uncertain``), and retry for a halt (the retry then halts), so a recipient whose call
+    went through is never reported as anything else.
+    """
+    errors = [result for _, result in parts if isinstance(result, ProviderError)]
+    if parts and len(errors) == len(parts) and len({type(e) for e in errors}) == 1:
+        raise _merged(errors)
+    results: list[RecipientResult] = [RecipientResult(Outcome.FAILED, error="not sent")] * size
+    for positions, result in parts:
+        answers = (
+            result if isinstance(result, list) else [_outcome(result, resend_uncertain)] * len(positions)
+        )
+        for position, answer in zip(positions, answers, strict=True):
+            results[position] = answer
+    return results
+
+
+def _merged(errors: list[ProviderError]) -> ProviderError:
+    first = errors[0]
+    if isinstance(first, RetryableError):
+        waits = [e.retry_after for e in errors if isinstance(e, RetryableError) and e.retry_after is not None]
+        return RetryableError(first.reason, max(waits) if waits else None)
+    return first
+
+
+def _outcome(error: ProviderError, resend_uncertain: bool) -> RecipientResult:
+    if isinstance(error, RetryableError | HaltError):
+        return RecipientResult(Outcome.RETRY, error=error.reason)
+    if isinstance(error, UncertainError):
+        if resend_uncertain:
+            return RecipientResult(Outcome.RETRY, error=error.reason)
+        return RecipientResult(Outcome.UNKNOWN, error=f"uncertain: {error.reason}")
+    if isinstance(error, PermanentError):
+        return RecipientResult(Outcome.FAILED, error=error.reason)
+    return RecipientResult(Outcome.FAILED, error=error.reason)  # pragma: no cover - no other kind

@@ -1,0 +1,143 @@
+"""What every sending client puts in each recipient's email, whatever the provider's API.
+
+- The content: the campaign's Jinja templates compiled once per campaign (on the ``[content]``
+  budget), rendered per recipient; or, when they only print plain variables, the provider's own
+  substitution syntax plus each recipient's values (no render at all: see :meth:`Composer.tagged`).
+- A render that passes the template budget raises :class:`mailerd.models.CampaignBroken` out of
+  ``send``: it is the campaign's problem, not the recipient's (the sender fails the campaign with
+  the reason). Any other render failure fails that recipient alone. Every recipient of a batch is composed
+  before anything is sent, so a budget overrun never interrupts a batch halfway.
+- Headers: the campaign's own, ``Reply-To``, and per recipient ``List-Unsubscribe`` with
+  ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), exactly as SES gets them.
+- Our ids (:data:`CAMPAIGN_KEY`, :data:`LEAD_KEY`) in the provider's metadata field, so its
+  webhooks map back to the lead without a lookup.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import markupsafe
+
+from mailerd import content as content_mod
+from mailerd.config import ContentConfig
+from mailerd.models import Campaign, CampaignBroken, Lead, PermanentError
+
+CAMPAIGN_KEY: Final = "mailerd_campaign"
+LEAD_KEY: Final = "mailerd_lead"
+ONE_CLICK: Final = "List-Unsubscribe=One-Click"
+
+# (campaign, lead) -> the lead's one-click unsubscribe URL (see mailerd/unsubscribe.py).
+UnsubscribeUrl = Callable[[Campaign, Lead], str]
+
+_RAW_VARIABLE: Final = re.compile(r"\{\{\{(\w+)\}\}\}")
+_HTML_VARIABLE: Final = re.compile(r"\{\{(\w+)\}\}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    """One recipient's email, or why it cannot be sent (``failure``: a render error)."""
+
+    lead: Lead
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+    unsubscribe_url: str = ""
+    failure: str | None = None
+
+
+def unsubscribe_headers(url: str) -> list[tuple[str, str]]:
+    """RFC 8058 one-click unsubscribe, per recipient (so the provider's DKIM signature covers it)."""
+    if not url:
+        return []
+    return [("List-Unsubscribe", f"<{url}>"), ("List-Unsubscribe-Post", ONE_CLICK)]
+
+
+def split_address(text: str) -> tuple[str, str]:
+    """``"Name <a@b>"`` -> ``("Name", "a@b")``; a bare address has an empty name."""
+    name, address = email.utils.parseaddr(text)
+    return name, address or text
+
+
+def address_domain(text: str) -> str:
+    return split_address(text)[1].rpartition("@")[2]
+
+
+def template_model(lead: Lead, campaign: Campaign, url: str) -> dict[str, Any]:
+    """The data of a template stored at the provider: what our own templates may name."""
+    return {
+        "lead": {"id": lead.id, "email": lead.email, "attributes": lead.attributes},
+        "campaign": {"id": campaign.id, "name": campaign.name, "account_id": campaign.account_id},
+        "unsubscribe_url": url,
+    }
+
+
+class Composer:
+    """One campaign's compiled content and headers; composes each recipient's email."""
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        unsubscribe: UnsubscribeUrl | None,
+        limits: ContentConfig | None = None,
+    ) -> None:
+        self.campaign = campaign
+        self._unsubscribe = unsubscribe
+        try:
+            self.content = content_mod.compile_content(
+                campaign.subject, campaign.html_body, campaign.text_body, limits=limits or ContentConfig()
+            )
+        except content_mod.TemplateError as exc:
+            raise PermanentError(f"template error: {exc}") from None
+        self.template = content_mod.ses_template(self.content)
+        reply = [("Reply-To", campaign.reply_to)] if campaign.reply_to else []
+        self.headers: list[tuple[str, str]] = [*campaign.headers, *reply]
+
+    def unsubscribe_url(self, lead: Lead) -> str:
+        return self._unsubscribe(self.campaign, lead) if self._unsubscribe is not None else ""
+
+    def render(self, lead: Lead) -> Rendered:
+        """The recipient's parts on the budget; CampaignBroken past it (see the module doc)."""
+        url = self.unsubscribe_url(lead)
+        try:
+            subject, html, text = self.content.render(lead, self.campaign, url)
+        except content_mod.BudgetExceeded as exc:
+            raise CampaignBroken(f"lead {lead.id}: {exc}") from None
+        except content_mod.RenderError as exc:
+            return Rendered(lead, unsubscribe_url=url, failure=f"render failed: {exc}")
+        return Rendered(lead, subject, html, text, url)
+
+    def tagged(self, tag: Callable[[str, bool], str]) -> tuple[str, str, str] | None:
+        """The three parts with each plain variable written as the provider's substitution tag
+        (``tag(name, html)``), or None when the templates need a full render per recipient."""
+        if self.template.generic:
+            return None
+
+        def rewrite(part: str, html: bool) -> str:
+            out = _RAW_VARIABLE.sub(lambda m: tag(m.group(1), False), part)
+            return _HTML_VARIABLE.sub(lambda m: tag(m.group(1), True), out) if html else out
+
+        return (
+            rewrite(self.template.subject, False),
+            rewrite(self.template.html, True),
+            rewrite(self.template.text, False),
+        )
+
+    def values(self, lead: Lead, url: str) -> list[tuple[str, str, str]]:
+        """``(name, raw value, HTML-escaped value)`` of every plain variable for one recipient."""
+        out = []
+        for name, get in self.template.getters:
+            value = get(lead, self.campaign, url)
+            out.append((name, value, str(markupsafe.escape(value))))
+        return out
+
+
+def ids(campaign_id: int, lead_id: int) -> Mapping[str, str]:
+    """Our ids as the provider's metadata (strings: every provider's metadata is text)."""
+    return {CAMPAIGN_KEY: str(campaign_id), LEAD_KEY: str(lead_id)}

@@ -1,0 +1,306 @@
+"""SMTP with ``aiosmtplib``: a pool of ``connections`` per provider, one MIME message per recipient
+(:mod:`.smtp_message`), sent one after another on the connection a batch takes from the pool.
+
+``endpoint`` is ``host:port`` (the port defaults to 587 for ``tls = "starttls"``, 465 for
+``"tls"`` (implicit TLS), 25 for ``"none"``); AUTH with ``username`` and ``api_key`` (the
+password) when a username is set. A connection is replaced after ``messages_per_connection``
+messages, and whenever it broke. Batches wait for a free connection (keep ``connections`` at least
+``concurrency``).
+
+How answers are classified (RFC 5321, sections 4.2.1 and 4.2.5; aiosmtplib's exceptions):
+
+- ``250`` to the end of DATA -> sent; the message id is our ``Message-ID``.
+- ``4xx`` to MAIL, RCPT or DATA -> retry that recipient (the transaction is reset); ``5xx`` to
+  RCPT or DATA -> failed with the server's reply.
+- ``5xx`` to MAIL FROM (the sender refused), ``530``/``535`` AUTH failures -> halt when nothing of
+  the batch went out; beside sent recipients they are retried (the retry then halts).
+- A connection that could not be opened, or lost before DATA -> retry (nothing was handed over).
+- An address that is not ASCII goes with SMTPUTF8 (RFC 6531); a server without it -> failed.
+- A connection lost (or timed out) from the DATA command on, before the final reply -> unknown:
+  the server may have taken the message, so it is never retried silently (``resend_uncertain``
+  retries it). The rest of the batch is retried on a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiosmtplib
+import structlog
+
+from mailerd.config import ConfigError, ContentConfig, ProviderConfig, parse_listen
+from mailerd.models import (
+    Batch,
+    Campaign,
+    HaltError,
+    Outcome,
+    RecipientResult,
+    RetryableError,
+)
+from mailerd.providers import compose, smtp_message
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH_SIZE: Final = 1000
+DEFAULT_PORTS: Final = {"starttls": 587, "tls": 465, "none": 25}
+
+
+class _Halt(Exception):
+    """The account or the sender is refused: no retry fixes it (see the module docstring)."""
+
+
+class _Lost(Exception):
+    """The connection broke; ``uncertain``: it broke from the DATA command on."""
+
+    def __init__(self, reason: str, *, uncertain: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.uncertain = uncertain
+
+
+def classify_reply(code: int, message: str) -> RecipientResult:
+    """A refused RCPT or DATA: 4xx retry, 5xx failed."""
+    reason = f"{code} {message}".strip()
+    return RecipientResult(Outcome.RETRY if 400 <= code < 500 else Outcome.FAILED, error=reason)
+
+
+class _Connection:
+    """One pooled SMTP client and how many messages it carried."""
+
+    def __init__(self) -> None:
+        self.client: aiosmtplib.SMTP | None = None
+        self.sent = 0
+
+
+class SmtpPool:
+    """``connections`` lazily opened SMTP clients; a batch holds one while it sends."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        host, port = _host_port(config)
+        self._config = config
+        self._host, self._port = host, port
+        self._free: asyncio.Queue[_Connection] = asyncio.Queue()
+        for _ in range(config.connections):
+            self._free.put_nowait(_Connection())
+        self._all: list[_Connection] = []
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        """A connected client (a new one past ``messages_per_connection``); returned broken or not."""
+        slot = await self._free.get()
+        try:
+            if slot.client is not None and (
+                slot.sent >= self._config.messages_per_connection or not slot.client.is_connected
+            ):
+                await _quit(slot.client)
+                slot.client = None
+            if slot.client is None:
+                slot.client = await self._connect()
+                slot.sent = 0
+                if slot not in self._all:
+                    self._all.append(slot)
+            yield slot.client
+        finally:
+            self._free.put_nowait(slot)
+
+    def count(self, client: aiosmtplib.SMTP) -> None:
+        for slot in self._all:
+            if slot.client is client:
+                slot.sent += 1
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        config = self._config
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            use_tls=config.tls == "tls",
+            start_tls=config.tls == "starttls",
+            timeout=config.timeout_s,
+        )
+        try:
+            await client.connect()
+            if client.last_ehlo_response is None:
+                await client.ehlo()  # know the extensions (SMTPUTF8) before the first message
+            if config.username:
+                password = config.api_key.reveal() if config.api_key is not None else ""
+                await client.login(config.username, password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            raise _Halt(f"AUTH refused: {exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise RetryableError(f"connect to {self._host}:{self._port} failed: {exc}") from exc
+        return client
+
+    async def close(self) -> None:
+        for slot in self._all:
+            if slot.client is not None:
+                await _quit(slot.client)
+                slot.client = None
+        self._all.clear()
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+
+
+def _host_port(config: ProviderConfig) -> tuple[str, int]:
+    section = f"[providers.{config.name}]"
+    if not config.endpoint:
+        raise ConfigError(f"{section} endpoint: required for kind smtp (host:port, or host)")
+    if ":" not in config.endpoint.strip("[]"):
+        return config.endpoint, DEFAULT_PORTS[config.tls]
+    try:
+        return parse_listen(config.endpoint)
+    except ConfigError:
+        raise ConfigError(f"{section} endpoint: expected host:port, got {config.endpoint!r}") from None
+
+
+class SmtpProvider:
+    """SMTP submission through a connection pool; see the module docstring."""
+
+    max_batch_size: int = MAX_BATCH_SIZE
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        unsubscribe: compose.UnsubscribeUrl | None = None,
+        content_limits: ContentConfig | None = None,
+    ) -> None:
+        self.name = config.name or config.kind
+        self._config = config
+        self._pool = SmtpPool(config)
+        self._unsubscribe = unsubscribe
+        self._limits = content_limits
+        self._composers: dict[int, compose.Composer] = {}
+
+    async def prepare(self, campaign: Campaign) -> None:
+        self._composer(campaign)
+
+    def _composer(self, campaign: Campaign) -> compose.Composer:
+        composer = self._composers.get(campaign.id)
+        if composer is None:
+            composer = self._composers[campaign.id] = compose.Composer(
+                campaign, self._unsubscribe, self._limits
+            )
+        return composer
+
+    async def send(self, batch: Batch) -> list[RecipientResult]:
+        """Compose every message first (a budget overrun stops the batch before any is sent),
+        then send them one by one on one pooled connection."""
+        if len(batch.leads) > MAX_BATCH_SIZE:
+            raise ValueError(f"at most {MAX_BATCH_SIZE} recipients per batch")
+        campaign = batch.campaign
+        composer = self._composer(campaign)
+        domain = self._config.domain or compose.address_domain(campaign.from_address) or "mailerd.invalid"
+        results: list[RecipientResult | None] = [None] * len(batch.leads)
+        messages: list[tuple[int, str, str, bytes]] = []
+        for position, lead in enumerate(batch.leads):
+            rendered = composer.render(lead)
+            if rendered.failure is not None:
+                results[position] = RecipientResult(Outcome.FAILED, error=rendered.failure)
+                continue
+            try:
+                mid, data = smtp_message.build(
+                    rendered,
+                    campaign_id=campaign.id,
+                    sender=campaign.from_address,
+                    headers=composer.headers,
+                    domain=domain,
+                )
+            except ValueError as exc:
+                results[position] = RecipientResult(Outcome.FAILED, error=f"message refused: {exc}")
+                continue
+            messages.append((position, lead.email, mid.strip("<>"), data))
+        if messages:
+            await self._deliver(campaign, messages, results)
+        return [result or RecipientResult(Outcome.RETRY, error="not sent") for result in results]
+
+    async def _deliver(
+        self,
+        campaign: Campaign,
+        messages: list[tuple[int, str, str, bytes]],
+        results: list[RecipientResult | None],
+    ) -> None:
+        _, sender = compose.split_address(campaign.from_address)
+        done = 0
+        try:
+            async with self._pool.connection() as client:
+                for position, recipient, mid, data in messages:
+                    results[position] = await self._one(client, sender, recipient, mid, data)
+                    done += 1
+        except _Lost as lost:
+            position = messages[done][0]
+            if lost.uncertain and not campaign.resend_uncertain:
+                results[position] = RecipientResult(Outcome.UNKNOWN, error=f"uncertain: {lost.reason}")
+            else:
+                results[position] = RecipientResult(Outcome.RETRY, error=lost.reason)
+            log.warning(
+                "smtp_connection_lost", provider=self.name, uncertain=lost.uncertain, reason=lost.reason
+            )
+        except _Halt as halt:
+            if done == 0:
+                raise HaltError(str(halt)) from None
+            results[messages[done][0]] = RecipientResult(Outcome.RETRY, error=str(halt))
+        except RetryableError:
+            if done == 0:
+                raise
+        # Recipients after a broken connection or a halt stay None: retried (see send).
+
+    async def _one(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, mid: str, data: bytes
+    ) -> RecipientResult:
+        """One transaction: MAIL, RCPT, DATA. Raises _Lost / _Halt (see the module docstring)."""
+        utf8 = not (sender.isascii() and recipient.isascii())
+        if utf8 and not client.supports_extension("smtputf8"):
+            return RecipientResult(
+                Outcome.FAILED, error="the address needs SMTPUTF8, which the server does not offer"
+            )
+        options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else (None, "ascii")
+        try:
+            await client.mail(sender, options=options, encoding=encoding)
+            await client.rcpt(recipient, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await _reset(client)
+            if exc.code >= 500:
+                raise _Halt(f"sender refused: {exc.code} {exc.message}") from exc
+            return classify_reply(exc.code, exc.message)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            await _reset(client)
+            return classify_reply(exc.code, exc.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            await _reset(client)
+            return classify_reply(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _Lost(f"{type(exc).__name__}: {exc}", uncertain=False) from exc
+        try:
+            await client.data(data)
+        except aiosmtplib.SMTPResponseException as exc:
+            return classify_reply(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _Lost(f"{type(exc).__name__} after DATA: {exc}", uncertain=True) from exc
+        self._pool.count(client)
+        return RecipientResult(Outcome.SENT, message_id=mid)
+
+    def forget(self, campaign_id: int) -> None:
+        self._composers.pop(campaign_id, None)
+
+    async def max_send_rate(self) -> float | None:
+        return None
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refused command, so the connection can carry the next transaction."""
+    try:
+        await client.rset()
+    except aiosmtplib.SMTPException as exc:
+        raise _Lost(f"RSET failed: {exc}", uncertain=False) from exc
