@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.errors
+import re
 from email import headerregistry
 from typing import Annotated, Any
 
@@ -43,6 +44,31 @@ class CampaignError(ValueError):
 MAX_NAME_LENGTH = 200
 MAX_REASON_LENGTH = 500  # of the reason given with an action
 MAX_FROM_LENGTH = 320
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 900  # a header line stays under RFC 5322's 998 characters
+# Header lines mailerd (or the provider) writes itself: a campaign may not set or repeat them.
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "reply-to",
+        "sender",
+        "date",
+        "message-id",
+        "return-path",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "dkim-signature",
+        "received",
+    }
+)
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 field-name: printable ASCII but ':'
 FROM_SHAPE = "one address, optionally with a display name: news@example.com or News <news@example.com>"
 
 
@@ -84,6 +110,35 @@ class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     resend_uncertain: Annotated[
         bool, msgspec.Meta(description="after a crash, re-send what may have been sent")
     ] = False
+    reply_to: (
+        Annotated[
+            str, msgspec.Meta(max_length=MAX_FROM_LENGTH, pattern=decoding.NO_CONTROL, description=FROM_SHAPE)
+        ]
+        | None
+    ) = None
+    headers: (
+        Annotated[
+            dict[str, str],
+            msgspec.Meta(
+                max_length=MAX_HEADERS,
+                description="extra header lines of every email: name -> one-line value "
+                "(not one mailerd writes itself, such as From, To, Subject or List-Unsubscribe)",
+            ),
+        ]
+        | None
+    ) = None
+    provider_template: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=255,
+                pattern=decoding.NO_CONTROL,
+                description="a template stored at the provider: a SendGrid dynamic template id, "
+                "a Postmark template alias",
+            ),
+        ]
+        | None
+    ) = None
 
 
 def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
@@ -111,6 +166,7 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
     if new.provider not in config.providers:
         known = ", ".join(sorted(config.providers)) or "none configured"
         errors.append(CampaignError("provider", f"unknown provider {new.provider!r} (configured: {known})"))
+    errors.extend(_header_problems(new))
     if new.send_at is not None and not _storable(new.send_at):
         errors.append(
             CampaignError("send_at", "out of range: the time must fall in the years 1 to 9999 in UTC")
@@ -133,6 +189,23 @@ def is_one_address(value: str) -> bool:
         return False
     addresses = header.groups[0].addresses
     return len(addresses) == 1 and bool(addresses[0].username) and bool(addresses[0].domain)
+
+
+def _header_problems(new: NewCampaign) -> list[CampaignError]:
+    """Reply-To is one address; every extra header is a valid name with a one-line value that
+    mailerd does not write itself: no header can inject another."""
+    errors: list[CampaignError] = []
+    if new.reply_to is not None and not is_one_address(new.reply_to):
+        errors.append(CampaignError("reply_to", f"must be {FROM_SHAPE}; got {new.reply_to[:100]!r}"))
+    for name, value in (new.headers or {}).items():
+        field = f"headers.{name[:40]}"
+        if not _HEADER_NAME.fullmatch(name):
+            errors.append(CampaignError(field, "a header name is printable ASCII without ':' (at most 76)"))
+        elif name.lower() in RESERVED_HEADERS or name.lower().startswith("x-mailerd-"):
+            errors.append(CampaignError(field, f"{name} is written by mailerd itself"))
+        elif len(value) > MAX_HEADER_VALUE or any(ord(char) < 0x20 or char == "\x7f" for char in value):
+            errors.append(CampaignError(field, f"must be one line of at most {MAX_HEADER_VALUE} characters"))
+    return errors
 
 
 def _storable(moment: dt.datetime) -> bool:
@@ -206,5 +279,8 @@ async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> 
         rate_per_s=new.rate_per_s,
         resend_uncertain=new.resend_uncertain,
         send_at=send_at,
+        reply_to=new.reply_to,
+        headers=dict(new.headers or {}),
+        provider_template=new.provider_template,
     )
     return await campaign_rows.insert(conn, row)

@@ -54,6 +54,9 @@ def campaign_from_row(row: asyncpg.Record) -> Campaign:
         resend_uncertain=row["resend_uncertain"],
         status_reason=row["status_reason"],
         generation=row["status_generation"],
+        reply_to=row["reply_to"],
+        headers=tuple(sorted(row["headers"].items())),
+        provider_template=row["provider_template"],
     )
 
 

@@ -60,14 +60,18 @@ class CampaignRow:
     rate_per_s: float | None
     resend_uncertain: bool
     send_at: dt.datetime | None
+    reply_to: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    provider_template: str | None = None
 
 
 async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
     """Insert the campaign and its (zero) counters; NOTIFY when it is scheduled. Returns the id."""
     campaign_id: int = await conn.fetchval(
         """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
-                                  html_body, text_body, provider, rate_per_s, resend_uncertain, send_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
+                                  html_body, text_body, provider, rate_per_s, resend_uncertain, send_at,
+                                  reply_to, headers, provider_template)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id""",
         row.account_id,
         row.name,
         row.status,
@@ -80,6 +84,9 @@ async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
         row.rate_per_s,
         row.resend_uncertain,
         row.send_at,
+        row.reply_to,
+        row.headers,
+        row.provider_template,
     )
     await conn.execute(
         "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id

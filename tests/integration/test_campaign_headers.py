@@ -1,0 +1,46 @@
+"""A campaign's Reply-To, extra headers and provider template: stored, handed to the provider,
+and never a way to inject a header (issue 9 "from and any address or header a campaign sets";
+issue 14 "the campaign's sender, reply-to and headers")."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns
+from mailerd.db import campaigns as campaigns_db
+from mailerd.scheduler import campaign_from_row
+from tests.integration.helpers import daemon_config, new_campaign
+
+
+async def test_reply_to_headers_and_template_reach_the_pipelines_campaign(conn: asyncpg.Connection) -> None:
+    new = new_campaign(
+        reply_to="Support <help@example.com>",
+        headers={"X-Campaign-Tag": "spring", "List-Id": "news.example.com"},
+        provider_template="welcome-v2",
+    )
+    campaign_id = await campaigns.create(conn, new, daemon_config(1))
+    row = await campaigns_db.get(conn, campaign_id)
+    assert row is not None
+    campaign = campaign_from_row(row)
+    assert campaign.reply_to == "Support <help@example.com>"
+    assert campaign.headers == (("List-Id", "news.example.com"), ("X-Campaign-Tag", "spring"))
+    assert campaign.provider_template == "welcome-v2"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"reply_to": "a@b.c\r\nBcc: x@y.z"}, "reply_to"),
+        ({"reply_to": "a@b.c, d@e.f"}, "reply_to"),
+        ({"headers": {"X-Tag": "one\r\nBcc: x@y.z"}}, "headers.X-Tag"),
+        ({"headers": {"Bcc": "x@y.z"}}, "headers.Bcc"),
+        ({"headers": {"List-Unsubscribe": "<https://evil>"}}, "headers.List-Unsubscribe"),
+        ({"headers": {"X-Mailerd-Lead": "1"}}, "headers.X-Mailerd-Lead"),
+        ({"headers": {"Bad Name": "v"}}, "headers.Bad Name"),
+        ({"headers": {"X:Colon": "v"}}, "headers.X:Colon"),
+    ],
+)
+def test_no_campaign_field_can_inject_a_header(overrides: dict[str, object], field: str) -> None:
+    errors = campaigns.validate(new_campaign(**overrides), daemon_config(1))
+    assert [e.field for e in errors] == [field], errors
