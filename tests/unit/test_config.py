@@ -724,8 +724,8 @@ def test_example_documents_every_key() -> None:
         if f.name not in ("providers", "source", "webhooks", "kafka", "callbacks")
     }
     expected["providers.ses"] = config.ProviderConfig
-    expected["webhooks"] = config._WebhookScalars
-    for name, cls in config._WEBHOOK_SECTIONS.items():
+    expected["webhooks"] = config.sections._WebhookScalars
+    for name, cls in config.sections._WEBHOOK_SECTIONS.items():
         expected[f"webhooks.{name}"] = cls
     missing = []
     for section, cls in expected.items():

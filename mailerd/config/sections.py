@@ -1,17 +1,8 @@
-"""Configuration: a TOML file plus ``MAILERD_*`` environment overrides, as frozen dataclasses.
+"""The sections of the configuration file, one frozen dataclass each, and the checks between keys.
 
-This is the only module that reads ``os.environ``. Everything else receives a :class:`Config`.
-
-Environment overrides take the general form ``MAILERD_<SECTION>__<KEY>`` (double underscore
-between levels, case-insensitive), e.g. ``MAILERD_WRITER__FLUSH_ROWS=5000`` or
-``MAILERD_PROVIDERS__SES__RATE_PER_S=14``. Values are read as TOML values when they parse as
-one (``5000``, ``true``, ``["a", "b"]``), else as plain strings. Two shortcuts exist:
-``MAILERD_DSN`` (``database.dsn``) and ``MAILERD_ADMIN_TOKEN`` (``http.admin_tokens``, comma
-separated).
-
-Secrets (tokens, keys, passwords) never sit inline in the TOML file: give them through the
-environment, or as ``<key>_file = "/path"`` naming a file that holds the value. They are wrapped
-in :class:`Secret`, whose ``repr`` and ``str`` are redacted.
+A new section is a dataclass here, a field of :class:`Config`, and an entry in ``_SECTIONS``;
+reading and coercing values is :mod:`mailerd.config.coerce`'s job, the file and the environment
+:mod:`mailerd.config.loading`'s.
 """
 
 from __future__ import annotations
@@ -19,77 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import math
-import os
 import re
-import tomllib
 import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from mailerd import dsn as dsn_mod
+from mailerd.config.coerce import build_section
+from mailerd.config.fields import ConfigError, Secret, _within, parse_duration, parse_listen
 
-DEFAULT_CONFIG_PATH = "/etc/mailerd/mailerd.toml"
-ENV_PREFIX = "MAILERD_"
 PROVIDER_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "smtp", "sink")
 # The most recipients each provider's API takes in one call (SES SendBulkEmail: 50 destinations;
 # SendGrid: 1000 personalizations; Mailgun: 1000 recipients; Postmark's batch endpoint: 500).
 PROVIDER_MAX_BATCH = {"ses": 50, "sink": 50, "sendgrid": 1000, "mailgun": 1000, "postmark": 500, "smtp": 1000}
-
-
-class ConfigError(Exception):
-    """A configuration problem, with the file and the key it concerns in the message."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Range:
-    """The values a numeric setting accepts (documented in config/mailerd.example.toml)."""
-
-    low: float
-    high: float
-    low_open: bool = False  # ``low`` itself is refused
-    below: str = ""  # the message for a value under the range, when not the generic one
-    above: str = ""
-
-    def problem(self, value: float) -> str | None:
-        if value < self.low or (self.low_open and value == self.low):
-            if self.below:
-                return self.below
-            if self.low_open:
-                return "must be positive" if self.low == 0 else f"must be more than {_number(self.low)}"
-            return f"must be at least {_number(self.low)}"
-        if value > self.high:
-            return self.above or f"must be at most {_number(self.high)}"
-        return None
-
-
-def _within(default: _N, low: float, high: float, **kwargs: Any) -> _N:
-    """A dataclass field whose value must lie in ``[low, high]`` (see :class:`_Range`)."""
-    return dataclasses.field(default=default, metadata={"range": _Range(low, high, **kwargs)})
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
-
-
-_N = typing.TypeVar("_N", int, float)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Secret:
-    """A secret value; ``repr``/``str`` never show it. Call :meth:`reveal` where it is used."""
-
-    value: str = dataclasses.field(repr=False)
-
-    def reveal(self) -> str:
-        return self.value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -356,7 +290,7 @@ def _callbacks(values: Any) -> Mapping[str, CallbackConfig]:
     for name, endpoint in values.items():
         if not isinstance(endpoint, Mapping):
             raise ConfigError(f"[callbacks.{name}]: expected a table")
-        endpoints[name] = _section(f"callbacks.{name}", CallbackConfig, {**endpoint, "name": name})
+        endpoints[name] = build_section(f"callbacks.{name}", CallbackConfig, {**endpoint, "name": name})
     return types.MappingProxyType(endpoints)
 
 
@@ -485,247 +419,10 @@ _WEBHOOK_SECTIONS: dict[str, type[Any]] = {
 }
 
 
-def parse_duration(text: str) -> float:
-    """``"90s"``, ``"30m"``, ``"72h"``, ``"7d"`` or a plain number of seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise ConfigError(f"expected a duration such as 72h or 7d, got {text!r}")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _WebhookScalars:
     soft_bounce_limit: int = 3
     soft_bounce_window: str = "7d"
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:8025"`` -> ``("127.0.0.1", 8025)``; ``"[::1]:80"`` works too."""
-    match = re.fullmatch(r"\[?([^\]]*)\]?:(\d{1,5})", listen)
-    if not match or not 0 <= int(match.group(2)) <= 65535:
-        raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
-    return match.group(1), int(match.group(2))
-
-
-def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file (if any), apply environment overrides, validate, and freeze.
-
-    ``path=None`` means ``$MAILERD_CONFIG`` or :data:`DEFAULT_CONFIG_PATH`; a missing default
-    file is not an error (defaults apply), a missing named file is.
-    """
-    env = os.environ if env is None else env
-    explicit = path is not None or "MAILERD_CONFIG" in env
-    file_path = Path(path if path is not None else env.get("MAILERD_CONFIG", DEFAULT_CONFIG_PATH))
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if file_path.exists():
-        source = str(file_path)
-        try:
-            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config error: {file_path}: {exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config error: {file_path}: not UTF-8 text") from None
-        except OSError as exc:
-            raise ConfigError(f"config error: {file_path}: {exc.strerror}") from None
-    elif explicit:
-        raise ConfigError(f"config error: {file_path}: no such file")
-    return from_mapping(raw, source=source, env=env)
-
-
-def from_mapping(
-    raw: Mapping[str, Any], *, source: str = "<mapping>", env: Mapping[str, str] | None = None
-) -> Config:
-    """Build a :class:`Config` from already-parsed TOML data plus environment overrides."""
-    data = _deep_copy(raw)
-    _check_inline_secrets(data, source)
-    _apply_env(data, env or {})
-    try:
-        return _build(data, source)
-    except ConfigError as exc:
-        raise ConfigError(f"config error: {source}: {exc}") from None
-
-
-def redacted(config: Config) -> dict[str, Any]:
-    """The configuration as plain data with every secret replaced, for ``check-config``.
-
-    DSNs keep what an operator needs (user, hosts, database, options) without their passwords.
-    """
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, Secret):
-            return "**********"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, Mapping):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, tuple):
-            return [convert(v) for v in value]
-        return value
-
-    result: dict[str, Any] = convert(config)
-    result["database"]["dsn"] = redact_dsn(config.database.dsn.reveal())
-    if config.database.reports_dsn is not None:
-        result["database"]["reports_dsn"] = redact_dsn(config.database.reports_dsn.reveal())
-    return result
-
-
-def redact_dsn(dsn: str) -> str:
-    """Hide the passwords of a DSN in any form libpq accepts (see :mod:`mailerd.dsn`)."""
-    return dsn_mod.redact(dsn)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SystemdSettings:
-    """What systemd told this process through its environment (all unset outside systemd).
-
-    ``notify_socket`` is ``$NOTIFY_SOCKET`` as given (a leading ``@`` names an abstract
-    socket); ``watchdog_usec`` is ``$WATCHDOG_USEC`` (None when unset or 0);
-    ``watchdog_pid`` is ``$WATCHDOG_PID``, the process the watchdog settings are meant for.
-    """
-
-    notify_socket: str | None = None
-    watchdog_usec: int | None = None
-    watchdog_pid: int | None = None
-
-
-def systemd_settings(env: Mapping[str, str] | None = None) -> SystemdSettings:
-    """Read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` (``os.environ`` by default).
-
-    A malformed number raises :class:`ConfigError`: silently ignoring it would get the unit
-    killed by the watchdog it asked for.
-    """
-    env = os.environ if env is None else env
-
-    def number(key: str) -> int | None:
-        text = env.get(key, "").strip()
-        if not text:
-            return None
-        if not text.isdigit():
-            raise ConfigError(f"config error: environment: {key}: expected a whole number, got {text!r}")
-        return int(text) or None
-
-    return SystemdSettings(
-        notify_socket=env.get("NOTIFY_SOCKET") or None,
-        watchdog_usec=number("WATCHDOG_USEC"),
-        watchdog_pid=number("WATCHDOG_PID"),
-    )
-
-
-# --- internals -------------------------------------------------------------------------------
-
-_SECRET_FIELDS = {
-    ("database", "dsn"): False,  # a DSN may carry a password, but may also be inline
-    ("database", "reports_dsn"): False,
-}
-
-
-def _is_secret_type(tp: Any) -> bool:
-    args = typing.get_args(tp)
-    if tp is Secret:
-        return True
-    return any(a is Secret for a in args) or any(_is_secret_type(a) for a in args if a is not type(None))
-
-
-def _check_inline_secrets(data: dict[str, Any], source: str) -> None:
-    """Secrets must come from the environment or a file, never inline in the TOML file."""
-
-    def check(section: str, values: Mapping[str, Any], cls: type[Any]) -> None:
-        hints = typing.get_type_hints(cls)
-        for key in values:
-            name = section.split(".")[0]
-            if key in hints and _is_secret_type(hints[key]) and _SECRET_FIELDS.get((name, key), True):
-                raise ConfigError(
-                    f"config error: {source}: [{section}] {key}: secrets may not be written in "
-                    f'the file; use {key}_file = "/path" or the environment '
-                    f"({_env_name(section, key)})"
-                )
-
-    # Tables of tables: [providers.NAME] and [callbacks.NAME] (named by the operator), and
-    # [webhooks.PROVIDER]; each sub-table's class by its name (None: not a table of secrets).
-    tables: dict[str, typing.Callable[[str], type[Any] | None]] = {
-        "providers": lambda _name: ProviderConfig,
-        "callbacks": lambda _name: CallbackConfig,
-        "webhooks": _WEBHOOK_SECTIONS.get,
-    }
-    for name, values in data.items():
-        if not isinstance(values, Mapping):
-            continue
-        if name in _SECTIONS:
-            check(name, values, _SECTIONS[name])
-            continue
-        class_of = tables.get(name)
-        for table, table_values in values.items():
-            cls = class_of(table) if class_of is not None else None
-            if cls is not None and isinstance(table_values, Mapping):
-                check(f"{name}.{table}", table_values, cls)
-
-
-def _env_name(section: str, key: str) -> str:
-    return ENV_PREFIX + "__".join([*section.upper().split("."), key.upper()])
-
-
-class _EnvText(str):
-    """A raw environment value; :func:`_coerce` reads it as TOML unless the key takes text."""
-
-    __slots__ = ()
-
-
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    # A section or provider that is not a table in the file is left for _build to report.
-    if "MAILERD_DSN" in env:
-        data.setdefault("database", {})["dsn"] = env["MAILERD_DSN"]
-    if "MAILERD_ADMIN_TOKEN" in env:
-        tokens = [t.strip() for t in env["MAILERD_ADMIN_TOKEN"].split(",") if t.strip()]
-        data.setdefault("http", {})["admin_tokens"] = tokens
-    for key, value in env.items():
-        upper = key.upper()
-        if not upper.startswith(ENV_PREFIX) or "__" not in upper:
-            continue
-        parts = [p.lower() for p in upper[len(ENV_PREFIX) :].split("__")]
-        target = _env_target(data, parts)
-        if target is False:
-            raise ConfigError(f"config error: environment: {key}: not a known setting")
-        if isinstance(target, dict):
-            target[parts[-1]] = _EnvText(value)
-
-
-def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool:
-    """The table an override's last part goes in; True: none (left for _build to report);
-    False: not a known setting."""
-    if parts[0] == "providers" and len(parts) == 3:
-        # Provider names are case-sensitive in TOML; match an existing one case-insensitively.
-        providers = data.setdefault("providers", {})
-        if not isinstance(providers, dict):
-            return True
-        existing = {n.lower(): n for n in providers}
-        return _table(providers, existing.get(parts[1], parts[1]))
-    if parts[0] == "callbacks" and len(parts) == 3:
-        endpoints = data.setdefault("callbacks", {})
-        if not isinstance(endpoints, dict):
-            return True
-        existing = {n.lower(): n for n in endpoints}
-        return _table(endpoints, existing.get(parts[1], parts[1]))
-    if parts[0] == "webhooks" and len(parts) in (2, 3):
-        webhooks = data.setdefault("webhooks", {})
-        if not isinstance(webhooks, dict):
-            return True
-        return _table(webhooks, parts[1]) if len(parts) == 3 else webhooks
-    if len(parts) == 2 and parts[0] in _SECTIONS:
-        return _table(data, parts[0])
-    return False
-
-
-def _table(parent: dict[str, Any], name: str) -> dict[str, Any] | bool:
-    table = parent.setdefault(name, {})
-    return table if isinstance(table, dict) else True
-
-
-def _env_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def _build(data: Mapping[str, Any], source: str) -> Config:
@@ -740,7 +437,7 @@ def _build(data: Mapping[str, Any], source: str) -> Config:
         elif name in _SECTIONS:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"[{name}]: expected a table")
-            kwargs[name] = _section(name, _SECTIONS[name], values)
+            kwargs[name] = build_section(name, _SECTIONS[name], values)
         else:
             raise ConfigError(f"[{name}]: unknown section")
     config = Config(**kwargs)
@@ -755,7 +452,7 @@ def _providers(values: Any) -> Mapping[str, ProviderConfig]:
     for pname, pvalues in values.items():
         if not isinstance(pvalues, Mapping):
             raise ConfigError(f"[providers.{pname}]: expected a table")
-        provider = _section(f"providers.{pname}", ProviderConfig, {**pvalues, "name": pname})
+        provider = build_section(f"providers.{pname}", ProviderConfig, {**pvalues, "name": pname})
         if provider.kind not in PROVIDER_KINDS:
             kinds = ", ".join(PROVIDER_KINDS)
             raise ConfigError(f"[providers.{pname}] kind: expected one of {kinds}, got {provider.kind!r}")
@@ -772,116 +469,11 @@ def _webhooks(values: Any) -> WebhooksConfig:
         if wname in values:
             if not isinstance(values[wname], Mapping):
                 raise ConfigError(f"[webhooks.{wname}]: expected a table")
-            subs[wname] = _section(f"webhooks.{wname}", wcls, values[wname])
-    top = _section("webhooks", _WebhookScalars, scalars)
+            subs[wname] = build_section(f"webhooks.{wname}", wcls, values[wname])
+    top = build_section("webhooks", _WebhookScalars, scalars)
     return WebhooksConfig(
         soft_bounce_limit=top.soft_bounce_limit, soft_bounce_window=top.soft_bounce_window, **subs
     )
-
-
-def _section(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        target = key
-        if key.endswith("_file") and key[: -len("_file")] in hints:
-            target = key[: -len("_file")]
-            if not _is_secret_type(hints[target]):
-                raise ConfigError(f"[{section}] {key}: only secrets can be read from a file")
-            value = _read_secret_file(section, key, value)
-        if target not in hints:
-            raise ConfigError(f"[{section}] {key}: unknown key")
-        kwargs[target] = _coerce(section, target, hints[target], value)
-    return cls(**kwargs)
-
-
-def _read_secret_file(section: str, key: str, path: Any) -> str:
-    """The secret a ``<key>_file`` holds: one line of UTF-8 text, surrounding whitespace dropped."""
-    if not isinstance(path, str):
-        raise ConfigError(f"[{section}] {key}: expected a file path, got {_show(path)}")
-    try:
-        value = Path(path).expanduser().read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"[{section}] {key}: {path} not UTF-8 text (write the secret as text, "
-            "e.g. `openssl rand -hex 32`)"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"[{section}] {key}: cannot read {path}: {exc.strerror}") from None
-    if not value:
-        raise ConfigError(f"[{section}] {key}: {path} is empty")
-    if _CONTROL.search(value):
-        raise ConfigError(f"[{section}] {key}: {path} holds control characters (one line of text expected)")
-    return value
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _coerce(section: str, key: str, tp: Any, value: Any) -> Any:
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"[{section}] {key}: expected {expected}, got {_show(value)}")
-
-    if isinstance(value, _EnvText):
-        # "12345" is a fine API key and "042" a fine node name: text keys take the raw text
-        # unless it is written as a TOML string ("\"a b\""); other keys take it as TOML.
-        parsed = _env_value(value)
-        value = str(value) if _takes_text(tp) and not isinstance(parsed, str) else parsed
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        inner = [a for a in args if a is not type(None)]
-        return None if value is None else _coerce(section, key, inner[0], value)
-    if tp is Secret:
-        return _secret(section, key, value, fail)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise fail("a list")
-        return tuple(_coerce(section, key, args[0], v) for v in value)
-    if origin is Literal:
-        if value not in args:
-            raise fail("one of " + ", ".join(repr(a) for a in args))
-        return value
-    return _scalar(tp, value, fail)
-
-
-def _scalar(tp: Any, value: Any, fail: typing.Callable[[str], ConfigError]) -> Any:
-    accepts, expected = _SCALARS[tp]
-    if not accepts(value):
-        raise fail(expected)
-    if tp is float and not math.isfinite(value):
-        raise fail("a finite number")
-    return float(value) if tp is float else value
-
-
-# What each scalar type accepts from TOML (a bool is not a number here, though Python says so).
-_SCALARS: dict[Any, tuple[typing.Callable[[Any], bool], str]] = {
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
-    str: (lambda v: isinstance(v, str), "a string"),
-}
-
-
-def _secret(section: str, key: str, value: Any, fail: typing.Callable[[str], ConfigError]) -> Secret:
-    """A secret is one line of text; an empty one would crash (or weaken) the daemon later."""
-    if not isinstance(value, str):
-        raise fail("a string")
-    if not value.strip():
-        raise ConfigError(f"[{section}] {key}: must not be empty")
-    if _CONTROL.search(value):
-        raise ConfigError(f"[{section}] {key}: holds control characters (one line of text expected)")
-    return Secret(value)
-
-
-def _takes_text(tp: Any) -> bool:
-    if tp in (str, Secret) or typing.get_origin(tp) is Literal:
-        return True
-    if typing.get_origin(tp) in (types.UnionType, typing.Union, tuple):
-        return any(_takes_text(a) for a in typing.get_args(tp) if a not in (type(None), Ellipsis))
-    return False
 
 
 def _validate(config: Config) -> None:
@@ -939,19 +531,3 @@ def _cross_checks(section: Any) -> list[str]:
         if section.backoff_max_s < section.backoff_base_s:
             return ["backoff_max_s: must be at least backoff_base_s"]
     return []
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value

@@ -1,0 +1,143 @@
+"""One TOML table into one section's dataclass: every value checked against the field's type.
+
+Environment overrides arrive as :class:`EnvText` and are read as TOML unless the key takes text;
+secrets are one line of text, from the environment or a ``<key>_file``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from mailerd.config.fields import ConfigError, Secret, show
+
+
+class EnvText(str):
+    """A raw environment value; :func:`coerce` reads it as TOML unless the key takes text."""
+
+    __slots__ = ()
+
+
+def env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def is_secret_type(tp: Any) -> bool:
+    args = typing.get_args(tp)
+    if tp is Secret:
+        return True
+    return any(a is Secret for a in args) or any(is_secret_type(a) for a in args if a is not type(None))
+
+
+def build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        target = key
+        if key.endswith("_file") and key[: -len("_file")] in hints:
+            target = key[: -len("_file")]
+            if not is_secret_type(hints[target]):
+                raise ConfigError(f"[{section}] {key}: only secrets can be read from a file")
+            value = _read_secret_file(section, key, value)
+        if target not in hints:
+            raise ConfigError(f"[{section}] {key}: unknown key")
+        kwargs[target] = coerce(section, target, hints[target], value)
+    return cls(**kwargs)
+
+
+def _read_secret_file(section: str, key: str, path: Any) -> str:
+    """The secret a ``<key>_file`` holds: one line of UTF-8 text, surrounding whitespace dropped."""
+    if not isinstance(path, str):
+        raise ConfigError(f"[{section}] {key}: expected a file path, got {show(path)}")
+    try:
+        value = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"[{section}] {key}: {path} not UTF-8 text (write the secret as text, "
+            "e.g. `openssl rand -hex 32`)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"[{section}] {key}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"[{section}] {key}: {path} is empty")
+    if _CONTROL.search(value):
+        raise ConfigError(f"[{section}] {key}: {path} holds control characters (one line of text expected)")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def coerce(section: str, key: str, tp: Any, value: Any) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"[{section}] {key}: expected {expected}, got {show(value)}")
+
+    if isinstance(value, EnvText):
+        # "12345" is a fine API key and "042" a fine node name: text keys take the raw text
+        # unless it is written as a TOML string ("\"a b\""); other keys take it as TOML.
+        parsed = env_value(value)
+        value = str(value) if _takes_text(tp) and not isinstance(parsed, str) else parsed
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else coerce(section, key, inner[0], value)
+    if tp is Secret:
+        return _secret(section, key, value, fail)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise fail("a list")
+        return tuple(coerce(section, key, args[0], v) for v in value)
+    if origin is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    return _scalar(tp, value, fail)
+
+
+def _scalar(tp: Any, value: Any, fail: typing.Callable[[str], ConfigError]) -> Any:
+    accepts, expected = _SCALARS[tp]
+    if not accepts(value):
+        raise fail(expected)
+    if tp is float and not math.isfinite(value):
+        raise fail("a finite number")
+    return float(value) if tp is float else value
+
+
+# What each scalar type accepts from TOML (a bool is not a number here, though Python says so).
+_SCALARS: dict[Any, tuple[typing.Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _secret(section: str, key: str, value: Any, fail: typing.Callable[[str], ConfigError]) -> Secret:
+    """A secret is one line of text; an empty one would crash (or weaken) the daemon later."""
+    if not isinstance(value, str):
+        raise fail("a string")
+    if not value.strip():
+        raise ConfigError(f"[{section}] {key}: must not be empty")
+    if _CONTROL.search(value):
+        raise ConfigError(f"[{section}] {key}: holds control characters (one line of text expected)")
+    return Secret(value)
+
+
+def _takes_text(tp: Any) -> bool:
+    if tp in (str, Secret) or typing.get_origin(tp) is Literal:
+        return True
+    if typing.get_origin(tp) in (types.UnionType, typing.Union, tuple):
+        return any(_takes_text(a) for a in typing.get_args(tp) if a not in (type(None), Ellipsis))
+    return False

@@ -1,0 +1,238 @@
+"""Reading the configuration: the TOML file, ``MAILERD_*`` overrides, redaction, systemd's variables.
+
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mailerd import dsn as dsn_mod
+from mailerd.config.coerce import EnvText, is_secret_type
+from mailerd.config.fields import ConfigError, Secret
+from mailerd.config.sections import (
+    _SECTIONS,
+    _WEBHOOK_SECTIONS,
+    CallbackConfig,
+    Config,
+    ProviderConfig,
+    _build,
+)
+
+DEFAULT_CONFIG_PATH = "/etc/mailerd/mailerd.toml"
+ENV_PREFIX = "MAILERD_"
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides, validate, and freeze.
+
+    ``path=None`` means ``$MAILERD_CONFIG`` or :data:`DEFAULT_CONFIG_PATH`; a missing default
+    file is not an error (defaults apply), a missing named file is.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "MAILERD_CONFIG" in env
+    file_path = Path(path if path is not None else env.get("MAILERD_CONFIG", DEFAULT_CONFIG_PATH))
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if file_path.exists():
+        source = str(file_path)
+        try:
+            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {file_path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config error: {file_path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"config error: {file_path}: {exc.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"config error: {file_path}: no such file")
+    return from_mapping(raw, source=source, env=env)
+
+
+def from_mapping(
+    raw: Mapping[str, Any], *, source: str = "<mapping>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Build a :class:`Config` from already-parsed TOML data plus environment overrides."""
+    data = _deep_copy(raw)
+    _check_inline_secrets(data, source)
+    _apply_env(data, env or {})
+    try:
+        return _build(data, source)
+    except ConfigError as exc:
+        raise ConfigError(f"config error: {source}: {exc}") from None
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The configuration as plain data with every secret replaced, for ``check-config``.
+
+    DSNs keep what an operator needs (user, hosts, database, options) without their passwords.
+    """
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return "**********"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        return value
+
+    result: dict[str, Any] = convert(config)
+    result["database"]["dsn"] = redact_dsn(config.database.dsn.reveal())
+    if config.database.reports_dsn is not None:
+        result["database"]["reports_dsn"] = redact_dsn(config.database.reports_dsn.reveal())
+    return result
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide the passwords of a DSN in any form libpq accepts (see :mod:`mailerd.dsn`)."""
+    return dsn_mod.redact(dsn)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SystemdSettings:
+    """What systemd told this process through its environment (all unset outside systemd).
+
+    ``notify_socket`` is ``$NOTIFY_SOCKET`` as given (a leading ``@`` names an abstract
+    socket); ``watchdog_usec`` is ``$WATCHDOG_USEC`` (None when unset or 0);
+    ``watchdog_pid`` is ``$WATCHDOG_PID``, the process the watchdog settings are meant for.
+    """
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+    watchdog_pid: int | None = None
+
+
+def systemd_settings(env: Mapping[str, str] | None = None) -> SystemdSettings:
+    """Read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` (``os.environ`` by default).
+
+    A malformed number raises :class:`ConfigError`: silently ignoring it would get the unit
+    killed by the watchdog it asked for.
+    """
+    env = os.environ if env is None else env
+
+    def number(key: str) -> int | None:
+        text = env.get(key, "").strip()
+        if not text:
+            return None
+        if not text.isdigit():
+            raise ConfigError(f"config error: environment: {key}: expected a whole number, got {text!r}")
+        return int(text) or None
+
+    return SystemdSettings(
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=number("WATCHDOG_USEC"),
+        watchdog_pid=number("WATCHDOG_PID"),
+    )
+
+
+# --- internals -------------------------------------------------------------------------------
+
+_SECRET_FIELDS = {
+    ("database", "dsn"): False,  # a DSN may carry a password, but may also be inline
+    ("database", "reports_dsn"): False,
+}
+
+
+def _check_inline_secrets(data: dict[str, Any], source: str) -> None:
+    """Secrets must come from the environment or a file, never inline in the TOML file."""
+
+    def check(section: str, values: Mapping[str, Any], cls: type[Any]) -> None:
+        hints = typing.get_type_hints(cls)
+        for key in values:
+            name = section.split(".")[0]
+            if key in hints and is_secret_type(hints[key]) and _SECRET_FIELDS.get((name, key), True):
+                raise ConfigError(
+                    f"config error: {source}: [{section}] {key}: secrets may not be written in "
+                    f'the file; use {key}_file = "/path" or the environment '
+                    f"({_env_name(section, key)})"
+                )
+
+    # Tables of tables: [providers.NAME] and [callbacks.NAME] (named by the operator), and
+    # [webhooks.PROVIDER]; each sub-table's class by its name (None: not a table of secrets).
+    tables: dict[str, typing.Callable[[str], type[Any] | None]] = {
+        "providers": lambda _name: ProviderConfig,
+        "callbacks": lambda _name: CallbackConfig,
+        "webhooks": _WEBHOOK_SECTIONS.get,
+    }
+    for name, values in data.items():
+        if not isinstance(values, Mapping):
+            continue
+        if name in _SECTIONS:
+            check(name, values, _SECTIONS[name])
+            continue
+        class_of = tables.get(name)
+        for table, table_values in values.items():
+            cls = class_of(table) if class_of is not None else None
+            if cls is not None and isinstance(table_values, Mapping):
+                check(f"{name}.{table}", table_values, cls)
+
+
+def _env_name(section: str, key: str) -> str:
+    return ENV_PREFIX + "__".join([*section.upper().split("."), key.upper()])
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # A section or provider that is not a table in the file is left for _build to report.
+    if "MAILERD_DSN" in env:
+        data.setdefault("database", {})["dsn"] = env["MAILERD_DSN"]
+    if "MAILERD_ADMIN_TOKEN" in env:
+        tokens = [t.strip() for t in env["MAILERD_ADMIN_TOKEN"].split(",") if t.strip()]
+        data.setdefault("http", {})["admin_tokens"] = tokens
+    for key, value in env.items():
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or "__" not in upper:
+            continue
+        parts = [p.lower() for p in upper[len(ENV_PREFIX) :].split("__")]
+        target = _env_target(data, parts)
+        if target is False:
+            raise ConfigError(f"config error: environment: {key}: not a known setting")
+        if isinstance(target, dict):
+            target[parts[-1]] = EnvText(value)
+
+
+def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool:
+    """The table an override's last part goes in; True: none (left for _build to report);
+    False: not a known setting."""
+    if parts[0] == "providers" and len(parts) == 3:
+        # Provider names are case-sensitive in TOML; match an existing one case-insensitively.
+        providers = data.setdefault("providers", {})
+        if not isinstance(providers, dict):
+            return True
+        existing = {n.lower(): n for n in providers}
+        return _table(providers, existing.get(parts[1], parts[1]))
+    if parts[0] == "callbacks" and len(parts) == 3:
+        endpoints = data.setdefault("callbacks", {})
+        if not isinstance(endpoints, dict):
+            return True
+        existing = {n.lower(): n for n in endpoints}
+        return _table(endpoints, existing.get(parts[1], parts[1]))
+    if parts[0] == "webhooks" and len(parts) in (2, 3):
+        webhooks = data.setdefault("webhooks", {})
+        if not isinstance(webhooks, dict):
+            return True
+        return _table(webhooks, parts[1]) if len(parts) == 3 else webhooks
+    if len(parts) == 2 and parts[0] in _SECTIONS:
+        return _table(data, parts[0])
+    return False
+
+
+def _table(parent: dict[str, Any], name: str) -> dict[str, Any] | bool:
+    table = parent.setdefault(name, {})
+    return table if isinstance(table, dict) else True
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
