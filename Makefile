@@ -34,7 +34,7 @@ typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2  # two workers: most of the suite waits on servers and processes, not the CPU
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/import.py --rows 1000000

@@ -135,7 +135,7 @@ async def backends_gone(conn: asyncpg.Connection, name: str) -> None:
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
         )
 
-    await wait_until(gone, 10, interval=0.005)
+    await wait_until(gone, 30, interval=0.005)
 
 
 async def uncertain_now(
