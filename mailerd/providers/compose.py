@@ -21,7 +21,7 @@ import dataclasses
 import email.utils
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import markupsafe
 
@@ -136,6 +136,39 @@ class Composer:
             value = get(lead, self.campaign, url)
             out.append((name, value, str(markupsafe.escape(value))))
         return out
+
+
+_Derived = TypeVar("_Derived")
+
+
+class PerCampaign(Generic[_Derived]):
+    """What a client keeps per campaign: its :class:`Composer` (the templates compiled once) or
+    something derived from it, built on first use and dropped by :meth:`forget`."""
+
+    def __init__(
+        self,
+        unsubscribe: UnsubscribeUrl | None,
+        limits: ContentConfig | None,
+        derive: Callable[[Composer], _Derived],
+    ) -> None:
+        self._unsubscribe = unsubscribe
+        self._limits = limits
+        self._derive = derive
+        self._kept: dict[int, _Derived] = {}
+
+    def get(self, campaign: Campaign) -> _Derived:
+        kept = self._kept.get(campaign.id)
+        if kept is None:
+            kept = self._kept[campaign.id] = self._derive(Composer(campaign, self._unsubscribe, self._limits))
+        return kept
+
+    def forget(self, campaign_id: int) -> None:
+        self._kept.pop(campaign_id, None)
+
+
+def composers(unsubscribe: UnsubscribeUrl | None, limits: ContentConfig | None) -> PerCampaign[Composer]:
+    """Each campaign's composer, as it is."""
+    return PerCampaign(unsubscribe, limits, lambda composer: composer)
 
 
 def ids(campaign_id: int, lead_id: int) -> Mapping[str, str]:

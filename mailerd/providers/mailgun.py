@@ -123,24 +123,17 @@ class MailgunProvider:
         self._url = f"{endpoint_for(config)}/v3/{config.domain}/messages"
         token = base64.b64encode(f"api:{config.api_key.reveal()}".encode()).decode()
         self._api = api_call.ApiSession(config, {"Authorization": f"Basic {token}"})
-        self._unsubscribe = unsubscribe
-        self._limits = content_limits
-        self._prepared: dict[int, _Prepared] = {}
+        self._prepared = compose.PerCampaign(
+            unsubscribe, content_limits, lambda composer: _Prepared(composer, composer.tagged(placeholder))
+        )
 
     async def prepare(self, campaign: Campaign) -> None:
-        self._prepare(campaign)
-
-    def _prepare(self, campaign: Campaign) -> _Prepared:
-        prepared = self._prepared.get(campaign.id)
-        if prepared is None:
-            composer = compose.Composer(campaign, self._unsubscribe, self._limits)
-            prepared = self._prepared[campaign.id] = _Prepared(composer, composer.tagged(placeholder))
-        return prepared
+        self._prepared.get(campaign)
 
     async def send(self, batch: Batch) -> list[RecipientResult]:
         if len(batch.leads) > MAX_BATCH_SIZE:
             raise ValueError(f"Mailgun takes at most {MAX_BATCH_SIZE} recipients per call")
-        prepared = self._prepare(batch.campaign)
+        prepared = self._prepared.get(batch.campaign)
         results: list[RecipientResult | None] = [None] * len(batch.leads)
         variables: dict[str, dict[str, str]] = {}
         positions: list[int] = []
@@ -176,7 +169,7 @@ class MailgunProvider:
         return [RecipientResult(Outcome.SENT, message_id=message_id(answer))] * count
 
     def forget(self, campaign_id: int) -> None:
-        self._prepared.pop(campaign_id, None)
+        self._prepared.forget(campaign_id)
 
     async def max_send_rate(self) -> float | None:
         return None

@@ -127,25 +127,15 @@ class PostmarkProvider:
                 "Content-Type": "application/json",
             },
         )
-        self._unsubscribe = unsubscribe
-        self._limits = content_limits
-        self._composers: dict[int, compose.Composer] = {}
+        self._composers = compose.composers(unsubscribe, content_limits)
 
     async def prepare(self, campaign: Campaign) -> None:
-        self._composer(campaign)
-
-    def _composer(self, campaign: Campaign) -> compose.Composer:
-        composer = self._composers.get(campaign.id)
-        if composer is None:
-            composer = self._composers[campaign.id] = compose.Composer(
-                campaign, self._unsubscribe, self._limits
-            )
-        return composer
+        self._composers.get(campaign)
 
     async def send(self, batch: Batch) -> list[RecipientResult]:
         if len(batch.leads) > MAX_BATCH_SIZE:
             raise ValueError(f"Postmark takes at most {MAX_BATCH_SIZE} messages per call")
-        composer = self._composer(batch.campaign)
+        composer = self._composers.get(batch.campaign)
         results: list[RecipientResult | None] = [None] * len(batch.leads)
         messages: list[dict[str, Any]] = []
         positions: list[int] = []
@@ -201,7 +191,7 @@ class PostmarkProvider:
         return message
 
     def forget(self, campaign_id: int) -> None:
-        self._composers.pop(campaign_id, None)
+        self._composers.forget(campaign_id)
 
     async def max_send_rate(self) -> float | None:
         return None

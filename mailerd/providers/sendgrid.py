@@ -138,30 +138,23 @@ class SendgridProvider:
         if config.api_key is None:
             raise ConfigError(f"[providers.{self.name}] api_key: required for kind sendgrid")
         self._url = endpoint_for(config) + SEND_PATH
-        self._unsubscribe = unsubscribe
-        self._limits = content_limits
         self._api = api_call.ApiSession(
             config,
             {"Authorization": f"Bearer {config.api_key.reveal()}", "Content-Type": "application/json"},
         )
-        self._prepared: dict[int, _Prepared] = {}
+        self._prepared = compose.PerCampaign(
+            unsubscribe, content_limits, lambda composer: _Prepared(composer, composer.tagged(tag))
+        )
 
     async def prepare(self, campaign: Campaign) -> None:
         """Compile the campaign's templates (nothing is stored at SendGrid)."""
-        self._prepare(campaign)
-
-    def _prepare(self, campaign: Campaign) -> _Prepared:
-        prepared = self._prepared.get(campaign.id)
-        if prepared is None:
-            composer = compose.Composer(campaign, self._unsubscribe, self._limits)
-            prepared = self._prepared[campaign.id] = _Prepared(composer, composer.tagged(tag))
-        return prepared
+        self._prepared.get(campaign)
 
     async def send(self, batch: Batch) -> list[RecipientResult]:
         """One call for the batch (plus one per oversized rendered recipient)."""
         if len(batch.leads) > MAX_BATCH_SIZE:
             raise ValueError(f"SendGrid takes at most {MAX_BATCH_SIZE} personalizations per call")
-        prepared = self._prepare(batch.campaign)
+        prepared = self._prepared.get(batch.campaign)
         builder = _Request(batch.campaign, prepared)
         results: list[RecipientResult | None] = [None] * len(batch.leads)
         for position, lead in enumerate(batch.leads):
@@ -189,7 +182,7 @@ class SendgridProvider:
         return [RecipientResult(Outcome.SENT, message_id=message_id)] * count
 
     def forget(self, campaign_id: int) -> None:
-        self._prepared.pop(campaign_id, None)
+        self._prepared.forget(campaign_id)
 
     async def max_send_rate(self) -> float | None:
         return None  # SendGrid publishes no per-second ceiling through the API

@@ -176,20 +176,10 @@ class SmtpProvider:
         self.name = config.name or config.kind
         self._config = config
         self._pool = SmtpPool(config)
-        self._unsubscribe = unsubscribe
-        self._limits = content_limits
-        self._composers: dict[int, compose.Composer] = {}
+        self._composers = compose.composers(unsubscribe, content_limits)
 
     async def prepare(self, campaign: Campaign) -> None:
-        self._composer(campaign)
-
-    def _composer(self, campaign: Campaign) -> compose.Composer:
-        composer = self._composers.get(campaign.id)
-        if composer is None:
-            composer = self._composers[campaign.id] = compose.Composer(
-                campaign, self._unsubscribe, self._limits
-            )
-        return composer
+        self._composers.get(campaign)
 
     async def send(self, batch: Batch) -> list[RecipientResult]:
         """Compose every message first (a budget overrun stops the batch before any is sent),
@@ -197,7 +187,7 @@ class SmtpProvider:
         if len(batch.leads) > MAX_BATCH_SIZE:
             raise ValueError(f"at most {MAX_BATCH_SIZE} recipients per batch")
         campaign = batch.campaign
-        composer = self._composer(campaign)
+        composer = self._composers.get(campaign)
         domain = self._config.domain or compose.address_domain(campaign.from_address) or "mailerd.invalid"
         results: list[RecipientResult | None] = [None] * len(batch.leads)
         messages: list[tuple[int, str, str, bytes]] = []
@@ -289,7 +279,7 @@ class SmtpProvider:
         return RecipientResult(Outcome.SENT, message_id=mid)
 
     def forget(self, campaign_id: int) -> None:
-        self._composers.pop(campaign_id, None)
+        self._composers.forget(campaign_id)
 
     async def max_send_rate(self) -> float | None:
         return None
