@@ -230,7 +230,7 @@ class _Stages:
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
-            if relay_destinations.enabled(self.config) and self.config.relay.run_in == "daemon":
+            if relay_destinations.runs_in_daemon(self.config):
                 group.create_task(self._relay().run(), name="relay")
             await self.scheduler.run()
             for task in sender_tasks:
