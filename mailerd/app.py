@@ -105,6 +105,44 @@ async def run_with_dsn(
     return 0
 
 
+async def run_relay(config: Config, stop: asyncio.Event) -> int:
+    """``mailerd relay run``: the relay alone, in a process of its own (``[relay] run_in =
+    "process"``), so its CPU is not the sending daemon's. It takes part in the same relay lock as
+    the daemons would: one relay per cluster, and another process takes over when it dies.
+    Serves /healthz and /metrics on ``[relay] listen`` when set."""
+    if not relay_destinations.enabled(config):
+        log.error("relay_not_configured", hint="configure [kafka] or [callbacks.NAME]")
+        return 1
+    notifier = systemd.Notifier(systemd_settings())
+    try:
+        async with contextlib.AsyncExitStack() as resources, connect.resolved_dsn(config.database) as dsn:
+            node = f"{config.node.name or 'node'}:relay"
+            relay = Relay(
+                config=config,
+                dsn=dsn,
+                stop=stop,
+                destinations=lambda: relay_destinations.from_config(config),
+                node=node,
+            )
+            listen = ""
+            if config.relay.listen:
+                host, port = config.relay.listen_host_port
+                runner = await http.start(http.build_relay_app(), host, port)
+                resources.push_async_callback(runner.cleanup)
+                listen = f"{host}:{http.bound_port(runner)}"
+            log.info("relay_process_started", node=node, listen=listen or None)
+            notifier.ready(f"relay process, node {node}")
+            async with asyncio.TaskGroup() as group:
+                group.create_task(systemd.watchdog_loop(notifier, stop), name="systemd-watchdog")
+                group.create_task(looplag.monitor(stop), name="loop-lag")
+                await relay.run()
+            notifier.stopping("relay stopped")
+            log.info("relay_process_stopped", node=node)
+    finally:
+        notifier.close()
+    return 0
+
+
 class _Stages:
     """The pipeline of one node: scheduler -> provider lanes -> senders -> writer."""
 
@@ -192,7 +230,7 @@ class _Stages:
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
-            if relay_destinations.enabled(self.config):
+            if relay_destinations.runs_in_daemon(self.config):
                 group.create_task(self._relay().run(), name="relay")
             await self.scheduler.run()
             for task in sender_tasks:

@@ -143,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     relay = sub.add_parser("relay", help="the event stream (Kafka, callbacks)").add_subparsers(
         dest="relay_command", required=True
     )
+    relay.add_parser("run", parents=[common], help="run the relay alone, in this process, until SIGTERM")
     p = relay.add_parser("status", parents=[common], help="each destination's position, lag and last error")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p = relay.add_parser("replay", parents=[common], help="re-send records through a destination")
@@ -460,6 +461,14 @@ async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
     return await _with_stop(lambda stop: app.run(config, stop))
 
 
+async def _relay_run(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd import app
+
+    gc.freeze()  # as for the daemon: many short-lived records, few long-lived objects
+    gc.set_threshold(50_000, 20, 100)
+    return await _with_stop(lambda stop: app.run_relay(config, stop))
+
+
 async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from mailerd.emulator import sink
 
@@ -506,6 +515,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "campaign resume": _campaign_action,
     "campaign cancel": _campaign_action,
     "demo": _demo,
+    "relay run": _relay_run,
     "relay status": _relay_status,
     "relay replay": _relay_replay,
     # --- suppressions ---

@@ -239,6 +239,15 @@ class RelayConfig:
     # "earliest": a new destination gets every row written since the relay's migration;
     # "latest": only what commits after it first runs (older rows: `mailerd relay replay`).
     start: Literal["earliest", "latest"] = "earliest"
+    # "daemon": every `mailerd run` takes part (the relay shares the sending loop's CPU);
+    # "process": only `mailerd relay run` processes do (their own loop, their own CPU).
+    run_in: Literal["daemon", "process"] = "daemon"
+    # HOST:PORT where `mailerd relay run` serves /healthz and /metrics; empty: no HTTP.
+    listen: str = ""
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -299,6 +308,11 @@ def _relay_problems(config: Config) -> list[str]:
     problems = []
     if config.relay.retry_max_s < config.relay.retry_base_s:
         problems.append("[relay] retry_max_s: must be at least retry_base_s")
+    if config.relay.listen:
+        try:
+            parse_listen(config.relay.listen)
+        except ConfigError:
+            problems.append(f"[relay] listen: expected HOST:PORT or empty, got {config.relay.listen!r}")
     kafka = config.kafka
     if kafka is not None:
         problems += [f"[kafka] {p}" for p in _kafka_problems(kafka)]

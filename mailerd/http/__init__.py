@@ -8,7 +8,7 @@ is derived from those and the route table (:mod:`mailerd.http.routes`).
 """
 
 from mailerd.http.errors import ApiError
-from mailerd.http.server import bound_port, build_app, start
+from mailerd.http.server import bound_port, build_app, build_relay_app, start
 from mailerd.http.services import SERVICES, Health, Services
 from mailerd.http.webhooks import await_commit, record_events
 
@@ -20,6 +20,7 @@ __all__ = [
     "await_commit",
     "bound_port",
     "build_app",
+    "build_relay_app",
     "record_events",
     "start",
 ]

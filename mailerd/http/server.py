@@ -6,7 +6,7 @@ import hmac
 
 from aiohttp import web
 
-from mailerd.http import openapi, routes
+from mailerd.http import health, openapi, routes
 from mailerd.http.errors import ApiError, Handler, JsonErrorRunner, errors_as_json
 from mailerd.http.services import SERVICES, Services
 
@@ -62,3 +62,11 @@ def bound_port(runner: web.AppRunner) -> int:
         if isinstance(address, tuple):
             return int(address[1])
     raise RuntimeError("not bound")
+
+
+def build_relay_app() -> web.Application:
+    """The application of a ``mailerd relay run`` process: liveness and its metrics only."""
+    app = web.Application(middlewares=[errors_as_json])
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/metrics", health.metrics_page)
+    return app

@@ -27,3 +27,8 @@ def from_config(config: Config) -> list[Destination]:
 def enabled(config: Config) -> bool:
     """The relay runs when at least one destination is configured."""
     return bool(names(config))
+
+
+def runs_in_daemon(config: Config) -> bool:
+    """Whether ``mailerd run`` takes part in the relay lock (else only ``mailerd relay run`` does)."""
+    return enabled(config) and config.relay.run_in == "daemon"

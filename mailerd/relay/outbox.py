@@ -30,33 +30,10 @@ def position_of(stored: relay_db.Position) -> Snapshot:
     return Snapshot.of(stored.tx_xmin, stored.tx_xmax, stored.tx_xip)
 
 
-async def _emails(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Record]:
-    """Email records, with each campaign's account and provider and each lead's address now
-    (null when the lead is gone: deleted or erased), looked up by key for these rows only."""
-    campaigns = await relay_db.campaigns_of(conn, {r[1] for r in rows})
-    pairs = {(campaigns[r[1]][0], r[2]) for r in rows if r[1] in campaigns}
-    addresses = await relay_db.addresses_of(conn, pairs) if pairs else {}
-    built = []
-    for tx, campaign_id, lead_id, status, message_id, error, sent_at in rows:
-        account_id, provider = campaigns.get(campaign_id, _NO_CAMPAIGN)
-        built.append(
-            records.email(
-                tx=tx,
-                campaign_id=campaign_id,
-                lead_id=lead_id,
-                status=status,
-                provider_message_id=message_id,
-                error=error,
-                sent_at=sent_at,
-                account_id=account_id,
-                provider=provider,
-                address=addresses.get((account_id, lead_id)) if account_id is not None else None,
-            )
-        )
-    return built
-
-
-_NO_CAMPAIGN: tuple[int | None, str | None] = (None, None)
+async def _emails(_conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Record]:
+    """Email records as the database built them (with each campaign's account and provider and
+    each lead's address at read time: null once the lead is gone)."""
+    return [records.from_database("email", tx, at, key, value) for tx, at, key, value in rows]
 
 
 def _each(build: Callable[[asyncpg.Record], Record]) -> Builder:

@@ -4,6 +4,7 @@ writer that took its transaction id early and commits late."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from mailerd import config, erasure
 from mailerd.db import connect
 from mailerd.db import relay as relay_db
 from mailerd.relay import position as position_mod
+from mailerd.relay import records
 from mailerd.relay.position import Snapshot
 from mailerd.relay.reader import Reader
 from mailerd.relay.records import Record
@@ -142,6 +144,47 @@ async def test_records_carry_the_lead_address_and_event_fields(pool: asyncpg.Poo
     assert event["id"] == "event:ses:evt-1/user0@example.com"
     assert (event["type"], event["bounce"], event["smtp_status"]) == ("hard_bounce", "hard", "5.1.1")
     assert batch.records[-1].kind == "event"  # written after the emails: read after them
+    relay_schemas.check(orjson.loads(r.value) for r in batch.records)
+
+
+async def test_email_records_built_by_the_database_match_the_python_builder(pool: asyncpg.Pool) -> None:
+    """The JSON the read builds in SQL is the record ``records.email`` defines: every status,
+    nulls, text that needs escaping, a deleted lead, a deleted campaign."""
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 5)
+        gone_campaign = await conn.fetchval(
+            """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject, provider)
+               VALUES (1, 'gone', 'finished', '{}'::jsonb, 'a@example.com', 's', 'ses') RETURNING id"""
+        )
+        at = dt.datetime(2026, 1, 2, 3, 4, 5, 120_000, tzinfo=dt.UTC)
+        rows = [
+            (at, campaign_id, leads[0], 1, "msg-0", None),
+            (NOW, campaign_id, leads[1], 2, None, 'HTTP 400: "bad" \\ \n é ✓'),
+            (at, campaign_id, leads[2], 3, None, "uncertain"),
+            (at, campaign_id, leads[3], 4, None, "suppressed: complaint"),
+            (at, gone_campaign, leads[4], 1, "msg-4", None),
+        ]
+        await conn.copy_records_to_table(
+            "email_log",
+            records=rows,
+            columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
+        )
+        await conn.execute("DELETE FROM leads WHERE id = $1", leads[3])
+        await conn.execute("DELETE FROM campaigns WHERE id = $1", gone_campaign)
+    batch = await Reader(pool, {"email"}, limit=100).read(position_mod.earliest())
+    built = {record.lead_id: record for record in batch.records}
+    addresses = {lead: f"User{n}@Example.com" for n, lead in enumerate(leads) if n != 3}
+    for sent_at, campaign, lead, status, message_id, error in rows:
+        known = campaign == campaign_id
+        expected = records.email(
+            tx=0, campaign_id=campaign, lead_id=lead, status=status, provider_message_id=message_id,
+            error=error, sent_at=sent_at, account_id=1 if known else None,
+            provider="sink" if known else None, address=addresses.get(lead) if known else None,
+        )  # fmt: skip
+        got = orjson.loads(built[lead].value)
+        assert dt.datetime.fromisoformat(got.pop("sent_at")) == sent_at
+        assert got == {k: v for k, v in expected.fields.items() if k != "sent_at"}
+        assert (built[lead].id, built[lead].key, built[lead].at) == (expected.id, expected.key, sent_at)
     relay_schemas.check(orjson.loads(r.value) for r in batch.records)
 
 

@@ -278,17 +278,22 @@ def _verify(unit: Path) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
-@pytest.fixture
-def unit_copy(tmp_path: Path) -> Path:
+# Each shipped unit and the command it starts: the daemon, and the relay in its own process.
+UNITS = {UNIT: "mailerd run ", UNIT.with_name("mailerd-relay.service"): "mailerd relay run "}
+
+
+@pytest.fixture(params=list(UNITS), ids=lambda unit: unit.name)
+def unit_copy(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """The unit with ExecStart pointing at this venv's mailerd (verify checks it exists)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     executable = Path(sys.executable).with_name("mailerd")
     if not executable.exists():
         executable = Path(sys.executable)  # any existing executable will do for verify
-    text = UNIT.read_text(encoding="utf-8")
-    assert "ExecStart=/opt/mailerd/.venv/bin/mailerd run " in text
-    path = tmp_path / "mailerd.service"
+    unit: Path = request.param
+    text = unit.read_text(encoding="utf-8")
+    assert f"ExecStart=/opt/mailerd/.venv/bin/{UNITS[unit]}" in text
+    path = tmp_path / unit.name
     path.write_text(text.replace("/opt/mailerd/.venv/bin/mailerd", str(executable)), encoding="utf-8")
     return path
 
