@@ -118,7 +118,8 @@ class _ConfigPatch:
 
 
 async def start_relay(dsn: str, broker: Tansu, topics: dict[str, str], workdir: Path, name: str) -> Any:
-    """``mailerd relay run`` with its own configuration file, once it holds the relay lock."""
+    """``mailerd relay run`` with its own configuration file (at nice 10, as the shipped unit runs
+    it), once it holds the relay lock."""
     config_path = workdir / f"{name}-relay.toml"
     config_path.write_text(
         campaign_bench.daemon_config(dsn, free_port(), free_port(), SETTINGS)
@@ -127,8 +128,8 @@ async def start_relay(dsn: str, broker: Tansu, topics: dict[str, str], workdir: 
     )
     log_path = workdir / f"{name}-relay.log"
     with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path),
+        process = await asyncio.create_subprocess_exec(  # niced as systemd/mailerd-relay.service does
+            "nice", "-n", "10", sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path),
             stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(),
         )  # fmt: skip
     conn = await db_connect.connect(dsn)

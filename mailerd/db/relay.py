@@ -7,7 +7,9 @@ A read takes rows whose ``tx`` is due between a position P and a snapshot S (see
     AND NOT tx = ANY(S.xip)                    -- ended (committed) in S
     AND (tx >= P.xmax OR tx = ANY(P.xip))      -- not passed by P
 
-The BRIN index on ``tx`` serves the range; rows come in ``tx`` order.
+The BRIN index on ``tx`` serves the range; rows come in ``tx`` order. ``email_log`` rows come
+back as records already (key and JSON built by the statement: the relay publishes one per email
+sent, so that work is kept out of Python).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ async def read_due(
     conn: asyncpg.Connection, table: Table, position: TxSnapshot, snapshot: TxSnapshot, upper: int, limit: int
 ) -> list[asyncpg.Record]:
     """Up to ``limit`` due rows of ``table`` below ``upper``, in ``tx`` order (``row[0]`` is tx;
-    the relay makes them records)."""
+    the relay makes them records; an email row is the record already, see ``_EMAIL_BUILT``)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         table.due_sql(), *_due_args(position, snapshot, upper), limit
     )

@@ -132,7 +132,10 @@ async def backends_gone(conn: asyncpg.Connection, name: str) -> None:
 
     async def gone() -> bool:
         return not await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
+            # This database only: another test run on the same server may name its nodes alike.
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE application_name = $1 AND datname = current_database()""",
+            name,
         )
 
     await wait_until(gone, 30, interval=0.005)

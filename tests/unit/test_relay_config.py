@@ -97,6 +97,8 @@ def _error(raw: dict[str, object], env: dict[str, str] | None = None) -> str:
         ({"callbacks": {"app": {"url": "https://x/"}}}, "[callbacks.app] secret: required"),
         ({"callbacks": "x"}, "[callbacks]: expected a table of endpoints"),
         ({"relay": {"start": "now"}}, "[relay] start: expected one of"),
+        ({"relay": {"run_in": "thread"}}, "[relay] run_in: expected one of"),
+        ({"relay": {"listen": "9465"}}, "[relay] listen: expected HOST:PORT or empty, got '9465'"),
         (
             {"relay": {"retry_base_s": 5, "retry_max_s": 1}},
             "[relay] retry_max_s: must be at least retry_base_s",
