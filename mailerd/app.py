@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, db, http, looplag, providers, systemd, unsubscribe
+from mailerd import campaigns, db, http, looplag, metrics, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate
+from mailerd.db import stats as stats_db
 from mailerd.models import Campaign
 from mailerd.relay import destinations as relay_destinations
 from mailerd.relay import retention as relay_retention
@@ -32,6 +33,7 @@ from mailerd.writer import Writer
 log = structlog.get_logger(__name__)
 
 PARTITION_MAINTENANCE_S = 3600.0
+CAMPAIGN_SAMPLE_S = 10.0
 
 
 async def run(config: Config, stop: asyncio.Event) -> int:
@@ -228,6 +230,7 @@ class _Stages:
                 _drain_deadline(self.stop, health, self.config, main, notifier), name="drain-deadline"
             )
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
+            group.create_task(_campaign_sampler(self.pool, self.stop), name="campaign-sampler")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
             if relay_destinations.runs_in_daemon(self.config):
@@ -359,6 +362,31 @@ async def _health_loop(health: http.Health, writer: Writer, stop: asyncio.Event)
         health.database_ok = writer.healthy
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
+                await stop.wait()
+
+
+async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Export the cluster's live campaigns (``mailerd_campaigns``, leads remaining and logged)
+    and whether Postgres answers (``mailerd_database_up``), every :data:`CAMPAIGN_SAMPLE_S`."""
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(5), pool.acquire() as conn:
+                totals = {t.status: t for t in await stats_db.totals_by_status(conn)}
+        except db.DB_ERRORS_OR_TIMEOUT:
+            metrics.DATABASE_UP.set(0)
+        else:
+            metrics.DATABASE_UP.set(1)
+            for status in stats_db.ACTIVE_STATUSES:
+                found = totals.get(status)
+                metrics.CAMPAIGNS.labels(status).set(found.campaigns if found else 0)
+                if status != "scheduled":
+                    logged = found.logged if found else 0
+                    metrics.CAMPAIGN_LEADS_LOGGED.labels(status).set(logged)
+                    metrics.CAMPAIGN_LEADS_REMAINING.labels(status).set(
+                        max(0, found.matched - logged) if found else 0
+                    )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CAMPAIGN_SAMPLE_S):
                 await stop.wait()
 
 

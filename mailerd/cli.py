@@ -186,6 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         help="write the daemon's verification settings here",
     )
 
+    p = sub.add_parser(
+        "files", help="list the operations files shipped with mailerd, or print one (example config, units)"
+    )
+    p.add_argument("name", nargs="?", help="the file to print on stdout (default: list them)")
+
     p = sub.add_parser("demo", parents=[common], help="run a whole campaign on an embedded database")
     p.add_argument("--leads", type=int, default=100_000, help="leads to generate (default 100000)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -200,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sink":
             logs.configure()
             return _loop_runner()(_with_stop(lambda stop: _sink(args, stop)))
+        if args.command == "files":
+            return _files(args.name)
         config = config_mod.load(args.config)
         logs.configure(config.logging.level, config.logging.format)
         handler = _HANDLERS[_command_key(args)]
@@ -287,6 +294,24 @@ async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> in
         print(action)
     if not actions:
         print(f"nothing to do: partitions exist for the next {ahead} days, none past retention")
+    return 0
+
+
+def _files(name: str | None) -> int:
+    """``mailerd files [NAME]``: the shipped operations files, without a source checkout."""
+    from mailerd import shipped
+
+    if name is None:
+        for found in shipped.names():
+            print(found)
+        return 0
+    try:
+        content = shipped.read(name)
+    except KeyError as exc:
+        print(f"mailerd files: {exc.args[0]}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(content)
+    sys.stdout.flush()
     return 0
 
 

@@ -102,3 +102,24 @@ PARTITIONS_KEPT_FOR_RELAY = Gauge(
     "Partitions past retention kept because a relay destination has not passed their rows.",
     ["table"],
 )
+
+# --- node state and the cluster's campaigns: for dashboards and alerts ---
+READY = Gauge("mailerd_ready", "1 when /readyz answers 200 (started, not draining, the writer writes).")
+DATABASE_UP = Gauge(
+    "mailerd_database_up", "1 when this node's last periodic query of Postgres succeeded, 0 when it failed."
+)
+CAMPAIGNS = Gauge(
+    "mailerd_campaigns",
+    "Campaigns by status (scheduled, running, paused), sampled from the database by every node.",
+    ["status"],
+)
+CAMPAIGN_LEADS_REMAINING = Gauge(
+    "mailerd_campaign_leads_remaining",
+    "Leads matched but not yet logged, summed over the campaigns of a status (running, paused).",
+    ["status"],
+)
+CAMPAIGN_LEADS_LOGGED = Gauge(
+    "mailerd_campaign_leads_logged",
+    "Leads logged (any outcome), summed over the campaigns of a status (running, paused).",
+    ["status"],
+)

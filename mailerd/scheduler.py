@@ -344,19 +344,15 @@ async def _log_uncertain(
     claim: asyncpg.Connection, campaign: Campaign, row: asyncpg.Record
 ) -> asyncpg.Record:
     """After a crash: leads reserved but not logged were possibly sent; log them ``unknown``."""
-    unknown, suppressed = await email_log_db.log_uncertain(
-        claim, campaign, row["checkpoint"], row["reserved_upto"]
-    )
+    unknown = await email_log_db.log_uncertain(claim, campaign, row["checkpoint"], row["reserved_upto"])
     metrics.EMAILS.labels(campaign.provider, "unknown").inc(unknown)
-    metrics.EMAILS.labels(campaign.provider, "suppressed").inc(suppressed)
-    await stats_db.add_outcomes(claim, {campaign.id: (0, 0, unknown, suppressed, 0)})
+    await stats_db.add_outcomes(claim, {campaign.id: (0, 0, unknown, 0, 0)})
     updated = await shards_db.checkpoint_to_reservation(claim, campaign.id, row["shard_no"])
     log.warning(
         "shard_recovered_uncertain",
         campaign_id=campaign.id,
         shard_no=row["shard_no"],
         unknown=unknown,
-        suppressed=suppressed,
     )
     return updated
 

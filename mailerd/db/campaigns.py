@@ -66,41 +66,45 @@ class CampaignRow:
 
 
 async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
-    """Insert the campaign and its (zero) counters; NOTIFY when it is scheduled. Returns the id."""
-    campaign_id: int = await conn.fetchval(
-        """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
-                                  html_body, text_body, provider, rate_per_s, resend_uncertain, send_at,
-                                  reply_to, headers, provider_template)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id""",
-        row.account_id,
-        row.name,
-        row.status,
-        row.segment,
-        row.from_address,
-        row.subject,
-        row.html_body,
-        row.text_body,
-        row.provider,
-        row.rate_per_s,
-        row.resend_uncertain,
-        row.send_at,
-        row.reply_to,
-        row.headers,
-        row.provider_template,
-    )
-    await conn.execute(
-        "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
-    )
-    await conn.execute(
-        """INSERT INTO campaign_changes (campaign_id, generation, account_id, status, cause)
-           VALUES ($1, 0, $2, $3, 'created')""",
-        campaign_id,
-        row.account_id,
-        row.status,
-    )
-    if row.status == "scheduled":
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {row.status}")
-    return campaign_id
+    """Insert the campaign, its (zero) counters and its first change, in one transaction; NOTIFY
+    when it is scheduled. Returns the id. One transaction, because a scheduled campaign is due at
+    once: a node's sweep that saw the committed row before its counters would lock it and upsert
+    the same counters row this insert is adding, a deadlock (found by bench/soak.py)."""
+    async with conn.transaction():
+        campaign_id: int = await conn.fetchval(
+            """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
+                                      html_body, text_body, provider, rate_per_s, resend_uncertain, send_at,
+                                      reply_to, headers, provider_template)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id""",
+            row.account_id,
+            row.name,
+            row.status,
+            row.segment,
+            row.from_address,
+            row.subject,
+            row.html_body,
+            row.text_body,
+            row.provider,
+            row.rate_per_s,
+            row.resend_uncertain,
+            row.send_at,
+            row.reply_to,
+            row.headers,
+            row.provider_template,
+        )
+        await conn.execute(
+            "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
+        )
+        await conn.execute(
+            """INSERT INTO campaign_changes (campaign_id, generation, account_id, status, cause)
+               VALUES ($1, 0, $2, $3, 'created')""",
+            campaign_id,
+            row.account_id,
+            row.status,
+        )
+        if row.status == "scheduled":
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {row.status}")
+        return campaign_id
 
 
 async def change_status(

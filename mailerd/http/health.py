@@ -5,6 +5,7 @@ from __future__ import annotations
 import prometheus_client
 from aiohttp import web
 
+from mailerd import metrics
 from mailerd.http import bodies
 from mailerd.http.errors import json_response
 from mailerd.http.services import SERVICES
@@ -22,6 +23,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_page(request: web.Request) -> web.Response:
-    """Prometheus exposition of the default registry."""
+    """Prometheus exposition of the default registry (``mailerd_ready`` as of this request)."""
+    metrics.READY.set(1 if request.app[SERVICES].health.ready() else 0)
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

@@ -1,0 +1,75 @@
+"""Every metric the dashboard and the alert rules read is exported by a running daemon, and the
+node and campaign gauges they rely on say what they mean."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import aiohttp
+import asyncpg
+
+from mailerd import campaigns
+from mailerd.db import campaigns as campaigns_db
+from mailerd.db import stats as stats_db
+from tests import ops_queries
+from tests.integration.helpers import daemon_config, new_campaign, running_daemon
+
+
+async def _scrape(port: int) -> str:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def _value(exposition: str, series: str) -> float | None:
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_every_metric_of_the_dashboard_and_the_alerts_is_exported(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    config = daemon_config(1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    await campaigns.create(conn, new_campaign(send_at=later, start=True), config)
+    async with running_daemon(config, dsn) as daemon:
+        async with asyncio.timeout(20):
+            while _value(page := await _scrape(daemon.port), 'mailerd_campaigns{status="scheduled"}') != 1:
+                await asyncio.sleep(0.1)
+    exported = ops_queries.exported_names(page)
+    for source, exprs in (
+        ("dashboard", ops_queries.grafana_expressions()),
+        ("alerts", ops_queries.alert_expressions()),
+    ):
+        for expr in exprs:
+            missing = ops_queries.metric_names(expr) - exported - ops_queries.SYNTHETIC
+            assert not missing, f"{source}: {expr!r} reads {sorted(missing)}, which no daemon exports"
+    assert _value(page, "mailerd_ready") == 1
+    assert _value(page, "mailerd_database_up") == 1
+    assert _value(page, 'mailerd_campaigns{status="running"}') == 0
+    assert _value(page, 'mailerd_campaign_leads_remaining{status="running"}') == 0
+
+
+async def test_totals_by_status_sum_matched_and_logged_per_live_status(conn: asyncpg.Connection) -> None:
+    config = daemon_config(1)
+    running = [await campaigns.create(conn, new_campaign(), config) for _ in range(2)]
+    paused = await campaigns.create(conn, new_campaign(), config)
+    finished = await campaigns.create(conn, new_campaign(), config)
+    await conn.execute(
+        "UPDATE campaigns SET status = 'running' WHERE id = ANY($1::bigint[])", [*running, paused, finished]
+    )
+    await campaigns_db.change_status(conn, paused, "pause", "checking the list")
+    await conn.execute("UPDATE campaigns SET status = 'finished' WHERE id = $1", finished)
+    for campaign_id, matched in ((running[0], 100), (running[1], 50), (paused, 30), (finished, 7)):
+        await stats_db.set_matched(conn, campaign_id, matched)
+    await stats_db.add_outcomes(
+        conn, {running[0]: (60, 5, 2, 3, 9), paused: (10, 0, 0, 0, 0), finished: (7, 0, 0, 0, 0)}
+    )
+    totals = {t.status: t for t in await stats_db.totals_by_status(conn)}
+    assert totals == {
+        "running": stats_db.StatusTotals("running", 2, 150, 70),
+        "paused": stats_db.StatusTotals("paused", 1, 30, 10),
+    }
