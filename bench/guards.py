@@ -7,8 +7,9 @@ in this process against the sink (unlimited rate: full send speed) whose webhook
 SES complaint for 0.5 % of the accepted recipients (``[guards] max_complaint_rate`` 0.08 %,
 ``min_sample`` ``--min-sample``). It waits for the guard's pause and reports:
 
-- **pause lag**: the pause's commit (``campaign_changes.at``) minus the arrival of the event that
-  crossed the threshold (the last ``email_events.received_at`` before the pause);
+- **pause lag**: the pause's commit (``campaign_changes.at``) minus the crossing: the arrival of
+  the last event before the pause (``email_events.received_at``), or the sending of the
+  ``min_sample``-th email when that came later (then the rate was already above the threshold);
 - **stop lag**: the last ``email_log`` row after the pause (batches already sent are logged);
 - the send rate before the pause.
 
@@ -84,7 +85,7 @@ async def one_run(admin_dsn: str, leads: int, min_sample: int, rate: float) -> d
             finally:
                 stop.set()
                 await asyncio.wait_for(daemon, 60)
-                await emulator.close(drain_s=0.1)
+                await emulator.close()
         if info is None or info["status"] != "paused":
             raise common.BenchError(f"the campaign was not paused: {info}")
         pause = await conn.fetchrow(
@@ -96,6 +97,14 @@ async def one_run(admin_dsn: str, leads: int, min_sample: int, rate: float) -> d
             campaign_id,
             pause["at"],
         )
+        # The sample is reached when its min_sample-th email is sent (its row commits one
+        # flush later): when that comes after the last event, it is the crossing.
+        sample_reached = await conn.fetchval(
+            "SELECT sent_at FROM email_log WHERE campaign_id = $1 ORDER BY sent_at OFFSET $2 LIMIT 1",
+            campaign_id,
+            min_sample - 1,
+        )
+        crossing = max(crossing, sample_reached)
         log = await conn.fetchrow(
             """SELECT min(sent_at) AS first, max(sent_at) AS last,
                       count(*) FILTER (WHERE sent_at <= $2) AS before_pause
