@@ -73,7 +73,7 @@ async def run_with_dsn(
         if not await _prepare_database(pool, config):
             return 1
         lanes = _open_lanes(config, resources)
-        writer = Writer(pool, config.writer, config.webhooks)
+        writer = Writer(pool, config.writer, config.webhooks, config.guards)
         webhook_handlers = providers.create_webhook_handlers(config)
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")

@@ -18,10 +18,11 @@ import hashlib
 import asyncpg
 import structlog
 
+from mailerd import bounces
 from mailerd.db import events as events_db
 from mailerd.db import stats as stats_db
 from mailerd.db import suppressions as suppressions_db
-from mailerd.models import SUPPRESSING_KINDS, Event, EventKind
+from mailerd.models import Event, EventKind
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,7 @@ MESSAGE_ID_LOOKBACK = dt.timedelta(days=3)
 # Given to one sender, not a fact about the mailbox: never carried across accounts.
 CONSENT_KINDS = frozenset({EventKind.COMPLAINT, EventKind.UNSUBSCRIBE})
 
+_BLOCKING_NAMES = frozenset(str(c) for c in bounces.BLOCKING)
 _STAT_FOR_KIND = {
     EventKind.DELIVERED: 0,
     EventKind.HARD_BOUNCE: 1,
@@ -85,10 +87,19 @@ async def record(
     ]
     if not fresh:
         return []
+    fresh = [_classified(e) for e in fresh]
     await events_db.append(conn, fresh, dt.datetime.now(dt.UTC))
     await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)
     await stats_db.add_events(conn, _counts(fresh))
     return fresh
+
+
+def _classified(event: Event) -> Event:
+    """The event with its bounce class (:mod:`mailerd.bounces`); others unchanged."""
+    bounce_class = bounces.classify(
+        event.provider, event.kind, event.provider_type, event.smtp_status, event.reason
+    )
+    return event if bounce_class is None else dataclasses.replace(event, bounce_class=str(bounce_class))
 
 
 async def _suppress(
@@ -100,22 +111,31 @@ async def _suppress(
         if event.account_id is None or not event.email:
             continue
         key = (event.account_id, event.email.lower())
-        if event.kind in SUPPRESSING_KINDS or event.suppress:
+        bounce_class = bounces.BounceClass(event.bounce_class) if event.bounce_class else None
+        if bounces.suppresses(event.kind, bounce_class) or event.suppress:
             direct.setdefault(key, (str(event.kind), event.provider))
-        elif event.kind == EventKind.SOFT_BOUNCE:
+        elif event.kind in bounces.BOUNCE_KINDS and bounce_class not in bounces.BLOCKING:
             soft.add(key)
     if soft:
-        for key in await events_db.repeated_soft_bounces(conn, soft, window_s, soft_bounce_limit):
+        blocking = [str(c) for c in bounces.BLOCKING]
+        found = await events_db.repeated_soft_bounces(conn, soft, window_s, soft_bounce_limit, blocking)
+        for key in found:
             direct.setdefault(key, ("soft_bounce_limit", "webhook"))
     await suppressions_db.add_many(conn, direct)
 
 
 def _counts(events: list[Event]) -> dict[int, list[int]]:
-    """(delivered, bounced, complained, unsubscribed) per campaign."""
-    counts: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+    """(delivered, bounced, complained, unsubscribed, hard_bounced, blocked) per campaign:
+    ``hard_bounced`` are hard bounces that were no block, ``blocked`` the blocks of either kind."""
+    counts: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0, 0, 0])
     for event in events:
         if event.campaign_id is not None:
-            counts[event.campaign_id][_STAT_FOR_KIND[event.kind]] += 1
+            row = counts[event.campaign_id]
+            row[_STAT_FOR_KIND[event.kind]] += 1
+            if event.bounce_class in _BLOCKING_NAMES:
+                row[5] += 1
+            elif event.kind is EventKind.HARD_BOUNCE:
+                row[4] += 1
     return counts
 
 

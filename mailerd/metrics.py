@@ -38,6 +38,12 @@ FLUSH_ROWS = Histogram(
     "Rows written by one writer flush.",
     buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000),
 )
+GUARD_PAUSES = Counter(
+    "mailerd_guard_pauses_total",
+    "Campaigns paused by a deliverability guard, by scope (campaign, provider) and signal "
+    "(bounce, complaint, blocked).",
+    ["scope", "signal"],
+)
 FLUSH_FAILURES = Counter("mailerd_writer_flush_failures_total", "Writer flushes that failed and will retry.")
 WRITER_BUFFER_ROWS = Gauge("mailerd_writer_buffer_rows", "Rows waiting in the writer's buffer.")
 SHARDS_CLAIMED = Gauge("mailerd_shards_claimed", "Campaign shards this node holds.")

@@ -178,3 +178,4 @@ class Event:
     smtp_status: str | None = None
     suppress: bool = False
     guard: str | None = None  # a second key that must also be new (Mailgun: its signature token)
+    bounce_class: str | None = None  # set when recorded (mailerd.bounces), None for non-bounces

@@ -28,9 +28,9 @@ import uuid
 import asyncpg
 import structlog
 
-from mailerd import db, deadletter, metrics
+from mailerd import db, deadletter, guards, metrics
 from mailerd import events as events_mod
-from mailerd.config import WebhooksConfig, WriterConfig
+from mailerd.config import GuardsConfig, WebhooksConfig, WriterConfig
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import email_log as email_log_db
 from mailerd.db import shards as shards_db
@@ -88,11 +88,17 @@ class Writer:
     """One per process. Run :meth:`run` in the TaskGroup; :meth:`close` ends it after a last flush."""
 
     def __init__(
-        self, pool: asyncpg.Pool, config: WriterConfig, webhooks: WebhooksConfig | None = None
+        self,
+        pool: asyncpg.Pool,
+        config: WriterConfig,
+        webhooks: WebhooksConfig | None = None,
+        guard_config: GuardsConfig | None = None,
     ) -> None:
         self._pool = pool
         self._config = config
         self._webhooks = webhooks or WebhooksConfig()
+        self._guard = guards.CampaignGuard(guard_config or GuardsConfig())
+        self._touched: set[int] = set()  # campaigns counted since the last guard check
         self._buffer: list[Entry] = []
         self._rows = 0
         self._deadline = 0.0
@@ -176,6 +182,7 @@ class Writer:
                 flush_id, entries, retrying = work
                 self._flushing = entries
                 await self._commit(flush_id, entries, retrying=retrying)
+                await self._check_guard()
                 self._flushing = []
                 self._rows -= sum(e.size for e in entries)
                 metrics.WRITER_BUFFER_ROWS.set(self._rows)
@@ -207,6 +214,19 @@ class Writer:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    async def _check_guard(self) -> None:
+        """After a commit: pause the campaigns it pushed past a guard's threshold. A failed
+        check keeps its campaigns for the next one (the counters are committed either way)."""
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, set()
+        try:
+            async with self._pool.acquire() as conn:
+                await self._guard.check(conn, touched)
+        except db.DB_ERRORS as exc:
+            self._touched |= touched
+            log.warning("guard_check_failed", error=str(exc), campaigns=len(touched))
 
     def _abandon(self) -> None:
         self._closed = True
@@ -350,6 +370,8 @@ class Writer:
         for plan in plans:
             plan.shard.on_logged(plan.seqs, plan.complete)
         _count_emails(per_entry)
+        self._touched.update(stats)
+        self._touched.update(e.campaign_id for e in events if e.campaign_id is not None)
         return set()
 
     async def _transaction(

@@ -214,6 +214,19 @@ class WebhooksConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GuardsConfig:
+    """Deliverability guards (docs/guards.md): a running campaign pauses itself once it has sent
+    ``min_sample`` emails and its hard-bounce, complaint or blocked rate passes its maximum. The
+    defaults stay below the rates at which SES puts an account under review (5 %, 0.1 %)."""
+
+    enabled: bool = True
+    min_sample: int = _within(1000, 1, 100_000_000)
+    max_bounce_rate: float = _within(0.04, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    max_complaint_rate: float = _within(0.0008, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    max_blocked_rate: float = _within(0.03, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class UnsubscribeConfig:
     """RFC 8058 one-click unsubscribe: the HMAC key of the tokens in List-Unsubscribe URLs."""
 
@@ -396,6 +409,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     node: NodeConfig = NodeConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    guards: GuardsConfig = GuardsConfig()
     unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     relay: RelayConfig = RelayConfig()
@@ -420,6 +434,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionConfig,
     "logging": LoggingConfig,
     "node": NodeConfig,
+    "guards": GuardsConfig,
     "unsubscribe": UnsubscribeConfig,
     "privacy": PrivacyConfig,
     "relay": RelayConfig,

@@ -13,7 +13,10 @@ from typing import Any
 
 import asyncpg
 
+from mailerd.db import stats as stats_db
+
 NOTIFY_CHANNEL = "mailerd_campaigns"
+GUARD_CAUSE = "guard"  # the cause recorded for a deliverability guard's pause (mailerd.guards)
 
 # action -> (statuses it may start from, status it leads to). The first four are the operator's
 # (API_ACTIONS); the others are the pipeline's own.
@@ -135,7 +138,21 @@ async def change_status(
             current = None if row is None else row["status"]
             stale = row is not None and generation is not None and row["status_generation"] != generation
             raise TransitionError(campaign_id, action, current, stale=stale)
+        if action == "resume" and await _paused_by(conn, campaign_id) == GUARD_CAUSE:
+            # The operator overrides the guard (the resume and its reason are recorded): it
+            # judges again only on what the campaign sends from now on.
+            await stats_db.reset_guard_baseline(conn, campaign_id)
     return TRANSITIONS[action][1]
+
+
+async def _paused_by(conn: asyncpg.Connection, campaign_id: int) -> str | None:
+    """The cause of the change before the campaign's current status."""
+    cause: str | None = await conn.fetchval(
+        """SELECT h.cause FROM campaign_changes h JOIN campaigns c ON c.id = h.campaign_id
+           WHERE h.campaign_id = $1 AND h.generation = c.status_generation - 1""",
+        campaign_id,
+    )
+    return cause
 
 
 # Set-based changes of the pipeline: (action, condition over ``campaigns``, its parameters
@@ -223,6 +240,7 @@ async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | N
                   coalesce(s.suppressed, 0) AS suppressed, coalesce(s.retried, 0) AS retried,
                   coalesce(s.delivered, 0) AS delivered, coalesce(s.bounced, 0) AS bounced,
                   coalesce(s.complained, 0) AS complained,
+                  coalesce(s.hard_bounced, 0) AS hard_bounced, coalesce(s.blocked, 0) AS blocked,
                   coalesce(s.unsubscribed, 0) AS unsubscribed,
                   (SELECT count(*) FROM campaign_shards h WHERE h.campaign_id = c.id) AS shards,
                   (SELECT count(*) FROM campaign_shards h

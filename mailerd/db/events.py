@@ -28,6 +28,7 @@ COLUMNS = (
     "provider_type",
     "reason",
     "smtp_status",
+    "bounce_class",
 )
 
 
@@ -62,6 +63,7 @@ async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at:
                 e.provider_type,
                 e.reason,
                 e.smtp_status,
+                e.bounce_class,
             )
             for e in events
         ],
@@ -70,19 +72,28 @@ async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at:
 
 
 async def repeated_soft_bounces(
-    conn: asyncpg.Connection, keys: Collection[tuple[int, str]], window_s: float, limit: int
+    conn: asyncpg.Connection,
+    keys: Collection[tuple[int, str]],
+    window_s: float,
+    limit: int,
+    blocking: Collection[str] = (),
 ) -> list[tuple[int, str]]:
-    """The ``(account_id, email)`` of ``keys`` with at least ``limit`` soft bounces in the window."""
+    """The ``(account_id, email)`` of ``keys`` with at least ``limit`` bounces in the window that
+    did not suppress at once (soft ones, and hard ones that were no invalid recipient); bounces
+    of a ``blocking`` class are the sender's problem and do not count."""
     rows = await conn.fetch(
         """SELECT e.account_id, e.email FROM email_events e
            JOIN unnest($1::bigint[], $2::text[]) AS v(account_id, email)
              ON e.account_id = v.account_id AND e.email = v.email
-           WHERE e.kind = 'soft_bounce' AND e.received_at > now() - make_interval(secs => $3)
+           WHERE e.kind IN ('soft_bounce', 'hard_bounce')
+             AND e.received_at > now() - make_interval(secs => $3)
+             AND NOT coalesce(e.bounce_class = ANY($5::text[]), false)
            GROUP BY e.account_id, e.email HAVING count(*) >= $4""",
         [k[0] for k in keys],
         [k[1] for k in keys],
         window_s,
         limit,
+        sorted(blocking),
     )
     return [(r["account_id"], r["email"]) for r in rows]
 

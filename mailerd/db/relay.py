@@ -90,7 +90,7 @@ _CAMPAIGN_SELECT = """SELECT c.tx, c.campaign_id, c.generation, c.account_id, c.
 _ERASURE_SELECT = """SELECT r.tx, r.id, r.account_id, r.email_hashes, r.lead_ids, r.at FROM erasures r"""
 _EVENT_SELECT = """SELECT v.tx, v.received_at, v.occurred_at, v.account_id, v.campaign_id, v.lead_id,
                           v.email, v.kind, v.provider, v.provider_event_id, v.provider_message_id,
-                          v.provider_type, v.reason, v.smtp_status
+                          v.provider_type, v.reason, v.smtp_status, v.bounce_class
                    FROM email_events v"""
 
 

@@ -50,19 +50,52 @@ async def add_outcomes(conn: asyncpg.Connection, counts: Mapping[int, Sequence[i
 
 
 async def add_events(conn: asyncpg.Connection, counts: Mapping[int, Sequence[int]]) -> None:
-    """Add (delivered, bounced, complained, unsubscribed) per campaign id."""
+    """Add (delivered, bounced, complained, unsubscribed, hard_bounced, blocked) per campaign id."""
     if not counts:
         return
     ids = list(counts)
     await conn.execute(
         """UPDATE campaign_stats cs SET delivered = cs.delivered + v.delivered,
                   bounced = cs.bounced + v.bounced, complained = cs.complained + v.complained,
-                  unsubscribed = cs.unsubscribed + v.unsubscribed, updated_at = now()
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-                AS v(campaign_id, delivered, bounced, complained, unsubscribed)
+                  unsubscribed = cs.unsubscribed + v.unsubscribed,
+                  hard_bounced = cs.hard_bounced + v.hard_bounced, blocked = cs.blocked + v.blocked,
+                  updated_at = now()
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                       $6::bigint[], $7::bigint[])
+                AS v(campaign_id, delivered, bounced, complained, unsubscribed, hard_bounced, blocked)
            WHERE cs.campaign_id = v.campaign_id""",
         ids,
-        *([counts[c][i] for c in ids] for i in range(4)),
+        *([counts[c][i] for c in ids] for i in range(6)),
+    )
+
+
+async def guard_counts(
+    conn: asyncpg.Connection, campaign_ids: Sequence[int], min_sample: int
+) -> list[asyncpg.Record]:
+    """For the running campaigns of ``campaign_ids`` that have sent at least ``min_sample``
+    emails since their guard baseline: id, status generation, and sent, hard_bounced,
+    complained and blocked since the baseline (primary-key look-ups, never the log)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT c.id, c.status_generation AS generation,
+                  s.sent - s.guard_sent AS sent, s.hard_bounced - s.guard_hard_bounced AS hard_bounced,
+                  s.complained - s.guard_complained AS complained, s.blocked - s.guard_blocked AS blocked
+           FROM campaign_stats s JOIN campaigns c ON c.id = s.campaign_id
+           WHERE s.campaign_id = ANY($1::bigint[]) AND c.status = 'running'
+             AND s.sent - s.guard_sent >= $2
+           ORDER BY c.id""",
+        list(campaign_ids),
+        min_sample,
+    )
+    return rows
+
+
+async def reset_guard_baseline(conn: asyncpg.Connection, campaign_id: int) -> None:
+    """The guard starts over from the campaign's counters now (an operator resumed it)."""
+    await conn.execute(
+        """UPDATE campaign_stats SET guard_sent = sent, guard_hard_bounced = hard_bounced,
+                  guard_complained = complained, guard_blocked = blocked
+           WHERE campaign_id = $1""",
+        campaign_id,
     )
 
 

@@ -108,6 +108,8 @@ class Campaign(msgspec.Struct, frozen=True):
     bounced: int
     complained: int
     unsubscribed: int
+    hard_bounced: int
+    blocked: int
     shards: int
     shards_done: int
     processed: int

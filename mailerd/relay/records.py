@@ -153,6 +153,7 @@ def event(row: Mapping[str, Any]) -> Record:
             "provider_type": row["provider_type"],
             "reason": row["reason"],
             "smtp_status": row["smtp_status"],
+            "bounce_class": row["bounce_class"],
             "occurred_at": row["occurred_at"],
             "received_at": row["received_at"],
         },

@@ -35,6 +35,7 @@ def _event(kind: EventKind, *, campaign_id: int | None = None, lead_id: int | No
         occurred_at=dt.datetime.now(dt.UTC),
         email=ADDRESS,
         receipt=f"evt-{kind}",
+        provider_type="bounce" if kind is EventKind.HARD_BOUNCE else None,  # SendGrid's hard bounce
         campaign_id=campaign_id,
         lead_id=lead_id,
     )

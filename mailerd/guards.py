@@ -1,0 +1,125 @@
+"""Deliverability guards: pause a campaign before its provider pauses the account.
+
+The writer calls :meth:`CampaignGuard.check` after each flush that committed, with the campaigns
+the flush counted something for (emails or events). The check reads ``campaign_stats`` (counters
+that the same flushes keep: primary-key look-ups, never the log) and pauses, through
+:func:`mailerd.db.campaigns.change_status` with cause ``guard`` and the generation it read, each
+running campaign that has sent at least ``min_sample`` emails since its guard baseline and whose
+hard-bounce, complaint or blocked rate passes its maximum. So a campaign pauses in the flush that
+commits the event crossing a threshold (at most ``EVENT_FLUSH_S`` after the webhook arrived),
+on whichever node received it; every node stops it on the NOTIFY.
+
+An operator's resume after a guard pause moves the baseline to the counters of that moment
+(:func:`mailerd.db.stats.reset_guard_baseline`): the guard judges the emails sent from then on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+
+import asyncpg
+import structlog
+
+from mailerd import metrics
+from mailerd.config import GuardsConfig
+from mailerd.db import campaigns as campaigns_db
+from mailerd.db import stats as stats_db
+
+log = structlog.get_logger(__name__)
+
+SIGNALS = ("bounce", "complaint", "blocked")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counts:
+    """What a guard judges: emails sent, and of them hard bounces (no block), complaints, blocks."""
+
+    sent: int
+    hard_bounced: int
+    complained: int
+    blocked: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """A guard's thresholds (from ``[guards]`` or a provider's ``guard_*`` keys)."""
+
+    min_sample: int
+    max_bounce_rate: float
+    max_complaint_rate: float
+    max_blocked_rate: float
+
+    @classmethod
+    def of(cls, config: GuardsConfig) -> Limits:
+        return cls(
+            config.min_sample, config.max_bounce_rate, config.max_complaint_rate, config.max_blocked_rate
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why a guard pauses: the signal that passed its threshold, and the reason to record."""
+
+    signal: str
+    reason: str
+
+
+def judge(counts: Counts, limits: Limits, *, scope: str = "campaign") -> Verdict | None:
+    """The first rate above its maximum, once the sample is large enough; None: all is well."""
+    if counts.sent < limits.min_sample or counts.sent <= 0:
+        return None
+    checks = (
+        ("bounce", "hard-bounce rate", counts.hard_bounced, "max_bounce_rate", limits.max_bounce_rate),
+        ("complaint", "complaint rate", counts.complained, "max_complaint_rate", limits.max_complaint_rate),
+        ("blocked", "blocked rate", counts.blocked, "max_blocked_rate", limits.max_blocked_rate),
+    )
+    for signal, label, count, key, threshold in checks:
+        rate = count / counts.sent
+        if rate > threshold:
+            reason = (
+                f"guard: {scope} {label} {percent(rate)} ({count} of {counts.sent} sent) "
+                f"exceeds {key} {percent(threshold)}"
+            )
+            return Verdict(signal, reason)
+    return None
+
+
+def percent(share: float) -> str:
+    """``0.0008`` -> ``0.08%``: three significant digits, never rounded to zero."""
+    return f"{share * 100:.3g}%"
+
+
+class CampaignGuard:
+    """Judges the campaigns a flush touched; pauses those past a threshold."""
+
+    def __init__(self, config: GuardsConfig) -> None:
+        self.config = config
+        self.limits = Limits.of(config)
+
+    async def check(self, conn: asyncpg.Connection, campaign_ids: Collection[int]) -> list[int]:
+        """Pause each campaign of ``campaign_ids`` past a threshold. Returns the ids paused."""
+        if not self.config.enabled or not campaign_ids:
+            return []
+        paused = []
+        for row in await stats_db.guard_counts(conn, sorted(campaign_ids), self.limits.min_sample):
+            counts = Counts(row["sent"], row["hard_bounced"], row["complained"], row["blocked"])
+            verdict = judge(counts, self.limits)
+            if verdict is None:
+                continue
+            try:
+                await campaigns_db.change_status(
+                    conn,
+                    row["id"],
+                    "pause",
+                    verdict.reason,
+                    cause=campaigns_db.GUARD_CAUSE,
+                    generation=row["generation"],
+                )
+            except campaigns_db.TransitionError as exc:
+                log.info("guard_pause_skipped", campaign_id=row["id"], reason=str(exc))
+                continue
+            metrics.GUARD_PAUSES.labels("campaign", verdict.signal).inc()
+            log.warning("campaign_paused_by_guard", campaign_id=row["id"], reason=verdict.reason)
+            paused.append(row["id"])
+        return paused

@@ -1,0 +1,128 @@
+"""Deliverability guards (issue 15): a campaign pauses itself when its complaint, hard-bounce or
+blocked rate passes the threshold, within one flush of the event that crossed it; an operator's
+resume overrides the guard, which then judges only what is sent from then on."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import asyncpg
+
+from mailerd import campaigns
+from mailerd import config as config_mod
+from mailerd.emulator import sink
+from mailerd.emulator import webhooks as emulator_webhooks
+from mailerd.models import Event, EventKind
+from mailerd.writer import Writer
+from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+
+FLUSH_MS = 200
+GUARDS = {"min_sample": 100, "max_complaint_rate": 0.01}
+
+
+async def test_complaints_from_the_emulator_pause_the_campaign_within_one_flush(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 1800)  # 600 match the campaign's segment
+    poster = emulator_webhooks.WebhookPoster(
+        "http://127.0.0.1:1", "ses", bounce_rate=0.0, complaint_rate=0.05, seed=15
+    )
+    emulator = sink.Sink(seed=15, webhooks=poster)
+    port = await emulator.start()
+    config = daemon_config(
+        port,
+        provider={"rate_per_s": 200},  # three seconds of sending: the guard acts well before the end
+        writer={"flush_interval_ms": FLUSH_MS},
+        guards=GUARDS,
+        webhooks={"ses": poster.signer.daemon_settings(tmp_path)},
+    )
+    try:
+        async with running_daemon(config, dsn) as daemon:
+            poster.url = f"http://127.0.0.1:{daemon.port}/webhooks/ses"
+            campaign_id = await campaigns.create(conn, new_campaign(), config)
+            info = await wait_for_status(conn, campaign_id, ("paused", "finished"))
+    finally:
+        await emulator.close()
+    assert info["status"] == "paused", info
+    reason = info["reason"]
+    assert reason.startswith("guard: campaign complaint rate "), reason
+    assert "exceeds max_complaint_rate 1%" in reason and " sent)" in reason
+    pause = await conn.fetchrow(
+        "SELECT at, cause FROM campaign_changes WHERE campaign_id = $1 AND status = 'paused'", campaign_id
+    )
+    assert pause["cause"] == "guard"
+    # The crossing event is the last one committed before the pause.
+    crossing = await conn.fetchval(
+        "SELECT max(received_at) FROM email_events WHERE campaign_id = $1 AND received_at <= $2",
+        campaign_id,
+        pause["at"],
+    )
+    assert pause["at"] - crossing < dt.timedelta(milliseconds=FLUSH_MS)
+    assert info["sent"] < 600
+
+
+async def _running_campaign(conn: asyncpg.Connection, sent: int) -> int:
+    campaign_id = await campaigns.create(conn, new_campaign(), daemon_config(1))
+    await campaigns.transition(conn, campaign_id, "run", cause="test")
+    await conn.execute("UPDATE campaign_stats SET sent = $2 WHERE campaign_id = $1", campaign_id, sent)
+    return campaign_id
+
+
+def _events(campaign_id: int, kind: EventKind, count: int, start: int, **fields: str) -> list[Event]:
+    now = dt.datetime.now(dt.UTC)
+    return [
+        Event(
+            provider="ses",
+            kind=kind,
+            occurred_at=now,
+            email=f"lead{n}@example.com",
+            receipt=f"r{n}",
+            campaign_id=campaign_id,
+            account_id=1,
+            **fields,  # type: ignore[arg-type]
+        )
+        for n in range(start, start + count)
+    ]
+
+
+async def test_blocks_pause_and_an_operator_resume_overrides_the_guard(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    campaign_id = await _running_campaign(conn, sent=1000)
+    guards = config_mod.GuardsConfig(min_sample=1000, max_blocked_rate=0.03)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    block = {
+        "provider_type": "Permanent/General",
+        "smtp_status": "5.7.1",
+        "reason": "smtp; 554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using "
+        "zen.spamhaus.org",
+    }
+    try:
+        # 30 blocks of 1000: 3 %, not above the threshold; the 31st passes it.
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 30, 0, **block)))
+        assert (await campaigns.show(conn, campaign_id) or {})["status"] == "running"
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1, 30, **block)))
+        info = await wait_for_status(conn, campaign_id, ("paused",), timeout=10)
+        assert info["reason"] == (
+            "guard: campaign blocked rate 3.1% (31 of 1000 sent) exceeds max_blocked_rate 3%"
+        )
+        assert (info["blocked"], info["hard_bounced"]) == (31, 0)
+        assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0  # blocks suppress nobody
+
+        await campaigns.transition(conn, campaign_id, "resume", "checked with the ISP: listing removed")
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 5, 100, **block)))
+        await (await writer.submit_events(_events(campaign_id, EventKind.COMPLAINT, 1, 200)))
+        info = await campaigns.show(conn, campaign_id) or {}
+        assert info["status"] == "running"  # judged again only after min_sample new emails
+        changes = await conn.fetch(
+            "SELECT status, cause, reason FROM campaign_changes WHERE campaign_id = $1 ORDER BY generation",
+            campaign_id,
+        )
+        assert [(r["status"], r["cause"]) for r in changes][-2:] == [("paused", "guard"), ("running", "api")]
+        assert changes[-1]["reason"] == "checked with the ISP: listing removed"
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
