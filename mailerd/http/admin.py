@@ -88,12 +88,11 @@ def _rate_and_eta(services: Services, info: dict[str, Any]) -> dict[str, Any]:
 async def campaign_emails(request: web.Request) -> web.Response:
     """GET /api/campaigns/{id}/emails?after=&limit=&status=: who got the campaign, one row per
     lead, read through email_log's (campaign_id, lead_id) index with keyset pagination (on the
-    reports database when ``[database] reports_dsn`` is set)."""
-    services = request.app[SERVICES]
+    main database)."""
     campaign_id = parsing.campaign_id(request)
     query = parsing.query(request, bodies.EmailsQuery)
     status = None if query.status is None else LogStatus[query.status.upper()]
-    async with (services.reports_pool or pool(request)).acquire() as conn:
+    async with pool(request).acquire() as conn:
         rows = await email_log.campaign_page(
             conn, campaign_id, after=query.after, limit=query.limit, status=status
         )
