@@ -49,6 +49,14 @@ def _timestamp(text: str) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+def _day(text: str) -> dt.date:
+    """A UTC day (YYYY-MM-DD) for argparse."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -160,6 +168,37 @@ def _parser() -> argparse.ArgumentParser:
         "--to", dest="end", type=_timestamp, default=None, metavar="TIME", help="end (default now)"
     )
     p.add_argument("--campaign", type=int, default=None, help="only this campaign's records")
+
+    # --- reports (through the admin API) ---
+    report = sub.add_parser("report", help="reports from the reports database").add_subparsers(
+        dest="report_command", required=True
+    )
+    p = report.add_parser(
+        "campaign", parents=[api], help="a campaign's totals, rates, series, domains, bounces"
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--top", type=int, default=10, help="domains and bounce reasons shown (default 10)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p = report.add_parser("usage", parents=[api], help="an account's emails and events per UTC day")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_day,
+        default=None,
+        metavar="DAY",
+        help="first day (default: 30 days ago)",
+    )
+    p.add_argument(
+        "--to", dest="end", type=_day, default=None, metavar="DAY", help="last day, included (default today)"
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p = report.add_parser("lead", parents=[api], help="a lead's emails and events, newest first")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
+    p.add_argument("--lead", type=_account_id, default=None, metavar="ID", help="the lead's id")
+    p.add_argument("--email", default=None, metavar="ADDRESS", help="or the lead's address")
+    p.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
 
     p = sub.add_parser("sink", help="run a provider emulator (SES v2 by default) on a local port")
     p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
@@ -482,6 +521,13 @@ async def _relay_replay(args: argparse.Namespace, config: config_mod.Config) -> 
     return 0 if result.refused == 0 else 2
 
 
+async def _report(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.commands import reports
+
+    handlers = {"campaign": reports.campaign, "usage": reports.usage, "lead": reports.lead}
+    return await handlers[args.report_command](args, config)
+
+
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd import app
 
@@ -543,6 +589,9 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "demo": _demo,
     "relay status": _relay_status,
     "relay replay": _relay_replay,
+    "report campaign": _report,
+    "report usage": _report,
+    "report lead": _report,
     # --- suppressions ---
     "suppressions import": _suppressions_import,
     "suppressions list": _suppressions_list,
