@@ -294,7 +294,8 @@ RELAY_EVENT_TYPES = ("delivered", "hard_bounce", "soft_bounce", "complaint", "un
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RelayConfig:
-    """How the relay reads the outbox (it runs when ``[kafka]`` or ``[callbacks.*]`` exist)."""
+    """How the relay reads the outbox (it runs when ``[kafka]``, ``[callbacks.*]`` or ``[reports]``
+    exist)."""
 
     poll_interval_ms: int = _within(250, 10, 60_000)
     batch_records: int = _within(5_000, 1, 1_000_000)

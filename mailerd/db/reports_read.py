@@ -92,6 +92,28 @@ async def campaign_emails(
     return [dict(r) for r in rows]
 
 
+async def campaign_emails_with_event(
+    conn: asyncpg.Connection, campaign_id: int, event: str, *, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` emails of the campaign whose lead had an ``event`` (bounced, complained...)
+    with ``lead_id > after``, by lead id: the events' ``(campaign_id, type, lead_id)`` index first."""
+    columns = ", ".join(f"e.{name}" for name in _EMAIL.split(", "))
+    rows = await conn.fetch(
+        f"""WITH found AS (
+                SELECT DISTINCT lead_id FROM report_events
+                WHERE campaign_id = $1 AND type = $2 AND lead_id > $3 ORDER BY lead_id LIMIT $4
+            )
+            SELECT {columns} FROM found
+            JOIN report_emails e ON e.campaign_id = $1 AND e.lead_id = found.lead_id
+            ORDER BY e.lead_id""",
+        campaign_id,
+        event,
+        after,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
 async def export_emails(
     conn: asyncpg.Connection, campaign_id: int, write: Callable[[bytes], Awaitable[None]]
 ) -> None:

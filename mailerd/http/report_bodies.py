@@ -113,13 +113,15 @@ class ReportEmailPage(msgspec.Struct, frozen=True):
 
 
 class ReportEmailsQuery(msgspec.Struct, frozen=True):
-    """``GET /api/campaigns/{id}/emails`` query (``status`` is case-insensitive)."""
+    """``GET /api/campaigns/{id}/emails`` query (``status`` and ``event`` are case-insensitive):
+    ``event`` keeps the emails whose lead had that event (the bounced list: ``hard_bounce``)."""
 
-    lowercase: ClassVar[frozenset[str]] = frozenset({"status"})
+    lowercase: ClassVar[frozenset[str]] = frozenset({"status", "event"})
 
     after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="keyset cursor: lead_id > after")] = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     status: LogStatusName | None = None
+    event: EventType | None = None
 
 
 class HistoryItem(msgspec.Struct, frozen=True):

@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from mailerd import campaigns
+from mailerd.db import campaigns as campaign_rows
 from mailerd.db import relay as relay_db
 from mailerd.db import reports_read
 from mailerd.db.reports_load import COUNTERS
@@ -73,13 +73,15 @@ def _rates(counts: bodies.Counts) -> bodies.Rates:
     )  # fmt: skip
 
 
-async def _campaign(request: web.Request, campaign_id: int) -> dict[str, Any]:
-    """The campaign's row from the main database; 404 when there is none."""
+async def _campaign(request: web.Request, campaign_id: int) -> tuple[asyncpg.Record, dt.datetime | None]:
+    """The campaign's row from the main database (404 when there is none) and ``as_of``, on one
+    connection."""
     async with pool(request).acquire() as conn:
-        info = await campaigns.show(conn, campaign_id)
-    if info is None:
+        row = await campaign_rows.get(conn, campaign_id)
+        found = await relay_db.positions(conn, [REPORTS_DESTINATION]) if row is not None else []
+    if row is None:
         raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id")
-    return info
+    return row, found[0].as_of if found else None
 
 
 async def campaign_report(request: web.Request) -> web.Response:
@@ -87,7 +89,7 @@ async def campaign_report(request: web.Request) -> web.Response:
     campaign_id = parsing.campaign_id(request)
     query = parsing.query(request, bodies.ReportQuery)
     reports = reports_pool(request)
-    info = await _campaign(request, campaign_id)
+    info, as_of = await _campaign(request, campaign_id)
     unit = "minute" if info["status"] in _SENDING else "hour"
     async with reports.acquire() as conn:
         totals = _counts(await reports_read.campaign_totals(conn, campaign_id))
@@ -98,7 +100,7 @@ async def campaign_report(request: web.Request) -> web.Response:
         campaign_id=campaign_id,
         account_id=info["account_id"],
         status=info["status"],
-        as_of=await _as_of(request),
+        as_of=as_of,
         totals=totals,
         rates=_rates(totals),
         granularity=typing.cast(typing.Literal["minute", "hour"], unit),
@@ -128,23 +130,29 @@ async def campaign_emails(request: web.Request) -> web.Response:
     """GET /api/campaigns/{id}/emails?after=&limit=&status=: the campaign's emails by lead id."""
     campaign_id = parsing.campaign_id(request)
     query = parsing.query(request, bodies.ReportEmailsQuery)
+    if query.event is not None and query.status is not None:
+        raise ApiError(422, "invalid", "status: give status or event, not both", "status")
     reports = reports_pool(request)
-    await _campaign(request, campaign_id)
+    _, as_of = await _campaign(request, campaign_id)
     async with reports.acquire() as conn:
-        rows = await reports_read.campaign_emails(
-            conn, campaign_id, after=query.after, limit=query.limit, status=query.status
-        )
+        if query.event is None:
+            rows = await reports_read.campaign_emails(
+                conn, campaign_id, after=query.after, limit=query.limit, status=query.status
+            )
+        else:
+            rows = await reports_read.campaign_emails_with_event(
+                conn, campaign_id, query.event, after=query.after, limit=query.limit
+            )
     emails = [_email(row) for row in rows]
     next_after = emails[-1].lead_id if len(emails) == query.limit else None
-    return json_response(bodies.ReportEmailPage(await _as_of(request), emails, next_after))
+    return json_response(bodies.ReportEmailPage(as_of, emails, next_after))
 
 
 async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
     """GET /api/campaigns/{id}/emails.csv: every email, streamed by COPY (flat memory)."""
     campaign_id = parsing.campaign_id(request)
     reports = reports_pool(request)
-    await _campaign(request, campaign_id)
-    as_of = await _as_of(request)
+    _, as_of = await _campaign(request, campaign_id)
     response = web.StreamResponse(
         headers={
             "content-type": "text/csv; charset=utf-8",
