@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/nodes.py
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/reports.py --leads 1000000
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,7 +19,7 @@ import structlog
 
 from mailerd import campaigns, db, http, looplag, metrics, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
-from mailerd.db import connect, migrate
+from mailerd.db import connect, migrate, reports_schema
 from mailerd.db import stats as stats_db
 from mailerd.models import Campaign
 from mailerd.relay import destinations as relay_destinations
@@ -82,11 +82,18 @@ async def run_with_dsn(
         for sender in stages.senders.values():
             await _seed_rate(sender)
         reports_pool = None
-        if config.database.reports_dsn is not None:
+        if config.reports is not None:
+            if not await _prepare_reports(config, dsn):
+                return 1
+            # min_size 0: a reports database that is down delays no start (its endpoints say 503).
             reports_pool = await connect.create_pool(
-                config.database.reports_dsn.reveal(), min_size=1, max_size=4
+                connect.reports_dsn(config.reports, dsn),
+                min_size=0,
+                max_size=config.reports.pool_max_size,
+                command_timeout=config.database.command_timeout_s,
             )
             resources.push_async_callback(reports_pool.close)
+        stages.reports_pool = reports_pool
         health = http.Health()
         services = http.Services(
             pool, config, health, writer=writer, webhooks=webhook_handlers, reports_pool=reports_pool
@@ -113,7 +120,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
     the daemons would: one relay per cluster, and another process takes over when it dies.
     Serves /healthz and /metrics on ``[relay] listen`` when set."""
     if not relay_destinations.enabled(config):
-        log.error("relay_not_configured", hint="configure [kafka] or [callbacks.NAME]")
+        log.error("relay_not_configured", hint="configure [kafka], [callbacks.NAME] or [reports]")
         return 1
     notifier = systemd.Notifier(systemd_settings())
     try:
@@ -123,7 +130,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
                 config=config,
                 dsn=dsn,
                 stop=stop,
-                destinations=lambda: relay_destinations.from_config(config),
+                destinations=lambda: relay_destinations.from_config(config, dsn),
                 node=node,
             )
             listen = ""
@@ -163,6 +170,7 @@ class _Stages:
         self.lanes = lanes
         self.writer = writer
         self.stop = stop
+        self.reports_pool: asyncpg.Pool | None = None
         self.scheduler = Scheduler(
             config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=self._on_idle
         )
@@ -178,7 +186,7 @@ class _Stages:
             config=config,
             dsn=self.dsn,
             stop=self.stop,
-            destinations=lambda: relay_destinations.from_config(config),
+            destinations=lambda: relay_destinations.from_config(config, self.dsn),
             node=self.scheduler.node,
         )
 
@@ -225,7 +233,9 @@ class _Stages:
             sender_tasks = [
                 group.create_task(s.run(), name=f"sender-{name}") for name, s in self.senders.items()
             ]
-            group.create_task(_partition_loop(self.pool, self.config, self.stop), name="partitions")
+            group.create_task(
+                _partition_loop(self.pool, self.config, self.stop, self.reports_pool), name="partitions"
+            )
             deadline = group.create_task(
                 _drain_deadline(self.stop, health, self.config, main, notifier), name="drain-deadline"
             )
@@ -318,6 +328,25 @@ def _warn_unverified(config: Config) -> None:
         log.warning("unsubscribe_url_not_https", public_url=config.http.public_url, hint="RFC 8058: https")
 
 
+async def _prepare_reports(config: Config, dsn: str) -> bool:
+    """The reports database migrated (embedded: migrate it now); unreachable: start anyway (the
+    relay retries it, its endpoints answer 503), pending migrations: refuse to start."""
+    assert config.reports is not None
+    try:
+        if config.reports.is_embedded:
+            for line in await reports_schema.migrate_reports(config, dsn):
+                log.info("reports_migrated", action=line)
+            return True
+        pending = await reports_schema.pending(config, dsn)
+    except db.DB_ERRORS_OR_TIMEOUT as exc:
+        log.warning("reports_database_unavailable", error=str(exc))
+        return True
+    if pending:
+        log.error("reports_migrations_pending", pending=pending, hint="run `mailerd reports migrate` first")
+        return False
+    return True
+
+
 async def _schema_ready(conn: asyncpg.Connection, *, auto_migrate: bool) -> bool:
     pending = await migrate.pending(conn)
     if not pending:
@@ -340,7 +369,9 @@ def _bounded_reason(reason: str) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def _partition_loop(pool: asyncpg.Pool, config: Config, stop: asyncio.Event) -> None:
+async def _partition_loop(
+    pool: asyncpg.Pool, config: Config, stop: asyncio.Event, reports_pool: asyncpg.Pool | None = None
+) -> None:
     """Keep days ahead created and expired days dropped while the daemon runs."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -354,6 +385,13 @@ async def _partition_loop(pool: asyncpg.Pool, config: Config, stop: asyncio.Even
                     log.info("partition_maintained", action=str(action))
         except db.DB_ERRORS as exc:
             log.warning("partition_maintenance_failed", error=str(exc))
+        if reports_pool is not None and config.reports is not None:
+            try:
+                async with reports_pool.acquire() as conn:
+                    for name in await reports_schema.maintain(conn, config.reports.retention_days):
+                        log.info("reports_partition_dropped", partition=name)
+            except db.DB_ERRORS_OR_TIMEOUT as exc:
+                log.warning("reports_maintenance_failed", error=str(exc))
 
 
 async def _health_loop(health: http.Health, writer: Writer, stop: asyncio.Event) -> None:

@@ -49,6 +49,14 @@ def _timestamp(text: str) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+def _day(text: str) -> dt.date:
+    """A UTC day (YYYY-MM-DD) for argparse."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -63,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("run", parents=[common], help="run the daemon until SIGTERM")
-    sub.add_parser("migrate", parents=[common], help="apply pending database migrations")
+    sub.add_parser("migrate", parents=[common], help="apply pending database migrations (and the reports')")
+    reports = sub.add_parser("reports", help="the reports database").add_subparsers(
+        dest="reports_command", required=True
+    )
+    reports.add_parser("migrate", parents=[common], help="apply pending migrations of the reports database")
     p = sub.add_parser("partitions", parents=[common], help="create partitions ahead, drop old ones")
     p.add_argument("--days", type=int, default=None, help="days ahead to create (default: config, 7)")
     sub.add_parser("check-config", parents=[common], help="print the resolved configuration, redacted")
@@ -158,6 +170,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--campaign", type=int, default=None, help="only this campaign's records")
 
+    # --- reports (through the admin API) ---
+    report = sub.add_parser("report", help="reports from the reports database").add_subparsers(
+        dest="report_command", required=True
+    )
+    p = report.add_parser(
+        "campaign", parents=[api], help="a campaign's totals, rates, series, domains, bounces"
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--top", type=int, default=10, help="domains and bounce reasons shown (default 10)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p = report.add_parser("usage", parents=[api], help="an account's emails and events per UTC day")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_day,
+        default=None,
+        metavar="DAY",
+        help="first day (default: 30 days ago)",
+    )
+    p.add_argument(
+        "--to", dest="end", type=_day, default=None, metavar="DAY", help="last day, included (default today)"
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p = report.add_parser("lead", parents=[api], help="a lead's emails and events, newest first")
+    p.add_argument("--account", type=_account_id, required=True, help="account id")
+    p.add_argument("--lead", type=_account_id, default=None, metavar="ID", help="the lead's id")
+    p.add_argument("--email", default=None, metavar="ADDRESS", help="or the lead's address")
+    p.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
     p = sub.add_parser("sink", help="run a provider emulator (SES v2 by default) on a local port")
     p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
     p.add_argument(
@@ -225,6 +268,8 @@ def _command_key(args: argparse.Namespace) -> str:
         "campaign_command",
         "suppressions_command",
         "relay_command",
+        "reports_command",
+        "report_command",
     ):
         value = getattr(args, attr, None)
         if value:
@@ -258,26 +303,54 @@ async def _with_stop(body: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) 
 
 
 @contextlib.asynccontextmanager
-async def _connection(config: config_mod.Config) -> AsyncIterator[asyncpg.Connection]:
+async def _connection_and_dsn(config: config_mod.Config) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
     from mailerd.db import connect  # keep `mailerd --help` light
 
     async with connect.resolved_dsn(config.database) as dsn:
         conn = await connect.connect(dsn)
         try:
-            yield conn
+            yield conn, dsn
         finally:
             await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _connection(config: config_mod.Config) -> AsyncIterator[asyncpg.Connection]:
+    async with _connection_and_dsn(config) as (conn, _dsn):
+        yield conn
+
+
 async def _migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
+    """``mailerd migrate``: the main database, and the reports database when ``[reports]`` is set."""
     from mailerd.db import migrate
 
-    async with _connection(config) as conn:
+    async with _connection_and_dsn(config) as (conn, dsn):
         done = await migrate.migrate(conn)
-    for migration in done:
-        print(f"applied {migration.version:04d}_{migration.name}")
-    if not done:
-        print("nothing to do: the schema is up to date")
+        for migration in done:
+            print(f"applied {migration.version:04d}_{migration.name}")
+        if not done:
+            print("nothing to do: the schema is up to date")
+        if config.reports is not None:
+            await _migrate_reports_on(config, dsn)
+    return 0
+
+
+async def _migrate_reports_on(config: config_mod.Config, main_dsn: str) -> None:
+    from mailerd.db import reports_schema
+
+    for line in await reports_schema.migrate_reports(config, main_dsn):
+        print(line)
+
+
+async def _reports_migrate(args: argparse.Namespace, config: config_mod.Config) -> int:
+    """``mailerd reports migrate``: the reports database only."""
+    if config.reports is None:
+        print("mailerd reports migrate: no [reports] section in the configuration", file=sys.stderr)
+        return 1
+    from mailerd.db import connect
+
+    async with connect.resolved_dsn(config.database) as dsn:
+        await _migrate_reports_on(config, dsn)
     return 0
 
 
@@ -436,8 +509,8 @@ async def _campaign_list(args: argparse.Namespace, config: config_mod.Config) ->
 async def _relay_status(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd.relay import operations
 
-    async with _connection(config) as conn:
-        entries = await operations.status(conn, config)
+    async with _connection_and_dsn(config) as (conn, dsn):
+        entries = await operations.status(conn, config, dsn)
     operations.print_status(entries, as_json=args.json)
     return 0
 
@@ -445,17 +518,17 @@ async def _relay_status(args: argparse.Namespace, config: config_mod.Config) -> 
 async def _relay_replay(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd.relay import operations
 
-    try:
-        destination = operations.configured(config, args.destination)
-    except operations.OperationError as exc:
-        print(f"mailerd relay replay: {exc}", file=sys.stderr)
-        return 1
     if args.dead_letters and (args.end is not None or args.campaign is not None):
         print("mailerd relay replay: --to and --campaign go with --from", file=sys.stderr)
         return 1
     end = args.end or dt.datetime.now(dt.UTC)
-    try:
-        async with _connection(config) as conn:
+    async with _connection_and_dsn(config) as (conn, dsn):
+        try:
+            destination = operations.configured(config, args.destination, dsn)
+        except operations.OperationError as exc:
+            print(f"mailerd relay replay: {exc}", file=sys.stderr)
+            return 1
+        try:
             if args.dead_letters:
                 result = await operations.replay_dead_letters(
                     conn, destination, batch=config.relay.batch_records
@@ -465,13 +538,20 @@ async def _relay_replay(args: argparse.Namespace, config: config_mod.Config) -> 
                     conn, destination, start=args.start, end=end, campaign_id=args.campaign,
                     batch=config.relay.batch_records,
                 )  # fmt: skip
-    except operations.OperationError as exc:
-        print(f"mailerd relay replay: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await destination.close()
+        except operations.OperationError as exc:
+            print(f"mailerd relay replay: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await destination.close()
     print(f"replayed {result.delivered} records to {destination.name}; refused {result.refused}")
     return 0 if result.refused == 0 else 2
+
+
+async def _report(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.commands import reports
+
+    handlers = {"campaign": reports.campaign, "usage": reports.usage, "lead": reports.lead}
+    return await handlers[args.report_command](args, config)
 
 
 async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
@@ -527,6 +607,7 @@ async def _demo(args: argparse.Namespace, config: config_mod.Config) -> int:
 _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "migrate": _migrate,
+    "reports migrate": _reports_migrate,
     "partitions": _partitions,
     "check-config": _check_config,
     "segment count": _segment_count,
@@ -543,6 +624,9 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "relay run": _relay_run,
     "relay status": _relay_status,
     "relay replay": _relay_replay,
+    "report campaign": _report,
+    "report usage": _report,
+    "report lead": _report,
     # --- suppressions ---
     "suppressions import": _suppressions_import,
     "suppressions list": _suppressions_list,

@@ -2,7 +2,8 @@
 
 An embedded Postgres, generated leads with realistic attributes, a few suppressed addresses, the
 loopback SES emulator, a campaign with a segment sent end to end by the real daemon stages, a
-progress bar, and a report at the end.
+progress bar, and at the end a report read through the report API from the reports database (a
+second database in the embedded server, loaded by the relay).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 import structlog
@@ -33,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 ACCOUNT_ID = 1
 DEMO_DATABASE = "mailerd_demo"
+REPORTS_DATABASE = "mailerd_demo_reports"
 SEGMENT = {
     "all": [
         {"field": "attributes.plan", "op": "in", "value": ["pro", "business", "enterprise"]},
@@ -65,14 +68,14 @@ def generate_leads(count: int, seed: int = 7) -> list[tuple[int, str, dict[str, 
     return leads
 
 
-async def _fresh_database(admin_dsn: str) -> str:
+async def _fresh_database(admin_dsn: str, name: str = DEMO_DATABASE) -> str:
     admin = await asyncpg.connect(admin_dsn)
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    return _with_database(admin_dsn, DEMO_DATABASE)
+    return _with_database(admin_dsn, name)
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -133,10 +136,11 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> int:
     data_dir = args.data_dir or str(Path(tempfile.gettempdir()) / "mailerd-demo-pg")
     async with embedded.embedded_postgres(data_dir) as admin_dsn:
         dsn = await _fresh_database(admin_dsn)
-        return await _run_demo(dsn, args.leads, args.json, stop)
+        reports_dsn = await _fresh_database(admin_dsn, REPORTS_DATABASE)
+        return await _run_demo(dsn, reports_dsn, args.leads, args.json, stop)
 
 
-async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Event) -> int:
+async def _run_demo(dsn: str, reports_dsn: str, lead_count: int, as_json: bool, stop: asyncio.Event) -> int:
     def say(text: str) -> None:
         if not as_json:
             print(text, file=sys.stderr)
@@ -144,11 +148,17 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
     conn = await connect.connect(dsn)
     try:
         await migrate.migrate(conn)
+        reports_conn = await connect.connect(reports_dsn)
+        try:
+            await migrate.migrate(reports_conn, migrate.REPORTS)
+        finally:
+            await reports_conn.close()
         say(f"seeding {lead_count:,} leads ...")
         preexisting = await _seed(conn, lead_count)
     finally:
         await conn.close()
 
+    token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="mailerd-demo-") as work_dir:
         # The emulator bounces 2% and gets complaints for 0.2% of what it accepts, posting them
         # back as signed SNS notifications, exactly as SES would through SNS.
@@ -168,8 +178,11 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
                 "scheduler": {"shard_size": 25_000, "max_shards_per_node": 4},
                 "node": {"name": "demo"},
                 "webhooks": {"ses": webhook_settings},
+                # The relay loads the reports database; the report at the end is read from it.
+                "reports": {"dsn": reports_dsn},
+                "relay": {"poll_interval_ms": 100},
             },
-            env={"MAILERD_UNSUBSCRIBE__SECRET": secrets.token_hex(32)},
+            env={"MAILERD_UNSUBSCRIBE__SECRET": secrets.token_hex(32), "MAILERD_ADMIN_TOKEN": token},
         )
         daemon_stop = asyncio.Event()
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -177,8 +190,10 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
             app.run_with_dsn(config, dsn, daemon_stop, on_ready=ready.set_result), name="daemon"
         )
         reports: list[dict[str, Any]] = []
+        loaded: dict[str, Any] | None = None
         try:
-            poster.url = f"http://127.0.0.1:{await _ready(ready, daemon)}/webhooks/ses"
+            api = f"http://127.0.0.1:{await _ready(ready, daemon)}"
+            poster.url = f"{api}/webhooks/ses"
             conn = await connect.connect(dsn)
             try:
                 for number, name in enumerate(("Winter launch", "Winter launch, second wave")):
@@ -198,6 +213,8 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
                     )
                     reports.append(_report(campaign_id, name, info, elapsed, suppression_list))
                     say(_describe(reports[-1]))
+                say("\nwaiting for the relay to load the reports database ...")
+                loaded = await _reports_report(api, token, reports[0], stop)
             finally:
                 await conn.close()
         finally:
@@ -222,16 +239,60 @@ async def _run_demo(dsn: str, lead_count: int, as_json: bool, stop: asyncio.Even
         "second_campaign": second,
         "provider_calls": emulator.counters.calls,
         "webhooks_posted": poster.counters.posted,
+        "report": loaded,
     }
     if as_json:
         print(orjson.dumps(summary).decode())
     else:
+        if loaded is not None:
+            print(_describe_loaded(loaded))
         print(
             f"\nThe second campaign skipped {second['suppressed']:,} suppressed addresses "
             f"({first['suppressed']:,} before the first one ran): bounces and complaints "
             "reported by webhook keep every later campaign off bad addresses."
         )
     return 0
+
+
+async def _reports_report(
+    api: str, token: str, first: dict[str, Any], stop: asyncio.Event
+) -> dict[str, Any] | None:
+    """GET /api/campaigns/{id}/report until the reports database has every email and event of the
+    first campaign (as its counters say), then that report; None if it never does (60 s)."""
+    url = f"{api}/api/campaigns/{first['id']}/report?top=5"
+    headers = {"Authorization": f"Bearer {token}"}
+    report: dict[str, Any] | None = None
+    async with aiohttp.ClientSession(headers=headers) as session:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                while not stop.is_set():
+                    async with session.get(url) as response:
+                        report = await response.json() if response.status == 200 else None
+                    totals = report["totals"] if report else {}
+                    if (
+                        totals.get("sent") == first["sent"]
+                        and totals.get("bounced_hard", 0) + totals.get("bounced_soft", 0) == first["bounced"]
+                        and totals.get("complained") == first["complained"]
+                    ):
+                        return report
+                    await asyncio.sleep(0.2)
+    return report
+
+
+def _describe_loaded(report: dict[str, Any]) -> str:
+    totals, rates = report["totals"], report["rates"]
+    lines = [
+        f"\nReport of campaign {report['campaign_id']}, read from the reports database "
+        f"({REPORTS_DATABASE}, as of {report['as_of']}):",
+        f"  sent {totals['sent']:,}  bounced {totals['bounced_hard'] + totals['bounced_soft']:,} "
+        f"({rates['bounce']:.2%})  complained {totals['complained']:,} ({rates['complaint']:.2%})",
+        f"  {len(report['series'])} {report['granularity']}(s) in its time series",
+    ]
+    lines += [
+        f"  top bounce reason: {reason['reason']!r} x {reason['count']:,}"
+        for reason in report["top_bounce_reasons"][:1]
+    ]
+    return "\n".join(lines)
 
 
 def _campaign(name: str) -> campaigns.NewCampaign:

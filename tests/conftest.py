@@ -136,3 +136,41 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield p
     finally:
         await p.close()
+
+
+@pytest.fixture(scope="session")
+def reports_template_db(pg_server: str) -> Iterator[str]:
+    """A reports database migrated once per run (mailerd/db/reports_migrations); tests clone it."""
+    name = f"mailerd_rtpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        conn = await db_connect.connect(with_database(pg_server, name))
+        try:
+            await migrate.migrate(conn, migrate.REPORTS)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    try:
+        yield name
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+async def reports_dsn(pg_server: str, reports_template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated reports database for this test."""
+    async with cloned_database(pg_server, reports_template_db) as test_dsn:
+        yield test_dsn

@@ -49,6 +49,11 @@ def build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> An
                 raise ConfigError(f"[{section}] {key}: only secrets can be read from a file")
             value = _read_secret_file(section, key, value)
         if target not in hints:
+            if (section, target) == ("database", "reports_dsn"):
+                raise ConfigError(
+                    "[database] reports_dsn: replaced by [reports] dsn (a reports database the relay "
+                    "loads, not a replica of this one)"
+                )
             raise ConfigError(f"[{section}] {key}: unknown key")
         kwargs[target] = coerce(section, target, hints[target], value)
     return cls(**kwargs)

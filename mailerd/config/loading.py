@@ -87,8 +87,8 @@ def redacted(config: Config) -> dict[str, Any]:
 
     result: dict[str, Any] = convert(config)
     result["database"]["dsn"] = redact_dsn(config.database.dsn.reveal())
-    if config.database.reports_dsn is not None:
-        result["database"]["reports_dsn"] = redact_dsn(config.database.reports_dsn.reveal())
+    if config.reports is not None:
+        result["reports"]["dsn"] = redact_dsn(config.reports.dsn.reveal())
     return result
 
 
@@ -138,7 +138,7 @@ def systemd_settings(env: Mapping[str, str] | None = None) -> SystemdSettings:
 
 _SECRET_FIELDS = {
     ("database", "dsn"): False,  # a DSN may carry a password, but may also be inline
-    ("database", "reports_dsn"): False,
+    ("reports", "dsn"): False,
 }
 
 

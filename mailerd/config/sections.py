@@ -31,7 +31,6 @@ class DatabaseConfig:
     """Where the data lives. ``dsn = "embedded"`` starts a private Postgres (pgserver)."""
 
     dsn: Secret = Secret("embedded")
-    reports_dsn: Secret | None = None
     embedded_data_dir: str = "~/.local/share/mailerd/pg"
     pool_min_size: int = _within(2, 0, 100)
     pool_max_size: int = _within(10, 1, 1000)
@@ -242,7 +241,8 @@ RELAY_EVENT_TYPES = ("delivered", "hard_bounce", "soft_bounce", "complaint", "un
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RelayConfig:
-    """How the relay reads the outbox (it runs when ``[kafka]`` or ``[callbacks.*]`` exist)."""
+    """How the relay reads the outbox (it runs when ``[kafka]``, ``[callbacks.*]`` or ``[reports]``
+    exist)."""
 
     poll_interval_ms: int = _within(250, 10, 60_000)
     batch_records: int = _within(5_000, 1, 1_000_000)
@@ -388,6 +388,21 @@ def _webhook_secret_ok(secret: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ReportsConfig:
+    """The reports database (mailerd/reports/): a separate Postgres the relay loads, where every
+    report reads. ``dsn = "embedded"``: a second database (``mailerd_reports``) in the embedded
+    server of ``[database] dsn = "embedded"``."""
+
+    dsn: Secret = Secret("embedded")
+    retention_days: int = _within(400, 1, 36_500)  # usage figures feed billing: keep a year and more
+    pool_max_size: int = _within(4, 1, 100)
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.dsn.reveal() == "embedded"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PrivacyConfig:
     """Erasure (GDPR Article 17): the key of the keyed hashes that keep an erased address
     suppressed without keeping the address. Keep it stable: a new key forgets those hashes."""
@@ -413,6 +428,7 @@ class Config:
     unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     relay: RelayConfig = RelayConfig()
+    reports: ReportsConfig | None = None
     kafka: KafkaConfig | None = None
     callbacks: Mapping[str, CallbackConfig] = dataclasses.field(default_factory=dict)
     source: str = "<defaults>"
@@ -438,6 +454,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "unsubscribe": UnsubscribeConfig,
     "privacy": PrivacyConfig,
     "relay": RelayConfig,
+    "reports": ReportsConfig,
     "kafka": KafkaConfig,
 }
 _WEBHOOK_SECTIONS: dict[str, type[Any]] = {
@@ -516,13 +533,13 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"[{label}] {field.name}: {problem}")
         for problem in _cross_checks(section):
             raise ConfigError(f"[{label}] {problem}")
-    for key in ("dsn", "reports_dsn"):
-        value = getattr(config.database, key)
-        if value is None or (key == "dsn" and config.database.is_embedded):
-            continue
-        problem = dsn_mod.problem(value.reveal())
+    if not config.database.is_embedded:
+        problem = dsn_mod.problem(config.database.dsn.reveal())
         if problem:
-            raise ConfigError(f"[database] {key}: {problem}")
+            raise ConfigError(f"[database] dsn: {problem}")
+    if config.reports is not None:
+        for problem in _reports_problems(config):
+            raise ConfigError(problem)
     if not re.fullmatch(r"https?://[^\s/?#@]+(/\S*)?", config.http.public_url, flags=re.IGNORECASE):
         raise ConfigError("[http] public_url: expected an http:// or https:// URL")
     window = parse_duration(config.webhooks.soft_bounce_window)
@@ -530,6 +547,16 @@ def _validate(config: Config) -> None:
         raise ConfigError("[webhooks] soft_bounce_window: must be from 1s to 365d")
     for problem in _relay_problems(config):
         raise ConfigError(problem)
+
+
+def _reports_problems(config: Config) -> list[str]:
+    assert config.reports is not None
+    if config.reports.is_embedded:
+        if not config.database.is_embedded:
+            return ['[reports] dsn: "embedded" needs [database] dsn = "embedded" (a second database there)']
+        return []
+    problem = dsn_mod.problem(config.reports.dsn.reveal())
+    return [f"[reports] dsn: {problem}"] if problem else []
 
 
 def _sections_of(config: Config) -> list[tuple[str, Any]]:

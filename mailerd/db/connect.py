@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -49,6 +50,35 @@ SESSION_SETTINGS = {"client_connection_check_interval": "1000"}
 
 def _with_session_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "server_settings": {**SESSION_SETTINGS, **kwargs.get("server_settings", {})}}
+
+
+EMBEDDED_REPORTS_DATABASE = "mailerd_reports"
+
+
+def reports_dsn(reports: config_mod.ReportsConfig, main_dsn: str) -> str:
+    """The reports database's DSN: its own, or for ``"embedded"`` a second database on the server
+    of ``main_dsn`` (the embedded one)."""
+    if not reports.is_embedded:
+        return reports.dsn.reveal()
+    parts = urlsplit(main_dsn)
+    path = "/" + EMBEDDED_REPORTS_DATABASE
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+async def ensure_database(main_dsn: str, name: str) -> bool:
+    """Create database ``name`` on ``main_dsn``'s server unless it exists (the embedded reports
+    database); True when it was created."""
+    conn = await asyncpg.connect(main_dsn)
+    try:
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name):
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:  # another process made it meanwhile
+            return False
+        return True
+    finally:
+        await conn.close()
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:

@@ -7,7 +7,6 @@ by ``sent_at`` (see :mod:`mailerd.db.partitions`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
@@ -66,20 +65,3 @@ async def flush_recorded(conn: asyncpg.Connection, flush_id: object) -> bool:
 async def record_flush(conn: asyncpg.Connection, flush_id: object) -> None:
     """Inside the flush's transaction: its id commits exactly when its rows do."""
     await conn.execute("INSERT INTO writer_flushes (id) VALUES ($1)", flush_id)
-
-
-async def campaign_page(
-    conn: asyncpg.Connection, campaign_id: int, *, after: int, limit: int, status: int | None = None
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` rows of the campaign with ``lead_id > after`` (and ``status``), by lead id,
-    read through the ``(campaign_id, lead_id)`` index."""
-    rows = await conn.fetch(
-        """SELECT lead_id, status, sent_at, provider_message_id, error FROM email_log
-           WHERE campaign_id = $1 AND lead_id > $2 AND ($3::smallint IS NULL OR status = $3)
-           ORDER BY lead_id LIMIT $4""",
-        campaign_id,
-        after,
-        status,
-        limit,
-    )
-    return [dict(r) for r in rows]

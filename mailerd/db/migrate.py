@@ -18,6 +18,21 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Schema:
+    """One set of migrations: its directory in ``mailerd.db`` and the table that records it."""
+
+    directory: str
+    table: str
+    lock_key: int
+
+
+MAIN = Schema("migrations", "mailerd_migrations", MIGRATION_LOCK_KEY)
+# The reports database (mailerd/db/reports_migrations): its own numbering and table, so it may
+# even share a database with the main schema.
+REPORTS = Schema("reports_migrations", "mailerd_reports_migrations", MIGRATION_LOCK_KEY + 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Migration:
     """One numbered SQL file."""
 
@@ -26,10 +41,10 @@ class Migration:
     sql: str
 
 
-def available() -> list[Migration]:
+def available(schema: Schema = MAIN) -> list[Migration]:
     """The migrations shipped with the package, in version order."""
     found = []
-    for entry in resources.files("mailerd.db").joinpath("migrations").iterdir():
+    for entry in resources.files("mailerd.db").joinpath(schema.directory).iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
@@ -40,31 +55,31 @@ def available() -> list[Migration]:
     return found
 
 
-async def applied(conn: asyncpg.Connection) -> set[int]:
+async def applied(conn: asyncpg.Connection, schema: Schema = MAIN) -> set[int]:
     """Versions already applied to this database (empty before the first migration)."""
-    exists = await conn.fetchval("SELECT to_regclass('mailerd_migrations') IS NOT NULL")
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", schema.table)
     if not exists:
         return set()
-    return {r["version"] for r in await conn.fetch("SELECT version FROM mailerd_migrations")}
+    return {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema.table}")}
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: asyncpg.Connection, schema: Schema = MAIN) -> list[Migration]:
     """Apply every pending migration; return the ones this call applied."""
     done: list[Migration] = []
-    for migration in available():
+    for migration in available(schema):
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", schema.lock_key)
             await conn.execute(
-                """CREATE TABLE IF NOT EXISTS mailerd_migrations (
+                f"""CREATE TABLE IF NOT EXISTS {schema.table} (
                        version    integer PRIMARY KEY,
                        name       text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            if migration.version in await applied(conn):
+            if migration.version in await applied(conn, schema):
                 continue
             await conn.execute(migration.sql)
             await conn.execute(
-                "INSERT INTO mailerd_migrations (version, name) VALUES ($1, $2)",
+                f"INSERT INTO {schema.table} (version, name) VALUES ($1, $2)",
                 migration.version,
                 migration.name,
             )
@@ -72,7 +87,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     return done
 
 
-async def pending(conn: asyncpg.Connection) -> list[Migration]:
+async def pending(conn: asyncpg.Connection, schema: Schema = MAIN) -> list[Migration]:
     """Migrations not yet applied: the daemon refuses to start while any remain."""
-    have = await applied(conn)
-    return [m for m in available() if m.version not in have]
+    have = await applied(conn, schema)
+    return [m for m in available(schema) if m.version not in have]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import time
-import typing
 from typing import Any
 
 import msgspec
@@ -13,11 +12,10 @@ from aiohttp import web
 
 from mailerd import campaigns, decoding, segments, suppressions
 from mailerd.db import campaigns as campaign_rows
-from mailerd.db import email_log, leads
+from mailerd.db import leads
 from mailerd.http import bodies, parsing
 from mailerd.http.errors import ApiError, Handler, json_response
 from mailerd.http.services import SERVICES, Services, pool
-from mailerd.models import LogStatus
 
 # --- campaigns -------------------------------------------------------------------------------
 
@@ -83,32 +81,6 @@ def _rate_and_eta(services: Services, info: dict[str, Any]) -> dict[str, Any]:
     remaining = max(info["matched"] - info["processed"], 0)
     eta = round(remaining / rate, 1) if rate > 0 else None
     return {"rate_per_s": round(rate, 1), "eta_s": eta}
-
-
-async def campaign_emails(request: web.Request) -> web.Response:
-    """GET /api/campaigns/{id}/emails?after=&limit=&status=: who got the campaign, one row per
-    lead, read through email_log's (campaign_id, lead_id) index with keyset pagination (on the
-    reports database when ``[database] reports_dsn`` is set)."""
-    services = request.app[SERVICES]
-    campaign_id = parsing.campaign_id(request)
-    query = parsing.query(request, bodies.EmailsQuery)
-    status = None if query.status is None else LogStatus[query.status.upper()]
-    async with (services.reports_pool or pool(request)).acquire() as conn:
-        rows = await email_log.campaign_page(
-            conn, campaign_id, after=query.after, limit=query.limit, status=status
-        )
-    emails = [
-        bodies.Email(
-            lead_id=row["lead_id"],
-            status=typing.cast(bodies.LogStatusName, LogStatus(row["status"]).name.lower()),
-            sent_at=row["sent_at"],
-            provider_message_id=row["provider_message_id"],
-            error=row["error"],
-        )
-        for row in rows
-    ]
-    next_after = emails[-1].lead_id if len(emails) == query.limit else None
-    return json_response(bodies.EmailPage(emails, next_after))
 
 
 def campaign_action(action: str) -> Handler:

@@ -11,7 +11,7 @@ parameter.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -38,6 +38,10 @@ NewCampaignExample = Annotated[
             }
         ]
     ),
+]
+PROVIDER_MESSAGE_ID = r"^[\x21-\x7e]{1,500}$"  # printable ASCII, as every provider's ids are
+ProviderMessageId = Annotated[
+    str, msgspec.Meta(pattern=PROVIDER_MESSAGE_ID, description="the provider's message id", examples=["m-1"])
 ]
 AccountId = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="the account (0 to 2^63 - 1)")]
 CampaignId = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="the campaign's id", examples=[1])]
@@ -153,33 +157,6 @@ class CampaignListQuery(msgspec.Struct, frozen=True):
     account_id: AccountId | None = None
     after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="keyset cursor: id > after")] = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
-
-
-class Email(msgspec.Struct, frozen=True):
-    """One ``email_log`` row of a campaign."""
-
-    lead_id: int
-    status: LogStatusName
-    sent_at: Time
-    provider_message_id: str | None
-    error: str | None
-
-
-class EmailPage(msgspec.Struct, frozen=True):
-    """A page of a campaign's log rows by lead id."""
-
-    emails: list[Email]
-    next_after: int | None
-
-
-class EmailsQuery(msgspec.Struct, frozen=True):
-    """``GET /api/campaigns/{id}/emails`` query (``status`` is case-insensitive)."""
-
-    lowercase: ClassVar[frozenset[str]] = frozenset({"status"})
-
-    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="keyset cursor: lead_id > after")] = 0
-    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
-    status: LogStatusName | None = None
 
 
 # --- segments --------------------------------------------------------------------------------

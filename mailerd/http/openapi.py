@@ -25,7 +25,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS_TEXT = {
     200: "OK",
     201: "Created",
-    400: "The body is not JSON (code invalid_json)",
+    400: "The body is not JSON (code invalid_json), or the request line is too long (code bad_request)",
     401: "Missing or invalid bearer token (code unauthorized)",
     404: "Not found (code not_found; error.field names the path parameter)",
     409: (
@@ -35,7 +35,10 @@ STATUS_TEXT = {
     413: "The body is larger than [http] max_body_bytes (code too_large)",
     422: "A field or query parameter is invalid (code invalid; error.field names it)",
     429: "Too many requests of this kind are running on the node (code busy); retry",
-    503: "The database is not available right now (code unavailable); retry",
+    503: (
+        "The database is not available right now (code unavailable); retry. Reports without a"
+        " reports database (code reports_unavailable): configure [reports]"
+    ),
 }
 
 # The type of each path parameter, by name.
@@ -44,6 +47,8 @@ PATH_PARAMETERS: dict[str, Any] = {
     "lead_id": bodies.LeadId,
     "provider": str,
     "token": str,
+    "account_id": bodies.AccountId,
+    "provider_message_id": bodies.ProviderMessageId,
 }
 # aiohttp's "{name:regex}" is "{name}" in the document.
 _PATTERNED = re.compile(r"{(\w+):[^{}]*}")
@@ -65,6 +70,7 @@ class Route:
     body: Any = None
     body_required: bool = True
     body_media_type: str = "application/json"
+    answer_media_type: str = "application/json"  # of its 2xx answers (errors are always JSON)
     query: type[msgspec.Struct] | None = None
     uses_database: bool = True
     documented: bool = True
@@ -101,7 +107,10 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
         "operationId": _operation_id(route.method, route.document_path),
-        "responses": {str(status): _response(status, kind, schemas) for status, kind in _answers(route)},
+        "responses": {
+            str(status): _response(status, kind, schemas, route.answer_media_type if status < 300 else None)
+            for status, kind in _answers(route)
+        },
     }
     if route.needs_token:
         operation["security"] = [{"bearer": []}]
@@ -146,10 +155,10 @@ def _answers(route: Route) -> list[tuple[int, Any]]:
     return sorted(answers.items())
 
 
-def _response(status: int, kind: Any, schemas: _Schemas) -> dict[str, Any]:
+def _response(status: int, kind: Any, schemas: _Schemas, media_type: str | None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": STATUS_TEXT.get(status, "")}
     if kind is not None:
-        response["content"] = {"application/json": {"schema": schemas.of(kind)}}
+        response["content"] = {media_type or "application/json": {"schema": schemas.of(kind)}}
     return response
 
 

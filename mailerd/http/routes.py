@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailerd import campaigns
-from mailerd.http import admin, bodies, health, leads, unsubscribe, webhooks
+from mailerd.http import admin, bodies, health, leads, report_bodies, reports, unsubscribe, webhooks
 from mailerd.http.errors import json_response
 from mailerd.http.openapi import Route
 
@@ -52,13 +52,30 @@ ROUTES: tuple[Route, ...] = (
         "A campaign's status, counts, rate and ETA",
         {200: bodies.CampaignWithRate},
     ),
+    # reports: read from the reports database ([reports]); 503 without it
+    Route(
+        "GET",
+        "/api/campaigns/{id}/report",
+        reports.campaign_report,
+        "A campaign's report: totals, rates, time series, top domains and bounce reasons",
+        {200: report_bodies.CampaignReport},
+        query=report_bodies.ReportQuery,
+    ),
     Route(
         "GET",
         "/api/campaigns/{id}/emails",
-        admin.campaign_emails,
-        "Who got the campaign: email_log rows by lead id",
-        {200: bodies.EmailPage},
-        query=bodies.EmailsQuery,
+        reports.campaign_emails,
+        "Who got the campaign: its emails by lead id (reports database)",
+        {200: report_bodies.ReportEmailPage},
+        query=report_bodies.ReportEmailsQuery,
+    ),
+    Route(
+        "GET",
+        "/api/campaigns/{id}/emails.csv",
+        reports.campaign_emails_csv,
+        "Every email of the campaign as CSV, streamed",
+        {200: str},
+        answer_media_type="text/csv",
     ),
     *(
         Route(
@@ -155,6 +172,38 @@ ROUTES: tuple[Route, ...] = (
         "Delete a lead (erase=true: erase it everywhere)",
         {200: bodies.LeadDeleted, 404: bodies.ErrorBody, 409: bodies.ErrorBody},
         query=bodies.LeadDeleteQuery,
+    ),
+    Route(
+        "GET",
+        "/api/leads/{lead_id:[0-9]+}/history",
+        reports.lead_history,
+        "A lead's emails and events, newest first",
+        {200: report_bodies.History, 404: bodies.ErrorBody},
+        query=report_bodies.LeadHistoryQuery,
+    ),
+    Route(
+        "GET",
+        "/api/leads/history",
+        reports.address_history,
+        "Every email and event of an address in an account, newest first",
+        {200: report_bodies.History},
+        query=report_bodies.AddressHistoryQuery,
+    ),
+    Route(
+        "GET",
+        "/api/accounts/{account_id:[0-9]+}/usage",
+        reports.account_usage,
+        "An account's emails and events per UTC day (billing, quotas)",
+        {200: report_bodies.Usage, 404: bodies.ErrorBody},
+        query=report_bodies.UsageQuery,
+    ),
+    Route(
+        "GET",
+        "/api/emails/{provider_message_id}",
+        reports.email_by_message,
+        "One email by its provider message id, with its events",
+        # 400: a request line longer than aiohttp reads (8190 bytes), answered before routing
+        {200: report_bodies.Message, 400: bodies.ErrorBody, 404: bodies.ErrorBody},
     ),
     Route("POST", "/webhooks/{provider}", webhooks.webhook, "Provider events", {200: None}, documented=False),
     Route("GET", "/u/{token}", unsubscribe.page, "Unsubscribe page", {200: None}, documented=False),

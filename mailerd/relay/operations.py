@@ -32,16 +32,16 @@ class OperationError(Exception):
     """A mistake in the command (an unknown destination...): its message is for the operator."""
 
 
-def configured(config: Config, name: str) -> Destination:
+def configured(config: Config, name: str, main_dsn: str) -> Destination:
     """The configured destination called ``name``."""
-    for destination in destinations.from_config(config):
+    for destination in destinations.from_config(config, main_dsn):
         if destination.name == name:
             return destination
     known = ", ".join(destinations.names(config)) or "none configured"
     raise OperationError(f"unknown destination {name!r} (configured: {known})")
 
 
-async def status(conn: asyncpg.Connection, config: Config) -> list[dict[str, Any]]:
+async def status(conn: asyncpg.Connection, config: Config, main_dsn: str) -> list[dict[str, Any]]:
     """Each configured destination's position, lag (records, seconds), last error, dead letters."""
     stored = {p.destination: p for p in await relay_db.positions(conn, destinations.names(config))}
     now = dt.datetime.now(dt.UTC)
@@ -54,7 +54,7 @@ async def status(conn: asyncpg.Connection, config: Config) -> list[dict[str, Any
         RELAY_LOCK_KEY,
     )
     result = []
-    for destination in destinations.from_config(config):
+    for destination in destinations.from_config(config, main_dsn):
         position = stored.get(destination.name)
         dead = await conn.fetchval(
             "SELECT count(*) FROM relay_dead_letters WHERE destination = $1 AND replayed_at IS NULL",

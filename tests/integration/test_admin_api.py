@@ -197,6 +197,7 @@ async def test_the_document_declares_parameters_and_every_answer(client: TestCli
         ("after", "query"),
         ("limit", "query"),
         ("status", "query"),
+        ("event", "query"),
     ]
     assert emails["parameters"][0]["schema"]["minimum"] == 1
     assert set(emails["responses"]) == {"200", "401", "404", "422", "503"}

@@ -197,13 +197,13 @@ async def test_missing_config_file_and_bad_environment_exit_1(tmp_path: Path) ->
     ],
 )
 async def test_check_config_hides_a_password_in_any_part_of_the_dsn(dsn: str, shown: str) -> None:
-    env = base_env(MAILERD_DSN=dsn, MAILERD_DATABASE__REPORTS_DSN=dsn)
+    env = base_env(MAILERD_DSN=dsn, MAILERD_REPORTS__DSN=dsn)
     result = await mailerd("check-config", env=env)
     assert result.returncode == 0, result.stderr
     assert "pw-hidden" not in result.stdout + result.stderr
     data = orjson.loads(result.stdout)
     assert data["database"]["dsn"] == shown
-    assert data["database"]["reports_dsn"] == shown
+    assert data["reports"]["dsn"] == shown
 
 
 async def test_a_key_value_dsn_is_a_config_error_that_does_not_show_it() -> None:

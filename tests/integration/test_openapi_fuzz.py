@@ -37,7 +37,9 @@ CHECKS = (
 )
 
 
-async def test_every_answer_matches_the_document(conn: asyncpg.Connection, dsn: str, tmp_path: Path) -> None:
+async def test_every_answer_matches_the_document(
+    conn: asyncpg.Connection, dsn: str, reports_dsn: str, tmp_path: Path
+) -> None:
     await add_leads(conn, 1, 30)
     emulator = sink.Sink()
     port = await emulator.start()
@@ -48,6 +50,8 @@ async def test_every_answer_matches_the_document(conn: asyncpg.Connection, dsn: 
                 # named as in the document's example campaign, so that example is created (201)
                 "providers": {"ses": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}"}},
                 "scheduler": {"poll_interval_s": 0.2},
+                # the report endpoints answer from a reports database (503 without one)
+                "reports": {"dsn": reports_dsn},
             },
             env={"MAILERD_ADMIN_TOKEN": TOKEN},
         )

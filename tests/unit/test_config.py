@@ -401,8 +401,21 @@ def test_inline_secrets_are_refused(tmp_path: Path, text: str, env_name: str) ->
 
 
 def test_an_inline_dsn_is_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[reports]\ndsn = "postgresql://reports/mailerd"')
+    loaded = config.load(path, env={}).reports
+    assert loaded is not None
+    assert loaded.dsn == config.Secret("postgresql://reports/mailerd")
+    assert loaded.retention_days == 400
+
+
+def test_the_old_reports_dsn_names_its_replacement(tmp_path: Path) -> None:
     path = write(tmp_path, '[database]\nreports_dsn = "postgresql://replica/mailerd"')
-    assert config.load(path, env={}).database.reports_dsn == config.Secret("postgresql://replica/mailerd")
+    assert "replaced by [reports] dsn" in load_error(path, {})
+
+
+def test_an_embedded_reports_database_needs_the_embedded_server(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\ndsn = "postgresql://db/m"\n[reports]\ndsn = "embedded"')
+    assert '[reports] dsn: "embedded" needs' in load_error(path, {})
 
 
 def test_secret_files_are_read_and_redacted(tmp_path: Path) -> None:
@@ -516,14 +529,14 @@ def test_an_empty_secret_in_the_environment_is_a_config_error(
         ("postgresql://u:pw/secret@db/d", "a port is not a number"),
     ],
 )
-@pytest.mark.parametrize("env_name", ["MAILERD_DSN", "MAILERD_DATABASE__REPORTS_DSN"])
+@pytest.mark.parametrize("env_name", ["MAILERD_DSN", "MAILERD_REPORTS__DSN"])
 def test_a_dsn_asyncpg_would_misread_is_refused_without_showing_it(
     tmp_path: Path, env_name: str, value: str, message: str
 ) -> None:
     path = write(tmp_path, "")
     error = load_error(path, {env_name: value})
-    key = "dsn" if env_name == "MAILERD_DSN" else "reports_dsn"
-    assert error.startswith(f"config error: {path}: [database] {key}: ")
+    section = "[database] dsn" if env_name == "MAILERD_DSN" else "[reports] dsn"
+    assert error.startswith(f"config error: {path}: {section}: ")
     assert message in error
     assert "secret" not in error
 
@@ -531,7 +544,7 @@ def test_a_dsn_asyncpg_would_misread_is_refused_without_showing_it(
 def test_redacted_hides_passwords_in_every_dsn_and_url(tmp_path: Path) -> None:
     env = {
         "MAILERD_DSN": "postgresql://u@db/d?sslmode=require&password=pw-query",
-        "MAILERD_DATABASE__REPORTS_DSN": "postgresql://r:pw-reports@replica/d",
+        "MAILERD_REPORTS__DSN": "postgresql://r:pw-reports@replica/d",
         "MAILERD_UNSUBSCRIBE__SECRET": "pw-unsubscribe",
         "MAILERD_WEBHOOKS__MAILGUN__SIGNING_KEY": "pw-mailgun",
         "MAILERD_WEBHOOKS__POSTMARK__PASSWORD": "pw-postmark",
@@ -543,7 +556,7 @@ def test_redacted_hides_passwords_in_every_dsn_and_url(tmp_path: Path) -> None:
     shown = repr(data) + repr(loaded) + str(loaded)
     assert "pw-" not in shown
     assert data["database"]["dsn"] == "postgresql://u@db/d?sslmode=require&password=**********"
-    assert data["database"]["reports_dsn"] == "postgresql://r:**********@replica/d"
+    assert data["reports"]["dsn"] == "postgresql://r:**********@replica/d"
     assert data["providers"]["ses"]["secret_access_key"] == "**********"
     assert data["unsubscribe"]["secret"] == "**********"
 
@@ -683,7 +696,7 @@ def test_example_secret_lines_work_when_uncommented(tmp_path: Path) -> None:
     text = re.sub(r"^#\[[\w.]+\]\n(?:#.*\n?)*", "", EXAMPLE.read_text(encoding="utf-8"), flags=re.MULTILINE)
     lines = re.findall(r"^# ((\w+)_file) = \"([^\"]+)\"$", text, flags=re.MULTILINE)
     assert {key for key, _, _ in lines} >= {
-        "dsn_file", "reports_dsn_file", "admin_tokens_file",
+        "dsn_file", "admin_tokens_file",
         "access_key_id_file", "secret_access_key_file", "api_key_file",
     }  # fmt: skip
     for key, _, original in lines:
@@ -695,7 +708,6 @@ def test_example_secret_lines_work_when_uncommented(tmp_path: Path) -> None:
     ses = loaded.provider("ses")
     assert ses.api_key == config.Secret("value-of-api_key_file")
     assert ses.secret_access_key == config.Secret("value-of-secret_access_key_file")
-    assert loaded.database.reports_dsn == config.Secret("postgresql://value-of-reports_dsn_file/db")
     assert loaded.http.admin_tokens == (config.Secret("value-of-admin_tokens_file"),)
 
 
@@ -721,7 +733,7 @@ def test_example_documents_every_key() -> None:
         f.name: hints[f.name]
         for f in dataclasses.fields(config.Config)
         # [kafka] and [callbacks.NAME] are commented out: tests/unit/test_relay_config.py
-        if f.name not in ("providers", "source", "webhooks", "kafka", "callbacks")
+        if f.name not in ("providers", "source", "webhooks", "kafka", "callbacks", "reports")
     }
     expected["providers.ses"] = config.ProviderConfig
     expected["webhooks"] = config.sections._WebhookScalars

@@ -1,0 +1,295 @@
+"""Loading the reports database: rows in, rollups up, idempotent on the record id.
+
+Each kind is one statement: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` the rows actually
+inserted, and in the same statement (data-modifying CTEs) the rollups add exactly those rows. A
+record delivered again conflicts on its key (the record id, with the partition key that never
+changes for it) and so changes no count. The caller runs a batch in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+# The counters of every rollup, in this order.
+COUNTERS = (
+    "sent",
+    "failed",
+    "unknown",
+    "suppressed",
+    "delivered",
+    "bounced_hard",
+    "bounced_soft",
+    "complained",
+    "unsubscribed",
+)
+# What each counter counts: emails by status, events by type.
+_EMAIL_COUNTERS = {"sent": "sent", "failed": "failed", "unknown": "unknown", "suppressed": "suppressed"}
+_EVENT_COUNTERS = {
+    "delivered": "delivered",
+    "bounced_hard": "hard_bounce",
+    "bounced_soft": "soft_bounce",
+    "complained": "complaint",
+    "unsubscribed": "unsubscribe",
+}
+# A diagnostic quotes the recipient: one reason for every recipient, and no address kept.
+_ADDRESS_PATTERN = r"[^\s<>()\[\]\",;:\x27]+@[^\s<>()\[\]\",;:\x27]+"
+
+
+def _indicators(column: str, counters: dict[str, str]) -> str:
+    """``(status = 'sent')::int AS sent, ...`` for every counter (0 for the other kind's)."""
+    parts = []
+    for counter in COUNTERS:
+        value = counters.get(counter)
+        parts.append(f"({column} = '{value}')::int AS {counter}" if value else f"0 AS {counter}")
+    return ", ".join(parts)
+
+
+def _rollups(source: str) -> str:
+    """The CTEs that add ``source``'s rows (campaign_id, account_id, at, domain, counters) to the
+    three rollups."""
+    sums = ", ".join(f"sum({c})" for c in COUNTERS)
+    cols = ", ".join(COUNTERS)
+    add = ", ".join(f"{c} = {{table}}.{c} + EXCLUDED.{c}" for c in COUNTERS)
+    return f""",
+minutes AS (
+    INSERT INTO report_campaign_minutes (campaign_id, minute, {cols})
+    SELECT campaign_id, date_trunc('minute', at), {sums} FROM {source}
+    WHERE campaign_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (campaign_id, minute) DO UPDATE SET {add.format(table="report_campaign_minutes")}
+),
+domains AS (
+    INSERT INTO report_campaign_domains (campaign_id, domain, {cols})
+    SELECT campaign_id, coalesce(domain, ''), {sums} FROM {source}
+    WHERE campaign_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (campaign_id, domain) DO UPDATE SET {add.format(table="report_campaign_domains")}
+),
+days AS (
+    INSERT INTO report_account_days (account_id, day, {cols})
+    SELECT account_id, (at AT TIME ZONE 'UTC')::date, {sums} FROM {source}
+    WHERE account_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (account_id, day) DO UPDATE SET {add.format(table="report_account_days")}
+)"""
+
+
+LOAD_EMAILS = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::bigint[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[])
+        AS t(campaign_id, lead_id, sent_at, account_id, address, provider, provider_message_id, status,
+             reason)
+),
+inserted AS (
+    INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain, provider,
+                               provider_message_id, status, reason)
+    SELECT campaign_id, lead_id, sent_at, account_id, lower(address),
+           nullif(lower(split_part(address, '@', 2)), ''), provider, provider_message_id, status, reason
+    FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING campaign_id, account_id, sent_at AS at, domain, status
+),
+counted AS (
+    SELECT campaign_id, account_id, at, domain, {_indicators("status", _EMAIL_COUNTERS)} FROM inserted
+){_rollups("counted")}
+SELECT count(*) FROM inserted
+"""
+
+LOAD_EVENTS = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                         $13::timestamptz[])
+        AS t(provider, provider_event_id, received_at, type, account_id, campaign_id, lead_id, address,
+             provider_message_id, provider_type, reason, smtp_status, occurred_at)
+),
+inserted AS (
+    INSERT INTO report_events (provider, provider_event_id, received_at, type, account_id, campaign_id,
+                               lead_id, address, domain, provider_message_id, provider_type, reason,
+                               smtp_status, occurred_at)
+    SELECT provider, provider_event_id, received_at, type, account_id, campaign_id, lead_id, lower(address),
+           nullif(lower(split_part(address, '@', 2)), ''), provider_message_id, provider_type, reason,
+           smtp_status, occurred_at
+    FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING campaign_id, account_id, occurred_at AS at, domain, type, reason, smtp_status
+),
+counted AS (
+    SELECT campaign_id, account_id, at, domain, {_indicators("type", _EVENT_COUNTERS)} FROM inserted
+){_rollups("counted")},
+reasons AS (
+    INSERT INTO report_bounce_reasons (campaign_id, bounce, smtp_status, reason, count, last_at)
+    SELECT campaign_id, CASE type WHEN 'hard_bounce' THEN 'hard' ELSE 'soft' END, coalesce(smtp_status, ''),
+           left(regexp_replace(coalesce(reason, ''), '{_ADDRESS_PATTERN}', '<address>', 'g'), 300),
+           count(*), max(at)
+    FROM inserted
+    WHERE campaign_id IS NOT NULL AND type IN ('hard_bounce', 'soft_bounce')
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (campaign_id, bounce, smtp_status, reason) DO UPDATE
+        SET count = report_bounce_reasons.count + EXCLUDED.count,
+            last_at = greatest(report_bounce_reasons.last_at, EXCLUDED.last_at)
+)
+SELECT count(*) FROM inserted
+"""
+
+
+def _columns(rows: Sequence[dict[str, Any]], names: Iterable[str]) -> list[list[Any]]:
+    return [[row[name] for row in rows] for name in names]
+
+
+async def load_emails(conn: asyncpg.Connection, records: Sequence[dict[str, Any]]) -> int:
+    """``email`` records (their fields); returns how many were new."""
+    names = ["campaign_id", "lead_id", "sent_at", "account_id", "address", "provider"]
+    names += ["provider_message_id", "status", "reason"]
+    return int(await conn.fetchval(LOAD_EMAILS, *_columns(records, names)))
+
+
+async def load_events(conn: asyncpg.Connection, records: Sequence[dict[str, Any]]) -> int:
+    """``event`` records (their fields); returns how many were new."""
+    names = ["provider", "provider_event_id", "received_at", "type", "account_id", "campaign_id", "lead_id"]
+    names += ["address", "provider_message_id", "provider_type", "reason", "smtp_status", "occurred_at"]
+    return int(await conn.fetchval(LOAD_EVENTS, *_columns(records, names)))
+
+
+async def load_campaigns(conn: asyncpg.Connection, records: Sequence[dict[str, Any]]) -> None:
+    """``campaign`` records: the newest generation of each campaign wins."""
+    await conn.executemany(
+        """INSERT INTO report_campaigns (campaign_id, account_id, generation, status, at)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (campaign_id) DO UPDATE
+               SET generation = EXCLUDED.generation, status = EXCLUDED.status, at = EXCLUDED.at
+               WHERE report_campaigns.generation < EXCLUDED.generation""",
+        [(r["campaign_id"], r["account_id"], r["generation"], r["status"], r["at"]) for r in records],
+    )
+
+
+# --- partitions ---------------------------------------------------------------------------------
+
+PARTITIONED = ("report_emails", "report_events")
+
+
+def month_of(at: dt.datetime) -> dt.date:
+    """The first day (UTC) of ``at``'s month: the partition it belongs to."""
+    utc = at.astimezone(dt.UTC)
+    return dt.date(utc.year, utc.month, 1)
+
+
+def next_month(month: dt.date) -> dt.date:
+    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def partition_name(table: str, month: dt.date) -> str:
+    return f"{table}_p{month:%Y%m}"
+
+
+async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> None:
+    """Each month's partition of every partitioned table (already there: nothing happens)."""
+    for month in sorted(set(months)):
+        start, end = month.isoformat(), next_month(month).isoformat()
+        for table in PARTITIONED:
+            exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", partition_name(table, month))
+            if not exists:
+                await conn.execute(
+                    f"""CREATE TABLE IF NOT EXISTS {partition_name(table, month)} PARTITION OF {table}
+                        FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')"""
+                )
+
+
+async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
+    """Drop the monthly partitions that end on or before ``cutoff``, and rollup rows older than
+    it; returns the partitions dropped."""
+    rows = await conn.fetch(
+        """SELECT c.relname FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+           WHERE p.relname = ANY($1::text[]) AND c.relname ~ '_p[0-9]{6}$'""",
+        list(PARTITIONED),
+    )
+    dropped = []
+    for row in rows:
+        name = row["relname"]
+        month = dt.date(int(name[-6:-2]), int(name[-2:]), 1)
+        if next_month(month) <= cutoff:
+            await conn.execute(f"DROP TABLE {name}")
+            dropped.append(name)
+    start = dt.datetime.combine(cutoff, dt.time(), dt.UTC)
+    await conn.execute("DELETE FROM report_campaign_minutes WHERE minute < $1", start)
+    await conn.execute("DELETE FROM report_account_days WHERE day < $1", cutoff)
+    return sorted(dropped)
+
+
+# --- erasure ------------------------------------------------------------------------------------
+
+ERASED_MARK = "<erased>"
+# HMAC-SHA256 of lower(address) in SQL, as the main database computes it (mailerd.db.erasure).
+_HMAC = "sha256($4::bytea || sha256($3::bytea || convert_to(lower(address), 'UTF8')))"
+
+
+async def erase(
+    conn: asyncpg.Connection,
+    erasure_id: str,
+    account_id: int,
+    lead_ids: Sequence[int],
+    hashes: Sequence[bytes],
+    pads: tuple[bytes, bytes] | None,
+) -> int:
+    """Remove the erased people's addresses from every table (counts stay): rows of their lead
+    ids, and rows whose address hashes to one of ``hashes`` (when the key's ``pads`` are known).
+    Returns the rows changed; an erasure applied before changes nothing."""
+    first = await conn.fetchval(
+        """INSERT INTO report_erasures (id, account_id, at) VALUES ($1, $2, now())
+           ON CONFLICT DO NOTHING RETURNING true""",
+        erasure_id,
+        account_id,
+    )
+    if not first:
+        return 0
+    by_hash = f"OR (address IS NOT NULL AND {_HMAC} = ANY($5::bytea[]))" if pads else ""
+    args: list[Any] = [account_id, list(lead_ids)]
+    if pads:
+        args += [pads[0], pads[1], list(hashes)]
+    addresses: list[str] = await conn.fetchval(
+        f"""SELECT coalesce(array_agg(DISTINCT address), '{{}}') FROM (
+                SELECT address FROM report_emails
+                WHERE account_id = $1 AND address IS NOT NULL AND (lead_id = ANY($2::bigint[]) {by_hash})
+                UNION ALL
+                SELECT address FROM report_events
+                WHERE (account_id = $1 OR account_id IS NULL) AND address IS NOT NULL
+                  AND (lead_id = ANY($2::bigint[]) {by_hash})
+            ) found""",
+        *args,
+    )
+    changed = 0
+    status = await conn.execute(
+        """UPDATE report_emails SET address = NULL
+           WHERE account_id = $1 AND (lead_id = ANY($2::bigint[]) OR address = ANY($3::text[]))""",
+        account_id,
+        list(lead_ids),
+        addresses,
+    )
+    changed += int(status.rsplit(" ", 1)[-1])
+    # The provider's event id carries the recipient: hashed as the main database does, so the same
+    # event read again after the erasure has the same key here.
+    status = await conn.execute(
+        """UPDATE report_events SET address = NULL,
+               provider_event_id = CASE WHEN address = ANY($3::text[])
+                   THEN encode(sha256(convert_to(provider_event_id, 'UTF8')), 'hex')
+                   ELSE provider_event_id END
+           WHERE (account_id = $1 OR account_id IS NULL)
+             AND (lead_id = ANY($2::bigint[]) OR address = ANY($3::text[]))""",
+        account_id,
+        list(lead_ids),
+        addresses,
+    )
+    changed += int(status.rsplit(" ", 1)[-1])
+    for address in addresses:
+        for table in ("report_emails", "report_events"):
+            await conn.execute(
+                f"""UPDATE {table} SET reason = replace(reason, $2, $3)
+                    WHERE (account_id = $1 OR account_id IS NULL) AND strpos(reason, $2) > 0""",
+                account_id,
+                address,
+                ERASED_MARK,
+            )
+    return changed

@@ -1,0 +1,200 @@
+"""Reading the reports database: each report one or two indexed queries, never a scan.
+
+Totals, series, domains and bounce reasons come from the rollups; lists (a campaign's emails, a
+lead's history, one message) from ``report_emails`` / ``report_events`` through their indexes,
+with keyset pagination.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from mailerd.db.reports_load import COUNTERS
+
+_SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COUNTERS)
+_COLUMNS = ", ".join(COUNTERS)
+
+
+async def campaign_totals(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
+    """Every counter of the campaign (zeros when nothing was loaded)."""
+    row = await conn.fetchrow(
+        f"SELECT {_SUMS} FROM report_campaign_minutes WHERE campaign_id = $1", campaign_id
+    )
+    return dict(row)
+
+
+async def campaign_series(
+    conn: asyncpg.Connection, campaign_id: int, unit: str, limit: int
+) -> list[dict[str, Any]]:
+    """The counters per ``unit`` (``minute`` or ``hour``, UTC), the latest ``limit`` buckets, oldest
+    first."""
+    assert unit in ("minute", "hour")
+    rows = await conn.fetch(
+        f"""SELECT * FROM (
+                SELECT date_trunc('{unit}', minute, 'UTC') AS at, {_SUMS}
+                FROM report_campaign_minutes WHERE campaign_id = $1
+                GROUP BY 1 ORDER BY 1 DESC LIMIT $2
+            ) latest ORDER BY at""",
+        campaign_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def top_domains(conn: asyncpg.Connection, campaign_id: int, limit: int) -> list[dict[str, Any]]:
+    """The campaign's recipient domains with the most emails."""
+    rows = await conn.fetch(
+        f"""SELECT domain, {_COLUMNS} FROM report_campaign_domains WHERE campaign_id = $1
+            ORDER BY sent + failed + unknown + suppressed DESC, domain LIMIT $2""",
+        campaign_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def top_bounce_reasons(conn: asyncpg.Connection, campaign_id: int, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT bounce, smtp_status, reason, count, last_at FROM report_bounce_reasons
+           WHERE campaign_id = $1 ORDER BY count DESC, bounce, smtp_status, reason LIMIT $2""",
+        campaign_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def latest_status(conn: asyncpg.Connection, campaign_id: int) -> str | None:
+    """The campaign's status as the last campaign record said."""
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM report_campaigns WHERE campaign_id = $1", campaign_id
+    )
+    return status
+
+
+_EMAIL = "lead_id, address, status, sent_at, provider_message_id, reason"
+
+
+async def campaign_emails(
+    conn: asyncpg.Connection, campaign_id: int, *, after: int, limit: int, status: str | None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` emails of the campaign with ``lead_id > after`` (and ``status``), by lead id."""
+    if status is None:
+        sql = f"""SELECT {_EMAIL} FROM report_emails WHERE campaign_id = $1 AND lead_id > $2
+                  ORDER BY lead_id LIMIT $3"""
+        rows = await conn.fetch(sql, campaign_id, after, limit)
+    else:
+        sql = f"""SELECT {_EMAIL} FROM report_emails WHERE campaign_id = $1 AND status = $4 AND lead_id > $2
+                  ORDER BY lead_id LIMIT $3"""
+        rows = await conn.fetch(sql, campaign_id, after, limit, status)
+    return [dict(r) for r in rows]
+
+
+async def campaign_emails_with_event(
+    conn: asyncpg.Connection, campaign_id: int, event: str, *, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` emails of the campaign whose lead had an ``event`` (bounced, complained...)
+    with ``lead_id > after``, by lead id: the events' ``(campaign_id, type, lead_id)`` index first."""
+    columns = ", ".join(f"e.{name}" for name in _EMAIL.split(", "))
+    rows = await conn.fetch(
+        f"""WITH found AS (
+                SELECT DISTINCT lead_id FROM report_events
+                WHERE campaign_id = $1 AND type = $2 AND lead_id > $3 ORDER BY lead_id LIMIT $4
+            )
+            SELECT {columns} FROM found
+            JOIN report_emails e ON e.campaign_id = $1 AND e.lead_id = found.lead_id
+            ORDER BY e.lead_id""",
+        campaign_id,
+        event,
+        after,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def export_emails(
+    conn: asyncpg.Connection, campaign_id: int, write: Callable[[bytes], Awaitable[None]]
+) -> None:
+    """Every email of the campaign as CSV (with a header), streamed through ``write`` by COPY:
+    the rows never sit in memory here."""
+    await conn.copy_from_query(
+        f"""SELECT {_EMAIL} FROM report_emails WHERE campaign_id = $1 ORDER BY lead_id""",
+        campaign_id,
+        output=write,
+        format="csv",
+        header=True,
+    )
+
+
+# --- a lead's history ---------------------------------------------------------------------------
+
+# Emails and events as one list, newest first: (at, id) is the keyset (id is the record id).
+_HISTORY_EMAILS = """
+    SELECT 'email' AS kind, 'email:' || campaign_id || ':' || lead_id AS id, sent_at AS at, campaign_id,
+           lead_id, address, status AS what, provider_message_id, reason, NULL::text AS smtp_status
+    FROM report_emails WHERE {where}"""
+_HISTORY_EVENTS = """
+    SELECT 'event', 'event:' || provider || ':' || provider_event_id, occurred_at, campaign_id, lead_id,
+           address, type, provider_message_id, reason, smtp_status
+    FROM report_events WHERE {where}"""
+
+
+async def history(
+    conn: asyncpg.Connection,
+    *,
+    account_id: int,
+    lead_id: int | None,
+    address: str | None,
+    before: tuple[dt.datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A lead's emails and events (by lead id, or by address), newest first, before the cursor."""
+    who = "account_id = $1 AND lead_id = $2" if lead_id is not None else "account_id = $1 AND address = $2"
+    union = _HISTORY_EMAILS.format(where=who) + " UNION ALL " + _HISTORY_EVENTS.format(where=who)
+    condition = "" if before is None else "WHERE (at, id) < ($3::timestamptz, $4::text)"
+    limit_arg = "$3" if before is None else "$5"
+    args: list[Any] = [account_id, lead_id if lead_id is not None else address]
+    if before is not None:
+        args += [before[0], before[1]]
+    rows = await conn.fetch(
+        f"SELECT * FROM ({union}) history {condition} ORDER BY at DESC, id DESC LIMIT {limit_arg}",
+        *args,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- usage and one message ----------------------------------------------------------------------
+
+
+async def usage(
+    conn: asyncpg.Connection, account_id: int, start: dt.date, end: dt.date
+) -> list[dict[str, Any]]:
+    """The account's counters per UTC day in ``[start, end]``, days without any left out."""
+    rows = await conn.fetch(
+        f"""SELECT day, {_COLUMNS} FROM report_account_days
+            WHERE account_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day""",
+        account_id,
+        start,
+        end,
+    )
+    return [dict(r) for r in rows]
+
+
+async def message(conn: asyncpg.Connection, provider_message_id: str) -> dict[str, Any] | None:
+    """The email a provider message id names, with its events (oldest first)."""
+    row = await conn.fetchrow(
+        f"""SELECT campaign_id, account_id, provider, {_EMAIL} FROM report_emails
+            WHERE provider_message_id = $1 ORDER BY sent_at LIMIT 1""",
+        provider_message_id,
+    )
+    if row is None:
+        return None
+    events = await conn.fetch(
+        """SELECT type, provider, occurred_at, received_at, reason, smtp_status, provider_type
+           FROM report_events WHERE provider_message_id = $1 ORDER BY occurred_at, received_at""",
+        provider_message_id,
+    )
+    return {**dict(row), "events": [dict(e) for e in events]}

@@ -1,0 +1,271 @@
+"""The report API: every answer read from the reports database (``[reports]``), never the hot log.
+
+Without ``[reports]`` these endpoints answer 503 ``reports_unavailable`` (a campaign's totals are
+still ``GET /api/campaigns/{id}``, from ``campaign_stats``). Each answer carries ``as_of``, the
+reports destination's position time on the main database: everything committed before it is in
+the reports database.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from mailerd.db import campaigns as campaign_rows
+from mailerd.db import relay as relay_db
+from mailerd.db import reports_read
+from mailerd.db.reports_load import COUNTERS
+from mailerd.http import parsing
+from mailerd.http import report_bodies as bodies
+from mailerd.http.bodies import MAX_ID, PROVIDER_MESSAGE_ID, LogStatusName
+from mailerd.http.errors import ApiError, json_response
+from mailerd.http.services import SERVICES, pool
+
+REPORTS_DESTINATION = "reports"
+MAX_USAGE_DAYS = 3660
+DEFAULT_USAGE_DAYS = 30
+_SENDING = frozenset({"running", "paused", "scheduled"})
+
+
+def reports_pool(request: web.Request) -> asyncpg.Pool:
+    """The reports database's pool; 503 saying why when ``[reports]`` is not configured."""
+    found = request.app[SERVICES].reports_pool
+    if found is None:
+        raise ApiError(
+            503,
+            "reports_unavailable",
+            "reports need the reports database: configure [reports] dsn (campaign totals stay at "
+            "GET /api/campaigns/{id})",
+        )
+    return found
+
+
+async def _as_of(request: web.Request) -> dt.datetime | None:
+    async with pool(request).acquire() as conn:
+        found = await relay_db.positions(conn, [REPORTS_DESTINATION])
+    return found[0].as_of if found else None
+
+
+def _counts(row: Mapping[str, Any]) -> bodies.Counts:
+    return bodies.Counts(*(int(row[name]) for name in COUNTERS))
+
+
+def _rates(counts: bodies.Counts) -> bodies.Rates:
+    sent = counts.sent
+    if sent == 0:
+        return bodies.Rates(0.0, 0.0, 0.0, 0.0, 0.0)
+    bounced = counts.bounced_hard + counts.bounced_soft
+
+    def share(count: int) -> float:
+        return round(count / sent, 6)
+
+    return bodies.Rates(
+        share(counts.delivered), share(bounced), share(counts.bounced_hard), share(counts.complained),
+        share(counts.unsubscribed),
+    )  # fmt: skip
+
+
+async def _campaign(request: web.Request, campaign_id: int) -> tuple[asyncpg.Record, dt.datetime | None]:
+    """The campaign's row from the main database (404 when there is none) and ``as_of``, on one
+    connection."""
+    async with pool(request).acquire() as conn:
+        row = await campaign_rows.get(conn, campaign_id)
+        found = await relay_db.positions(conn, [REPORTS_DESTINATION]) if row is not None else []
+    if row is None:
+        raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id")
+    return row, found[0].as_of if found else None
+
+
+async def campaign_report(request: web.Request) -> web.Response:
+    """GET /api/campaigns/{id}/report"""
+    campaign_id = parsing.campaign_id(request)
+    query = parsing.query(request, bodies.ReportQuery)
+    reports = reports_pool(request)
+    info, as_of = await _campaign(request, campaign_id)
+    unit = "minute" if info["status"] in _SENDING else "hour"
+    async with reports.acquire() as conn:
+        totals = _counts(await reports_read.campaign_totals(conn, campaign_id))
+        series = await reports_read.campaign_series(conn, campaign_id, unit, query.points)
+        domains = await reports_read.top_domains(conn, campaign_id, query.top)
+        reasons = await reports_read.top_bounce_reasons(conn, campaign_id, query.top)
+    report = bodies.CampaignReport(
+        campaign_id=campaign_id,
+        account_id=info["account_id"],
+        status=info["status"],
+        as_of=as_of,
+        totals=totals,
+        rates=_rates(totals),
+        granularity=typing.cast(typing.Literal["minute", "hour"], unit),
+        series=[bodies.SeriesPoint(row["at"], _counts(row)) for row in series],
+        top_domains=[
+            bodies.DomainReport(row["domain"], counts, _rates(counts))
+            for row in domains
+            for counts in [_counts(row)]
+        ],
+        top_bounce_reasons=[msgspec.convert(row, bodies.BounceReason) for row in reasons],
+    )
+    return json_response(report)
+
+
+def _email(row: Mapping[str, Any]) -> bodies.ReportEmail:
+    return bodies.ReportEmail(
+        lead_id=row["lead_id"],
+        address=row["address"],
+        status=typing.cast(LogStatusName, row["status"]),
+        sent_at=row["sent_at"],
+        provider_message_id=row["provider_message_id"],
+        error=row["reason"],
+    )
+
+
+async def campaign_emails(request: web.Request) -> web.Response:
+    """GET /api/campaigns/{id}/emails?after=&limit=&status=: the campaign's emails by lead id."""
+    campaign_id = parsing.campaign_id(request)
+    query = parsing.query(request, bodies.ReportEmailsQuery)
+    if query.event is not None and query.status is not None:
+        raise ApiError(422, "invalid", "status: give status or event, not both", "status")
+    reports = reports_pool(request)
+    _, as_of = await _campaign(request, campaign_id)
+    async with reports.acquire() as conn:
+        if query.event is None:
+            rows = await reports_read.campaign_emails(
+                conn, campaign_id, after=query.after, limit=query.limit, status=query.status
+            )
+        else:
+            rows = await reports_read.campaign_emails_with_event(
+                conn, campaign_id, query.event, after=query.after, limit=query.limit
+            )
+    emails = [_email(row) for row in rows]
+    next_after = emails[-1].lead_id if len(emails) == query.limit else None
+    return json_response(bodies.ReportEmailPage(as_of, emails, next_after))
+
+
+async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
+    """GET /api/campaigns/{id}/emails.csv: every email, streamed by COPY (flat memory)."""
+    campaign_id = parsing.campaign_id(request)
+    reports = reports_pool(request)
+    _, as_of = await _campaign(request, campaign_id)
+    response = web.StreamResponse(
+        headers={
+            "content-type": "text/csv; charset=utf-8",
+            "content-disposition": f'attachment; filename="campaign-{campaign_id}-emails.csv"',
+            "x-as-of": as_of.isoformat() if as_of else "",
+        }
+    )
+    async with reports.acquire() as conn:
+        await response.prepare(request)
+        await reports_read.export_emails(conn, campaign_id, response.write)
+    await response.write_eof()
+    return response
+
+
+# --- a lead's history --------------------------------------------------------------------------
+
+
+def _cursor(item: bodies.HistoryItem) -> str:
+    text = f"{item.at.isoformat()}|{item.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _parse_cursor(text: str | None) -> tuple[dt.datetime, str] | None:
+    if text is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        at, record_id = raw.split("|", 1)
+        when = dt.datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("no zone")
+    except ValueError:
+        raise ApiError(422, "invalid", "before: not a cursor this API gave (next_before)", "before") from None
+    return when, record_id
+
+
+async def _history(
+    request: web.Request,
+    account_id: int,
+    lead_id: int | None,
+    address: str | None,
+    before: str | None,
+    limit: int,
+) -> web.Response:
+    cursor = _parse_cursor(before)
+    reports = reports_pool(request)
+    async with reports.acquire() as conn:
+        rows = await reports_read.history(
+            conn, account_id=account_id, lead_id=lead_id, address=address, before=cursor, limit=limit
+        )
+    items = [msgspec.convert(row, bodies.HistoryItem) for row in rows]
+    next_before = _cursor(items[-1]) if len(items) == limit else None
+    return json_response(bodies.History(await _as_of(request), account_id, items, next_before))
+
+
+async def lead_history(request: web.Request) -> web.Response:
+    """GET /api/leads/{lead_id}/history?account_id=: the lead's emails and events, newest first."""
+    text = request.match_info["lead_id"]
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
+        raise ApiError(404, "not_found", "no such lead", "lead_id")
+    query = parsing.query(request, bodies.LeadHistoryQuery)
+    return await _history(request, query.account_id, int(text), None, query.before, query.limit)
+
+
+async def address_history(request: web.Request) -> web.Response:
+    """GET /api/leads/history?account_id=&email=: every email and event of an address."""
+    query = parsing.query(request, bodies.AddressHistoryQuery)
+    return await _history(
+        request, query.account_id, None, query.email.strip().lower(), query.before, query.limit
+    )
+
+
+# --- usage and one message ---------------------------------------------------------------------
+
+
+def usage_range(start: dt.date | None, end: dt.date | None, today: dt.date) -> tuple[dt.date, dt.date]:
+    """``[from, to]`` with their defaults (the last 30 days to today); 422 for a bad range."""
+    end = end or today
+    start = start or end - dt.timedelta(days=DEFAULT_USAGE_DAYS - 1)
+    if start > end:
+        raise ApiError(422, "invalid", f"from: {start} is after to ({end})", "from")
+    if (end - start).days >= MAX_USAGE_DAYS:
+        raise ApiError(422, "invalid", f"to: at most {MAX_USAGE_DAYS} days from `from`", "to")
+    return start, end
+
+
+async def account_usage(request: web.Request) -> web.Response:
+    """GET /api/accounts/{account_id}/usage?from=&to=: per UTC day, for billing and quotas."""
+    text = request.match_info["account_id"]
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
+        raise ApiError(404, "not_found", "no such account", "account_id")
+    account_id = int(text)
+    query = parsing.query(request, bodies.UsageQuery)
+    start, end = usage_range(query.start, query.end, dt.datetime.now(dt.UTC).date())
+    reports = reports_pool(request)
+    async with reports.acquire() as conn:
+        rows = await reports_read.usage(conn, account_id, start, end)
+    days = [bodies.UsageDay(row["day"], _counts(row)) for row in rows]
+    totals = {name: sum(int(row[name]) for row in rows) for name in COUNTERS}
+    usage = bodies.Usage(await _as_of(request), account_id, start, end, days, _counts(totals))
+    return json_response(usage)
+
+
+async def email_by_message(request: web.Request) -> web.Response:
+    """GET /api/emails/{provider_message_id}: one email with its events."""
+    message_id = request.match_info["provider_message_id"]
+    if not re.fullmatch(PROVIDER_MESSAGE_ID, message_id):
+        raise ApiError(404, "not_found", "not a provider message id", "provider_message_id")
+    reports = reports_pool(request)
+    async with reports.acquire() as conn:
+        found = await reports_read.message(conn, message_id)
+    if found is None:
+        raise ApiError(404, "not_found", "no email with this provider message id", "provider_message_id")
+    found["error"] = found.pop("reason")
+    found["as_of"] = await _as_of(request)
+    return json_response(msgspec.convert(found, bodies.Message))

@@ -1,0 +1,292 @@
+"""The report API on a running daemon whose relay loads a real reports database: the numbers equal
+what the hot log and the events say (bounces and complaints from the emulator's webhooks), a
+replay changes none of them, a lead's history is exactly its emails and events, and the error
+answers (unknown ids, bad ranges, no [reports])."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mailerd import campaigns, http
+from mailerd import config as config_mod
+from mailerd.db import connect
+from mailerd.emulator import sink
+from mailerd.emulator import webhooks as emulator_webhooks
+from mailerd.relay import operations
+from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+from tests.integration.test_cli_basics import base_env, mailerd
+
+TOKEN = "report-token"
+SECRET = config_mod.Secret(TOKEN)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAST_RELAY = {"poll_interval_ms": 50, "batch_records": 400, "retry_base_s": 0.05, "retry_max_s": 0.5}
+STATUSES = {1: "sent", 2: "failed", 3: "unknown", 4: "suppressed"}
+EVENT_COUNTERS = {
+    "delivered": "delivered",
+    "hard_bounce": "bounced_hard",
+    "soft_bounce": "bounced_soft",
+    "complaint": "complained",
+    "unsubscribe": "unsubscribed",
+}
+
+
+async def expected_totals(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
+    """The campaign's counts straight from the hot log and the events (what every report must say)."""
+    totals = dict.fromkeys([*STATUSES.values(), *EVENT_COUNTERS.values()], 0)
+    for row in await conn.fetch(
+        "SELECT status, count(*) FROM email_log WHERE campaign_id = $1 GROUP BY 1", campaign_id
+    ):
+        totals[STATUSES[row[0]]] = row[1]
+    for row in await conn.fetch(
+        "SELECT kind, count(*) FROM email_events WHERE campaign_id = $1 GROUP BY 1", campaign_id
+    ):
+        totals[EVENT_COUNTERS[row[0]]] = row[1]
+    return totals
+
+
+async def get(session: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
+    async with session.get(url) as response:
+        body = await response.json()
+        assert response.status == status, body
+        return body
+
+
+async def test_reports_equal_the_log_and_events_and_a_replay_changes_nothing(
+    conn: asyncpg.Connection, dsn: str, reports_dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 600)
+    poster = emulator_webhooks.WebhookPoster(
+        "http://127.0.0.1:1", "ses", bounce_rate=0.15, complaint_rate=0.08, seed=7
+    )
+    emulator = sink.Sink(seed=7, webhooks=poster)
+    port = await emulator.start()
+    config = daemon_config(
+        port,
+        relay=FAST_RELAY,
+        reports={"dsn": reports_dsn},
+        webhooks={"ses": poster.signer.daemon_settings(tmp_path)},
+    )
+    config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_tokens=(SECRET,)))
+    try:
+        async with running_daemon(config, dsn) as daemon, aiohttp.ClientSession(headers=AUTH) as session:
+            api = f"http://127.0.0.1:{daemon.port}/api"
+            poster.url = f"http://127.0.0.1:{daemon.port}/webhooks/ses"
+            campaign_id = await campaigns.create(conn, new_campaign(), config)
+            await wait_for_status(conn, campaign_id)
+            # Every bounce and complaint the emulator drew has been answered (pending counts only
+            # the queued ones, not those being posted).
+            counters = poster.counters
+            async with asyncio.timeout(60):
+                while (
+                    counters.posted == 0
+                    or counters.posted + counters.failed < counters.bounces + counters.complaints
+                ):
+                    await asyncio.sleep(0.05)
+            want = await expected_totals(conn, campaign_id)
+            assert want["sent"] == 200 and want["bounced_hard"] > 0 and want["complained"] > 0
+            async with asyncio.timeout(60):
+                while (report := await get(session, f"{api}/campaigns/{campaign_id}/report"))[
+                    "totals"
+                ] != want:
+                    await asyncio.sleep(0.1)
+            await _check_report(report, want)
+            await _check_lists(conn, session, api, campaign_id, want)
+            await _check_errors(session, api)
+            await _check_cli(f"http://127.0.0.1:{daemon.port}", campaign_id, want)
+            # Every record again through the destination (as after a crash or `relay replay`).
+            destination = operations.configured(config, "reports", dsn)
+            try:
+                result = await operations.replay_range(
+                    conn, destination, start=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+                    end=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1), campaign_id=None, batch=500,
+                )  # fmt: skip
+            finally:
+                await destination.close()
+            assert result.delivered >= 200
+            again = await get(session, f"{api}/campaigns/{campaign_id}/report")
+            assert {k: v for k, v in again.items() if k != "as_of"} == {
+                k: v for k, v in report.items() if k != "as_of"
+            }
+    finally:
+        await emulator.close()
+
+
+async def _check_report(report: dict[str, Any], want: dict[str, int]) -> None:
+    assert report["status"] == "finished" and report["granularity"] == "hour"
+    assert report["as_of"] is not None
+    sent = want["sent"]
+    assert report["rates"]["hard_bounce"] == round(want["bounced_hard"] / sent, 6)
+    assert report["rates"]["complaint"] == round(want["complained"] / sent, 6)
+    series = {key: sum(point["counts"][key] for point in report["series"]) for key in want}
+    assert series == want
+    assert [d["domain"] for d in report["top_domains"]] == ["example.com"]
+    assert report["top_domains"][0]["counts"] == want
+    reasons = report["top_bounce_reasons"]
+    assert sum(r["count"] for r in reasons if r["bounce"] == "hard") == want["bounced_hard"]
+    assert all("@" not in r["reason"] for r in reasons)
+
+
+async def _check_lists(
+    conn: asyncpg.Connection, session: aiohttp.ClientSession, api: str, campaign_id: int, want: dict[str, int]
+) -> None:
+    # Keyset pages of the sent emails: every one exactly once.
+    seen: list[int] = []
+    after = 0
+    while after is not None:
+        page = await get(session, f"{api}/campaigns/{campaign_id}/emails?status=SENT&limit=64&after={after}")
+        seen += [email["lead_id"] for email in page["emails"]]
+        after = page["next_after"]
+    assert seen == sorted(seen) and len(set(seen)) == want["sent"]
+    bounced_list = await get(session, f"{api}/campaigns/{campaign_id}/emails?event=hard_bounce&limit=10000")
+    hard = await conn.fetchval(
+        "SELECT count(DISTINCT lead_id) FROM email_events WHERE campaign_id = $1 AND kind = 'hard_bounce'",
+        campaign_id,
+    )
+    assert len(bounced_list["emails"]) == hard > 0
+    async with session.get(f"{api}/campaigns/{campaign_id}/emails.csv") as response:
+        assert response.status == 200 and response.content_type == "text/csv"
+        lines = (await response.text()).splitlines()
+    assert lines[0] == "lead_id,address,status,sent_at,provider_message_id,reason" and len(lines) == 201
+    # One bounced lead: its history is exactly its email and its events, newest first.
+    bounced = await conn.fetchrow(
+        "SELECT lead_id, email FROM email_events WHERE campaign_id = $1 AND kind = 'hard_bounce' LIMIT 1",
+        campaign_id,
+    )
+    events = await conn.fetch(
+        "SELECT provider, provider_event_id FROM email_events WHERE lead_id = $1", bounced[0]
+    )
+    expected = {f"email:{campaign_id}:{bounced[0]}"} | {f"event:{e[0]}:{e[1]}" for e in events}
+    history = await get(session, f"{api}/leads/{bounced[0]}/history?account_id=1&limit=1")
+    items = history["items"]
+    while history["next_before"] is not None:
+        history = await get(
+            session, f"{api}/leads/{bounced[0]}/history?account_id=1&limit=1&before={history['next_before']}"
+        )
+        items += history["items"]
+    assert [i["id"] for i in items if i["id"] in expected] == [i["id"] for i in items]
+    assert {i["id"] for i in items} == expected and len(items) == len(expected)
+    assert [i["at"] for i in items] == sorted((i["at"] for i in items), reverse=True)
+    by_address = await get(session, f"{api}/leads/history?account_id=1&email={bounced[1].upper()}")
+    assert {i["id"] for i in by_address["items"]} == expected
+    message_id = next(i["provider_message_id"] for i in items if i["kind"] == "email")
+    message = await get(session, f"{api}/emails/{message_id}")
+    assert message["lead_id"] == bounced[0] and "hard_bounce" in [e["type"] for e in message["events"]]
+    today = dt.datetime.now(dt.UTC).date()
+    usage = await get(session, f"{api}/accounts/1/usage?from={today - dt.timedelta(days=2)}&to={today}")
+    assert usage["totals"] == want  # the only campaign of account 1
+
+
+async def _check_cli(url: str, campaign_id: int, want: dict[str, int]) -> None:
+    """``mailerd report ...`` (three processes at once): tables, and --json as the API says."""
+    api = ["--url", url, "--token", TOKEN]
+    env = base_env()
+    table, usage, lead = await asyncio.gather(
+        mailerd("report", "campaign", str(campaign_id), *api, env=env),
+        mailerd("report", "usage", "--account", "1", "--json", *api, env=env),
+        mailerd("report", "lead", "--account", "1", "--email", "nobody@example.org", *api, env=env),
+    )
+    assert table.returncode == 0, table.stderr
+    assert "top bounce reasons:" in table.stdout and "5.1.1" in table.stdout
+    counts = table.stdout.split("\n")[4].split()
+    assert counts[0] == str(want["sent"]) and counts[5] == str(want["bounced_hard"]), table.stdout
+    assert usage.returncode == 0 and orjson.loads(usage.stdout)["totals"] == want
+    assert lead.returncode == 0 and "kind" in lead.stdout and "email:" not in lead.stdout
+
+
+async def _check_errors(session: aiohttp.ClientSession, api: str) -> None:
+    for path in (
+        "campaigns/999/report",
+        "campaigns/999/emails",
+        "campaigns/999/emails.csv",
+        "emails/no-such",
+    ):
+        body = await get(session, f"{api}/{path}", 404)
+        assert body["error"]["code"] == "not_found"
+    for path, field in (
+        ("accounts/1/usage?from=2026-02-01&to=2026-01-01", "from"),
+        ("accounts/1/usage?from=2000-01-01&to=2026-01-01", "to"),
+        ("accounts/1/usage?from=yesterday", "from"),
+        ("leads/1/history?account_id=1&before=bm90LWEtY3Vyc29y", "before"),
+        ("leads/1/history", "account_id"),
+        ("campaigns/1/emails?status=bounced", "status"),
+        ("campaigns/1/emails?status=sent&event=complaint", "status"),
+    ):
+        body = await get(session, f"{api}/{path}", 422)
+        assert body["error"]["field"] == field, path
+
+
+@pytest.fixture
+async def client_without_reports(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
+    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+    app = http.build_app(http.Services(pool, config, http.Health(started=True)))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def test_without_reports_the_endpoints_say_so_and_totals_stay(
+    client_without_reports: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    config = daemon_config(1)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), config)
+    for path in (
+        f"/api/campaigns/{campaign_id}/report",
+        f"/api/campaigns/{campaign_id}/emails",
+        f"/api/campaigns/{campaign_id}/emails.csv",
+        "/api/leads/1/history?account_id=1",
+        "/api/leads/history?account_id=1&email=a@b.c",
+        "/api/accounts/1/usage",
+        "/api/emails/m-1",
+    ):
+        response = await client_without_reports.get(path, headers=AUTH)
+        assert response.status == 503, path
+        error = (await response.json())["error"]
+        assert error["code"] == "reports_unavailable" and "[reports]" in error["message"]
+    response = await client_without_reports.get(f"/api/campaigns/{campaign_id}", headers=AUTH)
+    assert response.status == 200 and (await response.json())["status"] == "draft"
+
+
+async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
+    pool: asyncpg.Pool, reports_dsn: str, conn: asyncpg.Connection
+) -> None:
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    reports = await connect.create_pool(reports_dsn, min_size=1, max_size=2)
+    try:
+        await reports.execute(
+            """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
+                                          provider, provider_message_id, status)
+               SELECT $1, n, '2026-03-04T05:06:07Z', 1, 'someone' || n || '@example.com', 'example.com',
+                      'sink', 'message-id-' || n, 'sent'
+               FROM generate_series(1, 100000) n""",
+            campaign_id,
+        )
+        config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+        app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
+        async with TestClient(TestServer(app)) as client:
+            tracemalloc.start()
+            try:
+                response = await client.get(f"/api/campaigns/{campaign_id}/emails.csv", headers=AUTH)
+                assert response.status == 200
+                size = lines = 0
+                async for chunk in response.content.iter_chunked(65536):
+                    size += len(chunk)
+                    lines += chunk.count(b"\n")
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    finally:
+        await reports.close()
+    assert lines == 100_001
+    assert size > 7_000_000
+    assert peak < size / 4, f"peak {peak} bytes for a {size}-byte export"

@@ -1,0 +1,173 @@
+"""The reports destination against a real reports database: rows and rollups from records, a
+record delivered twice changes nothing, an erasure removes the address everywhere (counts stay),
+retention drops whole months."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from mailerd import config as config_mod
+from mailerd.db import connect, reports_load, reports_schema
+from mailerd.erasure import key_pads
+from mailerd.relay import records
+from mailerd.relay.records import Record
+from mailerd.relay.reports import ReportsDestination
+
+AT = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+KEY = "erasure-key-for-tests"
+
+
+def email(lead: int, status: int = 1, *, campaign: int = 7, at: dt.datetime = AT) -> Record:
+    return records.email(
+        tx=lead, campaign_id=campaign, lead_id=lead, status=status, provider_message_id=f"m-{lead}",
+        error=None if status == 1 else "refused", sent_at=at, account_id=3, provider="sink",
+        address=f"Lead{lead}@Example.COM" if lead % 2 else f"lead{lead}@other.org",
+    )  # fmt: skip
+
+
+def event(lead: int, kind: str, *, reason: str | None = None, campaign: int = 7) -> Record:
+    return records.event(
+        {
+            "tx": 1000 + lead, "kind": kind, "account_id": 3, "campaign_id": campaign, "lead_id": lead,
+            "email": f"lead{lead}@example.com" if lead % 2 else f"lead{lead}@other.org", "provider": "ses",
+            "provider_event_id": f"ev-{kind}-{lead}:lead{lead}@example.com",
+            "provider_message_id": f"m-{lead}",
+            "provider_type": None, "reason": reason, "smtp_status": "5.1.1" if "bounce" in kind else None,
+            "occurred_at": AT + dt.timedelta(minutes=2), "received_at": AT + dt.timedelta(minutes=2),
+        }
+    )  # fmt: skip
+
+
+def batch() -> list[Record]:
+    """Ten emails (one failed, one unknown), two hard bounces, a soft one, a complaint, deliveries."""
+    out = [email(n) for n in range(1, 9)] + [email(9, 2), email(10, 3)]
+    out += [event(n, "delivered") for n in range(3, 9)]
+    out += [event(1, "hard_bounce", reason="550 5.1.1 <lead1@example.com>: no such user")]
+    out += [event(2, "hard_bounce", reason="550 5.1.1 <lead2@other.org>: no such user")]
+    out += [event(3, "soft_bounce", reason="452 mailbox full"), event(4, "complaint")]
+    return records.merged(out)
+
+
+@pytest.fixture
+async def reports(reports_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect.connect(reports_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def destination(reports_dsn: str) -> ReportsDestination:
+    privacy = config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY))
+    return ReportsDestination(config_mod.ReportsConfig(), reports_dsn, privacy)
+
+
+async def totals(conn: asyncpg.Connection, table: str) -> dict[str, int]:
+    sums = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in reports_load.COUNTERS)
+    return dict(await conn.fetchrow(f"SELECT {sums} FROM {table}"))
+
+
+async def snapshot(conn: asyncpg.Connection) -> list[object]:
+    return [
+        await totals(conn, "report_campaign_minutes"),
+        await totals(conn, "report_campaign_domains"),
+        await totals(conn, "report_account_days"),
+        await conn.fetch("SELECT * FROM report_bounce_reasons ORDER BY 1, 2, 3, 4"),
+        await conn.fetchval("SELECT count(*) FROM report_emails"),
+        await conn.fetchval("SELECT count(*) FROM report_events"),
+    ]
+
+
+async def test_records_load_rows_and_rollups_and_twice_changes_nothing(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    target = destination(reports_dsn)
+    try:
+        await target.deliver(batch())
+        first = await snapshot(reports)
+        # Delivered again (a crash before the position's commit), and again split otherwise.
+        await target.deliver(batch())
+        await target.deliver(batch()[3:9])
+    finally:
+        await target.close()
+    assert await snapshot(reports) == first
+    want = {
+        "sent": 8, "failed": 1, "unknown": 1, "suppressed": 0, "delivered": 6, "bounced_hard": 2,
+        "bounced_soft": 1, "complained": 1, "unsubscribed": 0,
+    }  # fmt: skip
+    assert first[0] == first[1] == first[2] == want
+    domains = await reports.fetch(
+        "SELECT domain, sent, bounced_hard FROM report_campaign_domains WHERE campaign_id = 7 ORDER BY domain"
+    )
+    assert [tuple(r) for r in domains] == [("example.com", 4, 1), ("other.org", 4, 1)]
+    reasons = await reports.fetch("SELECT bounce, smtp_status, reason, count FROM report_bounce_reasons")
+    assert sorted(tuple(r) for r in reasons) == [
+        ("hard", "5.1.1", "550 5.1.1 <<address>>: no such user", 2),
+        ("soft", "5.1.1", "452 mailbox full", 1),
+    ]
+    address = await reports.fetchval("SELECT address FROM report_emails WHERE lead_id = 1")
+    assert address == "lead1@example.com"  # stored lower-cased
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202603") == 10
+
+
+async def test_an_erasure_removes_the_address_from_every_table_and_counts_stay(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    ipad, opad = key_pads(KEY.encode())
+    # An event that matched no lead but names the address: found by its keyed hash.
+    stray = records.event(
+        {
+            "tx": 5000, "kind": "complaint", "account_id": None, "campaign_id": None, "lead_id": None,
+            "email": "lead1@example.com", "provider": "ses", "provider_event_id": "stray:lead1@example.com",
+            "provider_message_id": None, "provider_type": None, "reason": "from lead1@example.com",
+            "smtp_status": None, "occurred_at": AT, "received_at": AT,
+        }
+    )  # fmt: skip
+    hashed = await reports.fetchval(
+        "SELECT sha256($2::bytea || sha256($1::bytea || convert_to('lead1@example.com', 'UTF8')))", ipad, opad
+    )
+    erasure = records.erasure(
+        {"tx": 6000, "id": 1, "account_id": 3, "email_hashes": [hashed], "lead_ids": [1], "at": AT}
+    )
+    target = destination(reports_dsn)
+    try:
+        await target.deliver([*batch(), stray])
+        before = await snapshot(reports)
+        await target.deliver([erasure])
+        await target.deliver([erasure])  # twice: applied once
+    finally:
+        await target.close()
+    for table in ("report_emails", "report_events"):
+        found = await reports.fetchval(
+            f"SELECT count(*) FROM {table} "
+            "WHERE address = 'lead1@example.com' OR lead_id = 1 AND address IS NOT NULL"
+        )
+        assert found == 0, table
+        text = await reports.fetchval(f"SELECT string_agg(t::text, ' ') FROM {table} t")
+        assert "lead1@" not in text and "Lead1@" not in text, table
+    assert await reports.fetchval("SELECT count(*) FROM report_emails WHERE address IS NULL") == 1
+    assert await reports.fetchval("SELECT count(*) FROM report_events WHERE address IS NULL") == 2
+    assert (
+        await reports.fetchval("SELECT count(*) FROM report_events WHERE address = 'lead3@example.com'") == 2
+    )
+    after = await snapshot(reports)
+    assert after[:4] == before[:4]  # counts stay
+    assert await reports.fetchval("SELECT count(*) FROM report_erasures") == 1
+
+
+async def test_retention_drops_whole_months_only(reports: asyncpg.Connection, reports_dsn: str) -> None:
+    old = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)
+    target = destination(reports_dsn)
+    try:
+        await target.deliver([email(1, at=old), email(2, at=AT)])
+    finally:
+        await target.close()
+    dropped = await reports_schema.maintain(reports, 30, now=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    assert dropped == ["report_emails_p202501", "report_events_p202501"]
+    assert await reports.fetchval("SELECT count(*) FROM report_emails") == 1
+    assert await reports.fetchval("SELECT count(*) FROM report_account_days") == 1
+    assert await reports.fetchval("SELECT to_regclass('report_emails_p202604') IS NOT NULL")

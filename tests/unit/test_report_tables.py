@@ -1,0 +1,32 @@
+"""The report commands' tables and the usage range (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from mailerd.commands.reports import table
+from mailerd.http.errors import ApiError
+from mailerd.http.reports import usage_range
+
+
+def test_a_table_aligns_numbers_right_and_formats_them() -> None:
+    text = table(["domain", "sent", "rate"], [["example.com", 12345, 0.125], ["b.org", 7, None]])
+    assert text.splitlines() == [
+        "domain         sent    rate",
+        "-----------  ------  ------",
+        "example.com  12,345  12.50%",
+        "b.org             7",
+    ]
+
+
+def test_the_usage_range_defaults_to_the_last_30_days_and_refuses_bad_ones() -> None:
+    today = dt.date(2026, 3, 31)
+    assert usage_range(None, None, today) == (dt.date(2026, 3, 2), today)
+    assert usage_range(dt.date(2026, 1, 1), None, today) == (dt.date(2026, 1, 1), today)
+    with pytest.raises(ApiError) as refused:
+        usage_range(dt.date(2026, 4, 1), dt.date(2026, 3, 1), today)
+    assert refused.value.status == 422 and refused.value.body.error.field == "from"
+    with pytest.raises(ApiError):
+        usage_range(dt.date(2000, 1, 1), today, today)
