@@ -24,6 +24,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_page(request: web.Request) -> web.Response:
     """Prometheus exposition of the default registry (``mailerd_ready`` as of this request)."""
-    metrics.READY.set(1 if request.app[SERVICES].health.ready() else 0)
+    services = request.app.get(SERVICES)  # a `mailerd relay run` process serves none
+    if services is not None:
+        metrics.READY.set(1 if services.health.ready() else 0)
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

@@ -37,6 +37,7 @@ def event(lead: int, kind: str, *, reason: str | None = None, campaign: int = 7)
             "provider_event_id": f"ev-{kind}-{lead}:lead{lead}@example.com",
             "provider_message_id": f"m-{lead}",
             "provider_type": None, "reason": reason, "smtp_status": "5.1.1" if "bounce" in kind else None,
+            "bounce_class": "invalid_recipient" if kind == "hard_bounce" else None,
             "occurred_at": AT + dt.timedelta(minutes=2), "received_at": AT + dt.timedelta(minutes=2),
         }
     )  # fmt: skip
@@ -124,7 +125,7 @@ async def test_an_erasure_removes_the_address_from_every_table_and_counts_stay(
             "tx": 5000, "kind": "complaint", "account_id": None, "campaign_id": None, "lead_id": None,
             "email": "lead1@example.com", "provider": "ses", "provider_event_id": "stray:lead1@example.com",
             "provider_message_id": None, "provider_type": None, "reason": "from lead1@example.com",
-            "smtp_status": None, "occurred_at": AT, "received_at": AT,
+            "smtp_status": None, "bounce_class": None, "occurred_at": AT, "received_at": AT,
         }
     )  # fmt: skip
     hashed = await reports.fetchval(
