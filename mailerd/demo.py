@@ -181,6 +181,10 @@ async def _run_demo(dsn: str, reports_dsn: str, lead_count: int, as_json: bool, 
                 # The relay loads the reports database; the report at the end is read from it.
                 "reports": {"dsn": reports_dsn},
                 "relay": {"poll_interval_ms": 100},
+                # The emulator complains at 0.2%, well past the guard's default (0.08%, below
+                # SES's review threshold), so that the demo shows suppression at work: a real
+                # campaign with those figures would be paused (docs/guards.md).
+                "guards": {"max_complaint_rate": 0.01},
             },
             env={"MAILERD_UNSUBSCRIBE__SECRET": secrets.token_hex(32), "MAILERD_ADMIN_TOKEN": token},
         )
