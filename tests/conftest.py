@@ -53,10 +53,9 @@ def pg_server() -> Iterator[str]:
             server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def template_db(pg_server: str) -> Iterator[str]:
-    """A database migrated once per run; tests clone it."""
-    name = f"mailerd_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+def _migrated_template(pg_server: str, prefix: str, schema: migrate.Schema) -> Iterator[str]:
+    """A database created and migrated once per run (per xdist worker), dropped at the end."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
     async def create() -> None:
         admin = await asyncpg.connect(pg_server)
@@ -66,7 +65,7 @@ def template_db(pg_server: str) -> Iterator[str]:
             await admin.close()
         conn = await db_connect.connect(with_database(pg_server, name))
         try:
-            await migrate.migrate(conn)
+            await migrate.migrate(conn, schema)
         finally:
             await conn.close()
 
@@ -82,6 +81,12 @@ def template_db(pg_server: str) -> Iterator[str]:
         yield name
     finally:
         asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> Iterator[str]:
+    """A database migrated once per run; tests clone it."""
+    yield from _migrated_template(pg_server, "mailerd_tpl", migrate.MAIN)
 
 
 @contextlib.asynccontextmanager
@@ -141,32 +146,7 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 def reports_template_db(pg_server: str) -> Iterator[str]:
     """A reports database migrated once per run (mailerd/db/reports_migrations); tests clone it."""
-    name = f"mailerd_rtpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(pg_server)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        conn = await db_connect.connect(with_database(pg_server, name))
-        try:
-            await migrate.migrate(conn, migrate.REPORTS)
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(pg_server)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-    try:
-        yield name
-    finally:
-        asyncio.run(drop())
+    yield from _migrated_template(pg_server, "mailerd_rtpl", migrate.REPORTS)
 
 
 @pytest.fixture
