@@ -28,22 +28,17 @@ from mailerd.config.loading import (
 from mailerd.config.sections import (
     PROVIDER_KINDS,
     PROVIDER_MAX_BATCH,
-    RELAY_EVENT_TYPES,
-    RELAY_KINDS,
-    CallbackConfig,
     Config,
     ContentConfig,
     DatabaseConfig,
     GuardsConfig,
     HttpConfig,
-    KafkaConfig,
     LoggingConfig,
     MailgunWebhookConfig,
     NodeConfig,
     PostmarkWebhookConfig,
     PrivacyConfig,
     ProviderConfig,
-    RelayConfig,
     ReportsConfig,
     RetentionConfig,
     SchedulerConfig,
@@ -52,6 +47,13 @@ from mailerd.config.sections import (
     UnsubscribeConfig,
     WebhooksConfig,
     WriterConfig,
+)
+from mailerd.config.stream import (
+    RELAY_EVENT_TYPES,
+    RELAY_KINDS,
+    CallbackConfig,
+    KafkaConfig,
+    RelayConfig,
 )
 
 __all__ = [

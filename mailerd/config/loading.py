@@ -19,11 +19,11 @@ from mailerd.config.fields import ConfigError, Secret
 from mailerd.config.sections import (
     _SECTIONS,
     _WEBHOOK_SECTIONS,
-    CallbackConfig,
     Config,
     ProviderConfig,
     _build,
 )
+from mailerd.config.stream import CallbackConfig
 
 DEFAULT_CONFIG_PATH = "/etc/mailerd/mailerd.toml"
 ENV_PREFIX = "MAILERD_"
