@@ -40,16 +40,19 @@ def _body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-async def _max_lag(samples: int, interval_s: float = 0.05) -> float:
-    """The largest lag of this event loop (the daemon's: it runs in this process) over
-    ``samples`` timer wake-ups, sampled the way mailerd.looplag does."""
+async def _lag(samples: int, interval_s: float = 0.05) -> float:
+    """The second-largest lag of this event loop (the daemon's: it runs in this process) over
+    ``samples`` timer wake-ups, sampled the way mailerd.looplag does. Not the largest: on a
+    machine other work keeps busy the OS may deschedule the process once for a few hundred ms
+    (seen: 0.36 s once in five busy runs), while a render on the loop stalls it at every one of
+    the six refusals."""
     loop = asyncio.get_running_loop()
-    worst = 0.0
+    lags = []
     for _ in range(samples):
         asked = loop.time()
         await asyncio.sleep(interval_s)
-        worst = max(worst, loop.time() - asked - interval_s)
-    return worst
+        lags.append(loop.time() - asked - interval_s)
+    return sorted(lags)[-2]
 
 
 async def test_over_budget_templates_are_refused_while_another_campaign_sends_and_the_loop_stays_responsive(
@@ -74,7 +77,7 @@ async def test_over_budget_templates_are_refused_while_another_campaign_sends_an
         async with running_daemon(config, dsn) as daemon, aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{daemon.port}/api/campaigns"
             await wait_for_status(conn, sending, ("running",))
-            sending_only = await _max_lag(20)
+            sending_only = await _lag(20)
             answers: list[tuple[int, str]] = []
 
             async def refuse() -> None:
@@ -84,7 +87,7 @@ async def test_over_budget_templates_are_refused_while_another_campaign_sends_an
 
             async with asyncio.TaskGroup() as group:
                 group.create_task(refuse())
-                measured = group.create_task(_max_lag(20))
+                measured = group.create_task(_lag(20))
             lag = measured.result()
             still_sending = (await campaigns.show(conn, sending) or {}).get("status")
             info = await wait_for_status(conn, sending, timeout=60)
