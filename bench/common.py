@@ -221,13 +221,19 @@ BENCH_API_KEY = "bench-provider-key"
 
 
 async def start_sink(
-    workdir: Path, *, latency_ms: float | None = None, record: Path | None = None, kind: str = "ses"
+    workdir: Path,
+    *,
+    latency_ms: float | None = None,
+    record: Path | None = None,
+    kind: str = "ses",
+    extra: Sequence[str] = (),
 ) -> tuple[asyncio.subprocess.Process, int]:
     """``mailerd sink --listen 127.0.0.1:0 --seed 1`` (``--api KIND``, or ``--smtp`` for smtp)
-    logging to ``workdir/sink.log``; the bound port is read from its first line."""
+    plus ``extra`` options, logging to ``workdir/sink.log``; the bound port is read from its
+    first line."""
     log_path = workdir / "sink.log"
     where = ["--smtp", "127.0.0.1:0"] if kind == "smtp" else ["--api", kind, "--listen", "127.0.0.1:0"]
-    options = [*where, "--seed", "1"]
+    options = [*where, "--seed", "1", *extra]
     if latency_ms is not None:
         options += ["--latency-ms", str(latency_ms)]
     if record is not None:

@@ -50,15 +50,14 @@ from common import (
     NAIVE_SCHEMA,
     BenchError,
     checkpoint,
-    child_env,
     free_port,
     fresh_database,
     loadavg,
     server_dsn,
     start_daemon,
+    start_sink,
     stop_daemons,
     stop_process,
-    tail,
     wait_finished,
 )
 
@@ -268,26 +267,15 @@ async def start_sink_with_webhooks(
 ) -> tuple[asyncio.subprocess.Process, int, str]:
     """``mailerd sink`` posting signed SES bounces to the daemon; its port and the daemon's
     ``[webhooks.ses]`` section."""
-    log_path = workdir / "sink.log"
     settings_dir = workdir / "webhook-settings"
-    with log_path.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailerd", "sink", "--api", "ses", "--listen", "127.0.0.1:0",
-            "--seed", "1", "--webhook-url", f"http://127.0.0.1:{daemon_port}/webhooks/ses",
+    process, port = await start_sink(
+        workdir,
+        extra=[
+            "--webhook-url", f"http://127.0.0.1:{daemon_port}/webhooks/ses",
             "--bounce-rate", str(bounce_rate), "--webhook-settings", str(settings_dir),
-            stdout=asyncio.subprocess.PIPE, stderr=log_file, env=child_env(),
-        )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(30):
-            line = (await process.stdout.readline()).decode()
-    except TimeoutError:
-        await stop_process(process)
-        raise BenchError(f"the sink did not report its port:\n{tail(log_path)}") from None
-    if not line.startswith("sink listening on "):
-        await stop_process(process)
-        raise BenchError(f"unexpected sink output {line!r}:\n{tail(log_path)}")
-    return process, int(line.rsplit(":", 1)[1]), (settings_dir / "webhooks.toml").read_text()
+        ],
+    )  # fmt: skip
+    return process, port, (settings_dir / "webhooks.toml").read_text()
 
 
 async def mailerd_way(
