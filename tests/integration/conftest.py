@@ -1,11 +1,13 @@
-"""Fixtures of the integration tests beyond the shared ones: the Kafka broker for the relay."""
+"""Fixtures of the integration tests beyond the shared ones: the Kafka broker and the callback
+receiver for the relay."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.callback_receiver import Receiver
 from tests.kafka_broker import Tansu
 
 
@@ -18,3 +20,14 @@ def broker() -> Iterator[Tansu]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A callback endpoint that verifies Standard Webhooks signatures (tests/callback_receiver.py)."""
+    server = Receiver()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()

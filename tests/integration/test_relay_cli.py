@@ -4,12 +4,10 @@ and a real callback endpoint."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import orjson
-import pytest
 
 from mailerd.db import relay as relay_db
 from mailerd.relay import records
@@ -18,16 +16,6 @@ from tests.callback_receiver import Receiver
 from tests.integration.relay_rows import NOW, log_rows, make_campaign
 from tests.integration.test_cli_basics import base_env, mailerd
 from tests.kafka_broker import Consumer, Tansu, topic_names
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 def write_config(path: Path, dsn: str, broker: Tansu, topics: dict[str, str], receiver: Receiver) -> Path:

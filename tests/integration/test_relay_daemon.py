@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from mailerd import campaigns
 from mailerd.emulator import sink
@@ -28,16 +26,6 @@ FAST_RELAY = {
     "retry_base_s": 0.05,
     "retry_max_s": 0.5,
 }
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 async def expected_ids(conn: asyncpg.Connection, campaign_id: int) -> set[str]:
