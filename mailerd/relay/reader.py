@@ -9,7 +9,9 @@ When a table has more, the tx of its last row becomes the cutoff: rows at or abo
 dropped from the batch (from every table), so every transaction below the cutoff is read whole
 and none above it partly. The new position is :func:`~mailerd.relay.position.advance` (P, S,
 cutoff): transactions running in S stay unpassed whatever the cutoff. One transaction with more
-rows than a batch (a writer flush of ``flush_rows``) is read whole on its own.
+rows than a batch (a writer flush of ``flush_rows``) is read whole on its own; the reader then
+takes at least that many rows per read (up to ``MAX_WHOLE``), so the next flushes of that size
+come in one read instead of a capped read thrown away and a second one.
 
 Far behind (a destination that was down), a read from P to S would scan and sort the whole
 backlog for every batch. So the reader also bounds the range it scans, ``[P.xmax, P.xmax +
@@ -32,6 +34,7 @@ from mailerd.relay.position import Snapshot, advance
 from mailerd.relay.records import Record
 
 _MIN_SPAN = 64
+MAX_WHOLE = 100_000  # the most rows a read grows to after reading a big transaction whole
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +59,12 @@ class Reader:
         ]
         self._limit = limit
         self.span: int | None = None
+        self.whole_reads = 0  # transactions too big for a read, read again whole (a second query)
+
+    @property
+    def limit(self) -> int:
+        """Rows per read: the configured batch, or the biggest transaction read whole since."""
+        return self._limit
 
     async def read(self, position: Snapshot) -> Batch:
         """The next batch after ``position`` (possibly empty)."""
@@ -98,6 +107,8 @@ class Reader:
                     # One transaction holds more than a batch: take all of it, and only it.
                     rows = await relay_db.read_transaction(conn, table, last)
                     cutoff = last + 1
+                    self.whole_reads += 1
+                    self._limit = max(self._limit, min(len(rows), MAX_WHOLE))
             groups.append((table, rows))
         return groups, cutoff
 

@@ -235,3 +235,25 @@ async def test_an_erasure_is_published_after_the_persons_records_and_drops_their
     async with pool.acquire() as conn:
         left = await conn.fetch("SELECT lead_id FROM relay_dead_letters ORDER BY lead_id")
     assert [r["lead_id"] for r in left] == leads[1:]
+
+
+async def test_flushes_bigger_than_a_batch_are_read_whole_and_then_in_one_read(pool: asyncpg.Pool) -> None:
+    """Writer flushes of 12 rows against batches of 5: the first is read whole by a second query,
+    and from then on a read takes 12 rows, so the next flushes come in one read each."""
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 48)
+        for start in range(0, 48, 12):
+            async with conn.transaction():
+                await log_rows(conn, campaign_id, leads[start : start + 12])
+    reader = Reader(pool, {"email", "event"}, limit=5)
+    position = position_mod.earliest()
+    sizes = []
+    while True:
+        batch = await reader.read(position)
+        position = batch.end
+        if not batch.records and batch.caught_up:
+            break
+        sizes.append(len(batch.records))
+    assert sizes == [12, 12, 12, 12]
+    assert reader.whole_reads == 1
+    assert reader.limit == 12
