@@ -106,7 +106,7 @@ class SchedulerConfig:
     """How campaigns are split, claimed and streamed."""
 
     shard_size: int = _within(50_000, 1, 10_000_000)
-    max_shards_per_node: int = _within(4, 1, 1000)
+    max_shards_per_node: int = _within(4, 0, 1000, below="must be 0 (this node sends nothing) or more")
     window_size: int = _within(5_000, 1, 1_000_000)
     queue_batches: int = _within(64, 1, 100_000)
     poll_interval_s: float = _within(1.0, 0.01, 3600)

@@ -166,11 +166,48 @@ async def test_two_nodes_share_a_campaign_without_duplicates(
     assert len(sent) == 3000 and max(sent.values()) == 1
     rows = await _log_rows(conn, campaign_id)
     assert len(rows) == len({r["lead_id"] for r in rows}) == 3000
-    owners = await conn.fetch(
-        "SELECT DISTINCT owner FROM campaign_shards WHERE campaign_id = $1", campaign_id
-    )
+    states = await conn.fetch("SELECT state, owner FROM campaign_shards WHERE campaign_id = $1", campaign_id)
+    assert len(states) == 15 and {(r["state"], r["owner"]) for r in states} == {("done", None)}
     assert info["sent"] == 3000
-    del owners
+
+
+async def test_a_node_with_no_shard_capacity_sends_nothing(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """``max_shards_per_node = 0``: the node starts and splits campaigns, serves the API and the
+    webhooks, and claims nothing; a sending node sends the campaign."""
+    await add_leads(conn, 1, 1800)
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record)
+    port = await emulator.start()
+    try:
+        api_only = daemon_config(port, scheduler={"max_shards_per_node": 0}, node={"name": "api"})
+        sender = daemon_config(port, node={"name": "sender"})
+        first = await campaigns.create(conn, new_campaign(), api_only)
+        async with running_daemon(api_only, dsn):
+            await _wait_split(conn, first)
+            # A later tick of the same scheduler (it splits the second campaign) has had its
+            # chance to claim the first campaign's shards, and did not.
+            second = await campaigns.create(conn, new_campaign(), api_only)
+            await _wait_split(conn, second)
+            claimed = await conn.fetchval("SELECT count(*) FROM campaign_shards WHERE epoch > 0")
+            assert claimed == 0
+            async with running_daemon(sender, dsn):
+                for campaign_id in (first, second):
+                    info = await wait_for_status(conn, campaign_id)
+                    assert info["sent"] == 600
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    assert len(read_record(record)) == 1200
+
+
+async def _wait_split(conn: asyncpg.Connection, campaign_id: int, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not await conn.fetchval(
+            "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
+        ):
+            await asyncio.sleep(0.02)
 
 
 _SENDING_PAUSED = (400, "SendingPausedException", "Sending is paused for this account")

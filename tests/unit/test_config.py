@@ -205,7 +205,10 @@ def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: st
         ("[scheduler]\nshard_size = 0", "[scheduler] shard_size: must be at least 1"),
         ("[scheduler]\nwindow_size = 0", "[scheduler] window_size: must be at least 1"),
         ("[scheduler]\nqueue_batches = 0", "[scheduler] queue_batches: must be at least 1"),
-        ("[scheduler]\nmax_shards_per_node = 0", "[scheduler] max_shards_per_node: must be at least 1"),
+        (
+            "[scheduler]\nmax_shards_per_node = -1",
+            "[scheduler] max_shards_per_node: must be 0 (this node sends nothing) or more",
+        ),
         ("[retention]\ndays = 0", "[retention] days: must be at least 1"),
         ("[retention]\npartitions_ahead_days = 0", "[retention] partitions_ahead_days: must be at least 1"),
         ("[node]\nshutdown_grace_s = 0", "[node] shutdown_grace_s: must be positive"),
