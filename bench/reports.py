@@ -1,6 +1,6 @@
 """Benchmark the seed's problem: reports on the sending table, against mailerd's reports database.
 
-    python bench/reports.py [--leads 200000] [--rate 50] [--bounce-rate 0.02] [--dsn DSN] [--json]
+    python bench/reports.py [--leads 200000] [--rate 50] [--bounce-rate 0.02] [--dsn DSN] [--no-api-node] [--json]
 
 One run, two set-ups on the same Postgres server, each sending one campaign over every lead twice:
 once alone, once while a load generator runs the same report mix at a fixed rate (``--rate``
@@ -35,6 +35,7 @@ import dataclasses
 import datetime as dt
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -49,6 +50,7 @@ from common import (
     ACCOUNT_ID,
     NAIVE_SCHEMA,
     BenchError,
+    Daemon,
     checkpoint,
     free_port,
     fresh_database,
@@ -279,36 +281,61 @@ async def start_sink_with_webhooks(
 
 
 async def mailerd_way(
-    dsn: str, reports_dsn: str, workdir: Path, leads: int, rate: float, bounce_rate: float
+    dsn: str,
+    reports_dsn: str,
+    workdir: Path,
+    leads: int,
+    rate: float,
+    bounce_rate: float,
+    *,
+    api_node: bool = True,
 ) -> dict[str, Any]:
-    """The daemon with [reports], two campaigns over every lead: alone, then under the load."""
+    """The daemon with [reports], two campaigns over every lead: alone, then under the load.
+
+    ``api_node``: a second daemon with ``max_shards_per_node = 0`` (it sends nothing) serves the
+    report API and takes the webhooks, and the relay runs in it; the sending daemon runs no relay
+    (``run_in = "process"``). Without it, one daemon does everything on one event loop."""
     http_port = free_port()
-    sink, sink_port, webhooks = await start_sink_with_webhooks(workdir, http_port, bounce_rate)
+    api_port = free_port() if api_node else http_port
+    sink, sink_port, webhooks = await start_sink_with_webhooks(workdir, api_port, bounce_rate)
     (workdir / "token").write_text(TOKEN)
-    config_path = workdir / "mailerd.toml"
     settings = campaign_bench.DaemonSettings()
-    text = campaign_bench.daemon_config(dsn, http_port, sink_port, settings)
-    text = text.replace("[http]\n", f'[http]\nadmin_tokens_file = "{workdir / "token"}"\n')
-    text += f'\n[reports]\ndsn = "{reports_dsn}"\n[relay]\npoll_interval_ms = 100\n\n{webhooks}'
-    config_path.write_text(text)
+
+    def config_text(port: int, *, sends: bool, relay: bool) -> str:
+        text = campaign_bench.daemon_config(dsn, port, sink_port, settings)
+        text = text.replace("[http]\n", f'[http]\nadmin_tokens_file = "{workdir / "token"}"\n')
+        if not sends:
+            text = re.sub(r"(?m)^max_shards_per_node = .*$", "max_shards_per_node = 0", text)
+        run_in = "daemon" if relay else "process"
+        return text + (
+            f'\n[reports]\ndsn = "{reports_dsn}"\n[relay]\npoll_interval_ms = 100\nrun_in = "{run_in}"\n'
+            f"\n{webhooks}"
+        )
+
+    config_path = workdir / "mailerd.toml"
+    config_path.write_text(config_text(http_port, sends=True, relay=not api_node))
     config = config_mod.load(config_path, env={"MAILERD_PROVIDERS__SINK__API_KEY": "bench"})
-    daemon = None
+    daemons: list[Daemon] = []
     try:
-        daemon = await start_daemon(config_path, workdir / "daemon.log", http_port, provider_key=True)
-        api = f"http://127.0.0.1:{http_port}/api"
-        alone = await _mailerd_send(dsn, reports_dsn, config, daemon, api, leads, None)
-        loaded = await _mailerd_send(dsn, reports_dsn, config, daemon, api, leads, rate)
+        daemons.append(await start_daemon(config_path, workdir / "daemon.log", http_port, provider_key=True))
+        if api_node:
+            api_path = workdir / "mailerd-api.toml"
+            api_path.write_text(config_text(api_port, sends=False, relay=True))
+            daemons.append(await start_daemon(api_path, workdir / "api.log", api_port, provider_key=True))
+        api = f"http://127.0.0.1:{api_port}/api"
+        alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None)
+        loaded = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, rate)
     finally:
-        await stop_daemons([daemon] if daemon is not None else [])
+        await stop_daemons(daemons)
         await stop_process(sink, grace_s=10)
-    return {"alone": alone, "loaded": loaded}
+    return {"alone": alone, "loaded": loaded, "api_node": api_node}
 
 
 async def _mailerd_send(
     dsn: str,
     reports_dsn: str,
     config: config_mod.Config,
-    daemon: Any,
+    daemons: list[Daemon],
     api: str,
     leads: int,
     rate: float | None,
@@ -376,7 +403,7 @@ async def _mailerd_send(
         async with asyncio.TaskGroup() as group:
             sampler = group.create_task(sample_lag())
             loading = group.create_task(load.run(stop)) if rate else None
-            info = await wait_finished(conn, campaign_id, [daemon], 1800, poll_s=0.1)
+            info = await wait_finished(conn, campaign_id, daemons, 1800, poll_s=0.1)
             elapsed = time.perf_counter() - started
             # The lag tail: until the reports database has every email of the campaign.
             target.append(info["processed"])
@@ -444,7 +471,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await conn.close()
             result["mailerd"] = await mailerd_way(
-                dsn, reports_dsn, Path(work), args.leads, args.rate, args.bounce_rate
+                dsn, reports_dsn, Path(work), args.leads, args.rate, args.bounce_rate, api_node=args.api_node
             )
             rows = await campaign_bench.logged_rows(dsn, result["mailerd"]["alone"].get("campaign_id", 1))
         async with fresh_database(admin_dsn) as seed_dsn:
@@ -489,6 +516,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="report requests per second")
     parser.add_argument("--bounce-rate", type=float, default=0.02)
     parser.add_argument("--dsn", default=None)
+    parser.add_argument(
+        "--api-node",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the reports (and take the webhooks, run the relay) on a second daemon that sends nothing",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     try:
