@@ -382,6 +382,7 @@ async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
         webhook_format=args.webhook_format,
         bounce_rate=args.bounce_rate,
         complaint_rate=args.complaint_rate,
+        block_rate=args.block_rate,
         webhook_settings=Path(args.webhook_settings) if args.webhook_settings else None,
     )
     return 0
