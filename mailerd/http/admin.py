@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from mailerd import campaigns, decoding, segments, suppressions
+from mailerd import campaigns, decoding, erasure, segments, suppressions
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import leads
 from mailerd.http import bodies, parsing
@@ -120,8 +120,14 @@ async def preview_segment(request: web.Request) -> web.Response:
     except segments.SegmentError as exc:
         raise ApiError(422, "invalid", f"segment: {exc}", "segment") from None
     async with pool(request).acquire() as conn:
-        count = await leads.count_matching(conn, data.account_id, segment)
-        sample = await leads.sample_matching(conn, data.account_id, segment, limit=10)
+        try:
+            pads = await erasure.suppression_pads(conn, request.app[SERVICES].config, data.account_id)
+        except erasure.ErasureUnavailable as exc:
+            # Sending would refuse this account's campaigns too: a count without the hashes
+            # would include erased, suppressed people.
+            raise ApiError(409, "erasure_unavailable", str(exc), "account_id") from None
+        count = await leads.count_matching(conn, data.account_id, segment, pads)
+        sample = await leads.sample_matching(conn, data.account_id, segment, limit=10, erased_pads=pads)
     return json_response(bodies.Preview(count, msgspec.convert(sample, list[bodies.Lead])))
 
 

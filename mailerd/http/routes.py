@@ -94,7 +94,7 @@ ROUTES: tuple[Route, ...] = (
         "/api/segments/preview",
         admin.preview_segment,
         "Count and ten sample leads of a segment",
-        {200: bodies.Preview},
+        {200: bodies.Preview, 409: bodies.ErrorBody},
         body=bodies.PreviewExample,
     ),
     Route(
