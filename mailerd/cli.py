@@ -273,6 +273,7 @@ async def _suppressions_change(args: argparse.Namespace, config: config_mod.Conf
             account_id=args.account,
             email=args.email,
             reason=args.reason,
+            config=config,
         )
 
 
