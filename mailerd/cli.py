@@ -183,7 +183,7 @@ async def _check_config(args: argparse.Namespace, config: config_mod.Config) -> 
 
 
 async def _segment_count(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from mailerd import segments
+    from mailerd import erasure, segments
     from mailerd.db import leads
 
     try:
@@ -192,7 +192,12 @@ async def _segment_count(args: argparse.Namespace, config: config_mod.Config) ->
         print(f"mailerd segment count: {exc}", file=sys.stderr)
         return 2
     async with _connection(config) as conn:
-        count = await leads.count_matching(conn, args.account, segment)
+        try:
+            pads = await erasure.suppression_pads(conn, config, args.account)
+        except erasure.ErasureUnavailable as exc:
+            print(f"mailerd segment count: {exc}", file=sys.stderr)
+            return 1
+        count = await leads.count_matching(conn, args.account, segment, pads)
     print(count)
     return 0
 
@@ -268,6 +273,7 @@ async def _suppressions_change(args: argparse.Namespace, config: config_mod.Conf
             account_id=args.account,
             email=args.email,
             reason=args.reason,
+            config=config,
         )
 
 
@@ -382,6 +388,7 @@ async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
         webhook_format=args.webhook_format,
         bounce_rate=args.bounce_rate,
         complaint_rate=args.complaint_rate,
+        block_rate=args.block_rate,
         webhook_settings=Path(args.webhook_settings) if args.webhook_settings else None,
     )
     return 0

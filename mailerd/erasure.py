@@ -76,6 +76,17 @@ def configured_key(config: Config) -> bytes:
     return secret.reveal().encode("utf-8")
 
 
+async def suppression_pads(
+    conn: asyncpg.Connection, config: Config, account_id: int
+) -> tuple[bytes, bytes] | None:
+    """The erasure key's HMAC pads when the account keeps erased addresses suppressed as hashes
+    (whatever decides who is suppressed must check them, as the lead windows do), else None;
+    :class:`ErasureUnavailable` when it does and this node has no key."""
+    if not await erasure_db.has_erased_suppressions(conn, account_id):
+        return None
+    return key_pads(configured_key(config))
+
+
 async def erase(
     conn: asyncpg.Connection,
     *,

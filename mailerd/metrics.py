@@ -17,6 +17,11 @@ RETRIES = Counter(
     "Recipients retried, by reason (throttled, error, entry).",
     ["provider", "reason"],
 )
+SMTP_REJECTIONS = Counter(
+    "mailerd_smtp_rejections_total",
+    "Recipients an SMTP server finally refused (5xx, or 4xx after the last attempt), by bounce class.",
+    ["provider", "bounce_class"],
+)
 PROVIDER_CALLS = Histogram(
     "mailerd_provider_call_seconds",
     "Duration of one provider call (one batch).",

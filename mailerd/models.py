@@ -77,6 +77,7 @@ class RecipientResult:
     outcome: Outcome
     message_id: str | None = None
     error: str | None = None
+    smtp_code: int | None = None  # the receiver refused it synchronously (SMTP): its reply code
 
 
 @dataclasses.dataclass(slots=True)

@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from mailerd import aio, backoff, metrics, ratelimit
+from mailerd import aio, backoff, bounces, metrics, ratelimit, rejections
 from mailerd.config import ProviderConfig
 from mailerd.models import (
     Batch,
     Campaign,
     CampaignBroken,
+    Event,
     HaltError,
     LogRow,
     LogStatus,
@@ -107,6 +108,7 @@ class ProviderSender:
         self._call_seconds = metrics.PROVIDER_CALLS.labels(name)
         self._waits = metrics.RATE_LIMIT_WAIT.labels(name)
         self._retries = {r: metrics.RETRIES.labels(name, r) for r in ("throttled", "error", "entry")}
+        self._rejected = {c: metrics.SMTP_REJECTIONS.labels(name, str(c)) for c in bounces.BounceClass}
 
     async def run(self) -> None:
         """Run ``concurrency`` workers until each has taken an end marker."""
@@ -192,10 +194,37 @@ class ProviderSender:
             )
             await aio.sleep_unless(delay, run.stopped)
         rows, counts = _log_rows(batch, delivery.results)
+        bounced = self._rejections(delivery) if counts[1] else None
         await self._writer.submit(
-            run, batch.seq, rows, retried=delivery.retried, complete=delivery.complete, counts=counts
+            run,
+            batch.seq,
+            rows,
+            retried=delivery.retried,
+            complete=delivery.complete,
+            counts=counts,
+            events=bounced,
         )
         await self._check_error_rate(batch, sent=counts[0], failed=counts[1])
+
+    def _rejections(self, delivery: _Delivery) -> list[Event] | None:
+        """The batch's final SMTP rejections as bounce events (:mod:`mailerd.rejections`)."""
+        batch = delivery.batch
+        found = rejections.events(
+            self.lane.name,
+            batch.campaign,
+            batch.leads,
+            delivery.results,
+            delivery.deferred,
+            dt.datetime.now(dt.UTC),
+            _storable,
+        )
+        for event in found:
+            bounce_class = bounces.classify(
+                event.provider, event.kind, event.provider_type, event.smtp_status, event.reason
+            )
+            if bounce_class is not None:
+                self._rejected[bounce_class].inc()
+        return found or None
 
     async def _call(self, run: ClaimedShard, delivery: _Delivery) -> bool:
         """One provider call for the pending recipients; False when the batch is settled (or
@@ -263,11 +292,21 @@ class ProviderSender:
 class _Delivery:
     """One batch on its way: who is settled, who is still to be sent, and why they wait."""
 
-    __slots__ = ("batch", "complete", "last_reason", "pending", "results", "retried", "retry_after")
+    __slots__ = (
+        "batch",
+        "complete",
+        "deferred",
+        "last_reason",
+        "pending",
+        "results",
+        "retried",
+        "retry_after",
+    )
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
         self.results: list[RecipientResult | None] = [None] * len(batch.leads)
+        self.deferred: dict[int, RecipientResult] = {}  # the last 4xx SMTP reply, by position
         self.pending = list(range(len(batch.leads)))
         self.retried = 0
         self.last_reason = ""
@@ -286,6 +325,10 @@ class _Delivery:
             if answer.outcome == Outcome.RETRY:
                 still.append(index)
                 self.last_reason = answer.error or "retryable"
+                if answer.smtp_code is not None:
+                    self.deferred[index] = answer
+                else:
+                    self.deferred.pop(index, None)
             else:
                 self.results[index] = answer
         self.pending = still

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 from typing import Any, Protocol
 
-from mailerd.models import Batch, LogRow
+from mailerd.models import Batch, Event, LogRow
 from mailerd.providers.base import Provider
 
 StatusCounts = tuple[int, int, int, int]  # sent, failed, unknown, suppressed
@@ -75,8 +75,10 @@ class RowSink(Protocol):
         retried: int = 0,
         complete: bool = True,
         counts: StatusCounts | None = None,
+        events: list[Event] | None = None,
     ) -> asyncio.Future[None]:
-        """Queue rows; wait only for buffer space; the future resolves at their commit."""
+        """Queue rows (and the events of their synchronous rejections, recorded in the same
+        flush); wait only for buffer space; the future resolves at their commit."""
 
     def flush_soon(self) -> None:
         """Somebody waits for a commit: flush now instead of at the next interval."""

@@ -19,6 +19,8 @@ from typing import TextIO
 import asyncpg
 import orjson
 
+from mailerd import erasure
+from mailerd.config import Config
 from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
 from mailerd.importer.csv_records import Record, Records
@@ -277,9 +279,16 @@ async def run_list_cli(
 
 
 async def run_change_cli(
-    conn: asyncpg.Connection, *, action: str, account_id: int, email: str, reason: str | None
+    conn: asyncpg.Connection,
+    *,
+    action: str,
+    account_id: int,
+    email: str,
+    reason: str | None,
+    config: Config | None = None,
 ) -> int:
-    """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid, 3 not suppressed."""
+    """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid (or an erased entry
+    that cannot be checked without the erasure key), 3 not suppressed."""
     address = normalise(email)
     if address is None:
         shown = printable(email[:100])
@@ -296,9 +305,17 @@ async def run_change_cli(
     if reason is None:
         print("mailerd suppressions remove: --reason is required", file=sys.stderr)
         return 1
-    removed = await remove(conn, account_id, address, reason.strip(), "cli")
+    try:
+        pads = await erasure.suppression_pads(conn, config, account_id) if config is not None else None
+    except erasure.ErasureUnavailable as exc:
+        print(f"mailerd suppressions remove: {exc}", file=sys.stderr)
+        return 1
+    removed = await remove(conn, account_id, address, reason.strip(), "cli", pads)
     if removed is None:
         print(f"not suppressed: {address}", file=sys.stderr)
         return 3
-    print(f"removed: {removed.email}")
+    erased = (
+        " (kept as a keyed hash by an erasure)" if removed.source == suppressions_db.ERASED_SOURCE else ""
+    )
+    print(f"removed: {removed.email}{erased}")
     return 0

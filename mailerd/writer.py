@@ -75,6 +75,11 @@ class Entry:
     def size(self) -> int:
         return len(self.rows) + (len(self.events) if self.events else 0)
 
+    @property
+    def webhook(self) -> bool:
+        """A webhook's events (a batch's entry may carry events too: its SMTP rejections)."""
+        return bool(self.events) and not self.rows
+
 
 class _Poisoned(Exception):
     """A flush failed because of its data, not because the database is unavailable."""
@@ -124,10 +129,13 @@ class Writer:
         retried: int = 0,
         complete: bool = True,
         counts: StatusCounts | None = None,
+        events: list[Event] | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a batch's rows; wait only while the buffer is full. The returned future
-        resolves when the rows are committed (or raises :class:`ShardLost`)."""
-        return await self._enqueue(Entry(shard, seq, rows, retried, complete, self._future(), counts=counts))
+        """Queue a batch's rows (with ``events``, its SMTP rejections: recorded in the same
+        transaction); wait only while the buffer is full. The returned future resolves when the
+        rows are committed (or raises :class:`ShardLost`)."""
+        entry = Entry(shard, seq, rows, retried, complete, self._future(), events, counts)
+        return await self._enqueue(entry)
 
     async def submit_events(self, events: list[Event]) -> asyncio.Future[None]:
         """Queue provider events for a flush within ``EVENT_FLUSH_S`` (a webhook is waiting for
@@ -299,7 +307,7 @@ class Writer:
                     await asyncio.sleep(_RETRY_MAX_S)
                     continue
                 deadletter.lost(letter, exc)
-                _fail(entry, EventsRefused(str(error)) if entry.events else ShardLost(str(error)))
+                _fail(entry, EventsRefused(str(error)) if entry.webhook else ShardLost(str(error)))
                 if entry.shard is not None:
                     entry.shard.on_lost()  # released unclean: its leads become `unknown`, never re-sent
                 return
@@ -311,7 +319,7 @@ class Writer:
         deadletter.recorded(letter)
         for plan in plans:
             plan.shard.on_logged(plan.seqs, plan.complete)
-        if entry.events:
+        if entry.webhook:
             _fail(entry, EventsRefused(str(error)))
         elif not entry.done.done():
             entry.done.set_result(None)
@@ -483,11 +491,11 @@ def entry_letter(entry: Entry, error: BaseException) -> deadletter.Letter:
     """What is kept of an entry that cannot be stored."""
     shard = entry.shard
     return deadletter.Letter(
-        kind="events" if entry.events else "emails",
+        kind="events" if entry.webhook else "emails",
         campaign_id=shard.campaign_id if shard is not None else None,
         shard_no=shard.shard_no if shard is not None else None,
         seq=entry.seq if shard is not None else None,
-        items=list(entry.events) if entry.events else list(entry.rows),
+        items=[*(entry.events or ())] if entry.webhook else [*entry.rows, *(entry.events or ())],
         error=error,
     )
 

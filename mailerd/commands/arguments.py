@@ -206,6 +206,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bounce-rate", type=float, default=0.0, help="share of recipients that hard-bounce")
     p.add_argument("--complaint-rate", type=float, default=0.0, help="share of recipients that complain")
     p.add_argument(
+        "--block-rate",
+        type=float,
+        default=0.0,
+        help="share of recipients whose bounce is a reputation or authentication block",
+    )
+    p.add_argument(
         "--webhook-settings",
         default=None,
         metavar="DIR",

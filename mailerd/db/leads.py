@@ -12,23 +12,45 @@ from mailerd import segments
 from mailerd.db import erasure as erasure_db
 
 
-def matching_sql(segment: segments.Segment, *, first_param: int, alias: str = "l") -> tuple[str, list[Any]]:
+def matching_sql(
+    segment: segments.Segment,
+    *,
+    first_param: int,
+    alias: str = "l",
+    erased_pads: tuple[bytes, bytes] | None = None,
+) -> tuple[str, list[Any]]:
     """The segment's condition AND "not suppressed", over ``leads`` aliased ``alias``.
 
     Placeholders start at ``$first_param``. Suppressions are stored lower-cased and compared
-    with ``lower(email)``, as the unique index on leads does.
+    with ``lower(email)``, as the unique index on leads does. With ``erased_pads`` (the erasure
+    key's HMAC pads) an address whose keyed hash is in ``erased_suppressions`` is suppressed too,
+    as in the lead windows that send (:func:`read_window`).
     """
     condition, params = segments.compile(segment, first_param=first_param, alias=alias)
     sql = (
-        f"{condition} AND NOT EXISTS (SELECT 1 FROM suppressions s"
+        f"({condition}) AND NOT EXISTS (SELECT 1 FROM suppressions s"
         f" WHERE s.account_id = {alias}.account_id AND s.email = lower({alias}.email))"
     )
+    if erased_pads is not None:
+        pads = first_param + len(params)
+        keyed = erasure_db.hmac_sql(f"{alias}.email", f"${pads}::bytea", f"${pads + 1}::bytea")
+        sql += (
+            " AND NOT EXISTS (SELECT 1 FROM erased_suppressions h"
+            f" WHERE h.account_id = {alias}.account_id AND h.email_hash = {keyed})"
+        )
+        params = [*params, *erased_pads]
     return sql, params
 
 
-async def count_matching(conn: asyncpg.Connection, account_id: int, segment: segments.Segment) -> int:
-    """How many leads of the account the segment matches, suppressed addresses excluded."""
-    condition, params = matching_sql(segment, first_param=2)
+async def count_matching(
+    conn: asyncpg.Connection,
+    account_id: int,
+    segment: segments.Segment,
+    erased_pads: tuple[bytes, bytes] | None = None,
+) -> int:
+    """How many leads of the account the segment matches, suppressed addresses excluded (erased
+    ones too, by their keyed hash, with ``erased_pads``: see :func:`matching_sql`)."""
+    condition, params = matching_sql(segment, first_param=2, erased_pads=erased_pads)
     count = await conn.fetchval(
         f"SELECT count(*) FROM leads l WHERE l.account_id = $1 AND {condition}",
         account_id,
@@ -38,10 +60,14 @@ async def count_matching(conn: asyncpg.Connection, account_id: int, segment: seg
 
 
 async def sample_matching(
-    conn: asyncpg.Connection, account_id: int, segment: segments.Segment, limit: int = 10
+    conn: asyncpg.Connection,
+    account_id: int,
+    segment: segments.Segment,
+    limit: int = 10,
+    erased_pads: tuple[bytes, bytes] | None = None,
 ) -> list[dict[str, Any]]:
     """The first ``limit`` matching leads by id (``id``, ``email``, ``attributes``): a preview."""
-    condition, params = matching_sql(segment, first_param=3)
+    condition, params = matching_sql(segment, first_param=3, erased_pads=erased_pads)
     rows = await conn.fetch(
         "SELECT l.id, l.email, l.attributes FROM leads l"
         f" WHERE l.account_id = $1 AND {condition} ORDER BY l.id LIMIT $2",

@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from mailerd.db import erasure as erasure_db
+
 IMPORT_STAGING = "mailerd_suppression_import"
 
 
@@ -59,20 +61,44 @@ async def add(
     return _row(record), False
 
 
+ERASED_SOURCE = "erasure"  # the source shown for an entry an erasure kept as a keyed hash
+
+
 async def remove(
-    conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
+    conn: asyncpg.Connection,
+    account_id: int,
+    email: str,
+    reason: str,
+    source: str = "api",
+    erased_pads: tuple[bytes, bytes] | None = None,
 ) -> Suppression | None:
-    """Take ``email`` off the list, auditing ``reason``; None when it was not on it."""
+    """Take ``email`` off the list, auditing ``reason``; None when it was not on it. With
+    ``erased_pads`` (the erasure key's HMAC pads) its keyed hash leaves ``erased_suppressions``
+    too (an erasure kept it suppressed that way); a removal found only there comes back with
+    source ``erasure``."""
     async with conn.transaction():
         record = await conn.fetchrow(
             "DELETE FROM suppressions WHERE account_id = $1 AND email = $2 RETURNING *",
             account_id,
             email,
         )
-        if record is None:
+        hashed = None
+        if erased_pads is not None:
+            keyed = erasure_db.hmac_sql("$2::text", "$3::bytea", "$4::bytea")
+            hashed = await conn.fetchrow(
+                f"""DELETE FROM erased_suppressions WHERE account_id = $1 AND email_hash = {keyed}
+                    RETURNING reason, at""",
+                account_id,
+                email,
+                *erased_pads,
+            )
+        if record is None and hashed is None:
             return None
         await audit(conn, account_id, email, "removed", reason, source)
-    return _row(record)
+    if record is not None:
+        return _row(record)
+    assert hashed is not None
+    return Suppression(account_id, email, hashed["reason"], ERASED_SOURCE, hashed["at"])
 
 
 async def page(

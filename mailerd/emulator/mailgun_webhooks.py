@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -17,6 +17,8 @@ from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import webhook_auth as auth
 from mailerd.providers.mailgun_webhook import signature_of
+
+BLOCK_MESSAGE: Final = "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"
 
 
 class MailgunEmulatorSigner:
@@ -26,8 +28,9 @@ class MailgunEmulatorSigner:
         self.signing_key = secrets.token_hex(16)
         self._clock = clock
 
-    def event_data(self, kind: EventKind, sent: SentEmail) -> dict[str, Any]:
-        """One ``event-data`` object as Mailgun writes it for ``kind``."""
+    def event_data(self, kind: EventKind, sent: SentEmail, *, block: bool = False) -> dict[str, Any]:
+        """One ``event-data`` object as Mailgun writes it for ``kind``; ``block``: a permanent
+        failure whose delivery status is a 5.7.1 block-list refusal."""
         email, campaign_id, lead_id, message_id, occurred_at = sent
         data: dict[str, Any] = {
             "id": secrets.token_urlsafe(16),
@@ -39,7 +42,22 @@ class MailgunEmulatorSigner:
             "user-variables": {"mailerd_campaign": str(campaign_id), "mailerd_lead": str(lead_id)},
             "message": {"headers": {"message-id": message_id, "to": email}},
         }
-        if kind is EventKind.DELIVERED:
+        if block:
+            data.update(
+                event="failed",
+                severity="permanent",
+                reason="bounce",
+                **{"log-level": "error"},
+                **{
+                    "delivery-status": {
+                        "code": 554,
+                        "message": BLOCK_MESSAGE,
+                        "description": "",
+                        "attempt-no": 1,
+                    }
+                },
+            )
+        elif kind is EventKind.DELIVERED:
             data.update(
                 event="delivered",
                 **{"delivery-status": {"code": 250, "message": "OK", "description": ""}},
@@ -68,9 +86,11 @@ class MailgunEmulatorSigner:
             data.update(event="unsubscribed")
         return data
 
-    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
+    def request(
+        self, kind: EventKind, sent: SentEmail, *, block: bool = False
+    ) -> tuple[dict[str, str], bytes]:
         """Headers and body of one signed POST."""
-        data = self.event_data(kind, sent)
+        data = self.event_data(kind, sent, block=block)
         return self.signed(data)
 
     def signed(self, data: dict[str, Any], *, token: str | None = None) -> tuple[dict[str, str], bytes]:

@@ -11,12 +11,17 @@ import os
 import random
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
+
+BLOCK_DETAILS: Final = (
+    "smtp;553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in "
+    "Spamhaus's list; see https://postmaster.yahooinc.com/error-codes"
+)
 
 
 class PostmarkEmulatorSigner:
@@ -27,8 +32,9 @@ class PostmarkEmulatorSigner:
         self.password = secrets.token_urlsafe(24)
         self._next_id = random.SystemRandom().randrange(10**9, 10**12)
 
-    def record(self, kind: EventKind, sent: SentEmail) -> dict[str, Any]:
-        """One record as Postmark writes it for ``kind``."""
+    def record(self, kind: EventKind, sent: SentEmail, *, block: bool = False) -> dict[str, Any]:
+        """One record as Postmark writes it for ``kind``; ``block``: a ``Bounce`` record of
+        ``Type: Blocked`` (an ISP block, which leaves the address active)."""
         email, campaign_id, lead_id, message_id, occurred_at = sent
         at = occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
         metadata = {"mailerd_campaign": str(campaign_id), "mailerd_lead": str(lead_id)}
@@ -39,7 +45,7 @@ class PostmarkEmulatorSigner:
             "Tag": f"campaign-{campaign_id}",
             "Metadata": metadata,
         }
-        if kind is EventKind.DELIVERED:
+        if kind is EventKind.DELIVERED and not block:
             return {
                 "RecordType": "Delivery",
                 **common,
@@ -47,7 +53,7 @@ class PostmarkEmulatorSigner:
                 "DeliveredAt": at,
                 "Details": "smtp;250 2.0.0 OK",
             }
-        if kind is EventKind.UNSUBSCRIBE:
+        if kind is EventKind.UNSUBSCRIBE and not block:
             return {
                 "RecordType": "SubscriptionChange",
                 **common,
@@ -67,6 +73,19 @@ class PostmarkEmulatorSigner:
             "DumpAvailable": False,
             "Subject": "",
         }
+        if block:
+            return {
+                "RecordType": "Bounce",
+                **bounce,
+                "Type": "Blocked",
+                "TypeCode": 100000,
+                "Name": "ISP block",
+                "Description": "The ISP has blocked this email. This may be due to your sending IP "
+                "address or domain, or to the content of the message.",
+                "Details": BLOCK_DETAILS,
+                "Inactive": False,
+                "CanActivate": True,
+            }
         if kind is EventKind.COMPLAINT:
             return {
                 "RecordType": "SpamComplaint",
@@ -97,9 +116,11 @@ class PostmarkEmulatorSigner:
             "CanActivate": True,
         }
 
-    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
+    def request(
+        self, kind: EventKind, sent: SentEmail, *, block: bool = False
+    ) -> tuple[dict[str, str], bytes]:
         """Headers and body of one authenticated POST."""
-        record = self.record(kind, sent)
+        record = self.record(kind, sent, block=block)
         return self.headers(), orjson.dumps(record)
 
     def headers(self) -> dict[str, str]:

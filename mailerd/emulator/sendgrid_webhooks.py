@@ -9,7 +9,7 @@ import base64
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +19,12 @@ from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import webhook_auth as auth
 from mailerd.providers.sendgrid_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+BLOCK_REASON: Final = (
+    "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet "
+    "service provider since part of their network is on our block list (S3140). You can also refer "
+    "your provider to http://mail.live.com/mail/troubleshooting.aspx#errors."
+)
 
 
 class SendgridEmulatorSigner:
@@ -40,8 +46,9 @@ class SendgridEmulatorSigner:
         signature = self._private_key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         return base64.b64encode(signature).decode()
 
-    def event(self, kind: EventKind, sent: SentEmail) -> dict[str, Any]:
-        """One event object as SendGrid writes it for ``kind``."""
+    def event(self, kind: EventKind, sent: SentEmail, *, block: bool = False) -> dict[str, Any]:
+        """One event object as SendGrid writes it for ``kind``; ``block``: a ``bounce`` event of
+        type ``blocked`` (Outlook refusing the sending IP)."""
         email, campaign_id, lead_id, message_id, occurred_at = sent
         item: dict[str, Any] = {
             "email": email,
@@ -52,7 +59,9 @@ class SendgridEmulatorSigner:
             "mailerd_campaign": str(campaign_id),
             "mailerd_lead": str(lead_id),
         }
-        if kind is EventKind.DELIVERED:
+        if block:
+            item.update(event="bounce", type="blocked", status="5.7.1", reason=BLOCK_REASON)
+        elif kind is EventKind.DELIVERED:
             item.update(event="delivered", response="250 2.0.0 OK")
         elif kind is EventKind.HARD_BOUNCE:
             item.update(
@@ -74,9 +83,11 @@ class SendgridEmulatorSigner:
             item.update(event="unsubscribe")
         return item
 
-    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
+    def request(
+        self, kind: EventKind, sent: SentEmail, *, block: bool = False
+    ) -> tuple[dict[str, str], bytes]:
         """Headers and body of one signed POST carrying one event."""
-        item = self.event(kind, sent)
+        item = self.event(kind, sent, block=block)
         return self.signed([item])
 
     def signed(self, items: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:

@@ -40,8 +40,20 @@ def sign(fields: Mapping[str, str], key: rsa.RSAPrivateKey, version: str = "2") 
     return base64.b64encode(key.sign(data, padding.PKCS1v15(), sns.SIGNATURE_HASHES[version]())).decode()
 
 
-def ses_event_record(kind: EventKind, sent: SentEmail) -> dict[str, Any]:
-    """An SES event-publishing record in the documented shape, tagged with our ids."""
+# Gmail refusing unauthenticated mail, as SES reports it: a Permanent/General bounce (SES does not
+# tell it from a bad address; only the diagnostic does).
+BLOCK_STATUS: Final = "5.7.26"
+BLOCK_DIAGNOSTIC: Final = (
+    "smtp; 550-5.7.26 This mail is unauthenticated, which poses a security risk to the sender and "
+    "Gmail users, and has been blocked. The sender must authenticate with at least one of SPF or DKIM. "
+    "For this message, DKIM checks did not pass and SPF check for [example.com] did not pass with "
+    "ip: [192.0.2.1]. https://support.google.com/mail/answer/81126#authentication"
+)
+
+
+def ses_event_record(kind: EventKind, sent: SentEmail, *, block: bool = False) -> dict[str, Any]:
+    """An SES event-publishing record in the documented shape, tagged with our ids; ``block``: a
+    bounce of an authentication block (Permanent/General with a 5.7.26 diagnostic)."""
     email, campaign_id, lead_id, message_id, occurred_at = sent
     when = iso_timestamp(occurred_at)
     mail = {
@@ -59,8 +71,8 @@ def ses_event_record(kind: EventKind, sent: SentEmail) -> dict[str, Any]:
         },
     }
     feedback_id = f"{message_id}-feedback"
-    if kind in (EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE):
-        hard = kind == EventKind.HARD_BOUNCE
+    if block or kind in (EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE):
+        hard = block or kind == EventKind.HARD_BOUNCE
         status, text = ("5.1.1", "550 5.1.1 user unknown") if hard else ("4.2.2", "452 4.2.2 mailbox full")
         bounce = {
             "bounceType": "Permanent" if hard else "Transient",
@@ -69,8 +81,8 @@ def ses_event_record(kind: EventKind, sent: SentEmail) -> dict[str, Any]:
                 {
                     "emailAddress": email,
                     "action": "failed",
-                    "status": status,
-                    "diagnosticCode": f"smtp; {text}",
+                    "status": BLOCK_STATUS if block else status,
+                    "diagnosticCode": BLOCK_DIAGNOSTIC if block else f"smtp; {text}",
                 }
             ],
             "timestamp": when,
@@ -167,9 +179,11 @@ class SnsEmulatorSigner:
             )
         return fields
 
-    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
+    def request(
+        self, kind: EventKind, sent: SentEmail, *, block: bool = False
+    ) -> tuple[dict[str, str], bytes]:
         """Headers and body of one SNS delivery of an SES event record about ``email``."""
-        record = ses_event_record(kind, sent)
+        record = ses_event_record(kind, sent, block=block)
         fields = self.envelope(orjson.dumps(record).decode())
         headers = {
             "Content-Type": "text/plain; charset=UTF-8",

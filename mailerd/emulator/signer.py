@@ -22,8 +22,11 @@ class SentEmail(NamedTuple):
 class EmulatorSigner(Protocol):
     """The emulator side of a provider's webhook (one module per provider in this package)."""
 
-    def request(self, kind: EventKind, sent: SentEmail) -> tuple[dict[str, str], bytes]:
-        """Headers and body of one signed webhook POST."""
+    def request(
+        self, kind: EventKind, sent: SentEmail, *, block: bool = False
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and body of one signed webhook POST; ``block``: a bounce that is the receiver's
+        reputation or authentication block, in the provider's own words (``kind`` is ignored)."""
 
     def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
         """The ``[webhooks.<provider>]`` values a daemon needs to verify these requests."""

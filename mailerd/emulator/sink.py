@@ -55,6 +55,7 @@ async def serve(
     webhook_format: str | None = None,
     bounce_rate: float = 0.0,
     complaint_rate: float = 0.0,
+    block_rate: float = 0.0,
     webhook_settings: Path | None = None,
 ) -> None:
     """Run the ``api`` emulator (``smtp`` for the SMTP server) until ``stop`` is set, then drain.
@@ -62,10 +63,15 @@ async def serve(
     Prints ``sink listening on HOST:PORT`` on stdout once bound (port 0 picks a free port).
     """
     poster = None
-    if webhook_url and (bounce_rate > 0 or complaint_rate > 0):
+    if webhook_url and (bounce_rate > 0 or complaint_rate > 0 or block_rate > 0):
         fmt = webhook_format or (api if api in APIS else "ses")
         poster = WebhookPoster(
-            webhook_url, fmt, bounce_rate=bounce_rate, complaint_rate=complaint_rate, seed=seed
+            webhook_url,
+            fmt,
+            bounce_rate=bounce_rate,
+            complaint_rate=complaint_rate,
+            block_rate=block_rate,
+            seed=seed,
         )
         if webhook_settings is not None:
             write_daemon_settings(poster, webhook_settings)

@@ -4,7 +4,8 @@ It speaks ESMTP as a submission server would (no TLS, no AUTH: for tests and ben
 loopback interface). Per message: throttling answers ``451 4.7.1`` to RCPT (the client retries);
 ``fail_rate`` answers RCPT ``550 5.1.1`` (failed) or ``450 4.2.0`` (retried), half each;
 ``drop_rate`` (tests) takes the message and then closes the connection without the final reply,
-the case a client can only log as ``unknown``. An accepted message is recorded from its
+the case a client can only log as ``unknown``; ``refuse`` (tests) answers RCPT for chosen
+addresses with a real receiver's refusal. An accepted message is recorded from its
 ``X-Mailerd-Campaign``/``X-Mailerd-Lead`` headers, with its ``Message-ID``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from typing import Any, Final
 
@@ -33,6 +35,8 @@ class SmtpEmulator(Emulator):
         self.drop_rate = 0.0
         self.dropped = 0
         self.kept: list[bytes] | None = None  # tests: set to a list to keep every message taken
+        # Tests: the reply to RCPT for an address (a real receiver's refusal), None to go on.
+        self.refuse: Callable[[str], str | None] | None = None
 
     @property
     def url(self) -> str:
@@ -79,6 +83,10 @@ class _Handler:
         emulator.counters.calls += 1
         if emulator.throttled(1):
             return "451 4.7.1 Rate limited, try again later"
+        refusal = emulator.refuse(address) if emulator.refuse is not None else None
+        if refusal is not None:
+            emulator.counters.failed_entries += 1
+            return refusal
         if emulator.fails():
             emulator.counters.failed_entries += 1
             if emulator.coin():

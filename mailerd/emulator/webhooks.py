@@ -1,7 +1,10 @@
 """The emulator's webhooks: bounces and complaints posted back in a provider's real format.
 
-For a settable share of the recipients the sink accepts, a bounce or a complaint is posted to the
-daemon's ``/webhooks/<provider>`` endpoint, signed the provider's way by that provider's signer in
+For a settable share of the recipients the sink accepts, a bounce, a complaint or a block (a
+bounce that is the receiver's reputation or authentication block: SES Permanent/General with a
+5.7.26 diagnostic, SendGrid ``bounce`` of type ``blocked``, Mailgun permanent ``failed`` with a
+5.7.1 delivery status, Postmark ``Bounce`` of type ``Blocked``) is posted to the daemon's
+``/webhooks/<provider>`` endpoint, signed the provider's way by that provider's signer in
 this package (SNS certificates, SendGrid ECDSA, Mailgun HMAC, Postmark basic auth). Posting runs
 in the background with a bounded backlog, so the send path is never slowed by it: ``POSTERS``
 named tasks in a TaskGroup that the poster enters when it starts and leaves when it closes.
@@ -51,13 +54,14 @@ class WebhookCounters:
 
     bounces: int = 0
     complaints: int = 0
+    blocks: int = 0
     posted: int = 0
     failed: int = 0
     dropped: int = 0
 
 
 class WebhookPoster:
-    """Decides which accepted recipients bounce or complain, and posts those events.
+    """Decides which accepted recipients bounce, complain or are blocked, and posts those events.
 
     An async context manager, or :meth:`start` and :meth:`close`: the posting tasks live in the
     poster's own TaskGroup, and close drains the backlog (for a while) before they end.
@@ -70,6 +74,7 @@ class WebhookPoster:
         *,
         bounce_rate: float,
         complaint_rate: float,
+        block_rate: float = 0.0,
         seed: int | None = None,
         signer: EmulatorSigner | None = None,
     ) -> None:
@@ -79,10 +84,11 @@ class WebhookPoster:
         self.format = fmt
         self.bounce_rate = bounce_rate
         self.complaint_rate = complaint_rate
+        self.block_rate = block_rate
         self.signer = signer or create_signer(fmt)
         self.counters = WebhookCounters()
         self._random = random.Random(seed)
-        self._backlog: collections.deque[tuple[EventKind, str, int, int, str]] = collections.deque()
+        self._backlog: collections.deque[tuple[EventKind, bool, str, int, int, str]] = collections.deque()
         self._ready = asyncio.Event()
         self._group: contextlib.AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,22 +96,26 @@ class WebhookPoster:
         self._closing = False
 
     def offer(self, email: str, campaign_id: int | None, lead_id: int | None, message_id: str) -> None:
-        """Called for each accepted recipient: maybe queue a bounce or a complaint for it."""
+        """Called for each accepted recipient: maybe queue a bounce, a complaint or a block."""
         if campaign_id is None or lead_id is None:
             return
         draw = self._random.random()
+        block = False
         if draw < self.bounce_rate:
             kind = EventKind.HARD_BOUNCE
             self.counters.bounces += 1
         elif draw < self.bounce_rate + self.complaint_rate:
             kind = EventKind.COMPLAINT
             self.counters.complaints += 1
+        elif draw < self.bounce_rate + self.complaint_rate + self.block_rate:
+            kind, block = EventKind.HARD_BOUNCE, True
+            self.counters.blocks += 1
         else:
             return
         if len(self._backlog) >= MAX_BACKLOG:
             self.counters.dropped += 1
             return
-        self._backlog.append((kind, email, campaign_id, lead_id, message_id))
+        self._backlog.append((kind, block, email, campaign_id, lead_id, message_id))
         self._ready.set()
 
     async def __aenter__(self) -> WebhookPoster:
@@ -161,7 +171,7 @@ class WebhookPoster:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            kind, email, campaign_id, lead_id, message_id = self._backlog.popleft()
+            kind, block, email, campaign_id, lead_id, message_id = self._backlog.popleft()
             headers, body = self.signer.request(
                 kind,
                 SentEmail(
@@ -171,6 +181,7 @@ class WebhookPoster:
                     message_id=message_id,
                     occurred_at=dt.datetime.now(dt.UTC),
                 ),
+                block=block,
             )
             try:
                 async with self._session.post(self.url, data=body, headers=headers) as response:

@@ -7,10 +7,11 @@ import datetime as dt
 import time
 from typing import Any
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
-from mailerd import campaigns, decoding, segments, suppressions
+from mailerd import campaigns, decoding, erasure, segments, suppressions
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import leads
 from mailerd.http import bodies, parsing
@@ -120,8 +121,10 @@ async def preview_segment(request: web.Request) -> web.Response:
     except segments.SegmentError as exc:
         raise ApiError(422, "invalid", f"segment: {exc}", "segment") from None
     async with pool(request).acquire() as conn:
-        count = await leads.count_matching(conn, data.account_id, segment)
-        sample = await leads.sample_matching(conn, data.account_id, segment, limit=10)
+        # Sending checks the hashes an erasure kept (and refuses without the key): so does this.
+        pads = await _erased_pads(conn, request, data.account_id, "account_id")
+        count = await leads.count_matching(conn, data.account_id, segment, pads)
+        sample = await leads.sample_matching(conn, data.account_id, segment, limit=10, erased_pads=pads)
     return json_response(bodies.Preview(count, msgspec.convert(sample, list[bodies.Lead])))
 
 
@@ -140,6 +143,17 @@ def _suppression(data: bodies.SuppressionBody, *, reason_required: bool) -> tupl
     if not data.reason.strip():
         raise ApiError(422, "invalid", "reason: expected a non-empty string", "reason")
     return normalised, data.reason.strip()
+
+
+async def _erased_pads(
+    conn: asyncpg.Connection, request: web.Request, account_id: int, field: str
+) -> tuple[bytes, bytes] | None:
+    """The erasure key's pads when the account keeps erased addresses suppressed as hashes;
+    409 naming the setting when it does and this node has no key."""
+    try:
+        return await erasure.suppression_pads(conn, request.app[SERVICES].config, account_id)
+    except erasure.ErasureUnavailable as exc:
+        raise ApiError(409, "erasure_unavailable", str(exc), field) from None
 
 
 def _row(row: suppressions.Suppression) -> bodies.Suppression:
@@ -173,7 +187,8 @@ async def remove_suppression(request: web.Request) -> web.Response:
     email, reason = _suppression(data, reason_required=True)
     assert reason is not None
     async with pool(request).acquire() as conn:
-        row = await suppressions.remove(conn, data.account_id, email, reason, "api")
+        pads = await _erased_pads(conn, request, data.account_id, "email")
+        row = await suppressions.remove(conn, data.account_id, email, reason, "api", pads)
     if row is None:
         raise ApiError(404, "not_found", f"{email} is not suppressed in account {data.account_id}", "email")
     return json_response(bodies.SuppressionRemoved(_row(row), reason))

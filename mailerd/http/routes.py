@@ -94,7 +94,7 @@ ROUTES: tuple[Route, ...] = (
         "/api/segments/preview",
         admin.preview_segment,
         "Count and ten sample leads of a segment",
-        {200: bodies.Preview},
+        {200: bodies.Preview, 409: bodies.ErrorBody},
         body=bodies.PreviewExample,
     ),
     Route(
@@ -117,8 +117,8 @@ ROUTES: tuple[Route, ...] = (
         "DELETE",
         "/api/suppressions",
         admin.remove_suppression,
-        "Take an address off the list, with a reason",
-        {200: bodies.SuppressionRemoved, 404: bodies.ErrorBody},
+        "Take an address off the list (and its keyed hash, if an erasure kept one), with a reason",
+        {200: bodies.SuppressionRemoved, 404: bodies.ErrorBody, 409: bodies.ErrorBody},
         body=bodies.SuppressionExample,
     ),
     # leads; ids are ASCII digits ([0-9]: \d takes other scripts' digits too), so that

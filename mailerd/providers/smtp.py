@@ -11,7 +11,11 @@ How answers are classified (RFC 5321, sections 4.2.1 and 4.2.5; aiosmtplib's exc
 
 - ``250`` to the end of DATA -> sent; the message id is our ``Message-ID``.
 - ``4xx`` to MAIL, RCPT or DATA -> retry that recipient (the transaction is reset); ``5xx`` to
-  RCPT or DATA -> failed with the server's reply.
+  RCPT or DATA -> failed with the server's reply. Either carries its reply code
+  (``RecipientResult.smtp_code``): the sender records a final rejection as a bounce event
+  (:mod:`mailerd.rejections`, docs/guards.md#smtp-rejections). A ``421`` closes the connection
+  (aiosmtplib does): that recipient is retried with its reply, the rest of the batch goes on at
+  once on a new connection (one recipient's 421 never holds back the others).
 - ``5xx`` to MAIL FROM (the sender refused), ``530``/``535`` AUTH failures -> halt when nothing of
   the batch went out; beside sent recipients they are retried (the retry then halts).
 - A connection that could not be opened, or lost before DATA -> retry (nothing was handed over).
@@ -62,9 +66,11 @@ class _Lost(Exception):
 
 
 def classify_reply(code: int, message: str) -> RecipientResult:
-    """A refused RCPT or DATA: 4xx retry, 5xx failed."""
+    """A refused RCPT or DATA: 4xx retry, 5xx failed; the reply code goes with it, so the sender
+    records the rejection as a bounce (:mod:`mailerd.rejections`)."""
     reason = f"{code} {message}".strip()
-    return RecipientResult(Outcome.RETRY if 400 <= code < 500 else Outcome.FAILED, error=reason)
+    outcome = Outcome.RETRY if 400 <= code < 500 else Outcome.FAILED
+    return RecipientResult(outcome, error=reason, smtp_code=code)
 
 
 class _Connection:
@@ -221,10 +227,14 @@ class SmtpProvider:
         _, sender = compose.split_address(campaign.from_address)
         done = 0
         try:
-            async with self._pool.connection() as client:
-                for position, recipient, mid, data in messages:
-                    results[position] = await self._one(client, sender, recipient, mid, data)
-                    done += 1
+            while done < len(messages):
+                async with self._pool.connection() as client:
+                    while done < len(messages):
+                        position, recipient, mid, data = messages[done]
+                        results[position] = await self._one(client, sender, recipient, mid, data)
+                        done += 1
+                        if not client.is_connected:
+                            break  # closed with its refusal (421): the rest go on a new connection
         except _Lost as lost:
             position = messages[done][0]
             if lost.uncertain and not campaign.resend_uncertain:
@@ -290,6 +300,8 @@ class SmtpProvider:
 
 async def _reset(client: aiosmtplib.SMTP) -> None:
     """RSET after a refused command, so the connection can carry the next transaction."""
+    if not client.is_connected:
+        return  # the server closed it with its refusal (421): the next command finds out
     try:
         await client.rset()
     except aiosmtplib.SMTPException as exc:

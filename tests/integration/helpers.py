@@ -29,8 +29,8 @@ async def add_leads(conn: asyncpg.Connection, account_id: int, count: int, start
     )
 
 
-def daemon_config(sink_port: int, **sections: Any) -> config_mod.Config:
-    """A configuration for a daemon in the test process, talking to a sink."""
+def daemon_config(sink_port: int, env: dict[str, str] | None = None, **sections: Any) -> config_mod.Config:
+    """A configuration for a daemon in the test process, talking to a sink (``env``: secrets)."""
     provider = {"kind": "sink", "endpoint": f"http://127.0.0.1:{sink_port}", "concurrency": 4}
     provider.update(sections.pop("provider", {}))
     raw: dict[str, Any] = {
@@ -41,7 +41,7 @@ def daemon_config(sink_port: int, **sections: Any) -> config_mod.Config:
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    return config_mod.from_mapping(raw, env={})
+    return config_mod.from_mapping(raw, env=env or {})
 
 
 def new_campaign(**overrides: Any) -> campaigns.NewCampaign:

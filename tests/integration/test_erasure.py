@@ -9,11 +9,13 @@ import datetime as dt
 import hmac
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from mailerd import campaigns, erasure, events
+from mailerd import campaigns, erasure, events, http, suppressions
 from mailerd import config as config_mod
 from mailerd.emulator import sink
 from mailerd.models import Event, EventKind, LogStatus
@@ -226,3 +228,100 @@ async def test_leads_erase_command(conn: asyncpg.Connection, dsn: str, tmp_path:
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1 and b"erasure_key" in err
+
+
+async def test_segment_preview_does_not_count_an_erased_suppressed_address(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    lead_id = await _lead(conn, 1, ADDRESS)
+    await conn.execute(
+        "INSERT INTO suppressions (account_id, email, reason, source) VALUES (1, $1, 'complaint', 'test')",
+        LOWER,
+    )
+    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    again = await _lead(conn, 1, ADDRESS)  # imported again: its hash is still suppressed
+    await add_leads(conn, 1, 30)  # 10 on plan "pro"
+    await _lead(conn, 2, ADDRESS)  # another account never had it suppressed
+    token = "preview-token-0123456789"
+    raw = {"providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}}}
+    segment = {"field": "attributes.plan", "op": "eq", "value": "pro"}
+
+    async def preview(config: config_mod.Config, account_id: int) -> tuple[int, Any]:
+        app = http.build_app(http.Services(pool, config, http.Health(started=True)))
+        async with TestClient(TestServer(app)) as client:
+            response = await client.post(
+                "/api/segments/preview",
+                json={"account_id": account_id, "segment": segment},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return response.status, await response.json()
+
+    keyed = config_mod.from_mapping(
+        raw, env={"MAILERD_ADMIN_TOKEN": token, "MAILERD_PRIVACY__ERASURE_KEY": KEY.decode()}
+    )
+    status, body = await preview(keyed, 1)
+    assert status == 200, body
+    assert body["count"] == 10 and again not in {lead["id"] for lead in body["sample"]}  # as sending does
+    status, body = await preview(keyed, 2)
+    assert (status, body["count"]) == (200, 1)
+    # Without the key the preview cannot tell: it refuses, naming the setting (sending refuses too).
+    status, body = await preview(config_mod.from_mapping(raw, env={"MAILERD_ADMIN_TOKEN": token}), 1)
+    assert status == 409 and body["error"]["code"] == "erasure_unavailable", body
+    assert "erasure_key" in body["error"]["message"] and body["error"]["field"] == "account_id"
+
+
+async def _erased_and_suppressed(conn: asyncpg.Connection) -> None:
+    lead_id = await _lead(conn, 1, ADDRESS)
+    await conn.execute(
+        "INSERT INTO suppressions (account_id, email, reason, source) VALUES (1, $1, 'complaint', 'test')",
+        LOWER,
+    )
+    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    assert await conn.fetchval("SELECT count(*) FROM erased_suppressions") == 1
+
+
+async def test_suppressions_remove_takes_an_erased_address_off_by_its_keyed_hash(
+    conn: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _erased_and_suppressed(conn)
+    change = {"action": "remove", "account_id": 1, "reason": "the person asked to be mailed again"}
+    # Without the key the command cannot tell whether the address is kept as a hash: it refuses.
+    assert await suppressions.run_change_cli(conn, email=ADDRESS, config=daemon_config(1), **change) == 1
+    assert "erasure_key" in capsys.readouterr().err
+    keyed = _with_key(daemon_config(1))
+    assert await suppressions.run_change_cli(conn, email="nobody@example.com", config=keyed, **change) == 3
+    assert await suppressions.run_change_cli(conn, email=ADDRESS, config=keyed, **change) == 0
+    assert capsys.readouterr().out.strip().endswith(f"removed: {LOWER} (kept as a keyed hash by an erasure)")
+    assert await conn.fetchval("SELECT count(*) FROM erased_suppressions") == 0
+    audit = await conn.fetch("SELECT email, action, source FROM suppression_audit WHERE action = 'removed'")
+    assert [tuple(r) for r in audit] == [(LOWER, "removed", "cli")]
+    assert await suppressions.run_change_cli(conn, email=ADDRESS, config=keyed, **change) == 3  # gone
+
+
+async def test_the_api_removes_an_erased_address_by_its_keyed_hash(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await _erased_and_suppressed(conn)
+    token = "remove-token-0123456789"
+    raw = {"providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}}}
+    body = {"account_id": 1, "email": ADDRESS, "reason": "asked to be mailed again"}
+
+    async def remove(env: dict[str, str]) -> tuple[int, Any]:
+        config = config_mod.from_mapping(raw, env={"MAILERD_ADMIN_TOKEN": token, **env})
+        app = http.build_app(http.Services(pool, config, http.Health(started=True)))
+        async with TestClient(TestServer(app)) as client:
+            response = await client.delete(
+                "/api/suppressions", json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+            return response.status, await response.json()
+
+    status, answer = await remove({})
+    assert (status, answer["error"]["code"], answer["error"]["field"]) == (
+        409,
+        "erasure_unavailable",
+        "email",
+    )
+    status, answer = await remove({"MAILERD_PRIVACY__ERASURE_KEY": KEY.decode()})
+    assert status == 200, answer
+    assert answer["removed"]["email"] == LOWER and answer["removed"]["source"] == "erasure"
+    assert await conn.fetchval("SELECT count(*) FROM erased_suppressions") == 0

@@ -218,3 +218,24 @@ async def test_sink_command_serves_each_kind_until_sigterm(kind: str, tmp_path: 
             await process.wait()
     lines = [orjson.loads(raw) for raw in record.read_bytes().splitlines()]
     assert [(line["campaign_id"], line["lead_id"]) for line in lines] == [(7, i) for i in range(1, 6)]
+
+
+async def test_smtp_a_421_refusal_retries_its_recipient_and_the_rest_go_on(tmp_path: Path) -> None:
+    async with env.running("smtp", tmp_path) as (emulator, client):
+        assert isinstance(emulator, SmtpEmulator)
+        emulator.refuse = lambda address: (
+            "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred"
+            if address.startswith("lead2@")
+            else "550 5.1.1 <lead3@example.com>: Recipient address rejected: User unknown"
+            if address.startswith("lead3@")
+            else None
+        )
+        results = await client.send(env.batch(env.campaign(), 4))
+        assert [(r.outcome, r.smtp_code) for r in results] == [
+            (Outcome.SENT, None),
+            (Outcome.RETRY, 421),  # aiosmtplib closed the connection with it
+            (Outcome.FAILED, 550),  # on a new connection, at once
+            (Outcome.SENT, None),
+        ]
+        assert results[1].error is not None and results[1].error.startswith("421 4.7.0 [TSS04]")
+        assert sorted(line["lead_id"] for line in await env.record(emulator)) == [1, 4]

@@ -93,7 +93,7 @@ def test_postmark_whole_call_errors() -> None:
 def test_smtp_replies() -> None:
     assert smtp.classify_reply(451, "4.7.1 try later").outcome is Outcome.RETRY
     assert smtp.classify_reply(550, "5.1.1 user unknown") == RecipientResult(
-        Outcome.FAILED, error="550 5.1.1 user unknown"
+        Outcome.FAILED, error="550 5.1.1 user unknown", smtp_code=550
     )
 
 
