@@ -175,6 +175,13 @@ class UnknownAccount:
                 bounds[int(r.cause[5:])] += self.claim_bound + r.suppressed
         return bounds
 
+    def per_restart(self) -> dict[str, int]:
+        totals: collections.Counter[str] = collections.Counter()
+        for r in self.recoveries:
+            if r.cause.startswith("pg:"):
+                totals[r.cause] += r.rows
+        return dict(totals)
+
     def by_cause(self, prefix: str) -> int:
         return sum(r.rows for r in self.recoveries if r.cause.startswith(prefix))
 
@@ -223,13 +230,7 @@ class UnknownAccount:
             "max_unknown_per_kill": max(per_kill, default=0),
             "max_claims_per_kill": max(self.claims_per_kill(), default=0),
             "kills_over_bound": sum(1 for u, b in zip(per_kill, self.kill_bounds(), strict=True) if u > b),
-            "max_unknown_per_postgres_restart": max(
-                (
-                    sum(r.rows for r in self.recoveries if r.cause == f"pg:{j}")
-                    for j in {r.cause for r in self.recoveries if r.cause.startswith("pg:")}
-                ),
-                default=0,
-            ),
+            "max_unknown_per_postgres_restart": max(self.per_restart().values(), default=0),
             **self.naive(),
         }
 
