@@ -64,7 +64,6 @@ async def test_a_short_soak_keeps_every_guarantee(dsn: str, reports_dsn: str, tm
         figures, checks = await soak_audit.audit_cluster(cluster, rows, events, within=120)
     finally:
         await cluster.close()
-    print(figures)  # shown with -s, and on a failure
     failed = [name for name, ok in checks.items() if not ok]
     assert not failed, (failed, figures)
     assert len(cluster.faults.kills) == KILLS, figures
