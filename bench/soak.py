@@ -2,7 +2,8 @@
 
     python bench/soak.py [--duration-s 900] [--emails 3000000] [--leads 300000] [--nodes 3]
                          [--kill-every-s 2.5] [--pg-restart-every-s 120] [--freeze-every-s 90]
-                         [--freeze-s 15] [--pause-every-s 45] [--baseline-s 60] [--seed 1] [--json]
+                         [--freeze-s 15] [--pause-every-s 45] [--baseline-s 60] [--seed 1]
+                         [--workdir DIR] [--json]
 
 What runs, all on this machine (tests/e2e/soak_cluster.py, shared with the short soak of
 tests/e2e/test_soak.py):
@@ -292,6 +293,7 @@ def main() -> int:
     parser.add_argument("--pause-every-s", type=float, default=45.0)
     parser.add_argument("--baseline-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help="keep the node logs, configs and record here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     settings = Settings(
@@ -307,8 +309,12 @@ def main() -> int:
         baseline_s=args.baseline_s,
         seed=args.seed,
     )
-    with tempfile.TemporaryDirectory(prefix="mailerd-soak-") as workdir:
-        figures = asyncio.run(soak(settings, Path(workdir)))
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        figures = asyncio.run(soak(settings, args.workdir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="mailerd-soak-") as workdir:
+            figures = asyncio.run(soak(settings, Path(workdir)))
     if args.json:
         print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
     else:

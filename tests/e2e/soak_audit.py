@@ -89,6 +89,17 @@ def read_logs(logs: list[Path]) -> tuple[dict[Claim, float], list[Recovery]]:
     return claimed, recoveries
 
 
+def latest_per_claim(recoveries: list[Recovery]) -> list[Recovery]:
+    """One recovery per claim: the last logged. The line is written inside the claim's
+    transaction, before its commit: a claim that failed after it (its node killed, Postgres
+    restarting) rolled the rows and the epoch back, so the next claim recovers the same claim
+    and logs it again. Only the last of those committed (after it the shard's epoch moves on)."""
+    latest: dict[Claim, Recovery] = {}
+    for recovery in sorted(recoveries, key=lambda r: r.at):
+        latest[recovery.claim] = recovery
+    return list(latest.values())
+
+
 async def count_recovered(conn: asyncpg.Connection, recoveries: list[Recovery]) -> None:
     """Each recovery's rows in the log, and how many of them were suppressed by then."""
     if not recoveries:
@@ -148,6 +159,7 @@ class UnknownAccount:
     without_line: int
     uncertain_rows: int  # rows with the recovery's error, in the whole log
     uncertain_calls: int  # "uncertain: <reason>": a provider call with no answer (not a crash)
+    rolled_back: int = 0  # recovery lines of claims that did not commit (logged again later)
 
     @property
     def claim_bound(self) -> int:
@@ -220,6 +232,7 @@ class UnknownAccount:
             "unknown_without_fault": self.by_cause("none"),
             "recoveries": len(self.recoveries),
             "recoveries_log_vs_rows_differ": sum(1 for r in self.recoveries if r.rows != r.logged_unknown),
+            "recoveries_rolled_back": self.rolled_back,
             "claims_without_claim_line": self.without_line,
             "max_unknown_per_claim": max((r.rows for r in self.recoveries), default=0),
             "max_unsuppressed_unknown_per_claim": max(
@@ -248,7 +261,8 @@ class UnknownAccount:
 async def account_unknown(
     conn: asyncpg.Connection, logs: list[Path], faults: Faults, options: procs.DaemonOptions
 ) -> UnknownAccount:
-    claimed, recoveries = read_logs(logs)
+    claimed, logged = read_logs(logs)
+    recoveries = latest_per_claim(logged)
     await count_recovered(conn, recoveries)
     without_line = attribute(recoveries, claimed, faults)
     counts = await conn.fetchrow(
@@ -264,6 +278,7 @@ async def account_unknown(
         recoveries=recoveries,
         kills=faults.kills,
         without_line=without_line,
+        rolled_back=len(logged) - len(recoveries),
         uncertain_rows=counts["in_flight"],
         uncertain_calls=counts["calls"],
     )

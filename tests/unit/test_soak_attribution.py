@@ -5,7 +5,7 @@ recovered is not charged twice, which the soak's old per-kill measure did."""
 from __future__ import annotations
 
 from tests.e2e import procs
-from tests.e2e.soak_audit import Recovery, UnknownAccount, attribute
+from tests.e2e.soak_audit import Recovery, UnknownAccount, attribute, latest_per_claim
 from tests.e2e.soak_cluster import Faults, Kill
 
 STEP = 400  # concurrency 8 x batch 50
@@ -90,3 +90,11 @@ def test_the_documented_bound_is_two_steps_per_shard_held() -> None:
     options = procs.DaemonOptions(concurrency=8, batch_size=50, max_shards_per_node=4)
     assert options.in_flight_bound(1) == 800
     assert options.in_flight_bound(9) == 3200
+
+
+def test_a_recovery_that_did_not_commit_is_counted_once() -> None:
+    """Its line was written before the claim's commit; the next claim recovers the same claim
+    (the epoch rolled back too) and logs the same rows: only the last line counts."""
+    first = _recovery(0, 750, at=30.0)
+    again = _recovery(0, 750, at=31.0, owner="node-0")
+    assert latest_per_claim([again, first]) == [again]
