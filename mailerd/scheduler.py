@@ -353,6 +353,11 @@ async def _log_uncertain(
         campaign_id=campaign.id,
         shard_no=row["shard_no"],
         unknown=unknown,
+        # The claim whose leads these were: its epoch and node (the crash that left them).
+        recovered_epoch=row["epoch"] - 1,
+        previous_owner=row["previous_owner"],
+        checkpoint=row["checkpoint"],
+        reserved_upto=row["reserved_upto"],
     )
     return updated
 

@@ -48,11 +48,15 @@ async def pending(
 async def take(
     claim: asyncpg.Connection, campaign_id: int, shard_no: int, owner: str
 ) -> asyncpg.Record | None:
-    """Bump the epoch of a still-pending shard (inside the claim transaction); its new row."""
+    """Bump the epoch of a still-pending shard (inside the claim transaction); its new row, plus
+    ``previous_owner``: the node that made the claim this one replaces (NULL after a clean
+    release), which a recovery names as the node whose crash left leads uncertain."""
     row: asyncpg.Record | None = await claim.fetchrow(
-        """UPDATE campaign_shards SET epoch = epoch + 1, owner = $3, updated_at = now()
-           WHERE campaign_id = $1 AND shard_no = $2 AND state = 'pending'
-           RETURNING *""",
+        """UPDATE campaign_shards s SET epoch = s.epoch + 1, owner = $3, updated_at = now()
+           FROM (SELECT owner FROM campaign_shards
+                 WHERE campaign_id = $1 AND shard_no = $2 FOR UPDATE) AS previous
+           WHERE s.campaign_id = $1 AND s.shard_no = $2 AND s.state = 'pending'
+           RETURNING s.*, previous.owner AS previous_owner""",
         campaign_id,
         shard_no,
         owner,

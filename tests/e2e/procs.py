@@ -105,9 +105,13 @@ class DaemonOptions:
         return self.reservation_step or self.concurrency * self.batch_size
 
     def in_flight_bound(self, shards: int) -> int:
-        """Leads that one crash may leave uncertain: the batches the workers hold, plus each
-        claimed shard's reservation ahead of them."""
-        return self.concurrency * self.batch_size + min(shards, self.max_shards_per_node) * self.step
+        """Leads that one crash may leave uncertain (docs/architecture.md, "What bounds
+        ``unknown`` per crash"): per shard the node held, at most ``2 x reservation_step``
+        (fewer than step / batch_size batches uncommitted before the one that reserves, and a
+        reservation at most step / batch_size batches past it), leads already suppressed when
+        their window was read aside. Not ``concurrency x batch_size`` plus a step per shard:
+        batches sent but not yet committed are not limited to the ones the workers hold."""
+        return 2 * self.step * min(shards, self.max_shards_per_node)
 
 
 API_KEY = "e2e-provider-key"

@@ -9,6 +9,7 @@ import asyncpg
 from mailerd import campaigns
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import email_log
+from mailerd.db import shards as shards_db
 from mailerd.models import LogStatus
 from mailerd.scheduler import campaign_from_row
 from tests.integration.helpers import add_leads, daemon_config, new_campaign
@@ -26,3 +27,23 @@ async def test_a_lead_suppressed_after_the_crash_is_logged_unknown(conn: asyncpg
     assert await email_log.log_uncertain(conn, campaign_from_row(row), 0, upto) == 2
     logged = await conn.fetch("SELECT status, error FROM email_log WHERE campaign_id = $1", campaign_id)
     assert [(r["status"], r["error"]) for r in logged] == [(LogStatus.UNKNOWN, email_log.UNCERTAIN_ERROR)] * 2
+
+
+async def test_a_claim_names_the_claim_it_replaces(conn: asyncpg.Connection) -> None:
+    """A recovery says whose crash it accounts for: ``take`` returns the previous owner, and the
+    recovered claim is the one of the epoch just below (bench/soak.py attributes ``unknown``
+    rows to the crash that left them with these)."""
+    await add_leads(conn, 1, 6)
+    campaign_id = await campaigns.create(conn, new_campaign(), daemon_config(1))
+    await shards_db.create(conn, campaign_id, [await conn.fetchval("SELECT max(id) FROM leads")])
+    first = await shards_db.take(conn, campaign_id, 0, "node-a")
+    assert first is not None
+    assert first["previous_owner"] is None
+    second = await shards_db.take(conn, campaign_id, 0, "node-b")
+    assert second is not None
+    assert (second["previous_owner"], second["owner"]) == ("node-a", "node-b")
+    assert second["epoch"] == first["epoch"] + 1
+    await shards_db.release_clean(conn, campaign_id, 0, second["epoch"])
+    third = await shards_db.take(conn, campaign_id, 0, "node-a")
+    assert third is not None
+    assert third["previous_owner"] is None  # released cleanly: nobody's crash to account for
