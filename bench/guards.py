@@ -58,7 +58,13 @@ async def one_run(admin_dsn: str, leads: int, min_sample: int, rate: float) -> d
                             "concurrency": 8,
                         }
                     },
-                    "guards": {"min_sample": min_sample, "max_complaint_rate": 0.0008},
+                    # The campaign guard is measured: the provider guard (whose default sample,
+                    # 1,000, is smaller) would hold the account first.
+                    "guards": {
+                        "min_sample": min_sample,
+                        "max_complaint_rate": 0.0008,
+                        "provider_min_sample": 100_000_000,
+                    },
                     "webhooks": {"ses": poster.signer.daemon_settings(Path(tmp))},
                 },
                 env={},

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, db, http, looplag, metrics, providers, systemd, unsubscribe
+from mailerd import campaigns, db, http, looplag, metrics, provider_guard, providers, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, reports_schema
 from mailerd.db import stats as stats_db
@@ -73,7 +73,7 @@ async def run_with_dsn(
         if not await _prepare_database(pool, config):
             return 1
         lanes = _open_lanes(config, resources)
-        writer = Writer(pool, config.writer, config.webhooks, config.guards)
+        writer = Writer(pool, config.writer, config.webhooks, config.guards, config.providers)
         webhook_handlers = providers.create_webhook_handlers(config)
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")
@@ -240,7 +240,7 @@ class _Stages:
                 _drain_deadline(self.stop, health, self.config, main, notifier), name="drain-deadline"
             )
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
-            group.create_task(_campaign_sampler(self.pool, self.stop), name="campaign-sampler")
+            group.create_task(_campaign_sampler(self.pool, self.stop, self.config), name="campaign-sampler")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
             if relay_destinations.runs_in_daemon(self.config):
@@ -403,13 +403,15 @@ async def _health_loop(health: http.Health, writer: Writer, stop: asyncio.Event)
                 await stop.wait()
 
 
-async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    """Export the cluster's live campaigns (``mailerd_campaigns``, leads remaining and logged)
-    and whether Postgres answers (``mailerd_database_up``), every :data:`CAMPAIGN_SAMPLE_S`."""
+async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Config) -> None:
+    """Export the cluster's live campaigns (``mailerd_campaigns``, leads remaining and logged),
+    the configured providers' rolling rates and holds, and whether Postgres answers
+    (``mailerd_database_up``), every :data:`CAMPAIGN_SAMPLE_S`."""
     while not stop.is_set():
         try:
             async with asyncio.timeout(5), pool.acquire() as conn:
                 totals = {t.status: t for t in await stats_db.totals_by_status(conn)}
+                await provider_guard.sample(conn, config.guards, config.providers)
         except db.DB_ERRORS_OR_TIMEOUT:
             metrics.DATABASE_UP.set(0)
         else:

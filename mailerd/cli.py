@@ -56,6 +56,7 @@ def _command_key(args: argparse.Namespace) -> str:
         "leads_command",
         "campaign_command",
         "suppressions_command",
+        "providers_command",
         "relay_command",
         "reports_command",
         "report_command",
@@ -301,6 +302,14 @@ async def _campaign_list(args: argparse.Namespace, config: config_mod.Config) ->
     return await campaigns.list_all(args, config)
 
 
+async def _providers(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from mailerd.commands import providers
+
+    if args.providers_command == "resume":
+        return await providers.resume(args, config)
+    return await providers.show(args, config)
+
+
 async def _relay_status(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd.relay import operations
 
@@ -417,6 +426,9 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, config_mod.Config], Coroutine
     "campaign resume": _campaign_action,
     "campaign cancel": _campaign_action,
     "demo": _demo,
+    "providers list": _providers,
+    "providers show": _providers,
+    "providers resume": _providers,
     "relay run": _relay_run,
     "relay status": _relay_status,
     "relay replay": _relay_replay,

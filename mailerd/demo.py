@@ -183,8 +183,9 @@ async def _run_demo(dsn: str, reports_dsn: str, lead_count: int, as_json: bool, 
                 "relay": {"poll_interval_ms": 100},
                 # The emulator complains at 0.2%, well past the guard's default (0.08%, below
                 # SES's review threshold), so that the demo shows suppression at work: a real
-                # campaign with those figures would be paused (docs/guards.md).
-                "guards": {"max_complaint_rate": 0.01},
+                # campaign with those figures would be paused, and its provider account held
+                # (docs/guards.md).
+                "guards": {"max_complaint_rate": 0.01, "provider_max_complaint_rate": 0.01},
             },
             env={"MAILERD_UNSUBSCRIBE__SECRET": secrets.token_hex(32), "MAILERD_ADMIN_TOKEN": token},
         )

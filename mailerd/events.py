@@ -90,7 +90,7 @@ async def record(
     fresh = [_classified(e) for e in fresh]
     await events_db.append(conn, fresh, dt.datetime.now(dt.UTC))
     await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)
-    await stats_db.add_events(conn, _counts(fresh))
+    await stats_db.add_events(conn, counts(fresh))
     return fresh
 
 
@@ -124,7 +124,7 @@ async def _suppress(
     await suppressions_db.add_many(conn, direct)
 
 
-def _counts(events: list[Event]) -> dict[int, list[int]]:
+def counts(events: list[Event]) -> dict[int, list[int]]:
     """(delivered, bounced, complained, unsubscribed, hard_bounced, blocked) per campaign:
     ``hard_bounced`` are hard bounces that were no block, ``blocked`` the blocks of either kind."""
     counts: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0, 0, 0])

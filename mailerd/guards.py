@@ -65,8 +65,11 @@ class Verdict:
     reason: str
 
 
-def judge(counts: Counts, limits: Limits, *, scope: str = "campaign") -> Verdict | None:
-    """The first rate above its maximum, once the sample is large enough; None: all is well."""
+def judge(
+    counts: Counts, limits: Limits, *, scope: str = "campaign", prefix: str = "", sample: str = "sent"
+) -> Verdict | None:
+    """The first rate above its maximum, once the sample is large enough; None: all is well.
+    ``prefix`` names the keys (``provider_``), ``sample`` the sample (``sent in 24 h``)."""
     if counts.sent < limits.min_sample or counts.sent <= 0:
         return None
     checks = (
@@ -78,8 +81,8 @@ def judge(counts: Counts, limits: Limits, *, scope: str = "campaign") -> Verdict
         rate = count / counts.sent
         if rate > threshold:
             reason = (
-                f"guard: {scope} {label} {percent(rate)} ({count} of {counts.sent} sent) "
-                f"exceeds {key} {percent(threshold)}"
+                f"guard: {scope} {label} {percent(rate)} ({count} of {counts.sent} {sample}) "
+                f"exceeds {prefix}{key} {percent(threshold)}"
             )
             return Verdict(signal, reason)
     return None

@@ -49,6 +49,23 @@ GUARD_PAUSES = Counter(
     "(bounce, complaint, blocked).",
     ["scope", "signal"],
 )
+PROVIDER_HELD = Gauge(
+    "mailerd_provider_held",
+    "1 while the provider guard holds the provider account (its campaigns paused until an "
+    "operator releases it), else 0.",
+    ["provider"],
+)
+PROVIDER_RATE = Gauge(
+    "mailerd_provider_rate_ratio",
+    "A provider account's rolling 24 h rate since its last release: hard bounces, complaints "
+    "or blocks per email sent (signal: bounce, complaint, blocked).",
+    ["provider", "signal"],
+)
+PROVIDER_SENT_24H = Gauge(
+    "mailerd_provider_sent_24h",
+    "Emails a provider account sent over the rolling 24 hours, across every node.",
+    ["provider"],
+)
 FLUSH_FAILURES = Counter("mailerd_writer_flush_failures_total", "Writer flushes that failed and will retry.")
 WRITER_BUFFER_ROWS = Gauge("mailerd_writer_buffer_rows", "Rows waiting in the writer's buffer.")
 SHARDS_CLAIMED = Gauge("mailerd_shards_claimed", "Campaign shards this node holds.")

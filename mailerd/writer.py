@@ -24,15 +24,17 @@ import collections
 import dataclasses
 import time
 import uuid
+from collections.abc import Mapping
 
 import asyncpg
 import structlog
 
-from mailerd import db, deadletter, guards, metrics
+from mailerd import db, deadletter, guards, metrics, provider_guard
 from mailerd import events as events_mod
-from mailerd.config import GuardsConfig, WebhooksConfig, WriterConfig
+from mailerd.config import GuardsConfig, ProviderConfig, WebhooksConfig, WriterConfig
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import email_log as email_log_db
+from mailerd.db import provider_usage as usage_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
 from mailerd.models import Event, LogRow, LogStatus
@@ -98,11 +100,13 @@ class Writer:
         config: WriterConfig,
         webhooks: WebhooksConfig | None = None,
         guard_config: GuardsConfig | None = None,
+        providers: Mapping[str, ProviderConfig] | None = None,
     ) -> None:
         self._pool = pool
         self._config = config
         self._webhooks = webhooks or WebhooksConfig()
         self._guard = guards.CampaignGuard(guard_config or GuardsConfig())
+        self._provider_guard = provider_guard.ProviderGuard(guard_config or GuardsConfig(), providers)
         self._touched: set[int] = set()  # campaigns counted since the last guard check
         self._buffer: list[Entry] = []
         self._rows = 0
@@ -232,6 +236,7 @@ class Writer:
         try:
             async with self._pool.acquire() as conn:
                 await self._guard.check(conn, touched)
+                await self._provider_guard.check(conn, touched)
         except db.DB_ERRORS as exc:
             self._touched |= touched
             log.warning("guard_check_failed", error=str(exc), campaigns=len(touched))
@@ -399,13 +404,16 @@ class Writer:
             if records:
                 await email_log_db.copy_rows(conn, records)
             await stats_db.add_outcomes(conn, stats)
+            fresh = []
             if events:
-                await events_mod.record(
+                fresh = await events_mod.record(
                     conn,
                     events,
                     soft_bounce_limit=self._webhooks.soft_bounce_limit,
                     soft_bounce_window_s=self._webhooks.soft_bounce_window_s,
                 )
+            # Last: the provider rows are the flush's hottest (every node adds to them).
+            await usage_db.add(conn, usage_db.per_campaign(stats, events_mod.counts(fresh)))
 
 
 @dataclasses.dataclass(slots=True)

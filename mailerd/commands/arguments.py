@@ -134,6 +134,22 @@ def parser() -> argparse.ArgumentParser:
         if action in ("pause", "cancel"):
             p.add_argument("--reason", default=None, help="recorded with the status")
 
+    # --- providers (through the admin API) ---
+    provider = sub.add_parser("providers", help="provider accounts: rolling 24 h and holds").add_subparsers(
+        dest="providers_command", required=True
+    )
+    p = provider.add_parser("list", parents=[api], help="every provider's rolling 24 hours and hold")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p = provider.add_parser("show", parents=[api], help="one provider's rolling 24 hours and hold")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p = provider.add_parser(
+        "resume", parents=[api], help="release a provider the guard holds and resume its paused campaigns"
+    )
+    p.add_argument("name")
+    p.add_argument("--reason", required=True, help="why it is safe to send again (recorded)")
+    p.add_argument("--by", default="cli", help="who releases it (recorded; default cli)")
+
     # --- relay ---
     relay = sub.add_parser("relay", help="the event stream (Kafka, callbacks)").add_subparsers(
         dest="relay_command", required=True

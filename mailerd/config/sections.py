@@ -90,6 +90,11 @@ class ProviderConfig:
     username: str = ""  # smtp AUTH (the password is api_key)
     connections: int = _within(4, 1, 1000)  # smtp: the pool per provider
     messages_per_connection: int = _within(100, 1, 1_000_000)  # smtp: then a new connection
+    # The provider guard's thresholds for this account (0: [guards] provider_*; docs/guards.md).
+    guard_min_sample: int = _within(0, 0, 100_000_000)
+    guard_max_bounce_rate: float = _within(0.0, 0, 1, above=_SHARE)
+    guard_max_complaint_rate: float = _within(0.0, 0, 1, above=_SHARE)
+    guard_max_blocked_rate: float = _within(0.0, 0, 1, above=_SHARE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -215,14 +220,21 @@ class WebhooksConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class GuardsConfig:
     """Deliverability guards (docs/guards.md): a running campaign pauses itself once it has sent
-    ``min_sample`` emails and its hard-bounce, complaint or blocked rate passes its maximum. The
-    defaults stay below the rates at which SES puts an account under review (5 %, 0.1 %)."""
+    ``min_sample`` emails and its hard-bounce, complaint or blocked rate passes its maximum; a
+    provider account is held (all its campaigns paused) when its rolling 24 hours, across every
+    campaign and node, pass the ``provider_*`` maxima. The defaults stay below the rates at which
+    SES puts an account under review (5 %, 0.1 %)."""
 
     enabled: bool = True
     min_sample: int = _within(1000, 1, 100_000_000)
     max_bounce_rate: float = _within(0.04, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
     max_complaint_rate: float = _within(0.0008, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
     max_blocked_rate: float = _within(0.03, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    # The provider guard: a provider account over a rolling 24 hours, across campaigns and nodes.
+    provider_min_sample: int = _within(1000, 1, 100_000_000)
+    provider_max_bounce_rate: float = _within(0.04, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    provider_max_complaint_rate: float = _within(0.0008, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    provider_max_blocked_rate: float = _within(0.03, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from mailerd.db import provider_usage as usage_db
 from mailerd.db import stats as stats_db
 
 NOTIFY_CHANNEL = "mailerd_campaigns"
@@ -30,6 +31,8 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "fail": (frozenset({"scheduled", "running", "paused"}), "failed"),  # can never be sent as stored
 }
 API_ACTIONS = ("start", "pause", "resume", "cancel")
+HELD_ACTIONS = frozenset({"start", "resume"})  # refused while the campaign's provider is held
+ProviderHeld = usage_db.ProviderHeld
 
 
 class TransitionError(Exception):
@@ -74,6 +77,8 @@ async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
     once: a node's sweep that saw the committed row before its counters would lock it and upsert
     the same counters row this insert is adding, a deadlock (found by bench/soak.py)."""
     async with conn.transaction():
+        if row.status == "scheduled":
+            await _refuse_if_held(conn, None, "start", row.provider)
         campaign_id: int = await conn.fetchval(
             """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
                                       html_body, text_body, provider, rate_per_s, resend_uncertain, send_at,
@@ -121,8 +126,13 @@ async def change_status(
 ) -> str:
     """Apply ``action`` to one campaign and tell every node at once (NOTIFY). Returns the new
     status; raises :class:`TransitionError` when the action is not allowed from the current
-    status, or when ``generation`` is given and the status changed since it was read."""
+    status, or when ``generation`` is given and the status changed since it was read, and
+    :class:`ProviderHeld` when it would start or resume a campaign of a held provider."""
     async with conn.transaction():
+        if action in HELD_ACTIONS:
+            provider = await conn.fetchval("SELECT provider FROM campaigns WHERE id = $1", campaign_id)
+            if provider is not None:
+                await _refuse_if_held(conn, campaign_id, action, provider)
         changed = await _apply(
             conn,
             action,
@@ -143,6 +153,40 @@ async def change_status(
             # judges again only on what the campaign sends from now on.
             await stats_db.reset_guard_baseline(conn, campaign_id)
     return TRANSITIONS[action][1]
+
+
+async def pause_provider(conn: asyncpg.Connection, provider: str, reason: str, *, cause: str) -> list[int]:
+    """Pause every scheduled or running campaign of ``provider`` (in the caller's transaction,
+    under :func:`mailerd.db.provider_usage.lock`). Returns the ids paused."""
+    return await _apply(conn, "pause", "provider = $5", [provider], cause=cause, reason=reason)
+
+
+async def resume_provider(
+    conn: asyncpg.Connection, provider: str, hold_reason: str, reason: str
+) -> list[int]:
+    """Resume the campaigns of ``provider`` that are paused by its hold (their last change is
+    the guard's, with the hold's reason): an operator released it with ``reason``."""
+    return await _apply(
+        conn,
+        "resume",
+        """provider = $5 AND EXISTS (
+               SELECT 1 FROM campaign_changes h WHERE h.campaign_id = campaigns.id
+               AND h.generation = campaigns.status_generation AND h.cause = 'guard' AND h.reason = $6)""",
+        [provider, hold_reason],
+        cause="api",
+        reason=reason,
+    )
+
+
+async def _refuse_if_held(
+    conn: asyncpg.Connection, campaign_id: int | None, action: str, provider: str
+) -> None:
+    """A campaign of a held provider may not start or resume (in a transaction): raise
+    :class:`ProviderHeld` naming the hold."""
+    await usage_db.lock(conn, provider, shared=True)
+    hold = await usage_db.active_hold(conn, provider)
+    if hold is not None:
+        raise ProviderHeld(campaign_id, action, hold)
 
 
 async def _paused_by(conn: asyncpg.Connection, campaign_id: int) -> str | None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from mailerd.db import provider_usage
+
 # table -> partition key column
 PARTITIONED = {"email_log": "sent_at", "email_events": "received_at"}
 # Serialises partition DDL between nodes (two CREATE ... PARTITION OF at once deadlock).
@@ -178,6 +180,10 @@ async def maintain(
             conn, table, today - retention_days * _DAY, relay_positions=relay_positions
         )
     actions += await prune_receipts(conn, today - retention_days * _DAY)
+    if await conn.fetchval("SELECT to_regclass('provider_usage') IS NOT NULL"):
+        pruned = await provider_usage.prune(conn)
+        if pruned:
+            actions.append(Action("purged", "provider_usage", f"{pruned} hour rows older than the window"))
     return actions
 
 

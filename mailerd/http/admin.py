@@ -33,6 +33,8 @@ async def create_campaign(request: web.Request) -> web.Response:
             campaign_id = await campaigns.create(conn, new, config)
         except campaigns.CampaignError as error:  # the content budget, checked on a sample lead
             raise ApiError.invalid([decoding.Problem(error.field, error.message)]) from None
+        except campaign_rows.ProviderHeld as exc:  # start: true, and the provider is held
+            raise ApiError(409, "provider_held", str(exc), "provider") from None
         info = await campaigns.show(conn, campaign_id)
     return json_response(msgspec.convert(info, bodies.Campaign), status=201)
 
@@ -100,6 +102,8 @@ def campaign_action(action: str) -> Handler:
         async with pool(request).acquire() as conn, conn.transaction():
             try:
                 await campaigns.transition(conn, campaign_id, action, reason)
+            except campaign_rows.ProviderHeld as exc:
+                raise ApiError(409, "provider_held", str(exc), "provider") from None
             except campaigns.TransitionError as exc:
                 if exc.current is None:
                     raise ApiError(404, "not_found", f"no campaign {campaign_id}", "id") from None

@@ -5,7 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailerd import campaigns
-from mailerd.http import admin, bodies, health, leads, report_bodies, reports, unsubscribe, webhooks
+from mailerd.http import (
+    admin,
+    bodies,
+    health,
+    leads,
+    provider_bodies,
+    providers,
+    report_bodies,
+    reports,
+    unsubscribe,
+    webhooks,
+)
 from mailerd.http.errors import json_response
 from mailerd.http.openapi import Route
 
@@ -34,7 +45,7 @@ ROUTES: tuple[Route, ...] = (
         "/api/campaigns",
         admin.create_campaign,
         "Create a campaign",
-        {201: bodies.Campaign},
+        {201: bodies.Campaign, 409: bodies.ErrorBody},
         body=bodies.NewCampaignExample,
     ),
     Route(
@@ -204,6 +215,28 @@ ROUTES: tuple[Route, ...] = (
         "One email by its provider message id, with its events",
         # 400: a request line longer than aiohttp reads (8190 bytes), answered before routing
         {200: report_bodies.Message, 400: bodies.ErrorBody, 404: bodies.ErrorBody},
+    ),
+    Route(
+        "GET",
+        "/api/providers",
+        providers.list_providers,
+        "Every provider account's rolling 24 hours, guard thresholds and hold",
+        {200: provider_bodies.ProviderList},
+    ),
+    Route(
+        "GET",
+        "/api/providers/{provider}",
+        providers.get_provider,
+        "A provider account's rolling 24 hours, guard thresholds and hold",
+        {200: provider_bodies.ProviderStatus, 404: bodies.ErrorBody},
+    ),
+    Route(
+        "POST",
+        "/api/providers/{provider}/resume",
+        providers.resume_provider,
+        "Release a provider the guard holds (the reason is recorded) and resume its paused campaigns",
+        {200: provider_bodies.Released, 404: bodies.ErrorBody, 409: bodies.ErrorBody},
+        body=provider_bodies.ResumeExample,
     ),
     Route("POST", "/webhooks/{provider}", webhooks.webhook, "Provider events", {200: None}, documented=False),
     Route("GET", "/u/{token}", unsubscribe.page, "Unsubscribe page", {200: None}, documented=False),

@@ -202,7 +202,7 @@ async def test_the_document_declares_parameters_and_every_answer(client: TestCli
     assert emails["parameters"][0]["schema"]["minimum"] == 1
     assert set(emails["responses"]) == {"200", "401", "404", "422", "503"}
     create = spec["paths"]["/api/campaigns"]["post"]
-    assert set(create["responses"]) == {"201", "400", "401", "413", "422", "503"}
+    assert set(create["responses"]) == {"201", "400", "401", "409", "413", "422", "503"}
     error = {"$ref": "#/components/schemas/ErrorBody"}
     assert create["responses"]["422"]["content"]["application/json"]["schema"] == error
     new_campaign = spec["components"]["schemas"]["NewCampaign"]

@@ -110,3 +110,38 @@ async def test_create_show_pause_resume_through_the_api(
     finally:
         await emulator.close()
     assert await conn.fetchval("SELECT count(*) FROM campaigns") == 1
+
+
+async def test_providers_show_and_resume_a_held_provider(conn: asyncpg.Connection, dsn: str) -> None:
+    await conn.execute(
+        """INSERT INTO provider_holds (provider, signal, reason)
+           VALUES ('sink', 'complaint', 'guard: provider sink complaint rate 1% (10 of 1000 sent in 24 h)')"""
+    )
+    config = config_mod.from_mapping(
+        {
+            "http": {"listen": "127.0.0.1:0"},
+            "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
+        },
+        env={"MAILERD_ADMIN_TOKEN": TOKEN},
+    )
+    async with running_daemon(config, dsn) as daemon:
+        api = ["--url", f"http://127.0.0.1:{daemon.port}", "--token", TOKEN]
+        code, out, err = await _mailerd("providers", "list", *api)
+        assert code == 0, err
+        assert out.startswith("sink: sent 0 in 24 h") and "HELD since" in out and "complaint rate 1%" in out
+        code, out, err = await _mailerd("providers", "resume", "sink", *api)
+        assert code == 2 and "--reason" in err
+        code, out, err = await _mailerd(
+            "providers", "resume", "sink", "--reason", "cleaned", "--by", "ann", *api
+        )
+        assert code == 0, err
+        assert out.strip() == (
+            "provider sink: released (guard: provider sink complaint rate 1% (10 of 1000 sent in 24 h)); "
+            "campaigns resumed: none"
+        )
+        code, out, err = await _mailerd("providers", "show", "sink", "--json", *api)
+        assert code == 0, err
+        shown = orjson.loads(out)
+        assert shown["hold"] is None and shown["last_release"]["by"] == "ann"
+        code, out, err = await _mailerd("providers", "resume", "sink", "--reason", "again", *api)
+        assert code == 2 and "not held" in err  # 409, as the campaign commands report it

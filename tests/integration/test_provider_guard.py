@@ -1,0 +1,148 @@
+"""The provider guard (issue 15): a provider account's rolling 24 hours, across campaigns and
+nodes, hold the provider when a rate passes its maximum; every campaign of the provider pauses,
+no new one starts, until an operator releases it with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from mailerd import campaigns
+from mailerd import config as config_mod
+from mailerd.db import provider_usage
+from mailerd.emulator import sink
+from mailerd.emulator import webhooks as emulator_webhooks
+from mailerd.writer import Writer
+from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+
+TOKEN = "provider-guard-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# The campaign guard would need far more complaints: only the provider guard acts here.
+GUARDS = {
+    "min_sample": 100_000,
+    "provider_min_sample": 100,
+    "provider_max_complaint_rate": 0.01,
+}
+
+
+async def test_the_writer_keeps_the_provider_hour_in_its_flush(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20))
+    task = asyncio.create_task(writer.run())
+    try:
+        now = dt.datetime.now(dt.UTC)
+        rows = [(now, campaign_id, n, 1, f"m{n}", None) for n in range(7)]
+        await (await writer.submit(None, 0, rows))  # type: ignore[arg-type]
+        await (await writer.submit(None, 0, rows[:3]))  # type: ignore[arg-type]
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+    usage = await conn.fetch("SELECT provider, hour, sent FROM provider_usage")
+    assert [(r["provider"], r["sent"]) for r in usage] == [("sink", 10)]
+    (found,) = await provider_usage.usage(conn, ["sink"])
+    assert found.sent == 10
+    # Hour rows past the window are pruned by the partition maintenance.
+    await conn.execute("UPDATE provider_usage SET hour = hour - interval '3 days'")
+    assert (await provider_usage.usage(conn, ["sink"]))[0].sent == 0
+    assert await provider_usage.prune(conn) == 1
+
+
+async def test_complaints_hold_the_provider_pause_a_second_campaign_and_refuse_starts(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, 3000)  # 1000 match each campaign's segment
+    poster = emulator_webhooks.WebhookPoster(
+        "http://127.0.0.1:1", "ses", bounce_rate=0.0, complaint_rate=0.05, seed=16
+    )
+    emulator = sink.Sink(seed=16, webhooks=poster)
+    port = await emulator.start()
+    config = daemon_config(
+        port,
+        provider={"rate_per_s": 300},  # both campaigns share it: the guard acts well before the end
+        guards=GUARDS,
+        webhooks={"ses": poster.signer.daemon_settings(tmp_path)},
+    )
+    tokens = (config_mod.Secret(TOKEN),)
+    config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_tokens=tokens))
+    try:
+        async with running_daemon(config, dsn) as daemon, aiohttp.ClientSession() as http:
+            api = f"http://127.0.0.1:{daemon.port}/api"
+            poster.url = f"http://127.0.0.1:{daemon.port}/webhooks/ses"
+            first = await campaigns.create(conn, new_campaign(name="first"), config)
+            second = await campaigns.create(conn, new_campaign(name="second"), config)
+            infos = [await wait_for_status(conn, c, ("paused", "finished")) for c in (first, second)]
+            for info in infos:
+                assert info["status"] == "paused", info
+                assert info["reason"].startswith("guard: provider sink complaint rate "), info["reason"]
+                assert "sent in 24 h) exceeds provider_max_complaint_rate 1%" in info["reason"]
+            assert infos[0]["reason"] == infos[1]["reason"]
+            causes = await conn.fetch(
+                """SELECT cause FROM campaign_changes
+                   WHERE status = 'paused' AND campaign_id = ANY($1::bigint[])""",
+                [first, second],
+            )
+            assert [r["cause"] for r in causes] == ["guard", "guard"]
+
+            async with http.get(f"{api}/providers/sink", headers=AUTH) as response:
+                assert response.status == 200
+                shown = await response.json()
+            assert shown["hold"]["reason"] == infos[0]["reason"] and shown["hold"]["signal"] == "complaint"
+            assert shown["complaint_rate"] > 0.01 and shown["sent"] >= 100
+
+            # No start and no resume while held: 409 naming the hold.
+            body = {
+                "account_id": 1, "name": "third", "provider": "sink", "start": True, "from": "n@example.com",
+                "segment": {"field": "attributes.plan", "op": "eq", "value": "pro"},
+                "subject": "s", "html": "<p>h</p>", "text": "t",
+            }  # fmt: skip
+            async with http.post(f"{api}/campaigns", json=body, headers=AUTH) as response:
+                assert response.status == 409
+                error = (await response.json())["error"]
+            assert error["field"] == "provider" and "provider sink is held" in error["message"]
+            async with http.post(f"{api}/campaigns/{first}/resume", json={}, headers=AUTH) as response:
+                assert response.status == 409
+                assert "provider sink is held" in (await response.json())["error"]["message"]
+
+            # The complaints still on their way land before the release (else they would count
+            # after it); then bad input is refused by field, and the release lets both go on.
+            poster.complaint_rate = 0.0
+            async with asyncio.timeout(30):
+                while (
+                    await conn.fetchval("SELECT sum(complained) FROM campaign_stats")
+                    < poster.counters.complaints
+                ):
+                    await asyncio.sleep(0.05)
+            async with http.post(
+                f"{api}/providers/sink/resume", json={"reason": " "}, headers=AUTH
+            ) as response:
+                assert response.status == 422
+                assert (await response.json())["error"]["field"] == "reason"
+            async with http.post(
+                f"{api}/providers/nosuch/resume", json={"reason": "x"}, headers=AUTH
+            ) as response:
+                assert response.status == 404
+            release = {"reason": "list cleaned, ticket 7", "by": "ops@example.com"}
+            async with http.post(f"{api}/providers/sink/resume", json=release, headers=AUTH) as response:
+                assert response.status == 200, await response.text()
+                released = await response.json()
+            assert sorted(released["resumed"]) == [first, second]
+            assert released["provider"]["hold"] is None
+            assert released["provider"]["last_release"]["by"] == "ops@example.com"
+            assert released["provider"]["sent"] == 0  # the guard starts over
+            async with http.post(f"{api}/providers/sink/resume", json=release, headers=AUTH) as response:
+                assert response.status == 409  # not held any more
+            for campaign_id in (first, second):
+                info = await wait_for_status(conn, campaign_id, ("finished",))
+                assert info["processed"] == 1000 and info["unknown"] == 0, info
+    finally:
+        await emulator.close()
+    hold = await conn.fetchrow("SELECT * FROM provider_holds")
+    assert hold["released_by"] == "ops@example.com" and hold["release_reason"] == "list cleaned, ticket 7"
+    assert hold["released_at"] > hold["since"]
