@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
-from mailerd import campaigns, db, http, looplag, metrics, providers, systemd, unsubscribe
+from mailerd import campaigns, db, http, looplag, metrics, providers, scheduler, systemd, unsubscribe
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, reports_schema
 from mailerd.db import stats as stats_db
@@ -53,6 +53,7 @@ async def run_with_dsn(
     *,
     on_ready: Callable[[int], None] | None = None,
     notifier: systemd.Notifier | None = None,
+    clock: scheduler.Clock = scheduler.utc_now,
 ) -> int:
     """Run the daemon against ``dsn`` until ``stop`` is set and the drain is over.
 
@@ -78,7 +79,7 @@ async def run_with_dsn(
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")
         _warn_unverified(config)
-        stages = _Stages(config, dsn, pool, lanes, writer, stop)
+        stages = _Stages(config, dsn, pool, lanes, writer, stop, clock)
         for sender in stages.senders.values():
             await _seed_rate(sender)
         reports_pool = None
@@ -163,6 +164,7 @@ class _Stages:
         lanes: dict[str, ProviderLane],
         writer: Writer,
         stop: asyncio.Event,
+        clock: scheduler.Clock = scheduler.utc_now,
     ) -> None:
         self.config = config
         self.dsn = dsn
@@ -172,7 +174,14 @@ class _Stages:
         self.stop = stop
         self.reports_pool: asyncpg.Pool | None = None
         self.scheduler = Scheduler(
-            config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=self._on_idle
+            config=config,
+            dsn=dsn,
+            pool=pool,
+            lanes=lanes,
+            sink=writer,
+            stop=stop,
+            on_idle=self._on_idle,
+            clock=clock,  # send windows: tests move time
         )
         self.senders = {
             name: ProviderSender(lane, config.provider(name), writer, self._on_halt, self._on_fail)

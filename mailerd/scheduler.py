@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
 
-from mailerd import aio, db, erasure, metrics, segments
+from mailerd import aio, db, erasure, metrics, segments, windows
 from mailerd.config import Config
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
@@ -35,6 +37,14 @@ from mailerd.stages import ProviderLane, RowSink
 log = structlog.get_logger(__name__)
 
 CLAIM_COMMAND_TIMEOUT_S = 15.0  # a claim connection that cannot answer in time counts as lost
+WINDOW_CLOSED = "send window closed"  # the stop reason of a shard whose zone's window closed
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    """The scheduler's default clock (tests inject their own to move send windows)."""
+    return dt.datetime.now(dt.UTC)
 
 
 def campaign_from_row(row: asyncpg.Record) -> Campaign:
@@ -57,11 +67,20 @@ def campaign_from_row(row: asyncpg.Record) -> Campaign:
         reply_to=row["reply_to"],
         headers=tuple(sorted(row["headers"].items())),
         provider_template=row["provider_template"],
+        send_window=None if row["send_window"] is None else windows.parse(row["send_window"]),
     )
 
 
 class _NotClaimable(Exception):
     pass
+
+
+class _WindowClosed(_NotClaimable):
+    """The shard's zone is outside its send window: it waits until ``opens``."""
+
+    def __init__(self, opens: dt.datetime) -> None:
+        super().__init__(f"send window opens at {opens.isoformat()}")
+        self.opens = opens
 
 
 class Scheduler:
@@ -77,6 +96,7 @@ class Scheduler:
         sink: RowSink,
         stop: asyncio.Event,
         on_idle: Callable[[str, int], None] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self._config = config
         self._dsn = dsn
@@ -85,6 +105,7 @@ class Scheduler:
         self._sink = sink
         self._stop = stop
         self._on_idle = on_idle
+        self._clock = clock
         self._runs: dict[tuple[int, int], ShardRun] = {}
         self._prepared: set[tuple[str, int]] = set()
         self._warned_providers: set[int] = set()
@@ -169,12 +190,21 @@ class Scheduler:
             self._wakeup.set()
 
     async def _tick(self, group: asyncio.TaskGroup) -> None:
+        self._close_windows()
         await self._activate_due()
         await self._finish_done()
         await self._watch_statuses()
         capacity = self._config.scheduler.max_shards_per_node - len(self._runs)
         if capacity > 0:
             await self._claim(group, capacity)
+
+    def _close_windows(self) -> None:
+        """Stop the shards whose zone's send window has closed (they release cleanly, like a
+        pause, and wait for the next opening)."""
+        now = self._clock()
+        for run in self._runs.values():
+            if run.closes_at is not None and now >= run.closes_at:
+                run.stop(WINDOW_CLOSED)
 
     async def _finish_done(self) -> None:
         """Finish campaigns whose shards are all done. The writer does it in the flush that
@@ -191,7 +221,9 @@ class Scheduler:
                 log.info("campaign_started", campaign_id=campaign_id)
             for campaign_id in await campaigns_db.unsplit(conn):
                 try:
-                    await split_campaign(conn, campaign_id, self._config.scheduler.shard_size)
+                    await split_campaign(
+                        conn, campaign_id, self._config.scheduler.shard_size, now=self._clock()
+                    )
                 except segments.SegmentError as exc:
                     await fail_campaign(conn, campaign_id, f"segment no longer valid: {exc}")
 
@@ -210,7 +242,7 @@ class Scheduler:
     async def _claim(self, group: asyncio.TaskGroup, capacity: int) -> None:
         async with self._pool.acquire() as conn:
             # Only campaigns whose provider this node has: the others are for other nodes.
-            candidates = await shards_db.pending(conn, sorted(self._lanes))
+            candidates = await shards_db.pending(conn, sorted(self._lanes), now=self._clock())
             orphaned = await campaigns_db.without_provider(conn, sorted(self._lanes))
         for campaign_id, provider in orphaned:
             if campaign_id not in self._warned_providers:
@@ -232,6 +264,8 @@ class Scheduler:
     async def _run_shard(self, key: tuple[int, int], run: ShardRun) -> None:
         try:
             await run.run()
+            if run.stop_reason == WINDOW_CLOSED and not run.done:
+                await self._wait_for_window(run)
         finally:
             del self._runs[key]
             metrics.SHARDS_CLAIMED.set(len(self._runs))
@@ -242,6 +276,21 @@ class Scheduler:
                 self._warned_providers.discard(run.campaign_id)
                 if self._on_idle is not None:
                     self._on_idle(run.provider_name, run.campaign_id)
+
+    async def _wait_for_window(self, run: ShardRun) -> None:
+        """Record when a shard stopped by its closing window opens again (GET campaign shows it;
+        until then no node tries to claim it). If this fails, the claim-time check records it."""
+        window = run.campaign.send_window
+        if window is None or run.zone is None:
+            return
+        opens = windows.next_open(window, run.zone, self._clock())
+        try:
+            async with self._pool.acquire() as conn:
+                await shards_db.defer(conn, run.campaign_id, run.shard_no, opens)
+        except db.DB_ERRORS as exc:
+            run.log.warning("shard_defer_failed", error=str(exc))
+            return
+        run.log.info("shard_waiting_for_window", zone=run.zone, opens=opens.isoformat())
 
     async def _try_claim(self, campaign_id: int, shard_no: int) -> ShardRun | None:
         claim = await connect.connect(self._dsn, command_timeout=CLAIM_COMMAND_TIMEOUT_S)
@@ -254,6 +303,7 @@ class Scheduler:
                 row = await shards_db.take(claim, campaign_id, shard_no, self.node)
                 if row is None:
                     raise _NotClaimable
+                campaign, closes_at = await self._in_window(claim, campaign, row)
                 resend = campaign.resend_uncertain or self._config.scheduler.resend_uncertain
                 if row["checkpoint"] < row["reserved_upto"] and not row["released_clean"] and not resend:
                     row = await _log_uncertain(claim, campaign, row)
@@ -263,6 +313,16 @@ class Scheduler:
                 logged_upto = await email_log_db.highest_logged(
                     claim, campaign_id, row["checkpoint"], row["lead_id_to"]
                 )
+                if row["zone"] is not None:
+                    # Zone shards overlap in id range: a lead whose zone attribute changed since
+                    # another zone's shard logged it has its row; never send it twice.
+                    logged_upto = row["lead_id_to"]
+        except _WindowClosed as closed:
+            # The transaction rolled back (the epoch is as it was): only record the wait.
+            with contextlib.suppress(*db.DB_ERRORS):
+                await shards_db.defer(claim, campaign_id, shard_no, closed.opens)
+            await claim.close()
+            return None
         except _NotClaimable:
             await claim.close()
             return None
@@ -279,9 +339,32 @@ class Scheduler:
             window_size=self._config.scheduler.window_size,
             logged_upto=logged_upto,
             erased_pads=erased_pads,
+            zone=row["zone"],
+            closes_at=closes_at,
         )
-        run.log.info("shard_claimed", checkpoint=row["checkpoint"], reserved_upto=row["reserved_upto"])
+        run.log.info(
+            "shard_claimed",
+            checkpoint=row["checkpoint"],
+            reserved_upto=row["reserved_upto"],
+            zone=row["zone"],
+            closes_at=None if closes_at is None else closes_at.isoformat(),
+        )
         return run
+
+    async def _in_window(
+        self, claim: asyncpg.Connection, campaign: Campaign, row: asyncpg.Record
+    ) -> tuple[Campaign, dt.datetime | None]:
+        """For a zone shard: raise :class:`_WindowClosed` unless its window is open now; else the
+        campaign narrowed to the zone's leads (every read, and crash recovery, see only those)
+        and when the window closes."""
+        window, zone = campaign.send_window, row["zone"]
+        if window is None or zone is None:
+            return campaign, None
+        now = self._clock()
+        if not windows.is_open(window, zone, now):
+            raise _WindowClosed(windows.next_open(window, zone, now))
+        condition = windows.zone_condition(window, zone, await shards_db.zones(claim, campaign.id))
+        return with_condition(campaign, condition), windows.next_close(window, zone, now)
 
     async def _erased_pads(self, claim: asyncpg.Connection, campaign: Campaign) -> tuple[bytes, bytes] | None:
         """The erasure key's HMAC pads when the account keeps erased addresses suppressed as
@@ -357,11 +440,25 @@ async def _log_uncertain(
     return updated
 
 
-async def split_campaign(conn: asyncpg.Connection, campaign_id: int, shard_size: int) -> int:
+def with_condition(campaign: Campaign, condition: dict[str, Any]) -> Campaign:
+    """The campaign whose segment also requires ``condition`` (a segment node)."""
+    extra = segments.parse(condition)
+    segment = segments.Segment(
+        root=segments.All((campaign.segment.root, extra.root)),
+        nodes=campaign.segment.nodes + extra.nodes + 1,
+        depth=max(campaign.segment.depth, extra.depth) + 1,
+    )
+    return dataclasses.replace(campaign, segment=segment)
+
+
+async def split_campaign(
+    conn: asyncpg.Connection, campaign_id: int, shard_size: int, *, now: dt.datetime | None = None
+) -> int:
     """Cut a running campaign into shards of about ``shard_size`` leads; count its matches.
 
-    Idempotent across nodes: the campaign row is locked and shards are made only once.
-    Returns the number of shards.
+    A campaign with a send window is cut per time zone too (``now``: the clock that decides
+    which zones wait). Idempotent across nodes: the campaign row is locked and shards are made
+    only once. Returns the number of shards.
     """
     async with conn.transaction():
         row = await campaigns_db.get(conn, campaign_id, for_update=True)
@@ -378,6 +475,33 @@ async def split_campaign(conn: asyncpg.Connection, campaign_id: int, shard_size:
             await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
             log.info("campaign_finished_empty", campaign_id=campaign_id)
             return 0
-        await shards_db.create(conn, campaign_id, edges)
-        log.info("campaign_split", campaign_id=campaign_id, shards=len(edges), matched=matched)
-        return len(edges)
+        if campaign.send_window is not None:
+            count = await _split_by_zone(conn, campaign, shard_size, edges[-1], now or utc_now())
+        else:
+            await shards_db.create(conn, campaign_id, edges)
+            count = len(edges)
+        log.info("campaign_split", campaign_id=campaign_id, shards=count, matched=matched)
+        return count
+
+
+async def _split_by_zone(
+    conn: asyncpg.Connection, campaign: Campaign, shard_size: int, last: int, now: dt.datetime
+) -> int:
+    """Shards per time zone (each zone's leads cut every ``shard_size``), the default zone always
+    among them (it takes the leads of no known zone, including zones first seen after now).
+    Zones whose window is closed wait for its opening."""
+    window = campaign.send_window
+    assert window is not None
+    found = await shards_db.zone_boundaries(
+        conn, campaign.account_id, campaign.segment, window.attribute_path, shard_size
+    )
+    cuts: dict[str, set[int]] = {window.default_timezone: set()}
+    for value, zone in windows.resolve_zones(window, found).items():
+        cuts.setdefault(zone, set()).update(found[value])
+    edges = {zone: [*sorted(cut for cut in ids if cut < last), last] for zone, ids in cuts.items()}
+    not_before = {
+        zone: None if windows.is_open(window, zone, now) else windows.next_open(window, zone, now)
+        for zone in edges
+    }
+    log.info("campaign_split_by_zone", campaign_id=campaign.id, zones=len(edges))
+    return await shards_db.create_zoned(conn, campaign.id, edges, not_before)

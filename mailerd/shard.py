@@ -146,8 +146,14 @@ class ShardRun:
         window_size: int,
         logged_upto: int = 0,
         erased_pads: tuple[bytes, bytes] | None = None,
+        zone: str | None = None,
+        closes_at: dt.datetime | None = None,
     ) -> None:
         self.campaign = campaign
+        # A windowed campaign's shard: its time zone, and when its window closes (the scheduler
+        # then stops it; it releases cleanly and waits for the next opening).
+        self.zone = zone
+        self.closes_at = closes_at
         self._logged_upto = logged_upto
         self.campaign_id: int = row["campaign_id"]
         self.shard_no: int = row["shard_no"]

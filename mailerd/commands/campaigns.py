@@ -84,6 +84,16 @@ async def show(args: argparse.Namespace, config: Config) -> int:
     )
     eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") is not None else ""
     print(f"  shards {info['shards_done']}/{info['shards']} done, {info['rate_per_s']:,.0f} emails/s{eta}")
+    if info.get("send_window"):
+        window = info["send_window"]
+        print(
+            f"  send window {window['start']}-{window['end']} {','.join(window['days'])}"
+            f" (zone: attributes.{window['timezone_attribute']}, else {window['default_timezone']})"
+        )
+    if info.get("shards_waiting"):
+        print(
+            f"  {info['shards_waiting']} shards wait for their window; the next opens {info['waiting_until']}"
+        )
     return 0
 
 
