@@ -45,6 +45,11 @@ async def create(args: argparse.Namespace, config: Config) -> int:
             body["send_at"] = args.send_at
         if args.rate is not None:
             body["rate"] = args.rate
+        if args.send_window:
+            try:
+                body["send_window"] = orjson.loads(args.send_window)
+            except orjson.JSONDecodeError as exc:
+                raise CampaignError("send_window", f"not valid JSON: {exc}") from None
     except CampaignError as exc:
         print(f"mailerd campaign create: {exc}", file=sys.stderr)
         return 2
