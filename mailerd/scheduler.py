@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -27,11 +26,11 @@ from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
 from mailerd.db import email_log as email_log_db
 from mailerd.db import erasure as erasure_db
-from mailerd.db import leads as leads_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
 from mailerd.models import Campaign, CampaignStatus
 from mailerd.shard import ShardRun
+from mailerd.splitting import campaign_from_row, split_campaign, with_condition
 from mailerd.stages import ProviderLane, RowSink
 
 log = structlog.get_logger(__name__)
@@ -45,30 +44,6 @@ Clock = Callable[[], dt.datetime]
 def utc_now() -> dt.datetime:
     """The scheduler's default clock (tests inject their own to move send windows)."""
     return dt.datetime.now(dt.UTC)
-
-
-def campaign_from_row(row: asyncpg.Record) -> Campaign:
-    """A campaigns row as the pipeline's :class:`Campaign` (segment parsed and validated)."""
-    return Campaign(
-        id=row["id"],
-        account_id=row["account_id"],
-        name=row["name"],
-        status=CampaignStatus(row["status"]),
-        segment=segments.parse(row["segment"]),
-        from_address=row["from_address"],
-        subject=row["subject"],
-        html_body=row["html_body"],
-        text_body=row["text_body"],
-        provider=row["provider"],
-        rate_per_s=row["rate_per_s"],
-        resend_uncertain=row["resend_uncertain"],
-        status_reason=row["status_reason"],
-        generation=row["status_generation"],
-        reply_to=row["reply_to"],
-        headers=tuple(sorted(row["headers"].items())),
-        provider_template=row["provider_template"],
-        send_window=None if row["send_window"] is None else windows.parse(row["send_window"]),
-    )
 
 
 class _NotClaimable(Exception):
@@ -226,6 +201,10 @@ class Scheduler:
                     )
                 except segments.SegmentError as exc:
                     await fail_campaign(conn, campaign_id, f"segment no longer valid: {exc}")
+                except windows.WindowError as exc:
+                    # e.g. this machine's time zone database lacks the default zone: another
+                    # node may split it; failing the campaign for everyone would be wrong.
+                    log.error("campaign_window_unusable", campaign_id=campaign_id, error=str(exc))
 
     async def _watch_statuses(self) -> None:
         """Periodic re-read of the status of campaigns this node is sending."""
@@ -397,6 +376,9 @@ class Scheduler:
         except segments.SegmentError as exc:
             await fail_campaign(claim, campaign_id, f"segment no longer valid: {exc}")
             raise _NotClaimable from exc
+        except windows.WindowError as exc:
+            log.error("campaign_window_unusable", campaign_id=campaign_id, error=str(exc))
+            raise _NotClaimable from exc
         lane = self._lanes.get(campaign.provider)
         if lane is None:
             # Another node may have it configured: skip, do not fail the campaign for all.
@@ -438,70 +420,3 @@ async def _log_uncertain(
         unknown=unknown,
     )
     return updated
-
-
-def with_condition(campaign: Campaign, condition: dict[str, Any]) -> Campaign:
-    """The campaign whose segment also requires ``condition`` (a segment node)."""
-    extra = segments.parse(condition)
-    segment = segments.Segment(
-        root=segments.All((campaign.segment.root, extra.root)),
-        nodes=campaign.segment.nodes + extra.nodes + 1,
-        depth=max(campaign.segment.depth, extra.depth) + 1,
-    )
-    return dataclasses.replace(campaign, segment=segment)
-
-
-async def split_campaign(
-    conn: asyncpg.Connection, campaign_id: int, shard_size: int, *, now: dt.datetime | None = None
-) -> int:
-    """Cut a running campaign into shards of about ``shard_size`` leads; count its matches.
-
-    A campaign with a send window is cut per time zone too (``now``: the clock that decides
-    which zones wait). Idempotent across nodes: the campaign row is locked and shards are made
-    only once. Returns the number of shards.
-    """
-    async with conn.transaction():
-        row = await campaigns_db.get(conn, campaign_id, for_update=True)
-        if row is None:
-            return 0
-        existing = await shards_db.count(conn, campaign_id)
-        if existing:
-            return existing
-        campaign = campaign_from_row(row)
-        edges = await shards_db.boundaries(conn, campaign.account_id, shard_size)
-        matched = await leads_db.count_segment(conn, campaign.account_id, campaign.segment)
-        await stats_db.set_matched(conn, campaign_id, matched)
-        if not edges:
-            await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
-            log.info("campaign_finished_empty", campaign_id=campaign_id)
-            return 0
-        if campaign.send_window is not None:
-            count = await _split_by_zone(conn, campaign, shard_size, edges[-1], now or utc_now())
-        else:
-            await shards_db.create(conn, campaign_id, edges)
-            count = len(edges)
-        log.info("campaign_split", campaign_id=campaign_id, shards=count, matched=matched)
-        return count
-
-
-async def _split_by_zone(
-    conn: asyncpg.Connection, campaign: Campaign, shard_size: int, last: int, now: dt.datetime
-) -> int:
-    """Shards per time zone (each zone's leads cut every ``shard_size``), the default zone always
-    among them (it takes the leads of no known zone, including zones first seen after now).
-    Zones whose window is closed wait for its opening."""
-    window = campaign.send_window
-    assert window is not None
-    found = await shards_db.zone_boundaries(
-        conn, campaign.account_id, campaign.segment, window.attribute_path, shard_size
-    )
-    cuts: dict[str, set[int]] = {window.default_timezone: set()}
-    for value, zone in windows.resolve_zones(window, found).items():
-        cuts.setdefault(zone, set()).update(found[value])
-    edges = {zone: [*sorted(cut for cut in ids if cut < last), last] for zone, ids in cuts.items()}
-    not_before = {
-        zone: None if windows.is_open(window, zone, now) else windows.next_open(window, zone, now)
-        for zone in edges
-    }
-    log.info("campaign_split_by_zone", campaign_id=campaign.id, zones=len(edges))
-    return await shards_db.create_zoned(conn, campaign.id, edges, not_before)

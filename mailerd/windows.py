@@ -7,7 +7,7 @@ PEP 495 ``fold=0``: a time repeated by a DST fall-back is its first occurrence, 
 by a spring-forward is shifted later by the gap (02:30 on the night Berlin skips 02:00-03:00 is
 03:30 CEST).
 
-Leads are grouped by zone when a campaign is split (``mailerd.scheduler.split_campaign``): each
+Leads are grouped by zone when a campaign is split (``mailerd.splitting.split_campaign``): each
 shard carries one zone and is claimed only while that zone's window is open, so the checks here
 run per shard, never per lead. A lead's zone is the IANA name in its attribute
 ``timezone_attribute``; a lead without one, with a non-string or with a name that is not an IANA
