@@ -12,7 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from mailerd import campaigns
+from mailerd import campaigns, splitting
+from mailerd.db import campaigns as campaign_rows
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
@@ -175,3 +176,44 @@ async def test_a_window_closing_mid_shard_releases_it_cleanly_until_the_next_ope
     assert info["sent"] == 600 and info["unknown"] == 0
     sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
     assert set(sent) == set(logged) and max(sent.values()) == 1
+
+
+async def test_crash_recovery_of_a_zone_shard_touches_only_its_zone(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """A node died holding the Tokyo shard with every lead reserved: the next claim logs only
+    Tokyo's leads ``unknown``; New York's, in the same id range, are sent in their window."""
+    zones = await _leads(conn, 300)
+    clock = Clock("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
+    emulator = sink.Sink(record=tmp_path / "record.jsonl", seed=3)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        assert await campaign_rows.sweep(conn, "due", cause="test") == [campaign_id]
+        await splitting.split_campaign(conn, campaign_id, 1000, now=clock())
+        await conn.execute(
+            """UPDATE campaign_shards SET reserved_upto = lead_id_to, released_clean = false, epoch = 1,
+                                          owner = 'dead-node'
+               WHERE campaign_id = $1 AND zone = $2""",
+            campaign_id,
+            TOKYO,
+        )
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+            rows = await conn.fetch(
+                "SELECT lead_id, status FROM email_log WHERE campaign_id = $1", campaign_id
+            )
+            assert {r["lead_id"] for r in rows} == zones[TOKYO]
+            assert {r["status"] for r in rows} == {LogStatus.UNKNOWN}
+            clock.set("2026-01-07T14:30:00+00:00")  # New York opens
+            info = await wait_for_status(conn, campaign_id)
+    finally:
+        await emulator.close()
+    rows = await conn.fetch("SELECT lead_id, status FROM email_log WHERE campaign_id = $1", campaign_id)
+    status = {r["lead_id"]: r["status"] for r in rows}
+    assert len(rows) == len(status) == 300
+    assert {lead for lead, s in status.items() if s == LogStatus.SENT} == zones[NEW_YORK]
+    assert info["unknown"] == len(zones[TOKYO]) and info["sent"] == len(zones[NEW_YORK])
