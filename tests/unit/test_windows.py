@@ -159,3 +159,15 @@ def test_zone_conditions_cover_each_lead_exactly_once() -> None:
         ]
         assert len(owners) == 1, attributes
     assert windows.zone_condition(w, "Europe/Berlin", ["Europe/Berlin"]) == {"all": []}
+
+
+def test_a_zone_shards_window_follows_the_density_of_its_zone() -> None:
+    from mailerd.shard import MAX_SPAN_FACTOR, next_span
+
+    assert next_span(5000, 5000, 5000) == 5000  # dense: as it was
+    assert next_span(5000, 1000, 5000) == 20_000  # a fifth of the ids: wider, at most 4x a step
+    assert next_span(5000, 2500, 5000) == 10_000
+    assert next_span(20_000, 0, 5000) == 80_000  # none seen: 4x
+    assert next_span(80_000, 1, 5000) == 5000 * MAX_SPAN_FACTOR  # capped
+    assert next_span(80_000, 40_000, 5000) == 10_000  # denser again: narrower at once
+    assert next_span(5000, 9000, 5000) == 5000  # never below window_size
