@@ -96,21 +96,27 @@ async def split_campaign(
 async def _split_by_zone(
     conn: asyncpg.Connection, campaign: Campaign, shard_size: int, last: int, now: dt.datetime
 ) -> int:
-    """Shards per time zone (each zone's leads cut every ``shard_size``), the default zone always
-    among them (it takes the leads of no known zone, including zones first seen after now).
-    Zones whose window is closed wait for its opening."""
+    """Shards per time zone (each zone's leads cut every ``shard_size``; zones whose clocks agree
+    share shards), the default zone always among them (it takes the leads of no known zone,
+    including zones first seen after now). Zones whose window is closed wait for its opening."""
     window = campaign.send_window
     assert window is not None
+    default = window.default_timezone
     found = await shards_db.zone_boundaries(
         conn, campaign.account_id, campaign.segment, window.attribute_path, shard_size
     )
-    cuts: dict[str, set[int]] = {window.default_timezone: set()}
-    for value, zone in windows.resolve_zones(window, found).items():
-        cuts.setdefault(zone, set()).update(found[value])
+    resolved = windows.resolve_zones(window, found)
+    groups = windows.group_zones(resolved.values(), default, now)
+    cuts: dict[str, set[int]] = {default: set()}
+    names: dict[str, set[str]] = {default: set()}
+    for value, zone in resolved.items():
+        group = groups[zone]
+        cuts.setdefault(group, set()).update(found[value])
+        names.setdefault(group, set()).add(zone)
     edges = {zone: [*sorted(cut for cut in ids if cut < last), last] for zone, ids in cuts.items()}
     not_before = {
         zone: None if windows.is_open(window, zone, now) else windows.next_open(window, zone, now)
         for zone in edges
     }
-    log.info("campaign_split_by_zone", campaign_id=campaign.id, zones=len(edges))
-    return await shards_db.create_zoned(conn, campaign.id, edges, not_before)
+    log.info("campaign_split_by_zone", campaign_id=campaign.id, zones=len(resolved), shard_zones=len(edges))
+    return await shards_db.create_zoned(conn, campaign.id, edges, names, not_before)

@@ -8,8 +8,9 @@ by a spring-forward is shifted later by the gap (02:30 on the night Berlin skips
 03:30 CEST).
 
 Leads are grouped by zone when a campaign is split (``mailerd.splitting.split_campaign``): each
-shard carries one zone and is claimed only while that zone's window is open, so the checks here
-run per shard, never per lead. A lead's zone is the IANA name in its attribute
+shard carries one zone (zones whose clocks agree, such as Europe/Paris and Europe/Berlin, share
+shards: :func:`group_zones`) and is claimed only while that zone's window is open, so the checks
+here run per shard, never per lead. A lead's zone is the IANA name in its attribute
 ``timezone_attribute``; a lead without one, with a non-string or with a name that is not an IANA
 zone, belongs to ``default_timezone`` (UTC unless the window names another; mailerd keeps no
 account settings of its own).
@@ -200,17 +201,62 @@ def _horizon_end(spans: list[tuple[dt.datetime, dt.datetime]]) -> dt.datetime:
     return spans[0][0] + dt.timedelta(days=_HORIZON_DAYS - 1)
 
 
-def zone_condition(window: SendWindow, zone: str, zones: Iterable[str]) -> dict[str, Any]:
-    """The segment condition of the leads of ``zone`` among a campaign's ``zones``.
+GROUP_HORIZON_DAYS = 400  # zones grouped at a split agree for this long (a campaign is shorter)
 
-    A named zone takes the leads whose attribute is exactly its name; the default zone takes
-    every other lead (missing, not a string, not a zone, or a zone first seen after the split),
-    so the shards of a campaign cover each lead exactly once.
+
+def group_zones(zones: Iterable[str], default: str, now: dt.datetime) -> dict[str, str]:
+    """Each zone -> the zone whose shards send its leads: zones whose clocks agree at every
+    moment of the next :data:`GROUP_HORIZON_DAYS` days (Europe/Paris and Europe/Berlin, Asia/Seoul
+    and Asia/Tokyo) have the same windows, so they share shards, named after the first of them
+    in sorted order, or ``default`` for the default zone's group."""
+    by_rules: dict[tuple[Any, ...], list[str]] = {}
+    for zone in sorted({*zones, default}):
+        by_rules.setdefault(_rules(zone, now), []).append(zone)
+    groups: dict[str, str] = {}
+    for names in by_rules.values():
+        for zone in names:
+            groups[zone] = default if default in names else names[0]
+    return groups
+
+
+def _rules(zone: str, now: dt.datetime) -> tuple[Any, ...]:
+    """The zone's UTC offset now and every change of it (to the second) over the horizon."""
+    tz = _zone(zone)
+
+    def offset(second: int) -> dt.timedelta | None:
+        return dt.datetime.fromtimestamp(second, tz).utcoffset()
+
+    start = int(now.timestamp())
+    current = offset(start)
+    changes: list[Any] = [current]
+    day = 86_400
+    for number in range(GROUP_HORIZON_DAYS):
+        low, high = start + number * day, start + (number + 1) * day
+        if offset(high) == current:
+            continue
+        while high - low > 1:  # the first second of the new offset
+            middle = (low + high) // 2
+            if offset(middle) == current:
+                low = middle
+            else:
+                high = middle
+        current = offset(high)
+        changes.append((high, current))
+    return tuple(changes)
+
+
+def zone_condition(window: SendWindow, zone: str, groups: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+    """The segment condition of the leads of ``zone``, one of a campaign's zone ``groups`` (each
+    zone the shards carry -> the zone names whose leads it sends).
+
+    A named zone takes the leads whose attribute is exactly one of its names; the default zone
+    takes every other lead (missing, not a string, not a zone, or a zone first seen after the
+    split), so the shards of a campaign cover each lead exactly once.
     """
     field = f"attributes.{window.timezone_attribute}"
     if zone != window.default_timezone:
-        return {"field": field, "op": "in", "value": [zone]}
-    others = sorted(set(zones) - {window.default_timezone})
+        return {"field": field, "op": "in", "value": sorted(groups[zone])}
+    others = sorted({name for group, names in groups.items() if group != zone for name in names})
     if not others:
         return {"all": []}
     return {"not": {"field": field, "op": "in", "value": others}}

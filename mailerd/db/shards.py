@@ -9,7 +9,7 @@ clause, so a node that lost the shard can no longer move it. Invariant, enforced
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -190,12 +190,14 @@ async def defer(conn: asyncpg.Connection, campaign_id: int, shard_no: int, until
     )
 
 
-async def zones(conn: asyncpg.Connection, campaign_id: int) -> list[str]:
-    """The time zones a windowed campaign was split into."""
+async def zones(conn: asyncpg.Connection, campaign_id: int) -> dict[str, list[str]]:
+    """The time zones a windowed campaign was split into, each with the zone names it sends."""
     rows = await conn.fetch(
-        "SELECT DISTINCT zone FROM campaign_shards WHERE campaign_id = $1 AND zone IS NOT NULL", campaign_id
+        """SELECT DISTINCT zone, zone_names FROM campaign_shards
+           WHERE campaign_id = $1 AND zone IS NOT NULL""",
+        campaign_id,
     )
-    return [r["zone"] for r in rows]
+    return {r["zone"]: list(r["zone_names"] or ()) for r in rows}
 
 
 async def zone_boundaries(
@@ -235,15 +237,19 @@ async def create_zoned(
     conn: asyncpg.Connection,
     campaign_id: int,
     edges: Mapping[str, Sequence[int]],
+    names: Mapping[str, Iterable[str]],
     not_before: Mapping[str, dt.datetime | None],
 ) -> int:
     """The shards of a windowed campaign: per zone, shard ``n`` covers ``(edges[n-1], edges[n]]``
-    of that zone's leads; numbered zone after zone. Returns how many."""
+    of the leads of that zone's ``names``; numbered zone after zone. Returns how many."""
     shards: list[tuple[Any, ...]] = []
     for zone in sorted(edges):
         low = 0
+        zone_names = sorted(names.get(zone, ()))
         for high in edges[zone]:
-            shards.append((campaign_id, len(shards), low, high, low, low, zone, not_before.get(zone)))
+            shards.append(
+                (campaign_id, len(shards), low, high, low, low, zone, zone_names, not_before.get(zone))
+            )
             low = high
     await conn.copy_records_to_table(
         "campaign_shards",
@@ -256,6 +262,7 @@ async def create_zoned(
             "checkpoint",
             "reserved_upto",
             "zone",
+            "zone_names",
             "not_before",
         ),
     )

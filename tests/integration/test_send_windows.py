@@ -44,12 +44,12 @@ class Clock:
 
 
 async def _leads(conn: asyncpg.Connection, count: int) -> dict[str, set[int]]:
-    """``count`` leads: a third in Tokyo, a third in New York, the rest with no zone or an
-    invalid one (the default zone, New York). Returns the lead ids per zone."""
+    """``count`` leads: a third in Tokyo or Seoul, a third in New York, the rest with no zone or
+    an invalid one (the default zone, New York). Returns the lead ids per zone."""
 
     def attributes(n: int) -> dict[str, Any]:
-        if n % 3 == 0:
-            return {"n": n, "timezone": TOKYO}
+        if n % 3 == 0:  # Seoul's clock is Tokyo's: they share shards
+            return {"n": n, "timezone": TOKYO if n % 2 else "Asia/Seoul"}
         if n % 3 == 1:
             return {"n": n, "timezone": NEW_YORK}
         return {"n": n} if n % 2 else {"n": n, "timezone": "Mars/Olympus"}
@@ -62,7 +62,7 @@ async def _leads(conn: asyncpg.Connection, count: int) -> dict[str, set[int]]:
     rows = await conn.fetch("SELECT id, attributes->>'timezone' AS tz FROM leads WHERE account_id = 1")
     zones: dict[str, set[int]] = {TOKYO: set(), NEW_YORK: set()}
     for row in rows:
-        zones[TOKYO if row["tz"] == TOKYO else NEW_YORK].add(row["id"])
+        zones[TOKYO if row["tz"] in (TOKYO, "Asia/Seoul") else NEW_YORK].add(row["id"])
     return zones
 
 
@@ -77,7 +77,8 @@ async def _wait(conn: asyncpg.Connection, sql: str, *args: Any, timeout: float =
             await asyncio.sleep(0.05)
 
 
-ZONE_DONE = """SELECT bool_and(state = 'done') FROM campaign_shards WHERE campaign_id = $1 AND zone = $2"""
+ZONE_DONE = """SELECT bool_and(state = 'done') FROM campaign_shards
+               WHERE campaign_id = $1 AND $2 = ANY(zone_names)"""
 
 
 async def test_a_window_defers_exactly_the_leads_outside_it(
@@ -107,6 +108,13 @@ async def test_a_window_defers_exactly_the_leads_outside_it(
             assert [(r["zone"], r["not_before"]) for r in waiting] == [
                 (NEW_YORK, dt.datetime.fromisoformat("2026-01-07T14:00:00+00:00"))
             ]
+            shard_zones = await conn.fetch(
+                "SELECT DISTINCT zone, zone_names FROM campaign_shards WHERE campaign_id = $1", campaign_id
+            )
+            assert {r["zone"]: r["zone_names"] for r in shard_zones} == {
+                "Asia/Seoul": ["Asia/Seoul", TOKYO],  # one clock: one set of shards
+                NEW_YORK: [NEW_YORK],
+            }
             info = await campaigns.show(conn, campaign_id)
             assert info is not None and info["status"] == "running"
             assert info["send_window"]["default_timezone"] == NEW_YORK
@@ -152,7 +160,9 @@ async def test_a_window_closing_mid_shard_releases_it_cleanly_until_the_next_ope
                 campaign_id,
             )
             tokyo = await conn.fetchrow(
-                "SELECT * FROM campaign_shards WHERE campaign_id = $1 AND zone = $2", campaign_id, TOKYO
+                "SELECT * FROM campaign_shards WHERE campaign_id = $1 AND $2 = ANY(zone_names)",
+                campaign_id,
+                TOKYO,
             )
             assert tokyo["state"] == "pending" and tokyo["released_clean"]
             assert tokyo["not_before"] == dt.datetime.fromisoformat("2026-01-08T00:00:00+00:00")
@@ -197,7 +207,7 @@ async def test_crash_recovery_of_a_zone_shard_touches_only_its_zone(
         await conn.execute(
             """UPDATE campaign_shards SET reserved_upto = lead_id_to, released_clean = false, epoch = 1,
                                           owner = 'dead-node'
-               WHERE campaign_id = $1 AND zone = $2""",
+               WHERE campaign_id = $1 AND $2 = ANY(zone_names)""",
             campaign_id,
             TOKYO,
         )

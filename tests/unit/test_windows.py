@@ -139,26 +139,59 @@ def test_zones_resolve_to_the_default_when_missing_or_invalid() -> None:
 
 def test_zone_conditions_cover_each_lead_exactly_once() -> None:
     w = window(default_timezone="Europe/Berlin", timezone_attribute="profile.tz")
-    zones = ["Europe/Berlin", "Asia/Tokyo", "America/New_York"]
-    conditions = {zone: segments.parse(windows.zone_condition(w, zone, zones)) for zone in zones}
+    groups = {
+        "Europe/Berlin": ["Europe/Berlin", "Europe/Paris"],
+        "Asia/Tokyo": ["Asia/Seoul", "Asia/Tokyo"],
+        "America/New_York": ["America/New_York"],
+    }
+    conditions = {zone: segments.parse(windows.zone_condition(w, zone, groups)) for zone in groups}
     leads = [
-        {"profile": {"tz": "Asia/Tokyo"}},
-        {"profile": {"tz": "America/New_York"}},
-        {"profile": {"tz": "Europe/Berlin"}},
-        {"profile": {"tz": "Mars/Olympus"}},
-        {"profile": {"tz": 5}},
-        {"profile": {}},
-        {},
+        ({"profile": {"tz": "Asia/Tokyo"}}, "Asia/Tokyo"),
+        ({"profile": {"tz": "Asia/Seoul"}}, "Asia/Tokyo"),
+        ({"profile": {"tz": "America/New_York"}}, "America/New_York"),
+        ({"profile": {"tz": "Europe/Berlin"}}, "Europe/Berlin"),
+        ({"profile": {"tz": "Europe/Paris"}}, "Europe/Berlin"),
+        ({"profile": {"tz": "Europe/Rome"}}, "Europe/Berlin"),  # first seen after the split
+        ({"profile": {"tz": "Mars/Olympus"}}, "Europe/Berlin"),
+        ({"profile": {"tz": 5}}, "Europe/Berlin"),
+        ({"profile": {}}, "Europe/Berlin"),
+        ({}, "Europe/Berlin"),
     ]
     created = dt.datetime(2026, 1, 1, tzinfo=UTC)
-    for attributes in leads:
+    for attributes, expected in leads:
         owners = [
             zone
             for zone, condition in conditions.items()
             if segments.evaluate(condition, email="a@example.com", created_at=created, attributes=attributes)
         ]
-        assert len(owners) == 1, attributes
-    assert windows.zone_condition(w, "Europe/Berlin", ["Europe/Berlin"]) == {"all": []}
+        assert owners == [expected], attributes
+    assert windows.zone_condition(w, "Europe/Berlin", {"Europe/Berlin": ["Europe/Berlin"]}) == {"all": []}
+
+
+def test_zones_whose_clocks_agree_share_shards() -> None:
+    now = at("2026-01-07T12:00:00+00:00")
+    zones = [
+        "Europe/Paris",
+        "Europe/Rome",
+        "Europe/London",
+        "Europe/Lisbon",
+        "Asia/Tokyo",
+        "Asia/Seoul",
+        "America/New_York",
+        "America/Toronto",
+        "America/Denver",
+        "America/Phoenix",  # Mountain time without DST: not Denver's clock in summer
+        "Australia/Sydney",
+        "Australia/Brisbane",  # no DST: not Sydney's clock
+    ]
+    groups = windows.group_zones(zones, "Europe/Berlin", now)
+    assert groups["Europe/Paris"] == groups["Europe/Rome"] == groups["Europe/Berlin"] == "Europe/Berlin"
+    assert groups["Europe/London"] == groups["Europe/Lisbon"] == "Europe/Lisbon"
+    assert groups["Asia/Tokyo"] == groups["Asia/Seoul"] == "Asia/Seoul"
+    assert groups["America/New_York"] == groups["America/Toronto"] == "America/New_York"
+    assert groups["America/Denver"] == "America/Denver" and groups["America/Phoenix"] == "America/Phoenix"
+    assert groups["Australia/Sydney"] != groups["Australia/Brisbane"]
+    assert windows.group_zones([], "UTC", now) == {"UTC": "UTC"}
 
 
 def test_a_zone_shards_window_follows_the_density_of_its_zone() -> None:
