@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/reports.py --leads 1000000
+	$(BIN)/python bench/windows.py --leads 200000
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

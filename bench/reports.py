@@ -1,6 +1,7 @@
 """Benchmark the seed's problem: reports on the sending table, against mailerd's reports database.
 
-    python bench/reports.py [--leads 200000] [--rate 50] [--bounce-rate 0.02] [--dsn DSN] [--no-api-node] [--json]
+    python bench/reports.py [--leads 200000] [--rate 50] [--bounce-rate 0.02] [--dsn DSN]
+                            [--no-api-node] [--json]
 
 One run, two set-ups on the same Postgres server, each sending one campaign over every lead twice:
 once alone, once while a load generator runs the same report mix at a fixed rate (``--rate``

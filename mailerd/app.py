@@ -12,12 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
 
-from mailerd import campaigns, db, http, looplag, metrics, provider_guard, providers, systemd, unsubscribe
+from mailerd import (
+    aio,
+    campaigns,
+    db,
+    http,
+    looplag,
+    metrics,
+    pace,
+    provider_guard,
+    providers,
+    ratelimit,
+    scheduler,
+    systemd,
+    unsubscribe,
+)
 from mailerd.config import Config, systemd_settings
 from mailerd.db import connect, migrate, reports_schema
 from mailerd.db import stats as stats_db
@@ -26,7 +42,7 @@ from mailerd.relay import destinations as relay_destinations
 from mailerd.relay import retention as relay_retention
 from mailerd.relay.leader import Relay
 from mailerd.scheduler import Scheduler
-from mailerd.sender import ProviderSender
+from mailerd.sender import ProviderSender, RateSleep
 from mailerd.stages import ProviderLane
 from mailerd.writer import Writer
 
@@ -53,6 +69,8 @@ async def run_with_dsn(
     *,
     on_ready: Callable[[int], None] | None = None,
     notifier: systemd.Notifier | None = None,
+    clock: scheduler.Clock = scheduler.utc_now,
+    pace_timing: PaceTiming | None = None,
 ) -> int:
     """Run the daemon against ``dsn`` until ``stop`` is set and the drain is over.
 
@@ -78,7 +96,7 @@ async def run_with_dsn(
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")
         _warn_unverified(config)
-        stages = _Stages(config, dsn, pool, lanes, writer, stop)
+        stages = _Stages(config, dsn, pool, lanes, writer, stop, clock, pace_timing or PaceTiming())
         for sender in stages.senders.values():
             await _seed_rate(sender)
         reports_pool = None
@@ -152,6 +170,15 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PaceTiming:
+    """The clock of the ``[pace.NAME]`` buckets and the senders' rate-limit sleep (tests inject
+    a virtual pair to measure a group's rate without waiting for it)."""
+
+    clock: ratelimit.Clock = time.monotonic
+    sleep: RateSleep = aio.sleep_unless
+
+
 class _Stages:
     """The pipeline of one node: scheduler -> provider lanes -> senders -> writer."""
 
@@ -163,6 +190,8 @@ class _Stages:
         lanes: dict[str, ProviderLane],
         writer: Writer,
         stop: asyncio.Event,
+        clock: scheduler.Clock = scheduler.utc_now,
+        pace_timing: PaceTiming | None = None,
     ) -> None:
         self.config = config
         self.dsn = dsn
@@ -172,10 +201,27 @@ class _Stages:
         self.stop = stop
         self.reports_pool: asyncpg.Pool | None = None
         self.scheduler = Scheduler(
-            config=config, dsn=dsn, pool=pool, lanes=lanes, sink=writer, stop=stop, on_idle=self._on_idle
+            config=config,
+            dsn=dsn,
+            pool=pool,
+            lanes=lanes,
+            sink=writer,
+            stop=stop,
+            on_idle=self._on_idle,
+            clock=clock,  # send windows: tests move time
         )
+        timing = pace_timing or PaceTiming()
+        domain_pace = pace.DomainPace(config.pace, clock=timing.clock)
         self.senders = {
-            name: ProviderSender(lane, config.provider(name), writer, self._on_halt, self._on_fail)
+            name: ProviderSender(
+                lane,
+                config.provider(name),
+                writer,
+                self._on_halt,
+                self._on_fail,
+                domain_buckets=domain_pace.for_provider(name),
+                rate_sleep=timing.sleep,
+            )
             for name, lane in lanes.items()
         }
 

@@ -10,13 +10,13 @@ import datetime as dt
 import email.errors
 import re
 from email import headerregistry
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 import orjson
 
-from mailerd import content, decoding, segments
+from mailerd import content, decoding, segments, windows
 from mailerd.config import Config
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import leads as leads_db
@@ -70,6 +70,43 @@ RESERVED_HEADERS = frozenset(
 )
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 field-name: printable ASCII but ':'
 FROM_SHAPE = "one address, optionally with a display name: news@example.com or News <news@example.com>"
+
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+EVERY_DAY: list[Day] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class SendWindowBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """When a campaign may send to a lead, in the lead's own time zone (docs/api.md#send-windows).
+
+    Each listed day, from ``start`` to ``end`` local time (an ``end`` at or before ``start``
+    crosses midnight; ``24:00`` is the end of the day).
+    """
+
+    start: Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM")]
+    end: Annotated[
+        str, msgspec.Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$", description="HH:MM or 24:00")
+    ]
+    days: Annotated[list[Day], msgspec.Meta(min_length=1, max_length=7, description="default: every day")] = (
+        msgspec.field(default_factory=lambda: list(EVERY_DAY))
+    )
+    timezone_attribute: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=500,
+            pattern=decoding.NO_CONTROL,
+            description="the lead attribute (a dotted path under attributes) holding an IANA zone name",
+        ),
+    ] = windows.DEFAULT_ATTRIBUTE
+    default_timezone: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=100,
+            pattern=decoding.NO_CONTROL,
+            description="the zone of leads without a valid one (IANA name)",
+        ),
+    ] = windows.DEFAULT_ZONE
 
 
 class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -139,6 +176,7 @@ class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    send_window: SendWindowBody | None = None
 
 
 def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
@@ -167,6 +205,11 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
         known = ", ".join(sorted(config.providers)) or "none configured"
         errors.append(CampaignError("provider", f"unknown provider {new.provider!r} (configured: {known})"))
     errors.extend(_header_problems(new))
+    if new.send_window is not None:
+        try:
+            windows.parse(msgspec.to_builtins(new.send_window))
+        except windows.WindowError as exc:
+            errors.append(CampaignError(exc.field, exc.message))
     if new.send_at is not None and not _storable(new.send_at):
         errors.append(
             CampaignError("send_at", "out of range: the time must fall in the years 1 to 9999 in UTC")
@@ -282,5 +325,8 @@ async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> 
         reply_to=new.reply_to,
         headers=dict(new.headers or {}),
         provider_template=new.provider_template,
+        send_window=None
+        if new.send_window is None
+        else windows.parse(msgspec.to_builtins(new.send_window)).to_json(),
     )
     return await campaign_rows.insert(conn, row)

@@ -84,11 +84,24 @@ def problems(cls: type[msgspec.Struct], data: Mapping[str, Any]) -> list[Problem
             if field.required:
                 found.append(Problem(field.encode_name, "is required"))
             continue
+        nested = _nested_struct(field.type)
+        if nested is not None and isinstance(value, Mapping):
+            # A nested object: name its own fields (send_window.start), not just the object.
+            found += [Problem(f"{field.encode_name}.{p.field}", p.message) for p in problems(nested, value)]
+            continue
         try:
             msgspec.convert(value, field.type)
         except msgspec.ValidationError as exc:
             found.append(Problem(field.encode_name, describe(str(exc), field.type)))
     return found
+
+
+def _nested_struct(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct an optional nested-object field holds (``Body | None`` -> Body), else None."""
+    structs = [
+        kind for kind in base_types(annotation) if isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+    ]
+    return structs[0] if len(structs) == 1 else None
 
 
 def decode(cls: type[T], data: Mapping[str, Any]) -> T:

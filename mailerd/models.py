@@ -7,6 +7,8 @@ import datetime as dt
 import enum
 from typing import Any
 
+from mailerd.windows import SendWindow
+
 
 class CampaignStatus(enum.StrEnum):
     """draft -> scheduled -> running <-> paused -> finished | cancelled | failed."""
@@ -59,6 +61,7 @@ class Campaign:
     reply_to: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # extra headers of every email of the campaign
     provider_template: str | None = None  # a template stored at the provider (SendGrid, Postmark)
+    send_window: SendWindow | None = None  # when leads may be sent, in their own time zone
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,83 +1,55 @@
-"""Daily caps of a provider account: its quota and its warm-up schedule (issue 15, part 3).
+"""Per-domain pace: token buckets per group of recipient domains (``[pace.NAME]``), taken by the
+sender on top of the provider's own rate and the campaign's cap. Pure bookkeeping, no I/O.
 
-Pure. A warm-up schedule is ``[[day, max_per_day], ...]`` from a start date: on day ``n`` since
-the start (the start itself is day 1), the cap is the ``max_per_day`` of the last entry whose
-``day`` is at most ``n``; before the first entry's day, the first entry's; after the last
-entry's day, there is no warm-up cap. The effective daily cap is the least of the quota (0:
-none) and the warm-up cap. Not wired to sending yet: the quota counted across nodes is not
-built (docs/guards.md "Not yet").
+One bucket per group per node, shared by every provider lane the group applies to. A batch
+takes, from each group's bucket, as many tokens as it has recipients of that group, and waits
+for the slowest of its buckets (see :func:`mailerd.ratelimit.reserve_all`): a batch is one
+provider call, so the recipients of other domains in the same batch wait with it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+import collections
+import time
+from collections.abc import Iterable, Mapping
 
-Schedule = tuple[tuple[int, int], ...]
+from mailerd.config import PaceConfig
+from mailerd.ratelimit import Clock, TokenBucket
 
-
-class ScheduleError(ValueError):
-    """A warm-up schedule or start date that cannot be used; the message names the key."""
-
-
-def parse_warmup(value: Any, key: str = "warmup") -> Schedule:
-    """``[[day, max_per_day], ...]`` with days from 1, strictly increasing, and caps from 1."""
-    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
-        raise ScheduleError(f"{key}: expected a list of [day, max_per_day] pairs")
-    entries: list[tuple[int, int]] = []
-    for index, entry in enumerate(value):
-        where = f"{key}[{index}]"
-        if (
-            not isinstance(entry, Sequence)
-            or isinstance(entry, str | bytes)
-            or len(entry) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in entry)
-        ):
-            raise ScheduleError(f"{where}: expected [day, max_per_day], two integers")
-        day, cap = entry
-        if day < 1:
-            raise ScheduleError(f"{where}: day must be at least 1")
-        if cap < 1:
-            raise ScheduleError(f"{where}: max_per_day must be at least 1")
-        if entries and day <= entries[-1][0]:
-            raise ScheduleError(f"{where}: days must increase (day {day} after day {entries[-1][0]})")
-        entries.append((day, cap))
-    return tuple(entries)
+DomainBuckets = Mapping[str, TokenBucket]  # recipient domain -> its group's bucket
 
 
-def parse_start(value: Any, key: str = "warmup_start") -> dt.date:
-    """``"YYYY-MM-DD"`` (a TOML date is taken as it is)."""
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise ScheduleError(f"{key}: expected a day as YYYY-MM-DD, got {value!r}")
+class DomainPace:
+    """The buckets of every ``[pace.NAME]`` group of a node."""
+
+    def __init__(self, groups: Mapping[str, PaceConfig], clock: Clock = time.monotonic) -> None:
+        self.groups = dict(groups)
+        self.buckets = {
+            name: TokenBucket(group.rate_per_s, group.burst or None, clock=clock)
+            for name, group in groups.items()
+        }
+
+    def for_provider(self, provider: str) -> dict[str, TokenBucket]:
+        """Domain -> bucket for the groups that apply to ``provider`` (empty: nothing paced)."""
+        return {
+            domain: self.buckets[name]
+            for name, group in self.groups.items()
+            if group.applies_to(provider)
+            for domain in group.domains
+        }
 
 
-def warmup_cap(schedule: Schedule, start: dt.date, today: dt.date) -> int | None:
-    """Today's warm-up cap; None when there is none (no schedule, or past its last day)."""
-    if not schedule:
-        return None
-    day = (today - start).days + 1
-    if day > schedule[-1][0]:
-        return None
-    cap = schedule[0][1]
-    for entry_day, entry_cap in schedule:
-        if entry_day <= day:
-            cap = entry_cap
-    return cap
+def domain_of(address: str) -> str:
+    """The part of an address after its last ``@``, lower-cased (ASCII folding is enough:
+    the configured domains are ASCII, an IDN is configured in its xn-- form)."""
+    return address.rpartition("@")[2].lower()
 
 
-def daily_cap(daily_quota: int, schedule: Schedule, start: dt.date | None, today: dt.date) -> int | None:
-    """The effective cap of ``today``: the least of the quota (0: none) and the warm-up cap;
-    None when neither applies."""
-    caps = [daily_quota] if daily_quota > 0 else []
-    if schedule and start is not None:
-        warm = warmup_cap(schedule, start, today)
-        if warm is not None:
-            caps.append(warm)
-    return min(caps) if caps else None
+def count_by_bucket(buckets: DomainBuckets, addresses: Iterable[str]) -> dict[TokenBucket, int]:
+    """How many of ``addresses`` fall in each paced group (unpaced domains are not counted)."""
+    counts: collections.Counter[TokenBucket] = collections.Counter()
+    for address in addresses:
+        bucket = buckets.get(domain_of(address))
+        if bucket is not None:
+            counts[bucket] += 1
+    return dict(counts)

@@ -13,55 +13,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
 
-from mailerd import aio, db, erasure, metrics, segments
+from mailerd import aio, db, erasure, metrics, segments, windows
 from mailerd.config import Config
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
 from mailerd.db import email_log as email_log_db
 from mailerd.db import erasure as erasure_db
-from mailerd.db import leads as leads_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
 from mailerd.models import Campaign, CampaignStatus
 from mailerd.shard import ShardRun
+from mailerd.splitting import campaign_from_row, split_campaign, with_condition
 from mailerd.stages import ProviderLane, RowSink
 
 log = structlog.get_logger(__name__)
 
 CLAIM_COMMAND_TIMEOUT_S = 15.0  # a claim connection that cannot answer in time counts as lost
+WINDOW_CLOSED = "send window closed"  # the stop reason of a shard whose zone's window closed
+
+Clock = Callable[[], dt.datetime]
 
 
-def campaign_from_row(row: asyncpg.Record) -> Campaign:
-    """A campaigns row as the pipeline's :class:`Campaign` (segment parsed and validated)."""
-    return Campaign(
-        id=row["id"],
-        account_id=row["account_id"],
-        name=row["name"],
-        status=CampaignStatus(row["status"]),
-        segment=segments.parse(row["segment"]),
-        from_address=row["from_address"],
-        subject=row["subject"],
-        html_body=row["html_body"],
-        text_body=row["text_body"],
-        provider=row["provider"],
-        rate_per_s=row["rate_per_s"],
-        resend_uncertain=row["resend_uncertain"],
-        status_reason=row["status_reason"],
-        generation=row["status_generation"],
-        reply_to=row["reply_to"],
-        headers=tuple(sorted(row["headers"].items())),
-        provider_template=row["provider_template"],
-    )
+def utc_now() -> dt.datetime:
+    """The scheduler's default clock (tests inject their own to move send windows)."""
+    return dt.datetime.now(dt.UTC)
 
 
 class _NotClaimable(Exception):
     pass
+
+
+class _WindowClosed(_NotClaimable):
+    """The shard's zone is outside its send window: it waits until ``opens``."""
+
+    def __init__(self, opens: dt.datetime) -> None:
+        super().__init__(f"send window opens at {opens.isoformat()}")
+        self.opens = opens
 
 
 class Scheduler:
@@ -77,6 +71,7 @@ class Scheduler:
         sink: RowSink,
         stop: asyncio.Event,
         on_idle: Callable[[str, int], None] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self._config = config
         self._dsn = dsn
@@ -85,6 +80,7 @@ class Scheduler:
         self._sink = sink
         self._stop = stop
         self._on_idle = on_idle
+        self._clock = clock
         self._runs: dict[tuple[int, int], ShardRun] = {}
         self._prepared: set[tuple[str, int]] = set()
         self._warned_providers: set[int] = set()
@@ -169,12 +165,21 @@ class Scheduler:
             self._wakeup.set()
 
     async def _tick(self, group: asyncio.TaskGroup) -> None:
+        self._close_windows()
         await self._activate_due()
         await self._finish_done()
         await self._watch_statuses()
         capacity = self._config.scheduler.max_shards_per_node - len(self._runs)
         if capacity > 0:
             await self._claim(group, capacity)
+
+    def _close_windows(self) -> None:
+        """Stop the shards whose zone's send window has closed (they release cleanly, like a
+        pause, and wait for the next opening)."""
+        now = self._clock()
+        for run in self._runs.values():
+            if run.closes_at is not None and now >= run.closes_at:
+                run.stop(WINDOW_CLOSED)
 
     async def _finish_done(self) -> None:
         """Finish campaigns whose shards are all done. The writer does it in the flush that
@@ -191,9 +196,15 @@ class Scheduler:
                 log.info("campaign_started", campaign_id=campaign_id)
             for campaign_id in await campaigns_db.unsplit(conn):
                 try:
-                    await split_campaign(conn, campaign_id, self._config.scheduler.shard_size)
+                    await split_campaign(
+                        conn, campaign_id, self._config.scheduler.shard_size, now=self._clock()
+                    )
                 except segments.SegmentError as exc:
                     await fail_campaign(conn, campaign_id, f"segment no longer valid: {exc}")
+                except windows.WindowError as exc:
+                    # e.g. this machine's time zone database lacks the default zone: another
+                    # node may split it; failing the campaign for everyone would be wrong.
+                    log.error("campaign_window_unusable", campaign_id=campaign_id, error=str(exc))
 
     async def _watch_statuses(self) -> None:
         """Periodic re-read of the status of campaigns this node is sending."""
@@ -210,7 +221,7 @@ class Scheduler:
     async def _claim(self, group: asyncio.TaskGroup, capacity: int) -> None:
         async with self._pool.acquire() as conn:
             # Only campaigns whose provider this node has: the others are for other nodes.
-            candidates = await shards_db.pending(conn, sorted(self._lanes))
+            candidates = await shards_db.pending(conn, sorted(self._lanes), now=self._clock())
             orphaned = await campaigns_db.without_provider(conn, sorted(self._lanes))
         for campaign_id, provider in orphaned:
             if campaign_id not in self._warned_providers:
@@ -232,6 +243,8 @@ class Scheduler:
     async def _run_shard(self, key: tuple[int, int], run: ShardRun) -> None:
         try:
             await run.run()
+            if run.stop_reason == WINDOW_CLOSED and not run.done:
+                await self._wait_for_window(run)
         finally:
             del self._runs[key]
             metrics.SHARDS_CLAIMED.set(len(self._runs))
@@ -242,6 +255,21 @@ class Scheduler:
                 self._warned_providers.discard(run.campaign_id)
                 if self._on_idle is not None:
                     self._on_idle(run.provider_name, run.campaign_id)
+
+    async def _wait_for_window(self, run: ShardRun) -> None:
+        """Record when a shard stopped by its closing window opens again (GET campaign shows it;
+        until then no node tries to claim it). If this fails, the claim-time check records it."""
+        window = run.campaign.send_window
+        if window is None or run.zone is None:
+            return
+        opens = windows.next_open(window, run.zone, self._clock())
+        try:
+            async with self._pool.acquire() as conn:
+                await shards_db.defer(conn, run.campaign_id, run.shard_no, opens)
+        except db.DB_ERRORS as exc:
+            run.log.warning("shard_defer_failed", error=str(exc))
+            return
+        run.log.info("shard_waiting_for_window", zone=run.zone, opens=opens.isoformat())
 
     async def _try_claim(self, campaign_id: int, shard_no: int) -> ShardRun | None:
         claim = await connect.connect(self._dsn, command_timeout=CLAIM_COMMAND_TIMEOUT_S)
@@ -254,6 +282,7 @@ class Scheduler:
                 row = await shards_db.take(claim, campaign_id, shard_no, self.node)
                 if row is None:
                     raise _NotClaimable
+                campaign, closes_at = await self._in_window(claim, campaign, row)
                 resend = campaign.resend_uncertain or self._config.scheduler.resend_uncertain
                 if row["checkpoint"] < row["reserved_upto"] and not row["released_clean"] and not resend:
                     row = await _log_uncertain(claim, campaign, row)
@@ -263,6 +292,16 @@ class Scheduler:
                 logged_upto = await email_log_db.highest_logged(
                     claim, campaign_id, row["checkpoint"], row["lead_id_to"]
                 )
+                if row["zone"] is not None:
+                    # Zone shards overlap in id range: a lead whose zone attribute changed since
+                    # another zone's shard logged it has its row; never send it twice.
+                    logged_upto = row["lead_id_to"]
+        except _WindowClosed as closed:
+            # The transaction rolled back (the epoch is as it was): only record the wait.
+            with contextlib.suppress(*db.DB_ERRORS):
+                await shards_db.defer(claim, campaign_id, shard_no, closed.opens)
+            await claim.close()
+            return None
         except _NotClaimable:
             await claim.close()
             return None
@@ -279,9 +318,32 @@ class Scheduler:
             window_size=self._config.scheduler.window_size,
             logged_upto=logged_upto,
             erased_pads=erased_pads,
+            zone=row["zone"],
+            closes_at=closes_at,
         )
-        run.log.info("shard_claimed", checkpoint=row["checkpoint"], reserved_upto=row["reserved_upto"])
+        run.log.info(
+            "shard_claimed",
+            checkpoint=row["checkpoint"],
+            reserved_upto=row["reserved_upto"],
+            zone=row["zone"],
+            closes_at=None if closes_at is None else closes_at.isoformat(),
+        )
         return run
+
+    async def _in_window(
+        self, claim: asyncpg.Connection, campaign: Campaign, row: asyncpg.Record
+    ) -> tuple[Campaign, dt.datetime | None]:
+        """For a zone shard: raise :class:`_WindowClosed` unless its window is open now; else the
+        campaign narrowed to the zone's leads (every read, and crash recovery, see only those)
+        and when the window closes."""
+        window, zone = campaign.send_window, row["zone"]
+        if window is None or zone is None:
+            return campaign, None
+        now = self._clock()
+        if not windows.is_open(window, zone, now):
+            raise _WindowClosed(windows.next_open(window, zone, now))
+        condition = windows.zone_condition(window, zone, await shards_db.zones(claim, campaign.id))
+        return with_condition(campaign, condition), windows.next_close(window, zone, now)
 
     async def _erased_pads(self, claim: asyncpg.Connection, campaign: Campaign) -> tuple[bytes, bytes] | None:
         """The erasure key's HMAC pads when the account keeps erased addresses suppressed as
@@ -313,6 +375,9 @@ class Scheduler:
             campaign = campaign_from_row(campaign_row)
         except segments.SegmentError as exc:
             await fail_campaign(claim, campaign_id, f"segment no longer valid: {exc}")
+            raise _NotClaimable from exc
+        except windows.WindowError as exc:
+            log.error("campaign_window_unusable", campaign_id=campaign_id, error=str(exc))
             raise _NotClaimable from exc
         lane = self._lanes.get(campaign.provider)
         if lane is None:
@@ -360,29 +425,3 @@ async def _log_uncertain(
         reserved_upto=row["reserved_upto"],
     )
     return updated
-
-
-async def split_campaign(conn: asyncpg.Connection, campaign_id: int, shard_size: int) -> int:
-    """Cut a running campaign into shards of about ``shard_size`` leads; count its matches.
-
-    Idempotent across nodes: the campaign row is locked and shards are made only once.
-    Returns the number of shards.
-    """
-    async with conn.transaction():
-        row = await campaigns_db.get(conn, campaign_id, for_update=True)
-        if row is None:
-            return 0
-        existing = await shards_db.count(conn, campaign_id)
-        if existing:
-            return existing
-        campaign = campaign_from_row(row)
-        edges = await shards_db.boundaries(conn, campaign.account_id, shard_size)
-        matched = await leads_db.count_segment(conn, campaign.account_id, campaign.segment)
-        await stats_db.set_matched(conn, campaign_id, matched)
-        if not edges:
-            await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
-            log.info("campaign_finished_empty", campaign_id=campaign_id)
-            return 0
-        await shards_db.create(conn, campaign_id, edges)
-        log.info("campaign_split", campaign_id=campaign_id, shards=len(edges), matched=matched)
-        return len(edges)

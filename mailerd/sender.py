@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from mailerd import aio, backoff, bounces, metrics, ratelimit, rejections
+from mailerd import aio, backoff, bounces, metrics, pace, ratelimit, rejections
 from mailerd.config import ProviderConfig
 from mailerd.models import (
     Batch,
@@ -46,6 +46,9 @@ log = structlog.get_logger(__name__)
 HaltCallback = Callable[[Campaign, str], Awaitable[None]]
 # (campaign, reason): the campaign can never be sent as it is -> fail it.
 FailCallback = Callable[[Campaign, str], Awaitable[None]]
+# How a worker waits for the rate limiters (seconds, the shard's stop): injected in tests
+# together with the buckets' clock, so they control time instead of waiting for it.
+RateSleep = Callable[[float, asyncio.Event], Awaitable[None]]
 
 
 class ErrorRate:
@@ -92,10 +95,15 @@ class ProviderSender:
         on_fail: FailCallback,
         *,
         rng: random.Random | None = None,
+        domain_buckets: pace.DomainBuckets | None = None,
+        rate_sleep: RateSleep = aio.sleep_unless,
     ) -> None:
         self.lane = lane
         self.config = config
         self.bucket = TokenBucket(config.rate_per_s, config.burst or None)
+        # [pace.NAME] groups that apply to this provider: recipient domain -> the group's bucket
+        self._domain_buckets = domain_buckets or {}
+        self._rate_sleep = rate_sleep
         self._campaign_buckets: dict[int, TokenBucket] = {}
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
@@ -148,18 +156,27 @@ class ProviderSender:
             bucket = self._campaign_buckets[batch.campaign.id] = TokenBucket(rate)
         return bucket
 
-    async def _acquire(self, count: int, batch: Batch, stopped: asyncio.Event) -> bool:
+    async def _acquire(self, delivery: _Delivery, stopped: asyncio.Event) -> bool:
         """Wait for the rate limits; False (tokens given back) if the shard stops meanwhile."""
+        batch, count = delivery.batch, len(delivery.pending)
         buckets = [self.bucket]
         campaign_bucket = self._campaign_bucket(batch)
         if campaign_bucket is not None:
             buckets.append(campaign_bucket)
         wait = ratelimit.reserve_all(buckets, count)
+        paced: dict[TokenBucket, int] = {}
+        if self._domain_buckets:  # per-recipient work only when [pace] groups apply here
+            leads = batch.leads
+            paced = pace.count_by_bucket(self._domain_buckets, (leads[i].email for i in delivery.pending))
+            for bucket, taken in paced.items():
+                wait = max(wait, bucket.reserve(taken))
         if wait > 0:
             self._waits.inc(wait)
-            await aio.sleep_unless(wait, stopped)
+            await self._rate_sleep(wait, stopped)
         if stopped.is_set():
             ratelimit.refund_all(buckets, count)
+            for bucket, taken in paced.items():
+                bucket.refund(taken)
             return False
         return True
 
@@ -173,7 +190,7 @@ class ProviderSender:
         delivery = _Delivery(batch)
         attempt = 0
         while delivery.pending:
-            if run.stopping or not await self._acquire(len(delivery.pending), batch, run.stopped):
+            if run.stopping or not await self._acquire(delivery, run.stopped):
                 delivery.complete = False  # leave the unsent for whoever resumes the shard
                 break
             if not await self._call(run, delivery) or not delivery.pending:

@@ -131,6 +131,17 @@ class Ledger:
         return len(self._entries)
 
 
+MAX_SPAN_FACTOR = 16  # a zone shard's window spans at most this many window_size of ids
+
+
+def next_span(span: int, read: int, window_size: int) -> int:
+    """The id span of a zone shard's next window: the leads of one zone are a fraction of the
+    ids, so the span follows the density the last window saw, aiming at ``window_size`` leads
+    (at most 4x wider at a time, within 1 to ``MAX_SPAN_FACTOR`` times ``window_size``)."""
+    wanted = span * 4 if read == 0 else span * window_size // read
+    return max(window_size, min(wanted, span * 4, window_size * MAX_SPAN_FACTOR))
+
+
 class ShardRun:
     """One claimed shard: stream windows into the provider lane, track them, release."""
 
@@ -146,8 +157,14 @@ class ShardRun:
         window_size: int,
         logged_upto: int = 0,
         erased_pads: tuple[bytes, bytes] | None = None,
+        zone: str | None = None,
+        closes_at: dt.datetime | None = None,
     ) -> None:
         self.campaign = campaign
+        # A windowed campaign's shard: its time zone, and when its window closes (the scheduler
+        # then stops it; it releases cleanly and waits for the next opening).
+        self.zone = zone
+        self.closes_at = closes_at
         self._logged_upto = logged_upto
         self.campaign_id: int = row["campaign_id"]
         self.shard_no: int = row["shard_no"]
@@ -274,10 +291,13 @@ class ShardRun:
         if checkpoint < self.reserved_upto:
             await self._dispatch_range(checkpoint, self.reserved_upto, skip_logged=True)
         position = max(self.reserved_upto, checkpoint)
+        span = self._window_size
         while position < self.lead_id_to and not self.stopping:
-            end = min(position + self._window_size, self.lead_id_to)
-            await self._dispatch_range(position, end, skip_logged=position < self._logged_upto)
+            end = min(position + span, self.lead_id_to)
+            read = await self._dispatch_range(position, end, skip_logged=position < self._logged_upto)
             position = end
+            if self.zone is not None:
+                span = next_span(span, read, self._window_size)
         if position >= self.lead_id_to and self.ledger.unresolved == 0 and len(self.ledger) == 0:
             # Nothing dispatched at all (e.g. recovered to the end): make the checkpoint final.
             await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], self.lead_id_to), [])
@@ -286,8 +306,8 @@ class ShardRun:
         self._seq += 1
         return self._seq
 
-    async def _dispatch_range(self, start: int, end: int, *, skip_logged: bool) -> None:
-        """Read leads in ``(start, end]`` and hand them on, in lead-id order."""
+    async def _dispatch_range(self, start: int, end: int, *, skip_logged: bool) -> int:
+        """Read leads in ``(start, end]`` and hand them on, in lead-id order; how many were read."""
         rows = await leads_db.read_window(
             self._pool,
             account_id=self.campaign.account_id,
@@ -319,7 +339,8 @@ class ShardRun:
             self._resolved.clear()
             if not await self._put(batch):
                 self.discard(batch.seq)
-                return
+                break
+        return len(rows)
 
     async def _submit(self, batch: Batch, rows: list[LogRow]) -> None:
         """Rows that need no sending (suppressed leads, empty windows) go straight to the writer."""

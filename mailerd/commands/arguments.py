@@ -117,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", required=True, help="a [providers.NAME] of the configuration")
     p.add_argument("--rate", type=float, default=None, help="per-campaign cap, recipients per second")
     p.add_argument("--resend-uncertain", action="store_true", help="re-send leads in flight at a crash")
+    p.add_argument(
+        "--send-window",
+        default=None,
+        metavar="JSON",
+        help='send window JSON, e.g. {"start": "09:00", "end": "17:00", "days": ["mon", "fri"]}',
+    )
     when = p.add_mutually_exclusive_group()
     when.add_argument("--start", action="store_true", help="start sending now")
     when.add_argument("--send-at", default=None, metavar="TIME", help="ISO-8601 time to start")

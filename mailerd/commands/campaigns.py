@@ -45,6 +45,11 @@ async def create(args: argparse.Namespace, config: Config) -> int:
             body["send_at"] = args.send_at
         if args.rate is not None:
             body["rate"] = args.rate
+        if args.send_window:
+            try:
+                body["send_window"] = orjson.loads(args.send_window)
+            except orjson.JSONDecodeError as exc:
+                raise CampaignError("send_window", f"not valid JSON: {exc}") from None
     except CampaignError as exc:
         print(f"mailerd campaign create: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +89,16 @@ async def show(args: argparse.Namespace, config: Config) -> int:
     )
     eta = f", ETA {info['eta_s']:.0f} s" if info.get("eta_s") is not None else ""
     print(f"  shards {info['shards_done']}/{info['shards']} done, {info['rate_per_s']:,.0f} emails/s{eta}")
+    if info.get("send_window"):
+        window = info["send_window"]
+        print(
+            f"  send window {window['start']}-{window['end']} {','.join(window['days'])}"
+            f" (zone: attributes.{window['timezone_attribute']}, else {window['default_timezone']})"
+        )
+    if info.get("shards_waiting"):
+        print(
+            f"  {info['shards_waiting']} shards wait for their window; the next opens {info['waiting_until']}"
+        )
     return 0
 
 

@@ -25,6 +25,7 @@ from mailerd.config.loading import (
     redacted,
     systemd_settings,
 )
+from mailerd.config.pace import PaceConfig
 from mailerd.config.sections import (
     PROVIDER_KINDS,
     PROVIDER_MAX_BATCH,
@@ -74,6 +75,7 @@ __all__ = [
     "LoggingConfig",
     "MailgunWebhookConfig",
     "NodeConfig",
+    "PaceConfig",
     "PostmarkWebhookConfig",
     "PrivacyConfig",
     "ProviderConfig",

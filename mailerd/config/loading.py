@@ -209,12 +209,12 @@ def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool
             return True
         existing = {n.lower(): n for n in providers}
         return _table(providers, existing.get(parts[1], parts[1]))
-    if parts[0] == "callbacks" and len(parts) == 3:
-        endpoints = data.setdefault("callbacks", {})
-        if not isinstance(endpoints, dict):
+    if parts[0] in ("callbacks", "pace") and len(parts) == 3:
+        tables = data.setdefault(parts[0], {})
+        if not isinstance(tables, dict):
             return True
-        existing = {n.lower(): n for n in endpoints}
-        return _table(endpoints, existing.get(parts[1], parts[1]))
+        existing = {n.lower(): n for n in tables}
+        return _table(tables, existing.get(parts[1], parts[1]))
     if parts[0] == "webhooks" and len(parts) in (2, 3):
         webhooks = data.setdefault("webhooks", {})
         if not isinstance(webhooks, dict):

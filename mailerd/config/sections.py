@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from mailerd import dsn as dsn_mod
+from mailerd.config import pace as pace_mod
 from mailerd.config import stream
 from mailerd.config.coerce import build_section
 from mailerd.config.fields import ConfigError, Secret, _within, parse_duration, parse_listen
+from mailerd.config.pace import PaceConfig
 from mailerd.config.stream import CallbackConfig, KafkaConfig, RelayConfig
 
 PROVIDER_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "smtp", "sink")
@@ -292,6 +294,7 @@ class Config:
     reports: ReportsConfig | None = None
     kafka: KafkaConfig | None = None
     callbacks: Mapping[str, CallbackConfig] = dataclasses.field(default_factory=dict)
+    pace: Mapping[str, PaceConfig] = dataclasses.field(default_factory=dict)
     source: str = "<defaults>"
 
     def provider(self, name: str) -> ProviderConfig:
@@ -341,6 +344,8 @@ def _build(data: Mapping[str, Any], source: str) -> Config:
             kwargs["webhooks"] = _webhooks(values)
         elif name == "callbacks":
             kwargs["callbacks"] = stream.callbacks(values)
+        elif name == "pace":
+            kwargs["pace"] = pace_mod.groups(values)
         elif name in _SECTIONS:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"[{name}]: expected a table")
@@ -406,7 +411,10 @@ def _validate(config: Config) -> None:
     window = parse_duration(config.webhooks.soft_bounce_window)
     if not 1 <= window <= 365 * 86400:
         raise ConfigError("[webhooks] soft_bounce_window: must be from 1s to 365d")
-    for problem in stream.problems(config.relay, config.kafka, config.callbacks):
+    for problem in [
+        *stream.problems(config.relay, config.kafka, config.callbacks),
+        *pace_mod.problems(config.pace, config.providers),
+    ]:
         raise ConfigError(problem)
 
 
@@ -427,6 +435,7 @@ def _sections_of(config: Config) -> list[tuple[str, Any]]:
     ]
     sections += [(f"callbacks.{name}", endpoint) for name, endpoint in config.callbacks.items()]
     sections += [(f"providers.{name}", provider) for name, provider in config.providers.items()]
+    sections += [(f"pace.{name}", group) for name, group in config.pace.items()]
     sections += [("webhooks", hooks)]
     sections += [(f"webhooks.{name}", getattr(hooks, name)) for name in _WEBHOOK_SECTIONS]
     return sections

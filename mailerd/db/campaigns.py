@@ -69,6 +69,7 @@ class CampaignRow:
     reply_to: str | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     provider_template: str | None = None
+    send_window: dict[str, Any] | None = None  # mailerd.windows.SendWindow.to_json()
 
 
 async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
@@ -82,8 +83,9 @@ async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
         campaign_id: int = await conn.fetchval(
             """INSERT INTO campaigns (account_id, name, status, segment, from_address, subject,
                                       html_body, text_body, provider, rate_per_s, resend_uncertain, send_at,
-                                      reply_to, headers, provider_template)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id""",
+                                      reply_to, headers, provider_template, send_window)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+               RETURNING id""",
             row.account_id,
             row.name,
             row.status,
@@ -99,6 +101,7 @@ async def insert(conn: asyncpg.Connection, row: CampaignRow) -> int:
             row.reply_to,
             row.headers,
             row.provider_template,
+            row.send_window,
         )
         await conn.execute(
             "INSERT INTO campaign_stats (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING", campaign_id
@@ -288,8 +291,13 @@ async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | N
                   coalesce(s.unsubscribed, 0) AS unsubscribed,
                   (SELECT count(*) FROM campaign_shards h WHERE h.campaign_id = c.id) AS shards,
                   (SELECT count(*) FROM campaign_shards h
-                   WHERE h.campaign_id = c.id AND h.state = 'done') AS shards_done
+                   WHERE h.campaign_id = c.id AND h.state = 'done') AS shards_done,
+                  c.send_window, w.shards_waiting, w.waiting_until
            FROM campaigns c LEFT JOIN campaign_stats s ON s.campaign_id = c.id
+           CROSS JOIN LATERAL (SELECT count(*) AS shards_waiting, min(h.not_before) AS waiting_until
+                               FROM campaign_shards h
+                               WHERE h.campaign_id = c.id AND h.state = 'pending'
+                                 AND h.not_before IS NOT NULL) w
            WHERE c.id = $1""",
         campaign_id,
     )

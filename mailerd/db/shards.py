@@ -8,9 +8,13 @@ clause, so a node that lost the shard can no longer move it. Invariant, enforced
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
+
+from mailerd import segments
 
 
 def lock_key(campaign_id: int) -> int:
@@ -31,16 +35,19 @@ async def unlock(claim: asyncpg.Connection, campaign_id: int, shard_no: int) -> 
 
 
 async def pending(
-    conn: asyncpg.Connection, providers: Sequence[str], limit: int = 1000
+    conn: asyncpg.Connection, providers: Sequence[str], limit: int = 1000, now: dt.datetime | None = None
 ) -> list[tuple[int, int]]:
-    """``(campaign_id, shard_no)`` of pending shards of running campaigns these providers send."""
+    """``(campaign_id, shard_no)`` of pending shards of running campaigns these providers send,
+    but not those waiting for their send window (``not_before`` after ``now``)."""
     rows = await conn.fetch(
         """SELECT s.campaign_id, s.shard_no FROM campaign_shards s
            JOIN campaigns c ON c.id = s.campaign_id
            WHERE c.status = 'running' AND s.state = 'pending' AND c.provider = ANY($1::text[])
+             AND (s.not_before IS NULL OR s.not_before <= coalesce($3::timestamptz, now()))
            ORDER BY s.campaign_id, s.shard_no LIMIT $2""",
         list(providers),
         limit,
+        now,
     )
     return [(r["campaign_id"], r["shard_no"]) for r in rows]
 
@@ -50,9 +57,10 @@ async def take(
 ) -> asyncpg.Record | None:
     """Bump the epoch of a still-pending shard (inside the claim transaction); its new row, plus
     ``previous_owner``: the node that made the claim this one replaces (NULL after a clean
-    release), which a recovery names as the node whose crash left leads uncertain."""
+    release), which a recovery names as the node whose crash left leads uncertain. A shard that
+    waited for its send window waits no more."""
     row: asyncpg.Record | None = await claim.fetchrow(
-        """UPDATE campaign_shards s SET epoch = s.epoch + 1, owner = $3, updated_at = now()
+        """UPDATE campaign_shards s SET epoch = s.epoch + 1, owner = $3, not_before = NULL, updated_at = now()
            FROM (SELECT owner FROM campaign_shards
                  WHERE campaign_id = $1 AND shard_no = $2 FOR UPDATE) AS previous
            WHERE s.campaign_id = $1 AND s.shard_no = $2 AND s.state = 'pending'
@@ -149,10 +157,16 @@ async def boundaries(conn: asyncpg.Connection, account_id: int, shard_size: int)
         account_id,
         shard_size,
     )
-    last = await conn.fetchval("SELECT max(id) FROM leads WHERE account_id = $1", account_id)
+    last = await last_lead_id(conn, account_id)
     if last is None:
         return []
     return [r["id"] for r in bounds if r["id"] < last] + [last]
+
+
+async def last_lead_id(conn: asyncpg.Connection, account_id: int) -> int | None:
+    """The account's highest lead id (the end of its last shard); None without leads."""
+    last: int | None = await conn.fetchval("SELECT max(id) FROM leads WHERE account_id = $1", account_id)
+    return last
 
 
 async def create(conn: asyncpg.Connection, campaign_id: int, edges: Sequence[int]) -> None:
@@ -167,3 +181,93 @@ async def create(conn: asyncpg.Connection, campaign_id: int, edges: Sequence[int
         records=shards,
         columns=("campaign_id", "shard_no", "lead_id_from", "lead_id_to", "checkpoint", "reserved_upto"),
     )
+
+
+async def defer(conn: asyncpg.Connection, campaign_id: int, shard_no: int, until: dt.datetime) -> None:
+    """A pending shard whose send window is closed waits until ``until`` (its next opening)."""
+    await conn.execute(
+        """UPDATE campaign_shards SET not_before = $3, updated_at = now()
+           WHERE campaign_id = $1 AND shard_no = $2 AND state = 'pending'""",
+        campaign_id,
+        shard_no,
+        until,
+    )
+
+
+async def zones(conn: asyncpg.Connection, campaign_id: int) -> dict[str, list[str]]:
+    """The time zones a windowed campaign was split into, each with the zone names it sends."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT zone, zone_names FROM campaign_shards
+           WHERE campaign_id = $1 AND zone IS NOT NULL""",
+        campaign_id,
+    )
+    return {r["zone"]: list(r["zone_names"] or ()) for r in rows}
+
+
+async def zone_boundaries(
+    conn: asyncpg.Connection,
+    account_id: int,
+    segment: segments.Segment,
+    path: Sequence[str],
+    shard_size: int,
+) -> dict[str | None, list[int]]:
+    """The values of the attribute at ``path`` among the leads the segment matches (None: missing
+    or not a string), each with the ids that cut its leads into shards of ``shard_size`` (every
+    ``shard_size``-th id). One scan of the account's leads."""
+    condition, params = segments.compile(segment, first_param=4, alias="l")
+    rows = await conn.fetch(
+        f"""SELECT zone, id, n FROM (
+                SELECT z.raw AS zone, l.id, row_number() OVER (PARTITION BY z.raw ORDER BY l.id) AS n
+                FROM leads l
+                CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(l.attributes #> $2::text[]) = 'string'
+                                                THEN l.attributes #>> $2::text[] END AS raw) z
+                WHERE l.account_id = $1 AND ({condition})) numbered
+            WHERE n = 1 OR n % $3 = 0
+            ORDER BY id""",
+        account_id,
+        list(path),
+        shard_size,
+        *params,
+    )
+    found: dict[str | None, list[int]] = {}
+    for row in rows:
+        cuts = found.setdefault(row["zone"], [])
+        if row["n"] % shard_size == 0:
+            cuts.append(row["id"])
+    return found
+
+
+async def create_zoned(
+    conn: asyncpg.Connection,
+    campaign_id: int,
+    edges: Mapping[str, Sequence[int]],
+    names: Mapping[str, Iterable[str]],
+    not_before: Mapping[str, dt.datetime | None],
+) -> int:
+    """The shards of a windowed campaign: per zone, shard ``n`` covers ``(edges[n-1], edges[n]]``
+    of the leads of that zone's ``names``; numbered zone after zone. Returns how many."""
+    shards: list[tuple[Any, ...]] = []
+    for zone in sorted(edges):
+        low = 0
+        zone_names = sorted(names.get(zone, ()))
+        for high in edges[zone]:
+            shards.append(
+                (campaign_id, len(shards), low, high, low, low, zone, zone_names, not_before.get(zone))
+            )
+            low = high
+    await conn.copy_records_to_table(
+        "campaign_shards",
+        records=shards,
+        columns=(
+            "campaign_id",
+            "shard_no",
+            "lead_id_from",
+            "lead_id_to",
+            "checkpoint",
+            "reserved_upto",
+            "zone",
+            "zone_names",
+            "not_before",
+        ),
+    )
+    return len(shards)

@@ -117,6 +117,13 @@ class Campaign(msgspec.Struct, frozen=True):
     shards: int
     shards_done: int
     processed: int
+    send_window: Annotated[
+        campaigns.SendWindowBody | None, msgspec.Meta(description="the send window, defaults filled in")
+    ]
+    shards_waiting: Annotated[int, msgspec.Meta(description="shards waiting for their send window")]
+    waiting_until: Annotated[
+        Time | None, msgspec.Meta(description="when the next waiting shard's window opens (else null)")
+    ]
 
 
 class CampaignWithRate(Campaign, frozen=True):

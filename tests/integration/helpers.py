@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from mailerd import app, campaigns
+from mailerd import app, campaigns, scheduler
 from mailerd import config as config_mod
 from mailerd.emulator import sink
 
@@ -69,11 +69,20 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(config: config_mod.Config, dsn: str) -> AsyncIterator[Daemon]:
-    """The daemon's stages in this process until the block ends (then a clean drain)."""
+async def running_daemon(
+    config: config_mod.Config,
+    dsn: str,
+    clock: scheduler.Clock = scheduler.utc_now,
+    pace_timing: app.PaceTiming | None = None,
+) -> AsyncIterator[Daemon]:
+    """The daemon's stages in this process until the block ends (then a clean drain); ``clock``
+    is the scheduler's (send windows), ``pace_timing`` the [pace] buckets' clock and the
+    senders' rate-limit sleep."""
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result))
+    task = asyncio.create_task(
+        app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result, clock=clock, pace_timing=pace_timing)
+    )
     try:
         done, _ = await asyncio.wait({task, bound}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if task in done:

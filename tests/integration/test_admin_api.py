@@ -391,3 +391,32 @@ async def test_undecodable_bodies_and_headers_answer_4xx_json(pool: asyncpg.Pool
         assert orjson.loads(body)["error"]["code"] == "unauthorized"
     finally:
         await runner.cleanup()
+
+
+async def test_a_send_window_is_validated_field_by_field_and_shown(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    for window, field in (
+        ({"start": "9am", "end": "17:00"}, "send_window.start"),
+        ({"start": "09:00", "end": "25:00"}, "send_window.end"),
+        ({"start": "09:00", "end": "09:00"}, "send_window.end"),
+        ({"start": "09:00", "end": "17:00", "days": ["funday"]}, "send_window.days"),
+        (
+            {"start": "09:00", "end": "17:00", "default_timezone": "Europe/Nowhere"},
+            "send_window.default_timezone",
+        ),
+        ({"start": "09:00", "end": "17:00", "zone": "UTC"}, "send_window.zone"),
+        ({"end": "17:00"}, "send_window.start"),
+        ("09:00-17:00", "send_window"),
+    ):
+        response = await client.post("/api/campaigns", json=_campaign(send_window=window), headers=AUTH)
+        assert response.status == 422, window
+        assert (await response.json())["error"]["field"] == field, window
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+    window = {"days": ["mon", "fri"], "start": "22:00", "end": "06:00", "default_timezone": "Europe/Berlin"}
+    created = await client.post("/api/campaigns", json=_campaign(send_window=window), headers=AUTH)
+    assert created.status == 201
+    shown = await (await client.get(f"/api/campaigns/{(await created.json())['id']}", headers=AUTH)).json()
+    assert shown["send_window"] == {**window, "timezone_attribute": "timezone"}
+    assert shown["shards_waiting"] == 0 and shown["waiting_until"] is None

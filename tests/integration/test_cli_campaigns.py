@@ -107,9 +107,25 @@ async def test_create_show_pause_resume_through_the_api(
                 str(campaign_id),
             )
             assert code == 1 and "Bearer" in err
+
+            window = '{"start": "09:00", "end": "25:00"}'
+            code, _, err = await _mailerd(
+                "campaign", "create", *api, *common, "--segment", segment, "--send-window", window
+            )
+            assert code == 2 and "send_window.end" in err
+            window = '{"start": "09:00", "end": "17:00", "days": ["mon"], "default_timezone": "Asia/Tokyo"}'
+            code, out, err = await _mailerd(
+                "campaign", "create", *api, *common, "--segment", segment, "--send-window", window
+            )
+            assert code == 0, err
+            code, out, _ = await _mailerd("campaign", "show", *api, out.strip())
+            assert (
+                code == 0
+                and "send window 09:00-17:00 mon (zone: attributes.timezone, else Asia/Tokyo)" in out
+            )
     finally:
         await emulator.close()
-    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 1
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 2
 
 
 async def test_providers_show_and_resume_a_held_provider(conn: asyncpg.Connection, dsn: str) -> None:

@@ -1,0 +1,150 @@
+"""What a send window and per-domain pace cost at full send speed.
+
+    python bench/windows.py [--leads 200000] [--zones 24] [--dsn DSN] [--json]
+
+Each run gets a fresh database ``mailerd_bench_<random>`` with ``--leads`` leads: their
+``timezone`` attribute is one of ``--zones`` IANA zones (a tenth have none: the default zone),
+their addresses spread over ten domains. The daemon runs in this process against the sink
+(unlimited rate) and sends one campaign matching every lead; the figure is its send rate
+(``processed`` / (``finished_at`` - ``started_at``)). Runs, in order:
+
+1. **baseline**: no window, no ``[pace]``;
+2. **window**: the same campaign with a window open at all times in every zone (every day,
+   00:00-24:00), so nothing waits: what the split per zone and the zone shards' reads cost;
+3. **pace**: no window, a ``[pace.NAME]`` group of three of the ten domains at a rate it never
+   reaches (100,000/s): what counting a batch's recipients per group costs;
+4. **baseline again**, to see the machine's drift over the runs.
+
+Ratios are to the mean of the two baselines of the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import common
+import orjson
+
+from mailerd import app, campaigns, logs
+from mailerd import config as config_mod
+from mailerd.emulator import sink
+
+ZONES = [
+    "UTC", "Europe/London", "Europe/Berlin", "Europe/Paris", "Europe/Madrid", "Europe/Warsaw",
+    "Europe/Athens", "Europe/Moscow", "Asia/Dubai", "Asia/Kolkata", "Asia/Bangkok", "Asia/Shanghai",
+    "Asia/Tokyo", "Australia/Sydney", "Pacific/Auckland", "America/Sao_Paulo", "America/New_York",
+    "America/Chicago", "America/Denver", "America/Los_Angeles", "America/Anchorage",
+    "Pacific/Honolulu", "Africa/Lagos", "Africa/Johannesburg",
+]  # fmt: skip
+DOMAINS = [f"d{n}.example.com" for n in range(7)] + ["gmail.com", "googlemail.com", "outlook.com"]
+ALWAYS_OPEN = campaigns.SendWindowBody(start="00:00", end="24:00", default_timezone="Europe/Berlin")
+
+
+def _lead(n: int, zones: int) -> tuple[str, dict[str, Any]]:
+    attributes: dict[str, Any] = {"n": n}
+    if n % 10:
+        attributes["timezone"] = ZONES[n % zones]
+    return f"user{n}@{DOMAINS[n % len(DOMAINS)]}", attributes
+
+
+async def one_run(admin_dsn: str, leads: int, zones: int, *, window: bool, pace: bool) -> dict[str, Any]:
+    async with common.fresh_database(admin_dsn) as dsn, common.migrated(dsn) as conn:
+        await common.copy_leads(conn, (_lead(n, zones) for n in range(leads)))
+        await common.vacuum_analyze(conn, "leads")
+        emulator = sink.Sink(seed=12)
+        port = await emulator.start()
+        raw: dict[str, Any] = {
+            "http": {"listen": "127.0.0.1:0"},
+            "providers": {
+                "sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}", "concurrency": 16}
+            },
+            "scheduler": {"shard_size": 50_000, "poll_interval_s": 0.25},
+            "logging": {"level": "warning"},
+        }
+        if pace:
+            raw["pace"] = {"big": {"domains": DOMAINS[-3:], "rate_per_s": 100_000}}
+        config = config_mod.from_mapping(raw, env={})
+        stop = asyncio.Event()
+        bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        daemon = asyncio.create_task(app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result))
+        try:
+            await asyncio.wait_for(bound, 30)
+            new = campaigns.NewCampaign(
+                account_id=common.ACCOUNT_ID,
+                name="windows bench",
+                segment={"field": "attributes.n", "op": "gte", "value": 0},
+                subject="Hi",
+                html_body="<p>Hello</p>",
+                text_body="Hello",
+                from_address="news@example.com",
+                provider="sink",
+                start=True,
+                send_window=ALWAYS_OPEN if window else None,
+            )
+            campaign_id = await campaigns.create(conn, new, config)
+            info = await _wait_finished(conn, campaign_id)
+        finally:
+            stop.set()
+            await asyncio.wait_for(daemon, 60)
+            await emulator.close()
+        shards = await conn.fetchval(
+            "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
+        )
+        seconds = (info["finished_at"] - info["started_at"]).total_seconds()
+        if info["processed"] != leads:
+            raise common.BenchError(f"processed {info['processed']} of {leads}")
+        return {
+            "emails_per_s": round(info["processed"] / seconds),
+            "seconds": round(seconds, 2),
+            "shards": shards,
+        }
+
+
+async def _wait_finished(conn: Any, campaign_id: int) -> dict[str, Any]:
+    async with asyncio.timeout(1800):
+        while True:
+            info = await campaigns.show(conn, campaign_id)
+            if info is not None and info["status"] == "finished":
+                return info
+            await asyncio.sleep(0.1)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leads", type=int, default=200_000)
+    parser.add_argument("--zones", type=int, default=24, choices=range(1, len(ZONES) + 1), metavar="1..24")
+    parser.add_argument("--dsn")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logs.configure("warning", "console", sys.stderr)
+    admin = common.server_dsn(args.dsn)
+    print(f"load before: {common.loadavg()}", file=sys.stderr)
+    runs = {
+        "baseline": await one_run(admin, args.leads, args.zones, window=False, pace=False),
+        "window": await one_run(admin, args.leads, args.zones, window=True, pace=False),
+        "pace": await one_run(admin, args.leads, args.zones, window=False, pace=True),
+        "baseline_again": await one_run(admin, args.leads, args.zones, window=False, pace=False),
+    }
+    print(f"load after: {common.loadavg()}", file=sys.stderr)
+    base = (runs["baseline"]["emails_per_s"] + runs["baseline_again"]["emails_per_s"]) / 2
+    result = {
+        "leads": args.leads,
+        "zones": args.zones,
+        "runs": runs,
+        "window_ratio": round(runs["window"]["emails_per_s"] / base, 3),
+        "pace_ratio": round(runs["pace"]["emails_per_s"] / base, 3),
+    }
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for name, run in runs.items():
+        print(f"{name:>15}: {run['emails_per_s']:,} emails/s ({run['seconds']} s, {run['shards']} shards)")
+    print(f"window / baseline: {result['window_ratio']}x; pace / baseline: {result['pace_ratio']}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

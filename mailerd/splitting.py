@@ -1,0 +1,122 @@
+"""Splitting a running campaign into shards: by lead id, and for a campaign with a send window,
+by time zone too (each zone's shards are claimed only while its window is open, see
+:mod:`mailerd.windows`). Done once per campaign, by whichever node gets there first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import structlog
+
+from mailerd import segments, windows
+from mailerd.db import campaigns as campaigns_db
+from mailerd.db import leads as leads_db
+from mailerd.db import shards as shards_db
+from mailerd.db import stats as stats_db
+from mailerd.models import Campaign, CampaignStatus
+
+log = structlog.get_logger(__name__)
+
+
+def campaign_from_row(row: asyncpg.Record) -> Campaign:
+    """A campaigns row as the pipeline's :class:`Campaign` (segment parsed and validated)."""
+    return Campaign(
+        id=row["id"],
+        account_id=row["account_id"],
+        name=row["name"],
+        status=CampaignStatus(row["status"]),
+        segment=segments.parse(row["segment"]),
+        from_address=row["from_address"],
+        subject=row["subject"],
+        html_body=row["html_body"],
+        text_body=row["text_body"],
+        provider=row["provider"],
+        rate_per_s=row["rate_per_s"],
+        resend_uncertain=row["resend_uncertain"],
+        status_reason=row["status_reason"],
+        generation=row["status_generation"],
+        reply_to=row["reply_to"],
+        headers=tuple(sorted(row["headers"].items())),
+        provider_template=row["provider_template"],
+        send_window=None if row["send_window"] is None else windows.parse(row["send_window"]),
+    )
+
+
+def with_condition(campaign: Campaign, condition: dict[str, Any]) -> Campaign:
+    """The campaign whose segment also requires ``condition`` (a segment node; tested first:
+    a zone's string comparison is cheaper than most segments, and most rows fail it)."""
+    extra = segments.parse(condition)
+    segment = segments.Segment(
+        root=segments.All((extra.root, campaign.segment.root)),
+        nodes=campaign.segment.nodes + extra.nodes + 1,
+        depth=max(campaign.segment.depth, extra.depth) + 1,
+    )
+    return dataclasses.replace(campaign, segment=segment)
+
+
+async def split_campaign(
+    conn: asyncpg.Connection, campaign_id: int, shard_size: int, *, now: dt.datetime | None = None
+) -> int:
+    """Cut a running campaign into shards of about ``shard_size`` leads; count its matches.
+
+    A campaign with a send window is cut per time zone too (``now``: the clock that decides
+    which zones wait). Idempotent across nodes: the campaign row is locked and shards are made
+    only once. Returns the number of shards.
+    """
+    async with conn.transaction():
+        row = await campaigns_db.get(conn, campaign_id, for_update=True)
+        if row is None:
+            return 0
+        existing = await shards_db.count(conn, campaign_id)
+        if existing:
+            return existing
+        campaign = campaign_from_row(row)
+        edges = await shards_db.boundaries(conn, campaign.account_id, shard_size)
+        matched = await leads_db.count_segment(conn, campaign.account_id, campaign.segment)
+        await stats_db.set_matched(conn, campaign_id, matched)
+        if not edges:
+            await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
+            log.info("campaign_finished_empty", campaign_id=campaign_id)
+            return 0
+        if campaign.send_window is not None:
+            count = await _split_by_zone(
+                conn, campaign, shard_size, edges[-1], now or dt.datetime.now(dt.UTC)
+            )
+        else:
+            await shards_db.create(conn, campaign_id, edges)
+            count = len(edges)
+        log.info("campaign_split", campaign_id=campaign_id, shards=count, matched=matched)
+        return count
+
+
+async def _split_by_zone(
+    conn: asyncpg.Connection, campaign: Campaign, shard_size: int, last: int, now: dt.datetime
+) -> int:
+    """Shards per time zone (each zone's leads cut every ``shard_size``; zones whose clocks agree
+    share shards), the default zone always among them (it takes the leads of no known zone,
+    including zones first seen after now). Zones whose window is closed wait for its opening."""
+    window = campaign.send_window
+    assert window is not None
+    default = window.default_timezone
+    found = await shards_db.zone_boundaries(
+        conn, campaign.account_id, campaign.segment, window.attribute_path, shard_size
+    )
+    resolved = windows.resolve_zones(window, found)
+    groups = windows.group_zones(resolved.values(), default, now)
+    cuts: dict[str, set[int]] = {default: set()}
+    names: dict[str, set[str]] = {default: set()}
+    for value, zone in resolved.items():
+        group = groups[zone]
+        cuts.setdefault(group, set()).update(found[value])
+        names.setdefault(group, set()).add(zone)
+    edges = {zone: [*sorted(cut for cut in ids if cut < last), last] for zone, ids in cuts.items()}
+    not_before = {
+        zone: None if windows.is_open(window, zone, now) else windows.next_open(window, zone, now)
+        for zone in edges
+    }
+    log.info("campaign_split_by_zone", campaign_id=campaign.id, zones=len(resolved), shard_zones=len(edges))
+    return await shards_db.create_zoned(conn, campaign.id, edges, names, not_before)

@@ -1,0 +1,229 @@
+"""Send windows end to end with an injected clock: a window defers exactly the leads outside it,
+a window closing mid-shard releases it cleanly, and the campaign finishes once the last zone's
+window has passed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from mailerd import campaigns, splitting
+from mailerd.db import campaigns as campaign_rows
+from mailerd.emulator import sink
+from mailerd.models import LogStatus
+from tests.integration.helpers import (
+    daemon_config,
+    new_campaign,
+    read_record,
+    running_daemon,
+    wait_for_status,
+)
+
+WINDOW = campaigns.SendWindowBody(
+    days=["mon", "tue", "wed", "thu", "fri"], start="09:00", end="17:00", default_timezone="America/New_York"
+)
+TOKYO, NEW_YORK = "Asia/Tokyo", "America/New_York"
+
+
+class Clock:
+    """The scheduler's time, moved by the test."""
+
+    def __init__(self, now: str) -> None:
+        self.now = dt.datetime.fromisoformat(now)
+
+    def set(self, now: str) -> None:
+        self.now = dt.datetime.fromisoformat(now)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+async def _leads(conn: asyncpg.Connection, count: int) -> dict[str, set[int]]:
+    """``count`` leads: a third in Tokyo or Seoul, a third in New York, the rest with no zone or
+    an invalid one (the default zone, New York). Returns the lead ids per zone."""
+
+    def attributes(n: int) -> dict[str, Any]:
+        if n % 3 == 0:  # Seoul's clock is Tokyo's: they share shards
+            return {"n": n, "timezone": TOKYO if n % 2 else "Asia/Seoul"}
+        if n % 3 == 1:
+            return {"n": n, "timezone": NEW_YORK}
+        return {"n": n} if n % 2 else {"n": n, "timezone": "Mars/Olympus"}
+
+    await conn.copy_records_to_table(
+        "leads",
+        records=[(1, f"user{n}@example.com", attributes(n)) for n in range(count)],
+        columns=("account_id", "email", "attributes"),
+    )
+    rows = await conn.fetch("SELECT id, attributes->>'timezone' AS tz FROM leads WHERE account_id = 1")
+    zones: dict[str, set[int]] = {TOKYO: set(), NEW_YORK: set()}
+    for row in rows:
+        zones[TOKYO if row["tz"] in (TOKYO, "Asia/Seoul") else NEW_YORK].add(row["id"])
+    return zones
+
+
+async def _logged(conn: asyncpg.Connection, campaign_id: int) -> collections.Counter[int]:
+    rows = await conn.fetch("SELECT lead_id FROM email_log WHERE campaign_id = $1", campaign_id)
+    return collections.Counter(r["lead_id"] for r in rows)
+
+
+async def _wait(conn: asyncpg.Connection, sql: str, *args: Any, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not await conn.fetchval(sql, *args):
+            await asyncio.sleep(0.05)
+
+
+ZONE_DONE = """SELECT bool_and(state = 'done') FROM campaign_shards
+               WHERE campaign_id = $1 AND $2 = ANY(zone_names)"""
+
+
+async def test_a_window_defers_exactly_the_leads_outside_it(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    zones = await _leads(conn, 600)
+    # Wednesday 01:00 UTC: 10:00 in Tokyo (open), Tuesday 20:00 in New York (closed).
+    clock = Clock("2026-01-07T01:00:00+00:00")
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=1)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, scheduler={"shard_size": 100})
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+            logged = await _logged(conn, campaign_id)
+            assert set(logged) == zones[TOKYO]  # only the open zone's leads, each once
+            assert max(logged.values()) == 1
+            waiting = await conn.fetch(
+                """SELECT DISTINCT zone, not_before FROM campaign_shards
+                   WHERE campaign_id = $1 AND state = 'pending'""",
+                campaign_id,
+            )
+            assert [(r["zone"], r["not_before"]) for r in waiting] == [
+                (NEW_YORK, dt.datetime.fromisoformat("2026-01-07T14:00:00+00:00"))
+            ]
+            shard_zones = await conn.fetch(
+                "SELECT DISTINCT zone, zone_names FROM campaign_shards WHERE campaign_id = $1", campaign_id
+            )
+            assert {r["zone"]: r["zone_names"] for r in shard_zones} == {
+                "Asia/Seoul": ["Asia/Seoul", TOKYO],  # one clock: one set of shards
+                NEW_YORK: [NEW_YORK],
+            }
+            info = await campaigns.show(conn, campaign_id)
+            assert info is not None and info["status"] == "running"
+            assert info["send_window"]["default_timezone"] == NEW_YORK
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1 AND state = 'pending'",
+                campaign_id,
+            )
+            assert info["shards_waiting"] == pending > 0
+            assert info["waiting_until"] == dt.datetime.fromisoformat("2026-01-07T14:00:00+00:00")
+
+            clock.set("2026-01-07T14:30:00+00:00")  # 09:30 in New York, 23:30 in Tokyo
+            info = await wait_for_status(conn, campaign_id)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    logged = await _logged(conn, campaign_id)
+    assert set(logged) == zones[TOKYO] | zones[NEW_YORK]
+    assert max(logged.values()) == 1
+    assert info["sent"] == 600 and info["unknown"] == 0
+    sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
+    assert set(sent) == set(logged) and max(sent.values()) == 1
+
+
+async def test_a_window_closing_mid_shard_releases_it_cleanly_until_the_next_opening(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    zones = await _leads(conn, 600)
+    clock = Clock("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=2)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, provider={"batch_size": 10})
+        new = new_campaign(segment={"all": []}, rate_per_s=60, send_window=WINDOW)
+        campaign_id = await campaigns.create(conn, new, config)
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, "SELECT count(*) >= 20 FROM email_log WHERE campaign_id = $1", campaign_id)
+            clock.set("2026-01-07T08:30:00+00:00")  # 17:30 in Tokyo: closed; New York still closed
+            await _wait(
+                conn,
+                """SELECT bool_and(owner IS NULL AND not_before IS NOT NULL) FROM campaign_shards
+                   WHERE campaign_id = $1 AND state = 'pending'""",
+                campaign_id,
+            )
+            tokyo = await conn.fetchrow(
+                "SELECT * FROM campaign_shards WHERE campaign_id = $1 AND $2 = ANY(zone_names)",
+                campaign_id,
+                TOKYO,
+            )
+            assert tokyo["state"] == "pending" and tokyo["released_clean"]
+            assert tokyo["not_before"] == dt.datetime.fromisoformat("2026-01-08T00:00:00+00:00")
+            statuses = await conn.fetch(
+                "SELECT DISTINCT status FROM email_log WHERE campaign_id = $1", campaign_id
+            )
+            assert [r["status"] for r in statuses] == [LogStatus.SENT]  # nothing left unknown
+            logged = await _logged(conn, campaign_id)
+            assert set(logged) < zones[TOKYO]  # stopped part way, no other zone touched
+
+            clock.set("2026-01-08T00:30:00+00:00")  # Thursday 09:30 in Tokyo
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+            clock.set("2026-01-08T14:30:00+00:00")  # Thursday 09:30 in New York
+            info = await wait_for_status(conn, campaign_id, timeout=60)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    logged = await _logged(conn, campaign_id)
+    assert set(logged) == zones[TOKYO] | zones[NEW_YORK]
+    assert max(logged.values()) == 1
+    assert info["sent"] == 600 and info["unknown"] == 0
+    sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
+    assert set(sent) == set(logged) and max(sent.values()) == 1
+
+
+async def test_crash_recovery_of_a_zone_shard_touches_only_its_zone(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """A node died holding the Tokyo shard with every lead reserved: the next claim logs only
+    Tokyo's leads ``unknown``; New York's, in the same id range, are sent in their window."""
+    zones = await _leads(conn, 300)
+    clock = Clock("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
+    emulator = sink.Sink(record=tmp_path / "record.jsonl", seed=3)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        assert await campaign_rows.sweep(conn, "due", cause="test") == [campaign_id]
+        await splitting.split_campaign(conn, campaign_id, 1000, now=clock())
+        await conn.execute(
+            """UPDATE campaign_shards SET reserved_upto = lead_id_to, released_clean = false, epoch = 1,
+                                          owner = 'dead-node'
+               WHERE campaign_id = $1 AND $2 = ANY(zone_names)""",
+            campaign_id,
+            TOKYO,
+        )
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+            rows = await conn.fetch(
+                "SELECT lead_id, status FROM email_log WHERE campaign_id = $1", campaign_id
+            )
+            assert {r["lead_id"] for r in rows} == zones[TOKYO]
+            assert {r["status"] for r in rows} == {LogStatus.UNKNOWN}
+            clock.set("2026-01-07T14:30:00+00:00")  # New York opens
+            info = await wait_for_status(conn, campaign_id)
+    finally:
+        await emulator.close()
+    rows = await conn.fetch("SELECT lead_id, status FROM email_log WHERE campaign_id = $1", campaign_id)
+    status = {r["lead_id"]: r["status"] for r in rows}
+    assert len(rows) == len(status) == 300
+    assert {lead for lead, s in status.items() if s == LogStatus.SENT} == zones[NEW_YORK]
+    assert info["unknown"] == len(zones[TOKYO]) and info["sent"] == len(zones[NEW_YORK])
