@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     for action in ("start", "pause", "resume", "cancel"):
         p = campaign.add_parser(action, parents=[api], help=f"{action} a campaign on every node")
         p.add_argument("id", type=int)
-        if action in ("pause", "cancel"):
+        if action in ("pause", "resume", "cancel"):
             p.add_argument("--reason", default=None, help="recorded with the status")
 
     # --- providers (through the admin API) ---

@@ -83,6 +83,10 @@ async def test_create_show_pause_resume_through_the_api(
             code, out, _ = await _mailerd("campaign", "show", *api, str(campaign_id), "--json")
             assert code == 0
             assert orjson.loads(out)["sent"] == info["sent"] == 100
+            code, _, err = await _mailerd(
+                "campaign", "resume", *api, str(campaign_id), "--reason", "DKIM fixed"
+            )
+            assert code == 2 and "finished" in err  # the reason is taken; a finished campaign: 409
 
             code, _, err = await _mailerd(
                 "campaign",
