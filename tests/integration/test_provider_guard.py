@@ -109,6 +109,8 @@ async def test_complaints_hold_the_provider_pause_a_second_campaign_and_refuse_s
             async with http.post(f"{api}/campaigns/{first}/resume", json={}, headers=AUTH) as response:
                 assert response.status == 409
                 assert "provider sink is held" in (await response.json())["error"]["message"]
+            assert await conn.fetchval("SELECT count(*) FROM campaigns") == 2  # the refused one is not stored
+            assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", first) == "paused"
 
             # The complaints still on their way land before the release (else they would count
             # after it); then bad input is refused by field, and the release lets both go on.
@@ -128,6 +130,8 @@ async def test_complaints_hold_the_provider_pause_a_second_campaign_and_refuse_s
                 f"{api}/providers/nosuch/resume", json={"reason": "x"}, headers=AUTH
             ) as response:
                 assert response.status == 404
+            held = await conn.fetch("SELECT provider FROM provider_holds WHERE released_at IS NULL")
+            assert [r["provider"] for r in held] == ["sink"]  # the refused releases changed nothing
             release = {"reason": "list cleaned, ticket 7", "by": "ops@example.com"}
             async with http.post(f"{api}/providers/sink/resume", json=release, headers=AUTH) as response:
                 assert response.status == 200, await response.text()
