@@ -49,6 +49,7 @@ from common import (
     PROVIDER_KINDS,
     BenchError,
     Daemon,
+    arguments,
     check_stopped,
     checkpoint,
     daemon_toml,
@@ -58,9 +59,11 @@ from common import (
     machine_busy,
     machine_cpu,
     migrated,
+    print_json,
     proc_cpu_s,
     proc_status_kb,
     provider_section,
+    run_bench,
     server_dsn,
     start_campaign,
     start_daemon,
@@ -709,10 +712,8 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--leads", type=int, default=1_000_000)
-    parser.add_argument("--dsn", default=None, help="admin DSN of the Postgres server to use")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--check-growth", action="store_true", help="also run a smaller campaign to compare RSS"
     )
@@ -742,13 +743,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.profile and not args.profile_out:
         parser.error("--profile needs --profile-out (the work directory is deleted at the end)")
-    try:
-        result = asyncio.run(bench(args))
-    except (BenchError, config_mod.ConfigError) as exc:
-        print(f"bench/campaign.py: {exc}", file=sys.stderr)
+    result = run_bench(bench(args))
+    if result is None:
         return 1
     if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        print_json(result)
     elif args.provider:
         print_providers(result)
     else:

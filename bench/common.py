@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a fresh database, the sink and daemon processes, /proc readers.
+"""What the benchmark scripts share: a fresh database, the sink and daemon processes (or the
+daemon in this process), /proc readers, the command line and the JSON output.
 
 The scripts run as ``python bench/X.py``, which puts this folder first on ``sys.path``: they
 import this module as ``common``. bench/faults.py uses tests/e2e/procs.py instead.
@@ -6,6 +7,7 @@ import this module as ``common``. bench/faults.py uses tests/e2e/procs.py instea
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -14,19 +16,22 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import orjson
 
-from mailerd import campaigns
+from mailerd import app, campaigns
 from mailerd import config as config_mod
 from mailerd.db import connect as db_connect
 from mailerd.db import migrate
+from mailerd.emulator import sink
+
+T = TypeVar("T")
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ACCOUNT_ID = 1
@@ -409,24 +414,106 @@ async def start_campaign(
     config: config_mod.Config,
     *,
     name: str,
-    segment: dict[str, Any],
-    subject: str,
-    html_body: str,
-    text_body: str,
+    segment: dict[str, Any] | None = None,
+    subject: str = "Hi",
+    html_body: str = "<p>Hello</p>",
+    text_body: str = "Hello",
+    send_window: campaigns.SendWindowBody | None = None,
 ) -> int:
-    """Create a campaign of :data:`ACCOUNT_ID` through the ``sink`` provider, started now."""
+    """Create a campaign of :data:`ACCOUNT_ID` through the ``sink`` provider, started now; by
+    default to every lead with an ``n`` attribute (``{"n": 0..}``), with a plain short body."""
     return await campaigns.create(
         conn,
         campaigns.NewCampaign(
             account_id=ACCOUNT_ID,
             name=name,
-            segment=segment,
+            segment=segment or {"field": "attributes.n", "op": "gte", "value": 0},
             subject=subject,
             html_body=html_body,
             text_body=text_body,
             from_address="news@example.com",
             provider="sink",
             start=True,
+            send_window=send_window,
         ),
         config,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InProcessDaemon:
+    """The daemon running in this process: its configuration and its bound HTTP port."""
+
+    config: config_mod.Config
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def in_process_daemon(
+    dsn: str,
+    emulator: sink.Sink,
+    sections: Mapping[str, Mapping[str, Any]],
+    *,
+    provider: Mapping[str, Any],
+) -> AsyncIterator[InProcessDaemon]:
+    """The daemon's stages in this process (``app.run_with_dsn``, as the tests run them) against
+    ``emulator`` as ``[providers.sink]`` (plus the ``provider`` keys), HTTP on a free port, and
+    ``sections`` (``{"guards": {...}}``) of the config; the emulator is started here and closed at
+    the end, after the daemon's drain. No profiler or second process in the way: for figures of
+    the pipeline alone (a lag, a rate ratio), not of a deployed node."""
+    sink_port = await emulator.start()
+    try:
+        raw: dict[str, dict[str, Any]] = {
+            "http": {"listen": "127.0.0.1:0"},
+            "providers": {"sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{sink_port}", **provider}},
+        }
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        config = config_mod.from_mapping(raw, env={})
+        stop = asyncio.Event()
+        bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result))
+        try:
+            done, _ = await asyncio.wait({task, bound}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                raise BenchError(f"the daemon stopped at start with {task.result()}")
+            if not done:
+                raise BenchError("the daemon did not bind its HTTP port within 30 s")
+            yield InProcessDaemon(config, bound.result())
+        finally:
+            stop.set()
+            code = await asyncio.wait_for(task, 60)
+        if code != 0:
+            raise BenchError(f"the daemon exited with {code} after its stop")
+    finally:
+        await emulator.close()
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first line, and the options every script takes,
+    ``--dsn`` (see :func:`server_dsn`) and ``--json``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument(
+        "--dsn", default=None, help="admin DSN of the Postgres server to create the database on"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    return parser
+
+
+def print_json(result: Mapping[str, Any], *, indent: bool = False) -> None:
+    """The figures as one JSON object on stdout (``indent``: for a person to read)."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    sys.stdout.write(orjson.dumps(result, option=option).decode() + "\n")
+
+
+def run_bench(bench: Coroutine[Any, Any, T]) -> T | None:
+    """``asyncio.run(bench)``; a failed run (:class:`BenchError`, a config the daemon refuses)
+    prints its reason after the script's path and gives None: ``main`` then exits 1."""
+    try:
+        return asyncio.run(bench)
+    except (BenchError, config_mod.ConfigError) as exc:
+        print(f"bench/{Path(sys.argv[0]).name}: {exc}", file=sys.stderr)
+        return None

@@ -25,7 +25,6 @@ Bad rows (``--bad-pct``) are invalid addresses only, so that the bare COPY still
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import csv
@@ -45,12 +44,14 @@ import asyncpg
 import orjson
 from common import (
     BenchError,
+    arguments,
     checkpoint,
     child_env,
     daemon_toml,
     free_port,
     fresh_database,
     migrated,
+    print_json,
     proc_status_kb,
     server_dsn,
     start_daemon,
@@ -346,12 +347,10 @@ def print_jsonl(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dsn", default=None, help="admin DSN of the Postgres server to use")
     parser.add_argument("--bad-pct", type=float, default=0.0, help="share of rows with bad addresses")
     parser.add_argument("--keep", default=None, metavar="FILE", help="write the CSV here and keep it")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--parts",
         choices=["all", "csv", "api"],
@@ -370,7 +369,7 @@ def main() -> int:
         result["file_mb"] = round(path.stat().st_size / 1e6, 1)
     result["generate_s"] = round(generate_s, 2)
     if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        print_json(result)
     else:
         print(f"rows:        {result['rows']:,} ({result['file_mb']} MB of CSV)")
         if "copy_s" in result:

@@ -20,7 +20,6 @@ failure; child processes are always stopped.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import os
@@ -43,6 +42,8 @@ from common import (
     machine_busy,
     machine_cpu,
     migrated,
+    print_json,
+    run_bench,
     server_dsn,
     start_campaign,
     start_daemon,
@@ -254,13 +255,11 @@ def main() -> int:
         parser.error("--leads must be at least 1 and --nodes at least 2")
     if args.shard_size is None:
         args.shard_size = max(1, args.leads // 20)
-    try:
-        result = asyncio.run(bench(args))
-    except BenchError as exc:
-        print(f"bench/nodes.py: {exc}", file=sys.stderr)
+    result = run_bench(bench(args))
+    if result is None:
         return 1
     if args.json:
-        print(orjson.dumps(result).decode())
+        print_json(result)
     else:
         for name, value in result.items():
             print(f"{name:28} {value}")

@@ -48,11 +48,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from common import (
     ACCOUNT_ID,
     BenchError,
+    arguments,
     child_env,
     free_port,
     fresh_database,
     loadavg,
+    print_json,
     proc_cpu_s,
+    run_bench,
     server_dsn,
     start_daemon,
     start_sink,
@@ -530,10 +533,8 @@ def targets(r: dict[str, Any]) -> dict[str, bool]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--leads", type=int, default=300_000)
-    parser.add_argument("--dsn", default=None)
-    parser.add_argument("--json", action="store_true")
     parser.add_argument("--latency-rate", type=float, default=10_000.0, help="emails/s of the latency run")
     parser.add_argument("--freeze-s", type=float, default=30.0, help="0: skip the frozen-broker run")
     parser.add_argument(
@@ -541,15 +542,11 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
-    try:
-        result = asyncio.run(bench(args))
-    except (BenchError, config_mod.ConfigError) as exc:
-        print(f"bench/relay.py: {exc}", file=sys.stderr)
+    result = run_bench(bench(args))
+    if result is None:
         return 1
-    if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    else:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    print_json(result, indent=not args.json)
+    if not args.json:
         for name, ok in result["targets"].items():
             print(f"  {'ok  ' if ok else 'MISS'} {name}")
     return 0

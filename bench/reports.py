@@ -46,16 +46,18 @@ from typing import Any
 
 import aiohttp
 import campaign as campaign_bench
-import orjson
 from common import (
     ACCOUNT_ID,
     NAIVE_SCHEMA,
     BenchError,
     Daemon,
+    arguments,
     checkpoint,
     free_port,
     fresh_database,
     loadavg,
+    print_json,
+    run_bench,
     server_dsn,
     start_daemon,
     start_sink,
@@ -512,28 +514,23 @@ def side_by_side(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--leads", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=50.0, help="report requests per second")
     parser.add_argument("--bounce-rate", type=float, default=0.02)
-    parser.add_argument("--dsn", default=None)
     parser.add_argument(
         "--api-node",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="serve the reports (and take the webhooks, run the relay) on a second daemon that sends nothing",
     )
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    try:
-        result = asyncio.run(bench(args))
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
+    result = run_bench(bench(args))
+    if result is None:
         return 1
+    print_json(result, indent=not args.json)
     if args.json:
-        print(orjson.dumps(result).decode())
         return 0
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print("\nside by side (mailerd, seed's way):")
     for key, value in result["side_by_side"].items():
         print(f"  {key:<24} {value}")

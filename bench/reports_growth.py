@@ -22,7 +22,6 @@ baseline of the same run): flat means the ratios stay near 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import os
 import random
@@ -32,8 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-import orjson
-from common import BenchError, fresh_database, loadavg, server_dsn
+from common import BenchError, arguments, fresh_database, loadavg, print_json, run_bench, server_dsn
 
 from mailerd.db import connect as db_connect
 from mailerd.db import migrate, reports_load, reports_read
@@ -251,22 +249,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--emails", type=int, default=10_000_000)
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--dsn", default=None)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    try:
-        result = asyncio.run(bench(args))
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
+    result = run_bench(bench(args))
+    if result is None:
         return 1
+    print_json(result, indent=not args.json)
     if args.json:
-        print(orjson.dumps(result).decode())
         return 0
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print("\nreport read p99 (ms) per step, and as a ratio of the first step's:")
     for name in result["p99_vs_first_step"]:
         values = [s["reads"][name]["p99_ms"] for s in result["steps"]]

@@ -51,11 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import proc_status_kb
+from common import print_json, proc_status_kb
 
 from tests.e2e import procs, soak_audit
 from tests.e2e.soak_cluster import (
@@ -316,7 +315,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mailerd-soak-") as workdir:
             figures = asyncio.run(soak(settings, Path(workdir)))
     if args.json:
-        print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+        print_json(figures, indent=True)
     else:
         for key, value in figures.items():
             if key != "checks":

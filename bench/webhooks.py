@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,11 +36,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
 from common import (
     ACCOUNT_ID,
     NAIVE_SCHEMA,
     BenchError,
+    arguments,
     check_stopped,
     checkpoint,
     copy_leads,
@@ -50,7 +49,9 @@ from common import (
     fresh_database,
     loadavg,
     migrated,
+    print_json,
     proc_cpu_s,
+    run_bench,
     server_dsn,
     start_daemon,
     stop_daemons,
@@ -304,7 +305,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--events", type=int, default=100_000, help="bounces to post (default 100000)")
     parser.add_argument("--leads", type=int, default=200_000, help="leads / email rows (default 200000)")
     parser.add_argument("--batch", type=int, default=100, help="events per POST (default 100)")
@@ -315,16 +316,12 @@ def main() -> int:
     parser.add_argument(
         "--flush-interval-ms", type=int, default=200, help="[writer] flush_interval_ms (default 200)"
     )
-    parser.add_argument("--dsn", default=None, help="a server to create the bench database on")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    try:
-        result = asyncio.run(bench(args))
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
+    result = run_bench(bench(args))
+    if result is None:
         return 1
     if args.json:
-        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        print_json(result, indent=True)
     else:
         for key, value in result.items():
             print(f"{key:36} {value}")

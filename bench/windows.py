@@ -20,16 +20,13 @@ Ratios are to the mean of the two baselines of the same invocation.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from typing import Any
 
 import common
-import orjson
 
-from mailerd import app, campaigns, logs
-from mailerd import config as config_mod
+from mailerd import campaigns, logs
 from mailerd.emulator import sink
 
 ZONES = [
@@ -54,42 +51,19 @@ async def one_run(admin_dsn: str, leads: int, zones: int, *, window: bool, pace:
     async with common.fresh_database(admin_dsn) as dsn, common.migrated(dsn) as conn:
         await common.copy_leads(conn, (_lead(n, zones) for n in range(leads)))
         await common.vacuum_analyze(conn, "leads")
-        emulator = sink.Sink(seed=12)
-        port = await emulator.start()
-        raw: dict[str, Any] = {
-            "http": {"listen": "127.0.0.1:0"},
-            "providers": {
-                "sink": {"kind": "sink", "endpoint": f"http://127.0.0.1:{port}", "concurrency": 16}
-            },
+        sections: dict[str, Any] = {
             "scheduler": {"shard_size": 50_000, "poll_interval_s": 0.25},
             "logging": {"level": "warning"},
         }
         if pace:
-            raw["pace"] = {"big": {"domains": DOMAINS[-3:], "rate_per_s": 100_000}}
-        config = config_mod.from_mapping(raw, env={})
-        stop = asyncio.Event()
-        bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        daemon = asyncio.create_task(app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result))
-        try:
-            await asyncio.wait_for(bound, 30)
-            new = campaigns.NewCampaign(
-                account_id=common.ACCOUNT_ID,
-                name="windows bench",
-                segment={"field": "attributes.n", "op": "gte", "value": 0},
-                subject="Hi",
-                html_body="<p>Hello</p>",
-                text_body="Hello",
-                from_address="news@example.com",
-                provider="sink",
-                start=True,
-                send_window=ALWAYS_OPEN if window else None,
+            sections["pace"] = {"big": {"domains": DOMAINS[-3:], "rate_per_s": 100_000}}
+        async with common.in_process_daemon(
+            dsn, sink.Sink(seed=12), sections, provider={"concurrency": 16}
+        ) as daemon:
+            campaign_id = await common.start_campaign(
+                conn, daemon.config, name="windows bench", send_window=ALWAYS_OPEN if window else None
             )
-            campaign_id = await campaigns.create(conn, new, config)
             info = await _wait_finished(conn, campaign_id)
-        finally:
-            stop.set()
-            await asyncio.wait_for(daemon, 60)
-            await emulator.close()
         shards = await conn.fetchval(
             "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
         )
@@ -113,33 +87,33 @@ async def _wait_finished(conn: Any, campaign_id: int) -> dict[str, Any]:
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.arguments(__doc__)
     parser.add_argument("--leads", type=int, default=200_000)
     parser.add_argument("--zones", type=int, default=24, choices=range(1, len(ZONES) + 1), metavar="1..24")
-    parser.add_argument("--dsn")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logs.configure("warning", "console", sys.stderr)
     admin = common.server_dsn(args.dsn)
-    print(f"load before: {common.loadavg()}", file=sys.stderr)
+    load_before = common.loadavg()
     runs = {
         "baseline": await one_run(admin, args.leads, args.zones, window=False, pace=False),
         "window": await one_run(admin, args.leads, args.zones, window=True, pace=False),
         "pace": await one_run(admin, args.leads, args.zones, window=False, pace=True),
         "baseline_again": await one_run(admin, args.leads, args.zones, window=False, pace=False),
     }
-    print(f"load after: {common.loadavg()}", file=sys.stderr)
     base = (runs["baseline"]["emails_per_s"] + runs["baseline_again"]["emails_per_s"]) / 2
     result = {
         "leads": args.leads,
         "zones": args.zones,
+        "loadavg_before": load_before,
+        "loadavg_after": common.loadavg(),
         "runs": runs,
         "window_ratio": round(runs["window"]["emails_per_s"] / base, 3),
         "pace_ratio": round(runs["pace"]["emails_per_s"] / base, 3),
     }
     if args.json:
-        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        common.print_json(result, indent=True)
         return 0
+    print(f"load average {result['loadavg_before']} before, {result['loadavg_after']} after")
     for name, run in runs.items():
         print(f"{name:>15}: {run['emails_per_s']:,} emails/s ({run['seconds']} s, {run['shards']} shards)")
     print(f"window / baseline: {result['window_ratio']}x; pace / baseline: {result['pace_ratio']}x")
