@@ -29,6 +29,7 @@ from mailerd import (
     pace,
     provider_guard,
     providers,
+    quota_gate,
     ratelimit,
     scheduler,
     systemd,
@@ -98,7 +99,7 @@ async def run_with_dsn(
         _warn_unverified(config)
         stages = _Stages(config, dsn, pool, lanes, writer, stop, clock, pace_timing or PaceTiming())
         for sender in stages.senders.values():
-            await _seed_rate(sender)
+            await _seed_from_account(sender)
         reports_pool = None
         if config.reports is not None:
             if not await _prepare_reports(config, dsn):
@@ -221,6 +222,7 @@ class _Stages:
                 self._on_fail,
                 domain_buckets=domain_pace.for_provider(name),
                 rate_sleep=timing.sleep,
+                quota=_quota_gate(config, pool, lane),
             )
             for name, lane in lanes.items()
         }
@@ -299,6 +301,18 @@ class _Stages:
             deadline.cancel()
 
 
+def _quota_gate(config: Config, pool: asyncpg.Pool, lane: ProviderLane) -> quota_gate.QuotaGate | None:
+    """The provider's daily quota and warm-up on this node: configured, or possibly the
+    account's own (``seed_rate_from_account``, known only once the account is read)."""
+    provider = config.provider(lane.name)
+    schedule = quota_gate.schedule_of(provider)
+    if not schedule.limited and not provider.seed_rate_from_account:
+        return None
+    return quota_gate.QuotaGate(
+        lane.name, pool, schedule, step=lane.reservation_step, recheck_s=config.guards.quota_recheck_s
+    )
+
+
 def _open_lanes(config: Config, resources: contextlib.AsyncExitStack) -> dict[str, ProviderLane]:
     """One provider client and bounded batch queue per configured provider."""
     unsubscribe_url = None
@@ -342,20 +356,36 @@ async def _prepare_database(pool: asyncpg.Pool, config: Config) -> bool:
     return True
 
 
-async def _seed_rate(sender: ProviderSender) -> None:
-    """``seed_rate_from_account``: take the provider's own ceiling (SES MaxSendRate) when lower."""
+async def _seed_from_account(sender: ProviderSender) -> None:
+    """``seed_rate_from_account``: take the provider's own ceilings (SES ``MaxSendRate`` and
+    ``Max24HourSend``) where lower than the configured ones."""
     if not sender.config.seed_rate_from_account:
         return
     try:
-        ceiling = await sender.lane.provider.max_send_rate()
-    except Exception as exc:  # the daemon still runs on the configured rate
+        account = await sender.lane.provider.send_quota()
+    except Exception as exc:  # the daemon still runs on the configured limits
         log.warning("provider_rate_unknown", provider=sender.lane.name, error=str(exc))
         return
-    if ceiling:
+    if account is None:
+        return
+    if account.max_send_rate:
         configured = sender.config.rate_per_s
-        rate = min(ceiling, configured) if configured else ceiling
+        rate = min(account.max_send_rate, configured) if configured else account.max_send_rate
         sender.bucket.set_rate(rate)
-        log.info("provider_rate_seeded", provider=sender.lane.name, max_send_rate=ceiling, rate_per_s=rate)
+        log.info(
+            "provider_rate_seeded",
+            provider=sender.lane.name,
+            max_send_rate=account.max_send_rate,
+            rate_per_s=rate,
+        )
+    if account.max_24_hour_send and isinstance(sender.quota, quota_gate.QuotaGate):
+        sender.quota.set_account_quota(account.max_24_hour_send)
+        log.info(
+            "provider_quota_seeded",
+            provider=sender.lane.name,
+            max_24_hour_send=account.max_24_hour_send,
+            daily_quota=sender.quota.schedule.daily_quota,
+        )
 
 
 def _warn_unverified(config: Config) -> None:

@@ -399,6 +399,7 @@ async def _sink(args: argparse.Namespace, stop: asyncio.Event) -> int:
         complaint_rate=args.complaint_rate,
         block_rate=args.block_rate,
         webhook_settings=Path(args.webhook_settings) if args.webhook_settings else None,
+        max_24_hour_send=args.max_24_hour_send,
     )
     return 0
 

@@ -61,6 +61,22 @@ PROVIDER_RATE = Gauge(
     "or blocks per email sent (signal: bounce, complaint, blocked).",
     ["provider", "signal"],
 )
+PROVIDER_QUOTA_REMAINING = Gauge(
+    "mailerd_provider_quota_remaining",
+    "What a provider account's daily quota and warm-up cap leave to reserve, as this node's "
+    "last reservation saw it (only for providers with daily_quota, warmup or an account quota).",
+    ["provider"],
+)
+PROVIDER_QUOTA_WAITING = Gauge(
+    "mailerd_provider_quota_waiting",
+    "1 while this node's senders of the provider wait for its daily quota or warm-up cap to free, else 0.",
+    ["provider"],
+)
+PROVIDER_QUOTA_WAIT = Counter(
+    "mailerd_provider_quota_wait_seconds_total",
+    "Seconds the sender workers of a provider waited for its daily quota or warm-up cap.",
+    ["provider"],
+)
 PROVIDER_SENT_24H = Gauge(
     "mailerd_provider_sent_24h",
     "Emails a provider account sent over the rolling 24 hours, across every node.",

@@ -107,6 +107,14 @@ class Batch:
 LogRow = tuple[Any, int, int, int, str | None, str | None]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendQuota:
+    """An account's own limits, where the provider publishes them (SES ``GetAccount``)."""
+
+    max_send_rate: float | None = None  # emails per second
+    max_24_hour_send: int | None = None  # emails per rolling 24 hours (None: unlimited)
+
+
 class ProviderError(Exception):
     """A whole provider call failed; subclasses say what to do about it."""
 

@@ -23,6 +23,7 @@ import structlog
 from mailerd import guards, metrics
 from mailerd.config import GuardsConfig, ProviderConfig
 from mailerd.db import campaigns as campaigns_db
+from mailerd.db import provider_quota as quota_db
 from mailerd.db import provider_usage as usage_db
 
 log = structlog.get_logger(__name__)
@@ -71,6 +72,7 @@ class Status:
     limits: guards.Limits
     hold: usage_db.Hold | None
     last_release: usage_db.Release | None
+    quota: quota_db.State | None = None  # daily quota and warm-up, as last reserved
 
 
 class ProviderGuard:
@@ -136,14 +138,23 @@ async def release(
 async def status(
     conn: asyncpg.Connection, config: GuardsConfig, providers: Mapping[str, ProviderConfig], names: list[str]
 ) -> list[Status]:
-    """The rolling counters, thresholds, hold and last release of each provider of ``names``."""
+    """The rolling counters, thresholds, hold, last release and quota of each provider of
+    ``names``."""
     holds = await usage_db.holds(conn)
+    quotas = await quota_db.states(conn, names)
     result = []
     for usage in await usage_db.usage(conn, names):
         name = usage.provider
         release_row = await usage_db.last_release(conn, name)
         result.append(
-            Status(name, usage, limits_for(config, providers.get(name)), holds.get(name), release_row)
+            Status(
+                name,
+                usage,
+                limits_for(config, providers.get(name)),
+                holds.get(name),
+                release_row,
+                quotas.get(name),
+            )
         )
     return result
 

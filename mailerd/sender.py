@@ -37,7 +37,7 @@ from mailerd.models import (
     UncertainError,
 )
 from mailerd.ratelimit import TokenBucket
-from mailerd.stages import ClaimedShard, ProviderLane, RowSink, ShardLostError
+from mailerd.stages import ClaimedShard, ProviderLane, QuotaTaker, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +97,7 @@ class ProviderSender:
         rng: random.Random | None = None,
         domain_buckets: pace.DomainBuckets | None = None,
         rate_sleep: RateSleep = aio.sleep_unless,
+        quota: QuotaTaker | None = None,
     ) -> None:
         self.lane = lane
         self.config = config
@@ -104,6 +105,8 @@ class ProviderSender:
         # [pace.NAME] groups that apply to this provider: recipient domain -> the group's bucket
         self._domain_buckets = domain_buckets or {}
         self._rate_sleep = rate_sleep
+        # The provider's daily quota and warm-up (None: no limit): taken once per batch
+        self.quota = quota
         self._campaign_buckets: dict[int, TokenBucket] = {}
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
@@ -115,6 +118,7 @@ class ProviderSender:
         self._queue_depth = metrics.QUEUE_DEPTH.labels(name)
         self._call_seconds = metrics.PROVIDER_CALLS.labels(name)
         self._waits = metrics.RATE_LIMIT_WAIT.labels(name)
+        self._quota_waits = metrics.PROVIDER_QUOTA_WAIT.labels(name)
         self._retries = {r: metrics.RETRIES.labels(name, r) for r in ("throttled", "error", "entry")}
         self._rejected = {c: metrics.SMTP_REJECTIONS.labels(name, str(c)) for c in bounces.BounceClass}
 
@@ -123,6 +127,8 @@ class ProviderSender:
         async with asyncio.TaskGroup() as group:
             for number in range(self.lane.workers):
                 group.create_task(self._worker(), name=f"sender-{self.lane.name}-{number}")
+        if self.quota is not None:
+            await self.quota.close()
 
     async def _worker(self) -> None:
         queue = self.lane.queue
@@ -135,15 +141,22 @@ class ProviderSender:
             if run.stopping:
                 run.discard(batch.seq)
                 continue
+            # The daily quota first: a batch waiting for it holds no reservation of its own.
+            charged = len(batch.leads) if self.quota is not None else 0
+            if charged and not await self._take_quota(charged, run.stopped):
+                run.discard(batch.seq)
+                continue
             try:
                 await run.ensure_reserved(batch)
             except ShardLostError as exc:
                 run.log.warning("batch_not_reserved", seq=batch.seq, error=str(exc))
                 run.discard(batch.seq)
+                if self.quota is not None:
+                    self.quota.refund(charged)
                 continue
             self._in_flight.inc()
             try:
-                await self._send(run, batch)
+                await self._send(run, batch, charged)
             finally:
                 self._in_flight.dec()
 
@@ -177,7 +190,21 @@ class ProviderSender:
             ratelimit.refund_all(buckets, count)
             for bucket, taken in paced.items():
                 bucket.refund(taken)
+            if self.quota is not None and delivery.charged and not delivery.called:
+                self.quota.refund(delivery.charged)
+                delivery.charged = 0
             return False
+        return True
+
+    async def _take_quota(self, count: int, stopped: asyncio.Event) -> bool:
+        """Wait for the provider's daily quota (a batch once: its retries are not charged again);
+        False if the shard stops meanwhile. The wait holds the batch and fails no one."""
+        assert self.quota is not None
+        while (wait := await self.quota.take(count)) > 0:
+            self._quota_waits.inc(wait)
+            await aio.sleep_unless(wait, stopped)
+            if stopped.is_set():
+                return False
         return True
 
     def forget(self, campaign_id: int) -> None:
@@ -185,9 +212,11 @@ class ProviderSender:
         self._campaign_buckets.pop(campaign_id, None)
         self._error_rates.pop(campaign_id, None)
 
-    async def _send(self, run: ClaimedShard, batch: Batch) -> None:
-        """Send one batch to completion (with retries) and hand its rows to the writer."""
+    async def _send(self, run: ClaimedShard, batch: Batch, charged: int = 0) -> None:
+        """Send one batch to completion (with retries) and hand its rows to the writer;
+        ``charged``: what it took of the daily quota (given back if it is never sent)."""
         delivery = _Delivery(batch)
+        delivery.charged = charged
         attempt = 0
         while delivery.pending:
             if run.stopping or not await self._acquire(delivery, run.stopped):
@@ -248,6 +277,7 @@ class ProviderSender:
         must stop), True when some recipients are to be retried."""
         batch = delivery.batch
         pending = delivery.pending
+        delivery.called = True
         part = batch if len(pending) == len(batch.leads) else _sub_batch(batch, pending)
         delivery.retry_after = None
         started = time.perf_counter()
@@ -311,6 +341,8 @@ class _Delivery:
 
     __slots__ = (
         "batch",
+        "called",
+        "charged",
         "complete",
         "deferred",
         "last_reason",
@@ -329,6 +361,8 @@ class _Delivery:
         self.last_reason = ""
         self.retry_after: float | None = None
         self.complete = True
+        self.charged = 0  # taken from the provider's daily quota
+        self.called = False  # the provider was called at least once
 
     def settle_pending(self, outcome: Outcome, error: str) -> None:
         for index in self.pending:

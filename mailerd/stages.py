@@ -84,6 +84,19 @@ class RowSink(Protocol):
         """Somebody waits for a commit: flush now instead of at the next interval."""
 
 
+class QuotaTaker(Protocol):
+    """What the sender needs of a provider's daily quota (:class:`mailerd.quota_gate.QuotaGate`)."""
+
+    async def take(self, count: int) -> float:
+        """Take ``count``: 0 when taken, else the seconds to wait before asking again."""
+
+    def refund(self, count: int) -> None:
+        """Give back what a batch took and did not send."""
+
+    async def close(self) -> None:
+        """The sender stopped: give back what this node holds and did not send."""
+
+
 QueueItem = tuple[ClaimedShard, Batch] | None  # None: end marker, one per sender worker
 
 

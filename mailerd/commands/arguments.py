@@ -218,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--throttle-rate", type=float, default=0.0, help="recipients/s before 429 (0: never)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of per-entry failures")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument(
+        "--max-24-hour-send",
+        type=float,
+        default=-1.0,
+        help="ses: the account's daily quota GetAccount reports and calls past it are refused (-1: none)",
+    )
     p.add_argument("--webhook-url", default=None, help="daemon base URL to post bounce/complaint webhooks to")
     p.add_argument(
         "--webhook-format",

@@ -99,6 +99,11 @@ async def show(args: argparse.Namespace, config: Config) -> int:
         print(
             f"  {info['shards_waiting']} shards wait for their window; the next opens {info['waiting_until']}"
         )
+    if info.get("quota_until"):
+        print(
+            f"  waits for provider {info['provider']}: {info['quota_reason']}; it sends again "
+            f"from {info['quota_until']}"
+        )
     return 0
 
 

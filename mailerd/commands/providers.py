@@ -21,6 +21,17 @@ def _line(info: dict[str, Any]) -> str:
     hold = info.get("hold")
     if hold:
         text += f"\n  HELD since {hold['since']}: {hold['reason']}"
+    quota = info.get("quota")
+    if quota:
+        limits = []
+        if quota["daily_limit"] is not None:
+            limits.append(f"daily quota {quota['reserved_24h']:,}/{quota['daily_limit']:,} in 24 h")
+        if quota["warmup_limit"] is not None:
+            day, today, cap = quota["warmup_day"], quota["reserved_today"], quota["warmup_limit"]
+            limits.append(f"warm-up day {day}: {today:,}/{cap:,} today")
+        text += "\n  " + ", ".join(limits) + f" (as of {quota['updated_at']})"
+        if quota["exhausted_until"]:
+            text += f"\n  WAITING until {quota['exhausted_until']}: {quota['exhausted_reason']}"
     return text
 
 

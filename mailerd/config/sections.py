@@ -9,6 +9,7 @@ reading and coercing values is :mod:`mailerd.config.coerce`'s job, the file and 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 import types
 from collections.abc import Mapping
@@ -83,7 +84,11 @@ class ProviderConfig:
     secret_access_key: Secret | None = None
     api_key: Secret | None = None
     configuration_set: str = ""
-    seed_rate_from_account: bool = False
+    seed_rate_from_account: bool = False  # and the daily quota (SES GetAccount)
+    # Daily quota and warm-up across nodes (docs/guards.md "Daily quota and warm-up").
+    daily_quota: int = _within(0, 0, 1_000_000_000, below="must be 0 (none) or more")
+    warmup: tuple[tuple[int, int], ...] = ()  # [[day, max_per_day], ...] from warmup_start
+    warmup_start: str = ""  # YYYY-MM-DD (UTC): day 1 of the warm-up
     # Per kind (each documented in config/mailerd.example.toml; checked when the client is built).
     profile: str = ""  # ses: the shared-credentials profile of the AWS credential chain
     domain: str = ""  # mailgun: the sending domain; smtp: the Message-ID domain
@@ -237,6 +242,8 @@ class GuardsConfig:
     provider_max_bounce_rate: float = _within(0.04, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
     provider_max_complaint_rate: float = _within(0.0008, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
     provider_max_blocked_rate: float = _within(0.03, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
+    # Daily quotas and warm-up: how often a waiting node asks again (another may give back).
+    quota_recheck_s: float = _within(30.0, 0, 3600, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -456,4 +463,29 @@ def _cross_checks(section: Any) -> list[str]:
             return [f"batch_size: must be at most {most} for kind {section.kind} (the provider's API limit)"]
         if section.backoff_max_s < section.backoff_base_s:
             return ["backoff_max_s: must be at least backoff_base_s"]
+        return _quota_problems(section)
+    return []
+
+
+def _quota_problems(section: ProviderConfig) -> list[str]:
+    """A batch takes its whole size from the daily quota and the warm-up cap at once, so
+    neither may be smaller than a batch; the warm-up steps are [day, max_per_day] from a date."""
+    if section.daily_quota and section.daily_quota < section.batch_size:
+        return [f"daily_quota: must be 0 (none) or at least batch_size ({section.batch_size})"]
+    if not section.warmup:
+        return ["warmup_start: only with warmup"] if section.warmup_start else []
+    try:
+        dt.date.fromisoformat(section.warmup_start)
+    except ValueError:
+        return [f"warmup_start: expected the warm-up's first day as YYYY-MM-DD, got {section.warmup_start!r}"]
+    days: list[int] = []
+    for number, step in enumerate(section.warmup, 1):
+        if len(step) != 2:
+            return [f"warmup: step {number}: expected [day, max_per_day], got {list(step)}"]
+        day, most = step
+        if day < 1 or (days and day <= days[-1]):
+            return [f"warmup: step {number}: days must start at 1 or later and increase, got day {day}"]
+        if most < section.batch_size:
+            return [f"warmup: step {number}: max_per_day must be at least batch_size ({section.batch_size})"]
+        days.append(day)
     return []

@@ -292,12 +292,15 @@ async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | N
                   (SELECT count(*) FROM campaign_shards h WHERE h.campaign_id = c.id) AS shards,
                   (SELECT count(*) FROM campaign_shards h
                    WHERE h.campaign_id = c.id AND h.state = 'done') AS shards_done,
-                  c.send_window, w.shards_waiting, w.waiting_until
+                  c.send_window, w.shards_waiting, w.waiting_until,
+                  CASE WHEN c.status = 'running' THEN q.exhausted_until END AS quota_until,
+                  CASE WHEN c.status = 'running' THEN q.exhausted_reason END AS quota_reason
            FROM campaigns c LEFT JOIN campaign_stats s ON s.campaign_id = c.id
            CROSS JOIN LATERAL (SELECT count(*) AS shards_waiting, min(h.not_before) AS waiting_until
                                FROM campaign_shards h
                                WHERE h.campaign_id = c.id AND h.state = 'pending'
                                  AND h.not_before IS NOT NULL) w
+           LEFT JOIN provider_quotas q ON q.provider = c.provider AND q.exhausted_until > now()
            WHERE c.id = $1""",
         campaign_id,
     )

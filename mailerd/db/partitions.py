@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from mailerd.db import provider_usage
+from mailerd.db import provider_quota, provider_usage
 
 # table -> partition key column
 PARTITIONED = {"email_log": "sent_at", "email_events": "received_at"}
@@ -184,6 +184,12 @@ async def maintain(
         pruned = await provider_usage.prune(conn)
         if pruned:
             actions.append(Action("purged", "provider_usage", f"{pruned} hour rows older than the window"))
+    if await conn.fetchval("SELECT to_regclass('provider_quota_hours') IS NOT NULL"):
+        pruned = await provider_quota.prune(conn)
+        if pruned:
+            actions.append(
+                Action("purged", "provider_quota_hours", f"{pruned} hour rows older than two days")
+            )
     return actions
 
 

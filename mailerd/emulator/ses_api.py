@@ -41,8 +41,10 @@ class SinkError(Exception):
 
 
 class SesEmulator(Emulator):
-    """The SES v2 emulator; ``templates`` holds the created templates, ``max_send_rate`` is what
-    GetAccount reports."""
+    """The SES v2 emulator; ``templates`` holds the created templates, ``max_send_rate`` and
+    ``max_24_hour_send`` are what GetAccount reports; a call that would take the recipients
+    accepted past ``max_24_hour_send`` is refused, as SES refuses it ("Daily message quota
+    exceeded"). The emulator's day never ends: it counts everything it accepted."""
 
     api = "ses"
     burst_floor = MAX_BULK_ENTRIES
@@ -58,6 +60,7 @@ class SesEmulator(Emulator):
         fail_rate: float = 0.0,
         seed: int | None = None,
         max_send_rate: float = 50_000.0,
+        max_24_hour_send: float = -1.0,
         webhooks: WebhookPoster | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -74,6 +77,8 @@ class SesEmulator(Emulator):
         )
         self.force_error: tuple[int, str, str] | None = None
         self.max_send_rate = max_send_rate
+        self.max_24_hour_send = max_24_hour_send  # -1: unlimited; else calls past it are refused
+        self.quota_refused_calls = 0
         self.templates: dict[str, dict[str, str]] = {}
 
     async def _listen(self, resources: contextlib.AsyncExitStack) -> int:
@@ -119,6 +124,9 @@ class SesEmulator(Emulator):
             raise SinkError(*self.force_error)
         if name not in self.templates:
             raise SinkError(404, "NotFoundException", f"Template {name} does not exist.")
+        if 0 <= self.max_24_hour_send < self.counters.accepted + len(entries):
+            self.quota_refused_calls += 1
+            raise SinkError(429, "TooManyRequestsException", "Daily message quota exceeded.")
         if self.throttled(len(entries)):
             raise SinkError(429, "TooManyRequestsException", "Maximum sending rate exceeded.")
         return {"BulkEmailEntryResults": [self._answer(*p) for p in parsed]}
@@ -174,7 +182,7 @@ class SesEmulator(Emulator):
                 "SendingEnabled": sending,
                 "EnforcementStatus": "HEALTHY",
                 "SendQuota": {
-                    "Max24HourSend": -1.0,
+                    "Max24HourSend": self.max_24_hour_send,
                     "MaxSendRate": self.max_send_rate,
                     "SentLast24Hours": float(self.counters.accepted),
                 },

@@ -57,6 +57,7 @@ async def serve(
     complaint_rate: float = 0.0,
     block_rate: float = 0.0,
     webhook_settings: Path | None = None,
+    max_24_hour_send: float = -1.0,
 ) -> None:
     """Run the ``api`` emulator (``smtp`` for the SMTP server) until ``stop`` is set, then drain.
 
@@ -86,6 +87,8 @@ async def serve(
         webhooks=poster,
         api_key=api_key,
     )
+    if isinstance(emulator, SesEmulator):
+        emulator.max_24_hour_send = max_24_hour_send
     async with emulator:
         sys.stdout.write(f"sink listening on {host}:{emulator.port}\n")
         sys.stdout.flush()

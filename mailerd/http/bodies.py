@@ -124,6 +124,16 @@ class Campaign(msgspec.Struct, frozen=True):
     waiting_until: Annotated[
         Time | None, msgspec.Meta(description="when the next waiting shard's window opens (else null)")
     ]
+    quota_until: Annotated[
+        Time | None,
+        msgspec.Meta(
+            description="running and waiting for its provider's daily quota or warm-up cap: "
+            "when the provider can send again (else null)"
+        ),
+    ]
+    quota_reason: Annotated[
+        str | None, msgspec.Meta(description="which limit was reached, with its figures (else null)")
+    ]
 
 
 class CampaignWithRate(Campaign, frozen=True):

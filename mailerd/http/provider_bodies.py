@@ -37,6 +37,23 @@ class Release(msgspec.Struct, frozen=True):
     held_for: str
 
 
+class Quota(msgspec.Struct, frozen=True):
+    """The daily quota and warm-up cap as the last reservation of any node saw them."""
+
+    daily_limit: Annotated[
+        int | None, msgspec.Meta(description="daily_quota or the account's Max24HourSend (null: none)")
+    ]
+    warmup_day: Annotated[int | None, msgspec.Meta(description="the warm-up's day number (null: none)")]
+    warmup_limit: Annotated[int | None, msgspec.Meta(description="today's warm-up cap (null: none)")]
+    reserved_24h: Annotated[int, msgspec.Meta(description="reserved by the nodes over the rolling 24 hours")]
+    reserved_today: Annotated[int, msgspec.Meta(description="reserved since today's UTC midnight")]
+    exhausted_until: Annotated[
+        Time | None, msgspec.Meta(description="used up: campaigns wait until then (else null)")
+    ]
+    exhausted_reason: Annotated[str | None, msgspec.Meta(description="which limit, with its figures")]
+    updated_at: Time
+
+
 class ProviderStatus(msgspec.Struct, frozen=True):
     """A provider account over the rolling 24 hours (since its last release), across nodes."""
 
@@ -51,6 +68,7 @@ class ProviderStatus(msgspec.Struct, frozen=True):
     limits: Limits
     hold: Hold | None
     last_release: Release | None
+    quota: Quota | None
 
 
 class ProviderList(msgspec.Struct, frozen=True):

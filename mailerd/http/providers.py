@@ -3,10 +3,12 @@ release of a hold (``/api/providers``; docs/guards.md "The provider guard")."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from mailerd import provider_guard
-from mailerd.db import provider_usage
+from mailerd.db import provider_quota, provider_usage
 from mailerd.http import parsing
 from mailerd.http import provider_bodies as bodies
 from mailerd.http.errors import ApiError, json_response
@@ -34,7 +36,14 @@ def _answer(found: provider_guard.Status) -> bodies.ProviderStatus:
         last_release=None
         if release is None
         else bodies.Release(release.reason, release.by, release.at, release.held_for),
+        quota=None if found.quota is None else _quota(found.quota),
     )
+
+
+def _quota(state: provider_quota.State) -> bodies.Quota:
+    fields = dataclasses.asdict(state)
+    del fields["provider"]
+    return bodies.Quota(**fields)
 
 
 async def _statuses(request: web.Request, names: list[str]) -> list[bodies.ProviderStatus]:

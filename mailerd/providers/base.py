@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mailerd.models import Batch, Campaign, RecipientResult
+from mailerd.models import Batch, Campaign, RecipientResult, SendQuota
 
 
 class Provider(Protocol):
@@ -26,8 +26,8 @@ class Provider(Protocol):
     def forget(self, campaign_id: int) -> None:
         """This node sends nothing of the campaign now: drop what was prepared for it."""
 
-    async def max_send_rate(self) -> float | None:
-        """The account's own send-rate ceiling, if the provider publishes one."""
+    async def send_quota(self) -> SendQuota | None:
+        """The account's own send rate and daily quota, if the provider publishes them."""
 
     async def close(self) -> None:
         """Release connections."""

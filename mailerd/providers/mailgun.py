@@ -53,6 +53,7 @@ from mailerd.models import (
     ProviderError,
     RecipientResult,
     RetryableError,
+    SendQuota,
 )
 from mailerd.providers import api_call, compose
 
@@ -171,7 +172,7 @@ class MailgunProvider:
     def forget(self, campaign_id: int) -> None:
         self._prepared.forget(campaign_id)
 
-    async def max_send_rate(self) -> float | None:
+    async def send_quota(self) -> SendQuota | None:
         return None
 
     async def close(self) -> None:

@@ -45,6 +45,7 @@ from mailerd.models import (
     ProviderError,
     RecipientResult,
     RetryableError,
+    SendQuota,
 )
 from mailerd.providers import api_call, compose
 
@@ -193,7 +194,7 @@ class PostmarkProvider:
     def forget(self, campaign_id: int) -> None:
         self._composers.forget(campaign_id)
 
-    async def max_send_rate(self) -> float | None:
+    async def send_quota(self) -> SendQuota | None:
         return None
 
     async def close(self) -> None:

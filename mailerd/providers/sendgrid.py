@@ -56,6 +56,7 @@ from mailerd.models import (
     ProviderError,
     RecipientResult,
     RetryableError,
+    SendQuota,
 )
 from mailerd.providers import api_call, compose
 
@@ -184,7 +185,7 @@ class SendgridProvider:
     def forget(self, campaign_id: int) -> None:
         self._prepared.forget(campaign_id)
 
-    async def max_send_rate(self) -> float | None:
+    async def send_quota(self) -> SendQuota | None:
         return None  # SendGrid publishes no per-second ceiling through the API
 
     async def close(self) -> None:

@@ -60,6 +60,7 @@ from mailerd.models import (
     ProviderError,
     RecipientResult,
     RetryableError,
+    SendQuota,
     UncertainError,
 )
 from mailerd.providers import aws_credentials
@@ -331,12 +332,15 @@ class SesProvider:
         """Drop the compiled content and template of a campaign this node no longer sends."""
         self._prepared.pop(campaign_id, None)
 
-    async def max_send_rate(self) -> float | None:
-        """``GetAccount`` -> ``SendQuota.MaxSendRate`` (emails per second)."""
+    async def send_quota(self) -> SendQuota | None:
+        """``GetAccount`` -> ``SendQuota``: ``MaxSendRate`` (emails per second) and
+        ``Max24HourSend`` (emails per rolling 24 hours; -1: unlimited)."""
         answer = await self._call("GET", ACCOUNT_PATH, None)
         quota = answer.get("SendQuota") if isinstance(answer, dict) else None
-        rate = quota.get("MaxSendRate") if isinstance(quota, dict) else None
-        return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+        if not isinstance(quota, dict):
+            return None
+        rate, daily = _positive(quota.get("MaxSendRate")), _positive(quota.get("Max24HourSend"))
+        return SendQuota(rate, None if daily is None else int(daily))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -421,3 +425,10 @@ class SesProvider:
         request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
         SigV4Auth(credentials, "ses", self._region).add_auth(request)
         return dict(request.headers.items())
+
+
+def _positive(value: Any) -> float | None:
+    """A positive number of the answer (SES writes -1 for "unlimited"), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

@@ -43,6 +43,7 @@ from mailerd.models import (
     Outcome,
     RecipientResult,
     RetryableError,
+    SendQuota,
 )
 from mailerd.providers import compose, smtp_message
 
@@ -291,7 +292,7 @@ class SmtpProvider:
     def forget(self, campaign_id: int) -> None:
         self._composers.forget(campaign_id)
 
-    async def max_send_rate(self) -> float | None:
+    async def send_quota(self) -> SendQuota | None:
         return None
 
     async def close(self) -> None:

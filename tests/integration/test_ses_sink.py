@@ -24,6 +24,7 @@ from mailerd.models import (
     Outcome,
     PermanentError,
     RetryableError,
+    SendQuota,
 )
 from mailerd.providers import ses
 
@@ -184,9 +185,24 @@ async def test_unsigned_request_is_forbidden(sink: sink_mod.Sink) -> None:
         assert "message" in await response.json()
 
 
-async def test_max_send_rate(sink: sink_mod.Sink, provider: ses.SesProvider) -> None:
+async def test_send_quota_reads_the_account_limits(sink: sink_mod.Sink, provider: ses.SesProvider) -> None:
     sink.max_send_rate = 14.0
-    assert await provider.max_send_rate() == 14.0
+    assert await provider.send_quota() == SendQuota(14.0, None)  # Max24HourSend -1: unlimited
+    sink.max_24_hour_send = 200.0
+    assert await provider.send_quota() == SendQuota(14.0, 200)
+
+
+async def test_the_sink_refuses_calls_past_the_daily_quota(
+    sink: sink_mod.Sink, provider: ses.SesProvider
+) -> None:
+    sink.max_24_hour_send = 3.0
+    campaign = make_campaign()
+    await provider.prepare(campaign)
+    sent = await provider.send(make_batch(campaign, 3))
+    assert [r.outcome for r in sent] == [Outcome.SENT] * 3
+    with pytest.raises(RetryableError, match="Daily message quota exceeded"):
+        await provider.send(make_batch(campaign, 1))
+    assert sink.quota_refused_calls == 1
 
 
 async def test_generic_template_and_render_failures(sink: sink_mod.Sink, provider: ses.SesProvider) -> None:

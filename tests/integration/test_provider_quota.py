@@ -1,0 +1,206 @@
+"""Daily quotas and warm-up schedules (issue 15 section 3), on the real Postgres and the sink:
+the nodes together reserve no more than the limits, campaigns wait (running, with the reason and
+the time they continue) instead of failing recipients, and go on once the window frees.
+
+Time is moved the way the database sees it: the reservations' hour buckets are aged (a day
+"passes"); the limits themselves always read the database's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from mailerd import campaigns, quota
+from mailerd import config as config_mod
+from mailerd.db import provider_quota
+from mailerd.emulator import sink
+from tests.integration.helpers import add_leads, daemon_config, new_campaign, read_record, running_daemon
+
+TOKEN = "quota-token"
+LEADS = 3000  # every third is on plan "pro": 1000 recipients
+
+
+async def _wait(conn: asyncpg.Connection, campaign_id: int, done: Any, timeout: float = 60) -> dict[str, Any]:
+    """Poll the campaign until ``done(info)``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await campaigns.show(conn, campaign_id)
+            assert info is not None
+            if done(info):
+                return info
+            await asyncio.sleep(0.05)
+
+
+async def _waiting_for_quota(
+    conn: asyncpg.Connection, campaign_id: int, emulator: sink.Sink
+) -> dict[str, Any]:
+    """The campaign waits for the quota and everything the provider accepted is logged."""
+    return await _wait(
+        conn,
+        campaign_id,
+        lambda i: (
+            i["status"] == "finished"
+            or (i["quota_until"] is not None and i["sent"] == emulator.counters.accepted)
+        ),
+    )
+
+
+async def _sending_again(conn: asyncpg.Connection, campaign_id: int, sent: int) -> None:
+    """The nodes asked again (every quota_recheck_s) and sent more."""
+    await _wait(conn, campaign_id, lambda i: i["sent"] > sent or i["status"] == "finished")
+
+
+async def _a_day_passes(conn: asyncpg.Connection, hours: int = 25) -> None:
+    await conn.execute("UPDATE provider_quota_hours SET hour = hour - make_interval(hours => $1)", hours)
+
+
+def _with_token(config: config_mod.Config) -> config_mod.Config:
+    tokens = (config_mod.Secret(TOKEN),)
+    return dataclasses.replace(config, http=dataclasses.replace(config.http, admin_tokens=tokens))
+
+
+async def test_concurrent_reservations_never_pass_the_quota(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    schedule = quota.Schedule(daily_quota=1000)
+
+    async def reserve() -> int:
+        async with pool.acquire() as own:
+            return (await provider_quota.reserve(own, "ses", schedule, 70)).decision.granted
+
+    granted = await asyncio.gather(*(reserve() for _ in range(20)))
+    assert sum(granted) == 1000 and sorted(granted)[:5] == [0, 0, 0, 0, 0]
+    (state,) = (await provider_quota.states(conn, ["ses"])).values()
+    assert state.reserved_24h == 1000 and state.daily_limit == 1000
+    assert state.exhausted_until is not None and "daily quota of 1,000 reached" in (
+        state.exhausted_reason or ""
+    )
+    # What a node gives back can be reserved again; a day later the whole quota is free.
+    hour = await conn.fetchval("SELECT max(hour) FROM provider_quota_hours")
+    await provider_quota.give_back(conn, "ses", hour, 30)
+    assert (await provider_quota.reserve(conn, "ses", schedule, 70)).decision.granted == 30
+    await _a_day_passes(conn)
+    again = await provider_quota.reserve(conn, "ses", schedule, 70)
+    assert again.decision.granted == 70 and again.decision.exhausted_until is None
+    assert await provider_quota.prune(conn, keep_days=1) == 1
+
+
+async def test_the_quota_stops_and_resumes_a_campaign_across_two_nodes(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    await add_leads(conn, 1, LEADS)
+    record = tmp_path / "record.jsonl"
+    # The account's own quota is the same: the provider must never have to refuse a call.
+    emulator = sink.Sink(record=record, max_24_hour_send=300)
+    port = await emulator.start()
+
+    def node(name: str) -> config_mod.Config:
+        return daemon_config(
+            port,
+            provider={"daily_quota": 300},
+            scheduler={"max_shards_per_node": 2, "shard_size": 600},
+            guards={"quota_recheck_s": 0.2},
+            node={"name": name},
+        )
+
+    try:
+        campaign_id = await campaigns.create(conn, new_campaign(), node("a"))
+        async with running_daemon(node("a"), dsn), running_daemon(node("b"), dsn):
+            rounds = []
+            while True:
+                info = await _waiting_for_quota(conn, campaign_id, emulator)
+                if info["status"] == "finished":
+                    break
+                assert info["status"] == "running" and info["failed"] == 0
+                assert "daily quota of 300 reached" in info["quota_reason"]
+                assert info["quota_until"] > dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
+                rounds.append(info["sent"])
+                await _a_day_passes(conn)
+                emulator.max_24_hour_send += 300  # the account's day passed too
+                await _sending_again(conn, campaign_id, info["sent"])
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    # Each day's sends stay within the quota; a node's unsent reservation (under one batch at a
+    # shard's end) may leave a little of a day unused.
+    days = [b - a for a, b in zip([0, *rounds], rounds, strict=False)]
+    assert len(days) == 3 and all(200 <= d <= 300 for d in days), days
+    assert emulator.quota_refused_calls == 0
+    sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
+    assert len(sent) == 1000 and max(sent.values()) == 1
+    assert info["sent"] == 1000 and info["failed"] == 0 and info["unknown"] == 0
+
+
+async def test_a_warmup_day_caps_the_volume_and_a_drain_gives_back_the_unused(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    await add_leads(conn, 1, LEADS)
+    emulator = sink.Sink()
+    port = await emulator.start()
+    today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    config = _with_token(
+        daemon_config(
+            port,
+            provider={
+                "warmup": [[1, 100], [2, 150], [9, 5000]],
+                "warmup_start": (today - dt.timedelta(days=1)).isoformat(),  # today is day 2
+                "concurrency": 4,  # reservation step 200: more than a day's cap
+            },
+            guards={"quota_recheck_s": 0.2},
+            node={"shutdown_grace_s": 120},
+        )
+    )
+    try:
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn) as daemon, aiohttp.ClientSession() as http:
+            info = await _waiting_for_quota(conn, campaign_id, emulator)
+            assert info["sent"] == 150 and info["status"] == "running"
+            assert info["quota_reason"] == "warm-up day 2: 150 a day reached"
+            midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
+            assert info["quota_until"] == midnight
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            url = f"http://127.0.0.1:{daemon.port}/api/providers/sink"
+            async with http.get(url, headers=headers) as response:
+                shown = (await response.json())["quota"]
+            assert shown["warmup_day"] == 2 and shown["warmup_limit"] == 150 and shown["daily_limit"] is None
+            assert shown["reserved_today"] == 150 and shown["exhausted_reason"] == info["quota_reason"]
+            await _a_day_passes(conn, hours=24)  # yesterday's volume no longer counts today
+            await _sending_again(conn, campaign_id, 150)
+            info = await _waiting_for_quota(conn, campaign_id, emulator)
+            assert info["sent"] == 300
+        # The drain (leaving the block: exit code 0 within 30 s, well inside shutdown_grace_s)
+        # is not held up by the workers waiting for the quota.
+    finally:
+        await emulator.close()
+    assert emulator.counters.accepted == 300
+    reserved = await conn.fetchval(
+        """SELECT sum(reserved) FROM provider_quota_hours
+           WHERE hour >= date_trunc('hour', now()) - interval '1 hour'"""
+    )
+    assert reserved == 150  # what this day sent; the unused rest of the step went back
+    assert (await campaigns.show(conn, campaign_id) or {})["status"] == "running"
+
+
+async def test_the_account_quota_is_read_from_the_provider(conn: asyncpg.Connection, dsn: str) -> None:
+    await add_leads(conn, 1, LEADS)
+    emulator = sink.Sink(max_24_hour_send=100)
+    port = await emulator.start()
+    config = daemon_config(
+        port, provider={"seed_rate_from_account": True, "daily_quota": 500}, guards={"quota_recheck_s": 0.2}
+    )
+    try:
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            info = await _waiting_for_quota(conn, campaign_id, emulator)
+    finally:
+        await emulator.close()
+    assert info["sent"] == 100 and "daily quota of 100 reached" in info["quota_reason"]
+    assert emulator.quota_refused_calls == 0

@@ -1,0 +1,134 @@
+"""Daily quotas and warm-up schedules: the grant, the wait and its reason (pure), and the
+configuration's errors naming the key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import pytest
+
+from mailerd import config, quota
+
+NOW = dt.datetime(2026, 12, 5, 14, 20, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+
+
+def _hours_ago(*reserved: int) -> list[tuple[dt.datetime, int]]:
+    """Buckets from the current hour backwards: reserved[0] now, reserved[1] an hour ago..."""
+    return [(quota.hour_of(NOW) - n * HOUR, r) for n, r in enumerate(reserved) if r]
+
+
+def test_a_grant_within_the_quota_says_nothing_of_waiting() -> None:
+    decision = quota.decide(quota.Schedule(daily_quota=1000), _hours_ago(100, 200), NOW, 400)
+    assert decision.granted == 400 and decision.reserved_24h == 700
+    assert decision.exhausted_until is None and decision.reason == ""
+
+
+def test_the_last_of_the_quota_is_granted_and_the_wait_ends_when_old_hours_leave() -> None:
+    # 900 reserved: 500 twenty hours ago, 300 ten hours ago, 100 now.
+    buckets = _hours_ago(*([100] + [0] * 9 + [300] + [0] * 9 + [500]))
+    decision = quota.decide(quota.Schedule(daily_quota=1000), buckets, NOW, 400)
+    assert decision.granted == 100 and decision.reserved_24h == 1000
+    # One more email needs one freed: the hour of 20 hours ago leaves the window 25 h after it began.
+    assert decision.exhausted_until == quota.hour_of(NOW) - 20 * HOUR + 25 * HOUR
+    assert decision.reason == "daily quota of 1,000 reached (1,000 reserved in the last 24 h)"
+
+
+def test_hours_older_than_the_window_do_not_count() -> None:
+    buckets = _hours_ago(*([0] * 25 + [5000]))  # 25 hours ago: out of the 25-bucket window
+    assert quota.decide(quota.Schedule(daily_quota=1000), buckets, NOW, 400).granted == 400
+
+
+def test_a_used_up_quota_grants_nothing() -> None:
+    decision = quota.decide(quota.Schedule(daily_quota=500), _hours_ago(500), NOW, 50)
+    assert decision.granted == 0 and decision.exhausted_until == quota.hour_of(NOW) + 25 * HOUR
+
+
+def test_warmup_days_steps_and_the_end_of_the_schedule() -> None:
+    steps = ((1, 100), (3, 1000), (7, 10_000))
+    assert [quota.warmup_limit(steps, day) for day in (1, 2, 3, 6, 7, 30)] == [
+        100,
+        100,
+        1000,
+        1000,
+        10_000,
+        10_000,
+    ]
+    start = dt.date(2026, 12, 1)
+    assert quota.warmup_day(start, dt.date(2026, 12, 1)) == 1
+    assert quota.warmup_day(start, dt.date(2026, 12, 5)) == 5
+    assert quota.warmup_day(start, dt.date(2026, 11, 20)) == 1  # before the start: day 1
+
+
+def test_the_warmup_cap_counts_today_and_waits_for_midnight() -> None:
+    schedule = quota.Schedule(warmup=((1, 100), (5, 2000)), warmup_start=dt.date(2026, 12, 1))
+    # 1,500 today (this hour and 10 hours ago), 5,000 yesterday (which the cap does not count).
+    buckets = _hours_ago(*([500] + [0] * 9 + [1000] + [0] * 6 + [5000]))
+    decision = quota.decide(schedule, buckets, NOW, 800)
+    assert decision.granted == 500 and decision.warmup_day == 5 and decision.warmup_limit == 2000
+    assert decision.reserved_today == 2000
+    assert decision.exhausted_until == dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+    assert decision.reason == "warm-up day 5: 2,000 a day reached"
+
+
+def test_both_limits_reached_wait_for_the_later() -> None:
+    schedule = quota.Schedule(daily_quota=1000, warmup=((1, 1000),), warmup_start=dt.date(2026, 12, 1))
+    decision = quota.decide(schedule, _hours_ago(1000), NOW, 10)
+    assert decision.granted == 0
+    assert decision.exhausted_until == quota.hour_of(NOW) + 25 * HOUR  # later than midnight
+    assert "daily quota" in decision.reason and "warm-up day 5" in decision.reason
+
+
+def test_the_account_quota_lowers_the_configured_one_never_raises_it() -> None:
+    configured = quota.Schedule(daily_quota=50_000)
+    assert configured.with_account_quota(200).daily_quota == 200
+    assert configured.with_account_quota(1_000_000).daily_quota == 50_000
+    assert configured.with_account_quota(None).daily_quota == 50_000
+    assert quota.Schedule().with_account_quota(-1) == quota.Schedule()  # SES: -1 is unlimited
+    assert quota.Schedule().with_account_quota(200).limited
+
+
+def _provider(**keys: Any) -> config.Config:
+    return config.from_mapping({"providers": {"ses": {"kind": "ses", **keys}}}, env={})
+
+
+def test_quota_and_warmup_keys_are_read() -> None:
+    loaded = _provider(daily_quota=50_000, warmup=[[1, 500], [4, 5000]], warmup_start="2026-12-01").provider(
+        "ses"
+    )
+    assert loaded.daily_quota == 50_000 and loaded.warmup == ((1, 500), (4, 5000))
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"daily_quota": 10}, "[providers.ses] daily_quota: must be 0 (none) or at least batch_size (50)"),
+        ({"daily_quota": -1}, "[providers.ses] daily_quota: must be 0 (none) or more"),
+        (
+            {"warmup": [[1, 500]]},
+            "[providers.ses] warmup_start: expected the warm-up's first day as YYYY-MM-DD",
+        ),
+        ({"warmup_start": "2026-12-01"}, "[providers.ses] warmup_start: only with warmup"),
+        (
+            {"warmup": [[1, 500, 3]], "warmup_start": "2026-12-01"},
+            "[providers.ses] warmup: step 1: expected [day, max_per_day], got [1, 500, 3]",
+        ),
+        (
+            {"warmup": [[2, 500], [2, 900]], "warmup_start": "2026-12-01"},
+            "[providers.ses] warmup: step 2: days must start at 1 or later and increase, got day 2",
+        ),
+        (
+            {"warmup": [[1, 20]], "warmup_start": "2026-12-01"},
+            "[providers.ses] warmup: step 1: max_per_day must be at least batch_size (50)",
+        ),
+        (
+            {"warmup": [["a", 1]], "warmup_start": "2026-12-01"},
+            "[providers.ses] warmup: expected a whole number",
+        ),
+    ],
+)
+def test_bad_quota_keys_are_refused_naming_the_key(keys: dict[str, Any], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        _provider(**keys)
