@@ -1,4 +1,4 @@
-"""What a send window and per-domain pace cost at full send speed.
+"""What a send window, per-domain pace and a daily quota cost at full send speed.
 
     python bench/windows.py [--leads 200000] [--zones 24] [--dsn DSN] [--json]
 
@@ -13,7 +13,9 @@ their addresses spread over ten domains. The daemon runs in this process against
    00:00-24:00), so nothing waits: what the split per zone and the zone shards' reads cost;
 3. **pace**: no window, a ``[pace.NAME]`` group of three of the ten domains at a rate it never
    reaches (100,000/s): what counting a batch's recipients per group costs;
-4. **baseline again**, to see the machine's drift over the runs.
+4. **quota**: no window, a ``daily_quota`` it never reaches (1,000,000,000): what reserving the
+   quota in the database once per reservation step, and taking it per batch, costs;
+5. **baseline again**, to see the machine's drift over the runs.
 
 Ratios are to the mean of the two baselines of the same invocation.
 """
@@ -47,7 +49,9 @@ def _lead(n: int, zones: int) -> tuple[str, dict[str, Any]]:
     return f"user{n}@{DOMAINS[n % len(DOMAINS)]}", attributes
 
 
-async def one_run(admin_dsn: str, leads: int, zones: int, *, window: bool, pace: bool) -> dict[str, Any]:
+async def one_run(
+    admin_dsn: str, leads: int, zones: int, *, window: bool = False, pace: bool = False, quota: bool = False
+) -> dict[str, Any]:
     async with common.fresh_database(admin_dsn) as dsn, common.migrated(dsn) as conn:
         await common.copy_leads(conn, (_lead(n, zones) for n in range(leads)))
         await common.vacuum_analyze(conn, "leads")
@@ -58,7 +62,10 @@ async def one_run(admin_dsn: str, leads: int, zones: int, *, window: bool, pace:
         if pace:
             sections["pace"] = {"big": {"domains": DOMAINS[-3:], "rate_per_s": 100_000}}
         async with common.in_process_daemon(
-            dsn, sink.Sink(seed=12), sections, provider={"concurrency": 16}
+            dsn,
+            sink.Sink(seed=12),
+            sections,
+            provider={"concurrency": 16, **({"daily_quota": 1_000_000_000} if quota else {})},
         ) as daemon:
             campaign_id = await common.start_campaign(
                 conn, daemon.config, name="windows bench", send_window=ALWAYS_OPEN if window else None
@@ -95,10 +102,11 @@ async def main() -> int:
     admin = common.server_dsn(args.dsn)
     load_before = common.loadavg()
     runs = {
-        "baseline": await one_run(admin, args.leads, args.zones, window=False, pace=False),
-        "window": await one_run(admin, args.leads, args.zones, window=True, pace=False),
-        "pace": await one_run(admin, args.leads, args.zones, window=False, pace=True),
-        "baseline_again": await one_run(admin, args.leads, args.zones, window=False, pace=False),
+        "baseline": await one_run(admin, args.leads, args.zones),
+        "window": await one_run(admin, args.leads, args.zones, window=True),
+        "pace": await one_run(admin, args.leads, args.zones, pace=True),
+        "quota": await one_run(admin, args.leads, args.zones, quota=True),
+        "baseline_again": await one_run(admin, args.leads, args.zones),
     }
     base = (runs["baseline"]["emails_per_s"] + runs["baseline_again"]["emails_per_s"]) / 2
     result = {
@@ -109,6 +117,7 @@ async def main() -> int:
         "runs": runs,
         "window_ratio": round(runs["window"]["emails_per_s"] / base, 3),
         "pace_ratio": round(runs["pace"]["emails_per_s"] / base, 3),
+        "quota_ratio": round(runs["quota"]["emails_per_s"] / base, 3),
     }
     if args.json:
         common.print_json(result, indent=True)
@@ -116,7 +125,10 @@ async def main() -> int:
     print(f"load average {result['loadavg_before']} before, {result['loadavg_after']} after")
     for name, run in runs.items():
         print(f"{name:>15}: {run['emails_per_s']:,} emails/s ({run['seconds']} s, {run['shards']} shards)")
-    print(f"window / baseline: {result['window_ratio']}x; pace / baseline: {result['pace_ratio']}x")
+    print(
+        f"window / baseline: {result['window_ratio']}x; pace / baseline: {result['pace_ratio']}x; "
+        f"quota / baseline: {result['quota_ratio']}x"
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 """One provider's daily quota and warm-up on this node: an allowance reserved from the database
-in steps (:func:`mailerd.db.provider_quota.reserve`), so a batch takes from memory and the node
-reserves once per step, never per email.
+in blocks (:func:`mailerd.db.provider_quota.reserve`), so a batch takes from memory and the node
+reserves about once a second at most, never per email: a block is one reservation step
+(``concurrency x batch_size``), doubled while reservations come less than a second apart.
 
 When the limits are used up the gate says how long to wait (until the window frees, or the next
 warm-up day; re-checked every ``recheck_s``, since another node may give back what it did not
@@ -25,6 +26,9 @@ from mailerd.db import provider_quota
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_ERROR_S = 1.0  # the database did not answer: try again soon, never send unreserved
+# At full speed a step lasts milliseconds: a node that reserves again within a second doubles its
+# block, up to this many steps, so it reserves about once a second whatever its rate.
+MAX_STEPS = 64
 
 
 def schedule_of(config: ProviderConfig) -> quota.Schedule:
@@ -50,6 +54,8 @@ class QuotaGate:
         self.step = step
         self.recheck_s = recheck_s
         self.allowance = 0
+        self._want = step
+        self._reserved_at = -1.0  # monotonic time of the last reservation
         self._pool = pool
         self._hour: dt.datetime | None = None  # the bucket of the last grant: unused goes back there
         self._lock = asyncio.Lock()
@@ -82,10 +88,11 @@ class QuotaGate:
             wait = self._retry_at - time.monotonic()
             if wait > 0:
                 return wait
+            self._want = self._block_size()
             try:
                 async with self._pool.acquire() as conn:
                     got = await provider_quota.reserve(
-                        conn, self.provider, self.schedule, max(self.step, count - self.allowance)
+                        conn, self.provider, self.schedule, max(self._want, count - self.allowance)
                     )
             except db.DB_ERRORS as exc:
                 log.warning("provider_quota_reserve_failed", provider=self.provider, error=str(exc))
@@ -107,6 +114,13 @@ class QuotaGate:
             wait = max(0.01, min(self.recheck_s, seconds))
             self._retry_at = time.monotonic() + wait
             return wait
+
+    def _block_size(self) -> int:
+        """One step, doubled while reservations come less than a second apart."""
+        now = time.monotonic()
+        recent = now - self._reserved_at < 1.0
+        self._reserved_at = now
+        return min(self._want * 2, self.step * MAX_STEPS) if recent else self.step
 
     def refund(self, count: int) -> None:
         """A batch that took its share and was not sent (its shard stopped first)."""
