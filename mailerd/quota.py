@@ -12,7 +12,7 @@ now, and when it may reserve again once the volume is used up. Pure: the reserva
 
 Reservations are counted, not sends: a node reserves before it sends, so the nodes together never
 send more than the limits; what a node reserved and did not send is given back when it stops (a
-node that dies loses at most one reservation step, which the window frees a day later).
+node that dies loses at most the block it held, which the window frees a day later).
 """
 
 from __future__ import annotations

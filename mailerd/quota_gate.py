@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -27,8 +28,10 @@ log = structlog.get_logger(__name__)
 
 RETRY_AFTER_ERROR_S = 1.0  # the database did not answer: try again soon, never send unreserved
 # At full speed a step lasts milliseconds: a node that reserves again within a second doubles its
-# block, up to this many steps, so it reserves about once a second whatever its rate.
+# block, up to this many steps, so it reserves about once a second whatever its rate; never more
+# than a LIMIT_SHARE of the smaller limit (a node that dies loses its block for a day).
 MAX_STEPS = 64
+LIMIT_SHARE = 20
 
 
 def schedule_of(config: ProviderConfig) -> quota.Schedule:
@@ -48,6 +51,7 @@ class QuotaGate:
         *,
         step: int,
         recheck_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
         self.schedule = schedule
@@ -55,6 +59,8 @@ class QuotaGate:
         self.recheck_s = recheck_s
         self.allowance = 0
         self._want = step
+        self._clock = clock
+        self._limit: int | None = None  # the smaller limit the last reservation saw
         self._reserved_at = -1.0  # monotonic time of the last reservation
         self._pool = pool
         self._hour: dt.datetime | None = None  # the bucket of the last grant: unused goes back there
@@ -85,22 +91,25 @@ class QuotaGate:
         async with self._lock:  # one reservation at a time per node and provider
             if self._take_local(count):
                 return 0.0
-            wait = self._retry_at - time.monotonic()
+            wait = self._retry_at - self._clock()
             if wait > 0:
                 return wait
-            self._want = self._block_size()
+            block = self._block_size()
             try:
                 async with self._pool.acquire() as conn:
                     got = await provider_quota.reserve(
-                        conn, self.provider, self.schedule, max(self._want, count - self.allowance)
+                        conn, self.provider, self.schedule, max(block, count - self.allowance)
                     )
             except db.DB_ERRORS as exc:
                 log.warning("provider_quota_reserve_failed", provider=self.provider, error=str(exc))
-                self._retry_at = time.monotonic() + RETRY_AFTER_ERROR_S
+                self._retry_at = self._clock() + RETRY_AFTER_ERROR_S
                 return RETRY_AFTER_ERROR_S
             decision = got.decision
             self.allowance += decision.granted
             self._hour = got.hour
+            self._limit = min(
+                (n for n in (decision.daily_limit, decision.warmup_limit) if n is not None), default=None
+            )
             self._remaining.set(_remaining(decision))
             if self._take_local(count):
                 self._set_exhausted(False, decision)
@@ -112,15 +121,24 @@ class QuotaGate:
                 else self.recheck_s
             )
             wait = max(0.01, min(self.recheck_s, seconds))
-            self._retry_at = time.monotonic() + wait
+            self._retry_at = self._clock() + wait
             return wait
 
     def _block_size(self) -> int:
-        """One step, doubled while reservations come less than a second apart."""
-        now = time.monotonic()
-        recent = now - self._reserved_at < 1.0
+        """One step, doubled while reservations come less than a second apart (at most
+        :data:`MAX_STEPS` steps, or a :data:`LIMIT_SHARE` of the limit when that is more than a
+        step)."""
+        now = self._clock()
+        recent = self._reserved_at >= 0 and now - self._reserved_at < 1.0
         self._reserved_at = now
-        return min(self._want * 2, self.step * MAX_STEPS) if recent else self.step
+        if not recent:
+            self._want = self.step
+            return self._want
+        most = self.step * MAX_STEPS
+        if self._limit is not None:
+            most = min(most, max(self.step, self._limit // LIMIT_SHARE))
+        self._want = min(self._want * 2, most)
+        return self._want
 
     def refund(self, count: int) -> None:
         """A batch that took its share and was not sent (its shard stopped first)."""

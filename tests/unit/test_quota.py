@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mailerd import config, quota
+from mailerd import config, quota, quota_gate
 
 NOW = dt.datetime(2026, 12, 5, 14, 20, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -132,3 +132,19 @@ def test_quota_and_warmup_keys_are_read() -> None:
 def test_bad_quota_keys_are_refused_naming_the_key(keys: dict[str, Any], message: str) -> None:
     with pytest.raises(config.ConfigError, match=re.escape(message)):
         _provider(**keys)
+
+
+def test_a_node_reserves_bigger_blocks_while_it_reserves_often() -> None:
+    now = [100.0]
+    gate = quota_gate.QuotaGate(
+        "ses", None, quota.Schedule(daily_quota=10_000), step=100, clock=lambda: now[0]
+    )  # type: ignore[arg-type]
+    sizes = []
+    for _ in range(5):
+        sizes.append(gate._block_size())
+        now[0] += 0.1
+    assert sizes == [100, 200, 400, 800, 1600]
+    gate._limit = 10_000  # as a reservation saw it: a block is at most a twentieth of it
+    assert [gate._block_size(), gate._block_size()] == [500, 500]
+    now[0] += 5  # a quiet second: back to one step
+    assert gate._block_size() == 100
