@@ -95,7 +95,10 @@ async def record(
 
 
 def _classified(event: Event) -> Event:
-    """The event with its bounce class (:mod:`mailerd.bounces`); others unchanged."""
+    """The event with its bounce class (:mod:`mailerd.bounces`); others unchanged. An SMTP
+    rejection comes classified already (:mod:`mailerd.rejections`)."""
+    if event.bounce_class is not None:
+        return event
     bounce_class = bounces.classify(
         event.provider, event.kind, event.provider_type, event.smtp_status, event.reason
     )

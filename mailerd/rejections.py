@@ -47,7 +47,8 @@ def events(
 ) -> list[Event]:
     """One bounce event per recipient that finally failed on an SMTP rejection: its own 5xx
     answer, or the last 4xx answer of ``deferred`` (by position) when it failed after the
-    retries ran out. ``scrub`` cleans a reply before it is stored (the sender's log rule)."""
+    retries ran out, classified once here (the sender counts the class, the writer stores it).
+    ``scrub`` cleans a reply before it is stored (the sender's log rule)."""
     found: list[Event] = []
     for position, result in enumerate(results):
         if result is None or result.outcome is not Outcome.FAILED:
@@ -56,10 +57,12 @@ def events(
         if answer is None or answer.smtp_code is None:
             continue
         lead = leads[position]
+        kind, reason, status = kind_of(answer.smtp_code), scrub(answer.error, lead.email), _status(answer)
+        bounce_class = bounces.classify(provider, kind, PROVIDER_TYPE, status, reason)
         found.append(
             Event(
                 provider=provider,
-                kind=kind_of(answer.smtp_code),
+                kind=kind,
                 occurred_at=now,
                 email=lead.email,
                 receipt=f"smtp:{campaign.id}:{lead.id}",
@@ -67,8 +70,9 @@ def events(
                 lead_id=lead.id,
                 account_id=campaign.account_id,
                 provider_type=PROVIDER_TYPE,
-                reason=scrub(answer.error, lead.email),
-                smtp_status=_status(answer),
+                reason=reason,
+                smtp_status=status,
+                bounce_class=None if bounce_class is None else str(bounce_class),
             )
         )
     return found

@@ -265,11 +265,8 @@ class ProviderSender:
             _storable,
         )
         for event in found:
-            bounce_class = bounces.classify(
-                event.provider, event.kind, event.provider_type, event.smtp_status, event.reason
-            )
-            if bounce_class is not None:
-                self._rejected[bounce_class].inc()
+            if event.bounce_class is not None:
+                self._rejected[bounces.BounceClass(event.bounce_class)].inc()
         return found or None
 
     async def _call(self, run: ClaimedShard, delivery: _Delivery) -> bool:
