@@ -37,12 +37,20 @@ from mailerd.db import email_log as email_log_db
 from mailerd.db import provider_usage as usage_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
-from mailerd.models import Event, LogRow, LogStatus
+from mailerd.flush_entries import (
+    Entry,
+    Plan,
+    ShardKey,
+    count_emails,
+    entry_letter,
+    gather_rows,
+    plan_of,
+    shard_key,
+)
+from mailerd.models import Event, LogRow
 from mailerd.stages import ShardHandle, StatusCounts
 
 log = structlog.get_logger(__name__)
-
-_ShardKey = tuple[int, int, int]  # campaign, shard, epoch: one claim
 
 EVENT_FLUSH_S = 0.02  # webhook events wait at most this long for their flush
 _RETRY_MAX_S = 5.0
@@ -58,29 +66,6 @@ class ShardLost(Exception):
 
 class WriterClosed(RuntimeError):
     """The writer has stopped: nothing more is accepted, and what it still held was abandoned."""
-
-
-@dataclasses.dataclass(slots=True)
-class Entry:
-    """One submission: a batch's rows (with its shard) or one webhook's events."""
-
-    shard: ShardHandle | None
-    seq: int
-    rows: list[LogRow]
-    retried: int
-    complete: bool
-    done: asyncio.Future[None]
-    events: list[Event] | None = None
-    counts: StatusCounts | None = None  # sent, failed, unknown, suppressed
-
-    @property
-    def size(self) -> int:
-        return len(self.rows) + (len(self.events) if self.events else 0)
-
-    @property
-    def webhook(self) -> bool:
-        """A webhook's events (a batch's entry may carry events too: its SMTP rejections)."""
-        return bool(self.events) and not self.rows
 
 
 class _Poisoned(Exception):
@@ -298,7 +283,11 @@ class Writer:
         letter = entry_letter(entry, error)
         # Counted as logged even if the batch was only partly sent: its sent leads have no
         # email_log row, so the checkpoint must pass them or a next owner would send them again.
-        plans = [_plan(_key(entry.shard), [dataclasses.replace(entry, complete=True)])] if entry.shard else []
+        plans = (
+            [plan_of(shard_key(entry.shard), [dataclasses.replace(entry, complete=True)])]
+            if entry.shard
+            else []
+        )
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
@@ -342,10 +331,10 @@ class Writer:
                 entries = [e for e in entries if not e.done.done()]
         # Keyed by the claim (epoch too): late rows of an earlier claim of the same shard on this
         # node must be fenced on their own, never mixed into the current claim's ledger.
-        by_shard: dict[_ShardKey, list[Entry]] = collections.defaultdict(list)
+        by_shard: dict[ShardKey, list[Entry]] = collections.defaultdict(list)
         for entry in entries:
             if entry.shard is not None:
-                by_shard[_key(entry.shard)].append(entry)
+                by_shard[shard_key(entry.shard)].append(entry)
         while True:
             lost = await self._flush_once(entries, by_shard, flush_id, write=not committed)
             if not lost:
@@ -356,7 +345,7 @@ class Writer:
                     _fail(entry, ShardLost(f"shard {key} was fenced out"))
                     assert entry.shard is not None
                     entry.shard.on_lost()
-            entries = [e for e in entries if e.shard is None or _key(e.shard) in by_shard]
+            entries = [e for e in entries if e.shard is None or shard_key(e.shard) in by_shard]
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.FLUSH_ROWS.observe(sum(len(e.rows) for e in entries))
         for entry in entries:
@@ -366,14 +355,14 @@ class Writer:
     async def _flush_once(
         self,
         entries: list[Entry],
-        by_shard: dict[_ShardKey, list[Entry]],
+        by_shard: dict[ShardKey, list[Entry]],
         flush_id: uuid.UUID,
         *,
         write: bool = True,
-    ) -> set[_ShardKey]:
+    ) -> set[ShardKey]:
         """One transaction; returns the shards found fenced out (then nothing was written)."""
-        plans = [_plan(key, shard_entries) for key, shard_entries in by_shard.items()]
-        records, stats, per_entry = _gather_rows(entries)
+        plans = [plan_of(key, shard_entries) for key, shard_entries in by_shard.items()]
+        records, stats, per_entry = gather_rows(entries)
         events = [event for entry in entries if entry.events for event in entry.events]
         try:
             if write:
@@ -382,7 +371,7 @@ class Writer:
             return rollback.lost
         for plan in plans:
             plan.shard.on_logged(plan.seqs, plan.complete)
-        _count_emails(per_entry)
+        count_emails(per_entry)
         self._touched.update(stats)
         self._touched.update(e.campaign_id for e in events if e.campaign_id is not None)
         return set()
@@ -416,27 +405,7 @@ class Writer:
             await usage_db.add(conn, usage_db.per_campaign(stats, events_mod.counts(fresh)))
 
 
-@dataclasses.dataclass(slots=True)
-class Plan:
-    """What one flush does for one claim: the batches it logs and the checkpoint they allow."""
-
-    key: _ShardKey
-    shard: ShardHandle
-    seqs: set[int]
-    complete: set[int]
-    checkpoint: int
-    done: bool
-
-
-def _plan(key: _ShardKey, entries: list[Entry]) -> Plan:
-    shard = entries[0].shard
-    assert shard is not None
-    complete = {e.seq for e in entries if e.complete}
-    checkpoint, done = shard.checkpoint_if_logged(complete)
-    return Plan(key, shard, {e.seq for e in entries}, complete, checkpoint, done)
-
-
-async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> set[_ShardKey]:
+async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> set[ShardKey]:
     """Move the claims' checkpoints, fenced by epoch, and finish campaigns whose shards are now
     all done. Returns the claims that were fenced out (the caller rolls back)."""
     if not plans:
@@ -450,86 +419,13 @@ async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> se
     return lost
 
 
-def _gather_rows(
-    entries: list[Entry],
-) -> tuple[list[LogRow], dict[int, list[int]], list[tuple[Entry, StatusCounts]]]:
-    """All rows of a flush, the counters per campaign (sent, failed, unknown, suppressed,
-    retried), and each entry's status counts (for the metrics once committed)."""
-    stats: dict[int, list[int]] = {}
-    records: list[LogRow] = []
-    per_entry: list[tuple[Entry, StatusCounts]] = []
-    for entry in entries:
-        if not entry.rows:
-            continue
-        records.extend(entry.rows)
-        entry_counts = entry.counts or _count_statuses(entry.rows)
-        per_entry.append((entry, entry_counts))
-        # Every row of an entry belongs to one campaign (one batch, or one window).
-        counts = stats.get(entry.rows[0][1])
-        if counts is None:
-            counts = stats[entry.rows[0][1]] = [0, 0, 0, 0, 0]
-        for index, count in enumerate(entry_counts):
-            counts[index] += count
-        counts[4] += entry.retried
-    return records, stats, per_entry
-
-
-def _count_emails(per_entry: list[tuple[Entry, StatusCounts]]) -> None:
-    per_status: collections.Counter[tuple[str, int]] = collections.Counter()
-    for entry, entry_counts in per_entry:
-        if entry.shard is not None:
-            for index, count in enumerate(entry_counts):
-                per_status[(entry.shard.provider_name, index + 1)] += count
-    for (name, status), count in per_status.items():
-        if count:
-            _status_counters(name)[status].inc(count)
-
-
 def _fail(entry: Entry, error: Exception) -> None:
     if not entry.done.done():
         entry.done.set_exception(error)
         entry.done.exception()  # retrieved: nobody has to await it
 
 
-def _key(shard: ShardHandle) -> _ShardKey:
-    return (shard.campaign_id, shard.shard_no, shard.epoch)
-
-
-def entry_letter(entry: Entry, error: BaseException) -> deadletter.Letter:
-    """What is kept of an entry that cannot be stored."""
-    shard = entry.shard
-    return deadletter.Letter(
-        kind="events" if entry.webhook else "emails",
-        campaign_id=shard.campaign_id if shard is not None else None,
-        shard_no=shard.shard_no if shard is not None else None,
-        seq=entry.seq if shard is not None else None,
-        items=[*(entry.events or ())] if entry.webhook else [*entry.rows, *(entry.events or ())],
-        error=error,
-    )
-
-
-_COUNTERS: dict[str, dict[int, metrics.Counter]] = {}
-
-
-def _status_counters(provider: str) -> dict[int, metrics.Counter]:
-    """Label children cached per provider: ``labels()`` is too slow for once per row."""
-    counters = _COUNTERS.get(provider)
-    if counters is None:
-        counters = _COUNTERS[provider] = {
-            int(status): metrics.EMAILS.labels(provider, status.name.lower()) for status in LogStatus
-        }
-    return counters
-
-
-def _count_statuses(rows: list[LogRow]) -> StatusCounts:
-    """(sent, failed, unknown, suppressed) of rows whose submitter did not count them."""
-    counts = [0, 0, 0, 0]
-    for row in rows:
-        counts[row[3] - 1] += 1
-    return counts[0], counts[1], counts[2], counts[3]
-
-
 class _Rollback(Exception):
-    def __init__(self, lost: set[_ShardKey]) -> None:
+    def __init__(self, lost: set[ShardKey]) -> None:
         super().__init__("fenced out")
         self.lost = lost
