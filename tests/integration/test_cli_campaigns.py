@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -12,24 +9,9 @@ import orjson
 
 from mailerd import config as config_mod
 from mailerd.emulator import sink
-from tests.integration.helpers import add_leads, running_daemon, wait_for_status
+from tests.integration.helpers import add_leads, run_cli, running_daemon, wait_for_status
 
 TOKEN = "cli-test-token"
-
-
-async def _mailerd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mailerd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("MAILERD_")}, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_create_show_pause_resume_through_the_api(
@@ -70,25 +52,25 @@ async def test_create_show_pause_resume_through_the_api(
                 "sink",
             ]
             segment = '{"field": "attributes.plan", "op": "eq", "value": "pro"}'
-            code, out, err = await _mailerd(
+            code, out, err = await run_cli(
                 "campaign", "create", *api, *common, "--segment", segment, "--json"
             )
             assert code == 0, err
             campaign_id = orjson.loads(out)["id"]
-            code, out, err = await _mailerd("campaign", "pause", *api, str(campaign_id))
+            code, out, err = await run_cli("campaign", "pause", *api, str(campaign_id))
             assert code == 2 and "draft" in err  # not started yet: 409
-            code, out, _ = await _mailerd("campaign", "start", *api, str(campaign_id))
+            code, out, _ = await run_cli("campaign", "start", *api, str(campaign_id))
             assert code == 0 and "scheduled" in out
             info = await wait_for_status(conn, campaign_id)
-            code, out, _ = await _mailerd("campaign", "show", *api, str(campaign_id), "--json")
+            code, out, _ = await run_cli("campaign", "show", *api, str(campaign_id), "--json")
             assert code == 0
             assert orjson.loads(out)["sent"] == info["sent"] == 100
-            code, _, err = await _mailerd(
+            code, _, err = await run_cli(
                 "campaign", "resume", *api, str(campaign_id), "--reason", "DKIM fixed"
             )
             assert code == 2 and "finished" in err  # the reason is taken; a finished campaign: 409
 
-            code, _, err = await _mailerd(
+            code, _, err = await run_cli(
                 "campaign",
                 "create",
                 *api,
@@ -99,9 +81,9 @@ async def test_create_show_pause_resume_through_the_api(
             assert code == 2 and "segment" in err and "gtt" in err
             injected = [*common[: common.index("--from")], "--from", "news@example.com\r\nBcc: x@example.com"]
             injected += common[common.index("--from") + 2 :]
-            code, _, err = await _mailerd("campaign", "create", *api, *injected, "--segment", segment)
+            code, _, err = await run_cli("campaign", "create", *api, *injected, "--segment", segment)
             assert code == 2 and "mailerd campaign create: from: " in err
-            code, _, err = await _mailerd(
+            code, _, err = await run_cli(
                 "campaign",
                 "show",
                 "--url",
@@ -113,16 +95,16 @@ async def test_create_show_pause_resume_through_the_api(
             assert code == 1 and "Bearer" in err
 
             window = '{"start": "09:00", "end": "25:00"}'
-            code, _, err = await _mailerd(
+            code, _, err = await run_cli(
                 "campaign", "create", *api, *common, "--segment", segment, "--send-window", window
             )
             assert code == 2 and "send_window.end" in err
             window = '{"start": "09:00", "end": "17:00", "days": ["mon"], "default_timezone": "Asia/Tokyo"}'
-            code, out, err = await _mailerd(
+            code, out, err = await run_cli(
                 "campaign", "create", *api, *common, "--segment", segment, "--send-window", window
             )
             assert code == 0, err
-            code, out, _ = await _mailerd("campaign", "show", *api, out.strip())
+            code, out, _ = await run_cli("campaign", "show", *api, out.strip())
             assert (
                 code == 0
                 and "send window 09:00-17:00 mon (zone: attributes.timezone, else Asia/Tokyo)" in out
@@ -146,12 +128,12 @@ async def test_providers_show_and_resume_a_held_provider(conn: asyncpg.Connectio
     )
     async with running_daemon(config, dsn) as daemon:
         api = ["--url", f"http://127.0.0.1:{daemon.port}", "--token", TOKEN]
-        code, out, err = await _mailerd("providers", "list", *api)
+        code, out, err = await run_cli("providers", "list", *api)
         assert code == 0, err
         assert out.startswith("sink: sent 0 in 24 h") and "HELD since" in out and "complaint rate 1%" in out
-        code, out, err = await _mailerd("providers", "resume", "sink", *api)
+        code, out, err = await run_cli("providers", "resume", "sink", *api)
         assert code == 2 and "--reason" in err
-        code, out, err = await _mailerd(
+        code, out, err = await run_cli(
             "providers", "resume", "sink", "--reason", "cleaned", "--by", "ann", *api
         )
         assert code == 0, err
@@ -159,9 +141,9 @@ async def test_providers_show_and_resume_a_held_provider(conn: asyncpg.Connectio
             "provider sink: released (guard: provider sink complaint rate 1% (10 of 1000 sent in 24 h)); "
             "campaigns resumed: none"
         )
-        code, out, err = await _mailerd("providers", "show", "sink", "--json", *api)
+        code, out, err = await run_cli("providers", "show", "sink", "--json", *api)
         assert code == 0, err
         shown = orjson.loads(out)
         assert shown["hold"] is None and shown["last_release"]["by"] == "ann"
-        code, out, err = await _mailerd("providers", "resume", "sink", "--reason", "again", *api)
+        code, out, err = await run_cli("providers", "resume", "sink", "--reason", "again", *api)
         assert code == 2 and "not held" in err  # 409, as the campaign commands report it

@@ -22,7 +22,14 @@ from mailerd import campaigns, quota
 from mailerd import config as config_mod
 from mailerd.db import provider_quota
 from mailerd.emulator import sink
-from tests.integration.helpers import add_leads, daemon_config, new_campaign, read_record, running_daemon
+from tests.integration.helpers import (
+    add_leads,
+    daemon_config,
+    new_campaign,
+    read_record,
+    run_cli,
+    running_daemon,
+)
 
 TOKEN = "quota-token"
 LEADS = 3000  # every third is on plan "pro": 1000 recipients
@@ -172,6 +179,14 @@ async def test_a_warmup_day_caps_the_volume_and_a_drain_gives_back_the_unused(
                 shown = (await response.json())["quota"]
             assert shown["warmup_day"] == 2 and shown["warmup_limit"] == 150 and shown["daily_limit"] is None
             assert shown["reserved_today"] == 150 and shown["exhausted_reason"] == info["quota_reason"]
+            api = ["--url", f"http://127.0.0.1:{daemon.port}", "--token", TOKEN]
+            code, out, _ = await run_cli("providers", "show", "sink", *api)
+            assert code == 0 and "warm-up day 2: 150/150 today" in out
+            assert f"WAITING until {midnight.isoformat()}: warm-up day 2: 150 a day reached" in out
+            code, out, _ = await run_cli("campaign", "show", str(campaign_id), *api)
+            assert code == 0
+            waits = "waits for provider sink: warm-up day 2: 150 a day reached; it sends again from"
+            assert f"{waits} {midnight.isoformat()}" in out
             await _a_day_passes(conn, hours=24)  # yesterday's volume no longer counts today
             await _sending_again(conn, campaign_id, 150)
             info = await _waiting_for_quota(conn, campaign_id, emulator)
