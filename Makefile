@@ -44,6 +44,10 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/reports.py --leads 1000000
 	$(BIN)/python bench/windows.py --leads 200000
+	$(BIN)/python bench/guards.py --leads 60000
+	$(BIN)/python bench/relay.py --leads 1000000
+	$(BIN)/python bench/reports_growth.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
