@@ -92,6 +92,8 @@ async def run_with_dsn(
         if not await _prepare_database(pool, config):
             return 1
         lanes = _open_lanes(config, resources)
+        for lane in lanes.values():
+            lane.quota = _quota_gate(config, pool, lane)
         writer = Writer(pool, config.writer, config.webhooks, config.guards, config.providers)
         webhook_handlers = providers.create_webhook_handlers(config)
         for name, handler in webhook_handlers.items():
@@ -222,7 +224,6 @@ class _Stages:
                 self._on_fail,
                 domain_buckets=domain_pace.for_provider(name),
                 rate_sleep=timing.sleep,
-                quota=_quota_gate(config, pool, lane),
             )
             for name, lane in lanes.items()
         }
@@ -296,6 +297,9 @@ class _Stages:
             await self.scheduler.run()
             for task in sender_tasks:
                 await task
+            for lane in self.lanes.values():
+                if isinstance(lane.quota, quota_gate.QuotaGate):
+                    await lane.quota.close()  # what this node reserved and did not send
             self.writer.close()
             await writer_task
             deadline.cancel()
@@ -378,14 +382,31 @@ async def _seed_from_account(sender: ProviderSender) -> None:
             max_send_rate=account.max_send_rate,
             rate_per_s=rate,
         )
-    if account.max_24_hour_send and isinstance(sender.quota, quota_gate.QuotaGate):
-        sender.quota.set_account_quota(account.max_24_hour_send)
+    gate = sender.lane.quota
+    if account.max_24_hour_send and isinstance(gate, quota_gate.QuotaGate):
+        gate.set_account_quota(account.max_24_hour_send)
         log.info(
             "provider_quota_seeded",
             provider=sender.lane.name,
             max_24_hour_send=account.max_24_hour_send,
-            daily_quota=sender.quota.schedule.daily_quota,
+            daily_quota=gate.schedule.daily_quota,
         )
+        if gate.schedule.daily_quota < sender.lane.batch_size:
+            log.error(
+                "provider_quota_below_batch_size",
+                provider=sender.lane.name,
+                daily_quota=gate.schedule.daily_quota,
+                batch_size=sender.lane.batch_size,
+                hint="no batch fits the account's daily quota: lower batch_size",
+            )
+    if account.sent_last_24_hours and isinstance(gate, quota_gate.QuotaGate):
+        try:
+            added = await gate.count_sent_elsewhere(account.sent_last_24_hours)
+        except db.DB_ERRORS as exc:
+            log.warning("provider_quota_seed_failed", provider=sender.lane.name, error=str(exc))
+        else:
+            if added:
+                log.info("provider_quota_sent_elsewhere", provider=sender.lane.name, added=added)
 
 
 def _warn_unverified(config: Config) -> None:

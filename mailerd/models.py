@@ -113,6 +113,7 @@ class SendQuota:
 
     max_send_rate: float | None = None  # emails per second
     max_24_hour_send: int | None = None  # emails per rolling 24 hours (None: unlimited)
+    sent_last_24_hours: int | None = None  # what the account sent in them (any sender)
 
 
 class ProviderError(Exception):

@@ -88,10 +88,10 @@ def warmup_limit(steps: Sequence[tuple[int, int]], day: int) -> int:
     return limit
 
 
-def decide(schedule: Schedule, buckets: Buckets, now: dt.datetime, want: int) -> Decision:
-    """Grant up to ``want`` within both limits; when they are used up (this grant included),
-    say until when: the daily quota frees as old hours leave the window, the warm-up at the next
-    UTC midnight."""
+def decide(schedule: Schedule, buckets: Buckets, now: dt.datetime, want: int, need: int = 1) -> Decision:
+    """Grant up to ``want`` within both limits. When the grant falls short of ``need`` (what the
+    caller must have to send its batch), the limits are used up for it: say until when it fits,
+    the daily quota as old hours leave the window, the warm-up at the next UTC midnight."""
     window_start = hour_of(now) - (WINDOW_HOURS - 1) * HOUR
     today = day_of(now)
     reserved_24h = sum(n for hour, n in buckets if hour >= window_start)
@@ -108,17 +108,18 @@ def decide(schedule: Schedule, buckets: Buckets, now: dt.datetime, want: int) ->
     granted = max(0, room)
     reserved_24h += granted
     reserved_today += granted
+    short = need - granted
     waits: list[tuple[dt.datetime, str]] = []
-    if daily is not None and reserved_24h >= daily:
+    if short > 0 and daily is not None and reserved_24h + short > daily:
         current = [(hour, n) for hour, n in buckets if hour >= window_start and hour != hour_of(now)]
         current.append((hour_of(now), sum(n for hour, n in buckets if hour == hour_of(now)) + granted))
         waits.append(
             (
-                frees_at(current, reserved_24h - daily + 1),
+                frees_at(current, reserved_24h + short - daily),
                 f"daily quota of {daily:,} reached ({reserved_24h:,} reserved in the last 24 h)",
             )
         )
-    if limit is not None and reserved_today >= limit:
+    if short > 0 and limit is not None and reserved_today + short > limit:
         waits.append((today + DAY, f"warm-up day {day}: {limit:,} a day reached"))
     until = max((w[0] for w in waits), default=None)
     return Decision(

@@ -3,11 +3,18 @@ in blocks (:func:`mailerd.db.provider_quota.reserve`), so a batch takes from mem
 reserves about once a second at most, never per email: a block is one reservation step
 (``concurrency x batch_size``), doubled while reservations come less than a second apart.
 
-When the limits are used up the gate says how long to wait (until the window frees, or the next
-warm-up day; re-checked every ``recheck_s``, since another node may give back what it did not
-use), and the sender's workers wait, holding their batches: the campaign keeps running, nothing
-is failed, and the campaign status shows why and until when (``provider_quotas``). What the node
-holds and did not send is given back when its sender stops.
+A shard takes its batch's share *before* it dispatches the batch (:meth:`QuotaGate.acquire`),
+so every batch queued or in flight holds its share, and the leads a shard reserves in the
+database (``reserved_upto``) are only those of such batches: a node that dies while the quota is
+used up leaves nothing uncertain behind the wait. When the limits are used up the shard waits
+(until the window frees, or the next warm-up day; re-checked every ``recheck_s``, since another
+node may give back what it did not use): the campaign keeps running, nothing is failed, and the
+campaign status shows why and until when (``provider_quotas``).
+
+An allowance belongs to the hour it was reserved in: at the end of that hour (the database's
+clock) what is left is given back there and the node reserves again, so no email is sent outside
+the window that counted it (nor a warm-up day's volume on the next day). What the node holds when
+it stops is given back too.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import db, metrics, quota
+from mailerd import aio, db, metrics, quota
 from mailerd.config import ProviderConfig
 from mailerd.db import provider_quota
 
@@ -58,16 +65,19 @@ class QuotaGate:
         self.step = step
         self.recheck_s = recheck_s
         self.allowance = 0
+        self._hour: dt.datetime | None = None  # the database hour the allowance was reserved in
+        self._expires_at = 0.0  # monotonic: the end of that hour
         self._want = step
         self._clock = clock
         self._limit: int | None = None  # the smaller limit the last reservation saw
         self._reserved_at = -1.0  # monotonic time of the last reservation
         self._pool = pool
-        self._hour: dt.datetime | None = None  # the bucket of the last grant: unused goes back there
         self._lock = asyncio.Lock()
         self._retry_at = 0.0  # monotonic: used up, no reservation before this
         self._exhausted = False
+        self._waiters = 0
         self._waiting = metrics.PROVIDER_QUOTA_WAITING.labels(provider)
+        self._waited = metrics.PROVIDER_QUOTA_WAIT.labels(provider)
         self._remaining = metrics.PROVIDER_QUOTA_REMAINING.labels(provider)
 
     def set_account_quota(self, max_24_hour_send: int | None) -> None:
@@ -75,38 +85,68 @@ class QuotaGate:
         configured quota."""
         self.schedule = self.schedule.with_account_quota(max_24_hour_send)
 
-    def _take_local(self, count: int) -> bool:
-        if self.allowance < count:
-            return False
-        self.allowance -= count
-        return True
+    async def count_sent_elsewhere(self, sent_24h: int) -> int:
+        """``seed_rate_from_account``: what the account sent in the last 24 hours beyond what the
+        nodes reserved counts against the quota. Returns how much was added."""
+        if not self.schedule.limited:
+            return 0
+        async with self._pool.acquire() as conn:
+            return await provider_quota.count_sent_elsewhere(conn, self.provider, sent_24h)
+
+    async def acquire(self, count: int, stopped: asyncio.Event) -> bool:
+        """Take ``count`` for a batch, waiting while the limits are used up; False (nothing
+        taken) when ``stopped`` is set first."""
+        wait = await self.take(count)
+        if wait <= 0:
+            return True
+        self._waiters += 1
+        self._waiting.set(1)
+        try:
+            while wait > 0:
+                started = self._clock()
+                await aio.sleep_unless(wait, stopped)
+                self._waited.inc(max(0.0, self._clock() - started))
+                if stopped.is_set():
+                    return False
+                wait = await self.take(count)
+            return True
+        finally:
+            self._waiters -= 1
+            if not self._waiters:
+                self._waiting.set(0)
 
     async def take(self, count: int) -> float:
         """Take ``count`` from the allowance: 0 when taken, else the seconds to wait before
         asking again (nothing taken)."""
         if not self.schedule.limited:  # seed_rate_from_account found no quota on the account
             return 0.0
-        if self._take_local(count):
+        if self._clock() < self._expires_at and self._take_local(count):
             return 0.0
         async with self._lock:  # one reservation at a time per node and provider
+            await self._give_back_expired()
             if self._take_local(count):
                 return 0.0
             wait = self._retry_at - self._clock()
             if wait > 0:
                 return wait
-            block = self._block_size()
+            need = count - self.allowance
             try:
                 async with self._pool.acquire() as conn:
                     got = await provider_quota.reserve(
-                        conn, self.provider, self.schedule, max(block, count - self.allowance)
+                        conn, self.provider, self.schedule, max(self._block_size(), need), need
                     )
             except db.DB_ERRORS as exc:
                 log.warning("provider_quota_reserve_failed", provider=self.provider, error=str(exc))
                 self._retry_at = self._clock() + RETRY_AFTER_ERROR_S
                 return RETRY_AFTER_ERROR_S
             decision = got.decision
-            self.allowance += decision.granted
-            self._hour = got.hour
+            if decision.granted:
+                if self.allowance and got.hour != self._hour:
+                    await self._give_back(self.allowance)  # left from an hour that just ended
+                    self.allowance = 0
+                self.allowance += decision.granted
+                self._hour = got.hour
+                self._expires_at = self._clock() + (got.hour + quota.HOUR - got.now).total_seconds()
             self._limit = min(
                 (n for n in (decision.daily_limit, decision.warmup_limit) if n is not None), default=None
             )
@@ -124,30 +164,34 @@ class QuotaGate:
             self._retry_at = self._clock() + wait
             return wait
 
-    def _block_size(self) -> int:
-        """One step, doubled while reservations come less than a second apart (at most
-        :data:`MAX_STEPS` steps, or a :data:`LIMIT_SHARE` of the limit when that is more than a
-        step)."""
-        now = self._clock()
-        recent = self._reserved_at >= 0 and now - self._reserved_at < 1.0
-        self._reserved_at = now
-        if not recent:
-            self._want = self.step
-            return self._want
-        most = self.step * MAX_STEPS
-        if self._limit is not None:
-            most = min(most, max(self.step, self._limit // LIMIT_SHARE))
-        self._want = min(self._want * 2, most)
-        return self._want
-
     def refund(self, count: int) -> None:
-        """A batch that took its share and was not sent (its shard stopped first)."""
-        self.allowance += count
+        """A batch that took its share and was not sent (its shard stopped first). The share
+        goes back to the allowance, or is lost (counted, not sent) once the hour it came from
+        ended: the safe side."""
+        if self._clock() < self._expires_at:
+            self.allowance += count
 
     async def close(self) -> None:
         """Give back what this node holds and did not send (best effort: a node that cannot
-        loses at most one step, which the window frees a day later)."""
-        unused, self.allowance = self.allowance, 0
+        loses at most one block, which the window frees a day later)."""
+        async with self._lock:
+            await self._give_back_expired()
+            unused, self.allowance = self.allowance, 0
+            await self._give_back(unused)
+
+    def _take_local(self, count: int) -> bool:
+        if self.allowance < count:
+            return False
+        self.allowance -= count
+        return True
+
+    async def _give_back_expired(self) -> None:
+        """The hour the allowance was reserved in has ended: what is left goes back there."""
+        if self.allowance and self._clock() >= self._expires_at:
+            unused, self.allowance = self.allowance, 0
+            await self._give_back(unused)
+
+    async def _give_back(self, unused: int) -> None:
         if unused <= 0 or self._hour is None:
             return
         try:
@@ -160,8 +204,19 @@ class QuotaGate:
             return
         log.info("provider_quota_given_back", provider=self.provider, unused=unused)
 
+    def _block_size(self) -> int:
+        """One step, doubled while reservations come less than a second apart: at most
+        :data:`MAX_STEPS` steps and a :data:`LIMIT_SHARE` of the smaller limit."""
+        now = self._clock()
+        recent = self._reserved_at >= 0 and now - self._reserved_at < 1.0
+        self._reserved_at = now
+        most = self.step * MAX_STEPS
+        if self._limit is not None:
+            most = min(most, max(1, self._limit // LIMIT_SHARE))
+        self._want = min(self._want * 2 if recent else self.step, most)
+        return self._want
+
     def _set_exhausted(self, exhausted: bool, decision: quota.Decision) -> None:
-        self._waiting.set(1 if exhausted else 0)
         if exhausted and not self._exhausted:
             log.warning(
                 "provider_quota_reached",

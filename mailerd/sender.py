@@ -97,7 +97,6 @@ class ProviderSender:
         rng: random.Random | None = None,
         domain_buckets: pace.DomainBuckets | None = None,
         rate_sleep: RateSleep = aio.sleep_unless,
-        quota: QuotaTaker | None = None,
     ) -> None:
         self.lane = lane
         self.config = config
@@ -105,8 +104,9 @@ class ProviderSender:
         # [pace.NAME] groups that apply to this provider: recipient domain -> the group's bucket
         self._domain_buckets = domain_buckets or {}
         self._rate_sleep = rate_sleep
-        # The provider's daily quota and warm-up (None: no limit): taken once per batch
-        self.quota = quota
+        # The provider's daily quota and warm-up (None: no limit): the shard took each batch's
+        # share before dispatching it; a batch not sent gives it back.
+        self.quota: QuotaTaker | None = lane.quota
         self._campaign_buckets: dict[int, TokenBucket] = {}
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
@@ -118,7 +118,6 @@ class ProviderSender:
         self._queue_depth = metrics.QUEUE_DEPTH.labels(name)
         self._call_seconds = metrics.PROVIDER_CALLS.labels(name)
         self._waits = metrics.RATE_LIMIT_WAIT.labels(name)
-        self._quota_waits = metrics.PROVIDER_QUOTA_WAIT.labels(name)
         self._retries = {r: metrics.RETRIES.labels(name, r) for r in ("throttled", "error", "entry")}
         self._rejected = {c: metrics.SMTP_REJECTIONS.labels(name, str(c)) for c in bounces.BounceClass}
 
@@ -127,8 +126,6 @@ class ProviderSender:
         async with asyncio.TaskGroup() as group:
             for number in range(self.lane.workers):
                 group.create_task(self._worker(), name=f"sender-{self.lane.name}-{number}")
-        if self.quota is not None:
-            await self.quota.close()
 
     async def _worker(self) -> None:
         queue = self.lane.queue
@@ -140,25 +137,25 @@ class ProviderSender:
             run, batch = item
             if run.stopping:
                 run.discard(batch.seq)
-                continue
-            # The daily quota first: a batch waiting for it holds no reservation of its own.
-            charged = len(batch.leads) if self.quota is not None else 0
-            if charged and not await self._take_quota(charged, run.stopped):
-                run.discard(batch.seq)
+                self._refund(batch)
                 continue
             try:
                 await run.ensure_reserved(batch)
             except ShardLostError as exc:
                 run.log.warning("batch_not_reserved", seq=batch.seq, error=str(exc))
                 run.discard(batch.seq)
-                if self.quota is not None:
-                    self.quota.refund(charged)
+                self._refund(batch)
                 continue
             self._in_flight.inc()
             try:
-                await self._send(run, batch, charged)
+                await self._send(run, batch)
             finally:
                 self._in_flight.dec()
+
+    def _refund(self, batch: Batch) -> None:
+        """A batch the provider accepted nothing of gives its quota share back."""
+        if self.quota is not None:
+            self.quota.refund(len(batch.leads))
 
     def _campaign_bucket(self, batch: Batch) -> TokenBucket | None:
         rate = batch.campaign.rate_per_s
@@ -190,21 +187,7 @@ class ProviderSender:
             ratelimit.refund_all(buckets, count)
             for bucket, taken in paced.items():
                 bucket.refund(taken)
-            if self.quota is not None and delivery.charged and not delivery.called:
-                self.quota.refund(delivery.charged)
-                delivery.charged = 0
             return False
-        return True
-
-    async def _take_quota(self, count: int, stopped: asyncio.Event) -> bool:
-        """Wait for the provider's daily quota (a batch once: its retries are not charged again);
-        False if the shard stops meanwhile. The wait holds the batch and fails no one."""
-        assert self.quota is not None
-        while (wait := await self.quota.take(count)) > 0:
-            self._quota_waits.inc(wait)
-            await aio.sleep_unless(wait, stopped)
-            if stopped.is_set():
-                return False
         return True
 
     def forget(self, campaign_id: int) -> None:
@@ -212,11 +195,9 @@ class ProviderSender:
         self._campaign_buckets.pop(campaign_id, None)
         self._error_rates.pop(campaign_id, None)
 
-    async def _send(self, run: ClaimedShard, batch: Batch, charged: int = 0) -> None:
-        """Send one batch to completion (with retries) and hand its rows to the writer;
-        ``charged``: what it took of the daily quota (given back if it is never sent)."""
+    async def _send(self, run: ClaimedShard, batch: Batch) -> None:
+        """Send one batch to completion (with retries) and hand its rows to the writer."""
         delivery = _Delivery(batch)
-        delivery.charged = charged
         attempt = 0
         while delivery.pending:
             if run.stopping or not await self._acquire(delivery, run.stopped):
@@ -239,6 +220,8 @@ class ProviderSender:
                 rng=self._rng,
             )
             await aio.sleep_unless(delay, run.stopped)
+        if not delivery.reached:
+            self._refund(batch)  # the provider accepted nothing: its quota share goes back
         rows, counts = _log_rows(batch, delivery.results)
         bounced = self._rejections(delivery) if counts[1] else None
         await self._writer.submit(
@@ -274,7 +257,6 @@ class ProviderSender:
         must stop), True when some recipients are to be retried."""
         batch = delivery.batch
         pending = delivery.pending
-        delivery.called = True
         part = batch if len(pending) == len(batch.leads) else _sub_batch(batch, pending)
         delivery.retry_after = None
         started = time.perf_counter()
@@ -286,6 +268,7 @@ class ProviderSender:
             self._retries["throttled" if _is_throttle(exc.reason) else "error"].inc(len(pending))
             return True
         except UncertainError as exc:
+            delivery.reached = True  # the provider may have sent
             if batch.campaign.resend_uncertain:
                 delivery.last_reason = exc.reason
                 self._retries["error"].inc(len(pending))
@@ -313,6 +296,7 @@ class ProviderSender:
             return False
         finally:
             self._call_seconds.observe(time.perf_counter() - started)
+        delivery.reached = True
         retrying = delivery.take_answers(answers)
         if retrying:
             self._retries["entry"].inc(retrying)
@@ -338,12 +322,11 @@ class _Delivery:
 
     __slots__ = (
         "batch",
-        "called",
-        "charged",
         "complete",
         "deferred",
         "last_reason",
         "pending",
+        "reached",
         "results",
         "retried",
         "retry_after",
@@ -358,8 +341,7 @@ class _Delivery:
         self.last_reason = ""
         self.retry_after: float | None = None
         self.complete = True
-        self.charged = 0  # taken from the provider's daily quota
-        self.called = False  # the provider was called at least once
+        self.reached = False  # a call was answered (or may have been sent): the quota counts it
 
     def settle_pending(self, outcome: Outcome, error: str) -> None:
         for index in self.pending:

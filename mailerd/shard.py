@@ -332,13 +332,20 @@ class ShardRun:
         if suppressed or not chunks:
             upto = start if chunks else end
             await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), suppressed)
+        quota = self._lane.quota
         for index, chunk in enumerate(chunks):
+            # The daily quota before the batch is dispatched: every batch queued or in flight
+            # holds its share, so what the claim reserves is never stuck behind a quota wait.
+            if quota is not None and not await quota.acquire(len(chunk), self.stopped):
+                break
             upto = end if index == len(chunks) - 1 else chunk[-1].id
             batch = Batch(self.campaign, self.shard_no, self._next_seq(), chunk, upto)
             self.ledger.add(batch.seq, batch.upto)
             self._resolved.clear()
             if not await self._put(batch):
                 self.discard(batch.seq)
+                if quota is not None:
+                    quota.refund(len(chunk))
                 break
         return len(rows)
 

@@ -85,16 +85,14 @@ class RowSink(Protocol):
 
 
 class QuotaTaker(Protocol):
-    """What the sender needs of a provider's daily quota (:class:`mailerd.quota_gate.QuotaGate`)."""
+    """A provider's daily quota (:class:`mailerd.quota_gate.QuotaGate`): the shard takes a
+    batch's share before dispatching it, the sender gives back what it did not send."""
 
-    async def take(self, count: int) -> float:
-        """Take ``count``: 0 when taken, else the seconds to wait before asking again."""
+    async def acquire(self, count: int, stopped: asyncio.Event) -> bool:
+        """Take ``count``, waiting while the limits are used up; False when ``stopped`` first."""
 
     def refund(self, count: int) -> None:
         """Give back what a batch took and did not send."""
-
-    async def close(self) -> None:
-        """The sender stopped: give back what this node holds and did not send."""
 
 
 QueueItem = tuple[ClaimedShard, Batch] | None  # None: end marker, one per sender worker
@@ -113,6 +111,7 @@ class ProviderLane:
     batch_size: int
     workers: int
     reservation_step: int
+    quota: QuotaTaker | None = None  # the provider's daily quota and warm-up (None: no limit)
 
     @property
     def batches_ahead(self) -> int:

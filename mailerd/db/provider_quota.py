@@ -45,21 +45,20 @@ class State:
 
 
 async def reserve(
-    conn: asyncpg.Connection, provider: str, schedule: quota.Schedule, want: int
+    conn: asyncpg.Connection, provider: str, schedule: quota.Schedule, want: int, need: int = 1
 ) -> Reservation:
-    """Reserve up to ``want`` of the provider's volume for this node (one transaction)."""
+    """Reserve up to ``want`` of the provider's volume for this node (one transaction); short
+    of ``need``, record until when the provider waits."""
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('mailerd.provider_quota:' || $1, 0))", provider
-        )
-        now = await conn.fetchval("SELECT now()")
+        await _lock(conn, provider)
+        now = await conn.fetchval("SELECT clock_timestamp()")  # after the lock: the hour it lands in
         rows = await conn.fetch(
             """SELECT hour, reserved FROM provider_quota_hours
                WHERE provider = $1 AND hour >= date_trunc('hour', $2::timestamptz) - interval '48 hours'""",
             provider,
             now,
         )
-        decision = quota.decide(schedule, [(r["hour"], r["reserved"]) for r in rows], now, want)
+        decision = quota.decide(schedule, [(r["hour"], r["reserved"]) for r in rows], now, want, need)
         hour = quota.hour_of(now)
         if decision.granted:
             await conn.execute(
@@ -97,9 +96,7 @@ async def give_back(conn: asyncpg.Connection, provider: str, hour: dt.datetime, 
     if unused <= 0:
         return
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('mailerd.provider_quota:' || $1, 0))", provider
-        )
+        await _lock(conn, provider)
         await conn.execute(
             """UPDATE provider_quota_hours SET reserved = greatest(reserved - $3, 0)
                WHERE provider = $1 AND hour = $2""",
@@ -107,6 +104,36 @@ async def give_back(conn: asyncpg.Connection, provider: str, hour: dt.datetime, 
             hour,
             unused,
         )
+
+
+async def count_sent_elsewhere(conn: asyncpg.Connection, provider: str, sent_24h: int) -> int:
+    """What the account sent in the last 24 hours beyond what the nodes reserved (SES
+    ``SentLast24Hours``: another sender on the account, or sends from before mailerd counted)
+    is added to the current hour, so the quota counts it too. Returns how much was added."""
+    async with conn.transaction():
+        await _lock(conn, provider)
+        reserved = await conn.fetchval(
+            """SELECT coalesce(sum(reserved), 0) FROM provider_quota_hours
+               WHERE provider = $1 AND hour >= date_trunc('hour', clock_timestamp()) - interval '24 hours'""",
+            provider,
+        )
+        missing = max(0, sent_24h - reserved)
+        if missing:
+            await conn.execute(
+                """INSERT INTO provider_quota_hours AS q (provider, hour, reserved)
+                   VALUES ($1, date_trunc('hour', clock_timestamp()), $2)
+                   ON CONFLICT (provider, hour) DO UPDATE SET reserved = q.reserved + EXCLUDED.reserved""",
+                provider,
+                missing,
+            )
+    return int(missing)
+
+
+async def _lock(conn: asyncpg.Connection, provider: str) -> None:
+    """The provider's reservations one at a time, across nodes (in a transaction)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('mailerd.provider_quota:' || $1, 0))", provider
+    )
 
 
 async def states(conn: asyncpg.Connection, providers: Sequence[str]) -> dict[str, State]:

@@ -334,13 +334,14 @@ class SesProvider:
 
     async def send_quota(self) -> SendQuota | None:
         """``GetAccount`` -> ``SendQuota``: ``MaxSendRate`` (emails per second) and
-        ``Max24HourSend`` (emails per rolling 24 hours; -1: unlimited)."""
+        ``Max24HourSend`` (emails per rolling 24 hours; -1: unlimited) and ``SentLast24Hours``."""
         answer = await self._call("GET", ACCOUNT_PATH, None)
         quota = answer.get("SendQuota") if isinstance(answer, dict) else None
         if not isinstance(quota, dict):
             return None
         rate, daily = _positive(quota.get("MaxSendRate")), _positive(quota.get("Max24HourSend"))
-        return SendQuota(rate, None if daily is None else int(daily))
+        sent = _positive(quota.get("SentLast24Hours"))
+        return SendQuota(rate, None if daily is None else int(daily), None if sent is None else int(sent))
 
     async def close(self) -> None:
         if self._session is not None:

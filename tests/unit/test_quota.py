@@ -29,11 +29,20 @@ def test_a_grant_within_the_quota_says_nothing_of_waiting() -> None:
 def test_the_last_of_the_quota_is_granted_and_the_wait_ends_when_old_hours_leave() -> None:
     # 900 reserved: 500 twenty hours ago, 300 ten hours ago, 100 now.
     buckets = _hours_ago(*([100] + [0] * 9 + [300] + [0] * 9 + [500]))
-    decision = quota.decide(quota.Schedule(daily_quota=1000), buckets, NOW, 400)
+    decision = quota.decide(quota.Schedule(daily_quota=1000), buckets, NOW, 400, need=400)
     assert decision.granted == 100 and decision.reserved_24h == 1000
-    # One more email needs one freed: the hour of 20 hours ago leaves the window 25 h after it began.
+    # The other 300 the batch needs are freed when the hour of 20 hours ago (500) leaves the
+    # window, 25 h after it began.
     assert decision.exhausted_until == quota.hour_of(NOW) - 20 * HOUR + 25 * HOUR
     assert decision.reason == "daily quota of 1,000 reached (1,000 reserved in the last 24 h)"
+    # Needing 700 more than the quota leaves, it waits for the hour of 10 hours ago as well.
+    more = quota.decide(quota.Schedule(daily_quota=1000), buckets, NOW, 400, need=900)
+    assert more.exhausted_until == quota.hour_of(NOW) - 10 * HOUR + 25 * HOUR
+
+
+def test_a_grant_that_fills_the_quota_is_no_wait_while_it_covers_the_batch() -> None:
+    decision = quota.decide(quota.Schedule(daily_quota=1000), _hours_ago(900), NOW, 400, need=50)
+    assert decision.granted == 100 and decision.exhausted_until is None and decision.reason == ""
 
 
 def test_hours_older_than_the_window_do_not_count() -> None:
@@ -66,7 +75,7 @@ def test_the_warmup_cap_counts_today_and_waits_for_midnight() -> None:
     schedule = quota.Schedule(warmup=((1, 100), (5, 2000)), warmup_start=dt.date(2026, 12, 1))
     # 1,500 today (this hour and 10 hours ago), 5,000 yesterday (which the cap does not count).
     buckets = _hours_ago(*([500] + [0] * 9 + [1000] + [0] * 6 + [5000]))
-    decision = quota.decide(schedule, buckets, NOW, 800)
+    decision = quota.decide(schedule, buckets, NOW, 800, need=800)
     assert decision.granted == 500 and decision.warmup_day == 5 and decision.warmup_limit == 2000
     assert decision.reserved_today == 2000
     assert decision.exhausted_until == dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
