@@ -200,6 +200,12 @@ def child_env(*, provider_key: bool = False) -> dict[str, str]:
     return env
 
 
+def niced(nice: int, argv: Sequence[str]) -> list[str]:
+    """``argv`` under ``nice -n NICE`` (a lower CPU priority for it and every thread it starts,
+    as a unit's ``Nice=`` would), or as is for 0."""
+    return ["nice", "-n", str(nice), *argv] if nice else list(argv)
+
+
 async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
     if process.returncode is None:
@@ -232,10 +238,11 @@ async def start_sink(
     record: Path | None = None,
     kind: str = "ses",
     extra: Sequence[str] = (),
+    nice: int = 0,
 ) -> tuple[asyncio.subprocess.Process, int]:
     """``mailerd sink --listen 127.0.0.1:0 --seed 1`` (``--api KIND``, or ``--smtp`` for smtp)
-    plus ``extra`` options, logging to ``workdir/sink.log``; the bound port is read from its
-    first line."""
+    plus ``extra`` options, logging to ``workdir/sink.log``, at ``nice``; the bound port is read
+    from its first line."""
     log_path = workdir / "sink.log"
     where = ["--smtp", "127.0.0.1:0"] if kind == "smtp" else ["--api", kind, "--listen", "127.0.0.1:0"]
     options = [*where, "--seed", "1", *extra]
@@ -245,7 +252,7 @@ async def start_sink(
         options += ["--record", str(record)]
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailerd", "sink", *options,
+            *niced(nice, [sys.executable, "-m", "mailerd", "sink", *options]),
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             env=child_env(),
@@ -329,12 +336,14 @@ async def start_daemon(
     *,
     interpreter_args: Sequence[str] = (),
     provider_key: bool = False,
+    nice: int = 0,
 ) -> Daemon:
-    """``python [interpreter_args] -m mailerd run --config FILE`` with its output in
-    ``log_path``, once ``/healthz`` answers on ``http_port``; stopped again if it never does."""
+    """``python [interpreter_args] -m mailerd run --config FILE`` (at ``nice``) with its output
+    in ``log_path``, once ``/healthz`` answers on ``http_port``; stopped again if it never does."""
+    argv = [sys.executable, *interpreter_args, "-m", "mailerd", "run", "--config", str(config_path)]
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, *interpreter_args, "-m", "mailerd", "run", "--config", str(config_path),
+            *niced(nice, argv),
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
             env=child_env(provider_key=provider_key),
@@ -345,6 +354,34 @@ async def start_daemon(
         await stop_process(process)
         raise
     return Daemon(process, log_path)
+
+
+async def start_relay_process(
+    config_path: Path, log_path: Path, dsn: str, destination: str
+) -> asyncio.subprocess.Process:
+    """``mailerd relay run --config FILE`` at nice 10 (as systemd/mailerd-relay.service runs it),
+    once it holds ``destination``'s position (the relay lock); stopped again if it never does."""
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            *niced(10, [sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path)]),
+            stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(),
+        )  # fmt: skip
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with asyncio.timeout(60):
+            while not await conn.fetchval(
+                "SELECT count(*) FROM relay_positions WHERE destination = $1 AND owner LIKE '%:relay'",
+                destination,
+            ):
+                if process.returncode is not None:
+                    raise BenchError(f"mailerd relay run exited with {process.returncode}:\n{tail(log_path)}")
+                await asyncio.sleep(0.1)
+    except BaseException:
+        await stop_process(process, grace_s=10)
+        raise
+    finally:
+        await conn.close()
+    return process
 
 
 async def wait_healthy(port: int, process: asyncio.subprocess.Process, log_path: Path) -> None:

@@ -47,9 +47,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from common import (
     ACCOUNT_ID,
-    BenchError,
     arguments,
-    child_env,
     free_port,
     fresh_database,
     loadavg,
@@ -58,10 +56,10 @@ from common import (
     run_bench,
     server_dsn,
     start_daemon,
+    start_relay_process,
     start_sink,
     stop_daemons,
     stop_process,
-    tail,
 )
 
 from mailerd import campaigns
@@ -129,27 +127,7 @@ async def start_relay(dsn: str, broker: Tansu, topics: dict[str, str], workdir: 
         + "\n"
         + relay_toml(broker, topics, run_in="process")
     )
-    log_path = workdir / f"{name}-relay.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(  # niced as systemd/mailerd-relay.service does
-            "nice", "-n", "10", sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path),
-            stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(),
-        )  # fmt: skip
-    conn = await db_connect.connect(dsn)
-    try:
-        async with asyncio.timeout(60):
-            while not await conn.fetchval(
-                "SELECT count(*) FROM relay_positions WHERE destination = 'kafka' AND owner LIKE '%:relay'"
-            ):
-                if process.returncode is not None:
-                    raise BenchError(f"mailerd relay run exited with {process.returncode}:\n{tail(log_path)}")
-                await asyncio.sleep(0.1)
-    except BaseException:
-        await stop_process(process, grace_s=10)
-        raise
-    finally:
-        await conn.close()
-    return process
+    return await start_relay_process(config_path, workdir / f"{name}-relay.log", dsn, "kafka")
 
 
 _OUTBOX_ROWS = """SELECT (SELECT count(*) FROM email_log) + (SELECT count(*) FROM email_events)

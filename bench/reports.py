@@ -57,9 +57,11 @@ from common import (
     fresh_database,
     loadavg,
     print_json,
+    proc_cpu_s,
     run_bench,
     server_dsn,
     start_daemon,
+    start_relay_process,
     start_sink,
     stop_daemons,
     stop_process,
@@ -92,11 +94,15 @@ def kinds(count: int, seed: int = 3) -> list[str]:
 
 @dataclasses.dataclass(slots=True)
 class Load:
-    """An open-loop load: request i is due at ``i / rate`` s; its latency counts from then."""
+    """An open-loop load: request i is due at ``i / rate`` s; its latency counts from then.
+    ``call`` returns the server's own time when it said (``Server-Timing``)."""
 
     rate: float
-    call: Callable[[str], Awaitable[None]]
+    call: Callable[[str], Awaitable[float | None]]
     latencies: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    starts: list[float] = dataclasses.field(default_factory=list)  # due -> sent: the generator's own delay
+    services: list[float] = dataclasses.field(default_factory=list)  # sent -> answered
+    servers: list[float] = dataclasses.field(default_factory=list)  # in the node's handler
     errors: int = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -117,8 +123,14 @@ class Load:
 
     async def _one(self, kind: str, due: float, slots: asyncio.Semaphore) -> None:
         try:
-            await self.call(kind)
-            self.latencies.setdefault(kind, []).append(time.perf_counter() - due)
+            sent = time.perf_counter()
+            server = await self.call(kind)
+            answered = time.perf_counter()
+            if server is not None:
+                self.servers.append(server)
+            self.latencies.setdefault(kind, []).append(answered - due)
+            self.starts.append(sent - due)
+            self.services.append(answered - sent)
         except Exception as exc:
             self.errors += 1
             if self.errors <= 3:
@@ -133,7 +145,13 @@ class Load:
             "errors": self.errors,
             "p50_ms": round(percentile(every, 0.5) * 1000, 1),
             "p99_ms": round(percentile(every, 0.99) * 1000, 1),
+            "start_delay_p99_ms": round(percentile(self.starts, 0.99) * 1000, 1),
+            "request_p50_ms": round(percentile(self.services, 0.5) * 1000, 1),
+            "request_p99_ms": round(percentile(self.services, 0.99) * 1000, 1),
         }
+        if self.servers:
+            out["server_p50_ms"] = round(percentile(self.servers, 0.5) * 1000, 1)
+            out["server_p99_ms"] = round(percentile(self.servers, 0.99) * 1000, 1)
         for kind, values in sorted(self.latencies.items()):
             out[f"{kind}_p99_ms"] = round(percentile(values, 0.99) * 1000, 1)
         return out
@@ -176,10 +194,10 @@ async def seed_way(
 
 def _seed_reporter(
     pool: Any, campaign_id: int, lead_ids: list[int], now: dt.datetime, rng: random.Random
-) -> Callable[[str], Awaitable[None]]:
+) -> Callable[[str], Awaitable[float | None]]:
     """One report request of the seed's way: SQL on the email table."""
 
-    async def report(kind: str) -> None:
+    async def report(kind: str) -> float | None:
         async with pool.acquire() as conn:
             if kind == "report":
                 for sql in SEED_REPORT:
@@ -190,6 +208,7 @@ def _seed_reporter(
                 await conn.fetch(SEED_USAGE, ACCOUNT_ID, now - dt.timedelta(days=30))
             else:
                 await conn.fetch(SEED_BOUNCED, campaign_id)
+        return None
 
     return report
 
@@ -268,10 +287,10 @@ async def _seed_send(
 
 
 async def start_sink_with_webhooks(
-    workdir: Path, daemon_port: int, bounce_rate: float
+    workdir: Path, daemon_port: int, bounce_rate: float, nice: int = 0
 ) -> tuple[asyncio.subprocess.Process, int, str]:
-    """``mailerd sink`` posting signed SES bounces to the daemon; its port and the daemon's
-    ``[webhooks.ses]`` section."""
+    """``mailerd sink`` (at ``nice``) posting signed SES bounces to the daemon; its port and the
+    daemon's ``[webhooks.ses]`` section."""
     settings_dir = workdir / "webhook-settings"
     process, port = await start_sink(
         workdir,
@@ -279,6 +298,7 @@ async def start_sink_with_webhooks(
             "--webhook-url", f"http://127.0.0.1:{daemon_port}/webhooks/ses",
             "--bounce-rate", str(bounce_rate), "--webhook-settings", str(settings_dir),
         ],
+        nice=nice,
     )  # fmt: skip
     return process, port, (settings_dir / "webhooks.toml").read_text()
 
@@ -292,15 +312,21 @@ async def mailerd_way(
     bounce_rate: float,
     *,
     api_node: bool = True,
+    send_nice: int = 0,
+    relay_process: bool = False,
 ) -> dict[str, Any]:
     """The daemon with [reports], two campaigns over every lead: alone, then under the load.
 
     ``api_node``: a second daemon with ``max_shards_per_node = 0`` (it sends nothing) serves the
     report API and takes the webhooks, and the relay runs in it; the sending daemon runs no relay
-    (``run_in = "process"``). Without it, one daemon does everything on one event loop."""
+    (``run_in = "process"``). Without it, one daemon does everything on one event loop.
+    ``send_nice``: the sending daemon and the sink (the remote provider's stand-in) run at this
+    nice value, as a sending node's unit with ``Nice=`` / ``CPUWeight=`` would. ``relay_process``:
+    the relay runs in a ``mailerd relay run`` process at nice 10 (the shipped unit) instead of the
+    API node."""
     http_port = free_port()
     api_port = free_port() if api_node else http_port
-    sink, sink_port, webhooks = await start_sink_with_webhooks(workdir, api_port, bounce_rate)
+    sink, sink_port, webhooks = await start_sink_with_webhooks(workdir, api_port, bounce_rate, send_nice)
     (workdir / "token").write_text(TOKEN)
     settings = campaign_bench.DaemonSettings()
 
@@ -319,19 +345,31 @@ async def mailerd_way(
     config_path.write_text(config_text(http_port, sends=True, relay=not api_node))
     config = config_mod.load(config_path, env={"MAILERD_PROVIDERS__SINK__API_KEY": "bench"})
     daemons: list[Daemon] = []
+    relay: asyncio.subprocess.Process | None = None
     try:
-        daemons.append(await start_daemon(config_path, workdir / "daemon.log", http_port, provider_key=True))
+        nice = send_nice if api_node else 0
+        daemons.append(
+            await start_daemon(config_path, workdir / "daemon.log", http_port, provider_key=True, nice=nice)
+        )
         if api_node:
             api_path = workdir / "mailerd-api.toml"
-            api_path.write_text(config_text(api_port, sends=False, relay=True))
+            api_path.write_text(config_text(api_port, sends=False, relay=not relay_process))
             daemons.append(await start_daemon(api_path, workdir / "api.log", api_port, provider_key=True))
+            if relay_process:
+                relay = await start_relay_process(api_path, workdir / "relay.log", dsn, "reports")
         api = f"http://127.0.0.1:{api_port}/api"
-        alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None)
-        loaded = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, rate)
+        processes = {"sender": daemons[0].pid, "api": daemons[-1].pid, "sink": sink.pid, "bench": os.getpid()}
+        alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None, processes)
+        loaded = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, rate, processes)
     finally:
+        if relay is not None:
+            await stop_process(relay, grace_s=10)
         await stop_daemons(daemons)
         await stop_process(sink, grace_s=10)
-    return {"alone": alone, "loaded": loaded, "api_node": api_node}
+    return {
+        "alone": alone, "loaded": loaded, "api_node": api_node, "send_nice": send_nice,
+        "relay_process": relay is not None,
+    }  # fmt: skip
 
 
 async def _mailerd_send(
@@ -342,6 +380,7 @@ async def _mailerd_send(
     api: str,
     leads: int,
     rate: float | None,
+    processes: dict[str, int],
 ) -> dict[str, Any]:
     conn = await db_connect.connect(dsn)
     reports = await db_connect.connect(reports_dsn)
@@ -354,7 +393,7 @@ async def _mailerd_send(
     campaign_id = 0
     today = dt.datetime.now(dt.UTC).date()
 
-    async def report(kind: str) -> None:
+    async def report(kind: str) -> float | None:
         if kind == "report":
             path = f"/campaigns/{campaign_id}/report"
         elif kind == "history":
@@ -367,6 +406,8 @@ async def _mailerd_send(
             await response.read()
             if response.status != 200:
                 raise BenchError(f"{path}: {response.status}")
+            timing = re.search(r"app;dur=([0-9.]+)", response.headers.get("Server-Timing", ""))
+            return float(timing[1]) / 1000 if timing else None
 
     load = Load(rate or 1.0, report)
     samples: list[tuple[float, int]] = []  # (time, committed on the main database)
@@ -396,6 +437,8 @@ async def _mailerd_send(
         await checkpoint(conn)
         mark = await campaign_bench.WalMark.take(conn)
         reports_mark = await campaign_bench.WalMark.take(reports)
+        lag_before = await loop_lag_buckets(session, api)
+        cpu_before = {name: proc_cpu_s(pid) for name, pid in processes.items()}
         started = time.perf_counter()
         campaign_id = await campaign_bench.start_campaign(
             conn, config, name="bench-reports", segment=campaign_bench.SEGMENT,
@@ -415,6 +458,11 @@ async def _mailerd_send(
             stop.set()
             if loading is not None:
                 await loading
+        spent = time.perf_counter() - started
+        cpu = {
+            name: round((proc_cpu_s(processes[name]) - was) / spent, 2) for name, was in cpu_before.items()
+        }
+        api_loop_lag = loop_lag_figures(lag_before, await loop_lag_buckets(session, api))
         wal = await mark.since(conn)
         reports_wal = (await reports_mark.since(reports))["db_bytes"]
     finally:
@@ -431,10 +479,34 @@ async def _mailerd_send(
         **campaign_bench.wal_fields("", wal, processed),
         "reports_db_wal_bytes_per_email": None if reports_wal is None else round(reports_wal / processed, 1),
         "lag": lag_figures(samples, arrivals),
+        "cpu_cores": cpu,  # CPU seconds per second, from the start until the reports caught up
+        "api_loop_lag": api_loop_lag,
     }
     if rate:
         out["reports"] = load.figures()
     return out
+
+
+_LAG_BUCKET = re.compile(r'^mailerd_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+
+
+async def loop_lag_buckets(session: aiohttp.ClientSession, api: str) -> list[tuple[float, float]]:
+    """The API node's ``mailerd_event_loop_lag_seconds`` histogram: (upper bound, cumulative count)."""
+    async with session.get(api.removesuffix("/api") + "/metrics") as response:
+        text = await response.text()
+    return [(float(bound), float(count)) for bound, count in _LAG_BUCKET.findall(text)]
+
+
+def loop_lag_figures(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, Any]:
+    """The API node's event-loop lag over the run (samples every 0.1 s): the bucket bounds its
+    p50/p99 fall under (``inf``: over 10 s)."""
+    counts = [(bound, count - dict(before).get(bound, 0.0)) for bound, count in after]
+    total = counts[-1][1] if counts else 0.0
+
+    def under(share: float) -> float | None:
+        return next((bound for bound, count in counts if total and count >= share * total), None)
+
+    return {"samples": int(total), "p50_le_s": under(0.5), "p99_le_s": under(0.99)}
 
 
 def lag_figures(samples: list[tuple[float, int]], arrivals: list[tuple[float, int]]) -> dict[str, Any]:
@@ -474,8 +546,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await conn.close()
             result["mailerd"] = await mailerd_way(
-                dsn, reports_dsn, Path(work), args.leads, args.rate, args.bounce_rate, api_node=args.api_node
-            )
+                dsn, reports_dsn, Path(work), args.leads, args.rate, args.bounce_rate,
+                api_node=args.api_node, send_nice=args.send_nice, relay_process=args.relay_process,
+            )  # fmt: skip
             rows = await campaign_bench.logged_rows(dsn, result["mailerd"]["alone"].get("campaign_id", 1))
         async with fresh_database(admin_dsn) as seed_dsn:
             result["seed"] = await seed_way(seed_dsn, rows, args.rate, args.bounce_rate)
@@ -523,6 +596,17 @@ def main() -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="serve the reports (and take the webhooks, run the relay) on a second daemon that sends nothing",
+    )
+    parser.add_argument(
+        "--send-nice",
+        type=int,
+        default=0,
+        help="with --api-node: run the sending daemon and the sink at this nice value (as Nice= would)",
+    )
+    parser.add_argument(
+        "--relay-process",
+        action="store_true",
+        help="with --api-node: run the relay as `mailerd relay run` at nice 10, not in the API node",
     )
     args = parser.parse_args()
     result = run_bench(bench(args))

@@ -49,6 +49,8 @@ def reports_pool(request: web.Request) -> asyncpg.Pool:
 
 
 async def _as_of(request: web.Request) -> dt.datetime | None:
+    """The reports destination's position time. Read it before the answer's rows: read after, it
+    could name records committed since the rows were read, which the answer does not hold."""
     async with pool(request).acquire() as conn:
         found = await relay_db.positions(conn, [REPORTS_DESTINATION])
     return found[0].as_of if found else None
@@ -199,13 +201,14 @@ async def _history(
 ) -> web.Response:
     cursor = _parse_cursor(before)
     reports = reports_pool(request)
+    as_of = await _as_of(request)
     async with reports.acquire() as conn:
         rows = await reports_read.history(
             conn, account_id=account_id, lead_id=lead_id, address=address, before=cursor, limit=limit
         )
     items = [msgspec.convert(row, bodies.HistoryItem) for row in rows]
     next_before = _cursor(items[-1]) if len(items) == limit else None
-    return json_response(bodies.History(await _as_of(request), account_id, items, next_before))
+    return json_response(bodies.History(as_of, account_id, items, next_before))
 
 
 async def lead_history(request: web.Request) -> web.Response:
@@ -248,11 +251,12 @@ async def account_usage(request: web.Request) -> web.Response:
     query = parsing.query(request, bodies.UsageQuery)
     start, end = usage_range(query.start, query.end, dt.datetime.now(dt.UTC).date())
     reports = reports_pool(request)
+    as_of = await _as_of(request)
     async with reports.acquire() as conn:
         rows = await reports_read.usage(conn, account_id, start, end)
     days = [bodies.UsageDay(row["day"], _counts(row)) for row in rows]
     totals = {name: sum(int(row[name]) for row in rows) for name in COUNTERS}
-    usage = bodies.Usage(await _as_of(request), account_id, start, end, days, _counts(totals))
+    usage = bodies.Usage(as_of, account_id, start, end, days, _counts(totals))
     return json_response(usage)
 
 
@@ -262,10 +266,11 @@ async def email_by_message(request: web.Request) -> web.Response:
     if not re.fullmatch(PROVIDER_MESSAGE_ID, message_id):
         raise ApiError(404, "not_found", "not a provider message id", "provider_message_id")
     reports = reports_pool(request)
+    as_of = await _as_of(request)
     async with reports.acquire() as conn:
         found = await reports_read.message(conn, message_id)
     if found is None:
         raise ApiError(404, "not_found", "no email with this provider message id", "provider_message_id")
     found["error"] = found.pop("reason")
-    found["as_of"] = await _as_of(request)
+    found["as_of"] = as_of
     return json_response(msgspec.convert(found, bodies.Message))

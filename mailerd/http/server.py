@@ -9,6 +9,7 @@ from aiohttp import web
 from mailerd.http import health, openapi, routes
 from mailerd.http.errors import ApiError, Handler, JsonErrorRunner, errors_as_json
 from mailerd.http.services import SERVICES, Services
+from mailerd.http.timing import server_timing
 
 HTTP_SHUTDOWN_S = 3.0
 
@@ -33,7 +34,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 def build_app(services: Services) -> web.Application:
     """The aiohttp application of the daemon."""
     app = web.Application(
-        middlewares=[errors_as_json, bearer_auth], client_max_size=services.config.http.max_body_bytes
+        middlewares=[server_timing, errors_as_json, bearer_auth],
+        client_max_size=services.config.http.max_body_bytes,
     )
     app[SERVICES] = services
     app[routes.OPENAPI] = openapi.document(routes.ROUTES)

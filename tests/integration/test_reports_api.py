@@ -1,13 +1,14 @@
 """The report API on a running daemon whose relay loads a real reports database: the numbers equal
 what the hot log and the events say (bounces and complaints from the emulator's webhooks), a
 replay changes none of them, a lead's history is exactly its emails and events, and the error
-answers (unknown ids, bad ranges, no [reports])."""
+answers (unknown ids, bad ranges, no [reports]), each with the node's time in ``Server-Timing``."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import datetime as dt
+import re
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -253,8 +254,10 @@ async def test_without_reports_the_endpoints_say_so_and_totals_stay(
         assert response.status == 503, path
         error = (await response.json())["error"]
         assert error["code"] == "reports_unavailable" and "[reports]" in error["message"]
+        assert re.fullmatch(r"app;dur=\d+\.\d\d", response.headers["Server-Timing"]), path
     response = await client_without_reports.get(f"/api/campaigns/{campaign_id}", headers=AUTH)
     assert response.status == 200 and (await response.json())["status"] == "draft"
+    assert re.fullmatch(r"app;dur=\d+\.\d\d", response.headers["Server-Timing"])
 
 
 async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
@@ -278,6 +281,7 @@ async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
             try:
                 response = await client.get(f"/api/campaigns/{campaign_id}/emails.csv", headers=AUTH)
                 assert response.status == 200
+                assert "Server-Timing" not in response.headers  # streamed: sent before it is known
                 size = lines = 0
                 async for chunk in response.content.iter_chunked(65536):
                     size += len(chunk)
