@@ -550,10 +550,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 api_node=args.api_node, send_nice=args.send_nice, relay_process=args.relay_process,
             )  # fmt: skip
             rows = await campaign_bench.logged_rows(dsn, result["mailerd"]["alone"].get("campaign_id", 1))
-        async with fresh_database(admin_dsn) as seed_dsn:
-            result["seed"] = await seed_way(seed_dsn, rows, args.rate, args.bounce_rate)
+        if args.seed:
+            async with fresh_database(admin_dsn) as seed_dsn:
+                result["seed"] = await seed_way(seed_dsn, rows, args.rate, args.bounce_rate)
     result["loadavg_after"] = loadavg()
-    result["side_by_side"] = side_by_side(result)
+    if args.seed:
+        result["side_by_side"] = side_by_side(result)
     return result
 
 
@@ -608,12 +610,18 @@ def main() -> int:
         action="store_true",
         help="with --api-node: run the relay as `mailerd relay run` at nice 10, not in the API node",
     )
+    parser.add_argument(
+        "--seed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the seed's way (--no-seed: mailerd only, to compare two versions of it)",
+    )
     args = parser.parse_args()
     result = run_bench(bench(args))
     if result is None:
         return 1
     print_json(result, indent=not args.json)
-    if args.json:
+    if args.json or not args.seed:
         return 0
     print("\nside by side (mailerd, seed's way):")
     for key, value in result["side_by_side"].items():

@@ -137,10 +137,7 @@ def reads(newest: int, oldest: int) -> dict[str, Read]:
     today = dt.datetime.now(dt.UTC).date()
 
     async def report(conn: asyncpg.Connection, campaign_id: int) -> None:
-        await reports_read.campaign_totals(conn, campaign_id)
-        await reports_read.campaign_series(conn, campaign_id, "hour", 48)
-        await reports_read.top_domains(conn, campaign_id, 10)
-        await reports_read.top_bounce_reasons(conn, campaign_id, 10)
+        await reports_read.campaign_report(conn, campaign_id, points=48, top=10)
 
     async def history(conn: asyncpg.Connection, rng: random.Random) -> None:
         lead = rng.randint(1, PER_CAMPAIGN)

@@ -107,11 +107,14 @@ async def run_with_dsn(
             if not await _prepare_reports(config, dsn):
                 return 1
             # min_size 0: a reports database that is down delays no start (its endpoints say 503).
+            # Its connections only read and drop partitions (no session state, locks or LISTEN):
+            # returned to the pool without asyncpg's reset statement, a round trip per request.
             reports_pool = await connect.create_pool(
                 connect.reports_dsn(config.reports, dsn),
                 min_size=0,
                 max_size=config.reports.pool_max_size,
                 command_timeout=config.database.command_timeout_s,
+                reset=connect.keep_session,
             )
             resources.push_async_callback(reports_pool.close)
         stages.reports_pool = reports_pool

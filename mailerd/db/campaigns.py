@@ -352,6 +352,14 @@ async def get(
     return row
 
 
+async def owner_and_status(conn: asyncpg.Connection, campaign_id: int) -> asyncpg.Record | None:
+    """The campaign's ``account_id`` and ``status`` (what a report needs of the main database)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT account_id, status FROM campaigns WHERE id = $1", campaign_id
+    )
+    return row
+
+
 async def statuses(conn: asyncpg.Connection, campaign_ids: Sequence[int]) -> dict[int, str]:
     """The current status of each campaign that still exists."""
     rows = await conn.fetch(

@@ -88,6 +88,11 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """A pool's ``reset`` for connections that keep no session state: asyncpg still rolls back
+    an open transaction; the reset statement (unlock, close, unlisten, reset all) is skipped."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     """A pool for short transactions (windows, flushes, API reads)."""
     pool = await asyncpg.create_pool(

@@ -1,4 +1,4 @@
-"""Reading the reports database: each report one or two indexed queries, never a scan.
+"""Reading the reports database: each report one statement of indexed reads, never a scan.
 
 Totals, series, domains and bounce reasons come from the rollups; lists (a campaign's emails, a
 lead's history, one message) from ``report_emails`` / ``report_events`` through their indexes,
@@ -7,6 +7,7 @@ with keyset pagination.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,62 +17,64 @@ import asyncpg
 from mailerd.db.reports_load import COUNTERS
 
 _SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COUNTERS)
+_SUM_VALUES = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in COUNTERS)
 _COLUMNS = ", ".join(COUNTERS)
 
 
-async def campaign_totals(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
-    """Every counter of the campaign (zeros when nothing was loaded)."""
-    row = await conn.fetchrow(
-        f"SELECT {_SUMS} FROM report_campaign_minutes WHERE campaign_id = $1", campaign_id
+@dataclasses.dataclass(frozen=True, slots=True)
+class CampaignRows:
+    """What a campaign report is made of, as one statement read it (one snapshot)."""
+
+    totals: dict[str, int]
+    series: dict[str, list[dict[str, Any]]]  # by unit (minute, hour): ``at`` and the counters
+    domains: list[dict[str, Any]]  # ``domain`` and the counters
+    reasons: list[dict[str, Any]]
+
+
+UNITS = ("minute", "hour")
+_REASON_COLUMNS = ("bounce", "smtp_status", "reason", "count", "last_at")
+
+
+def _series(unit: str) -> str:
+    return f"""ARRAY(SELECT row(at, {_COLUMNS}) FROM (
+                   SELECT date_trunc('{unit}', minute, 'UTC') AS at, {_SUMS}
+                   FROM report_campaign_minutes WHERE campaign_id = $1
+                   GROUP BY 1 ORDER BY 1 DESC LIMIT $2
+               ) latest ORDER BY at) AS per_{unit}"""
+
+
+# The whole campaign report in one round trip (each part one indexed read of the campaign's
+# rows): on a busy node every round trip is a wake-up of this process and of a backend, and the
+# tail of the report latency is waiting for a CPU, not the reads (bench/README.md, reports.py).
+# Both series come back (the caller picks by the campaign's status on the main database, read at
+# the same time): a campaign has one rollup row a minute it sent in, so the second is cheap.
+# Each list is an array of anonymous records (tuples, in the order of their columns here).
+_CAMPAIGN_REPORT = f"""
+SELECT (SELECT row({_SUM_VALUES}) FROM report_campaign_minutes WHERE campaign_id = $1) AS totals,
+       {", ".join(_series(unit) for unit in UNITS)},
+       ARRAY(SELECT row(domain, {_COLUMNS}) FROM report_campaign_domains WHERE campaign_id = $1
+             ORDER BY sent + failed + unknown + suppressed DESC, domain LIMIT $3) AS domains,
+       ARRAY(SELECT row({", ".join(_REASON_COLUMNS)}) FROM report_bounce_reasons WHERE campaign_id = $1
+             ORDER BY count DESC, bounce, smtp_status, reason LIMIT $3) AS reasons"""
+
+
+async def campaign_report(
+    conn: asyncpg.Connection, campaign_id: int, *, points: int, top: int
+) -> CampaignRows:
+    """Totals, the latest ``points`` minutes and hours (UTC) of the series (oldest first), the
+    ``top`` recipient domains (by emails) and bounce reasons (by count) of the campaign: zeros
+    and empty lists when nothing was loaded."""
+    row = await conn.fetchrow(_CAMPAIGN_REPORT, campaign_id, points, top)
+    assert row is not None
+    return CampaignRows(
+        totals=dict(zip(COUNTERS, row["totals"], strict=True)),
+        series={
+            unit: [dict(zip(("at", *COUNTERS), values, strict=True)) for values in row[f"per_{unit}"]]
+            for unit in UNITS
+        },
+        domains=[dict(zip(("domain", *COUNTERS), values, strict=True)) for values in row["domains"]],
+        reasons=[dict(zip(_REASON_COLUMNS, values, strict=True)) for values in row["reasons"]],
     )
-    return dict(row)
-
-
-async def campaign_series(
-    conn: asyncpg.Connection, campaign_id: int, unit: str, limit: int
-) -> list[dict[str, Any]]:
-    """The counters per ``unit`` (``minute`` or ``hour``, UTC), the latest ``limit`` buckets, oldest
-    first."""
-    assert unit in ("minute", "hour")
-    rows = await conn.fetch(
-        f"""SELECT * FROM (
-                SELECT date_trunc('{unit}', minute, 'UTC') AS at, {_SUMS}
-                FROM report_campaign_minutes WHERE campaign_id = $1
-                GROUP BY 1 ORDER BY 1 DESC LIMIT $2
-            ) latest ORDER BY at""",
-        campaign_id,
-        limit,
-    )
-    return [dict(r) for r in rows]
-
-
-async def top_domains(conn: asyncpg.Connection, campaign_id: int, limit: int) -> list[dict[str, Any]]:
-    """The campaign's recipient domains with the most emails."""
-    rows = await conn.fetch(
-        f"""SELECT domain, {_COLUMNS} FROM report_campaign_domains WHERE campaign_id = $1
-            ORDER BY sent + failed + unknown + suppressed DESC, domain LIMIT $2""",
-        campaign_id,
-        limit,
-    )
-    return [dict(r) for r in rows]
-
-
-async def top_bounce_reasons(conn: asyncpg.Connection, campaign_id: int, limit: int) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT bounce, smtp_status, reason, count, last_at FROM report_bounce_reasons
-           WHERE campaign_id = $1 ORDER BY count DESC, bounce, smtp_status, reason LIMIT $2""",
-        campaign_id,
-        limit,
-    )
-    return [dict(r) for r in rows]
-
-
-async def latest_status(conn: asyncpg.Connection, campaign_id: int) -> str | None:
-    """The campaign's status as the last campaign record said."""
-    status: str | None = await conn.fetchval(
-        "SELECT status FROM report_campaigns WHERE campaign_id = $1", campaign_id
-    )
-    return status
 
 
 _EMAIL = "lead_id, address, status, sent_at, provider_message_id, reason"
@@ -183,18 +186,20 @@ async def usage(
     return [dict(r) for r in rows]
 
 
+_EVENT_COLUMNS = ("type", "provider", "occurred_at", "received_at", "reason", "smtp_status", "provider_type")
+
+
 async def message(conn: asyncpg.Connection, provider_message_id: str) -> dict[str, Any] | None:
-    """The email a provider message id names, with its events (oldest first)."""
+    """The email a provider message id names, with its events (oldest first), in one statement."""
     row = await conn.fetchrow(
-        f"""SELECT campaign_id, account_id, provider, {_EMAIL} FROM report_emails
-            WHERE provider_message_id = $1 ORDER BY sent_at LIMIT 1""",
+        f"""SELECT campaign_id, account_id, provider, {_EMAIL},
+                   ARRAY(SELECT row({", ".join(_EVENT_COLUMNS)}) FROM report_events
+                         WHERE provider_message_id = $1 ORDER BY occurred_at, received_at) AS events
+            FROM report_emails WHERE provider_message_id = $1 ORDER BY sent_at LIMIT 1""",
         provider_message_id,
     )
     if row is None:
         return None
-    events = await conn.fetch(
-        """SELECT type, provider, occurred_at, received_at, reason, smtp_status, provider_type
-           FROM report_events WHERE provider_message_id = $1 ORDER BY occurred_at, received_at""",
-        provider_message_id,
-    )
-    return {**dict(row), "events": [dict(e) for e in events]}
+    found = dict(row)
+    found["events"] = [dict(zip(_EVENT_COLUMNS, values, strict=True)) for values in row["events"]]
+    return found

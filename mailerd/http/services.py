@@ -10,6 +10,7 @@ from aiohttp import web
 
 from mailerd.config import Config
 from mailerd.http.errors import ApiError
+from mailerd.http.freshness import Freshness
 from mailerd.providers.webhooks import WebhookHandler
 from mailerd.writer import Writer
 
@@ -35,6 +36,7 @@ class Services:
     health: Health
     writer: Writer | None = None
     reports_pool: asyncpg.Pool | None = None
+    freshness: Freshness = dataclasses.field(default_factory=Freshness)  # the reports' as_of
     webhooks: dict[str, WebhookHandler] = dataclasses.field(default_factory=dict)
     rates: dict[int, collections.deque[tuple[float, int]]] = dataclasses.field(default_factory=dict)
 

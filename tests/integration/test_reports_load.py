@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from mailerd import config as config_mod
-from mailerd.db import connect, reports_load, reports_schema
+from mailerd.db import connect, reports_load, reports_read, reports_schema
 from mailerd.erasure import key_pads
 from mailerd.relay import records
 from mailerd.relay.records import Record
@@ -113,6 +113,40 @@ async def test_records_load_rows_and_rollups_and_twice_changes_nothing(
     address = await reports.fetchval("SELECT address FROM report_emails WHERE lead_id = 1")
     assert address == "lead1@example.com"  # stored lower-cased
     assert await reports.fetchval("SELECT count(*) FROM report_emails_p202603") == 10
+
+
+async def test_one_statement_reads_the_whole_campaign_report(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """Totals, both series (latest buckets, oldest first), top domains and reasons, as the
+    separate reads of each rollup would give them; a campaign with nothing loaded reads zeros."""
+    minutes = [AT + dt.timedelta(minutes=m) for m in (0, 1, 1, 70, 70, 70)]  # two hours, three minutes
+    extra = [email(20 + n, campaign=7, at=at) for n, at in enumerate(minutes)]
+    target = destination(reports_dsn)
+    try:
+        await target.deliver(records.merged(batch() + extra))
+    finally:
+        await target.close()
+    rows = await reports_read.campaign_report(reports, 7, points=2, top=1)
+    assert rows.totals == await totals(reports, "report_campaign_minutes")
+    per_minute = [(r["at"], r["sent"] + r["failed"] + r["unknown"]) for r in rows.series["minute"]]
+    mark = AT.replace(second=0, microsecond=0)
+    # The latest two minutes: the events' minute (no emails) and the last emails'.
+    assert per_minute == [(mark + dt.timedelta(minutes=2), 0), (mark + dt.timedelta(minutes=70), 3)]
+    per_hour = [(r["at"], r["sent"] + r["failed"] + r["unknown"]) for r in rows.series["hour"]]
+    hour = AT.replace(minute=0, second=0, microsecond=0)
+    assert per_hour == [(hour, 13), (hour + dt.timedelta(hours=1), 3)]
+    assert sum(r["bounced_hard"] for r in rows.series["hour"]) == rows.totals["bounced_hard"] == 2
+    # The top domain by emails (example.com: the odd leads of batch() and of the extras).
+    assert [(d["domain"], d["sent"]) for d in rows.domains] == [("example.com", 7)]
+    assert [(r["bounce"], r["count"]) for r in rows.reasons] == [("hard", 2)]
+    empty = await reports_read.campaign_report(reports, 8, points=10, top=10)
+    assert set(empty.totals.values()) == {0}
+    assert empty.series == {"minute": [], "hour": []} and empty.domains == [] == empty.reasons
+    message = await reports_read.message(reports, "m-1")
+    assert message is not None and message["lead_id"] == 1
+    assert [e["type"] for e in message["events"]] == ["hard_bounce"]
+    assert await reports_read.message(reports, "m-none") is None
 
 
 async def test_an_erasure_removes_the_address_from_every_table_and_counts_stay(
