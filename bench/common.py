@@ -206,6 +206,32 @@ def niced(nice: int, argv: Sequence[str]) -> list[str]:
     return ["nice", "-n", str(nice), *argv] if nice else list(argv)
 
 
+# Each child runs in a session of its own (``start_new_session``), as systemd starts each unit.
+# Where the kernel groups CPU time by session (``sched_autogroup``, as here: each Postgres
+# backend is its own session too), the children sharing the bench's session would share one
+# group's time, and a nice value would only count inside that group; so a niced child's group gets
+# the nice value as well, as a unit's ``CPUWeight=`` would weigh its cgroup.
+
+
+def group_nice(pid: int, nice: int) -> bool:
+    """Give ``pid``'s CPU group (its autogroup) the nice value; False where there is none."""
+    if not nice:
+        return True
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:
+        return False
+    return True
+
+
+def autogroups() -> bool:
+    """Whether the kernel groups CPU time by session (``kernel.sched_autogroup_enabled``)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.0) -> int | None:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
     if process.returncode is None:
@@ -256,7 +282,9 @@ async def start_sink(
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             env=child_env(),
+            start_new_session=True,
         )  # fmt: skip
+    group_nice(process.pid, nice)
     assert process.stdout is not None
     try:
         async with asyncio.timeout(30):
@@ -347,7 +375,9 @@ async def start_daemon(
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
             env=child_env(provider_key=provider_key),
+            start_new_session=True,
         )  # fmt: skip
+    group_nice(process.pid, nice)
     try:
         await wait_healthy(http_port, process, log_path)
     except BaseException:
@@ -357,15 +387,16 @@ async def start_daemon(
 
 
 async def start_relay_process(
-    config_path: Path, log_path: Path, dsn: str, destination: str
+    config_path: Path, log_path: Path, dsn: str, destination: str, *, nice: int = 10
 ) -> asyncio.subprocess.Process:
-    """``mailerd relay run --config FILE`` at nice 10 (as systemd/mailerd-relay.service runs it),
-    once it holds ``destination``'s position (the relay lock); stopped again if it never does."""
+    """``mailerd relay run --config FILE`` at ``nice`` (10: as systemd/mailerd-relay.service runs
+    it), once it holds ``destination``'s position (the relay lock); stopped again if it never does."""
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
-            *niced(10, [sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path)]),
-            stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(),
+            *niced(nice, [sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path)]),
+            stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(), start_new_session=True,
         )  # fmt: skip
+    group_nice(process.pid, nice)
     conn = await asyncpg.connect(dsn)
     try:
         async with asyncio.timeout(60):

@@ -52,6 +52,7 @@ from common import (
     BenchError,
     Daemon,
     arguments,
+    autogroups,
     checkpoint,
     free_port,
     fresh_database,
@@ -107,8 +108,8 @@ class Load:
 
     async def run(self, stop: asyncio.Event) -> None:
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        order = kinds(1_000_000)  # before the clock starts: it takes a tenth of a second or more
         started = time.perf_counter()
-        order = kinds(1_000_000)
         async with asyncio.TaskGroup() as group:
             for index, kind in enumerate(order):
                 due = started + index / self.rate
@@ -314,6 +315,7 @@ async def mailerd_way(
     api_node: bool = True,
     send_nice: int = 0,
     relay_process: bool = False,
+    relay_nice: int = 10,
 ) -> dict[str, Any]:
     """The daemon with [reports], two campaigns over every lead: alone, then under the load.
 
@@ -322,8 +324,8 @@ async def mailerd_way(
     (``run_in = "process"``). Without it, one daemon does everything on one event loop.
     ``send_nice``: the sending daemon and the sink (the remote provider's stand-in) run at this
     nice value, as a sending node's unit with ``Nice=`` / ``CPUWeight=`` would. ``relay_process``:
-    the relay runs in a ``mailerd relay run`` process at nice 10 (the shipped unit) instead of the
-    API node."""
+    the relay runs in a ``mailerd relay run`` process at ``relay_nice`` (10: the shipped unit)
+    instead of the API node."""
     http_port = free_port()
     api_port = free_port() if api_node else http_port
     sink, sink_port, webhooks = await start_sink_with_webhooks(workdir, api_port, bounce_rate, send_nice)
@@ -356,7 +358,9 @@ async def mailerd_way(
             api_path.write_text(config_text(api_port, sends=False, relay=not relay_process))
             daemons.append(await start_daemon(api_path, workdir / "api.log", api_port, provider_key=True))
             if relay_process:
-                relay = await start_relay_process(api_path, workdir / "relay.log", dsn, "reports")
+                relay = await start_relay_process(
+                    api_path, workdir / "relay.log", dsn, "reports", nice=relay_nice
+                )
         api = f"http://127.0.0.1:{api_port}/api"
         processes = {"sender": daemons[0].pid, "api": daemons[-1].pid, "sink": sink.pid, "bench": os.getpid()}
         alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None, processes)
@@ -369,6 +373,7 @@ async def mailerd_way(
     return {
         "alone": alone, "loaded": loaded, "api_node": api_node, "send_nice": send_nice,
         "relay_process": relay is not None,
+        "relay_nice": relay_nice if relay is not None else None,
     }  # fmt: skip
 
 
@@ -536,6 +541,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "leads": args.leads, "rate": args.rate, "bounce_rate": args.bounce_rate, "nproc": os.cpu_count(),
         "loadavg_before": loadavg(),
+        "autogroup": autogroups(),  # children in sessions of their own, their nice on their group
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mailerd-bench-reports-") as work:
         async with fresh_database(admin_dsn) as dsn, fresh_database(admin_dsn) as reports_dsn:
@@ -548,6 +554,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["mailerd"] = await mailerd_way(
                 dsn, reports_dsn, Path(work), args.leads, args.rate, args.bounce_rate,
                 api_node=args.api_node, send_nice=args.send_nice, relay_process=args.relay_process,
+                relay_nice=args.relay_nice,
             )  # fmt: skip
             rows = await campaign_bench.logged_rows(dsn, result["mailerd"]["alone"].get("campaign_id", 1))
         if args.seed:
@@ -609,6 +616,12 @@ def main() -> int:
         "--relay-process",
         action="store_true",
         help="with --api-node: run the relay as `mailerd relay run` at nice 10, not in the API node",
+    )
+    parser.add_argument(
+        "--relay-nice",
+        type=int,
+        default=10,
+        help="with --relay-process: its nice value (10, as mailerd-relay.service's Nice=)",
     )
     parser.add_argument(
         "--seed",
