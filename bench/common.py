@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -213,8 +214,27 @@ def niced(nice: int, argv: Sequence[str]) -> list[str]:
 # the nice value as well, as a unit's ``CPUWeight=`` would weigh its cgroup.
 
 
+_CHILDREN: set[int] = set()  # sessions started and not yet stopped
+
+
+def _own(pid: int) -> None:
+    """Remember a child in a session of its own: it no longer gets the terminal's Ctrl-C, so the
+    bench kills what is left of it when it exits (a failure, Ctrl-C), see :func:`_kill_children`."""
+    if not _CHILDREN:
+        atexit.register(_kill_children)
+    _CHILDREN.add(pid)
+
+
+def _kill_children() -> None:
+    for pid in _CHILDREN:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def group_nice(pid: int, nice: int) -> bool:
-    """Give ``pid``'s CPU group (its autogroup) the nice value; False where there is none."""
+    """Give ``pid``'s CPU group (its autogroup) the nice value (False where there is none), and
+    remember the child (:func:`_own`)."""
+    _own(pid)
     if not nice:
         return True
     try:
@@ -244,6 +264,7 @@ async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 60.
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+    _CHILDREN.discard(process.pid)
     return process.returncode
 
 

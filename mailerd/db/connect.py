@@ -90,7 +90,8 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 
 async def keep_session(_conn: asyncpg.Connection) -> None:
     """A pool's ``reset`` for connections that keep no session state: asyncpg still rolls back
-    an open transaction; the reset statement (unlock, close, unlisten, reset all) is skipped."""
+    an open transaction; the reset statement (unlock, close, unlisten, reset all) is skipped. A
+    pool made with it must never use SET, session advisory locks, LISTEN or open cursors."""
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:

@@ -47,7 +47,8 @@ def _series(unit: str) -> str:
 # rows): on a busy node every round trip is a wake-up of this process and of a backend, and the
 # tail of the report latency is waiting for a CPU, not the reads (bench/README.md, reports.py).
 # Both series come back (the caller picks by the campaign's status on the main database, read at
-# the same time): a campaign has one rollup row a minute it sent in, so the second is cheap.
+# the same time): a campaign has one rollup row a minute it sent in or had events in, so both
+# aggregate the same few rows (a campaign spread over many days has more of them: one extra pass).
 # Each list is an array of anonymous records (tuples, in the order of their columns here).
 _CAMPAIGN_REPORT = f"""
 SELECT (SELECT row({_SUM_VALUES}) FROM report_campaign_minutes WHERE campaign_id = $1) AS totals,

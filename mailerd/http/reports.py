@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -33,6 +33,7 @@ from mailerd.http.services import SERVICES, pool
 REPORTS_DESTINATION = "reports"
 MAX_USAGE_DAYS = 3660
 DEFAULT_USAGE_DAYS = 30
+_T = typing.TypeVar("_T")
 _SENDING = frozenset({"running", "paused", "scheduled"})
 
 
@@ -91,6 +92,21 @@ async def _campaign(request: web.Request, campaign_id: int) -> asyncpg.Record:
     return row
 
 
+async def _with_campaign(
+    request: web.Request, campaign_id: int, read: Callable[[], Awaitable[_T]]
+) -> tuple[asyncpg.Record, _T]:
+    """The campaign's row and ``read()`` at the same time (one wait instead of two). An unknown
+    campaign is a 404 whatever the read does (the read is cancelled, its connection returned)."""
+    rows = asyncio.ensure_future(read())
+    try:
+        info = await _campaign(request, campaign_id)
+    except BaseException:
+        rows.cancel()
+        await asyncio.gather(rows, return_exceptions=True)
+        raise
+    return info, await rows
+
+
 async def campaign_report(request: web.Request) -> web.Response:
     """GET /api/campaigns/{id}/report"""
     campaign_id = parsing.campaign_id(request)
@@ -102,8 +118,7 @@ async def campaign_report(request: web.Request) -> web.Response:
         async with reports.acquire() as conn:
             return await reports_read.campaign_report(conn, campaign_id, points=query.points, top=query.top)
 
-    # The campaign's row and the report's rows at the same time: one wait instead of two.
-    info, rows = await asyncio.gather(_campaign(request, campaign_id), read())
+    info, rows = await _with_campaign(request, campaign_id, read)
     unit: typing.Literal["minute", "hour"] = "minute" if info["status"] in _SENDING else "hour"
     totals = _counts(rows.totals)
     report = bodies.CampaignReport(
@@ -155,7 +170,7 @@ async def campaign_emails(request: web.Request) -> web.Response:
                 conn, campaign_id, query.event, after=query.after, limit=query.limit
             )
 
-    _, rows = await asyncio.gather(_campaign(request, campaign_id), read())
+    _, rows = await _with_campaign(request, campaign_id, read)
     emails = [_email(row) for row in rows]
     next_after = emails[-1].lead_id if len(emails) == query.limit else None
     return json_response(bodies.ReportEmailPage(as_of, emails, next_after))
