@@ -231,9 +231,9 @@ def _kill_children() -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def group_nice(pid: int, nice: int) -> bool:
-    """Give ``pid``'s CPU group (its autogroup) the nice value (False where there is none), and
-    remember the child (:func:`_own`)."""
+def adopt(pid: int, nice: int) -> bool:
+    """Remember a child started in a session of its own (:func:`_own`) and give its CPU group
+    (its autogroup) the nice value (False where there is none)."""
     _own(pid)
     if not nice:
         return True
@@ -305,7 +305,7 @@ async def start_sink(
             env=child_env(),
             start_new_session=True,
         )  # fmt: skip
-    group_nice(process.pid, nice)
+    adopt(process.pid, nice)
     assert process.stdout is not None
     try:
         async with asyncio.timeout(30):
@@ -398,7 +398,7 @@ async def start_daemon(
             env=child_env(provider_key=provider_key),
             start_new_session=True,
         )  # fmt: skip
-    group_nice(process.pid, nice)
+    adopt(process.pid, nice)
     try:
         await wait_healthy(http_port, process, log_path)
     except BaseException:
@@ -417,7 +417,7 @@ async def start_relay_process(
             *niced(nice, [sys.executable, "-m", "mailerd", "relay", "run", "--config", str(config_path)]),
             stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=child_env(), start_new_session=True,
         )  # fmt: skip
-    group_nice(process.pid, nice)
+    adopt(process.pid, nice)
     conn = await asyncpg.connect(dsn)
     try:
         async with asyncio.timeout(60):

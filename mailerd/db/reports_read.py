@@ -16,8 +16,9 @@ import asyncpg
 
 from mailerd.db.reports_load import COUNTERS
 
-_SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COUNTERS)
-_SUM_VALUES = ", ".join(f"coalesce(sum({c}), 0)::bigint" for c in COUNTERS)
+_SUM_OF = {c: f"coalesce(sum({c}), 0)::bigint" for c in COUNTERS}
+_SUMS = ", ".join(f"{total} AS {c}" for c, total in _SUM_OF.items())
+_SUM_VALUES = ", ".join(_SUM_OF.values())
 _COLUMNS = ", ".join(COUNTERS)
 
 
