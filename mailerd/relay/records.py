@@ -8,6 +8,7 @@ The fields of each kind are documented in docs/events.md and checked by the JSON
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
@@ -223,8 +224,18 @@ def _key_of(kind: str, fields: Mapping[str, Any]) -> str:
     return lead_key(fields.get("account_id"), fields.get("lead_id"))
 
 
+# Each kind's own time, the ``Record.at`` of a record as it was read.
+_TIME_FIELDS = {"email": "sent_at", "event": "received_at", "campaign": "at", "erasure": "at"}
+
+
 def stored(kind: str, record_id: str, text: str, at: dt.datetime) -> Record:
-    """A record kept as JSON text (a dead letter), as it was published."""
+    """A record kept as JSON text (a dead letter), as it was published; its ``at`` is its own
+    time again (the partition the reports database puts it in), ``at`` (when it was stored)
+    only where that is missing."""
     fields = orjson.loads(text)
+    own = fields.get(_TIME_FIELDS.get(kind, "at"))
+    if isinstance(own, str):
+        with contextlib.suppress(ValueError):
+            at = dt.datetime.fromisoformat(own)
     key = _key_of(kind, fields).encode()
     return Record(kind, key, 0, at, text.encode(), record_id=record_id, fields=fields)

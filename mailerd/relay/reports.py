@@ -83,15 +83,15 @@ class ReportsDestination:
         return self._pool
 
     async def _load(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
-        """Runs of emails, events and campaign changes between erasures, in order."""
-        emails: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
+        """Runs of emails, events and campaign changes between erasures, in order. Emails and
+        events go in as their JSON (parsed by the statement); ``Record.at`` is their partition's
+        time (sent_at, received_at)."""
+        emails: list[bytes] = []
+        events: list[bytes] = []
         changes: list[dict[str, Any]] = []
+        months: set[dt.date] = set()
 
         async def flush() -> None:
-            months = {load.month_of(e["sent_at"]) for e in emails} | {
-                load.month_of(e["received_at"]) for e in events
-            }
             if months - self._months:
                 await load.ensure_partitions(conn, months - self._months)
                 self._months |= months
@@ -104,12 +104,15 @@ class ReportsDestination:
             emails.clear()
             events.clear()
             changes.clear()
+            months.clear()
 
         for record in records:
             if record.kind == "email":
-                emails.append(_fields(record, ("sent_at",)))
+                emails.append(record.value)
+                months.add(load.month_of(record.at))
             elif record.kind == "event":
-                events.append(_fields(record, ("received_at", "occurred_at")))
+                events.append(record.value)
+                months.add(load.month_of(record.at))
             elif record.kind == "campaign":
                 changes.append(_fields(record, ("at",)))
             elif record.kind == "erasure":

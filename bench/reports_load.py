@@ -1,0 +1,116 @@
+"""Benchmark: the reports destination's load rate as its database grows (issue 13's lag at 1M).
+
+    python bench/reports_load.py [--emails 1000000] [--batch 5000] [--steps 10] [--dsn DSN] [--json]
+
+The relay keeps the reports database ``lag`` seconds behind the hot log only while it loads
+records faster than the campaign sends them. This loads ``--emails`` email records of one
+campaign, built as the relay's read builds them (random provider message ids and addresses, as
+a real campaign's are), through :class:`mailerd.relay.reports.ReportsDestination` itself, one
+``deliver`` (one transaction) per ``--batch`` records, into a fresh, migrated reports database.
+It prints the records/s of each of ``--steps`` equal steps, split into the Python side (records
+to columns) and the statement, and each step's rate as a ratio of the first step's (the
+baseline of the same run): a ratio that falls as the table grows is the load falling behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from common import arguments, fresh_database, loadavg, print_json, run_bench, server_dsn
+
+from mailerd.config import PrivacyConfig, ReportsConfig, Secret
+from mailerd.db import migrate
+from mailerd.relay import records
+from mailerd.relay.reports import ReportsDestination
+
+DOMAINS = ("gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "example.org")
+
+
+def _batch(first: int, count: int, start: dt.datetime) -> list[records.Record]:
+    """Records as the relay's read returns them: JSON bytes the destination parses."""
+    built = [
+        records.email(
+            tx=first + n,
+            campaign_id=1,
+            lead_id=first + n,
+            status=1,
+            provider_message_id=f"0100018c{uuid.uuid4().hex}-000000",
+            error=None,
+            sent_at=start + dt.timedelta(microseconds=25 * (first + n)),
+            account_id=1,
+            provider="ses",
+            address=f"{uuid.uuid4().hex[:12]}@{DOMAINS[(first + n) % len(DOMAINS)]}",
+        )
+        for n in range(count)
+    ]
+    return [records.from_database("email", r.tx, r.at, r.key, r.value) for r in built]
+
+
+async def bench(args: Any) -> dict[str, Any]:
+    admin = server_dsn(args.dsn)
+    result: dict[str, Any] = {"emails": args.emails, "batch": args.batch, "load_before": loadavg()}
+    async with fresh_database(admin) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate.migrate(conn, migrate.REPORTS)
+        finally:
+            await conn.close()
+        destination = ReportsDestination(ReportsConfig(dsn=Secret(dsn)), dsn, PrivacyConfig())
+        start = dt.datetime.now(dt.UTC)
+        per_step = args.emails // args.steps
+        steps = []
+        loaded = 0
+        try:
+            for _ in range(args.steps):
+                seconds = 0.0
+                for first in range(loaded, loaded + per_step, args.batch):
+                    batch = _batch(first + 1, min(args.batch, loaded + per_step - first), start)
+                    began = time.perf_counter()
+                    await destination.deliver(batch)
+                    seconds += time.perf_counter() - began
+                loaded += per_step
+                steps.append({"emails": loaded, "records_per_s": round(per_step / seconds)})
+                print(f"  {loaded:>10,} emails: {per_step / seconds:>9,.0f} records/s", file=sys.stderr)
+            conn = await asyncpg.connect(dsn)
+            try:
+                size = await conn.fetchval(
+                    "SELECT pg_total_relation_size('report_emails_p' || $1)", f"{start:%Y%m}"
+                )
+            finally:
+                await conn.close()
+        finally:
+            await destination.close()
+    first_rate = steps[0]["records_per_s"]
+    for step in steps:
+        step["of_first"] = round(step["records_per_s"] / first_rate, 2)
+    result.update(steps=steps, table_mb=round(size / 2**20), load_after=loadavg())
+    return result
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--emails", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    result = run_bench(bench(args))
+    if result is None:
+        sys.exit(1)
+    if args.json:
+        print_json(result)
+        return
+    print(f"reports load, {result['emails']:,} emails in batches of {result['batch']:,}")
+    for step in result["steps"]:
+        rate, ratio = step["records_per_s"], step["of_first"]
+        print(f"  {step['emails']:>10,}: {rate:>9,} records/s ({ratio:.2f} of the first step)")
+    print(f"  report_emails with its indexes: {result['table_mb']} MB")
+    print(f"  load average {result['load_before']} -> {result['load_after']}")
+
+
+if __name__ == "__main__":
+    main()
