@@ -46,6 +46,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/windows.py --leads 200000
 	$(BIN)/python bench/guards.py --leads 60000
 	$(BIN)/python bench/relay.py --leads 1000000
+	$(BIN)/python bench/reports_load.py --emails 1000000
 	$(BIN)/python bench/reports_growth.py
 	$(BIN)/python bench/soak.py
 
