@@ -122,6 +122,7 @@ async def run_with_dsn(
         services = http.Services(
             pool, config, health, writer=writer, webhooks=webhook_handlers, reports_pool=reports_pool
         )
+        resources.push_async_callback(services.freshness.close)  # after the server stopped, before the pools
         host, port = config.http.host_port
         runner = await http.start(http.build_app(services), host, port)
         resources.push_async_callback(runner.cleanup)

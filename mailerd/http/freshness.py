@@ -39,6 +39,13 @@ class Freshness:
         # Shielded: one caller going away (a client disconnecting) does not cancel the others' read.
         return await asyncio.shield(self._reading)
 
+    async def close(self) -> None:
+        """Cancel a read under way (at shutdown, before the pool it reads from closes)."""
+        reading, self._reading = self._reading, None
+        if reading is not None and not reading.done():
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+
     async def _read(self, read: Read) -> dt.datetime | None:
         started = time.monotonic()
         try:

@@ -29,8 +29,8 @@ from mailerd.http import report_bodies as bodies
 from mailerd.http.bodies import MAX_ID, PROVIDER_MESSAGE_ID, LogStatusName
 from mailerd.http.errors import ApiError, json_response
 from mailerd.http.services import SERVICES, pool
+from mailerd.relay import reports as reports_destination
 
-REPORTS_DESTINATION = "reports"
 MAX_USAGE_DAYS = 3660
 DEFAULT_USAGE_DAYS = 30
 _T = typing.TypeVar("_T")
@@ -58,7 +58,7 @@ async def _as_of(request: web.Request) -> dt.datetime | None:
 
     async def read() -> dt.datetime | None:
         async with main.acquire() as conn:
-            found = await relay_db.positions(conn, [REPORTS_DESTINATION])
+            found = await relay_db.positions(conn, [reports_destination.NAME])
         return found[0].as_of if found else None
 
     return await request.app[SERVICES].freshness.as_of(read)

@@ -294,3 +294,31 @@ async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
     assert lines == 100_001
     assert size > 7_000_000
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte export"
+
+
+@pytest.fixture
+async def client_with_reports_down(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
+    """A node whose reports database does not answer (nothing listens on its port)."""
+    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+    reports = await connect.create_pool("postgresql://postgres@127.0.0.1:9/reports", min_size=0, max_size=2)
+    app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
+    try:
+        async with TestClient(TestServer(app)) as test_client:
+            yield test_client
+    finally:
+        await reports.close()
+
+
+async def test_with_the_reports_database_down_an_unknown_campaign_is_still_a_404(
+    client_with_reports_down: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    config = daemon_config(1)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), config)
+    for path in ("report", "emails", "emails.csv"):
+        response = await client_with_reports_down.get(f"/api/campaigns/999999/{path}", headers=AUTH)
+        body = await response.json()
+        assert response.status == 404 and body["error"]["code"] == "not_found", (path, body)
+        response = await client_with_reports_down.get(f"/api/campaigns/{campaign_id}/{path}", headers=AUTH)
+        body = await response.json()
+        assert response.status == 503, (path, body)
+        assert body["error"]["code"] == "unavailable", (path, body)

@@ -79,3 +79,19 @@ async def test_a_caller_going_away_does_not_cancel_the_read_of_the_others() -> N
     position.release.set()
     assert await staying == T1
     assert leaving.cancelled() and position.reads == 1
+
+
+async def test_close_cancels_the_read_under_way() -> None:
+    position = Position(T1)
+    position.release.clear()
+    freshness = Freshness(max_age_s=60)
+    waiting = asyncio.ensure_future(freshness.as_of(position.read))
+    async with asyncio.timeout(5):
+        while position.reads == 0:
+            await asyncio.sleep(0)
+    await freshness.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await freshness.close()  # nothing under way: nothing happens
+    position.release.set()
+    assert await freshness.as_of(position.read) == T1  # a new read after the cancelled one
