@@ -1,6 +1,7 @@
 """Benchmark: the reports destination's load rate as its database grows (issue 13's lag at 1M).
 
-    python bench/reports_load.py [--emails 1000000] [--batch 5000] [--steps 10] [--dsn DSN] [--json]
+    python bench/reports_load.py [--emails 1000000] [--batch 5000] [--steps 10]
+                                 [--load-connections 1 2] [--busy N] [--dsn DSN] [--json]
 
 The relay keeps the reports database ``lag`` seconds behind the hot log only while it loads
 records faster than the campaign sends them. This loads ``--emails`` email records of one
@@ -10,10 +11,16 @@ a real campaign's are), through :class:`mailerd.relay.reports.ReportsDestination
 It prints the records/s of each of ``--steps`` equal steps, split into the Python side (records
 to columns) and the statement, and each step's rate as a ratio of the first step's (the
 baseline of the same run): a ratio that falls as the table grows is the load falling behind.
+
+``--load-connections`` loads the same records once per value (``[reports] load_connections``,
+each into a fresh database) and prints each one's records/s against the first value's. ``--busy
+N`` runs N CPU-bound processes beside it, each in a session (a CPU group) of its own, as the
+sending daemon, the sink and their Postgres backends are beside the relay in bench/reports.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sys
 import time
@@ -21,7 +28,7 @@ import uuid
 from typing import Any
 
 import asyncpg
-from common import arguments, fresh_database, loadavg, print_json, run_bench, server_dsn
+from common import adopt, arguments, fresh_database, loadavg, print_json, run_bench, server_dsn
 
 from mailerd.config import PrivacyConfig, ReportsConfig, Secret
 from mailerd.db import migrate
@@ -51,20 +58,21 @@ def _batch(first: int, count: int, start: dt.datetime) -> list[records.Record]:
     return [records.from_database("email", r.tx, r.at, r.key, r.value) for r in built]
 
 
-async def bench(args: Any) -> dict[str, Any]:
-    admin = server_dsn(args.dsn)
-    result: dict[str, Any] = {"emails": args.emails, "batch": args.batch, "load_before": loadavg()}
+async def load(admin: str, args: Any, connections: int) -> dict[str, Any]:
+    """``--emails`` records into a fresh reports database, ``connections`` at a time."""
     async with fresh_database(admin) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
             await migrate.migrate(conn, migrate.REPORTS)
         finally:
             await conn.close()
-        destination = ReportsDestination(ReportsConfig(dsn=Secret(dsn)), dsn, PrivacyConfig())
+        config = ReportsConfig(dsn=Secret(dsn), load_connections=connections)
+        destination = ReportsDestination(config, dsn, PrivacyConfig())
         start = dt.datetime.now(dt.UTC)
         per_step = args.emails // args.steps
         steps = []
         loaded = 0
+        total = 0.0
         try:
             for _ in range(args.steps):
                 seconds = 0.0
@@ -74,8 +82,12 @@ async def bench(args: Any) -> dict[str, Any]:
                     await destination.deliver(batch)
                     seconds += time.perf_counter() - began
                 loaded += per_step
+                total += seconds
                 steps.append({"emails": loaded, "records_per_s": round(per_step / seconds)})
-                print(f"  {loaded:>10,} emails: {per_step / seconds:>9,.0f} records/s", file=sys.stderr)
+                print(
+                    f"  {connections}: {loaded:>10,} emails: {per_step / seconds:>9,.0f} records/s",
+                    file=sys.stderr,
+                )
             conn = await asyncpg.connect(dsn)
             try:
                 size = await conn.fetchval(
@@ -88,7 +100,37 @@ async def bench(args: Any) -> dict[str, Any]:
     first_rate = steps[0]["records_per_s"]
     for step in steps:
         step["of_first"] = round(step["records_per_s"] / first_rate, 2)
-    result.update(steps=steps, table_mb=round(size / 2**20), load_after=loadavg())
+    return {
+        "load_connections": connections,
+        "records_per_s": round(loaded / total),
+        "steps": steps,
+        "table_mb": round(size / 2**20),
+    }
+
+
+async def bench(args: Any) -> dict[str, Any]:
+    admin = server_dsn(args.dsn)
+    result: dict[str, Any] = {
+        "emails": args.emails,
+        "batch": args.batch,
+        "busy": args.busy,
+        "load_before": loadavg(),
+    }
+    busy = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass", start_new_session=True)
+        for _ in range(args.busy)
+    ]
+    for process in busy:
+        adopt(process.pid, 0)
+    try:
+        runs = [await load(admin, args, connections) for connections in args.load_connections]
+    finally:
+        for process in busy:
+            process.kill()
+            await process.wait()
+    for run in runs:
+        run["of_first_value"] = round(run["records_per_s"] / runs[0]["records_per_s"], 2)
+    result.update(runs=runs, load_after=loadavg())
     return result
 
 
@@ -97,6 +139,10 @@ def main() -> None:
     parser.add_argument("--emails", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--load-connections", type=int, nargs="+", default=[2], metavar="N")
+    parser.add_argument(
+        "--busy", type=int, default=0, metavar="N", help="CPU-bound processes beside the load"
+    )
     args = parser.parse_args()
     result = run_bench(bench(args))
     if result is None:
@@ -104,11 +150,17 @@ def main() -> None:
     if args.json:
         print_json(result)
         return
-    print(f"reports load, {result['emails']:,} emails in batches of {result['batch']:,}")
-    for step in result["steps"]:
-        rate, ratio = step["records_per_s"], step["of_first"]
-        print(f"  {step['emails']:>10,}: {rate:>9,} records/s ({ratio:.2f} of the first step)")
-    print(f"  report_emails with its indexes: {result['table_mb']} MB")
+    print(
+        f"reports load, {result['emails']:,} emails in batches of {result['batch']:,}, {result['busy']} busy"
+    )
+    for run in result["runs"]:
+        print(
+            f"load_connections = {run['load_connections']}: {run['records_per_s']:,} records/s"
+            f" ({run['of_first_value']:.2f} of the first value), report_emails {run['table_mb']} MB"
+        )
+        for step in run["steps"]:
+            rate, ratio = step["records_per_s"], step["of_first"]
+            print(f"  {step['emails']:>10,}: {rate:>9,} records/s ({ratio:.2f} of the first step)")
     print(f"  load average {result['load_before']} -> {result['load_after']}")
 
 

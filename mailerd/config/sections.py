@@ -265,7 +265,10 @@ class ReportsConfig:
 
     dsn: Secret = Secret("embedded")
     retention_days: int = _within(400, 1, 36_500)  # usage figures feed billing: keep a year and more
-    pool_max_size: int = _within(4, 1, 100)
+    pool_max_size: int = _within(4, 1, 100)  # API reads
+    # The relay loads a batch's emails in this many transactions at once (each idempotent): on a
+    # busy server the loader keeps up with a full-speed campaign (docs/reports.md).
+    load_connections: int = _within(2, 1, 16)
 
     @property
     def is_embedded(self) -> bool:

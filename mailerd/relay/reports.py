@@ -1,19 +1,25 @@
-"""The reports database as a relay destination: every record loaded, in one transaction a batch.
+"""The reports database as a relay destination: every record loaded, idempotent on its id.
 
-A batch is acknowledged once its transaction committed: rows inserted, rollups added, erasures
+A batch is acknowledged once all of it committed: rows inserted, rollups added, erasures
 applied, in the batch's order (an erasure follows every record of its person that came before
-it). Loading is idempotent on the record id (:mod:`mailerd.db.reports_load`), so the relay's
-at-least-once delivery (a crash between commit here and the position's commit there, a takeover,
-a replay) never changes a count. Nothing is ever refused: a database error is
-:class:`~mailerd.relay.destination.DestinationUnavailable` and the batch is retried as a whole
-(its transaction rolled back), holding back only this destination's position.
+it, and precedes every record after it). The emails and events between two erasures load in up
+to ``[reports] load_connections`` transactions at once: on a busy server one connection's share
+of the CPU does not keep up with a full-speed campaign. Loading is idempotent on the record id
+(:mod:`mailerd.db.reports_load`: rows and the rollups they add commit together), so what the
+relay's at-least-once delivery repeats (a crash between commit here and the position's commit
+there, a takeover, a replay, a batch of which one transaction failed) never changes a count.
+Nothing is ever refused: a database error is
+:class:`~mailerd.relay.destination.DestinationUnavailable` and the batch is retried as a whole,
+holding back only this destination's position.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -28,6 +34,8 @@ from mailerd.relay.records import KINDS, Record
 log = structlog.get_logger(__name__)
 
 NAME = "reports"
+MIN_PART = 500  # emails or events per transaction, at least, when a batch is split across connections
+T = TypeVar("T")
 _BLOCK = 64  # SHA-256's block size (HMAC pads the key to it)
 
 
@@ -44,6 +52,34 @@ def key_pads(key: bytes) -> tuple[bytes, bytes]:
 def _time(value: Any) -> Any:
     """A record read back from JSON (a dead letter) carries its times as text."""
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def split(items: Sequence[T], parts: int, minimum: int) -> list[Sequence[T]]:
+    """``items`` in at most ``parts`` runs in order, each of at least ``minimum`` items (a short
+    list stays one run: another transaction would cost more than it saves)."""
+    if not items:
+        return []
+    count = max(1, min(parts, len(items) // minimum))
+    size = -(-len(items) // count)
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _runs(records: Sequence[Record]) -> list[tuple[Sequence[Record], Record | None]]:
+    """The records between erasures, each run with the erasure that ends it (``None`` for the
+    last): an erasure is applied after every record before it was loaded, before any after it."""
+    runs: list[tuple[Sequence[Record], Record | None]] = []
+    start = 0
+    for index, record in enumerate(records):
+        if record.kind == "erasure":
+            runs.append((records[start:index], record))
+            start = index + 1
+    runs.append((records[start:], None))
+    return runs
+
+
+async def _in_transaction(pool: asyncpg.Pool, job: Callable[[asyncpg.Connection], Awaitable[object]]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await job(conn)
 
 
 def _fields(record: Record, times: tuple[str, ...]) -> dict[str, Any]:
@@ -68,57 +104,55 @@ class ReportsDestination:
         self._months: set[dt.date] = set()
 
     async def deliver(self, records: Sequence[Record]) -> None:
-        """Load every record in one transaction; :class:`DestinationUnavailable` on any error."""
+        """Load every record; :class:`DestinationUnavailable` on any error (the relay retries
+        the batch as a whole, and what was committed of it before conflicts and counts nothing)."""
         try:
             pool = await self._connected()
-            async with pool.acquire() as conn, conn.transaction():
-                await self._load(conn, records)
+            for run, erasure in _runs(records):
+                await self._load_run(pool, run)
+                if erasure is not None:
+                    async with pool.acquire() as conn, conn.transaction():
+                        await self._erase(conn, erasure)
         except db.DB_ERRORS_OR_TIMEOUT as exc:
-            self._months.clear()  # the transaction may have created partitions it rolled back
+            self._months.clear()
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
 
     async def _connected(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await connect.create_pool(self._dsn, min_size=1, max_size=2)
+            self._pool = await connect.create_pool(
+                self._dsn, min_size=1, max_size=self._config.load_connections
+            )
         return self._pool
 
-    async def _load(self, conn: asyncpg.Connection, records: Sequence[Record]) -> None:
-        """Runs of emails, events and campaign changes between erasures, in order. Emails and
-        events go in as their JSON (parsed by the statement); ``Record.at`` is their partition's
-        time (sent_at, received_at)."""
-        emails: list[bytes] = []
-        events: list[bytes] = []
-        changes: list[dict[str, Any]] = []
-        months: set[dt.date] = set()
-
-        async def flush() -> None:
-            if months - self._months:
-                await load.ensure_partitions(conn, months - self._months)
-                self._months |= months
-            if emails:
-                await load.load_emails(conn, emails)
-            if events:
-                await load.load_events(conn, events)
-            if changes:
-                await load.load_campaigns(conn, changes)
-            emails.clear()
-            events.clear()
-            changes.clear()
-            months.clear()
-
-        for record in records:
-            if record.kind == "email":
-                emails.append(record.value)
-                months.add(load.month_of(record.at))
-            elif record.kind == "event":
-                events.append(record.value)
-                months.add(load.month_of(record.at))
-            elif record.kind == "campaign":
-                changes.append(_fields(record, ("at",)))
-            elif record.kind == "erasure":
-                await flush()
-                await self._erase(conn, record)
-        await flush()
+    async def _load_run(self, pool: asyncpg.Pool, run: Sequence[Record]) -> None:
+        """Records between two erasures: their months' partitions first (committed, so the loads
+        do not serialise on creating them), then the emails and events in up to
+        ``load_connections`` transactions at once. Emails and events go in as their JSON (parsed
+        by the statement); ``Record.at`` is their partition's time (sent_at, received_at)."""
+        emails = [r.value for r in run if r.kind == "email"]
+        events = [r.value for r in run if r.kind == "event"]
+        changes = [_fields(r, ("at",)) for r in run if r.kind == "campaign"]
+        months = {load.month_of(r.at) for r in run if r.kind in ("email", "event")} - self._months
+        if months:
+            async with pool.acquire() as conn:
+                await load.ensure_partitions(conn, months)
+            self._months |= months
+        parts = self._config.load_connections
+        jobs: list[Callable[[asyncpg.Connection], Awaitable[object]]] = [
+            functools.partial(load.load_emails, values=part) for part in split(emails, parts, MIN_PART)
+        ]
+        jobs += [functools.partial(load.load_events, values=part) for part in split(events, parts, MIN_PART)]
+        if changes:
+            jobs.append(functools.partial(load.load_campaigns, records=changes))
+        if len(jobs) == 1:
+            await _in_transaction(pool, jobs[0])
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job in jobs:
+                    group.create_task(_in_transaction(pool, job))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     async def _erase(self, conn: asyncpg.Connection, record: Record) -> None:
         account_id = record.account_id

@@ -14,8 +14,9 @@ from mailerd import config as config_mod
 from mailerd.db import connect, reports_load, reports_read, reports_schema
 from mailerd.erasure import key_pads
 from mailerd.relay import records
+from mailerd.relay.destination import DestinationUnavailable
 from mailerd.relay.records import Record
-from mailerd.relay.reports import ReportsDestination
+from mailerd.relay.reports import MIN_PART, ReportsDestination, split
 
 AT = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 KEY = "erasure-key-for-tests"
@@ -62,9 +63,10 @@ async def reports(reports_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-def destination(reports_dsn: str) -> ReportsDestination:
+def destination(reports_dsn: str, *, load_connections: int = 2) -> ReportsDestination:
     privacy = config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY))
-    return ReportsDestination(config_mod.ReportsConfig(), reports_dsn, privacy)
+    config = config_mod.ReportsConfig(load_connections=load_connections)
+    return ReportsDestination(config, reports_dsn, privacy)
 
 
 async def totals(conn: asyncpg.Connection, table: str) -> dict[str, int]:
@@ -192,6 +194,71 @@ async def test_an_erasure_removes_the_address_from_every_table_and_counts_stay(
     after = await snapshot(reports)
     assert after[:4] == before[:4]  # counts stay
     assert await reports.fetchval("SELECT count(*) FROM report_erasures") == 1
+
+
+def broken(record: Record) -> Record:
+    """The record with a status the table refuses (NOT NULL): its transaction fails."""
+    value = record.value.replace(b'"status":"sent"', b'"status":null')
+    return records.from_database(record.kind, record.tx, record.at, record.key, value)
+
+
+async def test_a_batch_split_across_connections_counts_each_record_once_even_retried_after_a_failed_part(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    leads = range(1, 2 * MIN_PART + 201)
+    good = records.merged([email(n) for n in leads] + [event(n, "delivered") for n in leads])
+    emails = [r for r in good if r.kind == "email"]
+    # The last email's part fails; the other parts may have committed or been cancelled.
+    bad = [broken(r) if r is emails[-1] else r for r in good]
+    target = destination(reports_dsn, load_connections=2)
+    try:
+        assert [len(p) for p in split(emails, 2, MIN_PART)] == [600, 600]
+        with pytest.raises(DestinationUnavailable, match="NotNullViolation"):
+            await target.deliver(bad)
+        loaded = await reports.fetchval("SELECT count(*) FROM report_emails")
+        assert loaded in (0, 600)  # a part is all or nothing
+        assert (await totals(reports, "report_campaign_minutes"))["sent"] == loaded
+        # The relay retries the whole batch: what was committed before conflicts, counts nothing.
+        await target.deliver(good)
+        await target.deliver(good)
+    finally:
+        await target.close()
+    want = dict.fromkeys(reports_load.COUNTERS, 0) | {"sent": len(leads), "delivered": len(leads)}
+    first = await snapshot(reports)
+    assert first[0] == first[1] == first[2] == want
+    assert first[4:] == [len(leads), len(leads)]
+
+
+async def test_an_erasure_in_a_split_batch_erases_what_came_before_it_and_nothing_after(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    later = AT + dt.timedelta(hours=1)
+    before = [email(n) for n in range(1, 2 * MIN_PART + 1)]
+    erasure = records.erasure(
+        {"tx": 9000, "id": 2, "account_id": 3, "email_hashes": [], "lead_ids": [1, 2], "at": AT}
+    )
+    # The same leads again after it (a lead created again with the address, a new campaign).
+    after = [email(n, campaign=8, at=later) for n in range(1, 2 * MIN_PART + 1)]
+    target = destination(reports_dsn, load_connections=2)
+    try:
+        await target.deliver([*before, erasure, *after])
+    finally:
+        await target.close()
+    rows = await reports.fetch(
+        "SELECT campaign_id, lead_id, address FROM report_emails WHERE lead_id IN (1, 2) ORDER BY 1, 2"
+    )
+    assert [tuple(r) for r in rows] == [
+        (7, 1, None), (7, 2, None), (8, 1, "lead1@example.com"), (8, 2, "lead2@other.org"),
+    ]  # fmt: skip
+    assert await reports.fetchval("SELECT count(*) FROM report_emails WHERE address IS NULL") == 2
+
+
+def test_split_keeps_order_and_short_lists_whole() -> None:
+    assert split([], 2, 3) == []
+    assert split([1, 2, 3, 4, 5], 2, 3) == [[1, 2, 3, 4, 5]]
+    assert split(list(range(7)), 2, 3) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert split(list(range(10)), 4, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert split(list(range(9)), 1, 3) == [list(range(9))]
 
 
 async def test_retention_drops_whole_months_only(reports: asyncpg.Connection, reports_dsn: str) -> None:
