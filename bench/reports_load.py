@@ -139,7 +139,9 @@ def main() -> None:
     parser.add_argument("--emails", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--load-connections", type=int, nargs="+", default=[2], metavar="N")
+    parser.add_argument(
+        "--load-connections", type=int, nargs="+", default=[ReportsConfig().load_connections], metavar="N"
+    )
     parser.add_argument(
         "--busy", type=int, default=0, metavar="N", help="CPU-bound processes beside the load"
     )

@@ -267,8 +267,8 @@ class ReportsConfig:
     retention_days: int = _within(400, 1, 36_500)  # usage figures feed billing: keep a year and more
     pool_max_size: int = _within(4, 1, 100)  # API reads
     # The relay loads a batch's emails in this many transactions at once (each idempotent): on a
-    # busy server the loader keeps up with a full-speed campaign (docs/reports.md).
-    load_connections: int = _within(2, 1, 16)
+    # busy server the loader keeps up with a full-speed campaign (docs/reports.md: 2 did not here).
+    load_connections: int = _within(3, 1, 16)
 
     @property
     def is_embedded(self) -> bool:
