@@ -305,6 +305,8 @@ def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
             "[webhooks.postmark]\nmax_age_s = nan",
             "[webhooks.postmark] max_age_s: expected a finite number, got nan",
         ),
+        ("[reports]\nload_connections = 0", "[reports] load_connections: must be at least 1"),
+        ("[reports]\nload_connections = 17", "[reports] load_connections: must be at most 16"),
     ],
 )
 def test_every_number_has_a_range(tmp_path: Path, text: str, message: str) -> None:
