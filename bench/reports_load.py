@@ -7,10 +7,9 @@ The relay keeps the reports database ``lag`` seconds behind the hot log only whi
 records faster than the campaign sends them. This loads ``--emails`` email records of one
 campaign, built as the relay's read builds them (random provider message ids and addresses, as
 a real campaign's are), through :class:`mailerd.relay.reports.ReportsDestination` itself, one
-``deliver`` (one transaction) per ``--batch`` records, into a fresh, migrated reports database.
-It prints the records/s of each of ``--steps`` equal steps, split into the Python side (records
-to columns) and the statement, and each step's rate as a ratio of the first step's (the
-baseline of the same run): a ratio that falls as the table grows is the load falling behind.
+``deliver`` per ``--batch`` records, into a fresh, migrated reports database. It prints the
+records/s of each of ``--steps`` equal steps, and each step's rate as a ratio of the first step's
+(the baseline of the same run): a ratio that falls as the table grows is the load falling behind.
 
 ``--load-connections`` loads the same records once per value (``[reports] load_connections``,
 each into a fresh database) and prints each one's records/s against the first value's. ``--busy

@@ -144,9 +144,6 @@ class ReportsDestination:
         jobs += [functools.partial(load.load_events, values=part) for part in split(events, parts, MIN_PART)]
         if changes:
             jobs.append(functools.partial(load.load_campaigns, records=changes))
-        if len(jobs) == 1:
-            await _in_transaction(pool, jobs[0])
-            return
         try:
             async with asyncio.TaskGroup() as group:
                 for job in jobs:
