@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -60,8 +61,8 @@ def split(items: Sequence[T], parts: int, minimum: int) -> list[Sequence[T]]:
     if not items:
         return []
     count = max(1, min(parts, len(items) // minimum))
-    size = -(-len(items) // count)
-    return [items[start : start + size] for start in range(0, len(items), size)]
+    bounds = [len(items) * n // count for n in range(count + 1)]  # sizes differ by one at most
+    return [items[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 def _runs(records: Sequence[Record]) -> list[tuple[Sequence[Record], Record | None]]:

@@ -256,8 +256,8 @@ async def test_an_erasure_in_a_split_batch_erases_what_came_before_it_and_nothin
 def test_split_keeps_order_and_short_lists_whole() -> None:
     assert split([], 2, 3) == []
     assert split([1, 2, 3, 4, 5], 2, 3) == [[1, 2, 3, 4, 5]]
-    assert split(list(range(7)), 2, 3) == [[0, 1, 2, 3], [4, 5, 6]]
-    assert split(list(range(10)), 4, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert split(list(range(7)), 2, 3) == [[0, 1, 2], [3, 4, 5, 6]]
+    assert split(list(range(10)), 4, 3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]  # none under 3
     assert split(list(range(9)), 1, 3) == [list(range(9))]
 
 
