@@ -334,6 +334,8 @@ async def mailerd_way(
     (workdir / "token").write_text(TOKEN)
     settings = campaign_bench.DaemonSettings()
 
+    relay_port = free_port()
+
     def config_text(port: int, *, sends: bool, relay: bool) -> str:
         text = campaign_bench.daemon_config(dsn, port, sink_port, settings)
         text = text.replace("[http]\n", f'[http]\nadmin_tokens_file = "{workdir / "token"}"\n')
@@ -343,7 +345,8 @@ async def mailerd_way(
         loaders = "" if load_connections is None else f"load_connections = {load_connections}\n"
         return text + (
             f'\n[reports]\ndsn = "{reports_dsn}"\n{loaders}'
-            f'[relay]\npoll_interval_ms = 100\nrun_in = "{run_in}"\n\n{webhooks}'
+            f'[relay]\npoll_interval_ms = 100\nrun_in = "{run_in}"\nlisten = "127.0.0.1:{relay_port}"\n\n'
+            f"{webhooks}"
         )
 
     config_path = workdir / "mailerd.toml"
@@ -366,8 +369,13 @@ async def mailerd_way(
                 )
         api = f"http://127.0.0.1:{api_port}/api"
         processes = {"sender": daemons[0].pid, "api": daemons[-1].pid, "sink": sink.pid, "bench": os.getpid()}
-        alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None, processes)
-        loaded = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, rate, processes)
+        if relay is not None:
+            processes["relay"] = relay.pid
+        # The relay's /metrics: its own process's listener, else the daemon it runs in.
+        relay_url = f"http://127.0.0.1:{relay_port}" if relay is not None else api.removesuffix("/api")
+        stages = relay_url + "/metrics"
+        alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None, processes, stages)
+        loaded = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, rate, processes, stages)
     finally:
         if relay is not None:
             await stop_process(relay, grace_s=10)
@@ -390,6 +398,7 @@ async def _mailerd_send(
     leads: int,
     rate: float | None,
     processes: dict[str, int],
+    relay_metrics: str,
 ) -> dict[str, Any]:
     conn = await db_connect.connect(dsn)
     reports = await db_connect.connect(reports_dsn)
@@ -447,6 +456,7 @@ async def _mailerd_send(
         mark = await campaign_bench.WalMark.take(conn)
         reports_mark = await campaign_bench.WalMark.take(reports)
         lag_before = await loop_lag_buckets(session, api)
+        stages_before = await relay_stages(session, relay_metrics)
         cpu_before = {name: proc_cpu_s(pid) for name, pid in processes.items()}
         started = time.perf_counter()
         campaign_id = await campaign_bench.start_campaign(
@@ -472,6 +482,7 @@ async def _mailerd_send(
             name: round((proc_cpu_s(processes[name]) - was) / spent, 2) for name, was in cpu_before.items()
         }
         api_loop_lag = loop_lag_figures(lag_before, await loop_lag_buckets(session, api))
+        stages = relay_stage_figures(stages_before, await relay_stages(session, relay_metrics))
         wal = await mark.since(conn)
         reports_wal = (await reports_mark.since(reports))["db_bytes"]
     finally:
@@ -490,6 +501,7 @@ async def _mailerd_send(
         "lag": lag_figures(samples, arrivals),
         "cpu_cores": cpu,  # CPU seconds per second, from the start until the reports caught up
         "api_loop_lag": api_loop_lag,
+        "relay_stages": stages,
     }
     if rate:
         out["reports"] = load.figures()
@@ -497,6 +509,28 @@ async def _mailerd_send(
 
 
 _LAG_BUCKET = re.compile(r'^mailerd_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+
+
+_STAGE = re.compile(
+    r'^mailerd_relay_stage_seconds_total\{destination="reports",stage="([^"]+)"\} (\S+)$', re.M
+)
+
+
+async def relay_stages(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The reports destination's ``mailerd_relay_stage_seconds_total`` by stage, from the relay's
+    /metrics."""
+    async with session.get(url) as response:
+        text = await response.text()
+    return {stage: float(seconds) for stage, seconds in _STAGE.findall(text)}
+
+
+def relay_stage_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Seconds the relay's loop spent per stage over the run (read: waiting for a read the
+    delivery before it did not hide), and each stage's share of their sum."""
+    spent = {stage: round(seconds - before.get(stage, 0.0), 2) for stage, seconds in after.items()}
+    total = sum(spent.values())
+    shares = {f"{s}_share": round(seconds / total, 3) if total else 0.0 for s, seconds in spent.items()}
+    return spent | shares
 
 
 async def loop_lag_buckets(session: aiohttp.ClientSession, api: str) -> list[tuple[float, float]]:

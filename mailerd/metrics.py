@@ -141,6 +141,12 @@ RELAY_BATCH_SECONDS = Histogram(
     ["destination"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+RELAY_STAGE_SECONDS = Counter(
+    "mailerd_relay_stage_seconds_total",
+    "Time one destination's loop spent per stage: read (waiting for the next batch's read, the part "
+    "not hidden behind the delivery before it), deliver (retries included), commit (the position).",
+    ["destination", "stage"],
+)
 PARTITIONS_KEPT_FOR_RELAY = Gauge(
     "mailerd_partitions_kept_for_relay",
     "Partitions past retention kept because a relay destination has not passed their rows.",

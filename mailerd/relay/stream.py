@@ -65,6 +65,7 @@ class Stream:
         self._reader = Reader(pool, destination.kinds, config.batch_records)
         self._committed_at = time.monotonic()
         self._failing = False
+        self._stages = _Stages(self.name)
 
     async def run(self) -> None:
         interval = self._config.poll_interval_ms / 1000
@@ -73,6 +74,7 @@ class Stream:
             while not self._stop.is_set():
                 started = time.monotonic()
                 batch = await (ahead if ahead is not None else self._reader.read(self.position))
+                read = time.monotonic()
                 # Behind: read the next batch while this one is being delivered (reading moves
                 # nothing; the position is committed in order below).
                 ahead = asyncio.ensure_future(self._reader.read(batch.end)) if not batch.caught_up else None
@@ -80,9 +82,12 @@ class Stream:
                     delivered = await self._deliver_all(batch.records) if batch.records else 0
                 except Stopped:
                     return
+                delivered_at = time.monotonic()
                 await self._settle(batch, delivered)
                 if batch.records:
-                    metrics.RELAY_BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
+                    done = time.monotonic()
+                    metrics.RELAY_BATCH_SECONDS.labels(self.name).observe(done - started)
+                    self._stages.observe(read - started, delivered_at - read, done - delivered_at)
                 self._gauges()
                 if batch.caught_up:
                     await aio.sleep_unless(interval, self._stop)
@@ -214,3 +219,18 @@ class Stream:
         for kind, count in kinds.items():
             metrics.RELAY_RECORDS.labels(self.name, kind).inc(count)
         return len(records)
+
+
+class _Stages:
+    """Where one destination's loop spends its time (``mailerd_relay_stage_seconds_total``): the
+    read it waited for, the delivery, the position's commit; which one to speed up."""
+
+    def __init__(self, destination: str) -> None:
+        self._read = metrics.RELAY_STAGE_SECONDS.labels(destination, "read")
+        self._deliver = metrics.RELAY_STAGE_SECONDS.labels(destination, "deliver")
+        self._commit = metrics.RELAY_STAGE_SECONDS.labels(destination, "commit")
+
+    def observe(self, read: float, deliver: float, commit: float) -> None:
+        self._read.inc(read)
+        self._deliver.inc(deliver)
+        self._commit.inc(commit)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
-from mailerd import config, erasure
+from mailerd import config, erasure, metrics
 from mailerd.db import connect
 from mailerd.db import relay as relay_db
 from mailerd.relay import position as position_mod
@@ -257,3 +257,46 @@ async def test_flushes_bigger_than_a_batch_are_read_whole_and_then_in_one_read(p
     assert sizes == [12, 12, 12, 12]
     assert reader.whole_reads == 1
     assert reader.limit == 12
+
+
+class _Slow(_Collect):
+    """Takes at least ``HOLD_S`` per delivery."""
+
+    HOLD_S = 0.05
+    calls = 0
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        await asyncio.sleep(self.HOLD_S)
+        self.calls += 1
+        await super().deliver(records)
+
+
+async def test_the_stage_seconds_split_each_batch_into_read_deliver_and_commit(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 30)
+        for flush in range(3):
+            await log_rows(conn, campaign_id, leads[flush * 10 : flush * 10 + 10])
+        taken = await relay_db.take_positions(conn, ["stages"], position_mod.earliest(), "test")
+    destination = _Slow()
+    destination.name = "stages"
+
+    def stage(name: str) -> float:
+        return float(metrics.RELAY_STAGE_SECONDS.labels("stages", name)._value.get())
+
+    before = {name: stage(name) for name in ("read", "deliver", "commit")}
+    stop = asyncio.Event()
+    stream = Stream(
+        destination, pool, config.RelayConfig(poll_interval_ms=10, batch_records=10),
+        epoch=taken["stages"].epoch, position=position_mod.earliest(), as_of=NOW, stop=stop,
+    )  # fmt: skip
+    task = asyncio.create_task(stream.run())
+    async with asyncio.timeout(10):
+        while len(destination.records) < 30:
+            await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    spent = {name: stage(name) - was for name, was in before.items()}
+    assert destination.calls == 3  # three flushes of 10, 10 rows a batch
+    assert spent["deliver"] >= destination.calls * _Slow.HOLD_S
+    assert spent["read"] > 0  # the first read is always waited for
+    assert spent["commit"] > 0
