@@ -199,7 +199,8 @@ async def relay_throughput(dsn: str, broker: Tansu, batch: int) -> dict[str, Any
         env={},
     ).kafka  # fmt: skip
     assert kafka is not None
-    pool = await db_connect.create_pool(dsn, min_size=1, max_size=3)
+    relay = config_mod.RelayConfig(batch_records=batch)
+    pool = await db_connect.create_pool(dsn, min_size=1, max_size=relay.read_connections + 2)
     done = asyncio.Event()
     try:
         async with pool.acquire() as conn:
@@ -214,7 +215,7 @@ async def relay_throughput(dsn: str, broker: Tansu, batch: int) -> dict[str, Any
         await destination.inner.deliver([])  # connect first: start-up is not throughput
         stored = taken["bench-throughput"]
         stream = Stream(
-            destination, pool, config_mod.RelayConfig(batch_records=batch), epoch=stored.epoch,
+            destination, pool, relay, epoch=stored.epoch,
             position=outbox.position_of(stored), as_of=stored.as_of, stop=done,
         )  # fmt: skip
         cpu_before = time.process_time()

@@ -317,6 +317,7 @@ async def mailerd_way(
     relay_process: bool = False,
     relay_nice: int = 10,
     load_connections: int | None = None,
+    read_connections: int | None = None,
 ) -> dict[str, Any]:
     """The daemon with [reports], two campaigns over every lead: alone, then under the load.
 
@@ -326,8 +327,8 @@ async def mailerd_way(
     ``send_nice``: the sending daemon and the sink (the remote provider's stand-in) run at this
     nice value, as a sending node's unit with ``Nice=`` / ``CPUWeight=`` would. ``relay_process``:
     the relay runs in a ``mailerd relay run`` process at ``relay_nice`` (10: the shipped unit)
-    instead of the API node. ``load_connections``: ``[reports] load_connections`` (None: the
-    default)."""
+    instead of the API node. ``load_connections``: ``[reports] load_connections``;
+    ``read_connections``: ``[relay] read_connections`` (None: the defaults)."""
     http_port = free_port()
     api_port = free_port() if api_node else http_port
     sink, sink_port, webhooks = await start_sink_with_webhooks(workdir, api_port, bounce_rate, send_nice)
@@ -343,10 +344,11 @@ async def mailerd_way(
             text = re.sub(r"(?m)^max_shards_per_node = .*$", "max_shards_per_node = 0", text)
         run_in = "daemon" if relay else "process"
         loaders = "" if load_connections is None else f"load_connections = {load_connections}\n"
+        readers = "" if read_connections is None else f"read_connections = {read_connections}\n"
         return text + (
             f'\n[reports]\ndsn = "{reports_dsn}"\n{loaders}'
-            f'[relay]\npoll_interval_ms = 100\nrun_in = "{run_in}"\nlisten = "127.0.0.1:{relay_port}"\n\n'
-            f"{webhooks}"
+            f'[relay]\npoll_interval_ms = 100\nrun_in = "{run_in}"\nlisten = "127.0.0.1:{relay_port}"\n'
+            f"{readers}\n{webhooks}"
         )
 
     config_path = workdir / "mailerd.toml"
@@ -386,6 +388,7 @@ async def mailerd_way(
         "relay_process": relay is not None,
         "relay_nice": relay_nice if relay is not None else None,
         "load_connections": load_connections,
+        "read_connections": read_connections,
     }  # fmt: skip
 
 
@@ -593,6 +596,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 dsn, reports_dsn, Path(work), args.leads, args.rate, args.bounce_rate,
                 api_node=args.api_node, send_nice=args.send_nice, relay_process=args.relay_process,
                 relay_nice=args.relay_nice, load_connections=args.load_connections,
+                read_connections=args.read_connections,
             )  # fmt: skip
             rows = await campaign_bench.logged_rows(dsn, result["mailerd"]["alone"].get("campaign_id", 1))
         if args.seed:
@@ -666,6 +670,12 @@ def main() -> int:
         type=int,
         default=None,
         help="[reports] load_connections of the daemons (default: the daemon's default)",
+    )
+    parser.add_argument(
+        "--read-connections",
+        type=int,
+        default=None,
+        help="[relay] read_connections of the daemons and the relay (default: the daemon's default)",
     )
     parser.add_argument(
         "--seed",

@@ -84,8 +84,12 @@ class Relay:
         destinations = self._destinations()
         names = [d.name for d in destinations]
         halt = asyncio.Event()
-        # Per destination: one read ahead while a batch is delivered, one commit; plus the lag sampler.
-        pool = await connect.create_pool(self._dsn, min_size=1, max_size=2 * len(destinations) + 1)
+        # Per destination: one read ahead (on up to read_connections) while a batch is delivered,
+        # one commit; plus the lag sampler.
+        per_destination = self._config.relay.read_connections + 1
+        pool = await connect.create_pool(
+            self._dsn, min_size=1, max_size=per_destination * len(destinations) + 1
+        )
         self.leading = True
         metrics.RELAY_LEADER.set(1)
         try:

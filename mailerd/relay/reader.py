@@ -13,18 +13,29 @@ rows than a batch (a writer flush of ``flush_rows``) is read whole on its own; t
 takes at least that many rows per read (up to ``MAX_WHOLE``), so the next flushes of that size
 come in one read instead of a capped read thrown away and a second one.
 
-Far behind (a destination that was down), a read from P to S would scan and sort the whole
-backlog for every batch. So the reader also bounds the range it scans, ``[P.xmax, P.xmax +
-span)``, with ``span`` learnt from the last batches: about twice the transaction ids that filled
-the last capped batch, doubled while batches come back short. Once a read reaches S without being
-capped, the bound is lifted.
+Far behind (a destination that was down, or a campaign sending faster than one connection reads),
+a read from P to S would scan and sort the whole backlog for every batch. So the reader bounds
+the range it scans to ``span`` transaction ids, learnt from the rows per transaction id of the
+last reads so that a range holds about ``FILL`` of its cap (:meth:`Reader._learn`); once a read
+reaches S without being capped, the bound is lifted.
+
+Behind, one read covers up to ``parts`` consecutive ranges ``[P.xmax + i * span, P.xmax + (i + 1)
+* span)``, each on its own connection at once, each capped at ``limit / parts`` rows (on a busy
+server one connection's share of the CPU does not keep up with a full-speed campaign). The other
+connections' transactions begin after S was taken, so they see every transaction S saw ended;
+what S saw running is filtered out by S itself, as in the first range. The ranges are joined in
+order up to the first one that was capped: its cutoff is the read's cutoff, and the ranges after
+it are dropped (read again next time), so the batch is still every due row below one cutoff.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import Collection
+import itertools
+from collections.abc import Collection, Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -33,7 +44,8 @@ from mailerd.relay import outbox, records
 from mailerd.relay.position import Snapshot, advance
 from mailerd.relay.records import Record
 
-_MIN_SPAN = 64
+_MIN_SPAN = 4
+FILL = 0.75  # the share of its cap a range is sized to hold: rarely capped, so the next is kept
 MAX_WHOLE = 100_000  # the most rows a read grows to after reading a big transaction whole
 
 
@@ -49,76 +61,146 @@ class Batch:
     as_of: dt.datetime | None
 
 
-class Reader:
-    """Reads batches of the given kinds for one destination (it keeps the learnt span)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Range:
+    """What one range of a read kept: its records (commit-safe order) and its cutoff (its upper
+    bound when it was not capped)."""
 
-    def __init__(self, pool: asyncpg.Pool, kinds: Collection[str], limit: int) -> None:
+    records: list[Record]
+    cutoff: int
+    upper: int
+
+    @property
+    def capped(self) -> bool:
+        return self.cutoff < self.upper
+
+
+class Reader:
+    """Reads batches of the given kinds for one destination (it keeps the learnt span). Behind,
+    a read covers up to ``parts`` ranges at once, on as many connections."""
+
+    def __init__(self, pool: asyncpg.Pool, kinds: Collection[str], limit: int, parts: int = 1) -> None:
         self._pool = pool
         self._tables = [
             relay_db.TABLES[kind] for kind in records.KINDS if kind in kinds and kind in relay_db.TABLES
         ]
         self._limit = limit
+        self._parts = max(1, parts)
+        self._largest = 0  # the most rows of one transaction read whole (at most MAX_WHOLE)
         self.span: int | None = None
         self.whole_reads = 0  # transactions too big for a read, read again whole (a second query)
+        self.split_reads = 0  # reads that covered more than one range
 
     @property
     def limit(self) -> int:
         """Rows per read: the configured batch, or the biggest transaction read whole since."""
-        return self._limit
+        return max(self._limit, self._largest)
+
+    def _cap(self, ranges: int) -> int:
+        """Rows per range: the batch shared among the ranges, and never below the biggest
+        transaction read whole (it would be read whole again in every range holding one)."""
+        return max(-(-self._limit // ranges), self._largest)
+
+    def _uppers(self, position: Snapshot, snapshot: Snapshot) -> list[int]:
+        """Each range's upper bound: one range up to S until a span is learnt, else up to
+        ``parts`` spans after the position (the last one ending at S when it gets there)."""
+        if self.span is None:
+            return [snapshot.xmax]
+        uppers: list[int] = []
+        lower = position.xmax
+        while len(uppers) < self._parts and lower < snapshot.xmax:
+            lower = min(lower + self.span, snapshot.xmax)
+            uppers.append(lower)
+        return uppers or [snapshot.xmax]
 
     async def read(self, position: Snapshot) -> Batch:
         """The next batch after ``position`` (possibly empty)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot, taken_at = await outbox.snapshot(conn)
-            upper = snapshot.xmax
-            bounded = self.span is not None and position.xmax + self.span < upper
-            if bounded:
-                assert self.span is not None
-                upper = position.xmax + self.span
-            groups, cutoff = await self._read_tables(conn, position, snapshot, upper)
-            built = [
-                await outbox.build(conn, table, [r for r in rows if r[0] < cutoff]) for table, rows in groups
-            ]
-        batch = records.merged(*built)
-        truncated = cutoff < upper
-        first = batch[0].tx if batch else position.xmax
-        self._learn(first, cutoff, truncated=truncated, bounded=bounded)
+            uppers = self._uppers(position, snapshot)
+            cap = self._cap(len(uppers))
+            first = self._read_range(conn, position, snapshot, uppers[0], cap)
+            if len(uppers) == 1:
+                ranges = [await first]
+            else:
+                self.split_reads += 1
+                rest = [
+                    self._read_apart(Snapshot(lower, lower), snapshot, upper, cap)
+                    for lower, upper in itertools.pairwise(uppers)
+                ]
+                ranges = await _together(first, *rest)
+        batch: list[Record] = []
+        for kept in ranges:
+            batch += kept.records
+            if kept.capped:
+                break
+        cutoff, upper = kept.cutoff, kept.upper
+        truncated = kept.capped
+        bounded = upper < snapshot.xmax
         caught_up = not truncated and not bounded
+        if caught_up:
+            self.span = None
+        else:
+            self._learn(position.xmax, cutoff, len(batch), cap)
         end = advance(position, snapshot, None if caught_up else cutoff)
         as_of = taken_at if caught_up else max((r.at for r in batch), default=None)
         return Batch(batch, end, caught_up, as_of)
 
+    async def _read_apart(self, lower: Snapshot, snapshot: Snapshot, upper: int, cap: int) -> _Range:
+        """A range after the first, on a connection of its own (its transaction begins after
+        ``snapshot`` was taken: everything that had ended in it is visible)."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            return await self._read_range(conn, lower, snapshot, upper, cap)
+
+    async def _read_range(
+        self, conn: asyncpg.Connection, position: Snapshot, snapshot: Snapshot, upper: int, cap: int
+    ) -> _Range:
+        groups, cutoff = await self._read_tables(conn, position, snapshot, upper, cap)
+        built = [
+            await outbox.build(conn, table, [r for r in rows if r[0] < cutoff]) for table, rows in groups
+        ]
+        return _Range(records.merged(*built), cutoff, upper)
+
     async def _read_tables(
-        self, conn: asyncpg.Connection, position: Snapshot, snapshot: Snapshot, upper: int
+        self, conn: asyncpg.Connection, position: Snapshot, snapshot: Snapshot, upper: int, cap: int
     ) -> tuple[list[tuple[relay_db.Table, list[asyncpg.Record]]], int]:
-        """Each table's due rows, and the cutoff (``upper`` when no table had more than a batch):
+        """Each table's due rows, and the cutoff (``upper`` when no table had more than ``cap``):
         the caller keeps the rows below it. Later tables are read only below the cutoff found so
         far. Rows are built into records only once kept."""
         cutoff = upper
         groups: list[tuple[relay_db.Table, list[asyncpg.Record]]] = []
         for table in self._tables:
-            rows = await relay_db.read_due(conn, table, position, snapshot, cutoff, self._limit + 1)
-            if len(rows) > self._limit:
+            rows = await relay_db.read_due(conn, table, position, snapshot, cutoff, cap + 1)
+            if len(rows) > cap:
                 last = rows[-1][0]
                 rows = [row for row in rows if row[0] < last]
                 if rows:
                     cutoff = last
                 else:
-                    # One transaction holds more than a batch: take all of it, and only it.
+                    # One transaction holds more than a range: take all of it, and only it.
                     rows = await relay_db.read_transaction(conn, table, last)
                     cutoff = last + 1
                     self.whole_reads += 1
-                    self._limit = max(self._limit, min(len(rows), MAX_WHOLE))
+                    self._largest = max(self._largest, min(len(rows), MAX_WHOLE))
             groups.append((table, rows))
         return groups, cutoff
 
-    def _learn(self, first: int, cutoff: int, *, truncated: bool, bounded: bool) -> None:
-        """Adapt the scanned range to what one batch holds (see the module docstring): ``first``
-        is the batch's lowest tx, so the span counts the transaction ids one batch covered."""
-        if truncated:
-            self.span = max(_MIN_SPAN, 2 * (cutoff - first))
-        elif bounded:
-            assert self.span is not None
-            self.span *= 2
+    def _learn(self, lower: int, upper: int, rows: int, cap: int) -> None:
+        """Size the next ranges from this read (behind only): the transaction ids ``[lower,
+        upper)`` it covered held ``rows`` rows, so a range of ``span`` ids holds about ``FILL``
+        of ``cap``; a read that found nothing doubles the span."""
+        covered = max(1, upper - lower)
+        if rows == 0:
+            self.span = max(_MIN_SPAN, 2 * (self.span or covered))
         else:
-            self.span = None
+            self.span = max(_MIN_SPAN, int(FILL * cap * covered / rows))
+
+
+async def _together(*reads: Coroutine[Any, Any, _Range]) -> list[_Range]:
+    """Run the ranges' reads at once; the first failure cancels the others and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(read) for read in reads]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]

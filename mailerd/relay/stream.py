@@ -62,7 +62,7 @@ class Stream:
         self.position = position
         self.as_of = as_of
         self._stop = stop
-        self._reader = Reader(pool, destination.kinds, config.batch_records)
+        self._reader = Reader(pool, destination.kinds, config.batch_records, config.read_connections)
         self._committed_at = time.monotonic()
         self._failing = False
         self._stages = _Stages(self.name)

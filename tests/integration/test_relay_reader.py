@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import asyncpg
 import orjson
+import pytest
 
 from mailerd import config, erasure, metrics
 from mailerd.db import connect
@@ -65,15 +66,17 @@ async def test_a_late_committing_writer_is_read_after_it_commits(pool: asyncpg.P
     assert sorted(ids) == sorted(f"email:{campaign_id}:{lead}" for lead in leads[:3])
 
 
+@pytest.mark.parametrize("parts", [1, 3])
 async def test_capped_batches_with_concurrent_writers_read_every_row_once(
-    pool: asyncpg.Pool, dsn: str
+    pool: asyncpg.Pool, dsn: str, parts: int
 ) -> None:
     """Many small flushes, some held open across polls, one flush bigger than a batch; batches of
-    7 rows: every committed row read exactly once, none of an aborted transaction."""
+    7 rows, read in one range or up to three at once: every committed row read exactly once, none
+    of an aborted transaction."""
     async with pool.acquire() as conn:
         campaign_id, leads = await make_campaign(conn, 400)
     rng = random.Random(5)
-    reader = Reader(pool, {"email", "event"}, limit=7)
+    reader = Reader(pool, {"email", "event"}, limit=7, parts=parts)
     position = position_mod.earliest()
     writers = [await connect.connect(dsn) for _ in range(3)]
     open_tx: dict[int, tuple[asyncpg.transaction.Transaction, list[int]]] = {}
@@ -300,3 +303,46 @@ async def test_the_stage_seconds_split_each_batch_into_read_deliver_and_commit(p
     assert spent["deliver"] >= destination.calls * _Slow.HOLD_S
     assert spent["read"] > 0  # the first read is always waited for
     assert spent["commit"] > 0
+
+
+async def test_a_backlog_is_read_in_ranges_at_once_without_a_gap_or_a_repeat(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """Far behind, reads cover three ranges at once (each on its own connection); a transaction
+    that took its id early is still open during them. Every row comes once, in tx order within
+    each batch, the open transaction's rows after it commits; batches never exceed the cap."""
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 600)
+    slow = await connect.connect(dsn)
+    rng = random.Random(11)
+    try:
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await slow.fetchval("SELECT txid_current()")  # takes its id now, among the first
+        cursor = 0
+        async with pool.acquire() as conn:
+            while cursor < 580:
+                size = rng.randint(1, 9)
+                await log_rows(conn, campaign_id, leads[cursor : cursor + size])
+                cursor += size
+                await conn.fetchval("SELECT txid_current()")  # ids without rows between flushes
+        reader = Reader(pool, {"email", "event"}, limit=30, parts=3)
+        position = position_mod.earliest()
+        read: list[str] = []
+        for _ in range(500):
+            batch = await reader.read(position)
+            assert len(batch.records) <= 30
+            assert [r.tx for r in batch.records] == sorted(r.tx for r in batch.records)
+            read += [r.id for r in batch.records]
+            position = batch.end
+            if batch.caught_up and not batch.records:
+                break
+        assert reader.split_reads > 0
+        await log_rows(slow, campaign_id, leads[cursor:])
+        await slow_tx.commit()
+    finally:
+        await slow.close()
+    rest, _ = await drain(reader, position)
+    read += rest
+    assert len(read) == len(set(read)), "a row was read twice"
+    assert sorted(read) == sorted(f"email:{campaign_id}:{lead}" for lead in leads)

@@ -307,6 +307,8 @@ def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
         ),
         ("[reports]\nload_connections = 0", "[reports] load_connections: must be at least 1"),
         ("[reports]\nload_connections = 17", "[reports] load_connections: must be at most 16"),
+        ("[relay]\nread_connections = 0", "[relay] read_connections: must be at least 1"),
+        ("[relay]\nread_connections = 17", "[relay] read_connections: must be at most 16"),
     ],
 )
 def test_every_number_has_a_range(tmp_path: Path, text: str, message: str) -> None:
