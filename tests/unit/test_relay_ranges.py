@@ -1,0 +1,47 @@
+"""How a reader that is behind splits a read into ranges and sizes them (no database)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from mailerd.relay.position import Snapshot
+from mailerd.relay.reader import FILL, Reader
+
+
+def reader(limit: int = 5000, parts: int = 3) -> Reader:
+    return Reader(cast(Any, None), {"email"}, limit, parts)
+
+
+def test_one_range_up_to_the_snapshot_until_a_span_is_learnt() -> None:
+    assert reader()._uppers(Snapshot(100, 100), Snapshot(90, 500)) == [500]
+
+
+def test_behind_up_to_parts_consecutive_spans_the_last_ending_at_the_snapshot() -> None:
+    three = reader(parts=3)
+    three.span = 10
+    assert three._uppers(Snapshot(100, 100), Snapshot(90, 500)) == [110, 120, 130]
+    assert three._uppers(Snapshot(100, 100), Snapshot(90, 125)) == [110, 120, 125]
+    assert three._uppers(Snapshot(100, 100), Snapshot(90, 105)) == [105]
+    one = reader(parts=1)
+    one.span = 10
+    assert one._uppers(Snapshot(100, 100), Snapshot(90, 500)) == [110]
+
+
+def test_each_range_gets_a_share_of_the_batch_but_never_less_than_a_whole_transaction() -> None:
+    three = reader(limit=5000, parts=3)
+    assert (three._cap(3), three._cap(1)) == (1667, 5000)
+    three._largest = 2000
+    assert (three._cap(3), three._cap(1), three.limit) == (2000, 5000, 5000)
+
+
+def test_spans_follow_the_rows_per_transaction_id() -> None:
+    r = reader()
+    r._learn(lower=1000, upper=1100, rows=5000, cap=1667)  # 50 rows per id
+    assert r.span == int(FILL * 1667 * 100 / 5000)
+    r._learn(lower=1000, upper=1100, rows=100, cap=1667)  # sparse: a much wider range
+    assert r.span == int(FILL * 1667 * 100 / 100)
+    r.span = 40
+    r._learn(lower=1000, upper=1120, rows=0, cap=1667)  # nothing found: doubles
+    assert r.span == 80
+    r._learn(lower=1000, upper=1001, rows=100_000, cap=1667)  # never below the minimum
+    assert r.span >= 1
