@@ -25,8 +25,9 @@ class RelayConfig:
 
     poll_interval_ms: int = _within(250, 10, 60_000)
     batch_records: int = _within(5_000, 1, 1_000_000)
-    # Behind, a destination reads a batch in up to this many ranges at once, one connection each.
-    read_connections: int = _within(3, 1, 16)
+    # Behind, a destination reads a batch in up to this many ranges at once, one connection each
+    # (more: the relay catches up sooner, and takes that much more of the sending database's CPU).
+    read_connections: int = _within(1, 1, 16)
     lock_retry_s: float = _within(1.0, 0.05, 60)
     retry_base_s: float = _within(0.5, 0, 3600, low_open=True)
     retry_max_s: float = _within(30.0, 0, 3600, low_open=True)
