@@ -15,9 +15,10 @@ come in one read instead of a capped read thrown away and a second one.
 
 Far behind (a destination that was down, or a campaign sending faster than one connection reads),
 a read from P to S would scan and sort the whole backlog for every batch. So the reader bounds
-the range it scans to ``span`` transaction ids, learnt from the rows per transaction id of the
-last reads so that a range holds about ``FILL`` of its cap (:meth:`Reader._learn`); once a read
-reaches S without being capped, the bound is lifted.
+the range it scans to ``span`` transaction ids, learnt from the last reads: for one range, twice
+the ids that filled the last capped batch (:meth:`Reader._learn_alone`); for several, from the rows
+per transaction id so that a range holds about ``FILL`` of its cap (:meth:`Reader._learn`). Once a
+read reaches S without being capped, the bound is lifted.
 
 Behind, one read covers up to ``parts`` consecutive ranges ``[P.xmax + i * span, P.xmax + (i + 1)
 * span)``, each on its own connection at once, each capped at ``limit / parts`` rows (on a busy
@@ -44,8 +45,9 @@ from mailerd.relay import outbox, records
 from mailerd.relay.position import Snapshot, advance
 from mailerd.relay.records import Record
 
-_MIN_SPAN = 4
-FILL = 0.75  # the share of its cap a range is sized to hold: rarely capped, so the next is kept
+_MIN_SPAN = 4  # ranges read at once
+_MIN_SPAN_ALONE = 64  # one range
+FILL = 0.75  # the share of its cap a range among several is sized to hold: rarely capped
 MAX_WHOLE = 100_000  # the most rows a read grows to after reading a big transaction whole
 
 
@@ -90,6 +92,7 @@ class Reader:
         self.span: int | None = None
         self.whole_reads = 0  # transactions too big for a read, read again whole (a second query)
         self.split_reads = 0  # reads that covered more than one range
+        self.joined_reads = 0  # reads whose batch joined more than one range
 
     @property
     def limit(self) -> int:
@@ -130,16 +133,21 @@ class Reader:
                 ]
                 ranges = await _together(first, *rest)
         batch: list[Record] = []
+        used = 0
         for kept in ranges:
             batch += kept.records
+            used += 1
             if kept.capped:
                 break
+        self.joined_reads += used > 1
         cutoff, upper = kept.cutoff, kept.upper
         truncated = kept.capped
         bounded = upper < snapshot.xmax
         caught_up = not truncated and not bounded
         if caught_up:
             self.span = None
+        elif self._parts == 1:
+            self._learn_alone(batch[0].tx if batch else position.xmax, cutoff, truncated=truncated)
         else:
             self._learn(position.xmax, cutoff, len(batch), cap)
         end = advance(position, snapshot, None if caught_up else cutoff)
@@ -185,22 +193,42 @@ class Reader:
             groups.append((table, rows))
         return groups, cutoff
 
+    def _learn_alone(self, first: int, cutoff: int, *, truncated: bool) -> None:
+        """One range (behind only): twice the transaction ids that filled this capped batch
+        (``first`` is its lowest tx), so the next read is capped too and its batch full; doubled
+        while reads come back short. A lone range loses nothing to its cap but a scan, and in
+        bench/reports.py full batches beat ranges sized to fit (fewer batches to load)."""
+        if truncated:
+            self.span = max(_MIN_SPAN_ALONE, 2 * (cutoff - first))
+        else:
+            assert self.span is not None
+            self.span *= 2
+
     def _learn(self, lower: int, upper: int, rows: int, cap: int) -> None:
-        """Size the next ranges from this read (behind only): the transaction ids ``[lower,
-        upper)`` it covered held ``rows`` rows, so a range of ``span`` ids holds about ``FILL``
-        of ``cap``; a read that found nothing doubles the span."""
+        """Size the next ranges (several at once, behind only): the transaction ids ``[lower,
+        upper)`` this read covered held ``rows`` rows, so a range of ``span`` ids holds about
+        ``FILL`` of ``cap`` (a capped range drops the ones after it). A read that found nothing
+        doubles the span; it never grows more than twofold per read (one sparse stretch does
+        not make the next read scan a whole backlog)."""
         covered = max(1, upper - lower)
         if rows == 0:
-            self.span = max(_MIN_SPAN, 2 * (self.span or covered))
+            span = 2 * (self.span or covered)
         else:
-            self.span = max(_MIN_SPAN, int(FILL * cap * covered / rows))
+            span = int(FILL * cap * covered / rows)
+            if self.span is not None:
+                span = min(span, 2 * self.span)
+        self.span = max(_MIN_SPAN, span)
 
 
 async def _together(*reads: Coroutine[Any, Any, _Range]) -> list[_Range]:
-    """Run the ranges' reads at once; the first failure cancels the others and is raised."""
+    """Run the ranges' reads at once; the first failure cancels the others and is raised (a
+    cancellation of the caller stays a cancellation, whatever the reads raised meanwhile)."""
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(read) for read in reads]
     except ExceptionGroup as failed:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from failed
         raise failed.exceptions[0] from None
     return [task.result() for task in tasks]

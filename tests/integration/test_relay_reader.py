@@ -308,20 +308,26 @@ async def test_the_stage_seconds_split_each_batch_into_read_deliver_and_commit(p
 async def test_a_backlog_is_read_in_ranges_at_once_without_a_gap_or_a_repeat(
     pool: asyncpg.Pool, dsn: str
 ) -> None:
-    """Far behind, reads cover three ranges at once (each on its own connection); a transaction
-    that took its id early is still open during them. Every row comes once, in tx order within
-    each batch, the open transaction's rows after it commits; batches never exceed the cap."""
+    """Far behind, reads cover three ranges at once (each on its own connection); two
+    transactions are still open during them, one that took its id first and one that took it
+    halfway (inside a later range). Every row comes once, in tx order within each batch, the open
+    transactions' rows after they commit; batches never exceed the cap."""
     async with pool.acquire() as conn:
         campaign_id, leads = await make_campaign(conn, 600)
-    slow = await connect.connect(dsn)
+    slow, halfway = await connect.connect(dsn), await connect.connect(dsn)
     rng = random.Random(11)
     try:
-        slow_tx = slow.transaction()
+        slow_tx, halfway_tx = slow.transaction(), halfway.transaction()
         await slow_tx.start()
         await slow.fetchval("SELECT txid_current()")  # takes its id now, among the first
         cursor = 0
+        halfway_open = False
         async with pool.acquire() as conn:
-            while cursor < 580:
+            while cursor < 560:
+                if cursor >= 280 and not halfway_open:
+                    await halfway_tx.start()
+                    await halfway.fetchval("SELECT txid_current()")
+                    halfway_open = True
                 size = rng.randint(1, 9)
                 await log_rows(conn, campaign_id, leads[cursor : cursor + size])
                 cursor += size
@@ -337,11 +343,14 @@ async def test_a_backlog_is_read_in_ranges_at_once_without_a_gap_or_a_repeat(
             position = batch.end
             if batch.caught_up and not batch.records:
                 break
-        assert reader.split_reads > 0
-        await log_rows(slow, campaign_id, leads[cursor:])
+        assert reader.split_reads > 0 and reader.joined_reads > 0
+        await log_rows(halfway, campaign_id, leads[cursor : cursor + 20])
+        await halfway_tx.commit()
+        await log_rows(slow, campaign_id, leads[cursor + 20 :])
         await slow_tx.commit()
     finally:
         await slow.close()
+        await halfway.close()
     rest, _ = await drain(reader, position)
     read += rest
     assert len(read) == len(set(read)), "a row was read twice"

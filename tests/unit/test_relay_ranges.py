@@ -34,14 +34,24 @@ def test_each_range_gets_a_share_of_the_batch_but_never_less_than_a_whole_transa
     assert (three._cap(3), three._cap(1), three.limit) == (2000, 5000, 5000)
 
 
-def test_spans_follow_the_rows_per_transaction_id() -> None:
-    r = reader()
+def test_ranges_at_once_follow_the_rows_per_transaction_id() -> None:
+    r = reader(parts=3)
     r._learn(lower=1000, upper=1100, rows=5000, cap=1667)  # 50 rows per id
     assert r.span == int(FILL * 1667 * 100 / 5000)
-    r._learn(lower=1000, upper=1100, rows=100, cap=1667)  # sparse: a much wider range
-    assert r.span == int(FILL * 1667 * 100 / 100)
+    r._learn(lower=1000, upper=1100, rows=100, cap=1667)  # sparse: wider, but at most twofold
+    assert r.span == 2 * int(FILL * 1667 * 100 / 5000)
     r.span = 40
     r._learn(lower=1000, upper=1120, rows=0, cap=1667)  # nothing found: doubles
     assert r.span == 80
     r._learn(lower=1000, upper=1001, rows=100_000, cap=1667)  # never below the minimum
-    assert r.span >= 1
+    assert r.span == 4
+
+
+def test_a_lone_range_keeps_twice_the_ids_of_a_capped_batch() -> None:
+    r = reader(parts=1)
+    r._learn_alone(first=1000, cutoff=1100, truncated=True)
+    assert r.span == 200
+    r._learn_alone(first=1000, cutoff=1010, truncated=True)
+    assert r.span == 64  # the minimum
+    r._learn_alone(first=1000, cutoff=1200, truncated=False)  # short: doubles
+    assert r.span == 128
