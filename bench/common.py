@@ -244,6 +244,28 @@ def adopt(pid: int, nice: int) -> bool:
     return True
 
 
+@contextlib.asynccontextmanager
+async def busy_cores(count: int) -> AsyncIterator[None]:
+    """``count`` CPU-bound processes for the block, each in a session (a CPU group) of its own, as
+    the sending daemon, the sink and their Postgres backends are beside the relay in a real run."""
+    spin = (sys.executable, "-c", "while True: pass")
+    busy = [await asyncio.create_subprocess_exec(*spin, start_new_session=True) for _ in range(count)]
+    for process in busy:
+        adopt(process.pid, 0)
+    try:
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            await process.wait()
+
+
+def of_first(runs: list[dict[str, Any]], key: str) -> None:
+    """Each run's ``key`` as a ratio of the first run's (``of_first_value``): the same run's baseline."""
+    for run in runs:
+        run["of_first_value"] = round(run[key] / runs[0][key], 2)
+
+
 def autogroups() -> bool:
     """Whether the kernel groups CPU time by session (``kernel.sched_autogroup_enabled``)."""
     try:

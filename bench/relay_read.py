@@ -17,14 +17,13 @@ are beside the relay in bench/reports.py.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from typing import Any
 
 import asyncpg
 from campaign import seed
-from common import adopt, arguments, fresh_database, loadavg, print_json, run_bench, server_dsn
+from common import arguments, busy_cores, fresh_database, loadavg, of_first, print_json, run_bench, server_dsn
 
 from mailerd.config import RelayConfig
 from mailerd.db import connect as db_connect
@@ -97,21 +96,12 @@ async def bench(args: Any) -> dict[str, Any]:
     async with fresh_database(admin) as dsn:
         await seed(dsn, args.emails)
         result["rows"] = await fill(dsn, args.emails, args.flush)
-        spin = (sys.executable, "-c", "while True: pass")
-        busy = [await asyncio.create_subprocess_exec(*spin, start_new_session=True) for _ in range(args.busy)]
-        for process in busy:
-            adopt(process.pid, 0)
-        try:
-            passes = []
+        passes = []
+        async with busy_cores(args.busy):
             for parts in args.read_connections:
                 passes.append(await read_all(dsn, args.batch, parts))
                 print(f"  {parts}: {passes[-1]['records_per_s']:>9,} records/s", file=sys.stderr)
-        finally:
-            for process in busy:
-                process.kill()
-                await process.wait()
-    for run in passes:
-        run["of_first_value"] = round(run["records_per_s"] / passes[0]["records_per_s"], 2)
+    of_first(passes, "records_per_s")
     result.update(passes=passes, load_after=loadavg())
     return result
 

@@ -19,7 +19,6 @@ sending daemon, the sink and their Postgres backends are beside the relay in ben
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import sys
 import time
@@ -27,7 +26,7 @@ import uuid
 from typing import Any
 
 import asyncpg
-from common import adopt, arguments, fresh_database, loadavg, print_json, run_bench, server_dsn
+from common import arguments, busy_cores, fresh_database, loadavg, of_first, print_json, run_bench, server_dsn
 
 from mailerd.config import PrivacyConfig, ReportsConfig, Secret
 from mailerd.db import migrate
@@ -115,20 +114,9 @@ async def bench(args: Any) -> dict[str, Any]:
         "busy": args.busy,
         "load_before": loadavg(),
     }
-    busy = [
-        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass", start_new_session=True)
-        for _ in range(args.busy)
-    ]
-    for process in busy:
-        adopt(process.pid, 0)
-    try:
+    async with busy_cores(args.busy):
         runs = [await load(admin, args, connections) for connections in args.load_connections]
-    finally:
-        for process in busy:
-            process.kill()
-            await process.wait()
-    for run in runs:
-        run["of_first_value"] = round(run["records_per_s"] / runs[0]["records_per_s"], 2)
+    of_first(runs, "records_per_s")
     result.update(runs=runs, load_after=loadavg())
     return result
 
