@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def first_completed(*coroutines: Coroutine[Any, Any, Any]) -> list[asyncio.Task[Any]]:
@@ -23,6 +25,32 @@ async def first_completed(*coroutines: Coroutine[Any, Any, Any]) -> list[asyncio
             task.add_done_callback(cancel_others)
             tasks.append(task)
     return tasks
+
+
+async def all_or_first_error(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
+    """Run the coroutines at once and return their results in order; the first failure cancels
+    the others and is raised as itself (not an ExceptionGroup), so callers keep catching the
+    errors they know. A cancellation of the caller stays a cancellation. Every task is finished
+    (awaited) before this returns or raises.
+
+    Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails leaves its parent's
+    ``cancelling()`` count raised, so neither could the caller's own cancellation be told from a
+    child's failure, nor would a later ``asyncio.timeout`` in that task behave."""
+    if not coroutines:
+        return []
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op on those already done
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # The failure that stopped the wait, not one a sibling raised while being cancelled.
+    for task in tasks:
+        error = task.exception() if task in done and not task.cancelled() else None
+        if error is not None:
+            raise error from None
+    return [task.result() for task in tasks]
 
 
 def completed(task: asyncio.Task[Any]) -> bool:

@@ -31,15 +31,14 @@ it are dropped (read again next time), so the batch is still every due row below
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import Collection, Coroutine
-from typing import Any
+from collections.abc import Collection
 
 import asyncpg
 
+from mailerd import aio
 from mailerd.db import relay as relay_db
 from mailerd.relay import outbox, records
 from mailerd.relay.position import Snapshot, advance
@@ -131,7 +130,7 @@ class Reader:
                     self._read_apart(Snapshot(lower, lower), snapshot, upper, cap)
                     for lower, upper in itertools.pairwise(uppers)
                 ]
-                ranges = await _together(first, *rest)
+                ranges = await aio.all_or_first_error(first, *rest)
         batch: list[Record] = []
         used = 0
         for kept in ranges:
@@ -218,17 +217,3 @@ class Reader:
             if self.span is not None:
                 span = min(span, 2 * self.span)
         self.span = max(_MIN_SPAN, span)
-
-
-async def _together(*reads: Coroutine[Any, Any, _Range]) -> list[_Range]:
-    """Run the ranges' reads at once; the first failure cancels the others and is raised (a
-    cancellation of the caller stays a cancellation, whatever the reads raised meanwhile)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(read) for read in reads]
-    except ExceptionGroup as failed:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError from failed
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]

@@ -15,7 +15,6 @@ holding back only this destination's position.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import itertools
@@ -25,7 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from mailerd import db
+from mailerd import aio, db
 from mailerd.config import PrivacyConfig, ReportsConfig
 from mailerd.db import connect
 from mailerd.db import reports_load as load
@@ -145,12 +144,7 @@ class ReportsDestination:
         jobs += [functools.partial(load.load_events, values=part) for part in split(events, parts, MIN_PART)]
         if changes:
             jobs.append(functools.partial(load.load_campaigns, records=changes))
-        try:
-            async with asyncio.TaskGroup() as group:
-                for job in jobs:
-                    group.create_task(_in_transaction(pool, job))
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+        await aio.all_or_first_error(*(_in_transaction(pool, job) for job in jobs))
 
     async def _erase(self, conn: asyncpg.Connection, record: Record) -> None:
         account_id = record.account_id
