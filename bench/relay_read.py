@@ -83,6 +83,7 @@ async def read_all(dsn: str, batch: int, parts: int) -> dict[str, Any]:
         "reads": reads,
         "split_reads": reader.split_reads,
         "whole_reads": reader.whole_reads,
+        "dropped_ranges": reader.dropped_ranges,
         "records_per_s": round(records / elapsed),
     }
 
@@ -130,7 +131,8 @@ def main() -> None:
         print(
             f"read_connections = {run['read_connections']}: {run['records_per_s']:,} records/s"
             f" ({run['of_first_value']:.2f} of the first value), {run['reads']} reads,"
-            f" {run['split_reads']} in ranges at once, {run['whole_reads']} transactions read whole"
+            f" {run['split_reads']} in ranges at once, {run['dropped_ranges']} ranges dropped after a capped"
+            f" one, {run['whole_reads']} transactions read whole"
         )
     print(f"  load average {result['load_before']} -> {result['load_after']}")
 

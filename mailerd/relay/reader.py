@@ -17,16 +17,21 @@ Far behind (a destination that was down, or a campaign sending faster than one c
 a read from P to S would scan and sort the whole backlog for every batch. So the reader bounds
 the range it scans to ``span`` transaction ids, learnt from the last reads: for one range, twice
 the ids that filled the last capped batch (:meth:`Reader._learn_alone`); for several, from the rows
-per transaction id so that a range holds about ``FILL`` of its cap (:meth:`Reader._learn`). Once a
-read reaches S without being capped, the bound is lifted.
+per transaction id so that a range holds about ``FILL`` of its share of the batch
+(:meth:`Reader._learn`). Once a read reaches S without being capped, the bound is lifted.
 
 Behind, one read covers up to ``parts`` consecutive ranges ``[P.xmax + i * span, P.xmax + (i + 1)
-* span)``, each on its own connection at once, each capped at ``limit / parts`` rows (on a busy
-server one connection's share of the CPU does not keep up with a full-speed campaign). The other
-connections' transactions begin after S was taken, so they see every transaction S saw ended;
-what S saw running is filtered out by S itself, as in the first range. The ranges are joined in
-order up to the first one that was capped: its cutoff is the read's cutoff, and the ranges after
-it are dropped (read again next time), so the batch is still every due row below one cutoff.
+* span)``, each on its own connection at once (on a busy server one connection's share of the CPU
+does not keep up with a full-speed campaign). The other connections' transactions begin after S
+was taken, so they see every transaction S saw ended; what S saw running is filtered out by S
+itself, as in the first range. The ranges are joined in order up to the first one that was capped:
+its cutoff is the read's cutoff, and the ranges after it are dropped (read again next time), so
+the batch is still every due row below one cutoff. Each range is sized to hold its share of a batch
+(``limit / parts``) but capped at a whole batch (``limit``): writer flushes are whole transactions
+of hundreds or thousands of rows, so a range sized to its share often holds one more, and a range
+capped at its share was capped in a third of the reads of a daemon's log, each time throwing away
+the ranges read after it (bench/relay.py: more rows read than kept by a third, slower than one
+range). A batch of several ranges holds up to ``parts * limit`` rows.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from mailerd.relay.records import Record
 
 _MIN_SPAN = 4  # ranges read at once
 _MIN_SPAN_ALONE = 64  # one range
-FILL = 0.75  # the share of its cap a range among several is sized to hold: rarely capped
+FILL = 0.75  # the part of its share of a batch a range among several is sized to hold
 MAX_WHOLE = 100_000  # the most rows a read grows to after reading a big transaction whole
 
 
@@ -92,15 +97,16 @@ class Reader:
         self.whole_reads = 0  # transactions too big for a read, read again whole (a second query)
         self.split_reads = 0  # reads that covered more than one range
         self.joined_reads = 0  # reads whose batch joined more than one range
+        self.dropped_ranges = 0  # ranges read after a capped one, thrown away (read again next time)
 
     @property
     def limit(self) -> int:
         """Rows per read: the configured batch, or the biggest transaction read whole since."""
         return max(self._limit, self._largest)
 
-    def _cap(self, ranges: int) -> int:
-        """Rows per range: the batch shared among the ranges, and never below the biggest
-        transaction read whole (it would be read whole again in every range holding one)."""
+    def _share(self, ranges: int) -> int:
+        """The rows a range is sized to hold (each is capped at :attr:`limit`): the batch shared
+        among the ranges, and never below the biggest transaction read whole."""
         return max(-(-self._limit // ranges), self._largest)
 
     def _uppers(self, position: Snapshot, snapshot: Snapshot) -> list[int]:
@@ -120,7 +126,7 @@ class Reader:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot, taken_at = await outbox.snapshot(conn)
             uppers = self._uppers(position, snapshot)
-            cap = self._cap(len(uppers))
+            cap = self.limit
             first = self._read_range(conn, position, snapshot, uppers[0], cap)
             if len(uppers) == 1:
                 ranges = [await first]
@@ -139,6 +145,7 @@ class Reader:
             if kept.capped:
                 break
         self.joined_reads += used > 1
+        self.dropped_ranges += len(ranges) - used
         cutoff, upper = kept.cutoff, kept.upper
         truncated = kept.capped
         bounded = upper < snapshot.xmax
@@ -148,7 +155,7 @@ class Reader:
         elif self._parts == 1:
             self._learn_alone(batch[0].tx if batch else position.xmax, cutoff, truncated=truncated)
         else:
-            self._learn(position.xmax, cutoff, len(batch), cap)
+            self._learn(position.xmax, cutoff, len(batch), self._share(len(uppers)))
         end = advance(position, snapshot, None if caught_up else cutoff)
         as_of = taken_at if caught_up else max((r.at for r in batch), default=None)
         return Batch(batch, end, caught_up, as_of)
@@ -203,17 +210,17 @@ class Reader:
             assert self.span is not None
             self.span *= 2
 
-    def _learn(self, lower: int, upper: int, rows: int, cap: int) -> None:
+    def _learn(self, lower: int, upper: int, rows: int, share: int) -> None:
         """Size the next ranges (several at once, behind only): the transaction ids ``[lower,
         upper)`` this read covered held ``rows`` rows, so a range of ``span`` ids holds about
-        ``FILL`` of ``cap`` (a capped range drops the ones after it). A read that found nothing
-        doubles the span; it never grows more than twofold per read (one sparse stretch does
-        not make the next read scan a whole backlog)."""
+        ``FILL`` of ``share`` (:meth:`_share`). A read that found nothing doubles the span; it
+        never grows more than twofold per read (one sparse stretch does not make the next read
+        scan a whole backlog)."""
         covered = max(1, upper - lower)
         if rows == 0:
             span = 2 * (self.span or covered)
         else:
-            span = int(FILL * cap * covered / rows)
+            span = int(FILL * share * covered / rows)
             if self.span is not None:
                 span = min(span, 2 * self.span)
         self.span = max(_MIN_SPAN, span)

@@ -27,23 +27,25 @@ def test_behind_up_to_parts_consecutive_spans_the_last_ending_at_the_snapshot() 
     assert one._uppers(Snapshot(100, 100), Snapshot(90, 500)) == [110]
 
 
-def test_each_range_gets_a_share_of_the_batch_but_never_less_than_a_whole_transaction() -> None:
+def test_each_range_is_sized_to_a_share_of_the_batch_and_capped_at_a_whole_one() -> None:
     three = reader(limit=5000, parts=3)
-    assert (three._cap(3), three._cap(1)) == (1667, 5000)
-    three._largest = 2000
-    assert (three._cap(3), three._cap(1), three.limit) == (2000, 5000, 5000)
+    assert (three._share(3), three._share(1), three.limit) == (1667, 5000, 5000)
+    three._largest = 2000  # never sized below a whole transaction
+    assert (three._share(3), three._share(1), three.limit) == (2000, 5000, 5000)
+    three._largest = 8000  # nor capped below one
+    assert (three._share(3), three.limit) == (8000, 8000)
 
 
 def test_ranges_at_once_follow_the_rows_per_transaction_id() -> None:
     r = reader(parts=3)
-    r._learn(lower=1000, upper=1100, rows=5000, cap=1667)  # 50 rows per id
+    r._learn(lower=1000, upper=1100, rows=5000, share=1667)  # 50 rows per id
     assert r.span == int(FILL * 1667 * 100 / 5000)
-    r._learn(lower=1000, upper=1100, rows=100, cap=1667)  # sparse: wider, but at most twofold
+    r._learn(lower=1000, upper=1100, rows=100, share=1667)  # sparse: wider, but at most twofold
     assert r.span == 2 * int(FILL * 1667 * 100 / 5000)
     r.span = 40
-    r._learn(lower=1000, upper=1120, rows=0, cap=1667)  # nothing found: doubles
+    r._learn(lower=1000, upper=1120, rows=0, share=1667)  # nothing found: doubles
     assert r.span == 80
-    r._learn(lower=1000, upper=1001, rows=100_000, cap=1667)  # never below the minimum
+    r._learn(lower=1000, upper=1001, rows=100_000, share=1667)  # never below the minimum
     assert r.span == 4
 
 
