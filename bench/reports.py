@@ -3,10 +3,13 @@
     python bench/reports.py [--leads 200000] [--rate 50] [--bounce-rate 0.02] [--dsn DSN]
                             [--no-api-node] [--json]
 
-One run, two set-ups on the same Postgres server, each sending one campaign over every lead twice:
-once alone, once while a load generator runs the same report mix at a fixed rate (``--rate``
+One run, two set-ups on the same Postgres server, each sending one campaign over every lead three
+times: alone, while a load generator runs the same report mix at a fixed rate (``--rate``
 requests/s, open loop; 40 % campaign report, 30 % lead history, 20 % account usage, 10 % bounced
-list):
+list), and alone again. Every campaign adds a million rows to the tables the next one writes (and,
+for mailerd, loads), so a later campaign is slower for that alone: the loaded rate is compared
+with the mean of the two alone rates around it (``loaded_over_alone``), and the second alone
+run's rate over the first's (``after_over_alone``) shows how much the growth alone costs:
 
 1. **the seed's way**: one ``email`` table with the seed's indexes (campaign, lead, account,
    recipient, message id, status+campaign, created_at); the senders are the naive write path of
@@ -18,8 +21,8 @@ list):
    the reports are the report API over HTTP (``/report``, ``/leads/{id}/history``,
    ``/accounts/{id}/usage``, ``/emails?event=hard_bounce``), read from the reports database.
 
-Figures: send rate alone and under the report load (and their ratio), report latency p50/p99
-under load (open loop: a late answer counts from when the request was due), the reports
+Figures: send rate alone (before and after) and under the report load (and their ratio), report
+latency p50/p99 under load (open loop: a late answer counts from when the request was due), the reports
 database's lag p50/p99 under load (for every sample of the campaign's committed count on the main
 database, the time until the reports database counts as many), WAL per email on the sending
 database (and on the reports database). Every figure is printed side by side, mailerd against the
@@ -182,7 +185,7 @@ BOUNCE = """UPDATE email SET status = 'bounced', bounced_at = now(), bounce_reas
 async def seed_way(
     dsn: str, rows: list[campaign_bench.SentRow], rate: float, bounce_rate: float
 ) -> dict[str, Any]:
-    """The seed's table, written and bounced twice (alone, then under the report load)."""
+    """The seed's table, written and bounced three times (alone, under the report load, alone)."""
     admin = await db_connect.connect(dsn)
     try:
         await admin.execute(NAIVE_SCHEMA + SEED_INDEXES)
@@ -190,7 +193,18 @@ async def seed_way(
         await admin.close()
     alone = await _seed_send(dsn, rows, 1, bounce_rate, None)
     loaded = await _seed_send(dsn, rows, 2, bounce_rate, rate)
-    return {"alone": alone, "loaded": loaded}
+    after = await _seed_send(dsn, rows, 3, bounce_rate, None)
+    return {"alone": alone, "loaded": loaded, "after": after, **send_ratios(alone, loaded, after)}
+
+
+def send_ratios(alone: dict[str, Any], loaded: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The loaded campaign's send rate over the mean of the alone ones before and after it (the
+    tables grow by a campaign each run), and the second alone run's over the first's."""
+    before_rate, loaded_rate, after_rate = (run["emails_per_s"] for run in (alone, loaded, after))
+    return {
+        "loaded_over_alone": round(2 * loaded_rate / (before_rate + after_rate), 2),
+        "after_over_alone": round(after_rate / before_rate, 2),
+    }
 
 
 def _seed_reporter(
@@ -319,7 +333,7 @@ async def mailerd_way(
     load_connections: int | None = None,
     read_connections: int | None = None,
 ) -> dict[str, Any]:
-    """The daemon with [reports], two campaigns over every lead: alone, then under the load.
+    """The daemon with [reports], three campaigns over every lead: alone, under the load, alone.
 
     ``api_node``: a second daemon with ``max_shards_per_node = 0`` (it sends nothing) serves the
     report API and takes the webhooks, and the relay runs in it; the sending daemon runs no relay
@@ -378,13 +392,15 @@ async def mailerd_way(
         stages = relay_url + "/metrics"
         alone = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None, processes, stages)
         loaded = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, rate, processes, stages)
+        after = await _mailerd_send(dsn, reports_dsn, config, daemons, api, leads, None, processes, stages)
     finally:
         if relay is not None:
             await stop_process(relay, grace_s=10)
         await stop_daemons(daemons)
         await stop_process(sink, grace_s=10)
     return {
-        "alone": alone, "loaded": loaded, "api_node": api_node, "send_nice": send_nice,
+        "alone": alone, "loaded": loaded, "after": after, **send_ratios(alone, loaded, after),
+        "api_node": api_node, "send_nice": send_nice,
         "relay_process": relay is not None,
         "relay_nice": relay_nice if relay is not None else None,
         "load_connections": load_connections,
@@ -617,10 +633,9 @@ def side_by_side(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "send_rate_alone": (ours["alone"]["emails_per_s"], theirs["alone"]["emails_per_s"]),
         "send_rate_loaded": (ours["loaded"]["emails_per_s"], theirs["loaded"]["emails_per_s"]),
-        "loaded_over_alone": (
-            ratio(ours["loaded"]["emails_per_s"], ours["alone"]["emails_per_s"]),
-            ratio(theirs["loaded"]["emails_per_s"], theirs["alone"]["emails_per_s"]),
-        ),
+        "send_rate_alone_after": (ours["after"]["emails_per_s"], theirs["after"]["emails_per_s"]),
+        "loaded_over_alone": (ours["loaded_over_alone"], theirs["loaded_over_alone"]),
+        "after_over_alone": (ours["after_over_alone"], theirs["after_over_alone"]),
         "report_p50_ms": (ours["loaded"]["reports"]["p50_ms"], theirs["loaded"]["reports"]["p50_ms"]),
         "report_p99_ms": (ours["loaded"]["reports"]["p99_ms"], theirs["loaded"]["reports"]["p99_ms"]),
         "lag_p50_s": (ours["loaded"]["lag"]["p50_s"], 0.0),
