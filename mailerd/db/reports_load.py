@@ -166,7 +166,9 @@ async def load_campaigns(conn: asyncpg.Connection, records: Sequence[dict[str, A
 
 # --- partitions ---------------------------------------------------------------------------------
 
-PARTITIONED = ("report_emails", "report_events")
+# The partitioned tables and the time each is partitioned by (a month per partition).
+PARTITIONED = {"report_emails": "sent_at", "report_events": "received_at"}
+PARTITION_LOCK_KEY = 0x6D61696C7270  # "mailrp": one creator of a month's partitions at a time
 
 
 def month_of(at: dt.datetime) -> dt.date:
@@ -183,22 +185,52 @@ def partition_name(table: str, month: dt.date) -> str:
     return f"{table}_p{month:%Y%m}"
 
 
-async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> None:
-    """Each month's partition of every partitioned table (already there: nothing happens)."""
+async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> list[str]:
+    """Each month's partition of every partitioned table (already there: nothing happens).
+
+    Rows of a month that had no partition when they came (retention dropped it while a late
+    record was on its way) sit in the default partition, and Postgres refuses to create a
+    partition whose range the default one holds rows of: they are moved into the new partition in
+    the same transaction, as the main database does (:func:`mailerd.db.partitions.create_day`).
+    Returns what was moved, one line per table."""
+    moved: list[str] = []
     for month in sorted(set(months)):
         start, end = month.isoformat(), next_month(month).isoformat()
-        for table in PARTITIONED:
-            exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", partition_name(table, month))
-            if not exists:
-                await conn.execute(
-                    f"""CREATE TABLE IF NOT EXISTS {partition_name(table, month)} PARTITION OF {table}
-                        FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')"""
+        low = dt.datetime.combine(month, dt.time(), dt.UTC)
+        high = dt.datetime.combine(next_month(month), dt.time(), dt.UTC)
+        bounds = f"FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')"
+        for table, column in PARTITIONED.items():
+            name = partition_name(table, month)
+            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                continue
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+                if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                    continue
+                stray = await conn.fetchval(
+                    f"SELECT count(*) FROM {table}_default WHERE {column} >= $1 AND {column} < $2", low, high
                 )
+                if not stray:
+                    await conn.execute(f"CREATE TABLE {name} PARTITION OF {table} {bounds}")
+                    continue
+                await conn.execute(
+                    f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                )
+                await conn.execute(
+                    f"""WITH moved AS (DELETE FROM {table}_default
+                                       WHERE {column} >= $1 AND {column} < $2 RETURNING *)
+                        INSERT INTO {name} SELECT * FROM moved""",
+                    low,
+                    high,
+                )
+                await conn.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} {bounds}")
+                moved.append(f"moved {stray} rows from {table}_default to {name}")
+    return moved
 
 
 async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
-    """Drop the monthly partitions that end on or before ``cutoff``, and rollup rows older than
-    it; returns the partitions dropped."""
+    """Drop the monthly partitions that end on or before ``cutoff`` (and rows of those months in
+    the default partition), and rollup rows older than it; returns the partitions dropped."""
     rows = await conn.fetch(
         """SELECT c.relname FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
@@ -212,6 +244,9 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
         if next_month(month) <= cutoff:
             await conn.execute(f"DROP TABLE {name}")
             dropped.append(name)
+    kept_from = dt.datetime.combine(dt.date(cutoff.year, cutoff.month, 1), dt.time(), dt.UTC)
+    for table, column in PARTITIONED.items():
+        await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", kept_from)
     start = dt.datetime.combine(cutoff, dt.time(), dt.UTC)
     await conn.execute("DELETE FROM report_campaign_minutes WHERE minute < $1", start)
     await conn.execute("DELETE FROM report_account_days WHERE day < $1", cutoff)

@@ -34,6 +34,7 @@ from mailerd.relay.records import KINDS, Record
 log = structlog.get_logger(__name__)
 
 NAME = "reports"
+RETENTION_MARGIN_DAYS = 2  # a node's clock may run ahead of this one's
 MIN_PART = 500  # emails or events per transaction, at least, when a batch is split across connections
 T = TypeVar("T")
 _BLOCK = 64  # SHA-256's block size (HMAC pads the key to it)
@@ -132,11 +133,13 @@ class ReportsDestination:
         emails = [r.value for r in run if r.kind == "email"]
         events = [r.value for r in run if r.kind == "event"]
         changes = [_fields(r, ("at",)) for r in run if r.kind == "campaign"]
+        self._months = {month for month in self._months if not self._past_retention(month)}
         months = {load.month_of(r.at) for r in run if r.kind in ("email", "event")} - self._months
         if months:
             async with pool.acquire() as conn:
-                await load.ensure_partitions(conn, months)
-            self._months |= months
+                for line in await load.ensure_partitions(conn, months):
+                    log.warning("reports_partition_rows_moved", detail=line)
+            self._months |= {month for month in months if not self._past_retention(month)}
         parts = self._config.load_connections
         jobs: list[Callable[[asyncpg.Connection], Awaitable[object]]] = [
             functools.partial(load.load_emails, values=part) for part in split(emails, parts, MIN_PART)
@@ -145,6 +148,15 @@ class ReportsDestination:
         if changes:
             jobs.append(functools.partial(load.load_campaigns, records=changes))
         await aio.all_or_first_error(*(_in_transaction(pool, job) for job in jobs))
+
+    def _past_retention(self, month: dt.date) -> bool:
+        """Whether retention may have dropped ``month``'s partitions (the daemon's maintenance,
+        perhaps in another process, perhaps with a clock a little ahead): such a month is checked
+        again for every batch, never remembered, so a late record (a replay, a relay long behind)
+        gets its partition back instead of landing in the default one."""
+        margin = dt.timedelta(days=RETENTION_MARGIN_DAYS)
+        cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=self._config.retention_days) + margin
+        return load.next_month(month) <= cutoff
 
     async def _erase(self, conn: asyncpg.Connection, record: Record) -> None:
         account_id = record.account_id

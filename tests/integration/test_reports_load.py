@@ -268,8 +268,65 @@ async def test_retention_drops_whole_months_only(reports: asyncpg.Connection, re
         await target.deliver([email(1, at=old), email(2, at=AT)])
     finally:
         await target.close()
+    for lead, at in (
+        (3, dt.datetime(2024, 12, 31, tzinfo=dt.UTC)),
+        (4, dt.datetime(2026, 1, 31, tzinfo=dt.UTC)),
+    ):
+        await reports.execute(
+            """INSERT INTO report_emails_default (campaign_id, lead_id, sent_at, account_id, status)
+               VALUES (7, $1, $2, 3, 'sent')""",
+            lead,
+            at,
+        )  # rows of months without a partition: the older one is past retention, the other not
     dropped = await reports_schema.maintain(reports, 30, now=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
     assert dropped == ["report_emails_p202501", "report_events_p202501"]
-    assert await reports.fetchval("SELECT count(*) FROM report_emails") == 1
+    assert await reports.fetchval("SELECT lead_id FROM report_emails_default") == 4
+    assert await reports.fetchval("SELECT count(*) FROM report_emails") == 2
     assert await reports.fetchval("SELECT count(*) FROM report_account_days") == 1
     assert await reports.fetchval("SELECT to_regclass('report_emails_p202604') IS NOT NULL")
+
+
+async def test_a_late_record_for_a_month_retention_dropped_gets_its_partition_back(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """The daemon's maintenance drops a month (in another process, perhaps) that the relay had
+    loaded: a record of that month coming late (a replay) goes into its own partition again, not
+    into the default one, where it would stop that month's partition from ever being created."""
+    old = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)  # past the default 400 days, now and later
+    target = destination(reports_dsn)
+    try:
+        await target.deliver([email(1, at=old), email(2, at=AT)])
+        now = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)  # fixed, so that only January 2025 is dropped
+        assert await reports_schema.maintain(reports, 400, now=now) == [
+            "report_emails_p202501",
+            "report_events_p202501",
+        ]
+        await target.deliver([email(3, at=old), email(4, at=AT)])  # the same destination, late
+    finally:
+        await target.close()
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202501") == 1
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202603") == 2
+
+
+async def test_rows_in_the_default_partition_move_into_their_month_when_it_is_created(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """Postgres refuses a partition whose range the default one holds rows of: without the move,
+    a row that landed there would stop its month from ever loading again."""
+    old = dt.datetime(2024, 5, 6, tzinfo=dt.UTC)
+    await reports.execute(
+        """INSERT INTO report_emails_default (campaign_id, lead_id, sent_at, account_id, status)
+           VALUES (7, 1, $1, 3, 'sent')""",
+        old,
+    )
+    target = destination(reports_dsn)
+    try:
+        await target.deliver([email(1, at=old), email(2, at=old)])  # lead 1 again: a duplicate
+    finally:
+        await target.close()
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 2
+    assert await reports.fetchval("SELECT count(*) FROM report_events_p202405") == 0
+    again = await reports_load.ensure_partitions(reports, [reports_load.month_of(old)])
+    assert again == []
