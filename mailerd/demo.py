@@ -203,7 +203,7 @@ async def _run_demo(dsn: str, reports_dsn: str, lead_count: int, as_json: bool, 
             try:
                 for name in ("Winter launch", "Winter launch, second wave"):
                     started = time.monotonic()
-                    baseline = poster.counters.bounces + poster.counters.complaints - poster.counters.failed
+                    baseline = _owed(poster)
                     campaign_id = await campaigns.create(conn, _campaign(name), config)
                     say(f"\ncampaign {campaign_id} {name!r}: {orjson.dumps(SEGMENT).decode()}")
                     info = await _follow(conn, campaign_id, daemon, stop, as_json)
@@ -324,6 +324,13 @@ async def _ready(ready: asyncio.Future[int], daemon: asyncio.Task[int]) -> int:
     return ready.result()
 
 
+def _owed(poster: emulator_webhooks.WebhookPoster) -> int:
+    """The bounces and complaints the emulator decided on and will have delivered: less the posts
+    that failed and those dropped from a full backlog."""
+    counters = poster.counters
+    return counters.bounces + counters.complaints - counters.failed - counters.dropped
+
+
 async def _settle_webhooks(
     conn: asyncpg.Connection,
     poster: emulator_webhooks.WebhookPoster,
@@ -332,18 +339,14 @@ async def _settle_webhooks(
     stop: asyncio.Event,
 ) -> None:
     """Wait until the emulator has posted every bounce and complaint of this campaign and the
-    counts settle (``baseline``: the poster's bounces and complaints less its failed posts when
-    the campaign began), so the report shows them and none is still queued when it closes."""
-    expected = poster.counters.bounces + poster.counters.complaints - baseline
+    counts settle (``baseline``: :func:`_owed` when the campaign began), so the report shows them
+    and none is still queued when it closes."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(60):
             while not stop.is_set():
                 info = await campaigns.show(conn, campaign_id)
                 assert info is not None
-                if (
-                    poster.pending == 0
-                    and info["bounced"] + info["complained"] >= expected - poster.counters.failed
-                ):
+                if poster.pending == 0 and info["bounced"] + info["complained"] >= _owed(poster) - baseline:
                     return
                 await asyncio.sleep(0.1)
 
