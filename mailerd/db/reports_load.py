@@ -185,6 +185,20 @@ def partition_name(table: str, month: dt.date) -> str:
     return f"{table}_p{month:%Y%m}"
 
 
+async def _exists(conn: asyncpg.Connection, name: str) -> bool:
+    """Whether table ``name`` exists, read from ``pg_class`` with this statement's snapshot.
+    ``to_regclass`` goes through the backend's catalog cache: after the check made before the
+    lock, it answered "no" from the cache for a table another session committed while this one
+    waited on the advisory lock (which does not refresh the cache)."""
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                              WHERE c.relname = $1 AND n.nspname = current_schema())""",
+            name,
+        )
+    )
+
+
 async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> list[str]:
     """Each month's partition of every partitioned table (already there: nothing happens).
 
@@ -205,7 +219,7 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
                 continue
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-                if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                if await _exists(conn, name):  # made while this one waited for the lock
                     continue
                 stray = await conn.fetchval(
                     f"SELECT count(*) FROM {table}_default WHERE {column} >= $1 AND {column} < $2", low, high
@@ -216,7 +230,7 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
                 await conn.execute(
                     f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
                 )
-                await conn.execute(
+                status = await conn.execute(
                     f"""WITH moved AS (DELETE FROM {table}_default
                                        WHERE {column} >= $1 AND {column} < $2 RETURNING *)
                         INSERT INTO {name} SELECT * FROM moved""",
@@ -224,7 +238,7 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
                     high,
                 )
                 await conn.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} {bounds}")
-                moved.append(f"moved {stray} rows from {table}_default to {name}")
+                moved.append(f"moved {status.rsplit(' ', 1)[-1]} rows from {table}_default to {name}")
     return moved
 
 
@@ -242,11 +256,16 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
         name = row["relname"]
         month = dt.date(int(name[-6:-2]), int(name[-2:]), 1)
         if next_month(month) <= cutoff:
-            await conn.execute(f"DROP TABLE {name}")
-            dropped.append(name)
+            async with conn.transaction():  # another node's maintenance may drop it first
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+                if await _exists(conn, name):
+                    await conn.execute(f"DROP TABLE {name}")
+                    dropped.append(name)
     kept_from = dt.datetime.combine(dt.date(cutoff.year, cutoff.month, 1), dt.time(), dt.UTC)
-    for table, column in PARTITIONED.items():
-        await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", kept_from)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+        for table, column in PARTITIONED.items():
+            await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", kept_from)
     start = dt.datetime.combine(cutoff, dt.time(), dt.UTC)
     await conn.execute("DELETE FROM report_campaign_minutes WHERE minute < $1", start)
     await conn.execute("DELETE FROM report_account_days WHERE day < $1", cutoff)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+import structlog
 
 from mailerd.config import Config
 from mailerd.db import connect, migrate, reports_load
+
+log = structlog.get_logger(__name__)
 
 
 async def migrate_reports(config: Config, main_dsn: str) -> list[str]:
@@ -27,10 +30,11 @@ async def migrate_reports(config: Config, main_dsn: str) -> list[str]:
     try:
         done = await migrate.migrate(conn, migrate.REPORTS)
         this_month = reports_load.month_of(dt.datetime.now(dt.UTC))
-        await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)])
+        moved = await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)])
     finally:
         await conn.close()
     lines += [f"reports: applied {m.version:04d}_{m.name}" for m in done]
+    lines += [f"reports: {line}" for line in moved]
     return lines or ["reports: nothing to do: the schema is up to date"]
 
 
@@ -51,6 +55,7 @@ async def maintain(
     rollup rows older than it). Returns the partitions dropped."""
     now = now or dt.datetime.now(dt.UTC)
     this_month = reports_load.month_of(now)
-    await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)])
+    for line in await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)]):
+        log.warning("reports_partition_rows_moved", detail=line)
     cutoff = (now - dt.timedelta(days=retention_days)).date()
     return await reports_load.drop_before(conn, cutoff)

@@ -50,6 +50,10 @@ def key_pads(key: bytes) -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
 
 
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def _time(value: Any) -> Any:
     """A record read back from JSON (a dead letter) carries its times as text."""
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -96,8 +100,15 @@ class ReportsDestination:
     name = NAME
     kinds = frozenset(KINDS)
 
-    def __init__(self, config: ReportsConfig, dsn: str, privacy: PrivacyConfig) -> None:
+    def __init__(
+        self,
+        config: ReportsConfig,
+        dsn: str,
+        privacy: PrivacyConfig,
+        now: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
         self._config = config
+        self._now = now
         self._dsn = dsn
         key = privacy.erasure_key
         self._pads = key_pads(key.reveal().encode("utf-8")) if key is not None else None
@@ -130,16 +141,23 @@ class ReportsDestination:
         do not serialise on creating them), then the emails and events in up to
         ``load_connections`` transactions at once. Emails and events go in as their JSON (parsed
         by the statement); ``Record.at`` is their partition's time (sent_at, received_at)."""
-        emails = [r.value for r in run if r.kind == "email"]
-        events = [r.value for r in run if r.kind == "event"]
+        past = self._past_retention()
+        rows = [r for r in run if r.kind in ("email", "event")]
+        kept = [r for r in rows if load.month_of(r.at) >= past]
+        if len(kept) < len(rows):
+            log.warning(
+                "reports_records_past_retention", skipped=len(rows) - len(kept), months_before=str(past)
+            )
+        emails = [r.value for r in kept if r.kind == "email"]
+        events = [r.value for r in kept if r.kind == "event"]
         changes = [_fields(r, ("at",)) for r in run if r.kind == "campaign"]
-        self._months = {month for month in self._months if not self._past_retention(month)}
-        months = {load.month_of(r.at) for r in run if r.kind in ("email", "event")} - self._months
+        self._months = {month for month in self._months if month >= past}
+        months = {load.month_of(r.at) for r in kept} - self._months
         if months:
             async with pool.acquire() as conn:
                 for line in await load.ensure_partitions(conn, months):
                     log.warning("reports_partition_rows_moved", detail=line)
-            self._months |= {month for month in months if not self._past_retention(month)}
+            self._months |= months
         parts = self._config.load_connections
         jobs: list[Callable[[asyncpg.Connection], Awaitable[object]]] = [
             functools.partial(load.load_emails, values=part) for part in split(emails, parts, MIN_PART)
@@ -149,14 +167,16 @@ class ReportsDestination:
             jobs.append(functools.partial(load.load_campaigns, records=changes))
         await aio.all_or_first_error(*(_in_transaction(pool, job) for job in jobs))
 
-    def _past_retention(self, month: dt.date) -> bool:
-        """Whether retention may have dropped ``month``'s partitions (the daemon's maintenance,
-        perhaps in another process, perhaps with a clock a little ahead): such a month is checked
-        again for every batch, never remembered, so a late record (a replay, a relay long behind)
-        gets its partition back instead of landing in the default one."""
+    def _past_retention(self) -> dt.date:
+        """The first month retention keeps: the months before it it may have dropped already (the
+        daemon's hourly maintenance, perhaps in another process, perhaps with a clock a little
+        ahead). Their records are not loaded: a late one (a replay, a relay long behind) would
+        otherwise bring its month back with only its own counts in the day and minute rollups,
+        count again in the lifetime ones (domains, bounce reasons), and land in the default
+        partition while a remembered month's partition was gone."""
         margin = dt.timedelta(days=RETENTION_MARGIN_DAYS)
-        cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=self._config.retention_days) + margin
-        return load.next_month(month) <= cutoff
+        cutoff = self._now().date() - dt.timedelta(days=self._config.retention_days) + margin
+        return load.month_of(dt.datetime.combine(cutoff, dt.time(), dt.UTC))
 
     async def _erase(self, conn: asyncpg.Connection, record: Record) -> None:
         account_id = record.account_id

@@ -4,8 +4,9 @@ retention drops whole months."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
@@ -63,10 +64,16 @@ async def reports(reports_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-def destination(reports_dsn: str, *, load_connections: int = 2) -> ReportsDestination:
+def destination(
+    reports_dsn: str,
+    *,
+    load_connections: int = 2,
+    retention_days: int = 400,
+    now: Callable[[], dt.datetime] = lambda: AT + dt.timedelta(days=1),  # the records' time, not the clock's
+) -> ReportsDestination:
     privacy = config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY))
-    config = config_mod.ReportsConfig(load_connections=load_connections)
-    return ReportsDestination(config, reports_dsn, privacy)
+    config = config_mod.ReportsConfig(load_connections=load_connections, retention_days=retention_days)
+    return ReportsDestination(config, reports_dsn, privacy, now=now)
 
 
 async def totals(conn: asyncpg.Connection, table: str) -> dict[str, int]:
@@ -263,7 +270,7 @@ def test_split_keeps_order_and_short_lists_whole() -> None:
 
 async def test_retention_drops_whole_months_only(reports: asyncpg.Connection, reports_dsn: str) -> None:
     old = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)
-    target = destination(reports_dsn)
+    target = destination(reports_dsn, retention_days=36_500)
     try:
         await target.deliver([email(1, at=old), email(2, at=AT)])
     finally:
@@ -286,27 +293,31 @@ async def test_retention_drops_whole_months_only(reports: asyncpg.Connection, re
     assert await reports.fetchval("SELECT to_regclass('report_emails_p202604') IS NOT NULL")
 
 
-async def test_a_late_record_for_a_month_retention_dropped_gets_its_partition_back(
+async def test_a_record_of_a_month_retention_may_have_dropped_is_not_loaded(
     reports: asyncpg.Connection, reports_dsn: str
 ) -> None:
-    """The daemon's maintenance drops a month (in another process, perhaps) that the relay had
-    loaded: a record of that month coming late (a replay) goes into its own partition again, not
-    into the default one, where it would stop that month's partition from ever being created."""
-    old = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)  # past the default 400 days, now and later
-    target = destination(reports_dsn)
+    """The relay loaded January 2025 while it was current and remembered its partitions; the
+    daemon's maintenance (another process, perhaps) dropped the month 400 days on. A record of it
+    coming late (a replay) is left out: loaded, it would land in the default partition (the month
+    remembered), or bring the month back holding only its own counts and count a second time in
+    the campaign's lifetime rollups."""
+    old = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)
+    clock = [dt.datetime(2025, 1, 20, tzinfo=dt.UTC)]
+    target = destination(reports_dsn, now=lambda: clock[0])
     try:
         await target.deliver([email(1, at=old), email(2, at=AT)])
-        now = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)  # fixed, so that only January 2025 is dropped
-        assert await reports_schema.maintain(reports, 400, now=now) == [
-            "report_emails_p202501",
-            "report_events_p202501",
-        ]
+        clock[0] = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+        dropped = await reports_schema.maintain(reports, 400, now=clock[0])
+        assert dropped == ["report_emails_p202501", "report_events_p202501"]
         await target.deliver([email(3, at=old), email(4, at=AT)])  # the same destination, late
     finally:
         await target.close()
     assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
-    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202501") == 1
+    assert not await reports.fetchval("SELECT to_regclass('report_emails_p202501') IS NOT NULL")
     assert await reports.fetchval("SELECT count(*) FROM report_emails_p202603") == 2
+    domains = await totals(reports, "report_campaign_domains")
+    assert domains["sent"] == 3  # leads 1, 2 and 4: lead 3 counted nowhere
+    assert await reports.fetchval("SELECT min(day) FROM report_account_days") == AT.date()
 
 
 async def test_rows_in_the_default_partition_move_into_their_month_when_it_is_created(
@@ -320,7 +331,7 @@ async def test_rows_in_the_default_partition_move_into_their_month_when_it_is_cr
            VALUES (7, 1, $1, 3, 'sent')""",
         old,
     )
-    target = destination(reports_dsn)
+    target = destination(reports_dsn, retention_days=36_500)
     try:
         await target.deliver([email(1, at=old), email(2, at=old)])  # lead 1 again: a duplicate
     finally:
@@ -328,5 +339,32 @@ async def test_rows_in_the_default_partition_move_into_their_month_when_it_is_cr
     assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
     assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 2
     assert await reports.fetchval("SELECT count(*) FROM report_events_p202405") == 0
+    assert (await totals(reports, "report_campaign_minutes"))["sent"] == 1  # lead 1 was there already
     again = await reports_load.ensure_partitions(reports, [reports_load.month_of(old)])
     assert again == []
+
+
+async def test_two_creators_of_a_month_with_rows_in_the_default_partition_move_them_once(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """The relay's loader and the daemon's maintenance (or two nodes' maintenance) creating the
+    same month at once: one moves the rows, the other finds the partition made."""
+    month = dt.date(2024, 5, 1)
+    for lead in range(1, 4):
+        await reports.execute(
+            """INSERT INTO report_emails_default (campaign_id, lead_id, sent_at, account_id, status)
+               VALUES (7, $1, '2024-05-06 00:00:00+00', 3, 'sent')""",
+            lead,
+        )
+    other = await connect.connect(reports_dsn)
+    try:
+        results = await asyncio.gather(
+            reports_load.ensure_partitions(reports, [month]), reports_load.ensure_partitions(other, [month])
+        )
+    finally:
+        await other.close()
+    assert sorted(line for lines in results for line in lines) == [
+        "moved 3 rows from report_emails_default to report_emails_p202405"
+    ]
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 3
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
