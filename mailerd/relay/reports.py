@@ -143,7 +143,8 @@ class ReportsDestination:
         by the statement); ``Record.at`` is their partition's time (sent_at, received_at)."""
         past = self._past_retention()
         rows = [r for r in run if r.kind in ("email", "event")]
-        kept = [r for r in rows if load.month_of(r.at) >= past]
+        kept_from = dt.datetime.combine(past, dt.time(), dt.UTC)
+        kept = [r for r in rows if r.at >= kept_from]
         if len(kept) < len(rows):
             log.warning(
                 "reports_records_past_retention", skipped=len(rows) - len(kept), months_before=str(past)
