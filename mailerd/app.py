@@ -512,11 +512,13 @@ async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Con
         try:
             async with asyncio.timeout(5), pool.acquire() as conn:
                 totals = {t.status: t for t in await stats_db.totals_by_status(conn)}
+                waiting_for_window = await stats_db.leads_waiting_for_window(conn)
                 await provider_guard.sample(conn, config.guards, config.providers)
         except db.DB_ERRORS_OR_TIMEOUT:
             metrics.DATABASE_UP.set(0)
         else:
             metrics.DATABASE_UP.set(1)
+            metrics.CAMPAIGN_LEADS_WAITING_FOR_WINDOW.set(waiting_for_window)
             for status in stats_db.ACTIVE_STATUSES:
                 found = totals.get(status)
                 metrics.CAMPAIGNS.labels(status).set(found.campaigns if found else 0)

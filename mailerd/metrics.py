@@ -168,6 +168,10 @@ CAMPAIGN_LEADS_REMAINING = Gauge(
     "Leads matched but not yet logged, summed over the campaigns of a status (running, paused).",
     ["status"],
 )
+CAMPAIGN_LEADS_WAITING_FOR_WINDOW = Gauge(
+    "mailerd_campaign_leads_waiting_for_window",
+    "Leads left of the running campaigns whose every pending shard waits for its send window to open.",
+)
 CAMPAIGN_LEADS_LOGGED = Gauge(
     "mailerd_campaign_leads_logged",
     "Leads logged (any outcome), summed over the campaigns of a status (running, paused).",

@@ -122,3 +122,22 @@ async def totals_by_status(conn: asyncpg.Connection) -> list[StatusTotals]:
         list(ACTIVE_STATUSES),
     )
     return [StatusTotals(r["status"], r["campaigns"], r["matched"], r["logged"]) for r in rows]
+
+
+async def leads_waiting_for_window(conn: asyncpg.Connection) -> int:
+    """Leads left of the running campaigns whose every pending shard waits for its send window
+    (``not_before`` ahead): nothing of them can be sent until a window opens, which is no lack of
+    progress (the MailerdCampaignNoProgress alert subtracts them). A claimed shard's
+    ``not_before`` is NULL, so a campaign being sent is never counted."""
+    return int(
+        await conn.fetchval(
+            """SELECT coalesce(sum(greatest(
+                          cs.matched - (cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)), 0)
+               FROM campaigns c
+               JOIN campaign_stats cs ON cs.campaign_id = c.id
+               JOIN LATERAL (SELECT bool_and(coalesce(s.not_before > now(), false)) AS waiting
+                             FROM campaign_shards s
+                             WHERE s.campaign_id = c.id AND s.state = 'pending') w ON true
+               WHERE c.status = 'running' AND w.waiting"""
+        )
+    )

@@ -11,6 +11,7 @@ import asyncpg
 
 from mailerd import campaigns
 from mailerd.db import campaigns as campaigns_db
+from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
 from tests import ops_queries
 from tests.integration.helpers import daemon_config, new_campaign, running_daemon
@@ -73,3 +74,33 @@ async def test_totals_by_status_sum_matched_and_logged_per_live_status(conn: asy
         "running": stats_db.StatusTotals("running", 2, 150, 70),
         "paused": stats_db.StatusTotals("paused", 1, 30, 10),
     }
+
+
+async def test_leads_waiting_for_window_count_only_campaigns_whose_every_pending_shard_waits(
+    conn: asyncpg.Connection,
+) -> None:
+    """What MailerdCampaignNoProgress leaves out: a campaign that cannot send before a window opens."""
+    config = daemon_config(1)
+    waiting, partly, sending = [await campaigns.create(conn, new_campaign(), config) for _ in range(3)]
+    await conn.execute(
+        "UPDATE campaigns SET status = 'running' WHERE id = ANY($1::bigint[])", [waiting, partly, sending]
+    )
+    for campaign_id in (waiting, partly, sending):
+        await stats_db.set_matched(conn, campaign_id, 100)
+        await shards_db.create(conn, campaign_id, [100, 200])  # two shards
+    await stats_db.add_outcomes(conn, {waiting: (30, 0, 0, 0, 0)})
+    opens = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+    await conn.execute(
+        "UPDATE campaign_shards SET not_before = $2 WHERE campaign_id = $1 AND state = 'pending'",
+        waiting,
+        opens,
+    )
+    await conn.execute(  # one shard of `partly` waits, its other one does not
+        "UPDATE campaign_shards SET not_before = $2 WHERE campaign_id = $1 AND shard_no = 0", partly, opens
+    )
+    assert await conn.fetchval("SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", partly) == 2
+    assert await stats_db.leads_waiting_for_window(conn) == 70
+    await conn.execute(
+        "UPDATE campaign_shards SET not_before = now() - interval '1 minute' WHERE campaign_id = $1", waiting
+    )
+    assert await stats_db.leads_waiting_for_window(conn) == 0  # its window opened
