@@ -296,6 +296,9 @@ class _Stages:
             group.create_task(_campaign_sampler(self.pool, self.stop, self.config), name="campaign-sampler")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
+            for name, sender in self.senders.items():
+                if sender.config.seed_rate_from_account:
+                    group.create_task(_account_refresh_loop(sender, self.stop), name=f"account-{name}")
             if relay_destinations.runs_in_daemon(self.config):
                 group.create_task(self._relay().run(), name="relay")
             await self.scheduler.run()
@@ -411,6 +414,19 @@ async def _seed_from_account(sender: ProviderSender) -> None:
         else:
             if added:
                 log.info("provider_quota_sent_elsewhere", provider=sender.lane.name, added=added)
+
+
+async def _account_refresh_loop(sender: ProviderSender, stop: asyncio.Event) -> None:
+    """``seed_rate_from_account``: read the account again every ``account_refresh_s`` (an hour),
+    so a quota the provider raised (or lowered) applies without a restart, and what other
+    senders on the account sent since counts against the daily quota."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(sender.config.account_refresh_s):
+                await stop.wait()
+        if stop.is_set():
+            return
+        await _seed_from_account(sender)
 
 
 def _warn_unverified(config: Config) -> None:

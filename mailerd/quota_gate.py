@@ -62,6 +62,7 @@ class QuotaGate:
     ) -> None:
         self.provider = provider
         self.schedule = schedule
+        self._configured = schedule  # before the account's own quota lowered it
         self.step = step
         self.recheck_s = recheck_s
         self.allowance = 0
@@ -82,8 +83,8 @@ class QuotaGate:
 
     def set_account_quota(self, max_24_hour_send: int | None) -> None:
         """``seed_rate_from_account``: the account's ``Max24HourSend`` when lower than the
-        configured quota."""
-        self.schedule = self.schedule.with_account_quota(max_24_hour_send)
+        configured quota. Read again later, a raised quota replaces the one read before."""
+        self.schedule = self._configured.with_account_quota(max_24_hour_send)
 
     async def count_sent_elsewhere(self, sent_24h: int) -> int:
         """``seed_rate_from_account``: what the account sent in the last 24 hours beyond what the

@@ -85,6 +85,7 @@ class ProviderConfig:
     api_key: Secret | None = None
     configuration_set: str = ""
     seed_rate_from_account: bool = False  # and the daily quota (SES GetAccount)
+    account_refresh_s: float = _within(3600.0, 1, 86_400)  # seed_rate_from_account: read it again this often
     # Daily quota and warm-up across nodes (docs/guards.md "Daily quota and warm-up").
     daily_quota: int = _within(0, 0, 1_000_000_000, below="must be 0 (none) or more")
     warmup: tuple[tuple[int, int], ...] = ()  # [[day, max_per_day], ...] from warmup_start

@@ -251,6 +251,31 @@ async def test_the_account_quota_and_what_it_sent_elsewhere_are_read_from_the_pr
     assert emulator.counters.accepted - 40 <= 110 and emulator.quota_refused_calls == 0
 
 
+async def test_a_quota_the_provider_raised_applies_without_a_restart(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    await add_leads(conn, 1, LEADS)
+    emulator = sink.Sink(max_24_hour_send=150)
+    port = await emulator.start()
+    config = daemon_config(
+        port,
+        provider={"seed_rate_from_account": True, "account_refresh_s": 1, "daily_quota": 500},
+        guards={"quota_recheck_s": 0.2},
+    )
+    try:
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            await _waiting_for_quota(conn, campaign_id, emulator, at_least=100)
+            emulator.max_24_hour_send = 400  # the account's quota was raised
+            info = await _wait(conn, campaign_id, lambda i: i["sent"] > 150)
+            # The configured daily_quota (500) was never the limit: the account's 400 now is.
+            info = await _waiting_for_quota(conn, campaign_id, emulator, at_least=350)
+    finally:
+        await emulator.close()
+    assert info["status"] == "running" and "daily quota of 400 reached" in info["quota_reason"]
+    assert emulator.counters.accepted <= 400 and emulator.quota_refused_calls == 0
+
+
 async def test_a_drain_gives_back_what_the_node_reserved_and_did_not_send(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
