@@ -296,12 +296,16 @@ class _Stages:
             group.create_task(_campaign_sampler(self.pool, self.stop, self.config), name="campaign-sampler")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
-            for name, sender in self.senders.items():
-                if sender.config.seed_rate_from_account:
-                    group.create_task(_account_refresh_loop(sender, self.stop), name=f"account-{name}")
+            refreshers = [
+                group.create_task(_account_refresh_loop(sender, self.stop), name=f"account-{name}")
+                for name, sender in self.senders.items()
+                if sender.config.seed_rate_from_account
+            ]
             if relay_destinations.runs_in_daemon(self.config):
                 group.create_task(self._relay().run(), name="relay")
             await self.scheduler.run()
+            for task in refreshers:  # a provider call in flight must not hold up the drain
+                task.cancel()
             for task in sender_tasks:
                 await task
             for lane in self.lanes.values():
@@ -379,34 +383,13 @@ async def _seed_from_account(sender: ProviderSender) -> None:
         return
     if account is None:
         return
-    if account.max_send_rate:
-        configured = sender.config.rate_per_s
-        rate = min(account.max_send_rate, configured) if configured else account.max_send_rate
-        sender.bucket.set_rate(rate)
-        log.info(
-            "provider_rate_seeded",
-            provider=sender.lane.name,
-            max_send_rate=account.max_send_rate,
-            rate_per_s=rate,
-        )
+    # Each read replaces the last: a ceiling the account no longer has gives the configured one back.
+    _seed_rate(sender, account.max_send_rate)
     gate = sender.lane.quota
-    if account.max_24_hour_send and isinstance(gate, quota_gate.QuotaGate):
-        gate.set_account_quota(account.max_24_hour_send)
-        log.info(
-            "provider_quota_seeded",
-            provider=sender.lane.name,
-            max_24_hour_send=account.max_24_hour_send,
-            daily_quota=gate.schedule.daily_quota,
-        )
-        if gate.schedule.daily_quota < sender.lane.batch_size:
-            log.error(
-                "provider_quota_below_batch_size",
-                provider=sender.lane.name,
-                daily_quota=gate.schedule.daily_quota,
-                batch_size=sender.lane.batch_size,
-                hint="no batch fits the account's daily quota: lower batch_size",
-            )
-    if account.sent_last_24_hours and isinstance(gate, quota_gate.QuotaGate):
+    if not isinstance(gate, quota_gate.QuotaGate):
+        return
+    _seed_quota(sender, gate, account.max_24_hour_send)
+    if account.sent_last_24_hours:
         try:
             added = await gate.count_sent_elsewhere(account.sent_last_24_hours)
         except db.DB_ERRORS as exc:
@@ -414,6 +397,42 @@ async def _seed_from_account(sender: ProviderSender) -> None:
         else:
             if added:
                 log.info("provider_quota_sent_elsewhere", provider=sender.lane.name, added=added)
+
+
+def _seed_rate(sender: ProviderSender, max_send_rate: float | None) -> None:
+    """The lower of ``rate_per_s`` and the account's ``MaxSendRate`` (logged when it changes)."""
+    configured = sender.config.rate_per_s
+    rate = configured
+    if max_send_rate:
+        rate = min(max_send_rate, configured) if configured else max_send_rate
+    if rate != sender.bucket.rate:
+        sender.bucket.set_rate(rate)
+        log.info(
+            "provider_rate_seeded", provider=sender.lane.name, max_send_rate=max_send_rate, rate_per_s=rate
+        )
+
+
+def _seed_quota(sender: ProviderSender, gate: quota_gate.QuotaGate, max_24_hour_send: int | None) -> None:
+    """The lower of ``daily_quota`` and the account's ``Max24HourSend`` (logged when it changes)."""
+    before = gate.schedule.daily_quota
+    gate.set_account_quota(max_24_hour_send)
+    quota = gate.schedule.daily_quota
+    if quota == before:
+        return
+    log.info(
+        "provider_quota_seeded",
+        provider=sender.lane.name,
+        max_24_hour_send=max_24_hour_send,
+        daily_quota=quota,
+    )
+    if 0 < quota < sender.lane.batch_size:
+        log.error(
+            "provider_quota_below_batch_size",
+            provider=sender.lane.name,
+            daily_quota=quota,
+            batch_size=sender.lane.batch_size,
+            hint="no batch fits the account's daily quota: lower batch_size",
+        )
 
 
 async def _account_refresh_loop(sender: ProviderSender, stop: asyncio.Event) -> None:
@@ -426,7 +445,10 @@ async def _account_refresh_loop(sender: ProviderSender, stop: asyncio.Event) -> 
                 await stop.wait()
         if stop.is_set():
             return
-        await _seed_from_account(sender)
+        try:
+            await _seed_from_account(sender)
+        except Exception:  # not essential: sending goes on with the limits read last
+            log.exception("provider_account_refresh_failed", provider=sender.lane.name)
 
 
 def _warn_unverified(config: Config) -> None:
@@ -532,6 +554,8 @@ async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Con
                 await provider_guard.sample(conn, config.guards, config.providers)
         except db.DB_ERRORS_OR_TIMEOUT:
             metrics.DATABASE_UP.set(0)
+            # Unknown now: a stale figure would keep MailerdCampaignNoProgress quiet after the window opened.
+            metrics.CAMPAIGN_LEADS_WAITING_FOR_WINDOW.set(0)
         else:
             metrics.DATABASE_UP.set(1)
             metrics.CAMPAIGN_LEADS_WAITING_FOR_WINDOW.set(waiting_for_window)

@@ -99,6 +99,22 @@ def test_the_account_quota_lowers_the_configured_one_never_raises_it() -> None:
     assert quota.Schedule().with_account_quota(200).limited
 
 
+def test_each_account_quota_read_replaces_the_last() -> None:
+    """Read again every account_refresh_s: a raised quota applies, an unlimited one gives the
+    configured quota back (it was the lowest ever read)."""
+    gate = quota_gate.QuotaGate("ses", None, quota.Schedule(daily_quota=50_000), step=100)  # type: ignore[arg-type]
+    gate.set_account_quota(150)
+    assert gate.schedule.daily_quota == 150
+    gate.set_account_quota(400)
+    assert gate.schedule.daily_quota == 400
+    gate.set_account_quota(None)
+    assert gate.schedule.daily_quota == 50_000
+    unconfigured = quota_gate.QuotaGate("ses", None, quota.Schedule(), step=100)  # type: ignore[arg-type]
+    unconfigured.set_account_quota(150)
+    unconfigured.set_account_quota(-1)
+    assert not unconfigured.schedule.limited
+
+
 def _provider(**keys: Any) -> config.Config:
     return config.from_mapping({"providers": {"ses": {"kind": "ses", **keys}}}, env={})
 
