@@ -565,9 +565,7 @@ async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Con
                 if status != "scheduled":
                     logged = found.logged if found else 0
                     metrics.CAMPAIGN_LEADS_LOGGED.labels(status).set(logged)
-                    metrics.CAMPAIGN_LEADS_REMAINING.labels(status).set(
-                        max(0, found.matched - logged) if found else 0
-                    )
+                    metrics.CAMPAIGN_LEADS_REMAINING.labels(status).set(found.remaining if found else 0)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CAMPAIGN_SAMPLE_S):
                 await stop.wait()

@@ -165,7 +165,8 @@ CAMPAIGNS = Gauge(
 )
 CAMPAIGN_LEADS_REMAINING = Gauge(
     "mailerd_campaign_leads_remaining",
-    "Leads matched but not yet logged, summed over the campaigns of a status (running, paused).",
+    "Leads matched but not yet logged (each campaign's never below 0), summed over the campaigns of a "
+    "status (running, paused).",
     ["status"],
 )
 CAMPAIGN_LEADS_WAITING_FOR_WINDOW = Gauge(

@@ -101,12 +101,15 @@ async def reset_guard_baseline(conn: asyncpg.Connection, campaign_id: int) -> No
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StatusTotals:
-    """The campaigns of one status, summed: how many, leads matched, leads logged."""
+    """The campaigns of one status, summed: how many, leads matched, leads logged, and leads
+    left (each campaign's matched less logged, never below 0: a campaign that logged leads that
+    began to match after its split takes nothing off another's)."""
 
     status: str
     campaigns: int
     matched: int
     logged: int
+    remaining: int
 
 
 async def totals_by_status(conn: asyncpg.Connection) -> list[StatusTotals]:
@@ -115,13 +118,17 @@ async def totals_by_status(conn: asyncpg.Connection) -> list[StatusTotals]:
     rows = await conn.fetch(
         """SELECT c.status, count(*) AS campaigns,
                   coalesce(sum(cs.matched), 0)::bigint AS matched,
-                  coalesce(sum(cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)::bigint AS logged
+                  coalesce(sum(cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)::bigint AS logged,
+                  coalesce(sum(greatest(cs.matched - (cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)),
+                           0)::bigint AS remaining
            FROM campaigns c LEFT JOIN campaign_stats cs ON cs.campaign_id = c.id
            WHERE c.status = ANY($1::text[])
            GROUP BY c.status""",
         list(ACTIVE_STATUSES),
     )
-    return [StatusTotals(r["status"], r["campaigns"], r["matched"], r["logged"]) for r in rows]
+    return [
+        StatusTotals(r["status"], r["campaigns"], r["matched"], r["logged"], r["remaining"]) for r in rows
+    ]
 
 
 async def leads_waiting_for_window(conn: asyncpg.Connection) -> int:

@@ -71,9 +71,14 @@ async def test_totals_by_status_sum_matched_and_logged_per_live_status(conn: asy
     )
     totals = {t.status: t for t in await stats_db.totals_by_status(conn)}
     assert totals == {
-        "running": stats_db.StatusTotals("running", 2, 150, 70),
-        "paused": stats_db.StatusTotals("paused", 1, 30, 10),
+        "running": stats_db.StatusTotals("running", 2, 150, 70, 80),
+        "paused": stats_db.StatusTotals("paused", 1, 30, 10, 20),
     }
+    # A campaign that logged more than it matched (leads that began to match after its split)
+    # takes nothing off another's leads left.
+    await stats_db.add_outcomes(conn, {running[0]: (60, 0, 0, 0, 0)})
+    totals = {t.status: t for t in await stats_db.totals_by_status(conn)}
+    assert totals["running"] == stats_db.StatusTotals("running", 2, 150, 130, 50)
 
 
 async def test_leads_waiting_for_window_count_only_campaigns_whose_every_pending_shard_waits(
