@@ -164,10 +164,10 @@ async def test_a_frozen_broker_does_not_slow_sending_and_loses_nothing(
                 started = time.monotonic()
                 await wait_for(lambda: emulator.counters.accepted >= 100, 20)
                 frozen.freeze()
-                frozen_at = time.monotonic()
+                accepted_before_freeze = emulator.counters.accepted
                 await wait_for_status(conn, campaign_id, timeout=30)
                 elapsed = time.monotonic() - started
-                sent_while_frozen = time.monotonic() - frozen_at
+                sent_while_frozen = emulator.counters.accepted - accepted_before_freeze
                 frozen.thaw()
                 want = await expected_ids(conn, campaign_id)
                 async with Consumer(frozen, topics.values()) as consumer:
@@ -177,7 +177,8 @@ async def test_a_frozen_broker_does_not_slow_sending_and_loses_nothing(
             await emulator.close()
     finally:
         frozen.stop()
-    # 1000 leads at 250/s: 4 s of sending, most of it with the broker frozen.
-    assert sent_while_frozen >= 2.5
+    # 1000 leads at 250/s: 4 s of sending, most of it with the broker frozen (counted in emails,
+    # not seconds: on a busy machine the freeze may come a little later than the 100th email).
+    assert sent_while_frozen >= 500, sent_while_frozen
     assert elapsed < 4.0 * 1.5, elapsed
     assert relay_schemas.check(consumer.records()) >= len(want)
