@@ -193,6 +193,11 @@ def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: st
         ("[providers.ses]\nconcurrency = 0", "[providers.ses] concurrency: must be at least 1"),
         ("[providers.ses]\nmax_attempts = 0", "[providers.ses] max_attempts: must be at least 1"),
         ("[providers.ses]\nburst = -1", "[providers.ses] burst: must be 0 (one second of rate) or more"),
+        ("[providers.ses]\naccount_refresh_s = 0", "[providers.ses] account_refresh_s: must be at least 1"),
+        (
+            "[providers.ses]\naccount_refresh_s = 90000",
+            "[providers.ses] account_refresh_s: must be at most 86400",
+        ),
         ("[providers.ses]\nmax_error_rate = 0", "[providers.ses] max_error_rate: must be in (0, 1]"),
         ('[http]\nlisten = "localhost"', "listen: expected HOST:PORT, got 'localhost'"),
         ('[http]\nlisten = "host:99999"', "listen: expected HOST:PORT, got 'host:99999'"),
