@@ -66,38 +66,64 @@ async def existing_days(conn: asyncpg.Connection, table: str) -> list[dt.date]:
 
 async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list[Action]:
     """Create the partition of ``table`` for ``day`` unless it exists; move stray rows into it."""
-    column = PARTITIONED[table]
     name = partition_name(table, day)
     low, high = _bounds(day)
-    actions: list[Action] = []
+    moved = await create_partition(conn, table, name, PARTITIONED[table], low, high, PARTITION_LOCK_KEY)
+    if moved is None:
+        return []
+    actions = [Action("moved", table, f"{moved} rows from {table}_default to {name}")] if moved else []
+    return [*actions, Action("created", table, name)]
+
+
+async def create_partition(
+    conn: asyncpg.Connection,
+    parent: str,
+    name: str,
+    column: str,
+    low: dt.datetime,
+    high: dt.datetime,
+    lock_key: int,
+) -> int | None:
+    """Create ``name``, the partition of ``parent`` for ``column`` in [low, high), unless it exists
+    (None); returns the rows moved into it from the default partition, in the same transaction
+    (Postgres refuses a partition whose range the default one holds rows of). ``lock_key``
+    serialises partition DDL between nodes (two CREATE ... PARTITION OF at once deadlock); the
+    reports database uses this too (:mod:`mailerd.db.reports_load`)."""
+    bounds = f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
-            return actions
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        if await table_exists(conn, name):
+            return None
         stray = await conn.fetchval(
-            f"SELECT count(*) FROM {table}_default WHERE {column} >= $1 AND {column} < $2", low, high
+            f"SELECT count(*) FROM {parent}_default WHERE {column} >= $1 AND {column} < $2", low, high
         )
-        if stray:
-            await conn.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-            await conn.execute(
-                f"""WITH moved AS (DELETE FROM {table}_default
-                                   WHERE {column} >= $1 AND {column} < $2 RETURNING *)
-                    INSERT INTO {name} SELECT * FROM moved""",
-                low,
-                high,
-            )
-            await conn.execute(
-                f"ALTER TABLE {table} ATTACH PARTITION {name} "
-                f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
-            )
-            actions.append(Action("moved", table, f"{stray} rows from {table}_default to {name}"))
-        else:
-            await conn.execute(
-                f"CREATE TABLE {name} PARTITION OF {table} "
-                f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
-            )
-        actions.append(Action("created", table, name))
-    return actions
+        if not stray:
+            await conn.execute(f"CREATE TABLE {name} PARTITION OF {parent} {bounds}")
+            return 0
+        await conn.execute(f"CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        status = await conn.execute(
+            f"""WITH moved AS (DELETE FROM {parent}_default
+                               WHERE {column} >= $1 AND {column} < $2 RETURNING *)
+                INSERT INTO {name} SELECT * FROM moved""",
+            low,
+            high,
+        )
+        await conn.execute(f"ALTER TABLE {parent} ATTACH PARTITION {name} {bounds}")
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def table_exists(conn: asyncpg.Connection, name: str) -> bool:
+    """Whether table ``name`` exists, read from ``pg_class`` with this statement's snapshot.
+    ``to_regclass`` goes through the backend's catalog cache: after a check made before an
+    advisory lock, it answered "no" from the cache for a table another session committed while
+    this one waited (waiting on an advisory lock does not refresh the cache)."""
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                              WHERE c.relname = $1 AND n.nspname = current_schema())""",
+            name,
+        )
+    )
 
 
 # A relay destination's position as a txid snapshot (xmin, xmax, xip): it has passed every

@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from mailerd.db import partitions
+
 # The counters of every rollup, in this order.
 COUNTERS = (
     "sent",
@@ -185,60 +187,24 @@ def partition_name(table: str, month: dt.date) -> str:
     return f"{table}_p{month:%Y%m}"
 
 
-async def _exists(conn: asyncpg.Connection, name: str) -> bool:
-    """Whether table ``name`` exists, read from ``pg_class`` with this statement's snapshot.
-    ``to_regclass`` goes through the backend's catalog cache: after the check made before the
-    lock, it answered "no" from the cache for a table another session committed while this one
-    waited on the advisory lock (which does not refresh the cache)."""
-    return bool(
-        await conn.fetchval(
-            """SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                              WHERE c.relname = $1 AND n.nspname = current_schema())""",
-            name,
-        )
-    )
-
-
 async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> list[str]:
     """Each month's partition of every partitioned table (already there: nothing happens).
 
     Rows of a month that had no partition when they came (retention dropped it while a late
-    record was on its way) sit in the default partition, and Postgres refuses to create a
-    partition whose range the default one holds rows of: they are moved into the new partition in
-    the same transaction, as the main database does (:func:`mailerd.db.partitions.create_day`).
+    record was on its way) sit in the default partition: they move into the new partition in the
+    same transaction, as on the main database (:func:`mailerd.db.partitions.create_partition`).
     Returns what was moved, one line per table."""
     moved: list[str] = []
     for month in sorted(set(months)):
-        start, end = month.isoformat(), next_month(month).isoformat()
         low = dt.datetime.combine(month, dt.time(), dt.UTC)
         high = dt.datetime.combine(next_month(month), dt.time(), dt.UTC)
-        bounds = f"FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')"
         for table, column in PARTITIONED.items():
             name = partition_name(table, month)
             if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
-                continue
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-                if await _exists(conn, name):  # made while this one waited for the lock
-                    continue
-                stray = await conn.fetchval(
-                    f"SELECT count(*) FROM {table}_default WHERE {column} >= $1 AND {column} < $2", low, high
-                )
-                if not stray:
-                    await conn.execute(f"CREATE TABLE {name} PARTITION OF {table} {bounds}")
-                    continue
-                await conn.execute(
-                    f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-                )
-                status = await conn.execute(
-                    f"""WITH moved AS (DELETE FROM {table}_default
-                                       WHERE {column} >= $1 AND {column} < $2 RETURNING *)
-                        INSERT INTO {name} SELECT * FROM moved""",
-                    low,
-                    high,
-                )
-                await conn.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} {bounds}")
-                moved.append(f"moved {status.rsplit(' ', 1)[-1]} rows from {table}_default to {name}")
+                continue  # the common case, without a transaction or the lock
+            rows = await partitions.create_partition(conn, table, name, column, low, high, PARTITION_LOCK_KEY)
+            if rows:
+                moved.append(f"moved {rows} rows from {table}_default to {name}")
     return moved
 
 
@@ -258,7 +224,7 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
         if next_month(month) <= cutoff:
             async with conn.transaction():  # another node's maintenance may drop it first
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-                if await _exists(conn, name):
+                if await partitions.table_exists(conn, name):
                     await conn.execute(f"DROP TABLE {name}")
                     dropped.append(name)
     kept_from = dt.datetime.combine(dt.date(cutoff.year, cutoff.month, 1), dt.time(), dt.UTC)
