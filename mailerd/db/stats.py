@@ -112,15 +112,18 @@ class StatusTotals:
     remaining: int
 
 
+# A campaign's leads logged, any outcome (campaign_stats as cs).
+_LOGGED = "(cs.sent + cs.failed + cs.unknown + cs.suppressed)"
+
+
 async def totals_by_status(conn: asyncpg.Connection) -> list[StatusTotals]:
     """Scheduled, running and paused campaigns, summed per status (the metrics sampler reads
     this every few seconds: one index scan over the live campaigns, never the log)."""
     rows = await conn.fetch(
-        """SELECT c.status, count(*) AS campaigns,
+        f"""SELECT c.status, count(*) AS campaigns,
                   coalesce(sum(cs.matched), 0)::bigint AS matched,
-                  coalesce(sum(cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)::bigint AS logged,
-                  coalesce(sum(greatest(cs.matched - (cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)),
-                           0)::bigint AS remaining
+                  coalesce(sum({_LOGGED}), 0)::bigint AS logged,
+                  coalesce(sum(greatest(cs.matched - {_LOGGED}, 0)), 0)::bigint AS remaining
            FROM campaigns c LEFT JOIN campaign_stats cs ON cs.campaign_id = c.id
            WHERE c.status = ANY($1::text[])
            GROUP BY c.status""",
@@ -138,8 +141,7 @@ async def leads_waiting_for_window(conn: asyncpg.Connection) -> int:
     ``not_before`` is NULL, so a campaign being sent is never counted."""
     return int(
         await conn.fetchval(
-            """SELECT coalesce(sum(greatest(
-                          cs.matched - (cs.sent + cs.failed + cs.unknown + cs.suppressed), 0)), 0)
+            f"""SELECT coalesce(sum(greatest(cs.matched - {_LOGGED}, 0)), 0)
                FROM campaigns c
                JOIN campaign_stats cs ON cs.campaign_id = c.id
                JOIN LATERAL (SELECT bool_and(coalesce(s.not_before > now(), false)) AS waiting

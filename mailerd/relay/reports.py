@@ -141,18 +141,18 @@ class ReportsDestination:
         do not serialise on creating them), then the emails and events in up to
         ``load_connections`` transactions at once. Emails and events go in as their JSON (parsed
         by the statement); ``Record.at`` is their partition's time (sent_at, received_at)."""
-        past = self._past_retention()
+        first_kept = self._first_kept_month()
         rows = [r for r in run if r.kind in ("email", "event")]
-        kept_from = dt.datetime.combine(past, dt.time(), dt.UTC)
+        kept_from = dt.datetime.combine(first_kept, dt.time(), dt.UTC)
         kept = [r for r in rows if r.at >= kept_from]
         if len(kept) < len(rows):
             log.warning(
-                "reports_records_past_retention", skipped=len(rows) - len(kept), months_before=str(past)
+                "reports_records_past_retention", skipped=len(rows) - len(kept), months_before=str(first_kept)
             )
         emails = [r.value for r in kept if r.kind == "email"]
         events = [r.value for r in kept if r.kind == "event"]
         changes = [_fields(r, ("at",)) for r in run if r.kind == "campaign"]
-        self._months = {month for month in self._months if month >= past}
+        self._months = {month for month in self._months if month >= first_kept}
         months = {load.month_of(r.at) for r in kept} - self._months
         if months:
             async with pool.acquire() as conn:
@@ -168,7 +168,7 @@ class ReportsDestination:
             jobs.append(functools.partial(load.load_campaigns, records=changes))
         await aio.all_or_first_error(*(_in_transaction(pool, job) for job in jobs))
 
-    def _past_retention(self) -> dt.date:
+    def _first_kept_month(self) -> dt.date:
         """The first month retention keeps: the months before it it may have dropped already (the
         daemon's hourly maintenance, perhaps in another process, perhaps with a clock a little
         ahead). Their records are not loaded: a late one (a replay, a relay long behind) would
