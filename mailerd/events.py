@@ -87,7 +87,7 @@ async def record(
     ]
     if not fresh:
         return []
-    fresh = [_classified(e) for e in fresh]
+    fresh = [_classified(e) for e in await _lowered(conn, fresh)]
     await events_db.append(conn, fresh, dt.datetime.now(dt.UTC))
     await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)
     await stats_db.add_events(conn, counts(fresh))
@@ -113,7 +113,7 @@ async def _suppress(
     for event in events:
         if event.account_id is None or not event.email:
             continue
-        key = (event.account_id, event.email.lower())
+        key = (event.account_id, event.email)
         bounce_class = bounces.BounceClass(event.bounce_class) if event.bounce_class else None
         if bounces.suppresses(event.kind, bounce_class) or event.suppress:
             direct.setdefault(key, (str(event.kind), event.provider))
@@ -154,8 +154,23 @@ async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """
     events = await _by_metadata(conn, events)
     events = await _by_message_id(conn, events)
-    events = await _by_address(conn, events)
+    events = await _by_address(conn, await _lowered(conn, events))
     return await _with_addresses(conn, events)
+
+
+async def _lowered(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """The events with their addresses lower-cased by the database (:func:`events_db.lowered`):
+    the form every lookup, suppression and stored event uses. Events that did not come through
+    :func:`resolve` (an SMTP rejection, a one-click unsubscribe) carry the lead's address as
+    written."""
+    addresses = {e.email for e in events if e.email}
+    if not addresses:
+        return events
+    folded = await events_db.lowered(conn, addresses)
+    return [
+        dataclasses.replace(e, email=folded[e.email]) if e.email and folded[e.email] != e.email else e
+        for e in events
+    ]
 
 
 async def _with_addresses(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
@@ -235,14 +250,14 @@ async def _by_message_id(conn: asyncpg.Connection, events: list[Event]) -> list[
 async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """The address, in every account that has it as a lead (for a complaint or an unsubscribe,
     only in the one account that has it)."""
-    wanted = {e.email.lower() for e in events if not _matched(e) and e.email}
+    wanted = {e.email for e in events if not _matched(e) and e.email}
     owners = await events_db.leads_by_address(conn, wanted) if wanted else {}
     result: list[Event] = []
     for event in events:
         if _matched(event) or not event.email:
             result.append(event)
             continue
-        matches = owners.get(event.email.lower(), [])
+        matches = owners.get(event.email, [])
         if len(matches) > 1 and event.kind in CONSENT_KINDS:
             log.info(
                 "webhook_event_ambiguous",

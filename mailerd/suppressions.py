@@ -61,12 +61,14 @@ __all__ = [
 
 
 def normalise(address: str) -> str | None:
-    """The stored form of an address (trimmed, lower-cased), or None when it is not one.
+    """The address trimmed, or None when it is not one.
 
     The one address check of every way onto the list (API, CLI, import): it also refuses what a
-    text column cannot hold (NUL, invalid UTF-8) and more than 254 characters.
+    text column cannot hold (NUL, invalid UTF-8) and more than 254 characters. It is not
+    lower-cased here: the database does that (:mod:`mailerd.db.suppressions`), as it does for the
+    leads the list is matched against.
     """
-    address = address.strip().lower()
+    address = address.strip()
     return address if is_valid_email(address) else None
 
 
@@ -267,7 +269,7 @@ async def run_list_cli(
     if has_bad_text(after):
         print(f"mailerd suppressions list: --after: {bad_text_reason(after)}", file=sys.stderr)
         return 1
-    rows = await page(conn, account_id, after=after.strip().lower(), limit=limit)
+    rows = await page(conn, account_id, after=after.strip(), limit=limit)
     if as_json:
         sys.stdout.write(orjson.dumps([r.as_dict() for r in rows]).decode() + "\n")
         return 0

@@ -45,7 +45,7 @@ async def claim_receipts(conn: asyncpg.Connection, keys: Collection[tuple[str, s
 
 
 async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at: dt.datetime) -> None:
-    """COPY the events into ``email_events`` (addresses stored lower-cased)."""
+    """COPY the events into ``email_events`` (addresses as :func:`lowered` gave them)."""
     await conn.copy_records_to_table(
         "email_events",
         records=[
@@ -55,7 +55,7 @@ async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at:
                 e.account_id,
                 e.campaign_id,
                 e.lead_id,
-                e.email.lower() if e.email else None,
+                e.email,
                 str(e.kind),
                 e.provider,
                 e.receipt,
@@ -109,9 +109,10 @@ async def campaign_accounts(conn: asyncpg.Connection, campaign_ids: Collection[i
 async def lead_emails(
     conn: asyncpg.Connection, pairs: Collection[tuple[int, int]]
 ) -> dict[tuple[int, int], str]:
-    """(account_id, lead_id) -> the lead's address, for the leads that exist."""
+    """(account_id, lead_id) -> the lead's address (as :func:`lowered` gives it), for the leads
+    that exist."""
     rows = await conn.fetch(
-        """SELECT l.account_id, l.id, l.email FROM leads l
+        """SELECT l.account_id, l.id, lower(l.email) AS email FROM leads l
            JOIN unnest($1::bigint[], $2::bigint[]) AS v(account_id, id)
              ON l.account_id = v.account_id AND l.id = v.id""",
         [p[0] for p in pairs],
@@ -141,10 +142,22 @@ async def by_message_id(
     return {r["provider_message_id"]: (r["campaign_id"], r["lead_id"], r["account_id"]) for r in rows}
 
 
+async def lowered(conn: asyncpg.Connection, addresses: Collection[str]) -> dict[str, str]:
+    """Each address as the database's ``lower()`` writes it. Every match with a lead is on
+    ``lower(leads.email)`` (the unique index, the send-time suppression check), and Python's
+    ``str.lower`` differs from it: for some letters always (``İ``), and for every non-ASCII
+    letter where the database's ctype is ``C``. An address stored or looked up in any other form
+    would miss its lead: a bounce or an unsubscribe that suppresses nobody."""
+    rows = await conn.fetch(
+        "SELECT a, lower(a) AS folded FROM unnest($1::text[]) AS a", sorted(set(addresses))
+    )
+    return {r["a"]: r["folded"] for r in rows}
+
+
 async def leads_by_address(
     conn: asyncpg.Connection, emails: Collection[str]
 ) -> dict[str, list[tuple[int, int]]]:
-    """lower-cased address -> [(account_id, lead_id)] in every account that has it."""
+    """Address (as :func:`lowered` gives it) -> [(account_id, lead_id)] in every account that has it."""
     rows = await conn.fetch(
         "SELECT account_id, id, lower(email) AS email FROM leads WHERE lower(email) = ANY($1::text[])",
         list(emails),

@@ -156,7 +156,8 @@ async def history(
     limit: int,
 ) -> list[dict[str, Any]]:
     """A lead's emails and events (by lead id, or by address), newest first, before the cursor."""
-    who = "account_id = $1 AND lead_id = $2" if lead_id is not None else "account_id = $1 AND address = $2"
+    # Addresses are stored as this database's lower() wrote them (mailerd.db.reports_load).
+    who = "account_id = $1 AND " + ("lead_id = $2" if lead_id is not None else "address = lower($2)")
     union = _HISTORY_EMAILS.format(where=who) + " UNION ALL " + _HISTORY_EVENTS.format(where=who)
     condition = "" if before is None else "WHERE (at, id) < ($3::timestamptz, $4::text)"
     limit_arg = "$3" if before is None else "$5"

@@ -1,5 +1,10 @@
 """Suppression list queries: one address at a time (with its audit row), many at once (the
-webhook events' suppressions), pages, and the import's staging table and merge."""
+webhook events' suppressions), pages, and the import's staging table and merge.
+
+Every address is lower-cased here, by the database, on its way onto the list and in every
+lookup: the send-time check matches ``lower(leads.email)``, and Python's ``str.lower`` differs
+from the database's ``lower()`` (for ``İ`` always, for every non-ASCII letter under a ``C``
+ctype), so an address lower-cased in Python could miss its lead and suppress nobody."""
 
 from __future__ import annotations
 
@@ -38,13 +43,13 @@ def _row(record: asyncpg.Record) -> Suppression:
 async def add(
     conn: asyncpg.Connection, account_id: int, email: str, reason: str, source: str = "api"
 ) -> tuple[Suppression, bool]:
-    """Suppress ``email`` (already normalised); returns the row and whether it is new.
+    """Suppress ``email`` (trimmed and valid); returns the row and whether it is new.
 
     Idempotent: an address already on the list keeps its first reason, and nothing is audited.
     """
     async with conn.transaction():
         record = await conn.fetchrow(
-            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, $2, $3, $4)
+            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, lower($2), $3, $4)
                ON CONFLICT DO NOTHING RETURNING *""",
             account_id,
             email,
@@ -55,7 +60,7 @@ async def add(
             await audit(conn, account_id, email, "added", reason, source)
             return _row(record), True
         record = await conn.fetchrow(
-            "SELECT * FROM suppressions WHERE account_id = $1 AND email = $2", account_id, email
+            "SELECT * FROM suppressions WHERE account_id = $1 AND email = lower($2)", account_id, email
         )
     assert record is not None  # suppressions are never deleted but through remove()
     return _row(record), False
@@ -78,7 +83,7 @@ async def remove(
     source ``erasure``."""
     async with conn.transaction():
         record = await conn.fetchrow(
-            "DELETE FROM suppressions WHERE account_id = $1 AND email = $2 RETURNING *",
+            "DELETE FROM suppressions WHERE account_id = $1 AND email = lower($2) RETURNING *",
             account_id,
             email,
         )
@@ -87,7 +92,7 @@ async def remove(
             keyed = erasure_db.hmac_sql("$2::text", "$3::bytea", "$4::bytea")
             hashed = await conn.fetchrow(
                 f"""DELETE FROM erased_suppressions WHERE account_id = $1 AND email_hash = {keyed}
-                    RETURNING reason, at""",
+                    RETURNING reason, at, lower($2::text) AS email""",
                 account_id,
                 email,
                 *erased_pads,
@@ -98,15 +103,15 @@ async def remove(
     if record is not None:
         return _row(record)
     assert hashed is not None
-    return Suppression(account_id, email, hashed["reason"], ERASED_SOURCE, hashed["at"])
+    return Suppression(account_id, hashed["email"], hashed["reason"], ERASED_SOURCE, hashed["at"])
 
 
 async def page(
     conn: asyncpg.Connection, account_id: int, *, after: str = "", limit: int = 100
 ) -> list[Suppression]:
-    """Up to ``limit`` rows of the account with ``email > after``, by address (the primary key)."""
+    """Up to ``limit`` rows of the account with ``email > lower(after)``, by address (the primary key)."""
     rows = await conn.fetch(
-        """SELECT * FROM suppressions WHERE account_id = $1 AND email > $2
+        """SELECT * FROM suppressions WHERE account_id = $1 AND email > lower($2)
            ORDER BY email LIMIT $3""",
         account_id,
         after,
@@ -121,7 +126,7 @@ async def audit(
     """Record one change of the list (``action`` is ``added`` or ``removed``)."""
     await conn.execute(
         """INSERT INTO suppression_audit (account_id, email, action, reason, source)
-           VALUES ($1, $2, $3, $4, $5)""",
+           VALUES ($1, lower($2), $3, $4, $5)""",
         account_id,
         email,
         action,
@@ -141,7 +146,7 @@ async def create_import_staging(conn: asyncpg.Connection) -> None:
 
 
 async def copy_import_rows(conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str]]) -> None:
-    """Stage ``(line, email, reason)`` rows (addresses already normalised)."""
+    """Stage ``(line, email, reason)`` rows (addresses trimmed and valid: the merge lower-cases them)."""
     await conn.copy_records_to_table(IMPORT_STAGING, records=rows, columns=("line", "email", "reason"))
 
 
@@ -151,8 +156,8 @@ async def merge_import(conn: asyncpg.Connection, account_id: int, source: str) -
     status: str = await conn.execute(
         f"""WITH added AS (
                 INSERT INTO suppressions (account_id, email, reason, source)
-                SELECT DISTINCT ON (email) $1::bigint, email, reason, $2::text
-                FROM {IMPORT_STAGING} ORDER BY email, line
+                SELECT DISTINCT ON (lower(email)) $1::bigint, lower(email), reason, $2::text
+                FROM {IMPORT_STAGING} ORDER BY lower(email), line
                 ON CONFLICT DO NOTHING
                 RETURNING account_id, email, reason, source)
             INSERT INTO suppression_audit (account_id, email, action, reason, source)
@@ -165,13 +170,15 @@ async def merge_import(conn: asyncpg.Connection, account_id: int, source: str) -
 
 async def add_many(conn: asyncpg.Connection, entries: Mapping[tuple[int, str], tuple[str, str]]) -> int:
     """Suppress ``(account_id, email) -> (reason, source)`` where not yet suppressed, auditing
-    each addition. Returns how many were added."""
+    each addition (the address lower-cased here, as every way onto the list does). Returns how
+    many were added."""
     if not entries:
         return 0
     keys = list(entries)
     added = await conn.fetch(
         """INSERT INTO suppressions (account_id, email, reason, source)
-           SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+           SELECT a, lower(e), r, s
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS v(a, e, r, s)
            ON CONFLICT DO NOTHING RETURNING account_id, email, reason, source""",
         [k[0] for k in keys],
         [k[1] for k in keys],

@@ -168,9 +168,7 @@ async def list_suppressions(request: web.Request) -> web.Response:
     """GET /api/suppressions?account_id=&after=&limit= (keyset pagination by address)."""
     query = parsing.query(request, bodies.SuppressionListQuery)
     async with pool(request).acquire() as conn:
-        rows = await suppressions.page(
-            conn, query.account_id, after=query.after.strip().lower(), limit=query.limit
-        )
+        rows = await suppressions.page(conn, query.account_id, after=query.after.strip(), limit=query.limit)
     next_after = rows[-1].email if len(rows) == query.limit else None
     return json_response(bodies.SuppressionPage([_row(row) for row in rows], next_after))
 

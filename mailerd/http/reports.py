@@ -250,9 +250,7 @@ async def lead_history(request: web.Request) -> web.Response:
 async def address_history(request: web.Request) -> web.Response:
     """GET /api/leads/history?account_id=&email=: every email and event of an address."""
     query = parsing.query(request, bodies.AddressHistoryQuery)
-    return await _history(
-        request, query.account_id, None, query.email.strip().lower(), query.before, query.limit
-    )
+    return await _history(request, query.account_id, None, query.email.strip(), query.before, query.limit)
 
 
 # --- usage and one message ---------------------------------------------------------------------
