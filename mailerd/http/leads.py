@@ -84,7 +84,7 @@ def _refused(exc: Exception) -> ApiError:
 
 async def upsert_lead(request: web.Request) -> web.Response:
     """POST /api/leads: 201 and the lead when it is new, 200 and the lead as stored otherwise."""
-    data = await parsing.json_object(request)
+    data = await parsing.json_object(request, lead_rules.loads_exact)  # attributes stored as sent
     body = parsing.struct(bodies.LeadBody, data)
     checked = lead_rules.check_lead({key: data[key] for key in lead_rules.LEAD_KEYS if key in data})
     if isinstance(checked, lead_rules.LeadProblem):

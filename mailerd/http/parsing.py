@@ -6,6 +6,7 @@ when a field or parameter is invalid (all of them listed), 404 for an id that ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -30,12 +31,13 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(400, "invalid_body", f"the body cannot be read: {reason}") from None
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object: 400 when it is not JSON, 422 when it is not an object."""
+async def json_object(request: web.Request, loads: Callable[[bytes], Any] = orjson.loads) -> dict[str, Any]:
+    """The body as a JSON object (read by ``loads``): 400 when it is not JSON, 422 when it is
+    not an object."""
     raw = await read_body(request)
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        data = loads(raw)
+    except ValueError as exc:  # orjson.JSONDecodeError among them
         raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import codecs
 
-from mailerd.importer import source
+from mailerd.importer import parsing, source
 from mailerd.importer.encoding import copy_text, lead_address
-from mailerd.importer.parsing import check_jsonl_line
 from mailerd.importer.rejects import RejectSink
 
 
@@ -49,6 +48,8 @@ class JsonlSource:
         addresses: list[str] = []
         starts: list[int] = []
         raws: list[bytes] = []
+        # None: each line is looked at on its own (a number in the chunk may need the exact reader)
+        maybe_inexact = None if parsing.may_hold_inexact_numbers(b"".join(lines)) else False
         for raw in lines:
             self.line += 1
             self.bytes_read += len(raw)
@@ -56,7 +57,7 @@ class JsonlSource:
                 continue
             if self.max_line is not None and len(raw) > self.max_line and self._too_long(raw):
                 continue
-            parsed = check_jsonl_line(raw)
+            parsed = parsing.check_jsonl_line(raw, maybe_inexact)
             if isinstance(parsed, str):
                 self.sink.add(self.line, parsed, raw.decode("utf-8", "surrogateescape"))
                 continue

@@ -105,6 +105,28 @@ async def test_jsonl(conn: asyncpg.Connection, tmp_path: Path) -> None:
     }
 
 
+async def test_jsonl_numbers_are_stored_as_written(conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """A number no double holds (an id beyond 64 bits, a long decimal) is stored as the CSV
+    import stores it: as written (orjson had made it a float)."""
+    path = tmp_path / "leads.jsonl"
+    path.write_bytes(
+        b'{"email": "ada@example.com", "attributes": {"id": 123456789012345678901234567890,'
+        b' "ratio": 3.14159265358979323846, "tiny": 1e-400, "n": 2}}\n'
+    )
+    assert await run(conn, path) == 0
+    row = await conn.fetchrow(
+        "SELECT attributes->>'id' AS id, attributes->>'ratio' AS ratio, attributes->>'tiny' AS tiny,"
+        " attributes->'n' = '2'::jsonb AS n FROM leads WHERE account_id = $1",
+        ACCOUNT,
+    )
+    assert dict(row) == {
+        "id": "123456789012345678901234567890",
+        "ratio": "3.14159265358979323846",
+        "tiny": "0." + "0" * 399 + "1",  # orjson had made it 0.0
+        "n": True,
+    }
+
+
 async def test_upsert_merges_attributes_case_insensitively(conn: asyncpg.Connection, tmp_path: Path) -> None:
     await conn.execute(
         "INSERT INTO leads (account_id, email, attributes, updated_at)"

@@ -88,6 +88,26 @@ async def test_attributes_are_answered_exactly_as_stored(
     assert b'"score": 1.50' in raw and b"123456789012345678901234567890" in raw
 
 
+async def test_numbers_are_stored_and_answered_as_sent(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    huge = b"123456789012345678901234567890"
+    body = b'{"account_id": 1, "email": "num@example.com", "attributes": {"huge": ' + huge + b"}}"
+    async with api_client(pool) as client:
+        response = await client.post(
+            "/api/leads", data=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
+        assert response.status == 201, await response.text()
+        assert b'"huge": ' + huge in await response.read()
+        out_of_range = await client.post(
+            "/api/leads",
+            data=body.replace(huge, b"1e99999"),
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert out_of_range.status == 400
+        assert "1e99999 is out of range" in (await out_of_range.json())["error"]["message"]
+    stored = await conn.fetchval("SELECT attributes->>'huge' FROM leads WHERE email = 'num@example.com'")
+    assert stored == "123456789012345678901234567890"
+
+
 async def test_get_by_id_and_by_address(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     await add_leads(conn, 1, 3)
     first = await conn.fetchval("SELECT min(id) FROM leads")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 
@@ -136,6 +137,71 @@ def test_check_jsonl_line(raw: bytes, expected: object) -> None:
         assert isinstance(result, str) and result.startswith(expected)
     else:
         assert result == expected
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "123456789012345678901234567890",  # beyond 64 bits: orjson made it 1.2345678901234568e+29
+        "-9223372036854775809",  # one below the 64-bit range
+        "18446744073709551616",  # one above
+        "3.14159265358979323846",  # more digits than a double holds
+        "9007199254740993.0",
+        "1e-400",  # below a double's range: orjson made it 0.0
+        "1.5e400",  # above it: orjson refused the line
+        "0.10000000000000000555",
+        "12345678901234567890e-5",
+    ],
+)
+def test_a_lead_keeps_every_number_as_written(number: str) -> None:
+    raw = f'{{"email": "a@example.com", "attributes": {{"n": {number}, "s": "x"}}}}'.encode()
+    assert parsing.check_jsonl_line(raw) == ("a@example.com", f'{{"n":{number},"s":"x"}}')
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["0.1", "1.5", "18446744073709551615", "-9223372036854775808", "1234567890123456", "1e300"],
+)
+def test_numbers_a_double_or_64_bits_hold_read_as_orjson_reads_them(number: str) -> None:
+    raw = f'{{"n": {number}, "id": "12345678901234567890"}}'.encode()
+    assert parsing.loads_exact(raw) == orjson.loads(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            b'{"email": "a@example.com", "attributes": {"n": 1e99999}}',
+            "invalid JSON: number 1e99999 is out of range",
+        ),
+        (
+            b'{"email": "a@example.com", "attributes": {"n": 1e400, "m": NaN}}',
+            "invalid JSON: NaN is not JSON",
+        ),
+        (b'{"email": "a@example.com", "attributes": {"n": 1e400, "m": "\\ud800"}}', "str is not valid UTF-8"),
+        (
+            b'{"email": "a@example.com", "attributes": {"n": 12345678901234567890123,}}',
+            "invalid JSON: trailing",
+        ),
+    ],
+)
+def test_the_exact_reader_refuses_what_orjson_refuses(raw: bytes, reason: str) -> None:
+    result = parsing.check_jsonl_line(raw)
+    assert isinstance(result, str) and result.startswith(reason), result
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(_JSON_VALUES)
+def test_the_exact_reader_writes_back_every_number_as_written(value: object) -> None:
+    raw = json.dumps({"v": value}).encode()
+    written = parsing.dumps_exact(parsing.loads_exact(raw))
+    assert json.loads(written, parse_float=decimal.Decimal) == json.loads(raw, parse_float=decimal.Decimal)
 
 
 def _csv_source(text: str) -> tuple[csv_source.CsvSource, list[bytes]]:
