@@ -44,7 +44,8 @@ _TYPE_WORDS = {
     "array": "an array",
     "datetime": "an RFC 3339 time with a zone (e.g. 2026-12-01T09:00:00Z)",
 }
-_GOT_WORDS = {"bool": "a boolean", "object": "an object", "array": "an array"}
+# ExactNumber: a number no double holds (mailerd.importer.parsing.loads_exact, POST /api/leads)
+_GOT_WORDS = {"bool": "a boolean", "object": "an object", "array": "an array", "ExactNumber": "a number"}
 _EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`")
 _BOUND = re.compile(r"Expected `[^`]+` (?P<op>>=|<=|>|<) (?P<limit>\S+)")
 _LENGTH = re.compile(r"Expected `[^`]+` of length (?P<op>>=|<=) (?P<limit>\d+)")

@@ -2,7 +2,7 @@
 
 Events put addresses on it (see :mod:`mailerd.events`); this module is the operator's side: list,
 add and remove (admin API), and import lists brought from elsewhere (``mailerd suppressions
-import``). Addresses are trimmed and lower-cased; every change is recorded in
+import``). Addresses are trimmed here and lower-cased by the database; every change is recorded in
 ``suppression_audit`` with its reason and source, in the same transaction as the change.
 """
 

@@ -221,12 +221,16 @@ def _exact_int(text: str) -> int | ExactNumber:
 
 
 def _exact_float(text: str) -> float | ExactNumber:
+    out_of_range = ValueError(f"number {text[:40]} is out of range (at most 1e{_MAX_EXPONENT})")
+    _, _, exponent = text.lower().partition("e")
+    if len(exponent.lstrip("+-").lstrip("0")) > 6:  # Decimal itself refuses 1e10**18
+        raise out_of_range
     value = float(text)
     exact = decimal.Decimal(text)
     if math.isfinite(value) and decimal.Decimal(repr(value)) == exact:
         return value
     if abs(exact.adjusted()) > _MAX_EXPONENT:
-        raise ValueError(f"number {text[:40]} is out of range (at most 1e{_MAX_EXPONENT})")
+        raise out_of_range
     return ExactNumber(text)
 
 
@@ -242,13 +246,17 @@ def may_hold_inexact_numbers(raw: bytes) -> bool:
 
 
 def _has_float(value: Any) -> bool:
-    kind = type(value)
-    if kind is float:
-        return True
-    if kind is dict:
-        return any(_has_float(item) for item in value.values())
-    if kind is list:
-        return any(_has_float(item) for item in value)
+    """Whether a parsed document holds a float anywhere (a loop: orjson reads 1024 levels)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is float:
+            return True
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
     return False
 
 
@@ -269,9 +277,19 @@ def loads_exact(raw: bytes, maybe_inexact: bool | None = None) -> Any:
     else:
         if not _has_float(value):  # only a double can have changed a number
             return value
-    return json.loads(
-        raw.decode("utf-8"), parse_int=_exact_int, parse_float=_exact_float, parse_constant=_refuse_constant
-    )
+    try:
+        value = json.loads(
+            raw.decode("utf-8"),
+            parse_int=_exact_int,
+            parse_float=_exact_float,
+            parse_constant=_refuse_constant,
+        )
+        dumps_exact(value)  # what orjson refuses to hold: a lone surrogate (read past 1e400), depth
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 def _fragment(value: Any) -> orjson.Fragment:

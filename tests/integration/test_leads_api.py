@@ -104,6 +104,23 @@ async def test_numbers_are_stored_and_answered_as_sent(pool: asyncpg.Pool, conn:
         )
         assert out_of_range.status == 400
         assert "1e99999 is out of range" in (await out_of_range.json())["error"]["message"]
+        # Found in review: both were a 500 (Decimal's own limit; a lone surrogate read past 1e400).
+        for bad, message in (
+            (body.replace(huge, b"1e1000000000000000000"), "is out of range"),
+            (body.replace(huge, b'1e400}, "\\ud800": {"x": 1'), "surrogates not allowed"),
+        ):
+            refused = await client.post(
+                "/api/leads", data=bad, headers={**AUTH, "Content-Type": "application/json"}
+            )
+            assert refused.status == 400, await refused.text()
+            assert message in (await refused.json())["error"]["message"]
+        too_big = await client.post(
+            "/api/leads",
+            data=body.replace(b'"account_id": 1', b'"account_id": ' + huge),
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert too_big.status == 422
+        assert (await too_big.json())["error"]["message"] == "account_id: expected an integer, got a number"
     stored = await conn.fetchval("SELECT attributes->>'huge' FROM leads WHERE email = 'num@example.com'")
     assert stored == "123456789012345678901234567890"
 

@@ -178,7 +178,35 @@ def test_numbers_a_double_or_64_bits_hold_read_as_orjson_reads_them(number: str)
             b'{"email": "a@example.com", "attributes": {"n": 1e400, "m": NaN}}',
             "invalid JSON: NaN is not JSON",
         ),
-        (b'{"email": "a@example.com", "attributes": {"n": 1e400, "m": "\\ud800"}}', "str is not valid UTF-8"),
+        (
+            b'{"email": "a@example.com", "attributes": {"n": 1e400, "m": "\\ud800"}}',
+            "invalid JSON: str is not valid UTF-8",
+        ),
+        # Found in review: each of these was a 500 or a stopped import.
+        (
+            b'{"email": "a@example.com", "attributes": {"n": 1e1000000000000000000}}',
+            "invalid JSON: number 1e1000000000000000000 is out of range",
+        ),
+        (
+            b'{"email": "a@example.com", "attributes": {"n": 1e400}, "\\ud800": 1}',
+            "invalid JSON: str is not valid",
+        ),
+        (
+            b'{"email": "a@example.com", "attributes": {"s": "1234567890123456", "n": '
+            + b"[" * 1000
+            + b"1.5"
+            + b"]" * 1000
+            + b"}}",
+            "invalid JSON: nested too deeply",
+        ),
+        (
+            b'{"email": "a@example.com", "attributes": {"s": "1234567890123456", "n": '
+            + b"[" * 600
+            + b"1.5"
+            + b"]" * 600
+            + b"}}",
+            "invalid JSON: Recursion limit reached",
+        ),
         (
             b'{"email": "a@example.com", "attributes": {"n": 12345678901234567890123,}}',
             "invalid JSON: trailing",
