@@ -29,7 +29,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     if json_lines:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(_orjson_dumps)]
     else:
-        processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        # A plain traceback: structlog's default (rich, when installed) prints every frame's local
+        # variables, which may hold secrets, and took minutes of CPU, on the loop, for a deep one.
+        processors += [
+            structlog.dev.ConsoleRenderer(
+                colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),
