@@ -152,9 +152,9 @@ async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     when exactly one account has the address. An event that matches nothing is kept as it is
     (unmatched: recorded, suppressing nothing).
     """
-    events = await _by_metadata(conn, events)
+    events = await _by_metadata(conn, await _lowered(conn, events))
     events = await _by_message_id(conn, events)
-    events = await _by_address(conn, await _lowered(conn, events))
+    events = await _by_address(conn, events)
     return await _with_addresses(conn, events)
 
 
@@ -232,19 +232,38 @@ async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Ev
 
 
 async def _by_message_id(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
-    """The provider's message id, in the recent email_log partitions."""
+    """The provider's message id, in the recent email_log partitions. An id that names several
+    emails (one request sent a batch: SendGrid, Mailgun) names the one whose lead has the
+    event's address, or none: any other pick would suppress a lead who did not bounce or
+    complain, and leave the one who did."""
     wanted = {e.provider_message_id for e in events if not _matched(e) and e.provider_message_id}
     if not wanted:
         return events
     found = await events_db.by_message_id(conn, wanted, MESSAGE_ID_LOOKBACK)
     result = []
     for event in events:
-        hit = None if _matched(event) else found.get(event.provider_message_id or "")
+        hit = None if _matched(event) else _one_email(found.get(event.provider_message_id or "", []), event)
         if hit is None:
             result.append(event)
         else:
-            result.append(dataclasses.replace(event, campaign_id=hit[0], lead_id=hit[1], account_id=hit[2]))
+            result.append(
+                dataclasses.replace(
+                    event, campaign_id=hit.campaign_id, lead_id=hit.lead_id, account_id=hit.account_id
+                )
+            )
     return result
+
+
+def _one_email(candidates: list[events_db.Sent], event: Event) -> events_db.Sent | None:
+    """The email of ``candidates`` (those of the event's message id) the event is about."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if not event.email:
+        if candidates:
+            log.info("webhook_message_id_ambiguous", provider=event.provider, emails=len(candidates))
+        return None
+    same = [sent for sent in candidates if sent.address == event.email]
+    return same[0] if len(same) == 1 else None
 
 
 async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:

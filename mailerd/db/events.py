@@ -7,6 +7,7 @@ event to its campaign, lead and account.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Collection, Sequence
 
@@ -127,19 +128,37 @@ async def lead_accounts(conn: asyncpg.Connection, lead_ids: Collection[int]) -> 
     return {r["id"]: r["account_id"] for r in rows}
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sent:
+    """One email a provider message id names: its campaign, lead, account, and the lead's
+    address now (as :func:`lowered` gives it; None once the lead is gone)."""
+
+    campaign_id: int
+    lead_id: int
+    account_id: int
+    address: str | None
+
+
 async def by_message_id(
     conn: asyncpg.Connection, message_ids: Collection[str], lookback: dt.timedelta
-) -> dict[str, tuple[int, int, int]]:
-    """provider message id -> (campaign_id, lead_id, account_id), from the recent log partitions
-    (the log has no index on the message id: this is the fallback path)."""
+) -> dict[str, list[Sent]]:
+    """provider message id -> every email it names, from the recent log partitions (the log has
+    no index on the message id: this is the fallback path). One id names a whole batch where
+    one request sends it (SendGrid's ``X-Message-Id``, Mailgun's ``id``: up to a batch of
+    leads)."""
     rows = await conn.fetch(
-        """SELECT e.provider_message_id, e.campaign_id, e.lead_id, c.account_id
+        """SELECT e.provider_message_id, e.campaign_id, e.lead_id, c.account_id, lower(l.email) AS address
            FROM email_log e JOIN campaigns c ON c.id = e.campaign_id
+           LEFT JOIN leads l ON l.account_id = c.account_id AND l.id = e.lead_id
            WHERE e.provider_message_id = ANY($1::text[]) AND e.sent_at > now() - $2::interval""",
         list(message_ids),
         lookback,
     )
-    return {r["provider_message_id"]: (r["campaign_id"], r["lead_id"], r["account_id"]) for r in rows}
+    found: dict[str, list[Sent]] = {}
+    for r in rows:
+        sent = Sent(r["campaign_id"], r["lead_id"], r["account_id"], r["address"])
+        found.setdefault(r["provider_message_id"], []).append(sent)
+    return found
 
 
 async def lowered(conn: asyncpg.Connection, addresses: Collection[str]) -> dict[str, str]:

@@ -114,3 +114,33 @@ async def test_an_event_without_an_address_takes_its_leads_once_matched(conn: as
     resolved = await _record(conn, event)
     assert [(e.lead_id, e.email) for e in resolved] == [(own, ADDRESS)]
     assert await _suppressed_in(conn) == {1}
+
+
+async def test_a_message_id_of_a_batch_names_the_lead_with_the_events_address(
+    conn: asyncpg.Connection,
+) -> None:
+    """SendGrid and Mailgun answer one message id for a whole batch: an event matched by it
+    alone names the lead whose address it carries, never another lead of the batch."""
+    leads = [await _lead(conn, 1, f"lead{n}@example.com") for n in range(3)]
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    for lead_id in leads:
+        await conn.execute(
+            """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
+               VALUES (now(), $1, $2, 1, 'sg-batch-1')""",
+            campaign_id,
+            lead_id,
+        )
+    bounce = dataclasses.replace(
+        _event(EventKind.HARD_BOUNCE), email="Lead1@Example.com", provider_message_id="sg-batch-1"
+    )
+    resolved = await _record(conn, bounce)
+    assert [(e.campaign_id, e.lead_id) for e in resolved] == [(campaign_id, leads[1])]
+    rows = await conn.fetch("SELECT account_id, email FROM suppressions")
+    assert [tuple(r) for r in rows] == [(1, "lead1@example.com")]
+    # Without an address the batch's id names no one lead: nothing is suppressed.
+    unsubscribe = dataclasses.replace(
+        _event(EventKind.UNSUBSCRIBE), email=None, provider_message_id="sg-batch-1", receipt="evt-unsub-batch"
+    )
+    resolved = await _record(conn, unsubscribe)
+    assert [(e.account_id, e.lead_id) for e in resolved] == [(None, None)]
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
