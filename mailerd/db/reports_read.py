@@ -192,17 +192,42 @@ async def usage(
 _EVENT_COLUMNS = ("type", "provider", "occurred_at", "received_at", "reason", "smtp_status", "provider_type")
 
 
-async def message(conn: asyncpg.Connection, provider_message_id: str) -> dict[str, Any] | None:
-    """The email a provider message id names, with its events (oldest first), in one statement."""
-    row = await conn.fetchrow(
-        f"""SELECT campaign_id, account_id, provider, {_EMAIL},
-                   ARRAY(SELECT row({", ".join(_EVENT_COLUMNS)}) FROM report_events
-                         WHERE provider_message_id = $1 ORDER BY occurred_at, received_at) AS events
-            FROM report_emails WHERE provider_message_id = $1 ORDER BY sent_at LIMIT 1""",
+class SharedMessageId(Exception):
+    """Several emails share the message id (one request sent them all: SendGrid, Mailgun)."""
+
+    def __init__(self, emails: int) -> None:
+        super().__init__(f"{emails} emails share this provider message id")
+        self.emails = emails
+
+
+async def message(
+    conn: asyncpg.Connection, provider_message_id: str, lead_id: int | None = None
+) -> dict[str, Any] | None:
+    """The email a provider message id names (of ``lead_id``, when given), with its events
+    (oldest first), in one statement: the events of its lead, and those matched to no lead when
+    the id names this email alone. :class:`SharedMessageId` when the id names several emails
+    and ``lead_id`` picks none of them."""
+    events = ", ".join(f"v.{column}" for column in _EVENT_COLUMNS)
+    rows = await conn.fetch(
+        f"""WITH found AS (
+                SELECT campaign_id, account_id, provider, {_EMAIL},
+                       (SELECT count(*) FROM report_emails WHERE provider_message_id = $1) AS sharing
+                FROM report_emails
+                WHERE provider_message_id = $1 AND ($2::bigint IS NULL OR lead_id = $2)
+                ORDER BY sent_at, lead_id LIMIT 2)
+            SELECT f.*, ARRAY(SELECT row({events}) FROM report_events v
+                              WHERE v.provider_message_id = $1
+                                AND (v.lead_id = f.lead_id OR (v.lead_id IS NULL AND f.sharing = 1))
+                              ORDER BY v.occurred_at, v.received_at) AS events
+            FROM found f""",
         provider_message_id,
+        lead_id,
     )
-    if row is None:
+    if not rows:
         return None
-    found = dict(row)
-    found["events"] = [dict(zip(_EVENT_COLUMNS, values, strict=True)) for values in row["events"]]
+    if len(rows) > 1:
+        raise SharedMessageId(int(rows[0]["sharing"]))
+    found = dict(rows[0])
+    del found["sharing"]
+    found["events"] = [dict(zip(_EVENT_COLUMNS, values, strict=True)) for values in rows[0]["events"]]
     return found

@@ -208,6 +208,22 @@ class MessageEvent(msgspec.Struct, frozen=True):
     provider_type: str | None
 
 
+class MessageQuery(msgspec.Struct, frozen=True):
+    """``GET /api/emails/{provider_message_id}`` query."""
+
+    lead_id: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=MAX_ID,
+                description="the lead whose email it is, when the id names a batch (SendGrid, Mailgun)",
+            ),
+        ]
+        | None
+    ) = None
+
+
 class Message(msgspec.Struct, frozen=True):
     """``GET /api/emails/{provider_message_id}``: one email with its events."""
 

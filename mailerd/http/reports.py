@@ -286,16 +286,26 @@ async def account_usage(request: web.Request) -> web.Response:
 
 
 async def email_by_message(request: web.Request) -> web.Response:
-    """GET /api/emails/{provider_message_id}: one email with its events."""
+    """GET /api/emails/{provider_message_id}?lead_id=: one email with its events. SendGrid and
+    Mailgun answer one message id for a whole batch: ``lead_id`` picks its email (409 without)."""
     message_id = request.match_info["provider_message_id"]
     if not re.fullmatch(PROVIDER_MESSAGE_ID, message_id):
         raise ApiError(404, "not_found", "not a provider message id", "provider_message_id")
+    query = parsing.query(request, bodies.MessageQuery)
     reports = reports_pool(request)
     as_of = await _as_of(request)
-    async with reports.acquire() as conn:
-        found = await reports_read.message(conn, message_id)
+    try:
+        async with reports.acquire() as conn:
+            found = await reports_read.message(conn, message_id, query.lead_id)
+    except reports_read.SharedMessageId as exc:
+        message = (
+            f"{exc.emails} emails share this provider message id (one request sent them: a SendGrid or"
+            " Mailgun batch); name one with ?lead_id="
+        )
+        raise ApiError(409, "ambiguous", message, "lead_id") from None
     if found is None:
-        raise ApiError(404, "not_found", "no email with this provider message id", "provider_message_id")
+        field = "provider_message_id" if query.lead_id is None else "lead_id"
+        raise ApiError(404, "not_found", "no email with this provider message id", field)
     found["error"] = found.pop("reason")
     found["as_of"] = as_of
     return json_response(msgspec.convert(found, bodies.Message))

@@ -214,7 +214,14 @@ ROUTES: tuple[Route, ...] = (
         reports.email_by_message,
         "One email by its provider message id, with its events",
         # 400: a request line longer than aiohttp reads (8190 bytes), answered before routing
-        {200: report_bodies.Message, 400: bodies.ErrorBody, 404: bodies.ErrorBody},
+        {
+            200: report_bodies.Message,
+            400: bodies.ErrorBody,
+            404: bodies.ErrorBody,
+            409: bodies.ErrorBody,
+            422: bodies.ErrorBody,
+        },
+        query=report_bodies.MessageQuery,
     ),
     Route(
         "GET",

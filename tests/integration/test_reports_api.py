@@ -296,6 +296,56 @@ async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte export"
 
 
+async def test_a_batchs_message_id_names_one_email_with_its_lead_id(
+    pool: asyncpg.Pool, reports_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """SendGrid and Mailgun answer one message id for a whole batch: the answer is the email of
+    the lead asked for, with that lead's events only; without a lead, a 409 that says so."""
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    reports = await connect.create_pool(reports_dsn, min_size=1, max_size=2)
+    try:
+        await reports.execute(
+            """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
+                                          provider, provider_message_id, status)
+               SELECT $1, n, '2026-03-04T05:06:07Z', 1, 'lead' || n || '@example.com', 'example.com',
+                      'sendgrid', CASE WHEN n <= 3 THEN 'sg-batch' ELSE 'sg-alone' END, 'sent'
+               FROM generate_series(1, 4) n""",
+            campaign_id,
+        )
+        await reports.execute(
+            """INSERT INTO report_events (provider, provider_event_id, received_at, type, account_id,
+                                          campaign_id, lead_id, address, provider_message_id, occurred_at)
+               VALUES ('sendgrid', 'e1', '2026-03-04T06:00:00Z', 'hard_bounce', 1, $1, 2,
+                       'lead2@example.com', 'sg-batch', '2026-03-04T06:00:00Z'),
+                      ('sendgrid', 'e2', '2026-03-04T06:00:01Z', 'delivered', 1, $1, 3,
+                       'lead3@example.com', 'sg-batch', '2026-03-04T06:00:01Z'),
+                      ('sendgrid', 'e3', '2026-03-04T06:00:02Z', 'delivered', NULL, NULL, NULL,
+                       NULL, 'sg-batch', '2026-03-04T06:00:02Z'),
+                      ('sendgrid', 'e4', '2026-03-04T06:00:03Z', 'delivered', NULL, NULL, NULL,
+                       NULL, 'sg-alone', '2026-03-04T06:00:03Z')""",
+            campaign_id,
+        )
+        config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+        app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
+        async with TestClient(TestServer(app)) as client:
+            shared = await client.get("/api/emails/sg-batch", headers=AUTH)
+            assert shared.status == 409
+            error = (await shared.json())["error"]
+            assert error["field"] == "lead_id" and error["message"].startswith("3 emails share")
+            one = await client.get("/api/emails/sg-batch?lead_id=2", headers=AUTH)
+            assert one.status == 200
+            body = await one.json()
+            assert body["lead_id"] == 2 and [e["type"] for e in body["events"]] == ["hard_bounce"]
+            alone = await (await client.get("/api/emails/sg-alone", headers=AUTH)).json()
+            assert alone["lead_id"] == 4 and [e["type"] for e in alone["events"]] == ["delivered"]
+            other = await client.get("/api/emails/sg-batch?lead_id=4", headers=AUTH)
+            assert other.status == 404 and (await other.json())["error"]["field"] == "lead_id"
+            bad = await client.get("/api/emails/sg-batch?lead_id=two", headers=AUTH)
+            assert bad.status == 422 and (await bad.json())["error"]["field"] == "lead_id"
+    finally:
+        await reports.close()
+
+
 @pytest.fixture
 async def client_with_reports_down(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     """A node whose reports database does not answer (nothing listens on its port)."""
