@@ -258,12 +258,12 @@ def _one_email(candidates: list[events_db.Sent], event: Event) -> events_db.Sent
     """The email of ``candidates`` (those of the event's message id) the event is about."""
     if len(candidates) == 1:
         return candidates[0]
-    if not event.email:
-        if candidates:
-            log.info("webhook_message_id_ambiguous", provider=event.provider, emails=len(candidates))
-        return None
-    same = [sent for sent in candidates if sent.address == event.email]
-    return same[0] if len(same) == 1 else None
+    same = [sent for sent in candidates if event.email and sent.address == event.email]
+    if len(same) == 1:
+        return same[0]
+    if candidates:
+        log.info("webhook_message_id_ambiguous", provider=event.provider, emails=len(candidates))
+    return None
 
 
 async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:

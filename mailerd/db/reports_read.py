@@ -192,6 +192,14 @@ async def usage(
 _EVENT_COLUMNS = ("type", "provider", "occurred_at", "received_at", "reason", "smtp_status", "provider_type")
 
 
+async def message_exists(pool: asyncpg.Pool, provider_message_id: str) -> bool:
+    """Whether any email has the provider message id."""
+    found = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM report_emails WHERE provider_message_id = $1)", provider_message_id
+    )
+    return bool(found)
+
+
 class SharedMessageId(Exception):
     """Several emails share the message id (one request sent them all: SendGrid, Mailgun)."""
 

@@ -27,10 +27,11 @@ STATUS_TEXT = {
     201: "Created",
     400: "The body is not JSON (code invalid_json), or the request line is too long (code bad_request)",
     401: "Missing or invalid bearer token (code unauthorized)",
-    404: "Not found (code not_found; error.field names the path parameter)",
+    404: "Not found (code not_found; error.field names the path parameter, or the query parameter not found)",
     409: (
         "Not possible in the current state (code conflict: a campaign transition not allowed from its"
-        " status; code erasure_unavailable: no [privacy] erasure_key on this node)"
+        " status; code erasure_unavailable: no [privacy] erasure_key on this node; code ambiguous: a"
+        " provider message id that names several emails, error.field names the parameter that picks one)"
     ),
     413: "The body is larger than [http] max_body_bytes (code too_large)",
     422: "A field or query parameter is invalid (code invalid; error.field names it)",

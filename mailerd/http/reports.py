@@ -304,8 +304,9 @@ async def email_by_message(request: web.Request) -> web.Response:
         )
         raise ApiError(409, "ambiguous", message, "lead_id") from None
     if found is None:
-        field = "provider_message_id" if query.lead_id is None else "lead_id"
-        raise ApiError(404, "not_found", "no email with this provider message id", field)
+        if query.lead_id is not None and await reports_read.message_exists(reports, message_id):
+            raise ApiError(404, "not_found", "no email of this lead with this provider message id", "lead_id")
+        raise ApiError(404, "not_found", "no email with this provider message id", "provider_message_id")
     found["error"] = found.pop("reason")
     found["as_of"] = as_of
     return json_response(msgspec.convert(found, bodies.Message))

@@ -123,7 +123,7 @@ def parse_event(data: dict[str, Any]) -> list[Event]:
             kind=kind,
             occurred_at=occurred_at,
             email=email,
-            receipt=f"{event_id}:{email}",
+            receipt=f"{event_id}:{auth.receipt_address(email)}",
             provider_message_id=message_id.strip("<>") if message_id else None,
             campaign_id=campaign_id,
             lead_id=lead_id,

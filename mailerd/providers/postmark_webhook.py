@@ -196,7 +196,7 @@ def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetim
         email,
         occurred_at,
         provider_type,
-        f"{key}:{email}" if email else key,
+        f"{key}:{auth.receipt_address(email)}" if email else key,
         reason=auth.clip(details or auth.optional_text(record, "Description")),
         smtp_status=auth.enhanced_status(details, auth.optional_text(record, "Content")),
         suppress=inactive,
@@ -219,7 +219,7 @@ def _subscription_change(record: dict[str, Any]) -> _Parsed | None:
         email,
         occurred_at,
         f"SubscriptionChange/{why}",
-        f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{email}",
+        f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{auth.receipt_address(email)}",
         reason=auth.clip(auth.optional_text(record, "Origin")),
         suppress=True,
     )
@@ -229,7 +229,7 @@ def _delivery(record: dict[str, Any]) -> _Parsed:
     email = auth.need_address(record, "Recipient", "record")
     occurred_at = _record_time(record, "DeliveredAt")
     message_id = auth.optional_id(record, "MessageID", "record")
-    receipt = f"Delivery:{message_id}:{record['DeliveredAt']}:{email}"
+    receipt = f"Delivery:{message_id}:{record['DeliveredAt']}:{auth.receipt_address(email)}"
     return _Parsed(EventKind.DELIVERED, email, occurred_at, "Delivery", receipt)
 
 

@@ -151,7 +151,7 @@ def parse_events(body: bytes) -> list[Event]:
                 kind=kind,
                 occurred_at=occurred_at,
                 email=email,
-                receipt=f"{event_id}:{email}",
+                receipt=f"{event_id}:{auth.receipt_address(email)}",
                 provider_message_id=base_message_id(message_id),
                 campaign_id=campaign_id,
                 lead_id=lead_id,

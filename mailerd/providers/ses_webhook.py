@@ -70,7 +70,7 @@ def parse_ses_message(
             kind=kind,
             occurred_at=occurred_at,
             email=email,
-            receipt=f"{sns_message_id}:{email}",
+            receipt=f"{sns_message_id}:{webhook_auth.receipt_address(email)}",
             provider_message_id=message_id,
             campaign_id=campaign_id,
             lead_id=lead_id,

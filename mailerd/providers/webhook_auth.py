@@ -193,7 +193,10 @@ def is_address(text: str) -> bool:
 
 
 def address(value: Any, field: str) -> str:
-    """One email address of at most 254 bytes, lower-cased; else a 400 naming ``field``."""
+    """One email address of at most 254 bytes, trimmed; else a 400 naming ``field``. Not
+    lower-cased: the database does that (:func:`mailerd.events.resolve`), as it does for the leads
+    it is matched with; Python's ``str.lower`` differs from it. A receipt takes
+    :func:`receipt_address` instead."""
     if not isinstance(value, str) or not value.strip():
         what = "missing" if value is None else "not an email address"
         raise bad_request("invalid_body", f"{field}: {what}", field)
@@ -207,7 +210,13 @@ def address(value: Any, field: str) -> str:
         )
     if not is_address(text):
         raise bad_request("invalid_body", f"{field}: not one email address", field)
-    return text.lower()
+    return text
+
+
+def receipt_address(address: str) -> str:
+    """The address as a receipt spells it: lower-cased by Python, as receipts were before
+    addresses were left to the database, so that an event delivered again is still known."""
+    return address.lower()
 
 
 def need_address(data: Mapping[str, Any], key: str, field: str) -> str:

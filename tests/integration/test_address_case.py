@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from mailerd import campaigns, erasure, events, segments, suppressions
 from mailerd.db import leads as leads_db
 from mailerd.models import Event, EventKind
+from mailerd.providers import sendgrid_webhook as sendgrid
 from tests.integration.helpers import daemon_config, new_campaign
 
 LEAD = "İVAN.MÜLLER@example.com"  # as the lead was imported
@@ -79,6 +81,33 @@ async def test_a_bounce_matched_by_address_suppresses_the_lead(
     assert await _suppressed_at_send(pool, lead_id)
     stored = await conn.fetchval("SELECT email FROM email_events")
     assert stored == await conn.fetchval("SELECT lower(email) FROM leads WHERE id = $1", lead_id)
+
+
+async def test_a_providers_webhook_suppresses_the_lead(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    """Through a provider's parser: it left the address to the database (found in review: the
+    parsers lower-cased in Python, so the fix above did not reach a real webhook)."""
+    lead_id = await _lead(conn)
+    campaign_id = await campaigns.create(conn, new_campaign(), daemon_config(1))
+    body = [
+        {
+            "email": OTHER_SPELLING,
+            "timestamp": 1513299569,
+            "event": "bounce",
+            "type": "bounce",
+            "sg_event_id": "sg-event-1",
+            "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+            "reason": "550 5.1.1 unknown recipient",
+            "status": "5.1.1",
+            "mailerd_campaign": str(campaign_id),
+            "mailerd_lead": str(lead_id),
+        }
+    ]
+    (event,) = sendgrid.parse_events(orjson.dumps(body))
+    recorded = await _record(conn, event)
+    assert [(e.lead_id, e.email) for e in recorded] == [
+        (lead_id, await conn.fetchval("SELECT lower($1::text)", LEAD))
+    ]
+    assert await _suppressed_at_send(pool, lead_id)
 
 
 async def test_a_bounce_with_metadata_suppresses_the_lead(

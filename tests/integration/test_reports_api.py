@@ -340,6 +340,8 @@ async def test_a_batchs_message_id_names_one_email_with_its_lead_id(
             assert alone["lead_id"] == 4 and [e["type"] for e in alone["events"]] == ["delivered"]
             other = await client.get("/api/emails/sg-batch?lead_id=4", headers=AUTH)
             assert other.status == 404 and (await other.json())["error"]["field"] == "lead_id"
+            unknown = await client.get("/api/emails/sg-none?lead_id=4", headers=AUTH)
+            assert unknown.status == 404 and (await unknown.json())["error"]["field"] == "provider_message_id"
             bad = await client.get("/api/emails/sg-batch?lead_id=two", headers=AUTH)
             assert bad.status == 422 and (await bad.json())["error"]["field"] == "lead_id"
     finally:

@@ -256,7 +256,7 @@ async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path
     )
     request = WebhookRequest(body, CIMultiDict(headers), "127.0.0.1")
     (event,) = await handler.parse(request)
-    assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "lead@example.com", 7, 9)
+    assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "Lead@Example.com", 7, 9)
     assert (event.provider_message_id, event.occurred_at) == ("m-1@x", when)
     forged = orjson.loads(body)
     forged["event-data"]["user-variables"]["mailerd_lead"] = "10"

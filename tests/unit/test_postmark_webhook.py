@@ -314,7 +314,7 @@ async def test_emulator_requests_authenticate_and_round_trip(kind: EventKind, tm
         ),
     )
     (event,) = await handler.parse(WebhookRequest(body, CIMultiDict(headers), "127.0.0.1"))
-    assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "lead@example.com", 7, 9)
+    assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "Lead@Example.com", 7, 9)
     assert (event.provider_message_id, event.occurred_at) == ("m-1", when)
     headers["Authorization"] = _basic(signer.username, "guess")
     with pytest.raises(WebhookError):

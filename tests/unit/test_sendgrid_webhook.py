@@ -206,7 +206,7 @@ def test_documented_events_map_to_kinds() -> None:
     assert events[1].smtp_status == "5.0.0"
     ours = events[-1]
     assert (ours.campaign_id, ours.lead_id) == (12, 34)
-    assert ours.email == "lead.seven@example.com"
+    assert ours.email == "Lead.Seven@Example.com"  # the database lower-cases it (events.resolve)
     assert ours.receipt.endswith(":lead.seven@example.com")
     assert (ours.smtp_status, ours.provider_message_id) == ("5.1.1", "LRzXl_NHStOGhQ4kofSm_B")
 
@@ -261,7 +261,7 @@ async def test_emulator_requests_verify_and_round_trip(kind: EventKind, tmp_path
         ),
     )
     (event,) = await handler.parse(_request(body, headers))
-    assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "lead@example.com", 7, 9)
+    assert (event.kind, event.email, event.campaign_id, event.lead_id) == (kind, "Lead@Example.com", 7, 9)
     assert (event.provider_message_id, event.occurred_at) == ("m-1", when)
     assert isinstance(orjson.loads(body), list)
     tampered = body.replace(b"Lead@", b"Leaf@")

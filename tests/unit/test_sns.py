@@ -579,7 +579,7 @@ def test_subscription_unsubscribes_every_destination() -> None:
     events = ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
     assert [(e.kind, e.email, e.receipt) for e in events] == [
         (EventKind.UNSUBSCRIBE, "a@example.com", f"{SNS_ID}:a@example.com"),
-        (EventKind.UNSUBSCRIBE, "b@example.com", f"{SNS_ID}:b@example.com"),
+        (EventKind.UNSUBSCRIBE, "B@Example.com", f"{SNS_ID}:b@example.com"),
     ]
     topic_out = {
         "unsubscribeAll": False,
@@ -669,8 +669,8 @@ async def test_emulator_requests_parse_back(
         "ses",
         kind,
         when.replace(microsecond=0),
-        "lead@example.com",
-        f"{headers['x-amz-sns-message-id']}:lead@example.com",
+        "Lead@Example.com",  # lower-cased by the database, in resolve
+        f"{headers['x-amz-sns-message-id']}:lead@example.com",  # a receipt as before
         "sink-msg-1",
         7,
         99,
