@@ -90,18 +90,17 @@ _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _BASIC = re.compile(r"\b([245])\d\d\b")
 
 # Words, checked in this order (first match wins); a block is recognised before an address
-# problem because a block's text often also says "rejected" or "not accepted".
+# problem because a block's text often also says "rejected" or "not accepted". Matched against the
+# lower-cased text: with re.IGNORECASE each search took 3-8x as long (a fifth of a webhook's CPU).
 _AUTH_WORDS = re.compile(
     r"unauthenticated|\bspf\b|\bdkim\b|\bdmarc\b|authentication (?:failed|required)|not authenticated"
     r"|sender (?:is )?not authorized|ptr record|reverse dns|authentication level",
-    re.IGNORECASE,
 )
 _REPUTATION_WORDS = re.compile(
     r"spamhaus|spamcop|barracuda|block ?list|black ?list|\bdnsbl\b|\brbl\b|reputation|rate.?limit"
     r"|too many (?:messages|connections|emails|recipients)|unusual rate|sending (?:rate|limit)"
     r"|(?:ip|client|host|sender|domain)(?: address)? (?:is |was |has been )?(?:blocked|blacklisted|listed)"
-    r"|blocked using|temporarily deferred|throttl|tss0\d|\bS3140\b",
-    re.IGNORECASE,
+    r"|blocked using|temporarily deferred|throttl|tss0\d|\bs3140\b",
 )
 _INVALID_WORDS = re.compile(
     r"user unknown|unknown user|unknown recipient|no such (?:user|mailbox|recipient|address)"
@@ -110,15 +109,12 @@ _INVALID_WORDS = re.compile(
     r"|account (?:has been )?disabled|no mx\b|domain not found|host not found|bad destination"
     r"|recipient not found|undeliverable address|user not found|mailbox is disabled"
     r"|(?:does not|doesn't) have an? \S+ account",
-    re.IGNORECASE,
 )
 _FULL_WORDS = re.compile(
     r"over quota|quota exceeded|mailbox (?:is )?full|insufficient (?:system )?storage|exceeded storage",
-    re.IGNORECASE,
 )
 _POLICY_WORDS = re.compile(
     r"\bspam\b|content|policy|virus|malware|message (?:too large|size exceeds)|phish",
-    re.IGNORECASE,
 )
 _AUTH_CODES: Final = frozenset(
     {(7, 20), (7, 21), (7, 22), (7, 23), (7, 24), (7, 25), (7, 26), (7, 27), (7, 515)}  # 515: Outlook
@@ -157,7 +153,7 @@ def classify(
         return _BARE[key]
     text = reason or ""
     temporary = _temporary(code, text, soft=kind is EventKind.SOFT_BOUNCE)
-    from_text = _from_code_and_text(code, text, temporary=temporary)
+    from_text = _from_code_and_text(code, text.lower(), temporary=temporary)
     if from_text is not None:
         return from_text
     fallback = _FALLBACK.get(key)
@@ -177,7 +173,8 @@ def _temporary(code: tuple[int, int, int] | None, text: str, *, soft: bool) -> b
 def _from_code_and_text(
     code: tuple[int, int, int] | None, text: str, *, temporary: bool
 ) -> BounceClass | None:
-    """What the enhanced code and the diagnostic text say, or None when they say nothing."""
+    """What the enhanced code and the diagnostic text (lower-cased) say, or None when they say
+    nothing."""
     subject_detail = (code[1], code[2]) if code else None
     if subject_detail in _AUTH_CODES:
         return BounceClass.AUTH_FAILURE
