@@ -20,6 +20,7 @@ import structlog
 
 from mailerd import bounces
 from mailerd.db import events as events_db
+from mailerd.db import leads as leads_db
 from mailerd.db import stats as stats_db
 from mailerd.db import suppressions as suppressions_db
 from mailerd.models import Event, EventKind
@@ -158,6 +159,18 @@ async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     return await _with_addresses(conn, events)
 
 
+_ascii_like_python: bool | None = None  # the database's lower() on A-Z, read once per process
+
+
+async def _lowers_ascii_like_python(conn: asyncpg.Connection) -> bool:
+    """Whether Python's ``str.lower`` is the database's ``lower()`` on ASCII (not under a Turkish
+    locale); asked once (the database's locale does not change under a running process)."""
+    global _ascii_like_python
+    if _ascii_like_python is None:
+        _ascii_like_python = await leads_db.lowers_ascii_like_python(conn)
+    return _ascii_like_python
+
+
 async def _lowered(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """The events with their addresses lower-cased by the database (:func:`events_db.lowered`):
     the form every lookup, suppression and stored event uses. Events that did not come through
@@ -166,7 +179,10 @@ async def _lowered(conn: asyncpg.Connection, events: list[Event]) -> list[Event]
     addresses = {e.email for e in events if e.email}
     if not addresses:
         return events
-    folded = await events_db.lowered(conn, addresses)
+    if all(address.isascii() for address in addresses) and await _lowers_ascii_like_python(conn):
+        folded = {address: address.lower() for address in addresses}  # no round trip (4% of the CPU)
+    else:
+        folded = await events_db.lowered(conn, addresses)
     return [
         dataclasses.replace(e, email=folded[e.email]) if e.email and folded[e.email] != e.email else e
         for e in events
