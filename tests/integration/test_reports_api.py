@@ -228,11 +228,37 @@ async def _check_errors(session: aiohttp.ClientSession, api: str) -> None:
         assert body["error"]["field"] == field, path
 
 
+def _api(pool: asyncpg.Pool, reports: asyncpg.Pool | None = None) -> TestClient[Any, Any]:
+    """A node's admin API in the test process (with ``reports`` as its reports database)."""
+    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+    return TestClient(
+        TestServer(
+            http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
+        )
+    )
+
+
 @pytest.fixture
 async def client_without_reports(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
-    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
-    app = http.build_app(http.Services(pool, config, http.Health(started=True)))
-    async with TestClient(TestServer(app)) as test_client:
+    async with _api(pool) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def reports(reports_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool to the test's reports database."""
+    found = await connect.create_pool(reports_dsn, min_size=1, max_size=2)
+    try:
+        yield found
+    finally:
+        await found.close()
+
+
+@pytest.fixture
+async def client_with_reports(
+    pool: asyncpg.Pool, reports: asyncpg.Pool
+) -> AsyncIterator[TestClient[Any, Any]]:
+    async with _api(pool, reports) as test_client:
         yield test_client
 
 
@@ -261,101 +287,85 @@ async def test_without_reports_the_endpoints_say_so_and_totals_stay(
 
 
 async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
-    pool: asyncpg.Pool, reports_dsn: str, conn: asyncpg.Connection
+    client_with_reports: TestClient[Any, Any], reports: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
     campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
-    reports = await connect.create_pool(reports_dsn, min_size=1, max_size=2)
+    await reports.execute(
+        """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
+                                      provider, provider_message_id, status)
+           SELECT $1, n, '2026-03-04T05:06:07Z', 1, 'someone' || n || '@example.com', 'example.com',
+                  'sink', 'message-id-' || n, 'sent'
+           FROM generate_series(1, 100000) n""",
+        campaign_id,
+    )
+    tracemalloc.start()
     try:
-        await reports.execute(
-            """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
-                                          provider, provider_message_id, status)
-               SELECT $1, n, '2026-03-04T05:06:07Z', 1, 'someone' || n || '@example.com', 'example.com',
-                      'sink', 'message-id-' || n, 'sent'
-               FROM generate_series(1, 100000) n""",
-            campaign_id,
-        )
-        config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
-        app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
-        async with TestClient(TestServer(app)) as client:
-            tracemalloc.start()
-            try:
-                response = await client.get(f"/api/campaigns/{campaign_id}/emails.csv", headers=AUTH)
-                assert response.status == 200
-                assert "Server-Timing" not in response.headers  # streamed: sent before it is known
-                size = lines = 0
-                async for chunk in response.content.iter_chunked(65536):
-                    size += len(chunk)
-                    lines += chunk.count(b"\n")
-                _, peak = tracemalloc.get_traced_memory()
-            finally:
-                tracemalloc.stop()
+        response = await client_with_reports.get(f"/api/campaigns/{campaign_id}/emails.csv", headers=AUTH)
+        assert response.status == 200
+        assert "Server-Timing" not in response.headers  # streamed: sent before it is known
+        size = lines = 0
+        async for chunk in response.content.iter_chunked(65536):
+            size += len(chunk)
+            lines += chunk.count(b"\n")
+        _, peak = tracemalloc.get_traced_memory()
     finally:
-        await reports.close()
+        tracemalloc.stop()
     assert lines == 100_001
     assert size > 7_000_000
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte export"
 
 
 async def test_a_batchs_message_id_names_one_email_with_its_lead_id(
-    pool: asyncpg.Pool, reports_dsn: str, conn: asyncpg.Connection
+    client_with_reports: TestClient[Any, Any], reports: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
     """SendGrid and Mailgun answer one message id for a whole batch: the answer is the email of
     the lead asked for, with that lead's events only; without a lead, a 409 that says so."""
     campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
-    reports = await connect.create_pool(reports_dsn, min_size=1, max_size=2)
-    try:
-        await reports.execute(
-            """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
-                                          provider, provider_message_id, status)
-               SELECT $1, n, '2026-03-04T05:06:07Z', 1, 'lead' || n || '@example.com', 'example.com',
-                      'sendgrid', CASE WHEN n <= 3 THEN 'sg-batch' ELSE 'sg-alone' END, 'sent'
-               FROM generate_series(1, 4) n""",
-            campaign_id,
-        )
-        await reports.execute(
-            """INSERT INTO report_events (provider, provider_event_id, received_at, type, account_id,
-                                          campaign_id, lead_id, address, provider_message_id, occurred_at)
-               VALUES ('sendgrid', 'e1', '2026-03-04T06:00:00Z', 'hard_bounce', 1, $1, 2,
-                       'lead2@example.com', 'sg-batch', '2026-03-04T06:00:00Z'),
-                      ('sendgrid', 'e2', '2026-03-04T06:00:01Z', 'delivered', 1, $1, 3,
-                       'lead3@example.com', 'sg-batch', '2026-03-04T06:00:01Z'),
-                      ('sendgrid', 'e3', '2026-03-04T06:00:02Z', 'delivered', NULL, NULL, NULL,
-                       NULL, 'sg-batch', '2026-03-04T06:00:02Z'),
-                      ('sendgrid', 'e4', '2026-03-04T06:00:03Z', 'delivered', NULL, NULL, NULL,
-                       NULL, 'sg-alone', '2026-03-04T06:00:03Z')""",
-            campaign_id,
-        )
-        config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
-        app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
-        async with TestClient(TestServer(app)) as client:
-            shared = await client.get("/api/emails/sg-batch", headers=AUTH)
-            assert shared.status == 409
-            error = (await shared.json())["error"]
-            assert error["field"] == "lead_id" and error["message"].startswith("3 emails share")
-            one = await client.get("/api/emails/sg-batch?lead_id=2", headers=AUTH)
-            assert one.status == 200
-            body = await one.json()
-            assert body["lead_id"] == 2 and [e["type"] for e in body["events"]] == ["hard_bounce"]
-            alone = await (await client.get("/api/emails/sg-alone", headers=AUTH)).json()
-            assert alone["lead_id"] == 4 and [e["type"] for e in alone["events"]] == ["delivered"]
-            other = await client.get("/api/emails/sg-batch?lead_id=4", headers=AUTH)
-            assert other.status == 404 and (await other.json())["error"]["field"] == "lead_id"
-            unknown = await client.get("/api/emails/sg-none?lead_id=4", headers=AUTH)
-            assert unknown.status == 404 and (await unknown.json())["error"]["field"] == "provider_message_id"
-            bad = await client.get("/api/emails/sg-batch?lead_id=two", headers=AUTH)
-            assert bad.status == 422 and (await bad.json())["error"]["field"] == "lead_id"
-    finally:
-        await reports.close()
+    await reports.execute(
+        """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
+                                      provider, provider_message_id, status)
+           SELECT $1, n, '2026-03-04T05:06:07Z', 1, 'lead' || n || '@example.com', 'example.com',
+                  'sendgrid', CASE WHEN n <= 3 THEN 'sg-batch' ELSE 'sg-alone' END, 'sent'
+           FROM generate_series(1, 4) n""",
+        campaign_id,
+    )
+    await reports.execute(
+        """INSERT INTO report_events (provider, provider_event_id, received_at, type, account_id,
+                                      campaign_id, lead_id, address, provider_message_id, occurred_at)
+           VALUES ('sendgrid', 'e1', '2026-03-04T06:00:00Z', 'hard_bounce', 1, $1, 2,
+                   'lead2@example.com', 'sg-batch', '2026-03-04T06:00:00Z'),
+                  ('sendgrid', 'e2', '2026-03-04T06:00:01Z', 'delivered', 1, $1, 3,
+                   'lead3@example.com', 'sg-batch', '2026-03-04T06:00:01Z'),
+                  ('sendgrid', 'e3', '2026-03-04T06:00:02Z', 'delivered', NULL, NULL, NULL,
+                   NULL, 'sg-batch', '2026-03-04T06:00:02Z'),
+                  ('sendgrid', 'e4', '2026-03-04T06:00:03Z', 'delivered', NULL, NULL, NULL,
+                   NULL, 'sg-alone', '2026-03-04T06:00:03Z')""",
+        campaign_id,
+    )
+    shared = await client_with_reports.get("/api/emails/sg-batch", headers=AUTH)
+    assert shared.status == 409
+    error = (await shared.json())["error"]
+    assert error["field"] == "lead_id" and error["message"].startswith("3 emails share")
+    one = await client_with_reports.get("/api/emails/sg-batch?lead_id=2", headers=AUTH)
+    assert one.status == 200
+    body = await one.json()
+    assert body["lead_id"] == 2 and [e["type"] for e in body["events"]] == ["hard_bounce"]
+    alone = await (await client_with_reports.get("/api/emails/sg-alone", headers=AUTH)).json()
+    assert alone["lead_id"] == 4 and [e["type"] for e in alone["events"]] == ["delivered"]
+    other = await client_with_reports.get("/api/emails/sg-batch?lead_id=4", headers=AUTH)
+    assert other.status == 404 and (await other.json())["error"]["field"] == "lead_id"
+    unknown = await client_with_reports.get("/api/emails/sg-none?lead_id=4", headers=AUTH)
+    assert unknown.status == 404 and (await unknown.json())["error"]["field"] == "provider_message_id"
+    bad = await client_with_reports.get("/api/emails/sg-batch?lead_id=two", headers=AUTH)
+    assert bad.status == 422 and (await bad.json())["error"]["field"] == "lead_id"
 
 
 @pytest.fixture
 async def client_with_reports_down(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     """A node whose reports database does not answer (nothing listens on its port)."""
-    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
     reports = await connect.create_pool("postgresql://postgres@127.0.0.1:9/reports", min_size=0, max_size=2)
-    app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
     try:
-        async with TestClient(TestServer(app)) as test_client:
+        async with _api(pool, reports) as test_client:
             yield test_client
     finally:
         await reports.close()
