@@ -440,9 +440,7 @@ async def _account_refresh_loop(sender: ProviderSender, stop: asyncio.Event) -> 
     so a quota the provider raised (or lowered) applies without a restart, and what other
     senders on the account sent since counts against the daily quota."""
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(sender.config.account_refresh_s):
-                await stop.wait()
+        await aio.sleep_unless(sender.config.account_refresh_s, stop)
         if stop.is_set():
             return
         try:
@@ -566,9 +564,7 @@ async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Con
                     logged = found.logged if found else 0
                     metrics.CAMPAIGN_LEADS_LOGGED.labels(status).set(logged)
                     metrics.CAMPAIGN_LEADS_REMAINING.labels(status).set(found.remaining if found else 0)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CAMPAIGN_SAMPLE_S):
-                await stop.wait()
+        await aio.sleep_unless(CAMPAIGN_SAMPLE_S, stop)
 
 
 async def _drain_deadline(

@@ -214,10 +214,12 @@ class ExactNumber:
 
 
 def _exact_int(text: str) -> int | ExactNumber:
-    if len(text) < 20:  # within 64 bits: orjson's own reading
-        return int(text)
-    value = int(text) if len(text) <= 21 else None
-    return value if value is not None and -(2**63) <= value < 2**64 else ExactNumber(text)
+    """orjson's own reading within 64 bits (signed or not: 21 characters at most), else the text."""
+    if len(text) <= 21:
+        value = int(text)
+        if -(2**63) <= value < 2**64:
+            return value
+    return ExactNumber(text)
 
 
 def _exact_float(text: str) -> float | ExactNumber:
