@@ -192,49 +192,48 @@ async def usage(
 _EVENT_COLUMNS = ("type", "provider", "occurred_at", "received_at", "reason", "smtp_status", "provider_type")
 
 
-async def message_exists(pool: asyncpg.Pool, provider_message_id: str) -> bool:
-    """Whether any email has the provider message id."""
-    found = await pool.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM report_emails WHERE provider_message_id = $1)", provider_message_id
-    )
-    return bool(found)
+class MessageNotFound(Exception):
+    """No email of the lead asked for has the message id (``sharing``: the emails that do)."""
+
+    def __init__(self, sharing: int) -> None:
+        super().__init__(f"{sharing} emails have this provider message id")
+        self.sharing = sharing
 
 
-class SharedMessageId(Exception):
-    """Several emails share the message id (one request sent them all: SendGrid, Mailgun)."""
-
-    def __init__(self, emails: int) -> None:
-        super().__init__(f"{emails} emails share this provider message id")
-        self.emails = emails
+class SharedMessageId(MessageNotFound):
+    """Several emails share the message id (one request sent them all: SendGrid, Mailgun) and no
+    lead was named to pick one."""
 
 
 async def message(
     conn: asyncpg.Connection, provider_message_id: str, lead_id: int | None = None
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """The email a provider message id names (of ``lead_id``, when given), with its events
     (oldest first), in one statement: the events of its lead, and those matched to no lead when
-    the id names this email alone. :class:`SharedMessageId` when the id names several emails
-    and ``lead_id`` picks none of them."""
+    the id names this email alone. :class:`SharedMessageId` when the id names several emails and
+    no ``lead_id``; :class:`MessageNotFound` when none is found (``sharing`` 0: the id is unknown)."""
     events = ", ".join(f"v.{column}" for column in _EVENT_COLUMNS)
     rows = await conn.fetch(
-        f"""WITH found AS (
-                SELECT campaign_id, account_id, provider, {_EMAIL},
-                       (SELECT count(*) FROM report_emails WHERE provider_message_id = $1) AS sharing
+        f"""WITH shared AS (SELECT count(*) AS sharing FROM report_emails WHERE provider_message_id = $1),
+            found AS (
+                SELECT campaign_id, account_id, provider, {_EMAIL}
                 FROM report_emails
                 WHERE provider_message_id = $1 AND ($2::bigint IS NULL OR lead_id = $2)
                 ORDER BY sent_at, lead_id LIMIT 2)
-            SELECT f.*, ARRAY(SELECT row({events}) FROM report_events v
-                              WHERE v.provider_message_id = $1
-                                AND (v.lead_id = f.lead_id OR (v.lead_id IS NULL AND f.sharing = 1))
-                              ORDER BY v.occurred_at, v.received_at) AS events
-            FROM found f""",
+            SELECT s.sharing, f.*,
+                   ARRAY(SELECT row({events}) FROM report_events v
+                         WHERE v.provider_message_id = $1
+                           AND (v.lead_id = f.lead_id OR (v.lead_id IS NULL AND s.sharing = 1))
+                         ORDER BY v.occurred_at, v.received_at) AS events
+            FROM shared s LEFT JOIN found f ON true""",
         provider_message_id,
         lead_id,
     )
-    if not rows:
-        return None
+    sharing = int(rows[0]["sharing"])
     if len(rows) > 1:
-        raise SharedMessageId(int(rows[0]["sharing"]))
+        raise SharedMessageId(sharing)
+    if rows[0]["lead_id"] is None:
+        raise MessageNotFound(sharing)
     found = dict(rows[0])
     del found["sharing"]
     found["events"] = [dict(zip(_EVENT_COLUMNS, values, strict=True)) for values in rows[0]["events"]]

@@ -299,14 +299,18 @@ async def email_by_message(request: web.Request) -> web.Response:
             found = await reports_read.message(conn, message_id, query.lead_id)
     except reports_read.SharedMessageId as exc:
         message = (
-            f"{exc.emails} emails share this provider message id (one request sent them: a SendGrid or"
+            f"{exc.sharing} emails share this provider message id (one request sent them: a SendGrid or"
             " Mailgun batch); name one with ?lead_id="
         )
         raise ApiError(409, "ambiguous", message, "lead_id") from None
-    if found is None:
-        if query.lead_id is not None and await reports_read.message_exists(reports, message_id):
-            raise ApiError(404, "not_found", "no email of this lead with this provider message id", "lead_id")
-        raise ApiError(404, "not_found", "no email with this provider message id", "provider_message_id")
+    except reports_read.MessageNotFound as exc:
+        if exc.sharing:  # the id is known: not for this lead
+            raise ApiError(
+                404, "not_found", "no email of this lead with this provider message id", "lead_id"
+            ) from None
+        raise ApiError(
+            404, "not_found", "no email with this provider message id", "provider_message_id"
+        ) from None
     found["error"] = found.pop("reason")
     found["as_of"] = as_of
     return json_response(msgspec.convert(found, bodies.Message))
