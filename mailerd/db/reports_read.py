@@ -193,7 +193,8 @@ _EVENT_COLUMNS = ("type", "provider", "occurred_at", "received_at", "reason", "s
 
 
 class MessageNotFound(Exception):
-    """No email of the lead asked for has the message id (``sharing``: the emails that do)."""
+    """The message id is known, but no email of the lead asked for has it (``sharing``: the
+    emails that do)."""
 
     def __init__(self, sharing: int) -> None:
         super().__init__(f"{sharing} emails have this provider message id")
@@ -207,11 +208,12 @@ class SharedMessageId(MessageNotFound):
 
 async def message(
     conn: asyncpg.Connection, provider_message_id: str, lead_id: int | None = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The email a provider message id names (of ``lead_id``, when given), with its events
     (oldest first), in one statement: the events of its lead, and those matched to no lead when
     the id names this email alone. :class:`SharedMessageId` when the id names several emails and
-    no ``lead_id``; :class:`MessageNotFound` when none is found (``sharing`` 0: the id is unknown)."""
+    no ``lead_id``; :class:`MessageNotFound` when it names none of ``lead_id``'s; None when no
+    email has it."""
     events = ", ".join(f"v.{column}" for column in _EVENT_COLUMNS)
     rows = await conn.fetch(
         f"""WITH shared AS (SELECT count(*) AS sharing FROM report_emails WHERE provider_message_id = $1),
@@ -230,6 +232,8 @@ async def message(
         lead_id,
     )
     sharing = int(rows[0]["sharing"])
+    if not sharing:
+        return None
     if len(rows) > 1:
         raise SharedMessageId(sharing)
     if rows[0]["lead_id"] is None:

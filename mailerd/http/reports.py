@@ -303,14 +303,12 @@ async def email_by_message(request: web.Request) -> web.Response:
             " Mailgun batch); name one with ?lead_id="
         )
         raise ApiError(409, "ambiguous", message, "lead_id") from None
-    except reports_read.MessageNotFound as exc:
-        if exc.sharing:  # the id is known: not for this lead
-            raise ApiError(
-                404, "not_found", "no email of this lead with this provider message id", "lead_id"
-            ) from None
+    except reports_read.MessageNotFound:  # the id is known: not for this lead
         raise ApiError(
-            404, "not_found", "no email with this provider message id", "provider_message_id"
+            404, "not_found", "no email of this lead with this provider message id", "lead_id"
         ) from None
+    if found is None:
+        raise ApiError(404, "not_found", "no email with this provider message id", "provider_message_id")
     found["error"] = found.pop("reason")
     found["as_of"] = as_of
     return json_response(msgspec.convert(found, bodies.Message))
