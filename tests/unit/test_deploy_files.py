@@ -96,12 +96,15 @@ def test_every_deployment_file_is_shipped_in_the_package() -> None:
         "mailerd.example.toml": EXAMPLE,
         "mailerd.service": UNIT,
         "mailerd@.service": TEMPLATE,
+        "mailerd-relay.service": ROOT / "systemd" / "mailerd-relay.service",
         "mailerd.env.example": ENV_EXAMPLE,
         "grafana-mailerd.json": ROOT / "deploy" / "grafana" / "mailerd.json",
         "prometheus-alerts.yml": ROOT / "deploy" / "prometheus" / "alerts.yml",
         "journald-mailerd.conf": ROOT / "deploy" / "journald" / "mailerd.conf",
     }
     assert shipped.names() == sorted(sources)
+    # A unit added to systemd/ ships too: an operator who installed the wheel has no checkout.
+    assert {path.name for path in (ROOT / "systemd").iterdir()} <= set(sources)
     for name, source in sources.items():
         assert shipped.read(name) == source.read_bytes(), name
     with pytest.raises(KeyError, match=r"there are: grafana-mailerd\.json"):
