@@ -187,6 +187,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     if "MAILERD_ADMIN_TOKEN" in env:
         tokens = [t.strip() for t in env["MAILERD_ADMIN_TOKEN"].split(",") if t.strip()]
         data.setdefault("http", {})["admin_tokens"] = tokens
+    in_file = data.get("providers")
+    file_providers = sorted(in_file) if isinstance(in_file, dict) else []
     for key, value in env.items():
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or "__" not in upper:
@@ -197,6 +199,28 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             raise ConfigError(f"config error: environment: {key}: not a known setting")
         if isinstance(target, dict):
             target[parts[-1]] = EnvText(value)
+    _check_env_providers(data, env, file_providers)
+
+
+def _check_env_providers(data: dict[str, Any], env: Mapping[str, str], file_providers: list[str]) -> None:
+    """A provider the file does not define comes from the environment only with its ``KIND``:
+    a key meant for ``[providers.newsletter]`` but named after its kind
+    (``MAILERD_PROVIDERS__SENDGRID__API_KEY``) would otherwise make a second provider, of kind
+    ``ses``, and leave the operator's own without its key."""
+    providers = data.get("providers")
+    if not isinstance(providers, dict):
+        return
+    for name, table in providers.items():
+        if name in file_providers or not isinstance(table, dict) or "kind" in table:
+            continue
+        prefix = f"{ENV_PREFIX}PROVIDERS__{name.upper()}__"
+        named = sorted(key for key in env if key.upper().startswith(prefix))
+        known = ", ".join(f"[providers.{n}]" for n in file_providers) or "none"
+        raise ConfigError(
+            f"config error: environment: {named[0] if named else prefix + '...'}: the configuration "
+            f"file has no [providers.{name}] (it has: {known}); set {prefix}KIND too to define "
+            "that provider from the environment"
+        )
 
 
 def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool:

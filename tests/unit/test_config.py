@@ -73,6 +73,8 @@ kind = "sink"
 endpoint = "http://127.0.0.1:8026"
 """
 
+SES_TABLE = '[providers.ses]\nkind = "ses"'  # a provider the environment overrides
+
 
 def write(tmp_path: Path, text: str, name: str = "mailerd.toml") -> Path:
     path = tmp_path / name
@@ -529,7 +531,7 @@ def test_a_secret_file_that_is_a_directory(tmp_path: Path) -> None:
 def test_an_empty_secret_in_the_environment_is_a_config_error(
     tmp_path: Path, name: str, key: str, value: str
 ) -> None:
-    path = write(tmp_path, "")
+    path = write(tmp_path, SES_TABLE)
     assert load_error(path, {name: value}) == f"config error: {path}: {key}: must not be empty"
 
 
@@ -563,7 +565,7 @@ def test_redacted_hides_passwords_in_every_dsn_and_url(tmp_path: Path) -> None:
         "MAILERD_PROVIDERS__SES__SECRET_ACCESS_KEY": "pw-aws",
         "MAILERD_ADMIN_TOKEN": "pw-admin",
     }
-    loaded = config.load(write(tmp_path, ""), env=env)
+    loaded = config.load(write(tmp_path, SES_TABLE), env=env)
     data = config.redacted(loaded)
     shown = repr(data) + repr(loaded) + str(loaded)
     assert "pw-" not in shown
@@ -574,7 +576,7 @@ def test_redacted_hides_passwords_in_every_dsn_and_url(tmp_path: Path) -> None:
 
 
 def test_credentials_in_a_provider_endpoint_are_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "")
+    path = write(tmp_path, SES_TABLE)
     error = load_error(path, {"MAILERD_PROVIDERS__SES__ENDPOINT": "https://user:pw-endpoint@ses.example/"})
     assert error == (
         f"config error: {path}: [providers.ses] endpoint: credentials do not belong in the URL; "
@@ -632,6 +634,26 @@ def test_env_provider_overrides(tmp_path: Path) -> None:
     assert "aws-secret" not in repr(loaded)
 
 
+def test_env_keys_of_a_provider_the_file_does_not_define_are_refused(tmp_path: Path) -> None:
+    # The README's SendGrid table is [providers.newsletter]: a key named after the kind would
+    # have made a second provider (of kind ses) and left newsletter without its key.
+    path = write(tmp_path, '[providers.newsletter]\nkind = "sendgrid"')
+    assert load_error(path, {"MAILERD_PROVIDERS__SENDGRID__API_KEY": "SG.x"}) == (
+        "config error: environment: MAILERD_PROVIDERS__SENDGRID__API_KEY: the configuration file has "
+        "no [providers.sendgrid] (it has: [providers.newsletter]); set MAILERD_PROVIDERS__SENDGRID__KIND "
+        "too to define that provider from the environment"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "(it has: none)" in load_error(write(empty, ""), {"MAILERD_PROVIDERS__SES__RATE_PER_S": "3"})
+    loaded = config.load(
+        path,
+        env={"MAILERD_PROVIDERS__SENDGRID__API_KEY": "SG.x", "MAILERD_PROVIDERS__SENDGRID__KIND": "sendgrid"},
+    )
+    assert sorted(loaded.providers) == ["newsletter", "sendgrid"]
+    assert loaded.provider("newsletter").api_key is None
+
+
 def test_env_provider_name_matches_case_insensitively(tmp_path: Path) -> None:
     path = write(tmp_path, '[providers.MySES]\nkind = "ses"')
     loaded = config.load(path, env={"MAILERD_PROVIDERS__MYSES__RATE_PER_S": "3"})
@@ -652,7 +674,7 @@ def test_env_unknown_setting(tmp_path: Path, name: str) -> None:
 
 
 def test_env_unknown_key_and_bad_value_are_errors(tmp_path: Path) -> None:
-    path = write(tmp_path, "")
+    path = write(tmp_path, SES_TABLE)
     assert load_error(path, {"MAILERD_WRITER__NOPE": "1"}).endswith("[writer] nope: unknown key")
     assert load_error(path, {"MAILERD_PROVIDERS__SES__RATE_PER_S": "fast"}).endswith(
         '[providers.ses] rate_per_s: expected a number, got "fast"'
@@ -669,7 +691,7 @@ def test_from_mapping_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_env_string_settings_that_look_like_numbers(tmp_path: Path) -> None:
     env = {"MAILERD_PROVIDERS__SES__API_KEY": "12345", "MAILERD_NODE__NAME": "42"}
-    loaded = config.load(write(tmp_path, ""), env=env)
+    loaded = config.load(write(tmp_path, SES_TABLE), env=env)
     assert loaded.provider("ses").api_key == config.Secret("12345")
     assert loaded.node.name == "42"
 
