@@ -308,7 +308,8 @@ async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> 
         status, send_at = "scheduled", new.send_at
     else:
         status, send_at = "draft", None
-    segment = new.segment if not isinstance(new.segment, str | bytes) else orjson.loads(new.segment)
+    # Stored as sent: read back with orjson, a number no double holds would change.
+    segment = orjson.Fragment(segments.as_json(new.segment))
     row = campaign_rows.CampaignRow(
         account_id=new.account_id,
         name=new.name,

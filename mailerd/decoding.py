@@ -43,9 +43,16 @@ _TYPE_WORDS = {
     "object": "an object",
     "array": "an array",
     "datetime": "an RFC 3339 time with a zone (e.g. 2026-12-01T09:00:00Z)",
+    "date": "a day, YYYY-MM-DD (e.g. 2026-12-01)",
 }
-# ExactNumber: a number no double holds (mailerd.importer.parsing.loads_exact, POST /api/leads)
-_GOT_WORDS = {"bool": "a boolean", "object": "an object", "array": "an array", "ExactNumber": "a number"}
+# ExactNumber: a number no double holds (mailerd.importer.parsing.loads_exact: POST /api/leads,
+# /api/campaigns, /api/segments/preview)
+_GOT_WORDS = {
+    "bool": "a boolean",
+    "object": "an object",
+    "array": "an array",
+    "ExactNumber": "a number beyond a double's range or precision",
+}
 _EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`")
 _BOUND = re.compile(r"Expected `[^`]+` (?P<op>>=|<=|>|<) (?P<limit>\S+)")
 _LENGTH = re.compile(r"Expected `[^`]+` of length (?P<op>>=|<=) (?P<limit>\d+)")
@@ -150,6 +157,8 @@ def _words(error: str, annotation: Any) -> str:
         return f"unknown value {value} (one of: {choices})"
     if "timezone" in error:
         return "needs a time zone (e.g. 2026-12-01T09:00:00Z)"
+    if error == "Invalid RFC3339 encoded date":
+        return f"expected {_TYPE_WORDS['date']}"
     if error.startswith("Invalid RFC3339"):
         return f"expected {_TYPE_WORDS['datetime']}"
     return error[:1].lower() + error[1:]

@@ -29,7 +29,8 @@ def campaign_from_row(row: asyncpg.Record) -> Campaign:
         account_id=row["account_id"],
         name=row["name"],
         status=CampaignStatus(row["status"]),
-        segment=segments.parse(row["segment"]),
+        # the text, not the jsonb orjson decoded: a number no double holds keeps its value
+        segment=segments.parse(row["segment_text"]),
         from_address=row["from_address"],
         subject=row["subject"],
         html_body=row["html_body"],

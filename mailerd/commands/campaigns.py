@@ -12,6 +12,7 @@ import orjson
 from mailerd import client
 from mailerd.campaigns import CampaignError
 from mailerd.config import Config
+from mailerd.importer import parsing as exact_json
 
 
 def _read_template(path: str, field: str) -> str:
@@ -26,8 +27,9 @@ async def create(args: argparse.Namespace, config: Config) -> int:
 
     try:
         try:
-            segment = orjson.loads(args.segment)
-        except orjson.JSONDecodeError as exc:
+            # its numbers as written (orjson alone rounds what a double cannot hold)
+            segment = orjson.Fragment(exact_json.dumps_exact(exact_json.loads_exact(args.segment.encode())))
+        except ValueError as exc:  # orjson.JSONDecodeError among them
             raise CampaignError("segment", f"not valid JSON: {exc}") from None
         body: dict[str, Any] = {
             "account_id": args.account,

@@ -344,10 +344,11 @@ async def page(
 async def get(
     conn: asyncpg.Connection, campaign_id: int, *, for_update: bool = False
 ) -> asyncpg.Record | None:
-    """The campaign row (locked for the rest of the transaction with ``for_update``)."""
+    """The campaign row (locked for the rest of the transaction with ``for_update``), with its
+    segment also as JSON text (``segment_text``: its numbers exact, see ``campaign_from_row``)."""
     lock = " FOR UPDATE" if for_update else ""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT * FROM campaigns WHERE id = $1{lock}", campaign_id
+        f"SELECT *, segment::text AS segment_text FROM campaigns WHERE id = $1{lock}", campaign_id
     )
     return row
 

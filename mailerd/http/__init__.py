@@ -7,12 +7,14 @@ changes nothing. Each body is defined once in :mod:`mailerd.http.bodies`; the Op
 is derived from those and the route table (:mod:`mailerd.http.routes`).
 """
 
+from mailerd.http.encoding import SERVER_OPTIONS
 from mailerd.http.errors import ApiError
 from mailerd.http.server import bound_port, build_app, build_relay_app, start
 from mailerd.http.services import SERVICES, Health, Services
 from mailerd.http.webhooks import await_commit, record_events
 
 __all__ = [
+    "SERVER_OPTIONS",
     "SERVICES",
     "ApiError",
     "Health",

@@ -24,7 +24,7 @@ from mailerd.http.services import SERVICES, Services, pool
 async def create_campaign(request: web.Request) -> web.Response:
     """POST /api/campaigns: 201 and the campaign; 422 naming every invalid field."""
     config = request.app[SERVICES].config
-    new = await parsing.body(request, campaigns.NewCampaign)
+    new = await parsing.body_with_segment(request, campaigns.NewCampaign)
     errors = campaigns.validate(new, config)
     if errors:
         raise ApiError.invalid([decoding.Problem(error.field, error.message) for error in errors])
@@ -119,7 +119,7 @@ def campaign_action(action: str) -> Handler:
 
 async def preview_segment(request: web.Request) -> web.Response:
     """POST /api/segments/preview {"account_id", "segment"} -> count and ten sample leads."""
-    data = await parsing.body(request, bodies.PreviewBody)
+    data = await parsing.body_with_segment(request, bodies.PreviewBody)
     try:
         segment = segments.parse(data.segment)
     except segments.SegmentError as exc:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from mailerd import erasure, segments
 from mailerd.db import leads as leads_db
-from mailerd.http import bodies, parsing
+from mailerd.http import bodies, encoding, parsing
 from mailerd.http.errors import ApiError, json_response
 from mailerd.http.services import SERVICES, pool
 from mailerd.importer import loading, streams
@@ -54,12 +54,8 @@ def _plain(lead: bodies.StoredLead) -> dict[str, Any]:
 
 
 def _lead_id(request: web.Request) -> int:
-    """The ``{lead_id}`` of the path (ASCII digits, by the route); 404 beyond 2^63 - 1."""
-    digits = request.match_info["lead_id"].lstrip("0") or "0"
-    # (the length first: int() refuses thousands of digits)
-    if len(digits) > len(str(parsing.MAX_ID)) or int(digits) > parsing.MAX_ID:
-        raise ApiError(404, "not_found", "no such lead", "lead_id")
-    return int(digits)
+    """The ``{lead_id}`` of the path; 404 beyond 2^63 - 1."""
+    return parsing.path_id(request, "lead_id", "lead")
 
 
 def _address(text: str, *, strict: bool = True) -> str:
@@ -252,12 +248,16 @@ async def bulk_import(request: web.Request) -> web.Response:
 
 async def _import(request: web.Request, account_id: int, max_bytes: int, max_line_bytes: int) -> ImportResult:
     """The import of the body; every way it can fail as an ApiError (nothing imported)."""
+    decoding = encoding.decoder(request)
+    stream: streams.ByteStream = request.content
+    if decoding is not None:
+        stream = encoding.DecodedStream(request.content, decoding)
     try:
         async with pool(request).acquire() as conn:
             return await streams.import_stream(
                 conn,
                 account_id=account_id,
-                stream=request.content,
+                stream=stream,
                 max_bytes=max_bytes,
                 max_line_bytes=max_line_bytes,
                 keep_rejects=BULK_REJECTS_LISTED,

@@ -3,7 +3,7 @@
 Each route names its request body, query Struct and answers by type; the schemas come from
 ``msgspec.json.schema_components``, so the document says what the handlers decode and answer.
 Answers every route of a kind can give are added here: 401 for ``/api/`` routes (bearer
-token), 400/413/422 for a JSON body, 422 for a query, 404 for an ``{id}``, 503 for the database.
+token), 400/413/415/422 for a JSON body, 422 for a query, 404 for an ``{id}``, 503 for the database.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS_TEXT = {
     200: "OK",
     201: "Created",
-    400: "The body is not JSON (code invalid_json), or the request line is too long (code bad_request)",
+    400: (
+        "The body is not JSON (code invalid_json), its Content-Encoding does not decode or its compressed"
+        " stream ends early (code invalid_body), or the request line is too long (code bad_request)"
+    ),
     401: "Missing or invalid bearer token (code unauthorized)",
     404: "Not found (code not_found; error.field names the path parameter, or the query parameter not found)",
     409: (
@@ -33,7 +36,8 @@ STATUS_TEXT = {
         " status; code erasure_unavailable: no [privacy] erasure_key on this node; code ambiguous: a"
         " provider message id that names several emails, error.field names the parameter that picks one)"
     ),
-    413: "The body is larger than [http] max_body_bytes (code too_large)",
+    413: "The body is larger than [http] max_body_bytes, as sent or decompressed (code too_large)",
+    415: "A Content-Encoding other than gzip, deflate or identity (code unsupported_encoding)",
     422: "A field or query parameter is invalid (code invalid; error.field names it)",
     429: "Too many requests of this kind are running on the node (code busy); retry",
     503: (
@@ -145,7 +149,9 @@ def _answers(route: Route) -> list[tuple[int, Any]]:
     if route.needs_token:
         answers[401] = bodies.ErrorBody
     if route.body is not None:
-        answers.update({400: bodies.ErrorBody, 413: bodies.ErrorBody, 422: bodies.ErrorBody})
+        answers.update(
+            {400: bodies.ErrorBody, 413: bodies.ErrorBody, 415: bodies.ErrorBody, 422: bodies.ErrorBody}
+        )
     if route.query is not None:
         answers[422] = bodies.ErrorBody
     if "{id}" in route.path:

@@ -6,6 +6,7 @@ when a field or parameter is invalid (all of them listed), 404 for an id that ca
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,21 +15,33 @@ import orjson
 from aiohttp import http_exceptions, web
 
 from mailerd import decoding
+from mailerd.http import encoding
 from mailerd.http.errors import ApiError
+from mailerd.importer import parsing as lead_rules
 
 T = TypeVar("T", bound=msgspec.Struct)
 MAX_ID = 2**63 - 1
+_MAX_ID_DIGITS = len(str(MAX_ID))
+_MAX_QUERY_DIGITS = 100  # of a whole-number parameter: beyond every bound, far below int()'s limit
 _BOOLEANS = {"true": True, "false": False}
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The body's bytes, decompressed; 400 when its ``Content-Encoding`` does not decode (413 when
-    it is larger than ``[http] max_body_bytes``, from aiohttp)."""
+    """The body's bytes, decompressed; 400 when its ``Content-Encoding`` does not decode (a gzip
+    or deflate stream that ends early included), 415 for an encoding other than those, 413 when
+    it is larger than ``[http] max_body_bytes`` (compressed, from aiohttp, or decoded)."""
+    decoding = encoding.decoder(request)
     try:
-        return await request.read()
+        raw = await request.read()
     except (web.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
         reason = " ".join(str(exc).split())
         raise ApiError(400, "invalid_body", f"the body cannot be read: {reason}") from None
+    if decoding is None:
+        return raw
+    try:
+        return encoding.decode_whole(decoding, raw, request.client_max_size)
+    except encoding.BodyUndecodable as exc:
+        raise ApiError(400, "invalid_body", f"the body cannot be read: {exc}") from None
 
 
 async def json_object(request: web.Request, loads: Callable[[bytes], Any] = orjson.loads) -> dict[str, Any]:
@@ -57,6 +70,53 @@ async def body(request: web.Request, cls: type[T]) -> T:
     return struct(cls, await json_object(request))
 
 
+async def body_with_segment(request: web.Request, cls: type[T]) -> T:
+    """The JSON body as a ``cls`` whose ``segment`` keeps its numbers as written (a ``Decimal``
+    where a double would change one: segments compare numbers exactly, and a campaign stores its
+    segment as it was sent). A number no double holds elsewhere in the body is refused by its
+    field's type (422), never read as a rounded or infinite float."""
+    data = await json_object(request, lead_rules.loads_exact)
+    if "segment" in data:
+        try:
+            data["segment"] = _decimals(data["segment"])
+        except RecursionError:  # far deeper than a segment may be (segments.MAX_DEPTH)
+            raise ApiError(422, "invalid", "segment: nested too deeply", "segment") from None
+    return struct(cls, data)
+
+
+def _decimals(value: Any) -> Any:
+    """``value`` with every :class:`~mailerd.importer.parsing.ExactNumber` as a ``Decimal``."""
+    if isinstance(value, lead_rules.ExactNumber):
+        return decimal.Decimal(value.text)
+    if isinstance(value, dict):
+        return {key: _decimals(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decimals(item) for item in value]
+    return value
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as an int when it is ASCII digits only and at most :data:`MAX_ID`, else None.
+    The length is checked first: ``int()`` refuses more than 4,300 digits with a ValueError
+    (a 500), and ``int()`` alone would also take "١٢", " 12 ", "1_0" or "+5"."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_ID_DIGITS:
+        return None
+    value = int(digits)
+    return value if value <= MAX_ID else None
+
+
+def path_id(request: web.Request, key: str, what: str) -> int:
+    """The path's ``{key}`` as a positive id; 404 ``no such WHAT`` naming ``key`` otherwise
+    (such an id cannot exist)."""
+    value = whole_number(request.match_info[key])
+    if value is None or value == 0:
+        raise ApiError(404, "not_found", f"no such {what}", key)
+    return value
+
+
 def query(request: web.Request, cls: type[T]) -> T:
     """The query string as a ``cls``: one parameter per field, an empty value counts as absent,
     other parameters are ignored."""
@@ -71,10 +131,14 @@ def query(request: web.Request, cls: type[T]) -> T:
         if name in lowercase:
             text = text.lower()
         if int in decoding.base_types(field.type):
-            if text.isascii() and text.isdigit():  # int() would also take "١٢", " 12 ", "1_0", "+5"
-                values[name] = int(text)
+            # int() would also take "١٢", " 12 ", "1_0", "+5", and refuses 4,300 digits (a 500)
+            if not (text.isascii() and text.isdigit()):
+                got = f"got {text[:40]!r}"
+                problems.append(decoding.Problem(name, f"expected a whole number (digits 0-9), {got}"))
+            elif len(text) > _MAX_QUERY_DIGITS:
+                problems.append(decoding.Problem(name, f"expected at most {_MAX_QUERY_DIGITS} digits"))
             else:
-                problems.append(decoding.Problem(name, f"expected a whole number (digits 0-9), got {text!r}"))
+                values[name] = int(text)  # the field's own bounds are checked with the rest
         elif bool in decoding.base_types(field.type):
             if text.lower() in _BOOLEANS:
                 values[name] = _BOOLEANS[text.lower()]
@@ -89,7 +153,4 @@ def query(request: web.Request, cls: type[T]) -> T:
 
 def campaign_id(request: web.Request) -> int:
     """The ``{id}`` of the path; 404 when it is not a whole number from 1 to 2^63 - 1."""
-    text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID:
-        raise ApiError(404, "not_found", "no such campaign", "id")
-    return int(text)
+    return path_id(request, "id", "campaign")

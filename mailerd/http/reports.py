@@ -26,7 +26,7 @@ from mailerd.db import reports_read
 from mailerd.db.reports_load import COUNTERS
 from mailerd.http import parsing
 from mailerd.http import report_bodies as bodies
-from mailerd.http.bodies import MAX_ID, PROVIDER_MESSAGE_ID, LogStatusName
+from mailerd.http.bodies import PROVIDER_MESSAGE_ID, LogStatusName
 from mailerd.http.errors import ApiError, json_response
 from mailerd.http.services import SERVICES, pool
 from mailerd.relay import reports as reports_destination
@@ -240,11 +240,9 @@ async def _history(
 
 async def lead_history(request: web.Request) -> web.Response:
     """GET /api/leads/{lead_id}/history?account_id=: the lead's emails and events, newest first."""
-    text = request.match_info["lead_id"]
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
-        raise ApiError(404, "not_found", "no such lead", "lead_id")
+    lead_id = parsing.path_id(request, "lead_id", "lead")
     query = parsing.query(request, bodies.LeadHistoryQuery)
-    return await _history(request, query.account_id, int(text), None, query.before, query.limit)
+    return await _history(request, query.account_id, lead_id, None, query.before, query.limit)
 
 
 async def address_history(request: web.Request) -> web.Response:
@@ -259,7 +257,8 @@ async def address_history(request: web.Request) -> web.Response:
 def usage_range(start: dt.date | None, end: dt.date | None, today: dt.date) -> tuple[dt.date, dt.date]:
     """``[from, to]`` with their defaults (the last 30 days to today); 422 for a bad range."""
     end = end or today
-    start = start or end - dt.timedelta(days=DEFAULT_USAGE_DAYS - 1)
+    # (from the first day there is when ``to`` is within the first 30 days of year 1)
+    start = start or dt.date.fromordinal(max(1, end.toordinal() - DEFAULT_USAGE_DAYS + 1))
     if start > end:
         raise ApiError(422, "invalid", f"from: {start} is after to ({end})", "from")
     if (end - start).days >= MAX_USAGE_DAYS:
@@ -269,10 +268,7 @@ def usage_range(start: dt.date | None, end: dt.date | None, today: dt.date) -> t
 
 async def account_usage(request: web.Request) -> web.Response:
     """GET /api/accounts/{account_id}/usage?from=&to=: per UTC day, for billing and quotas."""
-    text = request.match_info["account_id"]
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
-        raise ApiError(404, "not_found", "no such account", "account_id")
-    account_id = int(text)
+    account_id = parsing.path_id(request, "account_id", "account")
     query = parsing.query(request, bodies.UsageQuery)
     start, end = usage_range(query.start, query.end, dt.datetime.now(dt.UTC).date())
     reports = reports_pool(request)

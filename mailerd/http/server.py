@@ -6,7 +6,7 @@ import hmac
 
 from aiohttp import web
 
-from mailerd.http import health, openapi, routes
+from mailerd.http import encoding, health, openapi, routes
 from mailerd.http.errors import ApiError, Handler, JsonErrorRunner, errors_as_json
 from mailerd.http.services import SERVICES, Services
 from mailerd.http.timing import server_timing
@@ -51,7 +51,13 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Bind and serve; returns the runner to clean up at the very end of the shutdown."""
     # By the time the runner is cleaned up the drain is over: requests still running get a few
     # seconds, not aiohttp's default minute (every waiting webhook has had its answer by then).
-    runner = JsonErrorRunner(app, access_log=None, handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S)
+    runner = JsonErrorRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=HTTP_SHUTDOWN_S,
+        **encoding.SERVER_OPTIONS,  # bodies are decoded by mailerd.http.encoding
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

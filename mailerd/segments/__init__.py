@@ -68,7 +68,7 @@ from mailerd.segments.nodes import (
     _parse_iso,
     fold,
 )
-from mailerd.segments.parse import parse
+from mailerd.segments.parse import as_json, parse
 from mailerd.segments.sql import compile
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
     "SegmentError",
     "Target",
     "_parse_iso",
+    "as_json",
     "compile",
     "evaluate",
     "fold",

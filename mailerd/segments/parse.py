@@ -7,6 +7,8 @@ import decimal
 import json
 from typing import Any
 
+import orjson
+
 from mailerd.segments.nodes import (
     _EPOCH,
     _FIELD_OPS,
@@ -100,6 +102,24 @@ def parse(source: str | bytes | Any) -> Segment:
     validator = _Validator()
     root = validator.node(source, "$", 1)
     return Segment(root=root, nodes=validator.nodes, depth=validator.depth)
+
+
+def as_json(source: str | bytes | Any) -> bytes:
+    """A segment :func:`parse` accepted, as the JSON text to store: the text as it was sent, or
+    the decoded object with each ``Decimal`` written as its digits (``orjson`` would refuse it,
+    and a float would change it). Reading the stored text back with :func:`parse` gives the
+    same numbers."""
+    if isinstance(source, str):
+        return source.encode("utf-8", "surrogatepass")  # parse() refused lone surrogates already
+    if isinstance(source, bytes | bytearray):
+        return bytes(source)
+    return orjson.dumps(source, default=_decimal_text)
+
+
+def _decimal_text(value: Any) -> orjson.Fragment:
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        return orjson.Fragment(str(value))
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 def _check_object(raw: Any, path: str) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from mailerd import app, campaigns, scheduler
+from mailerd import app, campaigns, http, scheduler
 from mailerd import config as config_mod
 from mailerd.emulator import sink
 
@@ -152,3 +154,15 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+class ApiTestServer(TestServer):
+    """aiohttp's ``TestServer`` serving an app as ``mailerd.http.start`` does: with
+    ``http.SERVER_OPTIONS`` (request bodies decoded by mailerd, not aiohttp). ``TestServer``
+    drops the runner options given to its constructor, hence the override."""
+
+    def __init__(self, application: web.Application) -> None:
+        super().__init__(application)
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return web.AppRunner(self.app, **{**kwargs, **http.SERVER_OPTIONS})

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import config as config_mod
 from mailerd import http
+from tests.integration.helpers import ApiTestServer
 
 TOKEN = "leads-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,7 +35,7 @@ async def api_client(
         env=env,
     )
     app = http.build_app(http.Services(pool, config, http.Health(started=True)))
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(ApiTestServer(app)) as client:
         yield client
 
 

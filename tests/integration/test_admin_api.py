@@ -10,12 +10,15 @@ from urllib.parse import quote
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import config as config_mod
 from mailerd import http
+from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect as db_connect
-from tests.integration.helpers import add_leads
+from mailerd.db import leads as leads_db
+from mailerd.splitting import campaign_from_row
+from tests.integration.helpers import ApiTestServer, add_leads
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,7 +38,7 @@ def _config() -> config_mod.Config:
 async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     health = http.Health(started=True)
     app = http.build_app(http.Services(pool, _config(), health))
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(ApiTestServer(app)) as test_client:
         yield test_client
 
 
@@ -178,6 +181,62 @@ async def test_segment_preview(client: TestClient[Any, Any], conn: asyncpg.Conne
     assert (await response.json())["error"]["field"] == "segment"
 
 
+BIG = "123456789012345678901234567890"  # no double holds it (orjson reads 1.2345678901234568e29)
+PRECISE = "0.1000000000000000055"  # a double reads 0.1
+
+
+async def test_segment_numbers_no_double_holds_select_and_are_stored_as_sent(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    await conn.execute(
+        f"""INSERT INTO leads (account_id, email, attributes) VALUES
+            (1, 'big@example.com', '{{"n": {BIG}, "p": {PRECISE}}}'),
+            (1, 'near@example.com', '{{"n": 123456789012345680000000000000, "p": 0.1}}')"""
+    )
+    segment = f'{{"all": [{{"field": "attributes.n", "op": "eq", "value": {BIG}}}, ' + (
+        f'{{"field": "attributes.p", "op": "gte", "value": {PRECISE}}}]}}'
+    )
+    # as a JSON object in the body (orjson would have read both numbers as doubles)
+    preview = await client.post(
+        "/api/segments/preview",
+        data=f'{{"account_id": 1, "segment": {segment}}}',
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert preview.status == 200
+    assert [lead["email"] for lead in (await preview.json())["sample"]] == ["big@example.com"]
+    body = orjson.dumps(_campaign(segment="SEGMENT")).replace(b'"SEGMENT"', segment.encode())
+    created = await client.post(
+        "/api/campaigns", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert created.status == 201, await created.text()
+    as_string = await client.post("/api/campaigns", json=_campaign(segment=segment), headers=AUTH)
+    assert as_string.status == 201, await as_string.text()
+    for answer in (created, as_string):
+        campaign_id = (await answer.json())["id"]
+        stored = await conn.fetchval("SELECT segment::text FROM campaigns WHERE id = $1", campaign_id)
+        assert BIG in stored and PRECISE in stored, stored
+        row = await campaigns_db.get(conn, campaign_id)
+        assert row is not None
+        parsed = campaign_from_row(row).segment
+        assert await leads_db.count_segment(conn, 1, parsed) == 1
+    # beyond a double's range: stored (Postgres numeric holds it), no longer a 500
+    huge = await client.post(
+        "/api/campaigns",
+        json=_campaign(segment='{"field": "attributes.n", "op": "lt", "value": 1e400}'),
+        headers=AUTH,
+    )
+    assert huge.status == 201, await huge.text()
+    # elsewhere in the body such a number is refused by the field's type, never read as inf
+    bad_rate = await client.post(
+        "/api/campaigns",
+        data=orjson.dumps(_campaign(rate="RATE")).replace(b'"RATE"', b"1e400"),
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    problem = (await bad_rate.json())["error"]
+    assert bad_rate.status == 422 and problem["field"] == "rate", problem
+    assert "beyond a double's range or precision" in problem["message"]
+
+
 async def test_health_readiness_metrics_and_openapi(client: TestClient[Any, Any]) -> None:
     assert (await client.get("/readyz")).status == 200
     assert (await client.head("/healthz")).status == 200
@@ -202,14 +261,14 @@ async def test_the_document_declares_parameters_and_every_answer(client: TestCli
     assert emails["parameters"][0]["schema"]["minimum"] == 1
     assert set(emails["responses"]) == {"200", "401", "404", "422", "503"}
     create = spec["paths"]["/api/campaigns"]["post"]
-    assert set(create["responses"]) == {"201", "400", "401", "409", "413", "422", "503"}
+    assert set(create["responses"]) == {"201", "400", "401", "409", "413", "415", "422", "503"}
     error = {"$ref": "#/components/schemas/ErrorBody"}
     assert create["responses"]["422"]["content"]["application/json"]["schema"] == error
     new_campaign = spec["components"]["schemas"]["NewCampaign"]
     assert new_campaign["properties"]["name"]["maxLength"] == 200
     assert "html_body" not in new_campaign["properties"] and "html" in new_campaign["required"]
     pause = spec["paths"]["/api/campaigns/{id}/pause"]["post"]
-    assert set(pause["responses"]) == {"200", "400", "401", "404", "409", "413", "422", "503"}
+    assert set(pause["responses"]) == {"200", "400", "401", "404", "409", "413", "415", "422", "503"}
     assert pause["requestBody"]["required"] is False
 
 
@@ -322,7 +381,7 @@ async def test_a_database_that_cannot_be_reached_answers_503_json(dsn: str) -> N
     closed = await db_connect.create_pool(dsn, min_size=1, max_size=1)
     await closed.close()
     app = http.build_app(http.Services(closed, _config(), http.Health(started=True)))
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(ApiTestServer(app)) as client:
         for method, path, body in (
             ("GET", "/api/campaigns", None),
             ("POST", "/api/campaigns", _campaign()),

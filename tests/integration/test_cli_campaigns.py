@@ -109,9 +109,15 @@ async def test_create_show_pause_resume_through_the_api(
                 code == 0
                 and "send window 09:00-17:00 mon (zone: attributes.timezone, else Asia/Tokyo)" in out
             )
+            # a number no double holds reaches the API as written (orjson would have rounded it)
+            exact = '{"field": "attributes.n", "op": "eq", "value": 123456789012345678901234567890}'
+            code, out, err = await run_cli("campaign", "create", *api, *common, "--segment", exact)
+            assert code == 0, err
+            stored = await conn.fetchval("SELECT segment::text FROM campaigns WHERE id = $1", int(out))
+            assert "123456789012345678901234567890" in stored, stored
     finally:
         await emulator.close()
-    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 2
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 3
 
 
 async def test_providers_show_and_resume_a_held_provider(conn: asyncpg.Connection, dsn: str) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, erasure, events, http, suppressions
 from mailerd import config as config_mod
 from mailerd.emulator import sink
 from mailerd.models import Event, EventKind, LogStatus
 from tests.integration.helpers import (
+    ApiTestServer,
     add_leads,
     daemon_config,
     new_campaign,
@@ -248,7 +249,7 @@ async def test_segment_preview_does_not_count_an_erased_suppressed_address(
 
     async def preview(config: config_mod.Config, account_id: int) -> tuple[int, Any]:
         app = http.build_app(http.Services(pool, config, http.Health(started=True)))
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(ApiTestServer(app)) as client:
             response = await client.post(
                 "/api/segments/preview",
                 json={"account_id": account_id, "segment": segment},
@@ -309,7 +310,7 @@ async def test_the_api_removes_an_erased_address_by_its_keyed_hash(
     async def remove(env: dict[str, str]) -> tuple[int, Any]:
         config = config_mod.from_mapping(raw, env={"MAILERD_ADMIN_TOKEN": token, **env})
         app = http.build_app(http.Services(pool, config, http.Health(started=True)))
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(ApiTestServer(app)) as client:
             response = await client.delete(
                 "/api/suppressions", json=body, headers={"Authorization": f"Bearer {token}"}
             )

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
@@ -27,7 +27,7 @@ from mailerd.providers import postmark_webhook as postmark
 from mailerd.providers import sendgrid_webhook as sendgrid
 from mailerd.providers.webhooks import WebhookHandler
 from mailerd.writer import Writer
-from tests.integration.helpers import add_leads, new_campaign
+from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks"
 ACCOUNT = 3
@@ -95,7 +95,7 @@ async def env(pool: asyncpg.Pool, conn: asyncpg.Connection, tmp_path: Path) -> A
     task = asyncio.create_task(writer.run(), name="writer")
     services = http.Services(pool, config, http.Health(started=True), writer=writer, webhooks=handlers)
     try:
-        async with TestClient(TestServer(http.build_app(services))) as client:
+        async with TestClient(ApiTestServer(http.build_app(services))) as client:
             yield Env(client, signers, campaign_id)
     finally:
         writer.close()

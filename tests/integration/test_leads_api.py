@@ -120,7 +120,9 @@ async def test_numbers_are_stored_and_answered_as_sent(pool: asyncpg.Pool, conn:
             headers={**AUTH, "Content-Type": "application/json"},
         )
         assert too_big.status == 422
-        assert (await too_big.json())["error"]["message"] == "account_id: expected an integer, got a number"
+        assert (await too_big.json())["error"]["message"] == (
+            "account_id: expected an integer, got a number beyond a double's range or precision"
+        )
     stored = await conn.fetchval("SELECT attributes->>'huge' FROM leads WHERE email = 'num@example.com'")
     assert stored == "123456789012345678901234567890"
 
@@ -244,6 +246,30 @@ async def test_pages_by_segment(pool: asyncpg.Pool, conn: asyncpg.Connection) ->
         ("GET", "/api/leads/-1", {"account_id": "1"}, None, 404, None),
         ("GET", "/api/leads/\u0661", {"account_id": "1"}, None, 404, None),  # an Arabic-Indic 1
         ("GET", "/api/leads/" + "9" * 5000, {"account_id": "1"}, None, 404, "lead_id"),
+        # more digits than int() takes (4,300): a 500 before, in every whole-number parameter
+        ("GET", "/api/leads", {"account_id": "9" * 4301}, None, 422, "account_id"),
+        ("GET", "/api/leads", {"account_id": "1", "limit": "9" * 4301}, None, 422, "limit"),
+        (
+            "DELETE",
+            "/api/leads",
+            {"account_id": "9" * 4301, "email": "a@example.com"},
+            None,
+            422,
+            "account_id",
+        ),
+        (
+            "POST",
+            "/api/leads/bulk",
+            {"account_id": "9" * 4301},
+            b'{"email": "a@example.com"}\n',
+            422,
+            "account_id",
+        ),
+        ("GET", "/api/leads/" + "9" * 4301 + "/history", {"account_id": "1"}, None, 404, "lead_id"),
+        ("GET", "/api/accounts/" + "9" * 4301 + "/usage", {}, None, 404, "account_id"),
+        ("GET", "/api/campaigns/" + "9" * 4301, {}, None, 404, "id"),
+        ("POST", "/api/campaigns/" + "9" * 4301 + "/pause", {}, None, 404, "id"),
+        ("GET", "/api/campaigns", {"limit": "9" * 4301}, None, 422, "limit"),
         ("DELETE", "/api/leads/" + "0" * 30 + "1", {"account_id": "1"}, None, 404, "lead_id"),
         ("DELETE", "/api/leads", {"account_id": "1"}, None, 422, "email"),
         (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,6 +109,48 @@ async def test_a_gzip_body_is_read_and_a_broken_one_is_a_400(
         status, answer = await bulk(client, b"hello, not gzip", **{"Content-Encoding": "gzip"})
         assert (status, answer["error"]["code"]) == (400, "invalid_body"), answer
     assert len(await attributes_by_email(conn, ACCOUNT)) == 5
+
+
+def _cut_gzip(lines: list[bytes]) -> bytes:
+    """A gzip stream of ``lines`` that breaks off after a whole line: the decoded text looks like
+    a shorter, complete body; only the compressed stream says it is not."""
+    compressor = zlib.compressobj(wbits=31)
+    return compressor.compress(b"".join(line + b"\n" for line in lines)) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+
+async def test_a_compressed_body_that_ends_early_imports_nothing(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    lines = [good(n) for n in range(1000)]
+    deflated = zlib.compress(b"\n".join(lines))
+    async with api_client(pool) as client:
+        # cut after line 1,000 of 2,000: was 200 with 1,000 imported
+        status, answer = await bulk(client, _cut_gzip(lines), **{"Content-Encoding": "gzip"})
+        assert (status, answer["error"]["code"]) == (400, "invalid_body"), answer
+        assert "ends before its compressed stream does" in answer["error"]["message"]
+        whole = gzip.compress(b"\n".join(lines))
+        status, answer = await bulk(client, whole[: len(whole) // 2], **{"Content-Encoding": "gzip"})
+        assert (status, answer["error"]["code"]) == (400, "invalid_body"), answer
+        status, answer = await bulk(client, deflated[: len(deflated) // 2], **{"Content-Encoding": "deflate"})
+        assert (status, answer["error"]["code"]) == (400, "invalid_body"), answer
+        status, answer = await bulk(client, b"x", **{"Content-Encoding": "br"})
+        assert (status, answer["error"]["code"], answer["error"]["field"]) == (
+            415,
+            "unsupported_encoding",
+            "Content-Encoding",
+        ), answer
+        assert await attributes_by_email(conn, ACCOUNT) == {}
+        # complete ones: two gzip members one after the other (cat a.gz b.gz), deflate, raw deflate
+        members = gzip.compress(b"\n".join(lines[:400]) + b"\n") + gzip.compress(b"\n".join(lines[400:]))
+        status, answer = await bulk(client, members, **{"Content-Encoding": "gzip"})
+        assert (status, answer["imported"]) == (200, 1000), answer
+        status, answer = await bulk(client, deflated, **{"Content-Encoding": "deflate"})
+        assert (status, answer["imported"]) == (200, 1000), answer
+        raw = zlib.compressobj(wbits=-15)
+        status, answer = await bulk(
+            client, raw.compress(b"\n".join(lines)) + raw.flush(), **{"Content-Encoding": "deflate"}
+        )
+        assert (status, answer["imported"]) == (200, 1000), answer
 
 
 async def test_nothing_to_import_is_a_422_with_the_counts(pool: asyncpg.Pool) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
@@ -26,7 +26,14 @@ from mailerd.db import connect
 from mailerd.emulator import sink
 from mailerd.emulator import webhooks as emulator_webhooks
 from mailerd.relay import operations
-from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+from tests.integration.helpers import (
+    ApiTestServer,
+    add_leads,
+    daemon_config,
+    new_campaign,
+    running_daemon,
+    wait_for_status,
+)
 from tests.integration.test_cli_basics import base_env, mailerd
 
 TOKEN = "report-token"
@@ -219,6 +226,7 @@ async def _check_errors(session: aiohttp.ClientSession, api: str) -> None:
         ("accounts/1/usage?from=2026-02-01&to=2026-01-01", "from"),
         ("accounts/1/usage?from=2000-01-01&to=2026-01-01", "to"),
         ("accounts/1/usage?from=yesterday", "from"),
+        ("accounts/1/usage?from=2026-01-01T00:00:00Z", "from"),  # a day is asked for, not a time
         ("leads/1/history?account_id=1&before=bm90LWEtY3Vyc29y", "before"),
         ("leads/1/history", "account_id"),
         ("campaigns/1/emails?status=bounced", "status"),
@@ -226,13 +234,18 @@ async def _check_errors(session: aiohttp.ClientSession, api: str) -> None:
     ):
         body = await get(session, f"{api}/{path}", 422)
         assert body["error"]["field"] == field, path
+        if "T00" in path:
+            assert "expected a day, YYYY-MM-DD" in body["error"]["message"], body
+    # `to` in the first days of year 1: the default `from` stops at the first day (a 500 before)
+    early = await get(session, f"{api}/accounts/1/usage?to=0001-01-05", 200)
+    assert (early["start"], early["end"]) == ("0001-01-01", "0001-01-05"), early
 
 
 def _api(pool: asyncpg.Pool, reports: asyncpg.Pool | None = None) -> TestClient[Any, Any]:
     """A node's admin API in the test process (with ``reports`` as its reports database)."""
     config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
     return TestClient(
-        TestServer(
+        ApiTestServer(
             http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
         )
     )

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http
 from mailerd import config as config_mod
@@ -23,7 +23,7 @@ from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
 from mailerd.providers import ses_webhook, sns
 from mailerd.writer import Writer
-from tests.integration.helpers import add_leads, new_campaign
+from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks" / "ses"
 SUBSCRIBE_URL = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=abc123"
@@ -69,7 +69,7 @@ async def env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
         pool, config, http.Health(started=True), writer=writer, webhooks={"ses": handler}
     )
     try:
-        async with TestClient(TestServer(http.build_app(services))) as client:
+        async with TestClient(ApiTestServer(http.build_app(services))) as client:
             yield Env(client, signer, fetch, config)
     finally:
         writer.close()

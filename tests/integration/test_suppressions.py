@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http, suppressions
 from mailerd import config as config_mod
@@ -19,6 +19,7 @@ from mailerd.db import suppressions as suppressions_db
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
+    ApiTestServer,
     add_leads,
     daemon_config,
     new_campaign,
@@ -35,7 +36,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
     app = http.build_app(http.Services(pool, config, http.Health(started=True)))
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(ApiTestServer(app)) as test_client:
         yield test_client
 
 

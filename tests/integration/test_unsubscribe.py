@@ -9,12 +9,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http, unsubscribe
 from mailerd import config as config_mod
 from mailerd.writer import Writer
-from tests.integration.helpers import add_leads, new_campaign
+from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
 
 SECRET = "unsubscribe-test-secret-0123456789"
 
@@ -36,7 +36,7 @@ async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     task = asyncio.create_task(writer.run())
     app = http.build_app(http.Services(pool, config, http.Health(started=True), writer=writer))
     try:
-        async with TestClient(TestServer(app)) as test_client:
+        async with TestClient(ApiTestServer(app)) as test_client:
             yield test_client
     finally:
         writer.close()
@@ -160,7 +160,7 @@ async def test_routes_are_off_without_a_secret(pool: asyncpg.Pool) -> None:
     config = config_mod.from_mapping({}, env={})
     app = http.build_app(http.Services(pool, config, http.Health(started=True)))
     token = unsubscribe.make_token(SECRET.encode(), 1, 2, 3)
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(ApiTestServer(app)) as client:
         assert (await client.get(f"/u/{token}")).status == 404
         assert (await client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})).status == 404
 

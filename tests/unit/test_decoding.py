@@ -18,6 +18,7 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     html_body: str = msgspec.field(name="html")
     at: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
     rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    day: dt.date | None = None
 
 
 def test_every_problem_is_listed_by_wire_name_in_field_order() -> None:
@@ -40,6 +41,9 @@ def test_every_problem_is_listed_by_wire_name_in_field_order() -> None:
         ({"at": "tomorrow"}, "at: expected an RFC 3339 time with a zone (e.g. 2026-12-01T09:00:00Z)"),
         ({"at": "2026-12-01T09:00:00"}, "at: needs a time zone (e.g. 2026-12-01T09:00:00Z)"),
         ({"rate": "fast"}, "rate: expected a number, got str"),
+        # a day, not a time: the message asks for what the field takes
+        ({"day": "2026-01-01T00:00:00Z"}, "day: expected a day, YYYY-MM-DD (e.g. 2026-12-01)"),
+        ({"day": "2026-02-30"}, "day: expected a day, YYYY-MM-DD (e.g. 2026-12-01)"),
     ],
 )
 def test_messages_say_what_was_expected(data: dict[str, Any], message: str) -> None:

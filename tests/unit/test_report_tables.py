@@ -30,3 +30,11 @@ def test_the_usage_range_defaults_to_the_last_30_days_and_refuses_bad_ones() -> 
     assert refused.value.status == 422 and refused.value.body.error.field == "from"
     with pytest.raises(ApiError):
         usage_range(dt.date(2000, 1, 1), today, today)
+
+
+def test_the_default_from_of_a_usage_range_stops_at_the_first_day() -> None:
+    # to - 29 days would be before year 1: an OverflowError (a 500) before.
+    first = dt.date(1, 1, 1)
+    assert usage_range(None, dt.date(1, 1, 5), dt.date(2026, 3, 31)) == (first, dt.date(1, 1, 5))
+    assert usage_range(None, dt.date(1, 1, 30), dt.date(2026, 3, 31)) == (first, dt.date(1, 1, 30))
+    assert usage_range(None, dt.date(1, 1, 31), dt.date(2026, 3, 31))[0] == dt.date(1, 1, 2)
