@@ -15,6 +15,7 @@ such as aiohttp's ``TestServer``), the body is taken as it comes, as aiohttp dec
 
 from __future__ import annotations
 
+import collections
 import zlib
 from typing import Any
 
@@ -26,6 +27,8 @@ from mailerd.importer.streams import ByteStream
 SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}  # for every runner that serves build_app()
 
 BLOCK_BYTES = 256 * 1024  # decompressed bytes produced at a time
+WINDOW_BYTES = 64 * 1024  # compressed bytes given to zlib at a time
+MAX_MEMBERS = 1024  # gzip members in one body (aiohttp's own limit)
 _GZIP = 16 + zlib.MAX_WBITS
 _MODES = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": zlib.MAX_WBITS}
 
@@ -35,54 +38,83 @@ class BodyUndecodable(Exception):
 
 
 class Decoder:
-    """One body's decompression: feed it the raw bytes, then :meth:`finish` at their end."""
+    """One body's decompression: feed it the raw bytes, then :meth:`finish` at their end.
+
+    Input goes to zlib a window at a time and output comes back a block at a time, so neither a
+    body that expands enormously nor one of many tiny gzip members (each member's end makes zlib
+    copy what follows it) costs more than a bounded amount per call."""
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._mode = _MODES[encoding]
         self._zlib: zlib._Decompress | None = None
-        self._pending = b""  # input not yet decompressed (the output was bounded)
+        self._queue: collections.deque[memoryview] = collections.deque()  # raw, not yet to zlib
+        self._extra: bytes = b""  # what zlib gave back: held behind the output bound, or a next member
+        self._full = False  # zlib filled a block: it may hold more output without more input
+        self._members = 0
         self._fed = False
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending)
+        """Whether :meth:`decompress` has more to give without more input."""
+        return bool(self._extra or self._queue or self._full)
 
     def decompress(self, data: bytes) -> bytes:
-        """Up to :data:`BLOCK_BYTES` decompressed bytes of what was fed and ``data``; the rest of
-        the input stays pending (:attr:`has_pending`). ``b""`` only once all input is consumed."""
-        data = self._pending + data if self._pending else data
-        self._pending = b""
-        while data:
+        """Up to :data:`BLOCK_BYTES` decompressed bytes of what was fed and ``data``; the rest
+        stays pending (:attr:`has_pending`). ``b""`` only once nothing more can come out
+        without more input."""
+        if data:
+            self._queue.append(memoryview(data))
             self._fed = True
-            if self._zlib is None or self._zlib.eof:
-                # a first member, or the next of concatenated gzip members (as ``cat a.gz b.gz``)
-                self._zlib = zlib.decompressobj(self._first_mode(data))
+        while True:
+            piece = self._next_input()
+            if not piece and not self._full:
+                return b""
+            if piece and (self._zlib is None or self._zlib.eof):
+                self._zlib = self._next_member(piece)
+            assert self._zlib is not None
             try:
-                out = self._zlib.decompress(data, BLOCK_BYTES)
+                out = self._zlib.decompress(piece, BLOCK_BYTES)
             except zlib.error as exc:
                 raise BodyUndecodable(f"{self.encoding}: {exc}") from None
-            if self._zlib.eof:  # what follows the stream (zlib leaves it in unconsumed_tail too)
-                data = self._zlib.unused_data
-                if data and self._mode != _GZIP:
-                    raise BodyUndecodable(f"{self.encoding}: data after the end of the compressed stream")
-            else:
-                data = self._zlib.unconsumed_tail  # held back by the output bound
+            self._full = len(out) == BLOCK_BYTES and not self._zlib.eof
+            # after the end of a member, what follows it (zlib leaves it in unconsumed_tail too)
+            self._extra = self._zlib.unused_data if self._zlib.eof else self._zlib.unconsumed_tail
             if out:
-                self._pending = data
                 return out
+
+    def _next_input(self) -> bytes | memoryview:
+        if self._extra:
+            piece, self._extra = self._extra, b""
+            return piece
+        while self._queue:
+            view = self._queue[0]
+            if len(view) > WINDOW_BYTES:
+                self._queue[0] = view[WINDOW_BYTES:]
+                return view[:WINDOW_BYTES]
+            self._queue.popleft()
+            if view:
+                return view
         return b""
 
-    def _first_mode(self, data: bytes) -> int:
-        # deflate sent without its zlib header (raw deflate), as aiohttp also accepts
-        if self._mode == zlib.MAX_WBITS and data[0] & 0x0F != 8:
-            return -zlib.MAX_WBITS
-        return self._mode
+    def _next_member(self, piece: bytes | memoryview) -> zlib._Decompress:
+        """A decompressor for the stream that starts with ``piece``: the first, or the next of
+        concatenated gzip members (``cat a.gz b.gz``). Deflate is one stream: data after its
+        end is refused, however the body's chunks fall."""
+        if self._zlib is not None and self._mode != _GZIP:
+            raise BodyUndecodable(f"{self.encoding}: data after the end of the compressed stream")
+        self._members += 1
+        if self._members > MAX_MEMBERS:
+            raise BodyUndecodable(f"{self.encoding}: more than {MAX_MEMBERS} gzip members")
+        mode = self._mode
+        if mode == zlib.MAX_WBITS and piece[0] & 0x0F != 8:
+            mode = -zlib.MAX_WBITS  # deflate sent without its zlib header, as aiohttp also accepts
+        return zlib.decompressobj(mode)
 
     def finish(self) -> None:
         """At the end of the raw body: refuse a compressed stream that is not complete (an empty
         body is a complete one)."""
-        if self._pending:
+        if self.has_pending:
             raise BodyUndecodable(f"{self.encoding}: undecoded data left")
         if self._fed and (self._zlib is None or not self._zlib.eof):
             raise BodyUndecodable(f"{self.encoding}: the body ends before its compressed stream does")

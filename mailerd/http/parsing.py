@@ -108,11 +108,11 @@ def whole_number(text: str) -> int | None:
     return value if value <= MAX_ID else None
 
 
-def path_id(request: web.Request, key: str, what: str) -> int:
-    """The path's ``{key}`` as a positive id; 404 ``no such WHAT`` naming ``key`` otherwise
-    (such an id cannot exist)."""
+def path_id(request: web.Request, key: str, what: str, minimum: int = 1) -> int:
+    """The path's ``{key}`` as an id from ``minimum`` to 2^63 - 1; 404 ``no such WHAT`` naming
+    ``key`` otherwise (such an id cannot exist)."""
     value = whole_number(request.match_info[key])
-    if value is None or value == 0:
+    if value is None or value < minimum:
         raise ApiError(404, "not_found", f"no such {what}", key)
     return value
 

@@ -240,7 +240,7 @@ async def _history(
 
 async def lead_history(request: web.Request) -> web.Response:
     """GET /api/leads/{lead_id}/history?account_id=: the lead's emails and events, newest first."""
-    lead_id = parsing.path_id(request, "lead_id", "lead")
+    lead_id = parsing.path_id(request, "lead_id", "lead", minimum=0)
     query = parsing.query(request, bodies.LeadHistoryQuery)
     return await _history(request, query.account_id, lead_id, None, query.before, query.limit)
 
@@ -268,7 +268,7 @@ def usage_range(start: dt.date | None, end: dt.date | None, today: dt.date) -> t
 
 async def account_usage(request: web.Request) -> web.Response:
     """GET /api/accounts/{account_id}/usage?from=&to=: per UTC day, for billing and quotas."""
-    account_id = parsing.path_id(request, "account_id", "account")
+    account_id = parsing.path_id(request, "account_id", "account", minimum=0)  # accounts count from 0
     query = parsing.query(request, bodies.UsageQuery)
     start, end = usage_range(query.start, query.end, dt.datetime.now(dt.UTC).date())
     reports = reports_pool(request)

@@ -6,11 +6,15 @@ The answers are HTML pages, except the JSON errors that say the node cannot act 
 from __future__ import annotations
 
 import datetime as dt
+import email.parser
+import email.policy
+import urllib.parse
 
-from aiohttp import http_exceptions, web
+from aiohttp import hdrs, http_exceptions, web
 
 from mailerd import db, metrics, unsubscribe
 from mailerd.db import leads
+from mailerd.http import encoding
 from mailerd.http.errors import ApiError
 from mailerd.http.services import SERVICES, pool
 from mailerd.http.webhooks import record_events
@@ -18,14 +22,47 @@ from mailerd.models import Event, EventKind
 
 # What aiohttp raises on a form it cannot read: a broken part header (InvalidHeader), an
 # unknown charset (LookupError) or transfer encoding (RuntimeError), bad bytes (ValueError), a
-# body whose Content-Encoding does not decode (RequestPayloadError).
+# body whose Content-Encoding does not decode (RequestPayloadError, BodyUndecodable).
 _MALFORMED_FORM = (
+    encoding.BodyUndecodable,
     ValueError,
     LookupError,
     RuntimeError,
     http_exceptions.HttpProcessingError,
     web.RequestPayloadError,
 )
+
+
+async def _form_fields(request: web.Request) -> dict[str, str]:
+    """The form's text fields (``application/x-www-form-urlencoded`` or ``multipart/form-data``).
+    The server leaves bodies compressed (:mod:`mailerd.http.encoding`): a compressed form is
+    decoded first, then read by the standard library."""
+    decoding = encoding.decoder(request)
+    if decoding is None:
+        form = await request.post()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    body = encoding.decode_whole(decoding, await request.read(), request.client_max_size)
+    if request.content_type == "application/x-www-form-urlencoded":
+        return dict(urllib.parse.parse_qsl(body.decode(request.charset or "utf-8"), keep_blank_values=True))
+    if request.content_type != "multipart/form-data":
+        return {}
+    head = f"Content-Type: {request.headers[hdrs.CONTENT_TYPE]}\r\n\r\n".encode("utf-8", "surrogateescape")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        # as strict as aiohttp's reader: a malformed part is a malformed form
+        transfer = (part["Content-Transfer-Encoding"] or "binary").strip().lower()
+        if message.defects or part.defects or transfer not in _TRANSFER_ENCODINGS:
+            raise ValueError("a malformed multipart part")
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str) and part.get_filename() is None:
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                fields[name] = payload.decode(part.get_content_charset() or "utf-8")
+    return fields
+
+
+_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary", "base64", "quoted-printable"})
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -68,10 +105,9 @@ async def one_click(request: web.Request) -> web.Response:
     except unsubscribe.BadToken:
         return _html(unsubscribe.invalid_page(), status=400)
     try:
-        form = await request.post()  # application/x-www-form-urlencoded or multipart/form-data
+        fields = await _form_fields(request)
     except _MALFORMED_FORM:
         return _html(unsubscribe.not_one_click_page(), status=400)
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
     if not unsubscribe.is_one_click(fields):
         return _html(unsubscribe.not_one_click_page(), status=400)
     if services.writer is None:

@@ -105,3 +105,39 @@ async def test_a_stream_decodes_in_blocks_and_refuses_an_early_end() -> None:
     with pytest.raises(encoding.BodyUndecodable):
         while await cut.readany():
             pass
+
+
+@pytest.mark.parametrize("size", [262_165, 262_300, 262_392])
+def test_output_that_fills_a_block_exactly_is_drained(size: int) -> None:
+    # zlib took all the input but still held output when the block was full: it must be asked again
+    text = b"a" * size
+    assert _decode("deflate", _raw_deflate(text)) == text
+    stream_text = b"".join(_decode_in_chunks("deflate", _raw_deflate(text), 4096))
+    assert stream_text == text
+
+
+def _decode_in_chunks(kind: str, body: bytes, size: int) -> list[bytes]:
+    decoder = encoding.Decoder(kind)
+    blocks = []
+    for start in range(0, len(body), size):
+        blocks.append(decoder.decompress(body[start : start + size]))
+        while decoder.has_pending:
+            blocks.append(decoder.decompress(b""))
+    decoder.finish()
+    return blocks
+
+
+def test_gzip_members_are_capped() -> None:
+    empty = gzip.compress(b"")
+    assert _decode("gzip", empty * encoding.MAX_MEMBERS) == b""
+    # a megabyte of empty members (52,000 of them) is refused at the cap, not decoded one by one
+    with pytest.raises(encoding.BodyUndecodable, match="more than 1024 gzip members"):
+        _decode("gzip", empty * (1_048_576 // len(empty)))
+
+
+@pytest.mark.parametrize("chunk", [10**6, 11])
+def test_data_after_a_deflate_stream_is_refused_however_the_chunks_fall(chunk: int) -> None:
+    first = zlib.compress(b"first")
+    body = first + zlib.compress(b"second")
+    with pytest.raises(encoding.BodyUndecodable, match="data after the end"):
+        _decode_in_chunks("deflate", body, chunk if chunk != 11 else len(first))
