@@ -305,7 +305,10 @@ async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Eve
             result.append(event)
             log.info("webhook_event_unmatched", provider=event.provider, kind=str(event.kind))
             continue
+        # The receipt names the account always, not only when several match: the accounts that
+        # hold an address may change between two deliveries of one event, and the second must
+        # still find the first's receipt (it was recorded twice in one account otherwise).
         for account_id, lead_id in matches:
-            receipt = f"{event.receipt}@{account_id}" if len(matches) > 1 else event.receipt
+            receipt = f"{event.receipt}@{account_id}"
             result.append(dataclasses.replace(event, account_id=account_id, lead_id=lead_id, receipt=receipt))
     return result

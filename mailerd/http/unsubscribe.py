@@ -108,6 +108,10 @@ async def one_click(request: web.Request) -> web.Response:
         fields = await _form_fields(request)
     except _MALFORMED_FORM:
         return _html(unsubscribe.not_one_click_page(), status=400)
+    except ApiError as exc:  # 413 past the body limit once decoded, 415 for another encoding
+        return _html(unsubscribe.not_one_click_page(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's own 413, raised by request.post()
+        return _html(unsubscribe.not_one_click_page(), status=413)
     if not unsubscribe.is_one_click(fields):
         return _html(unsubscribe.not_one_click_page(), status=400)
     if services.writer is None:

@@ -72,7 +72,7 @@ def classify(data: dict[str, Any]) -> tuple[EventKind, str] | None:
     name = data.get("event")
     if name == "failed":
         severity = data.get("severity")
-        reason = data.get("reason") if isinstance(data.get("reason"), str) else None
+        reason = auth.optional_text(data, "reason")
         provider_type = f"{severity}/{reason}" if reason else str(severity)
         if severity == "permanent":
             return PERMANENT_REASONS.get(reason or "", EventKind.HARD_BOUNCE), provider_type
@@ -182,7 +182,10 @@ class MailgunWebhook:
             raise auth.unauthorized("bad_signature", "signature.signature does not verify")
         now = self._clock()
         auth.check_fresh(signed_at, now, self._config.max_age_s, "signature.timestamp")
-        digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
+        try:
+            digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254; it reads 1,024)
+            raise auth.bad_request("invalid_event", "event-data: nested too deeply", "event-data") from None
         if not self._tokens.check(token, digest, now):
             log.warning("webhook_replay_refused", provider=PROVIDER)
             raise auth.unauthorized("replayed_token", "signature.token was already used")

@@ -181,7 +181,7 @@ def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetim
     else:
         provider_type = auth.optional_text(record, "Type") or kind_of_record
         kind = EventKind.COMPLAINT
-    inactive = record.get("Inactive") is True
+    inactive = auth.optional_flag(record, "Inactive", "record")
     if kind is None:
         if not inactive:
             return None

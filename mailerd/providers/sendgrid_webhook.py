@@ -132,6 +132,10 @@ def parse_events(body: bytes) -> list[Event]:
         name = item.get("event")
         if not isinstance(name, str) or not name:
             raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
+        for key in ("type", "reason"):  # they classify the event: only text is a body SendGrid sends
+            if item.get(key) is not None and not isinstance(item[key], str):
+                message = f"{field}.{key}: expected text, got {auth.json_type(item[key])}"
+                raise auth.bad_request("invalid_body", message, f"{field}.{key}")
         classified = classify(item)
         if classified is None:
             continue

@@ -44,7 +44,7 @@ def parse_ses_message(
 ) -> list[Event]:
     """Events of one SES notification or event record (see the section comment); 400 if malformed."""
     event_type = message.get("eventType", message.get("notificationType"))
-    if event_type not in SES_EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in SES_EVENT_TYPES:  # a list is unhashable
         log.info("ses_event_ignored", event_type=str(event_type)[:40], sns_message_id=sns_message_id)
         return []
     mail = webhook_auth.need_object(message.get("mail"), "Message.mail")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hmac
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -66,10 +67,19 @@ def unix_time(value: Any, field: str) -> float:
     if isinstance(value, bool):
         raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return float(value.strip())
-    raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        text = value.strip().lstrip("0")
+        seconds = float(text or "0") if len(text) <= _TIME_DIGITS else math.inf
+    else:
+        raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp")
+    if not abs(seconds) < _MAX_UNIX_TIME:  # inf, nan: 400 nines read as a float
+        raise unauthorized("invalid_timestamp", f"{field}: not a Unix timestamp within the years 1-9999")
+    return seconds
+
+
+_TIME_DIGITS = 20
+_MAX_UNIX_TIME = 253_402_300_800.0  # 10000-01-01T00:00:00Z
 
 
 def check_fresh(timestamp: float, now: float, max_age_s: float, field: str) -> None:
@@ -147,12 +157,37 @@ def need_text(data: Mapping[str, Any], key: str, field: str) -> str:
 
 
 def optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    """Text or a number as text; None when absent, null or empty; 400 for another JSON type (a
+    list or an object where a provider sends text is not a body it sends)."""
     value = data.get(key)
     if isinstance(value, str) and value:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    return None
+    if value is None or value == "":
+        return None
+    raise bad_request("invalid_body", f"{key}: expected text, got {json_type(value)}", key)
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a decoded value, for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "a number" if isinstance(value, int | float) else "null"
+
+
+def optional_flag(data: Mapping[str, Any], key: str, field: str) -> bool:
+    """A JSON boolean, false when absent or null; 400 for another type (``"true"`` is not true)."""
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise bad_request("invalid_body", f"{field}.{key}: expected true or false, got {json_type(value)}", key)
 
 
 def bounded_id(value: str, field: str) -> str:
@@ -255,9 +290,15 @@ def metadata_id(value: Any) -> int | None:
     if isinstance(value, int):
         return value if 0 < value < 2**63 else None
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        number = int(value.strip())
+        digits = value.strip().lstrip("0")
+        if len(digits) > _ID_DIGITS:  # int() refuses 4,300 digits with a ValueError (a 500)
+            return None
+        number = int(digits or "0")
         return number if 0 < number < 2**63 else None
     return None
+
+
+_ID_DIGITS = len(str(2**63 - 1))
 
 
 def campaign_and_lead(metadata: Any) -> tuple[int | None, int | None]:

@@ -79,6 +79,29 @@ async def test_a_hard_bounce_by_address_suppresses_in_every_account(conn: asyncp
     assert await _suppressed_in(conn) == {1, 2}
 
 
+@pytest.mark.parametrize("order", ["an account gains the address", "an account loses it"])
+async def test_an_event_delivered_again_after_the_accounts_changed_is_recorded_once_per_account(
+    conn: asyncpg.Connection, order: str
+) -> None:
+    # The receipt named the account only when several had the address: delivered again after a
+    # second account imported it, the event was recorded twice in the first (two soft bounces
+    # toward its limit from one).
+    event = dataclasses.replace(_event(EventKind.SOFT_BOUNCE), provider_type="blocked")
+    await _lead(conn, 1, ADDRESS)
+    if order == "an account loses it":
+        second = await _lead(conn, 2, ADDRESS)
+        await _record(conn, event)
+        await conn.execute("DELETE FROM leads WHERE id = $1", second)
+    else:
+        await _record(conn, event)
+        await _lead(conn, 2, ADDRESS)
+    await _record(conn, event)
+    stored = await conn.fetch("SELECT account_id FROM email_events ORDER BY account_id")
+    assert [r["account_id"] for r in stored] == [1, 2]  # once each
+    per_account = await conn.fetch("SELECT account_id, count(*) AS n FROM email_events GROUP BY 1")
+    assert all(r["n"] == 1 for r in per_account), per_account
+
+
 async def test_metadata_naming_a_lead_of_another_account_is_not_trusted(conn: asyncpg.Connection) -> None:
     await _lead(conn, 1, ADDRESS)
     foreign = await _lead(conn, 2, ADDRESS)

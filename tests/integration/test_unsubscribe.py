@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -217,4 +218,35 @@ async def test_a_malformed_form_gets_400_and_changes_nothing(
         body, headers = gzip.compress(body), {**headers, "Content-Encoding": "gzip"}
     answer = await client.post(_path(account_id, campaign_id, lead_id), data=body, headers=headers)
     assert answer.status == 400
+    assert await _state(conn, campaign_id) == before
+
+
+LARGE_FORM = b"List-Unsubscribe=One-Click&x=" + b"a" * 1_100_000
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"List-Unsubscribe=One-Click", {"Content-Encoding": "br"}, 415),
+        (LARGE_FORM, {}, 413),  # past max_body_bytes (1 MiB)
+        (gzip.compress(LARGE_FORM), {"Content-Encoding": "gzip"}, 413),  # once decoded
+    ],
+)
+async def test_a_refused_body_is_answered_with_a_page_not_json(
+    client: TestClient[Any, Any],
+    conn: asyncpg.Connection,
+    lead: tuple[int, int, int, str],
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    # a mail client's user sees this route's answers: they were JSON error objects
+    account_id, campaign_id, lead_id, _ = lead
+    before = await _state(conn, campaign_id)
+    answer = await client.post(
+        _path(account_id, campaign_id, lead_id),
+        data=io.BytesIO(body),  # (aiohttp warns about a large bytes body)
+        headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+    )
+    assert (answer.status, answer.content_type) == (status, "text/html")
     assert await _state(conn, campaign_id) == before

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
-from mailerd.config import MailgunWebhookConfig
+from mailerd.config import MailgunWebhookConfig, Secret
 from mailerd.models import Event, EventKind
 from mailerd.providers import mailgun_webhook as mailgun
 from mailerd.providers import postmark_webhook as postmark
 from mailerd.providers import sendgrid_webhook as sendgrid
 from mailerd.providers import ses_webhook, sns
+from mailerd.providers import webhook_auth as mailerd_auth
 from mailerd.providers.webhooks import WebhookError, WebhookRequest, scrub
 
 AT = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -271,3 +274,54 @@ def test_scrub_refuses_an_oversized_key_that_reached_it_naming_the_event_field()
         with pytest.raises(WebhookError) as caught:
             scrub([dataclasses.replace(event, **{name: value})])
         assert caught.value.field == name
+
+
+# --- values of the wrong JSON type or size, in signed bodies (a 500, or read as something else) ---
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, ["1" * 5000], "0" * 30 + "7", 2**63, "-5", True])
+def test_a_metadata_id_no_id_can_be_is_none(value: Any) -> None:
+    # int() refuses 4,300 digits with a ValueError: it was a 500 on every provider
+    assert mailerd_auth.metadata_id(value) == (7 if value == "0" * 30 + "7" else None)
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "9" * 21, 1e300])
+def test_a_signed_timestamp_beyond_the_years_is_a_401_not_a_500(value: Any) -> None:
+    with pytest.raises(WebhookError) as caught:
+        mailerd_auth.check_fresh(mailerd_auth.unix_time(value, "t"), 1e9, 300, "t")
+    assert (caught.value.status, caught.value.code) == (401, "invalid_timestamp")
+
+
+@pytest.mark.parametrize("event_type", [["Bounce"], {"a": 1}, 5])
+def test_an_ses_event_type_that_is_not_text_is_ignored(event_type: Any) -> None:
+    # `not in SES_EVENT_TYPES` raised TypeError (unhashable) for a list or an object: a 500
+    assert ses_webhook.parse_ses_message({"eventType": event_type, "mail": {}}, "sns-1", AT) == []
+    assert ses_webhook.parse_ses_message({"notificationType": event_type, "mail": {}}, "sns-1", AT) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("type", ["blocked"]), ("type", {"a": 1}), ("type", 5), ("reason", [])]
+)
+def test_a_sendgrid_field_that_classifies_the_event_must_be_text(key: str, value: Any) -> None:
+    # a list in `type` was a hard bounce, and suppressed the address
+    error = refused(sendgrid.parse_events, sendgrid_body(**{key: value}))
+    assert error.field == f"events[0].{key}"
+
+
+def test_mailgun_reason_and_postmark_fields_of_the_wrong_type_are_refused() -> None:
+    assert "reason" in refused(mailgun.parse_event, mailgun_data(reason={"code": 1})).message
+    assert refused(postmark.parse_record, postmark_record(ID=[1])).field == "ID"
+    error = refused(postmark.parse_record, postmark_record(Type="HardBounce", Inactive="true"))
+    assert error.field == "Inactive" and "expected true or false" in error.message
+
+
+async def test_mailgun_event_data_nested_past_what_orjson_writes_is_a_400() -> None:
+    deep = b'{"event": "delivered", "x": ' * 300 + b"{}" + b"}" * 300  # orjson reads it, cannot write it
+    handler = mailgun.MailgunWebhook(MailgunWebhookConfig(verify_signatures=True, signing_key=Secret("k")))
+    token, timestamp = "t" * 50, str(int(time.time()))
+    block = {"timestamp": timestamp, "token": token, "signature": mailgun.signature_of("k", timestamp, token)}
+    body = b'{"signature": ' + orjson.dumps(block) + b', "event-data": ' + deep + b"}"
+    request = WebhookRequest(body, CIMultiDict({"Content-Type": "application/json"}), "127.0.0.1")
+    with pytest.raises(WebhookError) as caught:
+        await handler.parse(request)
+    assert (caught.value.status, caught.value.field) == (400, "event-data")
