@@ -212,11 +212,18 @@ class ProviderSender:
                 )
                 break
             delivery.retried += len(delivery.pending)
+            retry_after = delivery.retry_after
+            cap = self.config.max_retry_after_s
+            if retry_after is not None and retry_after > cap:
+                # 9999999999 or a date in 2099 would hold the worker (the lane, at concurrency 1)
+                # for centuries while the campaign looks running
+                run.log.warning("provider_retry_after_capped", retry_after_s=retry_after, cap_s=cap)
+                retry_after = cap
             delay = backoff.delay(
                 attempt,
                 base=self.config.backoff_base_s,
                 cap=self.config.backoff_max_s,
-                retry_after=delivery.retry_after,
+                retry_after=retry_after,
                 rng=self._rng,
             )
             await aio.sleep_unless(delay, run.stopped)
@@ -268,14 +275,7 @@ class ProviderSender:
             self._retries["throttled" if _is_throttle(exc.reason) else "error"].inc(len(pending))
             return True
         except UncertainError as exc:
-            delivery.reached = True  # the provider may have sent
-            if batch.campaign.resend_uncertain:
-                delivery.last_reason = exc.reason
-                self._retries["error"].inc(len(pending))
-                return True
-            run.log.warning("batch_outcome_uncertain", seq=batch.seq, reason=exc.reason)
-            delivery.settle_pending(Outcome.UNKNOWN, f"uncertain: {exc.reason}")
-            return False
+            return self._uncertain(run, delivery, exc.reason)
         except PermanentError as exc:
             delivery.settle_pending(Outcome.FAILED, exc.reason)
             return False
@@ -294,6 +294,11 @@ class ProviderSender:
             if not run.stopping:
                 await self._on_halt(batch.campaign, exc.reason)
             return False
+        except Exception as exc:  # a provider client's bug on an answer it did not expect
+            # The call may have gone through: as uncertain, never a crash of the node (which
+            # would log the claims' whole reservations unknown, sent or not).
+            run.log.exception("provider_answer_unreadable", seq=batch.seq, error=str(exc)[:200])
+            return self._uncertain(run, delivery, f"{type(exc).__name__}: {exc}"[:200])
         finally:
             self._call_seconds.observe(time.perf_counter() - started)
         delivery.reached = True
@@ -301,6 +306,18 @@ class ProviderSender:
         if retrying:
             self._retries["entry"].inc(retrying)
         return True
+
+    def _uncertain(self, run: ClaimedShard, delivery: _Delivery, reason: str) -> bool:
+        """The call may have gone through: its pending recipients are ``unknown``, or retried
+        with ``resend_uncertain``. True when they are to be retried."""
+        delivery.reached = True  # the provider may have sent
+        if delivery.batch.campaign.resend_uncertain:
+            delivery.last_reason = reason
+            self._retries["error"].inc(len(delivery.pending))
+            return True
+        run.log.warning("batch_outcome_uncertain", seq=delivery.batch.seq, reason=reason)
+        delivery.settle_pending(Outcome.UNKNOWN, f"uncertain: {reason}")
+        return False
 
     async def _check_error_rate(self, batch: Batch, *, sent: int, failed: int) -> None:
         """Pause a campaign whose permanent failures pass ``max_error_rate`` over the window."""

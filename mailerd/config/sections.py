@@ -78,6 +78,7 @@ class ProviderConfig:
     timeout_s: float = _within(30.0, 0, 600, low_open=True)
     backoff_base_s: float = _within(0.2, 0, 3600, low_open=True)
     backoff_max_s: float = _within(20.0, 0, 3600, low_open=True)
+    max_retry_after_s: float = _within(3600.0, 0, 86_400, low_open=True)  # a provider's Retry-After, at most
     max_error_rate: float = _within(0.5, 0, 1, low_open=True, below=_SHARE, above=_SHARE)
     error_window: int = _within(500, 10, 1_000_000)
     access_key_id: Secret | None = None

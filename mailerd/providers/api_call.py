@@ -67,10 +67,15 @@ class ApiSession:
     async def request(
         self, method: str, url: str, *, data: Any = None, headers: Mapping[str, str] | None = None
     ) -> Answer:
-        """One call; its answer whatever the status, or Retryable/UncertainError (module doc)."""
+        """One call; its answer whatever the status, or Retryable/Uncertain/HaltError (module
+        doc). Redirects are not followed (:func:`refuse_redirect`), and the answer's body is
+        read up to :data:`MAX_ANSWER_BYTES` (:func:`read_answer`)."""
         try:
-            async with self._http().request(method, url, data=data, headers=headers) as response:
-                return Answer(response.status, response.headers, await response.read())
+            async with self._http().request(
+                method, url, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                refuse_redirect(response)
+                return Answer(response.status, response.headers, await read_answer(response))
         except aiohttp.ClientConnectorError as exc:
             raise RetryableError(_describe(exc)) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -80,6 +85,39 @@ class ApiSession:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+MAX_ANSWER_BYTES = 1 << 20  # a provider's answer is a few kB; past this it is not one
+
+
+def refuse_redirect(response: aiohttp.ClientResponse) -> None:
+    """A 3xx is not followed: the request (recipients, content, the API key in a header) would
+    be sent again to wherever it points, or turned into a GET whose 200 looks like success. It
+    halts the provider: its endpoint is wrong, and nothing was sent."""
+    if 300 <= response.status < 400:
+        where = response.headers.get("Location", "")[:200]
+        raise HaltError(f"HTTP {response.status}: the endpoint redirects to {where!r}; check its endpoint")
+
+
+async def read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, at most :data:`MAX_ANSWER_BYTES`. A refusal (4xx, 5xx) keeps its status
+    whatever becomes of its body: cut short, unreadable or too long, the body is only its
+    detail. A 2xx whose body breaks or is too long is uncertain (the call went through)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                if response.status >= 400:
+                    break
+                raise UncertainError(f"HTTP {response.status} with an answer over {MAX_ANSWER_BYTES:,} bytes")
+            chunks.append(chunk)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        if response.status < 400:
+            raise
+        chunks.append(f" (the rest unreadable: {_describe(exc)})".encode())
+    return b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:

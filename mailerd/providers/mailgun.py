@@ -23,7 +23,8 @@ How answers are classified (Mailgun API reference, "Messages" and its "Errors" t
 
 - ``200`` ``{"id": "<...>", "message": "Queued. Thank you."}`` -> sent, every recipient of the
   call; the message id (without its angle brackets, as the events' ``message-id`` header has it)
-  is shared by the batch's recipients (our ids tell them apart).
+  is shared by the batch's recipients (our ids tell them apart). A 2xx without that id -> unknown
+  (it went through; a proxy's page says nothing of the mail).
 - ``429`` (rate limited) and ``5xx`` -> retry, after ``Retry-After`` when given.
 - ``401`` (bad API key), ``403`` (domain not allowed, sandbox or suspended account) and ``404``
   (no such domain) -> halt: no retry fixes them.
@@ -54,6 +55,7 @@ from mailerd.models import (
     RecipientResult,
     RetryableError,
     SendQuota,
+    UncertainError,
 )
 from mailerd.providers import api_call, compose
 
@@ -77,9 +79,12 @@ def placeholder(name: str, html: bool = False) -> str:
 
 
 def classify(answer: api_call.Answer) -> ProviderError | None:
-    """None for 200; else the error the answer means (see the module docstring)."""
-    if answer.status == 200:
-        return None
+    """None for 200 with the message's ``id``; else the error the answer means (see the module
+    docstring). A 2xx without an id went through without saying what became of it: uncertain."""
+    if 200 <= answer.status < 300:
+        if answer.status == 200 and message_id(answer) is not None:
+            return None
+        return UncertainError(f"HTTP {answer.status} without a message id: {answer.body[:100]!r}")
     body = answer.json()
     message = body.get("message") if isinstance(body, dict) else None
     detail = str(message) if message else answer.body[:200].decode("utf-8", "replace")
@@ -94,7 +99,7 @@ def classify(answer: api_call.Answer) -> ProviderError | None:
 def message_id(answer: api_call.Answer) -> str | None:
     body = answer.json()
     found = body.get("id") if isinstance(body, dict) else None
-    return str(found).strip("<>") if found else None
+    return found.strip("<>") or None if isinstance(found, str) else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ ids (they come back in every webhook), ``Tag`` ``mailerd-campaign-<id>`` and ``M
 How answers are classified (Postmark API reference, "Email API: send batch emails" and the
 "API error codes" table of the API overview):
 
-- ``200``: one answer per message, in order. ``ErrorCode`` 0 -> sent (``MessageID``). 406
+- ``200``: one answer per message, in order (a missing answer, or one whose ``ErrorCode`` is not
+  a JSON integer, -> unknown; an answer that is not a list -> unknown for the call). ``ErrorCode``
+  0 -> sent (``MessageID``). 403 halts, as 401 does. 406
   (inactive recipient: a hard bounce, complaint or manual suppression at Postmark), 300 (invalid
   email request) and other codes -> failed with ``Message``. Codes that say the account or server
   cannot send (10 bad token, 400/401 sender signature missing or unconfirmed, 405 not allowed to
@@ -46,6 +48,7 @@ from mailerd.models import (
     RecipientResult,
     RetryableError,
     SendQuota,
+    UncertainError,
 )
 from mailerd.providers import api_call, compose
 
@@ -58,11 +61,19 @@ HALT_CODES: Final = frozenset({10, 400, 401, 405, 412, 413})
 RETRY_CODES: Final = frozenset({100, 429})
 
 
+def _code(value: Any) -> int | None:
+    """An ``ErrorCode`` (a JSON integer; ``false`` is not 0), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def classify_entry(entry: Any) -> RecipientResult:
-    """One message's answer; halting codes come back as RETRY (see :func:`parse_results`)."""
-    if not isinstance(entry, dict):
-        return RecipientResult(Outcome.FAILED, error="no answer from Postmark for this message")
-    code = entry.get("ErrorCode")
+    """One message's answer; halting codes come back as RETRY (see :func:`parse_results`). The
+    call went through: an answer that cannot be read is ``unknown``, never failed or retried."""
+    code = _code(entry.get("ErrorCode")) if isinstance(entry, dict) else None
+    if code is None:
+        return RecipientResult(
+            Outcome.UNKNOWN, error="uncertain: an unreadable Postmark answer for this message"
+        )
     if code == 0:
         found = entry.get("MessageID")
         return RecipientResult(Outcome.SENT, message_id=str(found) if found else None)
@@ -74,28 +85,30 @@ def classify_entry(entry: Any) -> RecipientResult:
 
 def parse_results(entries: Any, expected: int) -> list[RecipientResult]:
     """The batch answer -> one result per message; HaltError when a halting code came and no
-    message was sent. A missing answer is failed, never retried: Postmark may have sent it."""
+    message was sent. A missing answer is unknown, never retried: Postmark may have sent it."""
     if not isinstance(entries, list):
-        return [RecipientResult(Outcome.FAILED, error="unreadable Postmark batch answer")] * expected
+        raise UncertainError("an unreadable Postmark batch answer")  # the call went through
     results = [classify_entry(entry) for entry in entries[:expected]]
-    halting = [e for e in entries[:expected] if isinstance(e, dict) and e.get("ErrorCode") in HALT_CODES]
+    halting = [
+        e for e in entries[:expected] if isinstance(e, dict) and _code(e.get("ErrorCode")) in HALT_CODES
+    ]
     if halting and not any(r.outcome is Outcome.SENT for r in results):
         first = halting[0]
         raise HaltError(f"{first.get('ErrorCode')}: {first.get('Message')}")
-    missing = RecipientResult(Outcome.FAILED, error="no answer from Postmark for this message")
+    missing = RecipientResult(Outcome.UNKNOWN, error="uncertain: no answer from Postmark for this message")
     return results + [missing] * (expected - len(results))
 
 
 def classify_error(answer: api_call.Answer) -> ProviderError:
     """A non-200 answer as the error the sender acts on."""
     body = answer.json()
-    code = body.get("ErrorCode") if isinstance(body, dict) else None
+    code = _code(body.get("ErrorCode")) if isinstance(body, dict) else None
     message = body.get("Message") if isinstance(body, dict) else None
     detail = f"{code}: {message}" if code is not None else answer.body[:200].decode("utf-8", "replace")
     reason = f"HTTP {answer.status}: {detail}"
     if answer.status == 429 or answer.status >= 500 or code in RETRY_CODES:
         return RetryableError(reason, backoff.parse_retry_after(answer.headers.get("Retry-After")))
-    if answer.status == 401 or code in HALT_CODES:
+    if answer.status in (401, 403) or code in HALT_CODES:  # as every other provider halts on 403
         return HaltError(reason)
     return PermanentError(reason)
 

@@ -25,6 +25,8 @@ rate-limit headers of "Rate Limits"):
 - ``202 Accepted`` -> sent, every recipient of the call: SendGrid answers for the request, never
   per recipient (a recipient it drops later arrives as a ``dropped`` or ``bounce`` event). The
   message id of each is the ``X-Message-Id`` header (the prefix of the events' ``sg_message_id``).
+  ``200`` (sandbox mode) too. Any other 2xx, or one whose body is not empty JSON without
+  ``errors`` (a proxy's page), -> unknown: it went through and says nothing more.
 - ``429`` -> retry, after ``X-RateLimit-Reset`` (the epoch second the limit resets) or
   ``Retry-After``; ``5xx`` -> retry.
 - ``401`` (bad API key) and ``403`` (key without mail.send, unverified sender, account
@@ -57,6 +59,7 @@ from mailerd.models import (
     RecipientResult,
     RetryableError,
     SendQuota,
+    UncertainError,
 )
 from mailerd.providers import api_call, compose
 
@@ -83,9 +86,18 @@ def tag(name: str, html: bool) -> str:
 
 
 def classify(answer: api_call.Answer, now: float | None = None) -> ProviderError | None:
-    """None for 202; else the error the call's answer means (see the module docstring)."""
+    """None for 202 (200 in sandbox mode) with no errors in it; else the error the call's answer
+    means (see the module docstring). Any other 2xx, or one that carries errors (a proxy's page,
+    a lying gateway), went through without saying what became of it: uncertain."""
     if answer.status in (200, 202):
-        return None
+        body = answer.json() if answer.body.strip() else {}
+        if isinstance(body, dict) and not body.get("errors"):
+            return None
+        return UncertainError(
+            f"HTTP {answer.status} with an answer SendGrid does not give: {answer.body[:100]!r}"
+        )
+    if 200 <= answer.status < 300:
+        return UncertainError(f"HTTP {answer.status}: not SendGrid's 202")
     detail = error_reasons(answer.json()) or answer.body[:200].decode("utf-8", "replace")
     reason = f"HTTP {answer.status}: {detail}"
     if answer.status == 429:

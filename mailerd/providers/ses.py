@@ -63,7 +63,7 @@ from mailerd.models import (
     SendQuota,
     UncertainError,
 )
-from mailerd.providers import aws_credentials
+from mailerd.providers import api_call, aws_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -127,22 +127,32 @@ def classify_entry(status: str | None, error: str | None, message_id: str | None
     return RecipientResult(Outcome.FAILED, error=reason)
 
 
-def parse_results(entries: Sequence[Mapping[str, Any]], expected: int) -> list[RecipientResult]:
+def parse_results(entries: Sequence[Any], expected: int) -> list[RecipientResult]:
     """``BulkEmailEntryResults`` -> one result per entry sent; raises HaltError (see module doc).
 
-    A missing result is reported failed, never retried: SES may have sent that email.
+    The call went through, so SES may have sent every email it names: an entry that is missing,
+    or not an object with a text ``Status``, is ``unknown``, never retried and never failed.
     """
     results: list[RecipientResult] = []
     halt: str | None = None
     any_sent = False
     append = results.append
     for entry in entries[:expected]:
-        status = entry.get("Status")
+        status = entry.get("Status") if isinstance(entry, dict) else None
         if status == "SUCCESS":  # the common case, inline
             any_sent = True
-            append(RecipientResult(Outcome.SENT, entry.get("MessageId")))
+            found = entry.get("MessageId")
+            append(RecipientResult(Outcome.SENT, found if type(found) is str else _message_id(found)))
             continue
-        result = classify_entry(status, entry.get("Error"), entry.get("MessageId"))
+        if not isinstance(status, str):
+            append(
+                RecipientResult(Outcome.UNKNOWN, error="uncertain: an unreadable SES result for this entry")
+            )
+            continue
+        error = entry.get("Error")
+        result = classify_entry(
+            status, error if isinstance(error, str) else None, _message_id(entry.get("MessageId"))
+        )
         if result.outcome is Outcome.SENT:
             any_sent = True
         elif halt is None and status in HALT_STATUSES:
@@ -150,9 +160,24 @@ def parse_results(entries: Sequence[Mapping[str, Any]], expected: int) -> list[R
         append(result)
     if halt is not None and not any_sent:
         raise HaltError(halt)
-    missing = RecipientResult(Outcome.FAILED, error="FAILED: no result from SES for this entry")
+    missing = RecipientResult(Outcome.UNKNOWN, error="uncertain: no result from SES for this entry")
     results.extend(missing for _ in range(expected - len(results)))
     return results
+
+
+def _status(entry: Any) -> str | None:
+    status = entry.get("Status") if isinstance(entry, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _message_id(value: Any) -> str | None:
+    """SES's message id as text (a number written as one; anything else is no id): the writer's
+    COPY takes text only, and one bad id would have dead-lettered the batch's rows."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def classify_error(
@@ -353,11 +378,10 @@ class SesProvider:
     def _entry_results(self, answer: Any, expected: int, campaign_id: int) -> list[RecipientResult]:
         entries = answer.get("BulkEmailEntryResults") if isinstance(answer, dict) else None
         if not isinstance(entries, list):
-            # The call succeeded, so SES may have sent: never retry, report each one failed.
-            reason = "FAILED: unreadable SendBulkEmail response"
-            return [RecipientResult(Outcome.FAILED, error=reason)] * expected
+            # The call succeeded, so SES may have sent: never retried, each one unknown.
+            raise UncertainError("an unreadable SendBulkEmail response")
         results = parse_results(entries, expected)
-        if any(e.get("Status") in TEMPLATE_MISSING_STATUSES for e in entries[:expected]):
+        if any(_status(e) in TEMPLATE_MISSING_STATUSES for e in entries[:expected]):
             self._prepared.pop(campaign_id, None)
         return results
 
@@ -399,8 +423,11 @@ class SesProvider:
         body = orjson.dumps(payload) if payload is not None else b""
         headers = self._sign(method, url, body, await self._credentials.current())
         try:
-            async with self._http().request(method, url, data=body, headers=headers) as response:
-                raw = await response.read()
+            async with self._http().request(
+                method, url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                api_call.refuse_redirect(response)
+                raw = await api_call.read_answer(response)
                 status = response.status
                 if status >= 300:
                     error_type, message, retry_after = parse_error(status, response.headers, raw)

@@ -283,6 +283,12 @@ class SmtpProvider:
         try:
             await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
+            if 200 <= exc.code < 300:  # a 251 (or another 2xx) to the message: the server has it
+                self._pool.count(client)
+                return RecipientResult(Outcome.SENT, message_id=mid)
+            # Refused at DATA or at its end: RSET, as smtplib does, or a server that kept the
+            # transaction open answers the next MAIL "503 nested MAIL" (read as the sender refused)
+            await _reset_quietly(client)
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Lost(f"{type(exc).__name__} after DATA: {exc}", uncertain=True) from exc
@@ -297,6 +303,15 @@ class SmtpProvider:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+async def _reset_quietly(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refused DATA; a connection that cannot take it is closed (the next
+    transaction then opens another) rather than failing the recipient already answered."""
+    try:
+        await _reset(client)
+    except _Lost:
+        client.close()
 
 
 async def _reset(client: aiosmtplib.SMTP) -> None:

@@ -74,7 +74,7 @@ def test_postmark_per_message_codes() -> None:
         Outcome.RETRY,
         Outcome.FAILED,
         Outcome.RETRY,  # a halting code beside a sent message: retried (the retry then halts)
-        Outcome.FAILED,  # no answer: Postmark may have sent it, never retried
+        Outcome.UNKNOWN,  # no answer: Postmark may have sent it, never retried or failed
     ]
     with pytest.raises(HaltError, match="412"):
         postmark.parse_results([{"ErrorCode": 412, "Message": "Account is Pending"}] * 2, 2)
@@ -119,3 +119,49 @@ def test_combined_calls() -> None:
     assert caught.value.retry_after == 5.0
     with pytest.raises(UncertainError):
         api_call.combine([([0, 1], UncertainError("timeout"))], 2, resend_uncertain=False)
+
+
+@pytest.mark.parametrize(
+    "entry", [None, "x", {"ErrorCode": [406]}, {"ErrorCode": {"a": 1}}, {"ErrorCode": False}]
+)
+def test_a_postmark_answer_that_cannot_be_read_is_unknown(entry: object) -> None:
+    # a list or an object as ErrorCode crashed the daemon (unhashable); false counted as 0: sent
+    assert [r.outcome for r in postmark.parse_results([entry], 1)] == [Outcome.UNKNOWN]
+    with pytest.raises(UncertainError):
+        postmark.parse_results({"not": "a list"}, 1)
+
+
+def test_postmark_403_halts_as_every_other_provider() -> None:
+    assert isinstance(postmark.classify_error(answer(403, b"<html>forbidden</html>")), HaltError)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sent"),
+    [
+        (202, b"", True),
+        (200, b"", True),  # sandbox mode
+        (200, b"<html>a proxy's page</html>", False),
+        (202, b'{"errors": [{"message": "x"}]}', False),
+        (200, b"null", False),
+        (204, b"", False),
+    ],
+)
+def test_sendgrid_success_is_its_documented_answer_only(status: int, body: bytes, sent: bool) -> None:
+    # every 2xx counted as sent before, a proxy's page or an error document included
+    error = sendgrid.classify(answer(status, body))
+    assert error is None if sent else isinstance(error, UncertainError)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sent"),
+    [
+        (200, b'{"id": "<20240101.1@mg.example.com>", "message": "Queued. Thank you."}', True),
+        (200, b"{}", False),
+        (200, b'{"id": ["x"]}', False),
+        (200, b"<html></html>", False),
+        (201, b'{"id": "<x@y>"}', False),
+    ],
+)
+def test_mailgun_success_needs_its_message_id(status: int, body: bytes, sent: bool) -> None:
+    error = mailgun.classify(answer(status, body))
+    assert error is None if sent else isinstance(error, UncertainError)

@@ -66,9 +66,20 @@ def test_halting_status_beside_a_success_is_retried_not_halted() -> None:
     assert [r.outcome for r in results] == [Outcome.SENT, Outcome.RETRY]
 
 
-def test_missing_results_are_failed_never_retried() -> None:
+def test_missing_or_unreadable_results_are_unknown_never_retried_or_failed() -> None:
+    # The call went through: SES may have sent each of them (they were failed before)
     results = ses.parse_results([{"Status": "SUCCESS", "MessageId": "a"}], 3)
-    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED, Outcome.FAILED]
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.UNKNOWN, Outcome.UNKNOWN]
+    odd: list[object] = [None, "SUCCESS", {"Status": ["SUCCESS"]}, {"Status": {"a": 1}}, {"Status": None}]
+    assert [r.outcome for r in ses.parse_results(odd, 5)] == [Outcome.UNKNOWN] * 5  # a crash before
+
+
+def test_a_message_id_that_is_not_text_is_kept_as_text_or_dropped() -> None:
+    # a number reached the writer's COPY as an int: the batch's rows were dead-lettered
+    results = ses.parse_results(
+        [{"Status": "SUCCESS", "MessageId": 123}, {"Status": "SUCCESS", "MessageId": ["x"]}], 2
+    )
+    assert [r.message_id for r in results] == ["123", None]
 
 
 @pytest.mark.parametrize(
