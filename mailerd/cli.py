@@ -46,8 +46,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except _FAILURES as exc:  # no server, no database, a port in use: one line, not a traceback
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"mailerd {_command_key(args)}: {type(exc).__name__}: {reason}", file=sys.stderr)
+        return 1
+    except UnicodeError as exc:  # an argument from a terminal whose encoding is not UTF-8
+        print(f"mailerd {_command_key(args)}: an argument is not UTF-8 text: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+# What reaching or using Postgres (asyncpg's own errors), a socket or a file can raise to a command.
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def _command_key(args: argparse.Namespace) -> str:
@@ -148,8 +159,8 @@ async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> in
     from mailerd.relay import retention
 
     ahead = args.days if args.days is not None else config.retention.partitions_ahead_days
-    if ahead < 1:
-        print("mailerd partitions: --days must be at least 1", file=sys.stderr)
+    if not 1 <= ahead <= 366:  # as [retention] partitions_ahead_days: 100000 made partitions to 2300
+        print("mailerd partitions: --days must be from 1 to 366", file=sys.stderr)
         return 1
     async with _connection(config) as conn:
         actions = await retention.maintain(conn, config, ahead_days=ahead)
@@ -218,13 +229,16 @@ async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> 
 
 async def _leads_erase(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd import erasure
+    from mailerd.importer.parsing import has_bad_text
 
     try:
         key = erasure.configured_key(config)
     except erasure.ErasureUnavailable as exc:
         print(f"mailerd leads erase: {exc}", file=sys.stderr)
         return 1
-    bad = [a for a in args.addresses if "\x00" in a or "@" not in a or len(a) > 254]
+    # All checked before any is erased (each is erased in a transaction of its own): an address
+    # the database cannot take (invalid UTF-8 from the terminal) stopped the command half-way.
+    bad = [a for a in args.addresses if has_bad_text(a) or "@" not in a or len(a) > 254]
     if bad:
         print(f"mailerd leads erase: not an email address: {bad[0]!r}", file=sys.stderr)
         return 2
@@ -326,6 +340,10 @@ async def _relay_replay(args: argparse.Namespace, config: config_mod.Config) -> 
         print("mailerd relay replay: --to and --campaign go with --from", file=sys.stderr)
         return 1
     end = args.end or dt.datetime.now(dt.UTC)
+    if args.start is not None and args.start >= end:
+        when = f"--from ({args.start.isoformat()}) must be before --to ({end.isoformat()})"
+        print(f"mailerd relay replay: {when}", file=sys.stderr)
+        return 1
     async with _connection_and_dsn(config) as (conn, dsn):
         try:
             destination = operations.configured(config, args.destination, dsn)

@@ -54,7 +54,10 @@ async def call(
     headers = {"Authorization": f"Bearer {bearer}"}
     data = None
     if body is not None:
-        data = orjson.dumps(body)
+        try:
+            data = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:  # text from a terminal that is not UTF-8 (a surrogate)
+            raise ApiFailure(400, None, f"an argument cannot be sent as JSON: {exc}") from None
         headers["Content-Type"] = "application/json"
     try:
         async with (

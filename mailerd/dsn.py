@@ -62,7 +62,15 @@ def problem(dsn: str) -> str | None:
     ports += [p for value in query.get("port", []) for p in value.split(",")]
     if any(port and not port.isdigit() for port in ports):
         return f"a port is not a number ({_ENCODE_HINT})"
+    if any(port and (len(port.lstrip("0")) > 5 or int(port) > 65535) for port in ports):
+        return "a port is beyond 65535"
+    modes = query.get("sslmode", [])
+    if any(mode not in _SSLMODES for mode in modes):
+        return f"sslmode must be one of {', '.join(sorted(_SSLMODES))}"
     return None
+
+
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
 
 def _scheme_end(dsn: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 
 from mailerd import config as config_mod
 
@@ -23,13 +24,36 @@ def _account_id(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    """A positive, finite rate for argparse: nan and inf were sent as JSON null (no cap at all)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
+def _campaign_id(text: str) -> int:
+    """A campaign id (1 to 2^63 - 1), for argparse: a larger one reached the database (a traceback)."""
+    value = _account_id(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 to {2**63 - 1}, got {text}")
+    return value
+
+
 def _timestamp(text: str) -> dt.datetime:
-    """An ISO-8601 time for argparse (no zone: UTC)."""
+    """An ISO-8601 time for argparse (no zone: UTC), within the years 1 to 9999 once in UTC."""
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO-8601 time, got {text!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the year 1 in UTC
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range once in UTC") from None
 
 
 def _day(text: str) -> dt.date:
@@ -107,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
         dest="campaign_command", required=True
     )
     p = campaign.add_parser("create", parents=[api], help="create a campaign")
-    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--account", type=_account_id, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--segment", required=True, help="segment JSON")
     p.add_argument("--subject", required=True, help="subject template")
@@ -115,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, metavar="FILE", help="text body template file")
     p.add_argument("--from", dest="from_address", required=True, metavar="ADDRESS")
     p.add_argument("--provider", required=True, help="a [providers.NAME] of the configuration")
-    p.add_argument("--rate", type=float, default=None, help="per-campaign cap, recipients per second")
+    p.add_argument("--rate", type=_rate, default=None, help="per-campaign cap, recipients per second")
     p.add_argument("--resend-uncertain", action="store_true", help="re-send leads in flight at a crash")
     p.add_argument(
         "--send-window",
@@ -132,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = campaign.add_parser("list", parents=[api], help="list campaigns")
     p.add_argument("--status", default=None)
-    p.add_argument("--account", type=int, default=None)
+    p.add_argument("--account", type=_account_id, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON array")
     for action in ("start", "pause", "resume", "cancel"):
         p = campaign.add_parser(action, parents=[api], help=f"{action} a campaign on every node")
@@ -173,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--to", dest="end", type=_timestamp, default=None, metavar="TIME", help="end (default now)"
     )
-    p.add_argument("--campaign", type=int, default=None, help="only this campaign's records")
+    p.add_argument("--campaign", type=_campaign_id, default=None, help="only this campaign's records")
 
     # --- reports (through the admin API) ---
     report = sub.add_parser("report", help="reports from the reports database").add_subparsers(

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -136,7 +137,7 @@ async def list_all(args: argparse.Namespace, config: Config) -> int:
         while True:
             query = f"after={after}&limit=500"
             if args.status:
-                query += f"&status={args.status}"
+                query += f"&status={quote(args.status, safe='')}"  # "draft&account_id=2" stays one value
             if args.account is not None:
                 query += f"&account_id={args.account}"
             page = await client.call("GET", f"{url}/api/campaigns?{query}", bearer)

@@ -11,10 +11,13 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # (UTF-32 LE starts li
 
 
 def check_files(path: Path, rejects: Path | None) -> None:
-    """Raise :class:`ImportFailed` for an input that is not UTF-8 by its byte order mark (a
-    spreadsheet's "Unicode text" export is UTF-16), or a rejects file that is the input itself
-    (opening it for writing would empty the file being imported)."""
+    """Raise :class:`ImportFailed` for an input that is not a regular file, one that is not UTF-8
+    by its byte order mark (a spreadsheet's "Unicode text" export is UTF-16), or a rejects file
+    that is the input itself (opening it for writing would empty the file being imported)."""
     try:
+        if path.exists() and not path.is_file():
+            # a FIFO would be read twice (this look, then the import), a device never ends
+            raise ImportFailed(f"{path}: not a regular file (import a file, not a pipe or a device)")
         with path.open("rb") as stream:
             head = stream.read(4)
         if rejects is not None and rejects.exists() and rejects.samefile(path):

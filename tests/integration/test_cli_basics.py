@@ -95,10 +95,11 @@ async def test_partitions_prints_what_it_created(dsn: str, config_file: Path) ->
     assert again.stdout.startswith("nothing to do: partitions exist for the next 3 days")
 
 
-async def test_partitions_refuses_zero_days(config_file: Path) -> None:
-    result = await mailerd("partitions", "--days", "0", env=base_env(MAILERD_CONFIG=str(config_file)))
+@pytest.mark.parametrize("days", ["0", "367"])  # 100000 made a partition a day up to the year 2300
+async def test_partitions_refuses_days_out_of_range(config_file: Path, days: str) -> None:
+    result = await mailerd("partitions", "--days", days, env=base_env(MAILERD_CONFIG=str(config_file)))
     assert result.returncode == 1
-    assert "--days must be at least 1" in result.stderr
+    assert "--days must be from 1 to 366" in result.stderr
 
 
 @pytest.fixture

@@ -98,6 +98,10 @@ def test_usable_dsns_have_no_problem(text: str) -> None:
         ("postgresql://u@h/d?port=5432,x", "a port is not a number"),
         ("postgresql://u@h/d?password", "malformed query string"),
         ("postgresql://[::1/d", "not a valid URL"),
+        # asyncpg refuses these only when it connects (a traceback from every command before)
+        ("postgresql://u:secret@h:99999999/d", "a port is beyond 65535"),
+        ("postgresql://u@h/d?port=70000", "a port is beyond 65535"),
+        ("postgresql://u:secret@h/d?sslmode=bogus", "sslmode must be one of"),
     ],
 )
 def test_problems_are_named_without_quoting_the_dsn(text: str, message: str) -> None:
