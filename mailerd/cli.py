@@ -50,15 +50,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         print(f"mailerd {_command_key(args)}: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
-    except UnicodeError as exc:  # an argument from a terminal whose encoding is not UTF-8
-        print(f"mailerd {_command_key(args)}: an argument is not UTF-8 text: {exc}", file=sys.stderr)
-        return 2
+    except UnicodeError as exc:
+        if any(_undecodable(a) for a in (sys.argv[1:] if argv is None else argv)):
+            # an argument from a terminal whose encoding is not UTF-8: input refused
+            print(f"mailerd {_command_key(args)}: an argument is not UTF-8 text: {exc}", file=sys.stderr)
+            return 2
+        # e.g. a host name IDNA cannot encode (a label over 63 characters): a failure, one line
+        print(f"mailerd {_command_key(args)}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
 
 # What reaching or using Postgres (asyncpg's own errors), a socket or a file can raise to a command.
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _undecodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _command_key(args: argparse.Namespace) -> str:

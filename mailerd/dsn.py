@@ -60,7 +60,7 @@ def problem(dsn: str) -> str | None:
         return "malformed query string: every parameter must be key=value"
     ports = [_port(host) for host in hostspec.split(",") if host]
     ports += [p for value in query.get("port", []) for p in value.split(",")]
-    if any(port and not port.isdigit() for port in ports):
+    if any(port and not (port.isascii() and port.isdigit()) for port in ports):
         return f"a port is not a number ({_ENCODE_HINT})"
     if any(port and (len(port.lstrip("0")) > 5 or int(port) > 65535) for port in ports):
         return "a port is beyond 65535"

@@ -143,7 +143,7 @@ def combine(parts: Sequence[Part], size: int, *, resend_uncertain: bool) -> list
     results: list[RecipientResult] = [RecipientResult(Outcome.FAILED, error="not sent")] * size
     for positions, result in parts:
         answers = (
-            result if isinstance(result, list) else [_outcome(result, resend_uncertain)] * len(positions)
+            result if isinstance(result, list) else [outcome_of(result, resend_uncertain)] * len(positions)
         )
         for position, answer in zip(positions, answers, strict=True):
             results[position] = answer
@@ -158,7 +158,7 @@ def _merged(errors: list[ProviderError]) -> ProviderError:
     return first
 
 
-def _outcome(error: ProviderError, resend_uncertain: bool) -> RecipientResult:
+def outcome_of(error: ProviderError, resend_uncertain: bool) -> RecipientResult:
     if isinstance(error, RetryableError | HaltError):
         return RecipientResult(Outcome.RETRY, error=error.reason)
     if isinstance(error, UncertainError):

@@ -165,7 +165,14 @@ class PostmarkProvider:
             path, body = (
                 (TEMPLATE_BATCH_PATH, {"Messages": messages}) if templated else (BATCH_PATH, messages)
             )
-            for position, result in zip(positions, await self._call(path, body, len(messages)), strict=True):
+            try:
+                sent = await self._call(path, body, len(messages))
+            except UncertainError as exc:
+                if len(positions) == len(batch.leads):
+                    raise
+                # only the messages of the call are uncertain: a render-failed one stays failed
+                sent = [api_call.outcome_of(exc, batch.campaign.resend_uncertain)] * len(positions)
+            for position, result in zip(positions, sent, strict=True):
                 results[position] = result
         return [result for result in results if result is not None]
 

@@ -335,23 +335,37 @@ class SesProvider:
             entries.append(entry)
             positions.append(position)
         if entries:
-            request: dict[str, Any] = {
-                "FromEmailAddress": campaign.from_address,
-                "DefaultContent": prepared.default_content,
-                "BulkEmailEntries": entries,
-            }
-            if self._config.configuration_set:
-                request["ConfigurationSetName"] = self._config.configuration_set
-            try:
-                answer = await self._call("POST", SEND_BULK_PATH, request, idempotent=False)
-            except RetryableError as exc:
-                if exc.reason.startswith("NotFoundException"):
-                    self._prepared.pop(campaign.id, None)
-                raise
-            sent = self._entry_results(answer, len(entries), campaign.id)
+            sent = await self._send_entries(
+                campaign, prepared, entries, whole=len(positions) == len(batch.leads)
+            )
             for position, result in zip(positions, sent, strict=True):
                 results[position] = result
         return [r for r in results if r is not None]
+
+    async def _send_entries(
+        self, campaign: Campaign, prepared: _Prepared, entries: list[dict[str, Any]], *, whole: bool
+    ) -> list[RecipientResult]:
+        """The ``SendBulkEmail`` call of a batch's entries (``whole``: every lead of the batch;
+        else some failed to render, and only the entries' results may be uncertain)."""
+        request: dict[str, Any] = {
+            "FromEmailAddress": campaign.from_address,
+            "DefaultContent": prepared.default_content,
+            "BulkEmailEntries": entries,
+        }
+        if self._config.configuration_set:
+            request["ConfigurationSetName"] = self._config.configuration_set
+        try:
+            answer = await self._call("POST", SEND_BULK_PATH, request, idempotent=False)
+            return self._entry_results(answer, len(entries), campaign.id)
+        except RetryableError as exc:
+            if exc.reason.startswith("NotFoundException"):
+                self._prepared.pop(campaign.id, None)
+            raise
+        except UncertainError as exc:
+            if whole:
+                raise
+            # only the entries of the call are uncertain: a render-failed lead stays failed
+            return [api_call.outcome_of(exc, campaign.resend_uncertain)] * len(entries)
 
     def forget(self, campaign_id: int) -> None:
         """Drop the compiled content and template of a campaign this node no longer sends."""
@@ -421,7 +435,13 @@ class SesProvider:
         """Sign and send one request; the decoded JSON answer, or a ProviderError."""
         url = self._endpoint + path
         body = orjson.dumps(payload) if payload is not None else b""
-        headers = self._sign(method, url, body, await self._credentials.current())
+        try:
+            credentials = await self._credentials.current()
+        except HaltError:
+            raise
+        except Exception as exc:  # STS or a metadata service down: nothing was sent
+            raise RetryableError(f"AWS credentials: {type(exc).__name__}: {exc}") from exc
+        headers = self._sign(method, url, body, credentials)
         try:
             async with self._http().request(
                 method, url, data=body, headers=headers, allow_redirects=False

@@ -283,9 +283,11 @@ class SmtpProvider:
         try:
             await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
-            if 200 <= exc.code < 300:  # a 251 (or another 2xx) to the message: the server has it
-                self._pool.count(client)
-                return RecipientResult(Outcome.SENT, message_id=mid)
+            if 200 <= exc.code < 300:
+                # a 2xx where aiosmtplib wanted 354 (to DATA: the message never went) or 250 (to
+                # its end): which one is unknown, so the recipient is too; the connection goes
+                client.close()
+                raise _Lost(f"{exc.code} {exc.message} to DATA", uncertain=True) from exc
             # Refused at DATA or at its end: RSET, as smtplib does, or a server that kept the
             # transaction open answers the next MAIL "503 nested MAIL" (read as the sender refused)
             await _reset_quietly(client)

@@ -86,6 +86,15 @@ async def test_relay_replay_and_campaign_arguments_are_checked(dsn: str, tmp_pat
         assert "Traceback" not in result.stderr, result.stderr
 
 
+async def test_a_unicode_error_not_from_an_argument_is_a_failure_not_refused_input() -> None:
+    # a host name IDNA cannot encode: it was reported as "an argument is not UTF-8", exit 2
+    host = "a" * 64 + ".example.com"
+    result = await mailerd("migrate", env=base_env(MAILERD_DSN=f"postgresql://postgres@{host}:5432/x"))
+    assert result.returncode == 1, result
+    _one_line(result)
+    assert "argument" not in result.stderr
+
+
 async def test_a_config_path_too_long_is_one_line(tmp_path: Path) -> None:
     result = await mailerd("check-config", "--config", str(tmp_path / ("x" * 300)), env=base_env())
     assert result.returncode == 1, result

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import EndpointConnectionError
 
 from mailerd import campaigns
 from mailerd.config import ProviderConfig, Secret
-from mailerd.models import HaltError, Outcome, RetryableError, UncertainError
+from mailerd.models import Batch, HaltError, Lead, Outcome, RetryableError, UncertainError
 from mailerd.providers import api_call, create
 from mailerd.providers.base import Provider
 from tests.integration import providers_env as env
@@ -27,7 +30,9 @@ KINDS = ("ses", "sendgrid", "mailgun", "postmark")
 
 
 @contextlib.asynccontextmanager
-async def hostile(kind: str, answer: Answer) -> AsyncIterator[tuple[Provider, list[web.Request]]]:
+async def hostile(
+    kind: str, answer: Answer, **settings: Any
+) -> AsyncIterator[tuple[Provider, list[web.Request]]]:
     """A client of ``kind`` pointed at a server that answers every request with ``answer``, and
     the requests that server (and the host a redirect names) received."""
     seen: list[web.Request] = []
@@ -58,7 +63,7 @@ async def hostile(kind: str, answer: Answer) -> AsyncIterator[tuple[Provider, li
         values["domain"] = "mg.example.com"
     if kind == "postmark":
         values["message_stream"] = "broadcast"
-    client = create(ProviderConfig(**values))
+    client = create(ProviderConfig(**{**values, **settings}))
     try:
         yield client, seen
     finally:
@@ -245,3 +250,66 @@ async def test_smtp_resets_after_a_refused_data_so_the_next_message_goes() -> No
         server.close()
         await server.wait_closed()
     assert [(r.outcome, r.smtp_code) for r in results] == [(Outcome.FAILED, 554), (Outcome.SENT, None)]
+
+
+@pytest.mark.parametrize(("kind", "body"), [("ses", b'{"unexpected": 1}'), ("postmark", b"{}")])
+async def test_an_uncertain_call_leaves_a_render_failed_lead_failed(kind: str, body: bytes) -> None:
+    # it was never sent: the uncertain whole-call answer made it unknown too
+    async with hostile(kind, answering(200, body)) as (client, _):
+        campaign = env.campaign(subject="{{ 10 // lead.attributes.n }}", html_body="<p>{{ lead.id }}</p>")
+        await client.prepare(campaign)
+        leads = [Lead(1, "a@example.com", {"n": 2}), Lead(2, "b@example.com", {"n": 0})]  # 10 // 0
+        results = await client.send(Batch(campaign=campaign, shard_no=0, seq=0, leads=leads, upto=2))
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.FAILED]
+    assert (results[1].error or "").startswith("render failed")
+
+
+async def test_ses_credentials_that_cannot_be_refreshed_are_retried_not_uncertain() -> None:
+    # STS down in the mandatory refresh window: nothing went out, yet the sender logged the
+    # batch unknown (final) and kept its quota share
+    def refresh() -> dict[str, str]:
+        raise EndpointConnectionError(endpoint_url="https://sts.amazonaws.com")
+
+    expired = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    no_keys = {"access_key_id": None, "secret_access_key": None}  # the credential chain's
+    async with hostile("ses", answering(200, b"{}"), **no_keys) as (client, seen):
+        credentials = RefreshableCredentials("AKID", "s", "t", expired, refresh_using=refresh, method="sts")
+        client._credentials.use(credentials)  # type: ignore[attr-defined]
+        with pytest.raises(RetryableError, match="AWS credentials"):
+            await client.send(env.batch(env.campaign(), 3))
+    assert seen == []
+
+
+async def test_smtp_a_2xx_where_354_was_due_is_unknown_not_sent() -> None:
+    # aiosmtplib cannot say whether the 2xx answered DATA (the message never went) or its end
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            writer.write(
+                b"250-test\r\n250 8BITMIME\r\n"
+                if verb == b"EHLO"
+                else b"221 bye\r\n"
+                if verb == b"QUIT"
+                else b"250 ok\r\n"
+            )
+            await writer.drain()
+            if verb == b"QUIT":
+                break
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = ProviderConfig(
+        name="smtp", kind="smtp", endpoint=f"127.0.0.1:{port}", tls="none", connections=1, timeout_s=5.0
+    )
+    client = create(config)
+    try:
+        campaign = env.campaign()
+        await client.prepare(campaign)
+        results = await client.send(env.batch(campaign, 1))
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN]

@@ -102,6 +102,7 @@ def test_usable_dsns_have_no_problem(text: str) -> None:
         ("postgresql://u:secret@h:99999999/d", "a port is beyond 65535"),
         ("postgresql://u@h/d?port=70000", "a port is beyond 65535"),
         ("postgresql://u:secret@h/d?sslmode=bogus", "sslmode must be one of"),
+        ("postgresql://u:secret@h:\u00b2/d", "a port is not a number"),  # "²".isdigit(): int() raised
     ],
 )
 def test_problems_are_named_without_quoting_the_dsn(text: str, message: str) -> None:
