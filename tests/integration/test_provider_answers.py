@@ -71,6 +71,35 @@ async def hostile(
         await runner.cleanup()
 
 
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_smtp(serve: Serve) -> AsyncIterator[int]:
+    """A raw SMTP server on a free port running ``serve`` per connection; on exit, every
+    connection's handler has finished and its socket is closed (no stream left to the GC)."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await serve(reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
 async def _send(client: Provider, count: int = 3) -> Any:
     campaign = env.campaign()
     await client.prepare(campaign)
@@ -232,23 +261,9 @@ async def test_smtp_resets_after_a_refused_data_so_the_next_message_goes() -> No
             else:
                 writer.write(b"502 no\r\n")
             await writer.drain()
-        writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = create(
-        ProviderConfig(
-            name="smtp", kind="smtp", endpoint=f"127.0.0.1:{port}", tls="none", connections=1, timeout_s=5.0
-        )
-    )
-    try:
-        campaign = env.campaign()
-        await client.prepare(campaign)
-        results = await client.send(env.batch(campaign, 2))
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
+    async with raw_smtp(serve) as port:
+        results = await _smtp_send(port, 2)
     assert [(r.outcome, r.smtp_code) for r in results] == [(Outcome.FAILED, 554), (Outcome.SENT, None)]
 
 
@@ -296,10 +311,13 @@ async def test_smtp_a_2xx_where_354_was_due_is_unknown_not_sent() -> None:
             await writer.drain()
             if verb == b"QUIT":
                 break
-        writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    async with raw_smtp(serve) as port:
+        results = await _smtp_send(port, 1)
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN]
+
+
+async def _smtp_send(port: int, count: int) -> list[Any]:
     config = ProviderConfig(
         name="smtp", kind="smtp", endpoint=f"127.0.0.1:{port}", tls="none", connections=1, timeout_s=5.0
     )
@@ -307,9 +325,6 @@ async def test_smtp_a_2xx_where_354_was_due_is_unknown_not_sent() -> None:
     try:
         campaign = env.campaign()
         await client.prepare(campaign)
-        results = await client.send(env.batch(campaign, 1))
+        return await client.send(env.batch(campaign, count))
     finally:
         await client.close()
-        server.close()
-        await server.wait_closed()
-    assert [r.outcome for r in results] == [Outcome.UNKNOWN]
