@@ -13,6 +13,7 @@ see :mod:`mailerd.relay.signing`). The endpoint answers 2xx once it has stored t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from mailerd.relay.destination import DeliveryRefused, DestinationUnavailable
 from mailerd.relay.records import Record
 
 USER_AGENT = "mailerd-relay/1"
+DETAIL_S = 1.0  # how long an error answer's body is read for its first 1 KiB
 _RETRIED = frozenset({408, 429})
 
 
@@ -85,7 +87,7 @@ class CallbackDestination:
             ) as response:
                 status = response.status
                 retry_after = backoff.parse_retry_after(response.headers.get("Retry-After"))
-                text = (await response.text(errors="replace"))[:200] if status >= 300 else ""
+                text = await _detail(response) if status >= 300 else ""
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise DestinationUnavailable(
                 f"{type(exc).__name__}: {exc}".strip(), acknowledged=acknowledged
@@ -109,3 +111,16 @@ class CallbackDestination:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _detail(response: aiohttp.ClientResponse) -> str:
+    """What an error answer says, for the log: its first 1 KiB, read for a second at most and
+    decoded as UTF-8 whatever charset it names. The status decides, never the body: a 1 GiB body
+    was read whole, a trickling one turned a 400 into a retried timeout, and ``charset=base64``
+    raised out of the stream (which then retried it forever)."""
+    try:
+        async with asyncio.timeout(DETAIL_S):
+            raw = await response.content.read(1024)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return ""
+    return raw.decode("utf-8", "replace")[:200]

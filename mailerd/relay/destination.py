@@ -12,6 +12,8 @@ from typing import Protocol
 
 from mailerd.relay.records import Record
 
+MAX_RETRY_AFTER_S = 3600.0  # the longest wait a destination's Retry-After gets
+
 
 class DestinationUnavailable(Exception):
     """Try again later (with backoff): the destination is down, slow, throttling or refusing for a
@@ -22,7 +24,8 @@ class DestinationUnavailable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.acknowledged = acknowledged
-        self.retry_after = retry_after
+        # at most an hour: "Retry-After: 9999999999" stopped the destination (and a replay) for centuries
+        self.retry_after = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER_S)
 
 
 class DeliveryRefused(Exception):

@@ -39,6 +39,7 @@ LOCK_COMMAND_TIMEOUT_S = 15.0
 KEEPALIVE_S = 2.0
 LAG_SAMPLE_S = 10.0
 LAG_CAP = 1_000_000
+CLOSE_S = 2.0  # each destination's close at the end of a lead (then dropped): the lock waits for it
 
 
 class Relay:
@@ -120,7 +121,10 @@ class Relay:
             metrics.RELAY_LEADER.set(0)
             for destination in destinations:
                 try:
-                    await destination.close()
+                    # bounded: a frozen broker held the close (a producer's flush) for its
+                    # request timeout, and the lock with it, so no other relay took over
+                    async with asyncio.timeout(CLOSE_S):
+                        await destination.close()
                 except Exception as exc:  # one failing close must not skip the others
                     log.warning(
                         "relay_destination_close_failed", destination=destination.name, error=str(exc)

@@ -26,6 +26,7 @@ from mailerd.relay.leader import RELAY_LOCK_KEY, count_lag
 from mailerd.relay.records import Record
 
 REPLAY_ATTEMPTS = 8
+REPLAY_MAX_WAIT_S = 60.0  # a command someone waits for: a destination's Retry-After, at most this
 
 
 class OperationError(Exception):
@@ -142,32 +143,40 @@ async def replay_dead_letters(
     after = 0
     while letters := await relay_db.pending_dead_letters(conn, destination.name, after=after, limit=batch):
         after = letters[-1]["id"]
-        before = result.refused
-        await _deliver(destination, [outbox.stored(letter) for letter in letters], result)
-        if result.refused == before:
-            await relay_db.mark_replayed(conn, [letter["id"] for letter in letters])
+        refused = await _deliver(destination, [outbox.stored(letter) for letter in letters], result)
+        # those taken are replayed, even when others of the batch were refused again (else each
+        # replay sent them once more, and the dead-letter count never came down)
+        taken = [letter["id"] for index, letter in enumerate(letters) if index not in refused]
+        if taken:
+            await relay_db.mark_replayed(conn, taken)
     return result
 
 
-async def _deliver(destination: Destination, batch: Sequence[Record], result: ReplayResult) -> None:
-    """Deliver with retries; what is refused again is counted (and stays a dead letter)."""
+async def _deliver(destination: Destination, batch: Sequence[Record], result: ReplayResult) -> set[int]:
+    """Deliver with retries; what is refused again is counted (and stays a dead letter). Returns
+    the positions in ``batch`` of the records refused."""
     pending = batch
+    offset = 0  # the position in ``batch`` of pending[0]
+    refused: set[int] = set()
     attempt = 0
     while pending:
         try:
             await destination.deliver(pending)
             result.delivered += len(pending)
-            return
+            return refused
         except DeliveryRefused as exc:
             end = len(pending) if exc.refused is None else exc.acknowledged + exc.refused
             result.delivered += exc.acknowledged
             result.refused += end - exc.acknowledged
+            refused.update(range(offset + exc.acknowledged, offset + end))
             print(f"refused: {exc.reason}", file=sys.stderr)
-            pending = pending[end:]
+            pending, offset = pending[end:], offset + end
         except DestinationUnavailable as exc:
             result.delivered += exc.acknowledged
-            pending = pending[exc.acknowledged :]
+            pending, offset = pending[exc.acknowledged :], offset + exc.acknowledged
             attempt += 1
             if attempt >= REPLAY_ATTEMPTS:
                 raise OperationError(f"{destination.name} unavailable: {exc.reason}") from exc
-            await asyncio.sleep(backoff.delay(attempt, base=0.5, cap=10.0, retry_after=exc.retry_after))
+            wait = None if exc.retry_after is None else min(exc.retry_after, REPLAY_MAX_WAIT_S)
+            await asyncio.sleep(backoff.delay(attempt, base=0.5, cap=10.0, retry_after=wait))
+    return refused
