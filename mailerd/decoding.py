@@ -186,13 +186,16 @@ def base_types(annotation: Any) -> set[Any]:
 
 
 def _choices(annotation: Any) -> list[Any]:
-    """The values an enum or Literal annotation allows."""
+    """The values an enum or Literal annotation allows (of its items, for a list of them:
+    a send window's ``days`` listed none, "(one of: )")."""
     found: list[Any] = []
     for kind in base_types(annotation):
         if typing.get_origin(kind) is typing.Literal:
             found += typing.get_args(kind)
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             found += [member.value for member in kind]
+        elif typing.get_origin(kind) in (list, tuple, set, frozenset):
+            found += [value for item in typing.get_args(kind) for value in _choices(item)]
     return found
 
 

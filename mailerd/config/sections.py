@@ -12,8 +12,8 @@ import dataclasses
 import datetime as dt
 import re
 import types
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 from mailerd import dsn as dsn_mod
 from mailerd.config import pace as pace_mod
@@ -27,6 +27,8 @@ PROVIDER_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "smtp", "sink")
 # The most recipients each provider's API takes in one call (SES SendBulkEmail: 50 destinations;
 # SendGrid: 1000 personalizations; Mailgun: 1000 recipients; Postmark's batch endpoint: 500).
 PROVIDER_MAX_BATCH = {"ses": 50, "sink": 50, "sendgrid": 1000, "mailgun": 1000, "postmark": 500, "smtp": 1000}
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -402,7 +404,7 @@ def _webhooks(values: Any) -> WebhooksConfig:
 
 def _validate(config: Config) -> None:
     """Every number within its range, and what the ranges alone cannot say."""
-    parse_listen(config.http.listen)
+    _prefixed("[http]", parse_listen, config.http.listen)
     for label, section in _sections_of(config):
         for field in dataclasses.fields(section):
             limits = field.metadata.get("range")
@@ -420,7 +422,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(problem)
     if not re.fullmatch(r"https?://[^\s/?#@]+(/\S*)?", config.http.public_url, flags=re.IGNORECASE):
         raise ConfigError("[http] public_url: expected an http:// or https:// URL")
-    window = parse_duration(config.webhooks.soft_bounce_window)
+    window = _prefixed("[webhooks] soft_bounce_window:", parse_duration, config.webhooks.soft_bounce_window)
     if not 1 <= window <= 365 * 86400:
         raise ConfigError("[webhooks] soft_bounce_window: must be from 1s to 365d")
     for problem in [
@@ -428,6 +430,15 @@ def _validate(config: Config) -> None:
         *pace_mod.problems(config.pace, config.providers),
     ]:
         raise ConfigError(problem)
+
+
+def _prefixed(prefix: str, parse: Callable[[str], T], text: str) -> T:
+    """``parse(text)``, its ConfigError naming where the value is (a message of its own names
+    at most the key)."""
+    try:
+        return parse(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix} {exc}") from None
 
 
 def _reports_problems(config: Config) -> list[str]:

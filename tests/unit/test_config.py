@@ -201,8 +201,12 @@ def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: st
             "[providers.ses] account_refresh_s: must be at most 86400",
         ),
         ("[providers.ses]\nmax_error_rate = 0", "[providers.ses] max_error_rate: must be in (0, 1]"),
-        ('[http]\nlisten = "localhost"', "listen: expected HOST:PORT, got 'localhost'"),
-        ('[http]\nlisten = "host:99999"', "listen: expected HOST:PORT, got 'host:99999'"),
+        ('[http]\nlisten = "localhost"', "[http] listen: expected HOST:PORT, got 'localhost'"),
+        ('[http]\nlisten = "host:99999"', "[http] listen: expected HOST:PORT, got 'host:99999'"),
+        (  # it named neither the section nor the key
+            '[webhooks]\nsoft_bounce_window = "fast"',
+            "[webhooks] soft_bounce_window: expected a duration such as 72h or 7d, got 'fast'",
+        ),
         ("[writer]\nflush_rows = 0", "[writer] flush_rows: must be at least 1"),
         (
             "[writer]\nflush_rows = 10\nmax_buffer_rows = 5",

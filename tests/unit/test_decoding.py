@@ -110,3 +110,10 @@ def test_patterns_refuse_a_line_break_at_the_very_end(pattern: str, text: str) -
 )
 def test_from_is_one_mailbox(value: str, ok: bool) -> None:
     assert campaigns.is_one_address(value) is ok
+
+
+def test_an_unknown_value_in_a_list_names_the_choices() -> None:
+    # a send window's day listed "(one of: )": the choices of the list's items were not looked at
+    with pytest.raises(decoding.Invalid) as raised:
+        decoding.decode(campaigns.SendWindowBody, {"start": "09:00", "end": "17:00", "days": ["funday"]})
+    assert "(one of: mon, tue, wed, thu, fri, sat, sun)" in str(raised.value.problems[0])
