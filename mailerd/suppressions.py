@@ -272,10 +272,10 @@ async def run_list_cli(
     rows = await page(conn, account_id, after=after.strip(), limit=limit)
     if as_json:
         sys.stdout.write(orjson.dumps([r.as_dict() for r in rows]).decode() + "\n")
-        return 0
-    for row in rows:
-        print(f"{row.email}\t{row.reason}\t{row.source or ''}\t{row.at.isoformat()}")
-    if len(rows) == limit:
+    else:
+        for row in rows:
+            print(f"{row.email}\t{row.reason}\t{row.source or ''}\t{row.at.isoformat()}")
+    if len(rows) == limit:  # to stderr, so --json's output stays one array
         print(f"next: --after {rows[-1].email}", file=sys.stderr)
     return 0
 

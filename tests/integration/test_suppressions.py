@@ -487,3 +487,17 @@ async def test_import_rejects_file_cannot_be_the_file_imported(
     path.write_text("a@example.com\n")
     assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=None, rejects=path) == 1
     assert path.read_text() == "a@example.com\n"
+
+
+async def test_list_cli_with_json_tells_where_the_next_page_starts(
+    conn: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the runbook promised the hint; --json left it out
+    for n in range(3):
+        await conn.execute(
+            "INSERT INTO suppressions (account_id, email, reason) VALUES (1, $1, 'x')", f"u{n}@example.com"
+        )
+    assert await suppressions.run_list_cli(conn, account_id=1, after="", limit=2, as_json=True) == 0
+    out, err = capsys.readouterr()
+    assert [row["email"] for row in orjson.loads(out)] == ["u0@example.com", "u1@example.com"]
+    assert err == "next: --after u1@example.com\n"
