@@ -19,9 +19,17 @@ from mailerd.config.fields import ConfigError, Secret, show
 
 
 class EnvText(str):
-    """A raw environment value; :func:`coerce` reads it as TOML unless the key takes text."""
+    """A raw environment value; :func:`coerce` reads it as TOML unless the key takes text.
+    ``variable`` is the environment variable it came from (an error names it: the file does
+    not hold the value)."""
 
-    __slots__ = ()
+    __slots__ = ("variable",)
+    variable: str
+
+    def __new__(cls, value: str, variable: str = "") -> EnvText:
+        text = super().__new__(cls, value)
+        text.variable = variable
+        return text
 
 
 def env_value(text: str) -> Any:
@@ -55,7 +63,12 @@ def build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> An
                     "loads, not a replica of this one)"
                 )
             raise ConfigError(f"[{section}] {key}: unknown key")
-        kwargs[target] = coerce(section, target, hints[target], value)
+        try:
+            kwargs[target] = coerce(section, target, hints[target], value)
+        except ConfigError as exc:
+            if isinstance(value, EnvText) and value.variable:
+                raise ConfigError(f"{exc} (from the environment: {value.variable})") from None
+            raise
     return cls(**kwargs)
 
 

@@ -183,7 +183,7 @@ def _env_name(section: str, key: str) -> str:
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     # A section or provider that is not a table in the file is left for _build to report.
     if "MAILERD_DSN" in env:
-        data.setdefault("database", {})["dsn"] = env["MAILERD_DSN"]
+        data.setdefault("database", {})["dsn"] = EnvText(env["MAILERD_DSN"], "MAILERD_DSN")
     if "MAILERD_ADMIN_TOKEN" in env:
         tokens = [t.strip() for t in env["MAILERD_ADMIN_TOKEN"].split(",") if t.strip()]
         data.setdefault("http", {})["admin_tokens"] = tokens
@@ -194,11 +194,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         if not upper.startswith(ENV_PREFIX) or "__" not in upper:
             continue
         parts = [p.lower() for p in upper[len(ENV_PREFIX) :].split("__")]
-        target = _env_target(data, parts)
+        target = _env_target(data, parts) if all(parts) else False  # MAILERD_WRITER__ names no key
         if target is False:
             raise ConfigError(f"config error: environment: {key}: not a known setting")
         if isinstance(target, dict):
-            target[parts[-1]] = EnvText(value)
+            target[parts[-1]] = EnvText(value, key)
     _check_env_providers(data, env, file_providers)
 
 

@@ -536,7 +536,9 @@ def test_an_empty_secret_in_the_environment_is_a_config_error(
     tmp_path: Path, name: str, key: str, value: str
 ) -> None:
     path = write(tmp_path, SES_TABLE)
-    assert load_error(path, {name: value}) == f"config error: {path}: {key}: must not be empty"
+    assert load_error(path, {name: value}) == (
+        f"config error: {path}: {key}: must not be empty (from the environment: {name})"
+    )
 
 
 @pytest.mark.parametrize(
@@ -670,7 +672,9 @@ def test_env_without_double_underscore_is_ignored(tmp_path: Path) -> None:
     assert config.load(write(tmp_path, FULL), env=env).writer.flush_rows == 500
 
 
-@pytest.mark.parametrize("name", ["MAILERD_BOGUS__X", "MAILERD_PROVIDERS__SES", "MAILERD_WRITER__A__B"])
+@pytest.mark.parametrize(
+    "name", ["MAILERD_BOGUS__X", "MAILERD_PROVIDERS__SES", "MAILERD_WRITER__A__B", "MAILERD_WRITER__"]
+)
 def test_env_unknown_setting(tmp_path: Path, name: str) -> None:
     assert load_error(write(tmp_path, ""), {name: "1"}) == (
         f"config error: environment: {name}: not a known setting"
@@ -682,6 +686,7 @@ def test_env_unknown_key_and_bad_value_are_errors(tmp_path: Path) -> None:
     assert load_error(path, {"MAILERD_WRITER__NOPE": "1"}).endswith("[writer] nope: unknown key")
     assert load_error(path, {"MAILERD_PROVIDERS__SES__RATE_PER_S": "fast"}).endswith(
         '[providers.ses] rate_per_s: expected a number, got "fast"'
+        " (from the environment: MAILERD_PROVIDERS__SES__RATE_PER_S)"  # the file does not hold it
     )
     assert load_error(path, {"MAILERD_PROVIDERS__SES__BATCH_SIZE": "0"}).endswith(
         "[providers.ses] batch_size: must be from 1 to 1000"
