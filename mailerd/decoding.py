@@ -9,6 +9,7 @@ msgspec's type syntax. Pure: no I/O.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import enum
 import re
 import types
@@ -206,3 +207,37 @@ def _metas(annotation: Any) -> Iterator[msgspec.Meta]:
             yield arg
         else:
             yield from _metas(arg)
+
+
+MAX_ID = 2**63 - 1  # a bigint id
+_MAX_ID_DIGITS = len(str(MAX_ID))
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as an int when it is ASCII digits only and at most :data:`MAX_ID`, else None.
+    The length is checked first: ``int()`` refuses more than 4,300 digits with a ValueError
+    (a 500), and ``int()`` alone would also take "١٢", " 12 ", "1_0" or "+5"."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_ID_DIGITS:
+        return None
+    value = int(digits)
+    return value if value <= MAX_ID else None
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a decoded value, for messages ("got array")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float | decimal.Decimal):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -20,8 +20,7 @@ from mailerd.http.errors import ApiError
 from mailerd.importer import parsing as lead_rules
 
 T = TypeVar("T", bound=msgspec.Struct)
-MAX_ID = 2**63 - 1
-_MAX_ID_DIGITS = len(str(MAX_ID))
+MAX_ID = decoding.MAX_ID
 _MAX_QUERY_DIGITS = 100  # of a whole-number parameter: beyond every bound, far below int()'s limit
 _BOOLEANS = {"true": True, "false": False}
 
@@ -95,23 +94,10 @@ def _decimals(value: Any) -> Any:
     return value
 
 
-def whole_number(text: str) -> int | None:
-    """``text`` as an int when it is ASCII digits only and at most :data:`MAX_ID`, else None.
-    The length is checked first: ``int()`` refuses more than 4,300 digits with a ValueError
-    (a 500), and ``int()`` alone would also take "١٢", " 12 ", "1_0" or "+5"."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    digits = text.lstrip("0") or "0"
-    if len(digits) > _MAX_ID_DIGITS:
-        return None
-    value = int(digits)
-    return value if value <= MAX_ID else None
-
-
 def path_id(request: web.Request, key: str, what: str, minimum: int = 1) -> int:
     """The path's ``{key}`` as an id from ``minimum`` to 2^63 - 1; 404 ``no such WHAT`` naming
     ``key`` otherwise (such an id cannot exist)."""
-    value = whole_number(request.match_info[key])
+    value = decoding.whole_number(request.match_info[key])
     if value is None or value < minimum:
         raise ApiError(404, "not_found", f"no such {what}", key)
     return value

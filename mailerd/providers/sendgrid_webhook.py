@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mailerd import decoding
 from mailerd.config import ConfigError, SendgridWebhookConfig
 from mailerd.models import Event, EventKind
 from mailerd.providers import webhook_auth as auth
@@ -134,7 +135,7 @@ def parse_events(body: bytes) -> list[Event]:
             raise auth.bad_request("invalid_body", f"{field}.event: missing", f"{field}.event")
         for key in ("type", "reason"):  # they classify the event: only text is a body SendGrid sends
             if item.get(key) is not None and not isinstance(item[key], str):
-                message = f"{field}.{key}: expected text, got {auth.json_type(item[key])}"
+                message = f"{field}.{key}: expected text, got {decoding.json_type(item[key])}"
                 raise auth.bad_request("invalid_body", message, f"{field}.{key}")
         classified = classify(item)
         if classified is None:

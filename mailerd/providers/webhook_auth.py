@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import orjson
 
+from mailerd import decoding
 from mailerd.providers import webhooks
 from mailerd.providers.webhooks import WebhookError
 
@@ -166,20 +167,7 @@ def optional_text(data: Mapping[str, Any], key: str) -> str | None:
         return str(value)
     if value is None or value == "":
         return None
-    raise bad_request("invalid_body", f"{key}: expected text, got {json_type(value)}", key)
-
-
-def json_type(value: Any) -> str:
-    """The JSON type of a decoded value, for messages."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    return "a number" if isinstance(value, int | float) else "null"
+    raise bad_request("invalid_body", f"{key}: expected text, got {decoding.json_type(value)}", key)
 
 
 def optional_flag(data: Mapping[str, Any], key: str, field: str) -> bool:
@@ -187,7 +175,9 @@ def optional_flag(data: Mapping[str, Any], key: str, field: str) -> bool:
     value = data.get(key)
     if value is None or isinstance(value, bool):
         return bool(value)
-    raise bad_request("invalid_body", f"{field}.{key}: expected true or false, got {json_type(value)}", key)
+    raise bad_request(
+        "invalid_body", f"{field}.{key}: expected true or false, got {decoding.json_type(value)}", key
+    )
 
 
 def bounded_id(value: str, field: str) -> str:
@@ -289,16 +279,9 @@ def metadata_id(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if 0 < value < 2**63 else None
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        digits = value.strip().lstrip("0")
-        if len(digits) > _ID_DIGITS:  # int() refuses 4,300 digits with a ValueError (a 500)
-            return None
-        number = int(digits or "0")
-        return number if 0 < number < 2**63 else None
+    if isinstance(value, str):
+        return decoding.whole_number(value.strip()) or None  # 0 is no id
     return None
-
-
-_ID_DIGITS = len(str(2**63 - 1))
 
 
 def campaign_and_lead(metadata: Any) -> tuple[int | None, int | None]:

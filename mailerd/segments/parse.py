@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from mailerd.decoding import json_type
 from mailerd.segments.nodes import (
     _EPOCH,
     _FIELD_OPS,
@@ -43,22 +44,6 @@ from mailerd.segments.nodes import (
 
 def _member(path: str, key: str) -> str:
     return f"{path}.{key}" if _IDENTIFIER.fullmatch(key) else f"{path}[{json.dumps(key)}]"
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float | decimal.Decimal):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 class _DuplicateKeys(dict[str, Any]):
@@ -125,12 +110,12 @@ def _decimal_text(value: Any) -> orjson.Fragment:
 def _check_object(raw: Any, path: str) -> None:
     """A node is a JSON object with unique string keys."""
     if not isinstance(raw, dict):
-        raise SegmentError(path, f"expected an object, got {_json_type(raw)}")
+        raise SegmentError(path, f"expected an object, got {json_type(raw)}")
     if isinstance(raw, _DuplicateKeys):
         raise SegmentError(_member(path, raw.duplicate), "duplicate key")
     for key in raw:
         if not isinstance(key, str):
-            raise SegmentError(path, f"keys must be strings, got {_json_type(key)}")
+            raise SegmentError(path, f"keys must be strings, got {json_type(key)}")
 
 
 class _Validator:
@@ -171,7 +156,7 @@ class _Validator:
             return Not(self.node(raw["not"], inner, depth + 1))
         children = raw[name]
         if not isinstance(children, list | tuple):
-            raise SegmentError(inner, f"expected an array, got {_json_type(children)}")
+            raise SegmentError(inner, f"expected an array, got {json_type(children)}")
         nodes = tuple(self.node(child, f"{inner}[{i}]", depth + 1) for i, child in enumerate(children))
         return All(nodes) if name == "all" else AnyOf(nodes)
 
@@ -190,13 +175,13 @@ class _Validator:
         field_path = f"{path}.field"
         field = raw["field"]
         if not isinstance(field, str):
-            raise SegmentError(field_path, f"expected a string, got {_json_type(field)}")
+            raise SegmentError(field_path, f"expected a string, got {json_type(field)}")
         _check_text(field, field_path)
         target, keys = _field(field, field_path)
         op_path = f"{path}.op"
         op = raw["op"]
         if not isinstance(op, str):
-            raise SegmentError(op_path, f"expected a string, got {_json_type(op)}")
+            raise SegmentError(op_path, f"expected a string, got {json_type(op)}")
         if op not in OPERATORS:
             raise SegmentError(op_path, f"unknown operator {json.dumps(op)}")
         if op not in _FIELD_OPS[target]:
@@ -264,14 +249,14 @@ def _scalar(value: Any, path: str, allowed: tuple[Kind, ...]) -> tuple[Kind, Sca
         if "string" in allowed:
             return "string", value
     expected = " or ".join("a date" if k == "date" else f"a {k}" for k in allowed)
-    raise SegmentError(path, f"expected {expected}, got {_json_type(value)}")
+    raise SegmentError(path, f"expected {expected}, got {json_type(value)}")
 
 
 def _value(target: Target, op: str, raw: Any, path: str) -> tuple[Kind, Scalar | tuple[Scalar, ...]]:
     kinds: tuple[Kind, ...]
     if op == "exists":
         if not isinstance(raw, bool):
-            raise SegmentError(path, f'operator "exists" expects true or false, got {_json_type(raw)}')
+            raise SegmentError(path, f'operator "exists" expects true or false, got {json_type(raw)}')
         return "boolean", raw
     if op in _TEXT or target == "email":
         kinds = ("string",)
@@ -282,7 +267,7 @@ def _value(target: Target, op: str, raw: Any, path: str) -> tuple[Kind, Scalar |
     if op not in _MEMBERSHIP:
         return _scalar(raw, path, kinds)
     if not isinstance(raw, list | tuple):
-        raise SegmentError(path, f'operator "{op}" expects an array, got {_json_type(raw)}')
+        raise SegmentError(path, f'operator "{op}" expects an array, got {json_type(raw)}')
     if not raw:
         raise SegmentError(path, f'operator "{op}" expects a non-empty array')
     if len(raw) > MAX_LIST_VALUES:
