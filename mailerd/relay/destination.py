@@ -33,7 +33,7 @@ class DeliveryRefused(Exception):
     large for the broker). The first ``acknowledged`` records of the call were acknowledged, the
     ``refused`` after them (all the others when None) are settled: the relay keeps them in
     ``relay_dead_letters`` (only ``kept`` of them, when given: a destination that skips some
-    records it does not want names the ones it refused) and moves on."""
+    records it does not want, or that took the others, names the ones it refused) and moves on."""
 
     def __init__(
         self,

@@ -38,6 +38,8 @@ _REFUSED = (
     kafka_errors.RecordTooLargeError,
     kafka_errors.InvalidTopicError,
 )
+# A record batch's header and one record's framing, at most (aiokafka's estimate, rounded up).
+_RECORD_OVERHEAD = 128
 
 
 def producer_options(config: KafkaConfig) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class KafkaDestination:
         self._topics = {kind: config.topic(kind) for kind in self.kinds}
         self._producer: aiokafka.AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
+        self._max_request_bytes = producer_options(config)["max_request_size"]
 
     async def _started(self) -> aiokafka.AIOKafkaProducer:
         if self._producer is None:
@@ -101,11 +104,16 @@ class KafkaDestination:
         return found
 
     async def deliver(self, records: Sequence[Record]) -> None:
-        """Send every record; return once the broker acknowledged all of them."""
+        """Send every record; return once the broker acknowledged all of them.
+
+        A batch the broker refuses for good (too large, corrupt) refuses only its own records:
+        the others were acknowledged, and only the refused go to the dead letters. Any other
+        failure of any batch makes the whole call unavailable (resent later: at least once).
+        """
         try:
             producer = await self._started()
-            futures = await self._send(producer, records)
-            await asyncio.gather(*futures)
+            sent, refused = await self._send(producer, records)
+            outcomes = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
         except (DestinationUnavailable, DeliveryRefused):
             raise
         except _REFUSED as exc:
@@ -113,30 +121,52 @@ class KafkaDestination:
         except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
             await self._reset()
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        reasons = [f"record {records[index].id} is larger than max_request_size" for index in refused[:1]]
+        for outcome, (_, indexes) in zip(outcomes, sent, strict=True):
+            if isinstance(outcome, _REFUSED):
+                refused.extend(indexes)
+                reasons.append(f"{type(outcome).__name__}: {outcome}")
+            elif isinstance(outcome, BaseException):
+                await self._reset()
+                raise DestinationUnavailable(f"{type(outcome).__name__}: {outcome}") from outcome
+        if refused:
+            raise DeliveryRefused("; ".join(reasons), kept=[records[index] for index in sorted(refused)])
 
-    async def _send(self, producer: aiokafka.AIOKafkaProducer, records: Sequence[Record]) -> list[Any]:
-        """One batch per (topic, partition), split when full; their futures."""
-        open_batches: dict[tuple[str, int], Any] = {}
-        futures: list[Any] = []
+    async def _send(
+        self, producer: aiokafka.AIOKafkaProducer, records: Sequence[Record]
+    ) -> tuple[list[tuple[Any, list[int]]], list[int]]:
+        """One batch per (topic, partition), split when full: each batch's future with the
+        indexes of its records, and the indexes of records too large for any batch."""
+        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        sent: list[tuple[Any, list[int]]] = []
+        too_large: list[int] = []
         kinds = {record.kind for record in records}
         partitions_of = {kind: await self._partitions_of(producer, self._topics[kind]) for kind in kinds}
-        for record in records:
+        for index, record in enumerate(records):
+            if len(record.key) + len(record.value) + _RECORD_OVERHEAD > self._max_request_bytes:
+                too_large.append(index)  # as aiokafka's own send refuses it: no broker takes it
+                continue
             topic = self._topics[record.kind]
             partitions = partitions_of[record.kind]
             partition = partitions[partition_of(record.key, len(partitions))]
             slot = (topic, partition)
-            batch = open_batches.get(slot)
-            if batch is None:
-                batch = open_batches[slot] = producer.create_batch()
+            entry = open_batches.get(slot)
+            if entry is None:
+                entry = open_batches[slot] = (producer.create_batch(), [])
+            batch, indexes = entry
             timestamp = int(record.at.timestamp() * 1000)
             if batch.append(key=record.key, value=record.value, timestamp=timestamp) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = open_batches[slot] = producer.create_batch()
+                if indexes:
+                    sent.append((await producer.send_batch(batch, topic, partition=partition), indexes))
+                    batch, indexes = open_batches[slot] = (producer.create_batch(), [])
                 if batch.append(key=record.key, value=record.value, timestamp=timestamp) is None:
-                    raise DeliveryRefused(f"record {record.id} is larger than max_batch_bytes")
-        for (topic, partition), batch in open_batches.items():
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+                    too_large.append(index)
+                    continue
+            indexes.append(index)
+        for (topic, partition), (batch, indexes) in open_batches.items():
+            if indexes:
+                sent.append((await producer.send_batch(batch, topic, partition=partition), indexes))
+        return sent, too_large
 
     async def _reset(self) -> None:
         """After a failure the producer may hold half-sent batches: start afresh next time."""

@@ -149,10 +149,12 @@ class Stream:
                 continue
             except DeliveryRefused as exc:
                 end = len(pending) if exc.refused is None else exc.acknowledged + exc.refused
+                settled = pending[exc.acknowledged : end]
+                refused = exc.kept if exc.kept is not None else settled
+                kept = {id(record) for record in refused}
                 delivered += self._count(pending[: exc.acknowledged])
-                await self._dead_letter(
-                    exc.kept if exc.kept is not None else pending[exc.acknowledged : end], exc
-                )
+                delivered += self._count([record for record in settled if id(record) not in kept])
+                await self._dead_letter(refused, exc)
                 pending = pending[end:]
                 continue
             delivered += self._count(pending)
