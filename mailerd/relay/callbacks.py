@@ -7,8 +7,9 @@ Each request is a JSON ``POST`` of up to ``max_records`` records::
 signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``;
 see :mod:`mailerd.relay.signing`). The endpoint answers 2xx once it has stored them. 408, 429,
 5xx, a timeout, a redirect or a connection failure are retried by the relay with backoff (a
-``Retry-After`` is a floor); any other 4xx refuses that request's records for good: they go to
-``relay_dead_letters`` and the stream moves on (``mailerd relay replay --dead-letters``).
+``Retry-After`` is a floor); a 413 splits the request in halves; any other 4xx refuses that
+request's records for good: they go to ``relay_dead_letters`` and the stream moves on
+(``mailerd relay replay --dead-letters``).
 """
 
 from __future__ import annotations
@@ -52,34 +53,36 @@ class CallbackDestination:
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """POST the wanted records in order, ``max_records`` a request."""
-        chunk: list[Record] = []
+        chunk: list[tuple[int, Record]] = []  # the wanted records with their index in ``records``
         start = 0  # index in ``records`` of the chunk's first record
         for index, record in enumerate(records):
             if not self.wants(record):
                 if not chunk:
                     start = index + 1
                 continue
-            chunk.append(record)
+            chunk.append((index, record))
             if len(chunk) == self._config.max_records:
                 await self._post(chunk, start, index + 1 - start)
                 chunk, start = [], index + 1
         if chunk:
             await self._post(chunk, start, len(records) - start)
 
-    async def _post(self, chunk: list[Record], acknowledged: int, span: int) -> None:
+    async def _post(self, chunk: list[tuple[int, Record]], acknowledged: int, span: int) -> None:
         """One request. On failure, ``acknowledged`` records before it are done; ``span`` is how
-        many of ``records`` (wanted or not) it stands for."""
+        many of ``records`` (wanted or not) it stands for. A 413 (too large) halves the request,
+        down to one record: only a record refused alone is refused for good."""
+        records = [record for _, record in chunk]
         now = self._clock()
         body = b"".join(
             [
                 b'{"type":"mailerd.records","timestamp":"',
                 dt.datetime.fromtimestamp(int(now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode(),
                 b'","data":{"records":[',
-                b",".join(record.value for record in chunk),
+                b",".join(record.value for record in records),
                 b"]}}",
             ]
         )
-        headers = signing.headers(self._key, signing.message_id([r.id for r in chunk]), int(now), body)
+        headers = signing.headers(self._key, signing.message_id([r.id for r in records]), int(now), body)
         headers["content-type"] = "application/json"
         try:
             async with self._client().post(
@@ -94,9 +97,15 @@ class CallbackDestination:
             ) from exc
         if 200 <= status < 300:
             return
+        if status == 413 and len(chunk) > 1:
+            half = len(chunk) // 2
+            second = chunk[half][0]  # everything before the second half is done once the first is
+            await self._post(chunk[:half], acknowledged, second - acknowledged)
+            await self._post(chunk[half:], second, acknowledged + span - second)
+            return
         reason = f"HTTP {status}: {text}".strip()
         if 400 <= status < 500 and status not in _RETRIED:
-            raise DeliveryRefused(reason, acknowledged=acknowledged, refused=span, kept=chunk)
+            raise DeliveryRefused(reason, acknowledged=acknowledged, refused=span, kept=records)
         raise DestinationUnavailable(reason, acknowledged=acknowledged, retry_after=retry_after)
 
     def _client(self) -> aiohttp.ClientSession:

@@ -166,9 +166,13 @@ async def _deliver(destination: Destination, batch: Sequence[Record], result: Re
             return refused
         except DeliveryRefused as exc:
             end = len(pending) if exc.refused is None else exc.acknowledged + exc.refused
-            result.delivered += exc.acknowledged
-            result.refused += end - exc.acknowledged
-            refused.update(range(offset + exc.acknowledged, offset + end))
+            again: Sequence[int] = range(exc.acknowledged, end)
+            if exc.kept is not None:  # the destination names the records it refused: only those
+                kept = {id(record) for record in exc.kept}
+                again = [at for at in again if id(pending[at]) in kept]
+            result.delivered += end - len(again)
+            result.refused += len(again)
+            refused.update(offset + at for at in again)
             print(f"refused: {exc.reason}", file=sys.stderr)
             pending, offset = pending[end:], offset + end
         except DestinationUnavailable as exc:

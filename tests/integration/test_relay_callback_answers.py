@@ -130,3 +130,46 @@ async def test_a_replay_marks_the_dead_letters_taken_even_when_others_are_refuse
     pending: Any = await conn.fetchval("SELECT count(*) FROM relay_dead_letters WHERE replayed_at IS NULL")
     assert pending == 10
     assert len(receiver.records) == 20
+
+
+async def test_a_413_halves_the_request_until_only_the_record_too_large_is_refused(
+    receiver: Receiver,
+) -> None:
+    # a 413 refused the whole request for good: 100 records dead-lettered for one too large
+    records_ = _records(10)
+    too_large = records_[6].id
+    receiver.answer = lambda batch: 413 if len(batch) > 3 or any(r["id"] == too_large for r in batch) else 200
+    destination = CallbackDestination(
+        CallbackConfig(name="app", url=receiver.url, secret=Secret(SECRET), max_records=10, timeout_s=5.0)
+    )
+    try:
+        with pytest.raises(DeliveryRefused) as caught:
+            await destination.deliver(records_)
+        refused = caught.value
+        assert (refused.acknowledged, refused.refused, refused.kept) == (6, 1, [records_[6]])
+        await destination.deliver(records_[7:])
+    finally:
+        await destination.close()
+    assert [r["id"] for r in receiver.records] == [r.id for r in records_ if r.id != too_large]
+
+
+async def test_a_replay_leaves_only_the_record_refused_alone(
+    conn: asyncpg.Connection, receiver: Receiver
+) -> None:
+    letters = _records(30)
+    await relay_db.add_dead_letters(conn, "callbacks.app", letters, "HTTP 413: too large")
+    too_large = letters[12].id
+    receiver.answer = lambda batch: 413 if any(r["id"] == too_large for r in batch) else 200
+    destination = CallbackDestination(
+        CallbackConfig(name="app", url=receiver.url, secret=Secret(SECRET), max_records=10, timeout_s=5.0)
+    )
+    try:
+        first = await operations.replay_dead_letters(conn, destination, batch=100)
+        second = await operations.replay_dead_letters(conn, destination, batch=100)
+    finally:
+        await destination.close()
+    assert (first.delivered, first.refused) == (29, 1)
+    assert (second.delivered, second.refused) == (0, 1)
+    pending: Any = await conn.fetchval("SELECT count(*) FROM relay_dead_letters WHERE replayed_at IS NULL")
+    assert pending == 1
+    assert len(receiver.records) == 29

@@ -4,10 +4,14 @@ and the records sent before the refused one were left unawaited)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
 import pytest
 
 from mailerd.config import KafkaConfig
-from mailerd.relay import records
+from mailerd.db import relay as relay_db
+from mailerd.relay import operations, records
 from mailerd.relay.destination import DeliveryRefused
 from mailerd.relay.kafka import KafkaDestination
 from tests.integration.relay_rows import NOW
@@ -29,10 +33,8 @@ def _email(lead: int, address: str) -> records.Record:
     )
 
 
-async def test_only_the_record_too_large_is_refused(broker: Tansu) -> None:
-    topics = topic_names()
-    await broker.create_topics(topics.values())
-    destination = KafkaDestination(
+def _destination(broker: Tansu, topics: dict[str, str]) -> KafkaDestination:
+    return KafkaDestination(
         KafkaConfig(
             bootstrap_servers=(broker.bootstrap,),
             email_topic=topics["email"],
@@ -44,18 +46,46 @@ async def test_only_the_record_too_large_is_refused(broker: Tansu) -> None:
             request_timeout_ms=5000,
         )
     )
-    # more than one batch per partition, and one record over the 1 MiB request limit
+
+
+def _batch() -> tuple[list[records.Record], records.Record]:
+    """More than one batch per partition, and one record over the 1 MiB request limit."""
     batch = [_email(lead, f"user{lead}@example.com") for lead in range(1, 41)]
-    big = _email(41, "x" * 1_100_000 + "@example.com")
-    batch.insert(17, big)
+    too_large = _email(41, "x" * 1_100_000 + "@example.com")
+    batch.insert(17, too_large)
+    return batch, too_large
+
+
+async def test_only_the_record_too_large_is_refused(broker: Tansu) -> None:
+    topics = topic_names()
+    await broker.create_topics(topics.values())
+    destination = _destination(broker, topics)
+    batch, too_large = _batch()
     try:
         with pytest.raises(DeliveryRefused) as caught:
             await destination.deliver(batch)
     finally:
         await destination.close()
-    assert caught.value.kept == [big]
+    assert caught.value.kept == [too_large]
     assert "larger than max_request_size" in caught.value.reason
-    published = {record.id for record in batch if record is not big}
+    published = {record.id for record in batch if record is not too_large}
     async with Consumer(broker, [topics["email"]]) as consumer:
         await consumer.until(lambda c: c.ids() >= published, within=30)
-    assert big.id not in consumer.ids()
+    assert too_large.id not in consumer.ids()
+
+
+async def test_a_replay_leaves_only_the_record_too_large(conn: asyncpg.Connection, broker: Tansu) -> None:
+    # the replay took a refusal as the whole batch's: none was marked replayed, each replay
+    # re-sent them all
+    topics = topic_names()
+    await broker.create_topics(topics.values())
+    batch, _ = _batch()
+    await relay_db.add_dead_letters(conn, "kafka", batch, "refused")
+    destination = _destination(broker, topics)
+    try:
+        first = await operations.replay_dead_letters(conn, destination, batch=100)
+    finally:
+        await destination.close()
+    assert (first.delivered, first.refused) == (40, 1)
+    pending: Any = await conn.fetchval("SELECT count(*) FROM relay_dead_letters WHERE replayed_at IS NULL")
+    assert pending == 1
