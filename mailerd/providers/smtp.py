@@ -23,6 +23,8 @@ How answers are classified (RFC 5321, sections 4.2.1 and 4.2.5; aiosmtplib's exc
 - A connection lost (or timed out) from the DATA command on, before the final reply -> unknown:
   the server may have taken the message, so it is never retried silently (``resend_uncertain``
   retries it). The rest of the batch is retried on a new connection.
+- A garbled or out-of-place reply (a line that does not parse, a 2xx where 354 was due) counts
+  as the connection lost at that point: retry before DATA, unknown from DATA on.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ class _Lost(Exception):
         super().__init__(reason)
         self.reason = reason
         self.uncertain = uncertain
+
+
+def _refusal(code: int) -> bool:
+    """A reply code that refuses (4xx, 5xx); anything else where a refusal was read is out of
+    place or garbled (aiosmtplib gives -1 for a line it cannot parse)."""
+    return 400 <= code < 600
 
 
 def classify_reply(code: int, message: str) -> RecipientResult:
@@ -267,25 +275,23 @@ class SmtpProvider:
         try:
             await client.mail(sender, options=options, encoding=encoding)
             await client.rcpt(recipient, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            await _reset(client)
-            if exc.code >= 500:
-                raise _Halt(f"sender refused: {exc.code} {exc.message}") from exc
-            return classify_reply(exc.code, exc.message)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            await _reset(client)
-            return classify_reply(exc.code, exc.message)
         except aiosmtplib.SMTPResponseException as exc:
+            if not _refusal(exc.code):  # a garbled reply: nothing was handed over, the link goes
+                client.close()
+                raise _Lost(f"unreadable reply: {exc.code} {exc.message}", uncertain=False) from exc
             await _reset(client)
+            if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code >= 500:
+                raise _Halt(f"sender refused: {exc.code} {exc.message}") from exc
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Lost(f"{type(exc).__name__}: {exc}", uncertain=False) from exc
         try:
             await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
-            if 200 <= exc.code < 300:
+            if not _refusal(exc.code):
                 # a 2xx where aiosmtplib wanted 354 (to DATA: the message never went) or 250 (to
-                # its end): which one is unknown, so the recipient is too; the connection goes
+                # its end), or a garbled reply: which one it answered is unknown, so the
+                # recipient is too; the connection goes
                 client.close()
                 raise _Lost(f"{exc.code} {exc.message} to DATA", uncertain=True) from exc
             # Refused at DATA or at its end: RSET, as smtplib does, or a server that kept the

@@ -317,6 +317,41 @@ async def test_smtp_a_2xx_where_354_was_due_is_unknown_not_sent() -> None:
     assert [r.outcome for r in results] == [Outcome.UNKNOWN]
 
 
+@pytest.mark.parametrize(
+    ("garbled_at", "outcome"),
+    [(b"RCPT", Outcome.RETRY), (b"DATA", Outcome.UNKNOWN), (b".\r\n", Outcome.UNKNOWN)],
+)
+async def test_smtp_a_garbled_reply_is_a_lost_connection_not_a_refusal(
+    garbled_at: bytes, outcome: Outcome
+) -> None:
+    # a garbled reply to DATA or to its end was read as code -1 and classified a permanent
+    # failure (smtp_code -1): a message the server may have taken was reported failed
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == garbled_at:
+                writer.write(b"hello there\r\n")
+            elif verb == b"EHLO":
+                writer.write(b"250-test\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                await writer.drain()
+                while (line := await reader.readline()) not in (b".\r\n", b""):
+                    pass
+                writer.write(b"hello there\r\n" if garbled_at == line else b"250 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+
+    async with raw_smtp(serve) as port:
+        results = await _smtp_send(port, 1)
+    assert [(r.outcome, r.smtp_code) for r in results] == [(outcome, None)]
+
+
 async def _smtp_send(port: int, count: int) -> list[Any]:
     config = ProviderConfig(
         name="smtp", kind="smtp", endpoint=f"127.0.0.1:{port}", tls="none", connections=1, timeout_s=5.0
