@@ -46,6 +46,9 @@ MAX_REASON_LENGTH = 500  # of the reason given with an action
 MAX_FROM_LENGTH = 320
 MAX_HEADERS = 20
 MAX_HEADER_VALUE = 900  # a header line stays under RFC 5322's 998 characters
+# The provider kinds that send a template stored at the provider (``provider_template``).
+TEMPLATE_KINDS = ("sendgrid", "postmark")
+
 # Header lines mailerd (or the provider) writes itself: a campaign may not set or repeat them.
 RESERVED_HEADERS = frozenset(
     {
@@ -204,6 +207,15 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
     if new.provider not in config.providers:
         known = ", ".join(sorted(config.providers)) or "none configured"
         errors.append(CampaignError("provider", f"unknown provider {new.provider!r} (configured: {known})"))
+    elif new.provider_template and config.providers[new.provider].kind not in TEMPLATE_KINDS:
+        kind = config.providers[new.provider].kind
+        errors.append(
+            CampaignError(
+                "provider_template",
+                f"provider {new.provider!r} is of kind {kind}, which takes no stored template "
+                f"(only {' and '.join(TEMPLATE_KINDS)} do); it would be ignored",
+            )
+        )
     errors.extend(_header_problems(new))
     if new.send_window is not None:
         try:

@@ -19,7 +19,7 @@ async def test_reply_to_headers_and_template_reach_the_pipelines_campaign(conn: 
         headers={"X-Campaign-Tag": "spring", "List-Id": "news.example.com"},
         provider_template="welcome-v2",
     )
-    campaign_id = await campaigns.create(conn, new, daemon_config(1))
+    campaign_id = await campaigns.create(conn, new, daemon_config(1, provider={"kind": "postmark"}))
     row = await campaigns_db.get(conn, campaign_id)
     assert row is not None
     campaign = campaign_from_row(row)
@@ -44,3 +44,13 @@ async def test_reply_to_headers_and_template_reach_the_pipelines_campaign(conn: 
 def test_no_campaign_field_can_inject_a_header(overrides: dict[str, object], field: str) -> None:
     errors = campaigns.validate(new_campaign(**overrides), daemon_config(1))
     assert [e.field for e in errors] == [field], errors
+
+
+@pytest.mark.parametrize("kind", ["ses", "sink", "mailgun", "smtp"])
+def test_a_provider_template_for_a_kind_that_ignores_it_is_refused(kind: str) -> None:
+    # it was stored and ignored: the campaign went out with its own templates
+    errors = campaigns.validate(
+        new_campaign(provider_template="welcome-v2"), daemon_config(1, provider={"kind": kind})
+    )
+    assert [e.field for e in errors] == ["provider_template"], errors
+    assert f"kind {kind}" in errors[0].message
