@@ -7,6 +7,8 @@ import datetime as dt
 
 import asyncpg
 
+from mailerd.relay import records
+
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
@@ -31,4 +33,20 @@ async def log_rows(conn: asyncpg.Connection, campaign_id: int, lead_ids: list[in
         "email_log",
         records=[(NOW, campaign_id, lead, 1, f"msg-{lead}", None) for lead in lead_ids],
         columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
+    )
+
+
+def email_record(lead: int, address: str | None = None) -> records.Record:
+    """A sent email's record of campaign 1 (account 1), as the relay publishes it."""
+    return records.email(
+        tx=0,
+        campaign_id=1,
+        lead_id=lead,
+        status=1,
+        provider_message_id="m",
+        error=None,
+        sent_at=NOW,
+        account_id=1,
+        provider="sink",
+        address=address or f"user{lead}@example.com",
     )

@@ -19,27 +19,13 @@ from mailerd.relay import operations, records
 from mailerd.relay.callbacks import CallbackDestination
 from mailerd.relay.destination import MAX_RETRY_AFTER_S, DeliveryRefused, DestinationUnavailable
 from tests.callback_receiver import SECRET, Receiver
-from tests.integration.relay_rows import NOW
+from tests.integration.relay_rows import email_record
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _records(count: int) -> list[records.Record]:
-    return [
-        records.email(
-            tx=0,
-            campaign_id=1,
-            lead_id=lead,
-            status=1,
-            provider_message_id="m",
-            error=None,
-            sent_at=NOW,
-            account_id=1,
-            provider="sink",
-            address=f"user{lead}@example.com",
-        )
-        for lead in range(1, count + 1)
-    ]
+    return [email_record(lead) for lead in range(1, count + 1)]
 
 
 @contextlib.asynccontextmanager
@@ -108,15 +94,16 @@ async def test_an_error_body_is_read_a_kilobyte_at_most_and_the_status_decides(t
     assert written < chunks  # not read to its end
 
 
+@pytest.mark.parametrize(("status", "refused"), [(400, 10), (413, 1)])
 async def test_a_replay_marks_the_dead_letters_taken_even_when_others_are_refused_again(
-    conn: asyncpg.Connection, receiver: Receiver
+    conn: asyncpg.Connection, receiver: Receiver, status: int, refused: int
 ) -> None:
     # none of the batch was marked when one record was refused again: each replay re-sent the
-    # others, and the dead letters never cleared
+    # others, and the dead letters never cleared; a 413 is split down to the one record refused
     letters = _records(30)
-    await relay_db.add_dead_letters(conn, "callbacks.app", letters, "HTTP 400: no")
+    await relay_db.add_dead_letters(conn, "callbacks.app", letters, f"HTTP {status}: no")
     refused_id = letters[12].id
-    receiver.answer = lambda batch: 400 if any(r["id"] == refused_id for r in batch) else 200
+    receiver.answer = lambda batch: status if any(r["id"] == refused_id for r in batch) else 200
     destination = CallbackDestination(
         CallbackConfig(name="app", url=receiver.url, secret=Secret(SECRET), max_records=10, timeout_s=5.0)
     )
@@ -125,11 +112,11 @@ async def test_a_replay_marks_the_dead_letters_taken_even_when_others_are_refuse
         second = await operations.replay_dead_letters(conn, destination, batch=100)
     finally:
         await destination.close()
-    assert (first.delivered, first.refused) == (20, 10)
-    assert (second.delivered, second.refused) == (0, 10)  # the 20 taken are not sent again
+    assert (first.delivered, first.refused) == (30 - refused, refused)
+    assert (second.delivered, second.refused) == (0, refused)  # those taken are not sent again
     pending: Any = await conn.fetchval("SELECT count(*) FROM relay_dead_letters WHERE replayed_at IS NULL")
-    assert pending == 10
-    assert len(receiver.records) == 20
+    assert pending == refused
+    assert len(receiver.records) == 30 - refused
 
 
 async def test_a_413_halves_the_request_until_only_the_record_too_large_is_refused(
@@ -151,25 +138,3 @@ async def test_a_413_halves_the_request_until_only_the_record_too_large_is_refus
     finally:
         await destination.close()
     assert [r["id"] for r in receiver.records] == [r.id for r in records_ if r.id != too_large]
-
-
-async def test_a_replay_leaves_only_the_record_refused_alone(
-    conn: asyncpg.Connection, receiver: Receiver
-) -> None:
-    letters = _records(30)
-    await relay_db.add_dead_letters(conn, "callbacks.app", letters, "HTTP 413: too large")
-    too_large = letters[12].id
-    receiver.answer = lambda batch: 413 if any(r["id"] == too_large for r in batch) else 200
-    destination = CallbackDestination(
-        CallbackConfig(name="app", url=receiver.url, secret=Secret(SECRET), max_records=10, timeout_s=5.0)
-    )
-    try:
-        first = await operations.replay_dead_letters(conn, destination, batch=100)
-        second = await operations.replay_dead_letters(conn, destination, batch=100)
-    finally:
-        await destination.close()
-    assert (first.delivered, first.refused) == (29, 1)
-    assert (second.delivered, second.refused) == (0, 1)
-    pending: Any = await conn.fetchval("SELECT count(*) FROM relay_dead_letters WHERE replayed_at IS NULL")
-    assert pending == 1
-    assert len(receiver.records) == 29

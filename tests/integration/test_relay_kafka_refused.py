@@ -14,23 +14,8 @@ from mailerd.db import relay as relay_db
 from mailerd.relay import operations, records
 from mailerd.relay.destination import DeliveryRefused
 from mailerd.relay.kafka import KafkaDestination
-from tests.integration.relay_rows import NOW
+from tests.integration.relay_rows import email_record
 from tests.kafka_broker import Consumer, Tansu, topic_names
-
-
-def _email(lead: int, address: str) -> records.Record:
-    return records.email(
-        tx=0,
-        campaign_id=1,
-        lead_id=lead,
-        status=1,
-        provider_message_id="m",
-        error=None,
-        sent_at=NOW,
-        account_id=1,
-        provider="sink",
-        address=address,
-    )
 
 
 def _destination(broker: Tansu, topics: dict[str, str]) -> KafkaDestination:
@@ -50,8 +35,8 @@ def _destination(broker: Tansu, topics: dict[str, str]) -> KafkaDestination:
 
 def _batch() -> tuple[list[records.Record], records.Record]:
     """More than one batch per partition, and one record over the 1 MiB request limit."""
-    batch = [_email(lead, f"user{lead}@example.com") for lead in range(1, 41)]
-    too_large = _email(41, "x" * 1_100_000 + "@example.com")
+    batch = [email_record(lead) for lead in range(1, 41)]
+    too_large = email_record(41, "x" * 1_100_000 + "@example.com")
     batch.insert(17, too_large)
     return batch, too_large
 
