@@ -19,6 +19,13 @@ HMAC_SQL = "sha256({opad} || sha256({ipad} || convert_to(lower({address}), 'UTF8
 ERASED_MARK = "<erased>"
 
 
+def literal_pattern(text: str) -> str:
+    """A Postgres regular expression that matches ``text`` literally (every character that is not
+    a letter or a digit escaped). With ``~*`` and ``regexp_replace(..., 'gi')`` it finds an
+    address however a provider's diagnostic wrote it: ``<Ada@Example.COM>`` as well."""
+    return "".join(char if char.isalnum() else "\\" + char for char in text)
+
+
 def hmac_sql(address: str, ipad: str, opad: str) -> str:
     """The SQL expression of the keyed hash of ``address`` (an SQL expression itself)."""
     return HMAC_SQL.format(address=address, ipad=ipad, opad=opad)
@@ -131,27 +138,32 @@ async def scrub_events(
         account_id,
         list(emails),
     )
-    for spelling in spellings:
+    for pattern in _patterns(spellings):
         await conn.execute(
-            """UPDATE email_events SET reason = replace(reason, $2, $3),
-                                       provider_type = replace(provider_type, $2, $3)
-               WHERE (account_id = $1 OR account_id IS NULL)
-                 AND (strpos(reason, $2) > 0 OR strpos(provider_type, $2) > 0)""",
+            """UPDATE email_events SET reason = regexp_replace(reason, $2, $3, 'gi'),
+                                       provider_type = regexp_replace(provider_type, $2, $3, 'gi')
+               WHERE (account_id = $1 OR account_id IS NULL) AND (reason ~* $2 OR provider_type ~* $2)""",
             account_id,
-            spelling,
+            pattern,
             ERASED_MARK,
         )
     return int(status.rsplit(" ", 1)[-1])
 
 
+def _patterns(spellings: Sequence[str]) -> list[str]:
+    """One case-blind pattern per address, whatever spellings of it were seen."""
+    return sorted({literal_pattern(spelling.lower()) for spelling in spellings})
+
+
 async def scrub_dead_letters(conn: asyncpg.Connection, spellings: Sequence[str]) -> int:
     """Refused writer entries may quote the address in their payload or error."""
     total = 0
-    for spelling in spellings:
+    for pattern in _patterns(spellings):
         status = await conn.execute(
-            """UPDATE dead_letters SET payload = replace(payload, $1, $2), error = replace(error, $1, $2)
-               WHERE strpos(payload, $1) > 0 OR strpos(error, $1) > 0""",
-            spelling,
+            """UPDATE dead_letters SET payload = regexp_replace(payload, $1, $2, 'gi'),
+                                       error = regexp_replace(error, $1, $2, 'gi')
+               WHERE payload ~* $1 OR error ~* $1""",
+            pattern,
             ERASED_MARK,
         )
         total += int(status.rsplit(" ", 1)[-1])

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from mailerd.db import partitions
+from mailerd.db import erasure, partitions
 
 # The counters of every rollup, in this order.
 COUNTERS = (
@@ -240,7 +240,7 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
 
 # --- erasure ------------------------------------------------------------------------------------
 
-ERASED_MARK = "<erased>"
+ERASED_MARK = erasure.ERASED_MARK
 # HMAC-SHA256 of lower(address) in SQL, as the main database computes it (mailerd.db.erasure).
 _HMAC = "sha256($4::bytea || sha256($3::bytea || convert_to(lower(address), 'UTF8')))"
 
@@ -302,13 +302,21 @@ async def erase(
         addresses,
     )
     changed += int(status.rsplit(" ", 1)[-1])
-    for address in addresses:
-        for table in ("report_emails", "report_events"):
-            await conn.execute(
-                f"""UPDATE {table} SET reason = replace(reason, $2, $3)
-                    WHERE (account_id = $1 OR account_id IS NULL) AND strpos(reason, $2) > 0""",
-                account_id,
-                address,
-                ERASED_MARK,
-            )
+    # Diagnostic texts quote the address in whatever case the provider wrote it.
+    for pattern in sorted({erasure.literal_pattern(address.lower()) for address in addresses}):
+        await conn.execute(
+            """UPDATE report_emails SET reason = regexp_replace(reason, $2, $3, 'gi')
+               WHERE account_id = $1 AND reason ~* $2""",
+            account_id,
+            pattern,
+            ERASED_MARK,
+        )
+        await conn.execute(
+            """UPDATE report_events SET reason = regexp_replace(reason, $2, $3, 'gi'),
+                   provider_type = regexp_replace(provider_type, $2, $3, 'gi')
+               WHERE (account_id = $1 OR account_id IS NULL) AND (reason ~* $2 OR provider_type ~* $2)""",
+            account_id,
+            pattern,
+            ERASED_MARK,
+        )
     return changed

@@ -97,7 +97,7 @@ async def _everywhere(conn: asyncpg.Connection, lead_id: int) -> int:
         "evt-1",
         campaign_id=campaign_id,
         lead_id=lead_id,
-        reason=f"550 5.1.1 <{ADDRESS}>: Recipient address rejected",
+        reason=f"550 5.1.1 <{ADDRESS.upper()}>: Recipient address rejected",  # in a case never stored
         provider_message_id="m-erin",
     )
     unmatched = _event(EventKind.DELIVERED, "evt-2", email=LOWER)
@@ -107,7 +107,7 @@ async def _everywhere(conn: asyncpg.Connection, lead_id: int) -> int:
     await conn.execute(
         """INSERT INTO dead_letters (flush_id, kind, entries, error, payload)
            VALUES (gen_random_uuid(), 'events', 1, $1, $2)""",
-        f"refused {ADDRESS}",
+        f"refused {ADDRESS.upper()}",
         f'[{{"email": "{LOWER}"}}]',
     )
     return campaign_id
