@@ -99,33 +99,51 @@ async def campaign_emails(
 
 async def campaign_emails_with_event(
     conn: asyncpg.Connection, campaign_id: int, event: str, *, after: int, limit: int
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` emails of the campaign whose lead had an ``event`` (bounced, complained...)
-    with ``lead_id > after``, by lead id: the events' ``(campaign_id, type, lead_id)`` index first."""
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The emails of the next ``limit`` leads (``lead_id > after``, by lead id) of the campaign that
+    had an ``event`` (bounced, complained...): the events' ``(campaign_id, type, lead_id)`` index
+    first. Also the last of those leads when ``limit`` were found (else None): where the next page
+    starts, even when some of them have no email here yet (an event loaded before its email)."""
     columns = ", ".join(f"e.{name}" for name in _EMAIL.split(", "))
     rows = await conn.fetch(
         f"""WITH found AS (
                 SELECT DISTINCT lead_id FROM report_events
                 WHERE campaign_id = $1 AND type = $2 AND lead_id > $3 ORDER BY lead_id LIMIT $4
             )
-            SELECT {columns} FROM found
-            JOIN report_emails e ON e.campaign_id = $1 AND e.lead_id = found.lead_id
-            ORDER BY e.lead_id""",
+            SELECT found.lead_id AS found_lead, {columns} FROM found
+            LEFT JOIN report_emails e ON e.campaign_id = $1 AND e.lead_id = found.lead_id
+            ORDER BY found.lead_id""",
         campaign_id,
         event,
         after,
         limit,
     )
-    return [dict(r) for r in rows]
+    found = {r["found_lead"] for r in rows}
+    emails = [{k: v for k, v in r.items() if k != "found_lead"} for r in rows if r["lead_id"] is not None]
+    return emails, (rows[-1]["found_lead"] if len(found) == limit else None)
+
+
+def _cell(column: str) -> str:
+    """``column`` for a spreadsheet: a text that starts with ``= + - @``, a tab or a carriage
+    return gets a leading ``'``, so that opening the export does not run it as a formula (an
+    address ``=HYPERLINK(...)@x.com`` or a provider's reason could; OWASP's "CSV injection")."""
+    return (
+        f"CASE WHEN left({column}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
+        f"THEN chr(39) || {column} ELSE {column} END AS {column}"
+    )
 
 
 async def export_emails(
     conn: asyncpg.Connection, campaign_id: int, write: Callable[[bytes], Awaitable[None]]
 ) -> None:
     """Every email of the campaign as CSV (with a header), streamed through ``write`` by COPY:
-    the rows never sit in memory here."""
+    the rows never sit in memory here. Times are UTC in ISO 8601 whatever the server's TimeZone
+    and DateStyle; a text a spreadsheet would run as a formula is quoted (see :func:`_cell`)."""
     await conn.copy_from_query(
-        f"""SELECT {_EMAIL} FROM report_emails WHERE campaign_id = $1 ORDER BY lead_id""",
+        f"""SELECT lead_id, {_cell("address")}, status,
+                   to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS sent_at,
+                   {_cell("provider_message_id")}, {_cell("reason")}
+            FROM report_emails WHERE campaign_id = $1 ORDER BY lead_id""",
         campaign_id,
         output=write,
         format="csv",

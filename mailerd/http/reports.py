@@ -160,20 +160,20 @@ async def campaign_emails(request: web.Request) -> web.Response:
     reports = reports_pool(request)
     as_of = await _as_of(request)
 
-    async def read() -> list[dict[str, typing.Any]]:
+    async def read() -> tuple[list[dict[str, typing.Any]], int | None]:
         async with reports.acquire() as conn:
             if query.event is None:
-                return await reports_read.campaign_emails(
+                rows = await reports_read.campaign_emails(
                     conn, campaign_id, after=query.after, limit=query.limit, status=query.status
                 )
+                return rows, (rows[-1]["lead_id"] if len(rows) == query.limit else None)
+            # A lead whose event is loaded and its email not yet is skipped, not the end of the list.
             return await reports_read.campaign_emails_with_event(
                 conn, campaign_id, query.event, after=query.after, limit=query.limit
             )
 
-    _, rows = await _with_campaign(request, campaign_id, read)
-    emails = [_email(row) for row in rows]
-    next_after = emails[-1].lead_id if len(emails) == query.limit else None
-    return json_response(bodies.ReportEmailPage(as_of, emails, next_after))
+    _, (rows, next_after) = await _with_campaign(request, campaign_id, read)
+    return json_response(bodies.ReportEmailPage(as_of, [_email(row) for row in rows], next_after))
 
 
 async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
@@ -199,6 +199,11 @@ async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
 # --- a lead's history --------------------------------------------------------------------------
 
 
+# The id of a history item (``email:CAMPAIGN:LEAD``, ``event:PROVIDER:EVENT_ID``), text Postgres
+# takes (no NUL, no lone surrogate): a cursor with anything else was not given by this API.
+_RECORD_ID = re.compile(r"(email|event):[^\x00\ud800-\udfff]+")
+
+
 def _cursor(item: bodies.HistoryItem) -> str:
     text = f"{item.at.isoformat()}|{item.id}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -213,7 +218,10 @@ def _parse_cursor(text: str | None) -> tuple[dt.datetime, str] | None:
         when = dt.datetime.fromisoformat(at)
         if when.tzinfo is None:
             raise ValueError("no zone")
-    except ValueError:
+        when = when.astimezone(dt.UTC)  # OverflowError past the years 1 to 9999 in UTC
+        if not _RECORD_ID.fullmatch(record_id):
+            raise ValueError("not a record id")
+    except (ValueError, OverflowError):
         raise ApiError(422, "invalid", "before: not a cursor this API gave (next_before)", "before") from None
     return when, record_id
 
