@@ -270,6 +270,9 @@ class ShardRun:
                 await self._dispatch_all()
             except db.DB_ERRORS as exc:
                 self._lose(f"reading leads failed: {exc}")
+            except Exception as exc:  # a row or a bug nothing foresaw: this shard stops, not the node
+                self.log.exception("shard_failed", error=f"{type(exc).__name__}: {exc}")
+                self._lose(f"shard failed: {type(exc).__name__}")
             await self._wait_resolved()
             # Every dispatched batch is logged or was not sent: a clean release, even if the claim
             # connection dropped meanwhile (then the next claim re-sends, nothing is uncertain).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,8 +21,35 @@ def _jsonb_encode(value: Any) -> bytes:
     return b"\x01" + orjson.dumps(value)
 
 
+class NumberText(str):
+    """A stored JSON number that no double holds (``1e400``; Postgres keeps it exactly, and the
+    import stores it so), read back as its text: templates print it as stored, and a provider's
+    template model gets it as a string. orjson refuses such a number (it would be infinity): one
+    lead holding it made every read of its window raise, and the daemon with it."""
+
+    __slots__ = ()
+
+
 def _jsonb_decode(data: bytes) -> Any:
-    return orjson.loads(memoryview(data)[1:])
+    text = memoryview(data)[1:]
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" not in str(exc):
+            raise
+    return json.loads(bytes(text), parse_int=_int_or_text, parse_float=_float_or_text)
+
+
+def _int_or_text(text: str) -> int | NumberText:
+    # as orjson would read it (64 bits), else as stored (a double would round or overflow it)
+    if len(text) <= 21 and -(2**63) <= (value := int(text)) < 2**64:
+        return value
+    return NumberText(text)
+
+
+def _float_or_text(text: str) -> float | NumberText:
+    value = float(text)
+    return value if math.isfinite(value) else NumberText(text)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

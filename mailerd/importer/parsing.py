@@ -28,9 +28,9 @@ EMAIL = re.compile(
     r"@(?:[\w-]{1,63}\.)+"
     r"(?:[^\W\d_]{2,63}|xn--[\w-]{1,59})\Z"
 )
-# JSON number syntax without leading zeros (``007`` is a code, not a number) and a bounded
-# exponent (Postgres numeric must hold it).
-_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,4})?"
+# JSON number syntax without leading zeros (``007`` is a code, not a number) and an exponent of
+# at most 400 (see _MAX_EXPONENT).
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?0*(?:[0-9]{1,2}|[1-3][0-9]{2}|400))?"
 _NUMBER_RE = re.compile(_NUMBER)
 _NUMBERS_RE = re.compile(rf"{_NUMBER}(?:\n{_NUMBER})*")
 BOOLEANS = frozenset({"true", "false"})
@@ -192,7 +192,9 @@ _SHOWN_CHARS = 300  # of an invalid address in a reason (the rest only makes the
 # row, or a digit, an ``e`` and a 3-digit exponent (in strings too: a false alarm costs a look at
 # the parsed values). Found by substring search once digits are zeros: a regex took 2x orjson.
 _DIGITS_AS_ZEROS = bytes.maketrans(b"0123456789.E+", b"00000000000e-")
-_MAX_EXPONENT = 9999  # as a CSV number's (Postgres numeric holds it)
+# Past a double's range, but not far: Postgres writes a numeric out in full (1e9999 is 10,000
+# digits), so a 140 KB body of 1e9999s came back as a 200 MB lead and broke the account's listing.
+_MAX_EXPONENT = 400
 
 
 class ExactNumber:
