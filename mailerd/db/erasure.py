@@ -19,11 +19,19 @@ HMAC_SQL = "sha256({opad} || sha256({ipad} || convert_to(lower({address}), 'UTF8
 ERASED_MARK = "<erased>"
 
 
-def literal_pattern(text: str) -> str:
-    """A Postgres regular expression that matches ``text`` literally (every character that is not
-    a letter or a digit escaped). With ``~*`` and ``regexp_replace(..., 'gi')`` it finds an
-    address however a provider's diagnostic wrote it: ``<Ada@Example.COM>`` as well."""
-    return "".join(char if char.isalnum() else "\\" + char for char in text)
+# What may stand right before an address's local part and belong to it (RFC 5322 atext, a dot,
+# or any non-ASCII character), and right after its domain (a letter, digit or hyphen, or a dot
+# that goes on): an address found inside a longer one is not that address.
+_BEFORE = r"(?<![[:alnum:]!#$%&'*+/=?^_`{|}~.-]|[^\x01-\x7f])"
+_AFTER = r"(?![[:alnum:]-]|\.[[:alnum:]]|[^\x01-\x7f])"
+
+
+def address_pattern(address: str) -> str:
+    """A Postgres regular expression that matches ``address`` as a whole address, literally
+    (every character that is not a letter or a digit escaped). With ``~*`` and
+    ``regexp_replace(..., 'gi')`` it finds it however a provider's diagnostic wrote it
+    (``<Ada@Example.COM>``), and not inside another (``joann@example.com`` for ``ann@...``)."""
+    return _BEFORE + "".join(char if char.isalnum() else "\\" + char for char in address) + _AFTER
 
 
 def hmac_sql(address: str, ipad: str, opad: str) -> str:
@@ -152,7 +160,7 @@ async def scrub_events(
 
 def _patterns(spellings: Sequence[str]) -> list[str]:
     """One case-blind pattern per address, whatever spellings of it were seen."""
-    return sorted({literal_pattern(spelling.lower()) for spelling in spellings})
+    return sorted({address_pattern(spelling.lower()) for spelling in spellings})
 
 
 async def scrub_dead_letters(conn: asyncpg.Connection, spellings: Sequence[str]) -> int:

@@ -303,7 +303,7 @@ async def erase(
     )
     changed += int(status.rsplit(" ", 1)[-1])
     # Diagnostic texts quote the address in whatever case the provider wrote it.
-    for pattern in sorted({erasure.literal_pattern(address.lower()) for address in addresses}):
+    for pattern in sorted({erasure.address_pattern(address.lower()) for address in addresses}):
         await conn.execute(
             """UPDATE report_emails SET reason = regexp_replace(reason, $2, $3, 'gi')
                WHERE account_id = $1 AND reason ~* $2""",

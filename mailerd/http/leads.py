@@ -9,6 +9,7 @@ the new values win), and a bulk body goes through the JSONL import itself
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -58,11 +59,15 @@ def _lead_id(request: web.Request) -> int:
     return parsing.path_id(request, "lead_id", "lead", minimum=0)
 
 
+# Any address at all: something, an "@", something (a bare "@" erased every "@" of the dead letters).
+_ANY_ADDRESS = re.compile(r"(?=.{3,254}\Z)[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
+
+
 def _address(text: str, *, strict: bool = True) -> str:
     """An address of a query, trimmed; 422 when it cannot be a lead's (not ``strict``: when it
     cannot be an address at all; an erasure reaches addresses stored from elsewhere too)."""
     address = text.strip()
-    valid = lead_rules.is_valid_email(address) if strict else "@" in address and len(address) <= 254
+    valid = lead_rules.is_valid_email(address) if strict else _ANY_ADDRESS.fullmatch(address) is not None
     if not valid:
         raise ApiError(422, "invalid", f"email: not an email address: {address[:100]!r}", "email")
     return address

@@ -326,3 +326,33 @@ async def test_the_api_removes_an_erased_address_by_its_keyed_hash(
     assert status == 200, answer
     assert answer["removed"]["email"] == LOWER and answer["removed"]["source"] == "erasure"
     assert await conn.fetchval("SELECT count(*) FROM erased_suppressions") == 0
+
+
+async def test_an_erasure_scrubs_whole_addresses_only(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    # ann@ was replaced inside joann@ too ("<jo<erased>>"), in every account's dead letters;
+    # and "@" was taken for an address to erase: every "@" of every dead letter went
+    ann = await _lead(conn, 1, "ann@example.com")
+    joann = await _lead(conn, 1, "joann@example.com")
+    texts = ["550 5.1.1 <joann@example.com>: unknown", "to ann@example.com.uk", "ANN@Example.com."]
+    for n, text in enumerate(texts):
+        event = _event(
+            EventKind.HARD_BOUNCE, f"evt-{n}", email="joann@example.com", lead_id=joann, reason=text
+        )
+        async with conn.transaction():
+            await events.record(conn, [dataclasses.replace(event, account_id=1)], soft_bounce_limit=3,
+                                soft_bounce_window_s=3600)  # fmt: skip
+    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=ann)
+    reasons = await conn.fetch("SELECT reason FROM email_events ORDER BY provider_event_id")
+    assert [r["reason"] for r in reasons] == [*texts[:2], "<erased>."]
+    config = config_mod.from_mapping(
+        {},
+        env={"MAILERD_ADMIN_TOKEN": "erase-token-0123456789", "MAILERD_PRIVACY__ERASURE_KEY": KEY.decode()},
+    )
+    async with TestClient(
+        ApiTestServer(http.build_app(http.Services(pool, config, http.Health(started=True))))
+    ) as client:
+        response = await client.delete(
+            "/api/leads?account_id=1&email=@&erase=true",
+            headers={"Authorization": "Bearer erase-token-0123456789"},
+        )
+        assert response.status == 422 and (await response.json())["error"]["field"] == "email"
