@@ -116,7 +116,7 @@ async def erase(
             "events_scrubbed": await erasure_db.scrub_events(conn, account_id, lowered, spellings),
             "dead_letters_scrubbed": await erasure_db.scrub_dead_letters(conn, spellings),
             "relay_dead_letters_deleted": await erasure_db.delete_relay_dead_letters(
-                conn, account_id, lead_ids
+                conn, account_id, lead_ids, lowered
             ),
             "leads_deleted": await erasure_db.delete_leads(conn, account_id, lead_ids),
         }

@@ -179,13 +179,18 @@ async def scrub_dead_letters(conn: asyncpg.Connection, spellings: Sequence[str])
 
 
 async def delete_relay_dead_letters(
-    conn: asyncpg.Connection, account_id: int, lead_ids: Sequence[int]
+    conn: asyncpg.Connection, account_id: int, lead_ids: Sequence[int], addresses: Sequence[str]
 ) -> int:
-    """Records a destination refused keep the lead's address: they go."""
+    """Records a destination refused keep the address: they go, those of the leads and those of
+    the account (or of no account: an event no lead matched) that name one of ``addresses``
+    (an event matched by address has no lead id; after a plain delete there is no lead)."""
     status = await conn.execute(
-        "DELETE FROM relay_dead_letters WHERE account_id = $1 AND lead_id = ANY($2::bigint[])",
+        """DELETE FROM relay_dead_letters
+           WHERE (account_id = $1 AND lead_id = ANY($2::bigint[]))
+              OR ((account_id = $1 OR account_id IS NULL) AND record::text ~* ANY($3::text[]))""",
         account_id,
         list(lead_ids),
+        _patterns(addresses),
     )
     return int(status.rsplit(" ", 1)[-1])
 

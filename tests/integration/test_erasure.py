@@ -17,8 +17,10 @@ from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, erasure, events, http, suppressions
 from mailerd import config as config_mod
+from mailerd.db import relay as relay_db
 from mailerd.emulator import sink
 from mailerd.models import Event, EventKind, LogStatus
+from mailerd.relay import records
 from tests.integration.helpers import (
     ApiTestServer,
     add_leads,
@@ -30,6 +32,7 @@ from tests.integration.helpers import (
 )
 
 KEY = b"erasure-key-for-tests-0123456789"
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 ADDRESS = "Erin.Person@Example.com"
 LOWER = ADDRESS.lower()
 
@@ -82,6 +85,24 @@ async def _text_hits(conn: asyncpg.Connection, needle: str) -> list[str]:
     return hits
 
 
+def _complaint_record(account_id: int | None) -> records.Record:
+    fields: dict[str, Any] = dict.fromkeys(
+        [
+            "campaign_id",
+            "lead_id",
+            "provider_message_id",
+            "provider_type",
+            "reason",
+            "smtp_status",
+            "bounce_class",
+        ]
+    )
+    return records.event(
+        fields | {"tx": 1, "kind": "complaint", "account_id": account_id, "email": LOWER, "provider": "ses",
+                  "provider_event_id": f"stray-{account_id}", "occurred_at": NOW, "received_at": NOW}
+    )  # fmt: skip
+
+
 async def _everywhere(conn: asyncpg.Connection, lead_id: int) -> int:
     """The address stored in every place mailerd can keep it; returns a campaign id."""
     campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
@@ -110,6 +131,9 @@ async def _everywhere(conn: asyncpg.Connection, lead_id: int) -> int:
         f"refused {ADDRESS.upper()}",
         f'[{{"email": "{LOWER}"}}]',
     )
+    # Records a relay destination refused: events matched by address (no lead id), or by none.
+    stray = [_complaint_record(account_id) for account_id in (1, None)]
+    await relay_db.add_dead_letters(conn, "callbacks.app", stray, "HTTP 400: no")
     return campaign_id
 
 
