@@ -24,6 +24,17 @@ def _account_id(text: str) -> int:
     return value
 
 
+def _limit(text: str) -> int:
+    """How many entries to print: 1 or more (-1 printed all but the last, 0 nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     """A positive, finite rate for argparse: nan and inf were sent as JSON null (no cap at all)."""
     try:
@@ -227,7 +238,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--account", type=_account_id, required=True, help="account id")
     p.add_argument("--lead", type=_account_id, default=None, metavar="ID", help="the lead's id")
     p.add_argument("--email", default=None, metavar="ADDRESS", help="or the lead's address")
-    p.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100)")
+    p.add_argument("--limit", type=_limit, default=100, help="at most this many entries (default 100)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
     p = sub.add_parser("sink", help="run a provider emulator (SES v2 by default) on a local port")

@@ -12,6 +12,7 @@ import orjson
 
 from mailerd import client
 from mailerd.campaigns import CampaignError
+from mailerd.commands.terminal import printable
 from mailerd.config import Config
 from mailerd.importer import parsing as exact_json
 
@@ -81,7 +82,7 @@ async def show(args: argparse.Namespace, config: Config) -> int:
         return 0
     print(f"campaign {info['id']} {info['name']!r} (account {info['account_id']}): {info['status']}")
     if info.get("reason"):
-        print(f"  reason: {info['reason']}")
+        print(f"  reason: {printable(info['reason'])}")
     print(
         "  matched {matched:,}  sent {sent:,}  failed {failed:,}  unknown {unknown:,}  "
         "suppressed {suppressed:,}  retried {retried:,}".format(**info)
@@ -104,7 +105,7 @@ async def show(args: argparse.Namespace, config: Config) -> int:
         )
     if info.get("quota_until"):
         print(
-            f"  waits for provider {info['provider']}: {info['quota_reason']}; it sends again "
+            f"  waits for provider {info['provider']}: {printable(info['quota_reason'])}; it sends again "
             f"from {info['quota_until']}"
         )
     return 0
@@ -151,5 +152,6 @@ async def list_all(args: argparse.Namespace, config: Config) -> int:
         print(orjson.dumps(rows).decode())
         return 0
     for row in rows:
-        print(f"{row['id']:>8}  {row['status']:<10} {row['sent']:>10,}/{row['matched']:<10,} {row['name']}")
+        name = printable(row["name"])
+        print(f"{row['id']:>8}  {row['status']:<10} {row['sent']:>10,}/{row['matched']:<10,} {name}")
     return 0

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import orjson
 
 from mailerd import client
+from mailerd.commands.terminal import printable
 from mailerd.config import Config
 
 
@@ -20,7 +21,7 @@ def _line(info: dict[str, Any]) -> str:
     )
     hold = info.get("hold")
     if hold:
-        text += f"\n  HELD since {hold['since']}: {hold['reason']}"
+        text += f"\n  HELD since {hold['since']}: {printable(hold['reason'])}"
     quota = info.get("quota")
     if quota:
         limits = []

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import orjson
 
 from mailerd import client
+from mailerd.commands.terminal import printable
 from mailerd.config import Config
 
 # Table columns: (heading, counter).
@@ -46,7 +47,11 @@ def _cell(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.2%}"
-    return str(value)
+    return printable(str(value))
+
+
+def _as_of(answer: dict[str, Any]) -> str:
+    return str(answer["as_of"] or "never (the relay has not loaded the reports database yet)")
 
 
 def _count_cells(counts: dict[str, int]) -> list[int]:
@@ -74,7 +79,7 @@ async def campaign(args: argparse.Namespace, config: Config) -> int:
     rates = report["rates"]
     lines = [
         f"campaign {report['campaign_id']} (account {report['account_id']}): {report['status']}, "
-        f"as of {report['as_of'] or 'never (the relay has not loaded the reports database yet)'}",
+        f"as of {_as_of(report)}",
         "",
         table([h for h, _ in _COUNTS], [_count_cells(report["totals"])]),
         "",
@@ -128,7 +133,7 @@ async def usage(args: argparse.Namespace, config: Config) -> int:
     rows.append(["total", *_count_cells(answer["totals"])])
     text = (
         f"account {answer['account_id']}, {answer['start']} to {answer['end']} (UTC days), "
-        f"as of {answer['as_of']}\n\n" + table(["day", *(h for h, _ in _COUNTS)], rows)
+        f"as of {_as_of(answer)}\n\n" + table(["day", *(h for h, _ in _COUNTS)], rows)
     )
     return _emit(args, answer, text)
 
@@ -159,7 +164,7 @@ async def lead(args: argparse.Namespace, config: Config) -> int:
         [i["at"], i["kind"], i["what"], i["campaign_id"], i["address"] or "", i["reason"] or ""]
         for i in answer["items"]
     ]
-    text = f"as of {answer['as_of']}\n\n" + table(
+    text = f"as of {_as_of(answer)}\n\n" + table(
         ["at", "kind", "what", "campaign", "address", "reason"], rows
     )
     return _emit(args, answer, text)

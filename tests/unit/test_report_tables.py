@@ -6,7 +6,9 @@ import datetime as dt
 
 import pytest
 
+from mailerd.commands import arguments
 from mailerd.commands.reports import table
+from mailerd.commands.terminal import printable
 from mailerd.http.errors import ApiError
 from mailerd.http.reports import usage_range
 
@@ -38,3 +40,21 @@ def test_the_default_from_of_a_usage_range_stops_at_the_first_day() -> None:
     assert usage_range(None, dt.date(1, 1, 5), dt.date(2026, 3, 31)) == (first, dt.date(1, 1, 5))
     assert usage_range(None, dt.date(1, 1, 30), dt.date(2026, 3, 31)) == (first, dt.date(1, 1, 30))
     assert usage_range(None, dt.date(1, 1, 31), dt.date(2026, 3, 31))[0] == dt.date(1, 1, 2)
+
+
+def test_text_from_outside_cannot_drive_the_terminal() -> None:
+    # a provider's reason set the window title, cleared the screen and forged a row
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE\nsent 0\r\u2028"
+    text = table(["what", "reason"], [["bounce", evil]])
+    assert len(text.splitlines()) == 3
+    assert not any(ord(char) < 0x20 and char != "\n" for char in text)
+    assert text.splitlines()[2].endswith(r"\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE\nsent 0\r\u2028")
+    assert printable("Zoë <a@b.c>") == "Zoë <a@b.c>"
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_report_lead_wants_a_positive_limit(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # -1 printed every entry but the last, 0 printed nothing, both with exit status 0
+    with pytest.raises(SystemExit) as exited:
+        arguments.parser().parse_args(["report", "lead", "--account", "1", "--lead", "1", "--limit", limit])
+    assert exited.value.code == 2 and "expected 1 or more" in capsys.readouterr().err
