@@ -125,9 +125,15 @@ def _clock(raw: Any, key: str, *, allow_end_of_day: bool) -> dt.time | None:
     return dt.time(int(match[1]), int(match[2]))
 
 
+# Files of the zone database that are not zones: ``localtime`` is the host's own zone (a symlink
+# some systems keep there: nodes in different zones would send to the same lead at different
+# hours), ``Factory`` a placeholder for "unset".
+_NOT_ZONES = frozenset({"localtime", "Factory"})
+
+
 @functools.cache
 def _zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - _NOT_ZONES
 
 
 def valid_zone(name: str) -> bool:

@@ -51,6 +51,9 @@ def test_parse_fills_defaults_and_round_trips() -> None:
             {"start": "09:00", "end": "17:00", "default_timezone": "Mars/Olympus"},
             "send_window.default_timezone",
         ),
+        # the host's own zone (nodes in different zones disagree) and the database's placeholder
+        ({"start": "09:00", "end": "17:00", "default_timezone": "localtime"}, "send_window.default_timezone"),
+        ({"start": "09:00", "end": "17:00", "default_timezone": "Factory"}, "send_window.default_timezone"),
         ({"start": "09:00", "end": "17:00", "timezone_attribute": "a..b"}, "send_window.timezone_attribute"),
         ({"start": "09:00", "end": "17:00", "zone": "UTC"}, "send_window.zone"),
     ],
@@ -127,13 +130,16 @@ def test_fall_back_takes_the_first_of_a_repeated_hour() -> None:
 
 def test_zones_resolve_to_the_default_when_missing_or_invalid() -> None:
     w = window(default_timezone="Europe/Berlin")
-    resolved = windows.resolve_zones(w, [None, "Asia/Tokyo", "Mars/Olympus", "europe/berlin", "../etc"])
+    resolved = windows.resolve_zones(
+        w, [None, "Asia/Tokyo", "Mars/Olympus", "europe/berlin", "../etc", "localtime"]
+    )
     assert resolved == {
         None: "Europe/Berlin",
         "Asia/Tokyo": "Asia/Tokyo",
         "Mars/Olympus": "Europe/Berlin",
         "europe/berlin": "Europe/Berlin",
         "../etc": "Europe/Berlin",
+        "localtime": "Europe/Berlin",
     }
 
 
