@@ -25,7 +25,7 @@ from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
 from mailerd.importer.csv_records import Record, Records
 from mailerd.importer.files import check_files
-from mailerd.importer.parsing import bad_text_reason, has_bad_text, is_valid_email
+from mailerd.importer.parsing import bad_text_reason, canonical, has_bad_text, is_valid_email
 from mailerd.importer.rejects import (
     ImportFailed,
     ImportResult,
@@ -68,7 +68,7 @@ def normalise(address: str) -> str | None:
     lower-cased here: the database does that (:mod:`mailerd.db.suppressions`), as it does for the
     leads the list is matched against.
     """
-    address = address.strip()
+    address = canonical(address.strip())
     return address if is_valid_email(address) else None
 
 

@@ -66,7 +66,7 @@ _ANY_ADDRESS = re.compile(r"(?=.{3,254}\Z)[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7
 def _address(text: str, *, strict: bool = True) -> str:
     """An address of a query, trimmed; 422 when it cannot be a lead's (not ``strict``: when it
     cannot be an address at all; an erasure reaches addresses stored from elsewhere too)."""
-    address = text.strip()
+    address = lead_rules.canonical(text.strip())
     valid = lead_rules.is_valid_email(address) if strict else _ANY_ADDRESS.fullmatch(address) is not None
     if not valid:
         raise ApiError(422, "invalid", f"email: not an email address: {address[:100]!r}", "email")

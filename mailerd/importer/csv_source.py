@@ -17,6 +17,7 @@ from mailerd.importer.parsing import (
     ColumnType,
     Header,
     bad_text_reason,
+    canonical,
     has_bad_text,
     is_valid_email,
     value_fits,
@@ -135,6 +136,8 @@ class CsvSource:
                     self.sink.add(line, f"invalid email address {stripped!r}", part)
                     continue
                 fields[email_index] = stripped
+            if not fields[email_index].isascii():
+                fields[email_index] = canonical(fields[email_index])
             good.append(part)
             rows.append(fields)
             starts.append(line)
@@ -184,7 +187,7 @@ class CsvSource:
         if len(row) != self.width:
             self.sink.add(record.line, f"expected {self.width} columns, found {len(row)}", raw)
             return None
-        email = row[self.header.email_index].strip()
+        email = canonical(row[self.header.email_index].strip())
         if not is_valid_email(email):
             self.sink.add(record.line, f"invalid email address {email!r}", raw)
             return None

@@ -6,6 +6,7 @@ import csv
 import decimal
 import io
 import json
+import unicodedata
 
 import orjson
 import pytest
@@ -46,10 +47,30 @@ def test_valid_addresses(address: str) -> None:
         "a\x00b@example.com",  # NUL: no text column can hold it
         "a\x01b@example.com",
         "caf\udce9@example.com",  # an undecodable byte, as the file reader presents it
+        # found in review: invisible characters (an address that shows as another), dot-atom
+        # and host name rules
+        "jo\u200bse@example.com",
+        "\u202eesoj@example.com",
+        "jose\ufeff@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a..b@example.com",
+        "a@-example.com",
+        "a@example-.com",
+        "a@ex_ample.com",
     ],
 )
 def test_invalid_addresses(address: str) -> None:
     assert not parsing.is_valid_email(address)
+
+
+def test_an_address_is_kept_in_composed_form() -> None:
+    # "josé" typed decomposed (e + U+0301) and composed were two leads, and an erasure of one
+    # form erased nothing
+    decomposed = unicodedata.normalize("NFD", "josé@example.com")
+    assert parsing.canonical(decomposed) == "josé@example.com" != decomposed
+    checked = parsing.check_lead({"email": f" {decomposed} "})
+    assert not isinstance(checked, parsing.LeadProblem) and checked[0] == "josé@example.com"
 
 
 @pytest.mark.parametrize("value", ["0", "42", "-7", "1.5", "0.25", "2e3", "1.5E-4", "-0.0"])
