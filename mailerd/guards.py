@@ -11,6 +11,8 @@ on whichever node received it; every node stops it on the NOTIFY.
 
 An operator's resume after a guard pause moves the baseline to the counters of that moment
 (:func:`mailerd.db.stats.reset_guard_baseline`): the guard judges the emails sent from then on.
+The bounces and complaints of earlier emails that arrive after it are added to the baseline as
+they are recorded (:func:`mailerd.events.record`), so they count against no email sent since.
 """
 
 from __future__ import annotations

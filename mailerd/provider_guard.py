@@ -9,7 +9,8 @@ the rate, the threshold and the sample, and every scheduled or running campaign 
 paused (cause ``guard``) in the same transaction. While held, no campaign of the provider starts
 or resumes (:class:`mailerd.db.provider_usage.ProviderHeld`), until an operator releases it with
 a reason (:func:`release`): the release is recorded (who, why, when) and the guard judges only
-what is sent after it, like the campaign guard after a resume.
+what is sent after it, like the campaign guard after a resume (the bounces and complaints of
+earlier emails that arrive after it are not counted: :func:`mailerd.events.record`).
 """
 
 from __future__ import annotations

@@ -393,16 +393,17 @@ class Writer:
             if records:
                 await email_log_db.copy_rows(conn, records)
             await stats_db.add_outcomes(conn, stats)
-            fresh = []
+            provider_counts: dict[int, list[int]] = {}
             if events:
-                fresh = await events_mod.record(
+                recorded = await events_mod.record(
                     conn,
                     events,
                     soft_bounce_limit=self._webhooks.soft_bounce_limit,
                     soft_bounce_window_s=self._webhooks.soft_bounce_window_s,
                 )
+                provider_counts = recorded.provider_counts
             # Last: the provider rows are the flush's hottest (every node adds to them).
-            await usage_db.add(conn, usage_db.per_campaign(stats, events_mod.counts(fresh)))
+            await usage_db.add(conn, usage_db.per_campaign(stats, provider_counts))
 
 
 async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> set[ShardKey]:

@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 
 import asyncpg
 
+from mailerd.db import provider_usage
 from mailerd.models import Event
 
 COLUMNS = (
@@ -70,6 +71,50 @@ async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at:
         ],
         columns=COLUMNS,
     )
+
+
+# How far before a guard baseline an email's log row is looked for: a node's clock stamps sent_at
+# (the baseline is the database's), so the partitions of a day before it are read too.
+BASELINE_CLOCK_MARGIN = dt.timedelta(days=1)
+
+
+async def before_baselines(
+    conn: asyncpg.Connection, emails: Sequence[tuple[int, int | None]]
+) -> dict[int, tuple[bool, bool]]:
+    """For each ``(campaign_id, lead_id)`` of ``emails`` (an event's) whose campaign has a guard
+    baseline (an operator resumed it) or whose provider was released within the rolling window,
+    by position: whether the email was sent before the campaign's baseline, and before the
+    provider's release. Before is: no log row of the lead committed after the baseline (its
+    transaction is visible in the baseline's txid snapshot; no clock is compared), which holds
+    for an event naming no lead too. Others are left out: every event counts.
+
+    Index probes of ``(campaign_id, lead_id)`` in the log partitions from a day before the
+    baseline only, and only for campaigns with a baseline: nothing is read of the log otherwise.
+    """
+    rows = await conn.fetch(
+        f"""SELECT e.position, s.guard_snapshot IS NOT NULL AND NOT coalesce(m.after_campaign, false)
+                   AS campaign, r.base_snapshot IS NOT NULL AND NOT coalesce(m.after_provider, false)
+                   AS provider
+            FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS e(campaign_id, lead_id, position)
+            JOIN campaigns c ON c.id = e.campaign_id
+            LEFT JOIN campaign_stats s ON s.campaign_id = e.campaign_id
+            LEFT JOIN LATERAL (
+                SELECT h.released_at, h.base_snapshot FROM provider_holds h
+                WHERE h.provider = c.provider AND h.released_at IS NOT NULL
+                  AND h.base_hour >= {provider_usage.WINDOW_START}
+                ORDER BY h.released_at DESC LIMIT 1) r ON true
+            LEFT JOIN LATERAL (
+                SELECT bool_or(NOT txid_visible_in_snapshot(l.tx, s.guard_snapshot)) AS after_campaign,
+                       bool_or(NOT txid_visible_in_snapshot(l.tx, r.base_snapshot)) AS after_provider
+                FROM email_log l
+                WHERE l.campaign_id = e.campaign_id AND l.lead_id = e.lead_id
+                  AND l.sent_at >= least(s.guard_since, r.released_at) - $3::interval) m ON true
+            WHERE s.guard_snapshot IS NOT NULL OR r.base_snapshot IS NOT NULL""",
+        [campaign_id for campaign_id, _ in emails],
+        [lead_id for _, lead_id in emails],
+        BASELINE_CLOCK_MARGIN,
+    )
+    return {r["position"] - 1: (r["campaign"], r["provider"]) for r in rows}
 
 
 async def repeated_soft_bounces(

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 WINDOW_BUCKETS = 25
-_WINDOW = "date_trunc('hour', now()) - interval '24 hours'"
+WINDOW_START = "date_trunc('hour', now()) - interval '24 hours'"  # SQL: the window's first hour
 KEEP_DAYS = 2  # hour rows older than this are deleted by the partition maintenance
 
 
@@ -112,10 +112,10 @@ _USAGE = f"""
     LEFT JOIN LATERAL (
         SELECT h.base_hour, h.base_sent, h.base_hard_bounced, h.base_complained, h.base_blocked
         FROM provider_holds h
-        WHERE h.provider = p.provider AND h.released_at IS NOT NULL AND h.base_hour >= {_WINDOW}
+        WHERE h.provider = p.provider AND h.released_at IS NOT NULL AND h.base_hour >= {WINDOW_START}
         ORDER BY h.released_at DESC LIMIT 1) b ON true
     LEFT JOIN provider_usage u
-        ON u.provider = p.provider AND u.hour >= {_WINDOW}
+        ON u.provider = p.provider AND u.hour >= {WINDOW_START}
            AND (b.base_hour IS NULL OR u.hour >= b.base_hour)
     GROUP BY p.provider ORDER BY p.provider"""
 
@@ -199,7 +199,9 @@ async def put_hold(conn: asyncpg.Connection, provider: str, signal: str, reason:
 
 async def release(conn: asyncpg.Connection, provider: str, reason: str, by: str) -> Hold | None:
     """Release the provider's hold, recording who, why and when, and the counters of the current
-    hour as the guard's new baseline. Returns the hold released (None: it was not held)."""
+    hour as the guard's new baseline, with the txid snapshot that tells the emails sent before
+    it (whose late bounces the guard leaves out: :func:`mailerd.db.events.before_baselines`).
+    Returns the hold released (None: it was not held)."""
     row = await conn.fetchrow(
         """WITH base AS (
                SELECT date_trunc('hour', now()) AS hour,
@@ -208,7 +210,8 @@ async def release(conn: asyncpg.Connection, provider: str, reason: str, by: str)
                FROM provider_usage WHERE provider = $1 AND hour = date_trunc('hour', now()))
            UPDATE provider_holds h SET released_at = now(), released_by = $3, release_reason = $2,
                   base_hour = base.hour, base_sent = base.sent, base_hard_bounced = base.hard_bounced,
-                  base_complained = base.complained, base_blocked = base.blocked
+                  base_complained = base.complained, base_blocked = base.blocked,
+                  base_snapshot = txid_current_snapshot()
            FROM base WHERE h.provider = $1 AND h.released_at IS NULL
            RETURNING h.provider, h.signal, h.reason, h.since""",
         provider,

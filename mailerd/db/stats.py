@@ -49,23 +49,36 @@ async def add_outcomes(conn: asyncpg.Connection, counts: Mapping[int, Sequence[i
     )
 
 
-async def add_events(conn: asyncpg.Connection, counts: Mapping[int, Sequence[int]]) -> None:
-    """Add (delivered, bounced, complained, unsubscribed, hard_bounced, blocked) per campaign id."""
+async def add_events(
+    conn: asyncpg.Connection,
+    counts: Mapping[int, Sequence[int]],
+    late: Mapping[int, Sequence[int]] | None = None,
+) -> None:
+    """Add (delivered, bounced, complained, unsubscribed, hard_bounced, blocked) per campaign id.
+    ``late`` (hard_bounced, complained, blocked) per campaign id: those of the events that are
+    about emails sent before the guard's baseline; they are added to the baseline too, so the
+    guard, which reads the counters less the baseline, never counts them."""
     if not counts:
         return
     ids = list(counts)
+    late = late or {}
     await conn.execute(
         """UPDATE campaign_stats cs SET delivered = cs.delivered + v.delivered,
                   bounced = cs.bounced + v.bounced, complained = cs.complained + v.complained,
                   unsubscribed = cs.unsubscribed + v.unsubscribed,
                   hard_bounced = cs.hard_bounced + v.hard_bounced, blocked = cs.blocked + v.blocked,
+                  guard_hard_bounced = cs.guard_hard_bounced + v.late_hard_bounced,
+                  guard_complained = cs.guard_complained + v.late_complained,
+                  guard_blocked = cs.guard_blocked + v.late_blocked,
                   updated_at = now()
            FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                       $6::bigint[], $7::bigint[])
-                AS v(campaign_id, delivered, bounced, complained, unsubscribed, hard_bounced, blocked)
+                       $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+                AS v(campaign_id, delivered, bounced, complained, unsubscribed, hard_bounced, blocked,
+                     late_hard_bounced, late_complained, late_blocked)
            WHERE cs.campaign_id = v.campaign_id""",
         ids,
         *([counts[c][i] for c in ids] for i in range(6)),
+        *([late[c][i] if c in late else 0 for c in ids] for i in range(3)),
     )
 
 
@@ -90,10 +103,13 @@ async def guard_counts(
 
 
 async def reset_guard_baseline(conn: asyncpg.Connection, campaign_id: int) -> None:
-    """The guard starts over from the campaign's counters now (an operator resumed it)."""
+    """The guard starts over from the campaign's counters now (an operator resumed it). The txid
+    snapshot taken with them tells the emails logged before (their bounces, arriving late, are
+    added to the baseline by :func:`add_events`: counted against no email sent after it)."""
     await conn.execute(
         """UPDATE campaign_stats SET guard_sent = sent, guard_hard_bounced = hard_bounced,
-                  guard_complained = complained, guard_blocked = blocked
+                  guard_complained = complained, guard_blocked = blocked,
+                  guard_since = now(), guard_snapshot = txid_current_snapshot()
            WHERE campaign_id = $1""",
         campaign_id,
     )

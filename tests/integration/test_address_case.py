@@ -64,7 +64,7 @@ def _bounce(email: str, **ids: Any) -> Event:
 async def _record(conn: asyncpg.Connection, event: Event, *, resolve: bool = True) -> list[Event]:
     resolved = await events.resolve(conn, [event]) if resolve else [event]
     async with conn.transaction():
-        return await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=86400)
+        return (await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=86400)).events
 
 
 async def test_the_database_and_python_lower_case_differently(conn: asyncpg.Connection) -> None:

@@ -12,9 +12,10 @@ import asyncpg
 
 from mailerd import campaigns
 from mailerd import config as config_mod
+from mailerd.db import stats as stats_db
 from mailerd.emulator import sink
 from mailerd.emulator import webhooks as emulator_webhooks
-from mailerd.models import Event, EventKind
+from mailerd.models import Event, EventKind, LogStatus
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
 
@@ -80,11 +81,25 @@ def _events(campaign_id: int, kind: EventKind, count: int, start: int, **fields:
             email=f"lead{n}@example.com",
             receipt=f"r{n}",
             campaign_id=campaign_id,
+            lead_id=n,
             account_id=1,
             **fields,  # type: ignore[arg-type]
         )
         for n in range(start, start + count)
     ]
+
+
+async def _log_sent(writer: Writer, campaign_id: int, leads: range) -> None:
+    """Log the leads sent (and count them), as the sender's batches do; return once committed."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [(now, campaign_id, n, LogStatus.SENT, f"m{n}", None) for n in leads]
+    await (await writer.submit(None, 0, rows))  # type: ignore[arg-type]
+
+
+async def _judged(writer: Writer, campaign_id: int) -> None:
+    """Return once the guards have judged every flush before: the writer judges after each flush,
+    before it takes the next one, so one more flush committed is enough."""
+    await (await writer.submit_events(_events(campaign_id, EventKind.DELIVERED, 1, 900_000)))
 
 
 async def test_blocks_pause_and_an_operator_resume_overrides_the_guard(
@@ -123,6 +138,54 @@ async def test_blocks_pause_and_an_operator_resume_overrides_the_guard(
         )
         assert [(r["status"], r["cause"]) for r in changes][-2:] == [("paused", "guard"), ("running", "api")]
         assert changes[-1]["reason"] == "checked with the ISP: listing removed"
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_late_bounces_of_emails_sent_before_a_resume_do_not_count_after_it(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """Webhooks lag: bounces of the emails sent before a guard pause keep arriving after the
+    operator's resume. They were counted against the emails sent after it (1,100 bounces "of"
+    1,000 clean sends: paused again at 110 %); the guard now counts only the bounces of emails
+    logged after the resume."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(min_sample=1000, max_bounce_rate=0.04, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        await _log_sent(writer, campaign_id, range(10_000))
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 401, 0)))
+        info = await wait_for_status(conn, campaign_id, ("paused",), timeout=10)
+        assert info["reason"] == (
+            "guard: campaign hard-bounce rate 4.01% (401 of 10000 sent) exceeds max_bounce_rate 4%"
+        )
+        await campaigns.transition(conn, campaign_id, "resume", "list cleaned, ticket 9")
+
+        # 1,100 more bounces of the 10,000 emails sent before the pause, then 1,000 new emails.
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1100, 1000)))
+        await _log_sent(writer, campaign_id, range(20_000, 21_000))
+        # 40 of the new emails bounce (4 %, not above the maximum), among 50 more late bounces.
+        mixed = _events(campaign_id, EventKind.HARD_BOUNCE, 40, 20_000)
+        mixed += _events(campaign_id, EventKind.HARD_BOUNCE, 50, 5000)
+        await (await writer.submit_events(mixed))
+        await _judged(writer, campaign_id)
+        info = await campaigns.show(conn, campaign_id) or {}
+        assert info["status"] == "running", info["reason"]
+        assert info["hard_bounced"] == 401 + 1100 + 40 + 50  # the counters count every bounce
+        (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
+        assert (judged["sent"], judged["hard_bounced"]) == (1000, 40)
+
+        # The 41st bounce passes the maximum: the guard still acts after a resume. It is an SMTP
+        # rejection, recorded in the flush that logs its email (failed, so not one more sent).
+        failed = [(dt.datetime.now(dt.UTC), campaign_id, 21_000, LogStatus.FAILED, None, "550 5.1.1")]
+        rejection = _events(campaign_id, EventKind.HARD_BOUNCE, 1, 21_000)
+        await (await writer.submit(None, 0, failed, events=rejection))  # type: ignore[arg-type]
+        info = await wait_for_status(conn, campaign_id, ("paused",), timeout=10)
+        assert info["reason"] == (
+            "guard: campaign hard-bounce rate 4.1% (41 of 1000 sent) exceeds max_bounce_rate 4%"
+        )
     finally:
         writer.close()
         await asyncio.wait_for(task, 10)

@@ -12,13 +12,15 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from mailerd import campaigns
+from mailerd import campaigns, provider_guard
 from mailerd import config as config_mod
 from mailerd.db import provider_usage
 from mailerd.emulator import sink
 from mailerd.emulator import webhooks as emulator_webhooks
+from mailerd.models import EventKind
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+from tests.integration.test_guards import _events, _judged, _log_sent, _running_campaign
 
 TOKEN = "provider-guard-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -112,8 +114,9 @@ async def test_complaints_hold_the_provider_pause_a_second_campaign_and_refuse_s
             assert await conn.fetchval("SELECT count(*) FROM campaigns") == 2  # the refused one is not stored
             assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", first) == "paused"
 
-            # The complaints still on their way land before the release (else they would count
-            # after it); then bad input is refused by field, and the release lets both go on.
+            # The complaints still on their way land before the release (after it they would
+            # count for nothing: see the late-bounce test below); then bad input is refused by
+            # field, and the release lets both go on.
             poster.complaint_rate = 0.0
             async with asyncio.timeout(30):
                 while (
@@ -150,3 +153,57 @@ async def test_complaints_hold_the_provider_pause_a_second_campaign_and_refuse_s
     hold = await conn.fetchrow("SELECT * FROM provider_holds")
     assert hold["released_by"] == "ops@example.com" and hold["release_reason"] == "list cleaned, ticket 7"
     assert hold["released_at"] > hold["since"]
+
+
+async def _hold(conn: asyncpg.Connection, provider: str) -> provider_usage.Hold:
+    async with asyncio.timeout(10):
+        while (hold := await provider_usage.active_hold(conn, provider)) is None:
+            await asyncio.sleep(0.02)
+    return hold
+
+
+async def test_late_bounces_of_emails_sent_before_a_release_do_not_count_after_it(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """Bounces of the emails sent before a hold keep arriving after the operator's release. They
+    were counted against the emails sent after it: the provider was held again, every campaign
+    paused, on 1,000 clean sends ("600 of 1000 sent"); they now count for nothing."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(
+        min_sample=10**8, provider_min_sample=1000, provider_max_bounce_rate=0.04
+    )
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        await _log_sent(writer, campaign_id, range(10_000))
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 401, 0)))
+        hold = await _hold(conn, "sink")
+        assert hold.reason == (
+            "guard: provider sink hard-bounce rate 4.01% (401 of 10000 sent in 24 h) "
+            "exceeds provider_max_bounce_rate 4%"
+        )
+        released = await provider_guard.release(conn, "sink", "list cleaned, ticket 9", "ops")
+        assert released is not None and released[1] == [campaign_id]
+
+        # 600 more bounces of the emails sent before the hold, then 1,000 new emails.
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 600, 1000)))
+        await _log_sent(writer, campaign_id, range(20_000, 21_000))
+        # 40 of the new emails bounce (4 %, not above the maximum), among 50 more late bounces.
+        mixed = _events(campaign_id, EventKind.HARD_BOUNCE, 50, 5000)
+        mixed += _events(campaign_id, EventKind.HARD_BOUNCE, 40, 20_000)
+        await (await writer.submit_events(mixed))
+        await _judged(writer, campaign_id)
+        assert await provider_usage.active_hold(conn, "sink") is None
+        (usage,) = await provider_usage.usage(conn, ["sink"])
+        assert (usage.sent, usage.hard_bounced) == (1000, 40)
+
+        # The 41st bounce of a new email passes the maximum: the guard still acts after a release.
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1, 20_040)))
+        hold = await _hold(conn, "sink")
+        assert hold.reason == (
+            "guard: provider sink hard-bounce rate 4.1% (41 of 1000 sent in 24 h) "
+            "exceeds provider_max_bounce_rate 4%"
+        )
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
