@@ -5,7 +5,8 @@ loopback interface). Per message: throttling answers ``451 4.7.1`` to RCPT (the 
 ``fail_rate`` answers RCPT ``550 5.1.1`` (failed) or ``450 4.2.0`` (retried), half each;
 ``drop_rate`` (tests) takes the message and then closes the connection without the final reply,
 the case a client can only log as ``unknown``; ``refuse`` (tests) answers RCPT for chosen
-addresses with a real receiver's refusal. An accepted message is recorded from its
+addresses with a real receiver's refusal; ``smtputf8 = False`` (tests) serves as a server
+without the SMTPUTF8 extension (RFC 6531). An accepted message is recorded from its
 ``X-Mailerd-Campaign``/``X-Mailerd-Lead`` headers, with its ``Message-ID``.
 """
 
@@ -33,6 +34,7 @@ class SmtpEmulator(Emulator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.drop_rate = 0.0
+        self.smtputf8 = True  # tests: False offers no SMTPUTF8 to the connections opened after
         self.dropped = 0
         self.kept: list[bytes] | None = None  # tests: set to a list to keep every message taken
         # Tests: the reply to RCPT for an address (a real receiver's refusal), None to go on.
@@ -47,7 +49,11 @@ class SmtpEmulator(Emulator):
         handler = _Handler(self)
         server = await loop.create_server(
             lambda: SMTP(
-                handler, hostname="mailerd-sink", ident="mailerd sink", enable_SMTPUTF8=True, loop=loop
+                handler,
+                hostname="mailerd-sink",
+                ident="mailerd sink",
+                enable_SMTPUTF8=self.smtputf8,
+                loop=loop,
             ),
             self.host,
             self.port,

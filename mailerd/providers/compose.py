@@ -18,9 +18,13 @@ Pure: no I/O.
 from __future__ import annotations
 
 import dataclasses
+import email.errors
+import email.policy
 import email.utils
+import functools
 import re
 from collections.abc import Callable, Mapping
+from email import headerregistry
 from typing import Any, Final, Generic, TypeVar
 
 import markupsafe
@@ -35,6 +39,9 @@ ONE_CLICK: Final = "List-Unsubscribe=One-Click"
 
 # (campaign, lead) -> the lead's one-click unsubscribe URL (see mailerd/unsubscribe.py).
 UnsubscribeUrl = Callable[[Campaign, Lead], str]
+
+_HEADERS: Final = headerregistry.HeaderRegistry()
+_SEVEN_BIT: Final = email.policy.SMTP  # RFC 2047 words, CRLF, folded at 78 characters
 
 _RAW_VARIABLE: Final = re.compile(r"\{\{\{(\w+)\}\}\}")
 _HTML_VARIABLE: Final = re.compile(r"\{\{(\w+)\}\}")
@@ -67,6 +74,65 @@ def split_address(text: str) -> tuple[str, str]:
 
 def address_domain(text: str) -> str:
     return split_address(text)[1].rpartition("@")[2]
+
+
+class NeedsSmtpUtf8(ValueError):
+    """A mailbox whose local part is not ASCII: only SMTPUTF8 (RFC 6531, 6532) carries it."""
+
+
+@functools.lru_cache(maxsize=256)  # one From and one Reply-To per campaign: composed once
+def seven_bit_mailbox_line(field: str, text: str) -> str:
+    """``field: value`` + CRLF for one mailbox (``from``/``reply_to`` as campaigns validate them)
+    in 7-bit: the display name RFC 2047 encoded when it is not ASCII (only the name: the address
+    stays one a reply can reach), the domain in IDNA A-labels (RFC 5890), folded at 78
+    characters. ValueError when ``text`` is not one mailbox; :class:`NeedsSmtpUtf8` when its
+    local part is not ASCII.
+
+    The email package is not asked to write the address itself: it would RFC 2047 encode a
+    non-ASCII domain or local part, which no receiver decodes there (RFC 2047 section 5).
+    """
+    try:
+        header = _HEADERS(field, text)
+    except (email.errors.HeaderParseError, IndexError) as exc:  # IndexError: "a@" (CPython)
+        raise ValueError(f"{field}: not one address: {text[:100]!r}") from exc
+    defects = [d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)]
+    if defects or not isinstance(header, headerregistry.AddressHeader) or len(header.addresses) != 1:
+        raise ValueError(f"{field}: not one address: {text[:100]!r}")
+    address = header.addresses[0]
+    if not address.username.isascii():
+        raise NeedsSmtpUtf8(f"{field}: the address {address.addr_spec!r} needs SMTPUTF8")
+    domain = address.domain
+    if not domain.isascii():
+        try:
+            domain = _a_labels(domain)
+        except UnicodeError as exc:
+            raise ValueError(f"{field}: the domain {domain!r} is not a valid IDN: {exc}") from None
+    mailbox = headerregistry.Address(address.display_name, address.username, domain)
+    return _HEADERS(field, [mailbox]).fold(policy=_SEVEN_BIT)
+
+
+def seven_bit_address(address: str) -> str:
+    """A bare address with its domain in IDNA A-labels, so that only a local part that is not
+    ASCII needs SMTPUTF8; as it is when the domain is no valid IDN (the server then says)."""
+    local, at, domain = address.rpartition("@")
+    if address.isascii() or not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{_a_labels(domain)}"
+    except UnicodeError:
+        return address
+
+
+def _a_labels(domain: str) -> str:
+    """IDNA 2003 (the standard library's codec): ``bücher.de`` -> ``xn--bcher-kva.de``."""
+    return domain.encode("idna").decode("ascii")
+
+
+def seven_bit_mailbox(text: str) -> str:
+    """One mailbox as :func:`seven_bit_mailbox_line` writes it, on one line (for an API that
+    takes the address as a string: SES); same errors."""
+    line = seven_bit_mailbox_line("From", text)
+    return line[len("From: ") :].replace("\r\n", "")
 
 
 def template_model(lead: Lead, campaign: Campaign, url: str) -> dict[str, Any]:

@@ -19,7 +19,9 @@ How answers are classified (RFC 5321, sections 4.2.1 and 4.2.5; aiosmtplib's exc
 - ``5xx`` to MAIL FROM (the sender refused), ``530``/``535`` AUTH failures -> halt when nothing of
   the batch went out; beside sent recipients they are retried (the retry then halts).
 - A connection that could not be opened, or lost before DATA -> retry (nothing was handed over).
-- An address that is not ASCII goes with SMTPUTF8 (RFC 6531); a server without it -> failed.
+- An address that is not ASCII (the envelope's, or a mailbox in the message whose local part is
+  not ASCII) goes with SMTPUTF8 (RFC 6531); a server without it -> failed. A display name that
+  is not ASCII needs no SMTPUTF8: it is RFC 2047 encoded (:mod:`.smtp_message`).
 - A connection lost (or timed out) from the DATA command on, before the final reply -> unknown:
   the server may have taken the message, so it is never retried silently (``resend_uncertain``
   retries it). The rest of the batch is retried on a new connection.
@@ -233,7 +235,7 @@ class SmtpProvider:
         messages: list[tuple[int, str, str, bytes]],
         results: list[RecipientResult | None],
     ) -> None:
-        _, sender = compose.split_address(campaign.from_address)
+        sender = compose.seven_bit_address(compose.split_address(campaign.from_address)[1])
         done = 0
         try:
             while done < len(messages):
@@ -266,7 +268,8 @@ class SmtpProvider:
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, mid: str, data: bytes
     ) -> RecipientResult:
         """One transaction: MAIL, RCPT, DATA. Raises _Lost / _Halt (see the module docstring)."""
-        utf8 = not (sender.isascii() and recipient.isascii())
+        # A message that is not 7-bit has UTF-8 headers (an address that needs it): RFC 6532.
+        utf8 = not (sender.isascii() and recipient.isascii() and data.isascii())
         if utf8 and not client.supports_extension("smtputf8"):
             return RecipientResult(
                 Outcome.FAILED, error="the address needs SMTPUTF8, which the server does not offer"

@@ -5,6 +5,12 @@ the campaign has only one), the campaign's headers and ``Reply-To``, per recipie
 ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 8058), our ids in
 ``X-Mailerd-Campaign``/``X-Mailerd-Lead``, and a ``Message-ID`` under our domain that names the
 campaign and the lead (it is also the message id logged for the recipient).
+
+The message is 7-bit unless an address itself needs SMTPUTF8 (a local part that is not ASCII,
+the lead's or the campaign's): a display name in ``From`` or ``Reply-To`` is RFC 2047 encoded
+(the name only, never the address) and a domain written in IDNA A-labels
+(:func:`compose.seven_bit_mailbox_line`). A message that is not 7-bit is written in UTF-8
+(RFC 6532) and goes with SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ _UTF8: Final = charset_mod.Charset("utf-8")
 _UTF8.body_encoding = charset_mod.QP
 _UTF8_POLICY: Final = email.policy.SMTPUTF8  # an address that is not ASCII (RFC 6531, 6532)
 _MAX_LINE: Final = 998  # RFC 5322 2.1.1
+_MAILBOX_FIELDS: Final = frozenset({"From", "Reply-To"})  # structured: not unstructured text
 
 
 def message_id(campaign_id: int, lead_id: int, domain: str) -> str:
@@ -62,22 +69,26 @@ def build(
     for name, value in fields:
         if "\r" in value or "\n" in value:
             raise ValueError(f"{name}: a header value may not contain a line break")
-    if lead.email.isascii() and sender.isascii():
-        return mid, _legacy(rendered, fields)
+    if lead.email.isascii():
+        try:
+            return mid, _legacy(rendered, fields)
+        except compose.NeedsSmtpUtf8:
+            pass  # a From or Reply-To whose local part is not ASCII
     return mid, _utf8(rendered, fields).as_bytes()
 
 
 def _legacy(rendered: compose.Rendered, fields: list[tuple[str, str]]) -> bytes:
     """The body parts through the email package; the header lines written here (values are
     checked for line breaks above; one that is not ASCII or too long is RFC 2047 encoded and
-    folded), which is most of what the generator would spend its time on."""
+    folded), which is most of what the generator would spend its time on. NeedsSmtpUtf8 when
+    a mailbox cannot be written in 7-bit."""
+    head = "".join(_header_line(name, value) for name, value in fields)
     parts = []
     if rendered.text or not rendered.html:
         parts.append(MIMEText(rendered.text or " ", "plain", _UTF8))  # type: ignore[arg-type]  # a Charset works: QP
     if rendered.html:
         parts.append(MIMEText(rendered.html, "html", _UTF8))  # type: ignore[arg-type]  # a Charset works: QP
     body: Message = parts[0] if len(parts) == 1 else MIMEMultipart("alternative", _subparts=parts)
-    head = "".join(_header_line(name, value) for name, value in fields)
     return head.encode("ascii") + body.as_bytes(policy=_COMPAT)
 
 
@@ -85,6 +96,10 @@ def _header_line(name: str, value: str) -> str:
     line = f"{name}: {value}\r\n"
     if value.isascii() and len(line) <= _MAX_LINE:
         return line
+    if name in _MAILBOX_FIELDS:
+        # Encoding the whole value as one RFC 2047 word would hide the address in it: replies
+        # to "=?utf-8?q?Zo=C3=AB_<help=40example.com>?=" go nowhere.
+        return compose.seven_bit_mailbox_line(name, value)
     return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=chr(13) + chr(10))}\r\n"
 
 

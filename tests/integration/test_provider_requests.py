@@ -5,6 +5,8 @@ per-recipient headers (RFC 8058) and our ids are where each provider expects the
 from __future__ import annotations
 
 import copy
+import email
+import email.policy
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from aiohttp import web
 from mailerd.emulator.mailgun_api import MailgunEmulator
 from mailerd.emulator.postmark_api import PostmarkEmulator
 from mailerd.emulator.sendgrid_api import SendgridEmulator
+from mailerd.emulator.smtp_server import SmtpEmulator
 from mailerd.models import Outcome
 from mailerd.providers import create
 from tests.integration import providers_env as env
@@ -186,3 +189,52 @@ async def test_mailgun_form_carries_recipient_variables_ids_and_headers() -> Non
     assert fields["h:List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert fields["h:Reply-To"] == "r@example.com" and fields["o:tag"] == "mailerd-campaign-7"
     assert fields["html"] == "<p>Hello %recipient.lead_attributes_first_name__html% & co</p>"
+
+
+@pytest.mark.parametrize(
+    ("campaign", "field", "expected"),
+    [
+        ({"from_address": "Jürgen Müller <news@example.com>"}, "From", ("Jürgen Müller", "news@example.com")),
+        (
+            {"from_address": "news@example.com", "reply_to": "Zoë Support <help@example.com>"},
+            "Reply-To",
+            ("Zoë Support", "help@example.com"),
+        ),
+        (
+            {"reply_to": '"Zoë, the (boss)" <help@example.com>'},
+            "Reply-To",
+            ("Zoë, the (boss)", "help@example.com"),
+        ),
+        ({"from_address": "Bücher <news@bücher.de>"}, "From", ("Bücher", "news@xn--bcher-kva.de")),
+    ],
+)
+async def test_smtp_display_names_are_encoded_alone_and_the_message_is_7bit(
+    campaign: dict[str, Any], field: str, expected: tuple[str, str]
+) -> None:
+    # The whole Reply-To was one RFC 2047 word (replies went nowhere) and a From display name
+    # went as raw UTF-8 without SMTPUTF8 (UndecodableBytesDefect at the receiver). A server
+    # without SMTPUTF8 takes these: no address needs it.
+    emulator = SmtpEmulator(api_key=env.API_KEY)
+    emulator.smtputf8, emulator.kept = False, []
+    assert await _send(emulator, "smtp", **campaign) == [Outcome.SENT] * 3
+    for raw in emulator.kept:
+        assert raw.isascii()
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        header = message[field]
+        assert [(a.display_name, a.addr_spec) for a in header.addresses] == [expected]
+        assert not header.defects
+        assert f"<{expected[1]}>".encode() in raw.split(b"\r\n\r\n", 1)[0]
+
+
+async def test_smtp_a_mailbox_whose_local_part_is_not_ascii_goes_only_with_smtputf8() -> None:
+    emulator = SmtpEmulator(api_key=env.API_KEY)
+    emulator.smtputf8 = False
+    refused = await _send(emulator, "smtp", reply_to="Zoë <josé@example.com>")
+    assert refused == [Outcome.FAILED] * 3  # never written as an RFC 2047 word, nor as 8-bit without it
+    emulator = SmtpEmulator(api_key=env.API_KEY)
+    emulator.kept = []
+    assert await _send(emulator, "smtp", reply_to="Zoë <josé@example.com>") == [Outcome.SENT] * 3
+    # RFC 6532: UTF-8 header values (the email package reads bytes' headers as ASCII)
+    message = email.message_from_string(emulator.kept[0].decode(), policy=email.policy.default)
+    reply_to = message["Reply-To"].addresses
+    assert [(a.display_name, a.addr_spec) for a in reply_to] == [("Zoë", "josé@example.com")]
