@@ -149,8 +149,9 @@ class HaltError(ProviderError):
 
 
 class CampaignBroken(ProviderError):
-    """The campaign can never be sent as it is (a lead's render passed the template budget):
-    send nothing more of it and fail it, with the reason."""
+    """The campaign can never be sent as it is (a lead's render passed the template budget, its
+    provider cannot carry its sender or headers): send nothing more of it and fail it, with the
+    reason."""
 
 
 class EventKind(enum.StrEnum):

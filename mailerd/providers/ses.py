@@ -7,6 +7,15 @@ where missing credentials are replaced by dummy ones. Kind ``ses`` signs with ``
 and ``secret_access_key``, or without them with the AWS credential chain, refreshed before the
 credentials expire (:mod:`.aws_credentials`).
 
+The campaign's sender goes in ``FromEmailAddress``, its ``reply_to`` in ``ReplyToAddresses``
+(both 7-bit, as SES requires: a display name that is not ASCII RFC 2047 encoded, a domain in
+Punycode; SES does not support SMTPUTF8, so a local part that is not ASCII cannot go), its
+``headers`` in the template's ``Headers`` (``DefaultContent.Template``) and each recipient's
+``List-Unsubscribe`` pair in its entry's ``ReplacementHeaders`` (SES v2 ``MessageHeader``:
+printable ASCII, a value that is not ASCII RFC 2047 encoded; at most 15 headers a message). A
+campaign SES cannot carry that way raises :class:`CampaignBroken` out of ``send`` with the
+reason (the sender fails it): nothing of it is dropped silently.
+
 Each recipient carries our ids as message tags (``mailerd_campaign``, ``mailerd_lead``) so
 SES events and the sink map back to a lead without a lookup. The daemon does not render
 bodies when the campaign's templates only print plain variables: SES fills its own template
@@ -36,7 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
+from email.header import Header
 from typing import Any, Final
 
 import aiohttp
@@ -63,7 +74,7 @@ from mailerd.models import (
     SendQuota,
     UncertainError,
 )
-from mailerd.providers import api_call, aws_credentials
+from mailerd.providers import api_call, aws_credentials, compose
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +89,12 @@ LEAD_TAG: Final = "mailerd_lead"
 MAX_BATCH_SIZE: Final = 50
 DEFAULT_SINK_ENDPOINT: Final = "http://127.0.0.1:8026"
 DEFAULT_REGION: Final = "us-east-1"
+# SES v2 MessageHeader / MessageHeaderList (API reference; botocore's sesv2 service model)
+MAX_MESSAGE_HEADERS: Final = 15  # "no more than 15 headers in one message"
+MAX_HEADER_LINE: Final = 996  # name and value together
+UNSUBSCRIBE_HEADERS: Final = 2  # List-Unsubscribe, List-Unsubscribe-Post: in each entry
+_HEADER_NAME: Final = re.compile(r"[!-9;-@A-~]{1,126}")
+_HEADER_VALUE: Final = re.compile(r"[ -~]{1,995}")
 
 RETRY_STATUSES: Final = frozenset(
     {"TRANSIENT_FAILURE", "ACCOUNT_THROTTLED", "TEMPLATE_NOT_FOUND", "TEMPLATE_DOES_NOT_EXIST"}
@@ -220,6 +237,48 @@ def template_name(campaign_id: int) -> str:
     return f"mailerd-campaign-{campaign_id}"
 
 
+def message_fields(campaign: Campaign, per_recipient: int) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The request's ``FromEmailAddress`` and ``ReplyToAddresses``, and the template's
+    ``Headers``, as SES takes them (see the module docstring); ``per_recipient``: how many
+    headers each entry adds. ValueError, naming the campaign field, for what SES cannot carry."""
+    fields: dict[str, Any] = {"FromEmailAddress": _seven_bit("from", campaign.from_address)}
+    if campaign.reply_to:
+        fields["ReplyToAddresses"] = [_seven_bit("reply_to", campaign.reply_to)]
+    headers = [_message_header(name, value) for name, value in campaign.headers]
+    if len(headers) + per_recipient > MAX_MESSAGE_HEADERS:
+        raise ValueError(
+            f"headers: SES takes {MAX_MESSAGE_HEADERS} headers a message, {per_recipient} of them "
+            f"mailerd's own: at most {MAX_MESSAGE_HEADERS - per_recipient}, got {len(headers)}"
+        )
+    return fields, headers
+
+
+def _seven_bit(field: str, text: str) -> str:
+    try:
+        return compose.seven_bit_mailbox(text)
+    except compose.NeedsSmtpUtf8:
+        raise ValueError(
+            f"{field}: SES does not support SMTPUTF8: the part before @ must be ASCII ({text[:100]!r})"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _message_header(name: str, value: str) -> dict[str, str]:
+    """One ``MessageHeader``: printable ASCII, so a value that is not ASCII is RFC 2047 encoded
+    (as the SMTP client writes it), on one line."""
+    if not value.isascii():
+        value = Header(value, "utf-8", header_name=name).encode(linesep="")
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"headers.{name[:40]}: SES takes a header name of printable ASCII without ':'")
+    if not _HEADER_VALUE.fullmatch(value) or len(name) + len(value) > MAX_HEADER_LINE:
+        raise ValueError(
+            f"headers.{name[:40]}: SES takes a value of 1 to {MAX_HEADER_LINE - len(name)} printable "
+            f"ASCII characters (one that is not ASCII counted RFC 2047 encoded), got {len(value)}"
+        )
+    return {"Name": name, "Value": value}
+
+
 # --- the client ---------------------------------------------------------------------------------
 
 
@@ -231,6 +290,8 @@ class _Prepared:
     template: content_mod.SesTemplate
     default_content: dict[str, Any]
     campaign_tag: dict[str, str]
+    fields: dict[str, Any]  # FromEmailAddress, ReplyToAddresses
+    unsendable: str | None = None  # why SES cannot carry the campaign (message_fields)
 
 
 class SesProvider:
@@ -277,14 +338,21 @@ class SesProvider:
                 raise PermanentError(f"template error: {exc}") from None
             template = content_mod.ses_template(content)
             name = template_name(campaign.id)
-            await self._put_template(name, template)
+            tag = {"Name": CAMPAIGN_TAG, "Value": str(campaign.id)}
             default_content: dict[str, Any] = {"Template": {"TemplateName": name, "TemplateData": "{}"}}
-            self._prepared[campaign.id] = _Prepared(
-                content,
-                template,
-                default_content,
-                {"Name": CAMPAIGN_TAG, "Value": str(campaign.id)},
-            )
+            per_recipient = UNSUBSCRIBE_HEADERS if self._unsubscribe is not None else 0
+            try:
+                fields, headers = message_fields(campaign, per_recipient)
+            except ValueError as exc:
+                # Not raised here: a failed prepare is tried again at every poll. send raises it.
+                reason = f"SES cannot send this campaign: {exc}"
+                self._prepared[campaign.id] = _Prepared(content, template, default_content, tag, {}, reason)
+                log.error("ses_campaign_unsendable", campaign_id=campaign.id, reason=reason)
+                return
+            if headers:
+                default_content["Template"]["Headers"] = headers
+            await self._put_template(name, template)
+            self._prepared[campaign.id] = _Prepared(content, template, default_content, tag, fields)
             log.info(
                 "ses_template_prepared",
                 campaign_id=campaign.id,
@@ -302,6 +370,8 @@ class SesProvider:
         if prepared is None:
             await self.prepare(campaign)
             prepared = self._prepared[campaign.id]
+        if prepared.unsendable is not None:
+            raise CampaignBroken(prepared.unsendable)
         results: list[RecipientResult | None] = [None] * len(batch.leads)
         entries: list[dict[str, Any]] = []
         positions: list[int] = []
@@ -348,7 +418,7 @@ class SesProvider:
         """The ``SendBulkEmail`` call of a batch's entries (``whole``: every lead of the batch;
         else some failed to render, and only the entries' results may be uncertain)."""
         request: dict[str, Any] = {
-            "FromEmailAddress": campaign.from_address,
+            **prepared.fields,
             "DefaultContent": prepared.default_content,
             "BulkEmailEntries": entries,
         }

@@ -1,6 +1,8 @@
 """The requests the SendGrid and Postmark clients send validate against the providers' own
 OpenAPI documents (tests/fixtures/openapi), and so do the answers their emulators give; the
-per-recipient headers (RFC 8058) and our ids are where each provider expects them."""
+per-recipient headers (RFC 8058) and our ids are where each provider expects them. SES requests
+validate against botocore's sesv2 service model and carry the campaign's reply-to and headers
+in 7-bit, as SES takes them; the SMTP client writes display names RFC 2047 encoded."""
 
 from __future__ import annotations
 
@@ -11,17 +13,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import botocore.session
+import botocore.validate
 import jsonschema
 import orjson
 import pytest
 from aiohttp import web
 
+from mailerd.config import ProviderConfig
 from mailerd.emulator.mailgun_api import MailgunEmulator
 from mailerd.emulator.postmark_api import PostmarkEmulator
 from mailerd.emulator.sendgrid_api import SendgridEmulator
+from mailerd.emulator.ses_api import SesEmulator
 from mailerd.emulator.smtp_server import SmtpEmulator
-from mailerd.models import Outcome
-from mailerd.providers import create
+from mailerd.models import CampaignBroken, Outcome, PermanentError
+from mailerd.providers import create, ses
 from tests.integration import providers_env as env
 
 OPENAPI = Path(__file__).parent.parent / "fixtures" / "openapi"
@@ -238,3 +244,114 @@ async def test_smtp_a_mailbox_whose_local_part_is_not_ascii_goes_only_with_smtpu
     message = email.message_from_string(emulator.kept[0].decode(), policy=email.policy.default)
     reply_to = message["Reply-To"].addresses
     assert [(a.display_name, a.addr_spec) for a in reply_to] == [("Zoë", "josé@example.com")]
+
+
+class SesCapture(SesEmulator):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bodies: list[Any] = []
+        self.kept = []
+
+    async def _send_bulk_email(self, request: web.Request) -> web.Response:
+        self.bodies.append(orjson.loads(await request.read()))
+        return await super()._send_bulk_email(request)
+
+
+def _ses_client(emulator: SesEmulator) -> ses.SesProvider:
+    return ses.SesProvider(
+        ProviderConfig(name="sink", kind="sink", endpoint=emulator.url), unsubscribe=env.unsubscribe_url
+    )
+
+
+async def test_ses_request_carries_reply_to_and_headers_as_ses_takes_them() -> None:
+    # They were dropped: the request had only FromEmailAddress, DefaultContent, BulkEmailEntries.
+    campaign = env.campaign(
+        provider="sink",
+        from_address="Jürgen Müller <news@bücher.de>",
+        reply_to="Zoë Support <help@example.com>",
+        headers=(("X-Campaign-Ref", "spring-2030"), ("X-Season", "Frühling")),
+    )
+    async with SesCapture() as emulator:
+        client = _ses_client(emulator)
+        try:
+            results = await client.send(env.batch(campaign, 3))
+        finally:
+            await client.close()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 3
+    (body,) = emulator.bodies
+    operation = botocore.session.get_session().get_service_model("sesv2").operation_model("SendBulkEmail")
+    report = botocore.validate.ParamValidator().validate(body, operation.input_shape)
+    assert not report.has_errors(), report.generate_report()
+    assert body["FromEmailAddress"] == "=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <news@xn--bcher-kva.de>"
+    assert body["ReplyToAddresses"] == ["=?utf-8?q?Zo=C3=AB?= Support <help@example.com>"]
+    assert emulator.kept is not None and len(emulator.kept) == 3
+    for index, fields in enumerate(emulator.kept, start=1):
+        message = email.message_from_string(
+            "".join(f"{name}: {value}\r\n" for name, value in fields) + "\r\n", policy=email.policy.default
+        )
+        assert [(a.display_name, a.addr_spec) for a in message["From"].addresses] == [
+            ("Jürgen Müller", "news@xn--bcher-kva.de")
+        ]
+        assert [(a.display_name, a.addr_spec) for a in message["Reply-To"].addresses] == [
+            ("Zoë Support", "help@example.com")
+        ]
+        assert (message["X-Campaign-Ref"], message["X-Season"]) == ("spring-2030", "Frühling")
+        assert message["List-Unsubscribe"] == f"<https://mailerd.example/u/7-{index}>"
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.parametrize(
+    ("campaign", "field"),
+    [
+        ({"headers": tuple((f"X-H{i}", "v") for i in range(14))}, "headers"),  # 14 + the unsubscribe pair
+        ({"headers": (("X-Long", "é" * 400),)}, "headers.X-Long"),  # RFC 2047 encoded: past 995
+        ({"headers": (("X-Empty", ""),)}, "headers.X-Empty"),  # SES: a value of at least 1
+        ({"reply_to": "Zoë <josé@example.com>"}, "reply_to"),  # SES does not support SMTPUTF8
+        ({"from_address": "josé@example.com"}, "from"),
+    ],
+)
+async def test_ses_campaign_it_cannot_carry_is_broken_not_sent_without(
+    campaign: dict[str, Any], field: str
+) -> None:
+    async with SesCapture() as emulator:
+        client = _ses_client(emulator)
+        try:
+            with pytest.raises(CampaignBroken, match=rf"^SES cannot send this campaign: {field}: "):
+                await client.send(env.batch(env.campaign(provider="sink", **campaign), 3))
+        finally:
+            await client.close()
+    assert emulator.bodies == []
+
+
+async def test_ses_emulator_refuses_what_ses_refuses() -> None:
+    async with SesCapture() as emulator:
+        client = _ses_client(emulator)
+        try:
+            await client.prepare(env.campaign(provider="sink"))
+            request = {
+                "FromEmailAddress": "news@example.com",
+                "DefaultContent": {"Template": {"TemplateName": "mailerd-campaign-7", "TemplateData": "{}"}},
+                "BulkEmailEntries": [{"Destination": {"ToAddresses": ["lead@example.com"]}}],
+            }
+            bad: list[tuple[dict[str, Any], str]] = [
+                ({"FromEmailAddress": "Jürgen <news@example.com>"}, "FromEmailAddress"),
+                ({"ReplyToAddresses": ["r@bücher.de"]}, "ReplyToAddresses"),
+                (
+                    {"DefaultContent": {"Template": {"TemplateName": "mailerd-campaign-7", "Headers": [
+                        {"Name": "X-Season", "Value": "Frühling"}
+                    ]}}},
+                    r"DefaultContent\.Template\.Headers",
+                ),
+                (
+                    {"BulkEmailEntries": [{
+                        "Destination": {"ToAddresses": ["lead@example.com"]},
+                        "ReplacementHeaders": [{"Name": "X:Colon", "Value": "v"}],
+                    }]},
+                    r"BulkEmailEntries\[0\]\.ReplacementHeaders",
+                ),
+            ]  # fmt: skip
+            for change, field in bad:
+                with pytest.raises(PermanentError, match=rf"^BadRequestException: {field}: "):
+                    await client._call("POST", ses.SEND_BULK_PATH, {**request, **change})
+        finally:
+            await client.close()
