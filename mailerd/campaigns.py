@@ -21,6 +21,7 @@ from mailerd.config import Config
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import leads as leads_db
 from mailerd.models import Campaign, CampaignStatus, Lead
+from mailerd.providers import ses
 
 NOTIFY_CHANNEL = campaign_rows.NOTIFY_CHANNEL
 TRANSITIONS = campaign_rows.TRANSITIONS
@@ -48,6 +49,8 @@ MAX_HEADERS = 20
 MAX_HEADER_VALUE = 900  # a header line stays under RFC 5322's 998 characters
 # The provider kinds that send a template stored at the provider (``provider_template``).
 TEMPLATE_KINDS = ("sendgrid", "postmark")
+# The provider kinds that go through SES's API (the sink emulates it).
+SES_KINDS = ("ses", "sink")
 
 # Header lines mailerd (or the provider) writes itself: a campaign may not set or repeat them.
 RESERVED_HEADERS = frozenset(
@@ -217,6 +220,8 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
             )
         )
     errors.extend(_header_problems(new))
+    if not errors and new.provider in config.providers and config.providers[new.provider].kind in SES_KINDS:
+        errors.extend(_ses_problems(new))
     if new.send_window is not None:
         try:
             windows.parse(msgspec.to_builtins(new.send_window))
@@ -227,6 +232,18 @@ def validate(new: NewCampaign, config: Config) -> list[CampaignError]:
             CampaignError("send_at", "out of range: the time must fall in the years 1 to 9999 in UTC")
         )
     return errors
+
+
+def _ses_problems(new: NewCampaign) -> list[CampaignError]:
+    """What SES cannot carry (a header past its limits, a From whose local part is not ASCII):
+    refused here rather than failing the campaign at its first batch."""
+    headers = sorted((new.headers or {}).items())
+    try:
+        ses.message_fields(new.from_address, new.reply_to, headers, ses.UNSUBSCRIBE_HEADERS)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        return [CampaignError(field, message)]
+    return []
 
 
 def is_one_address(value: str) -> bool:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.header import Header
 from typing import Any, Final
 
@@ -237,14 +237,17 @@ def template_name(campaign_id: int) -> str:
     return f"mailerd-campaign-{campaign_id}"
 
 
-def message_fields(campaign: Campaign, per_recipient: int) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def message_fields(
+    from_address: str, reply_to: str | None, extra_headers: Iterable[tuple[str, str]], per_recipient: int
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """The request's ``FromEmailAddress`` and ``ReplyToAddresses``, and the template's
     ``Headers``, as SES takes them (see the module docstring); ``per_recipient``: how many
-    headers each entry adds. ValueError, naming the campaign field, for what SES cannot carry."""
-    fields: dict[str, Any] = {"FromEmailAddress": _seven_bit("from", campaign.from_address)}
-    if campaign.reply_to:
-        fields["ReplyToAddresses"] = [_seven_bit("reply_to", campaign.reply_to)]
-    headers = [_message_header(name, value) for name, value in campaign.headers]
+    headers each entry adds. ValueError, naming the campaign field, for what SES cannot carry
+    (campaign creation asks first: :func:`mailerd.campaigns.validate`)."""
+    fields: dict[str, Any] = {"FromEmailAddress": _seven_bit("from", from_address)}
+    if reply_to:
+        fields["ReplyToAddresses"] = [_seven_bit("reply_to", reply_to)]
+    headers = [_message_header(name, value) for name, value in extra_headers]
     if len(headers) + per_recipient > MAX_MESSAGE_HEADERS:
         raise ValueError(
             f"headers: SES takes {MAX_MESSAGE_HEADERS} headers a message, {per_recipient} of them "
@@ -342,7 +345,9 @@ class SesProvider:
             default_content: dict[str, Any] = {"Template": {"TemplateName": name, "TemplateData": "{}"}}
             per_recipient = UNSUBSCRIBE_HEADERS if self._unsubscribe is not None else 0
             try:
-                fields, headers = message_fields(campaign, per_recipient)
+                fields, headers = message_fields(
+                    campaign.from_address, campaign.reply_to, campaign.headers, per_recipient
+                )
             except ValueError as exc:
                 # Not raised here: a failed prepare is tried again at every poll. send raises it.
                 reason = f"SES cannot send this campaign: {exc}"

@@ -54,3 +54,20 @@ def test_a_provider_template_for_a_kind_that_ignores_it_is_refused(kind: str) ->
     )
     assert [e.field for e in errors] == ["provider_template"], errors
     assert f"kind {kind}" in errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"headers": {f"X-Tag-{n}": "v" for n in range(14)}}, "headers"),
+        ({"headers": {"X-Season": "été " * 150}}, "headers.X-Season"),  # 995 characters, encoded
+    ],
+)
+@pytest.mark.parametrize("kind", ["ses", "sink"])
+def test_what_ses_cannot_carry_is_refused_at_creation(
+    overrides: dict[str, object], field: str, kind: str
+) -> None:
+    # accepted, then the campaign failed at its first batch
+    errors = campaigns.validate(new_campaign(**overrides), daemon_config(1, provider={"kind": kind}))
+    assert [e.field for e in errors] == [field], errors
+    assert campaigns.validate(new_campaign(**overrides), daemon_config(1, provider={"kind": "smtp"})) == []
