@@ -55,7 +55,7 @@ def _indicators(column: str, counters: dict[str, str]) -> str:
 
 def _rollups(source: str) -> str:
     """The CTEs that add ``source``'s rows (campaign_id, account_id, at, domain, counters) to the
-    three rollups."""
+    four rollups."""
     sums = ", ".join(f"sum({c})" for c in COUNTERS)
     cols = ", ".join(COUNTERS)
     add = ", ".join(f"{c} = {{table}}.{c} + EXCLUDED.{c}" for c in COUNTERS)
@@ -65,6 +65,12 @@ minutes AS (
     SELECT campaign_id, date_trunc('minute', at), {sums} FROM {source}
     WHERE campaign_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (campaign_id, minute) DO UPDATE SET {add.format(table="report_campaign_minutes")}
+),
+totals AS (
+    INSERT INTO report_campaign_totals (campaign_id, {cols})
+    SELECT campaign_id, {sums} FROM {source}
+    WHERE campaign_id IS NOT NULL GROUP BY 1 ORDER BY 1
+    ON CONFLICT (campaign_id) DO UPDATE SET {add.format(table="report_campaign_totals")}
 ),
 domains AS (
     INSERT INTO report_campaign_domains (campaign_id, domain, {cols})
@@ -210,7 +216,8 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
 
 async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
     """Drop the monthly partitions that end on or before ``cutoff`` (and rows of those months in
-    the default partition), and rollup rows older than it; returns the partitions dropped."""
+    the default partition), and the series' rows of those months (a campaign's totals, domains
+    and bounce reasons stay); returns the partitions dropped."""
     rows = await conn.fetch(
         """SELECT c.relname FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
@@ -232,9 +239,10 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
         for table, column in PARTITIONED.items():
             await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", kept_from)
-    start = dt.datetime.combine(cutoff, dt.time(), dt.UTC)
-    await conn.execute("DELETE FROM report_campaign_minutes WHERE minute < $1", start)
-    await conn.execute("DELETE FROM report_account_days WHERE day < $1", cutoff)
+    # The series go by whole months too, as the partitions do: a late record of a kept month
+    # (the loader takes those) must add to its minute and day, not bring back a part of them.
+    await conn.execute("DELETE FROM report_campaign_minutes WHERE minute < $1", kept_from)
+    await conn.execute("DELETE FROM report_account_days WHERE day < $1", kept_from.date())
     return sorted(dropped)
 
 

@@ -52,7 +52,7 @@ def _series(unit: str) -> str:
 # aggregate the same few rows (a campaign spread over many days has more of them: one extra pass).
 # Each list is an array of anonymous records (tuples, in the order of their columns here).
 _CAMPAIGN_REPORT = f"""
-SELECT (SELECT row({_SUM_VALUES}) FROM report_campaign_minutes WHERE campaign_id = $1) AS totals,
+SELECT (SELECT row({_SUM_VALUES}) FROM report_campaign_totals WHERE campaign_id = $1) AS totals,
        {", ".join(_series(unit) for unit in UNITS)},
        ARRAY(SELECT row(domain, {_COLUMNS}) FROM report_campaign_domains WHERE campaign_id = $1
              ORDER BY sent + failed + unknown + suppressed DESC, domain LIMIT $3) AS domains,

@@ -375,3 +375,28 @@ async def test_two_creators_of_a_month_with_rows_in_the_default_partition_move_t
     ]
     assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 3
     assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
+
+
+async def test_a_campaigns_totals_outlive_retention_and_a_late_record_adds_to_its_minute(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    # the totals were the sum of the per-minute series, which retention trimmed by the day while
+    # partitions go by the month: totals 2 of 5 emails (domains and the list said 5), and a late
+    # record of the kept month brought back its minute holding only itself
+    jan = dt.datetime(2025, 1, 10, 12, tzinfo=dt.UTC)
+    mar = dt.datetime(2025, 3, 10, 12, tzinfo=dt.UTC)
+    target = destination(reports_dsn, now=lambda: mar)
+    try:
+        await target.deliver([email(n, at=jan) for n in (1, 2, 3)] + [email(n, at=mar) for n in (4, 5)])
+        assert await reports_schema.maintain(reports, 400, now=dt.datetime(2026, 2, 20, tzinfo=dt.UTC)) == []
+        target_late = destination(reports_dsn, now=lambda: dt.datetime(2026, 2, 20, tzinfo=dt.UTC))
+        try:
+            await target_late.deliver([email(6, at=jan)])  # January is kept: its late record loads
+        finally:
+            await target_late.close()
+    finally:
+        await target.close()
+    rows = await reports_read.campaign_report(reports, 7, points=100, top=10)
+    assert rows.totals["sent"] == 6 == sum(d["sent"] for d in rows.domains)
+    by_minute = {point["at"]: point["sent"] for point in rows.series["minute"]}
+    assert by_minute[jan] == 4
