@@ -342,6 +342,8 @@ def _parse_entry(
     to = destination.get("ToAddresses") if isinstance(destination, dict) else None
     if not isinstance(to, list) or len(to) != 1 or not isinstance(to[0], str) or "@" not in to[0]:
         raise _bad(index, "Destination.ToAddresses: one email address expected")
+    if not to[0].isascii():  # as for FromEmailAddress: no SMTPUTF8, a domain in Punycode
+        raise _bad(index, "Destination.ToAddresses: an email address of 7-bit ASCII expected")
     replacement = entry.get("ReplacementEmailContent")
     if replacement is not None:
         template = replacement.get("ReplacementTemplate") if isinstance(replacement, dict) else None

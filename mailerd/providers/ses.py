@@ -92,6 +92,7 @@ DEFAULT_REGION: Final = "us-east-1"
 # SES v2 MessageHeader / MessageHeaderList (API reference; botocore's sesv2 service model)
 MAX_MESSAGE_HEADERS: Final = 15  # "no more than 15 headers in one message"
 MAX_HEADER_LINE: Final = 996  # name and value together
+_NEEDS_SMTPUTF8 = "SES does not support SMTPUTF8: the part of the address before @ must be ASCII"
 UNSUBSCRIBE_HEADERS: Final = 2  # List-Unsubscribe, List-Unsubscribe-Post: in each entry
 _HEADER_NAME: Final = re.compile(r"[!-9;-@A-~]{1,126}")
 _HEADER_VALUE: Final = re.compile(r"[ -~]{1,995}")
@@ -384,6 +385,12 @@ class SesProvider:
         template_data, dumps = content_mod.template_data, orjson.dumps
         unsubscribe = self._unsubscribe
         for position, lead in enumerate(batch.leads):
+            to = lead.email
+            if not to.isascii():  # SES takes 7-bit addresses only: one it refused failed the call
+                to = compose.seven_bit_address(to)
+                if not to.isascii():
+                    results[position] = RecipientResult(Outcome.FAILED, error=_NEEDS_SMTPUTF8)
+                    continue
             url = unsubscribe(campaign, lead) if unsubscribe is not None else ""
             try:
                 data = template_data(template, content, lead, campaign, url)
@@ -395,7 +402,7 @@ class SesProvider:
                 results[position] = RecipientResult(Outcome.FAILED, error=f"render failed: {exc}")
                 continue
             entry: dict[str, Any] = {
-                "Destination": {"ToAddresses": [lead.email]},
+                "Destination": {"ToAddresses": [to]},
                 "ReplacementTags": [campaign_tag, {"Name": LEAD_TAG, "Value": str(lead.id)}],
                 "ReplacementEmailContent": {
                     "ReplacementTemplate": {"ReplacementTemplateData": dumps(data).decode()}

@@ -26,7 +26,7 @@ from mailerd.emulator.postmark_api import PostmarkEmulator
 from mailerd.emulator.sendgrid_api import SendgridEmulator
 from mailerd.emulator.ses_api import SesEmulator
 from mailerd.emulator.smtp_server import SmtpEmulator
-from mailerd.models import CampaignBroken, Outcome, PermanentError
+from mailerd.models import Batch, CampaignBroken, Lead, Outcome, PermanentError
 from mailerd.providers import create, ses
 from tests.integration import providers_env as env
 
@@ -298,6 +298,24 @@ async def test_ses_request_carries_reply_to_and_headers_as_ses_takes_them() -> N
         assert (message["X-Campaign-Ref"], message["X-Season"]) == ("spring-2030", "Frühling")
         assert message["List-Unsubscribe"] == f"<https://mailerd.example/u/7-{index}>"
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+async def test_ses_takes_a_leads_idn_domain_in_punycode_and_fails_only_a_local_part_it_cannot_carry() -> None:
+    # sent as stored: SES refuses an address that is not 7-bit, so one such lead failed its
+    # whole call of 50
+    leads = [Lead(1, "anna@bücher.de", {}), Lead(2, "jürgen@example.com", {}), Lead(3, "b@example.com", {})]
+    campaign = env.campaign(provider="sink")
+    async with SesCapture() as emulator:
+        client = _ses_client(emulator)
+        try:
+            results = await client.send(Batch(campaign=campaign, shard_no=0, seq=0, leads=leads, upto=3))
+        finally:
+            await client.close()
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
+    assert "SMTPUTF8" in (results[1].error or "")
+    (body,) = emulator.bodies
+    sent_to = [entry["Destination"]["ToAddresses"] for entry in body["BulkEmailEntries"]]
+    assert sent_to == [["anna@xn--bcher-kva.de"], ["b@example.com"]]
 
 
 @pytest.mark.parametrize(
