@@ -28,7 +28,7 @@ from mailerd.db import email_log as email_log_db
 from mailerd.db import erasure as erasure_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
-from mailerd.models import Campaign, CampaignStatus
+from mailerd.models import Campaign, CampaignBroken, CampaignStatus, PermanentError
 from mailerd.shard import ShardRun
 from mailerd.splitting import campaign_from_row, split_campaign, with_condition
 from mailerd.stages import ProviderLane, RowSink
@@ -387,7 +387,12 @@ class Scheduler:
         if (lane.name, campaign_id) not in self._prepared:
             try:
                 await lane.provider.prepare(campaign)
-            except Exception as exc:  # any provider failure: the shard stays for a later poll
+            except (PermanentError, CampaignBroken) as exc:
+                # It can never be prepared as stored (a template the provider refuses): failed,
+                # with the reason, rather than tried at every poll while it shows "running".
+                await fail_campaign(claim, campaign_id, f"the provider cannot send it: {exc}")
+                raise _NotClaimable from exc
+            except Exception as exc:  # any other provider failure: the shard stays for a later poll
                 log.warning("campaign_prepare_failed", campaign_id=campaign_id, error=str(exc))
                 raise _NotClaimable from exc
             self._prepared.add((lane.name, campaign_id))
