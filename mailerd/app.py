@@ -94,7 +94,7 @@ async def run_with_dsn(
         lanes = _open_lanes(config, resources)
         for lane in lanes.values():
             lane.quota = _quota_gate(config, pool, lane)
-        writer = Writer(pool, config.writer, config.webhooks, config.guards, config.providers)
+        writer = Writer(pool, config.writer, config.webhooks, config.guards, config.providers, config.privacy)
         webhook_handlers = providers.create_webhook_handlers(config)
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")

@@ -12,6 +12,10 @@ erasure_key``) in ``erased_suppressions``; every lead window of that account che
 so the same address imported again is logged ``suppressed``, never sent to, while the address
 itself is gone from the database.
 
+An event that arrives after the erasure (a complaint for an email sent before it) is stored as
+the erasure left the others, and what it suppresses kept as a keyed hash
+(:func:`mailerd.events.record`, looked up by the hashes recorded here).
+
 Every erasure is recorded in ``erasures`` (who asked, when, the account, the keyed hashes of
 the addresses, the lead ids, what was removed) without the address. The event stream publishes
 that record (``erasure``) so every copy downstream (Kafka consumers, callbacks, the reports
@@ -28,7 +32,7 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
-from mailerd.config import Config
+from mailerd.config import Config, PrivacyConfig
 from mailerd.db import erasure as erasure_db
 
 log = structlog.get_logger(__name__)
@@ -74,6 +78,12 @@ def configured_key(config: Config) -> bytes:
             "without it an erased, suppressed address could be mailed again"
         )
     return secret.reveal().encode("utf-8")
+
+
+def configured_pads(privacy: PrivacyConfig) -> tuple[bytes, bytes] | None:
+    """The erasure key's HMAC pads, or None when no key is configured (then no erasure exists)."""
+    secret = privacy.erasure_key
+    return None if secret is None else key_pads(secret.reveal().encode("utf-8"))
 
 
 async def suppression_pads(

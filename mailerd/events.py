@@ -19,6 +19,7 @@ import asyncpg
 import structlog
 
 from mailerd import bounces
+from mailerd.db import erasure as erasure_db
 from mailerd.db import events as events_db
 from mailerd.db import leads as leads_db
 from mailerd.db import stats as stats_db
@@ -79,11 +80,14 @@ async def record(
     *,
     soft_bounce_limit: int,
     soft_bounce_window_s: float,
+    erased_pads: tuple[bytes, bytes] | None = None,
 ) -> Recorded:
-    """Append the events not seen before; suppress and count. Returns the new ones, and what of
-    them the provider guard counts (:class:`Recorded`).
+    """Append the events not seen before; suppress and count. Returns the new ones as stored,
+    and what of them the provider guard counts (:class:`Recorded`).
 
-    Must run inside a transaction (the writer's flush).
+    With ``erased_pads`` (the erasure key's HMAC pads), an event about a person erased before it
+    arrived is stored without the address (:func:`_scrubbed`). Must run inside a transaction
+    (the writer's flush).
     """
     events = unique(events)
     if not events:
@@ -100,8 +104,11 @@ async def record(
     if not fresh:
         return Recorded([], {})
     fresh = [_classified(e) for e in await _lowered(conn, fresh)]
+    fresh, erased = await _scrubbed(conn, fresh, erased_pads)
     await events_db.append(conn, fresh, dt.datetime.now(dt.UTC))
-    await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)
+    await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)  # none of the erased
+    if erased and erased_pads is not None:
+        await _suppress_erased(conn, erased, erased_pads)
     counted = counts(fresh)
     late_campaign, late_provider = await _late(conn, fresh)
     await stats_db.add_events(conn, counted, late_campaign)
@@ -154,6 +161,74 @@ async def _late(
     return late_campaign, late_provider
 
 
+async def _scrubbed(
+    conn: asyncpg.Connection, events: list[Event], pads: tuple[bytes, bytes] | None
+) -> tuple[list[Event], list[tuple[Event, int]]]:
+    """The events as they may be stored, and those about an erased person with their erasure.
+
+    A complaint or a bounce for an email sent before an erasure can arrive after it: stored as
+    it came, it would put the address back in ``email_events`` and on the suppression list,
+    and the relay would publish it after the erasure record, so every copy downstream would
+    keep it. Such an event (its address's keyed hash is in an erasure of its account, or of any
+    account when it matched none, and the address is no lead there again) is stored as
+    :func:`mailerd.db.erasure.scrub_events` leaves the others: no address, the provider event id
+    replaced by its SHA-256 (:func:`receipt_key`), the address cut out of its texts. Without
+    the key there is no erasure (none can be made): nothing is looked up."""
+    if pads is None:
+        return events, []
+    addressed = [(n, e, e.email) for n, e in enumerate(events) if e.email]
+    if not addressed:
+        return events, []
+    found = await erasure_db.erased_among(
+        conn,
+        [(e.account_id, email, e.reason, e.provider_type, _pattern(e, email)) for _, e, email in addressed],
+        *pads,
+    )
+    if not found:
+        return events, []
+    stored = list(events)
+    erased = []
+    for position, scrubbed in found.items():
+        n, event, _ = addressed[position]
+        erased.append((event, scrubbed.erasure_id))
+        stored[n] = dataclasses.replace(
+            event,
+            email=None,
+            receipt=receipt_key(event.receipt),
+            reason=scrubbed.reason,
+            provider_type=scrubbed.provider_type,
+        )
+    log.info("erased_events_scrubbed", events=len(erased))
+    return stored, erased
+
+
+def _pattern(event: Event, email: str) -> str | None:
+    """The pattern that finds ``email`` in the event's texts; None when they hold no ``@`` (they
+    cannot quote it), which spares building one for most events."""
+    if "@" in (event.reason or "") or "@" in (event.provider_type or ""):
+        return erasure_db.address_pattern(email)
+    return None
+
+
+async def _suppress_erased(
+    conn: asyncpg.Connection, erased: list[tuple[Event, int]], pads: tuple[bytes, bytes]
+) -> None:
+    """What an erased person's event suppresses stays suppressed as the erasure keeps it: as a
+    keyed hash in ``erased_suppressions``, never as the address (soft bounces are not counted
+    towards the limit: their events hold no address to count by)."""
+    entries: dict[tuple[int, str], tuple[str, str, int]] = {}
+    for event, erasure_id in erased:
+        if event.account_id is not None and event.email and _suppresses_at_once(event):
+            entries.setdefault((event.account_id, event.email), (str(event.kind), event.provider, erasure_id))
+    if entries:
+        await erasure_db.suppress_hashed(conn, [(*key, *value) for key, value in entries.items()], *pads)
+
+
+def _suppresses_at_once(event: Event) -> bool:
+    bounce_class = bounces.BounceClass(event.bounce_class) if event.bounce_class else None
+    return bounces.suppresses(event.kind, bounce_class) or event.suppress
+
+
 def _classified(event: Event) -> Event:
     """The event with its bounce class (:mod:`mailerd.bounces`); others unchanged. An SMTP
     rejection comes classified already (:mod:`mailerd.rejections`)."""
@@ -175,7 +250,7 @@ async def _suppress(
             continue
         key = (event.account_id, event.email)
         bounce_class = bounces.BounceClass(event.bounce_class) if event.bounce_class else None
-        if bounces.suppresses(event.kind, bounce_class) or event.suppress:
+        if _suppresses_at_once(event):
             direct.setdefault(key, (str(event.kind), event.provider))
         elif event.kind in bounces.BOUNCE_KINDS and bounce_class not in bounces.BLOCKING:
             soft.add(key)

@@ -29,9 +29,9 @@ from collections.abc import Mapping
 import asyncpg
 import structlog
 
-from mailerd import db, deadletter, guards, metrics, provider_guard
+from mailerd import db, deadletter, erasure, guards, metrics, provider_guard
 from mailerd import events as events_mod
-from mailerd.config import GuardsConfig, ProviderConfig, WebhooksConfig, WriterConfig
+from mailerd.config import GuardsConfig, PrivacyConfig, ProviderConfig, WebhooksConfig, WriterConfig
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import email_log as email_log_db
 from mailerd.db import provider_usage as usage_db
@@ -86,8 +86,11 @@ class Writer:
         webhooks: WebhooksConfig | None = None,
         guard_config: GuardsConfig | None = None,
         providers: Mapping[str, ProviderConfig] | None = None,
+        privacy: PrivacyConfig | None = None,
     ) -> None:
         self._pool = pool
+        # Events about a person erased before they arrived are stored scrubbed (events.record).
+        self._erased_pads = erasure.configured_pads(privacy or PrivacyConfig())
         self._config = config
         self._webhooks = webhooks or WebhooksConfig()
         self._guard = guards.CampaignGuard(guard_config or GuardsConfig())
@@ -400,6 +403,7 @@ class Writer:
                     events,
                     soft_bounce_limit=self._webhooks.soft_bounce_limit,
                     soft_bounce_window_s=self._webhooks.soft_bounce_window_s,
+                    erased_pads=self._erased_pads,
                 )
                 provider_counts = recorded.provider_counts
             # Last: the provider rows are the flush's hottest (every node adds to them).

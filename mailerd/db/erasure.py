@@ -9,6 +9,7 @@ else Postgres computes it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,7 +127,7 @@ async def scrub_audit(
         "UPDATE suppression_audit SET email = $3 WHERE account_id = $1 AND email = ANY($2::text[])",
         account_id,
         list(emails),
-        f"{ERASED_MARK} (erasure {erasure_id})",
+        audit_mark(erasure_id),
     )
     return int(status.rsplit(" ", 1)[-1])
 
@@ -198,6 +199,101 @@ async def delete_relay_dead_letters(
 async def delete_leads(conn: asyncpg.Connection, account_id: int, lead_ids: Sequence[int]) -> int:
     status = await conn.execute(
         "DELETE FROM leads WHERE account_id = $1 AND id = ANY($2::bigint[])", account_id, list(lead_ids)
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def audit_mark(erasure_id: int) -> str:
+    """What ``suppression_audit.email`` says instead of an address the erasure ``erasure_id`` erased."""
+    return f"{ERASED_MARK} (erasure {erasure_id})"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErasedEvent:
+    """What a provider event is stored with when its address was erased: the erasure that erased
+    it (the latest of the account) and the event's texts with the address cut out."""
+
+    erasure_id: int
+    reason: str | None
+    provider_type: str | None
+
+
+async def erased_among(
+    conn: asyncpg.Connection,
+    events: Sequence[tuple[int | None, str, str | None, str | None, str | None]],
+    ipad: bytes,
+    opad: bytes,
+) -> dict[int, ErasedEvent]:
+    """Which of ``events`` (``(account_id, lower-cased address, reason, provider_type, pattern)``)
+    are about an erased person, by position: the keyed hash of the address is in an erasure of
+    the event's account (of any account for an event that matched none, as :func:`scrub_events`
+    scrubs those), and that account has no lead with the address again (the host application
+    imported the person anew: its events are theirs). ``reason`` and ``provider_type`` come back
+    with ``pattern`` (:func:`address_pattern`, None when the texts cannot quote an address)
+    replaced as :func:`scrub_events` does. One statement, through the GIN index on the hashes."""
+    rows = await conn.fetch(
+        f"""SELECT v.n, hit.erasure_id,
+                   regexp_replace(v.reason, v.pattern, $8, 'gi') AS reason,
+                   regexp_replace(v.provider_type, v.pattern, $8, 'gi') AS provider_type
+            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+                 WITH ORDINALITY AS v(account_id, email, reason, provider_type, pattern, n)
+            JOIN LATERAL (
+                SELECT max(e.id) AS erasure_id FROM erasures e
+                WHERE e.email_hashes @> ARRAY[{hmac_sql("v.email", "$6::bytea", "$7::bytea")}]
+                  AND (v.account_id IS NULL OR e.account_id = v.account_id)
+                  AND NOT EXISTS (SELECT 1 FROM leads l
+                                  WHERE lower(l.email) = lower(v.email) AND l.account_id = e.account_id)
+            ) hit ON hit.erasure_id IS NOT NULL""",
+        [e[0] for e in events],
+        [e[1] for e in events],
+        [e[2] if e[4] is not None else None for e in events],
+        [e[3] if e[4] is not None else None for e in events],
+        [e[4] for e in events],
+        ipad,
+        opad,
+        ERASED_MARK,
+    )
+    found = {}
+    for row in rows:
+        n = row["n"] - 1
+        _, _, reason, provider_type, pattern = events[n]
+        if pattern is not None:
+            reason, provider_type = row["reason"], row["provider_type"]
+        found[n] = ErasedEvent(row["erasure_id"], reason, provider_type)
+    return found
+
+
+async def suppress_hashed(
+    conn: asyncpg.Connection,
+    entries: Sequence[tuple[int, str, str, str, int]],
+    ipad: bytes,
+    opad: bytes,
+) -> int:
+    """Suppress erased addresses as :func:`keep_suppressions_hashed` keeps them:
+    ``(account_id, address, reason, source, erasure_id)`` (one per account and address) go into
+    ``erased_suppressions`` as keyed hashes where not there yet, each addition audited as
+    :func:`scrub_audit` leaves an audit entry (no address). Returns how many were added."""
+    status = await conn.execute(
+        f"""WITH v AS (
+                SELECT a, {hmac_sql("e", "$6::bytea", "$7::bytea")} AS h, r, s, x, m
+                FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $8::text[])
+                     AS t(a, e, r, s, x, m)),
+            added AS (
+                INSERT INTO erased_suppressions (account_id, email_hash, reason, erasure_id)
+                SELECT a, h, r, x FROM v
+                ON CONFLICT (account_id, email_hash) DO NOTHING
+                RETURNING account_id, email_hash)
+            INSERT INTO suppression_audit (account_id, email, action, reason, source)
+            SELECT v.a, v.m, 'added', v.r, v.s
+            FROM added JOIN v ON v.a = added.account_id AND v.h = added.email_hash""",
+        [e[0] for e in entries],
+        [e[1] for e in entries],
+        [e[2] for e in entries],
+        [e[3] for e in entries],
+        [e[4] for e in entries],
+        ipad,
+        opad,
+        [audit_mark(e[4]) for e in entries],
     )
     return int(status.rsplit(" ", 1)[-1])
 

@@ -1,0 +1,197 @@
+"""An event that arrives after its recipient was erased (a complaint or a bounce for an email sent
+before) is stored as the erasure scrubbed the others: it put the address back in plain text in
+email_events, suppressions and suppression_audit, for the relay to publish after the erasure."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns, erasure, events, segments
+from mailerd import config as config_mod
+from mailerd.db import leads as leads_db
+from mailerd.models import Event, EventKind, LogStatus
+from mailerd.writer import Writer
+from tests.integration.helpers import daemon_config, new_campaign
+from tests.integration.test_erasure import ADDRESS, KEY, LOWER, _lead, _text_hits
+
+PADS = erasure.key_pads(KEY)
+HASH = hmac.digest(KEY, LOWER.encode(), "sha256")
+
+
+@pytest.fixture
+async def writer(pool: asyncpg.Pool) -> AsyncIterator[Writer]:
+    """The daemon's writer, with the erasure key as `[privacy] erasure_key` gives it."""
+    privacy = config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY.decode()))
+    running = Writer(pool, config_mod.WriterConfig(flush_interval_ms=10), privacy=privacy)
+    task = asyncio.create_task(running.run())
+    yield running
+    running.close()
+    await asyncio.wait_for(task, 10)
+
+
+async def _sent_then_erased(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    """A lead sent to (message id m-erin), then erased: (campaign, lead, erasure) ids."""
+    lead_id = await _lead(conn, 1, ADDRESS)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
+           VALUES (now(), $1, $2, $3, 'm-erin')""",
+        campaign_id,
+        lead_id,
+        int(LogStatus.SENT),
+    )
+    done = await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    return campaign_id, lead_id, done.id
+
+
+def _late(kind: EventKind, receipt: str, **fields: object) -> Event:
+    """The provider's event, as it quotes the address (a receipt and a diagnostic that hold it)."""
+    return dataclasses.replace(
+        Event(
+            provider="sendgrid",
+            kind=kind,
+            occurred_at=dt.datetime.now(dt.UTC),
+            email=ADDRESS,
+            receipt=f"{receipt}:{ADDRESS}",
+            reason=f"550 5.1.1 <{ADDRESS.upper()}>: Recipient address rejected",
+            provider_type=f"feedback for {ADDRESS}",
+        ),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _record(conn: asyncpg.Connection, writer: Writer, batch: list[Event]) -> None:
+    """As the webhook handler does: resolve, then wait for the writer's commit."""
+    resolved = await events.resolve(conn, batch)
+    async with asyncio.timeout(20):
+        await (await writer.submit_events(resolved))
+
+
+async def _stats(conn: asyncpg.Connection, campaign_id: int) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        "SELECT bounced, complained FROM campaign_stats WHERE campaign_id = $1", campaign_id
+    )
+    return (row["bounced"], row["complained"]) if row else (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        # The metadata names the deleted lead (refused: no such lead), the message id finds it.
+        (
+            EventKind.COMPLAINT,
+            {"campaign_id": "campaign", "lead_id": "lead", "provider_message_id": "m-erin"},
+        ),
+        (EventKind.HARD_BOUNCE, {"provider_message_id": "m-erin", "bounce_class": "invalid_recipient"}),
+        (EventKind.UNSUBSCRIBE, {"provider_message_id": "m-erin"}),
+    ],
+)
+async def test_a_late_event_about_an_erased_lead_holds_no_address_and_suppresses_by_hash(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, writer: Writer, kind: EventKind, fields: dict[str, str]
+) -> None:
+    campaign_id, lead_id, erasure_id = await _sent_then_erased(conn)
+    ids = {"campaign": campaign_id, "lead": lead_id}
+    late = _late(kind, "late-1", **{k: ids.get(v, v) for k, v in fields.items()})
+    await _record(conn, writer, [late])
+
+    assert await _text_hits(conn, ADDRESS) == []
+    row = await conn.fetchrow("SELECT * FROM email_events")
+    assert (row["account_id"], row["campaign_id"], row["lead_id"], row["kind"]) == (
+        1,
+        campaign_id,
+        lead_id,
+        str(kind),
+    )
+    assert row["email"] is None
+    assert row["provider_event_id"] == hashlib.sha256(late.receipt.encode()).hexdigest()
+    assert row["reason"] == "550 5.1.1 <<erased>>: Recipient address rejected"
+    assert row["provider_type"] == "feedback for <erased>"
+    # Suppressed as the erasure keeps it: by the keyed hash, audited without the address.
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+    hashed = await conn.fetch("SELECT account_id, email_hash, reason, erasure_id FROM erased_suppressions")
+    assert [tuple(r) for r in hashed] == [(1, HASH, str(kind), erasure_id)]
+    audit = await conn.fetch("SELECT email, action, reason, source FROM suppression_audit")
+    assert [tuple(r) for r in audit] == [(f"<erased> (erasure {erasure_id})", "added", str(kind), "sendgrid")]
+    # Counted as before.
+    expected = {EventKind.COMPLAINT: (0, 1), EventKind.HARD_BOUNCE: (1, 0), EventKind.UNSUBSCRIBE: (0, 0)}
+    assert await _stats(conn, campaign_id) == expected[kind]
+    # The suppression holds: the person imported again is suppressed in the lead windows.
+    again = await _lead(conn, 1, ADDRESS)
+    window = await leads_db.read_window(
+        pool,
+        account_id=1,
+        campaign_id=campaign_id,
+        segment=segments.parse({"field": "attributes.plan", "op": "eq", "value": "pro"}),
+        start=0,
+        end=again,
+        skip_logged=False,
+        erased_pads=PADS,
+    )
+    assert [(r["id"], r["suppressed"]) for r in window] == [(again, True)]
+    # A redelivery of the same event is recognised (its receipt is kept as a hash): nothing more.
+    await _record(conn, writer, [late])
+    assert await conn.fetchval("SELECT count(*) FROM email_events") == 1
+
+
+async def test_a_late_event_matched_to_no_account_is_scrubbed_too(
+    conn: asyncpg.Connection, writer: Writer
+) -> None:
+    """Metadata of the deleted lead and no message id to find it by: the event matches no account
+    (suppressing nothing), and is scrubbed, as an erasure scrubs unmatched events."""
+    campaign_id, lead_id, _ = await _sent_then_erased(conn)
+    kept = await _lead(conn, 1, "kept@example.com")
+    late = _late(EventKind.HARD_BOUNCE, "late-2", campaign_id=campaign_id, lead_id=lead_id)
+    other = dataclasses.replace(
+        late,
+        email="kept@example.com",
+        receipt="kept-1",
+        lead_id=kept,
+        reason=None,
+        provider_type=None,
+        bounce_class="invalid_recipient",
+    )
+    await _record(conn, writer, [other, late])  # in one flush, the other lead's event first
+    assert await _text_hits(conn, ADDRESS) == []
+    rows = await conn.fetch("SELECT account_id, email, reason FROM email_events ORDER BY account_id")
+    assert [tuple(r) for r in rows] == [
+        (1, "kept@example.com", None),
+        (None, None, "550 5.1.1 <<erased>>: Recipient address rejected"),
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM erased_suppressions") == 0
+    assert await conn.fetchval("SELECT email FROM suppressions") == "kept@example.com"
+
+
+async def test_events_of_a_person_not_erased_there_keep_the_address(
+    conn: asyncpg.Connection, writer: Writer
+) -> None:
+    """Only the erasing account forgets: another account's lead with the same address, and the
+    person imported again into the erasing account, keep their events and suppressions as ever."""
+    campaign_id, _, _ = await _sent_then_erased(conn)
+    other = await _lead(conn, 2, ADDRESS)
+    other_campaign = await campaigns.create(conn, new_campaign(start=False, account_id=2), daemon_config(1))
+    await _record(
+        conn,
+        writer,
+        [_late(EventKind.HARD_BOUNCE, "other", campaign_id=other_campaign, lead_id=other)],
+    )
+    again = await _lead(conn, 1, ADDRESS)
+    await _record(conn, writer, [_late(EventKind.COMPLAINT, "again", campaign_id=campaign_id, lead_id=again)])
+    rows = await conn.fetch("SELECT account_id, email FROM email_events ORDER BY account_id")
+    assert [tuple(r) for r in rows] == [(1, LOWER), (2, LOWER)]
+    listed = await conn.fetch("SELECT account_id, email FROM suppressions ORDER BY account_id")
+    assert [tuple(r) for r in listed] == [(1, LOWER), (2, LOWER)]
+    assert await conn.fetchval("SELECT count(*) FROM erased_suppressions") == 0
+
+
+async def test_the_lookup_uses_the_index_on_the_erasure_hashes(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET enable_seqscan = off")
+    plan = await conn.fetch("EXPLAIN SELECT 1 FROM erasures WHERE email_hashes @> ARRAY[$1::bytea]", HASH)
+    assert "Bitmap Index Scan on erasures_email_hashes_idx" in "\n".join(r[0] for r in plan)
