@@ -64,6 +64,13 @@ async def existing_days(conn: asyncpg.Connection, table: str) -> list[dt.date]:
     return sorted(days)
 
 
+async def database_today(conn: asyncpg.Connection) -> dt.date:
+    """Today (UTC) by the database's clock, the clock that stamps the rows: a node whose own clock
+    runs ahead would otherwise take live days for expired ones and drop them."""
+    today: dt.date = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    return today
+
+
 async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list[Action]:
     """Create the partition of ``table`` for ``day`` unless it exists; move stray rows into it."""
     name = partition_name(table, day)
@@ -196,8 +203,9 @@ async def maintain(
     relay_positions: Sequence[RelayPosition] | None = None,
 ) -> list[Action]:
     """Create today's and the next ``ahead_days - 1`` days; drop days older than retention (but
-    not rows the relay has not passed: see :func:`drop_before`)."""
-    today = today or dt.datetime.now(dt.UTC).date()
+    not rows the relay has not passed: see :func:`drop_before`). ``today`` is the database's
+    (:func:`database_today`) unless given."""
+    today = today or await database_today(conn)
     actions: list[Action] = []
     for table in PARTITIONED:
         for offset in range(ahead_days):

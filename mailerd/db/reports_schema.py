@@ -52,8 +52,9 @@ async def maintain(
     conn: asyncpg.Connection, retention_days: int, now: dt.datetime | None = None
 ) -> list[str]:
     """This month's and next month's partitions; months wholly past retention dropped (with
-    rollup rows older than it). Returns the partitions dropped."""
-    now = now or dt.datetime.now(dt.UTC)
+    rollup rows older than it). Returns the partitions dropped. ``now`` is the reports
+    database's unless given: a node whose clock runs ahead would drop a month still kept."""
+    now = now or await conn.fetchval("SELECT now()")
     this_month = reports_load.month_of(now)
     for line in await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)]):
         log.warning("reports_partition_rows_moved", detail=line)

@@ -1,15 +1,19 @@
-"""Daily partitions of email_log and email_events: ahead, idempotent, retention, default rows."""
+"""Daily partitions of email_log and email_events: ahead, idempotent, retention, default rows;
+days are the database's."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import types
 from typing import Any
 
 import asyncpg
 import pytest
 
+from mailerd import config as config_mod
 from mailerd.db import connect, partitions
+from mailerd.relay import retention
 
 TABLES = list(partitions.PARTITIONED)
 
@@ -198,3 +202,23 @@ async def test_two_nodes_maintaining_at_once(dsn: str) -> None:
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_today_is_the_database_s_not_the_node_s(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows are stamped by the database's clock: a node whose clock ran two days ahead
+    dropped, with a retention of one day, the partition written to at that moment."""
+    config = config_mod.from_mapping({"retention": {"days": 1}}, env={})
+    await retention.maintain(conn, config)
+    await insert(conn, "email_log", await conn.fetchval("SELECT now()"), 1, 1)
+
+    class AheadClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> AheadClock:
+            return cls.fromtimestamp((dt.datetime.now(tz) + dt.timedelta(days=2)).timestamp(), tz)
+
+    monkeypatch.setattr(partitions, "dt", types.SimpleNamespace(**{**vars(dt), "datetime": AheadClock}))
+    actions = [str(a) for a in await retention.maintain(conn, config)]
+    assert not [a for a in actions if a.startswith("dropped")]
+    assert await count(conn, "email_log") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import types
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -400,3 +401,25 @@ async def test_a_campaigns_totals_outlive_retention_and_a_late_record_adds_to_it
     assert rows.totals["sent"] == 6 == sum(d["sent"] for d in rows.domains)
     by_minute = {point["at"]: point["sent"] for point in rows.series["minute"]}
     assert by_minute[jan] == 4
+
+
+async def test_retention_counts_months_by_the_database_s_clock(
+    reports: asyncpg.Connection, reports_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clock ran 40 days ahead dropped, with a retention of one day, the month
+    being loaded into."""
+    now = await reports.fetchval("SELECT now()")
+    target = destination(reports_dsn, now=lambda: now)
+    try:
+        await target.deliver([email(1, at=now)])
+    finally:
+        await target.close()
+
+    class AheadClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> AheadClock:
+            return cls.fromtimestamp((dt.datetime.now(tz) + dt.timedelta(days=40)).timestamp(), tz)
+
+    monkeypatch.setattr(reports_schema, "dt", types.SimpleNamespace(**{**vars(dt), "datetime": AheadClock}))
+    assert await reports_schema.maintain(reports, 1) == []
+    assert await reports.fetchval("SELECT count(*) FROM report_emails") == 1
