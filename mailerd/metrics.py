@@ -152,6 +152,11 @@ PARTITIONS_KEPT_FOR_RELAY = Gauge(
     "Partitions past retention kept because a relay destination has not passed their rows.",
     ["table"],
 )
+PARTITIONS_KEPT_FOR_CAMPAIGNS = Gauge(
+    "mailerd_partitions_kept_for_campaigns",
+    "Partitions past retention kept because they hold rows of a campaign not finished.",
+    ["table"],
+)
 
 # --- node state and the cluster's campaigns: for dashboards and alerts ---
 READY = Gauge("mailerd_ready", "1 when /readyz answers 200 (started, not draining, the writer writes).")

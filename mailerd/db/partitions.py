@@ -22,6 +22,11 @@ from mailerd.db import provider_quota, provider_usage
 PARTITIONED = {"email_log": "sent_at", "email_events": "received_at"}
 # Serialises partition DDL between nodes (two CREATE ... PARTITION OF at once deadlock).
 PARTITION_LOCK_KEY = 0x6D61696C7074  # "mailpt"
+# A campaign in one of these statuses may still send (a draft has no rows yet; finished, cancelled
+# and failed are final): its email_log rows are what keeps a lead from being emailed twice (a send
+# window's shard skips the leads already logged, crash recovery logs unknown only the reserved
+# leads without a row), so retention keeps them.
+UNFINISHED_STATUSES = ("scheduled", "running", "paused")
 _DAY = dt.timedelta(days=1)
 
 
@@ -32,6 +37,9 @@ class Action:
     verb: str  # "created", "moved", "dropped", "purged", "kept"
     table: str
     detail: str
+    # Why a partition was kept: "relay" (a destination has not passed its rows) or "campaign"
+    # (rows of a campaign not finished); empty for the other verbs.
+    cause: str = ""
 
     def __str__(self) -> str:
         return f"{self.verb} {self.table} {self.detail}".rstrip()
@@ -147,18 +155,26 @@ async def drop_before(
 ) -> list[Action]:
     """Detach and drop the partitions of days before ``cutoff``; purge older default rows.
 
-    With ``relay_positions``, a partition holding a row that one of them has not passed is kept
-    (action ``kept``), and so are such rows of the default partition: retention never drops what
-    the relay has not delivered.
+    A partition is kept (action ``kept``), and so are such rows of the default partition, while
+    it holds ``email_log`` rows of a campaign not finished (cause ``campaign``: they keep its
+    leads from being emailed twice) or, with ``relay_positions``, a row that one of them has not
+    passed (cause ``relay``: retention never drops what the relay has not delivered).
     """
     unpassed, args = _unpassed(relay_positions or [])
+    unfinished = table == "email_log"
     actions: list[Action] = []
     for day in await existing_days(conn, table):
         if day >= cutoff:
             continue
         name = partition_name(table, day)
+        if unfinished and await conn.fetchval(
+            f"SELECT EXISTS (SELECT FROM campaigns c WHERE {_UNFINISHED} AND EXISTS "
+            f"(SELECT FROM {name} p WHERE p.campaign_id = c.id))"
+        ):
+            actions.append(Action("kept", table, f"{name}: rows of campaigns not finished", "campaign"))
+            continue
         if unpassed and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE {unpassed})", *args):
-            actions.append(Action("kept", table, f"{name}: rows the relay has not passed"))
+            actions.append(Action("kept", table, f"{name}: rows the relay has not passed", "relay"))
             continue
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
@@ -169,15 +185,20 @@ async def drop_before(
         actions.append(Action("dropped", table, name))
     low, _ = _bounds(cutoff)
     column = PARTITIONED[table]
+    where = f"{column} < ${len(args) + 1}"
     if unpassed:
-        where = f"{column} < ${len(args) + 1} AND NOT ({unpassed})"
-        status = await conn.execute(f"DELETE FROM {table}_default WHERE {where}", *args, low)
-    else:
-        status = await conn.execute(f"DELETE FROM {table}_default WHERE {column} < $1", low)
+        where += f" AND NOT ({unpassed})"
+    if unfinished:
+        where += f" AND NOT EXISTS (SELECT FROM campaigns c WHERE c.id = d.campaign_id AND {_UNFINISHED})"
+    status = await conn.execute(f"DELETE FROM {table}_default d WHERE {where}", *args, low)
     purged = int(status.split()[-1])
     if purged:
         actions.append(Action("purged", table, f"{purged} rows older than {cutoff} from {table}_default"))
     return actions
+
+
+# Campaigns ``c`` that may still send (the statuses of the partial index campaigns_status_idx).
+_UNFINISHED = "c.status IN ({})".format(", ".join(f"'{status}'" for status in UNFINISHED_STATUSES))
 
 
 def _unpassed(positions: Sequence[RelayPosition]) -> tuple[str, list[Any]]:
@@ -203,8 +224,8 @@ async def maintain(
     relay_positions: Sequence[RelayPosition] | None = None,
 ) -> list[Action]:
     """Create today's and the next ``ahead_days - 1`` days; drop days older than retention (but
-    not rows the relay has not passed: see :func:`drop_before`). ``today`` is the database's
-    (:func:`database_today`) unless given."""
+    not rows of campaigns not finished nor rows the relay has not passed: see
+    :func:`drop_before`). ``today`` is the database's (:func:`database_today`) unless given."""
     today = today or await database_today(conn)
     actions: list[Action] = []
     for table in PARTITIONED:

@@ -5,6 +5,10 @@ not passed is kept (log ``partition_kept_for_relay``, gauge
 ``mailerd_partitions_kept_for_relay``) until the relay has passed it. Positions of destinations
 no longer configured do not count; a configured destination with no position yet counts from
 the start its ``[relay] start`` says.
+
+This is the one entry point of partition maintenance (daemon and ``mailerd partitions``), so it
+also reports the partitions kept for campaigns not finished (log
+``partition_kept_for_campaign``, gauge ``mailerd_partitions_kept_for_campaigns``).
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ async def maintain(
         today=today,
         relay_positions=await positions(conn, config),
     )
-    kept = collections.Counter(a.table for a in actions if a.verb == "kept")
+    kept = collections.Counter((a.table, a.cause) for a in actions if a.verb == "kept")
     for table in partitions.PARTITIONED:
-        metrics.PARTITIONS_KEPT_FOR_RELAY.labels(table).set(kept[table])
+        metrics.PARTITIONS_KEPT_FOR_RELAY.labels(table).set(kept[table, "relay"])
+        metrics.PARTITIONS_KEPT_FOR_CAMPAIGNS.labels(table).set(kept[table, "campaign"])
     for action in actions:
         if action.verb == "kept":
-            log.warning("partition_kept_for_relay", table=action.table, detail=action.detail)
+            event = "partition_kept_for_relay" if action.cause == "relay" else "partition_kept_for_campaign"
+            log.warning(event, table=action.table, detail=action.detail)
     return actions

@@ -1,11 +1,13 @@
 """Retention waits for the relay: a partition past retention whose rows a destination has not
-passed is kept (and counted), then dropped once the relay has passed it."""
+passed is kept (and counted), then dropped once the relay has passed it; and for the campaigns
+not finished, whose rows keep their leads from being emailed twice."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from mailerd import config as config_mod
 from mailerd import metrics
@@ -19,9 +21,16 @@ TODAY = dt.date(2026, 3, 1)
 OLD = dt.datetime(2025, 11, 1, 12, tzinfo=dt.UTC)
 
 
+async def finished_campaign(conn: asyncpg.Connection, leads: int) -> tuple[int, list[int]]:
+    """A campaign done with (the rows of one not finished are kept whatever the relay did)."""
+    campaign_id, ids = await make_campaign(conn, leads)
+    await conn.execute("UPDATE campaigns SET status = 'finished' WHERE id = $1", campaign_id)
+    return campaign_id, ids
+
+
 async def test_a_partition_the_relay_has_not_passed_is_kept(conn: asyncpg.Connection) -> None:
     config = config_mod.from_mapping({"kafka": {"bootstrap_servers": ["127.0.0.1:1"]}}, env={})
-    campaign_id, leads = await make_campaign(conn, 5)
+    campaign_id, leads = await finished_campaign(conn, 5)
     await partitions.create_day(conn, "email_log", OLD.date())
     await conn.copy_records_to_table(
         "email_log",
@@ -50,7 +59,7 @@ async def test_a_partition_the_relay_has_not_passed_is_kept(conn: asyncpg.Connec
 
 async def test_without_destinations_retention_is_as_before(conn: asyncpg.Connection) -> None:
     config = config_mod.from_mapping({}, env={})
-    campaign_id, leads = await make_campaign(conn, 2)
+    campaign_id, leads = await finished_campaign(conn, 2)
     await partitions.create_day(conn, "email_log", OLD.date())
     await conn.copy_records_to_table(
         "email_log",
@@ -62,3 +71,45 @@ async def test_without_destinations_retention_is_as_before(conn: asyncpg.Connect
     assert f"dropped email_log {partitions.partition_name('email_log', OLD.date())}" in [
         str(a) for a in actions
     ]
+
+
+async def test_a_partition_holding_rows_of_a_campaign_not_finished_is_kept(conn: asyncpg.Connection) -> None:
+    """A send window's shard skips the leads the campaign already logged, and crash recovery
+    logs unknown only the reserved leads without a row: dropping a running or paused
+    campaign's rows let it email those leads again. They are kept (and counted) until it ends."""
+    config = config_mod.from_mapping({}, env={})
+    running, leads = await make_campaign(conn, 3)
+    done, _ = await finished_campaign(conn, 0)
+    older = OLD - dt.timedelta(days=1)
+    for day in (older, OLD):
+        await partitions.create_day(conn, "email_log", day.date())
+    rows = [(OLD, running, lead, 1, None, None) for lead in leads[:2]]
+    rows += [(older, done, 1, 1, None, None), (OLD - dt.timedelta(days=30), running, leads[2], 1, None, None)]
+    await conn.copy_records_to_table(
+        "email_log",
+        records=rows,
+        columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
+    )  # the last row, of a day without a partition, is in the default partition
+    name = partitions.partition_name("email_log", OLD.date())
+
+    for status in ("running", "paused", "scheduled"):
+        await conn.execute("UPDATE campaigns SET status = $2 WHERE id = $1", running, status)
+        with capture_logs() as logs:
+            actions = [str(a) for a in await retention.maintain(conn, config, ahead_days=1, today=TODAY)]
+        assert f"kept email_log {name}: rows of campaigns not finished" in actions
+        assert not [a for a in actions if a.startswith("purged email_log")]
+        assert metrics.PARTITIONS_KEPT_FOR_CAMPAIGNS.labels("email_log")._value.get() == 1
+        assert metrics.PARTITIONS_KEPT_FOR_RELAY.labels("email_log")._value.get() == 0
+        assert [entry["detail"] for entry in logs if entry["event"] == "partition_kept_for_campaign"] == [
+            f"{name}: rows of campaigns not finished"
+        ]
+        assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", running) == 3
+    # The day holding only the finished campaign's row went at the first round.
+    assert await partitions.existing_days(conn, "email_log") == [OLD.date(), TODAY]
+
+    await conn.execute("UPDATE campaigns SET status = 'cancelled' WHERE id = $1", running)
+    actions = [str(a) for a in await retention.maintain(conn, config, ahead_days=1, today=TODAY)]
+    assert f"dropped email_log {name}" in actions
+    assert "purged email_log 1 rows older than 2025-12-01 from email_log_default" in actions
+    assert metrics.PARTITIONS_KEPT_FOR_CAMPAIGNS.labels("email_log")._value.get() == 0
+    assert await conn.fetchval("SELECT count(*) FROM email_log") == 0

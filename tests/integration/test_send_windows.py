@@ -14,6 +14,7 @@ import asyncpg
 
 from mailerd import campaigns, splitting
 from mailerd.db import campaigns as campaign_rows
+from mailerd.db import partitions
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
@@ -229,3 +230,51 @@ async def test_crash_recovery_of_a_zone_shard_touches_only_its_zone(
     assert len(rows) == len(status) == 300
     assert {lead for lead, s in status.items() if s == LogStatus.SENT} == zones[NEW_YORK]
     assert info["unknown"] == len(zones[TOKYO]) and info["sent"] == len(zones[NEW_YORK])
+
+
+async def test_retention_keeps_the_rows_of_a_campaign_still_sending(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """A zone's shards skip the leads the campaign has logged. The New York leads wait for their
+    window past the retention period; a Tokyo lead sent then moves to New York. Retention (run
+    at the daemon's start) dropped the running campaign's rows, and the lead was emailed again."""
+    await conn.copy_records_to_table(
+        "leads",
+        records=[(1, f"user{n}@example.com", {"timezone": TOKYO if n < 30 else NEW_YORK}) for n in range(60)],
+        columns=("account_id", "email", "attributes"),
+    )
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=1)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, scheduler={"shard_size": 100}, retention={"days": 7})
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        clock = Clock("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+        # Ten days pass (the database's days: retention counts them), the campaign running.
+        today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+        await partitions.create_day(conn, "email_log", today - dt.timedelta(days=10))
+        await conn.execute(
+            "UPDATE email_log SET sent_at = sent_at - interval '10 days' WHERE campaign_id = $1", campaign_id
+        )
+        moved = await conn.fetchval("SELECT min(id) FROM leads WHERE attributes->>'timezone' = $1", TOKYO)
+        await conn.execute(
+            """UPDATE leads SET attributes = jsonb_set(attributes, '{timezone}', to_jsonb($2::text))
+               WHERE id = $1""",
+            moved,
+            NEW_YORK,
+        )
+        clock.set("2026-01-07T14:30:00+00:00")  # New York open
+        async with running_daemon(config, dsn, clock=clock):
+            info = await wait_for_status(conn, campaign_id, timeout=60)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
+    assert sent[moved] == 1
+    assert set(sent.values()) == {1} and len(sent) == 60
+    assert info["sent"] == 60
+    assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id) == 60
