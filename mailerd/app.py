@@ -50,6 +50,9 @@ from mailerd.writer import Writer
 log = structlog.get_logger(__name__)
 
 PARTITION_MAINTENANCE_S = 3600.0
+# After a round that left DDL for later (a lock not granted in time behind a long transaction),
+# the next comes sooner: each try makes the writer wait at most the DDL's lock timeout.
+PARTITION_RETRY_S = 300.0
 CAMPAIGN_SAMPLE_S = 10.0
 
 
@@ -510,16 +513,20 @@ async def _partition_loop(
     pool: asyncpg.Pool, config: Config, stop: asyncio.Event, reports_pool: asyncpg.Pool | None = None
 ) -> None:
     """Keep days ahead created and expired days dropped while the daemon runs."""
+    wait = PARTITION_MAINTENANCE_S
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(PARTITION_MAINTENANCE_S):
+            async with asyncio.timeout(wait):
                 await stop.wait()
         if stop.is_set():
             return
+        wait = PARTITION_MAINTENANCE_S
         try:
             async with pool.acquire() as conn:
                 for action in await relay_retention.maintain(conn, config):
                     log.info("partition_maintained", action=str(action))
+                    if action.verb == "deferred":
+                        wait = PARTITION_RETRY_S
         except db.DB_ERRORS as exc:
             log.warning("partition_maintenance_failed", error=str(exc))
         if reports_pool is not None and config.reports is not None:

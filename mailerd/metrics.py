@@ -157,6 +157,11 @@ PARTITIONS_KEPT_FOR_CAMPAIGNS = Gauge(
     "Partitions past retention kept because they hold rows of a campaign not finished.",
     ["table"],
 )
+PARTITION_MAINTENANCE_DEFERRED = Counter(
+    "mailerd_partition_maintenance_deferred_total",
+    "Partition creations or drops left for a later round: a lock was not granted in time.",
+    ["table"],
+)
 
 # --- node state and the cluster's campaigns: for dashboards and alerts ---
 READY = Gauge("mailerd_ready", "1 when /readyz answers 200 (started, not draining, the writer writes).")

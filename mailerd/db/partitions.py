@@ -4,6 +4,15 @@ Both ``email_log`` and ``email_events`` are range-partitioned by day (UTC) with 
 partition, so a row is never refused even when the daemon has not created its day yet. When a
 day is created after rows already landed for it in the default partition, those rows are moved
 into the new partition in the same transaction, so nothing is lost and lookups keep working.
+
+Partition DDL never makes the writer wait for long. A DDL statement queues for its lock, and every
+later statement on the table queues behind it: behind a long reader of ``email_log`` (pg_dump, a
+report), a ``CREATE TABLE ... PARTITION OF`` or ``DETACH PARTITION`` (ACCESS EXCLUSIVE on the
+parent) held up every INSERT and COPY for as long as the reader ran. So a day is created as a
+table of its own and then attached (SHARE UPDATE EXCLUSIVE on the parent, which writes do not
+conflict with), and every DDL transaction waits at most :data:`DDL_LOCK_TIMEOUT_MS` for a lock;
+past that it gives up (action ``deferred``) and a later round does it. ``DETACH ... CONCURRENTLY``
+is not an option: Postgres refuses it on a table with a default partition.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ from mailerd.db import provider_quota, provider_usage
 PARTITIONED = {"email_log": "sent_at", "email_events": "received_at"}
 # Serialises partition DDL between nodes (two CREATE ... PARTITION OF at once deadlock).
 PARTITION_LOCK_KEY = 0x6D61696C7074  # "mailpt"
+# The longest a partition DDL transaction waits for each table lock it needs. While it waits, the
+# statements that need a conflicting lock wait behind it (readers of the default partition while a
+# day is attached; readers and writers of the parent while a day is detached): this bounds that.
+DDL_LOCK_TIMEOUT_MS = 250
 # A campaign in one of these statuses may still send (a draft has no rows yet; finished, cancelled
 # and failed are final): its email_log rows are what keeps a lead from being emailed twice (a send
 # window's shard skips the leads already logged, crash recovery logs unknown only the reserved
@@ -34,7 +47,7 @@ _DAY = dt.timedelta(days=1)
 class Action:
     """One thing :func:`maintain` did, for the CLI to print and the daemon to log."""
 
-    verb: str  # "created", "moved", "dropped", "purged", "kept"
+    verb: str  # "created", "moved", "dropped", "purged", "kept", "deferred"
     table: str
     detail: str
     # Why a partition was kept: "relay" (a destination has not passed its rows) or "campaign"
@@ -79,11 +92,24 @@ async def database_today(conn: asyncpg.Connection) -> dt.date:
     return today
 
 
+def _deferred(table: str, what: str) -> Action:
+    return Action(
+        "deferred",
+        table,
+        f"{what}: a lock was not granted within {DDL_LOCK_TIMEOUT_MS} ms "
+        "(a transaction is using the table); retried next round",
+    )
+
+
 async def create_day(conn: asyncpg.Connection, table: str, day: dt.date) -> list[Action]:
-    """Create the partition of ``table`` for ``day`` unless it exists; move stray rows into it."""
+    """Create the partition of ``table`` for ``day`` unless it exists; move stray rows into it.
+    A lock not granted in time is the action ``deferred``: nothing was changed."""
     name = partition_name(table, day)
     low, high = _bounds(day)
-    moved = await create_partition(conn, table, name, PARTITIONED[table], low, high, PARTITION_LOCK_KEY)
+    try:
+        moved = await create_partition(conn, table, name, PARTITIONED[table], low, high, PARTITION_LOCK_KEY)
+    except asyncpg.LockNotAvailableError:
+        return [_deferred(table, f"creating {name}")]
     if moved is None:
         return []
     actions = [Action("moved", table, f"{moved} rows from {table}_default to {name}")] if moved else []
@@ -103,26 +129,34 @@ async def create_partition(
     (None); returns the rows moved into it from the default partition, in the same transaction
     (Postgres refuses a partition whose range the default one holds rows of). ``lock_key``
     serialises partition DDL between nodes (two CREATE ... PARTITION OF at once deadlock); the
-    reports database uses this too (:mod:`mailerd.db.reports_load`)."""
+    reports database uses this too (:mod:`mailerd.db.reports_load`).
+
+    The partition is made as a table of its own and attached: ATTACH takes SHARE UPDATE
+    EXCLUSIVE on the parent, which INSERT and COPY do not conflict with (``PARTITION OF`` took
+    ACCESS EXCLUSIVE), and ACCESS EXCLUSIVE on the default partition only, taken first so no row
+    of the day lands there between the move and the attach. Each lock is waited for
+    :data:`DDL_LOCK_TIMEOUT_MS` at most: past that, :class:`asyncpg.LockNotAvailableError` and
+    nothing changed."""
     bounds = f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
+    status = "INSERT 0 0"
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
         if await table_exists(conn, name):
             return None
-        stray = await conn.fetchval(
-            f"SELECT count(*) FROM {parent}_default WHERE {column} >= $1 AND {column} < $2", low, high
-        )
-        if not stray:
-            await conn.execute(f"CREATE TABLE {name} PARTITION OF {parent} {bounds}")
-            return 0
+        # After the advisory lock: waiting for another node's DDL is not waiting on a reader.
+        await conn.execute(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}")
+        await conn.execute(f"LOCK TABLE {parent}_default IN ACCESS EXCLUSIVE MODE")
         await conn.execute(f"CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-        status = await conn.execute(
-            f"""WITH moved AS (DELETE FROM {parent}_default
-                               WHERE {column} >= $1 AND {column} < $2 RETURNING *)
-                INSERT INTO {name} SELECT * FROM moved""",
-            low,
-            high,
-        )
+        if await conn.fetchval(
+            f"SELECT EXISTS (SELECT FROM {parent}_default WHERE {column} >= $1 AND {column} < $2)", low, high
+        ):
+            status = await conn.execute(
+                f"""WITH moved AS (DELETE FROM {parent}_default
+                                   WHERE {column} >= $1 AND {column} < $2 RETURNING *)
+                    INSERT INTO {name} SELECT * FROM moved""",
+                low,
+                high,
+            )
         await conn.execute(f"ALTER TABLE {parent} ATTACH PARTITION {name} {bounds}")
     return int(status.rsplit(" ", 1)[-1])
 
@@ -158,7 +192,8 @@ async def drop_before(
     A partition is kept (action ``kept``), and so are such rows of the default partition, while
     it holds ``email_log`` rows of a campaign not finished (cause ``campaign``: they keep its
     leads from being emailed twice) or, with ``relay_positions``, a row that one of them has not
-    passed (cause ``relay``: retention never drops what the relay has not delivered).
+    passed (cause ``relay``: retention never drops what the relay has not delivered). A lock not
+    granted in time leaves this day and the later ones to the next round (action ``deferred``).
     """
     unpassed, args = _unpassed(relay_positions or [])
     unfinished = table == "email_log"
@@ -176,13 +211,13 @@ async def drop_before(
         if unpassed and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE {unpassed})", *args):
             actions.append(Action("kept", table, f"{name}: rows the relay has not passed", "relay"))
             continue
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
-                continue
-            await conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
-            await conn.execute(f"DROP TABLE {name}")
-        actions.append(Action("dropped", table, name))
+        try:
+            dropped = await _drop_partition(conn, table, name)
+        except asyncpg.LockNotAvailableError:
+            actions.append(_deferred(table, f"dropping {name} (and any later day past retention)"))
+            break
+        if dropped:
+            actions.append(Action("dropped", table, name))
     low, _ = _bounds(cutoff)
     column = PARTITIONED[table]
     where = f"{column} < ${len(args) + 1}"
@@ -199,6 +234,24 @@ async def drop_before(
 
 # Campaigns ``c`` that may still send (the statuses of the partial index campaigns_status_idx).
 _UNFINISHED = "c.status IN ({})".format(", ".join(f"'{status}'" for status in UNFINISHED_STATUSES))
+
+
+async def _drop_partition(conn: asyncpg.Connection, table: str, name: str) -> bool:
+    """Detach and drop ``name`` (False: another node did first). Raises
+    :class:`asyncpg.LockNotAvailableError` when a lock is not granted within
+    :data:`DDL_LOCK_TIMEOUT_MS` (nothing changed)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+        if not await table_exists(conn, name):
+            return False
+        await conn.execute(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}")
+        # The day's table first: only its own readers conflict, and the parent is not held (its
+        # writers stalled) while waiting for them. DETACH then queues for ACCESS EXCLUSIVE on the
+        # parent, where writes wait behind it for the lock timeout at most.
+        await conn.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+        await conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
+        await conn.execute(f"DROP TABLE {name}")
+    return True
 
 
 def _unpassed(positions: Sequence[RelayPosition]) -> tuple[str, list[Any]]:
@@ -230,7 +283,10 @@ async def maintain(
     actions: list[Action] = []
     for table in PARTITIONED:
         for offset in range(ahead_days):
-            actions += await create_day(conn, table, today + offset * _DAY)
+            created = await create_day(conn, table, today + offset * _DAY)
+            actions += created
+            if any(a.verb == "deferred" for a in created):
+                break  # the table is in use: its later days wait for the next round too
         actions += await drop_before(
             conn, table, today - retention_days * _DAY, relay_positions=relay_positions
         )

@@ -16,8 +16,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
+import structlog
 
 from mailerd.db import erasure, partitions
+
+log = structlog.get_logger(__name__)
 
 # The counters of every rollup, in this order.
 COUNTERS = (
@@ -199,7 +202,11 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
     Rows of a month that had no partition when they came (retention dropped it while a late
     record was on its way) sit in the default partition: they move into the new partition in the
     same transaction, as on the main database (:func:`mailerd.db.partitions.create_partition`).
-    Returns what was moved, one line per table."""
+    Returns what was moved, one line per table.
+
+    A partition whose lock is not granted in time (a long report reads the table) is left for
+    later (log ``reports_partition_deferred``): its records land in the default partition
+    meanwhile, and the hourly maintenance creates this month's and the next."""
     moved: list[str] = []
     for month in sorted(set(months)):
         low = dt.datetime.combine(month, dt.time(), dt.UTC)
@@ -208,7 +215,13 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
             name = partition_name(table, month)
             if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
                 continue  # the common case, without a transaction or the lock
-            rows = await partitions.create_partition(conn, table, name, column, low, high, PARTITION_LOCK_KEY)
+            try:
+                rows = await partitions.create_partition(
+                    conn, table, name, column, low, high, PARTITION_LOCK_KEY
+                )
+            except asyncpg.LockNotAvailableError:
+                log.warning("reports_partition_deferred", partition=name, operation="create")
+                continue
             if rows:
                 moved.append(f"moved {rows} rows from {table}_default to {name}")
     return moved
@@ -217,7 +230,11 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
 async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
     """Drop the monthly partitions that end on or before ``cutoff`` (and rows of those months in
     the default partition), and the series' rows of those months (a campaign's totals, domains
-    and bounce reasons stay); returns the partitions dropped."""
+    and bounce reasons stay); returns the partitions dropped.
+
+    A drop waits :data:`mailerd.db.partitions.DDL_LOCK_TIMEOUT_MS` at most for each lock (DROP
+    takes ACCESS EXCLUSIVE on the parent: behind a long report, the loads would queue behind it);
+    past that it is left for the next round (log ``reports_partition_deferred``)."""
     rows = await conn.fetch(
         """SELECT c.relname FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
@@ -229,11 +246,17 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:
         name = row["relname"]
         month = dt.date(int(name[-6:-2]), int(name[-2:]), 1)
         if next_month(month) <= cutoff:
-            async with conn.transaction():  # another node's maintenance may drop it first
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-                if await partitions.table_exists(conn, name):
-                    await conn.execute(f"DROP TABLE {name}")
-                    dropped.append(name)
+            try:
+                async with conn.transaction():  # another node's maintenance may drop it first
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+                    if await partitions.table_exists(conn, name):
+                        await conn.execute(f"SET LOCAL lock_timeout = {partitions.DDL_LOCK_TIMEOUT_MS}")
+                        # The month's table first, so the parent is not held while its readers end.
+                        await conn.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+                        await conn.execute(f"DROP TABLE {name}")
+                        dropped.append(name)
+            except asyncpg.LockNotAvailableError:
+                log.warning("reports_partition_deferred", partition=name, operation="drop")
     kept_from = dt.datetime.combine(dt.date(cutoff.year, cutoff.month, 1), dt.time(), dt.UTC)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)

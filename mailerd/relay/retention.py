@@ -8,7 +8,9 @@ the start its ``[relay] start`` says.
 
 This is the one entry point of partition maintenance (daemon and ``mailerd partitions``), so it
 also reports the partitions kept for campaigns not finished (log
-``partition_kept_for_campaign``, gauge ``mailerd_partitions_kept_for_campaigns``).
+``partition_kept_for_campaign``, gauge ``mailerd_partitions_kept_for_campaigns``) and the DDL
+left for a later round because a lock was not granted in time (log
+``partition_maintenance_deferred``, counter ``mailerd_partition_maintenance_deferred_total``).
 """
 
 from __future__ import annotations
@@ -59,4 +61,7 @@ async def maintain(
         if action.verb == "kept":
             event = "partition_kept_for_relay" if action.cause == "relay" else "partition_kept_for_campaign"
             log.warning(event, table=action.table, detail=action.detail)
+        elif action.verb == "deferred":
+            metrics.PARTITION_MAINTENANCE_DEFERRED.labels(action.table).inc()
+            log.warning("partition_maintenance_deferred", table=action.table, detail=action.detail)
     return actions

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 
@@ -93,6 +94,30 @@ async def test_partitions_prints_what_it_created(dsn: str, config_file: Path) ->
     again = await mailerd("partitions", "--days", "3", env=env)
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("nothing to do: partitions exist for the next 3 days")
+
+
+async def test_partitions_fails_when_a_long_transaction_defers_a_day(
+    dsn: str, conn: asyncpg.Connection, config_file: Path
+) -> None:
+    """Behind a transaction that read email_log, its day is not created (waiting would hold up
+    every write): the run says so and exits 1, the other table's days are created."""
+    env = base_env(MAILERD_DSN=dsn, MAILERD_CONFIG=str(config_file))
+    today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    async with conn.transaction():
+        await conn.fetchval("SELECT count(*) FROM email_log")
+        result = await mailerd("partitions", "--days", "2", env=env)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"deferred email_log creating {partitions.partition_name('email_log', today)}: a lock was not "
+        f"granted within {partitions.DDL_LOCK_TIMEOUT_MS} ms (a transaction is using the table); "
+        "retried next round",
+        f"created email_events {partitions.partition_name('email_events', today)}",
+        f"created email_events {partitions.partition_name('email_events', today + dt.timedelta(days=1))}",
+    ]
+    assert result.stderr.splitlines()[-1] + "\n" == (
+        "mailerd partitions: 1 table(s) left partly undone: a transaction is using them; "
+        "run again when it has ended\n"
+    )
 
 
 @pytest.mark.parametrize("days", ["0", "367"])  # 100000 made a partition a day up to the year 2300

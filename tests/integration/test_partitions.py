@@ -1,10 +1,11 @@
 """Daily partitions of email_log and email_events: ahead, idempotent, retention, default rows;
-days are the database's."""
+maintenance never holds up writes behind a long reader; days are the database's."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import types
 from typing import Any
 
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 
 from mailerd import config as config_mod
+from mailerd import metrics
 from mailerd.db import connect, partitions
 from mailerd.relay import retention
 
@@ -202,6 +204,82 @@ async def test_two_nodes_maintaining_at_once(dsn: str) -> None:
     finally:
         for c in conns:
             await c.close()
+
+
+async def _until_waiting_or_done(conn: asyncpg.Connection, task: asyncio.Task[Any]) -> None:
+    """Until ``task`` waits for a lock in this database (or has ended without one)."""
+    async with asyncio.timeout(10):
+        while not task.done() and not await conn.fetchval(
+            """SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                              WHERE NOT l.granted AND d.datname = current_database())"""
+        ):
+            await asyncio.sleep(0.01)
+
+
+# What a long transaction (pg_dump, a report) read: the whole table, or only today's partition.
+READERS = {
+    "whole": "SELECT count(*) FROM {table}",
+    "today": "SELECT count(*) FROM {table} WHERE {column} >= $1",
+}
+
+
+@pytest.mark.parametrize(("ddl", "reading"), [("create", "whole"), ("drop", "whole"), ("drop", "today")])
+@pytest.mark.parametrize("table", TABLES)
+async def test_ddl_behind_a_long_reader_never_holds_up_writes(
+    conn: asyncpg.Connection, dsn: str, table: str, ddl: str, reading: str
+) -> None:
+    """A transaction that read the table holds its lock until it ends. DDL queued behind it for
+    ACCESS EXCLUSIVE on the parent made every INSERT and COPY queue behind the DDL, as long as the
+    reader ran. Now the DDL waits its lock timeout at most and is left for the next round."""
+    config = config_mod.from_mapping({"retention": {"days": 30}}, env={})
+    today = dt.date(2024, 5, 1)
+    expired = today - dt.timedelta(days=40)
+    for day in [today, expired] if ddl == "drop" else [today]:
+        await partitions.create_day(conn, table, day)
+    ahead = 3 if ddl == "create" else 1
+    name = partitions.partition_name(table, today + dt.timedelta(days=1) if ddl == "create" else expired)
+    other = next(t for t in TABLES if t != table)
+    deferred = metrics.PARTITION_MAINTENANCE_DEFERRED.labels(table)._value.get()
+    reader, maintainer = await connect.connect(dsn), await connect.connect(dsn)
+    try:
+        async with reader.transaction():
+            sql = READERS[reading].format(table=table, column=partitions.PARTITIONED[table])
+            await reader.fetchval(sql, *([at(today, 0)] if reading == "today" else []))
+            job = asyncio.create_task(retention.maintain(maintainer, config, ahead_days=ahead, today=today))
+            try:
+                await _until_waiting_or_done(conn, job)
+                started = time.monotonic()
+                async with asyncio.timeout(5):
+                    await insert(conn, table, at(today), 1, 1)
+                waited = time.monotonic() - started
+            finally:
+                async with asyncio.timeout(10):
+                    actions = [str(a) for a in await job]
+        assert waited < 2 * partitions.DDL_LOCK_TIMEOUT_MS / 1000 + 0.5
+        verb = "creating" if ddl == "create" else "dropping"
+        assert [a for a in actions if a.startswith(f"deferred {table}")] == [
+            f"deferred {table} {verb} {name}"
+            + (" (and any later day past retention)" if ddl == "drop" else "")
+            + f": a lock was not granted within {partitions.DDL_LOCK_TIMEOUT_MS} ms"
+            " (a transaction is using the table); retried next round"
+        ]
+        assert not [
+            a for a in actions if a.startswith(f"created {table}") or a.startswith(f"dropped {table}")
+        ]
+        if ddl == "create":  # the other table is not held up
+            assert (
+                f"created {other} {partitions.partition_name(other, today + dt.timedelta(days=2))}" in actions
+            )
+        assert metrics.PARTITION_MAINTENANCE_DEFERRED.labels(table)._value.get() == deferred + 1
+        # The reader is gone: the next round does it.
+        actions = [
+            str(a) for a in await retention.maintain(maintainer, config, ahead_days=ahead, today=today)
+        ]
+        assert f"{'created' if ddl == 'create' else 'dropped'} {table} {name}" in actions
+        assert not [a for a in actions if a.startswith("deferred")]
+    finally:
+        await reader.close()
+        await maintainer.close()
 
 
 async def test_today_is_the_database_s_not_the_node_s(

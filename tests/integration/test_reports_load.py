@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from mailerd import config as config_mod
 from mailerd.db import connect, reports_load, reports_read, reports_schema
@@ -401,6 +402,52 @@ async def test_a_campaigns_totals_outlive_retention_and_a_late_record_adds_to_it
     assert rows.totals["sent"] == 6 == sum(d["sent"] for d in rows.domains)
     by_minute = {point["at"]: point["sent"] for point in rows.series["minute"]}
     assert by_minute[jan] == 4
+
+
+async def test_retention_behind_a_long_report_never_holds_up_loads(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """A report's transaction holds its lock on report_emails until it ends: a DROP (or CREATE
+    ... PARTITION OF) queued behind it for ACCESS EXCLUSIVE on the table made the relay's loads
+    queue behind the DDL. Now the DDL waits its lock timeout at most and is left for later."""
+    old = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)
+    target = destination(reports_dsn, retention_days=36_500)
+    report, maintainer = await connect.connect(reports_dsn), await connect.connect(reports_dsn)
+    try:
+        await target.deliver([email(1, at=old), email(2, at=AT)])
+        async with report.transaction():
+            await report.fetchval("SELECT count(*) FROM report_emails")
+            with capture_logs() as logs:
+                job = asyncio.create_task(
+                    reports_schema.maintain(maintainer, 30, now=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+                )
+                try:
+                    async with asyncio.timeout(10):
+                        while not job.done() and not await reports.fetchval(
+                            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted)"
+                        ):
+                            await asyncio.sleep(0.01)
+                    async with asyncio.timeout(5):
+                        await target.deliver([email(3, at=AT)])
+                finally:
+                    async with asyncio.timeout(10):
+                        dropped = await job
+        assert dropped == ["report_events_p202501"]
+        assert [
+            (e["operation"], e["partition"]) for e in logs if e["event"] == "reports_partition_deferred"
+        ] == [
+            ("create", "report_emails_p202604"),
+            ("drop", "report_emails_p202501"),
+        ]
+        assert await reports.fetchval("SELECT count(*) FROM report_emails") == 3
+        # The report is over: the next round does it.
+        dropped = await reports_schema.maintain(maintainer, 30, now=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+        assert dropped == ["report_emails_p202501"]
+        assert await reports.fetchval("SELECT to_regclass('report_emails_p202604') IS NOT NULL")
+    finally:
+        await target.close()
+        await report.close()
+        await maintainer.close()
 
 
 async def test_retention_counts_months_by_the_database_s_clock(
