@@ -20,7 +20,7 @@ from mailerd import content, decoding, segments, windows
 from mailerd.config import Config
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import leads as leads_db
-from mailerd.models import Campaign, CampaignStatus, Lead
+from mailerd.models import MIN_CAMPAIGN_RATE, Campaign, CampaignStatus, Lead
 from mailerd.providers import ses
 
 NOTIFY_CHANNEL = campaign_rows.NOTIFY_CHANNEL
@@ -148,7 +148,11 @@ class NewCampaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start: Annotated[bool, msgspec.Meta(description="true: scheduled now")] = False
     send_at: Annotated[dt.datetime, msgspec.Meta(tz=True, description="scheduled at this time")] | None = None
     rate_per_s: (
-        Annotated[float, msgspec.Meta(gt=0, description="per-campaign cap, recipients per second")] | None
+        Annotated[
+            float,
+            msgspec.Meta(ge=MIN_CAMPAIGN_RATE, description="per-campaign cap, recipients per second"),
+        ]
+        | None
     ) = msgspec.field(default=None, name="rate")
     resend_uncertain: Annotated[
         bool, msgspec.Meta(description="after a crash, re-send what may have been sent")

@@ -17,7 +17,7 @@ from mailerd.db import campaigns as campaigns_db
 from mailerd.db import leads as leads_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
-from mailerd.models import Campaign, CampaignStatus
+from mailerd.models import MIN_CAMPAIGN_RATE, Campaign, CampaignStatus
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,8 @@ def campaign_from_row(row: asyncpg.Record) -> Campaign:
         html_body=row["html_body"],
         text_body=row["text_body"],
         provider=row["provider"],
-        rate_per_s=row["rate_per_s"],
+        # a rate stored before MIN_CAMPAIGN_RATE existed (5e-324: an endless wait) as the floor
+        rate_per_s=None if row["rate_per_s"] is None else max(row["rate_per_s"], MIN_CAMPAIGN_RATE),
         resend_uncertain=row["resend_uncertain"],
         status_reason=row["status_reason"],
         generation=row["status_generation"],

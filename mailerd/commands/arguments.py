@@ -11,6 +11,7 @@ import datetime as dt
 import math
 
 from mailerd import config as config_mod
+from mailerd import models
 
 
 def _account_id(text: str) -> int:
@@ -36,13 +37,15 @@ def _limit(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    """A positive, finite rate for argparse: nan and inf were sent as JSON null (no cap at all)."""
+    """A finite rate of at least the API's floor, for argparse: nan and inf were sent as JSON
+    null (no cap at all)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    floor = models.MIN_CAMPAIGN_RATE
+    if not (math.isfinite(value) and value >= floor):
+        raise argparse.ArgumentTypeError(f"expected a number of at least {floor:g}, got {text}")
     return value
 
 

@@ -75,13 +75,16 @@ async def test_relay_replay_and_campaign_arguments_are_checked(dsn: str, tmp_pat
         mailerd(*replay, "--from", "2025-02-01", "--to", "2025-01-01", env=env),
         mailerd(*create, "--account", "1", "--rate", "nan", env=env),
         mailerd(*create, "--account", "9" * 20, env=env),
+        mailerd(*create, "--account", "1", "--rate", "5e-324", env=env),
     )
-    campaign, early, backwards, nan_rate, huge_account = results
+    campaign, early, backwards, nan_rate, huge_account, tiny_rate = results
     assert campaign.returncode == 2 and "--campaign" in campaign.stderr, campaign  # argparse
     assert early.returncode == 2 and "out of range once in UTC" in early.stderr, early
     assert backwards.returncode == 1 and "must be before --to" in backwards.stderr, backwards
     assert nan_rate.returncode == 2 and "--rate" in nan_rate.stderr, nan_rate
     assert huge_account.returncode == 2 and "--account" in huge_account.stderr, huge_account
+    assert tiny_rate.returncode == 2, tiny_rate
+    assert "--rate: expected a number of at least 0.01, got 5e-324" in tiny_rate.stderr, tiny_rate
     for result in results:
         assert "Traceback" not in result.stderr, result.stderr
 
