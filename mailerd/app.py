@@ -21,6 +21,7 @@ import structlog
 
 from mailerd import (
     aio,
+    campaign_caps,
     campaigns,
     db,
     http,
@@ -74,7 +75,7 @@ async def run_with_dsn(
     on_ready: Callable[[int], None] | None = None,
     notifier: systemd.Notifier | None = None,
     clock: scheduler.Clock = scheduler.utc_now,
-    pace_timing: PaceTiming | None = None,
+    sender_timing: SenderTiming | None = None,
 ) -> int:
     """Run the daemon against ``dsn`` until ``stop`` is set and the drain is over.
 
@@ -102,7 +103,7 @@ async def run_with_dsn(
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")
         _warn_unverified(config)
-        stages = _Stages(config, dsn, pool, lanes, writer, stop, clock, pace_timing or PaceTiming())
+        stages = _Stages(config, dsn, pool, lanes, writer, stop, clock, sender_timing or SenderTiming())
         for sender in stages.senders.values():
             await _seed_from_account(sender)
         reports_pool = None
@@ -181,9 +182,10 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PaceTiming:
-    """The clock of the ``[pace.NAME]`` buckets and the senders' rate-limit sleep (tests inject
-    a virtual pair to measure a group's rate without waiting for it)."""
+class SenderTiming:
+    """The clock of the senders' token buckets (each provider's and the ``[pace.NAME]`` groups')
+    and their rate-limit sleep: tests inject a virtual pair to measure a rate without waiting
+    for it. A campaign's own ``rate`` is waited for by its shards, on the real clock."""
 
     clock: ratelimit.Clock = time.monotonic
     sleep: RateSleep = aio.sleep_unless
@@ -201,7 +203,7 @@ class _Stages:
         writer: Writer,
         stop: asyncio.Event,
         clock: scheduler.Clock = scheduler.utc_now,
-        pace_timing: PaceTiming | None = None,
+        sender_timing: SenderTiming | None = None,
     ) -> None:
         self.config = config
         self.dsn = dsn
@@ -220,7 +222,7 @@ class _Stages:
             on_idle=self._on_idle,
             clock=clock,  # send windows: tests move time
         )
-        timing = pace_timing or PaceTiming()
+        timing = sender_timing or SenderTiming()
         domain_pace = pace.DomainPace(config.pace, clock=timing.clock)
         self.senders = {
             name: ProviderSender(
@@ -231,6 +233,7 @@ class _Stages:
                 self._on_fail,
                 domain_buckets=domain_pace.for_provider(name),
                 rate_sleep=timing.sleep,
+                clock=timing.clock,
             )
             for name, lane in lanes.items()
         }
@@ -248,7 +251,9 @@ class _Stages:
 
     def _on_idle(self, lane_name: str, campaign_id: int) -> None:
         """This node holds nothing of the campaign now: forget what was cached for it."""
-        self.lanes[lane_name].provider.forget(campaign_id)
+        lane = self.lanes[lane_name]
+        lane.provider.forget(campaign_id)
+        lane.caps.forget(campaign_id)
         self.senders[lane_name].forget(campaign_id)
 
     async def _on_halt(self, campaign: Campaign, reason: str) -> None:
@@ -352,6 +357,7 @@ def _open_lanes(config: Config, resources: contextlib.AsyncExitStack) -> dict[st
             batch_size=batch_size,
             workers=provider_config.concurrency,
             reservation_step=config.scheduler.reservation_step or provider_config.concurrency * batch_size,
+            caps=campaign_caps.CampaignCaps(name),
         )
     return lanes
 

@@ -31,7 +31,9 @@ PROVIDER_CALLS = Histogram(
 BATCHES_IN_FLIGHT = Gauge("mailerd_batches_in_flight", "Batches being sent now.", ["provider"])
 QUEUE_DEPTH = Gauge("mailerd_queue_depth_batches", "Batches waiting for a sender.", ["provider"])
 RATE_LIMIT_WAIT = Counter(
-    "mailerd_ratelimit_wait_seconds_total", "Time senders waited on the rate limiter.", ["provider"]
+    "mailerd_ratelimit_wait_seconds_total",
+    "Time senders and shards waited on the rate limiters.",
+    ["provider"],
 )
 FLUSH_SECONDS = Histogram(
     "mailerd_writer_flush_seconds",

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
+# A sleep that an event cuts short (``aio.sleep_unless``): how the stages wait for tokens.
+StoppableSleep = Callable[[float, asyncio.Event], Awaitable[None]]
 
 
 class TokenBucket:

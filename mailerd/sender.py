@@ -48,7 +48,7 @@ HaltCallback = Callable[[Campaign, str], Awaitable[None]]
 FailCallback = Callable[[Campaign, str], Awaitable[None]]
 # How a worker waits for the rate limiters (seconds, the shard's stop): injected in tests
 # together with the buckets' clock, so they control time instead of waiting for it.
-RateSleep = Callable[[float, asyncio.Event], Awaitable[None]]
+RateSleep = ratelimit.StoppableSleep
 
 
 class ErrorRate:
@@ -97,17 +97,17 @@ class ProviderSender:
         rng: random.Random | None = None,
         domain_buckets: pace.DomainBuckets | None = None,
         rate_sleep: RateSleep = aio.sleep_unless,
+        clock: ratelimit.Clock = time.monotonic,
     ) -> None:
         self.lane = lane
         self.config = config
-        self.bucket = TokenBucket(config.rate_per_s, config.burst or None)
+        self.bucket = TokenBucket(config.rate_per_s, config.burst or None, clock=clock)
         # [pace.NAME] groups that apply to this provider: recipient domain -> the group's bucket
         self._domain_buckets = domain_buckets or {}
         self._rate_sleep = rate_sleep
         # The provider's daily quota and warm-up (None: no limit): the shard took each batch's
         # share before dispatching it; a batch not sent gives it back.
         self.quota: QuotaTaker | None = lane.quota
-        self._campaign_buckets: dict[int, TokenBucket] = {}
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
         self._on_halt = on_halt
@@ -157,42 +157,33 @@ class ProviderSender:
         if self.quota is not None:
             self.quota.refund(len(batch.leads))
 
-    def _campaign_bucket(self, batch: Batch) -> TokenBucket | None:
-        rate = batch.campaign.rate_per_s
-        if not rate:
-            return None
-        bucket = self._campaign_buckets.get(batch.campaign.id)
-        if bucket is None:
-            bucket = self._campaign_buckets[batch.campaign.id] = TokenBucket(rate)
-        return bucket
-
     async def _acquire(self, delivery: _Delivery, stopped: asyncio.Event) -> bool:
-        """Wait for the rate limits; False (tokens given back) if the shard stops meanwhile."""
+        """Wait for the rate limits; False (tokens given back) if the shard stops meanwhile.
+
+        The campaign's own ``rate`` was waited for before the batch was dispatched
+        (:mod:`mailerd.campaign_caps`), never here, in a worker the whole lane shares.
+        """
         batch, count = delivery.batch, len(delivery.pending)
-        buckets = [self.bucket]
-        campaign_bucket = self._campaign_bucket(batch)
-        if campaign_bucket is not None:
-            buckets.append(campaign_bucket)
-        wait = ratelimit.reserve_all(buckets, count)
+        bucket = self.bucket
+        wait = bucket.reserve(count)
         paced: dict[TokenBucket, int] = {}
         if self._domain_buckets:  # per-recipient work only when [pace] groups apply here
             leads = batch.leads
             paced = pace.count_by_bucket(self._domain_buckets, (leads[i].email for i in delivery.pending))
-            for bucket, taken in paced.items():
-                wait = max(wait, bucket.reserve(taken))
+            for group, taken in paced.items():
+                wait = max(wait, group.reserve(taken))
         if wait > 0:
             self._waits.inc(wait)
             await self._rate_sleep(wait, stopped)
         if stopped.is_set():
-            ratelimit.refund_all(buckets, count)
-            for bucket, taken in paced.items():
-                bucket.refund(taken)
+            bucket.refund(count)
+            for group, taken in paced.items():
+                group.refund(taken)
             return False
         return True
 
     def forget(self, campaign_id: int) -> None:
-        """This node sends nothing of the campaign any more: drop its cap and error window."""
-        self._campaign_buckets.pop(campaign_id, None)
+        """This node sends nothing of the campaign any more: drop its error window."""
         self._error_rates.pop(campaign_id, None)
 
     async def _send(self, run: ClaimedShard, batch: Batch) -> None:

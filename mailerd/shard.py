@@ -335,8 +335,12 @@ class ShardRun:
         if suppressed or not chunks:
             upto = start if chunks else end
             await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), suppressed)
-        quota = self._lane.quota
+        caps, quota = self._lane.caps, self._lane.quota
         for index, chunk in enumerate(chunks):
+            # The campaign's own rate before the batch joins the lane: the wait holds back this
+            # campaign only (in a sender worker it held the provider's shared workers).
+            if not await caps.acquire(self.campaign, len(chunk), self.stopped):
+                break
             # The daily quota before the batch is dispatched: every batch queued or in flight
             # holds its share, so what the claim reserves is never stuck behind a quota wait.
             if quota is not None and not await quota.acquire(len(chunk), self.stopped):

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 from typing import Any, Protocol
 
-from mailerd.models import Batch, Event, LogRow
+from mailerd.models import Batch, Campaign, Event, LogRow
 from mailerd.providers.base import Provider
 
 StatusCounts = tuple[int, int, int, int]  # sent, failed, unknown, suppressed
@@ -95,6 +95,17 @@ class QuotaTaker(Protocol):
         """Give back what a batch took and did not send."""
 
 
+class CapTaker(Protocol):
+    """The campaigns' own caps (``rate``, :mod:`mailerd.campaign_caps`): a shard waits for a
+    batch's tokens before dispatching it, so the wait holds back that campaign only."""
+
+    async def acquire(self, campaign: Campaign, count: int, stopped: asyncio.Event) -> bool:
+        """Wait until ``count`` recipients may be dispatched; False when ``stopped`` first."""
+
+    def forget(self, campaign_id: int) -> None:
+        """This node holds nothing of the campaign any more."""
+
+
 QueueItem = tuple[ClaimedShard, Batch] | None  # None: end marker, one per sender worker
 
 
@@ -111,6 +122,7 @@ class ProviderLane:
     batch_size: int
     workers: int
     reservation_step: int
+    caps: CapTaker  # the campaigns' own rate caps, waited for before a batch joins ``queue``
     quota: QuotaTaker | None = None  # the provider's daily quota and warm-up (None: no limit)
 
     @property

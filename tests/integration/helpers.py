@@ -77,15 +77,17 @@ async def running_daemon(
     config: config_mod.Config,
     dsn: str,
     clock: scheduler.Clock = scheduler.utc_now,
-    pace_timing: app.PaceTiming | None = None,
+    sender_timing: app.SenderTiming | None = None,
 ) -> AsyncIterator[Daemon]:
     """The daemon's stages in this process until the block ends (then a clean drain); ``clock``
-    is the scheduler's (send windows), ``pace_timing`` the [pace] buckets' clock and the
-    senders' rate-limit sleep."""
+    is the scheduler's (send windows), ``sender_timing`` the senders' buckets' clock and their
+    rate-limit sleep."""
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        app.run_with_dsn(config, dsn, stop, on_ready=bound.set_result, clock=clock, pace_timing=pace_timing)
+        app.run_with_dsn(
+            config, dsn, stop, on_ready=bound.set_result, clock=clock, sender_timing=sender_timing
+        )
     )
     try:
         done, _ = await asyncio.wait({task, bound}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -95,6 +97,35 @@ async def running_daemon(
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+class VirtualTime:
+    """A clock that moves only when a sender sleeps for the rate limiters: to the sleep's end.
+
+    Arrival times read from it are exact while one sender worker sleeps at a time (provider
+    ``concurrency = 1``); with more, a sleep moves the clock under another worker's call."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float, stopped: asyncio.Event) -> None:
+        if not stopped.is_set():
+            self.now = max(self.now, self.now + delay)
+        await asyncio.sleep(0)
+
+
+def recording_emulator(kind: str, time: VirtualTime, arrivals: list[tuple[float, str]], **knobs: Any) -> Any:
+    """The kind's emulator, noting each accepted recipient's address at the virtual time."""
+
+    class Timed(sink.EMULATORS[kind]):  # type: ignore[misc,valid-type]  # a class chosen at run time
+        def accept(self, email: str, campaign_id: Any, lead_id: Any, message_id: str) -> None:
+            arrivals.append((time.now, email))
+            super().accept(email, campaign_id, lead_id, message_id)
+
+    return Timed(**knobs)
 
 
 async def wait_for_status(

@@ -4,45 +4,23 @@ senders' rate-limit sleep are injected), while the other domains are not paced."
 
 from __future__ import annotations
 
-import asyncio
 import collections
-from typing import Any
 
 import asyncpg
 import pytest
 
 from mailerd import app, campaigns
-from mailerd.emulator import sink
-from tests.integration.helpers import daemon_config, new_campaign, running_daemon, wait_for_status
+from tests.integration.helpers import (
+    VirtualTime,
+    daemon_config,
+    new_campaign,
+    recording_emulator,
+    running_daemon,
+    wait_for_status,
+)
 
 RATE, BURST = 10.0, 10
 GROUP = ("gmail.com", "googlemail.com")
-
-
-class VirtualTime:
-    """A clock that moves only when a sender sleeps for the rate limiters: to the sleep's end."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float, stopped: asyncio.Event) -> None:
-        if not stopped.is_set():
-            self.now = max(self.now, self.now + delay)
-        await asyncio.sleep(0)
-
-
-def _recording(kind: str, time: VirtualTime, arrivals: list[tuple[float, str]], **knobs: Any) -> Any:
-    """The kind's emulator, noting each accepted recipient's address at the virtual time."""
-
-    class Timed(sink.EMULATORS[kind]):  # type: ignore[misc,valid-type]  # a class chosen at run time
-        def accept(self, email: str, campaign_id: Any, lead_id: Any, message_id: str) -> None:
-            arrivals.append((time.now, email))
-            super().accept(email, campaign_id, lead_id, message_id)
-
-    return Timed(**knobs)
 
 
 async def _leads(conn: asyncpg.Connection) -> None:
@@ -59,7 +37,7 @@ async def test_a_domain_group_is_held_to_its_rate(conn: asyncpg.Connection, dsn:
     await _leads(conn)
     time = VirtualTime()
     arrivals: list[tuple[float, str]] = []
-    emulator = _recording(kind, time, arrivals, seed=1)
+    emulator = recording_emulator(kind, time, arrivals, seed=1)
     port = await emulator.start()
     try:
         if kind == "smtp":
@@ -72,8 +50,8 @@ async def test_a_domain_group_is_held_to_its_rate(conn: asyncpg.Connection, dsn:
             pace={"google": {"domains": list(GROUP), "rate_per_s": RATE, "burst": BURST}},
         )
         campaign_id = await campaigns.create(conn, new_campaign(segment={"all": []}), config)
-        timing = app.PaceTiming(clock=time.clock, sleep=time.sleep)
-        async with running_daemon(config, dsn, pace_timing=timing):
+        timing = app.SenderTiming(clock=time.clock, sleep=time.sleep)
+        async with running_daemon(config, dsn, sender_timing=timing):
             info = await wait_for_status(conn, campaign_id, timeout=60)
     finally:
         await emulator.close()
@@ -96,13 +74,13 @@ async def test_without_a_group_nothing_waits(conn: asyncpg.Connection, dsn: str)
     await _leads(conn)
     time = VirtualTime()
     arrivals: list[tuple[float, str]] = []
-    emulator = _recording("ses", time, arrivals, seed=1)
+    emulator = recording_emulator("ses", time, arrivals, seed=1)
     port = await emulator.start()
     try:
         config = daemon_config(port, provider={"batch_size": 10})
         campaign_id = await campaigns.create(conn, new_campaign(segment={"all": []}), config)
         async with running_daemon(
-            config, dsn, pace_timing=app.PaceTiming(clock=time.clock, sleep=time.sleep)
+            config, dsn, sender_timing=app.SenderTiming(clock=time.clock, sleep=time.sleep)
         ):
             info = await wait_for_status(conn, campaign_id, timeout=60)
     finally:

@@ -1,0 +1,112 @@
+"""A campaign's own ``rate`` through the daemon: it holds back that campaign's batches only (they
+wait for their tokens before they join the provider lane's queue, not in the lane's shared
+sender workers), a pause or a drain cuts that wait short, and the provider never gets more than
+its burst because a batch waited for its campaign."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from mailerd import app, campaigns
+from mailerd.db import campaigns as campaigns_db
+from mailerd.emulator import sink
+from tests.integration.helpers import (
+    VirtualTime,
+    add_leads,
+    daemon_config,
+    new_campaign,
+    recording_emulator,
+    running_daemon,
+    wait_for_status,
+)
+
+RATE, BURST = 10.0, 10  # the provider's, in virtual time
+
+
+async def _wait_claimed(conn: asyncpg.Connection, campaign_id: int, timeout: float = 30) -> None:
+    """Until every shard of the campaign has an owner (its batches are being dispatched)."""
+    async with asyncio.timeout(timeout):
+        while await conn.fetchval(
+            "SELECT count(*) = 0 OR bool_or(owner IS NULL) FROM campaign_shards WHERE campaign_id = $1",
+            campaign_id,
+        ):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_capped_campaign_holds_back_only_its_own_batches(conn: asyncpg.Connection, dsn: str) -> None:
+    await add_leads(conn, 1, 3000)  # 1000 match the default segment, in three shards
+    emulator = sink.Sink(seed=3)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, provider={"concurrency": 4, "batch_size": 50})
+        async with running_daemon(config, dsn):
+            # 1 recipient/s: each of its shards' first batch of 50 waits 49 s, 99 s, ... for tokens
+            slow = await campaigns.create(conn, new_campaign(name="slow", rate_per_s=1.0), config)
+            await _wait_claimed(conn, slow)
+            fast = await campaigns.create(conn, new_campaign(name="fast"), config)
+            # the four workers were asleep on slow's growing debt: fast sent nothing in 8 s
+            done = await wait_for_status(conn, fast, timeout=30)
+            assert done["sent"] == 1000
+            waiting = await campaigns.show(conn, slow)
+            assert waiting is not None and waiting["status"] == "running" and waiting["sent"] == 0
+
+            # a pause stops slow's shards while they wait for its tokens: released cleanly, at once
+            await campaigns_db.change_status(conn, slow, "pause", "checking the copy")
+            async with asyncio.timeout(10):
+                while await conn.fetchval(
+                    "SELECT bool_or(owner IS NOT NULL) FROM campaign_shards WHERE campaign_id = $1", slow
+                ):
+                    await asyncio.sleep(0.05)
+            await campaigns_db.change_status(conn, slow, "resume")
+            await _wait_claimed(conn, slow)
+            draining = time.monotonic()
+        # ... and so does the drain
+        assert time.monotonic() - draining < 5
+    finally:
+        await emulator.close()
+    shards = await conn.fetch("SELECT * FROM campaign_shards WHERE campaign_id = $1", slow)
+    assert all(s["released_clean"] and s["owner"] is None for s in shards), shards
+    assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", slow) == 0
+
+
+def _over_burst(arrivals: list[float]) -> list[tuple[float, float, int]]:
+    """Spans ``(from, to, recipients)`` in which the provider got more than ``BURST`` plus what
+    ``RATE`` refills over the span."""
+    times = sorted(arrivals)
+    return [
+        (times[i], times[j], j - i + 1)
+        for i in range(len(times))
+        for j in range(i, len(times))
+        if j - i + 1 > BURST + RATE * (times[j] - times[i]) + 1e-6
+    ]
+
+
+async def test_the_provider_gets_no_more_than_its_burst_after_a_campaign_waited(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """The provider's tokens are taken when a worker is about to send, after the campaign's wait:
+    a batch of capped "x" used to take them at once with its campaign's, sleep, and go together
+    with a batch of "y" that found the provider's bucket refilled meanwhile (20 at once against
+    a burst of 10). One worker, the provider's bucket in virtual time; the cap in real time."""
+    await add_leads(conn, 1, 220)
+    time = VirtualTime()
+    arrivals: list[tuple[float, str]] = []
+    emulator = recording_emulator("ses", time, arrivals, seed=1)
+    port = await emulator.start()
+    try:
+        provider = {"concurrency": 1, "batch_size": 10, "rate_per_s": RATE, "burst": BURST}
+        config = daemon_config(port, provider=provider)
+        timing = app.SenderTiming(clock=time.clock, sleep=time.sleep)
+        async with running_daemon(config, dsn, sender_timing=timing):
+            # 5/s: its two batches of 10 wait 1 s and 3 s for their tokens
+            first_20 = {"field": "attributes.n", "op": "lt", "value": 20}
+            x = await campaigns.create(conn, new_campaign(name="x", segment=first_20, rate_per_s=5), config)
+            y = await campaigns.create(conn, new_campaign(name="y", segment={"not": first_20}), config)
+            sent = [await wait_for_status(conn, campaign_id) for campaign_id in (x, y)]
+    finally:
+        await emulator.close()
+    assert [info["sent"] for info in sent] == [20, 200] and len(arrivals) == 220
+    assert _over_burst([at for at, _ in arrivals]) == []
