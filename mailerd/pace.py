@@ -3,8 +3,9 @@ sender on top of the provider's own rate and the campaign's cap. Pure bookkeepin
 
 One bucket per group per node, shared by every provider lane the group applies to. A batch
 takes, from each group's bucket, as many tokens as it has recipients of that group, and waits
-for the slowest of its buckets (see :func:`mailerd.ratelimit.reserve_all`): a batch is one
-provider call, so the recipients of other domains in the same batch wait with it.
+for the slowest of its groups (see :func:`mailerd.ratelimit.reserve_each`): a batch is one
+provider call, so the recipients of other domains in the same batch wait with it. The sender
+takes the provider's tokens after that wait, not with it.
 """
 
 from __future__ import annotations

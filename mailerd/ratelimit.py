@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -129,15 +129,16 @@ class TokenBucket:
         return f"TokenBucket(rate={self._rate:g}, burst={self._burst:g})"
 
 
-def reserve_all(buckets: Sequence[TokenBucket], n: int) -> float:
-    """Take ``n`` tokens from every bucket at once (the provider's, a campaign's cap); the wait
-    is the longest of theirs. Pure bookkeeping, like :meth:`TokenBucket.reserve`."""
-    return max((bucket.reserve(n) for bucket in buckets), default=0.0)
+def reserve_each(taken: Mapping[TokenBucket, int]) -> float:
+    """Take from each bucket its own count at once (the ``[pace]`` groups of a batch's
+    recipients); the wait is the longest of theirs. Pure bookkeeping, like
+    :meth:`TokenBucket.reserve`."""
+    return max((bucket.reserve(n) for bucket, n in taken.items()), default=0.0)
 
 
-def refund_all(buckets: Sequence[TokenBucket], n: int) -> None:
-    """Give ``n`` reserved tokens back to every bucket (the send was called off)."""
-    for bucket in buckets:
+def refund_each(taken: Mapping[TokenBucket, int]) -> None:
+    """Give back what :func:`reserve_each` took (the send was called off)."""
+    for bucket, n in taken.items():
         bucket.refund(n)
 
 

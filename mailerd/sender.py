@@ -160,27 +160,32 @@ class ProviderSender:
     async def _acquire(self, delivery: _Delivery, stopped: asyncio.Event) -> bool:
         """Wait for the rate limits; False (tokens given back) if the shard stops meanwhile.
 
-        The campaign's own ``rate`` was waited for before the batch was dispatched
+        The ``[pace.NAME]`` groups first, then the provider: its tokens are taken only once the
+        groups' wait is over, so a batch that slept for its group never goes out on top of a
+        provider burst that refilled meanwhile (taken together, it did: twice the burst at
+        once). The campaign's own ``rate`` was waited for before the batch was dispatched
         (:mod:`mailerd.campaign_caps`), never here, in a worker the whole lane shares.
         """
-        batch, count = delivery.batch, len(delivery.pending)
-        bucket = self.bucket
-        wait = bucket.reserve(count)
+        count = len(delivery.pending)
         paced: dict[TokenBucket, int] = {}
         if self._domain_buckets:  # per-recipient work only when [pace] groups apply here
-            leads = batch.leads
+            leads = delivery.batch.leads
             paced = pace.count_by_bucket(self._domain_buckets, (leads[i].email for i in delivery.pending))
-            for group, taken in paced.items():
-                wait = max(wait, group.reserve(taken))
+            if not await self._wait(ratelimit.reserve_each(paced), stopped):
+                ratelimit.refund_each(paced)
+                return False
+        if not await self._wait(self.bucket.reserve(count), stopped):
+            self.bucket.refund(count)
+            ratelimit.refund_each(paced)
+            return False
+        return True
+
+    async def _wait(self, wait: float, stopped: asyncio.Event) -> bool:
+        """Sleep ``wait`` seconds unless the shard stops first; False if it has stopped."""
         if wait > 0:
             self._waits.inc(wait)
             await self._rate_sleep(wait, stopped)
-        if stopped.is_set():
-            bucket.refund(count)
-            for group, taken in paced.items():
-                group.refund(taken)
-            return False
-        return True
+        return not stopped.is_set()
 
     def forget(self, campaign_id: int) -> None:
         """This node sends nothing of the campaign any more: drop its error window."""

@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import asyncpg
+import pytest
 
 from mailerd import app, campaigns
 from mailerd.db import campaigns as campaigns_db
@@ -84,27 +85,35 @@ def _over_burst(arrivals: list[float]) -> list[tuple[float, float, int]]:
     ]
 
 
-async def test_the_provider_gets_no_more_than_its_burst_after_a_campaign_waited(
-    conn: asyncpg.Connection, dsn: str
+@pytest.mark.parametrize("wait", ["campaign rate", "pace group"])
+async def test_the_provider_gets_no_more_than_its_burst_after_a_batch_waited(
+    conn: asyncpg.Connection, dsn: str, wait: str
 ) -> None:
-    """The provider's tokens are taken when a worker is about to send, after the campaign's wait:
-    a batch of capped "x" used to take them at once with its campaign's, sleep, and go together
-    with a batch of "y" that found the provider's bucket refilled meanwhile (20 at once against
-    a burst of 10). One worker, the provider's bucket in virtual time; the cap in real time."""
-    await add_leads(conn, 1, 220)
+    """The provider's tokens are taken just before the call, after the batch's other waits: a
+    batch of "x" (20 Gmail leads, capped at 5/s or paced at 1/s) used to take them at once with
+    its campaign's or group's, sleep, and go together with a batch of "y" that found the
+    provider's bucket refilled meanwhile (20 at once against a burst of 10). One worker; the
+    provider's and the groups' buckets in virtual time, the campaign's cap in real time."""
+    await conn.copy_records_to_table(
+        "leads",
+        records=[(1, f"user{n}@{'gmail.com' if n < 20 else 'example.com'}", {"n": n}) for n in range(220)],
+        columns=("account_id", "email", "attributes"),
+    )
     time = VirtualTime()
     arrivals: list[tuple[float, str]] = []
     emulator = recording_emulator("ses", time, arrivals, seed=1)
     port = await emulator.start()
     try:
         provider = {"concurrency": 1, "batch_size": 10, "rate_per_s": RATE, "burst": BURST}
-        config = daemon_config(port, provider=provider)
+        paced = {"google": {"domains": ["gmail.com"], "rate_per_s": 1, "burst": 1}}
+        config = daemon_config(port, provider=provider, pace=paced if wait == "pace group" else {})
         timing = app.SenderTiming(clock=time.clock, sleep=time.sleep)
         async with running_daemon(config, dsn, sender_timing=timing):
-            # 5/s: its two batches of 10 wait 1 s and 3 s for their tokens
-            first_20 = {"field": "attributes.n", "op": "lt", "value": 20}
-            x = await campaigns.create(conn, new_campaign(name="x", segment=first_20, rate_per_s=5), config)
-            y = await campaigns.create(conn, new_campaign(name="y", segment={"not": first_20}), config)
+            gmail = {"field": "attributes.n", "op": "lt", "value": 20}
+            # at 5/s its two batches of 10 wait 1 s and 3 s for their tokens (at 1/s, 9 s and 19 s)
+            cap = 5 if wait == "campaign rate" else None
+            x = await campaigns.create(conn, new_campaign(name="x", segment=gmail, rate_per_s=cap), config)
+            y = await campaigns.create(conn, new_campaign(name="y", segment={"not": gmail}), config)
             sent = [await wait_for_status(conn, campaign_id) for campaign_id in (x, y)]
     finally:
         await emulator.close()

@@ -228,11 +228,15 @@ async def test_refund_never_lets_the_bucket_exceed_its_burst() -> None:
 
 
 async def _acquire(vt: VirtualTime, buckets: list[ratelimit.TokenBucket], n: int) -> float:
-    """What a sender worker does: reserve on every bucket at once, sleep the longest wait."""
-    wait = ratelimit.reserve_all(buckets, n)
-    if wait > 0:
-        await vt.sleep(wait)
-    return wait
+    """What a batch goes through: each bucket in turn (the campaign's cap when the shard
+    dispatches it, the provider's last, in the sender worker), sleeping each wait."""
+    waited = 0.0
+    for bucket in buckets:
+        wait = bucket.reserve(n)
+        if wait > 0:
+            await vt.sleep(wait)
+            waited += wait
+    return waited
 
 
 async def test_campaign_cap_lower_than_provider_rate_governs() -> None:
@@ -243,7 +247,7 @@ async def test_campaign_cap_lower_than_provider_rate_governs() -> None:
 
     async def worker() -> None:
         for _ in range(10):
-            await _acquire(vt, [provider, capped], 10)
+            await _acquire(vt, [capped, provider], 10)
             sent.append(vt.now)
 
     await vt.run(*(worker() for _ in range(4)))
@@ -254,7 +258,7 @@ async def test_campaign_cap_lower_than_provider_rate_governs() -> None:
 async def test_provider_limit_is_shared_by_campaigns() -> None:
     vt = VirtualTime()
     provider = ratelimit.TokenBucket(20, clock=vt.clock)
-    campaigns = [[provider, ratelimit.TokenBucket(100, clock=vt.clock)], [provider]]
+    campaigns = [[ratelimit.TokenBucket(100, clock=vt.clock), provider], [provider]]
     waits: list[float] = []
 
     async def worker(buckets: list[ratelimit.TokenBucket]) -> None:
@@ -266,17 +270,36 @@ async def test_provider_limit_is_shared_by_campaigns() -> None:
     assert sum(waits) > 0
 
 
-def test_a_send_called_off_gives_its_tokens_back_to_every_bucket() -> None:
+def test_a_send_called_off_gives_its_tokens_back_to_every_group() -> None:
     vt = VirtualTime()
-    provider = ratelimit.TokenBucket(10, clock=vt.clock)
-    capped = ratelimit.TokenBucket(100, clock=vt.clock)
-    provider.reserve(10)  # the provider is busy: the reservation below has to wait on it
-    assert ratelimit.reserve_all([provider, capped], 10) == pytest.approx(1.0)
-    assert capped.tokens() == pytest.approx(90)
-    ratelimit.refund_all([provider, capped], 10)
-    assert capped.tokens() == pytest.approx(100)
-    assert provider.tokens() == pytest.approx(0)
-    assert ratelimit.reserve_all([], 10) == 0.0
+    google = ratelimit.TokenBucket(10, clock=vt.clock)
+    microsoft = ratelimit.TokenBucket(100, clock=vt.clock)
+    google.reserve(10)  # the group is busy: the reservation below has to wait on it
+    taken = {google: 10, microsoft: 5}
+    assert ratelimit.reserve_each(taken) == pytest.approx(1.0)
+    assert microsoft.tokens() == pytest.approx(95)
+    ratelimit.refund_each(taken)
+    assert microsoft.tokens() == pytest.approx(100)
+    assert google.tokens() == pytest.approx(0)
+    assert ratelimit.reserve_each({}) == 0.0
+
+
+async def test_provider_tokens_taken_after_another_wait_never_double_its_burst() -> None:
+    """A batch that waited 9 s for its campaign (or [pace] group) takes the provider's tokens
+    then: another batch arriving at that moment waits for them. Taken together at t=0 (as
+    the sender did), both went at t=9, twice the provider's burst at once."""
+    vt = VirtualTime()
+    provider = ratelimit.TokenBucket(10, 10, clock=vt.clock)
+    capped = ratelimit.TokenBucket(1, clock=vt.clock)
+    sent: list[float] = []
+
+    async def batch(buckets: list[ratelimit.TokenBucket], start: float) -> None:
+        await vt.sleep(start)
+        await _acquire(vt, buckets, 10)
+        sent.append(vt.now)
+
+    await vt.run(batch([capped, provider], 0), batch([provider], 9))
+    assert sorted(sent) == [9.0, 10.0]  # 10 at once, then 10 a second later
 
 
 def test_set_rate_turns_an_unlimited_bucket_into_a_limited_one() -> None:
