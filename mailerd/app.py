@@ -24,6 +24,7 @@ from mailerd import (
     campaign_caps,
     campaigns,
     db,
+    erasure,
     http,
     looplag,
     metrics,
@@ -222,6 +223,7 @@ class _Stages:
             on_idle=self._on_idle,
             clock=clock,  # send windows: tests move time
         )
+        self.erasures = erasure.RecentErasures()
         timing = sender_timing or SenderTiming()
         domain_pace = pace.DomainPace(config.pace, clock=timing.clock)
         self.senders = {
@@ -234,6 +236,7 @@ class _Stages:
                 domain_buckets=domain_pace.for_provider(name),
                 rate_sleep=timing.sleep,
                 clock=timing.clock,
+                erased=self.erasures,
             )
             for name, lane in lanes.items()
         }
@@ -302,6 +305,7 @@ class _Stages:
             )
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
             group.create_task(_campaign_sampler(self.pool, self.stop, self.config), name="campaign-sampler")
+            group.create_task(self.erasures.follow(self.pool, self.stop), name="erasures")
             group.create_task(systemd.watchdog_loop(notifier, self.stop), name="systemd-watchdog")
             group.create_task(looplag.monitor(self.stop), name="loop-lag")
             refreshers = [

@@ -24,15 +24,19 @@ database) can delete the person too: see docs/architecture.md, "Erasure".
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import structlog
 
+from mailerd import aio
 from mailerd.config import Config, PrivacyConfig
+from mailerd.db import DB_ERRORS_OR_TIMEOUT
 from mailerd.db import erasure as erasure_db
 
 log = structlog.get_logger(__name__)
@@ -135,3 +139,48 @@ async def erase(
         "lead_erased", erasure_id=erasure_id, account_id=account_id, leads=len(lead_ids), by=by, **removed
     )
     return Erasure(erasure_id, account_id, at, [h.hex() for h in hashes], lead_ids, removed)
+
+
+class RecentErasures:
+    """The leads erased lately, for the senders: a batch read before an erasure may wait in its
+    lane for a while (rate limits, a busy provider), and its erased leads must not be sent once
+    the erasure has returned. Refreshed every :data:`ERASURES_POLL_S` by :meth:`follow` (one
+    indexed query); a sender checks it just before each provider call."""
+
+    def __init__(
+        self, window: dt.timedelta = dt.timedelta(days=1), clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._window = window
+        self._clock = clock
+        self._after = 0
+        self._leads: dict[tuple[int, int], float] = {}  # -> when it was first seen here
+
+    def __bool__(self) -> bool:
+        return bool(self._leads)
+
+    def erased(self, account_id: int, lead_id: int) -> bool:
+        return (account_id, lead_id) in self._leads
+
+    async def refresh(self, conn: asyncpg.Connection) -> None:
+        now = self._clock()
+        found = await erasure_db.erased_since(conn, self._after, self._window)
+        for erasure_id, account_id, lead_ids in found:
+            for lead in lead_ids:
+                self._leads.setdefault((account_id, lead), now)
+            self._after = erasure_id
+        horizon = now - self._window.total_seconds()  # no batch waits that long: forget them
+        if self._leads and min(self._leads.values()) < horizon:
+            self._leads = {key: seen for key, seen in self._leads.items() if seen >= horizon}
+
+    async def follow(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        """Refresh until ``stop``; a database that does not answer is tried again next time."""
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(5), pool.acquire() as conn:
+                    await self.refresh(conn)
+            except DB_ERRORS_OR_TIMEOUT as exc:
+                log.warning("erasures_not_read", error=str(exc))
+            await aio.sleep_unless(ERASURES_POLL_S, stop)
+
+
+ERASURES_POLL_S = 1.0

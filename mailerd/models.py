@@ -43,6 +43,7 @@ class Outcome(enum.IntEnum):
     FAILED = 2  # permanent: do not retry
     RETRY = 3  # transient: retry with backoff
     UNKNOWN = 4  # the call may have been carried out: log unknown, do not re-send
+    ERASED = 5  # not sent: the lead was erased after its window was read (logged suppressed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import structlog
 
 from mailerd import aio, backoff, bounces, metrics, pace, ratelimit, rejections
 from mailerd.config import ProviderConfig
+from mailerd.erasure import RecentErasures
 from mailerd.models import (
     Batch,
     Campaign,
@@ -98,8 +99,11 @@ class ProviderSender:
         domain_buckets: pace.DomainBuckets | None = None,
         rate_sleep: RateSleep = aio.sleep_unless,
         clock: ratelimit.Clock = time.monotonic,
+        erased: RecentErasures | None = None,
     ) -> None:
         self.lane = lane
+        # Leads erased lately: a batch read before an erasure must not send them after it.
+        self._erased = erased
         self.config = config
         self.bucket = TokenBucket(config.rate_per_s, config.burst or None, clock=clock)
         # [pace.NAME] groups that apply to this provider: recipient domain -> the group's bucket
@@ -194,6 +198,8 @@ class ProviderSender:
     async def _send(self, run: ClaimedShard, batch: Batch) -> None:
         """Send one batch to completion (with retries) and hand its rows to the writer."""
         delivery = _Delivery(batch)
+        if self._erased:
+            delivery.drop_erased(self._erased)
         attempt = 0
         while delivery.pending:
             if run.stopping or not await self._acquire(delivery, run.stopped):
@@ -356,6 +362,16 @@ class _Delivery:
         self.complete = True
         self.reached = False  # a call was answered (or may have been sent): the quota counts it
 
+    def drop_erased(self, erased: RecentErasures) -> None:
+        """Leads erased since the batch was read are not sent (logged ``suppressed``)."""
+        account_id, leads = self.batch.campaign.account_id, self.batch.leads
+        gone = [index for index in self.pending if erased.erased(account_id, leads[index].id)]
+        for index in gone:
+            self.results[index] = RecipientResult(Outcome.ERASED, error="erased")
+        if gone:
+            dropped = set(gone)
+            self.pending = [index for index in self.pending if index not in dropped]
+
     def settle_pending(self, outcome: Outcome, error: str) -> None:
         for index in self.pending:
             self.results[index] = RecipientResult(outcome, error=error)
@@ -387,13 +403,16 @@ def _log_rows(
     campaign_id = batch.campaign.id
     rows: list[LogRow] = []
     append = rows.append
-    failed = unknown = 0
+    failed = unknown = suppressed = 0
     for lead, result in zip(batch.leads, results, strict=True):
         if result is None:
             continue
         outcome = result.outcome
         if outcome is Outcome.SENT:
             append((now, campaign_id, lead.id, LogStatus.SENT, result.message_id, None))
+        elif outcome is Outcome.ERASED:
+            suppressed += 1
+            append((now, campaign_id, lead.id, LogStatus.SUPPRESSED, None, "erased"))
         elif outcome is Outcome.UNKNOWN:
             unknown += 1
             append((now, campaign_id, lead.id, LogStatus.UNKNOWN, None, _storable(result.error, lead.email)))
@@ -409,7 +428,7 @@ def _log_rows(
                     _storable(result.error, lead.email),
                 )
             )
-    return rows, (len(rows) - failed - unknown, failed, unknown, 0)
+    return rows, (len(rows) - failed - unknown - suppressed, failed, unknown, suppressed)
 
 
 MAX_ERROR_CHARS = 1000

@@ -10,6 +10,7 @@ else Postgres computes it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -305,3 +306,17 @@ async def has_erased_suppressions(conn: asyncpg.Connection, account_id: int) -> 
             "SELECT EXISTS (SELECT 1 FROM erased_suppressions WHERE account_id = $1)", account_id
         )
     )
+
+
+async def erased_since(
+    conn: asyncpg.Connection, after_id: int, window: dt.timedelta
+) -> list[tuple[int, int, list[int]]]:
+    """``(erasure id, account, lead ids)`` of the erasures after ``after_id`` made within
+    ``window`` (by the database's clock), oldest first."""
+    rows = await conn.fetch(
+        """SELECT id, account_id, lead_ids FROM erasures
+           WHERE id > $1 AND at > now() - $2::interval ORDER BY id""",
+        after_id,
+        window,
+    )
+    return [(r["id"], r["account_id"], list(r["lead_ids"])) for r in rows]

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,9 +18,16 @@ import pytest
 from mailerd import campaigns, erasure, events, segments
 from mailerd import config as config_mod
 from mailerd.db import leads as leads_db
+from mailerd.emulator import sink
 from mailerd.models import Event, EventKind, LogStatus
 from mailerd.writer import Writer
-from tests.integration.helpers import daemon_config, new_campaign
+from tests.integration.helpers import (
+    daemon_config,
+    new_campaign,
+    read_record,
+    running_daemon,
+    wait_for_status,
+)
 from tests.integration.test_erasure import ADDRESS, KEY, LOWER, _lead, _text_hits
 
 PADS = erasure.key_pads(KEY)
@@ -195,3 +203,40 @@ async def test_the_lookup_uses_the_index_on_the_erasure_hashes(conn: asyncpg.Con
     await conn.execute("SET enable_seqscan = off")
     plan = await conn.fetch("EXPLAIN SELECT 1 FROM erasures WHERE email_hashes @> ARRAY[$1::bytea]", HASH)
     assert "Bitmap Index Scan on erasures_email_hashes_idx" in "\n".join(r[0] for r in plan)
+
+
+async def test_a_lead_erased_while_its_batch_waits_is_not_sent(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    # its window had been read: the batch was sent 7 s after the erasure returned
+    ids = [
+        await conn.fetchval(
+            "INSERT INTO leads (account_id, email, attributes) VALUES (1, $1, $2) RETURNING id",
+            f"person{n}@example.com",
+            {"plan": "pro"},
+        )
+        for n in range(200)
+    ]
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record)
+    port = await emulator.start()
+    try:
+        config = dataclasses.replace(
+            daemon_config(port), privacy=config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY.decode()))
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=50.0), config)
+        async with running_daemon(config, dsn):
+            async with asyncio.timeout(20):
+                while not await conn.fetchval(
+                    "SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id
+                ):
+                    await asyncio.sleep(0.02)
+            await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=ids[-1])
+            info = await wait_for_status(conn, campaign_id, timeout=60)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    assert "person199@example.com" not in {line["email"] for line in read_record(record)}
+    row = await conn.fetchrow("SELECT status, error FROM email_log WHERE lead_id = $1", ids[-1])
+    assert (row["status"], row["error"]) == (LogStatus.SUPPRESSED, "erased")
+    assert (info["sent"], info["suppressed"]) == (199, 1)
