@@ -7,12 +7,15 @@ render of one recipient (see :class:`mailerd.config.ContentConfig` for the setti
 
 - loop iterations (``max_loop_iterations``, the three parts together): every item of every
   ``for`` (nested and recursive loops included), every item a filter walks (``join``, ``sort``,
-  ``map``...), and ``range()`` refuses more numbers than the iterations left (or than the
-  sandbox's own ``MAX_RANGE``);
+  ``map``..., and every nested item ``tojson`` and ``pprint`` write), and ``range()`` refuses
+  more numbers than the iterations left (or than the sandbox's own ``MAX_RANGE``);
 - sizes (``max_output_bytes``): no string, list or mapping an operator (``*``, ``+``, ``%``,
   ``~``), a filter or a method call builds may hold more than ``max_output_bytes`` characters
   or items, checked *before* the big ones are built (``'x' * 10**9``, ``'x'|center(10**9)``,
-  ``'%999999999s'|format(1)``...); integers stay under :data:`MAX_INT_BITS`; each part's output
+  ``'%999999999s'|format(1)``, ``'{0:{1}}'.format('x', '999999999')``...); the text Python
+  would build of a value in one call, where no hook runs (a list printed, stringified, dumped,
+  joined or formatted: ``{{ [[[1] * 100] * 100] * 100 }}``), is measured by walking the value
+  first (:class:`_Sizer`); integers stay under :data:`MAX_INT_BITS`; each part's output
   is streamed (``generate()``) and stopped past ``max_output_bytes`` bytes of UTF-8; the text a
   part produces in all, captured by ``set`` blocks, macros and ``call`` blocks included, stops
   at :data:`mailerd.meter.PRODUCED_FACTOR` times that;
@@ -29,6 +32,7 @@ renders in threads and on the loop do not share one); past a limit a hook raises
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import re
@@ -40,7 +44,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.runtime import LoopContext, markup_join, str_join
 from jinja2.sandbox import MAX_RANGE, SandboxedEnvironment
-from jinja2.utils import generate_lorem_ipsum, pass_context
+from jinja2.utils import Namespace, generate_lorem_ipsum, pass_context
 from jinja2.visitor import NodeTransformer
 
 from mailerd.meter import METER, Meter, Overrun, current
@@ -51,14 +55,21 @@ LOOP_FILTER: Final = "mailerd_loop"
 CONCAT_FILTER: Final = "mailerd_concat"
 # Filters that walk their whole input, item by item: each item counts as a loop iteration.
 _WALKING: Final = frozenset(
-    {"batch", "dictsort", "groupby", "join", "list", "map", "max", "min", "pprint", "reject"}
-    | {"rejectattr", "reverse", "select", "selectattr", "slice", "sort", "sum", "tojson", "unique"}
+    {"batch", "dictsort", "groupby", "join", "list", "map", "max", "min", "reject"}
+    | {"rejectattr", "reverse", "select", "selectattr", "slice", "sort", "sum", "unique"}
     | {"items", "xmlattr"}
 )
+# Filters that make text of their whole value (str(), escape(), Markup()): measured first.
+_STRINGIFYING: Final = frozenset(
+    {"capitalize", "center", "e", "escape", "forceescape", "lower", "safe", "string", "striptags"}
+    | {"title", "trim", "upper", "urlencode", "wordcount", "xmlattr"}
+)
+_VIEWS: Final[tuple[type[Any], ...]] = (type({}.keys()), type({}.values()), type({}.items()))
 _MEASURED: Final = (str, bytes, list, tuple, dict, set, frozenset)
 _NUMBERS: Final = frozenset({int, float})
 _PRINTF: Final = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 _DIGITS: Final = re.compile(r"\d+")
+_FIELD_FIRST: Final = re.compile(r"[^.\[]*")
 
 
 def render_part(template: jinja2.Template, context: Mapping[str, Any], meter: Meter) -> str:
@@ -199,8 +210,8 @@ def _concat(context: jinja2.runtime.Context, items: list[Any]) -> Any:
     """What ``~`` does (a Markup result when escaping is on), measured before it is joined."""
     meter = current()
     meter.tick()
+    meter.size(sum(_text_size(meter, item, "a ~ concatenation") for item in items), "a ~ concatenation")
     texts = [item if isinstance(item, str) else str(item) for item in items]
-    meter.size(sum(map(len, texts)), "a ~ concatenation")
     return markup_join(texts) if context.eval_ctx.autoescape else str_join(texts)
 
 
@@ -213,6 +224,8 @@ def _finalize(value: Any) -> Any:
         if hasattr(value, "__html__"):
             meter.tick()
             return value
+        if type(value) not in _NUMBERS:  # str() of a container builds all of it in one C call
+            _text_size(meter, value, "a printed value")
         value = str(value)
     meter.produce(len(value))
     return value
@@ -268,7 +281,7 @@ def _check_binop(meter: Meter, operator: str, left: Any, right: Any) -> None:
         if isinstance(left, _MEASURED) and isinstance(right, _MEASURED):
             meter.size(len(left) + len(right), "'+'")
     elif operator == "%" and isinstance(left, str):
-        meter.size(_printf_size(left, right), "'%'")
+        meter.size(_printf_size(meter, left, right, "'%'"), "'%'")
 
 
 def _check_int_bits(bits: int) -> None:
@@ -276,20 +289,131 @@ def _check_int_bits(bits: int) -> None:
         raise Overrun("integer_size", f"an integer of more than {MAX_INT_BITS} bits")
 
 
-def _text_size(value: Any) -> int:
-    """About what ``str(value)`` would take, without building it."""
+def _text_size(meter: Meter, value: Any, what: str) -> int:
+    """About the length of ``str(value)``, found without building it; raises :class:`Overrun`
+    once it passes ``max_output_bytes`` (see :class:`_Sizer`)."""
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, _MEASURED):
-        return 16 * len(value)
-    return 32
+    return _Sizer(meter, what).size(value)
+
+
+def _text(meter: Meter, value: Any, what: str) -> str:
+    """``str(value)``, refused before it is built when it would pass ``max_output_bytes``."""
+    if isinstance(value, str):
+        return value
+    _text_size(meter, value, what)
+    return str(value)
+
+
+class _Sizer:
+    """The length of a value's text, walked before Python builds it in one C call where no hook
+    runs (``str([[1] * 100] * 100)``, ``json.dumps``, ``'{}'.format(list)``...).
+
+    Each container is walked once: a shared one is counted again from memory, so nested lists of
+    one list repeated cost what they look like, not what they print. The walk stops as soon as
+    the text passes ``max_output_bytes``, so it visits at most about that many items, and looks
+    at the clock as it goes. Escapes in a string's repr are not counted: at most a few times the
+    limit is built, and the output limit then stops it. ``items`` counts the items the text
+    holds, repeats included (what a pure-Python walk such as ``pprint`` would visit).
+    """
+
+    __slots__ = ("cap", "deepest", "depth", "items", "meter", "seen", "visits", "what")
+
+    def __init__(self, meter: Meter, what: str) -> None:
+        self.meter = meter
+        self.what = what
+        self.cap = meter.limits.max_output_bytes
+        self.seen: dict[int, tuple[int, int]] = {}  # id -> (characters, items) of a container done
+        self.visits = 0
+        self.items = 0
+        self.depth = self.deepest = 0  # containers within containers (for indents)
+
+    def size(self, value: Any) -> int:
+        """The whole value's text (``str()`` of it)."""
+        if isinstance(value, str):
+            return len(value)
+        size, self.items = self._size(value, self.cap)
+        return size
+
+    def _size(self, value: Any, left: int) -> tuple[int, int]:
+        """``value``'s repr in a container: (characters, items); Overrun past ``left``."""
+        kind = type(value)
+        if kind is int:
+            return value.bit_length() * 3 // 10 + 2, 1
+        if kind is float or kind is bool or value is None:
+            return 24, 1
+        if isinstance(value, str):
+            return self._fits(len(value) + 2, left), 1
+        if isinstance(value, bytes):
+            return self._fits(4 * len(value) + 3, left), 1
+        known = self.seen.get(id(value))
+        if known is not None:
+            return self._fits(known[0], left), known[1]
+        members = _members(value)
+        if members is None:
+            return 64, 1  # any other object a template reaches prints its type and address
+        return self._container(value, *members, left)
+
+    def _container(
+        self, value: Any, items: Iterable[Any], pairs: bool, overhead: int, left: int
+    ) -> tuple[int, int]:
+        self.seen[id(value)] = (5, 1)  # while walked: a cycle prints "[...]"
+        total, count = self._fits(overhead, left), 0
+        self.depth += 1
+        self.deepest = max(self.deepest, self.depth)
+        for item in items:
+            self.visits += 1
+            if self.visits & 0xFFF == 0:
+                self.meter.check_clock()
+            if pairs:
+                key, key_count = self._size(item[0], left - total)
+                size, item_count = self._size(item[1], left - total - key)
+                size += key + 4
+                item_count += key_count
+            elif type(item) is str:  # the common items, without a call (lists of a lead's data)
+                size, item_count = len(item) + 4, 1
+            elif type(item) is int:
+                size, item_count = item.bit_length() * 3 // 10 + 4, 1
+            else:
+                size, item_count = self._size(item, left - total)
+                size += 2
+            total += size
+            count += item_count
+            if total > left:
+                self._fits(total, left)
+        self.depth -= 1
+        self.seen[id(value)] = (total, count)
+        return total, count
+
+    def _fits(self, size: int, left: int) -> int:
+        if size > left:
+            cap = self.cap
+            raise Overrun("max_output_bytes", f"{self.what} of more than {cap} characters (at most {cap})")
+        return size
+
+
+def _members(value: Any) -> tuple[Iterable[Any], bool, int] | None:
+    """What a container's repr shows: its items (or key-value pairs), whether they are pairs,
+    and the length of the rest (brackets, type name); None for what is no container."""
+    if isinstance(value, list | tuple | set | frozenset):
+        return value, False, 12
+    if isinstance(value, dict):
+        return value.items(), True, 12
+    if isinstance(value, _VIEWS):
+        return value.mapping.items(), True, 16
+    if isinstance(value, Namespace):
+        return object.__getattribute__(value, "_Namespace__attrs").items(), True, 16
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a Lead
+        fields = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+        return fields, True, len(type(value).__name__) + 2
+    return None
 
 
 def _widest(numbers: Iterable[str]) -> int:
     return max((int(n) if len(n) < 10 else 10**10 for n in numbers), default=0)
 
 
-def _printf_size(template: str, values: Any) -> int:
+def _printf_size(meter: Meter, template: str, values: Any, what: str) -> int:
     """An upper bound of the length of ``template % values``."""
     conversions = _PRINTF.findall(template)
     if not conversions:
@@ -307,19 +431,74 @@ def _printf_size(template: str, values: Any) -> int:
                 widest = max(widest, int(number) if len(number) < 10 else 10**10)
     if star:
         widest = max([widest, *(abs(v) for v in items if isinstance(v, int))])
-    biggest = max(map(_text_size, items), default=0)
+    biggest = max((_text_size(meter, v, what) for v in items), default=0)
     return len(template) + len(conversions) * max(widest, biggest)
 
 
-def _format_size(template: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
-    """An upper bound of the length of ``template.format(*args, **kwargs)``."""
-    fields = [spec or "" for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
+def _format_size(
+    meter: Meter, template: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str
+) -> int:
+    """An upper bound of the length of ``template.format(*args, **kwargs)``.
+
+    A field's spec may hold fields of its own (``'{0:{1}}'``): their text is part of the spec,
+    so the spec is filled in (as ``str.format`` would, numbering ``{}`` fields in the same order)
+    before its width and precision are read; a string holds a width as well as a number does.
+    """
+    formatter = string.Formatter()
     values = [*args, *kwargs.values()]
-    widest = _widest(n for spec in fields for n in _DIGITS.findall(spec))
-    if any("{" in spec for spec in fields):
-        widest = max([widest, *(abs(v) for v in values if isinstance(v, int))])
-    biggest = max((_text_size(v) for v in values), default=0)
-    return len(template) + len(fields) * max(widest, biggest)
+    widest, fields, auto = 0, 0, [0]
+    for _, name, spec, _ in formatter.parse(template):
+        if name is None:
+            continue
+        fields += 1
+        _field_value(name, args, kwargs, auto)  # numbers the fields as str.format does
+        if spec and "{" in spec:
+            filled: list[str] = []
+            for literal, inner, nested, _ in formatter.parse(spec):
+                filled.append(literal)
+                if inner is not None:
+                    filled.append(_nested_text(meter, inner, nested or "", args, kwargs, auto, what))
+            spec = "".join(filled)
+        widest = max(widest, _widest(_DIGITS.findall(spec or "")))
+    biggest = max((_text_size(meter, v, what) for v in values), default=0)
+    return len(template) + fields * max(widest, biggest)
+
+
+_MISSING: Final = object()
+
+
+def _field_value(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], auto: list[int]) -> Any:
+    """The argument a replacement field names (before any ``.attribute`` or ``[item]``)."""
+    first = _FIELD_FIRST.match(name)
+    key = first.group() if first is not None else ""
+    if not key:
+        index, auto[0] = auto[0], auto[0] + 1
+        return args[index] if index < len(args) else _MISSING
+    if key.isdecimal():
+        return args[int(key)] if len(key) < 10 and int(key) < len(args) else _MISSING
+    return kwargs.get(key, _MISSING)
+
+
+def _nested_text(
+    meter: Meter,
+    name: str,
+    spec: str,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    auto: list[int],
+    what: str,
+) -> str:
+    """What a field nested in a spec may put there, with as many digits as it could hold."""
+    value = _field_value(name, args, kwargs, auto)
+    if value is _MISSING:
+        return ""  # str.format fails on it
+    if _FIELD_FIRST.fullmatch(name) and isinstance(value, int | float | str):
+        text = _text(meter, value, what)
+    else:  # an attribute or item of it, or an object: no longer than its whole text
+        text = "9" * min(11, _text_size(meter, value, what))
+    if spec:  # its own spec may pad it, even with digits: '{1:9>9}'
+        text = "9" * min(11, max(len(text), _widest(_DIGITS.findall(spec))))
+    return text
 
 
 # --- calls and filters ----------------------------------------------------------------------------
@@ -343,14 +522,15 @@ def _check_call(meter: Meter, obj: Any, args: tuple[Any, ...], kwargs: dict[str,
         meter.size(_replace_size(text, *args), what)
     elif name == "join" and args:
         items = list(_counted(meter, args[0], 0, what))
-        meter.size(len(text) * len(items) + sum(_text_size(v) for v in items), what)
+        meter.size(len(text) * len(items) + sum(_text_size(meter, v, what) for v in items), what)
         args = (items, *args[1:])
     elif name in ("format", "format_map"):
         values = args[0] if name == "format_map" and args else kwargs
         values = values if isinstance(values, Mapping) else {}
-        meter.size(_format_size(text, args if name == "format" else (), values), what)
+        meter.size(_format_size(meter, text, args if name == "format" else (), values, what), what)
     elif name == "translate" and args and isinstance(args[0], Mapping):
-        meter.size(len(text) * max((_text_size(v) for v in args[0].values()), default=1), what)
+        biggest = max((_text_size(meter, v, what) for v in args[0].values()), default=1)
+        meter.size(len(text) * biggest, what)
     return args
 
 
@@ -366,6 +546,7 @@ def _replace_size(text: str, old: Any, new: Any, count: Any = -1) -> int:
 def _guard(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` (a filter) charging the meter: its walk, its result, and its own risks."""
     walks = name in _WALKING
+    stringifies = name in _STRINGIFYING
     check = _FILTER_CHECKS.get(name)
     bind = _binder(function) if check is not None else None
     at = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0  # the value's position
@@ -379,6 +560,8 @@ def _guard(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(value, Iterator):
                 value = list(value)  # charged while it is read; measurable from now on
             args = (*args[:at], value, *args[at + 1 :])
+        if stringifies and len(args) > at and not isinstance(args[at], str):
+            _text_size(meter, args[at], f"the {name} filter")
         if check is not None and bind is not None:
             check(meter, bind(args[at:], kwargs))
         result = function(*args, **kwargs)
@@ -420,31 +603,35 @@ def _check_center(meter: Meter, a: dict[str, Any]) -> None:
 
 
 def _check_indent(meter: Meter, a: dict[str, Any]) -> None:
-    text, width = str(a["s"]), a["width"]
+    text, width = _text(meter, a["s"], "the indent filter"), a["width"]
     indent = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
     meter.size(len(text) + (text.count("\n") + 1) * indent, "the indent filter")
 
 
 def _check_format(meter: Meter, a: dict[str, Any]) -> None:
     values = a["kwargs"] or a["args"]
-    meter.size(_printf_size(str(a["value"]), values), "the format filter")
+    what = "the format filter"
+    meter.size(_printf_size(meter, _text(meter, a["value"], what), values, what), what)
 
 
 def _check_replace(meter: Meter, a: dict[str, Any]) -> None:
     count = a["count"] if a["count"] is not None else -1
-    meter.size(_replace_size(str(a["s"]), a["old"], a["new"], count), "the replace filter")
+    text = _text(meter, a["s"], "the replace filter")
+    meter.size(_replace_size(text, a["old"], a["new"], count), "the replace filter")
 
 
 def _check_wordwrap(meter: Meter, a: dict[str, Any]) -> None:
-    text, width = str(a["s"]), max(1, a["width"] if isinstance(a["width"], int) else 1)
+    text = _text(meter, a["s"], "the wordwrap filter")
+    width = max(1, a["width"] if isinstance(a["width"], int) else 1)
     lines = len(text) // width + text.count("\n") + 1
     meter.iterate(text.count(" ") + lines, "the wordwrap filter")
     meter.size(len(text) + lines * len(a["wrapstring"] or "\n"), "the wordwrap filter")
 
 
 def _check_join(meter: Meter, a: dict[str, Any]) -> None:
-    items, separator = a["value"], str(a["d"])
-    meter.size(len(separator) * len(items) + sum(_text_size(v) for v in items), "the join filter")
+    what = "the join filter"
+    items, separator = a["value"], _text(meter, a["d"], what)
+    meter.size(len(separator) * len(items) + sum(_text_size(meter, v, what) for v in items), what)
 
 
 def _check_batch(meter: Meter, a: dict[str, Any]) -> None:
@@ -468,10 +655,25 @@ def _check_tojson(meter: Meter, a: dict[str, Any]) -> None:
     width = len(indent) if isinstance(indent, str) else indent if isinstance(indent, int) else 0
     if width > TOJSON_MAX_INDENT:  # repeated on every line, times the depth
         raise Overrun("max_output_bytes", f"a tojson indent of {width} (at most {TOJSON_MAX_INDENT})")
+    _check_dump(meter, a["value"], max(width, 0), "the tojson filter")
+
+
+def _check_pprint(meter: Meter, a: dict[str, Any]) -> None:
+    _check_dump(meter, a["value"], 1, "the pprint filter")
+
+
+def _check_dump(meter: Meter, value: Any, indent: int, what: str) -> None:
+    """``json.dumps`` and ``pprint`` build a value's whole text without a hook (with an indent,
+    or pprint's line breaks, in pure Python, item by item): each item counts as a loop
+    iteration, and the text with its indents must fit."""
+    sizer = _Sizer(meter, what)
+    size = sizer.size(value)
+    meter.iterate(sizer.items, what)
+    meter.size(size + sizer.items * indent * sizer.deepest, what)
 
 
 def _check_urlize(meter: Meter, a: dict[str, Any]) -> None:
-    text = str(a["value"])
+    text = _text(meter, a["value"], "the urlize filter")
     words = text.count(" ") + text.count("\n") + 1
     meter.iterate(words, "the urlize filter")
     extra = len(a["target"] or "") + len(a["rel"] or "") + 64
@@ -489,5 +691,6 @@ _FILTER_CHECKS: Final[dict[str, Callable[[Meter, dict[str, Any]], None]]] = {
     "slice": _check_slice,
     "sum": _check_sum,
     "tojson": _check_tojson,
+    "pprint": _check_pprint,
     "urlize": _check_urlize,
 }

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import gc
 import time
+import tracemalloc
 from typing import Any
 
 import jinja2
+import markupsafe
 import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -15,6 +17,8 @@ from mailerd import content, meter
 from mailerd.config import ContentConfig
 from mailerd.models import Campaign, CampaignStatus, Lead
 
+# 10**7 items, 3 * 10**7 characters printed: three lists of a hundred or a thousand items.
+NESTED = "{% set a = [1] * 1000 %}{% set l = [a] * 1000 %}{% set b = [l] * 10 %}"
 CAMPAIGN = Campaign(
     id=12,
     account_id=7,
@@ -119,6 +123,33 @@ def exceeded(html: str, limits: ContentConfig = NEVER) -> content.BudgetExceeded
             "max_output_bytes",
         ),
         ("{% for i in range(600) %}{{ 'y' * 1000 }}{% endfor %}", "max_output_bytes"),
+        # Text Python builds in one C call, measured before: containers printed, stringified,
+        # dumped or joined (nested lists of one list repeated, big strings repeated), and a width
+        # given as text to a nested format field.
+        (
+            "{% set a = [1] * 100 %}{% set b = [a] * 100 %}{% set c = [b] * 100 %}{{ [c] * 100 }}",
+            "max_output_bytes",
+        ),
+        ("{{ ['x'|center(500000)] * 400 }}", "max_output_bytes"),
+        ("{{ {'k': ['x' * 300000] * 2} }}", "max_output_bytes"),
+        (NESTED + "{{ b|string }}", "max_output_bytes"),
+        (NESTED + "{{ b|tojson }}", "max_output_bytes"),
+        (NESTED + "{{ b|e }}", "max_output_bytes"),
+        (NESTED + "{{ b|upper }}", "max_output_bytes"),
+        (NESTED + "{{ b|replace('1', '2') }}", "max_output_bytes"),
+        (NESTED + "{{ [b]|join }}", "max_output_bytes"),
+        (NESTED + "{{ b|map('string')|join }}", "max_output_bytes"),
+        (NESTED + "{{ b ~ '' }}", "max_output_bytes"),
+        (NESTED + "{{ '%s' % (b,) }}", "max_output_bytes"),
+        (NESTED + "{{ '{}'.format(b) }}", "max_output_bytes"),
+        ("{% set ns = namespace(l=[1] * 1000) %}{% set ns.m = [ns.l] * 1000 %}{{ ns }}", "max_output_bytes"),
+        ("{{ '{0:{1}}'.format('x', '999999999') }}", "max_output_bytes"),
+        ("{{ '{:{}{}}'.format('x', '9999', '99999') }}", "max_output_bytes"),
+        ("{{ '{0:{1:9>9}}'.format('x', 9) }}", "max_output_bytes"),
+        ("{{ '{0:.{1}}'.format(1.5, '99999999') }}", "max_output_bytes"),
+        ("{{ '{0:{w}}'.format('x', w='999999999') }}", "max_output_bytes"),
+        ("{{ '{0:{1[0]}}'.format('x', ['999999999']) }}", "max_output_bytes"),
+        ("{% set a = [1] * 100 %}{% set b = [a] * 200 %}{{ b|pprint }}", "max_loop_iterations"),
         # Integers: no more digits than Python itself prints.
         ("{{ 10**100000 }}", "integer_size"),
         (
@@ -129,9 +160,49 @@ def exceeded(html: str, limits: ContentConfig = NEVER) -> content.BudgetExceeded
 )
 def test_costly_templates_are_stopped(html: str, limit: str) -> None:
     small = ContentConfig(max_loop_iterations=10_000, max_output_bytes=524_288, max_render_ms=10_000)
-    error = exceeded(html, small)
+    tracemalloc.start()
+    try:
+        error = exceeded(html, small)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert error.limit == limit
+    assert peak < 16 * 2**20  # stopped before it was built, not once it was
     assert str(error).startswith("html: template budget exceeded: ")
+
+
+def test_text_built_in_one_call_is_refused_before_it_is_built() -> None:
+    """Printing nested lists of one list took 7 s of CPU and 300 MB, a width given as text 1.4 GB,
+    before the render failed: the size is found by walking the value, not by building it."""
+    bombs = [
+        "{% set a = [1] * 100 %}{% set b = [a] * 100 %}{% set c = [b] * 100 %}{% set d = [c] * 100 %}{{ d }}",
+        "{% set a = [1] * 100 %}{% set b = [a] * 100 %}{% set c = [b] * 100 %}{{ ([c] * 100)|tojson }}",
+        "{{ ['x'|center(500000)] * 400 }}",
+        "{{ '{0:{1}}'.format('x', '999999999') }}",
+    ]
+    for bomb in bombs:
+        tracemalloc.start()
+        started = time.thread_time()
+        try:
+            error = exceeded(bomb)
+        finally:
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        assert error.limit == "max_output_bytes", bomb
+        assert time.thread_time() - started < 0.5, bomb
+        assert peak < 8 * 2**20, bomb
+
+
+def test_a_value_shared_within_a_value_is_measured_once() -> None:
+    # 100**3 items printed, 10**6 characters: refused after a few hundred steps, and what fits
+    # is measured as Python prints it.
+    limits = ContentConfig(max_output_bytes=40_000, max_render_ms=10_000)
+    shared = "{% set a = [1] * 100 %}{% set b = [a] * 10 %}"
+    assert render_html(shared + "{{ b }}", limits) == str([[1] * 100] * 10)
+    assert exceeded(shared + "{{ [b] * 100 }}", limits).limit == "max_output_bytes"
+    lead = Lead(1, "a@b.c", {"xs": list(range(5000))})
+    assert render_html("{{ lead.attributes.xs }}", lead=lead) == str(list(range(5000)))
+    assert render_html("{{ lead }}", lead=lead) == str(markupsafe.escape(str(lead)))
 
 
 def test_recursion_without_loops_is_stopped_by_time() -> None:
@@ -286,6 +357,12 @@ PLAIN_HTML = SandboxedEnvironment(autoescape=True, undefined=jinja2.ChainableUnd
         "{{ 'see example.com'|urlize }} {{ range(3)|list }} "
         "{{ [3, 1, 2]|unique|list }} {{ [1, 2, 3]|batch(2)|list }}",
         "{% autoescape false %}{{ '<raw>' }}{% endautoescape %}{{ '<esc>' }}",
+        "{{ [[1, 2.5], {'a': (3,), 'b': none}, 'x', true]|pprint }} {{ lead.attributes['items']|tojson }} "
+        "{{ {'a': [1]}|string }} {{ [['<x>']]|e }} {{ [1, [2]]|join(',') }} {{ ([1] ~ 'x')|upper }}",
+        "{{ '{:>{}}'.format(12345678901, 5) }} {{ '{0:{1}}|{2:.{3}f}'.format('x', '5', 2.5, 3) }} "
+        "{{ '{:{}}'.format(7, '>4') }} {{ '%s %r' % ([1], {'a': 'b'}) }} {{ lead.attributes.items() }}",
+        "{% set ns = namespace(l=[1, 2]) %}{{ ns }} {{ [ns.l] * 2 }} {{ ('a', ('b',)) }} "
+        "{{ [1, 2]|unique|list }}",
     ],
 )
 def test_templates_within_the_budget_render_as_jinja_renders_them(html: str) -> None:
