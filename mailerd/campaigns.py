@@ -297,7 +297,8 @@ def _template_field(part: str) -> str:
     return {"subject": "subject", "html": "html", "text": "text"}.get(part, part)
 
 
-SAMPLE_LEAD = Lead(0, "sample@example.com", {})
+def _blank_lead() -> Lead:
+    return Lead(0, "sample@example.com", {})
 
 
 async def check_content_budget(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> None:
@@ -306,7 +307,8 @@ async def check_content_budget(conn: asyncpg.Connection, new: NewCampaign, confi
     ``[content] render_timeout_ms``; a :class:`CampaignError` naming the part if they cannot."""
     compiled = content.compile_content(new.subject, new.html_body, new.text_body, limits=config.content)
     sample = await leads_db.sample_matching(conn, new.account_id, segments.parse(new.segment), limit=1)
-    lead = Lead(sample[0]["id"], sample[0]["email"], sample[0]["attributes"]) if sample else SAMPLE_LEAD
+    # A fresh blank lead each time: nothing one account's check does can reach another's.
+    lead = Lead(sample[0]["id"], sample[0]["email"], sample[0]["attributes"]) if sample else _blank_lead()
     campaign = Campaign(
         id=0,
         account_id=new.account_id,
@@ -323,10 +325,12 @@ async def check_content_budget(conn: asyncpg.Connection, new: NewCampaign, confi
         await content.check_renders(
             compiled, lead, campaign, timeout_s=config.content.render_timeout_ms / 1000
         )
-    except content.RenderError as exc:
+    except content.BudgetExceeded as exc:
         raise CampaignError(
             _template_field(exc.part), f"cannot be rendered within its budget: {exc}"
         ) from None
+    except content.RenderError as exc:  # e.g. what the sandbox refuses: changing the lead's data
+        raise CampaignError(_template_field(exc.part), f"cannot be rendered: {exc}") from None
 
 
 async def create(conn: asyncpg.Connection, new: NewCampaign, config: Config) -> int:

@@ -43,7 +43,7 @@ from typing import Any, Final
 import jinja2
 from jinja2 import nodes
 from jinja2.runtime import LoopContext, markup_join, str_join
-from jinja2.sandbox import MAX_RANGE, SandboxedEnvironment
+from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum, pass_context
 from jinja2.visitor import NodeTransformer
 
@@ -92,8 +92,13 @@ def render_part(template: jinja2.Template, context: Mapping[str, Any], meter: Me
     return out
 
 
-class BudgetedEnvironment(SandboxedEnvironment):
-    """A sandbox whose every costly operation charges the current :class:`Meter`."""
+class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+    """A sandbox whose every costly operation charges the current :class:`Meter`.
+
+    Immutable (Jinja's own): no list, dict or set is modified (``append``, ``update``...), so a
+    template cannot change a lead's data, which outlives the render (the sample lead of campaign
+    creation, a provider's template model) nor double a list in place; ``namespace()`` and
+    ``set`` are how a template keeps state."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
@@ -132,9 +137,6 @@ class BudgetedEnvironment(SandboxedEnvironment):
         args = _check_call(meter, obj, args, kwargs)
         result = super().call(context, obj, *args, **kwargs)
         _check_value(meter, result, "a call")
-        owner = getattr(obj, "__self__", None)
-        if isinstance(owner, list | dict | set):  # append, extend, update...
-            _check_value(meter, owner, "a list")
         return result
 
 

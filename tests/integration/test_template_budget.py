@@ -136,3 +136,19 @@ async def test_creation_names_the_part_and_the_limit(conn: asyncpg.Connection, h
         await asyncio.wait_for(campaigns.create(conn, new_campaign(html_body=html), daemon_config(1)), 30)
     assert refused.value.field == "html"
     assert "budget" in str(refused.value)
+
+
+async def test_one_accounts_template_cannot_change_the_sample_lead_of_another(
+    conn: asyncpg.Connection,
+) -> None:
+    """Accounts without leads were all checked against one shared sample lead, which a template
+    could fill (``update()``): the next account's ordinary template was checked against that."""
+    config = daemon_config(1)
+    poison = "{% set _ = lead.attributes.update({'plan': 'account 50', 'self': lead.attributes}) %}ok"
+    with pytest.raises(campaigns.CampaignError) as refused:
+        await campaigns.create(conn, new_campaign(account_id=50, text_body=poison), config)
+    assert refused.value.field == "text"
+    assert "SecurityError" in refused.value.message, refused.value.message
+    ordinary = new_campaign(account_id=60, text_body="{{ lead.attributes|tojson }}")
+    campaign_id = await campaigns.create(conn, ordinary, config)
+    assert await conn.fetchval("SELECT text_body FROM campaigns WHERE id = $1", campaign_id)
