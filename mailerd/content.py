@@ -62,6 +62,7 @@ _PLAIN_ENV: Final = sandbox.BudgetedEnvironment(autoescape=False)
 _UNSUPPORTED: Final = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
 _LEAD_FIELDS: Final = frozenset({"id", "email"})
 _CAMPAIGN_FIELDS: Final = frozenset({"id", "name", "account_id"})
+_TOO_DEEP: Final = "nested too deeply (brackets, operators, filters or blocks within one another)"
 # A dict attribute that Jinja would resolve to a method, not to the lead attribute of that name.
 _DICT_NAMES: Final = frozenset(dir(dict))
 
@@ -207,11 +208,16 @@ def compile_content(
         env = _HTML_ENV if part == "html" else _PLAIN_ENV
         try:
             ast = env.parse(source)
+            _check(part, ast)
+            template = env.budgeted(source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(part, exc.lineno, exc.message or "syntax error") from None
-        _check(part, ast)
+        except (RecursionError, SyntaxError, MemoryError):
+            # Jinja parses and compiles by recursion, and the Python it makes nests as the
+            # template does: past a depth, Python's own limits raise these (as a 500, before).
+            raise TemplateError(part, None, _TOO_DEEP) from None
         asts.append(ast)
-        templates.append(env.budgeted(source))
+        templates.append(template)
     return Content(
         subject,
         html,

@@ -143,6 +143,25 @@ async def test_a_rate_below_the_floor_is_refused_naming_the_field(
     assert row is not None and campaign_from_row(row).rate_per_s == 0.01
 
 
+@pytest.mark.parametrize(
+    ("field", "template"),
+    [
+        ("subject", "{{ " + "(" * 300 + "1" + ")" * 300 + " }}"),
+        ("html", "{{ " + "[" * 200 + "]" * 200 + " }}"),
+        ("text", "{% for a in [1] %}" * 25 + "x" + "{% endfor %}" * 25),
+    ],
+)
+async def test_a_template_nested_too_deeply_is_a_422_naming_its_field(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, field: str, template: str
+) -> None:
+    # it was a 500: RecursionError and SyntaxError escaped the template check
+    response = await client.post("/api/campaigns", json=_campaign(**{field: template}), headers=AUTH)
+    assert response.status == 422, await response.text()
+    error = (await response.json())["error"]
+    assert error["field"] == field and "nested too deeply" in error["message"], error
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
 async def test_malformed_and_oversized_bodies(client: TestClient[Any, Any], conn: asyncpg.Connection) -> None:
     response = await client.post("/api/campaigns", data=b"{not json", headers=AUTH)
     assert response.status == 400

@@ -70,6 +70,31 @@ def test_template_loading_is_rejected(source: str) -> None:
         compile_(subject=source)
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ " + "(" * 100 + "1" + ")" * 100 + " }}",
+        "{{ " + "(" * 20000 + "1" + ")" * 20000 + " }}",
+        "{{ " + "[" * 200 + "]" * 200 + " }}",
+        "{{ " + "{'a': " * 200 + "1" + "}" * 200 + " }}",
+        "{% for a in [1] %}" * 25 + "x" + "{% endfor %}" * 25,
+        "{% if 1 %}" * 300 + "x" + "{% endif %}" * 300,
+        "{{ " + "not " * 3000 + "1 }}",
+        "{{ 1" + "|string" * 3000 + " }}",
+        "{{ 1" + "+1" * 5000 + " }}",
+        "{{ lead.email" + ".strip()" * 3000 + " }}",
+    ],
+    ids=["parens", "parens-20000", "lists", "dicts", "for", "if", "not", "filters", "plus", "calls"],
+)
+def test_a_template_nested_too_deeply_is_a_template_error(source: str) -> None:
+    """Python's recursion and block limits (RecursionError, SyntaxError 'too many statically
+    nested blocks') escaped compile_content: a 500 at creation."""
+    with pytest.raises(content.TemplateError) as info:
+        compile_(text=source)
+    assert (info.value.part, info.value.line) == ("text", None)
+    assert str(info.value).startswith("text: nested too deeply")
+
+
 def test_template_error_is_a_value_error() -> None:
     assert issubclass(content.TemplateError, ValueError)
 
