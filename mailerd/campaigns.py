@@ -279,7 +279,9 @@ def _header_problems(new: NewCampaign) -> list[CampaignError]:
             errors.append(CampaignError(field, "a header name is printable ASCII without ':' (at most 76)"))
         elif name.lower() in RESERVED_HEADERS or name.lower().startswith("x-mailerd-"):
             errors.append(CampaignError(field, f"{name} is written by mailerd itself"))
-        elif len(value) > MAX_HEADER_VALUE or any(ord(char) < 0x20 or char == "\x7f" for char in value):
+        elif len(value) > MAX_HEADER_VALUE or any(
+            ord(char) < 0x20 or char == "\x7f" or char in decoding.LINE_BREAKS for char in value
+        ):
             errors.append(CampaignError(field, f"must be one line of at most {MAX_HEADER_VALUE} characters"))
     return errors
 

@@ -23,16 +23,21 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 # Patterns for text that Postgres or a mail header must not receive. ``(?![\s\S])`` is "the end
 # of the text" in both Python and the ECMA dialect of JSON Schema (Python's ``$`` also matches
-# before a final newline).
+# before a final newline). A header line ends at every line break ``str.splitlines`` knows
+# (U+0085, U+2028 and U+2029 too): the email package refuses them in a header value when it
+# writes one as UTF-8 (a recipient whose address is not ASCII), and cuts the value there
+# otherwise.
+LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # besides CR and LF
 NO_NUL = r"^[^\x00]*(?![\s\S])"
-ONE_LINE = r"^[^\x00\r\n]*(?![\s\S])"
-NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?![\s\S])"
+ONE_LINE = r"^[^\x00\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*(?![\s\S])"
+NO_CONTROL = r"^[^\x00-\x1f\x7f\x85\u2028\u2029]*(?![\s\S])"
 
 # Human words for those patterns (msgspec would print the regular expression).
 PATTERN_MESSAGES: dict[str, str] = {
     NO_NUL: "must not contain NUL characters",
-    ONE_LINE: "must be one line: no CR, LF or NUL characters",
-    NO_CONTROL: "must not contain control characters (CR, LF, tab, NUL, ...)",
+    ONE_LINE: "must be one line: no CR, LF, NUL or other line break (U+000B, U+000C, U+001C-U+001E, "
+    "U+0085, U+2028, U+2029)",
+    NO_CONTROL: "must not contain control characters or line breaks (CR, LF, tab, NUL, U+2028, ...)",
 }
 
 _TYPE_WORDS = {

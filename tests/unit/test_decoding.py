@@ -82,6 +82,13 @@ def test_a_campaign_built_in_code_is_checked_like_a_decoded_one() -> None:
     [
         (decoding.ONE_LINE, "Hi\n"),
         (decoding.ONE_LINE, "Hi\r"),
+        (decoding.ONE_LINE, "Hi\u2028"),
+        (decoding.ONE_LINE, "Hi\u2029"),
+        (decoding.ONE_LINE, "Hi\x85"),
+        (decoding.ONE_LINE, "Hi\x0b"),
+        (decoding.ONE_LINE, "Hi\x1e"),
+        (decoding.NO_CONTROL, "a@b.c\u2028"),
+        (decoding.NO_CONTROL, "a@b.c\x85"),
         (decoding.NO_CONTROL, "a@b.c\n"),
         (decoding.NO_CONTROL, "a@b.c\t"),
         (decoding.NO_NUL, "a\x00\n"),
