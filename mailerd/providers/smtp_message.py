@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import re
 from email import charset as charset_mod
 from email.header import Header
 from email.message import EmailMessage, Message
@@ -36,6 +37,11 @@ _UTF8.body_encoding = charset_mod.QP
 _UTF8_POLICY: Final = email.policy.SMTPUTF8  # an address that is not ASCII (RFC 6531, 6532)
 _MAX_LINE: Final = 998  # RFC 5322 2.1.1
 _MAILBOX_FIELDS: Final = frozenset({"From", "Reply-To"})  # structured: not unstructured text
+
+
+# Every line boundary of str.splitlines: the email package folds or refuses each of them, so a
+# rendered subject with U+2028 was cut at it for one recipient and refused for another.
+_LINE_BREAK = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
 def message_id(campaign_id: int, lead_id: int, domain: str) -> str:
@@ -67,7 +73,7 @@ def build(
         (LEAD_HEADER, str(lead.id)),
     ]
     for name, value in fields:
-        if "\r" in value or "\n" in value:
+        if _LINE_BREAK.search(value):
             raise ValueError(f"{name}: a header value may not contain a line break")
     if lead.email.isascii():
         try:
