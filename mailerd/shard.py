@@ -339,7 +339,7 @@ class ShardRun:
         for index, chunk in enumerate(chunks):
             # The campaign's own rate before the batch joins the lane: the wait holds back this
             # campaign only (in a sender worker it held the provider's shared workers).
-            if not await caps.acquire(self.campaign, len(chunk), self.stopped):
+            if not await caps.acquire(self.campaign, len(chunk), self.stopped, self.shard_no):
                 break
             # The daily quota before the batch is dispatched: every batch queued or in flight
             # holds its share, so what the claim reserves is never stuck behind a quota wait.

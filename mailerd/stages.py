@@ -99,8 +99,11 @@ class CapTaker(Protocol):
     """The campaigns' own caps (``rate``, :mod:`mailerd.campaign_caps`): a shard waits for a
     batch's tokens before dispatching it, so the wait holds back that campaign only."""
 
-    async def acquire(self, campaign: Campaign, count: int, stopped: asyncio.Event) -> bool:
-        """Wait until ``count`` recipients may be dispatched; False when ``stopped`` first."""
+    async def acquire(
+        self, campaign: Campaign, count: int, stopped: asyncio.Event, shard_no: int = 0
+    ) -> bool:
+        """Wait until ``count`` recipients may be dispatched (the campaign's lowest shard
+        first); False when ``stopped`` first."""
 
     def forget(self, campaign_id: int) -> None:
         """This node holds nothing of the campaign any more."""

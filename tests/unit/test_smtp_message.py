@@ -38,7 +38,9 @@ def test_headers_and_parts() -> None:
 
 
 # a rendered U+2028 (from a lead's data) was cut at for an ASCII recipient, refused for another
-@pytest.mark.parametrize("subject", ["Hi\r\nBcc: all@example.com", "Hi\nX-Evil: 1", "Spring\u2028sale", "a\x85b"])
+@pytest.mark.parametrize(
+    "subject", ["Hi\r\nBcc: all@example.com", "Hi\nX-Evil: 1", "Spring\u2028sale", "a\x85b"]
+)
 def test_a_line_break_in_a_header_value_is_refused(subject: str) -> None:
     with pytest.raises(ValueError, match="line break"):
         build(subject)
