@@ -152,7 +152,7 @@ class RecentErasures:
     ) -> None:
         self._window = window
         self._clock = clock
-        self._after = 0
+        self._horizon = 0  # the oldest transaction running at the last read (0: none yet)
         self._leads: dict[tuple[int, int], float] = {}  # -> when it was first seen here
 
     def __bool__(self) -> bool:
@@ -163,11 +163,10 @@ class RecentErasures:
 
     async def refresh(self, conn: asyncpg.Connection) -> None:
         now = self._clock()
-        found = await erasure_db.erased_since(conn, self._after, self._window)
-        for erasure_id, account_id, lead_ids in found:
+        found, self._horizon = await erasure_db.erased_since(conn, self._horizon, self._window)
+        for _, account_id, lead_ids in found:
             for lead in lead_ids:
                 self._leads.setdefault((account_id, lead), now)
-            self._after = erasure_id
         horizon = now - self._window.total_seconds()  # no batch waits that long: forget them
         if self._leads and min(self._leads.values()) < horizon:
             self._leads = {key: seen for key, seen in self._leads.items() if seen >= horizon}

@@ -198,13 +198,15 @@ class ProviderSender:
     async def _send(self, run: ClaimedShard, batch: Batch) -> None:
         """Send one batch to completion (with retries) and hand its rows to the writer."""
         delivery = _Delivery(batch)
-        if self._erased:
-            delivery.drop_erased(self._erased)
         attempt = 0
         while delivery.pending:
             if run.stopping or not await self._acquire(delivery, run.stopped):
                 delivery.complete = False  # leave the unsent for whoever resumes the shard
                 break
+            if self._erased:  # after every wait: an erasure may have come while it lasted
+                delivery.drop_erased(self._erased)
+                if not delivery.pending:
+                    break
             if not await self._call(run, delivery) or not delivery.pending:
                 break
             attempt += 1

@@ -309,14 +309,18 @@ async def has_erased_suppressions(conn: asyncpg.Connection, account_id: int) -> 
 
 
 async def erased_since(
-    conn: asyncpg.Connection, after_id: int, window: dt.timedelta
-) -> list[tuple[int, int, list[int]]]:
-    """``(erasure id, account, lead ids)`` of the erasures after ``after_id`` made within
-    ``window`` (by the database's clock), oldest first."""
+    conn: asyncpg.Connection, horizon: int, window: dt.timedelta
+) -> tuple[list[tuple[int, int, list[int]]], int]:
+    """``(erasure id, account, lead ids)`` of the erasures written by a transaction at or after
+    ``horizon`` (0: all of those made within ``window``), and the horizon of the next call: the
+    oldest transaction still running now, so that one committed late is read next time (ids
+    are taken when an erasure starts, and one may commit after a later one)."""
     rows = await conn.fetch(
-        """SELECT id, account_id, lead_ids FROM erasures
-           WHERE id > $1 AND at > now() - $2::interval ORDER BY id""",
-        after_id,
+        """WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS next)
+           SELECT h.next, e.id, e.account_id, e.lead_ids FROM horizon h
+           LEFT JOIN erasures e ON e.tx >= $1 AND ($1 > 0 OR e.at > now() - $2::interval)""",
+        horizon,
         window,
     )
-    return [(r["id"], r["account_id"], list(r["lead_ids"])) for r in rows]
+    found = [(r["id"], r["account_id"], list(r["lead_ids"])) for r in rows if r["id"] is not None]
+    return found, rows[0]["next"]
