@@ -21,10 +21,11 @@ HMAC_SQL = "sha256({opad} || sha256({ipad} || convert_to(lower({address}), 'UTF8
 ERASED_MARK = "<erased>"
 
 
-# What may stand right before an address's local part and belong to it (RFC 5322 atext, a dot,
-# or any non-ASCII character), and right after its domain (a letter, digit or hyphen, or a dot
-# that goes on): an address found inside a longer one is not that address.
-_BEFORE = r"(?<![[:alnum:]!#$%&'*+/=?^_`{|}~.-]|[^\x01-\x7f])"
+# What, right before an address's local part, belongs to it in practice (a letter, a digit,
+# ``._%+-``, any non-ASCII character), and right after its domain (a letter, digit or hyphen,
+# or a dot that goes on): an address found inside a longer one is not that address. Quotes,
+# ``=``, ``/`` and brackets are delimiters (``rcpt='ann@x'``, ``/ann@x/``), as diagnostics use them.
+_BEFORE = r"(?<![[:alnum:]._%+-]|[^\x01-\x7f])"
 _AFTER = r"(?![[:alnum:]-]|\.[[:alnum:]]|[^\x01-\x7f])"
 
 

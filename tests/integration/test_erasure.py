@@ -357,7 +357,13 @@ async def test_an_erasure_scrubs_whole_addresses_only(pool: asyncpg.Pool, conn: 
     # and "@" was taken for an address to erase: every "@" of every dead letter went
     ann = await _lead(conn, 1, "ann@example.com")
     joann = await _lead(conn, 1, "joann@example.com")
-    texts = ["550 5.1.1 <joann@example.com>: unknown", "to ann@example.com.uk", "ANN@Example.com."]
+    texts = [
+        "550 5.1.1 <joann@example.com>: unknown",
+        "to ann@example.com.uk",
+        "ANN@Example.com.",
+        "The recipient 'ann@example.com' does not exist",  # and these were missed by a first fix
+        "rcpt=ann@example.com /ann@example.com/",
+    ]
     for n, text in enumerate(texts):
         event = _event(
             EventKind.HARD_BOUNCE, f"evt-{n}", email="joann@example.com", lead_id=joann, reason=text
@@ -367,7 +373,12 @@ async def test_an_erasure_scrubs_whole_addresses_only(pool: asyncpg.Pool, conn: 
                                 soft_bounce_window_s=3600)  # fmt: skip
     await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=ann)
     reasons = await conn.fetch("SELECT reason FROM email_events ORDER BY provider_event_id")
-    assert [r["reason"] for r in reasons] == [*texts[:2], "<erased>."]
+    assert [r["reason"] for r in reasons] == [
+        *texts[:2],
+        "<erased>.",
+        "The recipient '<erased>' does not exist",
+        "rcpt=<erased> /<erased>/",
+    ]
     config = config_mod.from_mapping(
         {},
         env={"MAILERD_ADMIN_TOKEN": "erase-token-0123456789", "MAILERD_PRIVACY__ERASURE_KEY": KEY.decode()},
