@@ -25,7 +25,7 @@ from mailerd.db import suppressions as suppressions_db
 from mailerd.db.suppressions import Suppression, add, page, remove
 from mailerd.importer.csv_records import Record, Records
 from mailerd.importer.files import check_files
-from mailerd.importer.parsing import bad_text_reason, canonical, has_bad_text, is_valid_email
+from mailerd.importer.parsing import bad_text_reason, canonical, has_bad_text, is_any_address, is_valid_email
 from mailerd.importer.rejects import (
     ImportFailed,
     ImportResult,
@@ -60,8 +60,9 @@ __all__ = [
 ]
 
 
-def normalise(address: str) -> str | None:
-    """The address trimmed, or None when it is not one.
+def normalise(address: str, *, strict: bool = True) -> str | None:
+    """The address trimmed, or None when it is not one (not ``strict``, for a removal: when it
+    cannot be an address at all, since earlier versions stored some the check now refuses).
 
     The one address check of every way onto the list (API, CLI, import): it also refuses what a
     text column cannot hold (NUL, invalid UTF-8) and more than 254 characters. It is not
@@ -69,7 +70,8 @@ def normalise(address: str) -> str | None:
     leads the list is matched against.
     """
     address = canonical(address.strip())
-    return address if is_valid_email(address) else None
+    valid = is_valid_email(address) if strict else is_any_address(address) and not has_bad_text(address)
+    return address if valid else None
 
 
 def check_reason(reason: str) -> str | None:
@@ -291,7 +293,7 @@ async def run_change_cli(
 ) -> int:
     """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid (or an erased entry
     that cannot be checked without the erasure key), 3 not suppressed."""
-    address = normalise(email)
+    address = normalise(email, strict=action == "add")
     if address is None:
         shown = printable(email[:100])
         print(f"mailerd suppressions {action}: email: not an email address: {shown!r}", file=sys.stderr)

@@ -137,7 +137,7 @@ async def preview_segment(request: web.Request) -> web.Response:
 
 def _suppression(data: bodies.SuppressionBody, *, reason_required: bool) -> tuple[str, str | None]:
     """``(normalised email, reason)`` of a POST/DELETE body; 422 naming the field."""
-    normalised = suppressions.normalise(data.email)
+    normalised = suppressions.normalise(data.email, strict=not reason_required)  # a removal: any stored one
     if normalised is None:
         raise ApiError(422, "invalid", f"email: not an email address: {data.email[:100]!r}", "email")
     if data.reason is None:

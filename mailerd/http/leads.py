@@ -9,7 +9,6 @@ the new values win), and a bulk body goes through the JSONL import itself
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import asyncpg
@@ -59,16 +58,12 @@ def _lead_id(request: web.Request) -> int:
     return parsing.path_id(request, "lead_id", "lead", minimum=0)
 
 
-# Any address at all: something, an "@", something (a bare "@" erased every "@" of the dead letters).
-_ANY_ADDRESS = re.compile(r"(?=.{3,254}\Z)[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
-
-
-def _address(text: str, *, strict: bool = True) -> str:
-    """An address of a query, trimmed; 422 when it cannot be a lead's (not ``strict``: when it
-    cannot be an address at all; an erasure reaches addresses stored from elsewhere too)."""
+def _address(text: str) -> str:
+    """An address of a query, trimmed: 422 when it cannot be an address at all (a lookup or an
+    erasure reaches addresses stored by earlier versions, or from elsewhere, that a new lead
+    could not have)."""
     address = lead_rules.canonical(text.strip())
-    valid = lead_rules.is_valid_email(address) if strict else _ANY_ADDRESS.fullmatch(address) is not None
-    if not valid:
+    if not lead_rules.is_any_address(address):
         raise ApiError(422, "invalid", f"email: not an email address: {address[:100]!r}", "email")
     return address
 
@@ -162,7 +157,7 @@ async def delete_by_address(request: web.Request) -> web.Response:
     when there is none. With ``erase``, every stored copy of the address in the account is
     erased, lead or not (the answer's ``deleted`` is null when there was no lead)."""
     query = parsing.query(request, bodies.AddressDeleteQuery)
-    email = _address(query.email, strict=not query.erase)
+    email = _address(query.email)
     key = _erasure_key(request) if query.erase else None
     async with pool(request).acquire() as conn, conn.transaction():
         if key is None:

@@ -23,12 +23,12 @@ from mailerd.importer.rejects import ImportFailed
 
 # Pragmatic, cheap: one @, a dot-atom local part (no leading, trailing or doubled dot) without
 # spaces, control or invisible format characters (a zero-width space, a right-to-left override:
-# an address that shows as another), a dotted domain of labels that neither start nor end with a
-# hyphen (no underscore), ending in a letters-only (or punycode) TLD. Undecodable bytes (read as
-# surrogate escapes) fail.
+# an address that shows as another; the joiners ZWJ and ZWNJ that scripts need are allowed),
+# a dotted domain of labels that neither start nor end with a hyphen (no underscore), ending in
+# a letters-only (or punycode) TLD. Undecodable bytes (read as surrogate escapes) fail.
 _NOT_LOCAL = (
     r"@\s\"(),:;<>\[\\\]\x00-\x1f\x7f\ud800-\udfff"
-    r"\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb."
+    r"\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb."
 )
 _LABEL = r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?"
 EMAIL = re.compile(
@@ -51,6 +51,17 @@ class ColumnType(enum.StrEnum):
     STRING = "string"
     NUMBER = "number"
     BOOLEAN = "boolean"
+
+
+# Any address at all, for finding or removing one already stored (earlier versions took some the
+# check above refuses, such as "a..b@x.com"): something, one "@", something; no space or control.
+_ANY_ADDRESS = re.compile(r"(?=.{3,254}\Z)[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
+
+
+def is_any_address(address: str) -> bool:
+    """True for anything that may be a stored address (see :data:`_ANY_ADDRESS`): lookups and
+    removals take it; what is stored anew must pass :func:`is_valid_email`."""
+    return _ANY_ADDRESS.fullmatch(address) is not None
 
 
 def canonical(address: str) -> str:

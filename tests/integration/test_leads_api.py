@@ -153,6 +153,39 @@ async def test_get_by_id_and_by_address(pool: asyncpg.Pool, conn: asyncpg.Connec
         assert (await none.json()) == {"leads": [], "next_after": None}
 
 
+async def test_an_address_stored_before_todays_checks_is_still_found_and_removed(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # "a..b@" and "_" in a domain were taken before the address check grew stricter: the lead
+    # and its suppression could no longer be looked up, deleted or removed (422)
+    await conn.execute(
+        "INSERT INTO leads (account_id, email, attributes) VALUES (1, 'john..doe@mail_x.example.com', '{}')"
+    )
+    await conn.execute(
+        """INSERT INTO suppressions (account_id, email, reason, source)
+           VALUES (1, 'john..doe@mail_x.example.com', 'hard_bounce', 'test')"""
+    )
+    address = {"account_id": "1", "email": "john..doe@mail_x.example.com"}
+    async with api_client(pool) as client:
+        page = await client.get("/api/leads", params=address, headers=AUTH)
+        assert [lead["email"] for lead in (await page.json())["leads"]] == [address["email"]]
+        removed = await client.delete(
+            "/api/suppressions",
+            json={"account_id": 1, "email": address["email"], "reason": "ok"},
+            headers=AUTH,
+        )
+        assert removed.status == 200, await removed.text()
+        added = await client.post(
+            "/api/suppressions",
+            json={"account_id": 1, "email": address["email"], "reason": "x"},
+            headers=AUTH,
+        )
+        assert added.status == 422  # nothing new is stored in that shape
+        deleted = await client.delete("/api/leads", params=address, headers=AUTH)
+        assert deleted.status == 200, await deleted.text()
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
 async def test_pages_by_segment(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     await add_leads(conn, 1, 30)  # every third on plan "pro": 10 of them
     await add_leads(conn, 2, 30, start=100)

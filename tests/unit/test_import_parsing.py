@@ -21,7 +21,14 @@ from mailerd.importer.rejects import ImportFailed
 
 @pytest.mark.parametrize(
     "address",
-    ["a@b.co", "ada.lovelace+news@mail.example.org", "x@sub-domain.example.museum", "zoë@exämple.de"],
+    [
+        "a@b.co",
+        "ada.lovelace+news@mail.example.org",
+        "x@sub-domain.example.museum",
+        "zoë@exämple.de",
+        "zw\u200dj@example.com",  # the joiners scripts need (ZWJ, ZWNJ) stay allowed
+        "mi\u200cr@example.com",
+    ],
 )
 def test_valid_addresses(address: str) -> None:
     assert parsing.is_valid_email(address)
