@@ -97,10 +97,14 @@ class CampaignCaps:
             return True
         finally:
             if turn.done() and not turn.cancelled():
-                cap.busy = False  # this batch had the turn: the next one's
+                # This batch had the turn. The next is chosen on the loop's next round, so the
+                # shard can ask for its next batch first (dispatching this one does not wait):
+                # chosen at once, the next shard won and the two took turns.
+                cap.busy = False
+                asyncio.get_running_loop().call_soon(cap.next_turn)
             else:
                 turn.cancel()  # left in the heap, skipped when its turn would come
-            cap.next_turn()
+                cap.next_turn()
 
     def forget(self, campaign_id: int) -> None:
         """This node holds nothing of the campaign any more: drop its bucket."""

@@ -9,10 +9,10 @@ from typing import Any
 
 from mailerd.windows import SendWindow
 
-# The lowest campaign ``rate`` (recipients/s) accepted: 36 an hour, a batch of 50 every 83 minutes.
-# Below it a batch's wait stops meaning anything (5e-324 made it infinite); a row stored before
-# the floor existed is read as the floor.
-MIN_CAMPAIGN_RATE = 0.01
+# The lowest campaign ``rate`` (recipients/s) accepted: 0.864 a day. Far below it a batch's wait
+# stops meaning anything (5e-324 made it infinite, the campaign waited for ever); a row stored
+# below it is read as the floor.
+MIN_CAMPAIGN_RATE = 0.00001
 
 
 class CampaignStatus(enum.StrEnum):

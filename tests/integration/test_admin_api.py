@@ -124,23 +124,23 @@ async def test_bad_campaign_fields_get_422_naming_each_field_and_store_nothing(
     assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
 
 
-@pytest.mark.parametrize("rate", [5e-324, 1e-300, 0.0099])
+@pytest.mark.parametrize("rate", [5e-324, 1e-300, 9.9e-06])
 async def test_a_rate_below_the_floor_is_refused_naming_the_field(
     client: TestClient[Any, Any], conn: asyncpg.Connection, rate: float
 ) -> None:
-    # 5e-324 made every wait of the campaign's bucket infinite; anything below 0.01/s is refused
+    # 5e-324 made every wait of the campaign's bucket infinite; anything below 0.00001/s is refused
     response = await client.post("/api/campaigns", json=_campaign(rate=rate), headers=AUTH)
     problem = (await response.json())["error"]
     assert response.status == 422 and problem["field"] == "rate", problem
-    assert problem["message"] == "rate: must be at least 0.01", problem
+    assert problem["message"] == "rate: must be at least 1e-05", problem
     assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
-    floor = await client.post("/api/campaigns", json=_campaign(rate=0.01), headers=AUTH)
+    floor = await client.post("/api/campaigns", json=_campaign(rate=0.00001), headers=AUTH)
     assert floor.status == 201, await floor.text()
     # a row stored before the floor existed is sent at the floor, never waited on for ever
     campaign_id = (await floor.json())["id"]
     await conn.execute("UPDATE campaigns SET rate_per_s = $1 WHERE id = $2", rate, campaign_id)
     row = await campaigns_db.get(conn, campaign_id)
-    assert row is not None and campaign_from_row(row).rate_per_s == 0.01
+    assert row is not None and campaign_from_row(row).rate_per_s == 0.00001
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ async def test_relay_replay_and_campaign_arguments_are_checked(dsn: str, tmp_pat
     assert nan_rate.returncode == 2 and "--rate" in nan_rate.stderr, nan_rate
     assert huge_account.returncode == 2 and "--account" in huge_account.stderr, huge_account
     assert tiny_rate.returncode == 2, tiny_rate
-    assert "--rate: expected a number of at least 0.01, got 5e-324" in tiny_rate.stderr, tiny_rate
+    assert "--rate: expected a number of at least 1e-05, got 5e-324" in tiny_rate.stderr, tiny_rate
     for result in results:
         assert "Traceback" not in result.stderr, result.stderr
 
