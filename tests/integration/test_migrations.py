@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from mailerd.db import connect, migrate
 
@@ -41,3 +42,25 @@ async def test_email_log_has_only_the_campaign_lead_index(conn) -> None:  # type
     assert len(indexes) == 2
     assert "USING btree (campaign_id, lead_id)" in indexes[0]["indexdef"]
     assert "USING brin (tx) WITH (pages_per_range='32', autosummarize='on')" in indexes[1]["indexdef"]
+
+
+async def test_migration_0016_puts_stored_addresses_in_composed_form(conn) -> None:  # type: ignore[no-untyped-def]
+    # addresses stored decomposed before the API and imports wrote NFC: a re-import made a second
+    # lead, and a decomposed suppression no longer held the composed lead
+    decomposed = "jose\u0301@example.com"
+    both = "zoe\u0308@example.com"  # an account holding both forms keeps both, unchanged
+    await conn.execute(
+        "INSERT INTO leads (account_id, email) VALUES (1, $1), (1, $2), (1, $3)",
+        decomposed,
+        both,
+        "zoë@example.com",
+    )
+    await conn.execute(
+        "INSERT INTO suppressions (account_id, email, reason, source) VALUES (1, $1, 'complaint', 'test')",
+        decomposed,
+    )
+    migration = Path(migrate.__file__).parent / "migrations" / "0016_nfc_addresses.sql"
+    await conn.execute(migration.read_text(encoding="utf-8"))
+    emails = sorted(r["email"] for r in await conn.fetch("SELECT email FROM leads"))
+    assert emails == sorted(["josé@example.com", both, "zoë@example.com"])
+    assert await conn.fetchval("SELECT email FROM suppressions") == "josé@example.com"
