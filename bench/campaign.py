@@ -36,6 +36,7 @@ import re
 import sys
 import tempfile
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -110,6 +111,14 @@ _TAGS = ["beta", "webinar", "newsletter", "churn-risk", "partner", "trial", "vip
 # --- database -------------------------------------------------------------------------------
 
 
+def _local(name: str) -> str:
+    """A name as an address's local part holds it: lower case, accents dropped ("zoe", "jose"),
+    as lists mostly write them. Not ASCII it could not go through SES (no SMTPUTF8: such a lead
+    is failed on its own, 27 % of these names' addresses)."""
+    folded = unicodedata.normalize("NFKD", name.lower()).encode("ascii", "ignore").decode()
+    return folded.replace("'", "")
+
+
 def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
@@ -142,7 +151,7 @@ async def _lead_chunks(count: int, seed: int, chunk: int = 50_000) -> AsyncItera
             }
             if number % 10:
                 attributes["age"] = 18 + number % 63
-            email = f"{firsts[i].lower()}.{lasts[i].lower()}.{number}@{domains[i]}"
+            email = f"{_local(firsts[i])}.{_local(lasts[i])}.{number}@{domains[i]}"
             lines.append(
                 f"{ACCOUNT_ID},{_csv_field(email)},{_csv_field(orjson.dumps(attributes).decode())}\n"
             )
