@@ -148,7 +148,7 @@ class RecentErasures:
     indexed query); a sender checks it just before each provider call."""
 
     def __init__(
-        self, window: dt.timedelta = dt.timedelta(days=1), clock: Callable[[], float] = time.monotonic
+        self, window: dt.timedelta = dt.timedelta(days=7), clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._window = window
         self._clock = clock
@@ -167,7 +167,9 @@ class RecentErasures:
         for _, account_id, lead_ids in found:
             for lead in lead_ids:
                 self._leads.setdefault((account_id, lead), now)
-        horizon = now - self._window.total_seconds()  # no batch waits that long: forget them
+        # A batch waits in a lane for minutes at most (a shard re-checks a window read more than
+        # a minute before it dispatches it): a week is far past that.
+        horizon = now - self._window.total_seconds()
         if self._leads and min(self._leads.values()) < horizon:
             self._leads = {key: seen for key, seen in self._leads.items() if seen >= horizon}
 

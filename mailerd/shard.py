@@ -24,6 +24,7 @@ import collections
 import contextlib
 import datetime as dt
 import enum
+import time
 from typing import Any
 
 import asyncpg
@@ -140,6 +141,11 @@ def next_span(span: int, read: int, window_size: int) -> int:
     (at most 4x wider at a time, within 1 to ``MAX_SPAN_FACTOR`` times ``window_size``)."""
     wanted = span * 4 if read == 0 else span * window_size // read
     return max(window_size, min(wanted, span * 4, window_size * MAX_SPAN_FACTOR))
+
+
+# A window's batch dispatched later than this after the window was read (its campaign's rate or
+# the provider's quota held it) first drops the leads deleted or erased meanwhile.
+STALE_WINDOW_S = 60.0
 
 
 class ShardRun:
@@ -301,8 +307,15 @@ class ShardRun:
             position = end
             if self.zone is not None:
                 span = next_span(span, read, self._window_size)
-        if position >= self.lead_id_to and self.ledger.unresolved == 0 and len(self.ledger) == 0:
+        if (
+            position >= self.lead_id_to
+            and not self.stopping
+            and self.ledger.unresolved == 0
+            and len(self.ledger) == 0
+        ):
             # Nothing dispatched at all (e.g. recovered to the end): make the checkpoint final.
+            # Not when stopping: a stop in the last window's cap or quota wait left its later
+            # leads undispatched, and this made the shard done without them (never sent).
             await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], self.lead_id_to), [])
 
     def _next_seq(self) -> int:
@@ -330,6 +343,7 @@ class ShardRun:
                 suppressed.append((now, campaign_id, lead_id, LogStatus.SUPPRESSED, None, "suppressed"))
             else:
                 leads.append(Lead(lead_id, email, attributes))
+        read_at = time.monotonic()
         size = self._lane.batch_size
         chunks = [leads[i : i + size] for i in range(0, len(leads), size)]
         if suppressed or not chunks:
@@ -346,6 +360,17 @@ class ShardRun:
             if quota is not None and not await quota.acquire(len(chunk), self.stopped):
                 break
             upto = end if index == len(chunks) - 1 else chunk[-1].id
+            if time.monotonic() - read_at > STALE_WINDOW_S:
+                # Read long ago (a low rate, a quota): leads deleted or erased since are not sent.
+                present = await leads_db.still_present(
+                    self._pool, self.campaign.account_id, [x.id for x in chunk]
+                )
+                if quota is not None and len(present) < len(chunk):
+                    quota.refund(len(chunk) - len(present))
+                chunk = [lead for lead in chunk if lead.id in present]
+                if not chunk:
+                    await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), [])
+                    continue
             batch = Batch(self.campaign, self.shard_no, self._next_seq(), chunk, upto)
             self.ledger.add(batch.seq, batch.upto)
             self._resolved.clear()

@@ -107,6 +107,14 @@ def _window_sql(segment: segments.Segment, *, skip_logged: bool, erased: bool) -
     return sql, params, pads
 
 
+async def still_present(pool: asyncpg.Pool, account_id: int, lead_ids: list[int]) -> set[int]:
+    """Which of ``lead_ids`` are still leads of the account (not deleted or erased since)."""
+    rows = await pool.fetch(
+        "SELECT id FROM leads WHERE account_id = $1 AND id = ANY($2::bigint[])", account_id, lead_ids
+    )
+    return {r["id"] for r in rows}
+
+
 async def read_window(
     pool: asyncpg.Pool,
     *,

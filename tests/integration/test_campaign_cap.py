@@ -11,7 +11,7 @@ import time
 import asyncpg
 import pytest
 
-from mailerd import app, campaigns
+from mailerd import app, campaigns, shard
 from mailerd.db import campaigns as campaigns_db
 from mailerd.emulator import sink
 from tests.integration.helpers import (
@@ -119,3 +119,66 @@ async def test_the_provider_gets_no_more_than_its_burst_after_a_batch_waited(
         await emulator.close()
     assert [info["sent"] for info in sent] == [20, 200] and len(arrivals) == 220
     assert _over_burst([at for at, _ in arrivals]) == []
+
+
+async def test_a_drain_in_the_last_windows_cap_wait_leaves_the_rest_for_the_next_owner(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # the stop ended the wait, and the shard, with its window read to the end, was made done:
+    # the window's later leads got no row and were never sent (the campaign finished at 50 of 200)
+    await add_leads(conn, 1, 600)  # 200 match; one shard, one window
+    emulator = sink.Sink()
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port, scheduler={"shard_size": 1000, "window_size": 1000, "poll_interval_s": 0.2}
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=10.0), config)
+        async with running_daemon(config, dsn):  # 10/s: the first batch goes, the next waits 4 s
+            async with asyncio.timeout(20):
+                while (
+                    await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
+                    < 50
+                ):
+                    await asyncio.sleep(0.02)
+        shard = await conn.fetchrow(
+            "SELECT checkpoint, state FROM campaign_shards WHERE campaign_id = $1", campaign_id
+        )
+        assert shard["state"] != "done" and shard["checkpoint"] < 600, dict(shard)
+        await conn.execute("UPDATE campaigns SET rate_per_s = NULL WHERE id = $1", campaign_id)
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id, timeout=30)
+    finally:
+        await emulator.close()
+    assert info["sent"] == 200
+    assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id) == 200
+
+
+async def test_a_lead_deleted_while_its_read_window_waits_for_the_rate_is_not_sent(
+    conn: asyncpg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its window was read at the start: at a low rate its batch left the shard hours later, and
+    # a lead deleted (or erased) meanwhile was sent (the node forgot an erasure after a day)
+    monkeypatch.setattr(shard, "STALE_WINDOW_S", 0.5)
+    await add_leads(conn, 1, 600)  # 200 match; one shard, one window
+    last = await conn.fetchval("SELECT max(id) FROM leads WHERE attributes->>'plan' = 'pro'")
+    emulator = sink.Sink()
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port, scheduler={"shard_size": 1000, "window_size": 1000, "poll_interval_s": 0.2}
+        )
+        campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=25.0), config)
+        async with running_daemon(config, dsn):  # 25/s: a batch of 50 every 2 s
+            async with asyncio.timeout(20):
+                while (
+                    await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
+                    < 50
+                ):
+                    await asyncio.sleep(0.02)
+            await conn.execute("DELETE FROM leads WHERE id = $1", last)
+            info = await wait_for_status(conn, campaign_id, timeout=30)
+    finally:
+        await emulator.close()
+    assert info["sent"] == 199
+    assert not await conn.fetchval("SELECT count(*) FROM email_log WHERE lead_id = $1", last)
