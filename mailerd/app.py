@@ -46,7 +46,7 @@ from mailerd.relay import retention as relay_retention
 from mailerd.relay.leader import Relay
 from mailerd.scheduler import Scheduler
 from mailerd.sender import ProviderSender, RateSleep
-from mailerd.stages import ProviderLane
+from mailerd.stages import LaneQueue, ProviderLane
 from mailerd.writer import Writer
 
 log = structlog.get_logger(__name__)
@@ -357,7 +357,7 @@ def _open_lanes(config: Config, resources: contextlib.AsyncExitStack) -> dict[st
         lanes[name] = ProviderLane(
             name=name,
             provider=provider,
-            queue=asyncio.Queue(maxsize=config.scheduler.queue_batches),
+            queue=LaneQueue(maxsize=config.scheduler.queue_batches),
             batch_size=batch_size,
             workers=provider_config.concurrency,
             reservation_step=config.scheduler.reservation_step or provider_config.concurrency * batch_size,

@@ -211,6 +211,16 @@ class ShardRun:
             self.stopped.set()
             self._progress.set()  # wake workers waiting in reservation flow control
             self.log.info("shard_stopping", reason=reason)
+            # Its batches still queued will not be sent: take them back now rather than wait
+            # for the lane's workers to reach them behind other campaigns' calls.
+            for batch in self._lane.queue.take_out(self):
+                self._take_back(batch)
+
+    def _take_back(self, batch: Batch) -> None:
+        """A batch taken out of the lane's queue unsent: discarded, its quota share given back."""
+        if self._lane.quota is not None:
+            self._lane.quota.refund(len(batch.leads))
+        self.discard(batch.seq)
 
     def discard(self, seq: int) -> None:
         """A batch that was not sent (stopping shard, halted provider)."""
@@ -396,6 +406,12 @@ class ShardRun:
             queue.put_nowait((self, batch))
             return True
         put, _ = await aio.first_completed(queue.put((self, batch)), self.stopped.wait())
+        if aio.completed(put) and self.stopping:
+            # Stopped while the put waited, and put all the same: back out (stop() took the rest).
+            for queued in queue.take_out(self):
+                if queued is not batch:
+                    self._take_back(queued)
+            return False
         return aio.completed(put)
 
     def _check_resolved(self) -> None:

@@ -10,6 +10,7 @@ ledger, release) and :mod:`mailerd.writer` (the fenced checkpoint) alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from typing import Any, Protocol
 
@@ -112,6 +113,25 @@ class CapTaker(Protocol):
 QueueItem = tuple[ClaimedShard, Batch] | None  # None: end marker, one per sender worker
 
 
+class LaneQueue(asyncio.Queue[QueueItem]):
+    """A provider lane's bounded queue, from which a stopped shard takes its own batches back."""
+
+    def take_out(self, owner: ClaimedShard) -> list[Batch]:
+        """Remove ``owner``'s queued batches and return them. A paused shard waited for the
+        workers to reach each (25 s behind other campaigns' calls), holding its claim and its
+        place meanwhile. (asyncio.Queue keeps its items in ``_queue`` and its blocked putters
+        in ``_putters``: one freed slot wakes one putter, as ``get`` does.)"""
+        items: collections.deque[QueueItem] = self._queue  # type: ignore[attr-defined]
+        taken = [item[1] for item in items if item is not None and item[0] is owner]
+        if taken:
+            kept = [item for item in items if item is None or item[0] is not owner]
+            items.clear()
+            items.extend(kept)
+            for _ in taken:
+                self._wakeup_next(self._putters)  # type: ignore[attr-defined]
+        return taken
+
+
 @dataclasses.dataclass(slots=True)
 class ProviderLane:
     """A provider with its bounded batch queue; shared by every campaign using it.
@@ -121,7 +141,7 @@ class ProviderLane:
 
     name: str
     provider: Provider
-    queue: asyncio.Queue[QueueItem]
+    queue: LaneQueue
     batch_size: int
     workers: int
     reservation_step: int

@@ -10,6 +10,7 @@ import time
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from mailerd import app, campaigns, shard
 from mailerd.db import campaigns as campaigns_db
@@ -182,3 +183,43 @@ async def test_a_lead_deleted_while_its_read_window_waits_for_the_rate_is_not_se
         await emulator.close()
     assert info["sent"] == 199
     assert not await conn.fetchval("SELECT count(*) FROM email_log WHERE lead_id = $1", last)
+
+
+async def test_a_paused_campaign_takes_its_queued_batches_back_at_once(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # its batches waited in the lane behind another campaign's until the workers reached each:
+    # the paused shard held its claim 25 s, sending nothing
+    await conn.copy_records_to_table(
+        "leads",
+        records=[(1, f"user{n}@example.com", {"n": n}) for n in range(4000)],
+        columns=("account_id", "email", "attributes"),
+    )
+    emulator = sink.Sink()
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port,
+            provider={"concurrency": 2, "rate_per_s": 100},
+            scheduler={"shard_size": 3000, "window_size": 500, "poll_interval_s": 0.2, "queue_batches": 64},
+        )
+        async with running_daemon(config, dsn):
+            first, second = ({"field": "attributes.n", "op": op, "value": 2000} for op in ("lt", "gte"))
+            await campaigns.create(conn, new_campaign(name="a", segment=first), config)
+            b = await campaigns.create(conn, new_campaign(name="b", segment=second), config)
+            async with asyncio.timeout(30):  # a's 40 batches queued, and b's behind them
+                while (
+                    REGISTRY.get_sample_value("mailerd_queue_depth_batches", {"provider": "sink"}) or 0
+                ) < 50:
+                    await asyncio.sleep(0.02)
+            await campaigns_db.change_status(conn, b, "pause", "test")
+            paused = time.monotonic()
+            async with asyncio.timeout(60):
+                while await conn.fetchval(
+                    "SELECT bool_or(owner IS NOT NULL) FROM campaign_shards WHERE campaign_id = $1", b
+                ):
+                    await asyncio.sleep(0.02)
+            released = time.monotonic() - paused
+    finally:
+        await emulator.close()
+    assert released < 10, released  # the calls under way end; nothing queued is waited for
