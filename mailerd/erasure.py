@@ -148,7 +148,7 @@ class RecentErasures:
     indexed query); a sender checks it just before each provider call."""
 
     def __init__(
-        self, window: dt.timedelta = dt.timedelta(days=7), clock: Callable[[], float] = time.monotonic
+        self, window: dt.timedelta = dt.timedelta(days=1), clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._window = window
         self._clock = clock
@@ -168,9 +168,10 @@ class RecentErasures:
             for lead in lead_ids:
                 self._leads.setdefault((account_id, lead), now)
         # A batch waits in a lane for minutes at most (a shard re-checks a window read more than
-        # a minute before it dispatches it): a week is far past that.
+        # a minute before it dispatches it): a day is far past that.
         horizon = now - self._window.total_seconds()
-        if self._leads and min(self._leads.values()) < horizon:
+        # Entries go in as they are first seen, so the first is the oldest (no scan each second).
+        if self._leads and next(iter(self._leads.values())) < horizon:
             self._leads = {key: seen for key, seen in self._leads.items() if seen >= horizon}
 
     async def follow(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:

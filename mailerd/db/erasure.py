@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import unicodedata
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -21,11 +22,13 @@ HMAC_SQL = "sha256({opad} || sha256({ipad} || convert_to(lower({address}), 'UTF8
 ERASED_MARK = "<erased>"
 
 
-# What, right before an address's local part, belongs to it in practice (a letter, a digit,
-# ``._%+-``, any non-ASCII character), and right after its domain (a letter, digit or hyphen,
-# or a dot that goes on): an address found inside a longer one is not that address. Quotes,
-# ``=``, ``/`` and brackets are delimiters (``rcpt='ann@x'``, ``/ann@x/``), as diagnostics use them.
-_BEFORE = r"(?<![[:alnum:]._%+-]|[^\x01-\x7f])"
+# What, right before an address's local part, belongs to it in practice: a letter, a digit,
+# ``._%+-``, any non-ASCII character, or an apostrophe (and the like) right after a letter
+# (``o'ann@x`` is someone else); after its domain, a letter, digit or hyphen, or a dot that goes
+# on. An address found inside a longer one is not that address. A quote opening a word, ``=``,
+# ``/`` and brackets are delimiters (``rcpt='ann@x'``, ``to=ann@x``, ``/ann@x/``), as diagnostics
+# use them.
+_BEFORE = r"(?<![[:alnum:]._%+-]|[^\x01-\x7f]|[[:alnum:]]['!&*#$^`{|}~])"
 _AFTER = r"(?![[:alnum:]-]|\.[[:alnum:]]|[^\x01-\x7f])"
 
 
@@ -42,12 +45,20 @@ def hmac_sql(address: str, ipad: str, opad: str) -> str:
     return HMAC_SQL.format(address=address, ipad=ipad, opad=opad)
 
 
+_FORMS: tuple[Literal["NFC", "NFD"], ...] = ("NFC", "NFD")
+
+
 async def targets(
     conn: asyncpg.Connection, account_id: int, lead_id: int | None, addresses: Sequence[str]
 ) -> tuple[list[int], list[str], list[str]]:
     """The account's leads to erase (by id, or by address), every lower-cased address concerned
     (the leads' and the ones given, found as leads or not), and every spelling seen (texts
-    quote an address the way it was sent)."""
+    quote an address the way it was sent). An address is looked for in both Unicode forms: an
+    account may keep a decomposed lead beside the composed one (stored before addresses were
+    put in NFC), and erasing one form must take the other."""
+    addresses = sorted(
+        {form for a in addresses for form in (a, *(unicodedata.normalize(n, a) for n in _FORMS))}
+    )
     rows = await conn.fetch(
         """SELECT id, email FROM leads
            WHERE account_id = $1

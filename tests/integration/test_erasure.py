@@ -363,6 +363,7 @@ async def test_an_erasure_scrubs_whole_addresses_only(pool: asyncpg.Pool, conn: 
         "ANN@Example.com.",
         "The recipient 'ann@example.com' does not exist",  # and these were missed by a first fix
         "rcpt=ann@example.com /ann@example.com/",
+        "550 no such user o'ann@example.com",  # someone else: a second fix had scrubbed it
     ]
     for n, text in enumerate(texts):
         event = _event(
@@ -378,6 +379,7 @@ async def test_an_erasure_scrubs_whole_addresses_only(pool: asyncpg.Pool, conn: 
         "<erased>.",
         "The recipient '<erased>' does not exist",
         "rcpt=<erased> /<erased>/",
+        texts[5],
     ]
     config = config_mod.from_mapping(
         {},
@@ -391,3 +393,13 @@ async def test_an_erasure_scrubs_whole_addresses_only(pool: asyncpg.Pool, conn: 
             headers={"Authorization": "Bearer erase-token-0123456789"},
         )
         assert response.status == 422 and (await response.json())["error"]["field"] == "email"
+
+
+async def test_an_erasure_by_address_takes_the_lead_in_either_unicode_form(conn: asyncpg.Connection) -> None:
+    # an account keeping a decomposed lead beside the composed one (stored before addresses were
+    # put in NFC): erasing the address took the composed lead only, the other was still mailed
+    decomposed, composed = "zoe\u0308@example.com", "zo\u00eb@example.com"
+    both = [await _lead(conn, 1, decomposed), await _lead(conn, 1, composed)]
+    done = await erasure.erase(conn, account_id=1, key=KEY, by="test", emails=[composed])
+    assert sorted(done.lead_ids) == sorted(both)
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0

@@ -59,8 +59,21 @@ async def test_migration_0016_puts_stored_addresses_in_composed_form(conn) -> No
         "INSERT INTO suppressions (account_id, email, reason, source) VALUES (1, $1, 'complaint', 'test')",
         decomposed,
     )
+    # an account keeping erased addresses as keyed hashes is left as it is: the hash of the
+    # decomposed form would stop matching its rewritten lead, mailed again
+    await conn.execute("INSERT INTO leads (account_id, email) VALUES (2, $1)", decomposed)
+    erasure_id = await conn.fetchval(
+        """INSERT INTO erasures (account_id, email_hashes, lead_ids, requested_by, removed)
+           VALUES (2, '{}', '{}', 'test', '{}') RETURNING id"""
+    )
+    await conn.execute(
+        """INSERT INTO erased_suppressions (account_id, email_hash, reason, erasure_id)
+           VALUES (2, '\\x00', 'complaint', $1)""",
+        erasure_id,
+    )
     migration = Path(migrate.__file__).parent / "migrations" / "0016_nfc_addresses.sql"
     await conn.execute(migration.read_text(encoding="utf-8"))
-    emails = sorted(r["email"] for r in await conn.fetch("SELECT email FROM leads"))
+    emails = sorted(r["email"] for r in await conn.fetch("SELECT email FROM leads WHERE account_id = 1"))
     assert emails == sorted(["josé@example.com", both, "zoë@example.com"])
     assert await conn.fetchval("SELECT email FROM suppressions") == "josé@example.com"
+    assert await conn.fetchval("SELECT email FROM leads WHERE account_id = 2") == decomposed
