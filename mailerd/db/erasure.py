@@ -160,36 +160,48 @@ async def scrub_events(
         account_id,
         list(emails),
     )
-    for pattern in _patterns(spellings):
-        await conn.execute(
-            """UPDATE email_events SET reason = regexp_replace(reason, $2, $3, 'gi'),
-                                       provider_type = regexp_replace(provider_type, $2, $3, 'gi')
-               WHERE (account_id = $1 OR account_id IS NULL) AND (reason ~* $2 OR provider_type ~* $2)""",
-            account_id,
-            pattern,
-            ERASED_MARK,
-        )
+    await scrub_texts(
+        conn,
+        "email_events",
+        ("reason", "provider_type"),
+        spellings,
+        "(account_id = $1 OR account_id IS NULL)",
+        account_id,
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _patterns(spellings: Sequence[str]) -> list[str]:
+async def scrub_texts(
+    conn: asyncpg.Connection,
+    table: str,
+    columns: Sequence[str],
+    addresses: Sequence[str],
+    where: str = "true",
+    *args: Any,
+) -> int:
+    """Replace each of ``addresses`` (any case, whole addresses: :func:`address_pattern`) in the
+    text ``columns`` of ``table``'s rows that match ``where`` (its parameters ``args``): texts
+    such as a provider's diagnostic quote the address. Returns the rows changed."""
+    n = len(args) + 1  # the pattern's parameter; the mark's is the next
+    changes = ", ".join(f"{c} = regexp_replace({c}, ${n}, ${n + 1}, 'gi')" for c in columns)
+    holding = " OR ".join(f"{c} ~* ${n}" for c in columns)
+    total = 0
+    for pattern in _patterns(addresses):
+        status = await conn.execute(
+            f"UPDATE {table} SET {changes} WHERE {where} AND ({holding})", *args, pattern, ERASED_MARK
+        )
+        total += int(status.rsplit(" ", 1)[-1])
+    return total
+
+
+def _patterns(addresses: Sequence[str]) -> list[str]:
     """One case-blind pattern per address, whatever spellings of it were seen."""
-    return sorted({address_pattern(spelling.lower()) for spelling in spellings})
+    return sorted({address_pattern(address.lower()) for address in addresses})
 
 
 async def scrub_dead_letters(conn: asyncpg.Connection, spellings: Sequence[str]) -> int:
     """Refused writer entries may quote the address in their payload or error."""
-    total = 0
-    for pattern in _patterns(spellings):
-        status = await conn.execute(
-            """UPDATE dead_letters SET payload = regexp_replace(payload, $1, $2, 'gi'),
-                                       error = regexp_replace(error, $1, $2, 'gi')
-               WHERE payload ~* $1 OR error ~* $1""",
-            pattern,
-            ERASED_MARK,
-        )
-        total += int(status.rsplit(" ", 1)[-1])
-    return total
+    return await scrub_texts(conn, "dead_letters", ("payload", "error"), spellings)
 
 
 async def delete_relay_dead_letters(

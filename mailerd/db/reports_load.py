@@ -334,20 +334,13 @@ async def erase(
     )
     changed += int(status.rsplit(" ", 1)[-1])
     # Diagnostic texts quote the address in whatever case the provider wrote it.
-    for pattern in sorted({erasure.address_pattern(address.lower()) for address in addresses}):
-        await conn.execute(
-            """UPDATE report_emails SET reason = regexp_replace(reason, $2, $3, 'gi')
-               WHERE account_id = $1 AND reason ~* $2""",
-            account_id,
-            pattern,
-            ERASED_MARK,
-        )
-        await conn.execute(
-            """UPDATE report_events SET reason = regexp_replace(reason, $2, $3, 'gi'),
-                   provider_type = regexp_replace(provider_type, $2, $3, 'gi')
-               WHERE (account_id = $1 OR account_id IS NULL) AND (reason ~* $2 OR provider_type ~* $2)""",
-            account_id,
-            pattern,
-            ERASED_MARK,
-        )
+    await erasure.scrub_texts(conn, "report_emails", ("reason",), addresses, "account_id = $1", account_id)
+    await erasure.scrub_texts(
+        conn,
+        "report_events",
+        ("reason", "provider_type"),
+        addresses,
+        "(account_id = $1 OR account_id IS NULL)",
+        account_id,
+    )
     return changed
