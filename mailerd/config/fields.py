@@ -37,6 +37,11 @@ class _Range:
         return None
 
 
+# The lowest rate a provider or a [pace] group may be given (recipients/s, 3.6 an hour): 1e-300
+# was taken and froze the lane's workers on an endless wait.
+MIN_RATE_PER_S = 0.001
+
+
 def _within(default: _N, low: float, high: float, **kwargs: Any) -> _N:
     """A dataclass field whose value must lie in ``[low, high]`` (see :class:`_Range`)."""
     return dataclasses.field(default=default, metadata={"range": _Range(low, high, **kwargs)})

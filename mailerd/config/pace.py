@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mailerd.config.coerce import build_section
-from mailerd.config.fields import ConfigError, _within
+from mailerd.config.fields import MIN_RATE_PER_S, ConfigError, _within
 
 _DOMAIN = re.compile(
     r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
@@ -57,6 +57,8 @@ def problems(pace: Mapping[str, PaceConfig], providers: Mapping[str, Any]) -> li
     for name, group in pace.items():
         if not group.domains:
             found.append(f"[pace.{name}] domains: must name at least one domain")
+        if group.rate_per_s < MIN_RATE_PER_S:
+            found.append(f"[pace.{name}] rate_per_s: must be at least {MIN_RATE_PER_S}")
         for domain in group.domains:
             if not _DOMAIN.fullmatch(domain):
                 found.append(f"[pace.{name}] domains: {domain!r} is not a domain name (e.g. gmail.com)")

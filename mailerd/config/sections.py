@@ -19,7 +19,7 @@ from mailerd import dsn as dsn_mod
 from mailerd.config import pace as pace_mod
 from mailerd.config import stream
 from mailerd.config.coerce import build_section
-from mailerd.config.fields import ConfigError, Secret, _within, parse_duration, parse_listen
+from mailerd.config.fields import MIN_RATE_PER_S, ConfigError, Secret, _within, parse_duration, parse_listen
 from mailerd.config.pace import PaceConfig
 from mailerd.config.stream import CallbackConfig, KafkaConfig, RelayConfig
 
@@ -479,6 +479,8 @@ def _cross_checks(section: Any) -> list[str]:
             return [f"batch_size: must be at most {most} for kind {section.kind} (the provider's API limit)"]
         if section.backoff_max_s < section.backoff_base_s:
             return ["backoff_max_s: must be at least backoff_base_s"]
+        if 0 < section.rate_per_s < MIN_RATE_PER_S:
+            return [f"rate_per_s: must be 0 (unlimited) or at least {MIN_RATE_PER_S}"]
         return _quota_problems(section)
     return []
 

@@ -192,6 +192,11 @@ def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: st
         ("[providers.ses]\nbatch_size = 0", "[providers.ses] batch_size: must be from 1 to 1000"),
         ("[providers.ses]\nbatch_size = 1001", "[providers.ses] batch_size: must be from 1 to 1000"),
         ("[providers.ses]\nrate_per_s = -1", "[providers.ses] rate_per_s: must be 0 (unlimited) or more"),
+        # 1e-300 froze the lane's workers on an endless wait
+        (
+            "[providers.ses]\nrate_per_s = 1e-300",
+            "[providers.ses] rate_per_s: must be 0 (unlimited) or at least 0.001",
+        ),
         ("[providers.ses]\nconcurrency = 0", "[providers.ses] concurrency: must be at least 1"),
         ("[providers.ses]\nmax_attempts = 0", "[providers.ses] max_attempts: must be at least 1"),
         ("[providers.ses]\nburst = -1", "[providers.ses] burst: must be 0 (one second of rate) or more"),

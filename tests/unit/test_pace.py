@@ -44,6 +44,10 @@ def test_groups_are_read_with_domains_lower_cased() -> None:
     [
         ({"google": {"domains": ["gmail.com"]}}, r"\[pace.google\] rate_per_s: must be positive"),
         ({"google": {"domains": ["gmail.com"], "rate_per_s": -1}}, r"\[pace.google\] rate_per_s"),
+        (
+            {"google": {"domains": ["gmail.com"], "rate_per_s": 1e-300}},
+            r"\[pace.google\] rate_per_s: must be at least 0.001",
+        ),
         ({"google": {"domains": [], "rate_per_s": 1}}, r"\[pace.google\] domains: must name at least one"),
         ({"google": {"domains": ["@gmail.com"], "rate_per_s": 1}}, r"\[pace.google\] domains: '@gmail.com'"),
         (
