@@ -224,7 +224,7 @@ class SmtpProvider:
             except ValueError as exc:
                 results[position] = RecipientResult(Outcome.FAILED, error=f"message refused: {exc}")
                 continue
-            messages.append((position, lead.email, mid.strip("<>"), data))
+            messages.append((position, compose.seven_bit_address(lead.email), mid.strip("<>"), data))
         if messages:
             await self._deliver(campaign, messages, results)
         return [result or RecipientResult(Outcome.RETRY, error="not sent") for result in results]

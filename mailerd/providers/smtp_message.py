@@ -61,9 +61,10 @@ def build(
     (a rendered subject, say: it could inject headers): that recipient fails, the others go."""
     lead = rendered.lead
     mid = message_id(campaign_id, lead.id, domain)
+    to = compose.seven_bit_address(lead.email)  # an IDN domain in A-labels: no SMTPUTF8 for it
     fields = [
         ("From", sender),
-        ("To", lead.email),
+        ("To", to),
         ("Subject", rendered.subject),
         ("Date", email.utils.formatdate(localtime=False, usegmt=True)),
         ("Message-ID", mid),
@@ -75,7 +76,7 @@ def build(
     for name, value in fields:
         if _LINE_BREAK.search(value):
             raise ValueError(f"{name}: a header value may not contain a line break")
-    if lead.email.isascii():
+    if to.isascii():
         try:
             return mid, _legacy(rendered, fields)
         except compose.NeedsSmtpUtf8:

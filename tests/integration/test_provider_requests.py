@@ -246,6 +246,25 @@ async def test_smtp_a_mailbox_whose_local_part_is_not_ascii_goes_only_with_smtpu
     assert [(a.display_name, a.addr_spec) for a in reply_to] == [("Zoë", "josé@example.com")]
 
 
+async def test_smtp_a_leads_idn_domain_goes_in_a_labels_without_smtputf8() -> None:
+    # the lead's Unicode domain made the message UTF-8: a server without SMTPUTF8 failed it
+    emulator = SmtpEmulator(api_key=env.API_KEY)
+    emulator.smtputf8 = False
+    emulator.kept = []
+    leads = [Lead(1, "anna@bücher.de", {})]
+    async with emulator:
+        client = create(env.provider_config("smtp", emulator), unsubscribe=env.unsubscribe_url)
+        try:
+            results = await client.send(
+                Batch(campaign=env.campaign(), shard_no=0, seq=0, leads=leads, upto=1)
+            )
+        finally:
+            await client.close()
+    assert [r.outcome for r in results] == [Outcome.SENT]
+    message = email.message_from_bytes(emulator.kept[0], policy=email.policy.default)
+    assert message["To"] == "anna@xn--bcher-kva.de"
+
+
 class SesCapture(SesEmulator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
