@@ -141,6 +141,18 @@ async def wait_for_status(
             await asyncio.sleep(0.05)
 
 
+async def wait_for_logged(
+    conn: asyncpg.Connection, campaign_id: int, at_least: int = 1, timeout: float = 20
+) -> None:
+    """Poll until the campaign has ``at_least`` rows in ``email_log``."""
+    async with asyncio.timeout(timeout):
+        while (
+            await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
+            < at_least
+        ):
+            await asyncio.sleep(0.02)
+
+
 def read_record(path: Path) -> list[dict[str, Any]]:
     """The sink's record: one JSON object per accepted recipient."""
     if not path.exists():

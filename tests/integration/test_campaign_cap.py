@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from mailerd import app, campaigns, shard
+from mailerd import config as config_mod
 from mailerd.db import campaigns as campaigns_db
 from mailerd.emulator import sink
 from tests.integration.helpers import (
@@ -22,6 +23,7 @@ from tests.integration.helpers import (
     new_campaign,
     recording_emulator,
     running_daemon,
+    wait_for_logged,
     wait_for_status,
 )
 
@@ -122,6 +124,11 @@ async def test_the_provider_gets_no_more_than_its_burst_after_a_batch_waited(
     assert _over_burst([at for at, _ in arrivals]) == []
 
 
+def _one_window(port: int) -> config_mod.Config:
+    """600 leads (200 match) in one shard, read in one window."""
+    return daemon_config(port, scheduler={"shard_size": 1000, "window_size": 1000, "poll_interval_s": 0.2})
+
+
 async def test_a_drain_in_the_last_windows_cap_wait_leaves_the_rest_for_the_next_owner(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
@@ -131,17 +138,10 @@ async def test_a_drain_in_the_last_windows_cap_wait_leaves_the_rest_for_the_next
     emulator = sink.Sink()
     port = await emulator.start()
     try:
-        config = daemon_config(
-            port, scheduler={"shard_size": 1000, "window_size": 1000, "poll_interval_s": 0.2}
-        )
+        config = _one_window(port)
         campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=10.0), config)
         async with running_daemon(config, dsn):  # 10/s: the first batch goes, the next waits 4 s
-            async with asyncio.timeout(20):
-                while (
-                    await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
-                    < 50
-                ):
-                    await asyncio.sleep(0.02)
+            await wait_for_logged(conn, campaign_id, 50)
         shard = await conn.fetchrow(
             "SELECT checkpoint, state FROM campaign_shards WHERE campaign_id = $1", campaign_id
         )
@@ -166,17 +166,10 @@ async def test_a_lead_deleted_while_its_read_window_waits_for_the_rate_is_not_se
     emulator = sink.Sink()
     port = await emulator.start()
     try:
-        config = daemon_config(
-            port, scheduler={"shard_size": 1000, "window_size": 1000, "poll_interval_s": 0.2}
-        )
+        config = _one_window(port)
         campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=25.0), config)
         async with running_daemon(config, dsn):  # 25/s: a batch of 50 every 2 s
-            async with asyncio.timeout(20):
-                while (
-                    await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id)
-                    < 50
-                ):
-                    await asyncio.sleep(0.02)
+            await wait_for_logged(conn, campaign_id, 50)
             await conn.execute("DELETE FROM leads WHERE id = $1", last)
             info = await wait_for_status(conn, campaign_id, timeout=30)
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -28,9 +27,10 @@ from tests.integration.helpers import (
     new_campaign,
     read_record,
     running_daemon,
+    wait_for_logged,
     wait_for_status,
 )
-from tests.integration.test_erasure import ADDRESS, KEY, LOWER, _lead, _text_hits
+from tests.integration.test_erasure import ADDRESS, KEY, LOWER, _event, _lead, _text_hits
 
 PADS = erasure.key_pads(KEY)
 HASH = hmac.digest(KEY, LOWER.encode(), "sha256")
@@ -64,18 +64,11 @@ async def _sent_then_erased(conn: asyncpg.Connection) -> tuple[int, int, int]:
 
 def _late(kind: EventKind, receipt: str, **fields: object) -> Event:
     """The provider's event, as it quotes the address (a receipt and a diagnostic that hold it)."""
-    return dataclasses.replace(
-        Event(
-            provider="sendgrid",
-            kind=kind,
-            occurred_at=dt.datetime.now(dt.UTC),
-            email=ADDRESS,
-            receipt=f"{receipt}:{ADDRESS}",
-            reason=f"550 5.1.1 <{ADDRESS.upper()}>: Recipient address rejected",
-            provider_type=f"feedback for {ADDRESS}",
-        ),
-        **fields,  # type: ignore[arg-type]
-    )
+    quoting: dict[str, object] = {
+        "reason": f"550 5.1.1 <{ADDRESS.upper()}>: Recipient address rejected",
+        "provider_type": f"feedback for {ADDRESS}",
+    }
+    return _event(kind, f"{receipt}:{ADDRESS}", **(quoting | fields))
 
 
 async def _record(conn: asyncpg.Connection, writer: Writer, batch: list[Event]) -> None:
@@ -235,11 +228,7 @@ async def test_a_lead_erased_while_its_batch_waits_is_not_sent(
         )
         campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=campaign_rate), config)
         async with running_daemon(config, dsn):
-            async with asyncio.timeout(20):
-                while not await conn.fetchval(
-                    "SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id
-                ):
-                    await asyncio.sleep(0.02)
+            await wait_for_logged(conn, campaign_id)
             await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=ids[-1])
             info = await wait_for_status(conn, campaign_id, timeout=60)
         await emulator.flush()
