@@ -38,7 +38,9 @@ DDL_LOCK_TIMEOUT_MS = 250
 # A campaign in one of these statuses may still send (a draft has no rows yet; finished, cancelled
 # and failed are final): its email_log rows are what keeps a lead from being emailed twice (a send
 # window's shard skips the leads already logged, crash recovery logs unknown only the reserved
-# leads without a row), so retention keeps them.
+# leads without a row), so retention keeps them; and its email_events rows with them, so its
+# record stays whole while it may go on (what its bounces were, when an operator weighs resuming
+# it after a guard paused it; a lead's history, log and events together).
 UNFINISHED_STATUSES = ("scheduled", "running", "paused")
 _DAY = dt.timedelta(days=1)
 
@@ -190,19 +192,19 @@ async def drop_before(
     """Detach and drop the partitions of days before ``cutoff``; purge older default rows.
 
     A partition is kept (action ``kept``), and so are such rows of the default partition, while
-    it holds ``email_log`` rows of a campaign not finished (cause ``campaign``: they keep its
-    leads from being emailed twice) or, with ``relay_positions``, a row that one of them has not
-    passed (cause ``relay``: retention never drops what the relay has not delivered). A lock not
-    granted in time leaves this day and the later ones to the next round (action ``deferred``).
+    it holds rows of a campaign not finished (cause ``campaign``: see
+    :data:`UNFINISHED_STATUSES`) or, with ``relay_positions``, a row that one of them has not
+    passed (cause ``relay``: retention never drops what the relay has not delivered). Either
+    rule alone keeps it. A lock not granted in time leaves this day and the later ones to the
+    next round (action ``deferred``).
     """
     unpassed, args = _unpassed(relay_positions or [])
-    unfinished = table == "email_log"
     actions: list[Action] = []
     for day in await existing_days(conn, table):
         if day >= cutoff:
             continue
         name = partition_name(table, day)
-        if unfinished and await conn.fetchval(
+        if await conn.fetchval(
             f"SELECT EXISTS (SELECT FROM campaigns c WHERE {_UNFINISHED} AND EXISTS "
             f"(SELECT FROM {name} p WHERE p.campaign_id = c.id))"
         ):
@@ -223,8 +225,7 @@ async def drop_before(
     where = f"{column} < ${len(args) + 1}"
     if unpassed:
         where += f" AND NOT ({unpassed})"
-    if unfinished:
-        where += f" AND NOT EXISTS (SELECT FROM campaigns c WHERE c.id = d.campaign_id AND {_UNFINISHED})"
+    where += f" AND NOT EXISTS (SELECT FROM campaigns c WHERE c.id = d.campaign_id AND {_UNFINISHED})"
     status = await conn.execute(f"DELETE FROM {table}_default d WHERE {where}", *args, low)
     purged = int(status.split()[-1])
     if purged:

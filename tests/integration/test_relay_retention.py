@@ -113,3 +113,87 @@ async def test_a_partition_holding_rows_of_a_campaign_not_finished_is_kept(conn:
     assert "purged email_log 1 rows older than 2025-12-01 from email_log_default" in actions
     assert metrics.PARTITIONS_KEPT_FOR_CAMPAIGNS.labels("email_log")._value.get() == 0
     assert await conn.fetchval("SELECT count(*) FROM email_log") == 0
+
+
+async def test_events_of_a_campaign_not_finished_are_kept_and_the_relay_still_holds_them(
+    conn: asyncpg.Connection,
+) -> None:
+    """A running or paused campaign's events went at retention while its log rows stayed: its
+    record came apart (the bounce classes an operator reads before resuming a guard's pause, a
+    lead's history). They are kept as its log rows are, and a campaign that ends no longer
+    keeps them, but the relay's rule still does while a destination has not passed them."""
+    config = config_mod.from_mapping({"kafka": {"bootstrap_servers": ["127.0.0.1:1"]}}, env={})
+    running, leads = await make_campaign(conn, 3)
+    done, _ = await finished_campaign(conn, 0)
+    older = OLD - dt.timedelta(days=1)
+    for day in (older, OLD):
+        await partitions.create_day(conn, "email_events", day.date())
+
+    async def add_events(rows: list[tuple[dt.datetime, int | None, int | None]]) -> None:
+        await conn.copy_records_to_table(
+            "email_events",
+            records=[
+                (at, at, 1, campaign, lead, "user@example.com", "soft_bounce", "sink")
+                for at, campaign, lead in rows
+            ],
+            columns=(
+                "received_at",
+                "occurred_at",
+                "account_id",
+                "campaign_id",
+                "lead_id",
+                "email",
+                "kind",
+                "provider",
+            ),
+        )
+
+    month_before = OLD - dt.timedelta(days=30)  # a day without a partition: the default partition
+    await add_events(
+        [
+            (OLD, running, leads[0]),
+            (older, done, 1),
+            (month_before, running, leads[1]),
+            (month_before, None, None),
+        ]
+    )
+    taken = await relay_db.take_positions(conn, ["kafka"], position_mod.earliest(), "test")
+
+    async def relay_passes_everything() -> None:
+        snapshot, _ = await outbox.snapshot(conn)
+        assert await relay_db.commit_position(
+            conn, "kafka", taken["kafka"].epoch, snapshot, as_of=dt.datetime.now(dt.UTC), published=1
+        )
+
+    await relay_passes_everything()
+    name = partitions.partition_name("email_events", OLD.date())
+    for status in ("running", "paused", "scheduled"):
+        await conn.execute("UPDATE campaigns SET status = $2 WHERE id = $1", running, status)
+        with capture_logs() as logs:
+            actions = [str(a) for a in await retention.maintain(conn, config, ahead_days=1, today=TODAY)]
+        assert f"kept email_events {name}: rows of campaigns not finished" in actions
+        assert metrics.PARTITIONS_KEPT_FOR_CAMPAIGNS.labels("email_events")._value.get() == 1
+        assert metrics.PARTITIONS_KEPT_FOR_RELAY.labels("email_events")._value.get() == 0
+        assert [
+            (entry["table"], entry["detail"])
+            for entry in logs
+            if entry["event"] == "partition_kept_for_campaign"
+        ] == [("email_events", f"{name}: rows of campaigns not finished")]
+        assert await conn.fetchval("SELECT count(*) FROM email_events WHERE campaign_id = $1", running) == 2
+    # The finished campaign's day and the unmatched event (no campaign) went at the first round.
+    assert await partitions.existing_days(conn, "email_events") == [OLD.date(), TODAY]
+    assert await conn.fetchval("SELECT count(*) FROM email_events WHERE campaign_id IS NULL") == 0
+
+    # A row the relay has not passed (it fell behind): the campaign's end does not drop it.
+    await add_events([(OLD, running, leads[2])])
+    await conn.execute("UPDATE campaigns SET status = 'finished' WHERE id = $1", running)
+    actions = [str(a) for a in await retention.maintain(conn, config, ahead_days=1, today=TODAY)]
+    assert f"kept email_events {name}: rows the relay has not passed" in actions
+    assert "purged email_events 1 rows older than 2025-12-01 from email_events_default" in actions
+    assert metrics.PARTITIONS_KEPT_FOR_CAMPAIGNS.labels("email_events")._value.get() == 0
+    assert metrics.PARTITIONS_KEPT_FOR_RELAY.labels("email_events")._value.get() == 1
+
+    await relay_passes_everything()
+    actions = [str(a) for a in await retention.maintain(conn, config, ahead_days=1, today=TODAY)]
+    assert f"dropped email_events {name}" in actions
+    assert await conn.fetchval("SELECT count(*) FROM email_events") == 0
