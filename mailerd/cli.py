@@ -172,7 +172,9 @@ async def _partitions(args: argparse.Namespace, config: config_mod.Config) -> in
     from mailerd.relay import retention
 
     ahead = args.days if args.days is not None else config.retention.partitions_ahead_days
-    if not 1 <= ahead <= 366:  # as [retention] partitions_ahead_days: 100000 made partitions to 2300
+    # 100000 made partitions to 2300. 1 is allowed here, unlike in the config: an on-demand run that
+    # creates fewer days removes none, and the daemon's rounds still create the configured ones.
+    if not 1 <= ahead <= 366:
         print("mailerd partitions: --days must be from 1 to 366", file=sys.stderr)
         return 1
     async with _connection(config) as conn:

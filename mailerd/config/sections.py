@@ -150,7 +150,12 @@ class RetentionConfig:
     """Daily partitions of the append-only tables: how far ahead, how long kept."""
 
     days: int = _within(90, 1, 36_500)
-    partitions_ahead_days: int = _within(7, 1, 366)
+    # Today's partition alone left no margin at midnight: the new day's rows went to the default
+    # partition until the next hourly round, which moved them while the day's writes waited (and a
+    # round deferred behind a long reader left the whole day there). Tomorrow's must exist already.
+    partitions_ahead_days: int = _within(
+        7, 2, 366, below="must be at least 2 (tomorrow's partition must exist before midnight)"
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -226,13 +226,27 @@ def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: st
             "[scheduler] max_shards_per_node: must be 0 (this node sends nothing) or more",
         ),
         ("[retention]\ndays = 0", "[retention] days: must be at least 1"),
-        ("[retention]\npartitions_ahead_days = 0", "[retention] partitions_ahead_days: must be at least 1"),
         ("[node]\nshutdown_grace_s = 0", "[node] shutdown_grace_s: must be positive"),
     ],
 )
 def test_invalid_values(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     assert load_error(path) == f"config error: {path}: {message}"
+
+
+@pytest.mark.parametrize("days", [0, 1])
+def test_partitions_are_created_at_least_a_day_ahead(tmp_path: Path, days: int) -> None:
+    """With 1, only today's partition existed: at midnight the new day's rows went to the
+    default partition until the next hourly round, which moved them (writes waiting meanwhile),
+    and a round deferred behind a long reader left the whole day there."""
+    message = "[retention] partitions_ahead_days: must be at least 2"
+    message += " (tomorrow's partition must exist before midnight)"
+    path = write(tmp_path, f"[retention]\npartitions_ahead_days = {days}")
+    assert load_error(path) == f"config error: {path}: {message}"
+    empty = write(tmp_path, "", "empty.toml")
+    assert load_error(empty, env={"MAILERD_RETENTION__PARTITIONS_AHEAD_DAYS": str(days)}).endswith(message)
+    two = config.load(empty, env={"MAILERD_RETENTION__PARTITIONS_AHEAD_DAYS": "2"})
+    assert two.retention.partitions_ahead_days == 2
 
 
 @pytest.mark.parametrize(
