@@ -11,6 +11,7 @@ statement reads their fields (``json_to_recordset``), so loading parses nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -196,18 +197,30 @@ def partition_name(table: str, month: dt.date) -> str:
     return f"{table}_p{month:%Y%m}"
 
 
-async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> list[str]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ensured:
+    """What :func:`ensure_partitions` did: the rows it moved out of the default partition (one
+    line per table), and the months it left for later (a table's lock was not granted in time)."""
+
+    moved: list[str]
+    deferred: set[dt.date]
+
+
+async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date]) -> Ensured:
     """Each month's partition of every partitioned table (already there: nothing happens).
 
     Rows of a month that had no partition when they came (retention dropped it while a late
-    record was on its way) sit in the default partition: they move into the new partition in the
-    same transaction, as on the main database (:func:`mailerd.db.partitions.create_partition`).
-    Returns what was moved, one line per table.
+    record was on its way, or its creation was deferred) sit in the default partition: they move
+    into the new partition in the same transaction, as on the main database
+    (:func:`mailerd.db.partitions.create_partition`).
 
     A partition whose lock is not granted in time (a long report reads the table) is left for
-    later (log ``reports_partition_deferred``): its records land in the default partition
-    meanwhile, and the hourly maintenance creates this month's and the next."""
+    later (log ``reports_partition_deferred``), and so are that table's later months of this
+    call, without waiting again: their records land in the default partition meanwhile, until a
+    later call creates the month (the caller tries the deferred months again)."""
     moved: list[str] = []
+    deferred: set[dt.date] = set()
+    busy: set[str] = set()  # tables whose lock was not granted in this call
     for month in sorted(set(months)):
         low = dt.datetime.combine(month, dt.time(), dt.UTC)
         high = dt.datetime.combine(next_month(month), dt.time(), dt.UTC)
@@ -215,16 +228,21 @@ async def ensure_partitions(conn: asyncpg.Connection, months: Iterable[dt.date])
             name = partition_name(table, month)
             if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
                 continue  # the common case, without a transaction or the lock
+            if table in busy:
+                deferred.add(month)
+                continue
             try:
                 rows = await partitions.create_partition(
                     conn, table, name, column, low, high, PARTITION_LOCK_KEY
                 )
             except asyncpg.LockNotAvailableError:
                 log.warning("reports_partition_deferred", partition=name, operation="create")
+                busy.add(table)
+                deferred.add(month)
                 continue
             if rows:
                 moved.append(f"moved {rows} rows from {table}_default to {name}")
-    return moved
+    return Ensured(moved, deferred)
 
 
 async def drop_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[str]:

@@ -30,11 +30,13 @@ async def migrate_reports(config: Config, main_dsn: str) -> list[str]:
     try:
         done = await migrate.migrate(conn, migrate.REPORTS)
         this_month = reports_load.month_of(dt.datetime.now(dt.UTC))
-        moved = await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)])
+        ensured = await reports_load.ensure_partitions(
+            conn, [this_month, reports_load.next_month(this_month)]
+        )
     finally:
         await conn.close()
     lines += [f"reports: applied {m.version:04d}_{m.name}" for m in done]
-    lines += [f"reports: {line}" for line in moved]
+    lines += [f"reports: {line}" for line in ensured.moved]
     return lines or ["reports: nothing to do: the schema is up to date"]
 
 
@@ -56,7 +58,8 @@ async def maintain(
     database's unless given: a node whose clock runs ahead would drop a month still kept."""
     now = now or await conn.fetchval("SELECT now()")
     this_month = reports_load.month_of(now)
-    for line in await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)]):
+    ensured = await reports_load.ensure_partitions(conn, [this_month, reports_load.next_month(this_month)])
+    for line in ensured.moved:
         log.warning("reports_partition_rows_moved", detail=line)
     cutoff = (now - dt.timedelta(days=retention_days)).date()
     return await reports_load.drop_before(conn, cutoff)

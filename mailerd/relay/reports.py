@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,10 @@ log = structlog.get_logger(__name__)
 NAME = "reports"
 RETENTION_MARGIN_DAYS = 2  # a node's clock may run ahead of this one's
 MIN_PART = 500  # emails or events per transaction, at least, when a batch is split across connections
+# A month whose partition was deferred (a long report held its lock) is tried again this long
+# after, by the next batch whether or not it has records of that month: one wait of the lock
+# timeout a minute at most, not one per batch, while the report runs.
+RETRY_DEFERRED_S = 60.0
 T = TypeVar("T")
 _BLOCK = 64  # SHA-256's block size (HMAC pads the key to it)
 
@@ -106,6 +111,7 @@ class ReportsDestination:
         dsn: str,
         privacy: PrivacyConfig,
         now: Callable[[], dt.datetime] = _utc_now,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._now = now
@@ -113,7 +119,9 @@ class ReportsDestination:
         key = privacy.erasure_key
         self._pads = key_pads(key.reveal().encode("utf-8")) if key is not None else None
         self._pool: asyncpg.Pool | None = None
-        self._months: set[dt.date] = set()
+        self._clock = clock
+        self._months: set[dt.date] = set()  # months whose partitions exist
+        self._deferred: dict[dt.date, float] = {}  # month -> when (clock) to try it again
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """Load every record; :class:`DestinationUnavailable` on any error (the relay retries
@@ -138,9 +146,11 @@ class ReportsDestination:
 
     async def _load_run(self, pool: asyncpg.Pool, run: Sequence[Record]) -> None:
         """Records between two erasures: their months' partitions first (committed, so the loads
-        do not serialise on creating them), then the emails and events in up to
-        ``load_connections`` transactions at once. Emails and events go in as their JSON (parsed
-        by the statement); ``Record.at`` is their partition's time (sent_at, received_at)."""
+        do not serialise on creating them; a month deferred behind a report is tried again
+        :data:`RETRY_DEFERRED_S` later, its records meanwhile in the default partition), then
+        the emails and events in up to ``load_connections`` transactions at once. Emails and
+        events go in as their JSON (parsed by the statement); ``Record.at`` is their partition's
+        time (sent_at, received_at)."""
         first_kept = self._first_kept_month()
         rows = [r for r in run if r.kind in ("email", "event")]
         kept_from = dt.datetime.combine(first_kept, dt.time(), dt.UTC)
@@ -153,12 +163,21 @@ class ReportsDestination:
         events = [r.value for r in kept if r.kind == "event"]
         changes = [_fields(r, ("at",)) for r in run if r.kind == "campaign"]
         self._months = {month for month in self._months if month >= first_kept}
-        months = {load.month_of(r.at) for r in kept} - self._months
+        self._deferred = {month: at for month, at in self._deferred.items() if month >= first_kept}
+        now = self._clock()
+        due = {month for month, at in self._deferred.items() if at <= now}
+        months = ({load.month_of(r.at) for r in kept} - self._months - self._deferred.keys()) | due
         if months:
             async with pool.acquire() as conn:
-                for line in await load.ensure_partitions(conn, months):
-                    log.warning("reports_partition_rows_moved", detail=line)
-            self._months |= months
+                ensured = await load.ensure_partitions(conn, months)
+            for line in ensured.moved:
+                log.warning("reports_partition_rows_moved", detail=line)
+            # A deferred month is not taken for made: its records would go to the default
+            # partition for as long as this process runs.
+            self._months |= months - ensured.deferred
+            for month in months:
+                self._deferred.pop(month, None)
+            self._deferred.update(dict.fromkeys(ensured.deferred, now + RETRY_DEFERRED_S))
         parts = self._config.load_connections
         jobs: list[Callable[[asyncpg.Connection], Awaitable[object]]] = [
             functools.partial(load.load_emails, values=part) for part in split(emails, parts, MIN_PART)

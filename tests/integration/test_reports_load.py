@@ -19,7 +19,7 @@ from mailerd.erasure import key_pads
 from mailerd.relay import records
 from mailerd.relay.destination import DestinationUnavailable
 from mailerd.relay.records import Record
-from mailerd.relay.reports import MIN_PART, ReportsDestination, split
+from mailerd.relay.reports import MIN_PART, RETRY_DEFERRED_S, ReportsDestination, split
 
 AT = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 KEY = "erasure-key-for-tests"
@@ -72,10 +72,11 @@ def destination(
     load_connections: int = 2,
     retention_days: int = 400,
     now: Callable[[], dt.datetime] = lambda: AT + dt.timedelta(days=1),  # the records' time, not the clock's
+    clock: Callable[[], float] = lambda: 0.0,
 ) -> ReportsDestination:
     privacy = config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY))
     config = config_mod.ReportsConfig(load_connections=load_connections, retention_days=retention_days)
-    return ReportsDestination(config, reports_dsn, privacy, now=now)
+    return ReportsDestination(config, reports_dsn, privacy, now=now, clock=clock)
 
 
 async def totals(conn: asyncpg.Connection, table: str) -> dict[str, int]:
@@ -350,7 +351,7 @@ async def test_rows_in_the_default_partition_move_into_their_month_when_it_is_cr
     assert await reports.fetchval("SELECT count(*) FROM report_events_p202405") == 0
     assert (await totals(reports, "report_campaign_minutes"))["sent"] == 1  # lead 1 was there already
     again = await reports_load.ensure_partitions(reports, [reports_load.month_of(old)])
-    assert again == []
+    assert again == reports_load.Ensured([], set())
 
 
 async def test_two_creators_of_a_month_with_rows_in_the_default_partition_move_them_once(
@@ -372,7 +373,7 @@ async def test_two_creators_of_a_month_with_rows_in_the_default_partition_move_t
         )
     finally:
         await other.close()
-    assert sorted(line for lines in results for line in lines) == [
+    assert sorted(line for result in results for line in result.moved) == [
         "moved 3 rows from report_emails_default to report_emails_p202405"
     ]
     assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 3
@@ -448,6 +449,71 @@ async def test_retention_behind_a_long_report_never_holds_up_loads(
         await target.close()
         await report.close()
         await maintainer.close()
+
+
+async def test_a_month_deferred_behind_a_report_is_created_once_the_lock_is_free(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """A month whose creation gave way to a long report was remembered as made: its rows stayed
+    in the default partition (and the later ones went there too) until the relay restarted.
+    It is tried again a while later, by the next batch even without records of that month."""
+    old = dt.datetime(2024, 5, 6, tzinfo=dt.UTC)  # a month the hourly maintenance does not make
+    clock = [0.0]
+    target = destination(reports_dsn, retention_days=36_500, clock=lambda: clock[0])
+    report = await connect.connect(reports_dsn)
+    try:
+        await target.deliver([email(1, at=AT)])
+        async with report.transaction():
+            await report.fetchval("SELECT count(*) FROM report_emails")  # holds every partition's lock
+            with capture_logs() as logs:
+                async with asyncio.timeout(5):
+                    await target.deliver([email(2, at=old)])
+        assert [
+            (e["operation"], e["partition"]) for e in logs if e["event"] == "reports_partition_deferred"
+        ] == [("create", "report_emails_p202405")]
+        assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 1
+
+        # The report is over, but the retry waits its time: no wait on a lock at every batch.
+        await target.deliver([email(3, at=old)])
+        assert not await reports.fetchval("SELECT to_regclass('report_emails_p202405') IS NOT NULL")
+        assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 2
+
+        clock[0] += RETRY_DEFERRED_S
+        with capture_logs() as logs:
+            await target.deliver([email(4, at=AT)])  # nothing of May 2024 in this batch
+        assert [e["detail"] for e in logs if e["event"] == "reports_partition_rows_moved"] == [
+            "moved 2 rows from report_emails_default to report_emails_p202405"
+        ]
+        assert await reports.fetchval("SELECT count(*) FROM report_emails_default") == 0
+        assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 2
+        await target.deliver([email(5, at=old)])
+        assert await reports.fetchval("SELECT count(*) FROM report_emails_p202405") == 3
+        assert (await totals(reports, "report_campaign_totals"))["sent"] == 5
+    finally:
+        await target.close()
+        await report.close()
+
+
+async def test_a_table_in_use_is_waited_for_once_per_call(
+    reports: asyncpg.Connection, reports_dsn: str
+) -> None:
+    """A batch of a replay spanning many months waited the lock timeout for each of them while
+    the report ran; the table's later months are now deferred with the first."""
+    months = [dt.date(2024, 5, 1), dt.date(2024, 6, 1), dt.date(2024, 7, 1)]
+    report = await connect.connect(reports_dsn)
+    try:
+        async with report.transaction():
+            await report.fetchval("SELECT count(*) FROM report_emails")
+            with capture_logs() as logs:
+                ensured = await reports_load.ensure_partitions(reports, months)
+    finally:
+        await report.close()
+    assert ensured == reports_load.Ensured([], set(months))
+    assert [e["partition"] for e in logs if e["event"] == "reports_partition_deferred"] == [
+        "report_emails_p202405"
+    ]
+    for month in months:  # the other table was free
+        assert await reports.fetchval("SELECT to_regclass($1) IS NOT NULL", f"report_events_p{month:%Y%m}")
 
 
 async def test_retention_counts_months_by_the_database_s_clock(
