@@ -11,7 +11,9 @@ those leads are never sent again; a webhook's events are refused with a 4xx.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -20,6 +22,8 @@ import structlog
 
 from mailerd import metrics
 from mailerd.db import dead_letters as dead_letters_db
+from mailerd.db import erasure as erasure_db
+from mailerd.models import Event
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +70,12 @@ def sqlstate(error: BaseException) -> str | None:
     return state if isinstance(state, str) else None
 
 
-async def record(conn: asyncpg.Connection, letter: Letter) -> None:
-    """Insert the dead letter (inside the caller's transaction)."""
+async def record(
+    conn: asyncpg.Connection, letter: Letter, erased_pads: tuple[bytes, bytes] | None = None
+) -> list[str]:
+    """Insert the dead letter (inside the caller's transaction); with ``erased_pads`` (the
+    erasure key's HMAC pads), without the addresses of erased people (:func:`scrub_erased`).
+    Returns the addresses cut out (for :func:`recorded`)."""
     await dead_letters_db.record(
         conn,
         dead_letters_db.DeadLetter(
@@ -82,10 +90,48 @@ async def record(conn: asyncpg.Connection, letter: Letter) -> None:
             payload=payload(letter.items),
         ),
     )
+    return [] if erased_pads is None else await scrub_erased(conn, letter, erased_pads)
 
 
-def recorded(letter: Letter) -> None:
-    """Count and log a dead letter once its transaction committed."""
+async def scrub_erased(conn: asyncpg.Connection, letter: Letter, pads: tuple[bytes, bytes]) -> list[str]:
+    """Cut out of the recorded letter's payload and error the addresses of its events that
+    belong to someone erased (as :func:`mailerd.events.record` tells them: the keyed hash in an
+    erasure of the event's account, and no lead with the address there again), the way the
+    erasure scrubs the dead letters already there. An erasure scrubs what was recorded before
+    it; this, what comes after. One lookup per dead letter that holds an address, none otherwise.
+    Returns the addresses cut out."""
+    seen: dict[tuple[int | None, str], None] = {}
+    for item in letter.items:
+        if isinstance(item, Event) and item.email and _storable(item.email):
+            seen.setdefault((item.account_id, item.email), None)
+    if not seen:
+        return []
+    keys = list(seen)
+    found = await erasure_db.erased_among(conn, [(a, e, None, None, None) for a, e in keys], *pads)
+    if not found:
+        return []
+    addresses = sorted({keys[n][1] for n in found})
+    await erasure_db.scrub_texts(
+        conn, "dead_letters", ("payload", "error"), addresses, "flush_id = $1", letter.id
+    )
+    log.info("erased_dead_letter_scrubbed", addresses=len(addresses))
+    return addresses
+
+
+def _storable(address: str) -> bool:
+    """Whether Postgres can take the address as text (else no lead had it: nothing erased it)."""
+    if "\x00" in address:
+        return False
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def recorded(letter: Letter, erased: Sequence[str] = ()) -> None:
+    """Count and log a dead letter once its transaction committed; the ``erased`` addresses
+    (:func:`record` cut them out of the stored letter) are not logged either."""
     metrics.DEAD_LETTERS.labels(letter.kind).inc(len(letter.items))
     log.error(
         "entry_dead_lettered",
@@ -95,8 +141,14 @@ def recorded(letter: Letter) -> None:
         seq=letter.seq,
         items=len(letter.items),
         sqlstate=sqlstate(letter.error),
-        error=safe_text(str(letter.error), MAX_ERROR_CHARS),
+        error=safe_text(_without(str(letter.error), erased), MAX_ERROR_CHARS),
     )
+
+
+def _without(text: str, addresses: Sequence[str]) -> str:
+    for address in addresses:
+        text = re.sub(re.escape(address), erasure_db.ERASED_MARK, text, flags=re.IGNORECASE)
+    return text
 
 
 def lost(letter: Letter, failure: BaseException) -> None:

@@ -291,12 +291,13 @@ class Writer:
             if entry.shard
             else []
         )
+        erased: list[str] = []  # addresses of erased people cut out of it
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     lost = await advance_checkpoints(conn, plans)
                     if not lost:
-                        await deadletter.record(conn, letter)
+                        erased = await deadletter.record(conn, letter, self._erased_pads)
                 break
             except Exception as exc:
                 if db.is_transient(exc):
@@ -313,7 +314,7 @@ class Writer:
             assert entry.shard is not None
             entry.shard.on_lost()
             return
-        deadletter.recorded(letter)
+        deadletter.recorded(letter, erased)
         for plan in plans:
             plan.shard.on_logged(plan.seqs, plan.complete)
         if entry.webhook:

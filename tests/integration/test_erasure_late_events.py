@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from mailerd import campaigns, erasure, events, segments
 from mailerd import config as config_mod
@@ -21,7 +22,7 @@ from mailerd.db import erasure as erasure_db
 from mailerd.db import leads as leads_db
 from mailerd.emulator import sink
 from mailerd.models import Event, EventKind, LogStatus
-from mailerd.writer import Writer
+from mailerd.writer import EventsRefused, Writer
 from tests.integration.helpers import (
     daemon_config,
     new_campaign,
@@ -256,3 +257,37 @@ async def test_an_erasure_that_commits_after_a_later_one_is_still_seen(
     finally:
         await slow.close()
     assert recent.erased(1, 101) and recent.erased(1, 202)
+
+
+async def test_a_late_event_postgres_refuses_is_dead_lettered_without_the_address(
+    conn: asyncpg.Connection, writer: Writer
+) -> None:
+    # the writer kept the refused event in dead_letters as it came: the address in its email,
+    # its receipt and its reason, after the erasure had scrubbed every copy
+    campaign_id, _, _ = await _sent_then_erased(conn)
+    kept = await _lead(conn, 1, "kept@example.com")
+    refused = dataclasses.replace(
+        _late(EventKind.HARD_BOUNCE, "late-3", provider_message_id="m-erin"),
+        reason=f"550 <{ADDRESS}>\x00 refused",  # a NUL: Postgres refuses the text
+    )
+    other = _event(
+        EventKind.HARD_BOUNCE, "kept-2", email="kept@example.com", campaign_id=campaign_id, lead_id=kept
+    )
+    other = dataclasses.replace(other, reason="550 <kept@example.com>\x00 refused")
+    # an address no text column can hold (nobody's) beside it: looked past, not a failure
+    unstorable = dataclasses.replace(other, email="x\ud800@example.com", receipt="x-1", reason=None)
+    for batch in ([refused], [other]):
+        with pytest.raises(EventsRefused):
+            await _record(conn, writer, batch)
+    with capture_logs() as logged, pytest.raises(EventsRefused):  # (resolve cannot look it up)
+        await (await writer.submit_events([unstorable, *await events.resolve(conn, [refused])]))
+    # asyncpg's error quotes the arguments: kept in the letter's error, and logged
+    [line] = [e for e in logged if e["event"] == "entry_dead_lettered"]
+    assert "['<erased>', " in line["error"] and LOWER not in line["error"].lower()
+    assert await _text_hits(conn, ADDRESS) == []
+    letters = await conn.fetch("SELECT kind, entries, payload FROM dead_letters ORDER BY id")
+    assert [(r["kind"], r["entries"]) for r in letters] == [("events", 1), ("events", 1), ("events", 2)]
+    assert "<erased>" in letters[0]["payload"] and "refused" in letters[0]["payload"]
+    assert "<erased>" in letters[2]["payload"] and "x\\ud800@example.com" in letters[2]["payload"]
+    # Someone not erased is kept as ever, for the operator to see.
+    assert "kept@example.com" in letters[1]["payload"]
