@@ -95,11 +95,12 @@ async def one_click(request: web.Request) -> web.Response:
     """POST /u/{token} with ``List-Unsubscribe=One-Click`` (RFC 8058): unsubscribe, answer 200.
 
     Recorded as an ``unsubscribe`` event whose receipt is ``campaign:lead``, so a repeat is
-    recorded once; answered only once committed, never with a redirect.
+    recorded once; answered only once committed, never with a redirect. The address suppressed
+    is the lead's, or, when the lead is gone, the one the token carries.
     """
     services = request.app[SERVICES]
     try:
-        account_id, campaign_id, lead_id = unsubscribe.read_token(
+        account_id, campaign_id, lead_id, sent_to = unsubscribe.read_token(
             _secret(request), request.match_info["token"]
         )
     except unsubscribe.BadToken:
@@ -121,6 +122,10 @@ async def one_click(request: web.Request) -> web.Response:
             email = await leads.email_of(conn, account_id, lead_id)
     except db.DB_ERRORS:
         raise ApiError(503, "unavailable", "cannot unsubscribe right now; please try again") from None
+    # A lead deleted or erased since: the address the email went to (the token carries it)
+    # still unsubscribes; an erased person's is kept as the erasure keeps it, a keyed hash
+    # (events.record), never in plain text again.
+    email = email or sent_to
     event = Event(
         provider="list-unsubscribe",
         kind=EventKind.UNSUBSCRIBE,

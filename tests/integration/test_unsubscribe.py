@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hmac
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,12 +14,15 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from mailerd import campaigns, http, unsubscribe
+from mailerd import campaigns, erasure, http, segments, unsubscribe
 from mailerd import config as config_mod
+from mailerd.db import leads as leads_db
 from mailerd.writer import Writer
 from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
+from tests.integration.test_erasure import _text_hits
 
 SECRET = "unsubscribe-test-secret-0123456789"
+ERASURE_KEY = "erasure-key-for-tests-0123456789"
 
 
 def _config() -> config_mod.Config:
@@ -27,14 +31,18 @@ def _config() -> config_mod.Config:
             "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
             "writer": {"flush_interval_ms": 10},
         },
-        env={"MAILERD_UNSUBSCRIBE__SECRET": SECRET, "MAILERD_ADMIN_TOKEN": "admin"},
+        env={
+            "MAILERD_UNSUBSCRIBE__SECRET": SECRET,
+            "MAILERD_ADMIN_TOKEN": "admin",
+            "MAILERD_PRIVACY__ERASURE_KEY": ERASURE_KEY,
+        },
     )
 
 
 @pytest.fixture
 async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     config = _config()
-    writer = Writer(pool, config.writer, config.webhooks)
+    writer = Writer(pool, config.writer, config.webhooks, privacy=config.privacy)
     task = asyncio.create_task(writer.run())
     app = http.build_app(http.Services(pool, config, http.Health(started=True), writer=writer))
     try:
@@ -55,8 +63,8 @@ async def lead(conn: asyncpg.Connection) -> tuple[int, int, int, str]:
     return 5, campaign_id, row["id"], row["email"]
 
 
-def _path(account_id: int, campaign_id: int, lead_id: int) -> str:
-    return "/u/" + unsubscribe.make_token(SECRET.encode(), account_id, campaign_id, lead_id)
+def _path(account_id: int, campaign_id: int, lead_id: int, email: str | None = None) -> str:
+    return "/u/" + unsubscribe.make_token(SECRET.encode(), account_id, campaign_id, lead_id, email)
 
 
 async def _state(conn: asyncpg.Connection, campaign_id: int) -> tuple[Any, ...]:
@@ -250,3 +258,84 @@ async def test_a_refused_body_is_answered_with_a_page_not_json(
     )
     assert (answer.status, answer.content_type) == (status, "text/html")
     assert await _state(conn, campaign_id) == before
+
+
+async def _one_click(client: TestClient[Any, Any], path: str) -> None:
+    answer = await client.post(path, data={"List-Unsubscribe": "One-Click"}, allow_redirects=False)
+    assert answer.status == 200
+    assert "unsubscribed" in await answer.text()
+
+
+async def test_a_lead_deleted_since_is_unsubscribed_by_the_address_its_email_went_to(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    # answered "unsubscribed" and suppressed nothing: the lead, the only place of its address,
+    # was gone; imported again, the person was mailed
+    account_id, campaign_id, lead_id, email = lead
+    sent_with = email.upper()  # as the lead was written when the email went out
+    await conn.execute("DELETE FROM leads WHERE id = $1", lead_id)
+    await _one_click(client, _path(account_id, campaign_id, lead_id, sent_with))
+    suppressed, events, unsubscribed, audited = await _state(conn, campaign_id)
+    assert suppressed == [(account_id, email.lower(), "unsubscribe", "list-unsubscribe")]
+    assert events == [(account_id, campaign_id, lead_id, email.lower(), "unsubscribe", "list-unsubscribe")]
+    assert (unsubscribed, audited) == (1, 1)
+
+
+async def test_a_lead_that_still_exists_is_unsubscribed_by_its_own_address(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    account_id, campaign_id, lead_id, email = lead
+    await _one_click(client, _path(account_id, campaign_id, lead_id, "someone-else@example.com"))
+    suppressed, _, _, _ = await _state(conn, campaign_id)
+    assert suppressed == [(account_id, email.lower(), "unsubscribe", "list-unsubscribe")]
+
+
+async def test_an_erased_lead_is_unsubscribed_as_a_keyed_hash_never_by_its_address(
+    client: TestClient[Any, Any],
+    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    lead: tuple[int, int, int, str],
+) -> None:
+    account_id, campaign_id, lead_id, email = lead
+    done = await erasure.erase(
+        conn, account_id=account_id, key=ERASURE_KEY.encode(), by="test", lead_id=lead_id
+    )
+    await _one_click(client, _path(account_id, campaign_id, lead_id, email))
+    assert await _text_hits(conn, email) == []
+    hashed = await conn.fetch("SELECT account_id, email_hash, reason, erasure_id FROM erased_suppressions")
+    key = hmac.digest(ERASURE_KEY.encode(), email.lower().encode(), "sha256")
+    assert [tuple(r) for r in hashed] == [(account_id, key, "unsubscribe", done.id)]
+    suppressed, events, unsubscribed, _ = await _state(conn, campaign_id)
+    assert suppressed == []
+    assert events == [(account_id, campaign_id, lead_id, None, "unsubscribe", "list-unsubscribe")]
+    assert unsubscribed == 1
+    # The person imported again is suppressed: the hash holds in the lead windows.
+    again = await conn.fetchval(
+        "INSERT INTO leads (account_id, email, attributes) VALUES ($1, $2, $3) RETURNING id",
+        account_id,
+        email,
+        {"plan": "pro"},
+    )
+    window = await leads_db.read_window(
+        pool,
+        account_id=account_id,
+        campaign_id=campaign_id,
+        segment=segments.parse({"field": "attributes.plan", "op": "eq", "value": "pro"}),
+        start=again - 1,
+        end=again,
+        skip_logged=False,
+        erased_pads=erasure.key_pads(ERASURE_KEY.encode()),
+    )
+    assert [(r["id"], r["suppressed"]) for r in window] == [(again, True)]
+
+
+async def test_a_link_without_the_address_for_a_lead_deleted_since_suppresses_nothing(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    """A version 1 token (an address too long to carry, an email sent before version 2)."""
+    account_id, campaign_id, lead_id, _ = lead
+    await conn.execute("DELETE FROM leads WHERE id = $1", lead_id)
+    await _one_click(client, _path(account_id, campaign_id, lead_id))
+    suppressed, events, unsubscribed, _ = await _state(conn, campaign_id)
+    assert suppressed == [] and unsubscribed == 1
+    assert events == [(account_id, campaign_id, lead_id, None, "unsubscribe", "list-unsubscribe")]
