@@ -9,7 +9,8 @@ provider's own tokens are taken later, by the worker that sends the batch, so th
 gets a batch on top of a burst that refilled while the batch waited here.
 
 Each recipient is counted once, when its batch is dispatched: a retry takes the provider's
-tokens again, not the campaign's.
+tokens again, not the campaign's. A lead dropped after the wait (deleted meanwhile) gives its
+tokens back (:meth:`CampaignCaps.refund`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ class CampaignCaps:
             else:
                 turn.cancel()  # left in the heap, skipped when its turn would come
                 cap.next_turn()
+
+    def refund(self, campaign: Campaign, count: int) -> None:
+        """Give back the tokens of ``count`` recipients :meth:`acquire` let through that will not
+        be dispatched after all (leads deleted while their batch waited): the next batch of the
+        campaign has them, up to the bucket's burst as any refund."""
+        cap = self._caps.get(campaign.id)
+        if cap is not None:
+            cap.bucket.refund(count)
 
     def forget(self, campaign_id: int) -> None:
         """This node holds nothing of the campaign any more: drop its bucket."""

@@ -372,12 +372,7 @@ class ShardRun:
             upto = end if index == len(chunks) - 1 else chunk[-1].id
             if time.monotonic() - read_at > STALE_WINDOW_S:
                 # Read long ago (a low rate, a quota): leads deleted or erased since are not sent.
-                present = await leads_db.still_present(
-                    self._pool, self.campaign.account_id, [x.id for x in chunk]
-                )
-                if quota is not None and len(present) < len(chunk):
-                    quota.refund(len(chunk) - len(present))
-                chunk = [lead for lead in chunk if lead.id in present]
+                chunk = await self._still_present(chunk)
                 if not chunk:
                     await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), [])
                     continue
@@ -390,6 +385,28 @@ class ShardRun:
                     quota.refund(len(chunk))
                 break
         return len(rows)
+
+    async def _still_present(self, chunk: list[Lead]) -> list[Lead]:
+        """The leads of ``chunk`` not deleted or erased since their window was read (one query).
+        What the others took of the campaign's cap and the quota goes back; all of it when the
+        query fails (the shard is then lost: nothing of the chunk goes)."""
+        try:
+            present = await leads_db.still_present(
+                self._pool, self.campaign.account_id, [x.id for x in chunk]
+            )
+        except db.DB_ERRORS:
+            self._give_back(len(chunk))
+            raise
+        if len(present) < len(chunk):
+            self._give_back(len(chunk) - len(present))
+        return [lead for lead in chunk if lead.id in present]
+
+    def _give_back(self, count: int) -> None:
+        """The campaign's cap tokens and the quota share of ``count`` leads that waited for them
+        and will not be dispatched: the campaign's next batches may use them."""
+        self._lane.caps.refund(self.campaign, count)
+        if self._lane.quota is not None:
+            self._lane.quota.refund(count)
 
     async def _submit(self, batch: Batch, rows: list[LogRow]) -> None:
         """Rows that need no sending (suppressed leads, empty windows) go straight to the writer."""

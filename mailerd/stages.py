@@ -106,6 +106,9 @@ class CapTaker(Protocol):
         """Wait until ``count`` recipients may be dispatched (the campaign's lowest shard
         first); False when ``stopped`` first."""
 
+    def refund(self, campaign: Campaign, count: int) -> None:
+        """Give back the tokens of recipients let through and not dispatched after all."""
+
     def forget(self, campaign_id: int) -> None:
         """This node holds nothing of the campaign any more."""
 

@@ -1,0 +1,155 @@
+"""What a shard took for leads it then does not dispatch goes back: a batch leaving long after its
+window was read drops the leads deleted meanwhile (``shard.STALE_WINDOW_S``), and their
+campaign-cap tokens were kept (the campaign's next batch waited for them again); a re-check
+that failed kept the whole batch's quota share. One claimed shard, its campaign's cap in
+virtual time, the real writer and quota."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mailerd import campaigns, providers, quota, quota_gate, shard, splitting
+from mailerd.campaign_caps import CampaignCaps
+from mailerd.config import WriterConfig
+from mailerd.db import campaigns as campaigns_db
+from mailerd.db import connect
+from mailerd.db import shards as shards_db
+from mailerd.models import Campaign
+from mailerd.stages import LaneQueue, ProviderLane
+from mailerd.writer import Writer
+from tests.integration.helpers import daemon_config, new_campaign
+
+BATCH = 50
+RATE = 50.0  # the campaign's: its bucket holds one batch, the second waits 1 s (virtual)
+
+
+@pytest.fixture
+async def writer(pool: asyncpg.Pool) -> AsyncIterator[Writer]:
+    running = Writer(pool, WriterConfig(flush_interval_ms=10))
+    task = asyncio.create_task(running.run())
+    yield running
+    running.close()
+    await asyncio.wait_for(task, 10)
+
+
+class Cap:
+    """The campaign's cap on a virtual clock; ``during_wait`` runs while a batch waits."""
+
+    def __init__(self, during_wait: Callable[[], Awaitable[None]]) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self._during_wait = during_wait
+        self.caps = CampaignCaps("sink", clock=lambda: self.now, sleep=self._sleep)
+
+    async def _sleep(self, seconds: float, stopped: asyncio.Event) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+        await self._during_wait()
+
+
+async def _leads(conn: asyncpg.Connection, count: int) -> list[int]:
+    await conn.copy_records_to_table(
+        "leads",
+        records=[(1, f"user{n}@example.com", {"plan": "pro"}) for n in range(count)],
+        columns=("account_id", "email", "attributes"),
+    )
+    return [r["id"] for r in await conn.fetch("SELECT id FROM leads ORDER BY id")]
+
+
+async def _claimed(conn: asyncpg.Connection, dsn: str, upto: int) -> tuple[Campaign, asyncpg.Record, Any]:
+    """A capped campaign with one shard over every lead, claimed as the scheduler claims it."""
+    campaign_id = await campaigns.create(conn, new_campaign(rate_per_s=RATE, start=False), daemon_config(1))
+    await shards_db.create(conn, campaign_id, [upto])
+    claim = await connect.connect(dsn)
+    row = await shards_db.take(claim, campaign_id, 0, "test-node")
+    assert row is not None
+    return splitting.campaign_from_row(await campaigns_db.get(conn, campaign_id)), row, claim
+
+
+def _run(
+    campaign: Campaign,
+    row: asyncpg.Record,
+    claim: Any,
+    pool: asyncpg.Pool,
+    writer: Writer,
+    cap: Cap,
+    gate: quota_gate.QuotaGate | None = None,
+) -> tuple[shard.ShardRun, ProviderLane]:
+    lane = ProviderLane(
+        name="sink",
+        provider=providers.create(daemon_config(1).provider("sink")),
+        queue=LaneQueue(maxsize=16),
+        batch_size=BATCH,
+        workers=1,
+        reservation_step=BATCH,
+        caps=cap.caps,
+        quota=gate,
+    )
+    run = shard.ShardRun(
+        campaign=campaign, row=row, claim=claim, pool=pool, lane=lane, sink=writer, window_size=1000
+    )
+    return run, lane
+
+
+def _queued(lane: ProviderLane) -> list[list[int]]:
+    items: Any = lane.queue._queue  # type: ignore[attr-defined]  # what waits for the senders
+    return [[lead.id for lead in batch.leads] for _, batch in items]
+
+
+async def test_leads_deleted_while_their_batch_waited_give_back_their_cap_tokens(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard, "STALE_WINDOW_S", -1.0)  # every batch re-checks its leads
+    ids = await _leads(conn, 3 * BATCH)
+    second = ids[BATCH : 2 * BATCH]
+
+    async def delete_the_second_batch() -> None:  # while it waits for its tokens
+        await conn.execute("DELETE FROM leads WHERE id = ANY($1::bigint[])", second)
+
+    cap = Cap(delete_the_second_batch)
+    run, lane = _run(*await _claimed(conn, dsn, ids[-1]), pool, writer, cap)
+    task = asyncio.create_task(run.run())
+    try:
+        async with asyncio.timeout(20):
+            while len(queued := _queued(lane)) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        run.stop("test")
+        await asyncio.wait_for(task, 20)
+        await lane.provider.close()
+    assert queued == [ids[:BATCH], ids[2 * BATCH :]]
+    # the first batch went at once (a full bucket), the second waited 1 s and was dropped whole;
+    # the third had its tokens (it waited 1 s more, for the leads that were not sent)
+    assert cap.waits == [1.0]
+
+
+async def test_a_failed_recheck_gives_back_the_batchs_quota_share(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard, "STALE_WINDOW_S", -1.0)
+    ids = await _leads(conn, 2 * BATCH)
+    reads = await connect.create_pool(dsn, min_size=1, max_size=2)  # the shard's: it goes away
+    gate = quota_gate.QuotaGate("sink", pool, quota.Schedule(daily_quota=10_000), step=BATCH)
+
+    async def lose_the_database() -> None:  # while the second batch waits for its tokens
+        await reads.close()
+
+    cap = Cap(lose_the_database)
+    run, lane = _run(*await _claimed(conn, dsn, ids[-1]), reads, writer, cap, gate)
+    try:
+        await asyncio.wait_for(run.run(), 20)  # the re-check failed: the shard is lost, released
+    finally:
+        await lane.provider.close()
+    assert run.lost and "reading leads failed" in run.stop_reason
+    # nothing was dispatched: every share reserved is back, the first batch's (taken back from
+    # the queue, as before) and the second's (it had taken its share and was not dispatched)
+    reserved = await conn.fetchval("SELECT sum(reserved) FROM provider_quota_hours WHERE provider = 'sink'")
+    assert reserved >= 2 * BATCH and gate.allowance == reserved
+    # and its cap tokens: the campaign's next batch does not wait for them again
+    assert await cap.caps.acquire(run.campaign, BATCH, asyncio.Event())
+    assert cap.waits == [1.0]
