@@ -184,6 +184,16 @@ class ProviderSender:
             return False
         return True
 
+    def _refund_tokens(self, delivery: _Delivery, dropped: list[int]) -> None:
+        """Recipients dropped after the rate waits (erased meanwhile) give their provider and
+        ``[pace.NAME]`` tokens back: the next batch need not wait for them again."""
+        self.bucket.refund(len(dropped))
+        if self._domain_buckets:
+            leads = delivery.batch.leads
+            ratelimit.refund_each(
+                pace.count_by_bucket(self._domain_buckets, (leads[i].email for i in dropped))
+            )
+
     async def _wait(self, wait: float, stopped: asyncio.Event) -> bool:
         """Sleep ``wait`` seconds unless the shard stops first; False if it has stopped."""
         if wait > 0:
@@ -204,7 +214,9 @@ class ProviderSender:
                 delivery.complete = False  # leave the unsent for whoever resumes the shard
                 break
             if self._erased:  # after every wait: an erasure may have come while it lasted
-                delivery.drop_erased(self._erased)
+                dropped = delivery.drop_erased(self._erased)
+                if dropped:
+                    self._refund_tokens(delivery, dropped)
                 if not delivery.pending:
                     break
             if not await self._call(run, delivery) or not delivery.pending:
@@ -364,8 +376,9 @@ class _Delivery:
         self.complete = True
         self.reached = False  # a call was answered (or may have been sent): the quota counts it
 
-    def drop_erased(self, erased: RecentErasures) -> None:
-        """Leads erased since the batch was read are not sent (logged ``suppressed``)."""
+    def drop_erased(self, erased: RecentErasures) -> list[int]:
+        """Leads erased since the batch was read are not sent (logged ``suppressed``); returns
+        their positions."""
         account_id, leads = self.batch.campaign.account_id, self.batch.leads
         gone = [index for index in self.pending if erased.erased(account_id, leads[index].id)]
         for index in gone:
@@ -373,6 +386,7 @@ class _Delivery:
         if gone:
             dropped = set(gone)
             self.pending = [index for index in self.pending if index not in dropped]
+        return gone
 
     def settle_pending(self, outcome: Outcome, error: str) -> None:
         for index in self.pending:

@@ -5,6 +5,7 @@ email_events, suppressions and suppression_audit, for the relay to publish after
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -16,7 +17,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from mailerd import campaigns, erasure, events, segments
+from mailerd import app, campaigns, erasure, events, segments
 from mailerd import config as config_mod
 from mailerd.db import erasure as erasure_db
 from mailerd.db import leads as leads_db
@@ -24,9 +25,11 @@ from mailerd.emulator import sink
 from mailerd.models import Event, EventKind, LogStatus
 from mailerd.writer import EventsRefused, Writer
 from tests.integration.helpers import (
+    VirtualTime,
     daemon_config,
     new_campaign,
     read_record,
+    recording_emulator,
     running_daemon,
     wait_for_logged,
     wait_for_status,
@@ -291,3 +294,36 @@ async def test_a_late_event_postgres_refuses_is_dead_lettered_without_the_addres
     assert "<erased>" in letters[2]["payload"] and "x\\ud800@example.com" in letters[2]["payload"]
     # Someone not erased is kept as ever, for the operator to see.
     assert "kept@example.com" in letters[1]["payload"]
+
+
+async def test_leads_dropped_as_erased_after_the_wait_give_back_their_tokens(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # the provider's and the [pace] group's tokens of the dropped leads were spent: the next
+    # batch waited for them (10 s at 1/s), as if they had been sent
+    ids = [
+        await _lead(conn, 1, f"person{n}@example.com") for n in range(30)
+    ]  # three batches of 10; the first batch's leads erased (the erasure record only: the
+    # window still reads them, as one read before the erasure)
+    await erasure_db.record(conn, 1, [], ids[:10], "test")
+    time = VirtualTime()
+    arrivals: list[tuple[float, str]] = []
+    emulator = recording_emulator("ses", time, arrivals, seed=1)
+    port = await emulator.start()
+    try:
+        config = daemon_config(
+            port,
+            provider={"concurrency": 1, "batch_size": 10, "rate_per_s": 1, "burst": 10},
+            pace={"example": {"domains": ["example.com"], "rate_per_s": 1, "burst": 10}},
+        )
+        timing = app.SenderTiming(clock=time.clock, sleep=time.sleep)
+        async with running_daemon(config, dsn, sender_timing=timing):
+            campaign_id = await campaigns.create(conn, new_campaign(), config)
+            info = await wait_for_status(conn, campaign_id)
+    finally:
+        await emulator.close()
+    erased = await conn.fetch("SELECT lead_id FROM email_log WHERE error = 'erased' ORDER BY lead_id")
+    assert [r["lead_id"] for r in erased] == ids[:10]
+    assert (info["sent"], info["suppressed"]) == (20, 10)
+    # the second batch went at once on the tokens the first gave back, the third 10 s later
+    assert sorted(collections.Counter(at for at, _ in arrivals).items()) == [(0.0, 10), (10.0, 10)]
