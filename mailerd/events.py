@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import datetime as dt
 import hashlib
+from collections.abc import Mapping
 
 import asyncpg
 import structlog
@@ -277,18 +278,22 @@ def counts(events: list[Event]) -> dict[int, list[int]]:
     return counts
 
 
-async def resolve(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+async def resolve(
+    conn: asyncpg.Connection, events: list[Event], *, provider_kinds: Mapping[str, str]
+) -> list[Event]:
     """Fill ``campaign_id``/``lead_id``/``account_id``: metadata, else message id, else address.
 
     Accounts stay apart. Metadata counts only when its campaign exists and its lead belongs to
-    that campaign's account. An event matched by address alone is a fact about the mailbox when
+    that campaign's account. A message id names only emails whose campaign's provider is of the
+    event's kind (``provider_kinds``: each configured provider's ``kind``; two providers may hand
+    out the same id). An event matched by address alone is a fact about the mailbox when
     it is a bounce (it becomes one event per account that has the address); a complaint or an
     unsubscribe is consent withdrawn from one sender, so by address alone it is attributed only
     when exactly one account has the address. An event that matches nothing is kept as it is
     (unmatched: recorded, suppressing nothing).
     """
     events = await _by_metadata(conn, await _lowered(conn, events))
-    events = await _by_message_id(conn, events)
+    events = await _by_message_id(conn, events, provider_kinds)
     events = await _by_address(conn, events)
     return await _with_addresses(conn, events)
 
@@ -381,27 +386,43 @@ async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Ev
     return result
 
 
-async def _by_message_id(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
-    """The provider's message id, in the recent email_log partitions. An id that names several
-    emails (one request sent a batch: SendGrid, Mailgun) names the one whose lead has the
-    event's address, or none: any other pick would suppress a lead who did not bounce or
-    complain, and leave the one who did."""
+async def _by_message_id(
+    conn: asyncpg.Connection, events: list[Event], provider_kinds: Mapping[str, str]
+) -> list[Event]:
+    """The provider's message id, in the recent email_log partitions, among the emails of the
+    event's provider (:func:`_sent_by`). An id that names several emails (one request sent a
+    batch: SendGrid, Mailgun) names the one whose lead has the event's address, or none: any
+    other pick would suppress a lead who did not bounce or complain, and leave the one who did."""
     wanted = {e.provider_message_id for e in events if not _matched(e) and e.provider_message_id}
     if not wanted:
         return events
     found = await events_db.by_message_id(conn, wanted, MESSAGE_ID_LOOKBACK)
     result = []
     for event in events:
-        hit = None if _matched(event) else _one_email(found.get(event.provider_message_id or "", []), event)
-        if hit is None:
+        if _matched(event) or not event.provider_message_id:
             result.append(event)
-        else:
+            continue
+        candidates = [
+            sent for sent in found.get(event.provider_message_id, []) if _sent_by(sent, event, provider_kinds)
+        ]
+        hit = _one_email(candidates, event)
+        if hit is not None:
             result.append(
                 dataclasses.replace(
                     event, campaign_id=hit.campaign_id, lead_id=hit.lead_id, account_id=hit.account_id
                 )
             )
+        else:
+            result.append(event)
     return result
+
+
+def _sent_by(sent: events_db.Sent, event: Event, provider_kinds: Mapping[str, str]) -> bool:
+    """Whether the event's provider can have sent the email: its campaign's provider is of the
+    webhook's kind, or the ``sink`` (it posts events in any provider's format). A provider no
+    longer configured is not ruled out."""
+    kind = provider_kinds.get(sent.provider)
+    return kind is None or kind == event.provider or kind == "sink"
 
 
 def _one_email(candidates: list[events_db.Sent], event: Event) -> events_db.Sent | None:

@@ -175,13 +175,15 @@ async def lead_accounts(conn: asyncpg.Connection, lead_ids: Collection[int]) -> 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sent:
-    """One email a provider message id names: its campaign, lead, account, and the lead's
-    address now (as :func:`lowered` gives it; None once the lead is gone)."""
+    """One email a provider message id names: its campaign, lead, account, the lead's address
+    now (as :func:`lowered` gives it; None once the lead is gone), and the campaign's provider
+    (its ``[providers.NAME]``)."""
 
     campaign_id: int
     lead_id: int
     account_id: int
     address: str | None
+    provider: str
 
 
 async def by_message_id(
@@ -192,7 +194,8 @@ async def by_message_id(
     one request sends it (SendGrid's ``X-Message-Id``, Mailgun's ``id``: up to a batch of
     leads)."""
     rows = await conn.fetch(
-        """SELECT e.provider_message_id, e.campaign_id, e.lead_id, c.account_id, lower(l.email) AS address
+        """SELECT e.provider_message_id, e.campaign_id, e.lead_id, c.account_id, lower(l.email) AS address,
+                  c.provider
            FROM email_log e JOIN campaigns c ON c.id = e.campaign_id
            LEFT JOIN leads l ON l.account_id = c.account_id AND l.id = e.lead_id
            WHERE e.provider_message_id = ANY($1::text[]) AND e.sent_at > now() - $2::interval""",
@@ -201,7 +204,7 @@ async def by_message_id(
     )
     found: dict[str, list[Sent]] = {}
     for r in rows:
-        sent = Sent(r["campaign_id"], r["lead_id"], r["account_id"], r["address"])
+        sent = Sent(r["campaign_id"], r["lead_id"], r["account_id"], r["address"], r["provider"])
         found.setdefault(r["provider_message_id"], []).append(sent)
     return found
 

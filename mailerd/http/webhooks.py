@@ -43,8 +43,9 @@ async def webhook(request: web.Request) -> web.Response:
         raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
     if events:
         try:
+            kinds = {name: section.kind for name, section in services.config.providers.items()}
             async with pool(request).acquire() as conn:
-                events = await events_mod.resolve(conn, events)
+                events = await events_mod.resolve(conn, events, provider_kinds=kinds)
             await record_events(services.writer, events)
         except db.DB_ERRORS as exc:
             # The provider retries on 5xx: nothing is lost by refusing now.

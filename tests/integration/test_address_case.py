@@ -62,7 +62,7 @@ def _bounce(email: str, **ids: Any) -> Event:
 
 
 async def _record(conn: asyncpg.Connection, event: Event, *, resolve: bool = True) -> list[Event]:
-    resolved = await events.resolve(conn, [event]) if resolve else [event]
+    resolved = await events.resolve(conn, [event], provider_kinds={}) if resolve else [event]
     async with conn.transaction():
         return (await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=86400)).events
 

@@ -122,7 +122,7 @@ async def _everywhere(conn: asyncpg.Connection, lead_id: int) -> int:
         provider_message_id="m-erin",
     )
     unmatched = _event(EventKind.DELIVERED, "evt-2", email=LOWER)
-    resolved = await events.resolve(conn, [bounce, unmatched])
+    resolved = await events.resolve(conn, [bounce, unmatched], provider_kinds={})
     async with conn.transaction():
         await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=3600)
     await conn.execute(

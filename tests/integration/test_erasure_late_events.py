@@ -77,7 +77,7 @@ def _late(kind: EventKind, receipt: str, **fields: object) -> Event:
 
 async def _record(conn: asyncpg.Connection, writer: Writer, batch: list[Event]) -> None:
     """As the webhook handler does: resolve, then wait for the writer's commit."""
-    resolved = await events.resolve(conn, batch)
+    resolved = await events.resolve(conn, batch, provider_kinds={})
     async with asyncio.timeout(20):
         await (await writer.submit_events(resolved))
 

@@ -42,7 +42,7 @@ def _event(kind: EventKind, *, campaign_id: int | None = None, lead_id: int | No
 
 
 async def _record(conn: asyncpg.Connection, event: Event) -> list[Event]:
-    resolved = await events.resolve(conn, [event])
+    resolved = await events.resolve(conn, [event], provider_kinds={})
     async with conn.transaction():
         await events.record(conn, resolved, soft_bounce_limit=3, soft_bounce_window_s=86400)
     return resolved
@@ -167,3 +167,57 @@ async def test_a_message_id_of_a_batch_names_the_lead_with_the_events_address(
     resolved = await _record(conn, unsubscribe)
     assert [(e.account_id, e.lead_id) for e in resolved] == [(None, None)]
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
+
+
+async def _log_sent(conn: asyncpg.Connection, campaign_id: int, lead_id: int, message_id: str) -> None:
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
+           VALUES (now(), $1, $2, 1, $3)""",
+        campaign_id,
+        lead_id,
+        message_id,
+    )
+
+
+async def _campaign_of(conn: asyncpg.Connection, account_id: int, provider: str) -> int:
+    campaign_id = await campaigns.create(
+        conn, new_campaign(account_id=account_id, start=False), daemon_config(1)
+    )
+    await conn.execute("UPDATE campaigns SET provider = $2 WHERE id = $1", campaign_id, provider)
+    return campaign_id
+
+
+async def test_a_message_id_names_only_emails_of_the_events_provider(conn: asyncpg.Connection) -> None:
+    """Two providers can hand out the same message id: a Postmark event is never given the email
+    a SendGrid campaign logged under that id."""
+    kinds = {"sg": "sendgrid", "pm": "postmark", "loopback": "sink"}
+    sendgrid_lead = await _lead(conn, 1, "a@example.com")
+    postmark_lead = await _lead(conn, 2, "b@example.com")
+    sendgrid_campaign = await _campaign_of(conn, 1, "sg")
+    postmark_campaign = await _campaign_of(conn, 2, "pm")
+    await _log_sent(conn, sendgrid_campaign, sendgrid_lead, "shared-id")
+    bounce = dataclasses.replace(
+        _event(EventKind.HARD_BOUNCE),
+        provider="postmark",
+        provider_type="HardBounce",
+        email="b@example.com",
+        provider_message_id="shared-id",
+    )
+    [resolved] = await events.resolve(conn, [bounce], provider_kinds=kinds)
+    # Not SendGrid's email (its lead in account 1 did not bounce): the address step's lead.
+    assert (resolved.campaign_id, resolved.lead_id, resolved.account_id) == (None, postmark_lead, 2)
+    # With Postmark's own email under the id too, the id names it, and only it.
+    await _log_sent(conn, postmark_campaign, postmark_lead, "shared-id")
+    unsubscribe = dataclasses.replace(
+        _event(EventKind.UNSUBSCRIBE), provider="postmark", email=None, provider_message_id="shared-id"
+    )
+    [resolved] = await events.resolve(conn, [unsubscribe], provider_kinds=kinds)
+    assert (resolved.campaign_id, resolved.lead_id, resolved.email) == (
+        postmark_campaign,
+        postmark_lead,
+        "b@example.com",
+    )
+    # The sink posts events in any provider's format: its emails stay candidates.
+    await conn.execute("UPDATE campaigns SET provider = 'loopback' WHERE id = $1", sendgrid_campaign)
+    [resolved] = await events.resolve(conn, [unsubscribe], provider_kinds=kinds)
+    assert resolved.account_id is None  # two candidates, no address: no one of them
