@@ -391,8 +391,11 @@ async def _by_message_id(
 ) -> list[Event]:
     """The provider's message id, in the recent email_log partitions, among the emails of the
     event's provider (:func:`_sent_by`). An id that names several emails (one request sent a
-    batch: SendGrid, Mailgun) names the one whose lead has the event's address, or none: any
-    other pick would suppress a lead who did not bounce or complain, and leave the one who did."""
+    batch: SendGrid, Mailgun) names the one whose lead has the event's address. When no one lead
+    has it (the event names no address, or the lead was deleted or changed its address since),
+    the event gets the batch's campaign and account and no lead: any lead picked could be one
+    who did not bounce or complain, and the address step would find leads the batch did not
+    email (or, for a complaint, another account's)."""
     wanted = {e.provider_message_id for e in events if not _matched(e) and e.provider_message_id}
     if not wanted:
         return events
@@ -411,6 +414,12 @@ async def _by_message_id(
                 dataclasses.replace(
                     event, campaign_id=hit.campaign_id, lead_id=hit.lead_id, account_id=hit.account_id
                 )
+            )
+        elif (batch := _one_campaign(candidates)) is not None:
+            # One batch, no one lead: the campaign and account are known all the same (counted
+            # in its stats, the address suppressed in its account), the lead is not.
+            result.append(
+                dataclasses.replace(event, campaign_id=batch.campaign_id, account_id=batch.account_id)
             )
         else:
             result.append(event)
@@ -434,6 +443,14 @@ def _one_email(candidates: list[events_db.Sent], event: Event) -> events_db.Sent
         return same[0]
     if candidates:
         log.info("webhook_message_id_ambiguous", provider=event.provider, emails=len(candidates))
+    return None
+
+
+def _one_campaign(candidates: list[events_db.Sent]) -> events_db.Sent | None:
+    """One of ``candidates`` when they are all of one campaign (a batch is one campaign's leads,
+    sent in one call), else None."""
+    if candidates and len({sent.campaign_id for sent in candidates}) == 1:
+        return candidates[0]
     return None
 
 

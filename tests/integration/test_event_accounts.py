@@ -160,13 +160,40 @@ async def test_a_message_id_of_a_batch_names_the_lead_with_the_events_address(
     assert [(e.campaign_id, e.lead_id) for e in resolved] == [(campaign_id, leads[1])]
     rows = await conn.fetch("SELECT account_id, email FROM suppressions")
     assert [tuple(r) for r in rows] == [(1, "lead1@example.com")]
-    # Without an address the batch's id names no one lead: nothing is suppressed.
+    # Without an address the batch's id names no one lead (its campaign all the same): nothing
+    # is suppressed.
     unsubscribe = dataclasses.replace(
         _event(EventKind.UNSUBSCRIBE), email=None, provider_message_id="sg-batch-1", receipt="evt-unsub-batch"
     )
     resolved = await _record(conn, unsubscribe)
-    assert [(e.account_id, e.lead_id) for e in resolved] == [(None, None)]
+    assert [(e.campaign_id, e.account_id, e.lead_id) for e in resolved] == [(campaign_id, 1, None)]
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
+
+
+async def test_an_event_of_a_batch_whose_lead_is_gone_counts_in_the_batchs_campaign(
+    conn: asyncpg.Connection,
+) -> None:
+    """The lead the event names was deleted after its batch went: the batch's id still names the
+    campaign and its account (it was stored with neither, its bounce counted in no campaign, and
+    the address step suppressed it in an account that the batch never emailed)."""
+    leads = [await _lead(conn, 1, f"lead{n}@example.com") for n in range(3)]
+    elsewhere = await _lead(conn, 2, "lead1@example.com")
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    for lead_id in leads:
+        await _log_sent(conn, campaign_id, lead_id, "sg-batch-2")
+    await conn.execute("DELETE FROM leads WHERE id = $1", leads[1])
+    bounce = dataclasses.replace(
+        _event(EventKind.HARD_BOUNCE), email="lead1@example.com", provider_message_id="sg-batch-2"
+    )
+    resolved = await _record(conn, bounce)
+    assert [(e.campaign_id, e.account_id, e.lead_id) for e in resolved] == [(campaign_id, 1, None)]
+    stored = await conn.fetch("SELECT campaign_id, account_id, lead_id FROM email_events")
+    assert [tuple(r) for r in stored] == [(campaign_id, 1, None)]
+    stats = await conn.fetchrow("SELECT bounced FROM campaign_stats WHERE campaign_id = $1", campaign_id)
+    assert stats["bounced"] == 1
+    rows = await conn.fetch("SELECT account_id, email FROM suppressions")
+    assert [tuple(r) for r in rows] == [(1, "lead1@example.com")]  # not account 2's lead
+    assert elsewhere not in {e.lead_id for e in resolved}
 
 
 async def _log_sent(conn: asyncpg.Connection, campaign_id: int, lead_id: int, message_id: str) -> None:
