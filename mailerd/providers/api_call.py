@@ -158,6 +158,20 @@ def _merged(errors: list[ProviderError]) -> ProviderError:
     return first
 
 
+def uncertain_part(
+    error: UncertainError, count: int, *, whole: bool, resend_uncertain: bool
+) -> list[RecipientResult]:
+    """The results of a call that may have gone through (``error``) for its ``count`` recipients.
+
+    A call that carried the ``whole`` batch raises ``error`` again: the sender takes the batch as
+    one uncertain call. A call of part of it (others failed to render before it) makes only its
+    own recipients unknown (retry with ``resend_uncertain``); a render-failed one stays failed.
+    """
+    if whole:
+        raise error
+    return [outcome_of(error, resend_uncertain)] * count
+
+
 def outcome_of(error: ProviderError, resend_uncertain: bool) -> RecipientResult:
     if isinstance(error, RetryableError | HaltError):
         return RecipientResult(Outcome.RETRY, error=error.reason)

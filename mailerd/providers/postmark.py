@@ -168,10 +168,12 @@ class PostmarkProvider:
             try:
                 sent = await self._call(path, body, len(messages))
             except UncertainError as exc:
-                if len(positions) == len(batch.leads):
-                    raise
-                # only the messages of the call are uncertain: a render-failed one stays failed
-                sent = [api_call.outcome_of(exc, batch.campaign.resend_uncertain)] * len(positions)
+                sent = api_call.uncertain_part(
+                    exc,
+                    len(positions),
+                    whole=len(positions) == len(batch.leads),
+                    resend_uncertain=batch.campaign.resend_uncertain,
+                )
             for position, result in zip(positions, sent, strict=True):
                 results[position] = result
         return [result for result in results if result is not None]

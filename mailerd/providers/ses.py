@@ -444,10 +444,9 @@ class SesProvider:
                 self._prepared.pop(campaign.id, None)
             raise
         except UncertainError as exc:
-            if whole:
-                raise
-            # only the entries of the call are uncertain: a render-failed lead stays failed
-            return [api_call.outcome_of(exc, campaign.resend_uncertain)] * len(entries)
+            return api_call.uncertain_part(
+                exc, len(entries), whole=whole, resend_uncertain=campaign.resend_uncertain
+            )
 
     def forget(self, campaign_id: int) -> None:
         """Drop the compiled content and template of a campaign this node no longer sends."""

@@ -121,6 +121,17 @@ def test_combined_calls() -> None:
         api_call.combine([([0, 1], UncertainError("timeout"))], 2, resend_uncertain=False)
 
 
+def test_an_uncertain_call_of_the_whole_batch_is_raised_and_of_part_of_it_is_its_recipients() -> None:
+    error = UncertainError("reset")
+    with pytest.raises(UncertainError) as caught:
+        api_call.uncertain_part(error, 3, whole=True, resend_uncertain=False)
+    assert caught.value is error
+    unknown = api_call.uncertain_part(error, 2, whole=False, resend_uncertain=False)
+    assert unknown == [RecipientResult(Outcome.UNKNOWN, error="uncertain: reset")] * 2
+    resent = api_call.uncertain_part(error, 2, whole=False, resend_uncertain=True)
+    assert resent == [RecipientResult(Outcome.RETRY, error="reset")] * 2
+
+
 @pytest.mark.parametrize(
     "entry", [None, "x", {"ErrorCode": [406]}, {"ErrorCode": {"a": 1}}, {"ErrorCode": False}]
 )
