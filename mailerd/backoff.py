@@ -46,6 +46,13 @@ def delay(
     return wait
 
 
+def capped_retry_after(retry_after: float | None, cap: float) -> float | None:
+    """A server's ``retry_after`` (seconds), at most ``cap``; None stays None. ``Retry-After:
+    9999999999`` or a date in 2099 would otherwise hold whoever waits on it for centuries while
+    it looks busy."""
+    return None if retry_after is None else min(retry_after, cap)
+
+
 def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
 

@@ -228,13 +228,10 @@ class ProviderSender:
                 )
                 break
             delivery.retried += len(delivery.pending)
-            retry_after = delivery.retry_after
             cap = self.config.max_retry_after_s
-            if retry_after is not None and retry_after > cap:
-                # 9999999999 or a date in 2099 would hold the worker (the lane, at concurrency 1)
-                # for centuries while the campaign looks running
-                run.log.warning("provider_retry_after_capped", retry_after_s=retry_after, cap_s=cap)
-                retry_after = cap
+            retry_after = backoff.capped_retry_after(delivery.retry_after, cap)
+            if retry_after != delivery.retry_after:
+                run.log.warning("provider_retry_after_capped", retry_after_s=delivery.retry_after, cap_s=cap)
             delay = backoff.delay(
                 attempt,
                 base=self.config.backoff_base_s,

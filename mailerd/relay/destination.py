@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from mailerd import backoff
 from mailerd.relay.records import Record
 
 MAX_RETRY_AFTER_S = 3600.0  # the longest wait a destination's Retry-After gets
@@ -24,8 +25,7 @@ class DestinationUnavailable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.acknowledged = acknowledged
-        # at most an hour: "Retry-After: 9999999999" stopped the destination (and a replay) for centuries
-        self.retry_after = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER_S)
+        self.retry_after = backoff.capped_retry_after(retry_after, MAX_RETRY_AFTER_S)
 
 
 class DeliveryRefused(Exception):

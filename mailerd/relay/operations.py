@@ -181,6 +181,6 @@ async def _deliver(destination: Destination, batch: Sequence[Record], result: Re
             attempt += 1
             if attempt >= REPLAY_ATTEMPTS:
                 raise OperationError(f"{destination.name} unavailable: {exc.reason}") from exc
-            wait = None if exc.retry_after is None else min(exc.retry_after, REPLAY_MAX_WAIT_S)
+            wait = backoff.capped_retry_after(exc.retry_after, REPLAY_MAX_WAIT_S)
             await asyncio.sleep(backoff.delay(attempt, base=0.5, cap=10.0, retry_after=wait))
     return refused

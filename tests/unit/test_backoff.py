@@ -96,6 +96,13 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert backoff.parse_retry_after(value, now=NOW) == expected
 
 
+def test_capped_retry_after_keeps_what_is_within_the_cap() -> None:
+    assert backoff.capped_retry_after(None, 60.0) is None
+    assert backoff.capped_retry_after(30.0, 60.0) == 30.0
+    assert backoff.capped_retry_after(60.0, 60.0) == 60.0
+    assert backoff.capped_retry_after(9_999_999_999.0, 60.0) == 60.0
+
+
 def test_parse_retry_after_with_naive_now_and_default_now() -> None:
     naive = NOW.replace(tzinfo=None)
     assert backoff.parse_retry_after("Wed, 01 May 2024 12:00:30 GMT", now=naive) == 30.0
