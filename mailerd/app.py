@@ -427,9 +427,9 @@ def _seed_rate(sender: ProviderSender, max_send_rate: float | None) -> None:
 
 def _seed_quota(sender: ProviderSender, gate: quota_gate.QuotaGate, max_24_hour_send: int | None) -> None:
     """The lower of ``daily_quota`` and the account's ``Max24HourSend`` (logged when it changes)."""
-    before = gate.schedule.daily_quota
+    before = gate.schedule.daily_limit
     gate.set_account_quota(max_24_hour_send)
-    quota = gate.schedule.daily_quota
+    quota = gate.schedule.daily_limit
     if quota == before:
         return
     log.info(
@@ -451,7 +451,7 @@ def _seed_quota(sender: ProviderSender, gate: quota_gate.QuotaGate, max_24_hour_
 async def _account_refresh_loop(sender: ProviderSender, stop: asyncio.Event) -> None:
     """``seed_rate_from_account``: read the account again every ``account_refresh_s`` (an hour),
     so a quota the provider raised (or lowered) applies without a restart, and what other
-    senders on the account sent since counts against the daily quota."""
+    senders on the account sent since counts against its own quota."""
     while not stop.is_set():
         await aio.sleep_unless(sender.config.account_refresh_s, stop)
         if stop.is_set():

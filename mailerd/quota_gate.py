@@ -82,13 +82,14 @@ class QuotaGate:
         self._remaining = metrics.PROVIDER_QUOTA_REMAINING.labels(provider)
 
     def set_account_quota(self, max_24_hour_send: int | None) -> None:
-        """``seed_rate_from_account``: the account's ``Max24HourSend`` when lower than the
-        configured quota. Read again later, a raised quota replaces the one read before."""
+        """``seed_rate_from_account``: the account's ``Max24HourSend``, a limit beside the
+        configured quota (it alone counts what the account sent elsewhere). Read again later, a
+        raised quota replaces the one read before."""
         self.schedule = self._configured.with_account_quota(max_24_hour_send)
 
     async def count_sent_elsewhere(self, sent_24h: int) -> int:
         """``seed_rate_from_account``: what the account sent in the last 24 hours beyond what the
-        nodes reserved counts against the quota. Returns how much was added."""
+        nodes reserved counts against the account's quota. Returns how much was added."""
         if not self.schedule.limited:
             return 0
         async with self._pool.acquire() as conn:

@@ -53,12 +53,19 @@ async def reserve(
         await _lock(conn, provider)
         now = await conn.fetchval("SELECT clock_timestamp()")  # after the lock: the hour it lands in
         rows = await conn.fetch(
-            """SELECT hour, reserved FROM provider_quota_hours
+            """SELECT hour, reserved, elsewhere FROM provider_quota_hours
                WHERE provider = $1 AND hour >= date_trunc('hour', $2::timestamptz) - interval '48 hours'""",
             provider,
             now,
         )
-        decision = quota.decide(schedule, [(r["hour"], r["reserved"]) for r in rows], now, want, need)
+        decision = quota.decide(
+            schedule,
+            [(r["hour"], r["reserved"]) for r in rows],
+            now,
+            want,
+            need,
+            elsewhere=[(r["hour"], r["elsewhere"]) for r in rows],
+        )
         hour = quota.hour_of(now)
         if decision.granted:
             await conn.execute(
@@ -107,22 +114,24 @@ async def give_back(conn: asyncpg.Connection, provider: str, hour: dt.datetime, 
 
 
 async def count_sent_elsewhere(conn: asyncpg.Connection, provider: str, sent_24h: int) -> int:
-    """What the account sent in the last 24 hours beyond what the nodes reserved (SES
-    ``SentLast24Hours``: another sender on the account, or sends from before mailerd counted)
-    is added to the current hour, so the quota counts it too. Returns how much was added."""
+    """What the account sent in the last 24 hours beyond what the nodes reserved and earlier
+    reads added (SES ``SentLast24Hours``: another sender on the account, or sends from before
+    mailerd counted) is added to the current hour's ``elsewhere``, so the account's quota counts
+    it too (never ``daily_quota``, mailerd's share, nor the warm-up: :func:`mailerd.quota.decide`).
+    Returns how much was added."""
     async with conn.transaction():
         await _lock(conn, provider)
         reserved = await conn.fetchval(
-            """SELECT coalesce(sum(reserved), 0) FROM provider_quota_hours
+            """SELECT coalesce(sum(reserved + elsewhere), 0) FROM provider_quota_hours
                WHERE provider = $1 AND hour >= date_trunc('hour', clock_timestamp()) - interval '24 hours'""",
             provider,
         )
         missing = max(0, sent_24h - reserved)
         if missing:
             await conn.execute(
-                """INSERT INTO provider_quota_hours AS q (provider, hour, reserved)
+                """INSERT INTO provider_quota_hours AS q (provider, hour, elsewhere)
                    VALUES ($1, date_trunc('hour', clock_timestamp()), $2)
-                   ON CONFLICT (provider, hour) DO UPDATE SET reserved = q.reserved + EXCLUDED.reserved""",
+                   ON CONFLICT (provider, hour) DO UPDATE SET elsewhere = q.elsewhere + EXCLUDED.elsewhere""",
                 provider,
                 missing,
             )

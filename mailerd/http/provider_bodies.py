@@ -41,11 +41,20 @@ class Quota(msgspec.Struct, frozen=True):
     """The daily quota and warm-up cap as the last reservation of any node saw them."""
 
     daily_limit: Annotated[
-        int | None, msgspec.Meta(description="daily_quota or the account's Max24HourSend (null: none)")
+        int | None,
+        msgspec.Meta(
+            description="daily_quota or the account's Max24HourSend, the one with less room left (null: none)"
+        ),
     ]
     warmup_day: Annotated[int | None, msgspec.Meta(description="the warm-up's day number (null: none)")]
     warmup_limit: Annotated[int | None, msgspec.Meta(description="today's warm-up cap (null: none)")]
-    reserved_24h: Annotated[int, msgspec.Meta(description="reserved by the nodes over the rolling 24 hours")]
+    reserved_24h: Annotated[
+        int,
+        msgspec.Meta(
+            description="counted against daily_limit over the rolling 24 hours: what the nodes reserved, "
+            "and against Max24HourSend what the account sent elsewhere too"
+        ),
+    ]
     reserved_today: Annotated[int, msgspec.Meta(description="reserved since today's UTC midnight")]
     exhausted_until: Annotated[
         Time | None, msgspec.Meta(description="used up: campaigns wait until then (else null)")

@@ -251,6 +251,31 @@ async def test_the_account_quota_and_what_it_sent_elsewhere_are_read_from_the_pr
     assert emulator.counters.accepted - 40 <= 110 and emulator.quota_refused_calls == 0
 
 
+async def test_what_was_sent_elsewhere_counts_against_the_account_not_against_mailerds_share(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # daily_quota is mailerd's share of the account (docs/guards.md); the other senders' volume
+    # (SentLast24Hours) is theirs. It counted against the share as well: with 400 of the 1000
+    # sent elsewhere, a share of 150 let nothing through.
+    await add_leads(conn, 1, LEADS)
+    emulator = sink.Sink(max_24_hour_send=1000)
+    emulator.counters.accepted = 400
+    port = await emulator.start()
+    config = daemon_config(
+        port, provider={"seed_rate_from_account": True, "daily_quota": 150}, guards={"quota_recheck_s": 0.2}
+    )
+    try:
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            info = await _waiting_for_quota(conn, campaign_id, emulator, at_least=150, elsewhere=400)
+    finally:
+        await emulator.close()
+    assert info["status"] == "running" and "daily quota of 150 reached" in info["quota_reason"]
+    assert emulator.counters.accepted - 400 == 150
+    elsewhere = await conn.fetchval("SELECT sum(elsewhere) FROM provider_quota_hours")
+    assert elsewhere == 400
+
+
 async def test_a_quota_the_provider_raised_applies_without_a_restart(
     conn: asyncpg.Connection, dsn: str
 ) -> None:

@@ -92,11 +92,30 @@ def test_both_limits_reached_wait_for_the_later() -> None:
 
 def test_the_account_quota_lowers_the_configured_one_never_raises_it() -> None:
     configured = quota.Schedule(daily_quota=50_000)
-    assert configured.with_account_quota(200).daily_quota == 200
-    assert configured.with_account_quota(1_000_000).daily_quota == 50_000
-    assert configured.with_account_quota(None).daily_quota == 50_000
+    assert configured.with_account_quota(200).daily_limit == 200
+    assert configured.with_account_quota(1_000_000).daily_limit == 50_000
+    assert configured.with_account_quota(None).daily_limit == 50_000
     assert quota.Schedule().with_account_quota(-1) == quota.Schedule()  # SES: -1 is unlimited
     assert quota.Schedule().with_account_quota(200).limited
+
+
+def test_what_was_sent_elsewhere_counts_against_the_account_quota_only() -> None:
+    """daily_quota is mailerd's share of the account, the warm-up what mailerd sends a day: the
+    other senders' volume (SentLast24Hours beyond the reservations) is neither. It used to be
+    added to the reservations and counted against all three."""
+    elsewhere = _hours_ago(400)
+    share = quota.Schedule(daily_quota=150).with_account_quota(1000)
+    decision = quota.decide(share, _hours_ago(100), NOW, 100, elsewhere=elsewhere)
+    assert decision.granted == 50 and (decision.daily_limit, decision.reserved_24h) == (150, 150)
+    # The account's quota counts both: 500 of 600 used leaves 100, less than the share's 600.
+    tight = quota.Schedule(daily_quota=1000).with_account_quota(600)
+    decision = quota.decide(tight, _hours_ago(0, 400), NOW, 200, need=200, elsewhere=_hours_ago(100))
+    assert decision.granted == 100 and (decision.daily_limit, decision.reserved_24h) == (600, 600)
+    assert decision.reason == "daily quota of 600 reached (600 reserved in the last 24 h)"
+    assert decision.exhausted_until == quota.hour_of(NOW) - HOUR + 25 * HOUR  # the 400 leave
+    # Without an account quota nothing counts it; nor does the warm-up.
+    warmup = quota.Schedule(warmup=((1, 100),), warmup_start=dt.date(2026, 12, 1))
+    assert quota.decide(warmup, [], NOW, 100, elsewhere=elsewhere).granted == 100
 
 
 def test_each_account_quota_read_replaces_the_last() -> None:
@@ -104,11 +123,11 @@ def test_each_account_quota_read_replaces_the_last() -> None:
     configured quota back (it was the lowest ever read)."""
     gate = quota_gate.QuotaGate("ses", None, quota.Schedule(daily_quota=50_000), step=100)  # type: ignore[arg-type]
     gate.set_account_quota(150)
-    assert gate.schedule.daily_quota == 150
+    assert gate.schedule.daily_limit == 150
     gate.set_account_quota(400)
-    assert gate.schedule.daily_quota == 400
+    assert gate.schedule.daily_limit == 400
     gate.set_account_quota(None)
-    assert gate.schedule.daily_quota == 50_000
+    assert gate.schedule.daily_limit == 50_000
     unconfigured = quota_gate.QuotaGate("ses", None, quota.Schedule(), step=100)  # type: ignore[arg-type]
     unconfigured.set_account_quota(150)
     unconfigured.set_account_quota(-1)
