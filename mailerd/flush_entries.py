@@ -65,7 +65,9 @@ def gather_rows(
     entries: list[Entry],
 ) -> tuple[list[LogRow], dict[int, list[int]], list[tuple[Entry, StatusCounts]]]:
     """All rows of a flush, the counters per campaign (sent, failed, unknown, suppressed,
-    retried), and each entry's status counts (for the metrics once committed)."""
+    retried, rejected), and each entry's status counts (for the metrics once committed).
+    ``rejected``: the failed rows whose SMTP rejection the entry carries as an event (one per
+    recipient), so the guards' sample counts every email a receiver answered for."""
     stats: dict[int, list[int]] = {}
     records: list[LogRow] = []
     per_entry: list[tuple[Entry, StatusCounts]] = []
@@ -78,10 +80,11 @@ def gather_rows(
         # Every row of an entry belongs to one campaign (one batch, or one window).
         counts = stats.get(entry.rows[0][1])
         if counts is None:
-            counts = stats[entry.rows[0][1]] = [0, 0, 0, 0, 0]
+            counts = stats[entry.rows[0][1]] = [0, 0, 0, 0, 0, 0]
         for index, count in enumerate(entry_counts):
             counts[index] += count
         counts[4] += entry.retried
+        counts[5] += len(entry.events or ())
     return records, stats, per_entry
 
 

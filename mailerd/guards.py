@@ -4,10 +4,11 @@ The writer calls :meth:`CampaignGuard.check` after each flush that committed, wi
 the flush counted something for (emails or events). The check reads ``campaign_stats`` (counters
 that the same flushes keep: primary-key look-ups, never the log) and pauses, through
 :func:`mailerd.db.campaigns.change_status` with cause ``guard`` and the generation it read, each
-running campaign that has sent at least ``min_sample`` emails since its guard baseline and whose
-hard-bounce, complaint or blocked rate passes its maximum. So a campaign pauses in the flush that
-commits the event crossing a threshold (at most ``EVENT_FLUSH_S`` after the webhook arrived),
-on whichever node received it; every node stops it on the NOTIFY.
+running campaign that has sent at least ``min_sample`` emails since its guard baseline (sent, or
+rejected by an SMTP server: a rejection is a bounce of an email logged failed, so it is in the
+sample too) and whose hard-bounce, complaint or blocked rate passes its maximum. So a campaign
+pauses in the flush that commits the event crossing a threshold (at most ``EVENT_FLUSH_S`` after
+the webhook arrived), on whichever node received it; every node stops it on the NOTIFY.
 
 An operator's resume after a guard pause moves the baseline to the counters of that moment
 (:func:`mailerd.db.stats.reset_guard_baseline`): the guard judges the emails sent from then on.
@@ -35,12 +36,20 @@ SIGNALS = ("bounce", "complaint", "blocked")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Counts:
-    """What a guard judges: emails sent, and of them hard bounces (no block), complaints, blocks."""
+    """What a guard judges: emails sent, and rejected by an SMTP server (logged failed), and of
+    them hard bounces (no block), complaints, blocks. A rejection is a bounce of an email that
+    is not ``sent``: both belong to the sample, or a rate could pass 100 %."""
 
     sent: int
     hard_bounced: int
     complained: int
     blocked: int
+    rejected: int = 0
+
+    @property
+    def sample(self) -> int:
+        """The emails the rates are over: every one a receiver answered for."""
+        return self.sent + self.rejected
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,22 +77,28 @@ class Verdict:
 
 
 def judge(
-    counts: Counts, limits: Limits, *, scope: str = "campaign", prefix: str = "", sample: str = "sent"
+    counts: Counts, limits: Limits, *, scope: str = "campaign", prefix: str = "", window: str = ""
 ) -> Verdict | None:
-    """The first rate above its maximum, once the sample is large enough; None: all is well.
-    ``prefix`` names the keys (``provider_``), ``sample`` the sample (``sent in 24 h``)."""
-    if counts.sent < limits.min_sample or counts.sent <= 0:
+    """The first rate above its maximum, once the sample (sent and rejected) is large enough;
+    None: all is well. ``prefix`` names the keys (``provider_``), ``window`` the sample's
+    (`` in 24 h``)."""
+    total = counts.sample
+    if total < limits.min_sample or total <= 0:
         return None
+    if counts.rejected:
+        sample = f"of {total} emails{window}: {counts.sent} sent, {counts.rejected} rejected in SMTP"
+    else:
+        sample = f"of {total} sent{window}"
     checks = (
         ("bounce", "hard-bounce rate", counts.hard_bounced, "max_bounce_rate", limits.max_bounce_rate),
         ("complaint", "complaint rate", counts.complained, "max_complaint_rate", limits.max_complaint_rate),
         ("blocked", "blocked rate", counts.blocked, "max_blocked_rate", limits.max_blocked_rate),
     )
     for signal, label, count, key, threshold in checks:
-        rate = count / counts.sent
+        rate = count / total
         if rate > threshold:
             reason = (
-                f"guard: {scope} {label} {percent(rate)} ({count} of {counts.sent} {sample}) "
+                f"guard: {scope} {label} {percent(rate)} ({count} {sample}) "
                 f"exceeds {prefix}{key} {percent(threshold)}"
             )
             return Verdict(signal, reason)
@@ -108,7 +123,9 @@ class CampaignGuard:
             return []
         paused = []
         for row in await stats_db.guard_counts(conn, sorted(campaign_ids), self.limits.min_sample):
-            counts = Counts(row["sent"], row["hard_bounced"], row["complained"], row["blocked"])
+            counts = Counts(
+                row["sent"], row["hard_bounced"], row["complained"], row["blocked"], row["rejected"]
+            )
             verdict = judge(counts, self.limits)
             if verdict is None:
                 continue

@@ -29,7 +29,7 @@ from mailerd.db import provider_usage as usage_db
 
 log = structlog.get_logger(__name__)
 
-SAMPLE = "sent in 24 h"
+WINDOW = " in 24 h"
 
 
 def limits_for(config: GuardsConfig, provider: ProviderConfig | None) -> guards.Limits:
@@ -54,13 +54,13 @@ def limits_for(config: GuardsConfig, provider: ProviderConfig | None) -> guards.
 
 
 def counts_of(usage: usage_db.Usage) -> guards.Counts:
-    return guards.Counts(usage.sent, usage.hard_bounced, usage.complained, usage.blocked)
+    return guards.Counts(usage.sent, usage.hard_bounced, usage.complained, usage.blocked, usage.rejected)
 
 
 def judge(usage: usage_db.Usage, limits: guards.Limits) -> guards.Verdict | None:
     """The campaign guard's rule over the provider's rolling window, with the provider keys."""
     return guards.judge(
-        counts_of(usage), limits, scope=f"provider {usage.provider}", prefix="provider_", sample=SAMPLE
+        counts_of(usage), limits, scope=f"provider {usage.provider}", prefix="provider_", window=WINDOW
     )
 
 
@@ -175,7 +175,9 @@ async def sample(
 
 
 def rates(usage: usage_db.Usage) -> tuple[float, float, float]:
-    """(bounce, complaint, blocked) rates over the window; zeros before the first email."""
-    if usage.sent <= 0:
+    """(bounce, complaint, blocked) rates over the window's sample (sent, and rejected by an SMTP
+    server), as the guard judges them; zeros before the first email."""
+    sample = usage.sample
+    if sample <= 0:
         return 0.0, 0.0, 0.0
-    return usage.hard_bounced / usage.sent, usage.complained / usage.sent, usage.blocked / usage.sent
+    return usage.hard_bounced / sample, usage.complained / sample, usage.blocked / sample

@@ -15,8 +15,11 @@ from mailerd.config import Config
 
 
 def _line(info: dict[str, Any]) -> str:
+    rejected = info.get("rejected") or 0
     text = (
-        f"{info['name']}: sent {info['sent']:,} in 24 h, hard bounces {info['bounce_rate']:.3%}, "
+        f"{info['name']}: sent {info['sent']:,} in 24 h"
+        + (f" (and {rejected:,} rejected in SMTP)" if rejected else "")
+        + f", hard bounces {info['bounce_rate']:.3%}, "
         f"complaints {info['complaint_rate']:.3%}, blocks {info['blocked_rate']:.3%}"
     )
     hold = info.get("hold")

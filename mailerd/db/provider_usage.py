@@ -54,50 +54,66 @@ class Release:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
-    """A provider's counters over the rolling window, since the last release (if in it)."""
+    """A provider's counters over the rolling window, since the last release (if in it):
+    ``rejected`` are the emails an SMTP server refused (logged failed, their rejection counted in
+    ``hard_bounced`` or ``blocked``); the guard's sample is ``sent`` and ``rejected``."""
 
     provider: str
     sent: int
     hard_bounced: int
     complained: int
     blocked: int
+    rejected: int = 0
+
+    @property
+    def sample(self) -> int:
+        """The emails the guard judges the rates over: sent, and rejected by an SMTP server."""
+        return self.sent + self.rejected
 
 
 def per_campaign(
     outcomes: Mapping[int, Sequence[int]], events: Mapping[int, Sequence[int]]
-) -> dict[int, tuple[int, int, int, int]]:
-    """(sent, hard_bounced, complained, blocked) per campaign of one flush, from the writer's
-    outcome counters (sent first) and the events' counters (delivered, bounced, complained,
-    unsubscribed, hard_bounced, blocked). Campaigns with nothing to add are left out."""
-    result: dict[int, tuple[int, int, int, int]] = {}
+) -> dict[int, tuple[int, int, int, int, int]]:
+    """(sent, hard_bounced, complained, blocked, rejected) per campaign of one flush, from the
+    writer's outcome counters (sent first, rejected sixth) and the events' counters (delivered,
+    bounced, complained, unsubscribed, hard_bounced, blocked). Campaigns with nothing to add are
+    left out."""
+    result: dict[int, tuple[int, int, int, int, int]] = {}
     for campaign_id in outcomes.keys() | events.keys():
-        sent = outcomes[campaign_id][0] if campaign_id in outcomes else 0
+        outcome = outcomes.get(campaign_id, ())
+        sent = outcome[0] if outcome else 0
+        rejected = outcome[5] if len(outcome) > 5 else 0
         event = events.get(campaign_id)
-        row = (sent, event[4], event[2], event[5]) if event is not None else (sent, 0, 0, 0)
+        row = (
+            (sent, event[4], event[2], event[5], rejected) if event is not None else (sent, 0, 0, 0, rejected)
+        )
         if any(row):
             result[campaign_id] = row
     return result
 
 
-async def add(conn: asyncpg.Connection, counts: Mapping[int, tuple[int, int, int, int]]) -> None:
+async def add(conn: asyncpg.Connection, counts: Mapping[int, tuple[int, int, int, int, int]]) -> None:
     """Add one flush's counters to the current hour of each campaign's provider: one statement,
     the providers in name order (every node locks the rows in the same order)."""
     if not counts:
         return
     ids = list(counts)
     await conn.execute(
-        """INSERT INTO provider_usage AS u (provider, hour, sent, hard_bounced, complained, blocked)
+        """INSERT INTO provider_usage AS u
+               (provider, hour, sent, hard_bounced, complained, blocked, rejected)
            SELECT c.provider, date_trunc('hour', now()), sum(v.sent), sum(v.hard_bounced),
-                  sum(v.complained), sum(v.blocked)
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-                AS v(campaign_id, sent, hard_bounced, complained, blocked)
+                  sum(v.complained), sum(v.blocked), sum(v.rejected)
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                       $6::bigint[])
+                AS v(campaign_id, sent, hard_bounced, complained, blocked, rejected)
            JOIN campaigns c ON c.id = v.campaign_id
            GROUP BY c.provider ORDER BY c.provider
            ON CONFLICT (provider, hour) DO UPDATE SET
                sent = u.sent + EXCLUDED.sent, hard_bounced = u.hard_bounced + EXCLUDED.hard_bounced,
-               complained = u.complained + EXCLUDED.complained, blocked = u.blocked + EXCLUDED.blocked""",
+               complained = u.complained + EXCLUDED.complained, blocked = u.blocked + EXCLUDED.blocked,
+               rejected = u.rejected + EXCLUDED.rejected""",
         ids,
-        *([counts[c][i] for c in ids] for i in range(4)),
+        *([counts[c][i] for c in ids] for i in range(5)),
     )
 
 
@@ -107,10 +123,12 @@ _USAGE = f"""
            coalesce(sum(u.sent), 0)::bigint - coalesce(max(b.base_sent), 0) AS sent,
            coalesce(sum(u.hard_bounced), 0)::bigint - coalesce(max(b.base_hard_bounced), 0) AS hard_bounced,
            coalesce(sum(u.complained), 0)::bigint - coalesce(max(b.base_complained), 0) AS complained,
-           coalesce(sum(u.blocked), 0)::bigint - coalesce(max(b.base_blocked), 0) AS blocked
+           coalesce(sum(u.blocked), 0)::bigint - coalesce(max(b.base_blocked), 0) AS blocked,
+           coalesce(sum(u.rejected), 0)::bigint - coalesce(max(b.base_rejected), 0) AS rejected
     FROM unnest($1::text[]) AS p(provider)
     LEFT JOIN LATERAL (
-        SELECT h.base_hour, h.base_sent, h.base_hard_bounced, h.base_complained, h.base_blocked
+        SELECT h.base_hour, h.base_sent, h.base_hard_bounced, h.base_complained, h.base_blocked,
+               h.base_rejected
         FROM provider_holds h
         WHERE h.provider = p.provider AND h.released_at IS NOT NULL AND h.base_hour >= {WINDOW_START}
         ORDER BY h.released_at DESC LIMIT 1) b ON true
@@ -124,7 +142,10 @@ async def usage(conn: asyncpg.Connection, providers: Sequence[str]) -> list[Usag
     """Each provider's counters over the rolling window since its last release (primary-key
     range scans of at most :data:`WINDOW_BUCKETS` rows each)."""
     rows = await conn.fetch(_USAGE, sorted(set(providers)))
-    return [Usage(r["provider"], r["sent"], r["hard_bounced"], r["complained"], r["blocked"]) for r in rows]
+    return [
+        Usage(r["provider"], r["sent"], r["hard_bounced"], r["complained"], r["blocked"], r["rejected"])
+        for r in rows
+    ]
 
 
 async def unheld_providers_of(conn: asyncpg.Connection, campaign_ids: Sequence[int]) -> list[str]:
@@ -206,11 +227,13 @@ async def release(conn: asyncpg.Connection, provider: str, reason: str, by: str)
         """WITH base AS (
                SELECT date_trunc('hour', now()) AS hour,
                       coalesce(max(sent), 0) AS sent, coalesce(max(hard_bounced), 0) AS hard_bounced,
-                      coalesce(max(complained), 0) AS complained, coalesce(max(blocked), 0) AS blocked
+                      coalesce(max(complained), 0) AS complained, coalesce(max(blocked), 0) AS blocked,
+                      coalesce(max(rejected), 0) AS rejected
                FROM provider_usage WHERE provider = $1 AND hour = date_trunc('hour', now()))
            UPDATE provider_holds h SET released_at = now(), released_by = $3, release_reason = $2,
                   base_hour = base.hour, base_sent = base.sent, base_hard_bounced = base.hard_bounced,
                   base_complained = base.complained, base_blocked = base.blocked,
+                  base_rejected = base.rejected,
                   base_snapshot = txid_current_snapshot()
            FROM base WHERE h.provider = $1 AND h.released_at IS NULL
            RETURNING h.provider, h.signal, h.reason, h.since""",

@@ -29,23 +29,27 @@ async def ensure(conn: asyncpg.Connection, campaign_id: int) -> None:
 
 
 async def add_outcomes(conn: asyncpg.Connection, counts: Mapping[int, Sequence[int]]) -> None:
-    """Add (sent, failed, unknown, suppressed, retried) per campaign id."""
+    """Add (sent, failed, unknown, suppressed, retried[, rejected]) per campaign id; ``rejected``
+    (0 when left out) are the failed emails an SMTP server refused (the guards' sample)."""
     if not counts:
         return
     ids = list(counts)
     await conn.execute(
-        """INSERT INTO campaign_stats AS cs (campaign_id, sent, failed, unknown, suppressed, retried)
+        """INSERT INTO campaign_stats AS cs
+               (campaign_id, sent, failed, unknown, suppressed, retried, rejected)
            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                                $5::bigint[], $6::bigint[])
+                                $5::bigint[], $6::bigint[], $7::bigint[])
            ON CONFLICT (campaign_id) DO UPDATE SET
                sent = cs.sent + EXCLUDED.sent,
                failed = cs.failed + EXCLUDED.failed,
                unknown = cs.unknown + EXCLUDED.unknown,
                suppressed = cs.suppressed + EXCLUDED.suppressed,
                retried = cs.retried + EXCLUDED.retried,
+               rejected = cs.rejected + EXCLUDED.rejected,
                updated_at = now()""",
         ids,
         *([counts[c][i] for c in ids] for i in range(5)),
+        [counts[c][5] if len(counts[c]) > 5 else 0 for c in ids],
     )
 
 
@@ -85,16 +89,18 @@ async def add_events(
 async def guard_counts(
     conn: asyncpg.Connection, campaign_ids: Sequence[int], min_sample: int
 ) -> list[asyncpg.Record]:
-    """For the running campaigns of ``campaign_ids`` that have sent at least ``min_sample``
-    emails since their guard baseline: id, status generation, and sent, hard_bounced,
-    complained and blocked since the baseline (primary-key look-ups, never the log)."""
+    """For the running campaigns of ``campaign_ids`` whose sample since their guard baseline
+    (emails sent, and emails an SMTP server rejected) is at least ``min_sample``: id, status
+    generation, and sent, rejected, hard_bounced, complained and blocked since the baseline
+    (primary-key look-ups, never the log)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT c.id, c.status_generation AS generation,
-                  s.sent - s.guard_sent AS sent, s.hard_bounced - s.guard_hard_bounced AS hard_bounced,
+                  s.sent - s.guard_sent AS sent, s.rejected - s.guard_rejected AS rejected,
+                  s.hard_bounced - s.guard_hard_bounced AS hard_bounced,
                   s.complained - s.guard_complained AS complained, s.blocked - s.guard_blocked AS blocked
            FROM campaign_stats s JOIN campaigns c ON c.id = s.campaign_id
            WHERE s.campaign_id = ANY($1::bigint[]) AND c.status = 'running'
-             AND s.sent - s.guard_sent >= $2
+             AND (s.sent - s.guard_sent) + (s.rejected - s.guard_rejected) >= $2
            ORDER BY c.id""",
         list(campaign_ids),
         min_sample,
@@ -107,7 +113,8 @@ async def reset_guard_baseline(conn: asyncpg.Connection, campaign_id: int) -> No
     snapshot taken with them tells the emails logged before (their bounces, arriving late, are
     added to the baseline by :func:`add_events`: counted against no email sent after it)."""
     await conn.execute(
-        """UPDATE campaign_stats SET guard_sent = sent, guard_hard_bounced = hard_bounced,
+        """UPDATE campaign_stats SET guard_sent = sent, guard_rejected = rejected,
+                  guard_hard_bounced = hard_bounced,
                   guard_complained = complained, guard_blocked = blocked,
                   guard_since = now(), guard_snapshot = txid_current_snapshot()
            WHERE campaign_id = $1""",

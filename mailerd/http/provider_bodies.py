@@ -71,6 +71,7 @@ class ProviderStatus(msgspec.Struct, frozen=True):
     hard_bounced: int
     complained: int
     blocked: int
+    rejected: int  # emails an SMTP server refused (failed); the rates are over sent + rejected
     bounce_rate: float
     complaint_rate: float
     blocked_rate: float

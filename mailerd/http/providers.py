@@ -26,6 +26,7 @@ def _answer(found: provider_guard.Status) -> bodies.ProviderStatus:
         hard_bounced=usage.hard_bounced,
         complained=usage.complained,
         blocked=usage.blocked,
+        rejected=usage.rejected,
         bounce_rate=bounce,
         complaint_rate=complaint,
         blocked_rate=blocked,

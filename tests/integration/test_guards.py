@@ -5,6 +5,7 @@ resume overrides the guard, which then judges only what is sent from then on."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -96,6 +97,16 @@ async def _log_sent(writer: Writer, campaign_id: int, leads: range) -> None:
     await (await writer.submit(None, 0, rows))  # type: ignore[arg-type]
 
 
+async def _log_rejected(writer: Writer, campaign_id: int, leads: range, **fields: str) -> None:
+    """Log the leads failed on an SMTP rejection, each with its bounce event in the same flush,
+    as the sender submits them; return once committed."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [(now, campaign_id, n, LogStatus.FAILED, None, "550 5.1.1 no such user") for n in leads]
+    events = _events(campaign_id, EventKind.HARD_BOUNCE, len(leads), leads.start, **fields)
+    events = [dataclasses.replace(e, receipt=f"smtp:{campaign_id}:{e.lead_id}") for e in events]
+    await (await writer.submit(None, 0, rows, events=events))  # type: ignore[arg-type]
+
+
 async def _judged(writer: Writer, campaign_id: int) -> None:
     """Return once the guards have judged every flush before: the writer judges after each flush,
     before it takes the next one, so one more flush committed is enough."""
@@ -178,13 +189,51 @@ async def test_late_bounces_of_emails_sent_before_a_resume_do_not_count_after_it
         assert (judged["sent"], judged["hard_bounced"]) == (1000, 40)
 
         # The 41st bounce passes the maximum: the guard still acts after a resume. It is an SMTP
-        # rejection, recorded in the flush that logs its email (failed, so not one more sent).
+        # rejection, recorded in the flush that logs its email (failed, not sent: in the sample
+        # as rejected).
         failed = [(dt.datetime.now(dt.UTC), campaign_id, 21_000, LogStatus.FAILED, None, "550 5.1.1")]
         rejection = _events(campaign_id, EventKind.HARD_BOUNCE, 1, 21_000)
         await (await writer.submit(None, 0, failed, events=rejection))  # type: ignore[arg-type]
         info = await wait_for_status(conn, campaign_id, ("paused",), timeout=10)
         assert info["reason"] == (
-            "guard: campaign hard-bounce rate 4.1% (41 of 1000 sent) exceeds max_bounce_rate 4%"
+            "guard: campaign hard-bounce rate 4.1% (41 of 1001 emails: 1000 sent, 1 rejected in SMTP) "
+            "exceeds max_bounce_rate 4%"
+        )
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_smtp_rejections_are_in_the_sample_so_no_rate_passes_100_percent(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """An email an SMTP server refuses is logged failed and its rejection counts as a bounce (or
+    a block): the guard divided by the emails sent alone, so 1,100 rejections beside 1,000 sent
+    paused at "110% (1100 of 1000 sent)", and a campaign whose every recipient was refused was
+    never judged (0 sent). The sample is now every email a receiver answered for."""
+    refused = await _running_campaign(conn, sent=0)
+    mixed = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(min_sample=1000, max_bounce_rate=0.04, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        await _log_sent(writer, mixed, range(1000))
+        await _log_rejected(writer, mixed, range(1000, 2100))
+        info = await wait_for_status(conn, mixed, ("paused",), timeout=10)
+        assert info["reason"] == (
+            "guard: campaign hard-bounce rate 52.4% (1100 of 2100 emails: 1000 sent, "
+            "1100 rejected in SMTP) exceeds max_bounce_rate 4%"
+        )
+        assert (info["sent"], info["failed"], info["hard_bounced"]) == (1000, 1100, 1100)
+
+        await _log_rejected(writer, refused, range(999))
+        await _judged(writer, refused)
+        assert (await campaigns.show(conn, refused) or {})["status"] == "running"  # 999: no sample yet
+        await _log_rejected(writer, refused, range(999, 1000))
+        info = await wait_for_status(conn, refused, ("paused",), timeout=10)
+        assert info["reason"] == (
+            "guard: campaign hard-bounce rate 100% (1000 of 1000 emails: 0 sent, "
+            "1000 rejected in SMTP) exceeds max_bounce_rate 4%"
         )
     finally:
         writer.close()

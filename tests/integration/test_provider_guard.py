@@ -20,7 +20,7 @@ from mailerd.emulator import webhooks as emulator_webhooks
 from mailerd.models import EventKind
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
-from tests.integration.test_guards import _events, _judged, _log_sent, _running_campaign
+from tests.integration.test_guards import _events, _judged, _log_rejected, _log_sent, _running_campaign
 
 TOKEN = "provider-guard-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -204,6 +204,37 @@ async def test_late_bounces_of_emails_sent_before_a_release_do_not_count_after_i
             "guard: provider sink hard-bounce rate 4.1% (41 of 1000 sent in 24 h) "
             "exceeds provider_max_bounce_rate 4%"
         )
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_smtp_rejections_are_in_the_provider_sample(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """Emails an SMTP server refused are logged failed, their rejections counted as bounces: the
+    provider's rates were over its sent emails alone (1,100 bounces "of" 1,000 sent: 110 %)."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(
+        min_sample=10**8, provider_min_sample=1000, provider_max_bounce_rate=0.04
+    )
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        await _log_sent(writer, campaign_id, range(1000))
+        await _log_rejected(writer, campaign_id, range(1000, 2100))
+        hold = await _hold(conn, "sink")
+        assert hold.reason == (
+            "guard: provider sink hard-bounce rate 52.4% (1100 of 2100 emails in 24 h: 1000 sent, "
+            "1100 rejected in SMTP) exceeds provider_max_bounce_rate 4%"
+        )
+        (usage,) = await provider_usage.usage(conn, ["sink"])
+        assert (usage.sent, usage.rejected, usage.hard_bounced) == (1000, 1100, 1100)
+        assert provider_guard.rates(usage) == (1100 / 2100, 0.0, 0.0)
+        # The release's baseline takes the rejections too: the guard starts over from zero.
+        await provider_guard.release(conn, "sink", "list cleaned", "ops")
+        (usage,) = await provider_usage.usage(conn, ["sink"])
+        assert (usage.sent, usage.rejected, usage.hard_bounced) == (0, 0, 0)
     finally:
         writer.close()
         await asyncio.wait_for(task, 10)
