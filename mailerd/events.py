@@ -122,6 +122,16 @@ async def record(
     return Recorded(fresh, provider_counts)
 
 
+_JUDGED_KINDS = frozenset({EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.COMPLAINT})
+
+
+def judged_campaigns(events: list[Event]) -> set[int]:
+    """The campaigns of the events a guard may count (bounces, which may be blocks, and
+    complaints): the writer shares their providers' locks before anything else in the flush
+    (:func:`mailerd.db.provider_usage.share_locks_of`)."""
+    return {e.campaign_id for e in events if e.campaign_id is not None and e.kind in _JUDGED_KINDS}
+
+
 def _guard_signal(event: Event) -> int | None:
     """Which of a guard's (hard_bounced, complained, blocked) the event counts in (as
     :func:`counts` counts it), or None."""
@@ -149,6 +159,9 @@ async def _late(
     late_provider: dict[int, list[int]] = {}
     if not judged:
         return late_campaign, late_provider
+    # Locked before the baselines are read: a resume committing in between would otherwise have
+    # its new baseline charged with this flush's late events (mailerd.db.stats.lock_for_guard).
+    await stats_db.lock_for_guard(conn, [event.campaign_id or 0 for event, _ in judged])
     before = await events_db.before_baselines(
         conn, [(event.campaign_id or 0, event.lead_id) for event, _ in judged]
     )

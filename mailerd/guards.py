@@ -14,6 +14,9 @@ An operator's resume after a guard pause moves the baseline to the counters of t
 (:func:`mailerd.db.stats.reset_guard_baseline`): the guard judges the emails sent from then on.
 The bounces and complaints of earlier emails that arrive after it are added to the baseline as
 they are recorded (:func:`mailerd.events.record`), so they count against no email sent since.
+A flush is wholly before a resume or wholly after it: the resume locks the counters before it
+takes its baseline, and a flush locks those it judges before it reads the baselines
+(docs/guards.md "Resuming" has the edges).
 """
 
 from __future__ import annotations

@@ -389,6 +389,11 @@ class Writer:
         events: list[Event],
     ) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
+            judged = events_mod.judged_campaigns(events)
+            if judged:
+                # First, before any row lock (a release takes this lock alone, then rows): the
+                # flush's bounces are then all before a provider's release or all after it.
+                await usage_db.share_locks_of(conn, sorted(judged))
             await email_log_db.record_flush(conn, flush_id)
             lost = await advance_checkpoints(conn, plans)
             if lost:

@@ -73,8 +73,8 @@ async def append(conn: asyncpg.Connection, events: Sequence[Event], received_at:
     )
 
 
-# How far before a guard baseline an email's log row is looked for: a node's clock stamps sent_at
-# (the baseline is the database's), so the partitions of a day before it are read too.
+# How far before its campaign's start an email's log row is looked for: a node's clock stamps
+# sent_at (the start is the database's), so the partitions of a day before it are read too.
 BASELINE_CLOCK_MARGIN = dt.timedelta(days=1)
 
 
@@ -84,17 +84,21 @@ async def before_baselines(
     """For each ``(campaign_id, lead_id)`` of ``emails`` (an event's) whose campaign has a guard
     baseline (an operator resumed it) or whose provider was released within the rolling window,
     by position: whether the email was sent before the campaign's baseline, and before the
-    provider's release. Before is: no log row of the lead committed after the baseline (its
-    transaction is visible in the baseline's txid snapshot; no clock is compared), which holds
-    for an event naming no lead too. Others are left out: every event counts.
+    provider's release. Before is: its log row's transaction is visible in the baseline's txid
+    snapshot (no clock is compared). An event naming no lead is before. A lead of a running or
+    paused campaign with no committed row is after: the flush logging it has not committed yet
+    (a webhook can be faster than the sender's flush), so it commits after the snapshot. In a
+    campaign that ended, such a lead's row is gone (or never was): before.
 
     Index probes of ``(campaign_id, lead_id)`` in the log partitions from a day before the
-    baseline only, and only for campaigns with a baseline: nothing is read of the log otherwise.
+    campaign's start, and only for campaigns with a baseline: nothing is read of the log
+    otherwise. (From the start, not from the baseline: an email not found must be one not
+    committed yet, never one sent long before the baseline.)
     """
     rows = await conn.fetch(
-        f"""SELECT e.position, s.guard_snapshot IS NOT NULL AND NOT coalesce(m.after_campaign, false)
-                   AS campaign, r.base_snapshot IS NOT NULL AND NOT coalesce(m.after_provider, false)
-                   AS provider
+        f"""SELECT e.position,
+                   s.guard_snapshot IS NOT NULL AND NOT coalesce(m.after_campaign, m.unlogged) AS campaign,
+                   r.base_snapshot IS NOT NULL AND NOT coalesce(m.after_provider, m.unlogged) AS provider
             FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS e(campaign_id, lead_id, position)
             JOIN campaigns c ON c.id = e.campaign_id
             LEFT JOIN campaign_stats s ON s.campaign_id = e.campaign_id
@@ -105,10 +109,12 @@ async def before_baselines(
                 ORDER BY h.released_at DESC LIMIT 1) r ON true
             LEFT JOIN LATERAL (
                 SELECT bool_or(NOT txid_visible_in_snapshot(l.tx, s.guard_snapshot)) AS after_campaign,
-                       bool_or(NOT txid_visible_in_snapshot(l.tx, r.base_snapshot)) AS after_provider
+                       bool_or(NOT txid_visible_in_snapshot(l.tx, r.base_snapshot)) AS after_provider,
+                       count(*) = 0 AND e.lead_id IS NOT NULL
+                           AND c.status IN ('running', 'paused') AS unlogged
                 FROM email_log l
                 WHERE l.campaign_id = e.campaign_id AND l.lead_id = e.lead_id
-                  AND l.sent_at >= least(s.guard_since, r.released_at) - $3::interval) m ON true
+                  AND l.sent_at >= coalesce(c.started_at, c.created_at) - $3::interval) m ON true
             WHERE s.guard_snapshot IS NOT NULL OR r.base_snapshot IS NOT NULL""",
         [campaign_id for campaign_id, _ in emails],
         [lead_id for _, lead_id in emails],

@@ -176,6 +176,18 @@ async def lock(conn: asyncpg.Connection, provider: str, *, shared: bool) -> None
     await conn.execute(f"SELECT {function}(hashtextextended('mailerd.provider_hold:' || $1, 0))", provider)
 
 
+async def share_locks_of(conn: asyncpg.Connection, campaign_ids: Sequence[int]) -> None:
+    """Share the :func:`lock` of the providers of ``campaign_ids`` (in name order, in a
+    transaction): a flush that records bounces or complaints takes it first, so a release (which
+    takes the lock alone, then its baseline and snapshot) comes before or after the whole flush,
+    never between its reading of the last release and its adding to the hour's counters."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock_shared(hashtextextended('mailerd.provider_hold:' || p.provider, 0))
+           FROM (SELECT DISTINCT provider FROM campaigns WHERE id = ANY($1::bigint[]) ORDER BY provider) p""",
+        sorted(set(campaign_ids)),
+    )
+
+
 async def active_hold(conn: asyncpg.Connection, provider: str) -> Hold | None:
     """The provider's hold, if it is held."""
     row = await conn.fetchrow(

@@ -86,6 +86,18 @@ async def add_events(
     )
 
 
+async def lock_for_guard(conn: asyncpg.Connection, campaign_ids: Sequence[int]) -> None:
+    """Lock the counters of ``campaign_ids`` (in id order) before a flush reads their guard
+    baselines (:func:`mailerd.db.events.before_baselines`): a resume that commits between that
+    read and the flush's :func:`add_events` would have its new baseline charged with the
+    flush's late bounces. Held, a resume waits for the flush (:func:`reset_guard_baseline`)."""
+    await conn.execute(
+        """SELECT 1 FROM campaign_stats WHERE campaign_id = ANY($1::bigint[])
+           ORDER BY campaign_id FOR UPDATE""",
+        sorted(set(campaign_ids)),
+    )
+
+
 async def guard_counts(
     conn: asyncpg.Connection, campaign_ids: Sequence[int], min_sample: int
 ) -> list[asyncpg.Record]:
@@ -111,12 +123,19 @@ async def guard_counts(
 async def reset_guard_baseline(conn: asyncpg.Connection, campaign_id: int) -> None:
     """The guard starts over from the campaign's counters now (an operator resumed it). The txid
     snapshot taken with them tells the emails logged before (their bounces, arriving late, are
-    added to the baseline by :func:`add_events`: counted against no email sent after it)."""
+    added to the baseline by :func:`add_events`: counted against no email sent after it). In a
+    transaction (the status change's)."""
+    # The row lock first, the snapshot in a statement of its own after it: a flush holding the
+    # row (it counted emails or events) commits before the snapshot is taken, so its emails are
+    # before the baseline by the counters and by the snapshot alike. One statement would take its
+    # snapshot before the wait and read the flush's counters after it (EvalPlanQual): emails in
+    # the baseline's counters but after its snapshot, their bounces counted against no email.
+    await conn.execute("SELECT 1 FROM campaign_stats WHERE campaign_id = $1 FOR UPDATE", campaign_id)
     await conn.execute(
         """UPDATE campaign_stats SET guard_sent = sent, guard_rejected = rejected,
                   guard_hard_bounced = hard_bounced,
                   guard_complained = complained, guard_blocked = blocked,
-                  guard_since = now(), guard_snapshot = txid_current_snapshot()
+                  guard_since = now(), guard_snapshot = txid_current_snapshot()  -- since: a record only
            WHERE campaign_id = $1""",
         campaign_id,
     )

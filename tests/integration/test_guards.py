@@ -13,6 +13,7 @@ import asyncpg
 
 from mailerd import campaigns
 from mailerd import config as config_mod
+from mailerd.db import email_log as email_log_db
 from mailerd.db import stats as stats_db
 from mailerd.emulator import sink
 from mailerd.emulator import webhooks as emulator_webhooks
@@ -236,5 +237,105 @@ async def test_smtp_rejections_are_in_the_sample_so_no_rate_passes_100_percent(
             "1000 rejected in SMTP) exceeds max_bounce_rate 4%"
         )
     finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def _lock_waited(conn: asyncpg.Connection, done: asyncio.Future[None] | None = None) -> None:
+    """Return once a backend of this database waits for a lock (or ``done`` completed: the
+    transaction that would wait did not)."""
+    async with asyncio.timeout(10):
+        while not (done is not None and done.done()):
+            if await conn.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+            ):
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_bounce_flushed_before_its_email_is_logged_counts_after_a_resume(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A webhook can be flushed (another node, or the 20 ms event flush) before the flush that logs
+    its email commits. After a resume, an event whose email had no committed log row was taken
+    for one of an email sent before the resume: left out, so the guard missed bounces of new
+    emails. A row not committed yet can only be committed after the resume's snapshot."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    await stats_db.reset_guard_baseline(conn, campaign_id)  # what a resume after a guard pause does
+    guards = config_mod.GuardsConfig(min_sample=10**8, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 10, 0)))
+        await _log_sent(writer, campaign_id, range(100))
+        (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
+        assert (judged["sent"], judged["hard_bounced"]) == (100, 10)
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_resume_during_a_flush_takes_its_emails_and_their_bounces_on_the_same_side(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    """A resume's baseline (counters and txid snapshot) waited for a flush's lock on the counters
+    and then read the flush's emails into its counters while its snapshot, taken before the
+    wait, still had the flush running: the emails were before the baseline by the counters and
+    after it by the snapshot, so their bounces counted against no email (1 bounce "of" 0 sent)."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    flush = await asyncpg.connect(dsn)
+    resume = await asyncpg.connect(dsn)
+    try:
+        transaction = flush.transaction()
+        await transaction.start()
+        now = dt.datetime.now(dt.UTC)
+        await email_log_db.copy_rows(
+            flush, [(now, campaign_id, n, LogStatus.SENT, f"m{n}", None) for n in range(50)]
+        )
+        await stats_db.add_outcomes(flush, {campaign_id: (50, 0, 0, 0, 0)})
+        resumed = asyncio.create_task(stats_db.reset_guard_baseline(resume, campaign_id))
+        await _lock_waited(conn)
+        await transaction.commit()
+        await asyncio.wait_for(resumed, 10)
+    finally:
+        await flush.close()
+        await resume.close()
+    guards = config_mod.GuardsConfig(min_sample=10**8, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1, 7)))
+        (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
+        assert (judged["sent"], judged["hard_bounced"]) == (0, 0)
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_flush_that_straddles_a_resume_leaves_its_late_bounces_out(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    """A flush read the baselines before a resume committed and added its bounces after it: a
+    late bounce (its email sent before the resume) then counted against the new baseline. The
+    flush now locks the counters it judges before it reads the baselines."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(min_sample=10**8, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    resume = await asyncpg.connect(dsn)
+    try:
+        await _log_sent(writer, campaign_id, range(100))
+        transaction = resume.transaction()
+        await transaction.start()
+        await stats_db.reset_guard_baseline(resume, campaign_id)
+        done = await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1, 7))
+        await _lock_waited(conn, done)
+        await transaction.commit()
+        await asyncio.wait_for(done, 10)
+        (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
+        assert (judged["sent"], judged["hard_bounced"]) == (0, 0)
+    finally:
+        await resume.close()
         writer.close()
         await asyncio.wait_for(task, 10)

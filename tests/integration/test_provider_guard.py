@@ -20,7 +20,14 @@ from mailerd.emulator import webhooks as emulator_webhooks
 from mailerd.models import EventKind
 from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
-from tests.integration.test_guards import _events, _judged, _log_rejected, _log_sent, _running_campaign
+from tests.integration.test_guards import (
+    _events,
+    _judged,
+    _lock_waited,
+    _log_rejected,
+    _log_sent,
+    _running_campaign,
+)
 
 TOKEN = "provider-guard-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -236,5 +243,36 @@ async def test_smtp_rejections_are_in_the_provider_sample(
         (usage,) = await provider_usage.usage(conn, ["sink"])
         assert (usage.sent, usage.rejected, usage.hard_bounced) == (0, 0, 0)
     finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_flush_that_straddles_a_release_leaves_its_late_bounces_out(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    """A flush read the last release before a release committed, and its bounces of emails sent
+    before it were added to the hour the release's baseline had already read: counted against
+    the emails sent after it. A flush that records bounces now shares the provider's lock (the
+    release takes it alone), so the release's baseline and snapshot come before or after the
+    whole flush."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(min_sample=10**8, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    release = await asyncpg.connect(dsn)
+    try:
+        await _log_sent(writer, campaign_id, range(100))
+        assert await provider_usage.put_hold(conn, "sink", "bounce", "guard: test")
+        transaction = release.transaction()
+        await transaction.start()
+        assert await provider_guard.release(release, "sink", "list cleaned", "ops") is not None
+        done = await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1, 7))
+        await _lock_waited(conn, done)
+        await transaction.commit()
+        await asyncio.wait_for(done, 10)
+        (usage,) = await provider_usage.usage(conn, ["sink"])
+        assert (usage.sent, usage.hard_bounced) == (0, 0)
+    finally:
+        await release.close()
         writer.close()
         await asyncio.wait_for(task, 10)
