@@ -101,16 +101,27 @@ def judge(
         rate = count / total
         if rate > threshold:
             reason = (
-                f"guard: {scope} {label} {percent(rate)} ({count} {sample}) "
-                f"exceeds {prefix}{key} {percent(threshold)}"
+                f"guard: {scope} {label} {percent_above(rate, threshold)} ({count} {sample}) "
+                f"exceeds {prefix}{key} {percent(threshold, digits=10)}"
             )
             return Verdict(signal, reason)
     return None
 
 
-def percent(share: float) -> str:
-    """``0.0008`` -> ``0.08%``: three significant digits, never rounded to zero."""
-    return f"{share * 100:.3g}%"
+def percent(share: float, digits: int = 3) -> str:
+    """``0.0008`` -> ``0.08%``: three significant digits (or ``digits``), never rounded to zero."""
+    return f"{share * 100:.{digits}g}%"
+
+
+def percent_above(rate: float, threshold: float) -> str:
+    """``rate`` (above ``threshold``) with as many digits as it takes to read above the
+    threshold as shown: 4001 of 100001 is ``4.001%``, not ``4%`` ("4% exceeds 4%")."""
+    shown_threshold = float(percent(threshold, digits=10)[:-1])
+    for digits in range(3, 17):
+        shown = percent(rate, digits)
+        if float(shown[:-1]) > shown_threshold:
+            return shown
+    return percent(rate, 17)
 
 
 class CampaignGuard:
