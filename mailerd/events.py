@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import asyncpg
 import structlog
 
-from mailerd import bounces
+from mailerd import bounces, rejections
 from mailerd.db import erasure as erasure_db
 from mailerd.db import events as events_db
 from mailerd.db import leads as leads_db
@@ -126,10 +126,22 @@ _JUDGED_KINDS = frozenset({EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKi
 
 
 def judged_campaigns(events: list[Event]) -> set[int]:
-    """The campaigns of the events a guard may count (bounces, which may be blocks, and
+    """The campaigns of the webhook events a guard may count (bounces, which may be blocks, and
     complaints): the writer shares their providers' locks before anything else in the flush
-    (:func:`mailerd.db.provider_usage.share_locks_of`)."""
-    return {e.campaign_id for e in events if e.campaign_id is not None and e.kind in _JUDGED_KINDS}
+    (:func:`mailerd.db.provider_usage.share_locks_of`). SMTP rejections need none: their emails
+    are logged in their own flush, after any baseline that flush could straddle, and that flush
+    holds the campaign's counters (its outcomes) before it reads a baseline."""
+    return {
+        e.campaign_id
+        for e in events
+        if e.campaign_id is not None and e.kind in _JUDGED_KINDS and not _is_rejection(e)
+    }
+
+
+def _is_rejection(event: Event) -> bool:
+    """An SMTP rejection (:mod:`mailerd.rejections`): the one final outcome of its lead, recorded
+    with its log row."""
+    return event.provider_type == rejections.PROVIDER_TYPE and event.receipt.startswith("smtp:")
 
 
 def _guard_signal(event: Event) -> int | None:
@@ -153,7 +165,12 @@ async def _late(
     the campaign guard's baseline (an operator's resume), and the same before the provider
     guard's (a release). After an override a guard judges only the emails sent from then on: a
     bounce of an earlier email, arriving late, counted against them would pause on clean sends
-    (1,100 bounces "of" 1,000 sent). Asked of the database only for the events a guard counts."""
+    (1,100 bounces "of" 1,000 sent). Asked of the database only for the events a guard counts.
+
+    An event about an email a guard has counted for the same signal already (a provider that
+    reports a temporary failure at each delivery attempt, Mailgun's ``failed``/``temporary``;
+    a second complaint) is left out of both guards the same way: an email counts once per
+    signal, so no rate passes 100 % (the counters still count every event)."""
     judged = [(event, signal) for event in events if (signal := _guard_signal(event)) is not None]
     late_campaign: dict[int, list[int]] = {}
     late_provider: dict[int, list[int]] = {}
@@ -161,18 +178,49 @@ async def _late(
         return late_campaign, late_provider
     # Locked before the baselines are read: a resume committing in between would otherwise have
     # its new baseline charged with this flush's late events (mailerd.db.stats.lock_for_guard).
-    await stats_db.lock_for_guard(conn, [event.campaign_id or 0 for event, _ in judged])
+    webhook = [event.campaign_id or 0 for event, _ in judged if not _is_rejection(event)]
+    if webhook:
+        await stats_db.lock_for_guard(conn, webhook)
     before = await events_db.before_baselines(
         conn, [(event.campaign_id or 0, event.lead_id) for event, _ in judged]
     )
-    for position, (campaign, provider) in before.items():
-        event, signal = judged[position]
+    repeated = await _repeated(conn, judged)
+    for position, (event, signal) in enumerate(judged):
+        campaign, provider = (True, True) if position in repeated else before.get(position, (False, False))
         assert event.campaign_id is not None
         if campaign:
             late_campaign.setdefault(event.campaign_id, [0, 0, 0])[signal] += 1
         if provider:
             late_provider.setdefault(event.campaign_id, [0, 0, 0])[signal] += 1
     return late_campaign, late_provider
+
+
+async def _repeated(conn: asyncpg.Connection, judged: list[tuple[Event, int]]) -> set[int]:
+    """Positions in ``judged`` of the events about an email (campaign and lead) that a guard
+    counted for the same signal already: earlier in this flush, or stored by an earlier one (one
+    look-up per flush, :func:`mailerd.db.events.counted_before`). An event naming no lead cannot
+    be told; an SMTP rejection is the one final outcome of its lead (not looked up)."""
+    repeated: set[int] = set()
+    seen: set[tuple[int | None, int, int]] = set()
+    asked: list[int] = []
+    for position, (event, signal) in enumerate(judged):
+        if event.lead_id is None:
+            continue
+        key = (event.campaign_id, event.lead_id, signal)
+        if key in seen:
+            repeated.add(position)
+            continue
+        seen.add(key)
+        if not _is_rejection(event):
+            asked.append(position)
+    if asked:
+        found = await events_db.counted_before(
+            conn,
+            [(judged[p][0].campaign_id or 0, judged[p][0].lead_id or 0, judged[p][1]) for p in asked],
+            sorted(_BLOCKING_NAMES),
+        )
+        repeated.update(asked[index] for index in found)
+    return repeated
 
 
 async def _scrubbed(

@@ -123,6 +123,36 @@ async def before_baselines(
     return {r["position"] - 1: (r["campaign"], r["provider"]) for r in rows}
 
 
+async def counted_before(
+    conn: asyncpg.Connection, emails: Sequence[tuple[int, int, int]], blocking: Collection[str]
+) -> set[int]:
+    """Positions of the ``(campaign_id, lead_id, signal)`` of ``emails`` whose email has an event
+    of that guard signal (0 hard bounce that is no block, 1 complaint, 2 block: a bounce of a
+    ``blocking`` class) stored by an earlier transaction. Index probes of ``(campaign_id,
+    lead_id)`` in the partitions from a day before the campaign's start (received_at is a node's
+    clock)."""
+    rows = await conn.fetch(
+        """SELECT e.position
+           FROM unnest($1::bigint[], $2::bigint[], $3::int[]) WITH ORDINALITY
+                AS e(campaign_id, lead_id, signal, position)
+           JOIN campaigns c ON c.id = e.campaign_id
+           WHERE EXISTS (
+               SELECT 1 FROM email_events x
+               WHERE x.campaign_id = e.campaign_id AND x.lead_id = e.lead_id
+                 AND x.received_at >= coalesce(c.started_at, c.created_at) - $5::interval
+                 AND x.tx <> txid_current()
+                 AND CASE WHEN coalesce(x.bounce_class = ANY($4::text[]), false) THEN 2
+                          WHEN x.kind = 'hard_bounce' THEN 0
+                          WHEN x.kind = 'complaint' THEN 1 END = e.signal)""",
+        [campaign_id for campaign_id, _, _ in emails],
+        [lead_id for _, lead_id, _ in emails],
+        [signal for _, _, signal in emails],
+        sorted(blocking),
+        BASELINE_CLOCK_MARGIN,
+    )
+    return {r["position"] - 1 for r in rows}
+
+
 async def repeated_soft_bounces(
     conn: asyncpg.Connection,
     keys: Collection[tuple[int, str]],

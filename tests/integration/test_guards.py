@@ -14,6 +14,7 @@ import asyncpg
 from mailerd import campaigns
 from mailerd import config as config_mod
 from mailerd.db import email_log as email_log_db
+from mailerd.db import provider_usage
 from mailerd.db import stats as stats_db
 from mailerd.emulator import sink
 from mailerd.emulator import webhooks as emulator_webhooks
@@ -337,5 +338,53 @@ async def test_a_flush_that_straddles_a_resume_leaves_its_late_bounces_out(
         assert (judged["sent"], judged["hard_bounced"]) == (0, 0)
     finally:
         await resume.close()
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_an_email_counts_once_per_signal_however_many_events_repeat_it(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A provider reports a temporary failure at every delivery attempt (Mailgun's failed /
+    temporary, one event id each): each was counted as one more block, so one email blocked
+    three times counted three, and the blocked rate of 400 such emails of 1,000 read 120 %.
+    A guard counts an email once per signal (the counters still count every event)."""
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(min_sample=1000, max_blocked_rate=0.03, provider_min_sample=10**8)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    block = {
+        "provider_type": "temporary",
+        "smtp_status": "4.7.0",
+        "reason": "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected "
+        "volume or user complaints",
+    }
+    try:
+        await _log_sent(writer, campaign_id, range(1000))
+        for attempt in range(3):  # 20 emails blocked at three attempts: two flushes, then one with repeats
+            events = _events(campaign_id, EventKind.SOFT_BOUNCE, 20, 0, **block)
+            events = [dataclasses.replace(e, receipt=f"attempt{attempt}:{e.receipt}") for e in events]
+            if attempt == 2:
+                events += [dataclasses.replace(e, receipt=f"again:{e.receipt}") for e in events]
+            await (await writer.submit_events(events))
+        await _judged(writer, campaign_id)
+        info = await campaigns.show(conn, campaign_id) or {}
+        assert info["status"] == "running", info["reason"]  # 20 of 1000 (2 %), not 80 (8 %)
+        assert info["blocked"] == 80  # every event counted
+        (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
+        assert (judged["sent"], judged["blocked"]) == (1000, 20)
+        (usage,) = await provider_usage.usage(conn, ["sink"])
+        assert (usage.sent, usage.blocked) == (1000, 20)
+
+        # Ten more emails blocked once each: 30 (3 %), at the maximum; the 31st passes it.
+        await (await writer.submit_events(_events(campaign_id, EventKind.SOFT_BOUNCE, 10, 20, **block)))
+        await _judged(writer, campaign_id)
+        assert (await campaigns.show(conn, campaign_id) or {})["status"] == "running"
+        await (await writer.submit_events(_events(campaign_id, EventKind.SOFT_BOUNCE, 1, 30, **block)))
+        info = await wait_for_status(conn, campaign_id, ("paused",), timeout=10)
+        assert info["reason"] == (
+            "guard: campaign blocked rate 3.1% (31 of 1000 sent) exceeds max_blocked_rate 3%"
+        )
+    finally:
         writer.close()
         await asyncio.wait_for(task, 10)
