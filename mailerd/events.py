@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import asyncpg
 import structlog
 
-from mailerd import bounces, rejections
+from mailerd import bounces, idn, rejections
 from mailerd.db import erasure as erasure_db
 from mailerd.db import events as events_db
 from mailerd.db import leads as leads_db
@@ -352,8 +352,12 @@ async def resolve(
     unsubscribe is consent withdrawn from one sender, so by address alone it is attributed only
     when exactly one account has the address. An event that matches nothing is kept as it is
     (unmatched: recorded, suppressing nothing).
+
+    An address with an IDN domain ends in its lead's spelling: SES and SMTP servers are sent,
+    and report, its A-labels (:mod:`mailerd.idn`), and what the event suppresses must match
+    ``lower(leads.email)`` as the lead is stored (the lead stream's check).
     """
-    events = await _by_metadata(conn, await _lowered(conn, events))
+    events = await _by_metadata(conn, await _lowered(conn, _u_labels(events)))
     events = await _by_message_id(conn, events, provider_kinds)
     events = await _by_address(conn, events)
     return await _with_addresses(conn, events)
@@ -387,6 +391,25 @@ async def _lowered(conn: asyncpg.Connection, events: list[Event]) -> list[Event]
         dataclasses.replace(e, email=folded[e.email]) if e.email and folded[e.email] != e.email else e
         for e in events
     ]
+
+
+def _u_labels(events: list[Event]) -> list[Event]:
+    """The events with an A-label domain (``xn--``) read in U-labels, the form leads are typed
+    in; the match with a lead then takes the lead's own spelling (:func:`_in_lead_spelling`)."""
+    result = []
+    for event in events:
+        decoded = idn.u_label_address(event.email) if event.email else None
+        result.append(dataclasses.replace(event, email=decoded) if decoded != event.email else event)
+    return result
+
+
+def _in_lead_spelling(event: Event, lead_email: str | None) -> Event:
+    """The event with its lead's address when it names the same mailbox in another IDNA spelling
+    (a lead stored with ``xn--`` labels, or a domain IDNA 2003 maps: ``straße.de`` is sent as
+    ``strasse.de``), so that what it suppresses is what the lead stream compares."""
+    if event.email and lead_email and event.email != lead_email and idn.same_mailbox(event.email, lead_email):
+        return dataclasses.replace(event, email=lead_email)
+    return event
 
 
 async def _with_addresses(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
@@ -430,10 +453,9 @@ async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Ev
             result.append(event)
             continue
         account_id = accounts.get(event.campaign_id)
-        if account_id is not None and (
-            event.lead_id is None or lead_accounts.get(event.lead_id) == account_id
-        ):
-            result.append(dataclasses.replace(event, account_id=account_id))
+        lead_account, lead_email = lead_accounts.get(event.lead_id or 0, (None, None))
+        if account_id is not None and (event.lead_id is None or lead_account == account_id):
+            result.append(_in_lead_spelling(dataclasses.replace(event, account_id=account_id), lead_email))
             continue
         if account_id is not None:
             log.warning(
@@ -472,8 +494,11 @@ async def _by_message_id(
         hit = _one_email(candidates, event)
         if hit is not None:
             result.append(
-                dataclasses.replace(
-                    event, campaign_id=hit.campaign_id, lead_id=hit.lead_id, account_id=hit.account_id
+                _in_lead_spelling(
+                    dataclasses.replace(
+                        event, campaign_id=hit.campaign_id, lead_id=hit.lead_id, account_id=hit.account_id
+                    ),
+                    hit.address,
                 )
             )
         elif (batch := _one_campaign(candidates)) is not None:
@@ -499,7 +524,8 @@ def _one_email(candidates: list[events_db.Sent], event: Event) -> events_db.Sent
     """The email of ``candidates`` (those of the event's message id) the event is about."""
     if len(candidates) == 1:
         return candidates[0]
-    same = [sent for sent in candidates if event.email and sent.address == event.email]
+    email = event.email
+    same = [sent for sent in candidates if email and sent.address and idn.same_mailbox(sent.address, email)]
     if len(same) == 1:
         return same[0]
     if candidates:
@@ -517,15 +543,22 @@ def _one_campaign(candidates: list[events_db.Sent]) -> events_db.Sent | None:
 
 async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """The address, in every account that has it as a lead (for a complaint or an unsubscribe,
-    only in the one account that has it)."""
-    wanted = {e.email for e in events if not _matched(e) and e.email}
+    only in the one account that has it), in either IDNA spelling (the event then takes the
+    lead's)."""
+    wanted = {spelling for e in events if not _matched(e) and e.email for spelling in idn.spellings(e.email)}
     owners = await events_db.leads_by_address(conn, wanted) if wanted else {}
     result: list[Event] = []
     for event in events:
         if _matched(event) or not event.email:
             result.append(event)
             continue
-        matches = owners.get(event.email, [])
+        matches = list(
+            {  # one lead per account, the event's own spelling first
+                account_id: (account_id, lead_id, spelling)
+                for spelling in reversed(idn.spellings(event.email))
+                for account_id, lead_id in owners.get(spelling, [])
+            }.values()
+        )
         if len(matches) > 1 and event.kind in CONSENT_KINDS:
             log.info(
                 "webhook_event_ambiguous",
@@ -541,7 +574,8 @@ async def _by_address(conn: asyncpg.Connection, events: list[Event]) -> list[Eve
         # The receipt names the account always, not only when several match: the accounts that
         # hold an address may change between two deliveries of one event, and the second must
         # still find the first's receipt (it was recorded twice in one account otherwise).
-        for account_id, lead_id in matches:
+        for account_id, lead_id, spelling in matches:
             receipt = f"{event.receipt}@{account_id}"
-            result.append(dataclasses.replace(event, account_id=account_id, lead_id=lead_id, receipt=receipt))
+            matched = dataclasses.replace(event, account_id=account_id, lead_id=lead_id, receipt=receipt)
+            result.append(dataclasses.replace(matched, email=spelling))
     return result

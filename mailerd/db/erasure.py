@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from mailerd import idn
+
 # HMAC-SHA256 of lower(address) in SQL: $ipad / $opad are the key XOR 0x36 / 0x5c, 64 bytes each.
 HMAC_SQL = "sha256({opad} || sha256({ipad} || convert_to(lower({address}), 'UTF8')))"
 ERASED_MARK = "<erased>"
@@ -55,9 +57,15 @@ async def targets(
     (the leads' and the ones given, found as leads or not), and every spelling seen (texts
     quote an address the way it was sent). An address is looked for in both Unicode forms: an
     account may keep a decomposed lead beside the composed one (stored before addresses were
-    put in NFC), and erasing one form must take the other."""
+    put in NFC), and erasing one form must take the other; and in both IDNA spellings of its
+    domain (``bücher.de`` is sent, and reported back, as ``xn--bcher-kva.de``)."""
     addresses = sorted(
-        {form for a in addresses for form in (a, *(unicodedata.normalize(n, a) for n in _FORMS))}
+        {
+            form
+            for a in addresses
+            for spelling in idn.spellings(a)
+            for form in (spelling, *(unicodedata.normalize(n, spelling) for n in _FORMS))
+        }
     )
     rows = await conn.fetch(
         """SELECT id, email FROM leads
@@ -68,7 +76,7 @@ async def targets(
         lead_id,
         list(addresses),
     )
-    spellings = {r["email"] for r in rows} | set(addresses)
+    spellings = {spelling for r in rows for spelling in idn.spellings(r["email"])} | set(addresses)
     lowered = await conn.fetchval(
         "SELECT coalesce(array_agg(DISTINCT lower(a)), '{}') FROM unnest($1::text[]) a", sorted(spellings)
     )

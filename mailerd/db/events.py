@@ -203,10 +203,13 @@ async def lead_emails(
     return {(r["account_id"], r["id"]): r["email"] for r in rows}
 
 
-async def lead_accounts(conn: asyncpg.Connection, lead_ids: Collection[int]) -> dict[int, int]:
-    """lead id -> account id, for the leads that exist (lead ids are unique across accounts)."""
-    rows = await conn.fetch("SELECT id, account_id FROM leads WHERE id = ANY($1::bigint[])", list(lead_ids))
-    return {r["id"]: r["account_id"] for r in rows}
+async def lead_accounts(conn: asyncpg.Connection, lead_ids: Collection[int]) -> dict[int, tuple[int, str]]:
+    """lead id -> (account id, the lead's address as :func:`lowered` gives it), for the leads
+    that exist (lead ids are unique across accounts)."""
+    rows = await conn.fetch(
+        "SELECT id, account_id, lower(email) AS email FROM leads WHERE id = ANY($1::bigint[])", list(lead_ids)
+    )
+    return {r["id"]: (r["account_id"], r["email"]) for r in rows}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

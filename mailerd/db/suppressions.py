@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from mailerd import idn
 from mailerd.db import erasure as erasure_db
 
 IMPORT_STAGING = "mailerd_suppression_import"
@@ -77,31 +78,40 @@ async def remove(
     source: str = "api",
     erased_pads: tuple[bytes, bytes] | None = None,
 ) -> Suppression | None:
-    """Take ``email`` off the list, auditing ``reason``; None when it was not on it. With
-    ``erased_pads`` (the erasure key's HMAC pads) its keyed hash leaves ``erased_suppressions``
-    too (an erasure kept it suppressed that way); a removal found only there comes back with
-    source ``erasure``."""
+    """Take ``email`` off the list, auditing ``reason``; None when it was not on it. An address
+    with an IDN domain leaves in both IDNA spellings (``bücher.de``, ``xn--bcher-kva.de``: an
+    event may have stored the one the provider reported). With ``erased_pads`` (the erasure
+    key's HMAC pads) its keyed hash leaves ``erased_suppressions`` too (an erasure kept it
+    suppressed that way); a removal found only there comes back with source ``erasure``."""
+    spellings = idn.spellings(email)
     async with conn.transaction():
-        record = await conn.fetchrow(
-            "DELETE FROM suppressions WHERE account_id = $1 AND email = lower($2) RETURNING *",
+        records = await conn.fetch(
+            """DELETE FROM suppressions
+               WHERE account_id = $1 AND email = ANY(SELECT lower(a) FROM unnest($2::text[]) a)
+               RETURNING *, email = lower($3::text) AS given""",
             account_id,
+            spellings,
             email,
         )
         hashed = None
         if erased_pads is not None:
-            keyed = erasure_db.hmac_sql("$2::text", "$3::bytea", "$4::bytea")
+            keyed = erasure_db.hmac_sql("a", "$3::bytea", "$4::bytea")
             hashed = await conn.fetchrow(
-                f"""DELETE FROM erased_suppressions WHERE account_id = $1 AND email_hash = {keyed}
-                    RETURNING reason, at, lower($2::text) AS email""",
+                f"""DELETE FROM erased_suppressions
+                    WHERE account_id = $1 AND email_hash = ANY(SELECT {keyed} FROM unnest($2::text[]) a)
+                    RETURNING reason, at, lower($5::text) AS email""",
                 account_id,
-                email,
+                spellings,
                 *erased_pads,
+                email,
             )
-        if record is None and hashed is None:
+        if not records and hashed is None:
             return None
-        await audit(conn, account_id, email, "removed", reason, source)
-    if record is not None:
-        return _row(record)
+        removed = sorted({r["email"] for r in records}) or [email]
+        for address in removed:
+            await audit(conn, account_id, address, "removed", reason, source)
+    if records:
+        return _row(next((r for r in records if r["given"]), records[0]))
     assert hashed is not None
     return Suppression(account_id, hashed["email"], hashed["reason"], ERASED_SOURCE, hashed["at"])
 

@@ -30,6 +30,7 @@ from typing import Any, Final, Generic, TypeVar
 import markupsafe
 
 from mailerd import content as content_mod
+from mailerd import idn
 from mailerd.config import ContentConfig
 from mailerd.models import Campaign, CampaignBroken, Lead, PermanentError
 
@@ -113,14 +114,9 @@ def seven_bit_mailbox_line(field: str, text: str) -> str:
 
 def seven_bit_address(address: str) -> str:
     """A bare address with its domain in IDNA A-labels, so that only a local part that is not
-    ASCII needs SMTPUTF8; as it is when the domain is no valid IDN (the server then says)."""
-    local, at, domain = address.rpartition("@")
-    if address.isascii() or not at or domain.isascii():
-        return address
-    try:
-        return f"{local}@{_a_labels(domain)}"
-    except UnicodeError:
-        return address
+    ASCII needs SMTPUTF8; as it is when the domain is no valid IDN (the server then says). It
+    is the form webhooks report it in (:mod:`mailerd.idn` reads it back)."""
+    return idn.a_label_address(address)
 
 
 def _a_labels(domain: str) -> str:

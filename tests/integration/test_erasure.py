@@ -403,3 +403,30 @@ async def test_an_erasure_by_address_takes_the_lead_in_either_unicode_form(conn:
     done = await erasure.erase(conn, account_id=1, key=KEY, by="test", emails=[composed])
     assert sorted(done.lead_ids) == sorted(both)
     assert await conn.fetchval("SELECT count(*) FROM leads") == 0
+
+
+@pytest.mark.parametrize("by_address", [None, "ann@xn--bcher-kva.de", "ann@bücher.de"])
+async def test_an_erasure_takes_an_idn_address_in_both_spellings(
+    conn: asyncpg.Connection, by_address: str | None
+) -> None:
+    # SES was sent, and reported, the A-label spelling: before events took their lead's, a
+    # complaint stored it so (event and suppression), and the erasure of the lead left it
+    lead_id = await _lead(conn, 1, "ann@bücher.de")
+    await conn.execute(
+        """INSERT INTO suppressions (account_id, email, reason, source)
+           VALUES (1, 'ann@xn--bcher-kva.de', 'complaint', 'ses'), (1, 'ann@bücher.de', 'complaint', 'ses')"""
+    )
+    await conn.execute(
+        """INSERT INTO email_events (occurred_at, account_id, lead_id, email, kind, provider)
+           VALUES (now(), 1, $1, 'ann@xn--bcher-kva.de', 'complaint', 'ses')""",
+        lead_id,
+    )
+    emails = [by_address] if by_address else []
+    done = await erasure.erase(
+        conn, account_id=1, key=KEY, by="test", lead_id=None if by_address else lead_id, emails=emails
+    )
+    assert done.lead_ids == [lead_id]
+    assert done.removed["suppressions_kept_as_hashes"] == 2
+    assert done.removed["events_scrubbed"] == 1
+    assert await _text_hits(conn, "ann@xn--bcher-kva.de") == []
+    assert await _text_hits(conn, "ann@bücher.de") == []

@@ -77,3 +77,50 @@ async def test_migration_0016_puts_stored_addresses_in_composed_form(conn) -> No
     assert emails == sorted(["josé@example.com", both, "zoë@example.com"])
     assert await conn.fetchval("SELECT email FROM suppressions") == "josé@example.com"
     assert await conn.fetchval("SELECT email FROM leads WHERE account_id = 2") == decomposed
+
+
+async def test_migration_0019_adds_the_lead_spelling_of_an_idn_suppression(conn) -> None:  # type: ignore[no-untyped-def]
+    # SES reported the A-label spelling it was sent, and the suppression stored it: it held
+    # nobody (the lead stream compares lower(leads.email), the Unicode spelling)
+    leads = await conn.fetch(
+        """INSERT INTO leads (account_id, email)
+           VALUES (1, 'Ann@Bücher.de'), (1, 'bob@straße.de'), (1, 'eve@bücher.de'), (2, 'ann@bücher.de')
+           RETURNING id"""
+    )
+    ann, bob, eve, other = (r["id"] for r in leads)
+    await conn.execute(
+        """INSERT INTO suppressions (account_id, email, reason, source, at) VALUES
+           (1, 'ann@xn--bcher-kva.de', 'complaint', 'ses', '2026-01-02'),
+           (1, 'bob@strasse.de', 'hard_bounce', 'ses', '2026-01-03'),
+           (1, 'zed@xn--bcher-kva.de', 'hard_bounce', 'ses', '2026-01-04')"""
+    )
+    await conn.executemany(
+        """INSERT INTO email_events (occurred_at, account_id, lead_id, email, kind, provider)
+           VALUES (now(), $1, $2, $3, 'complaint', 'ses')""",
+        [
+            (1, ann, "ann@xn--bcher-kva.de"),
+            (1, ann, "ann@xn--bcher-kva.de"),  # redelivered under another receipt
+            (1, bob, "bob@strasse.de"),
+            (1, eve, "zed@xn--bcher-kva.de"),  # another local part: not this lead's address
+            (2, other, "ann@xn--bcher-kva.de"),  # account 2 has no such suppression
+        ],
+    )
+    migration = Path(migrate.__file__).parent / "migrations" / "0019_idn_suppressions.sql"
+    await conn.execute(migration.read_text(encoding="utf-8"))
+    rows = await conn.fetch(
+        "SELECT account_id, email, reason, source FROM suppressions ORDER BY account_id, email"
+    )
+    assert [tuple(r) for r in rows] == [
+        (1, "ann@bücher.de", "complaint", "ses"),
+        (1, "ann@xn--bcher-kva.de", "complaint", "ses"),
+        (1, "bob@strasse.de", "hard_bounce", "ses"),
+        (1, "bob@straße.de", "hard_bounce", "ses"),
+        (1, "zed@xn--bcher-kva.de", "hard_bounce", "ses"),
+    ]
+    audit = await conn.fetch("SELECT email, action, source FROM suppression_audit ORDER BY email")
+    assert [tuple(r) for r in audit] == [
+        ("ann@bücher.de", "added", "migration 0019"),
+        ("bob@straße.de", "added", "migration 0019"),
+    ]
+    await conn.execute(migration.read_text(encoding="utf-8"))  # again: nothing more
+    assert await conn.fetchval("SELECT count(*) FROM suppression_audit") == 2

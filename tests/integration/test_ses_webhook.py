@@ -16,12 +16,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from mailerd import campaigns, http
+from mailerd import campaigns, http, segments
 from mailerd import config as config_mod
+from mailerd.db import leads as leads_db
 from mailerd.emulator import ses_webhooks
 from mailerd.emulator.signer import SentEmail
 from mailerd.models import EventKind
-from mailerd.providers import ses_webhook, sns
+from mailerd.providers import compose, ses_webhook, sns
 from mailerd.writer import Writer
 from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
 
@@ -259,3 +260,67 @@ async def test_an_oversized_address_is_refused_naming_the_field_and_the_next_web
     async with asyncio.timeout(15):
         assert await post(env, body, headers) == (200, {"received": 1})
     assert await counts(conn) == (1, 1, 1)
+
+
+PRO = segments.parse({"field": "attributes.plan", "op": "eq", "value": "pro"})
+
+
+@pytest.mark.parametrize("kind", [EventKind.HARD_BOUNCE, EventKind.COMPLAINT, EventKind.UNSUBSCRIBE])
+@pytest.mark.parametrize(
+    ("lead_email", "suppressed"),
+    [
+        ("user@bücher.de", "user@bücher.de"),  # typed in Unicode: reported as user@xn--bcher-kva.de
+        ("Ann@XN--Mnchen-3ya.de", "ann@xn--mnchen-3ya.de"),  # a lead stored in A-labels keeps them
+        ("bob@straße.de", "bob@straße.de"),  # IDNA 2003 sends strasse.de: no xn-- label at all
+    ],
+)
+async def test_an_event_about_an_idn_lead_suppresses_the_lead_in_its_spelling(
+    env: Env, conn: asyncpg.Connection, kind: EventKind, lead_email: str, suppressed: str
+) -> None:
+    lead_id = await conn.fetchval(
+        """INSERT INTO leads (account_id, email, attributes)
+           VALUES (1, $1, '{"plan": "pro"}') RETURNING id""",
+        lead_email,
+    )
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), env.config)
+    sent_to = compose.seven_bit_address(lead_email)  # what SES is given, and reports back
+    assert sent_to.isascii()
+    sent = SentEmail(sent_to, campaign_id, lead_id, "0100018f-idn-1", dt.datetime.now(dt.UTC))
+    headers, body = env.signer.request(kind, sent)
+    assert await post(env, body, headers) == (200, {"received": 1})
+    stored = await conn.fetchrow("SELECT account_id, lead_id, email FROM email_events")
+    assert tuple(stored or ()) == (1, lead_id, suppressed)
+    rows = await conn.fetch("SELECT email FROM suppressions")
+    assert [r["email"] for r in rows] == [suppressed]
+    assert await leads_db.count_matching(conn, 1, PRO) == 0  # the next campaign leaves it out
+
+
+async def test_an_identity_notification_without_tags_finds_an_idn_lead(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    # Identity notifications carry no tags and the message id may be older than the log's
+    # lookback: the lead is found by the address, in either spelling.
+    await conn.executemany(
+        "INSERT INTO leads (account_id, email) VALUES ($1, $2)",
+        [(1, "jane@bücher.de"), (2, "Kim@xn--bcher-kva.de")],
+    )
+    bounce = {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": "Permanent",
+            "bounceSubType": "General",
+            "bouncedRecipients": [
+                {"emailAddress": "jane@xn--bcher-kva.de", "status": "5.1.1"},
+                {"emailAddress": "kim@xn--bcher-kva.de", "status": "5.1.1"},
+            ],
+            "timestamp": "2026-01-01T00:00:00.000Z",
+        },
+        "mail": {
+            "timestamp": "2026-01-01T00:00:00.000Z",
+            "messageId": "0100018f-old",
+            "destination": ["jane@xn--bcher-kva.de", "kim@xn--bcher-kva.de"],
+        },
+    }
+    assert await post(env, env.signer.envelope(orjson.dumps(bounce).decode())) == (200, {"received": 2})
+    rows = await conn.fetch("SELECT account_id, email FROM suppressions ORDER BY account_id")
+    assert [tuple(r) for r in rows] == [(1, "jane@bücher.de"), (2, "kim@xn--bcher-kva.de")]

@@ -108,6 +108,29 @@ async def test_delete_needs_a_reason_and_an_existing_entry(
     assert len(await _audit(conn)) == 2
 
 
+async def test_delete_takes_an_idn_address_in_both_spellings(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    # An SES event stored the A-label spelling it reported (before events took their lead's):
+    # removing the address in either spelling takes both off
+    await conn.execute(
+        """INSERT INTO suppressions (account_id, email, reason, source)
+           VALUES (1, 'ann@xn--bcher-kva.de', 'complaint', 'ses'), (1, 'ann@bücher.de', 'manual', 'api')"""
+    )
+    removed = await client.delete(
+        "/api/suppressions",
+        json={"account_id": 1, "email": "Ann@XN--Bcher-kva.de", "reason": "asked to be mailed again"},
+        headers=AUTH,
+    )
+    assert removed.status == 200
+    assert (await removed.json())["removed"]["email"] == "ann@xn--bcher-kva.de"
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert sorted(await _audit(conn)) == [
+        (1, "ann@bücher.de", "removed", "asked to be mailed again", "api"),
+        (1, "ann@xn--bcher-kva.de", "removed", "asked to be mailed again", "api"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
