@@ -4,14 +4,18 @@ Pure: no I/O. :func:`classify` reads what a provider's webhook carries (our even
 provider's bounce type, the SMTP enhanced status code, the diagnostic text) and answers one of a
 small fixed set of classes (the table is in docs/webhooks.md#bounce-classes):
 
-- ``invalid_recipient``: the mailbox or domain does not exist (x.1.x, "user unknown", a provider
-  suppression list of bounced addresses). The only bounce that suppresses an address at once.
+- ``invalid_recipient``: the mailbox or domain does not exist (x.1.x but x.1.7 and x.1.8, which
+  name the sender; "user unknown"; a provider suppression list of bounced addresses). The only
+  bounce that suppresses an address at once.
 - ``mailbox_full``: x.2.2, over quota: the address is good; repeated, the soft-bounce limit acts.
 - ``policy_block``: the receiver refused this message (x.7.1 without more, spam or content
   filters, message too large).
 - ``reputation_block``: the receiver refused the sender (block lists such as Spamhaus, rate
   limits, "unusual rate", x.7.28, a provider's "blocked").
-- ``auth_failure``: SPF, DKIM or DMARC did not pass (Gmail's 5.7.26 "unauthenticated", x.7.2x).
+- ``auth_failure``: the sender's identity was refused: SPF, DKIM or DMARC did not pass (Gmail's
+  5.7.26 "unauthenticated", x.7.2x), or the sender address itself (x.1.7, x.1.8, "Sender address
+  rejected", "Domain of sender address ... does not exist": a return-path domain that does not
+  resolve). The recipient is fine.
 - ``transient``: anything temporary (4.x.x, soft bounces with nothing more specific).
 - ``unknown``: a permanent bounce nothing explains.
 
@@ -96,6 +100,12 @@ _AUTH_WORDS = re.compile(
     r"unauthenticated|\bspf\b|\bdkim\b|\bdmarc\b|authentication (?:failed|required)|not authenticated"
     r"|sender (?:is )?not authorized|ptr record|reverse dns|authentication level",
 )
+# The sender refused (RFC 3463 X.1.7 bad sender's mailbox, X.1.8 bad sender's system address): checked
+# before the recipient's words, which "address rejected" and "does not exist" would match.
+_SENDER_WORDS = re.compile(
+    r"sender address (?:rejected|<[^>]*> is not|is not)|domain of sender|sender domain (?:does not|not)"
+    r"|(?:bad|invalid|unknown|unroutable|unverified) sender\b|sender verify failed|mail from address",
+)
 _REPUTATION_WORDS = re.compile(
     r"spamhaus|spamcop|barracuda|block ?list|black ?list|\bdnsbl\b|\brbl\b|reputation|rate.?limit"
     r"|too many (?:messages|connections|emails|recipients)|unusual rate|sending (?:rate|limit)"
@@ -120,6 +130,7 @@ _AUTH_CODES: Final = frozenset(
     {(7, 20), (7, 21), (7, 22), (7, 23), (7, 24), (7, 25), (7, 26), (7, 27), (7, 515)}  # 515: Outlook
 )
 _REPUTATION_CODES: Final = frozenset({(7, 28)})
+_SENDER_CODES: Final = frozenset({(1, 7), (1, 8)})
 
 
 def enhanced_code(*texts: str | None) -> tuple[int, int, int] | None:
@@ -176,11 +187,11 @@ def _from_code_and_text(
     """What the enhanced code and the diagnostic text (lower-cased) say, or None when they say
     nothing."""
     subject_detail = (code[1], code[2]) if code else None
-    if subject_detail in _AUTH_CODES:
+    if subject_detail in _AUTH_CODES or subject_detail in _SENDER_CODES:
         return BounceClass.AUTH_FAILURE
     if subject_detail in _REPUTATION_CODES:
         return BounceClass.REPUTATION_BLOCK
-    if _AUTH_WORDS.search(text):
+    if _AUTH_WORDS.search(text) or _SENDER_WORDS.search(text):
         return BounceClass.AUTH_FAILURE
     if _REPUTATION_WORDS.search(text):
         return BounceClass.REPUTATION_BLOCK

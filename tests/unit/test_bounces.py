@@ -278,3 +278,33 @@ def test_only_invalid_recipient_hard_bounces_suppress() -> None:
 
 def test_events_that_are_no_bounce_have_no_class() -> None:
     assert bounces.classify("ses", EventKind.DELIVERED, None, "2.0.0", "250 OK") is None
+
+
+# RFC 3463 X.1.7 "bad sender's mailbox address syntax", X.1.8 "bad sender's system address": the
+# sender is refused (a return-path domain that does not resolve), not the recipient.
+SENDER_REFUSED = [
+    ("ses", "Permanent/General", "5.1.8",
+     "smtp; 550 5.1.8 <bounce@mail.example.com>: Sender address rejected: Domain not found"),
+    ("ses", "Permanent/General", None,
+     "smtp; 553 <bounce@mail.example.com>... Domain of sender address bounce@mail.example.com"
+     " does not exist"),
+    ("sendgrid", "bounce", "5.1.7", "553 5.1.7 The sender address <bounce@mail> is not valid"),
+    ("mailgun", "permanent/bounce", "550", "550 5.1.8 Sender address rejected: Domain not found"),
+    ("mailgun", "permanent/bounce", "550", "550 Sender address rejected: Domain not found"),
+    ("postmark", "HardBounce", None, "550 Sender verify failed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("provider", "provider_type", "status", "text"), SENDER_REFUSED)
+def test_a_refused_sender_is_an_auth_failure_and_does_not_suppress_the_recipient(
+    provider: str, provider_type: str, status: str | None, text: str
+) -> None:
+    found = bounces.classify(provider, EventKind.HARD_BOUNCE, provider_type, status, text)
+    assert found is BounceClass.AUTH_FAILURE  # a blocking class: counted in `blocked`
+    assert not bounces.suppresses(EventKind.HARD_BOUNCE, found)
+
+
+def test_a_refused_recipient_still_suppresses() -> None:
+    text = "550 5.1.1 <ann@example.com>: Recipient address rejected: User unknown in virtual mailbox table"
+    found = bounces.classify("mailgun", EventKind.HARD_BOUNCE, "permanent/bounce", "550", text)
+    assert found is BounceClass.INVALID_RECIPIENT
