@@ -90,7 +90,8 @@ _SENDGRID_DROPPED: Final[dict[str, BounceClass]] = {
     "invalid": BounceClass.INVALID_RECIPIENT,
 }
 
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# Not inside a longer dotted number: "host 4.7.1.9" is an IPv4 address, not the code 4.7.1.
+_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 _BASIC = re.compile(r"\b([245])\d\d\b")
 
 # Words, checked in this order (first match wins); a block is recognised before an address

@@ -308,3 +308,23 @@ def test_a_refused_recipient_still_suppresses() -> None:
     text = "550 5.1.1 <ann@example.com>: Recipient address rejected: User unknown in virtual mailbox table"
     found = bounces.classify("mailgun", EventKind.HARD_BOUNCE, "permanent/bounce", "550", text)
     assert found is BounceClass.INVALID_RECIPIENT
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # An IPv4 address starting 2., 4. or 5. is no RFC 3463 code (4.7.1 would be a policy block).
+        "550 No such user here (connecting host 4.7.1.9)",
+        "550 Requested action not taken: mailbox unavailable. Your IP 4.2.2.1",
+        "550 user unknown [5.7.1.20]",
+    ],
+)
+def test_an_ip_address_in_the_text_is_no_status_code(text: str) -> None:
+    assert bounces.enhanced_code(text) is None
+    found = bounces.classify("mailgun", EventKind.HARD_BOUNCE, "permanent/bounce", "550", text)
+    assert found is BounceClass.INVALID_RECIPIENT
+
+
+def test_a_code_at_the_end_of_a_sentence_is_still_read() -> None:
+    assert bounces.enhanced_code("Delivery failed with status 5.1.1.") == (5, 1, 1)
+    assert bounces.enhanced_code("smtp; 550 5.1.10 null MX") == (5, 1, 10)
