@@ -106,6 +106,11 @@ def parse_ses_message(
         complaint = webhook_auth.need_object(message.get("complaint"), "Message.complaint")
         when = _event_time(complaint, "Message.complaint", fallback)
         feedback = webhook_auth.optional_text(complaint, "complaintFeedbackType")
+        if feedback is not None and feedback.strip().lower() == "not-spam":
+            # RFC 5965: the reporter does not consider the message spam. No complaint: it
+            # neither suppresses nor counts toward a guard's complaint rate.
+            log.info("ses_complaint_ignored", sns_message_id=sns_message_id, reason="not-spam")
+            return []
         feedback = feedback or webhook_auth.optional_text(complaint, "complaintSubType")
         items = _recipients(complaint, "complainedRecipients", "Message.complaint")
         return [

@@ -486,6 +486,17 @@ def test_complaints(name: str, email: str, feedback: str | None) -> None:
     assert event.occurred_at.tzinfo is not None
 
 
+@pytest.mark.parametrize("feedback", ["not-spam", "Not-Spam"])
+def test_a_not_spam_feedback_is_no_complaint(feedback: str) -> None:
+    # RFC 5965 "not-spam": the reporter does not consider the message spam (AWS documents it
+    # among SES's complaintFeedbackType values); recorded as a complaint, it suppressed the address
+    message = orjson.loads((SES_DOCS / "identity-complaint-with-feedback.json").read_bytes())
+    message["complaint"]["complaintFeedbackType"] = feedback
+    with capture_logs() as logs:
+        assert ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME) == []
+    assert [(e["event"], e["reason"]) for e in logs] == [("ses_complaint_ignored", "not-spam")]
+
+
 @pytest.mark.parametrize(
     ("name", "email", "when", "response"),
     [
