@@ -216,6 +216,20 @@ def _basic_class(text: str) -> str | None:
     return None if match is None else match[1]
 
 
+# SES did not send the email: the address is on the SES account's own suppression list (which
+# an account shared with other applications may have filled long ago). SES does not count such
+# a bounce toward its bounce rate; mailerd's guards do not either. Lower-cased provider types.
+_NEVER_SENT: Final = frozenset(
+    {("ses", "permanent/onaccountsuppressionlist"), ("ses", "onaccountsuppressionlist")}
+)
+
+
+def never_sent(provider: str, provider_type: str | None) -> bool:
+    """Whether the provider reports a bounce or complaint about an email it never sent (SES's
+    ``OnAccountSuppressionList``): it suppresses the address, but counts toward no guard rate."""
+    return provider_type is not None and (provider, provider_type.lower()) in _NEVER_SENT
+
+
 def suppresses(kind: EventKind, bounce_class: BounceClass | None) -> bool:
     """Whether an event suppresses its address at once: complaints and unsubscribes always, a
     bounce only when its class is ``invalid_recipient``."""

@@ -147,7 +147,7 @@ def _is_rejection(event: Event) -> bool:
 def _guard_signal(event: Event) -> int | None:
     """Which of a guard's (hard_bounced, complained, blocked) the event counts in (as
     :func:`counts` counts it), or None."""
-    if event.campaign_id is None:
+    if event.campaign_id is None or bounces.never_sent(event.provider, event.provider_type):
         return None
     if event.bounce_class in _BLOCKING_NAMES:
         return 2
@@ -326,10 +326,14 @@ async def _suppress(
 
 def counts(events: list[Event]) -> dict[int, list[int]]:
     """(delivered, bounced, complained, unsubscribed, hard_bounced, blocked) per campaign:
-    ``hard_bounced`` are hard bounces that were no block, ``blocked`` the blocks of either kind."""
+    ``hard_bounced`` are hard bounces that were no block, ``blocked`` the blocks of either kind.
+    An email the provider never sent (:func:`bounces.never_sent`) counts as ``bounced`` only:
+    neither a complaint nor a hard bounce of ours, so no guard pauses on it."""
     counts: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0, 0, 0])
     for event in events:
-        if event.campaign_id is not None:
+        if event.campaign_id is not None and bounces.never_sent(event.provider, event.provider_type):
+            counts[event.campaign_id][1] += 1
+        elif event.campaign_id is not None:
             row = counts[event.campaign_id]
             row[_STAT_FOR_KIND[event.kind]] += 1
             if event.bounce_class in _BLOCKING_NAMES:

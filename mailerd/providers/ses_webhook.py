@@ -111,7 +111,9 @@ def parse_ses_message(
             # neither suppresses nor counts toward a guard's complaint rate.
             log.info("ses_complaint_ignored", sns_message_id=sns_message_id, reason="not-spam")
             return []
-        feedback = feedback or webhook_auth.optional_text(complaint, "complaintSubType")
+        sub_type = webhook_auth.optional_text(complaint, "complaintSubType")
+        # OnAccountSuppressionList: SES never sent it (bounces.never_sent); that wins over a type
+        feedback = sub_type if sub_type == "OnAccountSuppressionList" else feedback or sub_type
         items = _recipients(complaint, "complainedRecipients", "Message.complaint")
         return [
             event(

@@ -324,3 +324,36 @@ async def test_an_identity_notification_without_tags_finds_an_idn_lead(
     assert await post(env, env.signer.envelope(orjson.dumps(bounce).decode())) == (200, {"received": 2})
     rows = await conn.fetch("SELECT account_id, email FROM suppressions ORDER BY account_id")
     assert [tuple(r) for r in rows] == [(1, "jane@bücher.de"), (2, "kim@xn--bcher-kva.de")]
+
+
+@pytest.mark.parametrize("kind", [EventKind.HARD_BOUNCE, EventKind.COMPLAINT])
+async def test_an_email_ses_never_sent_suppresses_but_counts_toward_no_guard(
+    env: Env, conn: asyncpg.Connection, kind: EventKind
+) -> None:
+    # OnAccountSuppressionList: SES accepted the call but never sent the email, the address being
+    # on the SES account's own list (an account shared with another application may have filled
+    # it long ago). SES counts it toward neither its bounce nor its complaint rate; counted as a
+    # hard bounce or a complaint, a few such addresses paused the campaign through its guards.
+    campaign_id, leads = await campaign_with_leads(conn, env)
+    sent = SentEmail(
+        "user1@example.com", campaign_id, leads["user1@example.com"], "m-1", dt.datetime.now(dt.UTC)
+    )
+    record = ses_webhooks.ses_event_record(kind, sent)
+    if kind is EventKind.HARD_BOUNCE:
+        record["bounce"]["bounceSubType"] = "OnAccountSuppressionList"
+        record["bounce"]["bouncedRecipients"][0].update(
+            status="5.1.1",
+            diagnosticCode="Amazon SES did not send the message to this address because it is on"
+            " the suppression list for your account.",
+        )
+    else:
+        del record["complaint"]["complaintFeedbackType"]
+        record["complaint"]["complaintSubType"] = "OnAccountSuppressionList"
+    assert await post(env, env.signer.envelope(orjson.dumps(record).decode())) == (200, {"received": 1})
+    suppressed = await conn.fetch("SELECT email, reason FROM suppressions")
+    assert [tuple(r) for r in suppressed] == [("user1@example.com", str(kind))]
+    stats = await conn.fetchrow(
+        "SELECT bounced, complained, hard_bounced, blocked FROM campaign_stats WHERE campaign_id = $1",
+        campaign_id,
+    )
+    assert tuple(stats or ()) == (1, 0, 0, 0)  # not delivered; no guard counts it

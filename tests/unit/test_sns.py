@@ -497,6 +497,13 @@ def test_a_not_spam_feedback_is_no_complaint(feedback: str) -> None:
     assert [(e["event"], e["reason"]) for e in logs] == [("ses_complaint_ignored", "not-spam")]
 
 
+def test_a_complaint_ses_never_sent_is_typed_so_whatever_its_feedback_type() -> None:
+    message = orjson.loads((SES_DOCS / "identity-complaint-with-feedback.json").read_bytes())
+    message["complaint"]["complaintSubType"] = "OnAccountSuppressionList"
+    (event,) = ses_webhook.parse_ses_message(message, SNS_ID, SNS_TIME)
+    assert (event.kind, event.provider_type) == (EventKind.COMPLAINT, "OnAccountSuppressionList")
+
+
 @pytest.mark.parametrize(
     ("name", "email", "when", "response"),
     [
