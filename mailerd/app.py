@@ -184,9 +184,10 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SenderTiming:
-    """The clock of the senders' token buckets (each provider's and the ``[pace.NAME]`` groups')
-    and their rate-limit sleep: tests inject a virtual pair to measure a rate without waiting
-    for it. A campaign's own ``rate`` is waited for by its shards, on the real clock."""
+    """The clock of the provider's and the ``[pace.NAME]`` groups' token buckets and their
+    rate-limit sleep (the senders wait for the provider's, the shards for the groups'): tests
+    inject a virtual pair to measure a rate without waiting for it. A campaign's own ``rate``
+    is waited for by its shards, on the real clock."""
 
     clock: ratelimit.Clock = time.monotonic
     sleep: RateSleep = aio.sleep_unless
@@ -226,6 +227,10 @@ class _Stages:
         self.erasures = erasure.RecentErasures()
         timing = sender_timing or SenderTiming()
         domain_pace = pace.DomainPace(config.pace, clock=timing.clock)
+        for name, lane in lanes.items():
+            # The groups that apply to the lane: its shards wait for them (None: nothing paced)
+            buckets = domain_pace.for_provider(name)
+            lane.pace = pace.LanePace(buckets, name, sleep=timing.sleep) if buckets else None
         self.senders = {
             name: ProviderSender(
                 lane,
@@ -233,7 +238,6 @@ class _Stages:
                 writer,
                 self._on_halt,
                 self._on_fail,
-                domain_buckets=domain_pace.for_provider(name),
                 rate_sleep=timing.sleep,
                 clock=timing.clock,
                 erased=self.erasures,

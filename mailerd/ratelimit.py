@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -127,19 +127,6 @@ class TokenBucket:
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self._rate:g}, burst={self._burst:g})"
-
-
-def reserve_each(taken: Mapping[TokenBucket, int]) -> float:
-    """Take from each bucket its own count at once (the ``[pace]`` groups of a batch's
-    recipients); the wait is the longest of theirs. Pure bookkeeping, like
-    :meth:`TokenBucket.reserve`."""
-    return max((bucket.reserve(n) for bucket, n in taken.items()), default=0.0)
-
-
-def refund_each(taken: Mapping[TokenBucket, int]) -> None:
-    """Give back what :func:`reserve_each` took (the send was called off)."""
-    for bucket, n in taken.items():
-        bucket.refund(n)
 
 
 def _check_rate(rate: float) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from mailerd import aio, backoff, bounces, metrics, pace, ratelimit, rejections
+from mailerd import aio, backoff, bounces, metrics, ratelimit, rejections
 from mailerd.config import ProviderConfig
 from mailerd.erasure import RecentErasures
 from mailerd.models import (
@@ -96,7 +96,6 @@ class ProviderSender:
         on_fail: FailCallback,
         *,
         rng: random.Random | None = None,
-        domain_buckets: pace.DomainBuckets | None = None,
         rate_sleep: RateSleep = aio.sleep_unless,
         clock: ratelimit.Clock = time.monotonic,
         erased: RecentErasures | None = None,
@@ -106,8 +105,6 @@ class ProviderSender:
         self._erased = erased
         self.config = config
         self.bucket = TokenBucket(config.rate_per_s, config.burst or None, clock=clock)
-        # [pace.NAME] groups that apply to this provider: recipient domain -> the group's bucket
-        self._domain_buckets = domain_buckets or {}
         self._rate_sleep = rate_sleep
         # The provider's daily quota and warm-up (None: no limit): the shard took each batch's
         # share before dispatching it; a batch not sent gives it back.
@@ -162,37 +159,28 @@ class ProviderSender:
             self.quota.refund(len(batch.leads))
 
     async def _acquire(self, delivery: _Delivery, stopped: asyncio.Event) -> bool:
-        """Wait for the rate limits; False (tokens given back) if the shard stops meanwhile.
+        """Wait for the provider's rate; False (tokens given back) if the shard stops meanwhile.
 
-        The ``[pace.NAME]`` groups first, then the provider: its tokens are taken only once the
-        groups' wait is over, so a batch that slept for its group never goes out on top of a
-        provider burst that refilled meanwhile (taken together, it did: twice the burst at
-        once). The campaign's own ``rate`` was waited for before the batch was dispatched
-        (:mod:`mailerd.campaign_caps`), never here, in a worker the whole lane shares.
+        Only the provider's: the campaign's own ``rate`` (:mod:`mailerd.campaign_caps`) and the
+        ``[pace.NAME]`` groups (:mod:`mailerd.pace`) were waited for by the shard before the
+        batch was dispatched, never here, in a worker the whole lane shares. The provider's
+        tokens are taken only now, so a batch that waited for those never goes out on top of a
+        provider burst that refilled meanwhile (taken together, it did: twice the burst at once).
         """
         count = len(delivery.pending)
-        paced: dict[TokenBucket, int] = {}
-        if self._domain_buckets:  # per-recipient work only when [pace] groups apply here
-            leads = delivery.batch.leads
-            paced = pace.count_by_bucket(self._domain_buckets, (leads[i].email for i in delivery.pending))
-            if not await self._wait(ratelimit.reserve_each(paced), stopped):
-                ratelimit.refund_each(paced)
-                return False
         if not await self._wait(self.bucket.reserve(count), stopped):
             self.bucket.refund(count)
-            ratelimit.refund_each(paced)
             return False
         return True
 
     def _refund_tokens(self, delivery: _Delivery, dropped: list[int]) -> None:
         """Recipients dropped after the rate waits (erased meanwhile) give their provider and
-        ``[pace.NAME]`` tokens back: the next batch need not wait for them again."""
+        ``[pace.NAME]`` tokens back (the group's were taken by the shard, at dispatch): the next
+        batch need not wait for them again."""
         self.bucket.refund(len(dropped))
-        if self._domain_buckets:
+        if self.lane.pace is not None:
             leads = delivery.batch.leads
-            ratelimit.refund_each(
-                pace.count_by_bucket(self._domain_buckets, (leads[i].email for i in dropped))
-            )
+            self.lane.pace.refund(leads[position].email for position in dropped)
 
     async def _wait(self, wait: float, stopped: asyncio.Event) -> bool:
         """Sleep ``wait`` seconds unless the shard stops first; False if it has stopped."""

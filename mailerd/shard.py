@@ -34,7 +34,8 @@ from mailerd import aio, db, metrics
 from mailerd.db import leads as leads_db
 from mailerd.db import shards as shards_db
 from mailerd.models import Batch, Campaign, Lead, LogRow, LogStatus
-from mailerd.stages import ProviderLane, RowSink, ShardLostError
+from mailerd.ratelimit import TokenBucket
+from mailerd.stages import PlannedBatch, ProviderLane, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
@@ -354,25 +355,16 @@ class ShardRun:
             else:
                 leads.append(Lead(lead_id, email, attributes))
         read_at = time.monotonic()
-        size = self._lane.batch_size
-        chunks = [leads[i : i + size] for i in range(0, len(leads), size)]
-        if suppressed or not chunks:
-            upto = start if chunks else end
+        planned = self._plan(leads, end)
+        if suppressed or not planned:
+            upto = start if planned else end
             await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), suppressed)
-        caps, quota = self._lane.caps, self._lane.quota
-        for index, chunk in enumerate(chunks):
-            # The campaign's own rate before the batch joins the lane: the wait holds back this
-            # campaign only (in a sender worker it held the provider's shared workers).
-            if not await caps.acquire(self.campaign, len(chunk), self.stopped, self.shard_no):
+        for chunk, group, upto in planned:
+            if not await self._wait_to_dispatch(len(chunk), group):
                 break
-            # The daily quota before the batch is dispatched: every batch queued or in flight
-            # holds its share, so what the claim reserves is never stuck behind a quota wait.
-            if quota is not None and not await quota.acquire(len(chunk), self.stopped):
-                break
-            upto = end if index == len(chunks) - 1 else chunk[-1].id
             if time.monotonic() - read_at > STALE_WINDOW_S:
                 # Read long ago (a low rate, a quota): leads deleted or erased since are not sent.
-                chunk = await self._still_present(chunk)
+                chunk = await self._still_present(chunk, group)
                 if not chunk:
                     await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), [])
                     continue
@@ -381,30 +373,60 @@ class ShardRun:
             self._resolved.clear()
             if not await self._put(batch):
                 self.discard(batch.seq)
-                if quota is not None:
-                    quota.refund(len(chunk))
+                self._give_back(len(chunk), group)
                 break
         return len(rows)
 
-    async def _still_present(self, chunk: list[Lead]) -> list[Lead]:
+    def _plan(self, leads: list[Lead], end: int) -> list[PlannedBatch]:
+        """A window's batches in dispatch order, each with its ``upto``."""
+        lane = self._lane
+        size = lane.batch_size
+        if lane.pace is not None:
+            # Each [pace.NAME] group's recipients in batches of their own, the unpaced going
+            # first within a reservation step (so a crash leaves no more leads uncertain)
+            return lane.pace.plan(leads, size, end, hold=max(lane.reservation_step, size))
+        chunks = [leads[i : i + size] for i in range(0, len(leads), size)]
+        last = len(chunks) - 1
+        return [(chunk, None, end if i == last else chunk[-1].id) for i, chunk in enumerate(chunks)]
+
+    async def _wait_to_dispatch(self, count: int, group: TokenBucket | None) -> bool:
+        """The waits a batch makes before it joins the lane, in this shard, so that each holds
+        back this campaign (or this group's recipients) only: in a sender worker they held the
+        provider's shared workers. False (the batch is not dispatched) when the shard stops."""
+        # The campaign's own rate
+        if not await self._lane.caps.acquire(self.campaign, count, self.stopped, self.shard_no):
+            return False
+        # Its [pace.NAME] group's rate. Undispatched, the batch has no ledger entry and no
+        # earlier entry's upto passes its leads: the next owner reads them again.
+        pacing = self._lane.pace
+        if group is not None and pacing is not None and not await pacing.acquire(group, count, self.stopped):
+            return False
+        # The daily quota: every batch queued or in flight holds its share, so what the claim
+        # reserves is never stuck behind a quota wait.
+        quota = self._lane.quota
+        return quota is None or await quota.acquire(count, self.stopped)
+
+    async def _still_present(self, chunk: list[Lead], group: TokenBucket | None) -> list[Lead]:
         """The leads of ``chunk`` not deleted or erased since their window was read (one query).
-        What the others took of the campaign's cap and the quota goes back; all of it when the
-        query fails (the shard is then lost: nothing of the chunk goes)."""
+        What the others took of the campaign's cap, their [pace.NAME] group and the quota goes
+        back; all of it when the query fails (the shard is then lost: nothing of the chunk goes)."""
         try:
             present = await leads_db.still_present(
                 self._pool, self.campaign.account_id, [x.id for x in chunk]
             )
         except db.DB_ERRORS:
-            self._give_back(len(chunk))
+            self._give_back(len(chunk), group)
             raise
         if len(present) < len(chunk):
-            self._give_back(len(chunk) - len(present))
+            self._give_back(len(chunk) - len(present), group)
         return [lead for lead in chunk if lead.id in present]
 
-    def _give_back(self, count: int) -> None:
-        """The campaign's cap tokens and the quota share of ``count`` leads that waited for them
-        and will not be dispatched: the campaign's next batches may use them."""
+    def _give_back(self, count: int, group: TokenBucket | None) -> None:
+        """The campaign's cap tokens, the group's tokens and the quota share of ``count`` leads
+        that waited for them and will not be dispatched: the next batches may use them."""
         self._lane.caps.refund(self.campaign, count)
+        if group is not None:
+            group.refund(count)
         if self._lane.quota is not None:
             self._lane.quota.refund(count)
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+from collections.abc import Iterable
 from typing import Any, Protocol
 
-from mailerd.models import Batch, Campaign, Event, LogRow
+from mailerd.models import Batch, Campaign, Event, Lead, LogRow
 from mailerd.providers.base import Provider
+from mailerd.ratelimit import TokenBucket
 
 StatusCounts = tuple[int, int, int, int]  # sent, failed, unknown, suppressed
 
@@ -113,6 +115,26 @@ class CapTaker(Protocol):
         """This node holds nothing of the campaign any more."""
 
 
+# A batch as a shard dispatches it: its leads, its [pace] group's bucket (None: unpaced), its upto.
+PlannedBatch = tuple[list[Lead], TokenBucket | None, int]
+
+
+class PaceTaker(Protocol):
+    """The ``[pace.NAME]`` groups that apply to a lane (:class:`mailerd.pace.LanePace`): a shard
+    puts each group's recipients in batches of their own and waits for a paced batch's tokens
+    before dispatching it, so the wait holds back that group's recipients only."""
+
+    def plan(self, leads: list[Lead], batch_size: int, end: int, hold: int) -> list[PlannedBatch]:
+        """A window's batches in dispatch order: (leads, their group's bucket or None, upto);
+        a group's full batches held back behind the unpaced up to ``hold`` recipients."""
+
+    async def acquire(self, bucket: TokenBucket, count: int, stopped: asyncio.Event) -> bool:
+        """Wait until ``count`` recipients of the group may go; False when ``stopped`` first."""
+
+    def refund(self, addresses: Iterable[str]) -> None:
+        """Give back the group tokens of recipients dispatched and then not sent."""
+
+
 QueueItem = tuple[ClaimedShard, Batch] | None  # None: end marker, one per sender worker
 
 
@@ -150,6 +172,7 @@ class ProviderLane:
     reservation_step: int
     caps: CapTaker  # the campaigns' own rate caps, waited for before a batch joins ``queue``
     quota: QuotaTaker | None = None  # the provider's daily quota and warm-up (None: no limit)
+    pace: PaceTaker | None = None  # the [pace.NAME] groups that apply here (None: none does)
 
     @property
     def batches_ahead(self) -> int:

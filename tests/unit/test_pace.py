@@ -3,6 +3,7 @@ recipients into the group buckets (pure)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from mailerd import config, pace, ratelimit
+from mailerd.models import Lead
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "mailerd.example.toml"
 
@@ -94,13 +96,60 @@ def test_buckets_apply_per_provider_and_are_shared_between_the_lanes() -> None:
     assert pace.DomainPace({}).for_provider("smtp") == {}
 
 
-def test_a_mixed_batch_counts_each_groups_recipients() -> None:
+def _plan(
+    buckets: pace.DomainBuckets, addresses: list[str], size: int, hold: int = 100
+) -> list[tuple[list[int], Any, int]]:
+    """The plan of a window (0, 1000] whose leads have ids 10, 20, ... in ``addresses``' order."""
+    leads = [Lead(10 * (n + 1), address, {}) for n, address in enumerate(addresses)]
+    planned = pace.LanePace(buckets, "sink").plan(leads, size, 1000, hold)
+    return [([lead.id for lead in chunk], bucket, upto) for chunk, bucket, upto in planned]
+
+
+def test_a_window_puts_each_groups_recipients_in_batches_of_their_own() -> None:
     google, microsoft = ratelimit.TokenBucket(20), ratelimit.TokenBucket(5)
     buckets = {"gmail.com": google, "googlemail.com": google, "outlook.com": microsoft}
-    addresses = ["a@gmail.com", "b@GoogleMail.COM", "c@example.com", "d@outlook.com", "e@sub.gmail.com", "x"]
-    assert pace.count_by_bucket(buckets, addresses) == {google: 2, microsoft: 1}
-    assert pace.count_by_bucket(buckets, []) == {}
-    assert pace.domain_of("Ann@Example.COM") == "example.com"
+    addresses = [
+        "a@gmail.com",  # 10
+        "b@example.com",  # 20
+        "c@GoogleMail.COM",  # 30
+        "d@outlook.com",  # 40
+        "e@sub.gmail.com",  # 50: not the group's domain
+        "f@example.com",  # 60
+        "x",  # 70
+        "g@gmail.com",  # 80
+    ]
+    # The unpaced batches first, then the group's full batch held back, then the rest; no upto
+    # passes a lead that goes in a later batch
+    assert _plan(buckets, addresses, 2) == [
+        ([20, 50], None, 9),
+        ([60, 70], None, 9),
+        ([10, 30], google, 39),
+        ([80], google, 39),
+        ([40], microsoft, 1000),
+    ]
+    # Held back up to `hold` recipients only: here a batch goes as soon as it is full
+    assert _plan(buckets, addresses, 2, hold=2) == [
+        ([10, 30], google, 19),
+        ([20, 50], None, 39),
+        ([60, 70], None, 39),
+        ([80], google, 39),
+        ([40], microsoft, 1000),
+    ]
+    assert _plan(buckets, addresses, 50) == [
+        ([20, 50, 60, 70], None, 9),
+        ([10, 30, 80], google, 39),
+        ([40], microsoft, 1000),
+    ]
+    assert _plan(buckets, [], 50) == []
+
+
+def test_a_window_without_a_paced_recipient_is_planned_as_without_pace() -> None:
+    buckets = {"gmail.com": ratelimit.TokenBucket(20)}
+    assert _plan(buckets, [f"u{n}@example.com" for n in range(5)], 2) == [
+        ([10, 20], None, 29),
+        ([30, 40], None, 49),
+        ([50], None, 1000),
+    ]
 
 
 def test_a_group_holds_its_rate_under_an_injected_clock() -> None:
@@ -124,3 +173,20 @@ def test_the_example_documents_the_group_and_loads_uncommented(tmp_path: Path) -
     assert loaded.pace["google"] == config.PaceConfig(
         name="google", domains=("gmail.com", "googlemail.com"), rate_per_s=20.0
     )
+
+
+async def test_a_stop_during_a_groups_wait_gives_its_tokens_back() -> None:
+    bucket = ratelimit.TokenBucket(1, clock=lambda: 0.0)  # a burst of 1, time stands still
+    slept: list[float] = []
+
+    async def sleep(delay: float, stopped: asyncio.Event) -> None:
+        slept.append(delay)
+        stopped.set()  # the shard stops while the batch waits
+
+    lane = pace.LanePace({"gmail.com": bucket}, "sink", sleep=sleep)
+    stopped = asyncio.Event()
+    assert not await lane.acquire(bucket, 10, stopped)
+    assert slept == [9.0] and bucket.tokens() == 1.0
+    assert not await lane.acquire(bucket, 1, stopped)  # already stopped: nothing taken
+    assert bucket.tokens() == 1.0
+    assert await lane.acquire(bucket, 1, asyncio.Event())

@@ -270,20 +270,6 @@ async def test_provider_limit_is_shared_by_campaigns() -> None:
     assert sum(waits) > 0
 
 
-def test_a_send_called_off_gives_its_tokens_back_to_every_group() -> None:
-    vt = VirtualTime()
-    google = ratelimit.TokenBucket(10, clock=vt.clock)
-    microsoft = ratelimit.TokenBucket(100, clock=vt.clock)
-    google.reserve(10)  # the group is busy: the reservation below has to wait on it
-    taken = {google: 10, microsoft: 5}
-    assert ratelimit.reserve_each(taken) == pytest.approx(1.0)
-    assert microsoft.tokens() == pytest.approx(95)
-    ratelimit.refund_each(taken)
-    assert microsoft.tokens() == pytest.approx(100)
-    assert google.tokens() == pytest.approx(0)
-    assert ratelimit.reserve_each({}) == 0.0
-
-
 async def test_provider_tokens_taken_after_another_wait_never_double_its_burst() -> None:
     """A batch that waited 9 s for its campaign (or [pace] group) takes the provider's tokens
     then: another batch arriving at that moment waits for them. Taken together at t=0 (as
