@@ -283,7 +283,11 @@ async def test_a_late_event_postgres_refuses_is_dead_lettered_without_the_addres
         with pytest.raises(EventsRefused):
             await _record(conn, writer, batch)
     with capture_logs() as logged, pytest.raises(EventsRefused):  # (resolve cannot look it up)
-        await (await writer.submit_events([unstorable, *await events.resolve(conn, [refused])]))
+        await (
+            await writer.submit_events(
+                [unstorable, *await events.resolve(conn, [refused], provider_kinds={})]
+            )
+        )
     # asyncpg's error quotes the arguments: kept in the letter's error, and logged
     [line] = [e for e in logged if e["event"] == "entry_dead_lettered"]
     assert "['<erased>', " in line["error"] and LOWER not in line["error"].lower()
