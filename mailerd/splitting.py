@@ -67,11 +67,13 @@ async def split_campaign(
 
     A campaign with a send window is cut per time zone too (``now``: the clock that decides
     which zones wait). Idempotent across nodes: the campaign row is locked and shards are made
-    only once. Returns the number of shards.
+    only once, and only while it is running (the caller read it running before the lock: another
+    node may have finished it since, an operator paused or cancelled it). Returns the number of
+    shards (0 when it is no longer running).
     """
     async with conn.transaction():
         row = await campaigns_db.get(conn, campaign_id, for_update=True)
-        if row is None:
+        if row is None or row["status"] != CampaignStatus.RUNNING:
             return 0
         existing = await shards_db.count(conn, campaign_id)
         if existing:
@@ -81,6 +83,8 @@ async def split_campaign(
         matched = await leads_db.count_segment(conn, campaign.account_id, campaign.segment)
         await stats_db.set_matched(conn, campaign_id, matched)
         if not edges:
+            # Cannot be refused: the row is locked and running (a node that lost the race to
+            # another reads it finished above, once that one committed).
             await campaigns_db.change_status(conn, campaign_id, "finish", "no leads", cause="scheduler")
             log.info("campaign_finished_empty", campaign_id=campaign_id)
             return 0

@@ -4,10 +4,12 @@ were decided on (issue 10: a late halt from any node can never undo an operator'
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
-from mailerd import campaigns
+from mailerd import campaigns, splitting
 from mailerd.db import campaigns as campaigns_db
 from tests.integration.helpers import daemon_config, new_campaign
 
@@ -99,3 +101,45 @@ async def test_the_done_sweep_finishes_only_campaigns_whose_shards_are_all_done(
     row = await conn.fetchrow("SELECT status, finished_at FROM campaigns WHERE id = $1", done_id)
     assert row["status"] == "finished" and row["finished_at"] is not None
     assert (await _changes(conn, done_id))[-1][1:4] == ("running", "finished", "writer")
+
+
+async def _running_without_leads(conn: asyncpg.Connection) -> int:
+    """A running campaign not split yet, of an account without leads (account 7 has none)."""
+    campaign_id = await campaigns.create(conn, new_campaign(account_id=7, start=True), daemon_config(1))
+    await conn.execute(
+        "UPDATE campaigns SET send_at = now() - interval '1 second' WHERE id = $1", campaign_id
+    )
+    assert await campaigns_db.sweep(conn, "due", cause="scheduler") == [campaign_id]
+    return campaign_id
+
+
+@pytest.mark.parametrize(("action", "status"), [("cancel", "cancelled"), ("pause", "paused")])
+async def test_a_campaign_stopped_after_the_schedulers_read_is_not_split(
+    conn: asyncpg.Connection, action: str, status: str
+) -> None:
+    """The scheduler read the campaign running and unsplit; an operator stopped it before the
+    split locked the row: nothing is split or finished (it was a TransitionError that took the
+    node's scheduler down)."""
+    campaign_id = await _running_without_leads(conn)
+    assert await campaigns_db.unsplit(conn) == [campaign_id]
+    await campaigns_db.change_status(conn, campaign_id, action, "operator")
+    assert await splitting.split_campaign(conn, campaign_id, 1000) == 0
+    assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == status
+    assert (await _changes(conn, campaign_id))[-1][2:] == (status, "api", "operator")
+
+
+async def test_two_nodes_splitting_one_campaign_without_leads_finish_it_once(pool: asyncpg.Pool) -> None:
+    """The due sweep's NOTIFY wakes every node: two read the campaign unsplit and split it at
+    once. The second, once the first committed the finish, finds it finished: no error."""
+    async with pool.acquire() as conn:
+        campaign_id = await _running_without_leads(conn)
+
+    async def node_splits() -> int:
+        async with pool.acquire() as conn:
+            return await splitting.split_campaign(conn, campaign_id, 1000)
+
+    assert await asyncio.gather(node_splits(), node_splits()) == [0, 0]
+    async with pool.acquire() as conn:
+        changes = await _changes(conn, campaign_id)
+    assert changes[-1][1:] == ("running", "finished", "scheduler", "no leads")
+    assert [change[2] for change in changes].count("finished") == 1
