@@ -88,6 +88,10 @@ FLUSH_FAILURES = Counter("mailerd_writer_flush_failures_total", "Writer flushes 
 WRITER_BUFFER_ROWS = Gauge("mailerd_writer_buffer_rows", "Rows waiting in the writer's buffer.")
 SHARDS_CLAIMED = Gauge("mailerd_shards_claimed", "Campaign shards this node holds.")
 SHARDS_LOST = Counter("mailerd_shards_lost_total", "Shards fenced out or whose claim connection dropped.")
+CAMPAIGN_ACTIVATION_FAILURES = Counter(
+    "mailerd_campaign_activation_failures_total",
+    "Splits of a running campaign into shards that failed on an error nothing foresaw (see the log).",
+)
 WEBHOOK_EVENTS = Counter(
     "mailerd_webhook_events_total", "Provider events received by webhook, by kind.", ["provider", "kind"]
 )

@@ -205,6 +205,15 @@ class Scheduler:
                     # e.g. this machine's time zone database lacks the default zone: another
                     # node may split it; failing the campaign for everyone would be wrong.
                     log.error("campaign_window_unusable", campaign_id=campaign_id, error=str(exc))
+                except db.DB_ERRORS:
+                    raise  # the tick's: every campaign waits for the next one
+                except Exception as exc:  # a row or a bug nothing foresaw: this campaign waits, not the node
+                    metrics.CAMPAIGN_ACTIVATION_FAILURES.inc()
+                    log.exception(
+                        "campaign_activation_failed",
+                        campaign_id=campaign_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
 
     async def _watch_statuses(self) -> None:
         """Periodic re-read of the status of campaigns this node is sending."""

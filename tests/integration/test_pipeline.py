@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
-from mailerd import campaigns
+from mailerd import campaigns, metrics, scheduler
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
@@ -208,6 +209,41 @@ async def _wait_split(conn: asyncpg.Connection, campaign_id: int, timeout: float
             "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
         ):
             await asyncio.sleep(0.02)
+
+
+async def test_an_unforeseen_error_activating_one_campaign_leaves_the_node_sending_the_others(
+    conn: asyncpg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Splitting one campaign raises what nothing foresaw (a bug, a row the code cannot read):
+    it is logged with its traceback and counted, the campaign waits, and the node goes on (it
+    took the scheduler's TaskGroup down, and every shard of the node with it)."""
+    await add_leads(conn, 1, 300)
+    emulator = sink.Sink()
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        broken = await campaigns.create(conn, new_campaign(), config)
+        split = scheduler.split_campaign
+
+        async def split_or_fail(conn: asyncpg.Connection, campaign_id: int, *args: Any, **kwargs: Any) -> int:
+            if campaign_id == broken:
+                raise RuntimeError("a row nothing foresaw")
+            return await split(conn, campaign_id, *args, **kwargs)
+
+        monkeypatch.setattr(scheduler, "split_campaign", split_or_fail)
+        failures = metrics.CAMPAIGN_ACTIVATION_FAILURES._value.get()
+        with capture_logs() as logs:
+            async with running_daemon(config, dsn):
+                other = await campaigns.create(conn, new_campaign(), config)
+                info = await wait_for_status(conn, other, timeout=15)
+    finally:
+        await emulator.close()
+    assert info["sent"] == 100
+    assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", broken) == "running"
+    failed = [entry for entry in logs if entry["event"] == "campaign_activation_failed"]
+    assert failed and {entry["campaign_id"] for entry in failed} == {broken}
+    assert failed[0]["error"] == "RuntimeError: a row nothing foresaw" and failed[0]["exc_info"]
+    assert metrics.CAMPAIGN_ACTIVATION_FAILURES._value.get() >= failures + 1
 
 
 _SENDING_PAUSED = (400, "SendingPausedException", "Sending is paused for this account")
