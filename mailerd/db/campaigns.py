@@ -20,11 +20,13 @@ NOTIFY_CHANNEL = "mailerd_campaigns"
 GUARD_CAUSE = "guard"  # the cause recorded for a deliverability guard's pause (mailerd.guards)
 
 # action -> (statuses it may start from, status it leads to). The first four are the operator's
-# (API_ACTIONS); the others are the pipeline's own.
+# (API_ACTIONS); the others are the pipeline's own. One exception, in ``_apply``: a campaign
+# paused before it ever ran (``started_at`` null) that ``resume`` would run goes back to
+# ``scheduled`` with its ``send_at``, so the due sweep starts it at that time, not at once.
 TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "start": (frozenset({"draft", "scheduled"}), "scheduled"),
     "pause": (frozenset({"scheduled", "running"}), "paused"),
-    "resume": (frozenset({"paused"}), "running"),
+    "resume": (frozenset({"paused"}), "running"),  # or scheduled, when it never ran (see above)
     "cancel": (frozenset({"draft", "scheduled", "running", "paused"}), "cancelled"),
     "run": (frozenset({"scheduled"}), "running"),  # its send_at has come
     "finish": (frozenset({"running", "paused"}), "finished"),  # every shard done (or nothing to send)
@@ -128,8 +130,9 @@ async def change_status(
     generation: int | None = None,
 ) -> str:
     """Apply ``action`` to one campaign and tell every node at once (NOTIFY). Returns the new
-    status; raises :class:`TransitionError` when the action is not allowed from the current
-    status, or when ``generation`` is given and the status changed since it was read, and
+    status (``resume`` of a campaign that never ran: ``scheduled``); raises
+    :class:`TransitionError` when the action is not allowed from the current status, or when
+    ``generation`` is given and the status changed since it was read, and
     :class:`ProviderHeld` when it would start or resume a campaign of a held provider."""
     async with conn.transaction():
         if action in HELD_ACTIONS:
@@ -155,21 +158,22 @@ async def change_status(
             # The operator overrides the guard (the resume and its reason are recorded): it
             # judges again only on what the campaign sends from now on.
             await stats_db.reset_guard_baseline(conn, campaign_id)
-    return TRANSITIONS[action][1]
+    return changed[campaign_id]
 
 
 async def pause_provider(conn: asyncpg.Connection, provider: str, reason: str, *, cause: str) -> list[int]:
     """Pause every scheduled or running campaign of ``provider`` (in the caller's transaction,
     under :func:`mailerd.db.provider_usage.lock`). Returns the ids paused."""
-    return await _apply(conn, "pause", "provider = $5", [provider], cause=cause, reason=reason)
+    return list(await _apply(conn, "pause", "provider = $5", [provider], cause=cause, reason=reason))
 
 
 async def resume_provider(
     conn: asyncpg.Connection, provider: str, hold_reason: str, reason: str
 ) -> list[int]:
     """Resume the campaigns of ``provider`` that are paused by its hold (their last change is
-    the guard's, with the hold's reason): an operator released it with ``reason``."""
-    return await _apply(
+    the guard's, with the hold's reason): an operator released it with ``reason``. Those it
+    paused before they ran go back to ``scheduled``, each at its own ``send_at``."""
+    changed = await _apply(
         conn,
         "resume",
         """provider = $5 AND EXISTS (
@@ -179,6 +183,7 @@ async def resume_provider(
         cause="api",
         reason=reason,
     )
+    return list(changed)
 
 
 async def _refuse_if_held(
@@ -228,7 +233,8 @@ async def sweep(
         # A sweep never waits for a campaign another transaction holds (an operator's action,
         # another node's flush): it takes the others, and the next sweep takes that one. So a
         # writer's flush never waits on a campaign row while holding its shards' rows.
-        return await _apply(conn, action, condition, params, cause=cause, reason=None, skip_locked=True)
+        changed = await _apply(conn, action, condition, params, cause=cause, reason=None, skip_locked=True)
+        return list(changed)
 
 
 async def _apply(
@@ -240,41 +246,47 @@ async def _apply(
     cause: str,
     reason: str | None,
     skip_locked: bool = False,
-) -> list[int]:
+) -> dict[int, str]:
     """The one statement that changes statuses: lock the campaigns that ``condition`` selects
     and whose status allows ``action``, set the target status (and its timestamps), bump the
-    generation, record the change, NOTIFY. Returns the ids changed."""
+    generation, record the change, NOTIFY. Returns the ids changed, by id, with the status each
+    went to: the target, except that a paused campaign that never ran (``started_at`` null)
+    goes back to ``scheduled`` rather than running, keeping its ``send_at`` (a campaign paused
+    while it waited for next week, by an operator or a provider hold, must not start now)."""
     allowed, target = TRANSITIONS[action]
     rows = await conn.fetch(
         f"""WITH target AS (
-                SELECT id, status AS previous FROM campaigns
+                SELECT id, status AS previous,
+                       CASE WHEN $1::text = 'running' AND status = 'paused' AND started_at IS NULL
+                            THEN 'scheduled' ELSE $1 END AS next
+                FROM campaigns
                 WHERE status = ANY($2::text[]) AND ({condition})
                 ORDER BY id FOR UPDATE {"SKIP LOCKED" if skip_locked else ""}),
             changed AS (
                 UPDATE campaigns c SET
-                    status = $1, status_reason = $3, status_generation = c.status_generation + 1,
+                    status = t.next, status_reason = $3, status_generation = c.status_generation + 1,
                     updated_at = now(),
                     send_at = CASE WHEN $1 = 'scheduled' THEN now() ELSE c.send_at END,
-                    started_at = CASE WHEN $1 = 'running' THEN coalesce(c.started_at, now())
+                    started_at = CASE WHEN t.next = 'running' THEN coalesce(c.started_at, now())
                                       ELSE c.started_at END,
                     finished_at = CASE WHEN $1 IN ('cancelled', 'finished') THEN now() ELSE c.finished_at END
                 FROM target t WHERE c.id = t.id
-                RETURNING c.id, c.account_id, c.status_generation, t.previous),
+                RETURNING c.id, c.account_id, c.status, c.status_generation, t.previous),
             recorded AS (
                 INSERT INTO campaign_changes
                     (campaign_id, generation, account_id, status, previous_status, cause, reason)
-                SELECT id, status_generation, account_id, $1, previous, $4, $3 FROM changed)
-            SELECT id FROM changed ORDER BY id""",
+                SELECT id, status_generation, account_id, status, previous, $4, $3 FROM changed)
+            SELECT id, status FROM changed ORDER BY id""",
         target,
         sorted(allowed),
         reason,
         cause,
         *params,
     )
-    ids = [r["id"] for r in rows]
-    for campaign_id in ids:
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {target}")
-    return ids
+    changed = {r["id"]: r["status"] for r in rows}
+    for campaign_id, status in changed.items():
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{campaign_id} {status}")
+    return changed
 
 
 async def show(conn: asyncpg.Connection, campaign_id: int) -> dict[str, Any] | None:

@@ -190,10 +190,22 @@ async def test_transitions_and_conflicts(client: TestClient[Any, Any], conn: asy
     response = await client.post(f"{url}/resume", headers=AUTH)
     assert response.status == 409
     assert "draft" in (await response.json())["error"]["message"]
-    assert (await (await client.post(f"{url}/start", headers=AUTH)).json())["status"] == "scheduled"
+    started = await (await client.post(f"{url}/start", headers=AUTH)).json()
+    assert started["status"] == "scheduled"
     paused = await client.post(f"{url}/pause", json={"reason": "checking copy"}, headers=AUTH)
     assert (await paused.json())["status"] == "paused"
     assert (await paused.json())["reason"] == "checking copy"
+    # Paused before it ran: resumed, it waits for its send_at again (the due sweep starts it).
+    resumed = await (await client.post(f"{url}/resume", headers=AUTH)).json()
+    assert (resumed["status"], resumed["send_at"], resumed["started_at"]) == (
+        "scheduled",
+        started["send_at"],
+        None,
+    )
+    await conn.execute(
+        "UPDATE campaigns SET status = 'running', started_at = now() WHERE id = $1", campaign["id"]
+    )
+    assert (await (await client.post(f"{url}/pause", headers=AUTH)).json())["status"] == "paused"
     assert (await (await client.post(f"{url}/resume", headers=AUTH)).json())["status"] == "running"
     assert (await (await client.post(f"{url}/cancel", headers=AUTH)).json())["status"] == "cancelled"
     response = await client.post(f"{url}/start", headers=AUTH)

@@ -5,6 +5,7 @@ were decided on (issue 10: a late halt from any node can never undo an operator'
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import asyncpg
 import pytest
@@ -75,6 +76,29 @@ async def test_a_stale_pause_cannot_undo_an_operators_resume(conn: asyncpg.Conne
         conn, campaign_id, "pause", "provider halted", cause="sender", generation=current
     )
     assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "paused"
+
+
+@pytest.mark.parametrize("due", [False, True])
+async def test_a_campaign_paused_before_it_ran_is_resumed_to_its_schedule(
+    conn: asyncpg.Connection, due: bool
+) -> None:
+    """Paused while it waited for next week, then resumed: it waits for next week again (it
+    started at once). Once its send_at has come, the due sweep starts it as any other."""
+    next_week = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False, send_at=next_week), daemon_config(1))
+    await campaigns_db.change_status(conn, campaign_id, "pause", "copy check")
+    if due:
+        await conn.execute(
+            "UPDATE campaigns SET send_at = now() - interval '1 second' WHERE id = $1", campaign_id
+        )
+    send_at = await conn.fetchval("SELECT send_at FROM campaigns WHERE id = $1", campaign_id)
+    assert await campaigns_db.change_status(conn, campaign_id, "resume", "copy fixed") == "scheduled"
+    row = await conn.fetchrow("SELECT status, send_at, started_at FROM campaigns WHERE id = $1", campaign_id)
+    assert tuple(row) == ("scheduled", send_at, None)
+    assert (await _changes(conn, campaign_id))[-1] == (2, "paused", "scheduled", "api", "copy fixed")
+    assert await campaigns_db.sweep(conn, "due", cause="scheduler") == ([campaign_id] if due else [])
+    status = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
+    assert status == ("running" if due else "scheduled")
 
 
 async def test_the_pipelines_own_actions_are_not_operator_actions() -> None:

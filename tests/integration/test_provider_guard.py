@@ -12,8 +12,9 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from mailerd import campaigns, provider_guard
+from mailerd import campaigns, guards, provider_guard
 from mailerd import config as config_mod
+from mailerd.db import campaigns as campaigns_db
 from mailerd.db import provider_usage
 from mailerd.emulator import sink
 from mailerd.emulator import webhooks as emulator_webhooks
@@ -276,3 +277,30 @@ async def test_a_flush_that_straddles_a_release_leaves_its_late_bounces_out(
         await release.close()
         writer.close()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_release_sends_campaigns_held_before_they_ran_back_to_their_schedule(
+    conn: asyncpg.Connection,
+) -> None:
+    """The hold pauses a campaign scheduled for next week with the running ones; its release
+    started it at once. It goes back to waiting for its own send_at; the running one runs."""
+    next_week = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
+    later = await campaigns.create(conn, new_campaign(start=False, send_at=next_week), daemon_config(1))
+    running = await _running_campaign(conn, sent=0)
+    verdict = guards.Verdict("complaint", "guard: provider sink complaint rate too high")
+    assert await provider_guard.hold(conn, "sink", verdict)
+    statuses = await conn.fetch("SELECT status FROM campaigns ORDER BY id")
+    assert [r["status"] for r in statuses] == ["paused", "paused"]
+
+    released = await provider_guard.release(conn, "sink", "list cleaned", "ops")
+    assert released is not None and released[1] == [later, running]
+    rows = await conn.fetch("SELECT status, send_at, started_at FROM campaigns ORDER BY id")
+    assert (rows[0]["status"], rows[0]["send_at"], rows[0]["started_at"]) == ("scheduled", next_week, None)
+    assert rows[1]["status"] == "running"
+    change = await conn.fetchrow(
+        """SELECT previous_status, status, cause, reason FROM campaign_changes
+           WHERE campaign_id = $1 ORDER BY generation DESC LIMIT 1""",
+        later,
+    )
+    assert tuple(change) == ("paused", "scheduled", "api", "list cleaned")
+    assert await campaigns_db.sweep(conn, "due", cause="scheduler") == []
