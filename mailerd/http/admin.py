@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import time
 from typing import Any
@@ -68,19 +67,13 @@ async def get_campaign(request: web.Request) -> web.Response:
 
 def _rate_and_eta(services: Services, info: dict[str, Any]) -> dict[str, Any]:
     """Rate over the last minute of this node's observations (else since start), and ETA."""
-    now = time.monotonic()
-    samples = services.rates.setdefault(info["id"], collections.deque(maxlen=120))
-    samples.append((now, info["processed"]))
-    while samples and now - samples[0][0] > 60:
-        samples.popleft()
-    rate = 0.0
-    if len(samples) >= 2 and now - samples[0][0] >= 1:
-        rate = (samples[-1][1] - samples[0][1]) / (now - samples[0][0])
-    elif info["started_at"] is not None and info["status"] == "running":
-        elapsed = (dt.datetime.now(dt.UTC) - info["started_at"]).total_seconds()
-        rate = info["processed"] / elapsed if elapsed > 0 else 0.0
-    if info["status"] != "running":
+    running = info["status"] == "running"
+    rate = services.rates.observe(info["id"], info["processed"], running=running, now=time.monotonic())
+    if rate is None:
         rate = 0.0
+        if running and info["started_at"] is not None:
+            elapsed = (dt.datetime.now(dt.UTC) - info["started_at"]).total_seconds()
+            rate = info["processed"] / elapsed if elapsed > 0 else 0.0
     remaining = max(info["matched"] - info["processed"], 0)
     eta = round(remaining / rate, 1) if rate > 0 else None
     return {"rate_per_s": round(rate, 1), "eta_s": eta}

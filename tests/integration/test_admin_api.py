@@ -17,6 +17,7 @@ from mailerd import http
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect as db_connect
 from mailerd.db import leads as leads_db
+from mailerd.http.services import CampaignRates
 from mailerd.splitting import campaign_from_row
 from tests.integration.helpers import ApiTestServer, add_leads
 
@@ -98,6 +99,44 @@ async def test_create_show_and_list_campaigns(client: TestClient[Any, Any], conn
     assert rest["next_after"] is None
     drafts = await (await client.get("/api/campaigns?status=draft", headers=AUTH)).json()
     assert len(drafts["campaigns"]) == 5
+
+
+async def test_rate_observations_are_kept_only_for_what_can_still_count(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """GET /api/campaigns/{id} kept every campaign's observations for good (a node polled for
+    thousands of finished campaigns grew without bound): only running campaigns observed in the
+    last window are kept, at most ``max_campaigns`` of them."""
+    services = http.Services(pool, _config(), http.Health(started=True))
+    async with TestClient(ApiTestServer(http.build_app(services))) as client:
+        ids = []
+        for number in range(5):
+            created = await client.post("/api/campaigns", json=_campaign(name=f"c{number}"), headers=AUTH)
+            ids.append((await created.json())["id"])
+        await client.post(f"/api/campaigns/{ids[0]}/cancel", headers=AUTH)
+        await conn.execute(
+            "UPDATE campaigns SET status = 'running', started_at = now() WHERE id = $1", ids[1]
+        )
+        for campaign_id in ids * 2:
+            assert (await client.get(f"/api/campaigns/{campaign_id}", headers=AUTH)).status == 200
+        assert len(services.rates) == 1  # the running one
+        await client.post(f"/api/campaigns/{ids[1]}/pause", headers=AUTH)
+        assert (await client.get(f"/api/campaigns/{ids[1]}", headers=AUTH)).status == 200
+        assert len(services.rates) == 0
+
+    rates = CampaignRates(window_s=60, max_campaigns=2)
+    assert rates.observe(1, 0, running=True, now=0) is None
+    assert rates.observe(1, 30, running=True, now=10) == 3.0
+    rates.observe(2, 0, running=True, now=20)
+    rates.observe(3, 0, running=True, now=30)  # over max_campaigns: 1, the least recently seen, goes
+    assert len(rates) == 2
+    # 2 was last seen 65 s before: forgotten, its old observations with it; 3 (55 s) is kept
+    assert rates.observe(2, 10, running=True, now=85) is None
+    assert len(rates) == 2
+    assert rates.observe(2, 20, running=True, now=95) == 1.0  # and 3 is forgotten now
+    assert len(rates) == 1
+    rates.observe(2, 30, running=False, now=97)
+    assert len(rates) == 0
 
 
 async def test_bad_campaign_fields_get_422_naming_each_field_and_store_nothing(
