@@ -1,12 +1,14 @@
 """Requests into typed values: JSON bodies and query strings into their Structs, path ids.
 
 Every problem becomes a 4xx JSON answer naming the field: 400 when the body is not JSON, 422
-when a field or parameter is invalid (all of them listed), 404 for an id that cannot exist.
+when a field or parameter is invalid (all of them listed; a body nested deeper than the JSON
+reader goes names the top-level field nested deepest), 404 for an id that cannot exist.
 """
 
 from __future__ import annotations
 
 import decimal
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +25,9 @@ T = TypeVar("T", bound=msgspec.Struct)
 MAX_ID = decoding.MAX_ID
 _MAX_QUERY_DIGITS = 100  # of a whole-number parameter: beyond every bound, far below int()'s limit
 _BOOLEANS = {"true": True, "false": False}
+# What a nesting depth depends on: strings (whole, so brackets in them do not count), brackets, colons
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]', re.DOTALL)
+_MAX_FIELD_NAME = 100  # of a field named in a too-deeply-nested answer
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -50,10 +55,43 @@ async def json_object(request: web.Request, loads: Callable[[bytes], Any] = orjs
     try:
         data = loads(raw)
     except ValueError as exc:  # orjson.JSONDecodeError among them
+        if lead_rules.nested_too_deeply(exc):
+            field = _deepest_field(raw)
+            if field is None:
+                raise ApiError(422, "invalid", "the body is nested too deeply") from None
+            raise ApiError(422, "invalid", f"{field}: nested too deeply", field) from None
         raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")
     return data
+
+
+def _deepest_field(raw: bytes) -> str | None:
+    """The key of the body's top-level object whose value is nested deepest (the first such),
+    read without parsing the body (it is too deep for the parser); None when the body is not an
+    object or the key cannot be read."""
+    depth = deepest = 0
+    key = string = found = None
+    for match in _JSON_TOKENS.finditer(raw):
+        token = match.group()
+        if token[0] == ord('"'):
+            string = token
+        elif token == b":":
+            if depth == 1:
+                key = string
+        elif token in (b"{", b"["):
+            depth += 1
+            if depth > deepest:
+                deepest, found = depth, key
+        else:
+            depth -= 1
+    if found is None:
+        return None
+    try:
+        name = orjson.loads(found)
+    except orjson.JSONDecodeError:
+        return None
+    return name[:_MAX_FIELD_NAME] if isinstance(name, str) else None
 
 
 def struct(cls: type[T], data: dict[str, Any]) -> T:

@@ -223,6 +223,21 @@ _DIGITS_AS_ZEROS = bytes.maketrans(b"0123456789.E+", b"00000000000e-")
 _MAX_EXPONENT = 400
 
 
+class NestedTooDeeply(ValueError):
+    """JSON nested deeper than :func:`loads_exact` can read or hold (valid JSON all the same)."""
+
+
+# orjson's JSONDecodeError for a document nested past its 1,024 levels (its message is the only
+# sign; tests/integration/test_admin_api.py pins it)
+ORJSON_DEPTH_LIMIT = "depth limit exceeded"
+
+
+def nested_too_deeply(exc: ValueError) -> bool:
+    """Whether ``exc``, raised by :func:`loads_exact` or ``orjson.loads``, says only that the
+    JSON is nested too deeply (not that it is not JSON)."""
+    return isinstance(exc, NestedTooDeeply) or ORJSON_DEPTH_LIMIT in str(exc)
+
+
 class ExactNumber:
     """A JSON number kept as written (:func:`loads_exact`): orjson writes it back as its text."""
 
@@ -294,7 +309,8 @@ def loads_exact(raw: bytes, maybe_inexact: bool | None = None) -> Any:
     """``orjson.loads``, except that a number orjson would change comes back as an
     :class:`ExactNumber` (its text as written): a lead's attributes are stored as they were sent.
     ``maybe_inexact`` is :func:`may_hold_inexact_numbers` when the caller knows it. Raises
-    ``ValueError`` (``orjson.JSONDecodeError`` for what orjson refuses) on bad JSON."""
+    ``ValueError`` (``orjson.JSONDecodeError`` for what orjson refuses) on bad JSON, and on JSON
+    nested too deeply (:func:`nested_too_deeply` tells it)."""
     if maybe_inexact is None:
         maybe_inexact = may_hold_inexact_numbers(raw)
     if not maybe_inexact:
@@ -316,8 +332,10 @@ def loads_exact(raw: bytes, maybe_inexact: bool | None = None) -> Any:
         )
         dumps_exact(value)  # what orjson refuses to hold: a lone surrogate (read past 1e400), depth
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise NestedTooDeeply("nested too deeply") from None
     except orjson.JSONEncodeError as exc:
+        if "Recursion limit" in str(exc):  # orjson holds 255 levels at most
+            raise NestedTooDeeply(str(exc)) from None
         raise ValueError(str(exc)) from None
     return value
 

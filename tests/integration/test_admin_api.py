@@ -201,6 +201,40 @@ async def test_a_template_nested_too_deeply_is_a_422_naming_its_field(
     assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
 
 
+def _nested(depth: int, inner: str = "") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        # past orjson's 1,024 levels: its error said "not JSON" (400 invalid_json)
+        ("/api/segments/preview", '{"account_id": 1, "segment": ' + _nested(1100) + "}", "segment"),
+        # a bracket in a string counts for nothing
+        ("/api/campaigns", '{"name": "[[[[{{", "segment": ' + _nested(1500) + "}", "segment"),
+        # a number no double holds: read by the exact reader, which holds 255 levels at most
+        ("/api/campaigns", '{"segment": ' + _nested(600, "1e400") + "}", "segment"),
+        (
+            "/api/suppressions",
+            '{"account_id": 1, "reason": ' + _nested(1100) + ', "email": "a@b.c"}',
+            "reason",
+        ),
+        ("/api/segments/preview", _nested(1100), None),
+    ],
+)
+async def test_json_nested_too_deeply_is_a_422_naming_the_field(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, path: str, body: str, field: str | None
+) -> None:
+    response = await client.post(
+        path, data=body.encode(), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status == 422, await response.text()
+    error = (await response.json())["error"]
+    message = "the body is nested too deeply" if field is None else f"{field}: nested too deeply"
+    assert (error["code"], error["field"], error["message"]) == ("invalid", field, message)
+    assert await conn.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
 async def test_malformed_and_oversized_bodies(client: TestClient[Any, Any], conn: asyncpg.Connection) -> None:
     response = await client.post("/api/campaigns", data=b"{not json", headers=AUTH)
     assert response.status == 400
