@@ -269,7 +269,8 @@ async def _apply(
                     send_at = CASE WHEN $1 = 'scheduled' THEN now() ELSE c.send_at END,
                     started_at = CASE WHEN t.next = 'running' THEN coalesce(c.started_at, now())
                                       ELSE c.started_at END,
-                    finished_at = CASE WHEN $1 IN ('cancelled', 'finished') THEN now() ELSE c.finished_at END
+                    finished_at = CASE WHEN $1 IN ('cancelled', 'finished', 'failed') THEN now()
+                                       ELSE c.finished_at END
                 FROM target t WHERE c.id = t.id
                 RETURNING c.id, c.account_id, c.status, c.status_generation, t.previous),
             recorded AS (

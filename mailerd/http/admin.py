@@ -89,7 +89,8 @@ def campaign_action(action: str) -> Handler:
         campaign_id = parsing.campaign_id(request)
         reason = None
         if request.can_read_body:
-            reason = (await parsing.body(request, bodies.ActionBody)).reason
+            # an empty reason is none (null, as the CLI sends for --reason "")
+            reason = (await parsing.body(request, bodies.ActionBody)).reason or None
         # One transaction: the answer is the campaign as the action left it (the scheduler
         # cannot move it on before the row lock is released).
         async with pool(request).acquire() as conn, conn.transaction():

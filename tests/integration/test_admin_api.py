@@ -278,9 +278,12 @@ async def test_transitions_and_conflicts(client: TestClient[Any, Any], conn: asy
     await conn.execute(
         "UPDATE campaigns SET status = 'running', started_at = now() WHERE id = $1", campaign["id"]
     )
-    assert (await (await client.post(f"{url}/pause", headers=AUTH)).json())["status"] == "paused"
-    assert (await (await client.post(f"{url}/resume", headers=AUTH)).json())["status"] == "running"
-    assert (await (await client.post(f"{url}/cancel", headers=AUTH)).json())["status"] == "cancelled"
+    paused = await client.post(f"{url}/pause", json={"reason": "second look"}, headers=AUTH)
+    assert (await paused.json())["status"] == "paused"
+    resumed = await (await client.post(f"{url}/resume", json={"reason": ""}, headers=AUTH)).json()
+    assert (resumed["status"], resumed["reason"]) == ("running", None)  # an empty reason is stored as none
+    cancelled = await (await client.post(f"{url}/cancel", headers=AUTH)).json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
     response = await client.post(f"{url}/start", headers=AUTH)
     assert response.status == 409
     assert (await client.post(f"{url}/explode", headers=AUTH)).status == 404

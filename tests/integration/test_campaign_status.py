@@ -101,6 +101,17 @@ async def test_a_campaign_paused_before_it_ran_is_resumed_to_its_schedule(
     assert status == ("running" if due else "scheduled")
 
 
+async def test_every_final_status_records_when_it_was_reached(conn: asyncpg.Connection) -> None:
+    """finished_at was set for finished and cancelled campaigns, never for a failed one."""
+    config = daemon_config(1)
+    failed, cancelled = [await campaigns.create(conn, new_campaign(start=True), config) for _ in range(2)]
+    await campaigns_db.change_status(conn, failed, "fail", "segment no longer valid", cause="scheduler")
+    await campaigns_db.change_status(conn, cancelled, "cancel")
+    rows = await conn.fetch("SELECT status, finished_at FROM campaigns ORDER BY id")
+    assert [r["status"] for r in rows] == ["failed", "cancelled"]
+    assert all(r["finished_at"] is not None for r in rows)
+
+
 async def test_the_pipelines_own_actions_are_not_operator_actions() -> None:
     assert set(campaigns_db.API_ACTIONS) == {"start", "pause", "resume", "cancel"}
     assert {"run", "finish", "fail"} <= set(campaigns_db.TRANSITIONS)
