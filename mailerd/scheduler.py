@@ -230,7 +230,9 @@ class Scheduler:
     async def _claim(self, group: asyncio.TaskGroup, capacity: int) -> None:
         async with self._pool.acquire() as conn:
             # Only campaigns whose provider this node has: the others are for other nodes.
-            candidates = await shards_db.pending(conn, sorted(self._lanes), now=self._clock())
+            candidates = await shards_db.pending(
+                conn, sorted(self._lanes), per_campaign=capacity, now=self._clock()
+            )
             orphaned = await campaigns_db.without_provider(conn, sorted(self._lanes))
         for campaign_id, provider in orphaned:
             if campaign_id not in self._warned_providers:

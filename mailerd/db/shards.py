@@ -16,11 +16,13 @@ import asyncpg
 
 from mailerd import segments
 
+LOCK_KEY_MODULUS = 2_147_483_647
+
 
 def lock_key(campaign_id: int) -> int:
     """The advisory lock's first int4 key. Ids past 2^31 wrap: two shards sharing a lock only
     serialise, they never share an owner."""
-    return campaign_id % 2_147_483_647
+    return campaign_id % LOCK_KEY_MODULUS
 
 
 async def try_lock(claim: asyncpg.Connection, campaign_id: int, shard_no: int) -> bool:
@@ -35,19 +37,37 @@ async def unlock(claim: asyncpg.Connection, campaign_id: int, shard_no: int) -> 
 
 
 async def pending(
-    conn: asyncpg.Connection, providers: Sequence[str], limit: int = 1000, now: dt.datetime | None = None
+    conn: asyncpg.Connection,
+    providers: Sequence[str],
+    per_campaign: int,
+    limit: int = 1000,
+    now: dt.datetime | None = None,
 ) -> list[tuple[int, int]]:
-    """``(campaign_id, shard_no)`` of pending shards of running campaigns these providers send,
-    but not those waiting for their send window (``not_before`` after ``now``)."""
+    """``(campaign_id, shard_no)`` of pending shards of running campaigns these providers send
+    that no session holds (their advisory lock is free: a crashed owner's too), at most
+    ``per_campaign`` of each, but not those waiting for their send window (``not_before`` after
+    ``now``). Shards held by other nodes, or many shards of a campaign this node cannot send,
+    would otherwise fill the list and hide every later campaign (and each costs a connection)."""
     rows = await conn.fetch(
-        """SELECT s.campaign_id, s.shard_no FROM campaign_shards s
-           JOIN campaigns c ON c.id = s.campaign_id
-           WHERE c.status = 'running' AND s.state = 'pending' AND c.provider = ANY($1::text[])
-             AND (s.not_before IS NULL OR s.not_before <= coalesce($3::timestamptz, now()))
-           ORDER BY s.campaign_id, s.shard_no LIMIT $2""",
+        """WITH held AS MATERIALIZED (
+               SELECT classid::bigint AS lock_key, objid::bigint AS shard_no FROM pg_locks
+               WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+           SELECT c.id AS campaign_id, s.shard_no FROM campaigns c
+           CROSS JOIN LATERAL (
+               SELECT s.shard_no FROM campaign_shards s
+               WHERE s.campaign_id = c.id AND s.state = 'pending'
+                 AND (s.not_before IS NULL OR s.not_before <= coalesce($3::timestamptz, now()))
+                 AND NOT EXISTS (SELECT 1 FROM held h
+                                 WHERE h.lock_key = c.id % $5 AND h.shard_no = s.shard_no)
+               ORDER BY s.shard_no LIMIT $4) s
+           WHERE c.status = 'running' AND c.provider = ANY($1::text[])
+           ORDER BY c.id, s.shard_no LIMIT $2""",
         list(providers),
         limit,
         now,
+        per_campaign,
+        LOCK_KEY_MODULUS,
     )
     return [(r["campaign_id"], r["shard_no"]) for r in rows]
 

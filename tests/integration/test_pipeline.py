@@ -15,6 +15,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from mailerd import campaigns, metrics, scheduler
+from mailerd.db import connect
+from mailerd.db import shards as shards_db
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
@@ -201,6 +203,62 @@ async def test_a_node_with_no_shard_capacity_sends_nothing(
     finally:
         await emulator.close()
     assert len(read_record(record)) == 1200
+
+
+async def test_shards_other_nodes_hold_do_not_hide_a_newer_campaign(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """Other nodes hold 1,001 shards of an older campaign: this node still finds and sends a
+    newer campaign. It listed the first 1,000 pending shards by campaign, the held ones among
+    them, tried each with a new connection at every poll, and never saw the newer one."""
+    await add_leads(conn, 1, 300)
+    emulator = sink.Sink()
+    port = await emulator.start()
+    try:
+        config = daemon_config(port)
+        older = await campaigns.create(conn, new_campaign(), config)
+        await conn.execute("UPDATE campaigns SET status = 'running', started_at = now() WHERE id = $1", older)
+        await conn.execute(
+            """INSERT INTO campaign_shards
+                   (campaign_id, shard_no, lead_id_from, lead_id_to, checkpoint, reserved_upto)
+               SELECT $1, n, 0, 0, 0, 0 FROM generate_series(0, 1000) n""",
+            older,
+        )
+        other_nodes = await connect.connect(dsn)
+        try:
+            await other_nodes.execute(
+                "SELECT pg_advisory_lock($1::int, n) FROM generate_series(0, 1000) n",
+                shards_db.lock_key(older),
+            )
+            newer = await campaigns.create(conn, new_campaign(), config)
+            async with running_daemon(config, dsn):
+                info = await wait_for_status(conn, newer, timeout=15)
+        finally:
+            await other_nodes.close()
+    finally:
+        await emulator.close()
+    assert info["sent"] == 100
+    assert await conn.fetchval("SELECT max(epoch) FROM campaign_shards WHERE campaign_id = $1", older) == 0
+
+
+async def test_a_campaign_with_many_shards_leaves_room_for_the_next(conn: asyncpg.Connection) -> None:
+    """A node claims at most its capacity: candidates are listed up to that many per campaign,
+    so 1,001 shards of a campaign it cannot send (no erasure key, its provider failing to
+    prepare it) no longer hide the campaigns after it."""
+    config = daemon_config(1)
+    ids = [await campaigns.create(conn, new_campaign(), config) for _ in range(2)]
+    await conn.execute("UPDATE campaigns SET status = 'running', started_at = now()")
+    for campaign_id, shards in zip(ids, (1001, 3), strict=True):
+        await conn.execute(
+            """INSERT INTO campaign_shards
+                   (campaign_id, shard_no, lead_id_from, lead_id_to, checkpoint, reserved_upto)
+               SELECT $1, n, 0, 0, 0, 0 FROM generate_series(0, $2 - 1) n""",
+            campaign_id,
+            shards,
+        )
+    older, newer = ids
+    listed = await shards_db.pending(conn, ["sink"], per_campaign=2)
+    assert listed == [(older, 0), (older, 1), (newer, 0), (newer, 1)]
 
 
 async def _wait_split(conn: asyncpg.Connection, campaign_id: int, timeout: float = 30) -> None:
