@@ -30,7 +30,7 @@ from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
 from mailerd.models import Campaign, CampaignBroken, CampaignStatus, PermanentError
 from mailerd.shard import ShardRun
-from mailerd.splitting import campaign_from_row, split_campaign, with_condition
+from mailerd.splitting import campaign_from_row, finish_windowed, split_campaign, with_condition
 from mailerd.stages import ProviderLane, RowSink
 
 log = structlog.get_logger(__name__)
@@ -184,9 +184,21 @@ class Scheduler:
     async def _finish_done(self) -> None:
         """Finish campaigns whose shards are all done. The writer does it in the flush that
         completes the last shard; two nodes completing the last two shards at once can each miss
-        the other's, so this sweep closes that gap."""
+        the other's, so this sweep closes that gap. A campaign with a send window is finished
+        here only, after a check for leads its zone shards left unsent (a lead's zone changed)."""
         async with self._pool.acquire() as conn:
             finished = await campaigns_db.sweep(conn, "done", cause="scheduler")
+            for campaign_id in await campaigns_db.windowed_done(conn):
+                try:
+                    if await finish_windowed(
+                        conn, campaign_id, self._config.scheduler.shard_size, now=self._clock()
+                    ):
+                        finished.append(campaign_id)
+                except segments.SegmentError as exc:
+                    await fail_campaign(conn, campaign_id, f"segment no longer valid: {exc}")
+                except windows.WindowError as exc:
+                    # As at the split: another node may have the zone data this one lacks.
+                    log.error("campaign_window_unusable", campaign_id=campaign_id, error=str(exc))
         for campaign_id in finished:
             log.info("campaign_finished", campaign_id=campaign_id)
 

@@ -22,6 +22,14 @@ from mailerd.models import MIN_CAMPAIGN_RATE, Campaign, CampaignStatus
 log = structlog.get_logger(__name__)
 
 
+# How many times a windowed campaign whose shards are all done gets shards for the leads still
+# unsent (a lead whose zone changed). Each check scans the account's leads once; a lead that
+# moves again while its new zone waits needs a second; leads newly matching the segment as fast
+# as the rounds end (an attribute the segment reads that users change all the time) would
+# otherwise keep the campaign running, and scanning, for as long as their windows stay open.
+UNSENT_ROUNDS = 3
+
+
 def campaign_from_row(row: asyncpg.Record) -> Campaign:
     """A campaigns row as the pipeline's :class:`Campaign` (segment parsed and validated)."""
     return Campaign(
@@ -126,3 +134,83 @@ async def _split_by_zone(
     }
     log.info("campaign_split_by_zone", campaign_id=campaign.id, zones=len(resolved), shard_zones=len(edges))
     return await shards_db.create_zoned(conn, campaign.id, edges, names, not_before)
+
+
+async def finish_windowed(
+    conn: asyncpg.Connection, campaign_id: int, shard_size: int, *, now: dt.datetime
+) -> bool:
+    """Finish a windowed campaign whose shards are all done, unless some leads it matches are
+    still unsent: a zone shard reads a lead's zone when it reaches it, so a lead that moved from
+    a zone still waiting to one whose shards were done was passed by both. Those leads get new
+    shards of the zone they are in now (with its names, so every shard's condition stays as it
+    was), claimed in its window; the check runs again when those are done, at most
+    :data:`UNSENT_ROUNDS` times. Returns whether the campaign finished. Idempotent across nodes:
+    the campaign row is locked."""
+    async with conn.transaction():
+        row = await campaigns_db.get(conn, campaign_id, for_update=True)
+        if row is None or row["status"] not in (CampaignStatus.RUNNING, CampaignStatus.PAUSED):
+            return False
+        progress = await shards_db.progress(conn, campaign_id)
+        if not progress.done:
+            return False  # another node gave it shards meanwhile
+        campaign = campaign_from_row(row)
+        window = campaign.send_window
+        assert window is not None
+        unsent = await shards_db.unsent_zones(
+            conn,
+            campaign.account_id,
+            campaign_id,
+            campaign.segment,
+            window.attribute_path,
+            progress.last_lead_id,
+            shard_size,
+        )
+        if not unsent or progress.unsent_round >= UNSENT_ROUNDS:
+            if unsent:
+                log.warning(
+                    "campaign_finished_with_unsent_leads",
+                    campaign_id=campaign_id,
+                    leads=sum(found.count for found in unsent.values()),
+                    rounds=progress.unsent_round,
+                )
+            await campaigns_db.change_status(conn, campaign_id, "finish", cause="scheduler")
+            return True
+        names = await shards_db.zones(conn, campaign_id)
+        # The group each value's leads are sent by, as windows.zone_condition decides it: a name
+        # a group lists goes to it, any other value (none, invalid, a new zone) to the default.
+        group_of = {name: group for group, members in names.items() for name in members}
+        default = window.default_timezone
+        starts: dict[str, int] = {}
+        ends: dict[str, int] = {}
+        cuts: dict[str, set[int]] = {}
+        for value, found in unsent.items():
+            group = default if value is None else group_of.get(value, default)
+            starts[group] = min(starts.get(group, found.first), found.first)
+            ends[group] = max(ends.get(group, found.last), found.last)
+            cuts.setdefault(group, set()).update(found.cuts)
+        edges = {
+            group: [*sorted(cut for cut in cuts[group] if cut < ends[group]), ends[group]] for group in ends
+        }
+        not_before = {
+            group: None if windows.is_open(window, group, now) else windows.next_open(window, group, now)
+            for group in edges
+        }
+        count = await shards_db.create_zoned(
+            conn,
+            campaign_id,
+            edges,
+            names,
+            not_before,
+            starts={group: first - 1 for group, first in starts.items()},
+            first_shard_no=progress.last_shard_no + 1,
+            unsent_round=progress.unsent_round + 1,
+        )
+        log.info(
+            "campaign_unsent_leads_found",
+            campaign_id=campaign_id,
+            leads=sum(found.count for found in unsent.values()),
+            zones=sorted(edges),
+            shards=count,
+            round=progress.unsent_round + 1,
+        )
+        return False

@@ -207,26 +207,42 @@ async def _paused_by(conn: asyncpg.Connection, campaign_id: int) -> str | None:
     return cause
 
 
+_ALL_SHARDS_DONE = """EXISTS (SELECT 1 FROM campaign_shards s WHERE s.campaign_id = campaigns.id)
+           AND NOT EXISTS (SELECT 1 FROM campaign_shards s
+                           WHERE s.campaign_id = campaigns.id AND s.state <> 'done')"""
+
 # Set-based changes of the pipeline: (action, condition over ``campaigns``, its parameters
-# start at $5). Named here so no condition is ever assembled from input.
+# start at $5). Named here so no condition is ever assembled from input. A campaign with a send
+# window is not finished by ``done``: its zone shards read a lead's zone when they reach it, so a
+# lead whose zone changed can be left unsent; ``splitting.finish_windowed`` checks that first.
 _SWEEPS = {
     "due": ("run", "send_at <= now()"),
     "done": (
         "finish",
-        """($5::bigint[] IS NULL OR id = ANY($5::bigint[]))
-           AND EXISTS (SELECT 1 FROM campaign_shards s WHERE s.campaign_id = campaigns.id)
-           AND NOT EXISTS (SELECT 1 FROM campaign_shards s
-                           WHERE s.campaign_id = campaigns.id AND s.state <> 'done')""",
+        f"""($5::bigint[] IS NULL OR id = ANY($5::bigint[])) AND send_window IS NULL
+           AND {_ALL_SHARDS_DONE}""",
     ),
 }
+
+
+async def windowed_done(conn: asyncpg.Connection) -> list[int]:
+    """Campaigns with a send window, running or paused, whose shards are all done: each is
+    finished, or given shards for the leads left unsent, by ``splitting.finish_windowed``."""
+    rows = await conn.fetch(
+        f"""SELECT id FROM campaigns
+            WHERE status = ANY($1::text[]) AND send_window IS NOT NULL AND {_ALL_SHARDS_DONE}
+            ORDER BY id""",
+        sorted(TRANSITIONS["finish"][0]),
+    )
+    return [r["id"] for r in rows]
 
 
 async def sweep(
     conn: asyncpg.Connection, name: str, *, cause: str, ids: Sequence[int] | None = None
 ) -> list[int]:
     """Change every campaign the named sweep finds (``due``: scheduled campaigns whose send_at
-    has come start running; ``done``: campaigns whose shards are all done finish, only those
-    of ``ids`` when given). Returns the ids changed."""
+    has come start running; ``done``: campaigns without a send window whose shards are all done
+    finish, only those of ``ids`` when given). Returns the ids changed."""
     action, condition = _SWEEPS[name]
     params: list[Any] = [None if ids is None else list(ids)] if "$5" in condition else []
     async with conn.transaction():

@@ -8,6 +8,7 @@ clause, so a node that lost the shard can no longer move it. Invariant, enforced
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -214,6 +215,29 @@ async def defer(conn: asyncpg.Connection, campaign_id: int, shard_no: int, until
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a campaign's shards are: all done or not, the highest shard number, lead id and
+    ``unsent_round`` (see :func:`unsent_zones`)."""
+
+    done: bool
+    last_shard_no: int
+    last_lead_id: int
+    unsent_round: int
+
+
+async def progress(conn: asyncpg.Connection, campaign_id: int) -> Progress:
+    """The campaign's :class:`Progress`."""
+    row = await conn.fetchrow(
+        """SELECT coalesce(bool_and(state = 'done'), false), coalesce(max(shard_no), -1),
+                  coalesce(max(lead_id_to), 0), coalesce(max(unsent_round), 0)
+           FROM campaign_shards WHERE campaign_id = $1""",
+        campaign_id,
+    )
+    assert row is not None
+    return Progress(*row)
+
+
 async def zones(conn: asyncpg.Connection, campaign_id: int) -> dict[str, list[str]]:
     """The time zones a windowed campaign was split into, each with the zone names it sends."""
     rows = await conn.fetch(
@@ -257,22 +281,92 @@ async def zone_boundaries(
     return found
 
 
+@dataclasses.dataclass(slots=True)
+class UnsentZone:
+    """The unsent leads of one zone value: the first and last id, how many, and the ids that
+    cut them into shards (every ``shard_size``-th)."""
+
+    first: int
+    last: int
+    count: int
+    cuts: list[int]
+
+
+async def unsent_zones(
+    conn: asyncpg.Connection,
+    account_id: int,
+    campaign_id: int,
+    segment: segments.Segment,
+    path: Sequence[str],
+    upto: int,
+    shard_size: int,
+) -> dict[str | None, UnsentZone]:
+    """The leads with ids up to ``upto`` that the segment matches and that have no ``email_log``
+    row for the campaign, by the value of the attribute at ``path`` (as in
+    :func:`zone_boundaries`). One scan of the account's leads."""
+    condition, params = segments.compile(segment, first_param=6, alias="l")
+    rows = await conn.fetch(
+        f"""SELECT zone, id, n, total FROM (
+                SELECT z.raw AS zone, l.id, row_number() OVER (PARTITION BY z.raw ORDER BY l.id) AS n,
+                       count(*) OVER (PARTITION BY z.raw) AS total
+                FROM leads l
+                CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(l.attributes #> $2::text[]) = 'string'
+                                                THEN l.attributes #>> $2::text[] END AS raw) z
+                WHERE l.account_id = $1 AND l.id <= $4 AND ({condition})
+                  AND NOT EXISTS (SELECT 1 FROM email_log e WHERE e.campaign_id = $5 AND e.lead_id = l.id)
+            ) numbered
+            WHERE n = 1 OR n % $3 = 0 OR n = total
+            ORDER BY id""",
+        account_id,
+        list(path),
+        shard_size,
+        upto,
+        campaign_id,
+        *params,
+    )
+    found: dict[str | None, UnsentZone] = {}
+    for row in rows:
+        zone = found.setdefault(row["zone"], UnsentZone(row["id"], row["id"], row["total"], []))
+        zone.last = row["id"]
+        if row["n"] % shard_size == 0:
+            zone.cuts.append(row["id"])
+    return found
+
+
 async def create_zoned(
     conn: asyncpg.Connection,
     campaign_id: int,
     edges: Mapping[str, Sequence[int]],
     names: Mapping[str, Iterable[str]],
     not_before: Mapping[str, dt.datetime | None],
+    *,
+    starts: Mapping[str, int] | None = None,
+    first_shard_no: int = 0,
+    unsent_round: int = 0,
 ) -> int:
     """The shards of a windowed campaign: per zone, shard ``n`` covers ``(edges[n-1], edges[n]]``
-    of the leads of that zone's ``names``; numbered zone after zone. Returns how many."""
+    of the leads of that zone's ``names``, the first from ``starts[zone]`` (0 by default);
+    numbered zone after zone from ``first_shard_no``. ``unsent_round``: 0 at the split, n for the
+    shards of the n-th check for unsent leads. Returns how many."""
     shards: list[tuple[Any, ...]] = []
     for zone in sorted(edges):
-        low = 0
+        low = 0 if starts is None else starts.get(zone, 0)
         zone_names = sorted(names.get(zone, ()))
         for high in edges[zone]:
+            number = first_shard_no + len(shards)
             shards.append(
-                (campaign_id, len(shards), low, high, low, low, zone, zone_names, not_before.get(zone))
+                (
+                    campaign_id,
+                    number,
+                    low,
+                    high,
+                    low,
+                    low,
+                    zone,
+                    zone_names,
+                    not_before.get(zone),
+                    unsent_round,
+                )
             )
             low = high
     await conn.copy_records_to_table(
@@ -288,6 +382,7 @@ async def create_zoned(
             "zone",
             "zone_names",
             "not_before",
+            "unsent_round",
         ),
     )
     return len(shards)

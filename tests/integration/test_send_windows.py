@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import structlog.testing
 
 from mailerd import campaigns, splitting
 from mailerd.db import campaigns as campaign_rows
@@ -79,7 +80,7 @@ async def _assert_both_zones_sent_once(
     logged = await _logged(conn, campaign_id)
     assert set(logged) == zones[TOKYO] | zones[NEW_YORK]
     assert max(logged.values()) == 1
-    assert info["sent"] == 600 and info["unknown"] == 0
+    assert info["sent"] == len(zones[TOKYO] | zones[NEW_YORK]) and info["unknown"] == 0
     sent = collections.Counter(int(line["lead_id"]) for line in read_record(record))
     assert set(sent) == set(logged) and max(sent.values()) == 1
 
@@ -88,6 +89,15 @@ async def _wait(conn: asyncpg.Connection, sql: str, *args: Any, timeout: float =
     async with asyncio.timeout(timeout):
         while not await conn.fetchval(sql, *args):
             await asyncio.sleep(0.05)
+
+
+async def _move(conn: asyncpg.Connection, lead_id: int, zone: str) -> None:
+    """The lead's time zone attribute changes (its user updated their profile)."""
+    await conn.execute(
+        "UPDATE leads SET attributes = jsonb_set(attributes, '{timezone}', to_jsonb($2::text)) WHERE id = $1",
+        lead_id,
+        zone,
+    )
 
 
 ZONE_DONE = """SELECT bool_and(state = 'done') FROM campaign_shards
@@ -278,3 +288,159 @@ async def test_retention_keeps_the_rows_of_a_campaign_still_sending(
     assert set(sent.values()) == {1} and len(sent) == 60
     assert info["sent"] == 60
     assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id) == 60
+
+
+async def test_a_lead_moving_to_a_zone_already_done_is_sent_in_its_new_zones_window(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """A New York lead waiting for its window moves to Tokyo, whose shards are done: New York's
+    shards no longer take it and Tokyo's are past it. Once every shard is done the campaign finds
+    it unsent and gives it a shard of Tokyo's, sent in Tokyo's next window; only then does the
+    campaign finish (it finished with the lead never sent)."""
+    zones = await _leads(conn, 300)
+    clock = Clock("2026-01-07T01:00:00+00:00")  # 10:00 in Tokyo (open), 20:00 in New York (closed)
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=1)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, scheduler={"shard_size": 100})
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+            mover = min(zones[NEW_YORK] - set(await _logged(conn, campaign_id)))
+            await _move(conn, mover, TOKYO)
+            clock.set("2026-01-07T14:30:00+00:00")  # 09:30 in New York, 23:30 in Tokyo
+            await _wait(conn, ZONE_DONE, campaign_id, NEW_YORK, timeout=60)
+            # Every shard done, the mover unsent: a shard of Tokyo's waits for Tokyo's window.
+            await _wait(
+                conn,
+                """SELECT count(*) = 1 FROM campaign_shards
+                   WHERE campaign_id = $1 AND state = 'pending' AND $2 = ANY(zone_names)
+                     AND not_before = '2026-01-08T00:00:00+00:00'""",
+                campaign_id,
+                TOKYO,
+            )
+            info = await campaigns.show(conn, campaign_id)
+            assert info is not None and info["status"] == "running"
+            assert mover not in await _logged(conn, campaign_id)
+            clock.set("2026-01-08T00:30:00+00:00")  # Thursday 09:30 in Tokyo
+            info = await wait_for_status(conn, campaign_id, timeout=60)
+        await emulator.flush()
+    finally:
+        await emulator.close()
+    await _assert_both_zones_sent_once(conn, campaign_id, zones, info, record)
+
+
+async def test_a_lead_moving_from_a_zone_done_to_one_not_yet_open_is_sent_once(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    """A Tokyo lead already sent moves to New York before New York's window opens: New York's
+    shards skip it (it has its row), and the check that finds unsent leads does not count it."""
+    zones = await _leads(conn, 300)
+    clock = Clock("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=1)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, scheduler={"shard_size": 100})
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        async with running_daemon(config, dsn, clock=clock):
+            await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
+            mover = min(zones[TOKYO])
+            await _move(conn, mover, NEW_YORK)
+            clock.set("2026-01-07T14:30:00+00:00")  # New York open
+            info = await wait_for_status(conn, campaign_id, timeout=60)
+        await emulator.flush()
+        shards = await conn.fetchval(
+            "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
+        )
+    finally:
+        await emulator.close()
+    await _assert_both_zones_sent_once(conn, campaign_id, zones, info, record)
+    assert shards == 3  # the split's (two of New York, one of Tokyo's group): no lead was left over
+
+
+async def test_unsent_leads_get_shards_of_the_zone_they_are_in_now(conn: asyncpg.Connection) -> None:
+    """The check at the end: each unsent lead goes to the group whose condition takes it now (a
+    zone no lead had at the split goes to the default zone's), one shard per group over just the
+    unsent ids, waiting for a closed window; the campaign finishes when nothing is left."""
+    zones = await _leads(conn, 300)
+    now = dt.datetime.fromisoformat("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
+    config = daemon_config(0)
+    campaign_id = await campaigns.create(conn, new_campaign(segment={"all": []}, send_window=WINDOW), config)
+    assert await campaign_rows.sweep(conn, "due", cause="test") == [campaign_id]
+    assert await splitting.split_campaign(conn, campaign_id, 100, now=now) == 3
+    to_tokyo, to_berlin, *_ = sorted(zones[NEW_YORK])
+    await _move(conn, to_tokyo, TOKYO)
+    await _move(conn, to_berlin, "Europe/Berlin")
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status)
+           SELECT now(), $1, id, 1 FROM leads WHERE account_id = 1 AND id <> ALL($2::bigint[])""",
+        campaign_id,
+        [to_tokyo, to_berlin],
+    )
+    await conn.execute(
+        "UPDATE campaign_shards SET state = 'done', checkpoint = lead_id_to, reserved_upto = lead_id_to"
+    )
+    # The writer's sweep leaves a windowed campaign to this check.
+    assert await campaign_rows.sweep(conn, "done", cause="test", ids=[campaign_id]) == []
+
+    assert not await splitting.finish_windowed(conn, campaign_id, 100, now=now)
+    added = await conn.fetch(
+        """SELECT shard_no, zone, zone_names, lead_id_from, lead_id_to, checkpoint, not_before, unsent_round
+           FROM campaign_shards WHERE campaign_id = $1 AND state = 'pending' ORDER BY shard_no""",
+        campaign_id,
+    )
+    assert [tuple(r) for r in added] == [
+        (3, NEW_YORK, [NEW_YORK], to_berlin - 1, to_berlin, to_berlin - 1, now.replace(hour=14), 1),
+        (4, "Asia/Seoul", ["Asia/Seoul", TOKYO], to_tokyo - 1, to_tokyo, to_tokyo - 1, None, 1),
+    ]
+    assert not await splitting.finish_windowed(conn, campaign_id, 100, now=now)  # not done yet
+    assert (
+        await conn.fetchval("SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id) == 5
+    )
+
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status)
+           SELECT now(), $1, unnest($2::bigint[]), 1""",
+        campaign_id,
+        [to_tokyo, to_berlin],
+    )
+    await conn.execute(
+        "UPDATE campaign_shards SET state = 'done', checkpoint = lead_id_to, reserved_upto = lead_id_to"
+    )
+    assert await campaign_rows.windowed_done(conn) == [campaign_id]
+    assert await splitting.finish_windowed(conn, campaign_id, 100, now=now)
+    assert await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id) == "finished"
+    assert await campaign_rows.windowed_done(conn) == []
+
+
+async def test_the_check_for_unsent_leads_gives_up_after_a_few_rounds(conn: asyncpg.Connection) -> None:
+    """A lead left unsent round after round (it keeps moving, or it newly matches the segment as
+    fast as the rounds end) stops keeping the campaign running after UNSENT_ROUNDS checks."""
+    await conn.execute("INSERT INTO leads (account_id, email, attributes) VALUES (1, 'a@example.com', '{}')")
+    now = dt.datetime.fromisoformat("2026-01-07T15:00:00+00:00")  # New York, the default, open
+    campaign_id = await campaigns.create(
+        conn, new_campaign(segment={"all": []}, send_window=WINDOW), daemon_config(0)
+    )
+    assert await campaign_rows.sweep(conn, "due", cause="test") == [campaign_id]
+    await splitting.split_campaign(conn, campaign_id, 100, now=now)
+    done = "UPDATE campaign_shards SET state = 'done', checkpoint = lead_id_to, reserved_upto = lead_id_to"
+    for _ in range(splitting.UNSENT_ROUNDS):
+        await conn.execute(done)  # done, the lead unsent (its zone changed under every round)
+        assert not await splitting.finish_windowed(conn, campaign_id, 100, now=now)
+    await conn.execute(done)
+    with structlog.testing.capture_logs() as logs:
+        assert await splitting.finish_windowed(conn, campaign_id, 100, now=now)
+    assert [(e["event"], e["leads"], e["rounds"]) for e in logs] == [
+        ("campaign_finished_with_unsent_leads", 1, splitting.UNSENT_ROUNDS)
+    ]
+    rounds = await conn.fetch(
+        "SELECT unsent_round, count(*) FROM campaign_shards WHERE campaign_id = $1 GROUP BY 1 ORDER BY 1",
+        campaign_id,
+    )
+    assert [tuple(r) for r in rounds] == [(n, 1) for n in range(splitting.UNSENT_ROUNDS + 1)]
