@@ -37,7 +37,7 @@ from mailerd import (
     systemd,
     unsubscribe,
 )
-from mailerd.config import Config, systemd_settings
+from mailerd.config import Config, ConfigError, ses_topic_problem, systemd_settings
 from mailerd.db import connect, migrate, reports_schema
 from mailerd.db import stats as stats_db
 from mailerd.models import Campaign
@@ -60,6 +60,7 @@ CAMPAIGN_SAMPLE_S = 10.0
 
 async def run(config: Config, stop: asyncio.Event) -> int:
     """``mailerd run``: resolve the database (embedded or not) and run until ``stop``."""
+    _check_serving(config)  # before an embedded database is started
     notifier = systemd.Notifier(systemd_settings())
     try:
         async with connect.resolved_dsn(config.database) as dsn:
@@ -85,6 +86,7 @@ async def run_with_dsn(
     this event loop. Resources close in the reverse order they were opened (HTTP first, the
     pool last), whatever ends the run.
     """
+    _check_serving(config)
     notifier = notifier or systemd.Notifier()
     async with contextlib.AsyncExitStack() as resources:
         pool = await connect.create_pool(
@@ -152,6 +154,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
     if not relay_destinations.enabled(config):
         log.error("relay_not_configured", hint="configure [kafka], [callbacks.NAME] or [reports]")
         return 1
+    _check_serving(config)  # before an embedded database is started
     notifier = systemd.Notifier(systemd_settings())
     try:
         async with contextlib.AsyncExitStack() as resources, connect.resolved_dsn(config.database) as dsn:
@@ -466,6 +469,13 @@ async def _account_refresh_loop(sender: ProviderSender, stop: asyncio.Event) -> 
             log.exception("provider_account_refresh_failed", provider=sender.lane.name)
 
 
+def _check_serving(config: Config) -> None:
+    """What the configuration cannot say alone: the ones a running node needs (ConfigError)."""
+    problem = ses_topic_problem(config)
+    if problem:
+        raise ConfigError(f"config error: {config.source}: {problem}")
+
+
 def _warn_unverified(config: Config) -> None:
     hooks = config.webhooks
     for name, section in (
@@ -476,6 +486,11 @@ def _warn_unverified(config: Config) -> None:
     ):
         if not section.verify_signatures:
             log.warning("webhook_verification_disabled", provider=name, hint="for local testing only")
+    if hooks.ses.verify_signatures and hooks.ses.accept_any_topic and not hooks.ses.topic_arns:
+        log.warning(
+            "sns_any_topic_accepted",
+            hint="any AWS account can subscribe /webhooks/ses to its topic: set [webhooks.ses] topic_arns",
+        )
     if config.unsubscribe.secret is None:
         log.warning("unsubscribe_secret_missing", hint="emails carry no List-Unsubscribe header")
     elif not config.http.public_url.startswith("https://"):

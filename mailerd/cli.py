@@ -213,6 +213,9 @@ def _files(name: str | None) -> int:
 
 
 async def _check_config(args: argparse.Namespace, config: config_mod.Config) -> int:
+    problem = config_mod.ses_topic_problem(config)  # what `mailerd run` would refuse at start
+    if problem:
+        raise config_mod.ConfigError(f"config error: {config.source}: {problem}")
     sys.stdout.write(orjson.dumps(config_mod.redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 

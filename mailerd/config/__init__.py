@@ -48,6 +48,7 @@ from mailerd.config.sections import (
     UnsubscribeConfig,
     WebhooksConfig,
     WriterConfig,
+    ses_topic_problem,
 )
 from mailerd.config.stream import (
     RELAY_EVENT_TYPES,
@@ -96,5 +97,6 @@ __all__ = [
     "parse_listen",
     "redact_dsn",
     "redacted",
+    "ses_topic_problem",
     "systemd_settings",
 ]

@@ -179,11 +179,17 @@ _MAX_AGE_S = 30 * 86400
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SesWebhookConfig:
-    """SES notifications through SNS: signature versions 1 and 2 over the canonical string."""
+    """SES notifications through SNS: signature versions 1 and 2 over the canonical string.
+
+    With signatures verified, only the ``topic_arns`` are accepted: SNS signs every account's
+    topics with the same certificates, so a valid signature says nothing about whose topic it
+    is. No topic listed: none is accepted, unless ``accept_any_topic`` opts out of the check.
+    """
 
     cert_dir: str = ""
     confirm_subscriptions: bool = True
     topic_arns: tuple[str, ...] = ()
+    accept_any_topic: bool = False
     max_age_s: float = _within(3600.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
     verify_signatures: bool = True
 
@@ -437,6 +443,28 @@ def _validate(config: Config) -> None:
         raise ConfigError(problem)
 
 
+def ses_topic_problem(config: Config) -> str | None:
+    """Why a daemon must not start with this ``[webhooks.ses]``, or None.
+
+    The SES webhook is in use (a provider of kind ``ses``, or a ``[webhooks.ses]`` key off its
+    default)
+    with signatures verified, but names no topic and does not opt out with
+    ``accept_any_topic``: every notification would be refused (403), so a node that took them
+    before topics were required stops at start instead of losing them.
+    """
+    ses = config.webhooks.ses
+    if not ses.verify_signatures or ses.topic_arns or ses.accept_any_topic:
+        return None
+    if ses == SesWebhookConfig() and all(p.kind != "ses" for p in config.providers.values()):
+        return None
+    return (
+        "[webhooks.ses] topic_arns: empty, so /webhooks/ses accepts no SNS topic; list the ARNs "
+        "of your SES event topics, or set accept_any_topic = true to accept a signed message of "
+        "any topic, whoever owns it (any AWS account can then subscribe the endpoint to its own "
+        "topic and suppress addresses)"
+    )
+
+
 def _prefixed(prefix: str, parse: Callable[[str], T], text: str) -> T:
     """``parse(text)``, its ConfigError naming where the value is (a message of its own names
     at most the key)."""
@@ -473,6 +501,8 @@ def _cross_checks(section: Any) -> list[str]:
     """Problems between the keys of one section (each key is already within its own range)."""
     if isinstance(section, DatabaseConfig) and section.pool_min_size > section.pool_max_size:
         return ["pool_min_size: must be at most pool_max_size"]
+    if isinstance(section, SesWebhookConfig) and section.accept_any_topic and section.topic_arns:
+        return ["accept_any_topic: true contradicts topic_arns (set one or the other)"]
     if isinstance(section, WriterConfig) and section.max_buffer_rows < section.flush_rows:
         return ["max_buffer_rows: must be at least flush_rows"]
     if isinstance(section, ProviderConfig):

@@ -196,6 +196,7 @@ class SnsEmulatorSigner:
         return headers, orjson.dumps(fields)
 
     def daemon_settings(self, work_dir: Path) -> dict[str, Any]:
-        """Write the signing certificate into ``work_dir``; the ``[webhooks.ses]`` values."""
+        """Write the signing certificate into ``work_dir``; the ``[webhooks.ses]`` values (its
+        certificate's directory and its one topic)."""
         (work_dir / sns.cert_file_name(self.cert_url)).write_bytes(self.certificate_pem())
-        return {"cert_dir": str(work_dir)}
+        return {"cert_dir": str(work_dir), "topic_arns": [self.topic_arn]}

@@ -5,8 +5,10 @@ What is checked, in order (a refused request is a :class:`WebhookError`):
 - The body is an SNS JSON envelope (sent as ``text/plain``) of type ``Notification``,
   ``SubscriptionConfirmation`` or ``UnsubscribeConfirmation``, with every field its canonical
   string needs -> else **400**, naming the field.
-- ``TopicArn`` is one of ``topic_arns`` when that list is set -> else **403** (like an IP
-  allow-list: no signature makes another topic acceptable).
+- ``TopicArn`` is one of ``topic_arns`` -> else **403** (like an IP allow-list: no signature
+  makes another topic acceptable; SNS signs every account's topics with the same certificates).
+  With no ``topic_arns``, every message is refused (**403** ``not_configured``) unless
+  ``accept_any_topic`` is true or ``verify_signatures`` is false.
 - ``SignatureVersion`` 1 (SHA1withRSA) or 2 (SHA256withRSA) over the canonical string of the
   message type; ``SigningCertURL`` is https on ``sns.<region>.amazonaws.com`` (China regions:
   ``.amazonaws.com.cn``), the region of a real region's shape (:data:`SNS_HOST`), with a path
@@ -340,6 +342,11 @@ class SnsReceiver:
             raise webhook_auth.forbidden(
                 "topic_not_allowed", "TopicArn is not one of the configured topic_arns"
             )
+        if not self._topics and self._config.verify_signatures and not self._config.accept_any_topic:
+            # SNS signs every topic alike: with no topic of ours named, a valid signature could
+            # come from anybody's topic (a subscription they made to this endpoint).
+            log.warning("sns_topic_refused", topic_arn=envelope.topic_arn, message_id=envelope.message_id)
+            raise webhook_auth.forbidden("not_configured", "no [webhooks.ses] topic_arns are configured")
         now = self._clock()
         if self._config.verify_signatures:
             cert_url = envelope.fields["SigningCertURL"]

@@ -210,6 +210,28 @@ async def test_missing_config_file_and_bad_environment_exit_1(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
+    "text",
+    ['[providers.ses]\nkind = "ses"\n', '[webhooks.ses]\ncert_dir = "/etc/mailerd/sns"\n'],
+)
+async def test_ses_webhook_without_topics_is_refused_by_run_and_check_config(
+    tmp_path: Path, text: str
+) -> None:
+    """SNS signs every account's topics alike: an SES webhook in use must name its topics (or
+    opt out with accept_any_topic), else any AWS account could subscribe it and suppress."""
+    path = tmp_path / "mailerd.toml"
+    path.write_text(text, encoding="utf-8")
+    for command in ("check-config", "run"):
+        result = await mailerd(command, "--config", str(path), env=base_env())
+        assert (result.returncode, result.stdout) == (1, ""), (command, result.stderr)
+        assert result.stderr.startswith(f"config error: {path}: [webhooks.ses] topic_arns: empty"), command
+        assert "accept_any_topic = true" in result.stderr
+    for fix in ('topic_arns = ["arn:aws:sns:us-east-1:123456789012:mine"]', "accept_any_topic = true"):
+        path.write_text(text + ("" if "[webhooks.ses]" in text else "[webhooks.ses]\n") + fix + "\n")
+        result = await mailerd("check-config", "--config", str(path), env=base_env())
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
     ("dsn", "shown"),
     [
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import random
@@ -53,7 +54,23 @@ class Env:
 @pytest.fixture
 async def env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
     signer = ses_webhooks.SnsEmulatorSigner()
-    settings = {**signer.daemon_settings(tmp_path), "topic_arns": [signer.topic_arn]}
+    async with serving(pool, signer, signer.daemon_settings(tmp_path)) as served:
+        yield served
+
+
+@pytest.fixture
+async def no_topic_env(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Env]:
+    """The endpoint with no topic_arns, the default (a daemon starts so only when the SES webhook
+    is not in use: no provider of kind ses and no [webhooks.ses] key set)."""
+    signer = ses_webhooks.SnsEmulatorSigner()
+    async with serving(pool, signer, {"cert_dir": signer.daemon_settings(tmp_path)["cert_dir"]}) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    pool: asyncpg.Pool, signer: ses_webhooks.SnsEmulatorSigner, settings: dict[str, Any]
+) -> AsyncIterator[Env]:
     config = config_mod.from_mapping(
         {
             "providers": {"sink": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},
@@ -102,6 +119,45 @@ async def campaign_with_leads(conn: asyncpg.Connection, env: Env) -> tuple[int, 
     campaign_id = await campaigns.create(conn, new_campaign(start=False), env.config)
     rows = await conn.fetch("SELECT id, email FROM leads WHERE account_id = 1")
     return campaign_id, {r["email"]: r["id"] for r in rows}
+
+
+async def test_a_foreign_topic_is_neither_confirmed_nor_believed_by_default(
+    no_topic_env: Env, conn: asyncpg.Connection
+) -> None:
+    """Anyone with an AWS account can subscribe /webhooks/ses to a topic of theirs, and SNS signs
+    their messages with the same certificates as ours: with no topic_arns, a node used to
+    confirm that subscription and suppress the address of their made-up bounce in every account."""
+    env = no_topic_env
+    foreign = "arn:aws:sns:us-east-1:999999999999:not-yours"
+    for account in (1, 2):
+        await conn.execute("INSERT INTO leads (account_id, email) VALUES ($1, 'victim@example.com')", account)
+    confirm = env.signer.envelope(
+        "You have chosen to subscribe to the topic ...",
+        type=sns.SUBSCRIPTION_CONFIRMATION,
+        topic_arn=foreign,
+        Token="tok",
+        SubscribeURL="https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=tok",
+    )
+    status, answer = await post(env, confirm)
+    assert (status, answer["error"]["code"]) == (403, "not_configured")
+    forged = {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": "Permanent",
+            "bounceSubType": "General",
+            "bouncedRecipients": [{"emailAddress": "victim@example.com"}],
+            "timestamp": "2026-01-01T00:00:00.000Z",
+        },
+        "mail": {
+            "timestamp": "2026-01-01T00:00:00.000Z",
+            "messageId": "x",
+            "destination": ["victim@example.com"],
+        },
+    }
+    status, answer = await post(env, env.signer.envelope(orjson.dumps(forged).decode(), topic_arn=foreign))
+    assert (status, answer["error"]["code"]) == (403, "not_configured")
+    assert env.fetch.urls == []
+    assert await counts(conn) == (0, 0, 0)
 
 
 async def test_bounce_is_recorded_once_suppressed_and_counted(env: Env, conn: asyncpg.Connection) -> None:

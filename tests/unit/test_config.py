@@ -218,6 +218,10 @@ def test_errors_name_file_section_and_key(tmp_path: Path, text: str, message: st
             "[writer] max_buffer_rows: must be at least flush_rows",
         ),
         ("[writer]\nflush_interval_ms = 0", "[writer] flush_interval_ms: must be at least 1"),
+        (
+            '[webhooks.ses]\ntopic_arns = ["arn:aws:sns:us-east-1:1:t"]\naccept_any_topic = true',
+            "[webhooks.ses] accept_any_topic: true contradicts topic_arns (set one or the other)",
+        ),
         ("[scheduler]\nshard_size = 0", "[scheduler] shard_size: must be at least 1"),
         ("[scheduler]\nwindow_size = 0", "[scheduler] window_size: must be at least 1"),
         ("[scheduler]\nqueue_batches = 0", "[scheduler] queue_batches: must be at least 1"),
@@ -414,6 +418,30 @@ def test_missing_default_file_is_not_an_error(tmp_path: Path, monkeypatch: pytes
 def test_mailerd_config_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
     assert config.load(env={"MAILERD_CONFIG": str(path)}).source == str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("", False),  # the SES webhook is not in use: its endpoint refuses every topic (403)
+        ("[webhooks.ses]\nconfirm_subscriptions = true", False),  # a default value
+        ('[providers.sink]\nkind = "sink"', False),
+        ('[providers.ses]\nkind = "ses"', True),
+        ('[webhooks.ses]\ncert_dir = "/etc/mailerd/sns"', True),
+        ("[webhooks.ses]\nmax_age_s = 600", True),
+        ('[providers.ses]\nkind = "ses"\n[webhooks.ses]\naccept_any_topic = true', False),
+        ('[providers.ses]\nkind = "ses"\n[webhooks.ses]\ntopic_arns = ["arn:aws:sns:us-east-1:1:t"]', False),
+        ('[providers.ses]\nkind = "ses"\n[webhooks.ses]\nverify_signatures = false', False),
+    ],
+)
+def test_ses_webhook_in_use_needs_its_topics_to_serve(tmp_path: Path, text: str, refused: bool) -> None:
+    """Loading works (a CLI command serves no webhook); ``mailerd run`` and ``check-config``
+    refuse what :func:`config.ses_topic_problem` names (tests/integration/test_cli_basics.py)."""
+    problem = config.ses_topic_problem(config.load(write(tmp_path, text), env={}))
+    assert (problem is not None) == refused
+    if problem:
+        assert problem.startswith("[webhooks.ses] topic_arns: empty")
+        assert "accept_any_topic = true" in problem
 
 
 # --- secrets -----------------------------------------------------------------------------
@@ -740,6 +768,10 @@ def test_unknown_log_level_is_an_error(tmp_path: Path) -> None:
 
 def test_example_file_loads_and_shows_the_defaults() -> None:
     loaded = config.load(EXAMPLE, env={})
+    # The one value that is not a default: a placeholder topic (none is refused at start).
+    assert loaded.webhooks.ses.topic_arns == ("arn:aws:sns:us-east-1:123456789012:mailerd-events",)
+    ses_hooks = dataclasses.replace(loaded.webhooks.ses, topic_arns=())
+    loaded = dataclasses.replace(loaded, webhooks=dataclasses.replace(loaded.webhooks, ses=ses_hooks))
     for field in dataclasses.fields(config.Config):
         if field.name in ("providers", "source", "callbacks", "pace"):
             continue  # callbacks, pace: commented out, like [kafka] (test_relay_config.py, test_pace.py)

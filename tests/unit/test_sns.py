@@ -69,7 +69,9 @@ def hook(
     now: dt.datetime = NOW, fetch: Fetcher | None = None, **settings: Any
 ) -> tuple[ses_webhook.SnsWebhook, Fetcher]:
     fetch = fetch or Fetcher()
-    config = SesWebhookConfig(**{"cert_dir": str(FIXTURES), **settings})
+    # The published vectors come from several topics: their tests are about signatures.
+    topics = {} if "topic_arns" in settings else {"accept_any_topic": True}
+    config = SesWebhookConfig(**{"cert_dir": str(FIXTURES), **topics, **settings})
     return ses_webhook.SnsWebhook(config, fetch=fetch, clock=clock(now)), fetch
 
 
@@ -362,6 +364,37 @@ async def test_topic_arns_restrict(
     assert (error.status, error.code) == (403, "topic_not_allowed")
     webhook, _ = own(topic_arns=(signer.topic_arn,))
     assert await webhook.parse(request(message)) == []
+
+
+async def test_no_topic_configured_accepts_none(
+    signer: ses_webhooks.SnsEmulatorSigner, own: Callable[..., tuple[ses_webhook.SnsWebhook, Fetcher]]
+) -> None:
+    """SNS signs every account's topics alike: with no topic_arns (the default) a signed message
+    could come from anybody's topic, so none is confirmed or believed without the opt-out."""
+    confirms = {SUBSCRIBE_URL: b"<ConfirmSubscriptionResponse/>"}
+    webhook, fetch = own(topic_arns=(), fetch=Fetcher(confirms))
+    for message in (confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION), signer.envelope("{}")):
+        error = await refused(webhook, message)
+        assert (error.status, error.code) == (403, "not_configured")
+    assert fetch.urls == []
+    webhook, fetch = own(topic_arns=(), accept_any_topic=True, fetch=Fetcher(confirms))
+    assert await webhook.parse(request(confirmation(signer, sns.SUBSCRIPTION_CONFIRMATION))) == []
+    assert await webhook.parse(request(signer.envelope("{}", topic_arn="arn:aws:sns:us-east-1:9:any"))) == []
+    assert fetch.urls == [SUBSCRIBE_URL]
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [({"accept_any_topic": True}, True), ({"topic_arns": ["arn:aws:sns:us-east-1:1:t"]}, False), ({}, False)],
+)
+def test_accepting_any_topic_is_warned_at_start(settings: dict[str, Any], warned: bool) -> None:
+    from mailerd import app
+    from mailerd import config as config_mod
+
+    loaded = config_mod.from_mapping({"webhooks": {"ses": settings}}, env={})
+    with capture_logs() as logs:
+        app._warn_unverified(loaded)
+    assert any(e["event"] == "sns_any_topic_accepted" for e in logs) == warned
 
 
 async def test_freshness_window(
@@ -698,7 +731,7 @@ async def test_emulator_requests_parse_back(
 
 def test_emulator_daemon_settings(signer: ses_webhooks.SnsEmulatorSigner, tmp_path: Path) -> None:
     settings = signer.daemon_settings(tmp_path)
-    assert settings == {"cert_dir": str(tmp_path)}
+    assert settings == {"cert_dir": str(tmp_path), "topic_arns": [signer.topic_arn]}
     written = (tmp_path / "SimpleNotificationService-mailerd-sink.pem").read_bytes()
     assert sns.load_certificate(written) == signer.certificate
 
