@@ -205,10 +205,11 @@ class SendgridWebhookConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MailgunWebhookConfig:
-    """Mailgun: HMAC-SHA256 of timestamp + token with the webhook signing key."""
+    """Mailgun: HMAC-SHA256 of timestamp + token with the webhook signing key. A retry carries
+    the original timestamp, and Mailgun retries for 8 hours: ``max_age_s`` covers that span."""
 
     signing_key: Secret | None = None
-    max_age_s: float = _within(600.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
+    max_age_s: float = _within(28_800.0, 0, _MAX_AGE_S, below="must be 0 (off) or more")
     verify_signatures: bool = True
 
 

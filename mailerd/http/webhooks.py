@@ -11,6 +11,7 @@ from aiohttp import web
 
 from mailerd import db, metrics
 from mailerd import events as events_mod
+from mailerd.db import events as events_db
 from mailerd.http import bodies, parsing
 from mailerd.http.errors import ApiError, json_response
 from mailerd.http.services import SERVICES, pool
@@ -40,7 +41,10 @@ async def webhook(request: web.Request) -> web.Response:
         log.info(
             "webhook_refused", provider=provider, status=exc.status, code=exc.code, remote=request.remote
         )
+        await _claim(request, provider, hook_request.claims)  # verified, then refused: spent too
         raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
+    # A claim no event carries as its guard (a verified post with no event of ours) on its own.
+    await _claim(request, provider, [c for c in hook_request.claims if all(e.guard != c for e in events)])
     if events:
         try:
             kinds = {name: section.kind for name, section in services.config.providers.items()}
@@ -54,6 +58,18 @@ async def webhook(request: web.Request) -> web.Response:
     for event in events:
         metrics.WEBHOOK_EVENTS.labels(provider, str(event.kind)).inc()
     return json_response(bodies.Received(len(events)))
+
+
+async def _claim(request: web.Request, provider: str, claims: list[str]) -> None:
+    """Claim a verified request's one-time keys in ``webhook_receipts`` (no event: no flush)."""
+    if not claims:
+        return
+    try:
+        async with pool(request).acquire() as conn:
+            await events_db.claim_receipts(conn, {(provider, events_mod.receipt_key(c)) for c in claims})
+    except db.DB_ERRORS as exc:
+        log.warning("webhook_not_recorded", provider=provider, error=str(exc))
+        raise ApiError(503, "unavailable", "the request cannot be recorded right now; retry") from None
 
 
 async def await_commit(future: Awaitable[None]) -> None:

@@ -5,14 +5,22 @@ and ``signature`` is the hex HMAC-SHA256 of ``timestamp + token`` under the webh
 (not the API key), compared in constant time. The timestamp must be within ``max_age_s`` of now
 (0 turns that off). Status codes follow :mod:`mailerd.providers.webhook_auth`.
 
+Mailgun retries a post not answered 200 (or 406) for 8 hours (after 5, 10, 15 minutes, 1, 2 and
+4 hours), and a retry carries the original signature block, token and timestamp (Mailgun's
+pages do not say; integrations that check freshness see its retries refused as stale). So the
+default ``max_age_s`` is 8 hours: a shorter window refused every later retry for good, and an
+event answered 503 once (Postgres down) was lost.
+
 The signature does not cover ``event-data``, so a captured signature block could be replayed
 with other data: each token is remembered (bounded, for the freshness window) with a digest of
 its ``event-data``, and the same token with different data is refused (401). The same request
-again (same token, same data) is let through: Mailgun retries a webhook whose answer was not 2xx,
-and refusing the retry of a post whose commit failed would lose the event; the receipt
-de-duplication in the database records it once. That memory is per process; the database
-also claims each token (``Event.guard``) with the events, so a replay with other data on another
-node, or after a restart, records nothing.
+again (same token, same data) is let through: it is Mailgun's retry, and refusing the retry of a
+post whose commit failed would lose the event; the receipt de-duplication in the database
+records it once. That memory is per process; the database also claims every verified token
+(``token:<token>`` in ``webhook_receipts``: with the post's events as their ``Event.guard``,
+else on its own through :attr:`WebhookRequest.claims`, also for a post with no event of ours
+or refused after verification), so a replay with other data on another node, or after a
+restart, records nothing.
 
 Events:
 
@@ -154,11 +162,13 @@ class MailgunWebhook:
             auth.bounded_id(token, "signature.token")  # before the replay memory keeps it
         if self._config.verify_signatures:
             self._verify(block, data)
+            # Mailgun signs only timestamp + token: the database also remembers each verified
+            # token, so a captured signature replayed with other data on another node (or after
+            # a restart) is not recorded. Every one: also that of a post with no event of ours
+            # (opened) or refused below, whose token would otherwise stay free for a forgery.
+            request.claims.append(f"token:{token}")
         events = parse_event(auth.need_object(data, "event-data"))
         if isinstance(token, str) and token:
-            # Mailgun signs only timestamp + token: the database also remembers each token, so
-            # a captured signature replayed with other data on another node (or after a restart)
-            # is not recorded either.
             events = [dataclasses.replace(e, guard=f"token:{token}") for e in events]
         return events
 

@@ -95,8 +95,9 @@ class ReplayGuard:
     """Remembers recently seen one-time tokens (bounded), each with a digest of what it signed.
 
     A token seen again with a different digest is a replay (the caller refuses it). The same token
-    with the same digest is the same request delivered again (a provider retry after a failed
-    commit): it is let through, and the event-id de-duplication in the database records it once.
+    with the same digest is the same request delivered again (a provider's retry of a post not
+    answered 2xx carries the original token): it is let through, and the event-id
+    de-duplication in the database records it once.
     Memory is per process: a multi-node deployment relies on that database de-duplication too.
     """
 

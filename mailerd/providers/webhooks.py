@@ -49,12 +49,18 @@ class WebhookError(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WebhookRequest:
-    """What a handler gets: the raw body (signatures cover bytes), headers, the peer address."""
+    """What a handler gets: the raw body (signatures cover bytes), headers, the peer address.
+
+    ``claims``: one-time keys the handler adds once the request is verified (Mailgun: its
+    signature token). Each is claimed in ``webhook_receipts`` whatever follows: with the
+    request's events (their ``guard``), else on its own, also when the request is then refused.
+    """
 
     body: bytes
     headers: Mapping[str, str]
     remote: str | None = None
     content_type: str = ""
+    claims: list[str] = dataclasses.field(default_factory=list)
 
 
 class WebhookHandler(Protocol):

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import random
 import string
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -227,7 +228,8 @@ async def test_bad_requests_are_4xx_and_store_nothing(env: Env, conn: asyncpg.Co
         status, answer = await env.post(provider, headers, body)
         assert status == expected, (provider, body[:60], answer)
         assert set(answer["error"]) >= {"code", "message"}
-    assert await _stored(conn) == (0, 0, 0)
+    # Nothing but the token of the Mailgun post refused after its signature verified (spent).
+    assert await _stored(conn) == (0, 1, 0)
 
 
 async def test_mailgun_token_replayed_on_another_node_is_not_recorded(
@@ -247,6 +249,51 @@ async def test_mailgun_token_replayed_on_another_node_is_not_recorded(
     kinds = await conn.fetch("SELECT kind FROM email_events WHERE provider = 'mailgun'")
     assert [r["kind"] for r in kinds] == ["delivered"]
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+@pytest.mark.parametrize(
+    ("event_data", "answer"),
+    [
+        ({"event": "opened", "id": "opened-1"}, (200, {"received": 0})),  # accepted, no event of ours
+        ({"event": "failed", "id": "failed-1", "severity": "odd"}, (400, "invalid_body")),  # refused
+    ],
+)
+async def test_mailgun_token_of_a_post_without_events_replayed_on_another_node_is_not_recorded(
+    env: Env, conn: asyncpg.Connection, event_data: dict[str, Any], answer: tuple[int, Any]
+) -> None:
+    """The token was claimed in the database only with events: the signature of an opened
+    post, or of one refused after it verified, could be replayed with a forged complaint about
+    anybody on a node that had not seen it."""
+    n, _ = await _lead(conn, 3)
+    mg: mailgun_webhooks.MailgunEmulatorSigner = env.signers["mailgun"]
+    data = {**event_data, "timestamp": time.time(), "recipient": f"user{n}@example.com"}
+    headers, body = mg.signed(data)
+    status, first = await env.post("mailgun", headers, body)
+    assert (status, first if status == 200 else first["error"]["code"]) == answer
+    services = env.client.app[http.SERVICES]  # type: ignore[index]
+    services.webhooks["mailgun"] = mailgun.MailgunWebhook(services.config.webhooks.mailgun)
+    forged = orjson.loads(body)
+    forged["event-data"] = {**data, "event": "complained", "id": "forged", "recipient": "user5@example.com"}
+    assert (await env.post("mailgun", headers, orjson.dumps(forged)))[0] == 200
+    events, _, suppressed = await _stored(conn)
+    assert (events, suppressed) == (0, 0)
+
+
+async def test_mailgun_retry_of_a_post_answered_503_is_taken_hours_later(
+    env: Env, conn: asyncpg.Connection
+) -> None:
+    """A retry carries the post's original token and timestamp; Mailgun retries for 8 hours.
+    With max_age_s = 600 every retry after the first (at 5 minutes) was refused as stale, for
+    good: an event first answered 503 (Postgres down a few minutes) was lost."""
+    lead = await _lead(conn, 9)
+    headers, body = env.signed("mailgun", EventKind.COMPLAINT, lead)
+    services = env.client.app[http.SERVICES]  # type: ignore[index]
+    for delay_s in (15 * 60, 4 * 3600):  # the 2nd retry, then one more (a commit answer was lost)
+        services.webhooks["mailgun"] = mailgun.MailgunWebhook(
+            services.config.webhooks.mailgun, clock=lambda d=delay_s: time.time() + d
+        )
+        assert await env.post("mailgun", headers, body) == (200, {"received": 1}), delay_s
+    assert await _stored(conn) == (1, 2, 1)
 
 
 # About 3 KB that do not compress: too large for a webhook_receipts index entry.
@@ -274,7 +321,7 @@ async def test_an_oversized_address_is_refused_naming_the_field_and_the_next_web
     headers, body = signer.request(EventKind.HARD_BOUNCE, sent)
     status, answer = await _post_within(env, provider, headers, body)
     assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, "too_long", field)
-    assert await _stored(conn) == (0, 0, 0)
+    assert await _stored(conn) == (0, int(provider == "mailgun"), 0)  # a verified token is spent
     headers, body = env.signed(provider, EventKind.HARD_BOUNCE, lead)
     assert await _post_within(env, provider, headers, body) == (200, {"received": 1})
     rows = await conn.fetch("SELECT email, kind FROM email_events")

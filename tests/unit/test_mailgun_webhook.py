@@ -32,7 +32,10 @@ def _handler(now: float, *, key: str | None = KEY, **settings: Any) -> mailgun.M
 
 def _sample(name: str, key: str = KEY) -> dict[str, Any]:
     """A documented sample, signed as Mailgun signs (HMAC-SHA256 of timestamp + token)."""
-    body: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return _signed(json.loads((FIXTURES / f"{name}.json").read_text()), key)
+
+
+def _signed(body: dict[str, Any], key: str = KEY) -> dict[str, Any]:
     block = body["signature"]
     block["signature"] = hmac.new(
         key.encode(), (block["timestamp"] + block["token"]).encode(), hashlib.sha256
@@ -142,6 +145,16 @@ async def test_the_api_key_or_another_key_does_not_verify() -> None:
     with pytest.raises(WebhookError) as caught:
         await _handler(_at(body)).parse(_request(body))
     assert caught.value.status == 401
+
+
+async def test_the_default_window_takes_mailguns_last_retry() -> None:
+    """A retry carries the original token and timestamp; Mailgun retries for 8 hours (5, 10, 15
+    minutes, 1, 2, 4 hours: the last 7.5 hours after the first post). With 600 s every retry
+    after the first was refused as stale, for good."""
+    body = _sample("delivered")
+    signed = float(body["signature"]["timestamp"])
+    assert config_mod.MailgunWebhookConfig().max_age_s == 8 * 3600
+    assert len(await _handler(signed + 7.5 * 3600).parse(_request(body))) == 1
 
 
 async def test_stale_and_future_timestamps_are_refused() -> None:
