@@ -63,20 +63,22 @@ class MailgunEmulatorSigner:
                 **{"delivery-status": {"code": 250, "message": "OK", "description": ""}},
             )
         elif kind in (EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE):
-            permanent = kind is EventKind.HARD_BOUNCE
+            # A soft bounce is Mailgun giving up after 8 hours of temporary failures (reason
+            # "old"): its temporary failure of each attempt is no event (mailgun_webhook.py).
+            hard = kind is EventKind.HARD_BOUNCE
             data.update(
                 event="failed",
-                severity="permanent" if permanent else "temporary",
-                reason="bounce" if permanent else "generic",
-                **{"log-level": "error" if permanent else "warn"},
+                severity="permanent",
+                reason="bounce" if hard else "old",
+                **{"log-level": "error"},
                 **{
                     "delivery-status": {
-                        "code": 550 if permanent else 452,
+                        "code": 550 if hard else 452,
                         "message": "5.1.1 The email account that you tried to reach does not exist"
-                        if permanent
+                        if hard
                         else "4.2.2 The email account that you tried to reach is over quota",
                         "description": "",
-                        "attempt-no": 1,
+                        "attempt-no": 1 if hard else 7,
                     }
                 },
             )

@@ -28,7 +28,12 @@ Events:
   ``suppress-unsubscribe`` -> unsubscribe, ``suppress-complaint`` -> complaint (Mailgun dropped
   it because the address is on that list of its own) and ``old`` -> soft_bounce (Mailgun gave up
   after retrying temporary failures for hours: nothing says the address is bad).
-- ``failed`` with ``severity`` ``temporary`` -> soft_bounce.
+- ``failed`` with ``severity`` ``temporary`` -> no event. Mailgun posts one per delivery
+  attempt while it keeps retrying (``delivery-status.attempt-no`` 1, 2, 3, ...), then
+  ``delivered``, or ``failed``/``permanent`` when it gives up (reason ``old`` above): counting
+  each attempt as a soft bounce made one greylisted message three soft bounces (the address
+  suppressed at ``soft_bounce_limit``) or three blocks, though it was delivered. SendGrid's
+  ``deferred`` is ignored for the same reason.
 - ``complained`` -> complaint; ``unsubscribed`` -> unsubscribe; ``delivered`` -> delivered;
   any other event (accepted, opened, clicked, ...) -> no event.
 
@@ -85,7 +90,7 @@ def classify(data: dict[str, Any]) -> tuple[EventKind, str] | None:
         if severity == "permanent":
             return PERMANENT_REASONS.get(reason or "", EventKind.HARD_BOUNCE), provider_type
         if severity == "temporary":
-            return EventKind.SOFT_BOUNCE, provider_type
+            return None  # an attempt Mailgun retries; its outcome comes later (module docstring)
         raise auth.bad_request(
             "invalid_body", "event-data.severity: expected 'permanent' or 'temporary'", "event-data.severity"
         )

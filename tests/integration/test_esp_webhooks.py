@@ -296,6 +296,35 @@ async def test_mailgun_retry_of_a_post_answered_503_is_taken_hours_later(
     assert await _stored(conn) == (1, 2, 1)
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(421, "4.4.2 Connection timed out"), (451, "4.7.1 Greylisted, please try again later")],
+)
+async def test_mailgun_temporary_failures_of_a_delivered_message_count_nothing(
+    env: Env, conn: asyncpg.Connection, code: int, message: str
+) -> None:
+    """Mailgun posts failed/temporary for every attempt it retries: each was a soft bounce (a
+    block for a greylisting), so three attempts suppressed the address (soft_bounce_limit 3)
+    and fed the guards' blocked rate, though the message was delivered at the fourth."""
+    n, lead_id = await _lead(conn, 7)
+    mg: mailgun_webhooks.MailgunEmulatorSigner = env.signers["mailgun"]
+    sent = SentEmail(f"user{n}@example.com", env.campaign_id, lead_id, "mg-msg-7@x", dt.datetime.now(dt.UTC))
+    for attempt in (1, 2, 3):
+        data = mg.event_data(EventKind.SOFT_BOUNCE, sent)
+        data.update(severity="temporary", reason="generic")
+        data["delivery-status"].update({"attempt-no": attempt, "code": code, "message": message})
+        assert await env.post("mailgun", *mg.signed(data)) == (200, {"received": 0})
+    assert await env.post("mailgun", *mg.signed(mg.event_data(EventKind.DELIVERED, sent))) == (
+        200,
+        {"received": 1},
+    )
+    row = await conn.fetchrow(
+        "SELECT delivered, bounced, blocked FROM campaign_stats WHERE campaign_id = $1", env.campaign_id
+    )
+    assert row is not None and tuple(row) == (1, 0, 0)
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
 # About 3 KB that do not compress: too large for a webhook_receipts index entry.
 HUGE_ADDRESS = (
     "".join(random.Random(9).choices(string.ascii_lowercase + string.digits, k=3000)) + "@example.com"

@@ -67,7 +67,6 @@ def test_sendgrid_fixture_events() -> None:
     [
         ("failed_permanent.json", BounceClass.INVALID_RECIPIENT),
         ("failed_suppress_bounce.json", BounceClass.INVALID_RECIPIENT),
-        ("failed_temporary.json", BounceClass.TRANSIENT),
     ],
 )
 def test_mailgun_fixtures(name: str, expected: BounceClass) -> None:

@@ -64,13 +64,6 @@ def test_signature_matches_mailguns_documented_recipe() -> None:
         ("delivered", EventKind.DELIVERED, "delivered", "recipient@example.com", "250"),
         ("failed_permanent", EventKind.HARD_BOUNCE, "permanent/bounce", "invalid@example.com", "5.1.1"),
         (
-            "failed_temporary",
-            EventKind.SOFT_BOUNCE,
-            "temporary/generic",
-            "undeliverable@nomx.example.com",
-            "498",
-        ),
-        (
             "failed_suppress_bounce",
             EventKind.HARD_BOUNCE,
             "permanent/suppress-bounce",
@@ -104,10 +97,23 @@ async def test_failed_permanent_details() -> None:
     (event,) = await _handler(_at(body)).parse(_request(body))
     assert (event.campaign_id, event.lead_id) == (12, 34)
     assert event.reason is not None and event.reason.startswith("5.1.1 The email account")
+
+
+async def test_a_temporary_failure_is_no_event_and_the_give_up_one_soft_bounce() -> None:
+    """Mailgun posts a temporary failure for every attempt it retries (greylisting, a full
+    mailbox...): counted each, one delivered message made three soft bounces. Its outcome comes
+    later: delivered, or a permanent failure, reason old (a soft bounce) when it gives up."""
     body = _sample("failed_temporary")
-    (event,) = await _handler(_at(body)).parse(_request(body))
-    assert event.reason == "No MX for nomx.example.com"
-    assert (event.campaign_id, event.lead_id) == (None, None)
+    handler = _handler(_at(body))
+    assert await handler.parse(_request(body)) == []
+    body["event-data"] |= {"severity": "permanent", "reason": "old", "id": "gave-up"}
+    body["signature"]["token"] += "x"  # a post of its own: another token
+    (event,) = await handler.parse(_request(_signed(body)))
+    assert (event.kind, event.provider_type, event.reason) == (
+        EventKind.SOFT_BOUNCE,
+        "permanent/old",
+        "No MX for nomx.example.com",
+    )
 
 
 @pytest.mark.parametrize(
