@@ -24,8 +24,12 @@ The body is ONE JSON record. ``RecordType``:
   ``SuppressSending: false`` (a reactivation) -> no event, logged.
 - ``Delivery`` -> delivered. ``Open``, ``Click`` and others -> no event.
 
-``receipt`` = ``ID:recipient`` for bounce records, else ``RecordType:MessageID:time:recipient``.
-Our ids come from ``Metadata`` (``mailerd_campaign``, ``mailerd_lead``).
+``receipt`` = ``ID:recipient`` for bounce records, else ``RecordType:MessageID:time:recipient``;
+but a hard bounce or a complaint with a ``MessageID`` and an address, of either record type,
+has ``kind:MessageID:recipient`` (:func:`_shared_receipt`): Postmark posts a
+``SubscriptionChange`` for the bounce or complaint that put the address on its suppression list,
+and the two records of one event are recorded (and counted) once. Our ids come from
+``Metadata`` (``mailerd_campaign``, ``mailerd_lead``).
 
 Two real shapes besides the documented ones: records without ``RecordType`` (older webhooks: the
 type is inferred from the field only it has, :data:`INFERRED_TYPES`), and the "Unsubscribe
@@ -164,6 +168,16 @@ def record_type(record: dict[str, Any]) -> str:
     )
 
 
+def _shared_receipt(kind: EventKind, message_id: str | None, email: str | None) -> str | None:
+    """The receipt a hard bounce or complaint shares with the ``SubscriptionChange`` Postmark
+    posts for it (same message, same recipient), so that one bounce is not two; None for others.
+    The ``Bounce`` record's ``Inactive: true`` says what the change says, so nothing the second
+    record would have suppressed is lost."""
+    if kind not in (EventKind.HARD_BOUNCE, EventKind.COMPLAINT) or not message_id or not email:
+        return None
+    return f"{kind}:{message_id}:{auth.receipt_address(email)}"
+
+
 def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetime) -> _Parsed | None:
     """A ``Bounce`` or ``SpamComplaint`` record (see the module docstring)."""
     message_id = auth.optional_id(record, "MessageID", "record")
@@ -196,7 +210,8 @@ def _bounce(record: dict[str, Any], kind_of_record: str, received_at: dt.datetim
         email,
         occurred_at,
         provider_type,
-        f"{key}:{auth.receipt_address(email)}" if email else key,
+        _shared_receipt(kind, message_id, email)
+        or (f"{key}:{auth.receipt_address(email)}" if email else key),
         reason=auth.clip(details or auth.optional_text(record, "Description")),
         smtp_status=auth.enhanced_status(details, auth.optional_text(record, "Content")),
         suppress=inactive,
@@ -214,12 +229,14 @@ def _subscription_change(record: dict[str, Any]) -> _Parsed | None:
         log.info("postmark_reactivation_ignored", reason=why, origin=record.get("Origin"))
         return None
     message_id = auth.optional_id(record, "MessageID", "record")
+    kind = SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE)
     return _Parsed(
-        SUPPRESSION_REASONS.get(why, EventKind.UNSUBSCRIBE),
+        kind,
         email,
         occurred_at,
         f"SubscriptionChange/{why}",
-        f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{auth.receipt_address(email)}",
+        _shared_receipt(kind, message_id, email)
+        or f"SubscriptionChange:{message_id}:{record['ChangedAt']}:{auth.receipt_address(email)}",
         reason=auth.clip(auth.optional_text(record, "Origin")),
         suppress=True,
     )

@@ -325,6 +325,46 @@ async def test_mailgun_temporary_failures_of_a_delivered_message_count_nothing(
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
 
 
+@pytest.mark.parametrize(
+    ("kind", "reason", "column"),
+    [
+        (EventKind.HARD_BOUNCE, "HardBounce", "hard_bounced"),
+        (EventKind.COMPLAINT, "SpamComplaint", "complained"),
+    ],
+)
+@pytest.mark.parametrize("change_first", [False, True])
+async def test_postmark_bounce_and_its_subscription_change_count_once(
+    env: Env, conn: asyncpg.Connection, kind: EventKind, reason: str, column: str, change_first: bool
+) -> None:
+    """docs/webhooks.md has Bounce, Spam Complaint and Subscription Change enabled; Postmark
+    posts a SubscriptionChange when a hard bounce or a complaint puts the address on its
+    suppression list: one bounce came as two events, counted twice by the guards."""
+    n, lead_id = await _lead(conn, 4)
+    signer: postmark_webhooks.PostmarkEmulatorSigner = env.signers["postmark"]
+    sent = SentEmail(f"user{n}@example.com", env.campaign_id, lead_id, "pm-msg-4", dt.datetime.now(dt.UTC))
+    headers, bounce = signer.request(kind, sent)
+    change = {
+        "RecordType": "SubscriptionChange",
+        "MessageID": "pm-msg-4",
+        "ServerID": 1,
+        "MessageStream": "broadcast",
+        "ChangedAt": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "Recipient": f"user{n}@example.com",
+        "Origin": "Recipient",
+        "SuppressSending": True,
+        "SuppressionReason": reason,
+        "Metadata": {"mailerd_campaign": str(env.campaign_id), "mailerd_lead": str(lead_id)},
+    }
+    posts = [bounce, orjson.dumps(change)]
+    for body in reversed(posts) if change_first else posts:
+        assert await env.post("postmark", headers, body) == (200, {"received": 1})
+    counted = await conn.fetchval(
+        f"SELECT {column} FROM campaign_stats WHERE campaign_id = $1", env.campaign_id
+    )
+    assert (counted, await conn.fetchval("SELECT count(*) FROM email_events")) == (1, 1)
+    assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
+
+
 # About 3 KB that do not compress: too large for a webhook_receipts index entry.
 HUGE_ADDRESS = (
     "".join(random.Random(9).choices(string.ascii_lowercase + string.digits, k=3000)) + "@example.com"

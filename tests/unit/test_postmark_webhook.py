@@ -54,7 +54,10 @@ async def test_documented_bounce() -> None:
     (event,) = await _handler().parse(_request(_sample("bounce")))
     assert event.kind is EventKind.HARD_BOUNCE
     assert event.suppress is True  # "Inactive": true
-    assert event.receipt == "4323372036854775807:john@example.com"  # ID beyond 2**53 kept exact
+    # Shared with the SubscriptionChange Postmark posts for it (test_a_bounce_and_its_...).
+    assert event.receipt == "hard_bounce:883953f4-6105-42a2-a16a-77a8eac79483:john@example.com"
+    (soft,) = postmark.parse_record(_sample("bounce") | {"Type": "SoftBounce"})
+    assert soft.receipt == "4323372036854775807:john@example.com"  # ID beyond 2**53 kept exact
     assert event.provider_message_id == "883953f4-6105-42a2-a16a-77a8eac79483"
     assert event.provider_type == "HardBounce"
     assert event.reason == "Test bounce details"
@@ -67,7 +70,7 @@ async def test_documented_spam_complaint_delivery_and_subscription_change() -> N
     (complaint,) = await handler.parse(_request(_sample("spam_complaint")))
     assert (complaint.kind, complaint.receipt, complaint.suppress) == (
         EventKind.COMPLAINT,
-        "42:john@example.com",
+        "complaint:00000000-0000-0000-0000-000000000000:john@example.com",
         True,
     )
     (delivery,) = await handler.parse(_request(_sample("delivery")))
@@ -83,7 +86,10 @@ async def test_documented_spam_complaint_delivery_and_subscription_change() -> N
         "bounced-address@wildbit.com",
     )
     assert change.provider_type == "SubscriptionChange/HardBounce"
-    assert change.receipt.startswith("SubscriptionChange:00000000-0000-0000-0000-000000000000:")
+    assert change.receipt == "hard_bounce:00000000-0000-0000-0000-000000000000:bounced-address@wildbit.com"
+    manual = _sample("subscription_change") | {"SuppressionReason": "ManualSuppression"}
+    (unsubscribe,) = postmark.parse_record(manual)
+    assert unsubscribe.receipt.startswith("SubscriptionChange:00000000-0000-0000-0000-000000000000:")
     assert await handler.parse(_request(_sample("open"))) == []
 
 
@@ -115,12 +121,8 @@ def test_a_bounce_without_email_needs_a_message_id() -> None:
 async def test_records_without_record_type_are_inferred_from_their_fields() -> None:
     handler = _handler()
     (bounce,) = await handler.parse(_request(_sample("bounce_without_record_type")))
-    assert (bounce.kind, bounce.email, bounce.receipt, bounce.suppress) == (
-        EventKind.HARD_BOUNCE,
-        "john@example.com",
-        "42:john@example.com",
-        True,
-    )
+    assert (bounce.kind, bounce.email, bounce.suppress) == (EventKind.HARD_BOUNCE, "john@example.com", True)
+    assert bounce.receipt == f"hard_bounce:{bounce.provider_message_id}:john@example.com"
     assert bounce.occurred_at == dt.datetime(2014, 8, 1, 17, 28, 10, 273539, tzinfo=dt.UTC)
     (delivery,) = await handler.parse(_request(_sample("delivery_without_record_type")))
     assert (delivery.kind, delivery.email, delivery.provider_message_id) == (
@@ -192,6 +194,8 @@ def test_bounce_without_id_and_our_metadata() -> None:
     del record["ID"]
     (event,) = postmark.parse_record(record)
     assert (event.campaign_id, event.lead_id, event.smtp_status) == (5, 6, "5.1.1")
+    assert event.receipt == "hard_bounce:883953f4-6105-42a2-a16a-77a8eac79483:john@example.com"
+    (event,) = postmark.parse_record(record | {"Type": "SoftBounce"})
     assert event.receipt == (
         "Bounce:883953f4-6105-42a2-a16a-77a8eac79483:2019-11-05T16:33:54.9070259Z:john@example.com"
     )
