@@ -348,10 +348,10 @@ async def resolve(
 ) -> list[Event]:
     """Fill ``campaign_id``/``lead_id``/``account_id``: metadata, else message id, else address.
 
-    Accounts stay apart. Metadata counts only when its campaign exists and its lead belongs to
-    that campaign's account. A message id names only emails whose campaign's provider is of the
-    event's kind (``provider_kinds``: each configured provider's ``kind``; two providers may hand
-    out the same id). An event matched by address alone is a fact about the mailbox when
+    Accounts stay apart. Metadata counts only when its campaign exists and its lead is of no
+    other account (a deleted one too). A message id names only emails whose campaign's provider
+    is of the event's kind (``provider_kinds``: each configured provider's ``kind``; two providers
+    may hand out the same id). An event matched by address alone is a fact about the mailbox when
     it is a bounce (it becomes one event per account that has the address); a complaint or an
     unsubscribe is consent withdrawn from one sender, so by address alone it is attributed only
     when exactly one account has the address. An event that matches nothing is kept as it is
@@ -444,7 +444,9 @@ def _matched(event: Event) -> bool:
 async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """Campaign and lead ids travelled with the email: only the account is needed. Metadata
     naming a campaign we do not have, or a lead of another account, is not ours (or forged):
-    it is dropped, and the event is mapped the other ways."""
+    it is dropped, and the event is mapped the other ways. A lead that no longer exists (the
+    host deleted the contact after the send) is the campaign's account's: its complaint still
+    suppresses the address there."""
     campaign_ids = {e.campaign_id for e in events if e.campaign_id is not None}
     if not campaign_ids:
         return events
@@ -457,7 +459,8 @@ async def _by_metadata(conn: asyncpg.Connection, events: list[Event]) -> list[Ev
             result.append(event)
             continue
         account_id = accounts.get(event.campaign_id)
-        lead_account, lead_email = lead_accounts.get(event.lead_id or 0, (None, None))
+        # A lead deleted since keeps the campaign's account; one of another account is not ours.
+        lead_account, lead_email = lead_accounts.get(event.lead_id or 0, (account_id, None))
         if account_id is not None and (event.lead_id is None or lead_account == account_id):
             result.append(_in_lead_spelling(dataclasses.replace(event, account_id=account_id), lead_email))
             continue

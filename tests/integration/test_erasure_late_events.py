@@ -92,7 +92,7 @@ async def _stats(conn: asyncpg.Connection, campaign_id: int) -> tuple[int, int]:
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
-        # The metadata names the deleted lead (refused: no such lead), the message id finds it.
+        # The metadata names the deleted lead: the campaign's account, the lead id as given.
         (
             EventKind.COMPLAINT,
             {"campaign_id": "campaign", "lead_id": "lead", "provider_message_id": "m-erin"},
@@ -151,11 +151,12 @@ async def test_a_late_event_about_an_erased_lead_holds_no_address_and_suppresses
 async def test_a_late_event_matched_to_no_account_is_scrubbed_too(
     conn: asyncpg.Connection, writer: Writer
 ) -> None:
-    """Metadata of the deleted lead and no message id to find it by: the event matches no account
-    (suppressing nothing), and is scrubbed, as an erasure scrubs unmatched events."""
-    campaign_id, lead_id, _ = await _sent_then_erased(conn)
+    """No metadata and no message id to find it by, and the address is no lead (erased): the event
+    matches no account (suppressing nothing), and is scrubbed, as an erasure scrubs unmatched
+    events. (Metadata naming the erased lead maps it to the campaign's account, above.)"""
+    await _sent_then_erased(conn)
     kept = await _lead(conn, 1, "kept@example.com")
-    late = _late(EventKind.HARD_BOUNCE, "late-2", campaign_id=campaign_id, lead_id=lead_id)
+    late = _late(EventKind.HARD_BOUNCE, "late-2")
     other = dataclasses.replace(
         late,
         email="kept@example.com",

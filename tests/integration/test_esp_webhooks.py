@@ -365,6 +365,23 @@ async def test_postmark_bounce_and_its_subscription_change_count_once(
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
 
 
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun", "postmark"])
+async def test_complaint_about_a_deleted_lead_is_kept_in_the_campaigns_account(
+    env: Env, conn: asyncpg.Connection, provider: str
+) -> None:
+    """The host deleted the contact after the send: the metadata was dropped, the complaint
+    stored unmatched (no account, no campaign) and suppressed nothing, so the address, imported
+    again, was mailed again."""
+    n, lead_id = await _lead(conn, 6)
+    await conn.execute("DELETE FROM leads WHERE id = $1", lead_id)
+    headers, body = env.signed(provider, EventKind.COMPLAINT, (n, lead_id))
+    assert await env.post(provider, headers, body) == (200, {"received": 1})
+    row = await conn.fetchrow("SELECT account_id, campaign_id, lead_id FROM email_events")
+    assert row is not None and tuple(row) == (ACCOUNT, env.campaign_id, lead_id)
+    suppressed = await conn.fetch("SELECT account_id, email FROM suppressions")
+    assert [tuple(r) for r in suppressed] == [(ACCOUNT, f"user{n}@example.com")]
+
+
 # About 3 KB that do not compress: too large for a webhook_receipts index entry.
 HUGE_ADDRESS = (
     "".join(random.Random(9).choices(string.ascii_lowercase + string.digits, k=3000)) + "@example.com"

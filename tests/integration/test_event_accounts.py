@@ -122,6 +122,21 @@ async def test_metadata_of_the_campaigns_own_lead_is_used(conn: asyncpg.Connecti
     assert await _suppressed_in(conn) == {1}
 
 
+async def test_metadata_of_a_lead_deleted_since_keeps_the_campaigns_account(conn: asyncpg.Connection) -> None:
+    """docs/webhooks.md, "From event to lead": the campaign exists, so the account is the
+    campaign's and the lead id is taken as given. A deleted lead dropped the metadata: the
+    complaint suppressed nothing (or, by address, nothing either: account 2 also has it)."""
+    gone = await _lead(conn, 1, ADDRESS)
+    await _lead(conn, 2, ADDRESS)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await conn.execute("DELETE FROM leads WHERE id = $1", gone)
+    resolved = await _record(conn, _event(EventKind.COMPLAINT, campaign_id=campaign_id, lead_id=gone))
+    assert [(e.campaign_id, e.lead_id, e.account_id) for e in resolved] == [(campaign_id, gone, 1)]
+    assert await _suppressed_in(conn) == {1}
+    stats = await conn.fetchrow("SELECT complained FROM campaign_stats WHERE campaign_id = $1", campaign_id)
+    assert stats["complained"] == 1
+
+
 async def test_an_event_without_an_address_takes_its_leads_once_matched(conn: asyncpg.Connection) -> None:
     """Postmark's unsubscribe record names only the message id: matched through the log, it
     suppresses the lead's address."""
