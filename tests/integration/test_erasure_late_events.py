@@ -304,8 +304,9 @@ async def test_a_late_event_postgres_refuses_is_dead_lettered_without_the_addres
 async def test_leads_dropped_as_erased_after_the_wait_give_back_their_tokens(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
-    # the provider's and the [pace] group's tokens of the dropped leads were spent: the next
-    # batch waited for them (10 s at 1/s), as if they had been sent
+    # the provider's tokens of the dropped leads were spent: the next batch waited for them
+    # (10 s at 1/s), as if they had been sent. (A [pace] group's are taken by the shard at
+    # dispatch, before the sender drops anyone: tests/unit/test_pace.py covers their refund.)
     ids = [
         await _lead(conn, 1, f"person{n}@example.com") for n in range(30)
     ]  # three batches of 10; the first batch's leads erased (the erasure record only: the
@@ -319,7 +320,6 @@ async def test_leads_dropped_as_erased_after_the_wait_give_back_their_tokens(
         config = daemon_config(
             port,
             provider={"concurrency": 1, "batch_size": 10, "rate_per_s": 1, "burst": 10},
-            pace={"example": {"domains": ["example.com"], "rate_per_s": 1, "burst": 10}},
         )
         timing = app.SenderTiming(clock=time.clock, sleep=time.sleep)
         async with running_daemon(config, dsn, sender_timing=timing):

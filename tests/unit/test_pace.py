@@ -190,3 +190,13 @@ async def test_a_stop_during_a_groups_wait_gives_its_tokens_back() -> None:
     assert not await lane.acquire(bucket, 1, stopped)  # already stopped: nothing taken
     assert bucket.tokens() == 1.0
     assert await lane.acquire(bucket, 1, asyncio.Event())
+
+
+def test_recipients_not_sent_after_all_give_their_groups_tokens_back() -> None:
+    gmail = ratelimit.TokenBucket(1, burst=10, clock=lambda: 0.0)  # time stands still
+    outlook = ratelimit.TokenBucket(1, burst=10, clock=lambda: 0.0)
+    lane = pace.LanePace({"gmail.com": gmail, "outlook.com": outlook}, "sink")
+    assert gmail.reserve(10) == 0 and outlook.reserve(10) == 0
+    # two Gmail recipients and an unpaced one are dropped (erased) after dispatch
+    lane.refund(["a@gmail.com", "b@GMAIL.com", "c@example.com"])
+    assert gmail.tokens() == 2.0 and outlook.tokens() == 0.0
