@@ -38,7 +38,7 @@ from mailerd.models import (
     UncertainError,
 )
 from mailerd.ratelimit import TokenBucket
-from mailerd.stages import ClaimedShard, ProviderLane, QuotaTaker, RowSink, ShardLostError
+from mailerd.stages import ClaimedShard, ProviderLane, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
@@ -106,9 +106,6 @@ class ProviderSender:
         self.config = config
         self.bucket = TokenBucket(config.rate_per_s, config.burst or None, clock=clock)
         self._rate_sleep = rate_sleep
-        # The provider's daily quota and warm-up (None: no limit): the shard took each batch's
-        # share before dispatching it; a batch not sent gives it back.
-        self.quota: QuotaTaker | None = lane.quota
         self._error_rates: dict[int, ErrorRate] = {}
         self._writer = writer
         self._on_halt = on_halt
@@ -138,25 +135,20 @@ class ProviderSender:
             run, batch = item
             if run.stopping:
                 run.discard(batch.seq)
-                self._refund(batch)
+                run.give_back(batch.leads)
                 continue
             try:
                 await run.ensure_reserved(batch)
             except ShardLostError as exc:
                 run.log.warning("batch_not_reserved", seq=batch.seq, error=str(exc))
                 run.discard(batch.seq)
-                self._refund(batch)
+                run.give_back(batch.leads)
                 continue
             self._in_flight.inc()
             try:
                 await self._send(run, batch)
             finally:
                 self._in_flight.dec()
-
-    def _refund(self, batch: Batch) -> None:
-        """A batch the provider accepted nothing of gives its quota share back."""
-        if self.quota is not None:
-            self.quota.refund(len(batch.leads))
 
     async def _acquire(self, delivery: _Delivery, stopped: asyncio.Event) -> bool:
         """Wait for the provider's rate; False (tokens given back) if the shard stops meanwhile.
@@ -229,7 +221,7 @@ class ProviderSender:
             )
             await aio.sleep_unless(delay, run.stopped)
         if not delivery.reached:
-            self._refund(batch)  # the provider accepted nothing: its quota share goes back
+            run.give_back(batch.leads)  # the provider accepted nothing: what it took goes back
         rows, counts = _log_rows(batch, delivery.results)
         bounced = self._rejections(delivery) if counts[1] else None
         await self._writer.submit(

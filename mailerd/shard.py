@@ -218,9 +218,8 @@ class ShardRun:
                 self._take_back(batch)
 
     def _take_back(self, batch: Batch) -> None:
-        """A batch taken out of the lane's queue unsent: discarded, its quota share given back."""
-        if self._lane.quota is not None:
-            self._lane.quota.refund(len(batch.leads))
+        """A batch taken out of the lane's queue unsent: discarded, what it took given back."""
+        self.give_back(batch.leads)
         self.discard(batch.seq)
 
     def discard(self, seq: int) -> None:
@@ -364,7 +363,7 @@ class ShardRun:
                 break
             if time.monotonic() - read_at > STALE_WINDOW_S:
                 # Read long ago (a low rate, a quota): leads deleted or erased since are not sent.
-                chunk = await self._still_present(chunk, group)
+                chunk = await self._still_present(chunk)
                 if not chunk:
                     await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), [])
                     continue
@@ -373,7 +372,7 @@ class ShardRun:
             self._resolved.clear()
             if not await self._put(batch):
                 self.discard(batch.seq)
-                self._give_back(len(chunk), group)
+                self.give_back(chunk)
                 break
         return len(rows)
 
@@ -392,43 +391,57 @@ class ShardRun:
     async def _wait_to_dispatch(self, count: int, group: TokenBucket | None) -> bool:
         """The waits a batch makes before it joins the lane, in this shard, so that each holds
         back this campaign (or this group's recipients) only: in a sender worker they held the
-        provider's shared workers. False (the batch is not dispatched) when the shard stops."""
-        # The campaign's own rate
-        if not await self._lane.caps.acquire(self.campaign, count, self.stopped, self.shard_no):
-            return False
-        # Its [pace.NAME] group's rate. Undispatched, the batch has no ledger entry and no
-        # earlier entry's upto passes its leads: the next owner reads them again.
-        pacing = self._lane.pace
-        if group is not None and pacing is not None and not await pacing.acquire(group, count, self.stopped):
-            return False
+        provider's shared workers. False (nothing kept: the batch is not dispatched) when the
+        shard stops.
+
+        The daily quota first (it can wait for hours), the rates after it: tokens taken before
+        a long wait would let the batches that waited reach the provider at once, above the
+        campaign's or the group's rate. Undispatched, a batch has no ledger entry and no earlier
+        entry's upto passes its leads: the next owner reads them again."""
         # The daily quota: every batch queued or in flight holds its share, so what the claim
         # reserves is never stuck behind a quota wait.
         quota = self._lane.quota
-        return quota is None or await quota.acquire(count, self.stopped)
+        if quota is not None and not await quota.acquire(count, self.stopped):
+            return False
+        # The campaign's own rate
+        if not await self._lane.caps.acquire(self.campaign, count, self.stopped, self.shard_no):
+            if quota is not None:
+                quota.refund(count)
+            return False
+        # Its [pace.NAME] group's rate
+        pacing = self._lane.pace
+        if group is not None and pacing is not None and not await pacing.acquire(group, count, self.stopped):
+            self._lane.caps.refund(self.campaign, count)
+            if quota is not None:
+                quota.refund(count)
+            return False
+        return True
 
-    async def _still_present(self, chunk: list[Lead], group: TokenBucket | None) -> list[Lead]:
+    async def _still_present(self, chunk: list[Lead]) -> list[Lead]:
         """The leads of ``chunk`` not deleted or erased since their window was read (one query).
-        What the others took of the campaign's cap, their [pace.NAME] group and the quota goes
+        What the others took of the quota, the campaign's cap and their [pace.NAME] group goes
         back; all of it when the query fails (the shard is then lost: nothing of the chunk goes)."""
         try:
             present = await leads_db.still_present(
                 self._pool, self.campaign.account_id, [x.id for x in chunk]
             )
         except db.DB_ERRORS:
-            self._give_back(len(chunk), group)
+            self.give_back(chunk)
             raise
         if len(present) < len(chunk):
-            self._give_back(len(chunk) - len(present), group)
+            self.give_back([lead for lead in chunk if lead.id not in present])
         return [lead for lead in chunk if lead.id in present]
 
-    def _give_back(self, count: int, group: TokenBucket | None) -> None:
-        """The campaign's cap tokens, the group's tokens and the quota share of ``count`` leads
-        that waited for them and will not be dispatched: the next batches may use them."""
-        self._lane.caps.refund(self.campaign, count)
-        if group is not None:
-            group.refund(count)
-        if self._lane.quota is not None:
-            self._lane.quota.refund(count)
+    def give_back(self, leads: list[Lead]) -> None:
+        """The quota share, the campaign's cap tokens and the [pace.NAME] group's tokens of leads
+        that waited for them and will not be sent (not dispatched, or taken back out of the
+        lane's queue): the next batches may use them."""
+        lane = self._lane
+        if lane.quota is not None:
+            lane.quota.refund(len(leads))
+        lane.caps.refund(self.campaign, len(leads))
+        if lane.pace is not None:
+            lane.pace.refund(lead.email for lead in leads)
 
     async def _submit(self, batch: Batch, rows: list[LogRow]) -> None:
         """Rows that need no sending (suppressed leads, empty windows) go straight to the writer."""

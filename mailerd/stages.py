@@ -61,6 +61,10 @@ class SendingShard(Protocol):
     def discard(self, seq: int) -> None:
         """The batch was not (fully) sent: it must not count as logged."""
 
+    def give_back(self, leads: list[Lead]) -> None:
+        """What ``leads`` took before their batch was dispatched (the quota share, the
+        campaign's and the group's tokens) back: they were not sent."""
+
 
 class ClaimedShard(ShardHandle, SendingShard, Protocol):
     """A shard as it travels with its batches: seen by the sender, then by the writer."""

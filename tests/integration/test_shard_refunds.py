@@ -1,8 +1,9 @@
 """What a shard took for leads it then does not dispatch goes back: a batch leaving long after its
 window was read drops the leads deleted meanwhile (``shard.STALE_WINDOW_S``), and their
 campaign-cap tokens were kept (the campaign's next batch waited for them again); a re-check
-that failed kept the whole batch's quota share. One claimed shard, its campaign's cap in
-virtual time, the real writer and quota."""
+that failed kept the whole batch's quota share; batches taken back out of the lane's queue kept
+their [pace] group's tokens. The rates are taken after the quota wait. One claimed shard, its
+campaign's cap and its group in virtual time, the real writer and quota."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from mailerd import campaigns, providers, quota, quota_gate, shard, splitting
+from mailerd import campaigns, pace, providers, quota, quota_gate, shard, splitting
 from mailerd.campaign_caps import CampaignCaps
 from mailerd.config import WriterConfig
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
 from mailerd.db import shards as shards_db
 from mailerd.models import Campaign
-from mailerd.stages import LaneQueue, ProviderLane
+from mailerd.ratelimit import TokenBucket
+from mailerd.stages import LaneQueue, ProviderLane, QuotaTaker
 from mailerd.writer import Writer
 from tests.integration.helpers import daemon_config, new_campaign
 
@@ -43,6 +45,7 @@ class Cap:
     def __init__(self, during_wait: Callable[[], Awaitable[None]]) -> None:
         self.now = 0.0
         self.waits: list[float] = []
+        self.pace_waits: list[float] = []
         self._during_wait = during_wait
         self.caps = CampaignCaps("sink", clock=lambda: self.now, sleep=self._sleep)
 
@@ -50,6 +53,11 @@ class Cap:
         self.waits.append(seconds)
         self.now += seconds
         await self._during_wait()
+
+    async def sleep_for_pace(self, seconds: float, stopped: asyncio.Event) -> None:
+        """A [pace] group's wait, on the same virtual clock."""
+        self.pace_waits.append(seconds)
+        self.now += seconds
 
 
 async def _leads(conn: asyncpg.Connection, count: int) -> list[int]:
@@ -78,7 +86,8 @@ def _run(
     pool: asyncpg.Pool,
     writer: Writer,
     cap: Cap,
-    gate: quota_gate.QuotaGate | None = None,
+    gate: QuotaTaker | None = None,
+    paced: dict[str, TokenBucket] | None = None,
 ) -> tuple[shard.ShardRun, ProviderLane]:
     lane = ProviderLane(
         name="sink",
@@ -89,6 +98,7 @@ def _run(
         reservation_step=BATCH,
         caps=cap.caps,
         quota=gate,
+        pace=pace.LanePace(paced, "sink", sleep=cap.sleep_for_pace) if paced else None,
     )
     run = shard.ShardRun(
         campaign=campaign, row=row, claim=claim, pool=pool, lane=lane, sink=writer, window_size=1000
@@ -153,3 +163,73 @@ async def test_a_failed_recheck_gives_back_the_batchs_quota_share(
     # and its cap tokens: the campaign's next batch does not wait for them again
     assert await cap.caps.acquire(run.campaign, BATCH, asyncio.Event())
     assert cap.waits == [1.0]
+
+
+async def test_batches_taken_back_unsent_give_back_their_groups_tokens(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer
+) -> None:
+    ids = await _leads(conn, 2 * BATCH)
+    cap = Cap(lambda: asyncio.sleep(0))  # the campaign's rate: one batch at once, the next waits 1 s
+    group = TokenBucket(1.0, 2 * BATCH, clock=lambda: cap.now)  # [pace] 1/s, a burst of both
+    run, lane = _run(*await _claimed(conn, dsn, ids[-1]), pool, writer, cap, paced={"example.com": group})
+    task = asyncio.create_task(run.run())
+    try:
+        async with asyncio.timeout(20):
+            while len(_queued(lane)) < 2:
+                await asyncio.sleep(0.01)
+        assert group.tokens() < BATCH  # both batches took their group's tokens at dispatch
+        run.stop("paused")  # both are taken back out of the queue, never sent
+        await asyncio.wait_for(task, 20)
+    finally:
+        await lane.provider.close()
+    assert _queued(lane) == [] and await conn.fetchval("SELECT count(*) FROM email_log") == 0
+    # nothing was sent: the next batches of the group (any campaign on the node) have them
+    assert group.tokens() == 2 * BATCH
+    assert await cap.caps.acquire(run.campaign, BATCH, asyncio.Event())  # and the campaign's
+
+
+class HeldQuota:
+    """A provider's daily quota used up until ``opened`` is set."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.waiting = 0
+
+    async def acquire(self, count: int, stopped: asyncio.Event) -> bool:
+        self.waiting += 1
+        await self.opened.wait()
+        return True
+
+    def refund(self, count: int) -> None:
+        pass
+
+
+async def test_a_batch_takes_its_rate_tokens_after_the_quota_wait(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer
+) -> None:
+    # the group's tokens were taken before the quota wait: after hours of waiting, every batch
+    # that waited reached the provider at once, far above the group's rate
+    ids = await _leads(conn, 2 * BATCH)
+    cap = Cap(lambda: asyncio.sleep(0))
+    group = TokenBucket(1.0, BATCH, clock=lambda: cap.now)
+    held = HeldQuota()
+    run, lane = _run(
+        *await _claimed(conn, dsn, ids[-1]), pool, writer, cap, held, paced={"example.com": group}
+    )
+    task = asyncio.create_task(run.run())
+    try:
+        async with asyncio.timeout(20):
+            while not held.waiting:
+                await asyncio.sleep(0.01)
+        # waiting for the quota, the batch holds none of the campaign's or the group's tokens
+        assert group.tokens() == BATCH and cap.waits == [] and cap.pace_waits == []
+        held.opened.set()
+        async with asyncio.timeout(20):
+            while len(_queued(lane)) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        run.stop("test")
+        await asyncio.wait_for(task, 20)
+        await lane.provider.close()
+    # then each batch waits for the rates in turn: the second one batch's worth of the group
+    assert cap.pace_waits == [pytest.approx(BATCH / 1.0, abs=1.0)]
