@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 import structlog
 
-from mailerd import metrics
+from mailerd import idn, metrics
 from mailerd.db import dead_letters as dead_letters_db
 from mailerd.db import erasure as erasure_db
 from mailerd.models import Event
@@ -110,7 +110,8 @@ async def scrub_erased(conn: asyncpg.Connection, letter: Letter, pads: tuple[byt
     found = await erasure_db.erased_among(conn, [(a, e, None, None, None) for a, e in keys], *pads)
     if not found:
         return []
-    addresses = sorted({keys[n][1] for n in found})
+    # in either IDNA spelling: the payload and the error quote the address as it was reported
+    addresses = sorted({spelling for n in found for spelling in idn.spellings(keys[n][1])})
     await erasure_db.scrub_texts(
         conn, "dead_letters", ("payload", "error"), addresses, "flush_id = $1", letter.id
     )

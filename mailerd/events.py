@@ -265,10 +265,12 @@ async def _scrubbed(
 
 
 def _pattern(event: Event, email: str) -> str | None:
-    """The pattern that finds ``email`` in the event's texts; None when they hold no ``@`` (they
-    cannot quote it), which spares building one for most events."""
+    """The pattern that finds ``email`` in the event's texts, in either IDNA spelling (a
+    diagnostic quotes the address as it was sent: ``<erin@xn--bcher-kva.de>`` for the lead
+    ``erin@bücher.de``); None when they hold no ``@`` (they cannot quote it), which spares
+    building one for most events."""
     if "@" in (event.reason or "") or "@" in (event.provider_type or ""):
-        return erasure_db.address_pattern(email)
+        return erasure_db.any_address_pattern(idn.spellings(email))
     return None
 
 

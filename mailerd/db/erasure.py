@@ -42,6 +42,12 @@ def address_pattern(address: str) -> str:
     return _BEFORE + "".join(char if char.isalnum() else "\\" + char for char in address) + _AFTER
 
 
+def any_address_pattern(addresses: Sequence[str]) -> str:
+    """:func:`address_pattern` for any of ``addresses`` (the spellings of one address)."""
+    escaped = ("".join(char if char.isalnum() else "\\" + char for char in a) for a in addresses)
+    return _BEFORE + "(?:" + "|".join(escaped) + ")" + _AFTER
+
+
 def hmac_sql(address: str, ipad: str, opad: str) -> str:
     """The SQL expression of the keyed hash of ``address`` (an SQL expression itself)."""
     return HMAC_SQL.format(address=address, ipad=ipad, opad=opad)

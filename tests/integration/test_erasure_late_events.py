@@ -301,6 +301,45 @@ async def test_a_late_event_postgres_refuses_is_dead_lettered_without_the_addres
     assert "kept@example.com" in letters[1]["payload"]
 
 
+IDN_LEAD = "erin@bücher.de"
+IDN_SENT = "erin@xn--bcher-kva.de"  # as SES and SMTP servers were sent it, and quote it
+
+
+async def test_a_late_event_about_an_erased_idn_lead_quotes_neither_spelling(
+    conn: asyncpg.Connection, writer: Writer
+) -> None:
+    # the event's address is read back in the lead's Unicode spelling, and only that spelling
+    # was cut out of its texts: the diagnostic kept <erin@xn--bcher-kva.de>, in email_events
+    # and in the dead letter of an event Postgres refused
+    lead_id = await _lead(conn, 1, IDN_LEAD)
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await conn.execute(
+        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
+           VALUES (now(), $1, $2, $3, 'm-idn')""",
+        campaign_id,
+        lead_id,
+        int(LogStatus.SENT),
+    )
+    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    assert await _text_hits(conn, "erin@") == []
+    quoted = f"smtp; 550 5.1.1 <{IDN_SENT.upper()}>: Recipient address rejected"
+    late = _event(
+        EventKind.HARD_BOUNCE,
+        f"late-idn:{IDN_SENT}",
+        email=IDN_SENT,
+        provider_message_id="m-idn",
+        bounce_class="invalid_recipient",
+        reason=quoted,
+    )
+    await _record(conn, writer, [late])
+    refused = dataclasses.replace(late, receipt=f"late-idn-2:{IDN_SENT}", reason=quoted + "\x00")
+    with pytest.raises(EventsRefused):
+        await _record(conn, writer, [refused])
+    assert await conn.fetchval("SELECT count(*) FROM email_events WHERE reason LIKE '%<erased>%'") == 1
+    assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 1
+    assert await _text_hits(conn, "erin@") == []
+
+
 async def test_leads_dropped_as_erased_after_the_wait_give_back_their_tokens(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
