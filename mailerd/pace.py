@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
-from mailerd import aio, metrics
+from mailerd import aio, idn, metrics
 from mailerd.config import PaceConfig
 from mailerd.models import Lead
 from mailerd.ratelimit import Clock, StoppableSleep, TokenBucket
@@ -138,6 +138,9 @@ class LanePace:
 
 
 def domain_of(address: str) -> str:
-    """The part of an address after its last ``@``, lower-cased (ASCII folding is enough:
-    the configured domains are ASCII, an IDN is configured in its xn-- form)."""
+    """The part of an address after its last ``@``, lower-cased, in IDNA A-labels as the
+    configured domains are (an IDN is configured in its xn-- form; a lead keeps the Unicode
+    form it was typed in, ``bücher.de``)."""
+    if not address.isascii():
+        address = idn.a_label_address(address)
     return address.rpartition("@")[2].lower()

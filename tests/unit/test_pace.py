@@ -200,3 +200,13 @@ def test_recipients_not_sent_after_all_give_their_groups_tokens_back() -> None:
     # two Gmail recipients and an unpaced one are dropped (erased) after dispatch
     lane.refund(["a@gmail.com", "b@GMAIL.com", "c@example.com"])
     assert gmail.tokens() == 2.0 and outlook.tokens() == 0.0
+
+
+def test_a_group_configured_in_a_labels_holds_leads_typed_in_unicode() -> None:
+    bucket = ratelimit.TokenBucket(1)
+    lane = pace.LanePace({"xn--bcher-kva.de": bucket}, "sink")
+    leads = [Lead(1, "ann@Bücher.de", {}), Lead(2, "bob@example.com", {})]
+    assert [(len(chunk), group) for chunk, group, _ in lane.plan(leads, 10, 100, hold=10)] == [
+        (1, None),
+        (1, bucket),
+    ]
