@@ -51,16 +51,19 @@ async def writer(pool: asyncpg.Pool) -> AsyncIterator[Writer]:
     await asyncio.wait_for(task, 10)
 
 
-async def _sent_then_erased(conn: asyncpg.Connection) -> tuple[int, int, int]:
-    """A lead sent to (message id m-erin), then erased: (campaign, lead, erasure) ids."""
-    lead_id = await _lead(conn, 1, ADDRESS)
+async def _sent_then_erased(
+    conn: asyncpg.Connection, address: str = ADDRESS, message_id: str = "m-erin"
+) -> tuple[int, int, int]:
+    """A lead sent to (message id ``message_id``), then erased: (campaign, lead, erasure) ids."""
+    lead_id = await _lead(conn, 1, address)
     campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
     await conn.execute(
         """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
-           VALUES (now(), $1, $2, $3, 'm-erin')""",
+           VALUES (now(), $1, $2, $3, $4)""",
         campaign_id,
         lead_id,
         int(LogStatus.SENT),
+        message_id,
     )
     done = await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
     return campaign_id, lead_id, done.id
@@ -311,16 +314,7 @@ async def test_a_late_event_about_an_erased_idn_lead_quotes_neither_spelling(
     # the event's address is read back in the lead's Unicode spelling, and only that spelling
     # was cut out of its texts: the diagnostic kept <erin@xn--bcher-kva.de>, in email_events
     # and in the dead letter of an event Postgres refused
-    lead_id = await _lead(conn, 1, IDN_LEAD)
-    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
-    await conn.execute(
-        """INSERT INTO email_log (sent_at, campaign_id, lead_id, status, provider_message_id)
-           VALUES (now(), $1, $2, $3, 'm-idn')""",
-        campaign_id,
-        lead_id,
-        int(LogStatus.SENT),
-    )
-    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    await _sent_then_erased(conn, IDN_LEAD, "m-idn")
     assert await _text_hits(conn, "erin@") == []
     quoted = f"smtp; 550 5.1.1 <{IDN_SENT.upper()}>: Recipient address rejected"
     late = _event(
