@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import asyncpg
 import structlog.testing
 
 from mailerd import campaigns, splitting
+from mailerd import config as config_mod
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import partitions
 from mailerd.emulator import sink
@@ -100,6 +103,25 @@ async def _move(conn: asyncpg.Connection, lead_id: int, zone: str) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _windowed(
+    conn: asyncpg.Connection, tmp_path: Path
+) -> AsyncIterator[tuple[config_mod.Config, int, sink.Sink, Path]]:
+    """A sink recording what it is sent, and a campaign over every lead with :data:`WINDOW`
+    (shards of 100): the config, the campaign's id, the sink and its record file."""
+    record = tmp_path / "record.jsonl"
+    emulator = sink.Sink(record=record, seed=1)
+    port = await emulator.start()
+    try:
+        config = daemon_config(port, scheduler={"shard_size": 100})
+        campaign_id = await campaigns.create(
+            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
+        )
+        yield config, campaign_id, emulator, record
+    finally:
+        await emulator.close()
+
+
 ZONE_DONE = """SELECT bool_and(state = 'done') FROM campaign_shards
                WHERE campaign_id = $1 AND $2 = ANY(zone_names)"""
 
@@ -110,14 +132,7 @@ async def test_a_window_defers_exactly_the_leads_outside_it(
     zones = await _leads(conn, 600)
     # Wednesday 01:00 UTC: 10:00 in Tokyo (open), Tuesday 20:00 in New York (closed).
     clock = Clock("2026-01-07T01:00:00+00:00")
-    record = tmp_path / "record.jsonl"
-    emulator = sink.Sink(record=record, seed=1)
-    port = await emulator.start()
-    try:
-        config = daemon_config(port, scheduler={"shard_size": 100})
-        campaign_id = await campaigns.create(
-            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
-        )
+    async with _windowed(conn, tmp_path) as (config, campaign_id, emulator, record):
         async with running_daemon(config, dsn, clock=clock):
             await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
             logged = await _logged(conn, campaign_id)
@@ -151,8 +166,6 @@ async def test_a_window_defers_exactly_the_leads_outside_it(
             clock.set("2026-01-07T14:30:00+00:00")  # 09:30 in New York, 23:30 in Tokyo
             info = await wait_for_status(conn, campaign_id)
         await emulator.flush()
-    finally:
-        await emulator.close()
     await _assert_both_zones_sent_once(conn, campaign_id, zones, info, record)
 
 
@@ -299,14 +312,7 @@ async def test_a_lead_moving_to_a_zone_already_done_is_sent_in_its_new_zones_win
     campaign finish (it finished with the lead never sent)."""
     zones = await _leads(conn, 300)
     clock = Clock("2026-01-07T01:00:00+00:00")  # 10:00 in Tokyo (open), 20:00 in New York (closed)
-    record = tmp_path / "record.jsonl"
-    emulator = sink.Sink(record=record, seed=1)
-    port = await emulator.start()
-    try:
-        config = daemon_config(port, scheduler={"shard_size": 100})
-        campaign_id = await campaigns.create(
-            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
-        )
+    async with _windowed(conn, tmp_path) as (config, campaign_id, emulator, record):
         async with running_daemon(config, dsn, clock=clock):
             await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
             mover = min(zones[NEW_YORK] - set(await _logged(conn, campaign_id)))
@@ -328,8 +334,6 @@ async def test_a_lead_moving_to_a_zone_already_done_is_sent_in_its_new_zones_win
             clock.set("2026-01-08T00:30:00+00:00")  # Thursday 09:30 in Tokyo
             info = await wait_for_status(conn, campaign_id, timeout=60)
         await emulator.flush()
-    finally:
-        await emulator.close()
     await _assert_both_zones_sent_once(conn, campaign_id, zones, info, record)
 
 
@@ -340,14 +344,7 @@ async def test_a_lead_moving_from_a_zone_done_to_one_not_yet_open_is_sent_once(
     shards skip it (it has its row), and the check that finds unsent leads does not count it."""
     zones = await _leads(conn, 300)
     clock = Clock("2026-01-07T01:00:00+00:00")  # Tokyo open, New York closed
-    record = tmp_path / "record.jsonl"
-    emulator = sink.Sink(record=record, seed=1)
-    port = await emulator.start()
-    try:
-        config = daemon_config(port, scheduler={"shard_size": 100})
-        campaign_id = await campaigns.create(
-            conn, new_campaign(segment={"all": []}, send_window=WINDOW), config
-        )
+    async with _windowed(conn, tmp_path) as (config, campaign_id, emulator, record):
         async with running_daemon(config, dsn, clock=clock):
             await _wait(conn, ZONE_DONE, campaign_id, TOKYO)
             mover = min(zones[TOKYO])
@@ -358,8 +355,6 @@ async def test_a_lead_moving_from_a_zone_done_to_one_not_yet_open_is_sent_once(
         shards = await conn.fetchval(
             "SELECT count(*) FROM campaign_shards WHERE campaign_id = $1", campaign_id
         )
-    finally:
-        await emulator.close()
     await _assert_both_zones_sent_once(conn, campaign_id, zones, info, record)
     assert shards == 3  # the split's (two of New York, one of Tokyo's group): no lead was left over
 
