@@ -165,14 +165,13 @@ class ProviderSender:
             return False
         return True
 
-    def _refund_tokens(self, delivery: _Delivery, dropped: list[int]) -> None:
-        """Recipients dropped after the rate waits (erased meanwhile) give their provider and
-        ``[pace.NAME]`` tokens back (the group's were taken by the shard, at dispatch): the next
-        batch need not wait for them again."""
+    def _give_back_dropped(self, run: ClaimedShard, delivery: _Delivery, dropped: list[int]) -> None:
+        """Recipients dropped after the provider's wait (erased meanwhile) give back its tokens,
+        and what the shard took for them at dispatch (quota share, the campaign's and the
+        group's tokens): the next batches need not wait for them again."""
         self.bucket.refund(len(dropped))
-        if self.lane.pace is not None:
-            leads = delivery.batch.leads
-            self.lane.pace.refund(leads[position].email for position in dropped)
+        leads = delivery.batch.leads
+        run.give_back([leads[position] for position in dropped])
 
     async def _wait(self, wait: float, stopped: asyncio.Event) -> bool:
         """Sleep ``wait`` seconds unless the shard stops first; False if it has stopped."""
@@ -196,7 +195,7 @@ class ProviderSender:
             if self._erased:  # after every wait: an erasure may have come while it lasted
                 dropped = delivery.drop_erased(self._erased)
                 if dropped:
-                    self._refund_tokens(delivery, dropped)
+                    self._give_back_dropped(run, delivery, dropped)
                 if not delivery.pending:
                     break
             if not await self._call(run, delivery) or not delivery.pending:
@@ -221,7 +220,8 @@ class ProviderSender:
             )
             await aio.sleep_unless(delay, run.stopped)
         if not delivery.reached:
-            run.give_back(batch.leads)  # the provider accepted nothing: what it took goes back
+            # the provider accepted nothing: what the batch took goes back (the erased already did)
+            run.give_back([batch.leads[i] for i in range(len(batch.leads)) if i not in delivery.dropped])
         rows, counts = _log_rows(batch, delivery.results)
         bounced = self._rejections(delivery) if counts[1] else None
         await self._writer.submit(
@@ -334,6 +334,7 @@ class _Delivery:
         "batch",
         "complete",
         "deferred",
+        "dropped",
         "last_reason",
         "pending",
         "reached",
@@ -352,6 +353,7 @@ class _Delivery:
         self.retry_after: float | None = None
         self.complete = True
         self.reached = False  # a call was answered (or may have been sent): the quota counts it
+        self.dropped: set[int] = set()  # positions dropped as erased (what they took given back)
 
     def drop_erased(self, erased: RecentErasures) -> list[int]:
         """Leads erased since the batch was read are not sent (logged ``suppressed``); returns
@@ -361,8 +363,8 @@ class _Delivery:
         for index in gone:
             self.results[index] = RecipientResult(Outcome.ERASED, error="erased")
         if gone:
-            dropped = set(gone)
-            self.pending = [index for index in self.pending if index not in dropped]
+            self.dropped.update(gone)
+            self.pending = [index for index in self.pending if index not in self.dropped]
         return gone
 
     def settle_pending(self, outcome: Outcome, error: str) -> None:

@@ -460,10 +460,15 @@ class ShardRun:
         put, _ = await aio.first_completed(queue.put((self, batch)), self.stopped.wait())
         if aio.completed(put) and self.stopping:
             # Stopped while the put waited, and put all the same: back out (stop() took the rest).
+            # A sender worker may have taken the batch meanwhile: it discards it and gives back
+            # what it took, so then it counts as put (given back once, by the worker).
+            taken_back = False
             for queued in queue.take_out(self):
-                if queued is not batch:
+                if queued is batch:
+                    taken_back = True
+                else:
                     self._take_back(queued)
-            return False
+            return not taken_back
         return aio.completed(put)
 
     def _check_resolved(self) -> None:

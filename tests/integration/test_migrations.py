@@ -116,6 +116,8 @@ async def test_migration_0019_adds_the_unicode_spelling_of_an_idn_suppression(co
            (2, 'ann@bücher.de', 'hard_bounce', 'api', '2026-01-01'),  -- both there already
            (2, 'bob@strasse.de', 'hard_bounce', 'ses', '2026-01-03'),  -- IDNA 2003's straße.de: left
            (2, 'eve@xn--zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.de', 'hard_bounce', 'ses', '2026-01-04'),  -- no IDN
+           (2, 'x@xn--9016146o.de', 'hard_bounce', 'ses', '2026-01-04'),  -- a code point past 2^31
+           (2, 'x@xn--w416146o.example', 'hard_bounce', 'ses', '2026-01-04'),
            (2, 'joe@example.com', 'hard_bounce', 'ses', '2026-01-05')"""
     )
     migration = Path(migrate.__file__).parent / "migrations" / "0019_idn_suppressions.sql"
@@ -134,6 +136,8 @@ async def test_migration_0019_adds_the_unicode_spelling_of_an_idn_suppression(co
         "bob@strasse.de",
         "eve@xn--zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.de",
         "joe@example.com",
+        "x@xn--9016146o.de",
+        "x@xn--w416146o.example",
     ]
     copied = await conn.fetchrow("SELECT reason, source FROM suppressions WHERE email = $1", expected[0])
     assert tuple(copied) == ("complaint", "ses")

@@ -8,6 +8,7 @@ campaign's cap and its group in virtual time, the real writer and quota."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,9 +20,12 @@ from mailerd.campaign_caps import CampaignCaps
 from mailerd.config import WriterConfig
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
+from mailerd.db import erasure as erasure_db
 from mailerd.db import shards as shards_db
-from mailerd.models import Campaign
+from mailerd.erasure import RecentErasures
+from mailerd.models import Batch, Campaign, Lead
 from mailerd.ratelimit import TokenBucket
+from mailerd.sender import ProviderSender
 from mailerd.stages import LaneQueue, ProviderLane, QuotaTaker
 from mailerd.writer import Writer
 from tests.integration.helpers import daemon_config, new_campaign
@@ -88,11 +92,12 @@ def _run(
     cap: Cap,
     gate: QuotaTaker | None = None,
     paced: dict[str, TokenBucket] | None = None,
+    queue_size: int = 16,
 ) -> tuple[shard.ShardRun, ProviderLane]:
     lane = ProviderLane(
         name="sink",
         provider=providers.create(daemon_config(1).provider("sink")),
-        queue=LaneQueue(maxsize=16),
+        queue=LaneQueue(maxsize=queue_size),
         batch_size=BATCH,
         workers=1,
         reservation_step=BATCH,
@@ -233,3 +238,89 @@ async def test_a_batch_takes_its_rate_tokens_after_the_quota_wait(
         await lane.provider.close()
     # then each batch waits for the rates in turn: the second one batch's worth of the group
     assert cap.pace_waits == [pytest.approx(BATCH / 1.0, abs=1.0)]
+
+
+class CountingQuota:
+    """A daily quota that always has room and counts what is given back."""
+
+    def __init__(self) -> None:
+        self.given_back = 0
+
+    async def acquire(self, count: int, stopped: asyncio.Event) -> bool:
+        return True
+
+    def refund(self, count: int) -> None:
+        self.given_back += count
+
+
+async def _nothing(campaign: Campaign, reason: str) -> None:
+    return None
+
+
+@pytest.mark.parametrize("erased", [4, 2])
+async def test_leads_dropped_as_erased_give_back_what_they_took_once(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer, erased: int
+) -> None:
+    # the sender gave the dropped leads' group tokens back, then, the provider having taken
+    # nothing (all erased; or the rest refused), gave the whole batch's back again: 8 of 4
+    ids = await _leads(conn, 4)
+    await erasure_db.record(conn, 1, [], ids[:erased], "test")
+    recent = RecentErasures()
+    await recent.refresh(conn)
+    cap = Cap(lambda: asyncio.sleep(0))
+    group = TokenBucket(1.0, 10, clock=lambda: 0.0)  # time stands still
+    counted = CountingQuota()
+    run, lane = _run(
+        *await _claimed(conn, dsn, ids[-1]), pool, writer, cap, counted, paced={"example.com": group}
+    )
+    assert group.reserve(10) == 0  # the shard took the batch's 4 at dispatch (and 6 others went)
+    provider = dataclasses.replace(daemon_config(1).provider("sink"), max_attempts=1)
+    sender = ProviderSender(lane, provider, writer, _nothing, _nothing, erased=recent)
+    batch = Batch(
+        run.campaign, 0, 1, [Lead(i, f"user{n}@example.com", {}) for n, i in enumerate(ids)], ids[-1]
+    )
+    run.ledger.add(batch.seq, batch.upto)
+    try:
+        # (the provider, on a port nobody listens on, takes none of the others)
+        await asyncio.wait_for(sender._send(run, batch), 20)
+    finally:
+        await lane.provider.close()
+        await run._claim.close()
+    assert counted.given_back == 4 and group.tokens() == 4.0
+
+
+async def test_a_batch_put_as_its_shard_stops_is_given_back_once(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer
+) -> None:
+    # stop() took a queued batch out, which let a waiting put through; a sender worker took that
+    # batch and gave it back, and the put, backing out, found it gone and gave it back again
+    ids = await _leads(conn, 4)
+    counted = CountingQuota()
+    claimed = await _claimed(conn, dsn, ids[-1])
+    run, lane = _run(*claimed, pool, writer, Cap(lambda: asyncio.sleep(0)), counted, queue_size=1)
+    leads = [Lead(lead_id, f"user{n}@example.com", {}) for n, lead_id in enumerate(ids)]
+    first, second = (Batch(run.campaign, 0, seq, leads[2 * seq - 2 : 2 * seq], 0) for seq in (1, 2))
+    for batch in (first, second):
+        run.ledger.add(batch.seq, batch.upto)
+    lane.queue.put_nowait((run, first))  # the lane is full: the second's put waits
+    sender = ProviderSender(lane, daemon_config(1).provider("sink"), writer, _nothing, _nothing)
+
+    async def dispatch_second() -> None:  # as ShardRun dispatches a batch
+        if not await run._put(second):
+            run.discard(second.seq)
+            run.give_back(second.leads)
+
+    putting = asyncio.create_task(dispatch_second())
+    try:
+        async with asyncio.timeout(20):
+            while not lane.queue._putters:  # type: ignore[attr-defined]  # the put waits
+                await asyncio.sleep(0)
+        run.stop("paused")  # the first is taken back out; its slot lets the second's put through
+        worker = asyncio.create_task(sender._worker())  # a worker free for the next batch
+        await asyncio.wait_for(putting, 20)
+        await lane.queue.put(None)
+        await asyncio.wait_for(worker, 20)
+    finally:
+        await lane.provider.close()
+        await claimed[2].close()
+    assert counted.given_back == 4  # two batches of two, neither sent

@@ -15,7 +15,7 @@ CREATE OR REPLACE FUNCTION pg_temp.punycode_label(label text) RETURNS text LANGU
 DECLARE
     base_end int := 0;
     output int[] := '{}';
-    n int := 128;
+    n bigint := 128;
     i bigint := 0;
     bias int := 72;
     pos int;
@@ -74,12 +74,12 @@ BEGIN
             k := k + 36;
         END LOOP;
         bias := k + (36 * delta) / (delta + 38);
-        n := n + (i / points)::int;
+        n := n + i / points;
         i := i % points;
         IF n > 1114111 OR n BETWEEN 55296 AND 57343 THEN
             RETURN NULL;
         END IF;
-        output := output[1:i] || n || output[i + 1:];
+        output := output[1:i] || n::int || output[i + 1:];
         i := i + 1;
     END LOOP;
     RETURN (SELECT string_agg(chr(x), '' ORDER BY o) FROM unnest(output) WITH ORDINALITY AS u(x, o));
