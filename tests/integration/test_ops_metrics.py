@@ -37,7 +37,7 @@ async def test_every_metric_of_the_dashboard_and_the_alerts_is_exported(
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     await campaigns.create(conn, new_campaign(send_at=later, start=True), config)
     async with running_daemon(config, dsn) as daemon:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(60):  # a sample each 10 s, each may time out on a busy box
             while _value(page := await _scrape(daemon.port), 'mailerd_campaigns{status="scheduled"}') != 1:
                 await asyncio.sleep(0.1)
     exported = ops_queries.exported_names(page)
