@@ -106,7 +106,8 @@ class SmtpPool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        """A connected client (a new one past ``messages_per_connection``); returned broken or not."""
+        """A connected client (a new one past ``messages_per_connection``); returned broken or not,
+        closed when an exception leaves the block (it may hold a transaction half done)."""
         slot = await self._free.get()
         try:
             if slot.client is not None and (
@@ -120,6 +121,13 @@ class SmtpPool:
                 if slot not in self._all:
                     self._all.append(slot)
             yield slot.client
+        except BaseException:
+            # Whatever left the block may have left a transaction open (MAIL accepted, no RSET):
+            # the next batch's MAIL would get "503 nested MAIL". A new connection is cheaper.
+            if slot.client is not None:
+                slot.client.close()
+                slot.client = None
+            raise
         finally:
             self._free.put_nowait(slot)
 

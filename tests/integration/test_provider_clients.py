@@ -17,7 +17,7 @@ import pytest
 from mailerd.config import ContentConfig, Secret
 from mailerd.emulator.smtp_server import SmtpEmulator
 from mailerd.models import CampaignBroken, HaltError, Lead, Outcome, RetryableError
-from mailerd.providers import create
+from mailerd.providers import create, smtp
 from tests.integration import providers_env as env
 
 API_KINDS = ("sendgrid", "mailgun", "postmark")
@@ -239,3 +239,20 @@ async def test_smtp_a_421_refusal_retries_its_recipient_and_the_rest_go_on(tmp_p
         ]
         assert results[1].error is not None and results[1].error.startswith("421 4.7.0 [TSS04]")
         assert sorted(line["lead_id"] for line in await env.record(emulator)) == [1, 4]
+
+
+async def test_smtp_pool_closes_a_connection_left_mid_transaction(tmp_path: Path) -> None:
+    async with env.running("smtp", tmp_path) as (emulator, _):
+        assert isinstance(emulator, SmtpEmulator)
+        pool = smtp.SmtpPool(env.provider_config("smtp", emulator, connections=1))
+        try:
+            with pytest.raises(RuntimeError):
+                async with pool.connection() as client:
+                    await client.mail("sender@example.com")
+                    raise RuntimeError("a bug between MAIL and RSET")
+            async with pool.connection() as again:
+                assert again is not client and not client.is_connected
+                await again.mail("sender@example.com")  # no "503 nested MAIL"
+                await again.rset()
+        finally:
+            await pool.close()
