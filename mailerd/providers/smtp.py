@@ -270,6 +270,12 @@ class SmtpProvider:
         except RetryableError:
             if done == 0:
                 raise
+        except Exception:  # a bug, or an answer aiosmtplib did not expect: keep what was answered
+            log.exception("smtp_recipient_error", provider=self.name)
+            if done < len(messages):  # it may have gone (the pool closed the connection)
+                outcome = Outcome.RETRY if campaign.resend_uncertain else Outcome.UNKNOWN
+                error = "uncertain: unexpected error in the SMTP client"
+                results[messages[done][0]] = RecipientResult(outcome, error=error)
         # Recipients after a broken connection or a halt stay None: retried (see send).
 
     async def _one(

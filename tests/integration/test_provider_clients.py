@@ -10,6 +10,7 @@ import email.policy
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -256,3 +257,25 @@ async def test_smtp_pool_closes_a_connection_left_mid_transaction(tmp_path: Path
                 await again.rset()
         finally:
             await pool.close()
+
+
+async def test_smtp_an_unexpected_error_keeps_the_batch_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with env.running("smtp", tmp_path) as (emulator, client):
+        assert isinstance(client, smtp.SmtpProvider)
+        one = client._one
+
+        async def one_with_a_bug(smtp_client: Any, sender: str, recipient: str, mid: str, data: bytes) -> Any:
+            if recipient.startswith("lead3@"):
+                await smtp_client.mail(sender)
+                raise RuntimeError("a bug between MAIL and RSET")
+            return await one(smtp_client, sender, recipient, mid, data)
+
+        monkeypatch.setattr(client, "_one", one_with_a_bug)
+        results = await client.send(env.batch(env.campaign(), 4))
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT, Outcome.UNKNOWN, Outcome.RETRY]
+        assert [line["lead_id"] for line in await env.record(emulator)] == [1, 2]
+        monkeypatch.undo()
+        again = await client.send(env.batch(env.campaign(), 2, first_id=10))  # a clean connection
+        assert [r.outcome for r in again] == [Outcome.SENT, Outcome.SENT]
