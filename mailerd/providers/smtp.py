@@ -19,6 +19,10 @@ How answers are classified (RFC 5321, sections 4.2.1 and 4.2.5; aiosmtplib's exc
 - ``5xx`` to MAIL FROM (the sender refused), ``530``/``535`` AUTH failures -> halt when nothing of
   the batch went out; beside sent recipients they are retried (the retry then halts).
 - A connection that could not be opened, or lost before DATA -> retry (nothing was handed over).
+- A lead's address that cannot go on a MAIL or RCPT line as it is (whitespace, ``<``, ``>`` or
+  ``"`` outside a quoted local part, a control character: aiosmtplib refuses it, and would
+  otherwise take ``Name <a@b>`` apart and send to ``a@b``) -> failed, that recipient alone,
+  before its transaction starts. A sender address aiosmtplib refuses -> halt.
 - An address that is not ASCII (the envelope's, or a mailbox in the message whose local part is
   not ASCII) goes with SMTPUTF8 (RFC 6531); a server without it -> failed. A display name that
   is not ASCII needs no SMTPUTF8: it is RFC 2047 encoded (:mod:`.smtp_message`).
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -55,6 +60,26 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH_SIZE: Final = 1000
 DEFAULT_PORTS: Final = {"starttls": 587, "tls": 465, "none": 25}
+
+# What aiosmtplib refuses on a MAIL or RCPT line (ValueError; aiosmtplib.email._validate_address
+# and protocol's COMMAND_INJECTION_REGEX): whitespace, <, > or " outside a quoted local part, a
+# control character anywhere.
+_OFF_THE_LINE: Final = re.compile(r'[\s<>"\x00-\x1f\x7f]')
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_QUOTED_LOCAL_PART: Final = re.compile(r'^"(?:[^"\\\r\n]|\\.)*"')
+UNSENDABLE_ADDRESS: Final = (
+    "the address cannot go on an SMTP command line (whitespace, <, > or a quote outside a quoted"
+    " local part, or a control character)"
+)
+
+
+def sendable(address: str) -> bool:
+    """Whether ``address`` goes on a MAIL or RCPT line as it is (see the module docstring)."""
+    if address.startswith('"'):
+        if _CONTROL.search(address):
+            return False
+        address = _QUOTED_LOCAL_PART.sub("", address, count=1)
+    return _OFF_THE_LINE.search(address) is None
 
 
 class _Halt(Exception):
@@ -217,6 +242,10 @@ class SmtpProvider:
         results: list[RecipientResult | None] = [None] * len(batch.leads)
         messages: list[tuple[int, str, str, bytes]] = []
         for position, lead in enumerate(batch.leads):
+            recipient = compose.seven_bit_address(lead.email)
+            if not sendable(recipient):
+                results[position] = RecipientResult(Outcome.FAILED, error=UNSENDABLE_ADDRESS)
+                continue
             rendered = composer.render(lead)
             if rendered.failure is not None:
                 results[position] = RecipientResult(Outcome.FAILED, error=rendered.failure)
@@ -232,7 +261,7 @@ class SmtpProvider:
             except ValueError as exc:
                 results[position] = RecipientResult(Outcome.FAILED, error=f"message refused: {exc}")
                 continue
-            messages.append((position, compose.seven_bit_address(lead.email), mid.strip("<>"), data))
+            messages.append((position, recipient, mid.strip("<>"), data))
         if messages:
             await self._deliver(campaign, messages, results)
         return [result or RecipientResult(Outcome.RETRY, error="not sent") for result in results]
@@ -289,8 +318,10 @@ class SmtpProvider:
                 Outcome.FAILED, error="the address needs SMTPUTF8, which the server does not offer"
             )
         options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else (None, "ascii")
+        command = "MAIL"
         try:
             await client.mail(sender, options=options, encoding=encoding)
+            command = "RCPT"
             await client.rcpt(recipient, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
             if not _refusal(exc.code):  # a garbled reply: nothing was handed over, the link goes
@@ -302,6 +333,11 @@ class SmtpProvider:
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Lost(f"{type(exc).__name__}: {exc}", uncertain=False) from exc
+        except ValueError as exc:  # aiosmtplib refused an address before sending the command
+            await _reset(client)  # MAIL may have been accepted
+            if command == "MAIL":
+                raise _Halt(f"the sender address cannot go on an SMTP command line: {exc}") from exc
+            return RecipientResult(Outcome.FAILED, error=UNSENDABLE_ADDRESS)
         try:
             await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
@@ -317,6 +353,9 @@ class SmtpProvider:
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Lost(f"{type(exc).__name__} after DATA: {exc}", uncertain=True) from exc
+        except ValueError as exc:  # raised before DATA went out (aiosmtplib checks first)
+            await _reset(client)
+            return RecipientResult(Outcome.FAILED, error=f"message refused by the SMTP client: {exc}")
         self._pool.count(client)
         return RecipientResult(Outcome.SENT, message_id=mid)
 

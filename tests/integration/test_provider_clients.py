@@ -242,6 +242,38 @@ async def test_smtp_a_421_refusal_retries_its_recipient_and_the_rest_go_on(tmp_p
         assert sorted(line["lead_id"] for line in await env.record(emulator)) == [1, 4]
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["jo hn@example.com", "<lead2@example.com>", "Lead Two <lead2@example.com>", "lead\x01two@example.com"],
+)
+async def test_smtp_an_address_off_the_command_line_fails_only_its_recipient(
+    address: str, tmp_path: Path
+) -> None:
+    # aiosmtplib refuses it (ValueError) after MAIL was accepted, or takes "Name <a@b>" apart
+    # and sends to a@b; the host application writes leads too
+    async with env.running("smtp", tmp_path) as (emulator, client):
+        batch = env.batch(env.campaign(), 3)
+        batch.leads[1] = Lead(2, address, {"first_name": "J"})
+        results = await client.send(batch)
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
+        assert results[1].error is not None and "cannot go on an SMTP command line" in results[1].error
+        assert "@" not in results[1].error  # nobody's address in the log row
+        assert [line["lead_id"] for line in await env.record(emulator)] == [1, 3]
+
+
+async def test_smtp_an_address_the_client_cannot_encode_fails_alone_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    # A lone surrogate passes the address check, then fails to encode in RCPT after MAIL was
+    # accepted: the transaction is reset and the rest of the batch goes on.
+    async with env.running("smtp", tmp_path) as (emulator, client):
+        batch = env.batch(env.campaign(), 3)
+        batch.leads[1] = Lead(2, "lead\udc802@example.com", {"first_name": "J"})
+        results = await client.send(batch)
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
+        assert [line["lead_id"] for line in await env.record(emulator)] == [1, 3]
+
+
 async def test_smtp_pool_closes_a_connection_left_mid_transaction(tmp_path: Path) -> None:
     async with env.running("smtp", tmp_path) as (emulator, _):
         assert isinstance(emulator, SmtpEmulator)
@@ -279,3 +311,13 @@ async def test_smtp_an_unexpected_error_keeps_the_batch_answers(
         monkeypatch.undo()
         again = await client.send(env.batch(env.campaign(), 2, first_id=10))  # a clean connection
         assert [r.outcome for r in again] == [Outcome.SENT, Outcome.SENT]
+
+
+async def test_smtp_a_sender_address_off_the_command_line_halts(tmp_path: Path) -> None:
+    # campaigns refuse it at creation; one stored before that check halts (no lead is failed for it)
+    async with env.running("smtp", tmp_path) as (emulator, client):
+        with pytest.raises(HaltError, match="the sender address cannot go on an SMTP command line"):
+            await client.send(env.batch(env.campaign(from_address="News <news letter@example.com>"), 2))
+        results = await client.send(env.batch(env.campaign(), 2, first_id=10))
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+        assert [line["lead_id"] for line in await env.record(emulator)] == [10, 11]

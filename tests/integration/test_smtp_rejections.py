@@ -2,7 +2,8 @@
 aiosmtpd server that refuses chosen recipients with real receivers' replies. An invalid recipient
 is suppressed, a block is not (it counts as ``blocked``), a 4xx is retried (a deferral that clears
 leaves no bounce), a 5xx fails only its recipient, and a campaign whose SMTP block rate passes
-``max_blocked_rate`` is paused by the campaign guard."""
+``max_blocked_rate`` is paused by the campaign guard. A lead's address that cannot go on an SMTP
+command line fails alone."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from mailerd import campaigns
 from mailerd.emulator.smtp_server import SmtpEmulator
+from mailerd.models import LogStatus
 from tests import smtp_replies
-from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
+from tests.integration.helpers import (
+    add_leads,
+    daemon_config,
+    new_campaign,
+    read_record,
+    running_daemon,
+    wait_for_status,
+)
 
 
 def _smtp(port: int, **provider: Any) -> dict[str, Any]:
@@ -127,3 +137,38 @@ async def test_smtp_blocks_pause_the_campaign_through_the_guard(
         "SELECT DISTINCT bounce_class FROM email_events WHERE campaign_id = $1", campaign_id
     )
     assert [r["bounce_class"] for r in classes] == ["auth_failure"]
+
+
+@pytest.mark.parametrize("resend_uncertain", [False, True])
+async def test_smtp_an_address_with_a_space_fails_alone(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path, resend_uncertain: bool
+) -> None:
+    # aiosmtplib refused it after MAIL was accepted: the batch was logged unknown (with its
+    # error, and so the bad address, on every row), the connection went back to the pool
+    # mid-transaction and the next MAIL's "503 nested MAIL" paused the campaign as a refused sender
+    # (with resend_uncertain: at every resume, emailing the others again)
+    leads = ["user0@example.com", "user1@example.com", "bad user@example.com", "user3@example.com"]
+    await conn.copy_records_to_table(
+        "leads",
+        records=[(1, email, {"plan": "pro"}) for email in leads],
+        columns=("account_id", "email", "attributes"),
+    )
+    emulator = SmtpEmulator(record=tmp_path / "record.jsonl", seed=1)
+    async with emulator:
+        config = daemon_config(emulator.port, provider=_smtp(emulator.port, connections=1, concurrency=1))
+        campaign_id = await campaigns.create(conn, new_campaign(resend_uncertain=resend_uncertain), config)
+        async with running_daemon(config, dsn):
+            info = await wait_for_status(conn, campaign_id, ("finished", "paused", "failed"))
+        await emulator.flush()
+    assert info["status"] == "finished", info["reason"]
+    rows = await conn.fetch(
+        "SELECT l.email, e.status, e.error FROM email_log e JOIN leads l ON l.id = e.lead_id"
+        " WHERE e.campaign_id = $1 ORDER BY l.id",
+        campaign_id,
+    )
+    assert [(r["email"], r["status"]) for r in rows] == [
+        (email, LogStatus.FAILED if email.startswith("bad") else LogStatus.SENT) for email in leads
+    ]
+    assert all("bad user" not in (r["error"] or "") for r in rows)
+    sent_to = sorted(line["email"] for line in read_record(tmp_path / "record.jsonl"))
+    assert sent_to == ["user0@example.com", "user1@example.com", "user3@example.com"]  # each once
