@@ -3,6 +3,10 @@ line between "not sent" and "maybe sent", and how the answers of several calls f
 become the batch's outcome.
 
 A call that could not connect never left: retrying it is always safe (:class:`RetryableError`).
+That includes a connect that timed out (a black-holed route) and a wait for a free pooled
+connection that did: both are bounded by :func:`client_timeout`'s ``connect``, a part of
+``timeout_s``, so they end as aiohttp's ``ConnectionTimeoutError``, never as the whole call's
+timeout.
 A call that broke after the request went out (a timeout, a reset, a connection closed before the
 answer) may have been carried out: :class:`UncertainError`, never retried silently (the sender
 logs its recipients ``unknown`` unless the campaign says ``resend_uncertain``).
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -45,6 +49,18 @@ class Answer:
             return None
 
 
+CONNECT_TIMEOUT_S: Final = 10.0  # a TLS connect takes well under a second on a working route
+
+
+def client_timeout(config: ProviderConfig) -> aiohttp.ClientTimeout:
+    """``timeout_s`` for the whole call; a part of it (half, at most :data:`CONNECT_TIMEOUT_S`)
+    for getting a connection (a pooled one, or a new one with its TLS handshake), so a connect
+    that hangs ends as ``ConnectionTimeoutError`` (nothing sent: retry) before the total does
+    (maybe sent: unknown)."""
+    total = config.timeout_s
+    return aiohttp.ClientTimeout(total=total, connect=min(CONNECT_TIMEOUT_S, total / 2))
+
+
 class ApiSession:
     """One aiohttp session per provider, sized for its concurrency, created on first use."""
 
@@ -58,7 +74,7 @@ class ApiSession:
             connector = aiohttp.TCPConnector(limit=max(1, self._config.concurrency) + 2, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                timeout=client_timeout(self._config),
                 headers=self._headers,
                 skip_auto_headers=("User-Agent",),
             )
@@ -76,7 +92,7 @@ class ApiSession:
             ) as response:
                 refuse_redirect(response)
                 return Answer(response.status, response.headers, await read_answer(response))
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise RetryableError(_describe(exc)) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UncertainError(_describe(exc)) from exc

@@ -31,7 +31,8 @@ How answers are classified (Mailgun API reference, "Messages" and its "Errors" t
 - ``400`` (a parameter refused: the ``message`` is the reason), ``413`` (too large) and other 4xx
   -> failed, for every recipient of the call.
 - A timeout or a connection broken after the request went out -> unknown, never retried
-  silently; a connection that could not be made -> retry.
+  silently; a connection that could not be made (or not within
+  :func:`.api_call.client_timeout`'s connect timeout) -> retry.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ How answers are classified (Postmark API reference, "Email API: send batch email
   the same codes halt, 429 and 100 retry, others fail every message. ``429`` and ``5xx`` ->
   retry, after ``Retry-After`` when given.
 - A timeout or a connection broken after the request went out -> unknown, never retried
-  silently; a connection that could not be made -> retry.
+  silently; a connection that could not be made (or not within
+  :func:`.api_call.client_timeout`'s connect timeout) -> retry.
 """
 
 from __future__ import annotations

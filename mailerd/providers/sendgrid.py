@@ -34,7 +34,8 @@ rate-limit headers of "Rate Limits"):
 - ``400`` (a field refused; the reasons are the ``errors[].message`` with their ``field``), ``413``
   (payload too large) and other 4xx -> failed, for every recipient of the call.
 - A timeout or a connection broken after the request went out -> unknown (the mail may have
-  gone), never retried silently; a connection that could not be made -> retry.
+  gone), never retried silently; a connection that could not be made (or
+  not within :func:`.api_call.client_timeout`'s connect timeout) -> retry.
 """
 
 from __future__ import annotations

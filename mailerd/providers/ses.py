@@ -505,7 +505,7 @@ class SesProvider:
             connector = aiohttp.TCPConnector(limit=max(1, self._config.concurrency) + 2, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                timeout=api_call.client_timeout(self._config),
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -533,8 +533,9 @@ class SesProvider:
                 if status >= 300:
                     error_type, message, retry_after = parse_error(status, response.headers, raw)
                     raise classify_error(status, error_type, message, retry_after)
-        except aiohttp.ClientConnectorError as exc:
-            # Not connected: the request never left, so trying again is always safe.
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Not connected (refused, or no connection within the connect timeout, waiting for a
+            # pooled one included): the request never left, so trying again is always safe.
             raise RetryableError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             # The request may have gone out: SES may have sent. Only idempotent calls retry.

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,39 @@ async def test_an_uncertain_call_leaves_a_render_failed_lead_failed(kind: str, b
         results = await client.send(Batch(campaign=campaign, shard_no=0, seq=0, leads=leads, upto=2))
     assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.FAILED]
     assert (results[1].error or "").startswith("render failed")
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[str]:
+    """The URL of a listener whose accept queue is full: the kernel drops further SYNs, so a
+    connect to it hangs (a black-holed route, a firewall dropping packets)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_connect_that_times_out_is_retried_not_unknown(kind: str) -> None:
+    # nothing of the request left, yet the call's total timeout made its recipients unknown
+    with black_hole() as url:
+        async with hostile(kind, answering(200, b"{}"), timeout_s=1.0) as (client, _):
+            campaign = env.campaign()
+            await client.prepare(campaign)  # SES: its template, at the server that answers
+            where = "_endpoint" if kind in ("ses", "postmark") else "_url"
+            setattr(client, where, url if where == "_endpoint" else url + "/send")
+            with pytest.raises(RetryableError, match="ConnectionTimeoutError"):
+                await client.send(env.batch(campaign, 2))
 
 
 async def test_ses_credentials_that_cannot_be_refreshed_are_retried_not_uncertain() -> None:
