@@ -143,18 +143,23 @@ def _describe(exc: BaseException) -> str:
 Part = tuple[Sequence[int], "list[RecipientResult] | ProviderError"]
 
 
-def combine(parts: Sequence[Part], size: int, *, resend_uncertain: bool) -> list[RecipientResult]:
+def combine(
+    parts: Sequence[Part], size: int, *, whole: bool, resend_uncertain: bool
+) -> list[RecipientResult]:
     """The outcome of a batch sent in several calls (``parts``: the batch positions of each call
-    and its results or its error).
+    and its results or its error; ``whole``: the calls carry every lead of the batch, none failed
+    before it was sent).
 
     When every call failed the same way, that error is raised, so the sender treats the batch as
-    one failed call (Retry-After honoured: the longest one). Otherwise each failed call's
-    recipients get the outcome its error means: retry, failed, unknown (retry with
-    ``resend_uncertain``), and retry for a halt (the retry then halts), so a recipient whose call
-    went through is never reported as anything else.
+    one failed call (Retry-After honoured: the longest one); but not an uncertain one when some
+    leads were never sent (not ``whole``, as in :func:`uncertain_part`): the sender would log them
+    unknown too. Otherwise each failed call's recipients get the outcome its error means: retry,
+    failed, unknown (retry with ``resend_uncertain``), and retry for a halt (the retry then
+    halts), so a recipient whose call went through is never reported as anything else.
     """
     errors = [result for _, result in parts if isinstance(result, ProviderError)]
-    if parts and len(errors) == len(parts) and len({type(e) for e in errors}) == 1:
+    same = parts and len(errors) == len(parts) and len({type(e) for e in errors}) == 1
+    if same and (whole or not isinstance(errors[0], UncertainError)):
         raise _merged(errors)
     results: list[RecipientResult] = [RecipientResult(Outcome.FAILED, error="not sent")] * size
     for positions, result in parts:

@@ -159,6 +159,7 @@ class MailgunProvider:
             answers = api_call.combine(
                 [(range(len(positions)), outcome)],
                 len(positions),
+                whole=len(positions) == len(batch.leads),
                 resend_uncertain=batch.campaign.resend_uncertain,
             )
             for position, answer in zip(positions, answers, strict=True):

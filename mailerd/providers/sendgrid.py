@@ -180,6 +180,7 @@ class SendgridProvider:
         combined = api_call.combine(
             [(positions, part) for (positions, _), part in zip(calls, parts, strict=True)],
             len(batch.leads),
+            whole=all(result is None for result in results),
             resend_uncertain=batch.campaign.resend_uncertain,
         )
         return [result or combined[i] for i, result in enumerate(results)]

@@ -268,10 +268,20 @@ async def test_smtp_resets_after_a_refused_data_so_the_next_message_goes() -> No
     assert [(r.outcome, r.smtp_code) for r in results] == [(Outcome.FAILED, 554), (Outcome.SENT, None)]
 
 
-@pytest.mark.parametrize(("kind", "body"), [("ses", b'{"unexpected": 1}'), ("postmark", b"{}")])
-async def test_an_uncertain_call_leaves_a_render_failed_lead_failed(kind: str, body: bytes) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status", "body"),
+    [
+        ("ses", 200, b'{"unexpected": 1}'),
+        ("postmark", 200, b"{}"),
+        ("sendgrid", 202, b"<html>gateway</html>"),
+        ("mailgun", 200, b"{}"),
+    ],
+)
+async def test_an_uncertain_call_leaves_a_render_failed_lead_failed(
+    kind: str, status: int, body: bytes
+) -> None:
     # it was never sent: the uncertain whole-call answer made it unknown too
-    async with hostile(kind, answering(200, body)) as (client, _):
+    async with hostile(kind, answering(status, body)) as (client, _):
         campaign = env.campaign(subject="{{ 10 // lead.attributes.n }}", html_body="<p>{{ lead.id }}</p>")
         await client.prepare(campaign)
         leads = [Lead(1, "a@example.com", {"n": 2}), Lead(2, "b@example.com", {"n": 0})]  # 10 // 0
@@ -311,6 +321,15 @@ async def test_a_connect_that_times_out_is_retried_not_unknown(kind: str) -> Non
             setattr(client, where, url if where == "_endpoint" else url + "/send")
             with pytest.raises(RetryableError, match="ConnectionTimeoutError"):
                 await client.send(env.batch(campaign, 2))
+
+
+async def test_mailgun_an_uncertain_call_leaves_an_address_twice_in_the_batch_failed() -> None:
+    async with hostile("mailgun", answering(200, b"{}")) as (client, _):
+        campaign = env.campaign()
+        leads = [Lead(1, "a@example.com", {}), Lead(2, "a@example.com", {})]
+        results = await client.send(Batch(campaign=campaign, shard_no=0, seq=0, leads=leads, upto=2))
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.FAILED]
+    assert results[1].error == "address twice in one batch"
 
 
 async def test_ses_credentials_that_cannot_be_refreshed_are_retried_not_uncertain() -> None:

@@ -107,18 +107,28 @@ def test_combined_calls() -> None:
             ([3], HaltError("x")),
         ],
         4,
+        whole=True,
         resend_uncertain=False,
     )
     assert [r.outcome for r in results] == [Outcome.SENT, Outcome.UNKNOWN, Outcome.RETRY, Outcome.RETRY]
-    resent = api_call.combine([([0], sent), ([1], UncertainError("reset"))], 2, resend_uncertain=True)
+    resent = api_call.combine(
+        [([0], sent), ([1], UncertainError("reset"))], 2, whole=True, resend_uncertain=True
+    )
     assert resent[1].outcome is Outcome.RETRY
     with pytest.raises(RetryableError) as caught:
         api_call.combine(
-            [([0], RetryableError("429", 2.0)), ([1], RetryableError("429", 5.0))], 2, resend_uncertain=False
+            [([0], RetryableError("429", 2.0)), ([1], RetryableError("429", 5.0))],
+            2,
+            whole=True,
+            resend_uncertain=False,
         )
     assert caught.value.retry_after == 5.0
     with pytest.raises(UncertainError):
-        api_call.combine([([0, 1], UncertainError("timeout"))], 2, resend_uncertain=False)
+        api_call.combine([([0, 1], UncertainError("timeout"))], 2, whole=True, resend_uncertain=False)
+    # some leads of the batch failed before any call (a render failure): only the calls' own
+    # recipients are unknown, and the others keep their outcome
+    part = api_call.combine([([0, 2], UncertainError("timeout"))], 3, whole=False, resend_uncertain=False)
+    assert [r.outcome for r in part[::2]] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
 
 
 def test_an_uncertain_call_of_the_whole_batch_is_raised_and_of_part_of_it_is_its_recipients() -> None:
