@@ -44,6 +44,11 @@ UnsubscribeUrl = Callable[[Campaign, Lead], str]
 _HEADERS: Final = headerregistry.HeaderRegistry()
 _SEVEN_BIT: Final = email.policy.SMTP  # RFC 2047 words, CRLF, folded at 78 characters
 
+# One bare mailbox: local@domain, neither empty, no space or control character, and nothing that
+# makes a list or a display name of it ("a@x.com, Bob <b@y.com>" is two recipients to Mailgun).
+_NOT_IN_MAILBOX: Final = r'\s\x00-\x1f\x7f,;<>"()\[\]\\'
+_MAILBOX: Final = re.compile(rf"[^@{_NOT_IN_MAILBOX}]+@[^@{_NOT_IN_MAILBOX}]+")
+NOT_A_MAILBOX: Final = "invalid address: not one local@domain mailbox"
 _RAW_VARIABLE: Final = re.compile(r"\{\{\{(\w+)\}\}\}")
 _HTML_VARIABLE: Final = re.compile(r"\{\{(\w+)\}\}")
 
@@ -110,6 +115,13 @@ def seven_bit_mailbox_line(field: str, text: str) -> str:
             raise ValueError(f"{field}: the domain {domain!r} is not a valid IDN: {exc}") from None
     mailbox = headerregistry.Address(address.display_name, address.username, domain)
     return _HEADERS(field, [mailbox]).fold(policy=_SEVEN_BIT)
+
+
+def is_mailbox(address: str) -> bool:
+    """Whether a lead's address is one bare ``local@domain`` (see :data:`_MAILBOX`). SendGrid,
+    Mailgun and SES refuse a whole call for one address they take for invalid (400), and
+    Mailgun's ``to`` reads a comma as two recipients: such a lead fails alone, before the call."""
+    return _MAILBOX.fullmatch(address) is not None
 
 
 def seven_bit_address(address: str) -> str:

@@ -29,7 +29,10 @@ How answers are classified (Mailgun API reference, "Messages" and its "Errors" t
 - ``401`` (bad API key), ``403`` (domain not allowed, sandbox or suspended account) and ``404``
   (no such domain) -> halt: no retry fixes them.
 - ``400`` (a parameter refused: the ``message`` is the reason), ``413`` (too large) and other 4xx
-  -> failed, for every recipient of the call.
+  -> failed, for every recipient of the call. A lead whose address is not one ``local@domain``
+  is failed alone before the call (:func:`.compose.is_mailbox`): ``to`` takes a list ("a@x.com,
+  b@y.com" would mail both, with a's variables found for neither) and Mailgun refuses the whole
+  call for an address it cannot parse.
 - A timeout or a connection broken after the request went out -> unknown, never retried
   silently; a connection that could not be made (or not within
   :func:`.api_call.client_timeout`'s connect timeout) -> retry.
@@ -145,6 +148,10 @@ class MailgunProvider:
         variables: dict[str, dict[str, str]] = {}
         positions: list[int] = []
         for position, lead in enumerate(batch.leads):
+            if not compose.is_mailbox(lead.email):
+                # A comma would make two recipients of it; Mailgun refuses the call for a bad one.
+                results[position] = RecipientResult(Outcome.FAILED, error=compose.NOT_A_MAILBOX)
+                continue
             values = _recipient_variables(prepared, lead)
             if isinstance(values, str):
                 results[position] = RecipientResult(Outcome.FAILED, error=values)

@@ -7,7 +7,9 @@ Events come back through :mod:`.postmark_webhook`.
 Each message: ``From``, ``To``, its parts, ``ReplyTo``, ``Headers`` (the campaign's, plus
 ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` per recipient, RFC 8058), ``Metadata`` with our
 ids (they come back in every webhook), ``Tag`` ``mailerd-campaign-<id>`` and ``MessageStream``
-(the provider's ``message_stream``: bulk mail must go through a broadcast stream).
+(the provider's ``message_stream``: bulk mail must go through a broadcast stream). ``To`` takes
+a comma-separated list: a lead whose address is not one ``local@domain`` is failed alone before
+the call (:func:`.compose.is_mailbox`).
 
 How answers are classified (Postmark API reference, "Email API: send batch emails" and the
 "API error codes" table of the API overview):
@@ -186,7 +188,10 @@ class PostmarkProvider:
         return parse_results(answer.json(), expected)
 
     def _message(self, composer: compose.Composer, lead: Lead) -> dict[str, Any] | str:
-        """One message of the batch, or why this recipient fails (a render error)."""
+        """One message of the batch, or why this recipient fails (an address that is not one
+        mailbox: ``To`` reads a comma as a second recipient; a render error)."""
+        if not compose.is_mailbox(lead.email):
+            return compose.NOT_A_MAILBOX
         campaign = composer.campaign
         url = composer.unsubscribe_url(lead)
         message: dict[str, Any] = {"From": campaign.from_address, "To": lead.email}

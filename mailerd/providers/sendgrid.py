@@ -32,7 +32,9 @@ rate-limit headers of "Rate Limits"):
 - ``401`` (bad API key) and ``403`` (key without mail.send, unverified sender, account
   suspended or over its credits) -> halt: no retry fixes them.
 - ``400`` (a field refused; the reasons are the ``errors[].message`` with their ``field``), ``413``
-  (payload too large) and other 4xx -> failed, for every recipient of the call.
+  (payload too large) and other 4xx -> failed, for every recipient of the call. A lead whose
+  address is not one ``local@domain`` (SendGrid's "Does not contain a valid address.", which
+  refuses the whole request) is failed alone before the call (:func:`.compose.is_mailbox`).
 - A timeout or a connection broken after the request went out -> unknown (the mail may have
   gone), never retried silently; a connection that could not be made (or
   not within :func:`.api_call.client_timeout`'s connect timeout) -> retry.
@@ -218,7 +220,10 @@ class _Request:
         self._solo: list[tuple[list[int], dict[str, Any]]] = []
 
     def add(self, position: int, lead: Any) -> str | None:
-        """Add one recipient; returns why it fails instead (a render error), else None."""
+        """Add one recipient; returns why it fails instead (an address SendGrid would refuse the
+        whole call for, a render error), else None."""
+        if not compose.is_mailbox(lead.email):
+            return compose.NOT_A_MAILBOX
         composer = self._composer
         url = composer.unsubscribe_url(lead)
         personalization: dict[str, Any] = {

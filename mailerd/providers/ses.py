@@ -39,6 +39,8 @@ How answers are classified (SES v2 API reference, ``BulkEmailEntryResult.Status`
   ``AccountSuspendedException``, ``MailFromDomainNotVerifiedException``, 401/403 ->
   :class:`HaltError`; ``NotFoundException`` -> retryable (template re-created); other 4xx ->
   :class:`PermanentError`.
+- A lead whose address is not one ``local@domain`` (SES answers ``BadRequestException`` for the
+  whole call) is failed alone before the call (:func:`.compose.is_mailbox`).
 """
 
 from __future__ import annotations
@@ -181,6 +183,17 @@ def parse_results(entries: Sequence[Any], expected: int) -> list[RecipientResult
     missing = RecipientResult(Outcome.UNKNOWN, error="uncertain: no result from SES for this entry")
     results.extend(missing for _ in range(expected - len(results)))
     return results
+
+
+def _destination(address: str) -> str | RecipientResult:
+    """A lead's address as SES takes it, or its failure: SES refuses the whole call (400) for
+    one address it cannot parse, and takes 7-bit addresses only (the domain in A-labels)."""
+    if not compose.is_mailbox(address):
+        return RecipientResult(Outcome.FAILED, error=compose.NOT_A_MAILBOX)
+    if address.isascii():
+        return address
+    to = compose.seven_bit_address(address)
+    return to if to.isascii() else RecipientResult(Outcome.FAILED, error=_NEEDS_SMTPUTF8)
 
 
 def _status(entry: Any) -> str | None:
@@ -385,12 +398,10 @@ class SesProvider:
         template_data, dumps = content_mod.template_data, orjson.dumps
         unsubscribe = self._unsubscribe
         for position, lead in enumerate(batch.leads):
-            to = lead.email
-            if not to.isascii():  # SES takes 7-bit addresses only: one it refused failed the call
-                to = compose.seven_bit_address(to)
-                if not to.isascii():
-                    results[position] = RecipientResult(Outcome.FAILED, error=_NEEDS_SMTPUTF8)
-                    continue
+            to = _destination(lead.email)
+            if isinstance(to, RecipientResult):
+                results[position] = to
+                continue
             url = unsubscribe(campaign, lead) if unsubscribe is not None else ""
             try:
                 data = template_data(template, content, lead, campaign, url)

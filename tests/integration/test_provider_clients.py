@@ -119,6 +119,30 @@ async def test_a_render_error_fails_only_its_recipient(kind: str, tmp_path: Path
     assert "render failed" in (results[1].error or "")
 
 
+@pytest.mark.parametrize(
+    ("kind", "address"),
+    [
+        ("sendgrid", "lead3.example.com"),
+        ("mailgun", "lead3@example.com, other@example.com"),
+        ("postmark", "lead3@example.com, other@example.com"),
+    ],
+)
+async def test_an_address_that_is_not_one_mailbox_fails_only_its_recipient(
+    kind: str, address: str, tmp_path: Path
+) -> None:
+    # written by the host application: SendGrid refused the whole call (every lead failed);
+    # Mailgun's `to` and Postmark's `To` read the comma as a second recipient, who got lead 3's
+    # email
+    async with env.running(kind, tmp_path) as (emulator, client):
+        batch = env.batch(env.campaign(), 5)
+        batch.leads[2] = Lead(3, address, {"first_name": "N3"})
+        results = await client.send(batch)
+        lines = await env.record(emulator)
+    assert [r.outcome for r in results] == [Outcome.SENT] * 2 + [Outcome.FAILED] + [Outcome.SENT] * 2
+    assert results[2].error == "invalid address: not one local@domain mailbox"
+    assert sorted(line["lead_id"] for line in lines) == [1, 2, 4, 5]
+
+
 async def test_smtp_connection_lost_after_data_is_unknown_and_the_rest_retried(tmp_path: Path) -> None:
     async with env.running("smtp", tmp_path) as (emulator, client):
         assert isinstance(emulator, SmtpEmulator)

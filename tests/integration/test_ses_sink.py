@@ -221,6 +221,19 @@ async def test_generic_template_and_render_failures(sink: sink_mod.Sink, provide
     assert [row["lead_id"] for row in read_record(sink.record)] == [1, 3]
 
 
+async def test_an_address_that_is_not_one_mailbox_fails_only_its_recipient(
+    sink: sink_mod.Sink, provider: ses.SesProvider
+) -> None:
+    # written by the host application: SES refused the whole call, every lead failed
+    batch = make_batch(make_campaign(), 3)
+    batch.leads[1] = Lead(2, "lead2.example.com", {"first_name": "N2"})
+    results = await provider.send(batch)
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
+    await sink.flush()
+    assert sink.record is not None
+    assert [row["lead_id"] for row in read_record(sink.record)] == [1, 3]
+
+
 async def test_record_is_flushed_by_time(sink: sink_mod.Sink, provider: ses.SesProvider) -> None:
     await provider.send(make_batch(make_campaign(), 5))
     assert sink.record is not None

@@ -13,7 +13,7 @@ from mailerd.models import (
     RetryableError,
     UncertainError,
 )
-from mailerd.providers import api_call, mailgun, postmark, sendgrid, smtp
+from mailerd.providers import api_call, compose, mailgun, postmark, sendgrid, smtp
 
 
 def answer(status: int, body: bytes = b"", **headers: str) -> api_call.Answer:
@@ -186,3 +186,23 @@ def test_sendgrid_success_is_its_documented_answer_only(status: int, body: bytes
 def test_mailgun_success_needs_its_message_id(status: int, body: bytes, sent: bool) -> None:
     error = mailgun.classify(answer(status, body))
     assert error is None if sent else isinstance(error, UncertainError)
+
+
+@pytest.mark.parametrize(
+    ("address", "mailbox"),
+    [
+        ("a.b+tag@ex-ample.co.uk", True),
+        ("josé@bücher.de", True),
+        ("lead.example.com", False),
+        ("a b@example.com", False),
+        ("a@example.com, b@example.com", False),
+        ("a@example.com;b@example.com", False),
+        ("Bob <b@example.com>", False),
+        ("a@b@example.com", False),
+        ("@example.com", False),
+        ("a@", False),
+        ("a@example.com\x00", False),
+    ],
+)
+def test_a_lead_address_is_one_bare_mailbox(address: str, mailbox: bool) -> None:
+    assert compose.is_mailbox(address) is mailbox
