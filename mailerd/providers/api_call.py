@@ -14,6 +14,7 @@ logs its recipients ``unknown`` unless the campaign says ``resend_uncertain``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -62,16 +63,22 @@ def client_timeout(config: ProviderConfig) -> aiohttp.ClientTimeout:
 
 
 class ApiSession:
-    """One aiohttp session per provider, sized for its concurrency, created on first use."""
+    """One aiohttp session per provider, sized for its concurrency, created on first use.
+
+    Calls beyond its pool wait for a slot before they start, outside their ``timeout_s``: a
+    batch sent in many calls (SendGrid's oversized renders) would otherwise have them wait for a
+    pooled connection inside it, and time out before they were sent."""
 
     def __init__(self, config: ProviderConfig, headers: Mapping[str, str]) -> None:
         self._config = config
         self._headers = dict(headers)
         self._session: aiohttp.ClientSession | None = None
+        self._pool_size = max(1, config.concurrency) + 2
+        self._slots = asyncio.Semaphore(self._pool_size)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=max(1, self._config.concurrency) + 2, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=client_timeout(self._config),
@@ -87,9 +94,12 @@ class ApiSession:
         doc). Redirects are not followed (:func:`refuse_redirect`), and the answer's body is
         read up to :data:`MAX_ANSWER_BYTES` (:func:`read_answer`)."""
         try:
-            async with self._http().request(
-                method, url, data=data, headers=headers, allow_redirects=False
-            ) as response:
+            async with (
+                self._slots,
+                self._http().request(
+                    method, url, data=data, headers=headers, allow_redirects=False
+                ) as response,
+            ):
                 refuse_redirect(response)
                 return Answer(response.status, response.headers, await read_answer(response))
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

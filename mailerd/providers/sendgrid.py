@@ -11,7 +11,8 @@ top-level keys of every event), ``List-Unsubscribe``/``List-Unsubscribe-Post`` i
   ``substitutions`` (SendGrid applies them to subject, text and HTML);
 - other templates: each recipient is rendered here and the parts travel as substitutions of
   ``[%mailerd:subject%]`` etc.; a recipient whose substitutions pass SendGrid's 10,000 bytes per
-  personalization is sent in a call of its own with the rendered content inline;
+  personalization is sent in a call of its own with the rendered content inline (the calls of a
+  batch go at most as many at a time as the pool has connections: :class:`.api_call.ApiSession`);
 - a campaign with ``provider_template`` (a dynamic template id, ``d-...``): no content, each
   personalization's ``dynamic_template_data`` is the template model (lead, campaign,
   unsubscribe_url: :func:`mailerd.providers.compose.template_model`).

@@ -332,6 +332,21 @@ async def test_mailgun_an_uncertain_call_leaves_an_address_twice_in_the_batch_fa
     assert results[1].error == "address twice in one batch"
 
 
+async def test_sendgrid_calls_past_the_pool_wait_for_a_slot_outside_their_timeout() -> None:
+    # one call per lead (a render over 10 kB each), all started at once: those waiting for a
+    # pooled connection timed out inside their timeout_s, never sent, and were logged unknown
+    async def slow_accept(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.4)  # an API under load; 3 rounds of it pass timeout_s
+        return web.Response(status=202, headers={"X-Message-Id": "m"})
+
+    # concurrency 1: a pool of 3 connections
+    async with hostile("sendgrid", slow_accept, timeout_s=1.0, concurrency=1) as (client, seen):
+        big = "{% if lead.id > 0 %}" + "x" * 12_000 + "{% endif %}<p>{{ lead.email }}</p>"
+        results = await client.send(env.batch(env.campaign(html_body=big), 12))
+    assert [r.outcome for r in results] == [Outcome.SENT] * 12
+    assert len(seen) == 12
+
+
 async def test_ses_credentials_that_cannot_be_refreshed_are_retried_not_uncertain() -> None:
     # STS down in the mandatory refresh window: nothing went out, yet the sender logged the
     # batch unknown (final) and kept its quota share
