@@ -8,7 +8,9 @@ top-level keys of every event), ``List-Unsubscribe``/``List-Unsubscribe-Post`` i
 
 - templates of plain variables: the message-level content holds a substitution tag per variable
   (``[%name%]``, or ``[%name:html%]`` for the HTML-escaped value) and each personalization its
-  ``substitutions`` (SendGrid applies them to subject, text and HTML);
+  ``substitutions`` (SendGrid applies them to subject, text and HTML); a recipient whose values
+  pass SendGrid's 10,000 bytes of substitutions per personalization is rendered here and sent in
+  a call of its own with the content inline;
 - other templates: each recipient is rendered here and the parts travel as substitutions of
   ``[%mailerd:subject%]`` etc.; a recipient whose substitutions pass SendGrid's 10,000 bytes per
   personalization is sent in a call of its own with the rendered content inline (the calls of a
@@ -237,19 +239,31 @@ class _Request:
         if self._campaign.provider_template:
             personalization["dynamic_template_data"] = compose.template_model(lead, self._campaign, url)
         elif self._tagged is not None:
-            personalization["substitutions"] = _substitutions(composer.values(lead, url))
+            substitutions = _substitutions(composer.values(lead, url))
+            if _too_big(substitutions):  # refused, for the whole call: alone, rendered
+                return self._alone(position, lead, personalization)
+            personalization["substitutions"] = substitutions
         else:
             rendered = composer.render(lead)
             if rendered.failure is not None:
                 return rendered.failure
             parts = dict(zip(_PARTS, (rendered.subject, rendered.html, rendered.text), strict=True))
             substitutions = {tag(f"mailerd:{name}", False): value for name, value in parts.items()}
-            if len(orjson.dumps(substitutions)) > MAX_SUBSTITUTION_BYTES:
+            if _too_big(substitutions):
                 self._solo.append(([position], self._body([personalization], *parts.values())))
                 return None
             personalization["substitutions"] = substitutions
         self._positions.append(position)
         self._personalizations.append(personalization)
+        return None
+
+    def _alone(self, position: int, lead: Any, personalization: dict[str, Any]) -> str | None:
+        """The recipient in a call of its own, its content rendered inline; or its render error."""
+        rendered = self._composer.render(lead)
+        if rendered.failure is not None:
+            return rendered.failure
+        parts = (rendered.subject, rendered.html, rendered.text)
+        self._solo.append(([position], self._body([personalization], *parts)))
         return None
 
     def calls(self) -> list[tuple[list[int], dict[str, Any]]]:
@@ -290,6 +304,16 @@ def _content(html: str, text: str) -> list[dict[str, str]]:
     if html or not content:
         content.append({"type": "text/html", "value": html or " "})
     return content
+
+
+def _too_big(substitutions: dict[str, str]) -> bool:
+    """Whether a personalization's substitutions pass SendGrid's 10,000 bytes (it refuses the
+    whole request, 400). Serialized only when their length could: a character takes at most 6
+    bytes of JSON (``\\u0001``), a pair 6 more (quotes, colon, comma)."""
+    chars = sum(len(name) + len(value) + 1 for name, value in substitutions.items())
+    return (
+        chars * 6 + 2 > MAX_SUBSTITUTION_BYTES and len(orjson.dumps(substitutions)) > MAX_SUBSTITUTION_BYTES
+    )
 
 
 def _substitutions(values: list[tuple[str, str, str]]) -> dict[str, str]:

@@ -198,6 +198,20 @@ async def test_sendgrid_large_rendered_content_goes_in_calls_of_its_own(tmp_path
         assert sorted(line["lead_id"] for line in await env.record(emulator)) == [1, 2, 3, 4]
 
 
+async def test_sendgrid_values_past_the_substitutions_limit_go_rendered_in_a_call_of_their_own(
+    tmp_path: Path,
+) -> None:
+    # plain variables travel as substitutions: one lead's long value made SendGrid refuse the
+    # whole call (400), every lead failed
+    async with env.running("sendgrid", tmp_path) as (emulator, client):
+        batch = env.batch(env.campaign(), 5)
+        batch.leads[1] = Lead(2, "lead2@example.com", {"first_name": "N" * 6_000})  # raw + html
+        results = await client.send(batch)
+        assert [r.outcome for r in results] == [Outcome.SENT] * 5
+        assert emulator.counters.calls == 2  # the four others together, lead 2 alone
+        assert sorted(line["lead_id"] for line in await env.record(emulator)) == [1, 2, 3, 4, 5]
+
+
 async def test_smtp_non_ascii_address_goes_with_smtputf8(tmp_path: Path) -> None:
     async with env.running("smtp", tmp_path) as (emulator, client):
         batch = env.batch(env.campaign(), 2)
