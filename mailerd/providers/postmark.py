@@ -21,8 +21,8 @@ How answers are classified (Postmark API reference, "Email API: send batch email
   email request) and other codes -> failed with ``Message``. Codes that say the account or server
   cannot send (10 bad token, 400/401 sender signature missing or unconfirmed, 405 not allowed to
   send, 412 account pending, 413 account may not send) halt the campaign when no message of the
-  call went out; beside sent ones they are retried (the retry then halts). 429 and 100
-  (maintenance) -> retry.
+  call went out or is unknown; beside those they are retried (the retry then halts). 429 and
+  100 (maintenance) -> retry.
 - ``401`` -> halt. ``422`` (the whole request refused: the body's ``ErrorCode``/``Message``):
   the same codes halt, 429 and 100 retry, others fail every message. ``429`` and ``5xx`` ->
   retry, after ``Retry-After`` when given.
@@ -88,14 +88,16 @@ def classify_entry(entry: Any) -> RecipientResult:
 
 def parse_results(entries: Any, expected: int) -> list[RecipientResult]:
     """The batch answer -> one result per message; HaltError when a halting code came and no
-    message was sent. A missing answer is unknown, never retried: Postmark may have sent it."""
+    message was sent or is unknown. A missing answer is unknown, never retried: Postmark may
+    have sent it."""
     if not isinstance(entries, list):
         raise UncertainError("an unreadable Postmark batch answer")  # the call went through
     results = [classify_entry(entry) for entry in entries[:expected]]
     halting = [
         e for e in entries[:expected] if isinstance(e, dict) and _code(e.get("ErrorCode")) in HALT_CODES
     ]
-    if halting and not any(r.outcome is Outcome.SENT for r in results):
+    maybe_sent = len(results) < expected or any(r.outcome in (Outcome.SENT, Outcome.UNKNOWN) for r in results)
+    if halting and not maybe_sent:
         first = halting[0]
         raise HaltError(f"{first.get('ErrorCode')}: {first.get('Message')}")
     missing = RecipientResult(Outcome.UNKNOWN, error="uncertain: no answer from Postmark for this message")

@@ -32,8 +32,9 @@ How answers are classified (SES v2 API reference, ``BulkEmailEntryResult.Status`
   ``ACCOUNT_SENDING_PAUSED``, ``CONFIGURATION_SET_SENDING_PAUSED``,
   ``ACCOUNT_DAILY_QUOTA_EXCEEDED``, ``MAIL_FROM_DOMAIN_NOT_VERIFIED``,
   ``CONFIGURATION_SET_NOT_FOUND``, ``INVALID_SENDING_POOL_NAME``) halt the campaign when no
-  entry of the call succeeded; beside successes they are retried (the retry then halts), so a
-  sent recipient is never reported as anything but sent.
+  entry of the call succeeded or is unknown (missing, unreadable); beside those they are
+  retried (the retry then halts), so a sent recipient is never reported as anything but sent
+  and an unknown one is never dropped.
 - Whole call: 429, ``TooManyRequestsException``, ``LimitExceededException``, 5xx, timeouts and
   connection errors -> :class:`RetryableError`; ``SendingPausedException``,
   ``AccountSuspendedException``, ``MailFromDomainNotVerifiedException``, 401/403 ->
@@ -155,16 +156,17 @@ def parse_results(entries: Sequence[Any], expected: int) -> list[RecipientResult
     """
     results: list[RecipientResult] = []
     halt: str | None = None
-    any_sent = False
+    maybe_sent = False  # an entry sent, or unknown: a halt would drop it
     append = results.append
     for entry in entries[:expected]:
         status = entry.get("Status") if isinstance(entry, dict) else None
         if status == "SUCCESS":  # the common case, inline
-            any_sent = True
+            maybe_sent = True
             found = entry.get("MessageId")
             append(RecipientResult(Outcome.SENT, found if type(found) is str else _message_id(found)))
             continue
         if not isinstance(status, str):
+            maybe_sent = True
             append(
                 RecipientResult(Outcome.UNKNOWN, error="uncertain: an unreadable SES result for this entry")
             )
@@ -174,11 +176,11 @@ def parse_results(entries: Sequence[Any], expected: int) -> list[RecipientResult
             status, error if isinstance(error, str) else None, _message_id(entry.get("MessageId"))
         )
         if result.outcome is Outcome.SENT:
-            any_sent = True
+            maybe_sent = True
         elif halt is None and status in HALT_STATUSES:
             halt = result.error
         append(result)
-    if halt is not None and not any_sent:
+    if halt is not None and not maybe_sent and len(results) == expected:
         raise HaltError(halt)
     missing = RecipientResult(Outcome.UNKNOWN, error="uncertain: no result from SES for this entry")
     results.extend(missing for _ in range(expected - len(results)))

@@ -186,6 +186,21 @@ async def test_an_answer_the_api_does_not_give_is_unknown_not_sent_failed_or_a_c
     assert [r.outcome for r in results] == [Outcome.UNKNOWN] * 3
 
 
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("ses", b'{"BulkEmailEntryResults": [{"Status": "ACCOUNT_DAILY_QUOTA_EXCEEDED", "Error": "q"}]}'),
+        ("postmark", b'[{"ErrorCode": 412, "Message": "pending"}, {"ErrorCode": "?"}]'),
+    ],
+)
+async def test_a_halt_never_drops_a_message_whose_fate_is_unknown(kind: str, body: bytes) -> None:
+    # a halting code beside a message with no readable answer (it may have gone): the halt put
+    # both back to be sent again after the resume
+    async with hostile(kind, answering(200, body)) as (client, _):
+        results = await _send(client, 2)
+    assert [r.outcome for r in results] == [Outcome.RETRY, Outcome.UNKNOWN]
+
+
 async def test_a_retry_after_of_centuries_is_capped_and_the_campaign_finishes(
     conn: asyncpg.Connection, dsn: str
 ) -> None:
