@@ -23,6 +23,7 @@ How answers are classified (Postmark API reference, "Email API: send batch email
   send, 412 account pending, 413 account may not send) halt the campaign when no message of the
   call went out or is unknown; beside those they are retried (the retry then halts). 429 and
   100 (maintenance) -> retry.
+- Another 2xx -> unknown for the call: it went through and says nothing of the messages.
 - ``401`` -> halt. ``422`` (the whole request refused: the body's ``ErrorCode``/``Message``):
   the same codes halt, 429 and 100 retry, others fail every message. ``429`` and ``5xx`` ->
   retry, after ``Retry-After`` when given.
@@ -105,7 +106,10 @@ def parse_results(entries: Any, expected: int) -> list[RecipientResult]:
 
 
 def classify_error(answer: api_call.Answer) -> ProviderError:
-    """A non-200 answer as the error the sender acts on."""
+    """A non-200 answer as the error the sender acts on; another 2xx went through without saying
+    what became of the messages: uncertain."""
+    if 200 <= answer.status < 300:
+        return UncertainError(f"HTTP {answer.status}: not Postmark's 200")
     body = answer.json()
     code = _code(body.get("ErrorCode")) if isinstance(body, dict) else None
     message = body.get("Message") if isinstance(body, dict) else None

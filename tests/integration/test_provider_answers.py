@@ -186,6 +186,13 @@ async def test_an_answer_the_api_does_not_give_is_unknown_not_sent_failed_or_a_c
     assert [r.outcome for r in results] == [Outcome.UNKNOWN] * 3
 
 
+async def test_postmark_a_2xx_other_than_200_is_unknown_not_failed() -> None:
+    # the call went through; it was read as a refusal and every message failed
+    async with hostile("postmark", answering(202)) as (client, _):
+        with pytest.raises(UncertainError, match="HTTP 202"):
+            await _send(client)
+
+
 @pytest.mark.parametrize(
     ("kind", "body"),
     [
