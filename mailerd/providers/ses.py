@@ -195,7 +195,10 @@ def _destination(address: str) -> str | RecipientResult:
     if address.isascii():
         return address
     to = compose.seven_bit_address(address)
-    return to if to.isascii() else RecipientResult(Outcome.FAILED, error=_NEEDS_SMTPUTF8)
+    if not to.isascii():
+        return RecipientResult(Outcome.FAILED, error=_NEEDS_SMTPUTF8)
+    # IDNA can map a domain character to a space (U+037A, U+FE70-FE7E): checked again as sent
+    return to if compose.is_mailbox(to) else RecipientResult(Outcome.FAILED, error=compose.NOT_A_MAILBOX)
 
 
 def _status(entry: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
+from mailerd.importer.parsing import is_valid_email
 from mailerd.models import (
     HaltError,
     Outcome,
@@ -13,7 +14,7 @@ from mailerd.models import (
     RetryableError,
     UncertainError,
 )
-from mailerd.providers import api_call, compose, mailgun, postmark, sendgrid, smtp
+from mailerd.providers import api_call, compose, mailgun, postmark, sendgrid, ses, smtp
 
 
 def answer(status: int, body: bytes = b"", **headers: str) -> api_call.Answer:
@@ -206,3 +207,14 @@ def test_mailgun_success_needs_its_message_id(status: int, body: bytes, sent: bo
 )
 def test_a_lead_address_is_one_bare_mailbox(address: str, mailbox: bool) -> None:
     assert compose.is_mailbox(address) is mailbox
+
+
+def test_ses_checks_the_address_again_as_it_sends_it() -> None:
+    # IDNA maps U+037A to a space: the lead's address passes, its A-label form is two words,
+    # for which SES refuses the whole call
+    lead = "ab@ex\u037aample.com"
+    assert is_valid_email(lead) and compose.is_mailbox(lead)
+    refused = ses._destination(lead)
+    assert isinstance(refused, RecipientResult) and refused.outcome is Outcome.FAILED
+    assert refused.error == compose.NOT_A_MAILBOX
+    assert ses._destination("ann@bücher.de") == "ann@xn--bcher-kva.de"
