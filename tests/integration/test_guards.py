@@ -5,8 +5,10 @@ resume overrides the guard, which then judges only what is sent from then on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -92,6 +94,18 @@ def _events(campaign_id: int, kind: EventKind, count: int, start: int, **fields:
     ]
 
 
+@contextlib.asynccontextmanager
+async def _guarding_writer(pool: asyncpg.Pool, guards: config_mod.GuardsConfig) -> AsyncIterator[Writer]:
+    """The daemon's writer judging with ``guards``, running until the block ends."""
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+
 async def _log_sent(writer: Writer, campaign_id: int, leads: range) -> None:
     """Log the leads sent (and count them), as the sender's batches do; return once committed."""
     now = dt.datetime.now(dt.UTC)
@@ -120,15 +134,13 @@ async def test_blocks_pause_and_an_operator_resume_overrides_the_guard(
 ) -> None:
     campaign_id = await _running_campaign(conn, sent=1000)
     guards = config_mod.GuardsConfig(min_sample=1000, max_blocked_rate=0.03)
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
     block = {
         "provider_type": "Permanent/General",
         "smtp_status": "5.7.1",
         "reason": "smtp; 554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using "
         "zen.spamhaus.org",
     }
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         # 30 blocks of 1000: 3 %, not above the threshold; the 31st passes it.
         await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 30, 0, **block)))
         assert (await campaigns.show(conn, campaign_id) or {})["status"] == "running"
@@ -151,9 +163,6 @@ async def test_blocks_pause_and_an_operator_resume_overrides_the_guard(
         )
         assert [(r["status"], r["cause"]) for r in changes][-2:] == [("paused", "guard"), ("running", "api")]
         assert changes[-1]["reason"] == "checked with the ISP: listing removed"
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_late_bounces_of_emails_sent_before_a_resume_do_not_count_after_it(
@@ -165,9 +174,7 @@ async def test_late_bounces_of_emails_sent_before_a_resume_do_not_count_after_it
     logged after the resume."""
     campaign_id = await _running_campaign(conn, sent=0)
     guards = config_mod.GuardsConfig(min_sample=1000, max_bounce_rate=0.04, provider_min_sample=10**8)
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await _log_sent(writer, campaign_id, range(10_000))
         await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 401, 0)))
         info = await wait_for_status(conn, campaign_id, ("paused",), timeout=10)
@@ -201,9 +208,6 @@ async def test_late_bounces_of_emails_sent_before_a_resume_do_not_count_after_it
             "guard: campaign hard-bounce rate 4.1% (41 of 1001 emails: 1000 sent, 1 rejected in SMTP) "
             "exceeds max_bounce_rate 4%"
         )
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_smtp_rejections_are_in_the_sample_so_no_rate_passes_100_percent(
@@ -216,9 +220,7 @@ async def test_smtp_rejections_are_in_the_sample_so_no_rate_passes_100_percent(
     refused = await _running_campaign(conn, sent=0)
     mixed = await _running_campaign(conn, sent=0)
     guards = config_mod.GuardsConfig(min_sample=1000, max_bounce_rate=0.04, provider_min_sample=10**8)
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await _log_sent(writer, mixed, range(1000))
         await _log_rejected(writer, mixed, range(1000, 2100))
         info = await wait_for_status(conn, mixed, ("paused",), timeout=10)
@@ -237,9 +239,6 @@ async def test_smtp_rejections_are_in_the_sample_so_no_rate_passes_100_percent(
             "guard: campaign hard-bounce rate 100% (1000 of 1000 emails: 0 sent, "
             "1000 rejected in SMTP) exceeds max_bounce_rate 4%"
         )
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def _lock_waited(conn: asyncpg.Connection, done: asyncio.Future[None] | None = None) -> None:
@@ -265,16 +264,11 @@ async def test_a_bounce_flushed_before_its_email_is_logged_counts_after_a_resume
     campaign_id = await _running_campaign(conn, sent=0)
     await stats_db.reset_guard_baseline(conn, campaign_id)  # what a resume after a guard pause does
     guards = config_mod.GuardsConfig(min_sample=10**8, provider_min_sample=10**8)
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 10, 0)))
         await _log_sent(writer, campaign_id, range(100))
         (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
         assert (judged["sent"], judged["hard_bounced"]) == (100, 10)
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_a_resume_during_a_flush_takes_its_emails_and_their_bounces_on_the_same_side(
@@ -303,15 +297,10 @@ async def test_a_resume_during_a_flush_takes_its_emails_and_their_bounces_on_the
         await flush.close()
         await resume.close()
     guards = config_mod.GuardsConfig(min_sample=10**8, provider_min_sample=10**8)
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 1, 7)))
         (judged,) = await stats_db.guard_counts(conn, [campaign_id], 0)
         assert (judged["sent"], judged["hard_bounced"]) == (0, 0)
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_a_flush_that_straddles_a_resume_leaves_its_late_bounces_out(
@@ -351,15 +340,13 @@ async def test_an_email_counts_once_per_signal_however_many_events_repeat_it(
     A guard counts an email once per signal (the counters still count every event)."""
     campaign_id = await _running_campaign(conn, sent=0)
     guards = config_mod.GuardsConfig(min_sample=1000, max_blocked_rate=0.03, provider_min_sample=10**8)
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
     block = {
         "provider_type": "temporary",
         "smtp_status": "4.7.0",
         "reason": "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected "
         "volume or user complaints",
     }
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await _log_sent(writer, campaign_id, range(1000))
         for attempt in range(3):  # 20 emails blocked at three attempts: two flushes, then one with repeats
             events = _events(campaign_id, EventKind.SOFT_BOUNCE, 20, 0, **block)
@@ -385,6 +372,3 @@ async def test_an_email_counts_once_per_signal_however_many_events_repeat_it(
         assert info["reason"] == (
             "guard: campaign blocked rate 3.1% (31 of 1000 sent) exceeds max_blocked_rate 3%"
         )
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)

@@ -23,6 +23,7 @@ from mailerd.writer import Writer
 from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
 from tests.integration.test_guards import (
     _events,
+    _guarding_writer,
     _judged,
     _lock_waited,
     _log_rejected,
@@ -180,9 +181,7 @@ async def test_late_bounces_of_emails_sent_before_a_release_do_not_count_after_i
     guards = config_mod.GuardsConfig(
         min_sample=10**8, provider_min_sample=1000, provider_max_bounce_rate=0.04
     )
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await _log_sent(writer, campaign_id, range(10_000))
         await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 401, 0)))
         hold = await _hold(conn, "sink")
@@ -212,9 +211,6 @@ async def test_late_bounces_of_emails_sent_before_a_release_do_not_count_after_i
             "guard: provider sink hard-bounce rate 4.1% (41 of 1000 sent in 24 h) "
             "exceeds provider_max_bounce_rate 4%"
         )
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_smtp_rejections_are_in_the_provider_sample(
@@ -226,9 +222,7 @@ async def test_smtp_rejections_are_in_the_provider_sample(
     guards = config_mod.GuardsConfig(
         min_sample=10**8, provider_min_sample=1000, provider_max_bounce_rate=0.04
     )
-    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=20), guard_config=guards)
-    task = asyncio.create_task(writer.run())
-    try:
+    async with _guarding_writer(pool, guards) as writer:
         await _log_sent(writer, campaign_id, range(1000))
         await _log_rejected(writer, campaign_id, range(1000, 2100))
         hold = await _hold(conn, "sink")
@@ -243,9 +237,6 @@ async def test_smtp_rejections_are_in_the_provider_sample(
         await provider_guard.release(conn, "sink", "list cleaned", "ops")
         (usage,) = await provider_usage.usage(conn, ["sink"])
         assert (usage.sent, usage.rejected, usage.hard_bounced) == (0, 0, 0)
-    finally:
-        writer.close()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_a_flush_that_straddles_a_release_leaves_its_late_bounces_out(
