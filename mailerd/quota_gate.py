@@ -169,8 +169,9 @@ class QuotaGate:
     def refund(self, count: int) -> None:
         """A batch that took its share and was not sent (its shard stopped first). The share
         goes back to the allowance, or is lost (counted, not sent) once the hour it came from
-        ended: the safe side."""
-        if self._clock() < self._expires_at:
+        ended: the safe side. Without limits (the account's quota read as none since) the batch
+        took nothing, so nothing goes back: the node would give back more than it reserved."""
+        if self.schedule.limited and self._clock() < self._expires_at:
             self.allowance += count
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from mailerd import campaigns, quota
+from mailerd import campaigns, quota, quota_gate
 from mailerd import config as config_mod
 from mailerd.db import provider_quota
 from mailerd.emulator import sink
@@ -319,3 +319,21 @@ async def test_a_drain_gives_back_what_the_node_reserved_and_did_not_send(
     reserved = await conn.fetchval("SELECT sum(reserved) FROM provider_quota_hours")
     assert 0 < emulator.counters.accepted < 1000
     assert reserved == emulator.counters.accepted  # the unsent rest of the block went back
+
+
+async def test_a_batch_taken_without_limits_gives_nothing_back(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """The account's quota read as none after a reservation: the next batch takes nothing, and
+    its refund (its shard stopped) must not swell what the node gives back at its drain."""
+    gate = quota_gate.QuotaGate("sink", pool, quota.Schedule(), step=100)
+    gate.set_account_quota(10_000)
+    assert await gate.take(50) == 0.0  # reserves a block, keeps its rest
+    held = gate.allowance
+    gate.set_account_quota(None)  # the provider's account no longer has a quota
+    assert await gate.take(50) == 0.0  # takes nothing
+    gate.refund(50)
+    assert gate.allowance == held
+    await gate.close()
+    reserved = await conn.fetchval("SELECT sum(reserved) FROM provider_quota_hours WHERE provider = 'sink'")
+    assert reserved == 50  # the batch that went under the quota, nothing less
