@@ -12,7 +12,10 @@ import random
 import re
 
 _RNG = random.Random()
-_DELTA_SECONDS = re.compile(r"\d{1,10}(\.\d{1,6})?")
+# ASCII digits only (``\d`` took "٣" for 3); as many as sent: a longer one than a float holds
+# is still "a very long time" (the callers cap it), not "no Retry-After".
+_DELTA_SECONDS = re.compile(r"[0-9]+(\.[0-9]{1,6})?")
+_LONGEST_S = 1e12  # about 31,700 years: any delta-seconds above it reads as this
 # Doubling stops mattering long before this; it keeps 2**attempt from overflowing a float.
 _MAX_EXPONENT = 64
 
@@ -57,7 +60,9 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
 
     A date in the past gives 0. Anything unparseable (or negative) gives ``None``: the caller
-    then falls back to its own backoff. ``now`` defaults to the current UTC time; naive
+    then falls back to its own backoff. A delta-seconds of any length counts (at most
+    ``_LONGEST_S``): ``99999999999`` was unparseable, so the endpoint that asked for the longest
+    wait was retried at once. ``now`` defaults to the current UTC time; naive
     datetimes are taken as UTC.
     """
     if value is None:
@@ -66,7 +71,7 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     if not text:
         return None
     if _DELTA_SECONDS.fullmatch(text):
-        return float(text)
+        return min(float(text), _LONGEST_S)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (ValueError, TypeError, IndexError, OverflowError):

@@ -90,6 +90,9 @@ def test_delay_bounds(attempt: int, base: float, cap: float, retry_after: float 
         ("inf", None),
         ("Wed, 99 Foo 2024 12:00:30 GMT", None),
         ("12 34", None),
+        ("99999999999", 99_999_999_999.0),  # was None: the longest wait asked for, none taken
+        ("9" * 400, 1e12),  # more than a float holds: still very long, not unparseable
+        ("\u0663", None),  # an Arabic-Indic 3 is not delta-seconds
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
