@@ -178,7 +178,9 @@ async def _deliver(destination: Destination, batch: Sequence[Record], result: Re
         except DestinationUnavailable as exc:
             result.delivered += exc.acknowledged
             pending, offset = pending[exc.acknowledged :], offset + exc.acknowledged
-            attempt += 1
+            # failures in a row give up, not failures in all: an endpoint throttling one request
+            # in ten, with progress between, ended a long replay after eight of them
+            attempt = attempt + 1 if exc.acknowledged == 0 else 1
             if attempt >= REPLAY_ATTEMPTS:
                 raise OperationError(f"{destination.name} unavailable: {exc.reason}") from exc
             wait = backoff.capped_retry_after(exc.retry_after, REPLAY_MAX_WAIT_S)

@@ -142,6 +142,8 @@ class Stream:
             try:
                 await self._attempt(pending)
             except DestinationUnavailable as exc:
+                if exc.acknowledged:  # it made progress: the backoff starts again from the base
+                    attempt = 0
                 delivered += self._count(pending[: exc.acknowledged])
                 pending = pending[exc.acknowledged :]
                 await self._unavailable(exc, attempt)

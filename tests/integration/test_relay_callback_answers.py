@@ -12,14 +12,16 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
-from mailerd.config import CallbackConfig, Secret
+from mailerd.config import CallbackConfig, RelayConfig, Secret
 from mailerd.db import relay as relay_db
-from mailerd.relay import operations, records
+from mailerd.relay import operations, position, records
 from mailerd.relay.callbacks import CallbackDestination
 from mailerd.relay.destination import MAX_RETRY_AFTER_S, DeliveryRefused, DestinationUnavailable
+from mailerd.relay.stream import Stream
 from tests.callback_receiver import SECRET, Receiver
-from tests.integration.relay_rows import email_record
+from tests.integration.relay_rows import NOW, email_record
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,3 +140,60 @@ async def test_a_413_halves_the_request_until_only_the_record_too_large_is_refus
     finally:
         await destination.close()
     assert [r["id"] for r in receiver.records] == [r.id for r in records_ if r.id != too_large]
+
+
+def _throttle_each_request_once() -> Callable[[list[dict[str, Any]]], int]:
+    """429 for a request holding a record not seen before, then 200: a throttled endpoint that
+    still takes one request between two refusals."""
+    seen: set[str] = set()
+
+    def answer(batch: list[dict[str, Any]]) -> int:
+        fresh = {r["id"] for r in batch} - seen
+        seen.update(fresh)
+        return 429 if fresh else 200
+
+    return answer
+
+
+async def test_a_replay_throttled_now_and_then_goes_on_while_it_makes_progress(
+    conn: asyncpg.Connection, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every failure counted towards the replay's attempts, progress between or not: an endpoint
+    # throttling one request in ten ended a replay of a few thousand records ("unavailable")
+    monkeypatch.setattr(operations, "REPLAY_ATTEMPTS", 3)
+    letters = _records(6)
+    await relay_db.add_dead_letters(conn, "callbacks.app", letters, "HTTP 400: no")
+    receiver.answer = _throttle_each_request_once()
+    destination = CallbackDestination(
+        CallbackConfig(name="app", url=receiver.url, secret=Secret(SECRET), max_records=1, timeout_s=5.0)
+    )
+    try:
+        result = await operations.replay_dead_letters(conn, destination, batch=100)
+    finally:
+        await destination.close()
+    assert (result.delivered, result.refused) == (6, 0)
+    assert receiver.ids() == {r.id for r in letters}
+    assert receiver.statuses.count(429) == 6
+
+
+async def test_the_stream_backs_off_from_the_base_again_after_progress(
+    pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    # the attempt count never came down within a batch: a throttled endpoint taking one request
+    # in two was waited on up to retry_max_s between every two, however well it went
+    receiver.answer = _throttle_each_request_once()
+    destination = CallbackDestination(
+        CallbackConfig(name="app", url=receiver.url, secret=Secret(SECRET), max_records=1, timeout_s=5.0)
+    )
+    relay = RelayConfig(retry_base_s=0.01, retry_max_s=0.05)
+    stream = Stream(
+        destination, pool, relay, epoch=0, position=position.earliest(), as_of=NOW, stop=asyncio.Event()
+    )
+    try:
+        with capture_logs() as logged:
+            delivered = await stream._deliver_all(_records(6))
+    finally:
+        await destination.close()
+    assert delivered == 6
+    attempts = [entry["attempt"] for entry in logged if entry["event"] == "relay_delivery_failed"]
+    assert attempts == [1] * 6
