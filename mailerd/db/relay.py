@@ -344,3 +344,8 @@ def replay_sql(table: Table, *, campaign: bool) -> str:
     if campaign:
         where += f" AND {table.alias}.campaign_id = $3"
     return table.query(where, order=table.time_column)
+
+
+async def campaign_exists(conn: asyncpg.Connection, campaign_id: int) -> bool:
+    """Whether ``campaigns`` has this id (a replay of none found says which mistake it was)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)", campaign_id))

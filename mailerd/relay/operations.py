@@ -117,8 +117,10 @@ async def replay_range(
     batch: int,
 ) -> ReplayResult:
     """Re-send every record of the destination's kinds whose time is in ``[start, end)``
-    (emails by sent_at, events by received_at, ...), through the destination."""
+    (emails by sent_at, events by received_at, ...), through the destination. A campaign that
+    does not exist, of which nothing was found either, is an :class:`OperationError`."""
     result = ReplayResult()
+    found = False
     for kind in records.KINDS:
         table = relay_db.TABLES.get(kind)
         if (
@@ -131,7 +133,11 @@ async def replay_range(
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.cursor(relay_db.replay_sql(table, campaign=campaign_id is not None), *args)
             while rows := await cursor.fetch(batch):
+                found = True
                 await _deliver(destination, await outbox.build(conn, table, rows), result)
+    if campaign_id is not None and not found and not await relay_db.campaign_exists(conn, campaign_id):
+        # "replayed 0 records" and success for a mistyped id; a deleted campaign's rows still replay
+        raise OperationError(f"unknown campaign {campaign_id} (and no records of it in that range)")
     return result
 
 
