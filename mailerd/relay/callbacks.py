@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import aiohttp
+import yarl
 
 from mailerd import backoff
 from mailerd.config import CallbackConfig
@@ -92,9 +93,8 @@ class CallbackDestination:
                 retry_after = backoff.parse_retry_after(response.headers.get("Retry-After"))
                 text = await _detail(response) if status >= 300 else ""
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise DestinationUnavailable(
-                f"{type(exc).__name__}: {exc}".strip(), acknowledged=acknowledged
-            ) from exc
+            reason = _without_url(f"{type(exc).__name__}: {exc}".strip(), self._config.url)
+            raise DestinationUnavailable(reason, acknowledged=acknowledged) from exc
         if 200 <= status < 300:
             return
         if status == 413 and len(chunk) > 1:
@@ -120,6 +120,18 @@ class CallbackDestination:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _without_url(text: str, url: str) -> str:
+    """``text`` with the endpoint's URL shown as its origin only (scheme, host, port): aiohttp
+    names the whole URL in some errors (a malformed answer's ``ClientResponseError``), and its
+    path or query may hold a token; the reason goes to the log, the position's last error and
+    ``mailerd relay status``."""
+    parsed = yarl.URL(url)
+    origin = str(parsed.origin())
+    for form in sorted({url, str(parsed), parsed.human_repr()}, key=len, reverse=True):
+        text = text.replace(form, origin)
+    return text
 
 
 async def _detail(response: aiohttp.ClientResponse) -> str:

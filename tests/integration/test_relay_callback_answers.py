@@ -197,3 +197,30 @@ async def test_the_stream_backs_off_from_the_base_again_after_progress(
     assert delivered == 6
     attempts = [entry["attempt"] for entry in logged if entry["event"] == "relay_delivery_failed"]
     assert attempts == [1] * 6
+
+
+async def test_an_error_naming_the_url_shows_only_its_origin() -> None:
+    # a malformed answer's ClientResponseError named the whole URL, token and all, in the log,
+    # the position's last error and `mailerd relay status`
+    async def garbled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbled, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/hooks/T01/sekrit-path?token=sekrit-query"
+    destination = CallbackDestination(
+        CallbackConfig(name="app", url=url, secret=Secret(SECRET), timeout_s=5.0)
+    )
+    try:
+        with pytest.raises(DestinationUnavailable) as caught:
+            await destination.deliver(_records(1))
+    finally:
+        await destination.close()
+        server.close()
+        await server.wait_closed()
+    assert "ClientResponseError" in caught.value.reason
+    assert f"http://127.0.0.1:{port}" in caught.value.reason
+    assert "sekrit" not in caught.value.reason
