@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,9 +35,12 @@ _RETRIED = frozenset({408, 429})
 
 
 class CallbackDestination:
-    """One ``[callbacks.NAME]`` endpoint."""
+    """One ``[callbacks.NAME]`` endpoint. ``replay``: it sends an operator's replay, whose
+    requests get ``webhook-id`` values of their own (:func:`signing.message_id`)."""
 
-    def __init__(self, config: CallbackConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: CallbackConfig, *, clock: Callable[[], float] = time.time, replay: bool = False
+    ) -> None:
         assert config.secret is not None, "validated by the configuration"
         self.name = f"callbacks.{config.name}"
         self.kinds = frozenset(config.kinds)
@@ -44,6 +48,7 @@ class CallbackDestination:
         self._event_types = frozenset(config.event_types)
         self._key = signing.secret_key(config.secret.reveal())
         self._clock = clock
+        self._resend = secrets.token_hex(8) if replay else ""
         self._session: aiohttp.ClientSession | None = None
 
     def wants(self, record: Record) -> bool:
@@ -83,7 +88,9 @@ class CallbackDestination:
                 b"]}}",
             ]
         )
-        headers = signing.headers(self._key, signing.message_id([r.id for r in records]), int(now), body)
+        headers = signing.headers(
+            self._key, signing.message_id([r.id for r in records], self._resend), int(now), body
+        )
         headers["content-type"] = "application/json"
         try:
             async with self._client().post(

@@ -19,13 +19,14 @@ def names(config: Config) -> list[str]:
     return found
 
 
-def from_config(config: Config, main_dsn: str) -> list[Destination]:
+def from_config(config: Config, main_dsn: str, *, replay: bool = False) -> list[Destination]:
     """One object per configured destination (nothing connects before the first delivery).
-    ``main_dsn`` is the resolved main database (an embedded reports database is beside it)."""
+    ``main_dsn`` is the resolved main database (an embedded reports database is beside it);
+    ``replay``: they send an operator's replay (callbacks under new ``webhook-id`` values)."""
     found: list[Destination] = []
     if config.kafka is not None:
         found.append(KafkaDestination(config.kafka))
-    found += [CallbackDestination(endpoint) for endpoint in config.callbacks.values()]
+    found += [CallbackDestination(endpoint, replay=replay) for endpoint in config.callbacks.values()]
     if config.reports is not None:
         dsn = connect.reports_dsn(config.reports, main_dsn)
         found.append(ReportsDestination(config.reports, dsn, config.privacy))

@@ -34,8 +34,8 @@ class OperationError(Exception):
 
 
 def configured(config: Config, name: str, main_dsn: str) -> Destination:
-    """The configured destination called ``name``."""
-    for destination in destinations.from_config(config, main_dsn):
+    """The configured destination called ``name``, to replay through."""
+    for destination in destinations.from_config(config, main_dsn, replay=True):
         if destination.name == name:
             return destination
     known = ", ".join(destinations.names(config)) or "none configured"

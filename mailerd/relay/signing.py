@@ -28,8 +28,10 @@ def headers(key: bytes, message_id: str, timestamp: int, body: bytes) -> dict[st
     }
 
 
-def message_id(record_ids: list[str]) -> str:
+def message_id(record_ids: list[str], resend: str = "") -> str:
     """The same id for the same records, on every retry of one request (receivers may drop a
-    request whose id they already processed; records still carry their own ids)."""
-    digest = hashlib.sha256("\n".join(record_ids).encode()).hexdigest()
+    request whose id they already processed; records still carry their own ids). A ``resend``
+    tag (one per operator replay) gives the same records new ids: a replay is a new message, and
+    a receiver de-duplicating on ``webhook-id`` as the specification recommends dropped it."""
+    digest = hashlib.sha256("\n".join([resend, *record_ids] if resend else record_ids).encode()).hexdigest()
     return f"msg_{digest[:32]}"
