@@ -193,9 +193,13 @@ class ReportsDestination:
         ahead). Their records are not loaded: a late one (a replay, a relay long behind) would
         otherwise bring its month back with only its own counts in the day and minute rollups,
         count again in the lifetime ones (domains, bounce reasons), and land in the default
-        partition while a remembered month's partition was gone."""
-        margin = dt.timedelta(days=RETENTION_MARGIN_DAYS)
-        cutoff = self._now().date() - dt.timedelta(days=self._config.retention_days) + margin
+        partition while a remembered month's partition was gone. The margin for a clock ahead is
+        kept under the retention itself: with retention_days 1 or 2 it reached today or past it,
+        and left out the records of a month's last day (all of them on that day, and those a
+        relay still held at midnight) while their month was kept."""
+        retention = self._config.retention_days
+        margin = dt.timedelta(days=min(RETENTION_MARGIN_DAYS, retention - 1))
+        cutoff = self._now().date() - dt.timedelta(days=retention) + margin
         return load.month_of(dt.datetime.combine(cutoff, dt.time(), dt.UTC))
 
     async def _erase(self, conn: asyncpg.Connection, record: Record) -> None:

@@ -330,6 +330,32 @@ async def test_a_record_of_a_month_retention_may_have_dropped_is_not_loaded(
     assert await reports.fetchval("SELECT min(day) FROM report_account_days") == AT.date()
 
 
+@pytest.mark.parametrize(
+    ("retention_days", "now"),
+    [
+        (1, dt.datetime(2026, 3, 31, 12, tzinfo=dt.UTC)),  # the first kept month was April
+        (1, dt.datetime(2026, 4, 1, 0, 0, 30, tzinfo=dt.UTC)),  # a relay a minute behind at midnight
+        (2, dt.datetime(2026, 4, 1, 12, tzinfo=dt.UTC)),
+    ],
+)
+async def test_with_the_shortest_retention_the_last_day_of_a_month_still_loads(
+    reports: asyncpg.Connection, reports_dsn: str, retention_days: int, now: dt.datetime
+) -> None:
+    """A record sent an hour before the end of March, well within retention_days of ``now``,
+    and March's partition kept by retention all that time: the margin for a clock ahead (two
+    days) put the first kept month in April, and the record was left out as past retention."""
+    sent = dt.datetime(2026, 3, 31, 23, tzinfo=dt.UTC)
+    target = destination(reports_dsn, retention_days=retention_days, now=lambda: now)
+    try:
+        await target.deliver([email(1, at=sent)])
+    finally:
+        await target.close()
+    assert reports_load.month_of(now - dt.timedelta(days=retention_days)) < dt.date(2026, 4, 1)
+    assert await reports_schema.maintain(reports, retention_days, now=now) == []  # March is kept
+    assert await reports.fetchval("SELECT count(*) FROM report_emails_p202603") == 1
+    assert (await totals(reports, "report_account_days"))["sent"] == 1
+
+
 async def test_rows_in_the_default_partition_move_into_their_month_when_it_is_created(
     reports: asyncpg.Connection, reports_dsn: str
 ) -> None:
