@@ -29,7 +29,7 @@ STATUS_TEXT = {
         "The body is not JSON (code invalid_json), its Content-Encoding does not decode or its compressed"
         " stream ends early (code invalid_body), or the request line is too long (code bad_request)"
     ),
-    401: "Missing or invalid bearer token (code unauthorized)",
+    401: "Missing or invalid bearer token (code unauthorized), with a WWW-Authenticate: Bearer challenge",
     404: "Not found (code not_found; error.field names the path parameter, or the query parameter not found)",
     409: (
         "Not possible in the current state (code conflict: a campaign transition not allowed from its"
@@ -46,6 +46,11 @@ STATUS_TEXT = {
     ),
 }
 
+_CHALLENGE_HEADER = {
+    "required": True,
+    "description": 'Bearer realm="mailerd", with error="invalid_token" when a bearer token was refused',
+    "schema": {"type": "string"},
+}
 # The type of each path parameter, by name.
 PATH_PARAMETERS: dict[str, Any] = {
     "id": bodies.CampaignId,
@@ -166,6 +171,8 @@ def _response(status: int, kind: Any, schemas: _Schemas, media_type: str | None)
     response: dict[str, Any] = {"description": STATUS_TEXT.get(status, "")}
     if kind is not None:
         response["content"] = {media_type or "application/json": {"schema": schemas.of(kind)}}
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": _CHALLENGE_HEADER}
     return response
 
 

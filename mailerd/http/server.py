@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from mailerd.http import encoding, health, openapi, routes
 from mailerd.http.errors import ApiError, Handler, JsonErrorRunner, errors_as_json
@@ -12,22 +12,31 @@ from mailerd.http.services import SERVICES, Services
 from mailerd.http.timing import server_timing
 
 HTTP_SHUTDOWN_S = 3.0
+# RFC 9110 section 11.6.1: a 401 says how to authenticate; RFC 6750 section 3 spells it for bearer tokens
+CHALLENGE = 'Bearer realm="mailerd"'
 
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``/api/`` needs a configured admin token; compared in constant time."""
+    """``/api/`` needs a configured admin token; compared in constant time. A 401 carries the
+    ``WWW-Authenticate`` challenge, as a client library needs it to retry with its token."""
     if request.path.startswith("/api/"):
         tokens = request.app[SERVICES].config.http.admin_tokens
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
+        offered = scheme.lower() == "bearer" and bool(given)
         valid = False
-        if scheme.lower() == "bearer" and given:
+        if offered:
             for token in tokens:  # check all: the time taken does not say which one matched
                 # surrogateescape: a header that is not UTF-8 compares as its bytes, never raises
                 valid |= hmac.compare_digest(given.encode(errors="surrogateescape"), token.reveal().encode())
         if not valid:
-            raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer TOKEN' header is required")
+            message = "a valid 'Authorization: Bearer TOKEN' header is required"
+            response = ApiError(401, "unauthorized", message).response()
+            # a bearer token that was given and refused: RFC 6750's invalid_token
+            challenge = f'{CHALLENGE}, error="invalid_token"' if offered else CHALLENGE
+            response.headers[hdrs.WWW_AUTHENTICATE] = challenge
+            return response
     return await handler(request)
 
 

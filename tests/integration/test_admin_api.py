@@ -67,6 +67,23 @@ async def test_api_needs_a_valid_bearer_token(client: TestClient[Any, Any]) -> N
     assert (await client.get("/healthz")).status == 200
 
 
+async def test_a_401_carries_the_bearer_challenge(client: TestClient[Any, Any]) -> None:
+    """RFC 9110 requires WWW-Authenticate on a 401; RFC 6750 says invalid_token for a refused token."""
+    for headers, challenge in (
+        ({}, 'Bearer realm="mailerd"'),
+        ({"Authorization": f"Basic {TOKEN}"}, 'Bearer realm="mailerd"'),
+        ({"Authorization": "Bearer wrong"}, 'Bearer realm="mailerd", error="invalid_token"'),
+    ):
+        for path in ("/api/campaigns", "/api/no-such-path"):
+            response = await client.get(path, headers=headers)
+            assert response.status == 401
+            assert response.headers.get("WWW-Authenticate") == challenge
+            assert (await response.json())["error"]["code"] == "unauthorized"
+    spec = await (await client.get("/api/openapi.json", headers=AUTH)).json()
+    unauthorized = spec["paths"]["/api/campaigns"]["get"]["responses"]["401"]
+    assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
+
+
 async def test_create_show_and_list_campaigns(client: TestClient[Any, Any], conn: asyncpg.Connection) -> None:
     await add_leads(conn, 1, 30)
     created = await client.post("/api/campaigns", json=_campaign(), headers=AUTH)
