@@ -33,7 +33,8 @@ STATUS_TEXT = {
     404: "Not found (code not_found; error.field names the path parameter, or the query parameter not found)",
     409: (
         "Not possible in the current state (code conflict: a campaign transition not allowed from its"
-        " status; code erasure_unavailable: no [privacy] erasure_key on this node; code ambiguous: a"
+        " status; code provider_held: a campaign started or resumed while the provider guard holds its"
+        " provider; code erasure_unavailable: no [privacy] erasure_key on this node; code ambiguous: a"
         " provider message id that names several emails, error.field names the parameter that picks one)"
     ),
     413: "The body is larger than [http] max_body_bytes, as sent or decompressed (code too_large)",
