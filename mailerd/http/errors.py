@@ -13,7 +13,6 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import msgspec
 import orjson
 import structlog
@@ -26,8 +25,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger(__name__)
 
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 500: "internal"}
-# SQLSTATE classes of a database that is unreachable or going away, not of a bad statement.
-_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})
 
 
 class ApiError(Exception):
@@ -63,10 +60,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def _unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached now (retry), not that a query is wrong."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return str(getattr(exc, "sqlstate", ""))[:2] in _UNAVAILABLE_CLASSES
-    return isinstance(exc, db.DB_ERRORS)
+    """Whether ``exc`` says the database cannot serve the request now (retry), not that a query
+    is wrong: unreachable or going away, but also read-only (a standby after a failover), a
+    deadlock or a lock wait that timed out (:func:`mailerd.db.is_transient`)."""
+    return db.is_transient(exc)
 
 
 @web.middleware

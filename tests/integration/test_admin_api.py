@@ -12,14 +12,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from mailerd import campaigns, http
 from mailerd import config as config_mod
-from mailerd import http
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect as db_connect
 from mailerd.db import leads as leads_db
 from mailerd.http.services import CampaignRates
 from mailerd.splitting import campaign_from_row
-from tests.integration.helpers import ApiTestServer, add_leads
+from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -534,6 +534,37 @@ async def test_a_database_that_cannot_be_reached_answers_503_json(dsn: str) -> N
             assert response.status == 503, path
             assert response.content_type == "application/json"
             assert (await response.json())["error"]["code"] == "unavailable"
+
+
+async def test_a_database_that_cannot_serve_the_request_now_answers_503_not_500(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A read-only database (a standby after a failover, SQLSTATE 25006) and a lock wait that
+    timed out (55P03) are for retrying, not bugs: 503 ``unavailable``, never 500 ``internal``."""
+    await add_leads(conn, 1, 3)
+    name = await conn.fetchval("SELECT current_database()")
+    campaign_id = await campaigns.create(conn, new_campaign(start=False, provider="sink"), _config())
+    await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    read_only = await db_connect.create_pool(dsn, min_size=1, max_size=1)
+    await conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    await conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '100ms'")
+    locking = await db_connect.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        for pool, method, path, body in (
+            (read_only, "POST", "/api/suppressions", {"account_id": 1, "email": "ann@example.com"}),
+            (read_only, "POST", "/api/campaigns", _campaign()),
+            (locking, "POST", f"/api/campaigns/{campaign_id}/cancel", None),
+        ):
+            app = http.build_app(http.Services(pool, _config(), http.Health(started=True)))
+            async with TestClient(ApiTestServer(app)) as client, conn.transaction():
+                await conn.execute("SELECT 1 FROM campaigns WHERE id = $1 FOR UPDATE", campaign_id)
+                response = await client.request(method, path, json=body, headers=AUTH)
+                assert response.status == 503, (path, await response.text())
+                assert (await response.json())["error"]["code"] == "unavailable"
+    finally:
+        await read_only.close()
+        await locking.close()
+        await conn.execute(f'ALTER DATABASE "{name}" RESET lock_timeout')
 
 
 async def _raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
