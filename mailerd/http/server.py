@@ -24,6 +24,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         tokens = request.app[SERVICES].config.http.admin_tokens
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
+        given = given.lstrip(" ")  # RFC 9110 section 11.4: one or more spaces after the scheme
         offered = scheme.lower() == "bearer" and bool(given)
         valid = False
         if offered:

@@ -65,6 +65,8 @@ async def test_api_needs_a_valid_bearer_token(client: TestClient[Any, Any]) -> N
         assert (await response.json())["error"]["code"] == "unauthorized"
     assert (await client.get("/api/campaigns", headers=AUTH)).status == 200
     assert (await client.get("/healthz")).status == 200
+    # credentials = auth-scheme 1*SP token68 (RFC 9110 section 11.4): any number of spaces
+    assert (await client.get("/api/campaigns", headers={"Authorization": f"Bearer   {TOKEN}"})).status == 200
 
 
 async def test_a_401_carries_the_bearer_challenge(client: TestClient[Any, Any]) -> None:
