@@ -180,9 +180,12 @@ async def _supervise(stream: Stream, halt: asyncio.Event) -> None:
 
 
 async def _sample_lag(pool: asyncpg.Pool, streams: list[Stream], halt: asyncio.Event) -> None:
-    """``mailerd_relay_lag_records``: the due rows of each destination, counted now and then."""
+    """``mailerd_relay_lag_records``: the due rows of each destination, counted now and then
+    (and each stream's lag in seconds and position age refreshed)."""
     while not halt.is_set():
         started = time.monotonic()
+        for stream in streams:
+            stream.gauges()  # a delivery under way for long (a frozen broker) sets them nowhere else
         try:
             async with pool.acquire() as conn:
                 for stream in streams:

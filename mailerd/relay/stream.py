@@ -88,7 +88,7 @@ class Stream:
                     done = time.monotonic()
                     metrics.RELAY_BATCH_SECONDS.labels(self.name).observe(done - started)
                     self._stages.observe(read - started, delivered_at - read, done - delivered_at)
-                self._gauges()
+                self.gauges()
                 if batch.caught_up:
                     await aio.sleep_unless(interval, self._stop)
         finally:
@@ -127,7 +127,11 @@ class Stream:
                 if removed:
                     log.info("relay_dead_letters_erased", erasure=record.id, removed=removed)
 
-    def _gauges(self) -> None:
+    def gauges(self) -> None:
+        """Set the lag and position age from the committed position: after each batch, on each
+        failed attempt and from the lag sampler, so they grow while a delivery fails or hangs
+        (set only after a batch, they held their last value for as long as a destination was
+        down, and an alert on them never fired)."""
         now = time.time()
         metrics.RELAY_LAG_SECONDS.labels(self.name).set(max(0.0, now - self.as_of.timestamp()))
         metrics.RELAY_POSITION_AGE.labels(self.name).set(time.monotonic() - self._committed_at)
@@ -197,6 +201,7 @@ class Stream:
             retry_in_s=round(wait, 2),
         )
         self._failing = True
+        self.gauges()
         await self._note_error(exc.reason)
         await aio.sleep_unless(wait, self._stop)
         if self._stop.is_set():
