@@ -119,6 +119,7 @@ class Relay:
         finally:
             self.leading = False
             metrics.RELAY_LEADER.set(0)
+            _drop_gauges(names)
             for destination in destinations:
                 try:
                     # bounded: a frozen broker held the close (a producer's flush) for its
@@ -152,6 +153,16 @@ class Relay:
                 async with asyncio.timeout(KEEPALIVE_S):
                     await aio.first_completed(self._stop.wait(), closed.wait(), halt.wait())
         halt.set()
+
+
+def _drop_gauges(names: list[str]) -> None:
+    """A node that no longer leads exports no lag for the destinations: its last values (a lag
+    of hours if a destination was down when the lead moved) stayed, frozen, and ``max`` over the
+    nodes (docs/metrics.md) alerted on them for as long as this node ran."""
+    for gauge in (metrics.RELAY_LAG_SECONDS, metrics.RELAY_POSITION_AGE, metrics.RELAY_LAG_RECORDS):
+        for name in names:
+            with contextlib.suppress(KeyError):  # never set: a lead that ended at once
+                gauge.remove(name)
 
 
 async def _supervise(stream: Stream, halt: asyncio.Event) -> None:

@@ -15,6 +15,7 @@ from mailerd.config import CallbackConfig, Secret
 from mailerd.db import relay as relay_db
 from mailerd.relay import position as position_mod
 from mailerd.relay.callbacks import CallbackDestination
+from mailerd.relay.leader import Relay
 from mailerd.relay.stream import Stream
 from tests.callback_receiver import SECRET, Receiver
 from tests.integration.relay_rows import log_rows, make_campaign
@@ -53,3 +54,36 @@ async def test_the_lag_grows_while_a_destination_is_down(pool: asyncpg.Pool, rec
     assert receiver.records == []  # still down: nothing was delivered
     assert lag is not None and lag >= 3600  # everything since an hour ago is still to deliver
     assert age is not None and age > 0
+
+
+async def test_a_node_that_stops_leading_exports_no_lag(
+    dsn: str, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    # its last values stayed, frozen, and max over the nodes alerted on them after the lead moved
+    destination = CallbackDestination(
+        CallbackConfig(name="handed", url=receiver.url, secret=Secret(SECRET), timeout_s=5.0)
+    )
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 5)
+        await log_rows(conn, campaign_id, leads)
+    stop = asyncio.Event()
+    relay = Relay(
+        config=config.from_mapping({"relay": {"poll_interval_ms": 10, "lock_retry_s": 0.05}}),
+        dsn=dsn, stop=stop, destinations=lambda: [destination], node="test",
+    )  # fmt: skip
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(receiver.records) < 5 or _gauge("mailerd_relay_lag_records", destination.name) is None:
+                await asyncio.sleep(0.02)
+        assert _gauge("mailerd_relay_lag_seconds", destination.name) is not None
+    finally:
+        stop.set()
+        await task
+    assert not relay.leading
+    for name in (
+        "mailerd_relay_lag_seconds",
+        "mailerd_relay_position_age_seconds",
+        "mailerd_relay_lag_records",
+    ):
+        assert _gauge(name, destination.name) is None, name
