@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -57,9 +58,11 @@ def producer_options(config: KafkaConfig) -> dict[str, Any]:
         "security_protocol": config.security_protocol,
     }
     if config.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=config.ssl_cafile or None)
+        # "~/..." as the configuration's check of these paths reads them (it expands "~": the
+        # producer did not, and the relay failed to start, retried forever)
+        context = ssl.create_default_context(cafile=_path(config.ssl_cafile))
         if config.ssl_certfile:
-            context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile or None)
+            context.load_cert_chain(_path(config.ssl_certfile) or "", _path(config.ssl_keyfile))
         options["ssl_context"] = context
     if config.sasl_mechanism:
         assert config.sasl_password is not None, "validated by the configuration"
@@ -67,6 +70,10 @@ def producer_options(config: KafkaConfig) -> dict[str, Any]:
         options["sasl_plain_username"] = config.sasl_username
         options["sasl_plain_password"] = config.sasl_password.reveal()
     return options
+
+
+def _path(path: str) -> str | None:
+    return str(Path(path).expanduser()) if path else None
 
 
 class KafkaDestination:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 import standardwebhooks
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from mailerd import config
 from mailerd.relay import records, signing
@@ -147,6 +151,41 @@ def test_sasl_and_tls_reach_the_producer(tmp_path: Path) -> None:
     assert options["sasl_plain_password"] == "s3cret"
     assert options["acks"] == 1
     assert options["enable_idempotence"] is False
+
+
+def _self_signed(directory: Path) -> None:
+    """A certificate (cert.pem, also the CA) and its key (key.pem) in ``directory``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailerd")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def test_tls_files_under_the_home_directory_reach_the_producer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the configuration accepted "~/..." (it checks the files with the home directory expanded);
+    # the producer's TLS context did not expand it: FileNotFoundError, and the relay never ran
+    _self_signed(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = config.from_mapping(
+        {"kafka": {"bootstrap_servers": ["k:1"], "security_protocol": "SSL", "ssl_cafile": "~/cert.pem",
+                   "ssl_certfile": "~/cert.pem", "ssl_keyfile": "~/key.pem"}}
+    )  # fmt: skip
+    assert loaded.kafka is not None
+    context = producer_options(loaded.kafka)["ssl_context"]
+    assert [cert["subject"] for cert in context.get_ca_certs()] == [((("commonName", "mailerd"),),)]
 
 
 def test_signatures_verify_with_standardwebhooks() -> None:
