@@ -7,22 +7,28 @@ import gzip
 import hmac
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, erasure, http, segments, unsubscribe
 from mailerd import config as config_mod
 from mailerd.db import leads as leads_db
+from mailerd.relay import position
+from mailerd.relay.reader import Reader
 from mailerd.writer import Writer
+from tests import relay_schemas
 from tests.integration.helpers import ApiTestServer, add_leads, new_campaign
 from tests.integration.test_erasure import _text_hits
 
 SECRET = "unsubscribe-test-secret-0123456789"
 ERASURE_KEY = "erasure-key-for-tests-0123456789"
+EVENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 
 
 def _config() -> config_mod.Config:
@@ -264,6 +270,27 @@ async def _one_click(client: TestClient[Any, Any], path: str) -> None:
     answer = await client.post(path, data={"List-Unsubscribe": "One-Click"}, allow_redirects=False)
     assert answer.status == 200
     assert "unsubscribed" in await answer.text()
+
+
+async def test_a_one_click_unsubscribe_is_published_with_a_documented_provider(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, lead: tuple[int, int, int, str]
+) -> None:
+    # docs/events.md named the provider of these records `unsubscribe`: they carry
+    # `list-unsubscribe`, and a consumer that matched on the documented value missed them all
+    account_id, campaign_id, lead_id, _ = lead
+    await _one_click(client, _path(account_id, campaign_id, lead_id))
+    batch = await Reader(pool, {"event"}, limit=100).read(position.earliest())
+    relay_schemas.check(orjson.loads(record.value) for record in batch.records)
+    [record] = [r.fields for r in batch.records]
+    row = next(
+        line
+        for line in EVENTS_DOC.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `provider` | string |")
+    )
+    assert (record["type"], record["provider"]) == ("unsubscribe", "list-unsubscribe")
+    assert f"`{record['provider']}`" in row
+    assert record["id"] == f"event:list-unsubscribe:{campaign_id}:{lead_id}"
+    assert "`{campaign_id}:{lead_id}`" in row
 
 
 async def test_a_lead_deleted_since_is_unsubscribed_by_the_address_its_email_went_to(
