@@ -57,7 +57,7 @@ MAX_WHOLE = 100_000  # the most rows a read grows to after reading a big transac
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Batch:
-    """What one read returned: ``records`` (commit-safe order), the position once they are
+    """What one read returned: ``records`` (commit-safe order, erasures last), the position once they are
     delivered, whether the read reached the snapshot (caught up), and the time up to which
     everything committed is in it (or earlier)."""
 
@@ -91,6 +91,7 @@ class Reader:
             relay_db.TABLES[kind] for kind in records.KINDS if kind in kinds and kind in relay_db.TABLES
         ]
         self._limit = limit
+        self._erasures = any(table.kind == "erasure" for table in self._tables)
         self._parts = max(1, parts)
         self._largest = 0  # the most rows of one transaction read whole (at most MAX_WHOLE)
         self.span: int | None = None
@@ -146,6 +147,9 @@ class Reader:
                 break
         self.joined_reads += used > 1
         self.dropped_ranges += len(ranges) - used
+        lowest = batch[0].tx if batch else position.xmax  # before the erasures move
+        if self._erasures:
+            batch = records.erasures_last(batch)
         cutoff, upper = kept.cutoff, kept.upper
         truncated = kept.capped
         bounded = upper < snapshot.xmax
@@ -153,7 +157,7 @@ class Reader:
         if caught_up:
             self.span = None
         elif self._parts == 1:
-            self._learn_alone(batch[0].tx if batch else position.xmax, cutoff, truncated=truncated)
+            self._learn_alone(lowest, cutoff, truncated=truncated)
         else:
             self._learn(position.xmax, cutoff, len(batch), self._share(len(uppers)))
         end = advance(position, snapshot, None if caught_up else cutoff)

@@ -211,6 +211,21 @@ def merged(*groups: list[Record]) -> list[Record]:
     return everything
 
 
+def erasures_last(batch: list[Record]) -> list[Record]:
+    """The batch with its erasures moved after every other record (each group keeps its order).
+
+    Transaction ids are taken at a transaction's first write, not at its commit: a writer flush
+    that took its id after an erasure's and committed before it sorted after the erasure, so the
+    person's email or event came after the record telling consumers to delete them. Every
+    transaction that committed before an erasure is committed in the snapshot the erasure was
+    read in: in a batch read up to that snapshot (not capped), it is in this batch or an earlier
+    one."""
+    erasures = [record for record in batch if record.kind == "erasure"]
+    if not erasures:
+        return batch
+    return [record for record in batch if record.kind != "erasure"] + erasures
+
+
 def from_database(kind: str, tx: int, at: dt.datetime, key: bytes, value: bytes) -> Record:
     """A record the database built (key and JSON value as bytes)."""
     return Record(kind, key, tx, at, value)

@@ -240,6 +240,31 @@ async def test_an_erasure_is_published_after_the_persons_records_and_drops_their
     assert [r["lead_id"] for r in left] == leads[1:]
 
 
+async def test_an_erasure_comes_after_a_flush_that_took_its_id_later_but_committed_first(
+    pool: asyncpg.Pool, dsn: str
+) -> None:
+    """The erasure's transaction takes its id first; a writer flush of the erased lead takes a
+    later one and commits before the erasure does. Both are in the next batch: ordered by
+    transaction id, the erasure came first and the email of the person it erased after it (a
+    consumer that had deleted the lead stored it again)."""
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 3)
+    erasing = await connect.connect(dsn)
+    try:
+        async with erasing.transaction():
+            await erasing.fetchval("SELECT txid_current()")  # its id first
+            async with pool.acquire() as conn:
+                await log_rows(conn, campaign_id, leads)  # a later id, committed first
+            await erasure.erase(erasing, account_id=1, key=b"k" * 32, by="test", lead_id=leads[0])
+    finally:
+        await erasing.close()
+    batch = await Reader(pool, {"email", "erasure"}, limit=100).read(position_mod.earliest())
+    assert batch.caught_up
+    kinds = [record.kind for record in batch.records]
+    assert sorted(kinds) == ["email", "email", "email", "erasure"]
+    assert kinds[-1] == "erasure", kinds
+
+
 async def test_flushes_bigger_than_a_batch_are_read_whole_and_then_in_one_read(pool: asyncpg.Pool) -> None:
     """Writer flushes of 12 rows against batches of 5: the first is read whole by a second query,
     and from then on a read takes 12 rows, so the next flushes come in one read each."""
