@@ -46,8 +46,14 @@ async def status(conn: asyncpg.Connection, config: Config, main_dsn: str) -> lis
     """Each configured destination's position, lag (records, seconds), last error, dead letters."""
     stored = {p.destination: p for p in await relay_db.positions(conn, destinations.names(config))}
     now = dt.datetime.now(dt.UTC)
+    # The session's application_name is the node only when the DSN names one: otherwise the node
+    # that took the positions last (the lock holder raised their epochs when it took the lock).
     leader = await conn.fetchval(
-        """SELECT a.application_name || ' (pid ' || l.pid || ')' FROM pg_locks l
+        """SELECT coalesce(nullif(a.application_name, ''),
+                           (SELECT p.owner FROM relay_positions p WHERE p.owner IS NOT NULL
+                            ORDER BY p.updated_at DESC LIMIT 1), 'unnamed')
+                  || ' (pid ' || l.pid || coalesce(', ' || host(a.client_addr), '') || ')'
+           FROM pg_locks l
            JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())

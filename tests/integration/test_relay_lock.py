@@ -11,6 +11,7 @@ import asyncpg
 
 from mailerd import config
 from mailerd.config import CallbackConfig, Secret
+from mailerd.relay import operations
 from mailerd.relay.callbacks import CallbackDestination
 from mailerd.relay.leader import RELAY_LOCK_KEY, Relay
 from tests.callback_receiver import SECRET, Receiver
@@ -65,3 +66,28 @@ async def test_the_server_probes_the_lock_connection_within_seconds(
     finally:
         stop.set()
         await task
+
+
+async def test_status_names_the_node_holding_the_lock(
+    dsn: str, conn: asyncpg.Connection, receiver: Receiver
+) -> None:
+    # it printed " (pid 1234)": the session's application_name, which only a DSN that sets one has
+    destination = CallbackDestination(
+        CallbackConfig(name="named", url=receiver.url, secret=Secret(SECRET), timeout_s=5.0)
+    )
+    configured = config.from_mapping(
+        {"relay": {"lock_retry_s": 0.05}, "callbacks": {"named": {"url": receiver.url}}},
+        env={"MAILERD_CALLBACKS__NAMED__SECRET": SECRET},
+    )
+    stop = asyncio.Event()
+    relay = Relay(config=configured, dsn=dsn, stop=stop, destinations=lambda: [destination], node="node-7")
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(10):
+            while (entry := (await operations.status(conn, configured, dsn))[0]).get("owner") is None:
+                await asyncio.sleep(0.02)  # the positions are taken just after the lock
+    finally:
+        stop.set()
+        await task
+    assert entry["owner"] == "node-7"
+    assert entry["relay"].startswith("node-7 (pid "), entry["relay"]
