@@ -129,6 +129,9 @@ def _kafka_problems(kafka: KafkaConfig) -> list[str]:
             problems.append("sasl_username and sasl_password (or sasl_password_file): required with SASL")
     elif kafka.sasl_mechanism:
         problems.append("sasl_mechanism: needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+    if kafka.enable_idempotence and kafka.acks != "all":
+        # (the producer refuses the pair: every delivery failed, and nothing was published)
+        problems.append(f'enable_idempotence: needs acks = "all" (not "{kafka.acks}")')
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         path = getattr(kafka, key)
         if path and not Path(path).expanduser().is_file():

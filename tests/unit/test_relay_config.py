@@ -90,6 +90,10 @@ def _error(raw: dict[str, object], env: dict[str, str] | None = None) -> str:
             "[kafka] sasl_mechanism: needs security_protocol SASL_PLAINTEXT or SASL_SSL",
         ),
         ({"kafka": {"bootstrap_servers": ["k:1"], "acks": "2"}}, "[kafka] acks: expected one of"),
+        (  # the producer refused it at its first delivery: the relay failed, retried forever
+            {"kafka": {"bootstrap_servers": ["k:1"], "acks": "1", "enable_idempotence": True}},
+            '[kafka] enable_idempotence: needs acks = "all"',
+        ),
         (
             {"kafka": {"bootstrap_servers": ["k:1"], "ssl_cafile": "/nonexistent/ca.pem"}},
             "ssl_cafile: /nonexistent",
