@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import importlib
 import re
 import types
 from collections.abc import Mapping
@@ -132,11 +133,26 @@ def _kafka_problems(kafka: KafkaConfig) -> list[str]:
     if kafka.enable_idempotence and kafka.acks != "all":
         # (the producer refuses the pair: every delivery failed, and nothing was published)
         problems.append(f'enable_idempotence: needs acks = "all" (not "{kafka.acks}")')
+    if kafka.compression in ("snappy", "lz4", "zstd") and not _cramjam_installed():
+        # (aiokafka reads these codecs with cramjam: without it every delivery failed)
+        problems.append(
+            f"compression: {kafka.compression} needs the cramjam package "
+            f"(pip install 'aiokafka[{kafka.compression}]')"
+        )
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         path = getattr(kafka, key)
         if path and not Path(path).expanduser().is_file():
             problems.append(f"{key}: {path} is not a readable file")
     return problems
+
+
+def _cramjam_installed() -> bool:
+    """Whether aiokafka can compress with snappy, lz4 and zstd (its codecs are cramjam's)."""
+    try:
+        importlib.import_module("cramjam")
+    except ImportError:
+        return False
+    return True
 
 
 def _callback_problems(endpoint: CallbackConfig) -> list[str]:
