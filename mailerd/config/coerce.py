@@ -101,9 +101,12 @@ def coerce(section: str, key: str, tp: Any, value: Any) -> Any:
 
     if isinstance(value, EnvText):
         # "12345" is a fine API key and "042" a fine node name: text keys take the raw text
-        # unless it is written as a TOML string ("\"a b\""); other keys take it as TOML.
+        # unless it is written as a TOML string ("\"a b\"") or, for a list, a TOML array
+        # (["a:9092", "b:9092"] was split at its comma into '["a:9092"' and '"b:9092"]');
+        # other keys take it as TOML.
         parsed = env_value(value)
-        value = str(value) if _takes_text(tp) and not isinstance(parsed, str) else parsed
+        as_toml = isinstance(parsed, str) or (isinstance(parsed, list) and _is_list(tp))
+        value = str(value) if _takes_text(tp) and not as_toml else parsed
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (types.UnionType, typing.Union):
@@ -151,6 +154,13 @@ def _secret(section: str, key: str, value: Any, fail: typing.Callable[[str], Con
     if _CONTROL.search(value):
         raise ConfigError(f"[{section}] {key}: holds control characters (one line of text expected)")
     return Secret(value)
+
+
+def _is_list(tp: Any) -> bool:
+    """Whether the key takes a list (``tuple[...]``, optional or not)."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return any(_is_list(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) is tuple
 
 
 def _takes_text(tp: Any) -> bool:

@@ -752,6 +752,24 @@ def test_env_string_settings_that_look_like_numbers(tmp_path: Path) -> None:
     assert loaded.node.name == "42"
 
 
+def test_env_lists_of_strings_take_a_toml_array_or_commas(tmp_path: Path) -> None:
+    # The documented TOML form (["a", "b"]) was split at its commas, brackets and quotes kept:
+    # a topic ARN of '["arn:..."]' matched no notification (each refused with 403).
+    arn = "arn:aws:sns:us-east-1:123456789012:mailerd-events"
+    env = {
+        "MAILERD_KAFKA__BOOTSTRAP_SERVERS": '["kafka1:9092", "kafka2:9092"]',
+        "MAILERD_WEBHOOKS__SES__TOPIC_ARNS": f'["{arn}"]',
+        "MAILERD_HTTP__ADMIN_TOKENS": '["tok-1", "tok-2"]',
+        "MAILERD_WEBHOOKS__POSTMARK__ALLOWED_IPS": "10.0.0.0/8, 192.168.1.1",
+    }
+    loaded = config.load(write(tmp_path, FULL), env=env)
+    assert loaded.kafka is not None
+    assert loaded.kafka.bootstrap_servers == ("kafka1:9092", "kafka2:9092")
+    assert loaded.webhooks.ses.topic_arns == (arn,)
+    assert [t.reveal() for t in loaded.http.admin_tokens] == ["tok-1", "tok-2"]
+    assert loaded.webhooks.postmark.allowed_ips == ("10.0.0.0/8", "192.168.1.1")
+
+
 def test_env_override_of_a_non_table_section_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, "writer = 3")
     with pytest.raises(config.ConfigError):
