@@ -50,26 +50,33 @@ def build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> An
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        target = key
-        if key.endswith("_file") and key[: -len("_file")] in hints:
-            target = key[: -len("_file")]
-            if not is_secret_type(hints[target]):
-                raise ConfigError(f"[{section}] {key}: only secrets can be read from a file")
-            value = _read_secret_file(section, key, value)
-        if target not in hints:
-            if (section, target) == ("database", "reports_dsn"):
-                raise ConfigError(
-                    "[database] reports_dsn: replaced by [reports] dsn (a reports database the relay "
-                    "loads, not a replica of this one)"
-                )
-            raise ConfigError(f"[{section}] {key}: unknown key")
         try:
-            kwargs[target] = coerce(section, target, hints[target], value)
+            target, coerced = _build_key(section, hints, key, value)
         except ConfigError as exc:
+            # The file does not hold the key (an unknown one included): name the variable.
             if isinstance(value, EnvText) and value.variable:
                 raise ConfigError(f"{exc} (from the environment: {value.variable})") from None
             raise
+        kwargs[target] = coerced
     return cls(**kwargs)
+
+
+def _build_key(section: str, hints: Mapping[str, Any], key: str, value: Any) -> tuple[str, Any]:
+    """The field ``key`` sets (``api_key`` for ``api_key_file``) and its coerced value."""
+    target = key
+    if key.endswith("_file") and key[: -len("_file")] in hints:
+        target = key[: -len("_file")]
+        if not is_secret_type(hints[target]):
+            raise ConfigError(f"[{section}] {key}: only secrets can be read from a file")
+        value = _read_secret_file(section, key, value)
+    if target not in hints:
+        if (section, target) == ("database", "reports_dsn"):
+            raise ConfigError(
+                "[database] reports_dsn: replaced by [reports] dsn (a reports database the relay "
+                "loads, not a replica of this one)"
+            )
+        raise ConfigError(f"[{section}] {key}: unknown key")
+    return target, coerce(section, target, hints[target], value)
 
 
 def _read_secret_file(section: str, key: str, path: Any) -> str:

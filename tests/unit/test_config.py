@@ -730,7 +730,18 @@ def test_env_unknown_setting(tmp_path: Path, name: str) -> None:
 
 def test_env_unknown_key_and_bad_value_are_errors(tmp_path: Path) -> None:
     path = write(tmp_path, SES_TABLE)
-    assert load_error(path, {"MAILERD_WRITER__NOPE": "1"}).endswith("[writer] nope: unknown key")
+    # The key is not in the file: the error names the variable that holds it.
+    assert load_error(path, {"MAILERD_WRITER__NOPE": "1"}).endswith(
+        "[writer] nope: unknown key (from the environment: MAILERD_WRITER__NOPE)"
+    )
+    assert load_error(path, {"MAILERD_WRITER__FLUSH_ROWS_FILE": "/x"}).endswith(
+        "[writer] flush_rows_file: only secrets can be read from a file"
+        " (from the environment: MAILERD_WRITER__FLUSH_ROWS_FILE)"
+    )
+    assert load_error(path, {"MAILERD_PROVIDERS__SES__API_KEY_FILE": str(path.parent / "none")}).endswith(
+        f"[providers.ses] api_key_file: cannot read {path.parent / 'none'}: No such file or directory"
+        " (from the environment: MAILERD_PROVIDERS__SES__API_KEY_FILE)"
+    )
     assert load_error(path, {"MAILERD_PROVIDERS__SES__RATE_PER_S": "fast"}).endswith(
         '[providers.ses] rate_per_s: expected a number, got "fast"'
         " (from the environment: MAILERD_PROVIDERS__SES__RATE_PER_S)"  # the file does not hold it
