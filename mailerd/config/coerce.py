@@ -61,6 +61,16 @@ def build_section(section: str, cls: type[Any], values: Mapping[str, Any]) -> An
     return cls(**kwargs)
 
 
+def named(section: str, values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A ``[TABLES.NAME]`` table's values with its ``name``, the table's own: a ``name`` key was
+    silently replaced by it (``[providers.a] name = "b"`` made provider ``a``)."""
+    if "name" in values:
+        value = values["name"]
+        where = f" (from the environment: {value.variable})" if isinstance(value, EnvText) else ""
+        raise ConfigError(f"[{section}] name: unknown key (the name is the table's: [{section}]){where}")
+    return {**values, "name": name}
+
+
 def _build_key(section: str, hints: Mapping[str, Any], key: str, value: Any) -> tuple[str, Any]:
     """The field ``key`` sets (``api_key`` for ``api_key_file``) and its coerced value."""
     target = key

@@ -15,7 +15,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from mailerd.config.coerce import build_section
+from mailerd.config.coerce import build_section, named
 from mailerd.config.fields import MIN_RATE_PER_S, ConfigError, _within
 
 _DOMAIN = re.compile(
@@ -45,7 +45,7 @@ def groups(values: Any) -> Mapping[str, PaceConfig]:
     for name, table in values.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"[pace.{name}]: expected a table")
-        group = build_section(f"pace.{name}", PaceConfig, {**table, "name": name})
+        group = build_section(f"pace.{name}", PaceConfig, named(f"pace.{name}", table, name))
         found[name] = dataclasses.replace(group, domains=tuple(d.strip().lower() for d in group.domains))
     return types.MappingProxyType(found)
 

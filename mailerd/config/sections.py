@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 from mailerd import dsn as dsn_mod
 from mailerd.config import pace as pace_mod
 from mailerd.config import stream
-from mailerd.config.coerce import build_section
+from mailerd.config.coerce import build_section, named
 from mailerd.config.fields import MIN_RATE_PER_S, ConfigError, Secret, _within, parse_duration, parse_listen
 from mailerd.config.pace import PaceConfig
 from mailerd.config.stream import CallbackConfig, KafkaConfig, RelayConfig
@@ -390,7 +390,9 @@ def _providers(values: Any) -> Mapping[str, ProviderConfig]:
     for pname, pvalues in values.items():
         if not isinstance(pvalues, Mapping):
             raise ConfigError(f"[providers.{pname}]: expected a table")
-        provider = build_section(f"providers.{pname}", ProviderConfig, {**pvalues, "name": pname})
+        provider = build_section(
+            f"providers.{pname}", ProviderConfig, named(f"providers.{pname}", pvalues, pname)
+        )
         if provider.kind not in PROVIDER_KINDS:
             kinds = ", ".join(PROVIDER_KINDS)
             raise ConfigError(f"[providers.{pname}] kind: expected one of {kinds}, got {provider.kind!r}")

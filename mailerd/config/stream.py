@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from mailerd.config.coerce import build_section
+from mailerd.config.coerce import build_section, named
 from mailerd.config.fields import ConfigError, Secret, _within, parse_listen
 
 RELAY_KINDS = ("email", "event", "campaign", "erasure")
@@ -95,7 +95,9 @@ def callbacks(values: Any) -> Mapping[str, CallbackConfig]:
     for name, endpoint in values.items():
         if not isinstance(endpoint, Mapping):
             raise ConfigError(f"[callbacks.{name}]: expected a table")
-        endpoints[name] = build_section(f"callbacks.{name}", CallbackConfig, {**endpoint, "name": name})
+        endpoints[name] = build_section(
+            f"callbacks.{name}", CallbackConfig, named(f"callbacks.{name}", endpoint, name)
+        )
     return types.MappingProxyType(endpoints)
 
 

@@ -728,6 +728,22 @@ def test_env_unknown_setting(tmp_path: Path, name: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("table", "kind"), [("providers.main", 'kind = "sink"'), ("callbacks.app", ""), ("pace.google", "")]
+)
+def test_a_name_key_in_a_named_table_is_an_unknown_key(tmp_path: Path, table: str, kind: str) -> None:
+    # It was replaced by the table's own name without a word: [providers.main] name = "other"
+    # made a provider "main", which campaigns naming "other" did not find.
+    path = write(tmp_path, f'[{table}]\n{kind}\nname = "other"')
+    assert load_error(path) == (
+        f"config error: {path}: [{table}] name: unknown key (the name is the table's: [{table}])"
+    )
+    variable = "MAILERD_" + "__".join(table.upper().split(".")) + "__NAME"
+    assert load_error(write(tmp_path, f"[{table}]\n{kind}"), {variable: "other"}).endswith(
+        f"(from the environment: {variable})"
+    )
+
+
 def test_env_unknown_key_and_bad_value_are_errors(tmp_path: Path) -> None:
     path = write(tmp_path, SES_TABLE)
     # The key is not in the file: the error names the variable that holds it.
