@@ -29,6 +29,10 @@ PROVIDER_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "smtp", "sink")
 PROVIDER_MAX_BATCH = {"ses": 50, "sink": 50, "sendgrid": 1000, "mailgun": 1000, "postmark": 500, "smtp": 1000}
 
 T = TypeVar("T")
+# The most a provider's daily_quota and a warm-up step's max_per_day may be (the quota table
+# stores them as bigint), and the last day a warm-up step may name.
+_MAX_DAILY = 1_000_000_000
+_MAX_WARMUP_DAY = 36_500
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class ProviderConfig:
     seed_rate_from_account: bool = False  # and the daily quota (SES GetAccount)
     account_refresh_s: float = _within(3600.0, 1, 86_400)  # seed_rate_from_account: read it again this often
     # Daily quota and warm-up across nodes (docs/guards.md "Daily quota and warm-up").
-    daily_quota: int = _within(0, 0, 1_000_000_000, below="must be 0 (none) or more")
+    daily_quota: int = _within(0, 0, _MAX_DAILY, below="must be 0 (none) or more")
     warmup: tuple[tuple[int, int], ...] = ()  # [[day, max_per_day], ...] from warmup_start
     warmup_start: str = ""  # YYYY-MM-DD (UTC): day 1 of the warm-up
     # Per kind (each documented in config/mailerd.example.toml; checked when the client is built).
@@ -543,5 +547,11 @@ def _quota_problems(section: ProviderConfig) -> list[str]:
             return [f"warmup: step {number}: days must start at 1 or later and increase, got day {day}"]
         if most < section.batch_size:
             return [f"warmup: step {number}: max_per_day must be at least batch_size ({section.batch_size})"]
+        if day > _MAX_WARMUP_DAY or most > _MAX_DAILY:
+            # 10**20 was taken, and every reservation then failed (the quota table's bigint).
+            return [
+                f"warmup: step {number}: day must be at most {_MAX_WARMUP_DAY} and max_per_day at most "
+                f"{_MAX_DAILY} (as daily_quota)"
+            ]
         days.append(day)
     return []

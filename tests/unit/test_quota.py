@@ -167,6 +167,14 @@ def test_quota_and_warmup_keys_are_read() -> None:
             {"warmup": [[1, 20]], "warmup_start": "2026-12-01"},
             "[providers.ses] warmup: step 1: max_per_day must be at least batch_size (50)",
         ),
+        (  # 10**20 was taken, and every reservation failed: the quota table holds a bigint
+            {"warmup": [[1, 500], [3, 10**20]], "warmup_start": "2026-12-01"},
+            "[providers.ses] warmup: step 2: day must be at most 36500 and max_per_day at most 1000000000",
+        ),
+        (
+            {"warmup": [[36_501, 500]], "warmup_start": "2026-12-01"},
+            "[providers.ses] warmup: step 1: day must be at most 36500",
+        ),
         (
             {"warmup": [["a", 1]], "warmup_start": "2026-12-01"},
             "[providers.ses] warmup: expected a whole number",
