@@ -513,8 +513,9 @@ def _cross_checks(section: Any) -> list[str]:
     if isinstance(section, WriterConfig) and section.max_buffer_rows < section.flush_rows:
         return ["max_buffer_rows: must be at least flush_rows"]
     if isinstance(section, ProviderConfig):
-        if re.match(r"[a-z][a-z0-9+.-]*://[^/?#]*@", section.endpoint, flags=re.IGNORECASE):
-            # Not a secret field: it is shown and logged as it is.
+        if re.match(r"(?:[a-z][a-z0-9+.-]*://)?[^/?#]*@", section.endpoint, flags=re.IGNORECASE):
+            # Not a secret field: it is shown and logged as it is (check-config printed smtp's
+            # "user:password@host:587", which has no scheme).
             return ["endpoint: credentials do not belong in the URL; give them as api_key"]
         most = PROVIDER_MAX_BATCH[section.kind]
         if section.batch_size > most:

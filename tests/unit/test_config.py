@@ -635,6 +635,14 @@ def test_credentials_in_a_provider_endpoint_are_refused(tmp_path: Path) -> None:
         f"config error: {path}: [providers.ses] endpoint: credentials do not belong in the URL; "
         "give them as api_key"
     )
+    # smtp's host:port has no scheme: its user info was taken, and check-config printed it.
+    smtp = write(
+        tmp_path, '[providers.relay]\nkind = "smtp"\nendpoint = "mailer:pw-smtp@smtp.example.com:587"'
+    )
+    assert load_error(smtp) == (
+        f"config error: {smtp}: [providers.relay] endpoint: credentials do not belong in the URL; "
+        "give them as api_key"
+    )
 
 
 def test_redact_dsn() -> None:
