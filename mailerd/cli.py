@@ -216,8 +216,27 @@ async def _check_config(args: argparse.Namespace, config: config_mod.Config) -> 
     problem = config_mod.ses_topic_problem(config)  # what `mailerd run` would refuse at start
     if problem:
         raise config_mod.ConfigError(f"config error: {config.source}: {problem}")
+    await _build_clients(config)
     sys.stdout.write(orjson.dumps(config_mod.redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+async def _build_clients(config: config_mod.Config) -> None:
+    """Build (and close) every provider client and webhook handler, as ``mailerd run`` does: a key
+    a kind needs and lacks (a sendgrid api_key, an smtp endpoint, a webhook's public key) was
+    passed by check-config, then refused by ``mailerd run``. Nothing is reached over the network."""
+    from mailerd import providers
+
+    built: list[Any] = []
+    try:
+        for provider in config.providers.values():
+            built.append(providers.create(provider, content_limits=config.content))
+        built.extend(providers.create_webhook_handlers(config).values())
+    except config_mod.ConfigError as exc:
+        raise config_mod.ConfigError(f"config error: {config.source}: {exc}") from None
+    finally:
+        for client in built:
+            await client.close()
 
 
 async def _segment_count(args: argparse.Namespace, config: config_mod.Config) -> int:
@@ -408,6 +427,7 @@ async def _run(args: argparse.Namespace, config: config_mod.Config) -> int:
     # The daemon allocates many short-lived objects (rows, leads, JSON) and few long-lived
     # ones: move what start-up made out of the collector's way and collect young objects
     # less often.
+    await _build_clients(config)  # refused with the file named, before any database is reached
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 

@@ -174,6 +174,20 @@ async def test_check_config_accepts_the_example_file() -> None:
     assert sorted(orjson.loads(result.stdout)["providers"]) == ["ses", "sink"]
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+async def test_a_key_a_provider_kind_needs_is_refused_by_check_config_and_run(
+    tmp_path: Path, command: str
+) -> None:
+    # check-config printed this file and exited 0; `mailerd run` refused it only once it had
+    # reached the database, without naming the file.
+    path = tmp_path / "mailerd.toml"
+    path.write_text('[providers.news]\nkind = "sendgrid"\n', encoding="utf-8")
+    env = base_env(MAILERD_CONFIG=str(path), MAILERD_DSN="postgresql://mailerd@127.0.0.1:1/none")
+    result = await mailerd(command, env=env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"config error: {path}: [providers.news] api_key: required for kind sendgrid\n"
+
+
 @pytest.mark.skipif(Path(config.DEFAULT_CONFIG_PATH).exists(), reason="this machine has a default config")
 async def test_check_config_without_a_file_shows_the_defaults() -> None:
     result = await mailerd("check-config", env=base_env())
