@@ -836,6 +836,19 @@ def test_example_file_loads_and_shows_the_defaults() -> None:
     assert (sink.kind, sink.endpoint) == ("sink", "http://127.0.0.1:8026")
 
 
+def test_the_readme_configuration_loads_and_serves(tmp_path: Path) -> None:
+    # Its [providers.ses] without [webhooks.ses] topic_arns: `mailerd run` refused the README's
+    # "essentials" as they were written.
+    readme = (EXAMPLE.parents[1] / "README.md").read_text(encoding="utf-8")
+    text = readme.split("## Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    for name in re.findall(r'"/etc/mailerd/(\w+)"', text):
+        (tmp_path / name).write_text("x-secret\n", encoding="utf-8")
+    text = text.replace("/etc/mailerd/", f"{tmp_path}/")
+    loaded = config.load(write(tmp_path, text), env={})
+    assert sorted(loaded.providers) == ["newsletter", "ses"]
+    assert config.ses_topic_problem(loaded) is None
+
+
 def test_example_secret_lines_work_when_uncommented(tmp_path: Path) -> None:
     """Every commented ``*_file`` line of the example is valid once its file exists (those of the
     commented-out tables, ``#[kafka]`` and ``#[callbacks.app]``, are checked with their tables in
