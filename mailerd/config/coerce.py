@@ -170,7 +170,16 @@ def _secret(section: str, key: str, value: Any, fail: typing.Callable[[str], Con
         raise ConfigError(f"[{section}] {key}: must not be empty")
     if _CONTROL.search(value):
         raise ConfigError(f"[{section}] {key}: holds control characters (one line of text expected)")
+    if value.strip().upper() == PLACEHOLDER:
+        # mailerd.env.example's: an admin token, unsubscribe or erasure key everybody knows.
+        raise ConfigError(
+            f"[{section}] {key}: {PLACEHOLDER} is the example environment file's placeholder; "
+            "set a secret of your own (e.g. openssl rand -hex 32)"
+        )
     return Secret(value)
+
+
+PLACEHOLDER = "CHANGE-ME"
 
 
 def _is_list(tp: Any) -> bool:

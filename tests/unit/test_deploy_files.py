@@ -84,11 +84,28 @@ def test_every_variable_of_the_example_environment_file_is_a_setting() -> None:
     env = {}
     for line in ENV_EXAMPLE.read_text("utf-8").splitlines():
         if match := re.fullmatch(r"#?(MAILERD_\w+)=(.*)", line.strip()):
-            env[match.group(1)] = match.group(2) or "value-" + match.group(1).lower()
+            value = match.group(2).replace("CHANGE-ME", "filled-in")  # the placeholder is refused
+            env[match.group(1)] = value or "value-" + match.group(1).lower()
     assert {"MAILERD_DSN", "MAILERD_ADMIN_TOKEN", "MAILERD_UNSUBSCRIBE__SECRET"} <= set(env)
     raw = tomllib.loads(EXAMPLE.read_text("utf-8"))
     config = config_mod.from_mapping(raw, env=env)
     assert config.unsubscribe.secret is not None
+
+
+@pytest.mark.parametrize(
+    "variable", ["MAILERD_ADMIN_TOKEN", "MAILERD_UNSUBSCRIBE__SECRET", "MAILERD_PRIVACY__ERASURE_KEY"]
+)
+def test_a_secret_left_at_the_example_placeholder_is_refused(variable: str) -> None:
+    # The example file installed and not filled in gave the admin API, the unsubscribe links and
+    # the erasure hashes a key everybody knows.
+    placeholders = [
+        line for line in ENV_EXAMPLE.read_text("utf-8").splitlines() if line == f"{variable}=CHANGE-ME"
+    ]
+    assert placeholders, variable
+    with pytest.raises(
+        config_mod.ConfigError, match="CHANGE-ME is the example environment file's placeholder"
+    ):
+        config_mod.from_mapping({}, env={variable: "CHANGE-ME"})
 
 
 def test_every_deployment_file_is_shipped_in_the_package() -> None:
