@@ -908,3 +908,42 @@ def test_example_documents_every_key() -> None:
             if not _documented(sections[section], field.name):
                 missing.append(f"[{section}] {field.name}")
     assert missing == []
+
+
+def test_example_gives_the_highest_value_of_every_number() -> None:
+    # "Every number has a range, given in its comment": [guards] min_sample said "from 1" and
+    # quota_recheck_s "number > 0", where 100000001 and 3601 are refused.
+    text = EXAMPLE.read_text(encoding="utf-8")
+    tables = {
+        "[providers.ses]": config.ProviderConfig,
+        "[webhooks]": config.WebhooksConfig,
+        "#[reports]": config.ReportsConfig,
+        "#[kafka]": config.KafkaConfig,
+        "#[callbacks.app]": config.CallbackConfig,
+        "#[pace.google]": config.PaceConfig,
+        **{
+            f"[{name}]": cls
+            for name, cls in config.sections._SECTIONS.items()
+            if name not in ("reports", "kafka")
+        },
+        **{f"[webhooks.{name}]": cls for name, cls in config.sections._WEBHOOK_SECTIONS.items()},
+    }
+    unstated = []
+    for header, cls in tables.items():
+        body = re.split(r"^#?\[", text.split(f"\n{header}\n", 1)[1], maxsplit=1, flags=re.MULTILINE)[0]
+        lines = body.splitlines()
+        for field in dataclasses.fields(cls):
+            limits = field.metadata.get("range")
+            if limits is None:
+                continue
+            at = next(i for i, line in enumerate(lines) if re.match(rf"(# )?{field.name} = ", line))
+            comment = []  # the comment lines above the key, up to the previous key
+            for line in reversed(lines[:at]):
+                if not line.startswith("#") or re.match(r"# \w+ = ", line):
+                    break
+                comment.append(line)
+            words = " ".join(comment).replace(",", "")
+            highest = str(int(limits.high)) if float(limits.high).is_integer() else repr(limits.high)
+            if highest not in words and not (limits.high == 1 and re.search(r"[(\[]0 1\]", words)):
+                unstated.append(f"{header} {field.name}: {highest}")
+    assert unstated == []
