@@ -35,7 +35,7 @@ class EnvText(str):
 def env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or a whole number of more than 4300 digits
         return text
 
 
@@ -148,9 +148,15 @@ def _scalar(tp: Any, value: Any, fail: typing.Callable[[str], ConfigError]) -> A
     accepts, expected = _SCALARS[tp]
     if not accepts(value):
         raise fail(expected)
-    if tp is float and not math.isfinite(value):
+    if tp is not float:
+        return value
+    try:
+        number = float(value)
+    except OverflowError:  # a whole number past a float's range (1e400 written out): a traceback
+        raise fail("a finite number") from None
+    if not math.isfinite(number):
         raise fail("a finite number")
-    return float(value) if tp is float else value
+    return number
 
 
 # What each scalar type accepts from TOML (a bool is not a number here, though Python says so).

@@ -48,6 +48,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             raise ConfigError(f"config error: {file_path}: {exc}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config error: {file_path}: not UTF-8 text") from None
+        except ValueError as exc:  # a whole number of more than 4300 digits: Python refuses to read it
+            raise ConfigError(f"config error: {file_path}: {str(exc).split(';')[0]}") from None
         except OSError as exc:
             raise ConfigError(f"config error: {file_path}: {exc.strerror}") from None
     elif explicit:

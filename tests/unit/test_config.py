@@ -787,6 +787,31 @@ def test_env_string_settings_that_look_like_numbers(tmp_path: Path) -> None:
     assert loaded.node.name == "42"
 
 
+def test_a_number_too_large_to_read_is_a_config_error(tmp_path: Path) -> None:
+    # int("1" + "0" * 400) in a float key raised OverflowError: a traceback, no key named.
+    huge = "1" + "0" * 400
+    path = write(tmp_path, SES_TABLE + f"\nrate_per_s = {huge}")
+    assert (
+        load_error(path)
+        == f"config error: {path}: [providers.ses] rate_per_s: expected a finite number, got {huge}"
+    )
+    assert load_error(write(tmp_path, ""), {"MAILERD_NODE__SHUTDOWN_GRACE_S": huge}).endswith(
+        f"[node] shutdown_grace_s: expected a finite number, got {huge} (from the environment: "
+        "MAILERD_NODE__SHUTDOWN_GRACE_S)"
+    )
+    # More than 4300 digits: Python refuses to read it (ValueError from tomllib, a traceback).
+    longer = "1" + "0" * 5000
+    path = write(tmp_path, f"[writer]\nflush_rows = {longer}")
+    assert load_error(path) == (
+        f"config error: {path}: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5001 digits"
+    )
+    assert load_error(write(tmp_path, ""), {"MAILERD_WRITER__FLUSH_ROWS": longer}).endswith(
+        f'[writer] flush_rows: expected a whole number, got "{longer}" (from the environment: '
+        "MAILERD_WRITER__FLUSH_ROWS)"
+    )
+
+
 def test_env_lists_of_strings_take_a_toml_array_or_commas(tmp_path: Path) -> None:
     # The documented TOML form (["a", "b"]) was split at its commas, brackets and quotes kept:
     # a topic ARN of '["arn:..."]' matched no notification (each refused with 403).
