@@ -438,7 +438,7 @@ def _validate(config: Config) -> None:
     if config.reports is not None:
         for problem in _reports_problems(config):
             raise ConfigError(problem)
-    if not re.fullmatch(r"https?://[^\s/?#@]+(/\S*)?", config.http.public_url, flags=re.IGNORECASE):
+    if not _HTTP_URL.fullmatch(config.http.public_url):
         raise ConfigError("[http] public_url: expected an http:// or https:// URL")
     window = _prefixed("[webhooks] soft_bounce_window:", parse_duration, config.webhooks.soft_bounce_window)
     if not 1 <= window <= 365 * 86400:
@@ -504,6 +504,9 @@ def _sections_of(config: Config) -> list[tuple[str, Any]]:
     return sections
 
 
+_HTTP_URL = re.compile(r"https?://[^\s/?#@]+(/\S*)?", flags=re.IGNORECASE)
+
+
 def _cross_checks(section: Any) -> list[str]:
     """Problems between the keys of one section (each key is already within its own range)."""
     if isinstance(section, DatabaseConfig) and section.pool_min_size > section.pool_max_size:
@@ -517,6 +520,11 @@ def _cross_checks(section: Any) -> list[str]:
             # Not a secret field: it is shown and logged as it is (check-config printed smtp's
             # "user:password@host:587", which has no scheme).
             return ["endpoint: credentials do not belong in the URL; give them as api_key"]
+        if section.kind != "smtp" and section.endpoint and not _HTTP_URL.fullmatch(section.endpoint):
+            # "email.eu-west-1.amazonaws.com" was taken: an SES campaign then failed to prepare
+            # every second for ever ('NoneType' object has no attribute 'split'), never sending.
+            expected = "an http:// or https:// URL (empty: the provider's own)"
+            return [f"endpoint: expected {expected}, got {section.endpoint!r}"]
         most = PROVIDER_MAX_BATCH[section.kind]
         if section.batch_size > most:
             return [f"batch_size: must be at most {most} for kind {section.kind} (the provider's API limit)"]

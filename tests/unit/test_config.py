@@ -645,6 +645,24 @@ def test_credentials_in_a_provider_endpoint_are_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("kind", "endpoint"),
+    [
+        ("ses", "email.eu-west-1.amazonaws.com"),
+        ("sink", "127.0.0.1:8026"),
+        ("sendgrid", "htps://api.sendgrid.com"),
+    ],
+)
+def test_an_api_endpoint_that_is_no_http_url_is_refused(tmp_path: Path, kind: str, endpoint: str) -> None:
+    # Taken, an SES campaign failed to prepare every second for ever ('NoneType' object has no
+    # attribute 'split'), and an API call without a scheme never left (aiohttp's InvalidURL).
+    path = write(tmp_path, f'[providers.p]\nkind = "{kind}"\nendpoint = "{endpoint}"')
+    assert load_error(path) == (
+        f"config error: {path}: [providers.p] endpoint: expected an http:// or https:// URL "
+        f"(empty: the provider's own), got {endpoint!r}"
+    )
+
+
 def test_redact_dsn() -> None:
     assert config.redact_dsn("postgresql://u:p@h:5432/d") == "postgresql://u:**********@h:5432/d"
     assert config.redact_dsn("postgresql://u@h/d") == "postgresql://u@h/d"
