@@ -47,24 +47,27 @@ async def add(
     """Suppress ``email`` (trimmed and valid); returns the row and whether it is new.
 
     Idempotent: an address already on the list keeps its first reason, and nothing is audited.
+    A removal committed between the INSERT that found the address and the SELECT that reads it
+    back leaves nothing to read: the INSERT is tried again, and adds it (this add came last).
     """
     async with conn.transaction():
-        record = await conn.fetchrow(
-            """INSERT INTO suppressions (account_id, email, reason, source) VALUES ($1, lower($2), $3, $4)
-               ON CONFLICT DO NOTHING RETURNING *""",
-            account_id,
-            email,
-            reason,
-            source,
-        )
-        if record is not None:
-            await audit(conn, account_id, email, "added", reason, source)
-            return _row(record), True
-        record = await conn.fetchrow(
-            "SELECT * FROM suppressions WHERE account_id = $1 AND email = lower($2)", account_id, email
-        )
-    assert record is not None  # suppressions are never deleted but through remove()
-    return _row(record), False
+        while True:
+            record = await conn.fetchrow(
+                """INSERT INTO suppressions (account_id, email, reason, source)
+                   VALUES ($1, lower($2), $3, $4) ON CONFLICT DO NOTHING RETURNING *""",
+                account_id,
+                email,
+                reason,
+                source,
+            )
+            if record is not None:
+                await audit(conn, account_id, email, "added", reason, source)
+                return _row(record), True
+            record = await conn.fetchrow(
+                "SELECT * FROM suppressions WHERE account_id = $1 AND email = lower($2)", account_id, email
+            )
+            if record is not None:
+                return _row(record), False
 
 
 ERASED_SOURCE = "erasure"  # the source shown for an entry an erasure kept as a keyed hash

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http, suppressions
 from mailerd import config as config_mod
+from mailerd.db import connect as db_connect
 from mailerd.db import suppressions as suppressions_db
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
@@ -106,6 +107,47 @@ async def test_delete_needs_a_reason_and_an_existing_entry(
     )
     assert gone.status == 404
     assert len(await _audit(conn)) == 2
+
+
+async def test_an_add_answers_while_a_remove_commits_between_its_statements(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """DELETE /api/suppressions committing after the add's INSERT found the address there and
+    before it read the row back: the add still answers (a 500 before), and the address is on the
+    list (the add came last)."""
+    body = {"account_id": 3, "email": "Ada@example.com", "reason": "asked again"}
+    await suppressions_db.add(conn, 3, "ada@example.com", "asked first")
+    remover = await db_connect.connect(dsn)
+
+    class RemovedMidAdd(asyncpg.Connection):
+        """Once an INSERT into suppressions finds the address there, a second connection takes it
+        off the list (committed) before this one runs its next statement."""
+
+        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            row = await super().fetchrow(query, *args, **kwargs)
+            if row is None and query.startswith("INSERT INTO suppressions") and not remover.is_closed():
+                assert await suppressions_db.remove(remover, args[0], args[1], "by mistake") is not None
+                await remover.close()  # once
+            return row
+
+    racing = await db_connect.create_pool(dsn, min_size=1, max_size=1, connection_class=RemovedMidAdd)
+    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": TOKEN})
+    app = http.build_app(http.Services(racing, config, http.Health(started=True)))
+    try:
+        async with TestClient(ApiTestServer(app)) as racing_client:
+            response = await racing_client.post("/api/suppressions", json=body, headers=AUTH)
+            assert response.status == 201, await response.text()
+            added = await response.json()
+    finally:
+        await racing.close()
+        await remover.close()
+    assert added["created"] is True and added["reason"] == "asked again", added
+    assert await conn.fetchval("SELECT reason FROM suppressions WHERE account_id = 3") == "asked again"
+    assert [row[2:4] for row in await _audit(conn)] == [
+        ("added", "asked first"),
+        ("removed", "by mistake"),
+        ("added", "asked again"),
+    ]
 
 
 async def test_delete_takes_an_idn_address_in_both_spellings(
