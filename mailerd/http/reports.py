@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from mailerd.db import campaigns as campaign_rows
 from mailerd.db import relay as relay_db
@@ -177,7 +177,8 @@ async def campaign_emails(request: web.Request) -> web.Response:
 
 
 async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
-    """GET /api/campaigns/{id}/emails.csv: every email, streamed by COPY (flat memory)."""
+    """GET /api/campaigns/{id}/emails.csv: every email, streamed by COPY (flat memory). HEAD
+    answers the same checks and headers, and runs no export."""
     campaign_id = parsing.campaign_id(request)
     reports = reports_pool(request)
     as_of = await _as_of(request)
@@ -189,9 +190,10 @@ async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
             "x-as-of": as_of.isoformat() if as_of else "",
         }
     )
-    async with reports.acquire() as conn:
+    async with reports.acquire() as conn:  # HEAD too: it answers 503 as GET does, database down
         await response.prepare(request)
-        await reports_read.export_emails(conn, campaign_id, response.write)
+        if request.method != hdrs.METH_HEAD:  # a probe: the headers, not a whole scan thrown away
+            await reports_read.export_emails(conn, campaign_id, response.write)
     await response.write_eof()
     return response
 

@@ -331,6 +331,42 @@ async def test_a_csv_export_of_100000_emails_streams_in_flat_memory(
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte export"
 
 
+async def test_head_of_the_csv_export_answers_its_headers_without_running_it(
+    client_with_reports: TestClient[Any, Any], reports: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """HEAD is a probe: the GET's status and headers, after the same checks, and no export (it
+    ran the whole COPY before and threw the rows away). The table the export reads is locked
+    meanwhile: a HEAD that ran the export would wait for the lock, and the next request on its
+    connection (kept alive, as curl or a load balancer keeps it) would get no answer."""
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    path = f"/api/campaigns/{campaign_id}/emails.csv"
+    want = f'attachment; filename="campaign-{campaign_id}-emails.csv"'
+    server = client_with_reports.server
+    head = f"HEAD {path} HTTP/1.1\r\nHost: mailerd\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    async with reports.acquire() as locker, locker.transaction():
+        await locker.execute("LOCK TABLE report_emails IN ACCESS EXCLUSIVE MODE")
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(head + head)
+            async with asyncio.timeout(10):
+                answers = [await reader.readuntil(b"\r\n\r\n") for _ in range(2)]
+                unknown = await client_with_reports.head("/api/campaigns/999999/emails.csv", headers=AUTH)
+                refused = await client_with_reports.head(path)
+        finally:
+            writer.close()
+        for answer in answers:
+            lines = answer.decode().split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+            assert lines[0] == "HTTP/1.1 200 OK", answer
+            assert headers["content-type"] == "text/csv; charset=utf-8", answer
+            assert headers["content-disposition"] == want, answer
+        assert (unknown.status, refused.status) == (404, 401)
+        assert unknown.headers["Content-Type"].startswith("application/json")
+    got = await client_with_reports.get(path, headers=AUTH)
+    assert got.status == 200 and (await got.text()).startswith("lead_id,address,")
+    assert got.headers["Content-Disposition"] == want
+
+
 async def test_a_batchs_message_id_names_one_email_with_its_lead_id(
     client_with_reports: TestClient[Any, Any], reports: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
@@ -400,3 +436,5 @@ async def test_with_the_reports_database_down_an_unknown_campaign_is_still_a_404
         body = await response.json()
         assert response.status == 503, (path, body)
         assert body["error"]["code"] == "unavailable", (path, body)
+    head = await client_with_reports_down.head(f"/api/campaigns/{campaign_id}/emails.csv", headers=AUTH)
+    assert head.status == 503  # as GET: HEAD runs no export, but needs the database too
