@@ -65,13 +65,24 @@ async def _form_fields(request: web.Request) -> dict[str, str]:
 _TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary", "base64", "quoted-printable"})
 
 
+# The pages may not be framed: a site framing the confirmation page could trick its reader into
+# clicking the button (clickjacking). frame-ancestors for today's browsers, X-Frame-Options for
+# older ones. Nothing else loads: the pages are their own inline <style> and a form that posts
+# back to the page's own URL.
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+}
+
+
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(
-        text=text,
-        status=status,
-        content_type="text/html",
-        charset="utf-8",
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        text=text, status=status, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS
     )
 
 

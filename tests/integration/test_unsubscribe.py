@@ -154,6 +154,37 @@ async def test_the_page_button_works(
     assert await conn.fetchval("SELECT count(*) FROM suppressions WHERE email = $1", email.lower()) == 1
 
 
+async def test_every_page_refuses_to_be_framed(
+    client: TestClient[Any, Any], lead: tuple[int, int, int, str]
+) -> None:
+    """A site that framed the page could trick its reader into clicking the button
+    (clickjacking): every page forbids framing, in both headers browsers know, and its CSP
+    allows nothing but the page's own inline style and its form posting back to it."""
+    path = _path(*lead[:3])
+    answers = [
+        await client.get(path),
+        await client.post(path, data={"List-Unsubscribe": "One-Click"}),
+        await client.post(path, data={"List-Unsubscribe": "yes"}),
+        await client.get("/u/garbage"),
+    ]
+    assert [answer.status for answer in answers] == [200, 200, 400, 400]
+    for answer in answers:
+        assert answer.content_type == "text/html"
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        policy = dict(
+            directive.split(" ", 1) for directive in answer.headers["Content-Security-Policy"].split("; ")
+        )
+        assert policy == {
+            "default-src": "'none'",
+            "style-src": "'unsafe-inline'",  # the page's <style>; no other source
+            "form-action": "'self'",
+            "frame-ancestors": "'none'",
+            "base-uri": "'none'",
+        }
+        page = await answer.text()
+        assert "<style>" in page and "<script" not in page and "src=" not in page
+
+
 async def test_forged_altered_and_garbage_tokens_get_400(
     client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
 ) -> None:
