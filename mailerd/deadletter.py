@@ -107,6 +107,8 @@ async def scrub_erased(conn: asyncpg.Connection, letter: Letter, pads: tuple[byt
     if not seen:
         return []
     keys = list(seen)
+    # Held to the commit, as an event's (mailerd.events._scrubbed): no erasure of them in between.
+    await erasure_db.lock_addresses(conn, [email for _, email in keys], shared=True)
     found = await erasure_db.erased_among(conn, [(a, e, None, None, None) for a, e in keys], *pads)
     if not found:
         return []

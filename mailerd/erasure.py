@@ -14,7 +14,9 @@ itself is gone from the database.
 
 An event that arrives after the erasure (a complaint for an email sent before it) is stored as
 the erasure left the others, and what it suppresses kept as a keyed hash
-(:func:`mailerd.events.record`, looked up by the hashes recorded here).
+(:func:`mailerd.events.record`, looked up by the hashes recorded here). One that arrives while
+the erasure runs is serialised with it per address (:func:`mailerd.db.erasure.lock_addresses`):
+stored before, it is scrubbed here; stored after, it finds the erasure.
 
 Every erasure is recorded in ``erasures`` (who asked, when, the account, the keyed hashes of
 the addresses, the lead ids, what was removed) without the address. The event stream publishes
@@ -120,6 +122,9 @@ async def erase(
             raise NothingToErase(f"no lead {lead_id} in account {account_id}")
         if not lowered:
             raise NothingToErase(f"nothing to erase in account {account_id}")
+        # Before any scrub: an event or dead letter being stored about them commits first (and
+        # is scrubbed below), or waits and stores itself scrubbed (lock_addresses).
+        await erasure_db.lock_addresses(conn, lowered, shared=False)
         hashes = await erasure_db.hashes(conn, lowered, ipad, opad)
         erasure_id, at = await erasure_db.record(conn, account_id, hashes, lead_ids, by)
         removed = {

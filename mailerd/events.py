@@ -241,6 +241,9 @@ async def _scrubbed(
     addressed = [(n, e, e.email) for n, e in enumerate(events) if e.email]
     if not addressed:
         return events, []
+    # Held to the flush's commit: an erasure of one of them under way commits first (then it is
+    # seen below) or waits for this one (then it scrubs what this stores).
+    await erasure_db.lock_addresses(conn, [email for _, _, email in addressed], shared=True)
     found = await erasure_db.erased_among(
         conn,
         [(e.account_id, email, e.reason, e.provider_type, _pattern(e, email)) for _, e, email in addressed],

@@ -89,6 +89,28 @@ async def targets(
     return [r["id"] for r in rows], sorted(lowered), sorted(spellings | set(lowered))
 
 
+# The transaction-level advisory lock of one lower-cased address (64-bit, the single-key space
+# the other mailerd locks hash their names into; shards use the two-key space).
+_ADDRESS_LOCK_SQL = "hashtextextended('mailerd.erasure:' || lower(a), 0)"
+
+
+async def lock_addresses(conn: asyncpg.Connection, addresses: Sequence[str], *, shared: bool) -> None:
+    """Take the addresses' locks until the transaction ends: an erasure exclusively, before it
+    scrubs anything; whatever stores an address that an erasure must remove (a provider event,
+    a dead letter), shared, before it looks for erasures of it. Under READ COMMITTED an erasure's
+    UPDATE does not see a row inserted by a transaction still open, and that transaction's look-up
+    does not see an erasure not committed yet: either would leave the address stored. With the
+    lock one commits first and the other's next statement sees it. One statement for all, in
+    key order (no deadlock between two holders); lower-cased by the database, as the erasure's
+    keyed hashes are."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await conn.execute(
+        f"""SELECT count({function}(k))
+            FROM (SELECT DISTINCT {_ADDRESS_LOCK_SQL} AS k FROM unnest($1::text[]) a ORDER BY 1) s""",
+        sorted(set(addresses)),
+    )
+
+
 async def hashes(conn: asyncpg.Connection, emails: Sequence[str], ipad: bytes, opad: bytes) -> list[bytes]:
     """The keyed hash of each address, in order."""
     rows = await conn.fetch(
