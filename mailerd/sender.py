@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from mailerd import aio, backoff, bounces, metrics, ratelimit, rejections
+from mailerd import aio, backoff, bounces, idn, metrics, ratelimit, rejections
 from mailerd.config import ProviderConfig
 from mailerd.erasure import RecentErasures
 from mailerd.models import (
@@ -444,7 +444,9 @@ def _storable(text: str | None, address: str) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _quoted_address(address: str) -> re.Pattern[str]:
-    return re.compile(re.escape(address), re.IGNORECASE)
+    """The address in any case and in either IDNA spelling: an IDN domain goes to SES and SMTP
+    servers in A-labels, and their replies quote it so (``<erin@xn--bcher-kva.de>``)."""
+    return re.compile("|".join(re.escape(spelling) for spelling in idn.spellings(address)), re.IGNORECASE)
 
 
 def _sub_batch(batch: Batch, indexes: list[int]) -> Batch:

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from mailerd import campaigns
+from mailerd import campaigns, erasure
 from mailerd.emulator.smtp_server import SmtpEmulator
 from mailerd.models import LogStatus
 from tests import smtp_replies
@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     running_daemon,
     wait_for_status,
 )
+from tests.integration.test_erasure import KEY, _text_hits
 
 
 def _smtp(port: int, **provider: Any) -> dict[str, Any]:
@@ -172,3 +173,28 @@ async def test_smtp_an_address_with_a_space_fails_alone(
     assert all("bad user" not in (r["error"] or "") for r in rows)
     sent_to = sorted(line["email"] for line in read_record(tmp_path / "record.jsonl"))
     assert sent_to == ["user0@example.com", "user1@example.com", "user3@example.com"]  # each once
+
+
+async def test_an_smtp_reply_quoting_an_idn_address_leaves_it_out_of_the_log(
+    conn: asyncpg.Connection, dsn: str, tmp_path: Path
+) -> None:
+    # email_log.error kept the reply with the address as it was sent (its A-labels): only the
+    # lead's own spelling was cut out, and no erasure touches email_log
+    lead_id = await conn.fetchval(
+        "INSERT INTO leads (account_id, email, attributes) VALUES (1, $1, $2) RETURNING id",
+        "erin@bücher.de",
+        {"plan": "pro"},
+    )
+    emulator = SmtpEmulator(record=tmp_path / "record.jsonl", seed=1)
+    emulator.refuse = lambda address: smtp_replies.reply("postfix_user_unknown", address)
+    async with emulator:
+        port = emulator.port
+        config = daemon_config(port, provider=_smtp(port))
+        campaign_id = await campaigns.create(conn, new_campaign(), config)
+        async with running_daemon(config, dsn):
+            await wait_for_status(conn, campaign_id)
+    error = await conn.fetchval("SELECT error FROM email_log WHERE lead_id = $1", lead_id)
+    assert error.startswith("550 5.1.1 <<recipient>>: Recipient address rejected")
+    # and no erasure has to touch the log: nothing of the address is left once the lead is erased
+    await erasure.erase(conn, account_id=1, key=KEY, by="test", lead_id=lead_id)
+    assert await _text_hits(conn, "erin@") == []
