@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from mailerd.db import erasure as erasure_db
+
 
 class TxSnapshot(Protocol):
     """A txid snapshot (``mailerd.relay.position.Snapshot``): passed = below xmax, not in xip."""
@@ -330,6 +332,27 @@ async def forget_leads(conn: asyncpg.Connection, account_id: int, lead_ids: Coll
         "DELETE FROM relay_dead_letters WHERE account_id = $1 AND lead_id = ANY($2::bigint[])",
         account_id,
         list(lead_ids),
+    )
+    return int(status.split()[-1])
+
+
+async def forget_addresses(
+    conn: asyncpg.Connection, account_id: int, email_hashes: Sequence[bytes], ipad: bytes, opad: bytes
+) -> int:
+    """Erasure: drop the dead letters of the account (or of no account: an event no lead
+    matched) whose record's address has one of ``email_hashes`` (keyed as
+    :mod:`mailerd.db.erasure` hashes, the key's pads given). Records of an event with no lead id
+    (matched to a batch by its message id, or to nobody) hold the address too, and a destination
+    may refuse one after the erasure deleted those there."""
+    keyed = erasure_db.hmac_sql("(record->>'address')", "$3::bytea", "$4::bytea")
+    status = await conn.execute(
+        f"""DELETE FROM relay_dead_letters
+            WHERE (account_id = $1 OR account_id IS NULL) AND record->>'address' IS NOT NULL
+              AND {keyed} = ANY($2::bytea[])""",
+        account_id,
+        list(email_hashes),
+        ipad,
+        opad,
     )
     return int(status.split()[-1])
 

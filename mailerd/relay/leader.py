@@ -23,7 +23,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import aio, backoff, db, metrics
+from mailerd import aio, backoff, db, erasure, metrics
 from mailerd.config import Config
 from mailerd.db import connect
 from mailerd.db import relay as relay_db
@@ -121,6 +121,7 @@ class Relay:
                     position=outbox.position_of(taken[d.name]),
                     as_of=taken[d.name].as_of,
                     stop=halt,
+                    erased_pads=erasure.configured_pads(self._config.privacy),
                 )
                 for d in destinations
             ]

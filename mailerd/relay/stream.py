@@ -53,6 +53,7 @@ class Stream:
         position: Snapshot,
         as_of: dt.datetime,
         stop: asyncio.Event,
+        erased_pads: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.destination = destination
         self.name = destination.name
@@ -62,6 +63,7 @@ class Stream:
         self.position = position
         self.as_of = as_of
         self._stop = stop
+        self._erased_pads = erased_pads  # the erasure key's HMAC pads ([privacy] erasure_key)
         self._reader = Reader(pool, destination.kinds, config.batch_records, config.read_connections)
         self._committed_at = time.monotonic()
         self._failing = False
@@ -118,12 +120,19 @@ class Stream:
 
     async def _erase_dead_letters(self, records: list[Record]) -> None:
         """An erasure passing through also removes the erased leads' dead letters (of every
-        destination: they hold the addresses)."""
+        destination: they hold the addresses), and with the erasure key those whose record's
+        address it erased (an event with no lead id): a destination may have refused them after
+        the erasure deleted the dead letters there (read before it, refused after it)."""
         for record in records:
             if record.kind == "erasure" and record.account_id is not None:
                 lead_ids = [int(lead) for lead in record.fields.get("lead_ids") or []]
+                hashes = [bytes.fromhex(h) for h in record.fields.get("address_hashes") or []]
                 async with self._pool.acquire() as conn:
                     removed = await relay_db.forget_leads(conn, record.account_id, lead_ids)
+                    if hashes and self._erased_pads is not None:
+                        removed += await relay_db.forget_addresses(
+                            conn, record.account_id, hashes, *self._erased_pads
+                        )
                 if removed:
                     log.info("relay_dead_letters_erased", erasure=record.id, removed=removed)
 

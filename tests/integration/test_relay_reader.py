@@ -12,9 +12,10 @@ import asyncpg
 import orjson
 import pytest
 
-from mailerd import config, erasure, metrics
+from mailerd import config, erasure, events, metrics
 from mailerd.db import connect
 from mailerd.db import relay as relay_db
+from mailerd.models import Event, EventKind
 from mailerd.relay import position as position_mod
 from mailerd.relay import records
 from mailerd.relay.position import Snapshot
@@ -382,3 +383,45 @@ async def test_a_backlog_is_read_in_ranges_at_once_without_a_gap_or_a_repeat(
     read += rest
     assert len(read) == len(set(read)), "a row was read twice"
     assert sorted(read) == sorted(f"email:{campaign_id}:{lead}" for lead in leads)
+
+
+async def test_an_event_refused_while_its_person_was_erased_leaves_no_dead_letter(
+    pool: asyncpg.Pool,
+) -> None:
+    # the relay read an event before the erasure, its destination refused it after the erasure
+    # had deleted the dead letters naming the address: the erasure record passing deleted only
+    # the erased leads' (by lead id), and an event with no lead id (matched to a batch by its
+    # message id, or by no lead) kept the address in relay_dead_letters
+    key = b"k" * 32
+    address = "erin.person@example.com"
+    async with pool.acquire() as conn:
+        campaign_id, _ = await make_campaign(conn, 1)
+        lead_id = await conn.fetchval(
+            "INSERT INTO leads (account_id, email, attributes) VALUES (1, $1, '{}') RETURNING id", address
+        )
+        occurred = dt.datetime.now(dt.UTC)
+        about = [
+            Event("sendgrid", EventKind.COMPLAINT, occurred, address, "c-1", campaign_id=campaign_id,
+                  account_id=1),
+            Event("sendgrid", EventKind.DELIVERED, occurred, address, "d-1"),  # matched no account
+        ]  # fmt: skip
+        async with conn.transaction():
+            await events.record(conn, about, soft_bounce_limit=3, soft_bounce_window_s=3600)
+        read = (await Reader(pool, {"event"}, limit=10).read(position_mod.earliest())).records
+        assert [r.fields["address"] for r in read] == [address, address]
+        await erasure.erase(conn, account_id=1, key=key, by="test", lead_id=lead_id)
+        await relay_db.add_dead_letters(conn, "callbacks.app", read, "HTTP 400")  # refused meanwhile
+        taken = await relay_db.take_positions(conn, ["collect"], position_mod.earliest(), "test")
+    destination = _Collect()
+    stop = asyncio.Event()
+    stream = Stream(
+        destination, pool, config.RelayConfig(poll_interval_ms=10), epoch=taken["collect"].epoch,
+        position=position_mod.earliest(), as_of=NOW, stop=stop, erased_pads=erasure.key_pads(key),
+    )  # fmt: skip
+    task = asyncio.create_task(stream.run())
+    async with pool.acquire() as conn, asyncio.timeout(10):
+        while await conn.fetchval("SELECT count(*) FROM relay_dead_letters"):
+            await asyncio.sleep(0.02)
+    stop.set()
+    await task
+    assert [r["kind"] for r in destination.records][-1] == "erasure"
