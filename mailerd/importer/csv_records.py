@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mailerd.importer.parsing import is_valid_email
+from mailerd.importer.parsing import canonical, is_valid_email
 from mailerd.importer.rejects import RejectSink
 
 MAX_RECORD_LINES = 100
@@ -133,7 +133,7 @@ class Records:
             fields = next(csv.reader([line]))
         except (csv.Error, StopIteration):
             return False
-        return len(fields) == self.width and is_valid_email(fields[self.email_index].strip())
+        return len(fields) == self.width and is_valid_email(canonical(fields[self.email_index].strip()))
 
     def _stray_quote(self, start: int, taken: list[str]) -> None:
         """Reject the record's first line and read the lines after it again."""

@@ -130,14 +130,14 @@ class CsvSource:
                 self.sink.add(line, f"expected {width} columns, found {len(fields)}", part)
                 continue
             email = fields[email_index]
+            if not email.isascii():  # composed first, as the slow path and JSONL check it
+                email = fields[email_index] = canonical(email)
             if match(email) is None:
                 stripped = email.strip()
                 if stripped == email or match(stripped) is None:
                     self.sink.add(line, f"invalid email address {stripped!r}", part)
                     continue
                 fields[email_index] = stripped
-            if not fields[email_index].isascii():
-                fields[email_index] = canonical(fields[email_index])
             good.append(part)
             rows.append(fields)
             starts.append(line)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +409,29 @@ async def test_non_ascii_addresses_are_one_lead_whatever_their_case(
         "ZOË@Exämple.de": {"n": 1, "m": 2},
         "ΣΑΣ@example.gr": {"n": 1, "m": 2},
     }
+
+
+async def test_a_decomposed_address_is_read_alike_in_plain_and_quoted_files(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "exámple" typed decomposed (a + U+0301, as macOS may write it): the plain-file fast path
+    # checked the address before composing it, and a combining mark is no letter of a domain,
+    # so the row was rejected there and imported from a file with a quote anywhere in it.
+    decomposed = unicodedata.normalize("NFD", "ana@exámple.com")
+    plain = tmp_path / "plain.csv"
+    plain.write_text(f"email,n\n{decomposed},1\n {decomposed} ,2\n", encoding="utf-8")
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text(f'email,n\n{decomposed},"3, quoted"\n', encoding="utf-8")
+    assert await run(conn, plain) == 0, capsys.readouterr().err
+    assert await attributes_by_email(conn) == {"ana@exámple.com": {"n": 2}}
+    assert await run(conn, quoted) == 0, capsys.readouterr().err
+    assert await attributes_by_email(conn) == {"ana@exámple.com": {"n": "3, quoted"}}
+    # and a line that is a whole row of its own ends a stray quote's value, decomposed or not
+    stray = tmp_path / "stray.csv"
+    stray.write_text(f'email,n\nbob@example.com,"Bob\n{decomposed},4"\n', encoding="utf-8")
+    assert await run(conn, stray) == 2
+    assert "stray.csv:2: unbalanced quote" in capsys.readouterr().err
+    assert await attributes_by_email(conn) == {"ana@exámple.com": {"n": '4"'}}
 
 
 async def test_a_failed_import_waits_for_its_parser_thread(
