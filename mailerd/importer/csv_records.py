@@ -14,7 +14,8 @@ next line, so the lines it swallowed are read as the rows they are. A record spa
 - contain no line (after its first) that is a whole row by itself: the header's number of
   columns with a valid address in the address column.
 
-A quoted value on the last line of the file that is never closed is a stray quote too.
+A quoted value on the last line of the file that is never closed is a stray quote too (whether
+or not that line ends in a line break).
 
 Both imports read CSV through :class:`Records`: the lead import for chunks that are not plain
 (quotes, escapes), the suppression import for every CSV file.
@@ -118,7 +119,13 @@ class Records:
     def _stray(self, fields: list[str], taken: list[str]) -> bool:
         """Whether the record comes from a stray quote (see the module's rule)."""
         if len(taken) == 1:  # a value ending in a line break was never closed: the file ended
-            return bool(fields) and fields[-1].endswith(("\n", "\r"))
+            if taken[0].endswith(("\n", "\r")) or not fields:
+                return bool(fields) and fields[-1].endswith(("\n", "\r"))
+            # the file's last line, without a line end: read again with one, to see the same
+            try:
+                return next(csv.reader([taken[0] + "\n"]))[-1].endswith("\n")
+            except csv.Error:  # past the field limit by that line end: the value was open
+                return True
         if len(fields) != self.width or len(taken) > MAX_RECORD_LINES:
             return True
         try:

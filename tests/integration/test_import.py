@@ -537,6 +537,14 @@ async def test_nothing_imported_exits_1_as_documented(
             {"u5999@example.com": {"name": "name 005999"}},
             id="longer-than-the-field-limit",
         ),
+        pytest.param(
+            # On the file's last line, which has no line end: it was imported as name "Bob".
+            'email,name\na@example.com,Ada\nb@example.com,"Bob',
+            1,
+            [3],
+            {"a@example.com": {"name": "Ada"}},
+            id="last-line-without-a-line-end",
+        ),
     ],
 )
 async def test_a_stray_quote_rejects_its_line_and_the_lines_after_import(
