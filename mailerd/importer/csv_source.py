@@ -20,6 +20,7 @@ from mailerd.importer.parsing import (
     canonical,
     has_bad_text,
     is_valid_email,
+    shown,
     value_fits,
 )
 from mailerd.importer.rejects import RejectSink
@@ -135,7 +136,7 @@ class CsvSource:
             if match(email) is None:
                 stripped = email.strip()
                 if stripped == email or match(stripped) is None:
-                    self.sink.add(line, f"invalid email address {stripped!r}", part)
+                    self.sink.add(line, f"invalid email address {shown(stripped)}", part)
                     continue
                 fields[email_index] = stripped
             good.append(part)
@@ -189,7 +190,7 @@ class CsvSource:
             return None
         email = canonical(row[self.header.email_index].strip())
         if not is_valid_email(email):
-            self.sink.add(record.line, f"invalid email address {email!r}", raw)
+            self.sink.add(record.line, f"invalid email address {shown(email)}", raw)
             return None
         row[self.header.email_index] = email
         return row
@@ -221,7 +222,7 @@ class CsvSource:
                 if keep[n] and row[index] in bad:
                     keep[n] = False
                     name = self.header.names[index]
-                    reason = f"column {name!r}: {row[index]!r} is not a {kind.value}"
+                    reason = f"column {name!r}: {shown(row[index])} is not a {kind.value}"
                     self.sink.add(lines[n], reason, raws[n])
         if keep is not None:
             rows = list(itertools.compress(rows, keep))

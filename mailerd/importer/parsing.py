@@ -209,7 +209,14 @@ class LeadProblem:
 # backslashes (``\\u0000`` is an escaped backslash followed by the text ``u0000``).
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 LEAD_KEYS = frozenset({"email", "attributes"})
-_SHOWN_CHARS = 300  # of an invalid address in a reason (the rest only makes the message long)
+_SHOWN_CHARS = 300  # of a value in a reason (the rest only makes the message long)
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a reject's reason, cut to :data:`_SHOWN_CHARS`: a reason goes to
+    stderr and into the bulk API's answer, where a value of any length would go whole (the
+    rejects file has the whole line)."""
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...")
 
 
 # orjson reads every number that is no 64-bit integer as a double: an integer beyond 64 bits, more
@@ -356,15 +363,17 @@ def check_lead(doc: dict[str, Any]) -> tuple[str, str] | LeadProblem:
     ``(trimmed address, attributes as JSON text)``, or why it is refused."""
     extra = sorted(set(doc) - LEAD_KEYS)
     if extra:
-        reason = f'unexpected key(s) {", ".join(extra)} (attributes go under "attributes")'
+        listed = ", ".join(extra)
+        if len(listed) > _SHOWN_CHARS:
+            listed = f"{listed[:_SHOWN_CHARS]}... ({len(extra):,} keys)"
+        reason = f'unexpected key(s) {listed} (attributes go under "attributes")'
         return LeadProblem(extra[0], reason)
     email = doc.get("email")
     if not isinstance(email, str):
         return LeadProblem("email", "missing email" if email is None else "email is not a string")
     email = canonical(email.strip())
     if not is_valid_email(email):
-        shown = email if len(email) <= _SHOWN_CHARS else email[:_SHOWN_CHARS] + "..."
-        return LeadProblem("email", f"invalid email address {shown!r}")
+        return LeadProblem("email", f"invalid email address {shown(email)}")
     attributes = doc.get("attributes", {})
     if not isinstance(attributes, dict):
         return LeadProblem("attributes", "attributes is not an object")

@@ -245,6 +245,39 @@ async def test_bad_jsonl_rows_are_rejected(conn: asyncpg.Connection, tmp_path: P
 
 
 @pytest.mark.parametrize(
+    ("name", "content", "types", "reason"),
+    [
+        ("plain.csv", "email,n\n{long},1\n", None, "invalid email address 'xxx"),
+        ("quoted.csv", 'email,n\n{long},"1"\n', None, "invalid email address 'xxx"),
+        ("typed.csv", "email,n\na@example.com,{long}\n", "n=number", "column 'n': 'xxx"),
+        ("keys.jsonl", '{{"email": "a@example.com", {keys}}}\n', None, "unexpected key(s) k0000, k0001"),
+    ],
+    ids=["address", "quoted-address", "forced-type", "stray-keys"],
+)
+async def test_a_reason_shows_only_the_start_of_a_long_value(
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: str,
+    types: str | None,
+    reason: str,
+) -> None:
+    # Reasons quoted the value whole: a 100 KB address made a 100 KB line on stderr (and a line
+    # of 100,000 stray keys a reason listing them all, in the bulk API's answer too).
+    keys = ", ".join(f'"k{i:04d}": {i}' for i in range(5000))
+    path = tmp_path / name
+    path.write_text(content.format(long="x" * 100_000, keys=keys), encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    assert await run(conn, path, types=types, rejects=rejects) == 1
+    [found] = read_rejects(rejects)
+    assert found["line"] == (2 if name.endswith(".csv") else 1)
+    assert found["reason"].startswith(reason) and len(found["reason"]) < 400, found["reason"][:500]
+    assert len(found["raw"]) > 50_000  # the rejects file keeps the whole line
+    assert len(capsys.readouterr().err) < 1000
+
+
+@pytest.mark.parametrize(
     ("content", "types", "message"),
     [
         (None, None, "No such file"),
