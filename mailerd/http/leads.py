@@ -209,7 +209,8 @@ async def bulk_import(request: web.Request) -> web.Response:
     """POST /api/leads/bulk?account_id=: an NDJSON body imported as a .jsonl file is.
 
     200 when lines were imported (the rejects listed), 422 when none was (as the CLI's exit 1),
-    413 past ``[http] max_bulk_bytes``, 429 while :data:`MAX_BULK_RUNNING` others run.
+    413 past ``[http] max_bulk_bytes``, 429 while :data:`MAX_BULK_RUNNING` others run, 409 when
+    the database ended the import's transaction for another one (a deadlock: retry).
     """
     query = parsing.query(request, bodies.BulkQuery)
     limits = request.app[SERVICES].config.http
@@ -269,6 +270,10 @@ async def _import(request: web.Request, account_id: int, max_bytes: int, max_lin
         raise ApiError(400, "invalid_body", f"the body cannot be read: {exc}") from None
     except ImportFailed as exc:
         raise ApiError(422, "import_failed", f"nothing imported: {exc}", "body") from None
+    except asyncpg.TransactionRollbackError as exc:  # deadlock: another writer of the same leads
+        reason = str(exc).partition("\n")[0]
+        message = f"nothing imported: the database stopped the import for a concurrent one ({reason}); retry"
+        raise ApiError(409, "conflict", message, "body") from None
 
 
 def _too_large(limit: int) -> ApiError:

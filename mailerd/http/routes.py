@@ -139,7 +139,7 @@ ROUTES: tuple[Route, ...] = (
         "/api/leads/bulk",
         leads.bulk_import,
         "Import NDJSON lines as a .jsonl file is (streamed, one transaction)",
-        {200: bodies.BulkResult, 422: bodies.BulkRefused, 429: bodies.ErrorBody},
+        {200: bodies.BulkResult, 409: bodies.ErrorBody, 422: bodies.BulkRefused, 429: bodies.ErrorBody},
         body=bodies.BulkLines,
         body_media_type="application/x-ndjson",
         query=bodies.BulkQuery,

@@ -219,3 +219,40 @@ async def test_a_client_gone_mid_body_imports_nothing_and_frees_its_connection(
         status, answer = await bulk(client, good(7))
         assert (status, answer["imported"]) == (200, 1)
     assert list(await attributes_by_email(conn, ACCOUNT)) == ["lead7@example.com"]
+
+
+async def test_two_bulk_imports_that_deadlock_answer_retry_not_a_500(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two bodies update the same two leads in opposite orders: each holds the first lead's row
+    # while it waits for the other's. Postgres ends one transaction (deadlock detected), which
+    # the API answered 500 "internal error" with a traceback logged, for a request to retry.
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 1)  # each line is a chunk...
+    monkeypatch.setattr(loading, "BATCH_ROWS", 1)  # ... and a batch, written as it arrives
+    for n in (1, 2):
+        await conn.execute(
+            "INSERT INTO leads (account_id, email, attributes) VALUES ($1, $2, '{}')",
+            ACCOUNT,
+            f"lead{n}@example.com",
+        )
+    gate = asyncio.Event()
+    async with api_client(pool) as client:
+        bodies = [[good(1), good(2)], [good(2), good(1)]]
+        running = [asyncio.create_task(bulk(client, _chunks(lines, gate))) for lines in bodies]
+        writers = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE c.relname = 'leads' AND l.mode = 'RowExclusiveLock' AND l.pid <> pg_backend_pid()"
+        )
+        async with asyncio.timeout(10):  # until each body's first lead is written by its import
+            while await conn.fetchval(writers) < 2:
+                await asyncio.sleep(0.01)
+        gate.set()
+        answers = await asyncio.gather(*running)
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200, 409], answers
+    [refused] = [answer for status, answer in answers if status == 409]
+    assert refused["error"]["code"] == "conflict" and "retry" in refused["error"]["message"]
+    assert await attributes_by_email(conn, ACCOUNT) == {
+        "lead1@example.com": {"n": 1},
+        "lead2@example.com": {"n": 2},
+    }
