@@ -274,7 +274,7 @@ async def _leads_import(args: argparse.Namespace, config: config_mod.Config) -> 
 
 async def _leads_erase(args: argparse.Namespace, config: config_mod.Config) -> int:
     from mailerd import erasure
-    from mailerd.importer.parsing import has_bad_text
+    from mailerd.importer.parsing import canonical, has_bad_text
 
     try:
         key = erasure.configured_key(config)
@@ -283,12 +283,15 @@ async def _leads_erase(args: argparse.Namespace, config: config_mod.Config) -> i
         return 1
     # All checked before any is erased (each is erased in a transaction of its own): an address
     # the database cannot take (invalid UTF-8 from the terminal) stopped the command half-way.
-    bad = [a for a in args.addresses if has_bad_text(a) or "@" not in a or len(a) > 254]
+    # Trimmed and composed as the API takes them (" ada@example.com" pasted from a sheet erased
+    # nothing, and said "erased").
+    addresses = [canonical(a.strip()) for a in args.addresses]
+    bad = [a for a in addresses if has_bad_text(a) or "@" not in a or len(a) > 254]
     if bad:
         print(f"mailerd leads erase: not an email address: {bad[0]!r}", file=sys.stderr)
         return 2
     async with _connection(config) as conn:
-        for address in args.addresses:
+        for address in addresses:
             done = await erasure.erase(conn, account_id=args.account, key=key, by=args.by, emails=[address])
             counts = ", ".join(f"{name} {count}" for name, count in done.removed.items())
             print(f"erased {address} from account {args.account} (erasure {done.id}): {counts}")

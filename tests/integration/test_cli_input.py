@@ -33,6 +33,17 @@ async def test_leads_erase_checks_every_address_before_erasing_any(
     assert await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 7") == 1
 
 
+async def test_leads_erase_trims_an_address_as_the_api_does(conn: asyncpg.Connection, dsn: str) -> None:
+    # " user0@example.com" (pasted from a spreadsheet) erased nothing, recorded the hash of the
+    # untrimmed text, and exited 0 saying "erased": the person was still there
+    await add_leads(conn, 7, 1)  # user0@example.com
+    env = base_env(MAILERD_DSN=dsn, MAILERD_PRIVACY__ERASURE_KEY="k" * 40)
+    result = await mailerd("leads", "erase", "--account", "7", " user0@example.com\t", env=env)
+    assert result.returncode == 0, result
+    assert "erased user0@example.com from account 7" in result.stdout and "leads_deleted 1" in result.stdout
+    assert await conn.fetchval("SELECT count(*) FROM leads WHERE account_id = 7") == 0
+
+
 async def test_a_database_that_cannot_be_reached_is_one_line(dsn: str) -> None:
     missing = dsn.rsplit("/", 1)[0] + "/no_such_database_here"
     results = await asyncio.gather(
