@@ -32,8 +32,9 @@ Semantics (for users in docs/runbook.md, "Importing leads"):
   later line for the same address wins (as if the lines were applied one after another);
 - CSV: empty value = attribute absent; values are taken verbatim (not trimmed); a column whose
   non-empty values are all JSON-style numbers (no leading zeros, so zip codes stay strings)
-  is numeric and stored exactly as written (Postgres numeric: ``1.50`` stays ``1.50``); a column
-  of ``true``/``false`` (any case) is boolean; else string. ``--types col=string|number|boolean``
+  is numeric and stored with its digits as written (Postgres numeric: ``1.50`` stays ``1.50``,
+  ``2e3`` is ``2000``); a column of ``true``/``false`` (any case) is boolean; else string.
+  ``--types col=string|number|boolean``
   overrides, and rows whose value does not fit a forced type are rejected;
 - CSV quoted fields may span lines (a stray quote is caught: see :mod:`.csv_records`); line
   numbers are physical lines (first line of the record);

@@ -66,10 +66,14 @@ async def test_csv_infers_types_and_skips_empty_values(
         },
         "linus@example.org": {"age": 54, "score": -0.25, "zip": "00501", "note": "two\nlines"},
     }
-    # Numbers keep their exact decimal text.
+    # Numbers keep their exact decimal text (an exponent is applied, as Postgres numeric does).
     assert (
         await conn.fetchval("SELECT attributes->>'score' FROM leads WHERE email = 'ada@example.com'")
         == "1.50"
+    )
+    assert (
+        await conn.fetchval("SELECT attributes->>'score' FROM leads WHERE email = 'grace@example.com'")
+        == "2000"
     )
     out = capsys.readouterr().out
     assert out.startswith("imported 3, rejected 0, in ")
