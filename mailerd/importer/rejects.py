@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -84,14 +86,18 @@ class RejectSink:
         """Forget every reject (the import starts over)."""
         self.first.clear()
         self.count = 0
-        if self.stream is not None and self.stream.seekable():  # (a pipe keeps them twice)
+        if self.stream is not None:  # seekable: see reject_sink
             self.stream.seek(0)
             self.stream.truncate()
 
 
 @contextlib.contextmanager
 def reject_sink(rejects: Path | None) -> Iterator[RejectSink]:
-    """A sink writing to the ``--rejects`` file (when given), closed at the end of the run."""
+    """A sink writing to the ``--rejects`` file (when given), closed at the end of the run.
+
+    Rejects bound for a pipe (``--rejects /dev/stdout``) are gathered in a temporary file and
+    copied at the end: a run that starts over (:meth:`RejectSink.reset`) cannot take back what
+    a pipe was given, and every reject came out twice."""
     if rejects is None:
         yield RejectSink(None)
         return
@@ -100,7 +106,15 @@ def reject_sink(rejects: Path | None) -> Iterator[RejectSink]:
     except OSError as exc:
         raise ImportFailed(f"{rejects}: {exc.strerror or exc}") from None
     with stream:
-        yield RejectSink(stream)
+        if stream.seekable():
+            yield RejectSink(stream)
+            return
+        with tempfile.TemporaryFile() as spool:
+            try:
+                yield RejectSink(spool)
+            finally:
+                spool.seek(0)
+                shutil.copyfileobj(spool, stream)
 
 
 def exit_status(result: ImportResult) -> int:

@@ -424,6 +424,25 @@ async def test_column_that_turns_string_late_restarts_the_run(
     assert captured.out.startswith("imported 59, rejected 1, in ")
 
 
+async def test_a_restarted_run_reports_its_rejects_once_into_a_pipe_too(
+    conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --rejects /dev/stdout | jq: a pipe cannot be emptied when the run starts over, so every
+    # reject of the file came out twice (the first run reads on to the end for the types).
+    monkeypatch.setattr(source_mod, "CHUNK_CHARS", 64)
+    lines = ["email,code"] + [f"{'broken' if i == 3 else f'u{i}@example.com'},{i}" for i in range(60)]
+    path = tmp_path / "leads.csv"
+    path.write_text("\n".join([*lines, "u60@example.com,x9"]) + "\n", encoding="utf-8")
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as pipe:
+        with os.fdopen(write_end, "wb"):
+            assert await run(conn, path, rejects=Path(f"/dev/fd/{write_end}")) == 2
+        found = [orjson.loads(line) for line in pipe.read().splitlines()]
+    assert [r["line"] for r in found] == [5]
+    code = await conn.fetchval("SELECT attributes->>'code' FROM leads WHERE email = 'u60@example.com'")
+    assert code == "x9"
+
+
 async def test_non_ascii_addresses_are_one_lead_whatever_their_case(
     conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
