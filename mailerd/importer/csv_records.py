@@ -82,6 +82,7 @@ class Records:
         self.line = lines_before
         self.width = width
         self.email_index = email_index
+        self.strict = strict
         self._lines = _Lines(lines)
         self._reader = csv.reader(self._lines, strict=strict)
 
@@ -106,6 +107,12 @@ class Records:
             except csv.Error as exc:
                 if len(taken) > 1:
                     self._stray_quote(start, taken)
+                elif not self.strict and '"' not in taken[0]:
+                    # a value past csv's field limit, unquoted: the line is its fields, as the
+                    # lead import's fast path reads it (rejected only when a quote in its chunk
+                    # sent the chunk here)
+                    self.line += 1
+                    return Record(start, taken[0].rstrip("\r\n").split(","), taken[0])
                 else:
                     self.line += len(taken)
                     self.sink.add(start, f"malformed CSV: {exc}", "".join(taken))

@@ -625,6 +625,24 @@ async def test_a_stray_quote_rejects_its_line_and_the_lines_after_import(
     assert capsys.readouterr().out.startswith(f"imported {imported:,}, rejected {len(rejected_lines)}, in ")
 
 
+async def test_a_long_unquoted_value_imports_whatever_the_rows_around_it(
+    conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # A value past the csv module's field limit (131,072 characters), unquoted (a base64 avatar):
+    # imported from a file without quotes, rejected as "malformed CSV: field larger than field
+    # limit" when a quote elsewhere in its chunk sent the chunk through the csv module.
+    avatar = "QUJD" * 50_000
+    for name, other in (("plain.csv", "b@example.com,Bob"), ("quoted.csv", 'b@example.com,"Bob"')):
+        path = tmp_path / name
+        path.write_text(f"email,avatar\na@example.com,{avatar}\n{other}\n", encoding="utf-8")
+        assert await run(conn, path) == 0, name
+        assert await attributes_by_email(conn) == {
+            "a@example.com": {"avatar": avatar},
+            "b@example.com": {"avatar": "Bob"},
+        }
+        await conn.execute("DELETE FROM leads")
+
+
 async def test_quoted_values_over_many_lines_still_import(conn: asyncpg.Connection, tmp_path: Path) -> None:
     note = "\n".join(f'line {i}, with a comma and ""quotes""' for i in range(50))
     path = tmp_path / "leads.csv"
