@@ -72,7 +72,8 @@ class JsonlSource:
 
     def _too_long(self, raw: bytes) -> bool:
         assert self.max_line is not None
-        if len(raw.rstrip(b"\r\n")) <= self.max_line:
+        # (its line end's \r only: a line cut short may end in one where it was cut)
+        if len(raw.removesuffix(b"\r")) <= self.max_line:
             return False
         reason = f"the line is longer than {self.max_line:,} bytes"
         self.sink.add(self.line, reason, raw.decode("utf-8", "surrogateescape"))

@@ -98,8 +98,10 @@ class StreamLines:
     """The lines of a stream of blocks, without their ``\\n``, in batches (``readlines``).
 
     ``read`` returns the next block (``b""`` at the end). A line longer than ``max_line``
-    bytes is handed over cut to ``max_line + 1`` bytes, and the rest of it is dropped as it
-    arrives: at most one partial line is held.
+    bytes is handed over cut to ``max_line + 2`` bytes, and the rest of it is dropped as it
+    arrives: at most one partial line is held. (Two bytes past the limit: a line of the limit
+    with its ``\r`` is ``max_line + 1`` bytes, so a cut line is always longer than any whole
+    one the source takes.)
     """
 
     def __init__(self, read: Callable[[], bytes], *, max_line: int) -> None:
@@ -146,8 +148,8 @@ class StreamLines:
         if self.skipping or not tail:
             return
         self.rest += tail
-        if len(self.rest) > self.max_line:
-            self.rest = self.rest[: self.max_line + 1]
+        if len(self.rest) > self.max_line + 1:
+            self.rest = self.rest[: self.max_line + 2]
             self.skipping = True
 
 
