@@ -7,6 +7,7 @@ with keyset pagination.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
@@ -138,17 +139,28 @@ async def export_emails(
 ) -> None:
     """Every email of the campaign as CSV (with a header), streamed through ``write`` by COPY:
     the rows never sit in memory here. Times are UTC in ISO 8601 whatever the server's TimeZone
-    and DateStyle; a text a spreadsheet would run as a formula is quoted (see :func:`_cell`)."""
-    await conn.copy_from_query(
-        f"""SELECT lead_id, {_cell("address")}, status,
-                   to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS sent_at,
-                   {_cell("provider_message_id")}, {_cell("reason")}
-            FROM report_emails WHERE campaign_id = $1 ORDER BY lead_id""",
-        campaign_id,
-        output=write,
-        format="csv",
-        header=True,
-    )
+    and DateStyle; a text a spreadsheet would run as a formula is quoted (see :func:`_cell`).
+
+    When ``write`` raises (the client went away) or the task is cancelled, the connection is
+    closed: asyncpg abandons the COPY half-way (with a cancel request), and the pool's reset of
+    that connection would fail with "another operation is in progress"; closing it also ends
+    the COPY on the server."""
+    try:
+        await conn.copy_from_query(
+            f"""SELECT lead_id, {_cell("address")}, status,
+                       to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS sent_at,
+                       {_cell("provider_message_id")}, {_cell("reason")}
+                FROM report_emails WHERE campaign_id = $1 ORDER BY lead_id""",
+            campaign_id,
+            output=write,
+            format="csv",
+            header=True,
+        )
+    except BaseException:
+        # (a connection the server closed is already back to its pool: terminate() refuses it)
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
+        raise
 
 
 # --- a lead's history ---------------------------------------------------------------------------

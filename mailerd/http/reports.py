@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import structlog
 from aiohttp import hdrs, web
 
 from mailerd.db import campaigns as campaign_rows
@@ -34,6 +35,7 @@ from mailerd.relay import reports as reports_destination
 MAX_USAGE_DAYS = 3660
 DEFAULT_USAGE_DAYS = 30
 _T = typing.TypeVar("_T")
+log = structlog.get_logger(__name__)
 _SENDING = frozenset({"running", "paused", "scheduled"})
 
 
@@ -176,9 +178,17 @@ async def campaign_emails(request: web.Request) -> web.Response:
     return json_response(bodies.ReportEmailPage(as_of, [_email(row) for row in rows], next_after))
 
 
+def _client_gone(request: web.Request) -> bool:
+    """Whether the request's client has closed its connection (a streamed answer's write fails)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
     """GET /api/campaigns/{id}/emails.csv: every email, streamed by COPY (flat memory). HEAD
-    answers the same checks and headers, and runs no export."""
+    answers the same checks and headers, and runs no export. A client that goes away part-way
+    ends the COPY (its connection is closed: reports_read.export_emails) and is logged as
+    ``export_client_gone`` (info), not as an error."""
     campaign_id = parsing.campaign_id(request)
     reports = reports_pool(request)
     as_of = await _as_of(request)
@@ -190,11 +200,20 @@ async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
             "x-as-of": as_of.isoformat() if as_of else "",
         }
     )
-    async with reports.acquire() as conn:  # HEAD too: it answers 503 as GET does, database down
-        await response.prepare(request)
-        if request.method != hdrs.METH_HEAD:  # a probe: the headers, not a whole scan thrown away
-            await reports_read.export_emails(conn, campaign_id, response.write)
-    await response.write_eof()
+    try:
+        async with reports.acquire() as conn:
+            await response.prepare(request)  # HEAD too: it answers 503 as GET does, database down
+            if request.method != hdrs.METH_HEAD:  # a probe: the headers, not a whole scan thrown away
+                await reports_read.export_emails(conn, campaign_id, response.write)
+        await response.write_eof()
+    except asyncio.CancelledError:  # aiohttp cancels the handler of a client gone, when so set up
+        if _client_gone(request):
+            log.info("export_client_gone", campaign_id=campaign_id)
+        raise
+    except ConnectionError:  # an OSError, which the error middleware answers as the database down
+        if not _client_gone(request):
+            raise
+        log.info("export_client_gone", campaign_id=campaign_id)
     return response
 
 

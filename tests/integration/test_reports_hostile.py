@@ -4,16 +4,22 @@ zone and date style, and history cursors that were tampered with."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+import yarl
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
-from mailerd import campaigns
+from mailerd import campaigns, http
+from mailerd import config as config_mod
 from tests.integration import test_reports_api
 from tests.integration.helpers import daemon_config, new_campaign
 from tests.integration.test_reports_api import AUTH
@@ -100,3 +106,66 @@ async def test_a_tampered_history_cursor_is_a_422(
     )
     assert response.status == 422
     assert (await response.json())["error"]["field"] == "before"
+
+
+# The COPY statements running in this test's reports database (the server is shared).
+_COPIES = """SELECT {} FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'COPY%' AND pid <> pg_backend_pid()"""
+
+
+@pytest.fixture(params=["daemon", "cancelling"])
+async def api_url(
+    request: pytest.FixtureRequest, pool: asyncpg.Pool, reports: asyncpg.Pool
+) -> AsyncIterator[str]:
+    """A node's admin API served as the daemon serves it (a handler whose client went away runs
+    on, its writes fail), or as aiohttp's test server does (that handler is cancelled)."""
+    if request.param == "cancelling":
+        async with test_reports_api._api(pool, reports) as test_client:
+            yield str(test_client.make_url(""))
+        return
+    config = config_mod.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": test_reports_api.TOKEN})
+    app = http.build_app(http.Services(pool, config, http.Health(started=True), reports_pool=reports))
+    runner = await http.start(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{http.bound_port(runner)}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_client_gone_mid_export_ends_the_copy_and_logs_no_database_warning(
+    api_url: str, reports: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # the pool's release failed on the COPY still running ("another operation is in progress"):
+    # request_database_unavailable, a warning that alerts, for a client that went away
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await reports.execute(
+        """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
+                                      provider, provider_message_id, status)
+           SELECT $1, n, now(), 1, 'someone' || n || '@x.com', 'x.com', 'sink', 'm-' || n, 'sent'
+           FROM generate_series(1, 100000) n""",
+        campaign_id,
+    )
+    url = yarl.URL(f"{api_url}/api/campaigns/{campaign_id}/emails.csv")
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(
+            f"GET {url.path} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n\r\n".encode()
+        )
+        first = await reader.readuntil(b"lead_id,address")  # the headers and the CSV's start
+        assert first.startswith(b"HTTP/1.1 200")
+        writer.transport.abort()  # gone, the export far from done (7 MB)
+        ends = {"export_client_gone", "request_database_unavailable", "request_failed"}
+        async with asyncio.timeout(30):
+            while not any(entry["event"] in ends for entry in logs):
+                await asyncio.sleep(0.02)
+    assert [(e["event"], e["log_level"]) for e in logs] == [("export_client_gone", "info")], logs
+    async with asyncio.timeout(30):  # the COPY does not run on in the reports database
+        while await reports.fetchval(_COPIES.format("count(*)")):
+            await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        for _ in range(3):  # the reports pool's connections (two) serve the next requests
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert (await response.read()).count(b"\n") == 100_001
+        async with session.get(f"{api_url}/api/campaigns/{campaign_id}/report") as response:
+            assert response.status == 200 and (await response.json())["totals"]["sent"] == 0
