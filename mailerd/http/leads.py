@@ -54,7 +54,7 @@ def _plain(lead: bodies.StoredLead) -> dict[str, Any]:
 
 
 def _lead_id(request: web.Request) -> int:
-    """The ``{lead_id}`` of the path; 404 beyond 2^63 - 1."""
+    """The ``{lead_id}`` of the path; 404 naming it when it is not a whole number up to 2^63 - 1."""
     return parsing.path_id(request, "lead_id", "lead", minimum=0)
 
 

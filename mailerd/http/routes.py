@@ -20,6 +20,8 @@ from mailerd.http import (
 from mailerd.http.errors import json_response
 from mailerd.http.openapi import Route
 
+# A lead's {lead_id} in /api/leads/...: any one segment but "bulk" and "history".
+_LEAD_ID = "{lead_id:(?!(?:bulk|history)$)[^/]+}"
 OPENAPI: web.AppKey[dict[str, object]] = web.AppKey("openapi", dict)
 
 
@@ -132,8 +134,9 @@ ROUTES: tuple[Route, ...] = (
         {200: bodies.SuppressionRemoved, 404: bodies.ErrorBody, 409: bodies.ErrorBody},
         body=bodies.SuppressionExample,
     ),
-    # leads; ids are ASCII digits ([0-9]: \d takes other scripts' digits too), so that
-    # GET /api/leads/bulk is a 405, not a lead
+    # leads: {lead_id} is any one segment but the paths of their own (bulk, history), so that
+    # GET /api/leads/bulk is a 405, not a lead; what is not an id is the handler's 404 naming
+    # lead_id, as a campaign's {id} is (parsing.path_id)
     Route(
         "POST",
         "/api/leads/bulk",
@@ -170,7 +173,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/api/leads/{lead_id:[0-9]+}",
+        f"/api/leads/{_LEAD_ID}",
         leads.get_lead,
         "One lead",
         {200: bodies.StoredLead, 404: bodies.ErrorBody},
@@ -178,7 +181,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "DELETE",
-        "/api/leads/{lead_id:[0-9]+}",
+        f"/api/leads/{_LEAD_ID}",
         leads.delete_lead,
         "Delete a lead (erase=true: erase it everywhere)",
         {200: bodies.LeadDeleted, 404: bodies.ErrorBody, 409: bodies.ErrorBody},
@@ -186,7 +189,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/api/leads/{lead_id:[0-9]+}/history",
+        "/api/leads/{lead_id}/history",
         reports.lead_history,
         "A lead's emails and events, newest first",
         {200: report_bodies.History, 404: bodies.ErrorBody},
@@ -202,7 +205,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/api/accounts/{account_id:[0-9]+}/usage",
+        "/api/accounts/{account_id}/usage",
         reports.account_usage,
         "An account's emails and events per UTC day (billing, quotas)",
         {200: report_bodies.Usage, 404: bodies.ErrorBody},

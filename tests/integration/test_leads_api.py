@@ -275,9 +275,18 @@ async def test_pages_by_segment(pool: asyncpg.Pool, conn: asyncpg.Connection) ->
         ),
         ("GET", "/api/leads/1", {}, None, 422, "account_id"),
         ("GET", "/api/leads/99999999999999999999", {"account_id": "1"}, None, 404, "lead_id"),
-        ("GET", "/api/leads/abc", {"account_id": "1"}, None, 404, None),
-        ("GET", "/api/leads/-1", {"account_id": "1"}, None, 404, None),
-        ("GET", "/api/leads/\u0661", {"account_id": "1"}, None, 404, None),  # an Arabic-Indic 1
+        # not a whole number: 404 naming the path's id, as for a campaign (an unknown path before)
+        ("GET", "/api/leads/abc", {"account_id": "1"}, None, 404, "lead_id"),
+        ("GET", "/api/leads/-1", {"account_id": "1"}, None, 404, "lead_id"),
+        ("GET", "/api/leads/\u0661", {"account_id": "1"}, None, 404, "lead_id"),  # an Arabic-Indic 1
+        ("DELETE", "/api/leads/-1", {"account_id": "1"}, None, 404, "lead_id"),
+        ("GET", "/api/leads/abc/history", {"account_id": "1"}, None, 404, "lead_id"),
+        ("GET", "/api/leads/-1/history", {"account_id": "1"}, None, 404, "lead_id"),
+        ("GET", "/api/accounts/-1/usage", {}, None, 404, "account_id"),
+        ("GET", "/api/accounts/abc/usage", {}, None, 404, "account_id"),
+        ("GET", "/api/accounts/1.5/usage", {}, None, 404, "account_id"),
+        ("GET", "/api/campaigns/-1", {}, None, 404, "id"),
+        ("GET", "/api/campaigns/abc/report", {}, None, 404, "id"),
         ("GET", "/api/leads/" + "9" * 5000, {"account_id": "1"}, None, 404, "lead_id"),
         # more digits than int() takes (4,300): a 500 before, in every whole-number parameter
         ("GET", "/api/leads", {"account_id": "9" * 4301}, None, 422, "account_id"),
@@ -318,6 +327,7 @@ async def test_pages_by_segment(pool: asyncpg.Pool, conn: asyncpg.Connection) ->
         ("PUT", "/api/leads", {}, None, 405, None),
         ("GET", "/api/leads/bulk", {}, None, 405, None),
         ("DELETE", "/api/leads/bulk", {}, None, 405, None),
+        ("DELETE", "/api/leads/history", {}, None, 405, None),  # a path of its own, not a lead
         ("POST", "/api/leads/1", {}, None, 405, None),
     ],
 )
@@ -341,7 +351,8 @@ async def test_errors_are_json_naming_the_field_and_change_nothing(
     assert answer["error"]["field"] == field, answer
     if status == 405:
         allowed = set(response.headers["Allow"].split(","))
-        assert allowed == {"POST"} if path.endswith("bulk") else "DELETE" in allowed
+        want = {"bulk": {"POST"}, "history": {"GET", "HEAD"}}.get(path.rpartition("/")[2])
+        assert allowed == want if want else "DELETE" in allowed
     assert await conn.fetchval("SELECT count(*) FROM leads") == 0
 
 
