@@ -188,7 +188,8 @@ async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
     """GET /api/campaigns/{id}/emails.csv: every email, streamed by COPY (flat memory). HEAD
     answers the same checks and headers, and runs no export. A client that goes away part-way
     ends the COPY (its connection is closed: reports_read.export_emails) and is logged as
-    ``export_client_gone`` (info), not as an error."""
+    ``export_client_gone`` (info), not as an error. A failure once the CSV has started closes
+    the client's connection (an error answer can no longer be sent)."""
     campaign_id = parsing.campaign_id(request)
     reports = reports_pool(request)
     as_of = await _as_of(request)
@@ -210,10 +211,17 @@ async def campaign_emails_csv(request: web.Request) -> web.StreamResponse:
         if _client_gone(request):
             log.info("export_client_gone", campaign_id=campaign_id)
         raise
-    except ConnectionError:  # an OSError, which the error middleware answers as the database down
-        if not _client_gone(request):
-            raise
-        log.info("export_client_gone", campaign_id=campaign_id)
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and _client_gone(request):
+            # (an OSError, which the error middleware would answer as the database down)
+            log.info("export_client_gone", campaign_id=campaign_id)
+            return response
+        if response.prepared and request.transport is not None:
+            # The 200 and part of the CSV are sent: the error middleware's answer would be
+            # written into the CSV. Closing the connection instead ends the body without its
+            # last chunk: the client sees the export cut short, not a complete one.
+            request.transport.close()
+        raise
     return response
 
 

@@ -169,3 +169,41 @@ async def test_a_client_gone_mid_export_ends_the_copy_and_logs_no_database_warni
                 assert (await response.read()).count(b"\n") == 100_001
         async with session.get(f"{api_url}/api/campaigns/{campaign_id}/report") as response:
             assert response.status == 200 and (await response.json())["totals"]["sent"] == 0
+
+
+async def test_a_database_failure_mid_export_cuts_the_export_short(
+    api_url: str, reports: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # the error middleware's 503 was written into the CSV's body ("...\r\nHTTP/1.1 503 Service
+    # Unavailable..."), past the chunked framing, and the connection kept open: aiohttp's client
+    # waited on, for minutes
+    campaign_id = await campaigns.create(conn, new_campaign(start=False), daemon_config(1))
+    await reports.execute(
+        """INSERT INTO report_emails (campaign_id, lead_id, sent_at, account_id, address, domain,
+                                      provider, provider_message_id, status)
+           SELECT $1, n, now(), 1, 'someone' || n || '@x.com', 'x.com', 'sink', 'm-' || n, 'sent'
+           FROM generate_series(1, 100000) n""",
+        campaign_id,
+    )
+    url = f"{api_url}/api/campaigns/{campaign_id}/emails.csv"
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        with capture_logs() as logs:
+            async with session.get(url) as response:
+                assert response.status == 200
+                received = await response.content.readexactly(100)
+                killed = await reports.fetchval(_COPIES.format("count(pg_terminate_backend(pid))"))
+                assert killed == 1
+                async with asyncio.timeout(30):
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        while chunk := await response.content.read(65536):
+                            received += chunk
+            async with asyncio.timeout(30):
+                while not logs:
+                    await asyncio.sleep(0.02)
+        assert b"HTTP/1.1" not in received and received.count(b"\n") < 100_001
+        assert [(e["event"], e["log_level"]) for e in logs] == [
+            ("request_database_unavailable", "warning")
+        ], logs
+        async with session.get(url) as response:  # the next export is whole
+            assert response.status == 200
+            assert (await response.read()).count(b"\n") == 100_001
