@@ -51,6 +51,19 @@ def test_the_template_differs_from_the_unit_only_in_what_makes_an_instance() -> 
     assert ("Service", "EnvironmentFile", "/etc/mailerd/%i.env") in template
 
 
+@pytest.mark.parametrize("source", [UNIT, TEMPLATE])
+def test_a_node_started_while_postgres_is_down_is_restarted_until_it_answers(source: Path) -> None:
+    """``mailerd run`` exits 1 within a second or two when Postgres does not answer, and
+    ``Restart=on-failure`` starts it again RestartSec later: a start limit that such a loop can use
+    up leaves the node stopped for good once Postgres is back (``start-limit-hit``)."""
+    settings = {key: value for _, key, value in _directives(source)}
+    assert settings["Restart"] == "on-failure"
+    interval = float(settings.get("StartLimitIntervalSec", "10"))
+    burst = int(settings.get("StartLimitBurst", "5"))
+    shortest_cycle = float(settings["RestartSec"])  # the failed start itself takes a little more
+    assert interval == 0 or shortest_cycle * burst > interval, (interval, burst, shortest_cycle)
+
+
 def _verify(tmp_path: Path, source: Path, name: str) -> tuple[int, str]:
     """systemd-analyze verify of a copy named ``name`` whose ExecStart exists (verify checks)."""
     analyze = shutil.which("systemd-analyze")
