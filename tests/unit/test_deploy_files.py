@@ -64,6 +64,18 @@ def test_a_node_started_while_postgres_is_down_is_restarted_until_it_answers(sou
     assert interval == 0 or shortest_cycle * burst > interval, (interval, burst, shortest_cycle)
 
 
+@pytest.mark.parametrize("source", [UNIT, ROOT / "docs" / "runbook.md", ROOT / "README.md"])
+def test_the_install_steps_migrate_with_the_secrets_of_the_unit(source: Path) -> None:
+    """The DSN is in /etc/mailerd/env, which only systemd reads: a ``mailerd migrate`` run from a
+    shell without it migrates ``database.dsn`` of the file (the example's embedded database)."""
+    lines = source.read_text("utf-8").splitlines()
+    steps = [n for n, line in enumerate(lines) if "mailerd migrate --config /etc/mailerd/" in line]
+    assert steps
+    for n in steps:
+        before = lines[n - 1] + lines[n][: lines[n].index("mailerd migrate")]
+        assert ". /etc/mailerd/env" in before, lines[n]
+
+
 def _verify(tmp_path: Path, source: Path, name: str) -> tuple[int, str]:
     """systemd-analyze verify of a copy named ``name`` whose ExecStart exists (verify checks)."""
     analyze = shutil.which("systemd-analyze")
