@@ -91,7 +91,7 @@ def print_status(entries: list[dict[str, Any]], *, as_json: bool, out: TextIO = 
         out.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     if not entries:
-        out.write("no relay destination configured ([kafka], [callbacks.NAME])\n")
+        out.write("no relay destination configured ([kafka], [callbacks.NAME], [reports])\n")
         return
     out.write(f"relay lock held by: {entries[0]['relay'] or 'nobody'}\n")
     for entry in entries:
