@@ -244,11 +244,12 @@ def _chunks(rows: Iterator[tuple[int, str, str]], size: int) -> Iterator[list[tu
 async def run_import_cli(
     conn: asyncpg.Connection, *, account_id: int, path: Path, reason: str | None, rejects: Path | None = None
 ) -> int:
-    """``mailerd suppressions import``: 0 nothing rejected, 2 some rejected, 1 nothing valid."""
+    """``mailerd suppressions import``: 0 nothing rejected, 2 some rejected (or a bad ``--reason``:
+    a usage error), 1 nothing valid."""
     problem = check_reason(reason) if reason is not None else None
     if problem is not None:
         print(f"mailerd suppressions import: --reason: {problem}", file=sys.stderr)
-        return 1
+        return 2
     try:
         result = await import_file(
             conn, account_id, path, reason=(reason or DEFAULT_IMPORT_REASON).strip(), rejects=rejects
@@ -270,7 +271,7 @@ async def run_list_cli(
     """``mailerd suppressions list``: one page, by address; prints ``next: ADDRESS`` if more."""
     if has_bad_text(after):
         print(f"mailerd suppressions list: --after: {bad_text_reason(after)}", file=sys.stderr)
-        return 1
+        return 2
     rows = await page(conn, account_id, after=after.strip(), limit=limit)
     if as_json:
         sys.stdout.write(orjson.dumps([r.as_dict() for r in rows]).decode() + "\n")
@@ -291,24 +292,25 @@ async def run_change_cli(
     reason: str | None,
     config: Config | None = None,
 ) -> int:
-    """``mailerd suppressions add|remove``: 0 done (or already so), 1 invalid (or an erased entry
-    that cannot be checked without the erasure key), 3 not suppressed."""
+    """``mailerd suppressions add|remove``: 0 done (or already so), 2 an invalid address or reason
+    (a usage error), 1 an erased entry that cannot be checked without the erasure key, 3 not
+    suppressed."""
     address = normalise(email, strict=action == "add")
     if address is None:
         shown = printable(email[:100])
         print(f"mailerd suppressions {action}: email: not an email address: {shown!r}", file=sys.stderr)
-        return 1
+        return 2
     problem = check_reason(reason) if reason is not None else None
     if problem is not None:
         print(f"mailerd suppressions {action}: --reason: {problem}", file=sys.stderr)
-        return 1
+        return 2
     if action == "add":
         row, created = await add(conn, account_id, address, (reason or "manual").strip(), "cli")
         print(f"{'added' if created else 'already suppressed'}: {row.email} ({row.reason})")
         return 0
     if reason is None:
         print("mailerd suppressions remove: --reason is required", file=sys.stderr)
-        return 1
+        return 2
     try:
         pads = await erasure.suppression_pads(conn, config, account_id) if config is not None else None
     except erasure.ErasureUnavailable as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+from collections.abc import Callable
 
 from mailerd import config as config_mod
 from mailerd import models
@@ -34,6 +35,22 @@ def _limit(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {text}")
     return value
+
+
+def _within(low: int, high: int) -> Callable[[str], int]:
+    """An integer from ``low`` to ``high``, for argparse: a usage error (exit 2) naming the option,
+    not a failure (exit 1) found once the configuration was read."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
+        return value
+
+    return parse
 
 
 def _rate(text: str) -> float:
@@ -98,7 +115,14 @@ def parser() -> argparse.ArgumentParser:
     )
     reports.add_parser("migrate", parents=[common], help="apply pending migrations of the reports database")
     p = sub.add_parser("partitions", parents=[common], help="create partitions ahead, drop old ones")
-    p.add_argument("--days", type=int, default=None, help="days ahead to create (default: config, 7)")
+    # 100000 made partitions to 2300. 1 is allowed here, unlike in the config: an on-demand run that
+    # creates fewer days removes none, and the daemon's rounds still create the configured ones.
+    p.add_argument(
+        "--days",
+        type=_within(1, 366),
+        default=None,
+        help="days ahead to create, 1 to 366 (default: config, 7)",
+    )
     sub.add_parser("check-config", parents=[common], help="print the resolved configuration, redacted")
 
     segment = sub.add_parser("segment", help="segment tools").add_subparsers(
@@ -133,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p = suppress.add_parser("list", parents=[common], help="list an account's suppressions")
     p.add_argument("--account", type=_account_id, required=True, help="account id")
     p.add_argument("--after", default="", help="start after this address (keyset pagination)")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_within(1, 10_000), default=100, help="1 to 10000 (default 100)")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     for action in ("add", "remove"):
         p = suppress.add_parser(action, parents=[common], help=f"{action} one address")

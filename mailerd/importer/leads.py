@@ -179,10 +179,16 @@ async def run_cli(
     types: str | None,
     rejects: Path | None,
 ) -> int:
-    """`mailerd leads import`: 0 all rows imported, 2 some rejected, 1 nothing imported."""
+    """`mailerd leads import`: 0 all rows imported, 2 some rejected (or a bad ``--types``: a usage
+    error), 1 nothing imported."""
+    try:
+        column_types = parse_types(types)
+    except ImportFailed as exc:
+        print(f"mailerd leads import: {exc}", file=sys.stderr)
+        return 2
     try:
         result = await import_file(
-            conn, account_id=account_id, path=path, types=parse_types(types), rejects=rejects
+            conn, account_id=account_id, path=path, types=column_types, rejects=rejects
         )
     except ImportFailed as exc:
         print(f"mailerd leads import: {exc}", file=sys.stderr)

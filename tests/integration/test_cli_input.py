@@ -91,12 +91,30 @@ async def test_relay_replay_and_campaign_arguments_are_checked(dsn: str, tmp_pat
     campaign, early, backwards, nan_rate, huge_account, tiny_rate = results
     assert campaign.returncode == 2 and "--campaign" in campaign.stderr, campaign  # argparse
     assert early.returncode == 2 and "out of range once in UTC" in early.stderr, early
-    assert backwards.returncode == 1 and "must be before --to" in backwards.stderr, backwards
+    assert backwards.returncode == 2 and "must be before --to" in backwards.stderr, backwards
     assert nan_rate.returncode == 2 and "--rate" in nan_rate.stderr, nan_rate
     assert huge_account.returncode == 2 and "--account" in huge_account.stderr, huge_account
     assert tiny_rate.returncode == 2, tiny_rate
     assert "--rate: expected a number of at least 1e-05, got 5e-324" in tiny_rate.stderr, tiny_rate
     for result in results:
+        assert "Traceback" not in result.stderr, result.stderr
+
+
+async def test_every_usage_error_exits_2_naming_the_option(dsn: str) -> None:
+    # partitions --days 0, suppressions list --limit 0 and replay --dead-letters --to exited 1
+    env = base_env(MAILERD_DSN=dsn)
+    results = await asyncio.gather(
+        mailerd("partitions", "--days", "0", env=env),
+        mailerd("suppressions", "list", "--account", "1", "--limit", "0", env=env),
+        mailerd("suppressions", "list", "--account", "1", "--limit", "10001", env=env),
+        mailerd("relay", "replay", "--destination", "kafka", "--dead-letters", "--to", "2026-01-01", env=env),
+        mailerd("relay", "replay", "--destination", "kafka", "--dead-letters", "--campaign", "1", env=env),
+        mailerd("suppressions", "add", "--account", "1", "not-an-address", env=env),
+    )
+    named = ["--days", "--limit", "--limit", "--to", "--campaign", "not an email address"]
+    for result, option in zip(results, named, strict=True):
+        assert result.returncode == 2, result
+        assert option in result.stderr, result
         assert "Traceback" not in result.stderr, result.stderr
 
 

@@ -290,7 +290,6 @@ async def test_a_reason_shows_only_the_start_of_a_long_value(
         (b"email,\xffname\na@example.com,x\n", None, "unreadable header"),
         (b"email,email\na@example.com,b@example.com\n", None, "repeats column"),
         (b"email,age\na@example.com,1\n", "size=number", "not in the header"),
-        (b"email,age\na@example.com,1\n", "age=date", "unknown type"),
     ],
 )
 async def test_fatal_errors_import_nothing(
@@ -309,6 +308,21 @@ async def test_fatal_errors_import_nothing(
     err = capsys.readouterr().err
     assert message in err
     assert "leads.csv" in err or "--types" in err
+
+
+@pytest.mark.parametrize(
+    ("types", "message"),
+    [("age=date", "--types: unknown type 'date'"), ("age", "--types: expected column=type")],
+)
+async def test_a_bad_types_argument_is_a_usage_error(
+    conn: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str], types: str, message: str
+) -> None:
+    # exit 1 (a failure) it was, unlike every other command's refused argument
+    path = tmp_path / "leads.csv"
+    path.write_bytes(b"email,age\na@example.com,1\n")
+    assert await run(conn, path, types=types) == 2
+    assert message in capsys.readouterr().err
+    assert await conn.fetchval("SELECT count(*) FROM leads") == 0
 
 
 async def test_many_rows_cross_chunks(

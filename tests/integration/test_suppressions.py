@@ -441,7 +441,7 @@ async def test_change_cli_names_the_bad_argument_and_changes_nothing(
 ) -> None:
     await suppressions.add(conn, 1, "a@example.com", "complaint", "webhook")
     status = await suppressions.run_change_cli(conn, action=action, account_id=1, email=email, reason=reason)
-    assert status == 1
+    assert status == 2  # a usage error, as in every command (it exited 1, a failure)
     assert capsys.readouterr().err.startswith(f"mailerd suppressions {action}: {message}")
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 1
     assert len(await _audit(conn)) == 1
@@ -453,7 +453,7 @@ async def test_import_cli_refuses_a_reason_postgres_cannot_store(
     path = tmp_path / "list.txt"
     path.write_text("a@example.com\n")
     for reason, message in (("re\x00ason", "contains a NUL character"), ("x" * 501, "at most 500")):
-        assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=reason) == 1
+        assert await suppressions.run_import_cli(conn, account_id=1, path=path, reason=reason) == 2
         assert capsys.readouterr().err.startswith(f"mailerd suppressions import: --reason: {message}")
     assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
 
@@ -462,7 +462,7 @@ async def test_list_cli_refuses_an_after_postgres_cannot_compare(
     conn: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for after, message in (("a\x00", "NUL character"), ("caf\udce9", "invalid UTF-8")):
-        assert await suppressions.run_list_cli(conn, account_id=1, after=after, limit=10, as_json=False) == 1
+        assert await suppressions.run_list_cli(conn, account_id=1, after=after, limit=10, as_json=False) == 2
         assert capsys.readouterr().err.startswith(f"mailerd suppressions list: --after: {message}")
 
 
