@@ -33,27 +33,36 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     """Read the TOML file (if any), apply environment overrides, validate, and freeze.
 
     ``path=None`` means ``$MAILERD_CONFIG`` or :data:`DEFAULT_CONFIG_PATH`; a missing default
-    file is not an error (defaults apply), a missing named file is.
+    file is not an error (defaults apply), a missing named file is, and so is any file that
+    cannot be read.
     """
     env = os.environ if env is None else env
     explicit = path is not None or "MAILERD_CONFIG" in env
     file_path = Path(path if path is not None else env.get("MAILERD_CONFIG", DEFAULT_CONFIG_PATH))
     raw: dict[str, Any] = {}
     source = "<defaults>"
-    if file_path.exists():
-        source = str(file_path)
-        try:
-            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config error: {file_path}: {exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config error: {file_path}: not UTF-8 text") from None
-        except ValueError as exc:  # a whole number of more than 4300 digits: Python refuses to read it
-            raise ConfigError(f"config error: {file_path}: {str(exc).split(';')[0]}") from None
-        except OSError as exc:
-            raise ConfigError(f"config error: {file_path}: {exc.strerror}") from None
-    elif explicit:
-        raise ConfigError(f"config error: {file_path}: no such file")
+    try:
+        # Absence is told by opening the file, never by Path.exists(): that answers False for a
+        # symlink loop (and, from Python 3.12, for a directory this user cannot search), and the
+        # daemon then ran on the defaults (an embedded database) instead of refusing to start.
+        data = file_path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        if explicit:
+            raise ConfigError(f"config error: {file_path}: no such file") from None
+        return from_mapping(raw, source=source, env=env)
+    except OSError as exc:
+        raise ConfigError(f"config error: {file_path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL character in the path
+        raise ConfigError(f"config error: {file_path}: {exc}") from None
+    source = str(file_path)
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {file_path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: {file_path}: not UTF-8 text") from None
+    except ValueError as exc:  # a whole number of more than 4300 digits: Python refuses to read it
+        raise ConfigError(f"config error: {file_path}: {str(exc).split(';')[0]}") from None
     return from_mapping(raw, source=source, env=env)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from mailerd import config
+from mailerd.config import loading
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "mailerd.example.toml"
 
@@ -92,7 +94,7 @@ def load_error(path: Path, env: dict[str, str] | None = None) -> str:
 
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(loading, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
     loaded = config.load(env={})
     assert loaded == config.Config()
     assert loaded.source == "<defaults>"
@@ -411,8 +413,46 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_default_file_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(loading, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
     assert config.load(env={}).source == "<defaults>"
+
+
+def test_a_default_path_under_a_regular_file_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").write_text("", encoding="utf-8")  # ENOTDIR: no such file, as ENOENT
+    monkeypatch.setattr(loading, "DEFAULT_CONFIG_PATH", str(tmp_path / "etc" / "mailerd.toml"))
+    assert config.load(env={}).source == "<defaults>"
+
+
+def test_a_default_file_that_cannot_be_opened_is_an_error_not_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path.exists() answered False for it, and the daemon ran on an embedded database
+    loop = tmp_path / "mailerd.toml"
+    loop.symlink_to(loop)
+    monkeypatch.setattr(loading, "DEFAULT_CONFIG_PATH", str(loop))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(env={})
+    assert str(info.value) == f"config error: {loop}: Too many levels of symbolic links"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root searches any directory")
+def test_a_default_file_in_an_unsearchable_directory_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # from Python 3.12, Path.exists() answers False for it
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    (directory / "mailerd.toml").write_text("[logging]\n", encoding="utf-8")
+    monkeypatch.setattr(loading, "DEFAULT_CONFIG_PATH", str(directory / "mailerd.toml"))
+    directory.chmod(0)
+    try:
+        with pytest.raises(config.ConfigError) as info:
+            config.load(env={})
+    finally:
+        directory.chmod(0o700)
+    assert str(info.value) == f"config error: {directory / 'mailerd.toml'}: Permission denied"
 
 
 def test_mailerd_config_names_the_file(tmp_path: Path) -> None:
