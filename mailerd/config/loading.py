@@ -37,6 +37,13 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     cannot be read.
     """
     env = os.environ if env is None else env
+    # Path("") is ".": an empty value was "config error: .: Is a directory", naming nothing.
+    if path is not None and not os.fspath(path):
+        raise ConfigError("config error: --config: empty path")
+    if path is None and env.get("MAILERD_CONFIG") == "":
+        raise ConfigError(
+            f"config error: environment: MAILERD_CONFIG: empty (unset it for {DEFAULT_CONFIG_PATH})"
+        )
     explicit = path is not None or "MAILERD_CONFIG" in env
     file_path = Path(path if path is not None else env.get("MAILERD_CONFIG", DEFAULT_CONFIG_PATH))
     raw: dict[str, Any] = {}

@@ -455,6 +455,18 @@ def test_a_default_file_in_an_unsearchable_directory_is_an_error(
     assert str(info.value) == f"config error: {directory / 'mailerd.toml'}: Permission denied"
 
 
+def test_an_empty_config_path_is_named() -> None:
+    # it was "config error: .: Is a directory" (Path("") is the working directory)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(env={"MAILERD_CONFIG": ""})
+    assert str(info.value) == (
+        f"config error: environment: MAILERD_CONFIG: empty (unset it for {config.DEFAULT_CONFIG_PATH})"
+    )
+    with pytest.raises(config.ConfigError) as info:
+        config.load("", env={})
+    assert str(info.value) == "config error: --config: empty path"
+
+
 def test_mailerd_config_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
     assert config.load(env={"MAILERD_CONFIG": str(path)}).source == str(path)
