@@ -203,8 +203,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     if "MAILERD_DSN" in env:
         data.setdefault("database", {})["dsn"] = EnvText(env["MAILERD_DSN"], "MAILERD_DSN")
     if "MAILERD_ADMIN_TOKEN" in env:
-        tokens = [t.strip() for t in env["MAILERD_ADMIN_TOKEN"].split(",") if t.strip()]
-        data.setdefault("http", {})["admin_tokens"] = tokens
+        # Split at commas when coerced, as MAILERD_HTTP__ADMIN_TOKENS is; as EnvText so that an
+        # error (the example file's placeholder, a control character) names this variable.
+        token_text = EnvText(env["MAILERD_ADMIN_TOKEN"], "MAILERD_ADMIN_TOKEN")
+        data.setdefault("http", {})["admin_tokens"] = token_text
     in_file = data.get("providers")
     file_providers = sorted(in_file) if isinstance(in_file, dict) else []
     for key, value in env.items():

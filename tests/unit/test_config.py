@@ -733,6 +733,27 @@ def test_env_dsn_and_admin_tokens(tmp_path: Path) -> None:
         assert secret not in repr(loaded)
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("tok-1,CHANGE-ME", "CHANGE-ME is the example environment file's placeholder"),
+        ("tok-1,a\tb", "holds control characters"),
+    ],
+)
+def test_an_admin_token_error_names_the_shortcut_variable(value: str, problem: str) -> None:
+    # the message named [http] admin_tokens only: not in the file, and not the variable set
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": value})
+    assert problem in str(info.value)
+    assert str(info.value).endswith("(from the environment: MAILERD_ADMIN_TOKEN)")
+
+
+def test_admin_tokens_from_the_shortcut_are_split_and_stripped() -> None:
+    loaded = config.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": " 12345 , tok-2,,"})
+    assert [t.reveal() for t in loaded.http.admin_tokens] == ["12345", "tok-2"]
+    assert config.from_mapping({}, env={"MAILERD_ADMIN_TOKEN": ""}).http.admin_tokens == ()
+
+
 def test_env_section_overrides_take_toml_values(tmp_path: Path) -> None:
     env = {
         "MAILERD_WRITER__FLUSH_ROWS": "700",
