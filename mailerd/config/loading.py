@@ -207,8 +207,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         # error (the example file's placeholder, a control character) names this variable.
         token_text = EnvText(env["MAILERD_ADMIN_TOKEN"], "MAILERD_ADMIN_TOKEN")
         data.setdefault("http", {})["admin_tokens"] = token_text
-    in_file = data.get("providers")
-    file_providers = sorted(in_file) if isinstance(in_file, dict) else []
+    file_tables = {
+        section: sorted(tables) if isinstance(tables := data.get(section), dict) else []
+        for section in _DEFINED_BY
+    }
     for key, value in env.items():
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or "__" not in upper:
@@ -219,28 +221,41 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             raise ConfigError(f"config error: environment: {key}: not a known setting")
         if isinstance(target, dict):
             target[parts[-1]] = EnvText(value, key)
-    _check_env_providers(data, env, file_providers)
+    _check_env_tables(data, env, file_tables)
 
 
-def _check_env_providers(data: dict[str, Any], env: Mapping[str, str], file_providers: list[str]) -> None:
-    """A provider the file does not define comes from the environment only with its ``KIND``:
-    a key meant for ``[providers.newsletter]`` but named after its kind
-    (``MAILERD_PROVIDERS__SENDGRID__API_KEY``) would otherwise make a second provider, of kind
-    ``ses``, and leave the operator's own without its key."""
-    providers = data.get("providers")
-    if not isinstance(providers, dict):
-        return
-    for name, table in providers.items():
-        if name in file_providers or not isinstance(table, dict) or "kind" in table:
+# The tables of named tables, the key that defines one from the environment alone, and what it is.
+_DEFINED_BY = {
+    "providers": ("kind", "provider"),
+    "callbacks": ("url", "callback endpoint"),
+    "pace": ("domains", "domain group"),
+}
+
+
+def _check_env_tables(
+    data: dict[str, Any], env: Mapping[str, str], file_tables: dict[str, list[str]]
+) -> None:
+    """A provider, callback endpoint or domain group the file does not define comes from the
+    environment only with its defining key (``KIND``, ``URL``, ``DOMAINS``): a key meant for
+    ``[providers.newsletter]`` but named after its kind (``MAILERD_PROVIDERS__SENDGRID__API_KEY``)
+    would otherwise make a second provider, of kind ``ses``, and leave the operator's own without
+    its key; a callback's secret under a misspelt name was refused as a missing url."""
+    for section, (defining, what) in _DEFINED_BY.items():
+        tables = data.get(section)
+        if not isinstance(tables, dict):
             continue
-        prefix = f"{ENV_PREFIX}PROVIDERS__{name.upper()}__"
-        named = sorted(key for key in env if key.upper().startswith(prefix))
-        known = ", ".join(f"[providers.{n}]" for n in file_providers) or "none"
-        raise ConfigError(
-            f"config error: environment: {named[0] if named else prefix + '...'}: the configuration "
-            f"file has no [providers.{name}] (it has: {known}); set {prefix}KIND too to define "
-            "that provider from the environment"
-        )
+        in_file = file_tables[section]
+        for name, table in tables.items():
+            if name in in_file or not isinstance(table, dict) or defining in table:
+                continue
+            prefix = f"{ENV_PREFIX}{section.upper()}__{name.upper()}__"
+            named = sorted(key for key in env if key.upper().startswith(prefix))
+            known = ", ".join(f"[{section}.{n}]" for n in in_file) or "none"
+            raise ConfigError(
+                f"config error: environment: {named[0] if named else prefix + '...'}: the configuration "
+                f"file has no [{section}.{name}] (it has: {known}); set {prefix}{defining.upper()} too "
+                f"to define that {what} from the environment"
+            )
 
 
 def _env_target(data: dict[str, Any], parts: list[str]) -> dict[str, Any] | bool:

@@ -806,6 +806,35 @@ def test_env_keys_of_a_provider_the_file_does_not_define_are_refused(tmp_path: P
     assert loaded.provider("newsletter").api_key is None
 
 
+def test_env_keys_of_a_callback_or_pace_group_the_file_does_not_define_are_refused(tmp_path: Path) -> None:
+    # "[callbacks.hooks] url: expected an http:// or https:// URL" it was, as for providers before
+    path = write(tmp_path, '[callbacks.app]\nurl = "https://app.example.com/hooks"')
+    assert load_error(path, {"MAILERD_CALLBACKS__HOOKS__SECRET": "whsec_x"}) == (
+        "config error: environment: MAILERD_CALLBACKS__HOOKS__SECRET: the configuration file has "
+        "no [callbacks.hooks] (it has: [callbacks.app]); set MAILERD_CALLBACKS__HOOKS__URL too to "
+        "define that callback endpoint from the environment"
+    )
+    assert load_error(path, {"MAILERD_PACE__GMAIL__RATE_PER_S": "3"}) == (
+        "config error: environment: MAILERD_PACE__GMAIL__RATE_PER_S: the configuration file has no "
+        "[pace.gmail] (it has: none); set MAILERD_PACE__GMAIL__DOMAINS too to define that domain group "
+        "from the environment"
+    )
+    secret = "whsec_" + "A" * 24
+    loaded = config.load(
+        path,
+        env={
+            "MAILERD_CALLBACKS__APP__SECRET": secret,
+            "MAILERD_CALLBACKS__HOOKS__URL": "https://b.example.com/",
+            "MAILERD_CALLBACKS__HOOKS__SECRET": secret,
+            "MAILERD_PACE__GMAIL__DOMAINS": '["gmail.com"]',
+            "MAILERD_PACE__GMAIL__RATE_PER_S": "3",
+        },
+    )
+    assert sorted(loaded.callbacks) == ["app", "hooks"]
+    assert loaded.callbacks["app"].secret == config.Secret(secret)
+    assert loaded.pace["gmail"].domains == ("gmail.com",)
+
+
 def test_env_provider_name_matches_case_insensitively(tmp_path: Path) -> None:
     path = write(tmp_path, '[providers.MySES]\nkind = "ses"')
     loaded = config.load(path, env={"MAILERD_PROVIDERS__MYSES__RATE_PER_S": "3"})
