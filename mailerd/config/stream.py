@@ -30,8 +30,9 @@ class RelayConfig:
     # (more: the relay catches up sooner, and takes that much more of the sending database's CPU).
     read_connections: int = _within(1, 1, 16)
     lock_retry_s: float = _within(1.0, 0.05, 60)
-    retry_base_s: float = _within(0.5, 0, 3600, low_open=True)
-    retry_max_s: float = _within(30.0, 0, 3600, low_open=True)
+    # Floors: 1e-9 was taken, and a failing destination was retried in a near-busy loop.
+    retry_base_s: float = _within(0.5, 0.05, 3600)
+    retry_max_s: float = _within(30.0, 1, 3600)
     # "earliest": a new destination gets every row written since the relay's migration;
     # "latest": only what commits after it first runs (older rows: `mailerd relay replay`).
     start: Literal["earliest", "latest"] = "earliest"

@@ -24,7 +24,7 @@ FAST_RELAY = {
     "batch_records": 400,
     "lock_retry_s": 0.2,
     "retry_base_s": 0.05,
-    "retry_max_s": 0.5,
+    "retry_max_s": 1.0,
 }
 
 

@@ -39,7 +39,7 @@ from tests.integration.test_cli_basics import base_env, mailerd
 TOKEN = "report-token"
 SECRET = config_mod.Secret(TOKEN)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-FAST_RELAY = {"poll_interval_ms": 50, "batch_records": 400, "retry_base_s": 0.05, "retry_max_s": 0.5}
+FAST_RELAY = {"poll_interval_ms": 50, "batch_records": 400, "retry_base_s": 0.05, "retry_max_s": 1.0}
 STATUSES = {1: "sent", 2: "failed", 3: "unknown", 4: "suppressed"}
 EVENT_COUNTERS = {
     "delivered": "delivered",

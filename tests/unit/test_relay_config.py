@@ -113,6 +113,13 @@ def _error(raw: dict[str, object], env: dict[str, str] | None = None) -> str:
             {"relay": {"retry_base_s": 5, "retry_max_s": 1}},
             "[relay] retry_max_s: must be at least retry_base_s",
         ),
+        # 1e-9 was taken: a failing destination retried in a near-busy loop
+        ({"relay": {"retry_base_s": 1e-9}}, "[relay] retry_base_s: must be at least 0.05"),
+        (
+            {"relay": {"retry_max_s": 0.01, "retry_base_s": 0.01}},
+            "[relay] retry_base_s: must be at least 0.05",
+        ),
+        ({"relay": {"retry_max_s": 0.5}}, "[relay] retry_max_s: must be at least 1"),
     ],
 )
 def test_bad_relay_settings_are_named(raw: dict[str, object], message: str) -> None:
