@@ -199,9 +199,9 @@ def _files(name: str | None) -> int:
         return 0
     try:
         content = shipped.read(name)
-    except KeyError as exc:
+    except KeyError as exc:  # a name that is not one of the list: a usage error
         print(f"mailerd files: {exc.args[0]}", file=sys.stderr)
-        return 1
+        return 2
     sys.stdout.buffer.write(content)
     sys.stdout.flush()
     return 0

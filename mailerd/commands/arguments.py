@@ -87,6 +87,15 @@ def _timestamp(text: str) -> dt.datetime:
         raise argparse.ArgumentTypeError(f"{text!r} is out of range once in UTC") from None
 
 
+def _listen(text: str) -> str:
+    """HOST:PORT for argparse: a bad one was found once the command ran, exit 1 as a failure."""
+    try:
+        config_mod.parse_listen(text)
+    except config_mod.ConfigError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    return text
+
+
 def _day(text: str) -> dt.date:
     """A UTC day (YYYY-MM-DD) for argparse."""
     try:
@@ -269,11 +278,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
     p = sub.add_parser("sink", help="run a provider emulator (SES v2 by default) on a local port")
-    p.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
+    p.add_argument("--listen", type=_listen, default="127.0.0.1:8026", help="HOST:PORT")
     p.add_argument(
         "--api", default="ses", choices=("ses", "sendgrid", "mailgun", "postmark"), help="the provider's API"
     )
-    p.add_argument("--smtp", default=None, metavar="HOST:PORT", help="an SMTP server instead of an API")
+    p.add_argument(
+        "--smtp", type=_listen, default=None, metavar="HOST:PORT", help="an SMTP server instead of an API"
+    )
     p.add_argument("--api-key", default=None, help="accept only this key (default: any well-formed one)")
     p.add_argument("--record", default=None, metavar="FILE.jsonl", help="append accepted recipients")
     p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")

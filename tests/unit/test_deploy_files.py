@@ -160,5 +160,5 @@ def test_mailerd_files_lists_prints_and_refuses(capsysbinary: pytest.CaptureFixt
     assert capsysbinary.readouterr().out.decode().split() == shipped.names()
     assert cli.main(["files", "mailerd@.service"]) == 0
     assert capsysbinary.readouterr().out == TEMPLATE.read_bytes()
-    assert cli.main(["files", "mailerd.toml"]) == 1
+    assert cli.main(["files", "mailerd.toml"]) == 2  # a usage error (it was 1, a failure)
     assert b"no shipped file 'mailerd.toml'; there are: " in capsysbinary.readouterr().err

@@ -58,3 +58,12 @@ def test_report_lead_wants_a_positive_limit(limit: str, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exited:
         arguments.parser().parse_args(["report", "lead", "--account", "1", "--lead", "1", "--limit", limit])
     assert exited.value.code == 2 and "expected 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--listen", "--smtp"])
+def test_sink_addresses_are_checked_as_arguments(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # "listen: expected HOST:PORT" was printed once the command ran, with exit status 1
+    with pytest.raises(SystemExit) as exited:
+        arguments.parser().parse_args(["sink", option, "nonsense"])
+    assert exited.value.code == 2
+    assert f"argument {option}: expected HOST:PORT, got 'nonsense'" in capsys.readouterr().err
