@@ -68,8 +68,11 @@ def _rate(text: str) -> float:
 
 def _campaign_id(text: str) -> int:
     """A campaign id (1 to 2^63 - 1), for argparse: a larger one reached the database (a traceback)."""
-    value = _account_id(text)
-    if value < 1:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"expected 1 to {2**63 - 1}, got {text}")
     return value
 
@@ -199,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     when.add_argument("--send-at", default=None, metavar="TIME", help="ISO-8601 time to start")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = campaign.add_parser("show", parents=[api], help="status and counts of a campaign")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_campaign_id)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = campaign.add_parser("list", parents=[api], help="list campaigns")
     p.add_argument("--status", default=None)
@@ -207,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array")
     for action in ("start", "pause", "resume", "cancel"):
         p = campaign.add_parser(action, parents=[api], help=f"{action} a campaign on every node")
-        p.add_argument("id", type=int)
+        p.add_argument("id", type=_campaign_id)
         if action in ("pause", "resume", "cancel"):
             p.add_argument("--reason", default=None, help="recorded with the status")
 
@@ -253,8 +256,13 @@ def parser() -> argparse.ArgumentParser:
     p = report.add_parser(
         "campaign", parents=[api], help="a campaign's totals, rates, series, domains, bounces"
     )
-    p.add_argument("id", type=int)
-    p.add_argument("--top", type=int, default=10, help="domains and bounce reasons shown (default 10)")
+    p.add_argument("id", type=_campaign_id)
+    p.add_argument(
+        "--top",
+        type=_within(1, 100),
+        default=10,
+        help="domains and bounce reasons shown, 1 to 100 (default 10)",
+    )
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p = report.add_parser("usage", parents=[api], help="an account's emails and events per UTC day")
     p.add_argument("--account", type=_account_id, required=True, help="account id")

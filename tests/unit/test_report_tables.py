@@ -67,3 +67,22 @@ def test_sink_addresses_are_checked_as_arguments(option: str, capsys: pytest.Cap
         arguments.parser().parse_args(["sink", option, "nonsense"])
     assert exited.value.code == 2
     assert f"argument {option}: expected HOST:PORT, got 'nonsense'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["campaign", "show", "0"], "argument id: expected 1 to 9223372036854775807, got 0"),
+        (["campaign", "cancel", "-3"], "argument id: expected 1 to 9223372036854775807, got -3"),
+        (["report", "campaign", "9" * 20], "argument id: expected 1 to 9223372036854775807"),
+        (["report", "campaign", "1", "--top", "0"], "argument --top: must be from 1 to 100, got 0"),
+    ],
+)
+def test_campaign_ids_and_top_are_checked_as_arguments(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an id no campaign can have reached the API (404, exit 1), unlike relay replay --campaign (2)
+    with pytest.raises(SystemExit) as exited:
+        arguments.parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
