@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["Counter", "Gauge", "Histogram"]
@@ -194,3 +196,7 @@ CAMPAIGN_LEADS_LOGGED = Gauge(
     "Leads logged (any outcome), summed over the campaigns of a status (running, paused).",
     ["status"],
 )
+
+# The state of a sending node, which only `mailerd run` knows: `mailerd relay run` leaves them out
+# of its /metrics (exported at their default 0, they said "not ready" and "database down").
+DAEMON_ONLY: Final = frozenset({"mailerd_ready", "mailerd_database_up"})
