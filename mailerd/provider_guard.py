@@ -98,6 +98,11 @@ class ProviderGuard:
             verdict = judge(usage, self.limits(usage.provider))
             if verdict is not None and await hold(conn, usage.provider, verdict):
                 held.append(usage.provider)
+                if usage.provider in self.providers:
+                    # At once, not at the next sample. Only for a provider this node samples:
+                    # a webhook's bounces can make any node hold any provider, and a 1 set here
+                    # for another would never be reset (:func:`sample`), so ``max`` would say held.
+                    metrics.PROVIDER_HELD.labels(usage.provider).set(1)
         return held
 
 
@@ -112,7 +117,6 @@ async def hold(conn: asyncpg.Connection, provider: str, verdict: guards.Verdict)
             conn, provider, verdict.reason, cause=campaigns_db.GUARD_CAUSE
         )
     metrics.GUARD_PAUSES.labels("provider", verdict.signal).inc(len(paused))
-    metrics.PROVIDER_HELD.labels(provider).set(1)
     log.warning("provider_held_by_guard", provider=provider, reason=verdict.reason, campaigns_paused=paused)
     return True
 

@@ -5,14 +5,16 @@ no new one starts, until an operator releases it with a reason."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 from pathlib import Path
 
 import aiohttp
 import asyncpg
+from prometheus_client import REGISTRY
 
-from mailerd import campaigns, guards, provider_guard
+from mailerd import campaigns, guards, metrics, provider_guard
 from mailerd import config as config_mod
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import provider_usage
@@ -295,3 +297,45 @@ async def test_a_release_sends_campaigns_held_before_they_ran_back_to_their_sche
     )
     assert tuple(change) == ("paused", "scheduled", "api", "list cleaned")
     assert await campaigns_db.sweep(conn, "due", cause="scheduler") == []
+
+
+async def test_a_node_without_the_provider_leaves_its_held_gauge_to_the_nodes_that_send_with_it(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A webhook's bounces reach any node, so a node that does not configure the provider can
+    hold it. Its sampler only samples the providers it configures: the 1 it set at the hold
+    stayed after a release (on another node, or any node's API), and ``max by (provider)``
+    kept MailerdProviderHeld firing until the node restarted."""
+    with contextlib.suppress(KeyError):
+        metrics.PROVIDER_HELD.remove("sink")
+    campaign_id = await _running_campaign(conn, sent=0)
+    guards = config_mod.GuardsConfig(
+        min_sample=10**8, provider_min_sample=1000, provider_max_bounce_rate=0.04
+    )
+    async with _guarding_writer(pool, guards) as writer:  # configures no provider
+        await _log_sent(writer, campaign_id, range(1000))
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 41, 0)))
+        await _hold(conn, "sink")
+        await _judged(writer, campaign_id)
+    assert await provider_usage.release(conn, "sink", "list cleaned", "another node") is not None
+    await provider_guard.sample(conn, guards, {})  # this node's sampler
+    assert REGISTRY.get_sample_value("mailerd_provider_held", {"provider": "sink"}) in (None, 0.0)
+
+    # A node that sends with the provider shows the hold at once, without waiting for a sample.
+    sink_config = daemon_config(1).providers["sink"]
+    writer = Writer(
+        pool,
+        config_mod.WriterConfig(flush_interval_ms=20),
+        guard_config=guards,
+        providers={"sink": sink_config},
+    )
+    task = asyncio.create_task(writer.run())
+    try:
+        await _log_sent(writer, campaign_id, range(2000, 3000))
+        await (await writer.submit_events(_events(campaign_id, EventKind.HARD_BOUNCE, 41, 2000)))
+        await _hold(conn, "sink")
+        await _judged(writer, campaign_id)
+        assert REGISTRY.get_sample_value("mailerd_provider_held", {"provider": "sink"}) == 1.0
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 10)
