@@ -301,6 +301,7 @@ class Scheduler:
                 raise _NotClaimable
             campaign, lane = await self._claimable_campaign(claim, campaign_id)
             erased_pads = await self._erased_pads(claim, campaign)
+            recovered = 0
             async with claim.transaction():
                 row = await shards_db.take(claim, campaign_id, shard_no, self.node)
                 if row is None:
@@ -308,7 +309,7 @@ class Scheduler:
                 campaign, closes_at = await self._in_window(claim, campaign, row)
                 resend = campaign.resend_uncertain or self._config.scheduler.resend_uncertain
                 if row["checkpoint"] < row["reserved_upto"] and not row["released_clean"] and not resend:
-                    row = await _log_uncertain(claim, campaign, row)
+                    row, recovered = await _log_uncertain(claim, campaign, row)
                 await shards_db.mark_unclean(claim, campaign_id, shard_no)
                 # Leads past the checkpoint may already have rows (batches logged out of order,
                 # suppressed leads logged when their window was read): skip those up to here.
@@ -319,6 +320,8 @@ class Scheduler:
                     # Zone shards overlap in id range: a lead whose zone attribute changed since
                     # another zone's shard logged it has its row; never send it twice.
                     logged_upto = row["lead_id_to"]
+            # Counted once committed: a claim that fails after logging them rolls the rows back.
+            metrics.EMAILS.labels(campaign.provider, "unknown").inc(recovered)
         except _WindowClosed as closed:
             # The transaction rolled back (the epoch is as it was): only record the wait.
             with contextlib.suppress(*db.DB_ERRORS):
@@ -435,10 +438,11 @@ async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str)
 
 async def _log_uncertain(
     claim: asyncpg.Connection, campaign: Campaign, row: asyncpg.Record
-) -> asyncpg.Record:
-    """After a crash: leads reserved but not logged were possibly sent; log them ``unknown``."""
+) -> tuple[asyncpg.Record, int]:
+    """After a crash: leads reserved but not logged were possibly sent; log them ``unknown``.
+    Returns the shard's row as updated and how many were logged (the caller counts them once
+    its transaction commits)."""
     unknown = await email_log_db.log_uncertain(claim, campaign, row["checkpoint"], row["reserved_upto"])
-    metrics.EMAILS.labels(campaign.provider, "unknown").inc(unknown)
     await stats_db.add_outcomes(claim, {campaign.id: (0, 0, unknown, 0, 0)})
     updated = await shards_db.checkpoint_to_reservation(claim, campaign.id, row["shard_no"])
     log.warning(
@@ -452,4 +456,4 @@ async def _log_uncertain(
         checkpoint=row["checkpoint"],
         reserved_upto=row["reserved_upto"],
     )
-    return updated
+    return updated, unknown
