@@ -106,6 +106,7 @@ async def run_with_dsn(
         for name, handler in webhook_handlers.items():
             resources.push_async_callback(_close_quietly, handler.close, f"webhook {name}")
         _warn_unverified(config)
+        metrics.start_at_zero(lanes, webhook_handlers)
         stages = _Stages(config, dsn, pool, lanes, writer, stop, clock, sender_timing or SenderTiming())
         for sender in stages.senders.values():
             await _seed_from_account(sender)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -200,3 +201,21 @@ CAMPAIGN_LEADS_LOGGED = Gauge(
 # The state of a sending node, which only `mailerd run` knows: `mailerd relay run` leaves them out
 # of its /metrics (exported at their default 0, they said "not ready" and "database down").
 DAEMON_ONLY: Final = frozenset({"mailerd_ready", "mailerd_database_up"})
+
+
+def start_at_zero(providers: Iterable[str], webhooks: Iterable[str]) -> None:
+    """Create the node's counter series that alerts read with ``increase()`` at 0, for every
+    label value known at start. A series that first appears with a value hides that first
+    increase (Prometheus has no sample before it): the first dead letters, crash recovery or
+    guard pause of a node since its start alerted nobody."""
+    for provider in providers:
+        for status in ("sent", "failed", "unknown", "suppressed"):
+            EMAILS.labels(provider, status)
+    for kind in ("emails", "events", "emails_unrecorded", "events_unrecorded"):
+        DEAD_LETTERS.labels(kind)
+    for scope in ("campaign", "provider"):
+        for signal in ("bounce", "complaint", "blocked"):
+            GUARD_PAUSES.labels(scope, signal)
+    for provider in webhooks:
+        for code in ("400", "401", "403", "503"):
+            WEBHOOK_REJECTED.labels(provider, code)

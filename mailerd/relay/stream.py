@@ -68,6 +68,13 @@ class Stream:
         self._committed_at = time.monotonic()
         self._failing = False
         self._stages = _Stages(self.name)
+        # At 0 from the start: a series born with a value hides its first increase (an alert
+        # on the first refusal would never fire).
+        metrics.RELAY_DEAD_LETTERS.labels(self.name)
+        for reason in ("unavailable", "refused"):
+            metrics.RELAY_FAILURES.labels(self.name, reason)
+        for kind in destination.kinds:
+            metrics.RELAY_RECORDS.labels(self.name, kind)
 
     async def run(self) -> None:
         interval = self._config.poll_interval_ms / 1000

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import aiohttp
 import asyncpg
 
-from mailerd import campaigns
+from mailerd import campaigns, metrics
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import shards as shards_db
 from mailerd.db import stats as stats_db
+from mailerd.emulator import webhooks as emulator_webhooks
 from tests import ops_queries
 from tests.integration.helpers import daemon_config, new_campaign, running_daemon
 
@@ -109,3 +111,30 @@ async def test_leads_waiting_for_window_count_only_campaigns_whose_every_pending
         "UPDATE campaign_shards SET not_before = now() - interval '1 minute' WHERE campaign_id = $1", waiting
     )
     assert await stats_db.leads_waiting_for_window(conn) == 0  # its window opened
+
+
+async def test_the_counters_the_alerts_read_start_at_zero(dsn: str, tmp_path: Path) -> None:
+    """A counter series that first appears with a value hides that first increase from
+    ``increase()`` and ``rate()`` (Prometheus has no sample before it): MailerdDeadLetters never
+    fired for a node's first dead letters, nor the documented alerts for a node's first crash
+    recovery (``unknown``) or guard pause since its start."""
+    for counter in (metrics.DEAD_LETTERS, metrics.GUARD_PAUSES, metrics.WEBHOOK_REJECTED):
+        counter.clear()
+    poster = emulator_webhooks.WebhookPoster("http://127.0.0.1:1", "mailgun", bounce_rate=0, complaint_rate=0)
+    config = daemon_config(
+        1,
+        providers={"fresh": {"kind": "sink", "endpoint": "http://127.0.0.1:1"}},  # named by no other test
+        webhooks={"mailgun": poster.signer.daemon_settings(tmp_path)},
+    )
+    async with running_daemon(config, dsn) as daemon:
+        page = await _scrape(daemon.port)
+    for status in ("sent", "failed", "unknown", "suppressed"):
+        assert _value(page, f'mailerd_emails_total{{provider="fresh",status="{status}"}}') == 0, status
+    for kind in ("emails", "events", "emails_unrecorded", "events_unrecorded"):
+        assert _value(page, f'mailerd_writer_dead_letters_total{{kind="{kind}"}}') == 0, kind
+    for scope in ("campaign", "provider"):
+        for signal in ("bounce", "complaint", "blocked"):
+            series = f'mailerd_guard_pauses_total{{scope="{scope}",signal="{signal}"}}'
+            assert _value(page, series) == 0, series
+    for code in ("400", "401", "403", "503"):
+        assert _value(page, f'mailerd_webhook_rejected_total{{provider="mailgun",status="{code}"}}') == 0

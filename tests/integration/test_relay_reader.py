@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from mailerd import config, erasure, events, metrics
 from mailerd.db import connect
@@ -425,3 +426,20 @@ async def test_an_event_refused_while_its_person_was_erased_leaves_no_dead_lette
     stop.set()
     await task
     assert [r["kind"] for r in destination.records][-1] == "erasure"
+
+
+async def test_a_destination_starts_with_its_counters_at_zero(pool: asyncpg.Pool) -> None:
+    """A counter series that first appears with a value hides that first increase from
+    ``increase()``: MailerdRelayDeadLetters never fired for a destination's first refusal."""
+    destination = _Collect()
+    destination.name = "zero-start"
+    Stream(
+        destination, pool, config.RelayConfig(), epoch=1, position=position_mod.earliest(), as_of=NOW,
+        stop=asyncio.Event(),
+    )  # fmt: skip
+    labels = {"destination": "zero-start"}
+    assert REGISTRY.get_sample_value("mailerd_relay_dead_letters_total", labels) == 0
+    for reason in ("unavailable", "refused"):
+        assert REGISTRY.get_sample_value("mailerd_relay_failures_total", {**labels, "reason": reason}) == 0
+    for kind in destination.kinds:
+        assert REGISTRY.get_sample_value("mailerd_relay_records_total", {**labels, "kind": kind}) == 0
