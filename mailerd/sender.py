@@ -207,6 +207,7 @@ class ProviderSender:
                 )
                 break
             delivery.retried += len(delivery.pending)
+            self._retries[delivery.retry_reason].inc(len(delivery.pending))  # as retried, not at the last try
             cap = self.config.max_retry_after_s
             retry_after = backoff.capped_retry_after(delivery.retry_after, cap)
             if retry_after != delivery.retry_after:
@@ -265,7 +266,7 @@ class ProviderSender:
         except RetryableError as exc:
             delivery.last_reason = exc.reason
             delivery.retry_after = exc.retry_after
-            self._retries["throttled" if _is_throttle(exc.reason) else "error"].inc(len(pending))
+            delivery.retry_reason = "throttled" if _is_throttle(exc.reason) else "error"
             return True
         except UncertainError as exc:
             return self._uncertain(run, delivery, exc.reason)
@@ -295,9 +296,8 @@ class ProviderSender:
         finally:
             self._call_seconds.observe(time.perf_counter() - started)
         delivery.reached = True
-        retrying = delivery.take_answers(answers)
-        if retrying:
-            self._retries["entry"].inc(retrying)
+        delivery.take_answers(answers)
+        delivery.retry_reason = "entry"
         return True
 
     def _uncertain(self, run: ClaimedShard, delivery: _Delivery, reason: str) -> bool:
@@ -306,7 +306,7 @@ class ProviderSender:
         delivery.reached = True  # the provider may have sent
         if delivery.batch.campaign.resend_uncertain:
             delivery.last_reason = reason
-            self._retries["error"].inc(len(delivery.pending))
+            delivery.retry_reason = "error"
             return True
         run.log.warning("batch_outcome_uncertain", seq=delivery.batch.seq, reason=reason)
         delivery.settle_pending(Outcome.UNKNOWN, f"uncertain: {reason}")
@@ -341,6 +341,7 @@ class _Delivery:
         "results",
         "retried",
         "retry_after",
+        "retry_reason",
     )
 
     def __init__(self, batch: Batch) -> None:
@@ -351,6 +352,7 @@ class _Delivery:
         self.retried = 0
         self.last_reason = ""
         self.retry_after: float | None = None
+        self.retry_reason = "error"  # why the pending are retried (mailerd_provider_retries_total)
         self.complete = True
         self.reached = False  # a call was answered (or may have been sent): the quota counts it
         self.dropped: set[int] = set()  # positions dropped as erased (what they took given back)

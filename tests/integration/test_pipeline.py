@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from mailerd import campaigns, metrics, scheduler
@@ -98,6 +99,32 @@ async def test_throttling_is_retried_and_loses_nothing(conn: asyncpg.Connection,
     assert info["failed"] == 0
     assert info["retried"] > 0
     assert emulator.counters.accepted == 1000
+
+
+def _retries_counted() -> float:
+    reasons = ("throttled", "error", "entry")
+    return sum(
+        REGISTRY.get_sample_value("mailerd_provider_retries_total", {"provider": "sink", "reason": r}) or 0.0
+        for r in reasons
+    )
+
+
+async def test_the_retries_counter_counts_only_recipients_retried(conn: asyncpg.Connection, dsn: str) -> None:
+    """A throttled call at the last attempt gives up: ``mailerd_provider_retries_total`` counted
+    its recipients as retried anyway (``campaign_stats.retried`` does not), so with
+    ``max_attempts = 1`` every throttle was a retry that never happened."""
+    await add_leads(conn, 1, 3000)
+    emulator = sink.Sink(throttle_rate=400, seed=5)
+    before = _retries_counted()
+    _, info = await run_campaign(
+        conn,
+        dsn,
+        emulator,
+        until=("finished", "paused"),
+        provider={"max_attempts": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.02, "max_error_rate": 1.0},
+    )
+    assert info["failed"] > 0  # some gave up after their last attempt was throttled
+    assert _retries_counted() - before == info["retried"]
 
 
 async def test_per_entry_failures_are_logged_with_their_reason(conn: asyncpg.Connection, dsn: str) -> None:
