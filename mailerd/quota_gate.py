@@ -20,6 +20,7 @@ it stops is given back too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -79,13 +80,15 @@ class QuotaGate:
         self._waiters = 0
         self._waiting = metrics.PROVIDER_QUOTA_WAITING.labels(provider)
         self._waited = metrics.PROVIDER_QUOTA_WAIT.labels(provider)
-        self._remaining = metrics.PROVIDER_QUOTA_REMAINING.labels(provider)
 
     def set_account_quota(self, max_24_hour_send: int | None) -> None:
         """``seed_rate_from_account``: the account's ``Max24HourSend``, a limit beside the
         configured quota (it alone counts what the account sent elsewhere). Read again later, a
         raised quota replaces the one read before."""
         self.schedule = self._configured.with_account_quota(max_24_hour_send)
+        if not self.schedule.limited:  # no limit left: what the last reservation saw is not one
+            with contextlib.suppress(KeyError):
+                metrics.PROVIDER_QUOTA_REMAINING.remove(self.provider)
 
     async def count_sent_elsewhere(self, sent_24h: int) -> int:
         """``seed_rate_from_account``: what the account sent in the last 24 hours beyond what the
@@ -152,7 +155,8 @@ class QuotaGate:
             self._limit = min(
                 (n for n in (decision.daily_limit, decision.warmup_limit) if n is not None), default=None
             )
-            self._remaining.set(_remaining(decision))
+            # Exported from the first reservation on: before it, 0 would read as used up.
+            metrics.PROVIDER_QUOTA_REMAINING.labels(self.provider).set(_remaining(decision))
             if self._take_local(count):
                 self._set_exhausted(False, decision)
                 return 0.0

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from prometheus_client import REGISTRY
 
 from mailerd import campaigns, quota, quota_gate
 from mailerd import config as config_mod
@@ -337,3 +338,22 @@ async def test_a_batch_taken_without_limits_gives_nothing_back(
     await gate.close()
     reserved = await conn.fetchval("SELECT sum(reserved) FROM provider_quota_hours WHERE provider = 'sink'")
     assert reserved == 50  # the batch that went under the quota, nothing less
+
+
+def _remaining(provider: str) -> float | None:
+    return REGISTRY.get_sample_value("mailerd_provider_quota_remaining", {"provider": provider})
+
+
+async def test_quota_remaining_is_exported_only_while_a_limit_is_known(pool: asyncpg.Pool) -> None:
+    """``mailerd_provider_quota_remaining`` read 0 from the node's start until its first
+    reservation (an idle node said the quota was used up), and forever for an account found to
+    have no quota (``seed_rate_from_account``)."""
+    gate = quota_gate.QuotaGate("quota-gauge", pool, quota.Schedule(), step=100)
+    assert _remaining("quota-gauge") is None  # nothing reserved yet: nothing known
+    assert await gate.take(50) == 0.0  # no limit: nothing reserved
+    assert _remaining("quota-gauge") is None
+    gate.set_account_quota(10_000)
+    assert await gate.take(50) == 0.0
+    assert _remaining("quota-gauge") == 10_000 - 100  # one block reserved
+    gate.set_account_quota(None)  # the account no longer has a quota
+    assert _remaining("quota-gauge") is None
