@@ -93,3 +93,90 @@ def exported_names(exposition: str) -> set[str]:
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+DOCS = tuple(ROOT / "docs" / name for name in ("metrics.md", "guards.md", "runbook.md", "events.md"))
+
+
+def doc_expressions() -> list[str]:
+    """The PromQL of the docs' ```promql blocks: one expression per line at the left margin,
+    its continuation lines indented; comment lines and ``   # ...`` tails left out."""
+    exprs: list[str] = []
+    for path in DOCS:
+        for block in re.findall(r"```promql\n(.*?)```", path.read_text("utf-8"), re.S):
+            current: list[str] = []
+            for line in block.splitlines():
+                line = line.split("   #", 1)[0].rstrip()
+                if not line.strip() or line.startswith("#") or not line.startswith(" "):
+                    if current:
+                        exprs.append(" ".join(current))
+                    current = []
+                if line.strip() and not line.startswith("#"):
+                    current.append(line.strip())
+            if current:
+                exprs.append(" ".join(current))
+    return exprs
+
+
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+_TARGET_LABELS = frozenset({"job", "instance"})
+
+Registry = dict[str, tuple[str, frozenset[str]]]  # family name -> type, label names
+
+
+def _family(name: str, registry: Registry) -> tuple[str, frozenset[str]] | None:
+    """(type, labels) of the family a series name belongs to (``le`` for a ``_bucket``)."""
+    for family_name, (kind, labels) in registry.items():
+        for suffix in _SUFFIXES.get(kind, ("",)):
+            if name == family_name + suffix:
+                return kind, labels | (frozenset({"le"}) if suffix == "_bucket" else frozenset())
+    return None
+
+
+def _selector_problems(node: promql_parser.VectorSelector, registry: Registry) -> list[str]:
+    if node.name in SYNTHETIC:
+        return []
+    found = _family(node.name or "", registry)
+    if found is None:
+        return [f"{node.name}: no such series"]
+    return [
+        f"{node.name} has no label {m.name}"
+        for m in node.matchers.matchers
+        if m.name not in found[1] | _TARGET_LABELS
+    ]
+
+
+def _call_problems(node: promql_parser.Call, registry: Registry) -> list[str]:
+    function = node.func.name
+    if function in ("rate", "irate", "increase"):
+        name = node.args[0].vector_selector.name or ""
+        found = _family(name, registry)
+        if found is not None and found[0] not in ("counter", "histogram"):
+            return [f"{function}() over {name}, a {found[0]}"]
+    if function == "histogram_quantile":
+        inner = node.args[1]
+        if "_bucket" not in str(inner):
+            return ["histogram_quantile() over no _bucket series"]
+        if isinstance(inner, promql_parser.AggregateExpr) and (
+            inner.modifier is None or "le" not in inner.modifier.labels
+        ):
+            return ["histogram_quantile() over an aggregation without le"]
+    return []
+
+
+def type_problems(expr: str, registry: Registry) -> list[str]:
+    """What ``expr`` reads wrongly, given ``registry``: a metric that does not exist, a label it
+    does not have, ``rate()`` or ``increase()`` over something other than a counter (or a
+    histogram's series), ``histogram_quantile`` over other than ``_bucket`` or with ``le``
+    aggregated away."""
+    problems: list[str] = []
+
+    def visit(node: object) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            problems.extend(_selector_problems(node, registry))
+        if isinstance(node, promql_parser.Call):
+            problems.extend(_call_problems(node, registry))
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), pre_visit=visit)
+    return problems

@@ -8,8 +8,10 @@ import re
 import shutil
 import subprocess
 
+import prometheus_client
 import pytest
 
+import mailerd.metrics  # noqa: F401  (defines the metrics in the default registry)
 from tests import ops_queries
 
 PANEL_TYPES = frozenset({"row", "timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text"})
@@ -91,3 +93,44 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
             ["promtool", *args], cwd=ops_queries.ALERTS.parent, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _registry() -> ops_queries.Registry:
+    """Every family of the default registry once mailerd's metrics are defined: type, labels."""
+    found = {}
+    for collector in set(prometheus_client.REGISTRY._names_to_collectors.values()):
+        for family in collector.collect():
+            labels = getattr(collector, "_labelnames", ())
+            found[family.name] = (family.type, frozenset(labels))
+    return found
+
+
+def test_every_query_reads_its_metrics_by_their_type_and_labels() -> None:
+    """The dashboard, the alerts and the queries the docs offer: each name and label exists, rate()
+    and increase() read counters, histogram_quantile() reads buckets by le."""
+    registry = _registry()
+    assert registry["mailerd_emails"] == ("counter", frozenset({"provider", "status"}))
+    doc_exprs = ops_queries.doc_expressions()
+    assert len(doc_exprs) > 20
+    for source, exprs in (
+        ("dashboard", ops_queries.grafana_expressions()),
+        ("alerts", ops_queries.alert_expressions()),
+        ("docs", doc_exprs),
+    ):
+        for expr in exprs:
+            assert not ops_queries.type_problems(expr, registry), f"{source}: {expr}"
+
+
+def test_the_type_check_finds_what_it_looks_for() -> None:
+    registry = _registry()
+    assert ops_queries.type_problems("rate(mailerd_writer_buffer_rows[5m])", registry) == [
+        "rate() over mailerd_writer_buffer_rows, a gauge"
+    ]
+    assert ops_queries.type_problems('mailerd_campaigns{provider="x"}', registry) == [
+        "mailerd_campaigns has no label provider"
+    ]
+    assert ops_queries.type_problems(
+        "histogram_quantile(0.9, sum by (provider) (rate(mailerd_provider_call_seconds_bucket[5m])))",
+        registry,
+    ) == ["histogram_quantile() over an aggregation without le"]
+    assert ops_queries.type_problems("mailerd_emails", registry) == ["mailerd_emails: no such series"]
