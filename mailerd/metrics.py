@@ -41,12 +41,14 @@ RATE_LIMIT_WAIT = Counter(
 FLUSH_SECONDS = Histogram(
     "mailerd_writer_flush_seconds",
     "Duration of one writer flush (COPY + stats + checkpoints, one transaction).",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    # Up to the default command timeout: the flush of a full buffer after an outage is slow.
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 FLUSH_ROWS = Histogram(
     "mailerd_writer_flush_rows",
     "Rows written by one writer flush.",
-    buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000),
+    # Past the default max_buffer_rows: after an outage one flush takes the whole buffer.
+    buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000),
 )
 GUARD_PAUSES = Counter(
     "mailerd_guard_pauses_total",
