@@ -86,7 +86,7 @@ PROVIDER_QUOTA_WAIT = Counter(
 )
 PROVIDER_SENT_24H = Gauge(
     "mailerd_provider_sent_24h",
-    "Emails a provider account sent over the rolling 24 hours, across every node.",
+    "Emails a provider account sent over the rolling 24 hours since its last release, across every node.",
     ["provider"],
 )
 FLUSH_FAILURES = Counter("mailerd_writer_flush_failures_total", "Writer flushes that failed and will retry.")
