@@ -137,7 +137,7 @@ class _Validator:
             unknown = next(iter(raw))
             raise SegmentError(
                 _member(path, unknown),
-                f'unknown key "{unknown}" (expected "all", "any", "not" or "field")',
+                f'unknown key {json.dumps(unknown)} (expected "all", "any", "not" or "field")',
             )
         return self._condition(raw, path)
 
@@ -165,7 +165,8 @@ class _Validator:
         for key in raw:
             if key not in allowed:
                 expected = ", ".join(f'"{a}"' for a in allowed)
-                raise SegmentError(_member(path, key), f'unknown key "{key}" (expected {expected})')
+                # quoted as JSON, as the path does: a lone surrogate cannot go into a JSON answer
+                raise SegmentError(_member(path, key), f"unknown key {json.dumps(key)} (expected {expected})")
 
     def _condition(self, raw: dict[str, Any], path: str) -> Condition:
         self._no_other_keys(raw, path, ("field", "op", "value"))

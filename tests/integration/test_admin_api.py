@@ -353,6 +353,24 @@ async def test_segment_preview(client: TestClient[Any, Any], conn: asyncpg.Conne
     assert (await response.json())["error"]["field"] == "segment"
 
 
+async def test_a_segment_key_with_a_lone_surrogate_is_a_422_naming_it(client: TestClient[Any, Any]) -> None:
+    """A segment sent as JSON text may spell a lone surrogate as an escape; the unknown key's
+    message quoted it raw, and the answer (JSON, UTF-8) could not be written: a 500."""
+    text = r'{"field": "attributes.plan", "op": "eq", "value": "pro", "\ud800": 1}'
+    unknown = r'$["\ud800"]: unknown key "\ud800"'
+    answers = [
+        await client.post("/api/segments/preview", json={"account_id": 1, "segment": text}, headers=AUTH),
+        await client.post("/api/campaigns", json=_campaign(segment=text), headers=AUTH),
+        await client.get("/api/leads", params={"account_id": "1", "segment": text}, headers=AUTH),
+    ]
+    for response in answers:
+        assert response.status == 422, await response.text()
+        payload = await response.json()
+        error = payload["error"] if "error" in payload else payload["errors"][0]
+        assert error["field"] == "segment"
+        assert unknown in error["message"]
+
+
 BIG = "123456789012345678901234567890"  # no double holds it (orjson reads 1.2345678901234568e29)
 PRECISE = "0.1000000000000000055"  # a double reads 0.1
 

@@ -49,6 +49,8 @@ def test_error_message_names_path_and_reason() -> None:
         ({"not": leaf(), "x": 1}, "$.x", 'unknown key "x"'),
         ({"all": [{"fild": "email"}]}, "$.all[0].fild", 'unknown key "fild"'),
         ({"any": [{**leaf(), "extra key": 1}]}, '$.any[0]["extra key"]', "unknown key"),
+        ({**leaf(), "\udc00": 1}, '$["\\udc00"]', 'unknown key "\\udc00"'),
+        ({"\ud800": 1}, '$["\\ud800"]', 'unknown key "\\ud800"'),
         ({"not": {"field": "email", "value": "x"}}, "$.not", 'missing "op"'),
         ({"field": "email", "op": "eq"}, "$", 'missing "value"'),
         ('{"field": "email", "field": "email", "op": "eq", "value": "a"}', "$.field", "duplicate"),
@@ -87,6 +89,7 @@ def test_validation_errors(source: Any, path: str, reason: str) -> None:
     exc = error(source)
     assert exc.path == path
     assert reason in exc.reason
+    str(exc).encode("utf-8")  # an API answer and a terminal can carry it
 
 
 def test_json_text_and_decoded_objects_give_the_same_segment() -> None:
