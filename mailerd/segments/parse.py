@@ -229,7 +229,12 @@ def _scalar(value: Any, path: str, allowed: tuple[Kind, ...]) -> tuple[Kind, Sca
         sign_digits_exponent = number.as_tuple()
         if not number.is_finite():
             raise SegmentError(path, "numbers must be finite")
-        if abs(number.adjusted()) > _MAX_EXPONENT or len(sign_digits_exponent.digits) > _MAX_DIGITS:
+        # Digits as Postgres writes the number out in full (1e999: 1000), the text a campaign's
+        # stored segment is parsed from again: counted as written, 1e1000 passed, then failed.
+        digits = len(sign_digits_exponent.digits)
+        if number and isinstance(sign_digits_exponent.exponent, int):
+            digits += max(0, sign_digits_exponent.exponent)
+        if abs(number.adjusted()) > _MAX_EXPONENT or digits > _MAX_DIGITS:
             raise SegmentError(path, "number out of range")
         return "number", number
     if isinstance(value, bool) and "boolean" in allowed:

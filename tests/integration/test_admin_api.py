@@ -427,6 +427,32 @@ async def test_segment_numbers_no_double_holds_select_and_are_stored_as_sent(
     assert "beyond a double's range or precision" in problem["message"]
 
 
+async def test_a_segment_number_is_refused_unless_its_stored_form_reads_back(
+    client: TestClient[Any, Any], conn: asyncpg.Connection
+) -> None:
+    """Postgres writes a stored number out in full (``1e1000`` as 1001 digits) and a campaign's
+    segment is parsed again from that text: a number whose full form is beyond the digit limit
+    was accepted (201), then failed the campaign ("segment no longer valid") once it started."""
+    for value, status in (
+        ("1e1000", 422),
+        ("-12.5e999", 422),
+        ("9.99e999", 201),
+        ("-1e999", 201),
+        ("1e-1000", 201),
+        ("0e1000", 201),
+        ("1.000e-997", 201),
+    ):
+        text = f'{{"field": "attributes.n", "op": "lt", "value": {value}}}'
+        answer = await client.post("/api/campaigns", json=_campaign(segment=text), headers=AUTH)
+        assert answer.status == status, (value, await answer.text())
+        if status == 422:
+            assert "segment: $.value: number out of range" in (await answer.json())["error"]["message"]
+            continue
+        row = await campaigns_db.get(conn, (await answer.json())["id"])
+        assert row is not None
+        assert await leads_db.count_segment(conn, 1, campaign_from_row(row).segment) == 0
+
+
 async def test_health_readiness_metrics_and_openapi(client: TestClient[Any, Any]) -> None:
     assert (await client.get("/readyz")).status == 200
     assert (await client.head("/healthz")).status == 200

@@ -9,6 +9,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailerd import segments
 
@@ -142,6 +144,30 @@ def test_numbers_are_exact_decimals_and_booleans_are_not_numbers() -> None:
     root = segments.parse(leaf(value=True)).root
     assert isinstance(root, segments.Condition)
     assert (root.kind, root.value) == ("boolean", True)
+
+
+@settings(max_examples=300)
+@given(
+    digits=st.lists(st.integers(0, 9), min_size=1, max_size=1_010),
+    adjusted=st.integers(-1_005, 1_005) | st.sampled_from([-1_000, 999, 1_000]),  # the bounds
+    negative=st.booleans(),
+)
+def test_a_number_accepted_is_accepted_as_postgres_writes_it_back(
+    digits: list[int], adjusted: int, negative: bool
+) -> None:
+    """A campaign's stored segment is parsed from Postgres's text of it, which writes a number
+    out in full (``1e999`` as 1000 digits, ``1.50e-3`` as ``0.00150``): what is accepted once
+    must be accepted again, or the campaign fails when it starts."""
+    value = decimal.Decimal((int(negative), (1, *digits[1:]), adjusted - len(digits) + 1))
+    try:
+        number = segments.parse(leaf(op="lt", value=value)).root
+    except segments.SegmentError as exc:
+        assert exc.reason == "number out of range"
+        return
+    assert isinstance(number, segments.Condition)
+    stored = format(value, "f")  # as numeric_out writes it: no exponent, the scale kept
+    again = segments.parse(f'{{"field": "attributes.n", "op": "lt", "value": {stored}}}').root
+    assert isinstance(again, segments.Condition) and again.value == value
 
 
 # --- SQL ------------------------------------------------------------------------------------------
