@@ -248,6 +248,14 @@ async def zones(conn: asyncpg.Connection, campaign_id: int) -> dict[str, list[st
     return {r["zone"]: list(r["zone_names"] or ()) for r in rows}
 
 
+def _zone_text(keys: int) -> str:
+    """The attribute at the path ``$2`` (``keys`` long) as text when it is a JSON string, else
+    NULL: read key by key with ``->``, as a segment reads it (``#>`` would step into an array at
+    a key such as ``0``, where the zone's segment condition finds nothing)."""
+    value = "l.attributes" + "".join(f" -> ($2::text[])[{i}]" for i in range(1, keys + 1))
+    return f"CASE WHEN jsonb_typeof({value}) = 'string' THEN {value} #>> '{{}}' END"
+
+
 async def zone_boundaries(
     conn: asyncpg.Connection,
     account_id: int,
@@ -263,8 +271,7 @@ async def zone_boundaries(
         f"""SELECT zone, id, n FROM (
                 SELECT z.raw AS zone, l.id, row_number() OVER (PARTITION BY z.raw ORDER BY l.id) AS n
                 FROM leads l
-                CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(l.attributes #> $2::text[]) = 'string'
-                                                THEN l.attributes #>> $2::text[] END AS raw) z
+                CROSS JOIN LATERAL (SELECT {_zone_text(len(path))} AS raw) z
                 WHERE l.account_id = $1 AND ({condition})) numbered
             WHERE n = 1 OR n % $3 = 0
             ORDER BY id""",
@@ -310,8 +317,7 @@ async def unsent_zones(
                 SELECT z.raw AS zone, l.id, row_number() OVER (PARTITION BY z.raw ORDER BY l.id) AS n,
                        count(*) OVER (PARTITION BY z.raw) AS total
                 FROM leads l
-                CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(l.attributes #> $2::text[]) = 'string'
-                                                THEN l.attributes #>> $2::text[] END AS raw) z
+                CROSS JOIN LATERAL (SELECT {_zone_text(len(path))} AS raw) z
                 WHERE l.account_id = $1 AND l.id <= $4 AND ({condition})
                   AND NOT EXISTS (SELECT 1 FROM email_log e WHERE e.campaign_id = $5 AND e.lead_id = l.id)
             ) numbered

@@ -15,10 +15,12 @@ from typing import Any
 import asyncpg
 import structlog.testing
 
-from mailerd import campaigns, splitting
+from mailerd import campaigns, segments, splitting
 from mailerd import config as config_mod
 from mailerd.db import campaigns as campaign_rows
+from mailerd.db import leads as leads_db
 from mailerd.db import partitions
+from mailerd.db import shards as shards_db
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
 from tests.integration.helpers import (
@@ -439,3 +441,26 @@ async def test_the_check_for_unsent_leads_gives_up_after_a_few_rounds(conn: asyn
         campaign_id,
     )
     assert [tuple(r) for r in rounds] == [(n, 1) for n in range(splitting.UNSENT_ROUNDS + 1)]
+
+
+async def test_a_zone_path_never_reads_into_an_array(conn: asyncpg.Connection) -> None:
+    """A zone attribute path is read as segments read one (arrays are never traversed): the
+    split's ``#>`` found ``Asia/Tokyo`` at ``tz.0`` of ``{"tz": ["Asia/Tokyo"]}`` and gave it to
+    Tokyo's shards, whose condition ``attributes.tz.0 in [...]`` never matches it: the lead was
+    sent in the default zone's window instead, and counted in a zone it is not in."""
+    await conn.execute(
+        """INSERT INTO leads (account_id, email, attributes) VALUES
+           (1, 'array@example.com', '{"tz": ["Asia/Tokyo"]}'),
+           (1, 'object@example.com', '{"tz": {"0": "Asia/Tokyo"}}')"""
+    )
+    ids = {r["email"]: r["id"] for r in await conn.fetch("SELECT id, email FROM leads")}
+    everyone = segments.parse({"all": []})
+    found = await shards_db.zone_boundaries(conn, 1, everyone, ("tz", "0"), 1)
+    assert found == {None: [ids["array@example.com"]], TOKYO: [ids["object@example.com"]]}
+    unsent = await shards_db.unsent_zones(conn, 1, 0, everyone, ("tz", "0"), max(ids.values()), 1)
+    assert {zone: (u.first, u.count) for zone, u in unsent.items()} == {
+        None: (ids["array@example.com"], 1),
+        TOKYO: (ids["object@example.com"], 1),
+    }
+    tokyo = segments.parse({"field": "attributes.tz.0", "op": "in", "value": [TOKYO]})
+    assert await leads_db.count_segment(conn, 1, tokyo) == 1  # the object's lead, as split
