@@ -91,28 +91,40 @@ def _command_key(args: argparse.Namespace) -> str:
     return str(args.command)
 
 
+# SIGHUP too: mailerd has no reload, and its default action (a closed terminal, an operator's
+# reload reflex) would kill the process with no drain, leaving its in-flight leads ``unknown``.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def _with_stop(body: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
-    """Run ``body`` with a stop event that SIGTERM/SIGINT set; a second signal exits at once."""
+    """Run ``body`` with a stop event that SIGTERM/SIGINT/SIGHUP set; a second signal exits at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
-            print(f"mailerd: second {signal.Signals(signum).name}, exiting now", file=sys.stderr)
+            with contextlib.suppress(OSError):  # stderr may be a terminal that hung up
+                print(f"mailerd: second {signal.Signals(signum).name}, exiting now", file=sys.stderr)
             if task is not None:
                 task.cancel()
             return
         stop.set()
+        if signum == signal.SIGHUP:
+            with contextlib.suppress(OSError):
+                print(
+                    "mailerd: SIGHUP: there is no reload, draining (restart to apply a configuration)",
+                    file=sys.stderr,
+                )
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         return await body(stop)
     except asyncio.CancelledError:
         return 1
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
 
 

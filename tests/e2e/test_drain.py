@@ -1,7 +1,7 @@
 """SIGTERM mid-campaign: the node drains (``/readyz`` 503 while ``/healthz`` and ``/metrics``
 answer), exits 0 within ``shutdown_grace_s`` and releases its shards cleanly, so a restart
 finishes the campaign with no duplicate and nothing ``unknown``. A second SIGTERM exits at once
-and is still safe."""
+and is still safe. SIGHUP (a closed terminal, a reload reflex) drains the same way."""
 
 from __future__ import annotations
 
@@ -126,3 +126,28 @@ async def test_second_sigterm_exits_at_once_and_stays_safe(
     assert audit.missing_rows == 0, figures
     assert audit.emailed_not_accounted == 0, figures
     assert audit.logged_sent_not_emailed == 0, figures
+
+
+async def test_sighup_drains_like_sigterm(
+    conn: asyncpg.Connection, dsn: str, sink: Emulator, tmp_path: Path
+) -> None:
+    """mailerd has no reload: SIGHUP's default action killed the process mid-campaign, with no
+    drain (its in-flight leads logged ``unknown``, never re-sent)."""
+    daemon, campaign_id, matched = await _start_campaign(conn, dsn, sink, tmp_path)
+    await _slow_in_flight(sink)
+    daemon.signal(signal.SIGHUP)
+    code = await daemon.wait(daemon.options.shutdown_grace_s + 5)
+    assert code == 0, daemon.log_tail()
+    assert daemon.log_events("daemon_stopped"), daemon.log_tail()
+    rows = await conn.fetch(
+        "SELECT released_clean, owner FROM campaign_shards WHERE campaign_id = $1 AND state = 'pending'",
+        campaign_id,
+    )
+    assert all(r["released_clean"] and r["owner"] is None for r in rows), [dict(r) for r in rows]
+    assert await procs.claims_held(conn, campaign_id) == 0
+
+    audit = await _finish_after_restart(conn, daemon, sink, campaign_id, matched)
+    figures = audit.summary()
+    assert audit.duplicates == 0, figures
+    assert audit.unknown == 0, figures
+    assert audit.losses == 0, figures
