@@ -56,6 +56,8 @@ PARTITION_MAINTENANCE_S = 3600.0
 # the next comes sooner: each try makes the writer wait at most the DDL's lock timeout.
 PARTITION_RETRY_S = 300.0
 CAMPAIGN_SAMPLE_S = 10.0
+# A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
+START_RETRY_BASE_S = 0.5
 
 
 async def run(config: Config, stop: asyncio.Event) -> int:
@@ -89,12 +91,10 @@ async def run_with_dsn(
     _check_serving(config)
     notifier = notifier or systemd.Notifier()
     async with contextlib.AsyncExitStack() as resources:
-        pool = await connect.create_pool(
-            dsn,
-            min_size=config.database.pool_min_size,
-            max_size=config.database.pool_max_size,
-            command_timeout=config.database.command_timeout_s,
-        )
+        pool = await _open_pool(config, dsn, stop)
+        if pool is None:
+            log.info("daemon_stopped", before_start=True)
+            return 0
         resources.push_async_callback(pool.close)
         if not await _prepare_database(pool, config):
             return 1
@@ -380,6 +380,36 @@ async def _close_quietly(close: Callable[[], Awaitable[None]], what: str) -> Non
         await close()
     except Exception as exc:  # a failing close of one client must not skip the rest
         log.warning("close_failed", what=what, error=str(exc))
+
+
+async def _open_pool(config: Config, dsn: str, stop: asyncio.Event) -> asyncpg.Pool | None:
+    """The main pool, once the database answers (None: stopped while waiting for it).
+
+    A database not reachable yet (a server restarting with the host, a network not up) is
+    waited for: exiting 1 made systemd restart the unit every ``RestartSec=2``, and its start
+    limit (10 starts in 5 minutes) gave up on it for good within a minute, so the node stayed
+    down after the database came back. What a retry cannot mend (a password refused, no such
+    database) still ends the start at once."""
+    failures = 0
+    while True:
+        try:
+            return await connect.create_pool(
+                dsn,
+                min_size=config.database.pool_min_size,
+                max_size=config.database.pool_max_size,
+                command_timeout=config.database.command_timeout_s,
+            )
+        except db.DB_ERRORS as exc:
+            if not db.is_transient(exc):
+                raise
+            delay = START_RETRY_BASE_S * 2 ** min(failures, 5)
+            failures += 1
+            log.warning(
+                "database_unavailable_at_start", error=str(exc) or type(exc).__name__, retry_in_s=delay
+            )
+        await aio.sleep_unless(delay, stop)
+        if stop.is_set():
+            return None
 
 
 async def _prepare_database(pool: asyncpg.Pool, config: Config) -> bool:
