@@ -56,6 +56,7 @@ PARTITION_MAINTENANCE_S = 3600.0
 # the next comes sooner: each try makes the writer wait at most the DDL's lock timeout.
 PARTITION_RETRY_S = 300.0
 CAMPAIGN_SAMPLE_S = 10.0
+DEADLINE_CANCEL_AGAIN_S = 1.0
 # A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
 START_RETRY_BASE_S = 0.5
 
@@ -648,5 +649,9 @@ async def _drain_deadline(
     log.info("drain_started", grace_s=config.node.shutdown_grace_s)
     await asyncio.sleep(config.node.shutdown_grace_s)
     log.error("drain_deadline_passed", grace_s=config.node.shutdown_grace_s)
-    if main is not None:
+    # Again until it takes: a cancellation can be lost on its way (an error raised by the cleanup
+    # it triggered, then caught by a retry loop), and the drain it was to end waited forever.
+    # Once it reaches this TaskGroup, the group cancels this task too.
+    while main is not None and not main.done():
         main.cancel()
+        await asyncio.sleep(DEADLINE_CANCEL_AGAIN_S)

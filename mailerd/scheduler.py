@@ -332,7 +332,10 @@ class Scheduler:
             await claim.close()
             return None
         except BaseException:
-            await claim.close()
+            # Dropped, not closed: a graceful close waits for the server (up to the command
+            # timeout when it does not answer), and the error it then raises replaced a
+            # cancellation under way: the drain deadline's was lost and the process never exited.
+            claim.terminate()
             raise
         run = ShardRun(
             campaign=campaign,
