@@ -59,6 +59,7 @@ CAMPAIGN_SAMPLE_S = 10.0
 DEADLINE_CANCEL_AGAIN_S = 1.0
 # A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
 START_RETRY_BASE_S = 0.5
+POOL_CLOSE_S = 3.0
 
 
 async def run(config: Config, stop: asyncio.Event) -> int:
@@ -96,7 +97,7 @@ async def run_with_dsn(
         if pool is None:
             log.info("daemon_stopped", before_start=True)
             return 0
-        resources.push_async_callback(pool.close)
+        resources.push_async_callback(_close_pool, pool, "main")
         if not await _prepare_database(pool, config):
             return 1
         lanes = _open_lanes(config, resources)
@@ -125,7 +126,7 @@ async def run_with_dsn(
                 command_timeout=config.database.command_timeout_s,
                 reset=connect.keep_session,
             )
-            resources.push_async_callback(reports_pool.close)
+            resources.push_async_callback(_close_pool, reports_pool, "reports")
         stages.reports_pool = reports_pool
         health = http.Health()
         services = http.Services(
@@ -381,6 +382,18 @@ async def _close_quietly(close: Callable[[], Awaitable[None]], what: str) -> Non
         await close()
     except Exception as exc:  # a failing close of one client must not skip the rest
         log.warning("close_failed", what=what, error=str(exc))
+
+
+async def _close_pool(pool: asyncpg.Pool, what: str) -> None:
+    """Close gracefully, but within :data:`POOL_CLOSE_S`: closing a connection waits for the
+    server to hang up, up to the command timeout each when it does not answer at all, which
+    kept the process past systemd's ``TimeoutStopSec``. Past it the connections are dropped."""
+    try:
+        async with asyncio.timeout(POOL_CLOSE_S):
+            await pool.close()
+    except TimeoutError:
+        pool.terminate()  # asyncpg did already, on the cancellation: a no-op, said for the reader
+        log.warning("pool_close_timed_out", pool=what, timeout_s=POOL_CLOSE_S)
 
 
 async def _open_pool(config: Config, dsn: str, stop: asyncio.Event) -> asyncpg.Pool | None:
