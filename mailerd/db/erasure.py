@@ -89,26 +89,40 @@ async def targets(
     return [r["id"] for r in rows], sorted(lowered), sorted(spellings | set(lowered))
 
 
-# The transaction-level advisory lock of one lower-cased address (64-bit, the single-key space
-# the other mailerd locks hash their names into; shards use the two-key space).
-_ADDRESS_LOCK_SQL = "hashtextextended('mailerd.erasure:' || lower(a), 0)"
+# The transaction-level advisory locks that serialise an erasure with the events about its
+# addresses (64-bit, the single-key space the other mailerd locks hash their names into; shards
+# use the two-key space): one per lower-cased address, and one per bucket of addresses. A flush
+# of up to ADDRESS_LOCK_BUCKETS addresses takes theirs, a bigger one their buckets, so none holds
+# more than ADDRESS_LOCK_BUCKETS locks (one per address, a flush of 10,000 events filled the
+# server's shared lock table, max_locks_per_transaction x connections, and "out of shared
+# memory" is transient to the writer, which retried the flush forever); an erasure takes both
+# of each of its addresses, so it excludes either kind of flush about them, and only a big flush
+# with someone else in an erased address's bucket waits for the erasure.
+ADDRESS_LOCK_BUCKETS = 256
+_ADDRESS_KEY = "hashtextextended('mailerd.erasure:' || lower(a), 0)"
+_BUCKET_KEY = (
+    f"hashtextextended('mailerd.erasure-bucket:' || (hashtext(lower(a)) & {ADDRESS_LOCK_BUCKETS - 1}), 0)"
+)
 
 
 async def lock_addresses(conn: asyncpg.Connection, addresses: Sequence[str], *, shared: bool) -> None:
     """Take the addresses' locks until the transaction ends: an erasure exclusively, before it
     scrubs anything; whatever stores an address that an erasure must remove (a provider event,
     a dead letter), shared, before it looks for erasures of it. Under READ COMMITTED an erasure's
-    UPDATE does not see a row inserted by a transaction still open, and that transaction's look-up
-    does not see an erasure not committed yet: either would leave the address stored. With the
-    lock one commits first and the other's next statement sees it. One statement for all, in
-    key order (no deadlock between two holders); lower-cased by the database, as the erasure's
-    keyed hashes are."""
+    UPDATE does not see a row inserted by a transaction still open, and that transaction's
+    look-up does not see an erasure not committed yet: either would leave the address stored.
+    With the lock one commits first and the other's next statement sees it. One statement for
+    all, in key order (no deadlock between two holders); lower-cased by the database, as the
+    erasure's keyed hashes are. Shared, at most :data:`ADDRESS_LOCK_BUCKETS` locks."""
+    distinct = sorted(set(addresses))
+    if shared:
+        key = _BUCKET_KEY if len(distinct) > ADDRESS_LOCK_BUCKETS else _ADDRESS_KEY
+        keys = f"SELECT DISTINCT {key} AS k FROM unnest($1::text[]) a"
+    else:
+        keys = f"""SELECT {_ADDRESS_KEY} AS k FROM unnest($1::text[]) a
+                   UNION SELECT {_BUCKET_KEY} FROM unnest($1::text[]) a"""
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    await conn.execute(
-        f"""SELECT count({function}(k))
-            FROM (SELECT DISTINCT {_ADDRESS_LOCK_SQL} AS k FROM unnest($1::text[]) a ORDER BY 1) s""",
-        sorted(set(addresses)),
-    )
+    await conn.execute(f"SELECT count({function}(k)) FROM ({keys} ORDER BY 1) s", distinct)
 
 
 async def hashes(conn: asyncpg.Connection, emails: Sequence[str], ipad: bytes, opad: bytes) -> list[bytes]:

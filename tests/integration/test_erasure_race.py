@@ -12,6 +12,7 @@ import pytest
 
 from mailerd import campaigns, deadletter, erasure, events
 from mailerd.db import connect as db_connect
+from mailerd.db import erasure as erasure_db
 from mailerd.models import Event, EventKind
 from tests.integration.helpers import daemon_config, new_campaign
 from tests.integration.test_erasure import ADDRESS, KEY, _event, _lead, _text_hits
@@ -143,3 +144,81 @@ async def _dead_letter(conn: asyncpg.Connection, letter: deadletter.Letter) -> N
     """As the writer keeps one: in a transaction of its own."""
     async with conn.transaction():
         await deadletter.record(conn, letter, PADS)
+
+
+async def test_a_flush_of_many_addressed_events_takes_a_bounded_number_of_locks(
+    conn: asyncpg.Connection,
+) -> None:
+    # one advisory lock per distinct address: a flush of 20,000 events (flush_rows is 10,000,
+    # a flush after an outage takes up to max_buffer_rows, 50,000) filled the server's shared
+    # lock table ("out of shared memory", a transient error: the writer retried it forever)
+    batch = [_event(EventKind.DELIVERED, f"many-{n}", email=f"person{n}@example.com") for n in range(20_000)]
+    async with conn.transaction():
+        stored = await _record_counted(conn, batch)
+        held = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+    assert stored == 20_000
+    assert held <= erasure_db.ADDRESS_LOCK_BUCKETS
+
+
+async def _record_counted(conn: asyncpg.Connection, batch: list[Event]) -> int:
+    recorded = await events.record(
+        conn, batch, soft_bounce_limit=3, soft_bounce_window_s=3600, erased_pads=PADS
+    )
+    return len(recorded.events)
+
+
+async def test_a_small_flush_about_someone_else_does_not_wait_for_an_erasure(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # an erasure holds its locks while it scans the account's events (seconds on a big account):
+    # a flush of a few events about other people, even in the erased address's lock bucket,
+    # goes on (only a flush too big to lock per address shares buckets)
+    lead_id = await _lead(conn, 1, ADDRESS)
+    other = await conn.fetchval(
+        """SELECT a FROM (SELECT 'someone' || n || '@example.com' AS a FROM generate_series(1, 100000) n) s
+           WHERE hashtext(lower(a)) & $2 = hashtext(lower($1)) & $2 LIMIT 1""",
+        ADDRESS,
+        erasure_db.ADDRESS_LOCK_BUCKETS - 1,
+    )
+    batch = [_event(EventKind.COMPLAINT, "other-1", email=other)]
+    webhook, eraser = await db_connect.connect(dsn), await db_connect.connect(dsn)
+    try:
+        async with eraser.transaction():
+            await _erase(eraser, lead_id)
+            async with webhook.transaction(), asyncio.timeout(5):
+                await _record(webhook, batch)
+    finally:
+        await webhook.close()
+        await eraser.close()
+    assert await conn.fetchval("SELECT email FROM email_events") == other
+
+
+async def test_a_big_flush_about_the_person_being_erased_waits_and_stores_it_scrubbed(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    # a flush of more addresses than it locks one by one takes their buckets: still serialised
+    # with the erasure of one of them
+    lead_id = await _lead(conn, 1, ADDRESS)
+    crowd = [
+        _event(EventKind.DELIVERED, f"crowd-{n}", email=f"crowd{n}@example.com")
+        for n in range(erasure_db.ADDRESS_LOCK_BUCKETS + 10)
+    ]
+    batch = [*await _complaint(conn, lead_id), *crowd]
+    webhook, eraser = await db_connect.connect(dsn), await db_connect.connect(dsn)
+    try:
+        erasing = eraser.transaction()
+        await erasing.start()
+        await _erase(eraser, lead_id)
+        flush = webhook.transaction()
+        await flush.start()
+        recording = await _started(conn, webhook, _record(webhook, batch))
+        assert not recording.done()
+        await erasing.commit()
+        await _finished(recording)
+        await flush.commit()
+    finally:
+        await webhook.close()
+        await eraser.close()
+    assert await _text_hits(conn, ADDRESS) == []
