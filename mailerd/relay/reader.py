@@ -57,9 +57,9 @@ MAX_WHOLE = 100_000  # the most rows a read grows to after reading a big transac
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Batch:
-    """What one read returned: ``records`` (commit-safe order, erasures last), the position once they are
-    delivered, whether the read reached the snapshot (caught up), and the time up to which
-    everything committed is in it (or earlier)."""
+    """What one read returned: ``records`` (commit-safe order, an erasure after its leads'
+    records), the position once they are delivered, whether the read reached the snapshot
+    (caught up), and the time up to which everything committed is in it (or earlier)."""
 
     records: list[Record]
     end: Snapshot

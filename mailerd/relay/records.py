@@ -212,18 +212,47 @@ def merged(*groups: list[Record]) -> list[Record]:
 
 
 def erasures_last(batch: list[Record]) -> list[Record]:
-    """The batch with its erasures moved after every other record (each group keeps its order).
+    """The batch with each erasure moved after the last record of the leads it erased (the
+    others keep their order, and the erasures theirs).
 
     Transaction ids are taken at a transaction's first write, not at its commit: a writer flush
     that took its id after an erasure's and committed before it sorted after the erasure, so the
     person's email or event came after the record telling consumers to delete them. Every
     transaction that committed before an erasure is committed in the snapshot the erasure was
     read in: in a batch read up to that snapshot (not capped), it is in this batch or an earlier
-    one."""
-    erasures = [record for record in batch if record.kind == "erasure"]
+    one. Only the erased leads' records move ahead (by key, ``account:lead``): a record of
+    someone else, or of the person imported again as a new lead after the erasure, stays after
+    it, as consumers erasing by address hash would erase the new lead's record too."""
+    erasures = [
+        (
+            position,
+            {lead_key(record.account_id, int(lead)).encode() for lead in record.fields.get("lead_ids") or []},
+        )
+        for position, record in enumerate(batch)
+        if record.kind == "erasure"
+    ]
     if not erasures:
         return batch
-    return [record for record in batch if record.kind != "erasure"] + erasures
+    # One pass for all of them (a batch far behind may hold many erasures): each erased lead's
+    # last record in the batch.
+    wanted = set().union(*(keys for _, keys in erasures))
+    last_of: dict[bytes, int] = {}
+    if wanted:
+        for position, record in enumerate(batch):
+            if record.key in wanted and record.kind != "erasure":
+                last_of[record.key] = position
+    moves: dict[int, list[Record]] = {}  # position -> the erasures that go right after it
+    last = -1  # where the previous erasure went: erasures keep their order
+    for position, keys in erasures:
+        after = max([position, last, *(last_of.get(key, -1) for key in keys)])
+        moves.setdefault(after, []).append(batch[position])
+        last = after
+    ordered: list[Record] = []
+    for position, record in enumerate(batch):
+        if record.kind != "erasure":
+            ordered.append(record)
+        ordered += moves.get(position, ())
+    return ordered
 
 
 def from_database(kind: str, tx: int, at: dt.datetime, key: bytes, value: bytes) -> Record:

@@ -264,7 +264,28 @@ async def test_an_erasure_comes_after_a_flush_that_took_its_id_later_but_committ
     assert batch.caught_up
     kinds = [record.kind for record in batch.records]
     assert sorted(kinds) == ["email", "email", "email", "erasure"]
-    assert kinds[-1] == "erasure", kinds
+    order = [(record.kind, record.lead_id) for record in batch.records]
+    assert order.index(("erasure", None)) > order.index(("email", leads[0])), order
+
+
+async def test_the_email_of_a_person_imported_again_after_the_erasure_comes_after_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """The host imports an erased person anew (a new lead, same address) and a campaign sends to
+    them, after the erasure committed, in the same batch: moved after every other record, the
+    erasure came after the new lead's email, and consumers (the reports database, a warehouse
+    deleting by address hash) erased the new person's record, which the erasure is not about."""
+    async with pool.acquire() as conn:
+        campaign_id, leads = await make_campaign(conn, 2)
+        await erasure.erase(conn, account_id=1, key=b"k" * 32, by="test", lead_id=leads[0])
+        again = await conn.fetchval(
+            """INSERT INTO leads (account_id, email, attributes)
+               VALUES (1, 'User0@Example.com', '{}') RETURNING id"""
+        )
+        await log_rows(conn, campaign_id, [again])
+    batch = await Reader(pool, {"email", "erasure"}, limit=100).read(position_mod.earliest())
+    assert batch.caught_up
+    assert [(r.kind, r.lead_id) for r in batch.records] == [("erasure", None), ("email", again)]
 
 
 async def test_flushes_bigger_than_a_batch_are_read_whole_and_then_in_one_read(pool: asyncpg.Pool) -> None:
