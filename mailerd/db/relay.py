@@ -340,15 +340,17 @@ async def forget_addresses(
     conn: asyncpg.Connection, account_id: int, email_hashes: Sequence[bytes], ipad: bytes, opad: bytes
 ) -> int:
     """Erasure: drop the dead letters of the account (or of no account: an event no lead
-    matched) whose record's address has one of ``email_hashes`` (keyed as
+    matched) whose record names no lead and whose address has one of ``email_hashes`` (keyed as
     :mod:`mailerd.db.erasure` hashes, the key's pads given). Records of an event with no lead id
     (matched to a batch by its message id, or to nobody) hold the address too, and a destination
-    may refuse one after the erasure deleted those there."""
+    may refuse one after the erasure deleted those there. A record with a lead id is the erased
+    leads' (:func:`forget_leads`) or someone else's: the person imported again after the
+    erasure is a new lead, whose records keep their address."""
     keyed = erasure_db.hmac_sql("(record->>'address')", "$3::bytea", "$4::bytea")
     status = await conn.execute(
         f"""DELETE FROM relay_dead_letters
-            WHERE (account_id = $1 OR account_id IS NULL) AND record->>'address' IS NOT NULL
-              AND {keyed} = ANY($2::bytea[])""",
+            WHERE (account_id = $1 OR account_id IS NULL) AND lead_id IS NULL
+              AND record->>'address' IS NOT NULL AND {keyed} = ANY($2::bytea[])""",
         account_id,
         list(email_hashes),
         ipad,

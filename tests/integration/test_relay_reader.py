@@ -24,7 +24,7 @@ from mailerd.relay.reader import Reader
 from mailerd.relay.records import Record
 from mailerd.relay.stream import Stream
 from tests import relay_schemas
-from tests.integration.relay_rows import NOW, log_rows, make_campaign
+from tests.integration.relay_rows import NOW, email_record, log_rows, make_campaign
 
 
 async def drain(reader: Reader, position: Snapshot, rounds: int = 500) -> tuple[list[str], Snapshot]:
@@ -464,3 +464,44 @@ async def test_a_destination_starts_with_its_counters_at_zero(pool: asyncpg.Pool
         assert REGISTRY.get_sample_value("mailerd_relay_failures_total", {**labels, "reason": reason}) == 0
     for kind in destination.kinds:
         assert REGISTRY.get_sample_value("mailerd_relay_records_total", {**labels, "kind": kind}) == 0
+
+
+async def test_the_erasure_passing_keeps_the_dead_letters_of_the_person_imported_again(
+    pool: asyncpg.Pool,
+) -> None:
+    # erased, then imported again (a new lead, the same address) and sent to; a destination
+    # refused the new lead's email: the erasure record passing deleted it with the erased
+    # person's (by the address's keyed hash), although it is not about the lead it erased
+    key = b"k" * 32
+    address = "erin.person@example.com"
+    async with pool.acquire() as conn:
+        await make_campaign(conn, 1)
+        lead_id = await conn.fetchval(
+            "INSERT INTO leads (account_id, email, attributes) VALUES (1, $1, '{}') RETURNING id", address
+        )
+        await erasure.erase(conn, account_id=1, key=key, by="test", lead_id=lead_id)
+        again = await conn.fetchval(
+            "INSERT INTO leads (account_id, email, attributes) VALUES (1, $1, '{}') RETURNING id", address
+        )
+        unmatched = records.event(
+            {"tx": 0, "kind": "delivered", "provider": "sendgrid", "provider_event_id": "d-1",
+             "provider_message_id": None, "campaign_id": None, "lead_id": None, "account_id": None,
+             "email": address, "received_at": NOW, "occurred_at": NOW, "reason": None,
+             "provider_type": None, "smtp_status": None, "bounce_class": None}
+        )  # fmt: skip
+        refused = [unmatched, email_record(again, address)]  # the erased person's, the new lead's
+        await relay_db.add_dead_letters(conn, "callbacks.app", refused, "HTTP 400")
+        taken = await relay_db.take_positions(conn, ["collect"], position_mod.earliest(), "test")
+    stop = asyncio.Event()
+    stream = Stream(
+        _Collect(), pool, config.RelayConfig(poll_interval_ms=10), epoch=taken["collect"].epoch,
+        position=position_mod.earliest(), as_of=NOW, stop=stop, erased_pads=erasure.key_pads(key),
+    )  # fmt: skip
+    task = asyncio.create_task(stream.run())
+    async with pool.acquire() as conn, asyncio.timeout(10):
+        while await conn.fetchval("SELECT count(*) FROM relay_dead_letters WHERE lead_id IS NULL"):
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        left = await conn.fetch("SELECT lead_id FROM relay_dead_letters")
+    assert [r["lead_id"] for r in left] == [again]
