@@ -10,6 +10,8 @@ import re
 import typing
 from typing import Any
 
+import yarl
+
 
 class ConfigError(Exception):
     """A configuration problem, with the file and the key it concerns in the message."""
@@ -83,6 +85,21 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not match or not 0 <= int(match.group(2)) <= 65535:
         raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
     return match.group(1), int(match.group(2))
+
+
+_HTTP_URL = re.compile(r"https?://[^\s/?#@]+(/\S*)?", flags=re.IGNORECASE)
+
+
+def is_http_url(text: str) -> bool:
+    """An ``http://`` or ``https://`` URL without credentials that aiohttp can request: the form
+    alone took ``https://host:44x3`` (or port 99999, an unclosed ``[``), and every request to it
+    then raised ``ValueError`` instead of failing as a request."""
+    if not _HTTP_URL.fullmatch(text):
+        return False
+    try:
+        return bool(yarl.URL(text).host)
+    except ValueError:
+        return False
 
 
 def show(value: Any) -> str:

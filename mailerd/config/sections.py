@@ -19,7 +19,15 @@ from mailerd import dsn as dsn_mod
 from mailerd.config import pace as pace_mod
 from mailerd.config import stream
 from mailerd.config.coerce import build_section, named
-from mailerd.config.fields import MIN_RATE_PER_S, ConfigError, Secret, _within, parse_duration, parse_listen
+from mailerd.config.fields import (
+    MIN_RATE_PER_S,
+    ConfigError,
+    Secret,
+    _within,
+    is_http_url,
+    parse_duration,
+    parse_listen,
+)
 from mailerd.config.pace import PaceConfig
 from mailerd.config.stream import CallbackConfig, KafkaConfig, RelayConfig
 
@@ -438,7 +446,7 @@ def _validate(config: Config) -> None:
     if config.reports is not None:
         for problem in _reports_problems(config):
             raise ConfigError(problem)
-    if not _HTTP_URL.fullmatch(config.http.public_url):
+    if not is_http_url(config.http.public_url):
         raise ConfigError("[http] public_url: expected an http:// or https:// URL")
     window = _prefixed("[webhooks] soft_bounce_window:", parse_duration, config.webhooks.soft_bounce_window)
     if not 1 <= window <= 365 * 86400:
@@ -504,9 +512,6 @@ def _sections_of(config: Config) -> list[tuple[str, Any]]:
     return sections
 
 
-_HTTP_URL = re.compile(r"https?://[^\s/?#@]+(/\S*)?", flags=re.IGNORECASE)
-
-
 def _cross_checks(section: Any) -> list[str]:
     """Problems between the keys of one section (each key is already within its own range)."""
     if isinstance(section, DatabaseConfig) and section.pool_min_size > section.pool_max_size:
@@ -520,7 +525,7 @@ def _cross_checks(section: Any) -> list[str]:
             # Not a secret field: it is shown and logged as it is (check-config printed smtp's
             # "user:password@host:587", which has no scheme).
             return ["endpoint: credentials do not belong in the URL; give them as api_key"]
-        if section.kind != "smtp" and section.endpoint and not _HTTP_URL.fullmatch(section.endpoint):
+        if section.kind != "smtp" and section.endpoint and not is_http_url(section.endpoint):
             # "email.eu-west-1.amazonaws.com" was taken: an SES campaign then failed to prepare
             # every second for ever ('NoneType' object has no attribute 'split'), never sending.
             expected = "an http:// or https:// URL (empty: the provider's own)"

@@ -6,14 +6,13 @@ import base64
 import binascii
 import dataclasses
 import importlib
-import re
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from mailerd.config.coerce import build_section, named
-from mailerd.config.fields import ConfigError, Secret, _within, parse_listen
+from mailerd.config.fields import ConfigError, Secret, _within, is_http_url, parse_listen
 
 RELAY_KINDS = ("email", "event", "campaign", "erasure")
 RELAY_EVENT_TYPES = ("delivered", "hard_bounce", "soft_bounce", "complaint", "unsubscribe")
@@ -160,7 +159,7 @@ def _cramjam_installed() -> bool:
 
 def _callback_problems(endpoint: CallbackConfig) -> list[str]:
     problems = []
-    if not re.fullmatch(r"https?://[^\s/?#@]+(/\S*)?", endpoint.url, flags=re.IGNORECASE):
+    if not is_http_url(endpoint.url):
         problems.append("url: expected an http:// or https:// URL without credentials")
     if endpoint.secret is None:
         problems.append(

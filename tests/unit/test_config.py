@@ -715,6 +715,22 @@ def test_an_api_endpoint_that_is_no_http_url_is_refused(tmp_path: Path, kind: st
     )
 
 
+@pytest.mark.parametrize("url", ["https://h.example.com:44x3", "https://h.example.com:99999", "https://[::1"])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("[http]", "public_url"), ('[providers.p]\nkind = "sendgrid"', "endpoint"), ("[callbacks.app]", "url")],
+)
+def test_an_http_url_whose_port_or_host_does_not_parse_is_refused(
+    tmp_path: Path, table: str, key: str, url: str
+) -> None:
+    # The form check took them, and every request to it then raised ValueError in aiohttp
+    # (a provider's calls logged their recipients unknown, an SES campaign never prepared, a
+    # callback endpoint was retried for ever, every unsubscribe link was broken).
+    path = write(tmp_path, f'{table}\n{key} = "{url}"')
+    section = table.split("\n")[0]
+    assert f"{section} {key}: expected an http:// or https:// URL" in load_error(path)
+
+
 def test_redact_dsn() -> None:
     assert config.redact_dsn("postgresql://u:p@h:5432/d") == "postgresql://u:**********@h:5432/d"
     assert config.redact_dsn("postgresql://u@h/d") == "postgresql://u@h/d"
