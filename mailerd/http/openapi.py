@@ -35,7 +35,9 @@ STATUS_TEXT = {
         "Not possible in the current state (code conflict: a campaign transition not allowed from its"
         " status; code provider_held: a campaign started or resumed while the provider guard holds its"
         " provider; code erasure_unavailable: no [privacy] erasure_key on this node; code ambiguous: a"
-        " provider message id that names several emails, error.field names the parameter that picks one)"
+        " provider message id that names several emails, error.field names the parameter that picks one;"
+        " code conflict of a bulk import: the database stopped it for a concurrent one writing the same"
+        " leads, a deadlock: nothing imported, retry)"
     ),
     413: "The body is larger than [http] max_body_bytes, as sent or decompressed (code too_large)",
     415: "A Content-Encoding other than gzip, deflate or identity (code unsupported_encoding)",

@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from mailerd.http import leads as leads_http
+from mailerd.http import openapi, routes
 from mailerd.importer import loading
 from mailerd.importer import source as source_mod
 from tests.integration.leads_api import AUTH, NDJSON, api_client, attributes_by_email
@@ -256,3 +257,12 @@ async def test_two_bulk_imports_that_deadlock_answer_retry_not_a_500(
         "lead1@example.com": {"n": 1},
         "lead2@example.com": {"n": 2},
     }
+
+
+def test_the_openapi_document_says_what_the_bulk_409_means() -> None:
+    # The route lists 409 for a deadlock, but its description was the shared one of every 409
+    # ("a campaign transition not allowed from its status"...): a client reading the document
+    # could not tell that this 409 means "nothing imported, send it again".
+    document = openapi.document(routes.ROUTES)
+    described = document["paths"]["/api/leads/bulk"]["post"]["responses"]["409"]["description"]
+    assert "bulk import" in described and "retry" in described
