@@ -162,3 +162,29 @@ def test_mailerd_files_lists_prints_and_refuses(capsysbinary: pytest.CaptureFixt
     assert capsysbinary.readouterr().out == TEMPLATE.read_bytes()
     assert cli.main(["files", "mailerd.toml"]) == 2  # a usage error (it was 1, a failure)
     assert b"no shipped file 'mailerd.toml'; there are: " in capsysbinary.readouterr().err
+
+
+def test_a_value_written_as_the_example_environment_file_says_reads_the_same_in_a_shell(
+    tmp_path: Path,
+) -> None:
+    """The file is read by systemd and, for the commands run by hand, by a shell (``set -a; .
+    /etc/mailerd/env``): written unquoted as it said ("no quotes needed"), a DSN whose password
+    holds ``&`` or a token list with a space ran part of the line as a command, and left
+    ``MAILERD_DSN`` unset, so ``mailerd migrate`` migrated the example's embedded database."""
+    header = ENV_EXAMPLE.read_text("utf-8").split("\n\n", 1)[0]
+    assert "no quotes needed" not in header
+    assert "single quotes" in header
+    values = {
+        "MAILERD_DSN": "postgresql://mailerd:p&ss;w$rd(1)@db.internal:5432/mailerd",
+        "MAILERD_ADMIN_TOKEN": "tok-1, tok-2 # <new>",
+    }
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(f"{key}='{value}'\n" for key, value in values.items()), "utf-8")
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    script = 'set -a; . "$1"; set +a; printf "%s\\n%s\\n" "$MAILERD_DSN" "$MAILERD_ADMIN_TOKEN"'
+    done = subprocess.run(
+        [bash, "-c", script, "bash", str(env_file)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.splitlines() == list(values.values()), done.stderr
