@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -83,7 +84,27 @@ def from_mapping(
     try:
         return _build(data, source)
     except ConfigError as exc:
-        raise ConfigError(f"config error: {source}: {exc}") from None
+        raise ConfigError(f"config error: {source}: {exc}{_env_origin(data, str(exc))}") from None
+
+
+# "[section] key:" or "[table.NAME] key:", how a problem names the key it is about
+_PROBLEM_KEY = re.compile(r"\[([^\]\s]+)\] (\w+):")
+
+
+def _env_origin(data: Mapping[str, Any], problem: str) -> str:
+    """`` (from the environment: VAR)`` when the key ``problem`` names was set by a variable:
+    a value out of range, or refused with another key, was reported against the file alone,
+    which holds another value or none (a wrong type or an unknown key already says it)."""
+    match = _PROBLEM_KEY.match(problem)
+    if match is None or "(from the environment:" in problem:
+        return ""
+    table: Any = data
+    for part in match.group(1).split("."):
+        table = table.get(part) if isinstance(table, Mapping) else None
+    value = table.get(match.group(2)) if isinstance(table, Mapping) else None
+    if isinstance(value, EnvText) and value.variable:
+        return f" (from the environment: {value.variable})"
+    return ""
 
 
 def redacted(config: Config) -> dict[str, Any]:

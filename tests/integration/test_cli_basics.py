@@ -291,4 +291,6 @@ async def test_an_empty_secret_file_is_a_config_error_at_load(tmp_path: Path, co
 async def test_a_zero_body_limit_is_a_config_error() -> None:
     result = await mailerd("check-config", env=base_env(MAILERD_HTTP__MAX_BODY_BYTES="0"))
     assert result.returncode == 1
-    assert result.stderr.endswith("[http] max_body_bytes: must be at least 1024\n")
+    assert result.stderr.endswith(
+        "[http] max_body_bytes: must be at least 1024 (from the environment: MAILERD_HTTP__MAX_BODY_BYTES)\n"
+    )

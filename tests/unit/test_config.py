@@ -250,7 +250,9 @@ def test_partitions_are_created_at_least_a_day_ahead(tmp_path: Path, days: int) 
     path = write(tmp_path, f"[retention]\npartitions_ahead_days = {days}")
     assert load_error(path) == f"config error: {path}: {message}"
     empty = write(tmp_path, "", "empty.toml")
-    assert load_error(empty, env={"MAILERD_RETENTION__PARTITIONS_AHEAD_DAYS": str(days)}).endswith(message)
+    assert load_error(empty, env={"MAILERD_RETENTION__PARTITIONS_AHEAD_DAYS": str(days)}).endswith(
+        f"{message} (from the environment: MAILERD_RETENTION__PARTITIONS_AHEAD_DAYS)"
+    )
     two = config.load(empty, env={"MAILERD_RETENTION__PARTITIONS_AHEAD_DAYS": "2"})
     assert two.retention.partitions_ahead_days == 2
 
@@ -685,7 +687,7 @@ def test_credentials_in_a_provider_endpoint_are_refused(tmp_path: Path) -> None:
     error = load_error(path, {"MAILERD_PROVIDERS__SES__ENDPOINT": "https://user:pw-endpoint@ses.example/"})
     assert error == (
         f"config error: {path}: [providers.ses] endpoint: credentials do not belong in the URL; "
-        "give them as api_key"
+        "give them as api_key (from the environment: MAILERD_PROVIDERS__SES__ENDPOINT)"
     )
     # smtp's host:port has no scheme: its user info was taken, and check-config printed it.
     smtp = write(
@@ -729,6 +731,34 @@ def test_an_http_url_whose_port_or_host_does_not_parse_is_refused(
     path = write(tmp_path, f'{table}\n{key} = "{url}"')
     section = table.split("\n")[0]
     assert f"{section} {key}: expected an http:// or https:// URL" in load_error(path)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("MAILERD_PROVIDERS__SES__RATE_PER_S", "1e9", "[providers.ses] rate_per_s: must be at most 100000"),
+        ("MAILERD_HTTP__PUBLIC_URL", "mailer.example.com", "[http] public_url: expected an http"),
+        ("MAILERD_PROVIDERS__SES__ENDPOINT", "email.eu-west-1.amazonaws.com", "[providers.ses] endpoint:"),
+        ("MAILERD_DATABASE__POOL_MIN_SIZE", "50", "[database] pool_min_size: must be at most pool_max_size"),
+    ],
+)
+def test_a_value_out_of_range_set_through_the_environment_names_its_variable(
+    tmp_path: Path, variable: str, value: str, problem: str
+) -> None:
+    # Only an unknown key or a wrong type named the variable; a value of the right type but out
+    # of range (or refused by a check across keys) named the file alone, which holds another
+    # value or none: the operator looked for the key in the file.
+    path = write(tmp_path, '[providers.ses]\nkind = "ses"\nrate_per_s = 14')
+    message = load_error(path, env={variable: value})
+    assert message.startswith(f"config error: {path}: {problem}"), message
+    assert message.endswith(f" (from the environment: {variable})"), message
+    assert message.count("from the environment") == 1
+
+
+def test_a_value_out_of_range_in_the_file_names_no_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, '[providers.ses]\nkind = "ses"\nrate_per_s = 1e9')
+    message = load_error(path, env={"MAILERD_PROVIDERS__SES__CONCURRENCY": "4"})
+    assert message == f"config error: {path}: [providers.ses] rate_per_s: must be at most 100000"
 
 
 def test_redact_dsn() -> None:
@@ -908,6 +938,7 @@ def test_env_unknown_key_and_bad_value_are_errors(tmp_path: Path) -> None:
     )
     assert load_error(path, {"MAILERD_PROVIDERS__SES__BATCH_SIZE": "0"}).endswith(
         "[providers.ses] batch_size: must be from 1 to 1000"
+        " (from the environment: MAILERD_PROVIDERS__SES__BATCH_SIZE)"
     )
 
 
