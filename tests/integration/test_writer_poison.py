@@ -20,6 +20,7 @@ import pytest
 
 from mailerd import app, campaigns, db, events
 from mailerd import config as config_mod
+from mailerd.db import partitions
 from mailerd.models import Event, EventKind, LogStatus
 from mailerd.shard import Ledger
 from mailerd.writer import EventsRefused, Writer
@@ -236,3 +237,41 @@ async def test_sigterm_drains_within_the_grace_period_while_the_writer_cannot_co
         await blocker.close()
         if not daemon.done():
             daemon.cancel()
+
+
+async def test_rows_routed_to_the_default_partition_while_their_day_is_attached_are_retried(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    """A COPY that began while another node attached the partition of its rows' day (a node whose
+    clock runs ahead writes a day that has no partition yet) routes them to the default partition
+    and fails there (23514) once the attach commits. That is no fault of the rows: they were
+    dead-lettered (left out of email_log and the counters); now the flush is retried and commits."""
+    claim = await _claimed_shard(conn)
+    claim.ledger.add(1, 10)
+    day = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=30)
+    sent_at = dt.datetime(day.year, day.month, day.day, 6, tzinfo=dt.UTC)
+    writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=10))
+    task = await _running(writer)
+    ddl = await asyncpg.connect(dsn)
+    try:
+        async with ddl.transaction():
+            # The day's partition is attached, not yet committed: the default partition is locked.
+            assert [a.verb for a in await partitions.create_day(ddl, "email_log", day)] == ["created"]
+            row = (sent_at, claim.campaign_id, 5, LogStatus.SENT, "m-1", None)
+            rows = await writer.submit(claim, 1, [row])
+            async with asyncio.timeout(10):
+                while not await conn.fetchval("SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted)"):
+                    await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):
+            await rows
+    finally:
+        await ddl.close()
+    writer.close()
+    await asyncio.wait_for(task, 10)
+    assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 0
+    where = await conn.fetch(
+        "SELECT tableoid::regclass::text AS part FROM email_log WHERE campaign_id = $1", claim.campaign_id
+    )
+    assert [r["part"] for r in where] == [partitions.partition_name("email_log", day)]
+    sent = await conn.fetchval("SELECT sent FROM campaign_stats WHERE campaign_id = $1", claim.campaign_id)
+    assert sent == 1 and claim.ledger.checkpoint == 10
