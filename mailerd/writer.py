@@ -328,19 +328,22 @@ class Writer:
         if retrying:
             async with self._pool.acquire() as conn:
                 committed = await email_log_db.flush_recorded(conn, flush_id)
+        while True:
             if committed:
                 # The last attempt committed before its connection died: only the bookkeeping
                 # is left, writing again would log the same emails twice.
                 log.warning("flush_found_committed", flush_id=str(flush_id))
                 entries = [e for e in entries if not e.done.done()]
-        # Keyed by the claim (epoch too): late rows of an earlier claim of the same shard on this
-        # node must be fenced on their own, never mixed into the current claim's ledger.
-        by_shard: dict[ShardKey, list[Entry]] = collections.defaultdict(list)
-        for entry in entries:
-            if entry.shard is not None:
-                by_shard[shard_key(entry.shard)].append(entry)
-        while True:
-            lost = await self._flush_once(entries, by_shard, flush_id, write=not committed)
+            by_shard = _by_claim(entries)
+            try:
+                lost = await self._flush_once(entries, by_shard, flush_id, write=not committed)
+            except asyncpg.UniqueViolationError as exc:
+                if not retrying or exc.constraint_name != email_log_db.FLUSH_ID_KEY:
+                    raise
+                # The last attempt was still committing when the look-up above ran: it has
+                # committed now (its id is taken), so this is the case above.
+                committed = True
+                continue
             if not lost:
                 break
             # Drop the rows of fenced-out shards and write the rest.
@@ -428,6 +431,16 @@ async def advance_checkpoints(conn: asyncpg.Connection, plans: list[Plan]) -> se
         if finished:
             await campaigns_db.sweep(conn, "done", cause="writer", ids=finished)
     return lost
+
+
+def _by_claim(entries: list[Entry]) -> dict[ShardKey, list[Entry]]:
+    """The batches' entries by claim (epoch too): late rows of an earlier claim of the same shard
+    on this node must be fenced on their own, never mixed into the current claim's ledger."""
+    by_shard: dict[ShardKey, list[Entry]] = collections.defaultdict(list)
+    for entry in entries:
+        if entry.shard is not None:
+            by_shard[shard_key(entry.shard)].append(entry)
+    return by_shard
 
 
 def _fail(entry: Entry, error: Exception) -> None:

@@ -15,6 +15,7 @@ from mailerd.models import Campaign, LogRow, LogStatus
 
 COLUMNS = ("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error")
 UNCERTAIN_ERROR = "in flight when its node stopped"
+FLUSH_ID_KEY = "writer_flushes_pkey"  # a flush id inserted twice: the first insert committed
 
 
 async def copy_rows(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> None:

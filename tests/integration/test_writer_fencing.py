@@ -120,3 +120,61 @@ async def test_a_retried_flush_that_had_committed_is_not_written_twice(
     await task
     assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id) == 1
     assert claim.ledger.checkpoint == 10
+
+
+async def test_a_retried_flush_whose_first_attempt_commits_during_the_retry_is_not_written_twice(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str
+) -> None:
+    """The connection died during COMMIT while the server was still committing (a slow fsync, a
+    synchronous standby): the retry's look-up found no flush id, and its own insert of the id then
+    met the first attempt's, committed meanwhile (23505). That was taken for bad data: the flush
+    was split and written again under new ids, every row twice. Now it is the committed flush."""
+    campaign_id = await _campaign_with_shard(conn, epoch=1)
+    claim = Claim(campaign_id, 0, 1, 1000, Ledger(0))
+    claim.ledger.add(1, 10)
+    claim.ledger.add(2, 20)
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        (now, campaign_id, 5, LogStatus.SENT, "m-5", None),
+        (now, campaign_id, 15, LogStatus.SENT, "m-15", None),
+    ]
+    loop = asyncio.get_running_loop()
+    entries = [
+        Entry(claim, seq, [row], 0, True, loop.create_future()) for seq, row in ((1, rows[0]), (2, rows[1]))
+    ]
+    flush_id = uuid.uuid4()
+    first = await asyncpg.connect(dsn)  # the first attempt's transaction, not committed yet
+    try:
+        async with first.transaction():
+            await first.execute("INSERT INTO writer_flushes (id) VALUES ($1)", flush_id)
+            await first.copy_records_to_table(
+                "email_log",
+                records=rows,
+                columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
+            )
+            await first.execute(
+                "UPDATE campaign_stats SET sent = sent + 2 WHERE campaign_id = $1", campaign_id
+            )
+            await first.execute(
+                "UPDATE campaign_shards SET checkpoint = 20 WHERE campaign_id = $1", campaign_id
+            )
+            writer = Writer(pool, config_mod.WriterConfig(flush_interval_ms=10))
+            writer._retry = (flush_id, entries)
+            writer._rows = 2
+            task = asyncio.create_task(writer.run())
+            async with asyncio.timeout(10):
+                while not await conn.fetchval("SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted)"):
+                    await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(e.done for e in entries))
+    finally:
+        await first.close()
+    writer.close()
+    await asyncio.wait_for(task, 10)
+    logged = await conn.fetch(
+        "SELECT lead_id FROM email_log WHERE campaign_id = $1 ORDER BY lead_id", campaign_id
+    )
+    assert [r["lead_id"] for r in logged] == [5, 15]
+    assert await conn.fetchval("SELECT sent FROM campaign_stats WHERE campaign_id = $1", campaign_id) == 2
+    assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 0
+    assert claim.ledger.checkpoint == 20 and not claim.lost
