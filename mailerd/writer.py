@@ -404,6 +404,9 @@ class Writer:
                 raise _Rollback(lost)
             if records:
                 await email_log_db.copy_rows(conn, records)
+            # Every counter row this flush adds to, in id order, before adding: the events' are
+            # added later than the batches', and another node's flush may hold them the other way.
+            await stats_db.lock_counters(conn, [*stats, *(e.campaign_id for e in events if e.campaign_id)])
             await stats_db.add_outcomes(conn, stats)
             provider_counts: dict[int, list[int]] = {}
             if events:

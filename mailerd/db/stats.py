@@ -86,6 +86,17 @@ async def add_events(
     )
 
 
+async def lock_counters(conn: asyncpg.Connection, campaign_ids: Sequence[int]) -> None:
+    """Lock the counters of ``campaign_ids`` in id order (a writer flush, before it adds to any):
+    two flushes adding to the same campaigns in different orders deadlocked."""
+    if campaign_ids:
+        await conn.execute(
+            """SELECT 1 FROM campaign_stats WHERE campaign_id = ANY($1::bigint[])
+               ORDER BY campaign_id FOR UPDATE""",
+            sorted(set(campaign_ids)),
+        )
+
+
 async def lock_for_guard(conn: asyncpg.Connection, campaign_ids: Sequence[int]) -> None:
     """Lock the counters of ``campaign_ids`` (in id order) before a flush reads their guard
     baselines (:func:`mailerd.db.events.before_baselines`): a resume that commits between that

@@ -10,9 +10,10 @@ import uuid
 import asyncpg
 import pytest
 
-from mailerd import campaigns
+from mailerd import campaigns, metrics
 from mailerd import config as config_mod
-from mailerd.models import LogStatus
+from mailerd.db import connect
+from mailerd.models import Event, EventKind, LogStatus
 from mailerd.scheduler import Scheduler
 from mailerd.shard import Ledger
 from mailerd.writer import Entry, ShardLost, Writer
@@ -178,3 +179,60 @@ async def test_a_retried_flush_whose_first_attempt_commits_during_the_retry_is_n
     assert await conn.fetchval("SELECT sent FROM campaign_stats WHERE campaign_id = $1", campaign_id) == 2
     assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 0
     assert claim.ledger.checkpoint == 20 and not claim.lost
+
+
+async def test_two_nodes_flushing_the_same_campaigns_do_not_deadlock(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """A flush adds to campaign_stats for its batches first and for its webhooks' events later.
+    Node 1 sending campaign A while taking webhooks about B, node 2 the reverse: each held one
+    row and waited for the other's, and Postgres broke the deadlock after deadlock_timeout by
+    failing one flush (a second's stall, flush_failed, /readyz 503 meanwhile). A flush now locks
+    all the counters it adds to first, in campaign id order."""
+    await add_leads(conn, 1, 30)
+    ids = [await campaigns.create(conn, new_campaign(), daemon_config(1)) for _ in range(2)]
+    for campaign_id in ids:
+        for shard_no in (0, 1):
+            await conn.execute(
+                """INSERT INTO campaign_shards (campaign_id, shard_no, lead_id_from, lead_id_to,
+                                                checkpoint, reserved_upto, epoch)
+                   VALUES ($1, $2, $3::bigint, $3::bigint + 1000, $3::bigint, $3::bigint + 1000, 1)""",
+                campaign_id,
+                shard_no,
+                shard_no * 1000,
+            )
+    pools = [await connect.create_pool(dsn, min_size=1, max_size=2) for _ in range(2)]
+    writers = [Writer(p, config_mod.WriterConfig(flush_interval_ms=10)) for p in pools]
+    tasks = [asyncio.create_task(w.run()) for w in writers]
+    failures = metrics.FLUSH_FAILURES._value.get()
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with conn.transaction():
+            # Both nodes' flushes wait here for their batch's campaign, then go at once.
+            await conn.execute("SELECT 1 FROM campaign_stats WHERE campaign_id = ANY($1) FOR UPDATE", ids)
+            futures = []
+            for node, (sending, other) in enumerate((ids, ids[::-1])):
+                claim = Claim(sending, node, 1, node * 1000 + 1000, Ledger(node * 1000))
+                claim.ledger.add(1, node * 1000 + 10)
+                row = (now, sending, node * 1000 + 5, LogStatus.SENT, "m", None)
+                futures.append(await writers[node].submit(claim, 1, [row]))
+                event = Event(
+                    "sink", EventKind.DELIVERED, now, None, f"r{node}", campaign_id=other, lead_id=1
+                )
+                futures.append(await writers[node].submit_events([event]))
+            async with asyncio.timeout(10):
+                while await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") < 2:
+                    await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*futures)
+    finally:
+        for writer in writers:
+            writer.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        for p in pools:
+            await p.close()
+    assert metrics.FLUSH_FAILURES._value.get() == failures
+    counters = await conn.fetch(
+        "SELECT sent, delivered FROM campaign_stats WHERE campaign_id = ANY($1) ORDER BY campaign_id", ids
+    )
+    assert [tuple(r) for r in counters] == [(1, 1), (1, 1)]
