@@ -204,22 +204,15 @@ async def drop_before(
         if day >= cutoff:
             continue
         name = partition_name(table, day)
-        if await conn.fetchval(
-            f"SELECT EXISTS (SELECT FROM campaigns c WHERE {_UNFINISHED} AND EXISTS "
-            f"(SELECT FROM {name} p WHERE p.campaign_id = c.id))"
-        ):
-            actions.append(Action("kept", table, f"{name}: rows of campaigns not finished", "campaign"))
-            continue
-        if unpassed and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE {unpassed})", *args):
-            actions.append(Action("kept", table, f"{name}: rows the relay has not passed", "relay"))
-            continue
         try:
-            dropped = await _drop_partition(conn, table, name)
+            outcome = await _drop_partition(conn, table, name, unpassed, args)
         except asyncpg.LockNotAvailableError:
             actions.append(_deferred(table, f"dropping {name} (and any later day past retention)"))
             break
-        if dropped:
+        if outcome == "dropped":
             actions.append(Action("dropped", table, name))
+        elif outcome:
+            actions.append(Action("kept", table, f"{name}: {_KEPT[outcome]}", outcome))
     low, _ = _bounds(cutoff)
     column = PARTITIONED[table]
     where = f"{column} < ${len(args) + 1}"
@@ -237,22 +230,38 @@ async def drop_before(
 _UNFINISHED = "c.status IN ({})".format(", ".join(f"'{status}'" for status in UNFINISHED_STATUSES))
 
 
-async def _drop_partition(conn: asyncpg.Connection, table: str, name: str) -> bool:
-    """Detach and drop ``name`` (False: another node did first). Raises
-    :class:`asyncpg.LockNotAvailableError` when a lock is not granted within
+_KEPT = {"campaign": "rows of campaigns not finished", "relay": "rows the relay has not passed"}
+
+
+async def _drop_partition(
+    conn: asyncpg.Connection, table: str, name: str, unpassed: str, args: list[Any]
+) -> str:
+    """Detach and drop ``name`` unless it must be kept: ``"dropped"``, the cause it was kept for
+    (``"campaign"``, ``"relay"``: see :func:`drop_before`), or ``""`` (another node dropped it
+    first). Raises :class:`asyncpg.LockNotAvailableError` when a lock is not granted within
     :data:`DDL_LOCK_TIMEOUT_MS` (nothing changed)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
         if not await table_exists(conn, name):
-            return False
+            return ""
         await conn.execute(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}")
-        # The day's table first: only its own readers conflict, and the parent is not held (its
-        # writers stalled) while waiting for them. DETACH then queues for ACCESS EXCLUSIVE on the
+        # The day's table first: only its own readers and writers conflict, and the parent is not
+        # held (its writers stalled) while waiting for them. Its rows are checked under SHARE (no
+        # more writes, reads go on): checked before, a row committed while the drop waited for
+        # its lock went with the day unchecked. DETACH then queues for ACCESS EXCLUSIVE on the
         # parent, where writes wait behind it for the lock timeout at most.
+        await conn.execute(f"LOCK TABLE {name} IN SHARE MODE")
+        if await conn.fetchval(
+            f"SELECT EXISTS (SELECT FROM campaigns c WHERE {_UNFINISHED} AND EXISTS "
+            f"(SELECT FROM {name} p WHERE p.campaign_id = c.id))"
+        ):
+            return "campaign"
+        if unpassed and await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE {unpassed})", *args):
+            return "relay"
         await conn.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
         await conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
         await conn.execute(f"DROP TABLE {name}")
-    return True
+    return "dropped"
 
 
 def _unpassed(positions: Sequence[RelayPosition]) -> tuple[str, list[Any]]:

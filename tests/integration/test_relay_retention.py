@@ -4,6 +4,7 @@ not finished, whose rows keep their leads from being emailed twice."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import asyncpg
@@ -197,3 +198,38 @@ async def test_events_of_a_campaign_not_finished_are_kept_and_the_relay_still_ho
     actions = [str(a) for a in await retention.maintain(conn, config, ahead_days=1, today=TODAY)]
     assert f"dropped email_events {name}" in actions
     assert await conn.fetchval("SELECT count(*) FROM email_events") == 0
+
+
+async def test_a_row_committed_while_its_partition_waits_to_be_dropped_keeps_it(
+    conn: asyncpg.Connection, dsn: str
+) -> None:
+    """The checks ran before the drop's lock: a transaction writing a running campaign's row into
+    an expired day (rows buffered through a long outage, a node whose clock is behind) that
+    committed while the drop waited for its lock was dropped with the day, unchecked. They run
+    under the lock now."""
+    config = config_mod.from_mapping({}, env={})
+    campaign_id, leads = await make_campaign(conn, 1)
+    await conn.execute("UPDATE campaigns SET status = 'running' WHERE id = $1", campaign_id)
+    await partitions.create_day(conn, "email_log", OLD.date())
+    name = partitions.partition_name("email_log", OLD.date())
+    writer, maintainer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        async with writer.transaction():
+            await writer.execute(
+                "INSERT INTO email_log (sent_at, campaign_id, lead_id, status) VALUES ($1, $2, $3, 1)",
+                OLD,
+                campaign_id,
+                leads[0],
+            )
+            job = asyncio.create_task(retention.maintain(maintainer, config, ahead_days=1, today=TODAY))
+            async with asyncio.timeout(10):
+                while not job.done() and not await conn.fetchval(
+                    "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = $1::regclass)", name
+                ):
+                    await asyncio.sleep(0.005)
+        actions = [str(a) for a in await asyncio.wait_for(job, 10)]
+    finally:
+        await writer.close()
+        await maintainer.close()
+    assert f"kept email_log {name}: rows of campaigns not finished" in actions
+    assert await conn.fetchval("SELECT count(*) FROM email_log WHERE campaign_id = $1", campaign_id) == 1
