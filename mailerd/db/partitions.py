@@ -88,8 +88,9 @@ async def existing_days(conn: asyncpg.Connection, table: str) -> list[dt.date]:
 
 
 async def database_today(conn: asyncpg.Connection) -> dt.date:
-    """Today (UTC) by the database's clock, the clock that stamps the rows: a node whose own clock
-    runs ahead would otherwise take live days for expired ones and drop them."""
+    """Today (UTC) by the database's clock, the same for every node (each node stamps its rows
+    with its own clock): a node whose clock runs ahead would otherwise take live days for
+    expired ones and drop them."""
     today: dt.date = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
     return today
 
