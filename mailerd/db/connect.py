@@ -74,7 +74,11 @@ async def resolved_dsn(database: config_mod.DatabaseConfig) -> AsyncIterator[str
 # for a lock or runs a long statement would hold the dead node's locks until it is done. Postgres
 # 14+ checks the socket this often (ms) meanwhile, so a SIGKILLed node's sessions end within a
 # second whatever they were doing, and its claims and row locks are free for the others.
-SESSION_SETTINGS = {"client_connection_check_interval": "1000"}
+# TimeZone: the hours and days the queries cut with date_trunc or ::date (provider usage and quota
+# hours, partition days) are UTC's on every node, whatever the server's or database's setting (an
+# offset of half an hour, Asia/Kolkata's, put the hour buckets on :30, and nodes with different
+# settings read different buckets).
+SESSION_SETTINGS = {"client_connection_check_interval": "1000", "TimeZone": "UTC"}
 
 
 def _with_session_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
