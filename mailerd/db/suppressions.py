@@ -49,25 +49,43 @@ async def add(
     Idempotent: an address already on the list keeps its first reason, and nothing is audited.
     A removal committed between the INSERT that found the address and the SELECT that reads it
     back leaves nothing to read: the INSERT is tried again, and adds it (this add came last).
+    An address with an IDN domain is added in its other IDNA spelling too (audited, when new):
+    the lead it is meant for may be stored in either (``bücher.de``, ``xn--bcher-kva.de``), and
+    the send-time check compares one spelling only.
     """
+    given, *others = idn.spellings(email)
     async with conn.transaction():
         while True:
             record = await conn.fetchrow(
                 """INSERT INTO suppressions (account_id, email, reason, source)
                    VALUES ($1, lower($2), $3, $4) ON CONFLICT DO NOTHING RETURNING *""",
                 account_id,
-                email,
+                given,
                 reason,
                 source,
             )
+            created = record is not None
             if record is not None:
-                await audit(conn, account_id, email, "added", reason, source)
-                return _row(record), True
-            record = await conn.fetchrow(
-                "SELECT * FROM suppressions WHERE account_id = $1 AND email = lower($2)", account_id, email
-            )
+                await audit(conn, account_id, given, "added", reason, source)
+            else:
+                record = await conn.fetchrow(
+                    "SELECT * FROM suppressions WHERE account_id = $1 AND email = lower($2)",
+                    account_id,
+                    given,
+                )
             if record is not None:
-                return _row(record), False
+                break
+        for other in others:
+            if await conn.fetchval(
+                """INSERT INTO suppressions (account_id, email, reason, source)
+                   VALUES ($1, lower($2), $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
+                account_id,
+                other,
+                reason,
+                source,
+            ):
+                await audit(conn, account_id, other, "added", reason, source)
+    return _row(record), created
 
 
 ERASED_SOURCE = "erasure"  # the source shown for an entry an erasure kept as a keyed hash
@@ -152,33 +170,48 @@ async def audit(
 
 
 async def create_import_staging(conn: asyncpg.Connection) -> None:
-    """The import's staging table ``(line, email, reason)``, dropped when its transaction ends."""
+    """The import's staging table ``(line, email, reason, given)``, dropped when its transaction
+    ends (``given``: the spelling the line has, not its other IDNA one)."""
     await conn.execute(
-        f"CREATE TEMP TABLE {IMPORT_STAGING} (line bigint, email text, reason text) ON COMMIT DROP"
+        f"CREATE TEMP TABLE {IMPORT_STAGING} (line bigint, email text, reason text, given boolean)"
+        " ON COMMIT DROP"
     )
 
 
 async def copy_import_rows(conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str]]) -> None:
-    """Stage ``(line, email, reason)`` rows (addresses trimmed and valid: the merge lower-cases them)."""
-    await conn.copy_records_to_table(IMPORT_STAGING, records=rows, columns=("line", "email", "reason"))
+    """Stage ``(line, email, reason)`` rows (addresses trimmed and valid: the merge lower-cases
+    them), an address with an IDN domain in its other IDNA spelling too, as :func:`add` does."""
+    records = [
+        (line, spelling, reason, n == 0)
+        for line, email, reason in rows
+        for n, spelling in enumerate(idn.spellings(email))
+    ]
+    await conn.copy_records_to_table(
+        IMPORT_STAGING, records=records, columns=("line", "email", "reason", "given")
+    )
 
 
 async def merge_import(conn: asyncpg.Connection, account_id: int, source: str) -> int:
     """Add the staged addresses to the account's list (the first line of an address wins) with
-    their audit rows, in one statement; returns how many were added (new to the list)."""
-    status: str = await conn.execute(
-        f"""WITH added AS (
+    their audit rows, in one statement; returns how many lines' addresses were added (new to the
+    list: the other IDNA spelling of a line's address is not counted)."""
+    added: int = await conn.fetchval(
+        f"""WITH picked AS (
+                SELECT DISTINCT ON (lower(email)) lower(email) AS email, reason, given
+                FROM {IMPORT_STAGING} ORDER BY lower(email), line, given DESC
+            ), added AS (
                 INSERT INTO suppressions (account_id, email, reason, source)
-                SELECT DISTINCT ON (lower(email)) $1::bigint, lower(email), reason, $2::text
-                FROM {IMPORT_STAGING} ORDER BY lower(email), line
+                SELECT $1::bigint, email, reason, $2::text FROM picked
                 ON CONFLICT DO NOTHING
-                RETURNING account_id, email, reason, source)
-            INSERT INTO suppression_audit (account_id, email, action, reason, source)
-            SELECT account_id, email, 'added', reason, source FROM added""",
+                RETURNING account_id, email, reason, source
+            ), audited AS (
+                INSERT INTO suppression_audit (account_id, email, action, reason, source)
+                SELECT account_id, email, 'added', reason, source FROM added)
+            SELECT count(*) FROM added JOIN picked USING (email) WHERE picked.given""",
         account_id,
         source,
     )
-    return int(status.rsplit(" ", 1)[-1])
+    return added
 
 
 async def add_many(conn: asyncpg.Connection, entries: Mapping[tuple[int, str], tuple[str, str]]) -> int:

@@ -13,9 +13,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from mailerd import campaigns, http, suppressions
+from mailerd import campaigns, http, segments, suppressions
 from mailerd import config as config_mod
 from mailerd.db import connect as db_connect
+from mailerd.db import leads as leads_db
 from mailerd.db import suppressions as suppressions_db
 from mailerd.emulator import sink
 from mailerd.models import LogStatus
@@ -566,3 +567,59 @@ async def test_list_cli_with_json_tells_where_the_next_page_starts(
     out, err = capsys.readouterr()
     assert [row["email"] for row in orjson.loads(out)] == ["u0@example.com", "u1@example.com"]
     assert err == "next: --after u1@example.com\n"
+
+
+async def test_an_idn_address_added_in_either_spelling_holds_its_lead(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # An operator copies the address from a provider's dashboard (A-labels, as it was sent) while
+    # the lead is stored as typed (U-labels), or the other way round: either way the lead is held
+    await conn.execute(
+        """INSERT INTO leads (account_id, email, attributes)
+           VALUES (1, 'ann@bücher.de', '{}'), (1, 'bob@xn--bcher-kva.de', '{}'),
+                  (1, 'cat@bücher.de', '{}'), (1, 'dan@bücher.de', '{}')"""
+    )
+    everyone = segments.parse({"all": []})
+    added = await client.post(
+        "/api/suppressions",
+        json={"account_id": 1, "email": "Ann@XN--BCHER-KVA.DE", "reason": "complained by phone"},
+        headers=AUTH,
+    )
+    assert added.status == 201
+    assert (await added.json())["email"] == "ann@xn--bcher-kva.de"  # the spelling given
+    assert (
+        await suppressions.run_change_cli(
+            conn, action="add", account_id=1, email="bob@bücher.de", reason=None
+        )
+        == 0
+    )
+    path = tmp_path / "old-esp.txt"
+    path.write_text("cat@xn--bcher-kva.de\ncat@bücher.de\ndan@xn--bcher-kva.de\n")
+    result = await suppressions.import_file(conn, 1, path)
+    assert (result.imported, result.already, result.rejected) == (2, 1, 0)
+    assert await leads_db.count_matching(conn, 1, everyone) == 0
+    assert sorted(await _audit(conn)) == [
+        (1, "ann@bücher.de", "added", "complained by phone", "api"),
+        (1, "ann@xn--bcher-kva.de", "added", "complained by phone", "api"),
+        (1, "bob@bücher.de", "added", "manual", "cli"),
+        (1, "bob@xn--bcher-kva.de", "added", "manual", "cli"),
+        (1, "cat@bücher.de", "added", "imported", "import"),
+        (1, "cat@xn--bcher-kva.de", "added", "imported", "import"),
+        (1, "dan@bücher.de", "added", "imported", "import"),
+        (1, "dan@xn--bcher-kva.de", "added", "imported", "import"),
+    ]
+    # Added again in the other spelling: already there
+    again = await client.post(
+        "/api/suppressions", json={"account_id": 1, "email": "ann@bücher.de"}, headers=AUTH
+    )
+    assert again.status == 200 and (await again.json())["reason"] == "complained by phone"
+    # An entry stored in one spelling before: added again, it gains the other, audited as this add
+    await conn.execute(
+        """INSERT INTO suppressions (account_id, email, reason, source)
+           VALUES (1, 'eve@xn--bcher-kva.de', 'complaint', 'ses')"""
+    )
+    eve = await client.post(
+        "/api/suppressions", json={"account_id": 1, "email": "eve@xn--bcher-kva.de"}, headers=AUTH
+    )
+    assert eve.status == 200 and (await eve.json())["reason"] == "complaint"
+    assert (await _audit(conn))[-1] == (1, "eve@bücher.de", "added", "manual", "api")
