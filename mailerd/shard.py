@@ -358,14 +358,26 @@ class ShardRun:
         if suppressed or not planned:
             upto = start if planned else end
             await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), suppressed)
+        done_upto = start  # what the batches submitted so far cover (suppressed rows: no further)
         for chunk, group, upto in planned:
             if not await self._wait_to_dispatch(len(chunk), group):
                 break
             if time.monotonic() - read_at > STALE_WINDOW_S:
-                # Read long ago (a low rate, a quota): leads deleted or erased since are not sent.
-                chunk = await self._still_present(chunk)
+                # Read long ago (a low rate, a quota): leads deleted or erased since are not sent,
+                # nor those suppressed since (logged so).
+                chunk, now_suppressed = await self._still_present(chunk)
+                if now_suppressed or not chunk:
+                    at = dt.datetime.now(dt.UTC)
+                    gone: list[LogRow] = [
+                        (at, campaign_id, lead.id, LogStatus.SUPPRESSED, None, "suppressed")
+                        for lead in now_suppressed
+                    ]
+                    if not chunk:
+                        done_upto = upto
+                    await self._submit(
+                        Batch(self.campaign, self.shard_no, self._next_seq(), [], done_upto), gone
+                    )
                 if not chunk:
-                    await self._submit(Batch(self.campaign, self.shard_no, self._next_seq(), [], upto), [])
                     continue
             batch = Batch(self.campaign, self.shard_no, self._next_seq(), chunk, upto)
             self.ledger.add(batch.seq, batch.upto)
@@ -374,6 +386,7 @@ class ShardRun:
                 self.discard(batch.seq)
                 self.give_back(chunk)
                 break
+            done_upto = upto
         return len(rows)
 
     def _plan(self, leads: list[Lead], end: int) -> list[PlannedBatch]:
@@ -417,20 +430,22 @@ class ShardRun:
             return False
         return True
 
-    async def _still_present(self, chunk: list[Lead]) -> list[Lead]:
-        """The leads of ``chunk`` not deleted or erased since their window was read (one query).
-        What the others took of the quota, the campaign's cap and their [pace.NAME] group goes
-        back; all of it when the query fails (the shard is then lost: nothing of the chunk goes)."""
+    async def _still_present(self, chunk: list[Lead]) -> tuple[list[Lead], list[Lead]]:
+        """The leads of ``chunk`` not deleted or erased since their window was read, and those
+        suppressed since (one query). What the others took of the quota, the campaign's cap and
+        their [pace.NAME] group goes back; all of it when the query fails (the shard is then
+        lost: nothing of the chunk goes)."""
         try:
             present = await leads_db.still_present(
-                self._pool, self.campaign.account_id, [x.id for x in chunk]
+                self._pool, self.campaign.account_id, [x.id for x in chunk], self._erased_pads
             )
         except db.DB_ERRORS:
             self.give_back(chunk)
             raise
-        if len(present) < len(chunk):
-            self.give_back([lead for lead in chunk if lead.id not in present])
-        return [lead for lead in chunk if lead.id in present]
+        sendable = [lead for lead in chunk if present.get(lead.id) is False]
+        if len(sendable) < len(chunk):
+            self.give_back([lead for lead in chunk if present.get(lead.id) is not False])
+        return sendable, [lead for lead in chunk if present.get(lead.id)]
 
     def give_back(self, leads: list[Lead]) -> None:
         """The quota share, the campaign's cap tokens and the [pace.NAME] group's tokens of leads

@@ -107,12 +107,32 @@ def _window_sql(segment: segments.Segment, *, skip_logged: bool, erased: bool) -
     return sql, params, pads
 
 
-async def still_present(pool: asyncpg.Pool, account_id: int, lead_ids: list[int]) -> set[int]:
-    """Which of ``lead_ids`` are still leads of the account (not deleted or erased since)."""
+async def still_present(
+    pool: asyncpg.Pool,
+    account_id: int,
+    lead_ids: list[int],
+    erased_pads: tuple[bytes, bytes] | None = None,
+) -> dict[int, bool]:
+    """Which of ``lead_ids`` are still leads of the account (not deleted or erased since), each
+    with whether its address is suppressed now (a complaint, an unsubscribe or an operator's
+    entry since the window was read; with ``erased_pads``, a keyed hash too, as in
+    :func:`read_window`)."""
+    hashed = ""
+    if erased_pads is not None:
+        keyed = erasure_db.hmac_sql("l.email", "$3::bytea", "$4::bytea")
+        hashed = f"""OR EXISTS (SELECT 1 FROM erased_suppressions h
+                               WHERE h.account_id = l.account_id AND h.email_hash = {keyed})"""
     rows = await pool.fetch(
-        "SELECT id FROM leads WHERE account_id = $1 AND id = ANY($2::bigint[])", account_id, lead_ids
+        f"""SELECT l.id,
+                   EXISTS (SELECT 1 FROM suppressions s
+                           WHERE s.account_id = l.account_id AND s.email = lower(l.email)) {hashed}
+                   AS suppressed
+            FROM leads l WHERE l.account_id = $1 AND l.id = ANY($2::bigint[])""",
+        account_id,
+        lead_ids,
+        *(erased_pads or ()),
     )
-    return {r["id"] for r in rows}
+    return {r["id"]: r["suppressed"] for r in rows}
 
 
 async def read_window(

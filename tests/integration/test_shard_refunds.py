@@ -143,6 +143,42 @@ async def test_leads_deleted_while_their_batch_waited_give_back_their_cap_tokens
     assert cap.waits == [1.0]
 
 
+async def test_leads_suppressed_while_their_batch_waited_are_logged_suppressed_not_sent(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A complaint (or an operator's entry) arrives while the second batch waits for its rate: its
+    # window was read before, and the re-check found the leads present, so they were mailed
+    monkeypatch.setattr(shard, "STALE_WINDOW_S", -1.0)
+    ids = await _leads(conn, 3 * BATCH)
+    second = ids[BATCH : 2 * BATCH]
+
+    async def suppress_the_second_batch() -> None:  # while it waits for its tokens
+        await conn.execute(
+            """INSERT INTO suppressions (account_id, email, reason, source)
+               SELECT account_id, lower(email), 'complaint', 'ses' FROM leads WHERE id = ANY($1::bigint[])
+               ON CONFLICT DO NOTHING""",
+            second,
+        )
+
+    cap = Cap(suppress_the_second_batch)
+    run, lane = _run(*await _claimed(conn, dsn, ids[-1]), pool, writer, cap)
+    task = asyncio.create_task(run.run())
+    try:
+        async with asyncio.timeout(20):
+            while len(queued := _queued(lane)) < 2:
+                await asyncio.sleep(0.01)
+            while await conn.fetchval("SELECT count(*) FROM email_log") < BATCH:
+                await asyncio.sleep(0.01)
+    finally:
+        run.stop("test")
+        await asyncio.wait_for(task, 20)
+        await lane.provider.close()
+    assert queued == [ids[:BATCH], ids[2 * BATCH :]]
+    logged = await conn.fetch("SELECT lead_id, status, error FROM email_log ORDER BY lead_id")
+    assert [tuple(r) for r in logged] == [(lead, 4, "suppressed") for lead in second]
+    assert cap.waits == [1.0]  # their cap tokens went back
+
+
 async def test_a_failed_recheck_gives_back_the_batchs_quota_share(
     conn: asyncpg.Connection, pool: asyncpg.Pool, dsn: str, writer: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
