@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -279,8 +280,16 @@ async def run_list_cli(
         for row in rows:
             print(f"{row.email}\t{row.reason}\t{row.source or ''}\t{row.at.isoformat()}")
     if len(rows) == limit:  # to stderr, so --json's output stays one array
-        print(f"next: --after {rows[-1].email}", file=sys.stderr)
+        print(f"next: {_after_argument(rows[-1].email)}", file=sys.stderr)
     return 0
+
+
+def _after_argument(address: str) -> str:
+    """``--after ADDRESS`` as a shell takes it back: quoted where the address has characters a
+    shell reads (``'``, ``&``, ``$``), and ``--after=ADDRESS`` for one starting with ``-``
+    (argparse would take it for an option)."""
+    quoted = shlex.quote(address)
+    return f"--after={quoted}" if address.startswith("-") else f"--after {quoted}"
 
 
 async def run_change_cli(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, http, segments, suppressions
 from mailerd import config as config_mod
+from mailerd.commands import arguments
 from mailerd.db import connect as db_connect
 from mailerd.db import leads as leads_db
 from mailerd.db import suppressions as suppressions_db
@@ -567,6 +569,23 @@ async def test_list_cli_with_json_tells_where_the_next_page_starts(
     out, err = capsys.readouterr()
     assert [row["email"] for row in orjson.loads(out)] == ["u0@example.com", "u1@example.com"]
     assert err == "next: --after u1@example.com\n"
+
+
+@pytest.mark.parametrize(
+    "last",
+    ["-ann@example.com", "a&b|c@example.com", "o'neil@example.com", "$home*@example.com"],
+)
+async def test_list_cli_next_page_hint_is_a_usable_argument(
+    conn: asyncpg.Connection, capsys: pytest.CaptureFixture[str], last: str
+) -> None:
+    # An address starting with "-" made the hint "--after -ann@..." a usage error, and one with
+    # shell characters ("&", "'", "$") was cut or expanded by the shell it was pasted into
+    await conn.execute("INSERT INTO suppressions (account_id, email, reason) VALUES (1, $1, 'x')", last)
+    assert await suppressions.run_list_cli(conn, account_id=1, after="", limit=1, as_json=False) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("next: ")
+    argv = ["suppressions", "list", "--account", "1", *shlex.split(err.removeprefix("next: "))]
+    assert arguments.parser().parse_args(argv).after == last
 
 
 async def test_an_idn_address_added_in_either_spelling_holds_its_lead(
