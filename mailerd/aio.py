@@ -67,3 +67,15 @@ async def sleep_unless(delay: float, event: asyncio.Event) -> None:
             await event.wait()
     except TimeoutError:
         pass
+
+
+def raise_if_cancelling() -> None:
+    """Raise the current task's pending cancellation, for a retry loop's ``except`` to call first.
+
+    A cancellation can reach such a loop as another error: asyncpg, cancelled in a query on a
+    server that does not answer, releases the connection on the way out and raises that
+    release's ``TimeoutError`` or ``OSError`` in place of the ``CancelledError``. A loop that
+    retries those errors then retried forever, and the drain deadline never ended the process."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -60,6 +60,8 @@ DEADLINE_CANCEL_AGAIN_S = 1.0
 # A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
 START_RETRY_BASE_S = 0.5
 POOL_CLOSE_S = 3.0
+# Past the drain deadline, what still waits on the database after this long is cut off.
+DEADLINE_CUT_OFF_S = 3.0
 
 
 async def run(config: Config, stop: asyncio.Event) -> int:
@@ -298,6 +300,9 @@ class _Stages:
             reason=reason,
         )
 
+    def _pools(self) -> list[asyncpg.Pool]:
+        return [self.pool] if self.reports_pool is None else [self.pool, self.reports_pool]
+
     async def run(self, health: http.Health, notifier: systemd.Notifier) -> None:
         """Run every stage until ``stop`` and the drain: shutdown flows downstream, the writer
         flushes last; the drain deadline is the only cancellation."""
@@ -311,7 +316,8 @@ class _Stages:
                 _partition_loop(self.pool, self.config, self.stop, self.reports_pool), name="partitions"
             )
             deadline = group.create_task(
-                _drain_deadline(self.stop, health, self.config, main, notifier), name="drain-deadline"
+                _drain_deadline(self.stop, health, self.config, main, notifier, self._pools()),
+                name="drain-deadline",
             )
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
             group.create_task(_campaign_sampler(self.pool, self.stop, self.config), name="campaign-sampler")
@@ -648,20 +654,36 @@ async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Con
         await aio.sleep_unless(CAMPAIGN_SAMPLE_S, stop)
 
 
+def _cut_off(pools: list[asyncpg.Pool]) -> None:
+    """Drop every connection of ``pools`` at once (the drain deadline passed long enough ago)."""
+    open_pools = [pool for pool in pools if not pool.is_closing()]
+    if open_pools:
+        log.warning("database_connections_cut_off", pools=len(open_pools), after_s=DEADLINE_CUT_OFF_S)
+    for pool in open_pools:
+        pool.terminate()
+
+
 async def _drain_deadline(
     stop: asyncio.Event,
     health: http.Health,
     config: Config,
     main: asyncio.Task[object] | None,
     notifier: systemd.Notifier,
+    pools: list[asyncpg.Pool],
 ) -> None:
-    """On stop: report draining; past the grace period, cancel the drain."""
+    """On stop: report draining; past the grace period, cancel the drain, and
+    :data:`DEADLINE_CUT_OFF_S` later drop the pools' connections."""
     await stop.wait()
     health.draining = True
     notifier.stopping(f"draining, up to {config.node.shutdown_grace_s:g} s")
     log.info("drain_started", grace_s=config.node.shutdown_grace_s)
     await asyncio.sleep(config.node.shutdown_grace_s)
     log.error("drain_deadline_passed", grace_s=config.node.shutdown_grace_s)
+    # A callback, not this task: the TaskGroup cancels this task once the cancellation takes.
+    # A task cancelled in a query on a server that does not answer waits, shielded inside
+    # asyncpg, for its cancel request up to the command timeout (the writer's last flush took
+    # 15 s more); dropping the connections ends those waits.
+    asyncio.get_running_loop().call_later(DEADLINE_CUT_OFF_S, _cut_off, pools)
     # Again until it takes: a cancellation can be lost on its way (an error raised by the cleanup
     # it triggered, then caught by a retry loop), and the drain it was to end waited forever.
     # Once it reaches this TaskGroup, the group cancels this task too.

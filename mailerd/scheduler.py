@@ -145,6 +145,7 @@ class Scheduler:
                 await closed.wait()
                 log.warning("campaign_listener_disconnected")
             except db.DB_ERRORS as exc:
+                aio.raise_if_cancelling()
                 log.warning("campaign_listener_failed", error=str(exc))
                 await asyncio.sleep(1.0)
             finally:

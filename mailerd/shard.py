@@ -532,6 +532,7 @@ class ShardRun:
                 self.log.info("shard_released_clean_after_disconnect")
                 return
             except db.DB_ERRORS as exc:
+                aio.raise_if_cancelling()
                 self.log.warning("shard_release_retrying", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import asyncpg
 import structlog
 
-from mailerd import db, deadletter, erasure, guards, metrics, provider_guard
+from mailerd import aio, db, deadletter, erasure, guards, metrics, provider_guard
 from mailerd import events as events_mod
 from mailerd.config import GuardsConfig, PrivacyConfig, ProviderConfig, WebhooksConfig, WriterConfig
 from mailerd.db import campaigns as campaigns_db
@@ -226,6 +226,7 @@ class Writer:
                 await self._guard.check(conn, touched)
                 await self._provider_guard.check(conn, touched)
         except db.DB_ERRORS as exc:
+            aio.raise_if_cancelling()
             self._touched |= touched
             log.warning("guard_check_failed", error=str(exc), campaigns=len(touched))
 
@@ -266,6 +267,7 @@ class Writer:
                 await self._flush(entries, flush_id, retrying=retrying)
                 break
             except Exception as exc:
+                aio.raise_if_cancelling()
                 if not db.is_transient(exc):
                     raise _Poisoned(exc) from exc
                 failures += 1
@@ -300,6 +302,7 @@ class Writer:
                         erased = await deadletter.record(conn, letter, self._erased_pads)
                 break
             except Exception as exc:
+                aio.raise_if_cancelling()
                 if db.is_transient(exc):
                     log.warning("dead_letter_failed", error=str(exc), retry_in_s=_RETRY_MAX_S)
                     await asyncio.sleep(_RETRY_MAX_S)

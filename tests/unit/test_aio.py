@@ -1,4 +1,5 @@
-"""aio.all_or_first_error: results in order, the first failure as itself, cancellation kept."""
+"""aio: all_or_first_error (results in order, the first failure as itself, cancellation kept) and
+raise_if_cancelling (a retry loop does not swallow a cancellation)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,47 @@ async def test_a_cancelled_caller_stays_cancelled_even_when_a_coroutine_fails_on
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+
+
+async def test_a_cancellation_turned_into_another_error_is_raised_again_by_a_retry_loop() -> None:
+    """asyncpg, cancelled in a query on a server that does not answer, raises its connection
+    release's TimeoutError instead: the loop that retries TimeoutError must still end."""
+    attempts = 0
+    started = asyncio.Event()
+
+    async def cancelled_into_timeout() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TimeoutError from None  # what the library's cleanup raised in its place
+
+    async def retry_forever() -> None:
+        nonlocal attempts
+        while True:
+            attempts += 1
+            try:
+                await cancelled_into_timeout()
+            except TimeoutError:
+                aio.raise_if_cancelling()
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(retry_forever())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert attempts == 1
+
+
+async def test_a_timeout_inside_the_loop_is_not_taken_for_a_cancellation() -> None:
+    """asyncio.timeout cancels and un-cancels: its TimeoutError leaves the task retrying."""
+    attempts = 0
+    while attempts < 3:
+        try:
+            async with asyncio.timeout(0.001):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            aio.raise_if_cancelling()
+            attempts += 1
+    assert attempts == 3
