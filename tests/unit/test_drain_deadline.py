@@ -24,7 +24,9 @@ async def test_a_cancellation_lost_on_the_way_is_repeated_until_it_takes() -> No
 
     main = asyncio.create_task(drain())
     config = from_mapping({"node": {"shutdown_grace_s": 0.05}})
-    deadline = asyncio.create_task(app._drain_deadline(stop, http.Health(), config, main, systemd.Notifier()))
+    deadline = asyncio.create_task(
+        app._drain_deadline(stop, http.Health(), config, main, systemd.Notifier(), [])
+    )
     try:
         stop.set()
         async with asyncio.timeout(5):
