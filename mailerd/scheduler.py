@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 CLAIM_COMMAND_TIMEOUT_S = 15.0  # a claim connection that cannot answer in time counts as lost
 WINDOW_CLOSED = "send window closed"  # the stop reason of a shard whose zone's window closed
+PREPARE_RETRY_MAX_S = 60.0  # the longest wait between two tries of a failing preparation
 
 Clock = Callable[[], dt.datetime]
 
@@ -83,6 +85,8 @@ class Scheduler:
         self._clock = clock
         self._runs: dict[tuple[int, int], ShardRun] = {}
         self._prepared: set[tuple[str, int]] = set()
+        # A campaign whose preparation failed: how many times in a row, and when to try again.
+        self._prepare_failures: dict[tuple[str, int], tuple[int, float]] = {}
         self._warned_providers: set[int] = set()
         self._wakeup = asyncio.Event()
         self.node = config.node.name or "node"
@@ -276,6 +280,7 @@ class Scheduler:
             if not any(other.campaign_id == run.campaign_id for other in self._runs.values()):
                 # This node holds nothing of the campaign now: forget what was cached for it.
                 self._prepared.discard((run.provider_name, run.campaign_id))
+                self._prepare_failures.pop((run.provider_name, run.campaign_id), None)
                 self._warned_providers.discard(run.campaign_id)
                 if self._on_idle is not None:
                     self._on_idle(run.provider_name, run.campaign_id)
@@ -414,7 +419,11 @@ class Scheduler:
             # Another node may have it configured: skip, do not fail the campaign for all.
             log.error("campaign_provider_unknown", campaign_id=campaign_id, provider=campaign.provider)
             raise _NotClaimable
-        if (lane.name, campaign_id) not in self._prepared:
+        key = (lane.name, campaign_id)
+        if key not in self._prepared:
+            failures, retry_at = self._prepare_failures.get(key, (0, 0.0))
+            if time.monotonic() < retry_at:
+                raise _NotClaimable
             try:
                 await lane.provider.prepare(campaign)
             except (PermanentError, CampaignBroken) as exc:
@@ -423,10 +432,23 @@ class Scheduler:
                 await fail_campaign(claim, campaign_id, f"the provider cannot send it: {exc}")
                 raise _NotClaimable from exc
             except Exception as exc:  # any other provider failure: the shard stays for a later poll
-                log.warning("campaign_prepare_failed", campaign_id=campaign_id, error=str(exc))
+                wait = prepare_retry_s(failures, self._config.scheduler.poll_interval_s)
+                self._prepare_failures[key] = (failures + 1, time.monotonic() + wait)
+                log.warning(
+                    "campaign_prepare_failed", campaign_id=campaign_id, error=str(exc), retry_in_s=wait
+                )
                 raise _NotClaimable from exc
-            self._prepared.add((lane.name, campaign_id))
+            self._prepare_failures.pop(key, None)
+            self._prepared.add(key)
         return campaign, lane
+
+
+def prepare_retry_s(failures: int, poll_interval_s: float) -> float:
+    """How long a campaign whose preparation failed ``failures + 1`` times in a row waits before
+    the next try: a poll interval, doubling up to :data:`PREPARE_RETRY_MAX_S`. Every pending
+    shard of the campaign tried it at every poll: with SES throttling or down, 20 shards made
+    20 template calls a second, and kept it throttled."""
+    return min(PREPARE_RETRY_MAX_S, poll_interval_s * 2.0 ** min(failures, 30))
 
 
 async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:

@@ -6,7 +6,8 @@ type in ``x-amzn-ErrorType`` and a JSON body ``{"message": ...}``). Knobs (see
 :mod:`mailerd.emulator.base`): throttling answers 429 ``TooManyRequestsException``; ``fail_rate``
 fails entries (``MESSAGE_REJECTED`` or ``TRANSIENT_FAILURE``, half each); ``force_error``
 (``(status, error_type, message)``) answers every SendBulkEmail call with that error (e.g.
-``SendingPausedException``). The signature is not verified, but a SigV4-looking
+``SendingPausedException``); ``template_error`` answers every template call (Create and Update)
+with its error, and ``template_calls`` counts them. The signature is not verified, but a SigV4-looking
 ``Authorization`` header is required.
 
 Requests are checked as the SES v2 API reference describes them: ``FromEmailAddress`` and each
@@ -91,6 +92,8 @@ class SesEmulator(Emulator):
             api_key=api_key,
         )
         self.force_error: tuple[int, str, str] | None = None
+        self.template_error: tuple[int, str, str] | None = None
+        self.template_calls = 0
         self.max_send_rate = max_send_rate
         self.max_24_hour_send = max_24_hour_send  # -1: unlimited; else calls past it are refused
         self.quota_refused_calls = 0
@@ -179,8 +182,11 @@ class SesEmulator(Emulator):
         return {"Status": "SUCCESS", "MessageId": message_id}
 
     async def _create_template(self, request: web.Request) -> web.Response:
+        self.template_calls += 1
         try:
             _check_auth(request)
+            if self.template_error is not None:
+                raise SinkError(*self.template_error)
             body = await _json_body(request)
             name = body.get("TemplateName")
             if not isinstance(name, str) or not name:
@@ -194,8 +200,11 @@ class SesEmulator(Emulator):
             return _error(exc)
 
     async def _update_template(self, request: web.Request) -> web.Response:
+        self.template_calls += 1
         try:
             _check_auth(request)
+            if self.template_error is not None:
+                raise SinkError(*self.template_error)
             body = await _json_body(request)
             name = request.match_info["name"]
             template = _template_content(body)
