@@ -24,6 +24,7 @@ from mailerd import (
     campaign_caps,
     campaigns,
     db,
+    drain,
     erasure,
     http,
     looplag,
@@ -56,12 +57,8 @@ PARTITION_MAINTENANCE_S = 3600.0
 # the next comes sooner: each try makes the writer wait at most the DDL's lock timeout.
 PARTITION_RETRY_S = 300.0
 CAMPAIGN_SAMPLE_S = 10.0
-DEADLINE_CANCEL_AGAIN_S = 1.0
 # A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
 START_RETRY_BASE_S = 0.5
-POOL_CLOSE_S = 3.0
-# Past the drain deadline, what still waits on the database after this long is cut off.
-DEADLINE_CUT_OFF_S = 3.0
 
 
 async def run(config: Config, stop: asyncio.Event) -> int:
@@ -99,7 +96,7 @@ async def run_with_dsn(
         if pool is None:
             log.info("daemon_stopped", before_start=True)
             return 0
-        resources.push_async_callback(_close_pool, pool, "main")
+        resources.push_async_callback(drain.close_pool, pool, "main")
         if not await _prepare_database(pool, config):
             return 1
         lanes = _open_lanes(config, resources)
@@ -128,7 +125,7 @@ async def run_with_dsn(
                 command_timeout=config.database.command_timeout_s,
                 reset=connect.keep_session,
             )
-            resources.push_async_callback(_close_pool, reports_pool, "reports")
+            resources.push_async_callback(drain.close_pool, reports_pool, "reports")
         stages.reports_pool = reports_pool
         health = http.Health()
         services = http.Services(
@@ -155,7 +152,8 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
     """``mailerd relay run``: the relay alone, in a process of its own (``[relay] run_in =
     "process"``), so its CPU is not the sending daemon's. It takes part in the same relay lock as
     the daemons would: one relay per cluster, and another process takes over when it dies.
-    Serves /healthz and /metrics on ``[relay] listen`` when set."""
+    Serves /healthz and /metrics on ``[relay] listen`` when set. Its stop has the daemon's
+    deadline (``[node] shutdown_grace_s``, then exit 1)."""
     if not relay_destinations.enabled(config):
         log.error("relay_not_configured", hint="configure [kafka], [callbacks.NAME] or [reports]")
         return 1
@@ -179,11 +177,20 @@ async def run_relay(config: Config, stop: asyncio.Event) -> int:
                 listen = f"{host}:{http.bound_port(runner)}"
             log.info("relay_process_started", node=node, listen=listen or None)
             notifier.ready(f"relay process, node {node}")
+            main = asyncio.current_task()
             async with asyncio.TaskGroup() as group:
                 group.create_task(systemd.watchdog_loop(notifier, stop), name="systemd-watchdog")
                 group.create_task(looplag.monitor(stop), name="loop-lag")
+                # As the daemon's: STOPPING=1 at once, and a stop that the database or a
+                # destination holds up is cancelled past [node] shutdown_grace_s.
+                deadline = group.create_task(
+                    drain.deadline(
+                        stop, config.node.shutdown_grace_s, main, notifier, relay.pools, status="stopping"
+                    ),
+                    name="drain-deadline",
+                )
                 await relay.run()
-            notifier.stopping("relay stopped")
+                deadline.cancel()
             log.info("relay_process_stopped", node=node)
     finally:
         notifier.close()
@@ -233,6 +240,7 @@ class _Stages:
             clock=clock,  # send windows: tests move time
         )
         self.erasures = erasure.RecentErasures()
+        self.relay = self._relay() if relay_destinations.runs_in_daemon(config) else None
         timing = sender_timing or SenderTiming()
         domain_pace = pace.DomainPace(config.pace, clock=timing.clock)
         for name, lane in lanes.items():
@@ -301,7 +309,9 @@ class _Stages:
         )
 
     def _pools(self) -> list[asyncpg.Pool]:
-        return [self.pool] if self.reports_pool is None else [self.pool, self.reports_pool]
+        """The pools the drain deadline cuts off: the node's, and the relay's while it leads."""
+        pools = [self.pool] if self.reports_pool is None else [self.pool, self.reports_pool]
+        return pools + (self.relay.pools() if self.relay is not None else [])
 
     async def run(self, health: http.Health, notifier: systemd.Notifier) -> None:
         """Run every stage until ``stop`` and the drain: shutdown flows downstream, the writer
@@ -316,7 +326,7 @@ class _Stages:
                 _partition_loop(self.pool, self.config, self.stop, self.reports_pool), name="partitions"
             )
             deadline = group.create_task(
-                _drain_deadline(self.stop, health, self.config, main, notifier, self._pools()),
+                _drain_deadline(self.stop, health, self.config, main, notifier, self._pools),
                 name="drain-deadline",
             )
             group.create_task(_health_loop(health, self.writer, self.stop), name="health")
@@ -329,8 +339,8 @@ class _Stages:
                 for name, sender in self.senders.items()
                 if sender.config.seed_rate_from_account
             ]
-            if relay_destinations.runs_in_daemon(self.config):
-                group.create_task(self._relay().run(), name="relay")
+            if self.relay is not None:
+                group.create_task(self.relay.run(), name="relay")
             await self.scheduler.run()
             for task in refreshers:  # a provider call in flight must not hold up the drain
                 task.cancel()
@@ -388,18 +398,6 @@ async def _close_quietly(close: Callable[[], Awaitable[None]], what: str) -> Non
         await close()
     except Exception as exc:  # a failing close of one client must not skip the rest
         log.warning("close_failed", what=what, error=str(exc))
-
-
-async def _close_pool(pool: asyncpg.Pool, what: str) -> None:
-    """Close gracefully, but within :data:`POOL_CLOSE_S`: closing a connection waits for the
-    server to hang up, up to the command timeout each when it does not answer at all, which
-    kept the process past systemd's ``TimeoutStopSec``. Past it the connections are dropped."""
-    try:
-        async with asyncio.timeout(POOL_CLOSE_S):
-            await pool.close()
-    except TimeoutError:
-        pool.terminate()  # asyncpg did already, on the cancellation: a no-op, said for the reader
-        log.warning("pool_close_timed_out", pool=what, timeout_s=POOL_CLOSE_S)
 
 
 async def _open_pool(config: Config, dsn: str, stop: asyncio.Event) -> asyncpg.Pool | None:
@@ -654,39 +652,15 @@ async def _campaign_sampler(pool: asyncpg.Pool, stop: asyncio.Event, config: Con
         await aio.sleep_unless(CAMPAIGN_SAMPLE_S, stop)
 
 
-def _cut_off(pools: list[asyncpg.Pool]) -> None:
-    """Drop every connection of ``pools`` at once (the drain deadline passed long enough ago)."""
-    open_pools = [pool for pool in pools if not pool.is_closing()]
-    if open_pools:
-        log.warning("database_connections_cut_off", pools=len(open_pools), after_s=DEADLINE_CUT_OFF_S)
-    for pool in open_pools:
-        pool.terminate()
-
-
 async def _drain_deadline(
     stop: asyncio.Event,
     health: http.Health,
     config: Config,
     main: asyncio.Task[object] | None,
     notifier: systemd.Notifier,
-    pools: list[asyncpg.Pool],
+    pools: drain.Pools,
 ) -> None:
-    """On stop: report draining; past the grace period, cancel the drain, and
-    :data:`DEADLINE_CUT_OFF_S` later drop the pools' connections."""
+    """On stop: ``/readyz`` answers 503, then the deadline every stop has (:func:`drain.deadline`)."""
     await stop.wait()
     health.draining = True
-    notifier.stopping(f"draining, up to {config.node.shutdown_grace_s:g} s")
-    log.info("drain_started", grace_s=config.node.shutdown_grace_s)
-    await asyncio.sleep(config.node.shutdown_grace_s)
-    log.error("drain_deadline_passed", grace_s=config.node.shutdown_grace_s)
-    # A callback, not this task: the TaskGroup cancels this task once the cancellation takes.
-    # A task cancelled in a query on a server that does not answer waits, shielded inside
-    # asyncpg, for its cancel request up to the command timeout (the writer's last flush took
-    # 15 s more); dropping the connections ends those waits.
-    asyncio.get_running_loop().call_later(DEADLINE_CUT_OFF_S, _cut_off, pools)
-    # Again until it takes: a cancellation can be lost on its way (an error raised by the cleanup
-    # it triggered, then caught by a retry loop), and the drain it was to end waited forever.
-    # Once it reaches this TaskGroup, the group cancels this task too.
-    while main is not None and not main.done():
-        main.cancel()
-        await asyncio.sleep(DEADLINE_CANCEL_AGAIN_S)
+    await drain.deadline(stop, config.node.shutdown_grace_s, main, notifier, pools)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from mailerd import aio, backoff, db, erasure, metrics
+from mailerd import aio, backoff, db, drain, erasure, metrics
 from mailerd.config import Config
 from mailerd.db import connect
 from mailerd.db import relay as relay_db
@@ -71,6 +71,11 @@ class Relay:
         self._destinations = destinations
         self.node = node
         self.leading = False
+        self._pool: asyncpg.Pool | None = None
+
+    def pools(self) -> list[asyncpg.Pool]:
+        """The pool of the lead under way (none when not leading), for the drain deadline to cut off."""
+        return [self._pool] if self._pool is not None else []
 
     async def run(self) -> None:
         retry = self._config.relay.lock_retry_s
@@ -78,8 +83,11 @@ class Relay:
             try:
                 await self._try_lead()
             except db.DB_ERRORS_OR_TIMEOUT as exc:
+                aio.raise_if_cancelling()
                 log.warning("relay_lock_failed", error=str(exc) or type(exc).__name__)
             except Exception as exc:  # the relay must never end the daemon: log, retry
+                # No raise_if_cancelling here: on Python 3.11 a child of the lead's TaskGroup that
+                # failed leaves this task's cancelling() raised, and the relay would end for good.
                 log.error("relay_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
             await aio.sleep_unless(retry, self._stop)
 
@@ -101,9 +109,15 @@ class Relay:
         # Per destination: one read ahead (on up to read_connections) while a batch is delivered,
         # one commit; plus the lag sampler.
         per_destination = self._config.relay.read_connections + 1
+        # The command timeout as the daemon's pools: a query on a server that stopped answering
+        # (a partition) waited forever, and the stop with it.
         pool = await connect.create_pool(
-            self._dsn, min_size=1, max_size=per_destination * len(destinations) + 1
+            self._dsn,
+            min_size=1,
+            max_size=per_destination * len(destinations) + 1,
+            command_timeout=self._config.database.command_timeout_s,
         )
+        self._pool = pool
         self.leading = True
         metrics.RELAY_LEADER.set(1)
         try:
@@ -144,7 +158,8 @@ class Relay:
                     log.warning(
                         "relay_destination_close_failed", destination=destination.name, error=str(exc)
                     )
-            await pool.close()
+            await drain.close_pool(pool, "relay")
+            self._pool = None
             log.info("relay_stopped", node=self.node)
 
     async def _watch(self, conn: asyncpg.Connection, halt: asyncio.Event) -> None:
@@ -161,6 +176,7 @@ class Relay:
                 async with asyncio.timeout(KEEPALIVE_S * 2):
                     await conn.fetchval("SELECT 1")
             except db.DB_ERRORS_OR_TIMEOUT as exc:
+                aio.raise_if_cancelling()  # cancelled, not lost
                 log.error("relay_lock_lost", node=self.node, error=str(exc) or type(exc).__name__)
                 break
             with contextlib.suppress(TimeoutError):
@@ -190,6 +206,7 @@ async def _supervise(stream: Stream, halt: asyncio.Event) -> None:
             halt.set()
             return
         except Exception as exc:  # a bug or a database outage must never reach the sending side
+            aio.raise_if_cancelling()  # asyncpg turned a cancellation into another error
             wait = backoff.delay(min(failures, 6), base=0.5, cap=30.0)
             failures += 1
             log.warning(
@@ -217,6 +234,7 @@ async def _sample_lag(pool: asyncpg.Pool, streams: list[Stream], halt: asyncio.E
                     lag = await count_lag(conn, stream.destination.kinds, stream.position)
                     metrics.RELAY_LAG_RECORDS.labels(stream.name).set(lag)
         except Exception as exc:  # a lag sample is informational: never stop the relay for it
+            aio.raise_if_cancelling()
             log.warning("relay_lag_unknown", error=f"{type(exc).__name__}: {exc}")
         await aio.sleep_unless(max(LAG_SAMPLE_S, 10 * (time.monotonic() - started)), halt)
 

@@ -237,6 +237,7 @@ class Stream:
             async with self._pool.acquire() as conn:
                 await relay_db.record_error(conn, self.name, self._epoch, error)
         except Exception as exc:  # the status note is best effort: the retry loop goes on
+            aio.raise_if_cancelling()
             log.warning("relay_error_not_recorded", destination=self.name, error=str(exc))
 
     def _count(self, records: Sequence[Record]) -> int:

@@ -2,6 +2,7 @@
 
 - :class:`Daemon`: ``python -m mailerd run`` as a subprocess that can be SIGKILLed, SIGTERMed
   and restarted (its config file is written once, its output appended to one log file).
+  :class:`RelayProcess`: ``python -m mailerd relay run`` the same way, publishing to a callback.
 - :func:`timed_emulator`: a provider's emulator in this process (SES, SendGrid, Mailgun, Postmark
   or SMTP), remembering when each sending call *arrived* (for pause latency and outage checks).
 - :class:`PrivatePostgres`: a throwaway cluster (initdb + pg_ctl in a temp dir) that a test can
@@ -161,25 +162,29 @@ format = "json"
 """
 
 
-class Daemon:
-    """One ``mailerd run`` node; :meth:`start` may be called again after it died."""
+def tagged_dsn(dsn: str, name: str) -> str:
+    """``dsn`` whose sessions are named ``name``, so that a test can see when a dead process's
+    backends are gone."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}application_name={name}"
 
-    def __init__(
-        self, *, dsn: str, sink_port: int, name: str, workdir: Path, options: DaemonOptions, kind: str = "ses"
-    ) -> None:
+
+class Process:
+    """One ``mailerd`` process serving ``/healthz`` on :attr:`http_port`, its configuration
+    written once to :attr:`config_path`; :meth:`start` may be called again after it died."""
+
+    command: tuple[str, ...] = ("run",)
+
+    def __init__(self, *, name: str, workdir: Path) -> None:
         self.name = name
-        self.kind = kind
-        self.options = options
         self.http_port = free_port()
         self.config_path = workdir / f"{name}.toml"
         self.log_path = workdir / f"{name}.log"
-        # Tagged so that a test can see when a dead node's backends are gone.
-        tagged = f"{dsn}{'&' if '?' in dsn else '?'}application_name={name}"
-        self.config_path.write_text(
-            config_text(tagged, sink_port, self.http_port, name, options, kind), encoding="utf-8"
-        )
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
+
+    def env(self) -> dict[str, str]:
+        """The process's environment."""
+        return base_env()
 
     @property
     def url(self) -> str:
@@ -197,10 +202,10 @@ class Daemon:
                 sys.executable,
                 "-m",
                 "mailerd",
-                "run",
+                *self.command,
                 "--config",
                 str(self.config_path),
-                env=base_env(MAILERD_ADMIN_TOKEN=ADMIN_TOKEN, MAILERD_PROVIDERS__SINK__API_KEY=API_KEY),
+                env=self.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -228,15 +233,6 @@ class Daemon:
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
 
-    async def post(self, path: str) -> int:
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-            session.post(self.url + path, headers=headers) as response,
-        ):
-            await response.read()
-            return response.status
-
     def signal(self, signum: int) -> None:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError):
@@ -254,16 +250,6 @@ class Daemon:
         self.kill()
         await self.wait(10)
 
-    async def shutdown(self) -> None:
-        """Teardown: SIGTERM, then SIGKILL if the drain takes too long."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            await self.wait(self.options.shutdown_grace_s + 5)
-        except TimeoutError:
-            await self.kill_and_reap()
-
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return ""
@@ -279,6 +265,85 @@ class Daemon:
                     if entry.get("event") == event:
                         found.append(entry)
         return found
+
+
+class Daemon(Process):
+    """One ``mailerd run`` node."""
+
+    def __init__(
+        self, *, dsn: str, sink_port: int, name: str, workdir: Path, options: DaemonOptions, kind: str = "ses"
+    ) -> None:
+        super().__init__(name=name, workdir=workdir)
+        self.kind = kind
+        self.options = options
+        self.config_path.write_text(
+            config_text(tagged_dsn(dsn, name), sink_port, self.http_port, name, options, kind),
+            encoding="utf-8",
+        )
+
+    def env(self) -> dict[str, str]:
+        return base_env(MAILERD_ADMIN_TOKEN=ADMIN_TOKEN, MAILERD_PROVIDERS__SINK__API_KEY=API_KEY)
+
+    async def post(self, path: str) -> int:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.post(self.url + path, headers=headers) as response,
+        ):
+            await response.read()
+            return response.status
+
+    async def shutdown(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL if the drain takes too long."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            await self.wait(self.options.shutdown_grace_s + 5)
+        except TimeoutError:
+            await self.kill_and_reap()
+
+
+class RelayProcess(Process):
+    """One ``mailerd relay run`` (``[relay] run_in = "process"``) publishing to one callback
+    endpoint (``[callbacks.app]``); it serves ``/healthz`` on ``[relay] listen``."""
+
+    command = ("relay", "run")
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        callback_url: str,
+        secret_file: str,
+        name: str,
+        workdir: Path,
+        shutdown_grace_s: float,
+    ) -> None:
+        super().__init__(name=name, workdir=workdir)
+        self.config_path.write_text(
+            f"""\
+[database]
+dsn = "{tagged_dsn(dsn, name)}"
+command_timeout_s = 10
+[node]
+name = "{name}"
+shutdown_grace_s = {shutdown_grace_s}
+[relay]
+run_in = "process"
+listen = "127.0.0.1:{self.http_port}"
+poll_interval_ms = 50
+lock_retry_s = 0.2
+[callbacks.app]
+url = "{callback_url}"
+secret_file = "{secret_file}"
+timeout_s = 5
+[logging]
+level = "info"
+format = "json"
+""",
+            encoding="utf-8",
+        )
 
 
 # --- the database side ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ async def test_a_cancellation_lost_on_the_way_is_repeated_until_it_takes() -> No
     main = asyncio.create_task(drain())
     config = from_mapping({"node": {"shutdown_grace_s": 0.05}})
     deadline = asyncio.create_task(
-        app._drain_deadline(stop, http.Health(), config, main, systemd.Notifier(), [])
+        app._drain_deadline(stop, http.Health(), config, main, systemd.Notifier(), pools=list)
     )
     try:
         stop.set()
