@@ -20,11 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 import structlog
 
 from mailerd import systemd
 from mailerd.config import systemd_settings
+from tests.callback_receiver import Receiver
+from tests.integration.relay_rows import log_rows, make_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "mailerd.service"
@@ -260,6 +263,66 @@ async def test_mailerd_run_speaks_to_systemd(
             assert code == 0, log_path.read_text(errors="replace")
 
 
+async def test_mailerd_relay_run_says_stopping_when_the_stop_begins(
+    conn: asyncpg.Connection, dsn: str, receiver: Receiver, short_dir: Path, tmp_path: Path
+) -> None:
+    """The relay process said STOPPING=1 only once its stop was over: a stop held up (here by a
+    position row locked elsewhere; in production by a database or destination that does not
+    answer) was, to systemd, a service still running normally."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(str(short_dir / "notify"))
+    notify = NotifySocket(sock, str(short_dir / "notify"))
+    config = tmp_path / "mailerd.toml"
+    config.write_text(
+        f'[database]\ndsn = "{dsn}"\n[node]\nname = "sd-relay"\nshutdown_grace_s = 30\n'
+        '[logging]\nformat = "json"\n[relay]\nrun_in = "process"\npoll_interval_ms = 50\n'
+        f'lock_retry_s = 0.2\n[callbacks.app]\nurl = "{receiver.url}"\n'
+        f'secret_file = "{receiver.secret_file(tmp_path)}"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("MAILERD_", "WATCHDOG_"))}
+    env.update(NOTIFY_SOCKET=notify.name)
+    log_path = tmp_path / "relay.log"
+    campaign_id, leads = await make_campaign(conn, 20)
+    await log_rows(conn, campaign_id, leads[:10])
+    with sock:
+        async with daemon([sys.executable, "-m", "mailerd", "relay"], config, env, log_path) as process:
+            assert "READY" in await notify.receive(within_s=60)
+            async with asyncio.timeout(30):
+                while len(receiver.records) < 10:
+                    await asyncio.sleep(0.05)
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM relay_positions FOR UPDATE")
+                await log_rows_elsewhere(dsn, campaign_id, leads[10:])
+                async with asyncio.timeout(30):  # its position's commit waits for the row
+                    while not await conn.fetchval(
+                        """SELECT count(*) FROM pg_stat_activity
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+                    ):
+                        await asyncio.sleep(0.05)
+                process.send_signal(signal.SIGTERM)
+                try:
+                    stopping = await notify.receive_until("STOPPING", within_s=10)
+                except TimeoutError:
+                    pytest.fail(f"no STOPPING=1; relay output:\n{log_path.read_text(errors='replace')}")
+                assert stopping[-1]["STOPPING"] == "1"
+                assert "up to 30 s" in stopping[-1]["STATUS"], stopping
+                assert process.returncode is None  # the stop is under way, held by the row
+            async with asyncio.timeout(30):  # the row is free: the stop ends, cleanly
+                code = await process.wait()
+            assert code == 0, log_path.read_text(errors="replace")
+
+
+async def log_rows_elsewhere(dsn: str, campaign_id: int, lead_ids: list[int]) -> None:
+    """:func:`log_rows` on a connection of its own (committed while ``conn`` holds its lock)."""
+    other = await asyncpg.connect(dsn)
+    try:
+        await log_rows(other, campaign_id, lead_ids)
+    finally:
+        await other.close()
+
+
 # --- the unit file -----------------------------------------------------------------------------
 
 
@@ -332,13 +395,17 @@ def test_the_unit_file_is_hardened(unit_copy: Path) -> None:
     assert float(match.group(1)) <= 2.0, result.stdout
 
 
-def test_the_stop_timeout_outlasts_the_drain() -> None:
+@pytest.mark.parametrize("unit", list(UNITS), ids=lambda unit: unit.name)
+def test_the_stop_timeout_outlasts_the_drain(unit: Path) -> None:
+    """Both processes stop within [node] shutdown_grace_s and a few seconds (the relay's stop
+    too since it has the daemon's deadline): systemd must not kill either first."""
     from mailerd.config import NodeConfig
 
     settings = dict(
-        line.split("=", 1) for line in UNIT.read_text().splitlines() if re.match(r"^[A-Za-z]+=", line)
+        line.split("=", 1) for line in unit.read_text().splitlines() if re.match(r"^[A-Za-z]+=", line)
     )
     assert settings["Type"] == "notify"
     assert settings["NotifyAccess"] == "main"
-    assert float(settings["TimeoutStopSec"]) > NodeConfig().shutdown_grace_s
+    # past the deadline, what is left is closed within about 11 s (docs/runbook.md)
+    assert float(settings["TimeoutStopSec"]) >= NodeConfig().shutdown_grace_s + 15
     assert int(settings["WatchdogSec"]) >= 2
