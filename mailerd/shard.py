@@ -39,6 +39,14 @@ from mailerd.stages import PlannedBatch, ProviderLane, RowSink, ShardLostError
 
 log = structlog.get_logger(__name__)
 
+# Errors after which a connection's session is over (its socket may not have said so yet).
+_SESSION_ENDED = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionError,
+)
+
 
 class EntryState(enum.IntEnum):
     """Where a dispatched batch stands."""
@@ -502,35 +510,48 @@ class ShardRun:
             await self._resolved.wait()
 
     async def _release(self, clean: bool) -> None:
+        """Close the claim; when ``clean`` (every dispatched batch resolved), store
+        ``released_clean`` first, through the pool when the claim connection is gone.
+        ``shard_released`` says whether it was stored: the next owner doubts the reserved leads
+        (logs them ``unknown``) unless it was."""
         self.stop("released")  # whatever ended the run, queued batches must not go out now
-        if clean and self._claim.is_closed():
-            await self._release_clean_without_claim()
-            clean = False  # nothing left to do on the claim connection
+        stored = False
+        gone = self._claim.is_closed()
         try:
-            if clean and not self._claim.is_closed():
-                await shards_db.release_clean(self._claim, self.campaign_id, self.shard_no, self.epoch)
-                await shards_db.unlock(self._claim, self.campaign_id, self.shard_no)
-        except db.DB_ERRORS as exc:
-            self.log.warning("shard_release_failed", error=str(exc))
+            if clean and not gone:
+                try:
+                    stored = await shards_db.release_clean(
+                        self._claim, self.campaign_id, self.shard_no, self.epoch
+                    )
+                    await shards_db.unlock(self._claim, self.campaign_id, self.shard_no)
+                except db.DB_ERRORS as exc:
+                    aio.raise_if_cancelling()  # the drain deadline: no retry through the pool
+                    self.log.warning("shard_release_failed", error=str(exc))
+                    gone = self._claim.is_closed() or isinstance(exc, _SESSION_ENDED)
+            # The claim connection dropped, before or during the release: through the pool.
+            if clean and not stored and gone:
+                stored = await self._release_clean_without_claim()
         finally:
             self._claim.remove_termination_listener(self._on_claim_closed)
             with contextlib.suppress(
                 Exception
             ):  # the connection may already be gone: it is closed either way
                 await self._claim.close(timeout=5)
-            self.log.info("shard_released", clean=clean, done=self.done, checkpoint=self.ledger.checkpoint)
+            self.log.info("shard_released", clean=stored, done=self.done, checkpoint=self.ledger.checkpoint)
 
-    async def _release_clean_without_claim(self) -> None:
+    async def _release_clean_without_claim(self) -> bool:
         """The claim connection dropped but every batch is resolved: say so through the pool
         (fenced by epoch), retrying until Postgres answers, so the next owner re-sends the
-        reserved leads that were never sent instead of logging them ``unknown``."""
+        reserved leads that were never sent instead of logging them ``unknown``. False: fenced
+        (another node claimed the shard meanwhile)."""
         delay = 0.2
         while True:
             try:
                 async with self._pool.acquire() as conn:
-                    await shards_db.release_clean(conn, self.campaign_id, self.shard_no, self.epoch)
-                self.log.info("shard_released_clean_after_disconnect")
-                return
+                    stored = await shards_db.release_clean(conn, self.campaign_id, self.shard_no, self.epoch)
+                if stored:
+                    self.log.info("shard_released_clean_after_disconnect")
+                return stored
             except db.DB_ERRORS as exc:
                 aio.raise_if_cancelling()
                 self.log.warning("shard_release_retrying", error=str(exc), retry_in_s=delay)

@@ -130,15 +130,17 @@ async def reserve(claim: asyncpg.Connection, campaign_id: int, shard_no: int, ep
     return bool(status == "UPDATE 1")
 
 
-async def release_clean(conn: asyncpg.Connection, campaign_id: int, shard_no: int, epoch: int) -> None:
-    """Every batch of the claim is logged or was never sent: the next owner need not doubt."""
-    await conn.execute(
+async def release_clean(conn: asyncpg.Connection, campaign_id: int, shard_no: int, epoch: int) -> bool:
+    """Every batch of the claim is logged or was never sent: the next owner need not doubt.
+    False when fenced out (another claim since)."""
+    status = await conn.execute(
         """UPDATE campaign_shards SET released_clean = true, owner = NULL, updated_at = now()
            WHERE campaign_id = $1 AND shard_no = $2 AND epoch = $3""",
         campaign_id,
         shard_no,
         epoch,
     )
+    return bool(status == "UPDATE 1")
 
 
 Checkpoint = tuple[int, int, int, int, bool]  # campaign_id, shard_no, epoch, checkpoint, done
