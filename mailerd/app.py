@@ -56,6 +56,9 @@ PARTITION_MAINTENANCE_S = 3600.0
 # After a round that left DDL for later (a lock not granted in time behind a long transaction),
 # the next comes sooner: each try makes the writer wait at most the DDL's lock timeout.
 PARTITION_RETRY_S = 300.0
+# After a round that failed (the database restarting, a network blip) the next comes after 5 s,
+# doubling up to PARTITION_RETRY_S: an hour later, tomorrow's partition could still be missing.
+PARTITION_FAILED_RETRY_S = 5.0
 CAMPAIGN_SAMPLE_S = 10.0
 # A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
 START_RETRY_BASE_S = 0.5
@@ -590,12 +593,12 @@ def _bounded_reason(reason: str) -> str:
 async def _partition_loop(
     pool: asyncpg.Pool, config: Config, stop: asyncio.Event, reports_pool: asyncpg.Pool | None = None
 ) -> None:
-    """Keep days ahead created and expired days dropped while the daemon runs."""
+    """Keep days ahead created and expired days dropped while the daemon runs: every
+    :data:`PARTITION_MAINTENANCE_S`, sooner after a round that deferred DDL or failed."""
     wait = PARTITION_MAINTENANCE_S
+    failures = 0
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await stop.wait()
+        await aio.sleep_unless(wait, stop)
         if stop.is_set():
             return
         wait = PARTITION_MAINTENANCE_S
@@ -605,14 +608,19 @@ async def _partition_loop(
                     log.info("partition_maintained", action=str(action))
                     if action.verb == "deferred":
                         wait = PARTITION_RETRY_S
+            failures = 0
         except db.DB_ERRORS as exc:
-            log.warning("partition_maintenance_failed", error=str(exc))
+            aio.raise_if_cancelling()
+            wait = min(PARTITION_FAILED_RETRY_S * 2**failures, PARTITION_RETRY_S)
+            failures += 1
+            log.warning("partition_maintenance_failed", error=str(exc) or type(exc).__name__, retry_in_s=wait)
         if reports_pool is not None and config.reports is not None:
             try:
                 async with reports_pool.acquire() as conn:
                     for name in await reports_schema.maintain(conn, config.reports.retention_days):
                         log.info("reports_partition_dropped", partition=name)
             except db.DB_ERRORS_OR_TIMEOUT as exc:
+                aio.raise_if_cancelling()
                 log.warning("reports_maintenance_failed", error=str(exc))
 
 
