@@ -141,6 +141,7 @@ class QuotaGate:
                         conn, self.provider, self.schedule, max(self._block_size(), need), need
                     )
             except db.DB_ERRORS as exc:
+                aio.raise_if_cancelling()
                 log.warning("provider_quota_reserve_failed", provider=self.provider, error=str(exc))
                 self._retry_at = self._clock() + RETRY_AFTER_ERROR_S
                 return RETRY_AFTER_ERROR_S
@@ -205,6 +206,7 @@ class QuotaGate:
             async with self._pool.acquire() as conn:
                 await provider_quota.give_back(conn, self.provider, self._hour, unused)
         except db.DB_ERRORS as exc:
+            aio.raise_if_cancelling()
             log.warning(
                 "provider_quota_give_back_failed", provider=self.provider, unused=unused, error=str(exc)
             )

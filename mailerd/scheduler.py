@@ -115,6 +115,7 @@ class Scheduler:
                     try:
                         await self._tick(group)
                     except db.DB_ERRORS as exc:
+                        aio.raise_if_cancelling()
                         log.warning("scheduler_tick_failed", error=str(exc))
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -225,6 +226,7 @@ class Scheduler:
                 except db.DB_ERRORS:
                     raise  # the tick's: every campaign waits for the next one
                 except Exception as exc:  # a row or a bug nothing foresaw: this campaign waits, not the node
+                    aio.raise_if_cancelling()
                     metrics.CAMPAIGN_ACTIVATION_FAILURES.inc()
                     log.exception(
                         "campaign_activation_failed",
@@ -296,6 +298,7 @@ class Scheduler:
             async with self._pool.acquire() as conn:
                 await shards_db.defer(conn, run.campaign_id, run.shard_no, opens)
         except db.DB_ERRORS as exc:
+            aio.raise_if_cancelling()
             run.log.warning("shard_defer_failed", error=str(exc))
             return
         run.log.info("shard_waiting_for_window", zone=run.zone, opens=opens.isoformat())
@@ -432,6 +435,7 @@ class Scheduler:
                 await fail_campaign(claim, campaign_id, f"the provider cannot send it: {exc}")
                 raise _NotClaimable from exc
             except Exception as exc:  # any other provider failure: the shard stays for a later poll
+                aio.raise_if_cancelling()
                 wait = prepare_retry_s(failures, self._config.scheduler.poll_interval_s)
                 self._prepare_failures[key] = (failures + 1, time.monotonic() + wait)
                 log.warning(

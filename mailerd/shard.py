@@ -277,6 +277,7 @@ class ShardRun:
                     self._claim, self.campaign_id, self.shard_no, self.epoch, target
                 )
             except db.DB_ERRORS as exc:
+                aio.raise_if_cancelling()
                 self._lose("reservation failed")
                 raise ShardLostError(f"reservation failed: {exc}") from exc
             if not reserved:
@@ -293,8 +294,12 @@ class ShardRun:
             try:
                 await self._dispatch_all()
             except db.DB_ERRORS as exc:
+                # A cancellation asyncpg turned into a database error (the drain deadline, the
+                # database not answering) must stay one: the wait below lasted for ever.
+                aio.raise_if_cancelling()
                 self._lose(f"reading leads failed: {exc}")
             except Exception as exc:  # a row or a bug nothing foresaw: this shard stops, not the node
+                aio.raise_if_cancelling()
                 self.log.exception("shard_failed", error=f"{type(exc).__name__}: {exc}")
                 self._lose(f"shard failed: {type(exc).__name__}")
             await self._wait_resolved()
