@@ -2,7 +2,8 @@
 
 The protocol is one datagram of ``KEY=value`` lines sent to the AF_UNIX socket named by
 ``$NOTIFY_SOCKET`` (see sd_notify(3)). The daemon says ``READY=1`` once migrations are checked
-and the HTTP port is bound, ``STOPPING=1`` when the drain begins, and ``WATCHDOG=1`` from the
+and the HTTP port is bound, ``STOPPING=1`` when the drain begins (with ``EXTEND_TIMEOUT_USEC``:
+how long the stop may take), and ``WATCHDOG=1`` from the
 event loop every half ``WatchdogSec``: a stuck loop stops the pings and systemd restarts the unit.
 
 Outside systemd (no ``$NOTIFY_SOCKET``) every call is a no-op. Sends never block the event loop
@@ -110,9 +111,15 @@ class Notifier:
         """``READY=1``: startup is over (migrations checked, HTTP bound)."""
         return self.notify(READY=1, STATUS=one_line(status))
 
-    def stopping(self, status: str = "draining") -> bool:
-        """``STOPPING=1``: the drain has begun."""
-        return self.notify(STOPPING=1, STATUS=one_line(status))
+    def stopping(self, status: str = "draining", *, takes_up_to_s: float | None = None) -> bool:
+        """``STOPPING=1``: the drain has begun; with ``takes_up_to_s``, also
+        ``EXTEND_TIMEOUT_USEC``, so that a ``shutdown_grace_s`` longer than the unit's
+        ``TimeoutStopSec`` is not cut short by a SIGKILL (systemd 236 and later; it only ever
+        extends the timeout, never shortens it)."""
+        if takes_up_to_s is None:
+            return self.notify(STOPPING=1, STATUS=one_line(status))
+        extend_usec = max(1, round(takes_up_to_s * 1_000_000))
+        return self.notify(STOPPING=1, STATUS=one_line(status), EXTEND_TIMEOUT_USEC=extend_usec)
 
     def status(self, text: str) -> bool:
         """``STATUS=...``: a free-form line shown by ``systemctl status``."""

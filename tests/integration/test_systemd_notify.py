@@ -96,6 +96,12 @@ async def test_ready_status_stopping_and_watchdog_arrive(notify_socket: NotifySo
         assert await notify_socket.receive() == {"WATCHDOG": "1"}
         assert notifier.stopping()
         assert await notify_socket.receive() == {"STOPPING": "1", "STATUS": "draining"}
+        assert notifier.stopping("draining, up to 600 s", takes_up_to_s=615)
+        assert await notify_socket.receive() == {
+            "STOPPING": "1",
+            "STATUS": "draining, up to 600 s",
+            "EXTEND_TIMEOUT_USEC": "615000000",
+        }
     finally:
         notifier.close()
 
@@ -258,6 +264,8 @@ async def test_mailerd_run_speaks_to_systemd(
             after = await notify.receive_until("STOPPING", within_s=10)
             assert all(m == {"WATCHDOG": "1"} for m in after[:-1])
             assert after[-1]["STOPPING"] == "1"
+            # a grace longer than the unit's TimeoutStopSec is not cut short by systemd
+            assert after[-1]["EXTEND_TIMEOUT_USEC"] == str((10 + 15) * 1_000_000)
             async with asyncio.timeout(30):
                 code = await process.wait()
             assert code == 0, log_path.read_text(errors="replace")
@@ -308,6 +316,7 @@ async def test_mailerd_relay_run_says_stopping_when_the_stop_begins(
                     pytest.fail(f"no STOPPING=1; relay output:\n{log_path.read_text(errors='replace')}")
                 assert stopping[-1]["STOPPING"] == "1"
                 assert "up to 30 s" in stopping[-1]["STATUS"], stopping
+                assert stopping[-1]["EXTEND_TIMEOUT_USEC"] == str((30 + 15) * 1_000_000)
                 assert process.returncode is None  # the stop is under way, held by the row
             async with asyncio.timeout(30):  # the row is free: the stop ends, cleanly
                 code = await process.wait()
