@@ -8,7 +8,9 @@ down stops only its own position.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import asyncpg
 
 from mailerd import backoff
 from mailerd.relay.records import Record
@@ -65,3 +67,13 @@ class Destination(Protocol):
 
     async def close(self) -> None:
         """Release connections; the relay calls it when it stops leading."""
+
+
+@runtime_checkable
+class HoldsPools(Protocol):
+    """A destination with database connections of its own (the reports database's loader): the
+    drain deadline cuts them off with the relay's, or a load on a server that stopped answering
+    held the stop, waiting inside asyncpg for its cancel request."""
+
+    def pools(self) -> list[asyncpg.Pool]:
+        """The pools open now (none before the first delivery or after the close)."""

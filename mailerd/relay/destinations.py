@@ -29,7 +29,11 @@ def from_config(config: Config, main_dsn: str, *, replay: bool = False) -> list[
     found += [CallbackDestination(endpoint, replay=replay) for endpoint in config.callbacks.values()]
     if config.reports is not None:
         dsn = connect.reports_dsn(config.reports, main_dsn)
-        found.append(ReportsDestination(config.reports, dsn, config.privacy))
+        found.append(
+            ReportsDestination(
+                config.reports, dsn, config.privacy, command_timeout_s=config.database.command_timeout_s
+            )
+        )
     return found
 
 

@@ -29,7 +29,7 @@ from mailerd.db import connect
 from mailerd.db import relay as relay_db
 from mailerd.relay import outbox
 from mailerd.relay import position as position_mod
-from mailerd.relay.destination import Destination
+from mailerd.relay.destination import Destination, HoldsPools
 from mailerd.relay.stream import LeaseLost, Stream
 
 log = structlog.get_logger(__name__)
@@ -72,10 +72,13 @@ class Relay:
         self.node = node
         self.leading = False
         self._pool: asyncpg.Pool | None = None
+        self._leading: list[Destination] = []  # the destinations of the lead under way
 
     def pools(self) -> list[asyncpg.Pool]:
-        """The pool of the lead under way (none when not leading), for the drain deadline to cut off."""
-        return [self._pool] if self._pool is not None else []
+        """The pools of the lead under way (none when not leading): the relay's and its
+        destinations' (the reports loader's), for the drain deadline to cut off."""
+        own = [self._pool] if self._pool is not None else []
+        return own + [pool for d in self._leading if isinstance(d, HoldsPools) for pool in d.pools()]
 
     async def run(self) -> None:
         retry = self._config.relay.lock_retry_s
@@ -104,6 +107,7 @@ class Relay:
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         destinations = self._destinations()
+        self._leading = destinations
         names = [d.name for d in destinations]
         halt = asyncio.Event()
         # Per destination: one read ahead (on up to read_connections) while a batch is delivered,
@@ -160,6 +164,7 @@ class Relay:
                     )
             await drain.close_pool(pool, "relay")
             self._pool = None
+            self._leading = []
             log.info("relay_stopped", node=self.node)
 
     async def _watch(self, conn: asyncpg.Connection, halt: asyncio.Event) -> None:

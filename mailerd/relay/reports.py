@@ -112,8 +112,11 @@ class ReportsDestination:
         privacy: PrivacyConfig,
         now: Callable[[], dt.datetime] = _utc_now,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        command_timeout_s: float | None = None,
     ) -> None:
         self._config = config
+        self._command_timeout_s = command_timeout_s
         self._now = now
         self._dsn = dsn
         key = privacy.erasure_key
@@ -139,10 +142,19 @@ class ReportsDestination:
 
     async def _connected(self) -> asyncpg.Pool:
         if self._pool is None:
+            # The main database's command timeout, as the daemon's reports pool: a load on a
+            # server that stopped answering waited for ever.
             self._pool = await connect.create_pool(
-                self._dsn, min_size=1, max_size=self._config.load_connections
+                self._dsn,
+                min_size=1,
+                max_size=self._config.load_connections,
+                command_timeout=self._command_timeout_s,
             )
         return self._pool
+
+    def pools(self) -> list[asyncpg.Pool]:
+        """The loader's pool while open, for the drain deadline to cut off."""
+        return [self._pool] if self._pool is not None else []
 
     async def _load_run(self, pool: asyncpg.Pool, run: Sequence[Record]) -> None:
         """Records between two erasures: their months' partitions first (committed, so the loads

@@ -17,7 +17,8 @@ from mailerd import config as config_mod
 from mailerd.db import connect, reports_load, reports_read, reports_schema
 from mailerd.erasure import key_pads
 from mailerd.relay import records
-from mailerd.relay.destination import DestinationUnavailable
+from mailerd.relay.destination import DestinationUnavailable, HoldsPools
+from mailerd.relay.leader import Relay
 from mailerd.relay.records import Record
 from mailerd.relay.reports import MIN_PART, RETRY_DEFERRED_S, ReportsDestination, split
 
@@ -562,3 +563,44 @@ async def test_retention_counts_months_by_the_database_s_clock(
     monkeypatch.setattr(reports_schema, "dt", types.SimpleNamespace(**{**vars(dt), "datetime": AheadClock}))
     assert await reports_schema.maintain(reports, 1) == []
     assert await reports.fetchval("SELECT count(*) FROM report_emails") == 1
+
+
+async def test_the_loader_s_queries_end_at_the_command_timeout_and_its_pool_is_offered_for_the_cut_off(
+    reports_dsn: str,
+) -> None:
+    """The loader's pool had no command timeout, and the drain deadline did not cut it off: a
+    load on a reports database that stopped answering held the relay's stop."""
+    privacy = config_mod.PrivacyConfig(erasure_key=config_mod.Secret(KEY))
+    loader = ReportsDestination(
+        config_mod.ReportsConfig(), reports_dsn, privacy, now=lambda: AT, command_timeout_s=0.2
+    )
+    assert isinstance(loader, HoldsPools) and loader.pools() == []
+    try:
+        await loader.deliver(batch())
+        (pool,) = loader.pools()
+        with pytest.raises(TimeoutError):
+            await pool.fetchval("SELECT pg_sleep(5)")
+    finally:
+        await loader.close()
+    assert loader.pools() == []
+
+
+async def test_the_relay_offers_the_loader_s_pool_to_the_drain_deadline(dsn: str, reports_dsn: str) -> None:
+    loader = destination(reports_dsn)
+    await loader.deliver(batch())  # its pool is open from now on
+    stop = asyncio.Event()
+    relay = Relay(
+        config=config_mod.from_mapping({"relay": {"lock_retry_s": 0.05}}),
+        dsn=dsn, stop=stop, destinations=lambda: [loader], node="test",
+    )  # fmt: skip
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(10):
+            while not relay.leading:
+                await asyncio.sleep(0.02)
+        pools = relay.pools()
+        assert len(pools) == 2 and loader.pools()[0] in pools
+    finally:
+        stop.set()
+        await task
+    assert relay.pools() == [] and loader.pools() == []
