@@ -333,7 +333,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="the file to print on stdout (default: list them)")
 
     p = sub.add_parser("demo", parents=[common], help="run a whole campaign on an embedded database")
-    p.add_argument("--leads", type=int, default=100_000, help="leads to generate (default 100000)")
+    p.add_argument(
+        "--leads",
+        type=_within(1, 10_000_000),
+        default=100_000,
+        help="leads to generate, 1 to 10000000 (default 100000)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--data-dir", default=None, help="embedded Postgres data directory")
     return parser

@@ -76,6 +76,9 @@ def test_sink_addresses_are_checked_as_arguments(option: str, capsys: pytest.Cap
         (["campaign", "cancel", "-3"], "argument id: expected 1 to 9223372036854775807, got -3"),
         (["report", "campaign", "9" * 20], "argument id: expected 1 to 9223372036854775807"),
         (["report", "campaign", "1", "--top", "0"], "argument --top: must be from 1 to 100, got 0"),
+        # a demo of no leads (or -5) seeded nothing and ran a campaign of nothing
+        (["demo", "--leads", "0"], "argument --leads: must be from 1 to 10000000, got 0"),
+        (["demo", "--leads", "-5"], "argument --leads: must be from 1 to 10000000, got -5"),
     ],
 )
 def test_campaign_ids_and_top_are_checked_as_arguments(
