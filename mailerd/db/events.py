@@ -162,13 +162,21 @@ async def repeated_soft_bounces(
 ) -> list[tuple[int, str]]:
     """The ``(account_id, email)`` of ``keys`` with at least ``limit`` bounces in the window that
     did not suppress at once (soft ones, and hard ones that were no invalid recipient); bounces
-    of a ``blocking`` class are the sender's problem and do not count."""
+    of a ``blocking`` class are the sender's problem and do not count.
+
+    Nor do those received before the address was last taken off the account's list (its latest
+    ``removed`` row in ``suppression_audit``: an operator's API or CLI removal): the bounces that
+    suppressed it would otherwise suppress it again at the next one."""
     rows = await conn.fetch(
         """SELECT e.account_id, e.email FROM email_events e
            JOIN unnest($1::bigint[], $2::text[]) AS v(account_id, email)
              ON e.account_id = v.account_id AND e.email = v.email
            WHERE e.kind IN ('soft_bounce', 'hard_bounce')
              AND e.received_at > now() - make_interval(secs => $3)
+             AND e.received_at > coalesce(
+                 (SELECT max(a.at) FROM suppression_audit a
+                  WHERE a.account_id = v.account_id AND a.email = v.email AND a.action = 'removed'),
+                 '-infinity')
              AND NOT coalesce(e.bounce_class = ANY($5::text[]), false)
            GROUP BY e.account_id, e.email HAVING count(*) >= $4""",
         [k[0] for k in keys],

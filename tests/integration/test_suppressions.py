@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,14 +15,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from mailerd import campaigns, http, segments, suppressions
+from mailerd import campaigns, events, http, segments, suppressions
 from mailerd import config as config_mod
 from mailerd.commands import arguments
 from mailerd.db import connect as db_connect
 from mailerd.db import leads as leads_db
 from mailerd.db import suppressions as suppressions_db
 from mailerd.emulator import sink
-from mailerd.models import LogStatus
+from mailerd.models import Event, EventKind, LogStatus
 from tests.integration.helpers import (
     ApiTestServer,
     add_leads,
@@ -642,3 +643,62 @@ async def test_an_idn_address_added_in_either_spelling_holds_its_lead(
     )
     assert eve.status == 200 and (await eve.json())["reason"] == "complaint"
     assert (await _audit(conn))[-1] == (1, "eve@bücher.de", "added", "manual", "api")
+
+
+def _soft_bounce(account_id: int, email: str, receipt: str) -> Event:
+    return Event(
+        provider="ses",
+        kind=EventKind.SOFT_BOUNCE,
+        occurred_at=dt.datetime.now(dt.UTC),
+        email=email,
+        receipt=receipt,
+        account_id=account_id,
+        provider_type="Transient/MailboxFull",
+    )
+
+
+async def _soft_bounced(conn: asyncpg.Connection, account_id: int, email: str, receipt: str) -> None:
+    async with conn.transaction():  # as the writer's flush records them
+        await events.record(
+            conn, [_soft_bounce(account_id, email, receipt)], soft_bounce_limit=3, soft_bounce_window_s=86400
+        )
+
+
+async def _suppressed(conn: asyncpg.Connection, account_id: int, email: str) -> str | None:
+    reason: str | None = await conn.fetchval(
+        "SELECT reason FROM suppressions WHERE account_id = $1 AND email = $2", account_id, email
+    )
+    return reason
+
+
+@pytest.mark.parametrize("way", ["api", "cli"])
+async def test_soft_bounces_before_an_operators_removal_no_longer_count(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, way: str
+) -> None:
+    # The three soft bounces that suppressed the address still counted after the operator took
+    # it off the list: the next soft bounce suppressed it again at once
+    for n in range(3):
+        await _soft_bounced(conn, 1, "full@example.com", f"a{n}")
+        await _soft_bounced(conn, 2, "full@example.com", f"b{n}")  # another account's
+    assert await _suppressed(conn, 1, "full@example.com") == "soft_bounce_limit"
+    if way == "api":
+        removed = await client.delete(
+            "/api/suppressions",
+            json={"account_id": 1, "email": "Full@example.com", "reason": "mailbox emptied"},
+            headers=AUTH,
+        )
+        assert removed.status == 200
+    else:
+        status = await suppressions.run_change_cli(
+            conn, action="remove", account_id=1, email="Full@example.com", reason="mailbox emptied"
+        )
+        assert status == 0
+    assert (await _audit(conn))[-1] == (1, "full@example.com", "removed", "mailbox emptied", way)
+    for n in range(2):  # counted from the removal on: two are not yet the limit
+        await _soft_bounced(conn, 1, "full@example.com", f"c{n}")
+        assert await _suppressed(conn, 1, "full@example.com") is None
+    await _soft_bounced(conn, 1, "full@example.com", "c2")  # the third since the removal
+    assert await _suppressed(conn, 1, "full@example.com") == "soft_bounce_limit"
+    # The other account's list and count were never touched
+    assert await _suppressed(conn, 2, "full@example.com") == "soft_bounce_limit"
+    assert (await _audit(conn))[-1] == (1, "full@example.com", "added", "soft_bounce_limit", "webhook")
