@@ -105,9 +105,12 @@ async def record(
     if not fresh:
         return Recorded([], {})
     fresh = [_classified(e) for e in await _lowered(conn, fresh)]
-    fresh, erased = await _scrubbed(conn, fresh, erased_pads)
+    others = await _others(conn, fresh)
+    # One look-up, and one taking of the address locks, for the events and their other addresses.
+    scrubbed, erased = await _scrubbed(conn, [*fresh, *others], erased_pads)
+    fresh, others = scrubbed[: len(fresh)], scrubbed[len(fresh) :]
     await events_db.append(conn, fresh, dt.datetime.now(dt.UTC))
-    await _suppress(conn, fresh, soft_bounce_limit, soft_bounce_window_s)  # none of the erased
+    await _suppress(conn, [*fresh, *others], soft_bounce_limit, soft_bounce_window_s)  # none of the erased
     if erased and erased_pads is not None:
         await _suppress_erased(conn, erased, erased_pads)
     counted = counts(fresh)
@@ -289,6 +292,21 @@ async def _suppress_erased(
             entries.setdefault((event.account_id, event.email), (str(event.kind), event.provider, erasure_id))
     if entries:
         await erasure_db.suppress_hashed(conn, [(*key, *value) for key, value in entries.items()], *pads)
+
+
+async def _others(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+    """The other addresses the events suppress (:attr:`Event.also_suppresses`), each as a copy
+    of its event (never stored, never counted) that :func:`_scrubbed` and :func:`_suppress` treat
+    as they treat the event: suppressed with the same reason and source, or, when it is an erased
+    person's, as the erasure keeps it. Lower-cased by the database as the events' own are."""
+    others = [
+        dataclasses.replace(event, email=address, also_suppresses=())
+        for event in events
+        if event.account_id is not None and _suppresses_at_once(event)
+        for address in event.also_suppresses
+        if address
+    ]
+    return await _lowered(conn, others) if others else []
 
 
 def _suppresses_at_once(event: Event) -> bool:

@@ -182,6 +182,10 @@ class Event:
     a webhook twice is recorded once. ``campaign_id``/``lead_id``/``account_id`` come from the
     metadata our providers send, else from the provider's message id, else from the address.
     ``suppress`` forces suppression whatever the kind (e.g. Postmark ``Inactive: true``).
+    ``also_suppresses``: other addresses of the person that an event which suppresses its own
+    suppresses too, in its account, as it does its own (a one-click unsubscribe: the lead's
+    address now, when the host changed it since the email went to ``email``); the event is
+    stored and counted once, with ``email`` alone.
     """
 
     provider: str
@@ -199,3 +203,4 @@ class Event:
     suppress: bool = False
     guard: str | None = None  # a second key that must also be new (Mailgun: its signature token)
     bounce_class: str | None = None  # set when recorded (mailerd.bounces), None for non-bounces
+    also_suppresses: tuple[str, ...] = ()

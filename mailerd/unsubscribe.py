@@ -7,7 +7,8 @@ byte and three signed 64-bit big-endian ids, then
   authenticated with AES-SIV (RFC 5297), the 25 bytes before it as associated data: a 16-byte
   synthetic IV, then as many bytes as the address has in UTF-8 (at most
   :data:`MAX_ADDRESS_BYTES`). The unsubscribe must hold when the lead is gone by then (deleted,
-  or erased): the address is what is suppressed, and only the token still has it. An erased
+  or erased) or has another address: the address is what is suppressed (beside the lead's
+  address now), and only the token still has it. An erased
   person's address is then suppressed as the erasure keeps it, a keyed hash
   (:func:`mailerd.events.record`), never stored again.
 - version 1 (a longer address; links in emails sent before version 2): the first 16 bytes of

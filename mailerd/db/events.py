@@ -188,6 +188,24 @@ async def repeated_soft_bounces(
     return [(r["account_id"], r["email"]) for r in rows]
 
 
+async def reported_addresses(
+    conn: asyncpg.Connection, account_id: int, campaign_id: int, lead_id: int
+) -> list[str]:
+    """The addresses the account's stored events about one email (its campaign and lead) name,
+    the first received first: where the provider delivered or bounced it. What is known of the
+    address an email went to when nothing else kept it (``email_log`` has no address); empty
+    once its events passed the retention, or for an erased person's (stored without one)."""
+    rows = await conn.fetch(
+        """SELECT email FROM email_events
+           WHERE campaign_id = $1 AND lead_id = $2 AND account_id = $3 AND email IS NOT NULL
+           GROUP BY email ORDER BY min(received_at), email""",
+        campaign_id,
+        lead_id,
+        account_id,
+    )
+    return [r["email"] for r in rows]
+
+
 async def campaign_accounts(conn: asyncpg.Connection, campaign_ids: Collection[int]) -> dict[int, int]:
     """campaign id -> account id, for the campaigns that exist."""
     rows = await conn.fetch(

@@ -10,9 +10,11 @@ import email.parser
 import email.policy
 import urllib.parse
 
+import asyncpg
 from aiohttp import hdrs, http_exceptions, web
 
 from mailerd import db, metrics, unsubscribe
+from mailerd.db import events as events_db
 from mailerd.db import leads
 from mailerd.http import encoding
 from mailerd.http.errors import ApiError
@@ -102,12 +104,33 @@ async def page(request: web.Request) -> web.Response:
     return _html(unsubscribe.confirm_page())
 
 
+async def _addresses(
+    conn: asyncpg.Connection, account_id: int, campaign_id: int, lead_id: int, sent_to: str | None
+) -> list[str]:
+    """What a one-click unsubscribe suppresses, the address the email went to first (the event's).
+
+    That address is the one that clicked, and other leads of the account may hold it (the host
+    changed this lead's address since, and imported the old one again): the token carries it
+    (version 2); a version 1 token does not, and the provider's stored events about the email
+    are what is known of it (:func:`mailerd.db.events.reported_addresses`). Then the lead's
+    address now, when it differs: the person asked to stop. A lead deleted or erased since has
+    none; an erased person's address is kept as the erasure keeps it, a keyed hash
+    (:func:`mailerd.events.record`), never in plain text again.
+    """
+    mailed = (
+        [sent_to] if sent_to else await events_db.reported_addresses(conn, account_id, campaign_id, lead_id)
+    )
+    current = await leads.email_of(conn, account_id, lead_id)
+    return list(dict.fromkeys([*mailed, *([current] if current else [])]))
+
+
 async def one_click(request: web.Request) -> web.Response:
     """POST /u/{token} with ``List-Unsubscribe=One-Click`` (RFC 8058): unsubscribe, answer 200.
 
     Recorded as an ``unsubscribe`` event whose receipt is ``campaign:lead``, so a repeat is
-    recorded once; answered only once committed, never with a redirect. The address suppressed
-    is the lead's, or, when the lead is gone, the one the token carries.
+    recorded once; answered only once committed, never with a redirect. Suppressed: the address
+    the email went to (the one that clicked: the token carries it, :func:`_addresses`), and the
+    lead's address now when the host changed it since (the person asked to stop).
     """
     services = request.app[SERVICES]
     try:
@@ -130,23 +153,20 @@ async def one_click(request: web.Request) -> web.Response:
         raise ApiError(503, "unavailable", "events cannot be recorded right now")
     try:
         async with pool(request).acquire() as conn:
-            email = await leads.email_of(conn, account_id, lead_id)
+            addresses = await _addresses(conn, account_id, campaign_id, lead_id, sent_to)
     except db.DB_ERRORS:
         raise ApiError(503, "unavailable", "cannot unsubscribe right now; please try again") from None
-    # A lead deleted or erased since: the address the email went to (the token carries it)
-    # still unsubscribes; an erased person's is kept as the erasure keeps it, a keyed hash
-    # (events.record), never in plain text again.
-    email = email or sent_to
     event = Event(
         provider="list-unsubscribe",
         kind=EventKind.UNSUBSCRIBE,
         occurred_at=dt.datetime.now(dt.UTC),
-        email=email,
+        email=addresses[0] if addresses else None,
         receipt=f"{campaign_id}:{lead_id}",
         campaign_id=campaign_id,
         lead_id=lead_id,
         account_id=account_id,
         provider_type="one-click",
+        also_suppresses=tuple(addresses[1:]),
     )
     await record_events(services.writer, [event])
     metrics.WEBHOOK_EVENTS.labels("list-unsubscribe", str(EventKind.UNSUBSCRIBE)).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gzip
 import hmac
 import io
@@ -18,7 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from mailerd import campaigns, erasure, http, segments, unsubscribe
 from mailerd import config as config_mod
+from mailerd import events as events_mod
 from mailerd.db import leads as leads_db
+from mailerd.models import Event, EventKind
 from mailerd.relay import position
 from mailerd.relay.reader import Reader
 from mailerd.writer import Writer
@@ -339,13 +342,140 @@ async def test_a_lead_deleted_since_is_unsubscribed_by_the_address_its_email_wen
     assert (unsubscribed, audited) == (1, 1)
 
 
-async def test_a_lead_that_still_exists_is_unsubscribed_by_its_own_address(
+async def _audited(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    rows = await conn.fetch("SELECT account_id, email, action, reason, source FROM suppression_audit")
+    return sorted(tuple(r) for r in rows)
+
+
+async def _held(pool: asyncpg.Pool, account_id: int, campaign_id: int) -> dict[str, bool]:
+    """Each lead's address of the account -> whether the lead windows hold it back."""
+    window = await leads_db.read_window(
+        pool,
+        account_id=account_id,
+        campaign_id=campaign_id,
+        segment=segments.parse({"all": []}),
+        start=0,
+        end=2**62,
+        skip_logged=False,
+        erased_pads=erasure.key_pads(ERASURE_KEY.encode()),
+    )
+    return {r["email"]: r["suppressed"] for r in window}
+
+
+async def _moved(conn: asyncpg.Connection, lead_id: int, old: str) -> tuple[str, int]:
+    """The host changed the lead's address after the email went out, and another lead of the
+    account now has the old one (imported since): the new address, and that other lead's id."""
+    new = old.replace("@", ".moved@")
+    await conn.execute("UPDATE leads SET email = $1 WHERE id = $2", new, lead_id)
+    other: int = await conn.fetchval(
+        "INSERT INTO leads (account_id, email) SELECT account_id, $1 FROM leads WHERE id = $2 RETURNING id",
+        old,
+        lead_id,
+    )
+    return new, other
+
+
+async def test_a_lead_whose_address_changed_is_unsubscribed_at_the_address_mailed_and_its_new_one(
+    client: TestClient[Any, Any],
+    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    lead: tuple[int, int, int, str],
+) -> None:
+    # Only the lead's address at the time of the click was suppressed: the address the email
+    # went to, the one that clicked, kept being mailed through every other lead that had it
+    account_id, campaign_id, lead_id, email = lead
+    path = _path(account_id, campaign_id, lead_id, email)  # the link as the email carried it
+    new, _ = await _moved(conn, lead_id, email)
+    for _ in range(2):  # a repeat records nothing new
+        await _one_click(client, path)
+        suppressed, events, unsubscribed, _ = await _state(conn, campaign_id)
+        assert sorted(suppressed) == sorted(
+            [
+                (account_id, email, "unsubscribe", "list-unsubscribe"),
+                (account_id, new, "unsubscribe", "list-unsubscribe"),
+            ]
+        )
+        # one event, about the address the email went to; counted once
+        assert events == [(account_id, campaign_id, lead_id, email, "unsubscribe", "list-unsubscribe")]
+        assert unsubscribed == 1
+        assert await _audited(conn) == sorted(
+            [
+                (account_id, email, "added", "unsubscribe", "list-unsubscribe"),
+                (account_id, new, "added", "unsubscribe", "list-unsubscribe"),
+            ]
+        )
+    held = await _held(pool, account_id, campaign_id)
+    assert held[email] is True and held[new] is True
+    assert sum(held.values()) == 2  # the account's other leads are still mailed
+
+
+async def test_a_version_1_link_unsubscribes_the_address_its_emails_events_reported(
+    client: TestClient[Any, Any],
+    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    lead: tuple[int, int, int, str],
+) -> None:
+    """A version 1 token carries no address: the one the email went to is known from the
+    provider's events about that email (its delivery), when they are kept."""
+    account_id, campaign_id, lead_id, email = lead
+    delivered = Event(
+        provider="ses",
+        kind=EventKind.DELIVERED,
+        occurred_at=dt.datetime.now(dt.UTC),
+        email=email,
+        receipt="sns-delivery-1",
+        campaign_id=campaign_id,
+        lead_id=lead_id,
+        account_id=account_id,
+    )
+    async with conn.transaction():
+        await events_mod.record(conn, [delivered], soft_bounce_limit=3, soft_bounce_window_s=3600)
+    new, _ = await _moved(conn, lead_id, email)
+    await _one_click(client, _path(account_id, campaign_id, lead_id))
+    suppressed, events, unsubscribed, _ = await _state(conn, campaign_id)
+    assert sorted(suppressed) == sorted(
+        [
+            (account_id, email, "unsubscribe", "list-unsubscribe"),
+            (account_id, new, "unsubscribe", "list-unsubscribe"),
+        ]
+    )
+    assert (account_id, campaign_id, lead_id, email, "unsubscribe", "list-unsubscribe") in events
+    assert unsubscribed == 1
+    held = await _held(pool, account_id, campaign_id)
+    assert held[email] is True and held[new] is True
+
+
+async def test_a_version_1_link_with_no_event_kept_unsubscribes_the_lead_as_it_is_now(
     client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
 ) -> None:
     account_id, campaign_id, lead_id, email = lead
-    await _one_click(client, _path(account_id, campaign_id, lead_id, "someone-else@example.com"))
-    suppressed, _, _, _ = await _state(conn, campaign_id)
-    assert suppressed == [(account_id, email.lower(), "unsubscribe", "list-unsubscribe")]
+    new, _ = await _moved(conn, lead_id, email)
+    await _one_click(client, _path(account_id, campaign_id, lead_id))
+    suppressed, events, _, audited = await _state(conn, campaign_id)
+    assert suppressed == [(account_id, new, "unsubscribe", "list-unsubscribe")]
+    assert events == [(account_id, campaign_id, lead_id, new, "unsubscribe", "list-unsubscribe")]
+    assert audited == 1
+
+
+async def test_an_erased_address_mailed_stays_a_keyed_hash_and_the_leads_new_one_is_suppressed(
+    client: TestClient[Any, Any], conn: asyncpg.Connection, lead: tuple[int, int, int, str]
+) -> None:
+    # The lead moved to a new address, then the person of the old one asked to be erased
+    account_id, campaign_id, lead_id, email = lead
+    new = email.replace("@", ".moved@")
+    await conn.execute("UPDATE leads SET email = $1 WHERE id = $2", new, lead_id)
+    done = await erasure.erase(
+        conn, account_id=account_id, key=ERASURE_KEY.encode(), by="test", emails=[email]
+    )
+    await _one_click(client, _path(account_id, campaign_id, lead_id, email))
+    assert await _text_hits(conn, email) == []
+    hashed = await conn.fetch("SELECT account_id, email_hash, reason, erasure_id FROM erased_suppressions")
+    key = hmac.digest(ERASURE_KEY.encode(), email.lower().encode(), "sha256")
+    assert [tuple(r) for r in hashed] == [(account_id, key, "unsubscribe", done.id)]
+    suppressed, events, unsubscribed, _ = await _state(conn, campaign_id)
+    assert suppressed == [(account_id, new, "unsubscribe", "list-unsubscribe")]
+    assert events == [(account_id, campaign_id, lead_id, None, "unsubscribe", "list-unsubscribe")]
+    assert unsubscribed == 1
 
 
 async def test_an_erased_lead_is_unsubscribed_as_a_keyed_hash_never_by_its_address(
