@@ -611,7 +611,8 @@ async def _partition_loop(
             failures = 0
         except db.DB_ERRORS as exc:
             aio.raise_if_cancelling()
-            wait = min(PARTITION_FAILED_RETRY_S * 2**failures, PARTITION_RETRY_S)
+            # What a retry cannot mend (a privilege missing) comes back at the usual pace.
+            wait = partition_retry_s(failures) if db.is_transient(exc) else PARTITION_MAINTENANCE_S
             failures += 1
             log.warning("partition_maintenance_failed", error=str(exc) or type(exc).__name__, retry_in_s=wait)
         if reports_pool is not None and config.reports is not None:
@@ -622,6 +623,13 @@ async def _partition_loop(
             except db.DB_ERRORS_OR_TIMEOUT as exc:
                 aio.raise_if_cancelling()
                 log.warning("reports_maintenance_failed", error=str(exc))
+
+
+def partition_retry_s(failures: int) -> float:
+    """The wait after ``failures + 1`` maintenance rounds failed in a row: 5 s doubling up to
+    :data:`PARTITION_RETRY_S` (the exponent capped: 2 ** 1024 overflowed a float after about
+    85 hours of failures, and the exception ended the daemon)."""
+    return min(PARTITION_FAILED_RETRY_S * 2.0 ** min(failures, 30), PARTITION_RETRY_S)
 
 
 async def _health_loop(health: http.Health, writer: Writer, stop: asyncio.Event) -> None:

@@ -88,3 +88,9 @@ async def test_a_failed_round_is_retried_soon_with_a_backoff(
         stop.set()
         await pool.close()
     assert any(e["event"] == "partition_maintained" and farthest in e["action"] for e in logs)
+
+
+def test_the_retry_wait_stays_capped_after_any_number_of_failures() -> None:
+    # 5.0 * 2**1024 raised OverflowError in the loop's except: the daemon's TaskGroup ended
+    assert [app.partition_retry_s(n) for n in range(3)] == [5.0, 10.0, 20.0]
+    assert app.partition_retry_s(1024) == app.partition_retry_s(10**6) == app.PARTITION_RETRY_S
