@@ -84,13 +84,16 @@ class Relay:
         retry = self._config.relay.lock_retry_s
         while not self._stop.is_set():
             try:
-                await self._try_lead()
+                # In a task of its own: on Python 3.11 a child of the lead's TaskGroup failing
+                # after the group's body leaves the running task's cancelling() raised for good,
+                # and this loop then took its next failure for a cancellation and ended. Awaited,
+                # the task is cancelled with this one.
+                await asyncio.ensure_future(self._try_lead())
             except db.DB_ERRORS_OR_TIMEOUT as exc:
                 aio.raise_if_cancelling()
                 log.warning("relay_lock_failed", error=str(exc) or type(exc).__name__)
             except Exception as exc:  # the relay must never end the daemon: log, retry
-                # No raise_if_cancelling here: on Python 3.11 a child of the lead's TaskGroup that
-                # failed leaves this task's cancelling() raised, and the relay would end for good.
+                aio.raise_if_cancelling()
                 log.error("relay_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
             await aio.sleep_unless(retry, self._stop)
 
