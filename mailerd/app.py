@@ -303,6 +303,7 @@ class _Stages:
             log.info(f"campaign_{action}_skipped", campaign_id=campaign.id, reason=str(exc))
             return
         except db.DB_ERRORS as exc:
+            aio.raise_if_cancelling()  # a sender worker's: the drain deadline ends it here
             log.error(f"campaign_{action}_failed", campaign_id=campaign.id, reason=reason, error=str(exc))
             return
         log.warning(
