@@ -257,10 +257,11 @@ class Scheduler:
             if campaign_id not in self._warned_providers:
                 self._warned_providers.add(campaign_id)
                 log.error("campaign_provider_unknown", campaign_id=campaign_id, provider=provider)
+        waiting = self._preparations_waiting({campaign_id for campaign_id, _ in candidates})
         for key in candidates:
             if capacity <= 0 or self._stop.is_set():
                 return
-            if key in self._runs:
+            if key in self._runs or key[0] in waiting:
                 continue
             run = await self._try_claim(*key)
             if run is None:
@@ -269,6 +270,15 @@ class Scheduler:
             self._runs[key] = run
             metrics.SHARDS_CLAIMED.set(len(self._runs))
             group.create_task(self._run_shard(key, run), name=f"shard-{key[0]}-{key[1]}")
+
+    def _preparations_waiting(self, pending: set[int]) -> set[int]:
+        """The pending campaigns whose failed preparation waits for its next try: their shards
+        are not tried (a connection and a lock each, at every poll); and forget the failures of
+        campaigns no longer pending here (paused, cancelled, claimed by other nodes)."""
+        now = time.monotonic()
+        for key in [key for key in self._prepare_failures if key[1] not in pending]:
+            del self._prepare_failures[key]
+        return {campaign_id for (_, campaign_id), (_, at) in self._prepare_failures.items() if now < at}
 
     async def _run_shard(self, key: tuple[int, int], run: ShardRun) -> None:
         try:
@@ -432,6 +442,7 @@ class Scheduler:
             except (PermanentError, CampaignBroken) as exc:
                 # It can never be prepared as stored (a template the provider refuses): failed,
                 # with the reason, rather than tried at every poll while it shows "running".
+                self._prepare_failures.pop(key, None)
                 await fail_campaign(claim, campaign_id, f"the provider cannot send it: {exc}")
                 raise _NotClaimable from exc
             except Exception as exc:  # any other provider failure: the shard stays for a later poll

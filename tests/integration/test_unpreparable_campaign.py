@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
+import pytest
 
 from mailerd import campaigns, scheduler
+from mailerd.db import connect as db_connect
 from mailerd.emulator import sink
 from tests.integration.helpers import add_leads, daemon_config, new_campaign, running_daemon, wait_for_status
 
@@ -33,7 +36,7 @@ async def test_a_campaign_the_provider_cannot_prepare_is_failed_with_the_reason(
 
 
 async def test_a_preparation_that_keeps_failing_is_tried_again_less_and_less_often(
-    conn: asyncpg.Connection, dsn: str
+    conn: asyncpg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SES answering the template calls 503: every pending shard tried them at every poll (ten
     shards, a poll every 0.05 s: about 200 calls a second against a provider already failing);
@@ -41,6 +44,15 @@ async def test_a_preparation_that_keeps_failing_is_tried_again_less_and_less_oft
     await add_leads(conn, 1, 300)
     emulator = sink.Sink()
     emulator.template_error = (503, "ServiceUnavailableException", "Service unavailable.")
+    claims = 0  # the claim connections the scheduler opened (a connection and a lock per shard)
+    real_connect = db_connect.connect
+
+    async def counted(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        nonlocal claims
+        claims += "command_timeout" in kwargs
+        return await real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(db_connect, "connect", counted)
     port = await emulator.start()
     try:
         config = daemon_config(port, scheduler={"shard_size": 30, "window_size": 30, "poll_interval_s": 0.05})
@@ -52,8 +64,14 @@ async def test_a_preparation_that_keeps_failing_is_tried_again_less_and_less_oft
                 first = time.monotonic()
                 while emulator.template_calls < 5:
                     await asyncio.sleep(0.01)
-            # Four waits between five tries: 0.05 + 0.1 + 0.2 + 0.4 s at the least.
-            assert time.monotonic() - first >= 0.7
+                # Four waits between five tries: 0.05 + 0.1 + 0.2 + 0.4 s at the least.
+                assert time.monotonic() - first >= 0.7
+                claimed_before = claims
+                while emulator.template_calls < 6:
+                    await asyncio.sleep(0.01)
+            # 0.8 s, 16 polls, to the sixth try: the shards were not tried meanwhile (each poll
+            # opened a connection and took a lock for each it may claim), only at the try itself.
+            assert claims - claimed_before <= 10, claims - claimed_before
             emulator.template_error = None
             info = await wait_for_status(conn, campaign_id)
     finally:
