@@ -155,16 +155,9 @@ class Relay:
             self.leading = False
             metrics.RELAY_LEADER.set(0)
             _drop_gauges(names)
-            for destination in destinations:
-                try:
-                    # bounded: a frozen broker held the close (a producer's flush) for its
-                    # request timeout, and the lock with it, so no other relay took over
-                    async with asyncio.timeout(CLOSE_S):
-                        await destination.close()
-                except Exception as exc:  # one failing close must not skip the others
-                    log.warning(
-                        "relay_destination_close_failed", destination=destination.name, error=str(exc)
-                    )
+            # At once, not in turn: one CLOSE_S for all, within the drain deadline's
+            # EXIT_AFTER_DEADLINE_S (three destinations closing in turn took 6 s of it).
+            await asyncio.gather(*(_close(destination) for destination in destinations))
             await drain.close_pool(pool, "relay")
             self._pool = None
             self._leading = []
@@ -257,3 +250,14 @@ async def count_lag(conn: asyncpg.Connection, kinds: frozenset[str], position: p
             if table is not None:
                 total += await relay_db.count_due(conn, table, position, snapshot, LAG_CAP)
     return total
+
+
+async def _close(destination: Destination) -> None:
+    """Close one destination within :data:`CLOSE_S` (a frozen broker held the close, a
+    producer's flush, for its request timeout, and the lock with it, so no other relay took
+    over); a failing close is logged, and the others still close."""
+    try:
+        async with asyncio.timeout(CLOSE_S):
+            await destination.close()
+    except Exception as exc:
+        log.warning("relay_destination_close_failed", destination=destination.name, error=str(exc))
