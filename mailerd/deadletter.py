@@ -94,16 +94,20 @@ async def record(
 
 
 async def scrub_erased(conn: asyncpg.Connection, letter: Letter, pads: tuple[bytes, bytes]) -> list[str]:
-    """Cut out of the recorded letter's payload and error the addresses of its events that
-    belong to someone erased (as :func:`mailerd.events.record` tells them: the keyed hash in an
-    erasure of the event's account, and no lead with the address there again), the way the
+    """Cut out of the recorded letter's payload and error the addresses of its events (each
+    event's own and those it also suppresses) that belong to someone erased (as
+    :func:`mailerd.events.record` tells them: the keyed hash in an erasure of the event's
+    account, and no lead with the address there again), the way the
     erasure scrubs the dead letters already there. An erasure scrubs what was recorded before
     it; this, what comes after. One lookup per dead letter that holds an address, none otherwise.
     Returns the addresses cut out."""
     seen: dict[tuple[int | None, str], None] = {}
     for item in letter.items:
-        if isinstance(item, Event) and item.email and _storable(item.email):
-            seen.setdefault((item.account_id, item.email), None)
+        if isinstance(item, Event):
+            # the addresses it suppresses besides its own (a one-click's lead address now) too
+            for address in (item.email, *item.also_suppresses):
+                if address and _storable(address):
+                    seen.setdefault((item.account_id, address), None)
     if not seen:
         return []
     keys = list(seen)

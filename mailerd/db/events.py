@@ -166,7 +166,9 @@ async def repeated_soft_bounces(
 
     Nor do those received before the address was last taken off the account's list (its latest
     ``removed`` row in ``suppression_audit``: an operator's API or CLI removal): the bounces that
-    suppressed it would otherwise suppress it again at the next one."""
+    suppressed it would otherwise suppress it again at the next one. The removal is stamped by
+    the database's clock and a bounce by its node's: a bounce within their skew of a removal may
+    fall on the wrong side of it (NTP keeps that to milliseconds)."""
     rows = await conn.fetch(
         """SELECT e.account_id, e.email FROM email_events e
            JOIN unnest($1::bigint[], $2::text[]) AS v(account_id, email)

@@ -304,6 +304,25 @@ async def test_a_late_event_postgres_refuses_is_dead_lettered_without_the_addres
     assert "kept@example.com" in letters[1]["payload"]
 
 
+async def test_a_dead_lettered_unsubscribe_keeps_no_erased_address_it_also_suppresses(
+    conn: asyncpg.Connection, writer: Writer
+) -> None:
+    # a one-click whose lead's address now (also_suppresses) belongs to someone erased between
+    # the click and the flush: refused by Postgres, its letter kept that address in plain text
+    campaign_id, _, _ = await _sent_then_erased(conn)
+    kept = await _lead(conn, 1, "kept@example.com")
+    click = _event(
+        EventKind.UNSUBSCRIBE, f"{campaign_id}:{kept}", email="kept@example.com",
+        campaign_id=campaign_id, lead_id=kept, also_suppresses=(ADDRESS,),
+        reason="one-click\x00",  # a NUL: Postgres refuses the text
+    )  # fmt: skip
+    with pytest.raises(EventsRefused):
+        await _record(conn, writer, [click])
+    assert await _text_hits(conn, ADDRESS) == []
+    payload = await conn.fetchval("SELECT payload FROM dead_letters")
+    assert "<erased>" in payload and "kept@example.com" in payload
+
+
 IDN_LEAD = "erin@bücher.de"
 IDN_SENT = "erin@xn--bcher-kva.de"  # as SES and SMTP servers were sent it, and quote it
 
