@@ -21,6 +21,7 @@ import structlog
 
 from mailerd import (
     aio,
+    backoff,
     campaign_caps,
     campaigns,
     db,
@@ -62,6 +63,7 @@ PARTITION_FAILED_RETRY_S = 5.0
 CAMPAIGN_SAMPLE_S = 10.0
 # A database that does not answer at start is tried again after 0.5 s, doubling up to 16 s.
 START_RETRY_BASE_S = 0.5
+START_RETRY_MAX_S = 16.0
 
 
 async def run(config: Config, stop: asyncio.Event) -> int:
@@ -424,7 +426,7 @@ async def _open_pool(config: Config, dsn: str, stop: asyncio.Event) -> asyncpg.P
         except db.DB_ERRORS as exc:
             if not db.is_transient(exc):
                 raise
-            delay = START_RETRY_BASE_S * 2 ** min(failures, 5)
+            delay = backoff.doubling(failures, base=START_RETRY_BASE_S, cap=START_RETRY_MAX_S)
             failures += 1
             log.warning(
                 "database_unavailable_at_start", error=str(exc) or type(exc).__name__, retry_in_s=delay
@@ -630,7 +632,7 @@ def partition_retry_s(failures: int) -> float:
     """The wait after ``failures + 1`` maintenance rounds failed in a row: 5 s doubling up to
     :data:`PARTITION_RETRY_S` (the exponent capped: 2 ** 1024 overflowed a float after about
     85 hours of failures, and the exception ended the daemon)."""
-    return min(PARTITION_FAILED_RETRY_S * 2.0 ** min(failures, 30), PARTITION_RETRY_S)
+    return backoff.doubling(failures, base=PARTITION_FAILED_RETRY_S, cap=PARTITION_RETRY_S)
 
 
 async def _health_loop(health: http.Health, writer: Writer, stop: asyncio.Event) -> None:

@@ -1,4 +1,5 @@
-"""Retry delays: exponential backoff with full jitter, and the HTTP ``Retry-After`` header.
+"""Retry delays: exponential backoff with full jitter, doubling without it, and the HTTP
+``Retry-After`` header.
 
 Pure: no clock is read unless the caller leaves ``now`` out, and randomness is injectable.
 """
@@ -47,6 +48,13 @@ def delay(
         floor = retry_after + rng.uniform(0.0, max(base, retry_after / 10))
         wait = max(wait, floor)
     return wait
+
+
+def doubling(attempt: int, *, base: float, cap: float) -> float:
+    """``base`` doubled ``attempt`` times, at most ``cap`` (no jitter: for a node's own retries
+    of its database or a provider preparation, where no crowd of clients retries in step).
+    Never overflows, however many attempts."""
+    return min(cap, base * 2.0 ** min(attempt, _MAX_EXPONENT))
 
 
 def capped_retry_after(retry_after: float | None, cap: float) -> float | None:

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from mailerd import aio, db, erasure, metrics, segments, windows
+from mailerd import aio, backoff, db, erasure, metrics, segments, windows
 from mailerd.config import Config
 from mailerd.db import campaigns as campaigns_db
 from mailerd.db import connect
@@ -463,7 +463,7 @@ def prepare_retry_s(failures: int, poll_interval_s: float) -> float:
     the next try: a poll interval, doubling up to :data:`PREPARE_RETRY_MAX_S`. Every pending
     shard of the campaign tried it at every poll: with SES throttling or down, 20 shards made
     20 template calls a second, and kept it throttled."""
-    return min(PREPARE_RETRY_MAX_S, poll_interval_s * 2.0 ** min(failures, 30))
+    return backoff.doubling(failures, base=poll_interval_s, cap=PREPARE_RETRY_MAX_S)
 
 
 async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import asyncpg
 import structlog
 
-from mailerd import aio, db, deadletter, erasure, guards, metrics, provider_guard
+from mailerd import aio, backoff, db, deadletter, erasure, guards, metrics, provider_guard
 from mailerd import events as events_mod
 from mailerd.config import GuardsConfig, PrivacyConfig, ProviderConfig, WebhooksConfig, WriterConfig
 from mailerd.db import campaigns as campaigns_db
@@ -274,7 +274,7 @@ class Writer:
                 retrying = True
                 self.healthy = False
                 metrics.FLUSH_FAILURES.inc()
-                delay = min(0.1 * 2 ** min(failures, 6), _RETRY_MAX_S)
+                delay = backoff.doubling(failures, base=0.1, cap=_RETRY_MAX_S)
                 log.warning("flush_failed", error=str(exc), rows=self._rows, retry_in_s=delay)
                 await asyncio.sleep(delay)
         if failures:

@@ -111,3 +111,8 @@ def test_parse_retry_after_with_naive_now_and_default_now() -> None:
     assert backoff.parse_retry_after("Wed, 01 May 2024 12:00:30 GMT", now=naive) == 30.0
     far = backoff.parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT")
     assert far is not None and far > 0
+
+
+def test_doubling_starts_at_the_base_and_stays_at_the_cap_for_any_attempt() -> None:
+    assert [backoff.doubling(n, base=0.5, cap=16.0) for n in range(7)] == [0.5, 1, 2, 4, 8, 16, 16]
+    assert backoff.doubling(10**6, base=5.0, cap=300.0) == 300.0  # 2.0 ** 1024 overflowed
