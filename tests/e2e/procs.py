@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,20 @@ class Process:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def assert_stop_ends_at_the_deadline(self, grace_s: float, exit_after_s: float) -> None:
+        """SIGTERM, then: the process exits 1 past its drain deadline (``grace_s``, as
+        configured), at most ``exit_after_s`` later, having logged ``drain_deadline_passed``."""
+        term_at = time.monotonic()
+        self.signal(signal.SIGTERM)
+        bound = grace_s + exit_after_s
+        try:
+            code = await self.wait(bound)
+        except TimeoutError:
+            raise AssertionError(f"still running {bound} s after SIGTERM:\n{self.log_tail()}") from None
+        assert code == 1, self.log_tail()
+        assert self.log_events("drain_deadline_passed"), self.log_tail()
+        assert time.monotonic() - term_at >= grace_s
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
         """The JSON log lines whose ``event`` is ``event`` (across every start)."""

@@ -4,8 +4,6 @@ soon enough for systemd's ``TimeoutStopSec`` not to have to kill it."""
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import asyncpg
@@ -50,16 +48,7 @@ async def test_drain_ends_at_the_deadline_when_the_database_does_not_answer(
 
         await procs.wait_until(under_way, 20)
         hole.dropping = True
-        term_at = time.monotonic()
-        daemon.signal(signal.SIGTERM)
-        bound = GRACE_S + EXIT_AFTER_DEADLINE_S
-        try:
-            code = await daemon.wait(bound)
-        except TimeoutError:
-            pytest.fail(f"still running {bound} s after SIGTERM:\n{daemon.log_tail()}")
-        assert code == 1, daemon.log_tail()
-        assert daemon.log_events("drain_deadline_passed"), daemon.log_tail()
-        assert time.monotonic() - term_at >= GRACE_S
+        await daemon.assert_stop_ends_at_the_deadline(GRACE_S, EXIT_AFTER_DEADLINE_S)
     finally:
         if daemon.running:
             await daemon.kill_and_reap()

@@ -6,8 +6,6 @@ process had no deadline, and its pool no command timeout, and it waited forever.
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import asyncpg
@@ -51,16 +49,7 @@ async def test_relay_process_ends_at_the_deadline_when_the_database_does_not_ans
 
         await procs.wait_until(delivered, 30)
         hole.dropping = True
-        term_at = time.monotonic()
-        relay.signal(signal.SIGTERM)
-        bound = GRACE_S + EXIT_AFTER_DEADLINE_S
-        try:
-            code = await relay.wait(bound)
-        except TimeoutError:
-            pytest.fail(f"still running {bound} s after SIGTERM:\n{relay.log_tail()}")
-        assert code == 1, relay.log_tail()
-        assert relay.log_events("drain_deadline_passed"), relay.log_tail()
-        assert time.monotonic() - term_at >= GRACE_S
+        await relay.assert_stop_ends_at_the_deadline(GRACE_S, EXIT_AFTER_DEADLINE_S)
     finally:
         if relay.running:
             await relay.kill_and_reap()

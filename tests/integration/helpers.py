@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from aiohttp.test_utils import TestServer
 from mailerd import app, campaigns, http, scheduler
 from mailerd import config as config_mod
 from mailerd.emulator import sink
+from mailerd.relay.destination import Destination
+from mailerd.relay.leader import Relay
 
 
 async def add_leads(conn: asyncpg.Connection, account_id: int, count: int, start: int = 0) -> None:
@@ -209,3 +211,26 @@ class ApiTestServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
         return web.AppRunner(self.app, **{**kwargs, **http.SERVER_OPTIONS})
+
+
+@contextlib.asynccontextmanager
+async def leading_relay(
+    dsn: str, destinations: Sequence[Destination]
+) -> AsyncIterator[tuple[Relay, asyncio.Event, asyncio.Task[None]]]:
+    """A relay in this process, once it leads: (the relay, its stop event, its task). At the
+    end of the block it is stopped and awaited."""
+    stop = asyncio.Event()
+    relay = Relay(
+        config=config_mod.from_mapping({"relay": {"lock_retry_s": 0.05}}),
+        dsn=dsn, stop=stop, destinations=lambda: list(destinations), node="test",
+    )  # fmt: skip
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(10):
+            while not relay.leading:
+                await asyncio.sleep(0.02)
+        yield relay, stop, task
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task

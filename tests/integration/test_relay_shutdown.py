@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from mailerd import config
 from mailerd.relay import leader
-from mailerd.relay.leader import Relay
 from mailerd.relay.records import Record
+from tests.integration.helpers import leading_relay
 
 CLOSE_S = 1.0
 
@@ -38,23 +37,11 @@ async def test_the_destinations_close_together_within_one_bound(
 ) -> None:
     monkeypatch.setattr(leader, "CLOSE_S", CLOSE_S)
     destinations = [HangingClose(f"callbacks.h{n}") for n in range(3)]
-    stop = asyncio.Event()
-    relay = Relay(
-        config=config.from_mapping({"relay": {"lock_retry_s": 0.05}}),
-        dsn=dsn, stop=stop, destinations=lambda: list(destinations), node="test",
-    )  # fmt: skip
-    task = asyncio.create_task(relay.run())
-    try:
-        async with asyncio.timeout(10):
-            while not relay.leading:
-                await asyncio.sleep(0.02)
+    async with leading_relay(dsn, destinations) as (_, stop, task):
         stop.set()
         started = time.monotonic()
         async with asyncio.timeout(10):
             await task
         took = time.monotonic() - started
-    finally:
-        stop.set()
-        task.cancel()
     assert all(d.closing.is_set() for d in destinations)
     assert took < 2.5 * CLOSE_S, took  # in turn: at least 3 x CLOSE_S

@@ -18,9 +18,9 @@ from mailerd.db import connect, reports_load, reports_read, reports_schema
 from mailerd.erasure import key_pads
 from mailerd.relay import records
 from mailerd.relay.destination import DestinationUnavailable, HoldsPools
-from mailerd.relay.leader import Relay
 from mailerd.relay.records import Record
 from mailerd.relay.reports import MIN_PART, RETRY_DEFERRED_S, ReportsDestination, split
+from tests.integration.helpers import leading_relay
 
 AT = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 KEY = "erasure-key-for-tests"
@@ -588,19 +588,7 @@ async def test_the_loader_s_queries_end_at_the_command_timeout_and_its_pool_is_o
 async def test_the_relay_offers_the_loader_s_pool_to_the_drain_deadline(dsn: str, reports_dsn: str) -> None:
     loader = destination(reports_dsn)
     await loader.deliver(batch())  # its pool is open from now on
-    stop = asyncio.Event()
-    relay = Relay(
-        config=config_mod.from_mapping({"relay": {"lock_retry_s": 0.05}}),
-        dsn=dsn, stop=stop, destinations=lambda: [loader], node="test",
-    )  # fmt: skip
-    task = asyncio.create_task(relay.run())
-    try:
-        async with asyncio.timeout(10):
-            while not relay.leading:
-                await asyncio.sleep(0.02)
+    async with leading_relay(dsn, [loader]) as (relay, _, _):
         pools = relay.pools()
         assert len(pools) == 2 and loader.pools()[0] in pools
-    finally:
-        stop.set()
-        await task
     assert relay.pools() == [] and loader.pools() == []
