@@ -76,6 +76,7 @@ from mailerd.relay import position as position_mod
 from mailerd.relay.kafka import KafkaDestination
 from mailerd.relay.records import Record
 from mailerd.relay.stream import Stream
+from mailerd.relay.summaries import Summaries
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.kafka_broker import Tansu
@@ -205,7 +206,8 @@ class _Counted:
 
 async def relay_throughput(dsn: str, broker: Tansu, batch: int, parts: int, name: str) -> dict[str, Any]:
     """Stream the whole log to fresh topics with the relay's own loop (:class:`Stream`: reads one
-    batch ahead of deliveries, commits its position after each), from a new position, reading
+    batch ahead of deliveries, commits its position after each; with the lead's BRIN
+    :class:`Summaries` beside it), from a new position, reading
     ``parts`` transaction-id ranges at once (``[relay] read_connections``). The records sent are
     in the result's ``values`` (for the bare producer)."""
     topics = topics_for(name)
@@ -217,7 +219,7 @@ async def relay_throughput(dsn: str, broker: Tansu, batch: int, parts: int, name
     ).kafka  # fmt: skip
     assert kafka is not None
     relay = config_mod.RelayConfig(batch_records=batch, read_connections=parts)
-    pool = await db_connect.create_pool(dsn, min_size=1, max_size=relay.read_connections + 2)
+    pool = await db_connect.create_pool(dsn, min_size=1, max_size=relay.read_connections + 3)
     done = asyncio.Event()
     try:
         async with pool.acquire() as conn:
@@ -231,13 +233,14 @@ async def relay_throughput(dsn: str, broker: Tansu, batch: int, parts: int, name
         destination = _Counted(KafkaDestination(kafka), expected, done, name)
         await destination.inner.deliver([])  # connect first: start-up is not throughput
         stored = taken[name]
+        summaries = Summaries(pool)  # as the relay's lead runs them beside its streams
         stream = Stream(
             destination, pool, relay, epoch=stored.epoch,
-            position=outbox.position_of(stored), as_of=stored.as_of, stop=done,
+            position=outbox.position_of(stored), as_of=stored.as_of, stop=done, summaries=summaries,
         )  # fmt: skip
         cpu_before = time.process_time()
         started = time.perf_counter()
-        await stream.run()
+        await asyncio.gather(stream.run(), summaries.run(done))
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_before
     finally:

@@ -158,6 +158,12 @@ RELAY_STAGE_SECONDS = Counter(
     "not hidden behind the delivery before it), deliver (retries included), commit (the position).",
     ["destination", "stage"],
 )
+RELAY_BRIN_RANGES = Counter(
+    "mailerd_relay_brin_ranges_summarized_total",
+    "Block ranges of the outbox's BRIN indexes on tx that the relay summarised (so its reads skip "
+    "them), by table.",
+    ["table"],
+)
 PARTITIONS_KEPT_FOR_RELAY = Gauge(
     "mailerd_partitions_kept_for_relay",
     "Partitions past retention kept because a relay destination has not passed their rows.",

@@ -130,6 +130,52 @@ TABLES: dict[str, Table] = {
 }
 
 
+# Every read of the outbox by ``tx`` (a batch, a whole transaction, the lag count) runs in a
+# transaction with these: the BRIN index on ``tx``, not a scan of the whole partition. Postgres
+# chose a (parallel) sequential scan of the day's partition for every batch, whatever its range:
+# a partition written since its last ANALYZE has no statistics of its newest ``tx`` values, and
+# its unsummarised BRIN ranges look as dear as the heap. Each read of a batch then scanned the
+# whole day so far (bench/relay.py: 22 µs of Postgres CPU per record on a campaign's log, 11 µs
+# with these); parallel workers only add their start-up to a read of a few thousand rows.
+READ_SETTINGS = "SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0"
+
+
+async def plan_reads_by_tx(conn: asyncpg.Connection) -> None:
+    """Make the reads of the transaction under way use the ``tx`` index (:data:`READ_SETTINGS`)."""
+    await conn.execute(READ_SETTINGS)
+
+
+# The leaf BRIN indexes of the partitioned outbox tables, with their partition's name (the day).
+_BRIN_LEAVES = """SELECT child.relname AS partition, index.oid::regclass::text AS index
+FROM pg_inherits inh
+JOIN pg_class parent ON parent.oid = inh.inhparent
+JOIN pg_class child ON child.oid = inh.inhrelid
+JOIN pg_index ix ON ix.indrelid = inh.inhrelid
+JOIN pg_class index ON index.oid = ix.indexrelid
+JOIN pg_am am ON am.oid = index.relam
+WHERE parent.relname = ANY($1::text[]) AND am.amname = 'brin'
+ORDER BY child.relname"""
+SUMMARIZE_LOCK_TIMEOUT_MS = 100
+
+
+async def brin_indexes(conn: asyncpg.Connection, tables: Sequence[str]) -> list[tuple[str, str]]:
+    """(partition, index) of each BRIN index on a partition of ``tables``."""
+    rows = await conn.fetch(_BRIN_LEAVES, list(tables))
+    return [(row["partition"], row["index"]) for row in rows]
+
+
+async def summarize_new_ranges(conn: asyncpg.Connection, index: str) -> int:
+    """Summarise the block ranges of ``index`` written since its last summary (the last, partial
+    one too: later inserts widen its summary), so that reads by ``tx`` skip them. Autovacuum does
+    it only on its rounds (a minute apart by default, never when it is off), and until then each
+    read scans every unsummarised block. Waits at most :data:`SUMMARIZE_LOCK_TIMEOUT_MS` for its
+    lock (SHARE UPDATE EXCLUSIVE: writes go on; a VACUUM or partition DDL holds it off)."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {SUMMARIZE_LOCK_TIMEOUT_MS}")
+        summarized: int = await conn.fetchval("SELECT brin_summarize_new_values($1::regclass)", index)
+    return summarized
+
+
 def _due_args(position: TxSnapshot, snapshot: TxSnapshot, upper: int) -> tuple[Any, ...]:
     return (position.xmin, upper, list(snapshot.xip), position.xmax, list(position.xip))
 

@@ -31,6 +31,7 @@ from mailerd.relay import outbox
 from mailerd.relay import position as position_mod
 from mailerd.relay.destination import Destination, HoldsPools
 from mailerd.relay.stream import LeaseLost, Stream
+from mailerd.relay.summaries import Summaries
 
 log = structlog.get_logger(__name__)
 
@@ -114,14 +115,14 @@ class Relay:
         names = [d.name for d in destinations]
         halt = asyncio.Event()
         # Per destination: one read ahead (on up to read_connections) while a batch is delivered,
-        # one commit; plus the lag sampler.
+        # one commit; plus the lag sampler and the BRIN summaries.
         per_destination = self._config.relay.read_connections + 1
         # The command timeout as the daemon's pools: a query on a server that stopped answering
         # (a partition) waited forever, and the stop with it.
         pool = await connect.create_pool(
             self._dsn,
             min_size=1,
-            max_size=per_destination * len(destinations) + 1,
+            max_size=per_destination * len(destinations) + 2,
             command_timeout=self._config.database.command_timeout_s,
         )
         self._pool = pool
@@ -133,6 +134,7 @@ class Relay:
                 start, _ = await outbox.snapshot(conn)
             taken = await relay_db.take_positions(conn, names, start, self.node)
             log.info("relay_started", node=self.node, destinations=names)
+            summaries = Summaries(pool)
             streams = [
                 Stream(
                     d,
@@ -143,12 +145,14 @@ class Relay:
                     as_of=taken[d.name].as_of,
                     stop=halt,
                     erased_pads=erasure.configured_pads(self._config.privacy),
+                    summaries=summaries,
                 )
                 for d in destinations
             ]
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch(conn, halt), name="relay-watch")
                 group.create_task(_sample_lag(pool, streams, halt), name="relay-lag")
+                group.create_task(summaries.run(halt), name="relay-brin")
                 for stream in streams:
                     group.create_task(_supervise(stream, halt), name=f"relay-{stream.name}")
         finally:
@@ -243,6 +247,7 @@ async def _sample_lag(pool: asyncpg.Pool, streams: list[Stream], halt: asyncio.E
 async def count_lag(conn: asyncpg.Connection, kinds: frozenset[str], position: position_mod.Snapshot) -> int:
     """Committed rows of ``kinds`` that ``position`` has not passed (counted up to LAG_CAP each)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await relay_db.plan_reads_by_tx(conn)
         snapshot, _ = await outbox.snapshot(conn)
         total = 0
         for kind in kinds:

@@ -125,6 +125,7 @@ class Reader:
     async def read(self, position: Snapshot) -> Batch:
         """The next batch after ``position`` (possibly empty)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            await relay_db.plan_reads_by_tx(conn)
             snapshot, taken_at = await outbox.snapshot(conn)
             uppers = self._uppers(position, snapshot)
             cap = self.limit
@@ -168,6 +169,7 @@ class Reader:
         """A range after the first, on a connection of its own (its transaction begins after
         ``snapshot`` was taken: everything that had ended in it is visible)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            await relay_db.plan_reads_by_tx(conn)
             return await self._read_range(conn, lower, snapshot, upper, cap)
 
     async def _read_range(

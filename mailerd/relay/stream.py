@@ -25,6 +25,7 @@ from mailerd.relay.destination import DeliveryRefused, Destination, DestinationU
 from mailerd.relay.position import Snapshot
 from mailerd.relay.reader import Batch, Reader
 from mailerd.relay.records import Record
+from mailerd.relay.summaries import Summaries
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,7 @@ class Stream:
         as_of: dt.datetime,
         stop: asyncio.Event,
         erased_pads: tuple[bytes, bytes] | None = None,
+        summaries: Summaries | None = None,
     ) -> None:
         self.destination = destination
         self.name = destination.name
@@ -64,6 +66,7 @@ class Stream:
         self.as_of = as_of
         self._stop = stop
         self._erased_pads = erased_pads  # the erasure key's HMAC pads ([privacy] erasure_key)
+        self._summaries = summaries  # told when a read found rows: their ranges want summaries
         self._reader = Reader(pool, destination.kinds, config.batch_records, config.read_connections)
         self._committed_at = time.monotonic()
         self._failing = False
@@ -84,6 +87,8 @@ class Stream:
                 started = time.monotonic()
                 batch = await (ahead if ahead is not None else self._reader.read(self.position))
                 read = time.monotonic()
+                if batch.records and self._summaries is not None:
+                    self._summaries.note_read()
                 # Behind: read the next batch while this one is being delivered (reading moves
                 # nothing; the position is committed in order below).
                 ahead = asyncio.ensure_future(self._reader.read(batch.end)) if not batch.caught_up else None
