@@ -5,7 +5,8 @@ new ranges only on autovacuum's rounds (``autosummarize``: a minute apart by def
 autovacuum off). Until then every read scans all of them: behind a full-speed campaign, a minute
 of sends (millions of rows) for each batch of a few thousand. So the node running the relay
 summarises the new ranges of the partitions that take rows now (today's, yesterday's, the default)
-itself, at most once a :data:`EVERY_S`, after a stream read rows.
+itself, at most once a :data:`EVERY_S`, after a stream read rows. The first round of a lead
+covers every partition (a relay days behind reads older days; autovacuum may be off).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Summaries:
         self._pool = pool
         self._read = asyncio.Event()
         self.refused = False  # the role may not summarise (not the tables' owner): reads scan more
+        self._every_partition = True  # until a round got through
 
     def note_read(self) -> None:
         self._read.set()
@@ -66,7 +68,7 @@ class Summaries:
             async with self._pool.acquire() as conn:
                 today = await partitions.database_today(conn)
                 for partition, index in await relay_db.brin_indexes(conn, TABLES):
-                    if not takes_rows(partition, today):
+                    if not self._every_partition and not takes_rows(partition, today):
                         continue
                     try:
                         summarized = await relay_db.summarize_new_ranges(conn, index)
@@ -76,6 +78,7 @@ class Summaries:
                         table = partition.rsplit("_", 1)[0]
                         metrics.RELAY_BRIN_RANGES.labels(table).inc(summarized)
                         total += summarized
+            self._every_partition = False
         except asyncpg.InsufficientPrivilegeError as exc:
             self.refused = True
             log.warning("relay_brin_summaries_refused", error=str(exc))

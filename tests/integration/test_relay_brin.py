@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 from structlog.testing import capture_logs
 
-from mailerd.db import connect
+from mailerd.db import connect, partitions
 from mailerd.db import relay as relay_db
 from mailerd.relay import position as position_mod
 from mailerd.relay.position import Snapshot
@@ -151,6 +151,60 @@ async def test_a_role_that_may_not_summarise_is_told_once_and_the_reads_go_on(
     finally:
         await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
         await conn.execute(f"DROP ROLE {role}")
+
+
+async def test_the_first_round_covers_every_day_and_later_rounds_only_the_days_taking_rows(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """A relay days behind reads old days too: its lead's first round summarises them."""
+    today = await partitions.database_today(conn)
+    old_day = today - dt.timedelta(days=5)
+    await partitions.create_day(conn, "email_log", old_day)
+    campaign_id, leads = await make_campaign(conn, 4000)
+    old_rows = [
+        (
+            dt.datetime(old_day.year, old_day.month, old_day.day, 12, tzinfo=dt.UTC),
+            campaign_id,
+            lead,
+            1,
+            "m",
+            None,
+        )
+        for lead in leads
+    ]
+
+    async def write_old_day() -> None:
+        await conn.copy_records_to_table(
+            "email_log",
+            records=old_rows,
+            columns=("sent_at", "campaign_id", "lead_id", "status", "provider_message_id", "error"),
+        )
+
+    await write_old_day()
+    summaries = Summaries(pool)
+    await summaries.round()
+    assert await _unsummarised(conn, partitions.partition_name("email_log", old_day)) == 0
+
+    await write_old_day()  # new ranges of an old day (a late row): left to autovacuum
+    await summaries.round()
+    assert await _unsummarised(conn, partitions.partition_name("email_log", old_day)) > 0
+
+
+async def _unsummarised(conn: asyncpg.Connection, partition: str) -> int:
+    """How many block ranges of ``partition``'s BRIN index have no summary (summarised, then
+    rolled back: left as they were)."""
+    index = await conn.fetchval(
+        """SELECT i.indexrelid::regclass::text FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+           WHERE i.indrelid = $1::regclass AND am.amname = 'brin'""",
+        partition,
+    )
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        return int(await conn.fetchval("SELECT brin_summarize_new_values($1::regclass)", index))
+    finally:
+        await tx.rollback()
 
 
 def test_the_partitions_summarised_are_those_that_take_rows() -> None:
