@@ -76,7 +76,7 @@ from mailerd.relay import position as position_mod
 from mailerd.relay.kafka import KafkaDestination
 from mailerd.relay.records import Record
 from mailerd.relay.stream import Stream
-from mailerd.relay.summaries import Summaries
+from mailerd.relay.summaries import Summaries, tables_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.kafka_broker import Tansu
@@ -233,14 +233,21 @@ async def relay_throughput(dsn: str, broker: Tansu, batch: int, parts: int, name
         destination = _Counted(KafkaDestination(kafka), expected, done, name)
         await destination.inner.deliver([])  # connect first: start-up is not throughput
         stored = taken[name]
-        summaries = Summaries(pool)  # as the relay's lead runs them beside its streams
+        summaries = Summaries(
+            pool, tables_of(kafka.kinds)
+        )  # as the relay's lead runs them beside its streams
         stream = Stream(
             destination, pool, relay, epoch=stored.epoch,
             position=outbox.position_of(stored), as_of=stored.as_of, stop=done, summaries=summaries,
         )  # fmt: skip
         cpu_before = time.process_time()
         started = time.perf_counter()
-        await asyncio.gather(stream.run(), summaries.run(done))
+        summarizing = asyncio.ensure_future(summaries.run(done))
+        try:
+            await stream.run()
+        finally:
+            done.set()
+            await summarizing
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_before
     finally:

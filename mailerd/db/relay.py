@@ -146,7 +146,8 @@ async def plan_reads_by_tx(conn: asyncpg.Connection) -> None:
 
 
 # The leaf BRIN indexes of the partitioned outbox tables, with their partition's name (the day).
-_BRIN_LEAVES = """SELECT child.relname AS partition, index.oid::regclass::text AS index
+_BRIN_LEAVES = """SELECT parent.relname AS parent, child.relname AS partition,
+       index.oid::regclass::text AS index
 FROM pg_inherits inh
 JOIN pg_class parent ON parent.oid = inh.inhparent
 JOIN pg_class child ON child.oid = inh.inhrelid
@@ -158,10 +159,10 @@ ORDER BY child.relname"""
 SUMMARIZE_LOCK_TIMEOUT_MS = 100
 
 
-async def brin_indexes(conn: asyncpg.Connection, tables: Sequence[str]) -> list[tuple[str, str]]:
-    """(partition, index) of each BRIN index on a partition of ``tables``."""
+async def brin_indexes(conn: asyncpg.Connection, tables: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(table, partition, index) of each BRIN index on a partition of ``tables``."""
     rows = await conn.fetch(_BRIN_LEAVES, list(tables))
-    return [(row["partition"], row["index"]) for row in rows]
+    return [(row["parent"], row["partition"], row["index"]) for row in rows]
 
 
 async def summarize_new_ranges(conn: asyncpg.Connection, index: str) -> int:

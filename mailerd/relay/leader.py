@@ -31,7 +31,7 @@ from mailerd.relay import outbox
 from mailerd.relay import position as position_mod
 from mailerd.relay.destination import Destination, HoldsPools
 from mailerd.relay.stream import LeaseLost, Stream
-from mailerd.relay.summaries import Summaries
+from mailerd.relay.summaries import Summaries, tables_of
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +134,7 @@ class Relay:
                 start, _ = await outbox.snapshot(conn)
             taken = await relay_db.take_positions(conn, names, start, self.node)
             log.info("relay_started", node=self.node, destinations=names)
-            summaries = Summaries(pool)
+            summaries = Summaries(pool, tables_of({kind for d in destinations for kind in d.kinds}))
             streams = [
                 Stream(
                     d,
