@@ -42,6 +42,14 @@ class NotifySocket:
         self.sock = sock
         self.name = name  # what goes into NOTIFY_SOCKET
 
+    @classmethod
+    def bound_in(cls, directory: Path) -> NotifySocket:
+        """A socket bound to ``directory/notify`` (a path socket; the fixture also makes abstract ones)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(str(directory / "notify"))
+        return cls(sock, str(directory / "notify"))
+
     async def receive(self, within_s: float = 10) -> dict[str, str]:
         """The next message, as its fields."""
         async with asyncio.timeout(within_s):
@@ -224,10 +232,7 @@ async def test_mailerd_run_speaks_to_systemd(
 ) -> None:
     if under_mdwe and not _mdwe_supported():
         pytest.skip("prctl(PR_SET_MDWE) is not available (Linux 6.3+)")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind(str(short_dir / "notify"))
-    notify = NotifySocket(sock, str(short_dir / "notify"))
+    notify = NotifySocket.bound_in(short_dir)
     config = tmp_path / "mailerd.toml"
     config.write_text(
         f'[database]\ndsn = "{dsn}"\n\n[http]\nlisten = "127.0.0.1:0"\n\n'
@@ -237,7 +242,7 @@ async def test_mailerd_run_speaks_to_systemd(
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("MAILERD_", "WATCHDOG_"))}
     env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC="400000")
     log_path = tmp_path / "daemon.log"
-    with sock:
+    with notify.sock:
         async with daemon(_daemon_command(under_mdwe), config, env, log_path) as process:
             try:
                 before = await notify.receive_until("READY", within_s=60)
@@ -277,10 +282,7 @@ async def test_mailerd_relay_run_says_stopping_when_the_stop_begins(
     """The relay process said STOPPING=1 only once its stop was over: a stop held up (here by a
     position row locked elsewhere; in production by a database or destination that does not
     answer) was, to systemd, a service still running normally."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind(str(short_dir / "notify"))
-    notify = NotifySocket(sock, str(short_dir / "notify"))
+    notify = NotifySocket.bound_in(short_dir)
     config = tmp_path / "mailerd.toml"
     config.write_text(
         f'[database]\ndsn = "{dsn}"\n[node]\nname = "sd-relay"\nshutdown_grace_s = 30\n'
@@ -294,7 +296,7 @@ async def test_mailerd_relay_run_says_stopping_when_the_stop_begins(
     log_path = tmp_path / "relay.log"
     campaign_id, leads = await make_campaign(conn, 20)
     await log_rows(conn, campaign_id, leads[:10])
-    with sock:
+    with notify.sock:
         async with daemon([sys.executable, "-m", "mailerd", "relay"], config, env, log_path) as process:
             assert "READY" in await notify.receive(within_s=60)
             async with asyncio.timeout(30):
