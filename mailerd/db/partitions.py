@@ -78,13 +78,19 @@ async def existing_days(conn: asyncpg.Connection, table: str) -> list[dt.date]:
            WHERE p.relname = $1""",
         table,
     )
-    pattern = re.compile(rf"^{table}_p(\d{{8}})$")
-    days = []
-    for row in rows:
-        match = pattern.match(row["relname"])
-        if match:
-            days.append(dt.datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=dt.UTC).date())
-    return sorted(days)
+    return sorted(day for row in rows if (day := day_of(table, row["relname"])) is not None)
+
+
+def day_of(table: str, partition: str) -> dt.date | None:
+    """The day of a partition named by :func:`partition_name`; None for any other name (the
+    default partition, one attached by hand)."""
+    match = re.fullmatch(rf"{re.escape(table)}_p(\d{{8}})", partition)
+    if match is None:
+        return None
+    try:
+        return dt.datetime.strptime(match.group(1), "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 async def database_today(conn: asyncpg.Connection) -> dt.date:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 from collections.abc import Collection
 
 import asyncpg
@@ -27,7 +26,6 @@ from mailerd.db import relay as relay_db
 log = structlog.get_logger(__name__)
 
 EVERY_S = 1.0
-_DAY = re.compile(r"_p(\d{8})$")
 
 
 def tables_of(kinds: Collection[str]) -> list[str]:
@@ -37,17 +35,11 @@ def tables_of(kinds: Collection[str]) -> list[str]:
     return sorted(names & set(partitions.PARTITIONED))
 
 
-def takes_rows(partition: str, today: dt.date) -> bool:
-    """Whether new rows can land in ``partition`` (``<table>_pYYYYMMDD`` or the default): a day
-    from yesterday on (a row stamped just before midnight commits after it), or the default."""
-    match = _DAY.search(partition)
-    if match is None:
-        return True
-    try:
-        day = dt.datetime.strptime(match.group(1), "%Y%m%d").date()
-    except ValueError:  # not one of ours (a partition attached by hand): summarise it
-        return True
-    return day >= today - dt.timedelta(days=1)
+def takes_rows(table: str, partition: str, today: dt.date) -> bool:
+    """Whether new rows can land in ``partition`` of ``table``: a day from yesterday on (a row
+    stamped just before midnight commits after it), or any other partition (the default)."""
+    day = partitions.day_of(table, partition)
+    return day is None or day >= today - dt.timedelta(days=1)
 
 
 class Summaries:
@@ -89,7 +81,7 @@ class Summaries:
                 left: set[str] = set()
                 for table, partition, index in await relay_db.brin_indexes(conn, self._tables):
                     wanted = self._pending is None or partition in self._pending
-                    if not wanted and not takes_rows(partition, today):
+                    if not wanted and not takes_rows(table, partition, today):
                         continue
                     try:
                         summarized = await relay_db.summarize_new_ranges(conn, index)
